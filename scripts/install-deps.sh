@@ -1,0 +1,14 @@
+#!/bin/sh
+# Installs the Debian packages the test suite, the demo and the benchmarks use, when missing.
+set -e
+pkgs="gcc make binutils cpio gzip xz-utils zstd busybox-static libxen-dev xenstore-utils qemu-utils qemu-system-x86"
+missing=""
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq $missing >/dev/null

@@ -1,0 +1,89 @@
+namespace XenSharp.Cpu;
+
+/// <summary>
+/// One virtual CPU of an execution engine, driven the way KVM's vCPU file descriptor is:
+/// set state, <see cref="Run"/>, handle the exit, run again. Only the thread that calls
+/// <see cref="Run"/> may touch the state; <see cref="RequestExit"/> is the only cross-thread call.
+/// </summary>
+public interface IVcpu
+{
+    int Id { get; }
+
+    /// <summary>Runs guest code until something needs the hypervisor. The returned exit is owned
+    /// by the vCPU and valid until the next call.</summary>
+    ref readonly VcpuExit Run();
+
+    /// <summary>Makes a running (or the next) <see cref="Run"/> return <see cref="VcpuExitReason.Preempted"/>
+    /// at the next instruction-block boundary. Safe from any thread.</summary>
+    void RequestExit();
+
+    /// <summary>Supplies the result of an IN, MMIO read or RDMSR exit before the next <see cref="Run"/>.
+    /// <paramref name="fault"/> makes the instruction raise #GP(0) instead (an MSR nobody owns).</summary>
+    void CompleteExit(ulong value, bool fault = false);
+
+    void GetRegisters(out Registers regs);
+    void SetRegisters(in Registers regs);
+    void GetSpecialRegisters(out SpecialRegisters sregs);
+    void SetSpecialRegisters(in SpecialRegisters sregs);
+
+    /// <summary>Reads or writes an MSR the engine owns; false when it does not know it.</summary>
+    bool TryGetMsr(uint index, out ulong value);
+    bool TrySetMsr(uint index, ulong value);
+
+    /// <summary>Queues an exception for delivery before the next instruction.</summary>
+    void InjectException(byte vector, uint? errorCode = null);
+
+    /// <summary>Queues an NMI.</summary>
+    void InjectNmi();
+
+    /// <summary>Where external interrupts come from (the vLAPIC, the Xen upcall); polled at
+    /// instruction boundaries where IF=1 and no interrupt shadow is in force.</summary>
+    IInterruptSource? InterruptSource { get; set; }
+
+    /// <summary>True when the guest could take an external interrupt now (IF=1, no shadow).</summary>
+    bool InterruptWindowOpen { get; }
+
+    /// <summary>Instructions retired since creation (for accounting and benchmarks).</summary>
+    ulong InstructionsRetired { get; }
+
+    /// <summary>The guest-linear-to-physical walk a hypercall handler needs to copy from guest
+    /// virtual addresses. Returns false when the page is not present (or not writable for a write).</summary>
+    bool TryTranslateLinear(ulong linear, bool write, out ulong physical);
+}
+
+/// <summary>Something that may have an external interrupt for a vCPU.</summary>
+public interface IInterruptSource
+{
+    /// <summary>Cheap check, called at instruction-block boundaries.</summary>
+    bool HasPendingInterrupt { get; }
+
+    /// <summary>Takes the highest-priority pending vector (the INTA cycle), or -1 when none.</summary>
+    int Acknowledge();
+}
+
+/// <summary>
+/// Guest-physical memory as the engine sees it: frames resolved through the domain's p2m.
+/// </summary>
+public unsafe interface IGuestMemory
+{
+    /// <summary>Host address of the 4 KiB page backing <paramref name="gfn"/>, or null when the
+    /// frame is not RAM (the access becomes an MMIO exit) or is read-only for a write.</summary>
+    byte* GetPage(ulong gfn, bool write);
+
+    /// <summary>Bumped whenever a mapping is removed or changed; engines drop cached translations
+    /// when it moves.</summary>
+    long Generation { get; }
+}
+
+/// <summary>Answers CPUID for one vCPU.</summary>
+public interface ICpuidPolicy
+{
+    void Cpuid(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx);
+}
+
+/// <summary>Creates vCPUs over one domain's memory. One engine instance per domain, so that
+/// decoded code is shared between the domain's vCPUs.</summary>
+public interface ICpuEngine : IDisposable
+{
+    IVcpu CreateVcpu(int id, ICpuidPolicy cpuid);
+}

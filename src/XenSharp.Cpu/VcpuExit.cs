@@ -1,0 +1,76 @@
+namespace XenSharp.Cpu;
+
+public enum VcpuExitReason
+{
+    /// <summary>IN/OUT (or one iteration of INS/OUTS): <see cref="VcpuExit.Port"/>, size, direction, data.</summary>
+    Io,
+    /// <summary>An access to guest-physical memory that is not RAM.</summary>
+    Mmio,
+    /// <summary>VMCALL or VMMCALL; RIP already points past it.</summary>
+    Hypercall,
+    /// <summary>RDMSR of an MSR the engine does not own; answer with <see cref="IVcpu.CompleteExit"/>.</summary>
+    RdMsr,
+    /// <summary>WRMSR of an MSR the engine does not own; <see cref="IVcpu.CompleteExit"/> with fault=true raises #GP.</summary>
+    WrMsr,
+    /// <summary>HLT with no interrupt pending.</summary>
+    Hlt,
+    /// <summary>Triple fault.</summary>
+    Shutdown,
+    /// <summary><see cref="IVcpu.RequestExit"/> was called.</summary>
+    Preempted,
+    /// <summary>A debug event the hypervisor asked for.</summary>
+    Debug,
+    /// <summary>The engine met something it cannot execute; <see cref="VcpuExit.Message"/> says what.</summary>
+    InternalError,
+}
+
+/// <summary>Why <see cref="IVcpu.Run"/> returned, with the data of that exit (KVM's kvm_run).</summary>
+public struct VcpuExit
+{
+    public VcpuExitReason Reason;
+    /// <summary>I/O port, or MSR index for RdMsr/WrMsr.</summary>
+    public uint Port;
+    /// <summary>Guest-physical address of an MMIO access.</summary>
+    public ulong Address;
+    /// <summary>Access size in bytes (1, 2, 4, 8).</summary>
+    public int Size;
+    public bool IsWrite;
+    /// <summary>Value written (OUT, MMIO write, WRMSR).</summary>
+    public ulong Data;
+    public string? Message;
+}
+
+/// <summary>General-purpose registers (KVM's kvm_regs).</summary>
+public struct Registers
+{
+    public ulong Rax, Rbx, Rcx, Rdx, Rsi, Rdi, Rsp, Rbp;
+    public ulong R8, R9, R10, R11, R12, R13, R14, R15;
+    public ulong Rip, Rflags;
+}
+
+/// <summary>A segment register with its hidden part (KVM's kvm_segment).</summary>
+public struct Segment
+{
+    public ulong Base;
+    public uint Limit;
+    public ushort Selector;
+    /// <summary>Type (4 bits), S, DPL, P, AVL, L, D/B, G packed as in the descriptor's
+    /// attribute bits 40..55 with the limit nibble removed (VMX access-rights layout).</summary>
+    public ushort Attributes;
+}
+
+public struct DescriptorTable
+{
+    public ulong Base;
+    public ushort Limit;
+}
+
+/// <summary>Segment, control and system registers (KVM's kvm_sregs).</summary>
+public struct SpecialRegisters
+{
+    public Segment Cs, Ds, Es, Fs, Gs, Ss, Tr, Ldt;
+    public DescriptorTable Gdt, Idt;
+    public ulong Cr0, Cr2, Cr3, Cr4, Cr8;
+    public ulong Efer;
+    public ulong ApicBase;
+}
