@@ -143,7 +143,7 @@ internal static class OperandFiller
         }
         i.MemoryBase = Register.R15;
         long disp = r.Next(-0x7c0, 0x7c0);
-        if (r.Next(8) != 0) disp &= ~15L;
+        if (r.Next(16) != 0) disp &= ~15L;
         i.MemoryDisplacement64 = (ulong)disp;
         i.MemoryDisplSize = 8; // Iced: 8 = disp32 sign-extended in 64-bit mode
     }
@@ -211,7 +211,8 @@ internal static class CaseGenerator
             bool ok = false;
             for (int tries = 0; tries < 40 && !ok; tries++)
             {
-                var code = g.Codes[r.Next(g.Codes.Length)];
+                var forms = g.ByMnemonic[r.Next(g.ByMnemonic.Length)];
+                var code = forms[r.Next(forms.Length)];
                 if (!OperandFiller.Fill(r, code, g, out var instr)) continue;
                 if ((UndefinedFlags.Read(instr) & undef) != 0) continue;
                 if (!TryEncode(instr, OracleLayout.Code, out _)) continue;

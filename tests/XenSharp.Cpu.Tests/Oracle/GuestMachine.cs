@@ -124,8 +124,9 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
             Ldt = new Segment { Attributes = 0x82 },
             Gdt = new DescriptorTable { Base = Gdt, Limit = 0x37 },
             Idt = new DescriptorTable { Base = Idt, Limit = 32 * 16 - 1 },
-            // PE MP ET NE WP PG; PAE OSFXSR OSXMMEXCPT; SCE LME LMA NXE
-            Cr0 = 0x8001_0033, Cr3 = Pml4, Cr4 = 0x620, Efer = 0xd01,
+            // PE MP ET NE WP AM PG (AM as Linux sets it, so EFLAGS.AC means the same on both sides);
+            // PAE OSFXSR OSXMMEXCPT; SCE LME LMA NXE
+            Cr0 = 0x8005_0033, Cr3 = Pml4, Cr4 = 0x620, Efer = 0xd01,
         };
     }
 

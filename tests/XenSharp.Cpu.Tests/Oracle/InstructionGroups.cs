@@ -26,7 +26,12 @@ internal enum GroupTraits
 
 /// <summary>One instruction group: a name (stable, used in failure messages and seeds), the
 /// instruction forms it draws from, and the host CPU features it needs (/proc/cpuinfo names).</summary>
-internal sealed record InstructionGroup(string Name, Code[] Codes, string[] HostFeatures, GroupTraits Traits, int MaxLength = 6);
+internal sealed record InstructionGroup(string Name, Code[] Codes, string[] HostFeatures, GroupTraits Traits, int MaxLength = 6)
+{
+    /// <summary>The forms by mnemonic: cases pick a mnemonic first, so that one with many forms
+    /// (MOV) does not crowd out one with few (CMPXCHG16B).</summary>
+    public Code[][] ByMnemonic { get; } = Codes.GroupBy(c => c.ToOpCode().Mnemonic).Select(x => x.ToArray()).ToArray();
+}
 
 internal static class InstructionGroups
 {
@@ -147,6 +152,7 @@ internal static class InstructionGroups
             var op = c.ToOpCode();
             if (!op.IsInstruction || !op.Mode64) continue;
             if (Kinds(op).Any(k => !OperandFiller.Supports(k))) continue;
+            if (FeaturesOf(c).Contains(CpuidFeature.KNC)) continue; // Knights Corner only
             yield return c;
         }
     }
