@@ -316,7 +316,7 @@ internal static class CaseGenerator
         public override void WriteByte(byte value) => Bytes.Add(value);
     }
 
-    static string Disassemble(byte[] code)
+    internal static string Disassemble(byte[] code)
     {
         var d = Decoder.Create(64, new ByteArrayCodeReader(code));
         d.IP = OracleLayout.Code;

@@ -68,6 +68,23 @@ public class NativeOracleTests
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Directed_cases_run_natively_with_the_expected_outcome()
+    {
+        var names = DirectedCases.Names.ToArray();
+        var r = NativeOracle.Run(names.Select(n => DirectedCases.Build(n, OracleSettings.Seed)).ToArray());
+        var byName = names.Zip(r).ToDictionary(x => x.First, x => x.Second);
+        foreach (var (name, res) in byName)
+        {
+            uint expected = name.Contains("(#DE)") ? 0u : name.Contains("(#GP)") ? 13u : name.Contains("(#XM)") ? 19u
+                : name.Contains("(#PF") ? 14u : OracleLayout.NoFault;
+            Assert.True(expected == res.Vector, $"{name}: host stopped with {OracleComparer.VectorName(res.Vector)}");
+        }
+        Assert.Equal(64UL, byName["popcnt all ones"].Gpr[Gpr.Rax]);
+        Assert.Equal(0x0807060504030201UL, byName["bswap 32 and 64"].Gpr[Gpr.Rcx]);
+        Assert.Equal(0x1234UL, byName["bsf zero source keeps destination"].Gpr[Gpr.Rax]);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
     public void Every_group_generates_reproducible_cases_the_host_runs_to_completion()
     {
         int seed = OracleSettings.Seed;
