@@ -42,4 +42,39 @@ public class XenstoreUtilsTests
         var ls = d.Tool("xenstore-ls", "-f", "/local");
         Assert.Contains("/local/domain/3/name = \"web\"", ls.Out);
     }
+
+    [Fact]
+    public void WatchReceivesInitialAndChangeEvents()
+    {
+        using var d = new TempDaemon();
+        d.Daemon.Write("/vm/w/state", "1");
+        using var watch = d.StartTool("xenstore-watch", "-n", "3", "/vm/w");
+        // The first event (the watch path itself) proves the watch is registered.
+        string? first = watch.StandardOutput.ReadLine();
+        Assert.Equal("/vm/w", first);
+        Assert.Equal(0, d.Tool("xenstore-write", "/vm/w/state", "2").Exit);
+        Assert.Equal(0, d.Tool("xenstore-rm", "/vm/w/state").Exit);
+        Assert.Equal("/vm/w/state", watch.StandardOutput.ReadLine());
+        Assert.Equal("/vm/w/state", watch.StandardOutput.ReadLine());
+        Assert.True(watch.WaitForExit(10_000));
+        Assert.Equal(0, watch.ExitCode);
+    }
+
+    [Fact]
+    public void ChmodSetsPermissionsSeenByLsAndToolstack()
+    {
+        using var d = new TempDaemon();
+        d.Daemon.Write("/local/domain/5/device/vif/0/state", "1");
+        Assert.Equal(0, d.Tool("xenstore-chmod", "/local/domain/5/device", "n0", "r5", "b7").Exit);
+        Assert.Equal(
+            [new XsPermission(0, XsPerm.None), new XsPermission(5, XsPerm.Read), new XsPermission(7, XsPerm.Both)],
+            d.Daemon.GetPerms("/local/domain/5/device")!);
+        var ls = d.Tool("xenstore-ls", "-p", "/local/domain/5");
+        Assert.Equal(0, ls.Exit);
+        Assert.Matches(@"device = """"[ .]*\(n0,r5,b7\)", ls.Out);
+
+        // -r applies the modes to the whole subtree.
+        Assert.Equal(0, d.Tool("xenstore-chmod", "-r", "/local/domain/5/device", "b5").Exit);
+        Assert.Equal([new XsPermission(5, XsPerm.Both)], d.Daemon.GetPerms("/local/domain/5/device/vif/0/state")!);
+    }
 }
