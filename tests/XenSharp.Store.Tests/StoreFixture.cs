@@ -21,7 +21,25 @@ public sealed class TempDaemon : IDisposable
         Daemon.Start(SocketPath);
     }
 
+    private readonly List<TestRing> _rings = new();
+
     public XsTestClient Connect() => new(SocketPath);
+
+    /// <summary>Introduces a guest domain with a ring in native memory and returns its client side.</summary>
+    public GuestClient Guest(uint domId)
+    {
+        var ring = new TestRing();
+        _rings.Add(ring);
+        XenStoreDomain dom = Daemon.Introduce(domId, ring);
+        return new GuestClient(ring, dom);
+    }
+
+    public TestRing NewRing()
+    {
+        var ring = new TestRing();
+        _rings.Add(ring);
+        return ring;
+    }
 
     /// <summary>Runs one of Debian's xenstore-* tools against this daemon.</summary>
     public (int Exit, string Out, string Err) Tool(string tool, params string[] args)
@@ -55,6 +73,8 @@ public sealed class TempDaemon : IDisposable
     public void Dispose()
     {
         Daemon.Dispose();
+        // Rings outlive the daemon: released domains never touch their page again.
+        foreach (TestRing r in _rings) r.Dispose();
         try { Directory.Delete(Dir, true); } catch (IOException) { }
     }
 }
