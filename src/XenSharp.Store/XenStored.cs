@@ -83,6 +83,16 @@ public sealed class XenStored : IDisposable
         }
     }
 
+    /// <summary>The handle of an introduced domain (also one introduced over the wire), or null.</summary>
+    public XenStoreDomain? GetDomain(uint domId)
+    {
+        lock (_engine.Lock)
+            return _engine.Domains.Get(domId) is { } d ? new XenStoreDomain(domId, d.Ring) : null;
+    }
+
+    /// <summary>Same as <see cref="XenStoreDomain.Signal"/>: the domain's event channel fired.</summary>
+    public void Signal(uint domId) => GetDomain(domId)?.Signal();
+
     /// <summary>Releases a domain (fires @releaseDomain) and removes the nodes it owned. False if it was not introduced.</summary>
     public bool Release(uint domId)
     {
