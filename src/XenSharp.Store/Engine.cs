@@ -12,6 +12,24 @@ internal sealed partial class XenStoreEngine
     public readonly WatchTable Watches;
     public readonly NodeStore Nodes;
     public readonly Domains Domains = new();
+    private RingWorker? _rings;
+
+    /// <summary>The ring service thread, started with the first guest ring.</summary>
+    public RingWorker Rings
+    {
+        get
+        {
+            if (_rings is null)
+                lock (Lock) _rings ??= new RingWorker();
+            return _rings;
+        }
+    }
+
+    public void StopRings()
+    {
+        _rings?.Dispose();
+        _rings = null;
+    }
 
     /// <summary>Maps a ring for XS_INTRODUCE arriving over the wire (domid, mfn, event channel port).</summary>
     public Func<uint, ulong, uint, IXenStoreRing?>? RingProvider;

@@ -7,9 +7,9 @@ namespace XenSharp.Store;
 /// A guest talking over its shared xenstore ring. Requests are copied out of req[] a piece at a
 /// time (a message may be larger than the ring); replies and events wait in a private queue until
 /// rsp[] has room. The guest's event channel kicks <see cref="Signal"/>, which schedules one pass on
-/// the thread pool; nothing here blocks or allocates per request.
+/// the ring worker thread; nothing here blocks or allocates per request.
 /// </summary>
-internal sealed class RingConnection : Connection, IThreadPoolWorkItem
+internal sealed class RingConnection : Connection
 {
     private readonly XenStoreEngine _engine;
     private readonly IXenStoreRing _ring;
@@ -43,10 +43,11 @@ internal sealed class RingConnection : Connection, IThreadPoolWorkItem
     public void Signal()
     {
         if (Interlocked.Exchange(ref _scheduled, 1) == 0)
-            ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            _engine.Rings.Enqueue(this);
     }
 
-    void IThreadPoolWorkItem.Execute()
+    /// <summary>One pass over the ring, on the ring worker thread.</summary>
+    public void Service()
     {
         Volatile.Write(ref _scheduled, 0);
         lock (_engine.Lock) Pump();

@@ -10,7 +10,7 @@ internal sealed class SocketServer : IDisposable
     private readonly Socket _listener;
     private readonly HashSet<SocketConnection> _clients = new();
     private readonly CancellationTokenSource _stop = new();
-    private readonly Task _acceptLoop;
+    private readonly Thread _acceptLoop;
 
     public string Path { get; }
 
@@ -24,18 +24,19 @@ internal sealed class SocketServer : IDisposable
         _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         _listener.Bind(new UnixDomainSocketEndPoint(path));
         _listener.Listen(128);
-        _acceptLoop = Task.Run(AcceptLoop);
+        _acceptLoop = new Thread(AcceptLoop) { IsBackground = true, Name = "xenstored accept" };
+        _acceptLoop.Start();
     }
 
-    private async Task AcceptLoop()
+    private void AcceptLoop()
     {
         while (!_stop.IsCancellationRequested)
         {
             Socket s;
-            try { s = await _listener.AcceptAsync(_stop.Token); }
-            catch (OperationCanceledException) { return; }
+            try { s = _listener.Accept(); }
             catch (ObjectDisposedException) { return; }
-            catch (SocketException) { continue; }
+            catch (SocketException) when (!_stop.IsCancellationRequested) { continue; }
+            catch (SocketException) { return; }
             var conn = new SocketConnection(_engine, s, Remove);
             lock (_clients) _clients.Add(conn);
             conn.Start();
@@ -55,8 +56,9 @@ internal sealed class SocketServer : IDisposable
     public void Dispose()
     {
         _stop.Cancel();
+        try { _listener.Shutdown(SocketShutdown.Both); } catch (SocketException) { }
         _listener.Dispose();
-        try { _acceptLoop.Wait(TimeSpan.FromSeconds(5)); } catch (AggregateException) { }
+        _acceptLoop.Join(TimeSpan.FromSeconds(5));
         SocketConnection[] all;
         lock (_clients) all = [.. _clients];
         foreach (SocketConnection c in all) c.Close();
@@ -65,10 +67,11 @@ internal sealed class SocketServer : IDisposable
 }
 
 /// <summary>
-/// One socket client (dom0, privileged). A read loop parses requests straight out of its receive
-/// buffer; replies and events are appended to an output buffer that a writer drains, so the store
-/// lock is never held across socket I/O. A client that stops reading is dropped once its backlog
-/// passes the limit; one that floods requests without reading waits until its backlog drains.
+/// One socket client (dom0, privileged). Its own reader thread parses requests straight out of the
+/// receive buffer; replies and events are appended to an output buffer that its writer thread
+/// drains, so the store lock is never held across socket I/O and no client depends on another's
+/// progress or on the thread pool. A client that stops reading is dropped once its backlog passes
+/// the limit; one that floods requests without reading waits until its backlog drains.
 /// </summary>
 internal sealed class SocketConnection : Connection
 {
@@ -82,9 +85,9 @@ internal sealed class SocketConnection : Connection
     private byte[] _out = new byte[16 * 1024];
     private byte[] _spare = new byte[16 * 1024];
     private int _outLen;
-    private bool _writing;
-    private readonly SemaphoreSlim _drained = new(0);
-    private volatile bool _waitingDrain;
+    private readonly AutoResetEvent _outReady = new(false);
+    private readonly AutoResetEvent _drained = new(false);
+    private bool _forgotten;
 
     public SocketConnection(XenStoreEngine engine, Socket socket, Action<SocketConnection> onClosed) : base(0, privileged: true)
     {
@@ -93,16 +96,20 @@ internal sealed class SocketConnection : Connection
         _onClosed = onClosed;
     }
 
-    public void Start() => _ = Task.Run(ReadLoop);
+    public void Start()
+    {
+        new Thread(ReadLoop) { IsBackground = true, Name = "xenstored client" }.Start();
+        new Thread(WriteLoop) { IsBackground = true, Name = "xenstored client out" }.Start();
+    }
 
-    private async Task ReadLoop()
+    private void ReadLoop()
     {
         int have = 0;
         try
         {
             while (!Closed)
             {
-                int n = await _socket.ReceiveAsync(_in.AsMemory(have), SocketFlags.None).ConfigureAwait(false);
+                int n = _socket.Receive(_in, have, _in.Length - have, SocketFlags.None);
                 if (n == 0) break;
                 have += n;
                 int used = ProcessAvailable(have);
@@ -113,12 +120,7 @@ internal sealed class SocketConnection : Connection
                     have -= used;
                 }
                 while (!Closed && PendingBytes > HighWater)
-                {
-                    _waitingDrain = true;
-                    if (PendingBytes <= HighWater) break;
-                    await _drained.WaitAsync().ConfigureAwait(false);
-                }
-                _waitingDrain = false;
+                    _drained.WaitOne(1000);
             }
         }
         catch (SocketException) { }
@@ -130,7 +132,7 @@ internal sealed class SocketConnection : Connection
     private int ProcessAvailable(int have)
     {
         int pos = 0;
-        if (have - pos < XsdSockmsg.Size) return 0;
+        if (have < XsdSockmsg.Size) return 0;
         lock (_engine.Lock)
         {
             while (have - pos >= XsdSockmsg.Size)
@@ -154,31 +156,26 @@ internal sealed class SocketConnection : Connection
 
     public override void Send(XsType type, uint reqId, uint txId, ReadOnlySpan<byte> payload)
     {
-        bool startWriter = false, overflow = false;
         lock (_outLock)
         {
             if (Closed) return;
             int size = XsdSockmsg.Size + payload.Length;
             if (_outLen + size > _engine.Quotas.MaxPendingOutputBytes)
             {
-                overflow = true;
+                Shutdown(); // a client this far behind is stuck: drop it
+                return;
             }
-            else
-            {
-                if (_outLen + size > _out.Length)
-                    Array.Resize(ref _out, Math.Max(_out.Length * 2, _outLen + size));
-                var h = new XsdSockmsg { Type = (uint)type, ReqId = reqId, TxId = txId, Len = (uint)payload.Length };
-                h.Write(_out.AsSpan(_outLen));
-                payload.CopyTo(_out.AsSpan(_outLen + XsdSockmsg.Size));
-                _outLen += size;
-                if (!_writing) { _writing = true; startWriter = true; }
-            }
+            if (_outLen + size > _out.Length)
+                Array.Resize(ref _out, Math.Max(_out.Length * 2, _outLen + size));
+            var h = new XsdSockmsg { Type = (uint)type, ReqId = reqId, TxId = txId, Len = (uint)payload.Length };
+            h.Write(_out.AsSpan(_outLen));
+            payload.CopyTo(_out.AsSpan(_outLen + XsdSockmsg.Size));
+            _outLen += size;
         }
-        if (overflow) { CloseLocked(); return; }
-        if (startWriter) _ = Task.Run(WriteLoop);
+        _outReady.Set();
     }
 
-    private async Task WriteLoop()
+    private void WriteLoop()
     {
         try
         {
@@ -188,31 +185,41 @@ internal sealed class SocketConnection : Connection
                 int len;
                 lock (_outLock)
                 {
-                    if (_outLen == 0 || Closed) { _writing = false; break; }
+                    if (Closed) break;
                     buf = _out;
                     len = _outLen;
-                    _out = _spare;
-                    _spare = buf;
-                    _outLen = 0;
+                    if (len > 0)
+                    {
+                        _out = _spare;
+                        _spare = buf;
+                        _outLen = 0;
+                    }
+                }
+                if (len == 0)
+                {
+                    _drained.Set();
+                    _outReady.WaitOne();
+                    continue;
                 }
                 int off = 0;
                 while (off < len)
-                    off += await _socket.SendAsync(buf.AsMemory(off, len - off), SocketFlags.None).ConfigureAwait(false);
-                if (_waitingDrain) _drained.Release();
+                    off += _socket.Send(buf, off, len - off, SocketFlags.None);
+                _drained.Set();
             }
         }
         catch (SocketException) { Close(); }
         catch (ObjectDisposedException) { Close(); }
-        if (_waitingDrain) _drained.Release();
+        _drained.Set();
     }
 
-    // Called with the store lock held: just mark and tear down the socket; the read loop finishes up.
-    private void CloseLocked()
+    // Marks the connection closed and tears down the socket, which ends both threads.
+    private void Shutdown()
     {
         Closed = true;
         try { _socket.Shutdown(SocketShutdown.Both); } catch (SocketException) { } catch (ObjectDisposedException) { }
         _socket.Dispose();
-        if (_waitingDrain) _drained.Release();
+        _outReady.Set();
+        _drained.Set();
     }
 
     public override void Close()
@@ -221,11 +228,9 @@ internal sealed class SocketConnection : Connection
         {
             if (_forgotten) return;
             _forgotten = true;
+            Shutdown();
         }
-        CloseLocked();
         _engine.Disconnect(this);
         _onClosed(this);
     }
-
-    private bool _forgotten;
 }

@@ -67,6 +67,7 @@ public sealed class XenStored : IDisposable
         lock (_engine.Lock)
             foreach (DomainEntry d in _engine.Domains.All.ToArray())
                 _engine.Release(d.DomId);
+        _engine.StopRings();
     }
 
     // ---- domains ----
