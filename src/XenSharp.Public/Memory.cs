@@ -1,0 +1,75 @@
+using System.Runtime.InteropServices;
+
+namespace XenSharp.Public;
+
+/// <summary>xen/include/public/memory.h.</summary>
+public static class Memory
+{
+    public const int XENMEM_increase_reservation = 0, XENMEM_decrease_reservation = 1,
+        XENMEM_maximum_ram_page = 2, XENMEM_current_reservation = 3, XENMEM_maximum_reservation = 4,
+        XENMEM_machphys_mfn_list = 5, XENMEM_populate_physmap = 6, XENMEM_add_to_physmap = 7,
+        XENMEM_memory_map = 9, XENMEM_machine_memory_map = 10, XENMEM_exchange = 11, XENMEM_machphys_mapping = 12,
+        XENMEM_set_memory_map = 13, XENMEM_maximum_gpfn = 14, XENMEM_remove_from_physmap = 15,
+        XENMEM_set_pod_target = 16, XENMEM_get_pod_target = 17, XENMEM_add_to_physmap_batch = 23,
+        XENMEM_claim_pages = 24, XENMEM_machphys_compat_mfn_list = 25, XENMEM_get_vnumainfo = 26,
+        XENMEM_reserved_device_memory_map = 27, XENMEM_acquire_resource = 28;
+
+    /// <summary>Low bits of the memory_op command hold the op; the rest is a continuation start extent.</summary>
+    public const int MEMOP_EXTENT_SHIFT = 6, MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1;
+
+    public const uint XENMEMF_populate_on_demand = 1 << 16, XENMEMF_exact_node_request = 1 << 17,
+        XENMEMF_vnode = 1 << 18;
+    public static uint XENMEMF_get_address_bits(uint x) => x & 0xff;
+
+    public const uint XENMAPSPACE_shared_info = 0, XENMAPSPACE_grant_table = 1, XENMAPSPACE_gmfn = 2,
+        XENMAPSPACE_gmfn_range = 3, XENMAPSPACE_gmfn_foreign = 4, XENMAPSPACE_dev_mmio = 5;
+    public const ulong XENMAPIDX_grant_table_status = 0x80000000;
+}
+
+/// <summary>struct xen_memory_reservation (x86_64: 32 bytes).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMemoryReservation
+{
+    /// <summary>Guest handle (guest-linear address) of an array of xen_pfn_t.</summary>
+    public ulong ExtentStart;
+    public ulong NrExtents;
+    public uint ExtentOrder;
+    public uint MemFlags;
+    public ushort Domid;
+}
+
+/// <summary>struct xen_add_to_physmap.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenAddToPhysmap
+{
+    public ushort Domid;
+    public ushort Size;
+    public uint Space;
+    public ulong Idx;
+    public ulong Gpfn;
+}
+
+/// <summary>struct xen_remove_from_physmap.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenRemoveFromPhysmap
+{
+    public ushort Domid;
+    public ulong Gpfn;
+}
+
+/// <summary>struct xen_memory_map: nr_entries IN/OUT, buffer of e820 entries.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMemoryMap
+{
+    public uint NrEntries;
+    public ulong Buffer;
+}
+
+/// <summary>struct e820entry as XENMEM_memory_map returns it (packed, 20 bytes).</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 1)]
+public struct E820Entry
+{
+    public ulong Addr;
+    public ulong Size;
+    public uint Type;
+}

@@ -1,0 +1,136 @@
+namespace XenSharp.Toolstack.Config;
+
+public enum DomainType { Pv, Pvh, Hvm }
+
+/// <summary>What to do when a domain shuts down for a given reason (xl.cfg's on_* ACTION).</summary>
+public enum ShutdownAction { Destroy, Restart, RenameRestart, Preserve, CoredumpDestroy, CoredumpRestart, SoftReset }
+
+/// <summary>
+/// The typed domain configuration built from an <see cref="XlConfig"/> (the role of libxl's
+/// libxl_domain_config as xl fills it in parse_config_data). Sizes are in KiB as in libxl.
+/// </summary>
+public sealed class DomainConfig
+{
+    public required string Name { get; set; }
+    public DomainType Type { get; set; }
+    public Guid Uuid { get; set; }
+    public string? Kernel { get; set; }
+    public string? Ramdisk { get; set; }
+    /// <summary>The assembled kernel command line (cmdline, or root= and extra).</summary>
+    public string Cmdline { get; set; } = "";
+    public string? Firmware { get; set; }
+    public string? FirmwareOverride { get; set; }
+    public long TargetMemKb { get; set; }
+    public long MaxMemKb { get; set; }
+    public int Vcpus { get; set; } = 1;
+    public int MaxVcpus { get; set; } = 1;
+    /// <summary>Hard affinity per vCPU (null: all host CPUs). One entry means all vCPUs.</summary>
+    public IReadOnlyList<CpuMap>? CpusHard { get; set; }
+    public IReadOnlyList<CpuMap>? CpusSoft { get; set; }
+    public ShutdownAction OnPoweroff { get; set; } = ShutdownAction.Destroy;
+    public ShutdownAction OnReboot { get; set; } = ShutdownAction.Restart;
+    public ShutdownAction OnCrash { get; set; } = ShutdownAction.Destroy;
+    public ShutdownAction OnWatchdog { get; set; } = ShutdownAction.Destroy;
+    public ShutdownAction OnSoftReset { get; set; } = ShutdownAction.SoftReset;
+    public int CpuWeight { get; set; } = 256;
+    public int Cap { get; set; }
+    public string? Pool { get; set; }
+    /// <summary>The source text of the configuration, kept for restart and for xl list -l.</summary>
+    public string? SourceText { get; set; }
+    public string? SourceFile { get; set; }
+
+    public static string ActionName(ShutdownAction a) => a switch
+    {
+        ShutdownAction.Destroy => "destroy",
+        ShutdownAction.Restart => "restart",
+        ShutdownAction.RenameRestart => "rename-restart",
+        ShutdownAction.Preserve => "preserve",
+        ShutdownAction.CoredumpDestroy => "coredump-destroy",
+        ShutdownAction.CoredumpRestart => "coredump-restart",
+        ShutdownAction.SoftReset => "soft-reset",
+        _ => a.ToString(),
+    };
+
+    public static string TypeName(DomainType t) => t switch
+    {
+        DomainType.Pv => "pv",
+        DomainType.Pvh => "pvh",
+        _ => "hvm",
+    };
+}
+
+/// <summary>A set of host CPUs, parsed from xl's CPULIST syntax ("all", "0-3,5,^1", "nodes:0").</summary>
+public sealed class CpuMap
+{
+    private readonly bool[] _cpus;
+
+    public CpuMap(int hostCpus) { _cpus = new bool[hostCpus]; }
+
+    public int Count => _cpus.Length;
+    public bool this[int cpu] { get => cpu < _cpus.Length && _cpus[cpu]; set { if (cpu < _cpus.Length) _cpus[cpu] = value; } }
+    public bool IsAll => _cpus.All(c => c);
+    public IEnumerable<int> Cpus => Enumerable.Range(0, _cpus.Length).Where(i => _cpus[i]);
+
+    public static CpuMap All(int hostCpus)
+    {
+        var m = new CpuMap(hostCpus);
+        for (int i = 0; i < hostCpus; i++) m[i] = true;
+        return m;
+    }
+
+    /// <summary>Parses a CPULIST. The host is one NUMA node (node 0) holding every CPU.
+    /// Returns null with <paramref name="error"/> set when the text is not a CPULIST.</summary>
+    public static CpuMap? TryParse(string text, int hostCpus, out string? error)
+    {
+        error = null;
+        var map = new CpuMap(hostCpus);
+        foreach (var raw in text.Split(',', StringSplitOptions.TrimEntries))
+        {
+            if (raw.Length == 0) { error = $"invalid cpu specification `{text}'"; return null; }
+            bool remove = raw.StartsWith('^');
+            string item = remove ? raw[1..] : raw;
+            IEnumerable<int> cpus;
+            if (item == "all")
+                cpus = Enumerable.Range(0, hostCpus);
+            else if (item.StartsWith("nodes:") || item.StartsWith("node:"))
+            {
+                string nodes = item[(item.IndexOf(':') + 1)..];
+                if (!TryRange(nodes, out int lo, out int hi)) { error = $"invalid node specification `{item}'"; return null; }
+                if (hi > 0 || lo > 0) { error = $"node {Math.Max(lo, hi)} does not exist"; return null; }
+                cpus = Enumerable.Range(0, hostCpus);
+            }
+            else
+            {
+                if (!TryRange(item, out int lo, out int hi)) { error = $"invalid cpu specification `{text}'"; return null; }
+                cpus = Enumerable.Range(lo, hi - lo + 1);
+            }
+            foreach (int c in cpus) map[c] = !remove;
+        }
+        return map;
+    }
+
+    private static bool TryRange(string s, out int lo, out int hi)
+    {
+        lo = hi = 0;
+        int dash = s.IndexOf('-');
+        if (dash < 0) { if (!int.TryParse(s, out lo) || lo < 0) return false; hi = lo; return true; }
+        return int.TryParse(s[..dash], out lo) && int.TryParse(s[(dash + 1)..], out hi) && lo >= 0 && hi >= lo;
+    }
+
+    /// <summary>xl's compact form: "all" or "0-3,5".</summary>
+    public override string ToString()
+    {
+        if (IsAll) return "all";
+        var parts = new List<string>();
+        int i = 0;
+        while (i < _cpus.Length)
+        {
+            if (!_cpus[i]) { i++; continue; }
+            int j = i;
+            while (j + 1 < _cpus.Length && _cpus[j + 1]) j++;
+            parts.Add(i == j ? i.ToString() : $"{i}-{j}");
+            i = j + 1;
+        }
+        return parts.Count == 0 ? "none" : string.Join(",", parts);
+    }
+}

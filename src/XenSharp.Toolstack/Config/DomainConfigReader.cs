@@ -1,0 +1,224 @@
+namespace XenSharp.Toolstack.Config;
+
+/// <summary>
+/// Turns an <see cref="XlConfig"/> into a <see cref="DomainConfig"/> (xl's parse_config_data). Errors
+/// throw <see cref="XlConfigException"/> naming the file and line; warnings (unknown keys, keys that
+/// XenSharp does not act on yet) are returned for xl to print.
+/// </summary>
+public static class DomainConfigReader
+{
+    /// <summary>Keys this reader acts on.</summary>
+    private static readonly HashSet<string> Handled =
+    [
+        "name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root", "memory", "maxmem",
+        "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
+        "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool",
+    ];
+
+    /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
+    private static readonly HashSet<string> KnownElsewhere =
+    [
+        "vnuma", "seclabel", "init_seclabel", "max_grant_frames", "max_maptrack_frames", "max_grant_version",
+        "nomigrate", "driver_domain", "device_tree", "acpi", "acpi_s3", "acpi_s4", "acpi_laptop_slate", "apic",
+        "pae", "hap", "oos", "shadow_memory", "nestedhvm", "viridian", "hpet", "vpt_align", "timer_mode",
+        "tsc_mode", "localtime", "rtc_timeoffset", "vkb_device", "disk", "vif", "vtpm", "p9", "pvcalls", "vfb",
+        "vkb", "vdispl", "vsnd", "channel", "usb", "usbctrl", "usbdev", "pci", "pci_permissive", "pci_msitranslate",
+        "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
+        "iomem", "e820_host", "serial", "vga", "videoram", "stdvga", "vnc", "vnclisten", "vncdisplay",
+        "vncunused", "vncpasswd", "keymap", "sdl", "opengl", "spice", "boot", "soundhw", "device_model_version",
+        "device_model_override", "device_model_stubdomain_override", "device_model_args", "device_model_user",
+        "bootloader", "bootloader_args", "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
+        "altp2m", "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
+        "tee", "gic_version", "vuart", "dm_restrict", "xenstore_nodes", "event_channels", "passthrough",
+        "max_event_channels", "smbios_firmware", "acpi_firmware", "bios", "bios_path_override", "usbversion",
+        "vif2", "xsm", "cpuid_policy", "memory_sharing", "suppress_vmdesc", "vendor_device", "mmio_hole",
+        "cpu_cap", "nographic", "on_xend_start", "on_xend_stop", "tsc_native", "blkif", "netif", "tpmif",
+        "vcpu_avail", "pvh", "device_model", "extra_guest_irqs", "soft_reset", "vdispl",
+    ];
+
+    public sealed record Result(DomainConfig Config, IReadOnlyList<string> Warnings);
+
+    public static Result Read(XlConfig cfg, int hostCpus)
+    {
+        var warnings = new List<string>();
+
+        string? name = cfg.GetString("name");
+        if (string.IsNullOrEmpty(name))
+            throw new XlConfigException($"{cfg.File}: domain name must be specified (name=\"NAME\")");
+        if (name.Contains('/') || name.Any(char.IsControl))
+            throw At(cfg, "name", $"invalid domain name `{name}'");
+
+        var d = new DomainConfig { Name = name };
+
+        string? type = cfg.GetString("type");
+        string? builder = cfg.GetString("builder");
+        if (type is not null)
+        {
+            d.Type = type switch
+            {
+                "pv" => DomainType.Pv,
+                "pvh" => DomainType.Pvh,
+                "hvm" => DomainType.Hvm,
+                _ => throw At(cfg, "type", $"Invalid domain type {type}."),
+            };
+        }
+        else if (builder is not null)
+        {
+            d.Type = builder switch
+            {
+                "hvm" => DomainType.Hvm,
+                "generic" => DomainType.Pv,
+                _ => throw At(cfg, "builder", $"Invalid builder {builder}."),
+            };
+        }
+        else d.Type = DomainType.Pv; // xl's default on x86
+
+        string? uuid = cfg.GetString("uuid");
+        if (uuid is not null)
+        {
+            if (!Guid.TryParse(uuid, out var g)) throw At(cfg, "uuid", $"Failed to parse UUID: {uuid}");
+            d.Uuid = g;
+        }
+        else d.Uuid = Guid.NewGuid();
+
+        d.Kernel = ResolvePath(cfg, cfg.GetString("kernel"));
+        d.Ramdisk = ResolvePath(cfg, cfg.GetString("ramdisk"));
+        d.Firmware = cfg.GetString("firmware");
+        d.FirmwareOverride = ResolvePath(cfg, cfg.GetString("firmware_override"));
+
+        string? cmdline = cfg.GetString("cmdline");
+        string? root = cfg.GetString("root");
+        string? extra = cfg.GetString("extra");
+        if (cmdline is not null)
+        {
+            if (root is not null || extra is not null)
+                warnings.Add("Warning: ignoring root= and extra= in favour of cmdline=");
+            d.Cmdline = cmdline;
+        }
+        else if (root is not null)
+            d.Cmdline = extra is not null ? $"root={root} {extra}" : $"root={root}";
+        else
+            d.Cmdline = extra ?? "";
+
+        long memoryMb = Positive(cfg, "memory") ?? 32; // libxl's default target
+        long maxMemMb = Positive(cfg, "maxmem") ?? memoryMb;
+        if (maxMemMb < memoryMb)
+            throw At(cfg, "maxmem", $"maxmem ({maxMemMb}) must be greater than or equal to memory ({memoryMb})");
+        d.TargetMemKb = memoryMb * 1024;
+        d.MaxMemKb = maxMemMb * 1024;
+
+        long vcpus = Positive(cfg, "vcpus") ?? 1;
+        long maxVcpus = Positive(cfg, "maxvcpus") ?? vcpus;
+        if (vcpus > maxVcpus)
+            throw At(cfg, "vcpus", $"vcpus ({vcpus}) must not exceed maxvcpus ({maxVcpus})");
+        if (maxVcpus > 128)
+            throw At(cfg, cfg.Contains("maxvcpus") ? "maxvcpus" : "vcpus", $"too many vcpus ({maxVcpus}); at most 128");
+        d.Vcpus = (int)vcpus;
+        d.MaxVcpus = (int)maxVcpus;
+
+        d.CpusHard = ReadCpus(cfg, "cpus", hostCpus, d.MaxVcpus);
+        d.CpusSoft = ReadCpus(cfg, "cpus_soft", hostCpus, d.MaxVcpus);
+
+        d.OnPoweroff = Action(cfg, "on_poweroff", ShutdownAction.Destroy);
+        d.OnReboot = Action(cfg, "on_reboot", ShutdownAction.Restart);
+        d.OnCrash = Action(cfg, "on_crash", ShutdownAction.Destroy);
+        d.OnWatchdog = Action(cfg, "on_watchdog", ShutdownAction.Destroy);
+        d.OnSoftReset = Action(cfg, "on_soft_reset", ShutdownAction.SoftReset);
+
+        if (cfg.GetLong("cpu_weight") is { } w)
+        {
+            if (w is < 1 or > 65535) throw At(cfg, "cpu_weight", $"cpu_weight {w} out of range (1-65535)");
+            d.CpuWeight = (int)w;
+        }
+        if (cfg.GetLong("cap") is { } cap)
+        {
+            if (cap < 0) throw At(cfg, "cap", $"cap {cap} must not be negative");
+            d.Cap = (int)cap;
+        }
+        d.Pool = cfg.GetString("pool");
+
+        switch (d.Type)
+        {
+            case DomainType.Pv:
+                throw new XlConfigException(
+                    $"{cfg.File}: type=\"pv\" (the default when type= is not given) is not supported yet: set type=\"pvh\"");
+            case DomainType.Pvh:
+                if (d.Kernel is null)
+                    throw new XlConfigException($"{cfg.File}: a PVH domain needs kernel=\"PATHNAME\"");
+                break;
+            case DomainType.Hvm:
+                if (d.FirmwareOverride is null && d.Kernel is null)
+                    throw new XlConfigException(
+                        $"{cfg.File}: an HVM domain needs firmware_override=\"PATH\" (an ELF with a PHYS32 entry note); emulated firmware is not supported yet");
+                break;
+        }
+
+        foreach (var s in cfg.Unused)
+        {
+            if (Handled.Contains(s.Key)) continue;
+            warnings.Add(KnownElsewhere.Contains(s.Key)
+                ? $"{s.File}:{s.Line}: warning: `{s.Key}' is not supported yet and is ignored"
+                : $"{s.File}:{s.Line}: warning: unknown key `{s.Key}' ignored");
+        }
+        return new Result(d, warnings);
+    }
+
+    /// <summary>Relative paths resolve against the configuration file's directory; a leading
+    /// <c>~/</c> is the user's home directory.</summary>
+    private static string? ResolvePath(XlConfig cfg, string? path)
+    {
+        if (string.IsNullOrEmpty(path)) return null;
+        if (path.StartsWith("~/"))
+            return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), path[2..]);
+        if (Path.IsPathRooted(path)) return path;
+        return Path.GetFullPath(Path.Combine(cfg.Directory ?? Environment.CurrentDirectory, path));
+    }
+
+    private static XlConfigException At(XlConfig cfg, string key, string what)
+    {
+        var s = cfg.Find(key)!;
+        return XlConfigException.At(s.File, s.Line, what);
+    }
+
+    private static long? Positive(XlConfig cfg, string key)
+    {
+        long? v = cfg.GetLong(key);
+        if (v is <= 0) throw At(cfg, key, $"parameter `{key}' must be a positive number, not {v}");
+        return v;
+    }
+
+    private static ShutdownAction Action(XlConfig cfg, string key, ShutdownAction dflt)
+    {
+        string? s = cfg.GetString(key);
+        if (s is null) return dflt;
+        return s switch
+        {
+            "destroy" => ShutdownAction.Destroy,
+            "restart" => ShutdownAction.Restart,
+            "rename-restart" => ShutdownAction.RenameRestart,
+            "preserve" => ShutdownAction.Preserve,
+            "coredump-destroy" => ShutdownAction.CoredumpDestroy,
+            "coredump-restart" => ShutdownAction.CoredumpRestart,
+            "soft-reset" when key is "on_soft_reset" or "on_reboot" => ShutdownAction.SoftReset,
+            _ => throw At(cfg, key, $"Unknown {key} action \"{s}\" specified"),
+        };
+    }
+
+    private static IReadOnlyList<CpuMap>? ReadCpus(XlConfig cfg, string key, int hostCpus, int maxVcpus)
+    {
+        var s = cfg.Find(key);
+        if (s is null) return null;
+        var texts = s.Value.IsList
+            ? s.Value.Items!.Select(i => i.IsList ? throw At(cfg, key, $"parameter `{key}' has a nested list") : i.Atom!).ToList()
+            : [s.Value.Atom!];
+        var maps = new List<CpuMap>();
+        foreach (var t in texts)
+        {
+            var m = CpuMap.TryParse(t, hostCpus, out var err) ?? throw At(cfg, key, err!);
+            maps.Add(m);
+        }
+        if (s.Value.IsList && maps.Count > maxVcpus)
+            throw At(cfg, key, $"{key} lists {maps.Count} vCPUs but the domain has at most {maxVcpus}");
+        return maps;
+    }
+}

@@ -1,0 +1,81 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace XenSharp.Toolstack.Config;
+
+/// <summary>
+/// A <see cref="DomainConfig"/> in the JSON form libxl gives libxl_domain_config (what
+/// <c>xl list -l</c> and <c>xl create -n</c> print): c_info, b_info and the on_* actions.
+/// </summary>
+public static class LibxlJson
+{
+    public static readonly JsonSerializerOptions Pretty = new() { WriteIndented = true, IndentSize = 4 };
+
+    public static JsonObject DomainConfig(DomainConfig d)
+    {
+        var b = new JsonObject
+        {
+            ["max_vcpus"] = d.MaxVcpus,
+            ["avail_vcpus"] = new JsonArray(Enumerable.Range(0, d.Vcpus).Select(i => (JsonNode)i).ToArray()),
+        };
+        if (d.CpusHard is { } hard) b["vcpu_hard_affinity"] = Affinity(hard, d.MaxVcpus);
+        if (d.CpusSoft is { } soft) b["vcpu_soft_affinity"] = Affinity(soft, d.MaxVcpus);
+        b["max_memkb"] = d.MaxMemKb;
+        b["target_memkb"] = d.TargetMemKb;
+        b["sched_params"] = new JsonObject { ["weight"] = d.CpuWeight, ["cap"] = d.Cap };
+        if (d.Type == DomainType.Hvm && d.FirmwareOverride is not null) b["firmware"] = d.FirmwareOverride;
+        if (d.Kernel is not null) b["kernel"] = d.Kernel;
+        if (d.Cmdline.Length > 0) b["cmdline"] = d.Cmdline;
+        if (d.Ramdisk is not null) b["ramdisk"] = d.Ramdisk;
+        b["type." + Enums.TypeName(d.Type)] = new JsonObject();
+        b["arch_arm"] = new JsonObject();
+
+        var c = new JsonObject
+        {
+            ["type"] = Enums.TypeName(d.Type),
+            ["name"] = d.Name,
+            ["uuid"] = d.Uuid.ToString(),
+            ["run_hotplug_scripts"] = "True",
+        };
+        if (d.Pool is not null) c["pool_name"] = d.Pool;
+
+        return new JsonObject
+        {
+            ["c_info"] = c,
+            ["b_info"] = b,
+            ["on_poweroff"] = Enums.Action(d.OnPoweroff),
+            ["on_reboot"] = Enums.Action(d.OnReboot),
+            ["on_watchdog"] = Enums.Action(d.OnWatchdog),
+            ["on_crash"] = Enums.Action(d.OnCrash),
+            ["on_soft_reset"] = Enums.Action(d.OnSoftReset),
+        };
+    }
+
+    private static JsonArray Affinity(IReadOnlyList<CpuMap> maps, int maxVcpus)
+    {
+        var arr = new JsonArray();
+        for (int v = 0; v < maxVcpus; v++)
+        {
+            var m = maps.Count == 1 ? maps[0] : v < maps.Count ? maps[v] : null;
+            arr.Add(m is null ? new JsonArray() : new JsonArray(m.Cpus.Select(i => (JsonNode)i).ToArray()));
+        }
+        return arr;
+    }
+
+    private static class Enums
+    {
+        public static string TypeName(DomainType t) => Config.DomainConfig.TypeName(t);
+
+        /// <summary>libxl_action_on_shutdown's names.</summary>
+        public static string Action(ShutdownAction a) => a switch
+        {
+            ShutdownAction.Destroy => "destroy",
+            ShutdownAction.Restart => "restart",
+            ShutdownAction.RenameRestart => "restart_rename",
+            ShutdownAction.Preserve => "preserve",
+            ShutdownAction.CoredumpDestroy => "coredump_destroy",
+            ShutdownAction.CoredumpRestart => "coredump_restart",
+            _ => "soft_reset",
+        };
+    }
+}

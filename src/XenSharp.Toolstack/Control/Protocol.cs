@@ -1,0 +1,173 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace XenSharp.Toolstack.Control;
+
+/// <summary>
+/// The control protocol between xl and xensharpd: one JSON object per line over the Unix socket,
+/// a request answered by one <see cref="ControlResponse"/>. Every operation is one record below
+/// (the role of Firecracker's VmmAction). After a successful <see cref="ConsoleAttachRequest"/> the
+/// connection carries the console's raw bytes both ways until either side closes it.
+/// </summary>
+[JsonPolymorphic(TypeDiscriminatorPropertyName = "op")]
+[JsonDerivedType(typeof(PingRequest), "ping")]
+[JsonDerivedType(typeof(CreateRequest), "create")]
+[JsonDerivedType(typeof(ListRequest), "list")]
+[JsonDerivedType(typeof(DestroyRequest), "destroy")]
+[JsonDerivedType(typeof(ShutdownRequest), "shutdown")]
+[JsonDerivedType(typeof(PauseRequest), "pause")]
+[JsonDerivedType(typeof(UnpauseRequest), "unpause")]
+[JsonDerivedType(typeof(RenameRequest), "rename")]
+[JsonDerivedType(typeof(VcpuListRequest), "vcpu-list")]
+[JsonDerivedType(typeof(VcpuPinRequest), "vcpu-pin")]
+[JsonDerivedType(typeof(VcpuSetRequest), "vcpu-set")]
+[JsonDerivedType(typeof(MemSetRequest), "mem-set")]
+[JsonDerivedType(typeof(MemMaxRequest), "mem-max")]
+[JsonDerivedType(typeof(InfoRequest), "info")]
+[JsonDerivedType(typeof(DmesgRequest), "dmesg")]
+[JsonDerivedType(typeof(DebugKeysRequest), "debug-keys")]
+[JsonDerivedType(typeof(SysrqRequest), "sysrq")]
+[JsonDerivedType(typeof(TriggerRequest), "trigger")]
+[JsonDerivedType(typeof(ConsoleAttachRequest), "console")]
+[JsonDerivedType(typeof(StopDaemonRequest), "stop-daemon")]
+public abstract record ControlRequest;
+
+/// <summary>A request whose successful answer carries a <typeparamref name="TResult"/>.</summary>
+public abstract record ControlRequest<TResult> : ControlRequest;
+
+public sealed record Unit
+{
+    public static readonly Unit Value = new();
+}
+
+public sealed record PingRequest : ControlRequest<PingResult>;
+public sealed record PingResult(string Version, int Pid, string RunDir);
+
+/// <summary>Create a domain from xl.cfg text; <see cref="ConfigFile"/> names it in messages and
+/// anchors relative paths; <see cref="Overrides"/> are the command line's key=value settings.</summary>
+public sealed record CreateRequest(string ConfigText, string ConfigFile, string? ConfigDirectory,
+    IReadOnlyList<string> Overrides, bool Paused) : ControlRequest<CreateResult>;
+public sealed record CreateResult(uint DomId, string Name, IReadOnlyList<string> Warnings);
+
+/// <summary>Domains by id or name; empty means all.</summary>
+public sealed record ListRequest(IReadOnlyList<string> Domains, bool Long) : ControlRequest<IReadOnlyList<DomainInfo>>;
+
+public sealed record DestroyRequest(string Domain, bool Force) : ControlRequest<Unit>;
+
+public enum ShutdownKind { Poweroff, Reboot }
+
+/// <summary>Ask a guest to shut down or reboot (control/shutdown); with <see cref="AcpiFallback"/>
+/// an HVM guest without PV drivers gets the ACPI power/reset event instead.</summary>
+public sealed record ShutdownRequest(string Domain, ShutdownKind Kind, bool AcpiFallback) : ControlRequest<Unit>;
+public sealed record PauseRequest(string Domain) : ControlRequest<Unit>;
+public sealed record UnpauseRequest(string Domain) : ControlRequest<Unit>;
+public sealed record RenameRequest(string Domain, string NewName) : ControlRequest<Unit>;
+public sealed record VcpuListRequest(IReadOnlyList<string> Domains) : ControlRequest<IReadOnlyList<VcpuInfoEntry>>;
+
+/// <summary>Vcpu is -1 for all; Hard/Soft are CPULIST text, "-" (leave) or null.</summary>
+public sealed record VcpuPinRequest(string Domain, int Vcpu, string? Hard, string? Soft) : ControlRequest<Unit>;
+public sealed record VcpuSetRequest(string Domain, int Count, bool IgnoreHost) : ControlRequest<Unit>;
+public sealed record MemSetRequest(string Domain, long TargetKb) : ControlRequest<Unit>;
+public sealed record MemMaxRequest(string Domain, long MaxKb) : ControlRequest<Unit>;
+public sealed record InfoRequest : ControlRequest<HostInfo>;
+public sealed record DmesgRequest(bool Clear) : ControlRequest<string>;
+public sealed record DebugKeysRequest(string Keys) : ControlRequest<Unit>;
+public sealed record SysrqRequest(string Domain, char Key) : ControlRequest<Unit>;
+public sealed record TriggerRequest(string Domain, string Trigger, int Vcpu) : ControlRequest<Unit>;
+public sealed record ConsoleAttachRequest(string Domain) : ControlRequest<ConsoleAttachResult>;
+public sealed record ConsoleAttachResult(uint DomId, string Name);
+public sealed record StopDaemonRequest : ControlRequest<Unit>;
+
+/// <summary>One domain as xl list shows it (libxl_dominfo plus what list -l prints).</summary>
+public sealed record DomainInfo
+{
+    public uint DomId { get; init; }
+    public string Name { get; init; } = "";
+    public Guid Uuid { get; init; }
+    public string Type { get; init; } = "pvh";
+    public long CurrentMemKb { get; init; }
+    public long MaxMemKb { get; init; }
+    public long TargetMemKb { get; init; }
+    public int VcpuOnline { get; init; }
+    public int VcpuMaxId { get; init; }
+    public bool Running { get; init; }
+    public bool Blocked { get; init; }
+    public bool Paused { get; init; }
+    public bool Shutdown { get; init; }
+    public bool Dying { get; init; }
+    /// <summary>libxl_shutdown_reason (0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft_reset).</summary>
+    public int ShutdownReason { get; init; }
+    public ulong CpuTimeNs { get; init; }
+    public double UptimeSeconds { get; init; }
+    public long StartTimeUnix { get; init; }
+    public string? SsidLabel { get; init; }
+    /// <summary>The domain's configuration in libxl's JSON form (list -l only).</summary>
+    public JsonElement? Config { get; init; }
+}
+
+public sealed record VcpuInfoEntry(string Name, uint DomId, int Vcpu, int Cpu, bool Online, bool Running,
+    bool Blocked, ulong CpuTimeNs, string Hard, string Soft);
+
+/// <summary>What xl info prints about the host.</summary>
+public sealed record HostInfo
+{
+    public string Host { get; init; } = "";
+    public string Release { get; init; } = "";
+    public string Version { get; init; } = "";
+    public string Machine { get; init; } = "";
+    public int NrCpus { get; init; }
+    public int MaxCpuId { get; init; }
+    public int NrNodes { get; init; } = 1;
+    public int CoresPerSocket { get; init; }
+    public int ThreadsPerCore { get; init; } = 1;
+    public int CpuMhz { get; init; }
+    public string HwCaps { get; init; } = "";
+    public string VirtCaps { get; init; } = "";
+    public long TotalMemoryMb { get; init; }
+    public long FreeMemoryMb { get; init; }
+    public long SharingFreedMemoryMb { get; init; }
+    public long SharingUsedMemoryMb { get; init; }
+    public long OutstandingClaimsMb { get; init; }
+    public long FreeCpus { get; init; }
+    public int XenMajor { get; init; }
+    public int XenMinor { get; init; }
+    public string XenExtra { get; init; } = "";
+    public string XenVersion { get; init; } = "";
+    public string XenCaps { get; init; } = "";
+    public string XenScheduler { get; init; } = "credit";
+    public int XenPagesize { get; init; } = 4096;
+    public string Platform { get; init; } = "";
+    public string XenChangeset { get; init; } = "";
+    public string XenCommandline { get; init; } = "";
+    public string CcCompiler { get; init; } = "";
+    public string CcCompileBy { get; init; } = "";
+    public string CcCompileDomain { get; init; } = "";
+    public string CcCompileDate { get; init; } = "";
+    public string BuildId { get; init; } = "";
+    public string XendConfigFormat { get; init; } = "4";
+}
+
+/// <summary>The answer to any request: either ok with a result, or an error message and an errno.</summary>
+public sealed record ControlResponse(bool Ok, string? Error, int Errno, JsonElement? Result)
+{
+    public static ControlResponse Success(object? result) =>
+        new(true, null, 0, result is null ? null : JsonSerializer.SerializeToElement(result, result.GetType(), ControlJson.Options));
+
+    public static ControlResponse Failure(string error, int errno = 0) => new(false, error, errno, null);
+}
+
+public static class ControlJson
+{
+    public static readonly JsonSerializerOptions Options = new(JsonSerializerDefaults.Web)
+    {
+        WriteIndented = false,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) },
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    };
+}
+
+/// <summary>A failure the daemon reported (its message is for the user as is).</summary>
+public sealed class ControlException(string message, int errno = 0) : Exception(message)
+{
+    public int Errno { get; } = errno;
+}

@@ -1,0 +1,81 @@
+using System.Runtime.InteropServices;
+
+namespace XenSharp.Toolstack.Platform;
+
+/// <summary>
+/// Guest-physical memory held by the toolstack itself: one native allocation per populated
+/// frame. It backs domains while no hypervisor is bound and the builder's tests.
+/// </summary>
+public sealed unsafe class SparseGuestMemory : IGuestPhysicalMemory, IDisposable
+{
+    private const int PageSize = 4096;
+    private readonly Dictionary<ulong, nint> _frames = [];
+    private readonly Lock _lock = new();
+
+    public ulong MaxFrames { get; }
+
+    public SparseGuestMemory(ulong maxFrames = ulong.MaxValue) { MaxFrames = maxFrames; }
+
+    public ulong PopulatedFrames { get { lock (_lock) return (ulong)_frames.Count; } }
+
+    public void Populate(ulong gfn, ulong count)
+    {
+        lock (_lock)
+        {
+            ulong missing = 0;
+            for (ulong i = 0; i < count; i++) if (!_frames.ContainsKey(gfn + i)) missing++;
+            if ((ulong)_frames.Count + missing > MaxFrames)
+                throw new OutOfMemoryException($"populating {count} frames at gfn {gfn:x} exceeds the domain's {MaxFrames} frames");
+            for (ulong i = 0; i < count; i++)
+                if (!_frames.ContainsKey(gfn + i))
+                    _frames[gfn + i] = (nint)NativeMemory.AllocZeroed(PageSize);
+        }
+    }
+
+    public bool IsPopulated(ulong gfn) { lock (_lock) return _frames.ContainsKey(gfn); }
+
+    private byte* Frame(ulong gfn)
+    {
+        lock (_lock)
+        {
+            if (!_frames.TryGetValue(gfn, out nint p))
+                throw new ArgumentOutOfRangeException(nameof(gfn), $"guest frame {gfn:x} is not populated");
+            return (byte*)p;
+        }
+    }
+
+    public void Write(ulong gpa, ReadOnlySpan<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            int off = (int)(gpa & (PageSize - 1));
+            int n = Math.Min(PageSize - off, data.Length);
+            data[..n].CopyTo(new Span<byte>(Frame(gpa >> 12) + off, n));
+            data = data[n..];
+            gpa += (ulong)n;
+        }
+    }
+
+    public void Read(ulong gpa, Span<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            int off = (int)(gpa & (PageSize - 1));
+            int n = Math.Min(PageSize - off, data.Length);
+            new ReadOnlySpan<byte>(Frame(gpa >> 12) + off, n).CopyTo(data);
+            data = data[n..];
+            gpa += (ulong)n;
+        }
+    }
+
+    public Span<byte> Page(ulong gfn) => new(Frame(gfn), PageSize);
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var p in _frames.Values) NativeMemory.Free((void*)p);
+            _frames.Clear();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using K4os.Compression.LZ4;
+using XenSharp.Toolstack.Builder;
+
+namespace XenSharp.Toolstack.Tests.Builder;
+
+[Trait("Feature", "x86/PVH")]
+public class KernelLoaderTests
+{
+    private static readonly byte[] Code = Enumerable.Range(0, 3000).Select(i => (byte)(i * 7 + 1)).ToArray();
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ElfNotesAndSegmentsAreRead(bool is64)
+    {
+        var elf = ElfImage.Parse(TestImages.Elf(Code, 0x100040, bss: 5000, is64: is64), "k");
+        Assert.Equal(is64, elf.Is64);
+        Assert.Equal(0x100040u, elf.Phys32Entry);
+        Assert.Equal("XenSharpTest", elf.XenNoteString(6));
+        var seg = Assert.Single(elf.Segments);
+        Assert.Equal(TestImages.LoadAddress, seg.PhysAddr);
+        Assert.Equal((ulong)Code.Length, seg.FileSize);
+        Assert.Equal((ulong)Code.Length + 5000, seg.MemSize);
+    }
+
+    [Fact]
+    public void BadElfIsRejected()
+    {
+        var good = TestImages.Elf(Code, 0x100000);
+        var wrongMachine = (byte[])good.Clone();
+        wrongMachine[18] = 40; // ARM
+        Assert.Contains("is not x86", Assert.Throws<DomainBuildException>(() => ElfImage.Parse(wrongMachine, "k")).Message);
+        var truncated = good[..200];
+        Assert.Contains("outside the file", Assert.Throws<DomainBuildException>(() => ElfImage.Parse(truncated, "k")).Message);
+    }
+
+    public static IEnumerable<object[]> Formats() =>
+        new[] { "gzip", "xz", "zstd", "lz4", "bzip2", "lzma" }.Select(f => new object[] { f });
+
+    private static byte[] Compress(string format, byte[] data) => format switch
+    {
+        "gzip" => Gzip(data),
+        "xz" => TestImages.Tool("xz", "--check=crc32 -c", data),
+        "lzma" => TestImages.Tool("xz", "--format=lzma -c", data),
+        "zstd" => new ZstdSharp.Compressor(19).Wrap(data).ToArray(),
+        "lz4" => Lz4Legacy(data),
+        "bzip2" => Bzip2(data),
+        _ => throw new ArgumentException(format),
+    };
+
+    private static byte[] Gzip(byte[] data)
+    {
+        var o = new MemoryStream();
+        using (var g = new GZipStream(o, CompressionLevel.Optimal, leaveOpen: true)) g.Write(data);
+        return o.ToArray();
+    }
+
+    private static byte[] Bzip2(byte[] data)
+    {
+        var o = new MemoryStream();
+        using (var b = SharpCompress.Compressors.BZip2.BZip2Stream.Create(o, SharpCompress.Compressors.CompressionMode.Compress, false, true, false))
+            b.Write(data);
+        return o.ToArray();
+    }
+
+    /// <summary>LZ4's legacy frame, as `lz4 -l` writes it.</summary>
+    private static byte[] Lz4Legacy(byte[] data)
+    {
+        var block = new byte[LZ4Codec.MaximumOutputSize(data.Length)];
+        int n = LZ4Codec.Encode(data, 0, data.Length, block, 0, block.Length, LZ4Level.L12_MAX);
+        var o = new byte[8 + n];
+        BinaryPrimitives.WriteUInt32LittleEndian(o, 0x184C2102);
+        BinaryPrimitives.WriteUInt32LittleEndian(o.AsSpan(4), (uint)n);
+        block.AsSpan(0, n).CopyTo(o.AsSpan(8));
+        return o;
+    }
+
+    [Theory]
+    [MemberData(nameof(Formats))]
+    public void BzImagePayloadIsFoundAndDecompressed(string format)
+    {
+        byte[] elf = TestImages.Elf(Code, 0x100000);
+        byte[] bz = TestImages.BzImage(Compress(format, elf), elf.Length);
+        var header = BzImage.Parse(bz, "vmlinuz");
+        Assert.Equal(0x20F, header.Protocol);
+        Assert.Equal(4 * 512 + 0x3A0, header.PayloadFileOffset);
+        Assert.Equal(format, PayloadDecompressor.Detect(header.Payload(bz)).ToString().ToLowerInvariant());
+        var loaded = PvhBuilder.LoadKernel(bz, "vmlinuz");
+        Assert.Equal(elf, loaded.Data);
+        Assert.Equal(0x100000u, loaded.Phys32Entry);
+    }
+
+    [Fact]
+    public void OldBootProtocolAndCorruptPayloadsAreRejected()
+    {
+        byte[] inner = TestImages.Elf(Code, 0x100000);
+        byte[] bz = TestImages.BzImage(Gzip(inner), inner.Length);
+        var old = (byte[])bz.Clone();
+        BinaryPrimitives.WriteUInt16LittleEndian(old.AsSpan(0x206), 0x0206);
+        Assert.Contains("2.08 or later", Assert.Throws<DomainBuildException>(() => PvhBuilder.LoadKernel(old, "v")).Message);
+
+        var corrupt = (byte[])bz.Clone();
+        for (int i = 4 * 512 + 0x3A0 + 20; i < corrupt.Length - 8; i++) corrupt[i] ^= 0x5A;
+        Assert.Contains("cannot decompress the gzip payload", Assert.Throws<DomainBuildException>(() => PvhBuilder.LoadKernel(corrupt, "v")).Message);
+
+        var wrongSize = (byte[])bz.Clone();
+        wrongSize[^4] ^= 1;
+        Assert.Contains("not the", Assert.Throws<DomainBuildException>(() => PvhBuilder.LoadKernel(wrongSize, "v")).Message);
+
+        var outside = (byte[])bz.Clone();
+        BinaryPrimitives.WriteUInt32LittleEndian(outside.AsSpan(0x24C), 1 << 30);
+        Assert.Contains("outside the file", Assert.Throws<DomainBuildException>(() => PvhBuilder.LoadKernel(outside, "v")).Message);
+    }
+
+    [Fact]
+    public void HostKernelIfPresentUnpacksToAnElfWithThePvhEntry()
+    {
+        var kernel = Directory.Exists("/boot") ? Directory.GetFiles("/boot", "vmlinuz-*").FirstOrDefault() : null;
+        if (kernel is null) return; // this host has no kernel image to try
+        byte[] file;
+        try { file = File.ReadAllBytes(kernel); } catch (UnauthorizedAccessException) { return; }
+        var elf = PvhBuilder.LoadKernel(file, kernel);
+        Assert.True(elf.Is64);
+        Assert.NotNull(elf.Phys32Entry);
+    }
+}

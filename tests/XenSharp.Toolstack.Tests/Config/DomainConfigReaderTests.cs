@@ -1,0 +1,120 @@
+using XenSharp.Toolstack.Config;
+
+namespace XenSharp.Toolstack.Tests.Config;
+
+public class DomainConfigReaderTests
+{
+    private static DomainConfigReader.Result Read(string text, string file = "/etc/xen/g.cfg")
+    {
+        var c = XlConfigParser.Parse(text, file);
+        c.Directory = Path.GetDirectoryName(file);
+        return DomainConfigReader.Read(c, hostCpus: 8);
+    }
+
+    [Fact]
+    public void PvhDomainWithTheDirectKernelBootKeys()
+    {
+        var r = Read("""
+            name = "guest"
+            type = "pvh"
+            kernel = "vmlinuz"
+            ramdisk = "/boot/initrd.img"
+            cmdline = "console=hvc0 earlyprintk=xen"
+            memory = 512
+            maxmem = 1024
+            vcpus = 2
+            maxvcpus = 4
+            cpus = "0-3,^1"
+            cpus_soft = ["2", "3-7,^5"]
+            on_poweroff = "destroy"
+            on_reboot = "restart"
+            on_crash = "preserve"
+            on_watchdog = "coredump-destroy"
+            uuid = "6a1ea0c2-9f5e-4b7b-8d11-3b8a4e2f0a11"
+            """);
+        var d = r.Config;
+        Assert.Empty(r.Warnings);
+        Assert.Equal("guest", d.Name);
+        Assert.Equal(DomainType.Pvh, d.Type);
+        Assert.Equal("/etc/xen/vmlinuz", d.Kernel);
+        Assert.Equal("/boot/initrd.img", d.Ramdisk);
+        Assert.Equal("console=hvc0 earlyprintk=xen", d.Cmdline);
+        Assert.Equal(512 * 1024, d.TargetMemKb);
+        Assert.Equal(1024 * 1024, d.MaxMemKb);
+        Assert.Equal(2, d.Vcpus);
+        Assert.Equal(4, d.MaxVcpus);
+        Assert.Equal("0,2-3", d.CpusHard![0].ToString());
+        Assert.Equal("2", d.CpusSoft![0].ToString());
+        Assert.Equal("3-4,6-7", d.CpusSoft![1].ToString());
+        Assert.Equal(ShutdownAction.Preserve, d.OnCrash);
+        Assert.Equal(ShutdownAction.CoredumpDestroy, d.OnWatchdog);
+        Assert.Equal(Guid.Parse("6a1ea0c2-9f5e-4b7b-8d11-3b8a4e2f0a11"), d.Uuid);
+    }
+
+    [Fact]
+    public void DefaultsAreXls()
+    {
+        var d = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n").Config;
+        Assert.Equal(32 * 1024, d.TargetMemKb);
+        Assert.Equal(d.TargetMemKb, d.MaxMemKb);
+        Assert.Equal(1, d.Vcpus);
+        Assert.Equal(1, d.MaxVcpus);
+        Assert.Equal(ShutdownAction.Destroy, d.OnPoweroff);
+        Assert.Equal(ShutdownAction.Restart, d.OnReboot);
+        Assert.Equal(ShutdownAction.Destroy, d.OnCrash);
+        Assert.NotEqual(Guid.Empty, d.Uuid);
+    }
+
+    [Fact]
+    public void RootAndExtraMakeTheCommandLineWhenCmdlineIsAbsent()
+    {
+        Assert.Equal("root=/dev/xvda1 ro quiet",
+            Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nroot=\"/dev/xvda1 ro\"\nextra=\"quiet\"\n").Config.Cmdline);
+        var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\ncmdline=\"c\"\nextra=\"quiet\"\n");
+        Assert.Equal("c", r.Config.Cmdline);
+        Assert.Single(r.Warnings);
+    }
+
+    [Fact]
+    public void HvmWithFirmwareOverride()
+    {
+        var d = Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"../guests/hello.elf\"\n", "/tmp/cfg/h.cfg").Config;
+        Assert.Equal(DomainType.Hvm, d.Type);
+        Assert.Equal("/tmp/guests/hello.elf", d.FirmwareOverride);
+    }
+
+    [Fact]
+    public void UnknownKeysWarnWithFileAndLine()
+    {
+        var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nfrobnicate=1\ndisk=['x']\n", "g.cfg");
+        Assert.Contains("g.cfg:4: warning: unknown key `frobnicate' ignored", r.Warnings);
+        Assert.Contains("g.cfg:5: warning: `disk' is not supported yet and is ignored", r.Warnings);
+    }
+
+    [Theory]
+    [InlineData("type=\"pvh\"\nkernel=\"/k\"\n", "g.cfg: domain name must be specified (name=\"NAME\")")]
+    [InlineData("name=\"g\"\ntype=\"pvx\"\n", "g.cfg:2: Invalid domain type pvx.")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\non_crash=\"explode\"\n", "g.cfg:4: Unknown on_crash action \"explode\" specified")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nmemory=512\nmaxmem=256\n", "g.cfg:5: maxmem (256) must be greater than or equal to memory (512)")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nuuid=\"zzz\"\n", "g.cfg:4: Failed to parse UUID: zzz")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\n", "g.cfg: a PVH domain needs kernel=\"PATHNAME\"")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\ncpus=\"1-x\"\n", "g.cfg:4: invalid cpu specification `1-x'")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nvcpus=4\nmaxvcpus=2\n", "g.cfg:4: vcpus (4) must not exceed maxvcpus (2)")]
+    [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nmemory=0\n", "g.cfg:4: parameter `memory' must be a positive number, not 0")]
+    public void BadConfigurationsAreRejectedWithFileAndLine(string text, string message)
+    {
+        var e = Assert.Throws<XlConfigException>(() => Read(text, "g.cfg"));
+        Assert.Equal(message, e.Message);
+    }
+
+    [Fact]
+    public void CpuListForms()
+    {
+        Assert.Equal("all", CpuMap.TryParse("all", 8, out _)!.ToString());
+        Assert.Equal("0-6", CpuMap.TryParse("all,^7", 8, out _)!.ToString());
+        Assert.Equal("0,2-3,5", CpuMap.TryParse("0-3,5,^1", 8, out _)!.ToString());
+        Assert.Equal("all", CpuMap.TryParse("nodes:0", 8, out _)!.ToString());
+        Assert.Null(CpuMap.TryParse("nodes:1", 8, out var err));
+        Assert.NotNull(err);
+    }
+}
