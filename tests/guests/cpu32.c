@@ -72,5 +72,4 @@ void guest_main(void)
     test_user_mode();
     test_paging();
     test_realmode();
-    rt_skip("syscall.round_trip", "SYSCALL/SYSRET is checked by cpu64");
 }
