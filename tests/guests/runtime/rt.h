@@ -164,6 +164,9 @@ uint64_t rt_tsc_khz(void);
 /* Start the CPU with the given APIC id running fn on its own stack; returns 0 once it runs. */
 int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu);
 uint32_t rt_lapic_id(void);
+/* APIC ids of the enabled processors from the ACPI MADT (RSDP from hvm_start_info, else the BIOS
+ * area scan); returns how many, or -1 without ACPI. */
+int rt_acpi_apic_ids(uint32_t *ids, int max);
 
 /* ---- mode switches ---- */
 /* Drop to real mode, run a fixed real-mode routine on `in`, and come back. The routine returns

@@ -83,3 +83,49 @@ int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu
         rt_pause();
     return ap_alive[cpu] ? 0 : -1;
 }
+
+/* ---- ACPI MADT: the APIC ids of the processors ---- */
+
+static const uint8_t *find_rsdp(void)
+{
+    if (rt_start_info && rt_start_info->rsdp_paddr)
+        return (const uint8_t *)(uintptr_t)rt_start_info->rsdp_paddr;
+    for (uintptr_t p = 0xE0000; p < 0x100000; p += 16)
+        if (!memcmp((const void *)p, "RSD PTR ", 8))
+            return (const uint8_t *)p;
+    return NULL;
+}
+
+static int madt_scan(const uint8_t *madt, uint32_t *ids, int max)
+{
+    uint32_t len = *(const uint32_t *)(madt + 4);
+    int n = 0;
+    for (uint32_t off = 44; off + 2 <= len && n < max;) {
+        uint8_t type = madt[off], elen = madt[off + 1];
+        if (elen < 2)
+            break;
+        if (type == 0 && elen >= 8 && (*(const uint32_t *)(madt + off + 4) & 1))
+            ids[n++] = madt[off + 3];
+        off += elen;
+    }
+    return n;
+}
+
+int rt_acpi_apic_ids(uint32_t *ids, int max)
+{
+    const uint8_t *rsdp = find_rsdp();
+    if (!rsdp || memcmp(rsdp, "RSD PTR ", 8))
+        return -1;
+    int xsdt = rsdp[15] >= 2 && *(const uint64_t *)(rsdp + 24);
+    const uint8_t *sdt = xsdt ? (const uint8_t *)(uintptr_t)*(const uint64_t *)(rsdp + 24)
+                              : (const uint8_t *)(uintptr_t)*(const uint32_t *)(rsdp + 16);
+    uint32_t len = *(const uint32_t *)(sdt + 4);
+    unsigned int esz = xsdt ? 8 : 4;
+    for (uint32_t off = 36; off + esz <= len; off += esz) {
+        uint64_t addr = xsdt ? *(const uint64_t *)(sdt + off) : *(const uint32_t *)(sdt + off);
+        const uint8_t *t = (const uint8_t *)(uintptr_t)addr;
+        if (!memcmp(t, "APIC", 4))
+            return madt_scan(t, ids, max);
+    }
+    return -1;
+}
