@@ -57,6 +57,28 @@ static inline long HYPERVISOR_vcpu_op(int cmd, unsigned int vcpu, void *arg)
 long rt_hvm_get_param(uint32_t index, uint64_t *value);
 long rt_hvm_set_param(uint32_t index, uint64_t value);
 
+/* ---- shared_info, events, time (runtime/xenev.c) ---- */
+#include <xen/event_channel.h>
+#define RT_UPCALL_VECTOR 0xF3
+extern struct shared_info *rt_shared_info;
+extern volatile unsigned long rt_upcall_count;
+/* XENMEM_add_to_physmap(XENMAPSPACE_shared_info) into a page of the image; 0 or -errno. */
+long rt_map_shared_info(void);
+/* Map shared_info, install the upcall vector handler and set HVM_PARAM_CALLBACK_IRQ to it
+ * (vector type). on_upcall runs in interrupt context after evtchn_upcall_pending is cleared. */
+long rt_events_init(void (*on_upcall)(void));
+/* 2-level ABI: handle every pending unmasked port (clearing its pending bit); returns how many. */
+unsigned int rt_evtchn_2l_dispatch(void (*handler)(evtchn_port_t port));
+void rt_evtchn_2l_mask(evtchn_port_t port);
+int rt_evtchn_2l_pending(evtchn_port_t port);
+void rt_evtchn_2l_clear(evtchn_port_t port);
+/* Xen system time (ns since boot) from vcpu_info[0].time. */
+uint64_t rt_xen_time_ns(void);
+/* Enable interrupts and spin until *flag is set or timeout_ns of Xen time pass; returns *flag. */
+int rt_wait_for(volatile int *flag, uint64_t timeout_ns);
+/* Our domain id (from an unbound channel's EVTCHNOP_status); 0 or -errno. */
+long rt_domid(domid_t *out);
+
 /* ---- console output ---- */
 int rt_printf(const char *fmt, ...) RT_PRINTF(1, 2);
 int rt_vprintf(const char *fmt, va_list ap);
