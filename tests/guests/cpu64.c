@@ -1,0 +1,213 @@
+/* Engine conformance for long mode (no Xen services needed). */
+#include "rt.h"
+
+RT_GUEST("cpu64");
+
+/* The runtime's identity map: 4 PDs of 2 MiB pages under one PDPT and PML4. */
+extern uint64_t rt_pml4[512], rt_pdpt[512], rt_pd[2048];
+static volatile uint64_t *const test_pd = rt_pd;
+static void paging_on(void) {}
+static void paging_off(void) {}
+
+#include "cpu_common.h"
+
+/* ---------------- 64-bit integer ---------------- */
+
+__asm__(".pushsection .text\n"
+        ".globl t_noncanon\n t_noncanon: movabs $0x8000000000000000, %rax\n"
+        ".globl t_noncanon_insn\n t_noncanon_insn: mov (%rax), %rax\n ret\n"
+        ".globl t_ud_lm\n t_ud_lm: .byte 0x06\n ret\n"     /* push %es: invalid in 64-bit mode */
+        ".popsection\n");
+void t_noncanon(void), t_noncanon_insn(void), t_ud_lm(void);
+
+static void test_long_mode(void)
+{
+    uint64_t a = 0xffffffffffffffffull, d;
+    __asm__ volatile("mulq %2" : "+a"(a), "=d"(d) : "r"(0xffffffffffffffffull) : "cc");
+    rt_check("arith64.mul128", a == 1 && d == 0xfffffffffffffffeull, "rdx:rax %#llx:%#llx",
+             (unsigned long long)d, (unsigned long long)a);
+    a = 0;
+    d = 1;
+    __asm__ volatile("divq %2" : "+a"(a), "+d"(d) : "r"(3ull) : "cc");
+    rt_check("arith64.div128", a == 0x5555555555555555ull && d == 1, "q %#llx r %#llx",
+             (unsigned long long)a, (unsigned long long)d);
+    int64_t q = -9, r = -1;
+    __asm__ volatile("cqo\n\tidivq %2" : "+a"(q), "=d"(r) : "r"(4ll) : "cc");
+    rt_check("arith64.idiv", q == -2 && r == -1, "q %lld r %lld", (long long)q, (long long)r);
+    uint64_t v = 0x0123456789abcdefull;
+    __asm__ volatile("bswap %0" : "+r"(v));
+    rt_check_eq("arith64.bswap", v, 0xefcdab8967452301ull);
+    uint32_t low = 0xffffffff;
+    uint64_t wide = 0xdeadbeef00000000ull;
+    __asm__ volatile("mov %1, %k0" : "+r"(wide) : "r"(low));
+    rt_check_eq("arith64.mov32_zero_extends", wide, 0xffffffffull);
+    int64_t sx;
+    __asm__ volatile("movslq %1, %0" : "=r"(sx) : "r"(-5));
+    rt_check_eq("arith64.movsxd", (uint64_t)sx, (uint64_t)-5ll);
+    uint64_t shr = 0x8000000000000000ull;
+    __asm__ volatile("sarq $63, %0" : "+r"(shr) :: "cc");
+    rt_check_eq("arith64.sar63", shr, ~0ull);
+    uint64_t rip;
+    __asm__ volatile("lea 0(%%rip), %0" : "=r"(rip));
+    rt_check("arith64.rip_relative", rip > (uintptr_t)test_long_mode - 0x10000 && rip < (uintptr_t)test_long_mode + 0x10000,
+             "lea rip %#llx", (unsigned long long)rip);
+
+    static volatile __int128 m16 __attribute__((aligned(16)));
+    m16 = 0;
+    uint64_t lo = 0x1111111111111111ull, hi = 0x2222222222222222ull, elo = 0, ehi = 0;
+    unsigned long fl;
+    __asm__ volatile("lock cmpxchg16b %0\n\tpushf\n\tpop %3"
+                     : "+m"(m16), "+a"(elo), "+d"(ehi), "=r"(fl) : "b"(lo), "c"(hi) : "cc", "memory");
+    rt_check("arith64.cmpxchg16b", (fl & FL_ZF) && (uint64_t)m16 == lo && (uint64_t)(m16 >> 64) == hi,
+             "zf %lu", fl & FL_ZF);
+
+    expect_trap("exception.gp_noncanonical", t_noncanon, 13, 0, (uintptr_t)t_noncanon_insn);
+    expect_trap("exception.ud_invalid_in_64bit", t_ud_lm, 6, 0, (uintptr_t)t_ud_lm);
+
+    uint64_t efer = rt_rdmsr(MSR_EFER);
+    rt_check("modes.efer_lma", (efer & 0x500) == 0x500, "EFER %#llx (want LME and LMA)", (unsigned long long)efer);
+}
+
+/* ---------------- IST ---------------- */
+
+static volatile uintptr_t ist_frame;
+
+static void ist_handler(struct rt_frame *f)
+{
+    ist_frame = (uintptr_t)f;
+}
+
+static void test_ist(void)
+{
+    rt_set_handler(0x81, ist_handler);
+    rt_set_gate(0x81, 3, 0);
+    __asm__ volatile("int $0x81" ::: "memory");
+    uintptr_t lo = (uintptr_t)rt_ist_stacks[2], hi = lo + sizeof rt_ist_stacks[2];
+    rt_check("idt.ist_stack_used", ist_frame >= lo && ist_frame < hi, "frame at %#lx, IST3 is %#lx-%#lx",
+             (unsigned long)ist_frame, (unsigned long)lo, (unsigned long)hi);
+    /* the CPU aligns RSP to 16 before pushing on an IST stack: the frame ends at the stack top */
+    struct rt_frame *f = (struct rt_frame *)ist_frame;
+    rt_check("idt.ist_frame_at_top", (uintptr_t)(&f->ss + 1) == hi, "frame end %#lx top %#lx",
+             (unsigned long)(uintptr_t)(&f->ss + 1), (unsigned long)hi);
+    rt_set_gate(0x81, 0, 0);
+    ist_frame = 0;
+    __asm__ volatile("int $0x81" ::: "memory");
+    rt_check("idt.no_ist_same_stack", !(ist_frame >= lo && ist_frame < hi), "frame at %#lx", (unsigned long)ist_frame);
+    rt_set_handler(0x81, NULL);
+}
+
+/* ---------------- SYSCALL / SYSRET ---------------- */
+
+#define MSR_STAR  0xC0000081
+#define MSR_LSTAR 0xC0000082
+#define MSR_FMASK 0xC0000084
+
+volatile uint64_t sc_count, sc_rcx[2], sc_r11[2], sc_rax[2], sc_cs[2], sc_ss[2];
+uint8_t sc_stack[4096] __attribute__((aligned(16)));
+void syscall_entry(void), syscall_user(void), syscall_user_ret1(void), syscall_user_ret2(void);
+void syscall_second(void);
+
+/* User code: two SYSCALLs; the first returns with SYSRET, the second ends the test. */
+__asm__(".pushsection .text\n"
+        "syscall_user:\n"
+        " mov $0x1234, %eax\n"
+        " syscall\n"
+        "syscall_user_ret1:\n"
+        " add $1, %eax\n"
+        " syscall\n"
+        "syscall_user_ret2:\n"
+        " ud2\n"
+        "syscall_entry:\n"
+        " mov %rsp, %r9\n"                 /* user RSP; SYSCALL does not switch stacks */
+        " mov $sc_stack + 4096, %rsp\n"
+        " mov sc_count, %r8\n"
+        " mov %rcx, sc_rcx(,%r8,8)\n"
+        " mov %r11, sc_r11(,%r8,8)\n"
+        " mov %rax, sc_rax(,%r8,8)\n"
+        " mov %cs, %rdx\n"
+        " mov %rdx, sc_cs(,%r8,8)\n"
+        " mov %ss, %rdx\n"
+        " mov %rdx, sc_ss(,%r8,8)\n"
+        " incq sc_count\n"
+        " cmp $2, sc_count\n"
+        " je syscall_second\n"
+        " mov %r9, %rsp\n"
+        " sysretq\n"
+        ".popsection\n");
+
+void syscall_second(void)
+{
+    rt_catch_exit(0x100);
+}
+
+static uint8_t sc_user_stack[4096] __attribute__((aligned(16)));
+
+static void test_syscall(void)
+{
+    uint64_t efer = rt_rdmsr(MSR_EFER);
+    rt_wrmsr(MSR_EFER, efer | EFER_SCE);
+    rt_wrmsr(MSR_STAR, ((uint64_t)SEL_UCODE32 << 48) | ((uint64_t)SEL_KCODE64 << 32));
+    rt_wrmsr(MSR_LSTAR, (uintptr_t)syscall_entry);
+    rt_wrmsr(MSR_FMASK, FL_TF | FL_DF | 0x200);
+    sc_count = 0;
+    struct rt_trap t;
+    unsigned int v = rt_run_user(syscall_user, sc_user_stack + sizeof sc_user_stack, &t);
+    rt_check("syscall.round_trip", v == 0x100 && sc_count == 2, "ended with vector %u after %llu syscalls", v,
+             (unsigned long long)sc_count);
+    rt_check("syscall.rcx_is_return_rip", sc_rcx[0] == (uintptr_t)syscall_user_ret1 &&
+             sc_rcx[1] == (uintptr_t)syscall_user_ret2, "rcx %#llx %#llx",
+             (unsigned long long)sc_rcx[0], (unsigned long long)sc_rcx[1]);
+    /* ring 3 started with RFLAGS = 0x2; `add $1` to 0x1234 then leaves PF set */
+    rt_check("syscall.r11_is_rflags", sc_r11[0] == 0x2 && sc_r11[1] == (0x2 | FL_PF), "r11 %#llx %#llx",
+             (unsigned long long)sc_r11[0], (unsigned long long)sc_r11[1]);
+    rt_check("syscall.kernel_selectors", sc_cs[0] == SEL_KCODE64 && sc_ss[0] == SEL_KCODE64 + 8,
+             "cs %#llx ss %#llx", (unsigned long long)sc_cs[0], (unsigned long long)sc_ss[0]);
+    rt_check("syscall.sysret_resumed_user", sc_rax[0] == 0x1234 && sc_rax[1] == 0x1235, "rax %#llx %#llx",
+             (unsigned long long)sc_rax[0], (unsigned long long)sc_rax[1]);
+    rt_wrmsr(MSR_EFER, efer);
+}
+
+/* ---------------- paging structures: 4-level walk ---------------- */
+
+static void test_four_level(void)
+{
+    uint64_t cr3 = rt_read_cr3();
+    uint64_t cr4 = rt_read_cr4();
+    rt_check("paging.long_mode_pae", (cr4 & 0x20) && (rt_read_cr0() & 0x80000000ul), "cr0 %#lx cr4 %#llx",
+             rt_read_cr0(), (unsigned long long)cr4);
+    rt_check_eq("paging.cr3_is_pml4", cr3 & ~0xfffull, (uintptr_t)rt_pml4);
+    /* Alias: map a new PML4 slot (512 GiB) to the same PDPT and read through it. */
+    static volatile uint32_t probe = 0x600dcafe;
+    uint64_t saved = rt_pml4[1];
+    rt_pml4[1] = rt_pml4[0];
+    rt_write_cr3(cr3);
+    volatile uint32_t *alias = (volatile uint32_t *)((uintptr_t)&probe + (1ull << 39));
+    uint32_t got = *alias;
+    *alias = 0x12345678;
+    rt_check("paging.pml4_alias", got == 0x600dcafe && probe == 0x12345678, "read %#x, then probe %#x", got, probe);
+    rt_pml4[1] = saved;
+    rt_write_cr3(cr3);
+    struct rt_trap t;
+    int faulted = rt_try(rd, (void *)alias, &t);
+    rt_check("paging.pml4_unmapped_after_flush", faulted && t.vector == 14 && t.error_code == 0 &&
+             t.cr2 == (uintptr_t)alias, "faulted %d vector %u err %#lx", faulted, t.vector, t.error_code);
+}
+
+void guest_main(void)
+{
+    test_arith();
+    test_long_mode();
+    test_strings();
+    test_exceptions();
+    test_cpuid();
+    test_sse2();
+    test_x87();
+    test_smc();
+    test_single_step();
+    test_user_mode();
+    test_ist();
+    test_syscall();
+    test_paging();
+    test_four_level();
+    test_realmode();
+}
