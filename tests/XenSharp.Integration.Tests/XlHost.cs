@@ -1,0 +1,59 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// Runs the real xl program against its own daemon in a private run directory, as a user types it.
+/// Disposing stops that daemon.
+/// </summary>
+public sealed class XlHost : IDisposable
+{
+    public string RunDir { get; } = Directory.CreateTempSubdirectory("xensharp-it-").FullName;
+
+    private static readonly string Configuration =
+        AppContext.BaseDirectory.Contains("/release/", StringComparison.Ordinal) ? "release" : "debug";
+
+    public static string XlDll => Repository.PathOf("artifacts", "bin", "XenSharp.Xl", Configuration, "xl.dll");
+
+    public XlResult Run(params string[] args) => Run(TimeSpan.FromSeconds(60), args);
+
+    public XlResult Run(TimeSpan timeout, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            WorkingDirectory = Repository.Root,
+        };
+        psi.ArgumentList.Add(XlDll);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["XENSHARP_RUNDIR"] = RunDir;
+        using var p = Process.Start(psi)!;
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        p.StandardInput.Close();
+        bool exited = p.WaitForExit(timeout);
+        if (!exited) p.Kill(entireProcessTree: true);
+        p.WaitForExit();
+        lock (stdout) lock (stderr)
+            return new XlResult(exited ? p.ExitCode : -1, stdout.ToString(), stderr.ToString(), !exited);
+    }
+
+    public void Dispose()
+    {
+        try { Run(TimeSpan.FromSeconds(30), "daemon-stop"); } catch { /* best effort */ }
+        try { Directory.Delete(RunDir, recursive: true); } catch (IOException) { }
+    }
+}
+
+public sealed record XlResult(int ExitCode, string Stdout, string Stderr, bool TimedOut)
+{
+    public override string ToString() =>
+        $"exit {ExitCode}{(TimedOut ? " (timed out)" : "")}\n--- stdout\n{Stdout}--- stderr\n{Stderr}";
+}
