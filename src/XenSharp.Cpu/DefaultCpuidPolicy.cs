@@ -104,6 +104,6 @@ internal static class X86Features
     /// <summary>XCR0 bits XSAVE/XRSTOR handle: x87 and SSE.</summary>
     public const ulong SupportedXcr0 = 3;
     // SSE3, PCLMULQDQ, SSSE3, SSE4.1, SSE4.2, AES: set here as they are implemented.
-    public const uint Leaf1Ecx = 0;
+    public const uint Leaf1Ecx = 1u << 0; // SSE3
     public const uint Leaf1Edx = 0;
 }

@@ -26,7 +26,8 @@ internal struct SegFile { private SegReg _e; }
 
 internal struct Xmm
 {
-    public ulong Lo, Hi;
+    public ulong Lo;
+    public ulong Hi;
 }
 
 [InlineArray(16)]

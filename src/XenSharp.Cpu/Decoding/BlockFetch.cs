@@ -133,29 +133,98 @@ internal unsafe partial class X86Vcpu
             if (k0 == OpKind.Register) d.OpSize = (byte)ins.Op0Register.GetSize();
             else if (k0 == OpKind.Memory) d.OpSize = (byte)ins.MemorySize.GetSize();
         }
+        ClassifyFast(ref d);
     }
+
+    private static bool IsGpr48(Register r) => r.IsGPR32() || r.IsGPR64();
+
+    /// <summary>Picks a fast form for the commonest full-width integer shapes.</summary>
+    private static void ClassifyFast(ref DecodedInsn d)
+    {
+        d.Form = FastForm.None;
+        ref Instruction i = ref d.I;
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return;
+        int n = i.OpCount;
+        bool r0 = n > 0 && i.Op0Kind == OpKind.Register && IsGpr48(i.Op0Register);
+        bool r1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr48(i.Op1Register);
+        bool imm1 = n > 1 && i.Op1Kind is OpKind.Immediate8 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64 or OpKind.Immediate64;
+        if (r0) d.R0 = (byte)i.Op0Register.GetFullRegister().GetNumber();
+        d.MemBase = d.MemIndex = 0xFF;
+        if (i.OpCount > 0 && (i.Op0Kind == OpKind.Memory || (n > 1 && i.Op1Kind == OpKind.Memory)))
+        {
+            var b = i.MemoryBase; var x = i.MemoryIndex;
+            bool okBase = b == Register.None || b == Register.RIP || b == Register.EIP || (d.AddrSize == 8 ? b.IsGPR64() : d.AddrSize == 4 && b.IsGPR32());
+            bool okIndex = x == Register.None || (d.AddrSize == 8 ? x.IsGPR64() : d.AddrSize == 4 && x.IsGPR32());
+            if (!okBase || !okIndex) return;
+            if (b != Register.None && b != Register.RIP && b != Register.EIP) d.MemBase = (byte)b.GetFullRegister().GetNumber();
+            if (x != Register.None) d.MemIndex = (byte)x.GetFullRegister().GetNumber();
+            d.MemShift = (byte)System.Numerics.BitOperations.Log2((uint)i.MemoryIndexScale);
+            d.MemDisp = i.MemoryDisplacement64;
+            d.MemSeg = (byte)(i.MemorySegment - Register.ES);
+        }
+        if (r1) d.R1 = (byte)i.Op1Register.GetFullRegister().GetNumber();
+        int alu = d.Op switch
+        {
+            Mnemonic.Add => (int)AluOp.Add, Mnemonic.Or => (int)AluOp.Or, Mnemonic.Adc => (int)AluOp.Adc, Mnemonic.Sbb => (int)AluOp.Sbb,
+            Mnemonic.And => (int)AluOp.And, Mnemonic.Sub => (int)AluOp.Sub, Mnemonic.Xor => (int)AluOp.Xor, Mnemonic.Cmp => (int)AluOp.Cmp,
+            Mnemonic.Test => (int)AluOp.Test, _ => -1,
+        };
+        if (alu >= 0 && r0 && n == 2)
+        {
+            if (r1 && i.Op0Register.GetSize() == i.Op1Register.GetSize()) { d.Form = FastForm.AluRR; d.AluKind = (byte)alu; }
+            else if (imm1) { d.Form = FastForm.AluRI; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+            return;
+        }
+        switch (d.Op)
+        {
+            case Mnemonic.Mov:
+                if (r0 && r1) d.Form = FastForm.MovRR;
+                else if (r0 && imm1) { d.Form = FastForm.MovRI; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+                else if (r0 && n == 2 && i.Op1Kind == OpKind.Memory) d.Form = FastForm.MovRM;
+                else if (r1 && i.Op0Kind == OpKind.Memory) { d.Form = FastForm.MovMR; d.OpSize = (byte)i.Op1Register.GetSize(); }
+                return;
+            case Mnemonic.Inc: if (r0) d.Form = FastForm.IncR; return;
+            case Mnemonic.Dec: if (r0) d.Form = FastForm.DecR; return;
+            case Mnemonic.Lea: if (r0) d.Form = FastForm.Lea; return;
+            case Mnemonic.Push:
+                if (r0 && i.StackPointerIncrement == -d.OpSize) d.Form = FastForm.PushR;
+                return;
+            case Mnemonic.Pop:
+                if (r0 && i.StackPointerIncrement == d.OpSize) d.Form = FastForm.PopR;
+                return;
+        }
+        if (s_cls[(int)d.Op] == ClsJcc) { d.Form = FastForm.Jcc; d.AluKind = (byte)i.ConditionCode; d.Imm = i.NearBranchTarget; }
+    }
+
+    /// <summary>Blocks run back to back before the run loop polls for events again.</summary>
+    private const int ChainLimit = 32;
 
     private void RunBlock()
     {
-        CurIp = Rip;
-        DecodedBlock b = GetBlock();
-        var insns = b.Insns;
-        int n = b.Count;
         bool single = Shadow || _replayCount > 0;
-        if (single) { n = 1; Shadow = false; }
-        for (int i = 0; i < n; i++)
+        int chain = single ? 1 : ChainLimit;
+        if (single) Shadow = false;
+        do
         {
-            ref DecodedInsn d = ref insns[i];
-            CurIp = d.I.IP;
-            Rip = d.I.NextIP;
-            Execute(ref d);
-            _retired++;
-            if (Stop)
+            CurIp = Rip;
+            DecodedBlock b = GetBlock();
+            var insns = b.Insns;
+            int n = single ? 1 : b.Count;
+            for (int i = 0; i < n; i++)
             {
-                Stop = false;
-                break;
+                ref DecodedInsn d = ref insns[i];
+                CurIp = d.I.IP;
+                Rip = d.I.NextIP;
+                if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+                _retired++;
+                if (Stop)
+                {
+                    Stop = false;
+                    chain = 0;
+                    break;
+                }
             }
-        }
+        } while (--chain > 0 && !_exitRequested);
         // The instruction that consumed MMIO results has completed.
         if (single) { _replayCount = 0; _replayIdx = 0; }
     }

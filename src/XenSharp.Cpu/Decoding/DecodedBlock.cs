@@ -16,6 +16,35 @@ internal struct DecodedInsn
     /// <summary>Size in bytes of operand 0 (register or memory), 0 when it has none.</summary>
     public byte OpSize;
     public byte Length;
+    /// <summary>A specialised shape the interpreter runs without Iced's operand accessors
+    /// (<see cref="FastForm"/>), or None.</summary>
+    public FastForm Form;
+    /// <summary>ALU operation for the ALU forms.</summary>
+    public byte AluKind;
+    /// <summary>GPR numbers of operands 0 and 1 for the fast forms.</summary>
+    public byte R0, R1;
+    public ulong Imm;
+    /// <summary>Memory operand pre-split for the fast forms: GPR numbers (0xFF = none), scale
+    /// shift, segment number, and displacement (absolute for RIP-relative).</summary>
+    public byte MemBase, MemIndex, MemShift, MemSeg;
+    public ulong MemDisp;
+}
+
+internal enum FastForm : byte
+{
+    None,
+    AluRR,      // op r32/64, r32/64
+    AluRI,      // op r32/64, imm
+    MovRR,
+    MovRI,
+    MovRM,      // mov r32/64, [mem]
+    MovMR,      // mov [mem], r32/64
+    Jcc,
+    IncR,
+    DecR,
+    Lea,
+    PushR,
+    PopR,
 }
 
 /// <summary>A straight-line run of instructions from one guest-physical page, ending at a
