@@ -73,7 +73,7 @@ __asm__(
     "  pop %rcx\n"
     "  pop %rdx\n"
     "  pop %rbx\n"
-    "  add $8, %rsp\n"
+    "  lea 8(%rsp), %rsp\n"
     "  pop %rbp\n"
     "  pop %rsi\n"
     "  pop %rdi\n"

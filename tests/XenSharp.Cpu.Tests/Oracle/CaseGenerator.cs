@@ -281,12 +281,13 @@ internal static class CaseGenerator
             Group = g.Name, Index = index, Code = bytesOut.ToArray(), Text = Disassemble(bytesOut.ToArray()),
             Steps = steps, UndefinedAtEnd = undef,
             FxMask = (g.Traits & GroupTraits.X87) != 0 && g.Name != "x87-compare" ? FxCompare.None : FxCompare.All,
+            UsesFx = (g.Traits & (GroupTraits.X87 | GroupTraits.Sse)) != 0,
         };
         InitState(c, g, r);
         return c;
     }
 
-    static bool MayLeaveFlagsUnchanged(in Instruction i)
+    internal static bool MayLeaveFlagsUnchanged(in Instruction i)
     {
         switch (i.Mnemonic)
         {
@@ -301,7 +302,7 @@ internal static class CaseGenerator
         }
     }
 
-    static bool TryEncode(in Instruction instr, ulong ip, out byte[] bytes)
+    internal static bool TryEncode(in Instruction instr, ulong ip, out byte[] bytes)
     {
         var w = new BytesWriter();
         var enc = Encoder.Create(64, w);

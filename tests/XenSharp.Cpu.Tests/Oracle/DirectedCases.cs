@@ -128,11 +128,12 @@ internal static class DirectedCases
         BitConverter.GetBytes(0x1f80u).CopyTo(c.Fx, 24);
         setup?.Invoke(c);
         (c.Steps, c.UndefinedAtEnd) = FlagSteps(code);
+        c.UsesFx = OracleCase.TouchesFx(code);
         return c;
     }
 
     /// <summary>Undefined-flag tracking for a directed sequence, as for generated ones.</summary>
-    static ((ulong, ulong)[], ulong) FlagSteps(byte[] code)
+    internal static ((ulong, ulong)[], ulong) FlagSteps(byte[] code)
     {
         var d = Iced.Intel.Decoder.Create(64, new ByteArrayCodeReader(code));
         d.IP = OracleLayout.Code;
@@ -142,7 +143,8 @@ internal static class DirectedCases
         {
             d.Decode(out var i);
             steps.Add((i.IP, undef));
-            undef = (undef & ~UndefinedFlags.Written(i)) | UndefinedFlags.Of(i);
+            ulong written = CaseGenerator.MayLeaveFlagsUnchanged(i) ? 0 : UndefinedFlags.Written(i);
+            undef = (undef & ~written) | UndefinedFlags.Of(i);
         }
         return (steps.ToArray(), undef);
     }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 
@@ -32,7 +33,8 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
         Map(OracleLayout.Data);
         BuildPageTables();
         BuildGdtTss();
-        BuildIdt();
+        WriteStubs();
+        BuildIdt(saveFx: true);
     }
 
     void Map(ulong gpa)
@@ -82,18 +84,23 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
         *(ushort*)Host(Tss + 0x66) = 0x68;     // no I/O bitmap
     }
 
-    void BuildIdt()
+    /// <summary>Points every gate at its handler's FXSAVE (saveFx) or straight at its HLT.</summary>
+    void BuildIdt(bool saveFx)
     {
         for (int v = 0; v < 32; v++)
         {
-            ulong stub = Stubs + (ulong)(v * StubSize);
-            WriteFxStub(stub, save: true);
+            ulong stub = Stubs + (ulong)(v * StubSize) + (saveFx ? 0UL : 9UL);
             int dpl = v == 3 ? 3 : 0; // INT3 is allowed from user mode, as Linux allows it
             ulong lo = (stub & 0xffff) | ((ulong)KernelCs << 16) | (1UL << 32) /* IST1 */
                 | (0xeUL << 40) | ((ulong)dpl << 45) | (1UL << 47) | ((stub >> 16 & 0xffff) << 48);
             Q(Idt + (ulong)v * 16) = lo;
             Q(Idt + (ulong)v * 16 + 8) = stub >> 32;
         }
+    }
+
+    void WriteStubs()
+    {
+        for (int v = 0; v < 32; v++) WriteFxStub(Stubs + (ulong)(v * StubSize), save: true);
         WriteFxStub(LoaderStub, save: false);
     }
 
@@ -142,20 +149,28 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
         NativeMemory.Clear(Host(FxOut), 512);
         Interlocked.Increment(ref generation);
 
+        BuildIdt(c.UsesFx);
+
         using var engine = engineFactory(this);
         var vcpu = engine.CreateVcpu(0, HostCpuid.Instance);
         var r = new OracleResult();
+        SpecialRegisters sregs;
+        Registers regs;
+        ref readonly var exit = ref Unsafe.NullRef<VcpuExit>();
 
-        // Load the x87/SSE state with FXRSTOR at CPL 0: the vCPU contract has no FPU accessors.
-        var sregs = SpecialRegisters(0);
-        vcpu.SetSpecialRegisters(in sregs);
-        var regs = new Registers { Rip = LoaderStub, Rsp = IstTop, Rflags = 2 };
-        vcpu.SetRegisters(in regs);
-        ref readonly var exit = ref vcpu.Run();
-        if (exit.Reason != VcpuExitReason.Hlt)
+        if (c.UsesFx)
         {
-            r.EngineError = $"FXRSTOR loader stopped with {exit.Reason} {exit.Message}";
-            return r;
+            // Load the x87/SSE state with FXRSTOR at CPL 0: the vCPU contract has no FPU accessors.
+            sregs = SpecialRegisters(0);
+            vcpu.SetSpecialRegisters(in sregs);
+            regs = new Registers { Rip = LoaderStub, Rsp = IstTop, Rflags = 2 };
+            vcpu.SetRegisters(in regs);
+            exit = ref vcpu.Run();
+            if (exit.Reason != VcpuExitReason.Hlt)
+            {
+                r.EngineError = $"FXRSTOR loader stopped with {exit.Reason} {exit.Message}";
+                return r;
+            }
         }
 
         sregs = SpecialRegisters(3);

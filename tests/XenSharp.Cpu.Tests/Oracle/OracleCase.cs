@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Iced.Intel;
 
 namespace XenSharp.Cpu.Tests.Oracle;
 
@@ -19,7 +20,7 @@ internal static class OracleLayout
 
     /// <summary>RFLAGS bits compared: CF PF AF ZF SF DF OF. RF, IF and the system bits differ
     /// between a user process and a bare guest for reasons unrelated to the instruction.</summary>
-    public const ulong ComparedFlags = 0xed5;
+    public const ulong ComparedFlags = 0xcd5;
 }
 
 /// <summary>Register names in encoding order, the order of every GPR array here.</summary>
@@ -49,6 +50,50 @@ internal sealed class OracleCase
     public ulong UndefinedAtEnd;
     /// <summary>Parts of the FXSAVE image to compare (x87 condition codes are undefined after most arithmetic).</summary>
     public FxCompare FxMask = FxCompare.All;
+    /// <summary>Whether the code touches x87/MMX/SSE state: only then is that state loaded into the
+    /// engine (FXRSTOR), saved back (FXSAVE) and compared, so that integer groups do not depend on
+    /// the engine's FXSAVE support.</summary>
+    public bool UsesFx;
+
+    Instruction[]? decoded;
+
+    /// <summary>The case's instructions (without the closing HLT).</summary>
+    public Instruction[] Instructions => decoded ??= Decode(Code);
+
+    static Instruction[] Decode(byte[] code)
+    {
+        var d = Iced.Intel.Decoder.Create(64, new ByteArrayCodeReader(code));
+        d.IP = OracleLayout.Code;
+        var list = new List<Instruction>();
+        while (d.IP < OracleLayout.Code + (ulong)code.Length - 1)
+        {
+            d.Decode(out var i);
+            list.Add(i);
+        }
+        return list.ToArray();
+    }
+
+    /// <summary>True when any instruction in <paramref name="code"/> uses x87, MMX or XMM state.</summary>
+    public static bool TouchesFx(byte[] code)
+    {
+        var d = Iced.Intel.Decoder.Create(64, new Iced.Intel.ByteArrayCodeReader(code));
+        d.IP = OracleLayout.Code;
+        while (d.IP < OracleLayout.Code + (ulong)code.Length)
+        {
+            d.Decode(out var i);
+            if (i.CpuidFeatures.Any(f => f is Iced.Intel.CpuidFeature.FPU or Iced.Intel.CpuidFeature.FPU387 or Iced.Intel.CpuidFeature.MMX))
+                return true;
+            for (int n = 0; n < i.OpCount; n++)
+            {
+                if (i.GetOpKind(n) != Iced.Intel.OpKind.Register) continue;
+                var r = i.GetOpRegister(n);
+                if (r.IsXMM() || r.IsMM() || r.IsST()) return true;
+            }
+            if (i.Mnemonic is Iced.Intel.Mnemonic.Ldmxcsr or Iced.Intel.Mnemonic.Stmxcsr) return true;
+            if (i.MemorySize.IsPacked() || i.MemorySize.GetSize() >= 16) return true;
+        }
+        return false;
+    }
 
     public void WriteTo(Span<byte> b)
     {

@@ -30,7 +30,7 @@ internal static class OracleComparer
         if ((host.Rflags & mask) != (engine.Rflags & mask))
             sb.Append($"  rflags: host {host.Rflags & mask:x}, engine {engine.Rflags & mask:x} (compared bits {mask:x}, was {c.Rflags:x})\n");
 
-        CompareFx(c, host.Fx, engine.Fx, sb);
+        if (c.UsesFx) CompareFx(c, host.Fx, engine.Fx, sb);
 
         int diffs = 0;
         for (int i = 0; i < OracleLayout.Page; i++)

@@ -1,0 +1,94 @@
+using System.Diagnostics;
+using System.Globalization;
+using XenSharp.Bench.Engine;
+
+// usage: XenSharp.Bench.Engine WORKLOADS.BIN NATIVE-PEER [QEMU-PVH.ELF]
+// Runs each workload in the engine and through the native peer (the same bytes on the host CPU),
+// checks that both computed the same result, and prints one line per workload.
+if (args.Length < 2)
+{
+    Console.Error.WriteLine("usage: XenSharp.Bench.Engine WORKLOADS.BIN NATIVE-PEER");
+    return 2;
+}
+var inv = CultureInfo.InvariantCulture;
+byte[] image = File.ReadAllBytes(args[0]);
+if (BitConverter.ToUInt64(image, 0) != 0x31454e49474e4558UL)
+{
+    Console.Error.WriteLine($"{args[0]}: not a workload image");
+    return 1;
+}
+ulong Entry(int i) => BitConverter.ToUInt64(image, 8 * (i + 1));
+ulong intLoop = Entry(0), memLoop = Entry(1), fill = Entry(2), md5 = Entry(3);
+
+ulong intIterations = Env("XENSHARP_BENCH_INT_ITERATIONS", 20_000_000);
+ulong memWords = 4UL << 20; // 32 MiB
+ulong memIterations = Env("XENSHARP_BENCH_MEM_ITERATIONS", 5_000_000);
+ulong md5Bytes = 64UL << 20;
+
+var native = RunNative(args[1], args[0], intIterations, memWords, memIterations, md5Bytes);
+
+using var guest = new FlatGuest(image);
+int failures = 0;
+
+var (n, s, r) = Measure(() => guest.Call(intLoop, intIterations, 12345));
+Report("engine-int-loop", n, s, r, native["int-loop"]);
+
+guest.Call(fill, FlatGuest.Buffer, memWords, 777);
+(n, s, r) = Measure(() => guest.Call(memLoop, FlatGuest.Buffer, memWords, memIterations));
+Report("engine-mem-loop", n, s, r, native["mem-loop"]);
+
+guest.Call(fill, FlatGuest.Buffer, md5Bytes / 8, 4242);
+(n, s, r) = Measure(() => guest.Call(md5, FlatGuest.Buffer, md5Bytes, FlatGuest.Buffer - 64));
+var qemu = args.Length > 2 ? QemuPeer.Md5(args[2]) : null;
+string qemuText = qemu is { } q ? string.Format(inv, "; qemu-tcg: {0:0.00} s, ratio {1:0.00}x", q.Seconds, s / q.Seconds) : "";
+Console.WriteLine(string.Format(inv, "engine-md5-64MiB: {0:0.00} s (native: {1:0.000} s, ratio {2:0.0}x{3}) [{4:0} MIPS]",
+    s, native["md5"].Seconds, s / native["md5"].Seconds, qemuText, n / s / 1e6));
+Check("md5", r, native["md5"].Checksum);
+if (qemu is { } qc) Check("md5 under qemu", qc.Checksum, native["md5"].Checksum);
+return failures == 0 ? 0 : 1;
+
+(ulong Instructions, double Seconds, ulong Result) Measure(Func<ulong> call)
+{
+    ulong before = guest.InstructionsRetired;
+    var sw = Stopwatch.StartNew();
+    ulong result = call();
+    double seconds = sw.Elapsed.TotalSeconds;
+    return (guest.InstructionsRetired - before, seconds, result);
+}
+
+void Report(string name, ulong instructions, double seconds, ulong result, (double Seconds, ulong Checksum) peer)
+{
+    // The native peer runs the same instruction stream, so its MIPS is the engine's count over its time.
+    double mips = instructions / seconds / 1e6, nativeMips = instructions / peer.Seconds / 1e6;
+    Console.WriteLine(string.Format(inv, "{0}: {1:0.0} MIPS (native: {2:0} MIPS, ratio {3:0.0000})",
+        name, mips, nativeMips, mips / nativeMips));
+    Check(name, result, peer.Checksum);
+}
+
+void Check(string name, ulong engine, ulong host)
+{
+    if (engine == host) return;
+    Console.Error.WriteLine($"{name}: engine computed {engine:x16}, host {host:x16}");
+    failures++;
+}
+
+static ulong Env(string name, ulong fallback) =>
+    ulong.TryParse(Environment.GetEnvironmentVariable(name), out var v) && v > 0 ? v : fallback;
+
+static Dictionary<string, (double Seconds, ulong Checksum)> RunNative(string peer, string image, params ulong[] p)
+{
+    var psi = new ProcessStartInfo(peer) { RedirectStandardOutput = true };
+    psi.ArgumentList.Add(image);
+    foreach (var x in p) psi.ArgumentList.Add(x.ToString(CultureInfo.InvariantCulture));
+    using var proc = Process.Start(psi)!;
+    string output = proc.StandardOutput.ReadToEnd();
+    proc.WaitForExit();
+    if (proc.ExitCode != 0) throw new InvalidOperationException($"native peer failed with status {proc.ExitCode}");
+    var d = new Dictionary<string, (double, ulong)>();
+    foreach (var line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+    {
+        var f = line.Split(' ');
+        d[f[0]] = (double.Parse(f[1], CultureInfo.InvariantCulture), Convert.ToUInt64(f[2], 16));
+    }
+    return d;
+}
