@@ -187,13 +187,13 @@ internal sealed class NodeStore
     {
         created = null;
         // Walk up to the closest existing ancestor, remembering the missing names.
-        Span<int> cuts = stackalloc int[64];
+        int depth = path.AsSpan().Count('/');
+        Span<int> cuts = depth <= 64 ? stackalloc int[64] : new int[depth];
         int missing = 0;
         string p = path;
         Node? parent;
         while (true)
         {
-            if (missing == cuts.Length) return XsError.EINVAL;
             cuts[missing++] = p.Length;
             p = Paths.Parent(p);
             parent = Get(p, tx);

@@ -33,6 +33,10 @@ public class ProtocolTests
         Assert.Equal("", c.Call(XsType.Read, "/empty"));
         Assert.Equal("/local/domain/0\0", c.Call(XsType.GetDomainPath, "0"));
         Assert.Contains("tool\0", c.Call(XsType.Directory, "/"));
+        string deep = string.Concat(Enumerable.Range(0, 300).Select(i => "/d"));
+        Assert.Equal("OK\0", c.Write(deep, "bottom"));                 // 300 parents created at once
+        Assert.Equal("bottom", c.Call(XsType.Read, deep));
+        Assert.Equal("OK\0", c.Call(XsType.Rm, "/d"));
     }
 
     [Theory]
