@@ -264,6 +264,7 @@ internal sealed class NodeStore
         if (n is null) return Lookup(c, path, XsPerm.None, tx, out _);
         Access(c, n, out bool owner);
         if (!owner) return XsError.EACCES;
+        if (!c.Privileged && perms.Length > _quotas.PermissionsPerNode) return XsError.ENOSPC;
         // Only privileged clients may give a node away.
         if (!c.Privileged && perms[0].DomId != n.Owner) return XsError.EPERM;
         uint oldOwner = n.Owner;
