@@ -353,7 +353,8 @@ internal sealed partial class XenStoreEngine
                 string text =
                     $"Nodes per Domain: {Quotas.NodesPerDomain}\nEntry size: {Quotas.MaxEntrySize}\n" +
                     $"Watches per Domain: {Quotas.WatchesPerDomain}\nTransactions per Domain: {Quotas.TransactionsPerDomain}\n" +
-                    $"Outstanding requests: {Quotas.OutstandingRequests}\nPath length: {Quotas.MaxRelativePathLength}\n";
+                    $"Outstanding requests: {Quotas.OutstandingRequests}\nPath length: {Quotas.MaxRelativePathLength}\n" +
+                    $"Permissions per node: {Quotas.PermissionsPerNode}\n";
                 len = Encoding.ASCII.GetBytes(text, _reply);
                 _reply[len++] = 0;
                 return XsError.None;

@@ -60,10 +60,16 @@ internal sealed class RingConnection : Connection
         _inPump = true;
         try
         {
-            while (!Closed)
+            // A bounded pass, so that one busy guest cannot keep the ring thread from the others.
+            for (int budget = 256; !Closed; budget--)
             {
                 Flush();
                 if (_outMessages >= _engine.Quotas.OutstandingRequests) break; // the guest must read first
+                if (budget == 0)
+                {
+                    Signal(); // more to do: back in the queue behind the others
+                    break;
+                }
                 if (!ReadRequest()) break;
             }
         }

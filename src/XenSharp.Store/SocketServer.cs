@@ -68,8 +68,9 @@ internal sealed class SocketServer : IDisposable
 
 /// <summary>
 /// One socket client (dom0, privileged). Its own reader thread parses requests straight out of the
-/// receive buffer; replies and events are appended to an output buffer that its writer thread
-/// drains, so the store lock is never held across socket I/O and no client depends on another's
+/// receive buffer and, after each batch, sends the replies queued in its output buffer; watch
+/// events that arrive while it waits go out through a writer thread started on first need. The
+/// store lock is never held across socket I/O, and no client depends on another's
 /// progress or on the thread pool. A client that stops reading is dropped once its backlog passes
 /// the limit; one that floods requests without reading waits until its backlog drains.
 /// </summary>
@@ -86,7 +87,7 @@ internal sealed class SocketConnection : Connection
     private byte[] _spare = new byte[16 * 1024];
     private int _outLen;
     private readonly AutoResetEvent _outReady = new(false);
-    private bool _sending, _inBatch;
+    private bool _sending, _inBatch, _writerStarted;
     private readonly AutoResetEvent _drained = new(false);
     private bool _forgotten;
 
@@ -97,11 +98,7 @@ internal sealed class SocketConnection : Connection
         _onClosed = onClosed;
     }
 
-    public void Start()
-    {
-        new Thread(ReadLoop) { IsBackground = true, Name = "xenstored client" }.Start();
-        new Thread(WriteLoop) { IsBackground = true, Name = "xenstored client out" }.Start();
-    }
+    public void Start() => new Thread(ReadLoop) { IsBackground = true, Name = "xenstored client" }.Start();
 
     private void ReadLoop()
     {
@@ -179,6 +176,12 @@ internal sealed class SocketConnection : Connection
             // Replies to this client's own requests are sent by its reader right after the batch;
             // the writer thread is only woken for events that arrive while the reader waits.
             wake = !_sending && !_inBatch;
+            // Short-lived clients (most xenstore-* tools) never need the writer thread.
+            if (wake && !_writerStarted)
+            {
+                _writerStarted = true;
+                new Thread(WriteLoop) { IsBackground = true, Name = "xenstored client out" }.Start();
+            }
         }
         if (wake) _outReady.Set();
     }

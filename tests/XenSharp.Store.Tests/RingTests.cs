@@ -54,4 +54,19 @@ public class RingTests
         Assert.Equal("x", g.Call(XsType.Read, "w/node-with-a-long-name-000"));
         Assert.True(d.RingOf(3).Notifications > 0);
     }
+
+    [Fact]
+    public unsafe void MappedRingServesAGuestPage()
+    {
+        using var d = new TempDaemon();
+        TestRing page = d.NewRing();
+        int kicks = 0;
+        fixed (byte* p = page.Page)
+        {
+            var ring = new MappedXenStoreRing((nint)p, () => { Interlocked.Increment(ref kicks); page.Notify(); });
+            var g = new GuestClient(page, d.Daemon.Introduce(20, ring));
+            Assert.Equal("/local/domain/20\0", g.Call(XsType.GetDomainPath, "20"));
+        }
+        Assert.True(kicks > 0);
+    }
 }
