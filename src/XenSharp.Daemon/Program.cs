@@ -1,1 +1,94 @@
-return 0;
+using System.Runtime.InteropServices;
+using XenSharp.Daemon;
+using XenSharp.Store;
+using XenSharp.Toolstack.Control;
+using XenSharp.Toolstack.Lifecycle;
+using XenSharp.Toolstack.Platform;
+
+// xensharpd [--rundir DIR]: the host process holding the hypervisor, xenstored, the console
+// daemon and the toolstack, driven by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or
+// `xl daemon-stop` stop it: every domain is destroyed and its sockets and pid file removed.
+string? runDir = null;
+for (int i = 0; i < args.Length; i++)
+{
+    if (args[i] == "--rundir" && i + 1 < args.Length) runDir = args[++i];
+    else if (args[i] is "-h" or "--help")
+    {
+        Console.WriteLine("usage: xensharpd [--rundir DIR]   (default $XENSHARP_RUNDIR or /run/xensharp)");
+        return 0;
+    }
+    else
+    {
+        Console.Error.WriteLine($"xensharpd: unknown argument {args[i]}");
+        return 2;
+    }
+}
+var paths = new RunPaths(runDir);
+return Daemon.Run(paths);
+
+namespace XenSharp.Daemon
+{
+    internal static class Daemon
+    {
+        public static int Run(RunPaths paths)
+        {
+            Directory.CreateDirectory(paths.RunDir);
+            Directory.CreateDirectory(paths.ConsoleLogDir);
+            using var pidLock = PidFile.Acquire(paths.PidFile);
+            if (pidLock is null)
+            {
+                Console.Error.WriteLine($"xensharpd: another xensharpd holds {paths.PidFile}");
+                return 1;
+            }
+            Directory.CreateDirectory(Path.GetDirectoryName(paths.XenstoredSocket)!);
+
+            using var stop = new ManualResetEventSlim();
+            using var xs = new XenStored();
+            xs.Start(paths.XenstoredSocket);
+            using var hv = new HeldHypervisor();
+            using var host = new Host(hv, xs, paths);
+            host.StopRequested += stop.Set;
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });
+            using (var server = new ControlServer(paths.XlSocket, host))
+            {
+                Console.Error.WriteLine($"xensharpd: pid {Environment.ProcessId} listening on {paths.XlSocket}, xenstored on {paths.XenstoredSocket}");
+                stop.Wait();
+                Console.Error.WriteLine($"xensharpd: stopping, destroying {host.DomainIds.Count} domain(s)");
+            }
+            host.Dispose();
+            xs.Stop();
+            try { File.Delete(paths.XenstoredSocket); } catch (IOException) { }
+            Console.Error.WriteLine("xensharpd: stopped");
+            return 0;
+        }
+    }
+
+    /// <summary>$RUNDIR/xensharpd.pid, held with an exclusive lock while the daemon runs.</summary>
+    internal sealed class PidFile : IDisposable
+    {
+        private readonly FileStream _stream;
+        private readonly string _path;
+
+        private PidFile(FileStream s, string path) { _stream = s; _path = path; }
+
+        public static PidFile? Acquire(string path)
+        {
+            FileStream s;
+            // FileShare.None takes an exclusive flock: a second daemon cannot open it.
+            try { s = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException) { return null; }
+            s.SetLength(0);
+            var text = System.Text.Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n");
+            s.Write(text);
+            s.Flush();
+            return new PidFile(s, path);
+        }
+
+        public void Dispose()
+        {
+            try { File.Delete(_path); } catch (IOException) { }
+            _stream.Dispose();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+using System.Threading;
+using XenSharp.Public.Io;
+
+namespace XenSharp.Backends.Console;
+
+/// <summary>
+/// The PV console backend and the console daemon's role for one domain (xenconsoled): drains the
+/// guest's <c>xencons_interface</c> output ring into the domain's log and the attached client,
+/// and feeds the client's keystrokes into the input ring. Output produced while no client is
+/// attached is kept (up to <see cref="MaxPending"/> bytes) and given to the next one.
+/// </summary>
+public sealed class ConsoleBackend : IDisposable
+{
+    public const int MaxPending = 64 * 1024;
+
+    private readonly ISharedPage _ring;
+    private readonly Action _notifyGuest;
+    private readonly FileStream? _log;
+    private readonly Lock _lock = new();
+    private readonly List<byte> _pending = [];
+    private Stream? _client;
+    private bool _disposed;
+
+    public string Name { get; private set; }
+
+    public ConsoleBackend(string name, ISharedPage ring, Action notifyGuest, string? logPath)
+    {
+        Name = name;
+        _ring = ring;
+        _notifyGuest = notifyGuest;
+        if (logPath is not null)
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(logPath)!);
+            _log = new FileStream(logPath, FileMode.Append, FileAccess.Write, FileShare.ReadWrite | FileShare.Delete);
+        }
+    }
+
+    /// <summary>Total bytes taken from the guest's output ring.</summary>
+    public long OutputBytes { get; private set; }
+
+    /// <summary>True while a client is attached.</summary>
+    public bool HasClient { get { lock (_lock) return _client is not null; } }
+
+    /// <summary>The guest signalled the console event channel: take what it wrote.</summary>
+    public void OnGuestEvent()
+    {
+        byte[] data;
+        Stream? client;
+        lock (_lock)
+        {
+            if (_disposed) return;
+            data = DrainOutput();
+            if (data.Length == 0) return;
+            OutputBytes += data.Length;
+            _log?.Write(data);
+            _log?.Flush();
+            client = _client;
+            if (client is null)
+            {
+                _pending.AddRange(data);
+                if (_pending.Count > MaxPending) _pending.RemoveRange(0, _pending.Count - MaxPending);
+                return;
+            }
+        }
+        try { client.Write(data); client.Flush(); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException) { Detach(client); }
+    }
+
+    /// <summary>Reads out[out_cons..out_prod) and advances out_cons. A producer index that runs
+    /// ahead of the consumer by more than the ring is the guest's garbage: the ring is reset.</summary>
+    private byte[] DrainOutput()
+    {
+        var page = _ring.Page;
+        uint cons = Volatile.Read(ref Word(page, XenconsInterface.OffsetOutCons));
+        uint prod = Volatile.Read(ref Word(page, XenconsInterface.OffsetOutProd));
+        uint len = prod - cons;
+        if (len == 0) return [];
+        if (len > XenconsInterface.OutSize)
+        {
+            Volatile.Write(ref Word(page, XenconsInterface.OffsetOutCons), prod);
+            return [];
+        }
+        var data = new byte[len];
+        for (uint i = 0; i < len; i++)
+            data[i] = page[XenconsInterface.OffsetOut + (int)((cons + i) & (XenconsInterface.OutSize - 1))];
+        Volatile.Write(ref Word(page, XenconsInterface.OffsetOutCons), prod);
+        _notifyGuest();
+        return data;
+    }
+
+    /// <summary>Puts keystrokes into the input ring; returns how many fitted.</summary>
+    public int WriteInput(ReadOnlySpan<byte> data)
+    {
+        lock (_lock)
+        {
+            if (_disposed) return 0;
+            var page = _ring.Page;
+            uint cons = Volatile.Read(ref Word(page, XenconsInterface.OffsetInCons));
+            uint prod = Volatile.Read(ref Word(page, XenconsInterface.OffsetInProd));
+            uint used = prod - cons;
+            if (used > XenconsInterface.InSize) used = XenconsInterface.InSize;
+            int n = Math.Min(data.Length, (int)(XenconsInterface.InSize - used));
+            for (int i = 0; i < n; i++)
+                page[XenconsInterface.OffsetIn + (int)((prod + (uint)i) & (XenconsInterface.InSize - 1))] = data[i];
+            Volatile.Write(ref Word(page, XenconsInterface.OffsetInProd), prod + (uint)n);
+            if (n > 0) _notifyGuest();
+            return n;
+        }
+    }
+
+    /// <summary>Attaches a client (xl console): it gets the pending output and everything after.
+    /// One client at a time, as xenconsoled allows; a second attach is refused.</summary>
+    public bool Attach(Stream client)
+    {
+        byte[] pending;
+        lock (_lock)
+        {
+            if (_disposed || _client is not null) return false;
+            _client = client;
+            pending = [.. _pending];
+            _pending.Clear();
+        }
+        if (pending.Length > 0)
+        {
+            try { client.Write(pending); client.Flush(); }
+            catch (Exception e) when (e is IOException or ObjectDisposedException) { Detach(client); return false; }
+        }
+        return true;
+    }
+
+    public void Detach(Stream client)
+    {
+        lock (_lock) if (ReferenceEquals(_client, client)) _client = null;
+    }
+
+    public void Rename(string name) => Name = name;
+
+    private static ref uint Word(Span<byte> page, int offset) =>
+        ref System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(page.Slice(offset, 4))[0];
+
+    public void Dispose()
+    {
+        Stream? client;
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            client = _client;
+            _client = null;
+            _log?.Dispose();
+        }
+        client?.Dispose();
+    }
+}

@@ -1,0 +1,84 @@
+using System.Net.Sockets;
+using System.Text.Json;
+using XenSharp.Toolstack.Control;
+using XenSharp.Toolstack.Lifecycle;
+
+namespace XenSharp.Daemon;
+
+/// <summary>
+/// The control socket: accepts xl's connections and answers one request per line; a client that
+/// sends something unreadable is told so and dropped, without disturbing anything else.
+/// </summary>
+internal sealed class ControlServer : IDisposable
+{
+    private readonly Socket _listener;
+    private readonly Host _host;
+    private readonly string _path;
+    private readonly CancellationTokenSource _cts = new();
+    private readonly Task _accept;
+
+    public ControlServer(string path, Host host)
+    {
+        _path = path;
+        _host = host;
+        if (File.Exists(path)) File.Delete(path);
+        _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        _listener.Bind(new UnixDomainSocketEndPoint(path));
+        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        _listener.Listen(64);
+        _accept = Task.Run(AcceptLoop);
+    }
+
+    private async Task AcceptLoop()
+    {
+        while (!_cts.IsCancellationRequested)
+        {
+            Socket s;
+            try { s = await _listener.AcceptAsync(_cts.Token); }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            _ = Task.Run(() => Serve(s));
+        }
+    }
+
+    private async Task Serve(Socket s)
+    {
+        using var channel = new LineChannel(new NetworkStream(s, ownsSocket: true));
+        try
+        {
+            while (!_cts.IsCancellationRequested)
+            {
+                string? line = await channel.ReadLineAsync(_cts.Token);
+                if (line is null) return;
+                ControlRequest? request;
+                try { request = JsonSerializer.Deserialize<ControlRequest>(line, ControlJson.Options); }
+                catch (JsonException e)
+                {
+                    await channel.WriteAsync(ControlResponse.Failure($"xensharpd: malformed request: {e.Message}", 22), _cts.Token);
+                    return;
+                }
+                if (request is null)
+                {
+                    await channel.WriteAsync(ControlResponse.Failure("xensharpd: empty request", 22), _cts.Token);
+                    return;
+                }
+                var response = _host.Handle(request);
+                await channel.WriteAsync(response, _cts.Token);
+                if (request is ConsoleAttachRequest && response.Ok)
+                {
+                    var target = response.Result!.Value.Deserialize<ConsoleAttachResult>(ControlJson.Options)!;
+                    await _host.RunConsoleAsync(target.DomId, channel.Stream, _cts.Token);
+                    return;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or SocketException) { }
+    }
+
+    public void Dispose()
+    {
+        _cts.Cancel();
+        _listener.Dispose();
+        try { _accept.Wait(TimeSpan.FromSeconds(5)); } catch (AggregateException) { }
+        try { File.Delete(_path); } catch (IOException) { }
+    }
+}

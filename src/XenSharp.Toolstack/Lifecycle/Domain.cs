@@ -1,0 +1,38 @@
+using XenSharp.Backends;
+using XenSharp.Backends.Console;
+using XenSharp.Store;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Platform;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>One guest domain as the daemon holds it: its configuration, its hypervisor domain,
+/// its console backend and its xenstore connection.</summary>
+internal sealed class Domain
+{
+    public required uint DomId { get; init; }
+    public required DomainConfig Config { get; set; }
+    public required IHypervisorDomain Hv { get; init; }
+    public required DateTimeOffset Started { get; init; }
+    public ConsoleBackend? Console { get; set; }
+    public IEventChannelEndpoint? ConsoleChannel { get; set; }
+    public IEventChannelEndpoint? StoreChannel { get; set; }
+    public XenStoreDomain? Store { get; set; }
+    /// <summary>Set once the toolstack has acted on the domain's shutdown (so it acts once).</summary>
+    public bool ShutdownHandled { get; set; }
+    public bool Destroyed { get; set; }
+    /// <summary>Built and wired up: visible to xl list.</summary>
+    public bool Ready { get; set; }
+}
+
+/// <summary>A guest frame shared with a backend.</summary>
+internal sealed class GuestPage(IGuestPhysicalMemory memory, ulong gfn) : ISharedPage, IXenStoreRing
+{
+    private Action? _notify;
+
+    public Span<byte> Page => memory.Page(gfn);
+
+    public void SetNotify(Action notify) => _notify = notify;
+
+    public void Notify() => _notify?.Invoke();
+}

@@ -1,0 +1,644 @@
+using System.Diagnostics;
+using System.Text.Json;
+using XenSharp.Backends.Console;
+using XenSharp.Public.Hvm;
+using XenSharp.Store;
+using XenSharp.Toolstack.Builder;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Control;
+using XenSharp.Toolstack.Platform;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>
+/// The daemon's heart (libxl's role in one process): owns the hypervisor, xenstored and the
+/// guest domains; answers the control requests; acts on domain shutdowns with the on_* actions;
+/// and on <see cref="Dispose"/> destroys every domain so nothing outlives the daemon.
+/// </summary>
+public sealed class Host : IDisposable
+{
+    private readonly IHypervisor _hv;
+    private readonly XenStored _xs;
+    private readonly RunPaths _paths;
+    private readonly Lock _lock = new();
+    /// <summary>Serialises building and tearing down domains (not queries).</summary>
+    private readonly Lock _lifecycle = new();
+    private readonly Dictionary<uint, Domain> _domains = [];
+    private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
+    private uint _nextDomId = 1;
+    private bool _disposed;
+
+    /// <summary>Raised when a client asked the daemon to stop.</summary>
+    public event Action? StopRequested;
+
+    public Host(IHypervisor hv, XenStored xs, RunPaths paths)
+    {
+        _hv = hv;
+        _xs = xs;
+        _paths = paths;
+        XenstoreLayout.WriteDom0(xs);
+        _hv.DomainStateChanged += OnDomainStateChanged;
+        _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
+        _hv.ConsoleWrite($"Command line: {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}");
+        _hv.ConsoleWrite($"xensharpd: run directory {paths.RunDir}, {_hv.HostCpus} pCPUs");
+    }
+
+    public IReadOnlyCollection<uint> DomainIds { get { lock (_lock) return [.. _domains.Keys]; } }
+
+    // ---- requests ----
+
+    public ControlResponse Handle(ControlRequest request)
+    {
+        try
+        {
+            object? result = request switch
+            {
+                PingRequest => new PingResult(_hv.Version, Environment.ProcessId, _paths.RunDir),
+                CreateRequest r => Create(r),
+                ListRequest r => List(r),
+                DestroyRequest r => Do(() => Destroy(Resolve(r.Domain, allowDom0: r.Force))),
+                ShutdownRequest r => Do(() => RequestShutdown(r)),
+                PauseRequest r => Do(() => Resolve(r.Domain).Hv.Pause()),
+                UnpauseRequest r => Do(() => Resolve(r.Domain).Hv.Unpause()),
+                RenameRequest r => Do(() => Rename(r)),
+                VcpuListRequest r => VcpuList(r),
+                VcpuPinRequest r => Do(() => VcpuPin(r)),
+                VcpuSetRequest r => Do(() => VcpuSet(r)),
+                MemSetRequest r => Do(() => MemSet(r)),
+                MemMaxRequest r => Do(() => MemMax(r)),
+                InfoRequest => Info(),
+                DmesgRequest r => _hv.ReadConsole(r.Clear),
+                DebugKeysRequest r => Do(() => _hv.DebugKeys(r.Keys)),
+                SysrqRequest r => Do(() => _xs.Write($"{XenstoreLayout.DomainPath(Resolve(r.Domain).DomId)}/control/sysrq", r.Key.ToString())),
+                TriggerRequest r => Do(() => Trigger(r)),
+                ConsoleAttachRequest r => ConsoleTarget(r),
+                StopDaemonRequest => Do(() => ThreadPool.QueueUserWorkItem(_ => StopRequested?.Invoke())),
+                _ => throw new ControlException("unknown request"),
+            };
+            return ControlResponse.Success(result);
+        }
+        catch (ControlException e) { return ControlResponse.Failure(e.Message, e.Errno); }
+        catch (XlConfigException e) { return ControlResponse.Failure(e.Message); }
+        catch (DomainBuildException e) { return ControlResponse.Failure(e.Message); }
+        catch (XenStoreException e) { return ControlResponse.Failure(e.Message); }
+        catch (NotSupportedException e) { return ControlResponse.Failure(e.Message); }
+        catch (ArgumentException e) { return ControlResponse.Failure(e.Message); }
+    }
+
+    private static Unit Do(Action a) { a(); return Unit.Value; }
+
+    /// <summary>A domain by id or name, as xl's find_domain.</summary>
+    private Domain Resolve(string domain, bool allowDom0 = false)
+    {
+        lock (_lock)
+        {
+            if (uint.TryParse(domain, out uint id))
+            {
+                if (id == 0 && !allowDom0)
+                    throw new ControlException("Domain 0 cannot be the target of this operation");
+                if (_domains.TryGetValue(id, out var d)) return d;
+            }
+            else
+            {
+                var d = _domains.Values.FirstOrDefault(x => x.Config.Name == domain);
+                if (d is not null) return d;
+                if (domain == "Domain-0" && !allowDom0)
+                    throw new ControlException("Domain 0 cannot be the target of this operation");
+            }
+        }
+        throw new ControlException($"{domain} is an invalid domain identifier (rc=-6)", 22);
+    }
+
+    private static readonly System.Text.RegularExpressions.Regex ValidName = new("^[^/\\\\\\x00-\\x1f]+$");
+
+    private CreateResult Create(CreateRequest r)
+    {
+        var cfg = XlConfigParser.Parse(r.ConfigText, r.ConfigFile);
+        cfg.Directory = r.ConfigDirectory;
+        foreach (var o in r.Overrides) XlConfigParser.ParseInto(cfg, o, "command line");
+        var read = DomainConfigReader.Read(cfg, _hv.HostCpus);
+        var d = read.Config;
+        d.SourceText = r.ConfigText;
+        d.SourceFile = r.ConfigFile;
+        var dom = Start(d, r.Paused);
+        return new CreateResult(dom.DomId, d.Name, read.Warnings);
+    }
+
+    /// <summary>Creates, builds, wires up and (unless <paramref name="paused"/>) unpauses a domain.</summary>
+    private Domain Start(DomainConfig c, bool paused)
+    {
+        lock (_lifecycle)
+        {
+            if (_disposed) throw new ControlException("xensharpd is stopping");
+            return StartLocked(c, paused);
+        }
+    }
+
+    private Domain StartLocked(DomainConfig c, bool paused)
+    {
+        uint domId;
+        lock (_lock)
+        {
+            if (c.Name == "Domain-0" || _domains.Values.Any(x => x.Config.Name == c.Name))
+                throw new ControlException($"domain with name \"{c.Name}\" already exists.");
+            if (_domains.Values.Any(x => x.Config.Uuid == c.Uuid))
+                throw new ControlException($"domain with uuid {c.Uuid} already exists.");
+            while (_domains.ContainsKey(_nextDomId) || _nextDomId == 0 || _nextDomId >= 0x7FF0)
+                _nextDomId = _nextDomId >= 0x7FF0 ? 1 : _nextDomId + 1;
+            domId = _nextDomId++;
+        }
+
+        string image = c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? c.FirmwareOverride : c.Kernel!;
+        byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? "firmware_override" : "kernel");
+        byte[]? ramdisk = c.Ramdisk is null ? null : ReadImage(c.Ramdisk, "ramdisk");
+
+        var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? DomainKind.Hvm : DomainKind.Pvh,
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name));
+        var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow };
+        lock (_lock) _domains[domId] = dom;
+        try
+        {
+            var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
+                c.Vcpus, c.MaxVcpus), hvd.Memory);
+            hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
+            hvd.SetOnlineVcpus(c.Vcpus);
+            for (int v = 0; v < c.MaxVcpus; v++)
+            {
+                var hard = c.CpusHard is { } h ? (h.Count == 1 ? h[0] : v < h.Count ? h[v] : null) : null;
+                var soft = c.CpusSoft is { } s ? (s.Count == 1 ? s[0] : v < s.Count ? s[v] : null) : null;
+                if (hard is not null || soft is not null)
+                    hvd.SetVcpuAffinity(v, hard?.Cpus.ToList(), soft?.Cpus.ToList());
+            }
+
+            // xenstore ring and console ring, with their event channels.
+            uint storePort = hvd.AllocUnboundPort(0);
+            uint consolePort = hvd.AllocUnboundPort(0);
+            hvd.SetHvmParam(Params.HVM_PARAM_STORE_PFN, built.XenstorePfn);
+            hvd.SetHvmParam(Params.HVM_PARAM_STORE_EVTCHN, storePort);
+            hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_PFN, built.ConsolePfn);
+            hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN, consolePort);
+
+            var storePage = new GuestPage(hvd.Memory, built.XenstorePfn);
+            dom.Store = _xs.Introduce(domId, storePage, built.XenstorePfn, storePort);
+            var storeDomain = dom.Store;
+            dom.StoreChannel = hvd.BindInterdomain(storePort, () => storeDomain.Signal());
+            var storeChannel = dom.StoreChannel;
+            storePage.SetNotify(storeChannel.Notify);
+
+            var consolePage = new GuestPage(hvd.Memory, built.ConsolePfn);
+            ConsoleBackend? backend = null;
+            dom.ConsoleChannel = hvd.BindInterdomain(consolePort, () => backend?.OnGuestEvent());
+            var consoleChannel = dom.ConsoleChannel;
+            backend = new ConsoleBackend(c.Name, consolePage, consoleChannel.Notify, _paths.ConsoleLog(c.Name));
+            dom.Console = backend;
+
+            XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
+            _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
+            if (!paused) hvd.Unpause();
+            dom.Ready = true;
+            return dom;
+        }
+        catch
+        {
+            Destroy(dom);
+            throw;
+        }
+    }
+
+    private static byte[] ReadImage(string path, string what)
+    {
+        try { return File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            string why = e is FileNotFoundException or DirectoryNotFoundException ? "No such file or directory"
+                : e is UnauthorizedAccessException ? "Permission denied" : e.Message;
+            throw new ControlException($"{what}: {path}: {why}");
+        }
+    }
+
+    /// <summary>Destroys a domain and everything that belongs to it: console, xenstore nodes and
+    /// connection, event channels, memory.</summary>
+    private void Destroy(Domain d)
+    {
+        lock (_lifecycle) DestroyLocked(d);
+    }
+
+    private void DestroyLocked(Domain d)
+    {
+        lock (_lock)
+        {
+            if (d.Destroyed) return;
+            d.Destroyed = true;
+            _domains.Remove(d.DomId);
+        }
+        d.Console?.Dispose();
+        d.ConsoleChannel?.Dispose();
+        d.StoreChannel?.Dispose();
+        try
+        {
+            if (d.Store is not null) _xs.Release(d.DomId);
+            XenstoreLayout.Remove(_xs, d.DomId, d.Config.Uuid);
+        }
+        catch (XenStoreException) { }
+        d.Hv.Dispose();
+        _hv.ConsoleWrite($"d{d.DomId}: destroyed");
+    }
+
+    private void RequestShutdown(ShutdownRequest r)
+    {
+        var d = Resolve(r.Domain);
+        string dom = XenstoreLayout.DomainPath(d.DomId);
+        string feature = r.Kind == ShutdownKind.Reboot ? "feature-reboot" : "feature-poweroff";
+        bool pvControl = _xs.Read($"{dom}/control/{feature}") == "1";
+        if (!pvControl)
+        {
+            if (!r.AcpiFallback)
+                throw new ControlException("PV control interface not available: external graceful shutdown not possible.\n" +
+                    $"Use \"-F\" to fallback to ACPI {(r.Kind == ShutdownKind.Reboot ? "reset" : "power")} event.");
+            d.Hv.SendTrigger(r.Kind == ShutdownKind.Reboot ? "reset" : "power", 0);
+            return;
+        }
+        _xs.Write($"{dom}/control/shutdown", r.Kind == ShutdownKind.Reboot ? "reboot" : "poweroff");
+    }
+
+    private void Rename(RenameRequest r)
+    {
+        var d = Resolve(r.Domain);
+        if (string.IsNullOrEmpty(r.NewName) || !ValidName.IsMatch(r.NewName))
+            throw new ControlException($"invalid domain name `{r.NewName}'");
+        lock (_lock)
+            if (r.NewName == "Domain-0" || _domains.Values.Any(x => x != d && x.Config.Name == r.NewName))
+                throw new ControlException($"domain with name \"{r.NewName}\" already exists.");
+        d.Config.Name = r.NewName;
+        d.Console?.Rename(r.NewName);
+        XenstoreLayout.Rename(_xs, d.DomId, d.Config.Uuid, r.NewName);
+    }
+
+    private void VcpuPin(VcpuPinRequest r)
+    {
+        var d = Resolve(r.Domain, allowDom0: false);
+        CpuMap? Parse(string? s)
+        {
+            if (s is null) return null;
+            return CpuMap.TryParse(s, _hv.HostCpus, out var err) ?? throw new ControlException(err!);
+        }
+        var hard = Parse(r.Hard);
+        var soft = Parse(r.Soft);
+        int max = d.Config.MaxVcpus;
+        if (r.Vcpu >= max) throw new ControlException($"vcpu {r.Vcpu} does not exist (the domain has {max})");
+        var hardList = (d.Config.CpusHard ?? []).ToList();
+        var softList = (d.Config.CpusSoft ?? []).ToList();
+        for (int v = r.Vcpu < 0 ? 0 : r.Vcpu; v < (r.Vcpu < 0 ? max : r.Vcpu + 1); v++)
+        {
+            d.Hv.SetVcpuAffinity(v, hard?.Cpus.ToList(), soft?.Cpus.ToList());
+            SetPerVcpu(hardList, v, hard, max);
+            SetPerVcpu(softList, v, soft, max);
+        }
+        d.Config.CpusHard = hardList.Count > 0 ? hardList : null;
+        d.Config.CpusSoft = softList.Count > 0 ? softList : null;
+    }
+
+    private void SetPerVcpu(List<CpuMap> list, int vcpu, CpuMap? map, int max)
+    {
+        if (map is null) return;
+        if (list.Count == 1 && max > 1) list.AddRange(Enumerable.Repeat(list[0], max - 1));
+        while (list.Count < max) list.Add(CpuMap.All(_hv.HostCpus));
+        list[vcpu] = map;
+    }
+
+    private void VcpuSet(VcpuSetRequest r)
+    {
+        var d = Resolve(r.Domain);
+        if (r.Count > d.Config.MaxVcpus)
+            throw new ControlException($"Requested vcpus {r.Count} exceeds the domain's maximum of {d.Config.MaxVcpus}");
+        if (!r.IgnoreHost && r.Count > _hv.HostCpus)
+            throw new ControlException($"You are overcommmitting! You have {_hv.HostCpus} physical CPUs and want {r.Count} vCPUs! Aborting, use --ignore-host to continue");
+        string dom = XenstoreLayout.DomainPath(d.DomId);
+        for (int i = 0; i < d.Config.MaxVcpus; i++)
+            _xs.Write($"{dom}/cpu/{i}/availability", i < r.Count ? "online" : "offline");
+        d.Hv.SetOnlineVcpus(r.Count);
+        d.Config.Vcpus = r.Count;
+    }
+
+    private void MemSet(MemSetRequest r)
+    {
+        var d = Resolve(r.Domain);
+        if (r.TargetKb > d.Config.MaxMemKb)
+            throw new ControlException($"memory_dynamic_max must be less than or equal to memory_static_max");
+        if (r.TargetKb <= 0) throw new ControlException("invalid memory target");
+        _xs.Write($"{XenstoreLayout.DomainPath(d.DomId)}/memory/target", r.TargetKb.ToString());
+        d.Config.TargetMemKb = r.TargetKb;
+    }
+
+    private void MemMax(MemMaxRequest r)
+    {
+        var d = Resolve(r.Domain);
+        if (r.MaxKb < d.Config.TargetMemKb)
+            throw new ControlException($"cannot set max memory below the current target ({d.Config.TargetMemKb} KiB)");
+        d.Hv.SetMaxMem(r.MaxKb);
+        _xs.Write($"{XenstoreLayout.DomainPath(d.DomId)}/memory/static-max", r.MaxKb.ToString());
+        d.Config.MaxMemKb = r.MaxKb;
+    }
+
+    private void Trigger(TriggerRequest r)
+    {
+        var d = Resolve(r.Domain);
+        if (r.Trigger is not ("nmi" or "reset" or "init" or "power" or "sleep" or "s3resume"))
+            throw new ControlException($"Invalid trigger \"{r.Trigger}\"");
+        if (r.Vcpu < 0 || r.Vcpu >= d.Config.MaxVcpus) throw new ControlException($"vcpu {r.Vcpu} does not exist");
+        d.Hv.SendTrigger(r.Trigger, r.Vcpu);
+    }
+
+    // ---- information ----
+
+    private IReadOnlyList<DomainInfo> List(ListRequest r)
+    {
+        var all = new List<DomainInfo> { Dom0Info(r.Long) };
+        List<Domain> doms;
+        lock (_lock) doms = [.. _domains.Values.Where(x => x.Ready).OrderBy(x => x.DomId)];
+        all.AddRange(doms.Select(d => GuestInfo(d, r.Long)));
+        if (r.Domains.Count == 0) return all;
+        var picked = new List<DomainInfo>();
+        foreach (var want in r.Domains)
+        {
+            var m = all.FirstOrDefault(x => x.Name == want || x.DomId.ToString() == want)
+                ?? throw new ControlException($"{want} is an invalid domain identifier (rc=-6)", 22);
+            picked.Add(m);
+        }
+        return picked;
+    }
+
+    private DomainInfo Dom0Info(bool details)
+    {
+        var mem = HostMemory.Read();
+        long guestsKb;
+        lock (_lock) guestsKb = _domains.Values.Sum(d => d.Hv.State.CurrentMemKb);
+        var p = Process.GetCurrentProcess();
+        long dom0Kb = Math.Max(0, mem.TotalKb - mem.AvailableKb - guestsKb);
+        return new DomainInfo
+        {
+            DomId = 0, Name = "Domain-0", Uuid = Guid.Empty, Type = "pv",
+            CurrentMemKb = dom0Kb, MaxMemKb = mem.TotalKb, TargetMemKb = dom0Kb,
+            VcpuOnline = _hv.HostCpus, VcpuMaxId = _hv.HostCpus - 1,
+            Running = true, CpuTimeNs = (ulong)(p.TotalProcessorTime.Ticks * 100),
+            UptimeSeconds = HostMemory.UptimeSeconds(),
+            StartTimeUnix = _started.ToUnixTimeSeconds(),
+            Config = details ? JsonSerializer.SerializeToElement(new Dictionary<string, object>
+            {
+                ["c_info"] = new Dictionary<string, object> { ["type"] = "pv", ["name"] = "Domain-0", ["uuid"] = Guid.Empty.ToString() },
+                ["b_info"] = new Dictionary<string, object> { ["max_vcpus"] = _hv.HostCpus, ["max_memkb"] = mem.TotalKb, ["target_memkb"] = dom0Kb },
+            }) : null,
+        };
+    }
+
+    private static DomainInfo GuestInfo(Domain d, bool details)
+    {
+        var s = d.Hv.State;
+        return new DomainInfo
+        {
+            DomId = d.DomId, Name = d.Config.Name, Uuid = d.Config.Uuid, Type = DomainConfig.TypeName(d.Config.Type),
+            CurrentMemKb = s.CurrentMemKb, MaxMemKb = d.Config.MaxMemKb, TargetMemKb = d.Config.TargetMemKb,
+            VcpuOnline = s.OnlineVcpus, VcpuMaxId = d.Config.MaxVcpus - 1,
+            Running = s.Running, Blocked = s.Blocked, Paused = s.Paused, Shutdown = s.Shutdown,
+            ShutdownReason = (int)s.Reason, Dying = s.Dying, CpuTimeNs = s.CpuTimeNs,
+            UptimeSeconds = (DateTimeOffset.UtcNow - d.Started).TotalSeconds,
+            StartTimeUnix = d.Started.ToUnixTimeSeconds(),
+            Config = details ? JsonSerializer.SerializeToElement(LibxlJson.DomainConfig(d.Config)) : null,
+        };
+    }
+
+    private IReadOnlyList<VcpuInfoEntry> VcpuList(VcpuListRequest r)
+    {
+        var result = new List<VcpuInfoEntry>();
+        var names = r.Domains.Count == 0 ? null : r.Domains;
+        bool Wanted(uint id, string name) => names is null || names.Contains(name) || names.Contains(id.ToString());
+        if (Wanted(0, "Domain-0"))
+            for (int i = 0; i < _hv.HostCpus; i++)
+                result.Add(new VcpuInfoEntry("Domain-0", 0, i, i, true, true, false, 0, "all", "all"));
+        List<Domain> doms;
+        lock (_lock) doms = [.. _domains.Values.OrderBy(x => x.DomId)];
+        if (names is not null)
+            foreach (var n in names)
+                if (n != "Domain-0" && n != "0" && !doms.Any(d => d.Config.Name == n || d.DomId.ToString() == n))
+                    throw new ControlException($"{n} is an invalid domain identifier (rc=-6)", 22);
+        foreach (var d in doms.Where(d => Wanted(d.DomId, d.Config.Name)))
+            foreach (var v in d.Hv.Vcpus)
+            {
+                string hard = Affinity(d.Config.CpusHard, v.Vcpu), soft = Affinity(d.Config.CpusSoft, v.Vcpu);
+                result.Add(new VcpuInfoEntry(d.Config.Name, d.DomId, v.Vcpu, v.Cpu, v.Online, v.Running, v.Blocked, v.CpuTimeNs, hard, soft));
+            }
+        return result;
+    }
+
+    private static string Affinity(IReadOnlyList<CpuMap>? maps, int vcpu) =>
+        maps is null ? "all" : (maps.Count == 1 ? maps[0] : vcpu < maps.Count ? maps[vcpu] : null)?.ToString() ?? "all";
+
+    private HostInfo Info()
+    {
+        var mem = HostMemory.Read();
+        var uname = HostMemory.Uname();
+        string[] ver = _hv.Version.Split('.', 3);
+        return new HostInfo
+        {
+            Host = Environment.MachineName,
+            Release = uname.Release,
+            Version = uname.Version,
+            Machine = "x86_64",
+            NrCpus = _hv.HostCpus,
+            MaxCpuId = _hv.HostCpus - 1,
+            NrNodes = 1,
+            CoresPerSocket = _hv.HostCpus,
+            ThreadsPerCore = 1,
+            CpuMhz = HostMemory.CpuMhz(),
+            HwCaps = "00000000:00000000:00000000:00000000:00000000:00000000:00000000:00000000",
+            VirtCaps = "hvm",
+            TotalMemoryMb = mem.TotalKb / 1024,
+            FreeMemoryMb = mem.AvailableKb / 1024,
+            FreeCpus = 0,
+            XenMajor = int.Parse(ver[0]),
+            XenMinor = int.Parse(ver[1]),
+            XenExtra = "." + ver[2],
+            XenVersion = _hv.Version,
+            XenCaps = _hv.Capabilities,
+            XenScheduler = "credit",
+            XenPagesize = 4096,
+            Platform = "virt_start=0xffff800000000000",
+            XenChangeset = "",
+            XenCommandline = "",
+            CcCompiler = $".NET {Environment.Version}",
+            CcCompileBy = "xensharp",
+            CcCompileDomain = "",
+            CcCompileDate = File.GetLastWriteTimeUtc(typeof(Host).Assembly.Location).ToString("ddd MMM d HH:mm:ss UTC yyyy"),
+            BuildId = typeof(Host).Assembly.ManifestModule.ModuleVersionId.ToString("N"),
+            XendConfigFormat = "4",
+        };
+    }
+
+    // ---- consoles ----
+
+    private ConsoleAttachResult ConsoleTarget(ConsoleAttachRequest r)
+    {
+        var d = Resolve(r.Domain);
+        if (d.Console is null) throw new ControlException($"domain {d.DomId} has no console");
+        if (d.Console.HasClient) throw new ControlException($"the console of domain {d.DomId} is already attached");
+        return new ConsoleAttachResult(d.DomId, d.Config.Name);
+    }
+
+    /// <summary>After a successful attach answer, the connection is the console's: output flows to
+    /// <paramref name="client"/>, its bytes go to the guest; returns when either side closes.</summary>
+    public async Task RunConsoleAsync(uint domId, Stream client, CancellationToken ct)
+    {
+        Domain? d;
+        lock (_lock) _domains.TryGetValue(domId, out d);
+        var backend = d?.Console;
+        if (backend is null || !backend.Attach(client)) return;
+        try
+        {
+            var buf = new byte[1024];
+            while (!ct.IsCancellationRequested)
+            {
+                int n = await client.ReadAsync(buf, ct).ConfigureAwait(false);
+                if (n == 0) break;
+                int off = 0;
+                while (off < n)
+                {
+                    int w = backend.WriteInput(buf.AsSpan(off, n - off));
+                    if (w == 0)
+                    {
+                        lock (_lock) if (d!.Destroyed) return;
+                        await Task.Delay(10, ct).ConfigureAwait(false);
+                    }
+                    off += w;
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException) { }
+        finally { backend.Detach(client); }
+    }
+
+    // ---- shutdown handling ----
+
+    private void OnDomainStateChanged(uint domId)
+    {
+        Domain? d;
+        lock (_lock)
+        {
+            if (_disposed || !_domains.TryGetValue(domId, out d) || d.ShutdownHandled) return;
+            if (!d.Hv.State.Shutdown) return;
+            d.ShutdownHandled = true;
+        }
+        var reason = d.Hv.State.Reason;
+        var action = reason switch
+        {
+            ShutdownReason.Poweroff => d.Config.OnPoweroff,
+            ShutdownReason.Reboot => d.Config.OnReboot,
+            ShutdownReason.Crash => d.Config.OnCrash,
+            ShutdownReason.Watchdog => d.Config.OnWatchdog,
+            ShutdownReason.SoftReset => d.Config.OnSoftReset,
+            _ => ShutdownAction.Preserve, // suspend: the domain waits for save or resume
+        };
+        _hv.ConsoleWrite($"d{domId}: shutdown reason {reason.ToString().ToLowerInvariant()}: action {DomainConfig.ActionName(action)}");
+        try
+        {
+            switch (action)
+            {
+                case ShutdownAction.Destroy:
+                    Destroy(d);
+                    break;
+                case ShutdownAction.Preserve:
+                    break;
+                case ShutdownAction.CoredumpDestroy:
+                    CoreDump(d);
+                    Destroy(d);
+                    break;
+                case ShutdownAction.CoredumpRestart:
+                    CoreDump(d);
+                    Restart(d, rename: false);
+                    break;
+                case ShutdownAction.Restart:
+                case ShutdownAction.SoftReset:
+                    Restart(d, rename: false);
+                    break;
+                case ShutdownAction.RenameRestart:
+                    Restart(d, rename: true);
+                    break;
+            }
+        }
+        catch (Exception e)
+        {
+            // Runs on the hypervisor's notification thread: whatever failed, the daemon carries on.
+            _hv.ConsoleWrite($"d{domId}: {DomainConfig.ActionName(action)} failed: {e.Message}");
+        }
+    }
+
+    private void Restart(Domain d, bool rename)
+    {
+        var c = d.Config;
+        if (rename)
+        {
+            // The old domain stays as it is, under a new name; the new one takes the name and a new uuid.
+            string old = c.Name;
+            Rename(new RenameRequest(d.DomId.ToString(), $"{old}--incoming-{d.DomId}"));
+            c = CloneConfig(c, old, Guid.NewGuid());
+        }
+        else
+        {
+            Destroy(d);
+            c = CloneConfig(c, c.Name, c.Uuid);
+        }
+        Start(c, paused: false);
+    }
+
+    private static DomainConfig CloneConfig(DomainConfig c, string name, Guid uuid) => new()
+    {
+        Name = name, Type = c.Type, Uuid = uuid, Kernel = c.Kernel, Ramdisk = c.Ramdisk, Cmdline = c.Cmdline,
+        Firmware = c.Firmware, FirmwareOverride = c.FirmwareOverride, TargetMemKb = c.TargetMemKb, MaxMemKb = c.MaxMemKb,
+        Vcpus = c.Vcpus, MaxVcpus = c.MaxVcpus, CpusHard = c.CpusHard, CpusSoft = c.CpusSoft,
+        OnPoweroff = c.OnPoweroff, OnReboot = c.OnReboot, OnCrash = c.OnCrash, OnWatchdog = c.OnWatchdog,
+        OnSoftReset = c.OnSoftReset, CpuWeight = c.CpuWeight, Cap = c.Cap, Pool = c.Pool,
+        SourceText = c.SourceText, SourceFile = c.SourceFile,
+    };
+
+    /// <summary>Writes the domain's RAM below 4 GiB to $RUNDIR/dump/NAME.core (a raw image of
+    /// guest-physical memory from address 0).</summary>
+    private void CoreDump(Domain d)
+    {
+        string dir = Path.Combine(_paths.RunDir, "dump");
+        Directory.CreateDirectory(dir);
+        string file = Path.Combine(dir, d.Config.Name + ".core");
+        using var f = File.Create(file);
+        var page = new byte[4096];
+        ulong frames = (ulong)Math.Min(d.Config.TargetMemKb, 0xF0000000L / 1024) / 4;
+        for (ulong gfn = 0; gfn < frames; gfn++)
+        {
+            if (d.Hv.Memory.IsPopulated(gfn)) d.Hv.Memory.Read(gfn * 4096, page);
+            else Array.Clear(page);
+            f.Write(page);
+        }
+        _hv.ConsoleWrite($"d{d.DomId}: core dumped to {file}");
+    }
+
+    /// <summary>Testing and the daemon's signal path: shut a domain down as if it had asked to.</summary>
+    internal void ShutdownFromOutside(uint domId, ShutdownReason reason)
+    {
+        Domain? d;
+        lock (_lock) _domains.TryGetValue(domId, out d);
+        d?.Hv.Shutdown(reason);
+    }
+
+    public void Dispose()
+    {
+        List<Domain> all;
+        lock (_lifecycle)
+        {
+            lock (_lock)
+            {
+                if (_disposed) return;
+                _disposed = true;
+                all = [.. _domains.Values];
+            }
+            foreach (var d in all) DestroyLocked(d);
+        }
+        _hv.DomainStateChanged -= OnDomainStateChanged;
+    }
+}

@@ -1,0 +1,178 @@
+using System.Text;
+using XenSharp.Cpu;
+
+namespace XenSharp.Toolstack.Platform;
+
+/// <summary>
+/// The toolstack's own stand-in for the hypervisor when no execution engine is bound: domains get
+/// real memory (built by the domain builder), parameters, event channel ports and pause state,
+/// but their vCPUs never run, so they are never "r" or "b" in xl list and never shut down by
+/// themselves. It keeps the hypervisor console ring (xl dmesg) and honours remote shutdowns.
+/// </summary>
+public sealed class HeldHypervisor : IHypervisor
+{
+    private readonly StringBuilder _console = new();
+    private readonly Lock _lock = new();
+    private readonly Dictionary<uint, HeldDomain> _domains = [];
+
+    public int HostCpus { get; } = Environment.ProcessorCount;
+    public string Version => "4.14.0-xensharp";
+    public string Capabilities => "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64";
+
+    public event Action<uint>? DomainStateChanged;
+
+    public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
+    {
+        var d = new HeldDomain(this, domId, info);
+        lock (_lock) _domains[domId] = d;
+        ConsoleWrite($"HVM d{domId}: created ({info.Kind.ToString().ToLowerInvariant()}, {info.MaxVcpus} vcpus, no execution engine bound)");
+        return d;
+    }
+
+    public string ReadConsole(bool clear)
+    {
+        lock (_lock)
+        {
+            string s = _console.ToString();
+            if (clear) _console.Clear();
+            return s;
+        }
+    }
+
+    public void ConsoleWrite(string line)
+    {
+        lock (_lock)
+        {
+            _console.Append("(XEN) ").Append(line).Append('\n');
+            // A ring, as Xen's: keep the newest 64 KiB.
+            if (_console.Length > 65536) _console.Remove(0, _console.Length - 65536);
+        }
+    }
+
+    public void DebugKeys(string keys)
+    {
+        foreach (char k in keys)
+        {
+            switch (k)
+            {
+                case 'h':
+                    ConsoleWrite("'h' pressed -> showing installed handlers");
+                    ConsoleWrite(" key 'h' (ascii '68') => show this message");
+                    ConsoleWrite(" key 'q' (ascii '71') => dump domain (and guest debug) info");
+                    break;
+                case 'q':
+                    ConsoleWrite("'q' pressed -> dumping domain info (now = 0)");
+                    lock (_lock)
+                        foreach (var d in _domains.Values)
+                            ConsoleWrite($"General information for domain {d.DomId}: max_pages={d.Info.MaxMemKb / 4} vcpus={d.Info.MaxVcpus} paused={d.State.Paused}");
+                    break;
+                default:
+                    ConsoleWrite($"'{k}' pressed -> no handler");
+                    break;
+            }
+        }
+    }
+
+    internal void Remove(uint domId) { lock (_lock) _domains.Remove(domId); }
+    internal void Raise(uint domId) => DomainStateChanged?.Invoke(domId);
+
+    public void Dispose()
+    {
+        List<HeldDomain> all;
+        lock (_lock) all = [.. _domains.Values];
+        foreach (var d in all) d.Dispose();
+    }
+
+    private sealed class HeldDomain(HeldHypervisor owner, uint domId, DomainCreateInfo info) : IHypervisorDomain
+    {
+        private readonly SparseGuestMemory _memory = new((ulong)info.MaxMemKb / 4 + 1024);
+        private readonly Dictionary<int, ulong> _params = [];
+        private readonly Lock _lock = new();
+        private uint _nextPort = 1;
+        private bool _paused = true;
+        private bool _shutdown;
+        private ShutdownReason _reason;
+        private int _online = 1;
+        private bool _disposed;
+
+        public uint DomId { get; } = domId;
+        public DomainCreateInfo Info { get; } = info;
+        public IGuestPhysicalMemory Memory => _memory;
+
+        public void SetVcpuContext(int vcpu, in Registers regs, in SpecialRegisters sregs)
+        {
+            if (vcpu < 0 || vcpu >= Info.MaxVcpus) throw new ArgumentOutOfRangeException(nameof(vcpu));
+        }
+
+        public void SetOnlineVcpus(int count) { lock (_lock) _online = Math.Clamp(count, 1, Info.MaxVcpus); }
+        public void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft) { }
+        public void SetHvmParam(int index, ulong value) { lock (_lock) _params[index] = value; }
+        public ulong GetHvmParam(int index) { lock (_lock) return _params.GetValueOrDefault(index); }
+        public uint AllocUnboundPort(uint remoteDomId) { lock (_lock) return _nextPort++; }
+        public IEventChannelEndpoint BindInterdomain(uint remotePort, Action onEvent) => new Endpoint(remotePort);
+        public void Pause() { lock (_lock) _paused = true; }
+        public void Unpause() { lock (_lock) _paused = false; }
+        public void SetMaxMem(long kb) { }
+
+        public void Shutdown(ShutdownReason reason)
+        {
+            lock (_lock)
+            {
+                if (_shutdown) return;
+                _shutdown = true;
+                _reason = reason;
+            }
+            owner.ConsoleWrite($"Domain {DomId} shutdown: reason {(int)reason}");
+            ThreadPool.QueueUserWorkItem(_ => owner.Raise(DomId));
+        }
+
+        public void SendTrigger(string trigger, int vcpu)
+        {
+            switch (trigger)
+            {
+                case "power": Shutdown(ShutdownReason.Poweroff); break;
+                case "reset": Shutdown(ShutdownReason.Reboot); break;
+                case "nmi" or "init" or "sleep" or "s3resume":
+                    throw new NotSupportedException($"trigger {trigger} needs a running vCPU, and no execution engine is bound");
+                default: throw new ArgumentException($"Invalid trigger \"{trigger}\"");
+            }
+        }
+
+        public DomainRunState State
+        {
+            get
+            {
+                lock (_lock)
+                    return new DomainRunState(false, false, _paused, _shutdown, _reason, _disposed, 0, _online,
+                        (long)_memory.PopulatedFrames * 4);
+            }
+        }
+
+        public IReadOnlyList<VcpuRunState> Vcpus
+        {
+            get
+            {
+                lock (_lock)
+                    return Enumerable.Range(0, Info.MaxVcpus).Select(i => new VcpuRunState(i, i < _online, false, false, -1, 0)).ToList();
+            }
+        }
+
+        public void Dispose()
+        {
+            lock (_lock)
+            {
+                if (_disposed) return;
+                _disposed = true;
+            }
+            _memory.Dispose();
+            owner.Remove(DomId);
+        }
+
+        private sealed class Endpoint(uint port) : IEventChannelEndpoint
+        {
+            public uint LocalPort { get; } = port;
+            public void Notify() { }
+            public void Dispose() { }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+using XenSharp.Cpu;
+
+namespace XenSharp.Toolstack.Platform;
+
+/// <summary>libxl_shutdown_reason / SHUTDOWN_* (sched.h).</summary>
+public enum ShutdownReason { Poweroff = 0, Reboot = 1, Suspend = 2, Crash = 3, Watchdog = 4, SoftReset = 5 }
+
+public enum DomainKind { Pvh, Hvm }
+
+/// <summary>What XEN_DOMCTL_createdomain and the max_vcpus/max_mem domctls are given.</summary>
+public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, long MaxMemKb, string Name);
+
+/// <summary>A domain's run state as XEN_DOMCTL_getdomaininfo reports it.</summary>
+public readonly record struct DomainRunState(
+    bool Running, bool Blocked, bool Paused, bool Shutdown, ShutdownReason Reason, bool Dying,
+    ulong CpuTimeNs, int OnlineVcpus, long CurrentMemKb);
+
+public readonly record struct VcpuRunState(int Vcpu, bool Online, bool Running, bool Blocked, int Cpu, ulong CpuTimeNs);
+
+/// <summary>dom0's end of an interdomain event channel.</summary>
+public interface IEventChannelEndpoint : IDisposable
+{
+    uint LocalPort { get; }
+    /// <summary>EVTCHNOP_send from dom0's end.</summary>
+    void Notify();
+}
+
+/// <summary>
+/// The hypervisor as the toolstack drives it: the domctl/sysctl operations of libxc, in-process.
+/// The daemon binds it to XenSharp.Hypervisor; <see cref="HeldHypervisor"/> stands in where no
+/// execution engine is bound (domains are built and held, no vCPU runs).
+/// </summary>
+public interface IHypervisor : IDisposable
+{
+    int HostCpus { get; }
+    string Version { get; }
+    string Capabilities { get; }
+
+    IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info);
+
+    /// <summary>XEN_SYSCTL_readconsole: the hypervisor's console ring.</summary>
+    string ReadConsole(bool clear);
+
+    /// <summary>Appends a line to the hypervisor console (what Xen prints as "(XEN) ...").</summary>
+    void ConsoleWrite(string line);
+
+    /// <summary>XEN_SYSCTL_debug_keys.</summary>
+    void DebugKeys(string keys);
+
+    /// <summary>VIRQ_DOM_EXC: a domain shut down (or crashed) and needs the toolstack's attention.</summary>
+    event Action<uint>? DomainStateChanged;
+}
+
+public interface IHypervisorDomain : IDisposable
+{
+    uint DomId { get; }
+    IGuestPhysicalMemory Memory { get; }
+
+    /// <summary>XEN_DOMCTL_setvcpucontext for a vCPU that has not run yet.</summary>
+    void SetVcpuContext(int vcpu, in Registers regs, in SpecialRegisters sregs);
+
+    /// <summary>XEN_DOMCTL_max_vcpus sized it; this brings vCPUs online/offline (the hotplug view).</summary>
+    void SetOnlineVcpus(int count);
+
+    void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft);
+
+    void SetHvmParam(int index, ulong value);
+    ulong GetHvmParam(int index);
+
+    /// <summary>EVTCHNOP_alloc_unbound in the guest for dom0: returns the guest's port.</summary>
+    uint AllocUnboundPort(uint remoteDomId);
+
+    /// <summary>EVTCHNOP_bind_interdomain from dom0 to the guest's port; <paramref name="onEvent"/>
+    /// runs when the guest signals it.</summary>
+    IEventChannelEndpoint BindInterdomain(uint remotePort, Action onEvent);
+
+    void Pause();
+    void Unpause();
+
+    /// <summary>XEN_DOMCTL_setmaxmem.</summary>
+    void SetMaxMem(long kb);
+
+    /// <summary>Shuts the domain down from outside (SCHEDOP_remote_shutdown), as xl -F and triggers do.</summary>
+    void Shutdown(ShutdownReason reason);
+
+    /// <summary>XEN_DOMCTL_sendtrigger: nmi, reset, init, power, sleep, s3resume.</summary>
+    void SendTrigger(string trigger, int vcpu);
+
+    DomainRunState State { get; }
+    IReadOnlyList<VcpuRunState> Vcpus { get; }
+}

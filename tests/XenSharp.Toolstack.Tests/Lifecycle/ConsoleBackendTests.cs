@@ -1,0 +1,85 @@
+using System.Buffers.Binary;
+using System.Text;
+using XenSharp.Backends;
+using XenSharp.Backends.Console;
+
+namespace XenSharp.Toolstack.Tests.Lifecycle;
+
+/// <summary>The console backend against a frontend written here, following xencons_interface.</summary>
+public sealed class ConsoleBackendTests : IDisposable
+{
+    private sealed class Page : ISharedPage
+    {
+        public readonly byte[] Bytes = new byte[4096];
+        Span<byte> ISharedPage.Page => Bytes;
+    }
+
+    private readonly Page _page = new();
+    private readonly string _log = Path.Combine(Path.GetTempPath(), $"xs-console-{Guid.NewGuid():N}.log");
+    private int _notifies;
+    private readonly ConsoleBackend _backend;
+
+    public ConsoleBackendTests() => _backend = new ConsoleBackend("g", _page, () => Interlocked.Increment(ref _notifies), _log);
+
+    public void Dispose()
+    {
+        _backend.Dispose();
+        File.Delete(_log);
+    }
+
+    private uint Get(int off) => BinaryPrimitives.ReadUInt32LittleEndian(_page.Bytes.AsSpan(off));
+    private void Set(int off, uint v) => BinaryPrimitives.WriteUInt32LittleEndian(_page.Bytes.AsSpan(off), v);
+
+    /// <summary>What hvc_xen does: copy into out[], advance out_prod, notify.</summary>
+    private void GuestWrites(string s)
+    {
+        uint prod = Get(3084);
+        foreach (byte b in Encoding.ASCII.GetBytes(s)) _page.Bytes[1024 + (int)(prod++ & 2047)] = b;
+        Set(3084, prod);
+        _backend.OnGuestEvent();
+    }
+
+    [Fact]
+    public void OutputGoesToTheLogAndPendingOutputToTheNextClient()
+    {
+        GuestWrites("Linux version 6.1\n");
+        Assert.Equal(Get(3084), Get(3080)); // out_cons caught up
+        var client = new MemoryStream();
+        Assert.True(_backend.Attach(client));
+        GuestWrites("login: ");
+        Assert.Equal("Linux version 6.1\nlogin: ", Encoding.ASCII.GetString(client.ToArray()));
+        Assert.Equal("Linux version 6.1\nlogin: ", File.ReadAllText(_log));
+        Assert.True(_notifies > 0);
+        Assert.False(_backend.Attach(new MemoryStream())); // one client at a time
+    }
+
+    [Fact]
+    public void OutputWrapsAroundTheRing()
+    {
+        Set(3080, 2040); Set(3084, 2040);
+        GuestWrites("0123456789abcdef");
+        Assert.Equal("0123456789abcdef", File.ReadAllText(_log));
+        Assert.Equal(2056u, Get(3080));
+    }
+
+    [Fact]
+    public void InputFillsTheInRingUpToItsSize()
+    {
+        Assert.Equal(3, _backend.WriteInput("ls\n"u8));
+        Assert.Equal(3u, Get(3076));
+        Assert.Equal("ls\n", Encoding.ASCII.GetString(_page.Bytes, 0, 3));
+        Assert.Equal(1021, _backend.WriteInput(new byte[2000]));
+        Assert.Equal(0, _backend.WriteInput("x"u8));
+        Set(3072, 10); // the guest consumed 10
+        Assert.Equal(10, _backend.WriteInput(new byte[20]));
+    }
+
+    [Fact]
+    public void GarbageIndicesFromTheGuestAreDroppedNotFollowed()
+    {
+        Set(3080, 0); Set(3084, 100000);
+        _backend.OnGuestEvent();
+        Assert.Equal(100000u, Get(3080));
+        Assert.Equal(0, new FileInfo(_log).Length);
+    }
+}
