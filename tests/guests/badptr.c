@@ -57,7 +57,7 @@ static long sched_poll(void *p) { return HYPERVISOR_sched_op(SCHEDOP_poll, p); }
 static long hvm_get_param(void *p) { return HYPERVISOR_hvm_op(HVMOP_get_param, p); }
 static long hvm_set_param(void *p) { return HYPERVISOR_hvm_op(HVMOP_set_param, p); }
 static long vcpu_singleshot(void *p) { return HYPERVISOR_vcpu_op(VCPUOP_set_singleshot_timer, 0, p); }
-static long vcpu_runstate_info(void *p) { return HYPERVISOR_vcpu_op(VCPUOP_get_runstate_info, 0, p); }
+static long vcpu_register_info(void *p) { return HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_info, 0, p); }
 
 void guest_main(void)
 {
@@ -83,7 +83,7 @@ void guest_main(void)
     each_bad("hvm_op.get_param", hvm_get_param);
     each_bad("hvm_op.set_param", hvm_set_param);
     each_bad("vcpu_op.set_singleshot_timer", vcpu_singleshot);
-    each_bad("vcpu_op.get_runstate_info", vcpu_runstate_info);
+    each_bad("vcpu_op.register_vcpu_info", vcpu_register_info);
 
     /* console_io only when this domain may write to the hypervisor console at all */
     long rc = HYPERVISOR_console_io(CONSOLEIO_write, 0, "");

@@ -274,6 +274,22 @@ uint64_t rt_tsc_khz(void)
     return (t1 - t0) / 10;
 }
 
+static uint64_t cached_khz;
+
+uint64_t rt_deadline(unsigned int ms)
+{
+    if (!cached_khz)
+        cached_khz = rt_tsc_khz();
+    if (!cached_khz)
+        cached_khz = 3000000;   /* unknown: assume 3 GHz */
+    return rt_rdtsc() + cached_khz * ms;
+}
+
+int rt_expired(uint64_t deadline)
+{
+    return (int64_t)(rt_rdtsc() - deadline) >= 0;
+}
+
 /* ---- boot ---- */
 
 static void fpu_init(void)

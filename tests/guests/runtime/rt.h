@@ -181,6 +181,9 @@ static inline unsigned long rt_read_flags(void)
 /* Processor vendor string (12 chars + NUL) and a TSC frequency estimate in kHz (0 if unknown). */
 void rt_cpu_vendor(char out[13]);
 uint64_t rt_tsc_khz(void);
+/* Timeouts on the TSC: rt_expired(rt_deadline(ms)) becomes true after about ms milliseconds. */
+uint64_t rt_deadline(unsigned int ms);
+int rt_expired(uint64_t deadline);
 
 /* ---- SMP (xAPIC INIT-SIPI-SIPI into a real-mode trampoline) ---- */
 /* Start the CPU with the given APIC id running fn on its own stack; returns 0 once it runs. */

@@ -79,7 +79,8 @@ int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu
         if (ap_alive[cpu])
             break;
     }
-    for (unsigned long i = 0; i < 200000000ul && !ap_alive[cpu]; i++)
+    uint64_t deadline = rt_deadline(10000);
+    while (!ap_alive[cpu] && !rt_expired(deadline))
         rt_pause();
     return ap_alive[cpu] ? 0 : -1;
 }
