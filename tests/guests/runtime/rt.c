@@ -313,6 +313,12 @@ void rt_main(uint32_t start_info_paddr)
     rt_cpu_tables_init();
     fpu_init();
     detect_xen();
+    if (!rt_xen) {
+        /* Firmware (e.g. SeaBIOS under QEMU) leaves the 8259 PICs delivering the PIT on vector 8,
+         * which would look like a double fault; PVH under Xen has no PIC. */
+        rt_outb(0x21, 0xff);
+        rt_outb(0xa1, 0xff);
+    }
     console_init();
     if (rt_start_info && rt_start_info->cmdline_paddr) {
         const char *src = (const char *)(uintptr_t)rt_start_info->cmdline_paddr;
