@@ -1,4 +1,4 @@
-/* Grant tables: sizes, versions (v1, and v2 when enabled), mapping the shared frame, and grant copy to ourselves
+/* Grant tables: sizes, setup_table, versions (v1, and v2 when enabled), mapping the shared frame, and grant copy to ourselves
  * (gref → gmfn, gmfn → gref, gmfn → gmfn) with Xen's per-copy status codes. */
 #include "rt.h"
 #include <xen/grant_table.h>
@@ -66,6 +66,20 @@ void guest_main(void)
              qs.max_nr_frames >= qs.nr_frames, "rc %ld status %d frames %u/%u", rc, qs.status, qs.nr_frames,
              qs.max_nr_frames);
     rt_printf("# grant table: %u of at most %u frames\n", qs.nr_frames, qs.max_nr_frames);
+
+    /* Room for more frames than the table may have, should an implementation write them. */
+    static xen_pfn_t frames[1024];
+    struct gnttab_setup_table st = { .dom = DOMID_SELF, .nr_frames = 1 };
+    set_xen_guest_handle(st.frame_list, frames);
+    rc = gnttab_op(GNTTABOP_setup_table, &st, 1);
+    rt_check("gnttab.setup_table", rc == 0 && st.status == GNTST_okay, "rc %ld status %d", rc, st.status);
+    if (qs.max_nr_frames < 1024) {
+        st.nr_frames = qs.max_nr_frames + 1;
+        st.status = 0;
+        rc = gnttab_op(GNTTABOP_setup_table, &st, 1);
+        rt_check("gnttab.setup_table_too_many_frames", rc == 0 && st.status == GNTST_general_error,
+                 "rc %ld status %d", rc, st.status);
+    }
 
     struct gnttab_set_version sv = { .version = 1 };
     rc = gnttab_op(GNTTABOP_set_version, &sv, 1);
