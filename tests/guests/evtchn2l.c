@@ -69,8 +69,10 @@ void guest_main(void)
     domid_t self = st.u.unbound.dom;
     rt_printf("# domid %u\n", self);
 
+    rt_evtchn_unmask(au.port);
     struct evtchn_bind_interdomain bi = { .remote_dom = DOMID_SELF, .remote_port = au.port };
     rc = evtchn_op(EVTCHNOP_bind_interdomain, &bi);
+    rt_evtchn_unmask(bi.local_port);
     rt_check("evtchn2l.bind_interdomain_loopback", rc == 0 && bi.local_port != au.port && bi.local_port > 0,
              "rc %ld local port %u", rc, bi.local_port);
     st = status_of(au.port, &rc);
@@ -86,6 +88,7 @@ void guest_main(void)
     /* IPI to ourselves */
     struct evtchn_bind_ipi ipi = { .vcpu = 0 };
     rc = evtchn_op(EVTCHNOP_bind_ipi, &ipi);
+    rt_evtchn_unmask(ipi.port);
     rt_check("evtchn2l.bind_ipi", rc == 0 && ipi.port > 0, "rc %ld port %u", rc, ipi.port);
     unsigned long upcalls = rt_upcall_count;
     ok = send_and_wait(ipi.port, ipi.port, &rc);

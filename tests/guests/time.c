@@ -74,6 +74,7 @@ static void test_timers(void)
     if (!rt_check("time.bind_virq_timer", rc == 0, "rc %ld", rc))
         return;
     timer_port = bv.port;
+    rt_evtchn_unmask(bv.port);
 
     fired = 0;
     uint64_t deadline = rt_xen_time_ns() + 2000000ull;

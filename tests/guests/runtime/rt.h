@@ -72,6 +72,8 @@ unsigned int rt_evtchn_2l_dispatch(void (*handler)(evtchn_port_t port));
 void rt_evtchn_2l_mask(evtchn_port_t port);
 int rt_evtchn_2l_pending(evtchn_port_t port);
 void rt_evtchn_2l_clear(evtchn_port_t port);
+/* EVTCHNOP_unmask: makes a freshly bound 2-level port deliverable whatever its initial mask. */
+long rt_evtchn_unmask(evtchn_port_t port);
 /* Xen system time (ns since boot) from vcpu_info[0].time. */
 uint64_t rt_xen_time_ns(void);
 /* Enable interrupts and spin until *flag is set or timeout_ns of Xen time pass; returns *flag. */
