@@ -65,6 +65,16 @@ static void test_clock(void)
              (unsigned long long)sec, nsec);
 }
 
+/* set_timer_op takes a 64-bit time: one register in 64-bit mode, two (low, high) in 32-bit. */
+static long set_timer_op(uint64_t when)
+{
+#ifdef __x86_64__
+    return rt_hypercall(__HYPERVISOR_set_timer_op, (unsigned long)when, 0, 0, 0, 0);
+#else
+    return rt_hypercall(__HYPERVISOR_set_timer_op, (unsigned long)when, (unsigned long)(when >> 32), 0, 0, 0);
+#endif
+}
+
 static void test_timers(void)
 {
     long rc = HYPERVISOR_vcpu_op(VCPUOP_stop_periodic_timer, 0, NULL);
@@ -95,13 +105,13 @@ static void test_timers(void)
 
     fired = 0;
     uint64_t when = rt_xen_time_ns() + 1000000ull;
-    rc = rt_hypercall(__HYPERVISOR_set_timer_op, (unsigned long)when, 0, 0, 0, 0);
+    rc = set_timer_op(when);
     ok = rt_wait_for(&fired, 2000000000ull);
     rt_check("time.set_timer_op_fires", rc == 0 && ok, "rc %ld fired %d", rc, ok);
 
     fired = 0;
-    rc = rt_hypercall(__HYPERVISOR_set_timer_op, (unsigned long)(rt_xen_time_ns() + 20000000ull), 0, 0, 0, 0);
-    rc2 = rt_hypercall(__HYPERVISOR_set_timer_op, 0, 0, 0, 0, 0);
+    rc = set_timer_op(rt_xen_time_ns() + 20000000ull);
+    rc2 = set_timer_op(0);
     ok = rt_wait_for(&fired, 60000000ull);
     rt_check("time.set_timer_op_cancel", rc == 0 && rc2 == 0 && !ok, "set rc %ld cancel rc %ld fired %d", rc, rc2, ok);
 

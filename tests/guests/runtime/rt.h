@@ -22,8 +22,13 @@ extern struct hvm_start_info *rt_start_info;   /* NULL when the magic did not ma
 extern const char *rt_cmdline;                 /* "" when none was given */
 extern const char *rt_guest_name;              /* defined by each guest through RT_GUEST() */
 
-/* Each guest names itself once: RT_GUEST("cpu64"); */
+/* Each guest names itself once: RT_GUEST("cpu64"). A variant built from the same source (e.g. a
+ * 32-bit build of a 64-bit guest) defines RT_GUEST_NAME before including it. */
+#ifdef RT_GUEST_NAME
+#define RT_GUEST(n) const char *rt_guest_name = RT_GUEST_NAME
+#else
 #define RT_GUEST(n) const char *rt_guest_name = n
+#endif
 
 void guest_main(void);
 
