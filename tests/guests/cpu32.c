@@ -70,6 +70,10 @@ void guest_main(void)
     test_smc();
     test_single_step();
     test_user_mode();
+    test_ring3_gates();
+    test_arith_more();
+    test_segments();
+    test_lapic_timer();
     test_paging();
     test_realmode();
 }

@@ -129,7 +129,7 @@ __asm__(".pushsection .text\n"
         " mov %ss, %rdx\n"
         " mov %rdx, sc_ss(,%r8,8)\n"
         " incq sc_count\n"
-        " cmp $2, sc_count\n"
+        " cmpq $2, sc_count\n"
         " je syscall_second\n"
         " mov %r9, %rsp\n"
         " sysretq\n"
@@ -205,6 +205,10 @@ void guest_main(void)
     test_smc();
     test_single_step();
     test_user_mode();
+    test_ring3_gates();
+    test_arith_more();
+    test_segments();
+    test_lapic_timer();
     test_ist();
     test_syscall();
     test_paging();

@@ -608,3 +608,187 @@ static void test_user_mode(void)
     rt_check("exception.gp_ring3_hlt", v == 13 && t.error_code == 0, "vector %u err %#lx", v, t.error_code);
 }
 
+
+/* ---------------- more integer corner cases ---------------- */
+
+__asm__(".pushsection .text\n"
+        ".globl t_de_overflow, t_de_overflow_insn\n"
+        "t_de_overflow: mov $0x80000000, %eax\n cltd\n mov $-1, %ecx\n"
+        "t_de_overflow_insn: idivl %ecx\n ret\n"
+        ".popsection\n");
+void t_de_overflow(void), t_de_overflow_insn(void);
+
+static void test_arith_more(void)
+{
+    expect_trap("exception.de_idiv_overflow", t_de_overflow, 0, 0, (uintptr_t)t_de_overflow_insn);
+
+    uint32_t a = 0xffffffff;
+    unsigned long f;
+    __asm__ volatile("stc\n\tincl %[a]\n\tpushf\n\tpop %[f]" : [a] "+r"(a), [f] "=r"(f) :: "cc");
+    rt_check("arith.inc_keeps_cf", a == 0 && (f & (FL_CF | FL_ZF | FL_AF)) == (FL_CF | FL_ZF | FL_AF),
+             "result %#x flags %#lx", a, f);
+    a = 5;
+    __asm__ volatile("negl %[a]\n\tpushf\n\tpop %[f]" : [a] "+r"(a), [f] "=r"(f) :: "cc");
+    rt_check("arith.neg", a == (uint32_t)-5 && (f & (FL_CF | FL_SF)) == (FL_CF | FL_SF), "result %#x flags %#lx", a, f);
+
+    /* BT with a register offset addresses a bit string beyond the operand */
+    static uint32_t bits[4] = { 0, 1u << 3, 0, 0 };
+    uint32_t idx = 35;
+    __asm__ volatile("btl %[i], %[m]\n\tpushf\n\tpop %[f]" : [f] "=r"(f) : [i] "r"(idx), [m] "m"(bits) : "cc");
+    int b35 = (f & FL_CF) != 0;
+    idx = 34;
+    __asm__ volatile("btl %[i], %[m]\n\tpushf\n\tpop %[f]" : [f] "=r"(f) : [i] "r"(idx), [m] "m"(bits) : "cc");
+    int b34 = (f & FL_CF) != 0;
+    idx = 72;
+    __asm__ volatile("btsl %[i], %[m]" : [m] "+m"(bits) : [i] "r"(idx) : "cc", "memory");
+    rt_check("arith.bt_bitstring", b35 && !b34 && bits[2] == 0x100, "bt35 %d bt34 %d bits[2] %#x", b35, b34, bits[2]);
+
+    /* REP with a zero count does nothing */
+    static char zs[4] = "abc", zd[4] = "xyz";
+    const void *s = zs;
+    void *d = zd;
+    unsigned long n = 0;
+    __asm__ volatile("cld\n\trep movsb" : "+S"(s), "+D"(d), "+c"(n) :: "memory");
+    rt_check("string.rep_zero_count", !memcmp(zd, "xyz", 3) && s == (const void *)zs && d == (void *)zd,
+             "dst '%s'", zd);
+
+    unsigned long iters = 0;
+    __asm__ volatile("mov $5, %%ecx\n1:\tinc %0\n\tloop 1b" : "+r"(iters) :: "ecx", "cc");
+    rt_check_eq("arith.loop", iters, 5);
+    static const char hex[] = "0123456789abcdef";
+    unsigned long al = 0xb;
+    const char *tbl = hex;
+#ifdef __x86_64__
+    __asm__ volatile("xlatb" : "+a"(al) : "b"(tbl));
+#else
+    __asm__ volatile("xlatb" : "+a"(al) : "b"(tbl));
+#endif
+    rt_check_eq("arith.xlat", al & 0xff, 'b');
+}
+
+/* ---------------- segments ---------------- */
+
+static void load_fs(void *sel)
+{
+    __asm__ volatile("mov %0, %%fs" :: "r"((uint32_t)(uintptr_t)sel));
+}
+
+static volatile uint32_t seg_probe = 0x5e65e600;
+
+static void fs_read_limit_edge(void *off)
+{
+    uint32_t v;
+    __asm__ volatile("mov %%fs:(%1), %0" : "=r"(v) : "r"(off));
+    (void)v;
+}
+
+static void test_segments(void)
+{
+    struct rt_trap t;
+    int trapped = rt_try(load_fs, (void *)SEL_TEST_NP, &t);
+    rt_check("exception.np_segment", trapped && t.vector == 11 && t.error_code == SEL_TEST_NP,
+             "trapped %d vector %u err %#lx", trapped, t.vector, t.error_code);
+    load_fs((void *)SEL_TEST_BASE);
+    uint32_t v;
+    __asm__ volatile("mov %%fs:(%1), %0" : "=r"(v) : "r"((uintptr_t)&seg_probe - 0x10000));
+    load_fs((void *)0);
+    rt_check_eq("segment.base", v, 0x5e65e600);
+#ifndef __x86_64__
+    load_fs((void *)SEL_TEST_LIMIT);
+    int ok_edge = !rt_try(fs_read_limit_edge, (void *)0xffc, &t);
+    int beyond = rt_try(fs_read_limit_edge, (void *)0xffd, &t);
+    load_fs((void *)0);
+    if (on_qemu_tcg() && ok_edge && !beyond)
+        rt_skip("segment.limit", "QEMU TCG does not check data segment limits");
+    else
+        rt_check("segment.limit", ok_edge && beyond && t.vector == 13 && t.error_code == 0,
+             "read at 0xffc ok %d, at 0xffd (crosses the limit) trapped %d vector %u err %#lx", ok_edge, beyond,
+             t.vector, t.error_code);
+#else
+    (void)fs_read_limit_edge;
+#endif
+}
+
+/* ---------------- gates and alignment checks from ring 3 ---------------- */
+
+__asm__(".pushsection .text\n"
+        ".globl user_int81, user_ac\n"
+        "user_int81: int $0x81\n ret\n"
+        "user_ac: pushf\n or" ASZ " $0x40000, (" SP ")\n popf\n movl ac_buf + 1, %eax\n ret\n"
+        ".popsection\n"
+        ".pushsection .data\n .balign 8\n ac_buf: .quad 0\n .popsection\n");
+void user_int81(void), user_ac(void);
+
+static void test_ring3_gates(void)
+{
+    struct rt_trap t;
+    unsigned int v = rt_run_user(user_int81, user_stack + sizeof user_stack, &t);
+    /* SDM 6.13: the error code holds the IDT index in bits 3-15, with IDT (bit 1) set. */
+    if (on_qemu_tcg() && v == 13 && t.error_code == ((0x81u << 4) | 2))
+        rt_skip("exception.gp_int_gate_dpl", "QEMU TCG reports error code %#lx (the 16-byte IDT offset)", t.error_code);
+    else
+        rt_check("exception.gp_int_gate_dpl", v == 13 && t.error_code == ((0x81u << 3) | 2),
+                 "vector %u err %#lx (want #GP with IDT error code %#x)", v, t.error_code, (0x81u << 3) | 2);
+    rt_write_cr0(rt_read_cr0() | (1ul << 18));   /* CR0.AM */
+    v = rt_run_user(user_ac, user_stack + sizeof user_stack, &t);
+    rt_write_cr0(rt_read_cr0() & ~(1ul << 18));
+    if (on_qemu_tcg() && v == RT_USER_EXIT_VECTOR)
+        rt_skip("exception.ac_ring3", "QEMU TCG does not implement alignment checking");
+    else
+        rt_check("exception.ac_ring3", v == 17 && t.error_code == 0, "vector %u err %#lx", v, t.error_code);
+}
+
+/* ---------------- local APIC timer interrupts ---------------- */
+
+#define LAPIC(reg) (*(volatile uint32_t *)(0xFEE00000ul + (reg)))
+#define TIMER_VECTOR 0x40
+static volatile int lapic_ticks;
+
+static void lapic_handler(struct rt_frame *f)
+{
+    (void)f;
+    lapic_ticks++;
+    LAPIC(0xB0) = 0;   /* EOI */
+}
+
+static void wait_ticks(int n, unsigned int ms)
+{
+    uint64_t deadline = rt_deadline(ms);
+    rt_sti();
+    while (lapic_ticks < n && !rt_expired(deadline))
+        rt_pause();
+    rt_cli();
+}
+
+static void test_lapic_timer(void)
+{
+    rt_set_handler(TIMER_VECTOR, lapic_handler);
+    LAPIC(0xF0) |= 0x100;          /* software enable */
+    LAPIC(0x3E0) = 0xB;            /* divide by 1 */
+    lapic_ticks = 0;
+    LAPIC(0x320) = TIMER_VECTOR;   /* one-shot */
+    LAPIC(0x380) = 200000;
+    wait_ticks(1, 5000);
+    int first = lapic_ticks;
+    wait_ticks(2, 50);
+    rt_check("irq.lapic_oneshot", first == 1 && lapic_ticks == 1 && LAPIC(0x390) == 0,
+             "ticks %d then %d, current count %u", first, lapic_ticks, LAPIC(0x390));
+
+    lapic_ticks = 0;
+    LAPIC(0x320) = TIMER_VECTOR | (1u << 17);   /* periodic */
+    LAPIC(0x380) = 100000;
+    wait_ticks(3, 5000);
+    int periodic = lapic_ticks;
+    /* With a periodic source running, STI;HLT must wake on the next tick. */
+    int before = lapic_ticks;
+    __asm__ volatile("sti\n\thlt\n\tcli" ::: "memory");
+    int woke = lapic_ticks > before;
+    LAPIC(0x320) = TIMER_VECTOR | (1u << 16);   /* mask */
+    LAPIC(0x380) = 0;
+    rt_check("irq.lapic_periodic", periodic >= 3, "%d ticks", periodic);
+    rt_check("irq.sti_hlt_wakeup", woke, "HLT returned without the tick being handled");
+    lapic_ticks = 0;
+    wait_ticks(1, 20);
+    rt_check_eq("irq.lapic_masked", lapic_ticks, 0);
+    rt_set_handler(TIMER_VECTOR, NULL);
+}

@@ -33,9 +33,26 @@ static const char *memtype(uint32_t t)
     }
 }
 
+static void banner(void)
+{
+    static const char *const art[] = {
+        "+-----------------------------------------------------+",
+        "|  __  __              ____  _                        |",
+        "|  \\ \\/ /___ _ __     / ___|| |__   __ _ _ __ _ __    |",
+        "|   \\  // _ \\ '_ \\    \\___ \\| '_ \\ / _` | '__| '_ \\   |",
+        "|   /  \\  __/ | | |    ___) | | | | (_| | |  | |_) |  |",
+        "|  /_/\\_\\___|_| |_|   |____/|_| |_|\\__,_|_|  | .__/   |",
+        "|                     test kernel            |_|      |",
+        "+-----------------------------------------------------+",
+    };
+    for (unsigned i = 0; i < sizeof art / sizeof art[0]; i++)
+        rt_printf("# %s\n", art[i]);
+}
+
 static void greet(void)
 {
     static const char msg[] = "Hello from the XenSharp test kernel!\n";
+    banner();
     if (!rt_xen) {
         rt_printf("# %s", msg);
         rt_skip("hello.console_io", "no Xen (output goes to port 0xE9)");
@@ -95,6 +112,14 @@ static void show_xen(void)
     rt_check("hello.xen_version", v >= (4 << 16) && (uint32_t)v == a && rc == 0,
              "XENVER_version %#lx, CPUID leaf %#x says %#x, extraversion rc %ld", v,
              rt_xen_cpuid_base + 1, a, rc);
+    domid_t domid;
+    if (rt_domid(&domid) == 0)
+        rt_printf("# I am domain %u\n", domid);
+    if (rt_map_shared_info() == 0) {
+        uint64_t ns = rt_xen_time_ns();
+        rt_printf("# Xen system time: %llu.%03llu s\n", (unsigned long long)(ns / 1000000000ull),
+                  (unsigned long long)(ns / 1000000ull % 1000));
+    }
 }
 
 static void show_memmap(void)

@@ -89,8 +89,8 @@ void guest_main(void)
     uint64_t t0 = rt_rdtsc();
     go = 1;
     race();
-    unsigned long spins = 0;
-    while (!__atomic_load_n(&ap_done, __ATOMIC_ACQUIRE) && ++spins < 4000000000ul)
+    uint64_t deadline = rt_deadline(120000);
+    while (!__atomic_load_n(&ap_done, __ATOMIC_ACQUIRE) && !rt_expired(deadline))
         rt_pause();
     uint64_t t1 = rt_rdtsc();
     rt_printf("# race took %llu TSC cycles\n", (unsigned long long)(t1 - t0));

@@ -65,18 +65,27 @@ void guest_main(void)
 
     xen_feature_info_t fi = { .submap_idx = 0 };
     rc = HYPERVISOR_xen_version(XENVER_get_features, &fi);
-    uint32_t need = (1u << XENFEAT_auto_translated_physmap) | (1u << XENFEAT_hvm_callback_vector);
-    rt_check("xen_version.get_features", rc == 0 && (fi.submap & need) == need,
-             "rc %ld submap %#x (PVH needs auto_translated_physmap and hvm_callback_vector)", rc, fi.submap);
+    uint32_t need = (1u << XENFEAT_auto_translated_physmap) | (1u << XENFEAT_hvm_callback_vector) |
+                    (1u << XENFEAT_hvm_safe_pvclock) | (1u << XENFEAT_writable_page_tables);
+    rt_check("xen_version.get_features", rc == 0 && (fi.submap & need) == need && !(fi.submap & (1u << XENFEAT_dom0)),
+             "rc %ld submap %#x (an HVM/PVH domU has auto_translated_physmap, writable_page_tables, "
+             "hvm_safe_pvclock, hvm_callback_vector and not dom0)", rc, fi.submap);
     rt_printf("# features[0] = %#x\n", fi.submap);
     fi.submap_idx = XENFEAT_NR_SUBMAPS;
     rc = HYPERVISOR_xen_version(XENVER_get_features, &fi);
     rt_check_eq("xen_version.get_features_bad_submap", (uint64_t)rc, (uint64_t)-XEN_EINVAL);
 
-    /* Privileged sub-ops are refused to an unprivileged domain; unknown ones do not exist. */
-    xen_commandline_t cmd;
+    rc = HYPERVISOR_xen_version(XENVER_pagesize, &pp);
+    rt_check_eq("xen_version.pagesize_with_buffer", (uint64_t)rc, (uint64_t)-XEN_EINVAL);
+
+    /* An unprivileged domain reads "<denied>" for the command line and gets -EPERM for the
+     * build id; unknown sub-ops do not exist. */
+    static xen_commandline_t cmd;
+    memset(cmd, 0x55, sizeof cmd);
     rc = HYPERVISOR_xen_version(XENVER_commandline, cmd);
-    rt_check_eq("xen_version.commandline_denied", (uint64_t)rc, (uint64_t)-XEN_EPERM);
+    rt_check("xen_version.commandline_denied", rc == 0 && !strcmp(cmd, "<denied>"), "rc %ld text '%.16s'", rc, cmd);
+    rc = HYPERVISOR_xen_version(XENVER_build_id, NULL);
+    rt_check_eq("xen_version.build_id_denied", (uint64_t)rc, (uint64_t)-XEN_EPERM);
     rc = HYPERVISOR_xen_version(0x7fff, NULL);
     rt_check_eq("xen_version.unknown_subop", (uint64_t)rc, (uint64_t)-XEN_ENOSYS);
 }

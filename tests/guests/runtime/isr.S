@@ -15,7 +15,9 @@ rt_gdt:
 	.quad 0x00009A000000FFFF        /* SEL_CODE16: base 0, limit 64 KiB */
 	.quad 0x000092000000FFFF        /* SEL_DATA16 */
 	.quad 0, 0                      /* SEL_TSS, filled in by rt_cpu_tables_init */
-	.quad 0
+	.quad 0x00CF12000000FFFF        /* SEL_TEST_NP: P = 0 */
+	.quad 0x00CF92010000FFFF        /* SEL_TEST_BASE: base 0x10000 */
+	.quad 0x0040920000000FFF        /* SEL_TEST_LIMIT: byte-granular limit 0xFFF */
 	.balign 8
 	.word 0
 rt_gdt_desc:

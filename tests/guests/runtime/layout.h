@@ -11,7 +11,10 @@
 #define SEL_CODE16  0x38
 #define SEL_DATA16  0x40
 #define SEL_TSS     0x48   /* 16 bytes in long mode */
-#define GDT_ENTRIES 12
+#define SEL_TEST_NP    0x58   /* not-present data segment (tests #NP) */
+#define SEL_TEST_BASE  0x60   /* data segment with base 0x10000 (tests segment bases) */
+#define SEL_TEST_LIMIT 0x68   /* data segment with limit 0xFFF (tests limit checks) */
+#define GDT_ENTRIES 14
 
 #ifdef __x86_64__
 #define SEL_KCODE SEL_KCODE64

@@ -274,6 +274,22 @@ uint64_t rt_tsc_khz(void)
     return (t1 - t0) / 10;
 }
 
+static uint64_t cached_khz;
+
+uint64_t rt_deadline(unsigned int ms)
+{
+    if (!cached_khz)
+        cached_khz = rt_tsc_khz();
+    if (!cached_khz)
+        cached_khz = 3000000;   /* unknown: assume 3 GHz */
+    return rt_rdtsc() + cached_khz * ms;
+}
+
+int rt_expired(uint64_t deadline)
+{
+    return (int64_t)(rt_rdtsc() - deadline) >= 0;
+}
+
 /* ---- boot ---- */
 
 static void fpu_init(void)
@@ -297,6 +313,12 @@ void rt_main(uint32_t start_info_paddr)
     rt_cpu_tables_init();
     fpu_init();
     detect_xen();
+    if (!rt_xen) {
+        /* Firmware (e.g. SeaBIOS under QEMU) leaves the 8259 PICs delivering the PIT on vector 8,
+         * which would look like a double fault; PVH under Xen has no PIC. */
+        rt_outb(0x21, 0xff);
+        rt_outb(0xa1, 0xff);
+    }
     console_init();
     if (rt_start_info && rt_start_info->cmdline_paddr) {
         const char *src = (const char *)(uintptr_t)rt_start_info->cmdline_paddr;

@@ -22,8 +22,13 @@ extern struct hvm_start_info *rt_start_info;   /* NULL when the magic did not ma
 extern const char *rt_cmdline;                 /* "" when none was given */
 extern const char *rt_guest_name;              /* defined by each guest through RT_GUEST() */
 
-/* Each guest names itself once: RT_GUEST("cpu64"); */
+/* Each guest names itself once: RT_GUEST("cpu64"). A variant built from the same source (e.g. a
+ * 32-bit build of a 64-bit guest) defines RT_GUEST_NAME before including it. */
+#ifdef RT_GUEST_NAME
+#define RT_GUEST(n) const char *rt_guest_name = RT_GUEST_NAME
+#else
 #define RT_GUEST(n) const char *rt_guest_name = n
+#endif
 
 void guest_main(void);
 
@@ -72,6 +77,8 @@ unsigned int rt_evtchn_2l_dispatch(void (*handler)(evtchn_port_t port));
 void rt_evtchn_2l_mask(evtchn_port_t port);
 int rt_evtchn_2l_pending(evtchn_port_t port);
 void rt_evtchn_2l_clear(evtchn_port_t port);
+/* EVTCHNOP_unmask: makes a freshly bound 2-level port deliverable whatever its initial mask. */
+long rt_evtchn_unmask(evtchn_port_t port);
 /* Xen system time (ns since boot) from vcpu_info[0].time. */
 uint64_t rt_xen_time_ns(void);
 /* Enable interrupts and spin until *flag is set or timeout_ns of Xen time pass; returns *flag. */
@@ -181,6 +188,9 @@ static inline unsigned long rt_read_flags(void)
 /* Processor vendor string (12 chars + NUL) and a TSC frequency estimate in kHz (0 if unknown). */
 void rt_cpu_vendor(char out[13]);
 uint64_t rt_tsc_khz(void);
+/* Timeouts on the TSC: rt_expired(rt_deadline(ms)) becomes true after about ms milliseconds. */
+uint64_t rt_deadline(unsigned int ms);
+int rt_expired(uint64_t deadline);
 
 /* ---- SMP (xAPIC INIT-SIPI-SIPI into a real-mode trampoline) ---- */
 /* Start the CPU with the given APIC id running fn on its own stack; returns 0 once it runs. */

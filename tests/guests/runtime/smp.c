@@ -63,7 +63,8 @@ int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu
     memcpy(base, rt_tramp_start, (size_t)(rt_tramp_end - rt_tramp_start));
     *(uint64_t *)(base + (rt_tramp_stack - rt_tramp_start)) = (uintptr_t)(rt_stacks + (cpu + 1) * RT_STACK_SIZE);
     *(uint32_t *)(base + (rt_tramp_cr3 - rt_tramp_start)) = (uint32_t)rt_read_cr3();
-    *(uint32_t *)(base + (rt_tramp_efer - rt_tramp_start)) = (uint32_t)rt_rdmsr(MSR_EFER);
+    /* LMA is status, not control: writing it before paging is on is refused (#GP on Xen). */
+    *(uint32_t *)(base + (rt_tramp_efer - rt_tramp_start)) = (uint32_t)rt_rdmsr(MSR_EFER) & ~0x400u;
     *(uint64_t *)(base + (rt_tramp_entry - rt_tramp_start)) = (uintptr_t)ap_entry;
     *(uint64_t *)(base + (rt_tramp_arg - rt_tramp_start)) = cpu;
     ap_fn[cpu] = fn;
@@ -79,7 +80,8 @@ int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu
         if (ap_alive[cpu])
             break;
     }
-    for (unsigned long i = 0; i < 200000000ul && !ap_alive[cpu]; i++)
+    uint64_t deadline = rt_deadline(10000);
+    while (!ap_alive[cpu] && !rt_expired(deadline))
         rt_pause();
     return ap_alive[cpu] ? 0 : -1;
 }

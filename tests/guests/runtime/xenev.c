@@ -46,6 +46,7 @@ long rt_events_init(void (*on_upcall)(void))
     if (rc)
         return rc;
     upcall_fn = on_upcall;
+    rt_shared_info->vcpu_info[0].evtchn_upcall_mask = 0;
     rt_set_handler(RT_UPCALL_VECTOR, upcall_entry);
     return rt_hvm_set_param(HVM_PARAM_CALLBACK_IRQ,
                             ((uint64_t)HVM_PARAM_CALLBACK_TYPE_VECTOR << 56) | RT_UPCALL_VECTOR);
@@ -87,6 +88,13 @@ int rt_evtchn_2l_pending(evtchn_port_t port)
 void rt_evtchn_2l_clear(evtchn_port_t port)
 {
     __atomic_fetch_and(&rt_shared_info->evtchn_pending[port / XBITS], ~((xen_ulong_t)1 << (port % XBITS)), __ATOMIC_SEQ_CST);
+}
+
+long rt_evtchn_unmask(evtchn_port_t port)
+{
+    /* Xen clears the mask bit itself and re-raises the event if it is pending meanwhile. */
+    struct evtchn_unmask um = { .port = port };
+    return HYPERVISOR_event_channel_op(EVTCHNOP_unmask, &um);
 }
 
 uint64_t rt_xen_time_ns(void)
