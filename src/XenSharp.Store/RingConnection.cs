@@ -27,13 +27,13 @@ internal sealed class RingConnection : Connection
     {
         _engine = engine;
         _ring = ring;
+        if (ring.Page.Length < XsWire.InterfaceSize)
+            throw new ArgumentException("the xenstore ring page is smaller than struct xenstore_domain_interface");
     }
 
     public void Start()
     {
         Span<byte> page = _ring.Page;
-        if (page.Length < XsWire.InterfaceSize)
-            throw new ArgumentException("the xenstore ring page is smaller than struct xenstore_domain_interface");
         Volatile.Write(ref Field(page, XsWire.ServerFeaturesOffset), XsWire.ServerFeatureError);
         Signal();
     }
