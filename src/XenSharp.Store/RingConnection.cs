@@ -42,6 +42,7 @@ internal sealed class RingConnection : Connection
 
     public void Signal()
     {
+        if (Closed) return;
         if (Interlocked.Exchange(ref _scheduled, 1) == 0)
             _engine.Rings.Enqueue(this);
     }
