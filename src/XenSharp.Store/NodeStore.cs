@@ -23,8 +23,6 @@ internal sealed class NodeStore
         _nodeCount[0] = 1;
     }
 
-    public int NodeCount => _nodes.Count;
-
     public int NodesOwnedBy(uint dom) => _nodeCount.TryGetValue(dom, out int n) ? n : 0;
 
     // ---- access rules ----

@@ -20,7 +20,20 @@ internal sealed partial class XenStoreEngine
     {
         {
             if (c.Closed) return;
-            XsError e = Dispatch(c, h, payload, out int len);
+            XsError e;
+            int len;
+            try
+            {
+                e = Dispatch(c, h, payload, out len);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A defect must cost one request, not the daemon.
+                Console.Error.WriteLine($"xenstored: {(XsType)h.Type} from domain {c.DomId} failed: {ex}");
+                e = XsError.EIO;
+                len = 0;
+                pendingWatch = null;
+            }
             if (c.Closed) return;
             if (e == XsError.None)
                 c.Send((XsType)h.Type, h.ReqId, h.TxId, _reply.AsSpan(0, len));

@@ -126,6 +126,10 @@ internal sealed class SocketConnection : Connection
         }
         catch (SocketException) { }
         catch (ObjectDisposedException) { }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            Console.Error.WriteLine($"xenstored: dropping a client after an internal error: {ex}");
+        }
         Close();
     }
 

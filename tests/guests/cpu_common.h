@@ -539,6 +539,12 @@ static void test_paging(void)
     expect_pf("paging.pf.read_not_present", rd, p0 + 0x10, 0);
     expect_pf("paging.pf.write_not_present", wr, p0 + 0x20, PF_W);
     expect_pf("paging.pf.write_read_only", wr, p1 + 0x30, PF_P | PF_W);
+    rt_write_cr0(rt_read_cr0() & ~(1ul << 16));
+    struct rt_trap wp;
+    int wp_trapped = rt_try(wr, (void *)(p1 + 0x34), &wp);
+    rt_write_cr0(rt_read_cr0() | (1ul << 16));
+    rt_check("paging.cr0_wp_clear_allows_supervisor_write", !wp_trapped && test_frames[0][0x34] == 0x5a,
+             "trapped %d vector %u", wp_trapped, wp.vector);
     struct rt_trap t;
     rt_check("paging.read_read_only", !rt_try(rd, (void *)(p1 + 8), &t), "vector %u", t.vector);
     rt_check("paging.supervisor_write", !rt_try(wr, (void *)(p2 + 8), &t) && test_frames[1][8] == 0x5a,

@@ -9,7 +9,7 @@ dir=$(cd "$(dirname "$0")" && pwd)
 name=${1:?usage: run-qemu.sh NAME [cmdline]}
 shift
 elf="$dir/build/$name.elf"
-make -s -C "$dir" >&2 || exit 1
+make -s -C "$dir" >/dev/null || exit 1
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 timeout "${QEMU_TIMEOUT:-120}" "${QEMU:-qemu-system-x86_64}" -accel tcg -cpu "${QEMU_CPU:-max}" -m "${QEMU_MEM:-128}" \

@@ -32,6 +32,17 @@ static void race(void)
     }
 }
 
+#define IPI_VECTOR 0x50
+static volatile uint32_t bsp_apic_id;
+static volatile int ipi_count[2];
+
+static void ipi_handler(struct rt_frame *f)
+{
+    (void)f;
+    ipi_count[rt_lapic_id() == bsp_apic_id ? 0 : 1]++;
+    rt_lapic_eoi();
+}
+
 static void ap_main(unsigned int cpu)
 {
     (void)cpu;
@@ -48,6 +59,30 @@ static void ap_main(unsigned int cpu)
         rt_pause();
     race();
     __atomic_store_n(&ap_done, 1, __ATOMIC_RELEASE);
+    /* Stay available for IPIs. */
+    for (;;)
+        __asm__ volatile("sti\n\thlt\n\tcli" ::: "memory");
+}
+
+static void wait_ipis(int who, int n)
+{
+    uint64_t deadline = rt_deadline(5000);
+    while (ipi_count[who] < n && !rt_expired(deadline))
+        rt_pause();
+}
+
+static void test_ipis(uint32_t target)
+{
+    for (int i = 1; i <= 5; i++) {
+        rt_lapic_send_ipi(target, IPI_VECTOR | (1u << 14));   /* fixed, assert */
+        wait_ipis(1, i);
+    }
+    rt_check_eq("smp.fixed_ipi_to_ap", (uint64_t)ipi_count[1], 5);
+    rt_sti();
+    rt_lapic_send_ipi(0, IPI_VECTOR | (1u << 14) | (1u << 18));   /* shorthand: self */
+    wait_ipis(0, 1);
+    rt_cli();
+    rt_check_eq("smp.self_ipi", (uint64_t)ipi_count[0], 1);
 }
 
 void guest_main(void)
@@ -55,6 +90,8 @@ void guest_main(void)
     uint32_t a, b, c, d;
     rt_cpuid(1, 0, &a, &b, &c, &d);
     uint32_t bsp = rt_lapic_id();
+    bsp_apic_id = bsp;
+    rt_set_handler(IPI_VECTOR, ipi_handler);
     rt_check("smp.bsp_apic_id", bsp == b >> 24, "LAPIC ID register %u, CPUID.1 EBX[31:24] %u", bsp, b >> 24);
 
     uint32_t ids[RT_MAX_CPUS];
@@ -97,4 +134,6 @@ void guest_main(void)
     rt_check("smp.ap_finished", ap_done, "the AP did not finish its rounds");
     rt_check_eq("smp.locked_counter", locked_counter, 2 * ROUNDS);
     rt_check_eq("smp.spinlock_counter", plain_counter, 2 * ROUNDS);
+    if (ap_done)
+        test_ipis(target);
 }

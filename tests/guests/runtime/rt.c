@@ -105,6 +105,9 @@ static void console_init(void)
         pv_console = (struct xencons_interface *)(uintptr_t)(pfn << 12);
         pv_console_port = (evtchn_port_t)port;
         rt_console_sinks |= RT_SINK_PV_RING;
+    } else {
+        /* No PV console: also use the debug port, which Xen logs for HVM-type domains. */
+        rt_console_sinks |= RT_SINK_PORT_E9;
     }
 }
 

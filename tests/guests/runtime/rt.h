@@ -196,6 +196,9 @@ int rt_expired(uint64_t deadline);
 /* Start the CPU with the given APIC id running fn on its own stack; returns 0 once it runs. */
 int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu);
 uint32_t rt_lapic_id(void);
+/* Write the xAPIC ICR (destination APIC id, low word) and wait for delivery; EOI. */
+void rt_lapic_send_ipi(uint32_t apic_id, uint32_t icr_low);
+void rt_lapic_eoi(void);
 /* APIC ids of the enabled processors from the ACPI MADT (RSDP from hvm_start_info, else the BIOS
  * area scan); returns how many, or -1 without ACPI. */
 int rt_acpi_apic_ids(uint32_t *ids, int max);

@@ -23,6 +23,11 @@ uint32_t rt_realmode_call(uint32_t in)
 static inline uint32_t lapic_read(unsigned int reg) { return *(volatile uint32_t *)(LAPIC_BASE + reg); }
 static inline void lapic_write(unsigned int reg, uint32_t v) { *(volatile uint32_t *)(LAPIC_BASE + reg) = v; }
 
+void rt_lapic_eoi(void)
+{
+    lapic_write(0xB0, 0);
+}
+
 uint32_t rt_lapic_id(void)
 {
     return lapic_read(LAPIC_ID) >> 24;
@@ -34,6 +39,7 @@ static volatile int ap_alive[RT_MAX_CPUS];
 static void ap_entry(unsigned int cpu)
 {
     rt_load_idt();
+    lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x100);   /* accept fixed interrupts */
     ap_alive[cpu] = 1;
     ap_fn[cpu](cpu);
     for (;;)
@@ -47,7 +53,7 @@ static void spin(unsigned long n)
         rt_pause();
 }
 
-static void send_ipi(uint32_t apic_id, uint32_t low)
+void rt_lapic_send_ipi(uint32_t apic_id, uint32_t low)
 {
     lapic_write(LAPIC_ICRH, apic_id << 24);
     lapic_write(LAPIC_ICRL, low);
@@ -72,10 +78,10 @@ int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu
     rt_mb();
 
     lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x100);   /* software-enable the local APIC */
-    send_ipi(apic_id, 0x4500);                                /* INIT, level assert */
+    rt_lapic_send_ipi(apic_id, 0x4500);                                /* INIT, level assert */
     spin(10000);
     for (int i = 0; i < 2; i++) {
-        send_ipi(apic_id, 0x4600 | (RT_TRAMPOLINE_BASE >> 12)); /* start-up at the trampoline */
+        rt_lapic_send_ipi(apic_id, 0x4600 | (RT_TRAMPOLINE_BASE >> 12)); /* start-up at the trampoline */
         spin(2000);
         if (ap_alive[cpu])
             break;
