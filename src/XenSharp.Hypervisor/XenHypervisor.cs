@@ -100,22 +100,18 @@ public sealed unsafe class XenHypervisor : IDisposable
         }
         try
         {
-            if (_options.EngineFactory is { } factory)
+            var factory = _options.EngineFactory ?? (m => new X86Engine(m, _options.GuestTscHz / 1000));
             {
                 d.Engine = factory(d.P2m);
                 foreach (var v in d.Vcpus)
                 {
                     int vid = v.Id;
-                    v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new MinimalCpuid(), vid,
+                    v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new DefaultCpuidPolicy((uint)(2 * vid)), vid,
                         () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz));
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
                     v.Engine.InterruptSource = v;
                 }
             }
-            else
-                foreach (var v in d.Vcpus)
-                    v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(v.Id) ?? new MinimalCpuid(), v.Id,
-                        () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz));
         }
         catch
         {
@@ -557,7 +553,7 @@ public sealed unsafe class XenHypervisor : IDisposable
     {
         lock (_pcpus)
         {
-            if (_pcpusStarted || _options.EngineFactory is null || _disposed)
+            if (_pcpusStarted || _disposed)
                 return;
             _pcpusStarted = true;
             for (int i = 0; i < Math.Max(1, _options.Pcpus); i++)
