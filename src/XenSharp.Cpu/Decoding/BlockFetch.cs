@@ -1,0 +1,231 @@
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+/// <summary>Finding (or decoding) the block at CS:RIP and running it.</summary>
+internal unsafe partial class X86Vcpu
+{
+    private const int MaxBlockInsns = 64;
+    private const int JumpCacheSize = 4096;
+    private readonly DecodedBlock?[] _jumpSup = new DecodedBlock?[JumpCacheSize];
+    private readonly DecodedBlock?[] _jumpUser = new DecodedBlock?[JumpCacheSize];
+    private readonly PointerCodeReader _reader = new();
+    private Decoder? _dec16, _dec32, _dec64;
+    private readonly DecodedInsn[] _scratch = new DecodedInsn[MaxBlockInsns];
+    private readonly byte* _spill = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(32);
+
+    internal void FlushJumpCache()
+    {
+        Array.Clear(_jumpSup);
+        Array.Clear(_jumpUser);
+    }
+
+    private Decoder DecoderFor(int bitness) => bitness switch
+    {
+        64 => _dec64 ??= Decoder.Create(64, _reader, DecoderOptions.None),
+        32 => _dec32 ??= Decoder.Create(32, _reader, DecoderOptions.None),
+        _ => _dec16 ??= Decoder.Create(16, _reader, DecoderOptions.None),
+    };
+
+    internal ulong CodeLinear(ulong ip) => Bitness == 64 ? ip : (uint)(Seg[CS].Base + ip);
+
+    private DecodedBlock GetBlock()
+    {
+        ulong rip = Rip;
+        var cache = Cpl == 3 ? _jumpUser : _jumpSup;
+        int slot = (int)(rip ^ (rip >> 12)) & (JumpCacheSize - 1);
+        var b = cache[slot];
+        if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness) return b;
+        b = LookupOrDecode(rip);
+        if (b.Count > 0 && b.Valid) cache[slot] = b;
+        return b;
+    }
+
+    private DecodedBlock LookupOrDecode(ulong rip)
+    {
+        ulong lin = CodeLinear(rip);
+        ulong phys = Translate(lin, Access.Fetch, Cpl == 3);
+        var b = _blocks.Lookup(phys, rip, Bitness);
+        if (b != null && b.Valid) return b;
+
+        byte* page = _mem.GetPage(phys >> 12, false);
+        if (page == null)
+            throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{phys:X}");
+
+        var dec = DecoderFor(Bitness);
+        _reader.Ptr = page;
+        _reader.Pos = (int)(phys & 0xFFF);
+        _reader.Limit = 4096;
+        dec.IP = rip;
+        int n = 0;
+        bool cacheable = true;
+        while (n < MaxBlockInsns)
+        {
+            int start = _reader.Pos;
+            dec.Decode(out Instruction ins);
+            if (ins.IsInvalid && dec.LastError == DecoderError.NoMoreBytes)
+            {
+                if (n > 0) break;
+                // The instruction crosses into the next page: decode it alone from a spill buffer.
+                int have = 4096 - start;
+                for (int k = 0; k < have; k++) _spill[k] = page[start + k];
+                ulong nextLin = CodeLinear(rip + (ulong)have);
+                ulong nextPhys = Translate(nextLin, Access.Fetch, Cpl == 3);
+                byte* next = _mem.GetPage(nextPhys >> 12, false);
+                if (next == null)
+                    throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{nextPhys:X}");
+                for (int k = have; k < 15; k++) _spill[k] = next[k - have];
+                _reader.Ptr = _spill; _reader.Pos = 0; _reader.Limit = 15;
+                dec.IP = rip;
+                dec.Decode(out ins);
+                Fill(ref _scratch[0], ins, _spill);
+                n = 1;
+                cacheable = false;
+                break;
+            }
+            Fill(ref _scratch[n], ins, page + start);
+            n++;
+            if (ins.IsInvalid || EndsBlock(ins)) break;
+        }
+        var insns = new DecodedInsn[n];
+        Array.Copy(_scratch, insns, n);
+        b = new DecodedBlock(insns, n, phys, rip, Bitness);
+        if (cacheable)
+        {
+            _blocks.Add(b);
+            DropWritableFrame(phys >> 12);
+        }
+        else b.Valid = false;
+        return b;
+    }
+
+    private static bool EndsBlock(in Instruction ins)
+    {
+        var fc = ins.FlowControl;
+        return fc != FlowControl.Next;
+    }
+
+    private void Fill(ref DecodedInsn d, in Instruction ins, byte* bytes)
+    {
+        d.I = ins;
+        d.Op = ins.Mnemonic;
+        d.Length = (byte)ins.Length;
+        // Address size: the mode's default, flipped by a 0x67 prefix.
+        bool a67 = false;
+        for (int k = 0; k < ins.Length; k++)
+        {
+            byte p = bytes[k];
+            if (p == 0x67) { a67 = true; continue; }
+            if (p is 0x66 or 0xF2 or 0xF3 or 0xF0 or 0x26 or 0x2E or 0x36 or 0x3E or 0x64 or 0x65) continue;
+            break;
+        }
+        d.AddrSize = (byte)(Bitness switch
+        {
+            64 => a67 ? 4 : 8,
+            32 => a67 ? 2 : 4,
+            _ => a67 ? 4 : 2,
+        });
+        d.OpSize = 0;
+        if (ins.OpCount > 0)
+        {
+            var k0 = ins.Op0Kind;
+            if (k0 == OpKind.Register) d.OpSize = (byte)ins.Op0Register.GetSize();
+            else if (k0 == OpKind.Memory) d.OpSize = (byte)ins.MemorySize.GetSize();
+        }
+        ClassifyFast(ref d);
+    }
+
+    private static bool IsGpr48(Register r) => r.IsGPR32() || r.IsGPR64();
+
+    /// <summary>Picks a fast form for the commonest full-width integer shapes.</summary>
+    private static void ClassifyFast(ref DecodedInsn d)
+    {
+        d.Form = FastForm.None;
+        ref Instruction i = ref d.I;
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return;
+        int n = i.OpCount;
+        bool r0 = n > 0 && i.Op0Kind == OpKind.Register && IsGpr48(i.Op0Register);
+        bool r1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr48(i.Op1Register);
+        bool imm1 = n > 1 && i.Op1Kind is OpKind.Immediate8 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64 or OpKind.Immediate64;
+        if (r0) d.R0 = (byte)i.Op0Register.GetFullRegister().GetNumber();
+        d.MemBase = d.MemIndex = 0xFF;
+        if (i.OpCount > 0 && (i.Op0Kind == OpKind.Memory || (n > 1 && i.Op1Kind == OpKind.Memory)))
+        {
+            var b = i.MemoryBase; var x = i.MemoryIndex;
+            bool okBase = b == Register.None || b == Register.RIP || b == Register.EIP || (d.AddrSize == 8 ? b.IsGPR64() : d.AddrSize == 4 && b.IsGPR32());
+            bool okIndex = x == Register.None || (d.AddrSize == 8 ? x.IsGPR64() : d.AddrSize == 4 && x.IsGPR32());
+            if (!okBase || !okIndex) return;
+            if (b != Register.None && b != Register.RIP && b != Register.EIP) d.MemBase = (byte)b.GetFullRegister().GetNumber();
+            if (x != Register.None) d.MemIndex = (byte)x.GetFullRegister().GetNumber();
+            d.MemShift = (byte)System.Numerics.BitOperations.Log2((uint)i.MemoryIndexScale);
+            d.MemDisp = i.MemoryDisplacement64;
+            d.MemSeg = (byte)(i.MemorySegment - Register.ES);
+        }
+        if (r1) d.R1 = (byte)i.Op1Register.GetFullRegister().GetNumber();
+        int alu = d.Op switch
+        {
+            Mnemonic.Add => (int)AluOp.Add, Mnemonic.Or => (int)AluOp.Or, Mnemonic.Adc => (int)AluOp.Adc, Mnemonic.Sbb => (int)AluOp.Sbb,
+            Mnemonic.And => (int)AluOp.And, Mnemonic.Sub => (int)AluOp.Sub, Mnemonic.Xor => (int)AluOp.Xor, Mnemonic.Cmp => (int)AluOp.Cmp,
+            Mnemonic.Test => (int)AluOp.Test, _ => -1,
+        };
+        if (alu >= 0 && r0 && n == 2)
+        {
+            if (r1 && i.Op0Register.GetSize() == i.Op1Register.GetSize()) { d.Form = FastForm.AluRR; d.AluKind = (byte)alu; }
+            else if (imm1) { d.Form = FastForm.AluRI; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+            return;
+        }
+        switch (d.Op)
+        {
+            case Mnemonic.Mov:
+                if (r0 && r1) d.Form = FastForm.MovRR;
+                else if (r0 && imm1) { d.Form = FastForm.MovRI; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+                else if (r0 && n == 2 && i.Op1Kind == OpKind.Memory) d.Form = FastForm.MovRM;
+                else if (r1 && i.Op0Kind == OpKind.Memory) { d.Form = FastForm.MovMR; d.OpSize = (byte)i.Op1Register.GetSize(); }
+                return;
+            case Mnemonic.Inc: if (r0) d.Form = FastForm.IncR; return;
+            case Mnemonic.Dec: if (r0) d.Form = FastForm.DecR; return;
+            case Mnemonic.Lea: if (r0) d.Form = FastForm.Lea; return;
+            case Mnemonic.Push:
+                if (r0 && i.StackPointerIncrement == -d.OpSize) d.Form = FastForm.PushR;
+                return;
+            case Mnemonic.Pop:
+                if (r0 && i.StackPointerIncrement == d.OpSize) d.Form = FastForm.PopR;
+                return;
+        }
+        if (s_cls[(int)d.Op] == ClsJcc) { d.Form = FastForm.Jcc; d.AluKind = (byte)i.ConditionCode; d.Imm = i.NearBranchTarget; }
+    }
+
+    /// <summary>Blocks run back to back before the run loop polls for events again.</summary>
+    private const int ChainLimit = 32;
+
+    private void RunBlock()
+    {
+        bool single = Shadow || _replayCount > 0;
+        int chain = single ? 1 : ChainLimit;
+        if (single) Shadow = false;
+        do
+        {
+            CurIp = Rip;
+            DecodedBlock b = GetBlock();
+            var insns = b.Insns;
+            int n = single ? 1 : b.Count;
+            for (int i = 0; i < n; i++)
+            {
+                ref DecodedInsn d = ref insns[i];
+                CurIp = d.I.IP;
+                Rip = d.I.NextIP;
+                if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+                _retired++;
+                if (Stop)
+                {
+                    Stop = false;
+                    chain = 0;
+                    break;
+                }
+            }
+        } while (--chain > 0 && !_exitRequested);
+        // The instruction that consumed MMIO results has completed.
+        if (single) { _replayCount = 0; _replayIdx = 0; }
+    }
+}

@@ -1,0 +1,79 @@
+using Iced.Intel;
+
+namespace XenSharp.Cpu.Decoding;
+
+/// <summary>
+/// One decoded instruction plus what the interpreter precomputes about it. Plain data, so that a
+/// later JIT can translate a block from the same array.
+/// </summary>
+internal struct DecodedInsn
+{
+    public Instruction I;
+    /// <summary>Iced's mnemonic, cached (the interpreter dispatches on it).</summary>
+    public Mnemonic Op;
+    /// <summary>Address size in bytes (2, 4, 8) from the mode and the 0x67 prefix.</summary>
+    public byte AddrSize;
+    /// <summary>Size in bytes of operand 0 (register or memory), 0 when it has none.</summary>
+    public byte OpSize;
+    public byte Length;
+    /// <summary>A specialised shape the interpreter runs without Iced's operand accessors
+    /// (<see cref="FastForm"/>), or None.</summary>
+    public FastForm Form;
+    /// <summary>ALU operation for the ALU forms.</summary>
+    public byte AluKind;
+    /// <summary>GPR numbers of operands 0 and 1 for the fast forms.</summary>
+    public byte R0, R1;
+    public ulong Imm;
+    /// <summary>Memory operand pre-split for the fast forms: GPR numbers (0xFF = none), scale
+    /// shift, segment number, and displacement (absolute for RIP-relative).</summary>
+    public byte MemBase, MemIndex, MemShift, MemSeg;
+    public ulong MemDisp;
+}
+
+internal enum FastForm : byte
+{
+    None,
+    AluRR,      // op r32/64, r32/64
+    AluRI,      // op r32/64, imm
+    MovRR,
+    MovRI,
+    MovRM,      // mov r32/64, [mem]
+    MovMR,      // mov [mem], r32/64
+    Jcc,
+    IncR,
+    DecR,
+    Lea,
+    PushR,
+    PopR,
+}
+
+/// <summary>A straight-line run of instructions from one guest-physical page, ending at a
+/// control transfer, a page end or a size cap.</summary>
+internal sealed class DecodedBlock
+{
+    public readonly DecodedInsn[] Insns;
+    public readonly int Count;
+    /// <summary>Guest-physical address of the first byte.</summary>
+    public readonly ulong Phys;
+    /// <summary>RIP (segment offset) of the first instruction.</summary>
+    public readonly ulong Ip;
+    /// <summary>16, 32 or 64.</summary>
+    public readonly int Bitness;
+    /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
+    public volatile bool Valid = true;
+
+    public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
+    {
+        Insns = insns; Count = count; Phys = phys; Ip = ip; Bitness = bitness;
+    }
+}
+
+/// <summary>Iced code reader over host memory of one guest page (or a small spill buffer).</summary>
+internal sealed unsafe class PointerCodeReader : CodeReader
+{
+    public byte* Ptr;
+    public int Pos;
+    public int Limit;
+
+    public override int ReadByte() => Pos < Limit ? Ptr[Pos++] : -1;
+}

@@ -1,0 +1,261 @@
+using System.Runtime.CompilerServices;
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+/// <summary>Register, memory and immediate operands of decoded instructions.</summary>
+internal unsafe partial class X86Vcpu
+{
+    private static readonly sbyte[] s_gpr;
+    private static readonly byte[] s_size;
+    private static readonly bool[] s_high;
+
+    static X86Vcpu()
+    {
+        var all = Enum.GetValues<Register>();
+        int max = 0;
+        foreach (var r in all) max = Math.Max(max, (int)r);
+        s_gpr = new sbyte[max + 1];
+        s_size = new byte[max + 1];
+        s_high = new bool[max + 1];
+        foreach (var r in all)
+        {
+            s_gpr[(int)r] = -1;
+            if (r == Register.None) continue;
+            if (r.IsGPR())
+            {
+                s_gpr[(int)r] = (sbyte)r.GetFullRegister().GetNumber();
+                s_size[(int)r] = (byte)r.GetSize();
+                s_high[(int)r] = r is Register.AH or Register.CH or Register.DH or Register.BH;
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ulong Mask(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadReg(Register r)
+    {
+        int i = (int)r;
+        int g = s_gpr[i];
+        switch (s_size[i])
+        {
+            case 8: return R[g];
+            case 4: return (uint)R[g];
+            case 2: return (ushort)R[g];
+            case 1: return s_high[i] ? (byte)(R[g] >> 8) : (byte)R[g];
+        }
+        return ReadOtherReg(r);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void WriteReg(Register r, ulong v)
+    {
+        int i = (int)r;
+        int g = s_gpr[i];
+        switch (s_size[i])
+        {
+            case 8: R[g] = v; return;
+            case 4: R[g] = (uint)v; return;
+            case 2: R[g] = (R[g] & ~0xFFFFUL) | (ushort)v; return;
+            case 1:
+                if (s_high[i]) R[g] = (R[g] & ~0xFF00UL) | ((v & 0xFF) << 8);
+                else R[g] = (R[g] & ~0xFFUL) | (byte)v;
+                return;
+        }
+        WriteOtherReg(r, v);
+    }
+
+    private ulong ReadOtherReg(Register r)
+    {
+        if (r.IsSegmentRegister()) return Seg[r - Register.ES].Sel;
+        throw Exit(VcpuExitReason.InternalError, $"register operand {r} not supported here");
+    }
+
+    private void WriteOtherReg(Register r, ulong v)
+    {
+        if (r.IsSegmentRegister()) { LoadSegment(r - Register.ES, (ushort)v); return; }
+        throw Exit(VcpuExitReason.InternalError, $"register operand {r} not supported here");
+    }
+
+    /// <summary>The offset part of the memory operand, wrapped to the address size.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Ea(ref DecodedInsn d)
+    {
+        ref Instruction i = ref d.I;
+        ulong a = i.MemoryDisplacement64;
+        var b = i.MemoryBase;
+        if (b != Register.None)
+        {
+            if (b == Register.RIP || b == Register.EIP) return d.AddrSize == 4 ? (uint)a : a;
+            a += ReadReg(b);
+        }
+        var x = i.MemoryIndex;
+        if (x != Register.None) a += ReadReg(x) * (ulong)i.MemoryIndexScale;
+        return d.AddrSize switch { 8 => a, 4 => (uint)a, _ => (ushort)a };
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong SegBase(int seg) => Seg[seg].Base;
+
+    /// <summary>Linear address of segment:offset (64-bit mode ignores all bases but FS and GS).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Linear(int seg, ulong off)
+    {
+        if (Bitness == 64) return seg >= FS ? Seg[seg].Base + off : off;
+        return (uint)(Seg[seg].Base + off);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong MemAddr(ref DecodedInsn d) => Linear(d.I.MemorySegment - Register.ES, Ea(ref d));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadOp(ref DecodedInsn d, int n, int size)
+    {
+        switch (d.I.GetOpKind(n))
+        {
+            case OpKind.Register: return ReadReg(d.I.GetOpRegister(n));
+            case OpKind.Memory: return ReadLin(MemAddr(ref d), size);
+            default: return d.I.GetImmediate(n) & Mask(size);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadOp0(ref DecodedInsn d, int size)
+    {
+        if (d.I.Op0Kind == OpKind.Register) return ReadReg(d.I.Op0Register);
+        return ReadLin(MemAddr(ref d), size);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadOp1(ref DecodedInsn d, int size)
+    {
+        switch (d.I.Op1Kind)
+        {
+            case OpKind.Register: return ReadReg(d.I.Op1Register);
+            case OpKind.Memory: return ReadLin(MemAddr(ref d), size);
+            default: return d.I.GetImmediate(1) & Mask(size);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void WriteOp0(ref DecodedInsn d, int size, ulong v)
+    {
+        if (d.I.Op0Kind == OpKind.Register) WriteReg(d.I.Op0Register, v);
+        else WriteLin(MemAddr(ref d), size, v);
+    }
+
+    // ---- stack ----
+
+    internal int StackSize => Bitness == 64 ? 8 : Seg[SS].Big ? 4 : 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Push(ulong v, int size)
+    {
+        ulong sp;
+        if (Bitness == 64)
+        {
+            sp = R[4] - (ulong)size;
+            WriteLin(sp, size, v);
+            R[4] = sp;
+        }
+        else if (Seg[SS].Big)
+        {
+            sp = (uint)(R[4] - (ulong)size);
+            WriteLin((uint)(Seg[SS].Base + sp), size, v);
+            R[4] = sp;
+        }
+        else
+        {
+            sp = (ushort)(R[4] - (ulong)size);
+            WriteLin((uint)(Seg[SS].Base + sp), size, v);
+            R[4] = (R[4] & ~0xFFFFUL) | sp;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Pop(int size)
+    {
+        ulong v;
+        if (Bitness == 64)
+        {
+            v = ReadLin(R[4], size);
+            R[4] += (ulong)size;
+        }
+        else if (Seg[SS].Big)
+        {
+            v = ReadLin((uint)(Seg[SS].Base + (uint)R[4]), size);
+            R[4] = (uint)(R[4] + (ulong)size);
+        }
+        else
+        {
+            v = ReadLin((uint)(Seg[SS].Base + (ushort)R[4]), size);
+            R[4] = (R[4] & ~0xFFFFUL) | (ushort)(R[4] + (ulong)size);
+        }
+        return v;
+    }
+
+    /// <summary>Reads the stack slot <paramref name="offset"/> bytes above SP without popping.</summary>
+    internal ulong PeekStack(ulong offset, int size)
+    {
+        if (Bitness == 64) return ReadLin(R[4] + offset, size);
+        if (Seg[SS].Big) return ReadLin((uint)(Seg[SS].Base + (uint)(R[4] + offset)), size);
+        return ReadLin((uint)(Seg[SS].Base + (ushort)(R[4] + offset)), size);
+    }
+
+    internal void AddSp(long delta)
+    {
+        if (Bitness == 64) R[4] += (ulong)delta;
+        else if (Seg[SS].Big) R[4] = (uint)(R[4] + (ulong)delta);
+        else R[4] = (R[4] & ~0xFFFFUL) | (ushort)(R[4] + (ulong)delta);
+    }
+
+    // ---- flags ----
+
+    internal static readonly byte[] s_parity = BuildParity();
+    private static byte[] BuildParity()
+    {
+        var t = new byte[256];
+        for (int i = 0; i < 256; i++) t[i] = (byte)((System.Numerics.BitOperations.PopCount((uint)i) & 1) == 0 ? 4 : 0);
+        return t;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ulong Szp(ulong res, int size)
+    {
+        ulong f = s_parity[(byte)res];
+        if ((res & Mask(size)) == 0) f |= ZF;
+        if (((res >> (size * 8 - 1)) & 1) != 0) f |= SF;
+        return f;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void SetArith(ulong f) => Rflags = (Rflags & ~ArithFlags) | f;
+
+    internal bool Cond(ConditionCode cc)
+    {
+        ulong f = Rflags;
+        switch (cc)
+        {
+            case ConditionCode.o: return (f & OF) != 0;
+            case ConditionCode.no: return (f & OF) == 0;
+            case ConditionCode.b: return (f & CF) != 0;
+            case ConditionCode.ae: return (f & CF) == 0;
+            case ConditionCode.e: return (f & ZF) != 0;
+            case ConditionCode.ne: return (f & ZF) == 0;
+            case ConditionCode.be: return (f & (CF | ZF)) != 0;
+            case ConditionCode.a: return (f & (CF | ZF)) == 0;
+            case ConditionCode.s: return (f & SF) != 0;
+            case ConditionCode.ns: return (f & SF) == 0;
+            case ConditionCode.p: return (f & PF) != 0;
+            case ConditionCode.np: return (f & PF) == 0;
+            case ConditionCode.l: return ((f & SF) != 0) != ((f & OF) != 0);
+            case ConditionCode.ge: return ((f & SF) != 0) == ((f & OF) != 0);
+            case ConditionCode.le: return (f & ZF) != 0 || (((f & SF) != 0) != ((f & OF) != 0));
+            case ConditionCode.g: return (f & ZF) == 0 && (((f & SF) != 0) == ((f & OF) != 0));
+        }
+        return true;
+    }
+}

@@ -1,0 +1,343 @@
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+/// <summary>String instructions with REP/REPE/REPNE in every address size, and port I/O.</summary>
+internal unsafe partial class X86Vcpu
+{
+    /// <summary>Iterations of one REP instruction before it yields (RIP kept on it) so that
+    /// interrupts and exit requests are not delayed by huge counts.</summary>
+    private const int RepChunk = 1 << 16;
+
+    private ulong Idx(int reg, int asz) => asz switch { 8 => R[reg], 4 => (uint)R[reg], _ => (ushort)R[reg] };
+
+    private void SetIdx(int reg, int asz, ulong v)
+    {
+        if (asz == 8) R[reg] = v;
+        else if (asz == 4) R[reg] = (uint)v;
+        else R[reg] = (R[reg] & ~0xFFFFUL) | (ushort)v;
+    }
+
+    private static int ElemSize(Mnemonic m) => m switch
+    {
+        Mnemonic.Movsb or Mnemonic.Stosb or Mnemonic.Lodsb or Mnemonic.Scasb or Mnemonic.Cmpsb or Mnemonic.Insb or Mnemonic.Outsb => 1,
+        Mnemonic.Movsw or Mnemonic.Stosw or Mnemonic.Lodsw or Mnemonic.Scasw or Mnemonic.Cmpsw or Mnemonic.Insw or Mnemonic.Outsw => 2,
+        Mnemonic.Movsq or Mnemonic.Stosq or Mnemonic.Lodsq or Mnemonic.Scasq or Mnemonic.Cmpsq => 8,
+        _ => 4,
+    };
+
+    private bool IsRep(ref DecodedInsn d) => d.I.HasRepPrefix || d.I.HasRepnePrefix;
+
+    private void ExecMovs(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool rep = IsRep(ref d);
+        int srcSeg = d.I.MemorySegment - Register.ES;
+        long step = (Rflags & DF) != 0 ? -es : es;
+        int n = 0;
+        while (true)
+        {
+            if (rep && Idx(1, asz) == 0) return;
+            ulong si = Idx(6, asz), di = Idx(7, asz);
+            ulong src = Linear(srcSeg, si), dst = Linear(ES, di);
+            if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz)) { if (++n >= RepChunk) break; continue; }
+            WriteLin(dst, es, ReadLin(src, es));
+            SetIdx(6, asz, si + (ulong)step);
+            SetIdx(7, asz, di + (ulong)step);
+            if (!rep) return;
+            SetIdx(1, asz, Idx(1, asz) - 1);
+            if (++n >= RepChunk) break;
+        }
+        if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
+    }
+
+    /// <summary>REP MOVSB forward within one source and one destination page, in RAM and not overlapping
+    /// forward: copies as a block. Returns false when the slow path must do the element.</summary>
+    private bool TryBulkMove(ulong src, ulong dst, int asz)
+    {
+        ulong count = Idx(1, asz);
+        ulong chunk = Math.Min(count, Math.Min(4096 - (src & 0xFFF), 4096 - (dst & 0xFFF)));
+        if (chunk < 2) return false;
+        if (dst > src && dst - src < chunk) return false;
+        byte* s = HostRead(src), dp = HostWrite(dst);
+        if (s == null || dp == null) return false;
+        Buffer.MemoryCopy(s, dp, chunk, chunk);
+        SetIdx(6, asz, Idx(6, asz) + chunk);
+        SetIdx(7, asz, Idx(7, asz) + chunk);
+        SetIdx(1, asz, count - chunk);
+        return true;
+    }
+
+    /// <summary>Host pointer for reading one linear byte through the TLB (filling it), or null for MMIO.</summary>
+    private byte* HostRead(ulong lin)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag != vpn)
+        {
+            ReadLin(lin, 1);
+            if (e->ReadTag != vpn) return null;
+        }
+        return e->Host + (lin & 0xFFF);
+    }
+
+    private byte* HostWrite(ulong lin)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->WriteTag != vpn) return null;
+        return e->Host + (lin & 0xFFF);
+    }
+
+    private void ExecStos(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool rep = IsRep(ref d);
+        long step = (Rflags & DF) != 0 ? -es : es;
+        ulong v = R[0] & Mask(es);
+        int n = 0;
+        while (true)
+        {
+            if (rep && Idx(1, asz) == 0) return;
+            ulong di = Idx(7, asz);
+            ulong dst = Linear(ES, di);
+            if (rep && step > 0)
+            {
+                ulong count = Idx(1, asz);
+                ulong room = (4096 - (dst & 0xFFF)) / (ulong)es;
+                ulong chunk = Math.Min(count, room);
+                if (chunk >= 2 && (dst & (ulong)(es - 1)) == 0)
+                {
+                    byte* p = HostWrite(dst);
+                    if (p != null)
+                    {
+                        switch (es)
+                        {
+                            case 1: new Span<byte>(p, (int)chunk).Fill((byte)v); break;
+                            case 2: new Span<ushort>(p, (int)chunk).Fill((ushort)v); break;
+                            case 4: new Span<uint>(p, (int)chunk).Fill((uint)v); break;
+                            default: new Span<ulong>(p, (int)chunk).Fill(v); break;
+                        }
+                        SetIdx(7, asz, di + chunk * (ulong)es);
+                        SetIdx(1, asz, count - chunk);
+                        if (++n >= RepChunk) break;
+                        continue;
+                    }
+                }
+            }
+            WriteLin(dst, es, v);
+            SetIdx(7, asz, di + (ulong)step);
+            if (!rep) return;
+            SetIdx(1, asz, Idx(1, asz) - 1);
+            if (++n >= RepChunk) break;
+        }
+        if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
+    }
+
+    private void ExecLods(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool rep = IsRep(ref d);
+        int srcSeg = d.I.MemorySegment - Register.ES;
+        long step = (Rflags & DF) != 0 ? -es : es;
+        while (true)
+        {
+            if (rep && Idx(1, asz) == 0) return;
+            ulong si = Idx(6, asz);
+            WriteAcc(es, ReadLin(Linear(srcSeg, si), es));
+            SetIdx(6, asz, si + (ulong)step);
+            if (!rep) return;
+            SetIdx(1, asz, Idx(1, asz) - 1);
+        }
+    }
+
+    private void ExecScas(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool repe = d.I.HasRepePrefix, repne = d.I.HasRepnePrefix;
+        bool rep = repe || repne;
+        long step = (Rflags & DF) != 0 ? -es : es;
+        ulong acc = R[0] & Mask(es);
+        int n = 0;
+        while (true)
+        {
+            if (rep && Idx(1, asz) == 0) return;
+            ulong di = Idx(7, asz);
+            ulong v = ReadLin(Linear(ES, di), es);
+            Alu(AluOp.Cmp, acc, v, es, out ulong f);
+            SetArith(f);
+            SetIdx(7, asz, di + (ulong)step);
+            if (!rep) return;
+            SetIdx(1, asz, Idx(1, asz) - 1);
+            if (repe && (f & ZF) == 0) return;
+            if (repne && (f & ZF) != 0) return;
+            if (++n >= RepChunk) break;
+        }
+        if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
+    }
+
+    private void ExecCmps(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool repe = d.I.HasRepePrefix, repne = d.I.HasRepnePrefix;
+        bool rep = repe || repne;
+        int srcSeg = d.I.MemorySegment - Register.ES;
+        long step = (Rflags & DF) != 0 ? -es : es;
+        int n = 0;
+        while (true)
+        {
+            if (rep && Idx(1, asz) == 0) return;
+            ulong si = Idx(6, asz), di = Idx(7, asz);
+            ulong a = ReadLin(Linear(srcSeg, si), es);
+            ulong b = ReadLin(Linear(ES, di), es);
+            Alu(AluOp.Cmp, a, b, es, out ulong f);
+            SetArith(f);
+            SetIdx(6, asz, si + (ulong)step);
+            SetIdx(7, asz, di + (ulong)step);
+            if (!rep) return;
+            SetIdx(1, asz, Idx(1, asz) - 1);
+            if (repe && (f & ZF) == 0) return;
+            if (repne && (f & ZF) != 0) return;
+            if (++n >= RepChunk) break;
+        }
+        if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
+    }
+
+    // ---- port I/O ----
+
+    /// <summary>IOPL and the TSS I/O permission bitmap (SDM vol. 1 19.5).</summary>
+    private void CheckIoPermission(uint port, int size)
+    {
+        if (!Protected) return;
+        if ((Rflags & VM) == 0 && Cpl <= (int)((Rflags >> 12) & 3)) return;
+        ref SegReg tr = ref Seg[TR];
+        if ((tr.Attr & 0xF) is not (9 or 11) || tr.Limit < 0x67) throw GP();
+        uint mapBase = (uint)ReadSys(tr.Base + 0x66, 2);
+        uint byteOff = mapBase + port / 8;
+        if (byteOff + 1 > tr.Limit) throw GP();
+        uint bits = (uint)ReadSys(tr.Base + byteOff, 2);
+        uint mask = ((1u << size) - 1) << (int)(port & 7);
+        if ((bits & mask) != 0) throw GP();
+    }
+
+    private void ExecIn(ref DecodedInsn d)
+    {
+        var reg = d.I.Op0Register;
+        int size = reg.GetSize();
+        uint port = d.I.Op1Kind == OpKind.Register ? (ushort)R[2] : d.I.Immediate8;
+        CheckIoPermission(port, size);
+        _pending = PendingCompletion.In;
+        _pendingReg = reg;
+        _pendingSize = size;
+        _pendingIp = CurIp;
+        _pendingValue = ulong.MaxValue;
+        Stop = true;
+        _exit.Port = port; _exit.Size = size; _exit.IsWrite = false;
+        throw Exit(VcpuExitReason.Io);
+    }
+
+    private void ExecOut(ref DecodedInsn d)
+    {
+        var reg = d.I.Op1Register;
+        int size = reg.GetSize();
+        uint port = d.I.Op0Kind == OpKind.Register ? (ushort)R[2] : d.I.Immediate8;
+        CheckIoPermission(port, size);
+        Stop = true;
+        _exit.Port = port; _exit.Size = size; _exit.IsWrite = true; _exit.Data = ReadReg(reg);
+        throw Exit(VcpuExitReason.Io);
+    }
+
+    private void ExecOuts(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool rep = IsRep(ref d);
+        uint port = (ushort)R[2];
+        CheckIoPermission(port, es);
+        if (rep && Idx(1, asz) == 0) return;
+        ulong si = Idx(6, asz);
+        ulong v = ReadLin(Linear(d.I.MemorySegment - Register.ES, si), es);
+        SetIdx(6, asz, si + (ulong)((Rflags & DF) != 0 ? -es : es));
+        if (rep)
+        {
+            SetIdx(1, asz, Idx(1, asz) - 1);
+            if (Idx(1, asz) != 0) Rip = CurIp;
+        }
+        Stop = true;
+        _exit.Port = port; _exit.Size = es; _exit.IsWrite = true; _exit.Data = v;
+        throw Exit(VcpuExitReason.Io);
+    }
+
+    private void ExecIns(ref DecodedInsn d)
+    {
+        int es = ElemSize(d.Op), asz = d.AddrSize;
+        bool rep = IsRep(ref d);
+        uint port = (ushort)R[2];
+        CheckIoPermission(port, es);
+        if (rep && Idx(1, asz) == 0) return;
+        // Fault on the destination before the device sees the read.
+        Translate(Linear(ES, Idx(7, asz)), Access.Write, Cpl == 3);
+        _pending = PendingCompletion.Ins;
+        _pendingSize = es;
+        _pendingIp = CurIp;
+        _pendingRep = rep;
+        _pendingAsz = asz;
+        _pendingValue = ulong.MaxValue;
+        Stop = true;
+        _exit.Port = port; _exit.Size = es; _exit.IsWrite = false;
+        throw Exit(VcpuExitReason.Io);
+    }
+
+    private ulong _pendingIp;
+    private bool _pendingRep;
+    private int _pendingAsz;
+
+    /// <summary>Finishes the instruction that exited, with the value from CompleteExit.</summary>
+    private void FinishPending()
+    {
+        var p = _pending;
+        if (p == PendingCompletion.None) return;
+        _pending = PendingCompletion.None;
+        bool completed = _completed;
+        _completed = false;
+        ulong v = completed ? _pendingValue : ulong.MaxValue;
+        switch (p)
+        {
+            case PendingCompletion.In:
+                if (_pendingSize == 4) R[0] = (uint)v; else WriteReg(_pendingReg, v);
+                break;
+            case PendingCompletion.Ins:
+            {
+                ulong next = Rip;
+                Rip = _pendingIp;
+                CurIp = _pendingIp;
+                int asz = _pendingAsz, es = _pendingSize;
+                ulong di = Idx(7, asz);
+                WriteLin(Linear(ES, di), es, v);
+                SetIdx(7, asz, di + (ulong)((Rflags & DF) != 0 ? -es : es));
+                if (_pendingRep)
+                {
+                    SetIdx(1, asz, Idx(1, asz) - 1);
+                    Rip = Idx(1, asz) != 0 ? _pendingIp : next;
+                }
+                else Rip = next;
+                break;
+            }
+            case PendingCompletion.RdMsr:
+                if (completed && _pendingFault) { Rip = _pendingIp; throw GP(); }
+                R[0] = (uint)v; R[2] = (uint)(v >> 32);
+                break;
+            case PendingCompletion.WrMsr:
+                if (completed && _pendingFault) { Rip = _pendingIp; throw GP(); }
+                break;
+            case PendingCompletion.MmioRead:
+                AddReplay(false, completed ? _pendingValue : ulong.MaxValue);
+                _replayIdx = 0;
+                break;
+            case PendingCompletion.MmioWrite:
+                AddReplay(true, 0);
+                _replayIdx = 0;
+                break;
+        }
+    }
+}

@@ -1,0 +1,264 @@
+using System.Runtime.CompilerServices;
+
+namespace XenSharp.Cpu;
+
+internal struct MmioReplay
+{
+    public ulong Address;
+    public ulong Value;
+    public int Size;
+    public bool IsWrite;
+}
+
+/// <summary>Linear-memory access through the soft TLB, with the slow path for misses, page
+/// crossings, MMIO and writes to frames that hold decoded code.</summary>
+internal unsafe partial class X86Vcpu
+{
+    private readonly MmioReplay[] _replay = new MmioReplay[4];
+    private int _replayCount, _replayIdx;
+    private ulong _pendingAddr;
+
+    // ---- fast paths ----
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal byte Read8(ulong lin)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn) return e->Host[lin & 0xFFF];
+        return (byte)ReadSlow(lin, 1, Cpl == 3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ushort Read16(ulong lin)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn && (lin & 0xFFF) <= 0xFFE) return *(ushort*)(e->Host + (lin & 0xFFF));
+        return (ushort)ReadSlow(lin, 2, Cpl == 3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal uint Read32(ulong lin)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn && (lin & 0xFFF) <= 0xFFC) return *(uint*)(e->Host + (lin & 0xFFF));
+        return (uint)ReadSlow(lin, 4, Cpl == 3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Read64(ulong lin)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn && (lin & 0xFFF) <= 0xFF8) return *(ulong*)(e->Host + (lin & 0xFFF));
+        return ReadSlow(lin, 8, Cpl == 3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadLin(ulong lin, int size)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn && (int)(lin & 0xFFF) <= 4096 - size)
+        {
+            byte* p = e->Host + (lin & 0xFFF);
+            switch (size)
+            {
+                case 1: return *p;
+                case 2: return *(ushort*)p;
+                case 4: return *(uint*)p;
+                default: return *(ulong*)p;
+            }
+        }
+        return ReadSlow(lin, size, Cpl == 3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void WriteLin(ulong lin, int size, ulong v)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->WriteTag == vpn && (int)(lin & 0xFFF) <= 4096 - size)
+        {
+            byte* p = e->Host + (lin & 0xFFF);
+            switch (size)
+            {
+                case 1: *p = (byte)v; return;
+                case 2: *(ushort*)p = (ushort)v; return;
+                case 4: *(uint*)p = (uint)v; return;
+                default: *(ulong*)p = v; return;
+            }
+        }
+        WriteSlow(lin, size, v, Cpl == 3);
+    }
+
+    internal void Write8(ulong lin, byte v) => WriteLin(lin, 1, v);
+    internal void Write16(ulong lin, ushort v) => WriteLin(lin, 2, v);
+    internal void Write32(ulong lin, uint v) => WriteLin(lin, 4, v);
+    internal void Write64(ulong lin, ulong v) => WriteLin(lin, 8, v);
+
+    /// <summary>Implicit supervisor-mode accesses (descriptor tables, TSS, IDT, stacks of the
+    /// interrupt delivery at CPL 0).</summary>
+    internal ulong ReadSys(ulong lin, int size) => ReadSlow(lin, size, false, true);
+    internal void WriteSys(ulong lin, int size, ulong v) => WriteSlow(lin, size, v, false, true);
+
+    // ---- slow paths ----
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal ulong ReadSlow(ulong lin, int size, bool user, bool implicitSup = false)
+    {
+        if (!LongMode) lin &= 0xFFFF_FFFF;
+        if ((lin & 0xFFF) + (ulong)size > 4096)
+        {
+            // Split at the page boundary; check both pages before reading either.
+            ulong mask = LongMode ? ulong.MaxValue : 0xFFFF_FFFF;
+            Translate(lin, Access.Read, user, implicitSup);
+            Translate((lin + (ulong)size - 1) & mask, Access.Read, user, implicitSup);
+            ulong r = 0;
+            for (int i = 0; i < size; i++)
+                r |= ReadSlow((lin + (ulong)i) & mask, 1, user, implicitSup) << (8 * i);
+            return r;
+        }
+        ulong phys = TranslateAndFill(lin, Access.Read, user, implicitSup, out byte* host);
+        if (host == null) return MmioRead(phys, size);
+        switch (size)
+        {
+            case 1: return *host;
+            case 2: return *(ushort*)host;
+            case 4: return *(uint*)host;
+            case 8: return *(ulong*)host;
+            default: throw new InvalidOperationException();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void WriteSlow(ulong lin, int size, ulong v, bool user, bool implicitSup = false)
+    {
+        if (!LongMode) lin &= 0xFFFF_FFFF;
+        if ((lin & 0xFFF) + (ulong)size > 4096)
+        {
+            ulong mask = LongMode ? ulong.MaxValue : 0xFFFF_FFFF;
+            Translate(lin, Access.Write, user, implicitSup);
+            Translate((lin + (ulong)size - 1) & mask, Access.Write, user, implicitSup);
+            for (int i = 0; i < size; i++)
+                WriteSlow((lin + (ulong)i) & mask, 1, v >> (8 * i), user, implicitSup);
+            return;
+        }
+        ulong phys = TranslateAndFill(lin, Access.Write, user, implicitSup, out byte* host);
+        if (host == null) { MmioWrite(phys, size, v); return; }
+        switch (size)
+        {
+            case 1: *host = (byte)v; break;
+            case 2: *(ushort*)host = (ushort)v; break;
+            case 4: *(uint*)host = (uint)v; break;
+            case 8: *(ulong*)host = v; break;
+        }
+        ulong gfn = phys >> 12;
+        if (_blocks.IsCodeFrame(gfn) && _blocks.InvalidateFrame(gfn))
+        {
+            // Self-modifying code: the current block may be stale from the next instruction on.
+            Stop = true;
+            FlushJumpCache();
+        }
+    }
+
+    /// <summary>Translates one access and fills the TLB entry; host is null for MMIO.</summary>
+    private ulong TranslateAndFill(ulong lin, Access access, bool user, bool implicitSup, out byte* host)
+    {
+        if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out bool global, implicitSup))
+        {
+            Cr2 = lin;
+            throw Fault(14, err);
+        }
+        ulong gfn = phys >> 12;
+        bool write = access == Access.Write;
+        byte* page = _mem.GetPage(gfn, write);
+        if (page == null) { host = null; return phys; }
+        host = page + (phys & 0xFFF);
+        if (implicitSup && user == false && Cpl == 3) return phys; // do not cache into the user half
+        // Only cache what the same access at this privilege could repeat without a walk.
+        bool smapBlocked = !user && _lastWalkUser && (Cr4 & 0x200000) != 0;
+        if (smapBlocked) return phys;
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + (user ? TlbSize : 0) + (int)(vpn & TlbMask);
+        if (e->Gfn != gfn || e->Host != page || (e->ReadTag != vpn && e->WriteTag != vpn))
+        {
+            e->ReadTag = ulong.MaxValue; e->WriteTag = ulong.MaxValue;
+        }
+        e->Host = page;
+        e->Gfn = gfn;
+        e->Global = global;
+        if (write)
+        {
+            e->WriteTag = _blocks.IsCodeFrame(gfn) ? ulong.MaxValue : vpn;
+            if (_mem.GetPage(gfn, false) == page) e->ReadTag = vpn;
+        }
+        else
+        {
+            e->ReadTag = vpn;
+            if (_lastWalkWritable && _lastWalkDirty && !_blocks.IsCodeFrame(gfn) && _mem.GetPage(gfn, true) == page)
+                e->WriteTag = vpn;
+        }
+        return phys;
+    }
+
+    /// <summary>Host pointer for an atomic read-modify-write of <paramref name="size"/> bytes, or null
+    /// when the operand crosses a page or is not RAM (then the caller falls back to read + write).</summary>
+    internal byte* HostForRmw(ulong lin, int size)
+    {
+        if ((lin & 0xFFF) + (ulong)size > 4096) return null;
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->WriteTag == vpn && e->ReadTag == vpn) return e->Host + (lin & 0xFFF);
+        // Fill the entry through an ordinary write probe of the current value.
+        ulong phys = TranslateAndFill(LongMode ? lin : lin & 0xFFFF_FFFF, Access.Write, Cpl == 3, false, out byte* host);
+        if (host == null) return null;
+        ulong gfn = phys >> 12;
+        if (_blocks.IsCodeFrame(gfn) && _blocks.InvalidateFrame(gfn)) { Stop = true; FlushJumpCache(); }
+        return host;
+    }
+
+    // ---- MMIO (KVM semantics: exit, then the instruction completes on the next Run) ----
+
+    private ulong MmioRead(ulong phys, int size)
+    {
+        if (_replayIdx < _replayCount)
+        {
+            ref MmioReplay r = ref _replay[_replayIdx++];
+            if (!r.IsWrite && r.Address == phys && r.Size == size) return r.Value;
+        }
+        _exit.Reason = VcpuExitReason.Mmio;
+        _exit.Address = phys; _exit.Size = size; _exit.IsWrite = false; _exit.Data = 0;
+        _pending = PendingCompletion.MmioRead;
+        _pendingAddr = phys;
+        _pendingSize = size;
+        _pendingValue = 0;
+        Rip = CurIp;
+        throw _exitSignal;
+    }
+
+    private void MmioWrite(ulong phys, int size, ulong v)
+    {
+        if (_replayIdx < _replayCount)
+        {
+            ref MmioReplay r = ref _replay[_replayIdx++];
+            if (r.IsWrite && r.Address == phys && r.Size == size) return;
+        }
+        _exit.Reason = VcpuExitReason.Mmio;
+        _exit.Address = phys; _exit.Size = size; _exit.IsWrite = true;
+        _exit.Data = size == 8 ? v : v & ((1UL << (size * 8)) - 1);
+        _pending = PendingCompletion.MmioWrite;
+        _pendingAddr = phys;
+        _pendingSize = size;
+        Rip = CurIp;
+        throw _exitSignal;
+    }
+
+    private void AddReplay(bool write, ulong value)
+    {
+        if (_replayCount == _replay.Length) _replayCount = 0;
+        _replay[_replayCount++] = new MmioReplay { Address = _pendingAddr, Size = _pendingSize, IsWrite = write, Value = value };
+    }
+}

@@ -1,0 +1,65 @@
+using System.Runtime.CompilerServices;
+
+namespace XenSharp.Cpu;
+
+/// <summary>One soft-TLB entry: a 4 KiB linear page and the host addresses of its frame.</summary>
+internal unsafe struct TlbEntry
+{
+    /// <summary>Linear page number when reads may use <see cref="Host"/>, else ulong.MaxValue.</summary>
+    public ulong ReadTag;
+    /// <summary>Linear page number when writes may use <see cref="Host"/>, else ulong.MaxValue.</summary>
+    public ulong WriteTag;
+    public byte* Host;
+    public ulong Gfn;
+    public bool Global;
+}
+
+internal unsafe partial class X86Vcpu
+{
+    // Two direct-mapped halves: supervisor accesses, then user (CPL 3) accesses, so that a
+    // privilege change needs no flush.
+    internal const int TlbSize = 1024;
+    private const int TlbMask = TlbSize - 1;
+    private TlbEntry* _tlb;
+    private int _tlbCtx;
+
+    internal void FlushTlb(bool includeGlobal)
+    {
+        for (int i = 0; i < TlbSize * 2; i++)
+        {
+            ref TlbEntry e = ref _tlb[i];
+            if (includeGlobal || !e.Global)
+            {
+                e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false;
+            }
+        }
+        FlushJumpCache();
+    }
+
+    internal void FlushTlbPage(ulong linear)
+    {
+        ulong vpn = linear >> 12;
+        for (int ctx = 0; ctx < 2; ctx++)
+        {
+            ref TlbEntry e = ref _tlb[ctx * TlbSize + (int)(vpn & TlbMask)];
+            if (e.ReadTag == vpn || e.WriteTag == vpn)
+            {
+                e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false;
+            }
+        }
+        // Large pages cover many entries; be conservative for anything that may belong to one.
+        FlushJumpCache();
+    }
+
+    private void FlushWritableTlb()
+    {
+        for (int i = 0; i < TlbSize * 2; i++) _tlb[i].WriteTag = ulong.MaxValue;
+    }
+
+    /// <summary>Drops write entries for one frame in this vCPU (it just became a code frame).</summary>
+    private void DropWritableFrame(ulong gfn)
+    {
+        for (int i = 0; i < TlbSize * 2; i++)
+            if (_tlb[i].Gfn == gfn) _tlb[i].WriteTag = ulong.MaxValue;
+    }
+}

@@ -1,0 +1,207 @@
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+internal enum InterruptKind
+{
+    /// <summary>A fault or trap raised by the processor (no gate DPL check).</summary>
+    Exception,
+    /// <summary>An external interrupt or NMI (no gate DPL check).</summary>
+    External,
+    /// <summary>INT n: gate DPL checked against CPL.</summary>
+    Software,
+    /// <summary>INT3 / INTO: like INT n.</summary>
+    SoftwareException,
+    /// <summary>INT1 (ICEBP): no DPL check.</summary>
+    PrivilegedSoftware,
+}
+
+/// <summary>Interrupt and exception delivery through the IVT/IDT, and IRET (SDM vol. 3 ch. 6).</summary>
+internal unsafe partial class X86Vcpu
+{
+    /// <summary>Delivers <paramref name="vector"/> with the return address in <see cref="Rip"/>.</summary>
+    internal void RaiseInterrupt(int vector, bool hasError, uint error, InterruptKind kind)
+    {
+        Stop = true;
+        Halted = false;
+        if (vector == 2 && kind != InterruptKind.Software) _nmiBlocked = true;
+        uint ext = kind is InterruptKind.External ? 1u : 0u;
+        bool soft = kind is InterruptKind.Software or InterruptKind.SoftwareException;
+
+        if (!Protected)
+        {
+            if ((ulong)vector * 4 + 3 > IdtLimit) throw GP((uint)(vector * 8 + 2));
+            ulong entry = ReadSys(IdtBase + (ulong)vector * 4, 4);
+            Push(FlagsImage() & 0xFFFF, 2);
+            Push(Seg[CS].Sel, 2);
+            Push(Rip & 0xFFFF, 2);
+            Rflags &= ~(IF | TF | AC | RF);
+            ushort sel = (ushort)(entry >> 16);
+            Seg[CS].Sel = sel; Seg[CS].Base = (ulong)sel << 4;
+            Rip = entry & 0xFFFF;
+            return;
+        }
+        if ((Rflags & VM) != 0)
+            throw Exit(VcpuExitReason.InternalError, "interrupt delivery from virtual-8086 mode is not supported");
+
+        int gateSize = LongMode ? 16 : 8;
+        uint idtErr = (uint)(vector * 8 + 2) | ext;
+        if ((ulong)(vector * gateSize + gateSize - 1) > IdtLimit) throw GP(idtErr);
+        ulong gateAddr = IdtBase + (ulong)(vector * gateSize);
+        ulong lo = ReadSys(gateAddr, 8);
+        ulong hi = LongMode ? ReadSys(gateAddr + 8, 8) : 0;
+        int type = (int)((lo >> 40) & 0xF);
+        int gateDpl = (int)((lo >> 45) & 3);
+        bool present = (lo & (1UL << 47)) != 0;
+        bool validType = LongMode ? type is 0xE or 0xF : type is 0x6 or 0x7 or 0xE or 0xF;
+        if (type == 5 && !LongMode)
+            throw Exit(VcpuExitReason.InternalError, "task gates are not supported");
+        if (!validType) throw GP(idtErr);
+        if (soft && gateDpl < Cpl) throw GP(idtErr);
+        if (!present) throw Fault(11, idtErr);
+        bool trapGate = (type & 1) != 0;
+        bool gate32 = (type & 8) != 0;
+        ushort csSel = (ushort)(lo >> 16);
+        ulong target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF_0000) | (hi << 32);
+        int ist = LongMode ? (int)((lo >> 32) & 7) : 0;
+
+        if ((csSel & 0xFFFC) == 0) throw GP(ext);
+        ulong csDesc = ReadDescriptor(csSel, out _);
+        ushort csAttr = AttrFromDesc(csDesc);
+        int csDpl = (csAttr >> 5) & 3;
+        if ((csAttr & 0x18) != 0x18 || csDpl > Cpl) throw GP((uint)(csSel & 0xFFFC) | ext);
+        if ((csAttr & 0x80) == 0) throw Fault(11, (uint)(csSel & 0xFFFC) | ext);
+        if (LongMode && ((csAttr & 0x2000) == 0 || (csAttr & 0x4000) != 0)) throw GP((uint)(csSel & 0xFFFC) | ext);
+        bool conforming = (csAttr & 4) != 0;
+        int newCpl = conforming ? Cpl : csDpl;
+
+        ulong oldFlags = FlagsImage();
+        ushort oldCs = Seg[CS].Sel;
+        ushort oldSs = Seg[SS].Sel;
+        ulong oldSp = R[4];
+        ulong retIp = Rip;
+
+        if (LongMode)
+        {
+            ulong newSp;
+            if (ist != 0) newSp = ReadSys(Seg[TR].Base + 0x24 + (ulong)(ist - 1) * 8, 8);
+            else if (newCpl != Cpl) newSp = ReadSys(Seg[TR].Base + 4 + (ulong)newCpl * 8, 8);
+            else newSp = Bitness == 64 ? R[4] : (uint)R[4];
+            if (newCpl != Cpl && ist == 0 && (newSp >> 47 != 0 && newSp >> 47 != 0x1FFFF)) throw Fault(12, ext);
+            newSp &= ~0xFUL;
+            // Build the frame with supervisor writes at the new privilege.
+            WriteFrame8(newSp - 8, oldSs);
+            WriteFrame8(newSp - 16, oldSp);
+            WriteFrame8(newSp - 24, oldFlags);
+            WriteFrame8(newSp - 32, oldCs);
+            WriteFrame8(newSp - 40, retIp);
+            newSp -= 40;
+            if (hasError) { newSp -= 8; WriteFrame8(newSp, error); }
+            LoadCs(csSel, csDesc, newCpl);
+            if (newCpl != Cpl || true)
+            {
+                if (newCpl != (oldCs & 3))
+                    Seg[SS] = new SegReg { Sel = (ushort)newCpl, Base = 0, Limit = 0xFFFF_FFFF, Attr = (ushort)(0xC093 | (newCpl << 5)) };
+            }
+            R[4] = newSp;
+            Rip = target;
+        }
+        else
+        {
+            int psize = gate32 ? 4 : 2;
+            if (newCpl < Cpl)
+            {
+                var (ss, sp) = TssStack32(newCpl);
+                LoadSegmentForCpl(SS, ss, newCpl);
+                R[4] = Seg[SS].Big ? (uint)sp : (R[4] & ~0xFFFFUL) | (ushort)sp;
+                SetCpl(newCpl);
+                Push(oldSs, psize);
+                Push(oldSp, psize);
+            }
+            SetCpl(newCpl);
+            Push(oldFlags, psize);
+            Push(oldCs, psize);
+            Push(retIp, psize);
+            if (hasError) Push(error, psize);
+            LoadCs(csSel, csDesc, newCpl);
+            Rip = gate32 ? (uint)target : target & 0xFFFF;
+        }
+        Rflags &= ~(TF | NT | RF | VM);
+        if (!trapGate) Rflags &= ~IF;
+        UpdateMode();
+    }
+
+    private void WriteFrame8(ulong lin, ulong v) => WriteSlow(lin, 8, v, false, true);
+
+    private void ExecIret(ref DecodedInsn d)
+    {
+        int size = d.Op switch { Iced.Intel.Mnemonic.Iretq => 8, Iced.Intel.Mnemonic.Iretd => 4, _ => 2 };
+        Stop = true;
+        _nmiBlocked = false;
+        if (!Protected)
+        {
+            ulong ip = Pop(size);
+            ushort cs = (ushort)Pop(size);
+            ulong fl = Pop(size);
+            Seg[CS].Sel = cs; Seg[CS].Base = (ulong)cs << 4;
+            Rip = size == 2 ? (ushort)ip : (uint)ip;
+            WriteFlagsFromPop(fl, size);
+            return;
+        }
+        if ((Rflags & VM) != 0)
+        {
+            if (((Rflags >> 12) & 3) < 3) throw GP();
+            ulong ip = Pop(size);
+            ushort cs = (ushort)Pop(size);
+            ulong fl = Pop(size);
+            Seg[CS].Sel = cs; Seg[CS].Base = (ulong)cs << 4;
+            Rip = (ushort)ip;
+            ulong keep = IOPL | VM;
+            ulong mask = (size == 2 ? 0xFFFFUL : 0x3F7FD5UL) & ~keep;
+            Rflags = (Rflags & ~mask) | (fl & mask) | 2;
+            return;
+        }
+        if ((Rflags & NT) != 0 && !LongMode)
+            throw Exit(VcpuExitReason.InternalError, "IRET with NT set (task return) is not supported");
+
+        ulong newIp = PeekStack(0, size);
+        ushort newCs = (ushort)PeekStack((ulong)size, size);
+        ulong newFlags = PeekStack((ulong)(2 * size), size);
+        if (!LongMode && (newFlags & VM) != 0 && Cpl == 0)
+            throw Exit(VcpuExitReason.InternalError, "IRET to virtual-8086 mode is not supported");
+        int rpl = newCs & 3;
+        if (rpl < Cpl) throw GP((uint)(newCs & 0xFFFC));
+        ulong desc = CheckCodeDescriptor(newCs, out _);
+        ushort attr = AttrFromDesc(desc);
+        int dpl = (attr >> 5) & 3;
+        bool conforming = (attr & 4) != 0;
+        if (conforming ? dpl > rpl : dpl != rpl) throw GP((uint)(newCs & 0xFFFC));
+
+        bool popStack = rpl != Cpl || Bitness == 64;
+        int oldCpl = Cpl;
+        if (popStack)
+        {
+            ulong newSp = PeekStack((ulong)(3 * size), size);
+            ushort newSs = (ushort)PeekStack((ulong)(4 * size), size);
+            LoadCs(newCs, desc, rpl);
+            SetCpl(oldCpl);
+            // Flags are judged by the CPL before the return.
+            WriteFlagsFromPop(newFlags, size);
+            SetCpl(rpl);
+            if ((newSs & 0xFFFC) == 0 && LongMode && rpl != 3 && Bitness == 64)
+                Seg[SS] = new SegReg { Sel = newSs, Base = 0, Limit = 0xFFFF_FFFF, Attr = (ushort)(0xC093 | (rpl << 5)) };
+            else
+                LoadSegmentForCpl(SS, newSs, rpl);
+            R[4] = size == 8 ? newSp : size == 4 ? (uint)newSp : (R[4] & ~0xFFFFUL) | (ushort)newSp;
+            if (rpl > oldCpl) NullifyDataSegmentsAbove(rpl);
+        }
+        else
+        {
+            AddSp(3 * size);
+            LoadCs(newCs, desc, rpl);
+            WriteFlagsFromPop(newFlags, size);
+        }
+        UpdateMode();
+        Rip = Bitness == 64 ? newIp : size == 2 ? (ushort)newIp : (uint)newIp;
+    }
+}

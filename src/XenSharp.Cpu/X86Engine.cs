@@ -1,0 +1,60 @@
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+/// <summary>
+/// The portable x86 execution engine: an interpreter over pre-decoded instruction blocks.
+/// One instance per domain; its vCPUs share the decoded-code cache and the guest memory.
+/// </summary>
+public sealed class X86Engine : ICpuEngine
+{
+    internal readonly IGuestMemory Memory;
+    internal readonly BlockCache Blocks;
+    private readonly List<X86Vcpu> _vcpus = new();
+
+    /// <summary>TSC frequency of every vCPU of this engine, in kHz.</summary>
+    public ulong TscKhz { get; }
+
+    public X86Engine(IGuestMemory memory, ulong tscKhz = DefaultTscKhz)
+    {
+        Memory = memory ?? throw new ArgumentNullException(nameof(memory));
+        TscKhz = tscKhz;
+        Blocks = new BlockCache();
+    }
+
+    /// <summary>The default guest TSC frequency: 2 GHz.</summary>
+    public const ulong DefaultTscKhz = 2_000_000;
+
+    public IVcpu CreateVcpu(int id, ICpuidPolicy cpuid)
+    {
+        var v = new X86Vcpu(this, id, cpuid ?? new DefaultCpuidPolicy());
+        lock (_vcpus) _vcpus.Add(v);
+        return v;
+    }
+
+    /// <summary>
+    /// The guest TSC the engine's vCPUs read: <c>hostNs * TscKhz / 1_000_000 + offset</c>, where hostNs is
+    /// <see cref="HostMonotonicNs"/> and offset is the vCPU's TSC offset (IA32_TSC writes adjust it).
+    /// The hypervisor uses this for pvclock's tsc_timestamp.
+    /// </summary>
+    public ulong GuestTsc(long offset = 0) => ComputeTsc(HostMonotonicNs(), TscKhz, offset);
+
+    public static ulong ComputeTsc(ulong hostNs, ulong tscKhz, long offset)
+        => (ulong)((long)(ulong)((UInt128)hostNs * tscKhz / 1_000_000) + offset);
+
+    /// <summary>Host monotonic time in nanoseconds (the clock the TSC derives from).</summary>
+    public static ulong HostMonotonicNs()
+    {
+        long t = System.Diagnostics.Stopwatch.GetTimestamp();
+        return (ulong)((UInt128)(ulong)t * 1_000_000_000 / (ulong)System.Diagnostics.Stopwatch.Frequency);
+    }
+
+    public void Dispose()
+    {
+        lock (_vcpus)
+        {
+            foreach (var v in _vcpus) v.Dispose();
+            _vcpus.Clear();
+        }
+    }
+}

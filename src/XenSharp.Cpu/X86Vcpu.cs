@@ -1,0 +1,423 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+[InlineArray(16)]
+internal struct GprFile { private ulong _e; }
+
+internal struct SegReg
+{
+    public ulong Base;
+    public uint Limit;
+    public ushort Sel;
+    public ushort Attr;
+
+    public readonly int Dpl => (Attr >> 5) & 3;
+    public readonly bool Present => (Attr & 0x80) != 0;
+    public readonly bool Long => (Attr & 0x2000) != 0;
+    public readonly bool Big => (Attr & 0x4000) != 0;
+}
+
+/// <summary>ES, CS, SS, DS, FS, GS (Iced's and the encoding's order), then LDTR and TR.</summary>
+[InlineArray(8)]
+internal struct SegFile { private SegReg _e; }
+
+internal struct Xmm
+{
+    public ulong Lo;
+    public ulong Hi;
+}
+
+[InlineArray(16)]
+internal struct XmmFile { private Xmm _e; }
+
+[InlineArray(8)]
+internal struct DrFile { private ulong _e; }
+
+/// <summary>What a pending exit leaves for <see cref="IVcpu.CompleteExit"/> and the next Run to finish.</summary>
+internal enum PendingCompletion : byte { None, In, Ins, RdMsr, WrMsr, MmioRead, MmioWrite }
+
+/// <summary>Thrown (one preallocated instance per vCPU) to abandon the current instruction.</summary>
+internal sealed class GuestFault : Exception
+{
+    public int Vector;
+    public uint ErrorCode;
+    public bool HasErrorCode;
+    public GuestFault() : base("guest fault") { }
+}
+
+/// <summary>Thrown (preallocated) to leave Run with the exit already filled in.</summary>
+internal sealed class ExitSignal : Exception
+{
+    public ExitSignal() : base("vcpu exit") { }
+}
+
+internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
+{
+    public const int ES = 0, CS = 1, SS = 2, DS = 3, FS = 4, GS = 5, LDTR = 6, TR = 7;
+    public const ulong CF = 1, PF = 4, AF = 0x10, ZF = 0x40, SF = 0x80, TF = 0x100, IF = 0x200, DF = 0x400, OF = 0x800;
+    public const ulong IOPL = 0x3000, NT = 0x4000, RF = 0x10000, VM = 0x20000, AC = 0x40000, VIF = 0x80000, VIP = 0x100000, ID = 0x200000;
+    internal const ulong ArithFlags = CF | PF | AF | ZF | SF | OF;
+
+    private readonly X86Engine _engine;
+    private readonly IGuestMemory _mem;
+    private readonly BlockCache _blocks;
+    private readonly ICpuidPolicy _cpuid;
+    private readonly GuestFault _fault = new();
+    private readonly ExitSignal _exitSignal = new();
+
+    // Architectural state.
+    internal GprFile R;
+    internal ulong Rip;
+    internal ulong Rflags = 2;
+    internal SegFile Seg;
+    internal ulong Cr0 = 0x60000010, Cr2, Cr3, Cr4, Cr8;
+    internal ulong Efer;
+    internal ulong GdtBase, IdtBase;
+    internal ushort GdtLimit, IdtLimit = 0x3FF;
+    internal DrFile Dr;
+    internal ulong Xcr0 = 1;
+
+    // MSRs the engine owns.
+    internal ulong Star, Lstar, Cstar, Sfmask, KernelGsBase, TscAux, Pat = 0x0007040600070406UL;
+    internal ulong SysenterCs, SysenterEsp, SysenterEip, MiscEnable = 1, ApicBase = 0xFEE00900;
+    internal long TscOffset;
+    internal ulong MtrrDefType;
+    internal readonly ulong[] MtrrFixed = new ulong[11];
+    internal readonly ulong[] MtrrVar = new ulong[16];
+
+    // Derived mode, refreshed by UpdateMode().
+    internal int Bitness = 16;
+    internal int Cpl;
+    internal bool LongMode;
+    internal bool Protected;
+
+    // Run-loop state.
+    private VcpuExit _exit;
+    private volatile bool _exitRequested;
+    internal bool Halted;
+    internal bool Stop;            // end the current block after this instruction
+    internal bool Shadow;          // STI / MOV SS interrupt shadow for the next instruction
+    private bool _nmiPending, _nmiBlocked;
+    private int _injVector = -1;
+    private uint? _injError;
+    private ulong _retired;
+    private long _memGeneration;
+    private long _codeEpoch;
+    internal ulong CurIp;          // RIP of the instruction being executed (faults restart it)
+    internal bool WaitForSipi;
+
+    // Completion of a pending exit.
+    private PendingCompletion _pending;
+    private ulong _pendingValue;
+    private bool _pendingFault;
+    private Iced.Intel.Register _pendingReg;
+    private int _pendingSize;
+
+    public X86Vcpu(X86Engine engine, int id, ICpuidPolicy cpuid)
+    {
+        _engine = engine;
+        _mem = engine.Memory;
+        _blocks = engine.Blocks;
+        _cpuid = cpuid;
+        Id = id;
+        _tlb = (TlbEntry*)NativeMemory.AllocZeroed((nuint)(TlbSize * 2 * sizeof(TlbEntry)));
+        FlushTlb(true);
+        _memGeneration = _mem.Generation;
+        InitFpu();
+        ResetToRealMode();
+    }
+
+    public int Id { get; }
+    public IInterruptSource? InterruptSource { get; set; }
+    public ulong InstructionsRetired => _retired;
+    public bool InterruptWindowOpen => (Rflags & IF) != 0 && !Shadow;
+
+    /// <summary>Architectural reset (INIT) state: real mode at F000:FFF0.</summary>
+    public void ResetToRealMode()
+    {
+        R = default;
+        R[2] = 0x600; // EDX = family/model/stepping signature
+        Rip = 0xFFF0;
+        Rflags = 2;
+        for (int i = 0; i < 6; i++) Seg[i] = new SegReg { Base = 0, Limit = 0xFFFF, Sel = 0, Attr = 0x93 };
+        Seg[CS] = new SegReg { Base = 0xFFFF0000, Limit = 0xFFFF, Sel = 0xF000, Attr = 0x9B };
+        Seg[LDTR] = new SegReg { Limit = 0xFFFF, Attr = 0x82 };
+        Seg[TR] = new SegReg { Limit = 0xFFFF, Attr = 0x8B };
+        GdtBase = IdtBase = 0; GdtLimit = IdtLimit = 0xFFFF;
+        Cr0 = 0x60000010; Cr2 = Cr3 = Cr4 = Cr8 = 0; Efer = 0;
+        Xcr0 = 1;
+        Halted = false;
+        InitFpu();
+        UpdateMode();
+        FlushTlb(true);
+    }
+
+    /// <summary>Real-mode state for an AP started by SIPI: CS = vector &lt;&lt; 8, IP = 0.</summary>
+    public void StartupIpi(byte vector)
+    {
+        ResetToRealMode();
+        Seg[CS] = new SegReg { Base = (ulong)vector << 12, Limit = 0xFFFF, Sel = (ushort)(vector << 8), Attr = 0x9B };
+        Rip = 0;
+        UpdateMode();
+    }
+
+    internal void UpdateMode()
+    {
+        Protected = (Cr0 & 1) != 0;
+        bool lma = (Efer & 0x400) != 0;
+        LongMode = lma;
+        if (!Protected) { Bitness = 16; Cpl = 0; }
+        else if ((Rflags & VM) != 0) { Bitness = 16; Cpl = 3; }
+        else
+        {
+            if (lma && Seg[CS].Long) Bitness = 64;
+            else Bitness = Seg[CS].Big ? 32 : 16;
+            // SS.DPL always equals the CPL (and, unlike CS.RPL, is right just after CR0.PE is set).
+            Cpl = Seg[SS].Dpl;
+        }
+        _tlbCtx = Cpl == 3 ? TlbSize : 0;
+    }
+
+    internal void SetCpl(int cpl)
+    {
+        Cpl = cpl;
+        _tlbCtx = cpl == 3 ? TlbSize : 0;
+    }
+
+    public void RequestExit() => _exitRequested = true;
+
+    public void CompleteExit(ulong value, bool fault = false)
+    {
+        _pendingValue = value;
+        _pendingFault = fault;
+        _completed = true;
+    }
+    private bool _completed;
+
+    public void GetRegisters(out Registers regs)
+    {
+        regs = new Registers
+        {
+            Rax = R[0], Rcx = R[1], Rdx = R[2], Rbx = R[3], Rsp = R[4], Rbp = R[5], Rsi = R[6], Rdi = R[7],
+            R8 = R[8], R9 = R[9], R10 = R[10], R11 = R[11], R12 = R[12], R13 = R[13], R14 = R[14], R15 = R[15],
+            Rip = Rip, Rflags = Rflags,
+        };
+    }
+
+    public void SetRegisters(in Registers regs)
+    {
+        R[0] = regs.Rax; R[1] = regs.Rcx; R[2] = regs.Rdx; R[3] = regs.Rbx;
+        R[4] = regs.Rsp; R[5] = regs.Rbp; R[6] = regs.Rsi; R[7] = regs.Rdi;
+        R[8] = regs.R8; R[9] = regs.R9; R[10] = regs.R10; R[11] = regs.R11;
+        R[12] = regs.R12; R[13] = regs.R13; R[14] = regs.R14; R[15] = regs.R15;
+        Rip = regs.Rip;
+        Rflags = (regs.Rflags & 0x3F7FD7) | 2;
+        Halted = false;
+        UpdateMode();
+    }
+
+    private static Segment ToPublic(in SegReg s) => new() { Base = s.Base, Limit = s.Limit, Selector = s.Sel, Attributes = s.Attr };
+    private static SegReg FromPublic(in Segment s) => new() { Base = s.Base, Limit = s.Limit, Sel = s.Selector, Attr = s.Attributes };
+
+    public void GetSpecialRegisters(out SpecialRegisters s)
+    {
+        s = new SpecialRegisters
+        {
+            Es = ToPublic(Seg[ES]), Cs = ToPublic(Seg[CS]), Ss = ToPublic(Seg[SS]), Ds = ToPublic(Seg[DS]),
+            Fs = ToPublic(Seg[FS]), Gs = ToPublic(Seg[GS]), Ldt = ToPublic(Seg[LDTR]), Tr = ToPublic(Seg[TR]),
+            Gdt = new DescriptorTable { Base = GdtBase, Limit = GdtLimit },
+            Idt = new DescriptorTable { Base = IdtBase, Limit = IdtLimit },
+            Cr0 = Cr0, Cr2 = Cr2, Cr3 = Cr3, Cr4 = Cr4, Cr8 = Cr8, Efer = Efer, ApicBase = ApicBase,
+        };
+    }
+
+    public void SetSpecialRegisters(in SpecialRegisters s)
+    {
+        Seg[ES] = FromPublic(s.Es); Seg[CS] = FromPublic(s.Cs); Seg[SS] = FromPublic(s.Ss); Seg[DS] = FromPublic(s.Ds);
+        Seg[FS] = FromPublic(s.Fs); Seg[GS] = FromPublic(s.Gs); Seg[LDTR] = FromPublic(s.Ldt); Seg[TR] = FromPublic(s.Tr);
+        GdtBase = s.Gdt.Base; GdtLimit = s.Gdt.Limit; IdtBase = s.Idt.Base; IdtLimit = s.Idt.Limit;
+        Cr0 = s.Cr0 | 0x10; Cr2 = s.Cr2; Cr3 = s.Cr3; Cr4 = s.Cr4; Cr8 = s.Cr8 & 0xF;
+        Efer = s.Efer;
+        // LMA follows LME and PG, as on hardware.
+        if ((Efer & 0x100) != 0 && (Cr0 & 0x80000000) != 0) Efer |= 0x400; else Efer &= ~0x400UL;
+        ApicBase = s.ApicBase == 0 ? ApicBase : s.ApicBase;
+        UpdateMode();
+        FlushTlb(true);
+    }
+
+    public void InjectException(byte vector, uint? errorCode = null)
+    {
+        _injVector = vector;
+        _injError = errorCode;
+    }
+
+    public void InjectNmi() => _nmiPending = true;
+
+    public bool TryTranslateLinear(ulong linear, bool write, out ulong physical)
+    {
+        return TryWalk(linear, write ? Access.Write : Access.Read, false, false, out physical, out _, out _);
+    }
+
+    public ref readonly VcpuExit Run()
+    {
+        _exit = default;
+        try
+        {
+            FinishPending();
+        }
+        catch (GuestFault)
+        {
+            if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+        }
+        catch (ExitSignal)
+        {
+            return ref _exit;
+        }
+        while (true)
+        {
+            if (_exitRequested)
+            {
+                _exitRequested = false;
+                _exit.Reason = VcpuExitReason.Preempted;
+                return ref _exit;
+            }
+            long gen = _mem.Generation;
+            if (gen != _memGeneration) { _memGeneration = gen; FlushTlb(true); }
+            long epoch = Volatile.Read(ref _blocks.CodeFrameEpoch);
+            if (epoch != _codeEpoch) { _codeEpoch = epoch; FlushWritableTlb(); }
+
+            if (!Shadow && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
+            {
+                if (!DeliverEvents()) return ref ShutdownExit();
+            }
+            if (Halted)
+            {
+                _exit.Reason = VcpuExitReason.Hlt;
+                return ref _exit;
+            }
+            if (WaitForSipi)
+            {
+                _exit.Reason = VcpuExitReason.Hlt;
+                return ref _exit;
+            }
+            try
+            {
+                RunBlock();
+            }
+            catch (GuestFault)
+            {
+                Rip = CurIp;
+                if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+            }
+            catch (ExitSignal)
+            {
+                return ref _exit;
+            }
+        }
+    }
+
+    private ref readonly VcpuExit ShutdownExit()
+    {
+        _exit = default;
+        _exit.Reason = VcpuExitReason.Shutdown;
+        _exit.Message = "triple fault";
+        return ref _exit;
+    }
+
+    private static bool Contributory(int v) => v is 0 or 10 or 11 or 12 or 13;
+
+    /// <summary>Delivers an exception through the IDT, escalating to #DF and to a triple fault
+    /// (false) as the SDM's double-fault table says.</summary>
+    internal bool DeliverFault(int vector, bool hasError, uint error, InterruptKind kind = InterruptKind.Exception)
+    {
+        int first = -1;
+        while (true)
+        {
+            if (first >= 0)
+            {
+                if (first == 8) return false;
+                bool df = (Contributory(first) && Contributory(vector)) || (first == 14 && (Contributory(vector) || vector == 14));
+                if (df) { vector = 8; hasError = true; error = 0; kind = InterruptKind.Exception; }
+            }
+            try
+            {
+                RaiseInterrupt(vector, hasError, error, kind);
+                return true;
+            }
+            catch (GuestFault)
+            {
+                first = vector;
+                vector = _fault.Vector; hasError = _fault.HasErrorCode; error = _fault.ErrorCode;
+                kind = InterruptKind.Exception;
+            }
+        }
+    }
+
+    private bool DeliverEvents()
+    {
+        if (_injVector >= 0)
+        {
+            int v = _injVector; _injVector = -1;
+            Halted = false;
+            return DeliverFault(v, _injError.HasValue, _injError ?? 0);
+        }
+        if (_nmiPending && !_nmiBlocked)
+        {
+            _nmiPending = false;
+            Halted = false;
+            _nmiBlocked = true;
+            return DeliverFault(2, false, 0, InterruptKind.External);
+        }
+        if ((Rflags & IF) != 0 && InterruptSource is { } src && src.HasPendingInterrupt)
+        {
+            int v = src.Acknowledge();
+            if (v < 0) return true;
+            Halted = false;
+            return DeliverFault(v, false, 0, InterruptKind.External);
+        }
+        return true;
+    }
+
+    public void Dispose()
+    {
+        if (_tlb != null)
+        {
+            NativeMemory.Free(_tlb);
+            _tlb = null;
+        }
+    }
+
+    // ---- fault helpers (throw sites kept out of the hot paths) ----
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal GuestFault Fault(int vector)
+    {
+        _fault.Vector = vector; _fault.HasErrorCode = false; _fault.ErrorCode = 0;
+        return _fault;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal GuestFault Fault(int vector, uint error)
+    {
+        _fault.Vector = vector; _fault.HasErrorCode = true; _fault.ErrorCode = error;
+        return _fault;
+    }
+
+    internal GuestFault GP(uint err = 0) => Fault(13, err);
+    internal GuestFault UD() => Fault(6);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal ExitSignal Exit(VcpuExitReason reason, string? message = null)
+    {
+        _exit.Reason = reason;
+        _exit.Message = message;
+        return _exitSignal;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal ExitSignal Unsupported(in Iced.Intel.Instruction i)
+        => Exit(VcpuExitReason.InternalError, $"unsupported instruction at {Seg[CS].Sel:X4}:{i.IP:X}: {i} ({i.Code})");
+}

@@ -1,0 +1,165 @@
+using XenSharp.Cpu;
+
+namespace XenSharp.Hypervisor;
+
+/// <summary>The guest types this hypervisor runs.</summary>
+public enum DomainType { Pvh, Hvm }
+
+/// <summary>A domain's lifecycle state.</summary>
+public enum DomainRunState { Paused, Running, Shutdown, Dying }
+
+/// <summary>Why a domain shut down (SHUTDOWN_* of sched.h).</summary>
+public enum ShutdownReason : uint { Poweroff = 0, Reboot = 1, Suspend = 2, Crash = 3, Watchdog = 4, SoftReset = 5 }
+
+/// <summary>How to build a domain (the createdomain/max_mem/max_vcpus part of a domctl).</summary>
+public sealed record DomainConfig(DomainType Type, ulong MaxMemKiB, int Vcpus)
+{
+    /// <summary>A specific domain id, or null for the next free one.</summary>
+    public ushort? DomainId { get; init; }
+    public int MaxGrantFrames { get; init; } = 64;
+    public uint MaxEventChannels { get; init; } = 1023;
+}
+
+/// <summary>One row of `xl list`.</summary>
+public sealed record DomainInfo(
+    ushort DomainId,
+    Guid Handle,
+    DomainType Type,
+    DomainRunState State,
+    ShutdownReason? ShutdownReason,
+    bool IsRunningNow,
+    bool IsBlocked,
+    long CpuTimeNs,
+    long TotPages,
+    ulong MaxPages,
+    int Vcpus,
+    int OnlineVcpus);
+
+/// <summary>What `xl info` asks of the hypervisor.</summary>
+public sealed record HostInfo(ulong TotalMemoryBytes, ulong FreeMemoryBytes, int Pcpus, string Scheduler,
+    int XenMajor, int XenMinor, string XenExtra, string Capabilities, string CommandLine, ulong GuestTscHz);
+
+/// <summary>Raised when a domain shuts down, with Xen's reason.</summary>
+public sealed class DomainShutdownEventArgs(ushort domainId, ShutdownReason reason) : EventArgs
+{
+    public ushort DomainId { get; } = domainId;
+    public ShutdownReason Reason { get; } = reason;
+}
+
+/// <summary>Emulates I/O ports the hypervisor itself does not (a device model attached to a domain).</summary>
+public interface IPortIoHandler
+{
+    /// <summary>The value read, or null when the port is not emulated (the guest then reads all ones).</summary>
+    uint? PortRead(ushort domid, ushort port, int size);
+    void PortWrite(ushort domid, ushort port, int size, uint value);
+}
+
+/// <summary>Host configuration of the hypervisor.</summary>
+public sealed class HypervisorOptions
+{
+    /// <summary>Size of machine memory (reserved lazily, backed as guests touch it).</summary>
+    public ulong MachineMemoryBytes { get; init; } = 16UL << 30;
+    /// <summary>Host worker threads that run vCPUs.</summary>
+    public int Pcpus { get; init; } = Environment.ProcessorCount;
+    /// <summary>Creates the execution engine of a domain over its guest-physical memory (default: the x86 emulator at <see cref="GuestTscHz"/>).</summary>
+    public Func<IGuestMemory, ICpuEngine>? EngineFactory { get; init; }
+    /// <summary>The engine's CPUID policy for vCPU n, which the Xen leaves are layered over (default: the x86 engine's).</summary>
+    public Func<int, ICpuidPolicy>? BaseCpuid { get; init; }
+    /// <summary>Guest TSC frequency, and the guest TSC value at a given system time (ns). Defaults: the x86 engine's
+    /// (2 GHz, TSC = host monotonic ns × kHz / 10^6). A custom engine must supply both to keep pvclock right.</summary>
+    public ulong GuestTscHz { get; init; } = X86Engine.DefaultTscKhz * 1000;
+    public Func<long, ulong>? GuestTscAtSystemTime { get; init; }
+    /// <summary>The hypervisor command line reported by XENVER_commandline and `xl info`.</summary>
+    public string CommandLine { get; init; } = "";
+}
+
+/// <summary>A guest frame mapped into the host; dispose to let the frame go.</summary>
+public sealed unsafe class GuestMapping : IDisposable
+{
+    private Action? _release;
+
+    internal GuestMapping(byte* pointer, ushort domid, ulong gfn, bool writable, Action release)
+    {
+        Pointer = pointer;
+        DomainId = domid;
+        Gfn = gfn;
+        Writable = writable;
+        _release = release;
+    }
+
+    public byte* Pointer { get; private set; }
+    public ushort DomainId { get; }
+    public ulong Gfn { get; }
+    public bool Writable { get; }
+    public Span<byte> Span => Pointer is null ? throw new ObjectDisposedException(nameof(GuestMapping)) : new Span<byte>(Pointer, 4096);
+
+    public void Dispose()
+    {
+        Pointer = null;
+        Interlocked.Exchange(ref _release, null)?.Invoke();
+    }
+}
+
+/// <summary>A grant of a guest mapped into the host by Domain-0; dispose to unmap (GNTTABOP_unmap_grant_ref).</summary>
+public sealed unsafe class GrantMapping : IDisposable
+{
+    private Action? _unmap;
+
+    internal GrantMapping(byte* pointer, ushort domid, uint gref, bool readOnly, Action unmap)
+    {
+        Pointer = pointer;
+        DomainId = domid;
+        Ref = gref;
+        ReadOnly = readOnly;
+        _unmap = unmap;
+    }
+
+    public byte* Pointer { get; private set; }
+    public ushort DomainId { get; }
+    public uint Ref { get; }
+    public bool ReadOnly { get; }
+    public Span<byte> Span => Pointer is null ? throw new ObjectDisposedException(nameof(GrantMapping)) : new Span<byte>(Pointer, 4096);
+
+    public void Dispose()
+    {
+        Pointer = null;
+        Interlocked.Exchange(ref _unmap, null)?.Invoke();
+    }
+}
+
+/// <summary>An event channel end in Domain-0 (the host) connected to a guest port; events arrive as callbacks.</summary>
+public sealed class Dom0EventChannel : IDisposable
+{
+    private readonly XenHypervisor _host;
+    private bool _closed;
+
+    internal Dom0EventChannel(XenHypervisor host, uint localPort, ushort remoteDomain)
+    {
+        _host = host;
+        LocalPort = localPort;
+        RemoteDomain = remoteDomain;
+    }
+
+    /// <summary>The port number in Domain-0.</summary>
+    public uint LocalPort { get; }
+    public ushort RemoteDomain { get; }
+
+    /// <summary>Raises the event in the guest (EVTCHNOP_send from Domain-0).</summary>
+    public void Notify() => _host.Dom0Send(LocalPort);
+
+    public void Dispose()
+    {
+        if (_closed)
+            return;
+        _closed = true;
+        _host.Dom0Close(LocalPort);
+    }
+}
+
+/// <summary>A failure of the host side (bad toolstack request, exhausted machine memory).</summary>
+public sealed class HypervisorException : Exception
+{
+    public HypervisorException(string message, int errno = 0) : base(message) => Errno = errno;
+    /// <summary>The Xen errno this failure corresponds to, when there is one.</summary>
+    public int Errno { get; }
+}

@@ -1,0 +1,114 @@
+using System.Text;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.Common;
+
+/// <summary>The hypervisor's console ring (what `xl dmesg` reads): the newest bytes, oldest dropped.</summary>
+internal sealed class ConsoleRing
+{
+    private readonly byte[] _ring;
+    private long _written;
+
+    public ConsoleRing(int size = 64 * 1024) => _ring = new byte[size];
+
+    public void Write(ReadOnlySpan<byte> data)
+    {
+        lock (_ring)
+        {
+            foreach (byte b in data)
+                _ring[_written++ % _ring.Length] = b;
+        }
+    }
+
+    public void WriteLine(string line) => Write(Encoding.UTF8.GetBytes(line + "\n"));
+
+    /// <summary>The ring's content, oldest first; <paramref name="clear"/> empties it afterwards.</summary>
+    public byte[] Read(bool clear = false)
+    {
+        lock (_ring)
+        {
+            long start = Math.Max(0, _written - _ring.Length);
+            var result = new byte[_written - start];
+            for (long i = start; i < _written; i++)
+                result[i - start] = _ring[i % _ring.Length];
+            if (clear)
+                _written = 0;
+            return result;
+        }
+    }
+}
+
+/// <summary>A domain's hypervisor console output (console_io writes and port 0xE9), kept and streamed to subscribers.</summary>
+internal sealed class DomainConsole
+{
+    private readonly List<Action<ReadOnlyMemory<byte>>> _subscribers = new();
+    private readonly ConsoleRing _log = new(16 * 1024);
+
+    public void Write(ReadOnlySpan<byte> data)
+    {
+        _log.Write(data);
+        Action<ReadOnlyMemory<byte>>[] subs;
+        lock (_subscribers)
+            subs = _subscribers.ToArray();
+        if (subs.Length == 0)
+            return;
+        var copy = data.ToArray();
+        foreach (var s in subs)
+        {
+            try { s(copy); }
+            catch { /* a broken subscriber must not hurt the guest */ }
+        }
+    }
+
+    public IDisposable Subscribe(Action<ReadOnlyMemory<byte>> onOutput)
+    {
+        lock (_subscribers)
+            _subscribers.Add(onOutput);
+        return new Unsubscriber(this, onOutput);
+    }
+
+    public byte[] History() => _log.Read();
+
+    private sealed class Unsubscriber(DomainConsole c, Action<ReadOnlyMemory<byte>> a) : IDisposable
+    {
+        public void Dispose() { lock (c._subscribers) c._subscribers.Remove(a); }
+    }
+}
+
+/// <summary>__HYPERVISOR_console_io: guests write to the hypervisor console; only Domain-0 may read it.</summary>
+internal static class ConsoleIo
+{
+    private const int MaxChunk = 4096;
+
+    public static long Do(Vcpu v, in HypercallArgs a)
+    {
+        int cmd = (int)a.A1;
+        long count = (long)a.A2;
+        ulong buffer = a.A3;
+        switch (cmd)
+        {
+            case Xen.CONSOLEIO_write:
+            {
+                if (count < 0 || count > int.MaxValue)
+                    return -Errno.EINVAL;
+                var buf = new byte[Math.Min(count, MaxChunk)];
+                long done = 0;
+                while (done < count)
+                {
+                    int n = (int)Math.Min(count - done, MaxChunk);
+                    if (!GuestAccess.CopyFrom(v, buffer + (ulong)done, buf.AsSpan(0, n)))
+                        return -Errno.EFAULT;
+                    v.Domain.Host.GuestConsoleWrite(v.Domain, buf.AsSpan(0, n));
+                    done += n;
+                }
+                return 0;
+            }
+            case Xen.CONSOLEIO_read:
+                if (!v.Domain.IsPrivileged)
+                    return -Errno.EPERM;
+                return 0;
+            default:
+                return -Errno.ENOSYS;
+        }
+    }
+}

@@ -1,0 +1,176 @@
+using XenSharp.Cpu;
+using XenSharp.Public;
+using XenSharp.Public.Hvm;
+
+namespace XenSharp.Hypervisor.Common;
+
+/// <summary>A domain: its memory, vCPUs, event channels, grant table and lifecycle state (Xen's struct domain).</summary>
+internal sealed unsafe class Domain
+{
+    public Domain(XenHypervisor host, ushort domid, DomainType type, ulong maxPages, int vcpuCount, bool isHost = false)
+    {
+        Host = host;
+        DomainId = domid;
+        Type = type;
+        MaxPages = maxPages;
+        IsHost = isHost;
+        IsPrivileged = isHost;
+        P2m = new P2m(host.Frames);
+        Handle = Guid.NewGuid();
+        Evtchn = new EventChannels(this);
+        Gnttab = new GrantTable(this);
+        if (!isHost)
+        {
+            if (!host.Frames.TryAllocate(domid, FrameType.XenShared, out uint mfn))
+                throw new HypervisorException("out of machine memory for shared_info");
+            SharedInfoMfn = mfn;
+            SharedInfo = (SharedInfo*)host.Frames.PageAddress(mfn);
+        }
+        Vcpus = new Vcpu[vcpuCount];
+        for (int i = 0; i < vcpuCount; i++)
+            Vcpus[i] = new Vcpu(this, i);
+        Console = new DomainConsole();
+    }
+
+    public XenHypervisor Host { get; }
+    public ushort DomainId { get; }
+    public DomainType Type { get; }
+    public Guid Handle { get; }
+    /// <summary>Domain-0: the host process itself; it has no vCPUs or memory of its own and its event channels are callbacks.</summary>
+    public bool IsHost { get; }
+    public bool IsPrivileged { get; }
+    public P2m P2m { get; }
+    public Vcpu[] Vcpus { get; }
+    public EventChannels Evtchn { get; }
+    public GrantTable Gnttab { get; }
+    public DomainConsole Console { get; }
+    public ICpuEngine? Engine { get; set; }
+    /// <summary>Credit scheduler weight (xl sched-credit -w).</summary>
+    public int Weight { get; set; } = 256;
+
+    /// <summary>Serialises changes to this domain's p2m, reservation, event channels and grant table.</summary>
+    public readonly object Lock = new();
+
+    public ulong MaxPages { get; set; }
+    private long _totPages;
+    public long TotPages => Interlocked.Read(ref _totPages);
+
+    public uint SharedInfoMfn { get; }
+    public SharedInfo* SharedInfo { get; }
+    /// <summary>GFN where the guest placed shared_info, if it did.</summary>
+    public ulong? SharedInfoGfn { get; set; }
+
+    public readonly ulong[] HvmParams = new ulong[Params.HVM_NR_PARAMS];
+    /// <summary>Vector of HVM_PARAM_CALLBACK_IRQ when its type is "vector", 0 otherwise.</summary>
+    public byte CallbackVector;
+    public ulong VmAssist;
+    /// <summary>Offset of this domain's wall clock from the host's (xl.cfg rtc_timeoffset).</summary>
+    public long WallclockOffsetNs;
+    public E820Entry[] MemoryMap { get; set; } = [];
+    /// <summary>PM1a control port of the FADT the toolstack built, and the SLP_TYP value of its \_S5 object.</summary>
+    public ushort Pm1aControlPort { get; set; } = 0xB004;
+    public int S5SleepType { get; set; } = 7;
+
+    // Lifecycle.
+    public DomainRunState State { get; set; } = DomainRunState.Paused;
+    public int PauseCount { get; set; } = 1;
+    public uint? ShutdownReason { get; set; }
+    /// <summary>Reason stored by SCHEDOP_shutdown_code, reported when the domain later shuts down.</summary>
+    public uint? ShutdownCode { get; set; }
+    public bool IsDying { get; set; }
+    public long WatchdogDeadlineNs = long.MaxValue;
+    public readonly Dictionary<uint, long> Watchdogs = new();
+
+    /// <summary>Takes <paramref name="pages"/> from the reservation; false when it would exceed max_pages.</summary>
+    public bool TryChargePages(long pages)
+    {
+        while (true)
+        {
+            long cur = TotPages;
+            if ((ulong)(cur + pages) > MaxPages)
+                return false;
+            if (Interlocked.CompareExchange(ref _totPages, cur + pages, cur) == cur)
+                return true;
+        }
+    }
+
+    public void UnchargePages(long pages) => Interlocked.Add(ref _totPages, -pages);
+
+    /// <summary>Allocates and maps one zeroed RAM frame at <paramref name="gfn"/>, freeing what was there.</summary>
+    public bool PopulateRam(ulong gfn)
+    {
+        if (gfn > P2m.MaxGfn)
+            return false;
+        lock (Lock)
+        {
+            if (P2m.TryLookup(gfn, out _, out var t) && t == P2mType.RamRw)
+                return true;
+            if (!TryChargePages(1))
+                return false;
+            if (!Host.Frames.TryAllocate(DomainId, FrameType.Ram, out uint mfn))
+            {
+                UnchargePages(1);
+                return false;
+            }
+            ReleaseOld(P2m.Set(gfn, mfn, P2mType.RamRw));
+            return true;
+        }
+    }
+
+    /// <summary>Removes whatever is at <paramref name="gfn"/>; RAM goes back to the machine pool.</summary>
+    public bool RemovePage(ulong gfn)
+    {
+        lock (Lock)
+        {
+            var old = P2m.Remove(gfn);
+            if (old.Type == P2mType.Invalid)
+                return false;
+            ReleaseOld(old);
+            return true;
+        }
+    }
+
+    /// <summary>Drops the references an old p2m entry held (caller holds <see cref="Lock"/>).</summary>
+    public void ReleaseOld((uint Mfn, P2mType Type) old)
+    {
+        switch (old.Type)
+        {
+            case P2mType.RamRw or P2mType.RamRo:
+                Host.Frames.Free(old.Mfn);
+                UnchargePages(1);
+                break;
+            case P2mType.XenShared:
+                if (old.Mfn == SharedInfoMfn)
+                    SharedInfoGfn = null;
+                else
+                    Gnttab.OnFrameUnmapped(old.Mfn);
+                break;
+            case P2mType.Foreign:
+                Host.Frames.Release(old.Mfn, dropRef: true);
+                break;
+            case P2mType.GrantMapRw or P2mType.GrantMapRo:
+                // The mapping stays tracked by the grant table until unmapped; only the p2m slot goes.
+                break;
+        }
+    }
+
+    public Vcpu? GetVcpu(uint id) => id < (uint)Vcpus.Length ? Vcpus[id] : null;
+
+    /// <summary>Frees everything the domain owns. Caller makes sure no vCPU runs.</summary>
+    public void Teardown()
+    {
+        lock (Lock)
+        {
+            Evtchn.CloseAll();
+            Gnttab.Teardown();
+            foreach (var v in Vcpus)
+                v.Teardown();
+            foreach (var (gfn, _, _) in P2m.Entries().ToList())
+                ReleaseOld(P2m.Remove(gfn));
+            if (!IsHost)
+                Host.Frames.Free(SharedInfoMfn);
+            Engine?.Dispose();
+            Engine = null;
+        }
+    }
+}

@@ -1,0 +1,434 @@
+using XenSharp.Public;
+using static XenSharp.Public.GrantTable;
+
+namespace XenSharp.Hypervisor.Common;
+
+/// <summary>
+/// A domain's grant table (Xen's struct grant_table): the shared frames holding its grant entries
+/// (v1: 8-byte entries, v2: 16-byte entries plus separate status frames), the pin counts of its
+/// grants that others use, and the maptrack of the grants this domain has mapped from others.
+/// </summary>
+internal sealed unsafe class GrantTable
+{
+    public const int DefaultMaxFrames = 64;
+    private const int StatusPerFrame = FrameTable.PageSize / sizeof(ushort);
+
+    private readonly Domain _d;
+    private readonly List<uint> _shared = new();
+    private readonly List<uint> _status = new();
+    /// <summary>Where each table frame sits in the guest's physmap.</summary>
+    private readonly Dictionary<uint, ulong> _frameGfn = new();
+    /// <summary>Pins of this domain's grants: ref → (readers, writers).</summary>
+    private readonly Dictionary<uint, (int Read, int Write)> _active = new();
+    private readonly List<Mapping?> _maptrack = new();
+
+    public GrantTable(Domain d) => _d = d;
+
+    public int Version { get; private set; } = 1;
+    public int MaxFrames { get; set; } = DefaultMaxFrames;
+    public int NrFrames => _shared.Count;
+    private int EntriesPerFrame => Version == 1 ? FrameTable.PageSize / sizeof(GrantEntryV1) : FrameTable.PageSize / sizeof(GrantEntryV2);
+    public uint NrEntries => (uint)(_shared.Count * EntriesPerFrame);
+    private int StatusFramesNeeded => (int)((NrEntries + StatusPerFrame - 1) / StatusPerFrame);
+
+    /// <summary>A grant this domain (the mapper) holds from a granter.</summary>
+    internal sealed class Mapping
+    {
+        public required Domain Granter;
+        public required uint Ref;
+        public required uint Mfn;
+        public required bool ReadOnly;
+        /// <summary>GFN in the mapper's physmap, or null for a host (Domain-0) mapping.</summary>
+        public ulong? Gfn;
+    }
+
+    // ---------------- table frames ----------------
+
+    /// <summary>Grows the table to <paramref name="frames"/> frames; caller holds the domain lock.</summary>
+    public bool Grow(int frames)
+    {
+        if (frames > MaxFrames)
+            return false;
+        while (_shared.Count < frames)
+        {
+            if (!_d.Host.Frames.TryAllocate(_d.DomainId, FrameType.XenShared, out uint mfn))
+                return false;
+            _shared.Add(mfn);
+        }
+        if (Version == 2)
+            GrowStatus();
+        return true;
+    }
+
+    private void GrowStatus()
+    {
+        while (_status.Count < StatusFramesNeeded && _d.Host.Frames.TryAllocate(_d.DomainId, FrameType.XenShared, out uint mfn))
+            _status.Add(mfn);
+    }
+
+    /// <summary>XENMEM_add_to_physmap with XENMAPSPACE_grant_table.</summary>
+    public long MapFrameIntoPhysmap(ulong idx, ulong gpfn)
+    {
+        lock (_d.Lock)
+        {
+            uint mfn;
+            if ((idx & Memory.XENMAPIDX_grant_table_status) != 0)
+            {
+                idx &= ~Memory.XENMAPIDX_grant_table_status;
+                if (Version != 2 || idx >= (ulong)_status.Count)
+                    return -Errno.EINVAL;
+                mfn = _status[(int)idx];
+            }
+            else
+            {
+                if (idx >= (ulong)MaxFrames)
+                    return -Errno.EINVAL;
+                if (idx >= (ulong)_shared.Count && !Grow((int)idx + 1))
+                    return -Errno.ENOMEM;
+                mfn = _shared[(int)idx];
+            }
+            if (_frameGfn.TryGetValue(mfn, out ulong oldGfn))
+                _d.P2m.Remove(oldGfn);
+            _d.ReleaseOld(_d.P2m.Set(gpfn, mfn, P2mType.XenShared));
+            _frameGfn[mfn] = gpfn;
+            return 0;
+        }
+    }
+
+    public void OnFrameUnmapped(uint mfn) => _frameGfn.Remove(mfn);
+
+    /// <summary>Host access to the table for the toolstack (seeding the console and xenstore grants).</summary>
+    public bool WriteEntryV1(uint gref, ushort flags, ushort domid, uint frame)
+    {
+        lock (_d.Lock)
+        {
+            if (gref >= NrEntries && !Grow((int)(gref / (uint)EntriesPerFrame) + 1))
+                return false;
+            if (Version == 1)
+            {
+                var e = EntryV1(gref);
+                e->Frame = frame;
+                e->Domid = domid;
+                Volatile.Write(ref e->Flags, flags);
+            }
+            else
+            {
+                var e = EntryV2(gref);
+                e->Frame = frame;
+                e->Domid = domid;
+                Volatile.Write(ref e->Flags, flags);
+            }
+            return true;
+        }
+    }
+
+    private GrantEntryV1* EntryV1(uint gref) =>
+        (GrantEntryV1*)_d.Host.Frames.PageAddress(_shared[(int)(gref / 512)]) + gref % 512;
+
+    private GrantEntryV2* EntryV2(uint gref) =>
+        (GrantEntryV2*)_d.Host.Frames.PageAddress(_shared[(int)(gref / 256)]) + gref % 256;
+
+    private ushort* StatusV2(uint gref) =>
+        (ushort*)_d.Host.Frames.PageAddress(_status[(int)(gref / StatusPerFrame)]) + gref % StatusPerFrame;
+
+    // ---------------- granting side: checking and pinning grants ----------------
+
+    /// <summary>
+    /// Validates that <paramref name="mapper"/> may use grant <paramref name="gref"/> of this domain and pins it
+    /// (setting GTF_reading/GTF_writing). Gives the frame and, for sub-page grants, the permitted byte range.
+    /// </summary>
+    public short Acquire(ushort mapper, uint gref, bool readOnly, bool allowSubPage, out uint mfn, out int subOff, out int subLen)
+    {
+        mfn = 0;
+        subOff = 0;
+        subLen = FrameTable.PageSize;
+        lock (_d.Lock)
+        {
+            if (gref >= NrEntries)
+                return GNTST_bad_gntref;
+            ushort flags, domid;
+            ulong frame;
+            if (Version == 1)
+            {
+                var e = EntryV1(gref);
+                flags = Volatile.Read(ref e->Flags);
+                domid = e->Domid;
+                frame = e->Frame;
+            }
+            else
+            {
+                var e = EntryV2(gref);
+                flags = Volatile.Read(ref e->Flags);
+                domid = e->Domid;
+                frame = e->Frame;
+                if ((flags & GTF_sub_page) != 0)
+                {
+                    if (!allowSubPage)
+                        return GNTST_general_error;
+                    subOff = e->SubPageOff;
+                    subLen = e->SubPageLength;
+                    if (subOff + subLen > FrameTable.PageSize)
+                        return GNTST_general_error;
+                }
+            }
+            if ((flags & GTF_type_mask) != GTF_permit_access || domid != mapper)
+                return GNTST_permission_denied;
+            if (!readOnly && (flags & GTF_readonly) != 0)
+                return GNTST_permission_denied;
+            if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
+                return GNTST_bad_page;
+            if (!readOnly && type == P2mType.RamRo)
+                return GNTST_permission_denied;
+            _active.TryGetValue(gref, out var pins);
+            pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
+            _active[gref] = pins;
+            _d.Host.Frames.AddRef(mfn);
+            UpdateInUseFlags(gref, pins);
+            return GNTST_okay;
+        }
+    }
+
+    public void ReleasePin(uint gref, uint mfn, bool readOnly)
+    {
+        lock (_d.Lock)
+        {
+            if (_active.TryGetValue(gref, out var pins))
+            {
+                pins = readOnly ? (Math.Max(0, pins.Read - 1), pins.Write) : (pins.Read, Math.Max(0, pins.Write - 1));
+                if (pins == (0, 0))
+                    _active.Remove(gref);
+                else
+                    _active[gref] = pins;
+                if (gref < NrEntries)
+                    UpdateInUseFlags(gref, pins);
+            }
+        }
+        _d.Host.Frames.Release(mfn, dropRef: true);
+    }
+
+    private void UpdateInUseFlags(uint gref, (int Read, int Write) pins)
+    {
+        ushort set = (ushort)((pins.Read > 0 ? GTF_reading : 0) | (pins.Write > 0 ? GTF_writing : 0));
+        ushort* f = Version == 1 ? &EntryV1(gref)->Flags : StatusV2(gref);
+        if (Version == 2 && _status.Count * StatusPerFrame <= gref)
+            return;
+        // The guest updates the same 16 bits concurrently: change only the two in-use bits, atomically.
+        uint* word = (uint*)((nint)f & ~3);
+        int shift = ((nint)f & 3) == 0 ? 0 : 16;
+        uint clearMask = ~((uint)(GTF_reading | GTF_writing) << shift);
+        while (true)
+        {
+            uint old = Volatile.Read(ref *word);
+            uint nw = (old & clearMask) | ((uint)set << shift);
+            if (Interlocked.CompareExchange(ref *word, nw, old) == old)
+                break;
+        }
+    }
+
+    public bool HasActiveGrants { get { lock (_d.Lock) return _active.Count > 0; } }
+
+    // ---------------- mapping side ----------------
+
+    /// <summary>GNTTABOP_map_grant_ref for this (mapping) domain.</summary>
+    public short Map(ref GnttabMapGrantRef op, bool host, out byte* hostPointer)
+    {
+        hostPointer = null;
+        if ((op.Flags & (GNTMAP_device_map | GNTMAP_host_map)) == 0)
+            return GNTST_bad_gntref;
+        if (!host && (op.Flags & GNTMAP_contains_pte) != 0)
+            return GNTST_general_error; // translated guests map by guest-physical address only
+        var granter = op.Dom == Xen.DOMID_SELF ? _d : _d.Host.FindDomain(op.Dom);
+        if (granter is null || granter.IsHost || granter.IsDying)
+            return GNTST_bad_domain;
+        bool ro = (op.Flags & GNTMAP_readonly) != 0;
+        ulong gfn = op.HostAddr >> FrameTable.PageShift;
+        if (!host && (op.Flags & GNTMAP_host_map) != 0 && gfn > P2m.MaxGfn)
+            return GNTST_bad_virt_addr;
+        short st = granter.Gnttab.Acquire(_d.DomainId, op.Ref, ro, allowSubPage: false, out uint mfn, out _, out _);
+        if (st != GNTST_okay)
+            return st;
+        var m = new Mapping { Granter = granter, Ref = op.Ref, Mfn = mfn, ReadOnly = ro };
+        if (!host && (op.Flags & GNTMAP_host_map) != 0)
+        {
+            lock (_d.Lock)
+            {
+                _d.ReleaseOld(_d.P2m.Set(gfn, mfn, ro ? P2mType.GrantMapRo : P2mType.GrantMapRw));
+            }
+            m.Gfn = gfn;
+        }
+        op.Handle = AddMapping(m);
+        op.DevBusAddr = (op.Flags & GNTMAP_device_map) != 0 ? (ulong)mfn << FrameTable.PageShift : 0;
+        hostPointer = _d.Host.Frames.PageAddress(mfn);
+        return GNTST_okay;
+    }
+
+    private uint AddMapping(Mapping m)
+    {
+        lock (_maptrack)
+        {
+            for (int i = 0; i < _maptrack.Count; i++)
+                if (_maptrack[i] is null)
+                {
+                    _maptrack[i] = m;
+                    return (uint)i;
+                }
+            _maptrack.Add(m);
+            return (uint)(_maptrack.Count - 1);
+        }
+    }
+
+    /// <summary>GNTTABOP_unmap_grant_ref for this (mapping) domain.</summary>
+    public short Unmap(uint handle, ulong hostAddr, bool host)
+    {
+        Mapping? m;
+        lock (_maptrack)
+        {
+            m = handle < (uint)_maptrack.Count ? _maptrack[(int)handle] : null;
+            if (m is null)
+                return GNTST_bad_handle;
+            if (!host && m.Gfn is ulong g && hostAddr != 0 && (hostAddr >> FrameTable.PageShift) != g)
+                return GNTST_general_error;
+            _maptrack[(int)handle] = null;
+        }
+        if (m.Gfn is ulong gfn)
+        {
+            lock (_d.Lock)
+            {
+                if (_d.P2m.TryLookup(gfn, out uint cur, out var t) && cur == m.Mfn && t is P2mType.GrantMapRw or P2mType.GrantMapRo)
+                    _d.P2m.Remove(gfn);
+            }
+        }
+        m.Granter.Gnttab.ReleasePin(m.Ref, m.Mfn, m.ReadOnly);
+        return GNTST_okay;
+    }
+
+    public int ActiveMappings { get { lock (_maptrack) return _maptrack.Count(m => m is not null); } }
+
+    // ---------------- copy ----------------
+
+    /// <summary>GNTTABOP_copy on behalf of this domain.</summary>
+    public short Copy(ref GnttabCopy op)
+    {
+        if (op.Source.Offset + op.Len > FrameTable.PageSize || op.Dest.Offset + op.Len > FrameTable.PageSize)
+            return GNTST_bad_copy_arg;
+        short st = Resolve(op.Source, (op.Flags & GNTCOPY_source_gref) != 0, write: false, op.Len, out var src);
+        if (st != GNTST_okay)
+            return st;
+        st = Resolve(op.Dest, (op.Flags & GNTCOPY_dest_gref) != 0, write: true, op.Len, out var dst);
+        if (st == GNTST_okay)
+        {
+            Buffer.MemoryCopy(_d.Host.Frames.PageAddress(src.Mfn) + op.Source.Offset,
+                _d.Host.Frames.PageAddress(dst.Mfn) + op.Dest.Offset, op.Len, op.Len);
+            dst.Release();
+        }
+        src.Release();
+        return st;
+    }
+
+    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly)
+    {
+        public void Release() => Owner?.ReleasePin(Ref, Mfn, ReadOnly);
+    }
+
+    private short Resolve(in GnttabCopyPtr p, bool isGref, bool write, int len, out Pinned pinned)
+    {
+        pinned = default;
+        var dom = p.Domid == Xen.DOMID_SELF ? _d : _d.Host.FindDomain(p.Domid);
+        if (dom is null || dom.IsHost)
+            return GNTST_bad_domain;
+        if (isGref)
+        {
+            short st = dom.Gnttab.Acquire(_d.DomainId, (uint)p.RefOrGmfn, !write, allowSubPage: true, out uint mfn, out int off, out int sublen);
+            if (st != GNTST_okay)
+                return st;
+            pinned = new Pinned(dom.Gnttab, (uint)p.RefOrGmfn, mfn, !write);
+            if (p.Offset < off || p.Offset + len > off + sublen)
+            {
+                pinned.Release();
+                pinned = default;
+                return GNTST_general_error;
+            }
+            return GNTST_okay;
+        }
+        // Copying by frame number is for one's own memory (or a privileged domain's).
+        if (dom != _d && !_d.IsPrivileged)
+            return GNTST_permission_denied;
+        if (!dom.P2m.TryLookup(p.RefOrGmfn, out uint m, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.GrantMapRw or P2mType.GrantMapRo))
+            return GNTST_bad_page;
+        if (write && t is P2mType.RamRo or P2mType.GrantMapRo)
+            return GNTST_permission_denied;
+        pinned = new Pinned(null, 0, m, !write);
+        return GNTST_okay;
+    }
+
+    // ---------------- version ----------------
+
+    public long SetVersion(uint version)
+    {
+        if (version is not (1 or 2))
+            return -Errno.EINVAL;
+        lock (_d.Lock)
+        {
+            if (version == Version)
+                return 0;
+            if (_active.Count > 0)
+                return -Errno.EBUSY;
+            // Keep the reserved entries the toolstack seeded (console, xenstore) across the switch.
+            var keep = new (ushort Flags, ushort Domid, ulong Frame)[GNTTAB_NR_RESERVED_ENTRIES];
+            uint n = Math.Min(NrEntries, (uint)GNTTAB_NR_RESERVED_ENTRIES);
+            for (uint i = 0; i < n; i++)
+                keep[i] = Version == 1 ? (EntryV1(i)->Flags, EntryV1(i)->Domid, EntryV1(i)->Frame) : (EntryV2(i)->Flags, EntryV2(i)->Domid, EntryV2(i)->Frame);
+            foreach (var mfn in _shared)
+                new Span<byte>(_d.Host.Frames.PageAddress(mfn), FrameTable.PageSize).Clear();
+            if (version == 1)
+            {
+                foreach (var mfn in _status)
+                {
+                    if (_frameGfn.Remove(mfn, out ulong g))
+                        _d.P2m.Remove(g);
+                    _d.Host.Frames.Free(mfn);
+                }
+                _status.Clear();
+            }
+            Version = (int)version;
+            if (version == 2)
+                GrowStatus();
+            for (uint i = 0; i < n; i++)
+            {
+                if (version == 1)
+                    *EntryV1(i) = new GrantEntryV1 { Flags = keep[i].Flags, Domid = keep[i].Domid, Frame = (uint)keep[i].Frame };
+                else
+                    *EntryV2(i) = new GrantEntryV2 { Flags = keep[i].Flags, Domid = keep[i].Domid, Frame = keep[i].Frame };
+            }
+            return 0;
+        }
+    }
+
+    public ulong FrameGfnOrInvalid(int idx, bool status)
+    {
+        lock (_d.Lock)
+        {
+            var list = status ? _status : _shared;
+            return idx < list.Count && _frameGfn.TryGetValue(list[idx], out ulong g) ? g : ulong.MaxValue;
+        }
+    }
+
+    public int StatusFrames { get { lock (_d.Lock) return _status.Count; } }
+
+    public void Teardown()
+    {
+        List<Mapping> maps;
+        lock (_maptrack)
+        {
+            maps = _maptrack.Where(m => m is not null).ToList()!;
+            _maptrack.Clear();
+        }
+        foreach (var m in maps)
+            m.Granter.Gnttab.ReleasePin(m.Ref, m.Mfn, m.ReadOnly);
+        foreach (var mfn in _shared.Concat(_status))
+            _d.Host.Frames.Free(mfn);
+        _shared.Clear();
+        _status.Clear();
+        _frameGfn.Clear();
+    }
+}

@@ -1,0 +1,55 @@
+using XenSharp.Hypervisor.X86;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.Common;
+
+/// <summary>The five hypercall arguments (RDI, RSI, RDX, R10, R8 on x86_64).</summary>
+internal readonly record struct HypercallArgs(ulong A1, ulong A2 = 0, ulong A3 = 0, ulong A4 = 0, ulong A5 = 0);
+
+/// <summary>A hypercall handler: works on the calling vCPU and returns Xen's result (≥ 0 or -errno).</summary>
+internal delegate long HypercallHandler(Vcpu v, in HypercallArgs a);
+
+/// <summary>The hypercall table (Xen's hypercall-defs): number → handler. Anything else is -ENOSYS.</summary>
+internal static class Hypercall
+{
+    private static readonly HypercallHandler?[] Table = Build(
+        (Xen.__HYPERVISOR_memory_op, MemoryOp.Do),
+        (Xen.__HYPERVISOR_multicall, Multicall.Do),
+        (Xen.__HYPERVISOR_set_timer_op, TimeOps.SetTimerOp),
+        (Xen.__HYPERVISOR_xen_version, XenVersion.Do),
+        (Xen.__HYPERVISOR_console_io, ConsoleIo.Do),
+        (Xen.__HYPERVISOR_grant_table_op, GrantTableOp.Do),
+        (Xen.__HYPERVISOR_vm_assist, VmAssist.Do),
+        (Xen.__HYPERVISOR_vcpu_op, VcpuOps.Do),
+        (Xen.__HYPERVISOR_sched_op, SchedOp.Do),
+        (Xen.__HYPERVISOR_event_channel_op, EventChannelOp.Do),
+        (Xen.__HYPERVISOR_hvm_op, HvmOps.Do));
+
+    private static HypercallHandler?[] Build(params (int Nr, HypercallHandler Handler)[] rows)
+    {
+        var table = new HypercallHandler?[64];
+        foreach (var (nr, h) in rows)
+            table[nr] = h;
+        return table;
+    }
+
+    public static bool IsImplemented(ulong nr) => nr < (ulong)Table.Length && Table[nr] is not null;
+
+    /// <summary>Runs hypercall <paramref name="nr"/>. Guest mistakes come back as -errno; a handler bug
+    /// is reported on the domain's console and answered -EFAULT rather than taking the pCPU down.</summary>
+    public static long Dispatch(Vcpu v, ulong nr, in HypercallArgs a)
+    {
+        var h = nr < (ulong)Table.Length ? Table[nr] : null;
+        if (h is null)
+            return -Errno.ENOSYS;
+        try
+        {
+            return h(v, a);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            v.Domain.Host.Log($"(d{v.Domain.DomainId}) hypercall {nr} failed in the hypervisor: {e.Message}");
+            return -Errno.EFAULT;
+        }
+    }
+}

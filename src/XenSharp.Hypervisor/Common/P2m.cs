@@ -1,0 +1,108 @@
+using XenSharp.Cpu;
+
+namespace XenSharp.Hypervisor.Common;
+
+/// <summary>p2m entry types (Xen's p2m_type_t, the ones this hypervisor uses).</summary>
+internal enum P2mType : byte
+{
+    Invalid,
+    RamRw,
+    RamRo,
+    /// <summary>A Xen heap page (shared_info, grant frames) placed in the guest's physical space.</summary>
+    XenShared,
+    GrantMapRw,
+    GrantMapRo,
+    /// <summary>Another domain's page mapped by a privileged domain (gmfn_foreign).</summary>
+    Foreign,
+}
+
+/// <summary>
+/// A domain's guest-physical map: GFN → MFN and type, in a two-level table (4096 leaves of 4096 entries:
+/// 16M GFNs, 64 GiB of guest-physical space). Readers (the engine) do not lock; writers do and bump
+/// <see cref="Generation"/> when a mapping goes away or changes so cached translations are dropped.
+/// </summary>
+internal sealed unsafe class P2m : IGuestMemory
+{
+    public const int LeafBits = 12, TopBits = 12;
+    public const ulong MaxGfn = (1UL << (LeafBits + TopBits)) - 1;
+
+    private readonly FrameTable _frames;
+    // Entry: mfn << 8 | type; 0 = no mapping.
+    private readonly ulong[]?[] _top = new ulong[1 << TopBits][];
+    private readonly object _lock = new();
+    private long _generation;
+
+    public P2m(FrameTable frames) => _frames = frames;
+
+    public long Generation => Volatile.Read(ref _generation);
+
+    /// <summary>Highest GFN ever mapped (XENMEM_maximum_gpfn).</summary>
+    public ulong MaxMappedGfn { get; private set; }
+
+    public byte* GetPage(ulong gfn, bool write)
+    {
+        if (gfn > MaxGfn)
+            return null;
+        var leaf = Volatile.Read(ref _top[gfn >> LeafBits]);
+        if (leaf is null)
+            return null;
+        ulong e = Volatile.Read(ref leaf[gfn & ((1 << LeafBits) - 1)]);
+        var type = (P2mType)(byte)e;
+        if (type == P2mType.Invalid)
+            return null;
+        if (write && (type == P2mType.RamRo || type == P2mType.GrantMapRo))
+            return null;
+        return _frames.PageAddress(e >> 8);
+    }
+
+    public bool TryLookup(ulong gfn, out uint mfn, out P2mType type)
+    {
+        mfn = 0;
+        type = P2mType.Invalid;
+        if (gfn > MaxGfn)
+            return false;
+        var leaf = Volatile.Read(ref _top[gfn >> LeafBits]);
+        if (leaf is null)
+            return false;
+        ulong e = Volatile.Read(ref leaf[gfn & ((1 << LeafBits) - 1)]);
+        type = (P2mType)(byte)e;
+        mfn = (uint)(e >> 8);
+        return type != P2mType.Invalid;
+    }
+
+    /// <summary>Installs a mapping and returns what was there before (Invalid when nothing).</summary>
+    public (uint Mfn, P2mType Type) Set(ulong gfn, uint mfn, P2mType type)
+    {
+        if (gfn > MaxGfn)
+            throw new ArgumentOutOfRangeException(nameof(gfn));
+        lock (_lock)
+        {
+            ref var leaf = ref _top[gfn >> LeafBits];
+            leaf ??= new ulong[1 << LeafBits];
+            ref ulong slot = ref leaf[gfn & ((1 << LeafBits) - 1)];
+            ulong old = slot;
+            Volatile.Write(ref slot, type == P2mType.Invalid ? 0 : ((ulong)mfn << 8) | (byte)type);
+            if (old != 0)
+                Interlocked.Increment(ref _generation);
+            if (type != P2mType.Invalid && gfn > MaxMappedGfn)
+                MaxMappedGfn = gfn;
+            return ((uint)(old >> 8), (P2mType)(byte)old);
+        }
+    }
+
+    public (uint Mfn, P2mType Type) Remove(ulong gfn) => gfn > MaxGfn ? (0, P2mType.Invalid) : Set(gfn, 0, P2mType.Invalid);
+
+    /// <summary>Every mapping, for domain teardown.</summary>
+    public IEnumerable<(ulong Gfn, uint Mfn, P2mType Type)> Entries()
+    {
+        for (int t = 0; t < _top.Length; t++)
+        {
+            var leaf = _top[t];
+            if (leaf is null)
+                continue;
+            for (int i = 0; i < leaf.Length; i++)
+                if (leaf[i] != 0)
+                    yield return (((ulong)t << LeafBits) | (uint)i, (uint)(leaf[i] >> 8), (P2mType)(byte)leaf[i]);
+        }
+    }
+}

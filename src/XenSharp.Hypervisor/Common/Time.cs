@@ -1,0 +1,246 @@
+using XenSharp.Cpu;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.Common;
+
+/// <summary>
+/// System time and the guest's view of it. System time is nanoseconds since the hypervisor started, from
+/// the host's monotonic clock (the one the x86 engine derives RDTSC from). The guest TSC at a system time
+/// is given by <see cref="ReadTsc"/> (by default the engine's formula: host ns × TSC kHz / 10^6); vcpu_time_info carries the matching tsc_to_system_mul/shift so that
+/// pvclock's system_time + ((tsc - tsc_timestamp) &lt;&lt; shift) * mul &gt;&gt; 32 equals the system time.
+/// </summary>
+internal sealed unsafe class Time
+{
+    private readonly ulong _startHostNs = X86Engine.HostMonotonicNs();
+    private readonly Func<long, ulong> _tscAt;
+
+    public Time(ulong tscHz = X86Engine.DefaultTscKhz * 1000, Func<long, ulong>? tscAtSystemTime = null)
+    {
+        TscHz = tscHz;
+        // By default the guest TSC is the engine's: host monotonic ns scaled to the TSC frequency, offset 0.
+        _tscAt = tscAtSystemTime ?? (ns => X86Engine.ComputeTsc(_startHostNs + (ulong)ns, tscHz / 1000, 0));
+        (TscToSystemMul, TscShift) = ComputeScale(tscHz);
+        // Wall-clock time at system time 0.
+        BootWallclockNs = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100 - NowNs;
+    }
+
+    public ulong TscHz { get; }
+    public uint TscToSystemMul { get; }
+    public sbyte TscShift { get; }
+    public long BootWallclockNs { get; }
+
+    public long NowNs => (long)(X86Engine.HostMonotonicNs() - _startHostNs);
+
+    public ulong ReadTsc(long ns) => _tscAt(ns);
+
+    /// <summary>Finds mul and shift so that ((tsc &lt;&lt; shift) * mul) &gt;&gt; 32 converts TSC ticks to ns (mul in [2^31, 2^32)).</summary>
+    public static (uint Mul, sbyte Shift) ComputeScale(ulong tscHz)
+    {
+        // ns per tick = mul * 2^shift / 2^32, with mul / 2^32 kept in [0.5, 1) for precision.
+        double r = 1e9 / tscHz;
+        int shift = 0;
+        while (r >= 1)
+        {
+            r /= 2;
+            shift++;
+        }
+        while (r < 0.5)
+        {
+            r *= 2;
+            shift--;
+        }
+        return ((uint)(r * 4294967296.0), (sbyte)shift);
+    }
+
+    /// <summary>Converts a TSC delta to ns with the advertised scale (what a guest computes).</summary>
+    public ulong ScaleDelta(ulong delta)
+    {
+        delta = TscShift >= 0 ? delta << TscShift : delta >> -TscShift;
+        return (ulong)((UInt128)delta * TscToSystemMul >> 32);
+    }
+
+    /// <summary>Publishes a fresh vcpu_time_info in the vCPU's vcpu_info (version odd while writing).</summary>
+    public void UpdateVcpuTime(Vcpu v)
+    {
+        var vi = v.VcpuInfo;
+        if (vi is null)
+            return;
+        long now = NowNs;
+        Publish(&vi->Time, now);
+    }
+
+    public void Publish(VcpuTimeInfo* t, long now)
+    {
+        uint ver = Volatile.Read(ref t->Version);
+        Volatile.Write(ref t->Version, (ver | 1) + ((ver & 1) == 0 ? 0u : 2u));
+        Interlocked.MemoryBarrier();
+        t->TscTimestamp = ReadTsc(now);
+        t->SystemTime = (ulong)now;
+        t->TscToSystemMul = TscToSystemMul;
+        t->TscShift = TscShift;
+        t->Flags = Xen.XEN_PVCLOCK_TSC_STABLE_BIT;
+        Interlocked.MemoryBarrier();
+        Volatile.Write(ref t->Version, (Volatile.Read(ref t->Version) + 1) & ~1u);
+    }
+
+    /// <summary>Writes the wall-clock time of system time 0 into shared_info (wc_version odd while writing).</summary>
+    public void UpdateWallclock(Domain d)
+    {
+        if (d.SharedInfo is null)
+            return;
+        var si = d.SharedInfo;
+        long wc = BootWallclockNs + d.WallclockOffsetNs;
+        Volatile.Write(ref si->WcVersion, si->WcVersion | 1);
+        Interlocked.MemoryBarrier();
+        ulong sec = (ulong)(wc / 1_000_000_000);
+        si->WcSec = (uint)sec;
+        si->WcSecHi = (uint)(sec >> 32);
+        si->WcNsec = (uint)(wc % 1_000_000_000);
+        Interlocked.MemoryBarrier();
+        Volatile.Write(ref si->WcVersion, si->WcVersion + 1);
+    }
+}
+
+internal enum TimerKind { Singleshot, Periodic, Poll, Slice, Lapic, Watchdog }
+
+/// <summary>
+/// The hypervisor's timer wheel: one host thread that sleeps until the earliest deadline and fires it.
+/// Entries may be stale; each firing re-checks the owner's current deadline.
+/// </summary>
+internal sealed class Timers : IDisposable
+{
+    private readonly Time _time;
+    private readonly Action<object, TimerKind, long> _fire;
+    private readonly PriorityQueue<(object Owner, TimerKind Kind), long> _queue = new();
+    private readonly Thread _thread;
+    private bool _stop;
+
+    public Timers(Time time, Action<object, TimerKind, long> fire)
+    {
+        _time = time;
+        _fire = fire;
+        _thread = new Thread(Loop) { IsBackground = true, Name = "xen-timers" };
+        _thread.Start();
+    }
+
+    public void Schedule(long deadlineNs, object owner, TimerKind kind)
+    {
+        lock (_queue)
+        {
+            _queue.Enqueue((owner, kind), deadlineNs);
+            Monitor.Pulse(_queue);
+        }
+    }
+
+    private void Loop()
+    {
+        var due = new List<(object, TimerKind)>();
+        while (true)
+        {
+            lock (_queue)
+            {
+                while (true)
+                {
+                    if (_stop)
+                        return;
+                    long now = _time.NowNs;
+                    while (_queue.TryPeek(out var e, out long when) && when <= now)
+                    {
+                        _queue.Dequeue();
+                        due.Add(e);
+                    }
+                    if (due.Count > 0)
+                        break;
+                    int waitMs = _queue.TryPeek(out _, out long next)
+                        ? (int)Math.Clamp((next - now + 999_999) / 1_000_000, 1, 1000)
+                        : 1000;
+                    Monitor.Wait(_queue, waitMs);
+                }
+            }
+            long at = _time.NowNs;
+            foreach (var (owner, kind) in due)
+            {
+                try { _fire(owner, kind, at); }
+                catch { /* a timer callback must not stop the wheel */ }
+            }
+            due.Clear();
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_queue)
+        {
+            _stop = true;
+            Monitor.Pulse(_queue);
+        }
+        _thread.Join();
+    }
+}
+
+/// <summary>set_timer_op and the per-vCPU timers VCPUOP_set_singleshot_timer/set_periodic_timer arm.</summary>
+internal static class TimeOps
+{
+    public static long SetTimerOp(Vcpu v, in HypercallArgs a)
+    {
+        long deadline = (long)a.A1;
+        if (deadline == 0)
+            v.SingleshotDeadline = long.MaxValue;
+        else
+            ArmSingleshot(v, deadline);
+        return 0;
+    }
+
+    public static void ArmSingleshot(Vcpu v, long deadline)
+    {
+        v.SingleshotDeadline = deadline;
+        v.Domain.Host.Timers.Schedule(deadline, v, TimerKind.Singleshot);
+    }
+
+    public static void ArmPeriodic(Vcpu v, long period)
+    {
+        v.PeriodicPeriod = period;
+        v.PeriodicNext = v.Domain.Host.Time.NowNs + period;
+        v.Domain.Host.Timers.Schedule(v.PeriodicNext, v, TimerKind.Periodic);
+    }
+
+    /// <summary>A timer came due (on the timer thread).</summary>
+    public static void Fire(Vcpu v, TimerKind kind, long now)
+    {
+        switch (kind)
+        {
+            case TimerKind.Singleshot:
+                if (v.SingleshotDeadline <= now)
+                {
+                    v.SingleshotDeadline = long.MaxValue;
+                    SendTimerVirq(v);
+                }
+                break;
+            case TimerKind.Periodic:
+                if (v.PeriodicPeriod > 0 && v.PeriodicNext <= now)
+                {
+                    SendTimerVirq(v);
+                    v.PeriodicNext = Math.Max(v.PeriodicNext + v.PeriodicPeriod, now + 1);
+                    v.Domain.Host.Timers.Schedule(v.PeriodicNext, v, TimerKind.Periodic);
+                }
+                break;
+            case TimerKind.Poll:
+                if (v.PollPorts is not null && v.PollDeadline <= now)
+                    v.Unblock();
+                break;
+            case TimerKind.Slice:
+                v.Engine?.RequestExit();
+                break;
+            case TimerKind.Lapic:
+                v.Lapic.OnTimer(now);
+                break;
+        }
+    }
+
+    private static void SendTimerVirq(Vcpu v)
+    {
+        v.Domain.Host.Time.UpdateVcpuTime(v);
+        Interlocked.Increment(ref v.VirqTimerPending);
+        v.Domain.Evtchn.SendVirq(v, Xen.VIRQ_TIMER);
+    }
+}

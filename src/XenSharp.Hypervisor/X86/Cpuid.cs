@@ -1,0 +1,81 @@
+using XenSharp.Cpu;
+using static XenSharp.Public.ArchX86.Cpuid;
+
+namespace XenSharp.Hypervisor.X86;
+
+/// <summary>
+/// The CPUID a vCPU sees: the engine's policy, with the hypervisor bit, this vCPU's APIC ID, and the Xen
+/// leaves at 0x40000000 ("XenVMMXenVMM", version 4.14, one hypercall page at MSR 0x40000000, the TSC
+/// leaf, and HVM leaf 4 with the vCPU id).
+/// </summary>
+internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul, sbyte Shift, ulong TscHz)> tsc) : ICpuidPolicy
+{
+    public const uint HypercallPageMsr = 0x40000000;
+    private const uint Base = XEN_CPUID_FIRST_LEAF;
+    private const uint LastLeaf = Base + 4;
+
+    public void Cpuid(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx)
+    {
+        if (leaf >= Base && leaf < Base + 0x10000)
+        {
+            XenLeaf(leaf, subleaf, out eax, out ebx, out ecx, out edx);
+            return;
+        }
+        baseline.Cpuid(leaf, subleaf, out eax, out ebx, out ecx, out edx);
+        switch (leaf)
+        {
+            case 1:
+                ebx = (ebx & 0x00FFFFFF) | ((uint)(2 * vcpuId) << 24);
+                ecx |= 1u << 31; // running under a hypervisor
+                edx |= 1u << 9;  // APIC present
+                break;
+            case 0xB:
+            case 0x1F:
+                edx = (uint)(2 * vcpuId); // x2APIC ID
+                break;
+        }
+    }
+
+    private void XenLeaf(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx)
+    {
+        eax = ebx = ecx = edx = 0;
+        switch (leaf - Base)
+        {
+            case 0:
+                eax = LastLeaf;
+                ebx = XEN_CPUID_SIGNATURE_EBX;
+                ecx = XEN_CPUID_SIGNATURE_ECX;
+                edx = XEN_CPUID_SIGNATURE_EDX;
+                break;
+            case 1:
+                eax = (4u << 16) | 14u;
+                break;
+            case 2:
+                eax = 1; // hypercall pages
+                ebx = HypercallPageMsr;
+                break;
+            case 3:
+            {
+                var (mul, shift, hz) = tsc();
+                switch (subleaf)
+                {
+                    case 0:
+                        ecx = (uint)(hz / 1000); // guest TSC frequency in kHz; default TSC mode
+                        break;
+                    case 1:
+                        ecx = mul;
+                        edx = (uint)(int)shift;
+                        break;
+                    case 2:
+                        ecx = (uint)(hz / 1000);
+                        break;
+                }
+                break;
+            }
+            case 4:
+                eax = XEN_HVM_CPUID_VCPU_ID_PRESENT;
+                ebx = (uint)vcpuId;
+                break;
+        }
+    }
+}

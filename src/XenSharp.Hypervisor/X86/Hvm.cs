@@ -1,0 +1,85 @@
+using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
+using XenSharp.Public.Hvm;
+using static XenSharp.Public.Hvm.Params;
+
+namespace XenSharp.Hypervisor.X86;
+
+/// <summary>__HYPERVISOR_hvm_op: HVM parameters, time, and the per-vCPU upcall vector.</summary>
+internal static class HvmOps
+{
+    public static long Do(Vcpu v, in HypercallArgs a)
+    {
+        ulong arg = a.A2;
+        var d = v.Domain;
+        switch ((int)a.A1)
+        {
+            case HvmOp.HVMOP_set_param:
+            case HvmOp.HVMOP_get_param:
+            {
+                if (!GuestAccess.Read(v, arg, out XenHvmParam p))
+                    return -Errno.EFAULT;
+                var t = d.Host.LookupForGuest(d, p.Domid, out long err);
+                if (t is null)
+                    return err;
+                if (p.Index >= HVM_NR_PARAMS)
+                    return -Errno.EINVAL;
+                if ((int)a.A1 == HvmOp.HVMOP_set_param)
+                {
+                    // A guest may set its own callback; the rest is the toolstack's.
+                    if (t == d && !d.IsPrivileged && p.Index != HVM_PARAM_CALLBACK_IRQ)
+                        return -Errno.EPERM;
+                    return SetParam(t, (int)p.Index, p.Value);
+                }
+                p.Value = t.HvmParams[p.Index];
+                return GuestAccess.Write(v, arg, p) ? 0 : -Errno.EFAULT;
+            }
+            case HvmOp.HVMOP_get_time:
+                return GuestAccess.Write(v, arg, new XenHvmGetTime { Now = (ulong)d.Host.Time.NowNs }) ? 0 : -Errno.EFAULT;
+            case HvmOp.HVMOP_pagetable_dying:
+            {
+                if (!GuestAccess.Read(v, arg, out XenHvmPagetableDying p))
+                    return -Errno.EFAULT;
+                if (p.Domid != Xen.DOMID_SELF && p.Domid != d.DomainId)
+                    return -Errno.EINVAL;
+                // Only shadow paging gains from the hint; with the p2m walked directly there is nothing to drop.
+                return -Errno.EINVAL;
+            }
+            case HvmOp.HVMOP_set_evtchn_upcall_vector:
+            {
+                if (!GuestAccess.Read(v, arg, out XenHvmEvtchnUpcallVector u))
+                    return -Errno.EFAULT;
+                if (u.Vector < 0x10)
+                    return -Errno.EINVAL;
+                var target = d.GetVcpu(u.Vcpu);
+                if (target is null)
+                    return -Errno.ENOENT;
+                target.UpcallVector = u.Vector;
+                target.Kick();
+                return 0;
+            }
+            default:
+                return -Errno.ENOSYS;
+        }
+    }
+
+    public static long SetParam(Domain d, int index, ulong value)
+    {
+        if ((uint)index >= HVM_NR_PARAMS)
+            return -Errno.EINVAL;
+        d.HvmParams[index] = value;
+        if (index == HVM_PARAM_CALLBACK_IRQ)
+        {
+            ulong type = (value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK) >> HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT;
+            d.CallbackVector = type == HVM_PARAM_CALLBACK_TYPE_VECTOR ? (byte)value : (byte)0;
+            if (type == HVM_PARAM_CALLBACK_TYPE_VECTOR && (byte)value < 0x10)
+            {
+                d.CallbackVector = 0;
+                return -Errno.EINVAL;
+            }
+            foreach (var vc in d.Vcpus)
+                vc.Kick();
+        }
+        return 0;
+    }
+}

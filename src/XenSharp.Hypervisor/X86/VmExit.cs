@@ -1,0 +1,157 @@
+using XenSharp.Cpu;
+using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.X86;
+
+/// <summary>
+/// What the hypervisor does with each engine exit of an HVM/PVH vCPU: hypercalls, port I/O (0xE9 debug
+/// console, ACPI PM1a sleep, all-ones for the rest), MMIO (the vLAPIC, all-ones for the rest), MSRs
+/// (hypercall page, APIC), HLT, triple faults.
+/// </summary>
+internal static unsafe class VmExit
+{
+    public const ushort DebugConsolePort = 0xE9;
+    private const uint MsrMiscEnable = 0x1A0;
+
+    /// <summary>Handles one exit; false when the vCPU must leave the CPU now.</summary>
+    public static bool Handle(Vcpu v, IVcpu cpu, in VcpuExit exit)
+    {
+        switch (exit.Reason)
+        {
+            case VcpuExitReason.Hypercall:
+                DoHypercall(v, cpu);
+                return !v.DescheduleRequested;
+            case VcpuExitReason.Io:
+                PortIo(v, cpu, exit);
+                return !v.DescheduleRequested;
+            case VcpuExitReason.Mmio:
+                if (v.Lapic.IsMmio(exit.Address))
+                {
+                    if (exit.IsWrite)
+                        v.Lapic.MmioWrite(exit.Address, exit.Size, exit.Data);
+                    else
+                        cpu.CompleteExit(v.Lapic.MmioRead(exit.Address, exit.Size));
+                }
+                else if (!exit.IsWrite)
+                    cpu.CompleteExit(AllOnes(exit.Size));
+                return true;
+            case VcpuExitReason.RdMsr:
+                if (TryReadMsr(v, exit.Port, out ulong value))
+                    cpu.CompleteExit(value);
+                else
+                    cpu.CompleteExit(0, fault: true);
+                return true;
+            case VcpuExitReason.WrMsr:
+                if (!TryWriteMsr(v, exit.Port, exit.Data))
+                    cpu.CompleteExit(0, fault: true);
+                return !v.DescheduleRequested;
+            case VcpuExitReason.Hlt:
+                v.Block();
+                return !v.DescheduleRequested;
+            case VcpuExitReason.Shutdown:
+                v.Domain.Host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id} triple fault");
+                v.Domain.Host.ShutdownDomain(v.Domain, XenSharp.Public.Sched.SHUTDOWN_crash);
+                return false;
+            case VcpuExitReason.InternalError:
+                v.Domain.Host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id} cannot continue: {exit.Message}");
+                v.Domain.Host.ShutdownDomain(v.Domain, XenSharp.Public.Sched.SHUTDOWN_crash);
+                return false;
+            case VcpuExitReason.Preempted:
+                return false;
+            default:
+                return true;
+        }
+    }
+
+    private static ulong AllOnes(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
+
+    public static void DoHypercall(Vcpu v, IVcpu cpu)
+    {
+        cpu.GetRegisters(out var r);
+        cpu.GetSpecialRegisters(out var s);
+        long result;
+        if (((s.Cs.Attributes >> 5) & 3) != 0)
+            result = -Errno.EPERM; // hypercalls are for the guest kernel only
+        else if (IsLongMode(s))
+            result = Hypercall.Dispatch(v, r.Rax, new HypercallArgs(r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8));
+        else
+            result = Hypercall.Dispatch(v, (uint)r.Rax, new HypercallArgs((uint)r.Rbx, (uint)r.Rcx, (uint)r.Rdx, (uint)r.Rsi, (uint)r.Rdi));
+        r.Rax = IsLongMode(s) ? (ulong)result : (uint)result;
+        cpu.SetRegisters(r);
+    }
+
+    /// <summary>64-bit mode: EFER.LMA and CS.L (bit 13 of the VMX access-rights encoding).</summary>
+    public static bool IsLongMode(in SpecialRegisters s) => (s.Efer & (1 << 10)) != 0 && (s.Cs.Attributes & (1 << 13)) != 0;
+
+    private static void PortIo(Vcpu v, IVcpu cpu, in VcpuExit exit)
+    {
+        var d = v.Domain;
+        if (exit.IsWrite)
+        {
+            if (exit.Port == DebugConsolePort)
+            {
+                byte b = (byte)exit.Data;
+                d.Host.GuestConsoleWrite(d, new ReadOnlySpan<byte>(&b, 1));
+            }
+            else if (exit.Port == d.Pm1aControlPort && exit.Size >= 2)
+            {
+                ulong val = exit.Data;
+                bool sleepEnable = (val & (1 << 13)) != 0;
+                int sleepType = (int)(val >> 10) & 7;
+                if (sleepEnable && sleepType == d.S5SleepType)
+                    d.Host.ShutdownDomain(d, XenSharp.Public.Sched.SHUTDOWN_poweroff);
+            }
+            else
+                d.Host.DeviceModel?.PortWrite(d.DomainId, (ushort)exit.Port, exit.Size, (uint)exit.Data);
+            return;
+        }
+        uint? value = d.Host.DeviceModel?.PortRead(d.DomainId, (ushort)exit.Port, exit.Size);
+        cpu.CompleteExit(value ?? AllOnes(exit.Size));
+    }
+
+    public static bool TryReadMsr(Vcpu v, uint msr, out ulong value)
+    {
+        value = 0;
+        if (v.Lapic.TryReadMsr(msr, out value))
+            return true;
+        switch (msr)
+        {
+            case XenCpuid.HypercallPageMsr:
+                value = 0;
+                return true;
+            case MsrMiscEnable:
+                value = 1; // fast strings
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    public static bool TryWriteMsr(Vcpu v, uint msr, ulong value)
+    {
+        if (v.Lapic.TryWriteMsr(msr, value))
+            return true;
+        switch (msr)
+        {
+            case XenCpuid.HypercallPageMsr:
+                return WriteHypercallPage(v, value);
+            case MsrMiscEnable:
+                return true; // Linux's verify_cpu rewrites it; nothing here depends on it
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>The hypercall page MSR: page address in the high bits, page index (only 0) in the low 12.</summary>
+    public static bool WriteHypercallPage(Vcpu v, ulong value)
+    {
+        if ((value & 0xFFF) != 0)
+            return false;
+        byte* page = v.Domain.P2m.GetPage(value >> 12, write: true);
+        if (page is null)
+            return false;
+        HypercallPage.Write(new Span<byte>(page, FrameTable.PageSize), v.Domain.Host.IsAmdVendor(v));
+        return true;
+    }
+}
