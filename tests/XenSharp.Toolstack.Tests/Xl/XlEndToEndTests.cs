@@ -59,7 +59,7 @@ public sealed class XlEndToEndTests(XlSession s)
 {
     private string Guest(string name, string extra = "")
     {
-        File.WriteAllBytes(Path.Combine(s.Work, "guest.elf"), TestImages.Elf(new byte[8192], 0x100000));
+        File.WriteAllBytes(Path.Combine(s.Work, "guest.elf"), TestImages.Elf(TestImages.HaltLoop, 0x100000));
         string cfg = Path.Combine(s.Work, name + ".cfg");
         File.WriteAllText(cfg, $"# test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"guest.elf\"\nmemory = 16\nvcpus = 2\n{extra}");
         return cfg;
@@ -208,7 +208,7 @@ public sealed class XlDaemonTests
         Assert.Equal(0, code);
         Assert.DoesNotContain("starting", err);
 
-        File.WriteAllBytes(Path.Combine(s.Work, "k.elf"), TestImages.Elf(new byte[4096], 0x100000));
+        File.WriteAllBytes(Path.Combine(s.Work, "k.elf"), TestImages.Elf(TestImages.HaltLoop, 0x100000));
         File.WriteAllText(Path.Combine(s.Work, "d.cfg"), "name=\"d\"\ntype=\"pvh\"\nkernel=\"k.elf\"\nmemory=16\n");
         Assert.Equal(0, s.Xl("create", Path.Combine(s.Work, "d.cfg")).Code);
 
