@@ -44,6 +44,7 @@ internal unsafe partial class X86Vcpu
 
     private DecodedBlock LookupOrDecode(ulong rip)
     {
+        if (Bitness == 64 && !Canonical(rip)) throw GP();
         ulong lin = CodeLinear(rip);
         ulong phys = Translate(lin, Access.Fetch, Cpl == 3);
         var b = _blocks.Lookup(phys, rip, Bitness);
