@@ -244,6 +244,31 @@ public class ModeTests
     }
 
     [Fact]
+    public void TrapFlagSingleStepsWithDebugExceptions()
+    {
+        using var m = new TestMachine();
+        ulong h = 0x12000;
+        m.Mem.Write(h, TestMachine.Assemble(64, h, a => { a.inc(r15); a.iretq(); }));
+        m.SetGate64(1, h);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.pushfq();
+            a.or(__qword_ptr[rsp], 0x100);
+            a.popfq();       // TF takes effect after the next instruction
+            a.nop();
+            a.nop();
+            a.pushfq();
+            a.and(__qword_ptr[rsp], ~0x100);
+            a.popfq();
+            a.nop();
+            a.hlt();
+        }));
+        m.RunToHlt();
+        // Traps after: nop, nop, pushfq, and, popfq (which clears TF) = 5.
+        Assert.Equal(5UL, m.Regs.R15);
+    }
+
+    [Fact]
     public void RequestExitPreemptsAnEndlessLoop()
     {
         using var m = new TestMachine();

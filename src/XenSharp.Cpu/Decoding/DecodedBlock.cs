@@ -45,6 +45,13 @@ internal enum FastForm : byte
     Lea,
     PushR,
     PopR,
+    AluRM,      // op r32/64, [mem]
+    AluMR,      // op [mem], r32/64
+    AluMI,      // op [mem], imm (32/64-bit operand)
+    JmpRel,
+    CallRel,
+    RetNear,
+    MovzxRM,    // movzx r32/64, r/m8 or r/m16 from memory
 }
 
 /// <summary>A straight-line run of instructions from one guest-physical page, ending at a
