@@ -336,6 +336,15 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             {
                 return ref _exit;
             }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // An engine defect must not take the host thread down with it.
+                Rip = CurIp;
+                _exit = default;
+                _exit.Reason = VcpuExitReason.InternalError;
+                _exit.Message = $"engine error at RIP 0x{CurIp:X}: {ex.GetType().Name}: {ex.Message}";
+                return ref _exit;
+            }
         }
     }
 

@@ -36,9 +36,11 @@ internal unsafe partial class X86Vcpu
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
         int slot = (int)(rip ^ (rip >> 12)) & (JumpCacheSize - 1);
         var b = cache[slot];
-        if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness) return b;
+        ulong csBase = Seg[CS].Base;
+        if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
         b = LookupOrDecode(rip);
-        if (b.Count > 0 && b.Valid) cache[slot] = b;
+        // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
+        if (b.Count > 0 && b.Valid && b.CsBase == csBase) cache[slot] = b;
         return b;
     }
 
@@ -91,7 +93,7 @@ internal unsafe partial class X86Vcpu
         }
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
-        b = new DecodedBlock(insns, n, phys, rip, Bitness);
+        b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
         if (cacheable)
         {
             _blocks.Add(b);

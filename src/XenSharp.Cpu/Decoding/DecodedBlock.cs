@@ -66,6 +66,8 @@ internal sealed class DecodedBlock
     public readonly ulong Ip;
     /// <summary>16, 32 or 64.</summary>
     public readonly int Bitness;
+    /// <summary>CS base the block was found under (a per-vCPU jump-cache hit must match it).</summary>
+    public ulong CsBase;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
     public volatile bool Valid = true;
 

@@ -230,7 +230,7 @@ internal unsafe partial class X86Vcpu
         if (_replayIdx < _replayCount)
         {
             ref MmioReplay r = ref _replay[_replayIdx++];
-            if (!r.IsWrite && r.Address == phys && r.Size == size) return r.Value;
+            if (!r.IsWrite && r.Address == phys && r.Size == size) return r.Value & Mask(size);
         }
         _exit.Reason = VcpuExitReason.Mmio;
         _exit.Address = phys; _exit.Size = size; _exit.IsWrite = false; _exit.Data = 0;
