@@ -272,7 +272,9 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
 
     public bool TryTranslateLinear(ulong linear, bool write, out ulong physical)
     {
-        return TryWalk(linear, write ? Access.Write : Access.Read, false, false, out physical, out _, out _);
+        // The hypervisor's own accesses: supervisor rights, no SMAP, no A/D updates.
+        if (LongMode && !Canonical(linear)) { physical = 0; return false; }
+        return TryWalk(linear, write ? Access.Write : Access.Read, false, false, out physical, out _, out _, checkSmap: false);
     }
 
     public ref readonly VcpuExit Run()
