@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using XenSharp.Cpu;
 using XenSharp.Hypervisor.Common;
-using XenSharp.Hypervisor.Sched;
+using XenSharp.Hypervisor.Scheduling;
 using XenSharp.Hypervisor.X86;
 using XenSharp.Public;
 using static XenSharp.Public.GrantTable;

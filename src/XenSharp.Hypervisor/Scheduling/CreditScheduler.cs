@@ -1,6 +1,6 @@
 using XenSharp.Hypervisor.Common;
 
-namespace XenSharp.Hypervisor.Sched;
+namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
 /// A credit scheduler after Xen's credit1: vCPUs earn credit in proportion to their domain's weight every
