@@ -32,7 +32,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         Frames = new FrameTable(_options.MachineMemoryBytes);
         Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
-        Scheduler = new CreditScheduler();
+        Scheduler = new CreditScheduler(_options.Pcpus);
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
