@@ -166,9 +166,13 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
             regs = new Registers { Rip = LoaderStub, Rsp = IstTop, Rflags = 2 };
             vcpu.SetRegisters(in regs);
             exit = ref vcpu.Run();
-            if (exit.Reason != VcpuExitReason.Hlt)
+            vcpu.GetRegisters(out var loaded);
+            if (exit.Reason != VcpuExitReason.Hlt || loaded.Rip - LoaderStub > 10)
             {
-                r.EngineError = $"FXRSTOR loader stopped with {exit.Reason} {exit.Message}";
+                // A fault in FXRSTOR lands in a handler stub: say which vector.
+                string where = loaded.Rip >= Stubs && loaded.Rip < Stubs + 32 * StubSize
+                    ? $"vector {(loaded.Rip - Stubs) / StubSize}" : $"rip {loaded.Rip:x}";
+                r.EngineError = $"FXRSTOR loader stopped with {exit.Reason} at {where} {exit.Message}";
                 return r;
             }
         }

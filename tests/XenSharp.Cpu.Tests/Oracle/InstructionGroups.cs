@@ -137,8 +137,11 @@ internal static class InstructionGroups
             bool usesXmm = kinds.Any(k => k is OpCodeOperandKind.xmm_reg or OpCodeOperandKind.xmm_rm or OpCodeOperandKind.xmm_or_mem);
             if (mmx ? !usesMm : usesMm) return false;
             if (!mmx && !usesXmm && op.Mnemonic is not (Crc32 or Ldmxcsr or Stmxcsr)) return false;
-            // Implicit RDI stores and cache/ordering hints add nothing to compare.
+            // Implicit RDI stores add nothing to compare.
             if (op.Mnemonic is Maskmovq or Maskmovdqu) return false;
+            // Approximations whose exact bits the SDM leaves to the implementation (relative
+            // error at most 1.5 * 2^-12): no two CPUs need agree.
+            if (op.Mnemonic is Rcpps or Rcpss or Rsqrtps or Rsqrtss) return false;
             return true;
         }).ToArray();
         return new InstructionGroup(name, codes, host, GroupTraits.Sse, 5);
