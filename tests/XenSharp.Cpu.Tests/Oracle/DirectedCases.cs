@@ -113,6 +113,7 @@ internal static class DirectedCases
             if (f.Contains(CpuidFeature.FPU) || f.Contains(CpuidFeature.FPU387)) return "x87";
             if (f.Contains(CpuidFeature.AES)) return "aes";
             if (f.Contains(CpuidFeature.PCLMULQDQ)) return "pclmulqdq";
+            if (f.Contains(CpuidFeature.SSSE3)) return "ssse3";
             if (i.Mnemonic is Mnemonic.Pcmpistri or Mnemonic.Pcmpistrm or Mnemonic.Pcmpestri or Mnemonic.Pcmpestrm) return "sse4.2";
             for (int n = 0; n < i.OpCount; n++)
                 if (i.GetOpKind(n) == OpKind.Register && i.GetOpRegister(n).IsMM()) return "mmx";

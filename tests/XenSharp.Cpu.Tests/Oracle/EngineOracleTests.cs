@@ -19,6 +19,7 @@ public class EngineOracleTests(ITestOutputHelper output)
         ["x87"] = X87, ["x87-compare"] = X87, ["x87-transcendental"] = X87,
         // Not implemented in the engine (InternalError "unsupported instruction").
         ["mmx"] = "MMX instructions are not implemented",
+        ["ssse3"] = "PHADD*/PHSUB*/PSIGN*/PMADDUBSW/PMULHRSW are not implemented",
         ["sse4.2"] = "PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM are not implemented",
         ["aes"] = "AES-NI is not implemented",
         ["pclmulqdq"] = "PCLMULQDQ is not implemented",
@@ -76,6 +77,12 @@ public class EngineOracleTests(ITestOutputHelper output)
         var (failures, known) = Run(g, seed, indices);
         foreach (var (why, count) in known)
             output.WriteLine($"oracle: {count} cases differ by the known engine defect: {why}");
+        // Known defects must not make a group vacuous: most of its cases still have to agree.
+        int agreed = indices.Length - failures.Count - known.Values.Sum();
+        output.WriteLine($"oracle: {agreed} of {indices.Length} cases agree");
+        if (indices.Length >= 50)
+            Assert.True(agreed * 10 >= indices.Length, $"group {group}: only {agreed} of {indices.Length} cases were compared and agree "
+                + "(the rest hit known engine defects); exclude the group instead");
         if (failures.Count == 0) return;
         var sb = new StringBuilder();
         sb.Append($"{failures.Count} of {indices.Length} cases of group {group} differ (seed {seed}; "
