@@ -189,6 +189,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>Translates or raises #PF with the exact error code and CR2.</summary>
     internal ulong Translate(ulong lin, Access access, bool user, bool implicitSupervisor = false)
     {
+        if (LongMode && !Canonical(lin)) throw GP();
         if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out _, implicitSupervisor))
         {
             Cr2 = lin;
