@@ -187,7 +187,7 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
             Rip = OracleLayout.Code, Rflags = c.Rflags | 0x202,
         };
         vcpu.SetRegisters(in regs);
-        using (var watchdog = new Timer(_ => vcpu.RequestExit(), null, 2000, Timeout.Infinite))
+        using (var watchdog = new Timer(_ => vcpu.RequestExit(), null, 10_000, Timeout.Infinite))
             exit = ref vcpu.Run();
 
         vcpu.GetRegisters(out var after);
