@@ -372,7 +372,8 @@ internal static class CaseGenerator
         if ((t & GroupTraits.X87) != 0)
         {
             int[] pc = [0, 2, 3, 3];
-            fcw = (ushort)(0x007f | (pc[r.Next(4)] << 8) | (r.Next(4) << 10));
+            bool dbl = (t & GroupTraits.X87Double) != 0;
+            fcw = (ushort)(0x007f | ((dbl ? 2 : pc[r.Next(4)]) << 8) | (r.Next(4) << 10));
             int valid = r.Next(0, 9);
             int top = (8 - valid) & 7;
             BinaryPrimitives.WriteUInt16LittleEndian(fx[2..], (ushort)(top << 11));
@@ -381,6 +382,7 @@ internal static class CaseGenerator
             {
                 ftw |= (byte)(1 << ((top + i) & 7));
                 WriteExtended(r, fx.Slice(32 + 16 * i, 10));
+                if (dbl) FitDouble(fx.Slice(32 + 16 * i, 10));
             }
             fx[4] = ftw;
         }
@@ -399,6 +401,17 @@ internal static class CaseGenerator
             var x = fx.Slice(160 + 16 * i, 16);
             if ((t & GroupTraits.Sse) != 0) FillFloats(r, x); else r.NextBytes(x);
         }
+    }
+
+    /// <summary>Rounds an 80-bit value down to one binary64 represents: 53-bit mantissa, exponent in range.</summary>
+    static void FitDouble(Span<byte> s)
+    {
+        ulong mant = BinaryPrimitives.ReadUInt64LittleEndian(s) & ~0x7ffUL;
+        ushort se = BinaryPrimitives.ReadUInt16LittleEndian(s[8..]);
+        int exp = se & 0x7fff;
+        if (mant != 0 && (exp < 16383 - 1000 || exp > 16383 + 1000)) exp = 16383 + (exp & 63);
+        BinaryPrimitives.WriteUInt64LittleEndian(s, mant);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[8..], (ushort)((se & 0x8000) | (mant == 0 ? 0 : exp)));
     }
 
     static void WriteExtended(Random r, Span<byte> s)

@@ -103,6 +103,24 @@ internal static class DirectedCases
 
     public static IEnumerable<string> Names => list.Select(x => x.Name);
 
+    /// <summary>The random group a directed case belongs to, where it matters for exclusions.</summary>
+    public static string? Group(string name)
+    {
+        var c = Build(name, 0);
+        foreach (var i in c.Instructions)
+        {
+            var f = i.CpuidFeatures;
+            if (f.Contains(CpuidFeature.FPU) || f.Contains(CpuidFeature.FPU387)) return "x87";
+            if (f.Contains(CpuidFeature.AES)) return "aes";
+            if (f.Contains(CpuidFeature.PCLMULQDQ)) return "pclmulqdq";
+            if (f.Contains(CpuidFeature.SSSE3)) return "ssse3";
+            if (i.Mnemonic is Mnemonic.Pcmpistri or Mnemonic.Pcmpistrm or Mnemonic.Pcmpestri or Mnemonic.Pcmpestrm) return "sse4.2";
+            for (int n = 0; n < i.OpCount; n++)
+                if (i.GetOpKind(n) == OpKind.Register && i.GetOpRegister(n).IsMM()) return "mmx";
+        }
+        return null;
+    }
+
     public static OracleCase Build(string name, int seed)
     {
         var (n, body, setup) = list.Single(x => x.Name == name);

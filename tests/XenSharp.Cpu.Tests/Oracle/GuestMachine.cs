@@ -166,9 +166,13 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
             regs = new Registers { Rip = LoaderStub, Rsp = IstTop, Rflags = 2 };
             vcpu.SetRegisters(in regs);
             exit = ref vcpu.Run();
-            if (exit.Reason != VcpuExitReason.Hlt)
+            vcpu.GetRegisters(out var loaded);
+            if (exit.Reason != VcpuExitReason.Hlt || loaded.Rip - LoaderStub > 10)
             {
-                r.EngineError = $"FXRSTOR loader stopped with {exit.Reason} {exit.Message}";
+                // A fault in FXRSTOR lands in a handler stub: say which vector.
+                string where = loaded.Rip >= Stubs && loaded.Rip < Stubs + 32 * StubSize
+                    ? $"vector {(loaded.Rip - Stubs) / StubSize}" : $"rip {loaded.Rip:x}";
+                r.EngineError = $"FXRSTOR loader stopped with {exit.Reason} at {where} {exit.Message}";
                 return r;
             }
         }
@@ -183,7 +187,7 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
             Rip = OracleLayout.Code, Rflags = c.Rflags | 0x202,
         };
         vcpu.SetRegisters(in regs);
-        using (var watchdog = new Timer(_ => vcpu.RequestExit(), null, 2000, Timeout.Infinite))
+        using (var watchdog = new Timer(_ => vcpu.RequestExit(), null, 10_000, Timeout.Infinite))
             exit = ref vcpu.Run();
 
         vcpu.GetRegisters(out var after);

@@ -22,6 +22,8 @@ internal enum GroupTraits
     Divide = 32,
     /// <summary>DF random (otherwise clear).</summary>
     RandomDf = 64,
+    /// <summary>x87 precision control = double and register values that fit binary64.</summary>
+    X87Double = 128,
 }
 
 /// <summary>One instruction group: a name (stable, used in failure messages and seeds), the
@@ -48,6 +50,17 @@ internal static class InstructionGroups
     ];
     static readonly Mnemonic[] X87Compare = [Fcom, Fcomp, Fcompp, Fucom, Fucomp, Fucompp, Fcomi, Fcomip, Fucomi, Fucomip, Ftst, Fxam, Fnstsw, Fld, Fldz, Fld1, Fchs];
     static readonly Mnemonic[] X87Transcendental = [Fsin, Fcos, Fsincos, Fptan, Fpatan, F2xm1, Fyl2x, Fyl2xp1, Fscale, Fxtract, Fprem, Fprem1];
+
+    /// <summary>x87 with double-precision control and values that fit binary64: what an engine
+    /// that keeps x87 registers as doubles can get exactly right (stack, tags, TOP, compares,
+    /// conversions, double-rounded arithmetic). No constants with 64-bit mantissas, no m80.</summary>
+    static readonly Mnemonic[] X87Double =
+    [
+        Fld, Fst, Fstp, Fild, Fist, Fistp, Fisttp, Fadd, Faddp, Fiadd, Fsub, Fsubp, Fsubr, Fsubrp, Fisub, Fisubr,
+        Fmul, Fmulp, Fimul, Fdiv, Fdivp, Fdivr, Fdivrp, Fidiv, Fidivr, Fchs, Fabs, Fsqrt, Fxch, Frndint,
+        Fld1, Fldz, Ffree, Fincstp, Fdecstp, Fcmovb, Fcmove, Fcmovbe, Fcmovu, Fcmovnb, Fcmovne, Fcmovnbe, Fcmovnu,
+        Fcomi, Fcomip, Fucomi, Fucomip,
+    ];
 
     /// <summary>Every group. Names are stable: seeds and failure reports refer to them.</summary>
     public static readonly InstructionGroup[] All = Build();
@@ -80,12 +93,14 @@ internal static class InstructionGroups
             Gp("convert", [Cbw, Cwde, Cdqe, Cwd, Cdq, Cqo]),
             Gp("crc32", [Crc32], "sse4_2"),
             Fp("x87", X87Basic, GroupTraits.X87),
+            Fp("x87-double", X87Double, GroupTraits.X87 | GroupTraits.X87Double),
             Fp("x87-compare", X87Compare, GroupTraits.X87),
             Fp("x87-transcendental", X87Transcendental, GroupTraits.X87),
             Simd("mmx", [CpuidFeature.MMX, CpuidFeature.SSE, CpuidFeature.SSE2, CpuidFeature.SSSE3], mmx: true, "mmx", "ssse3"),
             Simd("sse", [CpuidFeature.SSE], mmx: false, "sse"),
             Simd("sse2", [CpuidFeature.SSE2], mmx: false, "sse2"),
-            Simd("sse3-ssse3", [CpuidFeature.SSE3, CpuidFeature.SSSE3], mmx: false, "pni", "ssse3"),
+            Simd("sse3", [CpuidFeature.SSE3], mmx: false, "pni"),
+            Simd("ssse3", [CpuidFeature.SSSE3], mmx: false, "ssse3"),
             Simd("sse4.1", [CpuidFeature.SSE4_1], mmx: false, "sse4_1"),
             Simd("sse4.2", [CpuidFeature.SSE4_2], mmx: false, "sse4_2"),
             Simd("aes", [CpuidFeature.AES], mmx: false, "aes"),
@@ -119,7 +134,8 @@ internal static class InstructionGroups
     {
         var set = mnemonics.ToHashSet();
         var codes = Candidates().Where(c => set.Contains(c.ToOpCode().Mnemonic) && c.ToOpCode().Encoding == EncodingKind.Legacy
-            && !FeaturesOf(c).Any(f => f is CpuidFeature.FPU287 or CpuidFeature.FPU287XL_ONLY or CpuidFeature.FPU387SL_ONLY)).ToArray();
+            && !FeaturesOf(c).Any(f => f is CpuidFeature.FPU287 or CpuidFeature.FPU287XL_ONLY or CpuidFeature.FPU387SL_ONLY)
+            && ((traits & GroupTraits.X87Double) == 0 || new Instruction { Code = c }.MemorySize != MemorySize.Float80)).ToArray();
         return new InstructionGroup(name, codes, ["fpu"], traits, 6);
     }
 
@@ -137,8 +153,11 @@ internal static class InstructionGroups
             bool usesXmm = kinds.Any(k => k is OpCodeOperandKind.xmm_reg or OpCodeOperandKind.xmm_rm or OpCodeOperandKind.xmm_or_mem);
             if (mmx ? !usesMm : usesMm) return false;
             if (!mmx && !usesXmm && op.Mnemonic is not (Crc32 or Ldmxcsr or Stmxcsr)) return false;
-            // Implicit RDI stores and cache/ordering hints add nothing to compare.
+            // Implicit RDI stores add nothing to compare.
             if (op.Mnemonic is Maskmovq or Maskmovdqu) return false;
+            // Approximations whose exact bits the SDM leaves to the implementation (relative
+            // error at most 1.5 * 2^-12): no two CPUs need agree.
+            if (op.Mnemonic is Rcpps or Rcpss or Rsqrtps or Rsqrtss) return false;
             return true;
         }).ToArray();
         return new InstructionGroup(name, codes, host, GroupTraits.Sse, 5);

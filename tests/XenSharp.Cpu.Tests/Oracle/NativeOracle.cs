@@ -10,7 +10,7 @@ internal static class NativeOracle
 
     public static string HelperPath => helper.Value;
 
-    static string RepoRoot()
+    internal static string RepoRoot()
     {
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
         while (dir != null && !File.Exists(Path.Combine(dir.FullName, "XenSharp.slnx")))

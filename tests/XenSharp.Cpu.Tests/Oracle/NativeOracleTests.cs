@@ -42,6 +42,7 @@ public class NativeOracleTests
             Case(a => { a.push(rax); a.sub(rax, rax); }, c => c.Gpr[Gpr.Rax] = 0x1122334455667788),
             Case(a => a.mov(rax, __qword_ptr[rbx])),
             Case(a => a.nop(), c => c.Rflags = 0x8d7),
+            Case(a => { var l = a.CreateLabel(); a.Label(ref l); a.jmp(l); }),
             Case(a => a.addps(xmm1, xmm2), c => { BitConverter.GetBytes(1.5f).CopyTo(c.Fx, 160 + 16); BitConverter.GetBytes(2.25f).CopyTo(c.Fx, 160 + 32); }),
         };
         var r = NativeOracle.Run(cases);
@@ -67,7 +68,9 @@ public class NativeOracleTests
 
         Assert.Equal(0x8d7UL, r[5].Rflags & 0x8d7); // initial flags reach the code unchanged
 
-        Assert.Equal(3.75f, BitConverter.ToSingle(r[6].Fx, 160 + 16));
+        Assert.Equal(OracleLayout.Timeout, r[6].Vector); // an endless loop is cut off, and the helper goes on
+
+        Assert.Equal(3.75f, BitConverter.ToSingle(r[7].Fx, 160 + 16));
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
