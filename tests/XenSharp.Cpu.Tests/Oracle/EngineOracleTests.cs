@@ -75,7 +75,7 @@ public class EngineOracleTests(ITestOutputHelper output)
     {
         var g = InstructionGroups.All.Single(x => x.Name == group);
         int seed = OracleSettings.Seed;
-        int n = OracleSettings.CasesPerGroup(InstructionGroups.All.Length);
+        int n = OracleSettings.CasesPerGroup(Groups().Count);
         var indices = OracleSettings.OnlyCase is int only ? [only] : Enumerable.Range(0, n).ToArray();
         output.WriteLine($"oracle: group {group}, seed {seed}, {indices.Length} cases");
 
