@@ -7,6 +7,9 @@ namespace XenSharp.Hypervisor.Common;
 /// <summary>__HYPERVISOR_memory_op (XENMEM_*): reservations, the physmap and the memory map.</summary>
 internal static class MemoryOp
 {
+    /// <summary>Largest extent order a guest may ask for (Xen's CONFIG_DOMU_MAX_ORDER / CONFIG_HWDOM_MAX_ORDER).</summary>
+    public const int MaxOrderDomU = 9, MaxOrderPrivileged = 12;
+
     public static long Do(Vcpu v, in HypercallArgs a)
     {
         int op = (int)(a.A1 & MEMOP_CMD_MASK);
@@ -60,7 +63,7 @@ internal static class MemoryOp
     {
         if (!GuestAccess.Read(v, arg, out XenMemoryReservation r))
             return (long)start;
-        if (r.ExtentOrder > 18 || start > r.NrExtents)
+        if (r.ExtentOrder > (v.Domain.IsPrivileged ? MaxOrderPrivileged : MaxOrderDomU) || start > r.NrExtents)
             return (long)start;
         if ((r.MemFlags & XENMEMF_populate_on_demand) != 0)
             return (long)start; // populate-on-demand is not offered

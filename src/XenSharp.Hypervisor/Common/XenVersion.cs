@@ -53,7 +53,7 @@ internal static class XenVersion
                 return GuestAccess.Write(v, arg, fi) ? 0 : -Errno.EFAULT;
             }
             case Public.Version.XENVER_pagesize:
-                return FrameTable.PageSize;
+                return arg != 0 ? -Errno.EINVAL : FrameTable.PageSize;
             case Public.Version.XENVER_guest_handle:
                 return GuestAccess.CopyTo(v, arg, v.Domain.Handle.ToByteArray(bigEndian: true)) ? 0 : -Errno.EFAULT;
             case Public.Version.XENVER_commandline:
@@ -61,7 +61,7 @@ internal static class XenVersion
                 return WriteString(v, arg, v.Domain.IsPrivileged ? v.Domain.Host.CommandLine : "<denied>",
                     Public.Version.XEN_COMMANDLINE_LEN);
             case Public.Version.XENVER_build_id:
-                return -Errno.ENODATA;
+                return v.Domain.IsPrivileged ? -Errno.ENODATA : -Errno.EPERM;
             default:
                 return -Errno.ENOSYS;
         }
