@@ -12,6 +12,8 @@ internal static class XenVersion
     public const string Changeset = "XenSharp";
     /// <summary>HYPERVISOR_VIRT_START of x86_64 (what XENVER_platform_parameters reports).</summary>
     public const ulong VirtStart = 0xFFFF800000000000;
+    /// <summary>__HYPERVISOR_COMPAT_VIRT_START: what 32-bit guests are told.</summary>
+    public const uint CompatVirtStart = 0xF5800000;
 
     /// <summary>XENVER_get_features submap 0: only what is honoured.</summary>
     public const uint FeatureSubmap0 =
@@ -42,6 +44,8 @@ internal static class XenVersion
             case Public.Version.XENVER_changeset:
                 return WriteString(v, arg, Changeset, Public.Version.XEN_CHANGESET_INFO_LEN);
             case Public.Version.XENVER_platform_parameters:
+                if (v.Compat)
+                    return GuestAccess.Write(v, arg, new Public.Compat.XenPlatformParameters32 { VirtStart = CompatVirtStart }) ? 0 : -Errno.EFAULT;
                 return GuestAccess.Write(v, arg, new XenPlatformParameters { VirtStart = VirtStart }) ? 0 : -Errno.EFAULT;
             case Public.Version.XENVER_get_features:
             {
