@@ -95,7 +95,7 @@ internal unsafe partial class X86Vcpu
         Array.Copy(_scratch, insns, n);
         b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
         if (!cacheable) b.Valid = false;
-        else if (_blocks.Add(b))
+        else if (_blocks.Add(b, (int)(insns[n - 1].I.NextIP - rip)))
         {
             // Every vCPU's fast write path must stop bypassing the self-modifying-code check.
             _engine.OnNewCodeFrame(phys >> 12);
