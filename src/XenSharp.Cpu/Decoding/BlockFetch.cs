@@ -94,12 +94,12 @@ internal unsafe partial class X86Vcpu
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
         b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
-        if (cacheable)
+        if (!cacheable) b.Valid = false;
+        else if (_blocks.Add(b, (int)(insns[n - 1].I.NextIP - rip)))
         {
-            _blocks.Add(b);
-            DropWritableFrame(phys >> 12);
+            // Every vCPU's fast write path must stop bypassing the self-modifying-code check.
+            _engine.OnNewCodeFrame(phys >> 12);
         }
-        else b.Valid = false;
         return b;
     }
 
