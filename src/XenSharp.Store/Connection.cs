@@ -24,7 +24,10 @@ internal abstract class Connection
     public readonly Dictionary<uint, Transaction> Transactions = new();
     public uint NextTransactionId = 1;
     public int WatchCount;
-    public bool Closed { get; protected set; }
+    private volatile bool _closed;
+
+    /// <summary>Set once; read by transport threads without the store lock.</summary>
+    public bool Closed { get => _closed; protected set => _closed = value; }
 
     public static string DomainPathOf(uint domId) => "/local/domain/" + domId.ToString(System.Globalization.CultureInfo.InvariantCulture);
 

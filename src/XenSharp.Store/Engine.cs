@@ -75,9 +75,20 @@ internal sealed partial class XenStoreEngine
         if (domId == 0 || domId >= 0x7ff0) return XsError.EINVAL;
         if (entry is not null)
             return entry.Mfn == mfn && entry.Port == port ? XsError.None : XsError.EEXIST;
-        ring ??= RingProvider?.Invoke(domId, mfn, port);
-        entry = new DomainEntry { DomId = domId, Mfn = mfn, Port = port };
-        if (ring is not null) entry.Ring = new RingConnection(this, domId, ring);
+        RingConnection? conn = null;
+        try
+        {
+            ring ??= RingProvider?.Invoke(domId, mfn, port);
+            if (ring is not null) conn = new RingConnection(this, domId, ring);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // A page the host cannot map (bad mfn from a client) is the client's error, not ours.
+            Console.Error.WriteLine($"xenstored: cannot map the ring of domain {domId} (mfn {mfn:x}): {ex.Message}");
+            entry = null;
+            return XsError.EINVAL;
+        }
+        entry = new DomainEntry { DomId = domId, Mfn = mfn, Port = port, Ring = conn };
         Domains.Add(entry);
         Watches.FireSpecial(WatchTable.IntroduceDomain);
         entry.Ring?.Start();

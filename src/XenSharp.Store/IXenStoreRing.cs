@@ -33,3 +33,23 @@ public sealed class XenStoreDomain
     /// requests and the free response space on the ring (on a worker thread; this never blocks).</summary>
     public void Signal() => _ring?.Signal();
 }
+
+/// <summary>An <see cref="IXenStoreRing"/> over a page the host has mapped at a fixed address.</summary>
+public sealed unsafe class MappedXenStoreRing : IXenStoreRing
+{
+    private readonly byte* _page;
+    private readonly Action _notify;
+
+    /// <param name="page">Host address of the guest's 4 KiB xenstore page; must stay mapped while introduced.</param>
+    /// <param name="notify">Raises the guest's xenstore event channel.</param>
+    public MappedXenStoreRing(nint page, Action notify)
+    {
+        if (page == 0) throw new ArgumentNullException(nameof(page));
+        _page = (byte*)page;
+        _notify = notify;
+    }
+
+    public Span<byte> Page => new(_page, 4096);
+
+    public void Notify() => _notify();
+}

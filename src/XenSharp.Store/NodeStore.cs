@@ -23,8 +23,6 @@ internal sealed class NodeStore
         _nodeCount[0] = 1;
     }
 
-    public int NodeCount => _nodes.Count;
-
     public int NodesOwnedBy(uint dom) => _nodeCount.TryGetValue(dom, out int n) ? n : 0;
 
     // ---- access rules ----
@@ -187,13 +185,13 @@ internal sealed class NodeStore
     {
         created = null;
         // Walk up to the closest existing ancestor, remembering the missing names.
-        Span<int> cuts = stackalloc int[64];
+        int depth = path.AsSpan().Count('/');
+        Span<int> cuts = depth <= 64 ? stackalloc int[64] : new int[depth];
         int missing = 0;
         string p = path;
         Node? parent;
         while (true)
         {
-            if (missing == cuts.Length) return XsError.EINVAL;
             cuts[missing++] = p.Length;
             p = Paths.Parent(p);
             parent = Get(p, tx);
@@ -264,6 +262,7 @@ internal sealed class NodeStore
         if (n is null) return Lookup(c, path, XsPerm.None, tx, out _);
         Access(c, n, out bool owner);
         if (!owner) return XsError.EACCES;
+        if (!c.Privileged && perms.Length > _quotas.PermissionsPerNode) return XsError.ENOSPC;
         // Only privileged clients may give a node away.
         if (!c.Privileged && perms[0].DomId != n.Owner) return XsError.EPERM;
         uint oldOwner = n.Owner;

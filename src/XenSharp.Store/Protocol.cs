@@ -20,7 +20,20 @@ internal sealed partial class XenStoreEngine
     {
         {
             if (c.Closed) return;
-            XsError e = Dispatch(c, h, payload, out int len);
+            XsError e;
+            int len;
+            try
+            {
+                e = Dispatch(c, h, payload, out len);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A defect must cost one request, not the daemon.
+                Console.Error.WriteLine($"xenstored: {(XsType)h.Type} from domain {c.DomId} failed: {ex}");
+                e = XsError.EIO;
+                len = 0;
+                pendingWatch = null;
+            }
             if (c.Closed) return;
             if (e == XsError.None)
                 c.Send((XsType)h.Type, h.ReqId, h.TxId, _reply.AsSpan(0, len));
@@ -353,7 +366,8 @@ internal sealed partial class XenStoreEngine
                 string text =
                     $"Nodes per Domain: {Quotas.NodesPerDomain}\nEntry size: {Quotas.MaxEntrySize}\n" +
                     $"Watches per Domain: {Quotas.WatchesPerDomain}\nTransactions per Domain: {Quotas.TransactionsPerDomain}\n" +
-                    $"Outstanding requests: {Quotas.OutstandingRequests}\nPath length: {Quotas.MaxRelativePathLength}\n";
+                    $"Outstanding requests: {Quotas.OutstandingRequests}\nPath length: {Quotas.MaxRelativePathLength}\n" +
+                    $"Permissions per node: {Quotas.PermissionsPerNode}\n";
                 len = Encoding.ASCII.GetBytes(text, _reply);
                 _reply[len++] = 0;
                 return XsError.None;

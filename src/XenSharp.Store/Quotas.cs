@@ -10,6 +10,8 @@ public sealed class XenStoreQuotas
     public int NodesPerDomain { get; set; } = 1000;
     /// <summary>Bytes of value a node may hold (ENOSPC beyond).</summary>
     public int MaxEntrySize { get; set; } = 2048;
+    /// <summary>Entries in a node's permission list an unprivileged domain may set (ENOSPC beyond).</summary>
+    public int PermissionsPerNode { get; set; } = 5;
     /// <summary>Watches per connection (E2BIG beyond).</summary>
     public int WatchesPerDomain { get; set; } = 128;
     /// <summary>Open transactions per connection (ENOSPC beyond).</summary>

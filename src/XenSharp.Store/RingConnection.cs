@@ -27,13 +27,13 @@ internal sealed class RingConnection : Connection
     {
         _engine = engine;
         _ring = ring;
+        if (ring.Page.Length < XsWire.InterfaceSize)
+            throw new ArgumentException("the xenstore ring page is smaller than struct xenstore_domain_interface");
     }
 
     public void Start()
     {
         Span<byte> page = _ring.Page;
-        if (page.Length < XsWire.InterfaceSize)
-            throw new ArgumentException("the xenstore ring page is smaller than struct xenstore_domain_interface");
         Volatile.Write(ref Field(page, XsWire.ServerFeaturesOffset), XsWire.ServerFeatureError);
         Signal();
     }
@@ -42,6 +42,7 @@ internal sealed class RingConnection : Connection
 
     public void Signal()
     {
+        if (Closed) return;
         if (Interlocked.Exchange(ref _scheduled, 1) == 0)
             _engine.Rings.Enqueue(this);
     }
@@ -60,10 +61,16 @@ internal sealed class RingConnection : Connection
         _inPump = true;
         try
         {
-            while (!Closed)
+            // A bounded pass, so that one busy guest cannot keep the ring thread from the others.
+            for (int budget = 256; !Closed; budget--)
             {
                 Flush();
                 if (_outMessages >= _engine.Quotas.OutstandingRequests) break; // the guest must read first
+                if (budget == 0)
+                {
+                    Signal(); // more to do: back in the queue behind the others
+                    break;
+                }
                 if (!ReadRequest()) break;
             }
         }

@@ -68,8 +68,9 @@ internal sealed class SocketServer : IDisposable
 
 /// <summary>
 /// One socket client (dom0, privileged). Its own reader thread parses requests straight out of the
-/// receive buffer; replies and events are appended to an output buffer that its writer thread
-/// drains, so the store lock is never held across socket I/O and no client depends on another's
+/// receive buffer and, after each batch, sends the replies queued in its output buffer; watch
+/// events that arrive while it waits go out through a writer thread started on first need. The
+/// store lock is never held across socket I/O, and no client depends on another's
 /// progress or on the thread pool. A client that stops reading is dropped once its backlog passes
 /// the limit; one that floods requests without reading waits until its backlog drains.
 /// </summary>
@@ -86,6 +87,7 @@ internal sealed class SocketConnection : Connection
     private byte[] _spare = new byte[16 * 1024];
     private int _outLen;
     private readonly AutoResetEvent _outReady = new(false);
+    private bool _sending, _inBatch, _writerStarted;
     private readonly AutoResetEvent _drained = new(false);
     private bool _forgotten;
 
@@ -96,11 +98,7 @@ internal sealed class SocketConnection : Connection
         _onClosed = onClosed;
     }
 
-    public void Start()
-    {
-        new Thread(ReadLoop) { IsBackground = true, Name = "xenstored client" }.Start();
-        new Thread(WriteLoop) { IsBackground = true, Name = "xenstored client out" }.Start();
-    }
+    public void Start() => new Thread(ReadLoop) { IsBackground = true, Name = "xenstored client" }.Start();
 
     private void ReadLoop()
     {
@@ -112,8 +110,11 @@ internal sealed class SocketConnection : Connection
                 int n = _socket.Receive(_in, have, _in.Length - have, SocketFlags.None);
                 if (n == 0) break;
                 have += n;
+                lock (_outLock) _inBatch = true;
                 int used = ProcessAvailable(have);
+                lock (_outLock) _inBatch = false;
                 if (used < 0) break; // protocol violation
+                Drain();
                 if (used > 0)
                 {
                     Buffer.BlockCopy(_in, used, _in, 0, have - used);
@@ -125,6 +126,10 @@ internal sealed class SocketConnection : Connection
         }
         catch (SocketException) { }
         catch (ObjectDisposedException) { }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            Console.Error.WriteLine($"xenstored: dropping a client after an internal error: {ex}");
+        }
         Close();
     }
 
@@ -156,6 +161,7 @@ internal sealed class SocketConnection : Connection
 
     public override void Send(XsType type, uint reqId, uint txId, ReadOnlySpan<byte> payload)
     {
+        bool wake;
         lock (_outLock)
         {
             if (Closed) return;
@@ -171,40 +177,59 @@ internal sealed class SocketConnection : Connection
             h.Write(_out.AsSpan(_outLen));
             payload.CopyTo(_out.AsSpan(_outLen + XsdSockmsg.Size));
             _outLen += size;
+            // Replies to this client's own requests are sent by its reader right after the batch;
+            // the writer thread is only woken for events that arrive while the reader waits.
+            wake = !_sending && !_inBatch;
+            // Short-lived clients (most xenstore-* tools) never need the writer thread.
+            if (wake && !_writerStarted)
+            {
+                _writerStarted = true;
+                new Thread(WriteLoop) { IsBackground = true, Name = "xenstored client out" }.Start();
+            }
         }
-        _outReady.Set();
+        if (wake) _outReady.Set();
+    }
+
+    /// <summary>Sends whatever is queued unless another thread is already sending (it will pick
+    /// up what was added meanwhile). Never called with the store lock held.</summary>
+    private void Drain()
+    {
+        while (true)
+        {
+            byte[] buf;
+            int len;
+            lock (_outLock)
+            {
+                if (_sending || _outLen == 0 || Closed) return;
+                buf = _out;
+                len = _outLen;
+                _out = _spare;
+                _spare = buf;
+                _outLen = 0;
+                _sending = true;
+            }
+            try
+            {
+                int off = 0;
+                while (off < len)
+                    off += _socket.Send(buf, off, len - off, SocketFlags.None);
+            }
+            finally
+            {
+                lock (_outLock) _sending = false;
+                _drained.Set();
+            }
+        }
     }
 
     private void WriteLoop()
     {
         try
         {
-            while (true)
+            while (!Closed)
             {
-                byte[] buf;
-                int len;
-                lock (_outLock)
-                {
-                    if (Closed) break;
-                    buf = _out;
-                    len = _outLen;
-                    if (len > 0)
-                    {
-                        _out = _spare;
-                        _spare = buf;
-                        _outLen = 0;
-                    }
-                }
-                if (len == 0)
-                {
-                    _drained.Set();
-                    _outReady.WaitOne();
-                    continue;
-                }
-                int off = 0;
-                while (off < len)
-                    off += _socket.Send(buf, off, len - off, SocketFlags.None);
-                _drained.Set();
+                _outReady.WaitOne();
+                Drain();
             }
         }
         catch (SocketException) { Close(); }

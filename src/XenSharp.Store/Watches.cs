@@ -33,6 +33,11 @@ internal sealed class WatchTable
     public const string ReleaseDomain = "@releaseDomain";
 
     private readonly List<Watch> _watches = new();
+    // Watches by path: a change looks up its path and each ancestor instead of scanning them all.
+    private readonly Dictionary<string, List<Watch>> _byPath = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, List<Watch>>.AlternateLookup<ReadOnlySpan<char>> _bySpan;
+
+    public WatchTable() => _bySpan = _byPath.GetAlternateLookup<ReadOnlySpan<char>>();
     private readonly byte[] _event = new byte[XsWire.PayloadMax * 2 + 8];
 
     public int Count => _watches.Count;
@@ -46,6 +51,8 @@ internal sealed class WatchTable
         if (!c.Privileged && c.WatchCount >= quota) return XsError.E2BIG;
         watch = new Watch(c, path, token, tokenBytes, strip);
         _watches.Add(watch);
+        if (!_byPath.TryGetValue(path, out List<Watch>? list)) _byPath[path] = list = new List<Watch>(1);
+        list.Add(watch);
         c.WatchCount++;
         return XsError.None;
     }
@@ -54,6 +61,7 @@ internal sealed class WatchTable
     {
         int i = _watches.FindIndex(w => w.Conn == c && w.Path == path && w.Token == token);
         if (i < 0) return XsError.ENOENT;
+        Unindex(_watches[i]);
         _watches.RemoveAt(i);
         c.WatchCount--;
         return XsError.None;
@@ -61,31 +69,55 @@ internal sealed class WatchTable
 
     public void RemoveAll(Connection c)
     {
-        _watches.RemoveAll(w => w.Conn == c);
+        _watches.RemoveAll(w =>
+        {
+            if (w.Conn != c) return false;
+            Unindex(w);
+            return true;
+        });
         c.WatchCount = 0;
+    }
+
+    private void Unindex(Watch w)
+    {
+        List<Watch> list = _byPath[w.Path];
+        list.Remove(w);
+        if (list.Count == 0) _byPath.Remove(w.Path);
     }
 
     public void Fire(string path, bool removed, Node node)
     {
-        // Iterate by index: a send may close a connection, but never adds or removes watches here.
-        for (int i = 0; i < _watches.Count; i++)
+        if (_watches.Count == 0) return;
+        // Watches on the path itself and on each ancestor report the changed path.
+        ReadOnlySpan<char> p = path;
+        while (true)
         {
-            Watch w = _watches[i];
-            string? eventPath = null;
-            if (Paths.IsChildOrSelf(path, w.Path)) eventPath = path;
-            else if (removed && Paths.IsChildOrSelf(w.Path, path)) eventPath = w.Path;
-            if (eventPath is null) continue;
-            if (!w.Conn.Privileged && !NodeStore.CanRead(w.Conn, node)) continue;
-            Send(w, eventPath);
+            if (_bySpan.TryGetValue(p, out List<Watch>? list))
+                for (int i = 0; i < list.Count; i++) Deliver(list[i], path, node);
+            if (p.Length == 1) break;
+            int slash = p.LastIndexOf('/');
+            p = slash == 0 ? "/" : p[..slash];
         }
+        // A removed subtree also fires the watches set inside it, each with its own path.
+        if (removed)
+            for (int i = 0; i < _watches.Count; i++)
+            {
+                Watch w = _watches[i];
+                if (w.Path.Length > path.Length && Paths.IsChildOrSelf(w.Path, path)) Deliver(w, w.Path, node);
+            }
+    }
+
+    private void Deliver(Watch w, string eventPath, Node node)
+    {
+        if (!w.Conn.Privileged && !NodeStore.CanRead(w.Conn, node)) return;
+        Send(w, eventPath);
     }
 
     public void FireSpecial(string name)
     {
-        for (int i = 0; i < _watches.Count; i++)
-            if (_watches[i].Path == name) Send(_watches[i], name);
+        if (_byPath.TryGetValue(name, out List<Watch>? list))
+            for (int i = 0; i < list.Count; i++) Send(list[i], name);
     }
-
     /// <summary>Sends the event that follows every successful XS_WATCH, naming the watched path.</summary>
     public void Send(Watch w, string path)
     {

@@ -78,6 +78,8 @@ public sealed class XenStored : IDisposable
     {
         lock (_engine.Lock)
         {
+            if (ring is not null && ring.Page.Length < XsWire.InterfaceSize)
+                throw new ArgumentException("the xenstore ring page is smaller than struct xenstore_domain_interface", nameof(ring));
             XsError e = _engine.Introduce(domId, mfn, port, ring, out DomainEntry? d);
             if (e != XsError.None) throw new XenStoreException(e, $"domain {domId}");
             return new XenStoreDomain(domId, d!.Ring);

@@ -126,10 +126,4 @@ internal static class XsWire
         int i = (int)e;
         return (uint)i < ErrorNames.Length && ErrorNames[i] is { } n ? n : ErrorNames[(int)XsError.EINVAL];
     }
-
-    public static bool TryParseError(ReadOnlySpan<byte> name, out XsError error)
-    {
-        if (name.Length > 0 && name[^1] == 0) name = name[..^1];
-        return Enum.TryParse(System.Text.Encoding.ASCII.GetString(name), out error) && error != XsError.None;
-    }
 }

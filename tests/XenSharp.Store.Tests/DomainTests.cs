@@ -59,6 +59,19 @@ public class DomainTests
     }
 
     [Fact]
+    public void RingThatCannotBeMappedIsAnErrorForTheClientOnly()
+    {
+        using var d = new TempDaemon();
+        d.Daemon.RingProvider = (dom, mfn, port) => throw new InvalidOperationException("no such frame");
+        using var c = d.Connect();
+        Assert.Equal("ERR:EINVAL", c.Call(XsType.Introduce, "30", "99999999", "1"));
+        Assert.Equal("F\0", c.Call(XsType.IsDomainIntroduced, "30"));
+        d.Daemon.RingProvider = (dom, mfn, port) => null;   // no ring: the domain is still known
+        Assert.Equal("OK\0", c.Call(XsType.Introduce, "30", "5", "1"));
+        Assert.Equal("T\0", c.Call(XsType.IsDomainIntroduced, "30"));
+    }
+
+    [Fact]
     public void ControlCommands()
     {
         using var d = new TempDaemon();

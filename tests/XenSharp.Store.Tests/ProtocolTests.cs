@@ -33,6 +33,10 @@ public class ProtocolTests
         Assert.Equal("", c.Call(XsType.Read, "/empty"));
         Assert.Equal("/local/domain/0\0", c.Call(XsType.GetDomainPath, "0"));
         Assert.Contains("tool\0", c.Call(XsType.Directory, "/"));
+        string deep = string.Concat(Enumerable.Range(0, 300).Select(i => "/d"));
+        Assert.Equal("OK\0", c.Write(deep, "bottom"));                 // 300 parents created at once
+        Assert.Equal("bottom", c.Call(XsType.Read, deep));
+        Assert.Equal("OK\0", c.Call(XsType.Rm, "/d"));
     }
 
     [Theory]
@@ -117,19 +121,30 @@ public class ProtocolTests
     }
 
     [Fact]
-    public void StuckClientDoesNotStallOthers()
+    public void StuckClientDoesNotStallOthersAndIsDropped()
     {
         using var d = new TempDaemon(new XenStoreQuotas { MaxPendingOutputBytes = 256 * 1024 });
         using var stuck = d.Connect();
         stuck.Socket.ReceiveBufferSize = 4096;
         Assert.Equal("OK\0", stuck.Call(XsType.Watch, "/hot", "t"));
         using var c = d.Connect();
-        // Events pile up for the client that never reads; the others keep being served and the
-        // stuck one is eventually dropped rather than allowed to grow without bound.
-        string value = new string('v', 2000);
-        for (int i = 0; i < 400; i++)
-            Assert.Equal("OK\0", c.Write("/hot/k" + (i % 10), value));
-        Assert.Equal(value, c.Call(XsType.Read, "/hot/k3"));
+        // Events (each ~2 KiB, naming a long path) pile up for the client that never reads; the
+        // others keep being served, and the stuck one is dropped rather than allowed to grow.
+        string name = "/hot/" + new string('k', 2000);
+        for (int i = 0; i < 1000; i++)
+            Assert.Equal("OK\0", c.Write(name + (i % 10), "v"));
+        Assert.Equal("v", c.Call(XsType.Read, name + "3"));
+        int events = 0;
+        Assert.Throws<EndOfStreamException>((Action)(() =>
+        {
+            while (true)
+            {
+                var m = stuck.ReadMessage();
+                Assert.Equal(XsType.WatchEvent, m.Type);
+                events++;
+            }
+        }));
+        Assert.True(events < 1000);
     }
 
     [Fact]

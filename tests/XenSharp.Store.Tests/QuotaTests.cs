@@ -52,6 +52,19 @@ public class QuotaTests
     }
 
     [Fact]
+    public void PermissionEntriesPerNode()
+    {
+        var (d, g) = Setup(new XenStoreQuotas { PermissionsPerNode = 3 });
+        using (d)
+        {
+            Assert.Equal("OK\0", g.Write("p", ""));
+            Assert.Equal("OK\0", g.Call(XsType.SetPerms, "p", "n1", "r2", "r3"));
+            Assert.Equal("ERR:ENOSPC", g.Call(XsType.SetPerms, "p", "n1", "r2", "r3", "r4"));
+            Assert.Equal("n1\0r2\0r3\0", g.Call(XsType.GetPerms, "p"));
+        }
+    }
+
+    [Fact]
     public void WatchesAndTransactions()
     {
         var (d, g) = Setup(new XenStoreQuotas { WatchesPerDomain = 2, TransactionsPerDomain = 2 });

@@ -22,6 +22,9 @@ public sealed class TempDaemon : IDisposable
     }
 
     private readonly List<TestRing> _rings = new();
+    private readonly Dictionary<uint, TestRing> _ringOf = new();
+
+    public TestRing RingOf(uint domId) => _ringOf[domId];
 
     public XsTestClient Connect() => new(SocketPath);
 
@@ -30,6 +33,7 @@ public sealed class TempDaemon : IDisposable
     {
         var ring = new TestRing();
         _rings.Add(ring);
+        _ringOf[domId] = ring;
         XenStoreDomain dom = Daemon.Introduce(domId, ring);
         return new GuestClient(ring, dom);
     }

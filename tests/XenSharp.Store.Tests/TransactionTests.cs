@@ -157,4 +157,30 @@ public class TransactionTests
         Assert.Equal("OK\0", g.CallTx(tx, XsType.TransactionEnd, "T"));
         Assert.Equal("4", d.Daemon.Read("/local/domain/2/device/vif/0/state"));
     }
+
+    [Fact]
+    public void ConcurrentIncrementsWithRetryLoseNothing()
+    {
+        using var d = new TempDaemon();
+        d.Daemon.Write("/count", "0");
+        int conflicts = 0;
+        Parallel.For(0, 6, _ =>
+        {
+            using var c = d.Connect();
+            for (int i = 0; i < 40; i++)
+            {
+                while (true)
+                {
+                    uint tx = Start(c);
+                    int v = int.Parse(c.CallTx(tx, XsType.Read, "/count"));
+                    Assert.Equal("OK\0", c.Write("/count", (v + 1).ToString(), tx));
+                    string end = c.CallTx(tx, XsType.TransactionEnd, "T");
+                    if (end == "OK\0") break;
+                    Assert.Equal("ERR:EAGAIN", end);
+                    Interlocked.Increment(ref conflicts);
+                }
+            }
+        });
+        Assert.Equal("240", d.Daemon.Read("/count"));
+    }
 }
