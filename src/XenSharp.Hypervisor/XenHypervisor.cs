@@ -95,6 +95,9 @@ public sealed unsafe class XenHypervisor : IDisposable
             }
             d = new Domain(this, id, config.Type, config.MaxMemKiB / 4, config.Vcpus);
             d.Gnttab.MaxFrames = config.MaxGrantFrames;
+            // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
+            lock (d.Lock)
+                d.Gnttab.Grow(1);
             d.Evtchn.MaxPort = config.MaxEventChannels;
             _domains[id] = d;
         }

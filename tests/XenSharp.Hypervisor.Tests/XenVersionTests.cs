@@ -21,7 +21,7 @@ public class XenVersionTests : IDisposable
     {
         var fi = new XenFeatureInfo { SubmapIdx = 0 };
         Assert.Equal(0, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_get_features, ref fi));
-        Assert.Equal((1u << 2) | (1u << 8) | (1u << 9), fi.Submap);
+        Assert.Equal((1u << 0) | (1u << 2) | (1u << 8) | (1u << 9), fi.Submap);
         Assert.Equal(0u, fi.Submap & (1u << Features.XENFEAT_hvm_pirqs));
         fi.SubmapIdx = 1;
         Assert.Equal(-Errno.EINVAL, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_get_features, ref fi));

@@ -15,8 +15,10 @@ internal static class XenVersion
     /// <summary>__HYPERVISOR_COMPAT_VIRT_START: what 32-bit guests are told.</summary>
     public const uint CompatVirtStart = 0xF5800000;
 
-    /// <summary>XENVER_get_features submap 0: only what is honoured.</summary>
+    /// <summary>XENVER_get_features submap 0: only what is honoured. Translated guests own their page
+    /// tables, so writable_page_tables holds trivially, as Xen reports for HVM and PVH.</summary>
     public const uint FeatureSubmap0 =
+        (1u << Features.XENFEAT_writable_page_tables) |
         (1u << Features.XENFEAT_auto_translated_physmap) |
         (1u << Features.XENFEAT_hvm_callback_vector) |
         (1u << Features.XENFEAT_hvm_safe_pvclock);

@@ -29,14 +29,6 @@ internal static class KnownEngineDefects
             (c, h, e, rerun) => ZeroExtendedVariant(c) is OracleCase v && rerun(v) is var (h2, e2)
                 && OracleComparer.Compare(v, h2, e2) == null),
 
-        // BT/BTS/BTR/BTC with a memory operand and a register bit offset address the byte at
-        // base + (offset >> 3) using the whole signed offset; the engine reduces the offset, so
-        // accesses far from the operand (here: non-canonical ones) do not fault.
-        ("BT* mem,reg does not use the full signed bit offset to form the address",
-            (c, h, e, _) => h.Vector != OracleLayout.NoFault && e.Vector != h.Vector
-                && c.Instructions.Any(i => i.IP == h.Rip && i.Mnemonic is Mnemonic.Bt or Mnemonic.Bts or Mnemonic.Btr or Mnemonic.Btc
-                    && i.Op0Kind == OpKind.Memory && i.Op1Kind == OpKind.Register)),
-
         // ENTER and LEAVE are restartable: when one of their stack accesses faults, RSP and RBP
         // are as before. The engine has already moved RSP (LEAVE: RSP = RBP) when the fault is
         // delivered.
@@ -46,9 +38,6 @@ internal static class KnownEngineDefects
 
         // With CR0.AM=1, EFLAGS.AC=1 and CPL 3, a misaligned data access raises #AC(0).
         ("alignment checking (#AC) is not implemented", (c, h, e, _) => h.Vector == 17 && e.Vector != 17),
-
-        // With EFLAGS.TF=1 (set through POPF), the next instruction ends with a single-step #DB.
-        ("single-step #DB after POPF sets TF is not implemented", (c, h, e, _) => h.Vector == 1 && e.Vector != 1),
 
         // SSE arithmetic sets the MXCSR exception flags (IE DE ZE OE UE PE) it detects; the
         // engine leaves them clear. Recognised when the results agree once those six bits are
