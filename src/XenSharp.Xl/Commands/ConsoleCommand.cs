@@ -24,10 +24,12 @@ internal static class ConsoleCommand
         return Attach(ctx, a.Operands[0]);
     }
 
-    public static int Attach(XlContext ctx, string domain)
+    public static int Attach(XlContext ctx, string domain, bool unpause = false)
     {
         using var client = ctx.Connect();
         client.Send(new ConsoleAttachRequest(domain));
+        if (unpause)
+            ctx.Daemon.Send(new UnpauseRequest(domain));
         var stream = client.Stream;
         string? saved = Console.IsInputRedirected ? null : Stty("-g");
         if (saved is not null) Stty("raw -echo");

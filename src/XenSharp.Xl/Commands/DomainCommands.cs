@@ -45,9 +45,12 @@ internal static class DomainCommands
             return 0;
         }
 
-        var result = ctx.Daemon.Send(new CreateRequest(text, file, dir, vars, a.Has('p')));
-        if (a.Has('c'))
-            ConsoleCommand.Attach(ctx, result.DomId.ToString());
+        // With -c the domain starts paused and runs once the console is attached, so that a guest
+        // which finishes quickly cannot be gone before its output is seen.
+        bool attach = a.Has('c');
+        var result = ctx.Daemon.Send(new CreateRequest(text, file, dir, vars, a.Has('p') || attach));
+        if (attach)
+            ConsoleCommand.Attach(ctx, result.DomId.ToString(), unpause: !a.Has('p'));
         if (a.Has('F'))
         {
             // Foreground: stay until the domain (this incarnation) is gone.

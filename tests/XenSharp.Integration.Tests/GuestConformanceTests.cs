@@ -1,0 +1,94 @@
+using System.Text.RegularExpressions;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// Boots each freestanding test kernel of tests/guests through `xl create -c`, as a user would, and
+/// reads its report: every check must PASS (or SKIP with a reason), ending with its DONE line.
+/// </summary>
+public sealed partial class GuestConformanceTests : IClassFixture<GuestConformanceTests.Host>
+{
+    public sealed class Host : IDisposable
+    {
+        public XlHost Xl { get; } = new();
+        public void Dispose() => Xl.Dispose();
+    }
+
+    private readonly XlHost _xl;
+
+    public GuestConformanceTests(Host host) => _xl = host.Xl;
+
+    [GeneratedRegex(@"^(PASS|FAIL|SKIP) ([a-z0-9_.]+)(?::\s*(.*))?$", RegexOptions.Multiline)]
+    private static partial Regex ReportLine();
+
+    [GeneratedRegex(@"^DONE passed=(\d+) failed=(\d+) skipped=(\d+)\s*$", RegexOptions.Multiline)]
+    private static partial Regex DoneLine();
+
+    internal sealed record GuestReport(string Name, IReadOnlyList<(string Verdict, string Check, string Detail)> Checks, int Passed, int Failed, int Skipped);
+
+    internal GuestReport Boot(string guest, params string[] overrides)
+    {
+        var cfg = Repository.PathOf("tests", "guests", guest + ".cfg");
+        Assert.True(File.Exists(Repository.PathOf("tests", "guests", "build", guest + ".elf")), $"{guest}.elf is not built (make -C tests/guests)");
+        var r = _xl.Run(TimeSpan.FromMinutes(3), ["create", "-c", cfg, .. overrides]);
+        var text = r.Stdout.Replace("\r", "");
+        var done = DoneLine().Match(text);
+        Assert.True(done.Success, $"{guest} never reported DONE\n{r}");
+        var checks = ReportLine().Matches(text).Select(m => (m.Groups[1].Value, m.Groups[2].Value, m.Groups[3].Value)).ToList();
+        var report = new GuestReport(guest, checks, int.Parse(done.Groups[1].Value), int.Parse(done.Groups[2].Value), int.Parse(done.Groups[3].Value));
+        var failures = checks.Where(c => c.Item1 == "FAIL").Select(c => $"{c.Item2}: {c.Item3}").ToList();
+        Assert.True(report.Failed == 0 && failures.Count == 0, $"{guest}: {report.Failed} failed\n  " + string.Join("\n  ", failures) + "\n" + r);
+        Assert.Equal(report.Passed, checks.Count(c => c.Item1 == "PASS"));
+        Assert.True(report.Passed > 0, $"{guest} passed nothing\n{r}");
+        // The guest powered off with on_poweroff="destroy": nothing of it may remain.
+        Assert.DoesNotContain(guest, _xl.Run("list").Stdout);
+        return report;
+    }
+
+    private static void NoSkips(GuestReport report, params string[] allowed)
+    {
+        var skipped = report.Checks.Where(c => c.Verdict == "SKIP" && !allowed.Any(a => c.Check.StartsWith(a))).ToList();
+        Assert.True(skipped.Count == 0, $"{report.Name} skipped: " + string.Join("; ", skipped.Select(s => $"{s.Check}: {s.Detail}")));
+    }
+
+    [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "PV Console (xenconsoled)")]
+    public void Hello() => NoSkips(Boot("hello"));
+
+
+
+
+    [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Dynamic memory control")]
+    public void Memory() => NoSkips(Boot("memory"));
+
+    [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Event Channel 2-level ABI")]
+    public void EventChannels2Level() => NoSkips(Boot("evtchn2l"));
+
+    [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Event Channel FIFO ABI")]
+    public void EventChannelsFifo() => NoSkips(Boot("evtchnfifo"));
+
+
+    [Fact, Trait("Feature", "x86/PVH")]
+    public void Time() => NoSkips(Boot("time"));
+
+    [Fact, Trait("Feature", "x86/PVH")]
+    public void BadPointers() => NoSkips(Boot("badptr"));
+
+    [Fact, Trait("Feature", "x86/PVH")]
+    public void XenVersion() => NoSkips(Boot("xen_version"));
+
+    /// <summary>The same hypercall checks from 32-bit kernels, through Xen's compat ABI.</summary>
+    [Theory, Trait("Feature", "x86/PVH"), Trait("Feature", "Event Channel 2-level ABI"), Trait("Feature", "Event Channel FIFO ABI"), Trait("Feature", "Grant Table v1")]
+    [InlineData("xen_version32")]
+    [InlineData("memory32")]
+    [InlineData("evtchn2l32")]
+    [InlineData("evtchnfifo32")]
+    [InlineData("gnttab32")]
+    [InlineData("time32")]
+    public void Compat32(string guest) => NoSkips(Boot(guest));
+
+    [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Grant Table v1"), Trait("Feature", "Grant Table v2")]
+    public void GrantTables() => NoSkips(Boot("gnttab"));
+
+    [Fact, Trait("Feature", "x86 system architecture emulation"), Trait("Feature", "Hypervisor emulated LAPIC")]
+    public void Smp() => NoSkips(Boot("smp"));
+}
