@@ -208,9 +208,14 @@ public class FloatTests
             a.pxor(xmm0, xmm0); a.pxor(xmm1, xmm1);
             a.aesenc(xmm0, xmm1);
             a.movq(rax, xmm0);
+            a.pxor(xmm2, xmm2);
+            a.aeskeygenassist(xmm3, xmm2, 0x01);
+            a.pextrq(rbx, xmm3, 0);
             a.hlt();
         }));
         m.RunToHlt();
         Assert.Equal(0x6363636363636363UL, m.Regs.Rax);
+        // SubWord(0) = 0x63636363; RotWord(..) ^ Rcon = 0x63636362 in dword 1.
+        Assert.Equal(0x6363636263636363UL, m.Regs.Rbx);
     }
 }
