@@ -177,7 +177,7 @@ internal unsafe partial class X86Vcpu
             {
                 SseCheck();
                 uint v = (uint)ReadLin(MemAddr(ref d), 4);
-                if ((v & 0xFFFF0000) != 0) throw GP();
+                if ((v & ~MxcsrMask) != 0) throw GP();
                 Mxcsr = v;
                 return true;
             }
