@@ -15,7 +15,7 @@ namespace XenSharp.Hypervisor;
 /// the toolstack (domctl/sysctl-like calls) and by Domain-0 services (event channels, foreign and grant
 /// mappings). Domain-0 (domid 0) exists from the start and stands for the host process itself.
 /// </summary>
-public sealed unsafe class XenHypervisor : IDisposable
+public sealed unsafe partial class XenHypervisor : IDisposable
 {
     private readonly HypervisorOptions _options;
     private readonly Dictionary<ushort, Domain> _domains = new();
@@ -32,7 +32,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         Frames = new FrameTable(_options.MachineMemoryBytes);
         Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
-        Scheduler = new CreditScheduler(_options.Pcpus);
+        Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler);
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
@@ -42,7 +42,7 @@ public sealed unsafe class XenHypervisor : IDisposable
     internal FrameTable Frames { get; }
     internal Time Time { get; }
     internal Timers Timers { get; }
-    internal IScheduler Scheduler { get; }
+    internal Cpupools Scheduler { get; }
     internal Domain Dom0 { get; }
     internal string CommandLine { get; }
 
@@ -549,7 +549,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         return ebx is 0x68747541 /* Auth */ or 0x6f677948 /* Hygo */;
     }
 
-    private void StartPcpus()
+    internal void StartPcpus()
     {
         lock (_pcpus)
         {
@@ -586,6 +586,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         lock (_pcpus)
             foreach (var p in _pcpus)
                 p.Stop();
+        Scheduler.Dispose();
         Timers.Dispose();
         Domain[] all;
         lock (_domains)
