@@ -279,7 +279,7 @@ namespace XenSharp.Hypervisor
         }
 
         /// <summary>`xl vcpu-list`: every vCPU of the domain with where it runs and its affinities.</summary>
-        public IReadOnlyList<VcpuSchedInfo> ListVcpus(ushort domid)
+        public IReadOnlyList<VcpuSchedInfo> GetVcpuSchedInfo(ushort domid)
         {
             var d = Guest(domid);
             return d.Vcpus.Select(v =>
