@@ -219,7 +219,8 @@ internal sealed class Credit2Scheduler(Cpupool pool) : IScheduler
             var d = Data(v);
             if (_doms.TryGetValue(v.Domain, out var dom))
             {
-                d.Credit -= ranNs * MaxWeight() / dom.Weight;
+                // Bounded below, so one overlong slice (a pCPU thread the host held up) is not a debt for seconds.
+                d.Credit = Math.Max(d.Credit - ranNs * MaxWeight() / dom.Weight, -2 * CreditInitNs);
                 if (dom.Cap > 0)
                     dom.Budget -= ranNs;
             }

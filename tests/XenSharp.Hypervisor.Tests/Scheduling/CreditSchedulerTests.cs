@@ -4,6 +4,7 @@ namespace XenSharp.Hypervisor.Tests.Scheduling;
 
 /// <summary>credit: weights share one pCPU, caps hold with idle time to spare, a woken vCPU is boosted onto the CPU.</summary>
 [Trait("Feature", "Credit Scheduler")]
+[Collection("Scheduler measurements")]
 public class CreditSchedulerTests
 {
     [Fact]
@@ -16,7 +17,7 @@ public class CreditSchedulerTests
         Assert.Equal(new CreditParams(512, 0), host.GetCreditParams(b));
         host.Unpause(a);
         host.Unpause(b);
-        var t = SchedGuests.Measure(host, 3000, a, b);
+        var t = SchedGuests.Measure(host, 6000, a, b);
         double ratio = (double)t[0] / t[1];
         Assert.InRange(ratio, 0.5 * 0.95, 0.5 * 1.05);
         Assert.True(SchedGuests.ReadCounter(host, a) > 0 && SchedGuests.ReadCounter(host, b) > 0);

@@ -84,7 +84,7 @@ internal static class SchedGuests
     {
         // Past every domain's first slice (code translation and JIT make it long), then settle.
         TestHosts.WaitUntil(() => ids.All(i => CpuTime(host, i) > 0));
-        Thread.Sleep(300);
+        Thread.Sleep(500);
         var before = ids.Select(i => CpuTime(host, i)).ToArray();
         Thread.Sleep(ms);
         return ids.Select((i, k) => CpuTime(host, i) - before[k]).ToArray();
