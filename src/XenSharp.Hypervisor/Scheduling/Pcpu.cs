@@ -124,7 +124,7 @@ internal sealed class Pcpu
             CurrentVcpu = v;
             try
             {
-                Run(v, start, until, sched.RatelimitNs);
+                Run(v, pool, start, until, sched.RatelimitNs);
             }
             catch (Exception e)
             {
@@ -150,7 +150,7 @@ internal sealed class Pcpu
         }
     }
 
-    private void Run(Vcpu v, long now, long sliceEnd, long ratelimit)
+    private void Run(Vcpu v, Cpupool pool, long now, long sliceEnd, long ratelimit)
     {
         var cpu = v.Engine;
         if (cpu is null)
@@ -189,8 +189,8 @@ internal sealed class Pcpu
                     sliceEnd = Math.Min(sliceEnd, now + ratelimit);
                     _pools.Timer.Set(Id, sliceEnd);
                 }
-                if (_pools.PoolOfCpu(Id)?.Scheduler is null || _pools.PoolOfCpu(Id)!.Scheduler != _pools.SchedulerOf(v))
-                    break; // the pCPU left the vCPU's pool
+                if (_pools.PoolOfCpu(Id) != pool)
+                    break; // the pCPU left the pool
                 continue; // a kick: re-check pause/deschedule state and carry on
             }
             if (!VmExit.Handle(v, cpu, exit))
