@@ -64,6 +64,8 @@ public sealed class HypervisorOptions
     public ulong MachineMemoryBytes { get; init; } = 16UL << 30;
     /// <summary>Host worker threads that run vCPUs.</summary>
     public int Pcpus { get; init; } = Environment.ProcessorCount;
+    /// <summary>Pool-0's scheduler (Xen's sched= option): credit, credit2, rtds, arinc653 or null.</summary>
+    public string Scheduler { get; init; } = "credit";
     /// <summary>Creates the execution engine of a domain over its guest-physical memory (default: the x86 emulator at <see cref="GuestTscHz"/>).</summary>
     public Func<IGuestMemory, ICpuEngine>? EngineFactory { get; init; }
     /// <summary>The engine's CPUID policy for vCPU n, which the Xen leaves are layered over (default: the x86 engine's).</summary>

@@ -15,7 +15,7 @@ namespace XenSharp.Hypervisor;
 /// the toolstack (domctl/sysctl-like calls) and by Domain-0 services (event channels, foreign and grant
 /// mappings). Domain-0 (domid 0) exists from the start and stands for the host process itself.
 /// </summary>
-public sealed unsafe class XenHypervisor : IDisposable
+public sealed unsafe partial class XenHypervisor : IDisposable
 {
     private readonly HypervisorOptions _options;
     private readonly Dictionary<ushort, Domain> _domains = new();
@@ -32,7 +32,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         Frames = new FrameTable(_options.MachineMemoryBytes);
         Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
-        Scheduler = new CreditScheduler(_options.Pcpus);
+        Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler);
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
@@ -42,7 +42,7 @@ public sealed unsafe class XenHypervisor : IDisposable
     internal FrameTable Frames { get; }
     internal Time Time { get; }
     internal Timers Timers { get; }
-    internal IScheduler Scheduler { get; }
+    internal Cpupools Scheduler { get; }
     internal Domain Dom0 { get; }
     internal string CommandLine { get; }
 
@@ -357,13 +357,27 @@ public sealed unsafe class XenHypervisor : IDisposable
     }
 
     /// <summary>The credit scheduler weight of a domain (`xl sched-credit -d D -w W`; default 256).</summary>
-    public int GetSchedulerWeight(ushort domid) => Guest(domid).Weight;
+    public int GetSchedulerWeight(ushort domid) => Scheduler.PoolOf(Guest(domid)).Scheduler switch
+    {
+        CreditScheduler => GetCreditParams(domid).Weight,
+        Credit2Scheduler => GetCredit2Params(domid).Weight,
+        _ => Guest(domid).Weight,
+    };
 
     public void SetSchedulerWeight(ushort domid, int weight)
     {
         if (weight is < 1 or > 65535)
             throw new HypervisorException($"credit weight must be 1..65535, not {weight}", Errno.EINVAL);
         Guest(domid).Weight = weight;
+        switch (Scheduler.PoolOf(Guest(domid)).Scheduler)
+        {
+            case CreditScheduler:
+                SetCreditParams(domid, weight);
+                break;
+            case Credit2Scheduler:
+                SetCredit2Params(domid, weight);
+                break;
+        }
     }
 
     /// <summary>Raises an NMI on a vCPU (`xl trigger D nmi`).</summary>
@@ -581,7 +595,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         return ebx is 0x68747541 /* Auth */ or 0x6f677948 /* Hygo */;
     }
 
-    private void StartPcpus()
+    internal void StartPcpus()
     {
         lock (_pcpus)
         {
@@ -618,6 +632,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         lock (_pcpus)
             foreach (var p in _pcpus)
                 p.Stop();
+        Scheduler.Dispose();
         Timers.Dispose();
         Domain[] all;
         lock (_domains)

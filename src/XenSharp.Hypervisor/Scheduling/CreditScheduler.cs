@@ -1,57 +1,122 @@
 using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
 
 namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
-/// A credit scheduler after Xen's credit1: vCPUs earn credit in proportion to their domain's weight every
-/// accounting period and burn it while running; vCPUs with credit left (UNDER) run before those without
-/// (OVER), round-robin within each class; a vCPU woken from blocking is BOOSTed to the front once.
+/// Xen's credit scheduler (credit1): every accounting period the pool's CPU time is shared out as credit among the
+/// active domains by weight, and burnt by running. vCPUs with credit left (UNDER) run before those without (OVER),
+/// round-robin within each class; a vCPU woken from blocking is BOOSTed to the front once and preempts an unboosted
+/// one after the rate limit. A cap limits a domain to a percentage of one pCPU per period even when CPU is idle.
 /// </summary>
-internal sealed class CreditScheduler : IScheduler
+internal sealed class CreditScheduler(Cpupool pool) : IScheduler
 {
-    public const long DefaultSliceNs = 30_000_000;
+    public const long DefaultTsliceNs = 30_000_000;
+    public const long DefaultRatelimitNs = 1_000_000;
     public const long AccountingPeriodNs = 30_000_000;
     public const int DefaultWeight = 256;
 
-    private sealed class VcpuData
+    internal sealed class VcpuData
     {
         public long Credit;
         public bool Queued;
         public bool Boost;
     }
 
+    internal sealed class DomData
+    {
+        public int Weight = DefaultWeight;
+        public int Cap;
+        public long CapBudget;
+        public int Vcpus;
+    }
+
     private readonly object _lock = new();
     private readonly LinkedList<Vcpu> _runq = new();
     private readonly List<Vcpu> _all = new();
-    private readonly SemaphoreSlim _work = new(0);
-    private long _lastAccounting;
-    private int _idle;
-
-    private readonly int _pcpus;
-
-    public CreditScheduler(int pcpus) => _pcpus = Math.Max(1, pcpus);
+    private readonly Dictionary<Domain, DomData> _doms = new();
+    private long _nextAccounting;
+    private long _lastAccounting = -1;
 
     public string Name => "credit";
-    public long SliceNs { get; set; } = DefaultSliceNs;
+    public uint SchedId => Schedulers.XEN_SCHEDULER_CREDIT;
+    public long TsliceNs { get; private set; } = DefaultTsliceNs;
+    public long RatelimitNs { get; private set; } = DefaultRatelimitNs;
 
-    private static VcpuData Data(Vcpu v) => (VcpuData)(v.SchedData ??= new VcpuData());
+    private static VcpuData Data(Vcpu v) => (VcpuData)SchedUnit.Of(v).Priv!;
+
+    public void AddPcpu(int cpu) { }
+    public void RemovePcpu(int cpu) { }
+
+    /// <summary>xl sched-credit -s -t/-r. Xen's bounds: tslice 1..1000 ms, ratelimit 0 or 100..500000 µs and at most tslice.</summary>
+    public void SetPoolParams(long? tsliceNs, long? ratelimitNs)
+    {
+        long t = tsliceNs ?? TsliceNs, r = ratelimitNs ?? RatelimitNs;
+        if (t < 1_000_000 || t > 1_000_000_000)
+            throw new HypervisorException("tslice must be 1 to 1000 ms", Errno.EINVAL);
+        if (r != 0 && (r < 100_000 || r > 500_000_000 || r > t))
+            throw new HypervisorException("ratelimit must be 0, or 100 to 500000 µs and not above tslice", Errno.EINVAL);
+        lock (_lock)
+        {
+            TsliceNs = t;
+            RatelimitNs = r;
+        }
+    }
+
+    public (int Weight, int Cap) GetDomainParams(Domain d)
+    {
+        lock (_lock)
+            return _doms.TryGetValue(d, out var x) ? (x.Weight, x.Cap) : throw NotHere(d);
+    }
+
+    /// <summary>xl sched-credit -d -w/-c: weight 1..65535, cap 0 (none) .. 100 × vCPUs.</summary>
+    public void SetDomainParams(Domain d, int? weight, int? cap)
+    {
+        if (weight is < 1 or > 65535)
+            throw new HypervisorException("weight must be 1 to 65535", Errno.EINVAL);
+        lock (_lock)
+        {
+            if (!_doms.TryGetValue(d, out var x))
+                throw NotHere(d);
+            if (cap is < 0 || cap > 100 * d.Vcpus.Length)
+                throw new HypervisorException($"cap must be 0 to {100 * d.Vcpus.Length}", Errno.EINVAL);
+            x.Weight = weight ?? x.Weight;
+            if (cap is int c && c != x.Cap)
+            {
+                x.Cap = c;
+                x.CapBudget = c * AccountingPeriodNs / 100;
+            }
+        }
+        foreach (var v in d.Vcpus)
+            Wake(v);
+    }
+
+    internal static HypervisorException NotHere(Domain d) =>
+        new($"domain {d.DomainId} is not in a cpupool of this scheduler", Errno.EINVAL);
 
     public void AddVcpu(Vcpu v)
     {
         lock (_lock)
         {
-            Data(v);
+            SchedUnit.Of(v).Priv = new VcpuData();
             _all.Add(v);
+            if (!_doms.TryGetValue(v.Domain, out var d))
+                _doms[v.Domain] = d = new DomData();
+            d.Vcpus++;
         }
+        Wake(v);
     }
 
     public void RemoveVcpu(Vcpu v)
     {
         lock (_lock)
         {
-            _all.Remove(v);
+            if (!_all.Remove(v))
+                return;
             _runq.Remove(v);
             Data(v).Queued = false;
+            if (_doms.TryGetValue(v.Domain, out var d) && --d.Vcpus == 0)
+                _doms.Remove(v.Domain);
         }
     }
 
@@ -59,94 +124,121 @@ internal sealed class CreditScheduler : IScheduler
     {
         lock (_lock)
         {
+            if (!_all.Contains(v))
+                return;
             var d = Data(v);
-            if (v.IsRunning || d.Queued || !v.IsRunnable || !_all.Contains(v))
+            if (v.IsRunning || d.Queued || !v.IsRunnable)
                 return;
             d.Queued = true;
             d.Boost = true;
             _runq.AddFirst(v);
         }
-        Signal();
+        // BOOST preempts anything not boosted itself.
+        pool.Tickle(SchedUnit.Of(v), (cur, _) => cur.SchedData is SchedUnit { Priv: VcpuData { Boost: false } });
     }
 
-    private void Signal()
-    {
-        if (Volatile.Read(ref _idle) > 0)
-            _work.Release();
-    }
+    private bool Parked(Vcpu v) => _doms.TryGetValue(v.Domain, out var d) && d.Cap > 0 && d.CapBudget <= 0;
 
-    public Vcpu? PickNext(int pcpu, long now, out long sliceNs)
+    public Vcpu? PickNext(int cpu, long now, out long untilNs)
     {
-        sliceNs = SliceNs;
         lock (_lock)
         {
-            if (now - _lastAccounting >= AccountingPeriodNs)
+            if (now >= _nextAccounting)
                 Account(now);
             LinkedListNode<Vcpu>? pick = null;
-            for (var n = _runq.First; n is not null; n = n.Next)
-            {
-                var d = Data(n.Value);
-                if (!n.Value.IsRunnable)
-                    continue;
-                if (d.Boost || d.Credit > 0)
-                {
-                    pick = n;
-                    break;
-                }
-                pick ??= n; // an OVER vCPU only if no UNDER one is found
-            }
-            // Drop queued vCPUs that stopped being runnable (paused, shut down).
+            int pickClass = 3;
             for (var n = _runq.First; n is not null;)
             {
                 var next = n.Next;
-                if (!n.Value.IsRunnable && n != pick)
+                var v = n.Value;
+                if (!v.IsRunnable)
                 {
-                    Data(n.Value).Queued = false;
+                    // Queued vCPUs that stopped being runnable (paused, shut down) leave the queue.
+                    Data(v).Queued = false;
                     _runq.Remove(n);
+                }
+                else if (SchedUnit.Of(v).CanRun(cpu) && !Parked(v))
+                {
+                    var d = Data(v);
+                    int cls = d.Boost ? 0 : d.Credit > 0 ? 1 : 2;
+                    if (cls < pickClass)
+                    {
+                        pick = n;
+                        pickClass = cls;
+                        if (cls == 0)
+                            break;
+                    }
                 }
                 n = next;
             }
             if (pick is null)
+            {
+                untilNs = _nextAccounting; // a parked vCPU may run again then
                 return null;
-            var v = pick.Value;
+            }
+            var pv = pick.Value;
             _runq.Remove(pick);
-            var data = Data(v);
+            var data = Data(pv);
             data.Queued = false;
             data.Boost = false;
-            v.IsRunning = true;
-            return v;
+            pv.IsRunning = true;
+            long slice = TsliceNs;
+            if (_doms.TryGetValue(pv.Domain, out var dom) && dom.Cap > 0)
+                slice = Math.Min(slice, Math.Max(dom.CapBudget, 50_000));
+            untilNs = now + slice;
+            return pv;
         }
     }
 
     private void Account(long now)
     {
+        _nextAccounting = now + AccountingPeriodNs;
+        // Credit is handed out for the time that really passed (pCPU threads and timers can be late), so that what
+        // is earned matches what is burnt; a long gap (nothing to run) counts as one period.
+        long elapsed = _lastAccounting < 0 ? AccountingPeriodNs : Math.Min(now - _lastAccounting, 4 * AccountingPeriodNs);
         _lastAccounting = now;
-        var domains = _all.GroupBy(v => v.Domain).ToList();
-        if (domains.Count == 0)
-            return;
-        long total = domains.Sum(g => (long)g.Key.Weight);
-        foreach (var g in domains)
+        // Only active domains (with a runnable vCPU) share the period, so idle ones do not dilute the weights.
+        long total = 0;
+        foreach (var (dom, d) in _doms)
         {
-            long share = AccountingPeriodNs * _pcpus * g.Key.Weight / Math.Max(1, total);
-            long perVcpu = share / Math.Max(1, g.Count());
-            foreach (var v in g)
+            if (d.Cap > 0)
+                // An overrun is paid back, but at most one period of it (a pCPU thread the host held up is not the guest's debt).
+                d.CapBudget = Math.Clamp(d.CapBudget + d.Cap * elapsed / 100, -AccountingPeriodNs, d.Cap * AccountingPeriodNs / 100);
+            if (dom.Vcpus.Any(v => v.IsRunnable && _all.Contains(v)))
+                total += d.Weight;
+        }
+        if (total == 0)
+            return;
+        long poolCpus = Math.Max(1, pool.Cpus.Length);
+        foreach (var (dom, d) in _doms)
+        {
+            int active = dom.Vcpus.Count(v => v.IsRunnable && _all.Contains(v));
+            if (active == 0)
+                continue;
+            long perVcpu = elapsed * poolCpus * d.Weight / total / active;
+            foreach (var v in dom.Vcpus)
             {
-                var d = Data(v);
-                // Credit is capped so an idle vCPU cannot hoard it.
-                d.Credit = Math.Min(d.Credit + perVcpu, AccountingPeriodNs);
+                if (!v.IsRunnable || v.SchedData is not SchedUnit { Priv: VcpuData vd })
+                    continue;
+                // Bounded both ways so an idle vCPU cannot hoard credit nor a busy one sink forever.
+                vd.Credit = Math.Clamp(vd.Credit + perVcpu, -2 * AccountingPeriodNs, AccountingPeriodNs);
             }
         }
     }
 
-    public void Descheduled(Vcpu v, long ranNs)
+    public void Descheduled(Vcpu v, int cpu, long ranNs, long now)
     {
         bool queued = false;
         lock (_lock)
         {
+            v.IsRunning = false;
+            if (!_all.Contains(v))
+                return;
             var d = Data(v);
             d.Credit -= ranNs;
-            v.IsRunning = false;
-            if (v.IsRunnable && !d.Queued && _all.Contains(v))
+            if (_doms.TryGetValue(v.Domain, out var dom) && dom.Cap > 0)
+                dom.CapBudget -= ranNs;
+            if (v.IsRunnable && !d.Queued)
             {
                 d.Queued = true;
                 _runq.AddLast(v);
@@ -154,24 +246,6 @@ internal sealed class CreditScheduler : IScheduler
             }
         }
         if (queued)
-            Signal();
+            pool.Tickle(SchedUnit.Of(v), null);
     }
-
-    public void WaitForWork(int pcpu, int timeoutMs)
-    {
-        Interlocked.Increment(ref _idle);
-        try
-        {
-            lock (_lock)
-                if (_runq.Count > 0)
-                    return;
-            _work.Wait(timeoutMs);
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _idle);
-        }
-    }
-
-    public void WakeAll() => _work.Release(64);
 }

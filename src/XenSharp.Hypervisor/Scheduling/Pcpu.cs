@@ -4,53 +4,127 @@ using XenSharp.Hypervisor.X86;
 namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
-/// A physical CPU: a host thread that asks the scheduler for a vCPU, runs it in the engine until its slice
-/// ends or it must leave the CPU, handles its exits, and accounts its time (Xen's schedule() loop).
+/// A physical CPU: a host thread that asks the scheduler of its cpupool for a vCPU, runs it in the engine until its
+/// slice ends, a preemption or an exit takes it off, handles its exits, and accounts its time (Xen's schedule()).
 /// </summary>
 internal sealed class Pcpu
 {
-    private readonly XenHypervisor _host;
-    private readonly IScheduler _sched;
-    private readonly Thread _thread;
-    private volatile bool _stop;
+    /// <summary>Slack for a slice end seen a hair early (the slice timer and the engine read the clock separately).</summary>
+    private const long SliceSlackNs = 20_000;
 
-    public Pcpu(XenHypervisor host, IScheduler sched, int id)
+    private readonly XenHypervisor _host;
+    private readonly Cpupools _pools;
+    private readonly Thread _thread;
+    private readonly object _idleLock = new();
+    private volatile bool _stop;
+    private volatile bool _preempt;
+    private bool _kicked;
+
+    public Pcpu(XenHypervisor host, Cpupools pools, int id)
     {
         _host = host;
-        _sched = sched;
+        _pools = pools;
         Id = id;
         _thread = new Thread(Loop) { IsBackground = true, Name = $"pcpu{id}" };
+        pools.Register(this);
     }
 
     public int Id { get; }
-    public Vcpu? Current { get; private set; }
+    public volatile Vcpu? CurrentVcpu;
+    public Vcpu? Current => CurrentVcpu;
+    /// <summary>When the current vCPU started running.</summary>
+    public long RunStartNs;
 
     public void Start() => _thread.Start();
 
     public void Stop()
     {
         _stop = true;
-        Current?.Engine?.RequestExit();
-        _sched.WakeAll();
+        CurrentVcpu?.Engine?.RequestExit();
+        Kick();
         if (_thread.IsAlive && Thread.CurrentThread != _thread)
             _thread.Join();
+    }
+
+    /// <summary>Makes an idle pCPU (or one about to idle) look for work again.</summary>
+    public void Kick()
+    {
+        lock (_idleLock)
+        {
+            _kicked = true;
+            Monitor.Pulse(_idleLock);
+        }
+    }
+
+    /// <summary>Asks for a reschedule: the running vCPU leaves once it has had the scheduler's rate limit.</summary>
+    public void Preempt()
+    {
+        _preempt = true;
+        CurrentVcpu?.Engine?.RequestExit();
+        Kick();
+    }
+
+    /// <summary>The slice timer fired.</summary>
+    public void OnDeadline()
+    {
+        CurrentVcpu?.Engine?.RequestExit();
+        Kick();
+    }
+
+    private void IdleWait(long until)
+    {
+        lock (_idleLock)
+        {
+            if (_kicked || _stop)
+            {
+                _kicked = false;
+                return;
+            }
+            if (until != long.MaxValue)
+                _pools.Timer.Set(Id, until);
+            Monitor.Wait(_idleLock, 500);
+            _kicked = false;
+        }
     }
 
     private void Loop()
     {
         while (!_stop)
         {
-            var v = _sched.PickNext(Id, _host.Time.NowNs, out long slice);
-            if (v is null)
+            var pool = _pools.PoolOfCpu(Id);
+            if (pool is null)
             {
-                _sched.WaitForWork(Id, 100);
+                IdleWait(long.MaxValue);
                 continue;
             }
-            Current = v;
+            var sched = pool.Scheduler;
+            _preempt = false;
+            long now = _host.Time.NowNs;
+            var v = sched.PickNext(Id, now, out long until);
+            if (v is null)
+            {
+                IdleWait(until);
+                continue;
+            }
+            var unit = SchedUnit.Of(v);
+            if (unit.Processor != Id)
+            {
+                if (unit.Processor >= 0)
+                    Interlocked.Increment(ref unit.Migrations);
+                unit.Processor = Id;
+            }
             long start = _host.Time.NowNs;
+            long woken = Interlocked.Exchange(ref unit.WokenAtNs, 0);
+            if (woken != 0)
+            {
+                unit.LastWakeLatencyNs = start - woken;
+                _pools.OnWakeLatency(start - woken);
+            }
+            RunStartNs = start;
+            CurrentVcpu = v;
             try
             {
-                Run(v, start, slice);
+                Run(v, pool, start, until, sched.RatelimitNs);
             }
             catch (Exception e)
             {
@@ -59,7 +133,7 @@ internal sealed class Pcpu
                 _host.ShutdownDomain(v.Domain, Public.Sched.SHUTDOWN_crash);
             }
             long end = _host.Time.NowNs;
-            Current = null;
+            CurrentVcpu = null;
             Interlocked.Add(ref v.CpuTimeNs, end - start);
             v.SetRunstate(!v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable, end);
             try
@@ -71,11 +145,12 @@ internal sealed class Pcpu
             {
                 _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
             }
-            _sched.Descheduled(v, end - start);
+            _pools.Trace?.Invoke(Id, v, start, end);
+            sched.Descheduled(v, Id, end - start, end);
         }
     }
 
-    private void Run(Vcpu v, long now, long slice)
+    private void Run(Vcpu v, Cpupool pool, long now, long sliceEnd, long ratelimit)
     {
         var cpu = v.Engine;
         if (cpu is null)
@@ -91,8 +166,7 @@ internal sealed class Pcpu
         VcpuOps.WriteRunstateArea(v, now);
         VcpuOps.WriteTimeArea(v);
         _host.Time.UpdateVcpuTime(v);
-        long sliceEnd = now + slice;
-        _host.Timers.Schedule(sliceEnd, v, TimerKind.Slice);
+        _pools.Timer.Set(Id, sliceEnd);
         while (!_stop && v.IsRunnable && !v.DescheduleRequested)
         {
             if (v.PendingNmi)
@@ -103,8 +177,20 @@ internal sealed class Pcpu
             ref readonly var exit = ref cpu.Run();
             if (exit.Reason == Cpu.VcpuExitReason.Preempted)
             {
-                if (_host.Time.NowNs >= sliceEnd)
+                long t = _host.Time.NowNs;
+                if (t >= sliceEnd - SliceSlackNs)
                     break;
+                if (_preempt)
+                {
+                    // Rate limit: a preempted vCPU keeps the CPU for at least the scheduler's minimum run time.
+                    _preempt = false;
+                    if (t - now >= ratelimit)
+                        break;
+                    sliceEnd = Math.Min(sliceEnd, now + ratelimit);
+                    _pools.Timer.Set(Id, sliceEnd);
+                }
+                if (_pools.PoolOfCpu(Id) != pool)
+                    break; // the pCPU left the pool
                 continue; // a kick: re-check pause/deschedule state and carry on
             }
             if (!VmExit.Handle(v, cpu, exit))

@@ -1,0 +1,72 @@
+using XenSharp.Hypervisor.Common;
+
+namespace XenSharp.Hypervisor.Scheduling;
+
+/// <summary>
+/// A cpupool: a set of pCPUs with its own scheduler instance, running the domains assigned to it.
+/// The pCPU set changes only under the owner's lock; policies read <see cref="Cpus"/>, a snapshot.
+/// </summary>
+internal sealed class Cpupool
+{
+    public Cpupool(Cpupools owner, int id, string name)
+    {
+        Owner = owner;
+        Id = id;
+        Name = name;
+    }
+
+    public Cpupools Owner { get; }
+    public int Id { get; }
+    public string Name { get; set; }
+    public IScheduler Scheduler { get; set; } = null!;
+    /// <summary>The pool's pCPUs, ascending (replaced, never mutated).</summary>
+    public volatile int[] Cpus = [];
+    public int NrPcpus => Owner.NrPcpus;
+
+    public bool Contains(int cpu) => Array.IndexOf(Cpus, cpu) >= 0;
+
+    /// <summary>The vCPU running on <paramref name="cpu"/>, if any.</summary>
+    public Vcpu? CurrentOn(int cpu) => Owner.PcpuAt(cpu)?.Current;
+
+    public long RunStartOn(int cpu) => Owner.PcpuAt(cpu)?.RunStartNs ?? 0;
+
+    public void Kick(int cpu) => Owner.PcpuAt(cpu)?.Kick();
+
+    public void Preempt(int cpu) => Owner.PcpuAt(cpu)?.Preempt();
+
+    /// <summary>
+    /// A vCPU became ready (Xen's tickle): wake a pCPU of the pool it may run on that is not running anything,
+    /// preferring its soft affinity; otherwise preempt the first pCPU whose current vCPU <paramref name="preempts"/>
+    /// says it should displace.
+    /// </summary>
+    public void Tickle(SchedUnit u, Func<Vcpu, int, bool>? preempts)
+    {
+        var cpus = Cpus;
+        int fallback = -1;
+        foreach (int c in cpus)
+        {
+            if (!u.Hard[c] || Owner.PcpuAt(c) is not { } p || p.Current is not null)
+                continue;
+            if (u.Soft[c])
+            {
+                p.Kick();
+                return;
+            }
+            if (fallback < 0)
+                fallback = c;
+        }
+        if (fallback >= 0)
+        {
+            Kick(fallback);
+            return;
+        }
+        if (preempts is null)
+            return;
+        foreach (int c in cpus)
+            if (u.Hard[c] && CurrentOn(c) is { } cur && preempts(cur, c))
+            {
+                Preempt(c);
+                return;
+            }
+    }
+}

@@ -1,0 +1,72 @@
+using XenSharp.Hypervisor.Scheduling;
+
+namespace XenSharp.Hypervisor.Tests.Scheduling;
+
+/// <summary>ARINC653: each domain runs only inside its minor frames of the major frame.</summary>
+[Trait("Feature", "ARINC653 Scheduler")]
+[Collection("Scheduler measurements")]
+public class Arinc653SchedulerTests
+{
+    [Fact]
+    public void DomainsRunOnlyInTheirWindows()
+    {
+        using var host = SchedGuests.Host(pcpus: 1, scheduler: "arinc653");
+        var trace = SchedGuests.Trace(host);
+        ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
+        host.Unpause(a);
+        host.Unpause(b);
+        Thread.Sleep(50);
+        Assert.Equal(0, host.GetDomainInfo(a).CpuTimeNs); // no schedule yet: nothing runs
+        var ha = host.GetDomainInfo(a).Handle;
+        var hb = host.GetDomainInfo(b).Handle;
+        const long Ms = 1_000_000;
+        host.SetArinc653Schedule(0, new Arinc653Schedule(20 * Ms, [new(ha, 0, 5 * Ms), new(hb, 0, 10 * Ms)]));
+        var sched = (Arinc653Scheduler)host.Scheduler.Pool(0)!.Scheduler;
+        long epoch = sched.FrameStartNs;
+        Thread.Sleep(1500);
+        var slices = trace.ToArray();
+        Assert.True(slices.Count(s => s.Dom == a) > 20 && slices.Count(s => s.Dom == b) > 20);
+        foreach (var s in slices.Skip(2)) // the first slices include code translation
+        {
+            // Each slice starts inside its own window (within 1 ms) of the major frame in which it started.
+            long frame = epoch + (s.Start - epoch + Ms) / (20 * Ms) * 20 * Ms;
+            var (from, to) = s.Dom == a ? (frame, frame + 5 * Ms) : (frame + 5 * Ms, frame + 15 * Ms);
+            Assert.InRange(s.Start, from - Ms, to);
+        }
+        Assert.Equal(20 * Ms, host.GetArinc653Schedule(0).MajorFrameNs);
+        Assert.Equal(22, Assert.Throws<HypervisorException>(() =>
+            host.SetArinc653Schedule(0, new Arinc653Schedule(10 * Ms, [new(ha, 0, 5 * Ms), new(hb, 0, 10 * Ms)]))).Errno);
+    }
+
+    [Fact]
+    public void EachDecisionGivesTheWindowOwnerTheCpuUntilTheWindowEnds()
+    {
+        const long Ms = 1_000_000;
+        using var host = SchedGuests.Host(pcpus: 1, scheduler: "arinc653");
+        ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
+        var sched = (Arinc653Scheduler)host.Scheduler.Pool(0)!.Scheduler;
+        var va = host.FindDomain(a)!.Vcpus[0];
+        var vb = host.FindDomain(b)!.Vcpus[0];
+        // The domains stay paused, so no pCPU takes part: the schedule is driven at chosen times.
+        Assert.False(va.IsRunnable);
+        long t0 = 1_000 * Ms;
+        sched.SetSchedule(20 * Ms, [new(host.GetDomainInfo(a).Handle, 0, 5 * Ms), new(host.GetDomainInfo(b).Handle, 0, 10 * Ms)], t0);
+        host.FindDomain(a)!.State = DomainRunState.Running;
+        host.FindDomain(a)!.PauseCount = 0;
+        host.FindDomain(b)!.State = DomainRunState.Running;
+        host.FindDomain(b)!.PauseCount = 0;
+        for (long t = t0; t < t0 + 60 * Ms; t += Ms / 4)
+        {
+            long phase = (t - t0) % (20 * Ms), frame = t - phase;
+            var v = sched.PickNext(0, t, out long until);
+            if (phase < 5 * Ms)
+                Assert.Equal((va, frame + 5 * Ms), (v, until));
+            else if (phase < 15 * Ms)
+                Assert.Equal((vb, frame + 15 * Ms), (v, until));
+            else
+                Assert.Equal((null, frame + 20 * Ms), (v, until));
+            if (v is not null)
+                sched.Descheduled(v, 0, 0, t);
+        }
+    }
+}

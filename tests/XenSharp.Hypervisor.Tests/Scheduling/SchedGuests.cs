@@ -1,0 +1,100 @@
+using System.Collections.Concurrent;
+using XenSharp.Cpu;
+
+namespace XenSharp.Hypervisor.Tests.Scheduling;
+
+/// <summary>Real guest code on the x86 engine for the scheduler tests: CPU-bound spinners and a halting waiter.</summary>
+internal static class SchedGuests
+{
+    public const uint Base = 0x1000;
+    public const uint Counter = 0x3000;
+
+    public static XenHypervisor Host(int pcpus = 1, string scheduler = "credit") => new(new HypervisorOptions
+    {
+        MachineMemoryBytes = 256UL << 20,
+        Pcpus = pcpus,
+        Scheduler = scheduler,
+    });
+
+    private static SpecialRegisters Flat32()
+    {
+        var code = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC09B, Selector = 0x10 };
+        var data = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC093, Selector = 0x18 };
+        return new SpecialRegisters
+        {
+            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
+            Tr = new Segment { Limit = 0x67, Attributes = 0x8B, Selector = 0x20 },
+            Ldt = new Segment { Attributes = 0x82 },
+            Cr0 = 0x11,
+        };
+    }
+
+    private static ushort Build(XenHypervisor host, byte[] code, ushort? existing = null)
+    {
+        ushort id = existing ?? host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+        if (existing is null)
+            host.PopulatePhysmap(id, 0, 256);
+        host.WriteGuestMemory(id, Base, code);
+        host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        return id;
+    }
+
+    /// <summary>A CPU-bound guest: <c>1: inc dword [Counter]; jmp 1b</c>.</summary>
+    public static ushort Spinner(XenHypervisor host, ushort? existing = null) => Build(host, existing: existing, code: [0xFF, 0x05, 0x00, 0x30, 0x00, 0x00, 0xEB, 0xF8]);
+
+    /// <summary>The event channel upcall vector the waiter takes.</summary>
+    public const byte UpcallVector = 0xF3;
+
+    /// <summary>
+    /// A guest that waits for events: a GDT and an IDT whose upcall vector counts the interrupt and returns, then
+    /// <c>lgdt; lidt; sti; 1: hlt; jmp 1b</c>.
+    /// </summary>
+    public static ushort Waiter(XenHypervisor host, ushort? existing = null)
+    {
+        const uint Gdtr = 0x2000, Idtr = 0x2008, Gdt = 0x2800, Idt = 0x2100, Handler = 0x1100;
+        ushort id = Build(host, existing: existing, code:
+        [
+            0x0F, 0x01, 0x15, .. BitConverter.GetBytes(Gdtr),   // lgdt [Gdtr]
+            0x0F, 0x01, 0x1D, .. BitConverter.GetBytes(Idtr),   // lidt [Idtr]
+            0xFB,                                               // sti
+            0xF4,                                               // 1: hlt
+            0xEB, 0xFD,                                         // jmp 1b
+        ]);
+        host.WriteGuestMemory(id, Handler, [0xFF, 0x05, .. BitConverter.GetBytes(Counter), 0xCF]); // inc [Counter]; iret
+        host.WriteGuestMemory(id, Gdtr, [0x1F, 0x00, .. BitConverter.GetBytes(Gdt)]);
+        host.WriteGuestMemory(id, Idtr, [0xFF, 0x07, .. BitConverter.GetBytes(Idt)]);
+        host.WriteGuestMemory(id, Gdt, [.. BitConverter.GetBytes(0UL), .. BitConverter.GetBytes(0UL),
+            .. BitConverter.GetBytes(0x00CF9B000000FFFFUL), .. BitConverter.GetBytes(0x00CF93000000FFFFUL)]);
+        // A present 32-bit interrupt gate to the handler through selector 0x10.
+        host.WriteGuestMemory(id, Idt + UpcallVector * 8u, [unchecked((byte)Handler), (byte)(Handler >> 8), 0x10, 0x00, 0x00, 0x8E, 0x00, 0x00]);
+        return id;
+    }
+
+    public static uint ReadCounter(XenHypervisor host, ushort id)
+    {
+        var b = new byte[4];
+        host.ReadGuestMemory(id, Counter, b);
+        return BitConverter.ToUInt32(b);
+    }
+
+    public static long CpuTime(XenHypervisor host, ushort id) => host.GetDomainInfo(id).CpuTimeNs;
+
+    /// <summary>CPU time of each domain over <paramref name="ms"/> of wall time, after a short warm-up.</summary>
+    public static long[] Measure(XenHypervisor host, int ms, params ushort[] ids)
+    {
+        // Past every domain's first slice (code translation and JIT make it long), then settle.
+        TestHosts.WaitUntil(() => ids.All(i => CpuTime(host, i) > 0));
+        Thread.Sleep(500);
+        var before = ids.Select(i => CpuTime(host, i)).ToArray();
+        Thread.Sleep(ms);
+        return ids.Select((i, k) => CpuTime(host, i) - before[k]).ToArray();
+    }
+
+    /// <summary>Records every slice: (pCPU, domid, vCPU, start, end).</summary>
+    public static ConcurrentQueue<(int Cpu, ushort Dom, int Vcpu, long Start, long End)> Trace(XenHypervisor host)
+    {
+        var q = new ConcurrentQueue<(int, ushort, int, long, long)>();
+        host.Scheduler.Trace = (cpu, v, s, e) => q.Enqueue((cpu, v.Domain.DomainId, v.Id, s, e));
+        return q;
+    }
+}
