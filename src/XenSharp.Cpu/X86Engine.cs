@@ -20,6 +20,7 @@ public sealed class X86Engine : ICpuEngine
         Memory = memory ?? throw new ArgumentNullException(nameof(memory));
         TscKhz = tscKhz;
         Blocks = new BlockCache();
+        _blocksGeneration = memory.Generation;
     }
 
     /// <summary>The default guest TSC frequency: 2 GHz.</summary>
@@ -47,6 +48,16 @@ public sealed class X86Engine : ICpuEngine
     {
         long t = System.Diagnostics.Stopwatch.GetTimestamp();
         return (ulong)((UInt128)(ulong)t * 1_000_000_000 / (ulong)System.Diagnostics.Stopwatch.Frequency);
+    }
+
+    private long _blocksGeneration = long.MinValue;
+
+    /// <summary>A vCPU saw <see cref="IGuestMemory.Generation"/> move: drop decoded code once per change.</summary>
+    internal void OnMemoryGeneration(long gen)
+    {
+        long seen = Interlocked.Read(ref _blocksGeneration);
+        if (seen != gen && Interlocked.CompareExchange(ref _blocksGeneration, gen, seen) == seen)
+            Blocks.Clear();
     }
 
     public void Dispose()

@@ -54,7 +54,7 @@ internal sealed class ExitSignal : Exception
     public ExitSignal() : base("vcpu exit") { }
 }
 
-internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
+internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
 {
     public const int ES = 0, CS = 1, SS = 2, DS = 3, FS = 4, GS = 5, LDTR = 6, TR = 7;
     public const ulong CF = 1, PF = 4, AF = 0x10, ZF = 0x40, SF = 0x80, TF = 0x100, IF = 0x200, DF = 0x400, OF = 0x800;
@@ -107,6 +107,7 @@ internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
     private long _memGeneration;
     private long _codeEpoch;
     internal ulong CurIp;          // RIP of the instruction being executed (faults restart it)
+    /// <summary>Set by <see cref="Init"/>: the vCPU runs nothing until <see cref="StartupIpi"/>.</summary>
     internal bool WaitForSipi;
 
     // Completion of a pending exit.
@@ -155,10 +156,23 @@ internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
         FlushTlb(true);
     }
 
+    public void Init()
+    {
+        ResetToRealMode();
+        WaitForSipi = true;
+    }
+
+    public bool WaitingForSipi => WaitForSipi;
+
+    public ulong Tsc => ReadTsc();
+
+    public long TscOffsetValue { get => TscOffset; set => TscOffset = value; }
+
     /// <summary>Real-mode state for an AP started by SIPI: CS = vector &lt;&lt; 8, IP = 0.</summary>
     public void StartupIpi(byte vector)
     {
         ResetToRealMode();
+        WaitForSipi = false;
         Seg[CS] = new SegReg { Base = (ulong)vector << 12, Limit = 0xFFFF, Sel = (ushort)(vector << 8), Attr = 0x9B };
         Rip = 0;
         UpdateMode();
@@ -258,7 +272,9 @@ internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
 
     public bool TryTranslateLinear(ulong linear, bool write, out ulong physical)
     {
-        return TryWalk(linear, write ? Access.Write : Access.Read, false, false, out physical, out _, out _);
+        // The hypervisor's own accesses: supervisor rights, no SMAP, no A/D updates.
+        if (LongMode && !Canonical(linear)) { physical = 0; return false; }
+        return TryWalk(linear, write ? Access.Write : Access.Read, false, false, out physical, out _, out _, checkSmap: false);
     }
 
     public ref readonly VcpuExit Run()
@@ -285,7 +301,13 @@ internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
                 return ref _exit;
             }
             long gen = _mem.Generation;
-            if (gen != _memGeneration) { _memGeneration = gen; FlushTlb(true); }
+            if (gen != _memGeneration)
+            {
+                _memGeneration = gen;
+                FlushTlb(true);
+                // Frames may now be backed by other pages: decoded code may be stale too.
+                _engine.OnMemoryGeneration(gen);
+            }
             long epoch = Volatile.Read(ref _blocks.CodeFrameEpoch);
             if (epoch != _codeEpoch) { _codeEpoch = epoch; FlushWritableTlb(); }
 
@@ -314,6 +336,15 @@ internal sealed unsafe partial class X86Vcpu : IVcpu, IDisposable
             }
             catch (ExitSignal)
             {
+                return ref _exit;
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // An engine defect must not take the host thread down with it.
+                Rip = CurIp;
+                _exit = default;
+                _exit.Reason = VcpuExitReason.InternalError;
+                _exit.Message = $"engine error at RIP 0x{CurIp:X}: {ex.GetType().Name}: {ex.Message}";
                 return ref _exit;
             }
         }

@@ -37,7 +37,7 @@ namespace XenSharp.Daemon
             using var pidLock = PidFile.Acquire(paths.PidFile);
             if (pidLock is null)
             {
-                Console.Error.WriteLine($"xensharpd: another xensharpd holds {paths.PidFile}");
+                Console.Error.WriteLine($"xensharpd: another xensharpd runs in {paths.RunDir}");
                 return 1;
             }
             Directory.CreateDirectory(Path.GetDirectoryName(paths.XenstoredSocket)!);
@@ -64,31 +64,31 @@ namespace XenSharp.Daemon
         }
     }
 
-    /// <summary>$RUNDIR/xensharpd.pid, held with an exclusive lock while the daemon runs.</summary>
+    /// <summary>$RUNDIR/xensharpd.pid for anyone to read, and $RUNDIR/xensharpd.lock held
+    /// exclusively while the daemon runs so that a second daemon on the same directory refuses to start.</summary>
     internal sealed class PidFile : IDisposable
     {
-        private readonly FileStream _stream;
-        private readonly string _path;
+        private readonly FileStream _lock;
+        private readonly string _path, _lockPath;
 
-        private PidFile(FileStream s, string path) { _stream = s; _path = path; }
+        private PidFile(FileStream l, string path, string lockPath) { _lock = l; _path = path; _lockPath = lockPath; }
 
         public static PidFile? Acquire(string path)
         {
-            FileStream s;
+            string lockPath = Path.ChangeExtension(path, ".lock");
+            FileStream l;
             // FileShare.None takes an exclusive flock: a second daemon cannot open it.
-            try { s = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            try { l = new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
             catch (IOException) { return null; }
-            s.SetLength(0);
-            var text = System.Text.Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n");
-            s.Write(text);
-            s.Flush();
-            return new PidFile(s, path);
+            File.WriteAllText(path, $"{Environment.ProcessId}\n");
+            return new PidFile(l, path, lockPath);
         }
 
         public void Dispose()
         {
             try { File.Delete(_path); } catch (IOException) { }
-            _stream.Dispose();
+            try { File.Delete(_lockPath); } catch (IOException) { }
+            _lock.Dispose();
         }
     }
 }

@@ -61,12 +61,13 @@ public sealed class HypervisorOptions
     public ulong MachineMemoryBytes { get; init; } = 16UL << 30;
     /// <summary>Host worker threads that run vCPUs.</summary>
     public int Pcpus { get; init; } = Environment.ProcessorCount;
-    /// <summary>Creates the execution engine of a domain over its guest-physical memory; null runs no vCPUs.</summary>
+    /// <summary>Creates the execution engine of a domain over its guest-physical memory (default: the x86 emulator at <see cref="GuestTscHz"/>).</summary>
     public Func<IGuestMemory, ICpuEngine>? EngineFactory { get; init; }
-    /// <summary>The engine's CPUID policy for vCPU n, which the Xen leaves are layered over.</summary>
+    /// <summary>The engine's CPUID policy for vCPU n, which the Xen leaves are layered over (default: the x86 engine's).</summary>
     public Func<int, ICpuidPolicy>? BaseCpuid { get; init; }
-    /// <summary>Guest TSC frequency, and the guest TSC value at a given system time (ns). Defaults: 1 GHz, TSC = ns.</summary>
-    public ulong GuestTscHz { get; init; } = 1_000_000_000;
+    /// <summary>Guest TSC frequency, and the guest TSC value at a given system time (ns). Defaults: the x86 engine's
+    /// (2 GHz, TSC = host monotonic ns × kHz / 10^6). A custom engine must supply both to keep pvclock right.</summary>
+    public ulong GuestTscHz { get; init; } = X86Engine.DefaultTscKhz * 1000;
     public Func<long, ulong>? GuestTscAtSystemTime { get; init; }
     /// <summary>The hypervisor command line reported by XENVER_commandline and `xl info`.</summary>
     public string CommandLine { get; init; } = "";

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using XenSharp.Cpu;
 using XenSharp.Hypervisor.Common;
-using XenSharp.Hypervisor.Sched;
+using XenSharp.Hypervisor.Scheduling;
 using XenSharp.Hypervisor.X86;
 using XenSharp.Public;
 using static XenSharp.Public.GrantTable;
@@ -32,7 +32,7 @@ public sealed unsafe class XenHypervisor : IDisposable
         Frames = new FrameTable(_options.MachineMemoryBytes);
         Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
-        Scheduler = new CreditScheduler();
+        Scheduler = new CreditScheduler(_options.Pcpus);
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
@@ -100,22 +100,18 @@ public sealed unsafe class XenHypervisor : IDisposable
         }
         try
         {
-            if (_options.EngineFactory is { } factory)
+            var factory = _options.EngineFactory ?? (m => new X86Engine(m, _options.GuestTscHz / 1000));
             {
                 d.Engine = factory(d.P2m);
                 foreach (var v in d.Vcpus)
                 {
                     int vid = v.Id;
-                    v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new MinimalCpuid(), vid,
+                    v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new DefaultCpuidPolicy((uint)(2 * vid)), vid,
                         () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz));
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
                     v.Engine.InterruptSource = v;
                 }
             }
-            else
-                foreach (var v in d.Vcpus)
-                    v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(v.Id) ?? new MinimalCpuid(), v.Id,
-                        () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz));
         }
         catch
         {
@@ -557,7 +553,7 @@ public sealed unsafe class XenHypervisor : IDisposable
     {
         lock (_pcpus)
         {
-            if (_pcpusStarted || _options.EngineFactory is null || _disposed)
+            if (_pcpusStarted || _disposed)
                 return;
             _pcpusStarted = true;
             for (int i = 0; i < Math.Max(1, _options.Pcpus); i++)

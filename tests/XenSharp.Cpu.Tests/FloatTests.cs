@@ -162,4 +162,55 @@ public class FloatTests
         Assert.Equal(0x1F80u, m.Mem.R32(0x8018));
         Assert.Equal(3UL, m.Mem.R64(0x9000 + 512)); // XSTATE_BV: x87 and SSE
     }
+
+    [Fact]
+    public void Ssse3Sse41ClmulAndAes()
+    {
+        using var m = new TestMachine();
+        m.Mem.W64(0x6000, 0x0706050403020100); m.Mem.W64(0x6008, 0x0F0E0D0C0B0A0908);
+        m.Mem.W64(0x6010, 0x8000000000000000); m.Mem.W64(0x6018, 2);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.movdqu(xmm0, __xmmword_ptr[0x6000]);
+            a.pxor(xmm1, xmm1);
+            a.pshufb(xmm0, xmm1);           // every byte = byte 0 = 0
+            a.movq(rax, xmm0);
+            a.movdqu(xmm2, __xmmword_ptr[0x6000]);
+            a.movdqu(xmm3, __xmmword_ptr[0x6000]);
+            a.palignr(xmm2, xmm3, 4);       // bytes 4..19 of (xmm2:xmm3)
+            a.movq(rbx, xmm2);
+            a.movdqu(xmm4, __xmmword_ptr[0x6010]);
+            a.movdqa(xmm5, xmm4);
+            a.pclmulqdq(xmm5, xmm4, 0x10);  // (1<<63) clmul 2
+            a.pextrq(rcx, xmm5, 1);
+            a.movq(rdx, xmm5);
+            a.phaddd(xmm3, xmm3);
+            a.movd(esi, xmm3);              // 0x03020100 + 0x07060504
+            a.pxor(xmm6, xmm6); a.pxor(xmm7, xmm7);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Equal(0UL, r.Rax);
+        Assert.Equal(0x0B0A090807060504UL, r.Rbx);
+        Assert.Equal(1UL, r.Rcx);
+        Assert.Equal(0UL, r.Rdx);
+        Assert.Equal((ulong)(uint)(0x03020100 + 0x07060504), r.Rsi);
+    }
+
+    [Fact]
+    public void AesRoundOfZeroStateAndKey()
+    {
+        if (!System.Runtime.Intrinsics.X86.Aes.IsSupported) return; // not advertised on such hosts
+        using var m = new TestMachine();
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.pxor(xmm0, xmm0); a.pxor(xmm1, xmm1);
+            a.aesenc(xmm0, xmm1);
+            a.movq(rax, xmm0);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0x6363636363636363UL, m.Regs.Rax);
+    }
 }

@@ -377,6 +377,24 @@ public class LongModeTests
         Assert.Equal(0x18, sr.Cs.Selector);
     }
 
+    [Fact]
+    public void NonCanonicalAccessRaisesGp()
+    {
+        using var m = new TestMachine();
+        ulong h = 0x12000;
+        m.Mem.Write(h, TestMachine.Assemble(64, h, a => { a.pop(rbx); a.mov(ecx, 13); a.hlt(); }));
+        m.SetGate64(13, h);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, 0x0000800000000000UL);
+            a.mov(rdx, __qword_ptr[rax]);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(13UL, m.Regs.Rcx);
+        Assert.Equal(0UL, m.Regs.Rbx);
+    }
+
     private sealed class QueueSource : IInterruptSource
     {
         public readonly Queue<int> Pending = new();

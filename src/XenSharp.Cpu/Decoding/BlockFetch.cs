@@ -36,14 +36,17 @@ internal unsafe partial class X86Vcpu
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
         int slot = (int)(rip ^ (rip >> 12)) & (JumpCacheSize - 1);
         var b = cache[slot];
-        if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness) return b;
+        ulong csBase = Seg[CS].Base;
+        if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
         b = LookupOrDecode(rip);
-        if (b.Count > 0 && b.Valid) cache[slot] = b;
+        // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
+        if (b.Count > 0 && b.Valid && b.CsBase == csBase) cache[slot] = b;
         return b;
     }
 
     private DecodedBlock LookupOrDecode(ulong rip)
     {
+        if (Bitness == 64 && !Canonical(rip)) throw GP();
         ulong lin = CodeLinear(rip);
         ulong phys = Translate(lin, Access.Fetch, Cpl == 3);
         var b = _blocks.Lookup(phys, rip, Bitness);
@@ -90,7 +93,7 @@ internal unsafe partial class X86Vcpu
         }
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
-        b = new DecodedBlock(insns, n, phys, rip, Bitness);
+        b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
         if (cacheable)
         {
             _blocks.Add(b);
@@ -169,10 +172,18 @@ internal unsafe partial class X86Vcpu
             Mnemonic.And => (int)AluOp.And, Mnemonic.Sub => (int)AluOp.Sub, Mnemonic.Xor => (int)AluOp.Xor, Mnemonic.Cmp => (int)AluOp.Cmp,
             Mnemonic.Test => (int)AluOp.Test, _ => -1,
         };
+        bool memSplit = d.MemBase != 0xFF || d.MemIndex != 0xFF || i.MemoryBase is Register.None or Register.RIP or Register.EIP;
         if (alu >= 0 && r0 && n == 2)
         {
             if (r1 && i.Op0Register.GetSize() == i.Op1Register.GetSize()) { d.Form = FastForm.AluRR; d.AluKind = (byte)alu; }
             else if (imm1) { d.Form = FastForm.AluRI; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+            else if (i.Op1Kind == OpKind.Memory && memSplit) { d.Form = FastForm.AluRM; d.AluKind = (byte)alu; }
+            return;
+        }
+        if (alu >= 0 && n == 2 && i.Op0Kind == OpKind.Memory && memSplit && d.OpSize >= 4)
+        {
+            if (r1) { d.Form = FastForm.AluMR; d.AluKind = (byte)alu; }
+            else if (imm1) { d.Form = FastForm.AluMI; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
             return;
         }
         switch (d.Op)
@@ -182,6 +193,18 @@ internal unsafe partial class X86Vcpu
                 else if (r0 && imm1) { d.Form = FastForm.MovRI; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
                 else if (r0 && n == 2 && i.Op1Kind == OpKind.Memory) d.Form = FastForm.MovRM;
                 else if (r1 && i.Op0Kind == OpKind.Memory) { d.Form = FastForm.MovMR; d.OpSize = (byte)i.Op1Register.GetSize(); }
+                return;
+            case Mnemonic.Movzx:
+                if (r0 && i.Op1Kind == OpKind.Memory && memSplit) { d.Form = FastForm.MovzxRM; d.AluKind = (byte)i.MemorySize.GetSize(); }
+                return;
+            case Mnemonic.Jmp:
+                if (i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64) { d.Form = FastForm.JmpRel; d.Imm = i.NearBranchTarget; }
+                return;
+            case Mnemonic.Call:
+                if (i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64) { d.Form = FastForm.CallRel; d.Imm = i.NearBranchTarget; d.AluKind = (byte)-i.StackPointerIncrement; }
+                return;
+            case Mnemonic.Ret:
+                if (n == 0 && i.StackPointerIncrement >= 4) { d.Form = FastForm.RetNear; d.AluKind = (byte)i.StackPointerIncrement; }
                 return;
             case Mnemonic.Inc: if (r0) d.Form = FastForm.IncR; return;
             case Mnemonic.Dec: if (r0) d.Form = FastForm.DecR; return;
@@ -201,7 +224,8 @@ internal unsafe partial class X86Vcpu
 
     private void RunBlock()
     {
-        bool single = Shadow || _replayCount > 0;
+        bool trap = (Rflags & TF) != 0;
+        bool single = Shadow || _replayCount > 0 || trap;
         int chain = single ? 1 : ChainLimit;
         if (single) Shadow = false;
         do
@@ -227,5 +251,11 @@ internal unsafe partial class X86Vcpu
         } while (--chain > 0 && !_exitRequested);
         // The instruction that consumed MMIO results has completed.
         if (single) { _replayCount = 0; _replayIdx = 0; }
+        if (trap)
+        {
+            // Single-step trap after the instruction (DR6.BS).
+            Dr[6] |= 0x4000;
+            if (!DeliverFault(1, false, 0)) throw Exit(VcpuExitReason.Shutdown, "triple fault");
+        }
     }
 }

@@ -45,6 +45,13 @@ internal enum FastForm : byte
     Lea,
     PushR,
     PopR,
+    AluRM,      // op r32/64, [mem]
+    AluMR,      // op [mem], r32/64
+    AluMI,      // op [mem], imm (32/64-bit operand)
+    JmpRel,
+    CallRel,
+    RetNear,
+    MovzxRM,    // movzx r32/64, r/m8 or r/m16 from memory
 }
 
 /// <summary>A straight-line run of instructions from one guest-physical page, ending at a
@@ -59,6 +66,8 @@ internal sealed class DecodedBlock
     public readonly ulong Ip;
     /// <summary>16, 32 or 64.</summary>
     public readonly int Bitness;
+    /// <summary>CS base the block was found under (a per-vCPU jump-cache hit must match it).</summary>
+    public ulong CsBase;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
     public volatile bool Valid = true;
 

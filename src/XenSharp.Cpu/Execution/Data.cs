@@ -122,8 +122,12 @@ internal unsafe partial class X86Vcpu
             if (Cpl > iopl) changeable &= ~IF;
         }
         if (size == 2) changeable &= 0xFFFF;
+        ulong old = Rflags;
         Rflags = (Rflags & ~changeable) | (v & changeable) | 2;
         Rflags &= ~RF;
+        // A newly set TF traps after the next instruction; a newly set IF opens the interrupt
+        // window: either way the block must end here so the run loop sees it.
+        if ((Rflags & TF) != 0 || ((Rflags & ~old) & IF) != 0) Stop = true;
     }
 
     private void ExecPusha(int size)

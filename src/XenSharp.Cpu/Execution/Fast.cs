@@ -74,6 +74,34 @@ internal unsafe partial class X86Vcpu
             case FastForm.Jcc:
                 if (Cond((Iced.Intel.ConditionCode)d.AluKind)) Rip = d.Imm;
                 return;
+            case FastForm.AluRM:
+            {
+                ulong m = size == 8 ? ulong.MaxValue : 0xFFFF_FFFF;
+                var op = (AluOp)d.AluKind;
+                ulong b = ReadLin(FastAddr(ref d), size);
+                ulong res = Alu(op, R[d.R0] & m, b, size, out ulong f);
+                if (op != AluOp.Cmp && op != AluOp.Test) Put(d.R0, size, res);
+                Rflags = (Rflags & ~ArithFlags) | f;
+                return;
+            }
+            case FastForm.AluMR:
+            case FastForm.AluMI:
+            {
+                var op = (AluOp)d.AluKind;
+                ulong lin = FastAddr(ref d);
+                ulong a = ReadLin(lin, size);
+                ulong b = d.Form == FastForm.AluMI ? d.Imm : (size == 8 ? R[d.R1] : (uint)R[d.R1]);
+                ulong res = Alu(op, a, b, size, out ulong f);
+                if (op != AluOp.Cmp && op != AluOp.Test) WriteLin(lin, size, res);
+                Rflags = (Rflags & ~ArithFlags) | f;
+                return;
+            }
+            case FastForm.MovzxRM:
+                Put(d.R0, size, ReadLin(FastAddr(ref d), d.AluKind));
+                return;
+            case FastForm.JmpRel: Rip = d.Imm; return;
+            case FastForm.CallRel: Push(Rip, d.AluKind); Rip = d.Imm; return;
+            case FastForm.RetNear: Rip = Pop(d.AluKind); return;
             case FastForm.PushR: Push(R[d.R0], size); return;
             case FastForm.PopR:
             {

@@ -186,6 +186,7 @@ internal unsafe partial class X86Vcpu
                 return true;
         }
         if (TrySseInt(ref d)) return true;
+        if (TrySseExtra(ref d)) return true;
         return TrySseFloat(ref d);
     }
 

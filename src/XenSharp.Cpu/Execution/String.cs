@@ -46,6 +46,7 @@ internal unsafe partial class X86Vcpu
             SetIdx(6, asz, si + (ulong)step);
             SetIdx(7, asz, di + (ulong)step);
             if (!rep) return;
+            ElementDone();
             SetIdx(1, asz, Idx(1, asz) - 1);
             if (++n >= RepChunk) break;
         }
@@ -129,6 +130,7 @@ internal unsafe partial class X86Vcpu
             WriteLin(dst, es, v);
             SetIdx(7, asz, di + (ulong)step);
             if (!rep) return;
+            ElementDone();
             SetIdx(1, asz, Idx(1, asz) - 1);
             if (++n >= RepChunk) break;
         }
@@ -148,6 +150,7 @@ internal unsafe partial class X86Vcpu
             WriteAcc(es, ReadLin(Linear(srcSeg, si), es));
             SetIdx(6, asz, si + (ulong)step);
             if (!rep) return;
+            ElementDone();
             SetIdx(1, asz, Idx(1, asz) - 1);
         }
     }
@@ -286,6 +289,13 @@ internal unsafe partial class X86Vcpu
         Stop = true;
         _exit.Port = port; _exit.Size = es; _exit.IsWrite = false;
         throw Exit(VcpuExitReason.Io);
+    }
+
+    /// <summary>A REP element has completed: MMIO results it consumed must not be replayed
+    /// for the next element.</summary>
+    private void ElementDone()
+    {
+        if (_replayCount != 0 && _replayIdx == _replayCount) { _replayCount = 0; _replayIdx = 0; }
     }
 
     private ulong _pendingIp;

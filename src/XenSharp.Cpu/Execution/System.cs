@@ -142,6 +142,8 @@ internal unsafe partial class X86Vcpu
                 throw GP();
         }
         if (TryExecFloat(ref d)) return;
+        // VEX/EVEX/XOP forms other than BMI are AVX: #UD, since XCR0 never enables AVX state.
+        if (d.I.Encoding is EncodingKind.VEX or EncodingKind.EVEX or EncodingKind.XOP) throw UD();
         throw Unsupported(d.I);
     }
 

@@ -110,6 +110,7 @@ internal unsafe partial class X86Vcpu
     internal ulong ReadSlow(ulong lin, int size, bool user, bool implicitSup = false)
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
+        else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             // Split at the page boundary; check both pages before reading either.
@@ -137,6 +138,7 @@ internal unsafe partial class X86Vcpu
     internal void WriteSlow(ulong lin, int size, ulong v, bool user, bool implicitSup = false)
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
+        else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             ulong mask = LongMode ? ulong.MaxValue : 0xFFFF_FFFF;
@@ -167,6 +169,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>Translates one access and fills the TLB entry; host is null for MMIO.</summary>
     private ulong TranslateAndFill(ulong lin, Access access, bool user, bool implicitSup, out byte* host)
     {
+        if (LongMode && !Canonical(lin)) throw GP();
         if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out bool global, implicitSup))
         {
             Cr2 = lin;
@@ -227,7 +230,7 @@ internal unsafe partial class X86Vcpu
         if (_replayIdx < _replayCount)
         {
             ref MmioReplay r = ref _replay[_replayIdx++];
-            if (!r.IsWrite && r.Address == phys && r.Size == size) return r.Value;
+            if (!r.IsWrite && r.Address == phys && r.Size == size) return r.Value & Mask(size);
         }
         _exit.Reason = VcpuExitReason.Mmio;
         _exit.Address = phys; _exit.Size = size; _exit.IsWrite = false; _exit.Data = 0;

@@ -45,7 +45,7 @@ internal unsafe partial class X86Vcpu
     /// <paramref name="setBits"/> controls whether A/D bits are written (not for probing walks).
     /// </summary>
     internal bool TryWalk(ulong lin, Access access, bool user, bool setBits, out ulong phys, out uint pfError, out bool global,
-        bool implicitSupervisor = false, bool writableOut = false)
+        bool implicitSupervisor = false, bool checkSmap = true)
     {
         global = false;
         pfError = 0;
@@ -153,7 +153,7 @@ internal unsafe partial class X86Vcpu
             if (supervisor && allowUser)
             {
                 if (fetch && (Cr4 & 0x100000) != 0) { pfError = baseErr | 1; goto Fail; } // SMEP
-                if (!fetch && (Cr4 & 0x200000) != 0 && (implicitSupervisor || (Rflags & AC) == 0)) { pfError = baseErr | 1; goto Fail; } // SMAP
+                if (!fetch && checkSmap && (Cr4 & 0x200000) != 0 && (implicitSupervisor || (Rflags & AC) == 0)) { pfError = baseErr | 1; goto Fail; } // SMAP
             }
             global = (entry & PteG) != 0 && (Cr4 & 0x80) != 0;
             if (setBits)
@@ -189,6 +189,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>Translates or raises #PF with the exact error code and CR2.</summary>
     internal ulong Translate(ulong lin, Access access, bool user, bool implicitSupervisor = false)
     {
+        if (LongMode && !Canonical(lin)) throw GP();
         if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out _, implicitSupervisor))
         {
             Cr2 = lin;

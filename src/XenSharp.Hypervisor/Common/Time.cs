@@ -1,23 +1,24 @@
-using System.Diagnostics;
+using XenSharp.Cpu;
 using XenSharp.Public;
 
 namespace XenSharp.Hypervisor.Common;
 
 /// <summary>
 /// System time and the guest's view of it. System time is nanoseconds since the hypervisor started, from
-/// the host's monotonic clock. The guest TSC is read through <see cref="ReadTsc"/> (by default the system
-/// time itself, i.e. a 1 GHz TSC); vcpu_time_info carries the matching tsc_to_system_mul/shift so that
+/// the host's monotonic clock (the one the x86 engine derives RDTSC from). The guest TSC at a system time
+/// is given by <see cref="ReadTsc"/> (by default the engine's formula: host ns × TSC kHz / 10^6); vcpu_time_info carries the matching tsc_to_system_mul/shift so that
 /// pvclock's system_time + ((tsc - tsc_timestamp) &lt;&lt; shift) * mul &gt;&gt; 32 equals the system time.
 /// </summary>
 internal sealed unsafe class Time
 {
-    private readonly long _start = Stopwatch.GetTimestamp();
+    private readonly ulong _startHostNs = X86Engine.HostMonotonicNs();
     private readonly Func<long, ulong> _tscAt;
 
-    public Time(ulong tscHz = 1_000_000_000, Func<long, ulong>? tscAtSystemTime = null)
+    public Time(ulong tscHz = X86Engine.DefaultTscKhz * 1000, Func<long, ulong>? tscAtSystemTime = null)
     {
         TscHz = tscHz;
-        _tscAt = tscAtSystemTime ?? (ns => (ulong)ns);
+        // By default the guest TSC is the engine's: host monotonic ns scaled to the TSC frequency, offset 0.
+        _tscAt = tscAtSystemTime ?? (ns => X86Engine.ComputeTsc(_startHostNs + (ulong)ns, tscHz / 1000, 0));
         (TscToSystemMul, TscShift) = ComputeScale(tscHz);
         // Wall-clock time at system time 0.
         BootWallclockNs = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100 - NowNs;
@@ -28,7 +29,7 @@ internal sealed unsafe class Time
     public sbyte TscShift { get; }
     public long BootWallclockNs { get; }
 
-    public long NowNs => (long)((Stopwatch.GetTimestamp() - _start) * (1_000_000_000.0 / Stopwatch.Frequency));
+    public long NowNs => (long)(X86Engine.HostMonotonicNs() - _startHostNs);
 
     public ulong ReadTsc(long ns) => _tscAt(ns);
 

@@ -79,33 +79,3 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
         }
     }
 }
-
-/// <summary>A small Intel-like CPUID used when no engine policy is supplied (tests, tools).</summary>
-internal sealed class MinimalCpuid : ICpuidPolicy
-{
-    public void Cpuid(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx)
-    {
-        eax = ebx = ecx = edx = 0;
-        switch (leaf)
-        {
-            case 0:
-                eax = 0xD;
-                ebx = 0x756e6547; edx = 0x49656e69; ecx = 0x6c65746e; // GenuineIntel
-                break;
-            case 1:
-                eax = 0x000306A9; // family 6
-                edx = (1u << 0) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 15) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
-                ecx = 1u << 0;
-                break;
-            case 0x80000000:
-                eax = 0x80000008;
-                break;
-            case 0x80000001:
-                edx = (1u << 20) | (1u << 29); // NX, LM
-                break;
-            case 0x80000008:
-                eax = 0x3028; // 40-bit physical, 48-bit linear
-                break;
-        }
-    }
-}

@@ -37,16 +37,15 @@ internal static class DomainCommands
         cfg.Directory = dir;
         foreach (var v in vars) XlConfigParser.ParseInto(cfg, v, "command line");
         var read = DomainConfigReader.Read(cfg, Environment.ProcessorCount);
+        foreach (var w in read.Warnings) ctx.Err.WriteLine(w);
 
         if (ctx.DryRun || a.Has('n'))
         {
-            foreach (var w in read.Warnings) ctx.Err.WriteLine(w);
             ctx.Out.WriteLine(LibxlJson.DomainConfig(read.Config).ToJsonString(LibxlJson.Pretty));
             return 0;
         }
 
         var result = ctx.Daemon.Send(new CreateRequest(text, file, dir, vars, a.Has('p')));
-        foreach (var w in result.Warnings) ctx.Err.WriteLine(w);
         if (a.Has('c'))
             return ConsoleCommand.Attach(ctx, result.DomId.ToString());
         return 0;

@@ -1,6 +1,6 @@
 using XenSharp.Hypervisor.Common;
 
-namespace XenSharp.Hypervisor.Sched;
+namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
 /// A scheduling policy (Xen's sched_ops): which runnable vCPU a pCPU runs next and for how long.

@@ -1,7 +1,7 @@
 using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86;
 
-namespace XenSharp.Hypervisor.Sched;
+namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
 /// A physical CPU: a host thread that asks the scheduler for a vCPU, runs it in the engine until its slice

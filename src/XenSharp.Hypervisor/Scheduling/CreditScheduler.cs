@@ -1,6 +1,6 @@
 using XenSharp.Hypervisor.Common;
 
-namespace XenSharp.Hypervisor.Sched;
+namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
 /// A credit scheduler after Xen's credit1: vCPUs earn credit in proportion to their domain's weight every
@@ -26,6 +26,10 @@ internal sealed class CreditScheduler : IScheduler
     private readonly SemaphoreSlim _work = new(0);
     private long _lastAccounting;
     private int _idle;
+
+    private readonly int _pcpus;
+
+    public CreditScheduler(int pcpus) => _pcpus = Math.Max(1, pcpus);
 
     public string Name => "credit";
     public long SliceNs { get; set; } = DefaultSliceNs;
@@ -123,7 +127,7 @@ internal sealed class CreditScheduler : IScheduler
         long total = domains.Sum(g => (long)g.Key.Weight);
         foreach (var g in domains)
         {
-            long share = AccountingPeriodNs * Environment.ProcessorCount * g.Key.Weight / Math.Max(1, total);
+            long share = AccountingPeriodNs * _pcpus * g.Key.Weight / Math.Max(1, total);
             long perVcpu = share / Math.Max(1, g.Count());
             foreach (var v in g)
             {

@@ -1,0 +1,177 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+using V = System.Runtime.Intrinsics.Vector128<byte>;
+
+namespace XenSharp.Cpu;
+
+/// <summary>The rest of SSSE3 and SSE4.1, PCLMULQDQ, and AES-NI (on hosts that have it).</summary>
+internal unsafe partial class X86Vcpu
+{
+    private bool TrySseExtra(ref DecodedInsn d)
+    {
+        switch (d.Op)
+        {
+            case Mnemonic.Phaddw: case Mnemonic.Phaddsw: case Mnemonic.Phsubw: case Mnemonic.Phsubsw:
+            {
+                SseCheck();
+                var a = Dst(ref d).AsInt16(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt16();
+                bool sub = d.Op is Mnemonic.Phsubw or Mnemonic.Phsubsw;
+                bool sat = d.Op is Mnemonic.Phaddsw or Mnemonic.Phsubsw;
+                Span<short> r = stackalloc short[8];
+                for (int i = 0; i < 4; i++)
+                {
+                    int x = sub ? a[2 * i] - a[2 * i + 1] : a[2 * i] + a[2 * i + 1];
+                    int y = sub ? b[2 * i] - b[2 * i + 1] : b[2 * i] + b[2 * i + 1];
+                    r[i] = sat ? (short)Math.Clamp(x, -32768, 32767) : (short)x;
+                    r[i + 4] = sat ? (short)Math.Clamp(y, -32768, 32767) : (short)y;
+                }
+                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<short>)r).AsByte();
+                return true;
+            }
+            case Mnemonic.Phaddd: case Mnemonic.Phsubd:
+            {
+                SseCheck();
+                var a = Dst(ref d).AsInt32(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt32();
+                bool sub = d.Op == Mnemonic.Phsubd;
+                XReg(d.I.Op0Register) = (sub
+                    ? Vector128.Create(a[0] - a[1], a[2] - a[3], b[0] - b[1], b[2] - b[3])
+                    : Vector128.Create(a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3])).AsByte();
+                return true;
+            }
+            case Mnemonic.Pmaddubsw:
+            {
+                SseCheck();
+                var a = Dst(ref d); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSByte();
+                Span<short> r = stackalloc short[8];
+                for (int i = 0; i < 8; i++) r[i] = (short)Math.Clamp(a[2 * i] * b[2 * i] + a[2 * i + 1] * b[2 * i + 1], -32768, 32767);
+                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<short>)r).AsByte();
+                return true;
+            }
+            case Mnemonic.Pmulhrsw:
+            {
+                SseCheck();
+                var a = Dst(ref d).AsInt16(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt16();
+                Span<short> r = stackalloc short[8];
+                for (int i = 0; i < 8; i++) r[i] = (short)((((a[i] * b[i]) >> 14) + 1) >> 1);
+                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<short>)r).AsByte();
+                return true;
+            }
+            case Mnemonic.Psignb: case Mnemonic.Psignw: case Mnemonic.Psignd:
+            {
+                SseCheck();
+                var a = Dst(ref d); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
+                V r = d.Op switch
+                {
+                    Mnemonic.Psignb => Sign(a.AsSByte(), b.AsSByte()).AsByte(),
+                    Mnemonic.Psignw => Sign(a.AsInt16(), b.AsInt16()).AsByte(),
+                    _ => Sign(a.AsInt32(), b.AsInt32()).AsByte(),
+                };
+                XReg(d.I.Op0Register) = r;
+                return true;
+            }
+            case Mnemonic.Insertps:
+            {
+                SseCheck();
+                int imm = d.I.Immediate8;
+                uint v = d.I.Op1Kind == OpKind.Register ? XReg(d.I.Op1Register).AsUInt32()[(imm >> 6) & 3] : (uint)ReadLin(MemAddr(ref d), 4);
+                var r = Dst(ref d).AsUInt32().WithElement((imm >> 4) & 3, v);
+                for (int i = 0; i < 4; i++) if (((imm >> i) & 1) != 0) r = r.WithElement(i, 0u);
+                XReg(d.I.Op0Register) = r.AsByte();
+                return true;
+            }
+            case Mnemonic.Extractps:
+            {
+                SseCheck();
+                uint v = XReg(d.I.Op1Register).AsUInt32()[d.I.Immediate8 & 3];
+                if (d.I.Op0Kind == OpKind.Register) WriteReg(d.I.Op0Register, v); else WriteLin(MemAddr(ref d), 4, v);
+                return true;
+            }
+            case Mnemonic.Dpps:
+            {
+                SseCheck();
+                var a = Dst(ref d).AsSingle(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSingle();
+                int imm = d.I.Immediate8;
+                float sum = 0;
+                for (int i = 0; i < 4; i++) if (((imm >> (4 + i)) & 1) != 0) sum += a[i] * b[i];
+                Span<float> r = stackalloc float[4];
+                for (int i = 0; i < 4; i++) r[i] = ((imm >> i) & 1) != 0 ? sum : 0f;
+                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<float>)r).AsByte();
+                return true;
+            }
+            case Mnemonic.Dppd:
+            {
+                SseCheck();
+                var a = Dst(ref d).AsDouble(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
+                int imm = d.I.Immediate8;
+                double sum = 0;
+                for (int i = 0; i < 2; i++) if (((imm >> (4 + i)) & 1) != 0) sum += a[i] * b[i];
+                XReg(d.I.Op0Register) = Vector128.Create((imm & 1) != 0 ? sum : 0, (imm & 2) != 0 ? sum : 0).AsByte();
+                return true;
+            }
+            case Mnemonic.Mpsadbw:
+            {
+                SseCheck();
+                var a = Dst(ref d); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
+                int imm = d.I.Immediate8;
+                int ao = ((imm >> 2) & 1) * 4, bo = (imm & 3) * 4;
+                Span<ushort> r = stackalloc ushort[8];
+                for (int i = 0; i < 8; i++)
+                {
+                    int s = 0;
+                    for (int k = 0; k < 4; k++) s += Math.Abs(a[ao + i + k] - b[bo + k]);
+                    r[i] = (ushort)s;
+                }
+                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<ushort>)r).AsByte();
+                return true;
+            }
+            case Mnemonic.Phminposuw:
+            {
+                SseCheck();
+                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt16();
+                int idx = 0;
+                for (int i = 1; i < 8; i++) if (s[i] < s[idx]) idx = i;
+                XReg(d.I.Op0Register) = Vector128.Create(s[idx], (ushort)idx, 0, 0, 0, 0, 0, 0).AsByte();
+                return true;
+            }
+            case Mnemonic.Pclmulqdq:
+            {
+                SseCheck();
+                var a = Dst(ref d).AsUInt64(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
+                int imm = d.I.Immediate8;
+                ulong x = a[imm & 1], y = b[(imm >> 4) & 1];
+                ulong lo = 0, hi = 0;
+                for (int i = 0; i < 64; i++)
+                    if (((y >> i) & 1) != 0) { lo ^= x << i; if (i != 0) hi ^= x >> (64 - i); }
+                XReg(d.I.Op0Register) = Vector128.Create(lo, hi).AsByte();
+                return true;
+            }
+            case Mnemonic.Aesenc: case Mnemonic.Aesenclast: case Mnemonic.Aesdec: case Mnemonic.Aesdeclast:
+            case Mnemonic.Aesimc: case Mnemonic.Aeskeygenassist:
+            {
+                if (!Aes.IsSupported) throw UD();
+                SseCheck();
+                var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
+                XReg(d.I.Op0Register) = d.Op switch
+                {
+                    Mnemonic.Aesenc => Aes.Encrypt(Dst(ref d), b),
+                    Mnemonic.Aesenclast => Aes.EncryptLast(Dst(ref d), b),
+                    Mnemonic.Aesdec => Aes.Decrypt(Dst(ref d), b),
+                    Mnemonic.Aesdeclast => Aes.DecryptLast(Dst(ref d), b),
+                    Mnemonic.Aesimc => Aes.InverseMixColumns(b),
+                    _ => Aes.KeygenAssist(b, d.I.Immediate8),
+                };
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private static Vector128<T> Sign<T>(Vector128<T> a, Vector128<T> b) where T : unmanaged, System.Numerics.INumber<T>
+    {
+        var neg = Vector128.LessThan(b, Vector128<T>.Zero);
+        var zero = Vector128.Equals(b, Vector128<T>.Zero);
+        return Vector128.ConditionalSelect(zero, Vector128<T>.Zero, Vector128.ConditionalSelect(neg, -a, a));
+    }
+}

@@ -1,0 +1,24 @@
+namespace XenSharp.Cpu;
+
+/// <summary>
+/// What an x86 vCPU offers beyond <see cref="IVcpu"/>: the LAPIC's INIT and STARTUP IPIs and the
+/// guest TSC. Every vCPU created by <see cref="X86Engine"/> implements it.
+/// </summary>
+public interface IX86Vcpu : IVcpu
+{
+    /// <summary>INIT: architectural reset state (real mode), then wait-for-SIPI; <see cref="IVcpu.Run"/>
+    /// returns <see cref="VcpuExitReason.Hlt"/> until <see cref="StartupIpi"/>.</summary>
+    void Init();
+
+    /// <summary>STARTUP IPI: leaves wait-for-SIPI and starts in real mode at vector &lt;&lt; 12
+    /// (CS = vector &lt;&lt; 8, IP = 0).</summary>
+    void StartupIpi(byte vector);
+
+    bool WaitingForSipi { get; }
+
+    /// <summary>The guest TSC now (the value RDTSC would return).</summary>
+    ulong Tsc { get; }
+
+    /// <summary>Guest TSC = host ns * TscKhz / 1e6 + this offset (see <see cref="X86Engine.ComputeTsc"/>).</summary>
+    long TscOffsetValue { get; set; }
+}

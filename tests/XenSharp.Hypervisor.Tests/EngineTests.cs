@@ -1,0 +1,71 @@
+using System.Text;
+using XenSharp.Cpu;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.Tests;
+
+/// <summary>Guest code run by the real x86 engine: the hypercall page, hypercalls through it, and shutdown.</summary>
+[Trait("Feature", "x86/PVH")]
+public class EngineTests : IDisposable
+{
+    private readonly XenHypervisor _host = new(new HypervisorOptions { MachineMemoryBytes = 256UL << 20, Pcpus = 1 });
+    public void Dispose() => _host.Dispose();
+
+    /// <summary>PVH's 32-bit flat entry state (CR0.PE, flat code and data, a 32-bit TSS).</summary>
+    private static SpecialRegisters Flat32()
+    {
+        var code = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC09B, Selector = 0x10 };
+        var data = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC093, Selector = 0x18 };
+        return new SpecialRegisters
+        {
+            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
+            Tr = new Segment { Limit = 0x67, Attributes = 0x8B, Selector = 0x20 },
+            Ldt = new Segment { Attributes = 0x82 },
+            Cr0 = 0x11,
+        };
+    }
+
+    [Fact]
+    public void GuestWritesThroughItsHypercallPageAndShutsDown()
+    {
+        ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+        _host.PopulatePhysmap(id, 0, 256);
+        var code = new List<byte>();
+        void Emit(params byte[] b) => code.AddRange(b);
+        void Imm(uint v) => code.AddRange(BitConverter.GetBytes(v));
+        const uint Base = 0x1000, Page = 0x2000;
+        // Find the Xen leaves, then the hypercall MSR from base+2 (EBX).
+        Emit(0xB8); Imm(0x40000002);             // mov eax, 0x40000002
+        Emit(0x0F, 0xA2);                        // cpuid
+        Emit(0x89, 0xD9);                        // mov ecx, ebx
+        Emit(0xB8); Imm(Page);                   // mov eax, page
+        Emit(0x31, 0xD2);                        // xor edx, edx
+        Emit(0x0F, 0x30);                        // wrmsr
+        // console_io(CONSOLEIO_write, 6, msg) - 32-bit ABI: ebx, ecx, edx
+        Emit(0x31, 0xDB);                        // xor ebx, ebx
+        Emit(0xB9); Imm(6);                      // mov ecx, 6
+        Emit(0xBA); Imm(0x3000);                 // mov edx, msg
+        Emit(0xE8); Imm(Page + 18 * 32 - (Base + (uint)code.Count + 4)); // call hypercall_page[18]
+        Emit(0xA3); Imm(0x3200);                 // mov [0x3200], eax (the result)
+        // sched_op(SCHEDOP_shutdown, &reason)
+        Emit(0xBB); Imm(Sched.SCHEDOP_shutdown); // mov ebx, 2
+        Emit(0xB9); Imm(0x3100);                 // mov ecx, &reason
+        Emit(0xE8); Imm(Page + 29 * 32 - (Base + (uint)code.Count + 4)); // call hypercall_page[29]
+        Emit(0xF4);                              // hlt
+        _host.WriteGuestMemory(id, Base, code.ToArray());
+        _host.WriteGuestMemory(id, 0x3000, Encoding.ASCII.GetBytes("hello\n"));
+        _host.WriteGuestMemory(id, 0x3100, BitConverter.GetBytes(Sched.SHUTDOWN_reboot));
+        _host.WriteGuestMemory(id, 0x3200, BitConverter.GetBytes(0xFFFFFFFFu));
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, Flat32());
+
+        ShutdownReason? reason = null;
+        _host.DomainShutdown += (_, e) => { if (e.DomainId == id) reason = e.Reason; };
+        _host.Unpause(id);
+        Assert.True(TestHosts.WaitUntil(() => reason is not null), _host.ReadDmesg());
+        Assert.Equal(ShutdownReason.Reboot, reason);
+        Assert.Equal("hello\n", Encoding.ASCII.GetString(_host.ReadConsoleHistory(id)));
+        var result = new byte[4];
+        _host.ReadGuestMemory(id, 0x3200, result);
+        Assert.Equal(0u, BitConverter.ToUInt32(result));
+    }
+}

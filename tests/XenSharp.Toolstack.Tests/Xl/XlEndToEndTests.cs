@@ -1,0 +1,226 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using XenSharp.Toolstack.Tests.Builder;
+
+namespace XenSharp.Toolstack.Tests.Xl;
+
+/// <summary>Runs the repository's ./xl as a user types it, against a daemon of its own
+/// (XENSHARP_RUNDIR), and stops that daemon at the end.</summary>
+public sealed class XlSession : IDisposable
+{
+    public string Root { get; }
+    public string RunDir { get; }
+    public string Work { get; }
+
+    public XlSession()
+    {
+        string dir = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(dir, "XenSharp.slnx"))) dir = Path.GetDirectoryName(dir) ?? throw new InvalidOperationException("repository root not found");
+        Root = dir;
+        Work = Directory.CreateTempSubdirectory("xl-e2e").FullName;
+        RunDir = Path.Combine(Work, "run");
+    }
+
+    public (int Code, string Out, string Err) Xl(params string[] args)
+    {
+        var psi = new ProcessStartInfo(Path.Combine(Root, "xl"))
+        { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false, WorkingDirectory = Work };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["XENSHARP_RUNDIR"] = RunDir;
+        using var p = Process.Start(psi)!;
+        p.StandardInput.Close();
+        var err = p.StandardError.ReadToEndAsync();
+        string o = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(10))) { p.Kill(true); throw new TimeoutException($"xl {string.Join(' ', args)}"); }
+        return (p.ExitCode, o, err.Result);
+    }
+
+    public int? DaemonPid => File.Exists(Path.Combine(RunDir, "xensharpd.pid"))
+        && int.TryParse(File.ReadAllText(Path.Combine(RunDir, "xensharpd.pid")).Trim(), out int pid) ? pid : null;
+
+    public void Dispose()
+    {
+        int? pid = DaemonPid;
+        try { Xl("daemon-stop"); } catch (Exception e) when (e is IOException or TimeoutException or InvalidOperationException) { }
+        if (pid is { } p && Directory.Exists($"/proc/{p}"))
+        {
+            try { Process.GetProcessById(p).Kill(); } catch (ArgumentException) { }
+        }
+        try { Directory.Delete(Work, true); } catch (IOException) { }
+    }
+}
+
+[CollectionDefinition("xl")]
+public sealed class XlCollection : ICollectionFixture<XlSession>;
+
+[Collection("xl")]
+public sealed class XlEndToEndTests(XlSession s)
+{
+    private string Guest(string name, string extra = "")
+    {
+        File.WriteAllBytes(Path.Combine(s.Work, "guest.elf"), TestImages.Elf(new byte[8192], 0x100000));
+        string cfg = Path.Combine(s.Work, name + ".cfg");
+        File.WriteAllText(cfg, $"# test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"guest.elf\"\nmemory = 16\nvcpus = 2\n{extra}");
+        return cfg;
+    }
+
+    private static readonly Regex ListRow = new(@"^(?<name>\S+)\s+(?<id>\d+)\s+(?<mem>\d+)\s+(?<vcpus>\d+)\s+(?<state>[r-][b-][p-][s-][-rscwS?][d-])\s+(?<time>\d+\.\d)$");
+
+    private Dictionary<string, Match> List()
+    {
+        var (code, o, e) = s.Xl("list");
+        Assert.True(code == 0, e);
+        var lines = o.TrimEnd('\n').Split('\n');
+        Assert.Equal("Name                                        ID   Mem VCPUs\tState\tTime(s)", lines[0]);
+        return lines.Skip(1).Select(l => ListRow.Match(l)).Select(m => { Assert.True(m.Success); return m; })
+            .ToDictionary(m => m.Groups["name"].Value);
+    }
+
+    [Fact]
+    public void CreateListDestroy()
+    {
+        string cfg = Guest("e2e");
+        var (code, _, err) = s.Xl("create", cfg);
+        Assert.True(code == 0, err);
+        Assert.Contains($"Parsing config from {cfg}", err);
+
+        var rows = List();
+        Assert.Equal("0", rows["Domain-0"].Groups["id"].Value);
+        Assert.Equal("r-----", rows["Domain-0"].Groups["state"].Value);
+        var g = rows["e2e"];
+        Assert.Equal("16", g.Groups["mem"].Value);
+        Assert.Equal("2", g.Groups["vcpus"].Value);
+        string id = g.Groups["id"].Value;
+
+        var (_, json, _) = s.Xl("list", "-l", "e2e");
+        var arr = JsonNode.Parse(json)!.AsArray();
+        Assert.Equal(int.Parse(id), (int)arr[0]!["domid"]!);
+        Assert.Equal("e2e", (string)arr[0]!["config"]!["c_info"]!["name"]!);
+        Assert.Equal(16384, (long)arr[0]!["config"]!["b_info"]!["target_memkb"]!);
+
+        Assert.Equal(id, s.Xl("domid", "e2e").Out.Trim());
+        Assert.Equal("e2e", s.Xl("domname", id).Out.Trim());
+
+        (code, _, err) = s.Xl("destroy", "e2e");
+        Assert.True(code == 0, err);
+        Assert.False(List().ContainsKey("e2e"));
+        (code, _, err) = s.Xl("destroy", "e2e");
+        Assert.Equal(1, code);
+        Assert.Contains("e2e is an invalid domain identifier (rc=-6)", err);
+    }
+
+    [Fact]
+    public void CreatePausedWithOverridesThenUnpause()
+    {
+        string cfg = Guest("ovr");
+        var (code, _, err) = s.Xl("create", "-p", cfg, "memory=32", "name=\"ovr2\"");
+        Assert.True(code == 0, err);
+        var row = List()["ovr2"];
+        Assert.Equal("32", row.Groups["mem"].Value);
+        Assert.Equal('p', row.Groups["state"].Value[2]);
+        Assert.Equal(0, s.Xl("unpause", "ovr2").Code);
+        Assert.Equal('-', List()["ovr2"].Groups["state"].Value[2]);
+        Assert.Equal(0, s.Xl("destroy", "ovr2").Code);
+    }
+
+    [Fact]
+    public void BadConfigurationsAndMissingFiles()
+    {
+        string missing = Path.Combine(s.Work, "missing.cfg");
+        var (code, _, err) = s.Xl("create", missing);
+        Assert.Equal(1, code);
+        Assert.Contains($"Failed to read config file: {missing}: No such file or directory", err);
+
+        string bad = Path.Combine(s.Work, "bad.cfg");
+        File.WriteAllText(bad, "name = \"bad\"\ntype = \"pvh\"\nmemory = = 4\n");
+        (code, _, err) = s.Xl("create", bad);
+        Assert.Equal(1, code);
+        Assert.Contains($"{bad}:3: config parsing error near `=': syntax error", err);
+
+        string action = Path.Combine(s.Work, "action.cfg");
+        File.WriteAllText(action, "name = \"a\"\ntype = \"pvh\"\nkernel = \"guest.elf\"\non_crash = \"explode\"\n");
+        (code, _, err) = s.Xl("create", action);
+        Assert.Equal(1, code);
+        Assert.Contains($"{action}:4: Unknown on_crash action \"explode\" specified", err);
+
+        string noKernel = Path.Combine(s.Work, "nokernel.cfg");
+        File.WriteAllText(noKernel, "name = \"nk\"\ntype = \"pvh\"\nkernel = \"absent.elf\"\nfrobnicate = 1\n");
+        (code, _, err) = s.Xl("create", noKernel);
+        Assert.Equal(1, code);
+        Assert.Contains($"{noKernel}:4: warning: unknown key `frobnicate' ignored", err);
+        Assert.Contains($"kernel: {Path.Combine(s.Work, "absent.elf")}: No such file or directory", err);
+        Assert.False(List().ContainsKey("nk"));
+    }
+
+    [Fact]
+    public void HelloExampleCreatesWhenTheTestKernelIsBuilt()
+    {
+        string cfg = Path.Combine(s.Root, "examples", "hello-pvh.cfg");
+        string elf = Path.Combine(s.Root, "tests", "guests", "build", "hello.elf");
+        var (code, _, err) = s.Xl("create", cfg);
+        if (File.Exists(elf))
+        {
+            Assert.True(code == 0, err);
+            Assert.True(List().ContainsKey("hello"));
+            Assert.Equal(0, s.Xl("destroy", "hello").Code);
+        }
+        else
+        {
+            Assert.Equal(1, code);
+            Assert.Contains($"kernel: {elf}: No such file or directory", err);
+        }
+    }
+
+    [Fact]
+    public void InfoAndDmesgAndHelp()
+    {
+        var (code, o, _) = s.Xl("info");
+        Assert.Equal(0, code);
+        Assert.Matches(@"(?m)^nr_cpus                : \d+$", o);
+        Assert.Matches(@"(?m)^xen_version            : 4\.14", o);
+        (code, o, _) = s.Xl("dmesg");
+        Assert.Equal(0, code);
+        Assert.Contains("(XEN) Xen version", o);
+        (code, o, _) = s.Xl("help");
+        Assert.Equal(0, code);
+        Assert.Contains(" create              Create a domain from config file <filename>", o);
+    }
+}
+
+/// <summary>The daemon's own life: started by the first xl command that needs it, stopped cleanly.</summary>
+[Collection("xl")]
+public sealed class XlDaemonTests
+{
+    [Fact]
+    public void FirstUseStartsTheDaemonAndDaemonStopLeavesNothingBehind()
+    {
+        using var s = new XlSession();
+        var (code, _, err) = s.Xl("list");
+        Assert.True(code == 0, err);
+        Assert.Contains("xl: starting xensharpd", err);
+        int pid = s.DaemonPid ?? throw new Xunit.Sdk.XunitException("no pid file");
+        Assert.True(File.Exists(Path.Combine(s.RunDir, "xl.sock")));
+        Assert.True(File.Exists(Path.Combine(s.RunDir, "xenstored", "socket")));
+
+        // A second command reuses the running daemon.
+        (code, _, err) = s.Xl("list");
+        Assert.Equal(0, code);
+        Assert.DoesNotContain("starting", err);
+
+        File.WriteAllBytes(Path.Combine(s.Work, "k.elf"), TestImages.Elf(new byte[4096], 0x100000));
+        File.WriteAllText(Path.Combine(s.Work, "d.cfg"), "name=\"d\"\ntype=\"pvh\"\nkernel=\"k.elf\"\nmemory=16\n");
+        Assert.Equal(0, s.Xl("create", Path.Combine(s.Work, "d.cfg")).Code);
+
+        (code, _, err) = s.Xl("daemon-stop");
+        Assert.Equal(0, code);
+        Assert.Contains("xl: xensharpd stopped", err);
+        for (int i = 0; i < 200 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(50);
+        Assert.False(Directory.Exists($"/proc/{pid}"));
+        Assert.False(File.Exists(Path.Combine(s.RunDir, "xl.sock")));
+        Assert.False(File.Exists(Path.Combine(s.RunDir, "xenstored", "socket")));
+        Assert.False(File.Exists(Path.Combine(s.RunDir, "xensharpd.pid")));
+        Assert.False(File.Exists(Path.Combine(s.RunDir, "xensharpd.lock")));
+        Assert.Contains("stopping, destroying 1 domain(s)", File.ReadAllText(Path.Combine(s.RunDir, "xensharpd.log")));
+    }
+}
