@@ -60,6 +60,12 @@ public sealed class X86Engine : ICpuEngine
             Blocks.Clear();
     }
 
+    internal void OnNewCodeFrame(ulong gfn)
+    {
+        lock (_vcpus)
+            foreach (var v in _vcpus) v.DropWritableFrame(gfn);
+    }
+
     public void Dispose()
     {
         lock (_vcpus)

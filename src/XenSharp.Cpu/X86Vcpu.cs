@@ -105,7 +105,6 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     private uint? _injError;
     private ulong _retired;
     private long _memGeneration;
-    private long _codeEpoch;
     internal ulong CurIp;          // RIP of the instruction being executed (faults restart it)
     /// <summary>Set by <see cref="Init"/>: the vCPU runs nothing until <see cref="StartupIpi"/>.</summary>
     internal bool WaitForSipi;
@@ -308,8 +307,6 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
                 // Frames may now be backed by other pages: decoded code may be stale too.
                 _engine.OnMemoryGeneration(gen);
             }
-            long epoch = Volatile.Read(ref _blocks.CodeFrameEpoch);
-            if (epoch != _codeEpoch) { _codeEpoch = epoch; FlushWritableTlb(); }
 
             if (!Shadow && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
             {

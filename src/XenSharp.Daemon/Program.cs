@@ -45,7 +45,7 @@ namespace XenSharp.Daemon
             using var stop = new ManualResetEventSlim();
             using var xs = new XenStored();
             xs.Start(paths.XenstoredSocket);
-            using var hv = new HeldHypervisor();
+            using var hv = new XenHypervisorPlatform(new XenSharp.Hypervisor.XenHypervisor());
             using var host = new Host(hv, xs, paths);
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });

@@ -227,9 +227,13 @@ public sealed unsafe class XenHypervisor : IDisposable
     {
         var d = Guest(domid);
         var v = d.GetVcpu((uint)vcpu) ?? throw new HypervisorException($"domain {domid} has no vCPU {vcpu}", Errno.ENOENT);
-        v.PendingContext = (regs, sregs);
+        var s = sregs;
+        // An unset APIC base means the reset value (xAPIC at 0xFEE00000, enabled, BSP for vCPU 0).
+        if (s.ApicBase == 0)
+            s.ApicBase = v.Lapic.ApicBase;
+        v.Lapic.ApicBase = s.ApicBase;
+        v.PendingContext = (regs, s);
         v.Initialised = true;
-        v.Lapic.ApicBase = sregs.ApicBase != 0 ? sregs.ApicBase : v.Lapic.ApicBase;
     }
 
     public void Unpause(ushort domid)

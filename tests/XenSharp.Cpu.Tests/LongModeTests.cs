@@ -378,6 +378,56 @@ public class LongModeTests
     }
 
     [Fact]
+    public void CodeWrittenByAnotherVcpuIsSeen()
+    {
+        using var m = new TestMachine();
+        var b = m.Engine.CreateVcpu(1, new DefaultCpuidPolicy(1));
+        const ulong f = 0x30000, flag = 0x7000, bCode = 0x32000;
+        // f: mov eax, 1; ret   (on its own page, executed only by vCPU 1)
+        m.Mem.Write(f, TestMachine.Assemble(64, f, a => { a.mov(eax, 1); a.ret(); }));
+        m.Mem.Write(bCode, TestMachine.Assemble(64, bCode, a =>
+        {
+            var loop = a.CreateLabel();
+            var ready = a.CreateLabel();
+            a.Label(ref ready);
+            a.pause();
+            a.cmp(__dword_ptr[flag + 4], 1);   // wait until vCPU 0 holds a writable TLB entry
+            a.jne(ready);
+            a.call(f);
+            a.mov(__dword_ptr[flag], 1);
+            a.Label(ref loop);
+            a.call(f);
+            a.cmp(eax, 2);
+            a.jne(loop);
+            a.hlt();
+        }));
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var wait = a.CreateLabel();
+            a.mov(__dword_ptr[f + 0x100], 0);     // a writable TLB entry for f's page, before it is code
+            a.mov(__dword_ptr[flag + 4], 1);
+            a.Label(ref wait);
+            a.pause();
+            a.cmp(__dword_ptr[flag], 1);
+            a.jne(wait);
+            a.mov(__dword_ptr[f + 1], 2);         // patch the immediate
+            a.hlt();
+        }));
+        m.Cpu.GetSpecialRegisters(out var s);
+        b.SetSpecialRegisters(s);
+        b.SetRegisters(new Registers { Rip = bCode, Rsp = 0x70000, Rflags = 2 });
+        VcpuExitReason bExit = VcpuExitReason.InternalError;
+        var t = new Thread(() => bExit = b.Run().Reason);
+        var watchdog = new Timer(_ => { b.RequestExit(); m.Cpu.RequestExit(); }, null, 20000, Timeout.Infinite);
+        t.Start();
+        var aExit = m.Cpu.Run().Reason;
+        t.Join();
+        watchdog.Dispose();
+        Assert.Equal(VcpuExitReason.Hlt, aExit);
+        Assert.Equal(VcpuExitReason.Hlt, bExit);
+    }
+
+    [Fact]
     public void NonCanonicalAccessRaisesGp()
     {
         using var m = new TestMachine();

@@ -68,4 +68,37 @@ public class EngineTests : IDisposable
         _host.ReadGuestMemory(id, 0x3200, result);
         Assert.Equal(0u, BitConverter.ToUInt32(result));
     }
+
+    [Fact]
+    [Trait("Feature", "Hypervisor emulated LAPIC")]
+    public void BspStartsAnApWithInitSipiThroughTheLapicMmio()
+    {
+        ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 2048, 2));
+        _host.PopulatePhysmap(id, 0, 256);
+        byte[] bsp =
+        [
+            0xC7, 0x05, 0x10, 0x03, 0xE0, 0xFE, 0x00, 0x00, 0x00, 0x02, // mov dword [0xFEE00310], 2 << 24 (APIC ID 2 = vCPU 1)
+            0xC7, 0x05, 0x00, 0x03, 0xE0, 0xFE, 0x00, 0xC5, 0x00, 0x00, // mov dword [0xFEE00300], INIT assert, level
+            0xC7, 0x05, 0x00, 0x03, 0xE0, 0xFE, 0x9A, 0x06, 0x00, 0x00, // mov dword [0xFEE00300], SIPI vector 0x9A
+            0x80, 0x3D, 0x00, 0x05, 0x00, 0x00, 0x42,                   // wait: cmp byte [0x500], 0x42
+            0x75, 0xF7,                                                 // jne wait
+            0xBB, 0x02, 0x00, 0x00, 0x00,                               // mov ebx, SCHEDOP_shutdown
+            0xB9, 0x00, 0x31, 0x00, 0x00,                               // mov ecx, &reason
+            0xB8, 0x1D, 0x00, 0x00, 0x00,                               // mov eax, __HYPERVISOR_sched_op
+            0x0F, 0x01, 0xC1,                                           // vmcall
+            0xF4,                                                       // hlt
+        ];
+        byte[] ap = [0xC6, 0x06, 0x00, 0x05, 0x42, 0xF4, 0xEB, 0xFD]; // real mode: mov byte [0x500], 0x42; hlt; jmp $-1
+        _host.WriteGuestMemory(id, 0x1000, bsp);
+        _host.WriteGuestMemory(id, 0x9A000, ap);
+        _host.WriteGuestMemory(id, 0x3100, BitConverter.GetBytes(Sched.SHUTDOWN_poweroff));
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, Flat32());
+
+        ShutdownReason? reason = null;
+        _host.DomainShutdown += (_, e) => { if (e.DomainId == id) reason = e.Reason; };
+        _host.Unpause(id);
+        Assert.True(TestHosts.WaitUntil(() => reason is not null), _host.ReadDmesg());
+        Assert.Equal(ShutdownReason.Poweroff, reason);
+        Assert.Equal(2, _host.GetDomainInfo(id).OnlineVcpus);
+    }
 }

@@ -22,19 +22,23 @@ internal sealed class BlockCache
             return _blocks.TryGetValue(new Key(phys, ip, bitness), out var b) ? b : null;
     }
 
-    public void Add(DecodedBlock block)
+    /// <summary>Adds a block; true when its frame was not a code frame before.</summary>
+    public bool Add(DecodedBlock block)
     {
         ulong gfn = block.Phys >> 12;
         lock (_lock)
         {
             _blocks[new Key(block.Phys, block.Ip, block.Bitness)] = block;
+            bool added = false;
             if (!_byFrame.TryGetValue(gfn, out var list))
             {
                 list = new List<DecodedBlock>();
                 _byFrame[gfn] = list;
                 Interlocked.Increment(ref CodeFrameEpoch);
+                added = true;
             }
             list.Add(block);
+            return added;
         }
     }
 

@@ -94,10 +94,10 @@ internal unsafe partial class X86Vcpu
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
         b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
-        if (cacheable)
+        if (cacheable && _blocks.Add(b))
         {
-            _blocks.Add(b);
-            DropWritableFrame(phys >> 12);
+            // Every vCPU's fast write path must stop bypassing the self-modifying-code check.
+            _engine.OnNewCodeFrame(phys >> 12);
         }
         else b.Valid = false;
         return b;

@@ -56,10 +56,12 @@ internal unsafe partial class X86Vcpu
         for (int i = 0; i < TlbSize * 2; i++) _tlb[i].WriteTag = ulong.MaxValue;
     }
 
-    /// <summary>Drops write entries for one frame in this vCPU (it just became a code frame).</summary>
-    private void DropWritableFrame(ulong gfn)
+    /// <summary>Drops write entries for one frame (it just became a code frame). Called from any
+    /// thread: each store is one aligned word, and refills re-check the code-frame set.</summary>
+    internal void DropWritableFrame(ulong gfn)
     {
+        if (_tlb == null) return;
         for (int i = 0; i < TlbSize * 2; i++)
-            if (_tlb[i].Gfn == gfn) _tlb[i].WriteTag = ulong.MaxValue;
+            if (_tlb[i].Gfn == gfn) Volatile.Write(ref _tlb[i].WriteTag, ulong.MaxValue);
     }
 }

@@ -159,10 +159,11 @@ internal sealed unsafe class Domain
     /// <summary>Frees everything the domain owns. Caller makes sure no vCPU runs.</summary>
     public void Teardown()
     {
+        // Channels and grants reach into other domains: release them before taking our own lock.
+        Evtchn.CloseAll();
+        Gnttab.Teardown();
         lock (Lock)
         {
-            Evtchn.CloseAll();
-            Gnttab.Teardown();
             foreach (var v in Vcpus)
                 v.Teardown();
             foreach (var (gfn, _, _) in P2m.Entries().ToList())

@@ -12,7 +12,7 @@ namespace XenSharp.Hypervisor.X86;
 internal static unsafe class VmExit
 {
     public const ushort DebugConsolePort = 0xE9;
-    private const uint MsrMiscEnable = 0x1A0;
+    private const uint MsrMiscEnable = 0x1A0, MsrPlatformId = 0x17, MsrBiosUpdtTrig = 0x79, MsrUcodeRev = 0x8B;
 
     /// <summary>Handles one exit; false when the vCPU must leave the CPU now.</summary>
     public static bool Handle(Vcpu v, IVcpu cpu, in VcpuExit exit)
@@ -26,6 +26,7 @@ internal static unsafe class VmExit
                 PortIo(v, cpu, exit);
                 return !v.DescheduleRequested;
             case VcpuExitReason.Mmio:
+                SyncApicBase(v, cpu);
                 if (v.Lapic.IsMmio(exit.Address))
                 {
                     if (exit.IsWrite)
@@ -37,12 +38,16 @@ internal static unsafe class VmExit
                     cpu.CompleteExit(AllOnes(exit.Size));
                 return true;
             case VcpuExitReason.RdMsr:
+                if (exit.Port is >= Vlapic.X2ApicMsrBase and <= Vlapic.X2ApicMsrEnd)
+                    SyncApicBase(v, cpu);
                 if (TryReadMsr(v, exit.Port, out ulong value))
                     cpu.CompleteExit(value);
                 else
                     cpu.CompleteExit(0, fault: true);
                 return true;
             case VcpuExitReason.WrMsr:
+                if (exit.Port is >= Vlapic.X2ApicMsrBase and <= Vlapic.X2ApicMsrEnd)
+                    SyncApicBase(v, cpu);
                 if (!TryWriteMsr(v, exit.Port, exit.Data))
                     cpu.CompleteExit(0, fault: true);
                 return !v.DescheduleRequested;
@@ -62,6 +67,14 @@ internal static unsafe class VmExit
             default:
                 return true;
         }
+    }
+
+    /// <summary>The engine owns IA32_APIC_BASE; the vLAPIC follows its base and x2APIC mode.</summary>
+    private static void SyncApicBase(Vcpu v, IVcpu cpu)
+    {
+        cpu.GetSpecialRegisters(out var s);
+        if (s.ApicBase != 0)
+            v.Lapic.ApicBase = s.ApicBase;
     }
 
     private static ulong AllOnes(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
@@ -123,6 +136,10 @@ internal static unsafe class VmExit
             case MsrMiscEnable:
                 value = 1; // fast strings
                 return true;
+            case MsrPlatformId:
+            case MsrUcodeRev:
+                value = 0; // no microcode to speak of, as Xen reports to HVM guests
+                return true;
             default:
                 return false;
         }
@@ -138,6 +155,9 @@ internal static unsafe class VmExit
                 return WriteHypercallPage(v, value);
             case MsrMiscEnable:
                 return true; // Linux's verify_cpu rewrites it; nothing here depends on it
+            case MsrUcodeRev:
+            case MsrBiosUpdtTrig:
+                return true; // the revision probe writes 0 first; updates are ignored
             default:
                 return false;
         }

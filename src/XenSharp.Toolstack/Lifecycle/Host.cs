@@ -161,6 +161,8 @@ public sealed class Host : IDisposable
             var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
                 c.Vcpus, c.MaxVcpus), hvd.Memory);
             hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
+            hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
+            hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
             hvd.SetOnlineVcpus(c.Vcpus);
             for (int v = 0; v < c.MaxVcpus; v++)
             {
@@ -398,7 +400,8 @@ public sealed class Host : IDisposable
         {
             DomId = d.DomId, Name = d.Config.Name, Uuid = d.Config.Uuid, Type = DomainConfig.TypeName(d.Config.Type),
             CurrentMemKb = s.CurrentMemKb, MaxMemKb = d.Config.MaxMemKb, TargetMemKb = d.Config.TargetMemKb,
-            VcpuOnline = s.OnlineVcpus, VcpuMaxId = d.Config.MaxVcpus - 1,
+            // vCPUs the guest has not started yet (waiting for INIT-SIPI) still count, as in Xen.
+            VcpuOnline = Math.Max(s.OnlineVcpus, d.Config.Vcpus), VcpuMaxId = d.Config.MaxVcpus - 1,
             Running = s.Running, Blocked = s.Blocked, Paused = s.Paused, Shutdown = s.Shutdown,
             ShutdownReason = (int)s.Reason, Dying = s.Dying, CpuTimeNs = s.CpuTimeNs,
             UptimeSeconds = (DateTimeOffset.UtcNow - d.Started).TotalSeconds,

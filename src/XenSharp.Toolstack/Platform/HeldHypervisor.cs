@@ -106,6 +106,8 @@ public sealed class HeldHypervisor : IHypervisor
 
         public void SetOnlineVcpus(int count) { lock (_lock) _online = Math.Clamp(count, 1, Info.MaxVcpus); }
         public void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft) { }
+        public void SetMemoryMap(IReadOnlyList<(ulong Addr, ulong Size, uint Type)> entries) { }
+        public void SetAcpiSleepControl(ushort pm1aControlPort, int s5SleepType) { }
         public void SetHvmParam(int index, ulong value) { lock (_lock) _params[index] = value; }
         public ulong GetHvmParam(int index) { lock (_lock) return _params.GetValueOrDefault(index); }
         public uint AllocUnboundPort(uint remoteDomId) { lock (_lock) return _nextPort++; }

@@ -64,6 +64,12 @@ public interface IHypervisorDomain : IDisposable
 
     void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft);
 
+    /// <summary>The e820 the guest gets from XENMEM_memory_map (the same as the start info's memmap).</summary>
+    void SetMemoryMap(IReadOnlyList<(ulong Addr, ulong Size, uint Type)> entries);
+
+    /// <summary>Where the guest's ACPI poweroff arrives: the FADT's PM1a control port and \_S5's SLP_TYP.</summary>
+    void SetAcpiSleepControl(ushort pm1aControlPort, int s5SleepType);
+
     void SetHvmParam(int index, ulong value);
     ulong GetHvmParam(int index);
 

@@ -8,6 +8,9 @@ internal static class TestImages
 {
     public const ulong LoadAddress = 0x100000;
 
+    /// <summary>hlt; jmp back: with interrupts off the vCPU blocks for good and costs nothing.</summary>
+    public static readonly byte[] HaltLoop = [0xF4, 0xEB, 0xFD];
+
     /// <summary>An ELF64 (or ELF32) with one PT_LOAD of <paramref name="code"/> plus <paramref name="bss"/>
     /// zero bytes at <paramref name="paddr"/>, and a PT_NOTE with the Xen PHYS32_ENTRY note when given.</summary>
     public static byte[] Elf(byte[] code, uint? phys32Entry, ulong paddr = LoadAddress, int bss = 0, bool is64 = true, string? guestOs = "XenSharpTest")

@@ -22,18 +22,40 @@ public sealed class XlSession : IDisposable
         RunDir = Path.Combine(Work, "run");
     }
 
-    public (int Code, string Out, string Err) Xl(params string[] args)
+    public (int Code, string Out, string Err) Xl(params string[] args) => XlWithInput(null, args);
+
+    /// <summary>Runs xl with <paramref name="input"/> on its standard input (then end of input).</summary>
+    public (int Code, string Out, string Err) XlWithInput(string? input, params string[] args)
     {
         var psi = new ProcessStartInfo(Path.Combine(Root, "xl"))
         { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false, WorkingDirectory = Work };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["XENSHARP_RUNDIR"] = RunDir;
         using var p = Process.Start(psi)!;
+        if (input is not null) p.StandardInput.Write(input);
         p.StandardInput.Close();
         var err = p.StandardError.ReadToEndAsync();
         string o = p.StandardOutput.ReadToEnd();
         if (!p.WaitForExit(TimeSpan.FromMinutes(10))) { p.Kill(true); throw new TimeoutException($"xl {string.Join(' ', args)}"); }
         return (p.ExitCode, o, err.Result);
+    }
+
+    /// <summary>Builds the console-echo test kernel (Guests/console-echo.c) with gcc.</summary>
+    public string ConsoleEchoKernel()
+    {
+        string elf = Path.Combine(Work, "console-echo.elf");
+        if (File.Exists(elf)) return elf;
+        var psi = new ProcessStartInfo("gcc")
+        { RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "-m32", "-O2", "-ffreestanding", "-fno-pic", "-fno-stack-protector", "-nostdlib", "-static", "-no-pie",
+                     "-Wl,-Ttext-segment=0x100000", "-Wl,--build-id=none", "-Wl,-e,_start", "-o", elf,
+                     Path.Combine(AppContext.BaseDirectory, "Guests", "console-echo.c") })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        string err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new InvalidOperationException("gcc failed: " + err);
+        return elf;
     }
 
     public int? DaemonPid => File.Exists(Path.Combine(RunDir, "xensharpd.pid"))
@@ -59,7 +81,7 @@ public sealed class XlEndToEndTests(XlSession s)
 {
     private string Guest(string name, string extra = "")
     {
-        File.WriteAllBytes(Path.Combine(s.Work, "guest.elf"), TestImages.Elf(new byte[8192], 0x100000));
+        File.WriteAllBytes(Path.Combine(s.Work, "guest.elf"), TestImages.Elf(TestImages.HaltLoop, 0x100000));
         string cfg = Path.Combine(s.Work, name + ".cfg");
         File.WriteAllText(cfg, $"# test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"guest.elf\"\nmemory = 16\nvcpus = 2\n{extra}");
         return cfg;
@@ -172,6 +194,48 @@ public sealed class XlEndToEndTests(XlSession s)
         }
     }
 
+    private string EchoGuest(string name)
+    {
+        string elf = s.ConsoleEchoKernel();
+        string cfg = Path.Combine(s.Work, name + ".cfg");
+        File.WriteAllText(cfg, $"name = \"{name}\"\ntype = \"pvh\"\nkernel = \"{elf}\"\nmemory = 16\non_poweroff = \"destroy\"\n");
+        return cfg;
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void CreateWithConsoleRunsTheGuestEchoesInputAndHonoursPoweroff()
+    {
+        string cfg = EchoGuest("echo1");
+        var (code, o, err) = s.XlWithInput("xyq", "create", "-c", cfg);
+        Assert.True(code == 0, err);
+        Assert.Contains("hello from the console ring", o);
+        Assert.Contains("<x<y", o);
+        Assert.Contains("bye", o);
+
+        // on_poweroff="destroy": the guest's ACPI poweroff removed it.
+        Assert.False(List().ContainsKey("echo1"));
+        string log = File.ReadAllText(Path.Combine(s.RunDir, "console", "echo1.log"));
+        Assert.Equal("hello from the console ring\r\n<x<ybye\r\n", log);
+        var (_, dmesg, _) = s.Xl("dmesg");
+        Assert.Matches(@"\(d\d+\) console-echo: started", dmesg);
+        Assert.Matches(@"\(d\d+\) console-echo: powering off", dmesg);
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void ConsoleAttachesAndCtrlRightBracketDetaches()
+    {
+        string cfg = EchoGuest("echo2");
+        Assert.Equal(0, s.Xl("create", cfg).Code);
+        var (code, o, err) = s.XlWithInput("\u001d", "console", "echo2");
+        Assert.True(code == 0, err);
+        Assert.Contains("hello from the console ring", o);
+        Assert.True(List().ContainsKey("echo2"));
+        Assert.Equal(0, s.Xl("destroy", "echo2").Code);
+        Assert.False(List().ContainsKey("echo2"));
+    }
+
     [Fact]
     public void InfoAndDmesgAndHelp()
     {
@@ -181,7 +245,7 @@ public sealed class XlEndToEndTests(XlSession s)
         Assert.Matches(@"(?m)^xen_version            : 4\.14", o);
         (code, o, _) = s.Xl("dmesg");
         Assert.Equal(0, code);
-        Assert.Contains("(XEN) Xen version", o);
+        Assert.Contains("(XEN) Xen version 4.14", o);
         (code, o, _) = s.Xl("help");
         Assert.Equal(0, code);
         Assert.Contains(" create              Create a domain from config file <filename>", o);
@@ -208,7 +272,7 @@ public sealed class XlDaemonTests
         Assert.Equal(0, code);
         Assert.DoesNotContain("starting", err);
 
-        File.WriteAllBytes(Path.Combine(s.Work, "k.elf"), TestImages.Elf(new byte[4096], 0x100000));
+        File.WriteAllBytes(Path.Combine(s.Work, "k.elf"), TestImages.Elf(TestImages.HaltLoop, 0x100000));
         File.WriteAllText(Path.Combine(s.Work, "d.cfg"), "name=\"d\"\ntype=\"pvh\"\nkernel=\"k.elf\"\nmemory=16\n");
         Assert.Equal(0, s.Xl("create", Path.Combine(s.Work, "d.cfg")).Code);
 

@@ -1,0 +1,187 @@
+using XenSharp.Cpu;
+using XenSharp.Hypervisor;
+using Hv = XenSharp.Hypervisor;
+
+namespace XenSharp.Toolstack.Platform;
+
+/// <summary>
+/// <see cref="IHypervisor"/> bound to XenSharp's hypervisor (<see cref="XenHypervisor"/>): domains
+/// really run on the x86 engine, on the hypervisor's pCPU threads.
+/// </summary>
+public sealed class XenHypervisorPlatform : IHypervisor
+{
+    private readonly XenHypervisor _hv;
+    private readonly bool _owns;
+
+    public XenHypervisorPlatform(XenHypervisor hv, bool ownsHypervisor = true)
+    {
+        _hv = hv;
+        _owns = ownsHypervisor;
+        _hv.DomainShutdown += (_, e) => DomainStateChanged?.Invoke(e.DomainId);
+    }
+
+    public XenHypervisor Hypervisor => _hv;
+
+    public int HostCpus => _hv.GetHostInfo().Pcpus;
+
+    public string Version
+    {
+        get
+        {
+            var h = _hv.GetHostInfo();
+            return $"{h.XenMajor}.{h.XenMinor}{h.XenExtra}";
+        }
+    }
+
+    public string Capabilities => _hv.GetHostInfo().Capabilities;
+
+    public event Action<uint>? DomainStateChanged;
+
+    public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
+    {
+        var type = info.Kind == DomainKind.Hvm ? Hv.DomainType.Hvm : Hv.DomainType.Pvh;
+        // Room for the ACPI tables and the special pages beyond the guest's RAM.
+        ulong maxKiB = (ulong)info.MaxMemKb + 1024;
+        ushort id;
+        try { id = _hv.CreateDomain(new Hv.DomainConfig(type, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId }); }
+        catch (HypervisorException e) { throw new InvalidOperationException($"cannot create domain {domId}: {e.Message}", e); }
+        return new Domain(_hv, id, info);
+    }
+
+    public string ReadConsole(bool clear) => _hv.ReadDmesg(clear);
+
+    /// <summary>The hypervisor's ring takes only its own messages; the toolstack's go to the daemon's log.</summary>
+    public void ConsoleWrite(string line) => Console.Error.WriteLine($"xensharpd: {line}");
+
+    public void DebugKeys(string keys) =>
+        throw new NotSupportedException("debug keys are not handled by the hypervisor yet");
+
+    public void Dispose()
+    {
+        if (_owns) _hv.Dispose();
+    }
+
+    private sealed class Domain(XenHypervisor hv, ushort domId, DomainCreateInfo info) : IHypervisorDomain, IGuestPhysicalMemory
+    {
+        private readonly Dictionary<ulong, GuestMapping> _mappings = [];
+        private readonly HashSet<ulong> _populated = [];
+        private readonly Lock _lock = new();
+        private readonly List<Dom0EventChannel> _channels = [];
+        private bool _destroyed;
+
+        public uint DomId => domId;
+        public IGuestPhysicalMemory Memory => this;
+
+        public void Populate(ulong gfn, ulong count)
+        {
+            try { hv.PopulatePhysmap(domId, gfn, count); }
+            catch (HypervisorException e) { throw new OutOfMemoryException(e.Message, e); }
+            lock (_lock) for (ulong i = 0; i < count; i++) _populated.Add(gfn + i);
+        }
+
+        public bool IsPopulated(ulong gfn) { lock (_lock) return _populated.Contains(gfn); }
+
+        public void Write(ulong gpa, ReadOnlySpan<byte> data) => hv.WriteGuestMemory(domId, gpa, data);
+        public void Read(ulong gpa, Span<byte> data) => hv.ReadGuestMemory(domId, gpa, data);
+
+        public Span<byte> Page(ulong gfn)
+        {
+            GuestMapping? m;
+            lock (_lock)
+            {
+                if (_destroyed) throw new ObjectDisposedException($"domain {domId}");
+                if (!_mappings.TryGetValue(gfn, out m))
+                    _mappings[gfn] = m = hv.MapGuestFrame(domId, gfn);
+            }
+            return m.Span;
+        }
+
+        public void SetVcpuContext(int vcpu, in Registers regs, in SpecialRegisters sregs) =>
+            hv.SetVcpuRegisters(domId, vcpu, regs, sregs);
+
+        // vCPUs beyond the first are brought up by the guest (INIT-SIPI), and affinity is not modelled
+        // by the hypervisor yet: both are kept by the toolstack (xenstore, xl vcpu-list).
+        public void SetOnlineVcpus(int count) { }
+        public void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft) { }
+
+        public void SetMemoryMap(IReadOnlyList<(ulong Addr, ulong Size, uint Type)> entries) =>
+            hv.SetMemoryMap(domId, entries.Select(e => new XenSharp.Public.E820Entry { Addr = e.Addr, Size = e.Size, Type = e.Type }).ToList());
+
+        public void SetAcpiSleepControl(ushort pm1aControlPort, int s5SleepType) =>
+            hv.SetAcpiSleepControl(domId, pm1aControlPort, s5SleepType);
+
+        public void SetHvmParam(int index, ulong value) => hv.SetHvmParam(domId, index, value);
+        public ulong GetHvmParam(int index) => hv.GetHvmParam(domId, index);
+        public uint AllocUnboundPort(uint remoteDomId) => hv.AllocUnboundEventChannel(domId, (ushort)remoteDomId);
+
+        public IEventChannelEndpoint BindInterdomain(uint remotePort, Action onEvent)
+        {
+            var ch = hv.BindInterdomain(domId, remotePort, onEvent);
+            lock (_lock) _channels.Add(ch);
+            return new Endpoint(ch);
+        }
+
+        public void Pause() => hv.Pause(domId);
+        public void Unpause() => hv.Unpause(domId);
+        public void SetMaxMem(long kb) => hv.SetMaxMemory(domId, (ulong)kb + 1024);
+        public void Shutdown(ShutdownReason reason) => hv.Shutdown(domId, (Hv.ShutdownReason)(uint)reason);
+
+        public void SendTrigger(string trigger, int vcpu) => throw new NotSupportedException(
+            $"trigger {trigger}: the hypervisor has no XEN_DOMCTL_sendtrigger yet");
+
+        public DomainRunState State
+        {
+            get
+            {
+                Hv.DomainInfo i;
+                try { i = hv.GetDomainInfo(domId); }
+                catch (HypervisorException) { return new DomainRunState(false, false, false, false, 0, true, 0, 0, 0); }
+                return new DomainRunState(
+                    Running: i.IsRunningNow,
+                    Blocked: !i.IsRunningNow && i.IsBlocked && i.State == Hv.DomainRunState.Running,
+                    Paused: i.State == Hv.DomainRunState.Paused,
+                    Shutdown: i.State == Hv.DomainRunState.Shutdown,
+                    Reason: i.ShutdownReason is { } r ? (ShutdownReason)(int)r : ShutdownReason.Poweroff,
+                    Dying: i.State == Hv.DomainRunState.Dying,
+                    CpuTimeNs: (ulong)Math.Max(0, i.CpuTimeNs),
+                    OnlineVcpus: i.OnlineVcpus,
+                    CurrentMemKb: Math.Max(0, i.TotPages * 4));
+            }
+        }
+
+        public IReadOnlyList<VcpuRunState> Vcpus
+        {
+            get
+            {
+                var s = State;
+                return Enumerable.Range(0, info.MaxVcpus)
+                    .Select(i => new VcpuRunState(i, i < s.OnlineVcpus, s.Running && i == 0, s.Blocked, -1, i == 0 ? s.CpuTimeNs : 0))
+                    .ToList();
+            }
+        }
+
+        public void Dispose()
+        {
+            List<GuestMapping> maps;
+            List<Dom0EventChannel> chans;
+            lock (_lock)
+            {
+                if (_destroyed) return;
+                _destroyed = true;
+                maps = [.. _mappings.Values];
+                chans = [.. _channels];
+                _mappings.Clear();
+            }
+            foreach (var c in chans) c.Dispose();
+            foreach (var m in maps) m.Dispose();
+            try { hv.Destroy(domId); } catch (HypervisorException) { }
+        }
+
+        private sealed class Endpoint(Dom0EventChannel ch) : IEventChannelEndpoint
+        {
+            public uint LocalPort => ch.LocalPort;
+            public void Notify() => ch.Notify();
+            public void Dispose() => ch.Dispose();
+        }
+    }
+}
