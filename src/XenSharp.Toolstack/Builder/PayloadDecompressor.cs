@@ -3,7 +3,6 @@ using System.IO.Compression;
 using K4os.Compression.LZ4;
 using SharpCompress.Compressors.BZip2;
 using SharpCompress.Compressors.LZMA;
-using SharpCompress.Compressors.Xz;
 
 namespace XenSharp.Toolstack.Builder;
 
@@ -55,7 +54,7 @@ public static class PayloadDecompressor
             return format switch
             {
                 PayloadFormat.Gzip => Drain(new GZipStream(new MemoryStream(data), CompressionMode.Decompress)),
-                PayloadFormat.Xz => Drain(new XZStream(new MemoryStream(data))),
+                PayloadFormat.Xz => XzDecoder.Decompress(data, MaxOutput),
                 PayloadFormat.Zstd => Drain(new ZstdSharp.DecompressionStream(new MemoryStream(data))),
                 PayloadFormat.Bzip2 => Drain(BZip2Stream.Create(new MemoryStream(data), SharpCompress.Compressors.CompressionMode.Decompress, false, false, false)),
                 PayloadFormat.Lzma => Lzma(data, expected),

@@ -92,6 +92,30 @@ public class KernelLoaderTests
         Assert.Equal(0x100000u, loaded.Phys32Entry);
     }
 
+    /// <summary>Debian's kernels are xz with the x86 branch filter in front of LZMA2 (xz --x86).</summary>
+    [Fact]
+    public void XzWithTheX86BranchFilterIsUndone()
+    {
+        var rng = new Random(7);
+        var data = new List<byte>();
+        while (data.Count < 64 * 1024)
+        {
+            int r = rng.Next(10);
+            byte[] operand = new byte[4];
+            rng.NextBytes(operand);
+            if (r < 3) { operand[3] = operand[2] = (byte)(r == 0 ? 0xFF : 0); data.Add(0xE8); data.AddRange(operand); }
+            else if (r == 3) { data.Add(0xE9); data.Add(0xE8); data.AddRange(operand); }
+            else data.AddRange(operand[..(1 + r % 4)]);
+        }
+        byte[] plain = [.. data];
+        byte[] xz = TestImages.Tool("xz", "--check=crc32 --x86 --lzma2=dict=1MiB -c", plain);
+        Assert.Equal(plain, PayloadDecompressor.Decompress(xz, "k"));
+
+        var corrupt = (byte[])xz.Clone();
+        corrupt[xz.Length / 2] ^= 0x10;
+        Assert.Throws<DomainBuildException>(() => PayloadDecompressor.Decompress(corrupt, "k"));
+    }
+
     [Fact]
     public void OldBootProtocolAndCorruptPayloadsAreRejected()
     {
