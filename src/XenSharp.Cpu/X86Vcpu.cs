@@ -308,7 +308,8 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
                 _engine.OnMemoryGeneration(gen);
             }
 
-            if (!Shadow && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
+            // An instruction waiting for its MMIO results completes before any event is taken.
+            if (!Shadow && _replayCount == 0 && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
             {
                 if (!DeliverEvents()) return ref ShutdownExit();
             }

@@ -35,6 +35,9 @@ public sealed record DomainInfo(
     int Vcpus,
     int OnlineVcpus);
 
+/// <summary>One row of `xl vcpu-list`.</summary>
+public sealed record VcpuListEntry(ushort DomainId, int VcpuId, bool Online, bool Running, bool Blocked, int? Pcpu, long CpuTimeNs);
+
 /// <summary>What `xl info` asks of the hypervisor.</summary>
 public sealed record HostInfo(ulong TotalMemoryBytes, ulong FreeMemoryBytes, int Pcpus, string Scheduler,
     int XenMajor, int XenMinor, string XenExtra, string Capabilities, string CommandLine, ulong GuestTscHz);

@@ -95,6 +95,9 @@ public sealed unsafe class XenHypervisor : IDisposable
             }
             d = new Domain(this, id, config.Type, config.MaxMemKiB / 4, config.Vcpus);
             d.Gnttab.MaxFrames = config.MaxGrantFrames;
+            // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
+            lock (d.Lock)
+                d.Gnttab.Grow(1);
             d.Evtchn.MaxPort = config.MaxEventChannels;
             _domains[id] = d;
         }
@@ -345,6 +348,31 @@ public sealed unsafe class XenHypervisor : IDisposable
         d.Vcpus.Length > 0 && d.Vcpus.All(v => !v.IsUp || v.Blocked),
         d.Vcpus.Sum(v => Interlocked.Read(ref v.CpuTimeNs)),
         d.TotPages, d.MaxPages, d.Vcpus.Length, d.Vcpus.Count(v => v.IsUp));
+
+    public IReadOnlyList<VcpuListEntry> ListVcpus(ushort domid)
+    {
+        var d = Guest(domid);
+        return d.Vcpus.Select(v => new VcpuListEntry(domid, v.Id, v.IsUp, v.IsRunning, v.Blocked,
+            _pcpus.FirstOrDefault(p => p.Current == v)?.Id, Interlocked.Read(ref v.CpuTimeNs))).ToList();
+    }
+
+    /// <summary>The credit scheduler weight of a domain (`xl sched-credit -d D -w W`; default 256).</summary>
+    public int GetSchedulerWeight(ushort domid) => Guest(domid).Weight;
+
+    public void SetSchedulerWeight(ushort domid, int weight)
+    {
+        if (weight is < 1 or > 65535)
+            throw new HypervisorException($"credit weight must be 1..65535, not {weight}", Errno.EINVAL);
+        Guest(domid).Weight = weight;
+    }
+
+    /// <summary>Raises an NMI on a vCPU (`xl trigger D nmi`).</summary>
+    public void SendNmi(ushort domid, int vcpu = 0)
+    {
+        var v = Guest(domid).GetVcpu((uint)vcpu) ?? throw new HypervisorException($"domain {domid} has no vCPU {vcpu}", Errno.ENOENT);
+        v.PendingNmi = true;
+        v.Engine?.RequestExit();
+    }
 
     public HostInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,

@@ -147,6 +147,33 @@ public class LongModeTests
     }
 
     [Fact]
+    public void MmioReadCompletesBeforeAPendingInterrupt()
+    {
+        using var m = new TestMachine();
+        m.Mem.Mmio.Add(0x100);
+        ulong handler = 0x12000;
+        m.Mem.Write(handler, TestMachine.Assemble(64, handler, a => { a.mov(r8, rax); a.iretq(); }));
+        m.SetGate64(0x30, handler);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.sti();
+            a.nop();
+            a.mov(eax, __dword_ptr[0x100000]);
+            a.cli();
+            a.hlt();
+        }));
+        var src = new QueueSource();
+        m.Cpu.InterruptSource = src;
+        var e = m.Run();
+        Assert.Equal(VcpuExitReason.Mmio, e.Reason);
+        src.Pending.Enqueue(0x30);
+        m.Cpu.CompleteExit(0xABCD);
+        m.RunToHlt();
+        Assert.Equal(0xABCDUL, m.Regs.Rax);
+        Assert.Equal(0xABCDUL, m.Regs.R8); // the handler ran after the load completed
+    }
+
+    [Fact]
     public void SelfModifyingCodeIsSeen()
     {
         using var m = new TestMachine();

@@ -47,6 +47,33 @@ public class ProtectedMode32Tests
     }
 
     [Fact]
+    public void SteadyStateExecutionDoesNotAllocate()
+    {
+        using var m = new TestMachine();
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(ecx, 200000);
+            a.Label(ref loop);
+            a.add(eax, ecx);
+            a.mov(__dword_ptr[0x6000], eax);
+            a.movzx(edx, __byte_ptr[0x6001]);
+            a.push(edx);
+            a.pop(ebx);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.hlt();
+        }));
+        // Warm up (decode, JIT), then measure the second pass.
+        m.RunToHlt();
+        m.Cpu.SetRegisters(new Registers { Rip = TestMachine.CodeAt, Rsp = TestMachine.StackTop, Rflags = 2 });
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        m.RunToHlt();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated < 64 * 1024, $"{allocated} bytes allocated for 1.4M instructions");
+    }
+
+    [Fact]
     public void VmcallExitsWithRipPastTheInstruction()
     {
         using var m = new TestMachine();

@@ -142,3 +142,64 @@ public class PcpuLoopTests : IDisposable
         Assert.Throws<HypervisorException>(() => _host.PopulatePhysmap(g.Id, 0x100000, 4000)); // beyond max memory
     }
 }
+
+public class ControlApiTests : IDisposable
+{
+    private readonly XenHypervisor _host = TestHosts.Create();
+    public void Dispose() => _host.Dispose();
+
+    [Fact]
+    [Trait("Feature", "Credit Scheduler")]
+    public void WeightsAndVcpuList()
+    {
+        var g = new Guest(_host, vcpus: 3);
+        Assert.Equal(256, _host.GetSchedulerWeight(g.Id));
+        _host.SetSchedulerWeight(g.Id, 512);
+        Assert.Equal(512, _host.GetSchedulerWeight(g.Id));
+        Assert.Throws<HypervisorException>(() => _host.SetSchedulerWeight(g.Id, 0));
+        var vcpus = _host.ListVcpus(g.Id);
+        Assert.Equal(3, vcpus.Count);
+        Assert.True(vcpus[0].Online);
+        Assert.False(vcpus[2].Online);
+        Assert.Equal("credit", _host.GetHostInfo().Scheduler);
+    }
+
+    [Fact]
+    public void NmiReachesTheEngine()
+    {
+        var g = new Guest(_host, vcpus: 1);
+        _host.SendNmi(g.Id);
+        _host.Unpause(g.Id);
+        Assert.True(TestHosts.WaitUntil(() => g.Cpu().NmisInjected == 1));
+        Assert.Throws<HypervisorException>(() => _host.SendNmi(g.Id, 4));
+    }
+
+    [Fact]
+    public void GuestMemoryAccessFromTheHost()
+    {
+        var g = new Guest(_host);
+        using (var m = _host.MapGuestFrame(g.Id, 0x10))
+        {
+            m.Span[5] = 0x77;
+            Assert.Equal(0x77, g.ReadBytes(0x10005, 1)[0]);
+        }
+        Assert.Throws<HypervisorException>(() => _host.MapGuestFrame(g.Id, 0x9000));
+        Assert.Throws<HypervisorException>(() => _host.WriteGuestMemory(g.Id, 0x3FFFFF, new byte[2]));
+        Assert.Throws<HypervisorException>(() => _host.ReadGuestMemory(999, 0, new byte[1]));
+        Assert.Throws<HypervisorException>(() => _host.SetHvmParam(g.Id, 200, 1));
+    }
+
+    [Fact]
+    [Trait("Feature", "Dynamic memory control")]
+    public void FrameMappedByTheHostSurvivesBallooningUntilReleased()
+    {
+        var g = new Guest(_host);
+        var m = _host.MapGuestFrame(g.Id, 0x20);
+        ulong free = _host.GetHostInfo().FreeMemoryBytes;
+        Assert.True(g.Domain.RemovePage(0x20));
+        Assert.Equal(free, _host.GetHostInfo().FreeMemoryBytes); // still referenced
+        m.Span[0] = 1; // and still safe to touch
+        m.Dispose();
+        Assert.Equal(free + 4096, _host.GetHostInfo().FreeMemoryBytes);
+    }
+}

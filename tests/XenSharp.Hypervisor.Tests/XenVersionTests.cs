@@ -21,7 +21,7 @@ public class XenVersionTests : IDisposable
     {
         var fi = new XenFeatureInfo { SubmapIdx = 0 };
         Assert.Equal(0, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_get_features, ref fi));
-        Assert.Equal((1u << 2) | (1u << 8) | (1u << 9), fi.Submap);
+        Assert.Equal((1u << 0) | (1u << 2) | (1u << 8) | (1u << 9), fi.Submap);
         Assert.Equal(0u, fi.Submap & (1u << Features.XENFEAT_hvm_pirqs));
         fi.SubmapIdx = 1;
         Assert.Equal(-Errno.EINVAL, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_get_features, ref fi));
@@ -49,7 +49,8 @@ public class XenVersionTests : IDisposable
         Assert.Equal(0xFFFF800000000000, _g.Read<ulong>(Guest.Scratch));
         Assert.Equal(0, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_guest_handle, Guest.Scratch));
         Assert.Equal(_host.GetDomainInfo(_g.Id).Handle, new Guid(_g.ReadBytes(Guest.Scratch, 16), bigEndian: true));
-        Assert.Equal(-Errno.ENODATA, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_build_id, Guest.Scratch));
+        Assert.Equal(-Errno.EPERM, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_build_id, Guest.Scratch));
+        Assert.Equal(-Errno.EINVAL, _g.Call(Xen.__HYPERVISOR_xen_version, XENVER_pagesize, Guest.Scratch));
         Assert.Equal(-Errno.ENOSYS, _g.Call(Xen.__HYPERVISOR_xen_version, 99, Guest.Scratch));
     }
 

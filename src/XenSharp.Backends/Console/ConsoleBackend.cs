@@ -19,6 +19,7 @@ public sealed class ConsoleBackend : IDisposable
     private readonly Lock _lock = new();
     private readonly List<byte> _pending = [];
     private Stream? _client;
+    private ClientSender? _sender;
     private bool _disposed;
 
     public string Name { get; private set; }
@@ -52,8 +53,12 @@ public sealed class ConsoleBackend : IDisposable
             data = DrainOutput();
             if (data.Length == 0) return;
             OutputBytes += data.Length;
-            _log?.Write(data);
-            _log?.Flush();
+            try
+            {
+                _log?.Write(data);
+                _log?.Flush();
+            }
+            catch (IOException) { } // a full disk loses log lines, never the guest's console
             client = _client;
             if (client is null)
             {
@@ -62,8 +67,7 @@ public sealed class ConsoleBackend : IDisposable
                 return;
             }
         }
-        try { client.Write(data); client.Flush(); }
-        catch (Exception e) when (e is IOException or ObjectDisposedException) { Detach(client); }
+        _sender?.Enqueue(data);
     }
 
     /// <summary>Reads out[out_cons..out_prod) and advances out_cons. A producer index that runs
@@ -112,25 +116,30 @@ public sealed class ConsoleBackend : IDisposable
     /// One client at a time, as xenconsoled allows; a second attach is refused.</summary>
     public bool Attach(Stream client)
     {
-        byte[] pending;
         lock (_lock)
         {
             if (_disposed || _client is not null) return false;
             _client = client;
-            pending = [.. _pending];
+            _sender = new ClientSender(client, () => Detach(client));
+            if (_pending.Count > 0) _sender.Enqueue([.. _pending]);
             _pending.Clear();
-        }
-        if (pending.Length > 0)
-        {
-            try { client.Write(pending); client.Flush(); }
-            catch (Exception e) when (e is IOException or ObjectDisposedException) { Detach(client); return false; }
         }
         return true;
     }
 
     public void Detach(Stream client)
     {
-        lock (_lock) if (ReferenceEquals(_client, client)) _client = null;
+        ClientSender? sender = null;
+        lock (_lock)
+        {
+            if (ReferenceEquals(_client, client))
+            {
+                _client = null;
+                sender = _sender;
+                _sender = null;
+            }
+        }
+        sender?.Stop();
     }
 
     public void Rename(string name) => Name = name;
@@ -141,14 +150,72 @@ public sealed class ConsoleBackend : IDisposable
     public void Dispose()
     {
         Stream? client;
+        ClientSender? sender;
         lock (_lock)
         {
             if (_disposed) return;
             _disposed = true;
             client = _client;
+            sender = _sender;
             _client = null;
+            _sender = null;
             _log?.Dispose();
         }
-        client?.Dispose();
+        // The client sees the rest of the output, then the end of the console.
+        if (sender is not null) sender.Complete();
+        else client?.Dispose();
+    }
+
+    /// <summary>Writes output to an attached client on its own task, so that a slow client never
+    /// holds up the guest's vCPU that signalled the event.</summary>
+    private sealed class ClientSender
+    {
+        private readonly System.Threading.Channels.Channel<byte[]> _queue =
+            System.Threading.Channels.Channel.CreateBounded<byte[]>(new System.Threading.Channels.BoundedChannelOptions(256)
+            { FullMode = System.Threading.Channels.BoundedChannelFullMode.DropOldest, SingleReader = true });
+        private readonly Stream _client;
+        private readonly CancellationTokenSource _stop = new();
+
+        public ClientSender(Stream client, Action onFailure)
+        {
+            _client = client;
+            _ = Task.Run(async () =>
+            {
+                try
+                {
+                    await foreach (var data in _queue.Reader.ReadAllAsync(_stop.Token))
+                    {
+                        await _client.WriteAsync(data, _stop.Token);
+                        await _client.FlushAsync(_stop.Token);
+                    }
+                }
+                catch (Exception e) when (e is IOException or ObjectDisposedException or OperationCanceledException or NotSupportedException)
+                {
+                    onFailure();
+                }
+                finally
+                {
+                    if (_completing) _client.Dispose();
+                }
+            });
+        }
+
+        private volatile bool _completing;
+
+        public void Enqueue(byte[] data) => _queue.Writer.TryWrite(data);
+
+        /// <summary>Detached: stop sending; the connection stays with its owner.</summary>
+        public void Stop()
+        {
+            _queue.Writer.TryComplete();
+            _stop.Cancel();
+        }
+
+        /// <summary>The console is going away: send what is queued, then close the connection.</summary>
+        public void Complete()
+        {
+            _completing = true;
+            _queue.Writer.TryComplete();
+        }
     }
 }

@@ -94,12 +94,12 @@ internal unsafe partial class X86Vcpu
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
         b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
-        if (cacheable && _blocks.Add(b))
+        if (!cacheable) b.Valid = false;
+        else if (_blocks.Add(b, (int)(insns[n - 1].I.NextIP - rip)))
         {
             // Every vCPU's fast write path must stop bypassing the self-modifying-code check.
             _engine.OnNewCodeFrame(phys >> 12);
         }
-        else b.Valid = false;
         return b;
     }
 
@@ -145,26 +145,30 @@ internal unsafe partial class X86Vcpu
     private static void ClassifyFast(ref DecodedInsn d)
     {
         d.Form = FastForm.None;
-        ref Instruction i = ref d.I;
-        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return;
-        int n = i.OpCount;
-        bool r0 = n > 0 && i.Op0Kind == OpKind.Register && IsGpr48(i.Op0Register);
-        bool r1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr48(i.Op1Register);
-        bool imm1 = n > 1 && i.Op1Kind is OpKind.Immediate8 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64 or OpKind.Immediate64;
-        if (r0) d.R0 = (byte)i.Op0Register.GetFullRegister().GetNumber();
+        d.MemSplit = false;
         d.MemBase = d.MemIndex = 0xFF;
-        if (i.OpCount > 0 && (i.Op0Kind == OpKind.Memory || (n > 1 && i.Op1Kind == OpKind.Memory)))
+        ref Instruction i = ref d.I;
+        int n = i.OpCount;
+        bool hasMem = false;
+        for (int k = 0; k < n; k++) if (i.GetOpKind(k) == OpKind.Memory) hasMem = true;
+        if (hasMem)
         {
             var b = i.MemoryBase; var x = i.MemoryIndex;
             bool okBase = b == Register.None || b == Register.RIP || b == Register.EIP || (d.AddrSize == 8 ? b.IsGPR64() : d.AddrSize == 4 && b.IsGPR32());
             bool okIndex = x == Register.None || (d.AddrSize == 8 ? x.IsGPR64() : d.AddrSize == 4 && x.IsGPR32());
-            if (!okBase || !okIndex) return;
+            if (!okBase || !okIndex || d.AddrSize == 2) return;
             if (b != Register.None && b != Register.RIP && b != Register.EIP) d.MemBase = (byte)b.GetFullRegister().GetNumber();
             if (x != Register.None) d.MemIndex = (byte)x.GetFullRegister().GetNumber();
             d.MemShift = (byte)System.Numerics.BitOperations.Log2((uint)i.MemoryIndexScale);
             d.MemDisp = i.MemoryDisplacement64;
             d.MemSeg = (byte)(i.MemorySegment - Register.ES);
+            d.MemSplit = true;
         }
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return;
+        bool r0 = n > 0 && i.Op0Kind == OpKind.Register && IsGpr48(i.Op0Register);
+        bool r1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr48(i.Op1Register);
+        bool imm1 = n > 1 && i.Op1Kind is OpKind.Immediate8 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64 or OpKind.Immediate64;
+        if (r0) d.R0 = (byte)i.Op0Register.GetFullRegister().GetNumber();
         if (r1) d.R1 = (byte)i.Op1Register.GetFullRegister().GetNumber();
         int alu = d.Op switch
         {

@@ -27,6 +27,8 @@ internal struct DecodedInsn
     /// <summary>Memory operand pre-split for the fast forms: GPR numbers (0xFF = none), scale
     /// shift, segment number, and displacement (absolute for RIP-relative).</summary>
     public byte MemBase, MemIndex, MemShift, MemSeg;
+    /// <summary>The memory operand is pre-split (32/64-bit addressing).</summary>
+    public bool MemSplit;
     public ulong MemDisp;
 }
 

@@ -84,6 +84,7 @@ internal unsafe partial class X86Vcpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong Ea(ref DecodedInsn d)
     {
+        if (d.MemSplit) return FastEa(ref d);
         ref Instruction i = ref d.I;
         ulong a = i.MemoryDisplacement64;
         var b = i.MemoryBase;
@@ -109,7 +110,7 @@ internal unsafe partial class X86Vcpu
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong MemAddr(ref DecodedInsn d) => Linear(d.I.MemorySegment - Register.ES, Ea(ref d));
+    internal ulong MemAddr(ref DecodedInsn d) => d.MemSplit ? FastAddr(ref d) : Linear(d.I.MemorySegment - Register.ES, Ea(ref d));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong ReadOp(ref DecodedInsn d, int n, int size)

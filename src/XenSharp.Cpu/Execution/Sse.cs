@@ -391,10 +391,13 @@ internal unsafe partial class X86Vcpu
             {
                 SseCheck();
                 var s = VecOp(ref d, 1);
-                string n = d.Op.ToString();
-                bool sx = n[4] == 's';
-                int from = n[6] switch { 'b' => 1, 'w' => 2, _ => 4 };
-                int to = n[7] switch { 'w' => 2, 'd' => 4, _ => 8 };
+                var (sx, from, to) = d.Op switch
+                {
+                    Mnemonic.Pmovzxbw => (false, 1, 2), Mnemonic.Pmovzxbd => (false, 1, 4), Mnemonic.Pmovzxbq => (false, 1, 8),
+                    Mnemonic.Pmovzxwd => (false, 2, 4), Mnemonic.Pmovzxwq => (false, 2, 8), Mnemonic.Pmovzxdq => (false, 4, 8),
+                    Mnemonic.Pmovsxbw => (true, 1, 2), Mnemonic.Pmovsxbd => (true, 1, 4), Mnemonic.Pmovsxbq => (true, 1, 8),
+                    Mnemonic.Pmovsxwd => (true, 2, 4), Mnemonic.Pmovsxwq => (true, 2, 8), _ => (true, 4, 8),
+                };
                 Span<byte> src = stackalloc byte[16], dst = stackalloc byte[16];
                 s.CopyTo(src);
                 int count = 16 / to;

@@ -10,6 +10,25 @@ internal unsafe partial class X86Vcpu
 {
     private enum FOp { Add, Sub, Mul, Div, Min, Max, Sqrt, Rcp, Rsqrt }
 
+    /// <summary>Per mnemonic: bit 0 packed (..PS/..PD), bit 1 double (..PD/..SD); names end in
+    /// ps, pd, ss or sd for the arithmetic group.</summary>
+    private static readonly byte[] s_fpShape = BuildFpShape();
+
+    private static byte[] BuildFpShape()
+    {
+        var all = Enum.GetValues<Mnemonic>();
+        int max = 0;
+        foreach (var m in all) max = Math.Max(max, (int)m);
+        var t = new byte[max + 1];
+        foreach (var m in all)
+        {
+            string n = m.ToString();
+            if (n.Length < 3) continue;
+            t[(int)m] = (byte)((n[^2] == 'p' ? 1 : 0) | (n[^1] == 'd' ? 2 : 0));
+        }
+        return t;
+    }
+
     private static float F32(FOp op, float a, float b) => op switch
     {
         FOp.Add => a + b,
@@ -86,9 +105,9 @@ internal unsafe partial class X86Vcpu
             default: return TrySseFloatOther(ref d);
         }
         SseCheck();
-        string name = d.Op.ToString();
-        bool packed = name[^2] == 'p';
-        bool dbl = name[^1] == 'd';
+        byte shape = s_fpShape[(int)d.Op];
+        bool packed = (shape & 1) != 0;
+        bool dbl = (shape & 2) != 0;
         var a = Dst(ref d);
         var b = VecOp(ref d, 1, packed && d.I.Op1Kind == OpKind.Memory);
         V r;

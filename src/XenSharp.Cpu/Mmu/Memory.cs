@@ -139,6 +139,19 @@ internal unsafe partial class X86Vcpu
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
         else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
+        if ((lin & 0xFFF) + (ulong)size <= 4096 && !implicitSup)
+        {
+            // A writable page whose frame holds code: no walk needed, only the code check.
+            ulong vpn = lin >> 12;
+            TlbEntry* e = _tlb + (user ? TlbSize : 0) + (int)(vpn & TlbMask);
+            if (e->WritableCode && e->ReadTag == vpn)
+            {
+                byte* p = e->Host + (lin & 0xFFF);
+                StoreHost(p, size, v);
+                AfterCodeFrameWrite(e->Gfn, (int)(lin & 0xFFF), size);
+                return;
+            }
+        }
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             ulong mask = LongMode ? ulong.MaxValue : 0xFFFF_FFFF;
@@ -150,6 +163,12 @@ internal unsafe partial class X86Vcpu
         }
         ulong phys = TranslateAndFill(lin, Access.Write, user, implicitSup, out byte* host);
         if (host == null) { MmioWrite(phys, size, v); return; }
+        StoreHost(host, size, v);
+        AfterCodeFrameWrite(phys >> 12, (int)(phys & 0xFFF), size);
+    }
+
+    private static void StoreHost(byte* host, int size, ulong v)
+    {
         switch (size)
         {
             case 1: *host = (byte)v; break;
@@ -157,10 +176,14 @@ internal unsafe partial class X86Vcpu
             case 4: *(uint*)host = (uint)v; break;
             case 8: *(ulong*)host = v; break;
         }
-        ulong gfn = phys >> 12;
-        if (_blocks.IsCodeFrame(gfn) && _blocks.InvalidateFrame(gfn))
+    }
+
+    /// <summary>Self-modifying code: a write that touched decoded bytes drops the frame's blocks,
+    /// and the current block may be stale from the next instruction on.</summary>
+    private void AfterCodeFrameWrite(ulong gfn, int offset, int size)
+    {
+        if (_blocks.OnWrite(gfn, offset, size))
         {
-            // Self-modifying code: the current block may be stale from the next instruction on.
             Stop = true;
             FlushJumpCache();
         }
@@ -193,16 +216,23 @@ internal unsafe partial class X86Vcpu
         e->Host = page;
         e->Gfn = gfn;
         e->Global = global;
+        e->WritableCode = false;
         if (write)
         {
-            e->WriteTag = _blocks.IsCodeFrame(gfn) ? ulong.MaxValue : vpn;
-            if (_mem.GetPage(gfn, false) == page) e->ReadTag = vpn;
+            bool code = _blocks.IsCodeFrame(gfn);
+            bool readable = _mem.GetPage(gfn, false) == page;
+            e->WriteTag = code ? ulong.MaxValue : vpn;
+            if (readable) e->ReadTag = vpn;
+            e->WritableCode = code && readable;
         }
         else
         {
             e->ReadTag = vpn;
-            if (_lastWalkWritable && _lastWalkDirty && !_blocks.IsCodeFrame(gfn) && _mem.GetPage(gfn, true) == page)
-                e->WriteTag = vpn;
+            if (_lastWalkWritable && _lastWalkDirty && _mem.GetPage(gfn, true) == page)
+            {
+                if (_blocks.IsCodeFrame(gfn)) e->WritableCode = true;
+                else e->WriteTag = vpn;
+            }
         }
         return phys;
     }
@@ -218,8 +248,7 @@ internal unsafe partial class X86Vcpu
         // Fill the entry through an ordinary write probe of the current value.
         ulong phys = TranslateAndFill(LongMode ? lin : lin & 0xFFFF_FFFF, Access.Write, Cpl == 3, false, out byte* host);
         if (host == null) return null;
-        ulong gfn = phys >> 12;
-        if (_blocks.IsCodeFrame(gfn) && _blocks.InvalidateFrame(gfn)) { Stop = true; FlushJumpCache(); }
+        AfterCodeFrameWrite(phys >> 12, (int)(phys & 0xFFF), size);
         return host;
     }
 

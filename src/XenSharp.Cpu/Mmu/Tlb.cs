@@ -12,6 +12,9 @@ internal unsafe struct TlbEntry
     public byte* Host;
     public ulong Gfn;
     public bool Global;
+    /// <summary>The page is writable (and dirty) but its frame holds decoded code: writes take the
+    /// slow path, which checks them against the decoded bytes without a page walk.</summary>
+    public bool WritableCode;
 }
 
 internal unsafe partial class X86Vcpu
@@ -30,7 +33,7 @@ internal unsafe partial class X86Vcpu
             ref TlbEntry e = ref _tlb[i];
             if (includeGlobal || !e.Global)
             {
-                e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false;
+                e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false; e.WritableCode = false;
             }
         }
         FlushJumpCache();
@@ -44,7 +47,7 @@ internal unsafe partial class X86Vcpu
             ref TlbEntry e = ref _tlb[ctx * TlbSize + (int)(vpn & TlbMask)];
             if (e.ReadTag == vpn || e.WriteTag == vpn)
             {
-                e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false;
+                e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false; e.WritableCode = false;
             }
         }
         // Large pages cover many entries; be conservative for anything that may belong to one.
@@ -53,7 +56,7 @@ internal unsafe partial class X86Vcpu
 
     private void FlushWritableTlb()
     {
-        for (int i = 0; i < TlbSize * 2; i++) _tlb[i].WriteTag = ulong.MaxValue;
+        for (int i = 0; i < TlbSize * 2; i++) { _tlb[i].WriteTag = ulong.MaxValue; _tlb[i].WritableCode = false; }
     }
 
     /// <summary>Drops write entries for one frame (it just became a code frame). Called from any
@@ -62,6 +65,10 @@ internal unsafe partial class X86Vcpu
     {
         if (_tlb == null) return;
         for (int i = 0; i < TlbSize * 2; i++)
-            if (_tlb[i].Gfn == gfn) Volatile.Write(ref _tlb[i].WriteTag, ulong.MaxValue);
+            if (_tlb[i].Gfn == gfn && _tlb[i].WriteTag != ulong.MaxValue)
+            {
+                _tlb[i].WritableCode = true;
+                Volatile.Write(ref _tlb[i].WriteTag, ulong.MaxValue);
+            }
     }
 }

@@ -63,6 +63,8 @@ internal sealed unsafe class Domain
     public readonly ulong[] HvmParams = new ulong[Params.HVM_NR_PARAMS];
     /// <summary>Vector of HVM_PARAM_CALLBACK_IRQ when its type is "vector", 0 otherwise.</summary>
     public byte CallbackVector;
+    /// <summary>shared_info has the x86_32 layout: latched when a 32-bit guest sets its callback (as Xen does for HVM).</summary>
+    public bool Has32BitSharedInfo;
     public ulong VmAssist;
     /// <summary>Offset of this domain's wall clock from the host's (xl.cfg rtc_timeoffset).</summary>
     public long WallclockOffsetNs;

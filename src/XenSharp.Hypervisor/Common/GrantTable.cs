@@ -171,14 +171,15 @@ internal sealed unsafe class GrantTable
                         return GNTST_general_error;
                 }
             }
+            // Xen answers a wrong type, a wrong grantee and a write to a read-only grant alike.
             if ((flags & GTF_type_mask) != GTF_permit_access || domid != mapper)
-                return GNTST_permission_denied;
+                return GNTST_general_error;
             if (!readOnly && (flags & GTF_readonly) != 0)
-                return GNTST_permission_denied;
+                return GNTST_general_error;
             if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
                 return GNTST_bad_page;
             if (!readOnly && type == P2mType.RamRo)
-                return GNTST_permission_denied;
+                return GNTST_general_error;
             _active.TryGetValue(gref, out var pins);
             pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
             _active[gref] = pins;

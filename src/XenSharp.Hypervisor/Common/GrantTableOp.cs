@@ -1,4 +1,5 @@
 using XenSharp.Public;
+using XenSharp.Public.Compat;
 using static XenSharp.Public.GrantTable;
 
 namespace XenSharp.Hypervisor.Common;
@@ -36,6 +37,24 @@ internal static unsafe class GrantTableOp
                         return -Errno.EFAULT;
                 }
                 return 0;
+            case GNTTABOP_copy when v.Compat:
+                for (uint i = 0; i < count; i++)
+                {
+                    ulong at = uop + i * (ulong)sizeof(GnttabCopy32);
+                    if (!GuestAccess.Read(v, at, out GnttabCopy32 c32))
+                        return -Errno.EFAULT;
+                    var op = new GnttabCopy
+                    {
+                        Source = new GnttabCopyPtr { RefOrGmfn = c32.Source.RefOrGmfn, Domid = c32.Source.Domid, Offset = c32.Source.Offset },
+                        Dest = new GnttabCopyPtr { RefOrGmfn = c32.Dest.RefOrGmfn, Domid = c32.Dest.Domid, Offset = c32.Dest.Offset },
+                        Len = c32.Len,
+                        Flags = c32.Flags,
+                    };
+                    c32.Status = d.Gnttab.Copy(ref op);
+                    if (!GuestAccess.Write(v, at, c32))
+                        return -Errno.EFAULT;
+                }
+                return 0;
             case GNTTABOP_copy:
                 for (uint i = 0; i < count; i++)
                 {
@@ -56,7 +75,14 @@ internal static unsafe class GrantTableOp
         {
             case GNTTABOP_setup_table:
             {
-                if (!GuestAccess.Read(v, uop, out GnttabSetupTable op))
+                GnttabSetupTable op;
+                if (v.Compat)
+                {
+                    if (!GuestAccess.Read(v, uop, out GnttabSetupTable32 s32))
+                        return -Errno.EFAULT;
+                    op = new GnttabSetupTable { Dom = s32.Dom, NrFrames = s32.NrFrames, FrameList = s32.FrameList };
+                }
+                else if (!GuestAccess.Read(v, uop, out op))
                     return -Errno.EFAULT;
                 var t = Target(d, op.Dom, out op.Status);
                 if (t is not null)
@@ -68,9 +94,11 @@ internal static unsafe class GrantTableOp
                         op.Status = GNTST_general_error;
                     else
                         for (int i = 0; i < (int)op.NrFrames; i++)
-                            if (!GuestAccess.WriteElement(v, op.FrameList, (ulong)i, t.Gnttab.FrameGfnOrInvalid(i, status: false)))
+                            if (!MemoryOp.WritePfn(v, op.FrameList, (ulong)i, t.Gnttab.FrameGfnOrInvalid(i, status: false)))
                                 return -Errno.EFAULT;
                 }
+                if (v.Compat)
+                    return GuestAccess.Write(v, uop + 8, op.Status) ? 0 : -Errno.EFAULT; // status is at 8 in both layouts
                 return GuestAccess.Write(v, uop, op) ? 0 : -Errno.EFAULT;
             }
             case GNTTABOP_query_size:
@@ -107,7 +135,14 @@ internal static unsafe class GrantTableOp
             }
             case GNTTABOP_get_status_frames:
             {
-                if (!GuestAccess.Read(v, uop, out GnttabGetStatusFrames op))
+                GnttabGetStatusFrames op;
+                if (v.Compat)
+                {
+                    if (!GuestAccess.Read(v, uop, out GnttabGetStatusFrames32 g32))
+                        return -Errno.EFAULT;
+                    op = new GnttabGetStatusFrames { NrFrames = g32.NrFrames, Dom = g32.Dom, FrameList = g32.FrameList };
+                }
+                else if (!GuestAccess.Read(v, uop, out op))
                     return -Errno.EFAULT;
                 var t = Target(d, op.Dom, out op.Status);
                 if (t is not null)
@@ -119,7 +154,7 @@ internal static unsafe class GrantTableOp
                             if (!GuestAccess.WriteElement(v, op.FrameList, (ulong)i, t.Gnttab.FrameGfnOrInvalid(i, status: true)))
                                 return -Errno.EFAULT;
                 }
-                return GuestAccess.Write(v, uop, op) ? 0 : -Errno.EFAULT;
+                return GuestAccess.Write(v, uop + 6, op.Status) ? 0 : -Errno.EFAULT; // status is at 6 in both layouts
             }
             default:
                 return -Errno.ENOSYS;

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using XenSharp.Public;
+using XenSharp.Public.Compat;
 using static XenSharp.Public.Memory;
 
 namespace XenSharp.Hypervisor.Common;
@@ -7,6 +8,9 @@ namespace XenSharp.Hypervisor.Common;
 /// <summary>__HYPERVISOR_memory_op (XENMEM_*): reservations, the physmap and the memory map.</summary>
 internal static class MemoryOp
 {
+    /// <summary>Largest extent order a guest may ask for (Xen's CONFIG_DOMU_MAX_ORDER / CONFIG_HWDOM_MAX_ORDER).</summary>
+    public const int MaxOrderDomU = 9, MaxOrderPrivileged = 12;
+
     public static long Do(Vcpu v, in HypercallArgs a)
     {
         int op = (int)(a.A1 & MEMOP_CMD_MASK);
@@ -40,7 +44,14 @@ internal static class MemoryOp
                 return AddToPhysmap(v, arg);
             case XENMEM_remove_from_physmap:
             {
-                if (!GuestAccess.Read(v, arg, out XenRemoveFromPhysmap r))
+                XenRemoveFromPhysmap r;
+                if (v.Compat)
+                {
+                    if (!GuestAccess.Read(v, arg, out XenRemoveFromPhysmap32 r32))
+                        return -Errno.EFAULT;
+                    r = new XenRemoveFromPhysmap { Domid = r32.Domid, Gpfn = r32.Gpfn };
+                }
+                else if (!GuestAccess.Read(v, arg, out r))
                     return -Errno.EFAULT;
                 var d = v.Domain.Host.LookupForGuest(v.Domain, r.Domid, out long err);
                 if (d is null)
@@ -58,9 +69,16 @@ internal static class MemoryOp
     /// stopping at the first that fails (Xen's convention; a bad argument struct yields the start extent).</summary>
     private static long Reservation(Vcpu v, int op, ulong arg, ulong start)
     {
-        if (!GuestAccess.Read(v, arg, out XenMemoryReservation r))
+        XenMemoryReservation r;
+        if (v.Compat)
+        {
+            if (!GuestAccess.Read(v, arg, out XenMemoryReservation32 r32))
+                return (long)start;
+            r = new XenMemoryReservation { ExtentStart = r32.ExtentStart, NrExtents = r32.NrExtents, ExtentOrder = r32.ExtentOrder, MemFlags = r32.MemFlags, Domid = r32.Domid };
+        }
+        else if (!GuestAccess.Read(v, arg, out r))
             return (long)start;
-        if (r.ExtentOrder > 18 || start > r.NrExtents)
+        if (r.ExtentOrder > (v.Domain.IsPrivileged ? MaxOrderPrivileged : MaxOrderDomU) || start > r.NrExtents)
             return (long)start;
         if ((r.MemFlags & XENMEMF_populate_on_demand) != 0)
             return (long)start; // populate-on-demand is not offered
@@ -75,7 +93,7 @@ internal static class MemoryOp
             {
                 case XENMEM_populate_physmap:
                 {
-                    if (!GuestAccess.ReadElement(v, r.ExtentStart, i, out ulong gpfn))
+                    if (!ReadPfn(v, r.ExtentStart, i, out ulong gpfn))
                         return (long)i;
                     gpfn &= ~(pages - 1);
                     if ((ulong)d.TotPages + pages > d.MaxPages)
@@ -95,13 +113,13 @@ internal static class MemoryOp
                     for (ulong p = 0; p < pages; p++)
                         if (!d.PopulateRam(gfn + p))
                             return (long)i;
-                    if (r.ExtentStart != 0 && !GuestAccess.WriteElement(v, r.ExtentStart, i, gfn))
+                    if (r.ExtentStart != 0 && !WritePfn(v, r.ExtentStart, i, gfn))
                         return (long)i;
                     break;
                 }
                 default:
                 {
-                    if (!GuestAccess.ReadElement(v, r.ExtentStart, i, out ulong gpfn))
+                    if (!ReadPfn(v, r.ExtentStart, i, out ulong gpfn))
                         return (long)i;
                     for (ulong p = 0; p < pages; p++)
                     {
@@ -116,9 +134,29 @@ internal static class MemoryOp
         return (long)i;
     }
 
+    /// <summary>xen_pfn_t array elements: 8 bytes, or 4 for a 32-bit caller.</summary>
+    public static bool ReadPfn(Vcpu v, ulong array, ulong i, out ulong pfn)
+    {
+        if (!v.Compat)
+            return GuestAccess.ReadElement(v, array, i, out pfn);
+        bool ok = GuestAccess.ReadElement(v, array, i, out uint p32);
+        pfn = p32;
+        return ok;
+    }
+
+    public static bool WritePfn(Vcpu v, ulong array, ulong i, ulong pfn) =>
+        v.Compat ? GuestAccess.WriteElement(v, array, i, (uint)pfn) : GuestAccess.WriteElement(v, array, i, pfn);
+
     private static long AddToPhysmap(Vcpu v, ulong arg)
     {
-        if (!GuestAccess.Read(v, arg, out XenAddToPhysmap x))
+        XenAddToPhysmap x;
+        if (v.Compat)
+        {
+            if (!GuestAccess.Read(v, arg, out XenAddToPhysmap32 x32))
+                return -Errno.EFAULT;
+            x = new XenAddToPhysmap { Domid = x32.Domid, Size = x32.Size, Space = x32.Space, Idx = x32.Idx, Gpfn = x32.Gpfn };
+        }
+        else if (!GuestAccess.Read(v, arg, out x))
             return -Errno.EFAULT;
         var d = v.Domain.Host.LookupForGuest(v.Domain, x.Domid, out long err);
         if (d is null)
@@ -174,7 +212,14 @@ internal static class MemoryOp
 
     private static unsafe long MemoryMap(Vcpu v, ulong arg)
     {
-        if (!GuestAccess.Read(v, arg, out XenMemoryMap m))
+        XenMemoryMap m;
+        if (v.Compat)
+        {
+            if (!GuestAccess.Read(v, arg, out XenMemoryMap32 m32))
+                return -Errno.EFAULT;
+            m = new XenMemoryMap { NrEntries = m32.NrEntries, Buffer = m32.Buffer };
+        }
+        else if (!GuestAccess.Read(v, arg, out m))
             return -Errno.EFAULT;
         var map = v.Domain.MemoryMap;
         if (map.Length == 0)
@@ -182,8 +227,8 @@ internal static class MemoryOp
         int n = (int)Math.Min(m.NrEntries, (uint)map.Length);
         if (!GuestAccess.CopyTo(v, m.Buffer, MemoryMarshal.AsBytes(map.AsSpan(0, n))))
             return -Errno.EFAULT;
-        m.NrEntries = (uint)n;
-        return GuestAccess.Write(v, arg, m) ? 0 : -Errno.EFAULT;
+        // nr_entries is the first field in both layouts.
+        return GuestAccess.Write(v, arg, (uint)n) ? 0 : -Errno.EFAULT;
     }
 }
 
@@ -217,6 +262,20 @@ internal static unsafe class Multicall
     {
         ulong list = a.A1;
         ulong n = a.A2;
+        if (v.Compat)
+        {
+            for (ulong i = 0; i < n; i++)
+            {
+                if (!GuestAccess.ReadElement(v, list, i, out MulticallEntry32 e))
+                    return -Errno.EFAULT;
+                long r = e.Op == (uint)Xen.__HYPERVISOR_multicall
+                    ? -Errno.EINVAL
+                    : Hypercall.Dispatch(v, e.Op, new HypercallArgs(e.Args[0], e.Args[1], e.Args[2], e.Args[3], e.Args[4]));
+                if (!GuestAccess.Write(v, list + i * (ulong)sizeof(MulticallEntry32) + 4, (uint)r))
+                    return -Errno.EFAULT;
+            }
+            return 0;
+        }
         for (ulong i = 0; i < n; i++)
         {
             if (!GuestAccess.ReadElement(v, list, i, out MulticallEntry e))

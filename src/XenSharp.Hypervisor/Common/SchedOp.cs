@@ -1,4 +1,5 @@
 using XenSharp.Public;
+using XenSharp.Public.Compat;
 using static XenSharp.Public.Sched;
 
 namespace XenSharp.Hypervisor.Common;
@@ -41,7 +42,14 @@ internal static class SchedOp
             }
             case SCHEDOP_poll:
             {
-                if (!GuestAccess.Read(v, arg, out SchedPoll p))
+                SchedPoll p;
+                if (v.Compat)
+                {
+                    if (!GuestAccess.Read(v, arg, out SchedPoll32 p32))
+                        return -Errno.EFAULT;
+                    p = new SchedPoll { Ports = p32.Ports, NrPorts = p32.NrPorts, Timeout = p32.Timeout };
+                }
+                else if (!GuestAccess.Read(v, arg, out p))
                     return -Errno.EFAULT;
                 if (p.NrPorts > MaxPollPorts)
                     return -Errno.EINVAL;

@@ -1,5 +1,6 @@
 using XenSharp.Cpu;
 using XenSharp.Public;
+using XenSharp.Public.Compat;
 
 namespace XenSharp.Hypervisor.Common;
 
@@ -90,6 +91,20 @@ internal sealed unsafe class Time
             return;
         var si = d.SharedInfo;
         long wc = BootWallclockNs + d.WallclockOffsetNs;
+        if (d.Has32BitSharedInfo)
+        {
+            byte* b = (byte*)si;
+            ref uint ver = ref *(uint*)(b + SharedInfo32.OffsetWcVersion);
+            Volatile.Write(ref ver, ver | 1);
+            Interlocked.MemoryBarrier();
+            ulong s32 = (ulong)(wc / 1_000_000_000);
+            *(uint*)(b + SharedInfo32.OffsetWcSec) = (uint)s32;
+            *(uint*)(b + SharedInfo32.OffsetWcSecHi) = (uint)(s32 >> 32);
+            *(uint*)(b + SharedInfo32.OffsetWcNsec) = (uint)(wc % 1_000_000_000);
+            Interlocked.MemoryBarrier();
+            Volatile.Write(ref ver, ver + 1);
+            return;
+        }
         Volatile.Write(ref si->WcVersion, si->WcVersion | 1);
         Interlocked.MemoryBarrier();
         ulong sec = (ulong)(wc / 1_000_000_000);

@@ -28,6 +28,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public Domain Domain { get; }
     public int Id { get; }
     public IVcpu? Engine { get; set; }
+    /// <summary>The hypercall being handled came from 32-bit code: its arguments use the x86_32 (compat) layouts.</summary>
+    public bool Compat;
     public ICpuidPolicy? Cpuid { get; set; }
     public Vlapic Lapic { get; }
 

@@ -1,4 +1,5 @@
 using XenSharp.Public;
+using XenSharp.Public.Compat;
 using XenSharp.Public.Hvm;
 using static XenSharp.Public.VcpuOp;
 
@@ -37,7 +38,10 @@ internal static unsafe class VcpuOps
                         *where = default;
                     v.RegisterVcpuInfo(mfn, where);
                     // Nothing may be lost in the move: claim everything pending and let the guest sort it out.
-                    where->EvtchnPendingSel = ulong.MaxValue;
+                    if (d.Has32BitSharedInfo)
+                        *(uint*)((byte*)where + SharedInfo32.VcpuInfoOffsetPendingSel) = uint.MaxValue;
+                    else
+                        where->EvtchnPendingSel = ulong.MaxValue;
                     where->EvtchnUpcallPending = 1;
                 }
                 v.Kick();
@@ -64,6 +68,8 @@ internal static unsafe class VcpuOps
             case VCPUOP_get_runstate_info:
             {
                 var info = v.GetRunstate(host.Time.NowNs);
+                if (caller.Compat)
+                    return GuestAccess.Write(caller, arg, To32(info)) ? 0 : -Errno.EFAULT;
                 return GuestAccess.Write(caller, arg, info) ? 0 : -Errno.EFAULT;
             }
             case VCPUOP_set_singleshot_timer:
@@ -131,6 +137,13 @@ internal static unsafe class VcpuOps
         if (v.RunstateGuestArea == 0)
             return;
         var info = v.GetRunstate(now);
+        if (v.Domain.Has32BitSharedInfo)
+        {
+            // 32-bit guests keep state_entry_time at offset 4 (uint64_t is 4-byte aligned there).
+            var info32 = To32(info);
+            GuestAccess.Write(v, v.RunstateGuestArea, info32);
+            return;
+        }
         bool flag = (v.Domain.VmAssist & (1UL << Xen.VMASST_TYPE_runstate_update_flag)) != 0;
         if (flag)
         {
@@ -146,6 +159,14 @@ internal static unsafe class VcpuOps
         }
         else
             GuestAccess.Write(v, v.RunstateGuestArea, info);
+    }
+
+    private static VcpuRunstateInfo32 To32(in VcpuRunstateInfo i)
+    {
+        var o = new VcpuRunstateInfo32 { State = i.State, StateEntryTime = i.StateEntryTime };
+        for (int n = 0; n < 4; n++)
+            o.Time[n] = i.Time[n];
+        return o;
     }
 
     public static void WriteTimeArea(Vcpu v)

@@ -12,9 +12,13 @@ internal static class XenVersion
     public const string Changeset = "XenSharp";
     /// <summary>HYPERVISOR_VIRT_START of x86_64 (what XENVER_platform_parameters reports).</summary>
     public const ulong VirtStart = 0xFFFF800000000000;
+    /// <summary>__HYPERVISOR_COMPAT_VIRT_START: what 32-bit guests are told.</summary>
+    public const uint CompatVirtStart = 0xF5800000;
 
-    /// <summary>XENVER_get_features submap 0: only what is honoured.</summary>
+    /// <summary>XENVER_get_features submap 0: only what is honoured. Translated guests own their page
+    /// tables, so writable_page_tables holds trivially, as Xen reports for HVM and PVH.</summary>
     public const uint FeatureSubmap0 =
+        (1u << Features.XENFEAT_writable_page_tables) |
         (1u << Features.XENFEAT_auto_translated_physmap) |
         (1u << Features.XENFEAT_hvm_callback_vector) |
         (1u << Features.XENFEAT_hvm_safe_pvclock);
@@ -42,6 +46,8 @@ internal static class XenVersion
             case Public.Version.XENVER_changeset:
                 return WriteString(v, arg, Changeset, Public.Version.XEN_CHANGESET_INFO_LEN);
             case Public.Version.XENVER_platform_parameters:
+                if (v.Compat)
+                    return GuestAccess.Write(v, arg, new Public.Compat.XenPlatformParameters32 { VirtStart = CompatVirtStart }) ? 0 : -Errno.EFAULT;
                 return GuestAccess.Write(v, arg, new XenPlatformParameters { VirtStart = VirtStart }) ? 0 : -Errno.EFAULT;
             case Public.Version.XENVER_get_features:
             {
@@ -53,7 +59,7 @@ internal static class XenVersion
                 return GuestAccess.Write(v, arg, fi) ? 0 : -Errno.EFAULT;
             }
             case Public.Version.XENVER_pagesize:
-                return FrameTable.PageSize;
+                return arg != 0 ? -Errno.EINVAL : FrameTable.PageSize;
             case Public.Version.XENVER_guest_handle:
                 return GuestAccess.CopyTo(v, arg, v.Domain.Handle.ToByteArray(bigEndian: true)) ? 0 : -Errno.EFAULT;
             case Public.Version.XENVER_commandline:
@@ -61,7 +67,7 @@ internal static class XenVersion
                 return WriteString(v, arg, v.Domain.IsPrivileged ? v.Domain.Host.CommandLine : "<denied>",
                     Public.Version.XEN_COMMANDLINE_LEN);
             case Public.Version.XENVER_build_id:
-                return -Errno.ENODATA;
+                return v.Domain.IsPrivileged ? -Errno.ENODATA : -Errno.EPERM;
             default:
                 return -Errno.ENOSYS;
         }

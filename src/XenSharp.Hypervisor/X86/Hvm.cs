@@ -29,6 +29,12 @@ internal static class HvmOps
                     // A guest may set its own callback; the rest is the toolstack's.
                     if (t == d && !d.IsPrivileged && p.Index != HVM_PARAM_CALLBACK_IRQ)
                         return -Errno.EPERM;
+                    if (t == d && p.Index == HVM_PARAM_CALLBACK_IRQ && d.Has32BitSharedInfo != v.Compat)
+                    {
+                        // The guest's mode when it sets its callback fixes the shared_info layout.
+                        d.Has32BitSharedInfo = v.Compat;
+                        d.Host.Time.UpdateWallclock(d);
+                    }
                     return SetParam(t, (int)p.Index, p.Value);
                 }
                 p.Value = t.HvmParams[p.Index];

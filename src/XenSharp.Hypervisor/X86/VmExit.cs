@@ -84,6 +84,7 @@ internal static unsafe class VmExit
         cpu.GetRegisters(out var r);
         cpu.GetSpecialRegisters(out var s);
         long result;
+        v.Compat = !IsLongMode(s);
         if (((s.Cs.Attributes >> 5) & 3) != 0)
             result = -Errno.EPERM; // hypercalls are for the guest kernel only
         else if (IsLongMode(s))

@@ -54,7 +54,7 @@ public static class PayloadDecompressor
             return format switch
             {
                 PayloadFormat.Gzip => Drain(new GZipStream(new MemoryStream(data), CompressionMode.Decompress)),
-                PayloadFormat.Xz => XzDecoder.Decompress(data, MaxOutput),
+                PayloadFormat.Xz => XzContainer.Decode(data),
                 PayloadFormat.Zstd => Drain(new ZstdSharp.DecompressionStream(new MemoryStream(data))),
                 PayloadFormat.Bzip2 => Drain(BZip2Stream.Create(new MemoryStream(data), SharpCompress.Compressors.CompressionMode.Decompress, false, false, false)),
                 PayloadFormat.Lzma => Lzma(data, expected),

@@ -47,6 +47,8 @@ public sealed class ConsoleBackendTests : IDisposable
         var client = new MemoryStream();
         Assert.True(_backend.Attach(client));
         GuestWrites("login: ");
+        // The client is written on its own task.
+        for (int i = 0; i < 500 && client.Length < 24; i++) Thread.Sleep(10);
         Assert.Equal("Linux version 6.1\nlogin: ", Encoding.ASCII.GetString(client.ToArray()));
         Assert.Equal("Linux version 6.1\nlogin: ", File.ReadAllText(_log));
         Assert.True(_notifies > 0);
