@@ -208,9 +208,48 @@ public class FloatTests
             a.pxor(xmm0, xmm0); a.pxor(xmm1, xmm1);
             a.aesenc(xmm0, xmm1);
             a.movq(rax, xmm0);
+            a.pxor(xmm2, xmm2);
+            a.aeskeygenassist(xmm3, xmm2, 0x01);
+            a.pextrq(rbx, xmm3, 0);
             a.hlt();
         }));
         m.RunToHlt();
         Assert.Equal(0x6363636363636363UL, m.Regs.Rax);
+        // SubWord(0) = 0x63636363; RotWord(..) ^ Rcon = 0x63636362 in dword 1.
+        Assert.Equal(0x6363636263636363UL, m.Regs.Rbx);
+    }
+
+    [Fact]
+    public void SaturatingPackAndUnpackLanes()
+    {
+        using var m = new TestMachine();
+        m.Mem.W64(0x6000, 0xFAFAFAFAFAFAFAFA); m.Mem.W64(0x6008, 0x0102030405060708);
+        m.Mem.W64(0x6010, 0x0A0A0A0A0A0A0A0A); m.Mem.W64(0x6018, 0x1112131415161718);
+        m.Mem.W64(0x6020, 0x7FFF_012C_FF00_0005); m.Mem.W64(0x6028, 0x8000_0000_0001_FFFF); // words: 5, -256, 300, 32767 | -1, 1, 0, -32768
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.movdqu(xmm0, __xmmword_ptr[0x6000]);
+            a.movdqu(xmm1, __xmmword_ptr[0x6010]);
+            a.paddusb(xmm0, xmm1);              // low qword saturates to FF
+            a.movq(rax, xmm0);
+            a.movdqu(xmm2, __xmmword_ptr[0x6020]);
+            a.movdqa(xmm3, xmm2);
+            a.packsswb(xmm3, xmm3);             // 5, -128, 127, 127, -1, 1, 0, -128
+            a.movq(rbx, xmm3);
+            a.movdqu(xmm4, __xmmword_ptr[0x6000]);
+            a.movdqu(xmm5, __xmmword_ptr[0x6010]);
+            a.punpckhbw(xmm4, xmm5);
+            a.movq(rcx, xmm4);
+            a.movdqu(xmm6, __xmmword_ptr[0x6000]);
+            a.psadbw(xmm6, xmm1);               // |FA-0A| * 8 = 0x780
+            a.movq(rdx, xmm6);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Equal(0xFFFFFFFFFFFFFFFFUL, r.Rax);
+        Assert.Equal(0x8000_01FF_7F7F_8005UL, r.Rbx);
+        Assert.Equal(0x1505160617071808UL, r.Rcx);
+        Assert.Equal(0x780UL, r.Rdx);
     }
 }

@@ -455,6 +455,41 @@ public class LongModeTests
     }
 
     [Fact]
+    public void IstGateSwitchesToTheIstStack()
+    {
+        using var m = new TestMachine();
+        ulong h = 0x12000;
+        m.Mem.Write(h, TestMachine.Assemble(64, h, a => { a.mov(rbx, rsp); a.hlt(); }));
+        m.SetGate64(3, h, ist: 1, dpl: 0);
+        m.Mem.W64(TestMachine.Tss + 0x24, 0x7E008);   // IST1, aligned down to 16 by delivery
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a => { a.int3(); a.hlt(); }));
+        m.RunToHlt();
+        Assert.Equal(0x7E000UL - 40, m.Regs.Rbx);
+        Assert.Equal(TestMachine.CodeAt + 1, m.Mem.R64(0x7E000 - 40)); // INT3 pushes the next RIP
+    }
+
+    [Fact]
+    public void Cmpxchg16bSwapsWhenEqual()
+    {
+        using var m = new TestMachine();
+        m.Mem.W64(0x6000, 1); m.Mem.W64(0x6008, 2);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(eax, 1); a.mov(edx, 2); a.mov(ebx, 3); a.mov(ecx, 4);
+            a.@lock.cmpxchg16b(__xmmword_ptr[0x6000]); a.setz(r8b);
+            a.mov(eax, 9); a.mov(edx, 9);
+            a.@lock.cmpxchg16b(__xmmword_ptr[0x6000]); a.setz(r9b);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Equal(1UL, r.R8 & 0xFF);
+        Assert.Equal(0UL, r.R9 & 0xFF);
+        Assert.Equal(3UL, r.Rax); Assert.Equal(4UL, r.Rdx);
+        Assert.Equal(3UL, m.Mem.R64(0x6000)); Assert.Equal(4UL, m.Mem.R64(0x6008));
+    }
+
+    [Fact]
     public void NonCanonicalAccessRaisesGp()
     {
         using var m = new TestMachine();

@@ -193,6 +193,29 @@ public class ProtectedMode32Tests
     }
 
     [Fact]
+    public void AccessBeyondTheSegmentLimitRaisesGp()
+    {
+        using var m = new TestMachine();
+        ulong handler = 0x11000;
+        m.Mem.Write(handler, TestMachine.Assemble(32, handler, a => { a.pop(ebx); a.mov(ecx, 13); a.hlt(); }));
+        m.SetGate32(13, handler);
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            a.mov(ax, 0x48);
+            a.mov(es, ax);
+            a.mov(__dword_ptr.es[0xFF0], 0x1234);   // inside: linear 0x6FF0
+            a.mov(edx, __dword_ptr.es[0x1000]);     // beyond the limit
+            a.hlt();
+        }));
+        // GDT 0x48: data segment base 0x6000, limit 0xFFF (byte granular).
+        m.Mem.W64(TestMachine.Gdt + 0x48, 0x0040_9300_6000_0FFFUL);
+        m.RunToHlt();
+        Assert.Equal(0x1234u, m.Mem.R32(0x6FF0));
+        Assert.Equal(13UL, m.Regs.Rcx);
+        Assert.Equal(0UL, m.Regs.Rbx);
+    }
+
+    [Fact]
     public void HltExitsAndStaysHaltedWithoutInterrupts()
     {
         using var m = new TestMachine();

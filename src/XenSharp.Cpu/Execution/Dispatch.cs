@@ -87,7 +87,7 @@ internal unsafe partial class X86Vcpu
                 ExecBcd(d.Op, ref d); return;
             case Mnemonic.Bswap: ExecBswap(ref d); return;
             case Mnemonic.Movbe: ExecMovbe(ref d); return;
-            case Mnemonic.Cbw: R[0] = (R[0] & ~0xFFFFUL) | (ushort)(sbyte)(byte)R[0]; return;
+            case Mnemonic.Cbw: R[0] = (R[0] & ~0xFFFFUL) | (ulong)(ushort)(short)(sbyte)(byte)R[0]; return;
             case Mnemonic.Cwde: R[0] = (uint)(short)(ushort)R[0]; return;
             case Mnemonic.Cdqe: R[0] = (ulong)(int)(uint)R[0]; return;
             case Mnemonic.Cwd: R[2] = (R[2] & ~0xFFFFUL) | (((short)(ushort)R[0] < 0) ? 0xFFFFUL : 0); return;

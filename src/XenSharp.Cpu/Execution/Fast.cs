@@ -25,7 +25,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong ea = FastEa(ref d);
         if (Bitness == 64) return d.MemSeg >= FS ? Seg[d.MemSeg].Base + ea : ea;
-        return (uint)(Seg[d.MemSeg].Base + ea);
+        return Linear(d.MemSeg, ea);
     }
 
     private void ExecFast(ref DecodedInsn d)

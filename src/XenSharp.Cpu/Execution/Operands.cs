@@ -106,7 +106,22 @@ internal unsafe partial class X86Vcpu
     internal ulong Linear(int seg, ulong off)
     {
         if (Bitness == 64) return seg >= FS ? Seg[seg].Base + off : off;
-        return (uint)(Seg[seg].Base + off);
+        ref SegReg s = ref Seg[seg];
+        if (off > s.Limit || (s.Attr & 0x1C) == 0x14) CheckLimit(seg, off);
+        return (uint)(s.Base + off);
+    }
+
+    /// <summary>Segment limit check outside 64-bit mode (first byte of the access): #GP, or #SS
+    /// for the stack segment. Expand-down data segments hold (limit, 0xFFFF or 0xFFFFFFFF].</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckLimit(int seg, ulong off)
+    {
+        ref SegReg s = ref Seg[seg];
+        if ((s.Attr & 0x80) == 0) return; // unusable: left to the descriptor checks at load time
+        bool ok;
+        if ((s.Attr & 0x1C) == 0x14) ok = off > s.Limit && off <= (s.Big ? 0xFFFF_FFFFUL : 0xFFFFUL);
+        else ok = off <= s.Limit;
+        if (!ok) throw seg == SS ? Fault(12, 0) : GP();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

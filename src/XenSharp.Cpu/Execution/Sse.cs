@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics;
 using Iced.Intel;
 using XenSharp.Cpu.Decoding;
 using V = System.Runtime.Intrinsics.Vector128<byte>;
+using X86S = System.Runtime.Intrinsics.X86.Sse2;
 
 namespace XenSharp.Cpu;
 
@@ -176,7 +177,7 @@ internal unsafe partial class X86Vcpu
             {
                 SseCheck();
                 uint v = (uint)ReadLin(MemAddr(ref d), 4);
-                if ((v & 0xFFFF0000) != 0) throw GP();
+                if ((v & ~MxcsrMask) != 0) throw GP();
                 Mxcsr = v;
                 return true;
             }
@@ -446,21 +447,27 @@ internal unsafe partial class X86Vcpu
     private delegate V Func2(V a, V b);
 }
 
-/// <summary>Lane-wise helpers for the integer SIMD instructions.</summary>
+/// <summary>Lane-wise helpers for the integer SIMD instructions: the host's SSE2/SSSE3/SSE4.1 when
+/// present (the semantics are the guest's, lane for lane), portable loops otherwise.</summary>
 internal static class Sat
 {
-    public static V AddU8(V a, V b) { Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (byte)Math.Min(255, a[i] + b[i]); return Vector128.Create((ReadOnlySpan<byte>)r); }
-    public static V SubU8(V a, V b) { Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (byte)Math.Max(0, a[i] - b[i]); return Vector128.Create((ReadOnlySpan<byte>)r); }
-    public static V AddS8(V a, V b) { Span<sbyte> r = stackalloc sbyte[16]; var x = a.AsSByte(); var y = b.AsSByte(); for (int i = 0; i < 16; i++) r[i] = (sbyte)Math.Clamp(x[i] + y[i], -128, 127); return Vector128.Create((ReadOnlySpan<sbyte>)r).AsByte(); }
-    public static V SubS8(V a, V b) { Span<sbyte> r = stackalloc sbyte[16]; var x = a.AsSByte(); var y = b.AsSByte(); for (int i = 0; i < 16; i++) r[i] = (sbyte)Math.Clamp(x[i] - y[i], -128, 127); return Vector128.Create((ReadOnlySpan<sbyte>)r).AsByte(); }
-    public static V AddU16(V a, V b) { Span<ushort> r = stackalloc ushort[8]; var x = a.AsUInt16(); var y = b.AsUInt16(); for (int i = 0; i < 8; i++) r[i] = (ushort)Math.Min(65535, x[i] + y[i]); return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
-    public static V SubU16(V a, V b) { Span<ushort> r = stackalloc ushort[8]; var x = a.AsUInt16(); var y = b.AsUInt16(); for (int i = 0; i < 8; i++) r[i] = (ushort)Math.Max(0, x[i] - y[i]); return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
-    public static V AddS16(V a, V b) { Span<short> r = stackalloc short[8]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) r[i] = (short)Math.Clamp(x[i] + y[i], -32768, 32767); return Vector128.Create((ReadOnlySpan<short>)r).AsByte(); }
-    public static V SubS16(V a, V b) { Span<short> r = stackalloc short[8]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) r[i] = (short)Math.Clamp(x[i] - y[i], -32768, 32767); return Vector128.Create((ReadOnlySpan<short>)r).AsByte(); }
-    public static V AvgU8(V a, V b) { Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (byte)((a[i] + b[i] + 1) >> 1); return Vector128.Create((ReadOnlySpan<byte>)r); }
-    public static V AvgU16(V a, V b) { Span<ushort> r = stackalloc ushort[8]; var x = a.AsUInt16(); var y = b.AsUInt16(); for (int i = 0; i < 8; i++) r[i] = (ushort)((x[i] + y[i] + 1) >> 1); return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
+    private static readonly bool Host = System.Runtime.Intrinsics.X86.Sse2.IsSupported;
+    private static readonly bool Host41 = System.Runtime.Intrinsics.X86.Sse41.IsSupported;
+    private static readonly bool HostSsse3 = System.Runtime.Intrinsics.X86.Ssse3.IsSupported;
+
+    public static V AddU8(V a, V b) { if (Host) return X86S.AddSaturate(a, b); Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (byte)Math.Min(255, a[i] + b[i]); return Vector128.Create((ReadOnlySpan<byte>)r); }
+    public static V SubU8(V a, V b) { if (Host) return X86S.SubtractSaturate(a, b); Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (byte)Math.Max(0, a[i] - b[i]); return Vector128.Create((ReadOnlySpan<byte>)r); }
+    public static V AddS8(V a, V b) { if (Host) return X86S.AddSaturate(a.AsSByte(), b.AsSByte()).AsByte(); Span<sbyte> r = stackalloc sbyte[16]; var x = a.AsSByte(); var y = b.AsSByte(); for (int i = 0; i < 16; i++) r[i] = (sbyte)Math.Clamp(x[i] + y[i], -128, 127); return Vector128.Create((ReadOnlySpan<sbyte>)r).AsByte(); }
+    public static V SubS8(V a, V b) { if (Host) return X86S.SubtractSaturate(a.AsSByte(), b.AsSByte()).AsByte(); Span<sbyte> r = stackalloc sbyte[16]; var x = a.AsSByte(); var y = b.AsSByte(); for (int i = 0; i < 16; i++) r[i] = (sbyte)Math.Clamp(x[i] - y[i], -128, 127); return Vector128.Create((ReadOnlySpan<sbyte>)r).AsByte(); }
+    public static V AddU16(V a, V b) { if (Host) return X86S.AddSaturate(a.AsUInt16(), b.AsUInt16()).AsByte(); Span<ushort> r = stackalloc ushort[8]; var x = a.AsUInt16(); var y = b.AsUInt16(); for (int i = 0; i < 8; i++) r[i] = (ushort)Math.Min(65535, x[i] + y[i]); return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
+    public static V SubU16(V a, V b) { if (Host) return X86S.SubtractSaturate(a.AsUInt16(), b.AsUInt16()).AsByte(); Span<ushort> r = stackalloc ushort[8]; var x = a.AsUInt16(); var y = b.AsUInt16(); for (int i = 0; i < 8; i++) r[i] = (ushort)Math.Max(0, x[i] - y[i]); return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
+    public static V AddS16(V a, V b) { if (Host) return X86S.AddSaturate(a.AsInt16(), b.AsInt16()).AsByte(); Span<short> r = stackalloc short[8]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) r[i] = (short)Math.Clamp(x[i] + y[i], -32768, 32767); return Vector128.Create((ReadOnlySpan<short>)r).AsByte(); }
+    public static V SubS16(V a, V b) { if (Host) return X86S.SubtractSaturate(a.AsInt16(), b.AsInt16()).AsByte(); Span<short> r = stackalloc short[8]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) r[i] = (short)Math.Clamp(x[i] - y[i], -32768, 32767); return Vector128.Create((ReadOnlySpan<short>)r).AsByte(); }
+    public static V AvgU8(V a, V b) { if (Host) return X86S.Average(a, b); Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (byte)((a[i] + b[i] + 1) >> 1); return Vector128.Create((ReadOnlySpan<byte>)r); }
+    public static V AvgU16(V a, V b) { if (Host) return X86S.Average(a.AsUInt16(), b.AsUInt16()).AsByte(); Span<ushort> r = stackalloc ushort[8]; var x = a.AsUInt16(); var y = b.AsUInt16(); for (int i = 0; i < 8; i++) r[i] = (ushort)((x[i] + y[i] + 1) >> 1); return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
     public static V MulHi16(V a, V b, bool signed)
     {
+        if (Host) return signed ? X86S.MultiplyHigh(a.AsInt16(), b.AsInt16()).AsByte() : X86S.MultiplyHigh(a.AsUInt16(), b.AsUInt16()).AsByte();
         Span<ushort> r = stackalloc ushort[8];
         for (int i = 0; i < 8; i++)
             r[i] = signed ? (ushort)((a.AsInt16()[i] * b.AsInt16()[i]) >> 16) : (ushort)((a.AsUInt16()[i] * b.AsUInt16()[i]) >> 16);
@@ -468,6 +475,7 @@ internal static class Sat
     }
     public static V MaddWd(V a, V b)
     {
+        if (Host) return X86S.MultiplyAddAdjacent(a.AsInt16(), b.AsInt16()).AsByte();
         Span<int> r = stackalloc int[4];
         var x = a.AsInt16(); var y = b.AsInt16();
         for (int i = 0; i < 4; i++) r[i] = unchecked(x[2 * i] * y[2 * i] + x[2 * i + 1] * y[2 * i + 1]);
@@ -475,6 +483,7 @@ internal static class Sat
     }
     public static V Sad(V a, V b)
     {
+        if (Host) return X86S.SumAbsoluteDifferences(a, b).AsByte();
         ulong lo = 0, hi = 0;
         for (int i = 0; i < 8; i++) lo += (ulong)Math.Abs(a[i] - b[i]);
         for (int i = 8; i < 16; i++) hi += (ulong)Math.Abs(a[i] - b[i]);
@@ -482,6 +491,16 @@ internal static class Sat
     }
     public static V Unpack(V a, V b, int es, bool high)
     {
+        if (Host)
+        {
+            return es switch
+            {
+                1 => high ? X86S.UnpackHigh(a, b) : X86S.UnpackLow(a, b),
+                2 => (high ? X86S.UnpackHigh(a.AsUInt16(), b.AsUInt16()) : X86S.UnpackLow(a.AsUInt16(), b.AsUInt16())).AsByte(),
+                4 => (high ? X86S.UnpackHigh(a.AsUInt32(), b.AsUInt32()) : X86S.UnpackLow(a.AsUInt32(), b.AsUInt32())).AsByte(),
+                _ => (high ? X86S.UnpackHigh(a.AsUInt64(), b.AsUInt64()) : X86S.UnpackLow(a.AsUInt64(), b.AsUInt64())).AsByte(),
+            };
+        }
         Span<byte> x = stackalloc byte[16], y = stackalloc byte[16], r = stackalloc byte[16];
         a.CopyTo(x); b.CopyTo(y);
         int off = high ? 8 : 0;
@@ -492,11 +511,11 @@ internal static class Sat
         }
         return Vector128.Create((ReadOnlySpan<byte>)r);
     }
-    public static V PackSsWb(V a, V b) { Span<sbyte> r = stackalloc sbyte[16]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) { r[i] = (sbyte)Math.Clamp((int)x[i], -128, 127); r[i + 8] = (sbyte)Math.Clamp((int)y[i], -128, 127); } return Vector128.Create((ReadOnlySpan<sbyte>)r).AsByte(); }
-    public static V PackUsWb(V a, V b) { Span<byte> r = stackalloc byte[16]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) { r[i] = (byte)Math.Clamp((int)x[i], 0, 255); r[i + 8] = (byte)Math.Clamp((int)y[i], 0, 255); } return Vector128.Create((ReadOnlySpan<byte>)r); }
-    public static V PackSsDw(V a, V b) { Span<short> r = stackalloc short[8]; var x = a.AsInt32(); var y = b.AsInt32(); for (int i = 0; i < 4; i++) { r[i] = (short)Math.Clamp(x[i], -32768, 32767); r[i + 4] = (short)Math.Clamp(y[i], -32768, 32767); } return Vector128.Create((ReadOnlySpan<short>)r).AsByte(); }
-    public static V PackUsDw(V a, V b) { Span<ushort> r = stackalloc ushort[8]; var x = a.AsInt32(); var y = b.AsInt32(); for (int i = 0; i < 4; i++) { r[i] = (ushort)Math.Clamp(x[i], 0, 65535); r[i + 4] = (ushort)Math.Clamp(y[i], 0, 65535); } return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
-    public static V Pshufb(V a, V b) { Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (b[i] & 0x80) != 0 ? (byte)0 : a[b[i] & 15]; return Vector128.Create((ReadOnlySpan<byte>)r); }
+    public static V PackSsWb(V a, V b) { if (Host) return X86S.PackSignedSaturate(a.AsInt16(), b.AsInt16()).AsByte(); Span<sbyte> r = stackalloc sbyte[16]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) { r[i] = (sbyte)Math.Clamp((int)x[i], -128, 127); r[i + 8] = (sbyte)Math.Clamp((int)y[i], -128, 127); } return Vector128.Create((ReadOnlySpan<sbyte>)r).AsByte(); }
+    public static V PackUsWb(V a, V b) { if (Host) return X86S.PackUnsignedSaturate(a.AsInt16(), b.AsInt16()); Span<byte> r = stackalloc byte[16]; var x = a.AsInt16(); var y = b.AsInt16(); for (int i = 0; i < 8; i++) { r[i] = (byte)Math.Clamp((int)x[i], 0, 255); r[i + 8] = (byte)Math.Clamp((int)y[i], 0, 255); } return Vector128.Create((ReadOnlySpan<byte>)r); }
+    public static V PackSsDw(V a, V b) { if (Host) return X86S.PackSignedSaturate(a.AsInt32(), b.AsInt32()).AsByte(); Span<short> r = stackalloc short[8]; var x = a.AsInt32(); var y = b.AsInt32(); for (int i = 0; i < 4; i++) { r[i] = (short)Math.Clamp(x[i], -32768, 32767); r[i + 4] = (short)Math.Clamp(y[i], -32768, 32767); } return Vector128.Create((ReadOnlySpan<short>)r).AsByte(); }
+    public static V PackUsDw(V a, V b) { if (Host41) return System.Runtime.Intrinsics.X86.Sse41.PackUnsignedSaturate(a.AsInt32(), b.AsInt32()).AsByte(); Span<ushort> r = stackalloc ushort[8]; var x = a.AsInt32(); var y = b.AsInt32(); for (int i = 0; i < 4; i++) { r[i] = (ushort)Math.Clamp(x[i], 0, 65535); r[i + 4] = (ushort)Math.Clamp(y[i], 0, 65535); } return Vector128.Create((ReadOnlySpan<ushort>)r).AsByte(); }
+    public static V Pshufb(V a, V b) { if (HostSsse3) return System.Runtime.Intrinsics.X86.Ssse3.Shuffle(a, b); Span<byte> r = stackalloc byte[16]; for (int i = 0; i < 16; i++) r[i] = (b[i] & 0x80) != 0 ? (byte)0 : a[b[i] & 15]; return Vector128.Create((ReadOnlySpan<byte>)r); }
 
     public static V Shift(V a, Mnemonic op, ulong count)
     {

@@ -160,12 +160,33 @@ internal unsafe partial class X86Vcpu
                     Mnemonic.Aesdec => Aes.Decrypt(Dst(ref d), b),
                     Mnemonic.Aesdeclast => Aes.DecryptLast(Dst(ref d), b),
                     Mnemonic.Aesimc => Aes.InverseMixColumns(b),
-                    _ => Aes.KeygenAssist(b, d.I.Immediate8),
+                    _ => KeygenAssist(b, d.I.Immediate8),
                 };
                 return true;
             }
         }
         return false;
+    }
+
+    /// <summary>The AES S-box, read off the host's AESENCLAST (a state of equal bytes is unchanged by ShiftRows).</summary>
+    private static readonly byte[] s_sbox = BuildSbox();
+
+    private static byte[] BuildSbox()
+    {
+        var t = new byte[256];
+        if (!Aes.IsSupported) return t;
+        for (int x = 0; x < 256; x++) t[x] = Aes.EncryptLast(Vector128.Create((byte)x), V.Zero).GetElement(0);
+        return t;
+    }
+
+    private static uint SubWord(uint w)
+        => s_sbox[w & 0xFF] | ((uint)s_sbox[(w >> 8) & 0xFF] << 8) | ((uint)s_sbox[(w >> 16) & 0xFF] << 16) | ((uint)s_sbox[w >> 24] << 24);
+
+    private static V KeygenAssist(V src, byte rcon)
+    {
+        var s = src.AsUInt32();
+        uint x1 = SubWord(s[1]), x3 = SubWord(s[3]);
+        return Vector128.Create(x1, System.Numerics.BitOperations.RotateRight(x1, 8) ^ rcon, x3, System.Numerics.BitOperations.RotateRight(x3, 8) ^ rcon).AsByte();
     }
 
     private static Vector128<T> Sign<T>(Vector128<T> a, Vector128<T> b) where T : unmanaged, System.Numerics.INumber<T>

@@ -62,8 +62,15 @@ internal sealed class Pcpu
             Current = null;
             Interlocked.Add(ref v.CpuTimeNs, end - start);
             v.SetRunstate(!v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable, end);
-            if (v.Engine is not null)
-                VcpuOps.WriteRunstateArea(v, end);
+            try
+            {
+                if (v.Engine is not null && !v.Domain.IsDying)
+                    VcpuOps.WriteRunstateArea(v, end);
+            }
+            catch (Exception e)
+            {
+                _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
+            }
             _sched.Descheduled(v, end - start);
         }
     }

@@ -27,8 +27,7 @@ public interface IEventChannelEndpoint : IDisposable
 
 /// <summary>
 /// The hypervisor as the toolstack drives it: the domctl/sysctl operations of libxc, in-process.
-/// The daemon binds it to XenSharp.Hypervisor; <see cref="HeldHypervisor"/> stands in where no
-/// execution engine is bound (domains are built and held, no vCPU runs).
+/// The daemon binds it to XenSharp.Hypervisor (<see cref="XenHypervisorPlatform"/>).
 /// </summary>
 public interface IHypervisor : IDisposable
 {

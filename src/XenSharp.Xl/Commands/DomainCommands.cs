@@ -47,7 +47,13 @@ internal static class DomainCommands
 
         var result = ctx.Daemon.Send(new CreateRequest(text, file, dir, vars, a.Has('p')));
         if (a.Has('c'))
-            return ConsoleCommand.Attach(ctx, result.DomId.ToString());
+            ConsoleCommand.Attach(ctx, result.DomId.ToString());
+        if (a.Has('F'))
+        {
+            // Foreground: stay until the domain (this incarnation) is gone.
+            while (ctx.Daemon.Send(new ListRequest([], false)).Any(d => d.DomId == result.DomId))
+                Thread.Sleep(200);
+        }
         return 0;
     }
 

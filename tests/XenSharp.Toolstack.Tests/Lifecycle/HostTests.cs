@@ -73,6 +73,17 @@ public sealed class HostTests : IDisposable
     }
 
     [Fact]
+    public void HvmWithAPhys32FirmwareOverrideIsBuiltLikePvh()
+    {
+        string cfg = "name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"k.elf\"\nmemory=16\n";
+        var r = _host.Handle(new CreateRequest(cfg, Path.Combine(_dir, "h.cfg"), _dir, [], false));
+        Assert.True(r.Ok, r.Error);
+        var h = List().Single(d => d.Name == "h");
+        Assert.Equal("hvm", h.Type);
+        Assert.Equal("hvm", _xs.Read($"/libxl/{h.DomId}/type"));
+    }
+
+    [Fact]
     public void PausedCreateAndUnpause()
     {
         Create("p", paused: true);

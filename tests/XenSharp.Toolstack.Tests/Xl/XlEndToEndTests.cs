@@ -287,4 +287,18 @@ public sealed class XlDaemonTests
         Assert.False(File.Exists(Path.Combine(s.RunDir, "xensharpd.lock")));
         Assert.Contains("stopping, destroying 1 domain(s)", File.ReadAllText(Path.Combine(s.RunDir, "xensharpd.log")));
     }
+
+    [Fact]
+    public void SigtermStopsTheDaemonCleanly()
+    {
+        using var s = new XlSession();
+        Assert.Equal(0, s.Xl("list").Code);
+        int pid = s.DaemonPid ?? throw new Xunit.Sdk.XunitException("no pid file");
+        using (var kill = Process.Start("kill", ["-TERM", pid.ToString()])) kill.WaitForExit();
+        for (int i = 0; i < 200 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(50);
+        Assert.False(Directory.Exists($"/proc/{pid}"));
+        Assert.False(File.Exists(Path.Combine(s.RunDir, "xl.sock")));
+        Assert.False(File.Exists(Path.Combine(s.RunDir, "xensharpd.pid")));
+        Assert.EndsWith("xensharpd: stopped\n", File.ReadAllText(Path.Combine(s.RunDir, "xensharpd.log")));
+    }
 }

@@ -1,15 +1,16 @@
 using System.Text;
 using XenSharp.Cpu;
 
-namespace XenSharp.Toolstack.Platform;
+using XenSharp.Toolstack.Platform;
+
+namespace XenSharp.Toolstack.Tests.Lifecycle;
 
 /// <summary>
-/// The toolstack's own stand-in for the hypervisor when no execution engine is bound: domains get
-/// real memory (built by the domain builder), parameters, event channel ports and pause state,
-/// but their vCPUs never run, so they are never "r" or "b" in xl list and never shut down by
-/// themselves. It keeps the hypervisor console ring (xl dmesg) and honours remote shutdowns.
+/// The hypervisor side of the toolstack's lifecycle tests: domains get real memory (built by the
+/// domain builder), parameters, event channel ports and pause state, but their vCPUs never run;
+/// shutdowns come only from outside, which is what lets the tests drive every on_* action.
 /// </summary>
-public sealed class HeldHypervisor : IHypervisor
+internal sealed class HeldHypervisor : IHypervisor
 {
     private readonly StringBuilder _console = new();
     private readonly Lock _lock = new();
