@@ -115,6 +115,45 @@ public class LinuxPvhTests
         }
     }
 
+    /// <summary>xl shutdown: the toolstack writes control/shutdown in xenstore, the guest's watch fires
+    /// and it powers off (the initramfs is built from the current init script).</summary>
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void DebianKernelHonoursXlShutdownThroughXenstore()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        using var xl = new XlHost();
+        string initrd = Path.Combine(xl.RunDir, "initrd.img");
+        store.BuildInitramfs(initrd, GuestArtifacts.ShellInit, GuestArtifacts.XenModules);
+        string cfg = Path.Combine(xl.RunDir, "sd.cfg");
+        File.WriteAllText(cfg, $"""
+            name = "sd"
+            type = "pvh"
+            kernel = "{store.KernelPath}"
+            ramdisk = "{initrd}"
+            cmdline = "console=hvc0"
+            memory = 512
+            vcpus = 1
+            on_poweroff = "destroy"
+            on_crash = "preserve"
+            """);
+
+        using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
+        try
+        {
+            console.WaitFor("~ # ", BootLimit);
+            var shutdown = xl.Run(TimeSpan.FromMinutes(3), "shutdown", "-w", "sd");
+            Assert.True(shutdown.ExitCode == 0, shutdown.ToString());
+            Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not return after the guest shut down");
+            Assert.DoesNotContain("sd", xl.Run("list").Stdout);
+        }
+        finally
+        {
+            xl.Run("destroy", "sd");
+        }
+    }
+
     private static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
 
     /// <summary>xl with its standard input kept open, so that the test can type at the guest's console.</summary>
