@@ -144,8 +144,8 @@ public sealed class HostTests : IDisposable
     {
         var c = Create("off");
         _host.ShutdownFromOutside(c.DomId, ShutdownReason.Poweroff);
-        WaitFor(() => List().All(d => d.Name != "off"));
-        Assert.False(_xs.Exists($"/local/domain/{c.DomId}"));
+        // The domain leaves the list first, then its xenstore nodes go.
+        WaitFor(() => List().All(d => d.Name != "off") && !_xs.Exists($"/local/domain/{c.DomId}"));
     }
 
     [Fact]
@@ -154,7 +154,7 @@ public sealed class HostTests : IDisposable
         var c = Create("rb");
         var before = List().Single(d => d.Name == "rb");
         Assert.True(_host.Handle(new ShutdownRequest("rb", ShutdownKind.Reboot, AcpiFallback: true)).Ok);
-        WaitFor(() => List().Any(d => d.Name == "rb" && d.DomId != c.DomId));
+        WaitFor(() => List().Any(d => d.Name == "rb" && d.DomId != c.DomId) && !_xs.Exists($"/local/domain/{c.DomId}"));
         var after = List().Single(d => d.Name == "rb");
         Assert.Equal(before.Uuid, after.Uuid);
         Assert.False(_xs.Exists($"/local/domain/{c.DomId}"));
@@ -177,7 +177,7 @@ public sealed class HostTests : IDisposable
     {
         var c = Create("dump", "on_crash=\"coredump-destroy\"\n");
         _host.ShutdownFromOutside(c.DomId, ShutdownReason.Crash);
-        WaitFor(() => List().All(d => d.Name != "dump"));
+        WaitFor(() => List().All(d => d.Name != "dump") && !_xs.Exists($"/local/domain/{c.DomId}"));
         var core = new FileInfo(Path.Combine(_dir, "dump", "dump.core"));
         Assert.True(core.Exists);
         Assert.Equal(16L << 20, core.Length);
