@@ -95,6 +95,8 @@ public sealed class GuestArtifacts
         mount -t devtmpfs devtmpfs /dev
         for m in /lib/modules/*.ko; do insmod "$m" 2>/dev/null; done
         [ -d /sys/hypervisor ] && mount -t xenfs xenfs /proc/xen 2>/dev/null
+        # xl shutdown makes the kernel run /sbin/poweroff; this init is no busybox init to signal.
+        echo "/bin/poweroff -f" > /proc/sys/kernel/poweroff_cmd
         echo "init: $(uname -sr) up; hypervisor: $(cat /sys/hypervisor/type 2>/dev/null)"
         export PS1='~ # ' HOME=/root
         while true; do setsid cttyhack sh -l; done

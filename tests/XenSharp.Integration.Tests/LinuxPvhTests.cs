@@ -1,0 +1,245 @@
+using System.Diagnostics;
+using System.Text;
+using XenSharp.Artifacts;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// Debian's unmodified kernel (bzImage, xz payload) with the busybox initramfs, booted as a PVH domU
+/// through the real `xl create -c` and a private daemon, checked by what it prints on hvc0 and by a
+/// command typed at its shell.
+/// </summary>
+public class LinuxPvhTests
+{
+    private static readonly TimeSpan BootLimit = TimeSpan.FromMinutes(10);
+
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void DebianKernelBootsToAShellOnHvc0()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        using var xl = new XlHost();
+        string cfg = Path.Combine(xl.RunDir, "linux.cfg");
+        // No earlyprintk: hvc0 then replays the kernel log from its first line.
+        File.WriteAllText(cfg, $"""
+            name = "linux"
+            type = "pvh"
+            kernel = "{store.KernelPath}"
+            ramdisk = "{store.ShellInitrdPath}"
+            cmdline = "console=hvc0"
+            memory = 512
+            vcpus = 1
+            on_crash = "preserve"
+            """);
+
+        using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
+        try
+        {
+            string boot = console.WaitFor("~ # ", BootLimit);
+            // Stages in boot order: the banner, Xen detected as PVH, event channels with the HVM
+            // callback vector, the Xen console, grant tables, the Xen clocksource, userspace.
+            string[] stages =
+            [
+                "Linux version 6.1",
+                "Booting kernel on Xen PVH",
+                "Xen version: 4.14",
+                "xen:events: Xen HVM callback vector for event delivery is enabled",
+                "printk: console [hvc0] enabled",
+                "Grant table initialized",
+                "clocksource: Switched to clocksource xen",
+                "Run /init as init process",
+                "init: Linux ",
+            ];
+            int at = 0;
+            foreach (var stage in stages)
+            {
+                int i = boot.IndexOf(stage, at, StringComparison.Ordinal);
+                Assert.True(i >= 0, $"the console never showed \"{stage}\" (in order); it shows:\n{Tail(boot)}");
+                at = i;
+            }
+            Assert.DoesNotContain("Kernel panic", boot);
+            Assert.DoesNotContain("Call Trace", boot);
+
+            Assert.Contains("result-42 xen", console.Ask("echo result-$((6*7)) $(cat /sys/hypervisor/type)", "result-42 xen"));
+        }
+        finally
+        {
+            var destroyed = xl.Run("destroy", "linux");
+            Assert.True(destroyed.ExitCode == 0, destroyed.ToString());
+        }
+    }
+
+    /// <summary>Two vCPUs: the AP is started by INIT-SIPI-SIPI through the vLAPIC and runs its own
+    /// Xen timer and IPIs; `poweroff -f` then goes through ACPI S5 and on_poweroff destroys the domain.</summary>
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void DebianKernelBringsUpTwoVcpusAndPowersOffThroughAcpi()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        using var xl = new XlHost();
+        string cfg = Path.Combine(xl.RunDir, "smp.cfg");
+        File.WriteAllText(cfg, $"""
+            name = "smp"
+            type = "pvh"
+            kernel = "{store.KernelPath}"
+            ramdisk = "{store.ShellInitrdPath}"
+            cmdline = "console=hvc0"
+            memory = 512
+            vcpus = 2
+            on_poweroff = "destroy"
+            on_crash = "preserve"
+            """);
+
+        using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
+        try
+        {
+            string boot = console.WaitFor("~ # ", BootLimit);
+            Assert.Contains("smp: Brought up 1 node, 2 CPUs", boot);
+            Assert.DoesNotContain("Kernel panic", boot);
+
+            Assert.Contains("cpus-2 1-on-1",
+                console.Ask("echo cpus-$(grep -c ^processor /proc/cpuinfo) $(taskset -c 1 cat /proc/self/stat | cut -d' ' -f39)-on-1", "1-on-1"));
+
+            console.Send("poweroff -f\r");
+            console.WaitFor("reboot: Power down", TimeSpan.FromMinutes(2));
+            Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not return after the guest powered off");
+            var list = xl.Run("list");
+            Assert.Equal(0, list.ExitCode);
+            Assert.DoesNotContain("smp", list.Stdout);
+        }
+        finally
+        {
+            xl.Run("destroy", "smp");
+        }
+    }
+
+    /// <summary>xl shutdown: the toolstack writes control/shutdown in xenstore, the guest's watch fires
+    /// and it powers off (the initramfs is built from the current init script).</summary>
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void DebianKernelHonoursXlShutdownThroughXenstore()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        using var xl = new XlHost();
+        string initrd = Path.Combine(xl.RunDir, "initrd.img");
+        store.BuildInitramfs(initrd, GuestArtifacts.ShellInit, GuestArtifacts.XenModules);
+        string cfg = Path.Combine(xl.RunDir, "sd.cfg");
+        File.WriteAllText(cfg, $"""
+            name = "sd"
+            type = "pvh"
+            kernel = "{store.KernelPath}"
+            ramdisk = "{initrd}"
+            cmdline = "console=hvc0"
+            memory = 512
+            vcpus = 1
+            on_poweroff = "destroy"
+            on_crash = "preserve"
+            """);
+
+        using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
+        try
+        {
+            console.WaitFor("~ # ", BootLimit);
+            var shutdown = xl.Run(TimeSpan.FromMinutes(3), "shutdown", "-w", "sd");
+            Assert.True(shutdown.ExitCode == 0, shutdown.ToString());
+            Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not return after the guest shut down");
+            Assert.DoesNotContain("sd", xl.Run("list").Stdout);
+        }
+        finally
+        {
+            xl.Run("destroy", "sd");
+        }
+    }
+
+    private static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
+
+    /// <summary>xl with its standard input kept open, so that the test can type at the guest's console.</summary>
+    private sealed class ConsoleSession : IDisposable
+    {
+        private readonly Process _p;
+        private readonly StringBuilder _out = new();
+        private int _consumed;
+
+        public ConsoleSession(string runDir, params string[] args)
+        {
+            var psi = new ProcessStartInfo("dotnet")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                RedirectStandardInput = true,
+                WorkingDirectory = Repository.Root,
+            };
+            psi.ArgumentList.Add(XlHost.XlDll);
+            foreach (var a in args) psi.ArgumentList.Add(a);
+            psi.Environment["XENSHARP_RUNDIR"] = runDir;
+            _p = Process.Start(psi)!;
+            Pump(_p.StandardOutput);
+            Pump(_p.StandardError);
+        }
+
+        private void Pump(StreamReader r) => new Thread(() =>
+        {
+            var buf = new char[4096];
+            int n;
+            while ((n = r.Read(buf, 0, buf.Length)) > 0)
+                lock (_out) { _out.Append(buf, 0, n); Monitor.PulseAll(_out); }
+        }) { IsBackground = true }.Start();
+
+        /// <summary>Waits until <paramref name="text"/> appears after what earlier waits consumed and
+        /// returns the output up to and including it.</summary>
+        public string WaitFor(string text, TimeSpan limit)
+        {
+            var clock = Stopwatch.StartNew();
+            lock (_out)
+            {
+                while (true)
+                {
+                    string s = _out.ToString();
+                    int i = s.IndexOf(text, _consumed, StringComparison.Ordinal);
+                    if (i >= 0)
+                    {
+                        string got = s[_consumed..(i + text.Length)];
+                        _consumed = i + text.Length;
+                        return got;
+                    }
+                    var left = limit - clock.Elapsed;
+                    if (left <= TimeSpan.Zero || _p.HasExited && !Monitor.Wait(_out, 1000))
+                        Assert.Fail($"\"{text}\" did not appear within {limit} (xl {(_p.HasExited ? $"exited {_p.ExitCode}" : "running")}); output:\n{Tail(s)}");
+                    Monitor.Wait(_out, left < TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
+                }
+            }
+        }
+
+        /// <summary>Types a command line at the shell and waits for <paramref name="expect"/>. busybox asks
+        /// the terminal for the cursor position (ESC[6n) after each prompt and may swallow keys typed
+        /// while it waits for an answer that never comes, so the line is typed once more if needed.</summary>
+        public string Ask(string command, string expect)
+        {
+            Thread.Sleep(1000);
+            for (int attempt = 0; ; attempt++)
+            {
+                Send(command + "\r");
+                try { return WaitFor(expect, TimeSpan.FromSeconds(attempt == 0 ? 30 : 90)); }
+                catch (Xunit.Sdk.FailException) when (attempt == 0) { Send("\u0015"); }
+            }
+        }
+
+        public bool WaitForExit(TimeSpan limit) => _p.WaitForExit(limit);
+
+        public void Send(string keys)
+        {
+            _p.StandardInput.Write(keys);
+            _p.StandardInput.Flush();
+        }
+
+        public void Dispose()
+        {
+            if (!_p.HasExited) _p.Kill(entireProcessTree: true);
+            _p.WaitForExit();
+            _p.Dispose();
+        }
+    }
+}
