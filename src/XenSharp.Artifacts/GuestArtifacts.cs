@@ -36,9 +36,18 @@ public sealed class GuestArtifacts
     /// <summary>An initramfs whose init starts an interactive shell on the console.</summary>
     public string ShellInitrdPath => Path.Combine(DebianDir, "initrd-shell.img");
 
-    public bool IsCached =>
-        File.Exists(KernelPath) && File.Exists(BusyboxPath) && File.Exists(ShellInitrdPath) &&
+    /// <summary>The init script the cached <see cref="ShellInitrdPath"/> was built with.</summary>
+    private string ShellInitCopyPath => ShellInitrdPath + ".init";
+
+    public bool IsCached => PackagesCached && ShellInitrdCurrent;
+
+    private bool PackagesCached =>
+        File.Exists(KernelPath) && File.Exists(BusyboxPath) &&
         XenModules.All(m => File.Exists(Path.Combine(ModulesDir, m + ".ko")));
+
+    /// <summary>An image built from an older init is rebuilt, without fetching anything.</summary>
+    private bool ShellInitrdCurrent =>
+        File.Exists(ShellInitrdPath) && File.Exists(ShellInitCopyPath) && File.ReadAllText(ShellInitCopyPath) == ShellInit;
 
     public string KernelVersion => File.Exists(KernelVersionPath) ? File.ReadAllText(KernelVersionPath).Trim() : "";
 
@@ -46,6 +55,14 @@ public sealed class GuestArtifacts
     public void EnsureDebian(Action<string>? progress = null)
     {
         if (IsCached) return;
+        if (!PackagesCached) FetchPackages(progress);
+        progress?.Invoke("building initrd-shell.img");
+        BuildInitramfs(ShellInitrdPath, ShellInit, XenModules);
+        File.WriteAllText(ShellInitCopyPath, ShellInit);
+    }
+
+    private void FetchPackages(Action<string>? progress)
+    {
         var downloads = Path.Combine(CacheDir, "downloads");
         var staging = Path.Combine(CacheDir, "staging");
         if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
@@ -79,9 +96,6 @@ public sealed class GuestArtifacts
         File.Copy(vmlinuz, KernelPath, overwrite: true);
         File.WriteAllText(KernelVersionPath, DebianPackages.Version(kernelPackage) + " " + version + "\n");
         Directory.Delete(staging, recursive: true);
-
-        progress?.Invoke("building initrd-shell.img");
-        BuildInitramfs(ShellInitrdPath, ShellInit, XenModules);
     }
 
     /// <summary>The init of <see cref="ShellInitrdPath"/>: mounts the pseudo file systems, loads
