@@ -14,7 +14,7 @@ public class LinuxPvhTests
     private static readonly TimeSpan BootLimit = TimeSpan.FromMinutes(10);
 
     [Fact]
-    [Trait("Feature", "x86/PVH")]
+    [Trait("Feature", "x86/PVH"), Trait("Feature", "x86-64"), Trait("Feature", "PV Console (xenconsoled)")]
     public void DebianKernelBootsToAShellOnHvc0()
     {
         var store = new GuestArtifacts();
@@ -73,7 +73,7 @@ public class LinuxPvhTests
     /// <summary>Two vCPUs: the AP is started by INIT-SIPI-SIPI through the vLAPIC and runs its own
     /// Xen timer and IPIs; `poweroff -f` then goes through ACPI S5 and on_poweroff destroys the domain.</summary>
     [Fact]
-    [Trait("Feature", "x86/PVH")]
+    [Trait("Feature", "x86/PVH"), Trait("Feature", "Hypervisor emulated LAPIC")]
     public void DebianKernelBringsUpTwoVcpusAndPowersOffThroughAcpi()
     {
         var store = new GuestArtifacts();
@@ -118,7 +118,7 @@ public class LinuxPvhTests
     /// <summary>xl shutdown: the toolstack writes control/shutdown in xenstore, the guest's watch fires
     /// and it powers off (the initramfs is built from the current init script).</summary>
     [Fact]
-    [Trait("Feature", "x86/PVH")]
+    [Trait("Feature", "x86/PVH"), Trait("Feature", "xl")]
     public void DebianKernelHonoursXlShutdownThroughXenstore()
     {
         var store = new GuestArtifacts();

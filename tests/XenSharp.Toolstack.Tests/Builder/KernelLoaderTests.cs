@@ -5,7 +5,7 @@ using XenSharp.Toolstack.Builder;
 
 namespace XenSharp.Toolstack.Tests.Builder;
 
-[Trait("Feature", "x86/PVH")]
+[Trait("Feature", "x86/PVH"), Trait("Feature", "Direct-boot kernel image format")]
 public class KernelLoaderTests
 {
     private static readonly byte[] Code = Enumerable.Range(0, 3000).Select(i => (byte)(i * 7 + 1)).ToArray();

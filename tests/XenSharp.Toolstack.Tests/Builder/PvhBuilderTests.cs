@@ -5,7 +5,7 @@ using XenSharp.Toolstack.Platform;
 
 namespace XenSharp.Toolstack.Tests.Builder;
 
-[Trait("Feature", "x86/PVH")]
+[Trait("Feature", "x86/PVH"), Trait("Feature", "Direct-boot kernel image format")]
 public class PvhBuilderTests
 {
     private const ulong Mem = 64 << 20;

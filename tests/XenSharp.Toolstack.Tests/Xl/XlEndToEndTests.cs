@@ -99,7 +99,7 @@ public sealed class XlEndToEndTests(XlSession s)
             .ToDictionary(m => m.Groups["name"].Value);
     }
 
-    [Fact]
+    [Fact, Trait("Feature", "xl"), Trait("Feature", "JSON output support for xl")]
     public void CreateListDestroy()
     {
         string cfg = Guest("e2e");
