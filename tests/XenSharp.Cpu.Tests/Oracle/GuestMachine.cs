@@ -117,7 +117,7 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
     static Segment Seg(ushort sel, uint type, int dpl, bool code64) => new()
     {
         Selector = sel, Base = 0, Limit = 0xffff_ffff,
-        Attributes = (ushort)(type | 0x10 | (dpl << 5) | 0x80 | (code64 ? 0x2000 : 0x4000) | 0x8000),
+        Attributes = (ushort)(type | 0x10u | ((uint)dpl << 5) | 0x80u | (code64 ? 0x2000u : 0x4000u) | 0x8000u),
     };
 
     public SpecialRegisters SpecialRegisters(int cpl)
