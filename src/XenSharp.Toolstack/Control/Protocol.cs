@@ -142,6 +142,8 @@ public sealed record DomainInfo
     public double UptimeSeconds { get; init; }
     public long StartTimeUnix { get; init; }
     public string? SsidLabel { get; init; }
+    /// <summary>The cpupool the domain is in (list -c).</summary>
+    public string Cpupool { get; init; } = "Pool-0";
     /// <summary>The domain's configuration in libxl's JSON form (list -l only).</summary>
     public JsonElement? Config { get; init; }
 }

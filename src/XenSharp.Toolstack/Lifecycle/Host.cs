@@ -405,7 +405,7 @@ public sealed partial class Host : IDisposable
         };
     }
 
-    private static DomainInfo GuestInfo(Domain d, bool details)
+    private DomainInfo GuestInfo(Domain d, bool details)
     {
         var s = d.Hv.State;
         return new DomainInfo
@@ -418,6 +418,7 @@ public sealed partial class Host : IDisposable
             ShutdownReason = (int)s.Reason, Dying = s.Dying, CpuTimeNs = s.CpuTimeNs,
             UptimeSeconds = (DateTimeOffset.UtcNow - d.Started).TotalSeconds,
             StartTimeUnix = d.Started.ToUnixTimeSeconds(),
+            Cpupool = CpupoolName(d.DomId),
             Config = details ? JsonSerializer.SerializeToElement(LibxlJson.DomainConfig(d.Config)) : null,
         };
     }

@@ -20,6 +20,18 @@ public sealed partial class Host
             ?? throw new ControlException($"unknown cpupool '{pool}'", 22);
     }
 
+    /// <summary>The name of the pool a domain is in (Pool-0 when the platform has no pools).</summary>
+    private string CpupoolName(uint domId)
+    {
+        if (_hv.Scheduling is not { } s) return "Pool-0";
+        try
+        {
+            int id = s.DomainCpupool(domId);
+            return s.ListCpupools().FirstOrDefault(p => p.PoolId == id)?.Name ?? "Pool-0";
+        }
+        catch (HypervisorException) { return "Pool-0"; }
+    }
+
     private CpupoolEntry Entry(CpupoolInfo p) =>
         new(p.PoolId, p.Name, p.Scheduler, CpuList.Format(p.Cpus.ToArray()), p.Cpus.Count, p.Domains);
 

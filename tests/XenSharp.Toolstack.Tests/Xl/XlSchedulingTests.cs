@@ -57,6 +57,7 @@ public sealed class XlSchedulingTests(XlSession s)
             CreatePool("tp", "credit");
             Assert.Contains("already exists", Fails("cpupool-create", "name=\"tp\"").Err);
             Ok("cpupool-migrate", "poolguest", "tp");
+            Assert.Contains(Lines(Ok("list", "-c")), l => l.StartsWith("poolguest ") && l.EndsWith(" tp"));
 
             var list = Lines(Ok("cpupool-list"));
             Assert.Equal("Name               CPUs   Sched     Active   Domain count", list[0]);
