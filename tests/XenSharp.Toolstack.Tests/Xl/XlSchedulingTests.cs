@@ -48,6 +48,8 @@ public sealed class XlSchedulingTests(XlSession s)
     [Fact, Trait("Feature", "CPU Pools"), Trait("Feature", "Credit Scheduler"), Trait("Feature", "xl")]
     public void PoolTakesFreeCpuAndDomainMigratesIntoIt()
     {
+        int cpus = int.Parse(Lines(Ok("cpupool-list", "Pool-0"))[1][19..].Trim().Split(' ')[0]);
+        Assert.True(cpus >= 2, "the daemon needs two pCPUs or more");
         try
         {
             Ok("create", Guest("poolguest"));
@@ -61,7 +63,7 @@ public sealed class XlSchedulingTests(XlSession s)
 
             var list = Lines(Ok("cpupool-list"));
             Assert.Equal("Name               CPUs   Sched     Active   Domain count", list[0]);
-            Assert.Contains("Pool-0               1    credit       y          0", list);
+            Assert.Contains($"Pool-0             {cpus - 1,3}    credit       y          0", list);
             Assert.Contains("tp                   1    credit       y          1", list);
             Assert.Equal(["Name               CPU list", "tp                 1"], Lines(Ok("cpupool-list", "-c", "tp")));
 
@@ -85,7 +87,7 @@ public sealed class XlSchedulingTests(XlSession s)
             Assert.Contains("unknown cpupool", Fails("cpupool-migrate", "poolguest", "nosuchpool").Err);
         }
         finally { Cleanup("tp", "poolguest"); }
-        Assert.Contains("Pool-0               2    credit       y          0", Lines(Ok("cpupool-list")));
+        Assert.Contains($"Pool-0             {cpus,3}    credit       y          0", Lines(Ok("cpupool-list")));
     }
 
     [Fact, Trait("Feature", "CPU Pools"), Trait("Feature", "RTDS based Scheduler"), Trait("Feature", "xl")]
@@ -151,5 +153,39 @@ public sealed class XlSchedulingTests(XlSession s)
             Assert.Matches(@"^pinguest\s+\d+\s+1\s.* 1 / all$", rows[2]);
         }
         finally { s.Xl("destroy", "pinguest"); }
+    }
+
+    [Fact, Trait("Feature", "CPU Pools"), Trait("Feature", "xl")]
+    public void NumaSplitNamesPoolsAfterTheirNodes()
+    {
+        try
+        {
+            CreatePool("other", "credit");
+            Fails("cpupool-numa-split");
+        }
+        finally { Cleanup("other"); }
+        try
+        {
+            Ok("cpupool-numa-split");
+            var rows = Lines(Ok("cpupool-list")).Skip(1).ToList();
+            Assert.StartsWith("Pool-node0 ", rows[0]);
+            Assert.All(rows, r => Assert.Matches(@"^Pool-node\d+\s+\d+\s+credit\s+y\s+\d+$", r));
+        }
+        finally
+        {
+            var freed = new List<string>();
+            foreach (var row in Lines(Ok("cpupool-list")).Skip(1).Select(r => r.Split(' ')[0]).Where(n => n != "Pool-node0"))
+            {
+                foreach (var cpu in Lines(Ok("cpupool-list", "-c", row))[1][19..].Split(','))
+                {
+                    s.Xl("cpupool-cpu-remove", row, cpu);
+                    freed.Add(cpu);
+                }
+                s.Xl("cpupool-destroy", row);
+            }
+            s.Xl("cpupool-rename", "Pool-node0", "Pool-0");
+            foreach (var cpu in freed) s.Xl("cpupool-cpu-add", "Pool-0", cpu);
+        }
+        Assert.Matches(@"^Pool-0\s+\d+\s+credit\s+y\s+0$", Lines(Ok("cpupool-list"))[1]);
     }
 }
