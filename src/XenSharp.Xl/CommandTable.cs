@@ -97,6 +97,65 @@ internal static class CommandTable
             "[option] <Domain> <vCPUs>",
             "-i, --ignore-host  Don't limit the vCPU based on the host CPU count",
             [Help, new('i', "ignore-host")], 2),
+        new("sched-credit", SchedCommands.SchedCredit, false, true,
+            "Get/set credit scheduler parameters",
+            "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] [-s [-t TSLICE] [-r RATELIMIT]] [-p CPUPOOL]",
+            "-d DOMAIN, --domain=DOMAIN        Domain to modify\n" +
+            "-w WEIGHT, --weight=WEIGHT        Weight (int)\n" +
+            "-c CAP, --cap=CAP                 Cap (int)\n" +
+            "-s         --schedparam           Query / modify scheduler parameters\n" +
+            "-t TSLICE, --tslice_ms=TSLICE     Set the timeslice, in milliseconds\n" +
+            "-r RLIMIT, --ratelimit_us=RLIMIT  Set the scheduling rate limit, in microseconds\n" +
+            "-p CPUPOOL, --cpupool=CPUPOOL     Restrict output to CPUPOOL",
+            [Help, new('d', "domain", true), new('w', "weight", true), new('c', "cap", true), new('s', "schedparam"),
+             new('t', "tslice_ms", true), new('r', "ratelimit_us", true), new('p', "cpupool", true)]),
+        new("sched-credit2", SchedCommands.SchedCredit2, false, true,
+            "Get/set credit2 scheduler parameters",
+            "[-d <Domain> [-w[=WEIGHT]]|-c[=CAP]] [-p CPUPOOL]",
+            "-d DOMAIN, --domain=DOMAIN        Domain to modify\n" +
+            "-w WEIGHT, --weight=WEIGHT        Weight (int)\n" +
+            "-c CAP, --cap=CAP                 Cap (int)\n" +
+            "-s         --schedparam           Query / modify scheduler parameters\n" +
+            "-r RLIMIT, --ratelimit_us=RLIMIT  Set the scheduling rate limit, in microseconds\n" +
+            "-p CPUPOOL, --cpupool=CPUPOOL     Restrict output to CPUPOOL",
+            [Help, new('d', "domain", true), new('w', "weight", true), new('c', "cap", true), new('s', "schedparam"),
+             new('r', "ratelimit_us", true), new('p', "cpupool", true)]),
+        new("sched-rtds", SchedCommands.SchedRtds, false, true,
+            "Get/set rtds scheduler parameters",
+            "[-d <Domain> [-v[=VCPUID/all]] [-p[=PERIOD]] [-b[=BUDGET]] [-e[=EXTRATIME]]]",
+            "-d DOMAIN, --domain=DOMAIN     Domain to modify\n" +
+            "-v VCPUID/all, --vcpuid=VCPUID/all\n" +
+            "                               VCPU to modify or output;\n" +
+            "                               Using '-v all' to modify/output all vcpus\n" +
+            "-p PERIOD, --period=PERIOD     Period (us)\n" +
+            "-b BUDGET, --budget=BUDGET     Budget (us)\n" +
+            "-e EXTRATIME, --extratime=EXTRATIME EXTRATIME (1=yes, 0=no)",
+            [Help, new('d', "domain", true), new('v', "vcpuid", true), new('p', "period", true), new('b', "budget", true),
+             new('e', "extratime", true), new('c', "cpupool", true)]),
+        new("cpupool-create", SchedCommands.CpupoolCreate, true, true,
+            "Create a new CPU pool",
+            "[options] [<ConfigFile>] [Variable=value ...]",
+            "-h, --help                   Print this help.\n" +
+            "-f FILE, --defconfig=FILE    Use the given configuration file.\n" +
+            "-n, --dryrun                 Dry run - prints the resulting configuration.",
+            [Help, new('f', "defconfig", true), new('n', "dryrun")]),
+        new("cpupool-list", SchedCommands.CpupoolList, false, false,
+            "List CPU pools on host",
+            "[-c|--cpus] [<CPU Pool>]",
+            "-c, --cpus                     Output list of CPUs used by a pool",
+            [Help, new('c', "cpus")]),
+        new("cpupool-destroy", SchedCommands.CpupoolDestroy, false, true,
+            "Deactivates a CPU pool", "<CPU Pool>", null, [Help], 1),
+        new("cpupool-rename", SchedCommands.CpupoolRename, false, true,
+            "Renames a CPU pool", "<CPU Pool> <new name>", null, [Help], 2),
+        new("cpupool-cpu-add", SchedCommands.CpupoolCpuAdd, false, true,
+            "Adds a CPU to a CPU pool", "<CPU Pool> <CPU nr>|node:<node nr>", null, [Help], 2),
+        new("cpupool-cpu-remove", SchedCommands.CpupoolCpuRemove, false, true,
+            "Removes a CPU from a CPU pool", "<CPU Pool> <CPU nr>|node:<node nr>", null, [Help], 2),
+        new("cpupool-migrate", SchedCommands.CpupoolMigrate, false, true,
+            "Moves a domain into a CPU pool", "<Domain> <CPU Pool>", null, [Help], 2),
+        new("cpupool-numa-split", SchedCommands.CpupoolNumaSplit, false, true,
+            "Splits up the machine into one CPU pool per NUMA node", "", null, [Help]),
         new("info", HostCommands.Info, false, false,
             "Get information about Xen host",
             "-n, --numa         List host NUMA topology information", null,

@@ -30,6 +30,15 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(TriggerRequest), "trigger")]
 [JsonDerivedType(typeof(ConsoleAttachRequest), "console")]
 [JsonDerivedType(typeof(StopDaemonRequest), "stop-daemon")]
+[JsonDerivedType(typeof(CpupoolListRequest), "cpupool-list")]
+[JsonDerivedType(typeof(CpupoolCreateRequest), "cpupool-create")]
+[JsonDerivedType(typeof(CpupoolDestroyRequest), "cpupool-destroy")]
+[JsonDerivedType(typeof(CpupoolRenameRequest), "cpupool-rename")]
+[JsonDerivedType(typeof(CpupoolCpuRequest), "cpupool-cpu")]
+[JsonDerivedType(typeof(CpupoolMigrateRequest), "cpupool-migrate")]
+[JsonDerivedType(typeof(CpupoolNumaSplitRequest), "cpupool-numa-split")]
+[JsonDerivedType(typeof(SchedCreditRequest), "sched-credit")]
+[JsonDerivedType(typeof(SchedRtdsRequest), "sched-rtds")]
 public abstract record ControlRequest;
 
 /// <summary>A request whose successful answer carries a <typeparamref name="TResult"/>.</summary>
@@ -78,6 +87,38 @@ public sealed record ConsoleAttachRequest(string Domain) : ControlRequest<Consol
 public sealed record ConsoleAttachResult(uint DomId, string Name);
 public sealed record StopDaemonRequest : ControlRequest<Unit>;
 
+/// <summary>Cpupools by name (null: all).</summary>
+public sealed record CpupoolListRequest(string? Pool) : ControlRequest<IReadOnlyList<CpupoolEntry>>;
+public sealed record CpupoolEntry(int PoolId, string Name, string Scheduler, string Cpus, int CpuCount, int Domains);
+
+/// <summary>A cpupool from its config (name, sched, cpus or nodes; cpus/nodes are CPULIST text).</summary>
+public sealed record CpupoolCreateRequest(string Name, string? Scheduler, string? Cpus, string? Nodes) : ControlRequest<CpupoolEntry>;
+public sealed record CpupoolDestroyRequest(string Pool) : ControlRequest<Unit>;
+public sealed record CpupoolRenameRequest(string Pool, string NewName) : ControlRequest<Unit>;
+
+/// <summary>Adds (or removes) the pCPUs of a CPULIST or "node:N" to (from) a pool.</summary>
+public sealed record CpupoolCpuRequest(string Pool, string Cpus, bool Add) : ControlRequest<Unit>;
+public sealed record CpupoolMigrateRequest(string Domain, string Pool) : ControlRequest<Unit>;
+public sealed record CpupoolNumaSplitRequest : ControlRequest<Unit>;
+
+/// <summary>
+/// `xl sched-credit` / `sched-credit2` (Scheduler "credit" or "credit2"): sets what is given, and answers the
+/// pools (with their parameters) and domains the command prints.
+/// </summary>
+public sealed record SchedCreditRequest(string Scheduler, string? Domain, int? Weight, int? Cap, string? Pool,
+    bool PoolParams, int? TsliceMs, int? RatelimitUs) : ControlRequest<SchedResult>;
+
+/// <summary>`xl sched-rtds`: Vcpus empty means every vCPU; Periods/Budgets/Extratimes pair with Vcpus (or apply to all).</summary>
+public sealed record SchedRtdsRequest(string? Domain, string? Pool, IReadOnlyList<int> Vcpus, IReadOnlyList<long> Periods,
+    IReadOnlyList<long> Budgets, IReadOnlyList<bool> Extratimes, bool AllVcpus) : ControlRequest<SchedResult>;
+
+public sealed record SchedResult(IReadOnlyList<SchedPool> Pools);
+
+/// <summary>One pool of a scheduler with its parameters and the domains (or vCPUs) in it.</summary>
+public sealed record SchedPool(string Name, int TsliceMs, int RatelimitUs, IReadOnlyList<SchedDomain> Domains);
+public sealed record SchedDomain(string Name, uint DomId, int Weight, int Cap, int Vcpu = -1, long PeriodUs = 0,
+    long BudgetUs = 0, bool Extratime = false);
+
 /// <summary>One domain as xl list shows it (libxl_dominfo plus what list -l prints).</summary>
 public sealed record DomainInfo
 {
@@ -101,6 +142,8 @@ public sealed record DomainInfo
     public double UptimeSeconds { get; init; }
     public long StartTimeUnix { get; init; }
     public string? SsidLabel { get; init; }
+    /// <summary>The cpupool the domain is in (list -c).</summary>
+    public string Cpupool { get; init; } = "Pool-0";
     /// <summary>The domain's configuration in libxl's JSON form (list -l only).</summary>
     public JsonElement? Config { get; init; }
 }

@@ -15,7 +15,7 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// guest domains; answers the control requests; acts on domain shutdowns with the on_* actions;
 /// and on <see cref="Dispose"/> destroys every domain so nothing outlives the daemon.
 /// </summary>
-public sealed class Host : IDisposable
+public sealed partial class Host : IDisposable
 {
     private readonly IHypervisor _hv;
     private readonly XenStored _xs;
@@ -73,6 +73,15 @@ public sealed class Host : IDisposable
                 TriggerRequest r => Do(() => Trigger(r)),
                 ConsoleAttachRequest r => ConsoleTarget(r),
                 StopDaemonRequest => Do(() => ThreadPool.QueueUserWorkItem(_ => StopRequested?.Invoke())),
+                CpupoolListRequest r => CpupoolList(r),
+                CpupoolCreateRequest r => CpupoolCreate(r),
+                CpupoolDestroyRequest r => Do(() => Sched.DestroyCpupool(Pool(r.Pool).PoolId)),
+                CpupoolRenameRequest r => Do(() => CpupoolRename(r)),
+                CpupoolCpuRequest r => Do(() => CpupoolCpu(r)),
+                CpupoolMigrateRequest r => Do(() => Sched.CpupoolMigrate(Resolve(r.Domain).DomId, Pool(r.Pool).PoolId)),
+                CpupoolNumaSplitRequest => Do(() => Sched.CpupoolNumaSplit()),
+                SchedCreditRequest r => SchedCredit(r),
+                SchedRtdsRequest r => SchedRtds(r),
                 _ => throw new ControlException("unknown request"),
             };
             return ControlResponse.Success(result);
@@ -83,6 +92,8 @@ public sealed class Host : IDisposable
         catch (XenStoreException e) { return ControlResponse.Failure(e.Message); }
         catch (NotSupportedException e) { return ControlResponse.Failure(e.Message); }
         catch (ArgumentException e) { return ControlResponse.Failure(e.Message); }
+        catch (FormatException e) { return ControlResponse.Failure(e.Message); }
+        catch (XenSharp.Hypervisor.HypervisorException e) { return ControlResponse.Failure(e.Message, e.Errno); }
     }
 
     private static Unit Do(Action a) { a(); return Unit.Value; }
@@ -164,6 +175,7 @@ public sealed class Host : IDisposable
             hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
             hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
             hvd.SetOnlineVcpus(c.Vcpus);
+            ApplySchedulingConfig(domId, c);
             for (int v = 0; v < c.MaxVcpus; v++)
             {
                 var hard = c.CpusHard is { } h ? (h.Count == 1 ? h[0] : v < h.Count ? h[v] : null) : null;
@@ -393,7 +405,7 @@ public sealed class Host : IDisposable
         };
     }
 
-    private static DomainInfo GuestInfo(Domain d, bool details)
+    private DomainInfo GuestInfo(Domain d, bool details)
     {
         var s = d.Hv.State;
         return new DomainInfo
@@ -406,6 +418,7 @@ public sealed class Host : IDisposable
             ShutdownReason = (int)s.Reason, Dying = s.Dying, CpuTimeNs = s.CpuTimeNs,
             UptimeSeconds = (DateTimeOffset.UtcNow - d.Started).TotalSeconds,
             StartTimeUnix = d.Started.ToUnixTimeSeconds(),
+            Cpupool = CpupoolName(d.DomId),
             Config = details ? JsonSerializer.SerializeToElement(LibxlJson.DomainConfig(d.Config)) : null,
         };
     }
@@ -427,7 +440,8 @@ public sealed class Host : IDisposable
         foreach (var d in doms.Where(d => Wanted(d.DomId, d.Config.Name)))
             foreach (var v in d.Hv.Vcpus)
             {
-                string hard = Affinity(d.Config.CpusHard, v.Vcpu), soft = Affinity(d.Config.CpusSoft, v.Vcpu);
+                string hard = v.Hard is { } h ? XenSharp.Hypervisor.CpuList.Format(h, _hv.HostCpus) : Affinity(d.Config.CpusHard, v.Vcpu);
+                string soft = v.Soft is { } so ? XenSharp.Hypervisor.CpuList.Format(so, _hv.HostCpus) : Affinity(d.Config.CpusSoft, v.Vcpu);
                 result.Add(new VcpuInfoEntry(d.Config.Name, d.DomId, v.Vcpu, v.Cpu, v.Online, v.Running, v.Blocked, v.CpuTimeNs, hard, soft));
             }
         return result;

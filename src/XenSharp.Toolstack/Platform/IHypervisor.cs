@@ -15,7 +15,9 @@ public readonly record struct DomainRunState(
     bool Running, bool Blocked, bool Paused, bool Shutdown, ShutdownReason Reason, bool Dying,
     ulong CpuTimeNs, int OnlineVcpus, long CurrentMemKb);
 
-public readonly record struct VcpuRunState(int Vcpu, bool Online, bool Running, bool Blocked, int Cpu, ulong CpuTimeNs);
+/// <summary>A vCPU's state; Hard/Soft are its affinities when the hypervisor keeps them.</summary>
+public readonly record struct VcpuRunState(int Vcpu, bool Online, bool Running, bool Blocked, int Cpu, ulong CpuTimeNs,
+    IReadOnlyList<int>? Hard = null, IReadOnlyList<int>? Soft = null);
 
 /// <summary>dom0's end of an interdomain event channel.</summary>
 public interface IEventChannelEndpoint : IDisposable
@@ -48,6 +50,9 @@ public interface IHypervisor : IDisposable
 
     /// <summary>VIRQ_DOM_EXC: a domain shut down (or crashed) and needs the toolstack's attention.</summary>
     event Action<uint>? DomainStateChanged;
+
+    /// <summary>Cpupools and schedulers; null when the platform has none.</summary>
+    IScheduling? Scheduling => null;
 }
 
 public interface IHypervisorDomain : IDisposable

@@ -8,7 +8,7 @@ namespace XenSharp.Toolstack.Platform;
 /// <see cref="IHypervisor"/> bound to XenSharp's hypervisor (<see cref="XenHypervisor"/>): domains
 /// really run on the x86 engine, on the hypervisor's pCPU threads.
 /// </summary>
-public sealed class XenHypervisorPlatform : IHypervisor
+public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 {
     private readonly XenHypervisor _hv;
     private readonly bool _owns;
@@ -37,6 +37,32 @@ public sealed class XenHypervisorPlatform : IHypervisor
 
     public event Action<uint>? DomainStateChanged;
 
+    public IScheduling Scheduling => this;
+
+    public IReadOnlyList<CpupoolInfo> ListCpupools() => _hv.ListCpupools();
+    public IReadOnlyList<int> FreeCpus => _hv.GetFreeCpus();
+    public IReadOnlyList<int> CpuNodes => _hv.CpuNodes;
+    public int CreateCpupool(string name, string scheduler, IEnumerable<int> cpus) => _hv.CreateCpupool(name, scheduler, cpus);
+    public void DestroyCpupool(int poolId) => _hv.DestroyCpupool(poolId);
+    public void RenameCpupool(int poolId, string newName) => _hv.RenameCpupool(poolId, newName);
+    public void CpupoolAddCpu(int poolId, int cpu) => _hv.CpupoolAddCpu(poolId, cpu);
+    public void CpupoolRemoveCpu(int poolId, int cpu) => _hv.CpupoolRemoveCpu(poolId, cpu);
+    public void CpupoolMigrate(uint domId, int poolId) => _hv.CpupoolMigrate((ushort)domId, poolId);
+    public IReadOnlyList<int> CpupoolNumaSplit() => _hv.CpupoolNumaSplit();
+    public int DomainCpupool(uint domId) => _hv.GetDomainCpupool((ushort)domId);
+    public CreditParams GetCreditParams(uint domId) => _hv.GetCreditParams((ushort)domId);
+    public void SetCreditParams(uint domId, int? weight, int? cap) => _hv.SetCreditParams((ushort)domId, weight, cap);
+    public CreditPoolParams GetCreditPoolParams(int poolId) => _hv.GetCreditPoolParams(poolId);
+    public void SetCreditPoolParams(int poolId, int? tsliceMs, int? ratelimitUs) => _hv.SetCreditPoolParams(poolId, tsliceMs, ratelimitUs);
+    public CreditParams GetCredit2Params(uint domId) => _hv.GetCredit2Params((ushort)domId);
+    public void SetCredit2Params(uint domId, int? weight, int? cap) => _hv.SetCredit2Params((ushort)domId, weight, cap);
+    public CreditPoolParams GetCredit2PoolParams(int poolId) => _hv.GetCredit2PoolParams(poolId);
+    public void SetCredit2PoolParams(int poolId, int ratelimitUs) => _hv.SetCredit2PoolParams(poolId, ratelimitUs);
+    public IReadOnlyList<RtdsVcpuParams> GetRtdsParams(uint domId) => _hv.GetRtdsParams((ushort)domId);
+    public void SetRtdsParams(uint domId, int? vcpu, long? periodUs, long? budgetUs, bool? extratime) =>
+        _hv.SetRtdsParams((ushort)domId, vcpu, periodUs, budgetUs, extratime);
+    public IReadOnlyList<VcpuSchedInfo> GetVcpuSchedInfo(uint domId) => _hv.GetVcpuSchedInfo((ushort)domId);
+
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {
         var type = info.Kind == DomainKind.Hvm ? Hv.DomainType.Hvm : Hv.DomainType.Pvh;
@@ -45,7 +71,7 @@ public sealed class XenHypervisorPlatform : IHypervisor
         ushort id;
         try { id = _hv.CreateDomain(new Hv.DomainConfig(type, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId }); }
         catch (HypervisorException e) { throw new InvalidOperationException($"cannot create domain {domId}: {e.Message}", e); }
-        return new Domain(_hv, id, info);
+        return new Domain(_hv, id);
     }
 
     public string ReadConsole(bool clear) => _hv.ReadDmesg(clear);
@@ -61,7 +87,7 @@ public sealed class XenHypervisorPlatform : IHypervisor
         if (_owns) _hv.Dispose();
     }
 
-    private sealed class Domain(XenHypervisor hv, ushort domId, DomainCreateInfo info) : IHypervisorDomain, IGuestPhysicalMemory
+    private sealed class Domain(XenHypervisor hv, ushort domId) : IHypervisorDomain, IGuestPhysicalMemory
     {
         private readonly Dictionary<ulong, GuestMapping> _mappings = [];
         private readonly HashSet<ulong> _populated = [];
@@ -99,10 +125,11 @@ public sealed class XenHypervisorPlatform : IHypervisor
         public void SetVcpuContext(int vcpu, in Registers regs, in SpecialRegisters sregs) =>
             hv.SetVcpuRegisters(domId, vcpu, regs, sregs);
 
-        // vCPUs beyond the first are brought up by the guest (INIT-SIPI), and affinity is not modelled
-        // by the hypervisor yet: both are kept by the toolstack (xenstore, xl vcpu-list).
+        // vCPUs beyond the first are brought up by the guest (INIT-SIPI); the toolstack keeps the hotplug view in xenstore.
         public void SetOnlineVcpus(int count) { }
-        public void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft) { }
+
+        public void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft) =>
+            hv.SetVcpuAffinity(domId, vcpu, hard, soft);
 
         public void SetMemoryMap(IReadOnlyList<(ulong Addr, ulong Size, uint Type)> entries) =>
             hv.SetMemoryMap(domId, entries.Select(e => new XenSharp.Public.E820Entry { Addr = e.Addr, Size = e.Size, Type = e.Type }).ToList());
@@ -153,10 +180,12 @@ public sealed class XenHypervisorPlatform : IHypervisor
         {
             get
             {
-                var s = State;
-                return Enumerable.Range(0, info.MaxVcpus)
-                    .Select(i => new VcpuRunState(i, i < s.OnlineVcpus, s.Running && i == 0, s.Blocked, -1, i == 0 ? s.CpuTimeNs : 0))
-                    .ToList();
+                try
+                {
+                    return hv.GetVcpuSchedInfo(domId).Select(v => new VcpuRunState(v.Vcpu, v.Online, v.Running, v.Blocked,
+                        v.Cpu, (ulong)Math.Max(0, v.CpuTimeNs), v.HardAffinity, v.SoftAffinity)).ToList();
+                }
+                catch (HypervisorException) { return []; }
             }
         }
 

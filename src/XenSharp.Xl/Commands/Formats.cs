@@ -30,7 +30,7 @@ internal static class Formats
                 line += d.Shutdown ? $" {d.ShutdownReason,8:x}" : $" {"-",8}";
             }
             if (verbose || context) line += $" {d.SsidLabel ?? "-",16}";
-            if (cpupool) line += $" {"Pool-0",16}";
+            if (cpupool) line += $" {d.Cpupool,16}";
             if (numa) line += " all";
             w.WriteLine(line);
         }

@@ -1,0 +1,171 @@
+using System.Globalization;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Control;
+
+namespace XenSharp.Xl.Commands;
+
+/// <summary>xl's scheduler and cpupool commands (xl_sched.c, xl_cpupool.c).</summary>
+internal static class SchedCommands
+{
+    public static int SchedCredit(XlContext ctx, ParsedArgs a) => Credit(ctx, a, "credit");
+    public static int SchedCredit2(XlContext ctx, ParsedArgs a) => Credit(ctx, a, "credit2");
+
+    private static int? Int(ParsedArgs a, char opt, string what)
+    {
+        if (a.Value(opt) is not { } v) return null;
+        string t = v.EndsWith("ms") ? v[..^2] : v.EndsWith("us") ? v[..^2] : v;
+        return int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0
+            ? n : throw new UsageException($"invalid {what} '{v}'");
+    }
+
+    private static int Credit(XlContext ctx, ParsedArgs a, string sched)
+    {
+        string? dom = a.Value('d'), pool = a.Value('p');
+        int? weight = Int(a, 'w', "weight"), cap = Int(a, 'c', "cap");
+        int? tslice = sched == "credit" ? Int(a, 't', "time slice") : null, ratelimit = Int(a, 'r', "rate limit");
+        bool poolParams = a.Has('s');
+        if ((weight is not null || cap is not null) && dom is null)
+            throw new UsageException("-w and -c need a domain (-d)");
+        if ((tslice is not null || ratelimit is not null) && !poolParams)
+            throw new UsageException(sched == "credit" ? "-t and -r only apply with -s" : "-r only applies with -s");
+        if (dom is not null && poolParams)
+            throw new UsageException("-d and -s are mutually exclusive");
+        var res = ctx.Daemon.Send(new SchedCreditRequest(sched, dom, weight, cap, pool, poolParams, tslice, ratelimit));
+        bool setting = weight is not null || cap is not null || tslice is not null || ratelimit is not null;
+        if (setting) return 0;
+        foreach (var p in res.Pools)
+        {
+            if (p.Name.Length > 0)
+                ctx.Out.WriteLine(sched == "credit"
+                    ? $"Cpupool {p.Name}: tslice={p.TsliceMs}ms ratelimit={p.RatelimitUs}us migration-delay=0us"
+                    : $"Cpupool {p.Name}: ratelimit={p.RatelimitUs}us");
+            if (poolParams) continue;
+            ctx.Out.WriteLine($"{"Name",-33} {"ID",4} {"Weight",6} {"Cap",4}");
+            foreach (var d in p.Domains)
+                ctx.Out.WriteLine($"{d.Name,-33} {d.DomId,4} {d.Weight,6} {d.Cap,4}");
+        }
+        return 0;
+    }
+
+    public static int SchedRtds(XlContext ctx, ParsedArgs a)
+    {
+        string? dom = a.Value('d'), pool = a.Value('c');
+        var vcpuArgs = a.Values('v').ToList();
+        bool all = vcpuArgs.Contains("all");
+        var vcpus = new List<int>();
+        foreach (var v in vcpuArgs.Where(v => v != "all"))
+            vcpus.Add(int.TryParse(v, out int n) && n >= 0 ? n : throw new UsageException($"Invalid vcpu `{v}'"));
+        long Long(string v, string what) => long.TryParse(v, out long n) && n > 0 ? n : throw new UsageException($"Invalid {what} `{v}'");
+        var periods = a.Values('p').Select(v => Long(v, "period")).ToList();
+        var budgets = a.Values('b').Select(v => Long(v, "budget")).ToList();
+        var extras = a.Values('e').Select(v => v switch { "0" => false, "1" => true, _ => throw new UsageException($"Invalid extratime `{v}'") }).ToList();
+        bool setting = periods.Count + budgets.Count + extras.Count > 0;
+        if (setting && dom is null) throw new UsageException("setting RTDS parameters needs a domain (-d)");
+        if (setting && vcpus.Count > 0 && (periods.Count != vcpus.Count || budgets.Count != vcpus.Count))
+        {
+            ctx.Err.WriteLine("Number of vcpus, periods and budgets must be the same");
+            return 1;
+        }
+        var res = ctx.Daemon.Send(new SchedRtdsRequest(dom, pool, vcpus, periods, budgets, extras, all));
+        if (setting) return 0;
+        bool perVcpu = all || vcpus.Count > 0;
+        foreach (var p in res.Pools)
+        {
+            if (p.Name.Length > 0) ctx.Out.WriteLine($"Cpupool {p.Name}: sched=EDF");
+            ctx.Out.WriteLine(perVcpu
+                ? $"{"Name",-33} {"ID",4} {"VCPU",4} {"Period",9} {"Budget",9} {"Extratime",10}"
+                : $"{"Name",-33} {"ID",4} {"Period",9} {"Budget",9} {"Extratime",10}");
+            foreach (var d in p.Domains)
+                ctx.Out.WriteLine(perVcpu
+                    ? $"{d.Name,-33} {d.DomId,4} {d.Vcpu,4} {d.PeriodUs,9} {d.BudgetUs,9} {(d.Extratime ? "yes" : "no"),10}"
+                    : $"{d.Name,-33} {d.DomId,4} {d.PeriodUs,9} {d.BudgetUs,9} {(d.Extratime ? "yes" : "no"),10}");
+        }
+        return 0;
+    }
+
+    public static int CpupoolList(XlContext ctx, ParsedArgs a)
+    {
+        var pools = ctx.Daemon.Send(new CpupoolListRequest(a.Operands.Count > 0 ? a.Operands[0] : null));
+        bool cpus = a.Has('c');
+        ctx.Out.WriteLine(cpus ? $"{"Name",-19}CPU list" : $"{"Name",-19}CPUs   Sched     Active   Domain count");
+        foreach (var p in pools)
+            ctx.Out.WriteLine(cpus ? $"{p.Name,-19}{p.Cpus}" : $"{p.Name,-19}{p.CpuCount,3} {p.Scheduler,9}       y       {p.Domains,4}");
+        return 0;
+    }
+
+    public static int CpupoolCreate(XlContext ctx, ParsedArgs a)
+    {
+        string? file = a.Value('f');
+        var vars = new List<string>();
+        foreach (var o in a.Operands)
+            if (o.Contains('=')) vars.Add(o);
+            else if (file is null) file = o;
+            else throw new UsageException($"unexpected argument '{o}'");
+        string text = "";
+        string name = "command line";
+        if (file is not null)
+        {
+            if (!File.Exists(file))
+            {
+                ctx.Err.WriteLine($"Failed to read config file: {file}: No such file or directory");
+                return 1;
+            }
+            text = File.ReadAllText(file);
+            name = file;
+        }
+        text += "\n" + string.Join("\n", vars) + "\n";
+        var cfg = XlConfigParser.Parse(text, name);
+        string? poolName = cfg.GetString("name");
+        if (poolName is null)
+        {
+            ctx.Err.WriteLine("Missing cpupool name");
+            return 1;
+        }
+        string? cpus = cfg.GetStringList("cpus") is { } c ? string.Join(',', c) : null;
+        string? nodes = cfg.GetStringList("nodes") is { } n ? string.Join(',', n) : null;
+        string? sched = cfg.GetString("sched");
+        if (ctx.DryRun || a.Has('n'))
+        {
+            ctx.Out.WriteLine($"name={poolName} sched={sched ?? "credit"} cpus={cpus ?? nodes ?? "(one free cpu)"}");
+            return 0;
+        }
+        ctx.Daemon.Send(new CpupoolCreateRequest(poolName, sched, cpus, nodes));
+        return 0;
+    }
+
+    public static int CpupoolDestroy(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new CpupoolDestroyRequest(a.Operands[0]));
+        return 0;
+    }
+
+    public static int CpupoolRename(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new CpupoolRenameRequest(a.Operands[0], a.Operands[1]));
+        return 0;
+    }
+
+    public static int CpupoolCpuAdd(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new CpupoolCpuRequest(a.Operands[0], a.Operands[1], true));
+        return 0;
+    }
+
+    public static int CpupoolCpuRemove(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new CpupoolCpuRequest(a.Operands[0], a.Operands[1], false));
+        return 0;
+    }
+
+    public static int CpupoolMigrate(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new CpupoolMigrateRequest(a.Operands[0], a.Operands[1]));
+        return 0;
+    }
+
+    public static int CpupoolNumaSplit(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new CpupoolNumaSplitRequest());
+        return 0;
+    }
+}
