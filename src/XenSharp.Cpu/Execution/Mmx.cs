@@ -95,6 +95,23 @@ internal unsafe partial class X86Vcpu
         }
         switch (d.Op)
         {
+            case Mnemonic.Phaddw: case Mnemonic.Phaddsw: case Mnemonic.Phsubw: case Mnemonic.Phsubsw:
+            case Mnemonic.Phaddd: case Mnemonic.Phsubd:
+            {
+                MmxCheck();
+                ulong b = MmOp(ref d, 1), a = MmRead(op0);
+                MmWrite(op0, Lo(Ssse3Op(d.Op, Vector128.Create(a, b).AsByte(), V.Zero)));
+                MmxDone();
+                return true;
+            }
+            case Mnemonic.Pmaddubsw: case Mnemonic.Pmulhrsw: case Mnemonic.Psignb: case Mnemonic.Psignw: case Mnemonic.Psignd:
+            {
+                MmxCheck();
+                ulong b = MmOp(ref d, 1), a = MmRead(op0);
+                MmWrite(op0, Lo(Ssse3Op(d.Op, Lo(a), Lo(b))));
+                MmxDone();
+                return true;
+            }
             case Mnemonic.Psllw: case Mnemonic.Pslld: case Mnemonic.Psllq:
             case Mnemonic.Psrlw: case Mnemonic.Psrld: case Mnemonic.Psrlq:
             case Mnemonic.Psraw: case Mnemonic.Psrad:
