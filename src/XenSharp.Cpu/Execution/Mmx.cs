@@ -112,6 +112,41 @@ internal unsafe partial class X86Vcpu
                 MmxDone();
                 return true;
             }
+            case Mnemonic.Cvtpi2ps: case Mnemonic.Cvtpi2pd:
+            {
+                SseCheck();
+                bool fromMm = d.I.Op1Kind == OpKind.Register;
+                if (fromMm) MmxCheck();
+                ulong s = MmOp(ref d, 1);
+                int lo = (int)s, hi = (int)(s >> 32);
+                XReg(op0) = d.Op == Mnemonic.Cvtpi2pd
+                    ? Vector128.Create((double)lo, hi).AsByte()
+                    : XReg(op0).AsSingle().WithElement(0, (float)lo).WithElement(1, (float)hi).AsByte();
+                // Only an MMX register source is an MMX instruction (TOP and tags change).
+                if (fromMm) MmxDone();
+                return true;
+            }
+            case Mnemonic.Cvtps2pi: case Mnemonic.Cvttps2pi: case Mnemonic.Cvtpd2pi: case Mnemonic.Cvttpd2pi:
+            {
+                SseCheck();
+                MmxCheck();
+                bool t = d.Op is Mnemonic.Cvttps2pi or Mnemonic.Cvttpd2pi;
+                double x, y;
+                if (d.Op is Mnemonic.Cvtpd2pi or Mnemonic.Cvttpd2pi)
+                {
+                    var v = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
+                    x = v[0]; y = v[1];
+                }
+                else
+                {
+                    var v = VecOp(ref d, 1).AsSingle();
+                    x = v[0]; y = v[1];
+                }
+                ulong r0 = (uint)ToInt(t ? Math.Truncate(x) : RoundMx(x), 4), r1 = (uint)ToInt(t ? Math.Truncate(y) : RoundMx(y), 4);
+                MmWrite(op0, r0 | (r1 << 32));
+                MmxDone();
+                return true;
+            }
             case Mnemonic.Psllw: case Mnemonic.Pslld: case Mnemonic.Psllq:
             case Mnemonic.Psrlw: case Mnemonic.Psrld: case Mnemonic.Psrlq:
             case Mnemonic.Psraw: case Mnemonic.Psrad:

@@ -78,6 +78,7 @@ internal unsafe partial class X86Vcpu
         if (d.I.OpCount > 0 && d.I.Op0Kind == OpKind.Register && d.I.Op0Register.IsMM()) return TryMmx(ref d);
         if (d.I.OpCount > 1 && d.I.Op1Kind == OpKind.Register && d.I.Op1Register.IsMM()) return TryMmx(ref d);
         if (d.Op == Mnemonic.Emms) { MmxCheck(); FpuValid = 0; return true; }
+        if (d.Op is Mnemonic.Cvtpi2ps or Mnemonic.Cvtpi2pd) return TryMmx(ref d);
         switch (d.Op)
         {
             // ---- moves ----
