@@ -5,6 +5,29 @@ namespace XenSharp.Cpu.Tests;
 
 public class LongModeTests
 {
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void ThirtyTwoBitShiftByZeroStillZeroesTheUpperHalf()
+    {
+        using var m = new TestMachine();
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, 0x1122334455667788UL);
+            a.mov(rbx, rax);
+            a.mov(rdx, rax);
+            a.xor(ecx, ecx);
+            a.shl(eax, cl);          // count 0: flags kept, bits 63:32 cleared
+            a.mov(cl, 32);
+            a.ror(ebx, cl);          // masked count 0
+            a.mov(rcx, 0);
+            a.shld(edx, ebx, cl);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0x55667788UL, m.Regs.Rax);
+        Assert.Equal(0x55667788UL, m.Regs.Rbx);
+        Assert.Equal(0x55667788UL, m.Regs.Rdx);
+    }
+
     [Fact]
     public void SixtyFourBitArithmeticAndStack()
     {
