@@ -379,6 +379,33 @@ public class LongModeTests
         Assert.Equal(0x14000UL, m.Mem.R64(0x7F000 - 40));
     }
 
+    [Fact, Trait("Feature", "x86 system architecture emulation")]
+    public void MisalignedUserAccessWithAlignmentCheckingRaisesAc()
+    {
+        using var m = new TestMachine();
+        ulong user = 0x14000, ac = 0x12000;
+        m.Mem.Write(ac, TestMachine.Assemble(64, ac, a => { a.pop(rbx); a.pop(rcx); a.hlt(); }));
+        m.SetGate64(17, ac);
+        m.Mem.Write(user, TestMachine.Assemble(64, user, a =>
+        {
+            a.mov(eax, __dword_ptr[0x6004]);   // aligned: fine
+            a.mov(edx, 1);
+            a.mov(eax, __dword_ptr[0x6005]);   // misaligned: #AC(0)
+            a.mov(edx, 2);
+        }));
+        m.Mem.W64(TestMachine.Tss + 4, 0x7F000);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, cr0); a.or(eax, 0x40000); a.mov(cr0, rax);        // CR0.AM
+            a.push(0x33); a.push(0x60000); a.push(0x40002); a.push(0x3B); a.push((int)user); // EFLAGS.AC
+            a.iretq();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0UL, m.Regs.Rbx);      // error code
+        Assert.Equal(1UL, m.Regs.Rdx);
+        Assert.Equal(0x14000UL + 9 + 5, m.Regs.Rcx); // RIP of the faulting MOV (MOV EAX,moffs64 is 9 bytes)
+    }
+
     [Fact]
     public void RealModeToLongModeTransition()
     {
