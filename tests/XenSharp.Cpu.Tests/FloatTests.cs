@@ -131,6 +131,26 @@ public class FloatTests
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void X87LoadsAndStoresOf80BitValuesKeepEveryBit()
+    {
+        using var m = new TestMachine();
+        m.Mem.W64(0x6000, 0xC000_0000_0000_0123); m.Mem.W16(0x6008, 0x3FFF); // 1.5 plus bits binary64 cannot hold
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.fld(__tword_ptr[0x6000]);
+            a.fld(st0);
+            a.fst(st2);
+            a.fstp(__tword_ptr[0x7000]);
+            a.fstp(__tword_ptr[0x7010]);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0xC000_0000_0000_0123UL, m.Mem.R64(0x7000));
+        Assert.Equal(0x3FFF, m.Mem.R16(0x7008));
+        Assert.Equal(0xC000_0000_0000_0123UL, m.Mem.R64(0x7010));
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
     public void MmxRegistersAreTheX87MantissasAndEmmsEmptiesTheTags()
     {
         using var m = new TestMachine();
