@@ -130,8 +130,8 @@ internal unsafe partial class X86Vcpu
         if (!ok) throw seg == SS ? Fault(12, 0) : GP();
     }
 
-    /// <summary>#AC(0) for a misaligned data access; called only while CR0.AM is set at CPL 3
-    /// (<see cref="_acUser"/>), and faults only when EFLAGS.AC is set too.</summary>
+    /// <summary>#AC(0) for a misaligned data access; called only while CR0.AM is set at CPL 3 and EFLAGS.AC is set
+    /// (<see cref="_acUser"/>), so the common case costs one flag test.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void CheckAlignment(ulong lin, uint len)
     {
@@ -147,7 +147,7 @@ internal unsafe partial class X86Vcpu
     {
         if (d.MemSplit) return FastAddr(ref d);
         ulong lin = Linear(d.I.MemorySegment - Register.ES, Ea(ref d), d.MemBytes);
-        if (_acUser) CheckAlignment(lin, d.MemBytes);
+        if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, d.MemBytes);
         return lin;
     }
 
@@ -198,7 +198,7 @@ internal unsafe partial class X86Vcpu
         if (Bitness == 64)
         {
             sp = R[4] - (ulong)size;
-            if (_acUser) CheckAlignment(sp, (uint)size);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(sp, (uint)size);
             WriteLin(sp, size, v);
             R[4] = sp;
         }
@@ -206,7 +206,7 @@ internal unsafe partial class X86Vcpu
         {
             sp = (uint)(R[4] - (ulong)size);
             ulong lin = (uint)(Seg[SS].Base + sp);
-            if (_acUser) CheckAlignment(lin, (uint)size);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             WriteLin(lin, size, v);
             R[4] = sp;
         }
@@ -214,7 +214,7 @@ internal unsafe partial class X86Vcpu
         {
             sp = (ushort)(R[4] - (ulong)size);
             ulong lin = (uint)(Seg[SS].Base + sp);
-            if (_acUser) CheckAlignment(lin, (uint)size);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             WriteLin(lin, size, v);
             R[4] = (R[4] & ~0xFFFFUL) | sp;
         }
@@ -226,21 +226,21 @@ internal unsafe partial class X86Vcpu
         ulong v;
         if (Bitness == 64)
         {
-            if (_acUser) CheckAlignment(R[4], (uint)size);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(R[4], (uint)size);
             v = ReadLin(R[4], size);
             R[4] += (ulong)size;
         }
         else if (Seg[SS].Big)
         {
             ulong lin = (uint)(Seg[SS].Base + (uint)R[4]);
-            if (_acUser) CheckAlignment(lin, (uint)size);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             v = ReadLin(lin, size);
             R[4] = (uint)(R[4] + (ulong)size);
         }
         else
         {
             ulong lin = (uint)(Seg[SS].Base + (ushort)R[4]);
-            if (_acUser) CheckAlignment(lin, (uint)size);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             v = ReadLin(lin, size);
             R[4] = (R[4] & ~0xFFFFUL) | (ushort)(R[4] + (ulong)size);
         }
@@ -252,7 +252,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong lin = Bitness == 64 ? R[4] + offset
             : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)(R[4] + offset)) : (uint)(Seg[SS].Base + (ushort)(R[4] + offset));
-        if (_acUser) CheckAlignment(lin, (uint)size);
+        if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
         return ReadLin(lin, size);
     }
 
