@@ -17,10 +17,10 @@ public class DefaultCpuidPolicy : ICpuidPolicy
     public const string Vendor = "GenuineIntel";
     public const string Brand = "XenSharp x86 engine";
 
-    // Leaf 1 EDX: FPU, PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, PSE36, CLFSH, FXSR, SSE, SSE2.
+    // Leaf 1 EDX: FPU, PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE, CMOV, PAT, PSE36, CLFSH, MMX, FXSR, SSE, SSE2.
     public const uint Leaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9)
         | (1u << 11) | (1u << 12) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 17) | (1u << 19)
-        | (1u << 24) | (1u << 25) | (1u << 26);
+        | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
     // Leaf 1 ECX: CX16, MOVBE, POPCNT, XSAVE, RDRAND, hypervisor (OSXSAVE follows CR4).
     public const uint Leaf1Ecx = (1u << 13) | (1u << 22) | (1u << 23) | (1u << 26) | (1u << 30) | (1u << 31);
     // Leaf 7 EBX: FSGSBASE, BMI1, SMEP, BMI2, ERMS, INVPCID, RDSEED, ADX, SMAP.

@@ -91,6 +91,8 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     // Derived mode, refreshed by UpdateMode().
     internal int Bitness = 16;
     internal int Cpl;
+    /// <summary>CR0.AM set at CPL 3: data accesses are alignment-checked when EFLAGS.AC is set.</summary>
+    private bool _acUser;
     internal bool LongMode;
     internal bool Protected;
 
@@ -192,12 +194,14 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             Cpl = Seg[SS].Dpl;
         }
         _tlbCtx = Cpl == 3 ? TlbSize : 0;
+        _acUser = Cpl == 3 && (Cr0 & 0x40000) != 0;
     }
 
     internal void SetCpl(int cpl)
     {
         Cpl = cpl;
         _tlbCtx = cpl == 3 ? TlbSize : 0;
+        _acUser = cpl == 3 && (Cr0 & 0x40000) != 0;
     }
 
     public void RequestExit() => _exitRequested = true;

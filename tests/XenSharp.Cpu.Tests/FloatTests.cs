@@ -130,6 +130,57 @@ public class FloatTests
         Assert.Equal(0x4000, m.Mem.R16(0x7018));
     }
 
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void X87LoadsAndStoresOf80BitValuesKeepEveryBit()
+    {
+        using var m = new TestMachine();
+        m.Mem.W64(0x6000, 0xC000_0000_0000_0123); m.Mem.W16(0x6008, 0x3FFF); // 1.5 plus bits binary64 cannot hold
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.fld(__tword_ptr[0x6000]);
+            a.fld(st0);
+            a.fst(st2);
+            a.fstp(__tword_ptr[0x7000]);
+            a.fstp(__tword_ptr[0x7010]);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0xC000_0000_0000_0123UL, m.Mem.R64(0x7000));
+        Assert.Equal(0x3FFF, m.Mem.R16(0x7008));
+        Assert.Equal(0xC000_0000_0000_0123UL, m.Mem.R64(0x7010));
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void MmxRegistersAreTheX87MantissasAndEmmsEmptiesTheTags()
+    {
+        using var m = new TestMachine();
+        m.Mem.W64(0x6000, 0x0004_0003_0002_0001); m.Mem.W64(0x6008, 0x7FFF_0010_0020_FFFF);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.fld1();                              // TOP = 7: MMX must reset it to 0
+            a.movq(mm0, __qword_ptr[0x6000]);
+            a.paddsw(mm0, __qword_ptr[0x6008]);    // 0x7FFF+4 saturates, 0xFFFF+1 wraps to 0
+            a.movq(mm1, mm0);
+            a.punpckhwd(mm1, mm0);                 // high words of both, interleaved
+            a.movq(mm2, __qword_ptr[0x6000]);
+            a.packsswb(mm2, mm0);
+            a.fxsave(__[0x8000]);
+            a.movq(rax, mm1);
+            a.movd(ebx, mm2);
+            a.emms();
+            a.fxsave(__[0x8200]);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0x7FFF_0013_0022_0000UL, m.Mem.R64(0x8000 + 32));      // R0 = MM0
+        Assert.Equal(0xFFFF, m.Mem.R16(0x8000 + 40));                      // exponent all ones
+        Assert.Equal(0x7FFF_7FFF_0013_0013UL, m.Regs.Rax);
+        Assert.Equal(0x0403_0201UL, m.Regs.Rbx);
+        Assert.Equal(0xFF, m.Mem.R8(0x8000 + 4));                          // all tags valid
+        Assert.Equal(0, (m.Mem.R16(0x8002) >> 11) & 7);                    // TOP = 0
+        Assert.Equal(0, m.Mem.R8(0x8200 + 4));                             // EMMS: all empty
+    }
+
     [Fact]
     public void FxsaveAndXsaveRoundTripXmmAndControlWords()
     {

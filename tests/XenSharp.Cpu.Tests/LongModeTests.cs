@@ -5,6 +5,29 @@ namespace XenSharp.Cpu.Tests;
 
 public class LongModeTests
 {
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void ThirtyTwoBitShiftByZeroStillZeroesTheUpperHalf()
+    {
+        using var m = new TestMachine();
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, 0x1122334455667788UL);
+            a.mov(rbx, rax);
+            a.mov(rdx, rax);
+            a.xor(ecx, ecx);
+            a.shl(eax, cl);          // count 0: flags kept, bits 63:32 cleared
+            a.mov(cl, 32);
+            a.ror(ebx, cl);          // masked count 0
+            a.mov(rcx, 0);
+            a.shld(edx, ebx, cl);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0x55667788UL, m.Regs.Rax);
+        Assert.Equal(0x55667788UL, m.Regs.Rbx);
+        Assert.Equal(0x55667788UL, m.Regs.Rdx);
+    }
+
     [Fact]
     public void SixtyFourBitArithmeticAndStack()
     {
@@ -354,6 +377,33 @@ public class LongModeTests
         Assert.Equal(0, m.SRegs.Cs.Selector & 3);
         Assert.Equal(0x7F000UL - 6 * 8 + 8, m.Regs.Rsp); // SS, RSP, RFLAGS, CS, RIP, error code; error popped
         Assert.Equal(0x14000UL, m.Mem.R64(0x7F000 - 40));
+    }
+
+    [Fact, Trait("Feature", "x86 system architecture emulation")]
+    public void MisalignedUserAccessWithAlignmentCheckingRaisesAc()
+    {
+        using var m = new TestMachine();
+        ulong user = 0x14000, ac = 0x12000;
+        m.Mem.Write(ac, TestMachine.Assemble(64, ac, a => { a.pop(rbx); a.pop(rcx); a.hlt(); }));
+        m.SetGate64(17, ac);
+        m.Mem.Write(user, TestMachine.Assemble(64, user, a =>
+        {
+            a.mov(eax, __dword_ptr[0x6004]);   // aligned: fine
+            a.mov(edx, 1);
+            a.mov(eax, __dword_ptr[0x6005]);   // misaligned: #AC(0)
+            a.mov(edx, 2);
+        }));
+        m.Mem.W64(TestMachine.Tss + 4, 0x7F000);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, cr0); a.or(eax, 0x40000); a.mov(cr0, rax);        // CR0.AM
+            a.push(0x33); a.push(0x60000); a.push(0x40002); a.push(0x3B); a.push((int)user); // EFLAGS.AC
+            a.iretq();
+        }));
+        m.RunToHlt();
+        Assert.Equal(0UL, m.Regs.Rbx);      // error code
+        Assert.Equal(1UL, m.Regs.Rdx);
+        Assert.Equal(0x14000UL + 9 + 5, m.Regs.Rcx); // RIP of the faulting MOV (MOV EAX,moffs64 is 9 bytes)
     }
 
     [Fact]

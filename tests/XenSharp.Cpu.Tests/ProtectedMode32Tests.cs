@@ -215,6 +215,33 @@ public class ProtectedMode32Tests
         Assert.Equal(0UL, m.Regs.Rbx);
     }
 
+    [Fact, Trait("Feature", "x86 system architecture emulation")]
+    public void AccessCrossingTheSegmentLimitRaisesGp()
+    {
+        using var m = new TestMachine();
+        ulong handler = 0x11000;
+        m.Mem.Write(handler, TestMachine.Assemble(32, handler, a => { a.pop(ebx); a.mov(ecx, 13); a.hlt(); }));
+        m.SetGate32(13, handler);
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            a.mov(ax, 0x48);
+            a.mov(es, ax);
+            a.mov(esi, __dword_ptr.es[0xFFC]);      // last four bytes inside the limit
+            a.mov(edx, 1);
+            a.mov(edi, 0xFFD);
+            a.mov(edx, __dword_ptr.es[edi]);        // first byte inside, last byte beyond
+            a.hlt();
+        }));
+        // GDT 0x48: data segment base 0x6000, limit 0xFFF (byte granular).
+        m.Mem.W64(TestMachine.Gdt + 0x48, 0x0040_9300_6000_0FFFUL);
+        m.Mem.W32(0x6FFC, 0xCAFEF00D);
+        m.RunToHlt();
+        Assert.Equal(0xCAFEF00DUL, m.Regs.Rsi);
+        Assert.Equal(1UL, m.Regs.Rdx);
+        Assert.Equal(13UL, m.Regs.Rcx);
+        Assert.Equal(0UL, m.Regs.Rbx);
+    }
+
     [Fact]
     public void HltExitsAndStaysHaltedWithoutInterrupts()
     {

@@ -91,4 +91,10 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
 
     [Fact, Trait("Feature", "x86 system architecture emulation"), Trait("Feature", "Hypervisor emulated LAPIC")]
     public void Smp() => NoSkips(Boot("smp"));
+
+    [Fact, Trait("Feature", "x86 instruction emulation"), Trait("Feature", "x86 system architecture emulation")]
+    public void Cpu32() => NoSkips(Boot("cpu32"));
+
+    [Fact, Trait("Feature", "x86 instruction emulation"), Trait("Feature", "x86 system architecture emulation")]
+    public void Cpu64() => NoSkips(Boot("cpu64"));
 }

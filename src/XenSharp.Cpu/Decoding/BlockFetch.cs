@@ -130,6 +130,7 @@ internal unsafe partial class X86Vcpu
             _ => a67 ? 4 : 2,
         });
         d.OpSize = 0;
+        d.MemBytes = (ushort)Math.Max(1, ins.MemorySize.GetSize());
         if (ins.OpCount > 0)
         {
             var k0 = ins.Op0Kind;

@@ -16,6 +16,9 @@ internal struct DecodedInsn
     /// <summary>Size in bytes of operand 0 (register or memory), 0 when it has none.</summary>
     public byte OpSize;
     public byte Length;
+    /// <summary>Bytes touched by the memory operand (1 when unknown): the segment limit check
+    /// covers its last byte and the alignment check uses it.</summary>
+    public ushort MemBytes;
     /// <summary>A specialised shape the interpreter runs without Iced's operand accessors
     /// (<see cref="FastForm"/>), or None.</summary>
     public FastForm Form;

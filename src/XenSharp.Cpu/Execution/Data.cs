@@ -151,6 +151,7 @@ internal unsafe partial class X86Vcpu
         int size = d.I.Code switch { Code.Enterw_imm16_imm8 => 2, Code.Enterq_imm16_imm8 => 8, _ => 4 };
         ulong alloc = d.I.Immediate16;
         int level = d.I.Immediate8_2nd & 31;
+        ulong oldSp = R[4];
         Push(R[5], size);
         ulong frame = R[4];
         if (level > 0)
@@ -163,6 +164,15 @@ internal unsafe partial class X86Vcpu
                 Push(ReadLin(addr, size), size);
             }
             Push(frame, size);
+        }
+        if (_acUser)
+        {
+            // After the frame is written the final stack pointer is alignment-checked; a fault
+            // leaves RSP and RBP as they were.
+            ulong fin = R[4] - alloc;
+            ulong lin = Bitness == 64 ? fin : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)fin) : (uint)(Seg[SS].Base + (ushort)fin);
+            try { CheckAlignment(lin, (uint)size); }
+            catch (GuestFault) { R[4] = oldSp; throw; }
         }
         WriteSized(5, frame, size);
         AddSp(-(long)alloc);
@@ -178,10 +188,14 @@ internal unsafe partial class X86Vcpu
     private void ExecLeave(ref DecodedInsn d)
     {
         int size = d.I.Code switch { Code.Leavew => 2, Code.Leaveq => 8, _ => 4 };
+        ulong oldSp = R[4];
         if (Bitness == 64) R[4] = R[5];
         else if (Seg[SS].Big) R[4] = (uint)R[5];
         else R[4] = (R[4] & ~0xFFFFUL) | (ushort)R[5];
-        ulong v = Pop(size);
+        ulong v;
+        // LEAVE is restartable: a faulting pop leaves RSP as it was.
+        try { v = Pop(size); }
+        catch (GuestFault) { R[4] = oldSp; throw; }
         WriteSized(5, v, size);
     }
 

@@ -24,8 +24,9 @@ internal unsafe partial class X86Vcpu
     private ulong FastAddr(ref DecodedInsn d)
     {
         ulong ea = FastEa(ref d);
-        if (Bitness == 64) return d.MemSeg >= FS ? Seg[d.MemSeg].Base + ea : ea;
-        return Linear(d.MemSeg, ea);
+        ulong lin = Bitness == 64 ? (d.MemSeg >= FS ? Seg[d.MemSeg].Base + ea : ea) : Linear(d.MemSeg, ea, d.MemBytes);
+        if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, d.MemBytes);
+        return lin;
     }
 
     private void ExecFast(ref DecodedInsn d)

@@ -103,29 +103,53 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>Linear address of segment:offset (64-bit mode ignores all bases but FS and GS).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong Linear(int seg, ulong off)
+    internal ulong Linear(int seg, ulong off) => Linear(seg, off, 1);
+
+    /// <summary>Linear address of a <paramref name="len"/>-byte access at segment:offset; outside
+    /// 64-bit mode every byte of it must lie within the segment limit.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong Linear(int seg, ulong off, uint len)
     {
         if (Bitness == 64) return seg >= FS ? Seg[seg].Base + off : off;
         ref SegReg s = ref Seg[seg];
-        if (off > s.Limit || (s.Attr & 0x1C) == 0x14) CheckLimit(seg, off);
+        if (off + len - 1 > s.Limit || (s.Attr & 0x1C) == 0x14) CheckLimit(seg, off, len);
         return (uint)(s.Base + off);
     }
 
-    /// <summary>Segment limit check outside 64-bit mode (first byte of the access): #GP, or #SS
-    /// for the stack segment. Expand-down data segments hold (limit, 0xFFFF or 0xFFFFFFFF].</summary>
+    /// <summary>Segment limit check outside 64-bit mode (first and last byte of the access): #GP,
+    /// or #SS for the stack segment. Expand-down data segments hold (limit, 0xFFFF or 0xFFFFFFFF].</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void CheckLimit(int seg, ulong off)
+    private void CheckLimit(int seg, ulong off, uint len)
     {
         ref SegReg s = ref Seg[seg];
         if ((s.Attr & 0x80) == 0) return; // unusable: left to the descriptor checks at load time
+        ulong last = off + len - 1;
         bool ok;
-        if ((s.Attr & 0x1C) == 0x14) ok = off > s.Limit && off <= (s.Big ? 0xFFFF_FFFFUL : 0xFFFFUL);
-        else ok = off <= s.Limit;
+        if ((s.Attr & 0x1C) == 0x14) ok = off > s.Limit && last <= (s.Big ? 0xFFFF_FFFFUL : 0xFFFFUL);
+        else ok = last <= s.Limit;
         if (!ok) throw seg == SS ? Fault(12, 0) : GP();
     }
 
+    /// <summary>#AC(0) for a misaligned data access; called only while CR0.AM is set at CPL 3 and EFLAGS.AC is set
+    /// (<see cref="_acUser"/>), so the common case costs one flag test.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void CheckAlignment(ulong lin, uint len)
+    {
+        if ((Rflags & 0x40000) == 0) return;
+        // Natural alignment for 2/4/8/16 bytes; 8 for x87 80-bit values, 4 for far pointers,
+        // 16 for the FXSAVE/XSAVE areas, 2 or 4 for the x87 environment images.
+        uint align = len switch { 10 => 8, 6 => 4, >= 16 => 16, _ => len >= 8 ? 8u : len >= 4 ? 4u : len >= 2 ? 2u : 1u };
+        if ((lin & (align - 1)) != 0) throw Fault(17, 0);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal ulong MemAddr(ref DecodedInsn d) => d.MemSplit ? FastAddr(ref d) : Linear(d.I.MemorySegment - Register.ES, Ea(ref d));
+    internal ulong MemAddr(ref DecodedInsn d)
+    {
+        if (d.MemSplit) return FastAddr(ref d);
+        ulong lin = Linear(d.I.MemorySegment - Register.ES, Ea(ref d), d.MemBytes);
+        if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, d.MemBytes);
+        return lin;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong ReadOp(ref DecodedInsn d, int n, int size)
@@ -174,19 +198,24 @@ internal unsafe partial class X86Vcpu
         if (Bitness == 64)
         {
             sp = R[4] - (ulong)size;
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(sp, (uint)size);
             WriteLin(sp, size, v);
             R[4] = sp;
         }
         else if (Seg[SS].Big)
         {
             sp = (uint)(R[4] - (ulong)size);
-            WriteLin((uint)(Seg[SS].Base + sp), size, v);
+            ulong lin = (uint)(Seg[SS].Base + sp);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
+            WriteLin(lin, size, v);
             R[4] = sp;
         }
         else
         {
             sp = (ushort)(R[4] - (ulong)size);
-            WriteLin((uint)(Seg[SS].Base + sp), size, v);
+            ulong lin = (uint)(Seg[SS].Base + sp);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
+            WriteLin(lin, size, v);
             R[4] = (R[4] & ~0xFFFFUL) | sp;
         }
     }
@@ -197,17 +226,22 @@ internal unsafe partial class X86Vcpu
         ulong v;
         if (Bitness == 64)
         {
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(R[4], (uint)size);
             v = ReadLin(R[4], size);
             R[4] += (ulong)size;
         }
         else if (Seg[SS].Big)
         {
-            v = ReadLin((uint)(Seg[SS].Base + (uint)R[4]), size);
+            ulong lin = (uint)(Seg[SS].Base + (uint)R[4]);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
+            v = ReadLin(lin, size);
             R[4] = (uint)(R[4] + (ulong)size);
         }
         else
         {
-            v = ReadLin((uint)(Seg[SS].Base + (ushort)R[4]), size);
+            ulong lin = (uint)(Seg[SS].Base + (ushort)R[4]);
+            if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
+            v = ReadLin(lin, size);
             R[4] = (R[4] & ~0xFFFFUL) | (ushort)(R[4] + (ulong)size);
         }
         return v;
@@ -216,9 +250,10 @@ internal unsafe partial class X86Vcpu
     /// <summary>Reads the stack slot <paramref name="offset"/> bytes above SP without popping.</summary>
     internal ulong PeekStack(ulong offset, int size)
     {
-        if (Bitness == 64) return ReadLin(R[4] + offset, size);
-        if (Seg[SS].Big) return ReadLin((uint)(Seg[SS].Base + (uint)(R[4] + offset)), size);
-        return ReadLin((uint)(Seg[SS].Base + (ushort)(R[4] + offset)), size);
+        ulong lin = Bitness == 64 ? R[4] + offset
+            : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)(R[4] + offset)) : (uint)(Seg[SS].Base + (ushort)(R[4] + offset));
+        if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
+        return ReadLin(lin, size);
     }
 
     internal void AddSp(long delta)

@@ -15,8 +15,10 @@ internal unsafe partial class X86Vcpu
         count &= size == 8 ? 63 : 31;
         if (count == 0)
         {
-            // Operand still read (and faults) but nothing changes, flags included.
-            ReadOp0(ref d, size);
+            // Operand still read (and faults) but nothing changes, flags included; a 32-bit
+            // register destination is still written, which zeroes bits 63:32.
+            ulong v0 = ReadOp0(ref d, size);
+            if (size == 4 && d.I.Op0Kind == OpKind.Register) WriteReg(d.I.Op0Register, v0);
             return;
         }
         bool isReg = d.I.Op0Kind == OpKind.Register;
@@ -119,7 +121,12 @@ internal unsafe partial class X86Vcpu
         int bits = size * 8;
         ulong m = Mask(size);
         int count = (int)ReadOp(ref d, 2, 1) & (size == 8 ? 63 : 31);
-        if (count == 0) { ReadOp0(ref d, size); return; }
+        if (count == 0)
+        {
+            ulong v0 = ReadOp0(ref d, size);
+            if (size == 4 && d.I.Op0Kind == OpKind.Register) WriteReg(d.I.Op0Register, v0);
+            return;
+        }
         bool isReg = d.I.Op0Kind == OpKind.Register;
         ulong lin = isReg ? 0 : MemAddr(ref d);
         ulong a = isReg ? ReadReg(d.I.Op0Register) : ReadLin(lin, size);

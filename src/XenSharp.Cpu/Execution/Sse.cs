@@ -75,8 +75,10 @@ internal unsafe partial class X86Vcpu
 
     private bool TrySse(ref DecodedInsn d)
     {
-        if (d.I.OpCount > 0 && d.I.Op0Kind == OpKind.Register && d.I.Op0Register.IsMM()) return false;
-        if (d.I.OpCount > 1 && d.I.Op1Kind == OpKind.Register && d.I.Op1Register.IsMM()) return false;
+        if (d.I.OpCount > 0 && d.I.Op0Kind == OpKind.Register && d.I.Op0Register.IsMM()) return TryMmx(ref d);
+        if (d.I.OpCount > 1 && d.I.Op1Kind == OpKind.Register && d.I.Op1Register.IsMM()) return TryMmx(ref d);
+        if (d.Op == Mnemonic.Emms) { MmxCheck(); FpuValid = 0; return true; }
+        if (d.Op is Mnemonic.Cvtpi2ps or Mnemonic.Cvtpi2pd) return TryMmx(ref d);
         switch (d.Op)
         {
             // ---- moves ----
@@ -195,7 +197,20 @@ internal unsafe partial class X86Vcpu
 
     private bool TrySseInt(ref DecodedInsn d)
     {
-        Func2? f = d.Op switch
+        Func2? f = IntLaneOp(d.Op);
+        if (f != null)
+        {
+            SseCheck();
+            var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
+            XReg(d.I.Op0Register) = f(Dst(ref d), b);
+            return true;
+        }
+        return TrySseIntOther(ref d);
+    }
+
+    /// <summary>The lane-wise integer operation of a two-operand SIMD instruction, shared by its
+    /// XMM and MMX forms (MMX operands sit in the low 64 bits).</summary>
+    private static Func2? IntLaneOp(Mnemonic op) => op switch
         {
             Mnemonic.Pxor => static (a, b) => a ^ b,
             Mnemonic.Xorps or Mnemonic.Xorpd => static (a, b) => a ^ b,
@@ -266,13 +281,9 @@ internal unsafe partial class X86Vcpu
             Mnemonic.Pabsd => static (a, b) => Vector128.Abs(b.AsInt32()).AsByte(),
             _ => null,
         };
-        if (f != null)
-        {
-            SseCheck();
-            var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
-            XReg(d.I.Op0Register) = f(Dst(ref d), b);
-            return true;
-        }
+
+    private bool TrySseIntOther(ref DecodedInsn d)
+    {
         switch (d.Op)
         {
             case Mnemonic.Psllw: case Mnemonic.Pslld: case Mnemonic.Psllq:

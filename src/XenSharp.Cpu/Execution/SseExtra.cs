@@ -9,16 +9,17 @@ namespace XenSharp.Cpu;
 /// <summary>The rest of SSSE3 and SSE4.1, PCLMULQDQ, and AES-NI (on hosts that have it).</summary>
 internal unsafe partial class X86Vcpu
 {
-    private bool TrySseExtra(ref DecodedInsn d)
+    /// <summary>SSSE3 horizontal, sign and multiply operations on 128-bit values (the MMX forms
+    /// pass their operands in the low halves, or side by side for the horizontal ones).</summary>
+    private static V Ssse3Op(Mnemonic op, V av, V bv)
     {
-        switch (d.Op)
+        switch (op)
         {
             case Mnemonic.Phaddw: case Mnemonic.Phaddsw: case Mnemonic.Phsubw: case Mnemonic.Phsubsw:
             {
-                SseCheck();
-                var a = Dst(ref d).AsInt16(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt16();
-                bool sub = d.Op is Mnemonic.Phsubw or Mnemonic.Phsubsw;
-                bool sat = d.Op is Mnemonic.Phaddsw or Mnemonic.Phsubsw;
+                var a = av.AsInt16(); var b = bv.AsInt16();
+                bool sub = op is Mnemonic.Phsubw or Mnemonic.Phsubsw;
+                bool sat = op is Mnemonic.Phaddsw or Mnemonic.Phsubsw;
                 Span<short> r = stackalloc short[8];
                 for (int i = 0; i < 4; i++)
                 {
@@ -27,48 +28,46 @@ internal unsafe partial class X86Vcpu
                     r[i] = sat ? (short)Math.Clamp(x, -32768, 32767) : (short)x;
                     r[i + 4] = sat ? (short)Math.Clamp(y, -32768, 32767) : (short)y;
                 }
-                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<short>)r).AsByte();
-                return true;
+                return Vector128.Create((ReadOnlySpan<short>)r).AsByte();
             }
             case Mnemonic.Phaddd: case Mnemonic.Phsubd:
             {
-                SseCheck();
-                var a = Dst(ref d).AsInt32(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt32();
-                bool sub = d.Op == Mnemonic.Phsubd;
-                XReg(d.I.Op0Register) = (sub
+                var a = av.AsInt32(); var b = bv.AsInt32();
+                return (op == Mnemonic.Phsubd
                     ? Vector128.Create(a[0] - a[1], a[2] - a[3], b[0] - b[1], b[2] - b[3])
                     : Vector128.Create(a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3])).AsByte();
-                return true;
             }
             case Mnemonic.Pmaddubsw:
             {
-                SseCheck();
-                var a = Dst(ref d); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSByte();
+                var a = av; var b = bv.AsSByte();
                 Span<short> r = stackalloc short[8];
                 for (int i = 0; i < 8; i++) r[i] = (short)Math.Clamp(a[2 * i] * b[2 * i] + a[2 * i + 1] * b[2 * i + 1], -32768, 32767);
-                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<short>)r).AsByte();
-                return true;
+                return Vector128.Create((ReadOnlySpan<short>)r).AsByte();
             }
             case Mnemonic.Pmulhrsw:
             {
-                SseCheck();
-                var a = Dst(ref d).AsInt16(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt16();
+                var a = av.AsInt16(); var b = bv.AsInt16();
                 Span<short> r = stackalloc short[8];
                 for (int i = 0; i < 8; i++) r[i] = (short)((((a[i] * b[i]) >> 14) + 1) >> 1);
-                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<short>)r).AsByte();
-                return true;
+                return Vector128.Create((ReadOnlySpan<short>)r).AsByte();
             }
+            case Mnemonic.Psignb: return Sign(av.AsSByte(), bv.AsSByte()).AsByte();
+            case Mnemonic.Psignw: return Sign(av.AsInt16(), bv.AsInt16()).AsByte();
+            default: return Sign(av.AsInt32(), bv.AsInt32()).AsByte();
+        }
+    }
+
+    private bool TrySseExtra(ref DecodedInsn d)
+    {
+        switch (d.Op)
+        {
+            case Mnemonic.Phaddw: case Mnemonic.Phaddsw: case Mnemonic.Phsubw: case Mnemonic.Phsubsw:
+            case Mnemonic.Phaddd: case Mnemonic.Phsubd: case Mnemonic.Pmaddubsw: case Mnemonic.Pmulhrsw:
             case Mnemonic.Psignb: case Mnemonic.Psignw: case Mnemonic.Psignd:
             {
                 SseCheck();
-                var a = Dst(ref d); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
-                V r = d.Op switch
-                {
-                    Mnemonic.Psignb => Sign(a.AsSByte(), b.AsSByte()).AsByte(),
-                    Mnemonic.Psignw => Sign(a.AsInt16(), b.AsInt16()).AsByte(),
-                    _ => Sign(a.AsInt32(), b.AsInt32()).AsByte(),
-                };
-                XReg(d.I.Op0Register) = r;
+                var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory);
+                XReg(d.I.Op0Register) = Ssse3Op(d.Op, Dst(ref d), b);
                 return true;
             }
             case Mnemonic.Insertps:

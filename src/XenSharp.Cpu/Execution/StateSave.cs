@@ -77,7 +77,7 @@ internal unsafe partial class X86Vcpu
                     ulong p = lin + (ulong)(7 * step);
                     for (int i = 0; i < 8; i++)
                     {
-                        Ext80.FromDouble(ST(i), out ulong m, out ushort se);
+                        GetRaw80((FpuTop + i) & 7, out ulong m, out ushort se);
                         WriteLin(p + (ulong)(i * 10), 8, m);
                         WriteLin(p + (ulong)(i * 10) + 8, 2, se);
                     }
@@ -104,7 +104,7 @@ internal unsafe partial class X86Vcpu
                 {
                     ulong p = lin + (ulong)(7 * step);
                     for (int i = 0; i < 8; i++)
-                        ST(i) = Ext80.ToDouble(ReadLin(p + (ulong)(i * 10), 8), (ushort)ReadLin(p + (ulong)(i * 10) + 8, 2));
+                        SetRaw80((FpuTop + i) & 7, ReadLin(p + (ulong)(i * 10), 8), (ushort)ReadLin(p + (ulong)(i * 10) + 8, 2));
                 }
                 return true;
             }
@@ -144,7 +144,7 @@ internal unsafe partial class X86Vcpu
             WriteLin(lin + 16, 8, 0);
             for (int i = 0; i < 8; i++)
             {
-                Ext80.FromDouble(ST(i), out ulong m, out ushort se);
+                GetRaw80((FpuTop + i) & 7, out ulong m, out ushort se);
                 WriteLin(lin + 32 + (ulong)(i * 16), 8, m);
                 WriteLin(lin + 40 + (ulong)(i * 16), 8, se);
             }
@@ -172,7 +172,7 @@ internal unsafe partial class X86Vcpu
             FpuTop = (sw >> 11) & 7;
             FpuValid = (byte)ReadLin(lin + 4, 1);
             for (int i = 0; i < 8; i++)
-                ST(i) = Ext80.ToDouble(ReadLin(lin + 32 + (ulong)(i * 16), 8), (ushort)ReadLin(lin + 40 + (ulong)(i * 16), 2));
+                SetRaw80((FpuTop + i) & 7, ReadLin(lin + 32 + (ulong)(i * 16), 8), (ushort)ReadLin(lin + 40 + (ulong)(i * 16), 2));
         }
         if ((parts & 2) != 0)
         {

@@ -126,8 +126,17 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Fld:
             {
                 FpuCheck();
-                double v = d.I.Op0Kind == OpKind.Register ? ST(d.I.Op0Register - Register.ST0) : ReadFpMem(MemAddr(ref d), d.I.MemorySize);
-                FPush(v);
+                // Loads of 80-bit values (from memory or another register) keep their exact bits.
+                ulong mant; ushort se;
+                if (d.I.Op0Kind == OpKind.Register) GetRaw80((FpuTop + (d.I.Op0Register - Register.ST0)) & 7, out mant, out se);
+                else if (d.I.MemorySize == MemorySize.Float80)
+                {
+                    ulong lin = MemAddr(ref d);
+                    mant = ReadLin(lin, 8); se = (ushort)ReadLin(lin + 8, 2);
+                }
+                else { FPush(ReadFpMem(MemAddr(ref d), d.I.MemorySize)); return true; }
+                FPush(0);
+                SetRaw80(FpuTop, mant, se);
                 return true;
             }
             case Mnemonic.Fild:
@@ -146,7 +155,11 @@ internal unsafe partial class X86Vcpu
             {
                 FpuCheck();
                 double v = ST(0);
-                if (d.I.Op0Kind == OpKind.Register) ST(d.I.Op0Register - Register.ST0) = v;
+                if (d.I.Op0Kind == OpKind.Register)
+                {
+                    GetRaw80(FpuTop, out ulong rm, out ushort rse);
+                    SetRaw80((FpuTop + (d.I.Op0Register - Register.ST0)) & 7, rm, rse);
+                }
                 else
                 {
                     ulong lin = MemAddr(ref d);
@@ -155,7 +168,7 @@ internal unsafe partial class X86Vcpu
                         case MemorySize.Float32: WriteLin(lin, 4, (uint)BitConverter.SingleToInt32Bits((float)v)); break;
                         case MemorySize.Float64: WriteLin(lin, 8, (ulong)BitConverter.DoubleToInt64Bits(v)); break;
                         default:
-                            Ext80.FromDouble(v, out ulong mant, out ushort se);
+                            GetRaw80(FpuTop, out ulong mant, out ushort se);
                             WriteLin(lin, 8, mant); WriteLin(lin + 8, 2, se);
                             break;
                     }

@@ -23,7 +23,6 @@ public class EngineOracleTests(ITestOutputHelper output)
         // do not report "unordered" (ZF PF CF).
         ["x87-double"] = "x87 exception flags, stack faults and unordered compares are not implemented",
         // Not implemented in the engine (InternalError "unsupported instruction").
-        ["mmx"] = "MMX instructions (on MM registers) are not implemented",
         ["sse4.2"] = "PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM are not implemented",
     };
 

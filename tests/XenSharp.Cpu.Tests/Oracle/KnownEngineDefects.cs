@@ -20,24 +20,12 @@ internal static class KnownEngineDefects
         ("non-canonical RSP/RBP-based address raises #GP instead of #SS",
             (c, h, e, _) => h.Vector == 12 && e.Vector == 13 && h.Rip == e.Rip),
 
-        // A 32-bit shift or rotate (SHL/SHR/SAR/ROL/ROR/RCL/RCR/SHLD/SHRD) writes its register
-        // destination even when the masked count is 0, so bits 63:32 become 0; the engine leaves
-        // the register untouched. Recognised by rerunning the case with a zero-extending
-        // MOV r32,r32 after each such instruction (a no-op on the host): if the engine then agrees,
-        // this defect was the only difference.
-        ("32-bit shift/rotate with a masked count of 0 does not zero bits 63:32 of its register",
-            (c, h, e, rerun) => ZeroExtendedVariant(c) is OracleCase v && rerun(v) is var (h2, e2)
-                && OracleComparer.Compare(v, h2, e2) == null),
-
         // ENTER and LEAVE are restartable: when one of their stack accesses faults, RSP and RBP
         // are as before. The engine has already moved RSP (LEAVE: RSP = RBP) when the fault is
         // delivered.
         ("ENTER/LEAVE that faults part-way leaves RSP changed",
             (c, h, e, _) => h.Vector == 14 && e.Vector == 14 && h.Rip == e.Rip
                 && c.Instructions.Any(i => i.IP == h.Rip && i.Mnemonic is Mnemonic.Enter or Mnemonic.Leave)),
-
-        // With CR0.AM=1, EFLAGS.AC=1 and CPL 3, a misaligned data access raises #AC(0).
-        ("alignment checking (#AC) is not implemented", (c, h, e, _) => h.Vector == 17 && e.Vector != 17),
 
         // SSE arithmetic sets the MXCSR exception flags (IE DE ZE OE UE PE) it detects; the
         // engine leaves them clear. Recognised when the results agree once those six bits are
