@@ -57,7 +57,7 @@ static unsigned long bad_pointer(void)
 static unsigned long scratch_pointer(unsigned long room)
 {
     unsigned long span = SCRATCH_PAGES * 4096ul - room;
-    return SCRATCH_BASE + (chance(50) ? (rnd() % span) & ~7ul : (rnd() % span));
+    return SCRATCH_BASE + ((rnd() % span) & ~7ul);
 }
 static uint64_t scratch_gfn(void) { return (SCRATCH_BASE >> 12) + below(SCRATCH_PAGES); }
 static uint64_t balloon_gfn(unsigned int order)
@@ -68,8 +68,12 @@ static uint64_t balloon_gfn(unsigned int order)
 /* A buffer argument: mostly into scratch, sometimes bad. */
 static unsigned long buffer(unsigned long room) { return chance(85) ? scratch_pointer(room) : bad_pointer(); }
 
-/* Our image, stack and page tables live between 1 MiB and the scratch area. */
-static int in_image(uint64_t v) { return v >= 0x100000ul && v < SCRATCH_BASE; }
+/* Our image, stack and page tables live between 1 MiB and the scratch area; the console and
+ * xenstore rings just below 4 GiB. A value near them must never become a buffer address. */
+static int in_image(uint64_t v)
+{
+    return (v >= 0x10000ul && v < SCRATCH_BASE) || (v >= 0xFE000000ul && v < 0x100000000ul);
+}
 
 static uint64_t random_value(void)
 {
@@ -103,12 +107,28 @@ static void fill_scratch(void)
 }
 
 static unsigned long trace_from = ~0ul;
+static uint64_t recent[256][6];   /* the last calls, printed when our code is found changed */
+
+/* The hypervisor writes addresses and frame numbers into scratch; left there, one could later be
+ * read back as a buffer handle that points at our image. Replace any such value. */
+static void scrub(uint64_t *p, unsigned long words)
+{
+    for (unsigned long i = 0; i < words; i++)
+        if (in_image(p[i]) || in_image(p[i] & 0xFFFFFFFFu) || in_image(p[i] >> 32))
+            p[i] = bad_pointer();
+}
 
 static long call(unsigned int nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5)
 {
     if (calls >= trace_from)   /* `trace=N`: print each call from the Nth on, before making it */
         rt_printf("# call %lu: %u(%#lx, %#lx, %#lx, %#lx, %#lx)\n", calls, nr, (unsigned long)a1,
                   (unsigned long)a2, (unsigned long)a3, (unsigned long)a4, (unsigned long)a5);
+    const uint64_t args[5] = { a1, a2, a3, a4, a5 };
+    for (unsigned int i = 0; i < 5; i++)
+        if (args[i] >= SCRATCH_BASE && args[i] < SCRATCH_BASE + (SCRATCH_PAGES - 1) * 4096ul)
+            scrub((uint64_t *)(args[i] & ~7ul), 64);
+    uint64_t *rec = recent[calls % 256];
+    rec[0] = nr; rec[1] = a1; rec[2] = a2; rec[3] = a3; rec[4] = a4; rec[5] = a5;
     long r = rt_hypercall(nr, a1, a2, a3, a4, a5);
     calls++;
     if (r < 0)
@@ -533,6 +553,20 @@ static void fuzz_any(void)
     call(nr, a1, random_value(), random_value(), random_value(), random_value());
 }
 
+extern const uint8_t __image_start[];
+#define TEXT_BYTES 0x8000
+
+static uint8_t text_copy[TEXT_BYTES];
+
+static uint64_t text_sum(void)
+{
+    const uint64_t *p = (const uint64_t *)__image_start;
+    uint64_t h = 0;
+    for (unsigned int i = 0; i < TEXT_BYTES / 8; i++)
+        h = (h ^ p[i]) * 0x100000001B3ull;
+    return h;
+}
+
 static void ignore_interrupt(struct rt_frame *f)
 {
     (void)f;
@@ -575,6 +609,9 @@ void guest_main(void)
             rt_set_handler(v, ignore_interrupt);
 
     memset((void *)SCRATCH_BASE, 0, SCRATCH_PAGES * 4096ul);
+    const uint64_t text = text_sum();
+    memcpy(text_copy, __image_start, TEXT_BYTES);
+    int intact = 1;
     uint64_t end = rt_deadline((unsigned int)(secs * 1000));
     unsigned long next_report = 16384;
     while (!rt_expired(end)) {
@@ -592,11 +629,36 @@ void guest_main(void)
         case 14: case 15: fuzz_hvm_op(); break;
         default: fuzz_any(); break;
         }
+        if ((calls & 255) == 0)
+            scrub((uint64_t *)SCRATCH_BASE, SCRATCH_PAGES * 512);
+        if ((calls & 255) == 0 && intact && text_sum() != text) {
+            intact = 0;
+            rt_console_sinks |= RT_SINK_PORT_E9;
+            unsigned int first = 0, last = 0;
+            for (unsigned int i = 0; i < TEXT_BYTES; i++)
+                if (__image_start[i] != text_copy[i]) {
+                    if (!last)
+                        first = i;
+                    last = i + 1;
+                }
+            rt_fail("fuzz.image_intact", "our code changed at +%#x..+%#x within the last 256 calls (before call %lu)",
+                    first, last, calls);
+            for (unsigned int i = first; i < last && i < first + 64; i++)
+                rt_printf("%02x", __image_start[i]);
+            rt_printf("\n");
+            for (unsigned int i = 0; i < 256; i++) {
+                const uint64_t *c = recent[(calls + i) % 256];
+                rt_printf("# recent %u(%#lx, %#lx, %#lx, %#lx, %#lx)\n", (unsigned int)c[0], (unsigned long)c[1],
+                          (unsigned long)c[2], (unsigned long)c[3], (unsigned long)c[4], (unsigned long)c[5]);
+            }
+        }
         if (calls >= next_report) {
             rt_printf("# fuzz calls=%lu errors=%lu\n", calls, errors);
             next_report += 16384;
         }
     }
     rt_printf("# fuzz calls=%lu errors=%lu ignored_interrupts=%lu\n", calls, errors, ignored_irqs);
+    if (intact)
+        rt_check("fuzz.image_intact", text_sum() == text, "our code changed");
     rt_check("fuzz.survived", calls > 0, "no hypercall was made");
 }
