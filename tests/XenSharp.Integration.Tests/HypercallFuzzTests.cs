@@ -1,0 +1,77 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// A guest firing random hypercalls for a minute (tests/guests/fuzz.c) must leave the hypervisor,
+/// the daemon and the domains beside it intact: neighbours booted meanwhile still pass all their
+/// checks, the fuzzer itself survives to report, and xl still answers.
+/// </summary>
+public sealed partial class HypercallFuzzTests : IDisposable
+{
+    private readonly XlHost _xl = new();
+
+    public void Dispose() => _xl.Dispose();
+
+    [GeneratedRegex(@"^DONE passed=(\d+) failed=(\d+) skipped=(\d+)\s*$", RegexOptions.Multiline)]
+    private static partial Regex DoneLine();
+
+    [GeneratedRegex(@"^fuzz\s+\d+\s", RegexOptions.Multiline)]
+    private static partial Regex FuzzListed();
+
+    private static string Cfg(string guest)
+    {
+        Assert.True(File.Exists(Repository.PathOf("tests", "guests", "build", guest + ".elf")), $"{guest}.elf is not built (make -C tests/guests)");
+        return Repository.PathOf("tests", "guests", guest + ".cfg");
+    }
+
+    private void BootNeighbour(string guest)
+    {
+        var r = _xl.Run(TimeSpan.FromMinutes(3), "create", "-c", Cfg(guest));
+        var text = r.Stdout.Replace("\r", "");
+        var done = DoneLine().Match(text);
+        Assert.True(done.Success, $"neighbour {guest} never reported DONE while the fuzzer ran\n{r}");
+        Assert.True(done.Groups[2].Value == "0" && !text.Contains("\nFAIL "), $"neighbour {guest} failed checks while the fuzzer ran\n{r}");
+    }
+
+    [Fact, Trait("Feature", "x86/PVH")]
+    public void RandomHypercallsForAMinuteLeaveEverythingIntact()
+    {
+        var created = _xl.Run("create", Cfg("fuzz"));
+        Assert.True(created.ExitCode == 0, created.ToString());
+
+        // Keep booting neighbours for as long as the fuzzer runs (60 s of its own time).
+        var neighbours = new[] { "evtchn2l", "gnttab" };
+        int booted = 0;
+        var limit = Stopwatch.StartNew();
+        while (true)
+        {
+            var list = _xl.Run("list");
+            Assert.True(list.ExitCode == 0, $"xl list failed while the fuzzer ran\n{list}");
+            if (!FuzzListed().IsMatch(list.Stdout)) break;
+            Assert.True(limit.Elapsed < TimeSpan.FromMinutes(5), $"the fuzzer never finished\n{list}\n{ConsoleLog()}");
+            BootNeighbour(neighbours[booted++ % neighbours.Length]);
+        }
+        Assert.True(booted >= 2, $"only {booted} neighbours ran beside the fuzzer\n{ConsoleLog()}");
+
+        var log = ConsoleLog().Replace("\r", "");
+        var done = DoneLine().Match(log);
+        Assert.True(done.Success, $"the fuzzer did not survive to report DONE\n{log}");
+        Assert.True(done.Groups[2].Value == "0", $"the fuzzer reported failures\n{log}");
+        Assert.Contains("PASS fuzz.survived", log);
+
+        var info = _xl.Run("info");
+        Assert.True(info.ExitCode == 0, $"the daemon no longer answers xl info\n{info}");
+        var after = _xl.Run("list");
+        Assert.True(after.ExitCode == 0, after.ToString());
+        Assert.Matches(@"(?m)^Domain-0\s+0\s", after.Stdout);
+        BootNeighbour("evtchn2l");
+    }
+
+    private string ConsoleLog()
+    {
+        var path = Path.Combine(_xl.RunDir, "console", "fuzz.log");
+        return File.Exists(path) ? File.ReadAllText(path) : $"(no {path})";
+    }
+}
