@@ -10,7 +10,8 @@ namespace XenSharp.Hypervisor.Scheduling;
 /// 10 ms replenishment period; soft affinity is preferred among candidates with credit; a rate limit protects the
 /// runner from preemption. One runqueue per cpupool (Xen's runqueue=all).
 /// </summary>
-internal sealed class Credit2Scheduler(Cpupool pool) : IScheduler
+internal sealed class Credit2Scheduler(Cpupool pool)
+    : WeightedScheduler<Credit2Scheduler.VcpuData, Credit2Scheduler.DomData>, IScheduler
 {
     public const long CreditInitNs = 10_000_000;
     public const long MinTimerNs = 500_000;
@@ -19,32 +20,26 @@ internal sealed class Credit2Scheduler(Cpupool pool) : IScheduler
     public const long DefaultRatelimitNs = 1_000_000;
     public const int DefaultWeight = 256;
 
-    internal sealed class VcpuData
+    internal sealed class VcpuData : WeightedVcpuData
     {
         public long Credit = CreditInitNs;
-        public bool Queued;
     }
 
-    internal sealed class DomData
+    internal sealed class DomData : WeightedDomData
     {
         public int Weight = DefaultWeight;
         public int Cap;
         public long Budget;
-        public int Vcpus;
     }
 
-    private readonly object _lock = new();
     private readonly List<Vcpu> _runq = new();
-    private readonly List<Vcpu> _all = new();
-    private readonly Dictionary<Domain, DomData> _doms = new();
+    protected override ICollection<Vcpu> RunQueue => _runq;
     private long _nextReplenish;
     private long _lastReplenish = -1;
 
     public string Name => "credit2";
     public uint SchedId => Schedulers.XEN_SCHEDULER_CREDIT2;
     public long RatelimitNs { get; private set; } = DefaultRatelimitNs;
-
-    private static VcpuData Data(Vcpu v) => (VcpuData)SchedUnit.Of(v).Priv!;
 
     public void AddPcpu(int cpu) { }
     public void RemovePcpu(int cpu) { }
@@ -84,33 +79,7 @@ internal sealed class Credit2Scheduler(Cpupool pool) : IScheduler
             Wake(v);
     }
 
-    public void AddVcpu(Vcpu v)
-    {
-        lock (_lock)
-        {
-            SchedUnit.Of(v).Priv = new VcpuData();
-            _all.Add(v);
-            if (!_doms.TryGetValue(v.Domain, out var d))
-                _doms[v.Domain] = d = new DomData();
-            d.Vcpus++;
-        }
-        Wake(v);
-    }
-
-    public void RemoveVcpu(Vcpu v)
-    {
-        lock (_lock)
-        {
-            if (!_all.Remove(v))
-                return;
-            _runq.Remove(v);
-            Data(v).Queued = false;
-            if (_doms.TryGetValue(v.Domain, out var d) && --d.Vcpus == 0)
-                _doms.Remove(v.Domain);
-        }
-    }
-
-    public void Wake(Vcpu v)
+    public override void Wake(Vcpu v)
     {
         long credit;
         lock (_lock)

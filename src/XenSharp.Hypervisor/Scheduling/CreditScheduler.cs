@@ -9,32 +9,29 @@ namespace XenSharp.Hypervisor.Scheduling;
 /// round-robin within each class; a vCPU woken from blocking is BOOSTed to the front once and preempts an unboosted
 /// one after the rate limit. A cap limits a domain to a percentage of one pCPU per period even when CPU is idle.
 /// </summary>
-internal sealed class CreditScheduler(Cpupool pool) : IScheduler
+internal sealed class CreditScheduler(Cpupool pool)
+    : WeightedScheduler<CreditScheduler.VcpuData, CreditScheduler.DomData>, IScheduler
 {
     public const long DefaultTsliceNs = 30_000_000;
     public const long DefaultRatelimitNs = 1_000_000;
     public const long AccountingPeriodNs = 30_000_000;
     public const int DefaultWeight = 256;
 
-    internal sealed class VcpuData
+    internal sealed class VcpuData : WeightedVcpuData
     {
         public long Credit;
-        public bool Queued;
         public bool Boost;
     }
 
-    internal sealed class DomData
+    internal sealed class DomData : WeightedDomData
     {
         public int Weight = DefaultWeight;
         public int Cap;
         public long CapBudget;
-        public int Vcpus;
     }
 
-    private readonly object _lock = new();
     private readonly LinkedList<Vcpu> _runq = new();
-    private readonly List<Vcpu> _all = new();
-    private readonly Dictionary<Domain, DomData> _doms = new();
+    protected override ICollection<Vcpu> RunQueue => _runq;
     private long _nextAccounting;
     private long _lastAccounting = -1;
 
@@ -42,8 +39,6 @@ internal sealed class CreditScheduler(Cpupool pool) : IScheduler
     public uint SchedId => Schedulers.XEN_SCHEDULER_CREDIT;
     public long TsliceNs { get; private set; } = DefaultTsliceNs;
     public long RatelimitNs { get; private set; } = DefaultRatelimitNs;
-
-    private static VcpuData Data(Vcpu v) => (VcpuData)SchedUnit.Of(v).Priv!;
 
     public void AddPcpu(int cpu) { }
     public void RemovePcpu(int cpu) { }
@@ -94,33 +89,7 @@ internal sealed class CreditScheduler(Cpupool pool) : IScheduler
     internal static HypervisorException NotHere(Domain d) =>
         new($"domain {d.DomainId} is not in a cpupool of this scheduler", Errno.EINVAL);
 
-    public void AddVcpu(Vcpu v)
-    {
-        lock (_lock)
-        {
-            SchedUnit.Of(v).Priv = new VcpuData();
-            _all.Add(v);
-            if (!_doms.TryGetValue(v.Domain, out var d))
-                _doms[v.Domain] = d = new DomData();
-            d.Vcpus++;
-        }
-        Wake(v);
-    }
-
-    public void RemoveVcpu(Vcpu v)
-    {
-        lock (_lock)
-        {
-            if (!_all.Remove(v))
-                return;
-            _runq.Remove(v);
-            Data(v).Queued = false;
-            if (_doms.TryGetValue(v.Domain, out var d) && --d.Vcpus == 0)
-                _doms.Remove(v.Domain);
-        }
-    }
-
-    public void Wake(Vcpu v)
+    public override void Wake(Vcpu v)
     {
         lock (_lock)
         {
