@@ -21,4 +21,12 @@ public interface IX86Vcpu : IVcpu
 
     /// <summary>Guest TSC = host ns * TscKhz / 1e6 + this offset (see <see cref="X86Engine.ComputeTsc"/>).</summary>
     long TscOffsetValue { get; set; }
+
+    /// <summary>When set, #DB (breakpoints, single-step, general detect, INT1) and INT3 leave
+    /// <see cref="IVcpu.Run"/> with <see cref="VcpuExitReason.Debug"/> instead of entering the
+    /// guest's handler: <see cref="VcpuExit.Port"/> = vector (1 or 3), <see cref="VcpuExit.Data"/> =
+    /// the DR6 status bits of the event (B0-B3, BD, BS), <see cref="VcpuExit.Address"/> = RIP, which is
+    /// the faulting instruction for instruction breakpoints and general detect (set RF to step over
+    /// it) and the next instruction for traps. Off by default: guests handle their own #DB and #BP.</summary>
+    bool InterceptDebug { get; set; }
 }

@@ -47,6 +47,7 @@ internal unsafe partial class X86Vcpu
     private DecodedBlock LookupOrDecode(ulong rip)
     {
         if (Bitness == 64 && !Canonical(rip)) throw GP();
+        if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
         ulong phys = Translate(lin, Access.Fetch, Cpl == 3);
         var b = _blocks.Lookup(phys, rip, Bitness);
@@ -230,22 +231,27 @@ internal unsafe partial class X86Vcpu
     private void RunBlock()
     {
         bool trap = (Rflags & TF) != 0;
-        bool single = Shadow || _replayCount > 0 || trap;
+        bool checks = PerInstructionChecks;
+        bool single = Shadow || _replayCount > 0 || checks;
         int chain = single ? 1 : ChainLimit;
         if (single) Shadow = false;
+        _dbStep = trap;
         do
         {
             CurIp = Rip;
             DecodedBlock b = GetBlock();
             var insns = b.Insns;
-            int n = single ? 1 : b.Count;
+            int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
             for (int i = 0; i < n; i++)
             {
                 ref DecodedInsn d = ref insns[i];
                 CurIp = d.I.IP;
+                bool rf = (Rflags & RF) != 0;
+                if (checks) DebugBeforeInstruction(ref d);
                 Rip = d.I.NextIP;
                 if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
                 _retired++;
+                if (checks) DebugAfterInstruction(ref d, rf);
                 if (Stop)
                 {
                     Stop = false;
@@ -256,11 +262,5 @@ internal unsafe partial class X86Vcpu
         } while (--chain > 0 && !_exitRequested);
         // The instruction that consumed MMIO results has completed.
         if (single) { _replayCount = 0; _replayIdx = 0; }
-        if (trap)
-        {
-            // Single-step trap after the instruction (DR6.BS).
-            Dr[6] |= 0x4000;
-            if (!DeliverFault(1, false, 0)) throw Exit(VcpuExitReason.Shutdown, "triple fault");
-        }
     }
 }

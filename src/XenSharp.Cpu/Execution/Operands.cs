@@ -117,7 +117,7 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Segment limit check outside 64-bit mode (first and last byte of the access): #GP,
-    /// or #SS for the stack segment. Expand-down data segments hold (limit, 0xFFFF or 0xFFFFFFFF].</summary>
+    /// or #SS for the stack segment (pushes, pops and explicit SS operands alike). Expand-down data segments hold (limit, 0xFFFF or 0xFFFFFFFF].</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void CheckLimit(int seg, ulong off, uint len)
     {
@@ -205,7 +205,7 @@ internal unsafe partial class X86Vcpu
         else if (Seg[SS].Big)
         {
             sp = (uint)(R[4] - (ulong)size);
-            ulong lin = (uint)(Seg[SS].Base + sp);
+            ulong lin = Linear(SS, sp, (uint)size);
             if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             WriteLin(lin, size, v);
             R[4] = sp;
@@ -213,7 +213,7 @@ internal unsafe partial class X86Vcpu
         else
         {
             sp = (ushort)(R[4] - (ulong)size);
-            ulong lin = (uint)(Seg[SS].Base + sp);
+            ulong lin = Linear(SS, sp, (uint)size);
             if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             WriteLin(lin, size, v);
             R[4] = (R[4] & ~0xFFFFUL) | sp;
@@ -232,14 +232,14 @@ internal unsafe partial class X86Vcpu
         }
         else if (Seg[SS].Big)
         {
-            ulong lin = (uint)(Seg[SS].Base + (uint)R[4]);
+            ulong lin = Linear(SS, (uint)R[4], (uint)size);
             if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             v = ReadLin(lin, size);
             R[4] = (uint)(R[4] + (ulong)size);
         }
         else
         {
-            ulong lin = (uint)(Seg[SS].Base + (ushort)R[4]);
+            ulong lin = Linear(SS, (ushort)R[4], (uint)size);
             if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
             v = ReadLin(lin, size);
             R[4] = (R[4] & ~0xFFFFUL) | (ushort)(R[4] + (ulong)size);
@@ -251,7 +251,7 @@ internal unsafe partial class X86Vcpu
     internal ulong PeekStack(ulong offset, int size)
     {
         ulong lin = Bitness == 64 ? R[4] + offset
-            : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)(R[4] + offset)) : (uint)(Seg[SS].Base + (ushort)(R[4] + offset));
+            : Linear(SS, Seg[SS].Big ? (uint)(R[4] + offset) : (ushort)(R[4] + offset), (uint)size);
         if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, (uint)size);
         return ReadLin(lin, size);
     }

@@ -40,8 +40,8 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz), di = Idx(7, asz);
-            ulong src = Linear(srcSeg, si), dst = Linear(ES, di);
-            if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz)) { if (++n >= RepChunk) break; continue; }
+            ulong src = Linear(srcSeg, si, (uint)es), dst = Linear(ES, di, (uint)es);
+            if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
             WriteLin(dst, es, ReadLin(src, es));
             SetIdx(6, asz, si + (ulong)step);
             SetIdx(7, asz, di + (ulong)step);
@@ -55,11 +55,12 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>REP MOVSB forward within one source and one destination page, in RAM and not overlapping
     /// forward: copies as a block. Returns false when the slow path must do the element.</summary>
-    private bool TryBulkMove(ulong src, ulong dst, int asz)
+    private bool TryBulkMove(ulong src, ulong dst, int asz, int srcSeg)
     {
         ulong count = Idx(1, asz);
         ulong chunk = Math.Min(count, Math.Min(4096 - (src & 0xFFF), 4096 - (dst & 0xFFF)));
         if (chunk < 2) return false;
+        if (!BulkWithinLimit(srcSeg, Idx(6, asz), chunk) || !BulkWithinLimit(ES, Idx(7, asz), chunk)) return false;
         if (dst > src && dst - src < chunk) return false;
         byte* s = HostRead(src), dp = HostWrite(dst);
         if (s == null || dp == null) return false;
@@ -68,6 +69,15 @@ internal unsafe partial class X86Vcpu
         SetIdx(7, asz, Idx(7, asz) + chunk);
         SetIdx(1, asz, count - chunk);
         return true;
+    }
+
+    /// <summary>A forward block of <paramref name="bytes"/> at <paramref name="off"/> lies within an
+    /// expand-up segment's limit (otherwise the element-by-element path finds the faulting element).</summary>
+    private bool BulkWithinLimit(int seg, ulong off, ulong bytes)
+    {
+        if (Bitness == 64) return true;
+        ref SegReg s = ref Seg[seg];
+        return (s.Attr & 0x1C) != 0x14 && off + bytes - 1 <= s.Limit;
     }
 
     /// <summary>Host pointer for reading one linear byte through the TLB (filling it), or null for MMIO.</summary>
@@ -102,13 +112,13 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong di = Idx(7, asz);
-            ulong dst = Linear(ES, di);
+            ulong dst = Linear(ES, di, (uint)es);
             if (rep && step > 0)
             {
                 ulong count = Idx(1, asz);
                 ulong room = (4096 - (dst & 0xFFF)) / (ulong)es;
                 ulong chunk = Math.Min(count, room);
-                if (chunk >= 2 && (dst & (ulong)(es - 1)) == 0)
+                if (chunk >= 2 && (dst & (ulong)(es - 1)) == 0 && BulkWithinLimit(ES, di, chunk * (ulong)es))
                 {
                     byte* p = HostWrite(dst);
                     if (p != null)
@@ -147,7 +157,7 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz);
-            WriteAcc(es, ReadLin(Linear(srcSeg, si), es));
+            WriteAcc(es, ReadLin(Linear(srcSeg, si, (uint)es), es));
             SetIdx(6, asz, si + (ulong)step);
             if (!rep) return;
             ElementDone();
@@ -167,7 +177,7 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong di = Idx(7, asz);
-            ulong v = ReadLin(Linear(ES, di), es);
+            ulong v = ReadLin(Linear(ES, di, (uint)es), es);
             Alu(AluOp.Cmp, acc, v, es, out ulong f);
             SetArith(f);
             SetIdx(7, asz, di + (ulong)step);
@@ -192,8 +202,8 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz), di = Idx(7, asz);
-            ulong a = ReadLin(Linear(srcSeg, si), es);
-            ulong b = ReadLin(Linear(ES, di), es);
+            ulong a = ReadLin(Linear(srcSeg, si, (uint)es), es);
+            ulong b = ReadLin(Linear(ES, di, (uint)es), es);
             Alu(AluOp.Cmp, a, b, es, out ulong f);
             SetArith(f);
             SetIdx(6, asz, si + (ulong)step);
@@ -230,6 +240,8 @@ internal unsafe partial class X86Vcpu
         int size = reg.GetSize();
         uint port = d.I.Op1Kind == OpKind.Register ? (ushort)R[2] : d.I.Immediate8;
         CheckIoPermission(port, size);
+        CheckIoBreakpoints(port, size);
+        CarryDebugAcrossExit();
         _pending = PendingCompletion.In;
         _pendingReg = reg;
         _pendingSize = size;
@@ -246,6 +258,8 @@ internal unsafe partial class X86Vcpu
         int size = reg.GetSize();
         uint port = d.I.Op0Kind == OpKind.Register ? (ushort)R[2] : d.I.Immediate8;
         CheckIoPermission(port, size);
+        CheckIoBreakpoints(port, size);
+        CarryDebugAcrossExit();
         Stop = true;
         _exit.Port = port; _exit.Size = size; _exit.IsWrite = true; _exit.Data = ReadReg(reg);
         throw Exit(VcpuExitReason.Io);
@@ -259,13 +273,15 @@ internal unsafe partial class X86Vcpu
         CheckIoPermission(port, es);
         if (rep && Idx(1, asz) == 0) return;
         ulong si = Idx(6, asz);
-        ulong v = ReadLin(Linear(d.I.MemorySegment - Register.ES, si), es);
+        ulong v = ReadLin(Linear(d.I.MemorySegment - Register.ES, si, (uint)es), es);
         SetIdx(6, asz, si + (ulong)((Rflags & DF) != 0 ? -es : es));
         if (rep)
         {
             SetIdx(1, asz, Idx(1, asz) - 1);
             if (Idx(1, asz) != 0) Rip = CurIp;
         }
+        CheckIoBreakpoints(port, es);
+        if (!rep || Idx(1, asz) == 0) CarryDebugAcrossExit();
         Stop = true;
         _exit.Port = port; _exit.Size = es; _exit.IsWrite = true; _exit.Data = v;
         throw Exit(VcpuExitReason.Io);
@@ -279,7 +295,9 @@ internal unsafe partial class X86Vcpu
         CheckIoPermission(port, es);
         if (rep && Idx(1, asz) == 0) return;
         // Fault on the destination before the device sees the read.
-        Translate(Linear(ES, Idx(7, asz)), Access.Write, Cpl == 3);
+        Translate(Linear(ES, Idx(7, asz), (uint)es), Access.Write, Cpl == 3);
+        CheckIoBreakpoints(port, es);
+        if (!rep || Idx(1, asz) == 1) CarryDebugAcrossExit();
         _pending = PendingCompletion.Ins;
         _pendingSize = es;
         _pendingIp = CurIp;
@@ -306,7 +324,7 @@ internal unsafe partial class X86Vcpu
     private void FinishPending()
     {
         var p = _pending;
-        if (p == PendingCompletion.None) return;
+        if (p == PendingCompletion.None) { DeliverDebugAfterExit(); return; }
         _pending = PendingCompletion.None;
         bool completed = _completed;
         _completed = false;
@@ -323,7 +341,7 @@ internal unsafe partial class X86Vcpu
                 CurIp = _pendingIp;
                 int asz = _pendingAsz, es = _pendingSize;
                 ulong di = Idx(7, asz);
-                WriteLin(Linear(ES, di), es, v);
+                WriteLin(Linear(ES, di, (uint)es), es, v);
                 SetIdx(7, asz, di + (ulong)((Rflags & DF) != 0 ? -es : es));
                 if (_pendingRep)
                 {
@@ -349,5 +367,6 @@ internal unsafe partial class X86Vcpu
                 _replayIdx = 0;
                 break;
         }
+        DeliverDebugAfterExit();
     }
 }

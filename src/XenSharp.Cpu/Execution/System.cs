@@ -171,11 +171,13 @@ internal unsafe partial class X86Vcpu
         }
         if (r >= Register.DR0 && r <= Register.DR7)
         {
-            int n = r - Register.DR0;
-            if (n is 4 or 5) { if ((Cr4 & 8) != 0) throw UD(); n += 2; }
+            int n = DebugRegisterIndex(r - Register.DR0);
+            if (n >= 6 && (v >> 32) != 0) throw GP();
             if (n == 6) v = (v & 0xE00F) | 0xFFFF0FF0;
             if (n == 7) v = (v & 0xFFFF2BFF) | 0x400;
+            if (n < 4 && Bitness != 64) v = (uint)v;
             Dr[n] = v;
+            if (n != 6) UpdateBreakpoints();
             return;
         }
         throw Unsupported(d.I);
@@ -199,8 +201,7 @@ internal unsafe partial class X86Vcpu
         }
         else if (s >= Register.DR0 && s <= Register.DR7)
         {
-            int n = s - Register.DR0;
-            if (n is 4 or 5) { if ((Cr4 & 8) != 0) throw UD(); n += 2; }
+            int n = DebugRegisterIndex(s - Register.DR0);
             v = n == 6 ? Dr[6] | 0xFFFF0FF0 : n == 7 ? Dr[7] | 0x400 : Dr[n];
         }
         else throw Unsupported(d.I);
@@ -253,6 +254,7 @@ internal unsafe partial class X86Vcpu
         if ((v & 0x20000) != 0 && (Cr4 & 0x20000) == 0 && (Cr3 & 0xFFF) != 0) throw GP();
         ulong changed = Cr4 ^ v;
         Cr4 = v;
+        if ((changed & 8) != 0) UpdateBreakpoints();
         if ((changed & (0x10 | 0x20 | 0x80 | 0x20000 | 0x100000 | 0x200000)) != 0) FlushTlb(true);
         Stop = true;
     }

@@ -111,6 +111,7 @@ internal unsafe partial class X86Vcpu
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
         else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
+        if (_bpData != 0) CheckDataBreakpoints(lin, size, false);
         if ((lin & 0xFFF) + (ulong)size > 4096)
         {
             // Split at the page boundary; check both pages before reading either.
@@ -139,6 +140,7 @@ internal unsafe partial class X86Vcpu
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
         else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
+        if (_bpData != 0) CheckDataBreakpoints(lin, size, true);
         if ((lin & 0xFFF) + (ulong)size <= 4096 && !implicitSup)
         {
             // A writable page whose frame holds code: no walk needed, only the code check.
@@ -207,6 +209,8 @@ internal unsafe partial class X86Vcpu
         // Only cache what the same access at this privilege could repeat without a walk.
         bool smapBlocked = !user && _lastWalkUser && (Cr4 & 0x200000) != 0;
         if (smapBlocked) return phys;
+        // Pages with a data breakpoint stay uncached so that every access is checked.
+        if (_bpData != 0 && DataBreakpointPage(lin)) return phys;
         ulong vpn = lin >> 12;
         TlbEntry* e = _tlb + (user ? TlbSize : 0) + (int)(vpn & TlbMask);
         if (e->Gfn != gfn || e->Host != page || (e->ReadTag != vpn && e->WriteTag != vpn))
@@ -242,6 +246,7 @@ internal unsafe partial class X86Vcpu
     internal byte* HostForRmw(ulong lin, int size)
     {
         if ((lin & 0xFFF) + (ulong)size > 4096) return null;
+        if (_bpData != 0 && DataBreakpointPage(lin)) return null;
         ulong vpn = lin >> 12;
         TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
         if (e->WriteTag == vpn && e->ReadTag == vpn) return e->Host + (lin & 0xFFF);

@@ -24,6 +24,8 @@ internal unsafe partial class X86Vcpu
     {
         Stop = true;
         Halted = false;
+        if (InterceptDebug && ((vector == 3 && kind == InterruptKind.SoftwareException) || (vector == 1 && kind == InterruptKind.PrivilegedSoftware)))
+            RaiseDebug(vector, 0, fault: false);
         if (vector == 2 && kind != InterruptKind.Software) _nmiBlocked = true;
         uint ext = kind is InterruptKind.External ? 1u : 0u;
         bool soft = kind is InterruptKind.Software or InterruptKind.SoftwareException;
@@ -201,6 +203,8 @@ internal unsafe partial class X86Vcpu
             LoadCs(newCs, desc, rpl);
             WriteFlagsFromPop(newFlags, size);
         }
+        // IRET (unlike POPF) loads RF: a #DB handler sets it to step over an instruction breakpoint.
+        if (size >= 4) Rflags |= newFlags & RF;
         UpdateMode();
         Rip = Bitness == 64 ? newIp : size == 2 ? (ushort)newIp : (uint)newIp;
     }

@@ -212,6 +212,23 @@ internal unsafe partial class X86Vcpu
         }
     }
 
+    /// <summary>How many of the first <paramref name="n"/> instructions of <paramref name="b"/> lie
+    /// wholly within the CS limit; #GP(0) when the first does not (outside 64-bit mode, instruction
+    /// fetch is limit-checked like any other access).</summary>
+    private int InstructionsWithinCsLimit(Decoding.DecodedBlock b, int n)
+    {
+        if (Bitness == 64) return n;
+        ulong limit = Seg[CS].Limit;
+        if (b.Insns[n - 1].I.NextIP - 1 <= limit) return n;
+        for (int i = 0; i < n; i++)
+        {
+            if (b.Insns[i].I.NextIP - 1 <= limit) continue;
+            if (i == 0) { Rip = b.Insns[0].I.IP; throw GP(); }
+            return i;
+        }
+        return n;
+    }
+
     /// <summary>Reads a 32- or 64-bit TSS's stack pointer for privilege level <paramref name="dpl"/>.</summary>
     private (ushort ss, ulong sp) TssStack32(int dpl)
     {
