@@ -57,7 +57,14 @@ internal unsafe partial class X86Vcpu
         bool present = (lo & (1UL << 47)) != 0;
         bool validType = LongMode ? type is 0xE or 0xF : type is 0x6 or 0x7 or 0xE or 0xF;
         if (type == 5 && !LongMode)
-            throw Exit(VcpuExitReason.InternalError, "task gates are not supported");
+        {
+            if (soft && gateDpl < Cpl) throw GP(idtErr);
+            if (!present) throw Fault(11, idtErr);
+            ushort tss = (ushort)(lo >> 16);
+            ulong tssDesc = ReadTssDescriptorForSwitch(tss, 13, ext);
+            TaskSwitch(tss, tssDesc, TaskSwitchSource.Interrupt, hasError, error, ext);
+            return;
+        }
         if (!validType) throw GP(idtErr);
         if (soft && gateDpl < Cpl) throw GP(idtErr);
         if (!present) throw Fault(11, idtErr);
@@ -164,7 +171,11 @@ internal unsafe partial class X86Vcpu
             return;
         }
         if ((Rflags & NT) != 0 && !LongMode)
-            throw Exit(VcpuExitReason.InternalError, "IRET with NT set (task return) is not supported");
+        {
+            IretTaskReturn();
+            return;
+        }
+        if ((Rflags & NT) != 0 && LongMode) throw GP();
 
         ulong newIp = PeekStack(0, size);
         ushort newCs = (ushort)PeekStack((ulong)size, size);

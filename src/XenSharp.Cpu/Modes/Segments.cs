@@ -129,12 +129,17 @@ internal unsafe partial class X86Vcpu
             Stop = true;
             return;
         }
-        ulong desc = CheckCodeDescriptor(sel, out ulong addr);
+        if ((sel & 0xFFFC) == 0) throw GP();
+        ulong desc = ReadDescriptor(sel, out ulong addr);
         ushort attr = AttrFromDesc(desc);
         int dpl = (attr >> 5) & 3;
         int rpl = sel & 3;
         if ((attr & 0x10) == 0)
-            throw Exit(VcpuExitReason.InternalError, $"far transfer through system descriptor type {attr & 0xF} is not supported");
+        {
+            FarTransferThroughSystemDescriptor(sel, desc, addr, call);
+            return;
+        }
+        desc = CheckCodeDescriptor(sel, out addr);
         bool conforming = (attr & 4) != 0;
         if (conforming ? dpl > Cpl : (rpl > Cpl || dpl != Cpl)) throw GP((uint)(sel & 0xFFFC));
         SetAccessed(addr, desc);
@@ -234,6 +239,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong b = Seg[TR].Base;
         bool tss32 = (Seg[TR].Attr & 0xF) is 9 or 11;
+        if ((ulong)(tss32 ? dpl * 8 + 11 : dpl * 4 + 5) > Seg[TR].Limit) throw Fault(10, (uint)(Seg[TR].Sel & 0xFFFC));
         if (tss32)
         {
             ulong esp = ReadSys(b + 4 + (ulong)dpl * 8, 4);
