@@ -11,7 +11,7 @@ extern uint64_t rt_gdt[GDT_ENTRIES];
 uint64_t sa_gdt[SA_GDT_ENTRIES] __attribute__((aligned(16)));
 
 /* Copies the runtime's GDT (its busy TSS included) into sa_gdt and loads it. */
-static void sa_gdt_init(void)
+static __attribute__((unused)) void sa_gdt_init(void)
 {
     memcpy(sa_gdt, rt_gdt, sizeof(uint64_t) * GDT_ENTRIES);
     struct __attribute__((packed)) { uint16_t limit; uintptr_t base; } d = { sizeof sa_gdt - 1, (uintptr_t)sa_gdt };
@@ -19,7 +19,7 @@ static void sa_gdt_init(void)
 }
 
 /* A segment descriptor: access byte (P, DPL, S, type) and the G/D/L/AVL nibble. */
-static uint64_t sa_desc(uintptr_t base, uint32_t limit, unsigned int access, unsigned int flags)
+static __attribute__((unused)) uint64_t sa_desc(uintptr_t base, uint32_t limit, unsigned int access, unsigned int flags)
 {
     uint64_t b = (uint64_t)base;
     return (limit & 0xFFFFull) | ((b & 0xFFFFFFull) << 16) | ((uint64_t)access << 40) |
