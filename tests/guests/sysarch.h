@@ -5,6 +5,12 @@
 
 #include "rt.h"
 
+#ifdef __x86_64__
+#define ASZ "q"
+#else
+#define ASZ "l"
+#endif
+
 extern uint64_t rt_gdt[GDT_ENTRIES];
 
 #define SA_GDT_ENTRIES 40
