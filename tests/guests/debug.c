@@ -243,6 +243,27 @@ static void t_mov_dr_checks(void)
     rt_check("debug.mov_dr_ring3_gp", v == 13 && t.error_code == 0, "vector %u error %#lx", v, t.error_code);
 }
 
+static volatile unsigned long ud_flags;
+
+static void ud_handler(struct rt_frame *f)
+{
+    ud_flags = f->flags;
+    f->ip += 2;
+}
+
+static void t_fault_rf(void)
+{
+    rt_set_handler(6, ud_handler);
+    ud_flags = 0;
+    __asm__ volatile("ud2" ::: "memory");
+    rt_set_handler(6, NULL);
+    if (sa_on_qemu() && !(ud_flags & RF)) {
+        rt_skip("debug.fault_pushes_rf", "QEMU TCG does not set RF in the saved flags of a fault");
+        return;
+    }
+    rt_check("debug.fault_pushes_rf", (ud_flags & RF) != 0, "saved flags %#lx", ud_flags);
+}
+
 void guest_main(void)
 {
     rt_set_handler(1, db_handler);
@@ -252,6 +273,7 @@ void guest_main(void)
     t_single_step();
     t_general_detect();
     t_mov_dr_checks();
+    t_fault_rf();
     write_dr7(0);
     rt_set_handler(1, NULL);
 }

@@ -211,6 +211,38 @@ static void t_tss16(void)
              sa_busy(SEL_T16), sa_busy(SEL_TSS));
 }
 
+static volatile uint32_t tbit_count, tbit_ip, tbit_dr6, tbit_tr;
+
+static void tbit_db(struct rt_frame *f)
+{
+    unsigned long dr6;
+    __asm__ volatile("mov %%dr6, %0" : "=r"(dr6));
+    tbit_count++;
+    tbit_ip = f->ip;
+    tbit_dr6 = (uint32_t)dr6;
+    tbit_tr = sa_str();
+}
+
+static void t_trap_bit(void)
+{
+    init_tss(&tss_a, task_a_entry, stack_a + sizeof stack_a);
+    tss_a.trap = 1;
+    set_tss(SEL_A, &tss_a, sizeof tss_a - 1, 1);
+    __asm__ volatile("mov %0, %%dr6" :: "r"(0ul));
+    rt_set_handler(1, tbit_db);
+    tbit_count = 0;
+    jmp_a();
+    __asm__ volatile("clts");
+    rt_set_handler(1, NULL);
+    if (sa_on_qemu() && tbit_count == 0) {
+        rt_skip("tasks.tss_trap_bit", "QEMU TCG ignores the TSS T bit");
+        return;
+    }
+    rt_check("tasks.tss_trap_bit", tbit_count == 1 && tbit_ip == (uint32_t)(uintptr_t)task_a_entry &&
+             (tbit_dr6 & 0x8000) && tbit_tr == SEL_A, "count %u ip %#x dr6 %#x tr %#x", tbit_count, tbit_ip,
+             tbit_dr6, tbit_tr);
+}
+
 static void jmp_busy(void *a) { (void)a; __asm__ volatile("ljmp $0x48, $0" ::: "memory"); }
 static void jmp_small(void *a) { (void)a; __asm__ volatile("ljmp $0xA0, $0" ::: "memory"); }
 static void jmp_np(void *a) { (void)a; __asm__ volatile("ljmp $0xA8, $0" ::: "memory"); }
@@ -250,5 +282,6 @@ void guest_main(void)
     t_int_gate();
     t_double_fault();
     t_tss16();
+    t_trap_bit();
     t_errors();
 }

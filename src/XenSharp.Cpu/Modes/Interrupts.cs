@@ -85,6 +85,9 @@ internal unsafe partial class X86Vcpu
         int newCpl = conforming ? Cpl : csDpl;
 
         ulong oldFlags = FlagsImage();
+        // A fault's saved RF is set so that returning to the restarted instruction does not hit its
+        // instruction breakpoint again (#DB is left to its handler, as instruction breakpoints require).
+        if (kind == InterruptKind.Exception && IsFaultVector(vector)) oldFlags |= RF;
         ushort oldCs = Seg[CS].Sel;
         ushort oldSs = Seg[SS].Sel;
         ulong oldSp = R[4];
@@ -139,6 +142,8 @@ internal unsafe partial class X86Vcpu
         if (!trapGate) Rflags &= ~IF;
         UpdateMode();
     }
+
+    private static bool IsFaultVector(int v) => v is 0 or 5 or 6 or 7 or 10 or 11 or 12 or 13 or 14 or 16 or 17 or 19 or 20 or 21;
 
     private void WriteFrame8(ulong lin, ulong v) => WriteSlow(lin, 8, v, false, true);
 

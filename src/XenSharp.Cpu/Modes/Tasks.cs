@@ -119,6 +119,8 @@ internal unsafe partial class X86Vcpu
         {
             Push(error, new32 ? 4 : 2);
         }
+        // The new TSS's T bit: #DB (DR6.BT) once the switch is complete, before the task's first instruction.
+        if (new32 && (ReadSys(nb + 0x64, 2) & 1) != 0) RaiseDebug(1, 0x8000, fault: false);
     }
 
     private void SetTssBusy(ushort sel, bool busy)
