@@ -155,6 +155,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         InitFpu();
         UpdateMode();
         FlushTlb(true);
+        ResetDebugRegisters();
     }
 
     public void Init()

@@ -194,6 +194,23 @@ static void t_single_step(void)
     rt_check("debug.step.dr6_bs", (db_dr6 & (DR6_BS | 0xF)) == DR6_BS, "dr6 %#lx", db_dr6);
 }
 
+static void t_single_step_mov_ss(void)
+{
+    reset(0);
+    unsigned long scratch;
+    __asm__ volatile("pushf\n\t"
+                     "or" ASZ " $0x100, (%%" SPR ")\n\t"
+                     "popf\n\t"
+                     "mov %%ss, %0\n\t"
+                     "mov %0, %%ss\n\t"
+                     "nop\n\t"
+                     "pushf\n\t"
+                     "and" ASZ " $~0x100, (%%" SPR ")\n\t"
+                     "popf\n\t" : "=&r"(scratch) :: "memory", "cc");
+    /* MOV SS holds its trap back until the instruction after it: one #DB covers both. */
+    rt_check_eq("debug.step.mov_ss_shadow", db_count, 5);
+}
+
 static void t_general_detect(void)
 {
     reset(0);
@@ -271,6 +288,7 @@ void guest_main(void)
     t_data();
     t_io();
     t_single_step();
+    t_single_step_mov_ss();
     t_general_detect();
     t_mov_dr_checks();
     t_fault_rf();

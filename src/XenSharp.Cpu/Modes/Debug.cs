@@ -27,6 +27,16 @@ internal unsafe partial class X86Vcpu
     /// or RF is set): blocks then run one instruction at a time through the interpreter.</summary>
     internal bool PerInstructionChecks => (Rflags & (TF | RF)) != 0 || (_bpExec | _bpData | _bpIo) != 0;
 
+    /// <summary>Power-up/INIT values: no breakpoints, DR6 and DR7 at their fixed bits.</summary>
+    private void ResetDebugRegisters()
+    {
+        Dr = default;
+        Dr[6] = Dr6Fixed;
+        Dr[7] = 0x400;
+        _dbHits = _dbAfterExit = _dbDeferred = 0;
+        UpdateBreakpoints();
+    }
+
     private static int BpLength(ulong dr7, int n) => ((dr7 >> (18 + 4 * n)) & 3) switch { 0 => 1, 1 => 2, 2 => 8, _ => 4 };
 
     /// <summary>Recomputes which breakpoints are armed; the TLB keeps no page holding a data breakpoint.</summary>
@@ -111,8 +121,22 @@ internal unsafe partial class X86Vcpu
             Rflags &= ~RF;
         ulong bits = _dbHits | (_dbStep ? Dr6Bs : 0);
         _dbHits = 0;
+        if (LoadsSs(ref d))
+        {
+            // MOV SS / POP SS hold their debug traps back until the next instruction has run.
+            _dbDeferred |= bits;
+            return;
+        }
+        bits |= _dbDeferred;
+        _dbDeferred = 0;
         if (bits != 0) RaiseDebug(1, bits, fault: false);
     }
+
+    private ulong _dbDeferred;
+
+    private static bool LoadsSs(ref DecodedInsn d)
+        => d.Op is Iced.Intel.Mnemonic.Mov or Iced.Intel.Mnemonic.Pop
+           && d.I.Op0Kind == Iced.Intel.OpKind.Register && d.I.Op0Register == Iced.Intel.Register.SS;
 
     /// <summary>An I/O or MSR instruction is about to leave Run: its debug trap is delivered when
     /// the exit completes (see <see cref="DeliverDebugAfterExit"/>).</summary>
