@@ -75,9 +75,18 @@ DR_RW(3, dr3)
 DR_RW(6, dr6)
 DR_RW(7, dr7)
 
+static volatile unsigned long db_cx, db_di;
+
 static void db_handler(struct rt_frame *f)
 {
     db_count++;
+#ifdef __x86_64__
+    db_cx = f->rcx;
+    db_di = f->rdi;
+#else
+    db_cx = f->ecx;
+    db_di = f->edi;
+#endif
     db_ip = f->ip;
     db_dr6 = read_dr6();
     db_dr7 = read_dr7();
@@ -163,6 +172,17 @@ static void t_data(void)
     watch[2] = 7;
     write_dr7(0);
     rt_check("debug.data.len1_overlap", db_count == 1 && (db_dr6 & 0xF) == 1, "count %lu dr6 %#lx", db_count, db_dr6);
+
+    /* REP STOSD: the trap follows the iteration that wrote the watched dword, at the instruction. */
+    reset(0);
+    write_dr1((unsigned long)&watch[1]);
+    write_dr7(dr7_bp(1, 1, 3));
+    unsigned long cx = 4, di = (unsigned long)&watch[0], ip;
+    __asm__ volatile("lea 1f, %2\n\tcld\n1:\trep stosl" : "+c"(cx), "+D"(di), "=&r"(ip) : "a"(0x77) : "memory");
+    write_dr7(0);
+    rt_check("debug.data.rep_iteration", db_count == 1 && db_ip == ip && db_cx == 2 && db_di == (unsigned long)&watch[2] &&
+             cx == 0 && watch[3] == 0x77, "count %lu ip %#lx (want %#lx) ecx %#lx edi %#lx, after ecx %#lx",
+             db_count, db_ip, ip, db_cx, db_di, cx);
 }
 
 static void t_io(void)

@@ -48,7 +48,7 @@ internal unsafe partial class X86Vcpu
             if (!rep) return;
             ElementDone();
             SetIdx(1, asz, Idx(1, asz) - 1);
-            if (++n >= RepChunk) break;
+            if (++n >= RepChunk || _dbHits != 0) break; // a data breakpoint traps after its iteration
         }
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
@@ -142,7 +142,7 @@ internal unsafe partial class X86Vcpu
             if (!rep) return;
             ElementDone();
             SetIdx(1, asz, Idx(1, asz) - 1);
-            if (++n >= RepChunk) break;
+            if (++n >= RepChunk || _dbHits != 0) break; // a data breakpoint traps after its iteration
         }
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
@@ -162,6 +162,7 @@ internal unsafe partial class X86Vcpu
             if (!rep) return;
             ElementDone();
             SetIdx(1, asz, Idx(1, asz) - 1);
+            if (_dbHits != 0) { if (Idx(1, asz) != 0) Rip = CurIp; return; }
         }
     }
 
@@ -185,7 +186,7 @@ internal unsafe partial class X86Vcpu
             SetIdx(1, asz, Idx(1, asz) - 1);
             if (repe && (f & ZF) == 0) return;
             if (repne && (f & ZF) != 0) return;
-            if (++n >= RepChunk) break;
+            if (++n >= RepChunk || _dbHits != 0) break; // a data breakpoint traps after its iteration
         }
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
@@ -212,7 +213,7 @@ internal unsafe partial class X86Vcpu
             SetIdx(1, asz, Idx(1, asz) - 1);
             if (repe && (f & ZF) == 0) return;
             if (repne && (f & ZF) != 0) return;
-            if (++n >= RepChunk) break;
+            if (++n >= RepChunk || _dbHits != 0) break; // a data breakpoint traps after its iteration
         }
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
