@@ -60,4 +60,42 @@ public class GateTests
         m.RunToHlt();
         Assert.Equal(0x50UL, m.Mem.R64(0x6000));
     }
+
+    [Fact]
+    public void Ring3CallThrough16BitGateCopiesWordParametersAndRetfReleasesThem()
+    {
+        using var m = new TestMachine();
+        // Ring 3, 16-bit: push 0x1111; push 0x2222; call far 0x5B:0; vmcall
+        byte[] user = [0x68, 0x11, 0x11, 0x68, 0x22, 0x22, 0x9A, 0x00, 0x00, 0x5B, 0x00, 0x0F, 0x01, 0xC1];
+        m.Enter32(user, at: 0x8000);
+        m.Mem.Write(0x9000, [0x0F, 0x01, 0xC1, 0xCA, 0x04, 0x00]); // vmcall; retf 4 (16-bit)
+        m.Mem.W64(TestMachine.Gdt + 0x50, 0x0000_FB00_0000_FFFFUL);              // 16-bit code, DPL 3
+        m.Mem.W64(TestMachine.Gdt + 0x58, 0x0000_E402_0060_9000UL);              // 16-bit call gate, DPL 3, 2 words
+        m.Mem.W64(TestMachine.Gdt + 0x60, 0x0000_9B00_0000_FFFFUL);              // 16-bit code, DPL 0
+        m.Mem.W64(TestMachine.Gdt + 0x68, 0x0000_F300_0000_FFFFUL);              // 16-bit data, DPL 3
+        m.Mem.W32(TestMachine.Tss + 4, 0x70000);
+        m.Mem.W32(TestMachine.Tss + 8, 0x10);
+        var s = m.SRegs;
+        s.Gdt.Limit = 0x6F;
+        s.Cs = new Segment { Selector = 0x53, Limit = 0xFFFF, Attributes = 0x00FB };
+        s.Ss = s.Ds = s.Es = new Segment { Selector = 0x6B, Limit = 0xFFFF, Attributes = 0x00F3 };
+        m.Cpu.SetSpecialRegisters(s);
+        m.Cpu.SetRegisters(new Registers { Rip = 0x8000, Rsp = 0x7000, Rflags = 2 });
+
+        Assert.Equal(VcpuExitReason.Hypercall, m.Run().Reason);
+        var r = m.Regs;
+        Assert.Equal(0x70000UL - 12, r.Rsp);
+        Assert.Equal(0x800B, m.Mem.R16(r.Rsp));       // return IP
+        Assert.Equal(0x53, m.Mem.R16(r.Rsp + 2));     // return CS
+        Assert.Equal(0x2222, m.Mem.R16(r.Rsp + 4));   // parameters in the caller's order
+        Assert.Equal(0x1111, m.Mem.R16(r.Rsp + 6));
+        Assert.Equal(0x7000 - 4, m.Mem.R16(r.Rsp + 8));
+        Assert.Equal(0x6B, m.Mem.R16(r.Rsp + 10));
+        Assert.Equal(0x60, m.SRegs.Cs.Selector);
+
+        Assert.Equal(VcpuExitReason.Hypercall, m.Run().Reason);
+        Assert.Equal(0x7000UL, m.Regs.Rsp & 0xFFFF);
+        Assert.Equal(0x53, m.SRegs.Cs.Selector);
+        Assert.Equal(0x6B, m.SRegs.Ss.Selector);
+    }
 }
