@@ -10,12 +10,14 @@ RT_GUEST("gates32");
 #define SEL_CGDPL0 0x80   /* DPL 0 gate, called from ring 3 */
 #define SEL_CGNP   0x88   /* not present */
 #define SEL_CGDATA 0x90   /* DPL 3 gate whose target selector is a data segment */
+#define SEL_CGBADSS 0xA0  /* DPL 3 gate to gate_bad_ss (returns with an unusable SS) */
 
 volatile uint32_t g_esp, g_cs, g_ss, g_p0, g_p1, g_old_esp, g_old_ss, g_ret_cs;
 volatile uint32_t u_result, u_ds, u_es, u_cs, u_ss, u_esp_before, u_esp_after;
 static uint8_t user_stack[4096] __attribute__((aligned(16)));
 
-extern char gate_entry32[], gate_same[];
+extern char gate_entry32[], gate_same[], gate_bad_ss[], gate_bad_ss_lret[];
+void user_call_bad_ss(void);
 void user_call32(void);
 void user_call_dpl0(void);
 void user_call_np(void);
@@ -58,7 +60,11 @@ __asm__(
     "user_call_dpl0:\n  lcall $0x83, $0\n  ret\n"
     "user_call_np:\n  lcall $0x8b, $0\n  ret\n"
     "user_call_data:\n  lcall $0x93, $0\n  ret\n"
-    "user_jmp_gate:\n  ljmp $0x73, $0\n  ret\n");
+    "user_jmp_gate:\n  ljmp $0x73, $0\n  ret\n"
+    "user_call_bad_ss:\n  lcall $0xa3, $0\n  ret\n"
+    /* Ring 0: replace the caller's SS with KDATA|3 (RPL 3, DPL 0) and return to it. */
+    "gate_bad_ss:\n  movl $0x1b, 12(%esp)\n"
+    "gate_bad_ss_lret:\n  lret\n");
 
 
 static void t_call_gate_inward(void)
@@ -110,6 +116,13 @@ static void t_errors(void)
     expect_user("gates.gate_not_present_np", user_call_np, 11, SEL_CGNP);
     expect_user("gates.target_not_code_gp", user_call_data, 13, SEL_KDATA);
     expect_user("gates.jmp_inward_gp", user_jmp_gate, 13, SEL_KCODE32);
+
+    /* RETF to ring 3 checks the outer SS before leaving ring 0: the #GP is raised at the RETF. */
+    sa_gdt[SEL_CGBADSS / 8] = sa_gate(SEL_KCODE32, (uint32_t)(uintptr_t)gate_bad_ss, 0xEC, 0);
+    struct rt_trap t;
+    unsigned int v = rt_run_user(user_call_bad_ss, user_stack + sizeof user_stack, &t);
+    rt_check("gates.retf_outer.bad_ss_gp", v == 13 && t.error_code == SEL_KDATA && t.ip == (unsigned long)gate_bad_ss_lret &&
+             t.cs == SEL_KCODE32, "vector %u error %#lx ip %#lx cs %#lx", v, t.error_code, t.ip, t.cs);
 }
 
 void guest_main(void)

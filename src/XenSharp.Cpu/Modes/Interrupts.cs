@@ -88,6 +88,8 @@ internal unsafe partial class X86Vcpu
         // A fault's saved RF is set so that returning to the restarted instruction does not hit its
         // instruction breakpoint again (#DB is left to its handler, as instruction breakpoints require).
         if (kind == InterruptKind.Exception && IsFaultVector(vector)) oldFlags |= RF;
+        // An interrupt taken before the instruction an IRET set RF for keeps RF for the return.
+        else if (kind == InterruptKind.External) oldFlags |= Rflags & RF;
         ushort oldCs = Seg[CS].Sel;
         ushort oldSs = Seg[SS].Sel;
         ulong oldSp = R[4];

@@ -183,8 +183,17 @@ internal unsafe partial class X86Vcpu
         {
             ulong sp = PeekStack((ulong)(2 * size + imm), size);
             ushort ss = (ushort)PeekStack((ulong)(3 * size + imm), size);
+            SegReg savedCs = Seg[CS];
+            int savedCpl = Cpl;
             LoadCs(sel, desc, rpl);
-            LoadSegmentForCpl(SS, ss, rpl);
+            try { LoadSegmentForCpl(SS, ss, rpl); }
+            catch (GuestFault)
+            {
+                // The outer SS is checked before anything changes.
+                Seg[CS] = savedCs;
+                SetCpl(savedCpl);
+                throw;
+            }
             R[4] = size == 8 ? sp : size == 4 ? (uint)sp : (R[4] & ~0xFFFFUL) | (ushort)sp;
             AddSp(imm);
             NullifyDataSegmentsAbove(rpl);
