@@ -125,10 +125,27 @@ static void t_errors(void)
              t.cs == SEL_KCODE32, "vector %u error %#lx ip %#lx cs %#lx", v, t.error_code, t.ip, t.cs);
 }
 
+extern char iret_bad_ss_insn[];
+static void iret_bad_ss(void *arg)
+{
+    (void)arg;
+    __asm__ volatile("push $0x1b\n\t"        /* SS: KDATA with RPL 3 (DPL 0) */
+                     "push %%esp\n\t"
+                     "pushf\n\t"
+                     "push $0x23\n\t"        /* CS: ring-3 code */
+                     "push $0\n\t"
+                     "iret_bad_ss_insn: iret" ::: "memory");
+}
+
 void guest_main(void)
 {
     sa_gdt_init();
     t_call_gate_inward();
     t_same_privilege();
     t_errors();
+    struct rt_trap t;
+    int trapped = rt_try(iret_bad_ss, NULL, &t);
+    rt_check("gates.iret_outer.bad_ss_gp", trapped && t.vector == 13 && t.error_code == SEL_KDATA &&
+             t.ip == (unsigned long)iret_bad_ss_insn && t.cs == SEL_KCODE32, "trapped %d vector %u error %#lx ip %#lx cs %#lx",
+             trapped, t.vector, t.error_code, t.ip, t.cs);
 }

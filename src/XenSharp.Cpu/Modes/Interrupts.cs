@@ -203,15 +203,28 @@ internal unsafe partial class X86Vcpu
         {
             ulong newSp = PeekStack((ulong)(3 * size), size);
             ushort newSs = (ushort)PeekStack((ulong)(4 * size), size);
+            SegReg savedCs = Seg[CS];
+            ulong savedFlags = Rflags;
             LoadCs(newCs, desc, rpl);
             SetCpl(oldCpl);
             // Flags are judged by the CPL before the return.
             WriteFlagsFromPop(newFlags, size);
             SetCpl(rpl);
-            if ((newSs & 0xFFFC) == 0 && LongMode && rpl != 3 && Bitness == 64)
-                Seg[SS] = new SegReg { Sel = newSs, Base = 0, Limit = 0xFFFF_FFFF, Attr = (ushort)(0xC093 | (rpl << 5)) };
-            else
-                LoadSegmentForCpl(SS, newSs, rpl);
+            try
+            {
+                if ((newSs & 0xFFFC) == 0 && LongMode && rpl != 3 && Bitness == 64)
+                    Seg[SS] = new SegReg { Sel = newSs, Base = 0, Limit = 0xFFFF_FFFF, Attr = (ushort)(0xC093 | (rpl << 5)) };
+                else
+                    LoadSegmentForCpl(SS, newSs, rpl);
+            }
+            catch (GuestFault)
+            {
+                // A bad outer SS faults with the state before the IRET.
+                Seg[CS] = savedCs;
+                Rflags = savedFlags;
+                SetCpl(oldCpl);
+                throw;
+            }
             R[4] = size == 8 ? newSp : size == 4 ? (uint)newSp : (R[4] & ~0xFFFFUL) | (ushort)newSp;
             if (rpl > oldCpl) NullifyDataSegmentsAbove(rpl);
         }
