@@ -231,6 +231,32 @@ static void t_single_step_mov_ss(void)
     rt_check_eq("debug.step.mov_ss_shadow", db_count, 5);
 }
 
+static void int50_handler(struct rt_frame *f)
+{
+    (void)f;
+}
+
+static void t_single_step_int(void)
+{
+    reset(0);
+    rt_set_handler(0x50, int50_handler);
+    unsigned long first_ip = 0, after_int;
+    __asm__ volatile("lea 1f, %1\n\t"
+                     "pushf\n\t"
+                     "or" ASZ " $0x100, (%%" SPR ")\n\t"
+                     "popf\n\t"
+                     "int $0x50\n"
+                     "1:\tnop\n\t"
+                     "pushf\n\t"
+                     "and" ASZ " $~0x100, (%%" SPR ")\n\t"
+                     "popf\n\t" : "=m"(first_ip), "=&r"(after_int) :: "memory", "cc");
+    rt_set_handler(0x50, NULL);
+    /* INT n clears TF for its handler, and no single-step trap follows the INT itself: the next
+     * trap comes after the NOP the handler returned to (then pushf, and, popf). */
+    rt_check("debug.step.int_n", db_count == 4, "count %lu last ip %#lx (int returns to %#lx)", db_count, db_ip,
+             after_int);
+}
+
 static void t_general_detect(void)
 {
     reset(0);
@@ -309,6 +335,7 @@ void guest_main(void)
     t_io();
     t_single_step();
     t_single_step_mov_ss();
+    t_single_step_int();
     t_general_detect();
     t_mov_dr_checks();
     t_fault_rf();

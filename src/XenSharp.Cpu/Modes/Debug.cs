@@ -119,7 +119,11 @@ internal unsafe partial class X86Vcpu
     {
         if (rfBefore && d.Op is not (Iced.Intel.Mnemonic.Iret or Iced.Intel.Mnemonic.Iretd or Iced.Intel.Mnemonic.Iretq))
             Rflags &= ~RF;
-        ulong bits = _dbHits | (_dbStep ? Dr6Bs : 0);
+        bool step = _dbStep;
+        // INT n, INT3, INTO and INT1 that entered a handler (clearing TF) are not followed by a single-step trap.
+        if (step && (Rflags & TF) == 0 && d.Op is Iced.Intel.Mnemonic.Int or Iced.Intel.Mnemonic.Int3 or Iced.Intel.Mnemonic.Into or Iced.Intel.Mnemonic.Int1)
+            step = false;
+        ulong bits = _dbHits | (step ? Dr6Bs : 0);
         _dbHits = 0;
         if (LoadsSs(ref d))
         {
