@@ -385,6 +385,8 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             {
                 first = vector;
                 vector = _fault.Vector; hasError = _fault.HasErrorCode; error = _fault.ErrorCode;
+                // Raised while delivering another event: selector error codes carry EXT.
+                if (hasError && vector is 10 or 11 or 12 or 13 && kind is not (InterruptKind.Software or InterruptKind.SoftwareException)) error |= 1;
                 kind = InterruptKind.Exception;
             }
         }

@@ -118,7 +118,7 @@ internal unsafe partial class X86Vcpu
         ulong oldSp = R[4], retIp = Rip;
         if (LongMode)
         {
-            ulong rsp = ReadSys(Seg[TR].Base + 4 + (ulong)newCpl * 8, 8);
+            ulong rsp = ReadTss64(4 + newCpl * 8);
             if (!Canonical(rsp)) throw Fault(12, 0);
             rsp &= ~0x7UL;
             WriteFrame8(rsp - 8, oldSs);

@@ -98,8 +98,8 @@ internal unsafe partial class X86Vcpu
         if (LongMode)
         {
             ulong newSp;
-            if (ist != 0) newSp = ReadSys(Seg[TR].Base + 0x24 + (ulong)(ist - 1) * 8, 8);
-            else if (newCpl != Cpl) newSp = ReadSys(Seg[TR].Base + 4 + (ulong)newCpl * 8, 8);
+            if (ist != 0) newSp = ReadTss64(0x24 + (ist - 1) * 8, ext);
+            else if (newCpl != Cpl) newSp = ReadTss64(4 + newCpl * 8, ext);
             else newSp = Bitness == 64 ? R[4] : (uint)R[4];
             if (newCpl != Cpl && ist == 0 && (newSp >> 47 != 0 && newSp >> 47 != 0x1FFFF)) throw Fault(12, ext);
             newSp &= ~0xFUL;
@@ -143,6 +143,13 @@ internal unsafe partial class X86Vcpu
         Rflags &= ~(TF | NT | RF | VM);
         if (!trapGate) Rflags &= ~IF;
         UpdateMode();
+    }
+
+    /// <summary>A stack pointer from the 64-bit TSS: #TS(TR) when it lies beyond the TSS limit.</summary>
+    private ulong ReadTss64(int offset, uint ext = 0)
+    {
+        if ((ulong)offset + 7 > Seg[TR].Limit) throw Fault(10, (uint)(Seg[TR].Sel & 0xFFFC) | ext);
+        return ReadSys(Seg[TR].Base + (ulong)offset, 8);
     }
 
     private static bool IsFaultVector(int v) => v is 0 or 5 or 6 or 7 or 10 or 11 or 12 or 13 or 14 or 16 or 17 or 19 or 20 or 21;
