@@ -1,3 +1,5 @@
+using XenSharp.Cpu.Decoding;
+
 namespace XenSharp.Cpu;
 
 /// <summary>Segment loading, descriptor tables and far transfers (SDM vol. 3 ch. 3 and 5).</summary>
@@ -229,14 +231,16 @@ internal unsafe partial class X86Vcpu
     /// <summary>How many of the first <paramref name="n"/> instructions of <paramref name="b"/> lie
     /// wholly within the CS limit; #GP(0) when the first does not (outside 64-bit mode, instruction
     /// fetch is limit-checked like any other access).</summary>
-    private int InstructionsWithinCsLimit(Decoding.DecodedBlock b, int n)
+    private int InstructionsWithinCsLimit(DecodedBlock b, int n)
     {
         if (Bitness == 64) return n;
         ulong limit = Seg[CS].Limit;
-        if (b.Insns[n - 1].I.NextIP - 1 <= limit) return n;
+        // Last byte from IP + length (NextIP wraps at 64 KiB in 16-bit code).
+        ref DecodedInsn last = ref b.Insns[n - 1];
+        if (last.I.IP + last.Length - 1 <= limit) return n;
         for (int i = 0; i < n; i++)
         {
-            if (b.Insns[i].I.NextIP - 1 <= limit) continue;
+            if (b.Insns[i].I.IP + b.Insns[i].Length - 1 <= limit) continue;
             if (i == 0) { Rip = b.Insns[0].I.IP; throw GP(); }
             return i;
         }
