@@ -46,4 +46,33 @@ public class DeliveryTests
         m.RunToHlt();
         Assert.Equal(0x40UL | 1, m.Mem.R64(0x6000));
     }
+
+    [Fact]
+    public void MisalignedStringElementInRing3RaisesAlignmentCheck()
+    {
+        using var m = new TestMachine();
+        m.Mem.Write(Handler, TestMachine.Assemble(32, Handler, a => { a.pop(eax); a.mov(__dword_ptr[0x6000], eax); a.mov(__dword_ptr[0x6004], edi); a.hlt(); }));
+        m.SetGate32(17, Handler);
+        m.Mem.W32(TestMachine.Tss + 4, 0x70000);
+        m.Mem.W32(TestMachine.Tss + 8, 0x10);
+        m.Mem.W32(0x6000, 0xFFFF);
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            a.mov(edi, 0x5000);
+            a.mov(ecx, 2);
+            a.rep.stosd();   // aligned: fine
+            a.mov(edi, 0x5102);
+            a.stosd();       // misaligned
+            a.hlt();
+        }));
+        var s = m.SRegs;
+        s.Cr0 |= 0x40000;
+        s.Cs = new Segment { Selector = 0x2B, Limit = 0xFFFF_FFFF, Attributes = 0xC0FB };
+        s.Ss = s.Ds = s.Es = new Segment { Selector = 0x33, Limit = 0xFFFF_FFFF, Attributes = 0xC0F3 };
+        m.Cpu.SetSpecialRegisters(s);
+        var r = m.Regs; r.Rflags |= 0x40000; m.Cpu.SetRegisters(r);
+        m.RunToHlt();
+        Assert.Equal(0u, m.Mem.R32(0x6000));
+        Assert.Equal(0x5102u, m.Mem.R32(0x6004));
+    }
 }

@@ -40,7 +40,7 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz), di = Idx(7, asz);
-            ulong src = Linear(srcSeg, si, (uint)es), dst = Linear(ES, di, (uint)es);
+            ulong src = StrLinear(srcSeg, si, es), dst = StrLinear(ES, di, es);
             if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
             WriteLin(dst, es, ReadLin(src, es));
             SetIdx(6, asz, si + (ulong)step);
@@ -69,6 +69,15 @@ internal unsafe partial class X86Vcpu
         SetIdx(7, asz, Idx(7, asz) + chunk);
         SetIdx(1, asz, count - chunk);
         return true;
+    }
+
+    /// <summary>Linear address of one string element: limit-checked, and alignment-checked when
+    /// CR0.AM and EFLAGS.AC are set at CPL 3.</summary>
+    private ulong StrLinear(int seg, ulong off, int es)
+    {
+        ulong lin = Linear(seg, off, (uint)es);
+        if (_acUser && (Rflags & AC) != 0) CheckAlignment(lin, (uint)es);
+        return lin;
     }
 
     /// <summary>A forward block of <paramref name="bytes"/> at <paramref name="off"/> lies within an
@@ -112,7 +121,7 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong di = Idx(7, asz);
-            ulong dst = Linear(ES, di, (uint)es);
+            ulong dst = StrLinear(ES, di, es);
             if (rep && step > 0)
             {
                 ulong count = Idx(1, asz);
@@ -157,7 +166,7 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz);
-            WriteAcc(es, ReadLin(Linear(srcSeg, si, (uint)es), es));
+            WriteAcc(es, ReadLin(StrLinear(srcSeg, si, es), es));
             SetIdx(6, asz, si + (ulong)step);
             if (!rep) return;
             ElementDone();
@@ -178,7 +187,7 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong di = Idx(7, asz);
-            ulong v = ReadLin(Linear(ES, di, (uint)es), es);
+            ulong v = ReadLin(StrLinear(ES, di, es), es);
             Alu(AluOp.Cmp, acc, v, es, out ulong f);
             SetArith(f);
             SetIdx(7, asz, di + (ulong)step);
@@ -203,8 +212,8 @@ internal unsafe partial class X86Vcpu
         {
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz), di = Idx(7, asz);
-            ulong a = ReadLin(Linear(srcSeg, si, (uint)es), es);
-            ulong b = ReadLin(Linear(ES, di, (uint)es), es);
+            ulong a = ReadLin(StrLinear(srcSeg, si, es), es);
+            ulong b = ReadLin(StrLinear(ES, di, es), es);
             Alu(AluOp.Cmp, a, b, es, out ulong f);
             SetArith(f);
             SetIdx(6, asz, si + (ulong)step);
@@ -274,7 +283,7 @@ internal unsafe partial class X86Vcpu
         CheckIoPermission(port, es);
         if (rep && Idx(1, asz) == 0) return;
         ulong si = Idx(6, asz);
-        ulong v = ReadLin(Linear(d.I.MemorySegment - Register.ES, si, (uint)es), es);
+        ulong v = ReadLin(StrLinear(d.I.MemorySegment - Register.ES, si, es), es);
         SetIdx(6, asz, si + (ulong)((Rflags & DF) != 0 ? -es : es));
         if (rep)
         {
@@ -296,7 +305,7 @@ internal unsafe partial class X86Vcpu
         CheckIoPermission(port, es);
         if (rep && Idx(1, asz) == 0) return;
         // Fault on the destination before the device sees the read.
-        Translate(Linear(ES, Idx(7, asz), (uint)es), Access.Write, Cpl == 3);
+        Translate(StrLinear(ES, Idx(7, asz), es), Access.Write, Cpl == 3);
         CheckIoBreakpoints(port, es);
         if (!rep || Idx(1, asz) == 1) CarryDebugAcrossExit();
         _pending = PendingCompletion.Ins;
@@ -342,7 +351,7 @@ internal unsafe partial class X86Vcpu
                 CurIp = _pendingIp;
                 int asz = _pendingAsz, es = _pendingSize;
                 ulong di = Idx(7, asz);
-                WriteLin(Linear(ES, di, (uint)es), es, v);
+                WriteLin(StrLinear(ES, di, es), es, v);
                 SetIdx(7, asz, di + (ulong)((Rflags & DF) != 0 ? -es : es));
                 if (_pendingRep)
                 {
