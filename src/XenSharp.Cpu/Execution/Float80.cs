@@ -197,6 +197,9 @@ internal static class X87Math
         if ((an && (a.Mant & 0x4000_0000_0000_0000) == 0) || (bn && (b.Mant & 0x4000_0000_0000_0000) == 0)) st.Flags |= FpEx.IE;
         if (an && bn)
         {
+            // A QNaN beside an SNaN wins; otherwise the larger significand.
+            bool aq = (a.Mant & 0x4000_0000_0000_0000) != 0, bq = (b.Mant & 0x4000_0000_0000_0000) != 0;
+            if (aq != bq) return aq ? a : b;
             ulong am = a.Mant & 0x3FFF_FFFF_FFFF_FFFF, bm = b.Mant & 0x3FFF_FFFF_FFFF_FFFF;
             if (am != bm) return (am > bm ? a : b).Quiet();
             return (a.Sign && !b.Sign ? b : a).Quiet();
@@ -449,8 +452,8 @@ internal static class X87Math
                 var q = PropagateNaN(ref st, a);
                 return signBit | expAll | ((q.Mant << 1) >> (65 - m));
             }
-            case FpClass.Denormal: st.Flags |= FpEx.DE; break;
         }
+        // A denormal source raises no DE here (only UE/PE as the rounding gives them).
         a.Unpack(out ulong sig, out int e);
         ulong k = RoundCore(ref st, a.Sign, ref e, (UInt128)sig << 64, m, 1 - bias, bias);
         if (e == int.MaxValue) return signBit | expAll;

@@ -417,12 +417,23 @@ internal static class CaseGenerator
     static void WriteExtended(Random r, Span<byte> s)
     {
         ulong mant; ushort se;
-        switch (r.Next(8))
+        ulong random = (ulong)r.NextInt64() ^ ((ulong)r.NextInt64() << 1);
+        switch (r.Next(16))
         {
             case 0: mant = 0; se = 0; break;
             case 1: mant = 1UL << 63; se = (ushort)(16383 + r.Next(0, 4)); break;
-            case 2: mant = (1UL << 63) | ((ulong)r.NextInt64() >> 1); se = (ushort)(16383 + r.Next(-16000, 16000)); break;
-            default: mant = (1UL << 63) | ((ulong)r.NextInt64() >> 1); se = (ushort)(16383 + r.Next(-70, 70)); break;
+            case 2: mant = (1UL << 63) | (random >> 1); se = (ushort)(16383 + r.Next(-16000, 16000)); break;
+            // Special operands: denormals and pseudo-denormals, values near the exponent limits
+            // (overflow and underflow), infinities, QNaNs and SNaNs, unnormals and other
+            // unsupported encodings, and values with few significant bits (exact results).
+            case 3: mant = random >> r.Next(1, 64); se = 0; break;
+            case 4: mant = (1UL << 63) | (random >> r.Next(1, 64)); se = 0; break;
+            case 5: mant = (1UL << 63) | (random >> 1); se = (ushort)(r.Next(2) == 0 ? r.Next(1, 80) : 0x7FFE - r.Next(0, 80)); break;
+            case 6: mant = 1UL << 63; se = 0x7FFF; break;
+            case 7: mant = (1UL << 63) | (random >> 1) | (r.Next(2) == 0 ? 1UL << 62 : 0); if ((mant << 1) == 0) mant |= 1; se = 0x7FFF; break;
+            case 8: mant = random >> r.Next(1, 64); se = (ushort)(r.Next(4) == 0 ? 0x7FFF : 16383 + r.Next(-70, 70)); break;
+            case 9: mant = (1UL << 63) | (random >> 1 & ~((1UL << r.Next(8, 60)) - 1)); se = (ushort)(16383 + r.Next(-70, 70)); break;
+            default: mant = (1UL << 63) | (random >> 1); se = (ushort)(16383 + r.Next(-70, 70)); break;
         }
         if (r.Next(2) == 0) se |= 0x8000;
         BinaryPrimitives.WriteUInt64LittleEndian(s, mant);
