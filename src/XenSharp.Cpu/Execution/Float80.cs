@@ -534,10 +534,14 @@ internal static class X87Math
     /// <paramref name="quotient"/> to the low three bits of the quotient and
     /// <paramref name="partial"/> when only a partial reduction was done (C2).</summary>
     public static Float80 Remainder(ref FpStatus st, Float80 a, Float80 b, bool ieee, out int quotient, out bool partial)
+        => Remainder(ref st, a, b, ieee, out quotient, out partial, out _);
+
+    /// <summary>As above; <paramref name="fullQuotient"/> is the whole quotient's magnitude of a complete reduction.</summary>
+    public static Float80 Remainder(ref FpStatus st, Float80 a, Float80 b, bool ieee, out int quotient, out bool partial, out ulong fullQuotient)
     {
-        quotient = 0; partial = false;
+        quotient = 0; partial = false; fullQuotient = 0;
         if (Prelude(ref st, a, b, out var r, out var ca, out var cb)) return r;
-        if (ca == FpClass.Infinity || cb == FpClass.Zero) return Invalid(ref st);
+        if (ca == FpClass.Infinity || cb == FpClass.Zero) { st.Flags &= ~FpEx.DE; return Invalid(ref st); }
         if (ca == FpClass.Zero) return a;
         if (cb == FpClass.Infinity) return Normalized(ref st, a);
         a.Unpack(out ulong asg, out int ae);
@@ -578,6 +582,7 @@ internal static class X87Math
             }
         }
         quotient = (int)(qq & 7);
+        fullQuotient = (ulong)qq;
         if (rr == 0) return Float80.Zero(a.Sign);
         int lz = (int)UInt128.LeadingZeroCount(rr);
         return Round(ref st, sign, baseExp + 127 - lz, rr << lz, 64);

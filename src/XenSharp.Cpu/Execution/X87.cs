@@ -358,7 +358,9 @@ internal unsafe partial class X86Vcpu
                 var r = ok ? X87Math.Remainder(ref s, a, b, op == Mnemonic.Fprem1, out q, out partial) : Float80.Indefinite;
                 if (!FpEnd(s, false)) return true;
                 SetReg(0, r, true);
-                if (ok && (s.Flags & FpEx.IE) == 0)
+                // A partial remainder reports only C2; a complete one the quotient's low bits.
+                if (partial) SetCc(C2);
+                else if (ok && (s.Flags & FpEx.IE) == 0)
                     SetCc((ushort)(((q & 4) != 0 ? C0 : 0) | ((q & 2) != 0 ? C3 : 0) | ((q & 1) != 0 ? C1 : 0) | (partial ? C2 : 0)));
                 else SetCc(0);
                 return true;
@@ -573,7 +575,7 @@ internal unsafe partial class X86Vcpu
         }
         Float80 first, second;
         bool incomplete;
-        if (tan) { first = X87Transcendental.Tan(ref s, v, out incomplete); second = Float80.One; }
+        if (tan) { first = X87Transcendental.Tan(ref s, v, out incomplete); second = first.IsNaN ? first : Float80.One; }
         else X87Transcendental.SinCos(ref s, v, out first, out second, out incomplete);
         if (!FpEnd(s)) return;
         Fsw = (ushort)(incomplete ? Fsw | C2 : Fsw & ~C2);

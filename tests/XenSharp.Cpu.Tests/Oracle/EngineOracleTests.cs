@@ -14,12 +14,9 @@ public class EngineOracleTests(ITestOutputHelper output)
     /// <summary>Groups left out of the default run, each with the engine defect that fails it.</summary>
     internal static readonly Dictionary<string, string> Excluded = new()
     {
-        ["x87-transcendental"] = X87,
         // Not implemented in the engine (InternalError "unsupported instruction").
         ["sse4.2"] = "PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM are not implemented",
     };
-
-    const string X87 = "x87 transcendental results are not yet within the compared tolerance";
 
 
 
