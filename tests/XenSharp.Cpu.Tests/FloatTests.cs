@@ -126,7 +126,7 @@ public class FloatTests
         Assert.Equal(4u, m.Mem.R32(0x7000));
         Assert.Equal(4.0, BitConverter.Int64BitsToDouble((long)m.Mem.R64(0x7008)));
         Assert.Equal(0UL, (m.Regs.Rax >> 11) & 7); // TOP back to 0
-        Assert.Equal(0xC90FDAA22168C000UL, m.Mem.R64(0x7010)); // pi rounded to double, widened
+        Assert.Equal(0xC90FDAA22168C235UL, m.Mem.R64(0x7010)); // pi to 64 bits, rounded to nearest
         Assert.Equal(0x4000, m.Mem.R16(0x7018));
     }
 

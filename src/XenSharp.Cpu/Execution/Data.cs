@@ -152,19 +152,26 @@ internal unsafe partial class X86Vcpu
         ulong alloc = d.I.Immediate16;
         int level = d.I.Immediate8_2nd & 31;
         ulong oldSp = R[4];
-        Push(R[5], size);
-        ulong frame = R[4];
-        if (level > 0)
+        ulong frame;
+        // ENTER is restartable: a fault in any of its stack accesses leaves RSP as it was.
+        try
         {
-            ulong bp = R[5];
-            for (int i = 1; i < level; i++)
+            Push(R[5], size);
+            frame = R[4];
+            if (level > 0)
             {
-                bp -= (ulong)size;
-                ulong addr = Bitness == 64 ? bp : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)bp) : (uint)(Seg[SS].Base + (ushort)bp);
-                Push(ReadLin(addr, size), size);
+                ulong bp = R[5];
+                for (int i = 1; i < level; i++)
+                {
+                    bp -= (ulong)size;
+                    ulong addr = Bitness == 64 ? bp : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)bp) : (uint)(Seg[SS].Base + (ushort)bp);
+                    CheckStackCanonical(addr, (uint)size);
+                    Push(ReadLin(addr, size), size);
+                }
+                Push(frame, size);
             }
-            Push(frame, size);
         }
+        catch (GuestFault) { R[4] = oldSp; throw; }
         if (_acUser)
         {
             // After the frame is written the final stack pointer is alignment-checked; a fault

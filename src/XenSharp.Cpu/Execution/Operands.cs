@@ -142,11 +142,21 @@ internal unsafe partial class X86Vcpu
         if ((lin & (align - 1)) != 0) throw Fault(17, 0);
     }
 
+    /// <summary>In 64-bit mode a non-canonical address reached through SS (an RSP/RBP base or an SS
+    /// override) raises #SS(0), not the #GP(0) of the other segments.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void CheckStackCanonical(ulong lin, uint len)
+    {
+        if (Bitness == 64 && (!Canonical(lin) || !Canonical(lin + len - 1))) throw Fault(12, 0);
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal ulong MemAddr(ref DecodedInsn d)
     {
         if (d.MemSplit) return FastAddr(ref d);
-        ulong lin = Linear(d.I.MemorySegment - Register.ES, Ea(ref d), d.MemBytes);
+        int seg = d.I.MemorySegment - Register.ES;
+        ulong lin = Linear(seg, Ea(ref d), d.MemBytes);
+        if (seg == SS) CheckStackCanonical(lin, d.MemBytes);
         if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, d.MemBytes);
         return lin;
     }
@@ -198,6 +208,7 @@ internal unsafe partial class X86Vcpu
         if (Bitness == 64)
         {
             sp = R[4] - (ulong)size;
+            CheckStackCanonical(sp, (uint)size);
             if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(sp, (uint)size);
             WriteLin(sp, size, v);
             R[4] = sp;
@@ -226,6 +237,7 @@ internal unsafe partial class X86Vcpu
         ulong v;
         if (Bitness == 64)
         {
+            CheckStackCanonical(R[4], (uint)size);
             if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(R[4], (uint)size);
             v = ReadLin(R[4], size);
             R[4] += (ulong)size;

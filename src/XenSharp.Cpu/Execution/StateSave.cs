@@ -56,7 +56,7 @@ internal unsafe partial class X86Vcpu
                 if ((rfbm & 2) != 0 && (mx & ~MxcsrMask) != 0) throw GP();
                 int load = (int)(rfbm & bv & 3);
                 LoadLegacyRegion(lin, load, mx);
-                if ((rfbm & 1) != 0 && (bv & 1) == 0) { Fcw = 0x37F; Fsw = 0; FpuTop = 0; FpuValid = 0; St = default; }
+                if ((rfbm & 1) != 0 && (bv & 1) == 0) { Fcw = 0x37F; Fsw = 0; FpuTop = 0; FpuValid = 0; ClearFpuRegs(); }
                 if ((rfbm & 2) != 0 && (bv & 2) == 0) { X = default; }
                 if ((rfbm & 2) != 0) Mxcsr = mx;
                 return true;
@@ -121,8 +121,9 @@ internal unsafe partial class X86Vcpu
             if ((FpuValid & (1 << phys)) == 0) t = 3;
             else
             {
-                double v = St[phys];
-                t = v == 0 ? 1 : double.IsFinite(v) && !double.IsSubnormal(v) ? 0 : 2;
+                GetRaw80(phys, out ulong m, out ushort se);
+                var c = new Float80(m, se).Class;
+                t = c == FpClass.Zero ? 1 : c == FpClass.Normal ? 0 : 2;
             }
             tw |= t << (2 * phys);
         }

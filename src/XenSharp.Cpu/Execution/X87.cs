@@ -8,22 +8,34 @@ namespace XenSharp.Cpu;
 internal struct FpuRegs { private double _e; }
 
 /// <summary>
-/// The x87 FPU. Values are held as binary64 internally (the 80-bit format is produced and consumed
-/// at the memory and save-area boundaries), so results carry double precision.
+/// The x87 FPU. Registers hold exact 80-bit values (the MMX aliasing storage of Mmx.cs, reached
+/// through GetRaw80/SetRaw80) and all arithmetic is the 80-bit soft-float of Float80.cs under the
+/// control word's rounding and precision control, with the status word's exception flags, C0-C3,
+/// stack faults and TOP, and #MF for unmasked exceptions at the next waiting instruction.
 /// </summary>
 internal unsafe partial class X86Vcpu
 {
+    /// <summary>A binary64 image of each physical register, kept by SetRaw80 (Mmx.cs) beside the exact bits.</summary>
     internal FpuRegs St;
     internal int FpuTop;
     internal ushort Fsw, Fcw = 0x37F;
     /// <summary>One bit per physical register: set when it holds a value (the abridged tag).</summary>
     internal byte FpuValid;
 
+    private const ushort C0 = 0x100, C1 = 0x200, C2 = 0x400, C3 = 0x4000;
+    private const ushort FswEs = 0x80, FswB = 0x8000;
+
     private void InitFpu()
     {
         Fcw = 0x37F; Fsw = 0; FpuTop = 0; FpuValid = 0;
-        St = default;
+        ClearFpuRegs();
         Mxcsr = 0x1F80;
+    }
+
+    /// <summary>All eight registers +0 (FNINIT leaves them alone; reset and XRSTOR's init do this).</summary>
+    private void ClearFpuRegs()
+    {
+        for (int i = 0; i < 8; i++) SetRaw80(i, 0, 0);
     }
 
     private void FpuCheck()
@@ -31,71 +43,127 @@ internal unsafe partial class X86Vcpu
         if ((Cr0 & 0xC) != 0) throw Fault(7);
     }
 
-    private ref double ST(int i) => ref St[(FpuTop + i) & 7];
+    /// <summary>A waiting x87 instruction: #NM, then #MF when an unmasked exception is pending and
+    /// CR0.NE is set (with NE clear the error would go to the external FERR# line, which no guest
+    /// of this engine has).</summary>
+    private FpStatus FpBegin(bool precisionControl = false)
+    {
+        if ((Cr0 & 0xC) != 0) throw Fault(7);
+        if ((Fsw & FswEs) != 0 && (Cr0 & 0x20) != 0) throw Fault(16);
+        return new FpStatus(Fcw, precisionControl);
+    }
+
+    /// <summary>Merges an operation's flags into FSW and sets C1 from its rounding (or stack fault).
+    /// Returns false when an unmasked IE, ZE or DE forbids writing the result.</summary>
+    private bool FpEnd(in FpStatus s, bool setC1 = true)
+    {
+        int f = s.Flags & 0x7F;
+        int unmasked = f & ~Fcw & 0x3F;
+        ushort fsw = (ushort)(Fsw | f);
+        if (setC1) fsw = (ushort)(s.Up ? fsw | C1 : fsw & ~C1);
+        if (unmasked != 0) fsw |= FswEs | FswB;
+        Fsw = fsw;
+        return (unmasked & (FpEx.IE | FpEx.ZE | FpEx.DE)) == 0;
+    }
+
+    /// <summary>Whether a result may be stored: no unmasked IE, ZE or DE (and, for memory
+    /// destinations, no unmasked OE or UE). Stores check this, write, then commit with FpEnd, so
+    /// that a faulting write leaves FSW as it was.</summary>
+    private bool FpAllowed(in FpStatus s, bool memory)
+    {
+        int unmasked = s.Flags & ~Fcw & 0x3F;
+        int blocking = FpEx.IE | FpEx.ZE | FpEx.DE | (memory ? FpEx.OE | FpEx.UE : 0);
+        return (unmasked & blocking) == 0;
+    }
+
+    /// <summary>ES and B follow the pending exceptions against the mask (after FLDCW, FLDENV, ...).</summary>
+    private void FpRecomputeSummary()
+    {
+        if ((Fsw & ~Fcw & 0x3F) != 0) Fsw |= FswEs | FswB;
+        else Fsw &= unchecked((ushort)~(FswEs | FswB));
+    }
+
+    private int Phys(int i) => (FpuTop + i) & 7;
+
+    private Float80 Reg(int i)
+    {
+        GetRaw80((FpuTop + i) & 7, out ulong m, out ushort se);
+        return new Float80(m, se);
+    }
+
+    private void SetReg(int i, Float80 v) => SetRaw80((FpuTop + i) & 7, v.Mant, v.Se);
+
     private bool StValid(int i) => (FpuValid & (1 << ((FpuTop + i) & 7))) != 0;
 
-    private void FPush(double v)
+    /// <summary>ST(i), or a stack underflow (IE, SF, C1 = 0) and the indefinite when it is empty.</summary>
+    private bool Fetch(ref FpStatus s, int i, out Float80 v)
     {
-        FpuTop = (FpuTop - 1) & 7;
-        St[FpuTop] = v;
-        FpuValid |= (byte)(1 << FpuTop);
+        if (StValid(i)) { v = Reg(i); return true; }
+        s.Flags |= FpEx.IE | FpEx.SF;
+        s.Up = false;
+        v = Float80.Indefinite;
+        return false;
     }
 
-    private double FPop()
+    /// <summary>Pushes a value; a full register below TOP is a stack overflow (IE, SF, C1 = 1) that
+    /// pushes the indefinite when IE is masked and changes nothing otherwise.</summary>
+    private void FPush(ref FpStatus s, Float80 v)
     {
-        double v = St[FpuTop];
+        int t = (FpuTop - 1) & 7;
+        if ((FpuValid & (1 << t)) != 0)
+        {
+            s.Flags |= FpEx.IE | FpEx.SF;
+            s.Up = true;
+            if ((Fcw & 1) == 0) return;
+            v = Float80.Indefinite;
+        }
+        FpuTop = t;
+        SetRaw80(t, v.Mant, v.Se);
+        FpuValid |= (byte)(1 << t);
+    }
+
+    private void FPop()
+    {
         FpuValid &= (byte)~(1 << FpuTop);
         FpuTop = (FpuTop + 1) & 7;
-        return v;
     }
 
-    private const ushort C0 = 0x100, C1 = 0x200, C2 = 0x400, C3 = 0x4000;
+    private void SetReg(int i, Float80 v, bool valid)
+    {
+        SetReg(i, v);
+        if (valid) FpuValid |= (byte)(1 << Phys(i));
+    }
 
     private void SetCc(ushort cc) => Fsw = (ushort)((Fsw & ~(C0 | C1 | C2 | C3)) | cc);
 
     private ushort StatusWord => (ushort)((Fsw & ~0x3800) | (FpuTop << 11));
 
-    private double FRound(double v) => ((Fcw >> 10) & 3) switch
+    /// <summary>A memory operand as a register value; binary32/64 denormals report DE through <paramref name="denormal"/>.</summary>
+    private Float80 ReadFpMem(ulong lin, MemorySize ms, out bool denormal)
     {
-        0 => Math.Round(v, MidpointRounding.ToEven),
-        1 => Math.Floor(v),
-        2 => Math.Ceiling(v),
-        _ => Math.Truncate(v),
-    };
-
-    private double ReadFpMem(ulong lin, MemorySize ms) => ms switch
-    {
-        MemorySize.Float32 => BitConverter.Int32BitsToSingle((int)ReadLin(lin, 4)),
-        MemorySize.Float64 => BitConverter.Int64BitsToDouble((long)ReadLin(lin, 8)),
-        MemorySize.Float80 => Ext80.ToDouble(ReadLin(lin, 8), (ushort)ReadLin(lin + 8, 2)),
-        MemorySize.Int16 => (short)ReadLin(lin, 2),
-        MemorySize.Int32 => (int)ReadLin(lin, 4),
-        MemorySize.Int64 => (long)ReadLin(lin, 8),
-        _ => throw UD(),
-    };
-
-    private void WriteIntMem(ulong lin, int size, double v)
-    {
-        double r = FRound(v);
-        ulong bits;
-        switch (size)
+        denormal = false;
+        switch (ms)
         {
-            case 2: bits = double.IsNaN(r) || r > short.MaxValue || r < short.MinValue ? 0x8000UL : (ushort)(short)r; break;
-            case 4: bits = double.IsNaN(r) || r > int.MaxValue || r < int.MinValue ? 0x8000_0000UL : (uint)(int)r; break;
-            default: bits = double.IsNaN(r) || r >= 9.2233720368547758e18 || r < long.MinValue ? 0x8000_0000_0000_0000UL : (ulong)(long)r; break;
+            case MemorySize.Float32: return X87Math.FromBinary(ReadLin(lin, 4), 24, 8, out denormal);
+            case MemorySize.Float64: return X87Math.FromBinary(ReadLin(lin, 8), 53, 11, out denormal);
+            case MemorySize.Float80: return new Float80(ReadLin(lin, 8), (ushort)ReadLin(lin + 8, 2));
+            case MemorySize.Int16: return X87Math.FromInt((short)ReadLin(lin, 2));
+            case MemorySize.Int32: return X87Math.FromInt((int)ReadLin(lin, 4));
+            case MemorySize.Int64: return X87Math.FromInt((long)ReadLin(lin, 8));
+            default: throw UD();
         }
-        WriteLin(lin, size, bits);
     }
 
-    private void Compare(double a, double b, bool flags, bool pop, int pops)
+    private static bool IsNaNOrUnsupported(Float80 v) => v.IsNaN || v.Class == FpClass.Unsupported;
+
+    private void CompareResult(int r, bool eflags)
     {
-        if (flags)
+        if (eflags)
         {
-            ulong f = double.IsNaN(a) || double.IsNaN(b) ? ZF | PF | CF : a < b ? CF : a == b ? ZF : 0;
+            ulong f = r switch { 2 => ZF | PF | CF, -1 => CF, 0 => ZF, _ => 0 };
             SetArith(f);
         }
-        else SetCc(double.IsNaN(a) || double.IsNaN(b) ? (ushort)(C0 | C2 | C3) : a < b ? C0 : a == b ? C3 : (ushort)0);
-        for (int i = 0; i < pops; i++) FPop();
+        else SetCc(r switch { 2 => (ushort)(C0 | C2 | C3), -1 => C0, 0 => C3, _ => (ushort)0 });
     }
 
     private bool TryX87(ref DecodedInsn d)
@@ -105,162 +173,269 @@ internal unsafe partial class X86Vcpu
         {
             case Mnemonic.Wait:
                 if ((Cr0 & 0xA) == 0xA) throw Fault(7);
+                if ((Fsw & FswEs) != 0 && (Cr0 & 0x20) != 0) throw Fault(16);
                 return true;
             case Mnemonic.Fninit: FpuCheck(); Fcw = 0x37F; Fsw = 0; FpuTop = 0; FpuValid = 0; return true;
             case Mnemonic.Fnclex: FpuCheck(); Fsw &= 0x7F00; return true;
             case Mnemonic.Fnstcw: FpuCheck(); WriteLin(MemAddr(ref d), 2, Fcw); return true;
-            case Mnemonic.Fldcw: FpuCheck(); Fcw = (ushort)(ReadLin(MemAddr(ref d), 2) | 0x40); return true;
+            case Mnemonic.Fldcw:
+            {
+                FpBegin();
+                Fcw = (ushort)(ReadLin(MemAddr(ref d), 2) | 0x40);
+                FpRecomputeSummary();
+                return true;
+            }
             case Mnemonic.Fnstsw:
                 FpuCheck();
                 if (d.I.Op0Kind == OpKind.Register) WriteReg(Register.AX, StatusWord);
                 else WriteLin(MemAddr(ref d), 2, StatusWord);
                 return true;
-            case Mnemonic.Fnop: FpuCheck(); return true;
-            case Mnemonic.Fincstp: FpuCheck(); FpuTop = (FpuTop + 1) & 7; return true;
-            case Mnemonic.Fdecstp: FpuCheck(); FpuTop = (FpuTop - 1) & 7; return true;
+            case Mnemonic.Fnop: FpBegin(); return true;
+            case Mnemonic.Fincstp: FpBegin(); FpuTop = (FpuTop + 1) & 7; Fsw &= unchecked((ushort)~C1); return true;
+            case Mnemonic.Fdecstp: FpBegin(); FpuTop = (FpuTop - 1) & 7; Fsw &= unchecked((ushort)~C1); return true;
             case Mnemonic.Ffree: case Mnemonic.Ffreep:
-                FpuCheck();
-                FpuValid &= (byte)~(1 << ((FpuTop + (d.I.Op0Register - Register.ST0)) & 7));
+                FpBegin();
+                FpuValid &= (byte)~(1 << Phys(d.I.Op0Register - Register.ST0));
+                Fsw &= unchecked((ushort)~C1);
                 if (op == Mnemonic.Ffreep) FPop();
                 return true;
-            case Mnemonic.Fld:
-            {
-                FpuCheck();
-                // Loads of 80-bit values (from memory or another register) keep their exact bits.
-                ulong mant; ushort se;
-                if (d.I.Op0Kind == OpKind.Register) GetRaw80((FpuTop + (d.I.Op0Register - Register.ST0)) & 7, out mant, out se);
-                else if (d.I.MemorySize == MemorySize.Float80)
-                {
-                    ulong lin = MemAddr(ref d);
-                    mant = ReadLin(lin, 8); se = (ushort)ReadLin(lin + 8, 2);
-                }
-                else { FPush(ReadFpMem(MemAddr(ref d), d.I.MemorySize)); return true; }
-                FPush(0);
-                SetRaw80(FpuTop, mant, se);
-                return true;
-            }
+            case Mnemonic.Fld: ExecFld(ref d); return true;
             case Mnemonic.Fild:
-                FpuCheck();
-                FPush(ReadFpMem(MemAddr(ref d), d.I.MemorySize));
-                return true;
-            case Mnemonic.Fld1: FpuCheck(); FPush(1.0); return true;
-            case Mnemonic.Fldz: FpuCheck(); FPush(0.0); return true;
-            case Mnemonic.Fldpi: FpuCheck(); FPush(Math.PI); return true;
-            case Mnemonic.Fldl2e: FpuCheck(); FPush(1.4426950408889634); return true;
-            case Mnemonic.Fldl2t: FpuCheck(); FPush(3.3219280948873622); return true;
-            case Mnemonic.Fldlg2: FpuCheck(); FPush(0.3010299956639812); return true;
-            case Mnemonic.Fldln2: FpuCheck(); FPush(0.6931471805599453); return true;
-            case Mnemonic.Fst:
-            case Mnemonic.Fstp:
             {
-                FpuCheck();
-                double v = ST(0);
-                if (d.I.Op0Kind == OpKind.Register)
-                {
-                    GetRaw80(FpuTop, out ulong rm, out ushort rse);
-                    SetRaw80((FpuTop + (d.I.Op0Register - Register.ST0)) & 7, rm, rse);
-                }
-                else
-                {
-                    ulong lin = MemAddr(ref d);
-                    switch (d.I.MemorySize)
-                    {
-                        case MemorySize.Float32: WriteLin(lin, 4, (uint)BitConverter.SingleToInt32Bits((float)v)); break;
-                        case MemorySize.Float64: WriteLin(lin, 8, (ulong)BitConverter.DoubleToInt64Bits(v)); break;
-                        default:
-                            GetRaw80(FpuTop, out ulong mant, out ushort se);
-                            WriteLin(lin, 8, mant); WriteLin(lin + 8, 2, se);
-                            break;
-                    }
-                }
-                if (op == Mnemonic.Fstp)
-                {
-                    if (d.I.Op0Kind == OpKind.Register) FpuValid |= (byte)(1 << ((FpuTop + (d.I.Op0Register - Register.ST0)) & 7));
-                    FPop();
-                }
+                var s = FpBegin();
+                var v = ReadFpMem(MemAddr(ref d), d.I.MemorySize, out _);
+                FPush(ref s, v);
+                FpEnd(s);
                 return true;
             }
+            case Mnemonic.Fbld:
+            {
+                var s = FpBegin();
+                ulong lin = MemAddr(ref d);
+                ulong lo = ReadLin(lin, 8);
+                ulong hi = ReadLin(lin + 8, 2);
+                long v = 0;
+                for (int i = 8; i >= 0; i--)
+                {
+                    byte b = (byte)((i == 8 ? hi : lo >> (8 * i)) & 0xFF);
+                    v = v * 100 + (b >> 4) * 10 + (b & 15);
+                }
+                var f = X87Math.FromInt(v);
+                if ((hi & 0x8000) != 0) f = f.Negate();
+                FPush(ref s, f);
+                FpEnd(s);
+                return true;
+            }
+            case Mnemonic.Fld1: return LoadConstant(Float80.One, 0);
+            case Mnemonic.Fldz: return LoadConstant(Float80.Zero(false), 0);
+            // The constants' significands with the two bits after bit 63, rounded by RC.
+            case Mnemonic.Fldpi: return LoadConstant(new Float80(0xC90FDAA22168C234, 0x4000), 0b11);
+            case Mnemonic.Fldl2e: return LoadConstant(new Float80(0xB8AA3B295C17F0BB, 0x3FFF), 0b11);
+            case Mnemonic.Fldl2t: return LoadConstant(new Float80(0xD49A784BCD1B8AFE, 0x4000), 0b01);
+            case Mnemonic.Fldlg2: return LoadConstant(new Float80(0x9A209A84FBCFF798, 0x3FFD), 0b11);
+            case Mnemonic.Fldln2: return LoadConstant(new Float80(0xB17217F7D1CF79AB, 0x3FFE), 0b11);
+            case Mnemonic.Fst: case Mnemonic.Fstp: ExecFst(ref d); return true;
             case Mnemonic.Fist: case Mnemonic.Fistp: case Mnemonic.Fisttp:
             {
-                FpuCheck();
+                var s = FpBegin();
+                ulong lin = MemAddr(ref d);
                 int size = d.I.MemorySize.GetSize();
-                double v = ST(0);
-                if (op == Mnemonic.Fisttp) { ushort save = Fcw; Fcw |= 0xC00; WriteIntMem(MemAddr(ref d), size, v); Fcw = save; }
-                else WriteIntMem(MemAddr(ref d), size, v);
+                if (op == Mnemonic.Fisttp) s.Rc = 3;
+                ulong bits = Fetch(ref s, 0, out var v) ? X87Math.ToInt(ref s, v, size * 8) : 1UL << (size * 8 - 1);
+                if ((s.Flags & FpEx.IE) != 0) s.Up = (s.Flags & FpEx.SF) != 0 && s.Up;
+                if (FpAllowed(s, true)) WriteLin(lin, size, bits);
+                if (!FpEnd(s)) return true;
                 if (op != Mnemonic.Fist) FPop();
+                return true;
+            }
+            case Mnemonic.Fbstp:
+            {
+                var s = FpBegin();
+                ulong lin = MemAddr(ref d);
+                ulong lo = 0, hi = 0xFFFF; // packed BCD indefinite: FFFF C000000000000000
+                lo = 0xC000_0000_0000_0000;
+                if (Fetch(ref s, 0, out var v))
+                {
+                    ulong m = X87Math.ToInt(ref s, v, 64);
+                    long iv = (long)m;
+                    ulong mag = iv < 0 ? 0 - m : m;
+                    if ((s.Flags & FpEx.IE) == 0 && mag < 1_000_000_000_000_000_000UL)
+                    {
+                        lo = 0; hi = v.Sign ? 0x8000UL : 0;
+                        for (int i = 0; i < 9; i++)
+                        {
+                            ulong b = (mag % 10) | ((mag / 10 % 10) << 4);
+                            mag /= 100;
+                            if (i < 8) lo |= b << (8 * i); else hi |= b;
+                        }
+                    }
+                    else if ((s.Flags & FpEx.IE) == 0) { s.Flags |= FpEx.IE; s.Flags &= ~FpEx.PE; }
+                }
+                if (FpAllowed(s, true)) { WriteLin(lin, 8, lo); WriteLin(lin + 8, 2, hi); }
+                if (!FpEnd(s)) return true;
+                FPop();
                 return true;
             }
             case Mnemonic.Fxch:
             {
-                FpuCheck();
+                var s = FpBegin();
                 int i = d.I.OpCount > 1 ? d.I.Op1Register - Register.ST0 : 1;
-                (ST(0), ST(i)) = (ST(i), ST(0));
+                Fetch(ref s, 0, out var a);
+                Fetch(ref s, i, out var b);
+                if (!FpEnd(s)) return true;
+                SetReg(0, b, true);
+                SetReg(i, a, true);
                 return true;
             }
-            case Mnemonic.Fchs: FpuCheck(); ST(0) = -ST(0); return true;
-            case Mnemonic.Fabs: FpuCheck(); ST(0) = Math.Abs(ST(0)); return true;
-            case Mnemonic.Fsqrt: FpuCheck(); ST(0) = Math.Sqrt(ST(0)); return true;
-            case Mnemonic.Frndint: FpuCheck(); ST(0) = FRound(ST(0)); return true;
-            case Mnemonic.Fsin: FpuCheck(); ST(0) = Math.Sin(ST(0)); SetCc(0); return true;
-            case Mnemonic.Fcos: FpuCheck(); ST(0) = Math.Cos(ST(0)); SetCc(0); return true;
-            case Mnemonic.Fsincos: { FpuCheck(); double v = ST(0); ST(0) = Math.Sin(v); FPush(Math.Cos(v)); SetCc(0); return true; }
-            case Mnemonic.Fptan: FpuCheck(); ST(0) = Math.Tan(ST(0)); FPush(1.0); SetCc(0); return true;
-            case Mnemonic.Fpatan: { FpuCheck(); double x = ST(0); FPop(); ST(0) = Math.Atan2(ST(0), x); return true; }
-            case Mnemonic.F2xm1: FpuCheck(); ST(0) = Math.Pow(2, ST(0)) - 1; return true;
-            case Mnemonic.Fyl2x: { FpuCheck(); double x = ST(0); FPop(); ST(0) = ST(0) * Math.Log2(x); return true; }
-            case Mnemonic.Fyl2xp1: { FpuCheck(); double x = ST(0); FPop(); ST(0) = ST(0) * Math.Log2(x + 1); return true; }
-            case Mnemonic.Fscale: FpuCheck(); ST(0) = Math.ScaleB(ST(0), (int)Math.Clamp(Math.Truncate(ST(1)), -100000, 100000)); return true;
+            case Mnemonic.Fchs: case Mnemonic.Fabs:
+            {
+                var s = FpBegin();
+                if (Fetch(ref s, 0, out var v)) v = op == Mnemonic.Fchs ? v.Negate() : v.Abs();
+                if (FpEnd(s)) SetReg(0, v, true);
+                return true;
+            }
+            case Mnemonic.Fsqrt: Unary(X87Op.Sqrt, true); return true;
+            case Mnemonic.Frndint: Unary(X87Op.RoundInt, false); return true;
+            case Mnemonic.Fsin: Unary(X87Op.Sin, false); return true;
+            case Mnemonic.Fcos: Unary(X87Op.Cos, false); return true;
+            case Mnemonic.F2xm1: Unary(X87Op.Exp2m1, false); return true;
+            case Mnemonic.Fsincos: case Mnemonic.Fptan: ExecSinCosTan(op == Mnemonic.Fptan); return true;
+            case Mnemonic.Fpatan: case Mnemonic.Fyl2x: case Mnemonic.Fyl2xp1:
+            {
+                var s = FpBegin();
+                bool ok = Fetch(ref s, 0, out var x) & Fetch(ref s, 1, out var y);
+                Float80 r = ok ? op switch
+                {
+                    Mnemonic.Fpatan => X87Transcendental.Atan2(ref s, y, x),
+                    Mnemonic.Fyl2x => X87Transcendental.YLog2X(ref s, y, x),
+                    _ => X87Transcendental.YLog2XP1(ref s, y, x),
+                } : Float80.Indefinite;
+                if (!FpEnd(s)) return true;
+                SetReg(1, r, true);
+                FPop();
+                return true;
+            }
+            case Mnemonic.Fscale:
+            {
+                var s = FpBegin();
+                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, 1, out var b);
+                var r = ok ? X87Math.Scale(ref s, a, b) : Float80.Indefinite;
+                if (FpEnd(s)) SetReg(0, r, true);
+                return true;
+            }
             case Mnemonic.Fxtract:
             {
-                FpuCheck();
-                double v = ST(0);
-                if (v == 0 || double.IsInfinity(v) || double.IsNaN(v)) { FPush(v); return true; }
-                int e = Math.ILogB(v);
-                ST(0) = e;
-                FPush(Math.ScaleB(v, -e));
+                var s = FpBegin();
+                if (!Fetch(ref s, 0, out var v))
+                {
+                    if (!FpEnd(s)) return true;
+                    SetReg(0, Float80.Indefinite, true);
+                    FPush(ref s, Float80.Indefinite);
+                    FpEnd(s);
+                    return true;
+                }
+                if (StValid(-1))
+                {
+                    // Stack overflow: masked, both ST(0) and the pushed register become indefinite.
+                    s.Flags |= FpEx.IE | FpEx.SF; s.Up = true;
+                    if (!FpEnd(s)) return true;
+                    SetReg(0, Float80.Indefinite, true);
+                    FpuValid &= (byte)~(1 << Phys(-1));
+                    FPush(ref s, Float80.Indefinite);
+                    return true;
+                }
+                X87Math.Extract(ref s, v, out var e, out var sig);
+                if (!FpEnd(s)) return true;
+                SetReg(0, e, true);
+                FPush(ref s, sig);
                 return true;
             }
             case Mnemonic.Fprem: case Mnemonic.Fprem1:
             {
-                FpuCheck();
-                double a = ST(0), b = ST(1);
-                double q = op == Mnemonic.Fprem ? Math.Truncate(a / b) : Math.Round(a / b, MidpointRounding.ToEven);
-                ST(0) = op == Mnemonic.Fprem ? a % b : Math.IEEERemainder(a, b);
-                long qi = double.IsFinite(q) ? (long)Math.Abs(q % 8) : 0;
-                SetCc((ushort)(((qi & 4) != 0 ? C0 : 0) | ((qi & 2) != 0 ? C3 : 0) | ((qi & 1) != 0 ? C1 : 0)));
+                var s = FpBegin();
+                int q = 0; bool partial = false;
+                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, 1, out var b);
+                var r = ok ? X87Math.Remainder(ref s, a, b, op == Mnemonic.Fprem1, out q, out partial) : Float80.Indefinite;
+                if (!FpEnd(s, false)) return true;
+                SetReg(0, r, true);
+                // A partial remainder reports only C2; a complete one the quotient's low bits.
+                if (partial) SetCc(C2);
+                else if (ok && (s.Flags & FpEx.IE) == 0)
+                    SetCc((ushort)(((q & 4) != 0 ? C0 : 0) | ((q & 2) != 0 ? C3 : 0) | ((q & 1) != 0 ? C1 : 0) | (partial ? C2 : 0)));
+                else SetCc(0);
                 return true;
             }
-            case Mnemonic.Ftst: FpuCheck(); Compare(ST(0), 0.0, false, false, 0); return true;
+            case Mnemonic.Ftst:
+            {
+                var s = FpBegin();
+                int r = Fetch(ref s, 0, out var a) ? X87Math.Compare(ref s, a, Float80.Zero(false), false) : 2;
+                FpEnd(s);
+                CompareResult(r, false);
+                return true;
+            }
             case Mnemonic.Fxam:
             {
-                FpuCheck();
-                double v = ST(0);
-                ushort c1 = double.IsNegative(v) ? C1 : (ushort)0;
-                ushort cls = !StValid(0) ? (ushort)(C3 | C0) : double.IsNaN(v) ? C0 : double.IsInfinity(v) ? (ushort)(C2 | C0)
-                    : v == 0 ? C3 : double.IsSubnormal(v) ? (ushort)(C3 | C2) : C2;
+                var s = FpBegin();
+                var v = Reg(0);
+                ushort c1 = v.Sign ? C1 : (ushort)0;
+                ushort cls = !StValid(0) ? (ushort)(C3 | C0) : (ushort)(v.Class switch
+                {
+                    FpClass.Unsupported => (ushort)0,
+                    FpClass.QNaN or FpClass.SNaN => C0,
+                    FpClass.Normal => C2,
+                    FpClass.Infinity => (ushort)(C2 | C0),
+                    FpClass.Zero => C3,
+                    _ => (ushort)(C3 | C2),
+                });
                 SetCc((ushort)(c1 | cls));
                 return true;
             }
             case Mnemonic.Fcom: case Mnemonic.Fcomp: case Mnemonic.Fucom: case Mnemonic.Fucomp:
             case Mnemonic.Ficom: case Mnemonic.Ficomp:
             {
-                FpuCheck();
-                double b = d.I.OpCount == 0 ? ST(1)
-                    : d.I.GetOpKind(d.I.OpCount - 1) == OpKind.Register ? ST(d.I.GetOpRegister(d.I.OpCount - 1) - Register.ST0)
-                    : ReadFpMem(MemAddr(ref d), d.I.MemorySize);
-                Compare(ST(0), b, false, false, op is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Ficomp ? 1 : 0);
+                var s = FpBegin();
+                Float80 b;
+                bool ok = true, den = false;
+                if (d.I.OpCount == 0) ok = Fetch(ref s, 1, out b);
+                else if (d.I.GetOpKind(d.I.OpCount - 1) == OpKind.Register) ok = Fetch(ref s, d.I.GetOpRegister(d.I.OpCount - 1) - Register.ST0, out b);
+                else b = ReadFpMem(MemAddr(ref d), d.I.MemorySize, out den);
+                ok &= Fetch(ref s, 0, out var a);
+                int r = 2;
+                if (ok)
+                {
+                    r = X87Math.Compare(ref s, a, b, op is Mnemonic.Fucom or Mnemonic.Fucomp);
+                    if (den && r != 2) s.Flags |= FpEx.DE;
+                }
+                if (!FpEnd(s)) return true;
+                CompareResult(r, false);
+                if (op is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Ficomp) FPop();
                 return true;
             }
             case Mnemonic.Fcompp: case Mnemonic.Fucompp:
-                FpuCheck(); Compare(ST(0), ST(1), false, false, 2); return true;
-            case Mnemonic.Fcomi: case Mnemonic.Fcomip: case Mnemonic.Fucomi: case Mnemonic.Fucomip:
-                FpuCheck();
-                Compare(ST(0), ST(d.I.Op1Register - Register.ST0), true, false, op is Mnemonic.Fcomip or Mnemonic.Fucomip ? 1 : 0);
+            {
+                var s = FpBegin();
+                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, 1, out var b);
+                int r = ok ? X87Math.Compare(ref s, a, b, op == Mnemonic.Fucompp) : 2;
+                if (!FpEnd(s)) return true;
+                CompareResult(r, false);
+                FPop(); FPop();
                 return true;
+            }
+            case Mnemonic.Fcomi: case Mnemonic.Fcomip: case Mnemonic.Fucomi: case Mnemonic.Fucomip:
+            {
+                var s = FpBegin();
+                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
+                int r = ok ? X87Math.Compare(ref s, a, b, op is Mnemonic.Fucomi or Mnemonic.Fucomip) : 2;
+                // C1 is left alone unless a stack fault clears it.
+                if (!FpEnd(s, !ok)) return true;
+                CompareResult(r, true);
+                if (op is Mnemonic.Fcomip or Mnemonic.Fucomip) FPop();
+                return true;
+            }
             case Mnemonic.Fcmovb: case Mnemonic.Fcmove: case Mnemonic.Fcmovbe: case Mnemonic.Fcmovu:
             case Mnemonic.Fcmovnb: case Mnemonic.Fcmovne: case Mnemonic.Fcmovnbe: case Mnemonic.Fcmovnu:
             {
-                FpuCheck();
+                var s = FpBegin();
                 bool c = op switch
                 {
                     Mnemonic.Fcmovb => (Rflags & CF) != 0,
@@ -272,11 +447,147 @@ internal unsafe partial class X86Vcpu
                     Mnemonic.Fcmovnbe => (Rflags & (CF | ZF)) == 0,
                     _ => (Rflags & PF) == 0,
                 };
-                if (c) ST(0) = ST(d.I.Op1Register - Register.ST0);
+                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
+                // C1 is left alone unless a stack fault clears it.
+                if (!FpEnd(s, !ok)) return true;
+                if (!ok) SetReg(0, Float80.Indefinite, true);
+                else if (c) SetReg(0, b, true);
+                _ = a;
                 return true;
             }
         }
-        // Two-operand arithmetic.
+        return TryX87Arith(ref d);
+    }
+
+    private bool LoadConstant(Float80 truncated, int nextBits)
+    {
+        var s = FpBegin();
+        var v = truncated;
+        // Round the 66-bit constant by RC (no precision exception).
+        bool up = s.Rc switch { 0 => nextBits >= 2 && (nextBits > 2 || (v.Mant & 1) != 0), 1 => v.Sign && nextBits != 0, 2 => !v.Sign && nextBits != 0, _ => false };
+        if (up) v = new Float80(v.Mant + 1, v.Se);
+        FPush(ref s, v);
+        FpEnd(s);
+        return true;
+    }
+
+    private void ExecFld(ref DecodedInsn d)
+    {
+        var s = FpBegin();
+        Float80 v;
+        bool underflow = false;
+        if (d.I.Op0Kind == OpKind.Register)
+            underflow = !Fetch(ref s, d.I.Op0Register - Register.ST0, out v);
+        else
+        {
+            v = ReadFpMem(MemAddr(ref d), d.I.MemorySize, out bool den);
+            // A stack overflow is the only exception then.
+            if (d.I.MemorySize != MemorySize.Float80 && !StValid(-1))
+            {
+                if (v.Class == FpClass.SNaN) { s.Flags |= FpEx.IE; v = v.Quiet(); }
+                else if (den) s.Flags |= FpEx.DE;
+            }
+        }
+        if ((s.Flags & ~Fcw & (FpEx.IE | FpEx.DE)) != 0) { FpEnd(s); return; }
+        FPush(ref s, v);
+        if (underflow) s.Up = false; // an empty source wins over a full destination
+        FpEnd(s);
+    }
+
+    private void ExecFst(ref DecodedInsn d)
+    {
+        var s = FpBegin();
+        bool pop = d.Op == Mnemonic.Fstp;
+        bool ok = Fetch(ref s, 0, out var v);
+        if (d.I.Op0Kind == OpKind.Register)
+        {
+            if (!FpEnd(s)) return;
+            SetReg(d.I.Op0Register - Register.ST0, v, true);
+        }
+        else
+        {
+            ulong lin = MemAddr(ref d);
+            switch (d.I.MemorySize)
+            {
+                case MemorySize.Float32:
+                {
+                    ulong b = ok ? X87Math.ToBinary(ref s, v, 24, 8) : 0xFFC0_0000;
+                    if (FpAllowed(s, true)) WriteLin(lin, 4, b);
+                    if (!FpEnd(s) || !FpAllowed(s, true)) return;
+                    break;
+                }
+                case MemorySize.Float64:
+                {
+                    ulong b = ok ? X87Math.ToBinary(ref s, v, 53, 11) : 0xFFF8_0000_0000_0000;
+                    if (FpAllowed(s, true)) WriteLin(lin, 8, b);
+                    if (!FpEnd(s) || !FpAllowed(s, true)) return;
+                    break;
+                }
+                default:
+                    if (FpAllowed(s, true)) { WriteLin(lin, 8, v.Mant); WriteLin(lin + 8, 2, v.Se); }
+                    if (!FpEnd(s)) return;
+                    break;
+            }
+        }
+        if (pop) FPop();
+    }
+
+    private enum X87Op { Sqrt, RoundInt, Sin, Cos, Exp2m1 }
+
+    private void Unary(X87Op kind, bool precisionControl)
+    {
+        var s = FpBegin(precisionControl);
+        Float80 r = Float80.Indefinite;
+        bool incomplete = false;
+        if (Fetch(ref s, 0, out var v))
+            r = kind switch
+            {
+                X87Op.Sqrt => X87Math.Sqrt(ref s, v),
+                X87Op.RoundInt => X87Math.RoundToInt(ref s, v),
+                X87Op.Sin => X87Transcendental.Sin(ref s, v, out incomplete),
+                X87Op.Cos => X87Transcendental.Cos(ref s, v, out incomplete),
+                _ => X87Transcendental.Exp2M1(ref s, v),
+            };
+        if (!FpEnd(s)) return;
+        if (kind is X87Op.Sin or X87Op.Cos) Fsw = (ushort)(incomplete ? Fsw | C2 : Fsw & ~C2);
+        if (!incomplete) SetReg(0, r, true);
+    }
+
+    private void ExecSinCosTan(bool tan)
+    {
+        var s = FpBegin();
+        if (!Fetch(ref s, 0, out var v))
+        {
+            if (!FpEnd(s)) return;
+            SetReg(0, Float80.Indefinite, true);
+            FPush(ref s, Float80.Indefinite);
+            FpEnd(s);
+            return;
+        }
+        if (StValid(-1))
+        {
+            s.Flags |= FpEx.IE | FpEx.SF; s.Up = true;
+            if (!FpEnd(s)) return;
+            SetReg(0, Float80.Indefinite, true);
+            FpuValid &= (byte)~(1 << Phys(-1));
+            FPush(ref s, Float80.Indefinite);
+            return;
+        }
+        Float80 first, second;
+        bool incomplete;
+        if (tan) { first = X87Transcendental.Tan(ref s, v, out incomplete); second = first.IsNaN ? first : Float80.One; }
+        else X87Transcendental.SinCos(ref s, v, out first, out second, out incomplete);
+        if (!FpEnd(s)) return;
+        Fsw = (ushort)(incomplete ? Fsw | C2 : Fsw & ~C2);
+        if (incomplete) return;
+        // NaN operands give the same NaN in both registers.
+        SetReg(0, first, true);
+        FPush(ref s, second);
+    }
+
+    private bool TryX87Arith(ref DecodedInsn d)
+    {
+        var op = d.Op;
         int kind = op switch
         {
             Mnemonic.Fadd or Mnemonic.Faddp or Mnemonic.Fiadd => 0,
@@ -288,55 +599,53 @@ internal unsafe partial class X86Vcpu
             _ => -1,
         };
         if (kind < 0) return false;
-        FpuCheck();
+        var s = FpBegin(true);
         bool pop = op is Mnemonic.Faddp or Mnemonic.Fmulp or Mnemonic.Fsubp or Mnemonic.Fsubrp or Mnemonic.Fdivp or Mnemonic.Fdivrp;
-        int di; double fx, fy;
-        if (d.I.OpCount == 1 && d.I.Op0Kind == OpKind.Memory) { di = 0; fx = ST(0); fy = ReadFpMem(MemAddr(ref d), d.I.MemorySize); }
-        else if (d.I.OpCount == 0) { di = 1; fx = ST(1); fy = ST(0); }
-        else { di = d.I.Op0Register - Register.ST0; fx = ST(di); fy = ST(d.I.Op1Register - Register.ST0); }
-        ST(di) = kind switch
+        int di;
+        Float80 x, y;
+        bool ok, den = false;
+        if (d.I.OpCount == 1 && d.I.Op0Kind == OpKind.Memory)
         {
-            0 => fx + fy,
-            1 => fx * fy,
-            2 => fx - fy,
-            3 => fy - fx,
-            4 => fx / fy,
-            _ => fy / fx,
-        };
+            di = 0;
+            y = ReadFpMem(MemAddr(ref d), d.I.MemorySize, out den);
+            ok = Fetch(ref s, 0, out x);
+        }
+        else
+        {
+            int si;
+            if (d.I.OpCount == 0) { di = 1; si = 0; }
+            else { di = d.I.Op0Register - Register.ST0; si = d.I.Op1Register - Register.ST0; }
+            ok = Fetch(ref s, di, out x) & Fetch(ref s, si, out y);
+        }
+        Float80 r = Float80.Indefinite;
+        if (ok)
+        {
+            r = kind switch
+            {
+                0 => X87Math.Add(ref s, x, y, false),
+                1 => X87Math.Mul(ref s, x, y),
+                2 => X87Math.Add(ref s, x, y, true),
+                3 => X87Math.Add(ref s, y, x, true),
+                4 => X87Math.Div(ref s, x, y),
+                _ => X87Math.Div(ref s, y, x),
+            };
+            if (den && !IsNaNOrUnsupported(x) && !IsNaNOrUnsupported(y) && (s.Flags & FpEx.ZE) == 0) s.Flags |= FpEx.DE;
+        }
+        if (!FpEnd(s)) return true;
+        SetReg(di, r, true);
         if (pop) FPop();
         return true;
     }
 }
 
-/// <summary>Conversions between binary64 and the x87 80-bit extended format.</summary>
+/// <summary>Conversions between binary64 and the x87 80-bit extended format (the binary64 image
+/// of the registers kept for the MMX aliasing).</summary>
 internal static class Ext80
 {
     public static void FromDouble(double v, out ulong mant, out ushort se)
     {
-        ulong bits = (ulong)BitConverter.DoubleToInt64Bits(v);
-        ushort sign = (ushort)((bits >> 48) & 0x8000);
-        int exp = (int)((bits >> 52) & 0x7FF);
-        ulong frac = bits & 0xF_FFFF_FFFF_FFFFUL;
-        if (exp == 0)
-        {
-            if (frac == 0) { mant = 0; se = sign; return; }
-            // Subnormal double: normalise into the wider exponent range.
-            int shift = System.Numerics.BitOperations.LeadingZeroCount(frac) - 11;
-            frac <<= shift;
-            exp = 1 - shift;
-            mant = (frac << 11) | (1UL << 63);
-            se = (ushort)(sign | (exp - 1023 + 16383));
-            mant = frac << 11;
-            return;
-        }
-        if (exp == 0x7FF)
-        {
-            mant = (1UL << 63) | (frac << 11);
-            se = (ushort)(sign | 0x7FFF);
-            return;
-        }
-        mant = (1UL << 63) | (frac << 11);
-        se = (ushort)(sign | (exp - 1023 + 16383));
+        var f = X87Math.FromBinary((ulong)BitConverter.DoubleToInt64Bits(v), 53, 11, out _);
+        mant = f.Mant; se = f.Se;
     }
 
     public static double ToDouble(ulong mant, ushort se)
@@ -346,7 +655,7 @@ internal static class Ext80
         double r;
         if (exp == 0 && mant == 0) r = 0;
         else if (exp == 0x7FFF) r = (mant << 1) == 0 ? double.PositiveInfinity : double.NaN;
-        else r = Math.ScaleB((double)mant, exp - 16383 - 63);
+        else r = Math.ScaleB((double)mant, Math.Max(exp, 1) - 16383 - 63);
         return neg ? -r : r;
     }
 }

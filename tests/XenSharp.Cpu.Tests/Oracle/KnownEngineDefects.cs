@@ -15,18 +15,6 @@ internal static class KnownEngineDefects
 
     static readonly (string Why, Func<OracleCase, OracleResult, OracleResult, Rerun, bool> Matches)[] list =
     [
-        // A memory operand whose address is not canonical raises #SS(0) when it is addressed
-        // through RSP or RBP (the stack segment) and #GP(0) otherwise; the engine raises #GP for both.
-        ("non-canonical RSP/RBP-based address raises #GP instead of #SS",
-            (c, h, e, _) => h.Vector == 12 && e.Vector == 13 && h.Rip == e.Rip),
-
-        // ENTER and LEAVE are restartable: when one of their stack accesses faults, RSP and RBP
-        // are as before. The engine has already moved RSP (LEAVE: RSP = RBP) when the fault is
-        // delivered.
-        ("ENTER/LEAVE that faults part-way leaves RSP changed",
-            (c, h, e, _) => h.Vector == 14 && e.Vector == 14 && h.Rip == e.Rip
-                && c.Instructions.Any(i => i.IP == h.Rip && i.Mnemonic is Mnemonic.Enter or Mnemonic.Leave)),
-
         // SSE arithmetic sets the MXCSR exception flags (IE DE ZE OE UE PE) it detects; the
         // engine leaves them clear. Recognised when the results agree once those six bits are
         // taken from the host.

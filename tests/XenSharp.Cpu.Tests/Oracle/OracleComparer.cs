@@ -46,6 +46,8 @@ internal static class OracleComparer
     static void CompareFx(OracleCase c, byte[] h, byte[] e, StringBuilder sb)
     {
         ushort fswMask = (c.FxMask & FxCompare.X87ConditionCodes) != 0 ? (ushort)0xffff : unchecked((ushort)~0x4500);
+        bool approximate = c.Instructions.Any(i => X87Tolerance.IsApproximate(i.Mnemonic));
+        if (approximate) fswMask &= unchecked((ushort)~X87Tolerance.FswIgnored);
         Field("fcw", BinaryPrimitives.ReadUInt16LittleEndian(h), BinaryPrimitives.ReadUInt16LittleEndian(e));
         Field("fsw", BinaryPrimitives.ReadUInt16LittleEndian(h.AsSpan(2)) & fswMask, BinaryPrimitives.ReadUInt16LittleEndian(e.AsSpan(2)) & fswMask);
         Field("ftw", h[4], e[4]);
@@ -55,7 +57,7 @@ internal static class OracleComparer
             var hs = h.AsSpan(32 + 16 * i, 10);
             var es = e.AsSpan(32 + 16 * i, 10);
             // Empty x87 registers hold no value worth comparing.
-            if (!hs.SequenceEqual(es) && (h[4] & e[4] & (1 << Physical(h, i))) != 0)
+            if (!hs.SequenceEqual(es) && (h[4] & e[4] & (1 << Physical(h, i))) != 0 && !(approximate && X87Tolerance.Within(hs, es)))
                 sb.Append($"  st{i}/mm{i}: host {Hex(hs)}, engine {Hex(es)}\n");
         }
         for (int i = 0; i < 16; i++)
