@@ -23,6 +23,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FRflags = Cpu.GetField(nameof(X86Vcpu.Rflags), Inst)!;
     private static readonly FieldInfo FStop = Cpu.GetField(nameof(X86Vcpu.Stop), Inst)!;
     private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
+    private static readonly FieldInfo FInsns = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Insns))!;
+    private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
     private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
     private static readonly FieldInfo FAcUser = Cpu.GetField("_acUser", Inst)!;
@@ -87,7 +89,7 @@ internal sealed partial class BlockTranslator
         _insns = b.Insns;
         _n = b.Count;
         _is64 = b.Bitness == 64;
-        _method = new DynamicMethod($"block_{b.Ip:X}", typeof(void), [typeof(DecodedInsn[]), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
+        _method = new DynamicMethod($"block_{b.Ip:X}", typeof(void), [typeof(DecodedBlock), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
         _il = _method.GetILGenerator(256 + 64 * _n);
         _plans = new InsnPlan[_n];
         _liveAfter = new ulong[_n];
@@ -118,7 +120,7 @@ internal sealed partial class BlockTranslator
     {
         var t = new BlockTranslator(b);
         t.Emit();
-        var del = (Action<X86Vcpu>)t._method.CreateDelegate(typeof(Action<X86Vcpu>), b.Insns);
+        var del = (Action<X86Vcpu>)t._method.CreateDelegate(typeof(Action<X86Vcpu>), b);
         return del;
     }
 
@@ -375,7 +377,7 @@ internal sealed partial class BlockTranslator
         LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
         LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
         LdCpu();
-        _il.Emit(OpCodes.Ldarg_0); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
         _il.Emit(OpCodes.Call, MJitExec);
         if (last)
         {

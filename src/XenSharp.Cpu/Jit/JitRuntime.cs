@@ -14,7 +14,6 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>Runs <paramref name="b"/> compiled when it is (or has just become) hot; false when
     /// the interpreter must run it.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool TryRunCompiled(DecodedBlock b)
     {
         var code = b.Compiled;
@@ -24,7 +23,19 @@ internal unsafe partial class X86Vcpu
             code = CompileBlock(b);
             if (code == null) return false;
         }
-        code(this);
+        try
+        {
+            code(this);
+        }
+        catch (InvalidProgramException ex)
+        {
+            // The .NET JIT rejected the IL on its first call, before any of it ran.
+            b.Compiled = null;
+            b.JitFailed = true;
+            Interlocked.Increment(ref _engine.JitFailureCount);
+            _engine.LastJitFailure = ex.Message;
+            return false;
+        }
         return true;
     }
 
