@@ -15,8 +15,21 @@ public sealed class X86Engine : ICpuEngine
     /// <summary>TSC frequency of every vCPU of this engine, in kHz.</summary>
     public ulong TscKhz { get; }
 
-    public X86Engine(IGuestMemory memory, ulong tscKhz = DefaultTscKhz)
+    /// <summary>The block compiler's settings (<see cref="JitSettings.FromEnvironment"/> unless given).</summary>
+    public JitSettings Jit { get; }
+
+    internal long CompiledCount, JitFailureCount;
+    internal string? LastJitFailure;
+
+    /// <summary>Blocks translated by the block compiler so far.</summary>
+    public long CompiledBlocks => Interlocked.Read(ref CompiledCount);
+
+    /// <summary>Blocks the block compiler could not translate (they stay interpreted).</summary>
+    public long JitFailures => Interlocked.Read(ref JitFailureCount);
+
+    public X86Engine(IGuestMemory memory, ulong tscKhz = DefaultTscKhz, JitSettings? jit = null)
     {
+        Jit = jit ?? JitSettings.FromEnvironment();
         Memory = memory ?? throw new ArgumentNullException(nameof(memory));
         TscKhz = tscKhz;
         Blocks = new BlockCache();

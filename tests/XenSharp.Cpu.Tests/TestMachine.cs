@@ -56,10 +56,10 @@ public sealed class TestMachine : IDisposable
     public const ulong Tss = 0x3000;
     public const ulong Pml4 = 0x20000;
 
-    public TestMachine(ulong memSize = 16 << 20)
+    public TestMachine(ulong memSize = 16 << 20, JitSettings? jit = null)
     {
         Mem = new TestMemory(memSize);
-        Engine = new X86Engine(Mem);
+        Engine = new X86Engine(Mem, jit: jit);
         Cpu = Engine.CreateVcpu(0, new DefaultCpuidPolicy());
     }
 

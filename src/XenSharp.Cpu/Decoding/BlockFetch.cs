@@ -240,6 +240,15 @@ internal unsafe partial class X86Vcpu
         {
             CurIp = Rip;
             DecodedBlock b = GetBlock();
+            if (!single && !PerInstructionChecks && TryRunCompiled(b))
+            {
+                if (Stop)
+                {
+                    Stop = false;
+                    break;
+                }
+                continue;
+            }
             var insns = b.Insns;
             int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
             for (int i = 0; i < n; i++)

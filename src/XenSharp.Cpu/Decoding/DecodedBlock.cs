@@ -75,6 +75,12 @@ internal sealed class DecodedBlock
     public ulong CsBase;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
     public volatile bool Valid = true;
+    /// <summary>Times the interpreter ran the block (until it is compiled).</summary>
+    public int Hits;
+    /// <summary>The block translated to IL (Jit/BlockTranslator.cs), or null while interpreted.</summary>
+    public Action<X86Vcpu>? Compiled;
+    /// <summary>Translation failed once: the block stays interpreted.</summary>
+    public bool JitFailed;
 
     public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
     {

@@ -1,0 +1,519 @@
+using System.Reflection;
+using System.Reflection.Emit;
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+using Label = System.Reflection.Emit.Label;
+
+namespace XenSharp.Cpu.Jit;
+
+/// <summary>
+/// Translates one decoded block into a DynamicMethod. The guest GPRs and RFLAGS live in IL locals
+/// while the block runs and are written back to the vCPU before every call that can fault, exit
+/// or look at them (slow memory paths, the interpreter fallback) and at every exit, so that a
+/// fault anywhere in the block sees exactly the interpreter's state. Arithmetic flags are kept
+/// as "pending" operands (<see cref="FlagKind"/>) and only computed where something observes them.
+/// </summary>
+internal sealed partial class BlockTranslator
+{
+    private const BindingFlags Inst = BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public;
+    private static readonly Type Cpu = typeof(X86Vcpu);
+    private static readonly FieldInfo FR = Cpu.GetField(nameof(X86Vcpu.R), Inst)!;
+    private static readonly FieldInfo FRip = Cpu.GetField(nameof(X86Vcpu.Rip), Inst)!;
+    private static readonly FieldInfo FCurIp = Cpu.GetField(nameof(X86Vcpu.CurIp), Inst)!;
+    private static readonly FieldInfo FRflags = Cpu.GetField(nameof(X86Vcpu.Rflags), Inst)!;
+    private static readonly FieldInfo FStop = Cpu.GetField(nameof(X86Vcpu.Stop), Inst)!;
+    private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
+    private static readonly FieldInfo FInsns = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Insns))!;
+    private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
+    private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
+    private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
+    private static readonly FieldInfo FAcUser = Cpu.GetField("_acUser", Inst)!;
+    private static readonly FieldInfo FRetired = Cpu.GetField("_retired", Inst)!;
+    private static readonly FieldInfo FExitRequested = Cpu.GetField("_exitRequested", Inst)!;
+    private static readonly MethodInfo MJitRead = Cpu.GetMethod(nameof(X86Vcpu.JitRead), Inst)!;
+    private static readonly MethodInfo MJitWrite = Cpu.GetMethod(nameof(X86Vcpu.JitWrite), Inst)!;
+    private static readonly MethodInfo MJitExec = Cpu.GetMethod(nameof(X86Vcpu.JitExec), Inst)!;
+    private static readonly MethodInfo MApply = typeof(FlagMath).GetMethod(nameof(FlagMath.Apply))!;
+    private static readonly MethodInfo MCond = typeof(FlagMath).GetMethod(nameof(FlagMath.Cond))!;
+
+    private static readonly int TlbEntrySize, TlbWriteTagOffset, TlbHostOffset, SegSize;
+
+    static unsafe BlockTranslator()
+    {
+        TlbEntry e = default;
+        TlbEntrySize = sizeof(TlbEntry);
+        TlbWriteTagOffset = (int)((byte*)&e.WriteTag - (byte*)&e);
+        TlbHostOffset = (int)((byte*)&e.Host - (byte*)&e);
+        SegSize = sizeof(SegReg);
+        if ((byte*)&e.ReadTag != (byte*)&e) throw new InvalidOperationException("TlbEntry.ReadTag must come first");
+    }
+
+    /// <summary>Iterations a block that branches to itself runs before returning to the run loop.</summary>
+    private const int LoopBudget = 256;
+    private const int MaxPending = 4;
+
+    private readonly DecodedBlock _b;
+    private readonly DecodedInsn[] _insns;
+    private readonly int _n;
+    private readonly ILGenerator _il;
+    private readonly DynamicMethod _method;
+    private readonly InsnPlan[] _plans;
+    private readonly ulong[] _liveAfter;
+    private readonly ulong _liveIn;
+    private readonly bool _selfLoop;
+    private readonly bool _is64;
+
+    private readonly LocalBuilder[] _gpr = new LocalBuilder[16];
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget;
+    private readonly LocalBuilder[] _pa = new LocalBuilder[MaxPending], _pb = new LocalBuilder[MaxPending], _pr = new LocalBuilder[MaxPending];
+    private Label _top;
+
+    // Compile-time state along the (straight-line) block.
+    private int _dirty;             // GPR locals newer than R[]
+    private bool _flDirty;          // _fl newer than Rflags
+    private readonly List<Pending> _pending = new();
+    private int _flushed;           // instructions already added to the retired count
+
+    private struct Pending
+    {
+        public FlagKind Kind;
+        public int Size;
+        public int Slot;
+        /// <summary>A shift by CL: the count may be 0 (then no flag changes), so never fused.</summary>
+        public bool MaybeNone;
+    }
+
+    private BlockTranslator(DecodedBlock b)
+    {
+        _b = b;
+        _insns = b.Insns;
+        _n = b.Count;
+        _is64 = b.Bitness == 64;
+        _method = new DynamicMethod($"block_{b.Ip:X}", typeof(void), [typeof(DecodedBlock), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
+        _il = _method.GetILGenerator(256 + 64 * _n);
+        _plans = new InsnPlan[_n];
+        _liveAfter = new ulong[_n];
+        for (int i = 0; i < _n; i++) _plans[i] = Plan(ref _insns[i]);
+        _liveIn = FlagLiveness.Compute(_n, _plans, _liveAfter);
+        ref DecodedInsn last = ref _insns[_n - 1];
+        _selfLoop = _plans[_n - 1].Inline && last.I.IsJccShortOrNear | last.I.IsJmpShortOrNear && last.I.NearBranchTarget == b.Ip;
+
+        for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
+        _fl = _il.DeclareLocal(typeof(ulong));
+        _lin = _il.DeclareLocal(typeof(ulong));
+        _vpn = _il.DeclareLocal(typeof(ulong));
+        _entry = _il.DeclareLocal(typeof(nint));
+        _val = _il.DeclareLocal(typeof(ulong));
+        _ta = _il.DeclareLocal(typeof(ulong));
+        _tb = _il.DeclareLocal(typeof(ulong));
+        _tr = _il.DeclareLocal(typeof(ulong));
+        _budget = _il.DeclareLocal(typeof(int));
+        for (int k = 0; k < MaxPending; k++)
+        {
+            _pa[k] = _il.DeclareLocal(typeof(ulong));
+            _pb[k] = _il.DeclareLocal(typeof(ulong));
+            _pr[k] = _il.DeclareLocal(typeof(ulong));
+        }
+    }
+
+    public static Action<X86Vcpu> Compile(DecodedBlock b)
+    {
+        var t = new BlockTranslator(b);
+        t.Emit();
+        var del = (Action<X86Vcpu>)t._method.CreateDelegate(typeof(Action<X86Vcpu>), b);
+        return del;
+    }
+
+    private void Emit()
+    {
+        // Prologue: guest state into locals.
+        for (int g = 0; g < 16; g++) LoadGprFromCpu(g);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_selfLoop)
+        {
+            _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stloc, _budget);
+            // Around the back edge the locals are not written back: treat them all as newer.
+            _dirty = 0xFFFF;
+            _flDirty = true;
+        }
+        _top = _il.DefineLabel();
+        _il.MarkLabel(_top);
+
+        for (int i = 0; i < _n; i++)
+        {
+            ref DecodedInsn d = ref _insns[i];
+            bool last = i == _n - 1;
+            if (!_plans[i].Inline)
+            {
+                EmitFallback(ref d, i, last);
+                continue;
+            }
+            bool ended = EmitInline(ref d, i);
+            if (last && !ended) EmitExit(d.I.NextIP, i + 1);
+        }
+    }
+
+    // ---------------------------------------------------------------- planning
+
+    private InsnPlan Plan(ref DecodedInsn d)
+    {
+        var p = new InsnPlan();
+        if (!Supported(ref d, out bool touchesMemory, out ulong kills))
+        {
+            p.Inline = false;
+            p.Faults = true;
+            p.Reads = X86Vcpu.ArithFlags;
+            return p;
+        }
+        p.Inline = true;
+        p.Faults = touchesMemory;
+        p.Reads = touchesMemory ? X86Vcpu.ArithFlags : FlagLiveness.IcedReads(d.I);
+        p.Kills = kills;
+        return p;
+    }
+
+    // ---------------------------------------------------------------- IL primitives
+
+    private void LdCpu() => _il.Emit(OpCodes.Ldarg_1);
+
+    private void LdcU8(ulong v) => _il.Emit(OpCodes.Ldc_I8, (long)v);
+
+    private void LdcI4(int v) => _il.Emit(OpCodes.Ldc_I4, v);
+
+    /// <summary>Pushes the address of R[g].</summary>
+    private void GprAddress(int g)
+    {
+        LdCpu();
+        _il.Emit(OpCodes.Ldflda, FR);
+        if (g != 0) { LdcI4(g * 8); _il.Emit(OpCodes.Add); }
+    }
+
+    private void LoadGprFromCpu(int g)
+    {
+        GprAddress(g);
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Stloc, _gpr[g]);
+    }
+
+    /// <summary>Zero-extends the ulong on the stack from <paramref name="size"/> bytes.</summary>
+    private void Trunc(int size)
+    {
+        switch (size)
+        {
+            case 1: _il.Emit(OpCodes.Conv_U1); _il.Emit(OpCodes.Conv_U8); break;
+            case 2: _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Conv_U8); break;
+            case 4: _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Conv_U8); break;
+        }
+    }
+
+    /// <summary>Sign-extends the ulong on the stack from <paramref name="size"/> bytes.</summary>
+    private void SignExt(int size)
+    {
+        switch (size)
+        {
+            case 1: _il.Emit(OpCodes.Conv_I1); _il.Emit(OpCodes.Conv_I8); break;
+            case 2: _il.Emit(OpCodes.Conv_I2); _il.Emit(OpCodes.Conv_I8); break;
+            case 4: _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Conv_I8); break;
+        }
+    }
+
+    private static bool IsHigh8(Register r) => r is Register.AH or Register.CH or Register.DH or Register.BH;
+
+    private static int GprNum(Register r) => r.GetFullRegister().GetNumber();
+
+    /// <summary>Pushes a GPR operand's value, zero-extended.</summary>
+    private void ReadGpr(Register r)
+    {
+        int g = GprNum(r);
+        _il.Emit(OpCodes.Ldloc, _gpr[g]);
+        int size = r.GetSize();
+        if (size == 1 && IsHigh8(r)) { _il.Emit(OpCodes.Ldc_I4_8); _il.Emit(OpCodes.Shr_Un); }
+        Trunc(size);
+    }
+
+    /// <summary>Writes the value in local <paramref name="src"/> to a GPR operand with the x86
+    /// rules: 32-bit writes zero bits 63:32, 8/16-bit writes keep the rest.</summary>
+    private void WriteGpr(Register r, LocalBuilder src)
+    {
+        int g = GprNum(r);
+        var loc = _gpr[g];
+        switch (r.GetSize())
+        {
+            case 8:
+                _il.Emit(OpCodes.Ldloc, src);
+                break;
+            case 4:
+                _il.Emit(OpCodes.Ldloc, src); Trunc(4);
+                break;
+            case 2:
+                _il.Emit(OpCodes.Ldloc, loc); LdcU8(~0xFFFFUL); _il.Emit(OpCodes.And);
+                _il.Emit(OpCodes.Ldloc, src); Trunc(2); _il.Emit(OpCodes.Or);
+                break;
+            default:
+                if (IsHigh8(r))
+                {
+                    _il.Emit(OpCodes.Ldloc, loc); LdcU8(~0xFF00UL); _il.Emit(OpCodes.And);
+                    _il.Emit(OpCodes.Ldloc, src); Trunc(1); _il.Emit(OpCodes.Ldc_I4_8); _il.Emit(OpCodes.Shl); _il.Emit(OpCodes.Or);
+                }
+                else
+                {
+                    _il.Emit(OpCodes.Ldloc, loc); LdcU8(~0xFFUL); _il.Emit(OpCodes.And);
+                    _il.Emit(OpCodes.Ldloc, src); Trunc(1); _il.Emit(OpCodes.Or);
+                }
+                break;
+        }
+        _il.Emit(OpCodes.Stloc, loc);
+        _dirty |= 1 << g;
+    }
+
+    private void SetFull(int g, LocalBuilder src)
+    {
+        _il.Emit(OpCodes.Ldloc, src);
+        _il.Emit(OpCodes.Stloc, _gpr[g]);
+        _dirty |= 1 << g;
+    }
+
+    // ---------------------------------------------------------------- state write-back
+
+    private void SpillGprs()
+    {
+        for (int g = 0; g < 16; g++)
+        {
+            if ((_dirty & (1 << g)) == 0) continue;
+            GprAddress(g);
+            _il.Emit(OpCodes.Ldloc, _gpr[g]);
+            _il.Emit(OpCodes.Stind_I8);
+        }
+    }
+
+    /// <summary>Pushes RFLAGS with every pending result applied (no state change).</summary>
+    private void PushFlags()
+    {
+        _il.Emit(OpCodes.Ldloc, _fl);
+        foreach (var p in _pending)
+        {
+            LdcI4((int)p.Kind); LdcI4(p.Size);
+            _il.Emit(OpCodes.Ldloc, _pa[p.Slot]); _il.Emit(OpCodes.Ldloc, _pb[p.Slot]); _il.Emit(OpCodes.Ldloc, _pr[p.Slot]);
+            _il.Emit(OpCodes.Call, MApply);
+        }
+    }
+
+    private void StoreFlagsToCpu()
+    {
+        if (!_flDirty && _pending.Count == 0) return;
+        LdCpu();
+        PushFlags();
+        _il.Emit(OpCodes.Stfld, FRflags);
+    }
+
+    /// <summary>Computes every pending flag result into the flags local.</summary>
+    private void MaterializeFlags()
+    {
+        if (_pending.Count == 0) return;
+        PushFlags();
+        _il.Emit(OpCodes.Stloc, _fl);
+        _pending.Clear();
+        _flDirty = true;
+    }
+
+    /// <summary>Before a call that can fault or exit: registers, flags, CurIp and Rip as the
+    /// interpreter has them while executing instruction <paramref name="i"/>.</summary>
+    private void SyncForCall(int i)
+    {
+        SpillGprs();
+        StoreFlagsToCpu();
+        ref DecodedInsn d = ref _insns[i];
+        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
+        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
+    }
+
+    private void AddRetired(int count)
+    {
+        if (count <= 0) return;
+        LdCpu();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRetired);
+        LdcU8((ulong)count); _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stfld, FRetired);
+    }
+
+    /// <summary>Leaves the block at a known RIP after <paramref name="executed"/> instructions.</summary>
+    private void EmitExit(ulong rip, int executed)
+    {
+        SpillGprs();
+        StoreFlagsToCpu();
+        LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
+        AddRetired(executed - _flushed);
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>Leaves the block with RIP already stored in the vCPU.</summary>
+    private void EmitExitDynamic(int executed)
+    {
+        SpillGprs();
+        StoreFlagsToCpu();
+        AddRetired(executed - _flushed);
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>
+    private void EmitStopCheck(int i)
+    {
+        if (i == _n - 1) return;
+        var go = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brfalse, go);
+        EmitExit(_insns[i].I.NextIP, i + 1);
+        _il.MarkLabel(go);
+    }
+
+    // ---------------------------------------------------------------- interpreter fallback
+
+    private void EmitFallback(ref DecodedInsn d, int i, bool last)
+    {
+        SpillGprs();
+        MaterializeFlags();
+        if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
+        AddRetired(i - _flushed);
+        _flushed = i;
+        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
+        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
+        LdCpu();
+        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        _il.Emit(OpCodes.Call, MJitExec);
+        if (last)
+        {
+            AddRetired(1);
+            _flushed = i + 1;
+            _il.Emit(OpCodes.Ret);
+            return;
+        }
+        for (int g = 0; g < 16; g++) LoadGprFromCpu(g);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        _dirty = 0;
+        _flDirty = false;
+        var leave = _il.DefineLabel();
+        var go = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRip); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Beq, go);
+        _il.MarkLabel(leave);
+        AddRetired(1);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(go);
+    }
+
+    // ---------------------------------------------------------------- flags
+
+    /// <summary>Records the flag result of the instruction just emitted (operands in _ta, _tb,
+    /// result in _tr) when anything can still observe it.</summary>
+    private void SetFlags(int i, FlagKind kind, int size, bool maybeNone = false)
+    {
+        ulong defines = FlagMath.Defines(kind);
+        if ((_liveAfter[i] & defines) == 0) return;
+        bool partial = maybeNone || defines != X86Vcpu.ArithFlags;
+        if (!partial) _pending.Clear();
+        else if (_pending.Count == MaxPending) MaterializeFlags();
+        int slot = _pending.Count;
+        _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stloc, _pa[slot]);
+        _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Stloc, _pb[slot]);
+        _il.Emit(OpCodes.Ldloc, _tr); _il.Emit(OpCodes.Stloc, _pr[slot]);
+        _pending.Add(new Pending { Kind = kind, Size = size, Slot = slot, MaybeNone = maybeNone });
+        _flDirty = true;
+    }
+
+    /// <summary>Pushes condition <paramref name="cc"/> (0 or 1), from the last pending result's
+    /// operands when it defines every flag the condition reads.</summary>
+    private void EmitCond(ConditionCode cc)
+    {
+        if (_pending.Count > 0)
+        {
+            var p = _pending[^1];
+            if (!p.MaybeNone && (FlagMath.Reads(cc) & ~FlagMath.Defines(p.Kind)) == 0 && TryFusedCond(p, cc)) return;
+        }
+        MaterializeFlags();
+        _il.Emit(OpCodes.Ldloc, _fl);
+        LdcI4((int)cc);
+        _il.Emit(OpCodes.Call, MCond);
+    }
+
+    private void Not()
+    {
+        _il.Emit(OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Ceq);
+    }
+
+    private void SignBit(LocalBuilder v, int size)
+    {
+        _il.Emit(OpCodes.Ldloc, v);
+        LdcI4(size * 8 - 1);
+        _il.Emit(OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Conv_I4);
+        _il.Emit(OpCodes.Ldc_I4_1);
+        _il.Emit(OpCodes.And);
+    }
+
+    private void IsZero(LocalBuilder v)
+    {
+        _il.Emit(OpCodes.Ldloc, v);
+        _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Conv_I8);
+        _il.Emit(OpCodes.Ceq);
+    }
+
+    private bool TryFusedCond(Pending p, ConditionCode cc)
+    {
+        var a = _pa[p.Slot]; var b = _pb[p.Slot]; var r = _pr[p.Slot];
+        int size = p.Size;
+        // ZF and SF come from the result for every kind.
+        switch (cc)
+        {
+            case ConditionCode.e: IsZero(r); return true;
+            case ConditionCode.ne: IsZero(r); Not(); return true;
+            case ConditionCode.s: SignBit(r, size); return true;
+            case ConditionCode.ns: SignBit(r, size); Not(); return true;
+        }
+        switch (p.Kind)
+        {
+            case FlagKind.Sub:
+                _il.Emit(OpCodes.Ldloc, a);
+                if (cc is ConditionCode.l or ConditionCode.ge or ConditionCode.le or ConditionCode.g) SignExt(size);
+                _il.Emit(OpCodes.Ldloc, b);
+                if (cc is ConditionCode.l or ConditionCode.ge or ConditionCode.le or ConditionCode.g) SignExt(size);
+                switch (cc)
+                {
+                    case ConditionCode.b: _il.Emit(OpCodes.Clt_Un); return true;
+                    case ConditionCode.ae: _il.Emit(OpCodes.Clt_Un); Not(); return true;
+                    case ConditionCode.be: _il.Emit(OpCodes.Cgt_Un); Not(); return true;
+                    case ConditionCode.a: _il.Emit(OpCodes.Cgt_Un); return true;
+                    case ConditionCode.l: _il.Emit(OpCodes.Clt); return true;
+                    case ConditionCode.ge: _il.Emit(OpCodes.Clt); Not(); return true;
+                    case ConditionCode.le: _il.Emit(OpCodes.Cgt); Not(); return true;
+                    case ConditionCode.g: _il.Emit(OpCodes.Cgt); return true;
+                }
+                _il.Emit(OpCodes.Pop); _il.Emit(OpCodes.Pop);
+                return false;
+            case FlagKind.Logic:
+                switch (cc)
+                {
+                    case ConditionCode.o: case ConditionCode.b: _il.Emit(OpCodes.Ldc_I4_0); return true;
+                    case ConditionCode.no: case ConditionCode.ae: _il.Emit(OpCodes.Ldc_I4_1); return true;
+                    case ConditionCode.be: IsZero(r); return true;
+                    case ConditionCode.a: IsZero(r); Not(); return true;
+                    case ConditionCode.l: SignBit(r, size); return true;
+                    case ConditionCode.ge: SignBit(r, size); Not(); return true;
+                    case ConditionCode.le:
+                        _il.Emit(OpCodes.Ldloc, r); SignExt(size); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.Cgt); Not();
+                        return true;
+                    case ConditionCode.g:
+                        _il.Emit(OpCodes.Ldloc, r); SignExt(size); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.Cgt);
+                        return true;
+                }
+                return false;
+            case FlagKind.Add:
+                switch (cc)
+                {
+                    case ConditionCode.b: _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Clt_Un); return true;
+                    case ConditionCode.ae: _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Clt_Un); Not(); return true;
+                }
+                return false;
+        }
+        return false;
+    }
+}

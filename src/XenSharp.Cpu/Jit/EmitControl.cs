@@ -1,0 +1,164 @@
+using System.Reflection.Emit;
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu.Jit;
+
+/// <summary>Branches, calls and returns, the stack, CMOVcc and SETcc.</summary>
+internal sealed partial class BlockTranslator
+{
+    private void EmitJcc(ref DecodedInsn d, int i)
+    {
+        var notTaken = _il.DefineLabel();
+        EmitCond(d.I.ConditionCode);
+        _il.Emit(OpCodes.Brfalse, notTaken);
+        EmitTaken(d.I.NearBranchTarget, i);
+        _il.MarkLabel(notTaken);
+        EmitExit(d.I.NextIP, i + 1);
+    }
+
+    private void EmitJmp(ref DecodedInsn d, int i)
+    {
+        if (d.I.Op0Kind == OpKind.Register)
+        {
+            ReadGpr(d.I.Op0Register);
+            _il.Emit(OpCodes.Stloc, _ta);
+            LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
+            EmitExitDynamic(i + 1);
+            return;
+        }
+        EmitTaken(d.I.NearBranchTarget, i);
+    }
+
+    /// <summary>A taken branch to <paramref name="target"/>: back to the top when the block loops
+    /// on itself (within a budget, and while nobody asked the vCPU to stop), else an exit.</summary>
+    private void EmitTaken(ulong target, int i)
+    {
+        if (!_selfLoop || target != _b.Ip)
+        {
+            EmitExit(target, i + 1);
+            return;
+        }
+        var leave = _il.DefineLabel();
+        var stay = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _budget); LdcI4(LoopBudget); _il.Emit(OpCodes.Bge, leave);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
+        // Another vCPU may have rewritten the code: look the block up again.
+        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Br, stay);
+        _il.MarkLabel(leave);
+        EmitExit(target, i + 1);
+        _il.MarkLabel(stay);
+
+        var savedPending = _pending.ToArray();
+        bool savedFlDirty = _flDirty;
+        int savedFlushed = _flushed;
+        ulong pendingDefs = 0;
+        foreach (var p in _pending) pendingDefs |= FlagMath.Defines(p.Kind);
+        // The top assumes no pending flags: compute them only if the block can observe them
+        // before overwriting them.
+        if ((pendingDefs & _liveIn) != 0) MaterializeFlags();
+        AddRetired(_n - _flushed);
+        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _budget);
+        _il.Emit(OpCodes.Br, _top);
+        _pending.Clear();
+        _pending.AddRange(savedPending);
+        _flDirty = savedFlDirty;
+        _flushed = savedFlushed;
+    }
+
+    /// <summary>Pushes the value in _val (size bytes) on the 64-bit stack.</summary>
+    private void EmitPushVal(int size, int i)
+    {
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Sub); _il.Emit(OpCodes.Stloc, _lin);
+        EmitStore(size, i);
+        SetFull(4, _lin);
+    }
+
+    private void EmitPush(ref DecodedInsn d, int i)
+    {
+        int size = -d.I.StackPointerIncrement;
+        if (d.I.Op0Kind == OpKind.Register) ReadGpr(d.I.Op0Register);
+        else LdcU8(d.I.GetImmediate(0) & X86Vcpu.Mask(size));
+        _il.Emit(OpCodes.Stloc, _val);
+        EmitPushVal(size, i);
+        EmitStopCheck(i);
+    }
+
+    private void EmitPop(ref DecodedInsn d, int i)
+    {
+        int size = d.OpSize;
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin);
+        EmitLoad(size, i);
+        _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stloc, _ta);
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
+        _dirty |= 1 << 4;
+        WriteGpr(d.I.Op0Register, _ta);
+    }
+
+    private void EmitCall(ref DecodedInsn d, int i)
+    {
+        bool indirect = d.I.Op0Kind == OpKind.Register;
+        if (indirect) { ReadGpr(d.I.Op0Register); _il.Emit(OpCodes.Stloc, _ta); }
+        LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stloc, _val);
+        EmitPushVal(8, i);
+        if (indirect)
+        {
+            LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
+            EmitExitDynamic(i + 1);
+        }
+        else EmitExit(d.I.NearBranchTarget, i + 1);
+    }
+
+    private void EmitRet(ref DecodedInsn d, int i)
+    {
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin);
+        EmitLoad(8, i);
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8(8); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
+        _dirty |= 1 << 4;
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stfld, FRip);
+        EmitExitDynamic(i + 1);
+    }
+
+    private void EmitCmov(ref DecodedInsn d, int i)
+    {
+        int size = d.OpSize;
+        var reg = d.I.Op0Register;
+        // The source is read (and may fault) whatever the condition.
+        ReadOperand(ref d, 1, size, i);
+        _il.Emit(OpCodes.Stloc, _tb);
+        var skip = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        EmitCond(d.I.ConditionCode);
+        _il.Emit(OpCodes.Brfalse, skip);
+        WriteGpr(reg, _tb);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(skip);
+        if (size == 4)
+        {
+            // A 32-bit CMOV writes its destination even when the condition is false.
+            ReadGpr(reg); _il.Emit(OpCodes.Stloc, _ta);
+            WriteGpr(reg, _ta);
+        }
+        _il.MarkLabel(done);
+    }
+
+    private void EmitSetcc(ref DecodedInsn d, int i)
+    {
+        bool mem = d.I.Op0Kind == OpKind.Memory;
+        if (mem) EmitLinear(ref d);
+        EmitCond(d.I.ConditionCode);
+        _il.Emit(OpCodes.Conv_U8);
+        if (mem)
+        {
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitStore(1, i);
+            EmitStopCheck(i);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Stloc, _ta);
+            WriteGpr(d.I.Op0Register, _ta);
+        }
+    }
+}

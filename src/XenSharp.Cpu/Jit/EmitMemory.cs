@@ -1,0 +1,124 @@
+using System.Reflection.Emit;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu.Jit;
+
+/// <summary>Memory operands: the address from the pre-split operand, and loads and stores with
+/// an inline soft-TLB hit path that falls back to the interpreter's access helpers.</summary>
+internal sealed partial class BlockTranslator
+{
+    /// <summary>Explicit memory operands are compiled inline in 64-bit blocks with 32/64-bit
+    /// addressing (no segment limits there); elsewhere the instruction is interpreted.</summary>
+    private bool MemOk(ref DecodedInsn d) => _is64 && d.MemSplit;
+
+    /// <summary>Pushes the effective address (offset) of the pre-split memory operand.</summary>
+    private void EmitEa(ref DecodedInsn d)
+    {
+        LdcU8(d.MemDisp);
+        if (d.MemBase != 0xFF) { _il.Emit(OpCodes.Ldloc, _gpr[d.MemBase]); _il.Emit(OpCodes.Add); }
+        if (d.MemIndex != 0xFF)
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr[d.MemIndex]);
+            if (d.MemShift != 0) { LdcI4(d.MemShift); _il.Emit(OpCodes.Shl); }
+            _il.Emit(OpCodes.Add);
+        }
+        if (d.AddrSize != 8) Trunc(4);
+    }
+
+    /// <summary>Linear address of the memory operand into _lin (64-bit mode: only FS and GS have bases).</summary>
+    private void EmitLinear(ref DecodedInsn d)
+    {
+        EmitEa(ref d);
+        if (d.MemSeg >= X86Vcpu.FS)
+        {
+            LdCpu(); _il.Emit(OpCodes.Ldflda, FSeg);
+            LdcI4(d.MemSeg * SegSize); _il.Emit(OpCodes.Add);
+            _il.Emit(OpCodes.Ldind_I8);
+            _il.Emit(OpCodes.Add);
+        }
+        _il.Emit(OpCodes.Stloc, _lin);
+    }
+
+    /// <summary>Branches to <paramref name="slow"/> unless the TLB entry for _lin allows the
+    /// access at tag offset <paramref name="tagOffset"/> within one page and no alignment check is armed;
+    /// leaves the entry pointer in _entry.</summary>
+    private void EmitTlbProbe(int size, int tagOffset, Label slow)
+    {
+        _il.Emit(OpCodes.Ldloc, _lin); LdcI4(12); _il.Emit(OpCodes.Shr_Un); _il.Emit(OpCodes.Stloc, _vpn);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlb);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlbCtx);
+        _il.Emit(OpCodes.Ldloc, _vpn); _il.Emit(OpCodes.Conv_I4); LdcI4(X86Vcpu.TlbSize - 1); _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Add);
+        LdcI4(TlbEntrySize); _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _entry);
+        _il.Emit(OpCodes.Ldloc, _entry);
+        if (tagOffset != 0) { LdcI4(tagOffset); _il.Emit(OpCodes.Add); }
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Ldloc, _vpn);
+        _il.Emit(OpCodes.Bne_Un, slow);
+        if (size > 1)
+        {
+            _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Conv_I4); LdcI4(0xFFF); _il.Emit(OpCodes.And);
+            LdcI4(4096 - size);
+            _il.Emit(OpCodes.Bgt, slow);
+        }
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser); _il.Emit(OpCodes.Brtrue, slow);
+    }
+
+    /// <summary>Pushes the host address for _lin from the probed entry.</summary>
+    private void EmitHostAddress()
+    {
+        _il.Emit(OpCodes.Ldloc, _entry); LdcI4(TlbHostOffset); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Ldind_I);
+        _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Conv_I4); LdcI4(0xFFF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
+    }
+
+    /// <summary>Loads <paramref name="size"/> bytes at _lin for instruction i into _val.</summary>
+    private void EmitLoad(int size, int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        EmitTlbProbe(size, 0, slow);
+        EmitHostAddress();
+        switch (size)
+        {
+            case 1: _il.Emit(OpCodes.Ldind_U1); break;
+            case 2: _il.Emit(OpCodes.Ldind_U2); break;
+            case 4: _il.Emit(OpCodes.Ldind_U4); break;
+            default: _il.Emit(OpCodes.Ldind_I8); break;
+        }
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _val);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(slow);
+        SyncForCall(i);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitRead);
+        _il.Emit(OpCodes.Stloc, _val);
+        _il.MarkLabel(done);
+    }
+
+    /// <summary>Stores the low <paramref name="size"/> bytes of _val at _lin for instruction i. The
+    /// caller ends the instruction with <see cref="EmitStopCheck"/> (the slow path may have hit code).</summary>
+    private void EmitStore(int size, int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        EmitTlbProbe(size, TlbWriteTagOffset, slow);
+        EmitHostAddress();
+        _il.Emit(OpCodes.Ldloc, _val);
+        switch (size)
+        {
+            case 1: _il.Emit(OpCodes.Conv_U1); _il.Emit(OpCodes.Stind_I1); break;
+            case 2: _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Stind_I2); break;
+            case 4: _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Stind_I4); break;
+            default: _il.Emit(OpCodes.Stind_I8); break;
+        }
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(slow);
+        SyncForCall(i);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWrite);
+        _il.MarkLabel(done);
+    }
+}

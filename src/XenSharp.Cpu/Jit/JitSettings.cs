@@ -1,0 +1,24 @@
+namespace XenSharp.Cpu;
+
+/// <summary>
+/// The block compiler's switch and tier-up threshold. A block is interpreted until it has run
+/// <see cref="Threshold"/> times, then translated to IL and run compiled; 0 compiles every block
+/// on first use. The defaults come from XENSHARP_JIT=0/1 and XENSHARP_JIT_THRESHOLD=n.
+/// </summary>
+public sealed record JitSettings(bool Enabled = true, int Threshold = JitSettings.DefaultThreshold)
+{
+    public const int DefaultThreshold = 50;
+
+    /// <summary>The interpreter only.</summary>
+    public static JitSettings Off { get; } = new(false);
+
+    /// <summary>Every block compiled before its first run (tests use it).</summary>
+    public static JitSettings Eager { get; } = new(true, 0);
+
+    public static JitSettings FromEnvironment()
+    {
+        bool on = Environment.GetEnvironmentVariable("XENSHARP_JIT") is not ("0" or "false" or "off");
+        int threshold = int.TryParse(Environment.GetEnvironmentVariable("XENSHARP_JIT_THRESHOLD"), out int t) && t >= 0 ? t : DefaultThreshold;
+        return new JitSettings(on, threshold);
+    }
+}

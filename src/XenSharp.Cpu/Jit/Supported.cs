@@ -1,0 +1,132 @@
+using Iced.Intel;
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu.Jit;
+
+/// <summary>Which instruction shapes are compiled inline; everything else calls the interpreter.</summary>
+internal sealed partial class BlockTranslator
+{
+    private static bool IsGpr(in Instruction i, int k) => i.GetOpKind(k) == OpKind.Register && i.GetOpRegister(k).IsGPR();
+
+    private static bool IsImm(in Instruction i, int k) => i.GetOpKind(k) is OpKind.Immediate8 or OpKind.Immediate16 or OpKind.Immediate32
+        or OpKind.Immediate64 or OpKind.Immediate8to16 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32to64;
+
+    private static bool IsMem(in Instruction i, int k) => i.GetOpKind(k) == OpKind.Memory;
+
+    private static bool IsAlu(Mnemonic m) => m is Mnemonic.Add or Mnemonic.Or or Mnemonic.Adc or Mnemonic.Sbb or Mnemonic.And
+        or Mnemonic.Sub or Mnemonic.Xor or Mnemonic.Cmp or Mnemonic.Test;
+
+    private static bool IsShift(Mnemonic m) => m is Mnemonic.Shl or Mnemonic.Sal or Mnemonic.Shr or Mnemonic.Sar or Mnemonic.Rol or Mnemonic.Ror;
+
+    private static readonly byte[] s_condClass = BuildCondClasses();
+
+    private static byte[] BuildCondClasses()
+    {
+        var t = new byte[Enum.GetValues<Mnemonic>().Max(m => (int)m) + 1];
+        foreach (var m in Enum.GetValues<Mnemonic>())
+        {
+            string n = m.ToString();
+            if (n.StartsWith("Cmov", StringComparison.Ordinal) && n.Length <= 7) t[(int)m] = 1;
+            else if (n.StartsWith("Set", StringComparison.Ordinal) && n.Length <= 5 && m != Mnemonic.Setssbsy) t[(int)m] = 2;
+        }
+        return t;
+    }
+
+    private static bool IsCmov(Mnemonic m) => s_condClass[(int)m] == 1;
+    private static bool IsSet(Mnemonic m) => s_condClass[(int)m] == 2;
+
+    private bool Supported(ref DecodedInsn d, out bool touchesMemory, out ulong kills)
+    {
+        ref Instruction i = ref d.I;
+        touchesMemory = false;
+        kills = 0;
+        if (i.HasLockPrefix) return false;
+        int n = i.OpCount;
+        bool memOk = MemOk(ref d);
+        bool g0 = n > 0 && IsGpr(i, 0), g1 = n > 1 && IsGpr(i, 1);
+        bool m0 = n > 0 && IsMem(i, 0), m1 = n > 1 && IsMem(i, 1);
+        bool i1 = n > 1 && IsImm(i, 1);
+        var op = d.Op;
+        if (IsAlu(d.Op))
+        {
+            if (n != 2) return false;
+            bool ok = (g0 && (g1 || i1 || (m1 && memOk))) || (m0 && memOk && (g1 || i1));
+            touchesMemory = m0 || m1;
+            kills = FlagLiveness.IcedKills(i);
+            return ok;
+        }
+        if (IsShift(op))
+        {
+            if (n != 2 || !g0) return false;
+            if (i1)
+            {
+                int c = (int)i.GetImmediate(1) & (d.OpSize == 8 ? 63 : 31);
+                if (c != 0) kills = op is Mnemonic.Rol or Mnemonic.Ror ? X86Vcpu.CF | X86Vcpu.OF : X86Vcpu.ArithFlags;
+                return true;
+            }
+            return i.Op1Kind == OpKind.Register && i.Op1Register == Register.CL;
+        }
+        if (i.IsJccShortOrNear) return true;
+        if (IsCmov(op))
+        {
+            touchesMemory = m1;
+            return n == 2 && g0 && (g1 || (m1 && memOk));
+        }
+        if (IsSet(op))
+        {
+            touchesMemory = m0;
+            return n == 1 && (g0 || (m0 && memOk));
+        }
+        switch (op)
+        {
+            case Mnemonic.Mov:
+                touchesMemory = m0 || m1;
+                return n == 2 && ((g0 && (g1 || i1 || (m1 && memOk))) || (m0 && memOk && (g1 || i1)));
+            case Mnemonic.Movzx:
+            case Mnemonic.Movsx:
+                touchesMemory = m1;
+                return n == 2 && g0 && (g1 || (m1 && memOk));
+            case Mnemonic.Movsxd:
+                touchesMemory = m1;
+                return n == 2 && g0 && d.OpSize == 8 && (g1 || (m1 && memOk));
+            case Mnemonic.Lea:
+                return n == 2 && g0 && d.MemSplit && d.OpSize >= 2;
+            case Mnemonic.Inc:
+            case Mnemonic.Dec:
+            case Mnemonic.Neg:
+            case Mnemonic.Not:
+                touchesMemory = m0;
+                kills = FlagLiveness.IcedKills(i);
+                return n == 1 && (g0 || (m0 && memOk));
+            case Mnemonic.Imul:
+                if (n < 2 || !g0 || d.OpSize < 2) return false;
+                touchesMemory = m1;
+                kills = X86Vcpu.ArithFlags;
+                return (g1 || (m1 && memOk)) && (n == 2 || IsImm(i, 2));
+            case Mnemonic.Push:
+                touchesMemory = true;
+                return _is64 && n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -8 or -2;
+            case Mnemonic.Pop:
+                touchesMemory = true;
+                return _is64 && n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 8 or 2;
+            case Mnemonic.Call:
+                touchesMemory = true;
+                return _is64 && n == 1 && (i.Op0Kind == OpKind.NearBranch64 || (g0 && d.OpSize == 8));
+            case Mnemonic.Ret:
+                touchesMemory = true;
+                return _is64 && n == 0 && i.StackPointerIncrement == 8;
+            case Mnemonic.Jmp:
+                return i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64 || (_is64 && g0 && d.OpSize == 8);
+            case Mnemonic.Bswap:
+                return g0 && d.OpSize >= 4;
+            case Mnemonic.Xchg:
+                return n == 2 && g0 && g1;
+            case Mnemonic.Nop:
+            case Mnemonic.Cdqe:
+            case Mnemonic.Cdq:
+            case Mnemonic.Cqo:
+                return true;
+        }
+        return false;
+    }
+}

@@ -1,0 +1,295 @@
+using Iced.Intel;
+using XenSharp.Cpu.Jit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace XenSharp.Cpu.Tests.Jit;
+
+/// <summary>The block compiler: the same programs run interpreted and compiled (every block
+/// compiled before its first run) must end in the same state, faults and self-modifying code
+/// included.</summary>
+public class JitTests
+{
+    const ulong Arith = 0x8D5;
+
+    static TestMachine Machine(bool jit) => new(jit: jit ? JitSettings.Eager : JitSettings.Off);
+
+    /// <summary>Runs 64-bit code to HLT both ways; returns both final register sets and retired counts.</summary>
+    static (Registers Interp, Registers Jit, ulong InterpRetired, ulong JitRetired) RunBoth64(Action<Assembler> build, Action<TestMachine>? setup = null)
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, build);
+        Registers[] regs = new Registers[2];
+        ulong[] retired = new ulong[2];
+        for (int k = 0; k < 2; k++)
+        {
+            using var m = Machine(k == 1);
+            m.Enter64(code, fourK: true);
+            setup?.Invoke(m);
+            m.RunToHlt();
+            regs[k] = m.Regs;
+            retired[k] = m.Cpu.InstructionsRetired;
+            if (k == 1)
+            {
+                Assert.True(m.Engine.CompiledBlocks > 0);
+                Assert.Equal(0, m.Engine.JitFailures);
+            }
+        }
+        return (regs[0], regs[1], retired[0], retired[1]);
+    }
+
+    static void AssertSame(Registers a, Registers b)
+    {
+        Assert.Equal(a.Rax, b.Rax); Assert.Equal(a.Rbx, b.Rbx); Assert.Equal(a.Rcx, b.Rcx); Assert.Equal(a.Rdx, b.Rdx);
+        Assert.Equal(a.Rsi, b.Rsi); Assert.Equal(a.Rdi, b.Rdi); Assert.Equal(a.Rsp, b.Rsp); Assert.Equal(a.Rbp, b.Rbp);
+        Assert.Equal(a.R8, b.R8); Assert.Equal(a.R9, b.R9); Assert.Equal(a.R10, b.R10); Assert.Equal(a.R11, b.R11);
+        Assert.Equal(a.R12, b.R12); Assert.Equal(a.R13, b.R13); Assert.Equal(a.R14, b.R14); Assert.Equal(a.R15, b.R15);
+        Assert.Equal(a.Rip, b.Rip);
+        Assert.Equal(a.Rflags, b.Rflags);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_hot_loop_compiles_and_ends_exactly_as_interpreted()
+    {
+        // The benchmark's xorshift loop: a block that branches to itself, 8-bit high register, CMOV.
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var top = a.CreateLabel();
+            a.mov(rax, 0x9E3779B97F4A7C15UL);
+            a.mov(r8, 5000);
+            a.xor(esi, esi);
+            a.xor(edx, edx);
+            a.Label(ref top);
+            a.mov(rcx, rax);
+            a.mov(rdi, rdx);
+            a.shl(rcx, 13);
+            a.shr(rdi, 5);
+            a.xor(rax, rcx);
+            a.add(rdx, rdi);
+            a.mov(rcx, rax);
+            a.shr(rcx, 7);
+            a.xor(rcx, rax);
+            a.movzx(edi, cx);
+            a.mov(rax, rcx);
+            a.lea(rdi, __[rdi + rdi * 2]);
+            a.shl(rax, 17);
+            a.add(rdx, rdi);
+            a.xor(rax, rcx);
+            a.mov(rdi, rdx);
+            a.xor(rdi, rsi);
+            a.and(ch, 1);
+            a.cmovne(rdx, rdi);
+            a.add(rsi, 1);
+            a.cmp(r8, rsi);
+            a.jne(top);
+            a.hlt();
+        });
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(5000UL, j.Rsi);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Sixteen_bit_operands_and_high_byte_registers()
+    {
+        var (i, j, _, _) = RunBoth64(a =>
+        {
+            a.mov(rax, 0x1122334455667788UL);
+            a.mov(rbx, 0x99AABBCCDDEEFF00UL);
+            a.add(ax, 0x8899);           // 16-bit: carry out of bit 15, upper 48 bits kept
+            a.setc(cl);
+            a.adc(bx, ax);
+            a.mov(dh, ah);
+            a.add(dh, 0x90);             // 8-bit high register: carry, overflow
+            a.seto(ch);
+            a.sub(ah, bl);
+            a.sbb(bh, 3);
+            a.xchg(al, dh);
+            a.movsx(si, al);
+            a.movzx(edi, bh);
+            a.inc(dx);
+            a.neg(bl);
+            a.rol(ax, 4);
+            a.ror(bh, 3);
+            a.sar(dx, 2);
+            a.imul(si, dx, 0x123);
+            a.pushfq();
+            a.pop(r9);
+            a.hlt();
+        });
+        AssertSame(i, j);
+        Assert.Equal(0x11223344UL, j.Rax >> 32);     // a 16-bit write keeps bits 63:16
+        Assert.Equal(1UL, j.Rcx & 0xFF);             // CF of the 16-bit add
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_page_fault_in_the_middle_of_a_compiled_block_sees_the_right_rip_registers_and_flags()
+    {
+        using var m = Machine(jit: true);
+        ulong handler = 0x12000;
+        m.Mem.Write(handler, TestMachine.Assemble(64, handler, a =>
+        {
+            a.pop(r8);           // error code
+            a.pop(r9);           // faulting RIP
+            a.pop(r10);          // CS
+            a.pop(r10);          // RFLAGS
+            a.hlt();
+        }));
+        m.SetGate64(14, handler);
+        ulong faultAt = 0;
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, 0x7FFF_FFFF_FFFF_FFFFUL);
+            a.mov(rbx, 1);
+            a.add(rax, rbx);                     // OF SF AF PF set, ZF CF clear
+            a.mov(rsi, 0x5000);
+            a.mov(rdx, __qword_ptr[rsi + 8]);    // page 5 is not present
+            a.mov(rdx, 7);
+            a.hlt();
+        });
+        var dec = Decoder.Create(64, new ByteArrayCodeReader(code));
+        dec.IP = TestMachine.CodeAt;
+        foreach (var ins in dec)
+            if (ins.Op1Kind == OpKind.Memory) { faultAt = ins.IP; break; }
+        m.Enter64(code, fourK: true);
+        m.Mem.W64(TestMachine.Pt + 5 * 8, 0);
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Equal(faultAt, r.R9);
+        Assert.Equal(0UL, r.R8);                         // read, supervisor, not present
+        Assert.Equal(0x8000_0000_0000_0000UL, r.Rax);
+        Assert.Equal(0x5000UL, r.Rsi);
+        Assert.Equal(0UL, r.Rdx);
+        Assert.Equal(0x800UL | 0x80 | 0x10 | 0x4, r.R10 & Arith);
+        Assert.True(m.Engine.CompiledBlocks > 0);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_store_into_the_running_compiled_block_takes_effect_at_the_next_instruction()
+    {
+        // mov rdi, imm64 is always 10 bytes, so the layout is known before the target address is.
+        Action<Assembler> Build(ulong patchAt) => a =>
+        {
+            a.mov(rdi, patchAt);
+            a.mov(__dword_ptr[rdi], 42);
+            a.mov(eax, 1);                       // its immediate is what the store rewrites
+            a.add(eax, 1);
+            a.hlt();
+        };
+        var probe = TestMachine.Assemble(64, TestMachine.CodeAt, Build(0));
+        int movEax = Array.IndexOf(probe, (byte)0xB8, 10 + 6);
+        ulong patchAt = TestMachine.CodeAt + (ulong)movEax + 1;
+        using var m = Machine(jit: true);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, Build(patchAt)), fourK: true);
+        m.RunToHlt();
+        Assert.Equal(43UL, m.Regs.Rax);
+        Assert.True(m.Engine.CompiledBlocks >= 2);      // the block again after the write dropped it
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Memory_stack_and_calls_compile_like_the_interpreter()
+    {
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var fn = a.CreateLabel();
+            var loop = a.CreateLabel();
+            var done = a.CreateLabel();
+            a.mov(rsi, 0x40000);
+            a.mov(ecx, 100);
+            a.Label(ref loop);
+            a.mov(__qword_ptr[rsi + rcx * 8], rcx);
+            a.add(__qword_ptr[rsi + rcx * 8], 3);
+            a.push(rcx);
+            a.call(fn);
+            a.pop(rcx);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.jmp(done);
+            a.Label(ref fn);
+            a.mov(rax, __qword_ptr[rsp + 8]);
+            a.imul(rax, rax);
+            a.add(r12, rax);
+            a.movsxd(r13, __dword_ptr[rsi + 8]);
+            a.neg(__dword_ptr[rsi + 16]);
+            a.sete(__byte_ptr[rsi + 24]);
+            a.ret();
+            a.Label(ref done);
+            a.mov(rbx, __qword_ptr[rsi + 800]);
+            a.hlt();
+        });
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(103UL, j.Rbx);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Protected_mode_blocks_compile_with_memory_operands_interpreted()
+    {
+        var code = TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(esi, 0x40000);
+            a.mov(ecx, 50);
+            a.Label(ref loop);
+            a.mov(__dword_ptr[esi + ecx * 4], ecx);
+            a.add(eax, __dword_ptr[esi + ecx * 4]);
+            a.push(eax);
+            a.pop(edx);
+            a.shl(edx, 1);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.hlt();
+        });
+        Registers[] regs = new Registers[2];
+        for (int k = 0; k < 2; k++)
+        {
+            using var m = Machine(k == 1);
+            m.Enter32(code);
+            m.RunToHlt();
+            regs[k] = m.Regs;
+        }
+        AssertSame(regs[0], regs[1]);
+        Assert.Equal(1275UL, regs[1].Rax);
+    }
+
+    static InsnPlan PlanOf(in Instruction i, bool faults) => new()
+    {
+        Inline = true,
+        Faults = faults,
+        Reads = faults ? X86Vcpu.ArithFlags : FlagLiveness.IcedReads(i),
+        Kills = FlagLiveness.IcedKills(i),
+    };
+
+    static ulong[] Liveness(params (Action<Assembler> Build, bool Faults)[] insns)
+    {
+        var plans = new InsnPlan[insns.Length];
+        for (int k = 0; k < insns.Length; k++)
+        {
+            var bytes = TestMachine.Assemble(64, 0, insns[k].Build);
+            var dec = Decoder.Create(64, new ByteArrayCodeReader(bytes));
+            dec.Decode(out var ins);
+            plans[k] = PlanOf(ins, insns[k].Faults);
+        }
+        var live = new ulong[insns.Length];
+        FlagLiveness.Compute(insns.Length, plans, live);
+        return live;
+    }
+
+    [Fact]
+    public void Flag_liveness_drops_overwritten_results_and_keeps_what_is_read_faults_and_exits()
+    {
+        // add's flags are overwritten by sub before anything reads them.
+        var live = Liveness((a => a.add(rax, rbx), false), (a => a.sub(rcx, rdx), false), (a => a.jz(0x100UL), false));
+        Assert.Equal(0UL, live[0]);
+        Assert.Equal(X86Vcpu.ArithFlags, live[1]);       // the block's end: everything is live
+        // INC keeps CF: add's CF survives to the JC.
+        live = Liveness((a => a.add(rax, rbx), false), (a => a.inc(rcx), false), (a => a.jc(0x100UL), false));
+        Assert.Equal(X86Vcpu.CF, live[0]);
+        // A load that can fault observes every flag.
+        live = Liveness((a => a.add(rax, rbx), false), (a => a.mov(rax, __qword_ptr[rbx]), true), (a => a.sub(rcx, rdx), false), (a => a.hlt(), true));
+        Assert.Equal(X86Vcpu.ArithFlags, live[0]);
+        Assert.Equal(0UL, live[1]);                       // sub overwrites them all after the load
+        Assert.Equal(X86Vcpu.ArithFlags, live[2]);        // HLT can exit
+        // CMOVNE reads ZF only; the XOR before it is dead in all other flags.
+        live = Liveness((a => a.xor(rax, rbx), false), (a => a.cmovne(rcx, rdx), false), (a => a.add(rsi, 1), false), (a => a.ret(), true));
+        Assert.Equal(X86Vcpu.ZF, live[0]);
+    }
+}
