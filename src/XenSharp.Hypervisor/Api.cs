@@ -18,6 +18,23 @@ public sealed record DomainConfig(DomainType Type, ulong MaxMemKiB, int Vcpus)
     public ushort? DomainId { get; init; }
     public int MaxGrantFrames { get; init; } = 64;
     public uint MaxEventChannels { get; init; } = 1023;
+    /// <summary>A control domain (Xen's is_privileged): it may name other domains in its hypercalls and map their
+    /// frames, as a backend or toolstack domain does.</summary>
+    public bool Privileged { get; init; }
+    /// <summary>xl.cfg tsc_mode: what the Xen TSC leaf reports and how the guest's TSC is presented.</summary>
+    public TscMode TscMode { get; init; } = TscMode.Default;
+}
+
+/// <summary>libxl's tsc_mode (xl.cfg(5)); the values are Xen's TSC_MODE_* numbers.</summary>
+public enum TscMode
+{
+    /// <summary>Native when the TSC is reliable, emulated otherwise. XenSharp's TSC is always constant-rate and in step
+    /// across vCPUs, so the guest reads it without emulation being reported.</summary>
+    Default = 0,
+    /// <summary>Every RDTSC/RDTSCP is emulated at the domain's TSC frequency; the TSC leaf says so.</summary>
+    AlwaysEmulate = 1,
+    /// <summary>Never emulated: the guest sees the TSC as it runs.</summary>
+    Native = 2,
 }
 
 /// <summary>One row of `xl list`.</summary>

@@ -93,7 +93,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                 if (id == 0)
                     throw new HypervisorException("no free domain id", Errno.ENOSPC);
             }
-            d = new Domain(this, id, config.Type, config.MaxMemKiB / 4, config.Vcpus);
+            d = new Domain(this, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged) { TscMode = config.TscMode };
             d.Gnttab.MaxFrames = config.MaxGrantFrames;
             // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
             lock (d.Lock)
@@ -110,7 +110,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                 {
                     int vid = v.Id;
                     v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new DefaultCpuidPolicy((uint)(2 * vid)), vid,
-                        () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz));
+                        () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz), d.TscMode);
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
                     v.Engine.InterruptSource = v;
                 }
@@ -239,9 +239,10 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         v.Initialised = true;
     }
 
-    public void Unpause(ushort domid)
+    public void Unpause(ushort domid) => UnpauseInternal(Guest(domid));
+
+    internal void UnpauseInternal(Domain d)
     {
-        var d = Guest(domid);
         lock (d.Lock)
         {
             if (d.PauseCount > 0)
@@ -255,9 +256,10 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     }
 
     /// <summary>Pauses the domain and returns once none of its vCPUs is on a pCPU.</summary>
-    public void Pause(ushort domid)
+    public void Pause(ushort domid) => PauseInternal(Guest(domid));
+
+    internal void PauseInternal(Domain d)
     {
-        var d = Guest(domid);
         lock (d.Lock)
         {
             d.PauseCount++;
@@ -381,12 +383,53 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     }
 
     /// <summary>Raises an NMI on a vCPU (`xl trigger D nmi`).</summary>
-    public void SendNmi(ushort domid, int vcpu = 0)
+    public void SendNmi(ushort domid, int vcpu = 0) => SendTrigger(domid, Domctl.XEN_DOMCTL_SENDTRIGGER_NMI, vcpu);
+
+    /// <summary>
+    /// XEN_DOMCTL_sendtrigger. NMI makes the vCPU take an NMI (waking it from HLT). POWER and SLEEP are ACPI button
+    /// events that reach a guest only through an emulated PM block and its SCI; XenSharp's PVH/HVM domains have no
+    /// such interrupt path, so they fail as Xen fails them for a domain without one (-EINVAL). RESET and INIT are not
+    /// triggers Xen's x86 implements (-ENOSYS).
+    /// </summary>
+    public void SendTrigger(ushort domid, uint trigger, int vcpu)
     {
-        var v = Guest(domid).GetVcpu((uint)vcpu) ?? throw new HypervisorException($"domain {domid} has no vCPU {vcpu}", Errno.ENOENT);
-        v.PendingNmi = true;
-        v.Engine?.RequestExit();
+        var d = Guest(domid);
+        var v = vcpu < 0 ? null : d.GetVcpu((uint)vcpu);
+        if (v is null)
+            throw new HypervisorException($"domain {domid} has no vCPU {vcpu}", Errno.ESRCH);
+        switch (trigger)
+        {
+            case Domctl.XEN_DOMCTL_SENDTRIGGER_NMI:
+                v.PendingNmi = true;
+                if (v.IsUp)
+                    v.Unblock(); // an NMI ends HLT
+                v.Engine?.RequestExit();
+                Log($"(d{domid}) NMI sent to vcpu {vcpu}");
+                return;
+            case Domctl.XEN_DOMCTL_SENDTRIGGER_POWER:
+            case Domctl.XEN_DOMCTL_SENDTRIGGER_SLEEP:
+                throw new HypervisorException($"domain {domid} has no ACPI PM event block to raise an SCI from", Errno.EINVAL);
+            default:
+                throw new HypervisorException($"trigger {trigger} is not implemented", Errno.ENOSYS);
+        }
     }
+
+    /// <summary>XEN_SYSCTL_debug_keys: runs each key's handler; its report goes to the console ring (`xl dmesg`).</summary>
+    public void DebugKeys(string keys)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        foreach (char k in keys)
+            KeyHandler.Handle(this, k);
+    }
+
+    internal Domain[] AllDomains()
+    {
+        lock (_domains)
+            return _domains.Values.OrderBy(d => d.DomainId).ToArray();
+    }
+
+    /// <summary>The pCPU a vCPU runs on now, or -1.</summary>
+    internal int PcpuOf(Vcpu v) => _pcpus.FirstOrDefault(p => p.Current == v)?.Id ?? -1;
 
     public HostInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,

@@ -38,6 +38,33 @@ public struct XenMemoryReservation
     public ushort Domid;
 }
 
+/// <summary>struct xen_memory_exchange: trade the frames of <see cref="In"/> for fresh ones placed as <see cref="Out"/> lists.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMemoryExchange
+{
+    public XenMemoryReservation In;
+    public XenMemoryReservation Out;
+    /// <summary>Input extents done so far (IN/OUT; the caller starts it at zero).</summary>
+    public ulong NrExchanged;
+
+    public const int OffsetNrExchanged = 64;
+}
+
+/// <summary>struct xen_add_to_physmap_batch (interface version 4.7 and later: the union u holds foreign_domid).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenAddToPhysmapBatch
+{
+    public ushort Domid;
+    public ushort Space;
+    public ushort Size;
+    /// <summary>u.foreign_domid for XENMAPSPACE_gmfn_foreign, u.res0 (zero) otherwise.</summary>
+    public ushort ForeignDomid;
+    /// <summary>Guest handles: xen_ulong_t idxs[], xen_pfn_t gpfns[], int errs[].</summary>
+    public ulong Idxs;
+    public ulong Gpfns;
+    public ulong Errs;
+}
+
 /// <summary>struct xen_add_to_physmap.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct XenAddToPhysmap

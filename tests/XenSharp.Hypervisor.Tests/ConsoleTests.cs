@@ -1,4 +1,5 @@
 using System.Text;
+using XenSharp.Hypervisor.Common;
 using XenSharp.Public;
 
 namespace XenSharp.Hypervisor.Tests;
@@ -37,5 +38,57 @@ public class ConsoleTests : IDisposable
     {
         Assert.Contains("Xen version 4.14", _host.ReadDmesg(clear: true));
         Assert.Equal("", _host.ReadDmesg());
+    }
+
+    [Fact]
+    public void HugeWritesArriveInBoundedPiecesAndFaultAtTheEndOfRam()
+    {
+        var g = new Guest(_host, ramMiB: 4);
+        int len = 3 * ConsoleIo.BytesPerCall + 100;
+        var text = Enumerable.Range(0, len).Select(i => (byte)('a' + i % 26)).ToArray();
+        _host.WriteGuestMemory(g.Id, 0x100000, text);
+        long seen = 0;
+        using var sub = _host.SubscribeConsole(g.Id, b => Interlocked.Add(ref seen, b.Length));
+
+        // Each invocation copies at most BytesPerCall bytes, then the guest re-issues the call for the rest.
+        var v = g.Vcpu();
+        v.Continuation = null;
+        Assert.Equal(0, Hypercall.Dispatch(v, Xen.__HYPERVISOR_console_io, new HypercallArgs(Xen.CONSOLEIO_write, (ulong)len, 0x100000)));
+        Assert.Equal(new HypercallArgs(Xen.CONSOLEIO_write, (ulong)(len - ConsoleIo.BytesPerCall), 0x100000 + (ulong)ConsoleIo.BytesPerCall), v.Continuation);
+        Assert.Equal(ConsoleIo.BytesPerCall, Interlocked.Read(ref seen));
+        Assert.Equal(0, g.CallToCompletion(Xen.__HYPERVISOR_console_io, Xen.CONSOLEIO_write, (ulong)(len - ConsoleIo.BytesPerCall),
+            0x100000 + (ulong)ConsoleIo.BytesPerCall, out int pieces));
+        Assert.Equal(3, pieces);
+        Assert.Equal(len, Interlocked.Read(ref seen));
+        Assert.Equal(text[^100..], _host.ReadConsoleHistory(g.Id)[^100..]);
+
+        // A 4 GiB count (the ABI's unsigned int; higher bits are ignored) runs until it leaves the guest's RAM.
+        Assert.Equal(-Errno.EFAULT, g.CallToCompletion(Xen.__HYPERVISOR_console_io, Xen.CONSOLEIO_write, 0xFFFF_FFFF_FFFF_FFFF, 0x100000, out pieces));
+        Assert.Equal((4 * 1024 * 1024 - 0x100000) / ConsoleIo.BytesPerCall + 1, pieces);
+        Assert.True(_host.ReadConsoleHistory(g.Id).Length <= 16 * 1024);
+    }
+
+    [Fact]
+    public void AContinuationRewindsTheVmcallWithUpdatedArguments()
+    {
+        var g = new Guest(_host, vcpus: 1);
+        var cpu = g.Cpu();
+        int len = ConsoleIo.BytesPerCall + 5;
+        _host.WriteGuestMemory(g.Id, 0x100000, Enumerable.Repeat((byte)'x', len).ToArray());
+        cpu.Regs.Rax = Xen.__HYPERVISOR_console_io;
+        cpu.Regs.Rdi = Xen.CONSOLEIO_write;
+        cpu.Regs.Rsi = (ulong)len;
+        cpu.Regs.Rdx = 0x100000;
+        cpu.Regs.Rip = 0x5003;
+        X86.VmExit.DoHypercall(g.Vcpu(), cpu);
+        Assert.Equal(0x5000UL, cpu.Regs.Rip);
+        Assert.Equal((ulong)Xen.__HYPERVISOR_console_io, cpu.Regs.Rax);
+        Assert.Equal(5UL, cpu.Regs.Rsi);
+        Assert.Equal(0x100000UL + (ulong)ConsoleIo.BytesPerCall, cpu.Regs.Rdx);
+        cpu.Regs.Rip = 0x5003;
+        X86.VmExit.DoHypercall(g.Vcpu(), cpu);
+        Assert.Equal(0x5003UL, cpu.Regs.Rip);
+        Assert.Equal(0UL, cpu.Regs.Rax);
+        Assert.Equal(len, _host.ReadConsoleHistory(g.Id).Length);
     }
 }

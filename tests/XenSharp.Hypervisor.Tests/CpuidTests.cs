@@ -45,4 +45,33 @@ public class CpuidTests
         Assert.Equal(new byte[] { 0xB8, 29, 0, 0, 0, 0x0F, 0x01, 0xD9, 0xC3 }, page.AsSpan(29 * 32, 9).ToArray());
         Assert.All(page.AsSpan(32 + 9, 23).ToArray(), b => Assert.Equal(0xCC, b));
     }
+
+    [Theory]
+    [InlineData(TscMode.Default, 0u)]
+    [InlineData(TscMode.AlwaysEmulate, 1u)]
+    [InlineData(TscMode.Native, 0u)]
+    public void TscLeafReportsTheDomainsMode(TscMode mode, uint emulated)
+    {
+        var p = new XenCpuid(new DefaultCpuidPolicy(0), 0, () => (0x80000000u, (sbyte)0, 2_000_000_000UL), mode);
+        p.Cpuid(0x40000003, 0, out uint eax, out uint ebx, out uint ecx, out uint edx);
+        Assert.Equal(emulated, eax & Public.ArchX86.Cpuid.XEN_CPUID_TSC_EMULATED);
+        Assert.NotEqual(0u, eax & Public.ArchX86.Cpuid.XEN_CPUID_HOST_TSC_RELIABLE);
+        Assert.Equal((uint)mode, ebx);
+        Assert.Equal(2_000_000u, ecx);
+        Assert.Equal(0u, edx);
+        p.Cpuid(0x40000003, 1, out eax, out ebx, out ecx, out edx);
+        Assert.Equal((0u, 0u, 0x80000000u, 0u), (eax, ebx, ecx, edx));
+        p.Cpuid(0x40000003, 2, out eax, out _, out _, out _);
+        Assert.Equal(2_000_000u, eax);
+    }
+
+    [Fact]
+    public void DomainsGetTheirTscModeInTheLeaf()
+    {
+        using var host = TestHosts.Create();
+        var g = new Guest(host, vcpus: 1, tscMode: TscMode.AlwaysEmulate);
+        g.Vcpu().Cpuid!.Cpuid(0x40000003, 0, out uint eax, out uint ebx, out _, out _);
+        Assert.Equal(1u, eax & 1);
+        Assert.Equal((uint)TscMode.AlwaysEmulate, ebx);
+    }
 }

@@ -12,10 +12,11 @@ internal sealed unsafe class Guest
     public const ulong Scratch = 0x10000;      // argument structures go here
     public const ulong Bad = 0x7FF0_0000_000;  // a guest address with no RAM behind it
 
-    public Guest(XenHypervisor host, int vcpus = 2, ulong ramMiB = 4, ulong maxMiB = 16, DomainType type = DomainType.Pvh)
+    public Guest(XenHypervisor host, int vcpus = 2, ulong ramMiB = 4, ulong maxMiB = 16, DomainType type = DomainType.Pvh,
+        bool privileged = false, TscMode tscMode = TscMode.Default)
     {
         Host = host;
-        Id = host.CreateDomain(new DomainConfig(type, maxMiB * 1024, vcpus));
+        Id = host.CreateDomain(new DomainConfig(type, maxMiB * 1024, vcpus) { Privileged = privileged, TscMode = tscMode });
         host.PopulatePhysmap(Id, 0, ramMiB * 256);
     }
 
@@ -43,6 +44,25 @@ internal sealed unsafe class Guest
         var b = new byte[n];
         Host.ReadGuestMemory(Id, gpa, b);
         return b;
+    }
+
+    /// <summary>Runs a hypercall as the guest would: re-issuing it while the handler leaves a continuation.
+    /// <paramref name="pieces"/> counts the invocations.</summary>
+    public long CallToCompletion(int nr, ulong a1, ulong a2, ulong a3, out int pieces, int vcpu = 0)
+    {
+        var v = Vcpu(vcpu);
+        var args = new HypercallArgs(a1, a2, a3);
+        pieces = 0;
+        while (true)
+        {
+            v.Continuation = null;
+            long rc = Hypercall.Dispatch(v, (ulong)nr, args);
+            pieces++;
+            if (v.Continuation is not { } next)
+                return rc;
+            v.Continuation = null;
+            args = next;
+        }
     }
 
     /// <summary>Writes <paramref name="arg"/> at the scratch address, runs the hypercall, reads it back.</summary>

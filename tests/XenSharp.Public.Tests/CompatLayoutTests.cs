@@ -13,6 +13,8 @@ public class CompatLayoutTests
     private static readonly (string C, Type? Cs, int Size, (string CField, string? CsField, int Offset)[] Fields)[] Layouts =
     [
         ("struct xen_memory_reservation", typeof(XenMemoryReservation32), 20, [("nr_extents", "NrExtents", 4), ("extent_order", "ExtentOrder", 8), ("mem_flags", "MemFlags", 12), ("domid", "Domid", 16)]),
+        ("struct xen_memory_exchange", typeof(XenMemoryExchange32), 44, [("out", "Out", 20), ("nr_exchanged", "NrExchanged", XenMemoryExchange32.OffsetNrExchanged)]),
+        ("struct xen_add_to_physmap_batch", typeof(XenAddToPhysmapBatch32), 20, [("u.foreign_domid", "ForeignDomid", 6), ("idxs", "Idxs", 8), ("gpfns", "Gpfns", 12), ("errs", "Errs", 16)]),
         ("struct xen_add_to_physmap", typeof(XenAddToPhysmap32), 16, [("idx", "Idx", 8), ("gpfn", "Gpfn", 12)]),
         ("struct xen_remove_from_physmap", typeof(XenRemoveFromPhysmap32), 8, [("gpfn", "Gpfn", 4)]),
         ("struct xen_memory_map", typeof(XenMemoryMap32), 8, [("buffer", "Buffer", 4)]),

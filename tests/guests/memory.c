@@ -1,5 +1,5 @@
 /* XENMEM: reservation queries, the memory map, add_to_physmap(shared_info), and giving a page
- * back (decrease_reservation) then getting it again (populate_physmap). */
+ * back (decrease_reservation) then getting it again (populate_physmap), and trading frames (exchange). */
 #include "rt.h"
 #include <xen/memory.h>
 
@@ -10,6 +10,7 @@ extern char __image_start[], __image_end[];
 struct e820entry { uint64_t addr, size; uint32_t type; } __attribute__((packed));
 
 static uint8_t balloon_page[4096] __attribute__((aligned(4096)));
+static uint8_t exchange_pages[2][4096] __attribute__((aligned(4096)));
 
 static long reservation(unsigned int op)
 {
@@ -105,6 +106,60 @@ static void test_balloon(void)
     rt_check_eq("memory.populate_order_too_large", (uint64_t)rc, 0);
 }
 
+static long exchange(xen_pfn_t *in, unsigned long nr_in, unsigned int in_order, xen_pfn_t *out, unsigned long nr_out,
+                     unsigned int out_order, unsigned int address_bits, xen_ulong_t *nr_exchanged)
+{
+    struct xen_memory_exchange x = {
+        .in = { .nr_extents = nr_in, .extent_order = in_order, .domid = DOMID_SELF },
+        .out = { .nr_extents = nr_out, .extent_order = out_order, .mem_flags = address_bits, .domid = DOMID_SELF },
+        .nr_exchanged = 0,
+    };
+    set_xen_guest_handle(x.in.extent_start, in);
+    set_xen_guest_handle(x.out.extent_start, out);
+    long rc = HYPERVISOR_memory_op(XENMEM_exchange, &x);
+    *nr_exchanged = x.nr_exchanged;
+    return rc;
+}
+
+static void test_exchange(void)
+{
+    memset(exchange_pages, 0x5a, sizeof exchange_pages);
+    xen_pfn_t first = (uintptr_t)exchange_pages >> 12;
+    long before = reservation(XENMEM_current_reservation);
+    xen_ulong_t done = 99;
+
+    /* Two pages for two fresh frames at the same GFNs: the contents start over. */
+    xen_pfn_t in[2] = { first, first + 1 }, out[2] = { first, first + 1 };
+    long rc = exchange(in, 2, 0, out, 2, 0, 0, &done);
+    rt_check("memory.exchange", rc == 0 && done == 2, "rc %ld nr_exchanged %lu", rc, (unsigned long)done);
+    rt_check("memory.exchange_reservation_kept", reservation(XENMEM_current_reservation) == before, "%ld -> %ld", before,
+             reservation(XENMEM_current_reservation));
+    rt_check("memory.exchange_fresh_frames", exchange_pages[0][0] == 0 && exchange_pages[1][4095] == 0,
+             "first bytes %#x %#x", exchange_pages[0][0], exchange_pages[1][4095]);
+    exchange_pages[1][7] = 0x77;
+    rt_check("memory.exchange_frames_usable", exchange_pages[1][7] == 0x77, "read back %#x", exchange_pages[1][7]);
+
+    /* One order-1 extent for the same two pages as order-0 extents. */
+    xen_pfn_t in1[1] = { first }, out2[2] = { first, first + 1 };
+    rc = exchange(in1, 1, 1, out2, 2, 0, 0, &done);
+    rt_check("memory.exchange_orders", rc == 0 && done == 1, "rc %ld nr_exchanged %lu", rc, (unsigned long)done);
+
+    /* The second input has no RAM behind it: the first is exchanged and nr_exchanged says so. */
+    exchange_pages[0][1] = 0x11;
+    xen_pfn_t bad_in[2] = { first, 0x100000 }, bad_out[2] = { first, first + 1 };
+    rc = exchange(bad_in, 2, 0, bad_out, 2, 0, 0, &done);
+    rt_check("memory.exchange_partial", rc == -XEN_EINVAL && done == 1 && exchange_pages[0][1] == 0,
+             "rc %ld nr_exchanged %lu byte %#x", rc, (unsigned long)done, exchange_pages[0][1]);
+
+    /* Sizes that do not match, and frames below 4 KiB that cannot exist. */
+    exchange_pages[0][2] = 0x22;
+    rc = exchange(in, 2, 0, out, 1, 0, 0, &done);
+    rt_check("memory.exchange_size_mismatch", rc == -XEN_EINVAL && done == 0, "rc %ld nr_exchanged %lu", rc, (unsigned long)done);
+    rc = exchange(in, 1, 0, out, 1, 0, 12, &done);
+    rt_check("memory.exchange_address_bits", rc == -XEN_ENOMEM && done == 0 && exchange_pages[0][2] == 0x22,
+             "rc %ld nr_exchanged %lu byte %#x", rc, (unsigned long)done, exchange_pages[0][2]);
+}
+
 void guest_main(void)
 {
     if (!rt_xen) {
@@ -115,6 +170,7 @@ void guest_main(void)
     test_memory_map();
     test_shared_info();
     test_balloon();
+    test_exchange();
     long rc = HYPERVISOR_memory_op(0x3e, NULL);
     rt_check_eq("memory.unknown_op", (uint64_t)rc, (uint64_t)-XEN_ENOSYS);
 }

@@ -75,31 +75,35 @@ internal sealed class DomainConsole
     }
 }
 
-/// <summary>__HYPERVISOR_console_io: guests write to the hypervisor console; only Domain-0 may read it.</summary>
+/// <summary>__HYPERVISOR_console_io: guests write to the hypervisor console; only Domain-0 may read it.
+/// A write is copied in small pieces and yields with a continuation after <see cref="BytesPerCall"/> bytes, as Xen's
+/// guest_console_write does, so a guest passing a huge count neither holds its pCPU nor makes the hypervisor allocate.</summary>
 internal static class ConsoleIo
 {
-    private const int MaxChunk = 4096;
+    private const int Chunk = 128;
+    public const int BytesPerCall = 8 * 1024;
 
     public static long Do(Vcpu v, in HypercallArgs a)
     {
         int cmd = (int)a.A1;
-        long count = (long)a.A2;
+        // count is an unsigned int in the ABI.
+        uint count = (uint)a.A2;
         ulong buffer = a.A3;
         switch (cmd)
         {
             case Xen.CONSOLEIO_write:
             {
-                if (count < 0 || count > int.MaxValue)
-                    return -Errno.EINVAL;
-                var buf = new byte[Math.Min(count, MaxChunk)];
-                long done = 0;
+                Span<byte> buf = stackalloc byte[Chunk];
+                uint done = 0;
                 while (done < count)
                 {
-                    int n = (int)Math.Min(count - done, MaxChunk);
-                    if (!GuestAccess.CopyFrom(v, buffer + (ulong)done, buf.AsSpan(0, n)))
+                    if (done >= BytesPerCall)
+                        return Hypercall.CreateContinuation(v, new HypercallArgs(a.A1, count - done, buffer + done));
+                    int n = (int)Math.Min(count - done, (uint)Chunk);
+                    if (!GuestAccess.CopyFrom(v, buffer + done, buf[..n]))
                         return -Errno.EFAULT;
-                    v.Domain.Host.GuestConsoleWrite(v.Domain, buf.AsSpan(0, n));
-                    done += n;
+                    v.Domain.Host.GuestConsoleWrite(v.Domain, buf[..n]);
+                    done += (uint)n;
                 }
                 return 0;
             }

@@ -7,14 +7,14 @@ namespace XenSharp.Hypervisor.Common;
 /// <summary>A domain: its memory, vCPUs, event channels, grant table and lifecycle state (Xen's struct domain).</summary>
 internal sealed unsafe class Domain
 {
-    public Domain(XenHypervisor host, ushort domid, DomainType type, ulong maxPages, int vcpuCount, bool isHost = false)
+    public Domain(XenHypervisor host, ushort domid, DomainType type, ulong maxPages, int vcpuCount, bool isHost = false, bool privileged = false)
     {
         Host = host;
         DomainId = domid;
         Type = type;
         MaxPages = maxPages;
         IsHost = isHost;
-        IsPrivileged = isHost;
+        IsPrivileged = isHost || privileged;
         P2m = new P2m(host.Frames);
         Handle = Guid.NewGuid();
         Evtchn = new EventChannels(this);
@@ -45,6 +45,7 @@ internal sealed unsafe class Domain
     public GrantTable Gnttab { get; }
     public DomainConsole Console { get; }
     public ICpuEngine? Engine { get; set; }
+    public TscMode TscMode { get; init; }
     /// <summary>Credit scheduler weight (xl sched-credit -w).</summary>
     public int Weight { get; set; } = 256;
 

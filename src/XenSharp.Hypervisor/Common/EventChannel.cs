@@ -65,6 +65,15 @@ internal sealed class EventChannels
     private uint[,] VirqTable => _virqToPortLazy ??= new uint[Math.Max(1, _d.Vcpus.Length), Xen.NR_VIRQS];
     private uint[,]? _virqToPortLazy;
 
+    /// <summary>The ports in use, lowest first (for the 'e' debug key).</summary>
+    public IEnumerable<Evtchn> InUse()
+    {
+        var ports = _ports;
+        foreach (var c in ports)
+            if (c is { State: not EvtchnState.Free })
+                yield return c;
+    }
+
     public Evtchn? Get(uint port)
     {
         var ports = _ports;
@@ -295,6 +304,8 @@ internal sealed class EventChannels
         if (port != 0)
             SetPending(port);
     }
+
+    public uint VirqPort(int vcpu, uint virq) => VirqTable[VirqIsGlobal(virq) ? 0 : vcpu, virq];
 
     public bool HasVirqBound(int vcpu, uint virq) => VirqTable[vcpu, virq] != 0;
 

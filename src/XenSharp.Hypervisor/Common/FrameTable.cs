@@ -73,6 +73,44 @@ internal sealed unsafe class FrameTable : IDisposable
         }
     }
 
+    /// <summary>Allocates a zeroed frame whose MFN is below <paramref name="limitMfn"/> (an address_bits
+    /// restriction); false when none is free there.</summary>
+    public bool TryAllocateBelow(ushort owner, FrameType type, ulong limitMfn, out uint mfn)
+    {
+        if (limitMfn >= FrameCount)
+            return TryAllocate(owner, type, out mfn);
+        lock (_lock)
+        {
+            mfn = 0;
+            if (_highWater < limitMfn)
+                mfn = _highWater++;
+            else
+            {
+                // Freed frames are kept on a stack: look through it for a low one and put the rest back.
+                var skipped = new List<uint>();
+                bool found = false;
+                while (_free.Count > 0)
+                {
+                    uint c = _free.Pop();
+                    if (c < limitMfn)
+                    {
+                        mfn = c;
+                        found = true;
+                        break;
+                    }
+                    skipped.Add(c);
+                }
+                for (int i = skipped.Count - 1; i >= 0; i--)
+                    _free.Push(skipped[i]);
+                if (!found)
+                    return false;
+            }
+            _pages[mfn] = new PageInfo { Owner = owner, Type = type };
+            _allocated++;
+            return true;
+        }
+    }
+
     /// <summary>The owner gives the frame up; it returns to the pool now, or when its last extra reference drops.</summary>
     public void Free(uint mfn)
     {

@@ -226,6 +226,37 @@ internal sealed unsafe class GrantTable
         }
     }
 
+    /// <summary>Grants of this table that are pinned, with their entry (for the 'g' debug key).</summary>
+    public List<(uint Ref, int Readers, int Writers, ushort Grantee, ulong Frame, ushort Flags, uint Mfn)> ActiveGrants()
+    {
+        var list = new List<(uint, int, int, ushort, ulong, ushort, uint)>();
+        lock (_d.Lock)
+        {
+            foreach (var (gref, pins) in _active.OrderBy(a => a.Key))
+            {
+                if (gref >= NrEntries)
+                    continue;
+                ushort flags, domid;
+                ulong frame;
+                if (Version == 1)
+                {
+                    var e = EntryV1(gref);
+                    (flags, domid, frame) = (e->Flags, e->Domid, e->Frame);
+                }
+                else
+                {
+                    var e = EntryV2(gref);
+                    (flags, domid, frame) = (e->Flags, e->Domid, e->Frame);
+                }
+                _d.P2m.TryLookup(frame, out uint mfn, out _);
+                list.Add((gref, pins.Read, pins.Write, domid, frame, flags, mfn));
+            }
+        }
+        return list;
+    }
+
+    public int MaptrackEntries { get { lock (_maptrack) return _maptrack.Count; } }
+
     public bool HasActiveGrants { get { lock (_d.Lock) return _active.Count > 0; } }
 
     // ---------------- mapping side ----------------

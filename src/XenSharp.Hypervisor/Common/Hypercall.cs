@@ -33,6 +33,18 @@ internal static class Hypercall
         return table;
     }
 
+    /// <summary>Work a preemptible hypercall does per invocation before it yields with a continuation
+    /// (the role of Xen's hypercall_preempt_check: bounded pieces keep a guest from holding its pCPU).</summary>
+    public const int PreemptBudget = 256;
+
+    /// <summary>Ends the current hypercall early: the guest re-executes it with <paramref name="next"/> (Xen's
+    /// hypercall_create_continuation). The return value is what the handler returns; the guest never sees it.</summary>
+    public static long CreateContinuation(Vcpu v, in HypercallArgs next)
+    {
+        v.Continuation = next;
+        return 0;
+    }
+
     public static bool IsImplemented(ulong nr) => nr < (ulong)Table.Length && Table[nr] is not null;
 
     /// <summary>Runs hypercall <paramref name="nr"/>. Guest mistakes come back as -errno; a handler bug

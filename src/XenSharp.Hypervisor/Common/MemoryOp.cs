@@ -40,8 +40,12 @@ internal static class MemoryOp
                     _ => (long)d.P2m.MaxMappedGfn,
                 };
             }
+            case XENMEM_exchange:
+                return startExtent != 0 ? -Errno.EINVAL : MemoryExchange.Do(v, a);
             case XENMEM_add_to_physmap:
-                return AddToPhysmap(v, arg);
+                return AddToPhysmap(v, arg, startExtent);
+            case XENMEM_add_to_physmap_batch:
+                return AddToPhysmapBatch(v, arg, startExtent);
             case XENMEM_remove_from_physmap:
             {
                 XenRemoveFromPhysmap r;
@@ -78,6 +82,9 @@ internal static class MemoryOp
         }
         else if (!GuestAccess.Read(v, arg, out r))
             return (long)start;
+        // Beyond what a continuation can encode in the command's upper bits.
+        if (r.NrExtents > (uint.MaxValue >> MEMOP_EXTENT_SHIFT))
+            return (long)start;
         if (r.ExtentOrder > (v.Domain.IsPrivileged ? MaxOrderPrivileged : MaxOrderDomU) || start > r.NrExtents)
             return (long)start;
         if ((r.MemFlags & XENMEMF_populate_on_demand) != 0)
@@ -87,8 +94,12 @@ internal static class MemoryOp
             return err;
         ulong pages = 1UL << (int)r.ExtentOrder;
         ulong i = start;
+        ulong budget = 0;
         for (; i < r.NrExtents; i++)
         {
+            if (budget >= (ulong)Hypercall.PreemptBudget)
+                return Hypercall.CreateContinuation(v, new HypercallArgs((uint)op | (i << MEMOP_EXTENT_SHIFT), arg));
+            budget += pages;
             switch (op)
             {
                 case XENMEM_populate_physmap:
@@ -147,8 +158,10 @@ internal static class MemoryOp
     public static bool WritePfn(Vcpu v, ulong array, ulong i, ulong pfn) =>
         v.Compat ? GuestAccess.WriteElement(v, array, i, (uint)pfn) : GuestAccess.WriteElement(v, array, i, pfn);
 
-    private static long AddToPhysmap(Vcpu v, ulong arg)
+    private static long AddToPhysmap(Vcpu v, ulong arg, ulong start)
     {
+        if (start > ushort.MaxValue)
+            return -Errno.EDOM;
         XenAddToPhysmap x;
         if (v.Compat)
         {
@@ -158,42 +171,130 @@ internal static class MemoryOp
         }
         else if (!GuestAccess.Read(v, arg, out x))
             return -Errno.EFAULT;
+        // Foreign frames are mapped only through add_to_physmap_batch.
+        if (x.Space == XENMAPSPACE_gmfn_foreign)
+            return -Errno.ENOSYS;
         var d = v.Domain.Host.LookupForGuest(v.Domain, x.Domid, out long err);
         if (d is null)
             return err;
-        if (x.Gpfn > P2m.MaxGfn)
+        if (x.Space == XENMAPSPACE_gmfn_range)
+        {
+            if (x.Size < start)
+                return -Errno.EILSEQ;
+            for (ulong i = start; i < x.Size; i++)
+            {
+                if (i > start && (i - start) % (ulong)Hypercall.PreemptBudget == 0)
+                    return Hypercall.CreateContinuation(v, new HypercallArgs((ulong)XENMEM_add_to_physmap | (i << MEMOP_EXTENT_SHIFT), arg));
+                long rc = AddOne(v.Domain, d, x.Space, 0, x.Idx + i, x.Gpfn + i);
+                if (rc != 0)
+                    return rc;
+            }
+            return 0;
+        }
+        return AddOne(v.Domain, d, x.Space, 0, x.Idx, x.Gpfn);
+    }
+
+    /// <summary>XENMEM_add_to_physmap_batch: each entry's result goes to errs[]; only a fault reading or writing the
+    /// arrays fails the call. gmfn_foreign maps another domain's frame into a privileged caller's physmap.</summary>
+    private static long AddToPhysmapBatch(Vcpu v, ulong arg, ulong start)
+    {
+        if (start > ushort.MaxValue)
+            return -Errno.EDOM;
+        XenAddToPhysmapBatch b;
+        if (v.Compat)
+        {
+            if (!GuestAccess.Read(v, arg, out XenAddToPhysmapBatch32 b32))
+                return -Errno.EFAULT;
+            b = new XenAddToPhysmapBatch { Domid = b32.Domid, Space = b32.Space, Size = b32.Size, ForeignDomid = b32.ForeignDomid, Idxs = b32.Idxs, Gpfns = b32.Gpfns, Errs = b32.Errs };
+        }
+        else if (!GuestAccess.Read(v, arg, out b))
+            return -Errno.EFAULT;
+        if (b.Space == XENMAPSPACE_gmfn_range)
+            return -Errno.EOPNOTSUPP;
+        var d = v.Domain.Host.LookupForGuest(v.Domain, b.Domid, out long err);
+        if (d is null)
+            return err;
+        if (b.Size < start)
+            return -Errno.EILSEQ;
+        for (ulong i = start; i < b.Size; i++)
+        {
+            if (i > start && (i - start) % (ulong)Hypercall.PreemptBudget == 0)
+                return Hypercall.CreateContinuation(v, new HypercallArgs((ulong)XENMEM_add_to_physmap_batch | (i << MEMOP_EXTENT_SHIFT), arg));
+            ulong idx;
+            if (v.Compat)
+            {
+                if (!GuestAccess.ReadElement(v, b.Idxs, i, out uint idx32))
+                    return -Errno.EFAULT;
+                idx = idx32;
+            }
+            else if (!GuestAccess.ReadElement(v, b.Idxs, i, out idx))
+                return -Errno.EFAULT;
+            if (!ReadPfn(v, b.Gpfns, i, out ulong gpfn))
+                return -Errno.EFAULT;
+            int rc = (int)AddOne(v.Domain, d, b.Space, b.ForeignDomid, idx, gpfn);
+            if (!GuestAccess.WriteElement(v, b.Errs, i, rc))
+                return -Errno.EFAULT;
+        }
+        return 0;
+    }
+
+    /// <summary>One page of add_to_physmap (Xen's xenmem_add_to_physmap_one) into domain <paramref name="d"/>.</summary>
+    private static long AddOne(Domain caller, Domain d, uint space, ushort foreignDomid, ulong idx, ulong gpfn)
+    {
+        if (gpfn > P2m.MaxGfn)
             return -Errno.EINVAL;
-        switch (x.Space)
+        switch (space)
         {
             case XENMAPSPACE_shared_info:
-                if (x.Idx != 0)
+                if (idx != 0)
                     return -Errno.EINVAL;
                 lock (d.Lock)
                 {
                     if (d.SharedInfoGfn is ulong oldGfn)
                         d.P2m.Remove(oldGfn);
-                    d.ReleaseOld(d.P2m.Set(x.Gpfn, d.SharedInfoMfn, P2mType.XenShared));
-                    d.SharedInfoGfn = x.Gpfn;
+                    d.ReleaseOld(d.P2m.Set(gpfn, d.SharedInfoMfn, P2mType.XenShared));
+                    d.SharedInfoGfn = gpfn;
                 }
                 d.Host.Time.UpdateWallclock(d);
                 foreach (var vc in d.Vcpus)
                     d.Host.Time.UpdateVcpuTime(vc);
                 return 0;
             case XENMAPSPACE_grant_table:
-                return d.Gnttab.MapFrameIntoPhysmap(x.Idx, x.Gpfn);
+                return d.Gnttab.MapFrameIntoPhysmap(idx, gpfn);
             case XENMAPSPACE_gmfn:
-                return MoveGmfn(d, x.Idx, x.Gpfn);
             case XENMAPSPACE_gmfn_range:
-                for (uint i = 0; i < x.Size; i++)
-                {
-                    long rc = MoveGmfn(d, x.Idx + i, x.Gpfn + i);
-                    if (rc != 0)
-                        return rc;
-                }
-                return 0;
+                return MoveGmfn(d, idx, gpfn);
+            case XENMAPSPACE_gmfn_foreign:
+                return AddForeign(caller, d, foreignDomid, idx, gpfn);
+            case XENMAPSPACE_dev_mmio:
+                return -Errno.EACCES; // hardware domains only, and there is no hardware here
             default:
                 return -Errno.ENOSYS;
         }
+    }
+
+    /// <summary>Maps frame <paramref name="fgfn"/> of a foreign domain at <paramref name="gpfn"/> of <paramref name="d"/> (Xen's
+    /// p2m_add_foreign). The mapping holds a reference, so the frame outlives its owner freeing it until it is unmapped.</summary>
+    private static long AddForeign(Domain caller, Domain d, ushort foreignDomid, ulong fgfn, ulong gpfn)
+    {
+        // Foreign entries are for backends in a privileged domain (Xen limits them to the hardware domain).
+        if (!caller.IsPrivileged || !d.IsPrivileged)
+            return -Errno.EPERM;
+        var f = d.Host.FindDomain(foreignDomid);
+        if (f is null)
+            return -Errno.ESRCH;
+        if (f == d || f.IsHost)
+            return -Errno.EINVAL;
+        uint mfn;
+        lock (f.Lock)
+        {
+            if (!f.P2m.TryLookup(fgfn, out mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo))
+                return -Errno.EINVAL;
+            d.Host.Frames.AddRef(mfn);
+        }
+        lock (d.Lock)
+            d.ReleaseOld(d.P2m.Set(gpfn, mfn, P2mType.Foreign));
+        return 0;
     }
 
     private static long MoveGmfn(Domain d, ulong fromGfn, ulong toGfn)
@@ -255,38 +356,62 @@ internal static class VmAssist
     }
 }
 
-/// <summary>__HYPERVISOR_multicall: runs a batch of hypercalls, storing each result in its entry.</summary>
+/// <summary>__HYPERVISOR_multicall: runs a batch of hypercalls, storing each result in its entry. A call that
+/// asks for a continuation has its arguments rewritten in its entry and the batch resumes at it.</summary>
 internal static unsafe class Multicall
 {
     public static long Do(Vcpu v, in HypercallArgs a)
     {
         ulong list = a.A1;
         ulong n = a.A2;
-        if (v.Compat)
+        bool compat = v.Compat;
+        ulong size = compat ? (ulong)sizeof(MulticallEntry32) : (ulong)sizeof(MulticallEntry);
+        for (ulong i = 0; i < n; i++)
         {
-            for (ulong i = 0; i < n; i++)
+            if (i > 0 && i % (ulong)Hypercall.PreemptBudget == 0)
+                return Hypercall.CreateContinuation(v, new HypercallArgs(list + i * size, n - i));
+            ulong op;
+            HypercallArgs args;
+            if (compat)
             {
                 if (!GuestAccess.ReadElement(v, list, i, out MulticallEntry32 e))
                     return -Errno.EFAULT;
-                long r = e.Op == (uint)Xen.__HYPERVISOR_multicall
-                    ? -Errno.EINVAL
-                    : Hypercall.Dispatch(v, e.Op, new HypercallArgs(e.Args[0], e.Args[1], e.Args[2], e.Args[3], e.Args[4]));
-                if (!GuestAccess.Write(v, list + i * (ulong)sizeof(MulticallEntry32) + 4, (uint)r))
-                    return -Errno.EFAULT;
+                op = e.Op;
+                args = new HypercallArgs(e.Args[0], e.Args[1], e.Args[2], e.Args[3], e.Args[4]);
             }
-            return 0;
-        }
-        for (ulong i = 0; i < n; i++)
-        {
-            if (!GuestAccess.ReadElement(v, list, i, out MulticallEntry e))
-                return -Errno.EFAULT;
-            long r = e.Op == (ulong)Xen.__HYPERVISOR_multicall
-                ? -Errno.EINVAL
-                : Hypercall.Dispatch(v, e.Op, new HypercallArgs(e.Args[0], e.Args[1], e.Args[2], e.Args[3], e.Args[4]));
-            e.Result = (ulong)r;
-            if (!GuestAccess.Write(v, list + i * (ulong)sizeof(MulticallEntry) + 8, e.Result))
+            else
+            {
+                if (!GuestAccess.ReadElement(v, list, i, out MulticallEntry e))
+                    return -Errno.EFAULT;
+                op = e.Op;
+                args = new HypercallArgs(e.Args[0], e.Args[1], e.Args[2], e.Args[3], e.Args[4]);
+            }
+            v.Continuation = null;
+            long r = op == (ulong)Xen.__HYPERVISOR_multicall ? -Errno.EINVAL : Hypercall.Dispatch(v, op, args);
+            v.Compat = compat;
+            ulong entry = list + i * size;
+            if (v.Continuation is { } next)
+            {
+                v.Continuation = null;
+                bool ok = compat
+                    ? WriteArgs32(v, entry + 8, next)
+                    : WriteArgs64(v, entry + 16, next);
+                if (!ok)
+                    return -Errno.EFAULT;
+                return Hypercall.CreateContinuation(v, new HypercallArgs(entry, n - i));
+            }
+            bool stored = compat ? GuestAccess.Write(v, entry + 4, (uint)r) : GuestAccess.Write(v, entry + 8, (ulong)r);
+            if (!stored)
                 return -Errno.EFAULT;
         }
         return 0;
     }
+
+    private static bool WriteArgs64(Vcpu v, ulong at, in HypercallArgs a) =>
+        GuestAccess.Write(v, at, a.A1) && GuestAccess.Write(v, at + 8, a.A2) && GuestAccess.Write(v, at + 16, a.A3)
+        && GuestAccess.Write(v, at + 24, a.A4) && GuestAccess.Write(v, at + 32, a.A5);
+
+    private static bool WriteArgs32(Vcpu v, ulong at, in HypercallArgs a) =>
+        GuestAccess.Write(v, at, (uint)a.A1) && GuestAccess.Write(v, at + 4, (uint)a.A2) && GuestAccess.Write(v, at + 8, (uint)a.A3)
+        && GuestAccess.Write(v, at + 12, (uint)a.A4) && GuestAccess.Write(v, at + 16, (uint)a.A5);
 }

@@ -30,6 +30,9 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public IVcpu? Engine { get; set; }
     /// <summary>The hypercall being handled came from 32-bit code: its arguments use the x86_32 (compat) layouts.</summary>
     public bool Compat;
+    /// <summary>Set by a handler that stopped part-way (Xen's hypercall_create_continuation): the arguments the
+    /// guest re-issues the same hypercall with, so long operations yield the pCPU between pieces.</summary>
+    public HypercallArgs? Continuation;
     public ICpuidPolicy? Cpuid { get; set; }
     public Vlapic Lapic { get; }
 

@@ -8,7 +8,8 @@ namespace XenSharp.Hypervisor.X86;
 /// leaves at 0x40000000 ("XenVMMXenVMM", version 4.14, one hypercall page at MSR 0x40000000, the TSC
 /// leaf, and HVM leaf 4 with the vCPU id).
 /// </summary>
-internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul, sbyte Shift, ulong TscHz)> tsc) : ICpuidPolicy
+internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul, sbyte Shift, ulong TscHz)> tsc,
+    TscMode tscMode = TscMode.Default) : ICpuidPolicy
 {
     public const uint HypercallPageMsr = 0x40000000;
     private const uint Base = XEN_CPUID_FIRST_LEAF;
@@ -36,6 +37,15 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
         }
     }
 
+    private bool HasRdtscp()
+    {
+        baseline.Cpuid(0x80000000, 0, out uint max, out _, out _, out _);
+        if (max < 0x80000001)
+            return false;
+        baseline.Cpuid(0x80000001, 0, out _, out _, out _, out uint edx);
+        return (edx & (1u << 27)) != 0;
+    }
+
     private void XenLeaf(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx)
     {
         eax = ebx = ecx = edx = 0;
@@ -56,18 +66,26 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
                 break;
             case 3:
             {
+                // The TSC leaf. The engine's TSC is constant-rate and in step on every vCPU (a reliable TSC), so only
+                // always_emulate reports emulation; the scale is the one vcpu_time_info carries.
                 var (mul, shift, hz) = tsc();
                 switch (subleaf)
                 {
                     case 0:
-                        ecx = (uint)(hz / 1000); // guest TSC frequency in kHz; default TSC mode
+                        eax = XEN_CPUID_HOST_TSC_RELIABLE
+                            | (tscMode == TscMode.AlwaysEmulate ? XEN_CPUID_TSC_EMULATED : 0)
+                            | (HasRdtscp() ? XEN_CPUID_RDTSCP_INSTR_AVAIL : 0);
+                        ebx = (uint)tscMode;
+                        ecx = (uint)(hz / 1000); // guest TSC frequency in kHz
+                        edx = 0;                 // incarnation: never migrated
                         break;
                     case 1:
+                        // The offset is 0: the guest TSC is the engine's, with no per-domain offset to apply.
                         ecx = mul;
                         edx = (uint)(int)shift;
                         break;
                     case 2:
-                        ecx = (uint)(hz / 1000);
+                        eax = (uint)(hz / 1000); // the "host" TSC the engine presents
                         break;
                 }
                 break;

@@ -12,6 +12,8 @@ namespace XenSharp.Hypervisor.X86;
 internal static unsafe class VmExit
 {
     public const ushort DebugConsolePort = 0xE9;
+    /// <summary>VMCALL (0F 01 C1) and VMMCALL (0F 01 D9) are both three bytes.</summary>
+    private const int VmcallLength = 3;
     private const uint MsrMiscEnable = 0x1A0, MsrPlatformId = 0x17, MsrBiosUpdtTrig = 0x79, MsrUcodeRev = 0x8B;
 
     /// <summary>Handles one exit; false when the vCPU must leave the CPU now.</summary>
@@ -85,12 +87,30 @@ internal static unsafe class VmExit
         cpu.GetSpecialRegisters(out var s);
         long result;
         v.Compat = !IsLongMode(s);
+        v.Continuation = null;
         if (((s.Cs.Attributes >> 5) & 3) != 0)
             result = -Errno.EPERM; // hypercalls are for the guest kernel only
         else if (IsLongMode(s))
             result = Hypercall.Dispatch(v, r.Rax, new HypercallArgs(r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8));
         else
             result = Hypercall.Dispatch(v, (uint)r.Rax, new HypercallArgs((uint)r.Rbx, (uint)r.Rcx, (uint)r.Rdx, (uint)r.Rsi, (uint)r.Rdi));
+        if (v.Continuation is { } next)
+        {
+            // A continuation: the guest runs the same VMCALL again with the updated arguments (RAX keeps the
+            // hypercall number), so the pCPU loop sees an exit boundary between the pieces.
+            v.Continuation = null;
+            if (IsLongMode(s))
+            {
+                r.Rdi = next.A1; r.Rsi = next.A2; r.Rdx = next.A3; r.R10 = next.A4; r.R8 = next.A5;
+            }
+            else
+            {
+                r.Rbx = (uint)next.A1; r.Rcx = (uint)next.A2; r.Rdx = (uint)next.A3; r.Rsi = (uint)next.A4; r.Rdi = (uint)next.A5;
+            }
+            r.Rip -= VmcallLength;
+            cpu.SetRegisters(r);
+            return;
+        }
         r.Rax = IsLongMode(s) ? (ulong)result : (uint)result;
         cpu.SetRegisters(r);
     }

@@ -27,6 +27,28 @@ public struct XenMemoryReservation32
 }
 
 [StructLayout(LayoutKind.Sequential)]
+public struct XenMemoryExchange32
+{
+    public XenMemoryReservation32 In;
+    public XenMemoryReservation32 Out;
+    public uint NrExchanged;
+
+    public const int OffsetNrExchanged = 40;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct XenAddToPhysmapBatch32
+{
+    public ushort Domid;
+    public ushort Space;
+    public ushort Size;
+    public ushort ForeignDomid;
+    public uint Idxs;
+    public uint Gpfns;
+    public uint Errs;
+}
+
+[StructLayout(LayoutKind.Sequential)]
 public struct XenAddToPhysmap32 { public ushort Domid; public ushort Size; public uint Space; public uint Idx; public uint Gpfn; }
 
 [StructLayout(LayoutKind.Sequential)]

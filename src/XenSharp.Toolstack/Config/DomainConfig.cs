@@ -2,6 +2,9 @@ namespace XenSharp.Toolstack.Config;
 
 public enum DomainType { Pv, Pvh, Hvm }
 
+/// <summary>libxl_tsc_mode (xl.cfg tsc_mode); the numbers are Xen's.</summary>
+public enum TscMode { Default = 0, AlwaysEmulate = 1, Native = 2, NativeParavirt = 3 }
+
 /// <summary>What to do when a domain shuts down for a given reason (xl.cfg's on_* ACTION).</summary>
 public enum ShutdownAction { Destroy, Restart, RenameRestart, Preserve, CoredumpDestroy, CoredumpRestart, SoftReset }
 
@@ -35,6 +38,10 @@ public sealed class DomainConfig
     public int CpuWeight { get; set; } = 256;
     public int Cap { get; set; }
     public string? Pool { get; set; }
+    public TscMode TscMode { get; set; }
+    /// <summary>disk= and vif= entries (libxl's disks and nics).</summary>
+    public IReadOnlyList<DiskSpec> Disks { get; set; } = [];
+    public IReadOnlyList<NicSpec> Nics { get; set; } = [];
     /// <summary>The source text of the configuration, kept for restart and for xl list -l.</summary>
     public string? SourceText { get; set; }
     public string? SourceFile { get; set; }
@@ -49,6 +56,14 @@ public sealed class DomainConfig
         ShutdownAction.CoredumpRestart => "coredump-restart",
         ShutdownAction.SoftReset => "soft-reset",
         _ => a.ToString(),
+    };
+
+    public static string TscModeName(TscMode m) => m switch
+    {
+        TscMode.AlwaysEmulate => "always_emulate",
+        TscMode.Native => "native",
+        TscMode.NativeParavirt => "native_paravirt",
+        _ => "default",
     };
 
     public static string TypeName(DomainType t) => t switch

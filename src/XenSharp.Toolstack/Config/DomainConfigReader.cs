@@ -12,7 +12,7 @@ public static class DomainConfigReader
     [
         "name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root", "memory", "maxmem",
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
-        "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool",
+        "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
@@ -21,7 +21,7 @@ public static class DomainConfigReader
         "vnuma", "seclabel", "init_seclabel", "max_grant_frames", "max_maptrack_frames", "max_grant_version",
         "nomigrate", "driver_domain", "device_tree", "acpi", "acpi_s3", "acpi_s4", "acpi_laptop_slate", "apic",
         "pae", "hap", "oos", "shadow_memory", "nestedhvm", "viridian", "hpet", "vpt_align", "timer_mode",
-        "tsc_mode", "localtime", "rtc_timeoffset", "vkb_device", "disk", "vif", "vtpm", "p9", "pvcalls", "vfb",
+        "localtime", "rtc_timeoffset", "vkb_device", "vtpm", "p9", "pvcalls", "vfb",
         "vkb", "vdispl", "vsnd", "channel", "usb", "usbctrl", "usbdev", "pci", "pci_permissive", "pci_msitranslate",
         "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
         "iomem", "e820_host", "serial", "vga", "videoram", "stdvga", "vnc", "vnclisten", "vncdisplay",
@@ -136,6 +136,20 @@ public static class DomainConfigReader
             d.Cap = (int)cap;
         }
         d.Pool = cfg.GetString("pool");
+        d.TscMode = ReadTscMode(cfg, warnings);
+        d.Disks = ReadDevices(cfg, "disk", (spec, _) => DiskSpec.Parse(spec));
+        d.Nics = ReadDevices(cfg, "vif", (spec, devid) => NicSpec.Parse(spec, devid));
+        var vdevs = new HashSet<string>();
+        foreach (var disk in d.Disks)
+            if (!vdevs.Add(disk.Vdev))
+                throw At(cfg, "disk", $"disk vdev `{disk.Vdev}' is given twice");
+        // The devices are parsed and kept (xl list -l shows them), but no backend serves them yet: say so.
+        if (cfg.Find("disk") is { } diskSetting)
+            foreach (var (disk, line) in d.Disks.Zip(cfg.GetList("disk")!.Select(i => i.Line)))
+                warnings.Add($"{diskSetting.File}:{line}: warning: disk `{disk.Vdev}' ({disk.Target ?? "empty cdrom"}): the block backend is not available yet; the domain is created without this disk");
+        if (cfg.Find("vif") is { } vifSetting)
+            foreach (var (nic, line) in d.Nics.Zip(cfg.GetList("vif")!.Select(i => i.Line)))
+                warnings.Add($"{vifSetting.File}:{line}: warning: vif {nic.Devid} (mac {nic.Mac}): the network backend is not available yet; the domain is created without this interface");
 
         switch (d.Type)
         {
@@ -161,6 +175,45 @@ public static class DomainConfigReader
                 : $"{s.File}:{s.Line}: warning: unknown key `{s.Key}' ignored");
         }
         return new Result(d, warnings);
+    }
+
+    /// <summary>tsc_mode: libxl's names; a number is the deprecated form xl still accepts with a warning.</summary>
+    private static TscMode ReadTscMode(XlConfig cfg, List<string> warnings)
+    {
+        var s = cfg.Find("tsc_mode");
+        if (s is null) return TscMode.Default;
+        string v = cfg.GetString("tsc_mode")!;
+        if (XlConfig.TryParseNumber(v, out long n))
+        {
+            warnings.Add("WARNING: specifying \"tsc_mode\" as an integer is deprecated. Please use the named parameter variant. e.g. tsc_mode=\"default\"");
+            if (n is < 0 or > 3) throw At(cfg, "tsc_mode", $"invalid value \"{v}\" for \"tsc_mode\"");
+            return (TscMode)n;
+        }
+        return v switch
+        {
+            "default" => TscMode.Default,
+            "always_emulate" => TscMode.AlwaysEmulate,
+            "native" => TscMode.Native,
+            "native_paravirt" => TscMode.NativeParavirt,
+            _ => throw At(cfg, "tsc_mode", $"invalid value \"{v}\" for \"tsc_mode\""),
+        };
+    }
+
+    /// <summary>A list of device specification strings (disk=, vif=), each parsed with its own line in errors.</summary>
+    private static IReadOnlyList<T> ReadDevices<T>(XlConfig cfg, string key, Func<string, int, T> parse)
+    {
+        var items = cfg.GetList(key);
+        if (items is null) return [];
+        var s = cfg.Find(key)!;
+        var list = new List<T>();
+        foreach (var item in items)
+        {
+            if (item.IsList)
+                throw XlConfigException.At(s.File, item.Line, $"parameter `{key}' has a list where a string should be");
+            try { list.Add(parse(item.Atom!, list.Count)); }
+            catch (FormatException e) { throw XlConfigException.At(s.File, item.Line, e.Message); }
+        }
+        return list;
     }
 
     /// <summary>Relative paths resolve against the configuration file's directory; a leading

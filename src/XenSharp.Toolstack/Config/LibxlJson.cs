@@ -27,6 +27,7 @@ public static class LibxlJson
         if (d.Kernel is not null) b["kernel"] = d.Kernel;
         if (d.Cmdline.Length > 0) b["cmdline"] = d.Cmdline;
         if (d.Ramdisk is not null) b["ramdisk"] = d.Ramdisk;
+        if (d.TscMode != TscMode.Default) b["tsc_mode"] = Config.DomainConfig.TscModeName(d.TscMode);
         b["type." + Enums.TypeName(d.Type)] = new JsonObject();
         b["arch_arm"] = new JsonObject();
 
@@ -39,7 +40,7 @@ public static class LibxlJson
         };
         if (d.Pool is not null) c["pool_name"] = d.Pool;
 
-        return new JsonObject
+        var result = new JsonObject
         {
             ["c_info"] = c,
             ["b_info"] = b,
@@ -49,6 +50,42 @@ public static class LibxlJson
             ["on_crash"] = Enums.Action(d.OnCrash),
             ["on_soft_reset"] = Enums.Action(d.OnSoftReset),
         };
+        if (d.Disks.Count > 0) result["disks"] = new JsonArray(d.Disks.Select(Disk).ToArray());
+        if (d.Nics.Count > 0) result["nics"] = new JsonArray(d.Nics.Select(Nic).ToArray());
+        return result;
+    }
+
+    private static JsonNode Disk(DiskSpec s)
+    {
+        var o = new JsonObject();
+        if (s.BackendDomain is not null) o["backend_domname"] = s.BackendDomain;
+        if (s.Target is not null) o["pdev_path"] = s.Target;
+        o["vdev"] = s.Vdev;
+        if (s.Backend != DiskBackend.Unknown) o["backend"] = s.Backend.ToString().ToLowerInvariant();
+        o["format"] = DiskSpec.FormatName(s.Format);
+        if (s.Script is not null) o["script"] = s.Script;
+        o["removable"] = s.IsCdrom ? 1 : 0;
+        o["readwrite"] = s.ReadWrite ? 1 : 0;
+        o["is_cdrom"] = s.IsCdrom ? 1 : 0;
+        if (s.DirectIoSafe) o["direct_io_safe"] = true;
+        if (s.Discard is bool discard) o["discard_enable"] = discard ? "True" : "False";
+        return o;
+    }
+
+    private static JsonNode Nic(NicSpec n)
+    {
+        var o = new JsonObject { ["devid"] = n.Devid, ["mac"] = n.Mac };
+        if (n.BackendDomain is not null) o["backend_domname"] = n.BackendDomain;
+        if (n.Mtu is int mtu) o["mtu"] = mtu;
+        if (n.Ip is not null) o["ip"] = n.Ip;
+        if (n.Bridge is not null) o["bridge"] = n.Bridge;
+        if (n.VifName is not null) o["ifname"] = n.VifName;
+        o["script"] = n.Script;
+        o["nictype"] = n.Type == "ioemu" ? "vif_ioemu" : "vif";
+        if (n.Model is not null) o["model"] = n.Model;
+        if (n.Rate is not null) o["rate"] = n.Rate;
+        if (n.GatewayDev is not null) o["gatewaydev"] = n.GatewayDev;
+        return o;
     }
 
     private static JsonArray Affinity(IReadOnlyList<CpuMap> maps, int maxVcpus)

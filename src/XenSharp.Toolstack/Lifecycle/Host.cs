@@ -163,8 +163,10 @@ public sealed partial class Host : IDisposable
         byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? "firmware_override" : "kernel");
         byte[]? ramdisk = c.Ramdisk is null ? null : ReadImage(c.Ramdisk, "ramdisk");
 
+        if (c.TscMode == TscMode.NativeParavirt)
+            throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
         var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? DomainKind.Hvm : DomainKind.Pvh,
-            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name));
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
         var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow };
         lock (_lock) _domains[domId] = dom;
         try
@@ -359,9 +361,22 @@ public sealed partial class Host : IDisposable
         var d = Resolve(r.Domain);
         if (r.Trigger is not ("nmi" or "reset" or "init" or "power" or "sleep" or "s3resume"))
             throw new ControlException($"Invalid trigger \"{r.Trigger}\"");
-        if (r.Vcpu < 0 || r.Vcpu >= d.Config.MaxVcpus) throw new ControlException($"vcpu {r.Vcpu} does not exist");
-        d.Hv.SendTrigger(r.Trigger, r.Vcpu);
+        try { d.Hv.SendTrigger(r.Trigger, r.Vcpu); }
+        catch (XenSharp.Hypervisor.HypervisorException e)
+        {
+            // libxl_send_trigger's report: the errno of XEN_DOMCTL_sendtrigger in words.
+            throw new ControlException($"libxl: error: libxl_domain.c: Domain {d.DomId}:Send trigger '{r.Trigger}' failed: {ErrnoText(e.Errno)}", e.Errno);
+        }
     }
+
+    private static string ErrnoText(int errno) => errno switch
+    {
+        1 => "Operation not permitted",
+        3 => "No such process",
+        22 => "Invalid argument",
+        38 => "Function not implemented",
+        _ => $"errno {errno}",
+    };
 
     // ---- information ----
 

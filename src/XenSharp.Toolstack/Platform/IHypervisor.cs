@@ -8,7 +8,11 @@ public enum ShutdownReason { Poweroff = 0, Reboot = 1, Suspend = 2, Crash = 3, W
 public enum DomainKind { Pvh, Hvm }
 
 /// <summary>What XEN_DOMCTL_createdomain and the max_vcpus/max_mem domctls are given.</summary>
-public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, long MaxMemKb, string Name);
+public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, long MaxMemKb, string Name)
+{
+    /// <summary>xl.cfg tsc_mode (native_paravirt never reaches the hypervisor: libxl refuses it).</summary>
+    public Config.TscMode TscMode { get; init; }
+}
 
 /// <summary>A domain's run state as XEN_DOMCTL_getdomaininfo reports it.</summary>
 public readonly record struct DomainRunState(

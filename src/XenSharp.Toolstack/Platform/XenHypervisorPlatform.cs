@@ -69,7 +69,14 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         // Room for the ACPI tables and the special pages beyond the guest's RAM.
         ulong maxKiB = (ulong)info.MaxMemKb + 1024;
         ushort id;
-        try { id = _hv.CreateDomain(new Hv.DomainConfig(type, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId }); }
+        var tsc = info.TscMode switch
+        {
+            Config.TscMode.AlwaysEmulate => Hv.TscMode.AlwaysEmulate,
+            Config.TscMode.Native => Hv.TscMode.Native,
+            Config.TscMode.Default => Hv.TscMode.Default,
+            _ => throw new NotSupportedException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed"),
+        };
+        try { id = _hv.CreateDomain(new Hv.DomainConfig(type, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = tsc }); }
         catch (HypervisorException e) { throw new InvalidOperationException($"cannot create domain {domId}: {e.Message}", e); }
         return new Domain(_hv, id);
     }
@@ -79,8 +86,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
     /// <summary>The hypervisor's ring takes only its own messages; the toolstack's go to the daemon's log.</summary>
     public void ConsoleWrite(string line) => Console.Error.WriteLine($"xensharpd: {line}");
 
-    public void DebugKeys(string keys) =>
-        throw new NotSupportedException("debug keys are not handled by the hypervisor yet");
+    public void DebugKeys(string keys) => _hv.DebugKeys(keys);
 
     public void Dispose()
     {
@@ -153,8 +159,26 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         public void SetMaxMem(long kb) => hv.SetMaxMemory(domId, (ulong)kb + 1024);
         public void Shutdown(ShutdownReason reason) => hv.Shutdown(domId, (Hv.ShutdownReason)(uint)reason);
 
-        public void SendTrigger(string trigger, int vcpu) => throw new NotSupportedException(
-            $"trigger {trigger}: the hypervisor has no XEN_DOMCTL_sendtrigger yet");
+        public void SendTrigger(string trigger, int vcpu)
+        {
+            // libxl_send_trigger: s3resume is an HVM param write (a no-op unless the guest sleeps in S3, which
+            // XenSharp's guests cannot); the others are XEN_DOMCTL_sendtrigger.
+            if (trigger == "s3resume")
+            {
+                hv.GetDomainInfo(domId);
+                return;
+            }
+            uint t = trigger switch
+            {
+                "nmi" => XenSharp.Public.Domctl.XEN_DOMCTL_SENDTRIGGER_NMI,
+                "reset" => XenSharp.Public.Domctl.XEN_DOMCTL_SENDTRIGGER_RESET,
+                "init" => XenSharp.Public.Domctl.XEN_DOMCTL_SENDTRIGGER_INIT,
+                "power" => XenSharp.Public.Domctl.XEN_DOMCTL_SENDTRIGGER_POWER,
+                "sleep" => XenSharp.Public.Domctl.XEN_DOMCTL_SENDTRIGGER_SLEEP,
+                _ => throw new ArgumentException($"Invalid trigger \"{trigger}\""),
+            };
+            hv.SendTrigger(domId, t, vcpu);
+        }
 
         public DomainRunState State
         {

@@ -86,9 +86,9 @@ public class DomainConfigReaderTests
     [Fact]
     public void UnknownKeysWarnWithFileAndLine()
     {
-        var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nfrobnicate=1\ndisk=['x']\n", "g.cfg");
+        var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nfrobnicate=1\nvtpm=['x']\n", "g.cfg");
         Assert.Contains("g.cfg:4: warning: unknown key `frobnicate' ignored", r.Warnings);
-        Assert.Contains("g.cfg:5: warning: `disk' is not supported yet and is ignored", r.Warnings);
+        Assert.Contains("g.cfg:5: warning: `vtpm' is not supported yet and is ignored", r.Warnings);
     }
 
     [Theory]

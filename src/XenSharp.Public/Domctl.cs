@@ -1,0 +1,9 @@
+namespace XenSharp.Public;
+
+/// <summary>xen/include/public/domctl.h: the parts the toolstack's control calls carry.</summary>
+public static class Domctl
+{
+    /// <summary>XEN_DOMCTL_sendtrigger's trigger values.</summary>
+    public const uint XEN_DOMCTL_SENDTRIGGER_NMI = 0, XEN_DOMCTL_SENDTRIGGER_RESET = 1, XEN_DOMCTL_SENDTRIGGER_INIT = 2,
+        XEN_DOMCTL_SENDTRIGGER_POWER = 3, XEN_DOMCTL_SENDTRIGGER_SLEEP = 4;
+}

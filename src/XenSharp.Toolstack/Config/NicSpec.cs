@@ -1,0 +1,90 @@
+namespace XenSharp.Toolstack.Config;
+
+/// <summary>
+/// One vif= entry as libxl_device_nic holds it, parsed from xl's network specification
+/// (xl-network-configuration(5)): comma-separated <c>key=value</c> items. A missing mac gets one in Xen's
+/// 00:16:3e OUI, as libxl assigns.
+/// </summary>
+public sealed record NicSpec
+{
+    public int Devid { get; init; }
+    public required string Mac { get; init; }
+    public string? Bridge { get; init; }
+    public string Type { get; init; } = "vif";
+    public string? Model { get; init; }
+    public string? VifName { get; init; }
+    public string Script { get; init; } = "vif-bridge";
+    public string? Ip { get; init; }
+    public string? BackendDomain { get; init; }
+    public string? Rate { get; init; }
+    public string? GatewayDev { get; init; }
+    public int? Mtu { get; init; }
+
+    public static NicSpec Parse(string spec, int devid, Random? random = null)
+    {
+        string? mac = null, bridge = null, model = null, vifname = null, script = null, ip = null, backend = null, rate = null, gateway = null;
+        string type = "vif";
+        int? mtu = null;
+        foreach (string raw in spec.Split(','))
+        {
+            string item = raw.Trim();
+            if (item.Length == 0)
+                continue;
+            int eq = item.IndexOf('=');
+            if (eq < 0)
+                throw new FormatException($"unrecognized argument `{item}' in vif specification `{spec}'");
+            string key = item[..eq].Trim(), value = item[(eq + 1)..].Trim();
+            switch (key)
+            {
+                case "mac": mac = ParseMac(value, spec); break;
+                case "bridge": bridge = value; break;
+                case "netdev": bridge = value; break;
+                case "type":
+                    if (value is not ("vif" or "ioemu"))
+                        throw new FormatException($"Invalid parameter `type={value}' in vif specification `{spec}'");
+                    type = value;
+                    break;
+                case "model": model = value; break;
+                case "vifname": vifname = value; break;
+                case "script": script = value; break;
+                case "ip": ip = value; break;
+                case "backend": backend = value; break;
+                case "rate": rate = value; break;
+                case "gatewaydev": gateway = value; break;
+                case "devid":
+                    if (!int.TryParse(value, out devid) || devid < 0)
+                        throw new FormatException($"invalid devid `{value}' in vif specification `{spec}'");
+                    break;
+                case "mtu":
+                    if (!int.TryParse(value, out int m) || m < 68)
+                        throw new FormatException($"invalid mtu `{value}' in vif specification `{spec}'");
+                    mtu = m;
+                    break;
+                case "accel":
+                    break; // xl: "the accel parameter for vifs is currently not supported"
+                default:
+                    throw new FormatException($"unrecognized argument `{item}' in vif specification `{spec}'");
+            }
+        }
+        if (mac is null)
+        {
+            var b = new byte[3];
+            (random ?? Random.Shared).NextBytes(b);
+            mac = $"00:16:3e:{b[0] & 0x7f:x2}:{b[1]:x2}:{b[2]:x2}";
+        }
+        return new NicSpec
+        {
+            Devid = devid, Mac = mac, Bridge = bridge, Type = type, Model = model, VifName = vifname,
+            Script = script ?? "vif-bridge", Ip = ip, BackendDomain = backend, Rate = rate, GatewayDev = gateway, Mtu = mtu,
+        };
+    }
+
+    /// <summary>Six hex octets separated by colons (or dashes), normalised to lower case.</summary>
+    private static string ParseMac(string v, string spec)
+    {
+        var parts = v.Split(':', '-');
+        if (parts.Length != 6 || parts.Any(p => p.Length is < 1 or > 2 || !p.All(Uri.IsHexDigit)))
+            throw new FormatException($"invalid mac address `{v}' in vif specification `{spec}'");
+        return string.Join(':', parts.Select(p => Convert.ToByte(p, 16).ToString("x2")));
+    }
+}

@@ -1,0 +1,121 @@
+using XenSharp.Toolstack.Config;
+
+namespace XenSharp.Toolstack.Tests.Config;
+
+/// <summary>disk= and vif= in xl's specification syntax, and tsc_mode.</summary>
+[Trait("Feature", "xl")]
+public class DeviceSpecTests
+{
+    private static DomainConfigReader.Result Read(string extra) =>
+        DomainConfigReader.Read(XlConfigParser.Parse($"name = \"g\"\ntype = \"pvh\"\nkernel = \"/boot/vmlinuz\"\n{extra}\n", "/etc/xen/g.cfg"), hostCpus: 4);
+
+    [Theory]
+    [InlineData("/dev/vg/guest-volume,,hda", "/dev/vg/guest-volume", DiskFormat.Raw, "hda", true)]
+    [InlineData("/dev/vg/guest-volume,raw,xvda,rw", "/dev/vg/guest-volume", DiskFormat.Raw, "xvda", true)]
+    [InlineData("format=qcow2, vdev=xvdb, access=ro, target=/images/a,b.qcow2", "/images/a,b.qcow2", DiskFormat.Qcow2, "xvdb", false)]
+    [InlineData("phy:/dev/vg/lv,xvda,w", "/dev/vg/lv", DiskFormat.Raw, "xvda", true)]
+    [InlineData("qcow2:/images/disk.qcow2,xvda1,r", "/images/disk.qcow2", DiskFormat.Qcow2, "xvda1", false)]
+    [InlineData("/images/d.vhd,vhd,sdc", "/images/d.vhd", DiskFormat.Vhd, "sdc", true)]
+    public void DiskSpecificationsAsXlReadsThem(string spec, string target, DiskFormat format, string vdev, bool rw)
+    {
+        var d = DiskSpec.Parse(spec);
+        Assert.Equal(target, d.Target);
+        Assert.Equal(format, d.Format);
+        Assert.Equal(vdev, d.Vdev);
+        Assert.Equal(rw, d.ReadWrite);
+    }
+
+    [Fact]
+    public void CdromsMayBeEmptyAndAreReadOnly()
+    {
+        var d = DiskSpec.Parse("file:/isos/debian.iso,hdc:cdrom,r");
+        Assert.True(d.IsCdrom);
+        Assert.Equal("hdc", d.Vdev);
+        Assert.False(d.ReadWrite);
+        var empty = DiskSpec.Parse(",,hdc,devtype=cdrom");
+        Assert.True(empty.IsCdrom);
+        Assert.Null(empty.Target);
+        Assert.Equal(DiskFormat.Empty, empty.Format);
+        Assert.Equal(DiskBackend.Phy, DiskSpec.Parse("vdev=xvdc,backendtype=phy,target=/dev/sdb").Backend);
+    }
+
+    [Theory]
+    [InlineData("/dev/sdb", "no vdev specified")]
+    [InlineData("/dev/sdb,raw,xvdb,rx", "unknown value for access")]
+    [InlineData("/dev/sdb,vmdk,xvdb,w", "unknown value for format")]
+    [InlineData("/dev/sdb,raw,floppy", "invalid vdev")]
+    [InlineData("/dev/sdb,raw,xvdb,w,extra", "too many positional parameters")]
+    [InlineData("colour=blue,/dev/sdb,xvdb", "unknown keyword")]
+    [InlineData("nbd:host:1234,xvdb,w", "unknown deprecated disk prefix")]
+    public void BadDiskSpecificationsNameTheLine(string spec, string why)
+    {
+        var e = Assert.Throws<XlConfigException>(() => Read($"memory = 64\ndisk = [ '/dev/sda,raw,xvda,w',\n   '{spec}' ]"));
+        Assert.StartsWith("/etc/xen/g.cfg:6: config parsing error in disk specification: " + why, e.Message);
+        Assert.Contains($"in `{spec}'", e.Message);
+    }
+
+    [Fact]
+    public void DisksAndVifsAreKeptAndTheMissingBackendsSaidClearly()
+    {
+        var r = Read("disk = [ 'phy:/dev/vg/root,xvda,w', '/srv/data.img,raw,xvdb,ro' ]\nvif = [ 'mac=00:16:3E:01:02:03,bridge=xenbr0', 'bridge=xenbr1,model=e1000' ]");
+        var c = r.Config;
+        Assert.Equal(["xvda", "xvdb"], c.Disks.Select(d => d.Vdev));
+        Assert.Equal(DiskBackend.Phy, c.Disks[0].Backend);
+        Assert.False(c.Disks[1].ReadWrite);
+        Assert.Equal("00:16:3e:01:02:03", c.Nics[0].Mac);
+        Assert.Equal("xenbr0", c.Nics[0].Bridge);
+        Assert.Equal(1, c.Nics[1].Devid);
+        Assert.Matches("^00:16:3e:[0-7][0-9a-f]:[0-9a-f]{2}:[0-9a-f]{2}$", c.Nics[1].Mac);
+        Assert.Equal("e1000", c.Nics[1].Model);
+        Assert.Contains(r.Warnings, w => w.StartsWith("/etc/xen/g.cfg:4: warning: disk `xvda'") && w.Contains("block backend is not available"));
+        Assert.Contains(r.Warnings, w => w.StartsWith("/etc/xen/g.cfg:5: warning: vif 1") && w.Contains("network backend is not available"));
+        Assert.DoesNotContain(r.Warnings, w => w.Contains("unknown key"));
+
+        var json = LibxlJson.DomainConfig(c);
+        Assert.Equal("/dev/vg/root", (string?)json["disks"]![0]!["pdev_path"]);
+        Assert.Equal(0, (int?)json["disks"]![1]!["readwrite"]);
+        Assert.Equal("xenbr1", (string?)json["nics"]![1]!["bridge"]);
+    }
+
+    [Theory]
+    [InlineData("mac=00:16:3e:zz:00:01", "invalid mac address")]
+    [InlineData("bridge=xenbr0,flavour=mint", "unrecognized argument `flavour=mint'")]
+    [InlineData("type=tap", "Invalid parameter `type=tap'")]
+    public void BadVifSpecificationsNameTheLine(string spec, string why)
+    {
+        var e = Assert.Throws<XlConfigException>(() => Read($"vif = [ '{spec}' ]"));
+        Assert.StartsWith("/etc/xen/g.cfg:4: " + why, e.Message);
+    }
+
+    [Fact]
+    public void DuplicateVdevsAreRefused()
+    {
+        var e = Assert.Throws<XlConfigException>(() => Read("disk = [ '/a,raw,xvda', '/b,raw,xvda' ]"));
+        Assert.Contains("xvda", e.Message);
+    }
+
+    [Theory]
+    [InlineData("\"default\"", TscMode.Default)]
+    [InlineData("\"always_emulate\"", TscMode.AlwaysEmulate)]
+    [InlineData("\"native\"", TscMode.Native)]
+    [InlineData("\"native_paravirt\"", TscMode.NativeParavirt)]
+    public void TscModesByName(string value, TscMode mode)
+    {
+        var r = Read($"tsc_mode = {value}");
+        Assert.Equal(mode, r.Config.TscMode);
+        Assert.Empty(r.Warnings);
+        if (mode != TscMode.Default)
+            Assert.Equal(DomainConfig.TscModeName(mode), (string?)LibxlJson.DomainConfig(r.Config)["b_info"]!["tsc_mode"]);
+    }
+
+    [Fact]
+    public void TscModeAsANumberIsDeprecatedAndBadNamesAreErrors()
+    {
+        var r = Read("tsc_mode = 1");
+        Assert.Equal(TscMode.AlwaysEmulate, r.Config.TscMode);
+        Assert.Contains(r.Warnings, w => w.Contains("specifying \"tsc_mode\" as an integer is deprecated"));
+        var e = Assert.Throws<XlConfigException>(() => Read("tsc_mode = \"sometimes\""));
+        Assert.Equal("/etc/xen/g.cfg:4: invalid value \"sometimes\" for \"tsc_mode\"", e.Message);
+        Assert.Throws<XlConfigException>(() => Read("tsc_mode = 7"));
+    }
+}
