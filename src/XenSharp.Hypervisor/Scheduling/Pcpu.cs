@@ -145,7 +145,7 @@ internal sealed class Pcpu
             {
                 _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
             }
-            _pools.Trace?.Invoke(Id, v, start, end);
+            _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end));
             sched.Descheduled(v, Id, end - start, end);
         }
     }
