@@ -1,7 +1,8 @@
 using Xunit.Abstractions;
+
 namespace XenSharp.Hypervisor.Tests.Scheduling;
 
-/// <summary>credit2: 256 and 512 share one pCPU 1:2 within ±5% over 10 s, beside the credit measurement.</summary>
+/// <summary>credit2's shares: 256 and 512 share one pCPU 1:2 within ±5% over 10 s; a cap of 25% holds within ±3 points.</summary>
 [Trait("Feature", "Credit2 Scheduler")]
 [Collection("Credit2 weights")]
 public class Credit2WeightTests(ITestOutputHelper output)
@@ -13,26 +14,26 @@ public class Credit2WeightTests(ITestOutputHelper output)
         output.WriteLine($"256:512 = {ns[0]}:{ns[1]} ns, ratio {ratio:F4}");
         Assert.True(ratio is >= 0.5 * 0.95 and <= 0.5 * 1.05, $"256:512 got {ns[0]}:{ns[1]} ns, ratio {ratio:F4}");
     }
+
+    [Fact]
+    public void ACapOf25PercentHoldsOnAnOtherwiseIdlePcpu()
+    {
+        double pct = SchedGuests.CapPercent("credit2", 25, 3000);
+        output.WriteLine($"cap 25: {pct:F2}%");
+        Assert.InRange(pct, 22.0, 28.0);
+    }
 }
 
 [CollectionDefinition("Credit2 weights")]
 public class Credit2Weights;
 
-/// <summary>credit2: weights share one pCPU, a cap holds, soft affinity is preferred, parameters are checked.</summary>
+/// <summary>credit2: a woken vCPU runs first, soft affinity is preferred, parameters are checked.</summary>
 [Trait("Feature", "Credit2 Scheduler")]
 [Collection("Scheduler measurements")]
-public class Credit2SchedulerTests
+public class Credit2SchedulerTests(ITestOutputHelper output)
 {
     [Fact]
-    public void ACapOf25PercentHolds()
-    {
-        using var host = SchedGuests.Host(pcpus: 1, scheduler: "credit2");
-        ushort a = SchedGuests.Spinner(host);
-        host.SetCredit2Params(a, cap: 25);
-        host.Unpause(a);
-        var t = SchedGuests.Measure(host, 2000, a);
-        Assert.InRange(t[0] * 100.0 / 2e9, 22.0, 28.0);
-    }
+    public void ABlockedVcpuRunsWithinAMillisecondOfItsEvent() => CreditSchedulerTests.AssertWakeUps("credit2", output);
 
     [Fact]
     public void SoftAffinityIsPreferredAndRateLimitIsChecked()

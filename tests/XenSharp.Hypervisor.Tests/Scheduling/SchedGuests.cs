@@ -116,6 +116,27 @@ internal static class SchedGuests
         return ((double)t[0] / t[1], t);
     }
 
+    /// <summary>
+    /// A CPU-bound domain capped at <paramref name="cap"/>% alone on a pCPU: the percentage of one pCPU the scheduler
+    /// accounted to it over <paramref name="ms"/> of its own clock.
+    /// </summary>
+    public static double CapPercent(string scheduler, int cap, int ms)
+    {
+        using var host = Host(pcpus: 1, scheduler: scheduler);
+        ushort a = Spinner(host);
+        if (scheduler == "credit")
+            host.SetCreditParams(a, cap: cap);
+        else
+            host.SetCredit2Params(a, cap: cap);
+        host.Unpause(a);
+        TestHosts.WaitUntil(() => CpuTime(host, a) > 0);
+        Thread.Sleep(300);
+        long t0 = host.SystemTimeNs, c0 = CpuTime(host, a);
+        Thread.Sleep(ms);
+        long t1 = host.SystemTimeNs, c1 = CpuTime(host, a);
+        return (c1 - c0) * 100.0 / (t1 - t0);
+    }
+
     /// <summary>Records every slice: (pCPU, domid, vCPU, start, end).</summary>
     public static ConcurrentQueue<(int Cpu, ushort Dom, int Vcpu, long Start, long End)> Trace(XenHypervisor host)
     {
