@@ -100,7 +100,7 @@ static long MeasureSwitch()
     host.Unpause(a);
     host.Unpause(b);
     Thread.Sleep(500);
-    host.Scheduler.Trace = (_, _, s, e) => slices.Enqueue((s, e));
+    host.Scheduler.Trace = r => slices.Enqueue((r.StartNs, r.EndNs));
     Thread.Sleep(2000);
     host.Scheduler.Trace = null;
     var all = slices.ToArray();

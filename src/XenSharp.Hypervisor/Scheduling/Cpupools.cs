@@ -4,6 +4,16 @@ using XenSharp.Public;
 namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
+/// One slice, in the scheduler's time base (ns of system time): when the scheduler picked the vCPU and the end it
+/// granted (<see cref="UntilNs"/>), when the pCPU started and stopped running it, and, for a vCPU that had been
+/// woken, when it was woken (0 otherwise). Grant and run differ only by what the host did to the pCPU thread.
+/// A slice asked to give way (a wake-up preempting it) records when the pCPU saw the request and when it then meant
+/// to stop, the rate limit permitting (<see cref="PreemptNs"/>; long.MaxValue when no one asked).
+/// </summary>
+internal readonly record struct SliceRecord(int Cpu, Vcpu Vcpu, long WokenNs, long DecidedNs, long UntilNs, long StartNs, long EndNs,
+    long PreemptSeenNs = long.MaxValue, long PreemptNs = long.MaxValue);
+
+/// <summary>
 /// The cpupools of the host and the pCPUs they own (Xen's cpupool.c): Pool-0 holds every pCPU at start with the
 /// default scheduler; pools are created, destroyed and renamed, pCPUs and domains move between them. It routes the
 /// hypervisor's scheduling calls (a vCPU added, woken, removed) to the scheduler of the vCPU's pool.
@@ -36,8 +46,8 @@ internal sealed class Cpupools : IDisposable
     public string DefaultScheduler { get; }
     public HostTopology Topology { get; }
     public SliceTimer Timer { get; }
-    /// <summary>Called after every slice: pCPU, vCPU, start and end (ns). For tracing (xentrace's role) and tests.</summary>
-    public Action<int, Vcpu, long, long>? Trace;
+    /// <summary>Called after every slice with the scheduler's decision and what became of it. For tracing (xentrace's role) and tests.</summary>
+    public Action<SliceRecord>? Trace;
     /// <summary>Called with the time from each wake-up to the vCPU running.</summary>
     public Action<long>? WakeLatency;
 

@@ -107,12 +107,12 @@ internal sealed class Credit2Scheduler(Cpupool pool)
             if (now >= _nextReplenish)
             {
                 // Budget for the time that really passed, so a late pCPU does not shrink the cap.
-                long elapsed = _lastReplenish < 0 ? BudgetPeriodNs : Math.Min(now - _lastReplenish, 4 * BudgetPeriodNs);
+                long elapsed = _lastReplenish < 0 ? BudgetPeriodNs : Math.Min(now - _lastReplenish, CreditScheduler.MaxCarryNs);
                 _lastReplenish = now;
                 _nextReplenish = now + BudgetPeriodNs;
                 foreach (var d in _doms.Values)
                     if (d.Cap > 0)
-                        d.Budget = Math.Clamp(d.Budget + d.Cap * elapsed / 100, -BudgetPeriodNs, d.Cap * BudgetPeriodNs / 100);
+                        d.Budget = Math.Clamp(d.Budget + d.Cap * elapsed / 100, -CreditScheduler.MaxCarryNs, d.Cap * BudgetPeriodNs / 100);
             }
             _runq.RemoveAll(v =>
             {
@@ -188,8 +188,8 @@ internal sealed class Credit2Scheduler(Cpupool pool)
             var d = Data(v);
             if (_doms.TryGetValue(v.Domain, out var dom))
             {
-                // Bounded below, so one overlong slice (a pCPU thread the host held up) is not a debt for seconds.
-                d.Credit = Math.Max(d.Credit - ranNs * MaxWeight() / dom.Weight, -2 * CreditInitNs);
+                // Charged in full, a slice the host held up included: a forgiven debt would tilt the shares.
+                d.Credit = Math.Max(d.Credit - ranNs * MaxWeight() / dom.Weight, -CreditScheduler.MaxCarryNs);
                 if (dom.Cap > 0)
                     dom.Budget -= ranNs;
             }

@@ -16,6 +16,11 @@ internal sealed class CreditScheduler(Cpupool pool)
     public const long DefaultRatelimitNs = 1_000_000;
     public const long AccountingPeriodNs = 30_000_000;
     public const int DefaultWeight = 256;
+    /// <summary>
+    /// How much credit (or cap budget) a vCPU may carry either way. Time a host stall adds to a slice is charged in
+    /// full, and a debt forgiven or a credit dropped would tilt the shares, so only absurd amounts are cut.
+    /// </summary>
+    public const long MaxCarryNs = 1_000_000_000;
 
     internal sealed class VcpuData : WeightedVcpuData
     {
@@ -163,16 +168,16 @@ internal sealed class CreditScheduler(Cpupool pool)
     {
         _nextAccounting = now + AccountingPeriodNs;
         // Credit is handed out for the time that really passed (pCPU threads and timers can be late), so that what
-        // is earned matches what is burnt; a long gap (nothing to run) counts as one period.
-        long elapsed = _lastAccounting < 0 ? AccountingPeriodNs : Math.Min(now - _lastAccounting, 4 * AccountingPeriodNs);
+        // is earned matches what is burnt.
+        long elapsed = _lastAccounting < 0 ? AccountingPeriodNs : Math.Min(now - _lastAccounting, MaxCarryNs);
         _lastAccounting = now;
         // Only active domains (with a runnable vCPU) share the period, so idle ones do not dilute the weights.
         long total = 0;
         foreach (var (dom, d) in _doms)
         {
             if (d.Cap > 0)
-                // An overrun is paid back, but at most one period of it (a pCPU thread the host held up is not the guest's debt).
-                d.CapBudget = Math.Clamp(d.CapBudget + d.Cap * elapsed / 100, -AccountingPeriodNs, d.Cap * AccountingPeriodNs / 100);
+                // An overrun is paid back in full (unused budget is not saved up beyond one period).
+                d.CapBudget = Math.Clamp(d.CapBudget + d.Cap * elapsed / 100, -MaxCarryNs, d.Cap * AccountingPeriodNs / 100);
             if (dom.Vcpus.Any(v => v.IsRunnable && _all.Contains(v)))
                 total += d.Weight;
         }
@@ -189,8 +194,8 @@ internal sealed class CreditScheduler(Cpupool pool)
             {
                 if (!v.IsRunnable || v.SchedData is not SchedUnit { Priv: VcpuData vd })
                     continue;
-                // Bounded both ways so an idle vCPU cannot hoard credit nor a busy one sink forever.
-                vd.Credit = Math.Clamp(vd.Credit + perVcpu, -2 * AccountingPeriodNs, AccountingPeriodNs);
+                // Only runnable vCPUs earn, so what one carries is what it is owed (or owes); the bound is for the absurd.
+                vd.Credit = Math.Clamp(vd.Credit + perVcpu, -MaxCarryNs, MaxCarryNs);
             }
         }
     }

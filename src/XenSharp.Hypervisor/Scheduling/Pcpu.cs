@@ -19,6 +19,8 @@ internal sealed class Pcpu
     private volatile bool _stop;
     private volatile bool _preempt;
     private bool _kicked;
+    // What the running slice did with a preemption request, for the trace.
+    private long _preemptSeen, _preemptAt;
 
     public Pcpu(XenHypervisor host, Cpupools pools, int id)
     {
@@ -121,6 +123,7 @@ internal sealed class Pcpu
                 _pools.OnWakeLatency(start - woken);
             }
             RunStartNs = start;
+            _preemptSeen = _preemptAt = long.MaxValue;
             CurrentVcpu = v;
             try
             {
@@ -145,7 +148,7 @@ internal sealed class Pcpu
             {
                 _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
             }
-            _pools.Trace?.Invoke(Id, v, start, end);
+            _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end, _preemptSeen, _preemptAt));
             sched.Descheduled(v, Id, end - start, end);
         }
     }
@@ -184,9 +187,14 @@ internal sealed class Pcpu
                 {
                     // Rate limit: a preempted vCPU keeps the CPU for at least the scheduler's minimum run time.
                     _preempt = false;
+                    _preemptSeen = Math.Min(_preemptSeen, t);
                     if (t - now >= ratelimit)
+                    {
+                        _preemptAt = t;
                         break;
+                    }
                     sliceEnd = Math.Min(sliceEnd, now + ratelimit);
+                    _preemptAt = Math.Min(_preemptAt, sliceEnd);
                     _pools.Timer.Set(Id, sliceEnd);
                 }
                 if (_pools.PoolOfCpu(Id) != pool)

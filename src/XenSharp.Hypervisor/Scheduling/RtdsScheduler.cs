@@ -77,6 +77,13 @@ internal sealed class RtdsScheduler(Cpupool pool) : IScheduler
         Wake(v);
     }
 
+    /// <summary>The end of the vCPU's current period (0 before its first); earlier periods end a whole number of periods before.</summary>
+    public long CurrentDeadline(Vcpu v)
+    {
+        lock (_lock)
+            return Data(v).Deadline;
+    }
+
     /// <summary>The CPU time of the vCPU's completed periods, oldest first (up to <see cref="HistoryLength"/>).</summary>
     public long[] History(Vcpu v)
     {

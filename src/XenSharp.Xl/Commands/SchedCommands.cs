@@ -24,12 +24,29 @@ internal static class SchedCommands
         int? weight = Int(a, 'w', "weight"), cap = Int(a, 'c', "cap");
         int? tslice = sched == "credit" ? Int(a, 't', "time slice") : null, ratelimit = Int(a, 'r', "rate limit");
         bool poolParams = a.Has('s');
-        if ((weight is not null || cap is not null) && dom is null)
-            throw new UsageException("-w and -c need a domain (-d)");
-        if ((tslice is not null || ratelimit is not null) && !poolParams)
-            throw new UsageException(sched == "credit" ? "-t and -r only apply with -s" : "-r only applies with -s");
-        if (dom is not null && poolParams)
-            throw new UsageException("-d and -s are mutually exclusive");
+        bool domainOptions = dom is not null || weight is not null || cap is not null;
+        // xl's own checks and messages (main_sched_credit / main_sched_credit2).
+        string? error = sched == "credit"
+            ? (pool is not null || poolParams) && domainOptions ? "Specifying a cpupool or schedparam is not allowed with domain options."
+            : dom is null && (weight is not null || cap is not null) ? "Must specify a domain."
+            : !poolParams && (tslice is not null || ratelimit is not null) ? "Must specify schedparam to set schedule parameter values."
+            : null
+            : pool is not null && domainOptions ? "Specifying a cpupool is not allowed with other options."
+            : dom is null && (weight is not null || cap is not null) ? "Must specify a domain."
+            : null;
+        if (error is not null)
+        {
+            ctx.Err.WriteLine(error);
+            return 1;
+        }
+        if (sched == "credit2")
+        {
+            // credit2's -s wins over the domain options, and without -s a rate limit is not looked at.
+            if (poolParams)
+                (dom, weight, cap) = (null, null, null);
+            else
+                ratelimit = null;
+        }
         var res = ctx.Daemon.Send(new SchedCreditRequest(sched, dom, weight, cap, pool, poolParams, tslice, ratelimit));
         bool setting = weight is not null || cap is not null || tslice is not null || ratelimit is not null;
         if (setting) return 0;
@@ -58,20 +75,31 @@ internal static class SchedCommands
         long Long(string v, string what) => long.TryParse(v, out long n) && n > 0 ? n : throw new UsageException($"Invalid {what} `{v}'");
         var periods = a.Values('p').Select(v => Long(v, "period")).ToList();
         var budgets = a.Values('b').Select(v => Long(v, "budget")).ToList();
-        var extras = a.Values('e').Select(v => v switch { "0" => false, "1" => true, _ => throw new UsageException($"Invalid extratime `{v}'") }).ToList();
-        bool setting = periods.Count + budgets.Count + extras.Count > 0;
-        if (setting && dom is null) throw new UsageException("setting RTDS parameters needs a domain (-d)");
-        if (setting && vcpus.Count > 0 && (periods.Count != vcpus.Count || budgets.Count != vcpus.Count))
+        var extraArgs = a.Values('e').ToList();
+        bool setting = periods.Count + budgets.Count + extraArgs.Count > 0;
+        // xl's own checks and messages (main_sched_rtds): setting names its vCPUs (or all) and gives each a
+        // period, a budget and an extratime.
+        string? error = extraArgs.Any(e => e is not ("0" or "1")) ? "Invalid extratime."
+            : pool is not null && (dom is not null || setting || vcpuArgs.Count > 0) ? "Specifying a cpupool is not allowed with other options."
+            : dom is null && (setting || vcpus.Count > 0) ? "Missing parameters."
+            : dom is not null && vcpuArgs.Count == 0 && setting ? "Must specify VCPU."
+            : vcpus.Count > 0 && all ? "Incorrect VCPU IDs."
+            : (budgets.Count > 0 && vcpus.Count > budgets.Count) || (periods.Count > 0 && vcpus.Count > periods.Count)
+              || (extraArgs.Count > 0 && vcpus.Count > extraArgs.Count) || periods.Count != budgets.Count || periods.Count != extraArgs.Count
+                ? "Incorrect number of period, budget and extratime"
+            : null;
+        if (error is not null)
         {
-            ctx.Err.WriteLine("Number of vcpus, periods and budgets must be the same");
+            ctx.Err.WriteLine(error);
             return 1;
         }
+        var extras = extraArgs.Select(e => e == "1").ToList();
         var res = ctx.Daemon.Send(new SchedRtdsRequest(dom, pool, vcpus, periods, budgets, extras, all));
         if (setting) return 0;
         bool perVcpu = all || vcpus.Count > 0;
         foreach (var p in res.Pools)
         {
-            if (p.Name.Length > 0) ctx.Out.WriteLine($"Cpupool {p.Name}: sched=EDF");
+            if (p.Name.Length > 0) ctx.Out.WriteLine($"Cpupool {p.Name}: sched=RTDS");
             ctx.Out.WriteLine(perVcpu
                 ? $"{"Name",-33} {"ID",4} {"VCPU",4} {"Period",9} {"Budget",9} {"Extratime",10}"
                 : $"{"Name",-33} {"ID",4} {"Period",9} {"Budget",9} {"Extratime",10}");

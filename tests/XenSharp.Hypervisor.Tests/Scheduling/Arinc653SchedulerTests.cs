@@ -1,3 +1,4 @@
+using Xunit.Abstractions;
 using XenSharp.Hypervisor.Scheduling;
 
 namespace XenSharp.Hypervisor.Tests.Scheduling;
@@ -5,13 +6,14 @@ namespace XenSharp.Hypervisor.Tests.Scheduling;
 /// <summary>ARINC653: each domain runs only inside its minor frames of the major frame.</summary>
 [Trait("Feature", "ARINC653 Scheduler")]
 [Collection("Scheduler measurements")]
-public class Arinc653SchedulerTests
+public class Arinc653SchedulerTests(ITestOutputHelper output)
 {
     [Fact]
     public void DomainsRunOnlyInTheirWindows()
     {
+        const long Ms = 1_000_000;
         using var host = SchedGuests.Host(pcpus: 1, scheduler: "arinc653");
-        var trace = SchedGuests.Trace(host);
+        var trace = SchedGuests.Decisions(host);
         ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
         host.Unpause(a);
         host.Unpause(b);
@@ -19,20 +21,32 @@ public class Arinc653SchedulerTests
         Assert.Equal(0, host.GetDomainInfo(a).CpuTimeNs); // no schedule yet: nothing runs
         var ha = host.GetDomainInfo(a).Handle;
         var hb = host.GetDomainInfo(b).Handle;
-        const long Ms = 1_000_000;
         host.SetArinc653Schedule(0, new Arinc653Schedule(20 * Ms, [new(ha, 0, 5 * Ms), new(hb, 0, 10 * Ms)]));
         var sched = (Arinc653Scheduler)host.Scheduler.Pool(0)!.Scheduler;
         long epoch = sched.FrameStartNs;
-        Thread.Sleep(1500);
+        Assert.True(TestHosts.WaitUntil(() => trace.Count(r => r.Vcpu.Domain.DomainId == a) > 5)); // past code translation
+        trace.Clear();
+        Assert.True(TestHosts.WaitUntil(() => trace.Count(r => r.Vcpu.Domain.DomainId == a) >= 60 && trace.Count(r => r.Vcpu.Domain.DomainId == b) >= 60),
+            $"{trace.Count} slices traced");
         var slices = trace.ToArray();
-        Assert.True(slices.Count(s => s.Dom == a) > 20 && slices.Count(s => s.Dom == b) > 20);
-        foreach (var s in slices.Skip(2)) // the first slices include code translation
+        long[] ran = new long[2];
+        foreach (var s in slices)
         {
-            // Each slice starts inside its own window (within 1 ms) of the major frame in which it started.
-            long frame = epoch + (s.Start - epoch + Ms) / (20 * Ms) * 20 * Ms;
-            var (from, to) = s.Dom == a ? (frame, frame + 5 * Ms) : (frame + 5 * Ms, frame + 15 * Ms);
-            Assert.InRange(s.Start, from - Ms, to);
+            int k = s.Vcpu.Domain.DomainId == a ? 0 : 1;
+            long frame = epoch + (s.DecidedNs - epoch) / (20 * Ms) * 20 * Ms;
+            var (from, to) = k == 0 ? (frame, frame + 5 * Ms) : (frame + 5 * Ms, frame + 15 * Ms);
+            // The decision: taken inside the owner's window, granting exactly the rest of it.
+            Assert.InRange(s.DecidedNs, from, to - 1);
+            Assert.Equal(to, s.UntilNs);
+            ran[k] += s.EndNs - s.StartNs;
         }
+        // Live: a slice ends when the slice timer thread gets a host CPU to stop it — typically under 100 µs past its
+        // window on an idle host, but a loaded host holds that thread up for milliseconds and the slice runs on into
+        // the next window. So the live bound is loose: the CPU time each got still follows the windows (5 of 15 ms).
+        var overruns = slices.Select(s => s.EndNs - s.UntilNs).Order().ToArray();
+        double share = (double)ran[0] / (ran[0] + ran[1]);
+        output.WriteLine($"overrun past the window: median {overruns[overruns.Length / 2]} ns, p90 {overruns[overruns.Length * 9 / 10]} ns; share of the 5 ms window {share:F3}");
+        Assert.InRange(share, 0.2, 0.5);
         Assert.Equal(20 * Ms, host.GetArinc653Schedule(0).MajorFrameNs);
         Assert.Equal(22, Assert.Throws<HypervisorException>(() =>
             host.SetArinc653Schedule(0, new Arinc653Schedule(10 * Ms, [new(ha, 0, 5 * Ms), new(hb, 0, 10 * Ms)]))).Errno);

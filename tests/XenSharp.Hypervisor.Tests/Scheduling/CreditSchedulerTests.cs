@@ -1,39 +1,43 @@
+using XenSharp.Hypervisor.Scheduling;
+using Xunit.Abstractions;
 using SchedUnit = XenSharp.Hypervisor.Scheduling.SchedUnit;
 
 namespace XenSharp.Hypervisor.Tests.Scheduling;
 
-/// <summary>credit: weights share one pCPU, caps hold with idle time to spare, a woken vCPU is boosted onto the CPU.</summary>
+/// <summary>
+/// credit's shares, in CPU time as the scheduler accounts it (runstate time): 256 and 512 share one pCPU 1:2 within
+/// ±5% over 10 s; a cap of 25% holds within ±3 points. In a collection of its own, so it runs beside the credit2
+/// measurements (each host has its own pCPU thread, and accounted shares do not depend on host load).
+/// </summary>
 [Trait("Feature", "Credit Scheduler")]
-[Collection("Scheduler measurements")]
-public class CreditSchedulerTests
+[Collection("Credit weights")]
+public class CreditWeightTests(ITestOutputHelper output)
 {
     [Fact]
-    public void WeightsOf256And512ShareOnePcpuOneToTwo()
+    public void WeightsOf256And512ShareOnePcpuOneToTwoOverTenSeconds()
     {
-        using var host = SchedGuests.Host(pcpus: 1);
-        ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
-        host.SetCreditParams(a, weight: 256);
-        host.SetCreditParams(b, weight: 512);
-        Assert.Equal(new CreditParams(512, 0), host.GetCreditParams(b));
-        host.Unpause(a);
-        host.Unpause(b);
-        var t = SchedGuests.Measure(host, 6000, a, b);
-        double ratio = (double)t[0] / t[1];
-        Assert.InRange(ratio, 0.5 * 0.95, 0.5 * 1.05);
-        Assert.True(SchedGuests.ReadCounter(host, a) > 0 && SchedGuests.ReadCounter(host, b) > 0);
+        var (ratio, ns) = SchedGuests.WeightRatio("credit", 10_000);
+        output.WriteLine($"256:512 = {ns[0]}:{ns[1]} ns, ratio {ratio:F4}");
+        Assert.True(ratio is >= 0.5 * 0.95 and <= 0.5 * 1.05, $"256:512 got {ns[0]}:{ns[1]} ns, ratio {ratio:F4}");
     }
 
     [Fact]
     public void ACapOf25PercentHoldsOnAnOtherwiseIdlePcpu()
     {
-        using var host = SchedGuests.Host(pcpus: 1);
-        ushort a = SchedGuests.Spinner(host);
-        host.SetCreditParams(a, cap: 25);
-        host.Unpause(a);
-        var t = SchedGuests.Measure(host, 2000, a);
-        Assert.InRange(t[0] * 100.0 / 2e9, 22.0, 28.0);
+        double pct = SchedGuests.CapPercent("credit", 25, 3000);
+        output.WriteLine($"cap 25: {pct:F2}%");
+        Assert.InRange(pct, 22.0, 28.0);
     }
+}
 
+[CollectionDefinition("Credit weights")]
+public class CreditWeights;
+
+/// <summary>credit: a woken vCPU is boosted onto the CPU; parameters are checked.</summary>
+[Trait("Feature", "Credit Scheduler")]
+[Collection("Scheduler measurements")]
+public class CreditSchedulerTests(ITestOutputHelper output)
+{
     [Fact]
     public void BadParametersAreRejected()
     {
@@ -48,19 +52,45 @@ public class CreditSchedulerTests
     }
 
     [Fact]
-    public void ABlockedVcpuRunsWithinAMillisecondOfItsEvent()
+    public void ABlockedVcpuRunsWithinAMillisecondOfItsEvent() => AssertWakeUps("credit", output);
+
+    /// <summary>
+    /// A halted vCPU woken 40 times by events from a CPU-bound domain on the same pCPU: the scheduler's decisions put
+    /// it on the pCPU first, cutting the busy slice as soon as the rate limit allows; live, it runs within 1 ms.
+    /// </summary>
+    internal static void AssertWakeUps(string scheduler, ITestOutputHelper output)
     {
-        using var host = SchedGuests.Host(pcpus: 1);
+        using var host = SchedGuests.Host(pcpus: 1, scheduler: scheduler);
+        long ratelimit = host.Scheduler.Pool(0)!.Scheduler.RatelimitNs;
+        var trace = SchedGuests.Decisions(host);
         var gb = new Guest(host, vcpus: 1, ramMiB: 1);
         var ga = new Guest(host, vcpus: 1, ramMiB: 1);
-        ushort busy = SchedGuests.Spinner(host, gb.Id);
-        ushort w = SchedGuests.Waiter(host, ga.Id);
-        var latencies = WakeLatencies(host, ga, gb, 30);
-        Assert.True(latencies[latencies.Length / 2] <= 1_000_000, $"median wake-up latency {latencies[latencies.Length / 2]} ns");
+        SchedGuests.Spinner(host, gb.Id);
+        SchedGuests.Waiter(host, ga.Id);
+        var latencies = WakeLatencies(host, ga, gb, 40, trace);
+        var v = host.FindDomain(ga.Id)!.Vcpus[0];
+        Assert.True(TestHosts.WaitUntil(() => trace.Count(r => r.Vcpu == v && r.WokenNs != 0) >= 40), "every wake-up traced");
+        var slices = trace.ToArray();
+        var wakes = slices.Where(r => r.Vcpu == v && r.WokenNs != 0).ToArray();
+        foreach (var w in wakes)
+        {
+            // The decision: the woken vCPU goes first (credit's BOOST, credit2's higher credit), so the pCPU's next pick after the event is it.
+            Assert.DoesNotContain(slices, r => r.Vcpu != v && r.DecidedNs > w.WokenNs && r.DecidedNs < w.DecidedNs);
+            // ... and the slice it displaces was meant to end as soon as the pCPU saw the request and the rate limit
+            // allowed (or at its own end, if that came first).
+            foreach (var r in slices.Where(r => r.Vcpu != v && r.StartNs < w.WokenNs && r.EndNs > w.WokenNs))
+                Assert.True(Math.Min(r.UntilNs, r.PreemptNs) <= Math.Max(r.StartNs + ratelimit, Math.Min(r.PreemptSeenNs, r.EndNs)) + 20_000,
+                    $"slice {r.StartNs}..{r.EndNs} granted to {r.UntilNs}, asked to leave at {r.PreemptSeenNs}, meant to at {r.PreemptNs}");
+        }
+        // Live: from the wake-up to the vCPU running, on the real host. Typically tens of µs; single wake-ups are
+        // late by whatever the host took from the sending and pCPU threads, so the bound is on the median.
+        long median = latencies[latencies.Length / 2], p90 = latencies[latencies.Length * 9 / 10];
+        output.WriteLine($"wake-up latency median {median} ns, p90 {p90} ns, max {latencies[^1]} ns");
+        Assert.True(median <= 1_000_000, $"wake-up latency: median {median} ns, p90 {p90} ns");
     }
 
     /// <summary>Wakes the waiter <paramref name="n"/> times with an event from the busy domain; the sorted latencies.</summary>
-    internal static long[] WakeLatencies(XenHypervisor host, Guest waiterGuest, Guest sender, int n)
+    internal static long[] WakeLatencies(XenHypervisor host, Guest waiterGuest, Guest sender, int n, System.Collections.Concurrent.ConcurrentQueue<SliceRecord>? trace = null)
     {
         ushort w = waiterGuest.Id;
         var waiter = host.FindDomain(w)!;
@@ -74,6 +104,8 @@ public class CreditSchedulerTests
         for (int i = 0; i < n; i++)
         {
             Assert.True(TestHosts.WaitUntil(() => v.Blocked && !v.IsRunning));
+            if (i == 0)
+                trace?.Clear(); // from here on every wake-up is an event's
             Thread.Sleep(2);
             uint before = SchedGuests.ReadCounter(host, w);
             Assert.Equal(0, Evtchn.Send(sender, pb));

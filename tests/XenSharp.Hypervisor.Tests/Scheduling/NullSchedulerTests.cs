@@ -35,5 +35,7 @@ public class NullSchedulerTests
         Assert.Equal(cpuOfA[0], host.GetVcpuSchedInfo(c)[0].Cpu);
         Assert.All(trace.Where(e => e.Dom == c), e => Assert.Equal(cpuOfA[0], e.Cpu));
         Assert.All(trace.Where(e => e.Dom == b), e => Assert.Equal(cpuOfB[0], e.Cpu));
+        // The scheduler's own count of starts on another pCPU than the last one.
+        Assert.All(new[] { b, c }, d => Assert.Equal(0, XenSharp.Hypervisor.Scheduling.SchedUnit.Of(host.FindDomain(d)!.Vcpus[0]).Migrations));
     }
 }

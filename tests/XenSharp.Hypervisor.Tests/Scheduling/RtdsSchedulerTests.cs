@@ -1,4 +1,5 @@
 using XenSharp.Hypervisor.Scheduling;
+using Xunit.Abstractions;
 
 namespace XenSharp.Hypervisor.Tests.Scheduling;
 
@@ -10,7 +11,9 @@ public class RtdsSchedulerTests
     [Fact]
     public void A4msBudgetEvery10msRunsBesideAnExtratimeVcpu()
     {
+        const long Ms = 1_000_000, Period = 10 * Ms, Budget = 4 * Ms;
         using var host = SchedGuests.Host(pcpus: 1, scheduler: "rtds");
+        var trace = SchedGuests.Decisions(host);
         ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
         host.SetRtdsParams(a, null, periodUs: 10_000, budgetUs: 4_000, extratime: false);
         host.SetRtdsParams(b, null, periodUs: 10_000, budgetUs: 5_000, extratime: true);
@@ -19,13 +22,43 @@ public class RtdsSchedulerTests
         host.Unpause(a);
         var va = host.FindDomain(a)!.Vcpus[0];
         var sched = (RtdsScheduler)host.Scheduler.Pool(0)!.Scheduler;
-        Assert.True(TestHosts.WaitUntil(() => sched.History(va).Length >= 50));
-        var periods = sched.History(va)[5..];
-        // Most periods deliver the budget on the live host; the exact promise is checked on the decisions below.
-        Assert.True(periods.Count(ns => ns >= 3_800_000) >= periods.Length / 2, string.Join(",", periods));
-        var t = SchedGuests.Measure(host, 1000, a, b);
+        Assert.True(TestHosts.WaitUntil(() => sched.History(va).Length >= 20)); // past code translation
+        trace.Clear();
+        Assert.True(TestHosts.WaitUntil(() => sched.History(va).Length >= 120));
+        var slices = trace.ToArray();
+        long deadline = sched.CurrentDeadline(va);
+        long from = slices[0].StartNs, to = slices[^1].EndNs;
+        int periods = 0, full = 0;
+        var missed = new List<string>();
+        for (long end = deadline - Period; end - Period >= from; end -= Period)
+        {
+            if (end > to)
+                continue;
+            long begin = end - Period, ran = 0, granted = 0;
+            foreach (var r in slices)
+            {
+                if (r.Vcpu == va)
+                    ran += Overlap(r.StartNs, r.EndNs, begin, end);
+                granted += Overlap(r.StartNs, Math.Min(r.EndNs, r.UntilNs), begin, end);
+            }
+            // Time the pCPU spent outside what the scheduler granted (the host held up its thread, or a timer fired
+            // late) is not the scheduler's to give; every other moment of the period it must cover a's budget.
+            long lost = Period - granted;
+            periods++;
+            if (ran >= Budget - 50_000)
+                full++;
+            if (ran < Budget - lost - 50_000)
+                missed.Add($"period ending {end}: ran {ran} ns, host lost {lost} ns");
+        }
+        Assert.True(periods >= 80, $"{periods} periods traced");
+        Assert.True(missed.Count == 0, string.Join("; ", missed));
+        // Live: most periods deliver the whole budget on the real host too.
+        Assert.True(full >= periods / 2, $"{full} of {periods} periods had the full budget");
+        var t = SchedGuests.Measure(host, 500, a, b);
         Assert.True(t[1] > t[0], "the extratime vCPU uses the rest of the pCPU");
     }
+
+    private static long Overlap(long s, long e, long from, long to) => Math.Max(0, Math.Min(e, to) - Math.Max(s, from));
 
     [Fact]
     public void EdfDecisionsGiveTheBudgetInEveryPeriod()

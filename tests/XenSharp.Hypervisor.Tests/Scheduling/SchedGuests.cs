@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using XenSharp.Cpu;
+using XenSharp.Hypervisor.Scheduling;
 
 namespace XenSharp.Hypervisor.Tests.Scheduling;
 
@@ -90,11 +91,65 @@ internal static class SchedGuests
         return ids.Select((i, k) => CpuTime(host, i) - before[k]).ToArray();
     }
 
+    /// <summary>
+    /// Two CPU-bound domains weighted 256 and 512 on one pCPU: the CPU time the scheduler accounted to each (their
+    /// runstate time) over <paramref name="ms"/>. The lighter one's share of the heavier one's, which should be 1:2.
+    /// </summary>
+    public static (double Ratio, long[] Ns) WeightRatio(string scheduler, int ms)
+    {
+        using var host = Host(pcpus: 1, scheduler: scheduler);
+        ushort a = Spinner(host), b = Spinner(host);
+        if (scheduler == "credit")
+        {
+            host.SetCreditParams(a, weight: 256);
+            host.SetCreditParams(b, weight: 512);
+        }
+        else
+        {
+            host.SetCredit2Params(a, weight: 256);
+            host.SetCredit2Params(b, weight: 512);
+        }
+        host.Unpause(a);
+        host.Unpause(b);
+        var t = Measure(host, ms, a, b);
+        Assert.True(ReadCounter(host, a) > 0 && ReadCounter(host, b) > 0, "both guests ran their code");
+        return ((double)t[0] / t[1], t);
+    }
+
+    /// <summary>
+    /// A CPU-bound domain capped at <paramref name="cap"/>% alone on a pCPU: the percentage of one pCPU the scheduler
+    /// accounted to it over <paramref name="ms"/> of its own clock.
+    /// </summary>
+    public static double CapPercent(string scheduler, int cap, int ms)
+    {
+        using var host = Host(pcpus: 1, scheduler: scheduler);
+        ushort a = Spinner(host);
+        if (scheduler == "credit")
+            host.SetCreditParams(a, cap: cap);
+        else
+            host.SetCredit2Params(a, cap: cap);
+        host.Unpause(a);
+        TestHosts.WaitUntil(() => CpuTime(host, a) > 0);
+        Thread.Sleep(300);
+        long t0 = host.SystemTimeNs, c0 = CpuTime(host, a);
+        Thread.Sleep(ms);
+        long t1 = host.SystemTimeNs, c1 = CpuTime(host, a);
+        return (c1 - c0) * 100.0 / (t1 - t0);
+    }
+
     /// <summary>Records every slice: (pCPU, domid, vCPU, start, end).</summary>
     public static ConcurrentQueue<(int Cpu, ushort Dom, int Vcpu, long Start, long End)> Trace(XenHypervisor host)
     {
         var q = new ConcurrentQueue<(int, ushort, int, long, long)>();
-        host.Scheduler.Trace = (cpu, v, s, e) => q.Enqueue((cpu, v.Domain.DomainId, v.Id, s, e));
+        host.Scheduler.Trace = r => q.Enqueue((r.Cpu, r.Vcpu.Domain.DomainId, r.Vcpu.Id, r.StartNs, r.EndNs));
+        return q;
+    }
+
+    /// <summary>Records every slice with the scheduler's decision behind it.</summary>
+    public static ConcurrentQueue<SliceRecord> Decisions(XenHypervisor host)
+    {
+        var q = new ConcurrentQueue<SliceRecord>();
+        host.Scheduler.Trace = q.Enqueue;
         return q;
     }
 }

@@ -78,6 +78,10 @@ public sealed class XlSchedulingTests(XlSession s)
             Assert.Matches(@"^poolguest\s+\d+\s+512\s+50$", out1[2]);
             Assert.Matches(@"^poolguest\s+\d+\s+512\s+50$", Lines(Ok("sched-credit", "-d", "poolguest"))[1]);
 
+            Assert.Equal("Specifying a cpupool or schedparam is not allowed with domain options.",
+                Fails("sched-credit", "-p", "tp", "-d", "poolguest").Err.Trim());
+            Assert.Equal("Must specify schedparam to set schedule parameter values.", Fails("sched-credit", "-p", "tp", "-t", "10").Err.Trim());
+            Assert.Equal("Must specify a domain.", Fails("sched-credit", "-w", "10").Err.Trim());
             Ok("sched-credit", "-s", "-p", "tp", "-t", "10", "-r", "500");
             Assert.Equal("Cpupool tp: tslice=10ms ratelimit=500us migration-delay=0us", Lines(Ok("sched-credit", "-s", "-p", "tp"))[0]);
 
@@ -101,16 +105,21 @@ public sealed class XlSchedulingTests(XlSession s)
             Ok("create", Guest("rtguest", "pool = \"rt\"\n"));
             Assert.Contains("rt                   1      rtds       y          1", Lines(Ok("cpupool-list")));
 
-            Ok("sched-rtds", "-d", "rtguest", "-v", "1", "-p", "20000", "-b", "5000");
+            // As xl: setting names the vCPUs and gives each a period, a budget and an extratime.
+            Assert.Equal("Must specify VCPU.", Fails("sched-rtds", "-d", "rtguest", "-p", "20000", "-b", "5000", "-e", "1").Err.Trim());
+            Assert.Equal("Incorrect number of period, budget and extratime",
+                Fails("sched-rtds", "-d", "rtguest", "-v", "1", "-p", "20000", "-b", "5000").Err.Trim());
+            Assert.Equal("Specifying a cpupool is not allowed with other options.", Fails("sched-rtds", "-c", "rt", "-d", "rtguest").Err.Trim());
+            Ok("sched-rtds", "-d", "rtguest", "-v", "1", "-p", "20000", "-b", "5000", "-e", "1");
             var rows = Lines(Ok("sched-rtds", "-d", "rtguest", "-v", "all"));
             Assert.Equal("Name                                ID VCPU    Period    Budget  Extratime", rows[0]);
             Assert.Equal(3, rows.Length);
             Assert.Matches(@"^rtguest\s+\d+\s+1\s+20000\s+5000\s+(yes|no)$", rows[2]);
             Assert.DoesNotMatch(@"\s20000\s", rows[1]);
 
-            Ok("sched-rtds", "-d", "rtguest", "-p", "30000", "-b", "3000", "-e", "0");
+            Ok("sched-rtds", "-d", "rtguest", "-v", "all", "-p", "30000", "-b", "3000", "-e", "0");
             var pool = Lines(Ok("sched-rtds", "-v", "all"));
-            Assert.Equal("Cpupool rt: sched=EDF", pool[0]);
+            Assert.Equal("Cpupool rt: sched=RTDS", pool[0]);
             Assert.Matches(@"^rtguest\s+\d+\s+0\s+30000\s+3000\s+no$", pool[2]);
             Assert.Matches(@"^rtguest\s+\d+\s+1\s+30000\s+3000\s+no$", pool[3]);
 
