@@ -130,7 +130,8 @@ public class EngineOracleTests(ITestOutputHelper output)
             string first = diff.TrimStart().Split('\n')[0];
             string kind = first.StartsWith("vector:", StringComparison.Ordinal) || first.StartsWith("engine:", StringComparison.Ordinal)
                 ? first.Split(" at rip")[0].Split(" (Fx")[0] : first.Split(':')[0];
-            failures.Add((kind, $"case {cases[i].Index} (host stopped with {OracleComparer.VectorName(host[i].Vector)}):\n{cases[i].Text}{diff}\n"));
+            string mx = cases[i].UsesFx ? $", initial MXCSR {BitConverter.ToUInt32(cases[i].Fx, 24):x4}" : "";
+            failures.Add((kind, $"case {cases[i].Index} (host stopped with {OracleComparer.VectorName(host[i].Vector)}{mx}):\n{cases[i].Text}{diff}\n"));
         }
         return (failures, known);
     }

@@ -26,36 +26,6 @@ internal static class KnownEngineDefects
         ("ENTER/LEAVE that faults part-way leaves RSP changed",
             (c, h, e, _) => h.Vector == 14 && e.Vector == 14 && h.Rip == e.Rip
                 && c.Instructions.Any(i => i.IP == h.Rip && i.Mnemonic is Mnemonic.Enter or Mnemonic.Leave)),
-
-        // SSE arithmetic sets the MXCSR exception flags (IE DE ZE OE UE PE) it detects; the
-        // engine leaves them clear. Recognised when the results agree once those six bits are
-        // taken from the host.
-        ("SSE arithmetic does not set the MXCSR exception flags",
-            (c, h, e, _) => c.UsesFx && h.Vector == e.Vector && MxcsrFlagsOnlyDiffer(c, h, e)),
-
-        // SSE arithmetic rounds as MXCSR.RC says and flushes tiny results to zero under FTZ; the
-        // engine always rounds to nearest and keeps denormals. Together with the missing
-        // exception flags (which STMXCSR makes visible in memory), recognised by rerunning the
-        // case with RC = nearest, FTZ off and STMXCSR/LDMXCSR replaced by NOPs of the same length.
-        ("SSE arithmetic ignores MXCSR.RC/FTZ or leaves the MXCSR exception flags clear (seen through STMXCSR)",
-            (c, h, e, rerun) => c.UsesFx && MxcsrNeutralVariant(c) is OracleCase v && rerun(v) is var (h2, e2)
-                && (OracleComparer.Compare(v, h2, e2) == null || MatchWithoutRerun(v, h2, e2) != null)),
-
-        // Legacy SSE instructions with a 128-bit memory operand (other than the explicitly
-        // unaligned ones) raise #GP(0) when it is not 16-byte aligned; the engine does not check.
-        ("misaligned 128-bit legacy SSE memory operand does not raise #GP (e.g. PSRAD, PSRAW, PSLLQ, MOVSHDUP)",
-            (c, h, e, _) => h.Vector == 13 && (e.Vector != 13 || e.Rip != h.Rip) && c.Instructions.Any(i => i.IP == h.Rip
-                && i.MemorySize.GetSize() == 16 && (Address(i, h) & 15) != 0)),
-
-        // DPPS/DPPD with NaN products: the host returns the QNaN of the first NaN operand, the engine
-        // another value (which later instructions may carry into registers or memory). Recognised
-        // when a case with DPPS/DPPD ends at the same place with the same fault, if any.
-        ("DPPS/DPPD with NaN inputs yield a different NaN",
-            (c, h, e, _) => c.Instructions.Any(i => i.Mnemonic is Mnemonic.Dpps or Mnemonic.Dppd)
-                && h.Vector == e.Vector && h.Rip == e.Rip),
-
-        // An unmasked SIMD floating-point exception raises #XM; the engine never does.
-        ("unmasked SIMD floating-point exceptions (#XM) are not raised", (c, h, e, _) => h.Vector == 19 && e.Vector != 19),
     ];
 
     /// <summary>Failures that are not differences in behaviour but missing pieces of the engine:
@@ -63,10 +33,6 @@ internal static class KnownEngineDefects
     static string? Unsupported(OracleCase c, OracleResult e)
     {
         if (e.EngineError is not string err) return null;
-        // The engine's MXCSR_MASK lacks DAZ, so loading a case's MXCSR with DAZ set faults.
-        if (err.StartsWith("FXRSTOR loader", StringComparison.Ordinal) && err.Contains("vector 13")
-            && (BitConverter.ToUInt32(c.Fx, 24) & 0x40) != 0)
-            return "MXCSR.DAZ is not supported (FXRSTOR with DAZ set raises #GP)";
         int at = err.IndexOf("unsupported instruction", StringComparison.Ordinal);
         if (at >= 0)
         {
@@ -74,41 +40,6 @@ internal static class KnownEngineDefects
             return "not implemented: " + (open > at && close > open ? err[(open + 1)..close] : err[at..]);
         }
         return null;
-    }
-
-    /// <summary>The case with MXCSR rounding to nearest, FTZ off, and STMXCSR/LDMXCSR replaced by
-    /// NOPs of the same length (so no address moves); null when that changes nothing.</summary>
-    static OracleCase? MxcsrNeutralVariant(OracleCase c)
-    {
-        uint mxcsr = BitConverter.ToUInt32(c.Fx, 24);
-        var code = (byte[])c.Code.Clone();
-        bool changed = (mxcsr & 0xe000) != 0;
-        foreach (var i in c.Instructions)
-        {
-            if (i.Mnemonic is not (Mnemonic.Stmxcsr or Mnemonic.Ldmxcsr)) continue;
-            int at = (int)(i.IP - OracleLayout.Code);
-            for (int k = 0; k < i.Length - 1; k++) code[at + k] = 0x66;
-            code[at + i.Length - 1] = 0x90;
-            changed = true;
-        }
-        if (!changed) return null;
-        var fx = (byte[])c.Fx.Clone();
-        BitConverter.GetBytes(mxcsr & ~0xe000u).CopyTo(fx, 24);
-        return new OracleCase
-        {
-            Group = c.Group, Index = c.Index, Code = code, Text = c.Text, Steps = c.Steps, UndefinedAtEnd = c.UndefinedAtEnd,
-            Gpr = c.Gpr, Rflags = c.Rflags, Fx = fx, Data = c.Data, FxMask = c.FxMask, UsesFx = c.UsesFx,
-        };
-    }
-
-    static bool MxcsrFlagsOnlyDiffer(OracleCase c, OracleResult h, OracleResult e)
-    {
-        uint hm = BitConverter.ToUInt32(h.Fx, 24), em = BitConverter.ToUInt32(e.Fx, 24);
-        if (hm == em || (hm & ~0x3fu) != (em & ~0x3fu)) return false;
-        var fx = (byte[])e.Fx.Clone();
-        BitConverter.GetBytes(hm).CopyTo(fx, 24);
-        var fixedUp = new OracleResult { Rip = e.Rip, Rflags = e.Rflags, Fx = fx, Vector = e.Vector, Data = e.Data, Gpr = e.Gpr };
-        return OracleComparer.Compare(c, h, fixedUp) == null;
     }
 
     /// <summary>The memory operand's address from the registers at the fault (unchanged by it).</summary>
