@@ -7,7 +7,7 @@ using X86S = System.Runtime.Intrinsics.X86.Sse2;
 
 namespace XenSharp.Cpu;
 
-/// <summary>SSE, SSE2, SSE3, SSSE3 and SSE4.1 instructions (legacy encodings) on XMM registers.</summary>
+/// <summary>SSE, SSE2, SSE3, SSSE3, SSE4.1 and SSE4.2 instructions (legacy encodings) on XMM registers.</summary>
 internal unsafe partial class X86Vcpu
 {
     internal XmmFile X;
@@ -197,6 +197,7 @@ internal unsafe partial class X86Vcpu
         }
         if (TrySseInt(ref d)) return true;
         if (TrySseExtra(ref d)) return true;
+        if (TrySse42(ref d)) return true;
         return TrySseFloat(ref d);
     }
 

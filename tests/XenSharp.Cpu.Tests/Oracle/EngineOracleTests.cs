@@ -22,8 +22,6 @@ public class EngineOracleTests(ITestOutputHelper output)
         // yields the indefinite QNaN (tags differ), and FCOMI/FUCOMI on an empty or NaN operand
         // do not report "unordered" (ZF PF CF).
         ["x87-double"] = "x87 exception flags, stack faults and unordered compares are not implemented",
-        // Not implemented in the engine (InternalError "unsupported instruction").
-        ["sse4.2"] = "PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM are not implemented",
     };
 
     const string X87 = "engine computes x87 in binary64 (precision, FSW flags, FCOMI flags differ)";
