@@ -294,7 +294,9 @@ internal static class SoftFloat
             }
             float f = (float)r;
             result = BitConverter.SingleToUInt32Bits(f);
-            if (!Normal32(result)) return false;
+            // The smallest binade is left to the slow path: a result rounded up to 2^-126 may still be tiny.
+            uint re = ((uint)result >> 23) & 0xFF;
+            if (re <= 1 || re == 0xFF) return false;
             if (inexact || f != r) flags |= PE;
             return true;
         }
