@@ -128,6 +128,14 @@ public class SseTests
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void UnmaskedPrecisionFaultsEvenWhenPeIsAlreadySet()
+    {
+        using var m = Run(0x0FA0, F(1f), F(3f), a => a.divps(xmm0, xmm1));
+        Assert.Equal(19UL, m.Regs.Rbx);
+        Assert.Equal(F(1f), m.Mem.R32(Out));
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
     public void UnmaskedExceptionWithoutOsxmmexcptRaisesUd()
     {
         using var m = Run(0x1D80, F(1f), F(0f), a => a.divss(xmm0, xmm1), osxmmexcpt: false);

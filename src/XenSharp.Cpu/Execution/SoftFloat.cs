@@ -13,7 +13,7 @@ namespace XenSharp.Cpu;
 internal static class SoftFloat
 {
     public const uint IE = 1, DE = 2, ZE = 4, OE = 8, UE = 16, PE = 32;
-    public const uint Daz = 0x40, Ftz = 0x8000;
+    public const uint Daz = 0x40, Ftz = 0x8000, PM = 0x1000;
     public const int RN = 0, RD = 1, RU = 2, RZ = 3;
 
     public enum Op { Add, Sub, Mul, Div, Min, Max, Sqrt }

@@ -196,9 +196,9 @@ internal unsafe partial class X86Vcpu
                 return true;
         }
         if (TrySseInt(ref d)) return true;
+        if (TrySseFloat(ref d)) return true;
         if (TrySseExtra(ref d)) return true;
-        if (TrySse42(ref d)) return true;
-        return TrySseFloat(ref d);
+        return TrySse42(ref d);
     }
 
     // ---- integer SIMD ----

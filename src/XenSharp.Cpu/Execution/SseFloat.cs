@@ -73,8 +73,13 @@ internal unsafe partial class X86Vcpu
         bool dbl = (shape & 2) != 0;
         var a = Dst(ref d);
         var b = VecOp(ref d, 1, packed && d.I.Op1Kind == OpKind.Memory);
-        uint fl = 0;
         V r;
+        if ((Mxcsr & (SoftFloat.PE | SoftFloat.PM | 0x6000 | SoftFloat.Daz | SoftFloat.Ftz)) == (SoftFloat.PE | SoftFloat.PM) && HostVector(op, packed, dbl, a, b, out r))
+        {
+            XReg(d.I.Op0Register) = r;
+            return true;
+        }
+        uint fl = 0;
         if (dbl)
         {
             var x = a.AsUInt64(); var y = b.AsUInt64();
@@ -95,6 +100,61 @@ internal unsafe partial class X86Vcpu
         SimdFlags(fl);
         XReg(d.I.Op0Register) = r;
         return true;
+    }
+
+    /// <summary>The common case, with the default controls and PE already set and masked: when the operands
+    /// and results are normal numbers away from the exponent limits no flag can be raised (PE is
+    /// sticky), so the host's vector arithmetic is the whole story. False: take the exact path.</summary>
+    private static bool HostVector(SoftFloat.Op op, bool packed, bool dbl, V a, V b, out V r)
+    {
+        if (dbl)
+        {
+            var x = a.AsDouble(); var y = b.AsDouble();
+            var z = op switch
+            {
+                SoftFloat.Op.Add => x + y,
+                SoftFloat.Op.Sub => x - y,
+                SoftFloat.Op.Mul => x * y,
+                SoftFloat.Op.Div => x / y,
+                SoftFloat.Op.Min => Vector128.Min(x, y),
+                SoftFloat.Op.Max => Vector128.Max(x, y),
+                _ => Vector128.Sqrt(y),
+            };
+            var ex = (a.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
+            var ey = (b.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
+            var ez = (z.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
+            if (op == SoftFloat.Op.Sqrt) ex = Vector128.Create(1UL);
+            var bad = Vector128.GreaterThanOrEqual(ex - Vector128<ulong>.One, Vector128.Create(2046UL))
+                | Vector128.GreaterThanOrEqual(ey - Vector128<ulong>.One, Vector128.Create(2046UL))
+                | Vector128.GreaterThanOrEqual(ez - Vector128.Create(2UL), Vector128.Create(2045UL));
+            if (packed ? bad != Vector128<ulong>.Zero : bad.ToScalar() != 0) { r = default; return false; }
+            r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
+            return true;
+        }
+        else
+        {
+            var x = a.AsSingle(); var y = b.AsSingle();
+            var z = op switch
+            {
+                SoftFloat.Op.Add => x + y,
+                SoftFloat.Op.Sub => x - y,
+                SoftFloat.Op.Mul => x * y,
+                SoftFloat.Op.Div => x / y,
+                SoftFloat.Op.Min => Vector128.Min(x, y),
+                SoftFloat.Op.Max => Vector128.Max(x, y),
+                _ => Vector128.Sqrt(y),
+            };
+            var ex = (a.AsUInt32() >> 23) & Vector128.Create(0xFFu);
+            var ey = (b.AsUInt32() >> 23) & Vector128.Create(0xFFu);
+            var ez = (z.AsUInt32() >> 23) & Vector128.Create(0xFFu);
+            if (op == SoftFloat.Op.Sqrt) ex = Vector128.Create(1u);
+            var bad = Vector128.GreaterThanOrEqual(ex - Vector128<uint>.One, Vector128.Create(254u))
+                | Vector128.GreaterThanOrEqual(ey - Vector128<uint>.One, Vector128.Create(254u))
+                | Vector128.GreaterThanOrEqual(ez - Vector128.Create(2u), Vector128.Create(253u));
+            if (packed ? bad != Vector128<uint>.Zero : bad.ToScalar() != 0) { r = default; return false; }
+            r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
+            return true;
+        }
     }
 
     /// <summary>RCPPS/RCPSS/RSQRTPS/RSQRTSS: the host's approximations (the SDM bounds their error only).</summary>
