@@ -103,9 +103,8 @@ internal static class X86Features
 {
     /// <summary>XCR0 bits XSAVE/XRSTOR handle: x87 and SSE.</summary>
     public const ulong SupportedXcr0 = 3;
-    /// <summary>SSE3, PCLMULQDQ, SSSE3, SSE4.1, and AES when the host can execute AES rounds.
-    /// (SSE4.2 is not advertised: PCMPESTRI/PCMPISTRI and friends are not implemented.)</summary>
-    public static readonly uint Leaf1Ecx = (1u << 0) | (1u << 1) | (1u << 9) | (1u << 19)
+    /// <summary>SSE3, PCLMULQDQ, SSSE3, SSE4.1, SSE4.2, and AES when the host can execute AES rounds.</summary>
+    public static readonly uint Leaf1Ecx = (1u << 0) | (1u << 1) | (1u << 9) | (1u << 19) | (1u << 20)
         | (System.Runtime.Intrinsics.X86.Aes.IsSupported ? 1u << 25 : 0);
     public const uint Leaf1Edx = 0;
 }

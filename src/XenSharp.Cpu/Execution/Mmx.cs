@@ -119,11 +119,15 @@ internal unsafe partial class X86Vcpu
                 if (fromMm) MmxCheck();
                 ulong s = MmOp(ref d, 1);
                 int lo = (int)s, hi = (int)(s >> 32);
-                XReg(op0) = d.Op == Mnemonic.Cvtpi2pd
+                uint fl = 0;
+                V r = d.Op == Mnemonic.Cvtpi2pd
                     ? Vector128.Create((double)lo, hi).AsByte()
-                    : XReg(op0).AsSingle().WithElement(0, (float)lo).WithElement(1, (float)hi).AsByte();
-                // Only an MMX register source is an MMX instruction (TOP and tags change).
+                    : XReg(op0).AsUInt32().WithElement(0, (uint)SoftFloat.FromInt(lo, false, Mxcsr, ref fl))
+                        .WithElement(1, (uint)SoftFloat.FromInt(hi, false, Mxcsr, ref fl)).AsByte();
+                // Only an MMX register source is an MMX instruction (TOP and tags change), even when it faults.
                 if (fromMm) MmxDone();
+                SimdFlags(fl);
+                XReg(op0) = r;
                 return true;
             }
             case Mnemonic.Cvtps2pi: case Mnemonic.Cvttps2pi: case Mnemonic.Cvtpd2pi: case Mnemonic.Cvttpd2pi:
@@ -131,20 +135,23 @@ internal unsafe partial class X86Vcpu
                 SseCheck();
                 MmxCheck();
                 bool t = d.Op is Mnemonic.Cvttps2pi or Mnemonic.Cvttpd2pi;
-                double x, y;
-                if (d.Op is Mnemonic.Cvtpd2pi or Mnemonic.Cvttpd2pi)
+                bool dbl = d.Op is Mnemonic.Cvtpd2pi or Mnemonic.Cvttpd2pi;
+                ulong x, y;
+                if (dbl)
                 {
-                    var v = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
+                    var v = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
                     x = v[0]; y = v[1];
                 }
                 else
                 {
-                    var v = VecOp(ref d, 1).AsSingle();
+                    var v = VecOp(ref d, 1).AsUInt32();
                     x = v[0]; y = v[1];
                 }
-                ulong r0 = (uint)ToInt(t ? Math.Truncate(x) : RoundMx(x), 4), r1 = (uint)ToInt(t ? Math.Truncate(y) : RoundMx(y), 4);
+                uint fl = 0;
+                ulong r0 = SoftFloat.ToInt(x, dbl, 4, t, Mxcsr, ref fl), r1 = SoftFloat.ToInt(y, dbl, 4, t, Mxcsr, ref fl);
+                MmxDone(); // the x87 state becomes MMX state even when the conversion faults
+                SimdFlags(fl);
                 MmWrite(op0, r0 | (r1 << 32));
-                MmxDone();
                 return true;
             }
             case Mnemonic.Psllw: case Mnemonic.Pslld: case Mnemonic.Psllq:

@@ -7,7 +7,7 @@ using X86S = System.Runtime.Intrinsics.X86.Sse2;
 
 namespace XenSharp.Cpu;
 
-/// <summary>SSE, SSE2, SSE3, SSSE3 and SSE4.1 instructions (legacy encodings) on XMM registers.</summary>
+/// <summary>SSE, SSE2, SSE3, SSSE3, SSE4.1 and SSE4.2 instructions (legacy encodings) on XMM registers.</summary>
 internal unsafe partial class X86Vcpu
 {
     internal XmmFile X;
@@ -34,7 +34,7 @@ internal unsafe partial class X86Vcpu
         }
         ulong lin = MemAddr(ref d);
         int size = d.I.MemorySize.GetSize();
-        if (aligned && (lin & 15) != 0) throw GP();
+        if ((lin & 15) != 0 && (aligned || (size == 16 && !UnalignedOk(d.Op)))) throw GP();
         switch (size)
         {
             case 16: return Vector128.Create(ReadLin(lin, 8), ReadLin(lin + 8, 8)).AsByte();
@@ -62,9 +62,16 @@ internal unsafe partial class X86Vcpu
     {
         if (d.I.Op0Kind == OpKind.Register) { XReg(d.I.Op0Register) = v; return; }
         ulong lin = MemAddr(ref d);
-        if (aligned && (lin & 15) != 0) throw GP();
-        WriteVecMem(lin, v, d.I.MemorySize.GetSize());
+        int size = d.I.MemorySize.GetSize();
+        if ((lin & 15) != 0 && (aligned || (size == 16 && !UnalignedOk(d.Op)))) throw GP();
+        WriteVecMem(lin, v, size);
     }
+
+    /// <summary>The legacy SSE instructions whose 128-bit memory operand may be misaligned; every
+    /// other one raises #GP(0) unless it is 16-byte aligned.</summary>
+    private static bool UnalignedOk(Mnemonic op) => op is Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu
+        or Mnemonic.Lddqu or Mnemonic.Pcmpestri or Mnemonic.Pcmpestrm or Mnemonic.Pcmpistri or Mnemonic.Pcmpistrm
+        or Mnemonic.Pcmpestri64 or Mnemonic.Pcmpestrm64;
 
     private V Dst(ref DecodedInsn d) => XReg(d.I.Op0Register);
 
@@ -189,8 +196,9 @@ internal unsafe partial class X86Vcpu
                 return true;
         }
         if (TrySseInt(ref d)) return true;
+        if (TrySseFloat(ref d)) return true;
         if (TrySseExtra(ref d)) return true;
-        return TrySseFloat(ref d);
+        return TrySse42(ref d);
     }
 
     // ---- integer SIMD ----

@@ -89,23 +89,39 @@ internal unsafe partial class X86Vcpu
             }
             case Mnemonic.Dpps:
             {
+                // Each selected product is rounded, then the four (+0.0 where not selected) are
+                // added pairwise, (p0 + p1) + (p2 + p3), every step rounding and flagging as MXCSR
+                // says; an unmasked exception in one step faults before the next.
                 SseCheck();
-                var a = Dst(ref d).AsSingle(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSingle();
+                var a = Dst(ref d).AsUInt32(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt32();
                 int imm = d.I.Immediate8;
-                float sum = 0;
-                for (int i = 0; i < 4; i++) if (((imm >> (4 + i)) & 1) != 0) sum += a[i] * b[i];
-                Span<float> r = stackalloc float[4];
-                for (int i = 0; i < 4; i++) r[i] = ((imm >> i) & 1) != 0 ? sum : 0f;
-                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<float>)r).AsByte();
+                uint fl = 0;
+                ulong p0 = (imm & 0x10) != 0 ? FpLane(SoftFloat.Op.Mul, a[0], b[0], false, ref fl) : 0;
+                ulong p1 = (imm & 0x20) != 0 ? FpLane(SoftFloat.Op.Mul, a[1], b[1], false, ref fl) : 0;
+                ulong p2 = (imm & 0x40) != 0 ? FpLane(SoftFloat.Op.Mul, a[2], b[2], false, ref fl) : 0;
+                ulong p3 = (imm & 0x80) != 0 ? FpLane(SoftFloat.Op.Mul, a[3], b[3], false, ref fl) : 0;
+                SimdFlags(fl); // an unmasked exception in one step stops before the next
+                fl = 0;
+                ulong lo = FpLane(SoftFloat.Op.Add, p0, p1, false, ref fl), hi = FpLane(SoftFloat.Op.Add, p2, p3, false, ref fl);
+                SimdFlags(fl);
+                fl = 0;
+                uint sum = (uint)FpLane(SoftFloat.Op.Add, lo, hi, false, ref fl);
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = Vector128.Create((imm & 1) != 0 ? sum : 0, (imm & 2) != 0 ? sum : 0, (imm & 4) != 0 ? sum : 0, (imm & 8) != 0 ? sum : 0).AsByte();
                 return true;
             }
             case Mnemonic.Dppd:
             {
                 SseCheck();
-                var a = Dst(ref d).AsDouble(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
+                var a = Dst(ref d).AsUInt64(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
                 int imm = d.I.Immediate8;
-                double sum = 0;
-                for (int i = 0; i < 2; i++) if (((imm >> (4 + i)) & 1) != 0) sum += a[i] * b[i];
+                uint fl = 0;
+                ulong p0 = (imm & 0x10) != 0 ? FpLane(SoftFloat.Op.Mul, a[0], b[0], true, ref fl) : 0;
+                ulong p1 = (imm & 0x20) != 0 ? FpLane(SoftFloat.Op.Mul, a[1], b[1], true, ref fl) : 0;
+                SimdFlags(fl);
+                fl = 0;
+                ulong sum = FpLane(SoftFloat.Op.Add, p0, p1, true, ref fl);
+                SimdFlags(fl);
                 XReg(d.I.Op0Register) = Vector128.Create((imm & 1) != 0 ? sum : 0, (imm & 2) != 0 ? sum : 0).AsByte();
                 return true;
             }

@@ -8,8 +8,7 @@ namespace XenSharp.Cpu;
 /// <summary>SSE/SSE2/SSE3 floating point: packed and scalar arithmetic, compares, conversions.</summary>
 internal unsafe partial class X86Vcpu
 {
-    private enum FOp { Add, Sub, Mul, Div, Min, Max, Sqrt, Rcp, Rsqrt }
-
+    
     /// <summary>Per mnemonic: bit 0 packed (..PS/..PD), bit 1 double (..PD/..SD); names end in
     /// ps, pd, ss or sd for the arithmetic group.</summary>
     private static readonly byte[] s_fpShape = BuildFpShape();
@@ -29,79 +28,43 @@ internal unsafe partial class X86Vcpu
         return t;
     }
 
-    private static float F32(FOp op, float a, float b) => op switch
+    /// <summary>Raises the SIMD exception the flags of one instruction call for, before its
+    /// destination is written: unmasked pre-computation exceptions (IE, DE, ZE) on any element
+    /// stop it before the results are looked at; otherwise every flag is recorded and an
+    /// unmasked one among them faults. #XM with CR4.OSXMMEXCPT, #UD without.</summary>
+    private void SimdFlags(uint flags)
     {
-        FOp.Add => a + b,
-        FOp.Sub => a - b,
-        FOp.Mul => a * b,
-        FOp.Div => a / b,
-        FOp.Min => a < b ? a : b,
-        FOp.Max => a > b ? a : b,
-        FOp.Sqrt => MathF.Sqrt(b),
-        FOp.Rcp => 1f / b,
-        _ => 1f / MathF.Sqrt(b),
-    };
-
-    private static double F64(FOp op, double a, double b) => op switch
-    {
-        FOp.Add => a + b,
-        FOp.Sub => a - b,
-        FOp.Mul => a * b,
-        FOp.Div => a / b,
-        FOp.Min => a < b ? a : b,
-        FOp.Max => a > b ? a : b,
-        _ => Math.Sqrt(b),
-    };
-
-    private static bool CmpPred(int pred, double a, double b)
-    {
-        bool un = double.IsNaN(a) || double.IsNaN(b);
-        return (pred & 7) switch
-        {
-            0 => a == b,
-            1 => a < b,
-            2 => a <= b,
-            3 => un,
-            4 => !(a == b),
-            5 => !(a < b),
-            6 => !(a <= b),
-            _ => !un,
-        };
+        if (flags == 0) return;
+        uint unmasked = ~(Mxcsr >> 7) & 0x3F;
+        uint pre = flags & (SoftFloat.IE | SoftFloat.DE | SoftFloat.ZE);
+        if ((pre & unmasked) != 0) { Mxcsr |= pre; throw SimdFault(); }
+        Mxcsr |= flags;
+        if ((flags & unmasked) != 0) throw SimdFault();
     }
 
-    private double RoundMx(double v) => ((Mxcsr >> 13) & 3) switch
-    {
-        0 => Math.Round(v, MidpointRounding.ToEven),
-        1 => Math.Floor(v),
-        2 => Math.Ceiling(v),
-        _ => Math.Truncate(v),
-    };
+    private GuestFault SimdFault() => (Cr4 & 0x400) != 0 ? Fault(19) : UD();
 
-    private static ulong ToInt(double v, int size)
+    /// <summary>One element of ADD/SUB/MUL/DIV/MIN/MAX/SQRT under MXCSR.</summary>
+    private ulong FpLane(SoftFloat.Op op, ulong a, ulong b, bool dbl, ref uint flags)
     {
-        if (size == 4)
-        {
-            if (double.IsNaN(v) || v >= 2147483648.0 || v < -2147483648.0) return 0x8000_0000;
-            return (uint)(int)v;
-        }
-        if (double.IsNaN(v) || v >= 9223372036854775808.0 || v < -9223372036854775808.0) return 0x8000_0000_0000_0000;
-        return (ulong)(long)v;
+        if (SoftFloat.FastOk(Mxcsr) && SoftFloat.TryHost(op, a, b, dbl, ref flags, out ulong r)) return r;
+        return SoftFloat.Arith(op, a, b, dbl, Mxcsr, ref flags);
     }
 
     private bool TrySseFloat(ref DecodedInsn d)
     {
-        FOp op;
+        SoftFloat.Op op;
         switch (d.Op)
         {
-            case Mnemonic.Addps: case Mnemonic.Addpd: case Mnemonic.Addss: case Mnemonic.Addsd: op = FOp.Add; break;
-            case Mnemonic.Subps: case Mnemonic.Subpd: case Mnemonic.Subss: case Mnemonic.Subsd: op = FOp.Sub; break;
-            case Mnemonic.Mulps: case Mnemonic.Mulpd: case Mnemonic.Mulss: case Mnemonic.Mulsd: op = FOp.Mul; break;
-            case Mnemonic.Divps: case Mnemonic.Divpd: case Mnemonic.Divss: case Mnemonic.Divsd: op = FOp.Div; break;
-            case Mnemonic.Minps: case Mnemonic.Minpd: case Mnemonic.Minss: case Mnemonic.Minsd: op = FOp.Min; break;
-            case Mnemonic.Maxps: case Mnemonic.Maxpd: case Mnemonic.Maxss: case Mnemonic.Maxsd: op = FOp.Max; break;
-            case Mnemonic.Sqrtps: case Mnemonic.Sqrtpd: case Mnemonic.Sqrtss: case Mnemonic.Sqrtsd: op = FOp.Sqrt; break;
-            case Mnemonic.Rcpps: case Mnemonic.Rcpss: op = FOp.Rcp; break;
-            case Mnemonic.Rsqrtps: case Mnemonic.Rsqrtss: op = FOp.Rsqrt; break;
+            case Mnemonic.Addps: case Mnemonic.Addpd: case Mnemonic.Addss: case Mnemonic.Addsd: op = SoftFloat.Op.Add; break;
+            case Mnemonic.Subps: case Mnemonic.Subpd: case Mnemonic.Subss: case Mnemonic.Subsd: op = SoftFloat.Op.Sub; break;
+            case Mnemonic.Mulps: case Mnemonic.Mulpd: case Mnemonic.Mulss: case Mnemonic.Mulsd: op = SoftFloat.Op.Mul; break;
+            case Mnemonic.Divps: case Mnemonic.Divpd: case Mnemonic.Divss: case Mnemonic.Divsd: op = SoftFloat.Op.Div; break;
+            case Mnemonic.Minps: case Mnemonic.Minpd: case Mnemonic.Minss: case Mnemonic.Minsd: op = SoftFloat.Op.Min; break;
+            case Mnemonic.Maxps: case Mnemonic.Maxpd: case Mnemonic.Maxss: case Mnemonic.Maxsd: op = SoftFloat.Op.Max; break;
+            case Mnemonic.Sqrtps: case Mnemonic.Sqrtpd: case Mnemonic.Sqrtss: case Mnemonic.Sqrtsd: op = SoftFloat.Op.Sqrt; break;
+            case Mnemonic.Rcpps: case Mnemonic.Rcpss: case Mnemonic.Rsqrtps: case Mnemonic.Rsqrtss:
+                return Reciprocal(ref d);
             default: return TrySseFloatOther(ref d);
         }
         SseCheck();
@@ -111,23 +74,104 @@ internal unsafe partial class X86Vcpu
         var a = Dst(ref d);
         var b = VecOp(ref d, 1, packed && d.I.Op1Kind == OpKind.Memory);
         V r;
+        if ((Mxcsr & (SoftFloat.PE | SoftFloat.PM | 0x6000 | SoftFloat.Daz | SoftFloat.Ftz)) == (SoftFloat.PE | SoftFloat.PM) && HostVector(op, packed, dbl, a, b, out r))
+        {
+            XReg(d.I.Op0Register) = r;
+            return true;
+        }
+        uint fl = 0;
+        if (dbl)
+        {
+            var x = a.AsUInt64(); var y = b.AsUInt64();
+            ulong r0 = FpLane(op, x[0], y[0], true, ref fl);
+            r = (packed ? Vector128.Create(r0, FpLane(op, x[1], y[1], true, ref fl)) : x.WithElement(0, r0)).AsByte();
+        }
+        else
+        {
+            var x = a.AsUInt32(); var y = b.AsUInt32();
+            if (packed)
+            {
+                uint r0 = (uint)FpLane(op, x[0], y[0], false, ref fl), r1 = (uint)FpLane(op, x[1], y[1], false, ref fl);
+                uint r2 = (uint)FpLane(op, x[2], y[2], false, ref fl), r3 = (uint)FpLane(op, x[3], y[3], false, ref fl);
+                r = Vector128.Create(r0, r1, r2, r3).AsByte();
+            }
+            else r = x.WithElement(0, (uint)FpLane(op, x[0], y[0], false, ref fl)).AsByte();
+        }
+        SimdFlags(fl);
+        XReg(d.I.Op0Register) = r;
+        return true;
+    }
+
+    /// <summary>The common case, with the default controls and PE already set and masked: when the operands
+    /// and results are normal numbers away from the exponent limits no flag can be raised (PE is
+    /// sticky), so the host's vector arithmetic is the whole story. False: take the exact path.</summary>
+    private static bool HostVector(SoftFloat.Op op, bool packed, bool dbl, V a, V b, out V r)
+    {
         if (dbl)
         {
             var x = a.AsDouble(); var y = b.AsDouble();
-            r = packed
-                ? Vector128.Create(F64(op, x[0], y[0]), F64(op, x[1], y[1])).AsByte()
-                : x.WithElement(0, F64(op, x[0], y[0])).AsByte();
+            var z = op switch
+            {
+                SoftFloat.Op.Add => x + y,
+                SoftFloat.Op.Sub => x - y,
+                SoftFloat.Op.Mul => x * y,
+                SoftFloat.Op.Div => x / y,
+                SoftFloat.Op.Min => Vector128.Min(x, y),
+                SoftFloat.Op.Max => Vector128.Max(x, y),
+                _ => Vector128.Sqrt(y),
+            };
+            var ex = (a.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
+            var ey = (b.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
+            var ez = (z.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
+            if (op == SoftFloat.Op.Sqrt) ex = Vector128.Create(1UL);
+            var bad = Vector128.GreaterThanOrEqual(ex - Vector128<ulong>.One, Vector128.Create(2046UL))
+                | Vector128.GreaterThanOrEqual(ey - Vector128<ulong>.One, Vector128.Create(2046UL))
+                | Vector128.GreaterThanOrEqual(ez - Vector128.Create(2UL), Vector128.Create(2045UL));
+            if (packed ? bad != Vector128<ulong>.Zero : bad.ToScalar() != 0) { r = default; return false; }
+            r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
+            return true;
         }
         else
         {
             var x = a.AsSingle(); var y = b.AsSingle();
-            r = packed
-                ? Vector128.Create(F32(op, x[0], y[0]), F32(op, x[1], y[1]), F32(op, x[2], y[2]), F32(op, x[3], y[3])).AsByte()
-                : x.WithElement(0, F32(op, x[0], y[0])).AsByte();
+            var z = op switch
+            {
+                SoftFloat.Op.Add => x + y,
+                SoftFloat.Op.Sub => x - y,
+                SoftFloat.Op.Mul => x * y,
+                SoftFloat.Op.Div => x / y,
+                SoftFloat.Op.Min => Vector128.Min(x, y),
+                SoftFloat.Op.Max => Vector128.Max(x, y),
+                _ => Vector128.Sqrt(y),
+            };
+            var ex = (a.AsUInt32() >> 23) & Vector128.Create(0xFFu);
+            var ey = (b.AsUInt32() >> 23) & Vector128.Create(0xFFu);
+            var ez = (z.AsUInt32() >> 23) & Vector128.Create(0xFFu);
+            if (op == SoftFloat.Op.Sqrt) ex = Vector128.Create(1u);
+            var bad = Vector128.GreaterThanOrEqual(ex - Vector128<uint>.One, Vector128.Create(254u))
+                | Vector128.GreaterThanOrEqual(ey - Vector128<uint>.One, Vector128.Create(254u))
+                | Vector128.GreaterThanOrEqual(ez - Vector128.Create(2u), Vector128.Create(253u));
+            if (packed ? bad != Vector128<uint>.Zero : bad.ToScalar() != 0) { r = default; return false; }
+            r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
+            return true;
         }
-        XReg(d.I.Op0Register) = r;
+    }
+
+    /// <summary>RCPPS/RCPSS/RSQRTPS/RSQRTSS: the host's approximations (the SDM bounds their error only).</summary>
+    private bool Reciprocal(ref DecodedInsn d)
+    {
+        SseCheck();
+        bool packed = d.Op is Mnemonic.Rcpps or Mnemonic.Rsqrtps;
+        bool rsqrt = d.Op is Mnemonic.Rsqrtps or Mnemonic.Rsqrtss;
+        var x = Dst(ref d).AsSingle(); var y = VecOp(ref d, 1, packed && d.I.Op1Kind == OpKind.Memory).AsSingle();
+        static float F(bool rsqrt, float v) => rsqrt ? 1f / MathF.Sqrt(v) : 1f / v;
+        XReg(d.I.Op0Register) = (packed
+            ? Vector128.Create(F(rsqrt, y[0]), F(rsqrt, y[1]), F(rsqrt, y[2]), F(rsqrt, y[3]))
+            : x.WithElement(0, F(rsqrt, y[0]))).AsByte();
         return true;
     }
+
+    private int RoundingControl => (int)(Mxcsr >> 13) & 3;
 
     private bool TrySseFloatOther(ref DecodedInsn d)
     {
@@ -136,34 +180,41 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Cmpps: case Mnemonic.Cmppd: case Mnemonic.Cmpss: case Mnemonic.Cmpsd:
             {
                 SseCheck();
-                int pred = d.I.Immediate8;
+                int pred = d.I.Immediate8 & 7;
                 bool packed = d.Op is Mnemonic.Cmpps or Mnemonic.Cmppd;
                 var a = Dst(ref d); var b = VecOp(ref d, 1, packed && d.I.Op1Kind == OpKind.Memory);
+                uint fl = 0;
                 V r;
                 if (d.Op is Mnemonic.Cmppd or Mnemonic.Cmpsd)
                 {
-                    var x = a.AsDouble(); var y = b.AsDouble();
-                    ulong m0 = CmpPred(pred, x[0], y[0]) ? ulong.MaxValue : 0, m1 = CmpPred(pred, x[1], y[1]) ? ulong.MaxValue : 0;
-                    r = packed ? Vector128.Create(m0, m1).AsByte() : a.AsUInt64().WithElement(0, m0).AsByte();
+                    var x = a.AsUInt64(); var y = b.AsUInt64();
+                    ulong m0 = SoftFloat.Compare(pred, x[0], y[0], true, Mxcsr, ref fl) ? ulong.MaxValue : 0;
+                    r = packed
+                        ? Vector128.Create(m0, SoftFloat.Compare(pred, x[1], y[1], true, Mxcsr, ref fl) ? ulong.MaxValue : 0).AsByte()
+                        : x.WithElement(0, m0).AsByte();
                 }
                 else
                 {
-                    var x = a.AsSingle(); var y = b.AsSingle();
-                    Span<uint> m = stackalloc uint[4];
-                    for (int i = 0; i < 4; i++) m[i] = CmpPred(pred, x[i], y[i]) ? uint.MaxValue : 0;
-                    r = packed ? Vector128.Create((ReadOnlySpan<uint>)m).AsByte() : a.AsUInt32().WithElement(0, m[0]).AsByte();
+                    var x = a.AsUInt32(); var y = b.AsUInt32();
+                    var m = x;
+                    for (int i = 0; i < (packed ? 4 : 1); i++)
+                        m = m.WithElement(i, SoftFloat.Compare(pred, x[i], y[i], false, Mxcsr, ref fl) ? uint.MaxValue : 0);
+                    r = m.AsByte();
                 }
+                SimdFlags(fl);
                 XReg(d.I.Op0Register) = r;
                 return true;
             }
             case Mnemonic.Comiss: case Mnemonic.Ucomiss: case Mnemonic.Comisd: case Mnemonic.Ucomisd:
             {
                 SseCheck();
-                double x, y;
                 var a = Dst(ref d); var b = VecOp(ref d, 1);
-                if (d.Op is Mnemonic.Comiss or Mnemonic.Ucomiss) { x = a.AsSingle()[0]; y = b.AsSingle()[0]; }
-                else { x = a.AsDouble()[0]; y = b.AsDouble()[0]; }
-                ulong f = double.IsNaN(x) || double.IsNaN(y) ? ZF | PF | CF : x < y ? CF : x == y ? ZF : 0;
+                bool dbl = d.Op is Mnemonic.Comisd or Mnemonic.Ucomisd;
+                uint fl = 0;
+                ulong f = dbl
+                    ? SoftFloat.ComiFlags(a.AsUInt64()[0], b.AsUInt64()[0], true, d.Op == Mnemonic.Comisd, Mxcsr, ref fl)
+                    : SoftFloat.ComiFlags(a.AsUInt32()[0], b.AsUInt32()[0], false, d.Op == Mnemonic.Comiss, Mxcsr, ref fl);
+                SimdFlags(fl);
                 SetArith(f);
                 return true;
             }
@@ -173,38 +224,48 @@ internal unsafe partial class X86Vcpu
                 int size = d.I.Op1Kind == OpKind.Register ? d.I.Op1Register.GetSize() : d.I.MemorySize.GetSize();
                 long v = size == 8 ? (long)ReadOp(ref d, 1, 8) : (int)ReadOp(ref d, 1, 4);
                 var a = Dst(ref d);
-                XReg(d.I.Op0Register) = d.Op == Mnemonic.Cvtsi2ss ? a.AsSingle().WithElement(0, (float)v).AsByte() : a.AsDouble().WithElement(0, (double)v).AsByte();
+                uint fl = 0;
+                V r = d.Op == Mnemonic.Cvtsi2ss
+                    ? a.AsUInt32().WithElement(0, (uint)SoftFloat.FromInt(v, false, Mxcsr, ref fl)).AsByte()
+                    : a.AsUInt64().WithElement(0, SoftFloat.FromInt(v, true, Mxcsr, ref fl)).AsByte();
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r;
                 return true;
             }
             case Mnemonic.Cvtss2si: case Mnemonic.Cvttss2si: case Mnemonic.Cvtsd2si: case Mnemonic.Cvttsd2si:
             {
                 SseCheck();
                 var b = VecOp(ref d, 1);
-                double v = d.Op is Mnemonic.Cvtss2si or Mnemonic.Cvttss2si ? b.AsSingle()[0] : b.AsDouble()[0];
-                v = d.Op is Mnemonic.Cvttss2si or Mnemonic.Cvttsd2si ? Math.Truncate(v) : RoundMx(v);
+                bool dbl = d.Op is Mnemonic.Cvtsd2si or Mnemonic.Cvttsd2si;
+                bool t = d.Op is Mnemonic.Cvttss2si or Mnemonic.Cvttsd2si;
                 int size = d.I.Op0Register.GetSize();
-                WriteReg(d.I.Op0Register, ToInt(v, size));
+                uint fl = 0;
+                ulong v = SoftFloat.ToInt(dbl ? b.AsUInt64()[0] : b.AsUInt32()[0], dbl, size, t, Mxcsr, ref fl);
+                SimdFlags(fl);
+                WriteReg(d.I.Op0Register, v);
                 return true;
             }
-            case Mnemonic.Cvtss2sd:
+            case Mnemonic.Cvtss2sd: case Mnemonic.Cvtsd2ss:
             {
                 SseCheck();
-                float v = VecOp(ref d, 1).AsSingle()[0];
-                XReg(d.I.Op0Register) = Dst(ref d).AsDouble().WithElement(0, (double)v).AsByte();
-                return true;
-            }
-            case Mnemonic.Cvtsd2ss:
-            {
-                SseCheck();
-                double v = VecOp(ref d, 1).AsDouble()[0];
-                XReg(d.I.Op0Register) = Dst(ref d).AsSingle().WithElement(0, (float)v).AsByte();
+                var b = VecOp(ref d, 1);
+                uint fl = 0;
+                V r = d.Op == Mnemonic.Cvtss2sd
+                    ? Dst(ref d).AsUInt64().WithElement(0, SoftFloat.Convert(b.AsUInt32()[0], false, Mxcsr, ref fl)).AsByte()
+                    : Dst(ref d).AsUInt32().WithElement(0, (uint)SoftFloat.Convert(b.AsUInt64()[0], true, Mxcsr, ref fl)).AsByte();
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r;
                 return true;
             }
             case Mnemonic.Cvtdq2ps:
             {
                 SseCheck();
                 var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsInt32();
-                XReg(d.I.Op0Register) = Vector128.Create((float)s[0], s[1], s[2], s[3]).AsByte();
+                uint fl = 0;
+                var r = Vector128.Create((uint)SoftFloat.FromInt(s[0], false, Mxcsr, ref fl), (uint)SoftFloat.FromInt(s[1], false, Mxcsr, ref fl),
+                    (uint)SoftFloat.FromInt(s[2], false, Mxcsr, ref fl), (uint)SoftFloat.FromInt(s[3], false, Mxcsr, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Cvtdq2pd:
@@ -217,66 +278,88 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Cvtps2dq: case Mnemonic.Cvttps2dq:
             {
                 SseCheck();
-                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSingle();
+                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt32();
                 bool t = d.Op == Mnemonic.Cvttps2dq;
-                Span<uint> r = stackalloc uint[4];
-                for (int i = 0; i < 4; i++) r[i] = (uint)ToInt(t ? Math.Truncate(s[i]) : RoundMx(s[i]), 4);
-                XReg(d.I.Op0Register) = Vector128.Create((ReadOnlySpan<uint>)r).AsByte();
+                uint fl = 0;
+                var r = Vector128.Create((uint)SoftFloat.ToInt(s[0], false, 4, t, Mxcsr, ref fl), (uint)SoftFloat.ToInt(s[1], false, 4, t, Mxcsr, ref fl),
+                    (uint)SoftFloat.ToInt(s[2], false, 4, t, Mxcsr, ref fl), (uint)SoftFloat.ToInt(s[3], false, 4, t, Mxcsr, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Cvtpd2dq: case Mnemonic.Cvttpd2dq:
             {
                 SseCheck();
-                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
+                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
                 bool t = d.Op == Mnemonic.Cvttpd2dq;
-                uint r0 = (uint)ToInt(t ? Math.Truncate(s[0]) : RoundMx(s[0]), 4), r1 = (uint)ToInt(t ? Math.Truncate(s[1]) : RoundMx(s[1]), 4);
+                uint fl = 0;
+                uint r0 = (uint)SoftFloat.ToInt(s[0], true, 4, t, Mxcsr, ref fl), r1 = (uint)SoftFloat.ToInt(s[1], true, 4, t, Mxcsr, ref fl);
+                SimdFlags(fl);
                 XReg(d.I.Op0Register) = Vector128.Create(r0, r1, 0u, 0u).AsByte();
                 return true;
             }
             case Mnemonic.Cvtps2pd:
             {
                 SseCheck();
-                var s = VecOp(ref d, 1).AsSingle();
-                XReg(d.I.Op0Register) = Vector128.Create((double)s[0], s[1]).AsByte();
+                var s = VecOp(ref d, 1).AsUInt32();
+                uint fl = 0;
+                var r = Vector128.Create(SoftFloat.Convert(s[0], false, Mxcsr, ref fl), SoftFloat.Convert(s[1], false, Mxcsr, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Cvtpd2ps:
             {
                 SseCheck();
-                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
-                XReg(d.I.Op0Register) = Vector128.Create((float)s[0], (float)s[1], 0f, 0f).AsByte();
+                var s = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
+                uint fl = 0;
+                var r = Vector128.Create((uint)SoftFloat.Convert(s[0], true, Mxcsr, ref fl), (uint)SoftFloat.Convert(s[1], true, Mxcsr, ref fl), 0u, 0u);
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Haddps: case Mnemonic.Hsubps:
             {
                 SseCheck();
-                var a = Dst(ref d).AsSingle(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSingle();
-                bool add = d.Op == Mnemonic.Haddps;
-                XReg(d.I.Op0Register) = (add
-                    ? Vector128.Create(a[0] + a[1], a[2] + a[3], b[0] + b[1], b[2] + b[3])
-                    : Vector128.Create(a[0] - a[1], a[2] - a[3], b[0] - b[1], b[2] - b[3])).AsByte();
+                var a = Dst(ref d).AsUInt32(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt32();
+                var op = d.Op == Mnemonic.Haddps ? SoftFloat.Op.Add : SoftFloat.Op.Sub;
+                uint fl = 0;
+                var r = Vector128.Create((uint)FpLane(op, a[0], a[1], false, ref fl), (uint)FpLane(op, a[2], a[3], false, ref fl),
+                    (uint)FpLane(op, b[0], b[1], false, ref fl), (uint)FpLane(op, b[2], b[3], false, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Haddpd: case Mnemonic.Hsubpd:
             {
                 SseCheck();
-                var a = Dst(ref d).AsDouble(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
-                bool add = d.Op == Mnemonic.Haddpd;
-                XReg(d.I.Op0Register) = (add ? Vector128.Create(a[0] + a[1], b[0] + b[1]) : Vector128.Create(a[0] - a[1], b[0] - b[1])).AsByte();
+                var a = Dst(ref d).AsUInt64(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
+                var op = d.Op == Mnemonic.Haddpd ? SoftFloat.Op.Add : SoftFloat.Op.Sub;
+                uint fl = 0;
+                var r = Vector128.Create(FpLane(op, a[0], a[1], true, ref fl), FpLane(op, b[0], b[1], true, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Addsubps:
             {
                 SseCheck();
-                var a = Dst(ref d).AsSingle(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsSingle();
-                XReg(d.I.Op0Register) = Vector128.Create(a[0] - b[0], a[1] + b[1], a[2] - b[2], a[3] + b[3]).AsByte();
+                var a = Dst(ref d).AsUInt32(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt32();
+                uint fl = 0;
+                var r = Vector128.Create((uint)FpLane(SoftFloat.Op.Sub, a[0], b[0], false, ref fl), (uint)FpLane(SoftFloat.Op.Add, a[1], b[1], false, ref fl),
+                    (uint)FpLane(SoftFloat.Op.Sub, a[2], b[2], false, ref fl), (uint)FpLane(SoftFloat.Op.Add, a[3], b[3], false, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Addsubpd:
             {
                 SseCheck();
-                var a = Dst(ref d).AsDouble(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsDouble();
-                XReg(d.I.Op0Register) = Vector128.Create(a[0] - b[0], a[1] + b[1]).AsByte();
+                var a = Dst(ref d).AsUInt64(); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory).AsUInt64();
+                uint fl = 0;
+                var r = Vector128.Create(FpLane(SoftFloat.Op.Sub, a[0], b[0], true, ref fl), FpLane(SoftFloat.Op.Add, a[1], b[1], true, ref fl));
+                SimdFlags(fl);
+                XReg(d.I.Op0Register) = r.AsByte();
                 return true;
             }
             case Mnemonic.Roundss: case Mnemonic.Roundsd: case Mnemonic.Roundps: case Mnemonic.Roundpd:
@@ -284,20 +367,33 @@ internal unsafe partial class X86Vcpu
                 SseCheck();
                 int imm = d.I.Immediate8;
                 var a = Dst(ref d); var b = VecOp(ref d, 1, d.I.Op1Kind == OpKind.Memory && d.Op is Mnemonic.Roundps or Mnemonic.Roundpd);
-                Func<double, double> rnd = (imm & 4) != 0 ? RoundMx : (imm & 3) switch
+                int rc = (imm & 4) != 0 ? RoundingControl : imm & 3;
+                bool noPe = (imm & 8) != 0;
+                uint fl = 0;
+                V r;
+                switch (d.Op)
                 {
-                    0 => static v => Math.Round(v, MidpointRounding.ToEven),
-                    1 => Math.Floor,
-                    2 => Math.Ceiling,
-                    _ => Math.Truncate,
-                };
-                V r = d.Op switch
-                {
-                    Mnemonic.Roundss => a.AsSingle().WithElement(0, (float)rnd(b.AsSingle()[0])).AsByte(),
-                    Mnemonic.Roundsd => a.AsDouble().WithElement(0, rnd(b.AsDouble()[0])).AsByte(),
-                    Mnemonic.Roundps => Vector128.Create((float)rnd(b.AsSingle()[0]), (float)rnd(b.AsSingle()[1]), (float)rnd(b.AsSingle()[2]), (float)rnd(b.AsSingle()[3])).AsByte(),
-                    _ => Vector128.Create(rnd(b.AsDouble()[0]), rnd(b.AsDouble()[1])).AsByte(),
-                };
+                    case Mnemonic.Roundss:
+                        r = a.AsUInt32().WithElement(0, (uint)SoftFloat.RoundInt(b.AsUInt32()[0], false, rc, noPe, Mxcsr, ref fl)).AsByte();
+                        break;
+                    case Mnemonic.Roundsd:
+                        r = a.AsUInt64().WithElement(0, SoftFloat.RoundInt(b.AsUInt64()[0], true, rc, noPe, Mxcsr, ref fl)).AsByte();
+                        break;
+                    case Mnemonic.Roundps:
+                    {
+                        var s = b.AsUInt32();
+                        r = Vector128.Create((uint)SoftFloat.RoundInt(s[0], false, rc, noPe, Mxcsr, ref fl), (uint)SoftFloat.RoundInt(s[1], false, rc, noPe, Mxcsr, ref fl),
+                            (uint)SoftFloat.RoundInt(s[2], false, rc, noPe, Mxcsr, ref fl), (uint)SoftFloat.RoundInt(s[3], false, rc, noPe, Mxcsr, ref fl)).AsByte();
+                        break;
+                    }
+                    default:
+                    {
+                        var s = b.AsUInt64();
+                        r = Vector128.Create(SoftFloat.RoundInt(s[0], true, rc, noPe, Mxcsr, ref fl), SoftFloat.RoundInt(s[1], true, rc, noPe, Mxcsr, ref fl)).AsByte();
+                        break;
+                    }
+                }
+                SimdFlags(fl);
                 XReg(d.I.Op0Register) = r;
                 return true;
             }

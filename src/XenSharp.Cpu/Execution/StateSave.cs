@@ -6,7 +6,7 @@ namespace XenSharp.Cpu;
 /// <summary>FXSAVE/FXRSTOR, XSAVE/XRSTOR (x87 and SSE components), FNSAVE/FRSTOR, FNSTENV/FLDENV.</summary>
 internal unsafe partial class X86Vcpu
 {
-    private const uint MxcsrMask = 0xFFBF; // DAZ not supported
+    private const uint MxcsrMask = 0xFFFF;
 
     private bool TryStateSave(ref DecodedInsn d)
     {

@@ -15,6 +15,7 @@ internal static class KnownEngineDefects
 
     static readonly (string Why, Func<OracleCase, OracleResult, OracleResult, Rerun, bool> Matches)[] list =
     [
+<<<<<<< HEAD
         // SSE arithmetic sets the MXCSR exception flags (IE DE ZE OE UE PE) it detects; the
         // engine leaves them clear. Recognised when the results agree once those six bits are
         // taken from the host.
@@ -44,6 +45,19 @@ internal static class KnownEngineDefects
 
         // An unmasked SIMD floating-point exception raises #XM; the engine never does.
         ("unmasked SIMD floating-point exceptions (#XM) are not raised", (c, h, e, _) => h.Vector == 19 && e.Vector != 19),
+=======
+        // A memory operand whose address is not canonical raises #SS(0) when it is addressed
+        // through RSP or RBP (the stack segment) and #GP(0) otherwise; the engine raises #GP for both.
+        ("non-canonical RSP/RBP-based address raises #GP instead of #SS",
+            (c, h, e, _) => h.Vector == 12 && e.Vector == 13 && h.Rip == e.Rip),
+
+        // ENTER and LEAVE are restartable: when one of their stack accesses faults, RSP and RBP
+        // are as before. The engine has already moved RSP (LEAVE: RSP = RBP) when the fault is
+        // delivered.
+        ("ENTER/LEAVE that faults part-way leaves RSP changed",
+            (c, h, e, _) => h.Vector == 14 && e.Vector == 14 && h.Rip == e.Rip
+                && c.Instructions.Any(i => i.IP == h.Rip && i.Mnemonic is Mnemonic.Enter or Mnemonic.Leave)),
+>>>>>>> sse
     ];
 
     /// <summary>Failures that are not differences in behaviour but missing pieces of the engine:
@@ -51,10 +65,6 @@ internal static class KnownEngineDefects
     static string? Unsupported(OracleCase c, OracleResult e)
     {
         if (e.EngineError is not string err) return null;
-        // The engine's MXCSR_MASK lacks DAZ, so loading a case's MXCSR with DAZ set faults.
-        if (err.StartsWith("FXRSTOR loader", StringComparison.Ordinal) && err.Contains("vector 13")
-            && (BitConverter.ToUInt32(c.Fx, 24) & 0x40) != 0)
-            return "MXCSR.DAZ is not supported (FXRSTOR with DAZ set raises #GP)";
         int at = err.IndexOf("unsupported instruction", StringComparison.Ordinal);
         if (at >= 0)
         {
@@ -62,41 +72,6 @@ internal static class KnownEngineDefects
             return "not implemented: " + (open > at && close > open ? err[(open + 1)..close] : err[at..]);
         }
         return null;
-    }
-
-    /// <summary>The case with MXCSR rounding to nearest, FTZ off, and STMXCSR/LDMXCSR replaced by
-    /// NOPs of the same length (so no address moves); null when that changes nothing.</summary>
-    static OracleCase? MxcsrNeutralVariant(OracleCase c)
-    {
-        uint mxcsr = BitConverter.ToUInt32(c.Fx, 24);
-        var code = (byte[])c.Code.Clone();
-        bool changed = (mxcsr & 0xe000) != 0;
-        foreach (var i in c.Instructions)
-        {
-            if (i.Mnemonic is not (Mnemonic.Stmxcsr or Mnemonic.Ldmxcsr)) continue;
-            int at = (int)(i.IP - OracleLayout.Code);
-            for (int k = 0; k < i.Length - 1; k++) code[at + k] = 0x66;
-            code[at + i.Length - 1] = 0x90;
-            changed = true;
-        }
-        if (!changed) return null;
-        var fx = (byte[])c.Fx.Clone();
-        BitConverter.GetBytes(mxcsr & ~0xe000u).CopyTo(fx, 24);
-        return new OracleCase
-        {
-            Group = c.Group, Index = c.Index, Code = code, Text = c.Text, Steps = c.Steps, UndefinedAtEnd = c.UndefinedAtEnd,
-            Gpr = c.Gpr, Rflags = c.Rflags, Fx = fx, Data = c.Data, FxMask = c.FxMask, UsesFx = c.UsesFx,
-        };
-    }
-
-    static bool MxcsrFlagsOnlyDiffer(OracleCase c, OracleResult h, OracleResult e)
-    {
-        uint hm = BitConverter.ToUInt32(h.Fx, 24), em = BitConverter.ToUInt32(e.Fx, 24);
-        if (hm == em || (hm & ~0x3fu) != (em & ~0x3fu)) return false;
-        var fx = (byte[])e.Fx.Clone();
-        BitConverter.GetBytes(hm).CopyTo(fx, 24);
-        var fixedUp = new OracleResult { Rip = e.Rip, Rflags = e.Rflags, Fx = fx, Vector = e.Vector, Data = e.Data, Gpr = e.Gpr };
-        return OracleComparer.Compare(c, h, fixedUp) == null;
     }
 
     /// <summary>The memory operand's address from the registers at the fault (unchanged by it).</summary>
