@@ -240,7 +240,10 @@ internal unsafe partial class X86Vcpu
         {
             CurIp = Rip;
             DecodedBlock b = GetBlock();
-            if (!single && !PerInstructionChecks && TryRunCompiled(b))
+            var insns = b.Insns;
+            int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
+            // Compiled code runs whole blocks: not while every boundary must be checked or the CS limit cuts the block.
+            if (!single && n == b.Count && !PerInstructionChecks && TryRunCompiled(b))
             {
                 if (Stop)
                 {
@@ -249,8 +252,6 @@ internal unsafe partial class X86Vcpu
                 }
                 continue;
             }
-            var insns = b.Insns;
-            int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
             for (int i = 0; i < n; i++)
             {
                 ref DecodedInsn d = ref insns[i];

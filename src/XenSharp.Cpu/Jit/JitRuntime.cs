@@ -8,10 +8,6 @@ namespace XenSharp.Cpu;
 /// compiled blocks call on their slow paths.</summary>
 internal unsafe partial class X86Vcpu
 {
-    /// <summary>Something must see every instruction boundary (hardware breakpoints, tracing):
-    /// compiled blocks are not run while this is set and every block is interpreted.</summary>
-    internal bool PerInstructionChecks;
-
     /// <summary>Runs <paramref name="b"/> compiled when it is (or has just become) hot; false when
     /// the interpreter must run it.</summary>
     private bool TryRunCompiled(DecodedBlock b)
