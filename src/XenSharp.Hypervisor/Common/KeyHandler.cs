@@ -29,7 +29,12 @@ internal static class KeyHandler
         foreach (var (k, _, handler) in Table)
             if (k == key)
             {
-                handler(host, key);
+                try { handler(host, key); }
+                catch (Exception e) when (e is ObjectDisposedException or InvalidOperationException or HypervisorException)
+                {
+                    // A domain went away while being reported on: the report stops there, nothing else is affected.
+                    host.Log($"'{key}' report cut short: {e.Message}");
+                }
                 return;
             }
     }
