@@ -428,9 +428,6 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             return _domains.Values.OrderBy(d => d.DomainId).ToArray();
     }
 
-    /// <summary>The pCPU a vCPU runs on now, or -1.</summary>
-    internal int PcpuOf(Vcpu v) => _pcpus.FirstOrDefault(p => p.Current == v)?.Id ?? -1;
-
     public HostInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,
         _options.Pcpus, Scheduler.Name, XenVersion.Major, XenVersion.Minor, XenVersion.ExtraVersion,

@@ -36,6 +36,38 @@ public unsafe class CompatTests : IDisposable
     }
 
     [Fact]
+    public void ForeignBatchAndExchangeIn32BitLayout()
+    {
+        var front = new Guest(_host);
+        front.Write(0x30000, 0xC0FFEEu);
+        var backend = new Guest(_host, privileged: true);
+        foreach (var v in backend.Domain.Vcpus)
+            v.Compat = true;
+        backend.Write(Guest.Scratch + 0x100, 0x30u);          // idxs: xen_ulong_t, 4 bytes
+        backend.Write(Guest.Scratch + 0x200, 0x2000u);        // gpfns: xen_pfn_t, 4 bytes
+        backend.Write(Guest.Scratch, new XenAddToPhysmapBatch32
+        {
+            Domid = Xen.DOMID_SELF, Space = (ushort)XENMAPSPACE_gmfn_foreign, Size = 1, ForeignDomid = front.Id,
+            Idxs = (uint)Guest.Scratch + 0x100, Gpfns = (uint)Guest.Scratch + 0x200, Errs = (uint)Guest.Scratch + 0x300,
+        });
+        Assert.Equal(0, backend.Call(Xen.__HYPERVISOR_memory_op, XENMEM_add_to_physmap_batch, Guest.Scratch));
+        Assert.Equal(0, backend.Read<int>(Guest.Scratch + 0x300));
+        Assert.Equal(0xC0FFEEu, backend.Read<uint>(0x2000000));
+
+        backend.Write(Guest.Scratch + 0x100, 0x40u);
+        backend.Write(Guest.Scratch + 0x200, 0x900u);
+        backend.Write(Guest.Scratch, new XenMemoryExchange32
+        {
+            In = new XenMemoryReservation32 { ExtentStart = (uint)Guest.Scratch + 0x100, NrExtents = 1, Domid = Xen.DOMID_SELF },
+            Out = new XenMemoryReservation32 { ExtentStart = (uint)Guest.Scratch + 0x200, NrExtents = 1, Domid = Xen.DOMID_SELF },
+        });
+        Assert.Equal(0, backend.Call(Xen.__HYPERVISOR_memory_op, XENMEM_exchange, Guest.Scratch));
+        Assert.Equal(1u, backend.Read<uint>(Guest.Scratch + XenMemoryExchange32.OffsetNrExchanged));
+        Assert.False(backend.Domain.P2m.TryLookup(0x40, out _, out _));
+        Assert.True(backend.Domain.P2m.TryLookup(0x900, out _, out _));
+    }
+
+    [Fact]
     public void SharedInfoAndEventsIn32BitLayout()
     {
         var g = Guest32();

@@ -91,4 +91,45 @@ public class ConsoleTests : IDisposable
         Assert.Equal(0UL, cpu.Regs.Rax);
         Assert.Equal(len, _host.ReadConsoleHistory(g.Id).Length);
     }
+
+    [Fact]
+    public void AContinuationInsideAMulticallResumesAtItsEntry()
+    {
+        var g = new Guest(_host);
+        int len = ConsoleIo.BytesPerCall + 9;
+        _host.WriteGuestMemory(g.Id, 0x100000, Enumerable.Repeat((byte)'m', len).ToArray());
+        // Two entries: a long console write, then a short one.
+        const ulong list = Guest.Scratch + 0x1000;
+        var first = new MulticallEntry { Op = Xen.__HYPERVISOR_console_io };
+        unsafe
+        {
+            first.Args[0] = Xen.CONSOLEIO_write;
+            first.Args[1] = (ulong)len;
+            first.Args[2] = 0x100000;
+        }
+        var second = first;
+        unsafe
+        {
+            second.Args[1] = 3;
+        }
+        g.Write(list, first);
+        g.Write(list + 64, second);
+
+        var v = g.Vcpu();
+        v.Continuation = null;
+        Assert.Equal(0, Hypercall.Dispatch(v, Xen.__HYPERVISOR_multicall, new HypercallArgs(list, 2)));
+        // The batch yields at its first entry, whose arguments now describe the rest of the write.
+        Assert.Equal(new HypercallArgs(list, 2), v.Continuation);
+        var resumed = g.Read<MulticallEntry>(list);
+        unsafe
+        {
+            Assert.Equal((ulong)(len - ConsoleIo.BytesPerCall), resumed.Args[1]);
+            Assert.Equal(0x100000UL + (ulong)ConsoleIo.BytesPerCall, resumed.Args[2]);
+        }
+        Assert.Equal(0, g.CallToCompletion(Xen.__HYPERVISOR_multicall, list, 2, 0, out int pieces));
+        Assert.Equal(1, pieces);
+        Assert.Equal(len + 3, _host.ReadConsoleHistory(g.Id).Length);
+        Assert.Equal(0UL, g.Read<MulticallEntry>(list).Result);
+        Assert.Equal(0UL, g.Read<MulticallEntry>(list + 64).Result);
+    }
 }

@@ -79,9 +79,11 @@ internal sealed unsafe class FrameTable : IDisposable
     {
         if (limitMfn >= FrameCount)
             return TryAllocate(owner, type, out mfn);
+        mfn = 0;
+        if (limitMfn == 0)
+            return false;
         lock (_lock)
         {
-            mfn = 0;
             if (_highWater < limitMfn)
                 mfn = _highWater++;
             else

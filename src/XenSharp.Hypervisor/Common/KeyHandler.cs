@@ -29,7 +29,12 @@ internal static class KeyHandler
         foreach (var (k, _, handler) in Table)
             if (k == key)
             {
-                handler(host, key);
+                try { handler(host, key); }
+                catch (Exception e) when (e is ObjectDisposedException or InvalidOperationException or HypervisorException)
+                {
+                    // A domain went away while being reported on: the report stops there, nothing else is affected.
+                    host.Log($"'{key}' report cut short: {e.Message}");
+                }
                 return;
             }
     }
@@ -55,13 +60,15 @@ internal static class KeyHandler
                 continue;
             host.Log($"    tsc_mode={(int)d.TscMode} state={d.State.ToString().ToLowerInvariant()}");
             host.Log($"VCPU information and callbacks for domain {d.DomainId}:");
+            var placement = host.GetVcpuSchedInfo(d.DomainId);
             foreach (var v in d.Vcpus)
             {
+                int cpu = placement.FirstOrDefault(p => p.Vcpu == v.Id)?.Cpu ?? -1;
                 unsafe
                 {
                     byte pending = v.VcpuInfo is null ? (byte)0 : v.VcpuInfo->EvtchnUpcallPending;
                     byte mask = v.VcpuInfo is null ? (byte)0 : v.VcpuInfo->EvtchnUpcallMask;
-                    host.Log($"    VCPU{v.Id}: CPU{host.PcpuOf(v)} [has={(v.IsRunning ? 'T' : 'F')}] poll={(v.PollPorts is null ? 0 : 1)} upcall_pend={pending:x2} upcall_mask={mask:x2} ");
+                    host.Log($"    VCPU{v.Id}: CPU{cpu} [has={(v.IsRunning ? 'T' : 'F')}] poll={(v.PollPorts is null ? 0 : 1)} upcall_pend={pending:x2} upcall_mask={mask:x2} ");
                 }
                 host.Log($"    pause_count={v.PauseCount} pause_flags={(v.Blocked ? 1 : 0) | (v.IsUp ? 0 : 2):x}");
                 host.Log(v.PeriodicPeriod > 0 ? $"    Periodic timer: period {v.PeriodicPeriod / 1000} us" : "    No periodic timer");
