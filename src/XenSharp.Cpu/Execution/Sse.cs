@@ -73,6 +73,22 @@ internal unsafe partial class X86Vcpu
         or Mnemonic.Lddqu or Mnemonic.Pcmpestri or Mnemonic.Pcmpestrm or Mnemonic.Pcmpistri or Mnemonic.Pcmpistrm
         or Mnemonic.Pcmpestri64 or Mnemonic.Pcmpestrm64;
 
+    /// <summary>MASKMOVDQU/MASKMOVQ: the bytes of <paramref name="v"/> whose mask byte has its top
+    /// bit set are stored at seg:rDI (DS unless overridden), one by one.</summary>
+    private void MaskMove(ref DecodedInsn d, V v, V mask, int n)
+    {
+        int seg = d.I.MemorySegment - Register.ES;
+        ulong di = Idx(7, d.AddrSize);
+        ulong wrap = d.AddrSize switch { 2 => 0xFFFF, 4 => 0xFFFF_FFFF, _ => ulong.MaxValue };
+        uint bits = mask.ExtractMostSignificantBits() & (uint)((1 << n) - 1);
+        if (bits == 0) return;
+        // The store is one access of the full width: a fault on its last byte (selected or not)
+        // leaves every byte unwritten.
+        Translate(Linear(seg, (di + (ulong)n - 1) & wrap), Access.Write, Cpl == 3);
+        for (int i = 0; i < n; i++)
+            if ((mask.GetElement(i) & 0x80) != 0) WriteLin(Linear(seg, (di + (ulong)i) & wrap), 1, v.GetElement(i));
+    }
+
     private V Dst(ref DecodedInsn d) => XReg(d.I.Op0Register);
 
     private void ExecSse(ref DecodedInsn d)
@@ -178,6 +194,10 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Pmovmskb:
                 SseCheck();
                 WriteReg(d.I.Op0Register, XReg(d.I.Op1Register).ExtractMostSignificantBits());
+                return true;
+            case Mnemonic.Maskmovdqu:
+                SseCheck();
+                MaskMove(ref d, XReg(d.I.Op1Register), XReg(d.I.Op2Register), 16);
                 return true;
             case Mnemonic.Movnti:
                 WriteLin(MemAddr(ref d), d.OpSize, ReadReg(d.I.Op1Register));

@@ -133,6 +133,35 @@ public class SimdEdgeOracleTests(Xunit.Abstractions.ITestOutputHelper output)
         Compare("pcmpxstrx", cases);
     }
 
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Engine_agrees_with_host_on_masked_stores()
+    {
+        // MASKMOVDQU/MASKMOVQ store through RDI (EDI with 0x67), which the generator keeps away from the data page.
+        var r = new Random(CaseGenerator.CaseSeed(OracleSettings.Seed, "maskmov", 0));
+        var cases = new List<OracleCase>();
+        for (int t = 0; t < 200; t++)
+        {
+            var code = Assemble(a =>
+            {
+                switch (t % 4)
+                {
+                    case 0: a.maskmovdqu(xmm1, xmm2); break;
+                    case 1: a.maskmovq(mm1, mm2); break;
+                    case 2: a.db(0x67); a.maskmovdqu(xmm3, xmm4); break;
+                    default: a.db(0x2e); a.maskmovdqu(xmm1, xmm2); break;
+                }
+            });
+            var c = NewCase(code, "", 0x1f80);
+            // Near the end of the data page now and then, so that the store crosses into the unmapped page.
+            c.Gpr[Gpr.Rdi] = OracleLayout.Data + (ulong)(r.Next(4) == 0 ? r.Next(0xff0, 0x1000) : r.Next(0, 0xff0))
+                + (r.Next(8) == 0 ? 0x1_0000_0000UL : 0);
+            r.NextBytes(c.Fx.AsSpan(32, 128 + 256));
+            r.NextBytes(c.Data);
+            cases.Add(c);
+        }
+        Compare("maskmov", cases);
+    }
+
     static byte[] Assemble(Action<Assembler> body)
     {
         var a = new Assembler(64);
