@@ -162,6 +162,39 @@ public class SimdEdgeOracleTests(Xunit.Abstractions.ITestOutputHelper output)
         Compare("maskmov", cases);
     }
 
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Engine_agrees_with_host_on_misaligned_operands_with_alignment_checking()
+    {
+        // With EFLAGS.AC at CPL 3: #GP for the 16-byte operands that must be aligned, #AC for the others.
+        var forms = new Action<Assembler>[]
+        {
+            a => a.movups(xmm0, __xmmword_ptr[r15 + 1]), a => a.movaps(xmm0, __xmmword_ptr[r15 + 1]),
+            a => a.movdqu(__xmmword_ptr[r15 + 2], xmm0), a => a.movntdq(__xmmword_ptr[r15 + 8], xmm0),
+            a => a.addps(xmm0, __xmmword_ptr[r15 + 4]), a => a.addss(xmm0, __dword_ptr[r15 + 1]),
+            a => a.movsd(xmm0, __qword_ptr[r15 + 4]), a => a.movhps(xmm0, __qword_ptr[r15 + 4]),
+            a => a.pcmpistri(xmm0, __xmmword_ptr[r15 + 4], 0), a => a.lddqu(xmm0, __xmmword_ptr[r15 + 8]),
+            a => a.paddq(mm0, __qword_ptr[r15 + 4]), a => a.movd(xmm0, __dword_ptr[r15 + 2]),
+            a => a.ldmxcsr(__dword_ptr[r15 + 2]), a => a.pmovzxbw(xmm0, __qword_ptr[r15 + 4]),
+            a => a.insertps(xmm0, __dword_ptr[r15 + 1], 0), a => a.psrad(xmm0, __xmmword_ptr[r15 + 8]),
+            a => { a.lea(rdi, __[r15 + 3]); a.maskmovdqu(xmm0, xmm1); }, a => { a.lea(rdi, __[r15 + 4]); a.maskmovq(mm0, mm1); },
+        };
+        var cases = new List<OracleCase>();
+        foreach (var body in forms)
+        {
+            var code = Assemble(a =>
+            {
+                a.pushfq();
+                a.or(__qword_ptr[rsp], 0x40000);
+                a.popfq();
+                body(a);
+            });
+            var c = NewCase(code, "", 0x1f80);
+            for (int i = 0; i < 32; i++) c.Fx[160 + i] = 0x80;
+            cases.Add(c);
+        }
+        Compare("alignment", cases);
+    }
+
     static byte[] Assemble(Action<Assembler> body)
     {
         var a = new Assembler(64);
