@@ -154,6 +154,11 @@ internal unsafe partial class X86Vcpu
                 MmWrite(op0, r0 | (r1 << 32));
                 return true;
             }
+            case Mnemonic.Maskmovq:
+                MmxCheck();
+                MmxDone(); // the x87 state becomes MMX state even when a store faults
+                MaskMove(ref d, Lo(MmRead(d.I.Op1Register)), Lo(MmRead(d.I.Op2Register)), 8);
+                return true;
             case Mnemonic.Psllw: case Mnemonic.Pslld: case Mnemonic.Psllq:
             case Mnemonic.Psrlw: case Mnemonic.Psrld: case Mnemonic.Psrlq:
             case Mnemonic.Psraw: case Mnemonic.Psrad:

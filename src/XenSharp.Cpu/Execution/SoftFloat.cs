@@ -97,7 +97,8 @@ internal static class SoftFloat
     {
         if (shift <= 0) { inexact = false; return m << -shift; }
         ulong q, rem, half;
-        if (shift >= 64) { q = 0; rem = m; half = shift == 64 ? 1UL << 63 : 0; inexact = m != 0; if (shift > 64) { half = ulong.MaxValue; } }
+        // From 64 bits on the integer part is 0 and m is at most half an ulp (a tie only at exactly 2^63).
+        if (shift >= 64) { q = 0; rem = m; half = shift == 64 ? 1UL << 63 : ulong.MaxValue; inexact = m != 0; }
         else { q = m >> shift; rem = m & ((1UL << shift) - 1); half = 1UL << (shift - 1); inexact = rem != 0; }
         if (!inexact) return q;
         bool up = rc switch

@@ -32,9 +32,8 @@ internal unsafe partial class X86Vcpu
             if (r.IsXMM()) return XReg(r);
             return Vector128.CreateScalar(ReadReg(r)).AsByte();
         }
-        ulong lin = MemAddr(ref d);
         int size = d.I.MemorySize.GetSize();
-        if ((lin & 15) != 0 && (aligned || (size == 16 && !UnalignedOk(d.Op)))) throw GP();
+        ulong lin = VecAddr(ref d, aligned || (size == 16 && !UnalignedOk(d.Op)));
         switch (size)
         {
             case 16: return Vector128.Create(ReadLin(lin, 8), ReadLin(lin + 8, 8)).AsByte();
@@ -61,10 +60,25 @@ internal unsafe partial class X86Vcpu
     private void SetVec0(ref DecodedInsn d, V v, bool aligned = false)
     {
         if (d.I.Op0Kind == OpKind.Register) { XReg(d.I.Op0Register) = v; return; }
-        ulong lin = MemAddr(ref d);
         int size = d.I.MemorySize.GetSize();
-        if ((lin & 15) != 0 && (aligned || (size == 16 && !UnalignedOk(d.Op)))) throw GP();
+        ulong lin = VecAddr(ref d, aligned || (size == 16 && !UnalignedOk(d.Op)));
         WriteVecMem(lin, v, size);
+    }
+
+    /// <summary>The memory operand's linear address. A misaligned operand that must be 16-byte
+    /// aligned raises #GP(0), which takes precedence over the alignment check (#AC).</summary>
+    private ulong VecAddr(ref DecodedInsn d, bool aligned)
+    {
+        if (!aligned) return MemAddr(ref d);
+        ulong lin;
+        if (!d.MemSplit) lin = Linear(d.I.MemorySegment - Register.ES, Ea(ref d), d.MemBytes);
+        else
+        {
+            ulong ea = FastEa(ref d);
+            lin = Bitness == 64 ? (d.MemSeg >= FS ? Seg[d.MemSeg].Base + ea : ea) : Linear(d.MemSeg, ea, d.MemBytes);
+        }
+        if ((lin & 15) != 0) throw GP(); // aligned, it cannot fail the alignment check either
+        return lin;
     }
 
     /// <summary>The legacy SSE instructions whose 128-bit memory operand may be misaligned; every
@@ -72,6 +86,23 @@ internal unsafe partial class X86Vcpu
     private static bool UnalignedOk(Mnemonic op) => op is Mnemonic.Movups or Mnemonic.Movupd or Mnemonic.Movdqu
         or Mnemonic.Lddqu or Mnemonic.Pcmpestri or Mnemonic.Pcmpestrm or Mnemonic.Pcmpistri or Mnemonic.Pcmpistrm
         or Mnemonic.Pcmpestri64 or Mnemonic.Pcmpestrm64;
+
+    /// <summary>MASKMOVDQU/MASKMOVQ: the bytes of <paramref name="v"/> whose mask byte has its top
+    /// bit set are stored at seg:rDI (DS unless overridden), one by one.</summary>
+    private void MaskMove(ref DecodedInsn d, V v, V mask, int n)
+    {
+        int seg = d.I.MemorySegment - Register.ES;
+        ulong di = Idx(7, d.AddrSize);
+        ulong wrap = d.AddrSize switch { 2 => 0xFFFF, 4 => 0xFFFF_FFFF, _ => ulong.MaxValue };
+        if (_acUser) CheckAlignment(Linear(seg, di), (uint)n);
+        uint bits = mask.ExtractMostSignificantBits() & (uint)((1 << n) - 1);
+        if (bits == 0) return;
+        // The store is one access of the full width: a fault on its last byte (selected or not)
+        // leaves every byte unwritten.
+        Translate(Linear(seg, (di + (ulong)n - 1) & wrap), Access.Write, Cpl == 3);
+        for (int i = 0; i < n; i++)
+            if ((mask.GetElement(i) & 0x80) != 0) WriteLin(Linear(seg, (di + (ulong)i) & wrap), 1, v.GetElement(i));
+    }
 
     private V Dst(ref DecodedInsn d) => XReg(d.I.Op0Register);
 
@@ -178,6 +209,10 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Pmovmskb:
                 SseCheck();
                 WriteReg(d.I.Op0Register, XReg(d.I.Op1Register).ExtractMostSignificantBits());
+                return true;
+            case Mnemonic.Maskmovdqu:
+                SseCheck();
+                MaskMove(ref d, XReg(d.I.Op1Register), XReg(d.I.Op2Register), 16);
                 return true;
             case Mnemonic.Movnti:
                 WriteLin(MemAddr(ref d), d.OpSize, ReadReg(d.I.Op1Register));
