@@ -436,6 +436,8 @@ internal unsafe partial class X86Vcpu
                 ulong q, r;
                 if (signed)
                 {
+                    // -2^31 / -1 overflows .NET's int division; on x86 it is #DE like any quotient overflow.
+                    if ((int)n == int.MinValue && (short)src == -1) throw Fault(0);
                     int sq = (int)n / (short)src, sr = (int)n % (short)src;
                     if (sq != (short)sq) throw Fault(0);
                     q = (ushort)sq; r = (ushort)sr;

@@ -15,6 +15,8 @@ internal static class DirectedCases
     [
         ("idiv INT64_MIN/-1 (#DE)", a => a.idiv(rcx), c => { c.Gpr[Gpr.Rax] = 1UL << 63; c.Gpr[Gpr.Rdx] = ulong.MaxValue; c.Gpr[Gpr.Rcx] = ulong.MaxValue; }),
         ("idiv INT32_MIN/-1 (#DE)", a => a.idiv(ecx), c => { c.Gpr[Gpr.Rax] = 0x8000_0000; c.Gpr[Gpr.Rdx] = 0xffff_ffff; c.Gpr[Gpr.Rcx] = 0xffff_ffff; }),
+        ("idiv INT16_MIN/-1 (#DE)", a => a.idiv(cx), c => { c.Gpr[Gpr.Rax] = 0x0000; c.Gpr[Gpr.Rdx] = 0x8000; c.Gpr[Gpr.Rcx] = 0xffff; }),
+        ("idiv INT8_MIN/-1 (#DE)", a => a.idiv(cl), c => { c.Gpr[Gpr.Rax] = 0xff80; c.Gpr[Gpr.Rcx] = 0xff; }),
         ("idiv -7/2", a => a.idiv(rcx), c => { c.Gpr[Gpr.Rax] = unchecked((ulong)-7L); c.Gpr[Gpr.Rdx] = ulong.MaxValue; c.Gpr[Gpr.Rcx] = 2; }),
         ("div quotient overflow (#DE)", a => a.div(ecx), c => { c.Gpr[Gpr.Rdx] = 5; c.Gpr[Gpr.Rcx] = 5; }),
         ("div 8-bit by 1", a => a.div(cl), c => { c.Gpr[Gpr.Rax] = 0x00ff; c.Gpr[Gpr.Rcx] = 1; }),
