@@ -122,15 +122,15 @@ public sealed partial class Host
     {
         bool credit2 = r.Scheduler == "credit2";
         var s = Sched;
-        if (r.PoolParams || r.TsliceMs is not null || r.RatelimitUs is not null)
+        if (r.PoolParams || r.TsliceMs is not null || r.RatelimitUs is not null || r.MigrationDelayUs is not null)
         {
             var pools = r.Pool is null ? s.ListCpupools().Where(p => p.Scheduler == r.Scheduler).ToList() : [Pool(r.Pool)];
-            if (r.TsliceMs is not null || r.RatelimitUs is not null)
+            if (r.TsliceMs is not null || r.RatelimitUs is not null || r.MigrationDelayUs is not null)
             {
                 if (r.Pool is null) pools = [Pool("Pool-0")];
                 foreach (var p in pools)
                     if (credit2) s.SetCredit2PoolParams(p.PoolId, r.RatelimitUs ?? throw new ControlException("-r RATELIMIT needed"));
-                    else s.SetCreditPoolParams(p.PoolId, r.TsliceMs, r.RatelimitUs);
+                    else s.SetCreditPoolParams(p.PoolId, r.TsliceMs, r.RatelimitUs, r.MigrationDelayUs);
                 return new SchedResult([]);
             }
             return new SchedResult(pools.Select(p => PoolParams(p, credit2, [])).ToList());
@@ -154,7 +154,7 @@ public sealed partial class Host
     private SchedPool PoolParams(CpupoolInfo p, bool credit2, IReadOnlyList<SchedDomain> domains)
     {
         var pp = credit2 ? Sched.GetCredit2PoolParams(p.PoolId) : Sched.GetCreditPoolParams(p.PoolId);
-        return new SchedPool(p.Name, pp.TsliceMs, pp.RatelimitUs, domains);
+        return new SchedPool(p.Name, pp.TsliceMs, pp.RatelimitUs, domains, pp.MigrationDelayUs);
     }
 
     private SchedDomain CreditRow(Domain d, bool credit2)

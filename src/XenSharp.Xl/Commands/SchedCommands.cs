@@ -23,13 +23,14 @@ internal static class SchedCommands
         string? dom = a.Value('d'), pool = a.Value('p');
         int? weight = Int(a, 'w', "weight"), cap = Int(a, 'c', "cap");
         int? tslice = sched == "credit" ? Int(a, 't', "time slice") : null, ratelimit = Int(a, 'r', "rate limit");
+        int? migrationDelay = sched == "credit" ? Int(a, 'm', "migration delay") : null;
         bool poolParams = a.Has('s');
         bool domainOptions = dom is not null || weight is not null || cap is not null;
         // xl's own checks and messages (main_sched_credit / main_sched_credit2).
         string? error = sched == "credit"
             ? (pool is not null || poolParams) && domainOptions ? "Specifying a cpupool or schedparam is not allowed with domain options."
             : dom is null && (weight is not null || cap is not null) ? "Must specify a domain."
-            : !poolParams && (tslice is not null || ratelimit is not null) ? "Must specify schedparam to set schedule parameter values."
+            : !poolParams && (tslice is not null || ratelimit is not null || migrationDelay is not null) ? "Must specify schedparam to set schedule parameter values."
             : null
             : pool is not null && domainOptions ? "Specifying a cpupool is not allowed with other options."
             : dom is null && (weight is not null || cap is not null) ? "Must specify a domain."
@@ -47,14 +48,14 @@ internal static class SchedCommands
             else
                 ratelimit = null;
         }
-        var res = ctx.Daemon.Send(new SchedCreditRequest(sched, dom, weight, cap, pool, poolParams, tslice, ratelimit));
-        bool setting = weight is not null || cap is not null || tslice is not null || ratelimit is not null;
+        var res = ctx.Daemon.Send(new SchedCreditRequest(sched, dom, weight, cap, pool, poolParams, tslice, ratelimit, migrationDelay));
+        bool setting = weight is not null || cap is not null || tslice is not null || ratelimit is not null || migrationDelay is not null;
         if (setting) return 0;
         foreach (var p in res.Pools)
         {
             if (p.Name.Length > 0)
                 ctx.Out.WriteLine(sched == "credit"
-                    ? $"Cpupool {p.Name}: tslice={p.TsliceMs}ms ratelimit={p.RatelimitUs}us migration-delay=0us"
+                    ? $"Cpupool {p.Name}: tslice={p.TsliceMs}ms ratelimit={p.RatelimitUs}us migration-delay={p.MigrationDelayUs}us"
                     : $"Cpupool {p.Name}: ratelimit={p.RatelimitUs}us");
             if (poolParams) continue;
             ctx.Out.WriteLine($"{"Name",-33} {"ID",4} {"Weight",6} {"Cap",4}");

@@ -82,8 +82,8 @@ public sealed class XlSchedulingTests(XlSession s)
                 Fails("sched-credit", "-p", "tp", "-d", "poolguest").Err.Trim());
             Assert.Equal("Must specify schedparam to set schedule parameter values.", Fails("sched-credit", "-p", "tp", "-t", "10").Err.Trim());
             Assert.Equal("Must specify a domain.", Fails("sched-credit", "-w", "10").Err.Trim());
-            Ok("sched-credit", "-s", "-p", "tp", "-t", "10", "-r", "500");
-            Assert.Equal("Cpupool tp: tslice=10ms ratelimit=500us migration-delay=0us", Lines(Ok("sched-credit", "-s", "-p", "tp"))[0]);
+            Ok("sched-credit", "-s", "-p", "tp", "-t", "10", "-r", "500", "-m", "2000");
+            Assert.Equal("Cpupool tp: tslice=10ms ratelimit=500us migration-delay=2000us", Lines(Ok("sched-credit", "-s", "-p", "tp"))[0]);
 
             Ok("cpupool-rename", "tp", "tp2");
             Assert.Contains(Lines(Ok("cpupool-list")), l => l.StartsWith("tp2 "));
