@@ -156,6 +156,14 @@ public sealed class XlSchedulingTests(XlSession s)
             Assert.All(rows.Skip(1), r => Assert.EndsWith(" 0 / all", r));
             Assert.Matches(@"^pinguest\s+\d+\s+128\s+0$", Lines(Ok("sched-credit", "-d", "pinguest"))[1]);
 
+            // xl's columns: name, ID, VCPU, then CPU with no space before it, state, time, affinities.
+            Assert.Equal("Name                                ID  VCPU   CPU State   Time(s) Affinity (Hard / Soft)", rows[0]);
+            Assert.Equal("pinguest", rows[1][..32].TrimEnd());
+            Assert.Equal("0", rows[1][39..44].Trim());
+            Assert.Equal("0", rows[1][44..49].Trim());
+            Assert.Matches(@"^   [r-][b-]- +\d+\.\d  $", rows[1][49..67]);
+            Assert.Equal("0 / all", rows[1][67..]);
+
             Ok("vcpu-pin", "pinguest", "1", "1", "0-1");
             rows = Lines(Ok("vcpu-list", "pinguest"));
             Assert.Matches(@"^pinguest\s+\d+\s+0\s.* 0 / all$", rows[1]);
