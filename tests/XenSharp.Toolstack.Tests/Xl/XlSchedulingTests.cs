@@ -57,7 +57,8 @@ public sealed class XlSchedulingTests(XlSession s)
             Assert.Contains("not free", err);
 
             CreatePool("tp", "credit");
-            Assert.Contains("already exists", Fails("cpupool-create", "name=\"tp\"").Err);
+            Assert.Contains("Pool name \"tp\" already exists", Fails("cpupool-create", "name=\"tp\"").Err);
+            Assert.Contains("Pool 'nosuch' does not exist", Fails("cpupool-list", "nosuch").Err);
             Ok("cpupool-migrate", "poolguest", "tp");
             Assert.Contains(Lines(Ok("list", "-c")), l => l.StartsWith("poolguest ") && l.EndsWith(" tp"));
 
@@ -101,7 +102,8 @@ public sealed class XlSchedulingTests(XlSession s)
         {
             File.WriteAllText(Path.Combine(s.Work, "rt.pool"), "name = \"rt\"\nsched = \"rtds\"\ncpus = [\"1\"]\n");
             Ok("cpupool-cpu-remove", "Pool-0", "1");
-            Ok("cpupool-create", Path.Combine(s.Work, "rt.pool"));
+            Assert.Equal([$"Using config file \"{Path.Combine(s.Work, "rt.pool")}\"", "cpupool name:   rt", "scheduler:      rtds", "number of cpus: 1"],
+                Lines(Ok("cpupool-create", Path.Combine(s.Work, "rt.pool"))));
             Ok("create", Guest("rtguest", "pool = \"rt\"\n"));
             Assert.Contains("rt                   1      rtds       y          1", Lines(Ok("cpupool-list")));
 
