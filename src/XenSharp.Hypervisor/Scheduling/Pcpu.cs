@@ -22,6 +22,9 @@ internal sealed class Pcpu
     private bool _kicked;
     // What the running slice did with a preemption request, for the trace.
     private long _preemptSeen, _preemptAt;
+    // The thread's CPU clock at the end of the last slice (-1 after idling): one clock read per switch, the work of
+    // the switch itself going to the next slice.
+    private long _cpuMark = -1;
 
     public Pcpu(XenHypervisor host, Cpupools pools, int id)
     {
@@ -97,6 +100,7 @@ internal sealed class Pcpu
             var pool = _pools.PoolOfCpu(Id);
             if (pool is null)
             {
+                _cpuMark = -1;
                 IdleWait(long.MaxValue);
                 continue;
             }
@@ -106,6 +110,7 @@ internal sealed class Pcpu
             var v = sched.PickNext(Id, now, out long until);
             if (v is null)
             {
+                _cpuMark = -1;
                 IdleWait(until);
                 continue;
             }
@@ -116,7 +121,7 @@ internal sealed class Pcpu
                     Interlocked.Increment(ref unit.Migrations);
                 unit.Processor = Id;
             }
-            long cpuStart = ThreadCpuClock.NowNs();
+            long cpuStart = _cpuMark >= 0 ? _cpuMark : ThreadCpuClock.NowNs();
             long start = _host.Time.NowNs;
             long woken = Interlocked.Exchange(ref unit.WokenAtNs, 0);
             if (woken != 0)
@@ -138,7 +143,7 @@ internal sealed class Pcpu
                 _host.ShutdownDomain(v.Domain, Public.Sched.SHUTDOWN_crash);
             }
             long end = _host.Time.NowNs;
-            long cpuEnd = ThreadCpuClock.NowNs();
+            long cpuEnd = _cpuMark = ThreadCpuClock.NowNs();
             CurrentVcpu = null;
             // The vCPU ran for the CPU time the pCPU thread had; the rest of the slice the host took from the thread,
             // so the guest sees it as steal (runnable). Proportional policies charge that CPU time, so their shares
