@@ -99,16 +99,17 @@ internal static class CommandTable
             [Help, new('i', "ignore-host")], 2),
         new("sched-credit", SchedCommands.SchedCredit, false, true,
             "Get/set credit scheduler parameters",
-            "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] [-s [-t TSLICE] [-r RATELIMIT]] [-p CPUPOOL]",
+            "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] [-s [-t TSLICE] [-r RATELIMIT] [-m MIGRDELAY]] [-p CPUPOOL]",
             "-d DOMAIN, --domain=DOMAIN        Domain to modify\n" +
             "-w WEIGHT, --weight=WEIGHT        Weight (int)\n" +
             "-c CAP, --cap=CAP                 Cap (int)\n" +
             "-s         --schedparam           Query / modify scheduler parameters\n" +
             "-t TSLICE, --tslice_ms=TSLICE     Set the timeslice, in milliseconds\n" +
             "-r RLIMIT, --ratelimit_us=RLIMIT  Set the scheduling rate limit, in microseconds\n" +
+            "-m DLY, --migration_delay_us=DLY  Set the migration delay, in microseconds\n" +
             "-p CPUPOOL, --cpupool=CPUPOOL     Restrict output to CPUPOOL",
             [Help, new('d', "domain", true), new('w', "weight", true), new('c', "cap", true), new('s', "schedparam"),
-             new('t', "tslice_ms", true), new('r', "ratelimit_us", true), new('p', "cpupool", true)]),
+             new('t', "tslice_ms", true), new('r', "ratelimit_us", true), new('m', "migration_delay_us", true), new('p', "cpupool", true)]),
         new("sched-credit2", SchedCommands.SchedCredit2, false, true,
             "Get/set credit2 scheduler parameters",
             "[-d <Domain> [-w[=WEIGHT]]|-c[=CAP]] [-p CPUPOOL]",

@@ -7,11 +7,12 @@ namespace XenSharp.Hypervisor.Scheduling;
 /// One slice, in the scheduler's time base (ns of system time): when the scheduler picked the vCPU and the end it
 /// granted (<see cref="UntilNs"/>), when the pCPU started and stopped running it, and, for a vCPU that had been
 /// woken, when it was woken (0 otherwise). Grant and run differ only by what the host did to the pCPU thread.
+/// <see cref="RanNs"/> is the CPU time the pCPU thread had in the slice (what credit and credit2 charge).
 /// A slice asked to give way (a wake-up preempting it) records when the pCPU saw the request and when it then meant
 /// to stop, the rate limit permitting (<see cref="PreemptNs"/>; long.MaxValue when no one asked).
 /// </summary>
 internal readonly record struct SliceRecord(int Cpu, Vcpu Vcpu, long WokenNs, long DecidedNs, long UntilNs, long StartNs, long EndNs,
-    long PreemptSeenNs = long.MaxValue, long PreemptNs = long.MaxValue);
+    long RanNs, long PreemptSeenNs = long.MaxValue, long PreemptNs = long.MaxValue);
 
 /// <summary>
 /// The cpupools of the host and the pCPUs they own (Xen's cpupool.c): Pool-0 holds every pCPU at start with the

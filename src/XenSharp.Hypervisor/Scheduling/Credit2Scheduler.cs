@@ -40,6 +40,7 @@ internal sealed class Credit2Scheduler(Cpupool pool)
     public string Name => "credit2";
     public uint SchedId => Schedulers.XEN_SCHEDULER_CREDIT2;
     public long RatelimitNs { get; private set; } = DefaultRatelimitNs;
+    public bool ChargesCpuTime => true;
 
     public void AddPcpu(int cpu) { }
     public void RemovePcpu(int cpu) { }

@@ -8,6 +8,7 @@ namespace XenSharp.Hypervisor.Scheduling;
 /// active domains by weight, and burnt by running. vCPUs with credit left (UNDER) run before those without (OVER),
 /// round-robin within each class; a vCPU woken from blocking is BOOSTed to the front once and preempts an unboosted
 /// one after the rate limit. A cap limits a domain to a percentage of one pCPU per period even when CPU is idle.
+/// With a migration delay, a vCPU that ran on another pCPU within that delay is left for it (its cache is hot there).
 /// </summary>
 internal sealed class CreditScheduler(Cpupool pool)
     : WeightedScheduler<CreditScheduler.VcpuData, CreditScheduler.DomData>, IScheduler
@@ -26,6 +27,8 @@ internal sealed class CreditScheduler(Cpupool pool)
     {
         public long Credit;
         public bool Boost;
+        /// <summary>When it last left a pCPU.</summary>
+        public long LastRunEndNs;
     }
 
     internal sealed class DomData : WeightedDomData
@@ -38,20 +41,31 @@ internal sealed class CreditScheduler(Cpupool pool)
     private readonly LinkedList<Vcpu> _runq = new();
     protected override ICollection<Vcpu> RunQueue => _runq;
     private long _nextAccounting;
+    /// <summary>CPU time charged to the pool's vCPUs since the last accounting.</summary>
+    private long _burnt;
     private long _lastAccounting = -1;
 
     public string Name => "credit";
     public uint SchedId => Schedulers.XEN_SCHEDULER_CREDIT;
     public long TsliceNs { get; private set; } = DefaultTsliceNs;
     public long RatelimitNs { get; private set; } = DefaultRatelimitNs;
+    public long MigrationDelayNs { get; private set; }
+    public bool ChargesCpuTime => true;
+    /// <summary>XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US.</summary>
+    public const long MaxMigrationDelayNs = 100_000_000;
 
     public void AddPcpu(int cpu) { }
     public void RemovePcpu(int cpu) { }
 
-    /// <summary>xl sched-credit -s -t/-r. Xen's bounds: tslice 1..1000 ms, ratelimit 0 or 100..500000 µs and at most tslice.</summary>
-    public void SetPoolParams(long? tsliceNs, long? ratelimitNs)
+    /// <summary>
+    /// xl sched-credit -s -t/-r/-m. Xen's bounds: tslice 1..1000 ms, ratelimit 0 or 100..500000 µs and at most
+    /// tslice, migration delay 0..100 ms.
+    /// </summary>
+    public void SetPoolParams(long? tsliceNs, long? ratelimitNs, long? migrationDelayNs = null)
     {
-        long t = tsliceNs ?? TsliceNs, r = ratelimitNs ?? RatelimitNs;
+        long t = tsliceNs ?? TsliceNs, r = ratelimitNs ?? RatelimitNs, m = migrationDelayNs ?? MigrationDelayNs;
+        if (m < 0 || m > MaxMigrationDelayNs)
+            throw new HypervisorException("the migration delay must be 0 to 100000 µs", Errno.EINVAL);
         if (t < 1_000_000 || t > 1_000_000_000)
             throw new HypervisorException("tslice must be 1 to 1000 ms", Errno.EINVAL);
         if (r != 0 && (r < 100_000 || r > 500_000_000 || r > t))
@@ -60,6 +74,7 @@ internal sealed class CreditScheduler(Cpupool pool)
         {
             TsliceNs = t;
             RatelimitNs = r;
+            MigrationDelayNs = m;
         }
     }
 
@@ -121,6 +136,7 @@ internal sealed class CreditScheduler(Cpupool pool)
                 Account(now);
             LinkedListNode<Vcpu>? pick = null;
             int pickClass = 3;
+            long hotUntil = long.MaxValue;
             for (var n = _runq.First; n is not null;)
             {
                 var next = n.Next;
@@ -131,7 +147,7 @@ internal sealed class CreditScheduler(Cpupool pool)
                     Data(v).Queued = false;
                     _runq.Remove(n);
                 }
-                else if (SchedUnit.Of(v).CanRun(cpu) && !Parked(v))
+                else if (SchedUnit.Of(v).CanRun(cpu) && !Parked(v) && !HotElsewhere(v, cpu, now, ref hotUntil))
                 {
                     var d = Data(v);
                     int cls = d.Boost ? 0 : d.Credit > 0 ? 1 : 2;
@@ -147,7 +163,7 @@ internal sealed class CreditScheduler(Cpupool pool)
             }
             if (pick is null)
             {
-                untilNs = _nextAccounting; // a parked vCPU may run again then
+                untilNs = Math.Min(_nextAccounting, hotUntil); // a parked vCPU may run again then, a hot one may move
                 return null;
             }
             var pv = pick.Value;
@@ -164,12 +180,28 @@ internal sealed class CreditScheduler(Cpupool pool)
         }
     }
 
+    /// <summary>Xen's cache-hot test: the vCPU left another pCPU less than the migration delay ago.</summary>
+    private bool HotElsewhere(Vcpu v, int cpu, long now, ref long hotUntil)
+    {
+        int last = SchedUnit.Of(v).Processor;
+        if (MigrationDelayNs == 0 || last < 0 || last == cpu)
+            return false;
+        long cool = Data(v).LastRunEndNs + MigrationDelayNs;
+        if (now >= cool)
+            return false;
+        hotUntil = Math.Min(hotUntil, cool);
+        return true;
+    }
+
     private void Account(long now)
     {
         _nextAccounting = now + AccountingPeriodNs;
-        // Credit is handed out for the time that really passed (pCPU threads and timers can be late), so that what
-        // is earned matches what is burnt.
+        // Caps are a share of the host's clock; credit is the CPU time the pool's vCPUs burnt in the period, handed
+        // out again by weight (Xen hands out whole pCPU periods; here the host decides how much CPU a pCPU thread
+        // gets, and what is earned must match what is burnt, or every vCPU drifts into UNDER and weights stop counting).
         long elapsed = _lastAccounting < 0 ? AccountingPeriodNs : Math.Min(now - _lastAccounting, MaxCarryNs);
+        long burnt = Math.Min(_burnt, MaxCarryNs);
+        _burnt = 0;
         _lastAccounting = now;
         // Only active domains (with a runnable vCPU) share the period, so idle ones do not dilute the weights.
         long total = 0;
@@ -183,13 +215,12 @@ internal sealed class CreditScheduler(Cpupool pool)
         }
         if (total == 0)
             return;
-        long poolCpus = Math.Max(1, pool.Cpus.Length);
         foreach (var (dom, d) in _doms)
         {
             int active = dom.Vcpus.Count(v => v.IsRunnable && _all.Contains(v));
             if (active == 0)
                 continue;
-            long perVcpu = elapsed * poolCpus * d.Weight / total / active;
+            long perVcpu = burnt * d.Weight / total / active;
             foreach (var v in dom.Vcpus)
             {
                 if (!v.IsRunnable || v.SchedData is not SchedUnit { Priv: VcpuData vd })
@@ -210,6 +241,8 @@ internal sealed class CreditScheduler(Cpupool pool)
                 return;
             var d = Data(v);
             d.Credit -= ranNs;
+            _burnt += ranNs;
+            d.LastRunEndNs = now;
             if (_doms.TryGetValue(v.Domain, out var dom) && dom.Cap > 0)
                 dom.CapBudget -= ranNs;
             if (v.IsRunnable && !d.Queued)

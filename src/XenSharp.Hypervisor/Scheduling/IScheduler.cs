@@ -14,6 +14,11 @@ internal interface IScheduler
     uint SchedId { get; }
     /// <summary>A preempting vCPU waits until the running one has had this long (0: no rate limit).</summary>
     long RatelimitNs { get; }
+    /// <summary>
+    /// What <see cref="Descheduled"/> charges: the CPU time the pCPU thread had (true: shares and caps hold whatever
+    /// the host's load) or the slice's wall time (false: budgets and windows are slots of the host's clock).
+    /// </summary>
+    bool ChargesCpuTime => false;
 
     void AddPcpu(int cpu);
     void RemovePcpu(int cpu);
@@ -26,7 +31,10 @@ internal interface IScheduler
     /// when none is runnable, when the scheduler wants the idle pCPU back (long.MaxValue: only when woken).
     /// </summary>
     Vcpu? PickNext(int cpu, long now, out long untilNs);
-    /// <summary>The vCPU left <paramref name="cpu"/> after running <paramref name="ranNs"/>; requeue it if still runnable.</summary>
+    /// <summary>
+    /// The vCPU left <paramref name="cpu"/> after running <paramref name="ranNs"/> (as <see cref="ChargesCpuTime"/>
+    /// says); requeue it if still runnable.
+    /// </summary>
     void Descheduled(Vcpu v, int cpu, long ranNs, long now);
 }
 

@@ -5,7 +5,8 @@ namespace XenSharp.Hypervisor.Scheduling;
 
 /// <summary>
 /// A physical CPU: a host thread that asks the scheduler of its cpupool for a vCPU, runs it in the engine until its
-/// slice ends, a preemption or an exit takes it off, handles its exits, and accounts its time (Xen's schedule()).
+/// slice ends, a preemption or an exit takes it off, handles its exits, and accounts its time (Xen's schedule()):
+/// the CPU time its thread had, which on a loaded host is less than the slice's wall time.
 /// </summary>
 internal sealed class Pcpu
 {
@@ -21,6 +22,9 @@ internal sealed class Pcpu
     private bool _kicked;
     // What the running slice did with a preemption request, for the trace.
     private long _preemptSeen, _preemptAt;
+    // The thread's CPU clock at the end of the last slice (-1 after idling): one clock read per switch, the work of
+    // the switch itself going to the next slice.
+    private long _cpuMark = -1;
 
     public Pcpu(XenHypervisor host, Cpupools pools, int id)
     {
@@ -96,6 +100,7 @@ internal sealed class Pcpu
             var pool = _pools.PoolOfCpu(Id);
             if (pool is null)
             {
+                _cpuMark = -1;
                 IdleWait(long.MaxValue);
                 continue;
             }
@@ -105,6 +110,7 @@ internal sealed class Pcpu
             var v = sched.PickNext(Id, now, out long until);
             if (v is null)
             {
+                _cpuMark = -1;
                 IdleWait(until);
                 continue;
             }
@@ -115,6 +121,7 @@ internal sealed class Pcpu
                     Interlocked.Increment(ref unit.Migrations);
                 unit.Processor = Id;
             }
+            long cpuStart = _cpuMark >= 0 ? _cpuMark : ThreadCpuClock.NowNs();
             long start = _host.Time.NowNs;
             long woken = Interlocked.Exchange(ref unit.WokenAtNs, 0);
             if (woken != 0)
@@ -136,9 +143,20 @@ internal sealed class Pcpu
                 _host.ShutdownDomain(v.Domain, Public.Sched.SHUTDOWN_crash);
             }
             long end = _host.Time.NowNs;
+            long cpuEnd = _cpuMark = ThreadCpuClock.NowNs();
             CurrentVcpu = null;
-            Interlocked.Add(ref v.CpuTimeNs, end - start);
+            // The vCPU ran for the CPU time the pCPU thread had; the rest of the slice the host took from the thread,
+            // so the guest sees it as steal (runnable). Proportional policies charge that CPU time, so their shares
+            // and caps do not depend on the host's load; real-time ones charge the slot of wall time they granted.
+            long ran = cpuStart < 0 || cpuEnd < 0 ? end - start : Math.Clamp(cpuEnd - cpuStart, 0, end - start);
+            Interlocked.Add(ref v.CpuTimeNs, ran);
             v.SetRunstate(!v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable, end);
+            if (ran < end - start)
+                lock (v.RunstateTime)
+                {
+                    v.RunstateTime[(int)Runstate.Running] -= end - start - ran;
+                    v.RunstateTime[(int)Runstate.Runnable] += end - start - ran;
+                }
             try
             {
                 if (v.Engine is not null && !v.Domain.IsDying)
@@ -148,8 +166,8 @@ internal sealed class Pcpu
             {
                 _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
             }
-            _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end, _preemptSeen, _preemptAt));
-            sched.Descheduled(v, Id, end - start, end);
+            _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end, ran, _preemptSeen, _preemptAt));
+            sched.Descheduled(v, Id, sched.ChargesCpuTime ? ran : end - start, end);
         }
     }
 

@@ -11,7 +11,7 @@ namespace XenSharp.Hypervisor
     public sealed record CreditParams(int Weight, int Cap);
 
     /// <summary>A cpupool's credit parameters (`xl sched-credit -s`); credit2 has only the rate limit (TsliceMs is 0).</summary>
-    public sealed record CreditPoolParams(int TsliceMs, int RatelimitUs);
+    public sealed record CreditPoolParams(int TsliceMs, int RatelimitUs, int MigrationDelayUs = 0);
 
     /// <summary>One vCPU's RTDS parameters (`xl sched-rtds -d -v`).</summary>
     public sealed record RtdsVcpuParams(int Vcpu, long PeriodUs, long BudgetUs, bool Extratime);
@@ -180,12 +180,12 @@ namespace XenSharp.Hypervisor
         public CreditPoolParams GetCreditPoolParams(int poolId)
         {
             var s = PoolSched<CreditScheduler>(poolId, "credit");
-            return new CreditPoolParams((int)(s.TsliceNs / 1_000_000), (int)(s.RatelimitNs / 1000));
+            return new CreditPoolParams((int)(s.TsliceNs / 1_000_000), (int)(s.RatelimitNs / 1000), (int)(s.MigrationDelayNs / 1000));
         }
 
-        /// <summary>`xl sched-credit -s -p POOL -t TSLICE_MS -r RATELIMIT_US`.</summary>
-        public void SetCreditPoolParams(int poolId, int? tsliceMs = null, int? ratelimitUs = null) =>
-            PoolSched<CreditScheduler>(poolId, "credit").SetPoolParams(tsliceMs * 1_000_000L, ratelimitUs * 1000L);
+        /// <summary>`xl sched-credit -s -p POOL -t TSLICE_MS -r RATELIMIT_US -m MIGRATION_DELAY_US`.</summary>
+        public void SetCreditPoolParams(int poolId, int? tsliceMs = null, int? ratelimitUs = null, int? migrationDelayUs = null) =>
+            PoolSched<CreditScheduler>(poolId, "credit").SetPoolParams(tsliceMs * 1_000_000L, ratelimitUs * 1000L, migrationDelayUs * 1000L);
 
         public CreditParams GetCredit2Params(ushort domid)
         {

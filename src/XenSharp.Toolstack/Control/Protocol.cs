@@ -106,7 +106,7 @@ public sealed record CpupoolNumaSplitRequest : ControlRequest<Unit>;
 /// pools (with their parameters) and domains the command prints.
 /// </summary>
 public sealed record SchedCreditRequest(string Scheduler, string? Domain, int? Weight, int? Cap, string? Pool,
-    bool PoolParams, int? TsliceMs, int? RatelimitUs) : ControlRequest<SchedResult>;
+    bool PoolParams, int? TsliceMs, int? RatelimitUs, int? MigrationDelayUs = null) : ControlRequest<SchedResult>;
 
 /// <summary>`xl sched-rtds`: Vcpus empty means every vCPU; Periods/Budgets/Extratimes pair with Vcpus (or apply to all).</summary>
 public sealed record SchedRtdsRequest(string? Domain, string? Pool, IReadOnlyList<int> Vcpus, IReadOnlyList<long> Periods,
@@ -115,7 +115,7 @@ public sealed record SchedRtdsRequest(string? Domain, string? Pool, IReadOnlyLis
 public sealed record SchedResult(IReadOnlyList<SchedPool> Pools);
 
 /// <summary>One pool of a scheduler with its parameters and the domains (or vCPUs) in it.</summary>
-public sealed record SchedPool(string Name, int TsliceMs, int RatelimitUs, IReadOnlyList<SchedDomain> Domains);
+public sealed record SchedPool(string Name, int TsliceMs, int RatelimitUs, IReadOnlyList<SchedDomain> Domains, int MigrationDelayUs = 0);
 public sealed record SchedDomain(string Name, uint DomId, int Weight, int Cap, int Vcpu = -1, long PeriodUs = 0,
     long BudgetUs = 0, bool Extratime = false);
 

@@ -32,23 +32,26 @@ public sealed partial class Host
         catch (HypervisorException) { return "Pool-0"; }
     }
 
+    // xl lists a pool's pCPUs one by one ("0,1,2"), not as ranges.
     private CpupoolEntry Entry(CpupoolInfo p) =>
-        new(p.PoolId, p.Name, p.Scheduler, CpuList.Format(p.Cpus.ToArray()), p.Cpus.Count, p.Domains);
+        new(p.PoolId, p.Name, p.Scheduler, string.Join(',', p.Cpus.Order()), p.Cpus.Count, p.Domains);
 
     private IReadOnlyList<CpupoolEntry> CpupoolList(CpupoolListRequest r)
     {
-        var pools = r.Pool is null ? Sched.ListCpupools() : [Pool(r.Pool)];
+        var pools = r.Pool is null ? Sched.ListCpupools()
+            : [Sched.ListCpupools().FirstOrDefault(p => p.Name == r.Pool) ?? throw new ControlException($"Pool '{r.Pool}' does not exist", 22)];
         return pools.Select(Entry).ToList();
     }
 
     private CpupoolEntry CpupoolCreate(CpupoolCreateRequest r)
     {
-        if (string.IsNullOrEmpty(r.Name)) throw new ControlException("Missing cpupool name");
+        if (string.IsNullOrEmpty(r.Name)) throw new ControlException("Missing cpupool name!");
         if (Sched.ListCpupools().Any(p => p.Name == r.Name))
-            throw new ControlException($"Pool name ({r.Name}) already exists", 17);
-        string sched = r.Scheduler ?? "credit";
+            throw new ControlException($"Pool name \"{r.Name}\" already exists", 17);
+        // Without sched=, the host's scheduler (the one Pool-0 was made with), as xl asks libxl_get_scheduler.
+        string sched = r.Scheduler ?? Sched.ListCpupools().First(p => p.PoolId == 0).Scheduler;
         if (!XenHypervisor.AvailableSchedulers.Contains(sched))
-            throw new ControlException($"Unknown scheduler: {sched}", 22);
+            throw new ControlException("Unknown scheduler", 22);
         var free = Sched.FreeCpus;
         IReadOnlyList<int> cpus;
         if (r.Cpus is not null && r.Nodes is not null)
@@ -122,15 +125,15 @@ public sealed partial class Host
     {
         bool credit2 = r.Scheduler == "credit2";
         var s = Sched;
-        if (r.PoolParams || r.TsliceMs is not null || r.RatelimitUs is not null)
+        if (r.PoolParams || r.TsliceMs is not null || r.RatelimitUs is not null || r.MigrationDelayUs is not null)
         {
             var pools = r.Pool is null ? s.ListCpupools().Where(p => p.Scheduler == r.Scheduler).ToList() : [Pool(r.Pool)];
-            if (r.TsliceMs is not null || r.RatelimitUs is not null)
+            if (r.TsliceMs is not null || r.RatelimitUs is not null || r.MigrationDelayUs is not null)
             {
                 if (r.Pool is null) pools = [Pool("Pool-0")];
                 foreach (var p in pools)
                     if (credit2) s.SetCredit2PoolParams(p.PoolId, r.RatelimitUs ?? throw new ControlException("-r RATELIMIT needed"));
-                    else s.SetCreditPoolParams(p.PoolId, r.TsliceMs, r.RatelimitUs);
+                    else s.SetCreditPoolParams(p.PoolId, r.TsliceMs, r.RatelimitUs, r.MigrationDelayUs);
                 return new SchedResult([]);
             }
             return new SchedResult(pools.Select(p => PoolParams(p, credit2, [])).ToList());
@@ -154,7 +157,7 @@ public sealed partial class Host
     private SchedPool PoolParams(CpupoolInfo p, bool credit2, IReadOnlyList<SchedDomain> domains)
     {
         var pp = credit2 ? Sched.GetCredit2PoolParams(p.PoolId) : Sched.GetCreditPoolParams(p.PoolId);
-        return new SchedPool(p.Name, pp.TsliceMs, pp.RatelimitUs, domains);
+        return new SchedPool(p.Name, pp.TsliceMs, pp.RatelimitUs, domains, pp.MigrationDelayUs);
     }
 
     private SchedDomain CreditRow(Domain d, bool credit2)

@@ -23,7 +23,7 @@ public interface IScheduling
     CreditParams GetCreditParams(uint domId);
     void SetCreditParams(uint domId, int? weight, int? cap);
     CreditPoolParams GetCreditPoolParams(int poolId);
-    void SetCreditPoolParams(int poolId, int? tsliceMs, int? ratelimitUs);
+    void SetCreditPoolParams(int poolId, int? tsliceMs, int? ratelimitUs, int? migrationDelayUs = null);
     CreditParams GetCredit2Params(uint domId);
     void SetCredit2Params(uint domId, int? weight, int? cap);
     CreditPoolParams GetCredit2PoolParams(int poolId);

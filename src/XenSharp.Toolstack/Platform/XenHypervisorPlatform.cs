@@ -53,7 +53,8 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
     public CreditParams GetCreditParams(uint domId) => _hv.GetCreditParams((ushort)domId);
     public void SetCreditParams(uint domId, int? weight, int? cap) => _hv.SetCreditParams((ushort)domId, weight, cap);
     public CreditPoolParams GetCreditPoolParams(int poolId) => _hv.GetCreditPoolParams(poolId);
-    public void SetCreditPoolParams(int poolId, int? tsliceMs, int? ratelimitUs) => _hv.SetCreditPoolParams(poolId, tsliceMs, ratelimitUs);
+    public void SetCreditPoolParams(int poolId, int? tsliceMs, int? ratelimitUs, int? migrationDelayUs = null) =>
+        _hv.SetCreditPoolParams(poolId, tsliceMs, ratelimitUs, migrationDelayUs);
     public CreditParams GetCredit2Params(uint domId) => _hv.GetCredit2Params((ushort)domId);
     public void SetCredit2Params(uint domId, int? weight, int? cap) => _hv.SetCredit2Params((ushort)domId, weight, cap);
     public CreditPoolParams GetCredit2PoolParams(int poolId) => _hv.GetCredit2PoolParams(poolId);

@@ -70,7 +70,8 @@ internal static class Formats
         {
             string state = v.Online ? $"{(v.Running ? 'r' : '-')}{(v.Blocked ? 'b' : '-')}-" : "--p";
             string cpu = v.Online && v.Cpu >= 0 ? v.Cpu.ToString() : "-";
-            w.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-32} {1,5} {2,5} {3,5} {4,5} {5,9:F1}  {6} / {7}",
+            // As xl prints it: no space between the VCPU and CPU columns of a row, though the header has one.
+            w.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-32} {1,5} {2,5}{3,5} {4,5} {5,9:F1}  {6} / {7}",
                 v.Name, v.DomId, v.Vcpu, cpu, state, v.CpuTimeNs / 1e9, v.Hard, v.Soft));
         }
     }

@@ -23,13 +23,14 @@ internal static class SchedCommands
         string? dom = a.Value('d'), pool = a.Value('p');
         int? weight = Int(a, 'w', "weight"), cap = Int(a, 'c', "cap");
         int? tslice = sched == "credit" ? Int(a, 't', "time slice") : null, ratelimit = Int(a, 'r', "rate limit");
+        int? migrationDelay = sched == "credit" ? Int(a, 'm', "migration delay") : null;
         bool poolParams = a.Has('s');
         bool domainOptions = dom is not null || weight is not null || cap is not null;
         // xl's own checks and messages (main_sched_credit / main_sched_credit2).
         string? error = sched == "credit"
             ? (pool is not null || poolParams) && domainOptions ? "Specifying a cpupool or schedparam is not allowed with domain options."
             : dom is null && (weight is not null || cap is not null) ? "Must specify a domain."
-            : !poolParams && (tslice is not null || ratelimit is not null) ? "Must specify schedparam to set schedule parameter values."
+            : !poolParams && (tslice is not null || ratelimit is not null || migrationDelay is not null) ? "Must specify schedparam to set schedule parameter values."
             : null
             : pool is not null && domainOptions ? "Specifying a cpupool is not allowed with other options."
             : dom is null && (weight is not null || cap is not null) ? "Must specify a domain."
@@ -47,14 +48,14 @@ internal static class SchedCommands
             else
                 ratelimit = null;
         }
-        var res = ctx.Daemon.Send(new SchedCreditRequest(sched, dom, weight, cap, pool, poolParams, tslice, ratelimit));
-        bool setting = weight is not null || cap is not null || tslice is not null || ratelimit is not null;
+        var res = ctx.Daemon.Send(new SchedCreditRequest(sched, dom, weight, cap, pool, poolParams, tslice, ratelimit, migrationDelay));
+        bool setting = weight is not null || cap is not null || tslice is not null || ratelimit is not null || migrationDelay is not null;
         if (setting) return 0;
         foreach (var p in res.Pools)
         {
             if (p.Name.Length > 0)
                 ctx.Out.WriteLine(sched == "credit"
-                    ? $"Cpupool {p.Name}: tslice={p.TsliceMs}ms ratelimit={p.RatelimitUs}us migration-delay=0us"
+                    ? $"Cpupool {p.Name}: tslice={p.TsliceMs}ms ratelimit={p.RatelimitUs}us migration-delay={p.MigrationDelayUs}us"
                     : $"Cpupool {p.Name}: ratelimit={p.RatelimitUs}us");
             if (poolParams) continue;
             ctx.Out.WriteLine($"{"Name",-33} {"ID",4} {"Weight",6} {"Cap",4}");
@@ -143,10 +144,11 @@ internal static class SchedCommands
         }
         text += "\n" + string.Join("\n", vars) + "\n";
         var cfg = XlConfigParser.Parse(text, name);
-        string? poolName = cfg.GetString("name");
+        // Without name=, xl names the pool after its configuration file.
+        string? poolName = cfg.GetString("name") ?? (file is not null ? Path.GetFileName(file) : null);
         if (poolName is null)
         {
-            ctx.Err.WriteLine("Missing cpupool name");
+            ctx.Err.WriteLine("Missing cpupool name!");
             return 1;
         }
         string? cpus = cfg.GetStringList("cpus") is { } c ? string.Join(',', c) : null;
@@ -154,11 +156,34 @@ internal static class SchedCommands
         string? sched = cfg.GetString("sched");
         if (ctx.DryRun || a.Has('n'))
         {
-            ctx.Out.WriteLine($"name={poolName} sched={sched ?? "credit"} cpus={cpus ?? nodes ?? "(one free cpu)"}");
+            sched ??= ctx.Daemon.Send(new CpupoolListRequest(null)).First(p => p.PoolId == 0).Scheduler;
+            PrintPool(ctx, name, poolName, sched, cpus is null ? (nodes is null ? 1 : -1) : CountCpus(cpus));
             return 0;
         }
-        ctx.Daemon.Send(new CpupoolCreateRequest(poolName, sched, cpus, nodes));
+        var made = ctx.Daemon.Send(new CpupoolCreateRequest(poolName, sched, cpus, nodes));
+        PrintPool(ctx, name, poolName, made.Scheduler, made.CpuCount);
         return 0;
+    }
+
+    /// <summary>What xl cpupool-create says about the pool it makes.</summary>
+    private static void PrintPool(XlContext ctx, string source, string pool, string sched, int cpus)
+    {
+        ctx.Out.WriteLine($"Using config file \"{source}\"");
+        ctx.Out.WriteLine($"cpupool name:   {pool}");
+        ctx.Out.WriteLine($"scheduler:      {sched}");
+        ctx.Out.WriteLine(cpus < 0 ? "number of cpus: (those of the nodes that are free)" : $"number of cpus: {cpus}");
+    }
+
+    /// <summary>How many pCPUs a list such as "1,3-5" names.</summary>
+    private static int CountCpus(string list)
+    {
+        int count = 0;
+        foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var ends = part.Split('-');
+            count += ends.Length == 2 && int.TryParse(ends[0], out int lo) && int.TryParse(ends[1], out int hi) && hi >= lo ? hi - lo + 1 : 1;
+        }
+        return count;
     }
 
     public static int CpupoolDestroy(XlContext ctx, ParsedArgs a)

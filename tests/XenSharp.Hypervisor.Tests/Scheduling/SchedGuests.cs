@@ -118,11 +118,13 @@ internal static class SchedGuests
 
     /// <summary>
     /// A CPU-bound domain capped at <paramref name="cap"/>% alone on a pCPU: the percentage of one pCPU the scheduler
-    /// accounted to it over <paramref name="ms"/> of its own clock.
+    /// accounted to it over <paramref name="ms"/> of its own clock, and the percentage the host withheld from the
+    /// pCPU thread while it was running the domain (its steal).
     /// </summary>
-    public static double CapPercent(string scheduler, int cap, int ms)
+    public static (double Percent, double StolenPercent) CapPercent(string scheduler, int cap, int ms)
     {
         using var host = Host(pcpus: 1, scheduler: scheduler);
+        var trace = Decisions(host);
         ushort a = Spinner(host);
         if (scheduler == "credit")
             host.SetCreditParams(a, cap: cap);
@@ -134,7 +136,8 @@ internal static class SchedGuests
         long t0 = host.SystemTimeNs, c0 = CpuTime(host, a);
         Thread.Sleep(ms);
         long t1 = host.SystemTimeNs, c1 = CpuTime(host, a);
-        return (c1 - c0) * 100.0 / (t1 - t0);
+        long stolen = trace.Where(r => r.EndNs > t0 && r.EndNs <= t1).Sum(r => r.EndNs - r.StartNs - r.RanNs);
+        return ((c1 - c0) * 100.0 / (t1 - t0), stolen * 100.0 / (t1 - t0));
     }
 
     /// <summary>Records every slice: (pCPU, domid, vCPU, start, end).</summary>

@@ -57,7 +57,8 @@ public sealed class XlSchedulingTests(XlSession s)
             Assert.Contains("not free", err);
 
             CreatePool("tp", "credit");
-            Assert.Contains("already exists", Fails("cpupool-create", "name=\"tp\"").Err);
+            Assert.Contains("Pool name \"tp\" already exists", Fails("cpupool-create", "name=\"tp\"").Err);
+            Assert.Contains("Pool 'nosuch' does not exist", Fails("cpupool-list", "nosuch").Err);
             Ok("cpupool-migrate", "poolguest", "tp");
             Assert.Contains(Lines(Ok("list", "-c")), l => l.StartsWith("poolguest ") && l.EndsWith(" tp"));
 
@@ -82,8 +83,8 @@ public sealed class XlSchedulingTests(XlSession s)
                 Fails("sched-credit", "-p", "tp", "-d", "poolguest").Err.Trim());
             Assert.Equal("Must specify schedparam to set schedule parameter values.", Fails("sched-credit", "-p", "tp", "-t", "10").Err.Trim());
             Assert.Equal("Must specify a domain.", Fails("sched-credit", "-w", "10").Err.Trim());
-            Ok("sched-credit", "-s", "-p", "tp", "-t", "10", "-r", "500");
-            Assert.Equal("Cpupool tp: tslice=10ms ratelimit=500us migration-delay=0us", Lines(Ok("sched-credit", "-s", "-p", "tp"))[0]);
+            Ok("sched-credit", "-s", "-p", "tp", "-t", "10", "-r", "500", "-m", "2000");
+            Assert.Equal("Cpupool tp: tslice=10ms ratelimit=500us migration-delay=2000us", Lines(Ok("sched-credit", "-s", "-p", "tp"))[0]);
 
             Ok("cpupool-rename", "tp", "tp2");
             Assert.Contains(Lines(Ok("cpupool-list")), l => l.StartsWith("tp2 "));
@@ -101,7 +102,8 @@ public sealed class XlSchedulingTests(XlSession s)
         {
             File.WriteAllText(Path.Combine(s.Work, "rt.pool"), "name = \"rt\"\nsched = \"rtds\"\ncpus = [\"1\"]\n");
             Ok("cpupool-cpu-remove", "Pool-0", "1");
-            Ok("cpupool-create", Path.Combine(s.Work, "rt.pool"));
+            Assert.Equal([$"Using config file \"{Path.Combine(s.Work, "rt.pool")}\"", "cpupool name:   rt", "scheduler:      rtds", "number of cpus: 1"],
+                Lines(Ok("cpupool-create", Path.Combine(s.Work, "rt.pool"))));
             Ok("create", Guest("rtguest", "pool = \"rt\"\n"));
             Assert.Contains("rt                   1      rtds       y          1", Lines(Ok("cpupool-list")));
 
@@ -155,6 +157,14 @@ public sealed class XlSchedulingTests(XlSession s)
             var rows = Lines(Ok("vcpu-list", "pinguest"));
             Assert.All(rows.Skip(1), r => Assert.EndsWith(" 0 / all", r));
             Assert.Matches(@"^pinguest\s+\d+\s+128\s+0$", Lines(Ok("sched-credit", "-d", "pinguest"))[1]);
+
+            // xl's columns: name, ID, VCPU, then CPU with no space before it, state, time, affinities.
+            Assert.Equal("Name                                ID  VCPU   CPU State   Time(s) Affinity (Hard / Soft)", rows[0]);
+            Assert.Equal("pinguest", rows[1][..32].TrimEnd());
+            Assert.Equal("0", rows[1][39..44].Trim());
+            Assert.Equal("0", rows[1][44..49].Trim());
+            Assert.Matches(@"^   [r-][b-]- +\d+\.\d  $", rows[1][49..67]);
+            Assert.Equal("0 / all", rows[1][67..]);
 
             Ok("vcpu-pin", "pinguest", "1", "1", "0-1");
             rows = Lines(Ok("vcpu-list", "pinguest"));
