@@ -236,9 +236,12 @@ internal unsafe partial class X86Vcpu
         int chain = single ? 1 : ChainLimit;
         if (single) Shadow = false;
         _dbStep = trap;
+        // RF as the (single) instruction starts; instruction breakpoints come before fetch faults.
+        bool rf = (Rflags & RF) != 0;
         do
         {
             CurIp = Rip;
+            if (checks) DebugBeforeInstruction(Rip);
             DecodedBlock b = GetBlock();
             var insns = b.Insns;
             int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
@@ -246,8 +249,6 @@ internal unsafe partial class X86Vcpu
             {
                 ref DecodedInsn d = ref insns[i];
                 CurIp = d.I.IP;
-                bool rf = (Rflags & RF) != 0;
-                if (checks) DebugBeforeInstruction(ref d);
                 Rip = d.I.NextIP;
                 if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
                 _retired++;

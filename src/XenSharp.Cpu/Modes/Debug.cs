@@ -98,13 +98,13 @@ internal unsafe partial class X86Vcpu
         }
     }
 
-    /// <summary>Before one instruction on the per-instruction path: instruction breakpoints fault
-    /// unless RF is set.</summary>
-    private void DebugBeforeInstruction(ref DecodedInsn d)
+    /// <summary>Before one instruction on the per-instruction path (before it is even fetched):
+    /// instruction breakpoints fault unless RF is set.</summary>
+    private void DebugBeforeInstruction(ulong ip)
     {
         _dbHits = 0;
         if (_bpExec == 0 || (Rflags & RF) != 0) return;
-        ulong lin = CodeLinear(d.I.IP);
+        ulong lin = CodeLinear(ip);
         ulong hits = 0;
         for (int n = 0; n < 4; n++)
             if ((_bpExec & (1 << n)) != 0 && Dr[n] == lin) hits |= 1UL << n;
