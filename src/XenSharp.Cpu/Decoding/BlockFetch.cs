@@ -230,18 +230,18 @@ internal unsafe partial class X86Vcpu
 
     private void RunBlock()
     {
-        bool trap = (Rflags & TF) != 0;
-        bool checks = PerInstructionChecks;
-        bool single = Shadow || _replayCount > 0 || checks;
+        if (PerInstructionChecks)
+        {
+            RunOneChecked();
+            return;
+        }
+        bool single = Shadow || _replayCount > 0;
         int chain = single ? 1 : ChainLimit;
         if (single) Shadow = false;
-        _dbStep = trap;
-        // RF as the (single) instruction starts; instruction breakpoints come before fetch faults.
-        bool rf = (Rflags & RF) != 0;
+        _dbStep = false;
         do
         {
             CurIp = Rip;
-            if (checks) DebugBeforeInstruction(Rip);
             DecodedBlock b = GetBlock();
             var insns = b.Insns;
             int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
@@ -252,7 +252,6 @@ internal unsafe partial class X86Vcpu
                 Rip = d.I.NextIP;
                 if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
                 _retired++;
-                if (checks) DebugAfterInstruction(ref d, rf);
                 if (Stop)
                 {
                     Stop = false;

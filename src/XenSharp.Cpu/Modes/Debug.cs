@@ -98,6 +98,28 @@ internal unsafe partial class X86Vcpu
         }
     }
 
+    /// <summary>The interpreter's per-instruction path: one instruction, with instruction breakpoints
+    /// checked before it is fetched and RF, data/I-O breakpoints and single-step handled after it.</summary>
+    private void RunOneChecked()
+    {
+        Shadow = false;
+        _dbStep = (Rflags & TF) != 0;
+        bool rf = (Rflags & RF) != 0;
+        CurIp = Rip;
+        DebugBeforeInstruction(Rip);
+        DecodedBlock b = GetBlock();
+        InstructionsWithinCsLimit(b, 1);
+        ref DecodedInsn d = ref b.Insns[0];
+        CurIp = d.I.IP;
+        Rip = d.I.NextIP;
+        if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+        _retired++;
+        // The instruction that consumed MMIO results has completed.
+        _replayCount = 0; _replayIdx = 0;
+        DebugAfterInstruction(ref d, rf);
+        Stop = false;
+    }
+
     /// <summary>Before one instruction on the per-instruction path (before it is even fetched):
     /// instruction breakpoints fault unless RF is set.</summary>
     private void DebugBeforeInstruction(ulong ip)
