@@ -18,7 +18,9 @@ public enum VcpuExitReason
     Shutdown,
     /// <summary><see cref="IVcpu.RequestExit"/> was called.</summary>
     Preempted,
-    /// <summary>A debug event the hypervisor asked for.</summary>
+    /// <summary>A debug event the hypervisor asked for (<see cref="IX86Vcpu.InterceptDebug"/>):
+    /// <see cref="VcpuExit.Port"/> = vector (1 for #DB, 3 for INT3), <see cref="VcpuExit.Data"/> = DR6
+    /// status bits of the event, <see cref="VcpuExit.Address"/> = RIP.</summary>
     Debug,
     /// <summary>The engine met something it cannot execute; <see cref="VcpuExit.Message"/> says what.</summary>
     InternalError,

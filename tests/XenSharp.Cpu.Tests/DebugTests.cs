@@ -170,4 +170,33 @@ public class DebugTests
         Assert.Equal(0u, m.Mem.R32(0x6010));
         Assert.Equal(TestMachine.CodeAt + (ulong)prefix.Length, m.Mem.R32(0x6014));
     }
+
+    [Fact]
+    public void InstructionBreakpointComesBeforeTheCsLimitFault()
+    {
+        using var m = new TestMachine();
+        InstallDbHandler(m);
+        const ulong gpHandler = 0x31000;
+        m.Mem.Write(gpHandler, TestMachine.Assemble(32, gpHandler, a => { a.pop(eax); a.mov(__dword_ptr[0x6010], 0x13); a.hlt(); }));
+        m.SetGate32(13, gpHandler);
+        var target = TestMachine.CodeAt + 0x100;
+        m.Mem.Write(target, TestMachine.Assemble(32, target, a => { a.mov(ebx, 7); a.hlt(); }));
+        // Code segment 0x50: base 0, limit ends inside the 5-byte MOV at the target.
+        ulong limit = target + 1;
+        m.Mem.W64(TestMachine.Gdt + 0x50, 0x0040_9B00_0000_0000UL | (limit & 0xFFFF) | (((limit >> 16) & 0xF) << 48));
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            a.mov(eax, (uint)target);
+            a.mov(dr0, eax);
+            a.mov(eax, 0x1);
+            a.mov(dr7, eax);
+            a.jmp(0x50, (uint)target);
+        }));
+        var s = m.SRegs; s.Gdt.Limit = 0x57; m.Cpu.SetSpecialRegisters(s);
+        m.RunToHlt();
+        Assert.Equal(1u, m.Mem.R32(0x6008));
+        Assert.Equal((uint)target, m.Mem.R32(0x6000));
+        Assert.Equal(0x13u, m.Mem.R32(0x6010));
+        Assert.Equal(0UL, m.Regs.Rbx);
+    }
 }

@@ -68,4 +68,33 @@ public class TaskSwitchTests
         Run(m);
         Assert.Equal(0x08u, m.Mem.R32(0x6000));
     }
+
+    [Fact]
+    public void TaskWithVmSetRunsInVirtual8086Mode()
+    {
+        using var m = new TestMachine();
+        SetupTask(m, cs: 0x0700, ss: 0x0700);
+        m.Mem.W32(TssA + 0x24, 0x20002);          // EFLAGS: VM
+        m.Mem.W32(TssA + 0x38, 0x0F00);
+        m.Mem.W32(TssA + 0x20, 0);
+        m.Mem.W32(TssA + 0x54, 0x0800);           // DS
+        m.Mem.W32(TssA + 4, 0x70000);             // ESP0 / SS0 for the #GP out of VM86
+        m.Mem.W32(TssA + 8, 0x10);
+        m.Mem.Write(0x7000, [0xA1, 0x00, 0x00, 0xF4]); // mov ax, [0]; hlt
+        m.Mem.W16(0x8000, 0xBEEF);
+        m.Mem.Write(Handler, TestMachine.Assemble(32, Handler, a =>
+        {
+            a.pop(ebx);
+            a.mov(__dword_ptr[0x6000], ebx);
+            a.mov(__dword_ptr[0x6008], eax);
+            a.mov(ebx, __dword_ptr[esp + 8]);
+            a.mov(__dword_ptr[0x600C], ebx);      // saved EFLAGS
+            a.hlt();
+        }));
+        m.SetGate32(13, Handler);
+        Run(m);
+        Assert.Equal(0u, m.Mem.R32(0x6000));
+        Assert.Equal(0xBEEFu, m.Mem.R32(0x6008) & 0xFFFF);
+        Assert.NotEqual(0u, m.Mem.R32(0x600C) & 0x20000);
+    }
 }

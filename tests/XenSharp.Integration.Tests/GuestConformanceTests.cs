@@ -98,12 +98,13 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86 instruction emulation"), Trait("Feature", "x86 system architecture emulation")]
     public void Cpu64() => NoSkips(Boot("cpu64"));
 
-    /// <summary>Task switches, call gates, segment limits and debug registers, from inside guests.</summary>
+    /// <summary>Task switches, call gates, segment limits, debug registers and virtual-8086 mode, from inside guests.</summary>
     [Theory, Trait("Feature", "x86 system architecture emulation")]
     [InlineData("tasks32")]
     [InlineData("gates32")]
     [InlineData("limits32")]
     [InlineData("debug")]
     [InlineData("debug32")]
+    [InlineData("vm86_32")]
     public void SystemArchitecture(string guest) => NoSkips(Boot(guest));
 }

@@ -230,12 +230,15 @@ internal unsafe partial class X86Vcpu
 
     private void RunBlock()
     {
-        bool trap = (Rflags & TF) != 0;
-        bool checks = PerInstructionChecks;
-        bool single = Shadow || _replayCount > 0 || checks;
+        if (PerInstructionChecks)
+        {
+            RunOneChecked();
+            return;
+        }
+        bool single = Shadow || _replayCount > 0;
         int chain = single ? 1 : ChainLimit;
         if (single) Shadow = false;
-        _dbStep = trap;
+        _dbStep = false;
         do
         {
             CurIp = Rip;
@@ -256,12 +259,9 @@ internal unsafe partial class X86Vcpu
             {
                 ref DecodedInsn d = ref insns[i];
                 CurIp = d.I.IP;
-                bool rf = (Rflags & RF) != 0;
-                if (checks) DebugBeforeInstruction(ref d);
                 Rip = d.I.NextIP;
                 if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
                 _retired++;
-                if (checks) DebugAfterInstruction(ref d, rf);
                 if (Stop)
                 {
                     Stop = false;

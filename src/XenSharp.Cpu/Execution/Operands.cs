@@ -117,7 +117,8 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Segment limit check outside 64-bit mode (first and last byte of the access): #GP,
-    /// or #SS for the stack segment (pushes, pops and explicit SS operands alike). Expand-down data segments hold (limit, 0xFFFF or 0xFFFFFFFF].</summary>
+    /// or #SS for the stack segment (pushes and pops too). Expand-down data segments hold
+    /// (limit, 0xFFFF or 0xFFFFFFFF].</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void CheckLimit(int seg, ulong off, uint len)
     {

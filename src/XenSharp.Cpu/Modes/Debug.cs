@@ -98,13 +98,35 @@ internal unsafe partial class X86Vcpu
         }
     }
 
-    /// <summary>Before one instruction on the per-instruction path: instruction breakpoints fault
-    /// unless RF is set.</summary>
-    private void DebugBeforeInstruction(ref DecodedInsn d)
+    /// <summary>The interpreter's per-instruction path: one instruction, with instruction breakpoints
+    /// checked before it is fetched and RF, data/I-O breakpoints and single-step handled after it.</summary>
+    private void RunOneChecked()
+    {
+        Shadow = false;
+        _dbStep = (Rflags & TF) != 0;
+        bool rf = (Rflags & RF) != 0;
+        CurIp = Rip;
+        DebugBeforeInstruction(Rip);
+        DecodedBlock b = GetBlock();
+        InstructionsWithinCsLimit(b, 1);
+        ref DecodedInsn d = ref b.Insns[0];
+        CurIp = d.I.IP;
+        Rip = d.I.NextIP;
+        if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+        _retired++;
+        // The instruction that consumed MMIO results has completed.
+        _replayCount = 0; _replayIdx = 0;
+        DebugAfterInstruction(ref d, rf);
+        Stop = false;
+    }
+
+    /// <summary>Before one instruction on the per-instruction path (before it is even fetched):
+    /// instruction breakpoints fault unless RF is set.</summary>
+    private void DebugBeforeInstruction(ulong ip)
     {
         _dbHits = 0;
         if (_bpExec == 0 || (Rflags & RF) != 0) return;
-        ulong lin = CodeLinear(d.I.IP);
+        ulong lin = CodeLinear(ip);
         ulong hits = 0;
         for (int n = 0; n < 4; n++)
             if ((_bpExec & (1 << n)) != 0 && Dr[n] == lin) hits |= 1UL << n;

@@ -43,8 +43,9 @@ internal unsafe partial class X86Vcpu
             Rip = entry & 0xFFFF;
             return;
         }
-        if ((Rflags & VM) != 0)
-            throw Exit(VcpuExitReason.InternalError, "interrupt delivery from virtual-8086 mode is not supported");
+        bool fromVm86 = (Rflags & VM) != 0;
+        // INT n is IOPL-sensitive in virtual-8086 mode (INT3 and INTO are not).
+        if (fromVm86 && kind == InterruptKind.Software && ((Rflags >> 12) & 3) < 3) throw GP();
 
         int gateSize = LongMode ? 16 : 8;
         uint idtErr = (uint)(vector * 8 + 2) | ext;
@@ -82,6 +83,8 @@ internal unsafe partial class X86Vcpu
         if ((csAttr & 0x80) == 0) throw Fault(11, (uint)(csSel & 0xFFFC) | ext);
         if (LongMode && ((csAttr & 0x2000) == 0 || (csAttr & 0x4000) != 0)) throw GP((uint)(csSel & 0xFFFC) | ext);
         bool conforming = (csAttr & 4) != 0;
+        // From virtual-8086 mode only a ring-0 non-conforming handler will do.
+        if (fromVm86 && (conforming || csDpl != 0)) throw GP((uint)(csSel & 0xFFFC) | ext);
         int newCpl = conforming ? Cpl : csDpl;
 
         ulong oldFlags = FlagsImage();
@@ -126,9 +129,23 @@ internal unsafe partial class X86Vcpu
             if (newCpl < Cpl)
             {
                 var (ss, sp) = TssStack32(newCpl);
-                LoadSegmentForCpl(SS, ss, newCpl);
+                if (fromVm86)
+                {
+                    oldFlags |= VM;
+                    Rflags &= ~VM; // the ring-0 stack is a protected-mode segment
+                }
+                try { LoadSegmentForCpl(SS, ss, newCpl); }
+                catch (GuestFault) { if (fromVm86) Rflags |= VM; throw; }
                 R[4] = Seg[SS].Big ? (uint)sp : (R[4] & ~0xFFFFUL) | (ushort)sp;
                 SetCpl(newCpl);
+                if (fromVm86)
+                {
+                    Push(Seg[GS].Sel, psize);
+                    Push(Seg[FS].Sel, psize);
+                    Push(Seg[DS].Sel, psize);
+                    Push(Seg[ES].Sel, psize);
+                    foreach (int sr in stackalloc[] { ES, DS, FS, GS }) Seg[sr] = new SegReg();
+                }
                 Push(oldSs, psize);
                 Push(oldSp, psize);
             }
@@ -151,6 +168,28 @@ internal unsafe partial class X86Vcpu
         if ((ulong)offset + 7 > Seg[TR].Limit) throw Fault(10, (uint)(Seg[TR].Sel & 0xFFFC) | ext);
         return ReadSys(Seg[TR].Base + (ulong)offset, 8);
     }
+
+    /// <summary>IRET at CPL 0 to an image with VM set: the frame also holds SS:ESP, ES, DS, FS and GS.</summary>
+    private void IretToVm86(ulong ip, ushort cs, ulong flags)
+    {
+        ulong sp = PeekStack(12, 4);
+        Span<ushort> sels = stackalloc ushort[5];
+        for (int i = 0; i < 5; i++) sels[i] = (ushort)PeekStack((ulong)(16 + 4 * i), 4);
+        if ((ip & 0xFFFF_0000) != 0) throw GP();
+        Rflags = (flags & 0x3F7FD5) | 2;
+        LoadVm86Segment(CS, cs);
+        LoadVm86Segment(SS, sels[0]);
+        LoadVm86Segment(ES, sels[1]);
+        LoadVm86Segment(DS, sels[2]);
+        LoadVm86Segment(FS, sels[3]);
+        LoadVm86Segment(GS, sels[4]);
+        R[4] = (uint)sp;
+        Rip = ip;
+        UpdateMode();
+    }
+
+    private void LoadVm86Segment(int seg, ushort sel)
+        => Seg[seg] = new SegReg { Sel = sel, Base = (ulong)sel << 4, Limit = 0xFFFF, Attr = (ushort)(seg == CS ? 0xFB : 0xF3) };
 
     private static bool IsFaultVector(int v) => v is 0 or 5 or 6 or 7 or 10 or 11 or 12 or 13 or 14 or 16 or 17 or 19 or 20 or 21;
 
@@ -194,8 +233,11 @@ internal unsafe partial class X86Vcpu
         ulong newIp = PeekStack(0, size);
         ushort newCs = (ushort)PeekStack((ulong)size, size);
         ulong newFlags = PeekStack((ulong)(2 * size), size);
-        if (!LongMode && (newFlags & VM) != 0 && Cpl == 0)
-            throw Exit(VcpuExitReason.InternalError, "IRET to virtual-8086 mode is not supported");
+        if (!LongMode && (newFlags & VM) != 0 && Cpl == 0 && size == 4)
+        {
+            IretToVm86(newIp, newCs, newFlags);
+            return;
+        }
         int rpl = newCs & 3;
         if (rpl < Cpl) throw GP((uint)(newCs & 0xFFFC));
         ulong desc = CheckCodeDescriptor(newCs, out _);

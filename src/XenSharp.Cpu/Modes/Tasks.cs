@@ -86,8 +86,6 @@ internal unsafe partial class X86Vcpu
             sels[FS] = sels[GS] = 0;
             ldt = (ushort)ReadSys(nb + 0x2A, 2);
         }
-        if ((eflags & VM) != 0)
-            throw Exit(VcpuExitReason.InternalError, "task switch into virtual-8086 mode is not supported");
 
         if (src is TaskSwitchSource.Call or TaskSwitchSource.Interrupt)
         {
@@ -113,7 +111,12 @@ internal unsafe partial class X86Vcpu
         Seg[LDTR] = new SegReg { Sel = ldt };
         Stop = true;
         LoadTaskLdt(ldt);
-        LoadTaskSegments(sels);
+        if ((eflags & VM) != 0)
+        {
+            // A virtual-8086 task: segments are real-mode style, CPL 3.
+            for (int i = 0; i < 6; i++) LoadVm86Segment(i, sels[i]);
+        }
+        else LoadTaskSegments(sels);
         UpdateMode();
         if (hasError)
         {
