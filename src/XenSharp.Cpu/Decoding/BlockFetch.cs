@@ -245,8 +245,8 @@ internal unsafe partial class X86Vcpu
             DecodedBlock b = GetBlock();
             var insns = b.Insns;
             int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
-            // Compiled code runs whole blocks: not while every boundary must be checked or the CS limit cuts the block.
-            if (!single && n == b.Count && !PerInstructionChecks && TryRunCompiled(b))
+            // Compiled code runs whole blocks: not when the CS limit cuts the block.
+            if (!single && n == b.Count && TryRunCompiled(b))
             {
                 if (Stop)
                 {
@@ -269,7 +269,8 @@ internal unsafe partial class X86Vcpu
                     break;
                 }
             }
-        } while (--chain > 0 && !_exitRequested);
+            // A block that set TF or armed a breakpoint hands the next one to the checked path.
+        } while (--chain > 0 && !_exitRequested && !PerInstructionChecks);
         // The instruction that consumed MMIO results has completed.
         if (single) { _replayCount = 0; _replayIdx = 0; }
     }
