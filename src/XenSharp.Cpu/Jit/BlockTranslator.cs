@@ -100,7 +100,10 @@ internal sealed partial class BlockTranslator
         _liveIn = FlagLiveness.Compute(_n, _plans, _liveAfter);
         _used = UsedGprs();
         ref DecodedInsn last = ref _insns[_n - 1];
-        _selfLoop = _plans[_n - 1].Inline && last.I.IsJccShortOrNear | last.I.IsJmpShortOrNear && last.I.NearBranchTarget == b.Ip;
+        // Only blocks compiled entirely inline loop on themselves: nothing in them can change
+        // TF, IF, the interrupt shadow or the mode, which the run loop checks between blocks.
+        _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip
+            && Array.TrueForAll(_plans, p => p.Inline);
 
         for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
         _fl = _il.DeclareLocal(typeof(ulong));
