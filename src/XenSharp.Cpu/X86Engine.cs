@@ -3,8 +3,9 @@ using XenSharp.Cpu.Decoding;
 namespace XenSharp.Cpu;
 
 /// <summary>
-/// The portable x86 execution engine: an interpreter over pre-decoded instruction blocks.
-/// One instance per domain; its vCPUs share the decoded-code cache and the guest memory.
+/// The portable x86 execution engine: an interpreter over pre-decoded instruction blocks, with
+/// hot blocks compiled to .NET code (<see cref="JitSettings"/>). One instance per domain; its
+/// vCPUs share the decoded-code cache (compiled blocks included) and the guest memory.
 /// </summary>
 public sealed class X86Engine : ICpuEngine
 {

@@ -25,6 +25,7 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
     private static readonly FieldInfo FInsns = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Insns))!;
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
+    private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
     private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
     private static readonly FieldInfo FAcUser = Cpu.GetField("_acUser", Inst)!;
@@ -62,6 +63,8 @@ internal sealed partial class BlockTranslator
     private readonly ulong _liveIn;
     private readonly bool _selfLoop;
     private readonly bool _is64;
+    /// <summary>GPRs the inline instructions touch: only these live in locals.</summary>
+    private readonly int _used;
 
     private readonly LocalBuilder[] _gpr = new LocalBuilder[16];
     private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget;
@@ -95,8 +98,12 @@ internal sealed partial class BlockTranslator
         _liveAfter = new ulong[_n];
         for (int i = 0; i < _n; i++) _plans[i] = Plan(ref _insns[i]);
         _liveIn = FlagLiveness.Compute(_n, _plans, _liveAfter);
+        _used = UsedGprs();
         ref DecodedInsn last = ref _insns[_n - 1];
-        _selfLoop = _plans[_n - 1].Inline && last.I.IsJccShortOrNear | last.I.IsJmpShortOrNear && last.I.NearBranchTarget == b.Ip;
+        // Only blocks compiled entirely inline loop on themselves: nothing in them can change
+        // TF, IF, the interrupt shadow or the mode, which the run loop checks between blocks.
+        _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip
+            && Array.TrueForAll(_plans, p => p.Inline);
 
         for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
         _fl = _il.DeclareLocal(typeof(ulong));
@@ -127,13 +134,13 @@ internal sealed partial class BlockTranslator
     private void Emit()
     {
         // Prologue: guest state into locals.
-        for (int g = 0; g < 16; g++) LoadGprFromCpu(g);
+        LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         if (_selfLoop)
         {
             _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stloc, _budget);
             // Around the back edge the locals are not written back: treat them all as newer.
-            _dirty = 0xFFFF;
+            _dirty = _used;
             _flDirty = true;
         }
         _top = _il.DefineLabel();
@@ -186,6 +193,33 @@ internal sealed partial class BlockTranslator
         LdCpu();
         _il.Emit(OpCodes.Ldflda, FR);
         if (g != 0) { LdcI4(g * 8); _il.Emit(OpCodes.Add); }
+    }
+
+    private void LoadUsedGprs()
+    {
+        for (int g = 0; g < 16; g++)
+            if ((_used & (1 << g)) != 0) LoadGprFromCpu(g);
+    }
+
+    private int UsedGprs()
+    {
+        var factory = new InstructionInfoFactory();
+        int mask = 0;
+        for (int i = 0; i < _n; i++)
+        {
+            if (!_plans[i].Inline) continue;
+            ref Instruction ins = ref _insns[i].I;
+            foreach (var u in factory.GetInfo(ins).GetUsedRegisters())
+                if (u.Register.IsGPR()) mask |= 1 << GprNum(u.Register);
+            // Implicit operands the translator itself touches.
+            switch (_insns[i].Op)
+            {
+                case Mnemonic.Push: case Mnemonic.Pop: case Mnemonic.Call: case Mnemonic.Ret: mask |= 1 << 4; break;
+                case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: mask |= 1 | 4; break;
+            }
+            if (IsShift(_insns[i].Op)) mask |= 2;
+        }
+        return mask;
     }
 
     private void LoadGprFromCpu(int g)
@@ -286,23 +320,59 @@ internal sealed partial class BlockTranslator
         }
     }
 
-    /// <summary>Pushes RFLAGS with every pending result applied (no state change).</summary>
-    private void PushFlags()
+    /// <summary>Pushes RFLAGS with every pending result applied (no state change). On hot paths
+    /// the commonest kinds are computed inline; the rest (and cold paths) call <see cref="FlagMath.Apply"/>.</summary>
+    private void PushFlags(bool hot)
     {
         _il.Emit(OpCodes.Ldloc, _fl);
         foreach (var p in _pending)
         {
+            if (hot && p.Kind is FlagKind.Logic or FlagKind.Add or FlagKind.Sub)
+            {
+                EmitInlineFlags(p);
+                continue;
+            }
             LdcI4((int)p.Kind); LdcI4(p.Size);
             _il.Emit(OpCodes.Ldloc, _pa[p.Slot]); _il.Emit(OpCodes.Ldloc, _pb[p.Slot]); _il.Emit(OpCodes.Ldloc, _pr[p.Slot]);
             _il.Emit(OpCodes.Call, MApply);
         }
     }
 
-    private void StoreFlagsToCpu()
+    /// <summary>Replaces the arithmetic flags of the RFLAGS value on the stack with those of a
+    /// pending logic, ADD or SUB result (the same definitions as <see cref="FlagMath.Apply"/>).</summary>
+    private void EmitInlineFlags(Pending p)
+    {
+        var a = _pa[p.Slot]; var b = _pb[p.Slot]; var r = _pr[p.Slot];
+        int top = p.Size * 8 - 1;
+        LdcU8(~X86Vcpu.ArithFlags); _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldsfld, FParity); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Conv_U1); _il.Emit(OpCodes.Ldelem_U1); _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Or);
+        IsZero(r); _il.Emit(OpCodes.Conv_U8); LdcI4(6); _il.Emit(OpCodes.Shl); _il.Emit(OpCodes.Or);
+        _il.Emit(OpCodes.Ldloc, r); LdcI4(top); _il.Emit(OpCodes.Shr_Un); LdcU8(1); _il.Emit(OpCodes.And); LdcI4(7); _il.Emit(OpCodes.Shl); _il.Emit(OpCodes.Or);
+        if (p.Kind == FlagKind.Logic) return;
+        _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, b); _il.Emit(OpCodes.Xor); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Xor);
+        LdcU8(X86Vcpu.AF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Or);
+        if (p.Kind == FlagKind.Sub)
+        {
+            _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, b); _il.Emit(OpCodes.Clt_Un); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Or);
+            _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, b); _il.Emit(OpCodes.Xor);
+            _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Xor);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Clt_Un); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Or);
+            _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Xor);
+            _il.Emit(OpCodes.Ldloc, b); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Xor);
+        }
+        _il.Emit(OpCodes.And); LdcI4(top); _il.Emit(OpCodes.Shr_Un); LdcU8(1); _il.Emit(OpCodes.And); LdcI4(11); _il.Emit(OpCodes.Shl);
+        _il.Emit(OpCodes.Or);
+    }
+
+    private void StoreFlagsToCpu(bool hot)
     {
         if (!_flDirty && _pending.Count == 0) return;
         LdCpu();
-        PushFlags();
+        PushFlags(hot);
         _il.Emit(OpCodes.Stfld, FRflags);
     }
 
@@ -310,7 +380,7 @@ internal sealed partial class BlockTranslator
     private void MaterializeFlags()
     {
         if (_pending.Count == 0) return;
-        PushFlags();
+        PushFlags(hot: true);
         _il.Emit(OpCodes.Stloc, _fl);
         _pending.Clear();
         _flDirty = true;
@@ -321,7 +391,7 @@ internal sealed partial class BlockTranslator
     private void SyncForCall(int i)
     {
         SpillGprs();
-        StoreFlagsToCpu();
+        StoreFlagsToCpu(hot: false);
         ref DecodedInsn d = ref _insns[i];
         LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
         LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
@@ -340,7 +410,7 @@ internal sealed partial class BlockTranslator
     private void EmitExit(ulong rip, int executed)
     {
         SpillGprs();
-        StoreFlagsToCpu();
+        StoreFlagsToCpu(hot: true);
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
         _il.Emit(OpCodes.Ret);
@@ -350,7 +420,7 @@ internal sealed partial class BlockTranslator
     private void EmitExitDynamic(int executed)
     {
         SpillGprs();
-        StoreFlagsToCpu();
+        StoreFlagsToCpu(hot: true);
         AddRetired(executed - _flushed);
         _il.Emit(OpCodes.Ret);
     }
@@ -386,7 +456,7 @@ internal sealed partial class BlockTranslator
             _il.Emit(OpCodes.Ret);
             return;
         }
-        for (int g = 0; g < 16; g++) LoadGprFromCpu(g);
+        LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         _dirty = 0;
         _flDirty = false;

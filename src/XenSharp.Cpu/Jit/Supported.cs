@@ -111,7 +111,7 @@ internal sealed partial class BlockTranslator
                 return _is64 && n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 8 or 2;
             case Mnemonic.Call:
                 touchesMemory = true;
-                return _is64 && n == 1 && (i.Op0Kind == OpKind.NearBranch64 || (g0 && d.OpSize == 8));
+                return _is64 && n == 1 && i.StackPointerIncrement == -8 && (i.Op0Kind == OpKind.NearBranch64 || (g0 && d.OpSize == 8));
             case Mnemonic.Ret:
                 touchesMemory = true;
                 return _is64 && n == 0 && i.StackPointerIncrement == 8;

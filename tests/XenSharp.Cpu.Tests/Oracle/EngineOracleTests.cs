@@ -14,22 +14,7 @@ public class EngineOracleTests(ITestOutputHelper output)
     /// <summary>Groups left out of the default run, each with the engine defect that fails it.</summary>
     internal static readonly Dictionary<string, string> Excluded = new()
     {
-<<<<<<< HEAD
-        // Not implemented in the engine (InternalError "unsupported instruction").
-        ["sse4.2"] = "PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM are not implemented",
-=======
-        // x87 arithmetic is evaluated in binary64: 80-bit results differ in the low 11 mantissa
-        // bits, FSW exception flags and C1 are not set, and FCOMI/FUCOMI flags differ.
-        ["x87"] = X87, ["x87-compare"] = X87, ["x87-transcendental"] = X87,
-        // Even with values and precision that fit binary64: FSW exception flags (PE, IE, SF, ZE)
-        // are never set, an operation on an empty register neither signals the stack fault nor
-        // yields the indefinite QNaN (tags differ), and FCOMI/FUCOMI on an empty or NaN operand
-        // do not report "unordered" (ZF PF CF).
-        ["x87-double"] = "x87 exception flags, stack faults and unordered compares are not implemented",
->>>>>>> sse
     };
-
-
 
     /// <summary>How the engine runs each case: interpreted only, or with every block compiled
     /// before its first run (the block compiler must agree with the host just as the interpreter does).</summary>

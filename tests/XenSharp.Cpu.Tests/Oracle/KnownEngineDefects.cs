@@ -15,49 +15,6 @@ internal static class KnownEngineDefects
 
     static readonly (string Why, Func<OracleCase, OracleResult, OracleResult, Rerun, bool> Matches)[] list =
     [
-<<<<<<< HEAD
-        // SSE arithmetic sets the MXCSR exception flags (IE DE ZE OE UE PE) it detects; the
-        // engine leaves them clear. Recognised when the results agree once those six bits are
-        // taken from the host.
-        ("SSE arithmetic does not set the MXCSR exception flags",
-            (c, h, e, _) => c.UsesFx && h.Vector == e.Vector && MxcsrFlagsOnlyDiffer(c, h, e)),
-
-        // SSE arithmetic rounds as MXCSR.RC says and flushes tiny results to zero under FTZ; the
-        // engine always rounds to nearest and keeps denormals. Together with the missing
-        // exception flags (which STMXCSR makes visible in memory), recognised by rerunning the
-        // case with RC = nearest, FTZ off and STMXCSR/LDMXCSR replaced by NOPs of the same length.
-        ("SSE arithmetic ignores MXCSR.RC/FTZ or leaves the MXCSR exception flags clear (seen through STMXCSR)",
-            (c, h, e, rerun) => c.UsesFx && MxcsrNeutralVariant(c) is OracleCase v && rerun(v) is var (h2, e2)
-                && (OracleComparer.Compare(v, h2, e2) == null || MatchWithoutRerun(v, h2, e2) != null)),
-
-        // Legacy SSE instructions with a 128-bit memory operand (other than the explicitly
-        // unaligned ones) raise #GP(0) when it is not 16-byte aligned; the engine does not check.
-        ("misaligned 128-bit legacy SSE memory operand does not raise #GP (e.g. PSRAD, PSRAW, PSLLQ, MOVSHDUP)",
-            (c, h, e, _) => h.Vector == 13 && (e.Vector != 13 || e.Rip != h.Rip) && c.Instructions.Any(i => i.IP == h.Rip
-                && i.MemorySize.GetSize() == 16 && (Address(i, h) & 15) != 0)),
-
-        // DPPS/DPPD with NaN products: the host returns the QNaN of the first NaN operand, the engine
-        // another value (which later instructions may carry into registers or memory). Recognised
-        // when a case with DPPS/DPPD ends at the same place with the same fault, if any.
-        ("DPPS/DPPD with NaN inputs yield a different NaN",
-            (c, h, e, _) => c.Instructions.Any(i => i.Mnemonic is Mnemonic.Dpps or Mnemonic.Dppd)
-                && h.Vector == e.Vector && h.Rip == e.Rip),
-
-        // An unmasked SIMD floating-point exception raises #XM; the engine never does.
-        ("unmasked SIMD floating-point exceptions (#XM) are not raised", (c, h, e, _) => h.Vector == 19 && e.Vector != 19),
-=======
-        // A memory operand whose address is not canonical raises #SS(0) when it is addressed
-        // through RSP or RBP (the stack segment) and #GP(0) otherwise; the engine raises #GP for both.
-        ("non-canonical RSP/RBP-based address raises #GP instead of #SS",
-            (c, h, e, _) => h.Vector == 12 && e.Vector == 13 && h.Rip == e.Rip),
-
-        // ENTER and LEAVE are restartable: when one of their stack accesses faults, RSP and RBP
-        // are as before. The engine has already moved RSP (LEAVE: RSP = RBP) when the fault is
-        // delivered.
-        ("ENTER/LEAVE that faults part-way leaves RSP changed",
-            (c, h, e, _) => h.Vector == 14 && e.Vector == 14 && h.Rip == e.Rip
-                && c.Instructions.Any(i => i.IP == h.Rip && i.Mnemonic is Mnemonic.Enter or Mnemonic.Leave)),
->>>>>>> sse
     ];
 
     /// <summary>Failures that are not differences in behaviour but missing pieces of the engine:
