@@ -92,6 +92,14 @@ internal unsafe partial class X86Vcpu
         return (unmasked & blocking) == 0;
     }
 
+    /// <summary>A store the x87 decided not to make still checks that the destination is writable:
+    /// the page fault comes before the numeric exception.</summary>
+    private void ProbeStore(ulong lin, int size)
+    {
+        Translate(lin, Access.Write, Cpl == 3);
+        if ((lin & 0xFFF) + (ulong)size > 0x1000) Translate(lin + (ulong)size - 1, Access.Write, Cpl == 3);
+    }
+
     /// <summary>ES and B follow the pending exceptions against the mask (after FLDCW, FLDENV, ...).</summary>
     private void FpRecomputeSummary()
     {
@@ -260,6 +268,7 @@ internal unsafe partial class X86Vcpu
                 ulong bits = Fetch(ref s, 0, out var v) ? X87Math.ToInt(ref s, v, size * 8) : 1UL << (size * 8 - 1);
                 if ((s.Flags & FpEx.IE) != 0) s.Up = (s.Flags & FpEx.SF) != 0 && s.Up;
                 if (FpAllowed(s, true)) WriteLin(lin, size, bits);
+                else ProbeStore(lin, size);
                 if (!FpEnd(s)) return true;
                 if (op != Mnemonic.Fist) FPop();
                 return true;
@@ -288,6 +297,7 @@ internal unsafe partial class X86Vcpu
                     else if ((s.Flags & FpEx.IE) == 0) { s.Flags |= FpEx.IE; s.Flags &= ~FpEx.PE; }
                 }
                 if (FpAllowed(s, true)) { WriteLin(lin, 8, lo); WriteLin(lin + 8, 2, hi); }
+                else ProbeStore(lin, 10);
                 if (!FpEnd(s)) return true;
                 FPop();
                 return true;
@@ -531,6 +541,7 @@ internal unsafe partial class X86Vcpu
                 {
                     ulong b = ok ? X87Math.ToBinary(ref s, v, 24, 8) : 0xFFC0_0000;
                     if (FpAllowed(s, true)) WriteLin(lin, 4, b);
+                    else ProbeStore(lin, 4);
                     if (!FpEnd(s, memory: true) || !FpAllowed(s, true)) return;
                     break;
                 }
@@ -538,11 +549,13 @@ internal unsafe partial class X86Vcpu
                 {
                     ulong b = ok ? X87Math.ToBinary(ref s, v, 53, 11) : 0xFFF8_0000_0000_0000;
                     if (FpAllowed(s, true)) WriteLin(lin, 8, b);
+                    else ProbeStore(lin, 8);
                     if (!FpEnd(s, memory: true) || !FpAllowed(s, true)) return;
                     break;
                 }
                 default:
                     if (FpAllowed(s, true)) { WriteLin(lin, 8, v.Mant); WriteLin(lin + 8, 2, v.Se); }
+                    else ProbeStore(lin, 10);
                     if (!FpEnd(s)) return;
                     break;
             }
