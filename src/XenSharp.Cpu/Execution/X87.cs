@@ -277,8 +277,7 @@ internal unsafe partial class X86Vcpu
             {
                 var s = FpBegin();
                 ulong lin = MemAddr(ref d);
-                ulong lo = 0, hi = 0xFFFF; // packed BCD indefinite: FFFF C000000000000000
-                lo = 0xC000_0000_0000_0000;
+                ulong lo = 0xC000_0000_0000_0000, hi = 0xFFFF; // the packed BCD indefinite
                 if (Fetch(ref s, 0, out var v))
                 {
                     ulong m = X87Math.ToInt(ref s, v, 64);
@@ -295,6 +294,7 @@ internal unsafe partial class X86Vcpu
                         }
                     }
                     else if ((s.Flags & FpEx.IE) == 0) { s.Flags |= FpEx.IE; s.Flags &= ~FpEx.PE; }
+                    if ((s.Flags & FpEx.IE) != 0) s.Up = false;
                 }
                 if (FpAllowed(s, true)) { WriteLin(lin, 8, lo); WriteLin(lin + 8, 2, hi); }
                 else ProbeStore(lin, 10);
@@ -474,12 +474,11 @@ internal unsafe partial class X86Vcpu
                     Mnemonic.Fcmovnbe => (Rflags & (CF | ZF)) == 0,
                     _ => (Rflags & PF) == 0,
                 };
-                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
+                bool ok = Fetch(ref s, 0, out _) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
                 // C1 is left alone unless a stack fault clears it.
                 if (!FpEnd(s, !ok)) return true;
                 if (!ok) SetReg(0, Float80.Indefinite, true);
                 else if (c) SetReg(0, b, true);
-                _ = a;
                 return true;
             }
         }

@@ -18,6 +18,9 @@ internal static class X87Transcendental
     /// <summary>HalfPi above minus the π/2 the x87 reduces arguments with (π rounded to 66 bits): 2^-65.</summary>
     private const double HalfPiExcess = 1.0 / (1UL << 63) / 4;
 
+    /// <summary>A working status for an intermediate step: the caller's rounding and exception masks, 64-bit precision.</summary>
+    private static FpStatus Inner(in FpStatus st) => new() { Rc = st.Rc, Prec = 64, UeUnmasked = st.UeUnmasked, OeUnmasked = st.OeUnmasked };
+
     private static int Exponent(Float80 a) { a.Unpack(out _, out int e); return e; }
 
     /// <summary>The value as hi + lo (both binary64); exact for exponents within binary64's range.</summary>
@@ -61,7 +64,7 @@ internal static class X87Transcendental
             else sig = sig - l - (sticky ? 1u : 0u);
         }
         int lz = (int)UInt128.LeadingZeroCount(sig);
-        var s = new FpStatus { Rc = st.Rc, Prec = 64, UeUnmasked = st.UeUnmasked, OeUnmasked = st.OeUnmasked };
+        var s = Inner(st);
         var r = X87Math.Round(ref s, sign, baseExp + 127 - lz + scale, sig << lz, 64);
         st.Flags |= (s.Flags & (FpEx.UE | FpEx.OE)) | FpEx.PE;
         // The true result is never exact: a tiny one always underflows.
@@ -108,6 +111,12 @@ internal static class X87Transcendental
     /// (<paramref name="below"/>) or above x in magnitude, so directed rounding may step off it.</summary>
     private static Float80 Near(ref FpStatus st, Float80 x, bool below)
     {
+        if (x.Exp == 0 && x.Mant != 0 && st.UeUnmasked)
+        {
+            // A denormal result with underflow unmasked is delivered normalised and wrapped.
+            var m = Significand(x, out int e);
+            return Result(ref st, x.Sign ? -m : m, e);
+        }
         st.Flags |= FpEx.PE;
         bool towardZero = st.Rc == 3 || (st.Rc == 1 && !x.Sign) || (st.Rc == 2 && x.Sign);
         bool awayFromZero = (st.Rc == 1 && x.Sign) || (st.Rc == 2 && !x.Sign);
@@ -219,23 +228,12 @@ internal static class X87Transcendental
         if (e > 0 || (e == 0 && a.Mant != 0x8000_0000_0000_0000)) { st.Flags |= FpEx.PE; return a; }
         if (e < -900)
         {
-            var s = new FpStatus { Rc = st.Rc, Prec = 64 };
-            var p = X87Math.Mul(ref s, a, Ln2);
-            st.Flags |= s.Flags | FpEx.PE;
-            st.Up = s.Up;
-            return p;
+            // 2^x - 1 = x·ln 2 to far beyond the working precision.
+            var m = Significand(a, out int me);
+            return Result(ref st, (a.Sign ? -m : m) * DoubleDouble.Ln2, me);
         }
         Split(a, out double h, out double l);
         return Result(ref st, DoubleDouble.ExpM1(new DoubleDouble(h, l) * DoubleDouble.Ln2));
-    }
-
-    private static Float80 TimesExact(ref FpStatus st, Float80 y, Float80 v)
-    {
-        var s = new FpStatus { Rc = st.Rc, Prec = 64 };
-        var p = X87Math.Mul(ref s, y, v);
-        st.Flags |= (s.Flags & (FpEx.OE | FpEx.UE)) | FpEx.PE;
-        st.Up = s.Up;
-        return p;
     }
 
     /// <summary>FYL2X: ST(1) × log2(ST(0)).</summary>
@@ -286,17 +284,12 @@ internal static class X87Transcendental
         if (atOrBelowMinusOne) { st.Flags |= FpEx.PE; return x; }
         if (Exponent(x) < -900)
         {
-            // y·x·log2(e) on significands, the exponents added at the final rounding, so that only
-            // it can underflow.
-            x.Unpack(out ulong xs, out int xe);
-            y.Unpack(out ulong ys, out int ye);
-            var t = new FpStatus { Rc = st.Rc, Prec = 64 };
-            var u = X87Math.Mul(ref t, X87Math.Mul(ref t, new Float80(xs, (ushort)((x.Se & 0x8000) | Float80.Bias)), Log2E),
-                new Float80(ys, (ushort)((y.Se & 0x8000) | Float80.Bias)));
-            u.Unpack(out ulong us, out int ue);
-            var r2 = X87Math.Round(ref st, u.Sign, ue + xe + ye, (UInt128)us << 64, 64);
-            st.Flags |= FpEx.PE;
-            return r2;
+            // log2(1 + x) = x·log2(e) to far beyond the working precision; the exponents are added
+            // at the final rounding, so only it can underflow.
+            var mx = Significand(x, out int xe);
+            var my = Significand(y, out int ye);
+            var p = mx * my * DoubleDouble.Log2E;
+            return Result(ref st, x.Sign ^ y.Sign ? -p : p, xe + ye);
         }
         // Far above 1, log2(1 + x) is log2(x) to well beyond the working precision.
         if (Exponent(x) > 200) return TimesLog(ref st, y, Log2(x));
@@ -329,7 +322,7 @@ internal static class X87Transcendental
         {
             if (x.Sign) return RoundConst(ref st, Pi, y.Sign);
             // atan(t) = t - t³/3: the quotient itself, just below in magnitude.
-            var s = new FpStatus { Rc = st.Rc, Prec = 64 };
+            var s = Inner(st);
             var q = X87Math.Div(ref s, y, x);
             st.Flags |= (s.Flags & (FpEx.UE | FpEx.OE)) | FpEx.PE;
             st.Up = s.Up;

@@ -18,8 +18,6 @@ public class EngineOracleTests(ITestOutputHelper output)
         ["sse4.2"] = "PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM are not implemented",
     };
 
-
-
     public static TheoryData<string> Groups()
     {
         var d = new TheoryData<string>();
