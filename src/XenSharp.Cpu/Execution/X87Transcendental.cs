@@ -125,6 +125,12 @@ internal static class X87Transcendental
         if (below && towardZero)
         {
             if (x.Mant == 0x8000_0000_0000_0000 && x.Exp > 1) return new Float80(ulong.MaxValue, (ushort)(x.Se - 1));
+            if (x.Mant == 0x8000_0000_0000_0000 && x.Exp == 1)
+            {
+                // Just below the smallest normal: the largest denormal.
+                st.Flags |= FpEx.UE;
+                return new Float80(0x7FFF_FFFF_FFFF_FFFF, (ushort)(x.Se & 0x8000));
+            }
             return new Float80(x.Mant - 1, x.Se);
         }
         if (!below && awayFromZero)
