@@ -327,9 +327,12 @@ internal static class X87Transcendental
         if (ye - xe < -70)
         {
             if (x.Sign) return RoundConst(ref st, Pi, y.Sign);
-            // atan(t) = t - t³/3: the quotient itself, just below in magnitude.
+            // atan(t) = t - t³/3 with t below 2^-70: an inexact quotient rounds as atan(t) does (t is
+            // then too far from every representable value for t³/3 to matter); an exact one is the
+            // value just above the true result.
             var s = Inner(st);
             var q = X87Math.Div(ref s, y, x);
+            if ((s.Flags & FpEx.PE) == 0 && q.Class is FpClass.Normal or FpClass.Denormal) return Near(ref st, q, true);
             st.Flags |= (s.Flags & (FpEx.UE | FpEx.OE)) | FpEx.PE;
             st.Up = s.Up;
             return q;
