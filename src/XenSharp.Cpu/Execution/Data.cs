@@ -166,6 +166,7 @@ internal unsafe partial class X86Vcpu
                     bp -= (ulong)size;
                     ulong addr = Bitness == 64 ? bp : Seg[SS].Big ? (uint)(Seg[SS].Base + (uint)bp) : (uint)(Seg[SS].Base + (ushort)bp);
                     CheckStackCanonical(addr, (uint)size);
+                    if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(addr, (uint)size);
                     Push(ReadLin(addr, size), size);
                 }
                 Push(frame, size);

@@ -18,9 +18,14 @@ internal struct FpStatus
     public int Prec;
     public int Flags;
     public bool Up;
+    /// <summary>OE/UE unmasked: register results are delivered with the exponent wrapped by ±24576
+    /// (and UE is reported for every tiny result, exact or not).</summary>
+    public bool OeUnmasked, UeUnmasked;
 
     public FpStatus(ushort fcw, bool precisionControl)
     {
+        OeUnmasked = (fcw & FpEx.OE) == 0;
+        UeUnmasked = (fcw & FpEx.UE) == 0;
         Rc = (fcw >> 10) & 3;
         Prec = !precisionControl ? 64 : ((fcw >> 8) & 3) switch { 0 => 24, 2 => 53, _ => 64 };
         Flags = 0;
@@ -146,6 +151,7 @@ internal static class X87Math
                 if (kk >> m != 0) tiny = false;
             }
             exp = emin;
+            if (tiny && st.UeUnmasked) st.Flags |= FpEx.UE;
             if (inexact)
             {
                 st.Flags |= FpEx.PE;
@@ -173,6 +179,34 @@ internal static class X87Math
     /// <summary>Rounds to the register format with precision <paramref name="prec"/>.</summary>
     internal static Float80 Round(ref FpStatus st, bool sign, int exp, UInt128 s, int prec)
     {
+        if ((st.UeUnmasked && exp < Emin) || (st.OeUnmasked && exp >= Emax))
+        {
+            // Unmasked underflow/overflow: round with an unbounded exponent and wrap it by 3·2^13.
+            var k0 = RoundBits(s, prec, sign, st.Rc, out bool inexact, out bool up);
+            if (k0 >> prec != 0) { k0 >>= 1; exp++; }
+            if ((exp < Emin && exp + 24576 >= Emin) || (exp > Emax && exp - 24576 <= Emax))
+            {
+                st.Flags |= exp < Emin ? FpEx.UE : FpEx.OE;
+                if (inexact) st.Flags |= FpEx.PE;
+                st.Up = up;
+                int wrapped = exp < Emin ? exp + 24576 : exp - 24576;
+                return new Float80((ulong)k0 << (64 - prec), (ushort)((sign ? 0x8000 : 0) | ((wrapped + Float80.Bias) & 0x7FFF)));
+            }
+            else if (exp < Emin || exp > Emax)
+            {
+                // Too far out to wrap into range: a signed zero or infinity.
+                st.Flags |= (exp < Emin ? FpEx.UE : FpEx.OE) | FpEx.PE;
+                st.Up = exp > Emax;
+                return exp < Emin ? Float80.Zero(sign) : Float80.Inf(sign);
+            }
+            if (exp >= Emin && exp <= Emax)
+            {
+                // Rounded into range: a normal result.
+                if (inexact) st.Flags |= FpEx.PE;
+                st.Up = up;
+                return new Float80((ulong)k0 << (64 - prec), (ushort)((sign ? 0x8000 : 0) | (exp + Float80.Bias)));
+            }
+        }
         ulong k = RoundCore(ref st, sign, ref exp, s, prec, Emin, Emax);
         ushort sb = (ushort)(sign ? 0x8000 : 0);
         if (exp == int.MaxValue) return Float80.Inf(sign);

@@ -55,15 +55,31 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>Merges an operation's flags into FSW and sets C1 from its rounding (or stack fault).
     /// Returns false when an unmasked IE, ZE or DE forbids writing the result.</summary>
-    private bool FpEnd(in FpStatus s, bool setC1 = true)
+    private bool FpEnd(in FpStatus s, bool setC1 = true, int blocking = FpEx.IE | FpEx.ZE | FpEx.DE, bool memory = false)
     {
         int f = s.Flags & 0x7F;
         int unmasked = f & ~Fcw & 0x3F;
+        // An unmasked invalid, zero-divide or denormal exception stops the operation before a
+        // result exists: only those flags (and the stack fault) are reported, and C1 only says
+        // whether a stack fault was an overflow.
+        bool blocked = (unmasked & blocking) != 0;
+        bool up = s.Up;
+        if (blocked)
+        {
+            f &= FpEx.IE | FpEx.ZE | FpEx.DE | FpEx.SF;
+            up &= (f & FpEx.SF) != 0;
+        }
+        else if (memory && (unmasked & (FpEx.OE | FpEx.UE)) != 0)
+        {
+            // Nothing is stored: no precision exception, no rounding direction.
+            f &= ~FpEx.PE;
+            up = false;
+        }
         ushort fsw = (ushort)(Fsw | f);
-        if (setC1) fsw = (ushort)(s.Up ? fsw | C1 : fsw & ~C1);
+        if (setC1 || (blocked && (f & FpEx.SF) != 0)) fsw = (ushort)(up ? fsw | C1 : fsw & ~C1);
         if (unmasked != 0) fsw |= FswEs | FswB;
         Fsw = fsw;
-        return (unmasked & (FpEx.IE | FpEx.ZE | FpEx.DE)) == 0;
+        return !blocked;
     }
 
     /// <summary>Whether a result may be stored: no unmasked IE, ZE or DE (and, for memory
@@ -74,6 +90,14 @@ internal unsafe partial class X86Vcpu
         int unmasked = s.Flags & ~Fcw & 0x3F;
         int blocking = FpEx.IE | FpEx.ZE | FpEx.DE | (memory ? FpEx.OE | FpEx.UE : 0);
         return (unmasked & blocking) == 0;
+    }
+
+    /// <summary>A store the x87 decided not to make still checks that the destination is writable:
+    /// the page fault comes before the numeric exception.</summary>
+    private void ProbeStore(ulong lin, int size)
+    {
+        Translate(lin, Access.Write, Cpl == 3);
+        if ((lin & 0xFFF) + (ulong)size > 0x1000) Translate(lin + (ulong)size - 1, Access.Write, Cpl == 3);
     }
 
     /// <summary>ES and B follow the pending exceptions against the mask (after FLDCW, FLDENV, ...).</summary>
@@ -244,6 +268,7 @@ internal unsafe partial class X86Vcpu
                 ulong bits = Fetch(ref s, 0, out var v) ? X87Math.ToInt(ref s, v, size * 8) : 1UL << (size * 8 - 1);
                 if ((s.Flags & FpEx.IE) != 0) s.Up = (s.Flags & FpEx.SF) != 0 && s.Up;
                 if (FpAllowed(s, true)) WriteLin(lin, size, bits);
+                else ProbeStore(lin, size);
                 if (!FpEnd(s)) return true;
                 if (op != Mnemonic.Fist) FPop();
                 return true;
@@ -252,8 +277,7 @@ internal unsafe partial class X86Vcpu
             {
                 var s = FpBegin();
                 ulong lin = MemAddr(ref d);
-                ulong lo = 0, hi = 0xFFFF; // packed BCD indefinite: FFFF C000000000000000
-                lo = 0xC000_0000_0000_0000;
+                ulong lo = 0xC000_0000_0000_0000, hi = 0xFFFF; // the packed BCD indefinite
                 if (Fetch(ref s, 0, out var v))
                 {
                     ulong m = X87Math.ToInt(ref s, v, 64);
@@ -270,8 +294,10 @@ internal unsafe partial class X86Vcpu
                         }
                     }
                     else if ((s.Flags & FpEx.IE) == 0) { s.Flags |= FpEx.IE; s.Flags &= ~FpEx.PE; }
+                    if ((s.Flags & FpEx.IE) != 0) s.Up = false;
                 }
                 if (FpAllowed(s, true)) { WriteLin(lin, 8, lo); WriteLin(lin + 8, 2, hi); }
+                else ProbeStore(lin, 10);
                 if (!FpEnd(s)) return true;
                 FPop();
                 return true;
@@ -356,7 +382,7 @@ internal unsafe partial class X86Vcpu
                 int q = 0; bool partial = false;
                 bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, 1, out var b);
                 var r = ok ? X87Math.Remainder(ref s, a, b, op == Mnemonic.Fprem1, out q, out partial) : Float80.Indefinite;
-                if (!FpEnd(s, false)) return true;
+                if (!FpEnd(s, false)) { SetCc(0); return true; }
                 SetReg(0, r, true);
                 // A partial remainder reports only C2; a complete one the quotient's low bits.
                 if (partial) SetCc(C2);
@@ -406,9 +432,10 @@ internal unsafe partial class X86Vcpu
                     r = X87Math.Compare(ref s, a, b, op is Mnemonic.Fucom or Mnemonic.Fucomp);
                     if (den && r != 2) s.Flags |= FpEx.DE;
                 }
-                if (!FpEnd(s)) return true;
+                // An unmasked invalid operand still reports "unordered", but nothing is popped.
+                bool done = FpEnd(s);
                 CompareResult(r, false);
-                if (op is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Ficomp) FPop();
+                if (done && op is Mnemonic.Fcomp or Mnemonic.Fucomp or Mnemonic.Ficomp) FPop();
                 return true;
             }
             case Mnemonic.Fcompp: case Mnemonic.Fucompp:
@@ -416,9 +443,9 @@ internal unsafe partial class X86Vcpu
                 var s = FpBegin();
                 bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, 1, out var b);
                 int r = ok ? X87Math.Compare(ref s, a, b, op == Mnemonic.Fucompp) : 2;
-                if (!FpEnd(s)) return true;
+                bool done = FpEnd(s);
                 CompareResult(r, false);
-                FPop(); FPop();
+                if (done) { FPop(); FPop(); }
                 return true;
             }
             case Mnemonic.Fcomi: case Mnemonic.Fcomip: case Mnemonic.Fucomi: case Mnemonic.Fucomip:
@@ -427,9 +454,9 @@ internal unsafe partial class X86Vcpu
                 bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
                 int r = ok ? X87Math.Compare(ref s, a, b, op is Mnemonic.Fucomi or Mnemonic.Fucomip) : 2;
                 // C1 is left alone unless a stack fault clears it.
-                if (!FpEnd(s, !ok)) return true;
+                bool done = FpEnd(s, !ok);
                 CompareResult(r, true);
-                if (op is Mnemonic.Fcomip or Mnemonic.Fucomip) FPop();
+                if (done && op is Mnemonic.Fcomip or Mnemonic.Fucomip) FPop();
                 return true;
             }
             case Mnemonic.Fcmovb: case Mnemonic.Fcmove: case Mnemonic.Fcmovbe: case Mnemonic.Fcmovu:
@@ -447,12 +474,11 @@ internal unsafe partial class X86Vcpu
                     Mnemonic.Fcmovnbe => (Rflags & (CF | ZF)) == 0,
                     _ => (Rflags & PF) == 0,
                 };
-                bool ok = Fetch(ref s, 0, out var a) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
+                bool ok = Fetch(ref s, 0, out _) & Fetch(ref s, d.I.Op1Register - Register.ST0, out var b);
                 // C1 is left alone unless a stack fault clears it.
                 if (!FpEnd(s, !ok)) return true;
                 if (!ok) SetReg(0, Float80.Indefinite, true);
                 else if (c) SetReg(0, b, true);
-                _ = a;
                 return true;
             }
         }
@@ -488,10 +514,11 @@ internal unsafe partial class X86Vcpu
                 else if (den) s.Flags |= FpEx.DE;
             }
         }
-        if ((s.Flags & ~Fcw & (FpEx.IE | FpEx.DE)) != 0) { FpEnd(s); return; }
+        // An unmasked denormal-operand exception does not stop a load.
+        if ((s.Flags & ~Fcw & FpEx.IE) != 0) { FpEnd(s, true, FpEx.IE); return; }
         FPush(ref s, v);
         if (underflow) s.Up = false; // an empty source wins over a full destination
-        FpEnd(s);
+        FpEnd(s, true, FpEx.IE);
     }
 
     private void ExecFst(ref DecodedInsn d)
@@ -513,18 +540,21 @@ internal unsafe partial class X86Vcpu
                 {
                     ulong b = ok ? X87Math.ToBinary(ref s, v, 24, 8) : 0xFFC0_0000;
                     if (FpAllowed(s, true)) WriteLin(lin, 4, b);
-                    if (!FpEnd(s) || !FpAllowed(s, true)) return;
+                    else ProbeStore(lin, 4);
+                    if (!FpEnd(s, memory: true) || !FpAllowed(s, true)) return;
                     break;
                 }
                 case MemorySize.Float64:
                 {
                     ulong b = ok ? X87Math.ToBinary(ref s, v, 53, 11) : 0xFFF8_0000_0000_0000;
                     if (FpAllowed(s, true)) WriteLin(lin, 8, b);
-                    if (!FpEnd(s) || !FpAllowed(s, true)) return;
+                    else ProbeStore(lin, 8);
+                    if (!FpEnd(s, memory: true) || !FpAllowed(s, true)) return;
                     break;
                 }
                 default:
                     if (FpAllowed(s, true)) { WriteLin(lin, 8, v.Mant); WriteLin(lin + 8, 2, v.Se); }
+                    else ProbeStore(lin, 10);
                     if (!FpEnd(s)) return;
                     break;
             }

@@ -2,11 +2,11 @@ namespace XenSharp.Cpu;
 
 /// <summary>
 /// FSIN, FCOS, FSINCOS, FPTAN, FPATAN, F2XM1, FYL2X, FYL2XP1. Special operands (NaNs, infinities,
-/// zeros, out-of-range arguments, domain errors) follow the SDM's tables exactly. Finite results are
-/// computed from the exact 64-bit operand split into two binary64 halves, with a first-order
-/// correction for the low half, and rounded once to the register format: accurate to about 2^-52
-/// relative, which the differential tester's tolerance for these mnemonics reflects (hardware itself
-/// is not correctly rounded here).
+/// zeros, unsupported encodings, out-of-range and out-of-domain arguments) follow the SDM and what
+/// the hardware does where the SDM leaves it open. Arguments of the trigonometric instructions are
+/// reduced by π/2 rounded to 66 bits, as the hardware does, exactly; finite results are evaluated
+/// in double-double (<see cref="DoubleDouble"/>) and rounded once by RC, which agrees with the
+/// hardware to the last bit in almost all cases and otherwise within one ulp.
 /// </summary>
 internal static class X87Transcendental
 {
@@ -17,7 +17,9 @@ internal static class X87Transcendental
     private static readonly Float80 Log2E = new(0xB8AA3B295C17F0BC, 0x3FFF);
     /// <summary>HalfPi above minus the π/2 the x87 reduces arguments with (π rounded to 66 bits): 2^-65.</summary>
     private const double HalfPiExcess = 1.0 / (1UL << 63) / 4;
-    private const double Ln2D = 0.6931471805599453;
+
+    /// <summary>A working status for an intermediate step: the caller's rounding and exception masks, 64-bit precision.</summary>
+    private static FpStatus Inner(in FpStatus st) => new() { Rc = st.Rc, Prec = 64, UeUnmasked = st.UeUnmasked, OeUnmasked = st.OeUnmasked };
 
     private static int Exponent(Float80 a) { a.Unpack(out _, out int e); return e; }
 
@@ -38,22 +40,83 @@ internal static class X87Transcendental
         err = (a - (s - bb)) + (b - bb);
     }
 
-    /// <summary>hi + lo rounded once to the register format; PE always (these results are inexact).</summary>
-    private static Float80 Result(ref FpStatus st, double hi, double lo)
+    /// <summary>(hi + lo) × 2^scale rounded once to the register format; PE always.</summary>
+    private static Float80 Result(ref FpStatus st, DoubleDouble v, int scale = 0)
     {
-        var h = X87Math.FromBinary((ulong)BitConverter.DoubleToInt64Bits(hi), 53, 11, out _);
-        var l = X87Math.FromBinary((ulong)BitConverter.DoubleToInt64Bits(lo), 53, 11, out _);
-        var s = new FpStatus { Rc = st.Rc, Prec = 64 };
-        var r = X87Math.Add(ref s, h, l, false);
+        double hi = v.Hi, lo = v.Lo;
+        bool sign = hi < 0;
+        if (sign) { hi = -hi; lo = -lo; }
+        Decompose(hi, out ulong mh, out int eh);
+        // hi = mh·2^eh; S·2^baseExp with hi's significand at bits 127..75 (one spare bit below for sticky).
+        UInt128 sig = (UInt128)mh << 74;
+        int baseExp = eh - 74;
+        if (lo != 0)
+        {
+            Decompose(Math.Abs(lo), out ulong ml, out int el);
+            int shift = el - baseExp;
+            UInt128 l;
+            bool sticky = false;
+            if (shift >= 0) l = (UInt128)ml << shift;
+            else if (shift > -64) { l = ml >> -shift; sticky = (ml & ((1UL << -shift) - 1)) != 0; }
+            else { l = 0; sticky = true; }
+            sig <<= 1; l <<= 1; baseExp--;
+            if (lo > 0) sig = sig + l + (sticky ? 1u : 0u);
+            else sig = sig - l - (sticky ? 1u : 0u);
+        }
+        int lz = (int)UInt128.LeadingZeroCount(sig);
+        var s = Inner(st);
+        var r = X87Math.Round(ref s, sign, baseExp + 127 - lz + scale, sig << lz, 64);
         st.Flags |= (s.Flags & (FpEx.UE | FpEx.OE)) | FpEx.PE;
+        // The true result is never exact: a tiny one always underflows.
+        if (r.Exp == 0) st.Flags |= FpEx.UE;
         st.Up = s.Up;
         return r;
+    }
+
+    /// <summary>A positive finite double as m·2^e with m an integer.</summary>
+    private static void Decompose(double v, out ulong m, out int e)
+    {
+        long b = BitConverter.DoubleToInt64Bits(v);
+        int be = (int)((b >> 52) & 0x7FF);
+        m = (ulong)b & 0xF_FFFF_FFFF_FFFF;
+        if (be == 0) be = 1; else m |= 1UL << 52;
+        e = be - 1075;
+    }
+
+    /// <summary>The significand of a finite nonzero value as a double-double in [1, 2) and its exponent.</summary>
+    private static DoubleDouble Significand(Float80 a, out int exp)
+    {
+        a.Unpack(out ulong sig, out exp);
+        return new DoubleDouble((double)(sig & ~0x7FFUL) / 9223372036854775808.0, (double)(sig & 0x7FF) / 9223372036854775808.0);
+    }
+
+    /// <summary>log2 of a positive finite value, as a double-double.</summary>
+    private static DoubleDouble Log2(Float80 x)
+    {
+        var m = Significand(x, out int e);
+        // Near 1 from below, log2(x) = log2(1 + (x - 1)) keeps its relative precision.
+        if (e == -1) return DoubleDouble.Log1P(m * 0.5 - 1.0) * DoubleDouble.Log2E;
+        return (DoubleDouble)e + DoubleDouble.Log1P(m - 1.0) * DoubleDouble.Log2E;
+    }
+
+    /// <summary>y × lg, rounded once, over the register format's whole exponent range.</summary>
+    private static Float80 TimesLog(ref FpStatus st, Float80 y, DoubleDouble lg)
+    {
+        var m = Significand(y, out int e);
+        if (y.Sign) m = -m;
+        return Result(ref st, m * lg, e);
     }
 
     /// <summary>A result within an ulp of <paramref name="x"/>: the true value lies just below
     /// (<paramref name="below"/>) or above x in magnitude, so directed rounding may step off it.</summary>
     private static Float80 Near(ref FpStatus st, Float80 x, bool below)
     {
+        if (x.Exp == 0 && x.Mant != 0 && st.UeUnmasked)
+        {
+            // A denormal result with underflow unmasked is delivered normalised and wrapped.
+            var m = Significand(x, out int e);
+            return Result(ref st, x.Sign ? -m : m, e);
+        }
         st.Flags |= FpEx.PE;
         bool towardZero = st.Rc == 3 || (st.Rc == 1 && !x.Sign) || (st.Rc == 2 && x.Sign);
         bool awayFromZero = (st.Rc == 1 && x.Sign) || (st.Rc == 2 && !x.Sign);
@@ -62,6 +125,12 @@ internal static class X87Transcendental
         if (below && towardZero)
         {
             if (x.Mant == 0x8000_0000_0000_0000 && x.Exp > 1) return new Float80(ulong.MaxValue, (ushort)(x.Se - 1));
+            if (x.Mant == 0x8000_0000_0000_0000 && x.Exp == 1)
+            {
+                // Just below the smallest normal: the largest denormal.
+                st.Flags |= FpEx.UE;
+                return new Float80(0x7FFF_FFFF_FFFF_FFFF, (ushort)(x.Se & 0x8000));
+            }
             return new Float80(x.Mant - 1, x.Se);
         }
         if (!below && awayFromZero)
@@ -109,26 +178,13 @@ internal static class X87Transcendental
         if (a.Sign) { hi = -hi; lo = -lo; quadrant = (4 - quadrant) & 3; }
     }
 
-    private static void SinCosCore(double h, double l, out double sh, out double sl, out double ch, out double cl)
-    {
-        double s = Math.Sin(h), c = Math.Cos(h);
-        sh = s; sl = c * l;
-        ch = c; cl = -s * l;
-    }
-
     public static Float80 Sin(ref FpStatus st, Float80 a, out bool incomplete)
     {
         if (TrigPrelude(ref st, a, out var r, out incomplete)) return r;
         if (Exponent(a) < -40) return Near(ref st, a, true);
         Reduce(a, out int q, out double h, out double l);
-        SinCosCore(h, l, out double sh, out double sl, out double ch, out double cl);
-        return q switch
-        {
-            0 => Result(ref st, sh, sl),
-            1 => Result(ref st, ch, cl),
-            2 => Result(ref st, -sh, -sl),
-            _ => Result(ref st, -ch, -cl),
-        };
+        DoubleDouble.SinCos(new DoubleDouble(h, l), out var sn, out var cs);
+        return Result(ref st, q switch { 0 => sn, 1 => cs, 2 => -sn, _ => -cs });
     }
 
     public static Float80 Cos(ref FpStatus st, Float80 a, out bool incomplete)
@@ -137,14 +193,8 @@ internal static class X87Transcendental
             return a.Class == FpClass.Zero ? Float80.One : r;
         if (Exponent(a) < -40) return Near(ref st, Float80.One, true);
         Reduce(a, out int q, out double h, out double l);
-        SinCosCore(h, l, out double sh, out double sl, out double ch, out double cl);
-        return q switch
-        {
-            0 => Result(ref st, ch, cl),
-            1 => Result(ref st, -sh, -sl),
-            2 => Result(ref st, -ch, -cl),
-            _ => Result(ref st, sh, sl),
-        };
+        DoubleDouble.SinCos(new DoubleDouble(h, l), out var sn, out var cs);
+        return Result(ref st, q switch { 0 => cs, 1 => -sn, 2 => -cs, _ => sn });
     }
 
     public static void SinCos(ref FpStatus st, Float80 a, out Float80 sin, out Float80 cos, out bool incomplete)
@@ -167,15 +217,9 @@ internal static class X87Transcendental
         if (TrigPrelude(ref st, a, out var r, out incomplete)) return r;
         if (Exponent(a) < -40) return Near(ref st, a, false);
         Reduce(a, out int q, out double h, out double l);
-        double t = Math.Tan(h);
-        double dt = (1 + t * t) * l;
-        if ((q & 1) != 0)
-        {
-            // tan(x + π/2) = -1/tan(x)
-            double inv = -1 / t;
-            return Result(ref st, inv, inv * inv * dt);
-        }
-        return Result(ref st, t, dt);
+        DoubleDouble.SinCos(new DoubleDouble(h, l), out var sn, out var cs);
+        // tan(x + π/2) = -cos(x)/sin(x)
+        return Result(ref st, (q & 1) == 0 ? sn / cs : -(cs / sn));
     }
 
     public static Float80 Exp2M1(ref FpStatus st, Float80 a)
@@ -190,47 +234,12 @@ internal static class X87Transcendental
         if (e > 0 || (e == 0 && a.Mant != 0x8000_0000_0000_0000)) { st.Flags |= FpEx.PE; return a; }
         if (e < -900)
         {
-            var s = new FpStatus { Rc = st.Rc, Prec = 64 };
-            var p = X87Math.Mul(ref s, a, Ln2);
-            st.Flags |= s.Flags | FpEx.PE;
-            st.Up = s.Up;
-            return p;
+            // 2^x - 1 = x·ln 2 to far beyond the working precision.
+            var m = Significand(a, out int me);
+            return Result(ref st, (a.Sign ? -m : m) * DoubleDouble.Ln2, me);
         }
         Split(a, out double h, out double l);
-        double v = Math.Abs(h) < 0.25 ? ExpM1(h * Ln2D) : Math.Pow(2, h) - 1;
-        double dv = (v + 1) * Ln2D * l;
-        return Result(ref st, v, dv);
-    }
-
-    private static double ExpM1(double x)
-    {
-        // exp(x) - 1 without cancellation: 2·tanh(x/2) / (1 - tanh(x/2)).
-        double t = Math.Tanh(x / 2);
-        return 2 * t / (1 - t);
-    }
-
-    private static double Log1P(double x)
-    {
-        double u = 1 + x;
-        return u == 1 ? x : Math.Log(u) * x / (u - 1);
-    }
-
-    /// <summary>y × lg where lg = hi + lo (a logarithm, well inside binary64's range), with the
-    /// product's exponent range that of the register format.</summary>
-    private static Float80 TimesLog(ref FpStatus st, Float80 y, double hi, double lo)
-    {
-        var t = new FpStatus { Rc = 0, Prec = 64 };
-        var lg = Result(ref t, hi, lo);
-        return TimesExact(ref st, y, lg);
-    }
-
-    private static Float80 TimesExact(ref FpStatus st, Float80 y, Float80 v)
-    {
-        var s = new FpStatus { Rc = st.Rc, Prec = 64 };
-        var p = X87Math.Mul(ref s, y, v);
-        st.Flags |= (s.Flags & (FpEx.OE | FpEx.UE)) | FpEx.PE;
-        st.Up = s.Up;
-        return p;
+        return Result(ref st, DoubleDouble.ExpM1(new DoubleDouble(h, l) * DoubleDouble.Ln2));
     }
 
     /// <summary>FYL2X: ST(1) × log2(ST(0)).</summary>
@@ -256,13 +265,7 @@ internal static class X87Transcendental
         }
         if (cmp1 == 0) return Float80.Zero(y.Sign);
         if (cy == FpClass.Zero) return Float80.Zero(y.Sign ^ (cmp1 < 0));
-        x.Unpack(out ulong xs, out int xe);
-        // log2(x) = e + log2(m), m = 1 + t in [1, 2)
-        double th = (double)((xs & ~0x7FFUL) - 0x8000_0000_0000_0000) / 9223372036854775808.0;
-        double tl = (double)(xs & 0x7FF) / 9223372036854775808.0;
-        double ln = Log1P(th) + tl / (1 + th);
-        TwoSum(xe, ln / Ln2D, out double hi, out double lo);
-        return TimesLog(ref st, y, hi, lo);
+        return TimesLog(ref st, y, Log2(x));
     }
 
     /// <summary>FYL2XP1: ST(1) × log2(ST(0) + 1).</summary>
@@ -287,28 +290,17 @@ internal static class X87Transcendental
         if (atOrBelowMinusOne) { st.Flags |= FpEx.PE; return x; }
         if (Exponent(x) < -900)
         {
-            // y·x·log2(e) on significands, the exponents added at the final rounding, so that only
-            // it can underflow.
-            x.Unpack(out ulong xs, out int xe);
-            y.Unpack(out ulong ys, out int ye);
-            var t = new FpStatus { Rc = st.Rc, Prec = 64 };
-            var u = X87Math.Mul(ref t, X87Math.Mul(ref t, new Float80(xs, (ushort)((x.Se & 0x8000) | Float80.Bias)), Log2E),
-                new Float80(ys, (ushort)((y.Se & 0x8000) | Float80.Bias)));
-            u.Unpack(out ulong us, out int ue);
-            var r2 = X87Math.Round(ref st, u.Sign, ue + xe + ye, (UInt128)us << 64, 64);
-            st.Flags |= FpEx.PE;
-            return r2;
+            // log2(1 + x) = x·log2(e) to far beyond the working precision; the exponents are added
+            // at the final rounding, so only it can underflow.
+            var mx = Significand(x, out int xe);
+            var my = Significand(y, out int ye);
+            var p = mx * my * DoubleDouble.Log2E;
+            return Result(ref st, x.Sign ^ y.Sign ? -p : p, xe + ye);
         }
-        if (Exponent(x) > 900)
-        {
-            x.Unpack(out ulong bs, out int be);
-            TwoSum(be, Math.Log2((double)bs / 9223372036854775808.0), out double bh, out double bl);
-            return TimesLog(ref st, y, bh, bl);
-        }
+        // Far above 1, log2(1 + x) is log2(x) to well beyond the working precision.
+        if (Exponent(x) > 200) return TimesLog(ref st, y, Log2(x));
         Split(x, out double xh, out double xl);
-        double lg = Log1P(xh) / Ln2D;
-        double dlg = xl / ((1 + xh) * Ln2D);
-        return TimesLog(ref st, y, lg, dlg);
+        return TimesLog(ref st, y, DoubleDouble.Log1P(new DoubleDouble(xh, xl)) * DoubleDouble.Log2E);
     }
 
     /// <summary>FPATAN: arctan(ST(1)/ST(0)) with the quadrant of (ST(0), ST(1)).</summary>
@@ -325,8 +317,7 @@ internal static class X87Transcendental
         if (cx == FpClass.Infinity && cy == FpClass.Infinity)
         {
             if (!x.Sign) return RoundConst(ref st, QuarterPi, y.Sign);
-            Split(Pi, out double ph, out double pl);
-            var s3 = Result(ref st, ph * 0.75, pl * 0.75);
+            var s3 = Result(ref st, new DoubleDouble(2.356194490192345, 9.184850993605148e-17));
             return y.Sign ? s3.Negate() : s3;
         }
         if (cy == FpClass.Infinity || cx == FpClass.Zero) return RoundConst(ref st, HalfPi, y.Sign);
@@ -336,9 +327,12 @@ internal static class X87Transcendental
         if (ye - xe < -70)
         {
             if (x.Sign) return RoundConst(ref st, Pi, y.Sign);
-            // atan(t) = t - t³/3: the quotient itself, just below in magnitude.
-            var s = new FpStatus { Rc = st.Rc, Prec = 64 };
+            // atan(t) = t - t³/3 with t below 2^-70: an inexact quotient rounds as atan(t) does (t is
+            // then too far from every representable value for t³/3 to matter); an exact one is the
+            // value just above the true result.
+            var s = Inner(st);
             var q = X87Math.Div(ref s, y, x);
+            if ((s.Flags & FpEx.PE) == 0 && q.Class is FpClass.Normal or FpClass.Denormal) return Near(ref st, q, true);
             st.Flags |= (s.Flags & (FpEx.UE | FpEx.OE)) | FpEx.PE;
             st.Up = s.Up;
             return q;
@@ -347,11 +341,7 @@ internal static class X87Transcendental
         int sh = -Math.Max(xe, ye);
         ScaledSplit(x, sh, out double xh, out double xl);
         ScaledSplit(y, sh, out double yh, out double yl);
-        double a = Math.Atan2(yh, xh);
-        double d2 = xh * xh + yh * yh;
-        double da = (xh * yl - yh * xl) / d2;
-        if (!double.IsFinite(da)) da = 0;
-        return Result(ref st, a, da);
+        return Result(ref st, DoubleDouble.Atan2(new DoubleDouble(yh, yl), new DoubleDouble(xh, xl)));
     }
 
     private static void ScaledSplit(Float80 a, int shift, out double hi, out double lo)

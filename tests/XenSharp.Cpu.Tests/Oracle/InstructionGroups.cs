@@ -46,7 +46,7 @@ internal static class InstructionGroups
         Fld, Fst, Fstp, Fild, Fist, Fistp, Fisttp, Fadd, Faddp, Fiadd, Fsub, Fsubp, Fsubr, Fsubrp, Fisub, Fisubr,
         Fmul, Fmulp, Fimul, Fdiv, Fdivp, Fdivr, Fdivrp, Fidiv, Fidivr, Fchs, Fabs, Fsqrt, Fxch, Frndint,
         Fld1, Fldz, Fldpi, Fldl2e, Fldl2t, Fldlg2, Fldln2, Ffree, Fincstp, Fdecstp, Fcmovb, Fcmove, Fcmovbe, Fcmovu,
-        Fcmovnb, Fcmovne, Fcmovnbe, Fcmovnu,
+        Fcmovnb, Fcmovne, Fcmovnbe, Fcmovnu, Fbld, Fbstp,
     ];
     static readonly Mnemonic[] X87Compare = [Fcom, Fcomp, Fcompp, Fucom, Fucomp, Fucompp, Fcomi, Fcomip, Fucomi, Fucomip, Ftst, Fxam, Fnstsw, Fld, Fldz, Fld1, Fchs];
     static readonly Mnemonic[] X87Transcendental = [Fsin, Fcos, Fsincos, Fptan, Fpatan, F2xm1, Fyl2x, Fyl2xp1, Fscale, Fxtract, Fprem, Fprem1];
