@@ -25,6 +25,14 @@ public class DefaultCpuidPolicy : ICpuidPolicy
     public const uint Leaf1Ecx = (1u << 13) | (1u << 22) | (1u << 23) | (1u << 26) | (1u << 30) | (1u << 31);
     // Leaf 7 EBX: FSGSBASE, BMI1, SMEP, BMI2, ERMS, INVPCID, RDSEED, ADX, SMAP.
     public const uint Leaf7Ebx = (1u << 0) | (1u << 3) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 18) | (1u << 19) | (1u << 20);
+    // Leaf 7 EDX: IA32_ARCH_CAPABILITIES is readable.
+    public const uint Leaf7Edx = 1u << 29;
+    /// <summary>IA32_ARCH_CAPABILITIES: the engine executes nothing speculatively, so it reports itself
+    /// free of the speculative-execution and buffer-sampling issues (RDCL_NO, SSB_NO, MDS_NO,
+    /// PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO, BHI_NO, PBRSB_NO, GDS_NO, RFDS_NO)
+    /// and guests skip mitigations such as kernel page-table isolation.</summary>
+    public const ulong ArchCapabilities = (1UL << 0) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8)
+        | (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 20) | (1UL << 24) | (1UL << 26) | (1UL << 27);
     // 0x80000001 ECX: LAHF-SAHF in 64-bit, LZCNT.  EDX: SYSCALL, NX, 1 GiB pages, RDTSCP, LM.
     public const uint Ext1Ecx = (1u << 0) | (1u << 5);
     public const uint Ext1Edx = (1u << 11) | (1u << 20) | (1u << 26) | (1u << 27) | (1u << 29);
@@ -49,7 +57,7 @@ public class DefaultCpuidPolicy : ICpuidPolicy
                 edx = Leaf1Edx | Leaf1EdxExtra;
                 break;
             case 7:
-                if (subleaf == 0) ebx = Leaf7Ebx;
+                if (subleaf == 0) { ebx = Leaf7Ebx; edx = Leaf7Edx; }
                 break;
             case 0xB:
                 if (subleaf == 0) { eax = 0; ebx = 1; ecx = 0x100; }

@@ -125,7 +125,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         _blocks = engine.Blocks;
         _cpuid = cpuid;
         Id = id;
-        _tlb = (TlbEntry*)NativeMemory.AllocZeroed((nuint)(TlbSize * 2 * sizeof(TlbEntry)));
+        _tlb = (TlbEntry*)NativeMemory.AllocZeroed((nuint)(TlbSize * TlbContexts * sizeof(TlbEntry)));
         FlushTlb(true);
         _memGeneration = _mem.Generation;
         InitFpu();

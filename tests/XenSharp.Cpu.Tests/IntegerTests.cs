@@ -188,6 +188,29 @@ public class IntegerTests
     }
 
     [Fact]
+    public void ArchCapabilitiesAreAdvertisedAndReadOnly()
+    {
+        var r = Exec(64, x =>
+        {
+            x.mov(eax, 7); x.xor(ecx, ecx); x.cpuid(); x.mov(r8d, edx);
+            x.mov(ecx, 0x10A); x.rdmsr(); x.mov(r9d, eax);
+        });
+        Assert.NotEqual(0UL, r.R8 & (1UL << 29));   // CPUID.7.EDX: ARCH_CAPABILITIES
+        Assert.Equal(1UL, r.R9 & 1);                 // RDCL_NO
+        Assert.NotEqual(0UL, r.R9 & (1UL << 5));     // MDS_NO
+
+        // Writing it raises #GP(0) in the engine, with no exit to the hypervisor.
+        using var m = new TestMachine();
+        ulong h = 0x12000;
+        m.Mem.Write(h, TestMachine.Assemble(64, h, a => { a.pop(rbx); a.pop(rcx); a.hlt(); }));
+        m.SetGate64(13, h);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a => { a.mov(ecx, 0x10A); a.xor(eax, eax); a.xor(edx, edx); a.wrmsr(); a.hlt(); }));
+        m.RunToHlt();
+        Assert.Equal(0UL, m.Regs.Rbx);
+        Assert.Equal(TestMachine.CodeAt + 9, m.Regs.Rcx); // RIP of the WRMSR
+    }
+
+    [Fact]
     public void RdtscAdvancesAndRdmsrOfUnknownMsrExits()
     {
         using var m = new TestMachine();

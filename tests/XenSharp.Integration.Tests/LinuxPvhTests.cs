@@ -62,6 +62,9 @@ public class LinuxPvhTests
             Assert.DoesNotContain("Call Trace", boot);
 
             Assert.Contains("result-42 xen", console.Ask("echo result-$((6*7)) $(cat /sys/hypervisor/type)", "result-42 xen"));
+            // IA32_ARCH_CAPABILITIES says RDCL_NO: the kernel runs without page-table isolation.
+            Assert.Contains("Not_affected-meltdown-42",
+                console.Ask("echo $(tr ' ' _ </sys/devices/system/cpu/vulnerabilities/meltdown)-meltdown-$((6*7))", "-meltdown-42"));
         }
         finally
         {

@@ -15,10 +15,21 @@ internal unsafe partial class X86Vcpu
     private readonly DecodedInsn[] _scratch = new DecodedInsn[MaxBlockInsns];
     private readonly byte* _spill = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(32);
 
-    internal void FlushJumpCache()
+    /// <summary>The supervisor jump cache holds a block reached through a non-global translation.</summary>
+    private bool _jumpSupNonGlobal;
+    /// <summary>Whether the last code translation of <see cref="LookupOrDecode"/> was a global page.</summary>
+    private bool _lastFetchGlobal;
+
+    /// <summary>Drops the RIP-to-block shortcuts; when only non-global translations go (a CR3 write),
+    /// supervisor entries reached through global pages (a kernel's text) stay.</summary>
+    internal void FlushJumpCache(bool includeGlobal = true)
     {
-        Array.Clear(_jumpSup);
         Array.Clear(_jumpUser);
+        if (includeGlobal || _jumpSupNonGlobal)
+        {
+            Array.Clear(_jumpSup);
+            _jumpSupNonGlobal = false;
+        }
     }
 
     private Decoder DecoderFor(int bitness) => bitness switch
@@ -40,7 +51,11 @@ internal unsafe partial class X86Vcpu
         if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
         b = LookupOrDecode(rip);
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
-        if (b.Count > 0 && b.Valid && b.CsBase == csBase) cache[slot] = b;
+        if (b.Count > 0 && b.Valid && b.CsBase == csBase)
+        {
+            cache[slot] = b;
+            if (!_lastFetchGlobal && cache == _jumpSup) _jumpSupNonGlobal = true;
+        }
         return b;
     }
 
@@ -49,7 +64,7 @@ internal unsafe partial class X86Vcpu
         if (Bitness == 64 && !Canonical(rip)) throw GP();
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
-        ulong phys = Translate(lin, Access.Fetch, Cpl == 3);
+        ulong phys = Translate(lin, Access.Fetch, Cpl == 3, out _lastFetchGlobal);
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid) return b;
 

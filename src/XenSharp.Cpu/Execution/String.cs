@@ -93,21 +93,33 @@ internal unsafe partial class X86Vcpu
     private byte* HostRead(ulong lin)
     {
         ulong vpn = lin >> 12;
-        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
-        if (e->ReadTag != vpn)
+        TlbEntry* e = StringTlbEntry(vpn, read: true);
+        if (e == null)
         {
             ReadLin(lin, 1);
-            if (e->ReadTag != vpn) return null;
+            e = StringTlbEntry(vpn, read: true);
+            if (e == null) return null;
         }
         return e->Host + (lin & 0xFFF);
     }
 
     private byte* HostWrite(ulong lin)
     {
-        ulong vpn = lin >> 12;
-        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
-        if (e->WriteTag != vpn) return null;
-        return e->Host + (lin & 0xFFF);
+        TlbEntry* e = StringTlbEntry(lin >> 12, read: false);
+        return e == null ? null : e->Host + (lin & 0xFFF);
+    }
+
+    /// <summary>The TLB entry a string instruction may use for a page: the current context's, or,
+    /// for a supervisor copy with EFLAGS.AC set under SMAP (a kernel's user copy), the entry
+    /// that lets it reach user pages.</summary>
+    private TlbEntry* StringTlbEntry(ulong vpn, bool read)
+    {
+        int slot = (int)(vpn & TlbMask);
+        TlbEntry* e = _tlb + _tlbCtx + slot;
+        if ((read ? e->ReadTag : e->WriteTag) == vpn) return e;
+        if (_tlbCtx != 0 || (Rflags & AC) == 0 || (Cr4 & 0x200000) == 0) return null;
+        e = _tlb + SmapOverrideCtx + slot;
+        return (read ? e->ReadTag : e->WriteTag) == vpn ? e : null;
     }
 
     private void ExecStos(ref DecodedInsn d)

@@ -510,6 +510,7 @@ internal unsafe partial class X86Vcpu
             case 0x10: value = ReadTsc(); return true;
             case 0x1B: value = ApicBase; return true;
             case 0xFE: value = 0x508; return true; // MTRRcap: 8 variable ranges, fixed ranges, WC
+            case 0x10A: value = DefaultCpuidPolicy.ArchCapabilities; return true;
             case 0x174: value = SysenterCs; return true;
             case 0x175: value = SysenterEsp; return true;
             case 0x176: value = SysenterEip; return true;
@@ -546,6 +547,7 @@ internal unsafe partial class X86Vcpu
                 return MsrResult.Ok;
             case 0x1B: ApicBase = v; return MsrResult.Ok;
             case 0xFE: return MsrResult.Fault;
+            case 0x10A: return MsrResult.Fault; // read-only
             case 0x174: SysenterCs = v & 0xFFFF; return MsrResult.Ok;
             case 0x175: if (!Canonical(v)) return MsrResult.Fault; SysenterEsp = v; return MsrResult.Ok;
             case 0x176: if (!Canonical(v)) return MsrResult.Fault; SysenterEip = v; return MsrResult.Ok;

@@ -33,6 +33,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FExitRequested = Cpu.GetField("_exitRequested", Inst)!;
     private static readonly MethodInfo MJitRead = Cpu.GetMethod(nameof(X86Vcpu.JitRead), Inst)!;
     private static readonly MethodInfo MJitWrite = Cpu.GetMethod(nameof(X86Vcpu.JitWrite), Inst)!;
+    private static readonly MethodInfo MJitReadStack = Cpu.GetMethod(nameof(X86Vcpu.JitReadStack), Inst)!;
+    private static readonly MethodInfo MJitWriteStack = Cpu.GetMethod(nameof(X86Vcpu.JitWriteStack), Inst)!;
     private static readonly MethodInfo MJitExec = Cpu.GetMethod(nameof(X86Vcpu.JitExec), Inst)!;
     private static readonly MethodInfo MApply = typeof(FlagMath).GetMethod(nameof(FlagMath.Apply))!;
     private static readonly MethodInfo MCond = typeof(FlagMath).GetMethod(nameof(FlagMath.Cond))!;

@@ -70,7 +70,7 @@ internal sealed partial class BlockTranslator
     /// <summary>Pushes the value in _val (size bytes) on the 64-bit stack.</summary>
     private void EmitPushVal(int size, int i)
     {
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Sub); _il.Emit(OpCodes.Stloc, _lin);
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Sub); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
         EmitStore(size, i);
         SetFull(4, _lin);
     }
@@ -88,7 +88,7 @@ internal sealed partial class BlockTranslator
     private void EmitPop(ref DecodedInsn d, int i)
     {
         int size = d.OpSize;
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin);
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
         EmitLoad(size, i);
         _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stloc, _ta);
         _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
@@ -112,7 +112,7 @@ internal sealed partial class BlockTranslator
 
     private void EmitRet(ref DecodedInsn d, int i)
     {
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin);
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
         EmitLoad(8, i);
         _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8(8); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
         _dirty |= 1 << 4;

@@ -25,9 +25,13 @@ internal sealed partial class BlockTranslator
         if (d.AddrSize != 8) Trunc(4);
     }
 
+    /// <summary>_lin is an SS access: its slow path checks the address as the stack segment does.</summary>
+    private bool _linStack;
+
     /// <summary>Linear address of the memory operand into _lin (64-bit mode: only FS and GS have bases).</summary>
     private void EmitLinear(ref DecodedInsn d)
     {
+        _linStack = d.MemSeg == X86Vcpu.SS;
         EmitEa(ref d);
         if (d.MemSeg >= X86Vcpu.FS)
         {
@@ -94,7 +98,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         SyncForCall(i);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitRead);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
         _il.Emit(OpCodes.Stloc, _val);
         _il.MarkLabel(done);
     }
@@ -118,7 +122,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         SyncForCall(i);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWrite);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
         _il.MarkLabel(done);
     }
 }

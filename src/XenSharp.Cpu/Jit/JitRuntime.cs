@@ -61,6 +61,19 @@ internal unsafe partial class X86Vcpu
         return ReadLin(lin, size);
     }
 
+    /// <summary>Stack-segment accesses (RSP/RBP bases, pushes and pops): a non-canonical address is #SS, not #GP.</summary>
+    internal ulong JitReadStack(ulong lin, int size)
+    {
+        CheckStackCanonical(lin, (uint)size);
+        return JitRead(lin, size);
+    }
+
+    internal void JitWriteStack(ulong lin, int size, ulong v)
+    {
+        CheckStackCanonical(lin, (uint)size);
+        JitWrite(lin, size, v);
+    }
+
     internal void JitWrite(ulong lin, int size, ulong v)
     {
         if (_acUser && (Rflags & AC) != 0) CheckAlignment(lin, (uint)size);

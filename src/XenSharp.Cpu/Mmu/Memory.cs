@@ -207,12 +207,18 @@ internal unsafe partial class X86Vcpu
         host = page + (phys & 0xFFF);
         if (implicitSup && user == false && Cpl == 3) return phys; // do not cache into the user half
         // Only cache what the same access at this privilege could repeat without a walk.
-        bool smapBlocked = !user && _lastWalkUser && (Cr4 & 0x200000) != 0;
-        if (smapBlocked) return phys;
+        int ctx = user ? TlbSize : 0;
+        if (!user && _lastWalkUser && (Cr4 & 0x200000) != 0)
+        {
+            // SMAP let this through only because EFLAGS.AC is set: keep it out of the ordinary
+            // supervisor context, in the one consulted only while AC is set.
+            if (implicitSup || (Rflags & AC) == 0) return phys;
+            ctx = SmapOverrideCtx;
+        }
         // Pages with a data breakpoint stay uncached so that every access is checked.
         if (_bpData != 0 && DataBreakpointPage(lin)) return phys;
         ulong vpn = lin >> 12;
-        TlbEntry* e = _tlb + (user ? TlbSize : 0) + (int)(vpn & TlbMask);
+        TlbEntry* e = _tlb + ctx + (int)(vpn & TlbMask);
         if (e->Gfn != gfn || e->Host != page || (e->ReadTag != vpn && e->WriteTag != vpn))
         {
             e->ReadTag = ulong.MaxValue; e->WriteTag = ulong.MaxValue;

@@ -188,9 +188,12 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>Translates or raises #PF with the exact error code and CR2.</summary>
     internal ulong Translate(ulong lin, Access access, bool user, bool implicitSupervisor = false)
+        => Translate(lin, access, user, out _, implicitSupervisor);
+
+    internal ulong Translate(ulong lin, Access access, bool user, out bool global, bool implicitSupervisor = false)
     {
         if (LongMode && !Canonical(lin)) throw GP();
-        if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out _, implicitSupervisor))
+        if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out global, implicitSupervisor))
         {
             Cr2 = lin;
             throw Fault(14, err);

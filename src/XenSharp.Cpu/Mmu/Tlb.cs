@@ -19,16 +19,19 @@ internal unsafe struct TlbEntry
 
 internal unsafe partial class X86Vcpu
 {
-    // Two direct-mapped halves: supervisor accesses, then user (CPL 3) accesses, so that a
-    // privilege change needs no flush.
+    // Direct-mapped contexts: supervisor accesses, user (CPL 3) accesses, so that a privilege
+    // change needs no flush; and supervisor accesses made with EFLAGS.AC set under SMAP, which may
+    // reach user pages (copy_to_user and friends: string instructions consult it, see HostRead).
     internal const int TlbSize = 1024;
+    private const int TlbContexts = 3;
+    private const int SmapOverrideCtx = 2 * TlbSize;
     private const int TlbMask = TlbSize - 1;
     private TlbEntry* _tlb;
     private int _tlbCtx;
 
     internal void FlushTlb(bool includeGlobal)
     {
-        for (int i = 0; i < TlbSize * 2; i++)
+        for (int i = 0; i < TlbSize * TlbContexts; i++)
         {
             ref TlbEntry e = ref _tlb[i];
             if (includeGlobal || !e.Global)
@@ -36,13 +39,13 @@ internal unsafe partial class X86Vcpu
                 e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false; e.WritableCode = false;
             }
         }
-        FlushJumpCache();
+        FlushJumpCache(includeGlobal);
     }
 
     internal void FlushTlbPage(ulong linear)
     {
         ulong vpn = linear >> 12;
-        for (int ctx = 0; ctx < 2; ctx++)
+        for (int ctx = 0; ctx < TlbContexts; ctx++)
         {
             ref TlbEntry e = ref _tlb[ctx * TlbSize + (int)(vpn & TlbMask)];
             if (e.ReadTag == vpn || e.WriteTag == vpn)
@@ -56,7 +59,7 @@ internal unsafe partial class X86Vcpu
 
     private void FlushWritableTlb()
     {
-        for (int i = 0; i < TlbSize * 2; i++) { _tlb[i].WriteTag = ulong.MaxValue; _tlb[i].WritableCode = false; }
+        for (int i = 0; i < TlbSize * TlbContexts; i++) { _tlb[i].WriteTag = ulong.MaxValue; _tlb[i].WritableCode = false; }
     }
 
     /// <summary>Drops write entries for one frame (it just became a code frame). Called from any
@@ -64,7 +67,7 @@ internal unsafe partial class X86Vcpu
     internal void DropWritableFrame(ulong gfn)
     {
         if (_tlb == null) return;
-        for (int i = 0; i < TlbSize * 2; i++)
+        for (int i = 0; i < TlbSize * TlbContexts; i++)
             if (_tlb[i].Gfn == gfn && _tlb[i].WriteTag != ulong.MaxValue)
             {
                 _tlb[i].WritableCode = true;
