@@ -141,13 +141,16 @@ static void reservation_at(struct xen_memory_reservation *r, unsigned int order)
 {
     uint64_t *gfns = (uint64_t *)scratch_pointer(64 * 8);
     unsigned int n = below(8) + 1;
-    for (unsigned int i = 0; i < n; i++)
+    /* Xen acts on every entry up to the count: all 64 name balloon frames, and a count past
+     * them comes only with a bad list pointer (whatever lies beyond may name our own frames). */
+    for (unsigned int i = 0; i < 64; i++)
         gfns[i] = balloon_gfn(order);
-    r->nr_extents = chance(90) ? n : random_value();
+    int huge = chance(10);
+    r->nr_extents = huge ? random_value() : chance(90) ? n : 1 + below(64);
     r->extent_order = order;
     r->mem_flags = chance(80) ? 0 : (unsigned int)rnd();
     r->domid = chance(85) ? DOMID_SELF : random_domid();
-    set_xen_guest_handle(r->extent_start, chance(90) ? (xen_pfn_t *)gfns : (xen_pfn_t *)bad_pointer());
+    set_xen_guest_handle(r->extent_start, !huge && chance(90) ? (xen_pfn_t *)gfns : (xen_pfn_t *)bad_pointer());
 }
 static unsigned int random_order(void) { return chance(90) ? below(9) : 40 + below(24); }
 
@@ -182,7 +185,11 @@ static void fuzz_memory_op(void)
         struct xen_memory_reservation out;
         reservation_at(&out, random_order());
         a->exch.out = out;
-        a->exch.nr_exchanged = chance(80) ? 0 : rnd();
+        /* Xen gives away every frame the input list names from nr_exchanged on: keep the list to
+         * the balloon entries written above, and any progress at or past its end. */
+        if (a->exch.in.nr_extents > 8)
+            a->exch.in.nr_extents = 8;
+        a->exch.nr_exchanged = chance(80) ? 0 : a->exch.in.nr_extents + rnd() % 1024;
         break;
     }
     case XENMEM_add_to_physmap:
@@ -201,14 +208,16 @@ static void fuzz_memory_op(void)
         unsigned int n = below(8) + 1;
         a->batch.domid = chance(80) ? DOMID_SELF : random_domid();
         a->batch.space = below(7);
-        a->batch.size = chance(90) ? n : (uint16_t)rnd();
+        /* Every entry up to size is mapped: all 64 target the balloon; larger sizes only with bad lists. */
+        int huge = chance(10);
+        a->batch.size = huge ? (uint16_t)rnd() : chance(90) ? n : 1 + below(64);
         a->batch.u.foreign_domid = random_domid();
-        for (unsigned int i = 0; i < n; i++) {
+        for (unsigned int i = 0; i < 64; i++) {
             idxs[i] = a->batch.space == XENMAPSPACE_gmfn ? balloon_gfn(0) : below(16);
             gpfns[i] = balloon_gfn(0);
         }
-        set_xen_guest_handle(a->batch.idxs, chance(90) ? (xen_ulong_t *)idxs : (xen_ulong_t *)bad_pointer());
-        set_xen_guest_handle(a->batch.gpfns, chance(90) ? (xen_pfn_t *)gpfns : (xen_pfn_t *)bad_pointer());
+        set_xen_guest_handle(a->batch.idxs, !huge && chance(90) ? (xen_ulong_t *)idxs : (xen_ulong_t *)bad_pointer());
+        set_xen_guest_handle(a->batch.gpfns, !huge && chance(90) ? (xen_pfn_t *)gpfns : (xen_pfn_t *)bad_pointer());
         set_xen_guest_handle(a->batch.errs, chance(90) ? errs : (int *)bad_pointer());
         break;
     }
@@ -221,8 +230,12 @@ static void fuzz_memory_op(void)
             arg = bad_pointer();
         break;
     }
-    /* Continuation bits above the sub-op are the start extent; now and then make them garbage. */
-    uint64_t cmd = op | (chance(5) ? rnd() << 6 : 0);
+    /* Continuation bits above the sub-op are the start extent; now and then make them garbage.
+     * Not for the reservation ops: Xen would resume reading their extent list at that index, far
+     * past the array, and free whatever frames the memory there names (this guest's own code). */
+    int reservation = op == XENMEM_increase_reservation || op == XENMEM_decrease_reservation
+        || op == XENMEM_populate_physmap;
+    uint64_t cmd = op | (!reservation && chance(5) ? rnd() << 6 : 0);
     call(__HYPERVISOR_memory_op, cmd, arg, random_value(), random_value(), random_value());
 }
 

@@ -17,7 +17,6 @@ internal static class DirectedCases
         ("idiv INT32_MIN/-1 (#DE)", a => a.idiv(ecx), c => { c.Gpr[Gpr.Rax] = 0x8000_0000; c.Gpr[Gpr.Rdx] = 0xffff_ffff; c.Gpr[Gpr.Rcx] = 0xffff_ffff; }),
         ("idiv INT16_MIN/-1 (#DE)", a => a.idiv(cx), c => { c.Gpr[Gpr.Rax] = 0x0000; c.Gpr[Gpr.Rdx] = 0x8000; c.Gpr[Gpr.Rcx] = 0xffff; }),
         ("idiv INT8_MIN/-1 (#DE)", a => a.idiv(cl), c => { c.Gpr[Gpr.Rax] = 0xff80; c.Gpr[Gpr.Rcx] = 0xff; }),
-        ("pmulhrsw aligned operand at a non-canonical RBP (#SS before the alignment #GP)", a => a.pmulhrsw(xmm1, __xmmword_ptr[rbp]), c => c.Gpr[Gpr.Rbp] = 0x8000_0000_0000_0008),
         ("idiv -7/2", a => a.idiv(rcx), c => { c.Gpr[Gpr.Rax] = unchecked((ulong)-7L); c.Gpr[Gpr.Rdx] = ulong.MaxValue; c.Gpr[Gpr.Rcx] = 2; }),
         ("div quotient overflow (#DE)", a => a.div(ecx), c => { c.Gpr[Gpr.Rdx] = 5; c.Gpr[Gpr.Rcx] = 5; }),
         ("div 8-bit by 1", a => a.div(cl), c => { c.Gpr[Gpr.Rax] = 0x00ff; c.Gpr[Gpr.Rcx] = 1; }),
