@@ -281,6 +281,13 @@ internal unsafe partial class X86Vcpu
 
     private void ExecCmpxchgWide(ref DecodedInsn d, bool is16)
     {
+        if (is16)
+        {
+            // Misalignment (#GP) is checked before a non-canonical stack address (#SS).
+            int seg = d.MemSplit ? d.MemSeg : d.I.MemorySegment - Register.ES;
+            ulong ea = d.MemSplit ? FastEa(ref d) : Ea(ref d);
+            if ((((Bitness == 64 && seg < FS) ? 0 : Seg[seg].Base) + ea & 15) != 0) throw GP();
+        }
         ulong lin = MemAddr(ref d);
         if (is16)
         {

@@ -77,9 +77,9 @@ internal unsafe partial class X86Vcpu
             ulong ea = FastEa(ref d);
             lin = Bitness == 64 ? (d.MemSeg >= FS ? Seg[d.MemSeg].Base + ea : ea) : Linear(d.MemSeg, ea, d.MemBytes);
         }
-        // A non-canonical stack address is #SS, which comes before the alignment #GP.
-        if ((d.MemSplit ? d.MemSeg : d.I.MemorySegment - Register.ES) == SS) CheckStackCanonical(lin, d.MemBytes);
         if ((lin & 15) != 0) throw GP(); // aligned, it cannot fail the alignment check either
+        // An aligned but non-canonical stack address is #SS (misalignment wins over it).
+        if ((d.MemSplit ? d.MemSeg : d.I.MemorySegment - Register.ES) == SS) CheckStackCanonical(lin, d.MemBytes);
         return lin;
     }
 
