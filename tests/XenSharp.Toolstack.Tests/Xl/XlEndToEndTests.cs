@@ -229,6 +229,12 @@ public sealed class XlEndToEndTests(XlSession s)
     {
         string cfg = EchoGuest("echo2");
         Assert.Equal(0, s.Xl("create", cfg).Code);
+        // Attach once the guest has written its greeting (kept for the first client), so that the
+        // detach key cannot arrive before there is anything to show.
+        string log = Path.Combine(s.RunDir, "console", "echo2.log");
+        var wait = System.Diagnostics.Stopwatch.StartNew();
+        while (!(File.Exists(log) && File.ReadAllText(log).Contains("hello from the console ring")) && wait.Elapsed < TimeSpan.FromSeconds(60))
+            Thread.Sleep(50);
         var (code, o, err) = s.XlWithInput("\u001d", "console", "echo2");
         Assert.True(code == 0, err);
         Assert.Contains("hello from the console ring", o);
