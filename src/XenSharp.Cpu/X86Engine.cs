@@ -19,11 +19,14 @@ public sealed class X86Engine : ICpuEngine
     /// <summary>The block compiler's settings (<see cref="JitSettings.FromEnvironment"/> unless given).</summary>
     public JitSettings Jit { get; }
 
-    internal long CompiledCount, JitFailureCount;
+    internal long CompiledCount, JitFailureCount, LinkCount;
     internal string? LastJitFailure;
 
     /// <summary>Blocks translated by the block compiler so far.</summary>
     public long CompiledBlocks => Interlocked.Read(ref CompiledCount);
+
+    /// <summary>Direct exits of compiled blocks linked to their compiled successor so far.</summary>
+    public long LinkedExits => Interlocked.Read(ref LinkCount);
 
     /// <summary>Blocks the block compiler could not translate (they stay interpreted).</summary>
     public long JitFailures => Interlocked.Read(ref JitFailureCount);

@@ -128,6 +128,44 @@ public class ModeTests
         Assert.Equal(2UL, m.Regs.R9);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void InvlpgMakesRemappedCodeRunInFourKAndLargePages(bool jit)
+    {
+        using var m = new TestMachine(jit: jit ? XenSharp.Cpu.JitSettings.Eager : XenSharp.Cpu.JitSettings.Off);
+        const ulong small = 0x30000, smallAlt = 0x31000;             // 4 KiB page
+        const ulong large = 0x401000, largeAlt = 0x601000;           // inside the 2 MiB page at 4 MiB
+        m.Mem.Write(small, TestMachine.Assemble(64, small, a => { a.mov(eax, 1); a.ret(); }));
+        m.Mem.Write(smallAlt, TestMachine.Assemble(64, small, a => { a.mov(eax, 2); a.ret(); }));
+        m.Mem.Write(large, TestMachine.Assemble(64, large, a => { a.mov(ebx, 10); a.ret(); }));
+        m.Mem.Write(largeAlt, TestMachine.Assemble(64, large, a => { a.mov(ebx, 20); a.ret(); }));
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(ecx, 50);
+            a.Label(ref loop);
+            a.mov(rdx, small); a.call(rdx);
+            a.mov(rdx, large); a.call(rdx);
+            a.invlpg(__[0x5000]);                                   // a data page: the code stays cached
+            a.dec(ecx);
+            a.jnz(loop);
+            a.mov(r8, rax); a.mov(r9, rbx);
+            a.mov(__qword_ptr[TestMachine.Pt + (small >> 12) * 8], (int)(smallAlt | 7));
+            a.invlpg(__[small]);
+            a.mov(__qword_ptr[TestMachine.Pd + 2 * 8], 0x600000 | 0x87);
+            a.invlpg(__[0x405000]);                                 // another 4 KiB of the same large page
+            a.mov(rdx, small); a.call(rdx);
+            a.mov(rdx, large); a.call(rdx);
+            a.mov(r10, rax); a.mov(r11, rbx);
+            a.hlt();
+        }), fourK: true);
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Equal((1UL, 10UL), (r.R8, r.R9));
+        Assert.Equal((2UL, 20UL), (r.R10, r.R11));
+    }
+
     [Fact]
     public void MemoryGenerationChangeDropsCachedTranslations()
     {

@@ -7,9 +7,61 @@ namespace XenSharp.Cpu;
 internal unsafe partial class X86Vcpu
 {
     private const int MaxBlockInsns = 64;
-    private const int JumpCacheSize = 4096;
-    private readonly DecodedBlock?[] _jumpSup = new DecodedBlock?[JumpCacheSize];
-    private readonly DecodedBlock?[] _jumpUser = new DecodedBlock?[JumpCacheSize];
+    private const int JumpCacheSize = 8192;
+    private const int CodePageFilterBits = 4096;
+
+    /// <summary>A jump-cache slot; it holds only while its epoch is the cache's, so a flush is one increment.</summary>
+    private struct JumpEntry
+    {
+        public DecodedBlock? Block;
+        public uint Epoch;
+    }
+
+    /// <summary>RIP-to-block shortcuts, one cache per privilege (CPL 3 and the rest) with the
+    /// linear pages their blocks came from as bit filters: INVLPG of a page no cached block came
+    /// from (the commonest case: data pages) leaves the caches alone.</summary>
+    private sealed class JumpCache
+    {
+        public readonly JumpEntry[] Entries = new JumpEntry[JumpCacheSize];
+        public uint Epoch = 1;
+        /// <summary>Bit (vpn mod 4096) per 4 KiB page and (lin >> 21 mod 4096) per large page.</summary>
+        public readonly ulong[] Pages = new ulong[CodePageFilterBits / 64], LargePages = new ulong[CodePageFilterBits / 64];
+        /// <summary>A block came through a 1 GiB page.</summary>
+        public bool Huge;
+
+        public void Flush()
+        {
+            if (++Epoch == 0)
+            {
+                Array.Clear(Entries);
+                Epoch = 1;
+            }
+            Array.Clear(Pages);
+            Array.Clear(LargePages);
+            Huge = false;
+        }
+
+        /// <summary>Records the page a cached block came through (<paramref name="leaf"/> as
+        /// <see cref="X86Vcpu._lastWalkLeaf"/>: 0 4 KiB, 1 2 MiB, 2 1 GiB, 3 4 MiB).</summary>
+        public void Note(ulong lin, int leaf)
+        {
+            switch (leaf)
+            {
+                case 0: Set(Pages, lin >> 12); break;
+                case 1: Set(LargePages, lin >> 21); break;
+                case 3: Set(LargePages, (lin >> 21) & ~1UL); Set(LargePages, (lin >> 21) | 1); break;
+                default: Huge = true; break;
+            }
+        }
+
+        public bool MayHold(ulong lin) => Huge || Test(Pages, lin >> 12) || Test(LargePages, lin >> 21);
+
+        private static void Set(ulong[] bits, ulong n) => bits[(n >> 6) & (CodePageFilterBits / 64 - 1)] |= 1UL << (int)(n & 63);
+
+        private static bool Test(ulong[] bits, ulong n) => (bits[(n >> 6) & (CodePageFilterBits / 64 - 1)] & (1UL << (int)(n & 63))) != 0;
+    }
+
+    private readonly JumpCache _jumpSup = new(), _jumpUser = new();
     private readonly PointerCodeReader _reader = new();
     private Decoder? _dec16, _dec32, _dec64;
     private readonly DecodedInsn[] _scratch = new DecodedInsn[MaxBlockInsns];
@@ -17,17 +69,29 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>The supervisor jump cache holds a block reached through a non-global translation.</summary>
     private bool _jumpSupNonGlobal;
-    /// <summary>Whether the last code translation of <see cref="LookupOrDecode"/> was a global page.</summary>
+    /// <summary>Whether the last code translation of <see cref="LookupOrDecode"/> was a global page, and its leaf level (0: 4 KiB).</summary>
     private bool _lastFetchGlobal;
+    private int _lastFetchLeaf;
 
     /// <summary>Drops the RIP-to-block shortcuts; when only non-global translations go (a CR3 write),
     /// supervisor entries reached through global pages (a kernel's text) stay.</summary>
     internal void FlushJumpCache(bool includeGlobal = true)
     {
-        Array.Clear(_jumpUser);
+        _jumpUser.Flush();
         if (includeGlobal || _jumpSupNonGlobal)
         {
-            Array.Clear(_jumpSup);
+            _jumpSup.Flush();
+            _jumpSupNonGlobal = false;
+        }
+    }
+
+    /// <summary>INVLPG: drops the shortcuts only when a cached block may have come through that page.</summary>
+    internal void FlushJumpCachePage(ulong lin)
+    {
+        if (_jumpUser.MayHold(lin)) _jumpUser.Flush();
+        if (_jumpSup.MayHold(lin))
+        {
+            _jumpSup.Flush();
             _jumpSupNonGlobal = false;
         }
     }
@@ -45,15 +109,18 @@ internal unsafe partial class X86Vcpu
     {
         ulong rip = Rip;
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
-        int slot = (int)(rip ^ (rip >> 12)) & (JumpCacheSize - 1);
-        var b = cache[slot];
+        int slot = (int)(rip ^ (rip >> 13)) & (JumpCacheSize - 1);
+        ref JumpEntry e = ref cache.Entries[slot];
+        var b = e.Block;
         ulong csBase = Seg[CS].Base;
-        if (b != null && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
+        if (b != null && e.Epoch == cache.Epoch && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
         b = LookupOrDecode(rip);
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
         {
-            cache[slot] = b;
+            e.Block = b;
+            e.Epoch = cache.Epoch;
+            cache.Note(CodeLinear(rip), _lastFetchLeaf);
             if (!_lastFetchGlobal && cache == _jumpSup) _jumpSupNonGlobal = true;
         }
         return b;
@@ -65,6 +132,7 @@ internal unsafe partial class X86Vcpu
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
         ulong phys = Translate(lin, Access.Fetch, Cpl == 3, out _lastFetchGlobal);
+        _lastFetchLeaf = _lastWalkLeaf;
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid) return b;
 
@@ -254,10 +322,12 @@ internal unsafe partial class X86Vcpu
         int chain = single ? 1 : ChainLimit;
         if (single) Shadow = false;
         _dbStep = false;
+        _linkFrom = null;
         do
         {
             CurIp = Rip;
             DecodedBlock b = GetBlock();
+            if (_linkFrom != null) LinkPending(b);
             var insns = b.Insns;
             int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
             // Compiled code runs whole blocks: not when the CS limit cuts the block.

@@ -25,6 +25,12 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
     private static readonly FieldInfo FInsns = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Insns))!;
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
+    private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
+    private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
+    private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
+    private static readonly FieldInfo FLinkFrom = Cpu.GetField("_linkFrom", Inst)!;
+    private static readonly FieldInfo FLinkSlot = Cpu.GetField("_linkSlot", Inst)!;
+    private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
     private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
@@ -64,12 +70,16 @@ internal sealed partial class BlockTranslator
     private readonly ulong[] _liveAfter;
     private readonly ulong _liveIn;
     private readonly bool _selfLoop;
+    /// <summary>Compiled entirely inline in 64-bit code: nothing in the block can change the mode,
+    /// CPL, TF, IF or the CS limit, so its direct exits may enter the next compiled block.</summary>
+    private readonly bool _chainable;
+    private readonly List<ulong> _linkTargets = new();
     private readonly bool _is64;
     /// <summary>GPRs the inline instructions touch: only these live in locals.</summary>
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr = new LocalBuilder[16];
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _next;
     private readonly LocalBuilder[] _pa = new LocalBuilder[MaxPending], _pb = new LocalBuilder[MaxPending], _pr = new LocalBuilder[MaxPending];
     private Label _top;
 
@@ -106,6 +116,7 @@ internal sealed partial class BlockTranslator
         // TF, IF, the interrupt shadow or the mode, which the run loop checks between blocks.
         _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip
             && Array.TrueForAll(_plans, p => p.Inline);
+        _chainable = _is64 && Array.TrueForAll(_plans, p => p.Inline);
 
         for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
         _fl = _il.DeclareLocal(typeof(ulong));
@@ -117,6 +128,7 @@ internal sealed partial class BlockTranslator
         _tb = _il.DeclareLocal(typeof(ulong));
         _tr = _il.DeclareLocal(typeof(ulong));
         _budget = _il.DeclareLocal(typeof(int));
+        _next = _il.DeclareLocal(typeof(DecodedBlock));
         for (int k = 0; k < MaxPending; k++)
         {
             _pa[k] = _il.DeclareLocal(typeof(ulong));
@@ -129,6 +141,9 @@ internal sealed partial class BlockTranslator
     {
         var t = new BlockTranslator(b);
         t.Emit();
+        // Published before the code that indexes them.
+        b.LinkTargets = t._linkTargets.ToArray();
+        b.Links = new DecodedBlock?[b.LinkTargets.Length];
         var del = (Action<X86Vcpu>)t._method.CreateDelegate(typeof(Action<X86Vcpu>), b);
         return del;
     }
@@ -158,7 +173,7 @@ internal sealed partial class BlockTranslator
                 continue;
             }
             bool ended = EmitInline(ref d, i);
-            if (last && !ended) EmitExit(d.I.NextIP, i + 1);
+            if (last && !ended) EmitExit(d.I.NextIP, i + 1, link: true);
         }
     }
 
@@ -408,14 +423,44 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stfld, FRetired);
     }
 
-    /// <summary>Leaves the block at a known RIP after <paramref name="executed"/> instructions.</summary>
-    private void EmitExit(ulong rip, int executed)
+    /// <summary>Leaves the block at a known RIP after <paramref name="executed"/> instructions;
+    /// a <paramref name="link"/> exit of a chainable block continues in the linked successor.</summary>
+    private void EmitExit(ulong rip, int executed, bool link = false)
     {
         SpillGprs();
         StoreFlagsToCpu(hot: true);
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
+        if (link && _chainable && (rip >> 12) == (_b.Ip >> 12)) EmitChain(rip);
         _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>Enters the successor linked to this exit while the hop budget lasts and nothing
+    /// asks the run loop to look (an exit request, a write to cached code, an invalidated
+    /// successor); an exit not linked yet tells the run loop to link it.</summary>
+    private void EmitChain(ulong rip)
+    {
+        int slot = _linkTargets.Count;
+        _linkTargets.Add(rip);
+        var unlinked = _il.DefineLabel();
+        var leave = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
+        _il.Emit(OpCodes.Stloc, _next);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, unlinked);
+        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _budget); _il.Emit(OpCodes.Stfld, FHops);
+        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
+        LdCpu();
+        _il.Emit(OpCodes.Callvirt, MInvoke);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(unlinked);
+        LdCpu(); _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Stfld, FLinkFrom);
+        LdCpu(); LdcI4(slot); _il.Emit(OpCodes.Stfld, FLinkSlot);
+        _il.MarkLabel(leave);
     }
 
     /// <summary>Leaves the block with RIP already stored in the vCPU.</summary>

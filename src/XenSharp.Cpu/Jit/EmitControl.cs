@@ -14,7 +14,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Brfalse, notTaken);
         EmitTaken(d.I.NearBranchTarget, i);
         _il.MarkLabel(notTaken);
-        EmitExit(d.I.NextIP, i + 1);
+        EmitExit(d.I.NextIP, i + 1, link: true);
     }
 
     private void EmitJmp(ref DecodedInsn d, int i)
@@ -36,7 +36,7 @@ internal sealed partial class BlockTranslator
     {
         if (!_selfLoop || target != _b.Ip)
         {
-            EmitExit(target, i + 1);
+            EmitExit(target, i + 1, link: true);
             return;
         }
         var leave = _il.DefineLabel();
@@ -107,7 +107,7 @@ internal sealed partial class BlockTranslator
             LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
             EmitExitDynamic(i + 1);
         }
-        else EmitExit(d.I.NearBranchTarget, i + 1);
+        else EmitExit(d.I.NearBranchTarget, i + 1, link: true);
     }
 
     private void EmitRet(ref DecodedInsn d, int i)

@@ -8,6 +8,18 @@ namespace XenSharp.Cpu;
 /// compiled blocks call on their slow paths.</summary>
 internal unsafe partial class X86Vcpu
 {
+    /// <summary>Compiled blocks one entry from the run loop may run through direct links.</summary>
+    private const int MaxHops = 64;
+
+    // Compiled code reads and writes these three through IL.
+#pragma warning disable CS0414, CS0649
+    private int _hops;
+    /// <summary>The compiled block whose direct exit <see cref="_linkSlot"/> was taken while not
+    /// linked yet: the run loop links it to the block it finds next.</summary>
+    private DecodedBlock? _linkFrom;
+    private int _linkSlot;
+#pragma warning restore CS0414, CS0649
+
     /// <summary>Runs <paramref name="b"/> compiled when it is (or has just become) hot; false when
     /// the interpreter must run it.</summary>
     private bool TryRunCompiled(DecodedBlock b)
@@ -19,6 +31,7 @@ internal unsafe partial class X86Vcpu
             code = CompileBlock(b);
             if (code == null) return false;
         }
+        _hops = MaxHops;
         try
         {
             code(this);
@@ -33,6 +46,22 @@ internal unsafe partial class X86Vcpu
             return false;
         }
         return true;
+    }
+
+    /// <summary>Links the exit the last compiled block left by to <paramref name="next"/>, found
+    /// at its target: same linear page (so the same translation whenever the source runs), mode
+    /// and CS base, and already compiled.</summary>
+    private void LinkPending(DecodedBlock next)
+    {
+        var from = _linkFrom!;
+        _linkFrom = null;
+        if (next.Compiled == null || !next.Valid || !from.Valid || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
+        int slot = _linkSlot;
+        if ((uint)slot < (uint)from.Links.Length && from.LinkTargets[slot] == next.Ip && from.Links[slot] != next)
+        {
+            from.Links[slot] = next;
+            Interlocked.Increment(ref _engine.LinkCount);
+        }
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -52,6 +52,7 @@ internal unsafe partial class X86Vcpu
         if (!PagingEnabled)
         {
             phys = LongMode ? lin : lin & 0xFFFF_FFFF;
+            _lastWalkLeaf = 0;
             return true;
         }
         bool write = access == Access.Write;
@@ -164,6 +165,7 @@ internal unsafe partial class X86Vcpu
             _lastWalkWritable = allowWrite || (!user && (Cr0 & 0x10000) == 0);
             _lastWalkDirty = write || (entry & PteD) != 0;
             _lastWalkUser = allowUser;
+            _lastWalkLeaf = leafLevel == 1 && !wide ? 3 : leafLevel;
             return true;
         }
     NotPresent:
@@ -179,6 +181,8 @@ internal unsafe partial class X86Vcpu
     }
 
     private bool _lastWalkWritable, _lastWalkDirty, _lastWalkUser;
+    /// <summary>The last walk's page: 0 for 4 KiB, 1 for 2 MiB, 2 for 1 GiB, 3 for 4 MiB.</summary>
+    private int _lastWalkLeaf;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void SetPteBitsIf(bool set, byte* ptr, bool wide, ulong entry, ulong bits)

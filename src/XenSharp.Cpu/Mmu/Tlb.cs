@@ -53,8 +53,7 @@ internal unsafe partial class X86Vcpu
                 e.ReadTag = ulong.MaxValue; e.WriteTag = ulong.MaxValue; e.Host = null; e.Global = false; e.WritableCode = false;
             }
         }
-        // Large pages cover many entries; be conservative for anything that may belong to one.
-        FlushJumpCache();
+        FlushJumpCachePage(linear);
     }
 
     private void FlushWritableTlb()

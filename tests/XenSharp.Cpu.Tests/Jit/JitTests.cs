@@ -88,6 +88,123 @@ public class JitTests
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Blocks_of_a_branching_loop_link_to_each_other_and_end_as_interpreted()
+    {
+        // md5's shape: a loop body split into several blocks by a three-way branch.
+        TestMachine? jitMachine = null;
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var top = a.CreateLabel(); var low = a.CreateLabel(); var mid = a.CreateLabel(); var join = a.CreateLabel();
+            a.mov(eax, 0x67452301);
+            a.mov(ebx, 0xEFCDAB89);
+            a.xor(ecx, ecx);
+            a.Label(ref top);
+            a.cmp(rcx, 15);
+            a.jbe(low);
+            a.cmp(rcx, 31);
+            a.jbe(mid);
+            a.mov(edx, eax);
+            a.not(edx);
+            a.xor(edx, ebx);
+            a.jmp(join);
+            a.Label(ref low);
+            a.mov(edx, eax);
+            a.and(edx, ebx);
+            a.jmp(join);
+            a.Label(ref mid);
+            a.lea(edx, __[rax + rbx * 2 + 7]);
+            a.Label(ref join);
+            a.add(eax, edx);
+            a.mov(r8d, ecx);
+            a.and(r8d, 31);
+            a.xchg(ecx, r8d);
+            a.rol(eax, cl);
+            a.xchg(ecx, r8d);
+            a.add(ebx, eax);
+            a.add(rcx, 1);
+            a.and(rcx, 63);
+            a.add(r9, 1);
+            a.cmp(r9, 20000);
+            a.jne(top);
+            a.hlt();
+        });
+        var regs = new Registers[2];
+        for (int k = 0; k < 2; k++)
+        {
+            var m = Machine(k == 1);
+            m.Enter64(code, fourK: true);
+            m.RunToHlt();
+            regs[k] = m.Regs;
+            if (k == 1) jitMachine = m; else m.Dispose();
+        }
+        using (jitMachine)
+        {
+            AssertSame(regs[0], regs[1]);
+            Assert.Equal(20000UL, regs[1].R9);
+            Assert.True(jitMachine!.Engine.LinkedExits >= 5, $"{jitMachine.Engine.LinkedExits} exits linked");
+        }
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_linked_successor_rewritten_by_its_predecessor_runs_its_new_code()
+    {
+        // Each iteration stores a new immediate into the next block's ADD, then branches to it:
+        // the link must not outlive the code it leads to.
+        Action<Assembler> Build(ulong patchAt) => a =>
+        {
+            var top = a.CreateLabel(); var next = a.CreateLabel();
+            a.xor(esi, esi);
+            a.xor(eax, eax);
+            a.mov(rdi, patchAt);
+            a.Label(ref top);
+            a.add(esi, 1);
+            a.mov(__dword_ptr[rdi], esi);
+            a.cmp(esi, 0);
+            a.jne(next);
+            a.nop();
+            a.Label(ref next);
+            a.add(eax, 0x12345678);              // its immediate is what the store rewrites
+            a.cmp(esi, 300);
+            a.jne(top);
+            a.hlt();
+        };
+        var probe = TestMachine.Assemble(64, TestMachine.CodeAt, Build(0));
+        int addEax = Array.IndexOf(probe, (byte)0x05);
+        ulong patchAt = TestMachine.CodeAt + (ulong)addEax + 1;
+        using var m = Machine(jit: true);
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, Build(patchAt)), fourK: true);
+        m.RunToHlt();
+        Assert.Equal(300UL * 301 / 2, m.Regs.Rax);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Linked_blocks_still_return_to_the_run_loop_when_an_exit_is_requested()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var top = a.CreateLabel(); var other = a.CreateLabel();
+            a.Label(ref top);
+            a.add(rax, 1);
+            a.test(al, 1);
+            a.jnz(other);
+            a.add(rbx, 1);
+            a.jmp(top);
+            a.Label(ref other);
+            a.add(rcx, 1);
+            a.jmp(top);
+        });
+        using var m = Machine(jit: true);
+        m.Enter64(code, fourK: true);
+        using var timer = new Timer(_ => m.Cpu.RequestExit(), null, 200, Timeout.Infinite);
+        var exit = m.Run();
+        Assert.Equal(VcpuExitReason.Preempted, exit.Reason);
+        var r = m.Regs;
+        Assert.True(r.Rax > 10000);
+        Assert.Equal(r.Rax, r.Rbx + r.Rcx);
+        Assert.True(m.Engine.LinkedExits > 0);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
     public void Sixteen_bit_operands_and_high_byte_registers()
     {
         var (i, j, _, _) = RunBoth64(a =>
