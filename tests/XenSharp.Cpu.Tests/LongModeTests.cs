@@ -379,31 +379,45 @@ public class LongModeTests
         Assert.Equal(0x14000UL, m.Mem.R64(0x7F000 - 40));
     }
 
-    [Fact, Trait("Feature", "x86 system architecture emulation")]
-    public void MisalignedUserAccessWithAlignmentCheckingRaisesAc()
+    [Theory, Trait("Feature", "x86 system architecture emulation")]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    public void MisalignedUserAccessWithAlignmentCheckingRaisesAc(bool compiled, bool acSet)
     {
-        using var m = new TestMachine();
-        ulong user = 0x14000, ac = 0x12000;
-        m.Mem.Write(ac, TestMachine.Assemble(64, ac, a => { a.pop(rbx); a.pop(rcx); a.hlt(); }));
-        m.SetGate64(17, ac);
+        using var m = new TestMachine(jit: compiled ? XenSharp.Cpu.JitSettings.Eager : XenSharp.Cpu.JitSettings.Off);
+        ulong user = 0x14000, handler = 0x12000;
+        m.Mem.Write(handler, TestMachine.Assemble(64, handler, a => { a.pop(rbx); a.pop(rcx); a.hlt(); }));
+        m.SetGate64(17, handler);
+        m.SetGate64(13, handler);
         m.Mem.Write(user, TestMachine.Assemble(64, user, a =>
         {
             a.mov(eax, __dword_ptr[0x6004]);   // aligned: fine
             a.mov(edx, 1);
-            a.mov(eax, __dword_ptr[0x6005]);   // misaligned: #AC(0)
+            a.mov(eax, __dword_ptr[0x6005]);   // misaligned: #AC(0) when EFLAGS.AC is set
             a.mov(edx, 2);
+            a.hlt();                           // #GP(0) at CPL 3
         }));
         m.Mem.W64(TestMachine.Tss + 4, 0x7F000);
         m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
         {
             a.mov(rax, cr0); a.or(eax, 0x40000); a.mov(cr0, rax);        // CR0.AM
-            a.push(0x33); a.push(0x60000); a.push(0x40002); a.push(0x3B); a.push((int)user); // EFLAGS.AC
+            a.push(0x33); a.push(0x60000); a.push(acSet ? 0x40002 : 0x2); a.push(0x3B); a.push((int)user);
             a.iretq();
         }));
         m.RunToHlt();
         Assert.Equal(0UL, m.Regs.Rbx);      // error code
-        Assert.Equal(1UL, m.Regs.Rdx);
-        Assert.Equal(0x14000UL + 9 + 5, m.Regs.Rcx); // RIP of the faulting MOV (MOV EAX,moffs64 is 9 bytes)
+        if (acSet)
+        {
+            Assert.Equal(1UL, m.Regs.Rdx);
+            Assert.Equal(0x14000UL + 9 + 5, m.Regs.Rcx); // RIP of the faulting MOV (MOV EAX,moffs64 is 9 bytes)
+        }
+        else
+        {
+            Assert.Equal(2UL, m.Regs.Rdx);
+            Assert.Equal(0x14000UL + 9 + 5 + 9 + 5, m.Regs.Rcx); // the HLT
+        }
     }
 
     [Fact]

@@ -68,7 +68,12 @@ internal sealed partial class BlockTranslator
             LdcI4(4096 - size);
             _il.Emit(OpCodes.Bgt, slow);
         }
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser); _il.Emit(OpCodes.Brtrue, slow);
+        // Alignment checks are armed by CR0.AM at CPL 3 (Linux always sets AM) and EFLAGS.AC,
+        // which no inline instruction changes, so _fl has it.
+        var aligned = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser); _il.Emit(OpCodes.Brfalse, aligned);
+        _il.Emit(OpCodes.Ldloc, _fl); LdcU8(X86Vcpu.AC); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Brtrue, slow);
+        _il.MarkLabel(aligned);
     }
 
     /// <summary>Pushes the host address for _lin from the probed entry.</summary>
