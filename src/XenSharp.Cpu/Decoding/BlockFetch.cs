@@ -29,11 +29,46 @@ internal unsafe partial class X86Vcpu
         /// <summary>A block came through a 1 GiB page.</summary>
         public bool Huge;
 
+        /// <summary>Code-fetch translations (linear page to guest-physical page, its global bit and
+        /// leaf) valid in the same epoch: a jump-cache miss on a page seen since the last flush
+        /// needs no page walk.</summary>
+        private const int FetchSlots = 64;
+        private readonly ulong[] _fetchVpn = new ulong[FetchSlots], _fetchPhys = new ulong[FetchSlots];
+        private readonly uint[] _fetchEpoch = new uint[FetchSlots];
+        private readonly byte[] _fetchInfo = new byte[FetchSlots];
+
+        public bool TryFetch(ulong lin, out ulong phys, out bool global, out int leaf)
+        {
+            ulong vpn = lin >> 12;
+            int i = (int)(vpn & (FetchSlots - 1));
+            if (_fetchEpoch[i] == Epoch && _fetchVpn[i] == vpn)
+            {
+                phys = _fetchPhys[i] | (lin & 0xFFF);
+                global = (_fetchInfo[i] & 4) != 0;
+                leaf = _fetchInfo[i] & 3;
+                return true;
+            }
+            phys = 0; global = false; leaf = 0;
+            return false;
+        }
+
+        public void AddFetch(ulong lin, ulong phys, bool global, int leaf)
+        {
+            ulong vpn = lin >> 12;
+            int i = (int)(vpn & (FetchSlots - 1));
+            _fetchVpn[i] = vpn;
+            _fetchPhys[i] = phys & ~0xFFFUL;
+            _fetchInfo[i] = (byte)(leaf | (global ? 4 : 0));
+            _fetchEpoch[i] = Epoch;
+            Note(lin, leaf);
+        }
+
         public void Flush()
         {
             if (++Epoch == 0)
             {
                 Array.Clear(Entries);
+                Array.Clear(_fetchEpoch);
                 Epoch = 1;
             }
             Array.Clear(Pages);
@@ -131,8 +166,14 @@ internal unsafe partial class X86Vcpu
         if (Bitness == 64 && !Canonical(rip)) throw GP();
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
-        ulong phys = Translate(lin, Access.Fetch, Cpl == 3, out _lastFetchGlobal);
-        _lastFetchLeaf = _lastWalkLeaf;
+        var jc = Cpl == 3 ? _jumpUser : _jumpSup;
+        if (!jc.TryFetch(lin, out ulong phys, out _lastFetchGlobal, out _lastFetchLeaf))
+        {
+            phys = Translate(lin, Access.Fetch, Cpl == 3, out _lastFetchGlobal);
+            _lastFetchLeaf = _lastWalkLeaf;
+            jc.AddFetch(lin, phys, _lastFetchGlobal, _lastFetchLeaf);
+            if (!_lastFetchGlobal && jc == _jumpSup) _jumpSupNonGlobal = true;
+        }
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid) return b;
 
