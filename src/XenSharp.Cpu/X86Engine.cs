@@ -20,6 +20,7 @@ public sealed class X86Engine : ICpuEngine
     public JitSettings Jit { get; }
 
     internal long CompiledCount, JitFailureCount, LinkCount;
+    internal readonly Jit.CompileQueue Compiler;
     internal string? LastJitFailure;
 
     /// <summary>Blocks translated by the block compiler so far.</summary>
@@ -37,6 +38,7 @@ public sealed class X86Engine : ICpuEngine
         Memory = memory ?? throw new ArgumentNullException(nameof(memory));
         TscKhz = tscKhz;
         Blocks = new BlockCache();
+        Compiler = new Jit.CompileQueue(this);
         _blocksGeneration = memory.Generation;
     }
 
@@ -85,6 +87,7 @@ public sealed class X86Engine : ICpuEngine
 
     public void Dispose()
     {
+        Compiler.Dispose();
         lock (_vcpus)
         {
             foreach (var v in _vcpus) v.Dispose();

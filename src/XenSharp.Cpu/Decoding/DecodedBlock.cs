@@ -81,6 +81,8 @@ internal sealed class DecodedBlock
     public Action<X86Vcpu>? Compiled;
     /// <summary>Translation failed once: the block stays interpreted.</summary>
     public bool JitFailed;
+    /// <summary>Waiting in the engine's background compile queue.</summary>
+    public bool Queued;
     /// <summary>The compiled code's direct exits (branch targets in the same linear page) and the
     /// compiled blocks they lead to once seen (null until then): compiled code jumps straight into
     /// a linked successor instead of returning to the run loop.</summary>

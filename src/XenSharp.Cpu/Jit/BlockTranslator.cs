@@ -150,6 +150,11 @@ internal sealed partial class BlockTranslator
 
     private void Emit()
     {
+        // Called with no vCPU by the compiler thread, only to have .NET compile it.
+        var body = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Brtrue, body);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(body);
         // Prologue: guest state into locals.
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);

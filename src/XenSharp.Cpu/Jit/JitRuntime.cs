@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using XenSharp.Cpu.Decoding;
 using XenSharp.Cpu.Jit;
 
@@ -28,7 +27,12 @@ internal unsafe partial class X86Vcpu
         if (code == null)
         {
             if (!_engine.Jit.Enabled || b.JitFailed || !b.Valid || b.Hits++ < _engine.Jit.Threshold) return false;
-            code = CompileBlock(b);
+            if (_engine.Jit.Background)
+            {
+                if (!b.Queued) b.Queued = _engine.Compiler.TryEnqueue(b);
+                return false;
+            }
+            code = CompileQueue.Compile(b, _engine, run: false);
             if (code == null) return false;
         }
         _hops = MaxHops;
@@ -62,24 +66,6 @@ internal unsafe partial class X86Vcpu
             from.Links[slot] = next;
             Interlocked.Increment(ref _engine.LinkCount);
         }
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private Action<X86Vcpu>? CompileBlock(DecodedBlock b)
-    {
-        try
-        {
-            b.Compiled = BlockTranslator.Compile(b);
-            Interlocked.Increment(ref _engine.CompiledCount);
-        }
-        catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)
-        {
-            // The block stays interpreted; the interpreter is the reference anyway.
-            b.JitFailed = true;
-            Interlocked.Increment(ref _engine.JitFailureCount);
-            _engine.LastJitFailure = ex.Message;
-        }
-        return b.Compiled;
     }
 
     // ---- slow paths of compiled code (state is written back before each call) ----
