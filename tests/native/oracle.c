@@ -50,6 +50,7 @@ struct oracle_out {
     uint32_t error_code;
     uint64_t cr2;
     uint8_t data[PAGE];
+    uint8_t code[PAGE];       /* the code page as the case left it (a store may rewrite it) */
 };
 
 static struct oracle_in in;
@@ -194,6 +195,7 @@ int main(int argc, char **argv)
         struct itimerval off = { 0 };
         setitimer(ITIMER_VIRTUAL, &off, NULL);
         memcpy(out.data, data, PAGE);
+        memcpy(out.code, code, PAGE);
         write_full(&out, sizeof out);
     }
     return 0;

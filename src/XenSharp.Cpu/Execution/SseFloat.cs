@@ -1,3 +1,5 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Iced.Intel;
 using XenSharp.Cpu.Decoding;
@@ -105,57 +107,54 @@ internal unsafe partial class X86Vcpu
     /// <summary>The common case, with the default controls and PE already set and masked: when the operands
     /// and results are normal numbers away from the exponent limits no flag can be raised (PE is
     /// sticky), so the host's vector arithmetic is the whole story. False: take the exact path.</summary>
-    private static bool HostVector(SoftFloat.Op op, bool packed, bool dbl, V a, V b, out V r)
+    private static bool HostVector(SoftFloat.Op op, bool packed, bool dbl, V a, V b, out V r) => dbl
+        ? HostVector<double, ulong>(op, packed, a, b, out r)
+        : HostVector<float, uint>(op, packed, a, b, out r);
+
+    /// <summary><see cref="HostVector(SoftFloat.Op, bool, bool, V, V, out V)"/> for lanes of
+    /// <typeparamref name="T"/> (float or double) whose bits are <typeparamref name="TBits"/>. Each
+    /// instantiation is compiled on its own, with the format's constants folded.</summary>
+    private static bool HostVector<T, TBits>(SoftFloat.Op op, bool packed, V a, V b, out V r)
+        where T : unmanaged, IBinaryFloatingPointIeee754<T>
+        where TBits : unmanaged, IBinaryInteger<TBits>, IUnsignedNumber<TBits>
     {
-        if (dbl)
+        TBits top = MaxExponent<T, TBits>();
+        var x = a.As<byte, T>(); var y = b.As<byte, T>();
+        var z = op switch
         {
-            var x = a.AsDouble(); var y = b.AsDouble();
-            var z = op switch
-            {
-                SoftFloat.Op.Add => x + y,
-                SoftFloat.Op.Sub => x - y,
-                SoftFloat.Op.Mul => x * y,
-                SoftFloat.Op.Div => x / y,
-                SoftFloat.Op.Min => Vector128.Min(x, y),
-                SoftFloat.Op.Max => Vector128.Max(x, y),
-                _ => Vector128.Sqrt(y),
-            };
-            var ex = (a.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
-            var ey = (b.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
-            var ez = (z.AsUInt64() >> 52) & Vector128.Create(0x7FFUL);
-            if (op == SoftFloat.Op.Sqrt) ex = Vector128.Create(1UL);
-            var bad = Vector128.GreaterThanOrEqual(ex - Vector128<ulong>.One, Vector128.Create(2046UL))
-                | Vector128.GreaterThanOrEqual(ey - Vector128<ulong>.One, Vector128.Create(2046UL))
-                | Vector128.GreaterThanOrEqual(ez - Vector128.Create(2UL), Vector128.Create(2045UL));
-            if (packed ? bad != Vector128<ulong>.Zero : bad.ToScalar() != 0) { r = default; return false; }
-            r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
-            return true;
-        }
-        else
-        {
-            var x = a.AsSingle(); var y = b.AsSingle();
-            var z = op switch
-            {
-                SoftFloat.Op.Add => x + y,
-                SoftFloat.Op.Sub => x - y,
-                SoftFloat.Op.Mul => x * y,
-                SoftFloat.Op.Div => x / y,
-                SoftFloat.Op.Min => Vector128.Min(x, y),
-                SoftFloat.Op.Max => Vector128.Max(x, y),
-                _ => Vector128.Sqrt(y),
-            };
-            var ex = (a.AsUInt32() >> 23) & Vector128.Create(0xFFu);
-            var ey = (b.AsUInt32() >> 23) & Vector128.Create(0xFFu);
-            var ez = (z.AsUInt32() >> 23) & Vector128.Create(0xFFu);
-            if (op == SoftFloat.Op.Sqrt) ex = Vector128.Create(1u);
-            var bad = Vector128.GreaterThanOrEqual(ex - Vector128<uint>.One, Vector128.Create(254u))
-                | Vector128.GreaterThanOrEqual(ey - Vector128<uint>.One, Vector128.Create(254u))
-                | Vector128.GreaterThanOrEqual(ez - Vector128.Create(2u), Vector128.Create(253u));
-            if (packed ? bad != Vector128<uint>.Zero : bad.ToScalar() != 0) { r = default; return false; }
-            r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
-            return true;
-        }
+            SoftFloat.Op.Add => x + y,
+            SoftFloat.Op.Sub => x - y,
+            SoftFloat.Op.Mul => x * y,
+            SoftFloat.Op.Div => x / y,
+            SoftFloat.Op.Min => Vector128.Min(x, y),
+            SoftFloat.Op.Max => Vector128.Max(x, y),
+            _ => Vector128.Sqrt(y),
+        };
+        var ex = Exponent<T, TBits>(a.As<byte, TBits>());
+        var ey = Exponent<T, TBits>(b.As<byte, TBits>());
+        var ez = Exponent<T, TBits>(z.As<T, TBits>());
+        if (op == SoftFloat.Op.Sqrt) ex = Vector128<TBits>.One;
+        // Operands normal (exponent 1..top-1); the result normal and not within a factor of two of
+        // the smallest normal (exponent 2..top-1), so that nothing but PE can be raised.
+        TBits one = TBits.One, two = one + one;
+        var bad = Vector128.GreaterThanOrEqual(ex - Vector128<TBits>.One, Vector128.Create(top - one))
+            | Vector128.GreaterThanOrEqual(ey - Vector128<TBits>.One, Vector128.Create(top - one))
+            | Vector128.GreaterThanOrEqual(ez - Vector128.Create(two), Vector128.Create(top - two));
+        if (packed ? bad != Vector128<TBits>.Zero : bad.ToScalar() != TBits.Zero) { r = default; return false; }
+        r = (packed ? z : x.WithElement(0, z.ToScalar())).AsByte();
+        return true;
     }
+
+    /// <summary>The biased exponent of infinities and NaNs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static TBits MaxExponent<T, TBits>() where TBits : IBinaryInteger<TBits> =>
+        TBits.CreateTruncating(typeof(T) == typeof(double) ? 0x7FF : 0xFF);
+
+    /// <summary>The biased exponent of each lane (literal shift counts, so that the shifts take immediates).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<TBits> Exponent<T, TBits>(Vector128<TBits> bits)
+        where TBits : unmanaged, IBinaryInteger<TBits>, IUnsignedNumber<TBits> =>
+        (typeof(T) == typeof(double) ? bits >>> 52 : bits >>> 23) & Vector128.Create(MaxExponent<T, TBits>());
 
     /// <summary>RCPPS/RCPSS/RSQRTPS/RSQRTSS: the host's approximations (the SDM bounds their error only).</summary>
     private bool Reciprocal(ref DecodedInsn d)

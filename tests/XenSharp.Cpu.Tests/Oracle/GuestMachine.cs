@@ -219,6 +219,7 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
         r.Vector = vector == 13 && r.Rip == OracleLayout.Code + (ulong)c.Code.Length - 1 ? OracleLayout.NoFault : vector;
         new ReadOnlySpan<byte>(Host(FxOut), 512).CopyTo(r.Fx);
         new ReadOnlySpan<byte>(Host(OracleLayout.Data), 4096).CopyTo(r.Data);
+        new ReadOnlySpan<byte>(Host(OracleLayout.Code), 4096).CopyTo(r.Code);
         return r;
     }
 

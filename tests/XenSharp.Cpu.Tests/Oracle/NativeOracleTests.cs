@@ -88,6 +88,14 @@ public class NativeOracleTests
         Assert.Equal(64UL, byName["popcnt all ones"].Gpr[Gpr.Rax]);
         Assert.Equal(0x0807060504030201UL, byName["bswap 32 and 64"].Gpr[Gpr.Rcx]);
         Assert.Equal(0x1234UL, byName["bsf zero source keeps destination"].Gpr[Gpr.Rax]);
+        // The rewritten SHR CL,0DBh ran (CL = 0, ZF = 1), and the code page comes back as the store left it.
+        var rewritten = byName["store rewrites the next instruction"];
+        var original = DirectedCases.Build("store rewrites the next instruction", OracleSettings.Seed);
+        Assert.Equal(0UL, rewritten.Gpr[Gpr.Rcx] & 0xff);
+        Assert.Equal(1UL, rewritten.Gpr[Gpr.Rbx] & 0xff);
+        Assert.True(OracleComparer.CodeRewritten(original, rewritten));
+        Assert.Equal(0xc0, rewritten.Code[original.Code.AsSpan().IndexOf((byte)0x80)]);
+        Assert.Equal(0xcc, rewritten.Code[original.Code.Length]);
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]

@@ -16,11 +16,14 @@ internal static class OracleLayout
 
     /// <summary>Size of struct oracle_in / oracle_out in oracle.c.</summary>
     public const int InSize = 16 * 8 + 8 + 512 + 8 + CodeMax + Page;
-    public const int OutSize = 16 * 8 + 8 + 8 + 512 + 4 + 4 + 8 + Page;
+    public const int OutSize = 16 * 8 + 8 + 8 + 512 + 4 + 4 + 8 + Page + Page;
 
     /// <summary>RFLAGS bits compared: CF PF AF ZF SF DF OF. RF, IF and the system bits differ
     /// between a user process and a bare guest for reasons unrelated to the instruction.</summary>
     public const ulong ComparedFlags = 0xcd5;
+
+    /// <summary>CF PF AF ZF SF OF: the flags an instruction may leave undefined.</summary>
+    public const ulong StatusFlags = 0x8d5;
 }
 
 /// <summary>Register names in encoding order, the order of every GPR array here.</summary>
@@ -125,6 +128,8 @@ internal sealed class OracleResult
     public uint Vector;
     public uint ErrorCode;
     public byte[] Data = new byte[OracleLayout.Page];
+    /// <summary>The code page at the end: the case's code, 0xCC after it, and whatever its stores wrote there.</summary>
+    public byte[] Code = new byte[OracleLayout.Page];
     /// <summary>Set when the engine could not run the case at all (exit reason, message).</summary>
     public string? EngineError;
 
@@ -138,6 +143,7 @@ internal sealed class OracleResult
         r.Vector = BinaryPrimitives.ReadUInt32LittleEndian(b[656..]);
         r.ErrorCode = BinaryPrimitives.ReadUInt32LittleEndian(b[660..]);
         b.Slice(672, OracleLayout.Page).CopyTo(r.Data);
+        b.Slice(672 + OracleLayout.Page, OracleLayout.Page).CopyTo(r.Code);
         return r;
     }
 }
