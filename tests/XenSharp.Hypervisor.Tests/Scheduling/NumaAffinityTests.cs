@@ -225,3 +225,33 @@ public class CreditSoftAffinityTests
         Assert.Equal([1], host.GetVcpuSchedInfo(a)[0].SoftAffinity);
     }
 }
+
+/// <summary>credit2 leaves a vCPU to an idle pCPU of its soft affinity, as Xen's tickled pCPU takes it.</summary>
+[Trait("Feature", "NUMA scheduler affinity")]
+[Trait("Feature", "Credit2 Scheduler")]
+[Collection("Scheduler measurements")]
+public class Credit2SoftAffinityTests
+{
+    [Fact]
+    public void AVcpuIsLeftForAnIdlePcpuOfItsSoftAffinity()
+    {
+        const long Ms = 1_000_000;
+        using var host = SchedGuests.Host(pcpus: 2, scheduler: "credit2");
+        ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
+        host.SetVcpuAffinity(a, 0, hard: null, soft: [1]);
+        foreach (var id in new[] { a, b })
+        {
+            host.FindDomain(id)!.State = DomainRunState.Running;
+            host.FindDomain(id)!.PauseCount = 0;
+        }
+        var sched = (Credit2Scheduler)host.Scheduler.Pool(0)!.Scheduler;
+        var va = host.FindDomain(a)!.Vcpus[0];
+        var p1 = new Pcpu(host, host.Scheduler, 1);
+        sched.Wake(va);
+        long t = 1_000 * Ms;
+        Assert.Null(sched.PickNext(0, t, out long until));
+        Assert.InRange(until, t, t + CreditScheduler.SoftWaitNs);
+        p1.CurrentVcpu = host.FindDomain(b)!.Vcpus[0];
+        Assert.Same(va, sched.PickNext(0, t + Ms, out _));
+    }
+}
