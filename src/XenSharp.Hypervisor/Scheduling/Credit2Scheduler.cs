@@ -131,7 +131,8 @@ internal sealed class Credit2Scheduler(Cpupool pool)
                 if (!u.CanRun(cpu) || Parked(v))
                     continue;
                 // Xen tickles an idle pCPU of the vCPU's soft affinity and lets that one take it.
-                if (!u.Soft[cpu] && pool.SoftIdlerFor(u, cpu))
+                bool prefers = u.Prefers(cpu, pool.Cpus);
+                if (!prefers && pool.SoftIdlerFor(u, cpu))
                 {
                     leftForSoft = true;
                     continue;
@@ -144,7 +145,7 @@ internal sealed class Credit2Scheduler(Cpupool pool)
                 }
                 else if (second is null || c > Data(second).Credit)
                     second = v;
-                if (u.Soft[cpu] && (bestSoft is null || c > Data(bestSoft).Credit))
+                if (prefers && (bestSoft is null || c > Data(bestSoft).Credit))
                     bestSoft = v;
             }
             if (best is null)

@@ -159,7 +159,7 @@ internal sealed class CreditScheduler(Cpupool pool)
                 {
                     var d = Data(v);
                     int cls = d.Boost ? 0 : d.Credit > 0 ? 1 : 2;
-                    if (u.Soft[cpu])
+                    if (u.Prefers(cpu, pool.Cpus))
                     {
                         if (cls < softClass)
                         {

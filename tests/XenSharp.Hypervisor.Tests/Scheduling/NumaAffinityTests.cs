@@ -142,11 +142,11 @@ public class CreditSoftAffinityTests
     private const long Ms = 1_000_000;
 
     /// <summary>Two one-vCPU domains, runnable without a pCPU taking part, so decisions are driven at chosen times.</summary>
-    private static (XenHypervisor Host, CreditScheduler Sched, Common.Vcpu A, Common.Vcpu B) Driven()
+    private static (XenHypervisor Host, CreditScheduler Sched, Common.Vcpu A, Common.Vcpu B) Driven(int[]? hardA = null)
     {
         var host = SchedGuests.Host(pcpus: 2);
         ushort a = SchedGuests.Spinner(host), b = SchedGuests.Spinner(host);
-        host.SetVcpuAffinity(a, 0, hard: null, soft: [1]);
+        host.SetVcpuAffinity(a, 0, hard: hardA, soft: [1]);
         host.SetVcpuAffinity(b, 0, hard: null, soft: [0]);
         foreach (var id in new[] { a, b })
         {
@@ -189,6 +189,19 @@ public class CreditSoftAffinityTests
         Assert.Same(b, sched.PickNext(0, t + 6 * Ms, out _));
         // With only a left, pCPU 0 runs it rather than nothing.
         Assert.Same(a, sched.PickNext(0, t + 6 * Ms, out _));
+    }
+
+    [Fact]
+    public void ASoftAffinityOutsideTheHardOneIsNoPreference()
+    {
+        // a may run only on pCPU 0 and "prefers" pCPU 1: no preference, so queue order decides between equals.
+        var (host, sched, a, b) = Driven(hardA: [0]);
+        using var owner = host;
+        sched.Wake(b);
+        sched.Wake(a);
+        long t = 1_000 * Ms;
+        Assert.Same(a, sched.PickNext(0, t, out _));
+        Assert.Same(b, sched.PickNext(0, t, out _));
     }
 
     [Fact]
