@@ -145,7 +145,8 @@ namespace XenSharp.Hypervisor
                 foreach (int n in nodes)
                     used[n] += share;
             }
-            return Enumerable.Range(0, topo.NodeCount).Select(n => new NumaNodeInfo(n, size[n],
+            // Nodes without pCPUs are left out, as xl leaves out the invalid entries of numainfo.
+            return topo.Nodes.Select(n => new NumaNodeInfo(n, size[n],
                 (ulong)Math.Max(0, (double)size[n] - used[n]),
                 Enumerable.Range(0, topo.NodeCount).Select(to => topo.Distance(n, to)).ToArray())).ToList();
         }

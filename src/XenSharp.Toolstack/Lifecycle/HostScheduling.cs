@@ -238,8 +238,8 @@ public sealed partial class Host
         if (_hv.Scheduling is not { } s) return "all";
         try
         {
-            int nodes = s.CpuNodes.Count == 0 ? 1 : s.CpuNodes.Max() + 1;
-            return CpuList.Format(s.GetNodeAffinity(domId), nodes);
+            var affinity = s.GetNodeAffinity(domId);
+            return s.CpuNodes.Distinct().All(affinity.Contains) ? "all" : CpuList.Format(affinity);
         }
         catch (HypervisorException) { return "all"; }
     }

@@ -56,6 +56,12 @@ public class NodeAffinityTests
         // More pCPUs than host CPUs: pCPU n is host CPU n modulo 4.
         using var big = numa.Host(pcpus: 6);
         Assert.Equal([0, 0, 1, 1, 0, 0], big.CpuNodes);
+        // A node without CPUs (memory only) is no node of the scheduler's.
+        using var sparse = new FakeNumaHost("0-1", "", "2-3");
+        using var three = sparse.Host(pcpus: 4);
+        Assert.Equal([0, 0, 2, 2], three.CpuNodes);
+        Assert.Equal([0, 2], three.GetNumaInfo().Select(n => n.Node));
+        Assert.Equal([21, 21, 10], three.GetNumaInfo()[1].Distances);
         // No tree: one node.
         using var flat = new XenHypervisor(new HypervisorOptions { MachineMemoryBytes = 64UL << 20, Pcpus = 2, NumaSysfsPath = "/nonexistent" });
         Assert.Equal([0, 0], flat.CpuNodes);
