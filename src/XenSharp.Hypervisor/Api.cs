@@ -83,6 +83,11 @@ public sealed class HypervisorOptions
     public int Pcpus { get; init; } = Environment.ProcessorCount;
     /// <summary>Pool-0's scheduler (Xen's sched= option): credit, credit2, rtds, arinc653 or null.</summary>
     public string Scheduler { get; init; } = "credit";
+    /// <summary>
+    /// Where the host's NUMA topology is read: a sysfs node directory (node*/cpulist, node*/distance). A made-up tree
+    /// describes another host; a missing one is a host of one node.
+    /// </summary>
+    public string NumaSysfsPath { get; init; } = "/sys/devices/system/node";
     /// <summary>Creates the execution engine of a domain over its guest-physical memory (default: the x86 emulator at <see cref="GuestTscHz"/>).</summary>
     public Func<IGuestMemory, ICpuEngine>? EngineFactory { get; init; }
     /// <summary>The engine's CPUID policy for vCPU n, which the Xen leaves are layered over (default: the x86 engine's).</summary>

@@ -32,7 +32,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         Frames = new FrameTable(_options.MachineMemoryBytes);
         Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
-        Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler);
+        Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler, _options.NumaSysfsPath);
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;

@@ -36,8 +36,8 @@ internal sealed class Cpupool
 
     /// <summary>
     /// A vCPU became ready (Xen's tickle): wake a pCPU of the pool it may run on that is not running anything,
-    /// preferring its soft affinity; otherwise preempt the first pCPU whose current vCPU <paramref name="preempts"/>
-    /// says it should displace.
+    /// preferring its soft affinity; otherwise preempt the first pCPU (of its soft affinity first) whose current vCPU
+    /// <paramref name="preempts"/> says it should displace.
     /// </summary>
     public void Tickle(SchedUnit u, Func<Vcpu, int, bool>? preempts)
     {
@@ -62,11 +62,25 @@ internal sealed class Cpupool
         }
         if (preempts is null)
             return;
-        foreach (int c in cpus)
-            if (u.Hard[c] && CurrentOn(c) is { } cur && preempts(cur, c))
-            {
-                Preempt(c);
-                return;
-            }
+        // A pCPU of its soft affinity first, then any it may run on (Xen's tickle balance steps).
+        for (int step = 0; step < 2; step++)
+            foreach (int c in cpus)
+                if (u.Hard[c] && (step == 1 || u.Soft[c]) && CurrentOn(c) is { } cur && preempts(cur, c))
+                {
+                    Preempt(c);
+                    return;
+                }
+    }
+
+    /// <summary>
+    /// Another pCPU of the pool that is in the vCPU's soft and hard affinity is idle, so it, not <paramref name="cpu"/>
+    /// (outside the soft affinity), should run the vCPU.
+    /// </summary>
+    public bool SoftIdlerFor(SchedUnit u, int cpu)
+    {
+        foreach (int c in Cpus)
+            if (c != cpu && u.Soft[c] && u.Hard[c] && Owner.PcpuAt(c) is { Current: null })
+                return true;
+        return false;
     }
 }

@@ -28,7 +28,7 @@ internal sealed class Cpupools : IDisposable
     private readonly SortedDictionary<int, Cpupool> _pools = new();
     private readonly Dictionary<Domain, Cpupool> _poolOfDomain = new();
 
-    public Cpupools(XenHypervisor host, int pcpus, string defaultScheduler)
+    public Cpupools(XenHypervisor host, int pcpus, string defaultScheduler, string? numaSysfsPath = null)
     {
         _host = host;
         NrPcpus = Math.Max(1, pcpus);
@@ -36,7 +36,8 @@ internal sealed class Cpupools : IDisposable
             : throw new HypervisorException($"unknown scheduler '{defaultScheduler}' (known: {string.Join(", ", Schedulers.Names)})", Errno.EINVAL);
         _pcpus = new Pcpu?[NrPcpus];
         _poolOfCpu = new Cpupool?[NrPcpus];
-        Topology = new HostTopology(NrPcpus);
+        Topology = new HostTopology(NrPcpus, numaSysfsPath);
+        NodeAffinity = new NodeAffinityTable(this);
         Timer = new SliceTimer(host.Time, NrPcpus, cpu => PcpuAt(cpu)?.OnDeadline());
         var pool0 = NewPool(0, "Pool-0", DefaultScheduler);
         for (int c = 0; c < NrPcpus; c++)
@@ -46,6 +47,7 @@ internal sealed class Cpupools : IDisposable
     public int NrPcpus { get; }
     public string DefaultScheduler { get; }
     public HostTopology Topology { get; }
+    public NodeAffinityTable NodeAffinity { get; }
     public SliceTimer Timer { get; }
     /// <summary>Called after every slice with the scheduler's decision and what became of it. For tracing (xentrace's role) and tests.</summary>
     public Action<SliceRecord>? Trace;
@@ -125,6 +127,8 @@ internal sealed class Cpupools : IDisposable
             if (v == v.Domain.Vcpus[^1])
                 _poolOfDomain.Remove(v.Domain);
         }
+        if (v == v.Domain.Vcpus[^1])
+            NodeAffinity.Forget(v.Domain);
         pool?.Scheduler.RemoveVcpu(v);
     }
 

@@ -7,7 +7,8 @@ namespace XenSharp.Hypervisor.Scheduling;
 /// Xen's credit2: each vCPU has credit that running burns at a rate inversely proportional to its domain's weight;
 /// the runqueue runs the vCPU with the most credit, and when the best one has none left every vCPU's credit is
 /// reset. The slice lasts until the runner would fall below the next candidate (0.5–10 ms). Caps are a budget per
-/// 10 ms replenishment period; soft affinity is preferred among candidates with credit; a rate limit protects the
+/// 10 ms replenishment period; soft affinity is preferred among candidates with credit, and a vCPU is left to an idle
+/// pCPU of its soft affinity; a rate limit protects the
 /// runner from preemption. One runqueue per cpupool (Xen's runqueue=all).
 /// </summary>
 internal sealed class Credit2Scheduler(Cpupool pool)
@@ -123,11 +124,19 @@ internal sealed class Credit2Scheduler(Cpupool pool)
                 return true;
             });
             Vcpu? best = null, bestSoft = null, second = null;
+            bool leftForSoft = false;
             foreach (var v in _runq)
             {
                 var u = SchedUnit.Of(v);
                 if (!u.CanRun(cpu) || Parked(v))
                     continue;
+                // Xen tickles an idle pCPU of the vCPU's soft affinity and lets that one take it.
+                bool prefers = u.Prefers(cpu, pool.Cpus);
+                if (!prefers && pool.SoftIdlerFor(u, cpu))
+                {
+                    leftForSoft = true;
+                    continue;
+                }
                 long c = Data(v).Credit;
                 if (best is null || c > Data(best).Credit)
                 {
@@ -136,12 +145,14 @@ internal sealed class Credit2Scheduler(Cpupool pool)
                 }
                 else if (second is null || c > Data(second).Credit)
                     second = v;
-                if (u.Soft[cpu] && (bestSoft is null || c > Data(bestSoft).Credit))
+                if (prefers && (bestSoft is null || c > Data(bestSoft).Credit))
                     bestSoft = v;
             }
             if (best is null)
             {
                 untilNs = _doms.Values.Any(d => d.Cap > 0) ? _nextReplenish : long.MaxValue;
+                if (leftForSoft)
+                    untilNs = Math.Min(untilNs, now + CreditScheduler.SoftWaitNs); // in case the idle pCPU finds better work first
                 return null;
             }
             // Soft affinity: among vCPUs that still have credit, one that prefers this pCPU goes first.

@@ -9,6 +9,7 @@ namespace XenSharp.Hypervisor.Scheduling;
 /// round-robin within each class; a vCPU woken from blocking is BOOSTed to the front once and preempts an unboosted
 /// one after the rate limit. A cap limits a domain to a percentage of one pCPU per period even when CPU is idle.
 /// With a migration delay, a vCPU that ran on another pCPU within that delay is left for it (its cache is hot there).
+/// Soft affinity is honoured in two balance steps, as Xen's csched_load_balance and cpu_pick do.
 /// </summary>
 internal sealed class CreditScheduler(Cpupool pool)
     : WeightedScheduler<CreditScheduler.VcpuData, CreditScheduler.DomData>, IScheduler
@@ -51,6 +52,8 @@ internal sealed class CreditScheduler(Cpupool pool)
     public long RatelimitNs { get; private set; } = DefaultRatelimitNs;
     public long MigrationDelayNs { get; private set; }
     public bool ChargesCpuTime => true;
+    /// <summary>How soon a pCPU that left a vCPU to an idle pCPU of its soft affinity looks again.</summary>
+    public const long SoftWaitNs = 1_000_000;
     /// <summary>XEN_SYSCTL_CSCHED_MGR_DLY_MAX_US.</summary>
     public const long MaxMigrationDelayNs = 100_000_000;
 
@@ -134,9 +137,14 @@ internal sealed class CreditScheduler(Cpupool pool)
         {
             if (now >= _nextAccounting)
                 Account(now);
-            LinkedListNode<Vcpu>? pick = null;
-            int pickClass = 3;
+            // Xen's two balance steps: the best vCPU (BOOST, UNDER, OVER; queue order within a class) that prefers this
+            // pCPU (soft affinity) first; one that only may run here (hard affinity) goes first only if its class is
+            // better, as credit steals only work of a higher priority, and never while a pCPU of its soft affinity is
+            // idle: that one takes it (Xen would have queued it there and tickled it).
+            LinkedListNode<Vcpu>? soft = null, hard = null;
+            int softClass = 3, hardClass = 3;
             long hotUntil = long.MaxValue;
+            bool leftForSoft = false;
             for (var n = _runq.First; n is not null;)
             {
                 var next = n.Next;
@@ -147,20 +155,36 @@ internal sealed class CreditScheduler(Cpupool pool)
                     Data(v).Queued = false;
                     _runq.Remove(n);
                 }
-                else if (SchedUnit.Of(v).CanRun(cpu) && !Parked(v) && !HotElsewhere(v, cpu, now, ref hotUntil))
+                else if (SchedUnit.Of(v) is var u && u.CanRun(cpu) && !Parked(v) && !HotElsewhere(v, cpu, now, ref hotUntil))
                 {
                     var d = Data(v);
                     int cls = d.Boost ? 0 : d.Credit > 0 ? 1 : 2;
-                    if (cls < pickClass)
+                    if (u.Prefers(cpu, pool.Cpus))
                     {
-                        pick = n;
-                        pickClass = cls;
-                        if (cls == 0)
-                            break;
+                        if (cls < softClass)
+                        {
+                            soft = n;
+                            softClass = cls;
+                            if (cls == 0)
+                                break;
+                        }
+                    }
+                    else if (cls < hardClass)
+                    {
+                        if (pool.SoftIdlerFor(u, cpu))
+                            leftForSoft = true;
+                        else
+                        {
+                            hard = n;
+                            hardClass = cls;
+                        }
                     }
                 }
                 n = next;
             }
+            var pick = hard is not null && hardClass < softClass ? hard : soft;
+            if (leftForSoft)
+                hotUntil = Math.Min(hotUntil, now + SoftWaitNs); // in case the idle pCPU finds better work first
             if (pick is null)
             {
                 untilNs = Math.Min(_nextAccounting, hotUntil); // a parked vCPU may run again then, a hot one may move

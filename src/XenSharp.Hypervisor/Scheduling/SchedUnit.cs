@@ -61,4 +61,18 @@ internal sealed class SchedUnit
 
     /// <summary>May run on <paramref name="cpu"/> (hard affinity).</summary>
     public bool CanRun(int cpu) => Hard[cpu];
+
+    /// <summary>
+    /// Prefers <paramref name="cpu"/> (soft affinity). A soft affinity that has no pCPU of the pool within the hard
+    /// affinity is no preference at all, as in Xen.
+    /// </summary>
+    public bool Prefers(int cpu, int[] poolCpus)
+    {
+        if (Soft[cpu])
+            return true;
+        foreach (int c in poolCpus)
+            if (Soft[c] && Hard[c])
+                return false;
+        return true;
+    }
 }

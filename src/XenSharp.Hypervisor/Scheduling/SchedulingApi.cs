@@ -289,14 +289,5 @@ namespace XenSharp.Hypervisor
                     Interlocked.Read(ref v.CpuTimeNs), u.Hard.Cpus.ToArray(), u.Soft.Cpus.ToArray());
             }).ToList();
         }
-
-        /// <summary>The NUMA nodes the domain's vCPUs may run on (from their hard affinities, within its pool) — `xl list -n`.</summary>
-        public IReadOnlyList<int> GetDomainNodeAffinity(ushort domid)
-        {
-            var d = Guest(domid);
-            var pool = PoolFor(d);
-            var nodes = Scheduler.Topology.NodeOfCpu;
-            return d.Vcpus.SelectMany(v => SchedUnit.Of(v).Hard.Cpus).Where(pool.Contains).Select(c => nodes[c]).Distinct().Order().ToArray();
-        }
     }
 }

@@ -93,9 +93,13 @@ public sealed class CpuMap
         return m;
     }
 
-    /// <summary>Parses a CPULIST. The host is one NUMA node (node 0) holding every CPU.
-    /// Returns null with <paramref name="error"/> set when the text is not a CPULIST.</summary>
-    public static CpuMap? TryParse(string text, int hostCpus, out string? error)
+    /// <summary>
+    /// Parses a CPULIST: "all", CPUs and ranges ("0-3,5"), nodes ("node:1", "nodes:0-1": every CPU of those nodes),
+    /// each item excluded with a leading "^". <paramref name="cpuNodes"/> gives the node of each host CPU (null: the
+    /// host is one node, node 0). Returns null with <paramref name="error"/> set when the text is not a CPULIST or
+    /// names a CPU or node the host does not have.
+    /// </summary>
+    public static CpuMap? TryParse(string text, int hostCpus, out string? error, IReadOnlyList<int>? cpuNodes = null)
     {
         error = null;
         var map = new CpuMap(hostCpus);
@@ -111,18 +115,24 @@ public sealed class CpuMap
             {
                 string nodes = item[(item.IndexOf(':') + 1)..];
                 if (!TryRange(nodes, out int lo, out int hi)) { error = $"invalid node specification `{item}'"; return null; }
-                if (hi > 0 || lo > 0) { error = $"node {Math.Max(lo, hi)} does not exist"; return null; }
-                cpus = Enumerable.Range(0, hostCpus);
+                int NodeOf(int c) => cpuNodes is not null && c < cpuNodes.Count ? cpuNodes[c] : 0;
+                var hostNodes = Enumerable.Range(0, hostCpus).Select(NodeOf).ToHashSet();
+                for (int n = lo; n <= hi; n++)
+                    if (!hostNodes.Contains(n)) { error = $"node {n} does not exist (the host has {Plural(hostNodes.Count, "node")})"; return null; }
+                cpus = Enumerable.Range(0, hostCpus).Where(c => NodeOf(c) >= lo && NodeOf(c) <= hi);
             }
             else
             {
                 if (!TryRange(item, out int lo, out int hi)) { error = $"invalid cpu specification `{text}'"; return null; }
+                if (hi >= hostCpus) { error = $"cpu {hi} does not exist (the host has {Plural(hostCpus, "cpu")})"; return null; }
                 cpus = Enumerable.Range(lo, hi - lo + 1);
             }
             foreach (int c in cpus) map[c] = !remove;
         }
         return map;
     }
+
+    private static string Plural(int n, string what) => n == 1 ? $"1 {what}" : $"{n} {what}s";
 
     private static bool TryRange(string s, out int lo, out int hi)
     {

@@ -38,7 +38,11 @@ public static class DomainConfigReader
 
     public sealed record Result(DomainConfig Config, IReadOnlyList<string> Warnings);
 
-    public static Result Read(XlConfig cfg, int hostCpus)
+    /// <summary>
+    /// Reads the configuration for a host of <paramref name="hostCpus"/> CPUs, whose NUMA node each is given by
+    /// <paramref name="cpuNodes"/> (null: one node), which node: and nodes: in cpus= and cpus_soft= refer to.
+    /// </summary>
+    public static Result Read(XlConfig cfg, int hostCpus, IReadOnlyList<int>? cpuNodes = null)
     {
         var warnings = new List<string>();
 
@@ -116,8 +120,8 @@ public static class DomainConfigReader
         d.Vcpus = (int)vcpus;
         d.MaxVcpus = (int)maxVcpus;
 
-        d.CpusHard = ReadCpus(cfg, "cpus", hostCpus, d.MaxVcpus);
-        d.CpusSoft = ReadCpus(cfg, "cpus_soft", hostCpus, d.MaxVcpus);
+        d.CpusHard = ReadCpus(cfg, "cpus", hostCpus, d.MaxVcpus, cpuNodes);
+        d.CpusSoft = ReadCpus(cfg, "cpus_soft", hostCpus, d.MaxVcpus, cpuNodes);
 
         d.OnPoweroff = Action(cfg, "on_poweroff", ShutdownAction.Destroy);
         d.OnReboot = Action(cfg, "on_reboot", ShutdownAction.Restart);
@@ -257,7 +261,7 @@ public static class DomainConfigReader
         };
     }
 
-    private static IReadOnlyList<CpuMap>? ReadCpus(XlConfig cfg, string key, int hostCpus, int maxVcpus)
+    private static IReadOnlyList<CpuMap>? ReadCpus(XlConfig cfg, string key, int hostCpus, int maxVcpus, IReadOnlyList<int>? cpuNodes)
     {
         var s = cfg.Find(key);
         if (s is null) return null;
@@ -267,7 +271,10 @@ public static class DomainConfigReader
         var maps = new List<CpuMap>();
         foreach (var t in texts)
         {
-            var m = CpuMap.TryParse(t, hostCpus, out var err) ?? throw At(cfg, key, err!);
+            var m = CpuMap.TryParse(t, hostCpus, out var err, cpuNodes) ?? throw At(cfg, key, err!);
+            // A vCPU must be allowed somewhere; a preference for nowhere is only pointless.
+            if (key == "cpus" && !m.Cpus.Any())
+                throw At(cfg, key, $"`{t}' leaves a vCPU no cpu to run on");
             maps.Add(m);
         }
         if (s.Value.IsList && maps.Count > maxVcpus)

@@ -144,6 +144,8 @@ public sealed record DomainInfo
     public string? SsidLabel { get; init; }
     /// <summary>The cpupool the domain is in (list -c).</summary>
     public string Cpupool { get; init; } = "Pool-0";
+    /// <summary>The NUMA nodes the domain's memory comes from (list -n): "all" or node ranges.</summary>
+    public string NodeAffinity { get; init; } = "all";
     /// <summary>The domain's configuration in libxl's JSON form (list -l only).</summary>
     public JsonElement? Config { get; init; }
 }
@@ -188,7 +190,16 @@ public sealed record HostInfo
     public string CcCompileDate { get; init; } = "";
     public string BuildId { get; init; } = "";
     public string XendConfigFormat { get; init; } = "4";
+    /// <summary>info -n: each CPU's core, socket and node, and each node's memory and distances.</summary>
+    public IReadOnlyList<CpuTopologyEntry> CpuTopology { get; init; } = [];
+    public IReadOnlyList<NumaNodeEntry> NumaNodes { get; init; } = [];
 }
+
+/// <summary>A row of xl info -n's cpu_topology (libxl_cputopology).</summary>
+public sealed record CpuTopologyEntry(int Cpu, int Core, int Socket, int Node);
+
+/// <summary>A row of xl info -n's numa_info (libxl_numainfo): memory in bytes, distance to each node.</summary>
+public sealed record NumaNodeEntry(int Node, ulong MemSizeBytes, ulong MemFreeBytes, IReadOnlyList<int> Distances);
 
 /// <summary>The answer to any request: either ok with a result, or an error message and an errno.</summary>
 public sealed record ControlResponse(bool Ok, string? Error, int Errno, JsonElement? Result)

@@ -127,7 +127,7 @@ public sealed partial class Host : IDisposable
         var cfg = XlConfigParser.Parse(r.ConfigText, r.ConfigFile);
         cfg.Directory = r.ConfigDirectory;
         foreach (var o in r.Overrides) XlConfigParser.ParseInto(cfg, o, "command line");
-        var read = DomainConfigReader.Read(cfg, _hv.HostCpus);
+        var read = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes);
         var d = read.Config;
         d.SourceText = r.ConfigText;
         d.SourceFile = r.ConfigFile;
@@ -171,12 +171,7 @@ public sealed partial class Host : IDisposable
         lock (_lock) _domains[domId] = dom;
         try
         {
-            var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
-                c.Vcpus, c.MaxVcpus), hvd.Memory);
-            hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
-            hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
-            hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
-            hvd.SetOnlineVcpus(c.Vcpus);
+            // The pool, the affinities and the NUMA placement come before the memory, as in libxl's build_pre.
             ApplySchedulingConfig(domId, c);
             for (int v = 0; v < c.MaxVcpus; v++)
             {
@@ -185,6 +180,15 @@ public sealed partial class Host : IDisposable
                 if (hard is not null || soft is not null)
                     hvd.SetVcpuAffinity(v, hard?.Cpus.ToList(), soft?.Cpus.ToList());
             }
+            if (c.CpusHard is null && c.CpusSoft is null)
+                PlaceOnNumaNodes(domId, c, hvd);
+
+            var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
+                c.Vcpus, c.MaxVcpus), hvd.Memory);
+            hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
+            hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
+            hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
+            hvd.SetOnlineVcpus(c.Vcpus);
 
             // xenstore ring and console ring, with their event channels.
             uint storePort = hvd.AllocUnboundPort(0);
@@ -296,7 +300,7 @@ public sealed partial class Host : IDisposable
         CpuMap? Parse(string? s)
         {
             if (s is null) return null;
-            return CpuMap.TryParse(s, _hv.HostCpus, out var err) ?? throw new ControlException(err!);
+            return CpuMap.TryParse(s, _hv.HostCpus, out var err, _hv.Scheduling?.CpuNodes) ?? throw new ControlException(err!);
         }
         var hard = Parse(r.Hard);
         var soft = Parse(r.Soft);
@@ -434,6 +438,7 @@ public sealed partial class Host : IDisposable
             UptimeSeconds = (DateTimeOffset.UtcNow - d.Started).TotalSeconds,
             StartTimeUnix = d.Started.ToUnixTimeSeconds(),
             Cpupool = CpupoolName(d.DomId),
+            NodeAffinity = NodeAffinityText(d.DomId),
             Config = details ? JsonSerializer.SerializeToElement(LibxlJson.DomainConfig(d.Config)) : null,
         };
     }
@@ -470,6 +475,8 @@ public sealed partial class Host : IDisposable
         var mem = HostMemory.Read();
         var uname = HostMemory.Uname();
         string[] ver = _hv.Version.Split('.', 3);
+        var (topology, nodes) = NumaTables();
+        int nrNodes = Math.Max(1, topology.Select(t => t.Node).Distinct().Count());
         return new HostInfo
         {
             Host = Environment.MachineName,
@@ -478,8 +485,8 @@ public sealed partial class Host : IDisposable
             Machine = "x86_64",
             NrCpus = _hv.HostCpus,
             MaxCpuId = _hv.HostCpus - 1,
-            NrNodes = 1,
-            CoresPerSocket = _hv.HostCpus,
+            NrNodes = nrNodes,
+            CoresPerSocket = Math.Max(1, _hv.HostCpus / nrNodes),
             ThreadsPerCore = 1,
             CpuMhz = HostMemory.CpuMhz(),
             HwCaps = "00000000:00000000:00000000:00000000:00000000:00000000:00000000:00000000",
@@ -503,6 +510,8 @@ public sealed partial class Host : IDisposable
             CcCompileDate = File.GetLastWriteTimeUtc(typeof(Host).Assembly.Location).ToString("ddd MMM d HH:mm:ss UTC yyyy"),
             BuildId = typeof(Host).Assembly.ManifestModule.ModuleVersionId.ToString("N"),
             XendConfigFormat = "4",
+            CpuTopology = topology,
+            NumaNodes = nodes,
         };
     }
 

@@ -198,6 +198,61 @@ public sealed partial class Host
     private static SchedDomain RtdsRow(Domain d, RtdsVcpuParams v, bool perVcpu) =>
         new(d.Config.Name, d.DomId, 0, 0, perVcpu ? v.Vcpu : -1, v.PeriodUs, v.BudgetUs, v.Extratime);
 
+    /// <summary>
+    /// libxl's automatic NUMA placement (numa_place_domain), for a domain with neither cpus= nor cpus_soft=: the best
+    /// nodes of its pool (<see cref="NumaPlacement"/>) become its node affinity and its vCPUs' soft affinity. A host of
+    /// one node has nothing to choose; when no set of nodes fits, the domain stays unplaced, as libxl leaves it.
+    /// </summary>
+    private void PlaceOnNumaNodes(uint domId, DomainConfig c, IHypervisorDomain hvd)
+    {
+        if (_hv.Scheduling is not { } s) return;
+        var cpuNodes = s.CpuNodes;
+        if (cpuNodes.Distinct().Count() < 2) return;
+        int poolId = s.DomainCpupool(domId);
+        var pool = s.ListCpupools().First(p => p.PoolId == poolId);
+        var freeKb = s.NumaInfo.ToDictionary(n => n.Node, n => (long)(n.MemFreeBytes / 1024));
+        List<Domain> others;
+        lock (_lock) others = [.. _domains.Values.Where(d => d.DomId != domId)];
+        var placed = new List<IReadOnlyCollection<int>>();
+        foreach (var d in others)
+        {
+            IReadOnlyList<VcpuSchedInfo> vcpus;
+            try { vcpus = s.GetVcpuSchedInfo(d.DomId); }
+            catch (HypervisorException) { continue; } // gone meanwhile
+            foreach (var v in vcpus.Where(v => v.Online))
+            {
+                var both = v.SoftAffinity.Intersect(v.HardAffinity).ToArray();
+                placed.Add(both.Length > 0 ? both : [.. v.HardAffinity]);
+            }
+        }
+        var best = NumaPlacement.Choose(cpuNodes, pool.Cpus, freeKb, c.MaxMemKb, c.MaxVcpus, placed);
+        if (best is null) return;
+        s.SetNodeAffinity(domId, best.Nodes);
+        for (int v = 0; v < c.MaxVcpus; v++)
+            hvd.SetVcpuAffinity(v, null, best.Cpus);
+    }
+
+    /// <summary>The domain's node affinity as `xl list -n` prints it: "all" for every node of the host, else ranges.</summary>
+    private string NodeAffinityText(uint domId)
+    {
+        if (_hv.Scheduling is not { } s) return "all";
+        try
+        {
+            var affinity = s.GetNodeAffinity(domId);
+            return s.CpuNodes.Distinct().All(affinity.Contains) ? "all" : CpuList.Format(affinity);
+        }
+        catch (HypervisorException) { return "all"; }
+    }
+
+    /// <summary>`xl info -n`: the pCPUs' topology and the nodes' memory and distances.</summary>
+    private (IReadOnlyList<CpuTopologyEntry> Cpus, IReadOnlyList<NumaNodeEntry> Nodes) NumaTables()
+    {
+        if (_hv.Scheduling is not { } s)
+            return ([.. Enumerable.Range(0, _hv.HostCpus).Select(c => new CpuTopologyEntry(c, c, 0, 0))], []);
+        return ([.. s.CpuTopology.Select(t => new CpuTopologyEntry(t.Cpu, t.Core, t.Socket, t.Node))],
+            [.. s.NumaInfo.Select(n => new NumaNodeEntry(n.Node, n.MemSizeBytes, n.MemFreeBytes, n.Distances))]);
+    }
+
     /// <summary>xl.cfg pool=, cpu_weight= and cap=: the domain joins its pool before it first runs.</summary>
     private void ApplySchedulingConfig(uint domId, DomainConfig c)
     {

@@ -32,4 +32,11 @@ public interface IScheduling
     void SetRtdsParams(uint domId, int? vcpu, long? periodUs, long? budgetUs, bool? extratime);
 
     IReadOnlyList<VcpuSchedInfo> GetVcpuSchedInfo(uint domId);
+
+    /// <summary>XEN_SYSCTL_cputopoinfo and XEN_SYSCTL_numainfo (`xl info -n`, NUMA placement).</summary>
+    IReadOnlyList<CpuTopologyInfo> CpuTopology { get; }
+    IReadOnlyList<NumaNodeInfo> NumaInfo { get; }
+    /// <summary>XEN_DOMCTL_getnodeaffinity / setnodeaffinity (every node: follow the vCPUs' affinities).</summary>
+    IReadOnlyList<int> GetNodeAffinity(uint domId);
+    void SetNodeAffinity(uint domId, IEnumerable<int> nodes);
 }

@@ -63,6 +63,10 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
     public void SetRtdsParams(uint domId, int? vcpu, long? periodUs, long? budgetUs, bool? extratime) =>
         _hv.SetRtdsParams((ushort)domId, vcpu, periodUs, budgetUs, extratime);
     public IReadOnlyList<VcpuSchedInfo> GetVcpuSchedInfo(uint domId) => _hv.GetVcpuSchedInfo((ushort)domId);
+    public IReadOnlyList<CpuTopologyInfo> CpuTopology => _hv.GetCpuTopology();
+    public IReadOnlyList<NumaNodeInfo> NumaInfo => _hv.GetNumaInfo();
+    public IReadOnlyList<int> GetNodeAffinity(uint domId) => _hv.GetDomainNodeAffinity((ushort)domId);
+    public void SetNodeAffinity(uint domId, IEnumerable<int> nodes) => _hv.SetDomainNodeAffinity((ushort)domId, nodes);
 
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {

@@ -36,7 +36,8 @@ internal static class DomainCommands
         var cfg = XlConfigParser.Parse(text, file);
         cfg.Directory = dir;
         foreach (var v in vars) XlConfigParser.ParseInto(cfg, v, "command line");
-        var read = DomainConfigReader.Read(cfg, Environment.ProcessorCount);
+        // node: and nodes: name this host's NUMA nodes, which xensharpd reads from the same place.
+        var read = DomainConfigReader.Read(cfg, Environment.ProcessorCount, XenSharp.Hypervisor.XenHypervisor.ReadCpuNodes(Environment.ProcessorCount));
         foreach (var w in read.Warnings) ctx.Err.WriteLine(w);
 
         if (ctx.DryRun || a.Has('n'))

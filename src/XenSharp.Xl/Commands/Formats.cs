@@ -31,7 +31,7 @@ internal static class Formats
             }
             if (verbose || context) line += $" {d.SsidLabel ?? "-",16}";
             if (cpupool) line += $" {d.Cpupool,16}";
-            if (numa) line += " all";
+            if (numa) line += " " + d.NodeAffinity;
             w.WriteLine(line);
         }
     }
@@ -76,7 +76,7 @@ internal static class Formats
         }
     }
 
-    public static void Info(TextWriter w, HostInfo h)
+    public static void Info(TextWriter w, HostInfo h, bool numa = false)
     {
         void P(string k, object v) => w.WriteLine($"{k,-23}: {Convert.ToString(v, CultureInfo.InvariantCulture)}");
         P("host", h.Host);
@@ -97,6 +97,7 @@ internal static class Formats
         P("sharing_used_memory", h.SharingUsedMemoryMb);
         P("outstanding_claims", h.OutstandingClaimsMb);
         P("free_cpus", h.FreeCpus);
+        if (numa) NumaTopology(w, h);
         P("xen_major", h.XenMajor);
         P("xen_minor", h.XenMinor);
         P("xen_extra", h.XenExtra);
@@ -113,6 +114,21 @@ internal static class Formats
         P("cc_compile_date", h.CcCompileDate);
         P("build_id", h.BuildId);
         P("xend_config_format", h.XendConfigFormat);
+    }
+
+    /// <summary>xl info -n's tables: each CPU's core, socket and node; the PCI devices' nodes (none here); each node's memory (MiB) and distances.</summary>
+    private static void NumaTopology(TextWriter w, HostInfo h)
+    {
+        w.WriteLine("cpu_topology           :");
+        w.WriteLine("cpu:    core    socket     node");
+        foreach (var c in h.CpuTopology)
+            w.WriteLine($"{c.Cpu,3}:    {c.Core,4}     {c.Socket,4}     {c.Node,4}");
+        w.WriteLine("device topology        :");
+        w.WriteLine("device           node");
+        w.WriteLine("numa_info              :");
+        w.WriteLine("node:    memsize    memfree    distances");
+        foreach (var n in h.NumaNodes)
+            w.WriteLine($"{n.Node,4}:    {n.MemSizeBytes >> 20,6}     {n.MemFreeBytes >> 20,6}      {string.Join(',', n.Distances)}");
     }
 
     /// <summary>xentop's screen.</summary>

@@ -6,7 +6,7 @@ internal static class HostCommands
 {
     public static int Info(XlContext ctx, ParsedArgs a)
     {
-        Formats.Info(ctx.Out, ctx.Daemon.Send(new InfoRequest()));
+        Formats.Info(ctx.Out, ctx.Daemon.Send(new InfoRequest()), numa: a.Has('n'));
         return 0;
     }
 

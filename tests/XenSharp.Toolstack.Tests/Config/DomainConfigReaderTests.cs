@@ -115,6 +115,37 @@ public class DomainConfigReaderTests
         Assert.Equal("0,2-3,5", CpuMap.TryParse("0-3,5,^1", 8, out _)!.ToString());
         Assert.Equal("all", CpuMap.TryParse("nodes:0", 8, out _)!.ToString());
         Assert.Null(CpuMap.TryParse("nodes:1", 8, out var err));
-        Assert.NotNull(err);
+        Assert.Equal("node 1 does not exist (the host has 1 node)", err);
+    }
+
+    /// <summary>A host of 8 CPUs on two nodes: 0-3 on node 0, 4-7 on node 1.</summary>
+    private static readonly int[] TwoNodes = [0, 0, 0, 0, 1, 1, 1, 1];
+
+    [Fact, Trait("Feature", "NUMA scheduler affinity")]
+    public void NodesNameTheirCpus()
+    {
+        Assert.Equal("4-7", CpuMap.TryParse("node:1", 8, out _, TwoNodes)!.ToString());
+        Assert.Equal("all", CpuMap.TryParse("nodes:0-1", 8, out _, TwoNodes)!.ToString());
+        Assert.Equal("0-3,5", CpuMap.TryParse("node:0,5", 8, out _, TwoNodes)!.ToString());
+        Assert.Equal("0-3", CpuMap.TryParse("all,^node:1", 8, out _, TwoNodes)!.ToString());
+        Assert.Null(CpuMap.TryParse("nodes:0-2", 8, out var err, TwoNodes));
+        Assert.Equal("node 2 does not exist (the host has 2 nodes)", err);
+
+        var c = XlConfigParser.Parse("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nvcpus=2\ncpus=\"node:1\"\ncpus_soft=[\"nodes:0\", \"6\"]\n", "/etc/xen/g.cfg");
+        var d = DomainConfigReader.Read(c, 8, TwoNodes).Config;
+        Assert.Equal(["4-7"], d.CpusHard!.Select(m => m.ToString()));
+        Assert.Equal(["0-3", "6"], d.CpusSoft!.Select(m => m.ToString()));
+    }
+
+    [Theory, Trait("Feature", "NUMA scheduler affinity")]
+    [InlineData("cpus=\"nodes:1-3\"", "g.cfg:4: node 2 does not exist (the host has 2 nodes)")]
+    [InlineData("cpus_soft=\"node:x\"", "g.cfg:4: invalid node specification `node:x'")]
+    [InlineData("cpus=\"2-9\"", "g.cfg:4: cpu 9 does not exist (the host has 8 cpus)")]
+    [InlineData("cpus=\"node:0,^0-3\"", "g.cfg:4: `node:0,^0-3' leaves a vCPU no cpu to run on")]
+    [InlineData("cpus=[\"1\", \"nodes:\"]", "g.cfg:4: invalid node specification `nodes:'")]
+    public void BadCpuListsNameTheirLine(string line, string message)
+    {
+        var c = XlConfigParser.Parse($"name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n{line}\n", "g.cfg");
+        Assert.Equal(message, Assert.Throws<XlConfigException>(() => DomainConfigReader.Read(c, 8, TwoNodes)).Message);
     }
 }

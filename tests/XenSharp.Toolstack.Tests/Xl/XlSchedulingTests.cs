@@ -174,6 +174,35 @@ public sealed class XlSchedulingTests(XlSession s)
         finally { s.Xl("destroy", "pinguest"); }
     }
 
+    [Fact, Trait("Feature", "NUMA scheduler affinity"), Trait("Feature", "xl")]
+    public void InfoAndListShowTheNumaTopology()
+    {
+        var info = Lines(Ok("info", "-n"));
+        int cpus = int.Parse(info.Single(l => l.StartsWith("nr_cpus ")).Split(':')[1]);
+        int nodes = int.Parse(info.Single(l => l.StartsWith("nr_nodes ")).Split(':')[1]);
+        // After physinfo (free_cpus), before xen_major: the cpu table, the (empty) device table, the node table.
+        int t = Array.IndexOf(info, "cpu_topology           :");
+        Assert.StartsWith("free_cpus ", info[t - 1]);
+        Assert.Equal("cpu:    core    socket     node", info[t + 1]);
+        for (int c = 0; c < cpus; c++)
+            Assert.Matches($@"^{c,3}:    {c,4}     +\d+     +\d+$", info[t + 2 + c]);
+        Assert.Equal(["device topology        :", "device           node", "numa_info              :",
+            "node:    memsize    memfree    distances"], info[(t + 2 + cpus)..(t + 6 + cpus)]);
+        for (int n = 0; n < nodes; n++)
+            Assert.Matches($@"^{n,4}:    +\d+     +\d+      \d+(,\d+)*$", info[t + 6 + cpus + n]);
+        Assert.StartsWith("xen_major ", info[t + 6 + cpus + nodes]);
+        Assert.DoesNotContain("cpu_topology           :", Lines(Ok("info")));
+        try
+        {
+            Ok("create", Guest("numaguest", "cpus = \"nodes:0\"\n"));
+            var list = Lines(Ok("list", "-n"));
+            Assert.EndsWith("Time(s) NODE Affinity", list[0]);
+            Assert.Matches(nodes == 1 ? @"^numaguest\s.* all$" : @"^numaguest\s.* 0$", list.Single(l => l.StartsWith("numaguest ")));
+            Assert.Contains($"node {nodes} does not exist", Fails("vcpu-pin", "numaguest", "all", $"node:{nodes}").Err);
+        }
+        finally { s.Xl("destroy", "numaguest"); }
+    }
+
     [Fact, Trait("Feature", "CPU Pools"), Trait("Feature", "xl")]
     public void NumaSplitNamesPoolsAfterTheirNodes()
     {
