@@ -170,9 +170,14 @@ public sealed class ConsoleBackend : IDisposable
     /// holds up the guest's vCPU that signalled the event.</summary>
     private sealed class ClientSender
     {
+        /// <summary>Output queued for a client that reads slower than the guest writes is bounded by
+        /// bytes, not by chunks: a booting kernel writes thousands of small chunks in a burst, and a
+        /// bound by count dropped its first lines whenever the client was briefly descheduled.</summary>
+        private const int MaxQueuedBytes = 4 << 20;
+
         private readonly System.Threading.Channels.Channel<byte[]> _queue =
-            System.Threading.Channels.Channel.CreateBounded<byte[]>(new System.Threading.Channels.BoundedChannelOptions(256)
-            { FullMode = System.Threading.Channels.BoundedChannelFullMode.DropOldest, SingleReader = true });
+            System.Threading.Channels.Channel.CreateUnbounded<byte[]>(new System.Threading.Channels.UnboundedChannelOptions { SingleReader = false });
+        private long _queuedBytes;
         private readonly Stream _client;
         private readonly CancellationTokenSource _stop = new();
 
@@ -185,6 +190,7 @@ public sealed class ConsoleBackend : IDisposable
                 {
                     await foreach (var data in _queue.Reader.ReadAllAsync(_stop.Token))
                     {
+                        Interlocked.Add(ref _queuedBytes, -data.Length);
                         await _client.WriteAsync(data, _stop.Token);
                         await _client.FlushAsync(_stop.Token);
                     }
@@ -202,7 +208,14 @@ public sealed class ConsoleBackend : IDisposable
 
         private volatile bool _completing;
 
-        public void Enqueue(byte[] data) => _queue.Writer.TryWrite(data);
+        public void Enqueue(byte[] data)
+        {
+            if (!_queue.Writer.TryWrite(data)) return;
+            // Beyond the bound the oldest output goes, as a console log that wraps.
+            if (Interlocked.Add(ref _queuedBytes, data.Length) > MaxQueuedBytes)
+                while (Interlocked.Read(ref _queuedBytes) > MaxQueuedBytes && _queue.Reader.TryRead(out var old))
+                    Interlocked.Add(ref _queuedBytes, -old.Length);
+        }
 
         /// <summary>Detached: stop sending; the connection stays with its owner.</summary>
         public void Stop()

@@ -55,6 +55,47 @@ public sealed class ConsoleBackendTests : IDisposable
         Assert.False(_backend.Attach(new MemoryStream())); // one client at a time
     }
 
+    /// <summary>A client that takes nothing until <see cref="Gate"/> opens (a descheduled xl console).</summary>
+    private sealed class StalledClient : MemoryStream
+    {
+        public readonly ManualResetEventSlim Gate = new(false);
+
+        public override void Write(byte[] buffer, int offset, int count) { Gate.Wait(); base.Write(buffer, offset, count); }
+
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct)
+        {
+            Gate.Wait(ct);
+            lock (this) base.Write(buffer, offset, count);
+            return Task.CompletedTask;
+        }
+
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default)
+        {
+            Gate.Wait(ct);
+            lock (this) base.Write(buffer.Span);
+            return ValueTask.CompletedTask;
+        }
+
+        public string Text() { lock (this) return Encoding.ASCII.GetString(ToArray()); }
+    }
+
+    [Fact]
+    public void AStalledClientGetsABootsWorthOfSmallWritesInOrder()
+    {
+        var client = new StalledClient();
+        Assert.True(_backend.Attach(client));
+        var expected = new StringBuilder();
+        for (int i = 0; i < 3000; i++)
+        {
+            string line = $"[{i,5}] line\n";
+            GuestWrites(line);
+            expected.Append(line);
+        }
+        client.Gate.Set();
+        for (int i = 0; i < 500 && client.Text().Length < expected.Length; i++) Thread.Sleep(10);
+        Assert.Equal(expected.ToString(), client.Text());
+    }
+
     [Fact]
     public void OutputWrapsAroundTheRing()
     {
