@@ -9,8 +9,9 @@ namespace XenSharp.Cpu;
 /// </summary>
 public sealed record JitSettings(bool Enabled = true, int Threshold = JitSettings.DefaultThreshold, bool Background = true)
 {
-    /// <summary>Compiling a block costs about as much as interpreting it a few thousand times: a
-    /// lower threshold makes Linux boot slower (27 s at 50, 14 s at 1000, 12 s at 3000 here).</summary>
+    /// <summary>Compiling a block costs about as much as interpreting it a few thousand times, and a
+    /// boot runs much code only a few times: Linux booted in 27 s at 50 and 12 s at 3000 with
+    /// compilation on the vCPU; compiling in the background, 9.5 s at 500 and 7.9 s at 3000.</summary>
     public const int DefaultThreshold = 3000;
 
     /// <summary>The interpreter only.</summary>
