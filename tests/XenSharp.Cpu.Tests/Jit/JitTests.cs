@@ -14,7 +14,8 @@ public class JitTests
     static TestMachine Machine(bool jit) => new(jit: jit ? JitSettings.Eager : JitSettings.Off);
 
     /// <summary>Runs 64-bit code to HLT both ways; returns both final register sets and retired counts.</summary>
-    static (Registers Interp, Registers Jit, ulong InterpRetired, ulong JitRetired) RunBoth64(Action<Assembler> build, Action<TestMachine>? setup = null)
+    static (Registers Interp, Registers Jit, ulong InterpRetired, ulong JitRetired) RunBoth64(Action<Assembler> build, Action<TestMachine>? setup = null,
+        Action<TestMachine>? afterJit = null)
     {
         var code = TestMachine.Assemble(64, TestMachine.CodeAt, build);
         Registers[] regs = new Registers[2];
@@ -31,6 +32,7 @@ public class JitTests
             {
                 Assert.True(m.Engine.CompiledBlocks > 0);
                 Assert.Equal(0, m.Engine.JitFailures);
+                afterJit?.Invoke(m);
             }
         }
         return (regs[0], regs[1], retired[0], retired[1]);
@@ -91,8 +93,8 @@ public class JitTests
     public void Blocks_of_a_branching_loop_link_to_each_other_and_end_as_interpreted()
     {
         // md5's shape: a loop body split into several blocks by a three-way branch.
-        TestMachine? jitMachine = null;
-        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        long linked = 0;
+        var (i, j, ri, rj) = RunBoth64(a =>
         {
             var top = a.CreateLabel(); var low = a.CreateLabel(); var mid = a.CreateLabel(); var join = a.CreateLabel();
             a.mov(eax, 0x67452301);
@@ -127,22 +129,11 @@ public class JitTests
             a.cmp(r9, 20000);
             a.jne(top);
             a.hlt();
-        });
-        var regs = new Registers[2];
-        for (int k = 0; k < 2; k++)
-        {
-            var m = Machine(k == 1);
-            m.Enter64(code, fourK: true);
-            m.RunToHlt();
-            regs[k] = m.Regs;
-            if (k == 1) jitMachine = m; else m.Dispose();
-        }
-        using (jitMachine)
-        {
-            AssertSame(regs[0], regs[1]);
-            Assert.Equal(20000UL, regs[1].R9);
-            Assert.True(jitMachine!.Engine.LinkedExits >= 5, $"{jitMachine.Engine.LinkedExits} exits linked");
-        }
+        }, afterJit: m => linked = m.Engine.LinkedExits);
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(20000UL, j.R9);
+        Assert.True(linked >= 5, $"{linked} exits linked");
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
