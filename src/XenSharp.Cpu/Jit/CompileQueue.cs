@@ -48,7 +48,18 @@ internal sealed class CompileQueue : IDisposable
                 b = _queue.Dequeue();
             }
             // Code rewritten meanwhile: the vCPU decodes it again and this copy is garbage.
-            if (b.Valid) Compile(b, _engine, run: true);
+            if (!b.Valid) continue;
+            try
+            {
+                Compile(b, _engine, run: true);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A translator defect costs this block its compiled form, never the process.
+                b.JitFailed = true;
+                Interlocked.Increment(ref _engine.JitFailureCount);
+                _engine.LastJitFailure = ex.Message;
+            }
         }
     }
 
