@@ -20,18 +20,7 @@ public class LinuxPvhTests
         var store = new GuestArtifacts();
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
         using var xl = new XlHost();
-        string cfg = Path.Combine(xl.RunDir, "linux.cfg");
-        // No earlyprintk: hvc0 then replays the kernel log from its first line.
-        File.WriteAllText(cfg, $"""
-            name = "linux"
-            type = "pvh"
-            kernel = "{store.KernelPath}"
-            ramdisk = "{store.ShellInitrdPath}"
-            cmdline = "console=hvc0"
-            memory = 512
-            vcpus = 1
-            on_crash = "preserve"
-            """);
+        string cfg = WriteConfig(xl, store, "linux");
 
         using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
         try
@@ -82,18 +71,7 @@ public class LinuxPvhTests
         var store = new GuestArtifacts();
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
         using var xl = new XlHost();
-        string cfg = Path.Combine(xl.RunDir, "smp.cfg");
-        File.WriteAllText(cfg, $"""
-            name = "smp"
-            type = "pvh"
-            kernel = "{store.KernelPath}"
-            ramdisk = "{store.ShellInitrdPath}"
-            cmdline = "console=hvc0"
-            memory = 512
-            vcpus = 2
-            on_poweroff = "destroy"
-            on_crash = "preserve"
-            """);
+        string cfg = WriteConfig(xl, store, "smp", vcpus: 2, destroyOnPoweroff: true);
 
         using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
         try
@@ -129,18 +107,7 @@ public class LinuxPvhTests
         using var xl = new XlHost();
         string initrd = Path.Combine(xl.RunDir, "initrd.img");
         store.BuildInitramfs(initrd, GuestArtifacts.ShellInit, GuestArtifacts.XenModules);
-        string cfg = Path.Combine(xl.RunDir, "sd.cfg");
-        File.WriteAllText(cfg, $"""
-            name = "sd"
-            type = "pvh"
-            kernel = "{store.KernelPath}"
-            ramdisk = "{initrd}"
-            cmdline = "console=hvc0"
-            memory = 512
-            vcpus = 1
-            on_poweroff = "destroy"
-            on_crash = "preserve"
-            """);
+        string cfg = WriteConfig(xl, store, "sd", ramdisk: initrd, destroyOnPoweroff: true);
 
         using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
         try
@@ -167,17 +134,7 @@ public class LinuxPvhTests
         var store = new GuestArtifacts();
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
         using var xl = new XlHost();
-        string cfg = Path.Combine(xl.RunDir, "sysrq.cfg");
-        File.WriteAllText(cfg, $"""
-            name = "sysrq"
-            type = "pvh"
-            kernel = "{store.KernelPath}"
-            ramdisk = "{store.ShellInitrdPath}"
-            cmdline = "console=hvc0"
-            memory = 512
-            vcpus = 1
-            on_crash = "preserve"
-            """);
+        string cfg = WriteConfig(xl, store, "sysrq");
 
         using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
         try
@@ -208,6 +165,26 @@ public class LinuxPvhTests
             var destroyed = xl.Run("destroy", "sysrq");
             Assert.True(destroyed.ExitCode == 0, destroyed.ToString());
         }
+    }
+
+    /// <summary>An xl.cfg for Debian's kernel as a PVH domU with its console on hvc0 and no earlyprintk
+    /// (hvc0 then replays the kernel log from its first line).</summary>
+    private static string WriteConfig(XlHost xl, GuestArtifacts store, string name, int vcpus = 1, string? ramdisk = null,
+        bool destroyOnPoweroff = false)
+    {
+        string cfg = Path.Combine(xl.RunDir, name + ".cfg");
+        File.WriteAllText(cfg, $"""
+            name = "{name}"
+            type = "pvh"
+            kernel = "{store.KernelPath}"
+            ramdisk = "{ramdisk ?? store.ShellInitrdPath}"
+            cmdline = "console=hvc0"
+            memory = 512
+            vcpus = {vcpus}
+            {(destroyOnPoweroff ? "on_poweroff = \"destroy\"" : "")}
+            on_crash = "preserve"
+            """);
+        return cfg;
     }
 
     private static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
