@@ -21,8 +21,8 @@ public class DefaultCpuidPolicy : ICpuidPolicy
     public const uint Leaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9)
         | (1u << 11) | (1u << 12) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 17) | (1u << 19)
         | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
-    // Leaf 1 ECX: CX16, MOVBE, POPCNT, XSAVE, RDRAND, hypervisor (OSXSAVE follows CR4).
-    public const uint Leaf1Ecx = (1u << 13) | (1u << 22) | (1u << 23) | (1u << 26) | (1u << 30) | (1u << 31);
+    // Leaf 1 ECX: CX16, PCID, MOVBE, POPCNT, XSAVE, RDRAND, hypervisor (OSXSAVE follows CR4).
+    public const uint Leaf1Ecx = (1u << 13) | (1u << 17) | (1u << 22) | (1u << 23) | (1u << 26) | (1u << 30) | (1u << 31);
     // Leaf 7 EBX: FSGSBASE, BMI1, SMEP, BMI2, ERMS, INVPCID, RDSEED, ADX, SMAP.
     public const uint Leaf7Ebx = (1u << 0) | (1u << 3) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 18) | (1u << 19) | (1u << 20);
     // Leaf 7 EDX: IA32_ARCH_CAPABILITIES is readable.

@@ -69,14 +69,8 @@ internal unsafe partial class X86Vcpu
                 Stop = true;
                 return;
             case Mnemonic.Invpcid:
-            {
-                RequireCpl0();
-                ulong type = ReadReg(d.I.Op0Register);
-                if (type > 3) throw GP();
-                FlushTlb(type >= 2);
-                Stop = true;
+                ExecInvpcid(ref d);
                 return;
-            }
             case Mnemonic.Wbinvd: case Mnemonic.Invd: RequireCpl0(); return;
             case Mnemonic.Syscall: ExecSyscall(); return;
             case Mnemonic.Sysret: case Mnemonic.Sysretq: ExecSysret(d.Op == Mnemonic.Sysretq); return;
@@ -220,6 +214,7 @@ internal unsafe partial class X86Vcpu
             if ((Cr4 & 0x20) == 0) throw GP();
             Efer |= 0x400;
         }
+        if (!pgNow && pgBefore && (Cr4 & Cr4Pcide) != 0) throw GP();
         if (!pgNow && pgBefore && LongMode)
         {
             if (Bitness == 64) throw GP();
@@ -234,15 +229,46 @@ internal unsafe partial class X86Vcpu
 
     private void WriteCr3(ulong v)
     {
-        bool noFlush = (Cr4 & 0x20000) != 0 && (v & (1UL << 63)) != 0;
+        // With CR4.PCIDE, bit 63 asks to keep the new PCID's translations; it is never stored.
+        // The TLB keeps no translations across PCIDs (the architecture allows dropping them at
+        // any time), so every CR3 write drops the non-global ones whatever the PCID and bit 63.
         v &= ~(1UL << 63);
         if (LongMode && (v >> MaxPhysAddr) != 0) throw GP();
         Cr3 = v;
-        // Without PCIDs every CR3 write drops non-global translations; with them, flushing
-        // more than asked is still architecturally allowed.
-        _ = noFlush;
         FlushTlb(false);
     }
+
+    /// <summary>INVPCID: the type in the register, a 16-byte descriptor (PCID in bits 11:0, the
+    /// rest of the first quadword reserved, a linear address in the second) in memory.</summary>
+    private void ExecInvpcid(ref DecodedInsn d)
+    {
+        RequireCpl0();
+        ulong type = ReadReg(d.I.Op0Register);
+        ulong at = MemAddr(ref d);
+        ulong pcidWord = ReadLin(at, 8), address = ReadLin(at + 8, 8);
+        if (type > 3 || (pcidWord >> 12) != 0) throw GP();
+        bool pcide = (Cr4 & Cr4Pcide) != 0;
+        switch (type)
+        {
+            case 0:
+                if (!Canonical(address) || (!pcide && pcidWord != 0)) throw GP();
+                FlushTlbPage(address);
+                break;
+            case 1:
+                if (!pcide && pcidWord != 0) throw GP();
+                FlushTlb(false);
+                break;
+            case 2:
+                FlushTlb(true);
+                break;
+            default:
+                FlushTlb(false);
+                break;
+        }
+        Stop = true;
+    }
+
+    private const ulong Cr4Pcide = 0x20000;
 
     /// <summary>CR4 bits the engine implements (VME/PVI and others are refused with #GP).</summary>
     internal const ulong SupportedCr4 = 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x10000 | 0x20000 | 0x40000 | 0x100000 | 0x200000;
@@ -251,7 +277,8 @@ internal unsafe partial class X86Vcpu
     {
         if ((v & ~SupportedCr4) != 0) throw GP();
         if (LongMode && (v & 0x20) == 0) throw GP();
-        if ((v & 0x20000) != 0 && (Cr4 & 0x20000) == 0 && (Cr3 & 0xFFF) != 0) throw GP();
+        // PCIDs exist in IA-32e mode only, and turning them on needs PCID 0 in CR3.
+        if ((v & Cr4Pcide) != 0 && (Cr4 & Cr4Pcide) == 0 && (!LongMode || (Cr3 & 0xFFF) != 0)) throw GP();
         ulong changed = Cr4 ^ v;
         Cr4 = v;
         if ((changed & 8) != 0) UpdateBreakpoints();
