@@ -193,6 +193,66 @@ static void test_four_level(void)
              t.cr2 == (uintptr_t)alias, "faulted %d vector %u err %#lx", faulted, t.vector, t.error_code);
 }
 
+/* ---------------- process-context identifiers ---------------- */
+
+static struct { uint64_t pcid, addr; } __attribute__((aligned(16))) pcid_desc;
+static unsigned long pcid_type;
+
+static void do_invpcid(void *unused)
+{
+    (void)unused;
+    __asm__ volatile("invpcid %0, %1" :: "m"(pcid_desc), "r"(pcid_type) : "memory");
+}
+
+static void set_cr4(void *v) { rt_write_cr4((unsigned long)v); }
+
+static void test_pcid(void)
+{
+    uint32_t a, b, c, d;
+    rt_cpuid(1, 0, &a, &b, &c, &d);
+    if (!(c & (1u << 17))) {
+        rt_skip("paging.pcid.all", "no PCID");
+        return;
+    }
+    uint64_t cr3 = rt_read_cr3(), cr4 = rt_read_cr4();
+    struct rt_trap t;
+    /* Turning PCIDs on needs PCID 0 in CR3. */
+    rt_write_cr3(cr3 | 5);
+    int gp = rt_try(set_cr4, (void *)(uintptr_t)(cr4 | (1ul << 17)), &t) && t.vector == 13;
+    rt_write_cr3(cr3);
+    rt_check("paging.pcid.enable_needs_pcid0", gp && !(rt_read_cr4() & (1ul << 17)), "gp %d cr4 %#lx", gp, rt_read_cr4());
+    rt_write_cr4(cr4 | (1ul << 17));
+
+    /* PCID 9, bit 63 set (keep its translations): the walk still starts at the PML4; bit 63 is not stored. */
+    static volatile uint32_t probe = 0x1234;
+    uint64_t saved = rt_pml4[1];
+    rt_pml4[1] = rt_pml4[0];
+    rt_write_cr3(cr3 | 9 | (1ull << 63));
+    volatile uint32_t *alias = (volatile uint32_t *)((uintptr_t)&probe + (1ull << 39));
+    uint32_t got = *alias;
+    uint64_t now = rt_read_cr3();
+    rt_check("paging.pcid.cr3", got == 0x1234 && now == (cr3 | 9), "read %#x cr3 %#llx", got, (unsigned long long)now);
+
+    /* INVPCID of one address in the current PCID drops the translation that went away. */
+    rt_pml4[1] = saved;
+    pcid_type = 0, pcid_desc.pcid = 9, pcid_desc.addr = (uintptr_t)alias;
+    do_invpcid(0);
+    int faulted = rt_try(rd, (void *)alias, &t) && t.vector == 14;
+    rt_check("paging.invpcid.address", faulted && t.cr2 == (uintptr_t)alias, "faulted %d cr2 %#lx", faulted, t.cr2);
+
+    /* #GP for reserved descriptor bits, a non-canonical type-0 address and an unknown type. */
+    pcid_type = 0, pcid_desc.pcid = 1ull << 12, pcid_desc.addr = 0;
+    int r1 = rt_try(do_invpcid, 0, &t) && t.vector == 13;
+    pcid_desc.pcid = 9, pcid_desc.addr = 1ull << 47;
+    int r2 = rt_try(do_invpcid, 0, &t) && t.vector == 13;
+    pcid_type = 4, pcid_desc.addr = 0;
+    int r3 = rt_try(do_invpcid, 0, &t) && t.vector == 13;
+    rt_check("paging.invpcid.gp", r1 && r2 && r3, "reserved %d non-canonical %d type 4 %d", r1, r2, r3);
+
+    rt_write_cr3(cr3);
+    rt_write_cr4(cr4);
+}
+
 void guest_main(void)
 {
     test_arith();
@@ -213,5 +273,6 @@ void guest_main(void)
     test_syscall();
     test_paging();
     test_four_level();
+    test_pcid();
     test_realmode();
 }
