@@ -247,24 +247,7 @@ internal static class SoftFloat
         {
             // Exponents within [2^-900, 2^900): residuals are representable, nothing overflows.
             if (!Mid64(b) || (op != Op.Sqrt && !Mid64(a))) return false;
-            double x = BitConverter.UInt64BitsToDouble(a), y = BitConverter.UInt64BitsToDouble(b), r;
-            bool inexact;
-            switch (op)
-            {
-                case Op.Add: case Op.Sub:
-                {
-                    if (op == Op.Sub) y = -y;
-                    r = x + y;
-                    double bb = r - x;
-                    inexact = (x - (r - bb)) + (y - bb) != 0;
-                    break;
-                }
-                case Op.Mul: r = x * y; inexact = Math.FusedMultiplyAdd(x, y, -r) != 0; break;
-                case Op.Div: r = x / y; inexact = Math.FusedMultiplyAdd(-r, y, x) != 0; break;
-                case Op.Sqrt: r = Math.Sqrt(y); inexact = Math.FusedMultiplyAdd(-r, r, y) != 0; break;
-                case Op.Min: r = x < y ? x : y; inexact = false; break;
-                default: r = x > y ? x : y; inexact = false; break;
-            }
+            double r = HostOp(op, BitConverter.UInt64BitsToDouble(a), BitConverter.UInt64BitsToDouble(b), out bool inexact);
             result = BitConverter.DoubleToUInt64Bits(r);
             if (!Mid64(result)) return false;
             if (inexact) flags |= PE;
@@ -273,26 +256,9 @@ internal static class SoftFloat
         else
         {
             if (!Normal32(b) || (op != Op.Sqrt && !Normal32(a))) return false;
-            double x = BitConverter.UInt32BitsToSingle((uint)a), y = BitConverter.UInt32BitsToSingle((uint)b), r;
-            bool inexact;
             // Binary64 holds binary32 products exactly, and rounding a binary64 result of + - * / sqrt
             // to binary32 gives the correctly rounded binary32 result.
-            switch (op)
-            {
-                case Op.Add: case Op.Sub:
-                {
-                    if (op == Op.Sub) y = -y;
-                    r = x + y;
-                    double bb = r - x;
-                    inexact = (x - (r - bb)) + (y - bb) != 0;
-                    break;
-                }
-                case Op.Mul: r = x * y; inexact = false; break;
-                case Op.Div: r = x / y; inexact = Math.FusedMultiplyAdd(-r, y, x) != 0; break;
-                case Op.Sqrt: r = Math.Sqrt(y); inexact = Math.FusedMultiplyAdd(-r, r, y) != 0; break;
-                case Op.Min: r = x < y ? x : y; inexact = false; break;
-                default: r = x > y ? x : y; inexact = false; break;
-            }
+            double r = HostOp(op, BitConverter.UInt32BitsToSingle((uint)a), BitConverter.UInt32BitsToSingle((uint)b), out bool inexact);
             float f = (float)r;
             result = BitConverter.SingleToUInt32Bits(f);
             // The smallest binade is left to the slow path: a result rounded up to 2^-126 may still be tiny.
@@ -301,6 +267,30 @@ internal static class SoftFloat
             if (inexact || f != r) flags |= PE;
             return true;
         }
+    }
+
+    /// <summary>x op y in binary64, and whether that result is inexact: the exact residual of + and -
+    /// (TwoSum) or of * / and sqrt (one fused multiply-add).</summary>
+    private static double HostOp(Op op, double x, double y, out bool inexact)
+    {
+        double r;
+        switch (op)
+        {
+            case Op.Add: case Op.Sub:
+            {
+                if (op == Op.Sub) y = -y;
+                r = x + y;
+                double bb = r - x;
+                inexact = (x - (r - bb)) + (y - bb) != 0;
+                break;
+            }
+            case Op.Mul: r = x * y; inexact = Math.FusedMultiplyAdd(x, y, -r) != 0; break;
+            case Op.Div: r = x / y; inexact = Math.FusedMultiplyAdd(-r, y, x) != 0; break;
+            case Op.Sqrt: r = Math.Sqrt(y); inexact = Math.FusedMultiplyAdd(-r, r, y) != 0; break;
+            case Op.Min: r = x < y ? x : y; inexact = false; break;
+            default: r = x > y ? x : y; inexact = false; break;
+        }
+        return r;
     }
 
     private static bool Mid64(ulong bits)
