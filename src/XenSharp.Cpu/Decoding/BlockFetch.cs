@@ -29,36 +29,28 @@ internal unsafe partial class X86Vcpu
         /// <summary>A block came through a 1 GiB page.</summary>
         public bool Huge;
 
-        /// <summary>Code-fetch translations (linear page to guest-physical page, its global bit and
-        /// leaf) valid in the same epoch: a jump-cache miss on a page seen since the last flush
-        /// needs no page walk.</summary>
+        /// <summary>Code-fetch translations (linear page to guest-physical page) valid in the same
+        /// epoch: a jump-cache miss on a page seen since the last flush needs no page walk. Adding
+        /// one notes its page in the filters, so every block the cache takes is covered by them.</summary>
         private const int FetchSlots = 64;
         private readonly ulong[] _fetchVpn = new ulong[FetchSlots], _fetchPhys = new ulong[FetchSlots];
         private readonly uint[] _fetchEpoch = new uint[FetchSlots];
-        private readonly byte[] _fetchInfo = new byte[FetchSlots];
 
-        public bool TryFetch(ulong lin, out ulong phys, out bool global, out int leaf)
+        public bool TryFetch(ulong lin, out ulong phys)
         {
             ulong vpn = lin >> 12;
             int i = (int)(vpn & (FetchSlots - 1));
-            if (_fetchEpoch[i] == Epoch && _fetchVpn[i] == vpn)
-            {
-                phys = _fetchPhys[i] | (lin & 0xFFF);
-                global = (_fetchInfo[i] & 4) != 0;
-                leaf = _fetchInfo[i] & 3;
-                return true;
-            }
-            phys = 0; global = false; leaf = 0;
-            return false;
+            bool hit = _fetchEpoch[i] == Epoch && _fetchVpn[i] == vpn;
+            phys = hit ? _fetchPhys[i] | (lin & 0xFFF) : 0;
+            return hit;
         }
 
-        public void AddFetch(ulong lin, ulong phys, bool global, int leaf)
+        public void AddFetch(ulong lin, ulong phys, int leaf)
         {
             ulong vpn = lin >> 12;
             int i = (int)(vpn & (FetchSlots - 1));
             _fetchVpn[i] = vpn;
             _fetchPhys[i] = phys & ~0xFFFUL;
-            _fetchInfo[i] = (byte)(leaf | (global ? 4 : 0));
             _fetchEpoch[i] = Epoch;
             Note(lin, leaf);
         }
@@ -76,7 +68,7 @@ internal unsafe partial class X86Vcpu
             Huge = false;
         }
 
-        /// <summary>Records the page a cached block came through (<paramref name="leaf"/> as
+        /// <summary>Records the page a code fetch went through (<paramref name="leaf"/> as
         /// <see cref="X86Vcpu._lastWalkLeaf"/>: 0 4 KiB, 1 2 MiB, 2 1 GiB, 3 4 MiB).</summary>
         public void Note(ulong lin, int leaf)
         {
@@ -102,11 +94,8 @@ internal unsafe partial class X86Vcpu
     private readonly DecodedInsn[] _scratch = new DecodedInsn[MaxBlockInsns];
     private readonly byte* _spill = (byte*)System.Runtime.InteropServices.NativeMemory.AllocZeroed(32);
 
-    /// <summary>The supervisor jump cache holds a block reached through a non-global translation.</summary>
+    /// <summary>The supervisor jump cache holds a block or translation reached through a non-global page.</summary>
     private bool _jumpSupNonGlobal;
-    /// <summary>Whether the last code translation of <see cref="LookupOrDecode"/> was a global page, and its leaf level (0: 4 KiB).</summary>
-    private bool _lastFetchGlobal;
-    private int _lastFetchLeaf;
 
     /// <summary>Drops the RIP-to-block shortcuts; when only non-global translations go (a CR3 write),
     /// supervisor entries reached through global pages (a kernel's text) stay.</summary>
@@ -153,10 +142,9 @@ internal unsafe partial class X86Vcpu
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
         {
+            // LookupOrDecode noted the page (and a non-global one) when it translated it this epoch.
             e.Block = b;
             e.Epoch = cache.Epoch;
-            cache.Note(CodeLinear(rip), _lastFetchLeaf);
-            if (!_lastFetchGlobal && cache == _jumpSup) _jumpSupNonGlobal = true;
         }
         return b;
     }
@@ -167,12 +155,11 @@ internal unsafe partial class X86Vcpu
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
         var jc = Cpl == 3 ? _jumpUser : _jumpSup;
-        if (!jc.TryFetch(lin, out ulong phys, out _lastFetchGlobal, out _lastFetchLeaf))
+        if (!jc.TryFetch(lin, out ulong phys))
         {
-            phys = Translate(lin, Access.Fetch, Cpl == 3, out _lastFetchGlobal);
-            _lastFetchLeaf = _lastWalkLeaf;
-            jc.AddFetch(lin, phys, _lastFetchGlobal, _lastFetchLeaf);
-            if (!_lastFetchGlobal && jc == _jumpSup) _jumpSupNonGlobal = true;
+            phys = Translate(lin, Access.Fetch, Cpl == 3, out bool global);
+            jc.AddFetch(lin, phys, _lastWalkLeaf);
+            if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
         }
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid) return b;
