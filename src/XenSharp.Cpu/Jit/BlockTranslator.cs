@@ -114,9 +114,9 @@ internal sealed partial class BlockTranslator
         ref DecodedInsn last = ref _insns[_n - 1];
         // Only blocks compiled entirely inline loop on themselves: nothing in them can change
         // TF, IF, the interrupt shadow or the mode, which the run loop checks between blocks.
-        _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip
-            && Array.TrueForAll(_plans, p => p.Inline);
-        _chainable = _is64 && Array.TrueForAll(_plans, p => p.Inline);
+        bool allInline = Array.TrueForAll(_plans, p => p.Inline);
+        _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip && allInline;
+        _chainable = _is64 && allInline;
 
         for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
         _fl = _il.DeclareLocal(typeof(ulong));

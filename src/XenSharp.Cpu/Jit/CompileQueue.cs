@@ -56,9 +56,7 @@ internal sealed class CompileQueue : IDisposable
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
                 // A translator defect costs this block its compiled form, never the process.
-                b.JitFailed = true;
-                Interlocked.Increment(ref _engine.JitFailureCount);
-                _engine.LastJitFailure = ex.Message;
+                Failed(b, _engine, ex);
             }
         }
     }
@@ -78,12 +76,17 @@ internal sealed class CompileQueue : IDisposable
         }
         catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)
         {
-            // The block stays interpreted; the interpreter is the reference anyway.
-            b.JitFailed = true;
-            Interlocked.Increment(ref engine.JitFailureCount);
-            engine.LastJitFailure = ex.Message;
+            Failed(b, engine, ex);
             return null;
         }
+    }
+
+    /// <summary>The block stays interpreted; the interpreter is the reference anyway.</summary>
+    internal static void Failed(DecodedBlock b, X86Engine engine, Exception ex)
+    {
+        b.JitFailed = true;
+        Interlocked.Increment(ref engine.JitFailureCount);
+        engine.LastJitFailure = ex.Message;
     }
 
     public void Dispose()

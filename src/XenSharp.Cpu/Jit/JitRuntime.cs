@@ -44,9 +44,7 @@ internal unsafe partial class X86Vcpu
         {
             // The .NET JIT rejected the IL on its first call, before any of it ran.
             b.Compiled = null;
-            b.JitFailed = true;
-            Interlocked.Increment(ref _engine.JitFailureCount);
-            _engine.LastJitFailure = ex.Message;
+            CompileQueue.Failed(b, _engine, ex);
             return false;
         }
         return true;
