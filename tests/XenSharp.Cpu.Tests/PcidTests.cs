@@ -22,6 +22,18 @@ public class PcidTests
 
     static void SetPcide(Assembler a) { a.mov(rax, cr4); a.bts(rax, 17); a.mov(cr4, rax); }
 
+    /// <summary>Points 0x6000 at 0x7000 (value 2), runs INVPCID with the given type and descriptor,
+    /// then reads 0x6000 into R10.</summary>
+    static void RemapThenInvpcid(Assembler a, int type, int pcid, int address)
+    {
+        a.mov(__qword_ptr[TestMachine.Pt + 6 * 8], 0x7000 | 7);
+        a.mov(__qword_ptr[Desc], pcid);
+        a.mov(__qword_ptr[Desc + 8], address);
+        a.mov(edx, type);
+        a.invpcid(rdx, __[Desc]);
+        a.mov(r10, __qword_ptr[0x6000]);
+    }
+
     [Fact, Trait("Feature", "x86 system architecture emulation")]
     public void PcidIsAdvertised()
     {
@@ -53,12 +65,7 @@ public class PcidTests
             a.mov(r8, __qword_ptr[0x6000]);
             a.mov(r9, cr3);
             // Remap 0x6000 to 0x7000 and invalidate it for PCID 7 alone (type 0).
-            a.mov(__qword_ptr[TestMachine.Pt + 6 * 8], 0x7000 | 7);
-            a.mov(__qword_ptr[Desc], 7);
-            a.mov(__qword_ptr[Desc + 8], 0x6000);
-            a.xor(edx, edx);
-            a.invpcid(rdx, __[Desc]);
-            a.mov(r10, __qword_ptr[0x6000]);
+            RemapThenInvpcid(a, 0, 7, 0x6000);
         });
         m.RunToHlt();
         var r = m.Regs;
@@ -100,12 +107,7 @@ public class PcidTests
         {
             SetPcide(a);
             a.mov(r8, __qword_ptr[0x6000]);
-            a.mov(__qword_ptr[TestMachine.Pt + 6 * 8], 0x7000 | 7);
-            a.mov(__qword_ptr[Desc], 0);
-            a.mov(__qword_ptr[Desc + 8], 0);
-            a.mov(edx, type);
-            a.invpcid(rdx, __[Desc]);
-            a.mov(r10, __qword_ptr[0x6000]);
+            RemapThenInvpcid(a, type, 0, 0);
         });
         m.RunToHlt();
         Assert.Equal((0x600dUL, 1UL, 2UL), (m.Regs.R14, m.Regs.R8, m.Regs.R10));
