@@ -49,17 +49,18 @@ public sealed partial class HypercallFuzzTests : IDisposable
         {
             var list = _xl.Run("list");
             Assert.True(list.ExitCode == 0, $"xl list failed while the fuzzer ran\n{list}");
+            // xl starts a daemon when none answers: the one holding the fuzzer is gone.
+            Assert.False(list.Stderr.Contains("starting xensharpd"), $"the daemon died while the fuzzer ran\n{DaemonLog()}");
             if (!FuzzListed().IsMatch(list.Stdout)) break;
             Assert.True(limit.Elapsed < TimeSpan.FromMinutes(5), $"the fuzzer never finished\n{list}\n{ConsoleLog()}");
             BootNeighbour(neighbours[booted++ % neighbours.Length]);
         }
-        Assert.True(booted >= 2, $"only {booted} neighbours ran beside the fuzzer\n{ConsoleLog()}");
-
         var log = ConsoleLog().Replace("\r", "");
         var done = DoneLine().Match(log);
         Assert.True(done.Success, $"the fuzzer did not survive to report DONE\n{log}");
         Assert.True(done.Groups[2].Value == "0", $"the fuzzer reported failures\n{log}");
         Assert.Contains("PASS fuzz.survived", log);
+        Assert.True(booted >= 2, $"only {booted} neighbours ran beside the fuzzer\n{log}");
 
         var info = _xl.Run("info");
         Assert.True(info.ExitCode == 0, $"the daemon no longer answers xl info\n{info}");
@@ -69,9 +70,17 @@ public sealed partial class HypercallFuzzTests : IDisposable
         BootNeighbour("evtchn2l");
     }
 
+    private string DaemonLog()
+    {
+        var path = Path.Combine(_xl.RunDir, "xensharpd.log");
+        return File.Exists(path) ? File.ReadAllText(path) : $"(no {path})";
+    }
+
+    /// <summary>The fuzzer's console and the hypervisor's log, which says how a domain ended.</summary>
     private string ConsoleLog()
     {
         var path = Path.Combine(_xl.RunDir, "console", "fuzz.log");
-        return File.Exists(path) ? File.ReadAllText(path) : $"(no {path})";
+        var console = File.Exists(path) ? File.ReadAllText(path) : $"(no {path})";
+        return $"{console}\n--- xl dmesg\n{_xl.Run("dmesg").Stdout}";
     }
 }
