@@ -2,9 +2,10 @@
  * arguments from a seeded generator (`seed=N`), then reports that it survived. Xen must answer
  * each call with a result or an errno and leave this domain and its neighbours intact.
  *
- * The guest keeps itself alive by giving the hypervisor only two areas to write or remap: a
- * scratch area (buffers with random contents, registered vcpu_info/runstate/FIFO control pages)
- * and a balloon area (target of populate/decrease/add_to_physmap/grant mappings, which the guest
+ * The guest keeps itself alive by giving the hypervisor only three areas to write or remap: a
+ * scratch area (argument buffers with random contents), a live area (the vcpu_info, runstate,
+ * time and FIFO event pages it registers, which the hypervisor rewrites whenever it likes, so
+ * they never share a page with an argument that a continuation reads again) and a balloon area (target of populate/decrease/add_to_physmap/grant mappings, which the guest
  * never reads or writes itself). Deliberately bad pointers are unmapped, non-canonical or have no
  * memory behind them. Calls that legitimately stop a domain (shutdown, watchdog, bringing vCPUs up
  * with garbage state, multicall) are left out. Interrupts stay off and every vector has a handler
@@ -21,7 +22,9 @@
 RT_GUEST("fuzz");
 
 #define SCRATCH_BASE  0x1000000ul   /* 16 MiB: buffers the hypervisor may read and write */
-#define SCRATCH_PAGES 64
+#define SCRATCH_PAGES 56
+#define LIVE_BASE     (SCRATCH_BASE + SCRATCH_PAGES * 4096ul)   /* areas registered with the hypervisor */
+#define LIVE_PAGES    8
 #define BALLOON_BASE  0x2000000ul   /* 32 MiB: gfns the hypervisor may populate, free and remap */
 #define BALLOON_PAGES 256
 
@@ -60,6 +63,11 @@ static unsigned long scratch_pointer(unsigned long room)
     return SCRATCH_BASE + ((rnd() % span) & ~7ul);
 }
 static uint64_t scratch_gfn(void) { return (SCRATCH_BASE >> 12) + below(SCRATCH_PAGES); }
+static unsigned long live_pointer(unsigned long room)
+{
+    return LIVE_BASE + ((rnd() % (LIVE_PAGES * 4096ul - room)) & ~7ul);
+}
+static uint64_t live_gfn(void) { return (LIVE_BASE >> 12) + below(LIVE_PAGES); }
 static uint64_t balloon_gfn(unsigned int order)
 {
     unsigned int n = BALLOON_PAGES >> order;
@@ -368,14 +376,14 @@ static void fuzz_event_channel_op(void)
     }
     case EVTCHNOP_init_control: {
         struct evtchn_init_control *c = (void *)a;
-        c->control_gfn = chance(90) ? scratch_gfn() : (chance(50) ? balloon_gfn(0) : rnd());
+        c->control_gfn = chance(90) ? live_gfn() : (chance(50) ? balloon_gfn(0) : rnd());
         c->offset = chance(80) ? below(4096) & ~63u : (uint32_t)rnd();
         c->vcpu = chance(80) ? below(3) : (uint32_t)rnd();
         break;
     }
     case EVTCHNOP_expand_array: {
         struct evtchn_expand_array *e = (void *)a;
-        e->array_gfn = chance(90) ? scratch_gfn() : (chance(50) ? balloon_gfn(0) : rnd());
+        e->array_gfn = chance(90) ? live_gfn() : (chance(50) ? balloon_gfn(0) : rnd());
         break;
     }
     case EVTCHNOP_bind_interdomain:
@@ -420,12 +428,12 @@ static void fuzz_vcpu_op(void)
         break;
     case VCPUOP_register_runstate_memory_area:
     case VCPUOP_register_vcpu_time_memory_area:
-        /* The hypervisor keeps writing there on every switch: scratch or a bad address only. */
-        a[0] = chance(80) ? scratch_pointer(64) : bad_pointer();
+        /* The hypervisor keeps writing there on every switch: the live area or a bad address only. */
+        a[0] = chance(80) ? live_pointer(64) : bad_pointer();
         break;
     case VCPUOP_register_vcpu_info: {
         struct vcpu_register_vcpu_info *v = (void *)a;
-        v->mfn = chance(85) ? scratch_gfn() : rnd();
+        v->mfn = chance(85) ? live_gfn() : rnd();
         v->offset = chance(80) ? below(4096) & ~63u : (uint32_t)rnd();
         break;
     }
@@ -621,7 +629,7 @@ void guest_main(void)
         if (v != RT_USER_EXIT_VECTOR)
             rt_set_handler(v, ignore_interrupt);
 
-    memset((void *)SCRATCH_BASE, 0, SCRATCH_PAGES * 4096ul);
+    memset((void *)SCRATCH_BASE, 0, (SCRATCH_PAGES + LIVE_PAGES) * 4096ul);
     const uint64_t text = text_sum();
     memcpy(text_copy, __image_start, TEXT_BYTES);
     int intact = 1;
@@ -671,6 +679,11 @@ void guest_main(void)
         }
     }
     rt_printf("# fuzz calls=%lu errors=%lu ignored_interrupts=%lu\n", calls, errors, ignored_irqs);
+    /* A reason stored by SCHEDOP_shutdown_code wins over the one we shut down with: store poweroff
+     * last, or a stray suspend, reboot or crash code decides how this run ends. */
+    struct sched_shutdown off = { .reason = SHUTDOWN_poweroff };
+    rt_check("fuzz.shutdown_code", rt_hypercall(__HYPERVISOR_sched_op, SCHEDOP_shutdown_code, (uint64_t)&off, 0, 0, 0) == 0,
+             "SCHEDOP_shutdown_code refused poweroff");
     if (intact)
         rt_check("fuzz.image_intact", text_sum() == text, "our code changed");
     rt_check("fuzz.survived", calls > 0, "no hypercall was made");
