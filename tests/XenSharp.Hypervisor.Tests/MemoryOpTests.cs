@@ -53,6 +53,31 @@ public class MemoryOpTests : IDisposable
         Assert.Equal(0x403, g.Call(Xen.__HYPERVISOR_memory_op, XENMEM_maximum_gpfn, WriteDomid(g, Xen.DOMID_SELF)));
     }
 
+    [Fact]
+    [Trait("Feature", "Dynamic memory control")]
+    public void IncreaseReservationGivesATranslatedGuestFramesItCannotSee()
+    {
+        ulong free = _host.GetHostInfo().FreeMemoryBytes;
+        var g = new Guest(_host, ramMiB: 1, maxMiB: 2);
+        long maxGpfn = g.Call(Xen.__HYPERVISOR_memory_op, XENMEM_maximum_gpfn, WriteDomid(g, Xen.DOMID_SELF));
+        ulong afterBuild = _host.GetHostInfo().FreeMemoryBytes;
+
+        // Xen writes MFNs back only for PV guests: the list keeps what the guest put there, the p2m is unchanged.
+        Assert.Equal(2, Reservation(g, XENMEM_increase_reservation, [0x1111, 0x2222], order: 1));
+        Assert.Equal(256L + 4, g.Domain.TotPages);
+        Assert.Equal(afterBuild - 4 * 4096, _host.GetHostInfo().FreeMemoryBytes);
+        Assert.Equal(0x1111UL, g.Read<ulong>(ExtentList));
+        Assert.Equal(0x2222UL, g.Read<ulong>(ExtentList + 8));
+        Assert.Equal(maxGpfn, g.Call(Xen.__HYPERVISOR_memory_op, XENMEM_maximum_gpfn, WriteDomid(g, Xen.DOMID_SELF)));
+
+        // The reservation still bounds them: 252 pages are left, so the second extent of 128 does not fit.
+        Assert.Equal(1, Reservation(g, XENMEM_increase_reservation, [0, 0], order: 7));
+        Assert.Equal(256L + 4 + 128, g.Domain.TotPages);
+
+        _host.Destroy(g.Id);
+        Assert.Equal(free, _host.GetHostInfo().FreeMemoryBytes);
+    }
+
     private static ulong WriteDomid(Guest g, ushort domid)
     {
         g.Write(Guest.Scratch, domid);

@@ -120,6 +120,36 @@ internal sealed unsafe class Domain
         }
     }
 
+    // Frames increase_reservation gave this (translated) domain: owned and counted, mapped at no GFN
+    // (Xen reports MFNs only to PV guests), so they go back to the pool only with the domain.
+    private readonly List<uint> _unplaced = new();
+
+    /// <summary>Allocates <paramref name="pages"/> frames to the domain without mapping them (Xen's
+    /// increase_reservation for an auto-translated domain); false, with nothing taken, when they do not fit.</summary>
+    public bool AllocateUnplaced(ulong pages)
+    {
+        lock (Lock)
+        {
+            if (!TryChargePages((long)pages))
+                return false;
+            int before = _unplaced.Count;
+            for (ulong i = 0; i < pages; i++)
+            {
+                if (Host.Frames.TryAllocate(DomainId, FrameType.Ram, out uint mfn))
+                    _unplaced.Add(mfn);
+                else
+                {
+                    for (int j = before; j < _unplaced.Count; j++)
+                        Host.Frames.Free(_unplaced[j]);
+                    _unplaced.RemoveRange(before, _unplaced.Count - before);
+                    UnchargePages((long)pages);
+                    return false;
+                }
+            }
+            return true;
+        }
+    }
+
     /// <summary>Removes whatever is at <paramref name="gfn"/>; RAM goes back to the machine pool.</summary>
     public bool RemovePage(ulong gfn)
     {
@@ -171,6 +201,10 @@ internal sealed unsafe class Domain
                 v.Teardown();
             foreach (var (gfn, _, _) in P2m.Entries().ToList())
                 ReleaseOld(P2m.Remove(gfn));
+            foreach (uint mfn in _unplaced)
+                Host.Frames.Free(mfn);
+            UnchargePages(_unplaced.Count);
+            _unplaced.Clear();
             if (!IsHost)
                 Host.Frames.Free(SharedInfoMfn);
             Engine?.Dispose();

@@ -115,19 +115,11 @@ internal static class MemoryOp
                     break;
                 }
                 case XENMEM_increase_reservation:
-                {
-                    // Auto-translated guests get frames placed at the lowest free GFNs above their RAM.
-                    if ((ulong)d.TotPages + pages > d.MaxPages)
-                        return (long)i;
-                    ulong gfn = d.P2m.MaxMappedGfn + 1;
-                    gfn = (gfn + pages - 1) & ~(pages - 1);
-                    for (ulong p = 0; p < pages; p++)
-                        if (!d.PopulateRam(gfn + p))
-                            return (long)i;
-                    if (r.ExtentStart != 0 && !WritePfn(v, r.ExtentStart, i, gfn))
+                    // Every domain here is auto-translated: the frames are the domain's, but Xen neither
+                    // maps them nor writes their MFNs back (that is for PV guests); populate_physmap places memory.
+                    if (!d.AllocateUnplaced(pages))
                         return (long)i;
                     break;
-                }
                 default:
                 {
                     if (!ReadPfn(v, r.ExtentStart, i, out ulong gpfn))
