@@ -81,6 +81,7 @@ public sealed partial class HypercallFuzzTests : IDisposable
     {
         var path = Path.Combine(_xl.RunDir, "console", "fuzz.log");
         var console = File.Exists(path) ? File.ReadAllText(path) : $"(no {path})";
-        return $"{console}\n--- xl dmesg\n{_xl.Run("dmesg").Stdout}";
+        var daemon = DaemonLog().Split('\n');
+        return $"{console}\n--- xl dmesg\n{_xl.Run("dmesg").Stdout}\n--- xensharpd.log (end)\n{string.Join('\n', daemon[Math.Max(0, daemon.Length - 40)..])}";
     }
 }
