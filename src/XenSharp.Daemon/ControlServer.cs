@@ -66,7 +66,7 @@ internal sealed class ControlServer : IDisposable
                 if (request is ConsoleAttachRequest && response.Ok)
                 {
                     var target = response.Result!.Value.Deserialize<ConsoleAttachResult>(ControlJson.Options)!;
-                    await _host.RunConsoleAsync(target.DomId, channel.Stream, _cts.Token);
+                    await _host.RunConsoleAsync(target.DomId, channel.Stream, ((ConsoleAttachRequest)request).Unpause, _cts.Token);
                     return;
                 }
             }

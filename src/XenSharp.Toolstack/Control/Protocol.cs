@@ -83,7 +83,9 @@ public sealed record DmesgRequest(bool Clear) : ControlRequest<string>;
 public sealed record DebugKeysRequest(string Keys) : ControlRequest<Unit>;
 public sealed record SysrqRequest(string Domain, char Key) : ControlRequest<Unit>;
 public sealed record TriggerRequest(string Domain, string Trigger, int Vcpu) : ControlRequest<Unit>;
-public sealed record ConsoleAttachRequest(string Domain) : ControlRequest<ConsoleAttachResult>;
+/// <summary>With <paramref name="Unpause"/> the daemon unpauses the domain once the console is attached
+/// (xl create -c), so that nothing the guest writes can come before its reader.</summary>
+public sealed record ConsoleAttachRequest(string Domain, bool Unpause = false) : ControlRequest<ConsoleAttachResult>;
 public sealed record ConsoleAttachResult(uint DomId, string Name);
 public sealed record StopDaemonRequest : ControlRequest<Unit>;
 

@@ -526,13 +526,18 @@ public sealed partial class Host : IDisposable
     }
 
     /// <summary>After a successful attach answer, the connection is the console's: output flows to
-    /// <paramref name="client"/>, its bytes go to the guest; returns when either side closes.</summary>
-    public async Task RunConsoleAsync(uint domId, Stream client, CancellationToken ct)
+    /// <paramref name="client"/>, its bytes go to the guest; returns when either side closes.
+    /// <paramref name="unpause"/> lets a domain created paused for this console run once it is attached.</summary>
+    public async Task RunConsoleAsync(uint domId, Stream client, bool unpause, CancellationToken ct)
     {
         Domain? d;
         lock (_lock) _domains.TryGetValue(domId, out d);
         var backend = d?.Console;
-        if (backend is null || !backend.Attach(client)) return;
+        bool attached = backend is not null && backend.Attach(client);
+        // Unpaused even when another reader won the console: the domain must not wait for this one.
+        if (unpause && d is not null)
+            try { d.Hv.Unpause(); } catch (XenSharp.Hypervisor.HypervisorException) { } // destroyed meanwhile
+        if (!attached) return;
         try
         {
             var buf = new byte[1024];
@@ -554,7 +559,7 @@ public sealed partial class Host : IDisposable
             }
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException) { }
-        finally { backend.Detach(client); }
+        finally { backend!.Detach(client); }
     }
 
     // ---- shutdown handling ----

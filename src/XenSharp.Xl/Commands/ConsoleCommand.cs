@@ -27,9 +27,9 @@ internal static class ConsoleCommand
     public static int Attach(XlContext ctx, string domain, bool unpause = false)
     {
         using var client = ctx.Connect();
-        client.Send(new ConsoleAttachRequest(domain));
-        if (unpause)
-            ctx.Daemon.Send(new UnpauseRequest(domain));
+        // The daemon unpauses only after attaching: unpausing from here raced the attach, and a guest
+        // that finished first took its output with it.
+        client.Send(new ConsoleAttachRequest(domain, unpause));
         var stream = client.Stream;
         string? saved = Console.IsInputRedirected ? null : Stty("-g");
         if (saved is not null) Stty("raw -echo");
