@@ -63,10 +63,10 @@ internal sealed class ControlServer : IDisposable
                 }
                 var response = _host.Handle(request);
                 await channel.WriteAsync(response, _cts.Token);
-                if (request is ConsoleAttachRequest && response.Ok)
+                if (request is ConsoleAttachRequest attach && response.Ok)
                 {
                     var target = response.Result!.Value.Deserialize<ConsoleAttachResult>(ControlJson.Options)!;
-                    await _host.RunConsoleAsync(target.DomId, channel.Stream, ((ConsoleAttachRequest)request).Unpause, _cts.Token);
+                    await _host.RunConsoleAsync(target.DomId, channel.Stream, attach.Unpause, _cts.Token);
                     return;
                 }
             }
