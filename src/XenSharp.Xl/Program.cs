@@ -2,7 +2,7 @@ using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
 using XenSharp.Xl;
 
-return XlMain.Run(args, Console.Out, Console.Error);
+return XlMain.Run(args, FdStream.Writer(1), FdStream.Writer(2));
 
 namespace XenSharp.Xl
 {

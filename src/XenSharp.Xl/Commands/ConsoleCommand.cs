@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using XenSharp.Toolstack.Control;
 
 namespace XenSharp.Xl.Commands;
@@ -31,63 +30,37 @@ internal static class ConsoleCommand
         // that finished first took its output with it.
         client.Send(new ConsoleAttachRequest(domain, unpause));
         var stream = client.Stream;
-        string? saved = Console.IsInputRedirected ? null : Stty("-g");
-        if (saved is not null) Stty("raw -echo");
+        using var terminal = RawTerminal.Enter();
         try
         {
-            var stdout = Console.OpenStandardOutput();
+            var stdout = new FdStream(1);
             var output = Task.Run(async () =>
             {
                 var buf = new byte[4096];
                 int n;
-                while ((n = await stream.ReadAsync(buf)) > 0)
-                {
-                    await stdout.WriteAsync(buf.AsMemory(0, n));
-                    await stdout.FlushAsync();
-                }
+                while ((n = await stream.ReadAsync(buf)) > 0) stdout.Write(buf, 0, n);
             });
-            var input = Task.Run(async () =>
+            var input = Task.Factory.StartNew(() =>
             {
-                var stdin = Console.OpenStandardInput();
+                var stdin = new FdStream(0);
                 var buf = new byte[1024];
                 int n;
-                while ((n = await stdin.ReadAsync(buf)) > 0)
+                while ((n = stdin.Read(buf)) > 0)
                 {
                     int detach = Array.IndexOf(buf, DetachKey, 0, n);
                     if (detach >= 0)
                     {
-                        if (detach > 0) await stream.WriteAsync(buf.AsMemory(0, detach));
+                        if (detach > 0) stream.Write(buf.AsSpan(0, detach));
                         return;
                     }
-                    await stream.WriteAsync(buf.AsMemory(0, n));
+                    stream.Write(buf.AsSpan(0, n));
                 }
                 // End of input (not a terminal): keep showing output until the console closes.
-                await output;
-            });
+                output.Wait();
+            }, TaskCreationOptions.LongRunning);
             Task.WaitAny(output, input);
         }
         catch (IOException) { }
-        finally
-        {
-            if (saved is not null) Stty(saved);
-        }
         return 0;
-    }
-
-    private static string? Stty(string args)
-    {
-        try
-        {
-            var psi = new ProcessStartInfo("/bin/sh", ["-c", $"stty {args} < /dev/tty"])
-            { RedirectStandardOutput = true, UseShellExecute = false };
-            using var p = Process.Start(psi)!;
-            string o = p.StandardOutput.ReadToEnd().Trim();
-            p.WaitForExit();
-            return p.ExitCode == 0 ? o : null;
-        }
-        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException)
-        {
-            return null;
-        }
     }
 }
