@@ -20,10 +20,10 @@ public static class XlConfigParser
     public static XlConfig ParseFile(string path, string? reportName = null)
     {
         string text;
-        try { text = File.ReadAllText(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        try { text = UserFile.ReadAllText(path); }
+        catch (UserFileException e)
         {
-            throw new XlConfigException($"Failed to read config file: {reportName ?? path}: {Describe(e)}");
+            throw new XlConfigException($"Failed to read config file: {reportName ?? path}: {e.Reason}");
         }
         var config = Parse(text, reportName ?? path);
         config.Directory = Path.GetDirectoryName(Path.GetFullPath(path));
@@ -37,13 +37,6 @@ public static class XlConfigParser
         var p = new Parser(text, file);
         p.Run(config);
     }
-
-    private static string Describe(Exception e) => e switch
-    {
-        FileNotFoundException or DirectoryNotFoundException => "No such file or directory",
-        UnauthorizedAccessException => "Permission denied",
-        _ => e.Message,
-    };
 
     private enum Tok { Id, Number, String, Eq, PlusEq, LBracket, RBracket, Comma, Semi, Newline, End }
 

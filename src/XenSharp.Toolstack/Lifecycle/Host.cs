@@ -227,13 +227,8 @@ public sealed partial class Host : IDisposable
 
     private static byte[] ReadImage(string path, string what)
     {
-        try { return File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            string why = e is FileNotFoundException or DirectoryNotFoundException ? "No such file or directory"
-                : e is UnauthorizedAccessException ? "Permission denied" : e.Message;
-            throw new ControlException($"{what}: {path}: {why}");
-        }
+        try { return UserFile.ReadAllBytes(path); }
+        catch (UserFileException e) { throw new ControlException($"{what}: {path}: {e.Reason}"); }
     }
 
     /// <summary>Destroys a domain and everything that belongs to it: console, xenstore nodes and

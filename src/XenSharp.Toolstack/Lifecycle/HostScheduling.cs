@@ -68,8 +68,12 @@ public sealed partial class Host
                 if (!free.Contains(c)) throw new ControlException($"cpu {c} illegal or not free", 16);
         }
         else
+        {
+            // Without cpus= or nodes=, one free pCPU; an explicit empty list (cpus=[]) makes an empty pool.
             cpus = free.Take(1).ToArray();
-        if (cpus.Count == 0) throw new ControlException("no free cpu found", 16);
+            if (cpus.Count == 0) throw new ControlException("no free cpu found", 16);
+        }
+        if (r.Nodes is not null && cpus.Count == 0) throw new ControlException("no free cpu found", 16);
         int id = Sched.CreateCpupool(r.Name, sched, cpus);
         return Entry(Sched.ListCpupools().First(p => p.PoolId == id));
     }

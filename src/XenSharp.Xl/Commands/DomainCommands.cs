@@ -22,12 +22,10 @@ internal static class DomainCommands
         if (!quiet) ctx.Err.WriteLine($"Parsing config from {file}");
 
         string text;
-        try { text = File.ReadAllText(file); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        try { text = UserFile.ReadAllText(file); }
+        catch (UserFileException e)
         {
-            string why = e is FileNotFoundException or DirectoryNotFoundException ? "No such file or directory"
-                : e is UnauthorizedAccessException ? "Permission denied" : e.Message;
-            ctx.Err.WriteLine($"Failed to read config file: {file}: {why}");
+            ctx.Err.WriteLine($"Failed to read config file: {file}: {e.Reason}");
             return 1;
         }
         string dir = Path.GetDirectoryName(Path.GetFullPath(file))!;

@@ -134,12 +134,12 @@ internal static class SchedCommands
         string name = "command line";
         if (file is not null)
         {
-            if (!File.Exists(file))
+            try { text = UserFile.ReadAllText(file); }
+            catch (UserFileException e)
             {
-                ctx.Err.WriteLine($"Failed to read config file: {file}: No such file or directory");
+                ctx.Err.WriteLine($"Failed to read config file: {file}: {e.Reason}");
                 return 1;
             }
-            text = File.ReadAllText(file);
             name = file;
         }
         text += "\n" + string.Join("\n", vars) + "\n";

@@ -176,6 +176,36 @@ public sealed class XlEndToEndTests(XlSession s)
     }
 
     [Fact]
+    public void PathsThatAreNotRegularFilesSaySo()
+    {
+        string dir = Directory.CreateDirectory(Path.Combine(s.Work, "a-directory")).FullName;
+        var (code, _, err) = s.Xl("create", dir);
+        Assert.Equal(1, code);
+        Assert.Contains($"Failed to read config file: {dir}: Is a directory", err);
+
+        // A device that never ends and a FIFO nobody writes: an error at once, not a read forever.
+        (code, _, err) = s.Xl("create", "/dev/zero");
+        Assert.Equal(1, code);
+        Assert.Contains("Failed to read config file: /dev/zero: not a regular file", err);
+        string fifo = Path.Combine(s.Work, "a-fifo");
+        if (!File.Exists(fifo)) Assert.Equal(0, System.Diagnostics.Process.Start("mkfifo", [fifo])!.WaitForExitAsync().Wait(10_000) ? 0 : 1);
+        (code, _, err) = s.Xl("create", fifo);
+        Assert.Equal(1, code);
+        Assert.Contains($"Failed to read config file: {fifo}: not a regular file", err);
+
+        string cfg = Path.Combine(s.Work, "dirkernel.cfg");
+        File.WriteAllText(cfg, $"name = \"dk\"\ntype = \"pvh\"\nkernel = \"{dir}\"\nmemory = 16\n");
+        (code, _, err) = s.Xl("create", cfg);
+        Assert.Equal(1, code);
+        Assert.Contains($"kernel: {dir}: Is a directory", err);
+        File.WriteAllText(cfg, $"name = \"dk\"\ntype = \"pvh\"\nkernel = \"/dev/zero\"\nmemory = 16\n");
+        (code, _, err) = s.Xl("create", cfg);
+        Assert.Equal(1, code);
+        Assert.Contains("kernel: /dev/zero: not a regular file", err);
+        Assert.False(List().ContainsKey("dk"));
+    }
+
+    [Fact]
     public void HelloExampleCreatesWhenTheTestKernelIsBuilt()
     {
         string cfg = Path.Combine(s.Root, "examples", "hello-pvh.cfg");

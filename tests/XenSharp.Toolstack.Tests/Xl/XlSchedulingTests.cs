@@ -95,6 +95,23 @@ public sealed class XlSchedulingTests(XlSession s)
         Assert.Contains($"Pool-0             {cpus,3}    credit       y          0", Lines(Ok("cpupool-list")));
     }
 
+    [Fact, Trait("Feature", "CPU Pools"), Trait("Feature", "xl")]
+    public void EmptyCpuListMakesAnEmptyPool()
+    {
+        try
+        {
+            Assert.Equal(["Using config file \"command line\"", "cpupool name:   empty", "scheduler:      credit2", "number of cpus: 0"],
+                Lines(Ok("cpupool-create", "name=\"empty\"", "sched=\"credit2\"", "cpus=[]")));
+            Assert.Contains("empty                0   credit2       y          0", Lines(Ok("cpupool-list")));
+            Assert.Equal(["Name               CPU list", "empty              "], Lines(Ok("cpupool-list", "-c", "empty")));
+            Ok("cpupool-cpu-remove", "Pool-0", "1");
+            Ok("cpupool-cpu-add", "empty", "1");
+            Assert.Contains("empty                1   credit2       y          0", Lines(Ok("cpupool-list")));
+            Ok("cpupool-cpu-remove", "empty", "1");
+        }
+        finally { Cleanup("empty"); }
+    }
+
     [Fact, Trait("Feature", "CPU Pools"), Trait("Feature", "RTDS based Scheduler"), Trait("Feature", "xl")]
     public void RtdsPoolFromConfigAndVcpuParameters()
     {
