@@ -54,8 +54,14 @@ internal sealed class NodeStore
             return _nodes.GetValueOrDefault(path);
         if (tx.Overlay.TryGetValue(path, out Node? mine))
             return mine;
+        if (tx.Snapshot.TryGetValue(path, out Node? seen))
+            return seen;
+        // The first read takes a copy: later reads in the transaction see the node as it was then,
+        // whatever others write meanwhile (their write still makes the commit fail with EAGAIN).
         Node? n = _nodes.GetValueOrDefault(path);
         tx.Seen.TryAdd(path, n?.Generation ?? -1);
+        n = n?.Clone();
+        tx.Snapshot[path] = n;
         return n;
     }
 

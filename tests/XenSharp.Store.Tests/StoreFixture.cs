@@ -45,10 +45,10 @@ public sealed class TempDaemon : IDisposable
         return ring;
     }
 
-    /// <summary>Runs one of Debian's xenstore-* tools against this daemon.</summary>
+    /// <summary>Runs one of Debian's xenstore-* tools (or a program by its full path) against this daemon.</summary>
     public (int Exit, string Out, string Err) Tool(string tool, params string[] args)
     {
-        var psi = new ProcessStartInfo("/usr/bin/" + tool)
+        var psi = new ProcessStartInfo(tool.StartsWith('/') ? tool : "/usr/bin/" + tool)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,

@@ -50,6 +50,24 @@ public class TransactionTests
     }
 
     [Fact]
+    public void ReadsInATransactionSeeTheNodeAsFirstRead()
+    {
+        using var d = new TempDaemon();
+        using var c = d.Connect();
+        using var other = d.Connect();
+        Assert.Equal("OK\0", c.Write("/snap/x", "a"));
+        uint tx = Start(c);
+        Assert.Equal("a", c.CallTx(tx, XsType.Read, "/snap/x"));
+        Assert.Equal("OK\0", other.Write("/snap/x", "b"));
+        Assert.Equal("OK\0", other.Write("/snap/new", "n"));
+        Assert.Equal("a", c.CallTx(tx, XsType.Read, "/snap/x"));
+        Assert.Equal("OK\0", c.Write("/snap/x", "c", tx));
+        Assert.Equal("c", c.CallTx(tx, XsType.Read, "/snap/x"));
+        Assert.Equal("ERR:EAGAIN", c.CallTx(tx, XsType.TransactionEnd, "T"));
+        Assert.Equal("b", c.Call(XsType.Read, "/snap/x"));
+    }
+
+    [Fact]
     public void UnrelatedTransactionsBothCommit()
     {
         using var d = new TempDaemon();

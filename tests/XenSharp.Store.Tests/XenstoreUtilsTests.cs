@@ -6,6 +6,23 @@ namespace XenSharp.Store.Tests;
 [Trait("Feature", "Toolstack")]
 public class XenstoreUtilsTests
 {
+    /// <summary>Xen's own xenstored test suite (xen-utils-4.17's test-xenstore): every case passes,
+    /// the transaction with a conflict included.</summary>
+    [Fact]
+    public void XensTestXenstorePasses()
+    {
+        using var d = new TempDaemon();
+        var list = d.Tool("/usr/lib/xen-4.17/bin/test-xenstore", "--list-tests");
+        Assert.Equal(0, list.Exit);
+        var names = list.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split(':')[0].Trim()).ToArray();
+        Assert.Contains("ta err", names);
+        var run = d.Tool("/usr/lib/xen-4.17/bin/test-xenstore");
+        Assert.True(run.Exit == 0, $"test-xenstore exited {run.Exit}:\n{run.Out}{run.Err}");
+        var ran = run.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split(':')[0].Trim()).ToArray();
+        Assert.Equal(names, ran.Where(names.Contains));
+        Assert.DoesNotContain("failed", run.Out);
+    }
+
     [Fact]
     public void WriteReadListRemove()
     {
