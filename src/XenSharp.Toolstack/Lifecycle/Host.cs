@@ -184,7 +184,7 @@ public sealed partial class Host : IDisposable
                 PlaceOnNumaNodes(domId, c, hvd);
 
             var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
-                c.Vcpus, c.MaxVcpus), hvd.Memory);
+                c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);
             hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
             hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
             hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
@@ -346,6 +346,10 @@ public sealed partial class Host : IDisposable
         if (r.TargetKb > d.Config.MaxMemKb)
             throw new ControlException($"memory_dynamic_max must be less than or equal to memory_static_max");
         if (r.TargetKb <= 0) throw new ControlException("invalid memory target");
+        // libxl_set_memory_target with enforce: the reservation limit follows the target, the PoD cache is
+        // sized for it (a no-op once the guest has ballooned to it), and the balloon driver reads memory/target.
+        d.Hv.SetMaxMem(r.TargetKb);
+        d.Hv.Memory.SetPodTarget((ulong)r.TargetKb / 4);
         _xs.Write($"{XenstoreLayout.DomainPath(d.DomId)}/memory/target", r.TargetKb.ToString());
         d.Config.TargetMemKb = r.TargetKb;
     }

@@ -116,6 +116,18 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
             lock (_lock) for (ulong i = 0; i < count; i++) _populated.Add(gfn + i);
         }
 
+        public void PopulateOnDemand(ulong gfn, ulong count)
+        {
+            try { hv.PopulateOnDemand(domId, gfn, count); }
+            catch (HypervisorException e) { throw new InvalidOperationException(e.Message, e); }
+        }
+
+        public void SetPodTarget(ulong targetPages)
+        {
+            try { hv.SetPodTarget(domId, targetPages); }
+            catch (HypervisorException e) { throw new OutOfMemoryException(e.Message, e); }
+        }
+
         public bool IsPopulated(ulong gfn) { lock (_lock) return _populated.Contains(gfn); }
 
         public void Write(ulong gpa, ReadOnlySpan<byte> data) => hv.WriteGuestMemory(domId, gpa, data);
