@@ -405,17 +405,16 @@ public sealed partial class Host : IDisposable
         return picked;
     }
 
+    /// <summary>Domain-0 is the host itself: its memory is the host's RAM outside the hypervisor's machine
+    /// memory, a fixed figure as a Xen dom0's dom0_mem is.</summary>
     private DomainInfo Dom0Info(bool details)
     {
-        var mem = HostMemory.Read();
-        long guestsKb;
-        lock (_lock) guestsKb = _domains.Values.Sum(d => d.Hv.State.CurrentMemKb);
         var p = Process.GetCurrentProcess();
-        long dom0Kb = Math.Max(0, mem.TotalKb - mem.AvailableKb - guestsKb);
+        long dom0Kb = Math.Max(0, HostMemory.Read().TotalKb - (long)(_hv.MachineMemory.Total >> 10));
         return new DomainInfo
         {
             DomId = 0, Name = "Domain-0", Uuid = Guid.Empty, Type = "pv",
-            CurrentMemKb = dom0Kb, MaxMemKb = mem.TotalKb, TargetMemKb = dom0Kb,
+            CurrentMemKb = dom0Kb, MaxMemKb = dom0Kb, TargetMemKb = dom0Kb,
             VcpuOnline = _hv.HostCpus, VcpuMaxId = _hv.HostCpus - 1,
             Running = true, CpuTimeNs = (ulong)(p.TotalProcessorTime.Ticks * 100),
             UptimeSeconds = HostMemory.UptimeSeconds(),
@@ -423,7 +422,7 @@ public sealed partial class Host : IDisposable
             Config = details ? JsonSerializer.SerializeToElement(new Dictionary<string, object>
             {
                 ["c_info"] = new Dictionary<string, object> { ["type"] = "pv", ["name"] = "Domain-0", ["uuid"] = Guid.Empty.ToString() },
-                ["b_info"] = new Dictionary<string, object> { ["max_vcpus"] = _hv.HostCpus, ["max_memkb"] = mem.TotalKb, ["target_memkb"] = dom0Kb },
+                ["b_info"] = new Dictionary<string, object> { ["max_vcpus"] = _hv.HostCpus, ["max_memkb"] = dom0Kb, ["target_memkb"] = dom0Kb },
             }) : null,
         };
     }
@@ -476,7 +475,7 @@ public sealed partial class Host : IDisposable
 
     private HostInfo Info()
     {
-        var mem = HostMemory.Read();
+        var (total, free) = _hv.MachineMemory;
         var uname = HostMemory.Uname();
         string[] ver = _hv.Version.Split('.', 3);
         var (topology, nodes) = NumaTables();
@@ -495,8 +494,9 @@ public sealed partial class Host : IDisposable
             CpuMhz = HostMemory.CpuMhz(),
             HwCaps = "00000000:00000000:00000000:00000000:00000000:00000000:00000000:00000000",
             VirtCaps = "hvm",
-            TotalMemoryMb = mem.TotalKb / 1024,
-            FreeMemoryMb = mem.AvailableKb / 1024,
+            // physinfo: the hypervisor's machine memory and what no domain holds of it, not the host's.
+            TotalMemoryMb = (long)(total >> 20),
+            FreeMemoryMb = (long)(free >> 20),
             FreeCpus = 0,
             XenMajor = int.Parse(ver[0]),
             XenMinor = int.Parse(ver[1]),

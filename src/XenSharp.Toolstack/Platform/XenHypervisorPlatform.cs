@@ -35,6 +35,15 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
     public string Capabilities => _hv.GetHostInfo().Capabilities;
 
+    public (ulong Total, ulong Free) MachineMemory
+    {
+        get
+        {
+            var h = _hv.GetHostInfo();
+            return (h.TotalMemoryBytes, h.FreeMemoryBytes);
+        }
+    }
+
     public event Action<uint>? DomainStateChanged;
 
     public IScheduling Scheduling => this;
