@@ -56,6 +56,18 @@ public sealed partial class MachineMemoryTests
     }
 
     [Fact, Trait("Feature", "xl")]
+    public void AGuestBiggerThanMachineMemoryFailsItsCreateOnly()
+    {
+        using var xl = new XlHost();
+        xl.Environment["XENSHARP_MACHINE_MEMORY"] = "256";
+        var r = xl.Run("create", Repository.PathOf("tests", "guests", "hello.cfg"), "memory=512");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("machine memory exhausted", r.Stdout + r.Stderr);
+        Assert.Equal("256", Info(xl)["free_memory"]);
+        Assert.DoesNotContain("hello", xl.Run("list").Stdout);
+    }
+
+    [Fact, Trait("Feature", "xl")]
     public void DefaultMachineMemoryIsTheHostsLessTheShareItKeeps()
     {
         using var xl = new XlHost();

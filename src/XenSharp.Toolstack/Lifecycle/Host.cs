@@ -94,6 +94,8 @@ public sealed partial class Host : IDisposable
         catch (ArgumentException e) { return ControlResponse.Failure(e.Message); }
         catch (FormatException e) { return ControlResponse.Failure(e.Message); }
         catch (XenSharp.Hypervisor.HypervisorException e) { return ControlResponse.Failure(e.Message, e.Errno); }
+        // Machine memory ran out building a domain or filling a PoD cache: the request fails (ENOMEM), the daemon goes on.
+        catch (OutOfMemoryException e) { return ControlResponse.Failure(e.Message, 12); }
     }
 
     private static Unit Do(Action a) { a(); return Unit.Value; }
