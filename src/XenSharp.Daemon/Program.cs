@@ -5,16 +5,23 @@ using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Lifecycle;
 using XenSharp.Toolstack.Platform;
 
-// xensharpd [--rundir DIR]: the host process holding the hypervisor, xenstored, the console
-// daemon and the toolstack, driven by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or
+// xensharpd [--rundir DIR] [--machine-memory SIZE]: the host process holding the hypervisor, xenstored,
+// the console daemon and the toolstack, driven by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or
 // `xl daemon-stop` stop it: every domain is destroyed and its sockets and pid file removed.
-string? runDir = null;
+string? runDir = null, machineMemory = null;
 for (int i = 0; i < args.Length; i++)
 {
     if (args[i] == "--rundir" && i + 1 < args.Length) runDir = args[++i];
+    else if (args[i] == "--machine-memory" && i + 1 < args.Length) machineMemory = args[++i];
     else if (args[i] is "-h" or "--help")
     {
-        Console.WriteLine("usage: xensharpd [--rundir DIR]   (default $XENSHARP_RUNDIR or /run/xensharp)");
+        Console.WriteLine("""
+            usage: xensharpd [--rundir DIR] [--machine-memory SIZE]
+              --rundir DIR           sockets, logs and pid file (default $XENSHARP_RUNDIR or /run/xensharp)
+              --machine-memory SIZE  memory the hypervisor gives guests, `xl info` total_memory: MiB, or with a
+                                     K/M/G/T suffix (default $XENSHARP_MACHINE_MEMORY, else the host's RAM less
+                                     an eighth of it kept for the host, at least 512 MiB and at most 4 GiB)
+            """);
         return 0;
     }
     else
@@ -23,14 +30,21 @@ for (int i = 0; i < args.Length; i++)
         return 2;
     }
 }
+ulong machineBytes;
+try { machineBytes = MachineMemory.Choose(machineMemory); }
+catch (FormatException e)
+{
+    Console.Error.WriteLine($"xensharpd: {e.Message}");
+    return 2;
+}
 var paths = new RunPaths(runDir);
-return Daemon.Run(paths);
+return Daemon.Run(paths, machineBytes);
 
 namespace XenSharp.Daemon
 {
     internal static class Daemon
     {
-        public static int Run(RunPaths paths)
+        public static int Run(RunPaths paths, ulong machineMemoryBytes)
         {
             Directory.CreateDirectory(paths.RunDir);
             Directory.CreateDirectory(paths.ConsoleLogDir);
@@ -45,7 +59,8 @@ namespace XenSharp.Daemon
             using var stop = new ManualResetEventSlim();
             using var xs = new XenStored();
             xs.Start(paths.XenstoredSocket);
-            using var hv = new XenHypervisorPlatform(new XenSharp.Hypervisor.XenHypervisor());
+            using var hv = new XenHypervisorPlatform(new XenSharp.Hypervisor.XenHypervisor(
+                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes }));
             using var host = new Host(hv, xs, paths);
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });

@@ -74,6 +74,9 @@ public interface IPortIoHandler
     void PortWrite(ushort domid, ushort port, int size, uint value);
 }
 
+/// <summary>What XENMEM_get_pod_target reports: the domain's pages, its PoD cache and its outstanding PoD entries.</summary>
+public readonly record struct PodTarget(long TotPages, long CachePages, long Entries);
+
 /// <summary>Host configuration of the hypervisor.</summary>
 public sealed class HypervisorOptions
 {

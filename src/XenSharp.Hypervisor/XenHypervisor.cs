@@ -180,6 +180,36 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                     Errno.ENOMEM);
     }
 
+    /// <summary>Makes <paramref name="count"/> guest frames from <paramref name="gfn"/> populate-on-demand
+    /// (populate_physmap with XENMEMF_populate_on_demand, from the toolstack).</summary>
+    public void PopulateOnDemand(ushort domid, ulong gfn, ulong count)
+    {
+        long rc = Guest(domid).Pod.MarkPopulateOnDemand(gfn, count);
+        if (rc != 0)
+            throw new HypervisorException($"cannot mark gfns {gfn:x}+{count:x} of domain {domid} populate-on-demand ({rc})", (int)-rc);
+    }
+
+    /// <summary>XENMEM_set_pod_target from the toolstack: sizes the domain's PoD cache for a target of
+    /// <paramref name="targetPages"/>; returns what XENMEM_get_pod_target then reports.</summary>
+    public PodTarget SetPodTarget(ushort domid, ulong targetPages)
+    {
+        var d = Guest(domid);
+        if (targetPages > d.MaxPages)
+            throw new HypervisorException($"PoD target {targetPages} pages is above domain {domid}'s maximum of {d.MaxPages}", Errno.EINVAL);
+        long rc = d.Pod.SetMemTarget(targetPages);
+        if (rc != 0)
+            throw new HypervisorException($"cannot set the PoD target of domain {domid} to {targetPages} pages: machine memory exhausted", (int)-rc);
+        return GetPodTarget(domid);
+    }
+
+    /// <summary>XENMEM_get_pod_target from the toolstack.</summary>
+    public PodTarget GetPodTarget(ushort domid)
+    {
+        var d = Guest(domid);
+        lock (d.Lock)
+            return new PodTarget(d.TotPages, d.Pod.Count, d.Pod.EntryCount);
+    }
+
     /// <summary>The e820 that XENMEM_memory_map returns to the guest.</summary>
     public void SetMemoryMap(ushort domid, IReadOnlyList<E820Entry> entries) => Guest(domid).MemoryMap = entries.ToArray();
 

@@ -84,6 +84,17 @@ public struct XenRemoveFromPhysmap
     public ulong Gpfn;
 }
 
+/// <summary>struct xen_pod_target: XENMEM_set_pod_target / XENMEM_get_pod_target.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenPodTarget
+{
+    public ulong TargetPages;
+    public ulong TotPages;
+    public ulong PodCachePages;
+    public ulong PodEntries;
+    public ushort Domid;
+}
+
 /// <summary>struct xen_memory_map: nr_entries IN/OUT, buffer of e820 entries.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct XenMemoryMap

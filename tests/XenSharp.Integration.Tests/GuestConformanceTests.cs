@@ -60,6 +60,32 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Dynamic memory control")]
     public void Memory() => NoSkips(Boot("memory"));
 
+    /// <summary>memory = 32, maxmem = 64: the memory map covers maxmem, the guest runs populate-on-demand
+    /// from a cache of its target and balloons down to it.</summary>
+    [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Populate-on-demand memory")]
+    public void PopulateOnDemand() => NoSkips(Boot("pod"));
+
+    /// <summary>A guest that touches more than its PoD cache holds is crashed by the hypervisor; the daemon
+    /// and its other guests carry on.</summary>
+    [Fact, Trait("Feature", "Populate-on-demand memory")]
+    public void PopulateOnDemandCacheRunningDryCrashesTheGuestAlone()
+    {
+        var cfg = Repository.PathOf("tests", "guests", "pod.cfg");
+        var r = _xl.Run(TimeSpan.FromMinutes(3), "create", "-c", cfg, "extra=\"crash=1\"");
+        var text = r.Stdout.Replace("\r", "");
+        Assert.Contains("# touching", text);
+        Assert.DoesNotContain("DONE", text);
+        Assert.DoesNotContain("FAIL", text);
+        Assert.Contains("out of PoD memory", _xl.Run("dmesg").Stdout);
+        // on_crash = "destroy": the domain is gone, and the daemon still builds and runs guests.
+        XlResult list;
+        for (int i = 0; (list = _xl.Run("list")).Stdout.Contains("pod") && i < 300; i++)
+            Thread.Sleep(100);
+        Assert.Equal(0, list.ExitCode);
+        Assert.DoesNotContain("pod", list.Stdout);
+        NoSkips(Boot("pod"));
+    }
+
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Event Channel 2-level ABI")]
     public void EventChannels2Level() => NoSkips(Boot("evtchn2l"));
 

@@ -11,7 +11,7 @@ namespace XenSharp.Integration.Tests;
 /// </summary>
 public class LinuxPvhTests
 {
-    private static readonly TimeSpan BootLimit = TimeSpan.FromMinutes(10);
+    internal static readonly TimeSpan BootLimit = TimeSpan.FromMinutes(10);
 
     [Fact]
     [Trait("Feature", "x86/PVH"), Trait("Feature", "x86-64"), Trait("Feature", "PV Console (xenconsoled)")]
@@ -169,8 +169,8 @@ public class LinuxPvhTests
 
     /// <summary>An xl.cfg for Debian's kernel as a PVH domU with its console on hvc0 and no earlyprintk
     /// (hvc0 then replays the kernel log from its first line).</summary>
-    private static string WriteConfig(XlHost xl, GuestArtifacts store, string name, int vcpus = 1, string? ramdisk = null,
-        bool destroyOnPoweroff = false)
+    internal static string WriteConfig(XlHost xl, GuestArtifacts store, string name, int vcpus = 1, string? ramdisk = null,
+        bool destroyOnPoweroff = false, int memory = 512, int? maxmem = null)
     {
         string cfg = Path.Combine(xl.RunDir, name + ".cfg");
         File.WriteAllText(cfg, $"""
@@ -179,7 +179,8 @@ public class LinuxPvhTests
             kernel = "{store.KernelPath}"
             ramdisk = "{ramdisk ?? store.ShellInitrdPath}"
             cmdline = "console=hvc0"
-            memory = 512
+            memory = {memory}
+            {(maxmem is { } max ? $"maxmem = {max}" : "")}
             vcpus = {vcpus}
             {(destroyOnPoweroff ? "on_poweroff = \"destroy\"" : "")}
             on_crash = "preserve"
@@ -187,10 +188,10 @@ public class LinuxPvhTests
         return cfg;
     }
 
-    private static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
+    internal static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
 
     /// <summary>xl with its standard input kept open, so that the test can type at the guest's console.</summary>
-    private sealed class ConsoleSession : IDisposable
+    internal sealed class ConsoleSession : IDisposable
     {
         private readonly Process _p;
         private readonly StringBuilder _out = new();
@@ -249,13 +250,13 @@ public class LinuxPvhTests
         /// <summary>Types a command line at the shell and waits for <paramref name="expect"/>. busybox asks
         /// the terminal for the cursor position (ESC[6n) after each prompt and may swallow keys typed
         /// while it waits for an answer that never comes, so the line is typed once more if needed.</summary>
-        public string Ask(string command, string expect)
+        public string Ask(string command, string expect, TimeSpan? limit = null)
         {
             Thread.Sleep(1000);
             for (int attempt = 0; ; attempt++)
             {
                 Send(command + "\r");
-                try { return WaitFor(expect, TimeSpan.FromSeconds(attempt == 0 ? 30 : 90)); }
+                try { return WaitFor(expect, limit ?? TimeSpan.FromSeconds(attempt == 0 ? 30 : 90)); }
                 catch (Xunit.Sdk.FailException) when (attempt == 0) { Send("\u0015"); }
             }
         }

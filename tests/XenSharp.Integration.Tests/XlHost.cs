@@ -16,6 +16,11 @@ public sealed class XlHost : IDisposable
 
     public static string XlDll => Repository.PathOf("artifacts", "bin", "XenSharp.Xl", Configuration, "xl.dll");
 
+    /// <summary>Extra environment for xl and so for the daemon it starts (e.g. XENSHARP_MACHINE_MEMORY).</summary>
+    public Dictionary<string, string> Environment { get; } = [];
+
+    public static string DaemonDll => Repository.PathOf("artifacts", "bin", "XenSharp.Daemon", Configuration, "xensharpd.dll");
+
     public XlResult Run(params string[] args) => Run(TimeSpan.FromSeconds(60), args);
 
     public XlResult Run(TimeSpan timeout, params string[] args)
@@ -30,6 +35,8 @@ public sealed class XlHost : IDisposable
         psi.ArgumentList.Add(XlDll);
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["XENSHARP_RUNDIR"] = RunDir;
+        foreach (var (k, v) in Environment)
+            psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();

@@ -34,6 +34,8 @@ public class LayoutTests
             ("u.foreign_domid", "ForeignDomid", 6), ("idxs", "Idxs", 8), ("gpfns", "Gpfns", 16), ("errs", "Errs", 24)]),
         ("struct xen_remove_from_physmap", typeof(XenRemoveFromPhysmap), 16, [("domid", "Domid", 0), ("gpfn", "Gpfn", 8)]),
         ("struct xen_memory_map", typeof(XenMemoryMap), 16, [("nr_entries", "NrEntries", 0), ("buffer", "Buffer", 8)]),
+        ("struct xen_pod_target", typeof(XenPodTarget), 40, [("target_pages", "TargetPages", 0), ("tot_pages", "TotPages", 8),
+            ("pod_cache_pages", "PodCachePages", 16), ("pod_entries", "PodEntries", 24), ("domid", "Domid", 32)]),
         ("struct evtchn_alloc_unbound", typeof(EvtchnAllocUnbound), 8, [("dom", "Dom", 0), ("remote_dom", "RemoteDom", 2), ("port", "Port", 4)]),
         ("struct evtchn_bind_interdomain", typeof(EvtchnBindInterdomain), 12, [("remote_dom", "RemoteDom", 0), ("remote_port", "RemotePort", 4), ("local_port", "LocalPort", 8)]),
         ("struct evtchn_bind_virq", typeof(EvtchnBindVirq), 12, [("virq", "Virq", 0), ("vcpu", "Vcpu", 4), ("port", "Port", 8)]),

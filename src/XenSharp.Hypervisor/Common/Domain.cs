@@ -16,6 +16,9 @@ internal sealed unsafe class Domain
         IsHost = isHost;
         IsPrivileged = isHost || privileged;
         P2m = new P2m(host.Frames);
+        Pod = new P2mPod(this);
+        if (!isHost)
+            P2m.Pod = Pod;
         Handle = Guid.NewGuid();
         Evtchn = new EventChannels(this);
         Gnttab = new GrantTable(this);
@@ -40,6 +43,7 @@ internal sealed unsafe class Domain
     public bool IsHost { get; }
     public bool IsPrivileged { get; }
     public P2m P2m { get; }
+    public P2mPod Pod { get; }
     public Vcpu[] Vcpus { get; }
     public EventChannels Evtchn { get; }
     public GrantTable Gnttab { get; }
@@ -181,6 +185,9 @@ internal sealed unsafe class Domain
             case P2mType.Foreign:
                 Host.Frames.Release(old.Mfn, dropRef: true);
                 break;
+            case P2mType.PopulateOnDemand:
+                Pod.EntryReplaced();
+                break;
             case P2mType.GrantMapRw or P2mType.GrantMapRo:
                 // The mapping stays tracked by the grant table until unmapped; only the p2m slot goes.
                 break;
@@ -201,6 +208,7 @@ internal sealed unsafe class Domain
                 v.Teardown();
             foreach (var (gfn, _, _) in P2m.Entries().ToList())
                 ReleaseOld(P2m.Remove(gfn));
+            Pod.Teardown();
             foreach (uint mfn in _unplaced)
                 Host.Frames.Free(mfn);
             UnchargePages(_unplaced.Count);

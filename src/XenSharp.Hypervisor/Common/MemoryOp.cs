@@ -64,6 +64,9 @@ internal static class MemoryOp
             }
             case XENMEM_memory_map:
                 return MemoryMap(v, arg);
+            case XENMEM_set_pod_target:
+            case XENMEM_get_pod_target:
+                return PodTarget(v, op, arg);
             default:
                 return -Errno.ENOSYS;
         }
@@ -87,11 +90,13 @@ internal static class MemoryOp
             return (long)start;
         if (r.ExtentOrder > (v.Domain.IsPrivileged ? MaxOrderPrivileged : MaxOrderDomU) || start > r.NrExtents)
             return (long)start;
-        if ((r.MemFlags & XENMEMF_populate_on_demand) != 0)
-            return (long)start; // populate-on-demand is not offered
         var d = v.Domain.Host.LookupForGuest(v.Domain, r.Domid, out long err);
         if (d is null)
             return err;
+        // PoD entries are the toolstack's to place: a domain may not mark its own memory populate-on-demand.
+        bool pod = op == XENMEM_populate_physmap && (r.MemFlags & XENMEMF_populate_on_demand) != 0;
+        if (pod && d == v.Domain)
+            return (long)start;
         ulong pages = 1UL << (int)r.ExtentOrder;
         ulong i = start;
         ulong budget = 0;
@@ -107,6 +112,12 @@ internal static class MemoryOp
                     if (!ReadPfn(v, r.ExtentStart, i, out ulong gpfn))
                         return (long)i;
                     gpfn &= ~(pages - 1);
+                    if (pod)
+                    {
+                        if (d.Pod.MarkPopulateOnDemand(gpfn, pages) != 0)
+                            return (long)i;
+                        break;
+                    }
                     if ((ulong)d.TotPages + pages > d.MaxPages)
                         return (long)i;
                     for (ulong p = 0; p < pages; p++)
@@ -125,11 +136,8 @@ internal static class MemoryOp
                     if (!ReadPfn(v, r.ExtentStart, i, out ulong gpfn))
                         return (long)i;
                     for (ulong p = 0; p < pages; p++)
-                    {
-                        if (!d.P2m.TryLookup(gpfn + p, out _, out var t) || t is not (Common.P2mType.RamRw or Common.P2mType.RamRo))
+                        if (!d.Pod.DecreaseReservation(gpfn + p))
                             return (long)i;
-                        d.RemovePage(gpfn + p);
-                    }
                     break;
                 }
             }
@@ -267,7 +275,7 @@ internal static class MemoryOp
 
     /// <summary>Maps frame <paramref name="fgfn"/> of a foreign domain at <paramref name="gpfn"/> of <paramref name="d"/> (Xen's
     /// p2m_add_foreign). The mapping holds a reference, so the frame outlives its owner freeing it until it is unmapped.</summary>
-    private static long AddForeign(Domain caller, Domain d, ushort foreignDomid, ulong fgfn, ulong gpfn)
+    private static unsafe long AddForeign(Domain caller, Domain d, ushort foreignDomid, ulong fgfn, ulong gpfn)
     {
         // Foreign entries are for backends in a privileged domain (Xen limits them to the hardware domain).
         if (!caller.IsPrivileged || !d.IsPrivileged)
@@ -278,6 +286,8 @@ internal static class MemoryOp
         if (f == d || f.IsHost)
             return -Errno.EINVAL;
         uint mfn;
+        // A populate-on-demand frame is filled first, as Xen's get_page_from_gfn with P2M_ALLOC does.
+        f.P2m.GetPage(fgfn, write: false);
         lock (f.Lock)
         {
             if (!f.P2m.TryLookup(fgfn, out mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo))
@@ -301,6 +311,43 @@ internal static class MemoryOp
             d.ReleaseOld(d.P2m.Set(toGfn, mfn, t));
             return 0;
         }
+    }
+
+    /// <summary>XENMEM_set_pod_target / XENMEM_get_pod_target: the control domain's (XSM_PRIV); both report
+    /// tot_pages, the PoD cache and the outstanding PoD entries.</summary>
+    private static long PodTarget(Vcpu v, int op, ulong arg)
+    {
+        XenPodTarget t;
+        if (v.Compat)
+        {
+            if (!GuestAccess.Read(v, arg, out XenPodTarget32 t32))
+                return -Errno.EFAULT;
+            t = new XenPodTarget { TargetPages = t32.TargetPages, Domid = t32.Domid };
+        }
+        else if (!GuestAccess.Read(v, arg, out t))
+            return -Errno.EFAULT;
+        var d = t.Domid == Xen.DOMID_SELF ? v.Domain : v.Domain.Host.FindDomain(t.Domid);
+        if (d is null)
+            return -Errno.ESRCH;
+        if (!v.Domain.IsPrivileged)
+            return -Errno.EPERM;
+        if (d.IsHost)
+            return -Errno.EINVAL;
+        if (op == XENMEM_set_pod_target)
+        {
+            if (t.TargetPages > d.MaxPages)
+                return -Errno.EINVAL;
+            long rc = d.Pod.SetMemTarget(t.TargetPages);
+            if (rc < 0)
+                return rc;
+        }
+        t.TotPages = (ulong)d.TotPages;
+        t.PodCachePages = (ulong)d.Pod.Count;
+        t.PodEntries = (ulong)d.Pod.EntryCount;
+        bool ok = v.Compat
+            ? GuestAccess.Write(v, arg, new XenPodTarget32 { TargetPages = t.TargetPages, TotPages = t.TotPages, PodCachePages = t.PodCachePages, PodEntries = t.PodEntries, Domid = t.Domid })
+            : GuestAccess.Write(v, arg, t);
+        return ok ? 0 : -Errno.EFAULT;
     }
 
     private static unsafe long MemoryMap(Vcpu v, ulong arg)

@@ -14,6 +14,9 @@ internal enum P2mType : byte
     GrantMapRo,
     /// <summary>Another domain's page mapped by a privileged domain (gmfn_foreign).</summary>
     Foreign,
+    /// <summary>RAM the guest may use but that has no frame yet: the first touch takes one from the
+    /// domain's PoD cache (Xen's p2m_populate_on_demand).</summary>
+    PopulateOnDemand,
 }
 
 /// <summary>
@@ -34,6 +37,9 @@ internal sealed unsafe class P2m : IGuestMemory
 
     public P2m(FrameTable frames) => _frames = frames;
 
+    /// <summary>Fills populate-on-demand entries on first touch; set for every guest domain.</summary>
+    public P2mPod? Pod { get; set; }
+
     public long Generation => Volatile.Read(ref _generation);
 
     /// <summary>Highest GFN ever mapped (XENMEM_maximum_gpfn).</summary>
@@ -50,6 +56,8 @@ internal sealed unsafe class P2m : IGuestMemory
         var type = (P2mType)(byte)e;
         if (type == P2mType.Invalid)
             return null;
+        if (type == P2mType.PopulateOnDemand)
+            return Pod is { } pod && pod.DemandPopulate(gfn) ? GetPage(gfn, write) : null;
         if (write && (type == P2mType.RamRo || type == P2mType.GrantMapRo))
             return null;
         return _frames.PageAddress(e >> 8);
@@ -82,7 +90,8 @@ internal sealed unsafe class P2m : IGuestMemory
             ref ulong slot = ref leaf[gfn & ((1 << LeafBits) - 1)];
             ulong old = slot;
             Volatile.Write(ref slot, type == P2mType.Invalid ? 0 : ((ulong)mfn << 8) | (byte)type);
-            if (old != 0)
+            // A PoD entry never gave anyone a host address, so replacing it invalidates nothing.
+            if (old != 0 && (P2mType)(byte)old != P2mType.PopulateOnDemand)
                 Interlocked.Increment(ref _generation);
             if (type != P2mType.Invalid && gfn > MaxMappedGfn)
                 MaxMappedGfn = gfn;

@@ -57,6 +57,10 @@ public struct XenRemoveFromPhysmap32 { public ushort Domid; public uint Gpfn; }
 [StructLayout(LayoutKind.Sequential)]
 public struct XenMemoryMap32 { public uint NrEntries; public uint Buffer; }
 
+/// <summary>struct xen_pod_target with i386's 4-byte alignment of uint64_t.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct XenPodTarget32 { public ulong TargetPages; public ulong TotPages; public ulong PodCachePages; public ulong PodEntries; public ushort Domid; }
+
 [StructLayout(LayoutKind.Sequential)]
 public struct GnttabSetupTable32 { public ushort Dom; public uint NrFrames; public short Status; public uint FrameList; }
 

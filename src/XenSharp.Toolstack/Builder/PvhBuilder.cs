@@ -15,7 +15,13 @@ public sealed record PvhBuildSpec(
     string Cmdline,
     ulong MemoryBytes,
     int Vcpus,
-    int MaxVcpus);
+    int MaxVcpus,
+    ulong MaxMemoryBytes = 0)
+{
+    /// <summary>What the memory map covers (xl.cfg maxmem); above <see cref="MemoryBytes"/> the guest starts
+    /// populate-on-demand and balloons down to its target.</summary>
+    public ulong MapBytes => Math.Max(MemoryBytes, MaxMemoryBytes);
+}
 
 /// <summary>The built domain: where things are, and the boot vCPU's state.</summary>
 public sealed record PvhBuildResult(
@@ -66,15 +72,26 @@ public static class PvhBuilder
         if (Encoding.UTF8.GetByteCount(spec.Cmdline) >= Xen.MAX_GUEST_CMDLINE)
             throw new DomainBuildException($"command line longer than {Xen.MAX_GUEST_CMDLINE - 1} bytes");
 
-        var (lowEnd, high) = PvhLayout.SplitRam(spec.MemoryBytes);
+        var (lowEnd, high) = PvhLayout.SplitRam(spec.MapBytes);
         var (kStart, kEnd) = elf.PhysRange;
         if (kEnd > lowEnd)
             throw new DomainBuildException(
                 $"{spec.KernelName}: loads up to 0x{kEnd:x}, beyond the domain's 0x{lowEnd:x} bytes of low memory; raise memory=");
 
-        // RAM, the ACPI pages and the special pages.
-        mem.Populate(0, lowEnd / PvhLayout.PageSize);
-        if (high > 0) mem.Populate(PvhLayout.FourGiB / PvhLayout.PageSize, high / PvhLayout.PageSize);
+        // RAM, the ACPI pages and the special pages. A target below the map's size makes the RAM
+        // populate-on-demand with a cache of the target's size, as libxc's meminit_hvm does; the
+        // kernel, ramdisk and start info written below take their frames from that cache.
+        if (spec.MapBytes > spec.MemoryBytes)
+        {
+            mem.SetPodTarget(spec.MemoryBytes / PvhLayout.PageSize);
+            mem.PopulateOnDemand(0, lowEnd / PvhLayout.PageSize);
+            if (high > 0) mem.PopulateOnDemand(PvhLayout.FourGiB / PvhLayout.PageSize, high / PvhLayout.PageSize);
+        }
+        else
+        {
+            mem.Populate(0, lowEnd / PvhLayout.PageSize);
+            if (high > 0) mem.Populate(PvhLayout.FourGiB / PvhLayout.PageSize, high / PvhLayout.PageSize);
+        }
         var acpi = AcpiTables.Build(spec.Vcpus, spec.MaxVcpus);
         ulong acpiPages = (PvhLayout.AlignUp(acpi.End) - AcpiTables.InfoPage) / PvhLayout.PageSize;
         mem.Populate(AcpiTables.InfoPage / PvhLayout.PageSize, acpiPages);
@@ -97,7 +114,7 @@ public static class PvhBuilder
             mem.Write(ramdiskAt.Value, rd);
         }
 
-        var memmap = PvhLayout.Memmap(spec.MemoryBytes, acpi);
+        var memmap = PvhLayout.Memmap(spec.MapBytes, acpi);
         byte[] cmdline = Encoding.UTF8.GetBytes(spec.Cmdline + "\0");
         int nrModules = ramdiskAt is null ? 0 : 1;
         const int startInfoSize = 56, modSize = 32, memmapSize = 24;

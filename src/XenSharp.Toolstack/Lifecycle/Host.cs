@@ -94,6 +94,8 @@ public sealed partial class Host : IDisposable
         catch (ArgumentException e) { return ControlResponse.Failure(e.Message); }
         catch (FormatException e) { return ControlResponse.Failure(e.Message); }
         catch (XenSharp.Hypervisor.HypervisorException e) { return ControlResponse.Failure(e.Message, e.Errno); }
+        // Machine memory ran out building a domain or filling a PoD cache: the request fails (ENOMEM), the daemon goes on.
+        catch (OutOfMemoryException e) { return ControlResponse.Failure(e.Message, 12); }
     }
 
     private static Unit Do(Action a) { a(); return Unit.Value; }
@@ -184,7 +186,7 @@ public sealed partial class Host : IDisposable
                 PlaceOnNumaNodes(domId, c, hvd);
 
             var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
-                c.Vcpus, c.MaxVcpus), hvd.Memory);
+                c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);
             hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
             hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
             hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
@@ -341,6 +343,10 @@ public sealed partial class Host : IDisposable
         if (r.TargetKb > d.Config.MaxMemKb)
             throw new ControlException($"memory_dynamic_max must be less than or equal to memory_static_max");
         if (r.TargetKb <= 0) throw new ControlException("invalid memory target");
+        // libxl_set_memory_target with enforce: the reservation limit follows the target, the PoD cache is
+        // sized for it (a no-op once the guest has ballooned to it), and the balloon driver reads memory/target.
+        d.Hv.SetMaxMem(r.TargetKb);
+        d.Hv.Memory.SetPodTarget((ulong)r.TargetKb / 4);
         _xs.Write($"{XenstoreLayout.DomainPath(d.DomId)}/memory/target", r.TargetKb.ToString());
         d.Config.TargetMemKb = r.TargetKb;
     }
@@ -396,17 +402,16 @@ public sealed partial class Host : IDisposable
         return picked;
     }
 
+    /// <summary>Domain-0 is the host itself: its memory is the host's RAM outside the hypervisor's machine
+    /// memory, a fixed figure as a Xen dom0's dom0_mem is.</summary>
     private DomainInfo Dom0Info(bool details)
     {
-        var mem = HostMemory.Read();
-        long guestsKb;
-        lock (_lock) guestsKb = _domains.Values.Sum(d => d.Hv.State.CurrentMemKb);
         var p = Process.GetCurrentProcess();
-        long dom0Kb = Math.Max(0, mem.TotalKb - mem.AvailableKb - guestsKb);
+        long dom0Kb = Math.Max(0, HostMemory.Read().TotalKb - (long)(_hv.MachineMemory.Total >> 10));
         return new DomainInfo
         {
             DomId = 0, Name = "Domain-0", Uuid = Guid.Empty, Type = "pv",
-            CurrentMemKb = dom0Kb, MaxMemKb = mem.TotalKb, TargetMemKb = dom0Kb,
+            CurrentMemKb = dom0Kb, MaxMemKb = dom0Kb, TargetMemKb = dom0Kb,
             VcpuOnline = _hv.HostCpus, VcpuMaxId = _hv.HostCpus - 1,
             Running = true, CpuTimeNs = (ulong)(p.TotalProcessorTime.Ticks * 100),
             UptimeSeconds = HostMemory.UptimeSeconds(),
@@ -414,7 +419,7 @@ public sealed partial class Host : IDisposable
             Config = details ? JsonSerializer.SerializeToElement(new Dictionary<string, object>
             {
                 ["c_info"] = new Dictionary<string, object> { ["type"] = "pv", ["name"] = "Domain-0", ["uuid"] = Guid.Empty.ToString() },
-                ["b_info"] = new Dictionary<string, object> { ["max_vcpus"] = _hv.HostCpus, ["max_memkb"] = mem.TotalKb, ["target_memkb"] = dom0Kb },
+                ["b_info"] = new Dictionary<string, object> { ["max_vcpus"] = _hv.HostCpus, ["max_memkb"] = dom0Kb, ["target_memkb"] = dom0Kb },
             }) : null,
         };
     }
@@ -467,7 +472,7 @@ public sealed partial class Host : IDisposable
 
     private HostInfo Info()
     {
-        var mem = HostMemory.Read();
+        var (total, free) = _hv.MachineMemory;
         var uname = HostMemory.Uname();
         string[] ver = _hv.Version.Split('.', 3);
         var (topology, nodes) = NumaTables();
@@ -486,8 +491,9 @@ public sealed partial class Host : IDisposable
             CpuMhz = HostMemory.CpuMhz(),
             HwCaps = "00000000:00000000:00000000:00000000:00000000:00000000:00000000:00000000",
             VirtCaps = "hvm",
-            TotalMemoryMb = mem.TotalKb / 1024,
-            FreeMemoryMb = mem.AvailableKb / 1024,
+            // physinfo: the hypervisor's machine memory and what no domain holds of it, not the host's.
+            TotalMemoryMb = (long)(total >> 20),
+            FreeMemoryMb = (long)(free >> 20),
             FreeCpus = 0,
             XenMajor = int.Parse(ver[0]),
             XenMinor = int.Parse(ver[1]),

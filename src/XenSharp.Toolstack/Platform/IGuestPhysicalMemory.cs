@@ -9,6 +9,14 @@ public interface IGuestPhysicalMemory
     /// <summary>Backs [gfn, gfn+count) with zeroed RAM frames (XENMEM_populate_physmap).</summary>
     void Populate(ulong gfn, ulong count);
 
+    /// <summary>Makes [gfn, gfn+count) populate-on-demand RAM (XENMEM_populate_physmap with
+    /// XENMEMF_populate_on_demand): backed from the PoD cache when first touched.</summary>
+    void PopulateOnDemand(ulong gfn, ulong count);
+
+    /// <summary>XENMEM_set_pod_target: the domain's memory target in pages, which its PoD cache backs until the
+    /// guest's balloon driver has reached it.</summary>
+    void SetPodTarget(ulong targetPages);
+
     /// <summary>True when the frame is backed.</summary>
     bool IsPopulated(ulong gfn);
 

@@ -43,6 +43,10 @@ public interface IHypervisor : IDisposable
 
     IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info);
 
+    /// <summary>XEN_SYSCTL_physinfo's total_pages and free_pages, in bytes: the hypervisor's machine memory and
+    /// what no domain holds of it.</summary>
+    (ulong Total, ulong Free) MachineMemory { get; }
+
     /// <summary>XEN_SYSCTL_readconsole: the hypervisor's console ring.</summary>
     string ReadConsole(bool clear);
 

@@ -32,13 +32,29 @@ public sealed unsafe class SparseGuestMemory : IGuestPhysicalMemory, IDisposable
         }
     }
 
+    private readonly HashSet<ulong> _onDemand = [];
+
+    /// <summary>Frames allocated when first written or read (no cache limit is kept here).</summary>
+    public void PopulateOnDemand(ulong gfn, ulong count)
+    {
+        lock (_lock)
+            for (ulong i = 0; i < count; i++)
+                if (!_frames.ContainsKey(gfn + i))
+                    _onDemand.Add(gfn + i);
+    }
+
+    public ulong PodTargetPages { get; private set; }
+    public void SetPodTarget(ulong targetPages) => PodTargetPages = targetPages;
+
     public bool IsPopulated(ulong gfn) { lock (_lock) return _frames.ContainsKey(gfn); }
 
     private byte* Frame(ulong gfn)
     {
         lock (_lock)
         {
-            if (!_frames.TryGetValue(gfn, out nint p))
+            if (!_frames.TryGetValue(gfn, out nint p) && _onDemand.Remove(gfn))
+                _frames[gfn] = p = (nint)NativeMemory.AllocZeroed(PageSize);
+            if (p == 0)
                 throw new ArgumentOutOfRangeException(nameof(gfn), $"guest frame {gfn:x} is not populated");
             return (byte*)p;
         }

@@ -35,6 +35,15 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
     public string Capabilities => _hv.GetHostInfo().Capabilities;
 
+    public (ulong Total, ulong Free) MachineMemory
+    {
+        get
+        {
+            var h = _hv.GetHostInfo();
+            return (h.TotalMemoryBytes, h.FreeMemoryBytes);
+        }
+    }
+
     public event Action<uint>? DomainStateChanged;
 
     public IScheduling Scheduling => this;
@@ -114,6 +123,18 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
             try { hv.PopulatePhysmap(domId, gfn, count); }
             catch (HypervisorException e) { throw new OutOfMemoryException(e.Message, e); }
             lock (_lock) for (ulong i = 0; i < count; i++) _populated.Add(gfn + i);
+        }
+
+        public void PopulateOnDemand(ulong gfn, ulong count)
+        {
+            try { hv.PopulateOnDemand(domId, gfn, count); }
+            catch (HypervisorException e) { throw new InvalidOperationException(e.Message, e); }
+        }
+
+        public void SetPodTarget(ulong targetPages)
+        {
+            try { hv.SetPodTarget(domId, targetPages); }
+            catch (HypervisorException e) { throw new OutOfMemoryException(e.Message, e); }
         }
 
         public bool IsPopulated(ulong gfn) { lock (_lock) return _populated.Contains(gfn); }

@@ -22,6 +22,18 @@ internal sealed class HeldHypervisor : IHypervisor
 
     public event Action<uint>? DomainStateChanged;
 
+    /// <summary>Machine memory of the held platform: 16 GiB less what its domains' builders populated.</summary>
+    public (ulong Total, ulong Free) MachineMemory
+    {
+        get
+        {
+            const ulong total = 16UL << 30;
+            List<HeldDomain> all;
+            lock (_lock) all = [.. _domains.Values];
+            return (total, total - (ulong)all.Sum(d => d.State.CurrentMemKb * 1024));
+        }
+    }
+
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {
         var d = new HeldDomain(this, domId, info);
