@@ -260,7 +260,8 @@ public sealed partial class Host : IDisposable
             XenstoreLayout.Remove(_xs, d.DomId, d.Config.Uuid);
         }
         catch (XenStoreException) { }
-        d.Hv.Dispose();
+        // Waits for a core dump that is reading the memory; it stops at the next page.
+        lock (d.MemoryUse) d.Hv.Dispose();
         _hv.ConsoleWrite($"d{d.DomId}: destroyed");
     }
 
@@ -655,11 +656,20 @@ public sealed partial class Host : IDisposable
         using var f = File.Create(file);
         var page = new byte[4096];
         ulong frames = (ulong)Math.Min(d.Config.TargetMemKb, 0xF0000000L / 1024) / 4;
-        for (ulong gfn = 0; gfn < frames; gfn++)
+        lock (d.MemoryUse)
         {
-            if (d.Hv.Memory.IsPopulated(gfn)) d.Hv.Memory.Read(gfn * 4096, page);
-            else Array.Clear(page);
-            f.Write(page);
+            for (ulong gfn = 0; gfn < frames; gfn++)
+            {
+                // xl destroy does not wait for the dump: it is cut short.
+                if (d.Destroyed)
+                {
+                    _hv.ConsoleWrite($"d{d.DomId}: core dump cut short: the domain was destroyed");
+                    return;
+                }
+                if (d.Hv.Memory.IsPopulated(gfn)) d.Hv.Memory.Read(gfn * 4096, page);
+                else Array.Clear(page);
+                f.Write(page);
+            }
         }
         _hv.ConsoleWrite($"d{d.DomId}: core dumped to {file}");
     }

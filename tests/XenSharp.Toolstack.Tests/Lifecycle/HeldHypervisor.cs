@@ -22,6 +22,9 @@ internal sealed class HeldHypervisor : IHypervisor
 
     public event Action<uint>? DomainStateChanged;
 
+    /// <summary>Runs before each read of a domain's memory by the toolstack (a core dump reads it all).</summary>
+    public Action<uint>? Reading { get; set; }
+
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {
         var d = new HeldDomain(this, domId, info);
@@ -98,7 +101,7 @@ internal sealed class HeldHypervisor : IHypervisor
 
         public uint DomId { get; } = domId;
         public DomainCreateInfo Info { get; } = info;
-        public IGuestPhysicalMemory Memory => _memory;
+        public IGuestPhysicalMemory Memory => field ??= new ReadHook(_memory, () => owner.Reading?.Invoke(DomId));
 
         public void SetVcpuContext(int vcpu, in Registers regs, in SpecialRegisters sregs)
         {
@@ -169,6 +172,20 @@ internal sealed class HeldHypervisor : IHypervisor
             }
             _memory.Dispose();
             owner.Remove(DomId);
+        }
+
+        private sealed class ReadHook(SparseGuestMemory memory, Action reading) : IGuestPhysicalMemory
+        {
+            public void Populate(ulong gfn, ulong count) => memory.Populate(gfn, count);
+            public bool IsPopulated(ulong gfn) => memory.IsPopulated(gfn);
+            public void Write(ulong gpa, ReadOnlySpan<byte> data) => memory.Write(gpa, data);
+            public Span<byte> Page(ulong gfn) => memory.Page(gfn);
+
+            public void Read(ulong gpa, Span<byte> data)
+            {
+                reading();
+                memory.Read(gpa, data);
+            }
         }
 
         private sealed class Endpoint(uint port) : IEventChannelEndpoint
