@@ -14,6 +14,8 @@ internal sealed class Domain
     public required DomainConfig Config { get; set; }
     public required IHypervisorDomain Hv { get; init; }
     public required DateTimeOffset Started { get; init; }
+    /// <summary>The guest this domain is an incarnation of (shared with the domains it restarts as).</summary>
+    public required Lineage Lineage { get; init; }
     public ConsoleBackend? Console { get; set; }
     public IEventChannelEndpoint? ConsoleChannel { get; set; }
     public IEventChannelEndpoint? StoreChannel { get; set; }

@@ -15,6 +15,9 @@ internal sealed class HeldHypervisor : IHypervisor
     private readonly StringBuilder _console = new();
     private readonly Lock _lock = new();
     private readonly Dictionary<uint, HeldDomain> _domains = [];
+    private readonly List<uint> _heldNotices = [];
+    private bool _holdNotices;
+    private int _created;
 
     public int HostCpus { get; } = Environment.ProcessorCount;
     public string Version => "4.14.0-xensharp";
@@ -25,8 +28,31 @@ internal sealed class HeldHypervisor : IHypervisor
     /// <summary>Runs before each read of a domain's memory by the toolstack (a core dump reads it all).</summary>
     public Action<uint>? Reading { get; set; }
 
+    /// <summary>Domains created so far (restarts included).</summary>
+    public int Created => Volatile.Read(ref _created);
+
+    /// <summary>Runs at the start of each domain creation (a test may block there: the toolstack is then building).</summary>
+    public Action<uint>? Creating { get; set; }
+
+    /// <summary>Keeps shutdown notifications from the toolstack until <see cref="ReleaseNotices"/>.</summary>
+    public void HoldNotices() { lock (_lock) _holdNotices = true; }
+
+    public void ReleaseNotices()
+    {
+        List<uint> held;
+        lock (_lock)
+        {
+            _holdNotices = false;
+            held = [.. _heldNotices];
+            _heldNotices.Clear();
+        }
+        foreach (var id in held) ThreadPool.QueueUserWorkItem(_ => DomainStateChanged?.Invoke(id));
+    }
+
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {
+        Creating?.Invoke(domId);
+        Interlocked.Increment(ref _created);
         var d = new HeldDomain(this, domId, info);
         lock (_lock) _domains[domId] = d;
         ConsoleWrite($"HVM d{domId}: created ({info.Kind.ToString().ToLowerInvariant()}, {info.MaxVcpus} vcpus, no execution engine bound)");
@@ -78,7 +104,16 @@ internal sealed class HeldHypervisor : IHypervisor
     }
 
     internal void Remove(uint domId) { lock (_lock) _domains.Remove(domId); }
-    internal void Raise(uint domId) => DomainStateChanged?.Invoke(domId);
+    internal void Raise(uint domId)
+    {
+        lock (_lock)
+            if (_holdNotices)
+            {
+                _heldNotices.Add(domId);
+                return;
+            }
+        DomainStateChanged?.Invoke(domId);
+    }
 
     public void Dispose()
     {
