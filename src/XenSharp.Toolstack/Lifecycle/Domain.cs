@@ -14,13 +14,21 @@ internal sealed class Domain
     public required DomainConfig Config { get; set; }
     public required IHypervisorDomain Hv { get; init; }
     public required DateTimeOffset Started { get; init; }
+    /// <summary>The guest this domain is an incarnation of (shared with the domains it restarts as).</summary>
+    public required Lineage Lineage { get; init; }
     public ConsoleBackend? Console { get; set; }
     public IEventChannelEndpoint? ConsoleChannel { get; set; }
     public IEventChannelEndpoint? StoreChannel { get; set; }
     public XenStoreDomain? Store { get; set; }
     /// <summary>Set once the toolstack has acted on the domain's shutdown (so it acts once).</summary>
     public bool ShutdownHandled { get; set; }
-    public bool Destroyed { get; set; }
+    /// <summary>Set (under the host's state lock) as the domain's destruction begins; read without
+    /// it by work that must stop then, such as a core dump.</summary>
+    public bool Destroyed { get => Volatile.Read(ref _destroyed); set => Volatile.Write(ref _destroyed, value); }
+    private bool _destroyed;
+    /// <summary>Held while the domain's memory is read from outside (core dumps) and while it is
+    /// torn down, so a dump never reads memory being freed.</summary>
+    public Lock MemoryUse { get; } = new();
     /// <summary>Built and wired up: visible to xl list.</summary>
     public bool Ready { get; set; }
 }

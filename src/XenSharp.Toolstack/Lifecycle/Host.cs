@@ -24,6 +24,9 @@ public sealed partial class Host : IDisposable
     /// <summary>Serialises building and tearing down domains (not queries).</summary>
     private readonly Lock _lifecycle = new();
     private readonly Dictionary<uint, Domain> _domains = [];
+    /// <summary>Guests with a running incarnation or a pending restart.</summary>
+    private readonly HashSet<Lineage> _lineages = [];
+    private readonly TimeProvider _time;
     private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
     private uint _nextDomId = 1;
     private bool _disposed;
@@ -31,11 +34,22 @@ public sealed partial class Host : IDisposable
     /// <summary>Raised when a client asked the daemon to stop.</summary>
     public event Action? StopRequested;
 
-    public Host(IHypervisor hv, XenStored xs, RunPaths paths)
+    /// <summary>The pause before each restart, as xl sleeps before it recreates a domain (2 s there).
+    /// Without it a guest that crashes as it boots restarts as fast as domains can be built; one
+    /// second bounds that to a restart a second and still lets a reboot come back promptly.</summary>
+    public static readonly TimeSpan RestartPause = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long the domid of an incarnation that was restarted still names its guest for
+    /// xl destroy: long enough for a destroy that read the domid just before the restart, short
+    /// enough that a stale domid soon names nothing, as in Xen.</summary>
+    public static readonly TimeSpan RetiredDomIdKept = TimeSpan.FromSeconds(30);
+
+    public Host(IHypervisor hv, XenStored xs, RunPaths paths, TimeProvider? time = null)
     {
         _hv = hv;
         _xs = xs;
         _paths = paths;
+        _time = time ?? TimeProvider.System;
         XenstoreLayout.WriteDom0(xs);
         _hv.DomainStateChanged += OnDomainStateChanged;
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
@@ -56,7 +70,7 @@ public sealed partial class Host : IDisposable
                 PingRequest => new PingResult(_hv.Version, Environment.ProcessId, _paths.RunDir),
                 CreateRequest r => Create(r),
                 ListRequest r => List(r),
-                DestroyRequest r => Do(() => Destroy(Resolve(r.Domain, allowDom0: r.Force))),
+                DestroyRequest r => Do(() => DestroyGuest(r)),
                 ShutdownRequest r => Do(() => RequestShutdown(r)),
                 PauseRequest r => Do(() => Resolve(r.Domain).Hv.Pause()),
                 UnpauseRequest r => Do(() => Resolve(r.Domain).Hv.Unpause()),
@@ -103,24 +117,32 @@ public sealed partial class Host : IDisposable
     /// <summary>A domain by id or name, as xl's find_domain.</summary>
     private Domain Resolve(string domain, bool allowDom0 = false)
     {
-        lock (_lock)
-        {
-            if (uint.TryParse(domain, out uint id))
-            {
-                if (id == 0 && !allowDom0)
-                    throw new ControlException("Domain 0 cannot be the target of this operation");
-                if (_domains.TryGetValue(id, out var d)) return d;
-            }
-            else
-            {
-                var d = _domains.Values.FirstOrDefault(x => x.Config.Name == domain);
-                if (d is not null) return d;
-                if (domain == "Domain-0" && !allowDom0)
-                    throw new ControlException("Domain 0 cannot be the target of this operation");
-            }
-        }
-        throw new ControlException($"{domain} is an invalid domain identifier (rc=-6)", 22);
+        lock (_lock) return FindLocked(domain, allowDom0) ?? throw InvalidDomain(domain);
     }
+
+    private static ControlException InvalidDomain(string domain) =>
+        new($"{domain} is an invalid domain identifier (rc=-6)", 22);
+
+    /// <summary>Under <see cref="_lock"/>: the domain by id or name, or null.</summary>
+    private Domain? FindLocked(string domain, bool allowDom0)
+    {
+        if (uint.TryParse(domain, out uint id))
+        {
+            if (id == 0 && !allowDom0)
+                throw new ControlException("Domain 0 cannot be the target of this operation");
+            return _domains.GetValueOrDefault(id);
+        }
+        var d = _domains.Values.FirstOrDefault(x => x.Config.Name == domain);
+        if (d is null && domain == "Domain-0" && !allowDom0)
+            throw new ControlException("Domain 0 cannot be the target of this operation");
+        return d;
+    }
+
+    /// <summary>Under <see cref="_lock"/>: whether a domain, or a guest's pending restart, holds the name.</summary>
+    private bool NameTakenLocked(string name, Domain? except = null, Lineage? restarting = null) =>
+        name == "Domain-0"
+        || _domains.Values.Any(x => x != except && x.Config.Name == name)
+        || _lineages.Any(l => l != restarting && l.Pending && l.PendingName == name);
 
     private static readonly System.Text.RegularExpressions.Regex ValidName = new("^[^/\\\\\\x00-\\x1f]+$");
 
@@ -147,16 +169,21 @@ public sealed partial class Host : IDisposable
         }
     }
 
-    private Domain StartLocked(DomainConfig c, bool paused)
+    /// <summary>Under <see cref="_lifecycle"/>: builds a domain, the first incarnation of a new
+    /// guest or, with <paramref name="restarting"/>, the next one of that guest.</summary>
+    private Domain StartLocked(DomainConfig c, bool paused, Lineage? restarting = null)
     {
         uint domId;
         lock (_lock)
         {
-            if (c.Name == "Domain-0" || _domains.Values.Any(x => x.Config.Name == c.Name))
+            if (NameTakenLocked(c.Name, restarting: restarting))
                 throw new ControlException($"domain with name \"{c.Name}\" already exists.");
             if (_domains.Values.Any(x => x.Config.Uuid == c.Uuid))
                 throw new ControlException($"domain with uuid {c.Uuid} already exists.");
-            while (_domains.ContainsKey(_nextDomId) || _nextDomId == 0 || _nextDomId >= 0x7FF0)
+            // Domids that still name a restarted guest are not handed out again meanwhile.
+            var now = _time.GetUtcNow();
+            while (_domains.ContainsKey(_nextDomId) || _nextDomId == 0 || _nextDomId >= 0x7FF0
+                   || _lineages.Any(l => l.Retains(_nextDomId, now, RetiredDomIdKept)))
                 _nextDomId = _nextDomId >= 0x7FF0 ? 1 : _nextDomId + 1;
             domId = _nextDomId++;
         }
@@ -169,7 +196,7 @@ public sealed partial class Host : IDisposable
             throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
         var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? DomainKind.Hvm : DomainKind.Pvh,
             c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
-        var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow };
+        var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = restarting ?? new Lineage() };
         lock (_lock) _domains[domId] = dom;
         try
         {
@@ -217,7 +244,13 @@ public sealed partial class Host : IDisposable
             XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
             if (!paused) hvd.Unpause();
-            dom.Ready = true;
+            lock (_lock)
+            {
+                dom.Ready = true;
+                dom.Lineage.Current = dom;
+                dom.Lineage.PendingName = null;
+                _lineages.Add(dom.Lineage);
+            }
             return dom;
         }
         catch
@@ -240,13 +273,24 @@ public sealed partial class Host : IDisposable
         lock (_lifecycle) DestroyLocked(d);
     }
 
-    private void DestroyLocked(Domain d)
+    /// <summary>Under <see cref="_lifecycle"/>. The guest ends with its running incarnation unless
+    /// <paramref name="restarting"/>, when the domid is kept a while as a name for the guest.</summary>
+    private void DestroyLocked(Domain d, bool restarting = false)
     {
         lock (_lock)
         {
             if (d.Destroyed) return;
             d.Destroyed = true;
             _domains.Remove(d.DomId);
+            var l = d.Lineage;
+            if (restarting)
+                l.Retired.Add((d.DomId, _time.GetUtcNow()));
+            else if (l.Current == d)
+            {
+                l.Current = null;
+                l.Ended = true;
+                _lineages.Remove(l);
+            }
         }
         d.Console?.Dispose();
         d.ConsoleChannel?.Dispose();
@@ -257,8 +301,57 @@ public sealed partial class Host : IDisposable
             XenstoreLayout.Remove(_xs, d.DomId, d.Config.Uuid);
         }
         catch (XenStoreException) { }
-        d.Hv.Dispose();
+        // Waits for a core dump that is reading the memory; it stops at the next page.
+        lock (d.MemoryUse) d.Hv.Dispose();
         _hv.ConsoleWrite($"d{d.DomId}: destroyed");
+    }
+
+    /// <summary>xl destroy: the domain named, and the guest with it, whatever point of a restart it
+    /// is at. Under <see cref="_lifecycle"/>, so the restart steps happen wholly before or after it:
+    /// a pending restart is cancelled, a domain being built is destroyed once built, and a domid
+    /// the guest had before a restart still names it for <see cref="RetiredDomIdKept"/>.</summary>
+    private void DestroyGuest(DestroyRequest r)
+    {
+        lock (_lifecycle)
+        {
+            Domain? d;
+            Lineage? guest = null;
+            lock (_lock)
+            {
+                d = FindLocked(r.Domain, allowDom0: r.Force);
+                if (uint.TryParse(r.Domain, out uint id))
+                {
+                    var now = _time.GetUtcNow();
+                    guest = _lineages.FirstOrDefault(l => l.Retains(id, now, RetiredDomIdKept));
+                }
+                else if (d is null)
+                    guest = _lineages.FirstOrDefault(l => l.Pending && l.PendingName == r.Domain);
+                if (d is null && guest is null) throw InvalidDomain(r.Domain);
+            }
+            if (guest is not null)
+            {
+                var current = guest.Current;
+                EndLineageLocked(guest);
+                if (current is not null) DestroyLocked(current);
+            }
+            if (d is not null) DestroyLocked(d);
+        }
+    }
+
+    /// <summary>Under <see cref="_lifecycle"/>: no incarnation follows; a pending restart is cancelled.</summary>
+    private void EndLineageLocked(Lineage l)
+    {
+        string? pending;
+        lock (_lock)
+        {
+            if (l.Ended) return;
+            pending = l.Pending ? l.PendingName : null;
+            l.Ended = true;
+            l.PendingName = null;
+            _lineages.Remove(l);
+        }
+        l.Pause?.Cancel();
+        if (pending is not null) _hv.ConsoleWrite($"{pending}: restart cancelled");
     }
 
     private void RequestShutdown(ShutdownRequest r)
@@ -278,17 +371,18 @@ public sealed partial class Host : IDisposable
         _xs.Write($"{dom}/control/shutdown", r.Kind == ShutdownKind.Reboot ? "reboot" : "poweroff");
     }
 
-    private void Rename(RenameRequest r)
+    private void Rename(RenameRequest r) => Rename(Resolve(r.Domain), r.NewName);
+
+    private void Rename(Domain d, string newName)
     {
-        var d = Resolve(r.Domain);
-        if (string.IsNullOrEmpty(r.NewName) || !ValidName.IsMatch(r.NewName))
-            throw new ControlException($"invalid domain name `{r.NewName}'");
+        if (string.IsNullOrEmpty(newName) || !ValidName.IsMatch(newName))
+            throw new ControlException($"invalid domain name `{newName}'");
         lock (_lock)
-            if (r.NewName == "Domain-0" || _domains.Values.Any(x => x != d && x.Config.Name == r.NewName))
-                throw new ControlException($"domain with name \"{r.NewName}\" already exists.");
-        d.Config.Name = r.NewName;
-        d.Console?.Rename(r.NewName);
-        XenstoreLayout.Rename(_xs, d.DomId, d.Config.Uuid, r.NewName);
+            if (NameTakenLocked(newName, except: d))
+                throw new ControlException($"domain with name \"{newName}\" already exists.");
+        d.Config.Name = newName;
+        d.Console?.Rename(newName);
+        XenstoreLayout.Rename(_xs, d.DomId, d.Config.Uuid, newName);
     }
 
     private void VcpuPin(VcpuPinRequest r)
@@ -567,6 +661,13 @@ public sealed partial class Host : IDisposable
 
     private void OnDomainStateChanged(uint domId)
     {
+        // Runs on a thread pool thread: whatever fails, the daemon carries on.
+        try { HandleShutdown(domId); }
+        catch (Exception e) { _hv.ConsoleWrite($"d{domId}: shutdown handling failed: {e.Message}"); }
+    }
+
+    private void HandleShutdown(uint domId)
+    {
         Domain? d;
         lock (_lock)
         {
@@ -600,40 +701,82 @@ public sealed partial class Host : IDisposable
                     break;
                 case ShutdownAction.CoredumpRestart:
                     CoreDump(d);
-                    Restart(d, rename: false);
+                    BeginRestart(d, rename: false);
                     break;
                 case ShutdownAction.Restart:
                 case ShutdownAction.SoftReset:
-                    Restart(d, rename: false);
+                    BeginRestart(d, rename: false);
                     break;
                 case ShutdownAction.RenameRestart:
-                    Restart(d, rename: true);
+                    BeginRestart(d, rename: true);
                     break;
             }
         }
         catch (Exception e)
         {
-            // Runs on the hypervisor's notification thread: whatever failed, the daemon carries on.
             _hv.ConsoleWrite($"d{domId}: {DomainConfig.ActionName(action)} failed: {e.Message}");
         }
     }
 
-    private void Restart(Domain d, bool rename)
+    /// <summary>Retires the incarnation (destroyed, or kept under a new name for rename-restart),
+    /// then builds the next one after <see cref="RestartPause"/> unless xl destroy came first.
+    /// No lock is held across the pause.</summary>
+    private void BeginRestart(Domain d, bool rename)
     {
-        var c = d.Config;
-        if (rename)
+        var guest = d.Lineage;
+        string name;
+        DomainConfig next;
+        CancellationToken pause;
+        lock (_lifecycle)
         {
-            // The old domain stays as it is, under a new name; the new one takes the name and a new uuid.
-            string old = c.Name;
-            Rename(new RenameRequest(d.DomId.ToString(), $"{old}--incoming-{d.DomId}"));
-            c = CloneConfig(c, old, Guid.NewGuid());
+            // Destroyed while its shutdown was being handled (or the daemon is stopping): no restart.
+            if (_disposed || d.Destroyed || guest.Ended || guest.Current != d) return;
+            name = d.Config.Name;
+            if (rename)
+            {
+                // The old domain stays as it is, under a new name; the new one takes the name and a new uuid.
+                Rename(d, $"{name}--incoming-{d.DomId}");
+                next = CloneConfig(d.Config, name, Guid.NewGuid());
+            }
+            else
+                next = CloneConfig(d.Config, name, d.Config.Uuid);
+            var cts = new CancellationTokenSource();
+            pause = cts.Token;
+            lock (_lock)
+            {
+                guest.Current = null;
+                guest.PendingName = name;
+                guest.Pause = cts;
+                if (rename) guest.Retired.Add((d.DomId, _time.GetUtcNow()));
+            }
+            if (!rename) DestroyLocked(d, restarting: true);
         }
-        else
+        _hv.ConsoleWrite($"d{d.DomId}: {name}: restarting in {RestartPause.TotalSeconds:0.###} s");
+        _ = RestartAfterPauseAsync(guest, next, pause);
+    }
+
+    private async Task RestartAfterPauseAsync(Lineage guest, DomainConfig next, CancellationToken pause)
+    {
+        // Cancelled by xl destroy: then the guest has ended, which the check below sees. Forced to
+        // yield so the rest never runs inside the destroy that cancelled it.
+        await Task.Delay(RestartPause, _time, pause)
+            .ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing | ConfigureAwaitOptions.ForceYielding);
+        CancellationTokenSource? cts = null;
+        try
         {
-            Destroy(d);
-            c = CloneConfig(c, c.Name, c.Uuid);
+            lock (_lifecycle)
+            {
+                lock (_lock) (cts, guest.Pause) = (guest.Pause, null);
+                if (guest.Ended || _disposed) return;
+                StartLocked(next, paused: false, guest);
+            }
         }
-        Start(c, paused: false);
+        catch (Exception e)
+        {
+            _hv.ConsoleWrite($"{next.Name}: restart failed: {e.Message}");
+            lock (_lifecycle) EndLineageLocked(guest);
+        }
+        finally { cts?.Dispose(); }
     }
 
     private static DomainConfig CloneConfig(DomainConfig c, string name, Guid uuid) => new()
@@ -656,11 +799,20 @@ public sealed partial class Host : IDisposable
         using var f = File.Create(file);
         var page = new byte[4096];
         ulong frames = (ulong)Math.Min(d.Config.TargetMemKb, 0xF0000000L / 1024) / 4;
-        for (ulong gfn = 0; gfn < frames; gfn++)
+        lock (d.MemoryUse)
         {
-            if (d.Hv.Memory.IsPopulated(gfn)) d.Hv.Memory.Read(gfn * 4096, page);
-            else Array.Clear(page);
-            f.Write(page);
+            for (ulong gfn = 0; gfn < frames; gfn++)
+            {
+                // xl destroy does not wait for the dump: it is cut short.
+                if (d.Destroyed)
+                {
+                    _hv.ConsoleWrite($"d{d.DomId}: core dump cut short: the domain was destroyed");
+                    return;
+                }
+                if (d.Hv.Memory.IsPopulated(gfn)) d.Hv.Memory.Read(gfn * 4096, page);
+                else Array.Clear(page);
+                f.Write(page);
+            }
         }
         _hv.ConsoleWrite($"d{d.DomId}: core dumped to {file}");
     }
@@ -676,6 +828,7 @@ public sealed partial class Host : IDisposable
     public void Dispose()
     {
         List<Domain> all;
+        List<Lineage> guests;
         lock (_lifecycle)
         {
             lock (_lock)
@@ -683,7 +836,9 @@ public sealed partial class Host : IDisposable
                 if (_disposed) return;
                 _disposed = true;
                 all = [.. _domains.Values];
+                guests = [.. _lineages];
             }
+            foreach (var l in guests) EndLineageLocked(l);
             foreach (var d in all) DestroyLocked(d);
         }
         _hv.DomainStateChanged -= OnDomainStateChanged;

@@ -15,6 +15,9 @@ internal sealed class HeldHypervisor : IHypervisor
     private readonly StringBuilder _console = new();
     private readonly Lock _lock = new();
     private readonly Dictionary<uint, HeldDomain> _domains = [];
+    private readonly List<uint> _heldNotices = [];
+    private bool _holdNotices;
+    private int _created;
 
     public int HostCpus { get; } = Environment.ProcessorCount;
     public string Version => "4.14.0-xensharp";
@@ -34,8 +37,34 @@ internal sealed class HeldHypervisor : IHypervisor
         }
     }
 
+    /// <summary>Runs before each read of a domain's memory by the toolstack (a core dump reads it all).</summary>
+    public Action<uint>? Reading { get; set; }
+
+    /// <summary>Domains created so far (restarts included).</summary>
+    public int Created => Volatile.Read(ref _created);
+
+    /// <summary>Runs at the start of each domain creation (a test may block there: the toolstack is then building).</summary>
+    public Action<uint>? Creating { get; set; }
+
+    /// <summary>Keeps shutdown notifications from the toolstack until <see cref="ReleaseNotices"/>.</summary>
+    public void HoldNotices() { lock (_lock) _holdNotices = true; }
+
+    public void ReleaseNotices()
+    {
+        List<uint> held;
+        lock (_lock)
+        {
+            _holdNotices = false;
+            held = [.. _heldNotices];
+            _heldNotices.Clear();
+        }
+        foreach (var id in held) ThreadPool.QueueUserWorkItem(_ => DomainStateChanged?.Invoke(id));
+    }
+
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {
+        Creating?.Invoke(domId);
+        Interlocked.Increment(ref _created);
         var d = new HeldDomain(this, domId, info);
         lock (_lock) _domains[domId] = d;
         ConsoleWrite($"HVM d{domId}: created ({info.Kind.ToString().ToLowerInvariant()}, {info.MaxVcpus} vcpus, no execution engine bound)");
@@ -87,7 +116,16 @@ internal sealed class HeldHypervisor : IHypervisor
     }
 
     internal void Remove(uint domId) { lock (_lock) _domains.Remove(domId); }
-    internal void Raise(uint domId) => DomainStateChanged?.Invoke(domId);
+    internal void Raise(uint domId)
+    {
+        lock (_lock)
+            if (_holdNotices)
+            {
+                _heldNotices.Add(domId);
+                return;
+            }
+        DomainStateChanged?.Invoke(domId);
+    }
 
     public void Dispose()
     {
@@ -110,7 +148,7 @@ internal sealed class HeldHypervisor : IHypervisor
 
         public uint DomId { get; } = domId;
         public DomainCreateInfo Info { get; } = info;
-        public IGuestPhysicalMemory Memory => _memory;
+        public IGuestPhysicalMemory Memory => field ??= new ReadHook(_memory, () => owner.Reading?.Invoke(DomId));
 
         public void SetVcpuContext(int vcpu, in Registers regs, in SpecialRegisters sregs)
         {
@@ -181,6 +219,22 @@ internal sealed class HeldHypervisor : IHypervisor
             }
             _memory.Dispose();
             owner.Remove(DomId);
+        }
+
+        private sealed class ReadHook(SparseGuestMemory memory, Action reading) : IGuestPhysicalMemory
+        {
+            public void Populate(ulong gfn, ulong count) => memory.Populate(gfn, count);
+            public void PopulateOnDemand(ulong gfn, ulong count) => memory.PopulateOnDemand(gfn, count);
+            public void SetPodTarget(ulong targetPages) => memory.SetPodTarget(targetPages);
+            public bool IsPopulated(ulong gfn) => memory.IsPopulated(gfn);
+            public void Write(ulong gpa, ReadOnlySpan<byte> data) => memory.Write(gpa, data);
+            public Span<byte> Page(ulong gfn) => memory.Page(gfn);
+
+            public void Read(ulong gpa, Span<byte> data)
+            {
+                reading();
+                memory.Read(gpa, data);
+            }
         }
 
         private sealed class Endpoint(uint port) : IEventChannelEndpoint

@@ -184,6 +184,29 @@ public sealed class HostTests : IDisposable
     }
 
     [Fact]
+    public async Task DestroyDuringACoreDumpCutsItShort()
+    {
+        var c = Create("dump", "on_crash=\"coredump-destroy\"\n");
+        string dom = $"/local/domain/{c.DomId}";
+        Task<ControlResponse>? destroy = null;
+        // At the dump's first page, xl destroy comes; the dump goes on only once the destroy has begun.
+        _hv.Reading = id =>
+        {
+            if (id != c.DomId || destroy is not null) return;
+            destroy = Task.Run(() => _host.Handle(new DestroyRequest("dump", false)));
+            WaitFor(() => !_xs.Exists(dom));
+        };
+        _host.ShutdownFromOutside(c.DomId, ShutdownReason.Crash);
+        WaitFor(() => destroy is not null);
+        var r = await destroy!;
+        Assert.True(r.Ok, r.Error);
+        WaitFor(() => _hv.ReadConsole(false).Contains($"d{c.DomId}: core dump cut short: the domain was destroyed"));
+        Assert.DoesNotContain($"d{c.DomId}: core dumped", _hv.ReadConsole(false));
+        Assert.True(new FileInfo(Path.Combine(_dir, "dump", "dump.core")).Length < 16L << 20);
+        Assert.DoesNotContain("dump", List().Select(d => d.Name));
+    }
+
+    [Fact]
     public void MemoryAndVcpuSettingsReachXenstore()
     {
         var c = Create("m");
