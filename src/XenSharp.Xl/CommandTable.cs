@@ -169,6 +169,8 @@ internal static class CommandTable
             "Rename a domain", "<Domain> <NewDomainName>", null, [Help], 2),
         new("trigger", DomainCommands.Trigger, false, true,
             "Send a trigger to a domain", "<Domain> <nmi|reset|init|power|sleep|s3resume> [<VCPU>]", null, [Help], 2),
+        new("dump-core", DomainCommands.DumpCore, false, true,
+            "Core dump a domain", "<Domain> <filename>", null, [Help], 2),
         new("sysrq", DomainCommands.Sysrq, false, true,
             "Send a sysrq to a domain", "<Domain> <letter>", null, [Help], 2),
         new("debug-keys", HostCommands.DebugKeys, false, true,

@@ -23,6 +23,17 @@ internal static class XenVersion
         (1u << Features.XENFEAT_hvm_callback_vector) |
         (1u << Features.XENFEAT_hvm_safe_pvclock);
 
+    /// <summary>xen_compile_info_t: compiler, compile_by, compile_domain, compile_date.</summary>
+    public static byte[] CompileInfo()
+    {
+        var buf = new byte[Public.Version.XEN_COMPILE_INFO_SIZE];
+        Put(buf, 0, 64, "dotnet " + Environment.Version);
+        Put(buf, 64, 16, "xensharp");
+        Put(buf, 80, 32, "localdomain");
+        Put(buf, 112, 32, "unknown");
+        return buf;
+    }
+
     public static long Do(Vcpu v, in HypercallArgs a)
     {
         ulong arg = a.A2;
@@ -33,14 +44,7 @@ internal static class XenVersion
             case Public.Version.XENVER_extraversion:
                 return WriteString(v, arg, ExtraVersion, Public.Version.XEN_EXTRAVERSION_LEN);
             case Public.Version.XENVER_compile_info:
-            {
-                var buf = new byte[Public.Version.XEN_COMPILE_INFO_SIZE];
-                Put(buf, 0, 64, "dotnet " + Environment.Version);
-                Put(buf, 64, 16, "xensharp");
-                Put(buf, 80, 32, "localdomain");
-                Put(buf, 112, 32, "unknown");
-                return GuestAccess.CopyTo(v, arg, buf) ? 0 : -Errno.EFAULT;
-            }
+                return GuestAccess.CopyTo(v, arg, CompileInfo()) ? 0 : -Errno.EFAULT;
             case Public.Version.XENVER_capabilities:
                 return WriteString(v, arg, Capabilities, Public.Version.XEN_CAPABILITIES_INFO_LEN);
             case Public.Version.XENVER_changeset:

@@ -28,6 +28,7 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(DebugKeysRequest), "debug-keys")]
 [JsonDerivedType(typeof(SysrqRequest), "sysrq")]
 [JsonDerivedType(typeof(TriggerRequest), "trigger")]
+[JsonDerivedType(typeof(DumpCoreRequest), "dump-core")]
 [JsonDerivedType(typeof(ConsoleAttachRequest), "console")]
 [JsonDerivedType(typeof(StopDaemonRequest), "stop-daemon")]
 [JsonDerivedType(typeof(CpupoolListRequest), "cpupool-list")]
@@ -83,6 +84,8 @@ public sealed record DmesgRequest(bool Clear) : ControlRequest<string>;
 public sealed record DebugKeysRequest(string Keys) : ControlRequest<Unit>;
 public sealed record SysrqRequest(string Domain, char Key) : ControlRequest<Unit>;
 public sealed record TriggerRequest(string Domain, string Trigger, int Vcpu) : ControlRequest<Unit>;
+/// <summary>xl dump-core: the domain's core in Xen's dump-core format, written by the daemon to <see cref="File"/> (absolute).</summary>
+public sealed record DumpCoreRequest(string Domain, string File) : ControlRequest<Unit>;
 /// <summary>With <paramref name="Unpause"/> the daemon unpauses the domain once the console is attached
 /// (xl create -c), so that nothing the guest writes can come before its reader.</summary>
 public sealed record ConsoleAttachRequest(string Domain, bool Unpause = false) : ControlRequest<ConsoleAttachResult>;

@@ -85,6 +85,7 @@ public sealed partial class Host : IDisposable
                 DebugKeysRequest r => Do(() => _hv.DebugKeys(r.Keys)),
                 SysrqRequest r => Do(() => _xs.Write($"{XenstoreLayout.DomainPath(Resolve(r.Domain).DomId)}/control/sysrq", r.Key.ToString())),
                 TriggerRequest r => Do(() => Trigger(r)),
+                DumpCoreRequest r => Do(() => DumpCoreTo(Resolve(r.Domain), r.File)),
                 ConsoleAttachRequest r => ConsoleTarget(r),
                 StopDaemonRequest => Do(() => ThreadPool.QueueUserWorkItem(_ => StopRequested?.Invoke())),
                 CpupoolListRequest r => CpupoolList(r),
@@ -789,29 +790,39 @@ public sealed partial class Host : IDisposable
         SourceText = c.SourceText, SourceFile = c.SourceFile,
     };
 
-    /// <summary>Writes the domain's RAM below 4 GiB to $RUNDIR/dump/NAME.core (a raw image of
-    /// guest-physical memory from address 0).</summary>
+    /// <summary>The coredump-* actions: the domain's core, in Xen's dump-core format, to $RUNDIR/dump/NAME.core.</summary>
     private void CoreDump(Domain d)
     {
         string dir = Path.Combine(_paths.RunDir, "dump");
         Directory.CreateDirectory(dir);
-        string file = Path.Combine(dir, d.Config.Name + ".core");
-        using var f = File.Create(file);
-        var page = new byte[4096];
-        ulong frames = (ulong)Math.Min(d.Config.TargetMemKb, 0xF0000000L / 1024) / 4;
+        WriteCore(d, Path.Combine(dir, d.Config.Name + ".core"));
+    }
+
+    /// <summary>xl dump-core: the domain is paused while its core is written, as one moment's state.</summary>
+    private void DumpCoreTo(Domain d, string file)
+    {
+        if (!Path.IsPathFullyQualified(file)) throw new ControlException($"core file {file}: the path must be absolute", 22);
+        d.Hv.Pause();
+        try { WriteCore(d, file); }
+        finally { if (!d.Destroyed) d.Hv.Unpause(); }
+    }
+
+    private void WriteCore(Domain d, string file)
+    {
+        Stream f;
+        try { f = File.Create(file); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ControlException($"cannot write core file {file}: {e.Message}", 5);
+        }
+        using (f)
         lock (d.MemoryUse)
         {
-            for (ulong gfn = 0; gfn < frames; gfn++)
+            // xl destroy does not wait for the dump: it is cut short.
+            if (d.Destroyed || !DumpCore.Write(f, d.Hv, d.Config.MaxVcpus, _hv.VersionInfo, () => d.Destroyed))
             {
-                // xl destroy does not wait for the dump: it is cut short.
-                if (d.Destroyed)
-                {
-                    _hv.ConsoleWrite($"d{d.DomId}: core dump cut short: the domain was destroyed");
-                    return;
-                }
-                if (d.Hv.Memory.IsPopulated(gfn)) d.Hv.Memory.Read(gfn * 4096, page);
-                else Array.Clear(page);
-                f.Write(page);
+                _hv.ConsoleWrite($"d{d.DomId}: core dump cut short: the domain was destroyed");
+                return;
             }
         }
         _hv.ConsoleWrite($"d{d.DomId}: core dumped to {file}");

@@ -17,6 +17,13 @@ public interface IGuestPhysicalMemory
     /// guest's balloon driver has reached it.</summary>
     void SetPodTarget(ulong targetPages);
 
+    /// <summary>The highest GFN the domain's p2m has mapped.</summary>
+    ulong MaxGfn { get; }
+
+    /// <summary>Copies frame <paramref name="gfn"/> when the p2m has RAM with a frame behind it there (not holes,
+    /// mappings of other domains' pages, or populate-on-demand entries never touched, which stay untouched).</summary>
+    bool TryReadFrame(ulong gfn, Span<byte> page);
+
     /// <summary>True when the frame is backed.</summary>
     bool IsPopulated(ulong gfn);
 

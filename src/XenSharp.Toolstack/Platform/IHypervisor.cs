@@ -47,6 +47,9 @@ public interface IHypervisor : IDisposable
     /// what no domain holds of it.</summary>
     (ulong Total, ulong Free) MachineMemory { get; }
 
+    /// <summary>What XEN_VERSION answers (a core dump records it).</summary>
+    XenSharp.Hypervisor.XenVersionInfo VersionInfo => XenSharp.Hypervisor.XenHypervisor.VersionInfo;
+
     /// <summary>XEN_SYSCTL_readconsole: the hypervisor's console ring.</summary>
     string ReadConsole(bool clear);
 
@@ -100,6 +103,12 @@ public interface IHypervisorDomain : IDisposable
 
     /// <summary>Shuts the domain down from outside (SCHEDOP_remote_shutdown), as xl -F and triggers do.</summary>
     void Shutdown(ShutdownReason reason);
+
+    /// <summary>XEN_DOMCTL_getvcpucontext.</summary>
+    XenSharp.Public.ArchX86.VcpuGuestContext GetVcpuContext(int vcpu);
+
+    /// <summary>A copy of the domain's shared info page.</summary>
+    void ReadSharedInfo(Span<byte> page);
 
     /// <summary>XEN_DOMCTL_sendtrigger: nmi, reset, init, power, sleep, s3resume.</summary>
     void SendTrigger(string trigger, int vcpu);

@@ -48,6 +48,18 @@ public sealed unsafe class SparseGuestMemory : IGuestPhysicalMemory, IDisposable
 
     public bool IsPopulated(ulong gfn) { lock (_lock) return _frames.ContainsKey(gfn); }
 
+    public ulong MaxGfn { get { lock (_lock) return _frames.Count == 0 ? 0 : _frames.Keys.Max(); } }
+
+    public bool TryReadFrame(ulong gfn, Span<byte> page)
+    {
+        lock (_lock)
+        {
+            if (!_frames.TryGetValue(gfn, out nint p)) return false;
+            new ReadOnlySpan<byte>((void*)p, PageSize).CopyTo(page);
+            return true;
+        }
+    }
+
     private byte* Frame(ulong gfn)
     {
         lock (_lock)

@@ -138,6 +138,10 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         }
 
         public bool IsPopulated(ulong gfn) { lock (_lock) return _populated.Contains(gfn); }
+        public ulong MaxGfn => hv.MaxGfn(domId);
+        public bool TryReadFrame(ulong gfn, Span<byte> page) => hv.TryReadRamFrame(domId, gfn, page);
+        public XenSharp.Public.ArchX86.VcpuGuestContext GetVcpuContext(int vcpu) => hv.GetVcpuContext(domId, vcpu);
+        public void ReadSharedInfo(Span<byte> page) => hv.ReadSharedInfo(domId, page);
 
         public void Write(ulong gpa, ReadOnlySpan<byte> data) => hv.WriteGuestMemory(domId, gpa, data);
         public void Read(ulong gpa, Span<byte> data) => hv.ReadGuestMemory(domId, gpa, data);

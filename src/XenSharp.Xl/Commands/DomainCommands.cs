@@ -207,6 +207,13 @@ internal static class DomainCommands
         return 0;
     }
 
+    public static int DumpCore(XlContext ctx, ParsedArgs a)
+    {
+        // The daemon writes the file: it gets the path as this xl sees it.
+        ctx.Daemon.Send(new DumpCoreRequest(a.Operands[0], Path.GetFullPath(a.Operands[1])));
+        return 0;
+    }
+
     public static int Trigger(XlContext ctx, ParsedArgs a)
     {
         int vcpu = 0;

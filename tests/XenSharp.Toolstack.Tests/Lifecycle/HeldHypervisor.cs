@@ -158,6 +158,10 @@ internal sealed class HeldHypervisor : IHypervisor
         public void SetOnlineVcpus(int count) { lock (_lock) _online = Math.Clamp(count, 1, Info.MaxVcpus); }
         public void SetVcpuAffinity(int vcpu, IReadOnlyList<int>? hard, IReadOnlyList<int>? soft) { }
         public void SetMemoryMap(IReadOnlyList<(ulong Addr, ulong Size, uint Type)> entries) { }
+
+        // No engine is bound: every vCPU is as created, and shared info is all zeroes.
+        public XenSharp.Public.ArchX86.VcpuGuestContext GetVcpuContext(int vcpu) => default;
+        public void ReadSharedInfo(Span<byte> page) => page.Clear();
         public void SetAcpiSleepControl(ushort pm1aControlPort, int s5SleepType) { }
         public void SetHvmParam(int index, ulong value) { lock (_lock) _params[index] = value; }
         public ulong GetHvmParam(int index) { lock (_lock) return _params.GetValueOrDefault(index); }
@@ -227,6 +231,13 @@ internal sealed class HeldHypervisor : IHypervisor
             public void PopulateOnDemand(ulong gfn, ulong count) => memory.PopulateOnDemand(gfn, count);
             public void SetPodTarget(ulong targetPages) => memory.SetPodTarget(targetPages);
             public bool IsPopulated(ulong gfn) => memory.IsPopulated(gfn);
+            public ulong MaxGfn => memory.MaxGfn;
+
+            public bool TryReadFrame(ulong gfn, Span<byte> page)
+            {
+                reading();
+                return memory.TryReadFrame(gfn, page);
+            }
             public void Write(ulong gpa, ReadOnlySpan<byte> data) => memory.Write(gpa, data);
             public Span<byte> Page(ulong gfn) => memory.Page(gfn);
 

@@ -264,6 +264,70 @@ public sealed class XlEndToEndTests(XlSession s)
         return cfg;
     }
 
+    /// <summary>xl dump-core writes Xen's dump-core format, read back by a C program built on Xen's own
+    /// headers (vcpu_guest_context_t, the XEN_ELFNOTE_DUMPCORE_* notes) and by binutils' readelf.</summary>
+    [Fact]
+    [Trait("Feature", "x86/PVH")]
+    public void DumpCoreWritesXensFormat()
+    {
+        string cfg = EchoGuest("core1");
+        Assert.Equal(0, s.Xl("create", cfg).Code);
+        try
+        {
+            string log = Path.Combine(s.RunDir, "console", "core1.log");
+            var wait = System.Diagnostics.Stopwatch.StartNew();
+            while (!(File.Exists(log) && File.ReadAllText(log).Contains("hello from the console ring")) && wait.Elapsed < TimeSpan.FromSeconds(60))
+                Thread.Sleep(50);
+            string core = Path.Combine(s.Work, "core1.core");
+            var (code, _, err) = s.Xl("dump-core", "core1", core);
+            Assert.True(code == 0, err);
+            // The guest runs on after the dump.
+            Assert.Equal('-', List()["core1"].Groups["state"].Value[2]);
+
+            var readelf = Tool("readelf", "-h", "-S", core);
+            Assert.Contains("CORE (Core file)", readelf);
+            foreach (var section in new[] { ".note.Xen", ".xen_prstatus", ".xen_shared_info", ".xen_pfn", ".xen_pages" })
+                Assert.Contains(section, readelf);
+
+            string checker = Path.Combine(s.Work, "corecheck");
+            Tool("gcc", "-O2", "-D__XEN_TOOLS__", "-o", checker, Path.Combine(AppContext.BaseDirectory, "Guests", "corecheck.c"));
+            var facts = Tool(checker, core, "hello from the console ring").Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                .Select(l => l.Split(' ', 2)).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.Select(p => p[1]).ToList());
+            string One(string key) => Assert.Single(facts[key]);
+            Assert.Equal("0", One("phnum"));
+            Assert.Equal("0", One("none"));
+            Assert.Equal("0xf00febee", One("magic")); // XC_CORE_MAGIC_HVM: a translated guest
+            Assert.Equal("1", One("vcpus"));
+            Assert.Equal("4096", One("pagesize"));
+            Assert.Equal("4.14.0", One("xen"));
+            Assert.Equal("0.1", One("format"));
+            Assert.Equal("1", One("prstatus_ok"));
+            Assert.Equal("1", One("shared_info"));
+            Assert.Equal("1", One("pages_ok"));
+            long pages = long.Parse(One("pages"));
+            Assert.Equal(pages, long.Parse(One("pfns")));
+            Assert.InRange(pages, 16 * 256, 16 * 256 + 64); // 16 MiB of RAM and the special pages
+            // The guest's vCPU is in its kernel (loaded at 1 MiB), online, and its greeting is in the page it was loaded to.
+            ulong rip = Convert.ToUInt64(One("rip0"), 16);
+            Assert.InRange(rip, 0x100000UL, 0x1fffffUL);
+            Assert.True((Convert.ToUInt64(One("flags0"), 16) & 0x20) != 0, "VGCF_online is clear");
+            Assert.Contains(facts["found"], f => Convert.ToUInt64(f, 16) is >= 0x100 and < 0x200);
+        }
+        finally { s.Xl("destroy", "core1"); }
+    }
+
+    private string Tool(string file, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string o = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"{file} exited {p.ExitCode}: {err.Result}");
+        return o;
+    }
+
     [Fact]
     [Trait("Feature", "x86/PVH")]
     public void CreateWithConsoleRunsTheGuestEchoesInputAndHonoursPoweroff()
