@@ -194,8 +194,7 @@ public class LinuxPvhTests
     internal sealed class ConsoleSession : IDisposable
     {
         private readonly Process _p;
-        private readonly StringBuilder _out = new();
-        private int _consumed;
+        private readonly OutputLog _out = new();
 
         public ConsoleSession(string runDir, params string[] args)
         {
@@ -219,32 +218,17 @@ public class LinuxPvhTests
             var buf = new char[4096];
             int n;
             while ((n = r.Read(buf, 0, buf.Length)) > 0)
-                lock (_out) { _out.Append(buf, 0, n); Monitor.PulseAll(_out); }
+                _out.Append(new string(buf, 0, n));
         }) { IsBackground = true }.Start();
 
         /// <summary>Waits until <paramref name="text"/> appears after what earlier waits consumed and
         /// returns the output up to and including it.</summary>
         public string WaitFor(string text, TimeSpan limit)
         {
-            var clock = Stopwatch.StartNew();
-            lock (_out)
-            {
-                while (true)
-                {
-                    string s = _out.ToString();
-                    int i = s.IndexOf(text, _consumed, StringComparison.Ordinal);
-                    if (i >= 0)
-                    {
-                        string got = s[_consumed..(i + text.Length)];
-                        _consumed = i + text.Length;
-                        return got;
-                    }
-                    var left = limit - clock.Elapsed;
-                    if (left <= TimeSpan.Zero || _p.HasExited && !Monitor.Wait(_out, 1000))
-                        Assert.Fail($"\"{text}\" did not appear within {limit} (xl {(_p.HasExited ? $"exited {_p.ExitCode}" : "running")}); output:\n{Tail(s)}");
-                    Monitor.Wait(_out, left < TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
-                }
-            }
+            string? got = _out.TryWaitFor(text, limit, () => _p.HasExited);
+            if (got is null)
+                Assert.Fail($"\"{text}\" did not appear within {limit} (xl {(_p.HasExited ? $"exited {_p.ExitCode}" : "running")}); output:\n{_out.Tail()}");
+            return got;
         }
 
         /// <summary>Types a command line at the shell and waits for <paramref name="expect"/>. busybox asks

@@ -19,15 +19,14 @@ public sealed partial class PtySession : IDisposable
     private readonly SafeFileHandle _master;
     private readonly FileStream _in, _out;
     private readonly Process _p;
-    private readonly StringBuilder _screen = new();
-    private int _consumed;
+    private readonly OutputLog _screen = new();
     private int _queriesSeen;
 
     /// <summary>The answer to ESC[6n, as a terminal with its cursor at row 24, column 1 gives it.</summary>
     public string CursorReport { get; set; } = "\u001b[24;1R";
 
     /// <summary>How many cursor position queries came out of xl so far.</summary>
-    public int CursorQueries { get { lock (_screen) return _queriesSeen; } }
+    public int CursorQueries => Volatile.Read(ref _queriesSeen);
 
     public PtySession(string runDir, params string[] xlArgs)
     {
@@ -65,27 +64,29 @@ public sealed partial class PtySession : IDisposable
         var buf = new byte[4096];
         try
         {
+            string carry = "";
             int n;
             while ((n = _in.Read(buf)) > 0)
             {
-                lock (_screen)
+                string chunk = Encoding.Latin1.GetString(buf, 0, n);
+                // Every query is answered, as a terminal emulator does (one split across reads too),
+                // before anyone waiting on the screen sees it.
+                string scan = carry + chunk;
+                lock (_screen.Sync)
                 {
-                    int from = Math.Max(0, _screen.Length - CursorQuery.Length + 1);
-                    _screen.Append(Encoding.Latin1.GetString(buf, 0, n));
-                    // Every query is answered, as a terminal emulator does.
-                    string tail = _screen.ToString(from, _screen.Length - from);
-                    for (int i = tail.IndexOf(CursorQuery, StringComparison.Ordinal); i >= 0;
-                         i = tail.IndexOf(CursorQuery, i + 1, StringComparison.Ordinal))
+                    for (int i = scan.IndexOf(CursorQuery, StringComparison.Ordinal); i >= 0;
+                         i = scan.IndexOf(CursorQuery, i + 1, StringComparison.Ordinal))
                     {
-                        _queriesSeen++;
+                        Interlocked.Increment(ref _queriesSeen);
                         Type(CursorReport);
                     }
-                    Monitor.PulseAll(_screen);
+                    _screen.Append(chunk);
                 }
+                carry = scan.Length < CursorQuery.Length ? scan : scan[^(CursorQuery.Length - 1)..];
             }
         }
         catch (IOException) { /* EIO: the slave side closed */ }
-        lock (_screen) Monitor.PulseAll(_screen);
+        _screen.Pulse();
     }
 
     /// <summary>Keys as a person types them, one write each.</summary>
@@ -98,44 +99,15 @@ public sealed partial class PtySession : IDisposable
         }
     }
 
-    /// <summary>The screen since the last wait, without waiting.</summary>
-    public string Pending()
-    {
-        lock (_screen) return _screen.ToString(_consumed, _screen.Length - _consumed);
-    }
-
     /// <summary>Waits for <paramref name="text"/> after what earlier waits consumed; returns the screen
     /// up to and including it, or null when it did not come within <paramref name="limit"/>.</summary>
-    public string? TryWaitFor(string text, TimeSpan limit)
-    {
-        var clock = Stopwatch.StartNew();
-        lock (_screen)
-        {
-            while (true)
-            {
-                string s = _screen.ToString();
-                int i = s.IndexOf(text, _consumed, StringComparison.Ordinal);
-                if (i >= 0)
-                {
-                    string got = s[_consumed..(i + text.Length)];
-                    _consumed = i + text.Length;
-                    return got;
-                }
-                var left = limit - clock.Elapsed;
-                if (left <= TimeSpan.Zero) return null;
-                Monitor.Wait(_screen, left < TimeSpan.FromSeconds(1) ? left : TimeSpan.FromSeconds(1));
-            }
-        }
-    }
+    public string? TryWaitFor(string text, TimeSpan limit) => _screen.TryWaitFor(text, limit);
 
     public string WaitFor(string text, TimeSpan limit) =>
         TryWaitFor(text, limit) ?? throw new Xunit.Sdk.XunitException(
             $"\"{Printable(text)}\" did not appear within {limit} (xl {(_p.HasExited ? $"exited {_p.ExitCode}" : "running")}); screen:\n{Printable(Tail())}");
 
-    public string Tail()
-    {
-        lock (_screen) { string s = _screen.ToString(); return s.Length <= 3000 ? s : s[^3000..]; }
-    }
+    public string Tail() => _screen.Tail(3000);
 
     public static string Printable(string s)
     {

@@ -34,7 +34,7 @@ public class Credit2Weights;
 public class Credit2SchedulerTests(ITestOutputHelper output)
 {
     [Fact]
-    public void ABlockedVcpuRunsWithinAMillisecondOfItsEvent() => CreditSchedulerTests.AssertWakeUps("credit2", output);
+    public void AWokenVcpuGoesFirstAndCutsTheBusySliceShort() => CreditSchedulerTests.AssertWakeUps("credit2", output);
 
     [Fact]
     public void SoftAffinityIsPreferredAndRateLimitIsChecked()
