@@ -121,6 +121,52 @@ public class LapicTests : IDisposable
     }
 
     [Fact]
+    public void IllegalVectorsAreLoggedInEsrAndLatchedByTheNextWrite()
+    {
+        var g = new Guest(_host, vcpus: 2);
+        var l0 = g.Vcpu(0).Lapic;
+        var l1 = g.Vcpu(1).Lapic;
+        l0.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
+        l1.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
+
+        // A fixed IPI with vector 5: the sender logs "send illegal vector", nothing is delivered.
+        l0.MmioWrite(Base + Vlapic.ICR2, 4, 2u << 24);
+        l0.MmioWrite(Base + Vlapic.ICR, 4, 0x05);
+        Assert.False(g.Vcpu(1).HasPendingInterrupt);
+        Assert.Equal(0UL, l1.MmioRead(Base + Vlapic.IRR, 4));
+        // Errors become visible only when software writes ESR (any value), which also clears them.
+        Assert.Equal(0UL, l0.MmioRead(Base + Vlapic.ESR, 4));
+        l0.MmioWrite(Base + Vlapic.ESR, 4, 0);
+        Assert.Equal((ulong)Vlapic.EsrSendIllegal, l0.MmioRead(Base + Vlapic.ESR, 4));
+        Assert.Equal(0UL, l1.MmioRead(Base + Vlapic.ESR, 4));
+        l0.MmioWrite(Base + Vlapic.ESR, 4, 0xFFFFFFFF);
+        Assert.Equal(0UL, l0.MmioRead(Base + Vlapic.ESR, 4));
+
+        // Receiving an illegal vector (here from the timer's LVT) logs "receive illegal vector"
+        // and raises the unmasked LVT Error interrupt, once until the next ESR write.
+        l1.MmioWrite(Base + Vlapic.LVT_ERROR, 4, 0xFE);
+        l1.Accept(3, level: false);
+        l1.Accept(3, level: false);
+        Assert.Equal(0xFE, l1.HighestDeliverable());
+        Assert.Equal(0xFE, l1.Acknowledge());
+        l1.MmioWrite(Base + Vlapic.EOI, 4, 0);
+        Assert.Equal(-1, l1.HighestDeliverable());
+        l1.MmioWrite(Base + Vlapic.ESR, 4, 0);
+        Assert.Equal((ulong)Vlapic.EsrReceiveIllegal, l1.MmioRead(Base + Vlapic.ESR, 4));
+
+        // A self IPI with an illegal vector is both sent and received; x2APIC ESR takes only 0.
+        l1.MmioWrite(Base + Vlapic.ESR, 4, 0);
+        l1.MmioWrite(Base + Vlapic.ICR, 4, 0x4_0000 | 0x0F);
+        l1.MmioWrite(Base + Vlapic.ESR, 4, 0);
+        Assert.Equal((ulong)(Vlapic.EsrSendIllegal | Vlapic.EsrReceiveIllegal), l1.MmioRead(Base + Vlapic.ESR, 4));
+        Assert.True(l1.TryWriteMsr(Vlapic.MsrApicBase, Base | Vlapic.ApicBaseEnable | Vlapic.ApicBaseExtd));
+        Assert.False(l1.TryWriteMsr(0x828, 1));
+        Assert.True(l1.TryWriteMsr(0x828, 0));
+        Assert.True(l1.TryReadMsr(0x828, out ulong esr));
+        Assert.Equal(0UL, esr);
+    }
+
+    [Fact]
     public void NmiIpiIsQueued()
     {
         var g = new Guest(_host, vcpus: 2);

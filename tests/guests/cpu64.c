@@ -20,6 +20,42 @@ __asm__(".pushsection .text\n"
         ".popsection\n");
 void t_noncanon(void), t_noncanon_insn(void), t_ud_lm(void);
 
+/* Neither RTM nor HLE is advertised: XBEGIN, XEND, XABORT and XTEST are undefined, while the
+ * XACQUIRE/XRELEASE prefixes leave their instructions as they are. */
+static void t_xbegin(void *a) { (void)a; __asm__ volatile(".byte 0xc7, 0xf8, 0, 0, 0, 0" ::: "memory", "eax"); }
+static void t_xend(void *a) { (void)a; __asm__ volatile(".byte 0x0f, 0x01, 0xd5" ::: "memory"); }
+static void t_xabort(void *a) { (void)a; __asm__ volatile(".byte 0xc6, 0xf8, 0x01" ::: "memory", "eax"); }
+static void t_xtest(void *a) { (void)a; __asm__ volatile(".byte 0x0f, 0x01, 0xd6" ::: "memory", "cc"); }
+
+static void expect_ud(const char *name, void (*fn)(void *))
+{
+    struct rt_trap t;
+    int trapped = rt_try(fn, NULL, &t);
+    rt_check(name, trapped && t.vector == 6, "trapped %d vector %u", trapped, t.vector);
+}
+
+static void invlpg_noncanonical(void *a)
+{
+    (void)a;
+    unsigned long nc = 0x8000000000000000ul;
+    __asm__ volatile("invlpg (%0)\n\tinvlpg (%%rsp,%0)\n\tinvlpg %%fs:(%0)" :: "r"(nc) : "memory");
+}
+
+static void test_tsx_and_invlpg(void)
+{
+    expect_ud("tsx.xbegin_ud", t_xbegin);
+    expect_ud("tsx.xend_ud", t_xend);
+    expect_ud("tsx.xabort_ud", t_xabort);
+    expect_ud("tsx.xtest_ud", t_xtest);
+    static volatile uint32_t lockword;
+    lockword = 1;
+    __asm__ volatile(".byte 0xf2\n\tlock addl $2, %0\n\t.byte 0xf3\n\tmovl $9, %0" : "+m"(lockword) :: "memory", "cc");
+    rt_check_eq("tsx.hle_prefixes_ignored", lockword, 9);
+    struct rt_trap t;
+    int trapped = rt_try(invlpg_noncanonical, NULL, &t);
+    rt_check("paging.invlpg_noncanonical_no_fault", !trapped, "vector %u error %#lx", t.vector, t.error_code);
+}
+
 static void test_long_mode(void)
 {
     uint64_t a = 0xffffffffffffffffull, d;
@@ -274,5 +310,6 @@ void guest_main(void)
     test_paging();
     test_four_level();
     test_pcid();
+    test_tsx_and_invlpg();
     test_realmode();
 }

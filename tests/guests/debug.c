@@ -1,7 +1,10 @@
 /* Debug registers: DR0-DR3 instruction breakpoints (fault, RF steps over), data breakpoints
  * (write and read/write, lengths; trap after the access), I/O breakpoints (CR4.DE), DR6 status
  * bits, single-step (BS), general detect (BD, GD cleared), MOV DR checks (#UD for DR4/5 with
- * CR4.DE, DR4/5 aliasing DR6/7 without it, #GP from ring 3). Built as debug (64) and debug32. */
+ * CR4.DE, DR4/5 aliasing DR6/7 without it, #GP from ring 3, reserved DR6/DR7 bits), IA32_DEBUGCTL
+ * (BTF single-stepping on branches), #DB held back by MOV SS, and software interrupts (INT n, INT3,
+ * INTO, INT1) from rings 0 and 3 against gate DPL and presence, with their error codes (EXT for
+ * INT1 and exceptions). Built as debug (64) and debug32. */
 #include "sysarch.h"
 
 RT_GUEST("debug");
@@ -327,6 +330,267 @@ static void t_fault_rf(void)
     rt_check("debug.fault_pushes_rf", (ud_flags & RF) != 0, "saved flags %#lx", ud_flags);
 }
 
+static void mov_dr4_write(void *a)
+{
+    (void)a;
+    __asm__ volatile("mov %0, %%dr4" :: "r"(0ul));
+}
+
+#ifdef __x86_64__
+static void dr7_high_write(void *a)
+{
+    (void)a;
+    __asm__ volatile("mov %0, %%dr7" :: "r"(1ul << 32));
+}
+
+static void dr6_high_write(void *a)
+{
+    (void)a;
+    __asm__ volatile("mov %0, %%dr6" :: "r"(1ul << 40));
+}
+#endif
+
+static void t_dr_reserved_bits(void)
+{
+    /* DR7 bit 10 reads 1; bits 11 (RTM, not advertised), 12, 14 and 15 read 0. */
+    write_dr7(0xD800ul);
+    rt_check_eq("debug.dr7_reserved_read_0", read_dr7(), 0x400ul);
+    write_dr7(0);
+    /* DR6: B0-B3, BD, BS, BT are writable; bits 4-11 and 16-31 read 1, bit 12 reads 0. */
+    write_dr6(0xFFFFFFFFul);
+    rt_check_eq("debug.dr6_writable_bits", read_dr6(), 0xFFFFEFFFul);
+    write_dr6(0);
+    unsigned long cr4 = rt_read_cr4();
+    rt_write_cr4(cr4 & ~CR4_DE);
+    unsigned long dr5;
+    write_dr7(0x401ul);
+    __asm__ volatile("mov %%dr5, %0" : "=r"(dr5));
+    write_dr7(0);
+    rt_check_eq("debug.dr5_aliases_dr7", dr5, 0x401ul);
+    rt_write_cr4(cr4 | CR4_DE);
+    sa_expect("debug.dr4_write_ud_with_de", mov_dr4_write, NULL, 6, 0);
+    rt_write_cr4(cr4);
+#ifdef __x86_64__
+    sa_expect("debug.dr7_high_bits_gp", dr7_high_write, NULL, 13, 0);
+    sa_expect("debug.dr6_high_bits_gp", dr6_high_write, NULL, 13, 0);
+    write_dr0(0xFFFF800012345678ul);
+    rt_check_eq("debug.dr0_64bit", read_dr0(), 0xFFFF800012345678ul);
+    write_dr0(0);
+#endif
+}
+
+#define MSR_DEBUGCTL 0x1D9
+#define DEBUGCTL_BTF 0x2ul
+
+static void wrmsr_debugctl(void *a)
+{
+    rt_wrmsr(MSR_DEBUGCTL, (uintptr_t)a);
+}
+
+static void t_debugctl(void)
+{
+    if (sa_on_qemu()) {
+        rt_skip("debug.debugctl", "QEMU TCG has no IA32_DEBUGCTL");
+        return;
+    }
+    rt_check_eq("debug.debugctl.reset", rt_rdmsr(MSR_DEBUGCTL), 0);
+    struct rt_trap t;
+    int trapped = rt_try(wrmsr_debugctl, (void *)DEBUGCTL_BTF, &t);
+    rt_check("debug.debugctl.btf_writable", !trapped && rt_rdmsr(MSR_DEBUGCTL) == DEBUGCTL_BTF, "trap %d value %#llx",
+             trapped, (unsigned long long)rt_rdmsr(MSR_DEBUGCTL));
+    rt_wrmsr(MSR_DEBUGCTL, 0);
+    /* Bits 2-5 and 16 up are reserved; no LBR stack exists to enable. */
+    sa_expect("debug.debugctl.reserved_gp", wrmsr_debugctl, (void *)0x4ul, 13, 0);
+    sa_expect("debug.debugctl.high_gp", wrmsr_debugctl, (void *)0x10000ul, 13, 0);
+
+    /* BTF with TF: the first trap follows the taken JMP (not the NOPs before it); the #DB clears
+     * BTF, so every instruction after it traps again (nop, pushf, and, popf). */
+    reset(0);
+    unsigned long target;
+    rt_wrmsr(MSR_DEBUGCTL, DEBUGCTL_BTF);
+    __asm__ volatile("lea 2f, %0\n\t"
+                     "pushf\n\t"
+                     "or" ASZ " $0x100, (%%" SPR ")\n\t"
+                     "popf\n\t"
+                     "nop\n\tnop\n\t"
+                     "jmp 2f\n\t"
+                     "nop\n"
+                     "2:\tnop\n\t"
+                     "pushf\n\t"
+                     "and" ASZ " $~0x100, (%%" SPR ")\n\t"
+                     "popf\n\t" : "=&r"(target) :: "memory", "cc");
+    unsigned long ctl = (unsigned long)rt_rdmsr(MSR_DEBUGCTL);
+    rt_wrmsr(MSR_DEBUGCTL, 0);
+    rt_check("debug.debugctl.btf_steps_branches", db_count == 5 && (db_dr6 & DR6_BS) && ctl == 0,
+             "count %lu (want 5) dr6 %#lx debugctl after %#lx", db_count, db_dr6, ctl);
+    /* The first trap's address is gone (the handler records the last); step alone from the jump. */
+    reset(0);
+    rt_wrmsr(MSR_DEBUGCTL, DEBUGCTL_BTF);
+    db_ip = 0;
+    __asm__ volatile("pushf\n\t"
+                     "or" ASZ " $0x100, (%%" SPR ")\n\t"
+                     "popf\n\t"
+                     "nop\n\t"
+                     "jmp 3f\n\t"
+                     "nop\n"
+                     "3:\tpushf\n\t"
+                     "and" ASZ " $~0x100, (%%" SPR ")\n\t"
+                     "popf\n\t" ::: "memory", "cc");
+    rt_wrmsr(MSR_DEBUGCTL, 0);
+    rt_check("debug.debugctl.btf_count", db_count == 4, "count %lu (want 4: jmp, pushf, and, popf)", db_count);
+    (void)target;
+}
+
+static volatile uint16_t ss_image;
+static volatile unsigned long int51_count;
+static void int51_handler(struct rt_frame *f)
+{
+    (void)f;
+    int51_count++;
+}
+
+static unsigned long gate_offset(unsigned int v)
+{
+#ifdef __x86_64__
+    uint64_t *g = (uint64_t *)sa_idt_base() + 2 * v;
+    return (unsigned long)((g[0] & 0xFFFF) | ((g[0] >> 32) & 0xFFFF0000ull) | (g[1] << 32));
+#else
+    uint64_t *g = (uint64_t *)sa_idt_base() + v;
+    return (unsigned long)((g[0] & 0xFFFF) | ((g[0] >> 32) & 0xFFFF0000ull));
+#endif
+}
+
+static void t_mov_ss_data_breakpoint(void)
+{
+    uint16_t ss;
+    __asm__ volatile("mov %%ss, %0" : "=r"(ss));
+    ss_image = ss;
+    /* A read breakpoint on MOV SS's source: the #DB waits until the next instruction has run. */
+    reset(0);
+    write_dr0((unsigned long)&ss_image);
+    write_dr7(dr7_bp(0, 3, 1));
+    unsigned long after;
+    __asm__ volatile("lea 1f, %0\n\t"
+                     "mov ss_image, %%ss\n\t"
+                     "nop\n"
+                     "1:" : "=&r"(after) :: "memory");
+    write_dr7(0);
+    rt_check("debug.mov_ss.data_bp_after_next", db_count == 1 && db_ip == after && (db_dr6 & 0xF) == 1,
+             "count %lu ip %#lx (want %#lx) dr6 %#lx", db_count, db_ip, after, db_dr6);
+
+    /* ... and when that instruction is INT n, the #DB is taken at the first instruction of its handler. */
+    reset(0);
+    int51_count = 0;
+    rt_set_handler(0x51, int51_handler);
+    write_dr0((unsigned long)&ss_image);
+    write_dr7(dr7_bp(0, 3, 1));
+    __asm__ volatile("mov ss_image, %%ss\n\t"
+                     "int $0x51" ::: "memory");
+    write_dr7(0);
+    rt_set_handler(0x51, NULL);
+    rt_check("debug.mov_ss.int_n_db_in_handler",
+             db_count == 1 && int51_count == 1 && db_ip == gate_offset(0x51) && (db_dr6 & 0xF) == 1,
+             "count %lu int %lu ip %#lx (want handler %#lx) dr6 %#lx", db_count, int51_count, db_ip, gate_offset(0x51),
+             db_dr6);
+}
+
+/* ---- software interrupts against gate DPL and presence ---- */
+
+static uint64_t *idt_gate(unsigned int v)
+{
+#ifdef __x86_64__
+    return (uint64_t *)sa_idt_base() + 2 * v;
+#else
+    return (uint64_t *)sa_idt_base() + v;
+#endif
+}
+
+static void gate_present(unsigned int v, int p)
+{
+    if (p)
+        *idt_gate(v) |= 1ull << 47;
+    else
+        *idt_gate(v) &= ~(1ull << 47);
+}
+
+void u_int3(void), u_int52(void), u_icebp(void), u_into(void);
+__asm__(".text\n"
+        "u_int3:\n  int3\n  ret\n"
+        "u_int52:\n  int $0x52\n  ret\n"
+        "u_icebp:\n  .byte 0xf1\n  ret\n"
+#ifndef __x86_64__
+        "u_into:\n  mov $0x7f, %al\n  add $1, %al\n  into\n  ret\n"
+#endif
+        );
+
+static void k_int3(void *a) { (void)a; __asm__ volatile("int3" ::: "memory"); }
+static void k_int52(void *a) { (void)a; __asm__ volatile("int $0x52" ::: "memory"); }
+static void k_icebp(void *a) { (void)a; __asm__ volatile(".byte 0xf1" ::: "memory"); }
+static void k_ud2(void *a) { (void)a; __asm__ volatile("ud2" ::: "memory"); }
+#ifdef __x86_64__
+static void k_into(void *a) { (void)a; __asm__ volatile(".byte 0xce" ::: "memory"); }
+#endif
+
+static void expect_user_int(const char *name, void (*fn)(void), unsigned int vector, unsigned long error)
+{
+    struct rt_trap t;
+    unsigned int v = rt_run_user(fn, user_stack + sizeof user_stack, &t);
+    int has_error = vector == 13 || vector == 11;
+    rt_check(name, v == vector && (!has_error || t.error_code == error), "vector %u error %#lx, want vector %u error %#lx",
+             v, t.error_code, vector, error);
+}
+
+static void t_soft_int(void)
+{
+    rt_set_handler(1, NULL);
+    /* From ring 3 a DPL-0 gate refuses INT n, INT3 and INTO with #GP(vector*8+2), EXT clear ... */
+    rt_set_gate(3, 0, 0);
+    rt_set_gate(0x52, 0, 0);
+    rt_set_gate(4, 0, 0);
+    rt_set_gate(1, 0, 0);
+    expect_user_int("swint.int3_dpl0_from_ring3_gp", u_int3, 13, 3 * 8 + 2);
+    expect_user_int("swint.int_n_dpl0_from_ring3_gp", u_int52, 13, 0x52 * 8 + 2);
+#ifndef __x86_64__
+    expect_user_int("swint.into_dpl0_from_ring3_gp", u_into, 13, 4 * 8 + 2);
+#endif
+    /* ... but not INT1, which is delivered like a hardware #DB. */
+    expect_user_int("swint.icebp_ignores_dpl", u_icebp, 1, 0);
+    /* DPL 3 lets them through. */
+    rt_set_gate(3, 0, 3);
+    rt_set_gate(0x52, 0, 3);
+    expect_user_int("swint.int3_dpl3_from_ring3", u_int3, 3, 0);
+    expect_user_int("swint.int_n_dpl3_from_ring3", u_int52, 0x52, 0);
+#ifndef __x86_64__
+    rt_set_gate(4, 0, 3);
+    expect_user_int("swint.into_dpl3_from_ring3", u_into, 4, 0);
+#else
+    sa_expect("swint.into_ud_in_64bit", k_into, NULL, 6, 0);
+#endif
+    /* Not present: #NP(vector*8+2) after the DPL check passed; the DPL check comes first. */
+    gate_present(0x52, 0);
+    expect_user_int("swint.int_n_not_present_ring3_np", u_int52, 11, 0x52 * 8 + 2);
+    sa_expect("swint.int_n_not_present_ring0_np", k_int52, NULL, 11, 0x52 * 8 + 2);
+    rt_set_gate(0x52, 0, 0);
+    gate_present(0x52, 0);
+    expect_user_int("swint.int_n_not_present_dpl0_ring3_gp", u_int52, 13, 0x52 * 8 + 2);
+    gate_present(0x52, 1);
+    gate_present(3, 0);
+    sa_expect("swint.int3_not_present_np", k_int3, NULL, 11, 3 * 8 + 2);
+    gate_present(3, 1);
+    /* INT1 and exceptions are external to the program: EXT is set in their error codes. */
+    gate_present(1, 0);
+    sa_expect("swint.icebp_not_present_np_ext", k_icebp, NULL, 11, 1 * 8 + 2 + 1);
+    expect_user_int("swint.icebp_not_present_ring3_np_ext", u_icebp, 11, 1 * 8 + 2 + 1);
+    gate_present(1, 1);
+    gate_present(6, 0);
+    sa_expect("swint.exception_not_present_np_ext", k_ud2, NULL, 11, 6 * 8 + 2 + 1);
+    gate_present(6, 1);
+    rt_set_gate(3, 0, 3);
+    rt_set_gate(4, 0, 3);
+    rt_set_gate(0x52, 0, 0);
+    rt_set_handler(1, db_handler);
+}
+
 void guest_main(void)
 {
     rt_set_handler(1, db_handler);
@@ -339,6 +603,10 @@ void guest_main(void)
     t_general_detect();
     t_mov_dr_checks();
     t_fault_rf();
+    t_dr_reserved_bits();
+    t_debugctl();
+    t_mov_ss_data_breakpoint();
+    t_soft_int();
     write_dr7(0);
     rt_set_handler(1, NULL);
 }

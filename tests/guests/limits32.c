@@ -1,7 +1,8 @@
 /* Segment limits outside 64-bit mode: pushes and pops against expand-up and expand-down stack
  * segments (#SS(0)), instruction fetch at the CS limit (#GP(0), incl. an instruction crossing it),
  * and every element of string instructions (#GP(0) at the first element past the limit, with the
- * registers of the elements done). */
+ * registers of the elements done). INVLPG names a linear address without accessing it: no limit,
+ * expand-down or null-selector check applies. */
 #include "sysarch.h"
 
 RT_GUEST("limits32");
@@ -151,6 +152,31 @@ static void t_strings(void)
     rt_set_handler(13, NULL);
 }
 
+static void invlpg_es(void *arg)
+{
+    uint32_t sel = (uint32_t)(uintptr_t)arg;
+    __asm__ volatile("push %%es\n\tmov %0, %%es\n\t"
+                     "invlpg %%es:0x5000\n\t"      /* beyond an expand-up limit of 0xFFF */
+                     "invlpg %%es:0x10\n\t"        /* below an expand-down limit of 0xFFF */
+                     "pop %%es" :: "r"(sel) : "memory");
+}
+
+static void t_invlpg(void)
+{
+    sa_gdt[SEL_DATA / 8] = sa_desc((uintptr_t)data_area, 0xFFF, 0x93, 0x4);
+    sa_gdt[SEL_SS_DOWN / 8] = sa_desc((uintptr_t)stack_area, 0xFFF, 0xF7, 0x4);
+    struct rt_trap t;
+    static const struct { const char *name; uint32_t sel; } cases[] = {
+        { "limits.invlpg.past_limit", SEL_DATA },
+        { "limits.invlpg.expand_down", SEL_SS_DOWN | 3 },
+        { "limits.invlpg.null_selector", 0 },
+    };
+    for (unsigned int i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int trapped = rt_try(invlpg_es, (void *)(uintptr_t)cases[i].sel, &t);
+        rt_check(cases[i].name, !trapped, "vector %u error %#lx", t.vector, t.error_code);
+    }
+}
+
 void guest_main(void)
 {
     on_qemu = sa_on_qemu();
@@ -158,4 +184,5 @@ void guest_main(void)
     t_stack();
     t_fetch();
     t_strings();
+    t_invlpg();
 }

@@ -259,6 +259,7 @@ internal unsafe partial class X86Vcpu
     {
         d.Form = FastForm.None;
         d.MemSplit = false;
+        d.MemStack = false;
         d.MemBase = d.MemIndex = 0xFF;
         ref Instruction i = ref d.I;
         int n = i.OpCount;
@@ -267,6 +268,7 @@ internal unsafe partial class X86Vcpu
         if (hasMem)
         {
             var b = i.MemoryBase; var x = i.MemoryIndex;
+            d.MemStack = i.MemorySegment is not (Register.FS or Register.GS) && b.GetFullRegister() is Register.RSP or Register.RBP;
             bool okBase = b == Register.None || b == Register.RIP || b == Register.EIP || (d.AddrSize == 8 ? b.IsGPR64() : d.AddrSize == 4 && b.IsGPR32());
             bool okIndex = x == Register.None || (d.AddrSize == 8 ? x.IsGPR64() : d.AddrSize == 4 && x.IsGPR32());
             if (!okBase || !okIndex || d.AddrSize == 2) return;

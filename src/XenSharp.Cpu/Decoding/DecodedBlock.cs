@@ -32,6 +32,11 @@ internal struct DecodedInsn
     public byte MemBase, MemIndex, MemShift, MemSeg;
     /// <summary>The memory operand is pre-split (32/64-bit addressing).</summary>
     public bool MemSplit;
+    /// <summary>In 64-bit mode a non-canonical address of the memory operand raises #SS rather than
+    /// #GP: its base register is RSP or RBP and it has no FS/GS override (64-bit mode ignores the
+    /// other overrides, so an SS override on another base does not make it a stack access, nor a
+    /// DS override on RBP a data access). Only 64-bit mode consults it.</summary>
+    public bool MemStack;
     public ulong MemDisp;
 }
 

@@ -525,7 +525,7 @@ internal unsafe partial class X86Vcpu
             ulong ea = Ea(ref d) + (ulong)((o >> 3) & ~(long)(size - 1));
             ea = d.AddrSize switch { 8 => ea, 4 => (uint)ea, _ => (ushort)ea };
             lin = Linear(d.I.MemorySegment - Register.ES, ea);
-            if (d.I.MemorySegment == Register.SS) CheckStackCanonical(lin, (uint)size);
+            if (d.MemStack) CheckStackCanonical(lin, (uint)size);
             bitIdx = (int)(o & (bits - 1));
         }
         else

@@ -25,7 +25,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong ea = FastEa(ref d);
         ulong lin = Bitness == 64 ? (d.MemSeg >= FS ? Seg[d.MemSeg].Base + ea : ea) : Linear(d.MemSeg, ea, d.MemBytes);
-        if (d.MemSeg == SS) CheckStackCanonical(lin, d.MemBytes);
+        if (d.MemStack) CheckStackCanonical(lin, d.MemBytes);
         if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, d.MemBytes);
         return lin;
     }

@@ -143,8 +143,8 @@ internal unsafe partial class X86Vcpu
         if ((lin & (align - 1)) != 0) throw Fault(17, 0);
     }
 
-    /// <summary>In 64-bit mode a non-canonical address reached through SS (an RSP/RBP base or an SS
-    /// override) raises #SS(0), not the #GP(0) of the other segments.</summary>
+    /// <summary>In 64-bit mode a non-canonical stack address (push, pop, an RSP/RBP-based operand:
+    /// <see cref="DecodedInsn.MemStack"/>) raises #SS(0), not the #GP(0) of other accesses.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void CheckStackCanonical(ulong lin, uint len)
     {
@@ -157,7 +157,7 @@ internal unsafe partial class X86Vcpu
         if (d.MemSplit) return FastAddr(ref d);
         int seg = d.I.MemorySegment - Register.ES;
         ulong lin = Linear(seg, Ea(ref d), d.MemBytes);
-        if (seg == SS) CheckStackCanonical(lin, d.MemBytes);
+        if (d.MemStack) CheckStackCanonical(lin, d.MemBytes);
         if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(lin, d.MemBytes);
         return lin;
     }

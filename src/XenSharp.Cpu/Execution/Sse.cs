@@ -79,7 +79,7 @@ internal unsafe partial class X86Vcpu
         }
         if ((lin & 15) != 0) throw GP(); // aligned, it cannot fail the alignment check either
         // An aligned but non-canonical stack address is #SS (misalignment wins over it).
-        if ((d.MemSplit ? d.MemSeg : d.I.MemorySegment - Register.ES) == SS) CheckStackCanonical(lin, d.MemBytes);
+        if (d.MemStack) CheckStackCanonical(lin, d.MemBytes);
         return lin;
     }
 

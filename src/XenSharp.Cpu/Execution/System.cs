@@ -65,7 +65,7 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Clts: RequireCpl0(); Cr0 &= ~8UL; return;
             case Mnemonic.Invlpg:
                 RequireCpl0();
-                FlushTlbPage(MemAddr(ref d));
+                InvalidatePage(ref d);
                 Stop = true;
                 return;
             case Mnemonic.Invpcid:
@@ -132,6 +132,10 @@ internal unsafe partial class X86Vcpu
             }
             case Mnemonic.Monitor: case Mnemonic.Mwait:
                 throw UD();
+            // Neither RTM nor HLE is advertised: the RTM instructions are undefined (the XACQUIRE
+            // and XRELEASE prefixes are simply ignored by the instructions they prefix).
+            case Mnemonic.Xbegin: case Mnemonic.Xend: case Mnemonic.Xabort: case Mnemonic.Xtest:
+                throw UD();
             case Mnemonic.Rdpmc:
                 throw GP();
         }
@@ -142,6 +146,18 @@ internal unsafe partial class X86Vcpu
     }
 
     internal static bool Canonical(ulong v) => (ulong)((long)(v << 16) >> 16) == v;
+
+    /// <summary>INVLPG: the operand only names a linear address (nothing is accessed), so there
+    /// is no segment limit, expand-down, null-selector, alignment or canonical check; a
+    /// non-canonical address in 64-bit mode invalidates nothing.</summary>
+    private void InvalidatePage(ref DecodedInsn d)
+    {
+        int seg = d.I.MemorySegment - Register.ES;
+        ulong ea = d.MemSplit ? FastEa(ref d) : Ea(ref d);
+        ulong lin = Bitness == 64 ? (seg >= FS ? Seg[seg].Base + ea : ea) : (uint)(Seg[seg].Base + ea);
+        if (Bitness == 64 && !Canonical(lin)) return;
+        FlushTlbPage(lin);
+    }
 
     // ---- control and debug registers ----
 
@@ -168,7 +184,8 @@ internal unsafe partial class X86Vcpu
             int n = DebugRegisterIndex(r - Register.DR0);
             if (n >= 6 && (v >> 32) != 0) throw GP();
             if (n == 6) v = (v & 0xE00F) | 0xFFFF0FF0;
-            if (n == 7) v = (v & 0xFFFF2BFF) | 0x400;
+            // Bit 11 (RTM) is reserved and reads as 0, as are bits 12, 14 and 15: RTM is not advertised.
+            if (n == 7) v = (v & 0xFFFF23FF) | 0x400;
             if (n < 4 && Bitness != 64) v = (uint)v;
             Dr[n] = v;
             if (n != 6) UpdateBreakpoints();
@@ -542,6 +559,7 @@ internal unsafe partial class X86Vcpu
             case 0x175: value = SysenterEsp; return true;
             case 0x176: value = SysenterEip; return true;
             case 0x1A0: value = MiscEnable; return true;
+            case 0x1D9: value = DebugCtl; return true;
             case 0x277: value = Pat; return true;
             case 0x2FF: value = MtrrDefType; return true;
             case 0x250: value = MtrrFixed[0]; return true;
@@ -579,6 +597,10 @@ internal unsafe partial class X86Vcpu
             case 0x175: if (!Canonical(v)) return MsrResult.Fault; SysenterEsp = v; return MsrResult.Ok;
             case 0x176: if (!Canonical(v)) return MsrResult.Fault; SysenterEip = v; return MsrResult.Ok;
             case 0x1A0: MiscEnable = v; return MsrResult.Ok;
+            case 0x1D9:
+                if ((v & ~DebugCtlBtf) != 0) return MsrResult.Fault;
+                DebugCtl = v;
+                return MsrResult.Ok;
             case 0x277:
                 for (int i = 0; i < 8; i++)
                 {

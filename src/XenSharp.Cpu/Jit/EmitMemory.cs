@@ -25,13 +25,13 @@ internal sealed partial class BlockTranslator
         if (d.AddrSize != 8) Trunc(4);
     }
 
-    /// <summary>_lin is an SS access: its slow path checks the address as the stack segment does.</summary>
+    /// <summary>_lin is a stack access: its slow path raises #SS for a non-canonical address.</summary>
     private bool _linStack;
 
     /// <summary>Linear address of the memory operand into _lin (64-bit mode: only FS and GS have bases).</summary>
     private void EmitLinear(ref DecodedInsn d)
     {
-        _linStack = d.MemSeg == X86Vcpu.SS;
+        _linStack = d.MemStack;
         EmitEa(ref d);
         if (d.MemSeg >= X86Vcpu.FS)
         {

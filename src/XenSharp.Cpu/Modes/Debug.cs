@@ -8,6 +8,12 @@ internal unsafe partial class X86Vcpu
 {
     internal const ulong Dr6Bs = 0x4000, Dr6Bd = 0x2000, Dr7Gd = 0x2000;
     private const ulong Dr6Fixed = 0xFFFF0FF0;
+    /// <summary>IA32_DEBUGCTL.BTF: with TF, single-step traps only after taken branches.</summary>
+    internal const ulong DebugCtlBtf = 2;
+
+    /// <summary>IA32_DEBUGCTL. Only BTF is kept: no last-branch records or branch trace store
+    /// exist here, so the MSR refuses their enables (and every reserved bit) with #GP.</summary>
+    internal ulong DebugCtl;
 
     /// <summary>Enabled instruction breakpoints (bit n for DRn), data breakpoints and I/O
     /// breakpoints, recomputed whenever DR7, DR0-3 or CR4.DE change.</summary>
@@ -33,6 +39,7 @@ internal unsafe partial class X86Vcpu
         Dr = default;
         Dr[6] = Dr6Fixed;
         Dr[7] = 0x400;
+        DebugCtl = 0;
         _dbHits = _dbAfterExit = _dbDeferred = 0;
         UpdateBreakpoints();
     }
@@ -145,6 +152,7 @@ internal unsafe partial class X86Vcpu
         // INT n, INT3, INTO and INT1 that entered a handler (clearing TF) are not followed by a single-step trap.
         if (step && (Rflags & TF) == 0 && d.Op is Iced.Intel.Mnemonic.Int or Iced.Intel.Mnemonic.Int3 or Iced.Intel.Mnemonic.Into or Iced.Intel.Mnemonic.Int1)
             step = false;
+        if (step && (DebugCtl & DebugCtlBtf) != 0 && !BranchTaken(ref d)) step = false;
         ulong bits = _dbHits | (step ? Dr6Bs : 0);
         _dbHits = 0;
         if (LoadsSs(ref d))
@@ -159,6 +167,16 @@ internal unsafe partial class X86Vcpu
     }
 
     private ulong _dbDeferred;
+
+    /// <summary>The instruction just run transferred control (for BTF). A conditional branch
+    /// counts when it left the fall-through path, so one whose target is the next instruction is
+    /// not seen as taken.</summary>
+    private bool BranchTaken(ref DecodedInsn d) => d.I.FlowControl switch
+    {
+        Iced.Intel.FlowControl.Next or Iced.Intel.FlowControl.Exception => false,
+        Iced.Intel.FlowControl.ConditionalBranch => Rip != d.I.NextIP,
+        _ => true,
+    };
 
     private static bool LoadsSs(ref DecodedInsn d)
         => d.Op is Iced.Intel.Mnemonic.Mov or Iced.Intel.Mnemonic.Pop
@@ -199,6 +217,8 @@ internal unsafe partial class X86Vcpu
             // B0-B3 report this event only; BS and BD stay until the handler clears them.
             Dr[6] = (Dr[6] & ~0xFUL) | bits | Dr6Fixed;
             Dr[7] &= ~Dr7Gd;
+            // The debugger re-arms branch stepping after each #DB.
+            DebugCtl &= ~DebugCtlBtf;
         }
         if (fault) throw Fault(vector);
         if (!DeliverFault(vector, false, 0)) throw Exit(VcpuExitReason.Shutdown, "triple fault");

@@ -27,7 +27,9 @@ internal unsafe partial class X86Vcpu
         if (InterceptDebug && ((vector == 3 && kind == InterruptKind.SoftwareException) || (vector == 1 && kind == InterruptKind.PrivilegedSoftware)))
             RaiseDebug(vector, 0, fault: false);
         if (vector == 2 && kind != InterruptKind.Software) _nmiBlocked = true;
-        uint ext = kind is InterruptKind.External ? 1u : 0u;
+        // EXT: only INT n, INT3 and INTO count as the program's own events; INT1 (ICEBP) is
+        // delivered like a hardware #DB, so errors in its delivery carry EXT as well.
+        uint ext = kind is InterruptKind.External or InterruptKind.PrivilegedSoftware ? 1u : 0u;
         bool soft = kind is InterruptKind.Software or InterruptKind.SoftwareException;
 
         if (!Protected)

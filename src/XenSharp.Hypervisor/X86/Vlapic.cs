@@ -26,11 +26,16 @@ internal sealed class Vlapic
 
     private const uint LvtMasked = 1 << 16;
     private const uint SvrEnabled = 1 << 8;
+    /// <summary>ESR bits: an IPI sent with, and an interrupt received with, a vector below 16.</summary>
+    public const uint EsrSendIllegal = 1 << 5, EsrReceiveIllegal = 1 << 6;
 
     private readonly Vcpu _v;
     private readonly object _lock = new();
     private readonly uint[] _irr = new uint[8], _isr = new uint[8], _tmr = new uint[8];
     private uint _tpr, _ldr, _dfr = 0xFFFFFFFF, _svr = 0xFF, _esr, _icrLow, _icrHigh;
+    /// <summary>Errors found since the last ESR write; the next write latches them into the
+    /// readable ESR (SDM vol. 3 "Error Handling": software writes ESR before reading it).</summary>
+    private uint _esrPending;
     private uint _lvtTimer = LvtMasked, _lvtThermal = LvtMasked, _lvtPmc = LvtMasked, _lvtLint0 = LvtMasked,
         _lvtLint1 = LvtMasked, _lvtError = LvtMasked, _lvtCmci = LvtMasked, _tmict, _tdcr;
     private long _timerStart, _timerDeadline = long.MaxValue;
@@ -102,7 +107,12 @@ internal sealed class Vlapic
                 return;
             case SELF_IPI:
                 if (X2Apic)
-                    Accept((byte)value, level: false);
+                {
+                    if ((byte)value < 16)
+                        Error(EsrSendIllegal | EsrReceiveIllegal); // a self IPI is sent and received here
+                    else
+                        Accept((byte)value, level: false);
+                }
                 return;
         }
         lock (_lock)
@@ -123,7 +133,10 @@ internal sealed class Vlapic
                         _lvtLint0 |= LvtMasked; _lvtLint1 |= LvtMasked; _lvtError |= LvtMasked; _lvtCmci |= LvtMasked;
                     }
                     break;
-                case ESR: _esr = 0; break;
+                case ESR:
+                    _esr = _esrPending;
+                    _esrPending = 0;
+                    break;
                 case ICR2: _icrHigh = X2Apic ? value : value & 0xFF000000; break;
                 case LVT_TIMER:
                     _lvtTimer = Lvt(value & 0x7_10FF);
@@ -217,6 +230,8 @@ internal sealed class Vlapic
         int off = (int)(msr - X2ApicMsrBase) << 4;
         if (off is ID or LVR or LDR or PPR or TMCCT or DFR || (off >= ISR && off < IRR + 0x80))
             return false; // read-only in x2APIC mode
+        if (off == ESR && value != 0)
+            return false; // x2APIC mode takes only 0 for ESR
         if (off == ICR)
         {
             lock (_lock)
@@ -289,8 +304,7 @@ internal sealed class Vlapic
     {
         if (vector < 16)
         {
-            lock (_lock)
-                _esr |= 1 << 6; // received illegal vector
+            Error(EsrReceiveIllegal); // never reaches IRR
             return;
         }
         lock (_lock)
@@ -305,6 +319,23 @@ internal sealed class Vlapic
         _v.Kick();
     }
 
+    /// <summary>Logs APIC errors; a newly logged error raises the LVT Error interrupt unless it
+    /// is masked (an illegal vector there only logs a receive error once more, then stops).</summary>
+    private void Error(uint bits)
+    {
+        byte vector;
+        lock (_lock)
+        {
+            if ((_esrPending & bits) == bits)
+                return;
+            _esrPending |= bits;
+            if ((_lvtError & LvtMasked) != 0)
+                return;
+            vector = (byte)_lvtError;
+        }
+        Accept(vector, level: false);
+    }
+
     // ---------------- IPIs ----------------
 
     private const int DmFixed = 0, DmLowest = 1, DmSmi = 2, DmNmi = 4, DmInit = 5, DmStartup = 6;
@@ -317,6 +348,12 @@ internal sealed class Vlapic
         bool levelTrigger = (icr & (1 << 15)) != 0;
         int shorthand = (int)(icr >> 18) & 3;
         byte vector = (byte)icr;
+        if (mode is DmFixed or DmLowest && vector < 16)
+        {
+            // The sender refuses the message: no destination sees it (a self IPI counts as received).
+            Error(shorthand == 1 ? EsrSendIllegal | EsrReceiveIllegal : EsrSendIllegal);
+            return;
+        }
 
         foreach (var target in _v.Domain.Vcpus)
         {
@@ -378,7 +415,7 @@ internal sealed class Vlapic
         lock (_lock)
         {
             Array.Clear(_irr); Array.Clear(_isr); Array.Clear(_tmr);
-            _tpr = _ldr = _esr = _icrLow = _icrHigh = _tmict = _tdcr = 0;
+            _tpr = _ldr = _esr = _esrPending = _icrLow = _icrHigh = _tmict = _tdcr = 0;
             _dfr = 0xFFFFFFFF;
             _svr = 0xFF;
             _lvtTimer = _lvtThermal = _lvtPmc = _lvtLint0 = _lvtLint1 = _lvtError = _lvtCmci = LvtMasked;

@@ -104,6 +104,25 @@ internal static class DirectedCases
         // rewritten code page and the result of the instruction that really ran can.
         ("store rewrites the next instruction", a => { var l = a.CreateLabel(); a.mov(__byte_ptr[l], 0xc0); a.Label(ref l); a.sub(cl, 0xdb); a.setz(bl); },
             c => { c.Gpr[Gpr.Rcx] = 0x0a; c.Rflags = 0x2; }),
+        // 64-bit mode: a non-canonical address faults with #SS when it refers to SS. Overrides other
+        // than FS and GS are ignored, so RSP or RBP as the base register makes it #SS whatever CS,
+        // DS, ES or SS override the instruction has, and FS or GS makes it #GP (as the host shows).
+        ("fs:[rsp+rcx] non-canonical (#GP)", a => a.mov(rax, __qword_ptr.fs[rsp + rcx]), c => c.Gpr[Gpr.Rcx] = 1UL << 63),
+        ("store gs:[rsp+8] non-canonical (#GP)", a => a.mov(__qword_ptr.gs[rsp + 8], rax), c => c.Gpr[Gpr.Rsp] = 0x7fff_ffff_fff8),
+        ("movaps fs:[rbp] non-canonical (#GP)", a => a.movaps(xmm0, __xmmword_ptr.fs[rbp]), c => c.Gpr[Gpr.Rbp] = 0x8000_0000_0000),
+        ("ds:[rbp+rcx] non-canonical (#SS)", a => a.mov(rax, __qword_ptr.ds[rbp + rcx]), c => c.Gpr[Gpr.Rcx] = 1UL << 63),
+        ("es:[rsp+rcx] non-canonical (#SS)", a => a.mov(rax, __qword_ptr.es[rsp + rcx]), c => c.Gpr[Gpr.Rcx] = 1UL << 63),
+        ("store cs:[rbp+8] non-canonical (#SS)", a => a.mov(__qword_ptr.cs[rbp + 8], rax), c => c.Gpr[Gpr.Rbp] = 0x7fff_ffff_fff8),
+        ("[rbp+rcx] non-canonical (#SS)", a => a.mov(rax, __qword_ptr[rbp + rcx]), c => c.Gpr[Gpr.Rcx] = 1UL << 63),
+        ("[rsp+rax] base rsp, index rax non-canonical (#SS)", a => a.add(__dword_ptr[rsp + rax], ecx), c => c.Gpr[Gpr.Rax] = 1UL << 62),
+        ("ss:[rcx] non-canonical (#GP)", a => a.mov(rax, __qword_ptr.ss[rcx]), c => c.Gpr[Gpr.Rcx] = 1UL << 63),
+        ("ss:[rcx+rbp] non-canonical (#GP)", a => a.mov(rax, __qword_ptr.ss[rcx + rbp]), c => c.Gpr[Gpr.Rbp] = 1UL << 63),
+        ("movaps ss:[rdx] non-canonical (#GP)", a => a.movaps(xmm0, __xmmword_ptr.ss[rdx]), c => c.Gpr[Gpr.Rdx] = 0x8000_0000_0000),
+        ("movaps ds:[rbp] non-canonical (#SS)", a => a.movaps(xmm0, __xmmword_ptr.ds[rbp]), c => c.Gpr[Gpr.Rbp] = 0x8000_0000_0000),
+        ("ss:[rcx] string lodsq non-canonical (#GP)", a => { a.db(0x36); a.lodsq(); }, c => c.Gpr[Gpr.Rsi] = 1UL << 63),
+        // HLE prefixes without HLE: the instructions run as if the prefixes were absent.
+        ("xacquire lock add runs as lock add", a => { a.xacquire.@lock.add(__dword_ptr[r15], ecx); a.xrelease.@lock.add(__dword_ptr[r15 + 4], ecx); }, c => c.Gpr[Gpr.Rcx] = 3),
+        ("xacquire xchg and xrelease mov", a => { a.xacquire.xchg(__qword_ptr[r15], rcx); a.xrelease.mov(__qword_ptr[r15 + 8], rdx); a.xrelease.mov(__byte_ptr[r15 + 16], 7); }, null),
         ("emms after mmx", a => { a.paddb(mm0, mm1); a.emms(); }, null),
         ("mmx makes tags valid", a => a.movq(mm3, rax), c => c.Gpr[Gpr.Rax] = 0x1234),
     ];

@@ -79,12 +79,15 @@ public class NativeOracleTests
         var names = DirectedCases.Names.ToArray();
         var r = NativeOracle.Run(names.Select(n => DirectedCases.Build(n, OracleSettings.Seed)).ToArray());
         var byName = names.Zip(r).ToDictionary(x => x.First, x => x.Second);
+        var wrong = new List<string>();
         foreach (var (name, res) in byName)
         {
             uint expected = name.Contains("(#DE)") ? 0u : name.Contains("(#GP)") ? 13u : name.Contains("(#XM)") ? 19u
+                : name.Contains("(#SS)") ? 12u : name.Contains("(#UD)") ? 6u
                 : name.Contains("(#PF") ? 14u : OracleLayout.NoFault;
-            Assert.True(expected == res.Vector, $"{name}: host stopped with {OracleComparer.VectorName(res.Vector)}");
+            if (expected != res.Vector) wrong.Add($"{name}: host stopped with {OracleComparer.VectorName(res.Vector)}");
         }
+        Assert.True(wrong.Count == 0, string.Join("\n", wrong));
         Assert.Equal(64UL, byName["popcnt all ones"].Gpr[Gpr.Rax]);
         Assert.Equal(0x0807060504030201UL, byName["bswap 32 and 64"].Gpr[Gpr.Rcx]);
         Assert.Equal(0x1234UL, byName["bsf zero source keeps destination"].Gpr[Gpr.Rax]);
