@@ -217,6 +217,9 @@ internal sealed unsafe class Domain
                 Host.Frames.Free(SharedInfoMfn);
             Engine?.Dispose();
             Engine = null;
+            // Whoever still holds a Vcpu (a pending timer, a trace) must not keep the engine's code caches alive.
+            foreach (var v in Vcpus)
+                v.Engine = null;
         }
     }
 }
