@@ -85,6 +85,8 @@ internal sealed unsafe class Domain
     /// <summary>Reason stored by SCHEDOP_shutdown_code, reported when the domain later shuts down.</summary>
     public uint? ShutdownCode { get; set; }
     public bool IsDying { get; set; }
+    /// <summary>Unpaused at least once: its build is over.</summary>
+    public bool HasRun { get; set; }
     public long WatchdogDeadlineNs = long.MaxValue;
     public readonly Dictionary<uint, long> Watchdogs = new();
 
