@@ -88,6 +88,8 @@ public sealed class X86Engine : ICpuEngine
     public void Dispose()
     {
         Compiler.Dispose();
+        // Decoded and compiled blocks are most of an engine's memory: let them go even if the engine lingers.
+        Blocks.Clear();
         lock (_vcpus)
         {
             foreach (var v in _vcpus) v.Dispose();

@@ -60,7 +60,7 @@ namespace XenSharp.Daemon
             using var xs = new XenStored();
             xs.Start(paths.XenstoredSocket);
             using var hv = new XenHypervisorPlatform(new XenSharp.Hypervisor.XenHypervisor(
-                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes }));
+                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true }));
             using var host = new Host(hv, xs, paths);
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });

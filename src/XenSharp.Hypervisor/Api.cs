@@ -101,6 +101,9 @@ public sealed class HypervisorOptions
     public Func<long, ulong>? GuestTscAtSystemTime { get; init; }
     /// <summary>The hypervisor command line reported by XENVER_commandline and `xl info`.</summary>
     public string CommandLine { get; init; } = "";
+    /// <summary>After a domain is built or destroyed, collect the process's heap and return its free memory to the
+    /// host (a long-running host process such as the daemon; off for hypervisors embedded in tests and tools).</summary>
+    public bool TrimHostHeap { get; init; }
 }
 
 /// <summary>A guest frame mapped into the host; dispose to let the frame go.</summary>

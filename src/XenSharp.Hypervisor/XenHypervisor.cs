@@ -273,13 +273,21 @@ public sealed unsafe partial class XenHypervisor : IDisposable
 
     internal void UnpauseInternal(Domain d)
     {
+        bool firstRun = false;
         lock (d.Lock)
         {
             if (d.PauseCount > 0)
                 d.PauseCount--;
             if (d.PauseCount == 0 && d.State == DomainRunState.Paused)
+            {
                 d.State = DomainRunState.Running;
+                firstRun = !d.HasRun;
+                d.HasRun = true;
+            }
         }
+        // The build is over: its kernel images are garbage.
+        if (firstRun && _options.TrimHostHeap)
+            HostHeap.RequestTrim();
         StartPcpus();
         foreach (var v in d.Vcpus)
             Scheduler.Wake(v);
@@ -361,6 +369,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         lock (_lineBuffers)
             _lineBuffers.Remove(domid);
         Log($"destroyed domain {domid}");
+        if (_options.TrimHostHeap)
+            HostHeap.RequestTrim();
     }
 
     public IReadOnlyList<DomainInfo> ListDomains()

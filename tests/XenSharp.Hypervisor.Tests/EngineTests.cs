@@ -26,6 +26,27 @@ public class EngineTests : IDisposable
     }
 
     [Fact]
+    public void ADestroyedDomainLeavesNoEngineBehind()
+    {
+        // Run the guest on the pCPU until it halts, so that the pCPU has a vCPU of it as its last one while it idles.
+        ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+        _host.PopulatePhysmap(id, 0, 256);
+        _host.WriteGuestMemory(id, 0x1000, [0xFA, 0xF4, 0xEB, 0xFC]); // cli; hlt; jmp back to the cli
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        var engine = WeakEngine(id);
+        _host.Unpause(id);
+        Assert.True(TestHosts.WaitUntil(() => _host.GetDomainInfo(id).IsBlocked));
+        _host.Destroy(id);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        Assert.False(engine.IsAlive, "the destroyed domain's vCPU engine (and its code caches) is still reachable");
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private WeakReference WeakEngine(ushort id) => new(_host.FindDomain(id)!.Vcpus[0].Engine);
+
+    [Fact]
     public void GuestWritesThroughItsHypercallPageAndShutsDown()
     {
         ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));

@@ -85,6 +85,8 @@ internal sealed unsafe class Domain
     /// <summary>Reason stored by SCHEDOP_shutdown_code, reported when the domain later shuts down.</summary>
     public uint? ShutdownCode { get; set; }
     public bool IsDying { get; set; }
+    /// <summary>Unpaused at least once: its build is over.</summary>
+    public bool HasRun { get; set; }
     public long WatchdogDeadlineNs = long.MaxValue;
     public readonly Dictionary<uint, long> Watchdogs = new();
 
@@ -217,6 +219,9 @@ internal sealed unsafe class Domain
                 Host.Frames.Free(SharedInfoMfn);
             Engine?.Dispose();
             Engine = null;
+            // Whoever still holds a Vcpu (a pending timer, a trace) must not keep the engine's code caches alive.
+            foreach (var v in Vcpus)
+                v.Engine = null;
         }
     }
 }

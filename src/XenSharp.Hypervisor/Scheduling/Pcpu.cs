@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86;
 
@@ -97,78 +98,84 @@ internal sealed class Pcpu
     {
         while (!_stop)
         {
-            var pool = _pools.PoolOfCpu(Id);
-            if (pool is null)
+            if (RunNext() is long idleUntil)
             {
                 _cpuMark = -1;
-                IdleWait(long.MaxValue);
-                continue;
+                IdleWait(idleUntil);
             }
-            var sched = pool.Scheduler;
-            _preempt = false;
-            long now = _host.Time.NowNs;
-            var v = sched.PickNext(Id, now, out long until);
-            if (v is null)
-            {
-                _cpuMark = -1;
-                IdleWait(until);
-                continue;
-            }
-            var unit = SchedUnit.Of(v);
-            if (unit.Processor != Id)
-            {
-                if (unit.Processor >= 0)
-                    Interlocked.Increment(ref unit.Migrations);
-                unit.Processor = Id;
-            }
-            long cpuStart = _cpuMark >= 0 ? _cpuMark : ThreadCpuClock.NowNs();
-            long start = _host.Time.NowNs;
-            long woken = Interlocked.Exchange(ref unit.WokenAtNs, 0);
-            if (woken != 0)
-            {
-                unit.LastWakeLatencyNs = start - woken;
-                _pools.OnWakeLatency(start - woken);
-            }
-            RunStartNs = start;
-            _preemptSeen = _preemptAt = long.MaxValue;
-            CurrentVcpu = v;
-            try
-            {
-                Run(v, pool, start, until, sched.RatelimitNs);
-            }
-            catch (Exception e)
-            {
-                // A fault in exit handling takes down the guest, never the host.
-                _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id} crashed the exit handler: {e}");
-                _host.ShutdownDomain(v.Domain, Public.Sched.SHUTDOWN_crash);
-            }
-            long end = _host.Time.NowNs;
-            long cpuEnd = _cpuMark = ThreadCpuClock.NowNs();
-            CurrentVcpu = null;
-            // The vCPU ran for the CPU time the pCPU thread had; the rest of the slice the host took from the thread,
-            // so the guest sees it as steal (runnable). Proportional policies charge that CPU time, so their shares
-            // and caps do not depend on the host's load; real-time ones charge the slot of wall time they granted.
-            long ran = cpuStart < 0 || cpuEnd < 0 ? end - start : Math.Clamp(cpuEnd - cpuStart, 0, end - start);
-            Interlocked.Add(ref v.CpuTimeNs, ran);
-            v.SetRunstate(!v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable, end);
-            if (ran < end - start)
-                lock (v.RunstateTime)
-                {
-                    v.RunstateTime[(int)Runstate.Running] -= end - start - ran;
-                    v.RunstateTime[(int)Runstate.Runnable] += end - start - ran;
-                }
-            try
-            {
-                if (v.Engine is not null && !v.Domain.IsDying)
-                    VcpuOps.WriteRunstateArea(v, end);
-            }
-            catch (Exception e)
-            {
-                _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
-            }
-            _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end, ran, _preemptSeen, _preemptAt));
-            sched.Descheduled(v, Id, sched.ChargesCpuTime ? ran : end - start, end);
         }
+    }
+
+    /// <summary>Runs one slice of the vCPU the scheduler picks, or returns until when to idle. A method of its own,
+    /// never inlined, so that no frame of the idle loop keeps the last vCPU reachable: a destroyed domain's engine
+    /// (its decoded and compiled code) would stay in memory for as long as this pCPU idles.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private long? RunNext()
+    {
+        var pool = _pools.PoolOfCpu(Id);
+        if (pool is null)
+            return long.MaxValue;
+        var sched = pool.Scheduler;
+        _preempt = false;
+        long now = _host.Time.NowNs;
+        var v = sched.PickNext(Id, now, out long until);
+        if (v is null)
+            return until;
+        var unit = SchedUnit.Of(v);
+        if (unit.Processor != Id)
+        {
+            if (unit.Processor >= 0)
+                Interlocked.Increment(ref unit.Migrations);
+            unit.Processor = Id;
+        }
+        long cpuStart = _cpuMark >= 0 ? _cpuMark : ThreadCpuClock.NowNs();
+        long start = _host.Time.NowNs;
+        long woken = Interlocked.Exchange(ref unit.WokenAtNs, 0);
+        if (woken != 0)
+        {
+            unit.LastWakeLatencyNs = start - woken;
+            _pools.OnWakeLatency(start - woken);
+        }
+        RunStartNs = start;
+        _preemptSeen = _preemptAt = long.MaxValue;
+        CurrentVcpu = v;
+        try
+        {
+            Run(v, pool, start, until, sched.RatelimitNs);
+        }
+        catch (Exception e)
+        {
+            // A fault in exit handling takes down the guest, never the host.
+            _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id} crashed the exit handler: {e}");
+            _host.ShutdownDomain(v.Domain, Public.Sched.SHUTDOWN_crash);
+        }
+        long end = _host.Time.NowNs;
+        long cpuEnd = _cpuMark = ThreadCpuClock.NowNs();
+        CurrentVcpu = null;
+        // The vCPU ran for the CPU time the pCPU thread had; the rest of the slice the host took from the thread,
+        // so the guest sees it as steal (runnable). Proportional policies charge that CPU time, so their shares
+        // and caps do not depend on the host's load; real-time ones charge the slot of wall time they granted.
+        long ran = cpuStart < 0 || cpuEnd < 0 ? end - start : Math.Clamp(cpuEnd - cpuStart, 0, end - start);
+        Interlocked.Add(ref v.CpuTimeNs, ran);
+        v.SetRunstate(!v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable, end);
+        if (ran < end - start)
+            lock (v.RunstateTime)
+            {
+                v.RunstateTime[(int)Runstate.Running] -= end - start - ran;
+                v.RunstateTime[(int)Runstate.Runnable] += end - start - ran;
+            }
+        try
+        {
+            if (v.Engine is not null && !v.Domain.IsDying)
+                VcpuOps.WriteRunstateArea(v, end);
+        }
+        catch (Exception e)
+        {
+            _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
+        }
+        _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end, ran, _preemptSeen, _preemptAt));
+        sched.Descheduled(v, Id, sched.ChargesCpuTime ? ran : end - start, end);
+        return null;
     }
 
     private void Run(Vcpu v, Cpupool pool, long now, long sliceEnd, long ratelimit)

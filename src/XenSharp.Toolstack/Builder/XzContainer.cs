@@ -31,11 +31,20 @@ internal static class XzContainer
         var blocks = new List<(ulong Unpadded, ulong Uncompressed)>();
         for (ulong i = 0; i < records; i++) blocks.Add((Varint(d, ref p), Varint(d, ref p)));
 
-        var output = new MemoryStream();
+        // The index gives the output's size: one array, no growing stream and its copies (a kernel is tens of MiB of
+        // large-object garbage per domain build otherwise). A single block, the usual case, is the output itself.
+        ulong total = 0;
+        foreach (var (_, uncompressed) in blocks)
+        {
+            if (uncompressed > (ulong)PayloadDecompressor.MaxOutput) throw new InvalidDataException("xz: block too large");
+            total += uncompressed;
+        }
+        if (total > (ulong)PayloadDecompressor.MaxOutput) throw new InvalidDataException("xz: decompressed size exceeds 1 GiB");
+        byte[]? output = blocks.Count == 1 ? null : new byte[total];
+        int outPos = 0;
         int pos = 12;
         foreach (var (unpadded, uncompressed) in blocks)
         {
-            if (uncompressed > (ulong)PayloadDecompressor.MaxOutput) throw new InvalidDataException("xz: block too large");
             int headerSize = (d[pos] + 1) * 4;
             byte flags = d[pos + 1];
             int q = pos + 2;
@@ -76,10 +85,14 @@ internal static class XzContainer
             int checkAt = data + (int)((compressed + 3) & ~3L);
             if (checkType == 1 && Crc32(block) != BinaryPrimitives.ReadUInt32LittleEndian(d.AsSpan(checkAt)))
                 throw new InvalidDataException("xz: block check (CRC32) does not match");
-            output.Write(block);
+            if (output is null)
+                output = block;
+            else
+                block.CopyTo(output, outPos);
+            outPos += block.Length;
             pos = checkAt + checkSize;
         }
-        return output.ToArray();
+        return output ?? [];
     }
 
     private static ulong Varint(byte[] d, ref int p)
