@@ -187,7 +187,8 @@ internal sealed unsafe class GuestMachine : IGuestMemory, IDisposable
             Rip = OracleLayout.Code, Rflags = c.Rflags | 0x202,
         };
         vcpu.SetRegisters(in regs);
-        using (var watchdog = new Timer(_ => vcpu.RequestExit(), null, 10_000, Timeout.Infinite))
+        // Wall time, so generous: a case is a few instructions, and only a loaded host makes one take seconds.
+        using (var watchdog = new Timer(_ => vcpu.RequestExit(), null, 60_000, Timeout.Infinite))
             exit = ref vcpu.Run();
 
         vcpu.GetRegisters(out var after);
