@@ -20,6 +20,7 @@ public sealed partial class Host : IDisposable
     private readonly IHypervisor _hv;
     private readonly XenStored _xs;
     private readonly RunPaths _paths;
+    private readonly ConsoleLogLimits _consoleLogs;
     private readonly Lock _lock = new();
     /// <summary>Serialises building and tearing down domains (not queries).</summary>
     private readonly Lock _lifecycle = new();
@@ -31,11 +32,12 @@ public sealed partial class Host : IDisposable
     /// <summary>Raised when a client asked the daemon to stop.</summary>
     public event Action? StopRequested;
 
-    public Host(IHypervisor hv, XenStored xs, RunPaths paths)
+    public Host(IHypervisor hv, XenStored xs, RunPaths paths, ConsoleLogLimits? consoleLogs = null)
     {
         _hv = hv;
         _xs = xs;
         _paths = paths;
+        _consoleLogs = consoleLogs ?? ConsoleLogLimits.Default;
         XenstoreLayout.WriteDom0(xs);
         _hv.DomainStateChanged += OnDomainStateChanged;
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
@@ -209,7 +211,7 @@ public sealed partial class Host : IDisposable
             ConsoleBackend? backend = null;
             dom.ConsoleChannel = hvd.BindInterdomain(consolePort, () => backend?.OnGuestEvent());
             var consoleChannel = dom.ConsoleChannel;
-            backend = new ConsoleBackend(c.Name, consolePage, consoleChannel.Notify, _paths.ConsoleLog(c.Name));
+            backend = new ConsoleBackend(c.Name, consolePage, consoleChannel.Notify, _paths.ConsoleLog(c.Name), _consoleLogs);
             dom.Console = backend;
 
             XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
