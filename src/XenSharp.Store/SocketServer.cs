@@ -97,10 +97,16 @@ internal sealed class SocketServer : IDisposable
             _refusing = false;
             s.Blocking = false;
             var conn = new SocketConnection(_engine, this, s, _nextId++);
+            try { Epoll.Add(_epoll, conn.Fd, Epoll.In, conn.Id); }
+            catch (IOException ex)
+            {
+                Console.Error.WriteLine($"xenstored: cannot serve a client: {ex.Message}");
+                conn.Release();
+                continue;
+            }
+            conn.Interest = Epoll.In;
             _clients.Add(conn.Id, conn);
             _clientCount = _clients.Count;
-            Epoll.Add(_epoll, conn.Fd, Epoll.In, conn.Id);
-            conn.Interest = Epoll.In;
         }
     }
 
@@ -117,8 +123,27 @@ internal sealed class SocketServer : IDisposable
             Console.Error.WriteLine($"xenstored: dropping a client after an internal error: {ex}");
             c.RequestClose();
         }
-        if (c.Closed) Finish(c);
-        else UpdateInterest(c);
+        Settle(c);
+    }
+
+    /// <summary>After a client's turn: forget it if it is closed, else register what it waits for.
+    /// Nothing a client does may end the I/O thread.</summary>
+    private void Settle(SocketConnection c)
+    {
+        if (!c.Closed)
+        {
+            try
+            {
+                UpdateInterest(c);
+                return;
+            }
+            catch (IOException ex)
+            {
+                Console.Error.WriteLine($"xenstored: dropping a client: {ex.Message}");
+                c.RequestClose();
+            }
+        }
+        Finish(c);
     }
 
     /// <summary>Called by a connection when it gets output to send or must be closed (once until it
@@ -156,8 +181,7 @@ internal sealed class SocketServer : IDisposable
                 Console.Error.WriteLine($"xenstored: dropping a client after an internal error: {ex}");
                 c.RequestClose();
             }
-            if (c.Closed) Finish(c);
-            else UpdateInterest(c);
+            Settle(c);
         }
         work.Clear();
     }
