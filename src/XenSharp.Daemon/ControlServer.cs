@@ -7,7 +7,9 @@ namespace XenSharp.Daemon;
 
 /// <summary>
 /// The control socket: accepts xl's connections and answers one request per line; a client that
-/// sends something unreadable is told so and dropped, without disturbing anything else.
+/// sends something unreadable or longer than <see cref="LineChannel.MaxRequestLine"/> is told so
+/// and dropped, without disturbing anything else. Each connection is served asynchronously, so a
+/// client that sends nothing (or half a line) holds no thread.
 /// </summary>
 internal sealed class ControlServer : IDisposable
 {
@@ -16,6 +18,7 @@ internal sealed class ControlServer : IDisposable
     private readonly string _path;
     private readonly CancellationTokenSource _cts = new();
     private readonly Task _accept;
+    private const int EMSGSIZE = 90;
 
     public ControlServer(string path, Host host)
     {
@@ -42,15 +45,22 @@ internal sealed class ControlServer : IDisposable
 
     private async Task Serve(Socket s)
     {
-        using var channel = new LineChannel(new NetworkStream(s, ownsSocket: true));
+        using var channel = new LineChannel(new NetworkStream(s, ownsSocket: true), LineChannel.MaxRequestLine);
         try
         {
             while (!_cts.IsCancellationRequested)
             {
-                string? line = await channel.ReadLineAsync(_cts.Token);
-                if (line is null) return;
+                ReadOnlyMemory<byte>? line;
+                try { line = await channel.ReadLineBytesAsync(_cts.Token); }
+                catch (LineTooLongException e)
+                {
+                    // Whatever follows is not worth reading: answer and hang up.
+                    await channel.WriteAsync(ControlResponse.Failure($"xensharpd: {e.Message}", EMSGSIZE), _cts.Token);
+                    return;
+                }
+                if (line is not { } bytes) return;
                 ControlRequest? request;
-                try { request = JsonSerializer.Deserialize<ControlRequest>(line, ControlJson.Options); }
+                try { request = JsonSerializer.Deserialize<ControlRequest>(bytes.Span, ControlJson.Options); }
                 catch (JsonException e)
                 {
                     await channel.WriteAsync(ControlResponse.Failure($"xensharpd: malformed request: {e.Message}", 22), _cts.Token);

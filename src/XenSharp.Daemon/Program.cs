@@ -1,32 +1,66 @@
 using System.Runtime.InteropServices;
+using XenSharp.Backends.Console;
 using XenSharp.Daemon;
 using XenSharp.Store;
 using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Lifecycle;
 using XenSharp.Toolstack.Platform;
 
-// xensharpd [--rundir DIR] [--machine-memory SIZE]: the host process holding the hypervisor, xenstored,
-// the console daemon and the toolstack, driven by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or
-// `xl daemon-stop` stop it: every domain is destroyed and its sockets and pid file removed.
+// xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N] [--xenstore-max-clients N]:
+// the host process holding the hypervisor, xenstored, the console daemon and the toolstack, driven
+// by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or `xl daemon-stop` stop it: every domain is destroyed
+// and its sockets and pid file removed. SIGHUP reopens the console logs, as xenconsoled does.
+const string Usage = """
+    usage: xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N]
+                     [--xenstore-max-clients N]
+      --rundir DIR               sockets, logs and console logs (default $XENSHARP_RUNDIR or /run/xensharp)
+      --machine-memory SIZE      memory the hypervisor gives guests, `xl info` total_memory: MiB, or with a
+                                 K/M/G/T suffix (default $XENSHARP_MACHINE_MEMORY, else the host's RAM less
+                                 an eighth of it kept for the host, at least 512 MiB and at most 4 GiB)
+      --console-log-size BYTES   rotate a domain's console log at this size; K, M or G suffix (default 4M)
+      --console-log-files N      rotated console logs kept per domain, NAME.log.1 to .N (default 3)
+      --xenstore-max-clients N   xenstored socket clients served at once; more are closed (default 4096)
+    SIGHUP reopens the console logs (after an external logrotate).
+    """;
 string? runDir = null, machineMemory = null;
+long logSize = ConsoleLogLimits.Default.MaxBytes;
+int logFiles = ConsoleLogLimits.Default.Files;
+var quotas = new XenStoreQuotas();
 for (int i = 0; i < args.Length; i++)
 {
-    if (args[i] == "--rundir" && i + 1 < args.Length) runDir = args[++i];
-    else if (args[i] == "--machine-memory" && i + 1 < args.Length) machineMemory = args[++i];
-    else if (args[i] is "-h" or "--help")
+    string a = args[i];
+    string? value = i + 1 < args.Length ? args[i + 1] : null;
+    if (a is "-h" or "--help")
     {
-        Console.WriteLine("""
-            usage: xensharpd [--rundir DIR] [--machine-memory SIZE]
-              --rundir DIR           sockets, logs and pid file (default $XENSHARP_RUNDIR or /run/xensharp)
-              --machine-memory SIZE  memory the hypervisor gives guests, `xl info` total_memory: MiB, or with a
-                                     K/M/G/T suffix (default $XENSHARP_MACHINE_MEMORY, else the host's RAM less
-                                     an eighth of it kept for the host, at least 512 MiB and at most 4 GiB)
-            """);
+        Console.WriteLine(Usage);
         return 0;
     }
-    else
+    if (a is not ("--rundir" or "--machine-memory" or "--console-log-size" or "--console-log-files" or "--xenstore-max-clients"))
     {
-        Console.Error.WriteLine($"xensharpd: unknown argument {args[i]}");
+        Console.Error.WriteLine($"xensharpd: unknown argument {a}");
+        return 2;
+    }
+    if (value is null)
+    {
+        Console.Error.WriteLine($"xensharpd: {a} needs a value");
+        return 2;
+    }
+    i++;
+    bool ok = true;
+    switch (a)
+    {
+        case "--rundir": runDir = value; break;
+        case "--machine-memory": machineMemory = value; break;
+        case "--console-log-size": ok = Options.TryParseSize(value, out logSize) && logSize > 0; break;
+        case "--console-log-files": ok = int.TryParse(value, out logFiles) && logFiles >= 0; break;
+        default:
+            ok = int.TryParse(value, out int clients) && clients > 0;
+            if (ok) quotas.MaxSocketClients = clients;
+            break;
+    }
+    if (!ok)
+    {
+        Console.Error.WriteLine($"xensharpd: invalid value for {a}: {value}");
         return 2;
     }
 }
@@ -38,13 +72,13 @@ catch (FormatException e)
     return 2;
 }
 var paths = new RunPaths(runDir);
-return Daemon.Run(paths, machineBytes);
+return Daemon.Run(paths, machineBytes, new ConsoleLogLimits(logSize, logFiles), quotas);
 
 namespace XenSharp.Daemon
 {
     internal static class Daemon
     {
-        public static int Run(RunPaths paths, ulong machineMemoryBytes)
+        public static int Run(RunPaths paths, ulong machineMemoryBytes, ConsoleLogLimits consoleLogs, XenStoreQuotas quotas)
         {
             Directory.CreateDirectory(paths.RunDir);
             Directory.CreateDirectory(paths.ConsoleLogDir);
@@ -57,14 +91,15 @@ namespace XenSharp.Daemon
             Directory.CreateDirectory(Path.GetDirectoryName(paths.XenstoredSocket)!);
 
             using var stop = new ManualResetEventSlim();
-            using var xs = new XenStored();
+            using var xs = new XenStored(quotas);
             xs.Start(paths.XenstoredSocket);
             using var hv = new XenHypervisorPlatform(new XenSharp.Hypervisor.XenHypervisor(
                 new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true }));
-            using var host = new Host(hv, xs, paths);
+            using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs);
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });
+            using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; ConsoleLog.ReopenAll(); });
             using (var server = new ControlServer(paths.XlSocket, host))
             {
                 Console.Error.WriteLine($"xensharpd: pid {Environment.ProcessId} listening on {paths.XlSocket}, xenstored on {paths.XenstoredSocket}");
@@ -76,6 +111,21 @@ namespace XenSharp.Daemon
             try { File.Delete(paths.XenstoredSocket); } catch (IOException) { }
             Console.Error.WriteLine("xensharpd: stopped");
             return 0;
+        }
+    }
+
+    internal static class Options
+    {
+        /// <summary>A byte count with an optional K, M or G suffix (powers of 1024).</summary>
+        public static bool TryParseSize(string text, out long bytes)
+        {
+            bytes = 0;
+            int shift = text.Length == 0 ? 0 : char.ToUpperInvariant(text[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, _ => 0 };
+            string digits = shift == 0 ? text : text[..^1];
+            if (!long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long n)
+                || n > long.MaxValue >> shift) return false;
+            bytes = n << shift;
+            return true;
         }
     }
 

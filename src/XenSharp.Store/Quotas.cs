@@ -2,7 +2,8 @@ namespace XenSharp.Store;
 
 /// <summary>
 /// Limits applied to unprivileged domains (dom0 and host socket clients are exempt), with Xen's
-/// C xenstored defaults. Exceeding one gets the error a Xen client expects.
+/// C xenstored defaults. Exceeding one gets the error a Xen client expects. The last two bound
+/// every socket client: its unsent output and how many are connected.
 /// </summary>
 public sealed class XenStoreQuotas
 {
@@ -22,4 +23,11 @@ public sealed class XenStoreQuotas
     public int MaxRelativePathLength { get; set; } = XsWire.RelPathMax;
     /// <summary>Bytes queued for a client that does not read; beyond it the client is dropped.</summary>
     public int MaxPendingOutputBytes { get; set; } = 4 << 20;
+    /// <summary>
+    /// Host clients served on the Unix socket at once; one more is closed as soon as it connects.
+    /// Xen's xenstored is bounded only by its descriptor limit (launch-xenstore raises it); here the
+    /// daemon's descriptors are shared with the hypervisor and its backends, so the socket gets a
+    /// share of its own: far more than a host's tools ever hold open together.
+    /// </summary>
+    public int MaxSocketClients { get; set; } = 4096;
 }

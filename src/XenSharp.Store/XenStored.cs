@@ -44,6 +44,9 @@ public sealed class XenStored : IDisposable
         set => _engine.RingProvider = value;
     }
 
+    /// <summary>Host clients connected to the socket now.</summary>
+    public int SocketClientCount => _server?.ClientCount ?? 0;
+
     /// <summary>The socket path while started, else null.</summary>
     public string? SocketPath => _server?.Path;
 

@@ -7,7 +7,8 @@ namespace XenSharp.Backends.Console;
 /// The PV console backend and the console daemon's role for one domain (xenconsoled): drains the
 /// guest's <c>xencons_interface</c> output ring into the domain's log and the attached client,
 /// and feeds the client's keystrokes into the input ring. Output produced while no client is
-/// attached is kept (up to <see cref="MaxPending"/> bytes) and given to the next one.
+/// attached is kept (up to <see cref="MaxPending"/> bytes) and given to the next one. The log is
+/// bounded and rotated (<see cref="ConsoleLogLimits"/>).
 /// </summary>
 public sealed class ConsoleBackend : IDisposable
 {
@@ -15,7 +16,7 @@ public sealed class ConsoleBackend : IDisposable
 
     private readonly ISharedPage _ring;
     private readonly Action _notifyGuest;
-    private readonly FileStream? _log;
+    private readonly ConsoleLog? _log;
     private readonly Lock _lock = new();
     private readonly List<byte> _pending = [];
     private Stream? _client;
@@ -24,16 +25,14 @@ public sealed class ConsoleBackend : IDisposable
 
     public string Name { get; private set; }
 
-    public ConsoleBackend(string name, ISharedPage ring, Action notifyGuest, string? logPath)
+    /// <param name="logLimits">How large the log at <paramref name="logPath"/> may grow
+    /// (<see cref="ConsoleLogLimits.Default"/> when null).</param>
+    public ConsoleBackend(string name, ISharedPage ring, Action notifyGuest, string? logPath, ConsoleLogLimits? logLimits = null)
     {
         Name = name;
         _ring = ring;
         _notifyGuest = notifyGuest;
-        if (logPath is not null)
-        {
-            Directory.CreateDirectory(Path.GetDirectoryName(logPath)!);
-            _log = new FileStream(logPath, FileMode.Append, FileAccess.Write, FileShare.ReadWrite | FileShare.Delete);
-        }
+        if (logPath is not null) _log = new ConsoleLog(logPath, logLimits ?? ConsoleLogLimits.Default);
     }
 
     /// <summary>Total bytes taken from the guest's output ring.</summary>
@@ -53,12 +52,7 @@ public sealed class ConsoleBackend : IDisposable
             data = DrainOutput();
             if (data.Length == 0) return;
             OutputBytes += data.Length;
-            try
-            {
-                _log?.Write(data);
-                _log?.Flush();
-            }
-            catch (IOException) { } // a full disk loses log lines, never the guest's console
+            _log?.Write(data);
             client = _client;
             if (client is null)
             {

@@ -5,28 +5,102 @@ using System.Text.Json;
 namespace XenSharp.Toolstack.Control;
 
 /// <summary>
-/// Newline-framed JSON over a socket stream. Lines are read without read-ahead, so that once a
-/// console is attached the rest of the stream belongs to the console untouched.
+/// Newline-framed JSON over a socket stream, read in chunks. Bytes read past a line stay in the
+/// channel's buffer and <see cref="Stream"/> hands them out first, so that once a console is
+/// attached the rest of the connection belongs to the console untouched.
 /// </summary>
-public sealed class LineChannel(Stream stream) : IDisposable
+public sealed class LineChannel : IDisposable
 {
-    /// <summary>Control messages are small; a longer line is a broken peer.</summary>
-    public const int MaxLine = 16 << 20;
+    /// <summary>
+    /// The longest request the daemon reads. The largest request is xl create carrying its xl.cfg
+    /// (a few KiB even for a large domain); 1 MiB leaves two orders of magnitude of room while a
+    /// client that never sends a newline costs the daemon at most this much.
+    /// </summary>
+    public const int MaxRequestLine = 1 << 20;
 
-    public Stream Stream { get; } = stream;
+    /// <summary>The longest response xl reads: xl list -l of many domains, each with its
+    /// configuration in JSON, is far longer than any request.</summary>
+    public const int MaxResponseLine = 16 << 20;
 
+    private const int ChunkSize = 4096;
+
+    private readonly Stream _inner;
+    private readonly int _maxLine;
+    private byte[] _buf = new byte[ChunkSize];
+    private int _start, _end;
+
+    public LineChannel(Stream stream, int maxLine = MaxRequestLine)
+    {
+        _inner = stream;
+        _maxLine = maxLine;
+        Stream = new ChannelStream(this);
+    }
+
+    /// <summary>The connection after the lines read so far: buffered bytes first, then the socket.</summary>
+    public Stream Stream { get; }
+
+    /// <summary>The next line as text, or null at a clean end of the connection.</summary>
     public async Task<string?> ReadLineAsync(CancellationToken ct = default)
     {
-        var buf = new MemoryStream();
-        var one = new byte[1];
+        ReadOnlyMemory<byte>? line = await ReadLineBytesAsync(ct).ConfigureAwait(false);
+        return line is { } l ? Encoding.UTF8.GetString(l.Span) : null;
+    }
+
+    /// <summary>
+    /// The next line without its newline, valid until the next read; null at a clean end of the
+    /// connection. A line longer than the channel's limit throws <see cref="LineTooLongException"/>.
+    /// </summary>
+    public async ValueTask<ReadOnlyMemory<byte>?> ReadLineBytesAsync(CancellationToken ct = default)
+    {
+        int scanned = 0; // bytes after _start already known to hold no newline
         while (true)
         {
-            int n = await Stream.ReadAsync(one, ct).ConfigureAwait(false);
-            if (n == 0) return buf.Length == 0 ? null : throw new IOException("connection closed in the middle of a message");
-            if (one[0] == (byte)'\n') return Encoding.UTF8.GetString(buf.GetBuffer(), 0, (int)buf.Length);
-            if (buf.Length >= MaxLine) throw new IOException("control message too long");
-            buf.WriteByte(one[0]);
+            int nl = Array.IndexOf(_buf, (byte)'\n', _start + scanned, _end - _start - scanned);
+            if (nl >= 0)
+            {
+                if (nl - _start > _maxLine) throw new LineTooLongException(_maxLine);
+                var line = new ReadOnlyMemory<byte>(_buf, _start, nl - _start);
+                _start = nl + 1;
+                return line;
+            }
+            scanned = _end - _start;
+            if (scanned > _maxLine) throw new LineTooLongException(_maxLine);
+            MakeRoom();
+            int n = await _inner.ReadAsync(_buf.AsMemory(_end), ct).ConfigureAwait(false);
+            if (n == 0)
+            {
+                if (_end == _start) return null;
+                throw new IOException("connection closed in the middle of a message");
+            }
+            _end += n;
         }
+    }
+
+    /// <summary>Ensures a chunk of free space after the data: moves the data to the front, and
+    /// grows the buffer only for a line that is longer than it (never past the limit plus a chunk).</summary>
+    private void MakeRoom()
+    {
+        int have = _end - _start;
+        if (_start == _end) _start = _end = 0;
+        if (_buf.Length - _end >= ChunkSize / 4) return;
+        if (_buf.Length - have < ChunkSize / 4)
+        {
+            var bigger = new byte[Math.Min(_buf.Length * 2, _maxLine + ChunkSize)];
+            Buffer.BlockCopy(_buf, _start, bigger, 0, have);
+            _buf = bigger;
+        }
+        else Buffer.BlockCopy(_buf, _start, _buf, 0, have);
+        _start = 0;
+        _end = have;
+    }
+
+    /// <summary>Bytes already read past the last line, handed out before the socket's.</summary>
+    private int ReadBuffered(Span<byte> destination)
+    {
+        int n = Math.Min(destination.Length, _end - _start);
+        _buf.AsSpan(_start, n).CopyTo(destination);
+        _start += n;
+        return n;
     }
 
     public async Task WriteAsync<T>(T message, CancellationToken ct = default)
@@ -35,11 +109,53 @@ public sealed class LineChannel(Stream stream) : IDisposable
         var line = new byte[json.Length + 1];
         json.CopyTo(line, 0);
         line[^1] = (byte)'\n';
-        await Stream.WriteAsync(line, ct).ConfigureAwait(false);
-        await Stream.FlushAsync(ct).ConfigureAwait(false);
+        await _inner.WriteAsync(line, ct).ConfigureAwait(false);
+        await _inner.FlushAsync(ct).ConfigureAwait(false);
     }
 
-    public void Dispose() => Stream.Dispose();
+    public void Dispose() => _inner.Dispose();
+
+    /// <summary>The connection as a stream: reads drain the channel's buffer, then go to the socket.</summary>
+    private sealed class ChannelStream(LineChannel channel) : Stream
+    {
+        public override bool CanRead => true;
+        public override bool CanWrite => true;
+        public override bool CanSeek => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer) =>
+            channel._start < channel._end ? channel.ReadBuffered(buffer) : channel._inner.Read(buffer);
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken ct) =>
+            ReadAsync(buffer.AsMemory(offset, count), ct).AsTask();
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default) =>
+            channel._start < channel._end ? ValueTask.FromResult(channel.ReadBuffered(buffer.Span)) : channel._inner.ReadAsync(buffer, ct);
+
+        public override void Write(byte[] buffer, int offset, int count) => channel._inner.Write(buffer, offset, count);
+        public override void Write(ReadOnlySpan<byte> buffer) => channel._inner.Write(buffer);
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken ct) => channel._inner.WriteAsync(buffer, offset, count, ct);
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken ct = default) => channel._inner.WriteAsync(buffer, ct);
+        public override void Flush() => channel._inner.Flush();
+        public override Task FlushAsync(CancellationToken ct) => channel._inner.FlushAsync(ct);
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing) channel._inner.Dispose();
+            base.Dispose(disposing);
+        }
+    }
+}
+
+/// <summary>A peer sent a line longer than the channel accepts.</summary>
+public sealed class LineTooLongException(int limit) : IOException($"control message longer than {limit} bytes")
+{
+    public int Limit { get; } = limit;
 }
 
 /// <summary>xl's side of the control socket.</summary>
@@ -51,7 +167,7 @@ public sealed class ControlClient : IDisposable
     private ControlClient(Socket socket)
     {
         _socket = socket;
-        _channel = new LineChannel(new NetworkStream(socket, ownsSocket: true));
+        _channel = new LineChannel(new NetworkStream(socket, ownsSocket: true), LineChannel.MaxResponseLine);
     }
 
     /// <summary>Connects, or returns null when no daemon listens at <paramref name="socketPath"/>.</summary>

@@ -20,6 +20,7 @@ public sealed partial class Host : IDisposable
     private readonly IHypervisor _hv;
     private readonly XenStored _xs;
     private readonly RunPaths _paths;
+    private readonly ConsoleLogLimits _consoleLogs;
     private readonly Lock _lock = new();
     /// <summary>Serialises building and tearing down domains (not queries).</summary>
     private readonly Lock _lifecycle = new();
@@ -44,12 +45,13 @@ public sealed partial class Host : IDisposable
     /// enough that a stale domid soon names nothing, as in Xen.</summary>
     public static readonly TimeSpan RetiredDomIdKept = TimeSpan.FromSeconds(30);
 
-    public Host(IHypervisor hv, XenStored xs, RunPaths paths, TimeProvider? time = null)
+    public Host(IHypervisor hv, XenStored xs, RunPaths paths, TimeProvider? time = null, ConsoleLogLimits? consoleLogs = null)
     {
         _hv = hv;
         _xs = xs;
         _paths = paths;
         _time = time ?? TimeProvider.System;
+        _consoleLogs = consoleLogs ?? ConsoleLogLimits.Default;
         XenstoreLayout.WriteDom0(xs);
         _hv.DomainStateChanged += OnDomainStateChanged;
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
@@ -239,7 +241,7 @@ public sealed partial class Host : IDisposable
             ConsoleBackend? backend = null;
             dom.ConsoleChannel = hvd.BindInterdomain(consolePort, () => backend?.OnGuestEvent());
             var consoleChannel = dom.ConsoleChannel;
-            backend = new ConsoleBackend(c.Name, consolePage, consoleChannel.Notify, _paths.ConsoleLog(c.Name));
+            backend = new ConsoleBackend(c.Name, consolePage, consoleChannel.Notify, _paths.ConsoleLog(c.Name), _consoleLogs);
             dom.Console = backend;
 
             XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
