@@ -36,6 +36,39 @@ public class KernelLoaderTests
         Assert.Contains("outside the file", Assert.Throws<DomainBuildException>(() => ElfImage.Parse(truncated, "k")).Message);
     }
 
+    [Fact]
+    public void ElfOffsetsAndSizesThatWrapAroundAreCaught()
+    {
+        byte[] good = TestImages.Elf(Code, 0x100000);
+        const int load = 64, note = 64 + 56; // the program headers of the made ELF64
+
+        // e_phoff just below 2^64: the offset of the first program header wrapped back into the file.
+        var phoff = (byte[])good.Clone();
+        BinaryPrimitives.WriteUInt64LittleEndian(phoff.AsSpan(32), 0xFFFFFFFFFFFFFFF0);
+        Assert.Contains("program header outside the file", Assert.Throws<DomainBuildException>(() => ElfImage.Parse(phoff, "k")).Message);
+
+        // An empty PT_NOTE far beyond the file: its notes were read from there.
+        var emptyNote = (byte[])good.Clone();
+        BinaryPrimitives.WriteUInt64LittleEndian(emptyNote.AsSpan(note + 8), 0x7FFFFFF8);
+        BinaryPrimitives.WriteUInt64LittleEndian(emptyNote.AsSpan(note + 32), 0);
+        Assert.Empty(ElfImage.Parse(emptyNote, "k").Notes);
+
+        // No PT_NOTE, and e_shoff just below 2^64: the section headers' offset wrapped too.
+        var shoff = (byte[])good.Clone();
+        BinaryPrimitives.WriteUInt32LittleEndian(shoff.AsSpan(note), 0); // PT_NULL
+        BinaryPrimitives.WriteUInt64LittleEndian(shoff.AsSpan(40), 0xFFFFFFFFFFFFFFC0);
+        BinaryPrimitives.WriteUInt16LittleEndian(shoff.AsSpan(58), 64);
+        BinaryPrimitives.WriteUInt16LittleEndian(shoff.AsSpan(60), 1);
+        Assert.Empty(ElfImage.Parse(shoff, "k").Notes);
+
+        // A PT_LOAD whose end wraps past 2^64 passed the builder's "fits in memory" check and was written there.
+        var wraps = (byte[])good.Clone();
+        BinaryPrimitives.WriteUInt64LittleEndian(wraps.AsSpan(load + 24), 0xFFFFFFFFFFFFF000);
+        BinaryPrimitives.WriteUInt64LittleEndian(wraps.AsSpan(load + 40), 0x2000);
+        Assert.Contains("segment 0 wraps around", Assert.Throws<DomainBuildException>(() =>
+            PvhBuilder.Build(new PvhBuildSpec(wraps, "k", null, "", 16 << 20, 1, 1), new XenSharp.Toolstack.Platform.SparseGuestMemory())).Message);
+    }
+
     public static IEnumerable<object[]> Formats() =>
         new[] { "gzip", "xz", "zstd", "lz4", "bzip2", "lzma" }.Select(f => new object[] { f });
 
