@@ -50,7 +50,7 @@ internal sealed class ControlServer : IDisposable
                 string? line = await channel.ReadLineAsync(_cts.Token);
                 if (line is null) return;
                 ControlRequest? request;
-                try { request = JsonSerializer.Deserialize<ControlRequest>(line, ControlJson.Options); }
+                try { request = ControlJson.ReadRequest(line); }
                 catch (JsonException e)
                 {
                     await channel.WriteAsync(ControlResponse.Failure($"xensharpd: malformed request: {e.Message}", 22), _cts.Token);
