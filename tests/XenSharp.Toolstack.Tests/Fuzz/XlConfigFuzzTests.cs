@@ -92,6 +92,30 @@ public partial class XlConfigFuzzTests
             m => $"{Cfgs.Print(m)}:\n{Fuzz.Quote(Encoding.UTF8.GetString(Cfgs.Apply(m)))}");
     }
 
+    private static readonly Mutator DeviceSpecs = new(
+        [.. new[]
+        {
+            "phy:/dev/vg/root,xvda,w", "/srv/data.img,raw,xvdb,ro", "format=qcow2, vdev=xvdc, access=ro, target=/images/a,b.qcow2",
+            ",,hdc,devtype=cdrom", "file:/isos/debian.iso,hdd:cdrom,r", "qcow2:/images/disk.qcow2,xvda1,r", "/dev/vg/guest-volume,,hda",
+            "vdev=xvde,backendtype=phy,backend=0,script=block,discard,no-discard,direct-io-safe,trusted,target=/dev/sdb", "/d,raw,d0p1,rw",
+            "mac=00:16:3E:01:02:03,bridge=xenbr0", "bridge=xenbr1,model=e1000,type=ioemu,mtu=9000,devid=7",
+            "ip=10.0.0.2,vifname=v0,script=vif-route,rate=10Mb/s,gatewaydev=eth0,backend=0,accel=x,netdev=br2,mac=0-1-2-3-4-5",
+        }.Select(t => (t, Encoding.UTF8.GetBytes(t)))],
+        [.. Tokens.Select(Encoding.UTF8.GetBytes)]);
+
+    /// <summary>disk= and vif= specifications on their own: each parses or throws the <see cref="FormatException"/>
+    /// the reader turns into an error naming the line.</summary>
+    [Fact, Trait("Feature", "xl")]
+    public void MutatedDeviceSpecsParseOrFailWithAFormatError()
+    {
+        Fuzz.Run(DeviceSpecs.Cases(4), 1500, m =>
+        {
+            string spec = Encoding.UTF8.GetString(DeviceSpecs.Apply(m));
+            Fuzz.Expect<FormatException>(() => DiskSpec.Parse(spec), 64L * spec.Length + (1 << 20));
+            Fuzz.Expect<FormatException>(() => NicSpec.Parse(spec, 0, new Random(1)), 64L * spec.Length + (1 << 20));
+        }, m => $"{DeviceSpecs.Print(m)}: {Fuzz.Quote(Encoding.UTF8.GetString(DeviceSpecs.Apply(m)))}");
+    }
+
     /// <summary>Parses and reads <paramref name="text"/> as xl create does (with a command-line override).</summary>
     internal static void Check(string text)
     {
