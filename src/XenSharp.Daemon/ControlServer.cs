@@ -60,7 +60,7 @@ internal sealed class ControlServer : IDisposable
                 }
                 if (line is not { } bytes) return;
                 ControlRequest? request;
-                try { request = JsonSerializer.Deserialize<ControlRequest>(bytes.Span, ControlJson.Options); }
+                try { request = ControlJson.ReadRequest(bytes.Span); }
                 catch (JsonException e)
                 {
                     await channel.WriteAsync(ControlResponse.Failure($"xensharpd: malformed request: {e.Message}", 22), _cts.Token);

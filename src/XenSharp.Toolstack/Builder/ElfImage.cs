@@ -89,9 +89,11 @@ public sealed class ElfImage
         bool notesFromSegments = false;
         for (int i = 0; i < phnum; i++)
         {
-            ulong o = phoff + (ulong)(i * phentsize);
-            if (o + (ulong)(is64 ? 56 : 32) > (ulong)d.Length) throw Bad("program header outside the file");
-            int p = (int)o;
+            // phoff and the entry size come from the file: compare before adding, so nothing wraps around.
+            ulong rel = (ulong)i * (ulong)phentsize, size = (ulong)(is64 ? 56 : 32);
+            if (phoff > (ulong)d.Length || rel > (ulong)d.Length - phoff || size > (ulong)d.Length - phoff - rel)
+                throw Bad("program header outside the file");
+            int p = (int)(phoff + rel);
             uint type = U32(d, p);
             ulong offset, vaddr, paddr, filesz, memsz;
             if (is64) { offset = U64(d, p + 8); vaddr = U64(d, p + 16); paddr = U64(d, p + 24); filesz = U64(d, p + 32); memsz = U64(d, p + 40); }
@@ -101,9 +103,10 @@ public sealed class ElfImage
             if (type == 1) // PT_LOAD
             {
                 if (memsz < filesz) throw Bad($"segment {i} has memsz < filesz");
+                if (paddr + memsz < paddr) throw Bad($"segment {i} wraps around the end of the address space");
                 if (memsz > 0) segs.Add(new ElfSegment(paddr, vaddr, (long)offset, filesz, memsz));
             }
-            else if (type == 4) // PT_NOTE
+            else if (type == 4 && filesz > 0) // PT_NOTE
             {
                 ReadNotes(d, (int)offset, (int)filesz, notes);
                 notesFromSegments = true;
@@ -113,14 +116,14 @@ public sealed class ElfImage
         {
             for (int i = 0; i < shnum; i++)
             {
-                ulong o = shoff + (ulong)(i * shentsize);
-                if (o + (ulong)(is64 ? 64 : 40) > (ulong)d.Length) break;
-                int s = (int)o;
+                ulong rel = (ulong)i * (ulong)shentsize, headerSize = (ulong)(is64 ? 64 : 40);
+                if (shoff > (ulong)d.Length || rel > (ulong)d.Length - shoff || headerSize > (ulong)d.Length - shoff - rel) break;
+                int s = (int)(shoff + rel);
                 uint type = U32(d, s + 4);
                 if (type != 7) continue; // SHT_NOTE
                 ulong offset = is64 ? U64(d, s + 24) : U32(d, s + 16);
                 ulong size = is64 ? U64(d, s + 32) : U32(d, s + 20);
-                if (offset + size > (ulong)d.Length) continue;
+                if (size == 0 || offset > (ulong)d.Length || size > (ulong)d.Length - offset) continue;
                 ReadNotes(d, (int)offset, (int)size, notes);
             }
         }
@@ -129,22 +132,23 @@ public sealed class ElfImage
 
     private static void ReadNotes(byte[] d, int offset, int size, List<ElfNoteEntry> into)
     {
-        int p = offset, end = offset + size;
+        // In longs: the sizes are the file's 32-bit words, and a sum of them must not wrap.
+        long p = offset, end = (long)offset + size;
         while (p + 12 <= end)
         {
-            int namesz = (int)U32(d, p), descsz = (int)U32(d, p + 4);
-            uint type = U32(d, p + 8);
-            int name = p + 12;
-            int desc = name + Align4(namesz);
-            int next = desc + Align4(descsz);
-            if (namesz < 0 || descsz < 0 || next > end || next <= p) break;
-            string n = Encoding.ASCII.GetString(d, name, Math.Max(0, namesz - 1));
-            into.Add(new ElfNoteEntry(n, type, d.AsSpan(desc, descsz).ToArray()));
+            long namesz = U32(d, (int)p), descsz = U32(d, (int)p + 4);
+            uint type = U32(d, (int)p + 8);
+            long name = p + 12;
+            long desc = name + Align4(namesz);
+            long next = desc + Align4(descsz);
+            if (next > end) break;
+            string n = Encoding.ASCII.GetString(d, (int)name, (int)Math.Max(0, namesz - 1));
+            into.Add(new ElfNoteEntry(n, type, d.AsSpan((int)desc, (int)descsz).ToArray()));
             p = next;
         }
     }
 
-    private static int Align4(int n) => (n + 3) & ~3;
+    private static long Align4(long n) => (n + 3) & ~3L;
     private static ushort U16(byte[] d, int o) => BinaryPrimitives.ReadUInt16LittleEndian(d.AsSpan(o));
     private static uint U32(byte[] d, int o) => BinaryPrimitives.ReadUInt32LittleEndian(d.AsSpan(o));
     private static ulong U64(byte[] d, int o) => BinaryPrimitives.ReadUInt64LittleEndian(d.AsSpan(o));

@@ -49,26 +49,31 @@ public static class PayloadDecompressor
 
     private static byte[] DecompressFormat(PayloadFormat format, byte[] data, string what, long expected)
     {
+        // What the payload declares (bzImage) bounds what it may unpack to, so a corrupt stream stops there.
+        long limit = expected >= 0 ? expected : MaxOutput;
         try
         {
             return format switch
             {
-                PayloadFormat.Gzip => Drain(new GZipStream(new MemoryStream(data), CompressionMode.Decompress)),
+                PayloadFormat.Gzip => Drain(new GZipStream(new MemoryStream(data), CompressionMode.Decompress), limit),
                 PayloadFormat.Xz => XzContainer.Decode(data),
-                PayloadFormat.Zstd => Drain(new ZstdSharp.DecompressionStream(new MemoryStream(data))),
-                PayloadFormat.Bzip2 => Drain(BZip2Stream.Create(new MemoryStream(data), SharpCompress.Compressors.CompressionMode.Decompress, false, false, false)),
-                PayloadFormat.Lzma => Lzma(data, expected),
+                PayloadFormat.Zstd => Drain(new ZstdSharp.DecompressionStream(new MemoryStream(data)), limit),
+                PayloadFormat.Bzip2 => Drain(BZip2Stream.Create(new MemoryStream(data), SharpCompress.Compressors.CompressionMode.Decompress, false, false, false), limit),
+                PayloadFormat.Lzma => Lzma(data, expected, limit),
                 PayloadFormat.Lz4 => Lz4Legacy(data),
                 _ => throw new DomainBuildException($"{what}: payload compression not recognised"),
             };
         }
         catch (Exception e) when (e is not DomainBuildException)
         {
-            throw new DomainBuildException($"{what}: cannot decompress the {format.ToString().ToLowerInvariant()} payload: {e.Message}", e);
+            // Some decoders meet corrupt input with an IndexOutOfRangeException or the like, whose message says nothing to the user.
+            string why = e is IndexOutOfRangeException or ArgumentException or NullReferenceException or OverflowException
+                or InvalidCastException or InvalidOperationException ? "the data is corrupt" : e.Message;
+            throw new DomainBuildException($"{what}: cannot decompress the {format.ToString().ToLowerInvariant()} payload: {why}", e);
         }
     }
 
-    private static byte[] Drain(Stream s)
+    private static byte[] Drain(Stream s, long limit)
     {
         using (s)
         {
@@ -78,7 +83,8 @@ public static class PayloadDecompressor
             while ((n = s.Read(buf, 0, buf.Length)) > 0)
             {
                 o.Write(buf, 0, n);
-                if (o.Length > MaxOutput) throw new InvalidDataException("decompressed size exceeds 1 GiB");
+                if (o.Length > limit)
+                    throw new InvalidDataException(limit == MaxOutput ? "decompressed size exceeds 1 GiB" : $"it unpacks to more than the {limit} bytes it declares");
             }
             return o.ToArray();
         }
@@ -86,14 +92,18 @@ public static class PayloadDecompressor
 
     /// <summary>The .lzma ("alone") format: 5 bytes of properties, the 64-bit size (all ones when
     /// unknown), then the stream.</summary>
-    private static byte[] Lzma(byte[] data, long expected)
+    private static byte[] Lzma(byte[] data, long expected, long limit)
     {
+        if (data.Length < 13) throw new InvalidDataException("truncated header");
         byte[] props = data[..5];
         long size = BinaryPrimitives.ReadInt64LittleEndian(data.AsSpan(5));
         if (size < 0) size = expected;
         if (size > MaxOutput) throw new InvalidDataException("declared size exceeds 1 GiB");
+        // The decoder allocates the dictionary the header asks for; more than the data it unpacks is never used.
+        uint dict = BinaryPrimitives.ReadUInt32LittleEndian(props.AsSpan(1));
+        if (size >= 0 && dict > size) BinaryPrimitives.WriteUInt32LittleEndian(props.AsSpan(1), (uint)Math.Max(size, 4096));
         var input = new MemoryStream(data, 13, data.Length - 13);
-        return Drain(LzmaStream.Create(props, input, data.Length - 13, size < 0 ? -1 : size, false));
+        return Drain(LzmaStream.Create(props, input, data.Length - 13, size < 0 ? -1 : size, false), size >= 0 ? size : limit);
     }
 
     /// <summary>LZ4's legacy framing as Linux uses it: the magic, then blocks of a 32-bit compressed

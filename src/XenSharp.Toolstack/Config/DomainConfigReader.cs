@@ -85,10 +85,10 @@ public static class DomainConfigReader
         }
         else d.Uuid = Guid.NewGuid();
 
-        d.Kernel = ResolvePath(cfg, cfg.GetString("kernel"));
-        d.Ramdisk = ResolvePath(cfg, cfg.GetString("ramdisk"));
+        d.Kernel = ResolvePath(cfg, "kernel");
+        d.Ramdisk = ResolvePath(cfg, "ramdisk");
         d.Firmware = cfg.GetString("firmware");
-        d.FirmwareOverride = ResolvePath(cfg, cfg.GetString("firmware_override"));
+        d.FirmwareOverride = ResolvePath(cfg, "firmware_override");
 
         string? cmdline = cfg.GetString("cmdline");
         string? root = cfg.GetString("root");
@@ -222,9 +222,12 @@ public static class DomainConfigReader
 
     /// <summary>Relative paths resolve against the configuration file's directory; a leading
     /// <c>~/</c> is the user's home directory.</summary>
-    private static string? ResolvePath(XlConfig cfg, string? path)
+    private static string? ResolvePath(XlConfig cfg, string key)
     {
+        string? path = cfg.GetString(key);
         if (string.IsNullOrEmpty(path)) return null;
+        // An escape such as \0 can put a NUL in a string; no file name holds one.
+        if (path.Contains('\0')) throw At(cfg, key, $"parameter `{key}' contains a NUL character");
         if (path.StartsWith("~/"))
             return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), path[2..]);
         if (Path.IsPathRooted(path)) return path;

@@ -223,6 +223,42 @@ public static class ControlJson
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) },
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
     };
+
+    /// <summary>
+    /// Decodes one request line. Whatever the line holds, the result is a request whose non-nullable members
+    /// are all present, null for the JSON <c>null</c>, or a <see cref="JsonException"/> saying what is wrong.
+    /// </summary>
+    public static ControlRequest? ReadRequest(string line) => ReadRequest(System.Text.Encoding.UTF8.GetBytes(line));
+
+    public static ControlRequest? ReadRequest(ReadOnlySpan<byte> utf8)
+    {
+        ControlRequest? request;
+        try { request = JsonSerializer.Deserialize<ControlRequest>(utf8, Options); }
+        // Without an "op" the serializer is asked for the abstract request type itself.
+        catch (NotSupportedException e) { throw new JsonException("the request has no \"op\"", e); }
+        if (request is not null) CheckPresent(request);
+        return request;
+    }
+
+    /// <summary>The serializer leaves a member that is missing from the JSON null even where the record declares it
+    /// non-nullable (a string, a list of strings); the handlers rely on the declaration.</summary>
+    private static void CheckPresent(ControlRequest request)
+    {
+        var nullability = new System.Reflection.NullabilityInfoContext(); // not thread-safe: one per call
+        foreach (var property in request.GetType().GetProperties())
+        {
+            if (property.PropertyType.IsValueType || property.GetIndexParameters().Length > 0) continue;
+            var info = nullability.Create(property);
+            object? value = property.GetValue(request);
+            string name = Options.PropertyNamingPolicy?.ConvertName(property.Name) ?? property.Name;
+            if (value is null && info.ReadState == System.Reflection.NullabilityState.NotNull)
+                throw new JsonException($"the request lacks \"{name}\"");
+            if (value is System.Collections.IEnumerable items and not string
+                && info.GenericTypeArguments is [{ ReadState: System.Reflection.NullabilityState.NotNull }]
+                && items.Cast<object?>().Any(i => i is null))
+                throw new JsonException($"the request's \"{name}\" holds a null");
+        }
+    }
 }
 
 /// <summary>A failure the daemon reported (its message is for the user as is).</summary>

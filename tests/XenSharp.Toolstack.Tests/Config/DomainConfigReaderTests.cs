@@ -11,6 +11,16 @@ public class DomainConfigReaderTests
         return DomainConfigReader.Read(c, hostCpus: 8);
     }
 
+    [Theory]
+    [InlineData("kernel = \"vmlinuz\\0.old\"", "kernel")]
+    [InlineData("ramdisk = '\\000'", "ramdisk")]
+    [InlineData("firmware_override = \"fw\\x00\"", "firmware_override")]
+    public void APathWithANulCharacterNamesTheLine(string setting, string key)
+    {
+        var e = Assert.Throws<XlConfigException>(() => Read($"name = \"g\"\ntype = \"pvh\"\nkernel = \"k\"\n{setting}\n"));
+        Assert.Equal($"/etc/xen/g.cfg:4: parameter `{key}' contains a NUL character", e.Message);
+    }
+
     [Fact]
     public void PvhDomainWithTheDirectKernelBootKeys()
     {
