@@ -27,17 +27,7 @@ public sealed class XlConsoleTerminalTests : IClassFixture<XlConsoleTerminalTest
         {
             var store = new GuestArtifacts();
             Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
-            string cfg = Path.Combine(Xl.RunDir, Name + ".cfg");
-            File.WriteAllText(cfg, $"""
-                name = "{Name}"
-                type = "pvh"
-                kernel = "{store.KernelPath}"
-                ramdisk = "{store.ShellInitrdPath}"
-                cmdline = "console=hvc0 quiet"
-                memory = 256
-                vcpus = 1
-                on_crash = "preserve"
-                """);
+            string cfg = LinuxPvhTests.WriteConfig(Xl, store, Name, memory: 256);
             var r = Xl.Run("create", cfg);
             Assert.True(r.ExitCode == 0, r.ToString());
         }
