@@ -31,19 +31,9 @@ internal static class MachineMemory
     /// <summary>A size as xl.cfg writes memory: MiB, or a number with a K, M, G or T suffix.</summary>
     public static ulong Parse(string s)
     {
-        s = s.Trim();
-        ulong unit = MiB;
-        char last = s.Length > 0 ? char.ToUpperInvariant(s[^1]) : '\0';
-        switch (last)
-        {
-            case 'K': unit = 1UL << 10; s = s[..^1]; break;
-            case 'M': unit = MiB; s = s[..^1]; break;
-            case 'G': unit = 1UL << 30; s = s[..^1]; break;
-            case 'T': unit = 1UL << 40; s = s[..^1]; break;
-        }
-        if (!ulong.TryParse(s, out ulong n) || n == 0 || n > (1UL << 46) / unit)
+        if (!Options.TryParseSize(s, 20, out long size) || size <= 0 || size > 1L << 46)
             throw new FormatException($"invalid machine memory size \"{s}\"");
-        ulong bytes = n * unit & ~(ulong)(4096 - 1);
+        ulong bytes = (ulong)size & ~(ulong)(4096 - 1);
         if (bytes < Minimum)
             throw new FormatException($"machine memory must be at least {Minimum / MiB} MiB");
         return bytes;

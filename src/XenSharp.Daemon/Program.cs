@@ -51,7 +51,7 @@ for (int i = 0; i < args.Length; i++)
     {
         case "--rundir": runDir = value; break;
         case "--machine-memory": machineMemory = value; break;
-        case "--console-log-size": ok = Options.TryParseSize(value, out logSize) && logSize > 0; break;
+        case "--console-log-size": ok = Options.TryParseSize(value, 0, out logSize) && logSize > 0; break;
         case "--console-log-files": ok = int.TryParse(value, out logFiles) && logFiles >= 0; break;
         default:
             ok = int.TryParse(value, out int clients) && clients > 0;
@@ -116,12 +116,15 @@ namespace XenSharp.Daemon
 
     internal static class Options
     {
-        /// <summary>A byte count with an optional K, M or G suffix (powers of 1024).</summary>
-        public static bool TryParseSize(string text, out long bytes)
+        /// <summary>A size with an optional K, M, G or T suffix (powers of 1024); a bare number is in units of
+        /// 2^<paramref name="bareShift"/> bytes (bytes for 0, MiB for 20, as xl.cfg's memory).</summary>
+        public static bool TryParseSize(string text, int bareShift, out long bytes)
         {
             bytes = 0;
-            int shift = text.Length == 0 ? 0 : char.ToUpperInvariant(text[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, _ => 0 };
-            string digits = shift == 0 ? text : text[..^1];
+            text = text.Trim();
+            int suffix = text.Length == 0 ? -1 : char.ToUpperInvariant(text[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => -1 };
+            int shift = suffix < 0 ? bareShift : suffix;
+            string digits = suffix < 0 ? text : text[..^1];
             if (!long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long n)
                 || n > long.MaxValue >> shift) return false;
             bytes = n << shift;
