@@ -66,12 +66,18 @@ public sealed class DomainShutdownEventArgs(ushort domainId, ShutdownReason reas
     public ShutdownReason Reason { get; } = reason;
 }
 
-/// <summary>Emulates I/O ports the hypervisor itself does not (a device model attached to a domain).</summary>
-public interface IPortIoHandler
+/// <summary>
+/// Where a domain's port I/O and MMIO go when no device in the hypervisor claims them: Xen's IOREQ server (the role
+/// of QEMU as the device model). <paramref name="type"/> arguments are IOREQ_TYPE_PIO or IOREQ_TYPE_COPY (MMIO).
+/// Called on the vCPU's thread.
+/// </summary>
+public interface IIoreqServer
 {
-    /// <summary>The value read, or null when the port is not emulated (the guest then reads all ones).</summary>
-    uint? PortRead(ushort domid, ushort port, int size);
-    void PortWrite(ushort domid, ushort port, int size, uint value);
+    /// <summary>Emulates a read; false when the server does not serve that address (the guest then reads all ones).</summary>
+    bool TryRead(ushort domid, uint type, ulong address, int size, out ulong value);
+
+    /// <summary>Emulates a write; false when the server does not serve that address (the write is dropped).</summary>
+    bool TryWrite(ushort domid, uint type, ulong address, int size, ulong value);
 }
 
 /// <summary>What XENMEM_get_pod_target reports: the domain's pages, its PoD cache and its outstanding PoD entries.</summary>

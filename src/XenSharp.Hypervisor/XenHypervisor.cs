@@ -46,8 +46,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     internal Domain Dom0 { get; }
     internal string CommandLine { get; }
 
-    /// <summary>Emulates the I/O ports the hypervisor does not (set by the device model).</summary>
-    public IPortIoHandler? DeviceModel { get; set; }
+    /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
+    public IIoreqServer? IoreqServer { get; set; }
 
     /// <summary>A domain shut down (poweroff, reboot, suspend, crash, watchdog, soft_reset). Raised on a thread-pool thread.</summary>
     public event EventHandler<DomainShutdownEventArgs>? DomainShutdown;
@@ -235,18 +235,14 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     public ulong GetHvmParam(ushort domid, int index)
     {
         var d = Guest(domid);
-        if ((uint)index >= (uint)d.HvmParams.Length)
+        if ((uint)index >= (uint)d.Arch.Params.Length)
             throw new HypervisorException($"no HVM param {index}", Errno.EINVAL);
-        return d.HvmParams[index];
+        return d.Arch.Params[index];
     }
 
     /// <summary>Sets where guest sleep requests arrive: the FADT's PM1a control port and its \_S5 SLP_TYP.</summary>
-    public void SetAcpiSleepControl(ushort domid, ushort pm1aControlPort, int s5SleepType)
-    {
-        var d = Guest(domid);
-        d.Pm1aControlPort = pm1aControlPort;
-        d.S5SleepType = s5SleepType;
-    }
+    public void SetAcpiSleepControl(ushort domid, ushort pm1aControlPort, int s5SleepType) =>
+        Guest(domid).Arch.SetAcpiSleepControl(pm1aControlPort, s5SleepType);
 
     /// <summary>Writes a v1-layout grant entry into a guest's table (the toolstack's seeding of console/xenstore grants).</summary>
     public void SeedGrantEntry(ushort domid, uint gref, ushort flags, ushort grantee, uint gfn)
@@ -263,8 +259,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         var s = sregs;
         // An unset APIC base means the reset value (xAPIC at 0xFEE00000, enabled, BSP for vCPU 0).
         if (s.ApicBase == 0)
-            s.ApicBase = v.Lapic.ApicBase;
-        v.Lapic.ApicBase = s.ApicBase;
+            s.ApicBase = v.Arch.Vlapic.ApicBase;
+        v.Arch.Vlapic.ApicBase = s.ApicBase;
         v.PendingContext = (regs, s);
         v.Initialised = true;
     }
@@ -637,7 +633,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     /// <summary>INIT IPI: the vCPU stops and waits for a start-up IPI.</summary>
     internal void InitVcpu(Vcpu v)
     {
-        v.Lapic.Reset();
+        v.Arch.Reset();
         v.WaitForSipi = true;
         if (v.IsUp)
             TakeDown(v);
@@ -659,7 +655,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             Gdt = new DescriptorTable { Limit = 0xFFFF },
             Idt = new DescriptorTable { Limit = 0xFFFF },
             Cr0 = 0x60000010,
-            ApicBase = v.Lapic.ApicBase,
+            ApicBase = v.Arch.Vlapic.ApicBase,
         };
         v.PendingContext = (regs, sregs);
         v.Initialised = true;

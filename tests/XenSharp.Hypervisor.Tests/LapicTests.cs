@@ -14,16 +14,16 @@ public class LapicTests : IDisposable
     public void IdentityRegisters()
     {
         var g = new Guest(_host, vcpus: 3);
-        var l1 = g.Vcpu(1).Lapic;
+        var l1 = g.Vcpu(1).Arch.Vlapic;
         Assert.True(l1.IsMmio(Base + 0x20));
         Assert.Equal(2UL << 24, l1.MmioRead(Base + Vlapic.ID, 4));
-        Assert.Equal(4UL << 24, g.Vcpu(2).Lapic.MmioRead(Base + Vlapic.ID, 4));
+        Assert.Equal(4UL << 24, g.Vcpu(2).Arch.Vlapic.MmioRead(Base + Vlapic.ID, 4));
         Assert.Equal(0x50014UL, l1.MmioRead(Base + Vlapic.LVR, 4));
         Assert.Equal(0xFFUL, l1.MmioRead(Base + Vlapic.SVR, 4));
         Assert.Equal(0x10000UL, l1.MmioRead(Base + Vlapic.LVT_TIMER, 4)); // masked at reset
         Assert.True(l1.TryReadMsr(Vlapic.MsrApicBase, out ulong apicBase));
         Assert.Equal(Base | Vlapic.ApicBaseEnable, apicBase);
-        Assert.True(g.Vcpu(0).Lapic.TryReadMsr(Vlapic.MsrApicBase, out apicBase));
+        Assert.True(g.Vcpu(0).Arch.Vlapic.TryReadMsr(Vlapic.MsrApicBase, out apicBase));
         Assert.NotEqual(0UL, apicBase & Vlapic.ApicBaseBsp);
         // x2APIC registers appear once EXTD is set, and the MMIO page goes away.
         Assert.False(l1.TryReadMsr(0x802, out _));
@@ -40,8 +40,8 @@ public class LapicTests : IDisposable
     public void FixedIpiIsAcceptedPrioritisedAndEoied()
     {
         var g = new Guest(_host, vcpus: 2);
-        var l0 = g.Vcpu(0).Lapic;
-        var l1 = g.Vcpu(1).Lapic;
+        var l0 = g.Vcpu(0).Arch.Vlapic;
+        var l1 = g.Vcpu(1).Arch.Vlapic;
         l1.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
         l0.MmioWrite(Base + Vlapic.ICR2, 4, 2u << 24);
         l0.MmioWrite(Base + Vlapic.ICR, 4, 0x40); // fixed, physical, vector 0x40
@@ -73,22 +73,22 @@ public class LapicTests : IDisposable
     {
         var g = new Guest(_host, vcpus: 3);
         foreach (var v in g.Domain.Vcpus)
-            v.Lapic.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
-        var l0 = g.Vcpu(0).Lapic;
+            v.Arch.Vlapic.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
+        var l0 = g.Vcpu(0).Arch.Vlapic;
         l0.MmioWrite(Base + Vlapic.ICR, 4, 0x41 | (1u << 18)); // self
         Assert.Equal(0x41, l0.HighestDeliverable());
-        Assert.Equal(-1, g.Vcpu(1).Lapic.HighestDeliverable());
+        Assert.Equal(-1, g.Vcpu(1).Arch.Vlapic.HighestDeliverable());
         l0.MmioWrite(Base + Vlapic.ICR, 4, 0x42 | (3u << 18)); // all but self
-        Assert.Equal(0x42, g.Vcpu(1).Lapic.HighestDeliverable());
-        Assert.Equal(0x42, g.Vcpu(2).Lapic.HighestDeliverable());
+        Assert.Equal(0x42, g.Vcpu(1).Arch.Vlapic.HighestDeliverable());
+        Assert.Equal(0x42, g.Vcpu(2).Arch.Vlapic.HighestDeliverable());
         Assert.Equal(0x41, l0.HighestDeliverable());
 
         // Flat logical mode: vCPU 2 answers to logical ID bit 3.
-        g.Vcpu(2).Lapic.MmioWrite(Base + Vlapic.LDR, 4, 0x08u << 24);
+        g.Vcpu(2).Arch.Vlapic.MmioWrite(Base + Vlapic.LDR, 4, 0x08u << 24);
         l0.MmioWrite(Base + Vlapic.ICR2, 4, 0x08u << 24);
         l0.MmioWrite(Base + Vlapic.ICR, 4, 0x90 | (1u << 11));
-        Assert.Equal(0x90, g.Vcpu(2).Lapic.HighestDeliverable());
-        Assert.Equal(0x42, g.Vcpu(1).Lapic.HighestDeliverable());
+        Assert.Equal(0x90, g.Vcpu(2).Arch.Vlapic.HighestDeliverable());
+        Assert.Equal(0x42, g.Vcpu(1).Arch.Vlapic.HighestDeliverable());
     }
 
     [Fact]
@@ -97,7 +97,7 @@ public class LapicTests : IDisposable
     {
         var g = new Guest(_host, vcpus: 2);
         var ap = g.Vcpu(1);
-        var l0 = g.Vcpu(0).Lapic;
+        var l0 = g.Vcpu(0).Arch.Vlapic;
         Assert.False(ap.IsUp);
         l0.MmioWrite(Base + Vlapic.ICR2, 4, 2u << 24);
         // A SIPI before INIT is ignored.
@@ -113,7 +113,7 @@ public class LapicTests : IDisposable
         Assert.Equal((ushort)0x9A00, ctx.Sregs.Cs.Selector);
         Assert.Equal(0UL, ctx.Regs.Rip);
         Assert.Equal(0UL, ctx.Sregs.Cr0 & 1); // real mode
-        Assert.Equal(0UL, ap.Lapic.MmioRead(Base + Vlapic.ESR, 4));
+        Assert.Equal(0UL, ap.Arch.Vlapic.MmioRead(Base + Vlapic.ESR, 4));
         // The second SIPI of the INIT-SIPI-SIPI sequence does nothing more.
         ap.PendingContext = null;
         l0.MmioWrite(Base + Vlapic.ICR, 4, 0x600 | 0x9A);
@@ -124,8 +124,8 @@ public class LapicTests : IDisposable
     public void IllegalVectorsAreLoggedInEsrAndLatchedByTheNextWrite()
     {
         var g = new Guest(_host, vcpus: 2);
-        var l0 = g.Vcpu(0).Lapic;
-        var l1 = g.Vcpu(1).Lapic;
+        var l0 = g.Vcpu(0).Arch.Vlapic;
+        var l1 = g.Vcpu(1).Arch.Vlapic;
         l0.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
         l1.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
 
@@ -170,7 +170,7 @@ public class LapicTests : IDisposable
     public void NmiIpiIsQueued()
     {
         var g = new Guest(_host, vcpus: 2);
-        var l0 = g.Vcpu(0).Lapic;
+        var l0 = g.Vcpu(0).Arch.Vlapic;
         l0.MmioWrite(Base + Vlapic.ICR2, 4, 2u << 24);
         l0.MmioWrite(Base + Vlapic.ICR, 4, 0x400);
         Assert.True(g.Vcpu(1).PendingNmi);
@@ -180,7 +180,7 @@ public class LapicTests : IDisposable
     public void TimerFiresItsVector()
     {
         var g = new Guest(_host, vcpus: 1);
-        var l = g.Vcpu(0).Lapic;
+        var l = g.Vcpu(0).Arch.Vlapic;
         l.MmioWrite(Base + Vlapic.SVR, 4, 0x1FF);
         l.MmioWrite(Base + Vlapic.TDCR, 4, 0xB); // divide by 1
         l.MmioWrite(Base + Vlapic.LVT_TIMER, 4, 0xEF);
@@ -212,7 +212,7 @@ public class LapicTests : IDisposable
         Assert.True(v.HasPendingInterrupt);
         Assert.Equal(0xF3, v.Acknowledge());
         Assert.Equal(0xF3, v.Acknowledge()); // still pending until the guest clears the flag
-        Assert.Equal(-1, v.Lapic.HighestDeliverable());
+        Assert.Equal(-1, v.Arch.Vlapic.HighestDeliverable());
         unsafe { v.VcpuInfo->EvtchnUpcallPending = 0; }
         Assert.False(v.HasPendingInterrupt);
     }

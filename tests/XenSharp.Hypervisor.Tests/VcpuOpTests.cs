@@ -99,7 +99,7 @@ public class HvmOpTests : IDisposable
         Assert.Equal(-Errno.EPERM, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
         p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_CALLBACK_IRQ, Value = (2UL << 56) | 0xF3 };
         Assert.Equal(0, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
-        Assert.Equal(0xF3, g.Domain.CallbackVector);
+        Assert.Equal(0xF3, g.Domain.Arch.CallbackVector);
         Assert.Equal((2UL << 56) | 0xF3, _host.GetHvmParam(g.Id, Params.HVM_PARAM_CALLBACK_IRQ));
         p.Index = 500;
         Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_get_param, ref p));
@@ -118,7 +118,7 @@ public class HvmOpTests : IDisposable
         var g = new Guest(_host);
         var u = new XenHvmEvtchnUpcallVector { Vcpu = 1, Vector = 0xE0 };
         Assert.Equal(0, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_evtchn_upcall_vector, ref u));
-        Assert.Equal(0xE0, g.Vcpu(1).UpcallVector);
+        Assert.Equal(0xE0, g.Vcpu(1).Arch.UpcallVector);
         u.Vector = 3;
         Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_evtchn_upcall_vector, ref u));
         u = new XenHvmEvtchnUpcallVector { Vcpu = 9, Vector = 0xE0 };

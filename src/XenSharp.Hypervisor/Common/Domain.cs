@@ -1,4 +1,5 @@
 using XenSharp.Cpu;
+using XenSharp.Hypervisor.X86;
 using XenSharp.Public;
 using XenSharp.Public.Hvm;
 
@@ -20,6 +21,7 @@ internal sealed unsafe class Domain
         if (!isHost)
             P2m.Pod = Pod;
         Handle = Guid.NewGuid();
+        Arch = new HvmDomain(this);
         Evtchn = new EventChannels(this);
         Gnttab = new GrantTable(this);
         if (!isHost)
@@ -65,18 +67,14 @@ internal sealed unsafe class Domain
     /// <summary>GFN where the guest placed shared_info, if it did.</summary>
     public ulong? SharedInfoGfn { get; set; }
 
-    public readonly ulong[] HvmParams = new ulong[Params.HVM_NR_PARAMS];
-    /// <summary>Vector of HVM_PARAM_CALLBACK_IRQ when its type is "vector", 0 otherwise.</summary>
-    public byte CallbackVector;
+    /// <summary>The guest type's x86 state: HVM parameters, event callback, emulated devices and GSIs.</summary>
+    public HvmDomain Arch { get; }
     /// <summary>shared_info has the x86_32 layout: latched when a 32-bit guest sets its callback (as Xen does for HVM).</summary>
     public bool Has32BitSharedInfo;
     public ulong VmAssist;
     /// <summary>Offset of this domain's wall clock from the host's (xl.cfg rtc_timeoffset).</summary>
     public long WallclockOffsetNs;
     public E820Entry[] MemoryMap { get; set; } = [];
-    /// <summary>PM1a control port of the FADT the toolstack built, and the SLP_TYP value of its \_S5 object.</summary>
-    public ushort Pm1aControlPort { get; set; } = 0xB004;
-    public int S5SleepType { get; set; } = 7;
 
     // Lifecycle.
     public DomainRunState State { get; set; } = DomainRunState.Paused;
@@ -208,6 +206,7 @@ internal sealed unsafe class Domain
         {
             foreach (var v in Vcpus)
                 v.Teardown();
+            Arch.Teardown();
             foreach (var (gfn, _, _) in P2m.Entries().ToList())
                 ReleaseOld(P2m.Remove(gfn));
             Pod.Teardown();

@@ -247,7 +247,7 @@ internal static class TimeOps
                 v.Engine?.RequestExit();
                 break;
             case TimerKind.Lapic:
-                v.Lapic.OnTimer(now);
+                v.Arch.Vlapic.OnTimer(now);
                 break;
         }
     }

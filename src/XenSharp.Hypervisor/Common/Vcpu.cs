@@ -2,6 +2,7 @@ using XenSharp.Cpu;
 using XenSharp.Hypervisor.X86;
 using XenSharp.Public;
 using XenSharp.Public.Hvm;
+using HvmVcpu = XenSharp.Hypervisor.X86.HvmVcpu;
 
 namespace XenSharp.Hypervisor.Common;
 
@@ -18,7 +19,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
     {
         Domain = domain;
         Id = id;
-        Lapic = new Vlapic(this);
+        Arch = new HvmVcpu(this);
         if (!domain.IsHost && id < Xen.XEN_LEGACY_MAX_VCPUS)
             VcpuInfo = (VcpuInfo*)((byte*)domain.SharedInfo + id * sizeof(VcpuInfo));
         IsUp = id == 0;
@@ -34,7 +35,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
     /// guest re-issues the same hypercall with, so long operations yield the pCPU between pieces.</summary>
     public HypercallArgs? Continuation;
     public ICpuidPolicy? Cpuid { get; set; }
-    public Vlapic Lapic { get; }
+    /// <summary>The guest type's x86 state: the vLAPIC and upcall vector.</summary>
+    public HvmVcpu Arch { get; }
 
     /// <summary>Protects the blocking and wake-up state below.</summary>
     public readonly object Lock = new();
@@ -79,7 +81,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
         SpecialRegisters s = default;
         switch (ctx.Mode)
         {
-            case HvmVcpu.VCPU_HVM_MODE_32B:
+            case XenSharp.Public.Hvm.HvmVcpu.VCPU_HVM_MODE_32B:
             {
                 var c = ctx.X86_32;
                 r = new Registers { Rax = c.Eax, Rcx = c.Ecx, Rdx = c.Edx, Rbx = c.Ebx, Rsp = c.Esp, Rbp = c.Ebp, Rsi = c.Esi, Rdi = c.Edi, Rip = c.Eip, Rflags = c.Eflags | 2 };
@@ -93,7 +95,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
                 s.Tr = new Segment { Base = c.TrBase, Limit = c.TrLimit, Attributes = c.TrAr, Selector = 0x20 };
                 break;
             }
-            case HvmVcpu.VCPU_HVM_MODE_64B:
+            case XenSharp.Public.Hvm.HvmVcpu.VCPU_HVM_MODE_64B:
             {
                 var c = ctx.X86_64;
                 r = new Registers { Rax = c.Rax, Rcx = c.Rcx, Rdx = c.Rdx, Rbx = c.Rbx, Rsp = c.Rsp, Rbp = c.Rbp, Rsi = c.Rsi, Rdi = c.Rdi, Rip = c.Rip, Rflags = c.Rflags | 2 };
@@ -168,11 +170,6 @@ internal sealed unsafe class Vcpu : IInterruptSource
     // SCHEDOP_poll: the ports this vCPU waits on, and its timeout.
     public uint[]? PollPorts;
     public long PollDeadline = long.MaxValue;
-
-    /// <summary>The upcall vector set by HVMOP_set_evtchn_upcall_vector (per vCPU), 0 when none.</summary>
-    public byte UpcallVector;
-
-    private byte EffectiveUpcallVector => UpcallVector != 0 ? UpcallVector : Domain.CallbackVector;
 
     /// <summary>Marks events pending for this vCPU (vcpu_mark_events_pending) and wakes it.</summary>
     public void MarkEventsPending()
@@ -253,19 +250,9 @@ internal sealed unsafe class Vcpu : IInterruptSource
         return false;
     }
 
-    // IInterruptSource: the vLAPIC and the Xen upcall vector, which is level-like (no IRR/ISR, no EOI).
-    public bool HasPendingInterrupt =>
-        (VcpuInfo is not null && VcpuInfo->EvtchnUpcallPending != 0 && EffectiveUpcallVector != 0) || Lapic.HasPendingInterrupt;
-
-    public int Acknowledge()
-    {
-        byte upcall = EffectiveUpcallVector;
-        bool upcallPending = VcpuInfo is not null && VcpuInfo->EvtchnUpcallPending != 0 && upcall != 0;
-        int lapicVector = Lapic.HighestDeliverable();
-        if (upcallPending && (lapicVector < 0 || (upcall >> 4) >= (lapicVector >> 4)))
-            return upcall;
-        return Lapic.Acknowledge();
-    }
+    // IInterruptSource: what the guest type takes interrupts from.
+    public bool HasPendingInterrupt => Arch.HasPendingInterrupt;
+    public int Acknowledge() => Arch.Acknowledge();
 
     public void Teardown()
     {

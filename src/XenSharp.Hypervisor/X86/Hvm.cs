@@ -37,7 +37,7 @@ internal static class HvmOps
                     }
                     return SetParam(t, (int)p.Index, p.Value);
                 }
-                p.Value = t.HvmParams[p.Index];
+                p.Value = t.Arch.Params[p.Index];
                 return GuestAccess.Write(v, arg, p) ? 0 : -Errno.EFAULT;
             }
             case HvmOp.HVMOP_get_time:
@@ -60,7 +60,7 @@ internal static class HvmOps
                 var target = d.GetVcpu(u.Vcpu);
                 if (target is null)
                     return -Errno.ENOENT;
-                target.UpcallVector = u.Vector;
+                target.Arch.UpcallVector = u.Vector;
                 target.Kick();
                 return 0;
             }
@@ -73,16 +73,27 @@ internal static class HvmOps
     {
         if ((uint)index >= HVM_NR_PARAMS)
             return -Errno.EINVAL;
-        d.HvmParams[index] = value;
+        var hvm = d.Arch;
+        hvm.Params[index] = value;
         if (index == HVM_PARAM_CALLBACK_IRQ)
         {
             ulong type = (value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK) >> HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT;
-            d.CallbackVector = type == HVM_PARAM_CALLBACK_TYPE_VECTOR ? (byte)value : (byte)0;
             if (type == HVM_PARAM_CALLBACK_TYPE_VECTOR && (byte)value < 0x10)
             {
-                d.CallbackVector = 0;
+                hvm.CallbackVector = 0;
+                hvm.CallbackVia = CallbackVia.None;
                 return -Errno.EINVAL;
             }
+            // Xen's hvm_set_callback_via: the via is kept whatever its type; only the vector type delivers today
+            // (GSI and PCI INTx need the vIOAPIC, or a route through Irq).
+            hvm.CallbackVia = value == 0 ? CallbackVia.None : type switch
+            {
+                HVM_PARAM_CALLBACK_TYPE_GSI => CallbackVia.Gsi,
+                HVM_PARAM_CALLBACK_TYPE_PCI_INTX => CallbackVia.PciIntx,
+                HVM_PARAM_CALLBACK_TYPE_VECTOR => CallbackVia.Vector,
+                _ => CallbackVia.None,
+            };
+            hvm.CallbackVector = hvm.CallbackVia == CallbackVia.Vector ? (byte)value : (byte)0;
             foreach (var vc in d.Vcpus)
                 vc.Kick();
         }

@@ -105,6 +105,15 @@ internal sealed class Vlapic
                 }
                 SendIpi(value, dest);
                 return;
+            case EOI:
+                int eoied;
+                bool levelTriggered;
+                lock (_lock)
+                    eoied = Eoi(out levelTriggered);
+                // Outside the lock: the controller may deliver the vector again at once.
+                if (levelTriggered)
+                    _v.Domain.Arch.Irq.EndOfInterrupt(_v, (byte)eoied);
+                return;
             case SELF_IPI:
                 if (X2Apic)
                 {
@@ -121,7 +130,6 @@ internal sealed class Vlapic
             {
                 case ID: break; // read-only here: the MADT fixes the ID
                 case TPR: _tpr = value & 0xFF; break;
-                case EOI: Eoi(); break;
                 case LDR: if (!X2Apic) _ldr = value & 0xFF000000; break;
                 case DFR: if (!X2Apic) _dfr = value | 0x0FFFFFFF; break;
                 case SVR:
@@ -292,11 +300,18 @@ internal sealed class Vlapic
         }
     }
 
-    private void Eoi()
+    /// <summary>Retires the highest in-service vector; returns it (or -1), and whether it was level-triggered
+    /// (its TMR bit), for the controller that must hear of its EOI.</summary>
+    private int Eoi(out bool levelTriggered)
     {
         int v = Highest(_isr);
+        levelTriggered = false;
         if (v >= 0)
+        {
             _isr[v >> 5] &= ~(1u << (v & 31));
+            levelTriggered = (_tmr[v >> 5] & (1u << (v & 31))) != 0;
+        }
+        return v;
     }
 
     /// <summary>Sets a vector in IRR and wakes the vCPU.</summary>
@@ -362,7 +377,7 @@ internal sealed class Vlapic
                 1 => target == _v,
                 2 => true,
                 3 => target != _v,
-                _ => target.Lapic.Matches(dest, logical, X2Apic),
+                _ => target.Arch.Vlapic.Matches(dest, logical, X2Apic),
             };
             if (!hit)
                 continue;
@@ -370,7 +385,7 @@ internal sealed class Vlapic
             {
                 case DmFixed:
                 case DmLowest:
-                    target.Lapic.Accept(vector, levelTrigger);
+                    target.Arch.Vlapic.Accept(vector, levelTrigger);
                     break;
                 case DmNmi:
                     target.PendingNmi = true;

@@ -1,17 +1,16 @@
 using XenSharp.Cpu;
 using XenSharp.Hypervisor.Common;
+using XenSharp.Hypervisor.X86.Io;
 using XenSharp.Public;
 
 namespace XenSharp.Hypervisor.X86;
 
 /// <summary>
-/// What the hypervisor does with each engine exit of an HVM/PVH vCPU: hypercalls, port I/O (0xE9 debug
-/// console, ACPI PM1a sleep, all-ones for the rest), MMIO (the vLAPIC, all-ones for the rest), MSRs
-/// (hypercall page, APIC), HLT, triple faults.
+/// What the hypervisor does with each engine exit of an HVM/PVH vCPU: hypercalls, port I/O and MMIO (through the
+/// domain's I/O buses, <see cref="HvmIo"/>), MSRs (hypercall page, APIC), HLT, triple faults.
 /// </summary>
 internal static unsafe class VmExit
 {
-    public const ushort DebugConsolePort = 0xE9;
     /// <summary>VMCALL (0F 01 C1) and VMMCALL (0F 01 D9) are both three bytes.</summary>
     private const int VmcallLength = 3;
     private const uint MsrMiscEnable = 0x1A0, MsrPlatformId = 0x17, MsrBiosUpdtTrig = 0x79, MsrUcodeRev = 0x8B;
@@ -25,20 +24,18 @@ internal static unsafe class VmExit
                 DoHypercall(v, cpu);
                 return !v.DescheduleRequested;
             case VcpuExitReason.Io:
-                PortIo(v, cpu, exit);
+                if (exit.IsWrite)
+                    HvmIo.PortWrite(v, (ushort)exit.Port, exit.Size, exit.Data);
+                else
+                    cpu.CompleteExit(HvmIo.PortRead(v, (ushort)exit.Port, exit.Size));
                 return !v.DescheduleRequested;
             case VcpuExitReason.Mmio:
-                SyncApicBase(v, cpu);
-                if (v.Lapic.IsMmio(exit.Address))
-                {
-                    if (exit.IsWrite)
-                        v.Lapic.MmioWrite(exit.Address, exit.Size, exit.Data);
-                    else
-                        cpu.CompleteExit(v.Lapic.MmioRead(exit.Address, exit.Size));
-                }
-                else if (!exit.IsWrite)
-                    cpu.CompleteExit(AllOnes(exit.Size));
-                return true;
+                SyncApicBase(v, cpu); // the vLAPIC page is looked up at this vCPU's APIC base
+                if (exit.IsWrite)
+                    HvmIo.MmioWrite(v, exit.Address, exit.Size, exit.Data);
+                else
+                    cpu.CompleteExit(HvmIo.MmioRead(v, exit.Address, exit.Size));
+                return !v.DescheduleRequested;
             case VcpuExitReason.RdMsr:
                 if (exit.Port is >= Vlapic.X2ApicMsrBase and <= Vlapic.X2ApicMsrEnd)
                     SyncApicBase(v, cpu);
@@ -76,10 +73,8 @@ internal static unsafe class VmExit
     {
         cpu.GetSpecialRegisters(out var s);
         if (s.ApicBase != 0)
-            v.Lapic.ApicBase = s.ApicBase;
+            v.Arch.Vlapic.ApicBase = s.ApicBase;
     }
-
-    private static ulong AllOnes(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
 
     public static void DoHypercall(Vcpu v, IVcpu cpu)
     {
@@ -118,36 +113,10 @@ internal static unsafe class VmExit
     /// <summary>64-bit mode: EFER.LMA and CS.L (bit 13 of the VMX access-rights encoding).</summary>
     public static bool IsLongMode(in SpecialRegisters s) => (s.Efer & (1 << 10)) != 0 && (s.Cs.Attributes & (1 << 13)) != 0;
 
-    private static void PortIo(Vcpu v, IVcpu cpu, in VcpuExit exit)
-    {
-        var d = v.Domain;
-        if (exit.IsWrite)
-        {
-            if (exit.Port == DebugConsolePort)
-            {
-                byte b = (byte)exit.Data;
-                d.Host.GuestConsoleWrite(d, new ReadOnlySpan<byte>(&b, 1));
-            }
-            else if (exit.Port == d.Pm1aControlPort && exit.Size >= 2)
-            {
-                ulong val = exit.Data;
-                bool sleepEnable = (val & (1 << 13)) != 0;
-                int sleepType = (int)(val >> 10) & 7;
-                if (sleepEnable && sleepType == d.S5SleepType)
-                    d.Host.ShutdownDomain(d, XenSharp.Public.Sched.SHUTDOWN_poweroff);
-            }
-            else
-                d.Host.DeviceModel?.PortWrite(d.DomainId, (ushort)exit.Port, exit.Size, (uint)exit.Data);
-            return;
-        }
-        uint? value = d.Host.DeviceModel?.PortRead(d.DomainId, (ushort)exit.Port, exit.Size);
-        cpu.CompleteExit(value ?? AllOnes(exit.Size));
-    }
-
     public static bool TryReadMsr(Vcpu v, uint msr, out ulong value)
     {
         value = 0;
-        if (v.Lapic.TryReadMsr(msr, out value))
+        if (v.Arch.Vlapic.TryReadMsr(msr, out value))
             return true;
         switch (msr)
         {
@@ -168,7 +137,7 @@ internal static unsafe class VmExit
 
     public static bool TryWriteMsr(Vcpu v, uint msr, ulong value)
     {
-        if (v.Lapic.TryWriteMsr(msr, value))
+        if (v.Arch.Vlapic.TryWriteMsr(msr, value))
             return true;
         switch (msr)
         {

@@ -1,0 +1,38 @@
+using XenSharp.Hypervisor.Common;
+
+namespace XenSharp.Hypervisor.X86;
+
+/// <summary>
+/// An HVM or PVH vCPU's x86 state (Xen's hvm_vcpu): its vLAPIC and its event upcall vector, which together are
+/// where its external interrupts come from.
+/// </summary>
+internal sealed unsafe class HvmVcpu : ArchVcpu
+{
+    public HvmVcpu(Vcpu vcpu) : base(vcpu)
+    {
+        Vlapic = new Vlapic(vcpu);
+    }
+
+    public Vlapic Vlapic { get; }
+
+    /// <summary>The upcall vector set by HVMOP_set_evtchn_upcall_vector (per vCPU), 0 when none.</summary>
+    public byte UpcallVector;
+
+    private byte EffectiveUpcallVector => UpcallVector != 0 ? UpcallVector : Vcpu.Domain.Arch.CallbackVector;
+
+    // The vLAPIC and the Xen upcall vector, which is level-like (no IRR/ISR, no EOI).
+    public override bool HasPendingInterrupt =>
+        (Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && EffectiveUpcallVector != 0) || Vlapic.HasPendingInterrupt;
+
+    public override int Acknowledge()
+    {
+        byte upcall = EffectiveUpcallVector;
+        bool upcallPending = Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && upcall != 0;
+        int lapicVector = Vlapic.HighestDeliverable();
+        if (upcallPending && (lapicVector < 0 || (upcall >> 4) >= (lapicVector >> 4)))
+            return upcall;
+        return Vlapic.Acknowledge();
+    }
+
+    public override void Reset() => Vlapic.Reset();
+}

@@ -1,0 +1,55 @@
+using XenSharp.Hypervisor.Common;
+using static XenSharp.Public.Hvm.Ioreq;
+
+namespace XenSharp.Hypervisor.X86.Io;
+
+/// <summary>
+/// Where an HVM/PVH vCPU's port I/O and MMIO exits go (Xen's hvm/intercept.c and hvm_io_intercept): the vCPU's own
+/// vLAPIC page first (its base is per vCPU and moves with IA32_APIC_BASE), then the domain's buses, and what no
+/// device claims to the IOREQ server; without one, reads return all ones and writes are dropped.
+/// </summary>
+internal static class HvmIo
+{
+    public static ulong AllOnes(int size) => size >= 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
+
+    public static ulong PortRead(Vcpu v, ushort port, int size)
+    {
+        if (v.Domain.Arch.PortIo.TryFind(port, out var device, out ulong offset))
+            return device.Read(v, offset, size) & AllOnes(size);
+        return UnclaimedRead(v, IOREQ_TYPE_PIO, port, size);
+    }
+
+    public static void PortWrite(Vcpu v, ushort port, int size, ulong value)
+    {
+        if (v.Domain.Arch.PortIo.TryFind(port, out var device, out ulong offset))
+            device.Write(v, offset, size, value & AllOnes(size));
+        else
+            v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, IOREQ_TYPE_PIO, port, size, value & AllOnes(size));
+    }
+
+    public static ulong MmioRead(Vcpu v, ulong gpa, int size)
+    {
+        var lapic = v.Arch.Vlapic;
+        if (lapic.IsMmio(gpa))
+            return lapic.MmioRead(gpa, size);
+        if (v.Domain.Arch.Mmio.TryFind(gpa, out var device, out ulong offset))
+            return device.Read(v, offset, size) & AllOnes(size);
+        return UnclaimedRead(v, IOREQ_TYPE_COPY, gpa, size);
+    }
+
+    public static void MmioWrite(Vcpu v, ulong gpa, int size, ulong value)
+    {
+        var lapic = v.Arch.Vlapic;
+        if (lapic.IsMmio(gpa))
+            lapic.MmioWrite(gpa, size, value);
+        else if (v.Domain.Arch.Mmio.TryFind(gpa, out var device, out ulong offset))
+            device.Write(v, offset, size, value & AllOnes(size));
+        else
+            v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, IOREQ_TYPE_COPY, gpa, size, value & AllOnes(size));
+    }
+
+    private static ulong UnclaimedRead(Vcpu v, uint type, ulong address, int size) =>
+        v.Domain.Host.IoreqServer is { } server && server.TryRead(v.Domain.DomainId, type, address, size, out ulong value)
+            ? value & AllOnes(size)
+            : AllOnes(size);
+}
