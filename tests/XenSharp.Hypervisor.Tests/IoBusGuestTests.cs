@@ -11,7 +11,7 @@ namespace XenSharp.Hypervisor.Tests;
 /// domain's buses: port I/O and MMIO reach the device, unclaimed accesses read all ones, and the device's GSIs
 /// arrive as vLAPIC interrupts (edge pulses, and a level line delivered again after EOI until lowered).
 /// </summary>
-[Trait("Feature", "HVM I/O bus")]
+[Trait("Feature", "x86/PVH")]
 public class IoBusGuestTests : IDisposable
 {
     private readonly XenHypervisor _host = new(new HypervisorOptions { MachineMemoryBytes = 256UL << 20, Pcpus = 1 });

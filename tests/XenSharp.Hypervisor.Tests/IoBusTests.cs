@@ -5,7 +5,7 @@ using XenSharp.Public.Hvm;
 
 namespace XenSharp.Hypervisor.Tests;
 
-[Trait("Feature", "HVM I/O bus")]
+[Trait("Feature", "x86/PVH")]
 public class IoBusTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

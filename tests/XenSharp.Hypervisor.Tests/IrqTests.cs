@@ -3,7 +3,7 @@ using XenSharp.Hypervisor.X86;
 
 namespace XenSharp.Hypervisor.Tests;
 
-[Trait("Feature", "HVM I/O bus")]
+[Trait("Feature", "Hypervisor emulated LAPIC")]
 public class IrqTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();
