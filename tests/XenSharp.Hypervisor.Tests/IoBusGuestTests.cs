@@ -9,7 +9,8 @@ namespace XenSharp.Hypervisor.Tests;
 /// <summary>
 /// The freestanding guest tests/guests/iobus.c on the real x86 engine, with <see cref="IoBusTestDevice"/> on its
 /// domain's buses: port I/O and MMIO reach the device, unclaimed accesses read all ones, and the device's GSIs
-/// arrive as vLAPIC interrupts (edge pulses, and a level line delivered again after EOI until lowered).
+/// arrive as vLAPIC interrupts (edge pulses, and a level line delivered again after EOI until lowered); event
+/// upcalls arrive through a GSI callback via.
 /// </summary>
 [Trait("Feature", "x86/PVH")]
 public class IoBusGuestTests : IDisposable
@@ -22,6 +23,8 @@ public class IoBusGuestTests : IDisposable
     {
         ushort id = PvhTestGuest.Boot(_host, "iobus", out var domain);
         var device = IoBusTestDevice.Attach(domain.Arch);
+        // The guest's GSI callback via, level-triggered as Xen's platform interrupt is.
+        domain.Arch.Routes.SetRoute(CallbackGsi, 0, CallbackVector, levelTriggered: true);
         ShutdownReason? reason = null;
         _host.DomainShutdown += (_, e) => { if (e.DomainId == id) reason = e.Reason; };
         _host.Unpause(id);
@@ -32,10 +35,14 @@ public class IoBusGuestTests : IDisposable
         Assert.DoesNotContain("FAIL ", output);
         Assert.DoesNotContain("SKIP ", output);
         foreach (var check in new[] { "iobus.port_id", "iobus.port_scratch_8", "iobus.unclaimed_port_32", "iobus.mmio_scratch_64",
-                     "iobus.unclaimed_mmio_32", "iobus.edge_interrupts", "iobus.level_redelivered_after_eoi", "iobus.level_stops_when_lowered" })
+                     "iobus.unclaimed_mmio_32", "iobus.edge_interrupts", "iobus.level_redelivered_after_eoi", "iobus.level_stops_when_lowered",
+                     "iobus.callback_gsi_events", "iobus.callback_gsi_once_per_upcall" })
             Assert.Contains("PASS " + check + "\n", output);
         Assert.Equal(3, device.Rings);
     }
+
+    private const uint CallbackGsi = 10;
+    private const byte CallbackVector = 0x63;
 
     private string Output(ushort id) => Encoding.ASCII.GetString(_host.ReadConsoleHistory(id));
 }

@@ -101,4 +101,58 @@ public class IrqTests : IDisposable
         line.Raise();
         Assert.False(InIrr(l, 0x80));
     }
+
+    [Fact]
+    public unsafe void AGsiCallbackViaFollowsVcpu0sUpcallPending()
+    {
+        var g = new Guest(_host, vcpus: 2);
+        var hvm = g.Domain.Arch;
+        var l0 = Enabled(g.Vcpu(0));
+        hvm.Routes.SetRoute(10, vcpu: 0, vector: 0x90, levelTriggered: true);
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, 10); // type 0: GSI 10
+        Assert.Equal(CallbackVia.Gsi, hvm.CallbackVia);
+        Assert.Equal(0, hvm.CallbackVector);
+        Assert.False(hvm.Irq.Level(10));
+
+        g.Vcpu(1).MarkEventsPending(); // only vCPU 0's events go through the via
+        Assert.False(hvm.Irq.Level(10));
+        g.Vcpu(0).MarkEventsPending();
+        Assert.True(hvm.Irq.Level(10));
+        Assert.True(hvm.CallbackAsserted);
+        Assert.Equal(0x90, g.Vcpu(0).Acknowledge());
+        // The guest takes its events; the line drops at the next check and the EOI finds it down.
+        g.Vcpu(0).VcpuInfo->EvtchnUpcallPending = 0;
+        hvm.UpdateCallbackLevel();
+        Assert.False(hvm.Irq.Level(10));
+        l0.MmioWrite(Base + Vlapic.EOI, 4, 0);
+        Assert.False(InIrr(l0, 0x90));
+
+        // GSI 0 and GSIs beyond the domain's mean no callback; a vector via raises no line.
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, IrqRouter.NrGsis);
+        Assert.Equal(CallbackVia.None, hvm.CallbackVia);
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, (2UL << 56) | 0xF3);
+        Assert.Equal(CallbackVia.Vector, hvm.CallbackVia);
+        Assert.Equal(0xF3, hvm.CallbackVector);
+        g.Vcpu(0).VcpuInfo->EvtchnUpcallPending = 0;
+        g.Vcpu(0).MarkEventsPending();
+        Assert.False(hvm.Irq.Level(10));
+        Assert.Equal(0xF3, g.Vcpu(0).Acknowledge());
+    }
+
+    [Fact]
+    public unsafe void ChangingTheViaLowersTheOldLine()
+    {
+        var g = new Guest(_host, vcpus: 1);
+        var hvm = g.Domain.Arch;
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, 7);
+        g.Vcpu(0).MarkEventsPending();
+        Assert.True(hvm.Irq.Level(7));
+        // Moved while events are pending: the old line goes down and the new one comes up.
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, 8);
+        Assert.False(hvm.Irq.Level(7));
+        Assert.True(hvm.Irq.Level(8));
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, 0);
+        Assert.False(hvm.Irq.Level(8));
+        Assert.False(hvm.CallbackAsserted);
+    }
 }

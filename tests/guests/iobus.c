@@ -1,8 +1,11 @@
 /* Drives the test-only device the hypervisor's tests register on the domain's I/O buses: its I/O ports and MMIO
  * registers, accesses nobody claims (all ones), and the interrupts it raises on two GSIs, which the test routes to
- * vLAPIC vectors: an edge on each doorbell write and a level line held until the guest lowers it. Without the
- * device (xl, QEMU) it only reports SKIP. The layout is the test's IoBusTestDevice. */
+ * vLAPIC vectors: an edge on each doorbell write and a level line held until the guest lowers it. Then event
+ * upcalls through a GSI callback via (HVM_PARAM_CALLBACK_IRQ type 0), which the test routes the same way. Without
+ * the device (xl, QEMU) it only reports SKIP. The layout is the test's IoBusTestDevice. */
 #include "rt.h"
+#include <xen/event_channel.h>
+#include <xen/hvm/params.h>
 
 RT_GUEST("iobus");
 
@@ -21,6 +24,8 @@ RT_GUEST("iobus");
 #define UNCLAIMED_PORT  0x5b0
 #define UNCLAIMED_MMIO  (DEV_MMIO + 0x1000)
 #define LAPIC           0xfee00000ul
+#define CALLBACK_GSI    10
+#define CALLBACK_VECTOR 0x63
 
 static inline uint16_t inw(uint16_t port) { uint16_t v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline uint32_t inl(uint16_t port) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
@@ -43,6 +48,25 @@ static void on_level(struct rt_frame *f)
     /* The first time leave the line up: the EOI must bring the interrupt back. The second time lower it. */
     if (++levels >= 2)
         *reg32(DEV_MMIO + DEV_MMIO_LEVEL) = 0;
+    rt_lapic_eoi();
+}
+
+static volatile int callbacks, ipi_events;
+static evtchn_port_t ipi_port;
+
+static void on_port(evtchn_port_t p)
+{
+    if (p == ipi_port)
+        ipi_events++;
+}
+
+static void on_callback(struct rt_frame *f)
+{
+    (void)f;
+    callbacks++;
+    /* Taking the events lowers the callback GSI; the EOI that follows then finds it down. */
+    rt_shared_info->vcpu_info[0].evtchn_upcall_pending = 0;
+    rt_evtchn_2l_dispatch(on_port);
     rt_lapic_eoi();
 }
 
@@ -103,5 +127,31 @@ void guest_main(void)
     while (!rt_expired(settle))
         rt_pause();
     rt_check_eq("iobus.level_stops_when_lowered", (uint64_t)levels, 2);
+
+    /* Event upcalls through GSI CALLBACK_GSI: an IPI event channel sent to ourselves, twice. */
+    long rc = rt_map_shared_info();
+    if (!rt_check("iobus.callback_shared_info", rc == 0, "rc %ld", rc))
+        return;
+    rt_shared_info->vcpu_info[0].evtchn_upcall_mask = 0;
+    rt_set_handler(CALLBACK_VECTOR, on_callback);
+    rc = rt_hvm_set_param(HVM_PARAM_CALLBACK_IRQ, ((uint64_t)HVM_PARAM_CALLBACK_TYPE_GSI << 56) | CALLBACK_GSI);
+    if (!rt_check("iobus.callback_via_gsi", rc == 0, "rc %ld", rc))
+        return;
+    struct evtchn_bind_ipi bi = { .vcpu = 0 };
+    rc = HYPERVISOR_event_channel_op(EVTCHNOP_bind_ipi, &bi);
+    if (!rt_check("iobus.callback_bind_ipi", rc == 0, "rc %ld", rc))
+        return;
+    ipi_port = bi.port;
+    for (int i = 1; i <= 2; i++) {
+        struct evtchn_send send = { .port = ipi_port };
+        HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
+        wait_count(&ipi_events, i);
+    }
+    rt_check_eq("iobus.callback_gsi_events", (uint64_t)ipi_events, 2);
+    settle = rt_deadline(50);
+    while (!rt_expired(settle))
+        rt_pause();
+    rt_check_eq("iobus.callback_gsi_once_per_upcall", (uint64_t)callbacks, 2);
+    rt_hvm_set_param(HVM_PARAM_CALLBACK_IRQ, 0);
     rt_cli();
 }

@@ -177,7 +177,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
         if (VcpuInfo is null)
             return;
         if (Interlocked.Exchange(ref VcpuInfo->EvtchnUpcallPending, 1) == 0 || Blocked)
-            Kick();
+            Arch.AssertEvtchnIrq();
     }
 
     /// <summary>Something this vCPU may be waiting for happened: wake it if blocked.</summary>

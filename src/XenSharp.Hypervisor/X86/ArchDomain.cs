@@ -28,4 +28,8 @@ internal abstract class ArchVcpu(Vcpu vcpu) : IInterruptSource
 
     /// <summary>INIT: the interrupt state goes back to its power-on values.</summary>
     public abstract void Reset();
+
+    /// <summary>Events became pending in the vCPU's vcpu_info: deliver the upcall the guest type's way and
+    /// wake the vCPU (Xen's arch_evtchn_inject).</summary>
+    public abstract void AssertEvtchnIrq();
 }

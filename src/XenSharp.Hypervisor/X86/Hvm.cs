@@ -80,20 +80,17 @@ internal static class HvmOps
             ulong type = (value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK) >> HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT;
             if (type == HVM_PARAM_CALLBACK_TYPE_VECTOR && (byte)value < 0x10)
             {
-                hvm.CallbackVector = 0;
-                hvm.CallbackVia = CallbackVia.None;
+                hvm.SetCallbackVia(CallbackVia.None, 0, 0);
                 return -Errno.EINVAL;
             }
-            // Xen's hvm_set_callback_via: the via is kept whatever its type; only the vector type delivers today
-            // (GSI and PCI INTx need the vIOAPIC, or a route through Irq).
-            hvm.CallbackVia = value == 0 ? CallbackVia.None : type switch
+            var via = value == 0 ? CallbackVia.None : type switch
             {
                 HVM_PARAM_CALLBACK_TYPE_GSI => CallbackVia.Gsi,
                 HVM_PARAM_CALLBACK_TYPE_PCI_INTX => CallbackVia.PciIntx,
                 HVM_PARAM_CALLBACK_TYPE_VECTOR => CallbackVia.Vector,
                 _ => CallbackVia.None,
             };
-            hvm.CallbackVector = hvm.CallbackVia == CallbackVia.Vector ? (byte)value : (byte)0;
+            hvm.SetCallbackVia(via, (byte)value, value & ~HVM_PARAM_CALLBACK_IRQ_TYPE_MASK);
             foreach (var vc in d.Vcpus)
                 vc.Kick();
         }

@@ -10,7 +10,7 @@ internal enum CallbackVia : byte { None, Gsi, PciIntx, Vector }
 /// An HVM or PVH domain's x86 state (Xen's hvm_domain): its HVM parameters and event callback, its I/O port and
 /// MMIO buses with the devices the hypervisor emulates on them, and its GSIs.
 /// </summary>
-internal sealed class HvmDomain : ArchDomain
+internal sealed unsafe class HvmDomain : ArchDomain
 {
     /// <summary>Xen's debug console port (XEN_HVM_DEBUGCONS_IOPORT).</summary>
     public const ushort DebugConsolePort = 0xE9;
@@ -30,6 +30,46 @@ internal sealed class HvmDomain : ArchDomain
     /// <summary>The vector of HVM_PARAM_CALLBACK_IRQ when its type is "vector", 0 otherwise.</summary>
     public byte CallbackVector;
     public CallbackVia CallbackVia;
+
+    private readonly object _callbackLock = new();
+    private IrqLine? _callbackLine;
+    /// <summary>The callback GSI is raised (Xen's callback_via_asserted): every exit checks whether vCPU 0 has
+    /// cleared its evtchn_upcall_pending since, as Xen does on VM entry.</summary>
+    public volatile bool CallbackAsserted;
+
+    /// <summary>Takes the new HVM_PARAM_CALLBACK_IRQ (Xen's hvm_set_callback_via): a GSI via (1 to 47; GSI 0
+    /// means none) gets a line of its own, which then follows vCPU 0's evtchn_upcall_pending. A PCI INTx via
+    /// is recorded but delivers nothing until PCI interrupt links exist.</summary>
+    public void SetCallbackVia(CallbackVia via, byte vector, ulong gsi)
+    {
+        lock (_callbackLock)
+        {
+            _callbackLine?.Lower();
+            _callbackLine = null;
+            CallbackAsserted = false;
+            if (via == CallbackVia.Gsi && (gsi == 0 || gsi >= IrqRouter.NrGsis))
+                via = CallbackVia.None;
+            CallbackVia = via;
+            CallbackVector = via == CallbackVia.Vector ? vector : (byte)0;
+            if (via == CallbackVia.Gsi)
+                _callbackLine = Irq.Line((uint)gsi);
+        }
+        UpdateCallbackLevel();
+    }
+
+    /// <summary>Sets the callback GSI to vCPU 0's evtchn_upcall_pending (Xen's hvm_set_callback_irq_level).</summary>
+    public void UpdateCallbackLevel()
+    {
+        lock (_callbackLock)
+        {
+            if (_callbackLine is not { } line || Domain.Vcpus.Length == 0)
+                return;
+            var info = Domain.Vcpus[0].VcpuInfo;
+            bool pending = info is not null && info->EvtchnUpcallPending != 0;
+            line.Set(pending);
+            CallbackAsserted = pending;
+        }
+    }
 
     /// <summary>I/O ports 0-0xFFFF and guest-physical MMIO, each a range map of devices. Accesses no device
     /// claims go to the IOREQ server (<see cref="HvmIo"/>).</summary>

@@ -35,4 +35,15 @@ internal sealed unsafe class HvmVcpu : ArchVcpu
     }
 
     public override void Reset() => Vlapic.Reset();
+
+    /// <summary>Events became pending for this vCPU (Xen's hvm_assert_evtchn_irq): a vector upcall is taken
+    /// from <see cref="HasPendingInterrupt"/> once the vCPU is kicked; a GSI callback via raises its line for
+    /// vCPU 0's events.</summary>
+    public override void AssertEvtchnIrq()
+    {
+        var hvm = Vcpu.Domain.Arch;
+        if (UpcallVector == 0 && Vcpu.Id == 0 && hvm.CallbackVia == CallbackVia.Gsi)
+            hvm.UpdateCallbackLevel();
+        Vcpu.Kick();
+    }
 }
