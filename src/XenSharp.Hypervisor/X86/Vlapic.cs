@@ -1,4 +1,5 @@
 using XenSharp.Hypervisor.Common;
+using XenSharp.Hypervisor.X86.Io;
 
 namespace XenSharp.Hypervisor.X86;
 
@@ -8,7 +9,7 @@ namespace XenSharp.Hypervisor.X86;
 /// and start-up IPIs are delivered to the domain's other vLAPICs; the timer runs on system time with a
 /// 1 ns bus clock.
 /// </summary>
-internal sealed class Vlapic
+internal sealed class Vlapic : IIoHandler
 {
     public const ulong DefaultBase = 0xFEE00000;
     public const ulong ApicBaseBsp = 1 << 8, ApicBaseExtd = 1 << 10, ApicBaseEnable = 1 << 11;
@@ -170,6 +171,8 @@ internal sealed class Vlapic
 
     // ---------------- MMIO and MSR entry points ----------------
 
+    /// <summary>The xAPIC page is enabled and holds <paramref name="gpa"/>: the I/O bus asks this of the accessing
+    /// vCPU's own vLAPIC before the domain's MMIO ranges (Xen's vlapic_range).</summary>
     public bool IsMmio(ulong gpa) => !X2Apic && (ApicBase & ApicBaseEnable) != 0 && (gpa & ~0xFFFUL) == (ApicBase & ~0xFFFUL);
 
     public ulong MmioRead(ulong gpa, int size)
@@ -186,6 +189,10 @@ internal sealed class Vlapic
             return; // only aligned 32-bit register writes mean anything
         Write(off, (uint)value);
     }
+
+    // As a device on the I/O bus: offsets within the page.
+    ulong IIoHandler.Read(Vcpu v, ulong offset, int size) => MmioRead(offset, size);
+    void IIoHandler.Write(Vcpu v, ulong offset, int size, ulong value) => MmioWrite(offset, size, value);
 
     /// <summary>x2APIC MSR read; false means #GP.</summary>
     public bool TryReadMsr(uint msr, out ulong value)

@@ -29,23 +29,30 @@ internal static class HvmIo
 
     public static ulong MmioRead(Vcpu v, ulong gpa, int size)
     {
-        var lapic = v.Arch.Vlapic;
-        if (lapic.IsMmio(gpa))
-            return lapic.MmioRead(gpa, size);
-        if (v.Domain.Arch.Mmio.TryFind(gpa, out var device, out ulong offset))
+        if (FindMmio(v, gpa, out var device, out ulong offset))
             return device.Read(v, offset, size) & AllOnes(size);
         return UnclaimedRead(v, IOREQ_TYPE_COPY, gpa, size);
     }
 
     public static void MmioWrite(Vcpu v, ulong gpa, int size, ulong value)
     {
-        var lapic = v.Arch.Vlapic;
-        if (lapic.IsMmio(gpa))
-            lapic.MmioWrite(gpa, size, value);
-        else if (v.Domain.Arch.Mmio.TryFind(gpa, out var device, out ulong offset))
+        if (FindMmio(v, gpa, out var device, out ulong offset))
             device.Write(v, offset, size, value & AllOnes(size));
         else
             v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, IOREQ_TYPE_COPY, gpa, size, value & AllOnes(size));
+    }
+
+    /// <summary>The vCPU's own vLAPIC page, wherever its base is now, else the domain's MMIO ranges.</summary>
+    private static bool FindMmio(Vcpu v, ulong gpa, out IIoHandler device, out ulong offset)
+    {
+        var lapic = v.Arch.Vlapic;
+        if (lapic.IsMmio(gpa))
+        {
+            device = lapic;
+            offset = gpa & 0xFFF;
+            return true;
+        }
+        return v.Domain.Arch.Mmio.TryFind(gpa, out device, out offset);
     }
 
     private static ulong UnclaimedRead(Vcpu v, uint type, ulong address, int size) =>
