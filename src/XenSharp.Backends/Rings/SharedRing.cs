@@ -58,14 +58,16 @@ public sealed unsafe class BackRing<TReq, TRsp> where TReq : unmanaged where TRs
     private uint _reqCons;
     private uint _rspProdPvt;
 
-    /// <summary>BACK_RING_INIT over a shared page of <paramref name="bytes"/> at <paramref name="sring"/>.</summary>
-    public BackRing(byte* sring, int bytes = 4096)
+    /// <summary>BACK_RING_INIT over a shared page of <paramref name="bytes"/> at <paramref name="sring"/>, or
+    /// BACK_RING_ATTACH at index <paramref name="start"/> (a ring that was in use before).</summary>
+    public BackRing(byte* sring, int bytes = 4096, uint start = 0)
     {
         ArgumentOutOfRangeException.ThrowIfZero((nint)sring);
         Size = SharedRingLayout<TReq, TRsp>.Size(bytes);
         if (Size == 0) throw new ArgumentException($"{bytes} bytes hold no {SharedRingLayout<TReq, TRsp>.EntrySize}-byte entry");
         _s = sring;
         _mask = Size - 1;
+        _reqCons = _rspProdPvt = start;
     }
 
     /// <summary>RING_SIZE: entries in the ring, a power of two.</summary>
@@ -83,7 +85,8 @@ public sealed unsafe class BackRing<TReq, TRsp> where TReq : unmanaged where TRs
     {
         uint prod = RingIndex.Read(_s, Ring.OffsetReqProd);
         count = 0;
-        if (unchecked(prod - _rspProdPvt) > Size)
+        // More than a ring beyond the last response, or behind what was already taken.
+        if (unchecked(prod - _rspProdPvt) > Size || unchecked(prod - _reqCons) > Size)
             return RingCheck.Overflow;
         uint req = unchecked(prod - _reqCons);
         uint room = Size - unchecked(_reqCons - _rspProdPvt);
@@ -147,13 +150,15 @@ public sealed unsafe class FrontRing<TReq, TRsp> where TReq : unmanaged where TR
     private uint _reqProdPvt;
     private uint _rspCons;
 
-    /// <summary>FRONT_RING_INIT; the shared page must have been set up with <see cref="SharedRingLayout{TReq,TRsp}.Init"/>.</summary>
-    public FrontRing(byte* sring, int bytes = 4096)
+    /// <summary>FRONT_RING_INIT (FRONT_RING_ATTACH at <paramref name="start"/>); the shared page must have been
+    /// set up with <see cref="SharedRingLayout{TReq,TRsp}.Init"/>.</summary>
+    public FrontRing(byte* sring, int bytes = 4096, uint start = 0)
     {
         Size = SharedRingLayout<TReq, TRsp>.Size(bytes);
         if (Size == 0) throw new ArgumentException($"{bytes} bytes hold no {SharedRingLayout<TReq, TRsp>.EntrySize}-byte entry");
         _s = sring;
         _mask = Size - 1;
+        _reqProdPvt = _rspCons = start;
     }
 
     public uint Size { get; }
