@@ -245,20 +245,26 @@ public abstract class BackendDevice : IBackendWork, IDisposable
     }
 
     /// <summary>The device's backend directory went away (the toolstack removed it): stop, release
-    /// what is mapped and bound. Runs on the I/O thread.</summary>
-    internal void Remove()
+    /// what is mapped and bound, on the I/O thread. The handle is set once that is done.</summary>
+    internal WaitHandle Remove()
     {
         _watch?.Dispose();
-        Context.Io.Schedule(new Removal(this));
+        var r = new Removal(this);
+        if (Context.Io.IsCurrent) r.RunQueued();
+        else Context.Io.Schedule(r);
+        return r.Done.WaitHandle;
     }
 
     private sealed class Removal(BackendDevice d) : IBackendWork
     {
+        public readonly ManualResetEventSlim Done = new();
+
         public void RunQueued()
         {
             d._removed = true;
             try { d.TearDown(); }
             catch (Exception e) when (e is not OutOfMemoryException) { System.Console.Error.WriteLine($"xensharpd: backend {d.Address}: {e.Message}"); }
+            finally { Done.Set(); }
         }
     }
 

@@ -53,6 +53,14 @@ public sealed class BackendRegistry : IDisposable
     /// <summary>The live backend of a device, or null.</summary>
     public BackendDevice? Find(DeviceAddress a) => _buses.TryGetValue(a.Kind, out var b) ? b.Find(a) : null;
 
+    /// <summary>Ends every backend device of domain <paramref name="domId"/> and waits until each has let go of
+    /// the guest's grants and ports (before the domain itself is destroyed).</summary>
+    public void RemoveDevicesOf(uint domId)
+    {
+        var done = _buses.Values.SelectMany(b => b.RemoveDevicesOf(domId)).ToList();
+        foreach (var h in done) h.WaitOne(TimeSpan.FromSeconds(10));
+    }
+
     public void Dispose()
     {
         foreach (var b in _buses.Values) b.Dispose();
@@ -139,6 +147,17 @@ internal sealed class BackendBus : IDisposable
             _devices.Remove((dom, id));
         }
         d.Remove();
+    }
+
+    public List<WaitHandle> RemoveDevicesOf(uint domId)
+    {
+        List<BackendDevice> mine;
+        lock (_lock)
+        {
+            mine = [.. _devices.Values.Where(d => d.Address.FrontendId == domId)];
+            foreach (var d in mine) _devices.Remove((d.Address.FrontendId, d.Address.DevId));
+        }
+        return [.. mine.Select(d => d.Remove())];
     }
 
     public void Dispose()

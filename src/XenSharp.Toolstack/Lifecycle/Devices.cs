@@ -28,7 +28,7 @@ public sealed partial class Host
         }
     }
 
-    private Domain? Find(uint domId)
+    internal Domain? Find(uint domId)
     {
         lock (_lock) return _domains.GetValueOrDefault(domId);
     }
@@ -53,6 +53,9 @@ public sealed partial class Host
     private void DisconnectDevices(Domain d)
     {
         d.PrimaryConsole?.Dispose();
+        BackendRegistry? b;
+        lock (_lock) b = _backends;
+        b?.RemoveDevicesOf(d.DomId);
         try { DeviceLayout.RemoveBackends(_xs, d.DomId); }
         catch (XenStoreException) { }
     }
