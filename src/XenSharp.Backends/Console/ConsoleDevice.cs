@@ -36,7 +36,13 @@ internal sealed class ConsoleDevice(BackendContext context, DeviceAddress addres
             throw new BackendDeviceException(Errno.EBADMSG, "the frontend's output producer ran beyond the ring");
     }
 
-    protected override void Disconnect() => Interlocked.Exchange(ref _backend, null)?.Dispose();
+    protected override void Disconnect()
+    {
+        var b = Interlocked.Exchange(ref _backend, null);
+        if (b is null) return;
+        b.OnGuestEvent(); // the last output, written before the frontend closed
+        b.Dispose();
+    }
 }
 
 /// <summary>A page the host maps while a device is connected (a mapped grant).</summary>

@@ -68,6 +68,9 @@ public sealed class PrimaryConsole : IBackendWork, IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        // What the guest wrote just before it went (its last lines, then poweroff) may still be queued
+        // for the I/O thread: take it now, before the console ends.
+        Backend.OnGuestEvent();
         _dom0.Unbind(_port);
         Backend.Dispose();
         _page.Dispose();

@@ -45,6 +45,12 @@ public sealed class ConsoleIoThreadTests : IDisposable
 
         Assert.NotEmpty(writers);
         Assert.All(writers, name => Assert.Equal("backend-console", name));
+
+        // 'q': the guest says bye and powers off at once; its last line is in the log all the same.
+        Assert.Equal(1, console.WriteInput("q"u8));
+        for (int i = 0; i < 3000 && host.DomainIds.Contains(created.DomId); i++) Thread.Sleep(10);
+        Assert.DoesNotContain(created.DomId, host.DomainIds);
+        Assert.EndsWith("bye\r\n", Log());
     }
 
     private string BuildConsoleEcho()
