@@ -113,7 +113,7 @@ public sealed class HypervisorOptions
 }
 
 /// <summary>A guest frame mapped into the host; dispose to let the frame go.</summary>
-public sealed unsafe class GuestMapping : IDisposable
+public sealed unsafe class GuestMapping : XenSharp.Dom0.IForeignMapping
 {
     private Action? _release;
 
@@ -169,10 +169,10 @@ public sealed unsafe class GrantMapping : IDisposable
 /// <summary>An event channel end in Domain-0 (the host) connected to a guest port; events arrive as callbacks.</summary>
 public sealed class Dom0EventChannel : IDisposable
 {
-    private readonly XenHypervisor _host;
+    private readonly Dom0Services _host;
     private bool _closed;
 
-    internal Dom0EventChannel(XenHypervisor host, uint localPort, ushort remoteDomain)
+    internal Dom0EventChannel(Dom0Services host, uint localPort, ushort remoteDomain)
     {
         _host = host;
         LocalPort = localPort;
@@ -184,14 +184,14 @@ public sealed class Dom0EventChannel : IDisposable
     public ushort RemoteDomain { get; }
 
     /// <summary>Raises the event in the guest (EVTCHNOP_send from Domain-0).</summary>
-    public void Notify() => _host.Dom0Send(LocalPort);
+    public void Notify() => _host.Notify(LocalPort);
 
     public void Dispose()
     {
         if (_closed)
             return;
         _closed = true;
-        _host.Dom0Close(LocalPort);
+        _host.Unbind(LocalPort);
     }
 }
 

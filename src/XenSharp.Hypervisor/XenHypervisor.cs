@@ -36,6 +36,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
+        Dom0Services = new Dom0Services(this);
         Log($"Xen version {XenVersion.Major}.{XenVersion.Minor}{XenVersion.ExtraVersion} (XenSharp), {Frames.FrameCount >> 8} MiB machine memory, {_options.Pcpus} pCPUs");
     }
 
@@ -44,6 +45,10 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     internal Timers Timers { get; }
     internal Cpupools Scheduler { get; }
     internal Domain Dom0 { get; }
+
+    /// <summary>What Domain-0's kernel offers its backends and the toolstack: grant maps and copies, event
+    /// channels, foreign mappings (<see cref="XenSharp.Dom0.IDom0Services"/>).</summary>
+    public Dom0Services Dom0Services { get; }
     internal string CommandLine { get; }
 
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
@@ -138,7 +143,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             return _domains.TryGetValue(domid, out var d) && !d.IsDying ? d : null;
     }
 
-    private Domain Guest(ushort domid)
+    internal Domain Guest(ushort domid)
     {
         var d = FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH);
         if (d.IsHost)
@@ -504,112 +509,6 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                     line.Append((char)b);
             }
         }
-    }
-
-    // ================= Domain-0 services =================
-
-    /// <summary>Allocates a port in guest <paramref name="domid"/> that <paramref name="remoteDomid"/> (by default Domain-0) may bind.</summary>
-    public uint AllocUnboundEventChannel(ushort domid, ushort remoteDomid = 0)
-    {
-        long rc = Guest(domid).Evtchn.AllocUnbound(remoteDomid, out uint port);
-        if (rc != 0)
-            throw new HypervisorException($"no free event channel in domain {domid}", (int)-rc);
-        return port;
-    }
-
-    /// <summary>Binds a Domain-0 port to an unbound guest port offered to Domain-0; <paramref name="onEvent"/> runs when the guest notifies
-    /// (on the notifying thread: keep it short and non-blocking).</summary>
-    public Dom0EventChannel BindInterdomain(ushort remoteDomid, uint remotePort, Action onEvent)
-    {
-        var remote = Guest(remoteDomid);
-        long rc = Dom0.Evtchn.BindInterdomain(remote, remotePort, out uint local, onEvent);
-        if (rc != 0)
-            throw new HypervisorException($"port {remotePort} of domain {remoteDomid} is not an unbound port for Domain-0", (int)-rc);
-        return new Dom0EventChannel(this, local, remoteDomid);
-    }
-
-    /// <summary>Allocates a Domain-0 port that guest <paramref name="remoteDomid"/> may bind with EVTCHNOP_bind_interdomain.</summary>
-    public Dom0EventChannel AllocUnboundInDom0(ushort remoteDomid, Action onEvent)
-    {
-        Guest(remoteDomid);
-        long rc = Dom0.Evtchn.AllocUnbound(remoteDomid, out uint port, onEvent);
-        if (rc != 0)
-            throw new HypervisorException("no free event channel in Domain-0", (int)-rc);
-        return new Dom0EventChannel(this, port, remoteDomid);
-    }
-
-    internal void Dom0Send(uint port) => Dom0.Evtchn.Send(port);
-    internal void Dom0Close(uint port) => Dom0.Evtchn.Close(port);
-
-    /// <summary>Maps a RAM frame of a guest into the host (privcmd's foreign mapping).</summary>
-    public GuestMapping MapGuestFrame(ushort domid, ulong gfn, bool writable = true)
-    {
-        var d = Guest(domid);
-        uint mfn;
-        lock (d.Lock)
-        {
-            if (!d.P2m.TryLookup(gfn, out mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))
-                throw new HypervisorException($"domain {domid} has no RAM at gfn {gfn:x}", Errno.EINVAL);
-            if (writable && t == P2mType.RamRo)
-                throw new HypervisorException($"gfn {gfn:x} of domain {domid} is read-only", Errno.EACCES);
-            Frames.AddRef(mfn);
-        }
-        return new GuestMapping(Frames.PageAddress(mfn), domid, gfn, writable, () => Frames.Release(mfn, dropRef: true));
-    }
-
-    /// <summary>Maps grant <paramref name="gref"/> of domain <paramref name="domid"/> into the host; returns the GNTST_* status.</summary>
-    public short TryMapGrant(ushort domid, uint gref, bool readOnly, out GrantMapping? mapping)
-    {
-        mapping = null;
-        var op = new GnttabMapGrantRef { Dom = domid, Ref = gref, Flags = GNTMAP_host_map | (readOnly ? GNTMAP_readonly : 0) };
-        short st = Dom0.Gnttab.Map(ref op, host: true, out byte* p);
-        if (st != GNTST_okay)
-            return st;
-        uint handle = op.Handle;
-        mapping = new GrantMapping(p, domid, gref, readOnly, () => Dom0.Gnttab.Unmap(handle, 0, host: true));
-        return GNTST_okay;
-    }
-
-    /// <summary>Copies from a granted page (GNTTABOP_copy with a source gref); returns the GNTST_* status.</summary>
-    public short GrantCopyFrom(ushort domid, uint gref, int offset, Span<byte> destination)
-    {
-        short st = PinForHostCopy(domid, gref, offset, destination.Length, write: false, out var d, out uint mfn);
-        if (st != GNTST_okay)
-            return st;
-        new ReadOnlySpan<byte>(Frames.PageAddress(mfn) + offset, destination.Length).CopyTo(destination);
-        d!.Gnttab.ReleasePin(gref, mfn, readOnly: true);
-        return GNTST_okay;
-    }
-
-    /// <summary>Copies into a granted page (GNTTABOP_copy with a destination gref); returns the GNTST_* status.</summary>
-    public short GrantCopyTo(ushort domid, uint gref, int offset, ReadOnlySpan<byte> source)
-    {
-        short st = PinForHostCopy(domid, gref, offset, source.Length, write: true, out var d, out uint mfn);
-        if (st != GNTST_okay)
-            return st;
-        source.CopyTo(new Span<byte>(Frames.PageAddress(mfn) + offset, source.Length));
-        d!.Gnttab.ReleasePin(gref, mfn, readOnly: false);
-        return GNTST_okay;
-    }
-
-    private short PinForHostCopy(ushort domid, uint gref, int offset, int length, bool write, out Domain? d, out uint mfn)
-    {
-        mfn = 0;
-        d = null;
-        if (offset < 0 || length < 0 || offset + length > FrameTable.PageSize)
-            return GNTST_bad_copy_arg;
-        d = FindDomain(domid);
-        if (d is null || d.IsHost)
-            return GNTST_bad_domain;
-        short st = d.Gnttab.Acquire(0, gref, readOnly: !write, allowSubPage: true, out mfn, out int subOff, out int subLen);
-        if (st != GNTST_okay)
-            return st;
-        if (offset < subOff || offset + length > subOff + subLen)
-        {
-            d.Gnttab.ReleasePin(gref, mfn, readOnly: !write);
-            return GNTST_general_error;
-        }
-        return GNTST_okay;
     }
 
     // ================= vCPU lifecycle (used by vcpu_op and the vLAPIC) =================

@@ -51,7 +51,7 @@ public class DebugKeyTests : IDisposable
         var g = new Guest(_host, vcpus: 1, tscMode: TscMode.AlwaysEmulate);
         uint port = Evtchn.AllocUnbound(g, 0);
         _host.SeedGrantEntry(g.Id, 8, GrantTable.GTF_permit_access, 0, 0x30);
-        Assert.Equal(GrantTable.GNTST_okay, _host.TryMapGrant(g.Id, 8, readOnly: true, out var map));
+        Assert.Equal(GrantTable.GNTST_okay, _host.Dom0Services.TryMapGrant(g.Id, 8, readOnly: true, out var map));
         using (map)
         {
             string s = Keys("egmrs");

@@ -243,9 +243,9 @@ public unsafe class EventChannel2LTests : IDisposable
     public void Dom0ChannelsDeliverToHostCallbacks()
     {
         var g = new Guest(_host);
-        uint guestPort = _host.AllocUnboundEventChannel(g.Id);
+        uint guestPort = _host.Dom0Services.AllocUnboundEventChannel(g.Id);
         int events = 0;
-        using var ch = _host.BindInterdomain(g.Id, guestPort, () => Interlocked.Increment(ref events));
+        using var ch = _host.Dom0Services.BindInterdomain(g.Id, guestPort, () => Interlocked.Increment(ref events));
         int afterBind = events;
         ClearUpcall(g);
         Assert.Equal(0, Evtchn.Send(g, guestPort));
@@ -259,11 +259,11 @@ public unsafe class EventChannel2LTests : IDisposable
 
         // The other direction: Domain-0 offers a port and the guest binds it.
         int back = 0;
-        using var offer = _host.AllocUnboundInDom0(g.Id, () => Interlocked.Increment(ref back));
+        using var offer = _host.Dom0Services.AllocUnboundInDom0(g.Id, () => Interlocked.Increment(ref back));
         uint gp = Evtchn.BindInterdomain(g, 0, offer.LocalPort);
         Assert.Equal(0, Evtchn.Send(g, gp));
         Assert.True(back >= 1);
-        Assert.Throws<HypervisorException>(() => _host.BindInterdomain(g.Id, 999, () => { }));
+        Assert.Throws<HypervisorException>(() => _host.Dom0Services.BindInterdomain(g.Id, 999, () => { }));
     }
 }
 

@@ -159,7 +159,7 @@ public abstract unsafe class GrantTableTestBase : IDisposable
         Grant(30, GTF_permit_access, 0, SharedGfn);
         Grant(31, GTF_permit_access, B.Id, SharedGfn);
         A.Write(SharedGfn << 12, 0x55UL);
-        Assert.Equal(GNTST_okay, Host.TryMapGrant(A.Id, 30, readOnly: false, out var mapping));
+        Assert.Equal(GNTST_okay, Host.Dom0Services.TryMapGrant(A.Id, 30, readOnly: false, out var mapping));
         using (mapping)
         {
             Assert.Equal(0x55, mapping!.Span[0]);
@@ -168,15 +168,15 @@ public abstract unsafe class GrantTableTestBase : IDisposable
             Assert.True(A.Domain.Gnttab.HasActiveGrants);
         }
         Assert.False(A.Domain.Gnttab.HasActiveGrants);
-        Assert.Equal(GNTST_general_error, Host.TryMapGrant(A.Id, 31, readOnly: true, out _));
-        Assert.Equal(GNTST_bad_domain, Host.TryMapGrant(999, 30, readOnly: true, out _));
+        Assert.Equal(GNTST_general_error, Host.Dom0Services.TryMapGrant(A.Id, 31, readOnly: true, out _));
+        Assert.Equal(GNTST_bad_domain, Host.Dom0Services.TryMapGrant(999, 30, readOnly: true, out _));
 
         var buf = new byte[2];
-        Assert.Equal(GNTST_okay, Host.GrantCopyFrom(A.Id, 30, 0, buf));
+        Assert.Equal(GNTST_okay, Host.Dom0Services.GrantCopyFrom(A.Id, 30, 0, buf));
         Assert.Equal(new byte[] { 0x55, 0x66 }, buf);
-        Assert.Equal(GNTST_okay, Host.GrantCopyTo(A.Id, 30, 100, new byte[] { 9 }));
+        Assert.Equal(GNTST_okay, Host.Dom0Services.GrantCopyTo(A.Id, 30, 100, new byte[] { 9 }));
         Assert.Equal(9, A.ReadBytes((SharedGfn << 12) + 100, 1)[0]);
-        Assert.Equal(GNTST_bad_copy_arg, Host.GrantCopyTo(A.Id, 30, 4095, new byte[] { 1, 2 }));
+        Assert.Equal(GNTST_bad_copy_arg, Host.Dom0Services.GrantCopyTo(A.Id, 30, 4095, new byte[] { 1, 2 }));
     }
 
     [Fact]
@@ -248,7 +248,7 @@ public unsafe class GrantTableV1Tests() : GrantTableTestBase(1)
         var e = A.Read<GrantEntryV2>(GrantFrameGfn * 4096 + GNTTAB_RESERVED_XENSTORE * 16);
         Assert.Equal(GTF_permit_access, e.Flags);
         Assert.Equal(SharedGfn, e.Frame);
-        Assert.Equal(GNTST_okay, Host.TryMapGrant(A.Id, GNTTAB_RESERVED_XENSTORE, false, out var map));
+        Assert.Equal(GNTST_okay, Host.Dom0Services.TryMapGrant(A.Id, GNTTAB_RESERVED_XENSTORE, false, out var map));
         map!.Dispose();
     }
 }

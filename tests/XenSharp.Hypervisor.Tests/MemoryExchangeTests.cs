@@ -136,7 +136,7 @@ public class MemoryExchangeTests : IDisposable
         // The argument structure itself is unreadable.
         Assert.Equal(-Errno.EFAULT, g.Call(Xen.__HYPERVISOR_memory_op, XENMEM_exchange, Guest.Bad));
         // A frame another party holds cannot be traded.
-        using (var m = _host.MapGuestFrame(g.Id, 0x100))
+        using (var m = _host.Dom0Services.MapGuestFrame(g.Id, 0x100))
             Assert.Equal(-Errno.EINVAL, Run(g, Exchange(g, [0x100], 0, [0x500], 0), out _, out _));
         Assert.True(Mapped(g, 0x100));
     }

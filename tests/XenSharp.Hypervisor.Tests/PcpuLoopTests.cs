@@ -178,12 +178,12 @@ public class ControlApiTests : IDisposable
     public void GuestMemoryAccessFromTheHost()
     {
         var g = new Guest(_host);
-        using (var m = _host.MapGuestFrame(g.Id, 0x10))
+        using (var m = _host.Dom0Services.MapGuestFrame(g.Id, 0x10))
         {
             m.Span[5] = 0x77;
             Assert.Equal(0x77, g.ReadBytes(0x10005, 1)[0]);
         }
-        Assert.Throws<HypervisorException>(() => _host.MapGuestFrame(g.Id, 0x9000));
+        Assert.Throws<HypervisorException>(() => _host.Dom0Services.MapGuestFrame(g.Id, 0x9000));
         Assert.Throws<HypervisorException>(() => _host.WriteGuestMemory(g.Id, 0x3FFFFF, new byte[2]));
         Assert.Throws<HypervisorException>(() => _host.ReadGuestMemory(999, 0, new byte[1]));
         Assert.Throws<HypervisorException>(() => _host.SetHvmParam(g.Id, 200, 1));
@@ -194,7 +194,7 @@ public class ControlApiTests : IDisposable
     public void FrameMappedByTheHostSurvivesBallooningUntilReleased()
     {
         var g = new Guest(_host);
-        var m = _host.MapGuestFrame(g.Id, 0x20);
+        var m = _host.Dom0Services.MapGuestFrame(g.Id, 0x20);
         ulong free = _host.GetHostInfo().FreeMemoryBytes;
         Assert.True(g.Domain.RemovePage(0x20));
         Assert.Equal(free, _host.GetHostInfo().FreeMemoryBytes); // still referenced

@@ -22,4 +22,31 @@ public class ConstantTests
         Assert.True(Ring.NeedNotify(5, 7, 6));
         Assert.False(Ring.NeedNotify(5, 7, 8));
     }
+
+    [Fact]
+    public void XenbusStatesFollowXenbusH()
+    {
+        // enum xenbus_state in io/xenbus.h, as recorded; recompiled against the header when it is installed.
+        Assert.Equal([0, 1, 2, 3, 4, 5, 6, 7, 8], Enum.GetValues<XenbusState>().Select(s => (int)s));
+        if (!File.Exists("/usr/include/xen/io/xenbus.h") || !File.Exists("/usr/bin/gcc"))
+            return;
+        var names = Enum.GetNames<XenbusState>();
+        var dir = Directory.CreateTempSubdirectory("xenbus");
+        try
+        {
+            string c = "#include <stdio.h>\n#include <xen/io/xenbus.h>\nint main(void) {\n"
+                + string.Concat(names.Select(n => $"printf(\"%d\\n\", XenbusState{n});\n")) + "return 0; }\n";
+            File.WriteAllText(Path.Combine(dir.FullName, "xb.c"), c);
+            using (var gcc = System.Diagnostics.Process.Start("gcc", $"-o {dir.FullName}/xb {dir.FullName}/xb.c")!)
+            {
+                gcc.WaitForExit();
+                Assert.Equal(0, gcc.ExitCode);
+            }
+            using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo($"{dir.FullName}/xb") { RedirectStandardOutput = true })!;
+            var values = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse);
+            p.WaitForExit();
+            Assert.Equal(names.Select(n => (int)Enum.Parse<XenbusState>(n)), values);
+        }
+        finally { dir.Delete(true); }
+    }
 }

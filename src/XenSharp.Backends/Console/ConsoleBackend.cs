@@ -38,6 +38,14 @@ public sealed class ConsoleBackend : IDisposable
     /// <summary>Total bytes taken from the guest's output ring.</summary>
     public long OutputBytes { get; private set; }
 
+    /// <summary>Runs after each write to the log, on the writing thread (tests see which thread that is).</summary>
+    internal Action? LogWritten { get; set; }
+
+    /// <summary>Set when the guest's output producer ran more than the ring ahead (the ring was reset);
+    /// cleared by reading it. A xenbus console ends its device on it.</summary>
+    public bool TakeOverrun() => Interlocked.Exchange(ref _overrun, 0) != 0;
+    private int _overrun;
+
     /// <summary>True while a client is attached.</summary>
     public bool HasClient { get { lock (_lock) return _client is not null; } }
 
@@ -53,6 +61,7 @@ public sealed class ConsoleBackend : IDisposable
             if (data.Length == 0) return;
             OutputBytes += data.Length;
             _log?.Write(data);
+            LogWritten?.Invoke();
             client = _client;
             if (client is null)
             {
@@ -75,6 +84,7 @@ public sealed class ConsoleBackend : IDisposable
         if (len == 0) return [];
         if (len > XenconsInterface.OutSize)
         {
+            Volatile.Write(ref _overrun, 1);
             Volatile.Write(ref Word(page, XenconsInterface.OffsetOutCons), prod);
             return [];
         }

@@ -16,8 +16,9 @@ internal sealed class Domain
     public required DateTimeOffset Started { get; init; }
     /// <summary>The guest this domain is an incarnation of (shared with the domains it restarts as).</summary>
     public required Lineage Lineage { get; init; }
-    public ConsoleBackend? Console { get; set; }
-    public IEventChannelEndpoint? ConsoleChannel { get; set; }
+    /// <summary>The primary console (start info and HVM params, not xenbus).</summary>
+    public PrimaryConsole? PrimaryConsole { get; set; }
+    public ConsoleBackend? Console => PrimaryConsole?.Backend;
     public IEventChannelEndpoint? StoreChannel { get; set; }
     public XenStoreDomain? Store { get; set; }
     /// <summary>Set once the toolstack has acted on the domain's shutdown (so it acts once).</summary>

@@ -237,12 +237,7 @@ public sealed partial class Host : IDisposable
             var storeChannel = dom.StoreChannel;
             storePage.SetNotify(storeChannel.Notify);
 
-            var consolePage = new GuestPage(hvd.Memory, built.ConsolePfn);
-            ConsoleBackend? backend = null;
-            dom.ConsoleChannel = hvd.BindInterdomain(consolePort, () => backend?.OnGuestEvent());
-            var consoleChannel = dom.ConsoleChannel;
-            backend = new ConsoleBackend(c.Name, consolePage, consoleChannel.Notify, _paths.ConsoleLog(c.Name), _consoleLogs);
-            dom.Console = backend;
+            ConnectPrimaryConsole(dom, built.ConsolePfn, consolePort);
 
             XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
@@ -295,8 +290,7 @@ public sealed partial class Host : IDisposable
                 _lineages.Remove(l);
             }
         }
-        d.Console?.Dispose();
-        d.ConsoleChannel?.Dispose();
+        DisconnectDevices(d);
         d.StoreChannel?.Dispose();
         try
         {
@@ -854,6 +848,7 @@ public sealed partial class Host : IDisposable
             foreach (var l in guests) EndLineageLocked(l);
             foreach (var d in all) DestroyLocked(d);
         }
+        DisposeBackends();
         _hv.DomainStateChanged -= OnDomainStateChanged;
     }
 }

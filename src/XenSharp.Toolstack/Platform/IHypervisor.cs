@@ -62,6 +62,9 @@ public interface IHypervisor : IDisposable
     /// <summary>VIRQ_DOM_EXC: a domain shut down (or crashed) and needs the toolstack's attention.</summary>
     event Action<uint>? DomainStateChanged;
 
+    /// <summary>What dom0's kernel gives backends: grant maps and copies, event channels, foreign mappings.</summary>
+    XenSharp.Dom0.IDom0Services Dom0Services { get; }
+
     /// <summary>Cpupools and schedulers; null when the platform has none.</summary>
     IScheduling? Scheduling => null;
 }

@@ -22,6 +22,8 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
     public XenHypervisor Hypervisor => _hv;
 
+    public XenSharp.Dom0.IDom0Services Dom0Services => _hv.Dom0Services;
+
     public int HostCpus => _hv.GetHostInfo().Pcpus;
 
     public string Version
@@ -153,7 +155,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
             {
                 if (_destroyed) throw new ObjectDisposedException($"domain {domId}");
                 if (!_mappings.TryGetValue(gfn, out m))
-                    _mappings[gfn] = m = hv.MapGuestFrame(domId, gfn);
+                    _mappings[gfn] = m = hv.Dom0Services.MapGuestFrame(domId, gfn);
             }
             return m.Span;
         }
@@ -175,11 +177,11 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
         public void SetHvmParam(int index, ulong value) => hv.SetHvmParam(domId, index, value);
         public ulong GetHvmParam(int index) => hv.GetHvmParam(domId, index);
-        public uint AllocUnboundPort(uint remoteDomId) => hv.AllocUnboundEventChannel(domId, (ushort)remoteDomId);
+        public uint AllocUnboundPort(uint remoteDomId) => hv.Dom0Services.AllocUnboundEventChannel(domId, (ushort)remoteDomId);
 
         public IEventChannelEndpoint BindInterdomain(uint remotePort, Action onEvent)
         {
-            var ch = hv.BindInterdomain(domId, remotePort, onEvent);
+            var ch = hv.Dom0Services.BindInterdomain(domId, remotePort, onEvent);
             lock (_lock) _channels.Add(ch);
             return new Endpoint(ch);
         }

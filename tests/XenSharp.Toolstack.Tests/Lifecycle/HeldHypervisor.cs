@@ -25,6 +25,10 @@ internal sealed class HeldHypervisor : IHypervisor
 
     public event Action<uint>? DomainStateChanged;
 
+    /// <summary>Domain-0's services over the held domains: foreign mappings of their memory and Domain-0 ports
+    /// that nothing signals (no vCPU runs); they have no grant tables.</summary>
+    public XenSharp.Dom0.IDom0Services Dom0Services => field ??= new HeldDom0(this);
+
     /// <summary>Machine memory of the held platform: 16 GiB less what its domains' builders populated.</summary>
     public (ulong Total, ulong Free) MachineMemory
     {
@@ -116,6 +120,49 @@ internal sealed class HeldHypervisor : IHypervisor
     }
 
     internal void Remove(uint domId) { lock (_lock) _domains.Remove(domId); }
+
+    private sealed class HeldDom0(HeldHypervisor owner) : XenSharp.Dom0.IDom0Services
+    {
+        private int _nextPort;
+
+        private HeldDomain? Find(ushort dom) { lock (owner._lock) return owner._domains.GetValueOrDefault(dom); }
+
+        public void MapGrantRefs(Span<XenSharp.Dom0.GrantMapOp> ops) { foreach (ref var o in ops) o.Status = XenSharp.Public.GrantTable.GNTST_bad_domain; }
+        public void UnmapGrantRefs(Span<XenSharp.Dom0.GrantUnmapOp> ops) { foreach (ref var o in ops) o.Status = XenSharp.Public.GrantTable.GNTST_bad_handle; }
+        public void CopyGrants(Span<XenSharp.Dom0.GrantCopyOp> ops) { foreach (ref var o in ops) o.Status = XenSharp.Public.GrantTable.GNTST_bad_domain; }
+
+        public long AllocUnboundInGuest(ushort dom, ushort remoteDom, out uint port)
+        {
+            port = Find(dom)?.AllocUnboundPort(remoteDom) ?? 0;
+            return port == 0 ? -XenSharp.Public.Errno.ESRCH : 0;
+        }
+
+        public long BindInterdomain(ushort remoteDom, uint remotePort, Action onEvent, out uint localPort) => AllocUnbound(remoteDom, onEvent, out localPort);
+
+        public long AllocUnbound(ushort remoteDom, Action onEvent, out uint localPort)
+        {
+            localPort = Find(remoteDom) is null ? 0 : (uint)Interlocked.Increment(ref _nextPort);
+            return localPort == 0 ? -XenSharp.Public.Errno.ESRCH : 0;
+        }
+
+        public long Notify(uint localPort) => 0;
+        public long Unbind(uint localPort) => 0;
+
+        public long MapForeign(ushort dom, ulong gfn, bool writable, out XenSharp.Dom0.IForeignMapping? mapping)
+        {
+            var d = Find(dom);
+            mapping = d is null ? null : new Mapping(d.Memory, dom, gfn);
+            return d is null ? -XenSharp.Public.Errno.ESRCH : 0;
+        }
+
+        private sealed class Mapping(IGuestPhysicalMemory memory, ushort dom, ulong gfn) : XenSharp.Dom0.IForeignMapping
+        {
+            public ushort DomainId => dom;
+            public ulong Gfn => gfn;
+            public Span<byte> Span => memory.Page(gfn);
+            public void Dispose() { }
+        }
+    }
     internal void Raise(uint domId)
     {
         lock (_lock)
