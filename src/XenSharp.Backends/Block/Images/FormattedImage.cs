@@ -1,0 +1,141 @@
+using XenSharp.Public;
+
+namespace XenSharp.Backends.Block.Images;
+
+/// <summary>
+/// What the formats with metadata (qcow2, qcow, vhd) share: one lock per image serialising its
+/// requests (metadata is read and allocated under it; each request's data I/O is still positional),
+/// argument checks, and the rule that a request fails with an errno — corrupt metadata, a host I/O
+/// error — and never throws.
+/// </summary>
+internal abstract class FormattedImage : IBlockImage
+{
+    protected readonly ImageFile File;
+    protected readonly BlockImageOptions Options;
+    protected readonly object Lock = new();
+    private bool _disposed;
+
+    protected FormattedImage(ImageFile file, BlockImageOptions options)
+    {
+        File = file;
+        Options = options;
+    }
+
+    public string Name => File.Path;
+    public abstract BlockImageFormat Format { get; }
+    public long Size { get; protected init; }
+    public int SectorSize => 512;
+    public bool ReadOnly => !File.Writable;
+    public virtual bool SupportsDiscard => !ReadOnly;
+    /// <summary>The image this one reads unallocated ranges from, if any.</summary>
+    public IBlockImage? Backing { get; protected init; }
+
+    public int Read(long offset, Span<byte> destination)
+    {
+        int check = Check(offset, destination.Length);
+        if (check != 0)
+            return check;
+        lock (Lock)
+        {
+            try
+            {
+                return _disposed ? -Errno.EIO : ReadCore(offset, destination);
+            }
+            catch (Exception e) when (e is ImageCorruptException or IOException or UnauthorizedAccessException)
+            {
+                return Fail(e, "read", offset);
+            }
+        }
+    }
+
+    public int Write(long offset, ReadOnlySpan<byte> source)
+    {
+        if (ReadOnly)
+            return -Errno.EROFS;
+        int check = Check(offset, source.Length);
+        if (check != 0)
+            return check;
+        lock (Lock)
+        {
+            try
+            {
+                return _disposed ? -Errno.EIO : WriteCore(offset, source);
+            }
+            catch (Exception e) when (e is ImageCorruptException or IOException or UnauthorizedAccessException)
+            {
+                return Fail(e, "write", offset);
+            }
+        }
+    }
+
+    public int Flush()
+    {
+        if (ReadOnly)
+            return 0;
+        lock (Lock)
+            return _disposed ? -Errno.EIO : File.DataSync();
+    }
+
+    public int Discard(long offset, long length)
+    {
+        if (ReadOnly)
+            return -Errno.EROFS;
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+            return -Errno.EINVAL;
+        lock (Lock)
+        {
+            try
+            {
+                return _disposed ? -Errno.EIO : DiscardCore(offset, length);
+            }
+            catch (Exception e) when (e is ImageCorruptException or IOException or UnauthorizedAccessException)
+            {
+                return Fail(e, "discard", offset);
+            }
+        }
+    }
+
+    public long RefreshSize() => Size;
+
+    protected abstract int ReadCore(long offset, Span<byte> destination);
+    protected abstract int WriteCore(long offset, ReadOnlySpan<byte> source);
+    protected virtual int DiscardCore(long offset, long length) => 0;
+
+    /// <summary>Fills <paramref name="destination"/> from the backing image, zeros past its end or without one.</summary>
+    protected int ReadBacking(long offset, Span<byte> destination)
+    {
+        if (Backing is null || offset >= Backing.Size)
+        {
+            destination.Clear();
+            return 0;
+        }
+        int inBacking = (int)Math.Min(destination.Length, Backing.Size - offset);
+        destination[inBacking..].Clear();
+        return Backing.Read(offset, destination[..inBacking]);
+    }
+
+    private int Check(long offset, int length)
+    {
+        if (offset < 0 || (offset | (uint)length) % SectorSize != 0 || offset > Size || length > Size - offset)
+            return -Errno.EINVAL;
+        return 0;
+    }
+
+    private int Fail(Exception e, string what, long offset)
+    {
+        Options.Log?.Invoke($"{Name}: {what} at {offset} failed: {e.Message}");
+        return e is ImageCorruptException ? -Errno.EIO : ImageFile.ErrnoOf(e);
+    }
+
+    public void Dispose()
+    {
+        lock (Lock)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+            File.Dispose();
+            Backing?.Dispose();
+        }
+    }
+}
