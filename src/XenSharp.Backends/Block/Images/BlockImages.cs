@@ -34,7 +34,7 @@ public static class BlockImages
         ImageFile file;
         try
         {
-            file = ImageFile.Open(path, !options.ReadOnly, options.DirectIo);
+            file = ImageFile.Open(path, !options.ReadOnly, direct: false); // headers are read buffered
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -77,7 +77,12 @@ public static class BlockImages
         switch (format)
         {
             case BlockImageFormat.Raw:
-                return new RawImage(file, options);
+                if (!options.DirectIo)
+                    return new RawImage(file, options);
+                // Only raw data goes through O_DIRECT, which wants aligned buffers and offsets.
+                var direct = ImageFile.Open(file.Path, file.Writable, direct: true);
+                file.Dispose();
+                return new RawImage(direct, options);
             case BlockImageFormat.Qcow2:
             {
                 byte[] first = new byte[Math.Min(file.Length, 1 << 21)];

@@ -41,7 +41,7 @@ internal abstract class FormattedImage : IBlockImage
             {
                 return _disposed ? -Errno.EIO : ReadCore(offset, destination);
             }
-            catch (Exception e) when (e is ImageCorruptException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
                 return Fail(e, "read", offset);
             }
@@ -61,7 +61,7 @@ internal abstract class FormattedImage : IBlockImage
             {
                 return _disposed ? -Errno.EIO : WriteCore(offset, source);
             }
-            catch (Exception e) when (e is ImageCorruptException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
                 return Fail(e, "write", offset);
             }
@@ -88,7 +88,7 @@ internal abstract class FormattedImage : IBlockImage
             {
                 return _disposed ? -Errno.EIO : DiscardCore(offset, length);
             }
-            catch (Exception e) when (e is ImageCorruptException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
                 return Fail(e, "discard", offset);
             }
@@ -123,7 +123,9 @@ internal abstract class FormattedImage : IBlockImage
 
     private int Fail(Exception e, string what, long offset)
     {
-        Options.Log?.Invoke($"{Name}: {what} at {offset} failed: {e.Message}");
+        // Anything but damaged metadata or a host I/O error is a bug here; it still fails only this request.
+        string kind = e is ImageCorruptException or IOException or UnauthorizedAccessException ? "" : $" ({e.GetType().Name})";
+        Options.Log?.Invoke($"{Name}: {what} at {offset} failed{kind}: {e.Message}");
         return e is ImageCorruptException ? -Errno.EIO : ImageFile.ErrnoOf(e);
     }
 

@@ -69,7 +69,7 @@ internal sealed class Qcow2Header
             h.AutoclearFeatures = BinaryPrimitives.ReadUInt64BigEndian(b[88..]);
             h.RefcountOrder = (int)BinaryPrimitives.ReadUInt32BigEndian(b[96..]);
             h.HeaderLength = (int)BinaryPrimitives.ReadUInt32BigEndian(b[100..]);
-            if (h.HeaderLength < V3MinLength || h.HeaderLength > cluster || h.HeaderLength % 8 != 0 && h.HeaderLength != 105)
+            if (h.HeaderLength < V3MinLength || h.HeaderLength > cluster)
                 throw new ImageCorruptException($"header_length {h.HeaderLength} is invalid");
             if (h.HeaderLength > V3MinLength)
                 h.CompressionTypeValue = b[104];

@@ -221,6 +221,8 @@ internal sealed class Qcow2Image : FormattedImage
         if ((entry & CompressedFlag) == 0 && host != 0)
         {
             CheckDataCluster(host);
+            if (host > _fileLength - _clusterSize)
+                throw new ImageCorruptException($"data cluster at {host} is past the end of the file");
             if ((entry & Copied) != 0 || GetRefcount(host >> _clusterBits) == 1)
             {
                 // Ours alone: write in place. A preallocated zero cluster gets its other bytes zeroed first.
