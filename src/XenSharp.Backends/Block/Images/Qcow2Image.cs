@@ -16,7 +16,7 @@ namespace XenSharp.Backends.Block.Images;
 /// Clusters shared with internal snapshots (refcount above one, COPIED flag clear) are copied
 /// before they are written, and snapshot tables are never touched.
 /// </summary>
-internal sealed class Qcow2Image : FormattedImage
+internal sealed partial class Qcow2Image : FormattedImage
 {
     private const ulong Copied = 1UL << 63, CompressedFlag = 1UL << 62, ZeroFlag = 1;
     private const ulong OffsetMask = 0x00FF_FFFF_FFFF_FE00; // bits 9..55
@@ -91,8 +91,6 @@ internal sealed class Qcow2Image : FormattedImage
 
     private void PrepareForWriting()
     {
-        if ((_header.IncompatibleFeatures & Qcow2Header.Dirty) != 0)
-            throw new ImageCorruptException("the dirty bit is set (lazy refcounts were not written back); repair with 'qemu-img check -r all' or open read-only");
         if ((_header.IncompatibleFeatures & Qcow2Header.Corrupt) != 0)
             throw new ImageCorruptException("the image is marked corrupt; repair with 'qemu-img check -r all' or open read-only");
         // Autoclear features (persistent bitmaps) describe data this writer does not keep up to date:
@@ -104,6 +102,8 @@ internal sealed class Qcow2Image : FormattedImage
             File.WriteAt(88, zero);
             File.DataSync();
         }
+        if ((_header.IncompatibleFeatures & Qcow2Header.Dirty) != 0)
+            RepairRefcounts();
     }
 
     // ---- reads ----
