@@ -163,3 +163,53 @@ public sealed class CorruptImageTests
         }
     }
 }
+
+/// <summary>The same random damage for qcow (v1) and VHD metadata.</summary>
+public sealed class CorruptImageOtherFormatTests
+{
+    [Theory]
+    [InlineData("qcow")]
+    [InlineData("vpc")]
+    public void RandomDamageNeverEscapesAsAnException(string format)
+    {
+        using var dir = new ImageDir();
+        dir.WriteRaw("src.raw", 4 << 20, seed: 42);
+        Qemu.Img(format == "vpc"
+            ? ["convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on", dir["src.raw"], dir["a.img"]]
+            : ["convert", "-f", "raw", "-O", "qcow", dir["src.raw"], dir["a.img"]]);
+        byte[] b = File.ReadAllBytes(dir["a.img"]);
+        int[] regions = format == "vpc"
+            ? [0, 512, 512 + 512, 1536, b.Length - 512]
+            : [0, 48, (int)(BinaryPrimitives.ReadUInt64BigEndian(b.AsSpan(48)) & 0xFFFFFFFF)];
+        var random = new Random(43);
+        var buffer = new byte[16384];
+        for (int round = 0; round < 150; round++)
+        {
+            var bad = (byte[])b.Clone();
+            for (int flips = random.Next(1, 6); flips > 0; flips--)
+                bad[Math.Min(bad.Length - 1, regions[random.Next(regions.Length)] + random.Next(0, 128))] ^= (byte)(1 << random.Next(8));
+            File.WriteAllBytes(dir["a.img"], bad);
+            IBlockImage image;
+            try
+            {
+                image = BlockImages.Open(dir["a.img"]);
+            }
+            catch (BlockImageException e)
+            {
+                Assert.Contains(dir["a.img"], e.Message);
+                continue;
+            }
+            using (image)
+            {
+                for (long at = 0; at + buffer.Length <= image.Size && at < 4 << 20; at += 262144)
+                {
+                    int r = image.Read(at, buffer);
+                    Assert.True(r <= 0);
+                    r = image.Write(at + 4096, buffer.AsSpan(0, 8192));
+                    Assert.True(r <= 0);
+                }
+            }
+            Assert.True(new FileInfo(dir["a.img"]).Length < b.Length + (16 << 20), "the image grew far past what was written");
+        }
+    }
+}
