@@ -137,6 +137,32 @@ public sealed class Qcow2ImageTests
         Assert.True(expected.AsSpan().SequenceEqual(ImageDir.ReadAll(image)));
     }
 
+    /// <summary>Zero clusters that keep their allocation (v3): a partial write zeroes the rest, a full one replaces it.</summary>
+    [Fact]
+    public void WritesOverPreallocatedZeroClusters()
+    {
+        using var dir = new ImageDir();
+        byte[] expected = dir.WriteRaw("src.raw", DiskSize, seed: 14);
+        Qemu.Img("convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4096", dir["src.raw"], dir["a.qcow2"]);
+        Qemu.Io(dir["a.qcow2"], "qcow2", "write -z 131072 65536");
+        expected.AsSpan(131072, 65536).Clear();
+        Assert.Contains("\"zero\": true", Qemu.Img("map", "--output=json", dir["a.qcow2"]));
+        using (var image = BlockImages.Open(dir["a.qcow2"]))
+        {
+            Assert.True(expected.AsSpan().SequenceEqual(ImageDir.ReadAll(image)));
+            var data = new byte[4096];
+            data.AsSpan().Fill(0x77);
+            Assert.Equal(0, image.Write(131072 + 512, data.AsSpan(0, 1024)));
+            Assert.Equal(0, image.Write(131072 + 8192, data));
+            data.AsSpan(0, 1024).CopyTo(expected.AsSpan(131072 + 512));
+            data.CopyTo(expected.AsSpan(131072 + 8192));
+            Assert.True(expected.AsSpan().SequenceEqual(ImageDir.ReadAll(image)));
+        }
+        File.WriteAllBytes(dir["expected.raw"], expected);
+        Qemu.CheckClean(dir["a.qcow2"]);
+        Qemu.CompareWithRaw(dir["a.qcow2"], "qcow2", dir["expected.raw"]);
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

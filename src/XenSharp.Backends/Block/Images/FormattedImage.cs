@@ -3,8 +3,8 @@ using XenSharp.Public;
 namespace XenSharp.Backends.Block.Images;
 
 /// <summary>
-/// What the formats with metadata (qcow2, qcow, vhd) share: one lock per image serialising its
-/// requests (metadata is read and allocated under it; each request's data I/O is still positional),
+/// What the formats with metadata (qcow2, qcow, vhd) share: one lock per image guarding its
+/// metadata (held for whole requests unless the format says otherwise),
 /// argument checks, and the rule that a request fails with an errno — corrupt metadata, a host I/O
 /// error — and never throws.
 /// </summary>
@@ -13,7 +13,7 @@ internal abstract class FormattedImage : IBlockImage
     protected readonly ImageFile File;
     protected readonly BlockImageOptions Options;
     protected readonly object Lock = new();
-    private bool _disposed;
+    private volatile bool _disposed;
 
     protected FormattedImage(ImageFile file, BlockImageOptions options)
     {
@@ -35,16 +35,21 @@ internal abstract class FormattedImage : IBlockImage
         int check = Check(offset, destination.Length);
         if (check != 0)
             return check;
-        lock (Lock)
+        bool locked = false;
+        try
         {
-            try
-            {
-                return _disposed ? -Errno.EIO : ReadCore(offset, destination);
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                return Fail(e, "read", offset);
-            }
+            if (!LocksItself)
+                Monitor.Enter(Lock, ref locked);
+            return _disposed ? -Errno.EIO : ReadCore(offset, destination);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return Fail(e, "read", offset);
+        }
+        finally
+        {
+            if (locked)
+                Monitor.Exit(Lock);
         }
     }
 
@@ -55,16 +60,21 @@ internal abstract class FormattedImage : IBlockImage
         int check = Check(offset, source.Length);
         if (check != 0)
             return check;
-        lock (Lock)
+        bool locked = false;
+        try
         {
-            try
-            {
-                return _disposed ? -Errno.EIO : WriteCore(offset, source);
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                return Fail(e, "write", offset);
-            }
+            if (!LocksItself)
+                Monitor.Enter(Lock, ref locked);
+            return _disposed ? -Errno.EIO : WriteCore(offset, source);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return Fail(e, "write", offset);
+        }
+        finally
+        {
+            if (locked)
+                Monitor.Exit(Lock);
         }
     }
 
@@ -72,8 +82,15 @@ internal abstract class FormattedImage : IBlockImage
     {
         if (ReadOnly)
             return 0;
-        lock (Lock)
+        try
+        {
+            // Needs no lock: every write completed before this call is in the file already.
             return _disposed ? -Errno.EIO : File.DataSync();
+        }
+        catch (ObjectDisposedException)
+        {
+            return -Errno.EIO;
+        }
     }
 
     public int Discard(long offset, long length)
@@ -82,20 +99,31 @@ internal abstract class FormattedImage : IBlockImage
             return -Errno.EROFS;
         if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
             return -Errno.EINVAL;
-        lock (Lock)
+        bool locked = false;
+        try
         {
-            try
-            {
-                return _disposed ? -Errno.EIO : DiscardCore(offset, length);
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                return Fail(e, "discard", offset);
-            }
+            if (!LocksItself)
+                Monitor.Enter(Lock, ref locked);
+            return _disposed ? -Errno.EIO : DiscardCore(offset, length);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return Fail(e, "discard", offset);
+        }
+        finally
+        {
+            if (locked)
+                Monitor.Exit(Lock);
         }
     }
 
     public long RefreshSize() => Size;
+
+    /// <summary>
+    /// True for a format that takes <see cref="Lock"/> only around its metadata, so that the data I/O
+    /// of many requests proceeds in parallel; otherwise each request runs whole under the lock.
+    /// </summary>
+    protected virtual bool LocksItself => false;
 
     protected abstract int ReadCore(long offset, Span<byte> destination);
     protected abstract int WriteCore(long offset, ReadOnlySpan<byte> source);

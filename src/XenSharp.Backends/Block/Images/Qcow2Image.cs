@@ -108,16 +108,34 @@ internal sealed partial class Qcow2Image : FormattedImage
 
     // ---- reads ----
 
+    protected override bool LocksItself => true;
+
     protected override int ReadCore(long offset, Span<byte> destination)
     {
         while (!destination.IsEmpty)
         {
             int inCluster = (int)(offset & (_clusterSize - 1));
             int n = Math.Min(_clusterSize - inCluster, destination.Length);
-            ulong entry = L2Entry(offset >> _clusterBits);
-            int r = ReadThrough(entry, offset, destination[..n]);
-            if (r != 0)
-                return r;
+            var part = destination[..n];
+            long host = -1;
+            lock (Lock)
+            {
+                ulong entry = L2Entry(offset >> _clusterBits);
+                if ((entry & CompressedFlag) != 0 || IsZero(entry))
+                    ReadThrough(entry, offset, part);
+                else if ((host = (long)(entry & OffsetMask)) != 0)
+                    CheckDataCluster(host);
+            }
+            // Plain data and the backing file are read outside the lock, so requests overlap. A
+            // cluster is never reused once freed, so a concurrent discard leaves at worst zeros.
+            if (host == 0)
+            {
+                int r = ReadBacking(offset, part);
+                if (r != 0)
+                    return r;
+            }
+            else if (host > 0 && File.ReadAt(host + inCluster, part) != part.Length)
+                throw new ImageCorruptException($"data cluster at {host} is past the end of the file");
             offset += n;
             destination = destination[n..];
         }
@@ -199,17 +217,25 @@ internal sealed partial class Qcow2Image : FormattedImage
         {
             int inCluster = (int)(offset & (_clusterSize - 1));
             int n = Math.Min(_clusterSize - inCluster, source.Length);
-            int r = WriteCluster(offset, source[..n]);
+            int r;
+            long inPlace;
+            lock (Lock)
+                r = WriteCluster(offset, source[..n], out inPlace);
             if (r != 0)
                 return r;
+            // A cluster this image alone owns (COPIED) is written outside the lock: the hot path.
+            if (inPlace > 0)
+                File.WriteAt(inPlace + inCluster, source[..n]);
             offset += n;
             source = source[n..];
         }
         return 0;
     }
 
-    private int WriteCluster(long offset, ReadOnlySpan<byte> data)
+    /// <summary>Writes one cluster's part under the lock, or says where to write it in place (<paramref name="inPlace"/>).</summary>
+    private int WriteCluster(long offset, ReadOnlySpan<byte> data, out long inPlace)
     {
+        inPlace = 0;
         long guestCluster = offset >> _clusterBits;
         int inCluster = (int)(offset & (_clusterSize - 1));
         long l2 = WritableL2(guestCluster >> _l2Bits);
@@ -231,6 +257,11 @@ internal sealed partial class Qcow2Image : FormattedImage
                     _cluster.AsSpan().Clear();
                     data.CopyTo(_cluster.AsSpan(inCluster));
                     File.WriteAt(host, _cluster);
+                }
+                else if ((entry & Copied) != 0 && !IsZero(entry))
+                {
+                    inPlace = host;
+                    return 0;
                 }
                 else
                     File.WriteAt(host + inCluster, data);
@@ -307,6 +338,12 @@ internal sealed partial class Qcow2Image : FormattedImage
     // ---- discard ----
 
     protected override int DiscardCore(long offset, long length)
+    {
+        lock (Lock)
+            return DiscardClusters(offset, length);
+    }
+
+    private int DiscardClusters(long offset, long length)
     {
         long first = (offset + _clusterSize - 1) >> _clusterBits;
         long end = (offset + length) >> _clusterBits; // exclusive; only whole clusters are given back
