@@ -12,7 +12,7 @@ internal sealed partial class ImageFile : IDisposable
 {
     private const int ORdOnly = 0, ORdWr = 2, OCloExec = 0x80000, ODirect = 0x4000;
     private const int FallocKeepSize = 1, FallocPunchHole = 2;
-    private const ulong BlkGetSize64 = 0x80081272;
+    private const ulong BlkGetSize64 = 0x80081272, BlkSszGet = 0x1268;
 
     public SafeFileHandle Handle { get; }
     public string Path { get; }
@@ -64,6 +64,10 @@ internal sealed partial class ImageFile : IDisposable
             return RandomAccess.GetLength(Handle);
         }
     }
+
+    /// <summary>The sector size requests must be aligned to: a block device's logical block size, else 512.</summary>
+    public int LogicalBlockSize =>
+        IsBlockDevice && ioctl(Handle, BlkSszGet, out int size) == 0 && size is >= 512 and <= 65536 ? size : 512;
 
     /// <summary>Reads up to the end of the file; returns the bytes read.</summary>
     public int ReadAt(long offset, Span<byte> buffer)
@@ -120,4 +124,7 @@ internal sealed partial class ImageFile : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(SafeFileHandle fd, ulong request, out ulong value);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ioctl(SafeFileHandle fd, ulong request, out int value);
 }

@@ -27,6 +27,7 @@ internal sealed unsafe class RawImage : IBlockImage
         Format = format;
         _limit = fixedSize;
         _size = fixedSize >= 0 ? fixedSize : file.Length;
+        SectorSize = file.LogicalBlockSize;
         if (file.Direct)
             _bounce = (byte*)NativeMemory.AlignedAlloc(BounceSize, DirectAlignment);
     }
@@ -34,7 +35,7 @@ internal sealed unsafe class RawImage : IBlockImage
     public string Name => _file.Path;
     public BlockImageFormat Format { get; }
     public long Size => Volatile.Read(ref _size);
-    public int SectorSize => 512;
+    public int SectorSize { get; }
     public bool ReadOnly => !_file.Writable;
     public bool SupportsDiscard => !ReadOnly;
 
