@@ -47,7 +47,7 @@ internal sealed partial class ImageFile : IDisposable
         else
             handle = OpenBuffered(path, writable);
 
-        bool blockDevice = RandomAccess.GetLength(handle) == 0 && ioctl(handle, BlkGetSize64, out _) == 0;
+        bool blockDevice = RandomAccess.GetLength(handle) == 0 && ioctl(handle, BlkGetSize64, out ulong _) == 0;
         return new ImageFile(handle, path, writable, isDirect, blockDevice);
     }
 
