@@ -125,6 +125,23 @@ public sealed class Qcow2ImageTests
         Qemu.CheckClean(dir["sub/mid.qcow2"]);
     }
 
+    /// <summary>A backing file whose size ends mid-sector: its tail and what lies past it read as zeros.</summary>
+    [Fact]
+    public void BackingFileEndingMidSector()
+    {
+        using var dir = new ImageDir();
+        var data = new byte[100_000];
+        new Random(15).NextBytes(data);
+        File.WriteAllBytes(dir["base.raw"], data);
+        Qemu.Img("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", dir["top.qcow2"], "1M");
+        using var image = BlockImages.Open(dir["top.qcow2"]);
+        var expected = new byte[1 << 20];
+        data.CopyTo(expected, 0);
+        Assert.True(expected.AsSpan().SequenceEqual(ImageDir.ReadAll(image)));
+        using var raw = BlockImages.Open(dir["base.raw"], new BlockImageOptions { ReadOnly = true });
+        Assert.Equal(100_352, raw.Size);
+    }
+
     [Fact]
     public void ReadsV3ZeroClusters()
     {
@@ -177,6 +194,7 @@ public sealed class Qcow2ImageTests
         using (var image = BlockImages.Open(dir["a.qcow2"]))
         {
             Assert.True(image.SupportsDiscard);
+            Assert.Equal(65536, image.DiscardGranularity);
             var ones = new byte[1 << 20];
             ones.AsSpan().Fill(0xEE);
             Assert.Equal(0, image.Write(1 << 20, ones));

@@ -27,6 +27,7 @@ internal abstract class FormattedImage : IBlockImage
     public int SectorSize => 512;
     public bool ReadOnly => !File.Writable;
     public virtual bool SupportsDiscard => !ReadOnly;
+    public virtual int DiscardGranularity => SectorSize;
     /// <summary>The image this one reads unallocated ranges from, if any.</summary>
     public IBlockImage? Backing { get; protected init; }
 
@@ -118,6 +119,12 @@ internal abstract class FormattedImage : IBlockImage
     }
 
     public long RefreshSize() => Size;
+
+    /// <summary>
+    /// A size rounded up to whole sectors, as QEMU's block layer counts it: the tail of a file or
+    /// virtual size that ends mid-sector reads as zeros.
+    /// </summary>
+    public static long SectorAligned(long size) => (size + 511) & ~511L;
 
     /// <summary>
     /// True for a format that takes <see cref="Lock"/> only around its metadata, so that the data I/O

@@ -38,6 +38,8 @@ public interface IBlockImage : IDisposable
     bool ReadOnly { get; }
     /// <summary>Whether <see cref="Discard"/> can free space (the backend's <c>feature-discard</c>).</summary>
     bool SupportsDiscard { get; }
+    /// <summary>The unit discards free space in (the backend's <c>discard-granularity</c>): a qcow2 cluster, a host block.</summary>
+    int DiscardGranularity { get; }
 
     int Read(long offset, Span<byte> destination);
     int Write(long offset, ReadOnlySpan<byte> source);

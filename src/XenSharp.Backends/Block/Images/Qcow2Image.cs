@@ -42,13 +42,13 @@ internal sealed partial class Qcow2Image : FormattedImage
 
     public override BlockImageFormat Format => BlockImageFormat.Qcow2;
     public override bool SupportsDiscard => !ReadOnly;
-    public int ClusterSize => _clusterSize;
+    public override int DiscardGranularity => _clusterSize;
 
     public Qcow2Image(ImageFile file, BlockImageOptions options, Qcow2Header header, IBlockImage? backing)
         : base(file, options)
     {
         _header = header;
-        Size = header.Size;
+        Size = SectorAligned(header.Size);
         Backing = backing;
         _clusterBits = header.ClusterBits;
         _clusterSize = 1 << _clusterBits;

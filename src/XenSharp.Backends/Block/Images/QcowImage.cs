@@ -83,7 +83,7 @@ internal sealed class QcowImage : FormattedImage
         : base(file, options)
     {
         _header = header;
-        Size = header.Size;
+        Size = SectorAligned(header.Size);
         Backing = backing;
         _clusterSize = 1 << header.ClusterBits;
         _l2Size = 8 << header.L2Bits;

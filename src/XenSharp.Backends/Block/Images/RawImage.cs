@@ -26,7 +26,7 @@ internal sealed unsafe class RawImage : IBlockImage
         _options = options;
         Format = format;
         _limit = fixedSize;
-        _size = fixedSize >= 0 ? fixedSize : file.Length;
+        _size = fixedSize >= 0 ? fixedSize : FormattedImage.SectorAligned(file.Length);
         SectorSize = file.LogicalBlockSize;
         if (file.Direct)
             _bounce = (byte*)NativeMemory.AlignedAlloc(BounceSize, DirectAlignment);
@@ -38,6 +38,7 @@ internal sealed unsafe class RawImage : IBlockImage
     public int SectorSize { get; }
     public bool ReadOnly => !_file.Writable;
     public bool SupportsDiscard => !ReadOnly;
+    public int DiscardGranularity => Math.Max(SectorSize, 4096);
 
     public int Read(long offset, Span<byte> destination)
     {
@@ -91,7 +92,7 @@ internal sealed unsafe class RawImage : IBlockImage
     public long RefreshSize()
     {
         if (_limit < 0)
-            Volatile.Write(ref _size, _file.Length);
+            Volatile.Write(ref _size, FormattedImage.SectorAligned(_file.Length));
         return Size;
     }
 
