@@ -116,16 +116,19 @@ internal sealed partial class Qcow2Image : FormattedImage
         {
             int inCluster = (int)(offset & (_clusterSize - 1));
             int n = Math.Min(_clusterSize - inCluster, destination.Length);
-            var part = destination[..n];
             long host = -1;
             lock (Lock)
             {
                 ulong entry = L2Entry(offset >> _clusterBits);
                 if ((entry & CompressedFlag) != 0 || IsZero(entry))
-                    ReadThrough(entry, offset, part);
+                    ReadThrough(entry, offset, destination[..n]);
                 else if ((host = (long)(entry & OffsetMask)) != 0)
+                {
                     CheckDataCluster(host);
+                    n += ContiguousAfter(offset + n, host + inCluster + n, destination.Length - n);
+                }
             }
+            var part = destination[..n];
             // Plain data and the backing file are read outside the lock, so requests overlap. A
             // cluster is never reused once freed, so a concurrent discard leaves at worst zeros.
             if (host == 0)
@@ -140,6 +143,25 @@ internal sealed partial class Qcow2Image : FormattedImage
             destination = destination[n..];
         }
         return 0;
+    }
+
+    /// <summary>
+    /// How many of the next <paramref name="limit"/> bytes from guest offset <paramref name="offset"/>
+    /// (cluster-aligned) lie in plain clusters that follow on in the file from <paramref name="host"/>,
+    /// so one read serves them all.
+    /// </summary>
+    private int ContiguousAfter(long offset, long host, int limit)
+    {
+        int run = 0;
+        while (run < limit)
+        {
+            ulong entry = L2Entry((offset + run) >> _clusterBits);
+            if ((entry & CompressedFlag) != 0 || IsZero(entry) || (long)(entry & OffsetMask) != host + run)
+                break;
+            CheckDataCluster(host + run);
+            run += Math.Min(_clusterSize, limit - run);
+        }
+        return run;
     }
 
     /// <summary>Reads part of one guest cluster as its L2 entry says.</summary>
