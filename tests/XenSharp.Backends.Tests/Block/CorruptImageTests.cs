@@ -119,6 +119,32 @@ public sealed class CorruptImageTests
         Assert.True(length < b.Length + (1 << 20), "a write went to where the damaged entry pointed");
     }
 
+    [Fact]
+    public void DataClusterOnMetadataIsNeverWritten()
+    {
+        var (dir, path, b) = Populated();
+        using var _ = dir;
+        long l2 = (long)(BinaryPrimitives.ReadUInt64BigEndian(b.AsSpan((int)L1Offset(b))) & 0x00FF_FFFF_FFFF_FE00);
+        long rt = (long)BinaryPrimitives.ReadUInt64BigEndian(b.AsSpan(48));
+        long refBlock = (long)BinaryPrimitives.ReadUInt64BigEndian(b.AsSpan((int)rt));
+        // Guest cluster 20 now claims the refcount block as its data, 21 its own L2 table; both "ours alone".
+        BinaryPrimitives.WriteUInt64BigEndian(b.AsSpan((int)l2 + 20 * 8), (1UL << 63) | (ulong)refBlock);
+        BinaryPrimitives.WriteUInt64BigEndian(b.AsSpan((int)l2 + 21 * 8), (1UL << 63) | (ulong)l2);
+        File.WriteAllBytes(path, b);
+        using (var image = BlockImages.Open(path))
+        {
+            var junk = new byte[4096];
+            junk.AsSpan().Fill(0xA5);
+            Assert.Equal(-Errno.EIO, image.Write(20 * 4096, junk));
+            Assert.Equal(-Errno.EIO, image.Write(21 * 4096, junk));
+            Assert.Equal(-Errno.EIO, image.Read(21 * 4096, junk));
+            Assert.Equal(0, image.Flush());
+        }
+        byte[] after = File.ReadAllBytes(path);
+        Assert.True(b.AsSpan((int)refBlock, 4096).SequenceEqual(after.AsSpan((int)refBlock, 4096)));
+        Assert.True(b.AsSpan((int)l2, 4096).SequenceEqual(after.AsSpan((int)l2, 4096)));
+    }
+
     /// <summary>Byte flips all over the metadata: opening is refused or every request answers 0 or an errno.</summary>
     [Fact]
     public void RandomDamageNeverEscapesAsAnException()

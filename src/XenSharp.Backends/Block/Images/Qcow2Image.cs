@@ -39,6 +39,9 @@ internal sealed partial class Qcow2Image : FormattedImage
     private readonly byte[] _compressed;   // a compressed cluster's bytes
     private readonly byte[] _decompressed; // the last decompressed cluster
     private ulong _decompressedEntry;
+    // Clusters holding L2 tables, refcount blocks, the snapshot table and snapshot L1 tables: a data
+    // cluster found among them is damage, and writing it would destroy metadata.
+    private readonly HashSet<long> _metadata = [];
 
     public override BlockImageFormat Format => BlockImageFormat.Qcow2;
     public override bool SupportsDiscard => !ReadOnly;
@@ -67,7 +70,10 @@ internal sealed partial class Qcow2Image : FormattedImage
             _refcountTable[i] = BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
             long block = (long)(_refcountTable[i] & RefTableOffsetMask);
             if (block != 0)
+            {
                 CheckMetadataCluster("refcount block", block);
+                _metadata.Add(block >> _clusterBits);
+            }
         }
 
         _l1 = new ulong[header.L1Size];
@@ -78,8 +84,12 @@ internal sealed partial class Qcow2Image : FormattedImage
             _l1[i] = BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
             long l2 = (long)(_l1[i] & OffsetMask);
             if (l2 != 0)
+            {
                 CheckMetadataCluster("L2 table", l2);
+                _metadata.Add(l2 >> _clusterBits);
+            }
         }
+        CountSnapshots(AddMetadata, (l1, entries) => AddMetadata(l1, entries * 8L));
         _cache = new MetadataCache(file, _clusterSize, Math.Clamp(MaxCacheBytes / _clusterSize, 8, 256));
         _cluster = new byte[_clusterSize];
         _compressed = new byte[2 * _clusterSize + 512];
@@ -333,6 +343,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         File.WriteAt(fresh, _cluster);
         GrowFileLength(fresh + _clusterSize);
         _cache.Put(fresh, _cluster);
+        _metadata.Add(fresh >> _clusterBits);
         SetRefcount(fresh >> _clusterBits, 1);
         SetL1Entry(l1Index, (ulong)fresh | Copied);
         if (l2 != 0)
@@ -492,6 +503,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         File.WriteAt(fresh, _cluster);
         GrowFileLength(fresh + _clusterSize);
         _cache.Put(fresh, _cluster);
+        _metadata.Add(freshCluster);
         SetRefcountTableEntry(blockIndex, (ulong)fresh);
         return fresh;
     }
@@ -608,11 +620,17 @@ internal sealed partial class Qcow2Image : FormattedImage
             throw new ImageCorruptException($"{what} at offset {offset} overlaps the L1 or refcount table");
     }
 
+    private void AddMetadata(long offset, long length)
+    {
+        for (long c = offset >> _clusterBits; length > 0 && c <= (offset + length - 1) >> _clusterBits; c++)
+            _metadata.Add(c);
+    }
+
     private void CheckDataCluster(long host)
     {
-        if (host % _clusterSize != 0 || host < _clusterSize ||
+        if (host % _clusterSize != 0 || host < _clusterSize || _metadata.Contains(host >> _clusterBits) ||
             Qcow2Header.Overlaps(host, _clusterSize, _header.L1TableOffset, (long)_header.L1Size * 8) ||
             Qcow2Header.Overlaps(host, _clusterSize, _refcountTableOffset, (long)_refcountTable.Length * 8))
-            throw new ImageCorruptException($"data cluster at {host} is unaligned or overlaps the header, L1 or refcount table");
+            throw new ImageCorruptException($"data cluster at {host} is unaligned or overlaps metadata");
     }
 }
