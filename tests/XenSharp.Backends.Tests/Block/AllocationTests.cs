@@ -30,11 +30,18 @@ public sealed class AllocationTests
         Assert.Equal(0, disk.Flush());
         Requests(disk, buffer); // once more to warm up, then measured
 
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        int failures = Requests(disk, buffer);
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        // The runtime itself may allocate now and then on this thread (tiered compilation installing
+        // new code); a per-request allocation would show in every round, so the least round counts.
+        long least = long.MaxValue;
+        int failures = 0;
+        for (int round = 0; round < 5 && least > 0; round++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            failures += Requests(disk, buffer);
+            least = Math.Min(least, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
         Assert.Equal(0, failures);
-        Assert.Equal(0, allocated);
+        Assert.Equal(0, least);
     }
 
     /// <summary>Reads, writes and a flush; failures are counted, not asserted, since xunit's asserts allocate.</summary>

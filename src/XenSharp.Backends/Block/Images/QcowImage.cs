@@ -75,6 +75,8 @@ internal sealed class QcowImage : FormattedImage
     private readonly byte[] _compressed;
     private readonly byte[] _zeroL2;
     private long _fileEnd;
+    // Clusters holding the header, the L1 table or an L2 table: never written as data.
+    private readonly HashSet<long> _metadata = [];
 
     public override BlockImageFormat Format => BlockImageFormat.Qcow;
     public override bool SupportsDiscard => false;
@@ -96,7 +98,10 @@ internal sealed class QcowImage : FormattedImage
             _l1[i] = (long)BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
             if (_l1[i] != 0 && (_l1[i] < QcowHeader.Length || _l1[i] > _fileEnd - _l2Size))
                 throw new ImageCorruptException($"L2 table at offset {_l1[i]} is outside the file");
+            AddMetadata(_l1[i], _l2Size);
         }
+        AddMetadata(0, QcowHeader.Length);
+        AddMetadata(header.L1TableOffset, header.L1Size * 8L);
         _cache = new MetadataCache(file, _l2Size, 32);
         _cluster = new byte[_clusterSize];
         _compressed = new byte[_clusterSize + 512];
@@ -195,8 +200,8 @@ internal sealed class QcowImage : FormattedImage
         if (entry != 0 && (entry & CompressedFlag) == 0)
         {
             long host = (long)entry;
-            if (host < QcowHeader.Length || host > _fileEnd - _clusterSize)
-                throw new ImageCorruptException($"data cluster at {host} is outside the file");
+            if (host < QcowHeader.Length || host > _fileEnd - _clusterSize || OnMetadata(host))
+                throw new ImageCorruptException($"data cluster at {host} is outside the file or on metadata");
             File.WriteAt(host + inCluster, data);
             return 0;
         }
@@ -222,12 +227,22 @@ internal sealed class QcowImage : FormattedImage
         long l2 = Allocate(_l2Size);
         File.WriteAt(l2, _zeroL2);
         _cache.Put(l2, _zeroL2);
+        AddMetadata(l2, _l2Size);
         _l1[l1Index] = l2;
         Span<byte> bytes = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(bytes, (ulong)l2);
         File.WriteAt(_header.L1TableOffset + l1Index * 8, bytes);
         return l2;
     }
+
+    private void AddMetadata(long offset, long length)
+    {
+        for (long c = offset >> _header.ClusterBits; length > 0 && c <= (offset + length - 1) >> _header.ClusterBits; c++)
+            _metadata.Add(c);
+    }
+
+    private bool OnMetadata(long host) =>
+        _metadata.Contains(host >> _header.ClusterBits) || _metadata.Contains((host + _clusterSize - 1) >> _header.ClusterBits);
 
     /// <summary>Space at the end of the file, cluster-aligned as QEMU lays it out.</summary>
     private long Allocate(int length)
