@@ -85,12 +85,11 @@ internal abstract class FormattedImage : IBlockImage
             return 0;
         try
         {
-            // Needs no lock: every write completed before this call is in the file already.
-            return _disposed ? -Errno.EIO : File.DataSync();
+            return _disposed ? -Errno.EIO : FlushCore();
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            return -Errno.EIO;
+            return Fail(e, "flush", 0);
         }
     }
 
@@ -136,6 +135,12 @@ internal abstract class FormattedImage : IBlockImage
     protected abstract int WriteCore(long offset, ReadOnlySpan<byte> source);
     protected virtual int DiscardCore(long offset, long length) => 0;
 
+    /// <summary>Makes completed writes durable. Needs no lock where every completed write is in the file already.</summary>
+    protected virtual int FlushCore() => File.DataSync();
+
+    /// <summary>Writes back what the format holds in memory, under the lock, before the file closes.</summary>
+    protected virtual void Close() { }
+
     /// <summary>Fills <paramref name="destination"/> from the backing image, zeros past its end or without one.</summary>
     protected int ReadBacking(long offset, Span<byte> destination)
     {
@@ -171,6 +176,14 @@ internal abstract class FormattedImage : IBlockImage
             if (_disposed)
                 return;
             _disposed = true;
+            try
+            {
+                Close();
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Options.Log?.Invoke($"{Name}: closing failed: {e.Message}");
+            }
             File.Dispose();
             Backing?.Dispose();
         }

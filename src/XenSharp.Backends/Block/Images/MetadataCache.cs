@@ -16,6 +16,9 @@ internal sealed class MetadataCache
 
     public int TableSize { get; }
 
+    /// <summary>Called before a cached table is dropped, for an owner that holds changes to it back.</summary>
+    public Action? BeforeEvict { get; set; }
+
     public MetadataCache(ImageFile file, int tableSize, int slots)
     {
         _file = file;
@@ -84,6 +87,7 @@ internal sealed class MetadataCache
             if (_used[i] < _used[best])
                 best = i;
         }
+        BeforeEvict?.Invoke();
         return best;
     }
 }

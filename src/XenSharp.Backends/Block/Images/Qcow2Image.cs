@@ -9,10 +9,11 @@ namespace XenSharp.Backends.Block.Images;
 /// L1 and L2 tables, host clusters counted in refcount blocks.
 ///
 /// Writes allocate host clusters at the end of the file. The order of the writes keeps the image
-/// consistent after the process dies at any point: a new cluster's contents first, then its
-/// refcount, then the L2 (or L1) entry that makes it visible; a cluster that stops being used is
-/// unlinked before its refcount drops. A crash in between leaves at worst a leaked cluster, which
-/// <c>qemu-img check</c> tolerates. Metadata is written through at once, so a flush is one fdatasync.
+/// consistent after the process or the host dies at any point: a new cluster's contents and its
+/// refcount first; the L2, L1 or refcount table entry that links it in is held back until an
+/// fdatasync has made them durable (at a flush, or when 256 links are waiting); a cluster that
+/// stops being used has its refcount dropped only after the unlinking entry is durable. A crash in
+/// between leaves at worst leaked clusters, which <c>qemu-img check</c> tolerates.
 /// Clusters shared with internal snapshots (refcount above one, COPIED flag clear) are copied
 /// before they are written, and snapshot tables are never touched.
 /// </summary>
@@ -42,6 +43,14 @@ internal sealed partial class Qcow2Image : FormattedImage
     // Clusters holding L2 tables, refcount blocks, the snapshot table and snapshot L1 tables: a data
     // cluster found among them is damage, and writing it would destroy metadata.
     private readonly HashSet<long> _metadata = [];
+    // Entries linking new clusters in (L2, L1 and refcount table entries), held back until a sync
+    // has made what they point at durable; and clusters unlinked, freed once the unlinking is durable.
+    private const int MaxPending = 256;
+    private readonly (long Offset, ulong Value)[] _links = new (long, ulong)[MaxPending];
+    private int _linkCount;
+    private readonly long[] _frees = new long[MaxPending];
+    private int _freeCount;
+    private bool _committing;
 
     public override BlockImageFormat Format => BlockImageFormat.Qcow2;
     public override bool SupportsDiscard => !ReadOnly;
@@ -91,6 +100,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         }
         CountSnapshots(AddMetadata, (l1, entries) => AddMetadata(l1, entries * 8L));
         _cache = new MetadataCache(file, _clusterSize, Math.Clamp(MaxCacheBytes / _clusterSize, 8, 256));
+        _cache.BeforeEvict = () => { if (_linkCount > 0) CommitLinks(); };
         _cluster = new byte[_clusterSize];
         _compressed = new byte[2 * _clusterSize + 512];
         _decompressed = new byte[_clusterSize];
@@ -347,7 +357,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         SetRefcount(fresh >> _clusterBits, 1);
         SetL1Entry(l1Index, (ulong)fresh | Copied);
         if (l2 != 0)
-            ChangeRefcount(l2 >> _clusterBits, -1);
+            Free(l2 >> _clusterBits);
         return fresh;
     }
 
@@ -358,14 +368,14 @@ internal sealed partial class Qcow2Image : FormattedImage
         {
             (long start, int length) = CompressedRange(entry, out _);
             for (long c = start >> _clusterBits; c <= (start + length - 1) >> _clusterBits; c++)
-                ChangeRefcount(c, -1);
+                Free(c);
             if (entry == _decompressedEntry)
                 _decompressedEntry = 0;
             return;
         }
         long host = (long)(entry & OffsetMask);
         if (host != 0)
-            ChangeRefcount(host >> _clusterBits, -1);
+            Free(host >> _clusterBits);
     }
 
     // ---- discard ----
@@ -423,15 +433,91 @@ internal sealed partial class Qcow2Image : FormattedImage
     {
         byte[] table = _cache.Get(l2);
         BinaryPrimitives.WriteUInt64BigEndian(table.AsSpan(index * 8), entry);
-        File.WriteAt(l2 + index * 8, table.AsSpan(index * 8, 8));
+        Link(l2 + index * 8, entry);
     }
 
     private void SetL1Entry(long index, ulong entry)
     {
         _l1[index] = entry;
-        Span<byte> bytes = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(bytes, entry);
-        File.WriteAt(_header.L1TableOffset + index * 8, bytes);
+        Link(_header.L1TableOffset + index * 8, entry);
+    }
+
+    // ---- ordering: links after a sync, frees after their unlinking is durable ----
+
+    private void Link(long offset, ulong value)
+    {
+        if (_linkCount == MaxPending)
+            CommitLinks();
+        _links[_linkCount++] = (offset, value);
+    }
+
+    private void Free(long cluster)
+    {
+        if (_freeCount == MaxPending)
+            CommitFrees();
+        _frees[_freeCount++] = cluster;
+    }
+
+    /// <summary>Syncs (new clusters' contents and refcounts become durable), then writes the held-back entries.</summary>
+    private void CommitLinks()
+    {
+        if (_committing || _linkCount == 0)
+            return;
+        _committing = true;
+        try
+        {
+            SyncOrThrow();
+            Span<byte> bytes = stackalloc byte[8];
+            for (int i = 0; i < _linkCount; i++)
+            {
+                BinaryPrimitives.WriteUInt64BigEndian(bytes, _links[i].Value);
+                File.WriteAt(_links[i].Offset, bytes);
+            }
+            _linkCount = 0;
+        }
+        finally
+        {
+            _committing = false;
+        }
+    }
+
+    /// <summary>Makes the unlinking entries durable, then drops the freed clusters' refcounts.</summary>
+    private void CommitFrees()
+    {
+        CommitLinks();
+        if (_freeCount == 0)
+            return;
+        SyncOrThrow();
+        int count = _freeCount;
+        _freeCount = 0;
+        for (int i = 0; i < count; i++)
+            ChangeRefcount(_frees[i], -1);
+    }
+
+    private void SyncOrThrow()
+    {
+        int r = File.DataSync();
+        if (r != 0)
+            throw new IOException($"fdatasync failed: errno {-r}");
+    }
+
+    protected override int FlushCore()
+    {
+        lock (Lock)
+        {
+            CommitFrees();
+            CommitLinks(); // entries the frees linked (a new refcount block)
+            return File.DataSync();
+        }
+    }
+
+    protected override void Close()
+    {
+        if (!File.Writable)
+            return;
+        CommitFrees();
+        CommitLinks();
+        File.DataSync();
     }
 
     // ---- refcounts and allocation ----
@@ -511,9 +597,7 @@ internal sealed partial class Qcow2Image : FormattedImage
     private void SetRefcountTableEntry(long index, ulong value)
     {
         _refcountTable[index] = value;
-        Span<byte> bytes = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(bytes, value);
-        File.WriteAt(_refcountTableOffset + index * 8, bytes);
+        Link(_refcountTableOffset + index * 8, value);
     }
 
     /// <summary>
@@ -522,6 +606,7 @@ internal sealed partial class Qcow2Image : FormattedImage
     /// </summary>
     private void GrowRefcountTable(long neededIndex)
     {
+        CommitLinks(); // links queued for the old table's place go there first
         long perCluster = _clusterSize / 8;
         long oldEntries = _refcountTable.Length;
         long guess = Math.Max(neededIndex + 1, oldEntries * 2);
@@ -555,7 +640,8 @@ internal sealed partial class Qcow2Image : FormattedImage
         _refcountTableOffset = newOffset;
         for (long c = 0; c < clusters; c++)
             SetRefcount((newOffset >> _clusterBits) + c, 1);
-        File.DataSync();
+        CommitLinks(); // refcount blocks made just now are linked in the new table
+        SyncOrThrow();
 
         Span<byte> header = stackalloc byte[12];
         BinaryPrimitives.WriteUInt64BigEndian(header, (ulong)newOffset);

@@ -68,7 +68,8 @@ internal sealed partial class Qcow2Image
         for (long c = 0; c < clusters; c++)
             if (references[c] > GetRefcount(c))
                 SetRefcount(c, references[c]);
-        File.DataSync();
+        CommitLinks();
+        SyncOrThrow();
 
         Span<byte> features = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(features, _header.IncompatibleFeatures & ~Qcow2Header.Dirty);
