@@ -59,8 +59,8 @@ internal sealed class QcowHeader
 /// <summary>
 /// A qcow version 1 image: guest clusters through an L1 and L2 tables, no refcounts. Reads plain
 /// and compressed clusters; writes allocate clusters and L2 tables at the end of the file, data
-/// first and the table entry after, so a crash leaves at worst unused space. A compressed cluster
-/// that is written is first expanded into a new cluster.
+/// first and the table entry after, so a process that dies leaves at worst unused space. A
+/// compressed cluster that is written is first expanded into a new cluster.
 /// </summary>
 internal sealed class QcowImage : FormattedImage
 {

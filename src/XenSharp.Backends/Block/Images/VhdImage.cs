@@ -46,8 +46,8 @@ internal sealed class VhdFooter
 /// dynamic and differencing disks map 2 MiB (or other) blocks through the BAT, each block preceded
 /// by its sector bitmap. A differencing disk reads the sectors its bitmap does not mark from its
 /// parent, found through the parent locators. A new block is placed where the footer was: the
-/// footer is first rewritten past the block, then the bitmap, then the BAT entry, so a crash leaves
-/// a valid file.
+/// footer is first rewritten past the block, then the bitmap, then the BAT entry, so a process
+/// that dies leaves a valid file (a host crash between flushes may not: VHD has no check to lean on).
 /// </summary>
 internal sealed class VhdImage : FormattedImage
 {
