@@ -117,16 +117,7 @@ public sealed partial class Host
         catch (XenSharp.Hypervisor.HypervisorException e)
         {
             // libxl_send_trigger's report: the errno of XEN_DOMCTL_sendtrigger in words.
-            throw new ControlException($"libxl: error: libxl_domain.c: Domain {d.DomId}:Send trigger '{r.Trigger}' failed: {ErrnoText(e.Errno)}", e.Errno);
+            throw new ControlException($"libxl: error: libxl_domain.c: Domain {d.DomId}:Send trigger '{r.Trigger}' failed: {ErrnoText.Describe(e.Errno)}", e.Errno);
         }
     }
-
-    private static string ErrnoText(int errno) => errno switch
-    {
-        1 => "Operation not permitted",
-        3 => "No such process",
-        22 => "Invalid argument",
-        38 => "Function not implemented",
-        _ => $"errno {errno}",
-    };
 }

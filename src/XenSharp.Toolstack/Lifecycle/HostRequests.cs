@@ -1,7 +1,4 @@
 using System.Collections.Frozen;
-using XenSharp.Store;
-using XenSharp.Toolstack.Builder;
-using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
 
 namespace XenSharp.Toolstack.Lifecycle;
@@ -53,24 +50,21 @@ public sealed partial class Host
     /// <summary>The requests this daemon answers (the protocol's requests all have a row).</summary>
     internal static IReadOnlyCollection<Type> HandledRequests => Handlers.Keys;
 
+    /// <summary>Answers one request. Whatever the handler throws becomes an error answer with the
+    /// errno <see cref="ControlErrors"/> gives it; nothing a client asks takes the daemon down.</summary>
     public ControlResponse Handle(ControlRequest request)
     {
         try
         {
             if (!Handlers.TryGetValue(request.GetType(), out var handler))
-                throw new ControlException("unknown request");
+                throw new ControlException($"xensharpd: unknown request {request.GetType().Name}", ControlErrors.ENOSYS);
             return ControlResponse.Success(handler(this, request));
         }
-        catch (ControlException e) { return ControlResponse.Failure(e.Message, e.Errno); }
-        catch (XlConfigException e) { return ControlResponse.Failure(e.Message); }
-        catch (DomainBuildException e) { return ControlResponse.Failure(e.Message); }
-        catch (XenStoreException e) { return ControlResponse.Failure(e.Message); }
-        catch (NotSupportedException e) { return ControlResponse.Failure(e.Message); }
-        catch (ArgumentException e) { return ControlResponse.Failure(e.Message); }
-        catch (FormatException e) { return ControlResponse.Failure(e.Message); }
-        catch (XenSharp.Hypervisor.HypervisorException e) { return ControlResponse.Failure(e.Message, e.Errno); }
-        // Machine memory ran out building a domain or filling a PoD cache: the request fails (ENOMEM), the daemon goes on.
-        catch (OutOfMemoryException e) { return ControlResponse.Failure(e.Message, 12); }
+        catch (Exception e) when (ControlErrors.Map(e) is { } failure)
+        {
+            if (failure.Unexpected) _hv.ConsoleWrite($"xensharpd: {request.GetType().Name} failed: {e}");
+            return ControlResponse.Failure(failure.Message, failure.Errno);
+        }
     }
 
     /// <summary>A row for a request answered with a result.</summary>
