@@ -34,7 +34,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         Timers = new Timers(Time, FireTimer);
         Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler, _options.NumaSysfsPath);
         CommandLine = _options.CommandLine;
-        Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
+        Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
         Log($"Xen version {XenVersion.Major}.{XenVersion.Minor}{XenVersion.ExtraVersion} (XenSharp), {Frames.FrameCount >> 8} MiB machine memory, {_options.Pcpus} pCPUs");
     }
@@ -58,7 +58,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     // ================= domains =================
 
     /// <summary>Creates a paused domain with its vCPUs and no memory; returns its domid.</summary>
-    public ushort CreateDomain(DomainConfig config)
+    public ushort CreateDomain(DomainCreateConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
         if (config.Vcpus < 1 || config.Vcpus > 128)
@@ -373,7 +373,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             HostHeap.RequestTrim();
     }
 
-    public IReadOnlyList<DomainInfo> ListDomains()
+    public IReadOnlyList<DomctlDomainInfo> ListDomains()
     {
         Domain[] all;
         lock (_domains)
@@ -381,9 +381,9 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         return all.Select(Info).ToList();
     }
 
-    public DomainInfo GetDomainInfo(ushort domid) => Info(FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH));
+    public DomctlDomainInfo GetDomainInfo(ushort domid) => Info(FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH));
 
-    private static DomainInfo Info(Domain d) => new(
+    private static DomctlDomainInfo Info(Domain d) => new(
         d.DomainId, d.Handle, d.Type, d.State,
         d.ShutdownReason is uint r ? (ShutdownReason)r : null,
         d.Vcpus.Any(v => v.IsRunning),
@@ -468,7 +468,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             return _domains.Values.OrderBy(d => d.DomainId).ToArray();
     }
 
-    public HostInfo GetHostInfo() => new(
+    public PhysInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,
         _options.Pcpus, Scheduler.Name, XenVersion.Major, XenVersion.Minor, XenVersion.ExtraVersion,
         XenVersion.Capabilities, CommandLine, Time.TscHz);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using XenSharp.Backends.Console;
+using XenSharp.Public;
 using XenSharp.Public.Hvm;
 using XenSharp.Store;
 using XenSharp.Toolstack.Builder;
@@ -145,7 +146,7 @@ public sealed partial class Host : IDisposable
 
         if (c.TscMode == TscMode.NativeParavirt)
             throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
-        var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? DomainKind.Hvm : DomainKind.Pvh,
+        var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? XenSharp.Hypervisor.DomainKind.Hvm : XenSharp.Hypervisor.DomainKind.Pvh,
             c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
         var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = restarting ?? new Lineage() };
         lock (_lock) _domains[domId] = dom;

@@ -1,5 +1,5 @@
 using XenSharp.Toolstack.Config;
-using XenSharp.Toolstack.Platform;
+using XenSharp.Public;
 
 namespace XenSharp.Toolstack.Lifecycle;
 
