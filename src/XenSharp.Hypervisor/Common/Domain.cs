@@ -7,7 +7,7 @@ namespace XenSharp.Hypervisor.Common;
 /// <summary>A domain: its memory, vCPUs, event channels, grant table and lifecycle state (Xen's struct domain).</summary>
 internal sealed unsafe class Domain
 {
-    public Domain(XenHypervisor host, ushort domid, DomainKind type, ulong maxPages, int vcpuCount, bool isHost = false, bool privileged = false)
+    public Domain(HostServices host, ushort domid, DomainKind type, ulong maxPages, int vcpuCount, bool isHost = false, bool privileged = false)
     {
         Host = host;
         DomainId = domid;
@@ -35,7 +35,7 @@ internal sealed unsafe class Domain
         Console = new DomainConsole();
     }
 
-    public XenHypervisor Host { get; }
+    public HostServices Host { get; }
     public ushort DomainId { get; }
     public DomainKind Type { get; }
     public Guid Handle { get; }
