@@ -44,5 +44,5 @@ internal static class ControlErrors
     };
 
     /// <summary>The message as libxl logs a failed call: what failed, then strerror of its errno.</summary>
-    private static string WithReason(string message, int errno) => $"{message}: {ErrnoText.Describe(errno)}";
+    private static string WithReason(string message, int errno) => $"{message.TrimEnd('.', ' ')}: {ErrnoText.Describe(errno)}";
 }

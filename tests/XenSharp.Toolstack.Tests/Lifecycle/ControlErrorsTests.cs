@@ -14,7 +14,7 @@ public sealed class ControlErrorsTests
         { new HypervisorException("no domain 7", 3), 3, "no domain 7" },
         { new XenStoreException(XsError.E2BIG, "/local/domain/1/name"), 7, "xenstore: E2BIG on /local/domain/1/name" },
         { new OutOfMemoryException("cannot populate gfn 3ffe"), 12, "cannot populate gfn 3ffe: Cannot allocate memory" },
-        { new PathTooLongException("The path is too long"), 36, "The path is too long: File name too long" },
+        { new PathTooLongException("The path is too long."), 36, "The path is too long: File name too long" },
         { new UnauthorizedAccessException("denied"), 13, "denied: Permission denied" },
         { new IOException("disk gone"), 5, "disk gone: Input/output error" },
         { new InvalidOperationException("a bug"), 5, "xensharpd: internal error: a bug: Input/output error" },
