@@ -18,7 +18,7 @@ internal sealed class ControlServer : IDisposable
     private readonly string _path;
     private readonly CancellationTokenSource _cts = new();
     private readonly Task _accept;
-    private const int EMSGSIZE = 90;
+    private const int EMSGSIZE = 90, ENOSYS = 38;
 
     public ControlServer(string path, Host host)
     {
@@ -61,6 +61,12 @@ internal sealed class ControlServer : IDisposable
                 if (line is not { } bytes) return;
                 ControlRequest? request;
                 try { request = ControlJson.ReadRequest(bytes.Span); }
+                catch (UnknownRequestException e)
+                {
+                    // Well framed, so the connection can go on: this request alone is refused.
+                    await channel.WriteAsync(ControlResponse.Failure($"xensharpd: {e.Message}", ENOSYS), _cts.Token);
+                    continue;
+                }
                 catch (JsonException e)
                 {
                     await channel.WriteAsync(ControlResponse.Failure($"xensharpd: malformed request: {e.Message}", 22), _cts.Token);

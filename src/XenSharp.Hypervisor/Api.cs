@@ -1,18 +1,17 @@
+using XenSharp.Public;
 using XenSharp.Cpu;
 
 namespace XenSharp.Hypervisor;
 
-/// <summary>The guest types this hypervisor runs.</summary>
-public enum DomainType { Pvh, Hvm }
+/// <summary>The kinds of domain this hypervisor runs (Xen's createdomain: XEN_DOMCTL_CDF_hvm, with or without
+/// emulated devices); the toolstack's libxl_domain_type maps onto it.</summary>
+public enum DomainKind { Pvh, Hvm }
 
 /// <summary>A domain's lifecycle state.</summary>
 public enum DomainRunState { Paused, Running, Shutdown, Dying }
 
-/// <summary>Why a domain shut down (SHUTDOWN_* of sched.h).</summary>
-public enum ShutdownReason : uint { Poweroff = 0, Reboot = 1, Suspend = 2, Crash = 3, Watchdog = 4, SoftReset = 5 }
-
-/// <summary>How to build a domain (the createdomain/max_mem/max_vcpus part of a domctl).</summary>
-public sealed record DomainConfig(DomainType Type, ulong MaxMemKiB, int Vcpus)
+/// <summary>How to build a domain: xen_domctl_createdomain with the max_mem and max_vcpus domctls.</summary>
+public sealed record DomainCreateConfig(DomainKind Type, ulong MaxMemKiB, int Vcpus)
 {
     /// <summary>A specific domain id, or null for the next free one.</summary>
     public ushort? DomainId { get; init; }
@@ -25,23 +24,11 @@ public sealed record DomainConfig(DomainType Type, ulong MaxMemKiB, int Vcpus)
     public TscMode TscMode { get; init; } = TscMode.Default;
 }
 
-/// <summary>libxl's tsc_mode (xl.cfg(5)); the values are Xen's TSC_MODE_* numbers.</summary>
-public enum TscMode
-{
-    /// <summary>Native when the TSC is reliable, emulated otherwise. XenSharp's TSC is always constant-rate and in step
-    /// across vCPUs, so the guest reads it without emulation being reported.</summary>
-    Default = 0,
-    /// <summary>Every RDTSC/RDTSCP is emulated at the domain's TSC frequency; the TSC leaf says so.</summary>
-    AlwaysEmulate = 1,
-    /// <summary>Never emulated: the guest sees the TSC as it runs.</summary>
-    Native = 2,
-}
-
-/// <summary>One row of `xl list`.</summary>
-public sealed record DomainInfo(
+/// <summary>A domain as xen_domctl_getdomaininfo reports it (what a row of `xl list` is made from).</summary>
+public sealed record DomctlDomainInfo(
     ushort DomainId,
     Guid Handle,
-    DomainType Type,
+    DomainKind Type,
     DomainRunState State,
     ShutdownReason? ShutdownReason,
     bool IsRunningNow,
@@ -55,8 +42,8 @@ public sealed record DomainInfo(
 /// <summary>One row of `xl vcpu-list`.</summary>
 public sealed record VcpuListEntry(ushort DomainId, int VcpuId, bool Online, bool Running, bool Blocked, int? Pcpu, long CpuTimeNs);
 
-/// <summary>What `xl info` asks of the hypervisor.</summary>
-public sealed record HostInfo(ulong TotalMemoryBytes, ulong FreeMemoryBytes, int Pcpus, string Scheduler,
+/// <summary>What `xl info` asks of the hypervisor: XEN_SYSCTL_physinfo and the version.</summary>
+public sealed record PhysInfo(ulong TotalMemoryBytes, ulong FreeMemoryBytes, int Pcpus, string Scheduler,
     int XenMajor, int XenMinor, string XenExtra, string Capabilities, string CommandLine, ulong GuestTscHz);
 
 /// <summary>Raised when a domain shuts down, with Xen's reason.</summary>

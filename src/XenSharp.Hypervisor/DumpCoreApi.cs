@@ -23,7 +23,7 @@ public sealed unsafe partial class XenHypervisor
         var d = Guest(domid);
         var v = d.GetVcpu((uint)vcpu) ?? throw new HypervisorException($"domain {domid} has no vCPU {vcpu}", Errno.ENOENT);
         var c = new VcpuGuestContext();
-        PauseInternal(d);
+        Services.PauseDomain(d);
         try
         {
             Cpu.Registers r;
@@ -53,7 +53,7 @@ public sealed unsafe partial class XenHypervisor
             c.Flags = (v.IsUp ? VcpuGuestContext.VGCF_online : 0) | ((s.Cs.Selector & 3) == 0 ? VcpuGuestContext.VGCF_in_kernel : 0);
             return c;
         }
-        finally { UnpauseInternal(d); }
+        finally { Services.UnpauseDomain(d); }
     }
 
     /// <summary>A copy of the domain's shared info page.</summary>

@@ -10,49 +10,44 @@ using static XenSharp.Public.GrantTable;
 namespace XenSharp.Hypervisor;
 
 /// <summary>
-/// The hypervisor (the role of Xen itself) as one object hosted by the daemon: machine memory, domains,
-/// pCPUs and their scheduler, timers, the console ring. This class is the assembly's control API, used by
-/// the toolstack (domctl/sysctl-like calls) and by Domain-0 services (event channels, foreign and grant
-/// mappings). Domain-0 (domid 0) exists from the start and stands for the host process itself.
+/// The hypervisor (the role of Xen itself) as the daemon hosts it, seen from outside: the assembly's
+/// control API, used by the toolstack (domctl/sysctl-shaped calls: create, pause, destroy, list,
+/// scheduling, ...) and by Domain-0 services (event channels, foreign and grant mappings). The machinery
+/// it drives — machine memory, time and timers, the domain table, the console ring, pCPUs — is
+/// <see cref="HostServices"/>, which is what domains and hypercall handlers reach. Domain-0 (domid 0)
+/// exists from the start and stands for the host process itself.
 /// </summary>
 public sealed unsafe partial class XenHypervisor : IDisposable
 {
     private readonly HypervisorOptions _options;
-    private readonly Dictionary<ushort, Domain> _domains = new();
-    private readonly List<Pcpu> _pcpus = new();
-    private readonly ConsoleRing _ring = new();
-    private readonly Dictionary<ushort, StringBuilder> _lineBuffers = new();
-    private ushort _nextDomid = 1;
-    private bool _pcpusStarted;
-    private bool _disposed;
 
     public XenHypervisor(HypervisorOptions? options = null)
     {
         _options = options ?? new HypervisorOptions();
-        Frames = new FrameTable(_options.MachineMemoryBytes);
-        Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
-        Timers = new Timers(Time, FireTimer);
-        Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler, _options.NumaSysfsPath);
-        CommandLine = _options.CommandLine;
-        Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
-        _domains[0] = Dom0;
+        Services = new HostServices(_options);
+        Services.DomainShutDown = RaiseDomainShutdown;
         Dom0Services = new Dom0Services(this);
         Log($"Xen version {XenVersion.Major}.{XenVersion.Minor}{XenVersion.ExtraVersion} (XenSharp), {Frames.FrameCount >> 8} MiB machine memory, {_options.Pcpus} pCPUs");
     }
 
-    internal FrameTable Frames { get; }
-    internal Time Time { get; }
-    internal Timers Timers { get; }
-    internal Cpupools Scheduler { get; }
-    internal Domain Dom0 { get; }
+    /// <summary>What the control calls act on.</summary>
+    internal HostServices Services { get; }
+
+    // The control face's shorthands for the services it uses most.
+    internal FrameTable Frames => Services.Frames;
+    internal Time Time => Services.Time;
+    internal Cpupools Scheduler => Services.Scheduler;
+    internal Domain Dom0 => Services.Dom0;
+    internal Domain? FindDomain(ushort domid) => Services.FindDomain(domid);
+    internal Domain[] AllDomains() => Services.AllDomains();
+    internal void Log(string message) => Services.Log(message);
 
     /// <summary>What Domain-0's kernel offers its backends and the toolstack: grant maps and copies, event
     /// channels, foreign mappings (<see cref="XenSharp.Dom0.IDom0Services"/>).</summary>
     public Dom0Services Dom0Services { get; }
-    internal string CommandLine { get; }
 
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
-    public IIoreqServer? IoreqServer { get; set; }
+    public IIoreqServer? IoreqServer { get => Services.IoreqServer; set => Services.IoreqServer = value; }
 
     /// <summary>A domain shut down (poweroff, reboot, suspend, crash, watchdog, soft_reset). Raised on a thread-pool thread.</summary>
     public event EventHandler<DomainShutdownEventArgs>? DomainShutdown;
@@ -63,49 +58,23 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     // ================= domains =================
 
     /// <summary>Creates a paused domain with its vCPUs and no memory; returns its domid.</summary>
-    public ushort CreateDomain(DomainConfig config)
+    public ushort CreateDomain(DomainCreateConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
         if (config.Vcpus < 1 || config.Vcpus > 128)
             throw new HypervisorException($"a domain needs 1 to 128 vCPUs, not {config.Vcpus}", Errno.EINVAL);
         if (config.MaxGrantFrames < 1)
             throw new HypervisorException("max grant frames must be at least 1", Errno.EINVAL);
-        Domain d;
-        lock (_domains)
+        var d = Services.AddDomain(config.DomainId, id =>
         {
-            ushort id;
-            if (config.DomainId is ushort want)
-            {
-                if (want == 0 || want >= Xen.DOMID_FIRST_RESERVED)
-                    throw new HypervisorException($"domid {want} is reserved", Errno.EINVAL);
-                if (_domains.ContainsKey(want))
-                    throw new HypervisorException($"domain {want} already exists", Errno.EEXIST);
-                id = want;
-            }
-            else
-            {
-                id = 0;
-                for (int tries = 0; tries < Xen.DOMID_FIRST_RESERVED; tries++)
-                {
-                    ushort c = _nextDomid;
-                    _nextDomid = (ushort)(_nextDomid + 1 >= Xen.DOMID_FIRST_RESERVED ? 1 : _nextDomid + 1);
-                    if (!_domains.ContainsKey(c))
-                    {
-                        id = c;
-                        break;
-                    }
-                }
-                if (id == 0)
-                    throw new HypervisorException("no free domain id", Errno.ENOSPC);
-            }
-            d = new Domain(this, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged) { TscMode = config.TscMode };
-            d.Gnttab.MaxFrames = config.MaxGrantFrames;
+            var created = new Domain(Services, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged) { TscMode = config.TscMode };
+            created.Gnttab.MaxFrames = config.MaxGrantFrames;
             // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
-            lock (d.Lock)
-                d.Gnttab.Grow(1);
-            d.Evtchn.MaxPort = config.MaxEventChannels;
-            _domains[id] = d;
-        }
+            lock (created.Lock)
+                created.Gnttab.Grow(1);
+            created.Evtchn.MaxPort = config.MaxEventChannels;
+            return created;
+        });
         try
         {
             var factory = _options.EngineFactory ?? (m => new X86Engine(m, _options.GuestTscHz / 1000));
@@ -123,8 +92,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         }
         catch
         {
-            lock (_domains)
-                _domains.Remove(d.DomainId);
+            Services.RemoveDomain(d.DomainId);
             d.Teardown();
             throw;
         }
@@ -137,38 +105,12 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         return d.DomainId;
     }
 
-    internal Domain? FindDomain(ushort domid)
-    {
-        lock (_domains)
-            return _domains.TryGetValue(domid, out var d) && !d.IsDying ? d : null;
-    }
-
     internal Domain Guest(ushort domid)
     {
         var d = FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH);
         if (d.IsHost)
             throw new HypervisorException("Domain-0 is the host and has no guest state", Errno.EINVAL);
         return d;
-    }
-
-    /// <summary>Resolves a domid a guest named (DOMID_SELF or its own id, or any domain when privileged).</summary>
-    internal Domain? LookupForGuest(Domain caller, ushort domid, out long err)
-    {
-        err = 0;
-        if (domid == Xen.DOMID_SELF || domid == caller.DomainId)
-            return caller;
-        var t = FindDomain(domid);
-        if (t is null)
-        {
-            err = -Errno.ESRCH;
-            return null;
-        }
-        if (!caller.IsPrivileged)
-        {
-            err = -Errno.EPERM;
-            return null;
-        }
-        return t;
     }
 
     /// <summary>Sets the reservation limit (xl mem-max).</summary>
@@ -270,83 +212,20 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         v.Initialised = true;
     }
 
-    public void Unpause(ushort domid) => UnpauseInternal(Guest(domid));
-
-    internal void UnpauseInternal(Domain d)
-    {
-        bool firstRun = false;
-        lock (d.Lock)
-        {
-            if (d.PauseCount > 0)
-                d.PauseCount--;
-            if (d.PauseCount == 0 && d.State == DomainRunState.Paused)
-            {
-                d.State = DomainRunState.Running;
-                firstRun = !d.HasRun;
-                d.HasRun = true;
-            }
-        }
-        // The build is over: its kernel images are garbage.
-        if (firstRun && _options.TrimHostHeap)
-            HostHeap.RequestTrim();
-        StartPcpus();
-        foreach (var v in d.Vcpus)
-            Scheduler.Wake(v);
-    }
+    public void Unpause(ushort domid) => Services.UnpauseDomain(Guest(domid));
 
     /// <summary>Pauses the domain and returns once none of its vCPUs is on a pCPU.</summary>
-    public void Pause(ushort domid) => PauseInternal(Guest(domid));
-
-    internal void PauseInternal(Domain d)
-    {
-        lock (d.Lock)
-        {
-            d.PauseCount++;
-            if (d.State == DomainRunState.Running)
-                d.State = DomainRunState.Paused;
-        }
-        WaitOffCpu(d);
-    }
-
-    private void WaitOffCpu(Domain d)
-    {
-        if (_pcpus.Any(p => p.Current?.Domain == d && Thread.CurrentThread.Name == $"pcpu{p.Id}"))
-            return; // called from one of the domain's own vCPUs: it leaves the CPU when the exit is handled
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while (d.Vcpus.Any(v => v.IsRunning) && DateTime.UtcNow < deadline)
-        {
-            foreach (var v in d.Vcpus)
-                if (v.IsRunning)
-                    v.Engine?.RequestExit();
-            Thread.Sleep(1);
-        }
-    }
+    public void Pause(ushort domid) => Services.PauseDomain(Guest(domid));
 
     /// <summary>Shuts a domain down as if it asked to (what SCHEDOP_remote_shutdown does).</summary>
-    public void Shutdown(ushort domid, ShutdownReason reason) => ShutdownDomain(Guest(domid), (uint)reason);
+    public void Shutdown(ushort domid, ShutdownReason reason) => Services.ShutdownDomain(Guest(domid), (uint)reason);
 
-    internal void ShutdownDomain(Domain d, uint reason)
+    private void RaiseDomainShutdown(ushort domid, ShutdownReason reason)
     {
-        lock (d.Lock)
-        {
-            if (d.State is DomainRunState.Shutdown or DomainRunState.Dying)
-                return;
-            // A reason stored earlier with SCHEDOP_shutdown_code wins (as in Xen).
-            reason = d.ShutdownCode ?? reason;
-            d.State = DomainRunState.Shutdown;
-            d.ShutdownReason = reason;
-        }
-        foreach (var v in d.Vcpus)
-        {
-            v.DescheduleRequested = true;
-            v.Engine?.RequestExit();
-        }
-        Log($"domain {d.DomainId} shut down: {(ShutdownReason)reason}");
-        Dom0.Evtchn.SendVirq(null, Xen.VIRQ_DOM_EXC);
         var handler = DomainShutdown;
         if (handler is not null)
         {
-            var args = new DomainShutdownEventArgs(d.DomainId, (ShutdownReason)reason);
+            var args = new DomainShutdownEventArgs(domid, reason);
             ThreadPool.QueueUserWorkItem(_ => handler(this, args));
         }
     }
@@ -361,30 +240,24 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             d.IsDying = true;
             d.State = DomainRunState.Dying;
         }
-        WaitOffCpu(d);
+        Services.WaitOffCpu(d);
         foreach (var v in d.Vcpus)
             Scheduler.RemoveVcpu(v);
         d.Teardown();
-        lock (_domains)
-            _domains.Remove(domid);
-        lock (_lineBuffers)
-            _lineBuffers.Remove(domid);
+        Services.RemoveDomain(domid);
         Log($"destroyed domain {domid}");
         if (_options.TrimHostHeap)
             HostHeap.RequestTrim();
     }
 
-    public IReadOnlyList<DomainInfo> ListDomains()
+    public IReadOnlyList<DomctlDomainInfo> ListDomains()
     {
-        Domain[] all;
-        lock (_domains)
-            all = _domains.Values.OrderBy(d => d.DomainId).ToArray();
-        return all.Select(Info).ToList();
+        return AllDomains().Select(Info).ToList();
     }
 
-    public DomainInfo GetDomainInfo(ushort domid) => Info(FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH));
+    public DomctlDomainInfo GetDomainInfo(ushort domid) => Info(FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH));
 
-    private static DomainInfo Info(Domain d) => new(
+    private static DomctlDomainInfo Info(Domain d) => new(
         d.DomainId, d.Handle, d.Type, d.State,
         d.ShutdownReason is uint r ? (ShutdownReason)r : null,
         d.Vcpus.Any(v => v.IsRunning),
@@ -396,7 +269,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     {
         var d = Guest(domid);
         return d.Vcpus.Select(v => new VcpuListEntry(domid, v.Id, v.IsUp, v.IsRunning, v.Blocked,
-            _pcpus.FirstOrDefault(p => p.Current == v)?.Id, Interlocked.Read(ref v.CpuTimeNs))).ToList();
+            Services.PcpuOf(v), Interlocked.Read(ref v.CpuTimeNs))).ToList();
     }
 
     /// <summary>The credit scheduler weight of a domain (`xl sched-credit -d D -w W`; default 256).</summary>
@@ -463,16 +336,10 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             KeyHandler.Handle(this, k);
     }
 
-    internal Domain[] AllDomains()
-    {
-        lock (_domains)
-            return _domains.Values.OrderBy(d => d.DomainId).ToArray();
-    }
-
-    public HostInfo GetHostInfo() => new(
+    public PhysInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,
         _options.Pcpus, Scheduler.Name, XenVersion.Major, XenVersion.Minor, XenVersion.ExtraVersion,
-        XenVersion.Capabilities, CommandLine, Time.TscHz);
+        XenVersion.Capabilities, Services.CommandLine, Time.TscHz);
 
     // ================= consoles =================
 
@@ -483,140 +350,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     public byte[] ReadConsoleHistory(ushort domid) => Guest(domid).Console.History();
 
     /// <summary>The hypervisor's console ring (`xl dmesg`; <paramref name="clear"/> for `xl dmesg -c`).</summary>
-    public string ReadDmesg(bool clear = false) => Encoding.UTF8.GetString(_ring.Read(clear));
+    public string ReadDmesg(bool clear = false) => Services.ReadConsole(clear);
 
-    internal void Log(string message) => _ring.WriteLine("(XEN) " + message);
-
-    internal void GuestConsoleWrite(Domain d, ReadOnlySpan<byte> data)
-    {
-        d.Console.Write(data);
-        StringBuilder line;
-        lock (_lineBuffers)
-        {
-            if (!_lineBuffers.TryGetValue(d.DomainId, out line!))
-                _lineBuffers[d.DomainId] = line = new StringBuilder();
-        }
-        lock (line)
-        {
-            foreach (byte b in data)
-            {
-                if (b == '\n' || line.Length >= 1024)
-                {
-                    _ring.WriteLine($"(d{d.DomainId}) {line}");
-                    line.Clear();
-                }
-                else if (b != '\r')
-                    line.Append((char)b);
-            }
-        }
-    }
-
-    // ================= vCPU lifecycle (used by vcpu_op and the vLAPIC) =================
-
-    internal void BringUp(Vcpu v)
-    {
-        v.IsUp = true;
-        v.WaitForSipi = false;
-        v.SetRunstate(Runstate.Runnable, Time.NowNs);
-        StartPcpus();
-        Scheduler.Wake(v);
-    }
-
-    internal void TakeDown(Vcpu v)
-    {
-        v.IsUp = false;
-        v.DescheduleRequested = true;
-        v.Engine?.RequestExit();
-    }
-
-    /// <summary>INIT IPI: the vCPU stops and waits for a start-up IPI.</summary>
-    internal void InitVcpu(Vcpu v)
-    {
-        v.Arch.Reset();
-        v.WaitForSipi = true;
-        if (v.IsUp)
-            TakeDown(v);
-    }
-
-    /// <summary>Start-up IPI: a vCPU waiting after INIT starts in real mode at vector × 4096.</summary>
-    internal void StartupVcpu(Vcpu v, byte vector)
-    {
-        if (!v.WaitForSipi)
-            return;
-        var regs = new Registers { Rip = 0, Rflags = 2 };
-        var code = new Segment { Selector = (ushort)(vector << 8), Base = (ulong)vector << 12, Limit = 0xFFFF, Attributes = 0x9B };
-        var data = new Segment { Limit = 0xFFFF, Attributes = 0x93 };
-        var sregs = new SpecialRegisters
-        {
-            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
-            Tr = new Segment { Limit = 0xFFFF, Attributes = 0x8B },
-            Ldt = new Segment { Limit = 0xFFFF, Attributes = 0x82 },
-            Gdt = new DescriptorTable { Limit = 0xFFFF },
-            Idt = new DescriptorTable { Limit = 0xFFFF },
-            Cr0 = 0x60000010,
-            ApicBase = v.Arch.Vlapic.ApicBase,
-        };
-        v.PendingContext = (regs, sregs);
-        v.Initialised = true;
-        v.Blocked = false;
-        BringUp(v);
-    }
-
-    internal bool IsAmdVendor(Vcpu v)
-    {
-        if (v.Cpuid is null)
-            return false;
-        v.Cpuid.Cpuid(0, 0, out _, out uint ebx, out _, out _);
-        return ebx is 0x68747541 /* Auth */ or 0x6f677948 /* Hygo */;
-    }
-
-    internal void StartPcpus()
-    {
-        lock (_pcpus)
-        {
-            if (_pcpusStarted || _disposed)
-                return;
-            _pcpusStarted = true;
-            for (int i = 0; i < Math.Max(1, _options.Pcpus); i++)
-            {
-                var p = new Pcpu(this, Scheduler, i);
-                _pcpus.Add(p);
-                p.Start();
-            }
-        }
-    }
-
-    private void FireTimer(object owner, TimerKind kind, long now)
-    {
-        switch (owner)
-        {
-            case Vcpu v when !v.Domain.IsDying:
-                TimeOps.Fire(v, kind, now);
-                break;
-            case Domain d when kind == TimerKind.Watchdog && !d.IsDying:
-                SchedOp.CheckWatchdogs(d, now);
-                break;
-        }
-    }
-
-    public void Dispose()
-    {
-        if (_disposed)
-            return;
-        _disposed = true;
-        lock (_pcpus)
-            foreach (var p in _pcpus)
-                p.Stop();
-        Scheduler.Dispose();
-        Timers.Dispose();
-        Domain[] all;
-        lock (_domains)
-            all = _domains.Values.ToArray();
-        foreach (var d in all)
-        {
-            d.IsDying = true;
-            d.Teardown();
-        }
-        Frames.Dispose();
-    }
+    public void Dispose() => Services.Dispose();
 }

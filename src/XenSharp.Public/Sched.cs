@@ -11,6 +11,14 @@ public static class Sched
         SHUTDOWN_watchdog = 4, SHUTDOWN_soft_reset = 5, SHUTDOWN_MAX = 5;
 }
 
+/// <summary>SHUTDOWN_*: why a domain shut down, as the hypervisor records it and the toolstack acts on it
+/// (libxl_shutdown_reason has the same values).</summary>
+public enum ShutdownReason : uint
+{
+    Poweroff = Sched.SHUTDOWN_poweroff, Reboot = Sched.SHUTDOWN_reboot, Suspend = Sched.SHUTDOWN_suspend,
+    Crash = Sched.SHUTDOWN_crash, Watchdog = Sched.SHUTDOWN_watchdog, SoftReset = Sched.SHUTDOWN_soft_reset,
+}
+
 [StructLayout(LayoutKind.Sequential)]
 public struct SchedShutdown { public uint Reason; }
 

@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using XenSharp.Cpu;
 using XenSharp.Hypervisor.X86;
 

@@ -29,7 +29,7 @@ public class EngineTests : IDisposable
     public void ADestroyedDomainLeavesNoEngineBehind()
     {
         // Run the guest on the pCPU until it halts, so that the pCPU has a vCPU of it as its last one while it idles.
-        ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+        ushort id = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
         _host.PopulatePhysmap(id, 0, 256);
         _host.WriteGuestMemory(id, 0x1000, [0xFA, 0xF4, 0xEB, 0xFC]); // cli; hlt; jmp back to the cli
         _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, Flat32());
@@ -49,7 +49,7 @@ public class EngineTests : IDisposable
     [Fact]
     public void GuestWritesThroughItsHypercallPageAndShutsDown()
     {
-        ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+        ushort id = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
         _host.PopulatePhysmap(id, 0, 256);
         var code = new List<byte>();
         void Emit(params byte[] b) => code.AddRange(b);
@@ -94,7 +94,7 @@ public class EngineTests : IDisposable
     [Trait("Feature", "Hypervisor emulated LAPIC")]
     public void BspStartsAnApWithInitSipiThroughTheLapicMmio()
     {
-        ushort id = _host.CreateDomain(new DomainConfig(DomainType.Pvh, 2048, 2));
+        ushort id = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 2048, 2));
         _host.PopulatePhysmap(id, 0, 256);
         byte[] bsp =
         [

@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using System.Runtime.InteropServices;
 using XenSharp.Hypervisor.Common;
 
@@ -12,11 +13,11 @@ internal sealed unsafe class Guest
     public const ulong Scratch = 0x10000;      // argument structures go here
     public const ulong Bad = 0x7FF0_0000_000;  // a guest address with no RAM behind it
 
-    public Guest(XenHypervisor host, int vcpus = 2, ulong ramMiB = 4, ulong maxMiB = 16, DomainType type = DomainType.Pvh,
+    public Guest(XenHypervisor host, int vcpus = 2, ulong ramMiB = 4, ulong maxMiB = 16, DomainKind type = DomainKind.Pvh,
         bool privileged = false, TscMode tscMode = TscMode.Default)
     {
         Host = host;
-        Id = host.CreateDomain(new DomainConfig(type, maxMiB * 1024, vcpus) { Privileged = privileged, TscMode = tscMode });
+        Id = host.CreateDomain(new DomainCreateConfig(type, maxMiB * 1024, vcpus) { Privileged = privileged, TscMode = tscMode });
         host.PopulatePhysmap(Id, 0, ramMiB * 256);
     }
 

@@ -59,7 +59,7 @@ internal static class PvhTestGuest
     {
         byte[] elf = File.ReadAllBytes(ElfPath(guest));
         Assert.True(elf.Length > 64 && elf[4] == 2, $"{guest}.elf is not a 64-bit ELF");
-        ushort id = host.CreateDomain(new DomainConfig(DomainType.Pvh, MemoryBytes / 1024, 1));
+        ushort id = host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, MemoryBytes / 1024, 1));
         host.PopulatePhysmap(id, 0, MemoryBytes / 4096);
         ulong phoff = BinaryPrimitives.ReadUInt64LittleEndian(elf.AsSpan(0x20));
         int phentsize = BinaryPrimitives.ReadUInt16LittleEndian(elf.AsSpan(0x36));

@@ -1,6 +1,7 @@
 using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86;
 using XenSharp.Hypervisor.X86.Io;
+using XenSharp.Public;
 using XenSharp.Public.Hvm;
 
 namespace XenSharp.Hypervisor.Tests;

@@ -137,8 +137,8 @@ public class PcpuLoopTests : IDisposable
         Assert.Equal(0, list[0].DomainId);
         Assert.Equal(DomainRunState.Running, list[0].State);
         Assert.Contains(list, d => d.DomainId == g.Id && d.State == DomainRunState.Paused && d.TotPages == 1024 && d.Vcpus == 2);
-        Assert.Throws<HypervisorException>(() => _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1) { DomainId = g.Id }));
-        Assert.Throws<HypervisorException>(() => _host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 0)));
+        Assert.Throws<HypervisorException>(() => _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1) { DomainId = g.Id }));
+        Assert.Throws<HypervisorException>(() => _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 0)));
         Assert.Throws<HypervisorException>(() => _host.PopulatePhysmap(g.Id, 0x100000, 4000)); // beyond max memory
     }
 }

@@ -8,7 +8,7 @@ namespace XenSharp.Hypervisor.Common;
 /// <summary>A domain: its memory, vCPUs, event channels, grant table and lifecycle state (Xen's struct domain).</summary>
 internal sealed unsafe class Domain
 {
-    public Domain(XenHypervisor host, ushort domid, DomainType type, ulong maxPages, int vcpuCount, bool isHost = false, bool privileged = false)
+    public Domain(HostServices host, ushort domid, DomainKind type, ulong maxPages, int vcpuCount, bool isHost = false, bool privileged = false)
     {
         Host = host;
         DomainId = domid;
@@ -37,9 +37,9 @@ internal sealed unsafe class Domain
         Console = new DomainConsole();
     }
 
-    public XenHypervisor Host { get; }
+    public HostServices Host { get; }
     public ushort DomainId { get; }
-    public DomainType Type { get; }
+    public DomainKind Type { get; }
     public Guid Handle { get; }
     /// <summary>Domain-0: the host process itself; it has no vCPUs or memory of its own and its event channels are callbacks.</summary>
     public bool IsHost { get; }

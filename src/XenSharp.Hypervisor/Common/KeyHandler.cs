@@ -202,7 +202,7 @@ internal static class KeyHandler
             if (d.IsHost || d.IsDying || d.Engine is null)
                 continue;
             // A running vCPU's registers belong to its pCPU thread: hold the domain off the CPUs while reading them.
-            host.PauseInternal(d);
+            host.Services.PauseDomain(d);
             try
             {
                 foreach (var v in d.Vcpus)
@@ -228,7 +228,7 @@ internal static class KeyHandler
             }
             finally
             {
-                host.UnpauseInternal(d);
+                host.Services.UnpauseDomain(d);
             }
         }
     }

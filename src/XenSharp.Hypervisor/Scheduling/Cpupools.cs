@@ -21,14 +21,14 @@ internal readonly record struct SliceRecord(int Cpu, Vcpu Vcpu, long WokenNs, lo
 /// </summary>
 internal sealed class Cpupools : IDisposable
 {
-    private readonly XenHypervisor _host;
+    private readonly HostServices _host;
     private readonly object _lock = new();
     private readonly Pcpu?[] _pcpus;
     private readonly Cpupool?[] _poolOfCpu;
     private readonly SortedDictionary<int, Cpupool> _pools = new();
     private readonly Dictionary<Domain, Cpupool> _poolOfDomain = new();
 
-    public Cpupools(XenHypervisor host, int pcpus, string defaultScheduler, string? numaSysfsPath = null)
+    public Cpupools(HostServices host, int pcpus, string defaultScheduler, string? numaSysfsPath = null)
     {
         _host = host;
         NrPcpus = Math.Max(1, pcpus);

@@ -14,7 +14,7 @@ internal sealed class Pcpu
     /// <summary>Slack for a slice end seen a hair early (the slice timer and the engine read the clock separately).</summary>
     private const long SliceSlackNs = 20_000;
 
-    private readonly XenHypervisor _host;
+    private readonly HostServices _host;
     private readonly Cpupools _pools;
     private readonly Thread _thread;
     private readonly object _idleLock = new();
@@ -27,7 +27,7 @@ internal sealed class Pcpu
     // the switch itself going to the next slice.
     private long _cpuMark = -1;
 
-    public Pcpu(XenHypervisor host, Cpupools pools, int id)
+    public Pcpu(HostServices host, Cpupools pools, int id)
     {
         _host = host;
         _pools = pools;

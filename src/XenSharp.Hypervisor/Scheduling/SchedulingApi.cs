@@ -116,7 +116,7 @@ namespace XenSharp.Hypervisor
         public int CreateCpupool(string name, string scheduler, IEnumerable<int> cpus, int? poolId = null)
         {
             int id = Scheduler.Create(name, scheduler, cpus, poolId).Id;
-            StartPcpus();
+            Services.StartPcpus();
             return id;
         }
 
@@ -237,7 +237,7 @@ namespace XenSharp.Hypervisor
             ArgumentNullException.ThrowIfNull(schedule);
             PoolSched<Arinc653Scheduler>(poolId, "arinc653").SetSchedule(schedule.MajorFrameNs,
                 schedule.Entries.Select(e => new Arinc653Scheduler.Entry(e.DomainHandle, e.Vcpu, e.RuntimeNs)).ToArray(), Time.NowNs);
-            StartPcpus();
+            Services.StartPcpus();
         }
 
         public Arinc653Schedule GetArinc653Schedule(int poolId)

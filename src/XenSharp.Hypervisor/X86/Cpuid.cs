@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using XenSharp.Cpu;
 using static XenSharp.Public.ArchX86.Cpuid;
 

@@ -1,21 +1,18 @@
 using XenSharp.Cpu;
+using XenSharp.Hypervisor;
+using XenSharp.Public;
 
 namespace XenSharp.Toolstack.Platform;
-
-/// <summary>libxl_shutdown_reason / SHUTDOWN_* (sched.h).</summary>
-public enum ShutdownReason { Poweroff = 0, Reboot = 1, Suspend = 2, Crash = 3, Watchdog = 4, SoftReset = 5 }
-
-public enum DomainKind { Pvh, Hvm }
 
 /// <summary>What XEN_DOMCTL_createdomain and the max_vcpus/max_mem domctls are given.</summary>
 public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, long MaxMemKb, string Name)
 {
     /// <summary>xl.cfg tsc_mode (native_paravirt never reaches the hypervisor: libxl refuses it).</summary>
-    public Config.TscMode TscMode { get; init; }
+    public TscMode TscMode { get; init; }
 }
 
 /// <summary>A domain's run state as XEN_DOMCTL_getdomaininfo reports it.</summary>
-public readonly record struct DomainRunState(
+public readonly record struct DomainRunInfo(
     bool Running, bool Blocked, bool Paused, bool Shutdown, ShutdownReason Reason, bool Dying,
     ulong CpuTimeNs, int OnlineVcpus, long CurrentMemKb);
 
@@ -116,6 +113,6 @@ public interface IHypervisorDomain : IDisposable
     /// <summary>XEN_DOMCTL_sendtrigger: nmi, reset, init, power, sleep, s3resume.</summary>
     void SendTrigger(string trigger, int vcpu);
 
-    DomainRunState State { get; }
+    DomainRunInfo State { get; }
     IReadOnlyList<VcpuRunState> Vcpus { get; }
 }

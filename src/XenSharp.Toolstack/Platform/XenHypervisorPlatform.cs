@@ -1,5 +1,6 @@
 using XenSharp.Cpu;
 using XenSharp.Hypervisor;
+using XenSharp.Public;
 using Hv = XenSharp.Hypervisor;
 
 namespace XenSharp.Toolstack.Platform;
@@ -81,19 +82,13 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
     public IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info)
     {
-        var type = info.Kind == DomainKind.Hvm ? Hv.DomainType.Hvm : Hv.DomainType.Pvh;
         // Room for the ACPI tables and the special pages beyond the guest's RAM.
         ulong maxKiB = (ulong)info.MaxMemKb + 1024;
         ushort id;
-        var tsc = info.TscMode switch
-        {
-            Config.TscMode.AlwaysEmulate => Hv.TscMode.AlwaysEmulate,
-            Config.TscMode.Native => Hv.TscMode.Native,
-            Config.TscMode.Default => Hv.TscMode.Default,
-            _ => throw new NotSupportedException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed"),
-        };
-        try { id = _hv.CreateDomain(new Hv.DomainConfig(type, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = tsc }); }
-        catch (HypervisorException e) { throw new InvalidOperationException($"cannot create domain {domId}: {e.Message}", e); }
+        if (info.TscMode is not (TscMode.Default or TscMode.AlwaysEmulate or TscMode.Native))
+            throw new NotSupportedException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
+        try { id = _hv.CreateDomain(new DomainCreateConfig(info.Kind, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = info.TscMode }); }
+        catch (HypervisorException e) { throw new HypervisorException($"cannot create domain {domId}: {e.Message}", e.Errno); }
         return new Domain(_hv, id);
     }
 
@@ -189,7 +184,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         public void Pause() => hv.Pause(domId);
         public void Unpause() => hv.Unpause(domId);
         public void SetMaxMem(long kb) => hv.SetMaxMemory(domId, (ulong)kb + 1024);
-        public void Shutdown(ShutdownReason reason) => hv.Shutdown(domId, (Hv.ShutdownReason)(uint)reason);
+        public void Shutdown(ShutdownReason reason) => hv.Shutdown(domId, reason);
 
         public void SendTrigger(string trigger, int vcpu)
         {
@@ -212,19 +207,19 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
             hv.SendTrigger(domId, t, vcpu);
         }
 
-        public DomainRunState State
+        public DomainRunInfo State
         {
             get
             {
-                Hv.DomainInfo i;
+                DomctlDomainInfo i;
                 try { i = hv.GetDomainInfo(domId); }
-                catch (HypervisorException) { return new DomainRunState(false, false, false, false, 0, true, 0, 0, 0); }
-                return new DomainRunState(
+                catch (HypervisorException) { return new DomainRunInfo(false, false, false, false, 0, true, 0, 0, 0); }
+                return new DomainRunInfo(
                     Running: i.IsRunningNow,
                     Blocked: !i.IsRunningNow && i.IsBlocked && i.State == Hv.DomainRunState.Running,
                     Paused: i.State == Hv.DomainRunState.Paused,
                     Shutdown: i.State == Hv.DomainRunState.Shutdown,
-                    Reason: i.ShutdownReason is { } r ? (ShutdownReason)(int)r : ShutdownReason.Poweroff,
+                    Reason: i.ShutdownReason ?? ShutdownReason.Poweroff,
                     Dying: i.State == Hv.DomainRunState.Dying,
                     CpuTimeNs: (ulong)Math.Max(0, i.CpuTimeNs),
                     OnlineVcpus: i.OnlineVcpus,

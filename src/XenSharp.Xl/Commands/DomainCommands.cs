@@ -35,7 +35,7 @@ internal static class DomainCommands
         cfg.Directory = dir;
         foreach (var v in vars) XlConfigParser.ParseInto(cfg, v, "command line");
         // node: and nodes: name this host's NUMA nodes, which xensharpd reads from the same place.
-        var read = DomainConfigReader.Read(cfg, Environment.ProcessorCount, XenSharp.Hypervisor.XenHypervisor.ReadCpuNodes(Environment.ProcessorCount));
+        var read = DomainConfigReader.Read(cfg, Environment.ProcessorCount, HostNodes.CpuNodes(Environment.ProcessorCount));
         foreach (var w in read.Warnings) ctx.Err.WriteLine(w);
 
         if (ctx.DryRun || a.Has('n'))

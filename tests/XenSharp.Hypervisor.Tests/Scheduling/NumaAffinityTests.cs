@@ -216,7 +216,7 @@ public class CreditSoftAffinityTests
         var (host, sched, a, b) = Driven();
         using var owner = host;
         // pCPU 1 exists and is idle (its thread is never started: the decisions are driven here).
-        var p1 = new Pcpu(host, host.Scheduler, 1);
+        var p1 = new Pcpu(host.Services, host.Scheduler, 1);
         sched.Wake(a);
         long t = 1_000 * Ms;
         Assert.Null(sched.PickNext(0, t, out long until));
@@ -265,7 +265,7 @@ public class Credit2SoftAffinityTests
         }
         var sched = (Credit2Scheduler)host.Scheduler.Pool(0)!.Scheduler;
         var va = host.FindDomain(a)!.Vcpus[0];
-        var p1 = new Pcpu(host, host.Scheduler, 1);
+        var p1 = new Pcpu(host.Services, host.Scheduler, 1);
         sched.Wake(va);
         long t = 1_000 * Ms;
         Assert.Null(sched.PickNext(0, t, out long until));

@@ -32,7 +32,7 @@ internal static class SchedGuests
 
     private static ushort Build(XenHypervisor host, byte[] code, ushort? existing = null)
     {
-        ushort id = existing ?? host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+        ushort id = existing ?? host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
         if (existing is null)
             host.PopulatePhysmap(id, 0, 256);
         host.WriteGuestMemory(id, Base, code);

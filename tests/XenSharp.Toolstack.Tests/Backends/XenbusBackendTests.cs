@@ -27,7 +27,7 @@ public sealed class XenbusBackendTests : IDisposable
 
     public XenbusBackendTests()
     {
-        _dom = _hv.CreateDomain(new XenSharp.Hypervisor.DomainConfig(XenSharp.Hypervisor.DomainType.Pvh, 16 * 1024, 1));
+        _dom = _hv.CreateDomain(new XenSharp.Hypervisor.DomainCreateConfig(XenSharp.Hypervisor.DomainKind.Pvh, 16 * 1024, 1));
         _hv.PopulatePhysmap(_dom, RingGfn, 4);
         _backends = new BackendRegistry(_hv.Dom0Services, _xs, new BackendOptions { ConsoleLogPath = (d, i) => Path.Combine(_dir, $"d{d}-{i}.log") });
     }

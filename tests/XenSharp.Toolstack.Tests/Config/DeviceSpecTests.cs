@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using XenSharp.Toolstack.Config;
 
 namespace XenSharp.Toolstack.Tests.Config;

@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using System.Text;
 using XenSharp.Cpu;
 
@@ -242,12 +243,12 @@ internal sealed class HeldHypervisor : IHypervisor
             }
         }
 
-        public DomainRunState State
+        public DomainRunInfo State
         {
             get
             {
                 lock (_lock)
-                    return new DomainRunState(false, false, _paused, _shutdown, _reason, _disposed, 0, _online,
+                    return new DomainRunInfo(false, false, _paused, _shutdown, _reason, _disposed, 0, _online,
                         (long)_memory.PopulatedFrames * 4);
             }
         }

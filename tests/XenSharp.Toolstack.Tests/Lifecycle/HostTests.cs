@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using XenSharp.Store;
 using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Lifecycle;

@@ -14,6 +14,9 @@ public sealed class XlSession : IDisposable
     public string RunDir { get; }
     public string Work { get; }
 
+    /// <summary>Variables xl (and the daemon it starts) runs with besides the run directory.</summary>
+    public Dictionary<string, string> Environment { get; } = [];
+
     public XlSession()
     {
         string dir = AppContext.BaseDirectory;
@@ -32,6 +35,7 @@ public sealed class XlSession : IDisposable
         { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false, WorkingDirectory = Work };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["XENSHARP_RUNDIR"] = RunDir;
+        foreach (var (k, v) in Environment) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         if (input is not null) p.StandardInput.Write(input);
         p.StandardInput.Close();
@@ -49,6 +53,7 @@ public sealed class XlSession : IDisposable
         { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false, WorkingDirectory = Work };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["XENSHARP_RUNDIR"] = RunDir;
+        foreach (var (k, v) in Environment) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEndAsync();
         // A prompt that never comes ends xl, and with it the read below.

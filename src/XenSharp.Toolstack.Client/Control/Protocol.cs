@@ -236,8 +236,31 @@ public static class ControlJson
         try { request = JsonSerializer.Deserialize<ControlRequest>(utf8, Options); }
         // Without an "op" the serializer is asked for the abstract request type itself.
         catch (NotSupportedException e) { throw new JsonException("the request has no \"op\"", e); }
+        catch (JsonException e) when (UnknownOp(utf8) is { } op) { throw new UnknownRequestException(op, e); }
         if (request is not null) CheckPresent(request);
         return request;
+    }
+
+    /// <summary>The "op" of every request this protocol knows, as the records declare them.</summary>
+    public static readonly IReadOnlySet<string> Ops = typeof(ControlRequest)
+        .GetCustomAttributes(typeof(JsonDerivedTypeAttribute), inherit: false)
+        .Select(a => (string)((JsonDerivedTypeAttribute)a).TypeDiscriminator!)
+        .ToHashSet();
+
+    /// <summary>The op of a JSON object whose "op" (its first member, as the serializer requires) is a
+    /// string naming no request; null for anything else.</summary>
+    private static string? UnknownOp(ReadOnlySpan<byte> utf8)
+    {
+        try
+        {
+            var reader = new Utf8JsonReader(utf8);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject) return null;
+            if (!reader.Read() || reader.TokenType != JsonTokenType.PropertyName || !reader.ValueTextEquals("op"u8)) return null;
+            if (!reader.Read() || reader.TokenType != JsonTokenType.String) return null;
+            string op = reader.GetString()!;
+            return Ops.Contains(op) ? null : op;
+        }
+        catch (JsonException) { return null; }
     }
 
     /// <summary>The serializer leaves a member that is missing from the JSON null even where the record declares it
@@ -259,6 +282,14 @@ public static class ControlJson
                 throw new JsonException($"the request's \"{name}\" holds a null");
         }
     }
+}
+
+/// <summary>A well-formed request whose op this side does not know (a newer client, or a mistake):
+/// answered with ENOSYS, as Xen answers a domctl it does not have.</summary>
+public sealed class UnknownRequestException(string op, Exception inner)
+    : JsonException($"unknown request \"{op}\"", inner)
+{
+    public string Op { get; } = op;
 }
 
 /// <summary>A failure the daemon reported (its message is for the user as is).</summary>

@@ -1,3 +1,5 @@
+using XenSharp.Public;
+
 namespace XenSharp.Toolstack.Config;
 
 /// <summary>

@@ -1,9 +1,9 @@
+using XenSharp.Public;
+
 namespace XenSharp.Toolstack.Config;
 
+/// <summary>libxl_domain_type: the guest types xl.cfg's type= names.</summary>
 public enum DomainType { Pv, Pvh, Hvm }
-
-/// <summary>libxl_tsc_mode (xl.cfg tsc_mode); the numbers are Xen's.</summary>
-public enum TscMode { Default = 0, AlwaysEmulate = 1, Native = 2, NativeParavirt = 3 }
 
 /// <summary>What to do when a domain shuts down for a given reason (xl.cfg's on_* ACTION).</summary>
 public enum ShutdownAction { Destroy, Restart, RenameRestart, Preserve, CoredumpDestroy, CoredumpRestart, SoftReset }

@@ -1,0 +1,350 @@
+using System.Text;
+using XenSharp.Cpu;
+using XenSharp.Hypervisor.Common;
+using XenSharp.Hypervisor.Scheduling;
+using XenSharp.Hypervisor.X86;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor;
+
+/// <summary>
+/// The hypervisor's own machinery, what domains, vCPUs and hypercall handlers reach through
+/// <see cref="Domain.Host"/> (Xen keeps these as globals): machine memory (<see cref="Frames"/>),
+/// system time and timers, the domain table, the console ring (<see cref="Log"/>), the cpupools and
+/// the pCPU threads, and the domain and vCPU state changes that hypercalls and exits cause (shutdown,
+/// pause, bring-up). <see cref="XenHypervisor"/> is the control face over it: the domctl/sysctl-shaped
+/// calls of the toolstack and dom0.
+/// </summary>
+internal sealed class HostServices : IDisposable
+{
+    private readonly Dictionary<ushort, Domain> _domains = new();
+    private readonly List<Pcpu> _pcpus = new();
+    private readonly ConsoleRing _ring = new();
+    private readonly Dictionary<ushort, StringBuilder> _lineBuffers = new();
+    private ushort _nextDomid = 1;
+    private bool _pcpusStarted;
+    private bool _disposed;
+
+    public HostServices(HypervisorOptions options)
+    {
+        Options = options;
+        Frames = new FrameTable(options.MachineMemoryBytes);
+        Time = new Time(options.GuestTscHz, options.GuestTscAtSystemTime);
+        Timers = new Timers(Time, FireTimer);
+        Scheduler = new Cpupools(this, options.Pcpus, options.Scheduler, options.NumaSysfsPath);
+        CommandLine = options.CommandLine;
+        Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
+        _domains[0] = Dom0;
+    }
+
+    public HypervisorOptions Options { get; }
+    public FrameTable Frames { get; }
+    public Time Time { get; }
+    public Timers Timers { get; }
+    public Cpupools Scheduler { get; }
+    public Domain Dom0 { get; }
+    public string CommandLine { get; }
+    /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
+    public IIoreqServer? IoreqServer { get; set; }
+
+    /// <summary>A domain shut down (after VIRQ_DOM_EXC was sent): the control face tells the toolstack.</summary>
+    public Action<ushort, ShutdownReason>? DomainShutDown { get; set; }
+
+    // ================= the domain table =================
+
+    public Domain? FindDomain(ushort domid)
+    {
+        lock (_domains)
+            return _domains.TryGetValue(domid, out var d) && !d.IsDying ? d : null;
+    }
+
+    /// <summary>Resolves a domid a guest named (DOMID_SELF or its own id, or any domain when privileged).</summary>
+    public Domain? LookupForGuest(Domain caller, ushort domid, out long err)
+    {
+        err = 0;
+        if (domid == Xen.DOMID_SELF || domid == caller.DomainId)
+            return caller;
+        var t = FindDomain(domid);
+        if (t is null)
+        {
+            err = -Errno.ESRCH;
+            return null;
+        }
+        if (!caller.IsPrivileged)
+        {
+            err = -Errno.EPERM;
+            return null;
+        }
+        return t;
+    }
+
+    public Domain[] AllDomains()
+    {
+        lock (_domains)
+            return _domains.Values.OrderBy(d => d.DomainId).ToArray();
+    }
+
+    /// <summary>Enters a new domain under <paramref name="wanted"/> or the next free domid, built by
+    /// <paramref name="create"/> while the table is held so that no other creation takes the id.</summary>
+    public Domain AddDomain(ushort? wanted, Func<ushort, Domain> create)
+    {
+        lock (_domains)
+        {
+            ushort id;
+            if (wanted is ushort want)
+            {
+                if (want == 0 || want >= Xen.DOMID_FIRST_RESERVED)
+                    throw new HypervisorException($"domid {want} is reserved", Errno.EINVAL);
+                if (_domains.ContainsKey(want))
+                    throw new HypervisorException($"domain {want} already exists", Errno.EEXIST);
+                id = want;
+            }
+            else
+            {
+                id = 0;
+                for (int tries = 0; tries < Xen.DOMID_FIRST_RESERVED; tries++)
+                {
+                    ushort c = _nextDomid;
+                    _nextDomid = (ushort)(_nextDomid + 1 >= Xen.DOMID_FIRST_RESERVED ? 1 : _nextDomid + 1);
+                    if (!_domains.ContainsKey(c))
+                    {
+                        id = c;
+                        break;
+                    }
+                }
+                if (id == 0)
+                    throw new HypervisorException("no free domain id", Errno.ENOSPC);
+            }
+            var d = create(id);
+            _domains[id] = d;
+            return d;
+        }
+    }
+
+    public void RemoveDomain(ushort domid)
+    {
+        lock (_domains)
+            _domains.Remove(domid);
+        lock (_lineBuffers)
+            _lineBuffers.Remove(domid);
+    }
+
+    // ================= the console ring =================
+
+    /// <summary>A line of the hypervisor's own in its console ring (`xl dmesg`).</summary>
+    public void Log(string message) => _ring.WriteLine("(XEN) " + message);
+
+    /// <summary>The console ring (<paramref name="clear"/> for `xl dmesg -c`).</summary>
+    public string ReadConsole(bool clear) => Encoding.UTF8.GetString(_ring.Read(clear));
+
+    /// <summary>A domain's console_io and port 0xE9 output: to its console stream, and line by line into the ring.</summary>
+    public void GuestConsoleWrite(Domain d, ReadOnlySpan<byte> data)
+    {
+        d.Console.Write(data);
+        StringBuilder line;
+        lock (_lineBuffers)
+        {
+            if (!_lineBuffers.TryGetValue(d.DomainId, out line!))
+                _lineBuffers[d.DomainId] = line = new StringBuilder();
+        }
+        lock (line)
+        {
+            foreach (byte b in data)
+            {
+                if (b == '\n' || line.Length >= 1024)
+                {
+                    _ring.WriteLine($"(d{d.DomainId}) {line}");
+                    line.Clear();
+                }
+                else if (b != '\r')
+                    line.Append((char)b);
+            }
+        }
+    }
+
+    // ================= domain state (domain_pause, domain_unpause, domain_shutdown) =================
+
+    public void UnpauseDomain(Domain d)
+    {
+        bool firstRun = false;
+        lock (d.Lock)
+        {
+            if (d.PauseCount > 0)
+                d.PauseCount--;
+            if (d.PauseCount == 0 && d.State == DomainRunState.Paused)
+            {
+                d.State = DomainRunState.Running;
+                firstRun = !d.HasRun;
+                d.HasRun = true;
+            }
+        }
+        // The build is over: its kernel images are garbage.
+        if (firstRun && Options.TrimHostHeap)
+            HostHeap.RequestTrim();
+        StartPcpus();
+        foreach (var v in d.Vcpus)
+            Scheduler.Wake(v);
+    }
+
+    /// <summary>Pauses the domain and returns once none of its vCPUs is on a pCPU.</summary>
+    public void PauseDomain(Domain d)
+    {
+        lock (d.Lock)
+        {
+            d.PauseCount++;
+            if (d.State == DomainRunState.Running)
+                d.State = DomainRunState.Paused;
+        }
+        WaitOffCpu(d);
+    }
+
+    public void WaitOffCpu(Domain d)
+    {
+        if (_pcpus.Any(p => p.Current?.Domain == d && Thread.CurrentThread.Name == $"pcpu{p.Id}"))
+            return; // called from one of the domain's own vCPUs: it leaves the CPU when the exit is handled
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (d.Vcpus.Any(v => v.IsRunning) && DateTime.UtcNow < deadline)
+        {
+            foreach (var v in d.Vcpus)
+                if (v.IsRunning)
+                    v.Engine?.RequestExit();
+            Thread.Sleep(1);
+        }
+    }
+
+    public void ShutdownDomain(Domain d, uint reason)
+    {
+        lock (d.Lock)
+        {
+            if (d.State is DomainRunState.Shutdown or DomainRunState.Dying)
+                return;
+            // A reason stored earlier with SCHEDOP_shutdown_code wins (as in Xen).
+            reason = d.ShutdownCode ?? reason;
+            d.State = DomainRunState.Shutdown;
+            d.ShutdownReason = reason;
+        }
+        foreach (var v in d.Vcpus)
+        {
+            v.DescheduleRequested = true;
+            v.Engine?.RequestExit();
+        }
+        Log($"domain {d.DomainId} shut down: {(ShutdownReason)reason}");
+        Dom0.Evtchn.SendVirq(null, Xen.VIRQ_DOM_EXC);
+        DomainShutDown?.Invoke(d.DomainId, (ShutdownReason)reason);
+    }
+
+    // ================= vCPU lifecycle (used by vcpu_op and the vLAPIC) =================
+
+    internal void BringUp(Vcpu v)
+    {
+        v.IsUp = true;
+        v.WaitForSipi = false;
+        v.SetRunstate(Runstate.Runnable, Time.NowNs);
+        StartPcpus();
+        Scheduler.Wake(v);
+    }
+
+    internal void TakeDown(Vcpu v)
+    {
+        v.IsUp = false;
+        v.DescheduleRequested = true;
+        v.Engine?.RequestExit();
+    }
+
+    /// <summary>INIT IPI: the vCPU stops and waits for a start-up IPI.</summary>
+    internal void InitVcpu(Vcpu v)
+    {
+        v.Arch.Reset();
+        v.WaitForSipi = true;
+        if (v.IsUp)
+            TakeDown(v);
+    }
+
+    /// <summary>Start-up IPI: a vCPU waiting after INIT starts in real mode at vector × 4096.</summary>
+    internal void StartupVcpu(Vcpu v, byte vector)
+    {
+        if (!v.WaitForSipi)
+            return;
+        var regs = new Registers { Rip = 0, Rflags = 2 };
+        var code = new Segment { Selector = (ushort)(vector << 8), Base = (ulong)vector << 12, Limit = 0xFFFF, Attributes = 0x9B };
+        var data = new Segment { Limit = 0xFFFF, Attributes = 0x93 };
+        var sregs = new SpecialRegisters
+        {
+            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
+            Tr = new Segment { Limit = 0xFFFF, Attributes = 0x8B },
+            Ldt = new Segment { Limit = 0xFFFF, Attributes = 0x82 },
+            Gdt = new DescriptorTable { Limit = 0xFFFF },
+            Idt = new DescriptorTable { Limit = 0xFFFF },
+            Cr0 = 0x60000010,
+            ApicBase = v.Arch.Vlapic.ApicBase,
+        };
+        v.PendingContext = (regs, sregs);
+        v.Initialised = true;
+        v.Blocked = false;
+        BringUp(v);
+    }
+
+    internal bool IsAmdVendor(Vcpu v)
+    {
+        if (v.Cpuid is null)
+            return false;
+        v.Cpuid.Cpuid(0, 0, out _, out uint ebx, out _, out _);
+        return ebx is 0x68747541 /* Auth */ or 0x6f677948 /* Hygo */;
+    }
+
+    // ================= pCPUs =================
+
+    /// <summary>Starts the pCPU threads when the first vCPU can run.</summary>
+    internal void StartPcpus()
+    {
+        lock (_pcpus)
+        {
+            if (_pcpusStarted || _disposed)
+                return;
+            _pcpusStarted = true;
+            for (int i = 0; i < Math.Max(1, Options.Pcpus); i++)
+            {
+                var p = new Pcpu(this, Scheduler, i);
+                _pcpus.Add(p);
+                p.Start();
+            }
+        }
+    }
+
+    /// <summary>The pCPU <paramref name="v"/> is running on, or null.</summary>
+    public int? PcpuOf(Vcpu v) => _pcpus.FirstOrDefault(p => p.Current == v)?.Id;
+
+    private void FireTimer(object owner, TimerKind kind, long now)
+    {
+        switch (owner)
+        {
+            case Vcpu v when !v.Domain.IsDying:
+                TimeOps.Fire(v, kind, now);
+                break;
+            case Domain d when kind == TimerKind.Watchdog && !d.IsDying:
+                SchedOp.CheckWatchdogs(d, now);
+                break;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        lock (_pcpus)
+            foreach (var p in _pcpus)
+                p.Stop();
+        Scheduler.Dispose();
+        Timers.Dispose();
+        Domain[] all;
+        lock (_domains)
+            all = _domains.Values.ToArray();
+        foreach (var d in all)
+        {
+            d.IsDying = true;
+            d.Teardown();
+        }
+        Frames.Dispose();
+    }
+}

@@ -1,0 +1,148 @@
+using XenSharp.Toolstack.Config;
+using XenSharp.Public;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>A domain that shut down meets its on_* action (destroy, preserve, restart, rename-restart,
+/// coredump-*), as xl's domain death handling does; a restart is the next incarnation of its <see cref="Lineage"/>.</summary>
+public sealed partial class Host
+{
+    private void OnDomainStateChanged(uint domId)
+    {
+        // Runs on a thread pool thread: whatever fails, the daemon carries on.
+        try { HandleShutdown(domId); }
+        catch (Exception e) { _hv.ConsoleWrite($"d{domId}: shutdown handling failed: {e.Message}"); }
+    }
+
+    private void HandleShutdown(uint domId)
+    {
+        Domain? d;
+        lock (_lock)
+        {
+            if (_disposed || !_domains.TryGetValue(domId, out d) || d.ShutdownHandled) return;
+            if (!d.Hv.State.Shutdown) return;
+            d.ShutdownHandled = true;
+        }
+        var reason = d.Hv.State.Reason;
+        var action = reason switch
+        {
+            ShutdownReason.Poweroff => d.Config.OnPoweroff,
+            ShutdownReason.Reboot => d.Config.OnReboot,
+            ShutdownReason.Crash => d.Config.OnCrash,
+            ShutdownReason.Watchdog => d.Config.OnWatchdog,
+            ShutdownReason.SoftReset => d.Config.OnSoftReset,
+            _ => ShutdownAction.Preserve, // suspend: the domain waits for save or resume
+        };
+        _hv.ConsoleWrite($"d{domId}: shutdown reason {reason.ToString().ToLowerInvariant()}: action {DomainConfig.ActionName(action)}");
+        try
+        {
+            switch (action)
+            {
+                case ShutdownAction.Destroy:
+                    Destroy(d);
+                    break;
+                case ShutdownAction.Preserve:
+                    break;
+                case ShutdownAction.CoredumpDestroy:
+                    CoreDump(d);
+                    Destroy(d);
+                    break;
+                case ShutdownAction.CoredumpRestart:
+                    CoreDump(d);
+                    BeginRestart(d, rename: false);
+                    break;
+                case ShutdownAction.Restart:
+                case ShutdownAction.SoftReset:
+                    BeginRestart(d, rename: false);
+                    break;
+                case ShutdownAction.RenameRestart:
+                    BeginRestart(d, rename: true);
+                    break;
+            }
+        }
+        catch (Exception e)
+        {
+            _hv.ConsoleWrite($"d{domId}: {DomainConfig.ActionName(action)} failed: {e.Message}");
+        }
+    }
+
+    /// <summary>Retires the incarnation (destroyed, or kept under a new name for rename-restart),
+    /// then builds the next one after <see cref="RestartPause"/> unless xl destroy came first.
+    /// No lock is held across the pause.</summary>
+    private void BeginRestart(Domain d, bool rename)
+    {
+        var guest = d.Lineage;
+        string name;
+        DomainConfig next;
+        CancellationToken pause;
+        lock (_lifecycle)
+        {
+            // Destroyed while its shutdown was being handled (or the daemon is stopping): no restart.
+            if (_disposed || d.Destroyed || guest.Ended || guest.Current != d) return;
+            name = d.Config.Name;
+            if (rename)
+            {
+                // The old domain stays as it is, under a new name; the new one takes the name and a new uuid.
+                Rename(d, $"{name}--incoming-{d.DomId}");
+                next = CloneConfig(d.Config, name, Guid.NewGuid());
+            }
+            else
+                next = CloneConfig(d.Config, name, d.Config.Uuid);
+            var cts = new CancellationTokenSource();
+            pause = cts.Token;
+            lock (_lock)
+            {
+                guest.Current = null;
+                guest.PendingName = name;
+                guest.Pause = cts;
+                if (rename) guest.Retired.Add((d.DomId, _time.GetUtcNow()));
+            }
+            if (!rename) DestroyLocked(d, restarting: true);
+        }
+        _hv.ConsoleWrite($"d{d.DomId}: {name}: restarting in {RestartPause.TotalSeconds:0.###} s");
+        _ = RestartAfterPauseAsync(guest, next, pause);
+    }
+
+    private async Task RestartAfterPauseAsync(Lineage guest, DomainConfig next, CancellationToken pause)
+    {
+        // Cancelled by xl destroy: then the guest has ended, which the check below sees. Forced to
+        // yield so the rest never runs inside the destroy that cancelled it.
+        await Task.Delay(RestartPause, _time, pause)
+            .ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing | ConfigureAwaitOptions.ForceYielding);
+        CancellationTokenSource? cts = null;
+        try
+        {
+            lock (_lifecycle)
+            {
+                lock (_lock) (cts, guest.Pause) = (guest.Pause, null);
+                if (guest.Ended || _disposed) return;
+                StartLocked(next, paused: false, guest);
+            }
+        }
+        catch (Exception e)
+        {
+            _hv.ConsoleWrite($"{next.Name}: restart failed: {e.Message}");
+            lock (_lifecycle) EndLineageLocked(guest);
+        }
+        finally { cts?.Dispose(); }
+    }
+
+    private static DomainConfig CloneConfig(DomainConfig c, string name, Guid uuid) => new()
+    {
+        Name = name, Type = c.Type, Uuid = uuid, Kernel = c.Kernel, Ramdisk = c.Ramdisk, Cmdline = c.Cmdline,
+        Firmware = c.Firmware, FirmwareOverride = c.FirmwareOverride, TargetMemKb = c.TargetMemKb, MaxMemKb = c.MaxMemKb,
+        Vcpus = c.Vcpus, MaxVcpus = c.MaxVcpus, CpusHard = c.CpusHard, CpusSoft = c.CpusSoft,
+        OnPoweroff = c.OnPoweroff, OnReboot = c.OnReboot, OnCrash = c.OnCrash, OnWatchdog = c.OnWatchdog,
+        OnSoftReset = c.OnSoftReset, CpuWeight = c.CpuWeight, Cap = c.Cap, Pool = c.Pool,
+        SourceText = c.SourceText, SourceFile = c.SourceFile,
+    };
+
+
+    /// <summary>Testing and the daemon's signal path: shut a domain down as if it had asked to.</summary>
+    internal void ShutdownFromOutside(uint domId, ShutdownReason reason)
+    {
+        Domain? d;
+        lock (_lock) _domains.TryGetValue(domId, out d);
+        d?.Hv.Shutdown(reason);
+    }
+}
