@@ -105,7 +105,7 @@ internal sealed unsafe class P2mPod
                     {
                         _d.P2m.Remove(gfn);
                         // The frame stays the domain's and counted; its contents go back to the host as zeroes.
-                        HostMemory.Discard(_d.Host.Frames.PageAddress(mfn), FrameTable.PageSize);
+                        _d.Host.Frames.Scrub(mfn);
                         _cache.Push(mfn);
                     }
                     else

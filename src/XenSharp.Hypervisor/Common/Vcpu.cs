@@ -23,6 +23,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
             VcpuInfo = (VcpuInfo*)((byte*)domain.SharedInfo + id * sizeof(VcpuInfo));
         IsUp = id == 0;
         RunstateState = IsUp ? Runstate.Runnable : Runstate.Offline;
+        Translations = new TranslationCache(() => Engine?.FlushHostTranslations(), () => Engine?.RequestExit());
+        domain.Host.Frames.Register(Translations);
     }
 
     public Domain Domain { get; }
@@ -35,6 +37,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public HypercallArgs? Continuation;
     public ICpuidPolicy? Cpuid { get; set; }
     public Vlapic Lapic { get; }
+    /// <summary>The engine's host-address caches, which freed frames wait on before reuse.</summary>
+    public TranslationCache Translations { get; }
 
     /// <summary>Protects the blocking and wake-up state below.</summary>
     public readonly object Lock = new();
@@ -269,6 +273,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
 
     public void Teardown()
     {
+        Domain.Host.Frames.Unregister(Translations);
         if (_vcpuInfoMfn is uint m)
         {
             Domain.Host.Frames.Release(m, dropRef: true);
