@@ -200,6 +200,21 @@ public sealed unsafe partial class FrameTableTests : IDisposable
         Assert.True(AllZero(_frames.PageAddress(frames[200])));
     }
 
+    [Fact]
+    public void CopyingOutAFrameNeverWrittenGivesItNoHostMemory()
+    {
+        uint written = Alloc(5), untouched = Alloc(5);
+        Fill(_frames.PageAddress(written), 0x42);
+        long before = _frames.BackedBytes(5);
+        var page = new byte[FrameTable.PageSize];
+        Array.Fill(page, (byte)0xFF);
+        _frames.CopyOut(untouched, page);
+        Assert.DoesNotContain(page, b => b != 0);
+        Assert.Equal(before, _frames.BackedBytes(5));
+        _frames.CopyOut(written, page);
+        Assert.DoesNotContain(page, b => b != 0x42);
+    }
+
     private static string Ask(Process p)
     {
         p.StandardInput.WriteLine();

@@ -426,6 +426,22 @@ internal sealed unsafe class FrameTable : IDisposable
         }
     }
 
+    /// <summary>Copies a frame out without giving a never-written page host memory (a read through the shared
+    /// mapping would allocate it; a hole is copied as zeroes).</summary>
+    public void CopyOut(uint mfn, Span<byte> page)
+    {
+        lock (_lock)
+        {
+            ref var x = ref _extents[mfn / (uint)ExtentFrames];
+            if (x.Owner is { } o && !HostMemory.HasData(o.Fd, FileOffset(in x, mfn)))
+            {
+                page[..PageSize].Clear();
+                return;
+            }
+        }
+        new ReadOnlySpan<byte>(PageAddress(mfn), PageSize).CopyTo(page);
+    }
+
     /// <summary>The memfd backing the current domain <paramref name="domid"/>, or null when it has no memory.</summary>
     public SafeFileHandle? MemoryFileOf(ushort domid)
     {

@@ -37,6 +37,11 @@ internal static unsafe partial class HostMemory
     [LibraryImport("libc", SetLastError = true)]
     private static partial int fstat(int fd, byte* buf);
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial long lseek(int fd, long offset, int whence);
+
+    private const int SEEK_DATA = 3;
+
     public static byte* Reserve(ulong bytes)
     {
         nint p = mmap(0, (nuint)bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -83,6 +88,10 @@ internal static unsafe partial class HostMemory
                 return e;
         }
     }
+
+    /// <summary>The file holds a page at <paramref name="offset"/> (SEEK_DATA): false for a hole, which a read
+    /// through a shared mapping would fill with a newly allocated zero page.</summary>
+    public static bool HasData(SafeFileHandle fd, long offset) => lseek((int)fd.DangerousGetHandle(), offset, SEEK_DATA) == offset;
 
     /// <summary>Bytes of host memory the file holds (st_blocks * 512), or -1.</summary>
     public static long AllocatedBytes(SafeFileHandle fd)
