@@ -11,7 +11,6 @@ internal static unsafe partial class HostMemory
 {
     private const int PROT_READ = 1, PROT_WRITE = 2;
     private const int MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
-    private const int MADV_DONTNEED = 4;
     private const uint MFD_CLOEXEC = 1;
     private const int FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
     private const int EINTR = 4;
@@ -21,9 +20,6 @@ internal static unsafe partial class HostMemory
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int munmap(nint addr, nuint length);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int madvise(nint addr, nuint length, int advice);
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int memfd_create(string name, uint flags);
@@ -51,9 +47,6 @@ internal static unsafe partial class HostMemory
     }
 
     public static void Release(byte* p, ulong bytes) => munmap((nint)p, (nuint)bytes);
-
-    /// <summary>Gives private anonymous pages back to the host; they read as zero when touched again.</summary>
-    public static void Discard(byte* p, ulong bytes) => madvise((nint)p, (nuint)bytes, MADV_DONTNEED);
 
     /// <summary>A new, empty memfd (close-on-exec), or null with the errno when the host refuses one.</summary>
     public static SafeFileHandle? CreateMemoryFile(string name, out int errno)
