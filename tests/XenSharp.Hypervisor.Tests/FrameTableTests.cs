@@ -201,6 +201,44 @@ public sealed unsafe partial class FrameTableTests : IDisposable
     }
 
     [Fact]
+    public void WhenOnlyQuarantinedFramesAreLeftTheAllocatorWaitsForTheFlushesItNeeds()
+    {
+        using var small = new FrameTable(2UL << 20);
+        var frames = new List<uint>();
+        while (small.TryAllocate(1, FrameType.Ram, out uint m))
+            frames.Add(m);
+        Assert.Equal((int)small.FrameCount, frames.Count);
+
+        // On a pCPU running a vCPU (between its exits), that vCPU's own caches are dropped on the spot.
+        var self = new FakeVcpu();
+        small.Register(self.Cache);
+        small.Enter(self.Cache);
+        small.Free(frames[0]);
+        Assert.Equal(1, small.QuarantinedFrames);
+        Assert.True(small.TryAllocate(1, FrameType.Ram, out uint again));
+        Assert.Equal(frames[0], again);
+        Assert.Equal(1, self.Flushes);
+        small.Leave(self.Cache);
+        small.Unregister(self.Cache);
+
+        // Elsewhere (the toolstack) it waits while the kicked vCPU leaves guest code and flushes on its pCPU.
+        TranslationCache? other = null;
+        other = new TranslationCache(() => { }, () => ThreadPool.QueueUserWorkItem(_ =>
+        {
+            Thread.Sleep(50); // still in guest code for a while
+            small.Sync(other!);
+        }));
+        small.Register(other);
+        var pcpu = new Thread(() => small.Enter(other));
+        pcpu.Start();
+        pcpu.Join();
+        small.Free(frames[1]);
+        Assert.Equal(1, small.QuarantinedFrames);
+        Assert.True(small.TryAllocate(1, FrameType.Ram, out uint got));
+        Assert.Equal(frames[1], got);
+    }
+
+    [Fact]
     public void CopyingOutAFrameNeverWrittenGivesItNoHostMemory()
     {
         uint written = Alloc(5), untouched = Alloc(5);

@@ -106,6 +106,8 @@ internal sealed unsafe class FrameTable : IDisposable
     private int _quarantined;
     private readonly List<TranslationCache> _caches = new();
     private long _clock;
+    /// <summary>The vCPU this thread (a pCPU) runs, between <see cref="Enter"/> and <see cref="Leave"/>.</summary>
+    [ThreadStatic] private static TranslationCache? t_running;
     private long _allocated;
     private bool _disposed;
 
@@ -146,6 +148,32 @@ internal sealed unsafe class FrameTable : IDisposable
         mfn = 0;
         if (limitMfn == 0)
             return false;
+        if (TryAllocateNow(owner, type, limitMfn, out mfn))
+            return true;
+        // Frames waiting for flushes may be all that is left. On a pCPU between exits this vCPU's own caches can
+        // be dropped here; elsewhere (the toolstack) the kicked vCPUs get a moment to flush.
+        if (Volatile.Read(ref _quarantined) == 0)
+            return false;
+        if (t_running is { } self)
+        {
+            FlushNow(self);
+            return TryAllocateNow(owner, type, limitMfn, out mfn);
+        }
+        for (int i = 0; i < QuarantineWaits && Volatile.Read(ref _quarantined) != 0; i++)
+        {
+            Thread.Sleep(1);
+            if (TryAllocateNow(owner, type, limitMfn, out mfn))
+                return true;
+        }
+        return false;
+    }
+
+    /// <summary>How many milliseconds a thread that runs no vCPU waits for quarantined frames before it fails.</summary>
+    private const int QuarantineWaits = 1000;
+
+    private bool TryAllocateNow(ushort owner, FrameType type, ulong limitMfn, out uint mfn)
+    {
+        mfn = 0;
         lock (_lock)
         {
             if (_disposed || OwnerLocked(owner) is not { } o)
@@ -496,15 +524,20 @@ internal sealed unsafe class FrameTable : IDisposable
         // A full barrier before reading the clock: a reclaim that saw the vCPU not running stamped its frames
         // before this, so the read below sees them and the flush drops them.
         Interlocked.Exchange(ref c.Running, 1);
+        t_running = c;
         Sync(c);
     }
 
     /// <summary>Between exits (nothing of the hypervisor holds guest pointers then): flushes when the clock moved.</summary>
     public void Sync(TranslationCache c)
     {
+        if (Interlocked.Read(ref _clock) != c.FlushedAt)
+            FlushNow(c);
+    }
+
+    private void FlushNow(TranslationCache c)
+    {
         long now = Interlocked.Read(ref _clock);
-        if (now == c.FlushedAt)
-            return;
         c.Flush();
         Volatile.Write(ref c.FlushedAt, now);
         if (Volatile.Read(ref _quarantined) != 0)
@@ -514,6 +547,7 @@ internal sealed unsafe class FrameTable : IDisposable
     /// <summary>The pCPU stopped running the vCPU; it flushes on its next <see cref="Enter"/> if it must.</summary>
     public void Leave(TranslationCache c)
     {
+        t_running = null;
         Volatile.Write(ref c.Running, 0);
         if (Volatile.Read(ref _quarantined) != 0)
             Reclaim();
