@@ -49,6 +49,10 @@ public interface IVcpu
     /// <summary>The guest-linear-to-physical walk a hypercall handler needs to copy from guest
     /// virtual addresses. Returns false when the page is not present (or not writable for a write).</summary>
     bool TryTranslateLinear(ulong linear, bool write, out ulong physical);
+
+    /// <summary>Drops every host address of guest memory the vCPU caches (soft TLB, jump cache), so that a freed
+    /// frame can be given to someone else. Called between <see cref="Run"/> calls, on the thread that runs it.</summary>
+    void FlushHostTranslations() { }
 }
 
 /// <summary>Something that may have an external interrupt for a vCPU.</summary>

@@ -75,7 +75,7 @@ public sealed unsafe partial class XenHypervisor
         {
             if (!d.P2m.TryLookup(gfn, out uint mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
                 return false;
-            new ReadOnlySpan<byte>(Frames.PageAddress(mfn), FrameTable.PageSize).CopyTo(page);
+            Frames.CopyOut(mfn, page);
             return true;
         }
     }

@@ -21,6 +21,23 @@ public class MemoryOpTests : IDisposable
 
     [Fact]
     [Trait("Feature", "Dynamic memory control")]
+    public void DecreaseReservationGivesTheHostItsMemoryBack()
+    {
+        var g = new Guest(_host, ramMiB: 4, maxMiB: 8);
+        var gfns = Enumerable.Range(0x200, 256).Select(i => (ulong)i).ToArray();
+        foreach (ulong gfn in gfns)
+            g.Write(gfn << 12, 0x0123456789ABCDEFUL);
+        long before = _host.Frames.BackedBytes(g.Id);
+        Assert.True(before >= 256 * 4096L, $"the domain's memfd holds {before} bytes");
+        foreach (var chunk in gfns.Chunk(64))
+            Assert.Equal(64, Reservation(g, XENMEM_decrease_reservation, chunk));
+        long after = _host.Frames.BackedBytes(g.Id);
+        // Less the pages the hypercall arguments were written to.
+        Assert.True(before - after >= 250 * 4096L, $"{before} -> {after} bytes after giving back 256 pages");
+    }
+
+    [Fact]
+    [Trait("Feature", "Dynamic memory control")]
     public void BalloonDownReturnsFramesToThePoolAndBackUpGivesZeroedPages()
     {
         var g = new Guest(_host, ramMiB: 4, maxMiB: 8);

@@ -118,6 +118,10 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86 system architecture emulation"), Trait("Feature", "Hypervisor emulated LAPIC")]
     public void Smp() => NoSkips(Boot("smp"));
 
+    /// <summary>One vCPU balloons out a page the other keeps storing to; pages populated meanwhile stay zero.</summary>
+    [Fact, Trait("Feature", "Dynamic memory control")]
+    public void BalloonUnderARunningSibling() => NoSkips(Boot("balloon"));
+
     [Fact, Trait("Feature", "x86 instruction emulation"), Trait("Feature", "x86 system architecture emulation")]
     public void Cpu32() => NoSkips(Boot("cpu32"));
 

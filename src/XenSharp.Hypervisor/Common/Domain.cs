@@ -216,6 +216,8 @@ internal sealed unsafe class Domain
             _unplaced.Clear();
             if (!IsHost)
                 Host.Frames.Free(SharedInfoMfn);
+            // A domain created later with this domid gets a memfd of its own: mappings of this one never show it.
+            Host.Frames.CloseOwner(DomainId);
             Engine?.Dispose();
             Engine = null;
             // Whoever still holds a Vcpu (a pending timer, a trace) must not keep the engine's code caches alive.

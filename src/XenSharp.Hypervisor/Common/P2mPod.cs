@@ -104,8 +104,16 @@ internal sealed unsafe class P2mPod
                     if (!_d.IsDying && _entryCount > _cache.Count && _d.Host.Frames.RefsOf(mfn) == 0)
                     {
                         _d.P2m.Remove(gfn);
-                        // The frame stays the domain's and counted; its contents go back to the host as zeroes.
-                        HostMemory.Discard(_d.Host.Frames.PageAddress(mfn), FrameTable.PageSize);
+                        // The reservation keeps the page for the cache. A sibling vCPU may still store through a
+                        // stale translation of this frame, so the cache takes a fresh frame and this one waits out
+                        // the flushes like any freed frame; with no frame to spare it is scrubbed and kept.
+                        if (_d.Host.Frames.TryAllocate(_d.DomainId, FrameType.Ram, out uint fresh))
+                        {
+                            _d.Host.Frames.Free(mfn);
+                            mfn = fresh;
+                        }
+                        else
+                            _d.Host.Frames.Scrub(mfn);
                         _cache.Push(mfn);
                     }
                     else

@@ -24,6 +24,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
             VcpuInfo = (VcpuInfo*)((byte*)domain.SharedInfo + id * sizeof(VcpuInfo));
         IsUp = id == 0;
         RunstateState = IsUp ? Runstate.Runnable : Runstate.Offline;
+        Translations = new TranslationCache(() => Engine?.FlushHostTranslations(), () => Engine?.RequestExit());
+        domain.Host.Frames.Register(Translations);
     }
 
     public Domain Domain { get; }
@@ -37,6 +39,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public ICpuidPolicy? Cpuid { get; set; }
     /// <summary>The guest type's x86 state: the vLAPIC and upcall vector.</summary>
     public HvmVcpu Arch { get; }
+    /// <summary>The engine's host-address caches, which freed frames wait on before reuse.</summary>
+    public TranslationCache Translations { get; }
 
     /// <summary>Protects the blocking and wake-up state below.</summary>
     public readonly object Lock = new();
@@ -256,6 +260,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
 
     public void Teardown()
     {
+        Domain.Host.Frames.Unregister(Translations);
         if (_vcpuInfoMfn is uint m)
         {
             Domain.Host.Frames.Release(m, dropRef: true);

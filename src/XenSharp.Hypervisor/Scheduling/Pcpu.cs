@@ -139,6 +139,7 @@ internal sealed class Pcpu
         RunStartNs = start;
         _preemptSeen = _preemptAt = long.MaxValue;
         CurrentVcpu = v;
+        _host.Frames.Enter(v.Translations);
         try
         {
             Run(v, pool, start, until, sched.RatelimitNs);
@@ -173,6 +174,7 @@ internal sealed class Pcpu
         {
             _host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: runstate update failed: {e.Message}");
         }
+        _host.Frames.Leave(v.Translations);
         _pools.Trace?.Invoke(new SliceRecord(Id, v, woken, now, until, start, end, ran, _preemptSeen, _preemptAt));
         sched.Descheduled(v, Id, sched.ChargesCpuTime ? ran : end - start, end);
         return null;
@@ -202,6 +204,8 @@ internal sealed class Pcpu
                 v.PendingNmi = false;
                 cpu.InjectNmi();
             }
+            // Between exits: frames freed since the last flush may be reused only once this vCPU forgot them.
+            _host.Frames.Sync(v.Translations);
             ref readonly var exit = ref cpu.Run();
             if (exit.Reason == Cpu.VcpuExitReason.Preempted)
             {
