@@ -11,20 +11,6 @@ public class EngineTests : IDisposable
     private readonly XenHypervisor _host = new(new HypervisorOptions { MachineMemoryBytes = 256UL << 20, Pcpus = 1 });
     public void Dispose() => _host.Dispose();
 
-    /// <summary>PVH's 32-bit flat entry state (CR0.PE, flat code and data, a 32-bit TSS).</summary>
-    private static SpecialRegisters Flat32()
-    {
-        var code = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC09B, Selector = 0x10 };
-        var data = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC093, Selector = 0x18 };
-        return new SpecialRegisters
-        {
-            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
-            Tr = new Segment { Limit = 0x67, Attributes = 0x8B, Selector = 0x20 },
-            Ldt = new Segment { Attributes = 0x82 },
-            Cr0 = 0x11,
-        };
-    }
-
     [Fact]
     public void ADestroyedDomainLeavesNoEngineBehind()
     {
@@ -32,7 +18,7 @@ public class EngineTests : IDisposable
         ushort id = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
         _host.PopulatePhysmap(id, 0, 256);
         _host.WriteGuestMemory(id, 0x1000, [0xFA, 0xF4, 0xEB, 0xFC]); // cli; hlt; jmp back to the cli
-        _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, PvhEntryState.Flat32());
         var engine = WeakEngine(id);
         _host.Unpause(id);
         Assert.True(TestHosts.WaitUntil(() => _host.GetDomainInfo(id).IsBlocked));
@@ -77,7 +63,7 @@ public class EngineTests : IDisposable
         _host.WriteGuestMemory(id, 0x3000, Encoding.ASCII.GetBytes("hello\n"));
         _host.WriteGuestMemory(id, 0x3100, BitConverter.GetBytes(Sched.SHUTDOWN_reboot));
         _host.WriteGuestMemory(id, 0x3200, BitConverter.GetBytes(0xFFFFFFFFu));
-        _host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, PvhEntryState.Flat32());
 
         ShutdownReason? reason = null;
         _host.DomainShutdown += (_, e) => { if (e.DomainId == id) reason = e.Reason; };
@@ -113,7 +99,7 @@ public class EngineTests : IDisposable
         _host.WriteGuestMemory(id, 0x1000, bsp);
         _host.WriteGuestMemory(id, 0x9A000, ap);
         _host.WriteGuestMemory(id, 0x3100, BitConverter.GetBytes(Sched.SHUTDOWN_poweroff));
-        _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, PvhEntryState.Flat32());
 
         ShutdownReason? reason = null;
         _host.DomainShutdown += (_, e) => { if (e.DomainId == id) reason = e.Reason; };

@@ -14,19 +14,6 @@ public class StaleTranslationTests : IDisposable
 
     private const ulong Target = 0x400, Counter = 0x3000;
 
-    private static SpecialRegisters Flat32()
-    {
-        var code = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC09B, Selector = 0x10 };
-        var data = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC093, Selector = 0x18 };
-        return new SpecialRegisters
-        {
-            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
-            Tr = new Segment { Limit = 0x67, Attributes = 0x8B, Selector = 0x20 },
-            Ldt = new Segment { Attributes = 0x82 },
-            Cr0 = 0x11,
-        };
-    }
-
     private uint ReadCounter(ushort id)
     {
         var b = new byte[4];
@@ -57,7 +44,7 @@ public class StaleTranslationTests : IDisposable
             0xEB, 0xF3,
         ];
         _host.WriteGuestMemory(a, 0x1000, code);
-        _host.SetVcpuRegisters(a, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        _host.SetVcpuRegisters(a, 0, new Registers { Rip = 0x1000, Rsp = 0x8000, Rflags = 2 }, PvhEntryState.Flat32());
         _host.Unpause(a);
         Assert.True(TestHosts.WaitUntil(() => ReadCounter(a) > 100_000), _host.ReadDmesg());
 

@@ -17,26 +17,13 @@ internal static class SchedGuests
         Scheduler = scheduler,
     });
 
-    private static SpecialRegisters Flat32()
-    {
-        var code = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC09B, Selector = 0x10 };
-        var data = new Segment { Limit = 0xFFFFFFFF, Attributes = 0xC093, Selector = 0x18 };
-        return new SpecialRegisters
-        {
-            Cs = code, Ds = data, Es = data, Fs = data, Gs = data, Ss = data,
-            Tr = new Segment { Limit = 0x67, Attributes = 0x8B, Selector = 0x20 },
-            Ldt = new Segment { Attributes = 0x82 },
-            Cr0 = 0x11,
-        };
-    }
-
     private static ushort Build(XenHypervisor host, byte[] code, ushort? existing = null)
     {
         ushort id = existing ?? host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
         if (existing is null)
             host.PopulatePhysmap(id, 0, 256);
         host.WriteGuestMemory(id, Base, code);
-        host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, Flat32());
+        host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, PvhEntryState.Flat32());
         return id;
     }
 
