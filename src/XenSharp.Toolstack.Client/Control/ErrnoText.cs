@@ -1,3 +1,5 @@
+using XenSharp.Public;
+
 namespace XenSharp.Toolstack.Control;
 
 /// <summary>strerror for the errnos a control request can fail with (Linux's texts, which Xen's errno
@@ -6,22 +8,22 @@ public static class ErrnoText
 {
     public static string Describe(int errno) => errno switch
     {
-        1 => "Operation not permitted",
-        2 => "No such file or directory",
-        3 => "No such process",
-        5 => "Input/output error",
-        7 => "Argument list too long",
-        11 => "Resource temporarily unavailable",
-        12 => "Cannot allocate memory",
-        13 => "Permission denied",
-        16 => "Device or resource busy",
-        17 => "File exists",
-        22 => "Invalid argument",
-        28 => "No space left on device",
-        36 => "File name too long",
-        38 => "Function not implemented",
-        90 => "Message too long",
-        95 => "Operation not supported",
+        Errno.EPERM => "Operation not permitted",
+        Errno.ENOENT => "No such file or directory",
+        Errno.ESRCH => "No such process",
+        Errno.EIO => "Input/output error",
+        Errno.E2BIG => "Argument list too long",
+        Errno.EAGAIN => "Resource temporarily unavailable",
+        Errno.ENOMEM => "Cannot allocate memory",
+        Errno.EACCES => "Permission denied",
+        Errno.EBUSY => "Device or resource busy",
+        Errno.EEXIST => "File exists",
+        Errno.EINVAL => "Invalid argument",
+        Errno.ENOSPC => "No space left on device",
+        Errno.ENAMETOOLONG => "File name too long",
+        Errno.ENOSYS => "Function not implemented",
+        Errno.EMSGSIZE => "Message too long",
+        Errno.EOPNOTSUPP => "Operation not supported",
         _ => $"errno {errno}",
     };
 }

@@ -1,4 +1,5 @@
 using XenSharp.Hypervisor;
+using XenSharp.Public;
 using XenSharp.Store;
 using XenSharp.Toolstack.Builder;
 using XenSharp.Toolstack.Config;
@@ -15,9 +16,6 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// </summary>
 internal static class ControlErrors
 {
-    public const int EPERM = 1, EIO = 5, ENOMEM = 12, EACCES = 13, EINVAL = 22, ENAMETOOLONG = 36,
-        ENOSYS = 38, EOPNOTSUPP = 95;
-
     /// <param name="Unexpected">Not a failure the daemon reports by design: worth logging.</param>
     public readonly record struct Failure(string Message, int Errno, bool Unexpected = false);
 
@@ -35,12 +33,12 @@ internal static class ControlErrors
         ArgumentException a => new(a.Message, 0),
         FormatException f => new(f.Message, 0),
         // Machine memory ran out building a domain or filling a PoD cache: ENOMEM, the daemon goes on.
-        OutOfMemoryException m => new(WithReason(m.Message, ENOMEM), ENOMEM),
-        PathTooLongException p => new(WithReason(p.Message, ENAMETOOLONG), ENAMETOOLONG),
-        UnauthorizedAccessException u => new(WithReason(u.Message, EACCES), EACCES),
-        IOException io => new(WithReason(io.Message, EIO), EIO, Unexpected: true),
+        OutOfMemoryException m => new(WithReason(m.Message, Errno.ENOMEM), Errno.ENOMEM),
+        PathTooLongException p => new(WithReason(p.Message, Errno.ENAMETOOLONG), Errno.ENAMETOOLONG),
+        UnauthorizedAccessException u => new(WithReason(u.Message, Errno.EACCES), Errno.EACCES),
+        IOException io => new(WithReason(io.Message, Errno.EIO), Errno.EIO, Unexpected: true),
         OperationCanceledException => null, // the daemon is stopping: the connection goes with it
-        _ => new(WithReason($"xensharpd: internal error: {e.Message}", EIO), EIO, Unexpected: true),
+        _ => new(WithReason($"xensharpd: internal error: {e.Message}", Errno.EIO), Errno.EIO, Unexpected: true),
     };
 
     /// <summary>The message as libxl logs a failed call: what failed, then strerror of its errno.</summary>

@@ -98,6 +98,22 @@ public sealed partial class Host : IDisposable
 
     private static readonly System.Text.RegularExpressions.Regex ValidName = new("^[^/\\\\\\x00-\\x1f]+$");
 
+    /// <summary>A host file name holds at most this many bytes (Linux's NAME_MAX); the console log is NAME.log.</summary>
+    private const int NameMax = 255;
+
+    /// <summary>Refuses a name no domain can have: empty, with a path separator or control character, or too
+    /// long for the file its console is logged to.</summary>
+    private void CheckName(string name)
+    {
+        if (string.IsNullOrEmpty(name) || !ValidName.IsMatch(name))
+            throw new ControlException($"invalid domain name `{name}'");
+        int bytes = System.Text.Encoding.UTF8.GetByteCount(Path.GetFileName(_paths.ConsoleLog(name)));
+        if (bytes > NameMax)
+            throw new ControlException(
+                $"domain name of {name.Length} characters is too long: its console log file name would be {bytes} bytes, " +
+                $"more than the host's {NameMax}: {ErrnoText.Describe(Errno.ENAMETOOLONG)}", Errno.ENAMETOOLONG);
+    }
+
     private CreateResult Create(CreateRequest r)
     {
         var cfg = XlConfigParser.Parse(r.ConfigText, r.ConfigFile);
@@ -105,6 +121,7 @@ public sealed partial class Host : IDisposable
         foreach (var o in r.Overrides) XlConfigParser.ParseInto(cfg, o, "command line");
         var read = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes);
         var d = read.Config;
+        CheckName(d.Name);
         d.SourceText = r.ConfigText;
         d.SourceFile = r.ConfigFile;
         var dom = Start(d, r.Paused);

@@ -28,8 +28,7 @@ public sealed partial class Host
 
     private void Rename(Domain d, string newName)
     {
-        if (string.IsNullOrEmpty(newName) || !ValidName.IsMatch(newName))
-            throw new ControlException($"invalid domain name `{newName}'");
+        CheckName(newName);
         lock (_lock)
             if (NameTakenLocked(newName, except: d))
                 throw new ControlException($"domain with name \"{newName}\" already exists.");

@@ -1,3 +1,4 @@
+using XenSharp.Public;
 using System.Collections.Frozen;
 using XenSharp.Toolstack.Control;
 
@@ -57,7 +58,7 @@ public sealed partial class Host
         try
         {
             if (!Handlers.TryGetValue(request.GetType(), out var handler))
-                throw new ControlException($"xensharpd: unknown request {request.GetType().Name}", ControlErrors.ENOSYS);
+                throw new ControlException($"xensharpd: unknown request {request.GetType().Name}", Errno.ENOSYS);
             return ControlResponse.Success(handler(this, request));
         }
         catch (Exception e) when (ControlErrors.Map(e) is { } failure)

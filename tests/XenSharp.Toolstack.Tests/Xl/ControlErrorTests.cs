@@ -62,6 +62,8 @@ public sealed class ControlErrorTests : IDisposable
         Assert.Equal(1, code);
         Assert.DoesNotContain("closed the connection", err);
         Assert.Contains("File name too long", err);
+        Assert.Contains("domain name of 3000 characters is too long", err);
+        Assert.True(err.Length < 400, $"the answer repeats the name: {err.Length} characters");
         AssertDaemonServesOn(pid);
     }
 
