@@ -32,6 +32,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         Frames = new FrameTable(_options.MachineMemoryBytes);
         Time = new Time(_options.GuestTscHz, _options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
+        CodeAging = new CodeAging(this, _options.TrimHostHeap);
+        CodeAging.Start();
         Scheduler = new Cpupools(this, _options.Pcpus, _options.Scheduler, _options.NumaSysfsPath);
         CommandLine = _options.CommandLine;
         Dom0 = new Domain(this, 0, DomainType.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
@@ -42,6 +44,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     internal FrameTable Frames { get; }
     internal Time Time { get; }
     internal Timers Timers { get; }
+    internal CodeAging CodeAging { get; }
     internal Cpupools Scheduler { get; }
     internal Domain Dom0 { get; }
     internal string CommandLine { get; }
@@ -700,6 +703,9 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                 break;
             case Domain d when kind == TimerKind.Watchdog && !d.IsDying:
                 SchedOp.CheckWatchdogs(d, now);
+                break;
+            case CodeAging aging:
+                aging.Fire();
                 break;
         }
     }

@@ -137,8 +137,15 @@ internal unsafe partial class X86Vcpu
         ref JumpEntry e = ref cache.Entries[slot];
         var b = e.Block;
         ulong csBase = Seg[CS].Base;
-        if (b != null && e.Epoch == cache.Epoch && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
+        int age = _engine.CodeEpoch;
+        if (b != null && e.Epoch == cache.Epoch && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase)
+        {
+            // Written once per aging epoch, so that vCPUs running the same code do not share a dirty line.
+            if (b.LastRun != age) b.LastRun = age;
+            return b;
+        }
         b = LookupOrDecode(rip);
+        b.LastRun = age;
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
         {
@@ -205,7 +212,7 @@ internal unsafe partial class X86Vcpu
         }
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
-        b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
+        b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base, LastRun = _engine.CodeEpoch };
         if (!cacheable) b.Valid = false;
         else if (_blocks.Add(b, (int)(insns[n - 1].I.NextIP - rip)))
         {

@@ -80,6 +80,8 @@ internal sealed class DecodedBlock
     public ulong CsBase;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
     public volatile bool Valid = true;
+    /// <summary>The engine's aging epoch when the run loop last entered the block (<see cref="X86Engine.AgeCode"/>).</summary>
+    public int LastRun;
     /// <summary>Times the interpreter ran the block (until it is compiled).</summary>
     public int Hits;
     /// <summary>The block translated to IL (Jit/BlockTranslator.cs), or null while interpreted.</summary>
