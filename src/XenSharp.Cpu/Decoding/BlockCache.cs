@@ -42,23 +42,35 @@ internal sealed class BlockCache
     /// code frame before.</summary>
     public bool Add(DecodedBlock block, int length)
     {
-        ulong gfn = block.Phys >> 12;
         lock (_lock)
         {
             _blocks[new Key(block.Phys, block.Ip, block.Bitness)] = block;
-            bool added = false;
-            if (!_byFrame.TryGetValue(gfn, out var f))
-            {
-                f = new Frame();
-                _byFrame[gfn] = f;
-                Interlocked.Increment(ref CodeFrameEpoch);
-                added = true;
-            }
-            f.Blocks.Add(block);
-            f.EmptySince = 0;
-            f.CodeMask |= ChunkMask((int)(block.Phys & 0xFFF), length);
-            return added;
+            return AddToFrame(block.Phys >> 12, block, (int)(block.Phys & 0xFFF), length);
         }
+    }
+
+    /// <summary>Also indexes a block whose instruction ends in another frame under the first
+    /// <paramref name="length"/> bytes of that frame, so that a write there drops it too; true when
+    /// that frame was not a code frame before.</summary>
+    public bool AddTail(DecodedBlock block, ulong gfn, int length)
+    {
+        lock (_lock) return AddToFrame(gfn, block, 0, length);
+    }
+
+    private bool AddToFrame(ulong gfn, DecodedBlock block, int offset, int length)
+    {
+        bool added = false;
+        if (!_byFrame.TryGetValue(gfn, out var f))
+        {
+            f = new Frame();
+            _byFrame[gfn] = f;
+            Interlocked.Increment(ref CodeFrameEpoch);
+            added = true;
+        }
+        f.Blocks.Add(block);
+        f.EmptySince = 0;
+        f.CodeMask |= ChunkMask(offset, length);
+        return added;
     }
 
     public bool IsCodeFrame(ulong gfn)

@@ -76,6 +76,10 @@ internal sealed class DecodedBlock
     public readonly ulong Ip;
     /// <summary>16, 32 or 64.</summary>
     public readonly int Bitness;
+    /// <summary>A block of one instruction that crosses into the next linear page, whose tail bytes came from
+    /// guest-physical page <see cref="TailPhys"/>: a later lookup holds only while that page still maps there.</summary>
+    public bool HasTail;
+    public ulong TailPhys;
     /// <summary>CS base the block was found under (a per-vCPU jump-cache hit must match it).</summary>
     public ulong CsBase;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
