@@ -34,7 +34,9 @@ if (xlDll is null || kernel is null || initrd is null || vmlinux is null || runD
 }
 const string Prompt = "~ # ";
 var idle = TimeSpan.FromSeconds(idleSeconds);
-var settle = TimeSpan.FromSeconds(10);
+// Idle means past the boot: the daemon drops code a guest has not run for a 10 s period (CodeAging), so a boot's
+// code is gone within two periods of the prompt, and its memory back with the host a few seconds later.
+var settle = TimeSpan.FromSeconds(40);
 double hostMiB = Meminfo("MemTotal") / 1024.0;
 int cores = Environment.ProcessorCount;
 

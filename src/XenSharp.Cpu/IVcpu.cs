@@ -90,4 +90,9 @@ public interface ICpuidPolicy
 public interface ICpuEngine : IDisposable
 {
     IVcpu CreateVcpu(int id, ICpuidPolicy cpuid);
+
+    /// <summary>Drops cached code (decoded, compiled) that has not run since the previous call, so that code a guest
+    /// ran once (its boot) does not stay in host memory; returns how many blocks went. Called every few seconds from
+    /// outside the vCPUs' threads.</summary>
+    int AgeCode() => 0;
 }

@@ -79,6 +79,20 @@ public sealed class X86Engine : ICpuEngine
             Blocks.Clear();
     }
 
+    /// <summary>The aging epoch: the run loop stamps each block it enters with it (<see cref="DecodedBlock.LastRun"/>).</summary>
+    internal int CodeEpoch = 1;
+
+    /// <summary>Drops the decoded blocks, and their compiled code, that have not run since the previous call (a
+    /// guest's boot and init code, run once, is most of what it ever decodes); they are decoded again if they run.</summary>
+    public int AgeCode()
+    {
+        int ended = Interlocked.Increment(ref CodeEpoch) - 1;
+        return Blocks.Trim(ended);
+    }
+
+    /// <summary>Decoded blocks cached now.</summary>
+    public int CachedBlocks => Blocks.Count;
+
     internal void OnNewCodeFrame(ulong gfn)
     {
         lock (_vcpus)

@@ -31,6 +31,8 @@ internal sealed class HostServices : IDisposable
         Frames = new FrameTable(options.MachineMemoryBytes);
         Time = new Time(options.GuestTscHz, options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
+        CodeAging = new CodeAging(this, options.TrimHostHeap);
+        CodeAging.Start();
         Scheduler = new Cpupools(this, options.Pcpus, options.Scheduler, options.NumaSysfsPath);
         CommandLine = options.CommandLine;
         Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
@@ -41,6 +43,7 @@ internal sealed class HostServices : IDisposable
     public FrameTable Frames { get; }
     public Time Time { get; }
     public Timers Timers { get; }
+    public CodeAging CodeAging { get; }
     public Cpupools Scheduler { get; }
     public Domain Dom0 { get; }
     public string CommandLine { get; }
@@ -323,6 +326,9 @@ internal sealed class HostServices : IDisposable
                 break;
             case Domain d when kind == TimerKind.Watchdog && !d.IsDying:
                 SchedOp.CheckWatchdogs(d, now);
+                break;
+            case CodeAging aging:
+                aging.Fire();
                 break;
         }
     }

@@ -13,6 +13,8 @@ internal sealed class BlockCache
         public readonly List<DecodedBlock> Blocks = new();
         /// <summary>One bit per 64-byte chunk of the frame that holds decoded instructions.</summary>
         public ulong CodeMask;
+        /// <summary>The aging pass that took the frame's last block (0: it has blocks).</summary>
+        public int EmptySince;
     }
 
     private readonly Dictionary<Key, DecodedBlock> _blocks = new();
@@ -40,22 +42,35 @@ internal sealed class BlockCache
     /// code frame before.</summary>
     public bool Add(DecodedBlock block, int length)
     {
-        ulong gfn = block.Phys >> 12;
         lock (_lock)
         {
             _blocks[new Key(block.Phys, block.Ip, block.Bitness)] = block;
-            bool added = false;
-            if (!_byFrame.TryGetValue(gfn, out var f))
-            {
-                f = new Frame();
-                _byFrame[gfn] = f;
-                Interlocked.Increment(ref CodeFrameEpoch);
-                added = true;
-            }
-            f.Blocks.Add(block);
-            f.CodeMask |= ChunkMask((int)(block.Phys & 0xFFF), length);
-            return added;
+            return AddToFrame(block.Phys >> 12, block, (int)(block.Phys & 0xFFF), length);
         }
+    }
+
+    /// <summary>Also indexes a block whose instruction ends in another frame under the first
+    /// <paramref name="length"/> bytes of that frame, so that a write there drops it too; true when
+    /// that frame was not a code frame before.</summary>
+    public bool AddTail(DecodedBlock block, ulong gfn, int length)
+    {
+        lock (_lock) return AddToFrame(gfn, block, 0, length);
+    }
+
+    private bool AddToFrame(ulong gfn, DecodedBlock block, int offset, int length)
+    {
+        bool added = false;
+        if (!_byFrame.TryGetValue(gfn, out var f))
+        {
+            f = new Frame();
+            _byFrame[gfn] = f;
+            Interlocked.Increment(ref CodeFrameEpoch);
+            added = true;
+        }
+        f.Blocks.Add(block);
+        f.EmptySince = 0;
+        f.CodeMask |= ChunkMask(offset, length);
+        return added;
     }
 
     public bool IsCodeFrame(ulong gfn)
@@ -96,6 +111,74 @@ internal sealed class BlockCache
             b.Valid = false;
             _blocks.Remove(new Key(b.Phys, b.Ip, b.Bitness));
         }
+    }
+
+    /// <summary>Drops the blocks that have not run in aging epoch <paramref name="epoch"/> or later
+    /// (<see cref="DecodedBlock.LastRun"/>), except those a live compiled block links to: compiled code enters
+    /// them without the run loop, which is where blocks are stamped. A frame stays a code frame, its chunk
+    /// mask as it was, until one further pass finds it still empty, so that a write racing with a vCPU still
+    /// inside a dropped block ends that block as it always did. Returns the number of blocks dropped.</summary>
+    public int Trim(int epoch)
+    {
+        lock (_lock)
+        {
+            var live = new Stack<DecodedBlock>();
+            foreach (var b in _blocks.Values)
+                if (b.LastRun >= epoch) live.Push(b);
+            while (live.TryPop(out var b))
+            {
+                var links = b.Links;
+                for (int k = 0; k < links.Length; k++)
+                {
+                    var next = links[k];
+                    if (next is null) continue;
+                    // A link to a dropped block only sends compiled code back to the run loop: unlinked, it links again.
+                    if (!next.Valid) links[k] = null;
+                    else if (next.LastRun < epoch)
+                    {
+                        next.LastRun = epoch;
+                        live.Push(next);
+                    }
+                }
+            }
+            int dropped = 0;
+            foreach (var (gfn, f) in _byFrame)
+            {
+                if (f.Blocks.Count == 0)
+                {
+                    if (f.EmptySince != 0 && f.EmptySince < epoch) _byFrame.Remove(gfn);
+                    continue;
+                }
+                int kept = 0;
+                for (int i = 0; i < f.Blocks.Count; i++)
+                {
+                    var b = f.Blocks[i];
+                    if (b.LastRun >= epoch && b.Valid)
+                    {
+                        f.Blocks[kept++] = b;
+                        continue;
+                    }
+                    b.Valid = false;
+                    var key = new Key(b.Phys, b.Ip, b.Bitness);
+                    if (_blocks.TryGetValue(key, out var cur) && cur == b) _blocks.Remove(key);
+                    dropped++;
+                }
+                f.Blocks.RemoveRange(kept, f.Blocks.Count - kept);
+                if (kept == 0) f.EmptySince = epoch;
+            }
+            if (dropped > _blocks.Count)
+            {
+                _blocks.TrimExcess();
+                _byFrame.TrimExcess();
+            }
+            return dropped;
+        }
+    }
+
+    /// <summary>Blocks cached now (tests and diagnostics).</summary>
+    public int Count
+    {
+        get { lock (_lock) return _blocks.Count; }
     }
 
     public void Clear()

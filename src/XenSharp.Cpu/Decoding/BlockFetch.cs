@@ -137,8 +137,15 @@ internal unsafe partial class X86Vcpu
         ref JumpEntry e = ref cache.Entries[slot];
         var b = e.Block;
         ulong csBase = Seg[CS].Base;
-        if (b != null && e.Epoch == cache.Epoch && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase) return b;
+        int age = _engine.CodeEpoch;
+        if (b != null && e.Epoch == cache.Epoch && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase)
+        {
+            // Written once per aging epoch, so that vCPUs running the same code do not share a dirty line.
+            if (b.LastRun != age) b.LastRun = age;
+            return b;
+        }
         b = LookupOrDecode(rip);
+        b.LastRun = age;
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
         {
@@ -162,7 +169,7 @@ internal unsafe partial class X86Vcpu
             if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
         }
         var b = _blocks.Lookup(phys, rip, Bitness);
-        if (b != null && b.Valid) return b;
+        if (b != null && b.Valid && (!b.HasTail || FetchTail(rip, phys) == b.TailPhys)) return b;
 
         byte* page = _mem.GetPage(phys >> 12, false);
         if (page == null)
@@ -175,6 +182,8 @@ internal unsafe partial class X86Vcpu
         dec.IP = rip;
         int n = 0;
         bool cacheable = true;
+        ulong tailPhys = 0;
+        bool hasTail = false;
         while (n < MaxBlockInsns)
         {
             int start = _reader.Pos;
@@ -185,8 +194,7 @@ internal unsafe partial class X86Vcpu
                 // The instruction crosses into the next page: decode it alone from a spill buffer.
                 int have = 4096 - start;
                 for (int k = 0; k < have; k++) _spill[k] = page[start + k];
-                ulong nextLin = CodeLinear(rip + (ulong)have);
-                ulong nextPhys = Translate(nextLin, Access.Fetch, Cpl == 3);
+                ulong nextPhys = FetchTail(rip, phys);
                 byte* next = _mem.GetPage(nextPhys >> 12, false);
                 if (next == null)
                     throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{nextPhys:X}");
@@ -196,7 +204,11 @@ internal unsafe partial class X86Vcpu
                 dec.Decode(out ins);
                 Fill(ref _scratch[0], ins, _spill);
                 n = 1;
-                cacheable = false;
+                // Cached like any block, indexed under both frames; found again only while the tail's page maps
+                // where it did (the jump cache holds it while neither page's translation is flushed).
+                tailPhys = nextPhys;
+                hasTail = true;
+                cacheable = !ins.IsInvalid && ins.Length > have;
                 break;
             }
             Fill(ref _scratch[n], ins, page + start);
@@ -205,14 +217,33 @@ internal unsafe partial class X86Vcpu
         }
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
-        b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base };
+        b = new DecodedBlock(insns, n, phys, rip, Bitness) { CsBase = Seg[CS].Base, LastRun = _engine.CodeEpoch, HasTail = hasTail, TailPhys = tailPhys };
+        int length = (int)(insns[n - 1].I.NextIP - rip);
         if (!cacheable) b.Valid = false;
-        else if (_blocks.Add(b, (int)(insns[n - 1].I.NextIP - rip)))
+        else
         {
             // Every vCPU's fast write path must stop bypassing the self-modifying-code check.
-            _engine.OnNewCodeFrame(phys >> 12);
+            if (_blocks.Add(b, length))
+                _engine.OnNewCodeFrame(phys >> 12);
+            int inFirst = 4096 - (int)(phys & 0xFFF);
+            if (hasTail && _blocks.AddTail(b, tailPhys >> 12, length - inFirst))
+                _engine.OnNewCodeFrame(tailPhys >> 12);
         }
         return b;
+    }
+
+    /// <summary>The guest-physical page holding the bytes after the page of <paramref name="rip"/> (at
+    /// <paramref name="phys"/>), translated for a fetch; noted in the jump cache's page filters like the first
+    /// page, so that a flush of either page's translation drops the blocks that span them.</summary>
+    private ulong FetchTail(ulong rip, ulong phys)
+    {
+        ulong nextLin = CodeLinear(rip + (ulong)(4096 - (int)(phys & 0xFFF)));
+        var jc = Cpl == 3 ? _jumpUser : _jumpSup;
+        if (jc.TryFetch(nextLin, out ulong nextPhys)) return nextPhys & ~0xFFFUL;
+        nextPhys = Translate(nextLin, Access.Fetch, Cpl == 3, out bool global);
+        jc.AddFetch(nextLin, nextPhys, _lastWalkLeaf);
+        if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
+        return nextPhys & ~0xFFFUL;
     }
 
     private static bool EndsBlock(in Instruction ins)

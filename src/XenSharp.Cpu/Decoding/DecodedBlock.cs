@@ -76,10 +76,16 @@ internal sealed class DecodedBlock
     public readonly ulong Ip;
     /// <summary>16, 32 or 64.</summary>
     public readonly int Bitness;
+    /// <summary>A block of one instruction that crosses into the next linear page, whose tail bytes came from
+    /// guest-physical page <see cref="TailPhys"/>: a later lookup holds only while that page still maps there.</summary>
+    public bool HasTail;
+    public ulong TailPhys;
     /// <summary>CS base the block was found under (a per-vCPU jump-cache hit must match it).</summary>
     public ulong CsBase;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
     public volatile bool Valid = true;
+    /// <summary>The engine's aging epoch when the run loop last entered the block (<see cref="X86Engine.AgeCode"/>).</summary>
+    public int LastRun;
     /// <summary>Times the interpreter ran the block (until it is compiled).</summary>
     public int Hits;
     /// <summary>The block translated to IL (Jit/BlockTranslator.cs), or null while interpreted.</summary>

@@ -116,7 +116,7 @@ internal sealed unsafe class Time
     }
 }
 
-internal enum TimerKind { Singleshot, Periodic, Poll, Slice, Lapic, Watchdog }
+internal enum TimerKind { Singleshot, Periodic, Poll, Slice, Lapic, Watchdog, CodeAging }
 
 /// <summary>
 /// The hypervisor's timer wheel: one host thread that sleeps until the earliest deadline and fires it.
@@ -142,8 +142,11 @@ internal sealed class Timers : IDisposable
     {
         lock (_queue)
         {
+            // The wheel sleeps until its earliest deadline: only an earlier one needs to wake it.
+            bool earliest = !_queue.TryPeek(out _, out long head) || deadlineNs < head;
             _queue.Enqueue((owner, kind), deadlineNs);
-            Monitor.Pulse(_queue);
+            if (earliest)
+                Monitor.Pulse(_queue);
         }
     }
 

@@ -187,7 +187,9 @@ internal sealed class CreditScheduler(Cpupool pool)
                 hotUntil = Math.Min(hotUntil, now + SoftWaitNs); // in case the idle pCPU finds better work first
             if (pick is null)
             {
-                untilNs = Math.Min(_nextAccounting, hotUntil); // a parked vCPU may run again then, a hot one may move
+                // A parked vCPU may run again at the next accounting, a hot one may move; with nothing queued the pCPU
+                // sleeps until woken (accounting catches up when a vCPU is next picked), so idle hosts stay idle.
+                untilNs = _runq.Count == 0 ? hotUntil : Math.Min(_nextAccounting, hotUntil);
                 return null;
             }
             var pv = pick.Value;

@@ -87,8 +87,8 @@ internal sealed class Pcpu
                 _kicked = false;
                 return;
             }
-            if (until != long.MaxValue)
-                _pools.Timer.Set(Id, until);
+            // Also clears the deadline of the slice that just ended: firing it would only wake this idle pCPU.
+            _pools.Timer.Set(Id, until);
             Monitor.Wait(_idleLock, 500);
             _kicked = false;
         }
