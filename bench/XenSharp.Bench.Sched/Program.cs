@@ -40,7 +40,7 @@ static SpecialRegisters Flat32()
 
 static ushort Guest(XenHypervisor host, byte[] code)
 {
-    ushort id = host.CreateDomain(new DomainConfig(DomainType.Pvh, 1024, 1));
+    ushort id = host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
     host.PopulatePhysmap(id, 0, 256);
     host.WriteGuestMemory(id, Base, code);
     host.SetVcpuRegisters(id, 0, new Registers { Rip = Base, Rsp = 0x8000, Rflags = 2 }, Flat32());
