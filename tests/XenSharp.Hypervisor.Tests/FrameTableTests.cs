@@ -29,6 +29,21 @@ public sealed unsafe partial class FrameTableTests : IDisposable
     private static bool AllZero(byte* page) => !new ReadOnlySpan<byte>(page, FrameTable.PageSize).ContainsAnyExcept((byte)0);
 
     [Fact]
+    public void TheFrameTableCostsWhatTheGuestsUseNotWhatTheMachineCouldHold()
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        using var machine = new FrameTable(64UL << 30);
+        long table = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(table < 1 << 20, $"a 64 GiB machine's frame table took {table} bytes before any frame was used");
+
+        before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 2 * machine.ExtentFrames; i++)
+            Assert.True(machine.TryAllocate(1, FrameType.Ram, out _));
+        long used = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(used < 64 * machine.ExtentFrames, $"{2 * machine.ExtentFrames} frames took {used} bytes of page_info");
+    }
+
+    [Fact]
     public void AFreedFrameWaitsUntilEveryRunningVcpuFlushed()
     {
         var running = new FakeVcpu();

@@ -94,10 +94,12 @@ internal sealed unsafe class FrameTable : IDisposable
         public int Fresh;
         public uint FreeHead;
         public int PartialIndex;
+        /// <summary>The page_info of the extent's frames, made when the extent is first claimed: the table costs
+        /// what the host's guests use, not what the machine could hold.</summary>
+        public PageInfo[]? Pages;
     }
 
     private readonly object _lock = new();
-    private readonly PageInfo[] _pages;
     private readonly Extent[] _extents;
     private readonly List<int> _freeExtents = new();
     private int _extentHighWater;
@@ -121,7 +123,6 @@ internal sealed unsafe class FrameTable : IDisposable
             frames <<= 1;
         ExtentFrames = frames;
         Base = HostMemory.Reserve((ulong)FrameCount << PageShift);
-        _pages = new PageInfo[FrameCount];
         _extents = new Extent[(FrameCount + (uint)frames - 1) / (uint)frames];
     }
 
@@ -135,6 +136,13 @@ internal sealed unsafe class FrameTable : IDisposable
     public int QuarantinedFrames => Volatile.Read(ref _quarantined);
 
     public byte* PageAddress(ulong mfn) => Base + (mfn << PageShift);
+
+    /// <summary>The page_info of a frame in a claimed extent.</summary>
+    private ref PageInfo Page(uint mfn) => ref _extents[mfn / (uint)ExtentFrames].Pages![mfn % (uint)ExtentFrames];
+
+    /// <summary>The page_info of any frame; a frame of an extent never claimed is free.</summary>
+    private PageInfo PageOrFree(uint mfn) =>
+        mfn < FrameCount && _extents[mfn / (uint)ExtentFrames].Pages is { } pages ? pages[mfn % (uint)ExtentFrames] : default;
 
     private int FramesIn(int extent) => (int)Math.Min((uint)ExtentFrames, FrameCount - (uint)extent * (uint)ExtentFrames);
 
@@ -184,7 +192,7 @@ internal sealed unsafe class FrameTable : IDisposable
                 if (_quarantined == 0 || ReclaimLocked() == 0 || !TryTakeFrame(o, limitMfn, out mfn))
                     return false;
             }
-            _pages[mfn] = new PageInfo { Owner = owner, Type = type };
+            Page(mfn) = new PageInfo { Owner = owner, Type = type };
             _allocated++;
             return true;
         }
@@ -227,7 +235,7 @@ internal sealed unsafe class FrameTable : IDisposable
         if (x.FreeHead != 0)
         {
             mfn = x.FreeHead - 1;
-            x.FreeHead = _pages[mfn].NextFree;
+            x.FreeHead = Page(mfn).NextFree;
         }
         else
             mfn = (uint)e * (uint)ExtentFrames + (uint)x.Fresh++;
@@ -276,7 +284,7 @@ internal sealed unsafe class FrameTable : IDisposable
             Unclaim(e, fromHighWater);
             return false;
         }
-        _extents[e] = new Extent { Owner = o, Slot = slot, PartialIndex = o.Partial.Count };
+        _extents[e] = new Extent { Owner = o, Slot = slot, PartialIndex = o.Partial.Count, Pages = _extents[e].Pages ?? new PageInfo[ExtentFrames] };
         o.Partial.Add(e);
         o.Extents++;
         return true;
@@ -311,7 +319,7 @@ internal sealed unsafe class FrameTable : IDisposable
     {
         lock (_lock)
         {
-            ref var p = ref _pages[mfn];
+            ref var p = ref Page(mfn);
             if (p.Type == FrameType.Free || p.Quarantined)
                 return;
             if (p.Refs > 0)
@@ -326,14 +334,14 @@ internal sealed unsafe class FrameTable : IDisposable
     public void AddRef(uint mfn)
     {
         lock (_lock)
-            _pages[mfn].Refs++;
+            Page(mfn).Refs++;
     }
 
     public void Release(uint mfn, bool dropRef)
     {
         lock (_lock)
         {
-            ref var p = ref _pages[mfn];
+            ref var p = ref Page(mfn);
             if (dropRef && p.Refs > 0)
                 p.Refs--;
             if (p.Refs == 0 && p.Orphaned)
@@ -343,7 +351,7 @@ internal sealed unsafe class FrameTable : IDisposable
 
     private void Quarantine(uint mfn)
     {
-        ref var p = ref _pages[mfn];
+        ref var p = ref Page(mfn);
         p.Orphaned = false;
         p.Quarantined = true;
         // The stamp follows every removal of the frame from a p2m: a vCPU that flushes after reading a clock at
@@ -389,7 +397,7 @@ internal sealed unsafe class FrameTable : IDisposable
 
     private void ReleaseFrame(uint mfn)
     {
-        _pages[mfn] = default;
+        Page(mfn) = default;
         _allocated--;
         int e = (int)(mfn / (uint)ExtentFrames);
         ref var x = ref _extents[e];
@@ -401,7 +409,7 @@ internal sealed unsafe class FrameTable : IDisposable
         }
         // The hole reads as zero to every mapping, this one included, and the host has the memory back.
         HostMemory.PunchHole(o.Fd, FileOffset(in x, mfn), PageSize);
-        _pages[mfn].NextFree = x.FreeHead;
+        Page(mfn).NextFree = x.FreeHead;
         x.FreeHead = mfn + 1;
         if (x.PartialIndex < 0)
             AddPartial(o, e, ref x);
@@ -432,7 +440,7 @@ internal sealed unsafe class FrameTable : IDisposable
         lock (_lock)
         {
             ref var x = ref _extents[mfn / (uint)ExtentFrames];
-            if (x.Owner is { } o && _pages[mfn].Type != FrameType.Free)
+            if (x.Owner is { } o && Page(mfn).Type != FrameType.Free)
                 HostMemory.PunchHole(o.Fd, FileOffset(in x, mfn), PageSize);
         }
     }
@@ -445,7 +453,7 @@ internal sealed unsafe class FrameTable : IDisposable
         {
             fd = null!;
             offset = 0;
-            if (mfn >= FrameCount || _pages[mfn].Type == FrameType.Free || _pages[mfn].Quarantined)
+            if (PageOrFree(mfn) is { Type: FrameType.Free } or { Quarantined: true })
                 return false;
             ref var x = ref _extents[mfn / (uint)ExtentFrames];
             fd = x.Owner!.Fd;
@@ -553,9 +561,9 @@ internal sealed unsafe class FrameTable : IDisposable
             Reclaim();
     }
 
-    public ushort OwnerOf(uint mfn) { lock (_lock) return _pages[mfn].Owner; }
-    public FrameType TypeOf(uint mfn) { lock (_lock) return _pages[mfn].Type; }
-    public int RefsOf(uint mfn) { lock (_lock) return _pages[mfn].Refs; }
+    public ushort OwnerOf(uint mfn) { lock (_lock) return PageOrFree(mfn).Owner; }
+    public FrameType TypeOf(uint mfn) { lock (_lock) return PageOrFree(mfn).Type; }
+    public int RefsOf(uint mfn) { lock (_lock) return PageOrFree(mfn).Refs; }
 
     /// <summary>Highest MFN ever handed out (XENMEM_maximum_ram_page answers the machine's size).</summary>
     public uint MaxMfn => FrameCount - 1;
