@@ -186,8 +186,8 @@ void WaitForPrompt(string consoleLog, TimeSpan limit)
 }
 
 // Resident size (VmRSS), proportional size (smaps_rollup Pss) and the resident part of guest RAM: for
-// XenSharp the machine-memory reservation (the process's one huge read-write anonymous mapping), for QEMU
-// the anonymous mapping of the guest's RAM size.
+// XenSharp the domains' memfds ("/memfd:xensharp-dN", mapped shared into the machine-memory reservation),
+// for QEMU the anonymous mapping of the guest's RAM size.
 Sample Sample(int processId, ulong qemuRamBytes = 0)
 {
     long rss = 0, pss = 0, guestRam = 0;
@@ -198,9 +198,9 @@ Sample Sample(int processId, ulong qemuRamBytes = 0)
         if (line.StartsWith("Pss:", StringComparison.Ordinal))
             pss = KiB(line);
     ulong best = 0;
-    long bestRss = 0;
+    long bestRss = 0, memfdRss = 0;
     ulong size = 0;
-    bool candidate = false;
+    bool candidate = false, memfd = false;
     foreach (var line in File.ReadLines($"/proc/{processId}/smaps"))
     {
         if (line.Length > 0 && char.IsAsciiHexDigit(line[0]) && line.Contains('-'))
@@ -209,7 +209,13 @@ Sample Sample(int processId, ulong qemuRamBytes = 0)
             var range = f[0].Split('-');
             size = ulong.Parse(range[1], NumberStyles.HexNumber) - ulong.Parse(range[0], NumberStyles.HexNumber);
             bool anonRw = f[1].StartsWith("rw", StringComparison.Ordinal) && f.Length == 5;
-            candidate = anonRw && (qemuRamBytes == 0 ? size > best : size >= qemuRamBytes && size <= qemuRamBytes + (4UL << 20));
+            memfd = qemuRamBytes == 0 && f.Length > 5 && f[5].StartsWith("/memfd:xensharp-d", StringComparison.Ordinal);
+            candidate = qemuRamBytes != 0 && anonRw && size >= qemuRamBytes && size <= qemuRamBytes + (4UL << 20);
+        }
+        else if (memfd && line.StartsWith("Rss:", StringComparison.Ordinal))
+        {
+            memfdRss += KiB(line);
+            memfd = false;
         }
         else if (candidate && line.StartsWith("Rss:", StringComparison.Ordinal))
         {
@@ -218,7 +224,7 @@ Sample Sample(int processId, ulong qemuRamBytes = 0)
             candidate = false;
         }
     }
-    return new Sample(rss, pss, bestRss);
+    return new Sample(rss, pss, qemuRamBytes == 0 ? memfdRss : bestRss);
 }
 
 static long KiB(string line) => long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
