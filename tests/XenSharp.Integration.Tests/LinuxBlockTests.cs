@@ -44,6 +44,15 @@ public sealed partial class LinuxBlockTests(LinuxBlockTests.BlockGuest guest) : 
 
     [Fact]
     [Trait("Feature", "Blkfront"), Trait("Feature", "Blkback")]
+    public void BlkfrontUsesFlushAndIndirectDescriptors()
+    {
+        string reply = guest.Console.Ask("dmesg | grep 'blkfront: xvda'; echo dmesg-e\"\"nd", "dmesg-end");
+        Assert.Contains("flush diskcache: enabled", reply);
+        Assert.Contains("indirect descriptors: enabled", reply);
+    }
+
+    [Fact]
+    [Trait("Feature", "Blkfront"), Trait("Feature", "Blkback")]
     public void WhatTheGuestWritesAndSyncsReachesTheRawFile()
     {
         // 64 KiB of a known line at 1 MiB, written through the page cache, then synced and flushed.

@@ -33,12 +33,15 @@ public sealed class BlkifStatistics
 /// on connect the frontend's single-page ring is mapped in the layout its <c>protocol</c> names.
 /// Reads and writes move data with batched grant copies through one preallocated buffer; a request
 /// that is garbage fails alone with BLKIF_RSP_ERROR (BLKIF_RSP_EOPNOTSUPP for an operation not offered).
-/// Not served: indirect segments, multi-page rings, multiple queues, persistent grants.
+/// Indirect requests carry up to <see cref="MaxIndirectSegments"/> segments in one granted page.
+/// Not served: multi-page rings, multiple queues, persistent grants.
 /// </summary>
 internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
     private const int PageSize = 4096;
-    private const int MaxRequestBytes = BLKIF_MAX_SEGMENTS_PER_REQUEST * PageSize;
+    /// <summary>feature-max-indirect-segments: Linux blkfront's own default, one indirect page's worth at most.</summary>
+    public const int MaxIndirectSegments = 32;
+    private const int MaxRequestBytes = MaxIndirectSegments * PageSize;
 
     private IBlockImage? _image;
     private bool _readOnly, _discard;
@@ -47,7 +50,8 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
     private BackRing<BlkifRequest, BlkifResponse>? _ring64;
     private BackRing<BlkifRequest32, BlkifResponse32>? _ring32;
     private byte* _buffer;
-    private readonly GrantCopyOp[] _copies = GC.AllocateArray<GrantCopyOp>(BLKIF_MAX_SEGMENTS_PER_REQUEST, pinned: true);
+    private readonly GrantCopyOp[] _copies = GC.AllocateArray<GrantCopyOp>(MaxIndirectSegments, pinned: true);
+    private readonly BlkifRequestSegment[] _segments = GC.AllocateArray<BlkifRequestSegment>(MaxIndirectSegments, pinned: true);
 
     public BlkifStatistics Statistics { get; } = new();
 
@@ -68,6 +72,7 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
         WriteBackend("sector-size", _sectorSize.ToString(CultureInfo.InvariantCulture));
         WriteBackend("physical-sector-size", _sectorSize.ToString(CultureInfo.InvariantCulture));
         WriteBackend("feature-flush-cache", "1");
+        WriteBackend("feature-max-indirect-segments", MaxIndirectSegments.ToString(CultureInfo.InvariantCulture));
         WriteBackend("feature-discard", _discard ? "1" : "0");
         if (_discard)
         {
@@ -174,7 +179,18 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
             to.Handle = from.Handle;
             to.Id = from.Id;
             to.SectorNumber = from.SectorNumber;
-            if (from.Operation == BLKIF_OP_DISCARD)
+            if (from.Operation == BLKIF_OP_INDIRECT)
+            {
+                ref readonly var i = ref Unsafe.As<BlkifRequest32, BlkifRequestIndirect32>(ref Unsafe.AsRef(in from));
+                ref var n = ref Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref to);
+                n.IndirectOp = i.IndirectOp;
+                n.NrSegments = i.NrSegments;
+                n.Id = i.Id;
+                n.SectorNumber = i.SectorNumber;
+                n.Handle = i.Handle;
+                n.IndirectGrefs = i.IndirectGrefs;
+            }
+            else if (from.Operation == BLKIF_OP_DISCARD)
             {
                 ref readonly var d = ref Unsafe.As<BlkifRequest32, BlkifRequestDiscard32>(ref Unsafe.AsRef(in from));
                 ref var n = ref Unsafe.As<BlkifRequest, BlkifRequestDiscard>(ref to);
@@ -210,7 +226,9 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
                 ring.TakeRequest(out TReq raw);
                 TAbi.ToNative(raw, out BlkifRequest req);
                 short status = Execute(ref req);
-                TAbi.Respond(ref ring.NextResponse(), req.Id, req.Operation, status);
+                // An indirect request is answered as the read or write it carried, as blkfront checks.
+                byte op = req.Operation == BLKIF_OP_INDIRECT ? Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref req).IndirectOp : req.Operation;
+                TAbi.Respond(ref ring.NextResponse(), req.Id, op, status);
             }
             if (ring.PushResponsesAndCheckNotify())
                 NotifyFrontend();
@@ -223,13 +241,11 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
         short status;
         switch (req.Operation)
         {
-            case BLKIF_OP_READ:
-                Interlocked.Increment(ref Statistics.Reads);
-                status = ReadWrite(ref req, write: false);
+            case BLKIF_OP_READ or BLKIF_OP_WRITE:
+                status = Direct(ref req);
                 break;
-            case BLKIF_OP_WRITE:
-                Interlocked.Increment(ref Statistics.Writes);
-                status = _readOnly ? BLKIF_RSP_ERROR : ReadWrite(ref req, write: true);
+            case BLKIF_OP_INDIRECT:
+                status = Indirect(ref Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref req));
                 break;
             case BLKIF_OP_FLUSH_DISKCACHE:
                 Interlocked.Increment(ref Statistics.Flushes);
@@ -240,7 +256,7 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
                 status = _discard ? Discard(ref Unsafe.As<BlkifRequest, BlkifRequestDiscard>(ref req)) : BLKIF_RSP_EOPNOTSUPP;
                 break;
             default:
-                // Barriers and indirect requests are not offered; anything else is unknown.
+                // Barriers are not offered; anything else is unknown.
                 Interlocked.Increment(ref Statistics.Unsupported);
                 return BLKIF_RSP_EOPNOTSUPP;
         }
@@ -248,17 +264,53 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
         return status;
     }
 
-    private short ReadWrite(ref BlkifRequest req, bool write)
+    /// <summary>A read or write with its segments in the request.</summary>
+    private short Direct(ref BlkifRequest req)
+    {
+        bool write = req.Operation == BLKIF_OP_WRITE;
+        Interlocked.Increment(ref write ? ref Statistics.Writes : ref Statistics.Reads);
+        int nr = req.NrSegments;
+        if (nr is 0 or > BLKIF_MAX_SEGMENTS_PER_REQUEST)
+            return BLKIF_RSP_ERROR;
+        for (int i = 0; i < nr; i++) _segments[i] = req.Seg[i];
+        return ReadWrite(_segments.AsSpan(0, nr), req.SectorNumber, write);
+    }
+
+    /// <summary>A read or write whose segments lie in a granted indirect page.</summary>
+    private short Indirect(ref BlkifRequestIndirect req)
+    {
+        bool write = req.IndirectOp == BLKIF_OP_WRITE;
+        if (req.IndirectOp is not (BLKIF_OP_READ or BLKIF_OP_WRITE))
+            return BLKIF_RSP_ERROR;
+        Interlocked.Increment(ref write ? ref Statistics.Writes : ref Statistics.Reads);
+        int nr = req.NrSegments;
+        if (nr is 0 or > MaxIndirectSegments)
+            return BLKIF_RSP_ERROR;
+        fixed (BlkifRequestSegment* segs = _segments)
+        {
+            _copies[0] = new GrantCopyOp
+            {
+                Dom = (ushort)Address.FrontendId,
+                Ref = req.IndirectGrefs[0],
+                Length = (ushort)(nr * sizeof(BlkifRequestSegment)),
+                Local = (byte*)segs,
+            };
+            if (!CopyAll(_copies.AsSpan(0, 1))) return BLKIF_RSP_ERROR;
+        }
+        return ReadWrite(_segments.AsSpan(0, nr), req.SectorNumber, write);
+    }
+
+    private short ReadWrite(ReadOnlySpan<BlkifRequestSegment> segments, ulong sectorNumber, bool write)
     {
         var image = _image;
-        int nr = req.NrSegments;
-        if (image is null || nr is 0 or > BLKIF_MAX_SEGMENTS_PER_REQUEST)
+        if (image is null || (write && _readOnly))
             return BLKIF_RSP_ERROR;
+        int nr = segments.Length;
         var copies = _copies.AsSpan(0, nr);
         int bytes = 0;
         for (int i = 0; i < nr; i++)
         {
-            var seg = req.Seg[i];
+            var seg = segments[i];
             if (seg.FirstSect > seg.LastSect || seg.LastSect >= SectorsPerPage)
                 return BLKIF_RSP_ERROR;
             int len = (seg.LastSect - seg.FirstSect + 1) << SectorShift;
@@ -274,9 +326,9 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
             bytes += len;
         }
         ulong sectors = (ulong)bytes >> SectorShift;
-        if (req.SectorNumber > (ulong)_sectors || sectors > (ulong)_sectors - req.SectorNumber)
+        if (sectorNumber > (ulong)_sectors || sectors > (ulong)_sectors - sectorNumber)
             return BLKIF_RSP_ERROR;
-        long offset = (long)req.SectorNumber << SectorShift;
+        long offset = (long)sectorNumber << SectorShift;
         if (offset % _sectorSize != 0 || bytes % _sectorSize != 0)
             return BLKIF_RSP_ERROR;
         var data = new Span<byte>(_buffer, bytes);

@@ -21,7 +21,8 @@ namespace XenSharp.Toolstack.Tests.Backends;
 public sealed unsafe class BlkifBackendTests : IDisposable
 {
     private const ulong RingGfn = 0x100, DataGfn = 0x101;
-    private const uint RingGref = 8, DataGref = 10; // data grants 10..13 → gfns 0x101..0x104
+    private const ulong IndirectGfn = 0x120;
+    private const uint RingGref = 8, DataGref = 10, IndirectGref = 50; // data grants 10..25 → gfns 0x101..0x110
     private const int ImageBytes = 1 << 20;
     private readonly XenHypervisor _hv = new(new HypervisorOptions { MachineMemoryBytes = 64UL << 20, Pcpus = 1 });
     private readonly XenStored _xs = new();
@@ -33,13 +34,14 @@ public sealed unsafe class BlkifBackendTests : IDisposable
     public BlkifBackendTests()
     {
         _dom = _hv.CreateDomain(new XenSharp.Hypervisor.DomainCreateConfig(XenSharp.Hypervisor.DomainKind.Pvh, 16 * 1024, 1));
-        _hv.PopulatePhysmap(_dom, RingGfn, 8);
+        _hv.PopulatePhysmap(_dom, RingGfn, 0x21);
         _backends = new BackendRegistry(_hv.Dom0Services, _xs);
         _image = Path.Combine(_dir, "disk.img");
         var data = new byte[ImageBytes];
         for (int i = 0; i < data.Length; i++) data[i] = (byte)(i / 512 * 7 + i);
         File.WriteAllBytes(_image, data);
-        for (uint g = 0; g < 4; g++) _hv.SeedGrantEntry(_dom, DataGref + g, GTF_permit_access, 0, (uint)(DataGfn + g));
+        _hv.SeedGrantEntry(_dom, IndirectGref, GTF_permit_access | GTF_readonly, 0, (uint)IndirectGfn);
+        for (uint g = 0; g < 16; g++) _hv.SeedGrantEntry(_dom, DataGref + g, GTF_permit_access, 0, (uint)(DataGfn + g));
     }
 
     public void Dispose()
@@ -85,6 +87,31 @@ public sealed unsafe class BlkifBackendTests : IDisposable
         for (int i = 0; i < Math.Min(segs.Length, BLKIF_MAX_SEGMENTS_PER_REQUEST); i++)
             r.Seg[i] = new BlkifRequestSegment { Gref = segs[i].Gref, FirstSect = segs[i].First, LastSect = segs[i].Last };
         return r;
+    }
+
+    private const int MaxIndirectSegmentsPlusOne = BlkifBackend.MaxIndirectSegments + 1;
+
+    /// <summary>An indirect request whose segments the test has placed in the indirect page.</summary>
+    private static BlkifRequest Indirect(byte op, ulong id, ulong sector, int nr)
+    {
+        var r = new BlkifRequest();
+        ref var i = ref System.Runtime.CompilerServices.Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref r);
+        i.Operation = BLKIF_OP_INDIRECT;
+        i.IndirectOp = op;
+        i.Id = id;
+        i.SectorNumber = sector;
+        i.NrSegments = (ushort)nr;
+        i.IndirectGrefs[0] = IndirectGref;
+        return r;
+    }
+
+    /// <summary>Segments in the indirect page: each a whole data page, grants 10.. in order.</summary>
+    private void PlaceIndirectSegments(int nr)
+    {
+        var page = new byte[4096];
+        for (int k = 0; k < nr; k++)
+            MemoryMarshal.Write(page.AsSpan(k * 8), new BlkifRequestSegment { Gref = DataGref + (uint)k, FirstSect = 0, LastSect = 7 });
+        _hv.WriteGuestMemory(_dom, IndirectGfn * 4096, page);
     }
 
     /// <summary>Writes the requests into a fresh shared ring page in guest memory.</summary>
@@ -141,7 +168,7 @@ public sealed unsafe class BlkifBackendTests : IDisposable
         Assert.Equal("512", _xs.Read($"{a.BackendPath}/physical-sector-size"));
         Assert.Equal("1", _xs.Read($"{a.BackendPath}/feature-flush-cache"));
         Assert.Equal("0", _xs.Read($"{a.BackendPath}/feature-discard")); // read-only: nothing to discard
-        Assert.Null(_xs.Read($"{a.BackendPath}/feature-max-indirect-segments"));
+        Assert.Equal(BlkifBackend.MaxIndirectSegments.ToString(), _xs.Read($"{a.BackendPath}/feature-max-indirect-segments"));
     }
 
     [Fact]
@@ -162,7 +189,7 @@ public sealed unsafe class BlkifBackendTests : IDisposable
             Rw(BLKIF_OP_READ, 8, ImageBytes / 512 - 4, (DataGref, 0, 7)),      // runs off the end of the disk
             Rw(BLKIF_OP_READ, 9, 0, (999, 0, 7)),                              // a reference never granted
             new BlkifRequest { Operation = BLKIF_OP_WRITE, Id = 10, NrSegments = 0 },
-            new BlkifRequest { Operation = BLKIF_OP_INDIRECT, Id = 11 },       // not offered
+            Indirect(BLKIF_OP_READ, 11, 0, MaxIndirectSegmentsPlusOne),         // more indirect segments than offered
             Rw(BLKIF_OP_READ, 12, 14, (DataGref + 2, 0, 7)),                   // sectors 14..21 back → page 0x103
         };
         PlaceRequests<BlkifRequest, BlkifResponse>(requests);
@@ -173,8 +200,9 @@ public sealed unsafe class BlkifBackendTests : IDisposable
         var rsp = Responses<BlkifRequest, BlkifResponse>(requests.Length);
 
         Assert.Equal(requests.Select(r => r.Id), rsp.Select(r => r.Id));
-        Assert.Equal(requests.Select(r => r.Operation), rsp.Select(r => r.Operation));
-        Assert.Equal(new short[] { 0, 0, 0, -2, -1, -1, -1, -1, -1, -1, -2, 0 }, rsp.Select(r => r.Status));
+        // An indirect request is answered as the read or write it carries.
+        Assert.Equal(requests.Select(r => r.Operation == BLKIF_OP_INDIRECT ? BLKIF_OP_READ : r.Operation), rsp.Select(r => r.Operation));
+        Assert.Equal(new short[] { 0, 0, 0, -2, -1, -1, -1, -1, -1, -1, -1, 0 }, rsp.Select(r => r.Status));
 
         byte[] file = File.ReadAllBytes(_image);
         Assert.Equal(file.AsSpan(0, 4096).ToArray(), GuestPage(DataGfn));
@@ -184,10 +212,33 @@ public sealed unsafe class BlkifBackendTests : IDisposable
 
         var stats = Backend(a).Statistics;
         Assert.Equal(1, stats.FlushRequests);
-        Assert.Equal(6, stats.FailedRequests);
-        Assert.Equal(2, stats.UnsupportedRequests);
+        Assert.Equal(7, stats.FailedRequests);
+        Assert.Equal(1, stats.UnsupportedRequests);
         Assert.Equal(XenbusState.Connected, BackendState(a));
         Assert.Null(_xs.Read($"{a.ErrorPath}/error"));
+    }
+
+    [Fact]
+    public void IndirectRequestsMoveMoreThanElevenPages()
+    {
+        const int Pages = 16;
+        PlaceIndirectSegments(Pages);
+        byte[] written = new byte[Pages * 4096];
+        Random.Shared.NextBytes(written);
+        _hv.WriteGuestMemory(_dom, DataGfn * 4096, written);
+        // Write 16 pages at sector 64, then read the 16 pages at sector 0 over them.
+        PlaceRequests<BlkifRequest, BlkifResponse>([Indirect(BLKIF_OP_WRITE, 1, 64, Pages), Indirect(BLKIF_OP_READ, 2, 0, Pages)]);
+        var a = AddDisk();
+        WaitFor(a, XenbusState.InitWait);
+        FrontendConnects(a);
+        var rsp = Responses<BlkifRequest, BlkifResponse>(2);
+        Assert.Equal(new short[] { BLKIF_RSP_OKAY, BLKIF_RSP_OKAY }, rsp.Select(r => r.Status));
+        Assert.Equal(new[] { BLKIF_OP_WRITE, BLKIF_OP_READ }, rsp.Select(r => r.Operation));
+        byte[] file = File.ReadAllBytes(_image);
+        Assert.Equal(written, file.AsSpan(64 * 512, Pages * 4096).ToArray());
+        var back = new byte[Pages * 4096];
+        _hv.ReadGuestMemory(_dom, DataGfn * 4096, back);
+        Assert.Equal(file.AsSpan(0, Pages * 4096).ToArray(), back);
     }
 
     [Fact]
