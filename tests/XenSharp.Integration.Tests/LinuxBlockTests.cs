@@ -75,6 +75,24 @@ public sealed partial class LinuxBlockTests(LinuxBlockTests.BlockGuest guest) : 
 
     [Fact]
     [Trait("Feature", "Blkfront"), Trait("Feature", "Blkback")]
+    public void ADiscardFromTheGuestFreesTheRangeInTheRawFile()
+    {
+        string reply = guest.Console.Ask("blkdiscard -o 6291456 -l 1048576 /dev/xvda; echo discard-$?-e\"\"nd", "-end", IoLimit);
+        Assert.Contains("discard-0-end", reply);
+        using var f = new FileStream(guest.RawPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var got = new byte[1 << 20];
+        f.Position = 6 << 20;
+        f.ReadExactly(got);
+        Assert.True(got.All(b => b == 0), "the discarded range still holds data");
+        // Just before it, the pattern is intact.
+        var before = new byte[4096];
+        f.Position = (6 << 20) - 4096;
+        f.ReadExactly(before);
+        Assert.Equal(BlockGuest.Pattern(0, 6 << 20).AsSpan((6 << 20) - 4096).ToArray(), before);
+    }
+
+    [Fact]
+    [Trait("Feature", "Blkfront"), Trait("Feature", "Blkback")]
     public void TheReadOnlyDiskRefusesWrites()
     {
         string before = HostMd5(guest.QcowPath);

@@ -105,6 +105,17 @@ public sealed unsafe class BlkifBackendTests : IDisposable
         return r;
     }
 
+    private static BlkifRequest Discard(ulong id, ulong sector, ulong count)
+    {
+        var r = new BlkifRequest();
+        ref var d = ref System.Runtime.CompilerServices.Unsafe.As<BlkifRequest, BlkifRequestDiscard>(ref r);
+        d.Operation = BLKIF_OP_DISCARD;
+        d.Id = id;
+        d.SectorNumber = sector;
+        d.NrSectors = count;
+        return r;
+    }
+
     /// <summary>Segments in the indirect page: each a whole data page, grants 10.. in order.</summary>
     private void PlaceIndirectSegments(int nr)
     {
@@ -191,6 +202,8 @@ public sealed unsafe class BlkifBackendTests : IDisposable
             new BlkifRequest { Operation = BLKIF_OP_WRITE, Id = 10, NrSegments = 0 },
             Indirect(BLKIF_OP_READ, 11, 0, MaxIndirectSegmentsPlusOne),         // more indirect segments than offered
             Rw(BLKIF_OP_READ, 12, 14, (DataGref + 2, 0, 7)),                   // sectors 14..21 back → page 0x103
+            Discard(13, 256, 16),                                              // 8 KiB at 128 KiB
+            Discard(14, ImageBytes / 512 - 8, 16),                             // runs off the end of the disk
         };
         PlaceRequests<BlkifRequest, BlkifResponse>(requests);
         var a = AddDisk();
@@ -202,7 +215,7 @@ public sealed unsafe class BlkifBackendTests : IDisposable
         Assert.Equal(requests.Select(r => r.Id), rsp.Select(r => r.Id));
         // An indirect request is answered as the read or write it carries.
         Assert.Equal(requests.Select(r => r.Operation == BLKIF_OP_INDIRECT ? BLKIF_OP_READ : r.Operation), rsp.Select(r => r.Operation));
-        Assert.Equal(new short[] { 0, 0, 0, -2, -1, -1, -1, -1, -1, -1, -1, 0 }, rsp.Select(r => r.Status));
+        Assert.Equal(new short[] { 0, 0, 0, -2, -1, -1, -1, -1, -1, -1, -1, 0, 0, -1 }, rsp.Select(r => r.Status));
 
         byte[] file = File.ReadAllBytes(_image);
         Assert.Equal(file.AsSpan(0, 4096).ToArray(), GuestPage(DataGfn));
@@ -212,7 +225,8 @@ public sealed unsafe class BlkifBackendTests : IDisposable
 
         var stats = Backend(a).Statistics;
         Assert.Equal(1, stats.FlushRequests);
-        Assert.Equal(7, stats.FailedRequests);
+        Assert.Equal(8, stats.FailedRequests);
+        Assert.Equal(2, stats.DiscardRequests);
         Assert.Equal(1, stats.UnsupportedRequests);
         Assert.Equal(XenbusState.Connected, BackendState(a));
         Assert.Null(_xs.Read($"{a.ErrorPath}/error"));
