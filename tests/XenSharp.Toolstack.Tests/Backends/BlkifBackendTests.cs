@@ -290,6 +290,34 @@ public sealed unsafe class BlkifBackendTests : IDisposable
     }
 
     [Fact]
+    public void ClosingReleasesTheImageAndTheFrontendCanConnectAgain()
+    {
+        PlaceRequests<BlkifRequest, BlkifResponse>([Rw(BLKIF_OP_READ, 1, 0, (DataGref, 0, 7))]);
+        var a = AddDisk();
+        WaitFor(a, XenbusState.InitWait);
+        FrontendConnects(a);
+        Assert.Single(Responses<BlkifRequest, BlkifResponse>(1));
+        Assert.NotNull(Backend(a).Image);
+
+        _xs.Write($"{a.FrontendPath}/state", ((int)XenbusState.Closing).ToString());
+        WaitFor(a, XenbusState.Closing);
+        _xs.Write($"{a.FrontendPath}/state", ((int)XenbusState.Closed).ToString());
+        WaitFor(a, XenbusState.Closed);
+        Assert.Null(Backend(a).Image);
+
+        // The driver comes back with a fresh ring on the same page: the image is opened again and served.
+        PlaceRequests<BlkifRequest, BlkifResponse>([Rw(BLKIF_OP_READ, 7, 8, (DataGref + 1, 0, 7))]);
+        _xs.Write($"{a.FrontendPath}/state", ((int)XenbusState.Initialising).ToString());
+        WaitFor(a, XenbusState.InitWait);
+        FrontendConnects(a);
+        WaitFor(a, XenbusState.Connected);
+        var rsp = Responses<BlkifRequest, BlkifResponse>(1);
+        Assert.Equal((7UL, BLKIF_RSP_OKAY), (rsp[0].Id, rsp[0].Status));
+        Assert.Equal(File.ReadAllBytes(_image).AsSpan(8 * 512, 4096).ToArray(), GuestPage(DataGfn + 1));
+        Assert.NotNull(Backend(a).Image);
+    }
+
+    [Fact]
     public void AMissingImageEndsTheDeviceWithItsName()
     {
         string missing = Path.Combine(_dir, "nope.img");
