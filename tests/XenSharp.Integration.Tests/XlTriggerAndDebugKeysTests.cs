@@ -82,14 +82,14 @@ public sealed class XlTriggerAndDebugKeysTests : IClassFixture<XlTriggerAndDebug
     }
 
     [Fact, Trait("Feature", "xl")]
-    public void DisksAndVifsAreParsedAndTheirMissingBackendsReported()
+    public void DisksAndVifsAreParsedAndTheMissingNetworkBackendReported()
     {
         var cfg = Path.Combine(_xl.RunDir, "devices.cfg");
         File.WriteAllText(cfg, $"name = \"devices\"\ntype = \"pvh\"\nkernel = \"{Repository.PathOf("tests", "guests", "build", "hello.elf")}\"\n" +
             "disk = [ 'phy:/dev/vg/root,xvda,w' ]\nvif = [ 'mac=00:16:3e:00:00:01,bridge=xenbr0' ]\n");
         var r = _xl.Run("create", "-n", cfg);
         Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Contains("devices.cfg:4: warning: disk `xvda' (/dev/vg/root): the block backend is not available", r.Stderr);
+        Assert.DoesNotContain("warning: disk", r.Stderr);
         Assert.Contains("devices.cfg:5: warning: vif 0 (mac 00:16:3e:00:00:01): the network backend is not available", r.Stderr);
         Assert.Contains("\"pdev_path\": \"/dev/vg/root\"", r.Stdout);
         Assert.Contains("\"bridge\": \"xenbr0\"", r.Stdout);

@@ -26,6 +26,11 @@ public class CompatLayoutTests
         ("struct vcpu_runstate_info", typeof(VcpuRunstateInfo32), 44, [("state_entry_time", "StateEntryTime", 4), ("time", "Time", 12)]),
         ("struct multicall_entry", typeof(MulticallEntry32), 32, [("args", "Args", 8)]),
         ("struct xen_platform_parameters", typeof(XenPlatformParameters32), 4, []),
+        ("struct blkif_request", typeof(XenSharp.Public.Io.BlkifRequest32), 108, [("id", "Id", 4), ("sector_number", "SectorNumber", 12), ("seg", "Seg", 20)]),
+        ("struct blkif_request_discard", typeof(XenSharp.Public.Io.BlkifRequestDiscard32), 28, [("id", "Id", 4), ("sector_number", "SectorNumber", 12), ("nr_sectors", "NrSectors", 20)]),
+        ("struct blkif_request_indirect", typeof(XenSharp.Public.Io.BlkifRequestIndirect32), 64, [("nr_segments", "NrSegments", 2), ("id", "Id", 4), ("sector_number", "SectorNumber", 12),
+            ("handle", "Handle", 20), ("indirect_grefs", "IndirectGrefs", 24)]),
+        ("struct blkif_response", typeof(XenSharp.Public.Io.BlkifResponse32), 12, [("id", "Id", 0), ("operation", "Operation", 8), ("status", "Status", 10)]),
         ("struct shared_info", null, SharedInfo32.Size, [("evtchn_pending", null, SharedInfo32.OffsetEvtchnPending), ("evtchn_mask", null, SharedInfo32.OffsetEvtchnMask),
             ("wc_version", null, SharedInfo32.OffsetWcVersion), ("wc_sec", null, SharedInfo32.OffsetWcSec), ("wc_nsec", null, SharedInfo32.OffsetWcNsec),
             ("arch", null, SharedInfo32.OffsetArch), ("arch.wc_sec_hi", null, SharedInfo32.OffsetWcSecHi)]),
@@ -49,7 +54,7 @@ public class CompatLayoutTests
         if (!File.Exists("/usr/include/xen/xen.h") || !OnPath("gcc") || !OnPath("objcopy"))
             return;
         var values = Layouts.SelectMany(l => new[] { ($"sizeof({l.C})", l.Size) }.Concat(l.Fields.Select(f => ($"offsetof({l.C}, {f.CField})", f.Offset)))).ToList();
-        var c = "#include <stddef.h>\n#include <stdint.h>\n#include <xen/xen.h>\n#include <xen/memory.h>\n#include <xen/grant_table.h>\n#include <xen/sched.h>\n#include <xen/vcpu.h>\n#include <xen/version.h>\n"
+        var c = "#include <stddef.h>\n#include <stdint.h>\n#include <xen/xen.h>\n#include <xen/memory.h>\n#include <xen/grant_table.h>\n#include <xen/sched.h>\n#include <xen/vcpu.h>\n#include <xen/version.h>\n#include <xen/io/blkif.h>\n"
             + "const unsigned long long values[] = {\n" + string.Join(",\n", values.Select(v => v.Item1)) + "\n};\n";
         var dir = Directory.CreateTempSubdirectory("xenabi32");
         try

@@ -87,6 +87,13 @@ public class LayoutTests
         ("struct hvm_memmap_table_entry", typeof(HvmMemmapTableEntry), 24, [("addr", "Addr", 0), ("size", "Size", 8), ("type", "Type", 16)]),
         ("struct xencons_interface", typeof(XenconsInterface), 3088, [("in", "In", 0), ("out", "Out", 1024), ("in_cons", "InCons", 3072), ("in_prod", "InProd", 3076),
             ("out_cons", "OutCons", 3080), ("out_prod", "OutProd", 3084)]),
+        ("struct blkif_request_segment", typeof(BlkifRequestSegment), 8, [("gref", "Gref", 0), ("first_sect", "FirstSect", 4), ("last_sect", "LastSect", 5)]),
+        ("struct blkif_request", typeof(BlkifRequest), 112, [("operation", "Operation", 0), ("nr_segments", "NrSegments", 1), ("handle", "Handle", 2), ("id", "Id", 8),
+            ("sector_number", "SectorNumber", 16), ("seg", "Seg", 24)]),
+        ("struct blkif_request_discard", typeof(BlkifRequestDiscard), 32, [("flag", "Flag", 1), ("handle", "Handle", 2), ("id", "Id", 8), ("sector_number", "SectorNumber", 16), ("nr_sectors", "NrSectors", 24)]),
+        ("struct blkif_request_indirect", typeof(BlkifRequestIndirect), 64, [("indirect_op", "IndirectOp", 1), ("nr_segments", "NrSegments", 2), ("id", "Id", 8),
+            ("sector_number", "SectorNumber", 16), ("handle", "Handle", 24), ("indirect_grefs", "IndirectGrefs", 28)]),
+        ("struct blkif_response", typeof(BlkifResponse), 16, [("id", "Id", 0), ("operation", "Operation", 8), ("status", "Status", 10)]),
         ("struct xsd_sockmsg", typeof(XsdSockmsg), 16, [("type", "Type", 0), ("req_id", "ReqId", 4), ("tx_id", "TxId", 8), ("len", "Len", 12)]),
         ("struct xenstore_domain_interface", typeof(XenstoreDomainInterface), 2076, [("req", "Req", 0), ("rsp", "Rsp", 1024), ("req_cons", "ReqCons", 2048),
             ("rsp_prod", "RspProd", 2060), ("server_features", "ServerFeatures", 2064), ("connection", "Connection", 2068), ("error", "Error", 2072)]),
@@ -112,7 +119,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h" })
+                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

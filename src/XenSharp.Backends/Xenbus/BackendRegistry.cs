@@ -1,3 +1,4 @@
+using XenSharp.Backends.Block;
 using XenSharp.Backends.Console;
 using XenSharp.Dom0;
 using XenSharp.Store;
@@ -23,6 +24,7 @@ public sealed class BackendRegistry : IDisposable
     private static readonly (string Kind, Func<BackendContext, DeviceAddress, BackendDevice> Create)[] Served =
     [
         (DeviceKinds.Console, (c, a) => new ConsoleDevice(c, a)),
+        (DeviceKinds.Vbd, (c, a) => new BlkifBackend(c, a)),
     ];
 
     private readonly Dictionary<string, BackendBus> _buses = [];

@@ -163,6 +163,7 @@ public sealed partial class Host : IDisposable
 
         if (c.TscMode == TscMode.NativeParavirt)
             throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
+        CheckDisks(c);
         var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? XenSharp.Hypervisor.DomainKind.Hvm : XenSharp.Hypervisor.DomainKind.Pvh,
             c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
         var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = restarting ?? new Lineage() };
@@ -206,6 +207,7 @@ public sealed partial class Host : IDisposable
             ConnectPrimaryConsole(dom, built.ConsolePfn, consolePort);
 
             XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
+            AddDisks(dom);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
             if (!paused) hvd.Unpause();
             lock (_lock)

@@ -56,7 +56,7 @@ public class DeviceSpecTests
     }
 
     [Fact]
-    public void DisksAndVifsAreKeptAndTheMissingBackendsSaidClearly()
+    public void DisksAndVifsAreKeptAndTheMissingNetworkBackendSaidClearly()
     {
         var r = Read("disk = [ 'phy:/dev/vg/root,xvda,w', '/srv/data.img,raw,xvdb,ro' ]\nvif = [ 'mac=00:16:3E:01:02:03,bridge=xenbr0', 'bridge=xenbr1,model=e1000' ]");
         var c = r.Config;
@@ -68,7 +68,7 @@ public class DeviceSpecTests
         Assert.Equal(1, c.Nics[1].Devid);
         Assert.Matches("^00:16:3e:[0-7][0-9a-f]:[0-9a-f]{2}:[0-9a-f]{2}$", c.Nics[1].Mac);
         Assert.Equal("e1000", c.Nics[1].Model);
-        Assert.Contains(r.Warnings, w => w.StartsWith("/etc/xen/g.cfg:4: warning: disk `xvda'") && w.Contains("block backend is not available"));
+        Assert.DoesNotContain(r.Warnings, w => w.Contains("warning: disk"));
         Assert.Contains(r.Warnings, w => w.StartsWith("/etc/xen/g.cfg:5: warning: vif 1") && w.Contains("network backend is not available"));
         Assert.DoesNotContain(r.Warnings, w => w.Contains("unknown key"));
 
