@@ -33,27 +33,37 @@ internal static class DebianPackages
     /// </summary>
     public static IReadOnlyList<string> Closure(IEnumerable<string> roots, IReadOnlySet<string> skip)
     {
+        // One recursive apt-cache call lists every package that could be reached; the walk that
+        // leaves out skip happens here.
+        var output = Run("apt-cache",
+            "depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances " + string.Join(' ', roots),
+            Environment.CurrentDirectory);
+        var graph = new Dictionary<string, List<string>>();
+        var blocks = output.Split('\n');
+        for (var i = 0; i < blocks.Length; i++)
+        {
+            if (blocks[i].Length == 0 || blocks[i][0] == ' ') continue;
+            var end = i + 1;
+            while (end < blocks.Length && blocks[end].StartsWith(' ')) end++;
+            graph[blocks[i].Trim()] = FirstChoices(blocks[(i + 1)..end]).ToList();
+            i = end - 1;
+        }
         var seen = new List<string>();
         var queue = new Queue<string>(roots);
-        while (queue.Count > 0)
+        while (queue.TryDequeue(out var p))
         {
-            var batch = new List<string>();
-            while (queue.TryDequeue(out var p))
-                if (!skip.Contains(p) && !seen.Contains(p) && !batch.Contains(p)) batch.Add(p);
-            if (batch.Count == 0) break;
-            seen.AddRange(batch);
-            var output = Run("apt-cache",
-                "depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances " + string.Join(' ', batch),
-                Environment.CurrentDirectory);
-            foreach (var dep in FirstChoices(output)) queue.Enqueue(dep);
+            if (skip.Contains(p) || seen.Contains(p)) continue;
+            if (!graph.TryGetValue(p, out var deps))
+                throw new ArtifactException($"apt-cache knows no package {p} (is apt's package list present? try 'apt-get update')");
+            seen.Add(p);
+            foreach (var d in deps) queue.Enqueue(d);
         }
         return seen;
     }
 
-    /// <summary>The dependencies in apt-cache depends output, one choice for each.</summary>
-    private static IEnumerable<string> FirstChoices(string output)
+    /// <summary>The dependencies in one package's apt-cache depends lines, one choice for each.</summary>
+    private static IEnumerable<string> FirstChoices(string[] lines)
     {
-        var lines = output.Split('\n');
         var skipNext = false;
         for (var i = 0; i < lines.Length; i++)
         {
@@ -71,8 +81,8 @@ internal static class DebianPackages
             {
                 // A virtual package: its providers follow, indented further.
                 var provider = i + 1 < lines.Length && lines[i + 1].StartsWith("    ") ? lines[i + 1].Trim() : null;
-                if (provider is null) throw new ArtifactException($"nothing provides {name}");
-                name = provider;
+                if (provider is null && alternative) { skipNext = false; continue; } // try the next choice
+                name = provider ?? throw new ArtifactException($"nothing provides {name}");
             }
             var colon = name.IndexOf(':');
             yield return colon < 0 ? name : name[..colon];

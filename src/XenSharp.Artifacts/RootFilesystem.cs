@@ -157,7 +157,9 @@ public static class RootFilesystem
             throw new ArtifactException("the root file system lacks libraries: " + string.Join("; ", missing.Distinct().Take(10)));
     }
 
-    /// <summary>An ext4 image of <paramref name="staging"/> with room to spare for test files.</summary>
+    /// <summary>An ext4 image of <paramref name="staging"/> with room to spare for test files. mke2fs
+    /// copies the staged files' owners, so a build by root (as ./test runs it) gives root-owned
+    /// files; a build by another user owns them by that uid, which only matters to permission checks.</summary>
     public static void MakeImage(string staging, string rawPath, string qcow2Path)
     {
         long bytes = 0;
