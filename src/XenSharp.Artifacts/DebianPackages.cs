@@ -38,16 +38,7 @@ internal static class DebianPackages
         var output = Run("apt-cache",
             "depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances " + string.Join(' ', roots),
             Environment.CurrentDirectory);
-        var graph = new Dictionary<string, List<string>>();
-        var blocks = output.Split('\n');
-        for (var i = 0; i < blocks.Length; i++)
-        {
-            if (blocks[i].Length == 0 || blocks[i][0] == ' ') continue;
-            var end = i + 1;
-            while (end < blocks.Length && blocks[end].StartsWith(' ')) end++;
-            graph[blocks[i].Trim()] = FirstChoices(blocks[(i + 1)..end]).ToList();
-            i = end - 1;
-        }
+        var graph = DependencyGraph(output);
         var seen = new List<string>();
         var queue = new Queue<string>(roots);
         while (queue.TryDequeue(out var p))
@@ -61,17 +52,34 @@ internal static class DebianPackages
         return seen;
     }
 
+    /// <summary>Each package in apt-cache depends output with the one choice taken for each of its
+    /// dependencies: the first alternative, the first provider of a virtual package.</summary>
+    internal static Dictionary<string, List<string>> DependencyGraph(string output)
+    {
+        var graph = new Dictionary<string, List<string>>();
+        var lines = output.Split('\n');
+        for (var i = 0; i < lines.Length; i++)
+        {
+            if (lines[i].Length == 0 || lines[i][0] == ' ') continue;
+            var end = i + 1;
+            while (end < lines.Length && lines[end].StartsWith(' ')) end++;
+            graph[lines[i].Trim()] = FirstChoices(lines[(i + 1)..end]).ToList();
+            i = end - 1;
+        }
+        return graph;
+    }
+
     /// <summary>The dependencies in one package's apt-cache depends lines, one choice for each.</summary>
     private static IEnumerable<string> FirstChoices(string[] lines)
     {
         var skipNext = false;
         for (var i = 0; i < lines.Length; i++)
         {
-            var t = lines[i].TrimStart();
-            var indent = lines[i].Length - t.Length;
-            if (indent != 2) continue;
-            var alternative = t.StartsWith('|');
-            if (alternative) t = t[1..];
+            // "  Depends: x", or " |Depends: x" when the next dependency is an alternative to it.
+            var line = lines[i];
+            var alternative = line.StartsWith(" |");
+            if (!alternative && (!line.StartsWith("  ") || line.StartsWith("   "))) continue;
+            var t = line[2..];
             if (!t.StartsWith("Depends: ") && !t.StartsWith("PreDepends: ")) continue;
             var take = !skipNext;
             skipNext = alternative;

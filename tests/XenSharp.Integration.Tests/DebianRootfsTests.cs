@@ -116,6 +116,58 @@ public class DebianRootfsTests
         }
     }
 
+    /// <summary>apt-cache depends output as apt prints it: the first of alternatives is taken, a
+    /// virtual package becomes its first provider, and an alternative nothing provides falls through.</summary>
+    [Fact]
+    public void DependencyWalkTakesOneChoiceForEachDependency()
+    {
+        const string output = """
+            fio
+              Depends: libc6
+             |Depends: libaio1
+              Depends: libaio1t64
+              PreDepends: <awk>
+                mawk
+                gawk
+             |Depends: <nothing-provides-this>
+              Depends: zlib1g
+              Suggests: gnuplot
+            libc6
+              Depends: libgcc-s1
+            <awk>
+            """;
+        var graph = DebianPackages.DependencyGraph(output.ReplaceLineEndings("\n"));
+        Assert.Equal(["libc6", "libaio1", "mawk", "zlib1g"], graph["fio"]);
+        Assert.Equal(["libgcc-s1"], graph["libc6"]);
+    }
+
+    /// <summary>The library check that guards the image reads DT_NEEDED as readelf does.</summary>
+    [Fact]
+    public void ElfNeededMatchesReadelf()
+    {
+        foreach (var binary in new[] { "/usr/bin/qemu-img", "/usr/sbin/mke2fs", "/bin/ls" })
+        {
+            var (rc, dynamic) = Run("readelf", $"-d {binary}");
+            Assert.Equal(0, rc);
+            var expected = System.Text.RegularExpressions.Regex.Matches(dynamic, @"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
+                .Select(m => m.Groups[1].Value).ToList();
+            Assert.NotEmpty(expected);
+            Assert.Equal(expected, ElfFile.Needed(binary));
+        }
+        Assert.Empty(ElfFile.Needed(new GuestArtifacts().BusyboxPath)); // static
+        Assert.Empty(ElfFile.Needed("/etc/passwd"));
+    }
+
+    [Fact]
+    public void DiskModulesLoadAfterWhatTheyDependOn()
+    {
+        var store = Store();
+        Assert.Equal(["crc16", "jbd2", "mbcache"], ElfFile.ModuleDepends(Path.Combine(store.ModulesDir, "ext4.ko")).Order());
+        for (var i = 0; i < GuestArtifacts.DiskModules.Length; i++)
+            foreach (var dep in ElfFile.ModuleDepends(Path.Combine(store.ModulesDir, GuestArtifacts.DiskModules[i] + ".ko")))
+                Assert.Contains(dep, GuestArtifacts.DiskModules[..i]);
+    }
+
     private static int Length(StringBuilder output) { lock (output) return output.Length; }
 
     private static string Tail(StringBuilder output)
