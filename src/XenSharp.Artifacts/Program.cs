@@ -4,7 +4,8 @@ using XenSharp.Artifacts;
 // xensharp-artifacts: fetches and prepares the Debian guest artifacts used by the demo, the tests
 // and the benchmarks.
 //   fetch [--quiet-if-cached]              download and prepare everything that is missing
-//   path kernel|initrd|busybox|modules     print where an artifact lives
+//   path ARTIFACT                          print where an artifact lives: kernel, initrd, busybox,
+//                                          modules, initrd-disk, rootfs-raw, rootfs-qcow2
 //   initramfs --init FILE --out FILE       build an initramfs with busybox, the Xen modules and FILE as /init
 var store = new GuestArtifacts();
 try
@@ -28,6 +29,9 @@ try
                 "initrd" => store.ShellInitrdPath,
                 "busybox" => store.BusyboxPath,
                 "modules" => store.ModulesDir,
+                "initrd-disk" => store.DiskInitrdPath,
+                "rootfs-raw" => store.RootfsRawPath,
+                "rootfs-qcow2" => store.RootfsQcow2Path,
                 var other => throw new ArtifactException($"unknown artifact '{other}'"),
             });
             return 0;
@@ -38,7 +42,7 @@ try
             store.BuildInitramfs(output, File.ReadAllText(init), GuestArtifacts.XenModules);
             return 0;
         default:
-            Console.Error.WriteLine("usage: xensharp-artifacts fetch [--quiet-if-cached] | path kernel|initrd|busybox|modules | initramfs --init FILE --out FILE");
+            Console.Error.WriteLine("usage: xensharp-artifacts fetch [--quiet-if-cached] | path kernel|initrd|busybox|modules|initrd-disk|rootfs-raw|rootfs-qcow2 | initramfs --init FILE --out FILE");
             return 2;
     }
 }
