@@ -27,14 +27,6 @@ public class PageCrossingCodeTests
         return m;
     }
 
-    static void RunFrom(TestMachine m, ulong rip)
-    {
-        var r = m.Regs;
-        r.Rip = rip;
-        m.Cpu.SetRegisters(r);
-        m.RunToHlt();
-    }
-
     [Theory, Trait("Feature", "x86 instruction emulation")]
     [InlineData(false)]
     [InlineData(true)]
@@ -50,7 +42,7 @@ public class PageCrossingCodeTests
         m.RunToHlt();
         Assert.Equal(0x44332211UL, m.Regs.Rbx);
         Assert.Equal(0x44332211UL, m.Regs.Rax);
-        RunFrom(m, Patch);
+        m.RunFrom(Patch);
         Assert.Equal(0x77332211UL, m.Regs.Rax);
     }
 
@@ -79,7 +71,7 @@ public class PageCrossingCodeTests
         }));
         m.RunToHlt();
         Assert.Equal(0x44332211UL, m.Regs.Rax);
-        RunFrom(m, Remap);
+        m.RunFrom(Remap);
         Assert.Equal(0x88992211UL, m.Regs.Rax);
     }
 
@@ -91,8 +83,8 @@ public class PageCrossingCodeTests
         var block = m.Engine.Blocks.Lookup(F, F, 64);
         Assert.NotNull(block);
         Assert.True(block.Valid);
-        RunFrom(m, Caller);
-        RunFrom(m, Caller);
+        m.RunFrom(Caller);
+        m.RunFrom(Caller);
         Assert.Equal(0x44332211UL, m.Regs.Rax);
         Assert.Same(block, m.Engine.Blocks.Lookup(F, F, 64));
         // Aged out with the other blocks, and decoded again after.
@@ -100,7 +92,7 @@ public class PageCrossingCodeTests
         m.Engine.AgeCode();
         Assert.False(block.Valid);
         Assert.Null(m.Engine.Blocks.Lookup(F, F, 64));
-        RunFrom(m, Caller);
+        m.RunFrom(Caller);
         Assert.Equal(0x44332211UL, m.Regs.Rax);
         Assert.NotNull(m.Engine.Blocks.Lookup(F, F, 64));
     }

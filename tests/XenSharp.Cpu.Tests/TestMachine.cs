@@ -179,6 +179,15 @@ public sealed class TestMachine : IDisposable
         return e;
     }
 
+    /// <summary>Runs from <paramref name="rip"/> (the other registers as they are) to the next HLT.</summary>
+    public VcpuExit RunFrom(ulong rip)
+    {
+        var r = Regs;
+        r.Rip = rip;
+        Cpu.SetRegisters(r);
+        return RunToHlt();
+    }
+
     public void Dispose()
     {
         Engine.Dispose();

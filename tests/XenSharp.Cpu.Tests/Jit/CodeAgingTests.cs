@@ -42,14 +42,6 @@ public class CodeAgingTests
         a.hlt();
     });
 
-    static void RunFrom(TestMachine m, ulong rip)
-    {
-        var r = m.Regs;
-        r.Rip = rip;
-        m.Cpu.SetRegisters(r);
-        m.RunToHlt();
-    }
-
     [Theory, Trait("Feature", "x86 instruction emulation")]
     [InlineData(false)]
     [InlineData(true)]
@@ -66,7 +58,7 @@ public class CodeAgingTests
         Assert.Equal(cached, m.Engine.AgeCode());
         Assert.Equal(0, m.Engine.CachedBlocks);
 
-        RunFrom(m, TestMachine.CodeAt);
+        m.RunFrom(TestMachine.CodeAt);
         Assert.Equal(first.Rax, m.Regs.Rax);
         Assert.Equal(first.Rbx, m.Regs.Rbx);
         Assert.Equal(first.Rip, m.Regs.Rip);
@@ -89,7 +81,7 @@ public class CodeAgingTests
         var first = m.Regs;
         Assert.Equal(0, m.Engine.AgeCode());
         // What the very first entry alone needed (a block from its second instruction, say) goes now.
-        RunFrom(m, TestMachine.CodeAt);
+        m.RunFrom(TestMachine.CodeAt);
         m.Engine.AgeCode();
         int cached = m.Engine.CachedBlocks;
         long compiled = m.Engine.CompiledBlocks;
@@ -97,7 +89,7 @@ public class CodeAgingTests
             Assert.True(m.Engine.LinkedExits > 0);
         for (int pass = 0; pass < 3; pass++)
         {
-            RunFrom(m, TestMachine.CodeAt);
+            m.RunFrom(TestMachine.CodeAt);
             Assert.Equal(0, m.Engine.AgeCode());
             Assert.Equal(cached, m.Engine.CachedBlocks);
         }
@@ -141,11 +133,11 @@ public class CodeAgingTests
         Assert.Equal(0, m.Engine.CachedBlocks);
 
         // A write while f is not decoded: the vCPU may keep a writable translation of the page.
-        RunFrom(m, Patch);
+        m.RunFrom(Patch);
         Assert.Equal(2, m.Mem.R8(F + 1));
 
         // f decoded again sees the patch, and a write to it now drops it again.
-        RunFrom(m, Again);
+        m.RunFrom(Again);
         Assert.Equal(2UL, m.Regs.Rbx);
         Assert.Equal(3UL, m.Regs.Rax);
     }
