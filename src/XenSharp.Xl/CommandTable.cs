@@ -85,6 +85,8 @@ internal static class CommandTable
         new("mem-set", DomainCommands.MemSet, false, true,
             "Set the current memory usage for a domain",
             "<Domain> <MemMB['b'[bytes]|'k'[KB]|'m'[MB]|'g'[GB]|'t'[TB]]>", null, [Help], 2),
+        new("block-list", BlockCommands.List, false, false,
+            "List virtual block devices for a domain", "<Domain(s)>", null, [Help], 1),
         new("vcpu-list", VcpuCommands.List, false, false,
             "List the VCPUs for all/some domains", "[Domain, ...]", null, [Help]),
         new("vcpu-pin", VcpuCommands.Pin, true, true,

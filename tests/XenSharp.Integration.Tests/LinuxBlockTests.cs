@@ -103,6 +103,27 @@ public sealed partial class LinuxBlockTests(LinuxBlockTests.BlockGuest guest) : 
         Assert.Equal(before, HostMd5(guest.QcowPath));
     }
 
+    [Fact]
+    [Trait("Feature", "Blkback")]
+    public void XlBlockListShowsBothDisksConnected()
+    {
+        var r = guest.Xl("block-list", "blk", "no-such-domain");
+        Assert.Equal(0, r.ExitCode);
+        var lines = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("Vdev  BE  handle state evt-ch ring-ref BE-path", lines[0].TrimEnd());
+        var rows = lines.Skip(1).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToList();
+        Assert.Equal(["51712", "51728"], rows.Select(f => f[0]));
+        foreach (var f in rows)
+        {
+            Assert.Equal("0", f[1]);
+            Assert.Equal(guest.DomId, f[2]);
+            Assert.Equal("4", f[3]); // XenbusStateConnected
+            Assert.True(int.Parse(f[4]) > 0 && int.Parse(f[5]) >= 0, $"no event channel or ring: {string.Join(' ', f)}");
+            Assert.Equal($"/local/domain/0/backend/vbd/{guest.DomId}/{f[0]}", f[6]);
+        }
+        Assert.Contains("no-such-domain is an invalid domain identifier", r.Stderr);
+    }
+
     /// <summary>The guest of the class: images made on the host, `xl create -c` with both disks, its shell
     /// once both disks have appeared.</summary>
     public sealed class BlockGuest : IDisposable
@@ -114,6 +135,11 @@ public sealed partial class LinuxBlockTests(LinuxBlockTests.BlockGuest guest) : 
         public string QcowSourcePath { get; }
         public string QcowPath { get; }
         internal LinuxPvhTests.ConsoleSession Console { get; }
+
+        public XlResult Xl(params string[] args) => _xl.Run(args);
+
+        /// <summary>The guest's domid, as `xl domid` answers it.</summary>
+        public string DomId => _xl.Run("domid", "blk").Stdout.Trim();
 
         public static byte[] Pattern(int seed, int length)
         {

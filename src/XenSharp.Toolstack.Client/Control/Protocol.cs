@@ -19,6 +19,7 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(UnpauseRequest), "unpause")]
 [JsonDerivedType(typeof(RenameRequest), "rename")]
 [JsonDerivedType(typeof(VcpuListRequest), "vcpu-list")]
+[JsonDerivedType(typeof(BlockListRequest), "block-list")]
 [JsonDerivedType(typeof(VcpuPinRequest), "vcpu-pin")]
 [JsonDerivedType(typeof(VcpuSetRequest), "vcpu-set")]
 [JsonDerivedType(typeof(MemSetRequest), "mem-set")]
@@ -73,6 +74,8 @@ public sealed record PauseRequest(string Domain) : ControlRequest<Unit>;
 public sealed record UnpauseRequest(string Domain) : ControlRequest<Unit>;
 public sealed record RenameRequest(string Domain, string NewName) : ControlRequest<Unit>;
 public sealed record VcpuListRequest(IReadOnlyList<string> Domains) : ControlRequest<IReadOnlyList<VcpuInfoEntry>>;
+/// <summary>The vbd devices of one domain (libxl_device_disk_list + libxl_device_disk_getinfo).</summary>
+public sealed record BlockListRequest(string Domain) : ControlRequest<IReadOnlyList<DiskInfoEntry>>;
 
 /// <summary>Vcpu is -1 for all; Hard/Soft are CPULIST text, "-" (leave) or null.</summary>
 public sealed record VcpuPinRequest(string Domain, int Vcpu, string? Hard, string? Soft) : ControlRequest<Unit>;
@@ -154,6 +157,10 @@ public sealed record DomainInfo
     /// <summary>The domain's configuration in libxl's JSON form (list -l only).</summary>
     public JsonElement? Config { get; init; }
 }
+
+/// <summary>libxl_diskinfo: the device number, both ends' domids, the frontend's xenbus state, event channel and
+/// ring reference (-1 while the frontend has not written them) and the backend's xenstore path.</summary>
+public sealed record DiskInfoEntry(int Vdev, uint BackendId, uint FrontendId, int State, int EventChannel, int RingRef, string BackendPath);
 
 public sealed record VcpuInfoEntry(string Name, uint DomId, int Vcpu, int Cpu, bool Online, bool Running,
     bool Blocked, ulong CpuTimeNs, string Hard, string Soft);

@@ -70,6 +70,29 @@ public sealed partial class Host
     }
 }
 
+public sealed partial class Host
+{
+    /// <summary>`xl block-list`: each vbd under the domain's device/vbd, as libxl_device_disk_getinfo reads it
+    /// from the frontend's directory.</summary>
+    private IReadOnlyList<DiskInfoEntry> BlockList(BlockListRequest r)
+    {
+        var d = Resolve(r.Domain, allowDom0: true);
+        string dir = $"/local/domain/{d.DomId}/device/{DeviceKinds.Vbd}";
+        var result = new List<DiskInfoEntry>();
+        foreach (string id in _xs.Directory(dir) ?? [])
+        {
+            if (!int.TryParse(id, NumberStyles.None, CultureInfo.InvariantCulture, out int devid)) continue;
+            string fe = $"{dir}/{id}";
+            int Number(string key) =>
+                int.TryParse(_xs.Read($"{fe}/{key}"), NumberStyles.None, CultureInfo.InvariantCulture, out int v) ? v : -1;
+            uint backendId = (uint)Math.Max(0, Number("backend-id"));
+            result.Add(new DiskInfoEntry(devid, backendId, d.DomId, Number("state"), Number("event-channel"),
+                Number("ring-ref"), _xs.Read($"{fe}/backend") ?? ""));
+        }
+        return result.OrderBy(e => e.Vdev).ToList();
+    }
+}
+
 /// <summary>
 /// Xen's virtual block device numbers (docs/misc/vbd-interface.txt): the number a vdev name (xvda, hdc1,
 /// sdb, d3p2) stands for, which is the device's id in xenstore and blkfront's <c>virtual-device</c>.

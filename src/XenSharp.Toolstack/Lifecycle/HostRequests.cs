@@ -25,6 +25,7 @@ public sealed partial class Host
         On((Host h, UnpauseRequest r) => h.Resolve(r.Domain).Hv.Unpause()),
         On((Host h, RenameRequest r) => h.Rename(r)),
         On((Host h, VcpuListRequest r) => h.VcpuList(r)),
+        On((Host h, BlockListRequest r) => h.BlockList(r)),
         On((Host h, VcpuPinRequest r) => h.VcpuPin(r)),
         On((Host h, VcpuSetRequest r) => h.VcpuSet(r)),
         On((Host h, MemSetRequest r) => h.MemSet(r)),

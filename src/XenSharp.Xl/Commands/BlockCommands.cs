@@ -1,0 +1,29 @@
+using System.Globalization;
+using XenSharp.Public;
+using XenSharp.Toolstack.Control;
+
+namespace XenSharp.Xl.Commands;
+
+internal static class BlockCommands
+{
+    /// <summary>xl block-list: one table over the named domains; a name that is no domain is reported and skipped, as xl does.</summary>
+    public static int List(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-5} {1,-3} {2,-6} {3,-5} {4,-6} {5,-8} {6,-30}",
+            "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"));
+        foreach (string domain in a.Operands)
+        {
+            IReadOnlyList<DiskInfoEntry> disks;
+            try { disks = ctx.Daemon.Send(new BlockListRequest(domain)); }
+            catch (ControlException e) when (e.Errno == Errno.EINVAL)
+            {
+                ctx.Err.WriteLine($"{domain} is an invalid domain identifier");
+                continue;
+            }
+            foreach (var d in disks)
+                ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-5} {1,-3} {2,-6} {3,-5} {4,-6} {5,-8} {6,-30}",
+                    d.Vdev, d.BackendId, d.FrontendId, d.State, d.EventChannel, d.RingRef, d.BackendPath));
+        }
+        return 0;
+    }
+}
