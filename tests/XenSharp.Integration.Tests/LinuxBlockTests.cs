@@ -124,6 +124,37 @@ public sealed partial class LinuxBlockTests(LinuxBlockTests.BlockGuest guest) : 
         Assert.Contains("no-such-domain is an invalid domain identifier", r.Stderr);
     }
 
+    [Fact]
+    [Trait("Feature", "Blkfront"), Trait("Feature", "Blkback"), Trait("Feature", "QEMU backend hotplugging for xl")]
+    public void ADiskAttachedToTheRunningGuestAppearsAndGoesAwayOnDetach()
+    {
+        string path = Path.Combine(Path.GetDirectoryName(guest.RawPath)!, "hot.img");
+        File.WriteAllBytes(path, BlockGuest.Pattern(5, 2 << 20));
+        var attach = guest.Xl("block-attach", "blk", $"format=raw,vdev=xvdc,access=rw,target={path}");
+        Assert.True(attach.ExitCode == 0, attach.ToString());
+        try
+        {
+            Assert.Contains("hot-end", guest.Console.Ask(
+                "until [ -e /sys/block/xvdc ]; do sleep 1; done; echo hot-e\"\"nd", "hot-end", TimeSpan.FromMinutes(2)));
+            Assert.Equal(HostMd5(path), GuestMd5("xvdc"));
+            Assert.Contains("51744 ", guest.Xl("block-list", "blk").Stdout);
+            var again = guest.Xl("block-attach", "blk", $"format=raw,vdev=xvdc,access=rw,target={path}");
+            Assert.NotEqual(0, again.ExitCode);
+            Assert.Contains("already attached", again.Stderr);
+        }
+        finally
+        {
+            var detach = guest.Xl("block-detach", "blk", "xvdc");
+            Assert.True(detach.ExitCode == 0, detach.ToString());
+        }
+        Assert.Contains("gone-end", guest.Console.Ask(
+            "while [ -e /sys/block/xvdc ]; do sleep 1; done; echo gone-e\"\"nd", "gone-end", TimeSpan.FromMinutes(2)));
+        Assert.DoesNotContain("51744 ", guest.Xl("block-list", "blk").Stdout);
+        var missing = guest.Xl("block-detach", "blk", "xvdc");
+        Assert.NotEqual(0, missing.ExitCode);
+        Assert.Contains("Device xvdc not connected", missing.Stderr);
+    }
+
     /// <summary>The guest of the class: images made on the host, `xl create -c` with both disks, its shell
     /// once both disks have appeared.</summary>
     public sealed class BlockGuest : IDisposable

@@ -20,6 +20,8 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(RenameRequest), "rename")]
 [JsonDerivedType(typeof(VcpuListRequest), "vcpu-list")]
 [JsonDerivedType(typeof(BlockListRequest), "block-list")]
+[JsonDerivedType(typeof(BlockAttachRequest), "block-attach")]
+[JsonDerivedType(typeof(BlockDetachRequest), "block-detach")]
 [JsonDerivedType(typeof(VcpuPinRequest), "vcpu-pin")]
 [JsonDerivedType(typeof(VcpuSetRequest), "vcpu-set")]
 [JsonDerivedType(typeof(MemSetRequest), "mem-set")]
@@ -76,6 +78,11 @@ public sealed record RenameRequest(string Domain, string NewName) : ControlReque
 public sealed record VcpuListRequest(IReadOnlyList<string> Domains) : ControlRequest<IReadOnlyList<VcpuInfoEntry>>;
 /// <summary>The vbd devices of one domain (libxl_device_disk_list + libxl_device_disk_getinfo).</summary>
 public sealed record BlockListRequest(string Domain) : ControlRequest<IReadOnlyList<DiskInfoEntry>>;
+/// <summary>xl block-attach: <paramref name="Spec"/> is an xl-disk-configuration(5) string; a relative target is
+/// relative to <paramref name="Directory"/>, the client's working directory.</summary>
+public sealed record BlockAttachRequest(string Domain, string Spec, string Directory) : ControlRequest<Unit>;
+/// <summary>xl block-detach: the disk by vdev name or device number.</summary>
+public sealed record BlockDetachRequest(string Domain, string Device) : ControlRequest<Unit>;
 
 /// <summary>Vcpu is -1 for all; Hard/Soft are CPULIST text, "-" (leave) or null.</summary>
 public sealed record VcpuPinRequest(string Domain, int Vcpu, string? Hard, string? Soft) : ControlRequest<Unit>;

@@ -2,6 +2,8 @@ using System.Globalization;
 using XenSharp.Backends.Block.Images;
 using XenSharp.Backends.Xenbus;
 using XenSharp.Toolstack.Config;
+using XenSharp.Public;
+using XenSharp.Public.Io;
 using XenSharp.Toolstack.Control;
 
 namespace XenSharp.Toolstack.Lifecycle;
@@ -17,11 +19,18 @@ public sealed partial class Host
     private static void CheckDisks(DomainConfig c)
     {
         foreach (var disk in c.Disks)
+            CheckDisk(disk);
+    }
+
+    /// <summary>The disk's vdev, backend domain and image are usable: what <c>xl create</c> and
+    /// <c>xl block-attach</c> refuse before touching the domain.</summary>
+    private static void CheckDisk(DiskSpec disk)
+    {
         {
             VbdNumber.Parse(disk.Vdev);
             if (disk.BackendDomain is { } b && b is not ("0" or "Domain-0"))
                 throw new ControlException($"disk {disk.Vdev}: backend domain {b}: only Domain-0 serves disks");
-            if (disk.Target is null) continue; // an empty cdrom drive
+            if (disk.Target is null) return; // an empty cdrom drive
             BlockImageFormat? format = FormatOf(disk);
             try
             {
@@ -45,6 +54,11 @@ public sealed partial class Host
     private void AddDisks(Domain dom)
     {
         foreach (var disk in dom.Config.Disks)
+            AddDisk(dom, disk);
+    }
+
+    private void AddDisk(Domain dom, DiskSpec disk)
+    {
         {
             int devId = VbdNumber.Parse(disk.Vdev);
             string deviceType = disk.IsCdrom ? "cdrom" : "disk";
@@ -72,6 +86,48 @@ public sealed partial class Host
 
 public sealed partial class Host
 {
+    /// <summary>`xl block-attach`: the disk is checked as <c>xl create</c> checks it, then added while the guest runs;
+    /// its blkfront sees the new device directory and connects.</summary>
+    private void BlockAttach(BlockAttachRequest r)
+    {
+        var d = Resolve(r.Domain);
+        DiskSpec disk;
+        try { disk = DiskSpec.Parse(r.Spec); }
+        catch (FormatException e) { throw new ControlException(e.Message, Errno.EINVAL); }
+        if (disk.Target is { } t && !Path.IsPathRooted(t))
+            disk = disk with { Target = Path.GetFullPath(Path.Combine(r.Directory, t)) };
+        CheckDisk(disk);
+        int devId = VbdNumber.Parse(disk.Vdev);
+        if (_xs.Exists($"/local/domain/{d.DomId}/device/{DeviceKinds.Vbd}/{devId}"))
+            throw new ControlException($"disk {disk.Vdev} is already attached to domain {d.DomId}", Errno.EEXIST);
+        AddDisk(d, disk);
+        lock (_lock) d.Config.Disks = [.. d.Config.Disks, disk];
+    }
+
+    /// <summary>How long a frontend has to close a disk being detached before it is taken away regardless, as
+    /// libxl gives up waiting and removes the device.</summary>
+    private static readonly TimeSpan DetachTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>`xl block-detach` (libxl__initiate_device_generic_remove): the backend goes offline and Closing,
+    /// the frontend closes its end, and once the backend is Closed both directories go.</summary>
+    private void BlockDetach(BlockDetachRequest r)
+    {
+        var d = Resolve(r.Domain);
+        int devId = int.TryParse(r.Device, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n
+            : VbdNumber.TryParse(r.Device, out n) ? n : -1;
+        string fe = $"/local/domain/{d.DomId}/device/{DeviceKinds.Vbd}/{devId}";
+        if (devId < 0 || _xs.Read($"{fe}/backend") is not { } be)
+            throw new ControlException($"Error: Device {r.Device} not connected.", Errno.ENODEV);
+        _xs.Write($"{be}/online", "0");
+        _xs.Write($"{be}/state", ((int)XenbusState.Closing).ToString(CultureInfo.InvariantCulture));
+        var deadline = _time.GetUtcNow() + DetachTimeout;
+        while (_xs.Read($"{be}/state") != ((int)XenbusState.Closed).ToString(CultureInfo.InvariantCulture) && _time.GetUtcNow() < deadline)
+            Thread.Sleep(50);
+        foreach (string p in new[] { fe, be, $"/local/domain/0/error/backend/{DeviceKinds.Vbd}/{d.DomId}/{devId}" })
+            if (_xs.Exists(p)) _xs.Rm(p);
+        lock (_lock) d.Config.Disks = [.. d.Config.Disks.Where(x => !(VbdNumber.TryParse(x.Vdev, out int id) && id == devId))];
+    }
+
     /// <summary>`xl block-list`: each vbd under the domain's device/vbd, as libxl_device_disk_getinfo reads it
     /// from the frontend's directory.</summary>
     private IReadOnlyList<DiskInfoEntry> BlockList(BlockListRequest r)

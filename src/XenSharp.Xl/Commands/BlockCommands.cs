@@ -6,6 +6,21 @@ namespace XenSharp.Xl.Commands;
 
 internal static class BlockCommands
 {
+    /// <summary>xl block-attach: the spec's components, as separate arguments or one, form one disk specification.</summary>
+    public static int Attach(XlContext ctx, ParsedArgs a)
+    {
+        string spec = string.Join(',', a.Operands.Skip(1));
+        if (ctx.DryRun) return 0;
+        ctx.Daemon.Send(new BlockAttachRequest(a.Operands[0], spec, Environment.CurrentDirectory));
+        return 0;
+    }
+
+    public static int Detach(XlContext ctx, ParsedArgs a)
+    {
+        ctx.Daemon.Send(new BlockDetachRequest(a.Operands[0], a.Operands[1]));
+        return 0;
+    }
+
     /// <summary>xl block-list: one table over the named domains; a name that is no domain is reported and skipped, as xl does.</summary>
     public static int List(XlContext ctx, ParsedArgs a)
     {
