@@ -6,6 +6,9 @@ namespace XenSharp.Xl.Commands;
 
 internal static class BlockCommands
 {
+    /// <summary>xl's block-list columns: Vdev, BE, handle, state, evt-ch, ring-ref, BE-path.</summary>
+    private const string Row = "{0,-5} {1,-3} {2,-6} {3,-5} {4,-6} {5,-8} {6,-30}";
+
     /// <summary>xl block-attach: the spec's components, as separate arguments or one, form one disk specification.</summary>
     public static int Attach(XlContext ctx, ParsedArgs a)
     {
@@ -24,7 +27,7 @@ internal static class BlockCommands
     /// <summary>xl block-list: one table over the named domains; a name that is no domain is reported and skipped, as xl does.</summary>
     public static int List(XlContext ctx, ParsedArgs a)
     {
-        ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-5} {1,-3} {2,-6} {3,-5} {4,-6} {5,-8} {6,-30}",
+        ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, Row,
             "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"));
         foreach (string domain in a.Operands)
         {
@@ -36,7 +39,7 @@ internal static class BlockCommands
                 continue;
             }
             foreach (var d in disks)
-                ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-5} {1,-3} {2,-6} {3,-5} {4,-6} {5,-8} {6,-30}",
+                ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, Row,
                     d.Vdev, d.BackendId, d.FrontendId, d.State, d.EventChannel, d.RingRef, d.BackendPath));
         }
         return 0;
