@@ -105,6 +105,13 @@ internal static class DeviceLayout
 
     /// <summary>What libxl removes at domain destruction in the backend's home: every kind's
     /// backend/KIND/DOMID and error/backend/KIND/DOMID.</summary>
+    /// <summary>One device's frontend, backend and error directories (the end of libxl__device_destroy).</summary>
+    public static void Remove(XenStored xs, DeviceAddress a)
+    {
+        foreach (string p in new[] { a.FrontendPath, a.BackendPath, a.ErrorPath })
+            if (xs.Exists(p)) xs.Rm(p);
+    }
+
     public static void RemoveBackends(XenStored xs, uint domId)
     {
         foreach (string kind in DeviceKinds.All)

@@ -115,16 +115,16 @@ public sealed partial class Host
         var d = Resolve(r.Domain);
         int devId = int.TryParse(r.Device, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n
             : VbdNumber.TryParse(r.Device, out n) ? n : -1;
-        string fe = $"/local/domain/{d.DomId}/device/{DeviceKinds.Vbd}/{devId}";
-        if (devId < 0 || _xs.Read($"{fe}/backend") is not { } be)
+        var device = new DeviceAddress(DeviceKinds.Vbd, d.DomId, devId);
+        if (devId < 0 || !_xs.Exists(device.FrontendPath))
             throw new ControlException($"Error: Device {r.Device} not connected.", Errno.ENODEV);
+        string be = device.BackendPath;
         _xs.Write($"{be}/online", "0");
         _xs.Write($"{be}/state", ((int)XenbusState.Closing).ToString(CultureInfo.InvariantCulture));
         var deadline = _time.GetUtcNow() + DetachTimeout;
         while (_xs.Read($"{be}/state") != ((int)XenbusState.Closed).ToString(CultureInfo.InvariantCulture) && _time.GetUtcNow() < deadline)
             Thread.Sleep(50);
-        foreach (string p in new[] { fe, be, $"/local/domain/0/error/backend/{DeviceKinds.Vbd}/{d.DomId}/{devId}" })
-            if (_xs.Exists(p)) _xs.Rm(p);
+        DeviceLayout.Remove(_xs, device);
         lock (_lock) d.Config.Disks = [.. d.Config.Disks.Where(x => !(VbdNumber.TryParse(x.Vdev, out int id) && id == devId))];
     }
 
