@@ -50,13 +50,17 @@ public sealed partial class LinuxDiskCrashTests : IDisposable
             var m = Md5Line().Match(synced);
             Assert.True(m.Success, $"no md5 from the guest:\n{synced}");
             flushedMd5 = m.Groups[1].Value;
-            // Then writes that are still going on (new clusters being allocated) when the daemon dies.
+            // Then writes that go on until the end: 4 MiB files written again and again, each fsynced.
             string going = console.Ask(
-                "(dd if=/dev/urandom of=/root/junk bs=65536 count=100000 2>/dev/null; sync) & " +
-                "until [ -s /root/junk ] && [ $(stat -c %s /root/junk) -gt 4194304 ]; do sleep 1; done; sync; echo going-e\"\"nd",
+                "(i=0; while true; do i=$((i + 1)); dd if=/dev/urandom of=/root/junk$((i % 8)) bs=65536 count=64 conv=fsync 2>/dev/null; done) & " +
+                "until [ -s /root/junk2 ]; do sleep 1; done; echo going-e\"\"nd",
                 "going-end", Limit);
             Assert.Contains("going-end", going);
-            Thread.Sleep(2000);
+            // The kill lands while the image file is being written: wait until it changes again.
+            var written = File.GetLastWriteTimeUtc(image);
+            var clock = Stopwatch.StartNew();
+            while (File.GetLastWriteTimeUtc(image) == written && clock.Elapsed < Limit) Thread.Sleep(10);
+            Assert.NotEqual(written, File.GetLastWriteTimeUtc(image));
             int pid = int.Parse(File.ReadAllText(Path.Combine(_xl.RunDir, "xensharpd.pid")).Trim());
             using var daemon = Process.GetProcessById(pid);
             daemon.Kill(); // SIGKILL: no flush, no cleanup

@@ -44,7 +44,8 @@ internal sealed unsafe partial class BlkifBackend
             Volatile.Write(ref _paramsChanged, 1);
             QueueMedia();
         });
-        _sizeTimer = new Timer(static s => ((BlkifBackend)s!).QueueMedia(), this, SizeCheckPeriod, SizeCheckPeriod);
+        // One-shot, armed again after each check: once the I/O thread stops, nothing fires any more.
+        _sizeTimer = new Timer(static s => ((BlkifBackend)s!).QueueMedia(), this, SizeCheckPeriod, Timeout.InfiniteTimeSpan);
     }
 
     private void QueueMedia()
@@ -75,9 +76,13 @@ internal sealed unsafe partial class BlkifBackend
             StopWatchingMedia();
             return;
         }
-        if (Interlocked.Exchange(ref _paramsChanged, 0) != 0)
-            ChangeMedia();
-        CheckSize();
+        try
+        {
+            if (Interlocked.Exchange(ref _paramsChanged, 0) != 0)
+                ChangeMedia();
+            CheckSize();
+        }
+        finally { _sizeTimer?.Change(SizeCheckPeriod, Timeout.InfiniteTimeSpan); }
     }
 
     /// <summary>cd-insert or cd-eject: the old medium is closed and the new one (if any) opened.</summary>
