@@ -114,20 +114,41 @@ public sealed partial class LinuxDiskDevicesTests(LinuxDiskDevicesTests.DiskGues
         Assert.Equal(0, guest.Xl("block-detach", DiskGuest.Name, "xvdg").ExitCode);
     }
 
+    /// <summary>A shell function reading one xenstore node through the guest kernel's /dev/xen/xenbus: an XS_READ
+    /// message (type 2, request and transaction 0, the path's length with its NUL) and the reply after its header.</summary>
+    private const string XsRead =
+        @"xsread() { exec 3<>/dev/xen/xenbus; printf ""\002\0\0\0\0\0\0\0\0\0\0\0\\$(printf %03o $((${#1}+1)))\0\0\0%s\0"" ""$1"" >&3; " +
+        @"dd bs=4096 count=1 <&3 2>/dev/null | tail -c +17; exec 3<&-; }";
+
+    /// <summary>What the guest reads of its cdrom drive (xvde, device 51776) in xenstore: the backend's sectors and params.</summary>
+    private string GuestSeesDrive()
+    {
+        guest.Ask(XsRead + "; echo def-e\"\"nd", "def-end");
+        return guest.Ask("b=$(xsread device/vbd/51776/backend); echo drive-$(xsread $b/sectors)-$(xsread $b/params)-e\"\"nd", "-end");
+    }
+
     [Fact]
     [Trait("Feature", "CD-ROM media change")]
-    public void CdInsertAndEjectWorkOnTheCdromDrive()
+    public void CdInsertAndEjectAreSeenByTheGuest()
     {
         string iso = Path.Combine(guest.Dir, "disc.iso");
         File.WriteAllBytes(iso, new byte[2 << 20]);
+        Assert.Contains("drive-0--end", GuestSeesDrive());
+
         var insert = guest.Xl("cd-insert", DiskGuest.Name, "xvde", iso);
         Assert.True(insert.ExitCode == 0, insert.ToString());
+        // The backend opens the medium on its own thread: the guest waits for the new size.
+        guest.Ask(XsRead + "; b=$(xsread device/vbd/51776/backend); until [ \"$(xsread $b/sectors)\" = 4096 ]; do sleep 1; done; echo in-e\"\"nd",
+            "in-end", TimeSpan.FromMinutes(2));
+        Assert.Contains($"drive-4096-{iso}-end", GuestSeesDrive());
+
         Assert.Contains("Virtual device not found", guest.Xl("cd-insert", DiskGuest.Name, "xvda", iso).Stderr);
         Assert.Contains("Cannot stat file", guest.Xl("cd-insert", DiskGuest.Name, "xvde", iso + ".none").Stderr);
         var eject = guest.Xl("cd-eject", DiskGuest.Name, "xvde");
         Assert.True(eject.ExitCode == 0, eject.ToString());
-        // Linux's blkfront binds no PV cdrom in an HVM-type (PVH) guest, so the guest sees no xvde at all;
-        // the media change itself is the backend's params and sectors (DiskMediaTests).
+        guest.Ask("until [ \"$(xsread $b/sectors)\" = 0 ]; do sleep 1; done; echo out-e\"\"nd", "out-end", TimeSpan.FromMinutes(2));
+        Assert.Contains("drive-0--end", GuestSeesDrive());
+        // Linux's blkfront binds no PV cdrom in an HVM-type (PVH) guest, as under Xen: no xvde block device.
         Assert.Contains("cd-0-end", guest.Ask("echo cd-$(ls /sys/block | grep -c xvde)-e\"\"nd", "-end"));
     }
 
