@@ -83,6 +83,9 @@ public sealed record DiskSpec
                 throw Error("invalid or unsupported virtual disk identifier", _vdev);
             var format = _format ?? DiskFormat.Raw;
             string? target = _target;
+            // A C string ends at a NUL; no path holds one.
+            if (target is not null && target.Contains('\0'))
+                throw Error("target contains a NUL character", null);
             if (string.IsNullOrEmpty(target))
             {
                 if (!_cdrom)

@@ -80,6 +80,12 @@ public class DeviceSpecTests
         var nbd = DiskSpec.Parse("nbd:host:1234,xvdb,w");
         Assert.Equal(("block-nbd", "host:1234", "xvdb", true), (nbd.Script, nbd.Target, nbd.Vdev, nbd.ReadWrite));
         Assert.True(DiskSpec.Parse("/i/a,raw,xvdb,colo,colo-host=h,colo-port=9000,colo-export=e,active-disk=/a,hidden-disk=/h").Colo);
+
+        // libxl's JSON (xl create -n) carries them as libxl_device_disk does.
+        var json = LibxlJson.DomainConfig(Read("disk = [ '/i/a,raw,xvdb,untrusted,direct-io-safe,no-discard,backendtype=qdisk' ]").Config);
+        var disk = json["disks"]![0]!;
+        Assert.Equal(("False", true, "False", "qdisk"),
+            ((string?)disk["trusted"], (bool?)disk["direct_io_safe"], (string?)disk["discard_enable"], (string?)disk["backend"]));
     }
 
     [Theory]
