@@ -110,6 +110,12 @@ public sealed partial class LinuxDiskDevicesTests(LinuxDiskDevicesTests.DiskGues
         var attach = guest.Xl("block-attach", DiskGuest.Name, $"format=raw,vdev=xvdg,access=rw,target={guest.RootPath}");
         Assert.Equal(0, attach.ExitCode); // the same domain may use its own image twice, as the block script allows
 
+        // A specification xl cannot read is refused with the file and the line of disk=.
+        string bad = guest.Config("half", "format=raw,vdev=hde,access=rw,target=/dev/null");
+        var parse = guest.Xl("create", bad);
+        Assert.NotEqual(0, parse.ExitCode);
+        Assert.Contains($"{bad}:7: config parsing error in disk specification: invalid or unsupported virtual disk identifier: near `hde'", parse.Stderr);
+
         Assert.DoesNotContain("half", guest.Xl("list").Stdout);
         Assert.Equal(0, guest.Xl("block-detach", DiskGuest.Name, "xvdg").ExitCode);
     }
