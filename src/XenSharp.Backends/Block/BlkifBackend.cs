@@ -36,7 +36,7 @@ public sealed class BlkifStatistics
 /// Indirect requests carry up to <see cref="MaxIndirectSegments"/> segments in one granted page.
 /// Not served: multi-page rings, multiple queues, persistent grants.
 /// </summary>
-internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
+internal sealed unsafe partial class BlkifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
     private const int PageSize = 4096;
     /// <summary>feature-max-indirect-segments: Linux blkfront's own default, one indirect page's worth at most.</summary>
@@ -80,6 +80,7 @@ internal sealed unsafe class BlkifBackend(BackendContext context, DeviceAddress 
             WriteBackend("discard-alignment", "0");
             WriteBackend("discard-secure", "0");
         }
+        WatchMedia();
     }
 
     /// <summary>Opens the image the backend keys name (again, after a close); an unusable one ends the device.</summary>

@@ -70,6 +70,9 @@ public static class LibxlJson
         o["is_cdrom"] = s.IsCdrom ? 1 : 0;
         if (s.DirectIoSafe) o["direct_io_safe"] = true;
         if (s.Discard is bool discard) o["discard_enable"] = discard ? "True" : "False";
+        if (s.Colo) o["colo_enable"] = "True";
+        if (s.Specification != "xen") o["specification"] = s.Specification;
+        if (!s.Trusted) o["trusted"] = "False";
         return o;
     }
 

@@ -22,6 +22,7 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(BlockListRequest), "block-list")]
 [JsonDerivedType(typeof(BlockAttachRequest), "block-attach")]
 [JsonDerivedType(typeof(BlockDetachRequest), "block-detach")]
+[JsonDerivedType(typeof(CdInsertRequest), "cd-insert")]
 [JsonDerivedType(typeof(VcpuPinRequest), "vcpu-pin")]
 [JsonDerivedType(typeof(VcpuSetRequest), "vcpu-set")]
 [JsonDerivedType(typeof(MemSetRequest), "mem-set")]
@@ -83,6 +84,9 @@ public sealed record BlockListRequest(string Domain) : ControlRequest<IReadOnlyL
 public sealed record BlockAttachRequest(string Domain, string Spec, string Directory) : ControlRequest<Unit>;
 /// <summary>xl block-detach: the disk by vdev name or device number.</summary>
 public sealed record BlockDetachRequest(string Domain, string Device) : ControlRequest<Unit>;
+/// <summary>xl cd-insert (a <paramref name="Target"/>) and xl cd-eject (none): the cdrom <paramref name="Vdev"/> gets the
+/// medium; a relative target is relative to <paramref name="Directory"/>; <paramref name="Format"/> null is raw.</summary>
+public sealed record CdInsertRequest(string Domain, string Vdev, string? Target, string? Format, string Directory) : ControlRequest<Unit>;
 
 /// <summary>Vcpu is -1 for all; Hard/Soft are CPULIST text, "-" (leave) or null.</summary>
 public sealed record VcpuPinRequest(string Domain, int Vcpu, string? Hard, string? Soft) : ControlRequest<Unit>;

@@ -15,29 +15,70 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// </summary>
 public sealed partial class Host
 {
-    /// <summary>Opens every disk image once, as the backend will, so that <c>xl create</c> fails before building.</summary>
-    private static void CheckDisks(DomainConfig c)
+    /// <summary>Every disk is usable and no writable image is shared with another domain: checked before
+    /// the domain is built, so that <c>xl create</c> fails with the disk named and leaves no domain.</summary>
+    private void CheckDisks(DomainConfig c)
     {
         foreach (var disk in c.Disks)
+        {
             CheckDisk(disk);
+            CheckSharing(disk, c.Name);
+        }
     }
 
-    /// <summary>The disk's vdev, backend domain and image are usable: what <c>xl create</c> and
-    /// <c>xl block-attach</c> refuse before touching the domain.</summary>
+    /// <summary>The disk's vdev, backend and image are usable: what <c>xl create</c>, <c>xl block-attach</c>
+    /// and <c>xl cd-insert</c> refuse before touching the domain.</summary>
     private static void CheckDisk(DiskSpec disk)
     {
+        VbdNumber.Parse(disk.Vdev);
+        if (disk.BackendDomain is { } b && b is not ("0" or "Domain-0"))
+            throw new ControlException($"disk {disk.Vdev}: backend domain {b}: only Domain-0 serves disks (no driver domains)");
+        if (disk.Specification != "xen" || disk.Backend == DiskBackend.Standalone)
+            throw new ControlException($"disk {disk.Vdev}: specification={disk.Specification}, backendtype={BackendName(disk.Backend)}: only Xen's blkif is served (no virtio disks)");
+        if (disk.Colo)
+            throw new ControlException($"disk {disk.Vdev}: COLO block replication is not supported");
+        if (disk.Script is { } script && Path.GetFileName(script) != "block")
+            throw new ControlException($"disk {disk.Vdev}: script={script}: hotplug scripts are not run; the target must be an image file or block device");
+        // libxl's disk_try_backend: phy serves raw images only.
+        if (disk.Backend == DiskBackend.Phy && disk.Format is not (DiskFormat.Raw or DiskFormat.Empty))
+            throw new ControlException($"disk {disk.Vdev}: backend phy unsuitable due to format {DiskSpec.FormatName(disk.Format)}");
+        if (disk.Target is null) return; // an empty cdrom drive
+        BlockImageFormat? format = FormatOf(disk);
+        try
         {
-            VbdNumber.Parse(disk.Vdev);
-            if (disk.BackendDomain is { } b && b is not ("0" or "Domain-0"))
-                throw new ControlException($"disk {disk.Vdev}: backend domain {b}: only Domain-0 serves disks");
-            if (disk.Target is null) return; // an empty cdrom drive
-            BlockImageFormat? format = FormatOf(disk);
-            try
-            {
-                using var _ = BlockImages.Open(disk.Target, new BlockImageOptions { Format = format, ReadOnly = !disk.ReadWrite });
-            }
-            catch (BlockImageException e) { throw new ControlException($"disk {disk.Vdev}: {e.Message}"); }
+            using var _ = BlockImages.Open(disk.Target, new BlockImageOptions { Format = format, ReadOnly = !disk.ReadWrite });
         }
+        catch (BlockImageException e) { throw new ControlException($"disk {disk.Vdev}: {e.Message}"); }
+    }
+
+    /// <summary>The block hotplug script's check_sharing: an image is attached writable to one domain only,
+    /// and not read-only anywhere while another domain writes it. A domain may share with itself.</summary>
+    private void CheckSharing(DiskSpec disk, string domainName)
+    {
+        if (disk.Target is null) return;
+        string image = ImageIdentity(disk.Target);
+        List<(uint DomId, DiskSpec Disk)> users;
+        lock (_lock)
+            users = [.. _domains.Values.Where(d => d.Config.Name != domainName && !d.Destroyed)
+                .SelectMany(d => d.Config.Disks.Select(x => (d.DomId, x)))];
+        foreach (var (domId, other) in users)
+        {
+            if (other.Target is null || ImageIdentity(other.Target) != image) continue;
+            if (disk.ReadWrite)
+                throw new ControlException(
+                    $"disk {disk.Vdev}: File {disk.Target} is mounted in a guest domain (domain {domId}, {other.Vdev}), and so cannot be mounted now.", Errno.EBUSY);
+            if (other.ReadWrite)
+                throw new ControlException(
+                    $"disk {disk.Vdev}: File {disk.Target} is mounted read-write in a guest domain (domain {domId}, {other.Vdev}), and so cannot be mounted read-only now.", Errno.EBUSY);
+        }
+    }
+
+    /// <summary>One name per file: the full path with symbolic links followed.</summary>
+    private static string ImageIdentity(string path)
+    {
+        string full = Path.GetFullPath(path);
+        try { return new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full; }
+        catch (IOException) { return full; }
     }
 
     private static BlockImageFormat? FormatOf(DiskSpec disk) => disk.Format switch
@@ -50,6 +91,13 @@ public sealed partial class Host
         _ => throw new ControlException($"disk {disk.Vdev}: format {DiskSpec.FormatName(disk.Format)} is not supported (raw, qcow, qcow2, vhd)"),
     };
 
+    private static string BackendName(DiskBackend b) => b.ToString().ToLowerInvariant();
+
+    /// <summary>libxl__device_disk_set_backend: phy for a raw image, qdisk for the formats only QEMU reads,
+    /// or what backendtype= asked for. Whichever it is, XenSharp's own blkif backend serves it under backend/vbd.</summary>
+    private static DiskBackend BackendOf(DiskSpec disk) => disk.Backend != DiskBackend.Unknown ? disk.Backend
+        : disk.Format is DiskFormat.Raw or DiskFormat.Empty && !disk.IsCdrom ? DiskBackend.Phy : DiskBackend.Qdisk;
+
     /// <summary>libxl__device_disk_add for each disk: the vbd directories, keyed by the vdev's device number.</summary>
     private void AddDisks(Domain dom)
     {
@@ -57,30 +105,37 @@ public sealed partial class Host
             AddDisk(dom, disk);
     }
 
+    /// <summary>The vbd's backend and frontend directories with libxl's keys. Where libxl would write
+    /// <c>format:path</c> in <c>params</c> (qdisk, tap), the path stays alone and the format has its own
+    /// <c>format</c> node, which the backend reads; the hotplug <c>script</c> is named but not run.</summary>
     private void AddDisk(Domain dom, DiskSpec disk)
     {
+        int devId = VbdNumber.Parse(disk.Vdev);
+        string deviceType = disk.IsCdrom ? "cdrom" : "disk";
+        var type = BackendOf(disk);
+        var backend = new Dictionary<string, string>
         {
-            int devId = VbdNumber.Parse(disk.Vdev);
-            string deviceType = disk.IsCdrom ? "cdrom" : "disk";
-            var backend = new Dictionary<string, string>
-            {
-                ["removable"] = disk.IsCdrom ? "1" : "0",
-                ["bootable"] = "1",
-                ["dev"] = disk.Vdev,
-                ["type"] = disk.Format is DiskFormat.Raw ? "phy" : "qdisk",
-                ["mode"] = disk.ReadWrite ? "w" : "r",
-                ["device-type"] = deviceType,
-                ["params"] = disk.Target ?? "",
-                ["discard-enable"] = disk.Discard == false ? "0" : "1",
-            };
-            if (FormatOf(disk) is { } f) backend["format"] = f.ToString().ToLowerInvariant();
-            if (disk.DirectIoSafe) backend["direct-io-safe"] = "1";
-            AddDevice(dom.DomId, DeviceKinds.Vbd, devId, backend, new Dictionary<string, string>
-            {
-                ["virtual-device"] = devId.ToString(CultureInfo.InvariantCulture),
-                ["device-type"] = deviceType,
-            });
-        }
+            ["params"] = disk.Target ?? "",
+            ["removable"] = disk.IsCdrom ? "1" : "0",
+            ["bootable"] = "1",
+            ["dev"] = disk.Vdev,
+            ["type"] = BackendName(type),
+            ["mode"] = disk.ReadWrite ? "w" : "r",
+            ["device-type"] = deviceType,
+            ["discard-enable"] = disk.Discard == false ? "0" : "1",
+            ["specification"] = disk.Specification,
+            ["format"] = DiskSpec.FormatName(disk.Format),
+        };
+        if (type is DiskBackend.Phy or DiskBackend.Tap)
+            backend["script"] = disk.Script is { } s && Path.IsPathRooted(s) ? s
+                : Path.Combine("/etc/xen/scripts", disk.Script ?? (type == DiskBackend.Tap ? "block-tap" : "block"));
+        if (disk.DirectIoSafe) backend["direct-io-safe"] = "1";
+        AddDevice(dom.DomId, DeviceKinds.Vbd, devId, backend, new Dictionary<string, string>
+        {
+            ["virtual-device"] = devId.ToString(CultureInfo.InvariantCulture),
+            ["device-type"] = deviceType,
+            ["trusted"] = disk.Trusted ? "1" : "0",
+        });
     }
 }
 
@@ -97,6 +152,7 @@ public sealed partial class Host
         if (disk.Target is { } t && !Path.IsPathRooted(t))
             disk = disk with { Target = Path.GetFullPath(Path.Combine(r.Directory, t)) };
         CheckDisk(disk);
+        CheckSharing(disk, d.Config.Name);
         int devId = VbdNumber.Parse(disk.Vdev);
         if (_xs.Exists($"/local/domain/{d.DomId}/device/{DeviceKinds.Vbd}/{devId}"))
             throw new ControlException($"disk {disk.Vdev} is already attached to domain {d.DomId}", Errno.EEXIST);
@@ -149,72 +205,49 @@ public sealed partial class Host
     }
 }
 
-/// <summary>
-/// Xen's virtual block device numbers (docs/misc/vbd-interface.txt): the number a vdev name (xvda, hdc1,
-/// sdb, d3p2) stands for, which is the device's id in xenstore and blkfront's <c>virtual-device</c>.
-/// </summary>
-public static class VbdNumber
+public sealed partial class Host
 {
-    private const int XvdMajor = 202, HdMajor0 = 3, HdMajor2 = 22, SdMajor = 8;
-    private const int Extended = 1 << 28;
-
-    /// <summary>The device number of <paramref name="vdev"/>; a name Xen's scheme cannot encode is a <see cref="ControlException"/>.</summary>
-    public static int Parse(string vdev) => TryParse(vdev, out int n) ? n : throw new ControlException($"invalid vdev `{vdev}'");
-
-    public static bool TryParse(string vdev, out int number)
+    /// <summary>`xl cd-insert` and `xl cd-eject` (libxl_cdrom_insert): the drive is emptied first (backend
+    /// <c>params</c> ""), then the new medium is named; the backend follows <c>params</c>, closes or opens the
+    /// image and tells the frontend the new <c>sectors</c>. Unlike libxl, which leaves this to QEMU and so to
+    /// HVM guests, a PV cdrom of any guest takes it.</summary>
+    private void CdInsert(CdInsertRequest r)
     {
-        number = 0;
-        if (vdev.Length > 1 && vdev[0] == 'd' && char.IsAsciiDigit(vdev[1]))
+        var d = Resolve(r.Domain);
+        DiskSpec current;
+        lock (_lock)
+            current = d.Config.Disks.FirstOrDefault(x => x.Vdev == r.Vdev && x.IsCdrom)
+                ?? throw new ControlException("Virtual device not found", Errno.ENODEV);
+        DiskSpec medium = current with { Target = null, Format = DiskFormat.Empty };
+        if (!string.IsNullOrEmpty(r.Target))
         {
-            // dN or dNpM: the extended scheme directly.
-            int p = vdev.IndexOf('p');
-            string ds = p < 0 ? vdev[1..] : vdev[1..p];
-            string ps = p < 0 ? "0" : vdev[(p + 1)..];
-            if (!Number(ds, out int d) || !Number(ps, out int part) || d >= 1 << 20 || part > 255) return false;
-            number = Extended | d << 8 | part;
-            return true;
+            // xl cd-insert builds "vdev=V,access=r,devtype=cdrom,target=T": a prefix such as qcow2: stays in the target.
+            string target = Path.IsPathRooted(r.Target) ? r.Target : Path.GetFullPath(Path.Combine(r.Directory, r.Target));
+            medium = current with { Target = target, Format = r.Format is { } f ? ParseCdFormat(f) : DiskFormat.Raw };
+            CheckDisk(medium);
+            CheckSharing(medium, d.Config.Name);
         }
-        foreach (string prefix in new[] { "xvd", "hd", "sd" })
+        var device = new DeviceAddress(DeviceKinds.Vbd, d.DomId, VbdNumber.Parse(r.Vdev));
+        if (!_xs.Exists(device.BackendPath))
+            throw new ControlException("Virtual device not found", Errno.ENODEV);
+        string be = device.BackendPath;
+        // Empty first, as libxl does, so that the backend closes the old medium even if the new one is the same file.
+        _xs.Write($"{be}/params", "");
+        _xs.Write($"{be}/format", DiskSpec.FormatName(DiskFormat.Empty));
+        if (medium.Target is { } t)
         {
-            if (!vdev.StartsWith(prefix, StringComparison.Ordinal)) continue;
-            int i = prefix.Length;
-            int disk = -1;
-            while (i < vdev.Length && vdev[i] is >= 'a' and <= 'z')
-            {
-                // Letters count bijectively in base 26: a = 0, z = 25, aa = 26.
-                disk = (disk + 1) * 26 + (vdev[i] - 'a');
-                if (disk >= 1 << 20) return false;
-                i++;
-            }
-            if (disk < 0) return false;
-            int part = 0;
-            if (i < vdev.Length && !Number(vdev[i..], out part)) return false;
-            switch (prefix)
-            {
-                case "xvd" when disk < 16 && part < 16:
-                    number = XvdMajor << 8 | disk << 4 | part;
-                    return true;
-                case "xvd" when part <= 255:
-                    number = Extended | disk << 8 | part;
-                    return true;
-                case "hd" when disk < 4 && part < 64:
-                    number = (disk < 2 ? HdMajor0 : HdMajor2) << 8 | (disk & 1) << 6 | part;
-                    return true;
-                case "sd" when disk < 16 && part < 16:
-                    number = SdMajor << 8 | disk << 4 | part;
-                    return true;
-                default:
-                    return false;
-            }
+            _xs.Write($"{be}/format", DiskSpec.FormatName(medium.Format));
+            _xs.Write($"{be}/params", t);
         }
-        return false;
+        lock (_lock) d.Config.Disks = [.. d.Config.Disks.Select(x => ReferenceEquals(x, current) ? medium : x)];
     }
 
-    private static bool Number(string s, out int n)
+    private static DiskFormat ParseCdFormat(string f) => f switch
     {
-        n = 0;
-        // No leading zeros, as the scheme writes partition and disk numbers.
-        if (s.Length == 0 || s.Length > 7 || (s.Length > 1 && s[0] == '0')) return false;
-        return int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out n);
-    }
+        "raw" => DiskFormat.Raw,
+        "qcow" => DiskFormat.Qcow,
+        "qcow2" => DiskFormat.Qcow2,
+        "vhd" => DiskFormat.Vhd,
+        _ => throw new ControlException($"unknown value for format: near `{f}'", Errno.EINVAL),
+    };
 }

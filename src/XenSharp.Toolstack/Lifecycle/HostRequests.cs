@@ -28,6 +28,7 @@ public sealed partial class Host
         On((Host h, BlockListRequest r) => h.BlockList(r)),
         On((Host h, BlockAttachRequest r) => h.BlockAttach(r)),
         On((Host h, BlockDetachRequest r) => h.BlockDetach(r)),
+        On((Host h, CdInsertRequest r) => h.CdInsert(r)),
         On((Host h, VcpuPinRequest r) => h.VcpuPin(r)),
         On((Host h, VcpuSetRequest r) => h.VcpuSet(r)),
         On((Host h, MemSetRequest r) => h.MemSet(r)),

@@ -1,5 +1,6 @@
 using System.Globalization;
 using XenSharp.Public;
+using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
 
 namespace XenSharp.Xl.Commands;
@@ -42,6 +43,37 @@ internal static class BlockCommands
                 ctx.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, Row,
                     d.Vdev, d.BackendId, d.FrontendId, d.State, d.EventChannel, d.RingRef, d.BackendPath));
         }
+        return 0;
+    }
+
+    /// <summary>xl cd-insert: the target is read as xl reads it, the last part of
+    /// "vdev=V,access=r,devtype=cdrom,target=T"; a raw file must exist, as xl checks with stat.</summary>
+    public static int CdInsert(XlContext ctx, ParsedArgs a)
+    {
+        string vdev = a.Operands[1], target = a.Operands[2];
+        DiskSpec disk;
+        try { disk = DiskSpec.Parse($"vdev={vdev},access=r,devtype=cdrom,target={target}"); }
+        catch (FormatException e)
+        {
+            ctx.Err.WriteLine(e.Message);
+            return 1;
+        }
+        string? path = disk.Target is { } t ? Path.GetFullPath(t) : null;
+        if (path is not null && disk.Format == DiskFormat.Raw && !Path.Exists(path))
+        {
+            ctx.Err.WriteLine($"Cannot stat file: {path}");
+            return 1;
+        }
+        if (ctx.DryRun) return 0;
+        ctx.Daemon.Send(new CdInsertRequest(a.Operands[0], disk.Vdev, path, DiskSpec.FormatName(disk.Format), Environment.CurrentDirectory));
+        return 0;
+    }
+
+    /// <summary>xl cd-eject: cd-insert of nothing.</summary>
+    public static int CdEject(XlContext ctx, ParsedArgs a)
+    {
+        if (ctx.DryRun) return 0;
+        ctx.Daemon.Send(new CdInsertRequest(a.Operands[0], a.Operands[1], null, null, Environment.CurrentDirectory));
         return 0;
     }
 }

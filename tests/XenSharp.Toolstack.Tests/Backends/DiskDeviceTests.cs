@@ -1,5 +1,6 @@
 using XenSharp.Backends.Xenbus;
 using XenSharp.Store;
+using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Lifecycle;
 using XenSharp.Toolstack.Tests.Builder;

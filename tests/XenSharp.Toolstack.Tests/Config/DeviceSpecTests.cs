@@ -17,6 +17,19 @@ public class DeviceSpecTests
     [InlineData("phy:/dev/vg/lv,xvda,w", "/dev/vg/lv", DiskFormat.Raw, "xvda", true)]
     [InlineData("qcow2:/images/disk.qcow2,xvda1,r", "/images/disk.qcow2", DiskFormat.Qcow2, "xvda1", false)]
     [InlineData("/images/d.vhd,vhd,sdc", "/images/d.vhd", DiskFormat.Vhd, "sdc", true)]
+    // The man page's four spellings of one disk.
+    [InlineData("/dev/vg/guest-volume,raw,hda,rw", "/dev/vg/guest-volume", DiskFormat.Raw, "hda", true)]
+    [InlineData("format=raw, vdev=hda, access=rw, target=/dev/vg/guest-volume", "/dev/vg/guest-volume", DiskFormat.Raw, "hda", true)]
+    [InlineData("raw:/dev/vg/guest-volume,hda,w", "/dev/vg/guest-volume", DiskFormat.Raw, "hda", true)]
+    // target= takes the rest, '=' and a trailing blank included; an empty positional target may be given again by name.
+    [InlineData("vdev=xvdb,target=/i/a=b, c.img ", "/i/a=b, c.img ", DiskFormat.Raw, "xvdb", true)]
+    [InlineData(",qcow2,xvdb,r,target=/i/x.qcow2", "/i/x.qcow2", DiskFormat.Qcow2, "xvdb", false)]
+    // Empty values are defaults; ro/r/rw/w; a dropped prefix chain; vdev names of every scheme.
+    [InlineData("/i/a,,xvdaa,", "/i/a", DiskFormat.Raw, "xvdaa", true)]
+    [InlineData("/i/a,qcow,d0p1,ro", "/i/a", DiskFormat.Qcow, "d0p1", false)]
+    [InlineData("tap:aio:qcow2:/i/a,sdb,r", "/i/a", DiskFormat.Qcow2, "sdb", false)]
+    [InlineData("format=,access=,vdev=xvdc,target=/i/a", "/i/a", DiskFormat.Raw, "xvdc", true)]
+    [InlineData("/i/a,qed,xvda,w", "/i/a", DiskFormat.Qed, "xvda", true)]
     public void DiskSpecificationsAsXlReadsThem(string spec, string target, DiskFormat format, string vdev, bool rw)
     {
         var d = DiskSpec.Parse(spec);
@@ -38,16 +51,59 @@ public class DeviceSpecTests
         Assert.Null(empty.Target);
         Assert.Equal(DiskFormat.Empty, empty.Format);
         Assert.Equal(DiskBackend.Phy, DiskSpec.Parse("vdev=xvdc,backendtype=phy,target=/dev/sdb").Backend);
+        // The man page's spellings of one cdrom.
+        foreach (string spec in new[] { "/root/image.iso,,hdc,cdrom", "/root/image.iso,,hdc,,cdrom", "/root/image.iso,raw,hdc,devtype=cdrom",
+                     "format=raw, vdev=hdc, access=ro, devtype=cdrom, target=/root/image.iso", "raw:/root/image.iso,hdc:cdrom,ro" })
+        {
+            var cd = DiskSpec.Parse(spec);
+            Assert.True(cd.IsCdrom, spec);
+            Assert.Equal(("/root/image.iso", "hdc", false, DiskFormat.Raw), (cd.Target, cd.Vdev, cd.ReadWrite, cd.Format));
+        }
+        // xend's empty drive, and a cdrom asked for read-write is read-only still.
+        var xend = DiskSpec.Parse(",hdc:cdrom,r");
+        Assert.Equal((null, "hdc", true, DiskFormat.Empty), (xend.Target, xend.Vdev, xend.IsCdrom, xend.Format));
+        Assert.False(DiskSpec.Parse("/i/a.iso,raw,xvdc,rw,cdrom").ReadWrite);
+        Assert.False(DiskSpec.Parse("/i/a,raw,xvdc,devtype=cdrom,devtype=disk").IsCdrom);
+    }
+
+    [Fact]
+    public void FlagsBackendsAndScriptsAreKept()
+    {
+        var d = DiskSpec.Parse(" backendtype=qdisk, script=block-iscsi, direct-io-safe, no-discard, untrusted, specification=xen, backend=0, /i/a,raw,xvdb");
+        Assert.Equal((DiskBackend.Qdisk, "block-iscsi", true, (bool?)false, false, "xen", "0"),
+            (d.Backend, d.Script, d.DirectIoSafe, d.Discard, d.Trusted, d.Specification, d.BackendDomain));
+        Assert.True(DiskSpec.Parse("/i/a,raw,xvdb,discard").Discard);
+        Assert.Null(DiskSpec.Parse("/i/a,raw,xvdb").Discard);
+        Assert.Equal(DiskBackend.Tap, DiskSpec.Parse("/i/a,raw,xvdb,backendtype=tap").Backend);
+        Assert.Equal(DiskBackend.Standalone, DiskSpec.Parse("/i/a,raw,xvdb,backendtype=standalone,specification=virtio").Backend);
+        // xm's script prefixes: what follows is the script's argument, colons and all.
+        var nbd = DiskSpec.Parse("nbd:host:1234,xvdb,w");
+        Assert.Equal(("block-nbd", "host:1234", "xvdb", true), (nbd.Script, nbd.Target, nbd.Vdev, nbd.ReadWrite));
+        Assert.True(DiskSpec.Parse("/i/a,raw,xvdb,colo,colo-host=h,colo-port=9000,colo-export=e,active-disk=/a,hidden-disk=/h").Colo);
+
+        // libxl's JSON (xl create -n) carries them as libxl_device_disk does.
+        var json = LibxlJson.DomainConfig(Read("disk = [ '/i/a,raw,xvdb,untrusted,direct-io-safe,no-discard,backendtype=qdisk' ]").Config);
+        var disk = json["disks"]![0]!;
+        Assert.Equal(("False", true, "False", "qdisk"),
+            ((string?)disk["trusted"], (bool?)disk["direct_io_safe"], (string?)disk["discard_enable"], (string?)disk["backend"]));
     }
 
     [Theory]
     [InlineData("/dev/sdb", "no vdev specified")]
     [InlineData("/dev/sdb,raw,xvdb,rx", "unknown value for access")]
     [InlineData("/dev/sdb,vmdk,xvdb,w", "unknown value for format")]
-    [InlineData("/dev/sdb,raw,floppy", "invalid vdev")]
+    [InlineData("/dev/sdb,raw,floppy", "invalid or unsupported virtual disk identifier: near `floppy'")]
+    [InlineData("/dev/sdb,raw,hde", "invalid or unsupported virtual disk identifier: near `hde'")]
+    [InlineData("/dev/sdb,xvdb,w", "unknown value for format: near `xvdb'")]
+    [InlineData("/dev/sdb,raw,xvdb,devtype=floppy", "unknown value for type")]
+    [InlineData("/dev/sdb,raw,xvdb,backendtype=lvm", "unknown value for backendtype: near `lvm'")]
+    [InlineData("/dev/sdb,raw,xvdb,specification=scsi", "unknown value for specification")]
+    [InlineData("/dev/sdb,raw,xvdb,vdev=xvdc", "vdev respecified: near `xvdc'")]
+    [InlineData("/dev/sdb,raw,xvdb,format=qcow2", "format respecified: near `qcow2'")]
+    [InlineData("foo:/dev/sdb,xvdb,w", "unknown deprecated disk prefix: near `foo:'")]
+    [InlineData(",hdc:floppy,r", "unknown deprecated type: near `floppy'")]
     [InlineData("/dev/sdb,raw,xvdb,w,extra", "too many positional parameters")]
-    [InlineData("colour=blue,/dev/sdb,xvdb", "unknown keyword")]
-    [InlineData("nbd:host:1234,xvdb,w", "unknown deprecated disk prefix")]
+    [InlineData("colour=blue,/dev/sdb,xvdb", "unknown parameter: near `colour=blue'")]
     public void BadDiskSpecificationsNameTheLine(string spec, string why)
     {
         var e = Assert.Throws<XlConfigException>(() => Read($"memory = 64\ndisk = [ '/dev/sda,raw,xvda,w',\n   '{spec}' ]"));
@@ -61,7 +117,7 @@ public class DeviceSpecTests
         var r = Read("disk = [ 'phy:/dev/vg/root,xvda,w', '/srv/data.img,raw,xvdb,ro' ]\nvif = [ 'mac=00:16:3E:01:02:03,bridge=xenbr0', 'bridge=xenbr1,model=e1000' ]");
         var c = r.Config;
         Assert.Equal(["xvda", "xvdb"], c.Disks.Select(d => d.Vdev));
-        Assert.Equal(DiskBackend.Phy, c.Disks[0].Backend);
+        Assert.Equal(DiskBackend.Unknown, c.Disks[0].Backend); // libxlu drops the phy: prefix; the backend is chosen at create
         Assert.False(c.Disks[1].ReadWrite);
         Assert.Equal("00:16:3e:01:02:03", c.Nics[0].Mac);
         Assert.Equal("xenbr0", c.Nics[0].Bridge);
