@@ -3,9 +3,10 @@ namespace XenSharp.Backends.Block.Images;
 /// <summary>
 /// A bounded cache of metadata tables (qcow2 L2 tables and refcount blocks, qcow L2 tables) keyed by
 /// their file offset, each slot a preallocated buffer, evicting the least recently used. Writers
-/// update a slot and write the changed bytes through to the file themselves, so a slot is never
-/// dirty and eviction never writes. Slots are found through an index by offset, since every mapped
-/// request looks one up (128 slots for qcow2's 64 KiB clusters). Not thread-safe: its image's lock guards it.
+/// update a slot and write the changed bytes to the file themselves; one that holds changes back
+/// writes them in <see cref="BeforeEvict"/>, so eviction itself never writes. Slots are found through
+/// an index by offset, since every mapped request looks one up (128 slots for qcow2's 64 KiB
+/// clusters). Not thread-safe: its image's lock guards it.
 /// </summary>
 internal sealed class MetadataCache
 {
