@@ -48,19 +48,20 @@ void Report(string name, string ourPath, string peerPath, string cache, BlockIma
     bool fresh = ourPath != peerPath; // qcow2: each write pass starts from an empty image, as the guest's does
     void Recreate(string path) => Run("qemu-img", $"create -q -f qcow2 {path} {Sequential}");
     // Writes first, so that the qcow2 reads meet allocated clusters.
-    Figure($"vbd-image-{name}-seq-write", "MB/s", "F1", Sequential / 1e6,
+    string how = $"one request at a time, {(fresh ? "buffered (QEMU cache=writeback)" : "O_DIRECT (QEMU cache=none)")}";
+    Figure($"vbd-image-{name}-seq-write", "MB/s", "F1", Sequential / 1e6, $"{how}, 128 KiB requests{(fresh ? ", into new clusters" : "")}",
         () => { if (fresh) Recreate(ourPath); return Measure(ourPath, options, write: true, Request, Sequential / Request, Request); },
         () => { if (fresh) Recreate(peerPath); return QemuImgBench(peerPath, name, cache, write: true, Request, Sequential / Request, Request); });
-    Figure($"vbd-image-{name}-seq-read", "MB/s", "F1", Sequential / 1e6,
+    Figure($"vbd-image-{name}-seq-read", "MB/s", "F1", Sequential / 1e6, $"{how}, 128 KiB requests",
         () => Measure(ourPath, options, write: false, Request, Sequential / Request, Request),
         () => QemuImgBench(peerPath, name, cache, write: false, Request, Sequential / Request, Request));
-    Figure($"vbd-image-{name}-rand-read-4k", "IOPS", "F0", RandomReads,
+    Figure($"vbd-image-{name}-rand-read-4k", "IOPS", "F0", RandomReads, how,
         () => Measure(ourPath, options, write: false, 4096, RandomReads, Stride),
         () => QemuImgBench(peerPath, name, cache, write: false, 4096, RandomReads, Stride));
 }
 
 // The host's disk is shared and its speed wanders: the two sides take turns, and each keeps its median.
-void Figure(string name, string unit, string format, double work, Func<double> ours, Func<double> peer)
+void Figure(string name, string unit, string format, double work, string how, Func<double> ours, Func<double> peer)
 {
     var a = new double[Rounds];
     var b = new double[Rounds];
@@ -73,7 +74,7 @@ void Figure(string name, string unit, string format, double work, Func<double> o
     Array.Sort(b);
     double value = work / a[Rounds / 2], peerValue = work / b[Rounds / 2];
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"{name}: {value.ToString(format, CultureInfo.InvariantCulture)} {unit} (qemu-img: {peerValue.ToString(format, CultureInfo.InvariantCulture)}, ratio {value / peerValue:F2})"));
+        $"{name}: {value.ToString(format, CultureInfo.InvariantCulture)} {unit} (qemu-img: {peerValue.ToString(format, CultureInfo.InvariantCulture)}, ratio {value / peerValue:F2}) [{how}]"));
 }
 
 // Seconds for COUNT requests of SIZE bytes at offsets stepping by STEP (wrapping at the disk's end).
