@@ -45,9 +45,9 @@ internal sealed partial class Qcow2Image : FormattedImage
     private readonly HashSet<long> _metadata = [];
     // Entries linking new clusters in (L2, L1 and refcount table entries), held back until a sync
     // has made what they point at durable; and clusters unlinked, freed once the unlinking is durable.
-    // A GiB of new 64 KiB clusters: a guest filling its disk syncs at its own flushes (as with QEMU,
-    // whose L2 cache holds that much) rather than every few megabytes, each sync waiting for all the
-    // data written since the last. Only a writable image has them.
+    // A GiB of new 64 KiB clusters: a guest filling its disk syncs at its own flushes (QEMU too holds
+    // dirty L2 tables until a flush or an eviction) rather than every few megabytes, each sync waiting
+    // for all the data written since the last. Only a writable image has them.
     private const int MaxPending = 16384;
     private readonly (long Offset, ulong Value)[] _links = [];
     private readonly byte[] _linkBytes = []; // adjacent entries, written as one run
