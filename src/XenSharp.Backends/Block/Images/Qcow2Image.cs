@@ -292,7 +292,9 @@ internal sealed partial class Qcow2Image : FormattedImage
                     File.WriteAt(runHost, source.Slice(runStart, runLength));
                 return r;
             }
-            if (inPlace > 0 && runLength > 0 && inPlace + inCluster == runHost + runLength)
+            // A run grows only by the next bytes of the request landing next in the file: a cluster
+            // written under the lock (a new one) between two others ends it.
+            if (inPlace > 0 && runLength > 0 && runStart + runLength == done && inPlace + inCluster == runHost + runLength)
                 runLength += n;
             else if (inPlace > 0)
             {
