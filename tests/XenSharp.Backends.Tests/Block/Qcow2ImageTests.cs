@@ -80,6 +80,41 @@ public sealed class Qcow2ImageTests
     }
 
     [Fact]
+    public void WritesSpanningClustersOutOfFileOrder()
+    {
+        // Guest clusters 3, 1, 2 and 0 allocated in that order: 1 and 2 follow on in the file (one
+        // write serves both), 0 lies after 2 and 3 before 1, so writes spanning them split where the
+        // file order breaks; and where a new cluster comes between two that follow on in the file.
+        using var dir = new ImageDir();
+        const int cluster = 4096;
+        Qemu.Img("create", "-f", "qcow2", "-o", $"cluster_size={cluster}", dir["a.qcow2"], "64K");
+        var expected = new byte[64 << 10];
+        using (var image = BlockImages.Open(dir["a.qcow2"]))
+        {
+            var random = new Random(21);
+            void Write(long offset, int length)
+            {
+                var data = new byte[length];
+                random.NextBytes(data);
+                Assert.Equal(0, image.Write(offset, data));
+                data.CopyTo(expected, offset);
+            }
+            foreach (int c in new[] { 3, 1, 2, 0 })
+                Write(c * cluster, cluster);
+            Write(512, 4 * cluster - 1024);          // 0 to 3, all in place: three runs
+            Write(cluster + 1024, 2 * cluster - 2048); // 1 to 2: one run
+            Write(3 * cluster + 512, 2 * cluster);   // 3 in place, then a new cluster 4
+            Write(6 * cluster, cluster);             // 6 and 8 follow on in the file...
+            Write(8 * cluster, cluster);
+            Write(6 * cluster + 512, 3 * cluster - 1024); // ...but the new cluster 7 between them splits the write
+            Assert.True(expected.AsSpan().SequenceEqual(ImageDir.ReadAll(image)));
+        }
+        File.WriteAllBytes(dir["expected.raw"], expected);
+        Qemu.CheckClean(dir["a.qcow2"]);
+        Qemu.CompareWithRaw(dir["a.qcow2"], "qcow2", dir["expected.raw"]);
+    }
+
+    [Fact]
     public void WritesOverCompressedClustersCopyThem()
     {
         using var dir = new ImageDir();

@@ -3,8 +3,10 @@ namespace XenSharp.Backends.Block.Images;
 /// <summary>
 /// A bounded cache of metadata tables (qcow2 L2 tables and refcount blocks, qcow L2 tables) keyed by
 /// their file offset, each slot a preallocated buffer, evicting the least recently used. Writers
-/// update a slot and write the changed bytes through to the file themselves, so a slot is never
-/// dirty and eviction never writes. Not thread-safe: its image's lock guards it.
+/// update a slot and write the changed bytes to the file themselves; one that holds changes back
+/// writes them in <see cref="BeforeEvict"/>, so eviction itself never writes. Slots are found through
+/// an index by offset, since every mapped request looks one up (128 slots for qcow2's 64 KiB
+/// clusters). Not thread-safe: its image's lock guards it.
 /// </summary>
 internal sealed class MetadataCache
 {
@@ -12,6 +14,7 @@ internal sealed class MetadataCache
     private readonly byte[][] _slots;
     private readonly long[] _offsets;
     private readonly long[] _used;
+    private readonly Dictionary<long, int> _index; // offset -> slot, for the slots holding a table
     private long _clock;
 
     public int TableSize { get; }
@@ -26,6 +29,7 @@ internal sealed class MetadataCache
         _slots = new byte[slots][];
         _offsets = new long[slots];
         _used = new long[slots];
+        _index = new Dictionary<long, int>(slots);
         for (int i = 0; i < slots; i++)
         {
             _slots[i] = new byte[tableSize];
@@ -43,10 +47,9 @@ internal sealed class MetadataCache
             return _slots[slot];
         }
         slot = Victim();
-        _offsets[slot] = -1;
+        Forget(slot);
         _file.ReadExactly(offset, _slots[slot]);
-        _offsets[slot] = offset;
-        _used[slot] = ++_clock;
+        Remember(slot, offset);
         return _slots[slot];
     }
 
@@ -55,10 +58,12 @@ internal sealed class MetadataCache
     {
         int slot = Find(offset);
         if (slot < 0)
+        {
             slot = Victim();
+            Forget(slot);
+        }
         content.CopyTo(_slots[slot]);
-        _offsets[slot] = offset;
-        _used[slot] = ++_clock;
+        Remember(slot, offset);
         return _slots[slot];
     }
 
@@ -66,15 +71,23 @@ internal sealed class MetadataCache
     {
         int slot = Find(offset);
         if (slot >= 0)
-            _offsets[slot] = -1;
+            Forget(slot);
     }
 
-    private int Find(long offset)
+    private int Find(long offset) => _index.TryGetValue(offset, out int slot) ? slot : -1;
+
+    private void Forget(int slot)
     {
-        for (int i = 0; i < _offsets.Length; i++)
-            if (_offsets[i] == offset)
-                return i;
-        return -1;
+        if (_offsets[slot] >= 0)
+            _index.Remove(_offsets[slot]);
+        _offsets[slot] = -1;
+    }
+
+    private void Remember(int slot, long offset)
+    {
+        _offsets[slot] = offset;
+        _index[offset] = slot;
+        _used[slot] = ++_clock;
     }
 
     private int Victim()

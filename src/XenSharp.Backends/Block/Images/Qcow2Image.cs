@@ -11,7 +11,7 @@ namespace XenSharp.Backends.Block.Images;
 /// Writes allocate host clusters at the end of the file. The order of the writes keeps the image
 /// consistent after the process or the host dies at any point: a new cluster's contents and its
 /// refcount first; the L2, L1 or refcount table entry that links it in is held back until an
-/// fdatasync has made them durable (at a flush, or when 256 links are waiting); a cluster that
+/// fdatasync has made them durable (at a flush, or when 16384 links are waiting); a cluster that
 /// stops being used has its refcount dropped only after the unlinking entry is durable. A crash in
 /// between leaves at worst leaked clusters, which <c>qemu-img check</c> tolerates.
 /// Clusters shared with internal snapshots (refcount above one, COPIED flag clear) are copied
@@ -45,10 +45,20 @@ internal sealed partial class Qcow2Image : FormattedImage
     private readonly HashSet<long> _metadata = [];
     // Entries linking new clusters in (L2, L1 and refcount table entries), held back until a sync
     // has made what they point at durable; and clusters unlinked, freed once the unlinking is durable.
-    private const int MaxPending = 256;
-    private readonly (long Offset, ulong Value)[] _links = new (long, ulong)[MaxPending];
+    // A GiB of new 64 KiB clusters: a guest filling its disk syncs at its own flushes (QEMU too holds
+    // dirty L2 tables until a flush or an eviction) rather than every few megabytes, each sync waiting
+    // for all the data written since the last. Only a writable image has them.
+    private const int MaxPending = 16384;
+    private readonly (long Offset, ulong Value)[] _links = [];
+    private readonly byte[] _linkBytes = []; // adjacent entries, written as one run
     private int _linkCount;
-    private readonly long[] _frees = new long[MaxPending];
+    // Refcount bytes changed in the cache but not yet written: one range of one block. They are
+    // written before every sync, so a new cluster's refcount is durable before anything links it, as
+    // when each change was written at once; a sequential writer changes one block many times over.
+    private byte[]? _dirtyRefcounts;
+    private long _dirtyBlock = -1;
+    private int _dirtyFrom, _dirtyTo;
+    private readonly long[] _frees = [];
     private int _freeCount;
     private bool _committing;
 
@@ -100,13 +110,22 @@ internal sealed partial class Qcow2Image : FormattedImage
         }
         CountSnapshots(AddMetadata, (l1, entries) => AddMetadata(l1, entries * 8L));
         _cache = new MetadataCache(file, _clusterSize, Math.Clamp(MaxCacheBytes / _clusterSize, 8, 256));
-        _cache.BeforeEvict = () => { if (_linkCount > 0) CommitLinks(); };
+        _cache.BeforeEvict = () =>
+        {
+            if (_linkCount > 0) CommitLinks();
+            WriteDirtyRefcounts(); // the slot may hold the dirty block
+        };
         _cluster = new byte[_clusterSize];
         _compressed = new byte[2 * _clusterSize + 512];
         _decompressed = new byte[_clusterSize];
 
         if (file.Writable)
+        {
+            _links = new (long, ulong)[MaxPending];
+            _linkBytes = new byte[MaxPending * 8];
+            _frees = new long[MaxPending];
             PrepareForWriting();
+        }
     }
 
     private void PrepareForWriting()
@@ -120,7 +139,7 @@ internal sealed partial class Qcow2Image : FormattedImage
             Span<byte> zero = stackalloc byte[8];
             zero.Clear();
             File.WriteAt(88, zero);
-            File.DataSync();
+            DataSync();
         }
         if ((_header.IncompatibleFeatures & Qcow2Header.Dirty) != 0)
             RepairRefcounts();
@@ -255,22 +274,38 @@ internal sealed partial class Qcow2Image : FormattedImage
 
     protected override int WriteCore(long offset, ReadOnlySpan<byte> source)
     {
-        while (!source.IsEmpty)
+        // Clusters this image alone owns (COPIED) are written outside the lock: the hot path. Those
+        // that follow on in the file are written together, as one write.
+        long runHost = 0;
+        int runStart = 0, runLength = 0, done = 0;
+        while (done < source.Length)
         {
-            int inCluster = (int)(offset & (_clusterSize - 1));
-            int n = Math.Min(_clusterSize - inCluster, source.Length);
+            int inCluster = (int)((offset + done) & (_clusterSize - 1));
+            int n = Math.Min(_clusterSize - inCluster, source.Length - done);
             int r;
             long inPlace;
             lock (Lock)
-                r = WriteCluster(offset, source[..n], out inPlace);
+                r = WriteCluster(offset + done, source.Slice(done, n), out inPlace);
             if (r != 0)
+            {
+                if (runLength > 0)
+                    File.WriteAt(runHost, source.Slice(runStart, runLength));
                 return r;
-            // A cluster this image alone owns (COPIED) is written outside the lock: the hot path.
-            if (inPlace > 0)
-                File.WriteAt(inPlace + inCluster, source[..n]);
-            offset += n;
-            source = source[n..];
+            }
+            // A run grows only by the next bytes of the request landing next in the file: a cluster
+            // written under the lock (a new one) between two others ends it.
+            if (inPlace > 0 && runLength > 0 && runStart + runLength == done && inPlace + inCluster == runHost + runLength)
+                runLength += n;
+            else if (inPlace > 0)
+            {
+                if (runLength > 0)
+                    File.WriteAt(runHost, source.Slice(runStart, runLength));
+                (runHost, runStart, runLength) = (inPlace + inCluster, done, n);
+            }
+            done += n;
         }
+        if (runLength > 0)
+            File.WriteAt(runHost, source.Slice(runStart, runLength));
         return 0;
     }
 
@@ -314,16 +349,22 @@ internal sealed partial class Qcow2Image : FormattedImage
             }
         }
 
-        // A new cluster: what the guest saw there, then the new bytes over it.
-        if (!full)
+        // A new cluster: what the guest saw there, then the new bytes over it; a whole cluster as it came.
+        long fresh;
+        if (full)
+        {
+            fresh = ReserveCluster();
+            File.WriteAt(fresh, data);
+        }
+        else
         {
             int r = ReadThrough(entry, offset - inCluster, _cluster);
             if (r != 0)
                 return r;
+            data.CopyTo(_cluster.AsSpan(inCluster));
+            fresh = ReserveCluster();
+            File.WriteAt(fresh, _cluster);
         }
-        data.CopyTo(_cluster.AsSpan(inCluster));
-        long fresh = ReserveCluster();
-        File.WriteAt(fresh, _cluster);
         GrowFileLength(fresh + _clusterSize);
         SetRefcount(fresh >> _clusterBits, 1);
         SetL2Entry(l2, index, (ulong)fresh | Copied);
@@ -467,12 +508,24 @@ internal sealed partial class Qcow2Image : FormattedImage
         try
         {
             SyncOrThrow();
-            Span<byte> bytes = stackalloc byte[8];
+            // Entries that follow on in the file (a table's neighbouring slots, as sequential writes
+            // make them) go out as one write; a repeated slot breaks the run, so the later value lands last.
+            int run = 0;
+            long runStart = 0;
             for (int i = 0; i < _linkCount; i++)
             {
-                BinaryPrimitives.WriteUInt64BigEndian(bytes, _links[i].Value);
-                File.WriteAt(_links[i].Offset, bytes);
+                if (run > 0 && _links[i].Offset != runStart + run * 8L)
+                {
+                    File.WriteAt(runStart, _linkBytes.AsSpan(0, run * 8));
+                    run = 0;
+                }
+                if (run == 0)
+                    runStart = _links[i].Offset;
+                BinaryPrimitives.WriteUInt64BigEndian(_linkBytes.AsSpan(run * 8), _links[i].Value);
+                run++;
             }
+            if (run > 0)
+                File.WriteAt(runStart, _linkBytes.AsSpan(0, run * 8));
             _linkCount = 0;
         }
         finally
@@ -496,9 +549,26 @@ internal sealed partial class Qcow2Image : FormattedImage
 
     private void SyncOrThrow()
     {
-        int r = File.DataSync();
+        int r = DataSync();
         if (r != 0)
             throw new IOException($"fdatasync failed: errno {-r}");
+    }
+
+    /// <summary>fdatasync of the image, after the refcount changes held in the cache are written.</summary>
+    private int DataSync()
+    {
+        WriteDirtyRefcounts();
+        return File.DataSync();
+    }
+
+    private void WriteDirtyRefcounts()
+    {
+        if (_dirtyBlock < 0)
+            return;
+        long block = _dirtyBlock;
+        _dirtyBlock = -1;
+        File.WriteAt(block + _dirtyFrom, _dirtyRefcounts.AsSpan(_dirtyFrom, _dirtyTo - _dirtyFrom));
+        _dirtyRefcounts = null;
     }
 
     protected override int FlushCore()
@@ -507,7 +577,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         {
             CommitFrees();
             CommitLinks(); // entries the frees linked (a new refcount block)
-            return File.DataSync();
+            return DataSync();
         }
     }
 
@@ -517,7 +587,7 @@ internal sealed partial class Qcow2Image : FormattedImage
             return;
         CommitFrees();
         CommitLinks();
-        File.DataSync();
+        DataSync();
     }
 
     // ---- refcounts and allocation ----
@@ -553,6 +623,8 @@ internal sealed partial class Qcow2Image : FormattedImage
         SetRefcount(cluster, next);
         if (next == 0)
         {
+            if (_dirtyBlock == cluster << _clusterBits)
+                WriteDirtyRefcounts(); // its slot is about to be given up
             _cache.Invalidate(cluster << _clusterBits);
             File.PunchHole(cluster << _clusterBits, _clusterSize);
         }
@@ -563,10 +635,19 @@ internal sealed partial class Qcow2Image : FormattedImage
         if (_refcountBits < 64 && (ulong)value >= 1UL << _refcountBits)
             throw new ImageCorruptException($"refcount of cluster {cluster} overflows {_refcountBits} bits");
         long block = RefcountBlock(cluster >> _refBlockBits);
-        byte[] table = _cache.Get(block);
+        if (_dirtyBlock >= 0 && _dirtyBlock != block)
+            WriteDirtyRefcounts();
+        byte[] table = _cache.Get(block); // a miss may evict the dirty block's slot, which writes it first
         int index = (int)(cluster & ((1L << _refBlockBits) - 1));
         int byteAt = WriteRefcount(table, index, (ulong)value);
-        File.WriteAt(block + byteAt, table.AsSpan(byteAt, Math.Max(1, _refcountBits / 8)));
+        int byteEnd = byteAt + Math.Max(1, _refcountBits / 8);
+        if (_dirtyBlock == block)
+        {
+            _dirtyFrom = Math.Min(_dirtyFrom, byteAt);
+            _dirtyTo = Math.Max(_dirtyTo, byteEnd);
+        }
+        else
+            (_dirtyBlock, _dirtyRefcounts, _dirtyFrom, _dirtyTo) = (block, table, byteAt, byteEnd);
     }
 
     /// <summary>The refcount block for a block index, allocated (and the refcount table grown) if missing.</summary>
@@ -647,7 +728,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         BinaryPrimitives.WriteUInt64BigEndian(header, (ulong)newOffset);
         BinaryPrimitives.WriteUInt32BigEndian(header[8..], (uint)clusters);
         File.WriteAt(48, header);
-        File.DataSync();
+        DataSync();
 
         for (long c = 0; c < oldClusters; c++)
             ChangeRefcount((oldOffset >> _clusterBits) + c, -1);

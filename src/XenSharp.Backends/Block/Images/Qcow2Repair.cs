@@ -74,7 +74,7 @@ internal sealed partial class Qcow2Image
         Span<byte> features = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64BigEndian(features, _header.IncompatibleFeatures & ~Qcow2Header.Dirty);
         File.WriteAt(72, features);
-        File.DataSync();
+        DataSync();
     }
 
     /// <summary>The snapshot table and, through each snapshot's L1 table, what the snapshot maps.</summary>
