@@ -49,6 +49,7 @@ public sealed partial class LinuxBlockTests(LinuxBlockTests.BlockGuest guest) : 
         string reply = guest.Console.Ask("dmesg | grep 'blkfront: xvda'; echo dmesg-e\"\"nd", "dmesg-end");
         Assert.Contains("flush diskcache: enabled", reply);
         Assert.Contains("indirect descriptors: enabled", reply);
+        Assert.Contains("persistent grants: enabled", reply);
     }
 
     [Fact]

@@ -195,7 +195,9 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
 
     protected override void Disconnect()
     {
-        // Every request taken is answered before its ring and grants go.
+        // Every request taken and started is answered before its ring and grants go.
+        if (_pool is { } pool && _queues is { } taken)
+            foreach (var q in taken) q?.AbandonWaitingBarrier(pool);
         _pool?.Dispose();
         _pool = null;
         if (_queues is { } queues)

@@ -85,6 +85,15 @@ internal abstract class BlkifQueue(IDom0Services dom0, IGrantMapping ring, Blkif
         return wasBarrier || (left == 0 && Volatile.Read(ref _barrier) is not null);
     }
 
+    /// <summary>The ring is going: a barrier still waiting for its queue to drain gives its slot back
+    /// unanswered (on the backend thread, the only one that starts barriers).</summary>
+    public void AbandonWaitingBarrier(BlkifIoPool pool)
+    {
+        if (_barrierRunning || Volatile.Read(ref _barrier) is not { } waiting) return;
+        Volatile.Write(ref _barrier, null);
+        pool.Return(waiting);
+    }
+
     /// <summary>Unmaps the persistent grants and the ring; nothing may be in flight.</summary>
     public void Dispose()
     {
