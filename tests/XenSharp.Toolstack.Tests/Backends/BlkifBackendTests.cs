@@ -560,6 +560,47 @@ public sealed unsafe class BlkifBackendTests : IDisposable
         Assert.Equal(File.ReadAllBytes(_image).AsSpan(8 * 512, 4096).ToArray(), GuestPage(DataGfn));
     }
 
+    public static TheoryData<string, bool> GarbageRequests => new()
+    {
+        { "unknown operation", false }, { "unknown operation", true },
+        { "12 direct segments", false }, { "33 indirect segments", true },
+        { "ungranted reference", false }, { "ungranted reference", true },
+        { "past the end", false }, { "past the end", true },
+        { "first_sect > last_sect", false }, { "first_sect > last_sect", true },
+        { "indirect barrier", false },
+    };
+
+    [Theory]
+    [MemberData(nameof(GarbageRequests))]
+    public void AGarbageRequestFailsAloneAndTheNextIsServed(string kind, bool persistent)
+    {
+        PlaceIndirectSegments(MaxIndirectSegmentsPlusOne);
+        BlkifRequest bad = kind switch
+        {
+            "unknown operation" => new BlkifRequest { Operation = BLKIF_OP_RESERVED_1, Id = 1 },
+            "12 direct segments" => new BlkifRequest { Operation = BLKIF_OP_WRITE, Id = 1, NrSegments = 12 },
+            "33 indirect segments" => Indirect(BLKIF_OP_WRITE, 1, 0, MaxIndirectSegmentsPlusOne),
+            "ungranted reference" => Rw(BLKIF_OP_WRITE, 1, 0, (DataGref, 0, 7), (777, 0, 7)),
+            "past the end" => Rw(BLKIF_OP_WRITE, 1, ImageBytes / 512 - 7, (DataGref, 0, 7)),
+            "first_sect > last_sect" => Rw(BLKIF_OP_WRITE, 1, 0, (DataGref, 4, 3)),
+            "indirect barrier" => Indirect(BLKIF_OP_WRITE_BARRIER, 1, 0, 1),
+            _ => throw new ArgumentException(kind),
+        };
+        byte[] before = File.ReadAllBytes(_image);
+        _hv.WriteGuestMemory(_dom, DataGfn * 4096, new byte[4096]);
+        PlaceRequests<BlkifRequest, BlkifResponse>([bad, Rw(BLKIF_OP_READ, 2, 8, (DataGref + 1, 0, 7))]);
+        var a = AddDisk();
+        WaitFor(a, XenbusState.InitWait);
+        if (persistent) _xs.Write($"{a.FrontendPath}/feature-persistent", "1");
+        FrontendConnects(a);
+        var rsp = Responses<BlkifRequest, BlkifResponse>(2).OrderBy(r => r.Id).ToList();
+        Assert.Equal(kind == "unknown operation" ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR, rsp[0].Status);
+        Assert.Equal(BLKIF_RSP_OKAY, rsp[1].Status);
+        Assert.Equal(before, File.ReadAllBytes(_image)); // nothing of the bad write reached the disk
+        Assert.Equal(before.AsSpan(8 * 512, 4096).ToArray(), GuestPage(DataGfn + 1));
+        Assert.Equal(XenbusState.Connected, BackendState(a));
+    }
+
     [Fact]
     public void ARingPageThatIsNotGrantedFailsTheDevice()
     {
