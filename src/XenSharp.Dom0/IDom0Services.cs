@@ -19,6 +19,20 @@ public interface IDom0Services
     /// <summary>Copies between granted pages and host buffers; each op gets its own status.</summary>
     void CopyGrants(Span<GrantCopyOp> ops);
 
+    /// <summary>Maps granted pages of <paramref name="dom"/> at consecutive host addresses, in order, as gntdev
+    /// maps several grants with one mmap (a multi-page ring). Returns GNTST_okay and the mapping, or the first
+    /// failing page's status with nothing left mapped. This default maps a single page only.</summary>
+    short MapGrantRefsContiguous(ushort dom, ReadOnlySpan<uint> refs, bool readOnly, out IGrantMapping? mapping)
+    {
+        mapping = null;
+        if (refs.Length != 1) return XenSharp.Public.GrantTable.GNTST_general_error;
+        Span<GrantMapOp> op = [new GrantMapOp(dom, refs[0], readOnly)];
+        MapGrantRefs(op);
+        if (op[0].Status == XenSharp.Public.GrantTable.GNTST_okay)
+            mapping = new SinglePageGrantMapping(this, op[0].Address, op[0].Handle);
+        return op[0].Status;
+    }
+
     // ---- event channels ----
 
     /// <summary>EVTCHNOP_alloc_unbound in guest <paramref name="dom"/> for <paramref name="remoteDom"/>
@@ -45,6 +59,26 @@ public interface IDom0Services
     /// mmapbatch); returns 0 or -errno (-EINVAL for no RAM there, -EACCES for a read-only frame asked
     /// writable, -ESRCH for no such domain).</summary>
     long MapForeign(ushort dom, ulong gfn, bool writable, out IForeignMapping? mapping);
+}
+
+/// <summary>Granted pages mapped at consecutive host addresses; dispose to unmap them.</summary>
+public interface IGrantMapping : IDisposable
+{
+    nint Address { get; }
+    int Pages { get; }
+}
+
+internal sealed class SinglePageGrantMapping(IDom0Services dom0, nint address, uint handle) : IGrantMapping
+{
+    private int _disposed;
+    public nint Address { get; } = address;
+    public int Pages => 1;
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            dom0.UnmapGrantRef(handle);
+    }
 }
 
 /// <summary>A guest page mapped into the host; dispose to let it go.</summary>

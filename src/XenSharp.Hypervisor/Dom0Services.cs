@@ -61,6 +61,56 @@ public sealed unsafe class Dom0Services : IDom0Services
         }
     }
 
+    public short MapGrantRefsContiguous(ushort dom, ReadOnlySpan<uint> refs, bool readOnly, out IGrantMapping? mapping)
+    {
+        mapping = null;
+        if (refs.Length == 0)
+            return GNTST_general_error;
+        var ops = new GrantMapOp[refs.Length];
+        for (int i = 0; i < refs.Length; i++) ops[i] = new GrantMapOp(dom, refs[i], readOnly);
+        MapGrantRefs(ops);
+        short st = GNTST_okay;
+        foreach (var o in ops)
+            if (o.Status != GNTST_okay) { st = o.Status; break; }
+        byte* window = null;
+        ulong bytes = (ulong)refs.Length << FrameTable.PageShift;
+        if (st == GNTST_okay && refs.Length > 1)
+        {
+            // A second view of each frame's memfd page, side by side in one reservation.
+            window = HostMemory.Reserve(bytes);
+            for (int i = 0; i < ops.Length && st == GNTST_okay; i++)
+            {
+                uint mfn = (uint)(((byte*)ops[i].Address - _hv.Frames.Base) >> FrameTable.PageShift);
+                if (!_hv.Frames.TryGetBacking(mfn, out var fd, out long offset)
+                    || !HostMemory.MapFileAt(window + ((long)i << FrameTable.PageShift), FrameTable.PageSize, fd, offset))
+                    st = GNTST_general_error;
+            }
+        }
+        if (st != GNTST_okay)
+        {
+            if (window is not null) HostMemory.Release(window, bytes);
+            foreach (var o in ops)
+                if (o.Status == GNTST_okay) Dom0.Gnttab.Unmap(o.Handle, 0, host: true);
+            return st;
+        }
+        var dom0 = Dom0;
+        uint[] handles = [.. ops.Select(o => o.Handle)];
+        mapping = new ContiguousGrantMapping(window is null ? ops[0].Address : (nint)window, refs.Length, () =>
+        {
+            if (window is not null) HostMemory.Release(window, bytes);
+            foreach (uint h in handles) dom0.Gnttab.Unmap(h, 0, host: true);
+        });
+        return GNTST_okay;
+    }
+
+    private sealed class ContiguousGrantMapping(nint address, int pages, Action release) : IGrantMapping
+    {
+        private Action? _release = release;
+        public nint Address { get; } = address;
+        public int Pages { get; } = pages;
+        public void Dispose() => Interlocked.Exchange(ref _release, null)?.Invoke();
+    }
+
     public long AllocUnboundInGuest(ushort dom, ushort remoteDom, out uint port)
     {
         port = 0;

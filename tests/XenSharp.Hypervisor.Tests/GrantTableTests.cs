@@ -180,6 +180,34 @@ public abstract unsafe class GrantTableTestBase : IDisposable
     }
 
     [Fact]
+    public void HostSideContiguousMapOfScatteredPages()
+    {
+        ulong[] gfns = [SharedGfn + 2, SharedGfn, SharedGfn + 1];
+        for (int i = 0; i < gfns.Length; i++)
+        {
+            Grant(40 + (uint)i, GTF_permit_access, 0, gfns[i]);
+            A.Write((gfns[i] << 12) + 4088, (ulong)(i + 1));
+        }
+        Assert.Equal(GNTST_okay, Host.Dom0Services.MapGrantRefsContiguous(A.Id, [40, 41, 42], readOnly: false, out var mapping));
+        using (mapping)
+        {
+            byte* p = (byte*)mapping!.Address;
+            Assert.Equal(3, mapping.Pages);
+            for (int i = 0; i < gfns.Length; i++) Assert.Equal((ulong)(i + 1), *(ulong*)(p + i * 4096 + 4088));
+            // A value straddling the first two pages lands in both guest frames.
+            *(ulong*)(p + 4092) = 0x1122334455667788UL;
+            Assert.Equal(0x55667788u, A.Read<uint>((gfns[0] << 12) + 4092));
+            Assert.Equal(0x11223344u, A.Read<uint>(gfns[1] << 12));
+            Assert.True(A.Domain.Gnttab.HasActiveGrants);
+        }
+        Assert.False(A.Domain.Gnttab.HasActiveGrants);
+        // One bad reference: its status, and nothing stays mapped.
+        Assert.NotEqual(GNTST_okay, Host.Dom0Services.MapGrantRefsContiguous(A.Id, [40, 77, 42], readOnly: false, out var none));
+        Assert.Null(none);
+        Assert.False(A.Domain.Gnttab.HasActiveGrants);
+    }
+
+    [Fact]
     public void SizeAndBadPointers()
     {
         var q = new GnttabQuerySize { Dom = Xen.DOMID_SELF };

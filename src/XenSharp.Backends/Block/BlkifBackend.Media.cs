@@ -108,6 +108,8 @@ internal sealed unsafe partial class BlkifBackend
 
     private void CloseMedium()
     {
+        // Requests already on the workers finish on the medium they started on.
+        _pool?.WaitForSubmitted();
         if (Interlocked.Exchange(ref _image, null) is { } old)
         {
             old.Flush();

@@ -14,11 +14,12 @@ namespace XenSharp.Backends.Block;
 /// <summary>Requests a block device has served, by kind (Linux blkback's statistics directory).</summary>
 public sealed class BlkifStatistics
 {
-    internal long Reads, Writes, Flushes, Discards, Errors, Unsupported;
+    internal long Reads, Writes, Flushes, Discards, Barriers, Errors, Unsupported;
     public long ReadRequests => Volatile.Read(ref Reads);
     public long WriteRequests => Volatile.Read(ref Writes);
     public long FlushRequests => Volatile.Read(ref Flushes);
     public long DiscardRequests => Volatile.Read(ref Discards);
+    public long BarrierRequests => Volatile.Read(ref Barriers);
     /// <summary>Requests answered BLKIF_RSP_ERROR.</summary>
     public long FailedRequests => Volatile.Read(ref Errors);
     /// <summary>Requests answered BLKIF_RSP_EOPNOTSUPP.</summary>
@@ -29,34 +30,55 @@ public sealed class BlkifStatistics
 /// A PV disk (device/vbd/N): Xen's blkif protocol served from a disk image, the part Linux's xen-blkback
 /// or QEMU's qdisk plays. The toolstack's backend keys name the image (<c>params</c>, <c>format</c>),
 /// its access (<c>mode</c> r or w) and <c>device-type</c> (disk or cdrom). The image is opened and
-/// described (<c>sectors</c>, <c>info</c>, sector sizes, flush and discard features) before InitWait;
-/// on connect the frontend's single-page ring is mapped in the layout its <c>protocol</c> names.
-/// Reads and writes move data with batched grant copies through one preallocated buffer; a request
-/// that is garbage fails alone with BLKIF_RSP_ERROR (BLKIF_RSP_EOPNOTSUPP for an operation not offered).
-/// Indirect requests carry up to <see cref="MaxIndirectSegments"/> segments in one granted page.
-/// Not served: multi-page rings, multiple queues, persistent grants.
+/// described (<c>sectors</c>, <c>info</c>, its sector sizes, the features offered) before InitWait.
+/// On connect each of the frontend's queues (<c>multi-queue-num-queues</c>, up to <see cref="MaxQueues"/>)
+/// gets its ring (<c>ring-page-order</c> up to <see cref="MaxRingPageOrder"/>, its pages mapped as one) in
+/// the layout its <c>protocol</c> names, and its own event channel. Requests are taken off the rings on the
+/// backend thread and served by the device's <see cref="BlkifIoPool"/>: image I/O off that thread, many
+/// requests in flight, each answered when it finishes. Data moves through per-slot page-aligned buffers
+/// (O_DIRECT images, <c>direct-io-safe</c>, take them as they are) by batched grant copies, or, when both
+/// ends offer <c>feature-persistent</c>, by plain copies through grants kept mapped per queue. Indirect
+/// requests carry up to <see cref="MaxIndirectSegments"/> segments in one granted page; a WRITE_BARRIER
+/// waits for what came before it, writes and flushes. A request that is garbage fails alone with
+/// BLKIF_RSP_ERROR (BLKIF_RSP_EOPNOTSUPP for an operation not offered); garbage transport keys fail the
+/// device alone. Not served: secure discard as such (it is a plain discard), more than one indirect page.
 /// </summary>
 internal sealed unsafe partial class BlkifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
     private const int PageSize = 4096;
     /// <summary>feature-max-indirect-segments: Linux blkfront's own default, one indirect page's worth at most.</summary>
     public const int MaxIndirectSegments = 32;
-    private const int MaxRequestBytes = MaxIndirectSegments * PageSize;
+    /// <summary>max-ring-page-order: 16-page rings, Linux blkback's bound (XENBUS_MAX_RING_GRANT_ORDER).</summary>
+    public const int MaxRingPageOrder = 4;
+    /// <summary>I/O slots per device: requests in flight at once; the rest wait on their rings.</summary>
+    public const int IoSlots = 64;
+    /// <summary>Worker threads per connected device, each doing one request's I/O at a time.</summary>
+    public const int IoWorkers = 4;
+
+    /// <summary>multi-queue-max-queues: one queue per host core, at most four.</summary>
+    public static int MaxQueues { get; } = Math.Clamp(Environment.ProcessorCount, 1, 4);
 
     private IBlockImage? _image;
     private bool _readOnly, _discard;
     private long _sectors; // in 512-byte units, as blkif counts
     private int _sectorSize = 512;
-    private BackRing<BlkifRequest, BlkifResponse>? _ring64;
-    private BackRing<BlkifRequest32, BlkifResponse32>? _ring32;
-    private byte* _buffer;
-    private readonly GrantCopyOp[] _copies = GC.AllocateArray<GrantCopyOp>(MaxIndirectSegments, pinned: true);
-    private readonly BlkifRequestSegment[] _segments = GC.AllocateArray<BlkifRequestSegment>(MaxIndirectSegments, pinned: true);
+    private BlkifQueue?[]? _queues;
+    private BlkifIoPool? _pool;
+    private int _starved;
 
     public BlkifStatistics Statistics { get; } = new();
 
     /// <summary>The image while the device has one open.</summary>
     public IBlockImage? Image => Volatile.Read(ref _image);
+
+    /// <summary>The queues the frontend connected with (0 when not connected).</summary>
+    public int QueueCount => _queues?.Length ?? 0;
+
+    /// <summary>Pages of each queue's ring (0 when not connected).</summary>
+    public int RingPages => _queues is [{ } q, ..] ? q.RingPages : 0;
+
+    /// <summary>Grants kept mapped for feature-persistent, over all queues.</summary>
+    public int PersistentGrants => _queues?.Sum(q => q?.Grants?.Count ?? 0) ?? 0;
 
     // ---- xenbus ----
 
@@ -72,7 +94,11 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         WriteBackend("sector-size", _sectorSize.ToString(CultureInfo.InvariantCulture));
         WriteBackend("physical-sector-size", _sectorSize.ToString(CultureInfo.InvariantCulture));
         WriteBackend("feature-flush-cache", "1");
+        WriteBackend("feature-barrier", "1");
+        WriteBackend("feature-persistent", "1");
         WriteBackend("feature-max-indirect-segments", MaxIndirectSegments.ToString(CultureInfo.InvariantCulture));
+        WriteBackend("max-ring-page-order", MaxRingPageOrder.ToString(CultureInfo.InvariantCulture));
+        WriteBackend("multi-queue-max-queues", MaxQueues.ToString(CultureInfo.InvariantCulture));
         WriteBackend("feature-discard", _discard ? "1" : "0");
         if (_discard)
         {
@@ -99,9 +125,10 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         BlockImageFormat? format;
         try { format = BlockImages.ParseFormat(ReadBackend("format")); }
         catch (ArgumentException e) { throw new BackendDeviceException(Errno.EINVAL, e.Message); }
+        IBlockImage image;
         try
         {
-            _image = BlockImages.Open(param, new BlockImageOptions
+            image = BlockImages.Open(param, new BlockImageOptions
             {
                 Format = format,
                 ReadOnly = _readOnly,
@@ -110,154 +137,135 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
             });
         }
         catch (BlockImageException e) { throw new BackendDeviceException(Errno.ENOENT, e.Message); }
-        _sectorSize = _image.SectorSize;
-        _sectors = _image.Size >> SectorShift;
-        _discard = !_readOnly && _image.SupportsDiscard && ReadBackend("discard-enable") != "0";
+        // blkif.h: a power of two of at least 512; a sector must also fit a segment's page.
+        int sectorSize = image.SectorSize;
+        if (sectorSize is < 512 or > PageSize || (sectorSize & (sectorSize - 1)) != 0)
+        {
+            image.Dispose();
+            throw new BackendDeviceException(Errno.EINVAL, $"{param}: sector size {sectorSize} is not a power of two from 512 to {PageSize}");
+        }
+        _image = image;
+        _sectorSize = sectorSize;
+        // Whole logical sectors only, counted in 512-byte units as blkfront reads "sectors".
+        _sectors = image.Size / sectorSize * sectorSize >> SectorShift;
+        _discard = !_readOnly && image.SupportsDiscard && ReadBackend("discard-enable") != "0";
     }
 
     protected override void Connect()
     {
         OpenImage();
-        if (ReadFrontend("ring-page-order") is { } order && order != "0")
-            throw new BackendDeviceException(Errno.EINVAL, $"ring-page-order {order} of {FrontendPath}: only single-page rings are served");
-        uint gref = ReadFrontendUInt("ring-ref");
-        uint port = ReadFrontendUInt("event-channel");
         string protocol = ReadFrontend("protocol") ?? XEN_IO_PROTO_ABI_X86_64;
         if (protocol is not (XEN_IO_PROTO_ABI_X86_64 or XEN_IO_PROTO_ABI_X86_32))
             throw new BackendDeviceException(Errno.ENOSYS, $"unknown fe protocol {protocol}");
-        var page = (byte*)MapRingRef(gref);
-        BindFrontendEventChannel(port);
-        if (_buffer is null)
-            _buffer = (byte*)NativeMemory.AlignedAlloc(MaxRequestBytes, PageSize);
-        if (protocol == XEN_IO_PROTO_ABI_X86_32)
-            _ring32 = new BackRing<BlkifRequest32, BlkifResponse32>(page);
-        else
-            _ring64 = new BackRing<BlkifRequest, BlkifResponse>(page);
+        uint queues = 1;
+        if (ReadFrontend("multi-queue-num-queues") is not null)
+        {
+            queues = ReadFrontendUInt("multi-queue-num-queues");
+            if (queues == 0 || queues > MaxQueues)
+                throw new BackendDeviceException(Errno.EINVAL, $"multi-queue-num-queues {queues} of {FrontendPath}: from 1 to {MaxQueues} are served");
+        }
+        bool orderGiven = ReadFrontend("ring-page-order") is not null;
+        uint order = orderGiven ? ReadFrontendUInt("ring-page-order") : 0;
+        if (order > MaxRingPageOrder)
+            throw new BackendDeviceException(Errno.EINVAL, $"ring-page-order {order} of {FrontendPath}: up to {MaxRingPageOrder} is served");
+        bool persistent = ReadFrontend("feature-persistent") == "1";
+
+        _pool = new BlkifIoPool($"vbd{Address.FrontendId}.{Address.DevId}", IoWorkers, IoSlots, MaxIndirectSegments, ServeSlot);
+        _queues = new BlkifQueue?[queues];
+        Span<uint> refs = stackalloc uint[1 << MaxRingPageOrder];
+        for (int q = 0; q < queues; q++)
+        {
+            // One queue keeps the top-level keys; several each have a queue-N directory.
+            string dir = queues == 1 ? "" : $"queue-{q}/";
+            int pages = 1 << (int)order;
+            if (order == 0 && (!orderGiven || ReadFrontend($"{dir}ring-ref") is not null))
+                refs[0] = ReadFrontendUInt($"{dir}ring-ref");
+            else
+                for (int i = 0; i < pages; i++) refs[i] = ReadFrontendUInt($"{dir}ring-ref{i}");
+            uint port = ReadFrontendUInt($"{dir}event-channel");
+            short st = Dom0.MapGrantRefsContiguous((ushort)Address.FrontendId, refs[..pages], readOnly: false, out var ring);
+            if (st != GrantTable.GNTST_okay)
+                throw new BackendDeviceException(-st, $"mapping in ring {dir}ring-ref of domain {Address.FrontendId}");
+            var grants = persistent ? new BlkifPersistentGrants(Dom0, (ushort)Address.FrontendId, BlkifPersistentGrants.DefaultMax) : null;
+            _queues[q] = protocol == XEN_IO_PROTO_ABI_X86_32
+                ? new BlkifQueue<BlkifX86_32Abi, BlkifRequest32, BlkifResponse32>(Dom0, ring!, grants)
+                : new BlkifQueue<BlkifNativeAbi, BlkifRequest, BlkifResponse>(Dom0, ring!, grants);
+            _queues[q]!.Port = BindFrontendEventChannel(port);
+        }
     }
 
     protected override void Disconnect()
     {
-        _ring64 = null;
-        _ring32 = null;
-        if (_buffer is not null)
-        {
-            NativeMemory.AlignedFree(_buffer);
-            _buffer = null;
-        }
+        // Every request taken and started is answered before its ring and grants go.
+        if (_pool is { } pool && _queues is { } taken)
+            foreach (var q in taken) q?.AbandonWaitingBarrier(pool);
+        _pool?.Dispose();
+        _pool = null;
+        if (_queues is { } queues)
+            foreach (var q in queues) q?.Dispose();
+        _queues = null;
         Interlocked.Exchange(ref _image, null)?.Dispose();
     }
 
     protected override void ProcessEvents()
     {
-        if (_ring64 is { } r64) Serve<Native, BlkifRequest, BlkifResponse>(r64);
-        else if (_ring32 is { } r32) Serve<X86_32, BlkifRequest32, BlkifResponse32>(r32);
+        if (_queues is not { } queues || _pool is not { } pool) return;
+        bool starved = false;
+        foreach (var q in queues)
+            if (q is not null && !q.Serve(pool)) starved = true;
+        if (!starved) return;
+        // Out of slots: a returning one looks again. One may have come back already.
+        Volatile.Write(ref _starved, 1);
+        Interlocked.MemoryBarrier();
+        if (pool.InFlight < pool.Slots && Interlocked.Exchange(ref _starved, 0) != 0)
+            Kick();
     }
 
-    // ---- the ring ----
+    // ---- the requests, on the I/O workers ----
 
-    /// <summary>A frontend's request layout, turned into the native one on the way in.</summary>
-    private interface IAbi<TReq, TRsp> where TReq : unmanaged where TRsp : unmanaged
+    private void ServeSlot(BlkifSlot slot)
     {
-        static abstract void ToNative(in TReq from, out BlkifRequest to);
-        static abstract void Respond(ref TRsp slot, ulong id, byte operation, short status);
-    }
-
-    private readonly struct Native : IAbi<BlkifRequest, BlkifResponse>
-    {
-        public static void ToNative(in BlkifRequest from, out BlkifRequest to) => to = from;
-
-        public static void Respond(ref BlkifResponse slot, ulong id, byte operation, short status) =>
-            slot = new BlkifResponse { Id = id, Operation = operation, Status = status };
-    }
-
-    private readonly struct X86_32 : IAbi<BlkifRequest32, BlkifResponse32>
-    {
-        public static void ToNative(in BlkifRequest32 from, out BlkifRequest to)
-        {
-            to = default;
-            to.Operation = from.Operation;
-            to.NrSegments = from.NrSegments;
-            to.Handle = from.Handle;
-            to.Id = from.Id;
-            to.SectorNumber = from.SectorNumber;
-            if (from.Operation == BLKIF_OP_INDIRECT)
-            {
-                ref readonly var i = ref Unsafe.As<BlkifRequest32, BlkifRequestIndirect32>(ref Unsafe.AsRef(in from));
-                ref var n = ref Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref to);
-                n.IndirectOp = i.IndirectOp;
-                n.NrSegments = i.NrSegments;
-                n.Id = i.Id;
-                n.SectorNumber = i.SectorNumber;
-                n.Handle = i.Handle;
-                n.IndirectGrefs = i.IndirectGrefs;
-            }
-            else if (from.Operation == BLKIF_OP_DISCARD)
-            {
-                ref readonly var d = ref Unsafe.As<BlkifRequest32, BlkifRequestDiscard32>(ref Unsafe.AsRef(in from));
-                ref var n = ref Unsafe.As<BlkifRequest, BlkifRequestDiscard>(ref to);
-                n.Flag = d.Flag;
-                n.NrSectors = d.NrSectors;
-            }
-            else
-            {
-                int nr = Math.Min((int)from.NrSegments, BLKIF_MAX_SEGMENTS_PER_REQUEST);
-                for (int i = 0; i < nr; i++) to.Seg[i] = from.Seg[i];
-            }
-        }
-
-        public static void Respond(ref BlkifResponse32 slot, ulong id, byte operation, short status) =>
-            slot = new BlkifResponse32 { Id = id, Operation = operation, Status = status };
-    }
-
-    /// <summary>Answers every request on the ring, then notifies the frontend if it asked to be.</summary>
-    private void Serve<TAbi, TReq, TRsp>(BackRing<TReq, TRsp> ring)
-        where TAbi : IAbi<TReq, TRsp> where TReq : unmanaged where TRsp : unmanaged
-    {
-        while (true)
-        {
-            var check = ring.CheckForRequests(out uint count);
-            if (check == RingCheck.Empty)
-                check = ring.FinalCheckForRequests(out count);
-            if (check == RingCheck.Overflow)
-                throw new BackendDeviceException(Errno.EBADMSG, "the frontend's request producer ran beyond the ring");
-            if (check == RingCheck.Empty)
-                return;
-            for (uint i = 0; i < count; i++)
-            {
-                ring.TakeRequest(out TReq raw);
-                TAbi.ToNative(raw, out BlkifRequest req);
-                short status = Execute(ref req);
-                // An indirect request is answered as the read or write it carried, as blkfront checks.
-                byte op = req.Operation == BLKIF_OP_INDIRECT ? Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref req).IndirectOp : req.Operation;
-                TAbi.Respond(ref ring.NextResponse(), req.Id, op, status);
-            }
-            if (ring.PushResponsesAndCheckNotify())
-                NotifyFrontend();
-        }
+        var q = slot.Queue!;
+        ref var req = ref slot.Request;
+        // An indirect request is answered as the read or write it carried, as blkfront checks.
+        byte op = req.Operation == BLKIF_OP_INDIRECT ? Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref req).IndirectOp : req.Operation;
+        short status = Execute(slot);
+        q.Respond(slot, op, status);
+        bool again = q.Finish(slot);
+        _pool?.Return(slot);
+        if (Interlocked.Exchange(ref _starved, 0) != 0) again = true;
+        if (again) Kick();
     }
 
     /// <summary>One request, done before it is answered.</summary>
-    private short Execute(ref BlkifRequest req)
+    private short Execute(BlkifSlot slot)
     {
+        ref var req = ref slot.Request;
         short status;
         switch (req.Operation)
         {
             case BLKIF_OP_READ or BLKIF_OP_WRITE:
-                status = Direct(ref req);
+                Interlocked.Increment(ref req.Operation == BLKIF_OP_WRITE ? ref Statistics.Writes : ref Statistics.Reads);
+                status = Direct(slot, req.Operation == BLKIF_OP_WRITE);
                 break;
             case BLKIF_OP_INDIRECT:
-                status = Indirect(ref Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref req));
+                status = Indirect(slot);
                 break;
             case BLKIF_OP_FLUSH_DISKCACHE:
                 Interlocked.Increment(ref Statistics.Flushes);
-                status = _image is null || _readOnly ? BLKIF_RSP_OKAY : _image.Flush() == 0 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+                status = Flush();
+                break;
+            case BLKIF_OP_WRITE_BARRIER:
+                // Everything before it is answered (the queue held it back); the write, then the flush.
+                Interlocked.Increment(ref Statistics.Barriers);
+                status = req.NrSegments == 0 ? BLKIF_RSP_OKAY : Direct(slot, write: true);
+                if (status == BLKIF_RSP_OKAY) status = Flush();
                 break;
             case BLKIF_OP_DISCARD:
                 Interlocked.Increment(ref Statistics.Discards);
                 status = _discard ? Discard(ref Unsafe.As<BlkifRequest, BlkifRequestDiscard>(ref req)) : BLKIF_RSP_EOPNOTSUPP;
                 break;
             default:
-                // Barriers are not offered; anything else is unknown.
                 Interlocked.Increment(ref Statistics.Unsupported);
                 return BLKIF_RSP_EOPNOTSUPP;
         }
@@ -265,21 +273,27 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         return status;
     }
 
-    /// <summary>A read or write with its segments in the request.</summary>
-    private short Direct(ref BlkifRequest req)
+    private short Flush()
     {
-        bool write = req.Operation == BLKIF_OP_WRITE;
-        Interlocked.Increment(ref write ? ref Statistics.Writes : ref Statistics.Reads);
+        var image = _image;
+        return image is null || _readOnly ? BLKIF_RSP_OKAY : image.Flush() == 0 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+    }
+
+    /// <summary>A read or write with its segments in the request.</summary>
+    private short Direct(BlkifSlot slot, bool write)
+    {
+        ref var req = ref slot.Request;
         int nr = req.NrSegments;
         if (nr is 0 or > BLKIF_MAX_SEGMENTS_PER_REQUEST)
             return BLKIF_RSP_ERROR;
-        for (int i = 0; i < nr; i++) _segments[i] = req.Seg[i];
-        return ReadWrite(_segments.AsSpan(0, nr), req.SectorNumber, write);
+        for (int i = 0; i < nr; i++) slot.Segments[i] = req.Seg[i];
+        return ReadWrite(slot, nr, req.SectorNumber, write);
     }
 
     /// <summary>A read or write whose segments lie in a granted indirect page.</summary>
-    private short Indirect(ref BlkifRequestIndirect req)
+    private short Indirect(BlkifSlot slot)
     {
+        ref var req = ref Unsafe.As<BlkifRequest, BlkifRequestIndirect>(ref slot.Request);
         bool write = req.IndirectOp == BLKIF_OP_WRITE;
         if (req.IndirectOp is not (BLKIF_OP_READ or BLKIF_OP_WRITE))
             return BLKIF_RSP_ERROR;
@@ -287,44 +301,41 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         int nr = req.NrSegments;
         if (nr is 0 or > MaxIndirectSegments)
             return BLKIF_RSP_ERROR;
-        fixed (BlkifRequestSegment* segs = _segments)
+        int bytes = nr * sizeof(BlkifRequestSegment);
+        fixed (BlkifRequestSegment* segs = slot.Segments)
         {
-            _copies[0] = new GrantCopyOp
+            nint page = slot.Queue!.Grants?.Get(req.IndirectGrefs[0]) ?? 0;
+            if (page != 0)
             {
-                Dom = (ushort)Address.FrontendId,
-                Ref = req.IndirectGrefs[0],
-                Length = (ushort)(nr * sizeof(BlkifRequestSegment)),
-                Local = (byte*)segs,
-            };
-            if (!CopyAll(_copies.AsSpan(0, 1))) return BLKIF_RSP_ERROR;
+                Buffer.MemoryCopy((void*)page, segs, bytes, bytes);
+            }
+            else
+            {
+                slot.Copies[0] = new GrantCopyOp
+                {
+                    Dom = (ushort)Address.FrontendId,
+                    Ref = req.IndirectGrefs[0],
+                    Length = (ushort)bytes,
+                    Local = (byte*)segs,
+                };
+                if (!CopyAll(slot.Copies.AsSpan(0, 1))) return BLKIF_RSP_ERROR;
+            }
         }
-        return ReadWrite(_segments.AsSpan(0, nr), req.SectorNumber, write);
+        return ReadWrite(slot, nr, req.SectorNumber, write);
     }
 
-    private short ReadWrite(ReadOnlySpan<BlkifRequestSegment> segments, ulong sectorNumber, bool write)
+    private short ReadWrite(BlkifSlot slot, int nr, ulong sectorNumber, bool write)
     {
         var image = _image;
         if (image is null || (write && _readOnly))
             return BLKIF_RSP_ERROR;
-        int nr = segments.Length;
-        var copies = _copies.AsSpan(0, nr);
+        var segments = slot.Segments.AsSpan(0, nr);
         int bytes = 0;
-        for (int i = 0; i < nr; i++)
+        foreach (var seg in segments)
         {
-            var seg = segments[i];
             if (seg.FirstSect > seg.LastSect || seg.LastSect >= SectorsPerPage)
                 return BLKIF_RSP_ERROR;
-            int len = (seg.LastSect - seg.FirstSect + 1) << SectorShift;
-            copies[i] = new GrantCopyOp
-            {
-                Dom = (ushort)Address.FrontendId,
-                Ref = seg.Gref,
-                Offset = (ushort)(seg.FirstSect << SectorShift),
-                Length = (ushort)len,
-                ToGuest = !write,
-                Local = _buffer + bytes,
-            };
-            bytes += len;
+            bytes += (seg.LastSect - seg.FirstSect + 1) << SectorShift;
         }
         ulong sectors = (ulong)bytes >> SectorShift;
         if (sectorNumber > (ulong)_sectors || sectors > (ulong)_sectors - sectorNumber)
@@ -332,19 +343,61 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         long offset = (long)sectorNumber << SectorShift;
         if (offset % _sectorSize != 0 || bytes % _sectorSize != 0)
             return BLKIF_RSP_ERROR;
-        var data = new Span<byte>(_buffer, bytes);
+
+        // Each segment moves through a persistently mapped page where there is one, by grant copy otherwise.
+        var grants = slot.Queue!.Grants;
+        int copies = 0;
+        for (int i = 0, at = 0; i < nr; i++)
+        {
+            var seg = segments[i];
+            int len = (seg.LastSect - seg.FirstSect + 1) << SectorShift;
+            nint page = grants?.Get(seg.Gref) ?? 0;
+            slot.Mapped[i] = page;
+            if (page == 0)
+                slot.Copies[copies++] = new GrantCopyOp
+                {
+                    Dom = (ushort)Address.FrontendId,
+                    Ref = seg.Gref,
+                    Offset = (ushort)(seg.FirstSect << SectorShift),
+                    Length = (ushort)len,
+                    ToGuest = !write,
+                    Local = slot.Buffer + at,
+                };
+            at += len;
+        }
+        var data = new Span<byte>(slot.Buffer, bytes);
         if (write)
         {
-            if (!CopyAll(copies)) return BLKIF_RSP_ERROR;
+            if (!CopyAll(slot.Copies.AsSpan(0, copies))) return BLKIF_RSP_ERROR;
+            MoveMapped(slot, segments, toGuest: false);
             return image.Write(offset, data) == 0 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
         }
         if (image.Read(offset, data) != 0) return BLKIF_RSP_ERROR;
-        return CopyAll(copies) ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+        MoveMapped(slot, segments, toGuest: true);
+        return CopyAll(slot.Copies.AsSpan(0, copies)) ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+    }
+
+    /// <summary>Copies the persistently mapped segments between their pages and the slot's buffer.</summary>
+    private static void MoveMapped(BlkifSlot slot, ReadOnlySpan<BlkifRequestSegment> segments, bool toGuest)
+    {
+        for (int i = 0, at = 0; i < segments.Length; i++)
+        {
+            var seg = segments[i];
+            int len = (seg.LastSect - seg.FirstSect + 1) << SectorShift;
+            if (slot.Mapped[i] != 0)
+            {
+                byte* page = (byte*)slot.Mapped[i] + (seg.FirstSect << SectorShift);
+                if (toGuest) Buffer.MemoryCopy(slot.Buffer + at, page, len, len);
+                else Buffer.MemoryCopy(page, slot.Buffer + at, len, len);
+            }
+            at += len;
+        }
     }
 
     /// <summary>One GNTTABOP_copy batch for the request's segments; any failed segment fails the request.</summary>
     private bool CopyAll(Span<GrantCopyOp> copies)
     {
+        if (copies.IsEmpty) return true;
         Dom0.CopyGrants(copies);
         foreach (ref readonly var c in copies)
             if (c.Status != GrantTable.GNTST_okay) return false;

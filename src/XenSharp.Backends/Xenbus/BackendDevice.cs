@@ -98,14 +98,16 @@ public abstract class BackendDevice : IBackendWork, IDisposable
         return op.Address;
     }
 
-    /// <summary>Binds the frontend's port; its notifications queue <see cref="ProcessEvents"/>. Unbound on disconnect.</summary>
-    protected void BindFrontendEventChannel(uint remotePort)
+    /// <summary>Binds the frontend's port; its notifications queue <see cref="ProcessEvents"/>. Unbound on disconnect.
+    /// Returns the local port (a device with several rings notifies each on its own).</summary>
+    protected uint BindFrontendEventChannel(uint remotePort)
     {
         long rc = Dom0.BindInterdomain((ushort)Address.FrontendId, remotePort, Kick, out uint local);
         if (rc != 0)
             throw new BackendDeviceException((int)-rc, $"binding event channel {remotePort} of domain {Address.FrontendId}");
         lock (_lock) _ports.Add(local);
         _frontendPort = local;
+        return local;
     }
 
     /// <summary>EVTCHNOP_send to the frontend on the bound port.</summary>
