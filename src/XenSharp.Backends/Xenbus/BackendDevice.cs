@@ -71,6 +71,9 @@ public abstract class BackendDevice : IBackendWork, IDisposable
     /// <summary>The frontend notified (or the device just connected): serve the rings.</summary>
     protected abstract void ProcessEvents();
 
+    /// <summary>The device is gone for good (after the last <see cref="Disconnect"/>): release what lives as long as the device.</summary>
+    protected virtual void Removed() { }
+
     // ---- helpers for backends ----
 
     /// <summary>A frontend key as an unsigned number; a missing or garbage value ends the device.</summary>
@@ -262,7 +265,11 @@ public abstract class BackendDevice : IBackendWork, IDisposable
         public void RunQueued()
         {
             d._removed = true;
-            try { d.TearDown(); }
+            try
+            {
+                d.TearDown();
+                d.Removed();
+            }
             catch (Exception e) when (e is not OutOfMemoryException) { System.Console.Error.WriteLine($"xensharpd: backend {d.Address}: {e.Message}"); }
             finally { Done.Set(); }
         }

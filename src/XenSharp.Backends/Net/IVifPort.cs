@@ -1,0 +1,25 @@
+namespace XenSharp.Backends.Net;
+
+/// <summary>
+/// The host end of a vif: where the guest's Ethernet frames go and where the frames for the guest come from
+/// (Linux netback's vifD.N net device). A TAP device is one (<see cref="TapPort"/>); a user-mode network
+/// such as passt can be another. Frames are whole Ethernet frames without a preamble or FCS, and with
+/// complete checksums both ways. <see cref="Receive"/> and <see cref="Send"/> are called on the backend's
+/// I/O thread only and never block.
+/// </summary>
+public interface IVifPort : IDisposable
+{
+    /// <summary>The host's name for this end (the interface name).</summary>
+    string Name { get; }
+
+    /// <summary>Starts telling <paramref name="framesWaiting"/> (on a thread of the port's own) when frames
+    /// wait to be received. After each call it stays quiet until <see cref="Receive"/> has found none.</summary>
+    void Start(Action framesWaiting);
+
+    /// <summary>Takes one waiting frame into <paramref name="frame"/>: its length, 0 when none waits (the
+    /// port then watches for the next), or -errno. A frame longer than the span is cut short.</summary>
+    int Receive(Span<byte> frame);
+
+    /// <summary>Hands one frame to the host: 0 or -errno (the frame is then dropped).</summary>
+    int Send(ReadOnlySpan<byte> frame);
+}
