@@ -1,4 +1,14 @@
+using XenSharp.Backends.Xenbus;
+
 namespace XenSharp.Backends.Net;
+
+/// <summary>How vifs' host ends are named.</summary>
+public static class VifPorts
+{
+    /// <summary>The interface name a vif's host end gets: vifD.N, as netback names its net devices (the hotplug
+    /// script renames it to the configuration's vifname=).</summary>
+    public static string InterfaceName(DeviceAddress a) => $"vif{a.FrontendId}.{a.DevId}";
+}
 
 /// <summary>
 /// The host end of a vif: where the guest's Ethernet frames go and where the frames for the guest come from

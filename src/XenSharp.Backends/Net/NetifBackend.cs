@@ -75,15 +75,11 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
     // ---- xenbus ----
 
-    /// <summary>The interface name the host end gets: vifD.N, as netback names its net devices (the hotplug
-    /// script renames it to the configuration's vifname=).</summary>
-    public static string InterfaceName(DeviceAddress a) => $"vif{a.FrontendId}.{a.DevId}";
-
     protected override void Initialise()
     {
         if (_port is null)
         {
-            try { Volatile.Write(ref _port, Context.Options.OpenVifPort(InterfaceName(Address))); }
+            try { Volatile.Write(ref _port, Context.Options.OpenVifPort(VifPorts.InterfaceName(Address))); }
             catch (IOException e) { throw new BackendDeviceException(e.HResult < 0 ? -e.HResult : Errno.EIO, e.Message); }
             _port!.Start(Kick);
         }
