@@ -64,11 +64,15 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         string sent = GuestMd5("/tmp/out.bin");
         using var listener = guest.StartInNamespace("sh", "-c", $"exec busybox nc -l -p 5001 > {received}");
         guest.WaitForListener(5001);
+        var (packets, bytes) = guest.FramesIntoTheHost();
         string reply = guest.Console.Ask("nc 10.99.0.1 5001 </tmp/out.bin; echo sent-$?-e\"\"nd", "-end", IoLimit);
         Assert.Contains("sent-0-end", reply);
         Assert.True(listener.WaitForExit(IoLimit), "the host's nc did not see the end of the file");
         Assert.Equal(FileBytes, new FileInfo(received).Length);
         Assert.Equal(sent, Convert.ToHexStringLower(MD5.HashData(File.ReadAllBytes(received))));
+        // netfront used GSO: the frames it handed the host were on average larger than the link's MTU.
+        var (packets2, bytes2) = guest.FramesIntoTheHost();
+        Assert.True(bytes2 - bytes > 1514 * (packets2 - packets), $"{packets2 - packets} frames of {bytes2 - bytes} bytes: no GSO");
     }
 
     [Fact]
@@ -212,6 +216,15 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             p.BeginOutputReadLine();
             p.BeginErrorReadLine();
             return p;
+        }
+
+        /// <summary>Frames and bytes the guest's vif has handed the host so far (the TAP interface's receive counters).</summary>
+        public (long Packets, long Bytes) FramesIntoTheHost()
+        {
+            var r = InNamespace("cat", $"/sys/class/net/vif{DomId}.0/statistics/rx_packets", $"/sys/class/net/vif{DomId}.0/statistics/rx_bytes");
+            var n = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+            Assert.True(n.Length == 2, r.ToString());
+            return (n[0], n[1]);
         }
 
         public void WaitForListener(int port)

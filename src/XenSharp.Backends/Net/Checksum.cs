@@ -3,21 +3,22 @@ using System.Buffers.Binary;
 namespace XenSharp.Backends.Net;
 
 /// <summary>
-/// Completes the TCP or UDP checksum of a frame a frontend sent with NETTXF_csum_blank (its checksum left for
-/// the host to fill, as with CHECKSUM_PARTIAL in Linux): the host end takes only complete frames. Ethernet
-/// (with at most one 802.1Q tag) carrying IPv4 or IPv6 (hop-by-hop, routing and destination-options headers
-/// skipped). Whatever the field held is replaced by the checksum computed from scratch.
+/// The TCP or UDP checksum of a frame a frontend sent with NETTXF_csum_blank (its checksum left for the host to
+/// fill, as with CHECKSUM_PARTIAL in Linux): completed for a host end that takes only complete frames, or set up
+/// as a partial checksum for one that finishes it. Ethernet (with at most one 802.1Q tag) carrying IPv4 or IPv6
+/// (hop-by-hop, routing and destination-options headers skipped).
 /// </summary>
 public static class Checksum
 {
     private const int EthHeader = 14;
     private const ushort EtherTypeIpv4 = 0x0800, EtherTypeIpv6 = 0x86DD, EtherTypeVlan = 0x8100;
-    private const byte Tcp = 6, Udp = 17;
+    private const byte Tcp = Transport.Tcp, Udp = Transport.Udp;
 
-    /// <summary>Fills in the TCP/UDP checksum; false when the frame is none of those (or is malformed or an IP
-    /// fragment), and is then left as it is.</summary>
-    public static bool Complete(Span<byte> frame)
+    /// <summary>Where a frame's TCP or UDP segment lies; false when the frame is none of those (or is malformed
+    /// or an IP fragment).</summary>
+    public static bool TryLocate(ReadOnlySpan<byte> frame, out Transport transport)
     {
+        transport = default;
         if (frame.Length < EthHeader) return false;
         int l3 = EthHeader;
         ushort type = BinaryPrimitives.ReadUInt16BigEndian(frame[12..]);
@@ -64,17 +65,44 @@ public static class Checksum
         }
         else return false;
 
-        int field = protocol switch { Tcp => 16, Udp => 6, _ => -1 };
-        if (field < 0 || l4Length < field + 2 || (protocol == Tcp && l4Length < 20) || (protocol == Udp && l4Length < 8)) return false;
-        var segment = frame.Slice(l4, l4Length);
-        segment[field] = 0;
-        segment[field + 1] = 0;
-        sum += protocol + (ulong)l4Length;
-        sum += Sum(segment);
-        ushort result = (ushort)~Fold(sum);
+        int header;
+        if (protocol == Tcp)
+        {
+            if (l4Length < 20) return false;
+            header = (frame[l4 + 12] >> 4) * 4;
+            if (header < 20 || header > l4Length) return false;
+        }
+        else if (protocol == Udp)
+        {
+            if (l4Length < 8) return false;
+            header = 8;
+        }
+        else return false;
+        transport = new Transport(l4, l4Length, protocol, header, sum + protocol + (ulong)l4Length);
+        return true;
+    }
+
+    /// <summary>Fills in the TCP/UDP checksum; false when the frame has none (it is then left as it is).
+    /// Whatever the field held is replaced by the checksum computed from scratch.</summary>
+    public static bool Complete(Span<byte> frame)
+    {
+        if (!TryLocate(frame, out var t)) return false;
+        var segment = frame.Slice(t.Offset, t.Length);
+        segment[t.Field] = 0;
+        segment[t.Field + 1] = 0;
+        ushort result = (ushort)~Fold(t.PseudoHeaderSum + Sum(segment));
         // UDP sends a computed zero as all ones: zero there means "no checksum".
-        if (protocol == Udp && result == 0) result = 0xFFFF;
-        BinaryPrimitives.WriteUInt16BigEndian(segment[field..], result);
+        if (t.Protocol == Udp && result == 0) result = 0xFFFF;
+        BinaryPrimitives.WriteUInt16BigEndian(segment[t.Field..], result);
+        return true;
+    }
+
+    /// <summary>Leaves the checksum partial, as a host that finishes it expects (Linux's CHECKSUM_PARTIAL): the
+    /// field holds the folded pseudo-header sum, and the host adds the segment from <see cref="Transport.Offset"/>.</summary>
+    public static bool MakePartial(Span<byte> frame, out Transport transport)
+    {
+        if (!TryLocate(frame, out transport)) return false;
+        BinaryPrimitives.WriteUInt16BigEndian(frame[(transport.Offset + transport.Field)..], Fold(transport.PseudoHeaderSum));
         return true;
     }
 
@@ -95,4 +123,13 @@ public static class Checksum
         while (sum >> 16 != 0) sum = (sum & 0xFFFF) + (sum >> 16);
         return (ushort)sum;
     }
+}
+
+/// <summary>A frame's TCP or UDP segment: where it starts in the frame, its length, its protocol, its header's
+/// length and the sum of its IP pseudo-header.</summary>
+public readonly record struct Transport(int Offset, int Length, byte Protocol, int HeaderLength, ulong PseudoHeaderSum)
+{
+    public const byte Tcp = 6, Udp = 17;
+    /// <summary>The checksum field's offset in the segment.</summary>
+    public int Field => Protocol == Tcp ? 16 : 6;
 }

@@ -16,7 +16,7 @@ public sealed class NetifStatistics
     /// <summary>Frames the guest sent that reached the host end.</summary>
     public long TxPackets => Volatile.Read(ref TxFrames);
     public long TxOctets => Volatile.Read(ref TxBytes);
-    /// <summary>Frames the guest sent that were answered NETIF_RSP_ERROR (bad slots or grants, unsupported GSO).</summary>
+    /// <summary>Frames the guest sent that were answered NETIF_RSP_ERROR (bad slots or grants, GSO where it is not offered).</summary>
     public long TxFailed => Volatile.Read(ref TxErrors);
     /// <summary>Frames the host end refused.</summary>
     public long TxRefused => Volatile.Read(ref TxDropped);
@@ -38,8 +38,10 @@ public sealed class NetifStatistics
 /// slot. Garbage that only spoils one packet (slot sizes that do not add up, a bad grant, too many slots) fails
 /// that packet; garbage that leaves the ring unreadable (a slot crossing its page, far too many slots, missing or
 /// unknown extra info, a producer beyond the ring) disables the vif as netback's fatal errors do: the reason goes
-/// to the error node and the backend closes. Not served: GSO, multiple queues, split event channels, multicast
-/// control, the control ring.
+/// to the error node and the backend closes. Where the port <see cref="IVifPort.Offloads"/>, blank checksums are
+/// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
+/// checksums are completed here and GSO is not offered. Not served: GSO towards the guest, multiple queues,
+/// split event channels, multicast control, the control ring.
 /// </summary>
 internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
@@ -87,8 +89,10 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         WriteBackend("feature-rx-copy", "1");
         WriteBackend("feature-rx-flip", "0");
         WriteBackend("feature-ipv6-csum-offload", "1");
-        WriteBackend("feature-gso-tcpv4", "0");
-        WriteBackend("feature-gso-tcpv6", "0");
+        // GSO only where the host end cuts large segments itself.
+        string gso = _port.Offloads ? "1" : "0";
+        WriteBackend("feature-gso-tcpv4", gso);
+        WriteBackend("feature-gso-tcpv6", gso);
     }
 
     protected override void Connect()
@@ -178,6 +182,8 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     {
         int n = 0, data = 0;
         short status = NETIF_RSP_OKAY;
+        byte gsoType = XEN_NETIF_GSO_TYPE_NONE;
+        ushort gsoSize = 0;
         var first = Take(tx, ref count);
         _slots[n] = first;
         _isExtra[n++] = false;
@@ -203,7 +209,9 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                         throw new BackendDeviceException(Errno.EINVAL, "a tx packet's GSO size is zero");
                     if (extra.GsoType is not (XEN_NETIF_GSO_TYPE_TCPV4 or XEN_NETIF_GSO_TYPE_TCPV6))
                         throw new BackendDeviceException(Errno.EINVAL, $"a tx packet's GSO type {extra.GsoType} is unknown");
-                    status = NETIF_RSP_ERROR; // not offered: the packet cannot be segmented here
+                    if (!port.Offloads) status = NETIF_RSP_ERROR; // not offered: the packet cannot be segmented here
+                    gsoType = extra.GsoType;
+                    gsoSize = extra.GsoSize;
                 }
                 more = (byte)(extra.Flags & XEN_NETIF_EXTRA_FLAG_MORE);
             } while (more != 0);
@@ -237,6 +245,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         }
 
         int bytes = 0;
+        var offload = VifOffload.None;
         if (status == NETIF_RSP_OKAY)
         {
             int ops = 0;
@@ -259,8 +268,12 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         if (status == NETIF_RSP_OKAY)
         {
             var frame = new Span<byte>(_txFrame, bytes);
-            if ((flags & NETTXF_csum_blank) != 0) Checksum.Complete(frame);
-            if (port.Send(frame) == 0)
+            if ((flags & NETTXF_csum_blank) != 0 || gsoType != XEN_NETIF_GSO_TYPE_NONE)
+                status = PrepareChecksum(frame, port.Offloads, gsoType, gsoSize, out offload);
+        }
+        if (status == NETIF_RSP_OKAY)
+        {
+            if (port.Send(new Span<byte>(_txFrame, bytes), offload) == 0)
             {
                 Interlocked.Increment(ref Statistics.TxFrames);
                 Interlocked.Add(ref Statistics.TxBytes, bytes);
@@ -271,6 +284,36 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
         for (int i = 0; i < n; i++)
             tx.NextResponse() = new NetifTxResponse { Id = _slots[i].Id, Status = _isExtra[i] ? NETIF_RSP_NULL : status };
+    }
+
+    /// <summary>A blank checksum completed here, or left partial for a host end that finishes it; a GSO packet
+    /// described for the host to cut. A GSO packet that is no TCP segment of its IP version is an error.</summary>
+    private static short PrepareChecksum(Span<byte> frame, bool offloads, byte gsoType, ushort gsoSize, out VifOffload offload)
+    {
+        offload = VifOffload.None;
+        if (!offloads)
+        {
+            Checksum.Complete(frame);
+            return NETIF_RSP_OKAY;
+        }
+        if (!Checksum.TryLocate(frame, out var t) || t.Offset + t.Length != frame.Length)
+        {
+            // Not TCP/UDP, or padded beyond the IP packet: finish here what can be finished.
+            if (gsoType != XEN_NETIF_GSO_TYPE_NONE) return NETIF_RSP_ERROR;
+            Checksum.Complete(frame);
+            return NETIF_RSP_OKAY;
+        }
+        var gso = VifGso.None;
+        if (gsoType != XEN_NETIF_GSO_TYPE_NONE)
+        {
+            bool v6 = frame[12] == 0x86 || (frame[12] == 0x81 && frame[16] == 0x86);
+            if (t.Protocol != Transport.Tcp || v6 != (gsoType == XEN_NETIF_GSO_TYPE_TCPV6)) return NETIF_RSP_ERROR;
+            gso = v6 ? VifGso.TcpV6 : VifGso.TcpV4;
+        }
+        Checksum.MakePartial(frame, out _);
+        offload = new VifOffload(true, (ushort)t.Offset, (ushort)t.Field, gso, gso == VifGso.None ? (ushort)0 : gsoSize,
+            (ushort)(t.Offset + t.HeaderLength));
+        return NETIF_RSP_OKAY;
     }
 
     // ---- receive: host → guest ----

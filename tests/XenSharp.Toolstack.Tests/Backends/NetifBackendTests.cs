@@ -32,6 +32,8 @@ public sealed unsafe class NetifBackendTests : IDisposable
     private readonly BackendRegistry _backends;
     private readonly ConcurrentDictionary<string, TestPort> _ports = new();
     private readonly ushort _dom;
+    /// <summary>Whether the next port made finishes checksums and cuts GSO frames itself, as a TAP does.</summary>
+    private bool _offloads;
 
     public NetifBackendTests()
     {
@@ -39,7 +41,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
         _hv.PopulatePhysmap(_dom, BaseGfn, 2 * GfnsPerVif);
         _backends = new BackendRegistry(_hv.Dom0Services, _xs, new BackendOptions
         {
-            OpenVifPort = name => _ports.GetOrAdd(name, n => new TestPort(n)),
+            OpenVifPort = name => _ports.GetOrAdd(name, n => new TestPort(n, _offloads)),
         });
         for (int v = 0; v < 2; v++)
         {
@@ -67,9 +69,11 @@ public sealed unsafe class NetifBackendTests : IDisposable
     private static uint RxGref(int v, int i) => TxRingGref(v) + 2 + TxPages + (uint)i;
 
     /// <summary>An in-memory host end: frames the guest sent, and frames queued for the guest.</summary>
-    private sealed class TestPort(string name) : IVifPort
+    private sealed class TestPort(string name, bool offloads) : IVifPort
     {
         public readonly ConcurrentQueue<byte[]> Sent = new();
+        public readonly ConcurrentQueue<VifOffload> SentOffloads = new();
+        public bool Offloads => offloads;
         public readonly ConcurrentQueue<byte[]> ForGuest = new();
         private Action? _waiting;
         public volatile bool Disposed;
@@ -85,8 +89,10 @@ public sealed unsafe class NetifBackendTests : IDisposable
             return f.Length;
         }
 
-        public int Send(ReadOnlySpan<byte> frame)
+        public int Send(ReadOnlySpan<byte> frame, in VifOffload offload)
         {
+            Assert.True(offloads || offload == VifOffload.None, "offloads handed to a port without them");
+            SentOffloads.Enqueue(offload);
             Sent.Enqueue(frame.ToArray());
             return 0;
         }
@@ -174,7 +180,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
         uint sum = 0;
         void Add(ReadOnlySpan<byte> s) { for (int i = 0; i < s.Length; i += 2) sum += (uint)(s[i] << 8 | (i + 1 < s.Length ? s[i + 1] : 0)); }
         Add(f.AsSpan(v6 ? 22 : 26, v6 ? 32 : 8));
-        sum += v6 ? 6u : 17u;
+        sum += v6 ? f[20] : f[23];
         sum += (uint)len;
         Add(f.AsSpan(l4));
         while (sum > 0xFFFF) sum = (sum & 0xFFFF) + (sum >> 16);
@@ -355,6 +361,57 @@ public sealed unsafe class NetifBackendTests : IDisposable
         Assert.Equal(5, Backend(a).Statistics.TxFailed);
         Assert.Equal(XenbusState.Connected, BackendState(a));
         Assert.Null(_xs.Read($"{a.ErrorPath}/error"));
+    }
+
+    [Fact]
+    public void WhereTheHostEndOffloadsChecksumsStayPartialAndLargeTcpFramesGoWholeForTheHostToCut()
+    {
+        _offloads = true;
+        byte[] gso = Frame(9000, seed: 4);
+        gso[23] = 6; // TCP instead of UDP
+        gso[34 + 12] = 0x50;
+        byte[] udp = Frame(500, seed: 6);
+        WriteTxData(0, 0, 0, gso.AsSpan(0, 4096));
+        WriteTxData(0, 1, 0, gso.AsSpan(4096, 4096));
+        WriteTxData(0, 2, 0, gso.AsSpan(8192));
+        WriteTxData(0, 3, 0, udp);
+        PlaceTx(0,
+        [
+            Slot(TxGref(0, 0), 0, gso.Length, NETTXF_more_data | NETTXF_extra_info | NETTXF_csum_blank, 1),
+            Extra(XEN_NETIF_EXTRA_TYPE_GSO, gsoSize: 1448, gsoType: XEN_NETIF_GSO_TYPE_TCPV4),
+            Slot(TxGref(0, 1), 0, 4096, NETTXF_more_data, 2),
+            Slot(TxGref(0, 2), 0, gso.Length - 8192, 0, 3),
+            Slot(TxGref(0, 3), 0, udp.Length, NETTXF_csum_blank, 4),
+            // GSO that says IPv6 for an IPv4 frame.
+            Slot(TxGref(0, 3), 0, udp.Length, NETTXF_extra_info | NETTXF_csum_blank, 5),
+            Extra(XEN_NETIF_EXTRA_TYPE_GSO, gsoSize: 1448, gsoType: XEN_NETIF_GSO_TYPE_TCPV6),
+        ]);
+        var a = AddVif();
+        WaitFor(a, XenbusState.InitWait);
+        Assert.Equal("1", _xs.Read($"{a.BackendPath}/feature-gso-tcpv4"));
+        Assert.Equal("1", _xs.Read($"{a.BackendPath}/feature-gso-tcpv6"));
+        FrontendConnects(a);
+        var rsp = Responses<NetifTxRequest, NetifTxResponse>(TxRingGfn(0), 7);
+        Assert.Equal(new short[] { NETIF_RSP_OKAY, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETIF_RSP_OKAY, NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_NULL },
+            rsp.Select(r => r.Status));
+
+        var port = _ports[$"vif{_dom}.0"];
+        WaitUntil(() => port.Sent.Count == 2, "two frames at the host end");
+        var sent = port.Sent.ToArray();
+        var offloads = port.SentOffloads.ToArray();
+        Assert.Equal(new VifOffload(true, 34, 16, VifGso.TcpV4, 1448, 54), offloads[0]);
+        Assert.Equal(new VifOffload(true, 34, 6, VifGso.None, 0, 42), offloads[1]);
+        Assert.Equal(gso.Length, sent[0].Length);
+        // The partial checksum is the pseudo-header's: adding the segment's own sum completes it.
+        foreach (var (f, field) in new[] { (sent[0], 34 + 16), (sent[1], 34 + 6) })
+        {
+            var done = (byte[])f.Clone();
+            uint sum = 0;
+            for (int i = 34; i < done.Length; i += 2) sum += (uint)(done[i] << 8 | (i + 1 < done.Length ? done[i + 1] : 0));
+            while (sum > 0xFFFF) sum = (sum & 0xFFFF) + (sum >> 16);
+            BinaryPrimitives.WriteUInt16BigEndian(done.AsSpan(field), (ushort)~sum);
+            Assert.True(ChecksumVerifies(done), "the partial checksum does not complete to a valid one");
+        }
     }
 
     public static TheoryData<string, string> RingBreakers() => new()
