@@ -30,7 +30,8 @@ public sealed class NetifStatistics
 /// A PV network interface (device/vif/N): Xen's netif protocol served onto a host port (<see cref="IVifPort"/>,
 /// a TAP device named vifD.N by default), the part Linux's xen-netback plays. The port is created before
 /// InitWait, so the toolstack's hotplug script can put it on a bridge, and lives as long as the device.
-/// On connect the frontend's transmit and receive ring pages are mapped (one queue, one event channel), with
+/// On connect the frontend's transmit and receive ring pages are mapped (one queue; one event channel, or one per
+/// ring with <c>feature-split-event-channels</c>), with
 /// <c>request-rx-copy</c> and <c>feature-rx-notify</c> required as netback requires them.
 /// Transmit: each packet's slots (up to <see cref="MaxSlots"/>; <c>feature-sg</c>) are copied with one batched
 /// grant copy into one preallocated frame, its checksum completed when the frontend left it blank, and the frame
@@ -41,7 +42,7 @@ public sealed class NetifStatistics
 /// to the error node and the backend closes. Where the port <see cref="IVifPort.Offloads"/>, blank checksums are
 /// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
 /// checksums are completed here and GSO is not offered. Not served: GSO towards the guest, multiple queues,
-/// split event channels, multicast control, the control ring.
+/// multicast control, the control ring.
 /// </summary>
 internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
@@ -61,6 +62,8 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     private BackRing<NetifTxRequest, NetifTxResponse>? _tx;
     private BackRing<NetifRxRequest, NetifRxResponse>? _rx;
     private bool _frontendSg;
+    /// <summary>The local ports that tell the frontend of tx and rx responses (the same one unless split).</summary>
+    private uint _txPort, _rxPort;
     private byte* _txFrame, _rxFrame;
     /// <summary>A frame read from the port that waits for enough receive slots.</summary>
     private int _rxPending;
@@ -89,6 +92,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         WriteBackend("feature-rx-copy", "1");
         WriteBackend("feature-rx-flip", "0");
         WriteBackend("feature-ipv6-csum-offload", "1");
+        WriteBackend("feature-split-event-channels", "1");
         // GSO only where the host end cuts large segments itself.
         string gso = _port.Offloads ? "1" : "0";
         WriteBackend("feature-gso-tcpv4", gso);
@@ -106,10 +110,16 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         _frontendSg = ReadFrontend("feature-sg") == "1";
         uint txRef = ReadFrontendUInt("tx-ring-ref");
         uint rxRef = ReadFrontendUInt("rx-ring-ref");
-        uint port = ReadFrontendUInt("event-channel");
         var txPage = (byte*)MapRingRef(txRef);
         var rxPage = (byte*)MapRingRef(rxRef);
-        BindFrontendEventChannel(port);
+        if (ReadFrontend("event-channel-tx") is not null)
+        {
+            // Split event channels: one port per ring, each notified for its own ring's responses.
+            _txPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-tx"));
+            _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-rx"));
+        }
+        else
+            _txPort = _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel"));
         if (_txFrame is null) _txFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
         if (_rxFrame is null) _rxFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
         _rxPending = 0;
@@ -119,6 +129,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
     protected override void Disconnect()
     {
+        _txPort = _rxPort = 0;
         _tx = null;
         _rx = null;
         _rxPending = 0;
@@ -136,9 +147,15 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     protected override void ProcessEvents()
     {
         if (_tx is not { } tx || _rx is not { } rx || _port is not { } port) return;
-        bool notify = ServeTransmit(tx, port);
-        notify |= ServeReceive(rx, port);
-        if (notify) NotifyFrontend();
+        bool txNotify = ServeTransmit(tx, port);
+        bool rxNotify = ServeReceive(rx, port);
+        if (_txPort == _rxPort)
+        {
+            if (txNotify || rxNotify) NotifyFrontend(_txPort);
+            return;
+        }
+        if (txNotify) NotifyFrontend(_txPort);
+        if (rxNotify) NotifyFrontend(_rxPort);
     }
 
     // ---- transmit: guest → host ----

@@ -101,20 +101,28 @@ public abstract class BackendDevice : IBackendWork, IDisposable
         return op.Address;
     }
 
-    /// <summary>Binds the frontend's port; its notifications queue <see cref="ProcessEvents"/>. Unbound on disconnect.</summary>
-    protected void BindFrontendEventChannel(uint remotePort)
+    /// <summary>Binds the frontend's port; its notifications queue <see cref="ProcessEvents"/>. Unbound on disconnect.
+    /// Returns the local port (for a device with more than one, see <see cref="NotifyFrontend(uint)"/>).</summary>
+    protected uint BindFrontendEventChannel(uint remotePort)
     {
         long rc = Dom0.BindInterdomain((ushort)Address.FrontendId, remotePort, Kick, out uint local);
         if (rc != 0)
             throw new BackendDeviceException((int)-rc, $"binding event channel {remotePort} of domain {Address.FrontendId}");
         lock (_lock) _ports.Add(local);
         _frontendPort = local;
+        return local;
     }
 
     /// <summary>EVTCHNOP_send to the frontend on the bound port.</summary>
     protected void NotifyFrontend()
     {
         if (_frontendPort != 0) Dom0.Notify(_frontendPort);
+    }
+
+    /// <summary>EVTCHNOP_send on one of the device's bound ports (split event channels).</summary>
+    protected void NotifyFrontend(uint localPort)
+    {
+        if (localPort != 0) Dom0.Notify(localPort);
     }
 
     /// <summary>The frontend's event arrived (on its pCPU): only queue the device.</summary>

@@ -123,7 +123,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
     }
 
     /// <summary>netfront's connect: both rings granted, a port offered, rx-copy and rx-notify, Connected.</summary>
-    private void FrontendConnects(DeviceAddress a, bool rxCopy = true)
+    private void FrontendConnects(DeviceAddress a, bool rxCopy = true, bool split = false)
     {
         int v = a.DevId;
         _hv.SeedGrantEntry(_dom, TxRingGref(v), GTF_permit_access, 0, (uint)TxRingGfn(v));
@@ -131,7 +131,13 @@ public sealed unsafe class NetifBackendTests : IDisposable
         uint port = _hv.Dom0Services.AllocUnboundEventChannel(_dom);
         _xs.Write($"{a.FrontendPath}/tx-ring-ref", TxRingGref(v).ToString());
         _xs.Write($"{a.FrontendPath}/rx-ring-ref", RxRingGref(v).ToString());
-        _xs.Write($"{a.FrontendPath}/event-channel", port.ToString());
+        if (split)
+        {
+            _xs.Write($"{a.FrontendPath}/event-channel-tx", port.ToString());
+            _xs.Write($"{a.FrontendPath}/event-channel-rx", _hv.Dom0Services.AllocUnboundEventChannel(_dom).ToString());
+        }
+        else
+            _xs.Write($"{a.FrontendPath}/event-channel", port.ToString());
         if (rxCopy) _xs.Write($"{a.FrontendPath}/request-rx-copy", "1");
         _xs.Write($"{a.FrontendPath}/feature-rx-notify", "1");
         _xs.Write($"{a.FrontendPath}/feature-sg", "1");
@@ -275,7 +281,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
         WaitFor(a, XenbusState.InitWait);
         Assert.True(_ports.TryGetValue($"vif{_dom}.0", out var port), "no port named vifD.0");
         Assert.Same(port, Backend(a).Port);
-        foreach (var (key, value) in new[] { ("feature-sg", "1"), ("feature-rx-copy", "1"), ("feature-rx-flip", "0"), ("feature-ipv6-csum-offload", "1"), ("feature-gso-tcpv4", "0") })
+        foreach (var (key, value) in new[] { ("feature-sg", "1"), ("feature-rx-copy", "1"), ("feature-rx-flip", "0"), ("feature-ipv6-csum-offload", "1"), ("feature-gso-tcpv4", "0"), ("feature-split-event-channels", "1") })
             Assert.Equal(value, _xs.Read($"{a.BackendPath}/{key}"));
         _backends.RemoveDevicesOf(_dom);
         Assert.True(port!.Disposed);
@@ -486,7 +492,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
         port.ForGuest.Enqueue(f3);
         PlaceTx(0, []);
         PlaceRx(0, 2, firstId: 7); // room for the first frame and half the second
-        FrontendConnects(a);
+        FrontendConnects(a, split: true);
         WaitFor(a, XenbusState.Connected);
         var rsp = Responses<NetifRxRequest, NetifRxResponse>(RxRingGfn(0), 1);
         Assert.Equal(7, rsp[0].Id);
