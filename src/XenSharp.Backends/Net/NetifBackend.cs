@@ -354,7 +354,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
             int slots = (_rxPending + PageSize - 1) / PageSize;
             var check = rx.CheckForRequests(out uint count);
             if (check != RingCheck.Overflow && count < slots)
-                check = rx.FinalCheckForRequests(out count); // the guest notifies when it posts more buffers
+                check = rx.NotifyOnMoreRequests(out count); // the guest notifies when it posts more buffers
             if (check == RingCheck.Overflow)
                 throw new BackendDeviceException(Errno.EBADMSG, "the frontend's rx request producer ran beyond the ring");
             if (count < slots) break;

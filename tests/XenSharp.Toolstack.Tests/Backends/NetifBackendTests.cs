@@ -500,6 +500,10 @@ public sealed unsafe class NetifBackendTests : IDisposable
         Assert.Equal(0, rsp[0].Flags & NETRXF_more_data);
         Assert.Equal(f1, RxPage(0, 0)[..f1.Length]);
 
+        // The backend waits for buffers: it asked to be notified at the guest's next request (req_event = req_prod + 1).
+        var ring = new byte[Page];
+        _hv.ReadGuestMemory(_dom, RxRingGfn(0) * Page, ring);
+        Assert.Equal(3u, BinaryPrimitives.ReadUInt32LittleEndian(ring.AsSpan(Ring.OffsetReqEvent)));
         // More buffers, and the event that says so: the second and third frames follow.
         PostRx(0, 2, 3, firstId: 20);
         port.Poke();
