@@ -94,6 +94,11 @@ public class LayoutTests
         ("struct blkif_request_indirect", typeof(BlkifRequestIndirect), 64, [("indirect_op", "IndirectOp", 1), ("nr_segments", "NrSegments", 2), ("id", "Id", 8),
             ("sector_number", "SectorNumber", 16), ("handle", "Handle", 24), ("indirect_grefs", "IndirectGrefs", 28)]),
         ("struct blkif_response", typeof(BlkifResponse), 16, [("id", "Id", 0), ("operation", "Operation", 8), ("status", "Status", 10)]),
+        ("struct netif_tx_request", typeof(NetifTxRequest), 12, [("gref", "Gref", 0), ("offset", "Offset", 4), ("flags", "Flags", 6), ("id", "Id", 8), ("size", "Size", 10)]),
+        ("struct netif_extra_info", typeof(NetifExtraInfo), 8, [("type", "Type", 0), ("flags", "Flags", 1), ("u.gso.size", "GsoSize", 2), ("u.gso.type", "GsoType", 4), ("u.gso.features", "GsoFeatures", 6)]),
+        ("struct netif_tx_response", typeof(NetifTxResponse), 4, [("id", "Id", 0), ("status", "Status", 2)]),
+        ("struct netif_rx_request", typeof(NetifRxRequest), 8, [("id", "Id", 0), ("gref", "Gref", 4)]),
+        ("struct netif_rx_response", typeof(NetifRxResponse), 8, [("id", "Id", 0), ("offset", "Offset", 2), ("flags", "Flags", 4), ("status", "Status", 6)]),
         ("struct xsd_sockmsg", typeof(XsdSockmsg), 16, [("type", "Type", 0), ("req_id", "ReqId", 4), ("tx_id", "TxId", 8), ("len", "Len", 12)]),
         ("struct xenstore_domain_interface", typeof(XenstoreDomainInterface), 2076, [("req", "Req", 0), ("rsp", "Rsp", 1024), ("req_cons", "ReqCons", 2048),
             ("rsp_prod", "RspProd", 2060), ("server_features", "ServerFeatures", 2064), ("connection", "Connection", 2068), ("error", "Error", 2072)]),
@@ -119,7 +124,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h" })
+                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

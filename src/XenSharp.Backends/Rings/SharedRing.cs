@@ -105,6 +105,16 @@ public sealed unsafe class BackRing<TReq, TRsp> where TReq : unmanaged where TRs
         return CheckForRequests(out count);
     }
 
+    /// <summary>For a backend that needs more requests than wait (a frame that takes several receive slots): asks
+    /// the frontend to notify at its next request (req_event = req_prod + 1) and looks again, so requests pushed
+    /// meanwhile are not missed.</summary>
+    public RingCheck NotifyOnMoreRequests(out uint count)
+    {
+        RingIndex.Write(_s, Ring.OffsetReqEvent, unchecked(RingIndex.Read(_s, Ring.OffsetReqProd) + 1));
+        Interlocked.MemoryBarrier();
+        return CheckForRequests(out count);
+    }
+
     /// <summary>RING_COPY_REQUEST and req_cons++: the caller has seen the request in a count from
     /// <see cref="CheckForRequests"/>.</summary>
     public void TakeRequest(out TReq request)

@@ -71,6 +71,9 @@ public abstract class BackendDevice : IBackendWork, IDisposable
     /// <summary>The frontend notified (or the device just connected): serve the rings.</summary>
     protected abstract void ProcessEvents();
 
+    /// <summary>The device is gone for good (after the last <see cref="Disconnect"/>): release what lives as long as the device.</summary>
+    protected virtual void Removed() { }
+
     // ---- helpers for backends ----
 
     /// <summary>A frontend key as an unsigned number; a missing or garbage value ends the device.</summary>
@@ -99,7 +102,7 @@ public abstract class BackendDevice : IBackendWork, IDisposable
     }
 
     /// <summary>Binds the frontend's port; its notifications queue <see cref="ProcessEvents"/>. Unbound on disconnect.
-    /// Returns the local port (a device with several rings notifies each on its own).</summary>
+    /// Returns the local port (for a device with more than one, see <see cref="NotifyFrontend(uint)"/>).</summary>
     protected uint BindFrontendEventChannel(uint remotePort)
     {
         long rc = Dom0.BindInterdomain((ushort)Address.FrontendId, remotePort, Kick, out uint local);
@@ -114,6 +117,12 @@ public abstract class BackendDevice : IBackendWork, IDisposable
     protected void NotifyFrontend()
     {
         if (_frontendPort != 0) Dom0.Notify(_frontendPort);
+    }
+
+    /// <summary>EVTCHNOP_send on one of the device's bound ports (split event channels).</summary>
+    protected void NotifyFrontend(uint localPort)
+    {
+        if (localPort != 0) Dom0.Notify(localPort);
     }
 
     /// <summary>The frontend's event arrived (on its pCPU): only queue the device.</summary>
@@ -264,7 +273,11 @@ public abstract class BackendDevice : IBackendWork, IDisposable
         public void RunQueued()
         {
             d._removed = true;
-            try { d.TearDown(); }
+            try
+            {
+                d.TearDown();
+                d.Removed();
+            }
             catch (Exception e) when (e is not OutOfMemoryException) { System.Console.Error.WriteLine($"xensharpd: backend {d.Address}: {e.Message}"); }
             finally { Done.Set(); }
         }

@@ -1,5 +1,6 @@
 using XenSharp.Backends.Block;
 using XenSharp.Backends.Console;
+using XenSharp.Backends.Net;
 using XenSharp.Dom0;
 using XenSharp.Store;
 
@@ -11,6 +12,8 @@ public sealed class BackendOptions
     /// <summary>The log of a console: the domain's id and console number (0 for the primary) → a path, or null for none.</summary>
     public Func<uint, int, string?> ConsoleLogPath { get; init; } = (_, _) => null;
     public ConsoleLogLimits ConsoleLogLimits { get; init; } = ConsoleLogLimits.Default;
+    /// <summary>The host end of a vif, by interface name: a TAP device unless told otherwise.</summary>
+    public Func<string, IVifPort> OpenVifPort { get; init; } = TapPort.Open;
 }
 
 /// <summary>
@@ -25,6 +28,7 @@ public sealed class BackendRegistry : IDisposable
     [
         (DeviceKinds.Console, (c, a) => new ConsoleDevice(c, a)),
         (DeviceKinds.Vbd, (c, a) => new BlkifBackend(c, a)),
+        (DeviceKinds.Vif, (c, a) => new NetifBackend(c, a)),
     ];
 
     private readonly Dictionary<string, BackendBus> _buses = [];

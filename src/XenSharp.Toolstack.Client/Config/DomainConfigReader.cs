@@ -152,10 +152,6 @@ public static class DomainConfigReader
         // Disk targets are host paths: relative ones resolve as kernel= does, against the configuration's directory.
         d.Disks = [.. d.Disks.Select(x => x.Target is { } t && !Path.IsPathRooted(t)
             ? x with { Target = Path.GetFullPath(Path.Combine(cfg.Directory ?? Environment.CurrentDirectory, t)) } : x)];
-        // vifs are parsed and kept (xl list -l shows them), but no backend serves them yet: say so.
-        if (cfg.Find("vif") is { } vifSetting)
-            foreach (var (nic, line) in d.Nics.Zip(cfg.GetList("vif")!.Select(i => i.Line)))
-                warnings.Add($"{vifSetting.File}:{line}: warning: vif {nic.Devid} (mac {nic.Mac}): the network backend is not available yet; the domain is created without this interface");
 
         switch (d.Type)
         {

@@ -53,6 +53,7 @@ public sealed partial class Host
     private void DisconnectDevices(Domain d)
     {
         d.PrimaryConsole?.Dispose();
+        RemoveNics(d);
         BackendRegistry? b;
         lock (_lock) b = _backends;
         b?.RemoveDevicesOf(d.DomId);

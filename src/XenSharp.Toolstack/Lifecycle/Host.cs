@@ -208,6 +208,7 @@ public sealed partial class Host : IDisposable
 
             XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
             AddDisks(dom);
+            AddNics(dom);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
             if (!paused) hvd.Unpause();
             lock (_lock)

@@ -32,8 +32,8 @@ public sealed class DeviceWiringTests : IDisposable
         Assert.Equal(((int)XenbusState.InitWait).ToString(), xs.Read($"{a.BackendPath}/state"));
         Assert.NotNull(host.Backends.Find(a));
         // Kinds without a backend are names only.
-        Assert.Equal("no backend serves vif devices",
-            Assert.Throws<ControlException>(() => host.AddDevice(domId, DeviceKinds.Vif, 0)).Message);
+        Assert.Equal("no backend serves vkbd devices",
+            Assert.Throws<ControlException>(() => host.AddDevice(domId, DeviceKinds.Vkbd, 0)).Message);
 
         Assert.True(host.Handle(new DestroyRequest(domId.ToString(), false)).Ok);
         Assert.False(xs.Exists(a.BackendPath));

@@ -1,0 +1,402 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using XenSharp.Backends.Rings;
+using XenSharp.Backends.Xenbus;
+using XenSharp.Dom0;
+using XenSharp.Public;
+using XenSharp.Public.Io;
+using static XenSharp.Public.Io.Netif;
+
+namespace XenSharp.Backends.Net;
+
+/// <summary>Frames a vif has moved and refused (Linux netback's statistics, from the host's side: tx is the guest's sending).</summary>
+public sealed class NetifStatistics
+{
+    internal long TxFrames, TxBytes, TxErrors, TxDropped, RxFrames, RxBytes, RxDropped;
+    /// <summary>Frames the guest sent that reached the host end.</summary>
+    public long TxPackets => Volatile.Read(ref TxFrames);
+    public long TxOctets => Volatile.Read(ref TxBytes);
+    /// <summary>Frames the guest sent that were answered NETIF_RSP_ERROR (bad slots or grants, GSO where it is not offered).</summary>
+    public long TxFailed => Volatile.Read(ref TxErrors);
+    /// <summary>Frames the host end refused.</summary>
+    public long TxRefused => Volatile.Read(ref TxDropped);
+    public long RxPackets => Volatile.Read(ref RxFrames);
+    public long RxOctets => Volatile.Read(ref RxBytes);
+    /// <summary>Frames for the guest that could not be delivered (too large for its buffers, a bad grant).</summary>
+    public long RxFailed => Volatile.Read(ref RxDropped);
+}
+
+/// <summary>
+/// A PV network interface (device/vif/N): Xen's netif protocol served onto a host port (<see cref="IVifPort"/>,
+/// a TAP device named vifD.N by default), the part Linux's xen-netback plays. The port is created before
+/// InitWait, so the toolstack's hotplug script can put it on a bridge, and lives as long as the device.
+/// On connect the frontend's transmit and receive ring pages are mapped (one queue; one event channel, or one per
+/// ring with <c>feature-split-event-channels</c>), with
+/// <c>request-rx-copy</c> and <c>feature-rx-notify</c> required as netback requires them.
+/// Transmit: each packet's slots (up to <see cref="MaxSlots"/>; <c>feature-sg</c>) are copied with one batched
+/// grant copy into one preallocated frame, its checksum completed when the frontend left it blank, and the frame
+/// written to the port. Receive: frames read from the port are copied into the guest's posted pages, a page per
+/// slot. Garbage that only spoils one packet (slot sizes that do not add up, a bad grant, too many slots) fails
+/// that packet; garbage that leaves the ring unreadable (a slot crossing its page, far too many slots, missing or
+/// unknown extra info, a producer beyond the ring) disables the vif as netback's fatal errors do: the reason goes
+/// to the error node and the backend closes. Where the port <see cref="IVifPort.Offloads"/>, blank checksums are
+/// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
+/// checksums are completed here and GSO is not offered. Not served: GSO towards the guest, multiple queues,
+/// multicast control, the control ring.
+/// </summary>
+internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
+{
+    private const int PageSize = 4096;
+    private const int EthHeader = 14;
+    /// <summary>Data slots a packet may use (netback's XEN_NETBK_LEGACY_SLOTS_MAX); more drop the packet.</summary>
+    public const int MaxSlots = XEN_NETIF_NR_SLOTS_MIN;
+    /// <summary>Slots beyond which a packet is not a mistake but garbage (netback's fatal_skb_slots default).</summary>
+    public const int FatalSlots = 20;
+    /// <summary>Extra-info slots a packet may carry (one per type).</summary>
+    private const int MaxExtras = XEN_NETIF_EXTRA_TYPE_MAX - 1;
+    /// <summary>The largest frame either way: what a transmit packet's 16-bit size can say.</summary>
+    public const int MaxFrame = XEN_NETIF_MAX_TX_SIZE;
+    private const int RxMaxSlots = (MaxFrame + PageSize - 1) / PageSize;
+
+    private IVifPort? _port;
+    private BackRing<NetifTxRequest, NetifTxResponse>? _tx;
+    private BackRing<NetifRxRequest, NetifRxResponse>? _rx;
+    private bool _frontendSg;
+    /// <summary>The local ports that tell the frontend of tx and rx responses (the same one unless split).</summary>
+    private uint _txPort, _rxPort;
+    private byte* _txFrame, _rxFrame;
+    /// <summary>A frame read from the port that waits for enough receive slots.</summary>
+    private int _rxPending;
+    private readonly GrantCopyOp[] _copies = GC.AllocateArray<GrantCopyOp>(Math.Max(MaxSlots, RxMaxSlots), pinned: true);
+    /// <summary>The slots of the packet being taken, in ring order, data and extra alike.</summary>
+    private readonly NetifTxRequest[] _slots = new NetifTxRequest[FatalSlots + MaxExtras + 1];
+    private readonly bool[] _isExtra = new bool[FatalSlots + MaxExtras + 1];
+    private readonly NetifRxRequest[] _rxSlots = new NetifRxRequest[RxMaxSlots];
+
+    public NetifStatistics Statistics { get; } = new();
+
+    /// <summary>The host end while the device has one.</summary>
+    public IVifPort? Port => Volatile.Read(ref _port);
+
+    // ---- xenbus ----
+
+    protected override void Initialise()
+    {
+        if (_port is null)
+        {
+            try { Volatile.Write(ref _port, Context.Options.OpenVifPort(VifPorts.InterfaceName(Address))); }
+            catch (IOException e) { throw new BackendDeviceException(e.HResult < 0 ? -e.HResult : Errno.EIO, e.Message); }
+            _port!.Start(Kick);
+        }
+        WriteBackend("feature-sg", "1");
+        WriteBackend("feature-rx-copy", "1");
+        WriteBackend("feature-rx-flip", "0");
+        WriteBackend("feature-ipv6-csum-offload", "1");
+        WriteBackend("feature-split-event-channels", "1");
+        // GSO only where the host end cuts large segments itself.
+        string gso = _port.Offloads ? "1" : "0";
+        WriteBackend("feature-gso-tcpv4", gso);
+        WriteBackend("feature-gso-tcpv6", gso);
+    }
+
+    protected override void Connect()
+    {
+        if (ReadFrontend("multi-queue-num-queues") is { } q && q != "1")
+            throw new BackendDeviceException(Errno.EINVAL, $"{FrontendPath}: {q} queues asked for; one is served");
+        if (ReadFrontend("request-rx-copy") != "1")
+            throw new BackendDeviceException(Errno.EOPNOTSUPP, $"{FrontendPath}: the frontend does not support rx-copy");
+        if (ReadFrontend("feature-rx-notify") != "1")
+            throw new BackendDeviceException(Errno.EINVAL, $"{FrontendPath}: feature-rx-notify is mandatory");
+        _frontendSg = ReadFrontend("feature-sg") == "1";
+        uint txRef = ReadFrontendUInt("tx-ring-ref");
+        uint rxRef = ReadFrontendUInt("rx-ring-ref");
+        var txPage = (byte*)MapRingRef(txRef);
+        var rxPage = (byte*)MapRingRef(rxRef);
+        if (ReadFrontend("event-channel-tx") is not null)
+        {
+            // Split event channels: one port per ring, each notified for its own ring's responses.
+            _txPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-tx"));
+            _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-rx"));
+        }
+        else
+            _txPort = _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel"));
+        if (_txFrame is null) _txFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
+        if (_rxFrame is null) _rxFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
+        _rxPending = 0;
+        _tx = new BackRing<NetifTxRequest, NetifTxResponse>(txPage);
+        _rx = new BackRing<NetifRxRequest, NetifRxResponse>(rxPage);
+    }
+
+    protected override void Disconnect()
+    {
+        _txPort = _rxPort = 0;
+        _tx = null;
+        _rx = null;
+        _rxPending = 0;
+    }
+
+    protected override void Removed()
+    {
+        Interlocked.Exchange(ref _port, null)?.Dispose();
+        if (_txFrame is not null) NativeMemory.AlignedFree(_txFrame);
+        if (_rxFrame is not null) NativeMemory.AlignedFree(_rxFrame);
+        _txFrame = _rxFrame = null;
+    }
+
+    /// <summary>The frontend notified, or the port has frames: serve both rings, then notify once if asked.</summary>
+    protected override void ProcessEvents()
+    {
+        if (_tx is not { } tx || _rx is not { } rx || _port is not { } port) return;
+        bool txNotify = ServeTransmit(tx, port);
+        bool rxNotify = ServeReceive(rx, port);
+        if (_txPort == _rxPort)
+        {
+            if (txNotify || rxNotify) NotifyFrontend(_txPort);
+            return;
+        }
+        if (txNotify) NotifyFrontend(_txPort);
+        if (rxNotify) NotifyFrontend(_rxPort);
+    }
+
+    // ---- transmit: guest → host ----
+
+    private bool ServeTransmit(BackRing<NetifTxRequest, NetifTxResponse> tx, IVifPort port)
+    {
+        bool notify = false;
+        while (true)
+        {
+            var check = tx.CheckForRequests(out uint count);
+            if (check == RingCheck.Empty)
+                check = tx.FinalCheckForRequests(out count);
+            if (check == RingCheck.Overflow)
+                throw new BackendDeviceException(Errno.EBADMSG, "the frontend's tx request producer ran beyond the ring");
+            if (check == RingCheck.Empty)
+                return notify;
+            while (count > 0)
+            {
+                TransmitOne(tx, port, ref count);
+                notify |= tx.PushResponsesAndCheckNotify();
+            }
+        }
+    }
+
+    /// <summary>Takes the next request slot of the packet; a packet that promises slots the frontend has not
+    /// produced is garbage (netback: "Need more slots").</summary>
+    private NetifTxRequest Take(BackRing<NetifTxRequest, NetifTxResponse> tx, ref uint count)
+    {
+        if (count == 0)
+        {
+            if (tx.CheckForRequests(out count) != RingCheck.Requests)
+                throw new BackendDeviceException(Errno.EINVAL, "a tx packet runs past the requests produced");
+        }
+        count--;
+        tx.TakeRequest(out var r);
+        return r;
+    }
+
+    /// <summary>One packet: its slots taken and checked, its data copied, its frame sent, every slot answered.</summary>
+    private void TransmitOne(BackRing<NetifTxRequest, NetifTxResponse> tx, IVifPort port, ref uint count)
+    {
+        int n = 0, data = 0;
+        short status = NETIF_RSP_OKAY;
+        byte gsoType = XEN_NETIF_GSO_TYPE_NONE;
+        ushort gsoSize = 0;
+        var first = Take(tx, ref count);
+        _slots[n] = first;
+        _isExtra[n++] = false;
+        data++;
+        ushort flags = first.Flags;
+        if ((first.Flags & NETTXF_extra_info) != 0)
+        {
+            // Extra-info slots follow the first, each flagged when another follows.
+            byte more;
+            do
+            {
+                if (n > MaxExtras)
+                    throw new BackendDeviceException(Errno.EINVAL, "a tx packet carries more extra info slots than there are types");
+                var slot = Take(tx, ref count);
+                _slots[n] = slot;
+                _isExtra[n++] = true;
+                var extra = *(NetifExtraInfo*)&slot;
+                if (extra.Type is XEN_NETIF_EXTRA_TYPE_NONE or >= XEN_NETIF_EXTRA_TYPE_MAX)
+                    throw new BackendDeviceException(Errno.EINVAL, $"a tx packet carries extra info of unknown type {extra.Type}");
+                if (extra.Type == XEN_NETIF_EXTRA_TYPE_GSO)
+                {
+                    if (extra.GsoSize == 0)
+                        throw new BackendDeviceException(Errno.EINVAL, "a tx packet's GSO size is zero");
+                    if (extra.GsoType is not (XEN_NETIF_GSO_TYPE_TCPV4 or XEN_NETIF_GSO_TYPE_TCPV6))
+                        throw new BackendDeviceException(Errno.EINVAL, $"a tx packet's GSO type {extra.GsoType} is unknown");
+                    if (!port.Offloads) status = NETIF_RSP_ERROR; // not offered: the packet cannot be segmented here
+                    gsoType = extra.GsoType;
+                    gsoSize = extra.GsoSize;
+                }
+                more = (byte)(extra.Flags & XEN_NETIF_EXTRA_FLAG_MORE);
+            } while (more != 0);
+        }
+        // The further data slots: each one's size is its own; the first slot keeps what remains.
+        int remaining = first.Size;
+        var last = first;
+        while ((last.Flags & NETTXF_more_data) != 0)
+        {
+            if (data >= FatalSlots)
+                throw new BackendDeviceException(Errno.E2BIG, $"a tx packet asks for more than {FatalSlots} slots");
+            last = Take(tx, ref count);
+            _slots[n] = last;
+            _isExtra[n++] = false;
+            data++;
+            if (last.Size > remaining) status = NETIF_RSP_ERROR; // the slots add up to more than the packet
+            else remaining -= last.Size;
+        }
+        if (data > MaxSlots) status = NETIF_RSP_ERROR;
+        if (first.Size < EthHeader) status = NETIF_RSP_ERROR;
+
+        // Offsets are checked on every slot: a fragment crossing its page is garbage.
+        for (int i = 0, k = 0; i < n; i++)
+        {
+            if (_isExtra[i]) continue;
+            var s = _slots[i];
+            int len = k == 0 ? remaining : s.Size;
+            if (s.Offset + len > PageSize)
+                throw new BackendDeviceException(Errno.EINVAL, $"a tx slot crosses its page: offset {s.Offset}, size {len}");
+            k++;
+        }
+
+        int bytes = 0;
+        var offload = VifOffload.None;
+        if (status == NETIF_RSP_OKAY)
+        {
+            int ops = 0;
+            for (int i = 0; i < n; i++)
+            {
+                if (_isExtra[i]) continue;
+                var s = _slots[i];
+                int len = ops == 0 ? remaining : s.Size;
+                _copies[ops++] = new GrantCopyOp
+                {
+                    Dom = (ushort)Address.FrontendId, Ref = s.Gref, Offset = s.Offset, Length = (ushort)len, Local = _txFrame + bytes,
+                };
+                bytes += len;
+            }
+            var copies = _copies.AsSpan(0, ops);
+            Dom0.CopyGrants(copies);
+            foreach (ref readonly var c in copies)
+                if (c.Status != GrantTable.GNTST_okay) status = NETIF_RSP_ERROR;
+        }
+        if (status == NETIF_RSP_OKAY)
+        {
+            var frame = new Span<byte>(_txFrame, bytes);
+            if ((flags & NETTXF_csum_blank) != 0 || gsoType != XEN_NETIF_GSO_TYPE_NONE)
+                status = PrepareChecksum(frame, port.Offloads, gsoType, gsoSize, out offload);
+        }
+        if (status == NETIF_RSP_OKAY)
+        {
+            if (port.Send(new Span<byte>(_txFrame, bytes), offload) == 0)
+            {
+                Interlocked.Increment(ref Statistics.TxFrames);
+                Interlocked.Add(ref Statistics.TxBytes, bytes);
+            }
+            else Interlocked.Increment(ref Statistics.TxDropped); // as a full queue drops: the guest's send succeeded
+        }
+        else Interlocked.Increment(ref Statistics.TxErrors);
+
+        for (int i = 0; i < n; i++)
+            tx.NextResponse() = new NetifTxResponse { Id = _slots[i].Id, Status = _isExtra[i] ? NETIF_RSP_NULL : status };
+    }
+
+    /// <summary>A blank checksum completed here, or left partial for a host end that finishes it; a GSO packet
+    /// described for the host to cut. A GSO packet that is no TCP segment of its IP version is an error.</summary>
+    private static short PrepareChecksum(Span<byte> frame, bool offloads, byte gsoType, ushort gsoSize, out VifOffload offload)
+    {
+        offload = VifOffload.None;
+        if (!offloads)
+        {
+            Checksum.Complete(frame);
+            return NETIF_RSP_OKAY;
+        }
+        if (!Checksum.TryLocate(frame, out var t) || t.Offset + t.Length != frame.Length)
+        {
+            // Not TCP/UDP, or padded beyond the IP packet: finish here what can be finished.
+            if (gsoType != XEN_NETIF_GSO_TYPE_NONE) return NETIF_RSP_ERROR;
+            Checksum.Complete(frame);
+            return NETIF_RSP_OKAY;
+        }
+        var gso = VifGso.None;
+        if (gsoType != XEN_NETIF_GSO_TYPE_NONE)
+        {
+            bool v6 = frame[12] == 0x86 || (frame[12] == 0x81 && frame[16] == 0x86);
+            if (t.Protocol != Transport.Tcp || v6 != (gsoType == XEN_NETIF_GSO_TYPE_TCPV6)) return NETIF_RSP_ERROR;
+            gso = v6 ? VifGso.TcpV6 : VifGso.TcpV4;
+        }
+        Checksum.MakePartial(frame, out _);
+        offload = new VifOffload(true, (ushort)t.Offset, (ushort)t.Field, gso, gso == VifGso.None ? (ushort)0 : gsoSize,
+            (ushort)(t.Offset + t.HeaderLength));
+        return NETIF_RSP_OKAY;
+    }
+
+    // ---- receive: host → guest ----
+
+    private bool ServeReceive(BackRing<NetifRxRequest, NetifRxResponse> rx, IVifPort port)
+    {
+        bool notify = false;
+        while (true)
+        {
+            if (_rxPending == 0)
+            {
+                int got = port.Receive(new Span<byte>(_rxFrame, MaxFrame + 1));
+                if (got <= 0) break;
+                if (got > MaxFrame || (!_frontendSg && got > PageSize))
+                {
+                    Interlocked.Increment(ref Statistics.RxDropped); // cannot be described to the guest
+                    continue;
+                }
+                _rxPending = got;
+            }
+            int slots = (_rxPending + PageSize - 1) / PageSize;
+            var check = rx.CheckForRequests(out uint count);
+            if (check != RingCheck.Overflow && count < slots)
+                check = rx.NotifyOnMoreRequests(out count); // the guest notifies when it posts more buffers
+            if (check == RingCheck.Overflow)
+                throw new BackendDeviceException(Errno.EBADMSG, "the frontend's rx request producer ran beyond the ring");
+            if (count < slots) break;
+            Deliver(rx, slots);
+            notify |= rx.PushResponsesAndCheckNotify();
+        }
+        return notify;
+    }
+
+    /// <summary>Copies the pending frame into the next <paramref name="slots"/> posted pages, a page each, and answers them.</summary>
+    private void Deliver(BackRing<NetifRxRequest, NetifRxResponse> rx, int slots)
+    {
+        int length = _rxPending;
+        _rxPending = 0;
+        for (int i = 0; i < slots; i++)
+        {
+            rx.TakeRequest(out _rxSlots[i]);
+            int len = Math.Min(PageSize, length - i * PageSize);
+            _copies[i] = new GrantCopyOp
+            {
+                Dom = (ushort)Address.FrontendId, Ref = _rxSlots[i].Gref, Length = (ushort)len, ToGuest = true, Local = _rxFrame + i * PageSize,
+            };
+        }
+        var copies = _copies.AsSpan(0, slots);
+        Dom0.CopyGrants(copies);
+        bool ok = true;
+        foreach (ref readonly var c in copies)
+            if (c.Status != GrantTable.GNTST_okay) ok = false;
+        for (int i = 0; i < slots; i++)
+        {
+            ushort flags = i < slots - 1 ? NETRXF_more_data : (ushort)0;
+            // A failed copy fails the whole frame: every slot says so, so the guest drops it entire.
+            short status = ok ? (short)copies[i].Length : NETIF_RSP_ERROR;
+            rx.NextResponse() = new NetifRxResponse { Id = _rxSlots[i].Id, Offset = 0, Flags = flags, Status = status };
+        }
+        if (ok)
+        {
+            Interlocked.Increment(ref Statistics.RxFrames);
+            Interlocked.Add(ref Statistics.RxBytes, length);
+        }
+        else Interlocked.Increment(ref Statistics.RxDropped);
+    }
+
+    public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"vif {Address} on {_port?.Name}");
+}

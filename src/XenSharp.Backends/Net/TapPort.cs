@@ -1,0 +1,217 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using XenSharp.Public;
+
+namespace XenSharp.Backends.Net;
+
+/// <summary>
+/// A vif's host end as a Linux TAP device (/dev/net/tun with IFF_TAP|IFF_NO_PI): frames the guest sends are
+/// written to it, frames the host's stack or bridge sends to the interface are read from it. The interface
+/// exists while the port is open and goes when it is disposed. Its own MAC is fe:ff:ff:ff:ff:ff, as Linux
+/// netback gives its vifs, so that a bridge never takes the vif's address as its own. Frames are written with a
+/// virtio_net_hdr (IFF_VNET_HDR), so the host kernel finishes partial checksums and segments large TCP frames
+/// the guest sends; no offload is asked for the other way, so frames read are complete. A thread of the port
+/// waits in poll(2) for frames only while the backend has asked (see <see cref="IVifPort.Start"/>).
+/// </summary>
+public sealed unsafe partial class TapPort : IVifPort
+{
+    private const ulong TUNSETIFF = 0x400454ca;
+    private const ulong SIOCSIFHWADDR = 0x8924;
+    private const short IFF_TAP = 0x0002, IFF_NO_PI = 0x1000, IFF_VNET_HDR = 0x4000;
+    /// <summary>struct virtio_net_hdr, which IFF_VNET_HDR puts before every frame both ways.</summary>
+    private const int VnetHdrSize = 10;
+    private const byte VIRTIO_NET_HDR_F_NEEDS_CSUM = 1, VIRTIO_NET_HDR_GSO_TCPV4 = 1, VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+    private const int O_RDWR = 2, O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000;
+    private const int EFD_NONBLOCK = 0x800, EFD_CLOEXEC = 0x80000;
+    private const short POLLIN = 1;
+    private const int IFNAMSIZ = 16;
+    private const int EAGAIN = 11, EINTR = 4;
+
+    private readonly int _fd, _stop;
+    private readonly SemaphoreSlim _armed = new(0);
+    private int _watching;
+    private Thread? _thread;
+    private Action? _framesWaiting;
+    private volatile bool _disposed;
+
+    private TapPort(int fd, int stop, string name)
+    {
+        _fd = fd;
+        _stop = stop;
+        Name = name;
+    }
+
+    public string Name { get; }
+
+    /// <summary>Creates the TAP interface <paramref name="name"/>; an <see cref="IOException"/> says why not
+    /// (no /dev/net/tun, no CAP_NET_ADMIN, the name taken or too long).</summary>
+    public static IVifPort Open(string name)
+    {
+        if (name.Length == 0 || Encoding.UTF8.GetByteCount(name) >= IFNAMSIZ || name.Contains('/'))
+            throw new IOException($"interface name `{name}' is not valid (1 to {IFNAMSIZ - 1} bytes)");
+        int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) throw Failure("opening /dev/net/tun", Marshal.GetLastPInvokeError());
+        try
+        {
+            byte* ifr = stackalloc byte[40];
+            new Span<byte>(ifr, 40).Clear();
+            Encoding.UTF8.GetBytes(name, new Span<byte>(ifr, IFNAMSIZ));
+            *(short*)(ifr + IFNAMSIZ) = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+            if (ioctl(fd, TUNSETIFF, ifr) < 0) throw Failure($"creating TAP interface {name}", Marshal.GetLastPInvokeError());
+            new Span<byte>(ifr + IFNAMSIZ, 24).Clear();
+            *(ushort*)(ifr + IFNAMSIZ) = 1; // ARPHRD_ETHER
+            new Span<byte>(ifr + IFNAMSIZ + 2, 6).Fill(0xff);
+            ifr[IFNAMSIZ + 2] = 0xfe;
+            if (ioctl(fd, SIOCSIFHWADDR, ifr) < 0) throw Failure($"setting the MAC of {name}", Marshal.GetLastPInvokeError());
+            int stop = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+            if (stop < 0) throw Failure("eventfd", Marshal.GetLastPInvokeError());
+            return new TapPort(fd, stop, name);
+        }
+        catch
+        {
+            close(fd);
+            throw;
+        }
+    }
+
+    private static IOException Failure(string what, int errno) =>
+        new($"{what}: {Marshal.GetPInvokeErrorMessage(errno)}", -errno);
+
+    public void Start(Action framesWaiting)
+    {
+        if (_thread is not null) return;
+        _framesWaiting = framesWaiting;
+        _watching = 1;
+        _armed.Release();
+        _thread = new Thread(Watch) { IsBackground = true, Name = $"tap-{Name}" };
+        _thread.Start();
+    }
+
+    /// <summary>Waits until frames are readable, tells the backend once, and waits to be asked again.</summary>
+    private void Watch()
+    {
+        var fds = stackalloc PollFd[2];
+        while (true)
+        {
+            _armed.Wait();
+            if (_disposed) return;
+            fds[0] = new PollFd { Fd = _fd, Events = POLLIN };
+            fds[1] = new PollFd { Fd = _stop, Events = POLLIN };
+            int n = poll(fds, 2, -1);
+            if (_disposed) return;
+            if (n < 0)
+            {
+                if (Marshal.GetLastPInvokeError() == EINTR) { _armed.Release(); continue; }
+                return;
+            }
+            if (fds[0].Revents != 0)
+            {
+                Volatile.Write(ref _watching, 0);
+                _framesWaiting?.Invoke();
+            }
+            else _armed.Release();
+        }
+    }
+
+    public bool Offloads => true;
+
+    public int Receive(Span<byte> frame)
+    {
+        long n;
+        byte* hdr = stackalloc byte[VnetHdrSize];
+        fixed (byte* p = frame)
+        {
+            var iov = stackalloc IoVec[2];
+            iov[0] = new IoVec { Base = hdr, Length = VnetHdrSize };
+            iov[1] = new IoVec { Base = p, Length = (nuint)frame.Length };
+            n = readv(_fd, iov, 2);
+        }
+        if (n > VnetHdrSize) return (int)(n - VnetHdrSize);
+        int errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
+        if (n >= 0 || errno == EAGAIN)
+        {
+            // Drained: watch again. A frame that arrived meanwhile is seen by the next poll.
+            if (Interlocked.Exchange(ref _watching, 1) == 0) _armed.Release();
+            return 0;
+        }
+        return -errno;
+    }
+
+    public int Send(ReadOnlySpan<byte> frame, in VifOffload offload)
+    {
+        byte* hdr = stackalloc byte[VnetHdrSize];
+        new Span<byte>(hdr, VnetHdrSize).Clear();
+        if (offload.NeedsChecksum)
+        {
+            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            *(ushort*)(hdr + 6) = offload.ChecksumStart;
+            *(ushort*)(hdr + 8) = offload.ChecksumOffset;
+        }
+        if (offload.Gso != VifGso.None)
+        {
+            hdr[1] = offload.Gso == VifGso.TcpV4 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_TCPV6;
+            *(ushort*)(hdr + 2) = offload.HeaderLength;
+            *(ushort*)(hdr + 4) = offload.GsoSize;
+        }
+        long n;
+        fixed (byte* p = frame)
+        {
+            var iov = stackalloc IoVec[2];
+            iov[0] = new IoVec { Base = hdr, Length = VnetHdrSize };
+            iov[1] = new IoVec { Base = p, Length = (nuint)frame.Length };
+            n = writev(_fd, iov, 2);
+        }
+        return n == VnetHdrSize + frame.Length ? 0 : n < 0 ? -Marshal.GetLastPInvokeError() : -Errno.EIO;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        ulong one = 1;
+        _ = write(_stop, (byte*)&one, 8);
+        _armed.Release();
+        _thread?.Join(TimeSpan.FromSeconds(5));
+        close(_fd);
+        close(_stop);
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct IoVec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int open(string path, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ioctl(int fd, ulong request, byte* arg);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int eventfd(uint initval, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int poll(PollFd* fds, ulong nfds, int timeout);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint readv(int fd, IoVec* iov, int iovcnt);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint writev(int fd, IoVec* iov, int iovcnt);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint write(int fd, byte* buf, nuint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
+}

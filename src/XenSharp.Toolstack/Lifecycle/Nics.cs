@@ -1,0 +1,202 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using XenSharp.Backends.Net;
+using XenSharp.Backends.Xenbus;
+using XenSharp.Public;
+using XenSharp.Public.Io;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Control;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>
+/// The domain's network interfaces (xl.cfg's <c>vif=</c>) as libxl adds them with run_hotplug_scripts: each nic
+/// is checked (a unicast MAC, a bridge that exists for vif-bridge), gets its vif frontend and backend directories
+/// in libxl's layout, and once the backend has made the host end (vifD.N, InitWait) the nic's hotplug script runs
+/// as libxl runs it — <c>SCRIPT online type_if=vif</c> with XENBUS_PATH, vif and the other variables of libxl's
+/// hotplug environment, and XENSTORED_PATH naming this daemon's xenstored, so Xen's own /etc/xen/scripts work
+/// unchanged. A script that fails fails <c>xl create</c> with its hotplug-error; the domain is then destroyed
+/// with everything added so far. At destruction, each vif brought online is taken <c>offline</c> by its script.
+/// </summary>
+public sealed partial class Host
+{
+    /// <summary>Where a script name without a directory is looked for (libxl's XEN_SCRIPT_DIR).</summary>
+    public const string XenScriptDir = "/etc/xen/scripts";
+
+    /// <summary>How long a hotplug script may run (libxl's LIBXL_HOTPLUG_TIMEOUT).</summary>
+    private static readonly TimeSpan HotplugTimeout = TimeSpan.FromSeconds(40);
+
+    /// <summary>How long the backend has to make the host end (libxl waits for InitWait as long).</summary>
+    private static readonly TimeSpan VifInitTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>libxl__device_nic_add for each nic, in order; any failure ends the creation.</summary>
+    private void AddNics(Domain dom)
+    {
+        var nics = dom.Config.Nics;
+        for (int i = 0; i < nics.Count; i++)
+            CheckNic(dom.Config, nics[i], i);
+        foreach (var nic in nics)
+            AddNic(dom, nic);
+    }
+
+    /// <summary>What can be refused before any device exists, each error naming the vif= entry's file and line.</summary>
+    private static void CheckNic(DomainConfig c, NicSpec nic, int index)
+    {
+        if (nic.BackendDomain is { } b && b is not ("0" or "Domain-0"))
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: backend domain {b}: only Domain-0 serves vifs");
+        if (c.Nics.Take(index).Any(n => n.Devid == nic.Devid))
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: devid {nic.Devid} is given twice");
+        byte first = Convert.ToByte(nic.Mac[..2], 16);
+        if ((first & 1) != 0 || nic.Mac == "00:00:00:00:00:00")
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: mac {nic.Mac} is not a unicast address");
+        if (nic.VifName is { } name && (name.Length is 0 or > 15 || name.Contains('/') || name.Any(char.IsWhiteSpace)))
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: vifname `{name}' is not a valid interface name");
+        string script = ScriptPath(nic.Script);
+        if (!File.Exists(script))
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: hotplug script {script} does not exist");
+        // vif-bridge cannot work without its bridge; say so here, where the line is known.
+        if (Path.GetFileName(script) == "vif-bridge" && !Directory.Exists($"/sys/class/net/{BridgeOf(nic)}/bridge"))
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: bridge {BridgeOf(nic)} does not exist on this host");
+    }
+
+    /// <summary>libxl's default bridge.</summary>
+    private static string BridgeOf(NicSpec nic) => nic.Bridge ?? "xenbr0";
+
+    private static string ScriptPath(string script) => Path.IsPathRooted(script) ? script : Path.Combine(XenScriptDir, script);
+
+    /// <summary>"FILE:LINE: " of the <paramref name="index"/>th vif= entry, as the configuration was read.</summary>
+    private static string Where(DomainConfig c, int index)
+    {
+        if (c.SourceText is { } text && c.SourceFile is { } file)
+        {
+            try
+            {
+                var cfg = XlConfigParser.Parse(text, file);
+                if (cfg.Find("vif") is { } s && cfg.GetList("vif") is { } items && index < items.Count)
+                    return $"{s.File}:{items[index].Line}: ";
+            }
+            catch (XlConfigException) { }
+            return $"{file}: ";
+        }
+        return "";
+    }
+
+    private void AddNic(Domain dom, NicSpec nic)
+    {
+        string script = ScriptPath(nic.Script);
+        var backend = new Dictionary<string, string>
+        {
+            ["script"] = script,
+            ["mac"] = nic.Mac,
+            ["bridge"] = BridgeOf(nic),
+            ["handle"] = nic.Devid.ToString(CultureInfo.InvariantCulture),
+            ["type"] = "vif",
+        };
+        var frontend = new Dictionary<string, string>
+        {
+            ["handle"] = nic.Devid.ToString(CultureInfo.InvariantCulture),
+            ["mac"] = nic.Mac,
+        };
+        if (nic.Ip is { } ip) backend["ip"] = ip;
+        if (nic.VifName is { } vifname) backend["vifname"] = vifname;
+        if (nic.GatewayDev is { } gw) backend["gatewaydev"] = gw;
+        if (nic.Mtu is { } mtu)
+        {
+            backend["mtu"] = mtu.ToString(CultureInfo.InvariantCulture);
+            frontend["mtu"] = backend["mtu"];
+        }
+        var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
+        WaitForHostEnd(a, nic);
+        RunHotplug(a, nic, "online");
+    }
+
+    /// <summary>Waits until the backend has made the host end and published InitWait; its failure is the nic's.</summary>
+    private void WaitForHostEnd(DeviceAddress a, NicSpec nic)
+    {
+        var deadline = _time.GetUtcNow() + VifInitTimeout;
+        while (true)
+        {
+            string? state = _xs.Read($"{a.BackendPath}/state");
+            if (state == ((int)XenbusState.InitWait).ToString(CultureInfo.InvariantCulture)) return;
+            if (_xs.Read($"{a.ErrorPath}/error") is { } error)
+                throw new ControlException($"vif {nic.Devid}: the network backend failed: {error}");
+            if (_time.GetUtcNow() > deadline)
+                throw new ControlException($"vif {nic.Devid}: the network backend did not make {VifPorts.InterfaceName(a)} in time");
+            Thread.Sleep(10);
+        }
+    }
+
+    /// <summary>Runs the nic's hotplug script for <paramref name="action"/> (online or offline) as libxl does;
+    /// online must end with hotplug-status "connected".</summary>
+    private void RunHotplug(DeviceAddress a, NicSpec nic, string action)
+    {
+        string script = _xs.Read($"{a.BackendPath}/script") ?? ScriptPath(nic.Script);
+        var psi = new ProcessStartInfo(script)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        psi.ArgumentList.Add(action);
+        psi.ArgumentList.Add("type_if=vif");
+        psi.Environment["script"] = script;
+        psi.Environment["XENBUS_TYPE"] = a.Kind;
+        psi.Environment["XENBUS_PATH"] = $"backend/{a.Kind}/{a.FrontendId}/{a.DevId}";
+        psi.Environment["XENBUS_BASE_PATH"] = "backend";
+        psi.Environment["netdev"] = nic.GatewayDev ?? "";
+        psi.Environment["vif"] = VifPorts.InterfaceName(a);
+        psi.Environment["XENSTORED_PATH"] = _paths.XenstoredSocket;
+        var output = new StringBuilder();
+        int exit;
+        bool timedOut = false;
+        try
+        {
+            using var p = Process.Start(psi)!;
+            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            p.StandardInput.Close();
+            if (!p.WaitForExit(HotplugTimeout))
+            {
+                timedOut = true;
+                p.Kill(entireProcessTree: true);
+            }
+            p.WaitForExit();
+            exit = p.ExitCode;
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw new ControlException($"vif {nic.Devid}: hotplug script {script}: {e.Message}");
+        }
+        if (action != "online") return;
+        string? status = _xs.Read($"{a.BackendPath}/hotplug-status");
+        if (exit == 0 && !timedOut && status == "connected") return;
+        string reason = _xs.Read($"{a.BackendPath}/hotplug-error") is { Length: > 0 } err ? err
+            : timedOut ? $"timed out after {HotplugTimeout.TotalSeconds:0} s"
+            : exit != 0 ? $"exit status {exit}{(output.Length > 0 ? ": " + output.ToString().Trim() : "")}"
+            : $"hotplug-status is `{status}', not `connected'";
+        throw new ControlException($"vif {nic.Devid}: {script} online failed: {reason}", Errno.EIO);
+    }
+
+    /// <summary>At destruction, before the backends let go of their host ends: each vif whose script brought it
+    /// online is taken offline by the same script (libxl's remove path), best effort.</summary>
+    private void RemoveNics(Domain d)
+    {
+        foreach (var nic in d.Config.Nics)
+        {
+            var a = new DeviceAddress(DeviceKinds.Vif, d.DomId, nic.Devid);
+            try
+            {
+                if (_xs.Read($"{a.BackendPath}/hotplug-status") != "connected") continue;
+                RunHotplug(a, nic, "offline");
+            }
+            catch (Exception e) when (e is ControlException or XenSharp.Store.XenStoreException)
+            {
+                _hv.ConsoleWrite($"d{d.DomId}: vif {nic.Devid}: {e.Message}");
+            }
+        }
+    }
+}

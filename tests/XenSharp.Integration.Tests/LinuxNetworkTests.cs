@@ -1,0 +1,291 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.RegularExpressions;
+using XenSharp.Artifacts;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// Debian's kernel and its xen-netfront as the judge of the PV network backend, inside a network namespace the
+/// class makes (a bridge xenbr0 with 10.99.0.1/24, dnsmasq serving DHCP on it when installed), so nothing touches
+/// the host's own network. The daemon is started inside that namespace, so the vif's TAP device and Xen's own
+/// vif-bridge hotplug script (run by the toolstack) act there; xl and its console talk to it from outside through
+/// its Unix sockets. One guest is booted for the class: it gets an address, pings the host side, and files of
+/// several MiB cross the vif both ways over TCP (busybox nc) unchanged.
+/// </summary>
+public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) : IClassFixture<LinuxNetworkTests.NetGuest>
+{
+    private static readonly TimeSpan IoLimit = TimeSpan.FromMinutes(5);
+    private const int FileBytes = 4 << 20;
+
+    [GeneratedRegex(@"md5-([0-9a-f]{32})-end")]
+    private static partial Regex Md5Line();
+
+    private string GuestMd5(string path)
+    {
+        var m = Md5Line().Match(guest.Console.Ask($"echo md5-$(md5sum <{path} | cut -c1-32)-e\"\"nd", "-end", IoLimit));
+        Assert.True(m.Success, "no md5 line from the guest");
+        return m.Groups[1].Value;
+    }
+
+    [Fact]
+    [Trait("Feature", "Netfront"), Trait("Feature", "Netback")]
+    public void TheGuestGetsAnAddressAndReachesTheHostSide()
+    {
+        Assert.StartsWith("10.99.0.", guest.GuestIp);
+        string reply = guest.Console.Ask("ping -c 3 10.99.0.1; echo ping-$?-e\"\"nd", "-end", IoLimit);
+        Assert.Contains("ping-0-end", reply);
+        Assert.Contains("3 packets received", reply);
+        var host = guest.InNamespace("busybox", "ping", "-c", "2", "-W", "10", guest.GuestIp);
+        Assert.True(host.ExitCode == 0, host.ToString());
+    }
+
+    [Fact]
+    [Trait("Feature", "Netback")]
+    public void TheVifIsOnTheBridgeAndConnected()
+    {
+        string vif = $"vif{guest.DomId}.0";
+        var brif = guest.InNamespace("ls", "/sys/class/net/xenbr0/brif");
+        Assert.Contains(vif, brif.Stdout);
+        string be = $"/local/domain/0/backend/vif/{guest.DomId}/0";
+        Assert.Equal("connected", guest.XenstoreRead($"{be}/hotplug-status"));
+        Assert.Equal("4", guest.XenstoreRead($"{be}/state"));
+        string fe = $"/local/domain/{guest.DomId}/device/vif/0";
+        Assert.Equal("00:16:3e:5a:00:01", guest.XenstoreRead($"{fe}/mac"));
+        // netfront took the offered split event channels.
+        Assert.NotEqual(guest.XenstoreRead($"{fe}/event-channel-tx"), guest.XenstoreRead($"{fe}/event-channel-rx"));
+        Assert.Contains("00:16:3e:5a:00:01", guest.Console.Ask("cat /sys/class/net/eth0/address; echo mac-e\"\"nd", "mac-end"));
+    }
+
+    [Fact]
+    [Trait("Feature", "Netfront"), Trait("Feature", "Netback")]
+    public void AFileGoesFromTheGuestToTheHostUnchanged()
+    {
+        string received = Path.Combine(guest.RunDir, "from-guest.bin");
+        guest.Console.Ask($"dd if=/dev/urandom of=/tmp/out.bin bs=65536 count={FileBytes / 65536} 2>/dev/null; echo made-e\"\"nd", "made-end", IoLimit);
+        string sent = GuestMd5("/tmp/out.bin");
+        using var listener = guest.StartInNamespace("sh", "-c", $"exec busybox nc -l -p 5001 > {received}");
+        guest.WaitForListener(5001);
+        var (packets, bytes) = guest.FramesIntoTheHost();
+        string reply = guest.Console.Ask("nc 10.99.0.1 5001 </tmp/out.bin; echo sent-$?-e\"\"nd", "-end", IoLimit);
+        Assert.Contains("sent-0-end", reply);
+        Assert.True(listener.WaitForExit(IoLimit), "the host's nc did not see the end of the file");
+        Assert.Equal(FileBytes, new FileInfo(received).Length);
+        Assert.Equal(sent, Convert.ToHexStringLower(MD5.HashData(File.ReadAllBytes(received))));
+        // netfront used GSO: the frames it handed the host were on average larger than the link's MTU.
+        var (packets2, bytes2) = guest.FramesIntoTheHost();
+        Assert.True(bytes2 - bytes > 1514 * (packets2 - packets), $"{packets2 - packets} frames of {bytes2 - bytes} bytes: no GSO");
+    }
+
+    [Fact]
+    [Trait("Feature", "Netfront"), Trait("Feature", "Netback")]
+    public void AFileGoesFromTheHostToTheGuestUnchanged()
+    {
+        string file = Path.Combine(guest.RunDir, "to-guest.bin");
+        var data = new byte[FileBytes];
+        new Random(1234).NextBytes(data);
+        File.WriteAllBytes(file, data);
+        // The listener's stdin is a pipe that stays open: busybox nc ends its sending half at stdin's end.
+        guest.Console.Ask("(sleep 900 | nc -l -p 5002 >/tmp/in.bin) & echo listening-e\"\"nd", "listening-end");
+        XlResult send = null!;
+        for (int attempt = 0; attempt < 30; attempt++)
+        {
+            send = guest.InNamespace("sh", "-c", $"busybox nc {guest.GuestIp} 5002 < {file}", IoLimit);
+            if (send.ExitCode == 0) break;
+            Thread.Sleep(1000); // the guest's nc is not listening yet
+        }
+        Assert.True(send.ExitCode == 0, send.ToString());
+        Assert.Contains("done-end", guest.Console.Ask(
+            "while [ $(wc -c </tmp/in.bin) -lt " + FileBytes + " ]; do sleep 1; done; echo done-e\"\"nd", "done-end", IoLimit));
+        Assert.Equal(Convert.ToHexStringLower(MD5.HashData(data)), GuestMd5("/tmp/in.bin"));
+    }
+
+    [Fact]
+    [Trait("Feature", "Netback")]
+    public void AFailingHotplugScriptFailsCreateAndLeavesNothingBehind()
+    {
+        string script = Path.Combine(guest.RunDir, "bad-hotplug");
+        File.WriteAllText(script, "#!/bin/sh\nxenstore-write \"$XENBUS_PATH/hotplug-error\" \"no uplink for $vif\" \"$XENBUS_PATH/hotplug-status\" error\nexit 1\n");
+        File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);
+        string cfg = LinuxPvhTests.WriteConfig(guest.Host, new GuestArtifacts(), "badvif", memory: 128);
+        File.AppendAllText(cfg, $"\nvif = [ 'mac=00:16:3e:5a:00:02,bridge=xenbr0,script={script}' ]\n");
+        var r = guest.Host.Run("create", cfg);
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.True(r.Stderr.Contains($"{script} online failed: no uplink for vif"), r.ToString());
+        Assert.DoesNotContain("badvif", guest.Host.Run("list").Stdout);
+        // Only the class's guest has a vif left in the namespace.
+        var links = guest.InNamespace("ip", "-o", "link");
+        Assert.Equal([$"vif{guest.DomId}.0"], Regex.Matches(links.Stdout, @"\bvif\d+\.\d+").Select(m => m.Value));
+    }
+
+    [Fact]
+    [Trait("Feature", "Netback")]
+    public void AMissingBridgeOrABadMacIsNamedByFileAndLine()
+    {
+        string cfg = LinuxPvhTests.WriteConfig(guest.Host, new GuestArtifacts(), "nobridge", memory: 128);
+        int line = File.ReadAllLines(cfg).Length + 1;
+        File.AppendAllText(cfg, "\nvif = [ 'mac=00:16:3e:5a:00:03,bridge=nosuchbr' ]\n");
+        var r = guest.Host.Run("create", cfg);
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.True(r.Stderr.Contains($"{cfg}:{line}: vif 0: bridge nosuchbr does not exist on this host"), r.ToString());
+        Assert.DoesNotContain("nobridge", guest.Host.Run("list").Stdout);
+
+        File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("mac=00:16:3e:5a:00:03,bridge=nosuchbr", "mac=00:16:3e:5a:00"));
+        r = guest.Host.Run("create", cfg);
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.True(r.Stderr.Contains($"{cfg}:{line}: invalid mac address `00:16:3e:5a:00'"), r.ToString());
+    }
+
+    /// <summary>The namespace, its bridge and DHCP server, the daemon inside it, and the guest of the class at its
+    /// shell with eth0 up and addressed.</summary>
+    public sealed class NetGuest : IDisposable
+    {
+        private readonly XlHost _xl = new();
+        private readonly string _ns = $"xsnet{Environment.ProcessId}";
+        private Process? _dnsmasq;
+
+        public XlHost Host => _xl;
+        public string RunDir => _xl.RunDir;
+        public string GuestIp { get; } = "";
+        internal LinuxPvhTests.ConsoleSession Console { get; } = null!;
+        public string DomId => _xl.Run("domid", "net").Stdout.Trim();
+
+        public NetGuest()
+        {
+            var store = new GuestArtifacts();
+            Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+            Assert.True(File.Exists("/etc/xen/scripts/vif-bridge"), "Xen's hotplug scripts (xen-utils-common) are not installed");
+            Run("ip", "netns", "add", _ns);
+            try
+            {
+                InNamespace("ip", "link", "set", "lo", "up").Check();
+                InNamespace("ip", "link", "add", "xenbr0", "type", "bridge").Check();
+                InNamespace("ip", "addr", "add", "10.99.0.1/24", "dev", "xenbr0").Check();
+                InNamespace("ip", "link", "set", "xenbr0", "up").Check();
+                bool dhcp = File.Exists("/usr/sbin/dnsmasq");
+                if (dhcp)
+                    _dnsmasq = StartInNamespace("dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0", "--interface=xenbr0",
+                        "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--leasefile-ro", "--user=root");
+                // The daemon starts with the first xl command; run that one inside the namespace.
+                var first = InNamespace("dotnet", XlHost.XlDll, "list");
+                Assert.True(first.ExitCode == 0, first.ToString());
+
+                string cfg = LinuxPvhTests.WriteConfig(_xl, store, "net");
+                File.AppendAllText(cfg, "\nvif = [ 'mac=00:16:3e:5a:00:01,bridge=xenbr0' ]\n");
+                Console = new LinuxPvhTests.ConsoleSession(_xl.RunDir, "create", "-c", cfg);
+                Console.WaitFor("~ # ", LinuxPvhTests.BootLimit);
+                Console.Ask("until [ -e /sys/class/net/eth0 ]; do sleep 1; done; ip link set eth0 up; echo eth0-e\"\"nd", "eth0-end", TimeSpan.FromMinutes(2));
+                string reply;
+                if (dhcp)
+                {
+                    Console.Ask("printf '#!/bin/sh\\n[ \"$1\" = bound ] && ip addr add $ip/$mask dev $interface\\nexit 0\\n' >/tmp/dh; chmod +x /tmp/dh; echo dh-e\"\"nd", "dh-end");
+                    reply = Console.Ask("udhcpc -i eth0 -n -q -t 20 -T 3 -s /tmp/dh >/dev/null 2>&1; echo ip-$(ip -4 -o addr show eth0 | awk '{print $4}')-e\"\"nd",
+                        "-end", TimeSpan.FromMinutes(3));
+                }
+                else
+                    reply = Console.Ask("ip addr add 10.99.0.2/24 dev eth0; echo ip-$(ip -4 -o addr show eth0 | awk '{print $4}')-e\"\"nd", "-end");
+                var m = Regex.Match(reply, @"ip-(10\.99\.0\.\d+)/24-end");
+                Assert.True(m.Success, $"eth0 got no address: {reply}");
+                GuestIp = m.Groups[1].Value;
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
+        }
+
+        private static void Run(string file, params string[] args)
+        {
+            var r = Exec(file, args, null, TimeSpan.FromSeconds(30));
+            Assert.True(r.ExitCode == 0, $"{file} {string.Join(' ', args)}: {r}");
+        }
+
+        /// <summary>A command inside the namespace, with xl's environment (its run directory).</summary>
+        public XlResult InNamespace(params string[] command) => InNamespace(command, TimeSpan.FromSeconds(60));
+
+        public XlResult InNamespace(string file, string a, string b, TimeSpan limit) => InNamespace([file, a, b], limit);
+
+        private XlResult InNamespace(string[] command, TimeSpan limit) =>
+            Exec("ip", ["netns", "exec", _ns, .. command], _xl.RunDir, limit);
+
+        /// <summary>A long-running command inside the namespace; its standard input stays open until it is disposed.</summary>
+        public Process StartInNamespace(params string[] command)
+        {
+            var psi = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in (string[])["netns", "exec", _ns, .. command]) psi.ArgumentList.Add(a);
+            var p = Process.Start(psi)!;
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            return p;
+        }
+
+        /// <summary>Frames and bytes the guest's vif has handed the host so far (the TAP interface's receive counters).</summary>
+        public (long Packets, long Bytes) FramesIntoTheHost()
+        {
+            var r = InNamespace("cat", $"/sys/class/net/vif{DomId}.0/statistics/rx_packets", $"/sys/class/net/vif{DomId}.0/statistics/rx_bytes");
+            var n = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+            Assert.True(n.Length == 2, r.ToString());
+            return (n[0], n[1]);
+        }
+
+        public void WaitForListener(int port)
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                if (InNamespace("ss", "-ltn").Stdout.Contains($":{port} ")) return;
+                Thread.Sleep(100);
+            }
+            Assert.Fail($"nothing listens on port {port} in the namespace");
+        }
+
+        /// <summary>A node as Xen's xenstore-read sees it, through the daemon's xenstored socket.</summary>
+        public string XenstoreRead(string path)
+        {
+            var psi = new Dictionary<string, string> { ["XENSTORED_PATH"] = Path.Combine(_xl.RunDir, "xenstored", "socket") };
+            var r = Exec("xenstore-read", [path], _xl.RunDir, TimeSpan.FromSeconds(30), psi);
+            return r.Stdout.Trim();
+        }
+
+        private static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null)
+        {
+            var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+            foreach (var a in args) psi.ArgumentList.Add(a);
+            if (runDir is not null) psi.Environment["XENSHARP_RUNDIR"] = runDir;
+            foreach (var (k, v) in env ?? []) psi.Environment[k] = v;
+            using var p = Process.Start(psi)!;
+            var stdout = new StringBuilder();
+            var stderr = new StringBuilder();
+            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            p.StandardInput.Close();
+            bool exited = p.WaitForExit(limit);
+            if (!exited) p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            lock (stdout) lock (stderr)
+                return new XlResult(exited ? p.ExitCode : -1, stdout.ToString(), stderr.ToString(), !exited);
+        }
+
+        public void Dispose()
+        {
+            Console?.Dispose();
+            _xl.Run("destroy", "net");
+            _xl.Dispose();
+            if (_dnsmasq is { } d)
+            {
+                if (!d.HasExited) d.Kill(entireProcessTree: true);
+                d.WaitForExit();
+                d.Dispose();
+            }
+            Exec("ip", ["netns", "del", _ns], null, TimeSpan.FromSeconds(30));
+        }
+    }
+}
+
+internal static class XlResultChecks
+{
+    public static void Check(this XlResult r) => Assert.True(r.ExitCode == 0, r.ToString());
+}
