@@ -87,8 +87,14 @@ public sealed class X86Engine : ICpuEngine
     public int AgeCode()
     {
         int ended = Interlocked.Increment(ref CodeEpoch) - 1;
-        return Blocks.Trim(ended);
+        int dropped = Blocks.Trim(ended);
+        // Each vCPU then lets go of the dropped blocks its jump caches still name.
+        Interlocked.Increment(ref AgingPasses);
+        return dropped;
     }
+
+    /// <summary>Aging passes completed; a vCPU that sees it change sweeps its jump caches.</summary>
+    internal int AgingPasses;
 
     /// <summary>Decoded blocks cached now.</summary>
     public int CachedBlocks => Blocks.Count;

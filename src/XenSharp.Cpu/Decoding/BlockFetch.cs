@@ -55,6 +55,18 @@ internal unsafe partial class X86Vcpu
             Note(lin, leaf);
         }
 
+        /// <summary>Lets go of the blocks no lookup can return any more (a past epoch's, or dropped): the slots
+        /// would otherwise keep aged-out blocks, and their compiled code, alive for as long as nothing reuses them.</summary>
+        public void Sweep()
+        {
+            for (int i = 0; i < Entries.Length; i++)
+            {
+                ref JumpEntry e = ref Entries[i];
+                if (e.Block is { } b && (e.Epoch != Epoch || !b.Valid))
+                    e.Block = null;
+            }
+        }
+
         public void Flush()
         {
             if (++Epoch == 0)
@@ -89,6 +101,8 @@ internal unsafe partial class X86Vcpu
     }
 
     private readonly JumpCache _jumpSup = new(), _jumpUser = new();
+    /// <summary>The engine's aging passes this vCPU's jump caches were swept after (<see cref="X86Engine.AgingPasses"/>).</summary>
+    private int _sweptAgingPasses;
     private readonly PointerCodeReader _reader = new();
     private Decoder? _dec16, _dec32, _dec64;
     private readonly DecodedInsn[] _scratch = new DecodedInsn[MaxBlockInsns];
@@ -138,6 +152,14 @@ internal unsafe partial class X86Vcpu
         var b = e.Block;
         ulong csBase = Seg[CS].Base;
         int age = _engine.CodeEpoch;
+        int aged = Volatile.Read(ref _engine.AgingPasses);
+        if (aged != _sweptAgingPasses)
+        {
+            _sweptAgingPasses = aged;
+            _jumpSup.Sweep();
+            _jumpUser.Sweep();
+            b = e.Block;
+        }
         if (b != null && e.Epoch == cache.Epoch && b.Ip == rip && b.Valid && b.Bitness == Bitness && b.CsBase == csBase)
         {
             // Written once per aging epoch, so that vCPUs running the same code do not share a dirty line.

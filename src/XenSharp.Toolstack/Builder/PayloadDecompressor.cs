@@ -41,10 +41,29 @@ public static class PayloadDecompressor
             expected = BinaryPrimitives.ReadUInt32LittleEndian(data.AsSpan(data.Length - 4));
             data = data[..^4];
         }
-        byte[] result = DecompressFormat(format, data, what, expected);
+        byte[] result = OnOwnThread(() => DecompressFormat(format, data, what, expected));
         if (expected >= 0 && result.Length != expected)
             throw new DomainBuildException($"{what}: the {format.ToString().ToLowerInvariant()} payload unpacked to {result.Length} bytes, not the {expected} it declares");
         return result;
+    }
+
+    /// <summary>Runs a decoder on a thread of its own. The decoders rent their windows and buffers (tens of MiB for a
+    /// kernel) from the shared array pool, whose per-thread part keeps one of each size for as long as the thread
+    /// lives and the process allocates too little to age them out; a thread that ends takes them with it, and the
+    /// heap trim after the build frees them.</summary>
+    private static byte[] OnOwnThread(Func<byte[]> decode)
+    {
+        byte[]? result = null;
+        System.Runtime.ExceptionServices.ExceptionDispatchInfo? failure = null;
+        var t = new Thread(() =>
+        {
+            try { result = decode(); }
+            catch (Exception e) { failure = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e); }
+        }, maxStackSize: 1 << 20) { IsBackground = true, Name = "xen-unpack" };
+        t.Start();
+        t.Join();
+        failure?.Throw();
+        return result!;
     }
 
     private static byte[] DecompressFormat(PayloadFormat format, byte[] data, string what, long expected)

@@ -141,4 +141,33 @@ public class CodeAgingTests
         Assert.Equal(2UL, m.Regs.Rbx);
         Assert.Equal(3UL, m.Regs.Rax);
     }
+
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Dropped_blocks_are_not_kept_alive_by_the_jump_caches(bool jit)
+    {
+        const ulong Elsewhere = TestMachine.CodeAt + 0x4000;
+        using var m = Machine(jit);
+        m.Enter64(BranchingLoop(), fourK: true);
+        m.Mem.Write(Elsewhere, TestMachine.Assemble(64, Elsewhere, a => { a.nop(); a.hlt(); }));
+        m.RunToHlt();
+        var entry = EntryBlock(m);
+        Assert.True(entry.IsAlive);
+        m.Engine.AgeCode();
+        m.Engine.AgeCode();
+        Assert.Equal(0, m.Engine.CachedBlocks);
+
+        // The vCPU's next block lookup, of other code, lets go of what its jump caches held from the loop.
+        m.RunFrom(Elsewhere);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        Assert.False(entry.IsAlive);
+    }
+
+    /// <summary>The loop's first block (identity-mapped), held weakly; not inlined so that no local keeps it.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    static WeakReference EntryBlock(TestMachine m) =>
+        new(m.Engine.Blocks.Lookup(TestMachine.CodeAt, TestMachine.CodeAt, 64) ?? throw new InvalidOperationException("entry block not cached"));
 }
