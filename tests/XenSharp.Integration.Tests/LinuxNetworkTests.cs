@@ -248,7 +248,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             return r.Stdout.Trim();
         }
 
-        private static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null)
+        internal static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null)
         {
             var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
             foreach (var a in args) psi.ArgumentList.Add(a);

@@ -84,7 +84,15 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     {
         if (_port is null)
         {
-            try { Volatile.Write(ref _port, Context.Options.OpenVifPort(VifPorts.InterfaceName(Address))); }
+            // The toolstack marks a user-mode vif (passt) with network=user and its forwarded ports; any other is a TAP.
+            string name = VifPorts.InterfaceName(Address);
+            try
+            {
+                Volatile.Write(ref _port, ReadBackend("network") == "user"
+                    ? Context.Options.OpenUserPort(new UserNetwork(name,
+                        (ReadBackend("forward") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries)))
+                    : Context.Options.OpenVifPort(name));
+            }
             catch (IOException e) { throw new BackendDeviceException(e.HResult < 0 ? -e.HResult : Errno.EIO, e.Message); }
             _port!.Start(Kick);
         }

@@ -19,12 +19,18 @@ public sealed record NicSpec
     public string? Rate { get; init; }
     public string? GatewayDev { get; init; }
     public int? Mtu { get; init; }
+    /// <summary>Whether <c>script=</c> was given (rather than libxl's default vif-bridge).</summary>
+    public bool ScriptGiven { get; init; }
+    /// <summary>XenSharp's <c>forward=PROTO:HOSTPORT[:GUESTPORT]</c> items (repeatable): host ports a user-mode
+    /// vif forwards to the guest, as passt's -t/-u take them.</summary>
+    public IReadOnlyList<string> Forwards { get; init; } = [];
 
     public static NicSpec Parse(string spec, int devid, Random? random = null)
     {
         string? mac = null, bridge = null, model = null, vifname = null, script = null, ip = null, backend = null, rate = null, gateway = null;
         string type = "vif";
         int? mtu = null;
+        var forwards = new List<string>();
         foreach (string raw in spec.Split(','))
         {
             string item = raw.Trim();
@@ -60,6 +66,11 @@ public sealed record NicSpec
                         throw new FormatException($"invalid mtu `{value}' in vif specification `{spec}'");
                     mtu = m;
                     break;
+                case "forward":
+                    if (!IsForward(value))
+                        throw new FormatException($"invalid forward `{value}' in vif specification `{spec}' (tcp|udp:HOSTPORT[:GUESTPORT])");
+                    forwards.Add(value);
+                    break;
                 case "accel":
                     break; // xl: "the accel parameter for vifs is currently not supported"
                 default:
@@ -76,7 +87,16 @@ public sealed record NicSpec
         {
             Devid = devid, Mac = mac, Bridge = bridge, Type = type, Model = model, VifName = vifname,
             Script = script ?? "vif-bridge", Ip = ip, BackendDomain = backend, Rate = rate, GatewayDev = gateway, Mtu = mtu,
+            ScriptGiven = script is not null, Forwards = forwards,
         };
+    }
+
+    /// <summary>tcp:P or udp:P, optionally :G, each a port 1-65535.</summary>
+    private static bool IsForward(string v)
+    {
+        var parts = v.Split(':');
+        return parts.Length is 2 or 3 && parts[0] is "tcp" or "udp"
+            && parts.Skip(1).All(p => p.Length is > 0 and <= 5 && p.All(char.IsAsciiDigit) && int.Parse(p) is > 0 and <= 65535);
     }
 
     /// <summary>Six hex octets separated by colons (or dashes), normalised to lower case.</summary>

@@ -52,6 +52,7 @@ public sealed partial class Host
             throw new ControlException($"{Where(c, index)}vif {nic.Devid}: mac {nic.Mac} is not a unicast address");
         if (nic.VifName is { } name && (name.Length is 0 or > 15 || name.Contains('/') || name.Any(char.IsWhiteSpace)))
             throw new ControlException($"{Where(c, index)}vif {nic.Devid}: vifname `{name}' is not a valid interface name");
+        if (IsUserMode(nic)) return;
         string script = ScriptPath(nic.Script);
         if (!File.Exists(script))
             throw new ControlException($"{Where(c, index)}vif {nic.Devid}: hotplug script {script} does not exist");
@@ -59,6 +60,13 @@ public sealed partial class Host
         if (Path.GetFileName(script) == "vif-bridge" && !Directory.Exists($"/sys/class/net/{BridgeOf(nic)}/bridge"))
             throw new ControlException($"{Where(c, index)}vif {nic.Devid}: bridge {BridgeOf(nic)} does not exist on this host");
     }
+
+    /// <summary>Whether a nic is user-mode (passt) rather than a TAP device for a hotplug script: a vif that names
+    /// neither <c>bridge=</c> nor <c>script=</c> gets libxl's default (xenbr0 through vif-bridge) only where that can
+    /// work, the daemon being root and xenbr0 existing; otherwise passt, which needs neither.</summary>
+    private static bool IsUserMode(NicSpec nic) =>
+        nic.Bridge is null && !nic.ScriptGiven
+        && !(Environment.IsPrivilegedProcess && Directory.Exists("/sys/class/net/xenbr0/bridge"));
 
     /// <summary>libxl's default bridge.</summary>
     private static string BridgeOf(NicSpec nic) => nic.Bridge ?? "xenbr0";
@@ -84,6 +92,11 @@ public sealed partial class Host
 
     private void AddNic(Domain dom, NicSpec nic)
     {
+        if (IsUserMode(nic))
+        {
+            AddUserNic(dom, nic);
+            return;
+        }
         string script = ScriptPath(nic.Script);
         var backend = new Dictionary<string, string>
         {
@@ -109,6 +122,26 @@ public sealed partial class Host
         var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
         WaitForHostEnd(a, nic);
         RunHotplug(a, nic, "online");
+    }
+
+    /// <summary>A user-mode nic: no script and no bridge; the backend starts passt for it (backend node
+    /// <c>network</c> = user, <c>forward</c> the forwarded ports, space-separated).</summary>
+    private void AddUserNic(Domain dom, NicSpec nic)
+    {
+        string handle = nic.Devid.ToString(CultureInfo.InvariantCulture);
+        var backend = new Dictionary<string, string>
+        {
+            ["mac"] = nic.Mac, ["handle"] = handle, ["type"] = "vif", ["network"] = "user",
+            ["forward"] = string.Join(' ', nic.Forwards),
+        };
+        var frontend = new Dictionary<string, string> { ["handle"] = handle, ["mac"] = nic.Mac };
+        if (nic.Mtu is { } mtu)
+        {
+            backend["mtu"] = mtu.ToString(CultureInfo.InvariantCulture);
+            frontend["mtu"] = backend["mtu"];
+        }
+        var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
+        WaitForHostEnd(a, nic);
     }
 
     /// <summary>Waits until the backend has made the host end and published InitWait; its failure is the nic's.</summary>
