@@ -33,16 +33,17 @@ internal static class DomctlOp
             return -Errno.EACCES;
         if (!v.Domain.IsPrivileged)
             return -Errno.EPERM;
-        if (!Table.TryGetValue(op.Cmd, out var handler))
-            return -Errno.ENOSYS;
-        // getdomaininfo looks for the first domain at or after the id; everything else names one domain.
+        // getdomaininfo looks for the first domain at or after the id; everything else names one domain, which
+        // must exist before the operation is even looked at (Xen's do_domctl).
         Domain? d = null;
-        if (op.Cmd != XEN_DOMCTL_getdomaininfo)
+        if (op.Cmd != XEN_DOMCTL_getdomaininfo && op.Cmd != XEN_DOMCTL_createdomain)
         {
             d = v.Domain.Host.FindDomain(op.Domain);
             if (d is null)
                 return -Errno.ESRCH;
         }
+        if (!Table.TryGetValue(op.Cmd, out var handler))
+            return -Errno.ENOSYS;
         long rc = handler(v, ref op, d, out bool copyBack);
         if (copyBack && !GuestAccess.Write(v, a.A1, op))
             return -Errno.EFAULT;
