@@ -10,6 +10,7 @@ namespace XenSharp.Hypervisor.Tests;
 /// The binary domctl/sysctl of Xen 4.17 as a Domain-0 program reaches them (a <see cref="Dom0HypercallContext"/> over
 /// a buffer area, as privcmd sets it up), and as guests see them.
 /// </summary>
+[Trait("Feature", "Dom0 stable libraries")]
 public sealed unsafe class DomctlSysctlTests : IDisposable
 {
     private const ulong CallerBase = 0x7f00_0000_0000;

@@ -92,7 +92,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         text.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => l.Contains(':'))
             .ToDictionary(l => l[..l.IndexOf(':')].Trim(), l => l[(l.IndexOf(':') + 1)..].Trim());
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void DebianXlUsesTheDropInLibraries()
     {
         var r = Dom0("sh", "-c", "command -v xl; echo $LD_LIBRARY_PATH; ldd " + DebianXl + " | grep -E 'libxen(call|evtchn|foreignmemory|gnttab)'");
@@ -104,7 +104,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
             Assert.Contains(lines, l => l.Contains(lib) && l.Contains(Path.Combine(libs, lib)));
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void XlInfoAgrees()
     {
         var ours = Fields(Ours("info").Stdout);
@@ -119,7 +119,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         }
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void XlListAgrees()
     {
         var ours = Rows(Ours("list").Stdout);
@@ -131,7 +131,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
             Assert.Equal(o[..5], t[..5]);
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void XlVcpuListAgrees()
     {
         var ours = Rows(Ours("vcpu-list").Stdout);
@@ -149,7 +149,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         }
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void XlDmesgAgrees()
     {
         var ours = Ours("dmesg").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
@@ -160,7 +160,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         Assert.Equal(ours, theirs[..ours.Length]);
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void XlSchedulerParametersAgree()
     {
         string scheduler = Fields(Ours("info").Stdout)["xen_scheduler"];
@@ -172,14 +172,14 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         Assert.Contains(theirs, l => l.StartsWith("held"));
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void XlCpupoolListAgrees()
     {
         Assert.Equal(Rows(Ours("cpupool-list").Stdout), Rows(Theirs("cpupool-list").Stdout));
         Assert.Equal(Rows(Ours("cpupool-list", "-c").Stdout), Rows(Theirs("cpupool-list", "-c").Stdout));
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void BadCallsGetXensErrno()
     {
         var r = Dom0(_host.Client, "errors");
@@ -195,7 +195,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         Assert.Contains("held", Ours("list").Stdout);     // and the daemon is unharmed
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void EventChannelsMaskUntilUnmasked()
     {
         var r = Dom0(_host.Client, "events");
@@ -211,7 +211,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         Assert.Equal("0", got["unbind-own"]);
     }
 
-    [Fact, Trait("Feature", "dom0 interface")]
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
     public void KilledProgramLeavesNoBufferOrPortHeld()
     {
         int daemon = int.Parse(File.ReadAllText(Path.Combine(Xl.RunDir, "xensharpd.pid")).Trim());
