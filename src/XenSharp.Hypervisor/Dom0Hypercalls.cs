@@ -119,4 +119,41 @@ public sealed partial class XenHypervisor
 
     /// <summary>EVTCHNOP_close of Domain-0's <paramref name="port"/>.</summary>
     public long Dom0EvtchnClose(uint port) => Dom0.Evtchn.Close(port);
+
+    /// <summary>
+    /// Where a Domain-0 program finds frames <paramref name="gfns"/> of <paramref name="domid"/> to map them itself
+    /// (privcmd's mmapbatch): the domain's memfd, and per frame its offset in it or -errno (-EINVAL for no RAM there,
+    /// -EACCES for a read-only frame asked writable). Returns 0, or -ESRCH when there is no such guest. The memfd
+    /// carries a reference the caller releases (<see cref="System.Runtime.InteropServices.SafeHandle.DangerousRelease"/>).
+    /// A mapping needs no reference of its own: a frame the domain frees is reused only by the same domain.
+    /// </summary>
+    public long Dom0ForeignFrames(ushort domid, ReadOnlySpan<ulong> gfns, bool writable, Span<long> offsets,
+        out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        var d = FindDomain(domid);
+        if (d is null || d.IsHost)
+            return -Errno.ESRCH;
+        var file = Frames.MemoryFileOf(domid);
+        if (file is null)
+            return -Errno.ESRCH;
+        bool added = false;
+        file.DangerousAddRef(ref added);
+        for (int i = 0; i < gfns.Length; i++)
+        {
+            lock (d.Lock)
+            {
+                if (!d.P2m.TryLookup(gfns[i], out uint mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))
+                    offsets[i] = -Errno.EINVAL;
+                else if (writable && t == P2mType.RamRo)
+                    offsets[i] = -Errno.EACCES;
+                else if (!Frames.TryGetBacking(mfn, out var fd, out long offset) || fd != file)
+                    offsets[i] = -Errno.EINVAL;
+                else
+                    offsets[i] = offset;
+            }
+        }
+        memfd = file;
+        return 0;
+    }
 }

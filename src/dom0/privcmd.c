@@ -73,12 +73,12 @@ PRIVCMD_HIDDEN void privcmd_close(struct privcmd_conn *c)
     }
 }
 
-static long exchange(struct privcmd_conn *c, const struct privcmd_request *req, const int *fds, int nfds,
-                     struct privcmd_reply *reply, int *rfd)
+static long exchange(struct privcmd_conn *c, const struct privcmd_request *req, const void *payload, size_t payload_len,
+                     const int *fds, int nfds, struct privcmd_reply *reply, void *tail, size_t tail_len, int *rfd)
 {
     union { char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)]; struct cmsghdr align; } ctl;
-    struct iovec iov = { (void *)req, sizeof(*req) };
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    struct iovec iov[2] = { { (void *)req, sizeof(*req) }, { (void *)payload, payload_len } };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = payload_len ? 2 : 1 };
     struct cmsghdr *cm;
     ssize_t n;
 
@@ -99,17 +99,19 @@ static long exchange(struct privcmd_conn *c, const struct privcmd_request *req, 
     do
         n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)sizeof(*req)) {
+    if (n != (ssize_t)(sizeof(*req) + payload_len)) {
         if (n >= 0)
             errno = EIO;
         return -1;
     }
 
     memset(&msg, 0, sizeof(msg));
-    iov.iov_base = reply;
-    iov.iov_len = sizeof(*reply);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    iov[0].iov_base = reply;
+    iov[0].iov_len = sizeof(*reply);
+    iov[1].iov_base = tail;
+    iov[1].iov_len = tail_len;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = tail_len ? 2 : 1;
     msg.msg_control = ctl.buf;
     msg.msg_controllen = sizeof(ctl.buf);
     do
@@ -130,9 +132,14 @@ static long exchange(struct privcmd_conn *c, const struct privcmd_request *req, 
                 close(fd);
         }
     }
-    if (n != (ssize_t)sizeof(*reply)) {
+    /* A reply that failed carries no tail; one that succeeded carries all of it. */
+    if (n < (ssize_t)sizeof(*reply) || (reply->result >= 0 && n != (ssize_t)(sizeof(*reply) + tail_len))) {
         if (n >= 0)
             errno = n == 0 ? ECONNRESET : EIO;
+        if (rfd && *rfd >= 0) {
+            close(*rfd);
+            *rfd = -1;
+        }
         return -1;
     }
     if (reply->result < 0) {
@@ -145,6 +152,13 @@ static long exchange(struct privcmd_conn *c, const struct privcmd_request *req, 
 PRIVCMD_HIDDEN long privcmd_call(struct privcmd_conn *c, const struct privcmd_request *req, const int *fds,
                                  int nfds, struct privcmd_reply *reply, int *rfd)
 {
+    return privcmd_call_ex(c, req, NULL, 0, fds, nfds, reply, NULL, 0, rfd);
+}
+
+PRIVCMD_HIDDEN long privcmd_call_ex(struct privcmd_conn *c, const struct privcmd_request *req, const void *payload,
+                                    size_t payload_len, const int *fds, int nfds, struct privcmd_reply *reply,
+                                    void *tail, size_t tail_len, int *rfd)
+{
     struct privcmd_reply local;
     long rc;
     int saved;
@@ -152,7 +166,7 @@ PRIVCMD_HIDDEN long privcmd_call(struct privcmd_conn *c, const struct privcmd_re
     if (!reply)
         reply = &local;
     pthread_mutex_lock(&c->lock);
-    rc = exchange(c, req, fds, nfds, reply, rfd);
+    rc = exchange(c, req, payload, payload_len, fds, nfds, reply, tail, tail_len, rfd);
     saved = errno;
     pthread_mutex_unlock(&c->lock);
     errno = saved;

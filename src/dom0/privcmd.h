@@ -47,14 +47,16 @@ enum privcmd_op {
     PRIVCMD_OP_EVTCHN_UNMASK = 21,           /* arg[0] local port */
     PRIVCMD_OP_EVTCHN_RESTRICT = 22,         /* arg[0] domid */
 
-    /* Reserved for the foreign-mapping milestone: the reply carries the domain's memfd (SCM_RIGHTS)
-     * and value[] the file offsets of the requested frames, which the library mmaps itself. */
+    /* arg[0] domid, arg[1] writable, arg[2] count (at most PRIVCMD_MAX_BATCH), followed by count uint64_t
+     * gfns. The reply carries the domain's memfd (SCM_RIGHTS) and is followed by count int64_t: each frame's
+     * offset in that memfd, or -errno; the library mmaps them itself, so unmapping is its own munmap. */
     PRIVCMD_OP_FOREIGN_MAP = 32,
-    PRIVCMD_OP_FOREIGN_UNMAP = 33,
     /* Reserved for gntdev/gntalloc. */
     PRIVCMD_OP_GNTTAB_MAP = 48,
     PRIVCMD_OP_GNTTAB_UNMAP = 49,
 };
+
+#define PRIVCMD_MAX_BATCH 512
 
 struct privcmd_request {
     uint32_t op;
@@ -82,6 +84,11 @@ void privcmd_close(struct privcmd_conn *c);
  * received descriptor (close-on-exec) is stored in *rfd when rfd is not NULL, else closed. */
 long privcmd_call(struct privcmd_conn *c, const struct privcmd_request *req, const int *fds, int nfds,
                   struct privcmd_reply *reply, int *rfd);
+
+/* The same with bytes after the request (payload) and after the reply (tail, filled only on success). */
+long privcmd_call_ex(struct privcmd_conn *c, const struct privcmd_request *req, const void *payload,
+                     size_t payload_len, const int *fds, int nfds, struct privcmd_reply *reply,
+                     void *tail, size_t tail_len, int *rfd);
 
 #define PRIVCMD_HIDDEN __attribute__((visibility("hidden")))
 

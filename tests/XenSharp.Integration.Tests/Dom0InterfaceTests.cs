@@ -26,7 +26,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
             Assert.True(r.ExitCode == 0, r.ToString());
             Client = Path.Combine(_clientDir, "dom0client");
             var (rc, output) = Run("gcc", "-O2", "-Wall", "-D__XEN_TOOLS__", "-o", Client,
-                Repository.PathOf("tests", "native", "dom0client.c"), "-lxenctrl", "-lxencall", "-lxenevtchn");
+                Repository.PathOf("tests", "native", "dom0client.c"), "-lxenctrl", "-lxencall", "-lxenevtchn", "-lxenforeignmemory");
             Assert.True(rc == 0, output);
         }
 
@@ -209,6 +209,35 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         Assert.Equal("107", got["notify-foreign"]);       // ENOTCONN: not this handle's port
         Assert.Equal("107", got["unbind-foreign"]);
         Assert.Equal("0", got["unbind-own"]);
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void ForeignMappingsShowTheGuestsMemory()
+    {
+        // The guest kernel's first loaded segment, as the file holds it, is what its frames hold.
+        var elf = File.ReadAllBytes(Repository.PathOf("tests", "guests", "build", "trigger.elf"));
+        long phoff = BitConverter.ToInt64(elf, 0x20);
+        int phentsize = BitConverter.ToUInt16(elf, 0x36);
+        long offset = BitConverter.ToInt64(elf, (int)phoff + 0x08);
+        long paddr = BitConverter.ToInt64(elf, (int)phoff + 0x18);
+        Assert.Equal(1u, BitConverter.ToUInt32(elf, (int)phoff)); // PT_LOAD
+        Assert.True(phentsize > 0 && paddr % 4096 == 0);
+        string domid = Ours("domid", "held").Stdout.Trim();
+
+        var r = Dom0(_host.Client, "map", domid, $"0x{paddr / 4096:x}", "2");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var pages = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        for (int i = 0; i < 2; i++)
+        {
+            string expected = string.Join(' ', elf.Skip((int)offset + i * 4096).Take(16).Select(b => b.ToString("x2")));
+            Assert.Equal($"page {i} 0 {expected}", pages[i]);
+        }
+
+        // A frame with no RAM behind it fails alone (EINVAL); a domain that does not exist fails the map (ESRCH).
+        var hole = Dom0(_host.Client, "map", domid, "0xfffff", "1");
+        Assert.Equal("page 0 -22", hole.Stdout.Trim());
+        var nodomain = Dom0(_host.Client, "map", "31000", "0x100", "1");
+        Assert.Equal("map error 3", nodomain.Stdout.Trim());
     }
 
     [Fact, Trait("Feature", "Dom0 stable libraries")]

@@ -32,8 +32,10 @@ internal sealed class EvtchnHandle : IPrivcmdHandle
         UnixNative.SetNonBlocking(_pipe);
     }
 
-    public unsafe long Handle(in PrivcmdRequest r, ref PrivcmdReply reply)
+    public unsafe long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras)
     {
+        if (!payload.IsEmpty)
+            return -Errno.EINVAL;
         ulong a0 = r.Arg[0], a1 = r.Arg[1];
         switch (r.Op)
         {

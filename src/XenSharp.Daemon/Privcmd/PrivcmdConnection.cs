@@ -26,7 +26,7 @@ internal sealed class PrivcmdConnection : IDisposable
 
     public unsafe void Serve()
     {
-        Span<byte> buffer = stackalloc byte[sizeof(PrivcmdRequest) + 8];
+        var buffer = new byte[sizeof(PrivcmdRequest) + MaxPayload + 8];
         Span<int> fds = stackalloc int[UnixNative.MaxFds];
         while (true)
         {
@@ -35,12 +35,14 @@ internal sealed class PrivcmdConnection : IDisposable
                 return; // the program closed its handle, exited or was killed
             var received = fds[..fdCount];
             PrivcmdReply reply = default;
+            var extras = new ReplyExtras();
             try
             {
-                if (truncated || n != sizeof(PrivcmdRequest))
+                if (truncated || n < sizeof(PrivcmdRequest))
                     reply.Result = -Errno.EINVAL;
                 else
-                    reply.Result = Handle(MemoryMarshal.Read<PrivcmdRequest>(buffer), received, ref reply);
+                    reply.Result = Handle(MemoryMarshal.Read<PrivcmdRequest>(buffer),
+                        buffer.AsSpan(sizeof(PrivcmdRequest), n - sizeof(PrivcmdRequest)), received, ref reply, ref extras);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -54,15 +56,40 @@ internal sealed class PrivcmdConnection : IDisposable
                     if (fd >= 0)
                         UnixNative.close(fd);
             }
-            if (!UnixNative.Send(_fd, MemoryMarshal.AsBytes(new ReadOnlySpan<PrivcmdReply>(in reply))))
+            bool sent = Reply(reply, extras);
+            if (!sent)
                 return;
         }
     }
 
-    private unsafe long Handle(in PrivcmdRequest r, Span<int> fds, ref PrivcmdReply reply)
+    /// <summary>Bytes a request may carry after its fixed part (a batch of frame numbers).</summary>
+    public const int MaxPayload = ForeignMemoryHandle.MaxBatch * sizeof(ulong);
+
+    /// <summary>Sends the reply, its tail and its descriptor; the descriptor's reference is released.</summary>
+    private unsafe bool Reply(in PrivcmdReply reply, in ReplyExtras extras)
+    {
+        int tail = extras.Payload?.Length ?? 0;
+        var message = new byte[sizeof(PrivcmdReply) + tail];
+        MemoryMarshal.Write(message, in reply);
+        extras.Payload?.CopyTo(message, sizeof(PrivcmdReply));
+        if (extras.Fd is null)
+            return UnixNative.Send(_fd, message);
+        try
+        {
+            return UnixNative.Send(_fd, message, (int)extras.Fd.DangerousGetHandle());
+        }
+        finally
+        {
+            extras.Fd.DangerousRelease();
+        }
+    }
+
+    private unsafe long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, Span<int> fds, ref PrivcmdReply reply, ref ReplyExtras extras)
     {
         if (r.Op == OpOpen)
         {
+            if (!payload.IsEmpty)
+                return -Errno.EINVAL;
             if (_handle is not null)
                 return -Errno.EBUSY;
             if (r.Arg[1] != PrivcmdProtocol.Version)
@@ -72,7 +99,7 @@ internal sealed class PrivcmdConnection : IDisposable
         }
         if (_handle is null)
             return -Errno.EBADF;
-        return _handle.Handle(r, ref reply);
+        return _handle.Handle(r, payload, ref reply, ref extras);
     }
 
     private unsafe long Open(ulong kind, in PrivcmdRequest r, Span<int> fds, out IPrivcmdHandle? handle)
@@ -97,9 +124,11 @@ internal sealed class PrivcmdConnection : IDisposable
                 return 0;
             }
             case KindForeignMemory:
+                handle = new ForeignMemoryHandle(_hv);
+                return 0;
             case KindGnttab:
             case KindGntshr:
-                // Connections only for now: mapping requests come with their own milestones and answer -ENOSYS.
+                // Connections only for now: grant mapping comes with its own milestone and answers -ENOSYS.
                 handle = new EmptyHandle();
                 return 0;
             default:
@@ -120,7 +149,7 @@ internal sealed class PrivcmdConnection : IDisposable
 
     private sealed class EmptyHandle : IPrivcmdHandle
     {
-        public long Handle(in PrivcmdRequest r, ref PrivcmdReply reply) => -Errno.ENOSYS;
+        public long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras) => -Errno.ENOSYS;
         public void Dispose() { }
     }
 }
@@ -128,6 +157,15 @@ internal sealed class PrivcmdConnection : IDisposable
 /// <summary>What a connection is once opened: one per library handle kind.</summary>
 internal interface IPrivcmdHandle : IDisposable
 {
-    /// <summary>Answers one request: ≥ 0 or -errno, with anything more in <paramref name="reply"/>.</summary>
-    long Handle(in PrivcmdRequest r, ref PrivcmdReply reply);
+    /// <summary>Answers one request (<paramref name="payload"/>: what followed its fixed part): ≥ 0 or -errno, with
+    /// anything more in <paramref name="reply"/> and <paramref name="extras"/>.</summary>
+    long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras);
+}
+
+/// <summary>What a reply may carry beyond its fixed part: bytes after it, and one descriptor (whose SafeHandle
+/// reference the connection releases once sent).</summary>
+internal struct ReplyExtras
+{
+    public byte[]? Payload;
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? Fd;
 }

@@ -123,13 +123,24 @@ internal static unsafe partial class UnixNative
         }
     }
 
-    /// <summary>Sends one message; false when the peer is gone.</summary>
-    public static bool Send(int fd, ReadOnlySpan<byte> message)
+    /// <summary>Sends one message, with descriptor <paramref name="passFd"/> when it is not -1; false when the peer is gone.</summary>
+    public static bool Send(int fd, ReadOnlySpan<byte> message, int passFd = -1)
     {
+        byte* control = stackalloc byte[CmsgHeader + 8];
         fixed (byte* b = message)
         {
             var iov = new IoVec { Base = b, Len = (nuint)message.Length };
             var msg = new MsgHdr { Iov = &iov, IovLen = 1 };
+            if (passFd >= 0)
+            {
+                *(nuint*)control = CmsgHeader + sizeof(int);
+                *(int*)(control + 8) = SOL_SOCKET;
+                *(int*)(control + 12) = SCM_RIGHTS;
+                *(int*)(control + CmsgHeader) = passFd;
+                *(int*)(control + CmsgHeader + 4) = 0;
+                msg.Control = control;
+                msg.ControlLen = CmsgHeader + 8;
+            }
             nint n;
             do
                 n = sendmsg(fd, &msg, MSG_NOSIGNAL);

@@ -36,8 +36,10 @@ internal sealed class XencallHandle : IPrivcmdHandle
         return 0;
     }
 
-    public unsafe long Handle(in PrivcmdRequest r, ref PrivcmdReply reply)
+    public unsafe long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras)
     {
+        if (!payload.IsEmpty)
+            return -Errno.EINVAL;
         if (r.Op != PrivcmdProtocol.OpHypercall)
             return -Errno.ENOSYS;
         return _context.Hypercall(r.Arg[0], r.Arg[1], r.Arg[2], r.Arg[3], r.Arg[4], r.Arg[5]);
