@@ -58,6 +58,7 @@ public sealed partial class Host : IDisposable
         _time = time ?? TimeProvider.System;
         _consoleLogs = consoleLogs ?? ConsoleLogLimits.Default;
         XenstoreLayout.WriteDom0(xs);
+        PublishCpupoolNames();
         _hv.DomainStateChanged += OnDomainStateChanged;
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
         _hv.ConsoleWrite($"Command line: {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}");

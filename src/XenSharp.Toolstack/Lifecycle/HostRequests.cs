@@ -43,11 +43,11 @@ public sealed partial class Host
         On((Host h, StopDaemonRequest _) => ThreadPool.QueueUserWorkItem(_ => h.StopRequested?.Invoke())),
         On((Host h, CpupoolListRequest r) => h.CpupoolList(r)),
         On((Host h, CpupoolCreateRequest r) => h.CpupoolCreate(r)),
-        On((Host h, CpupoolDestroyRequest r) => h.Sched.DestroyCpupool(h.Pool(r.Pool).PoolId)),
+        On((Host h, CpupoolDestroyRequest r) => { h.Sched.DestroyCpupool(h.Pool(r.Pool).PoolId); h.PublishCpupoolNames(); }),
         On((Host h, CpupoolRenameRequest r) => h.CpupoolRename(r)),
         On((Host h, CpupoolCpuRequest r) => h.CpupoolCpu(r)),
         On((Host h, CpupoolMigrateRequest r) => h.Sched.CpupoolMigrate(h.Resolve(r.Domain).DomId, h.Pool(r.Pool).PoolId)),
-        On((Host h, CpupoolNumaSplitRequest _) => h.Sched.CpupoolNumaSplit()),
+        On((Host h, CpupoolNumaSplitRequest _) => h.CpupoolNumaSplit()),
         On((Host h, SchedCreditRequest r) => h.SchedCredit(r)),
         On((Host h, SchedRtdsRequest r) => h.SchedRtds(r)),
     }.ToFrozenDictionary();
