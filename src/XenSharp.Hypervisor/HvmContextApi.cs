@@ -8,8 +8,7 @@ namespace XenSharp.Hypervisor;
 
 /// <summary>XEN_DOMCTL_gethvmcontext and XEN_DOMCTL_sethvmcontext: a translated domain's vCPU and vLAPIC state as
 /// the records of Xen's HVM save format (HEADER, CPU per online vCPU, LAPIC and LAPIC_REGS per vCPU, MTRR per
-/// vCPU, END), which save/restore carries in the libxc stream's HVM_CONTEXT record.
-/// The engine does not expose its x87/SSE registers, so a CPU record's fpu_regs holds the reset FXSAVE image.</summary>
+/// vCPU, CPU_XSAVE per online vCPU, END), which save/restore carries in the libxc stream's HVM_CONTEXT record.</summary>
 public sealed unsafe partial class XenHypervisor
 {
     // MSRs a CPU record carries, read from and written to the engine.
@@ -39,6 +38,10 @@ public sealed unsafe partial class XenHypervisor
             foreach (var v in d.Vcpus)
                 if (v.IsUp && v.Engine is not null)
                     Append(buffer, HvmSave.CPU, (ushort)v.Id, SaveCpu(v));
+            Span<byte> xsave = stackalloc byte[XsaveRecordLength];
+            foreach (var v in d.Vcpus)
+                if (v.IsUp && v.Engine is not null && SaveXsave(v.Engine, xsave))
+                    AppendBytes(buffer, HvmSave.CPU_XSAVE, (ushort)v.Id, xsave);
             Span<byte> regs = stackalloc byte[1024];
             foreach (var v in d.Vcpus)
             {
@@ -65,6 +68,7 @@ public sealed unsafe partial class XenHypervisor
         var lapics = new Dictionary<int, HvmHwLapic>();
         var lapicRegs = new Dictionary<int, byte[]>();
         var mtrrs = new Dictionary<int, HvmHwMtrr>();
+        var xsaves = new Dictionary<int, byte[]>();
         bool sawHeader = false, sawEnd = false;
         int offset = 0;
         while (!sawEnd)
@@ -79,7 +83,7 @@ public sealed unsafe partial class XenHypervisor
             offset += (int)desc.Length;
             if (!sawHeader && desc.Typecode != HvmSave.HEADER)
                 throw BadContext("does not begin with a header record");
-            bool perVcpu = desc.Typecode is HvmSave.CPU or HvmSave.LAPIC or HvmSave.LAPIC_REGS or HvmSave.MTRR;
+            bool perVcpu = desc.Typecode is HvmSave.CPU or HvmSave.CPU_XSAVE or HvmSave.LAPIC or HvmSave.LAPIC_REGS or HvmSave.MTRR;
             if (perVcpu && desc.Instance >= d.Vcpus.Length)
                 throw BadContext($"record type {desc.Typecode} is for vCPU {desc.Instance}, the domain has {d.Vcpus.Length}");
             switch (desc.Typecode)
@@ -97,6 +101,10 @@ public sealed unsafe partial class XenHypervisor
                     lapicRegs[desc.Instance] = body.ToArray();
                     break;
                 case HvmSave.MTRR: mtrrs[desc.Instance] = Exact<HvmHwMtrr>(body, desc); break;
+                case HvmSave.CPU_XSAVE:
+                    if (body.Length < XsaveRecordLength) throw BadContext($"CPU_XSAVE of {body.Length} bytes, at least {XsaveRecordLength} expected");
+                    xsaves[desc.Instance] = body.ToArray();
+                    break;
                 case HvmSave.END: sawEnd = true; break;
                 default:
                     // Records of devices XenSharp does not emulate for PVH (PIC, IOAPIC, PIT, RTC, ...) are not ours to load.
@@ -114,7 +122,15 @@ public sealed unsafe partial class XenHypervisor
             if (mtrrs.TryGetValue(v.Id, out var mtrr) && v.Engine is not null)
                 LoadMtrr(v.Engine, mtrr);
             if (cpus.TryGetValue(v.Id, out var cpu))
+            {
                 LoadCpu(v, cpu);
+                // The FXSAVE image of the CPU record with the reset XCR0, unless a CPU_XSAVE record says more.
+                if (v.Engine is { } e && !(xsaves.TryGetValue(v.Id, out var xs) && LoadXsave(e, xs)))
+                {
+                    if (!e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1))
+                        throw BadContext($"the FPU state of vCPU {v.Id} is one the CPU refuses");
+                }
+            }
         }
         foreach (var v in d.Vcpus)
             if (cpus.ContainsKey(v.Id))
@@ -154,6 +170,29 @@ public sealed unsafe partial class XenHypervisor
         s.Write(body);
     }
 
+    /// <summary>hvm_hw_cpu_xsave with the x87 and SSE components, the ones the engine has: xfeature_mask, xcr0,
+    /// xcr0_accum, the 512-byte legacy region and the 64-byte XSAVE header.</summary>
+    private const int XsaveRecordLength = 24 + 512 + 64;
+
+    private static bool SaveXsave(IVcpu e, Span<byte> record)
+    {
+        record.Clear();
+        if (!e.TryGetFpuState(record.Slice(24, 512), out ulong xcr0)) return false;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(record, xcr0);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(record[8..], xcr0);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(record[16..], xcr0);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(record[(24 + 512)..], xcr0 & 3);
+        return true;
+    }
+
+    private static bool LoadXsave(IVcpu e, ReadOnlySpan<byte> record)
+    {
+        ulong xcr0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(record[8..]);
+        if (!e.TrySetFpuState(record.Slice(24, 512), xcr0))
+            throw BadContext($"CPU_XSAVE with XCR0 {xcr0:#x} or an FPU state the CPU refuses");
+        return true;
+    }
+
     private HvmHwCpu SaveCpu(Vcpu v)
     {
         Registers r;
@@ -190,10 +229,13 @@ public sealed unsafe partial class XenHypervisor
             Tsc = Time.ReadTsc(Time.NowNs),
             Flags = HvmSave.XEN_X86_FPU_INITIALISED,
         };
-        // The reset FXSAVE image: FCW 0x37F, MXCSR 0x1F80 with its mask.
-        c.FpuRegs[0] = 0x7F; c.FpuRegs[1] = 0x03;
-        c.FpuRegs[24] = 0x80; c.FpuRegs[25] = 0x1F;
-        c.FpuRegs[28] = 0xFF; c.FpuRegs[29] = 0xFF;
+        if (!e.TryGetFpuState(new Span<byte>(c.FpuRegs, 512), out _))
+        {
+            // An engine that keeps its FPU to itself: the reset FXSAVE image (FCW 0x37F, MXCSR 0x1F80 and its mask).
+            c.FpuRegs[0] = 0x7F; c.FpuRegs[1] = 0x03;
+            c.FpuRegs[24] = 0x80; c.FpuRegs[25] = 0x1F;
+            c.FpuRegs[28] = 0xFF; c.FpuRegs[29] = 0xFF;
+        }
         return c;
     }
 

@@ -96,6 +96,7 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
         Assert.Contains("PASS suspend.memory", log);
         Assert.Contains("PASS suspend.msr_lstar", log);
         Assert.Contains("PASS suspend.callee_saved_r12", log);
+        Assert.Contains("PASS suspend.mxcsr", log);
         Assert.Contains("PASS suspend.new_domid", log);
         Assert.Contains("failed=0", log);
     }

@@ -43,6 +43,12 @@ void guest_main(void)
     rt_wrmsr(0xC0000082, lstar);
     rt_wrmsr(0xC0000081, star);
     unsigned long cr3 = rt_read_cr3(), cr4 = rt_read_cr4();
+    /* FPU control state no compiled code changes: MXCSR (round toward zero, DAZ) and the x87 control word
+     * (53-bit precision); both come back only if the x87/SSE state is saved. */
+    uint32_t mxcsr = 0x7FC0, mxcsr_after;
+    uint16_t fcw = 0x027F, fcw_after;
+    __asm__ volatile("ldmxcsr %0" :: "m"(mxcsr));
+    __asm__ volatile("fldcw %0" :: "m"(fcw));
 
     rt_printf("# suspending\n");
     struct sched_shutdown sd = { .reason = SHUTDOWN_suspend };
@@ -62,6 +68,10 @@ void guest_main(void)
     rt_check_eq("suspend.msr_kernel_gs_base", rt_rdmsr(0xC0000102), kgs);
     rt_check_eq("suspend.msr_lstar", rt_rdmsr(0xC0000082), lstar);
     rt_check_eq("suspend.msr_star", rt_rdmsr(0xC0000081), star);
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr_after));
+    __asm__ volatile("fnstcw %0" : "=m"(fcw_after));
+    rt_check_eq("suspend.mxcsr", mxcsr_after, mxcsr);
+    rt_check_eq("suspend.x87_control_word", fcw_after, fcw);
     rt_check_eq("suspend.cr3", rt_read_cr3(), cr3);
     rt_check_eq("suspend.cr4", rt_read_cr4(), cr4);
     rt_check_eq("suspend.domid_after", rt_domid(&after), 0);
