@@ -103,6 +103,10 @@ public sealed unsafe partial class XenHypervisor
                 case HvmSave.MTRR: mtrrs[desc.Instance] = Exact<HvmHwMtrr>(body, desc); break;
                 case HvmSave.CPU_XSAVE:
                     if (body.Length < XsaveRecordLength) throw BadContext($"CPU_XSAVE of {body.Length} bytes, at least {XsaveRecordLength} expected");
+                    ulong xcr0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(body[8..]);
+                    uint mxcsr = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(body[(24 + 24)..]);
+                    if ((xcr0 & 1) == 0 || (mxcsr & 0xFFFF0000) != 0)
+                        throw BadContext($"CPU_XSAVE of vCPU {desc.Instance} with XCR0 {xcr0:#x} and MXCSR {mxcsr:#x}");
                     xsaves[desc.Instance] = body.ToArray();
                     break;
                 case HvmSave.END: sawEnd = true; break;
@@ -124,12 +128,10 @@ public sealed unsafe partial class XenHypervisor
             if (cpus.TryGetValue(v.Id, out var cpu))
             {
                 LoadCpu(v, cpu);
-                // The FXSAVE image of the CPU record with the reset XCR0, unless a CPU_XSAVE record says more.
+                // The FXSAVE image of the CPU record with the reset XCR0, unless a CPU_XSAVE record says more (an
+                // engine that keeps its FPU to itself keeps its own).
                 if (v.Engine is { } e && !(xsaves.TryGetValue(v.Id, out var xs) && LoadXsave(e, xs)))
-                {
-                    if (!e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1))
-                        throw BadContext($"the FPU state of vCPU {v.Id} is one the CPU refuses");
-                }
+                    e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1);
             }
         }
         foreach (var v in d.Vcpus)

@@ -101,6 +101,22 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
         Assert.Contains("failed=0", log);
     }
 
+    /// <summary>The file holds all the guest needs: another daemon (another hypervisor, xenstored and console
+    /// backend) restores it.</summary>
+    [Fact, Trait("Feature", "xl save/restore")]
+    public void AnotherDaemonRestoresTheFile()
+    {
+        string file = CreateAndSave("moved");
+        using var other = new XlHost();
+        var r = other.Run(TimeSpan.FromMinutes(3), "restore", file);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        string log = Path.Combine(other.RunDir, "console", "moved.log");
+        string Log() { try { return File.Exists(log) ? File.ReadAllText(log) : ""; } catch (IOException) { return ""; } }
+        Assert.True(WaitUntil(() => Log().Contains("DONE"), TimeSpan.FromMinutes(3)), "the restored guest did not finish\n" + Log());
+        Assert.Contains("PASS suspend.memory", Log());
+        Assert.Contains("failed=0", Log());
+    }
+
     [Fact, Trait("Feature", "xl save/restore")]
     public void BadSaveFilesAreRefusedAndLeaveNoDomain()
     {
