@@ -127,6 +127,7 @@ public interface IHypervisorDomain : IDisposable
     /// again, as on Xen. False for holes, mappings of other domains' pages and untouched PoD entries.</summary>
     bool TryReadSaveFrame(ulong gfn, Span<byte> page) => Memory.TryReadFrame(gfn, page);
 
-    /// <summary>The guest TSC frequency in kHz (the TSC info record).</summary>
+    /// <summary>The guest TSC frequency in kHz and Xen's system time in ns now (the TSC info record).</summary>
     uint TscKhz => 0;
+    ulong SystemTimeNs => 0;
 }

@@ -51,7 +51,7 @@ internal static class SaveFileWriter
         });
         w.Record(LibxcStream.REC_TYPE_STATIC_DATA_END, []);
 
-        var tsc = new X86TscInfo { Mode = s.TscMode, Khz = s.Domain.TscKhz, Nsec = (ulong)Environment.TickCount64 * 1_000_000 };
+        var tsc = new X86TscInfo { Mode = s.TscMode, Khz = s.Domain.TscKhz, Nsec = s.Domain.SystemTimeNs };
         w.Record(LibxcStream.REC_TYPE_X86_TSC_INFO, MemoryMarshal.AsBytes(new ReadOnlySpan<X86TscInfo>(in tsc)));
 
         long pages = WritePages(w, s.Domain, cancelled);
