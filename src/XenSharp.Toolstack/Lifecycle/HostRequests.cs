@@ -39,6 +39,8 @@ public sealed partial class Host
         On((Host h, SysrqRequest r) => h._xs.Write($"{XenstoreLayout.DomainPath(h.Resolve(r.Domain).DomId)}/control/sysrq", r.Key.ToString())),
         On((Host h, TriggerRequest r) => h.Trigger(r)),
         On((Host h, DumpCoreRequest r) => h.DumpCoreTo(h.Resolve(r.Domain), r.File)),
+        On((Host h, SaveRequest r) => h.Save(r)),
+        On((Host h, RestoreRequest r) => h.Restore(r)),
         On((Host h, ConsoleAttachRequest r) => h.ConsoleTarget(r)),
         On((Host h, StopDaemonRequest _) => ThreadPool.QueueUserWorkItem(_ => h.StopRequested?.Invoke())),
         On((Host h, CpupoolListRequest r) => h.CpupoolList(r)),
