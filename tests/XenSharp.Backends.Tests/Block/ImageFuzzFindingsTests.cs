@@ -77,4 +77,35 @@ public sealed class ImageFuzzFindingsTests
         Assert.Equal(a, back);
         Assert.Contains(log, m => m.Contains("past the end of the file"));
     }
+
+    /// <summary>The same for qcow2: a COPIED entry past the end would be written in place over the cluster allocated there.</summary>
+    [Fact]
+    public void AQcow2ClusterPastTheEndIsNotSharedWithOneAllocatedLater()
+    {
+        using var dir = new ImageDir();
+        string path = dir["a.qcow2"];
+        Qemu.Img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M");
+        Qemu.Io(path, "qcow2", "write -P 0x11 0 4096");
+        byte[] b = File.ReadAllBytes(path);
+        long l1 = (long)BinaryPrimitives.ReadUInt64BigEndian(b.AsSpan(40));
+        long l2 = (long)(BinaryPrimitives.ReadUInt64BigEndian(b.AsSpan((int)l1)) & 0x00FFFFFFFFFFFE00);
+        long next = (b.Length + 4095) & ~4095L;
+        BinaryPrimitives.WriteUInt64BigEndian(b.AsSpan((int)l2 + 8), (ulong)next | (1UL << 63)); // guest cluster 1, COPIED
+        File.WriteAllBytes(path, b);
+
+        var log = new List<string>();
+        using var image = BlockImages.Open(path, new BlockImageOptions { Log = log.Add });
+        var a = new byte[4096];
+        Array.Fill(a, (byte)0xAA);
+        Assert.Equal(0, image.Write(2 * 4096, a));
+        Assert.Equal(0, image.Flush());
+        var other = new byte[4096];
+        Array.Fill(other, (byte)0xBB);
+        Assert.Equal(-Errno.EIO, image.Write(4096, other));
+        Assert.Equal(-Errno.EIO, image.Read(4096, other));
+        var back = new byte[4096];
+        Assert.Equal(0, image.Read(2 * 4096, back));
+        Assert.Equal(a, back);
+        Assert.Contains(log, m => m.Contains("past the end of the file"));
+    }
 }
