@@ -14,7 +14,7 @@ namespace XenSharp.Toolstack.Tests.Fuzz;
 /// write reads back as written, nothing fails with an exception of the image layer's own making, and the file
 /// grows by no more than the clusters (blocks) those writes may allocate.
 /// </summary>
-[Trait("Feature", "Disk image formats")]
+[Trait("Feature", "Blkback")]
 public sealed partial class DiskImageFuzzTests(DiskImageFuzzTests.SeedCorpus seeds) : IClassFixture<DiskImageFuzzTests.SeedCorpus>
 {
     /// <summary>The seeds, made once for the class in a directory of their own, removed after it.</summary>
