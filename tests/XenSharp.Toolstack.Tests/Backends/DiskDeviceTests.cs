@@ -58,7 +58,7 @@ public sealed class DiskDeviceTests : IDisposable
             Path.Combine(_dir, "g.cfg"), _dir, [], Paused: true));
         Assert.False(bad.Ok);
         Assert.Contains($"disk xvdb: {Path.Combine(_dir, "missing.qcow2")}", bad.Error);
-        Assert.Empty(((IEnumerable<string>?)xs.Directory("/local/domain") ?? []).Where(d => d != "0"));
+        Assert.DoesNotContain((IEnumerable<string>?)xs.Directory("/local/domain") ?? [], d => d != "0");
 
         var r = host.Handle(new CreateRequest(cfg + "disk=[ 'a.img,raw,xvda,rw', 'format=raw,vdev=xvdb,access=ro,devtype=cdrom,target=a.img' ]\n",
             Path.Combine(_dir, "g.cfg"), _dir, [], Paused: true));
@@ -105,6 +105,6 @@ public sealed class DiskDeviceTests : IDisposable
         Assert.False(r.Ok);
         Assert.Contains($"disk xvda: {image}: L1 table at offset", r.Error);
         Assert.Equal(0, hv.Created);
-        Assert.Empty(((IEnumerable<string>?)xs.Directory("/local/domain") ?? []).Where(d => d != "0"));
+        Assert.DoesNotContain((IEnumerable<string>?)xs.Directory("/local/domain") ?? [], d => d != "0");
     }
 }
