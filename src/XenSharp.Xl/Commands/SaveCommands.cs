@@ -36,8 +36,9 @@ internal static class SaveCommands
                 return 1;
             configDir = Path.GetDirectoryName(Path.GetFullPath(configFile));
         }
-        ctx.Err.WriteLine($"Loading new save file {file} (new xl fmt info 0x{SaveFlags:x}/0x0)");
         var result = ctx.Daemon.Send(new RestoreRequest(Path.GetFullPath(file), config, configFile, configDir, a.Has('p')));
+        // Only a file the daemon read as xl's format has these flags: say so once it has.
+        ctx.Err.WriteLine($"Loading new save file {file} (new xl fmt info 0x{SaveFlags:x}/0x0)");
         ctx.Err.WriteLine($"Restored domain {result.DomId} ({result.Name}): {result.Pages} pages");
         return 0;
     }
