@@ -26,6 +26,14 @@ public interface IVcpu
     void GetSpecialRegisters(out SpecialRegisters sregs);
     void SetSpecialRegisters(in SpecialRegisters sregs);
 
+    /// <summary>The x87/SSE state as an FXSAVE image (512 bytes, all sixteen XMM registers) and XCR0, for a saved
+    /// domain (Xen's CPU and CPU_XSAVE context records); false when the engine cannot give them.</summary>
+    bool TryGetFpuState(Span<byte> fxsave, out ulong xcr0) { xcr0 = 0; return false; }
+
+    /// <summary>Loads what <see cref="TryGetFpuState"/> gave; false when the engine cannot, or the image or XCR0 is
+    /// one the CPU would refuse (reserved MXCSR bits, XCR0 without x87 or with components it lacks).</summary>
+    bool TrySetFpuState(ReadOnlySpan<byte> fxsave, ulong xcr0) => false;
+
     /// <summary>Reads or writes an MSR the engine owns; false when it does not know it.</summary>
     bool TryGetMsr(uint index, out ulong value);
     bool TrySetMsr(uint index, ulong value);

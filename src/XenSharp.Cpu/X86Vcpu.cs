@@ -285,6 +285,15 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
 
     public ref readonly VcpuExit Run()
     {
+        if (!Stats) return ref RunCore();
+        S.RunCalls++;
+        ref readonly var exit = ref RunCore();
+        StatExit(exit.Reason);
+        return ref exit;
+    }
+
+    private ref readonly VcpuExit RunCore()
+    {
         _exit = default;
         try
         {
@@ -318,6 +327,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             // An instruction waiting for its MMIO results completes before any event is taken.
             if (!Shadow && _replayCount == 0 && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
             {
+                if (Stats) S.Events++;
                 if (!DeliverEvents()) return ref ShutdownExit();
             }
             if (Halted)
@@ -336,6 +346,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             }
             catch (GuestFault)
             {
+                if (Stats) S.Faults++;
                 Rip = CurIp;
                 if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
             }

@@ -93,16 +93,18 @@ namespace XenSharp.Daemon
             using var stop = new ManualResetEventSlim();
             using var xs = new XenStored(quotas);
             xs.Start(paths.XenstoredSocket);
-            using var hv = new XenHypervisorPlatform(new XenSharp.Hypervisor.XenHypervisor(
-                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true }));
+            var xen = new XenSharp.Hypervisor.XenHypervisor(
+                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true });
+            using var hv = new XenHypervisorPlatform(xen);
             using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs);
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });
             using var sighup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c => { c.Cancel = true; ConsoleLog.ReopenAll(); });
+            using (var privcmd = new XenSharp.Daemon.Privcmd.PrivcmdServer(paths.PrivcmdSocket, xen))
             using (var server = new ControlServer(paths.XlSocket, host))
             {
-                Console.Error.WriteLine($"xensharpd: pid {Environment.ProcessId} listening on {paths.XlSocket}, xenstored on {paths.XenstoredSocket}");
+                Console.Error.WriteLine($"xensharpd: pid {Environment.ProcessId} listening on {paths.XlSocket}, xenstored on {paths.XenstoredSocket}, privcmd on {paths.PrivcmdSocket}");
                 stop.Wait();
                 Console.Error.WriteLine($"xensharpd: stopping, destroying {host.DomainIds.Count} domain(s)");
             }

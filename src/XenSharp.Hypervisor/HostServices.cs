@@ -50,6 +50,10 @@ internal sealed class HostServices : IDisposable
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
     public IIoreqServer? IoreqServer { get; set; }
 
+    /// <summary>The control face over these services, which XEN_DOMCTL_* and XEN_SYSCTL_* from a control domain's
+    /// toolstack reach (set by <see cref="XenHypervisor"/>).</summary>
+    public XenHypervisor? Control { get; set; }
+
     /// <summary>A domain shut down (after VIRQ_DOM_EXC was sent): the control face tells the toolstack.</summary>
     public Action<ushort, ShutdownReason>? DomainShutDown { get; set; }
 
@@ -139,6 +143,9 @@ internal sealed class HostServices : IDisposable
 
     /// <summary>The console ring (<paramref name="clear"/> for `xl dmesg -c`).</summary>
     public string ReadConsole(bool clear) => Encoding.UTF8.GetString(_ring.Read(clear));
+
+    /// <summary>The console ring itself, for XEN_SYSCTL_readconsole's indexed reads.</summary>
+    public ConsoleRing ConsoleRing => _ring;
 
     /// <summary>A domain's console_io and port 0xE9 output: to its console stream, and line by line into the ring.</summary>
     public void GuestConsoleWrite(Domain d, ReadOnlySpan<byte> data)

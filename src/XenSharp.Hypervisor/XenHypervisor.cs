@@ -26,6 +26,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         _options = options ?? new HypervisorOptions();
         Services = new HostServices(_options);
         Services.DomainShutDown = RaiseDomainShutdown;
+        Services.Control = this;
         Dom0Services = new Dom0Services(this);
         Log($"Xen version {XenVersion.Major}.{XenVersion.Minor}{XenVersion.ExtraVersion} (XenSharp), {Frames.FrameCount >> 8} MiB machine memory, {_options.Pcpus} pCPUs");
     }

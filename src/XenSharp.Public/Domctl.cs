@@ -1,8 +1,26 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
 namespace XenSharp.Public;
 
-/// <summary>xen/include/public/domctl.h: the parts the toolstack's control calls carry.</summary>
+/// <summary>xen/include/public/domctl.h of Xen 4.17 (XEN_DOMCTL_INTERFACE_VERSION 0x15): the per-domain operations of
+/// the control domain's toolstack.</summary>
 public static class Domctl
 {
+    public const uint XEN_DOMCTL_INTERFACE_VERSION = 0x00000015;
+
+    public const uint XEN_DOMCTL_createdomain = 1, XEN_DOMCTL_destroydomain = 2, XEN_DOMCTL_pausedomain = 3,
+        XEN_DOMCTL_unpausedomain = 4, XEN_DOMCTL_getdomaininfo = 5, XEN_DOMCTL_setvcpuaffinity = 9,
+        XEN_DOMCTL_shadow_op = 10, XEN_DOMCTL_max_mem = 11, XEN_DOMCTL_setvcpucontext = 12,
+        XEN_DOMCTL_getvcpucontext = 13, XEN_DOMCTL_getvcpuinfo = 14, XEN_DOMCTL_max_vcpus = 15,
+        XEN_DOMCTL_scheduler_op = 16, XEN_DOMCTL_setdomainhandle = 17, XEN_DOMCTL_setdebugging = 18,
+        XEN_DOMCTL_irq_permission = 19, XEN_DOMCTL_iomem_permission = 20, XEN_DOMCTL_ioport_permission = 21,
+        XEN_DOMCTL_hypercall_init = 22, XEN_DOMCTL_settimeoffset = 24, XEN_DOMCTL_getvcpuaffinity = 25,
+        XEN_DOMCTL_resumedomain = 27, XEN_DOMCTL_sendtrigger = 28, XEN_DOMCTL_get_address_size = 36,
+        XEN_DOMCTL_set_target = 46, XEN_DOMCTL_getpageframeinfo3 = 61, XEN_DOMCTL_gettscinfo = 59,
+        XEN_DOMCTL_settscinfo = 60, XEN_DOMCTL_get_vcpu_msrs = 72, XEN_DOMCTL_get_cpu_policy = 82;
+
     /// <summary>
     /// XEN_DOMCTL_setnodeaffinity/getnodeaffinity (struct xen_domctl_nodeaffinity: one xenctl_bitmap of nodes, bit n
     /// of byte n / 8). Setting every node means "derive it from the vCPUs' affinities" again.
@@ -12,4 +30,113 @@ public static class Domctl
     /// <summary>XEN_DOMCTL_sendtrigger's trigger values.</summary>
     public const uint XEN_DOMCTL_SENDTRIGGER_NMI = 0, XEN_DOMCTL_SENDTRIGGER_RESET = 1, XEN_DOMCTL_SENDTRIGGER_INIT = 2,
         XEN_DOMCTL_SENDTRIGGER_POWER = 3, XEN_DOMCTL_SENDTRIGGER_SLEEP = 4;
+
+    /// <summary>xen_domctl_getdomaininfo.flags.</summary>
+    public const uint XEN_DOMINF_dying = 1 << 0, XEN_DOMINF_hvm_guest = 1 << 1, XEN_DOMINF_shutdown = 1 << 2,
+        XEN_DOMINF_paused = 1 << 3, XEN_DOMINF_blocked = 1 << 4, XEN_DOMINF_running = 1 << 5,
+        XEN_DOMINF_debugged = 1 << 6, XEN_DOMINF_xs_domain = 1 << 7, XEN_DOMINF_hap = 1 << 8;
+    public const int XEN_DOMINF_shutdownshift = 16;
+    public const uint XEN_DOMINF_shutdownmask = 255;
+    public const uint XEN_INVALID_MAX_VCPU_ID = ~0u;
+
+    public const uint XEN_VCPUAFFINITY_HARD = 1 << 0, XEN_VCPUAFFINITY_SOFT = 1 << 1, XEN_VCPUAFFINITY_FORCE = 1 << 2;
+
+    /// <summary>XEN_SCHEDULER_*: the ids sched_id and scheduler_op name policies by.</summary>
+    public const uint XEN_SCHEDULER_CREDIT = 5, XEN_SCHEDULER_CREDIT2 = 6, XEN_SCHEDULER_ARINC653 = 7,
+        XEN_SCHEDULER_RTDS = 8, XEN_SCHEDULER_NULL = 9;
+
+    public const uint XEN_DOMCTL_SCHEDOP_putinfo = 0, XEN_DOMCTL_SCHEDOP_getinfo = 1,
+        XEN_DOMCTL_SCHEDOP_putvcpuinfo = 2, XEN_DOMCTL_SCHEDOP_getvcpuinfo = 3;
+
+    /// <summary>The XEN_SCHEDULER_* id of a scheduler by the name xl and sched= use, or 0.</summary>
+    public static uint SchedulerId(string name) => name switch
+    {
+        "credit" => XEN_SCHEDULER_CREDIT,
+        "credit2" => XEN_SCHEDULER_CREDIT2,
+        "arinc653" => XEN_SCHEDULER_ARINC653,
+        "rtds" => XEN_SCHEDULER_RTDS,
+        "null" => XEN_SCHEDULER_NULL,
+        _ => 0,
+    };
+}
+
+/// <summary>struct xen_domctl: the command, the interface version, the domain, and the 128-byte union.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 144)]
+public unsafe struct XenDomctl
+{
+    public uint Cmd;
+    public uint InterfaceVersion;
+    public ushort Domain;
+    public fixed ushort Pad[3];
+    public fixed byte U[128];
+
+    /// <summary>The union as sub-operation <typeparamref name="T"/>.</summary>
+    [UnscopedRef]
+    public ref T As<T>() where T : unmanaged => ref Unsafe.As<byte, T>(ref U[0]);
+}
+
+/// <summary>struct xen_domctl_getdomaininfo (also the element of XEN_SYSCTL_getdomaininfolist).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 112)]
+public unsafe struct XenDomctlGetdomaininfo
+{
+    public ushort Domain;
+    public ushort Pad1;
+    public uint Flags;
+    public ulong TotPages;
+    public ulong MaxPages;
+    public ulong OutstandingPages;
+    public ulong ShrPages;
+    public ulong PagedPages;
+    public ulong SharedInfoFrame;
+    public ulong CpuTime;
+    public uint NrOnlineVcpus;
+    public uint MaxVcpuId;
+    public uint Ssidref;
+    /// <summary>xen_domain_handle_t: the domain's UUID, bytes in order.</summary>
+    public fixed byte Handle[16];
+    public uint Cpupool;
+    public byte GpaddrBits;
+    public fixed byte Pad2[7];
+    /// <summary>struct xen_arch_domainconfig (x86): emulation_flags, misc_flags.</summary>
+    public uint EmulationFlags;
+    public uint MiscFlags;
+}
+
+/// <summary>struct xen_domctl_getvcpuinfo.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlGetvcpuinfo
+{
+    public uint Vcpu;
+    public byte Online;
+    public byte Blocked;
+    public byte Running;
+    public ulong CpuTime;
+    public uint Cpu;
+}
+
+/// <summary>struct xen_domctl_vcpuaffinity.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlVcpuaffinity
+{
+    public uint Vcpu;
+    public uint Flags;
+    public XenctlBitmap CpumapHard;
+    public XenctlBitmap CpumapSoft;
+}
+
+/// <summary>struct xen_domctl_nodeaffinity.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlNodeaffinity
+{
+    public XenctlBitmap Nodemap;
+}
+
+/// <summary>struct xen_domctl_scheduler_op with the credit/credit2 member of its union (weight, cap).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 24)]
+public struct XenDomctlSchedulerOp
+{
+    public uint SchedId;
+    public uint Cmd;
+    public ushort Weight;
+    public ushort Cap;
 }

@@ -179,6 +179,24 @@ internal static class CommandTable
             "Rename a domain", "<Domain> <NewDomainName>", null, [Help], 2),
         new("trigger", DomainCommands.Trigger, false, true,
             "Send a trigger to a domain", "<Domain> <nmi|reset|init|power|sleep|s3resume> [<VCPU>]", null, [Help], 2),
+        new("save", SaveCommands.Save, false, true,
+            "Save a domain state to restore later",
+            "[options] <Domain> <CheckpointFile> [<ConfigFile>]",
+            "-h  Print this help.\n" +
+            "-c  Leave domain running after creating the snapshot.\n" +
+            "-p  Leave domain paused after creating the snapshot.\n" +
+            "-D  Store the domain id in the configration.",
+            [Help, new('c'), new('p'), new('D')], 2),
+        new("restore", SaveCommands.Restore, false, true,
+            "Restore a domain from a saved state",
+            "[options] [<ConfigFile>] <CheckpointFile>",
+            "-h                       Print this help.\n" +
+            "-p                       Do not unpause domain after restoring it.\n" +
+            "-e                       Do not wait in the background for the death of the domain.\n" +
+            "-d                       Enable debug messages.\n" +
+            "-V, --vncviewer          Connect to the VNC display after the domain is created.\n" +
+            "-A, --vncviewer-autopass Pass VNC password to viewer via stdin.",
+            [Help, new('p'), new('e'), new('d'), new('V', "vncviewer"), new('A', "vncviewer-autopass")], 1),
         new("dump-core", DomainCommands.DumpCore, false, true,
             "Core dump a domain", "<Domain> <filename>", null, [Help], 2),
         new("sysrq", DomainCommands.Sysrq, false, true,

@@ -193,11 +193,12 @@ public class IntegerTests
         var r = Exec(64, x =>
         {
             x.mov(eax, 7); x.xor(ecx, ecx); x.cpuid(); x.mov(r8d, edx);
-            x.mov(ecx, 0x10A); x.rdmsr(); x.mov(r9d, eax);
+            x.mov(ecx, 0x10A); x.rdmsr(); x.mov(r9d, eax); x.mov(r10d, edx);
         });
         Assert.NotEqual(0UL, r.R8 & (1UL << 29));   // CPUID.7.EDX: ARCH_CAPABILITIES
         Assert.Equal(1UL, r.R9 & 1);                 // RDCL_NO
         Assert.NotEqual(0UL, r.R9 & (1UL << 5));     // MDS_NO
+        Assert.NotEqual(0UL, r.R10 & (1UL << 30));   // ITS_NO (bit 62)
 
         // Writing it raises #GP(0) in the engine, with no exit to the hypervisor.
         using var m = new TestMachine();

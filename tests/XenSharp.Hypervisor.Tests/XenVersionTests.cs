@@ -75,8 +75,6 @@ public class DispatchTests : IDisposable
     [InlineData(Xen.__HYPERVISOR_set_trap_table)]
     [InlineData(Xen.__HYPERVISOR_mmu_update)]
     [InlineData(Xen.__HYPERVISOR_physdev_op)]
-    [InlineData(Xen.__HYPERVISOR_sysctl)]
-    [InlineData(Xen.__HYPERVISOR_domctl)]
     [InlineData(63)]
     [InlineData(64)]
     [InlineData(100000)]

@@ -254,19 +254,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             foreach (var a in args) psi.ArgumentList.Add(a);
             if (runDir is not null) psi.Environment["XENSHARP_RUNDIR"] = runDir;
             foreach (var (k, v) in env ?? []) psi.Environment[k] = v;
-            using var p = Process.Start(psi)!;
-            var stdout = new StringBuilder();
-            var stderr = new StringBuilder();
-            p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
-            p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            p.StandardInput.Close();
-            bool exited = p.WaitForExit(limit);
-            if (!exited) p.Kill(entireProcessTree: true);
-            p.WaitForExit();
-            lock (stdout) lock (stderr)
-                return new XlResult(exited ? p.ExitCode : -1, stdout.ToString(), stderr.ToString(), !exited);
+            return XlHost.RunProcess(psi, limit);
         }
 
         public void Dispose()

@@ -37,6 +37,13 @@ public sealed class XlHost : IDisposable
         psi.Environment["XENSHARP_RUNDIR"] = RunDir;
         foreach (var (k, v) in Environment)
             psi.Environment[k] = v;
+        return RunProcess(psi, timeout);
+    }
+
+    /// <summary>Runs a prepared process to its end (killed with its children past <paramref name="limit"/>),
+    /// stdin closed, both outputs collected.</summary>
+    public static XlResult RunProcess(ProcessStartInfo psi, TimeSpan limit)
+    {
         using var p = Process.Start(psi)!;
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
@@ -45,7 +52,7 @@ public sealed class XlHost : IDisposable
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
         p.StandardInput.Close();
-        bool exited = p.WaitForExit(timeout);
+        bool exited = p.WaitForExit(limit);
         if (!exited) p.Kill(entireProcessTree: true);
         p.WaitForExit();
         lock (stdout) lock (stderr)

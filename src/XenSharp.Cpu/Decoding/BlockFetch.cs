@@ -116,8 +116,10 @@ internal unsafe partial class X86Vcpu
     internal void FlushJumpCache(bool includeGlobal = true)
     {
         _jumpUser.Flush();
+        if (Stats) S.JumpFlushUser++;
         if (includeGlobal || _jumpSupNonGlobal)
         {
+            if (Stats) S.JumpFlushSup++;
             _jumpSup.Flush();
             _jumpSupNonGlobal = false;
         }
@@ -126,9 +128,10 @@ internal unsafe partial class X86Vcpu
     /// <summary>INVLPG: drops the shortcuts only when a cached block may have come through that page.</summary>
     internal void FlushJumpCachePage(ulong lin)
     {
-        if (_jumpUser.MayHold(lin)) _jumpUser.Flush();
+        if (_jumpUser.MayHold(lin)) { _jumpUser.Flush(); if (Stats) S.JumpFlushUser++; }
         if (_jumpSup.MayHold(lin))
         {
+            if (Stats) S.JumpFlushSup++;
             _jumpSup.Flush();
             _jumpSupNonGlobal = false;
         }
@@ -180,6 +183,7 @@ internal unsafe partial class X86Vcpu
 
     private DecodedBlock LookupOrDecode(ulong rip)
     {
+        if (Stats) S.Lookups++;
         if (Bitness == 64 && !Canonical(rip)) throw GP();
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
@@ -193,6 +197,7 @@ internal unsafe partial class X86Vcpu
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid && (!b.HasTail || FetchTail(rip, phys) == b.TailPhys)) return b;
 
+        if (Stats) S.Decodes++;
         byte* page = _mem.GetPage(phys >> 12, false);
         if (page == null)
             throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{phys:X}");
@@ -410,12 +415,14 @@ internal unsafe partial class X86Vcpu
         {
             CurIp = Rip;
             DecodedBlock b = GetBlock();
+            if (Stats) StatDispatch(b);
             if (_linkFrom != null) LinkPending(b);
             var insns = b.Insns;
             int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
             // Compiled code runs whole blocks: not when the CS limit cuts the block.
             if (!single && n == b.Count && TryRunCompiled(b))
             {
+                if (Stats) S.Compiled++;
                 if (Stop)
                 {
                     Stop = false;
@@ -423,6 +430,7 @@ internal unsafe partial class X86Vcpu
                 }
                 continue;
             }
+            if (Stats) StatInterpreted(b, n, single);
             for (int i = 0; i < n; i++)
             {
                 ref DecodedInsn d = ref insns[i];

@@ -39,6 +39,7 @@ internal unsafe partial class X86Vcpu
         try
         {
             code(this);
+            if (Stats) S.Chained += MaxHops - _hops;
         }
         catch (InvalidProgramException ex)
         {

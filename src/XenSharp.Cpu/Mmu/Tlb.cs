@@ -31,6 +31,7 @@ internal unsafe partial class X86Vcpu
 
     internal void FlushTlb(bool includeGlobal)
     {
+        if (Stats) { if (includeGlobal) S.TlbFlushAll++; else S.TlbFlushNonGlobal++; }
         for (int i = 0; i < TlbSize * TlbContexts; i++)
         {
             ref TlbEntry e = ref _tlb[i];
@@ -44,6 +45,7 @@ internal unsafe partial class X86Vcpu
 
     internal void FlushTlbPage(ulong linear)
     {
+        if (Stats) S.TlbFlushPage++;
         ulong vpn = linear >> 12;
         for (int ctx = 0; ctx < TlbContexts; ctx++)
         {

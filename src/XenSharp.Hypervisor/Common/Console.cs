@@ -8,6 +8,8 @@ internal sealed class ConsoleRing
 {
     private readonly byte[] _ring;
     private long _written;
+    // Where reading starts after a clear (Xen's conringc): bytes before it are gone.
+    private long _consumed;
 
     public ConsoleRing(int size = 64 * 1024) => _ring = new byte[size];
 
@@ -27,13 +29,42 @@ internal sealed class ConsoleRing
     {
         lock (_ring)
         {
-            long start = Math.Max(0, _written - _ring.Length);
+            long start = Math.Max(_consumed, _written - _ring.Length);
             var result = new byte[_written - start];
             for (long i = start; i < _written; i++)
                 result[i - start] = _ring[i % _ring.Length];
             if (clear)
-                _written = 0;
+                _consumed = _written;
             return result;
+        }
+    }
+
+    /// <summary>
+    /// XEN_SYSCTL_readconsole: copies into <paramref name="destination"/> from the oldest byte kept, or from
+    /// <paramref name="index"/> when <paramref name="incremental"/> and it is still in the ring; returns the count and
+    /// leaves <paramref name="index"/> where reading stopped (32-bit, wrapping, as Xen's). <paramref name="clear"/>
+    /// drops everything written so far.
+    /// </summary>
+    public int ReadIndexed(ref uint index, bool incremental, bool clear, Span<byte> destination)
+    {
+        lock (_ring)
+        {
+            long oldest = Math.Max(_consumed, _written - _ring.Length);
+            long from = oldest;
+            if (incremental)
+            {
+                // The index is the low 32 bits of a position: take the position nearest below the producer.
+                long candidate = _written - (uint)((uint)_written - index);
+                if (candidate > oldest && candidate <= _written)
+                    from = candidate;
+            }
+            int n = (int)Math.Min(destination.Length, _written - from);
+            for (int i = 0; i < n; i++)
+                destination[i] = _ring[(from + i) % _ring.Length];
+            index = (uint)(from + n);
+            if (clear)
+                _consumed = _written;
+            return n;
         }
     }
 }

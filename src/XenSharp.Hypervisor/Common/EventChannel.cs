@@ -153,14 +153,15 @@ internal sealed class EventChannels
     private static bool VirqIsGlobal(uint virq) =>
         virq is not (Xen.VIRQ_TIMER or Xen.VIRQ_DEBUG or Xen.VIRQ_XENOPROF or Xen.VIRQ_XENPMU);
 
-    public long BindVirq(uint virq, uint vcpu, out uint port)
+    public long BindVirq(uint virq, uint vcpu, out uint port, Action? hostCallback = null)
     {
         port = 0;
         if (virq >= Xen.NR_VIRQS)
             return -Errno.EINVAL;
         if (VirqIsGlobal(virq) && vcpu != 0)
             return -Errno.EINVAL;
-        if (_d.GetVcpu(vcpu) is null)
+        // Domain-0 is the host and has no vCPUs: its global VIRQs go to the host-side callback.
+        if (_d.IsHost ? vcpu != 0 || !VirqIsGlobal(virq) : _d.GetVcpu(vcpu) is null)
             return -Errno.ENOENT;
         lock (_d.Lock)
         {
@@ -172,6 +173,7 @@ internal sealed class EventChannels
             c.State = EvtchnState.Virq;
             c.Virq = virq;
             c.NotifyVcpu = vcpu;
+            c.HostCallback = hostCallback;
             VirqTable[vcpu, virq] = c.Port;
             port = c.Port;
             return 0;

@@ -15,6 +15,8 @@ internal static unsafe class GuestAccess
     /// <summary>Host address of the byte at guest-linear <paramref name="linear"/>, or null.</summary>
     public static byte* Translate(Vcpu v, ulong linear, bool write)
     {
+        if (v.Caller is { } caller)
+            return caller.Translate(linear);
         ulong phys;
         if (v.Engine is null)
             phys = linear; // no engine: a paging-off view, used before the vCPU ever ran

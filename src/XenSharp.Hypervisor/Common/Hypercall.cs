@@ -23,7 +23,9 @@ internal static class Hypercall
         (Xen.__HYPERVISOR_vcpu_op, VcpuOps.Do),
         (Xen.__HYPERVISOR_sched_op, SchedOp.Do),
         (Xen.__HYPERVISOR_event_channel_op, EventChannelOp.Do),
-        (Xen.__HYPERVISOR_hvm_op, HvmOps.Do));
+        (Xen.__HYPERVISOR_hvm_op, HvmOps.Do),
+        (Xen.__HYPERVISOR_sysctl, SysctlOp.Do),
+        (Xen.__HYPERVISOR_domctl, DomctlOp.Do));
 
     private static HypercallHandler?[] Build(params (int Nr, HypercallHandler Handler)[] rows)
     {
@@ -52,7 +54,7 @@ internal static class Hypercall
     public static long Dispatch(Vcpu v, ulong nr, in HypercallArgs a)
     {
         var h = nr < (ulong)Table.Length ? Table[nr] : null;
-        if (h is null)
+        if (h is null || (v.Caller is not null && !Dom0HypercallContext.Allows(nr, a)))
             return -Errno.ENOSYS;
         try
         {

@@ -36,6 +36,9 @@ internal sealed unsafe class Vcpu : IInterruptSource
     /// <summary>Set by a handler that stopped part-way (Xen's hypercall_create_continuation): the arguments the
     /// guest re-issues the same hypercall with, so long operations yield the pCPU between pieces.</summary>
     public HypercallArgs? Continuation;
+    /// <summary>Set on the vCPU through which a Domain-0 program's hypercalls run: its pointers name that program's
+    /// hypercall buffers, not guest-linear addresses.</summary>
+    public Dom0HypercallContext? Caller;
     public ICpuidPolicy? Cpuid { get; set; }
     /// <summary>The guest type's x86 state: the vLAPIC and upcall vector.</summary>
     public HvmVcpu Arch { get; }

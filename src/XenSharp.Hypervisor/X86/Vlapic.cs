@@ -9,7 +9,7 @@ namespace XenSharp.Hypervisor.X86;
 /// and start-up IPIs are delivered to the domain's other vLAPICs; the timer runs on system time with a
 /// 1 ns bus clock.
 /// </summary>
-internal sealed class Vlapic : IIoHandler
+internal sealed partial class Vlapic : IIoHandler
 {
     public const ulong DefaultBase = 0xFEE00000;
     public const ulong ApicBaseBsp = 1 << 8, ApicBaseExtd = 1 << 10, ApicBaseEnable = 1 << 11;

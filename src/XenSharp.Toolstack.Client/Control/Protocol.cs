@@ -33,6 +33,8 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(SysrqRequest), "sysrq")]
 [JsonDerivedType(typeof(TriggerRequest), "trigger")]
 [JsonDerivedType(typeof(DumpCoreRequest), "dump-core")]
+[JsonDerivedType(typeof(SaveRequest), "save")]
+[JsonDerivedType(typeof(RestoreRequest), "restore")]
 [JsonDerivedType(typeof(ConsoleAttachRequest), "console")]
 [JsonDerivedType(typeof(StopDaemonRequest), "stop-daemon")]
 [JsonDerivedType(typeof(CpupoolListRequest), "cpupool-list")]
@@ -100,6 +102,18 @@ public sealed record SysrqRequest(string Domain, char Key) : ControlRequest<Unit
 public sealed record TriggerRequest(string Domain, string Trigger, int Vcpu) : ControlRequest<Unit>;
 /// <summary>xl dump-core: the domain's core in Xen's dump-core format, written by the daemon to <see cref="File"/> (absolute).</summary>
 public sealed record DumpCoreRequest(string Domain, string File) : ControlRequest<Unit>;
+
+/// <summary>xl save: suspends the domain, writes its state to <see cref="File"/> (an absolute host path) and
+/// destroys it, unless <see cref="Checkpoint"/> (-c), when it resumes it; <see cref="ConfigText"/> replaces the
+/// configuration the file records.</summary>
+public sealed record SaveRequest(string Domain, string File, bool Checkpoint, string? ConfigText) : ControlRequest<SaveResult>;
+public sealed record SaveResult(uint DomId, string Name, long Bytes, long Pages);
+
+/// <summary>xl restore: builds a domain again from a file <see cref="SaveRequest"/> wrote; <see cref="ConfigText"/>
+/// (from CONFIG) replaces the configuration the file records.</summary>
+public sealed record RestoreRequest(string File, string? ConfigText, string? ConfigFile, string? ConfigDirectory, bool Paused)
+    : ControlRequest<RestoreResult>;
+public sealed record RestoreResult(uint DomId, string Name, long Pages);
 /// <summary>With <paramref name="Unpause"/> the daemon unpauses the domain once the console is attached
 /// (xl create -c), so that nothing the guest writes can come before its reader.</summary>
 public sealed record ConsoleAttachRequest(string Domain, bool Unpause = false) : ControlRequest<ConsoleAttachResult>;

@@ -25,6 +25,9 @@ public sealed class RunPaths
     /// <summary>xenstored's socket: where the real xenstore clients look under /run, else beside the rest.</summary>
     public string XenstoredSocket => IsSystem ? "/run/xenstored/socket" : Path.Combine(RunDir, "xenstored", "socket");
 
+    /// <summary>Where the drop-in Xen libraries (libxencall, libxenevtchn, ...) reach the daemon's privcmd.</summary>
+    public string PrivcmdSocket => Path.Combine(RunDir, "privcmd.sock");
+
     public string PidFile => Path.Combine(RunDir, "xensharpd.pid");
     public string DaemonLog => Path.Combine(RunDir, "xensharpd.log");
     public string ConsoleLogDir => Path.Combine(RunDir, "console");

@@ -28,6 +28,7 @@ internal static class ControlErrors
         HypervisorException h => new(h.Message, h.Errno),
         XlConfigException x => new(x.Message, 0),
         DomainBuildException b => new(b.Message, 0),
+        Save.SaveFileException s => new(s.Message, Errno.EINVAL),
         XenStoreException s => new(s.Message, (int)s.Error),
         NotSupportedException n => new(n.Message, 0),
         ArgumentException a => new(a.Message, 0),

@@ -49,6 +49,14 @@ public sealed partial class Host
         return a;
     }
 
+    /// <summary>The xl.cfg devices of a domain being built or restored: its disks, then its nics (whose hotplug
+    /// scripts run here, so a failing one fails the build).</summary>
+    private void AddDevices(Domain dom)
+    {
+        AddDisks(dom);
+        AddNics(dom);
+    }
+
     /// <summary>The console, the backends' directories of the domain's devices and their error nodes go.</summary>
     private void DisconnectDevices(Domain d)
     {

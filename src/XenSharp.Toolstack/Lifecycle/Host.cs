@@ -58,6 +58,7 @@ public sealed partial class Host : IDisposable
         _time = time ?? TimeProvider.System;
         _consoleLogs = consoleLogs ?? ConsoleLogLimits.Default;
         XenstoreLayout.WriteDom0(xs);
+        PublishCpupoolNames();
         _hv.DomainStateChanged += OnDomainStateChanged;
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
         _hv.ConsoleWrite($"Command line: {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}");
@@ -142,20 +143,7 @@ public sealed partial class Host : IDisposable
     /// guest or, with <paramref name="restarting"/>, the next one of that guest.</summary>
     private Domain StartLocked(DomainConfig c, bool paused, Lineage? restarting = null)
     {
-        uint domId;
-        lock (_lock)
-        {
-            if (NameTakenLocked(c.Name, restarting: restarting))
-                throw new ControlException($"domain with name \"{c.Name}\" already exists.");
-            if (_domains.Values.Any(x => x.Config.Uuid == c.Uuid))
-                throw new ControlException($"domain with uuid {c.Uuid} already exists.");
-            // Domids that still name a restarted guest are not handed out again meanwhile.
-            var now = _time.GetUtcNow();
-            while (_domains.ContainsKey(_nextDomId) || _nextDomId == 0 || _nextDomId >= 0x7FF0
-                   || _lineages.Any(l => l.Retains(_nextDomId, now, RetiredDomIdKept)))
-                _nextDomId = _nextDomId >= 0x7FF0 ? 1 : _nextDomId + 1;
-            domId = _nextDomId++;
-        }
+        uint domId = AllocateDomId(c, restarting);
 
         string image = c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? c.FirmwareOverride : c.Kernel!;
         byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? "firmware_override" : "kernel");
@@ -170,17 +158,7 @@ public sealed partial class Host : IDisposable
         lock (_lock) _domains[domId] = dom;
         try
         {
-            // The pool, the affinities and the NUMA placement come before the memory, as in libxl's build_pre.
-            ApplySchedulingConfig(domId, c);
-            for (int v = 0; v < c.MaxVcpus; v++)
-            {
-                var hard = c.CpusHard is { } h ? (h.Count == 1 ? h[0] : v < h.Count ? h[v] : null) : null;
-                var soft = c.CpusSoft is { } s ? (s.Count == 1 ? s[0] : v < s.Count ? s[v] : null) : null;
-                if (hard is not null || soft is not null)
-                    hvd.SetVcpuAffinity(v, hard?.Cpus.ToList(), soft?.Cpus.ToList());
-            }
-            if (c.CpusHard is null && c.CpusSoft is null)
-                PlaceOnNumaNodes(domId, c, hvd);
+            PlaceDomain(domId, c, hvd);
 
             var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
                 c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);
@@ -189,26 +167,8 @@ public sealed partial class Host : IDisposable
             hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
             hvd.SetOnlineVcpus(c.Vcpus);
 
-            // xenstore ring and console ring, with their event channels.
-            uint storePort = hvd.AllocUnboundPort(0);
-            uint consolePort = hvd.AllocUnboundPort(0);
-            hvd.SetHvmParam(Params.HVM_PARAM_STORE_PFN, built.XenstorePfn);
-            hvd.SetHvmParam(Params.HVM_PARAM_STORE_EVTCHN, storePort);
-            hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_PFN, built.ConsolePfn);
-            hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN, consolePort);
-
-            var storePage = new GuestPage(hvd.Memory, built.XenstorePfn);
-            dom.Store = _xs.Introduce(domId, storePage, built.XenstorePfn, storePort);
-            var storeDomain = dom.Store;
-            dom.StoreChannel = hvd.BindInterdomain(storePort, () => storeDomain.Signal());
-            var storeChannel = dom.StoreChannel;
-            storePage.SetNotify(storeChannel.Notify);
-
-            ConnectPrimaryConsole(dom, built.ConsolePfn, consolePort);
-
-            XenstoreLayout.WriteDomain(_xs, domId, c, new XenstoreLayout.Rings(storePort, built.XenstorePfn, consolePort, built.ConsolePfn), dom.Started);
-            AddDisks(dom);
-            AddNics(dom);
+            ConnectRings(dom, built.XenstorePfn, built.ConsolePfn);
+            AddDevices(dom);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
             if (!paused) hvd.Unpause();
             lock (_lock)
@@ -225,6 +185,63 @@ public sealed partial class Host : IDisposable
             Destroy(dom);
             throw;
         }
+    }
+
+    /// <summary>A free domid for a new domain of <paramref name="c"/>, whose name and uuid must be free too.</summary>
+    private uint AllocateDomId(DomainConfig c, Lineage? restarting)
+    {
+        lock (_lock)
+        {
+            if (NameTakenLocked(c.Name, restarting: restarting))
+                throw new ControlException($"domain with name \"{c.Name}\" already exists.");
+            if (_domains.Values.Any(x => x.Config.Uuid == c.Uuid))
+                throw new ControlException($"domain with uuid {c.Uuid} already exists.");
+            // Domids that still name a restarted guest are not handed out again meanwhile.
+            var now = _time.GetUtcNow();
+            while (_domains.ContainsKey(_nextDomId) || _nextDomId == 0 || _nextDomId >= 0x7FF0
+                   || _lineages.Any(l => l.Retains(_nextDomId, now, RetiredDomIdKept)))
+                _nextDomId = _nextDomId >= 0x7FF0 ? 1 : _nextDomId + 1;
+            return _nextDomId++;
+        }
+    }
+
+    /// <summary>The pool, the affinities and the NUMA placement, which come before the memory, as in libxl's build_pre.</summary>
+    private void PlaceDomain(uint domId, DomainConfig c, IHypervisorDomain hvd)
+    {
+        ApplySchedulingConfig(domId, c);
+        for (int v = 0; v < c.MaxVcpus; v++)
+        {
+            var hard = c.CpusHard is { } h ? (h.Count == 1 ? h[0] : v < h.Count ? h[v] : null) : null;
+            var soft = c.CpusSoft is { } s ? (s.Count == 1 ? s[0] : v < s.Count ? s[v] : null) : null;
+            if (hard is not null || soft is not null)
+                hvd.SetVcpuAffinity(v, hard?.Cpus.ToList(), soft?.Cpus.ToList());
+        }
+        if (c.CpusHard is null && c.CpusSoft is null)
+            PlaceOnNumaNodes(domId, c, hvd);
+    }
+
+    /// <summary>The xenstore ring and the console ring with their event channels (fresh ports in the guest, named
+    /// in its HVM params), xenstored's introduction of the domain and its xenstore directories.</summary>
+    private void ConnectRings(Domain dom, ulong storePfn, ulong consolePfn)
+    {
+        var hvd = dom.Hv;
+        uint storePort = hvd.AllocUnboundPort(0);
+        uint consolePort = hvd.AllocUnboundPort(0);
+        hvd.SetHvmParam(Params.HVM_PARAM_STORE_PFN, storePfn);
+        hvd.SetHvmParam(Params.HVM_PARAM_STORE_EVTCHN, storePort);
+        hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_PFN, consolePfn);
+        hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN, consolePort);
+
+        var storePage = new GuestPage(hvd.Memory, storePfn);
+        dom.Store = _xs.Introduce(dom.DomId, storePage, storePfn, storePort);
+        var storeDomain = dom.Store;
+        dom.StoreChannel = hvd.BindInterdomain(storePort, () => storeDomain.Signal());
+        var storeChannel = dom.StoreChannel;
+        storePage.SetNotify(storeChannel.Notify);
+
+        ConnectPrimaryConsole(dom, consolePfn, consolePort);
+
+        XenstoreLayout.WriteDomain(_xs, dom.DomId, dom.Config, new XenstoreLayout.Rings(storePort, storePfn, consolePort, consolePfn), dom.Started);
     }
 
     private static byte[] ReadImage(string path, string what)

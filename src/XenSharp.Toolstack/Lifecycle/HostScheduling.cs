@@ -32,6 +32,23 @@ public sealed partial class Host
         catch (HypervisorException) { return "Pool-0"; }
     }
 
+    private IReadOnlyList<int> CpupoolNumaSplit()
+    {
+        var ids = Sched.CpupoolNumaSplit();
+        PublishCpupoolNames();
+        return ids;
+    }
+
+    /// <summary>/local/pool/ID/name for every pool, where libxl looks a pool's name up (Xen's xen-init-dom0 writes
+    /// Pool-0's, libxl the others').</summary>
+    internal void PublishCpupoolNames()
+    {
+        if (_hv.Scheduling is not { } s) return;
+        _xs.Rm("/local/pool");
+        foreach (var p in s.ListCpupools())
+            _xs.Write($"/local/pool/{p.PoolId}/name", p.Name);
+    }
+
     // xl lists a pool's pCPUs one by one ("0,1,2"), not as ranges.
     private CpupoolEntry Entry(CpupoolInfo p) =>
         new(p.PoolId, p.Name, p.Scheduler, string.Join(',', p.Cpus.Order()), p.Cpus.Count, p.Domains);
@@ -75,6 +92,7 @@ public sealed partial class Host
         }
         if (r.Nodes is not null && cpus.Count == 0) throw new ControlException("no free cpu found", 16);
         int id = Sched.CreateCpupool(r.Name, sched, cpus);
+        PublishCpupoolNames();
         return Entry(Sched.ListCpupools().First(p => p.PoolId == id));
     }
 
@@ -84,6 +102,7 @@ public sealed partial class Host
         if (Sched.ListCpupools().Any(x => x.Name == r.NewName && x.PoolId != p.PoolId))
             throw new ControlException($"Can't rename cpupool '{r.Pool}': name '{r.NewName}' already exists", 17);
         Sched.RenameCpupool(p.PoolId, r.NewName);
+        PublishCpupoolNames();
     }
 
     private void CpupoolCpu(CpupoolCpuRequest r)

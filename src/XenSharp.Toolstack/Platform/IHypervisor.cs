@@ -115,4 +115,19 @@ public interface IHypervisorDomain : IDisposable
 
     DomainRunInfo State { get; }
     IReadOnlyList<VcpuRunState> Vcpus { get; }
+
+    /// <summary>XEN_DOMCTL_gethvmcontext: the vCPUs' state as Xen's HVM save records.</summary>
+    byte[] GetHvmContext() => throw new NotSupportedException("this hypervisor has no HVM context");
+
+    /// <summary>XEN_DOMCTL_sethvmcontext on a domain that has not run; the vCPUs with a CPU record come up.</summary>
+    void SetHvmContext(ReadOnlySpan<byte> context) => throw new NotSupportedException("this hypervisor has no HVM context");
+
+    /// <summary>Copies a frame save carries: RAM with a frame behind it, and the Xen pages (shared info, grant
+    /// frames) the guest placed in its physical space, which a restored guest finds as RAM until it places them
+    /// again, as on Xen. False for holes, mappings of other domains' pages and untouched PoD entries.</summary>
+    bool TryReadSaveFrame(ulong gfn, Span<byte> page) => Memory.TryReadFrame(gfn, page);
+
+    /// <summary>The guest TSC frequency in kHz and Xen's system time in ns now (the TSC info record).</summary>
+    uint TscKhz => 0;
+    ulong SystemTimeNs => 0;
 }

@@ -138,6 +138,11 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         public ulong MaxGfn => hv.MaxGfn(domId);
         public bool TryReadFrame(ulong gfn, Span<byte> page) => hv.TryReadRamFrame(domId, gfn, page);
         public XenSharp.Public.ArchX86.VcpuGuestContext GetVcpuContext(int vcpu) => hv.GetVcpuContext(domId, vcpu);
+        public byte[] GetHvmContext() => hv.GetHvmContext(domId);
+        public void SetHvmContext(ReadOnlySpan<byte> context) => hv.SetHvmContext(domId, context);
+        public bool TryReadSaveFrame(ulong gfn, Span<byte> page) => hv.TryReadSaveFrame(domId, gfn, page);
+        public uint TscKhz => (uint)(hv.GetHostInfo().GuestTscHz / 1000);
+        public ulong SystemTimeNs => (ulong)hv.SystemTimeNs;
         public void ReadSharedInfo(Span<byte> page) => hv.ReadSharedInfo(domId, page);
 
         public void Write(ulong gpa, ReadOnlySpan<byte> data) => hv.WriteGuestMemory(domId, gpa, data);

@@ -58,7 +58,7 @@ public sealed class DiskDeviceTests : IDisposable
             Path.Combine(_dir, "g.cfg"), _dir, [], Paused: true));
         Assert.False(bad.Ok);
         Assert.Contains($"disk xvdb: {Path.Combine(_dir, "missing.qcow2")}", bad.Error);
-        Assert.Empty(((IEnumerable<string>?)xs.Directory("/local/domain") ?? []).Where(d => d != "0"));
+        Assert.DoesNotContain((IEnumerable<string>?)xs.Directory("/local/domain") ?? [], d => d != "0");
 
         var r = host.Handle(new CreateRequest(cfg + "disk=[ 'a.img,raw,xvda,rw', 'format=raw,vdev=xvdb,access=ro,devtype=cdrom,target=a.img' ]\n",
             Path.Combine(_dir, "g.cfg"), _dir, [], Paused: true));
@@ -83,5 +83,28 @@ public sealed class DiskDeviceTests : IDisposable
         Assert.True(host.Handle(new DestroyRequest(domId.ToString(), false)).Ok);
         Assert.False(xs.Exists(a.BackendPath));
         Assert.Null(host.Backends.Find(a));
+    }
+
+    [Fact]
+    public void ACorruptQcow2IsRefusedAtCreateNamingTheFileAndLeavesNoDomain()
+    {
+        File.WriteAllBytes(Path.Combine(_dir, "k.elf"), TestImages.Elf(TestImages.HaltLoop, 0x100000));
+        string image = Path.Combine(_dir, "bad.qcow2");
+        var psi = new System.Diagnostics.ProcessStartInfo("qemu-img") { RedirectStandardError = true };
+        foreach (string a in new[] { "create", "-q", "-f", "qcow2", image, "1M" }) psi.ArgumentList.Add(a);
+        using (var p = System.Diagnostics.Process.Start(psi)!) { p.WaitForExit(); Assert.Equal(0, p.ExitCode); }
+        byte[] b = File.ReadAllBytes(image);
+        b[40] = 0x7F; // the L1 table's offset, far past the end of the file
+        File.WriteAllBytes(image, b);
+        using var xs = new XenStored();
+        using var hv = new HeldHypervisor();
+        using var host = new Host(hv, xs, new RunPaths(Path.Combine(_dir, "run")));
+
+        var r = host.Handle(new CreateRequest("name=\"g\"\ntype=\"pvh\"\nkernel=\"k.elf\"\nmemory=16\ndisk=[ 'bad.qcow2,qcow2,xvda,rw' ]\n",
+            Path.Combine(_dir, "g.cfg"), _dir, [], Paused: true));
+        Assert.False(r.Ok);
+        Assert.Contains($"disk xvda: {image}: L1 table at offset", r.Error);
+        Assert.Equal(0, hv.Created);
+        Assert.DoesNotContain((IEnumerable<string>?)xs.Directory("/local/domain") ?? [], d => d != "0");
     }
 }

@@ -91,7 +91,7 @@ public sealed class DiskMediaTests : IDisposable
         Assert.Contains("only Xen's blkif is served", Create("h", "a.img,raw,xvda,specification=virtio,backendtype=standalone").Error);
         Assert.Contains("script=block-nbd: hotplug scripts are not run", Create("h", "nbd:host:1234,xvda,w").Error);
         Assert.Contains("COLO", Create("h", "a.img,raw,xvda,colo").Error);
-        Assert.Single(((IEnumerable<string>?)_xs.Directory("/local/domain") ?? []).Where(x => x != "0"));
+        Assert.Single((IEnumerable<string>?)_xs.Directory("/local/domain") ?? [], x => x != "0");
     }
 
     [Fact]
@@ -109,7 +109,7 @@ public sealed class DiskMediaTests : IDisposable
         var reader = Create("two", "other.img,raw,xvda,rw", "shared.img,raw,xvdb,ro");
         Assert.Contains("is mounted read-write in a guest domain", reader.Error);
         // Only the first domain exists: the refused creates left nothing behind.
-        Assert.Single(((IEnumerable<string>?)_xs.Directory("/local/domain") ?? []).Where(x => x != "0"));
+        Assert.Single((IEnumerable<string>?)_xs.Directory("/local/domain") ?? [], x => x != "0");
 
         uint second = DomId(Create("two", "other.img,raw,xvda,rw"));
         var attach = _host.Handle(new BlockAttachRequest("two", "format=raw,vdev=xvdb,access=rw,target=shared.img", _dir));

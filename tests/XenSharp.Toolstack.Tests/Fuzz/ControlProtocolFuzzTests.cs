@@ -27,6 +27,7 @@ public sealed class ControlProtocolFuzzTests : IDisposable
         new VcpuPinRequest("f", -1, "0-1", "-"), new VcpuSetRequest("f", 1, false), new MemSetRequest("f", 4096),
         new MemMaxRequest("f", 8192), new InfoRequest(), new DmesgRequest(false), new DebugKeysRequest("h"),
         new SysrqRequest("f", 'b'), new TriggerRequest("f", "nmi", 0), new DumpCoreRequest("f", "/nonexistent/core"),
+        new SaveRequest("f", "/nonexistent/f.save", false, null), new RestoreRequest("/nonexistent/f.save", null, null, null, true),
         new ConsoleAttachRequest("nonexistent"), new CpupoolListRequest(null),
         new CpupoolCreateRequest("p", "credit", "", null), new CpupoolDestroyRequest("p"), new CpupoolRenameRequest("p", "q"),
         new CpupoolCpuRequest("p", "node:0", false), new CpupoolMigrateRequest("f", "Pool-0"),

@@ -13,15 +13,24 @@ public static class BlockImages
     private const int MaxChainDepth = 16;
 
     /// <summary>Parses xl's <c>format=</c> value; null or empty means "probe".</summary>
-    public static BlockImageFormat? ParseFormat(string? format) => format?.ToLowerInvariant() switch
+    public static BlockImageFormat? ParseFormat(string? format) =>
+        string.IsNullOrEmpty(format) ? null
+        : TryParseFormat(format, out var f) ? f
+        : throw new ArgumentException($"disk format '{format}' is not supported (raw, qcow, qcow2, vhd)");
+
+    private static bool TryParseFormat(string format, out BlockImageFormat parsed)
     {
-        null or "" => null,
-        "raw" => BlockImageFormat.Raw,
-        "qcow" => BlockImageFormat.Qcow,
-        "qcow2" => BlockImageFormat.Qcow2,
-        "vhd" or "vpc" => BlockImageFormat.Vhd,
-        _ => throw new ArgumentException($"disk format '{format}' is not supported (raw, qcow, qcow2, vhd)"),
-    };
+        BlockImageFormat? f = format.ToLowerInvariant() switch
+        {
+            "raw" => BlockImageFormat.Raw,
+            "qcow" => BlockImageFormat.Qcow,
+            "qcow2" => BlockImageFormat.Qcow2,
+            "vhd" or "vpc" => BlockImageFormat.Vhd,
+            _ => null,
+        };
+        parsed = f.GetValueOrDefault();
+        return f.HasValue;
+    }
 
     /// <summary>Opens an image; throws <see cref="BlockImageException"/> naming it if it cannot be used.</summary>
     public static IBlockImage Open(string path, BlockImageOptions? options = null) =>
@@ -127,10 +136,16 @@ public static class BlockImages
             return null;
         if (backingName.StartsWith("json:", StringComparison.Ordinal) || backingName.Contains("://", StringComparison.Ordinal))
             throw new ImageCorruptException($"backing file '{backingName}' is not a plain file name");
+        if (backingName.Contains('\0'))
+            throw new ImageCorruptException($"backing file name '{backingName.Replace('\0', '?')}' contains a NUL byte");
         string path = Path.IsPathRooted(backingName)
             ? backingName
             : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/", backingName);
-        BlockImageFormat? format = string.IsNullOrEmpty(backingFormat) ? null : ParseFormat(backingFormat);
+        // The format comes from the image's own header: one it does not name properly is damage, not a caller's error.
+        BlockImageFormat? format = null;
+        if (!string.IsNullOrEmpty(backingFormat))
+            format = TryParseFormat(backingFormat, out var f) ? f
+                : throw new ImageCorruptException($"backing file format '{backingFormat}' is not supported (raw, qcow, qcow2, vhd)");
         try
         {
             return Open(path, options with { Format = format, ReadOnly = true, DirectIo = false }, depth + 1);

@@ -43,6 +43,12 @@ internal sealed partial class Qcow2Image : FormattedImage
     // Clusters holding L2 tables, refcount blocks, the snapshot table and snapshot L1 tables: a data
     // cluster found among them is damage, and writing it would destroy metadata.
     private readonly HashSet<long> _metadata = [];
+    // The file's length at open. An L2 entry found pointing past it is damage, even once the file has
+    // grown over where it points: writing through it would land in a cluster allocated since. Each L2
+    // table is searched for such entries when first used; the entries found fail their requests.
+    private readonly long _openLength;
+    private readonly HashSet<long> _searched = [];
+    private readonly HashSet<long> _pastEnd = [];
     // Entries linking new clusters in (L2, L1 and refcount table entries), held back until a sync
     // has made what they point at durable; and clusters unlinked, freed once the unlinking is durable.
     // A GiB of new 64 KiB clusters: a guest filling its disk syncs at its own flushes (QEMU too holds
@@ -77,7 +83,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         _l2Bits = _clusterBits - 3;
         _refcountBits = 1 << header.RefcountOrder;
         _refBlockBits = _clusterBits + 3 - header.RefcountOrder;
-        _fileLength = file.Length;
+        _fileLength = _openLength = file.Length;
         _fileEnd = AlignUp(_fileLength);
 
         _refcountTableOffset = header.RefcountTableOffset;
@@ -317,7 +323,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         int inCluster = (int)(offset & (_clusterSize - 1));
         long l2 = WritableL2(guestCluster >> _l2Bits);
         int index = (int)(guestCluster & ((1 << _l2Bits) - 1));
-        ulong entry = BinaryPrimitives.ReadUInt64BigEndian(_cache.Get(l2).AsSpan(index * 8));
+        ulong entry = EntryIn(l2, index);
         long host = (long)(entry & OffsetMask);
         bool full = data.Length == _clusterSize;
 
@@ -389,7 +395,7 @@ internal sealed partial class Qcow2Image : FormattedImage
         if (l2 == 0)
             _cluster.AsSpan().Clear();
         else
-            _cache.Get(l2).CopyTo(_cluster, 0);
+            L2Table(l2).CopyTo(_cluster, 0);
         long fresh = ReserveCluster();
         File.WriteAt(fresh, _cluster);
         GrowFileLength(fresh + _clusterSize);
@@ -447,7 +453,7 @@ internal sealed partial class Qcow2Image : FormattedImage
             }
             long l2 = WritableL2(l1Index);
             int index = (int)(c & ((1 << _l2Bits) - 1));
-            ulong entry = BinaryPrimitives.ReadUInt64BigEndian(_cache.Get(l2).AsSpan(index * 8));
+            ulong entry = EntryIn(l2, index);
             if (entry == replacement)
                 continue;
             SetL2Entry(l2, index, replacement);
@@ -467,12 +473,36 @@ internal sealed partial class Qcow2Image : FormattedImage
         if (l2 == 0)
             return 0;
         int index = (int)(guestCluster & ((1 << _l2Bits) - 1));
-        return BinaryPrimitives.ReadUInt64BigEndian(_cache.Get(l2).AsSpan(index * 8));
+        return EntryIn(l2, index);
+    }
+
+    /// <summary>An L2 table, searched for entries past the file's end at open when first used.</summary>
+    private byte[] L2Table(long l2)
+    {
+        byte[] table = _cache.Get(l2);
+        if (_searched.Add(l2))
+            for (int i = 0; i < _clusterSize / 8; i++)
+            {
+                ulong entry = BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
+                long host = (long)(entry & OffsetMask);
+                if ((entry & CompressedFlag) == 0 && host != 0 && host >= _openLength)
+                    _pastEnd.Add(l2 + i * 8L);
+            }
+        return table;
+    }
+
+    /// <summary>An L2 entry; one found past the file's end at open is damage.</summary>
+    private ulong EntryIn(long l2, int index)
+    {
+        byte[] table = L2Table(l2);
+        if (_pastEnd.Count > 0 && _pastEnd.Contains(l2 + index * 8L))
+            throw new ImageCorruptException($"the L2 entry at {l2 + index * 8L} points past the end of the file");
+        return BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(index * 8));
     }
 
     private void SetL2Entry(long l2, int index, ulong entry)
     {
-        byte[] table = _cache.Get(l2);
+        byte[] table = L2Table(l2);
         BinaryPrimitives.WriteUInt64BigEndian(table.AsSpan(index * 8), entry);
         Link(l2 + index * 8, entry);
     }

@@ -77,6 +77,12 @@ internal sealed class QcowImage : FormattedImage
     private long _fileEnd;
     // Clusters holding the header, the L1 table or an L2 table: never written as data.
     private readonly HashSet<long> _metadata = [];
+    // The file's length at open. An entry found pointing past it is damage, even once the file has grown
+    // over where it points: it would share a cluster (or an L2 table) allocated since. Each L2 table is
+    // searched for such entries when first used; the entries found fail their requests.
+    private readonly long _openLength;
+    private readonly HashSet<long> _searched = [];
+    private readonly HashSet<long> _pastEnd = [];
 
     public override BlockImageFormat Format => BlockImageFormat.Qcow;
     public override bool SupportsDiscard => false;
@@ -89,7 +95,7 @@ internal sealed class QcowImage : FormattedImage
         Backing = backing;
         _clusterSize = 1 << header.ClusterBits;
         _l2Size = 8 << header.L2Bits;
-        _fileEnd = file.Length;
+        _fileEnd = _openLength = file.Length;
         _l1 = new long[header.L1Size];
         byte[] table = new byte[header.L1Size * 8];
         file.ReadExactly(header.L1TableOffset, table);
@@ -175,7 +181,28 @@ internal sealed class QcowImage : FormattedImage
         l2 = _l1[l1Index];
         if (l2 == 0)
             return 0;
-        return BinaryPrimitives.ReadUInt64BigEndian(_cache.Get(l2).AsSpan(index * 8));
+        byte[] table = _cache.Get(l2);
+        if (_searched.Add(l2))
+            SearchPastEnd(l2, table);
+        if (_pastEnd.Count > 0 && _pastEnd.Contains(l2 + index * 8L))
+            throw new ImageCorruptException($"the L2 entry at {l2 + index * 8L} points past the end of the file");
+        return BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(index * 8));
+    }
+
+    /// <summary>Notes the entries of an L2 table read from the file (before any write of ours changed it) whose
+    /// cluster lies past the file's end at open.</summary>
+    private void SearchPastEnd(long l2, byte[] table)
+    {
+        for (int i = 0; i < table.Length / 8; i++)
+        {
+            ulong entry = BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan(i * 8));
+            int shift = 63 - _header.ClusterBits;
+            bool past = (entry & CompressedFlag) != 0
+                ? (long)(entry & ((1UL << shift) - 1)) > _openLength - (long)((entry >> shift) & (ulong)(_clusterSize - 1))
+                : (long)entry > _openLength - _clusterSize;
+            if (entry != 0 && past)
+                _pastEnd.Add(l2 + i * 8L);
+        }
     }
 
     protected override int WriteCore(long offset, ReadOnlySpan<byte> source)
@@ -227,6 +254,7 @@ internal sealed class QcowImage : FormattedImage
         long l2 = Allocate(_l2Size);
         File.WriteAt(l2, _zeroL2);
         _cache.Put(l2, _zeroL2);
+        _searched.Add(l2);
         AddMetadata(l2, _l2Size);
         _l1[l1Index] = l2;
         Span<byte> bytes = stackalloc byte[8];

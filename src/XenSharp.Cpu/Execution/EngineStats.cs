@@ -1,0 +1,86 @@
+using XenSharp.Cpu.Decoding;
+
+namespace XenSharp.Cpu;
+
+/// <summary>Where a vCPU's time goes, for profiling: with XENSHARP_ENGINE_STATS=path each vCPU counts
+/// block dispatches (compiled or interpreted), decodes, exits and interrupt deliveries, and the RIPs of
+/// interpreted blocks, and appends them to that file every five seconds. Off by default: the checks are on
+/// a static readonly flag the .NET JIT folds away.</summary>
+internal sealed partial class X86Vcpu
+{
+    private static readonly string? StatsPath = Environment.GetEnvironmentVariable("XENSHARP_ENGINE_STATS") is { Length: > 0 } p ? p : null;
+    internal static readonly bool Stats = StatsPath != null;
+
+    private sealed class StatCounters
+    {
+        public long Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, Events, Faults, Exits, Singles;
+        public readonly long[] ExitReasons = new long[32];
+        public readonly Dictionary<ulong, long> InterpretedAt = new();
+        public readonly Dictionary<ulong, long> SingleAt = new();
+        public readonly Dictionary<ulong, long> DispatchAt = new();
+        public readonly Dictionary<ulong, long> NotCompiledWhy = new();
+        public long NextDump = Environment.TickCount64 + 5000;
+        public ulong LastRetired;
+        public long LastTick = Environment.TickCount64;
+        public long LastCpuNs = ThreadCpuNs();
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "clock_gettime")]
+    private static extern int ClockGetTime(int clock, out TimeSpec ts);
+    private struct TimeSpec { public long Sec, Nsec; }
+    /// <summary>CLOCK_THREAD_CPUTIME_ID: the engine's rate per second of its own CPU, whatever else the host runs.</summary>
+    private static long ThreadCpuNs() => ClockGetTime(3, out var ts) == 0 ? ts.Sec * 1_000_000_000 + ts.Nsec : 0;
+
+    private StatCounters? _stats;
+    private StatCounters S => _stats ??= new StatCounters();
+
+    private void StatDispatch(DecodedBlock b)
+    {
+        var s = S;
+        s.Dispatches++;
+        s.DispatchAt[b.Ip] = s.DispatchAt.GetValueOrDefault(b.Ip) + 1;
+    }
+
+    private void StatInterpreted(DecodedBlock b, int n, bool single)
+    {
+        var s = S;
+        s.Interpreted++;
+        s.InterpretedInsns += n;
+        if (single) { s.Singles++; s.SingleAt[b.Ip] = s.SingleAt.GetValueOrDefault(b.Ip) + 1; }
+        else
+        {
+            s.InterpretedAt[b.Ip] = s.InterpretedAt.GetValueOrDefault(b.Ip) + 1;
+            ulong why = b.JitFailed ? 1UL : b.Compiled == null && b.Queued ? 2UL : !b.Valid ? 3UL : b.Compiled == null ? 4UL : 5UL;
+            s.NotCompiledWhy[why] = s.NotCompiledWhy.GetValueOrDefault(why) + 1;
+        }
+    }
+
+    private void StatExit(VcpuExitReason r)
+    {
+        var s = S;
+        s.Exits++;
+        s.ExitReasons[(int)r & 31]++;
+        long now = Environment.TickCount64;
+        if (now < s.NextDump) return;
+        s.NextDump = now + 5000;
+        long cpuNs = ThreadCpuNs();
+        double secs = (cpuNs - s.LastCpuNs) / 1e9;
+        var w = new System.Text.StringBuilder();
+        w.Append($"vcpu{Id} {(now - s.LastTick) / 1000.0:F1}s wall, {secs:F2}s cpu, per cpu-second: retired {(_retired - s.LastRetired) / secs / 1e6:F1} M/s, runs {s.RunCalls / secs:F0}/s, dispatches {s.Dispatches / secs:F0}/s, " +
+            $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
+            $"lookups {s.Lookups / secs:F0}/s, decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
+        for (int i = 0; i < 32; i++) if (s.ExitReasons[i] > 0) w.Append($" {(VcpuExitReason)i}={s.ExitReasons[i] / secs:F0}/s");
+        w.Append("\n  not compiled (1 failed, 2 queued, 3 invalid, 4 cold, 5 other):");
+        foreach (var kv in s.NotCompiledWhy) w.Append($" {kv.Key}={kv.Value / secs:F0}/s");
+        w.Append("\n  interpreted at:");
+        foreach (var kv in s.InterpretedAt.OrderByDescending(kv => kv.Value).Take(25)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
+        w.Append("\n  single at:");
+        foreach (var kv in s.SingleAt.OrderByDescending(kv => kv.Value).Take(15)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
+        w.Append("\n  dispatched at:");
+        foreach (var kv in s.DispatchAt.OrderByDescending(kv => kv.Value).Take(3000)) w.Append($" {kv.Key:x}={kv.Value}");
+        w.Append('\n');
+        File.AppendAllText(StatsPath!, w.ToString());
+        var fresh = new StatCounters { LastRetired = _retired, LastTick = now, LastCpuNs = cpuNs };
+        _stats = fresh;
+    }
+}

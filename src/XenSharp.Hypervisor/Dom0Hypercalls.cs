@@ -1,0 +1,159 @@
+using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor;
+
+/// <summary>
+/// Hypercalls of one program in Domain-0's userland (what Linux's privcmd driver passes to Xen for it): they run as
+/// Domain-0, so privileged, and their pointer arguments name the program's hypercall buffers, which the daemon has
+/// mapped at <c>buffers</c> for the caller's range [callerBase, callerBase + length). A pointer outside that range is
+/// -EFAULT, as a hypercall buffer Xen cannot reach would be. Calls are serialised per context; contexts are
+/// independent of each other.
+/// </summary>
+public sealed unsafe class Dom0HypercallContext : IDisposable
+{
+    private readonly XenHypervisor _hv;
+    private readonly Vcpu _vcpu;
+    private readonly byte* _buffers;
+    private readonly ulong _callerBase, _length;
+    private readonly object _lock = new();
+    private bool _disposed;
+
+    internal Dom0HypercallContext(XenHypervisor hv, nint buffers, ulong callerBase, ulong length)
+    {
+        _hv = hv;
+        _buffers = (byte*)buffers;
+        _callerBase = callerBase;
+        _length = buffers == 0 ? 0 : length;
+        // A vCPU of Domain-0 that no pCPU runs: the hypercall handlers' view of "the caller".
+        _vcpu = new Vcpu(hv.Dom0, 0) { Caller = this };
+    }
+
+    /// <summary>The daemon's address of the caller's byte at <paramref name="address"/>, or null outside its buffers.</summary>
+    internal byte* Translate(ulong address)
+    {
+        ulong offset = address - _callerBase;
+        return offset < _length ? _buffers + offset : null;
+    }
+
+    /// <summary>
+    /// Whether a program may make hypercall <paramref name="nr"/>. Those that act on the calling vCPU (vcpu_op,
+    /// set_timer_op, vm_assist, sched_op other than remote_shutdown) have no meaning for a process, which has no vCPU
+    /// of its own; Linux's privcmd would run them on whatever dom0 vCPU the process was on.
+    /// </summary>
+    internal static bool Allows(ulong nr, in HypercallArgs a) => nr switch
+    {
+        Xen.__HYPERVISOR_sched_op => (int)a.A1 == Sched.SCHEDOP_remote_shutdown,
+        Xen.__HYPERVISOR_vcpu_op or Xen.__HYPERVISOR_set_timer_op or Xen.__HYPERVISOR_vm_assist => false,
+        _ => true,
+    };
+
+    /// <summary>Runs hypercall <paramref name="nr"/> to completion (continuations are followed here, where a guest
+    /// would re-execute its VMCALL) and returns Xen's result: ≥ 0, or -errno.</summary>
+    public long Hypercall(ulong nr, ulong a1, ulong a2 = 0, ulong a3 = 0, ulong a4 = 0, ulong a5 = 0)
+    {
+        var args = new HypercallArgs(a1, a2, a3, a4, a5);
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            while (true)
+            {
+                _vcpu.Continuation = null;
+                _vcpu.Compat = false;
+                long rc = Common.Hypercall.Dispatch(_vcpu, nr, args);
+                if (_vcpu.Continuation is not { } next)
+                    return rc;
+                args = next;
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+            _hv.Frames.Unregister(_vcpu.Translations);
+        }
+    }
+}
+
+public sealed partial class XenHypervisor
+{
+    /// <summary>A hypercall context for one Domain-0 program whose hypercall buffers the daemon has mapped at
+    /// <paramref name="buffers"/> (<paramref name="length"/> bytes, at <paramref name="callerBase"/> in the program).</summary>
+    public Dom0HypercallContext OpenDom0Hypercalls(nint buffers, ulong callerBase, ulong length) =>
+        new(this, buffers, callerBase, length);
+
+    // Domain-0's event channels for its programs (the evtchn driver's role). Unlike the backends' forms in
+    // Dom0Services, the other end may be any domain, Domain-0 included, as Xen allows a domain to talk to itself.
+    // onEvent runs on the notifying thread and must only hand the work on. Each returns 0 or -errno.
+
+    /// <summary>EVTCHNOP_alloc_unbound in Domain-0 for <paramref name="remoteDom"/> to bind.</summary>
+    public long Dom0EvtchnAllocUnbound(ushort remoteDom, Action onEvent, out uint port)
+    {
+        port = 0;
+        if (FindDomain(remoteDom) is null)
+            return -Errno.ESRCH;
+        return Dom0.Evtchn.AllocUnbound(remoteDom, out port, onEvent);
+    }
+
+    /// <summary>EVTCHNOP_bind_interdomain from Domain-0 to <paramref name="remotePort"/> of <paramref name="remoteDom"/>.</summary>
+    public long Dom0EvtchnBindInterdomain(ushort remoteDom, uint remotePort, Action onEvent, out uint port)
+    {
+        port = 0;
+        var remote = FindDomain(remoteDom);
+        if (remote is null)
+            return -Errno.ESRCH;
+        return Dom0.Evtchn.BindInterdomain(remote, remotePort, out port, onEvent);
+    }
+
+    /// <summary>EVTCHNOP_bind_virq of a global VIRQ (VIRQ_DOM_EXC, ...) to Domain-0.</summary>
+    public long Dom0EvtchnBindVirq(uint virq, Action onEvent, out uint port) =>
+        Dom0.Evtchn.BindVirq(virq, 0, out port, onEvent);
+
+    /// <summary>EVTCHNOP_send from Domain-0's <paramref name="port"/>.</summary>
+    public long Dom0EvtchnSend(uint port) => Dom0.Evtchn.Send(port);
+
+    /// <summary>EVTCHNOP_close of Domain-0's <paramref name="port"/>.</summary>
+    public long Dom0EvtchnClose(uint port) => Dom0.Evtchn.Close(port);
+
+    /// <summary>
+    /// Where a Domain-0 program finds frames <paramref name="gfns"/> of <paramref name="domid"/> to map them itself
+    /// (privcmd's mmapbatch): the domain's memfd, and per frame its offset in it or -errno (-EINVAL for no RAM there,
+    /// -EACCES for a read-only frame asked writable). Returns 0, or -ESRCH when there is no such guest. The memfd
+    /// carries a reference the caller releases (<see cref="System.Runtime.InteropServices.SafeHandle.DangerousRelease"/>).
+    /// A mapping needs no reference of its own: a frame the domain frees is reused only by the same domain.
+    /// </summary>
+    public long Dom0ForeignFrames(ushort domid, ReadOnlySpan<ulong> gfns, bool writable, Span<long> offsets,
+        out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        var d = FindDomain(domid);
+        if (d is null || d.IsHost)
+            return -Errno.ESRCH;
+        var file = Frames.MemoryFileOf(domid);
+        if (file is null)
+            return -Errno.ESRCH;
+        bool added = false;
+        file.DangerousAddRef(ref added);
+        for (int i = 0; i < gfns.Length; i++)
+        {
+            lock (d.Lock)
+            {
+                if (!d.P2m.TryLookup(gfns[i], out uint mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))
+                    offsets[i] = -Errno.EINVAL;
+                else if (writable && t == P2mType.RamRo)
+                    offsets[i] = -Errno.EACCES;
+                else if (!Frames.TryGetBacking(mfn, out var fd, out long offset) || fd != file)
+                    offsets[i] = -Errno.EINVAL;
+                else
+                    offsets[i] = offset;
+            }
+        }
+        memfd = file;
+        return 0;
+    }
+}

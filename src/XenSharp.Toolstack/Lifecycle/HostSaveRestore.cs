@@ -1,0 +1,196 @@
+using System.Globalization;
+using XenSharp.Public;
+using XenSharp.Public.Hvm;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Control;
+using XenSharp.Toolstack.Save;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>
+/// xl save and xl restore of a PVH guest, non-live, as libxl does them: the guest is asked to suspend through
+/// xenstore (<c>control/shutdown = suspend</c>; it answers with SCHEDOP_shutdown(SHUTDOWN_suspend)), its state is
+/// written as Xen's stream (<see cref="SaveFileWriter"/>) and the domain destroyed. Restore checks the file's headers
+/// before any domain exists, builds the domain again from the recorded configuration, loads memory and vCPUs,
+/// gives the guest fresh event channels for its xenstore and console rings at the saved frames, introduces it to
+/// xenstored and unpauses it: the guest's suspend hypercall returns 0 there, which tells it that it resumed in a
+/// new domain, and it reconnects its devices.
+/// </summary>
+public sealed partial class Host
+{
+    /// <summary>How long a guest has to suspend when asked (libxl waits as long).</summary>
+    public static TimeSpan SuspendTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    private SaveResult Save(SaveRequest r)
+    {
+        if (!Path.IsPathFullyQualified(r.File))
+            throw new ControlException($"save file {r.File}: the path must be absolute", Errno.EINVAL);
+        if (r.Checkpoint)
+            throw new ControlException("xl save -c (leave the domain running) is not supported: XenSharp cannot resume a suspended domain in place yet", Errno.EOPNOTSUPP);
+        var d = Resolve(r.Domain);
+        if (d.Config.Type != DomainType.Pvh)
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp saves PVH domains only", Errno.EOPNOTSUPP);
+        if (d.Config.TargetMemKb != d.Config.MaxMemKb)
+            throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not save yet", Errno.EOPNOTSUPP);
+
+        Suspend(d);
+        d.Hv.Pause();
+        string config = ConfigForSave(d, r.ConfigText);
+        long pages;
+        long bytes;
+        try
+        {
+            using var f = new FileStream(r.File, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+            lock (d.MemoryUse)
+            {
+                if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed while it was being saved");
+                var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
+                pages = SaveFileWriter.Write(f, new SaveSource(d.Hv, config, (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode),
+                    () => d.Destroyed);
+            }
+            f.Flush(flushToDisk: true);
+            bytes = f.Length;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or OperationCanceledException)
+        {
+            TryDelete(r.File);
+            // The guest stays suspended (and paused): xl destroy ends it, as after a failed save on Xen.
+            throw new ControlException($"cannot write save file {r.File}: {e.Message}", Errno.EIO);
+        }
+        catch
+        {
+            TryDelete(r.File);
+            throw;
+        }
+        _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} saved to {r.File}: {pages} pages, {bytes} bytes");
+        Destroy(d);
+        return new SaveResult(d.DomId, d.Config.Name, bytes, pages);
+    }
+
+    /// <summary>Asks the guest to suspend and waits until it has (libxl's domain_suspend_common with the xenstore
+    /// protocol). A guest already suspended is taken as it is.</summary>
+    private void Suspend(Domain d)
+    {
+        var state = d.Hv.State;
+        if (state.Shutdown && state.Reason == ShutdownReason.Suspend) return;
+        if (state.Shutdown)
+            throw new ControlException($"domain {d.DomId} has shut down ({state.Reason.ToString().ToLowerInvariant()}); only a running guest can be saved");
+        string node = $"{XenstoreLayout.DomainPath(d.DomId)}/control/shutdown";
+        _xs.Write(node, "suspend");
+        var deadline = DateTime.UtcNow + SuspendTimeout;
+        while (true)
+        {
+            state = d.Hv.State;
+            if (state.Shutdown)
+            {
+                if (state.Reason == ShutdownReason.Suspend) return;
+                throw new ControlException($"domain {d.DomId} shut down ({state.Reason.ToString().ToLowerInvariant()}) instead of suspending");
+            }
+            if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed before it suspended");
+            if (DateTime.UtcNow >= deadline)
+            {
+                // Withdraw the request so the guest does not suspend later with nobody saving it.
+                try { _xs.Write(node, ""); } catch (XenSharp.Store.XenStoreException) { }
+                throw new ControlException(
+                    $"guest did not suspend within {SuspendTimeout.TotalSeconds:0} s of control/shutdown = suspend; the request was withdrawn",
+                    Errno.ETIMEDOUT);
+            }
+            Thread.Sleep(20);
+        }
+    }
+
+    /// <summary>The xl.cfg text the file records: the configuration given to xl save, or the one the domain was
+    /// created from with its current name and uuid, which a restore takes again.</summary>
+    private static string ConfigForSave(Domain d, string? replacement)
+    {
+        string text = replacement ?? d.Config.SourceText ?? throw new ControlException($"domain {d.DomId} has no configuration text to record");
+        return text.TrimEnd() + "\n\n# Recorded by xl save: the domain's name and uuid when it was saved.\n" +
+            $"name = \"{d.Config.Name}\"\nuuid = \"{d.Config.Uuid}\"\n";
+    }
+
+    private RestoreResult Restore(RestoreRequest r)
+    {
+        if (!Path.IsPathFullyQualified(r.File))
+            throw new ControlException($"save file {r.File}: the path must be absolute", Errno.EINVAL);
+        FileStream f;
+        try { f = new FileStream(r.File, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ControlException($"cannot open save file {r.File}: {e.Message}", e is FileNotFoundException or DirectoryNotFoundException ? Errno.ENOENT : Errno.EIO);
+        }
+        using (f)
+        {
+            var reader = new SaveFileReader(f, r.File);
+            var header = reader.ReadHeader();
+            string text = r.ConfigText ?? header.ConfigText;
+            if (r.ConfigText is null && header.ConfigIsJson)
+                throw new ControlException($"{r.File}: the recorded configuration is libxl JSON; give the domain's xl.cfg as CONFIG to restore it", Errno.EOPNOTSUPP);
+            var cfg = XlConfigParser.Parse(text, r.ConfigFile ?? r.File);
+            cfg.Directory = r.ConfigDirectory;
+            var c = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes).Config;
+            if (c.Type != DomainType.Pvh)
+                throw new ControlException($"{r.File}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH domains only", Errno.EOPNOTSUPP);
+            CheckName(c.Name);
+            c.SourceText = text;
+            c.SourceFile = r.ConfigFile ?? r.File;
+            lock (_lifecycle)
+            {
+                if (_disposed) throw new ControlException("xensharpd is stopping");
+                return RestoreLocked(c, reader, r);
+            }
+        }
+    }
+
+    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, RestoreRequest r)
+    {
+        CheckDisks(c);
+        uint domId = AllocateDomId(c, restarting: null);
+        var hvd = _hv.CreateDomain(domId, new Platform.DomainCreateInfo(XenSharp.Hypervisor.DomainKind.Pvh,
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
+        var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = new Lineage() };
+        lock (_lock) _domains[domId] = dom;
+        try
+        {
+            PlaceDomain(domId, c, hvd);
+            var restored = reader.Load(hvd, () => dom.Destroyed);
+            if (!restored.Params.TryGetValue(Params.HVM_PARAM_STORE_PFN, out ulong storePfn) ||
+                !restored.Params.TryGetValue(Params.HVM_PARAM_CONSOLE_PFN, out ulong consolePfn))
+                throw new SaveFileException($"{r.File}: the HVM params do not say where the xenstore and console rings are");
+            if (!hvd.Memory.IsPopulated(storePfn) || !hvd.Memory.IsPopulated(consolePfn))
+                throw new SaveFileException($"{r.File}: the xenstore or console ring's frame ({storePfn:#x}, {consolePfn:#x}) is not among the saved pages");
+            hvd.SetAcpiSleepControl(Builder.AcpiTables.Pm1aControlPort, Builder.AcpiTables.S5SleepType);
+            ConnectRings(dom, storePfn, consolePfn);
+            WarnIfPortsMoved(dom, restored.Params);
+            AddDevices(dom);
+            _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {r.File}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
+            if (!r.Paused) hvd.Unpause();
+            lock (_lock)
+            {
+                dom.Ready = true;
+                dom.Lineage.Current = dom;
+                _lineages.Add(dom.Lineage);
+            }
+            return new RestoreResult(domId, c.Name, restored.Pages);
+        }
+        catch
+        {
+            Destroy(dom);
+            throw;
+        }
+    }
+
+    /// <summary>A guest keeps the ports of its xenstore and console rings across a resume (Linux does), so the new
+    /// domain's ports must be the saved ones; a fresh domain hands them out in the same order as the first build.</summary>
+    private void WarnIfPortsMoved(Domain dom, IReadOnlyDictionary<int, ulong> saved)
+    {
+        foreach (int p in new[] { Params.HVM_PARAM_STORE_EVTCHN, Params.HVM_PARAM_CONSOLE_EVTCHN })
+            if (saved.TryGetValue(p, out ulong was) && was != dom.Hv.GetHvmParam(p))
+                _hv.ConsoleWrite(string.Create(CultureInfo.InvariantCulture,
+                    $"d{dom.DomId}: HVM param {p}: port {dom.Hv.GetHvmParam(p)} where the saved domain had {was}"));
+    }
+
+    private static void TryDelete(string file)
+    {
+        try { File.Delete(file); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+    }
+}

@@ -1,0 +1,206 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using XenSharp.Public.Migration;
+using XenSharp.Toolstack.Platform;
+
+namespace XenSharp.Toolstack.Save;
+
+/// <summary>What the headers of a save file say, read before any domain is made.</summary>
+internal sealed record SaveFileHeader(string ConfigText, bool ConfigIsJson, uint LibxcVersion, uint XenMajor, uint XenMinor);
+
+/// <summary>What the records left to the toolstack: the HVM params (rings and their event channels).</summary>
+internal sealed record RestoredState(IReadOnlyDictionary<int, ulong> Params, long Pages, uint TscKhz);
+
+/// <summary>
+/// Reads a file <see cref="SaveFileWriter"/> (or Xen's xl for a PVH guest) wrote, in two steps as xl restore does:
+/// <see cref="ReadHeader"/> checks everything up to the libxc domain header, so a file that is not a save file, is of
+/// an unknown version or of another guest type fails before a domain exists; <see cref="Load"/> then streams the
+/// records into the new domain, and any fault there is the caller's cue to destroy it.
+/// </summary>
+internal sealed class SaveFileReader(Stream input, string file)
+{
+    private readonly MigrationRecordReader _r = new(input, file);
+
+    public SaveFileHeader ReadHeader()
+    {
+        Span<byte> magic = stackalloc byte[32];
+        _r.Exactly(magic, "the xl header");
+        if (!magic.SequenceEqual(XlSaveFile.Magic))
+            throw new SaveFileException($"{file}: not an xl save file (its first 32 bytes are not \"Xen saved domain, xl format\")");
+        var words = _r.Struct<XlWords>("the xl header");
+        if (words.ByteOrder != XlSaveFile.BYTEORDER_VALUE)
+            throw new SaveFileException($"{file}: saved on a host of the other byte order (byte order word {words.ByteOrder:#x})");
+        uint unknown = words.Mandatory & ~XlSaveFile.XL_MANDATORY_FLAG_ALL;
+        if (unknown != 0)
+            throw new SaveFileException($"{file}: unknown mandatory flags {unknown:#x} in the xl header (a newer xl wrote it)");
+        if ((words.Mandatory & XlSaveFile.XL_MANDATORY_FLAG_STREAMV2) == 0)
+            throw new SaveFileException($"{file}: a legacy (pre migration v2) stream, which XenSharp does not restore");
+        if (words.OptionalLength > 16 << 20)
+            throw _r.Corrupt($"the xl header claims {words.OptionalLength} bytes of optional data");
+        var optional = new byte[words.OptionalLength];
+        _r.Exactly(optional, "the domain configuration");
+        string config = "";
+        if (optional.Length >= 4)
+        {
+            uint length = BitConverter.ToUInt32(optional, 0);
+            if (length > optional.Length - 4)
+                throw _r.Corrupt($"the configuration claims {length} bytes, the optional data holds {optional.Length - 4}");
+            config = Encoding.UTF8.GetString(optional, 4, (int)length).TrimEnd('\0');
+        }
+
+        ulong ident = _r.UInt64BigEndian("the libxl stream header");
+        if (ident != LibxlStream.HDR_IDENT)
+            throw _r.Corrupt($"no libxl stream after the xl header (identifier {ident:#x})");
+        uint version = _r.UInt32BigEndian("the libxl stream header");
+        if (version != LibxlStream.HDR_VERSION)
+            throw new SaveFileException($"{file}: libxl stream version {version}, XenSharp reads version {LibxlStream.HDR_VERSION}");
+        uint options = _r.UInt32BigEndian("the libxl stream header");
+        if ((options & LibxlStream.HDR_OPT_BIG_ENDIAN) != 0)
+            throw new SaveFileException($"{file}: a big-endian libxl stream");
+        if ((options & LibxlStream.HDR_OPT_LEGACY) != 0)
+            throw new SaveFileException($"{file}: a libxl stream converted from a legacy one, which XenSharp does not restore");
+
+        var (type, _) = _r.Record("libxl");
+        if (type != LibxlStream.REC_TYPE_LIBXC_CONTEXT)
+            throw new SaveFileException($"{file}: the libxl stream has record type {type:#x} where XenSharp expects the libxc context " +
+                "(device model records are for HVM guests, which XenSharp does not restore yet)");
+
+        ulong marker = _r.UInt64BigEndian("the libxc image header");
+        uint xenf = _r.UInt32BigEndian("the libxc image header");
+        if (marker != LibxcStream.IHDR_MARKER || xenf != LibxcStream.IHDR_IDENT)
+            throw _r.Corrupt($"bad libxc image header (marker {marker:#x}, identifier {xenf:#x})");
+        uint libxcVersion = _r.UInt32BigEndian("the libxc image header");
+        if (libxcVersion is < 2 or > 3)
+            throw new SaveFileException($"{file}: libxc stream version {libxcVersion}, XenSharp reads versions 2 and 3");
+        ushort imageOptions = _r.UInt16BigEndian("the libxc image header");
+        _r.UInt16BigEndian("the libxc image header");
+        _r.UInt32BigEndian("the libxc image header");
+        if (imageOptions != LibxcStream.IHDR_OPT_LITTLE_ENDIAN)
+            throw new SaveFileException($"{file}: libxc image options {imageOptions:#x} (a big-endian stream or unknown options)");
+        var dh = _r.Struct<LibxcDomainHeader>("the libxc domain header");
+        if (dh.Type != LibxcStream.DHDR_TYPE_X86_HVM)
+            throw new SaveFileException($"{file}: a domain of type {dh.Type:#x}; XenSharp restores x86 HVM-type (PVH) domains ({LibxcStream.DHDR_TYPE_X86_HVM:#x})");
+        if (dh.PageShift != LibxcStream.PageShift)
+            throw _r.Corrupt($"page shift {dh.PageShift}, expected {LibxcStream.PageShift}");
+        return new SaveFileHeader(config, (words.Mandatory & XlSaveFile.XL_MANDATORY_FLAG_JSON) != 0, libxcVersion, dh.XenMajor, dh.XenMinor);
+    }
+
+    /// <summary>Loads the libxc records into <paramref name="d"/> (populating each page it carries) and reads the
+    /// libxl stream to its end. The HVM context is loaded as it comes; the params are handed back for the
+    /// toolstack to wire up.</summary>
+    public RestoredState Load(IHypervisorDomain d, Func<bool>? cancelled = null)
+    {
+        var parameters = new Dictionary<int, ulong>();
+        long pages = 0;
+        uint tscKhz = 0;
+        bool context = false;
+        while (true)
+        {
+            long at = _r.Position;
+            var (type, body) = _r.Record("libxc");
+            switch (type)
+            {
+                case LibxcStream.REC_TYPE_END:
+                    if (body.Length != 0) throw _r.Corrupt($"END record at byte {at} with {body.Length} bytes");
+                    if (!context) throw _r.Corrupt("the libxc stream ends without an HVM context");
+                    ReadLibxlEnd();
+                    return new RestoredState(parameters, pages, tscKhz);
+                case LibxcStream.REC_TYPE_PAGE_DATA:
+                    pages += LoadPages(d, body, at);
+                    if (cancelled?.Invoke() == true)
+                        throw new OperationCanceledException("the domain was destroyed while it was being restored");
+                    break;
+                case LibxcStream.REC_TYPE_X86_TSC_INFO:
+                    if (body.Length != Marshal.SizeOf<X86TscInfo>()) throw _r.Corrupt($"TSC info record at byte {at} of {body.Length} bytes");
+                    tscKhz = MemoryMarshal.Read<X86TscInfo>(body).Khz;
+                    break;
+                case LibxcStream.REC_TYPE_HVM_CONTEXT:
+                    if (body.Length == 0) throw _r.Corrupt($"empty HVM context at byte {at}");
+                    try { d.SetHvmContext(body); }
+                    catch (XenSharp.Hypervisor.HypervisorException e) { throw _r.Corrupt($"HVM context at byte {at}: {e.Message}"); }
+                    context = true;
+                    break;
+                case LibxcStream.REC_TYPE_HVM_PARAMS:
+                    ReadParams(body, at, parameters);
+                    break;
+                case LibxcStream.REC_TYPE_STATIC_DATA_END:
+                case LibxcStream.REC_TYPE_X86_CPUID_POLICY:
+                case LibxcStream.REC_TYPE_X86_MSR_POLICY:
+                case LibxcStream.REC_TYPE_VERIFY:
+                    // The policies describe the saving host's CPU; XenSharp's engine presents one CPU everywhere.
+                    break;
+                default:
+                    throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} is not one XenSharp restores");
+            }
+        }
+    }
+
+    private long LoadPages(IHypervisorDomain d, byte[] body, long at)
+    {
+        if (body.Length < 8) throw _r.Corrupt($"PAGE_DATA record at byte {at} of {body.Length} bytes");
+        uint count = BitConverter.ToUInt32(body, 0);
+        if (BitConverter.ToUInt32(body, 4) != 0) throw _r.Corrupt($"PAGE_DATA record at byte {at} has reserved bits set");
+        if ((ulong)count * 8 > (ulong)body.Length - 8) throw _r.Corrupt($"PAGE_DATA record at byte {at} lists {count} pfns it has no room for");
+        var pfns = MemoryMarshal.Cast<byte, ulong>(body.AsSpan(8, (int)count * 8));
+        int withData = 0;
+        foreach (ulong p in pfns)
+            if ((p & LibxcStream.PAGE_DATA_TYPE_MASK) <= LibxcStream.PAGE_DATA_TYPE_L4TAB) withData++;
+        if (body.Length != 8 + count * 8 + withData * 4096L)
+            throw _r.Corrupt($"PAGE_DATA record at byte {at} is {body.Length} bytes, its {count} pfns need {8 + count * 8 + withData * 4096L}");
+        int data = 8 + (int)count * 8;
+        long loaded = 0;
+        foreach (ulong p in pfns)
+        {
+            ulong type = p & LibxcStream.PAGE_DATA_TYPE_MASK, gfn = p & LibxcStream.PAGE_DATA_PFN_MASK;
+            if ((p & ~(LibxcStream.PAGE_DATA_TYPE_MASK | LibxcStream.PAGE_DATA_PFN_MASK)) != 0)
+                throw _r.Corrupt($"PAGE_DATA record at byte {at}: reserved bits set in pfn entry {p:#x}");
+            if (type <= LibxcStream.PAGE_DATA_TYPE_L4TAB)
+            {
+                if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
+                d.Memory.Write(gfn << 12, body.AsSpan(data, 4096));
+                data += 4096;
+                loaded++;
+            }
+            else if (type == LibxcStream.PAGE_DATA_TYPE_XALLOC)
+            {
+                if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
+            }
+            else if (type is not (LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN))
+                throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
+        }
+        return loaded;
+    }
+
+    private void ReadParams(byte[] body, long at, Dictionary<int, ulong> parameters)
+    {
+        if (body.Length < 8 || BitConverter.ToUInt32(body, 4) != 0)
+            throw _r.Corrupt($"HVM_PARAMS record at byte {at} is malformed");
+        uint count = BitConverter.ToUInt32(body, 0);
+        if (body.Length != 8 + count * 16L)
+            throw _r.Corrupt($"HVM_PARAMS record at byte {at} is {body.Length} bytes for {count} params");
+        foreach (var e in MemoryMarshal.Cast<byte, HvmParamsEntry>(body.AsSpan(8)))
+            if (e.Index < XenSharp.Public.Hvm.Params.HVM_NR_PARAMS)
+                parameters[(int)e.Index] = e.Value;
+            else
+                throw _r.Corrupt($"HVM_PARAMS record at byte {at} names param {e.Index}, beyond HVM_NR_PARAMS");
+    }
+
+    private void ReadLibxlEnd()
+    {
+        while (true)
+        {
+            long at = _r.Position;
+            var (type, _) = _r.Record("libxl");
+            if (type == LibxlStream.REC_TYPE_END) return;
+            if (type is LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA or LibxlStream.REC_TYPE_EMULATOR_CONTEXT)
+                throw new SaveFileException($"{file}: the stream carries device model state (libxl record {type:#x} at byte {at}); XenSharp restores PVH guests, which have none");
+            throw _r.Corrupt($"libxl record type {type:#x} at byte {at} after the libxc stream");
+        }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct XlWords
+    {
+        public uint ByteOrder, Mandatory, Optional, OptionalLength;
+    }
+}

@@ -1,0 +1,217 @@
+/*
+ * A small Domain-0 program for the dom0 interface tests, run under ./dom0 so that Xen's libxenctrl and
+ * XenSharp's drop-in libxencall/libxenevtchn carry its calls to the daemon.
+ *
+ *   dom0client errors         bad calls; prints "NAME errno" for each
+ *   dom0client hold DOMID     binds an unbound port for DOMID and holds hypercall buffers; prints
+ *                             "ready PORT", then waits to be killed
+ *   dom0client status PORT    prints Domain-0's EVTCHNSTAT_* of PORT
+ *   dom0client events         two handles talk over a Domain-0 loopback channel; prints what each step saw
+ *   dom0client map DOMID GFN N  maps N frames of DOMID read-only; prints each one's error and first 16 bytes
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xenctrl.h>
+#include <xencall.h>
+#include <xenevtchn.h>
+#include <xenforeignmemory.h>
+#include <sys/mman.h>
+#include <xen/domctl.h>
+#include <xen/event_channel.h>
+
+static int errors(void)
+{
+    xc_interface *xch = xc_interface_open(NULL, NULL, 0);
+    xencall_handle *xcall = xencall_open(NULL, 0);
+    xc_vcpuinfo_t vinfo;
+    struct xen_domctl *domctl;
+    int rc;
+
+    if (!xch || !xcall) {
+        perror("open");
+        return 1;
+    }
+    /* A domain that does not exist. */
+    rc = xc_vcpu_getinfo(xch, 31000, 0, &vinfo);
+    printf("getvcpuinfo-nodomain %d\n", rc < 0 ? errno : 0);
+    rc = xc_domain_pause(xch, 31000);
+    printf("pause-nodomain %d\n", rc < 0 ? errno : 0);
+    /* A vCPU the domain does not have. */
+    rc = xc_vcpu_getinfo(xch, 0, 4096, &vinfo);
+    printf("getvcpuinfo-novcpu %d\n", rc < 0 ? errno : 0);
+
+    /* Another interface version than 4.17's. */
+    domctl = xencall_alloc_buffer(xcall, sizeof(*domctl));
+    memset(domctl, 0, sizeof(*domctl));
+    domctl->cmd = XEN_DOMCTL_getdomaininfo;
+    domctl->interface_version = XEN_DOMCTL_INTERFACE_VERSION - 1;
+    rc = xencall1(xcall, __HYPERVISOR_domctl, (uintptr_t)domctl);
+    printf("domctl-version %d\n", rc < 0 ? errno : 0);
+    /* The right version works through the raw call too. */
+    domctl->interface_version = XEN_DOMCTL_INTERFACE_VERSION;
+    rc = xencall1(xcall, __HYPERVISOR_domctl, (uintptr_t)domctl);
+    printf("domctl-ok %d %u\n", rc < 0 ? errno : 0, domctl->u.getdomaininfo.domain);
+    /* A pointer that is not a hypercall buffer. */
+    struct xen_domctl on_stack = *domctl;
+    rc = xencall1(xcall, __HYPERVISOR_domctl, (uintptr_t)&on_stack);
+    printf("domctl-notbuffer %d\n", rc < 0 ? errno : 0);
+    /* A hypercall a process has no vCPU for. */
+    rc = xencall3(xcall, __HYPERVISOR_vcpu_op, 0, 0, 0);
+    printf("vcpu-op %d\n", rc < 0 ? errno : 0);
+    xencall_free_buffer(xcall, domctl);
+    xencall_close(xcall);
+    xc_interface_close(xch);
+    return 0;
+}
+
+static int hold(uint32_t domid)
+{
+    xenevtchn_handle *xce = xenevtchn_open(NULL, 0);
+    xencall_handle *xcall = xencall_open(NULL, 0);
+    int port;
+    char *pages;
+
+    if (!xce || !xcall) {
+        perror("open");
+        return 1;
+    }
+    port = xenevtchn_bind_unbound_port(xce, domid);
+    if (port < 0) {
+        perror("bind_unbound_port");
+        return 1;
+    }
+    pages = xencall_alloc_buffer_pages(xcall, 16);
+    if (!pages) {
+        perror("alloc_buffer_pages");
+        return 1;
+    }
+    memset(pages, 0x5a, 16 * 4096);
+    printf("ready %d\n", port);
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
+static int status(int port)
+{
+    xencall_handle *xcall = xencall_open(NULL, 0);
+    struct evtchn_status *st;
+    int rc;
+
+    if (!xcall) {
+        perror("xencall_open");
+        return 1;
+    }
+    st = xencall_alloc_buffer(xcall, sizeof(*st));
+    memset(st, 0, sizeof(*st));
+    st->dom = DOMID_SELF;
+    st->port = port;
+    rc = xencall2(xcall, __HYPERVISOR_event_channel_op, EVTCHNOP_status, (uintptr_t)st);
+    if (rc < 0) {
+        printf("status error %d\n", errno);
+        return 1;
+    }
+    printf("status %u\n", st->status);
+    xencall_free_buffer(xcall, st);
+    xencall_close(xcall);
+    return 0;
+}
+
+/* What a handle's fd holds right now: a port, or -1 when nothing is pending. */
+static int ready_port(xenevtchn_handle *h)
+{
+    struct pollfd p = { .fd = xenevtchn_fd(h), .events = POLLIN };
+    if (poll(&p, 1, 0) != 1)
+        return -1;
+    return xenevtchn_pending(h);
+}
+
+static int events(void)
+{
+    xenevtchn_handle *a = xenevtchn_open(NULL, 0), *b = xenevtchn_open(NULL, 0);
+    int pa, pb, rc;
+
+    if (!a || !b) {
+        perror("xenevtchn_open");
+        return 1;
+    }
+    pa = xenevtchn_bind_unbound_port(a, 0);
+    pb = xenevtchn_bind_interdomain(b, 0, pa);
+    printf("bound %d %d\n", pa, pb);
+    /* Xen raises a newly bound interdomain port once. */
+    printf("b-after-bind %d\n", ready_port(b) == pb);
+    xenevtchn_unmask(b, pb);
+
+    xenevtchn_notify(b, pb);
+    printf("a-first %d\n", ready_port(a) == pa);
+    xenevtchn_notify(b, pb);
+    printf("a-while-masked %d\n", ready_port(a));
+    xenevtchn_unmask(a, pa);
+    printf("a-after-unmask %d\n", ready_port(a) == pa);
+    xenevtchn_unmask(a, pa);
+    printf("a-nothing-left %d\n", ready_port(a));
+
+    /* Ports belong to the handle that bound them. */
+    rc = xenevtchn_notify(a, pb);
+    printf("notify-foreign %d\n", rc < 0 ? errno : 0);
+    rc = xenevtchn_unbind(a, pb);
+    printf("unbind-foreign %d\n", rc < 0 ? errno : 0);
+    rc = xenevtchn_unbind(b, pb);
+    printf("unbind-own %d\n", rc < 0 ? errno : 0);
+    xenevtchn_close(a);
+    xenevtchn_close(b);
+    return 0;
+}
+
+static int map(uint32_t domid, unsigned long gfn, int n)
+{
+    xenforeignmemory_handle *fmem = xenforeignmemory_open(NULL, 0);
+    xen_pfn_t pfns[64];
+    int errs[64];
+    unsigned char *p;
+
+    if (!fmem || n < 1 || n > 64) {
+        perror("xenforeignmemory_open");
+        return 1;
+    }
+    for (int i = 0; i < n; i++)
+        pfns[i] = gfn + i;
+    p = xenforeignmemory_map(fmem, domid, PROT_READ, n, pfns, errs);
+    if (!p) {
+        printf("map error %d\n", errno);
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        printf("page %d %d", i, errs[i]);
+        if (!errs[i])
+            for (int j = 0; j < 16; j++)
+                printf(" %02x", p[i * 4096 + j]);
+        printf("\n");
+    }
+    xenforeignmemory_unmap(fmem, p, n);
+    xenforeignmemory_close(fmem);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 2 && !strcmp(argv[1], "errors"))
+        return errors();
+    if (argc >= 3 && !strcmp(argv[1], "hold"))
+        return hold((uint32_t)atoi(argv[2]));
+    if (argc >= 3 && !strcmp(argv[1], "status"))
+        return status(atoi(argv[2]));
+    if (argc >= 2 && !strcmp(argv[1], "events"))
+        return events();
+    if (argc >= 5 && !strcmp(argv[1], "map"))
+        return map((uint32_t)atoi(argv[2]), strtoul(argv[3], NULL, 0), atoi(argv[4]));
+    fprintf(stderr, "usage: dom0client errors | hold DOMID | status PORT | events | map DOMID GFN N\n");
+    return 2;
+}
