@@ -72,14 +72,12 @@ public sealed partial class LinuxUserNetworkTests(LinuxUserNetworkTests.UserNetG
         var data = new byte[FileBytes];
         new Random(5678).NextBytes(data);
         File.WriteAllBytes(file, data);
-        guest.Console.Ask($"(sleep 900 | nc -l -p {GuestPort} >/tmp/fw.bin) & echo listening-e\"\"nd", "listening-end");
-        XlResult send = null!;
-        for (int attempt = 0; attempt < 30; attempt++)
-        {
-            send = guest.InNamespace("sh", "-c", $"busybox nc 127.0.0.1 {ForwardedPort} < {file}", IoLimit);
-            if (send.ExitCode == 0) break;
-            Thread.Sleep(1000); // the guest's nc is not listening yet
-        }
+        // passt accepts on the host port whether or not the guest listens, and resets the host's connection when the
+        // guest refuses it; so the sender starts only once the guest's socket is in LISTEN (state 0A in /proc/net/tcp or tcp6).
+        guest.Console.Ask($"(sleep 900 | nc -l -p {GuestPort} >/tmp/fw.bin) & " +
+            $"until grep -qs ':{GuestPort:X4} 0*:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 1; done; echo listening-e\"\"nd",
+            "listening-end", TimeSpan.FromMinutes(1));
+        var send = guest.InNamespace("sh", "-c", $"busybox nc 127.0.0.1 {ForwardedPort} < {file}", IoLimit);
         Assert.True(send.ExitCode == 0, send.ToString());
         Assert.Contains("done-end", guest.Console.Ask(
             "while [ $(wc -c </tmp/fw.bin) -lt " + FileBytes + " ]; do sleep 1; done; echo done-e\"\"nd", "done-end", IoLimit));
