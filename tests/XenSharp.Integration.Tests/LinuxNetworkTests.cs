@@ -137,6 +137,55 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         Assert.True(r.Stderr.Contains($"{cfg}:{line}: invalid mac address `00:16:3e:5a:00'"), r.ToString());
     }
 
+    [Fact]
+    [Trait("Feature", "Netfront"), Trait("Feature", "Netback")]
+    public void AVifAttachedToTheRunningGuestWorksAndGoesAgainOnDetach()
+    {
+        const string mac = "00:16:3e:5a:00:0a";
+        string dom = guest.DomId;
+        var attach = guest.Host.Run("network-attach", "net", $"mac={mac}", "bridge=xenbr0");
+        Assert.True(attach.ExitCode == 0, attach.ToString());
+        string vif = $"vif{dom}.1";
+        Assert.Contains(vif, guest.InNamespace("ls", "/sys/class/net/xenbr0/brif").Stdout);
+
+        // netfront finds the new device and names it; the guest takes its lease on it and pings through it.
+        // arp_ignore=1: the host's ARP for the new address is answered by the new interface alone.
+        string reply = guest.Console.Ask(
+            $"IF=; until [ -n \"$IF\" ]; do IF=$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5); sleep 1; done; " +
+            "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore; ip link set $IF up; echo if-$IF-e\"\"nd", "-end", TimeSpan.FromMinutes(2));
+        Assert.Matches(@"if-eth\d+-end", reply);
+        reply = guest.Dhcp
+            ? guest.Console.Ask("udhcpc -i $IF -n -q -t 20 -T 3 -s /tmp/dh >/dev/null 2>&1; echo ip-$(ip -4 -o addr show $IF | awk '{print $4}')-e\"\"nd",
+                "-end", TimeSpan.FromMinutes(3))
+            : guest.Console.Ask("ip addr add 10.99.0.3/24 dev $IF; echo ip-$(ip -4 -o addr show $IF | awk '{print $4}')-e\"\"nd", "-end");
+        var m = Regex.Match(reply, @"ip-(10\.99\.0\.\d+)/24-end");
+        Assert.True(m.Success, $"the attached vif got no address: {reply}");
+        Assert.NotEqual(guest.GuestIp, m.Groups[1].Value);
+        reply = guest.Console.Ask("ping -c 3 -I $IF 10.99.0.1; echo ping-$?-e\"\"nd", "-end", IoLimit);
+        Assert.Contains("ping-0-end", reply);
+
+        var list = guest.Host.Run("network-list", "net");
+        Assert.True(list.ExitCode == 0, list.ToString());
+        var rows = list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.StartsWith("Idx BE Mac Addr.         handle state evt-ch   tx-/rx-ring-ref BE-path", rows[0]);
+        Assert.Equal(3, rows.Length);
+        Assert.Matches($@"^1\s+0\s+{mac}\s+1\s+4\s+-?\d+\s+\d+/\d+\s+/local/domain/0/backend/vif/{dom}/1\s*$", rows[2]);
+
+        var detach = guest.Host.Run("network-detach", "net", mac);
+        Assert.True(detach.ExitCode == 0, detach.ToString());
+        reply = guest.Console.Ask("until [ ! -e /sys/class/net/$IF ]; do sleep 1; done; echo 0 >/proc/sys/net/ipv4/conf/all/arp_ignore; echo gone-e\"\"nd",
+            "gone-end", TimeSpan.FromMinutes(2));
+        Assert.DoesNotContain(vif, guest.InNamespace("ip", "-o", "link").Stdout);
+        Assert.Equal("", guest.XenstoreRead($"/local/domain/0/backend/vif/{dom}/1/state"));
+        list = guest.Host.Run("network-list", "net");
+        Assert.Equal(2, list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        var again = guest.Host.Run("network-detach", "net", "1");
+        Assert.Equal(1, again.ExitCode);
+        Assert.Contains("Unknown device 1.", again.Stderr);
+        // eth0 still works.
+        Assert.Contains("ping-0-end", guest.Console.Ask("ping -c 1 10.99.0.1; echo ping-$?-e\"\"nd", "-end", IoLimit));
+    }
+
     /// <summary>The namespace, its bridge and DHCP server, the daemon inside it, and the guest of the class at its
     /// shell with eth0 up and addressed.</summary>
     public sealed class NetGuest : IDisposable
@@ -148,6 +197,8 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         public XlHost Host => _xl;
         public string RunDir => _xl.RunDir;
         public string GuestIp { get; } = "";
+        /// <summary>Whether dnsmasq serves DHCP on the bridge (else addresses are static).</summary>
+        public bool Dhcp { get; }
         internal LinuxPvhTests.ConsoleSession Console { get; } = null!;
         public string DomId => _xl.Run("domid", "net").Stdout.Trim();
 
@@ -163,7 +214,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
                 InNamespace("ip", "link", "add", "xenbr0", "type", "bridge").Check();
                 InNamespace("ip", "addr", "add", "10.99.0.1/24", "dev", "xenbr0").Check();
                 InNamespace("ip", "link", "set", "xenbr0", "up").Check();
-                bool dhcp = File.Exists("/usr/sbin/dnsmasq");
+                bool dhcp = Dhcp = File.Exists("/usr/sbin/dnsmasq");
                 if (dhcp)
                     _dnsmasq = StartInNamespace("dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0", "--interface=xenbr0",
                         "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--leasefile-ro", "--user=root");
