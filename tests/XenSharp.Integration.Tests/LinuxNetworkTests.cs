@@ -186,6 +186,49 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         Assert.Contains("ping-0-end", guest.Console.Ask("ping -c 1 10.99.0.1; echo ping-$?-e\"\"nd", "-end", IoLimit));
     }
 
+    [Fact]
+    [Trait("Feature", "Netback")]
+    public void ARateLimitedVifSendsNoFasterThanItsRate()
+    {
+        // A vif attached with rate=10Mb/s@20ms (25000 bytes per 20 ms) on a subnet of its own (10.99.1.0/24 beside
+        // the bridge's address), so that the guest's route to the listener goes through it alone.
+        const string mac = "00:16:3e:5a:00:0b";
+        const int bytes = 4 << 20;
+        const double bytesPerSecond = 10e6 / 8;
+        string result = Path.Combine(guest.RunDir, "rate.txt");
+        guest.InNamespace("ip", "addr", "add", "10.99.1.1/24", "dev", "xenbr0").Check();
+        try
+        {
+            guest.Host.Run("network-attach", "net", "devid=2", $"mac={mac}", "bridge=xenbr0", "rate=10Mb/s@20ms").Check();
+            guest.Console.Ask(
+                $"RIF=; until [ -n \"$RIF\" ]; do RIF=$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5); sleep 1; done; " +
+                $"ip link set $RIF up; ip addr add 10.99.1.2/24 dev $RIF; dd if=/dev/urandom of=/tmp/rate.bin bs=65536 count={bytes / 65536} 2>/dev/null; " +
+                "echo rif-e\"\"nd", "rif-end", TimeSpan.FromMinutes(2));
+            // The host's listener times the stream from its first byte to its end.
+            using var listener = guest.StartInNamespace("python3", "-c",
+                "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n" +
+                "s.bind(('10.99.1.1',5004))\ns.listen()\nc,_=s.accept()\nn=0\nt=None\nwhile True:\n b=c.recv(65536)\n if not b: break\n" +
+                " t=t or time.monotonic()\n n+=len(b)\nopen(sys.argv[1],'w').write('%d %.3f' % (n, time.monotonic()-t))\n", result);
+            guest.WaitForListener(5004);
+            string reply = guest.Console.Ask("nc 10.99.1.1 5004 </tmp/rate.bin; echo sent-$?-e\"\"nd", "-end", IoLimit);
+            Assert.Contains("sent-0-end", reply);
+            Assert.True(listener.WaitForExit(IoLimit), "the host's listener did not see the end of the stream");
+            var parts = File.ReadAllText(result).Split(' ');
+            Assert.Equal(bytes, int.Parse(parts[0]));
+            double seconds = double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
+            // A functional bound, not a speed measurement: at 10 Mb/s the file cannot have gone in less than 90 %
+            // of its time at that rate (the credit's burst of 128 KiB is 3 % of it).
+            double expected = bytes / bytesPerSecond;
+            Assert.True(seconds >= 0.9 * expected, $"{bytes} bytes in {seconds:0.000} s: faster than 10 Mb/s allows ({expected:0.000} s)");
+            Assert.Equal("25000,20000", guest.XenstoreRead($"/local/domain/0/backend/vif/{guest.DomId}/2/rate"));
+        }
+        finally
+        {
+            guest.Host.Run("network-detach", "net", mac);
+            guest.InNamespace("ip", "addr", "del", "10.99.1.1/24", "dev", "xenbr0");
+        }
+    }
+
     /// <summary>The namespace, its bridge and DHCP server, the daemon inside it, and the guest of the class at its
     /// shell with eth0 up and addressed.</summary>
     public sealed class NetGuest : IDisposable

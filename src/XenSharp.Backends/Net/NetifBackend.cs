@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using XenSharp.Backends.Rings;
@@ -41,7 +42,8 @@ public sealed class NetifStatistics
 /// unknown extra info, a producer beyond the ring) disables the vif as netback's fatal errors do: the reason goes
 /// to the error node and the backend closes. Where the port <see cref="IVifPort.Offloads"/>, blank checksums are
 /// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
-/// checksums are completed here and GSO is not offered. Not served: GSO towards the guest, multiple queues,
+/// checksums are completed here and GSO is not offered. A backend <c>rate</c> node limits transmit with netback's
+/// credit scheme (credit per interval; a packet beyond it waits on the ring for the credit timer). Not served: GSO towards the guest, multiple queues,
 /// multicast control, the control ring.
 /// </summary>
 internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
@@ -72,6 +74,20 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     private readonly NetifTxRequest[] _slots = new NetifTxRequest[FatalSlots + MaxExtras + 1];
     private readonly bool[] _isExtra = new bool[FatalSlots + MaxExtras + 1];
     private readonly NetifRxRequest[] _rxSlots = new NetifRxRequest[RxMaxSlots];
+
+    // ---- rate limit (netback's credit scheme: the backend node rate = "BYTES,USECS") ----
+    /// <summary>A burst the credit may build up to however small the rate (netback's 128 KiB, for GSO packets).</summary>
+    private const ulong MinBurst = 131072;
+    /// <summary>Bytes the guest may send per interval; 0 ticks means no limit.</summary>
+    private ulong _creditBytes;
+    private long _creditTicks;
+    private ulong _remainingCredit;
+    /// <summary>When the current credit interval began (Stopwatch ticks).</summary>
+    private long _creditWindowStart;
+    /// <summary>Set while the guest's transmit waits for the next interval: the timer kicks the backend then.</summary>
+    private bool _creditWaiting;
+    private int _creditRefill;
+    private Timer? _creditTimer;
 
     public NetifStatistics Statistics { get; } = new();
 
@@ -131,8 +147,72 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         if (_txFrame is null) _txFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
         if (_rxFrame is null) _rxFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
         _rxPending = 0;
+        ReadRate();
         _tx = new BackRing<NetifTxRequest, NetifTxResponse>(txPage);
         _rx = new BackRing<NetifRxRequest, NetifRxResponse>(rxPage);
+    }
+
+    /// <summary>The backend's <c>rate</c> node as netback reads it: "BYTES,USECS", the bytes the guest may send per
+    /// interval; absent or unreadable, the vif is not limited. The credit starts at one interval's worth.</summary>
+    private void ReadRate()
+    {
+        _creditTicks = 0;
+        _creditWaiting = false;
+        _creditRefill = 0;
+        if (ReadBackend("rate") is not { } rate) return;
+        int comma = rate.IndexOf(',');
+        if (comma < 0
+            || !ulong.TryParse(rate.AsSpan(0, comma), NumberStyles.None, CultureInfo.InvariantCulture, out ulong bytes)
+            || !ulong.TryParse(rate.AsSpan(comma + 1), NumberStyles.None, CultureInfo.InvariantCulture, out ulong usecs)
+            || usecs == 0)
+            return;
+        _creditBytes = _remainingCredit = bytes;
+        _creditTicks = (long)Math.Min((ulong)(long.MaxValue / 2), usecs * (ulong)Stopwatch.Frequency / 1_000_000UL);
+        if (_creditTicks == 0) _creditTicks = 1;
+        _creditWindowStart = Stopwatch.GetTimestamp();
+        _creditTimer ??= new Timer(static s => ((NetifBackend)s!).CreditTimerFired(), this, Timeout.Infinite, Timeout.Infinite);
+    }
+
+    /// <summary>The timer's thread only marks the refill and kicks; the I/O thread adds the credit.</summary>
+    private void CreditTimerFired()
+    {
+        Volatile.Write(ref _creditRefill, 1);
+        Kick();
+    }
+
+    /// <summary>netback's tx_add_credit: one more interval's worth, up to a burst of at least <see cref="MinBurst"/>.</summary>
+    private void AddCredit()
+    {
+        ulong burst = Math.Max(_creditBytes, MinBurst);
+        ulong max = _remainingCredit + _creditBytes;
+        if (max < _remainingCredit) max = ulong.MaxValue; // overflow
+        _remainingCredit = Math.Min(max, burst);
+    }
+
+    /// <summary>netback's tx_credit_exceeded: whether a packet of <paramref name="size"/> bytes must wait. A new
+    /// interval refills the credit; a packet larger than what remains waits for the next interval, the timer set
+    /// to kick the backend then, and the guest's further requests stay on the ring meanwhile.</summary>
+    private bool CreditExceeded(uint size)
+    {
+        if (Interlocked.Exchange(ref _creditRefill, 0) != 0 && _creditWaiting)
+        {
+            _creditWaiting = false;
+            AddCredit();
+        }
+        if (_creditWaiting) return true;
+        long now = Stopwatch.GetTimestamp();
+        long next = _creditWindowStart + _creditTicks;
+        if (now >= next)
+        {
+            _creditWindowStart = now;
+            AddCredit();
+        }
+        if (size <= _remainingCredit) return false;
+        _creditWindowStart = next;
+        _creditWaiting = true;
+        long ms = Math.Max(1, (next - now) * 1000 / Stopwatch.Frequency);
+        _creditTimer?.Change(ms, Timeout.Infinite);
+        return true;
     }
 
     protected override void Disconnect()
@@ -146,6 +226,8 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     protected override void Removed()
     {
         Interlocked.Exchange(ref _port, null)?.Dispose();
+        _creditTimer?.Dispose();
+        _creditTimer = null;
         if (_txFrame is not null) NativeMemory.AlignedFree(_txFrame);
         if (_rxFrame is not null) NativeMemory.AlignedFree(_rxFrame);
         _txFrame = _rxFrame = null;
@@ -182,7 +264,14 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                 return notify;
             while (count > 0)
             {
-                TransmitOne(tx, port, ref count);
+                if (_creditTicks != 0)
+                {
+                    // Over the rate: the packet stays on the ring until the credit timer kicks the backend.
+                    tx.PeekRequest(out var next);
+                    if (CreditExceeded(next.Size)) return notify;
+                }
+                uint size = TransmitOne(tx, port, ref count);
+                if (_creditTicks != 0) _remainingCredit -= Math.Min(size, _remainingCredit);
                 notify |= tx.PushResponsesAndCheckNotify();
             }
         }
@@ -202,8 +291,9 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         return r;
     }
 
-    /// <summary>One packet: its slots taken and checked, its data copied, its frame sent, every slot answered.</summary>
-    private void TransmitOne(BackRing<NetifTxRequest, NetifTxResponse> tx, IVifPort port, ref uint count)
+    /// <summary>One packet: its slots taken and checked, its data copied, its frame sent, every slot answered.
+    /// Returns the size its first slot gave, what the rate limit charges.</summary>
+    private uint TransmitOne(BackRing<NetifTxRequest, NetifTxResponse> tx, IVifPort port, ref uint count)
     {
         int n = 0, data = 0;
         short status = NETIF_RSP_OKAY;
@@ -309,6 +399,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
         for (int i = 0; i < n; i++)
             tx.NextResponse() = new NetifTxResponse { Id = _slots[i].Id, Status = _isExtra[i] ? NETIF_RSP_NULL : status };
+        return first.Size;
     }
 
     /// <summary>A blank checksum completed here, or left partial for a host end that finishes it; a GSO packet

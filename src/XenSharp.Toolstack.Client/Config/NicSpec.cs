@@ -55,7 +55,10 @@ public sealed record NicSpec
                 case "script": script = value; break;
                 case "ip": ip = value; break;
                 case "backend": backend = value; break;
-                case "rate": rate = value; break;
+                case "rate":
+                    _ = ParseRate(value);
+                    rate = value;
+                    break;
                 case "gatewaydev": gateway = value; break;
                 case "devid":
                     if (!int.TryParse(value, out devid) || devid < 0)
@@ -90,6 +93,39 @@ public sealed record NicSpec
             ScriptGiven = script is not null, Forwards = forwards,
         };
     }
+
+    /// <summary>xl-network-configuration(5)'s <c>rate=RATE[@INTERVAL]</c> as libxlutil reads it: RATE is a number with an
+    /// optional K, M or G (powers of 1000) and B/s or b/s (bytes or bits); INTERVAL a number with s, ms or us
+    /// (seconds without a unit), 50 ms by default. The result is what libxl writes to the backend's <c>rate</c> node:
+    /// the bytes the vif may send per interval, and the interval in microseconds.</summary>
+    public static (ulong BytesPerInterval, uint IntervalUsecs) ParseRate(string rate)
+    {
+        int at = rate.IndexOf('@');
+        string amount = at < 0 ? rate : rate[..at];
+        if (amount.Length == 0) throw RateError("no rate specified", rate);
+        if (!System.Text.RegularExpressions.Regex.IsMatch(amount, "^[0-9]+[GMK]?[Bb]/s$")) throw RateError("invalid rate", amount);
+        int digits = amount.TakeWhile(char.IsAsciiDigit).Count();
+        if (!ulong.TryParse(amount.AsSpan(0, digits), out ulong bytesPerSec) || bytesPerSec is 0 or > uint.MaxValue)
+            throw RateError("rate overflow", amount);
+        bytesPerSec *= amount[digits] switch { 'G' => 1_000_000_000UL, 'M' => 1_000_000UL, 'K' => 1_000UL, _ => 1UL };
+        if (amount[^3] == 'b') bytesPerSec /= 8;
+        ulong interval = 50_000;
+        if (at >= 0)
+        {
+            string i = rate[(at + 1)..];
+            if (!System.Text.RegularExpressions.Regex.IsMatch(i, "^[0-9]+[mu]?s?$")) throw RateError("invalid replenishment interval", i);
+            int n = i.TakeWhile(char.IsAsciiDigit).Count();
+            if (!ulong.TryParse(i.AsSpan(0, n), out interval) || interval is 0 or > uint.MaxValue)
+                throw RateError("replenishment interval overflow", i);
+            string unit = i[n..];
+            interval *= unit is "" or "s" ? 1_000_000UL : unit.StartsWith('m') ? 1_000UL : 1UL;
+            if (interval > uint.MaxValue) throw RateError("replenishment interval overflow", i);
+        }
+        if (bytesPerSec > ulong.MaxValue / interval) throw RateError("rate overflow", rate);
+        return (bytesPerSec * interval / 1_000_000UL, (uint)interval);
+    }
+
+    private static FormatException RateError(string what, string text) => new($"config parsing error in vif: {what} in `{text}'");
 
     /// <summary>tcp:P or udp:P, optionally :G, each a port 1-65535.</summary>
     private static bool IsForward(string v)

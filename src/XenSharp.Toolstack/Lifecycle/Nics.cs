@@ -118,6 +118,7 @@ public sealed partial class Host
             ["mac"] = nic.Mac,
         };
         if (nic.Ip is { } ip) backend["ip"] = ip;
+        AddRate(backend, nic);
         if (nic.VifName is { } vifname) backend["vifname"] = vifname;
         if (nic.GatewayDev is { } gw) backend["gatewaydev"] = gw;
         if (nic.Mtu is { } mtu)
@@ -140,6 +141,7 @@ public sealed partial class Host
             ["mac"] = nic.Mac, ["handle"] = handle, ["type"] = "vif", ["network"] = "user",
             ["forward"] = string.Join(' ', nic.Forwards),
         };
+        AddRate(backend, nic);
         var frontend = new Dictionary<string, string> { ["handle"] = handle, ["mac"] = nic.Mac };
         if (nic.Mtu is { } mtu)
         {
@@ -148,6 +150,15 @@ public sealed partial class Host
         }
         var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
         WaitForHostEnd(a, nic);
+    }
+
+    /// <summary>libxl's backend node <c>rate</c> = "BYTES,USECS" (bytes per interval, interval), which the backend
+    /// reads as netback does.</summary>
+    private static void AddRate(Dictionary<string, string> backend, NicSpec nic)
+    {
+        if (nic.Rate is not { } rate) return;
+        var (bytes, usecs) = NicSpec.ParseRate(rate);
+        backend["rate"] = string.Create(CultureInfo.InvariantCulture, $"{bytes},{usecs}");
     }
 
     /// <summary>Waits until the backend has made the host end and published InitWait; its failure is the nic's.</summary>

@@ -89,8 +89,14 @@ public sealed unsafe class NetifBackendTests : IDisposable
             return f.Length;
         }
 
+        /// <summary>Stopwatch ticks of the first and the latest frame sent.</summary>
+        public long FirstSend, LastSend;
+
         public int Send(ReadOnlySpan<byte> frame, in VifOffload offload)
         {
+            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            Interlocked.CompareExchange(ref FirstSend, now, 0);
+            Volatile.Write(ref LastSend, now);
             Assert.True(offloads || offload == VifOffload.None, "offloads handed to a port without them");
             SentOffloads.Enqueue(offload);
             Sent.Enqueue(frame.ToArray());
@@ -329,6 +335,30 @@ public sealed unsafe class NetifBackendTests : IDisposable
         Assert.Equal(udp, sent[1]);
         Assert.Equal(3, Backend(a).Statistics.TxPackets);
         Assert.Equal(small.Length + udp.Length + tcp6.Length, Backend(a).Statistics.TxOctets);
+    }
+
+    [Fact]
+    public void ARateLimitedVifSendsNoFasterThanItsCreditAllows()
+    {
+        // 200 packets of 1500 bytes at 5000 bytes per 10 ms (libxl's rate node): 300000 bytes take 60 intervals at
+        // the rate; no more than one interval's worth goes before the first refill.
+        const int Packets = 200, Size = 1500, Credit = 5000, IntervalMs = 10;
+        byte[] frame = Frame(Size, seed: 4);
+        WriteTxData(0, 0, 0, frame);
+        PlaceTx(0, Enumerable.Range(0, Packets).Select(i => Slot(TxGref(0, 0), 0, Size, 0, (ushort)i)));
+        var a = AddVif();
+        _xs.Write($"{a.BackendPath}/rate", $"{Credit},{IntervalMs * 1000}");
+        WaitFor(a, XenbusState.InitWait);
+        FrontendConnects(a);
+        WaitFor(a, XenbusState.Connected);
+        var port = _ports[$"vif{_dom}.0"];
+        for (int i = 0; i < 3000 && port.Sent.Count < Packets; i++) Thread.Sleep(10);
+        Assert.Equal(Packets, port.Sent.Count);
+        Assert.All(Responses<NetifTxRequest, NetifTxResponse>(TxRingGfn(0), Packets), r => Assert.Equal(NETIF_RSP_OKAY, r.Status));
+        // A functional bound, not a speed measurement: the credit scheme cannot have let the frames out faster.
+        double seconds = (port.LastSend - port.FirstSend) / (double)System.Diagnostics.Stopwatch.Frequency;
+        double least = (Packets * Size - 2.0 * Credit) / Credit * IntervalMs / 1000;
+        Assert.True(seconds >= least, $"{Packets * Size} bytes went in {seconds:0.000} s; the rate allows no less than {least:0.000} s");
     }
 
     [Fact]
