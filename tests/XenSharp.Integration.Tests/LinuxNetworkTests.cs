@@ -88,6 +88,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         File.WriteAllBytes(file, data);
         // The listener's stdin is a pipe that stays open: busybox nc ends its sending half at stdin's end.
         guest.Console.Ask("(sleep 900 | nc -l -p 5002 >/tmp/in.bin) & echo listening-e\"\"nd", "listening-end");
+        var (packets, bytes) = guest.FramesOutOfTheHost();
         XlResult send = null!;
         for (int attempt = 0; attempt < 30; attempt++)
         {
@@ -99,6 +100,9 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         Assert.Contains("done-end", guest.Console.Ask(
             "while [ $(wc -c </tmp/in.bin) -lt " + FileBytes + " ]; do sleep 1; done; echo done-e\"\"nd", "done-end", IoLimit));
         Assert.Equal(Convert.ToHexStringLower(MD5.HashData(data)), GuestMd5("/tmp/in.bin"));
+        // netfront took GSO: the host's segments reached it on average larger than the link's MTU.
+        var (packets2, bytes2) = guest.FramesOutOfTheHost();
+        Assert.True(bytes2 - bytes > 1514 * (packets2 - packets), $"{packets2 - packets} frames of {bytes2 - bytes} bytes: no GSO towards the guest");
     }
 
     [Fact]
@@ -319,6 +323,15 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         public (long Packets, long Bytes) FramesIntoTheHost()
         {
             var r = InNamespace("cat", $"/sys/class/net/vif{DomId}.0/statistics/rx_packets", $"/sys/class/net/vif{DomId}.0/statistics/rx_bytes");
+            var n = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+            Assert.True(n.Length == 2, r.ToString());
+            return (n[0], n[1]);
+        }
+
+        /// <summary>Frames and bytes the host has handed the guest's vif so far (the TAP interface's transmit counters).</summary>
+        public (long Packets, long Bytes) FramesOutOfTheHost()
+        {
+            var r = InNamespace("cat", $"/sys/class/net/vif{DomId}.0/statistics/tx_packets", $"/sys/class/net/vif{DomId}.0/statistics/tx_bytes");
             var n = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
             Assert.True(n.Length == 2, r.ToString());
             return (n[0], n[1]);
