@@ -88,6 +88,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         File.WriteAllBytes(file, data);
         // The listener's stdin is a pipe that stays open: busybox nc ends its sending half at stdin's end.
         guest.Console.Ask("(sleep 900 | nc -l -p 5002 >/tmp/in.bin) & echo listening-e\"\"nd", "listening-end");
+        var (packets, bytes) = guest.FramesOutOfTheHost();
         XlResult send = null!;
         for (int attempt = 0; attempt < 30; attempt++)
         {
@@ -99,6 +100,9 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         Assert.Contains("done-end", guest.Console.Ask(
             "while [ $(wc -c </tmp/in.bin) -lt " + FileBytes + " ]; do sleep 1; done; echo done-e\"\"nd", "done-end", IoLimit));
         Assert.Equal(Convert.ToHexStringLower(MD5.HashData(data)), GuestMd5("/tmp/in.bin"));
+        // netfront took GSO: the host's segments reached it on average larger than the link's MTU.
+        var (packets2, bytes2) = guest.FramesOutOfTheHost();
+        Assert.True(bytes2 - bytes > 1514 * (packets2 - packets), $"{packets2 - packets} frames of {bytes2 - bytes} bytes: no GSO towards the guest");
     }
 
     [Fact]
@@ -137,6 +141,98 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         Assert.True(r.Stderr.Contains($"{cfg}:{line}: invalid mac address `00:16:3e:5a:00'"), r.ToString());
     }
 
+    [Fact]
+    [Trait("Feature", "Netfront"), Trait("Feature", "Netback")]
+    public void AVifAttachedToTheRunningGuestWorksAndGoesAgainOnDetach()
+    {
+        const string mac = "00:16:3e:5a:00:0a";
+        string dom = guest.DomId;
+        var attach = guest.Host.Run("network-attach", "net", $"mac={mac}", "bridge=xenbr0");
+        Assert.True(attach.ExitCode == 0, attach.ToString());
+        string vif = $"vif{dom}.1";
+        Assert.Contains(vif, guest.InNamespace("ls", "/sys/class/net/xenbr0/brif").Stdout);
+
+        // netfront finds the new device and names it; the guest takes its lease on it and pings through it.
+        // arp_ignore=1: the host's ARP for the new address is answered by the new interface alone.
+        string reply = guest.Console.Ask(
+            $"IF=; until [ -n \"$IF\" ]; do IF=$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5); sleep 1; done; " +
+            "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore; ip link set $IF up; echo if-$IF-e\"\"nd", "-end", TimeSpan.FromMinutes(2));
+        Assert.Matches(@"if-eth\d+-end", reply);
+        reply = guest.Dhcp
+            ? guest.Console.Ask("udhcpc -i $IF -n -q -t 20 -T 3 -s /tmp/dh >/dev/null 2>&1; echo ip-$(ip -4 -o addr show $IF | awk '{print $4}')-e\"\"nd",
+                "-end", TimeSpan.FromMinutes(3))
+            : guest.Console.Ask("ip addr add 10.99.0.3/24 dev $IF; echo ip-$(ip -4 -o addr show $IF | awk '{print $4}')-e\"\"nd", "-end");
+        var m = Regex.Match(reply, @"ip-(10\.99\.0\.\d+)/24-end");
+        Assert.True(m.Success, $"the attached vif got no address: {reply}");
+        Assert.NotEqual(guest.GuestIp, m.Groups[1].Value);
+        reply = guest.Console.Ask("ping -c 3 -I $IF 10.99.0.1; echo ping-$?-e\"\"nd", "-end", IoLimit);
+        Assert.Contains("ping-0-end", reply);
+
+        var list = guest.Host.Run("network-list", "net");
+        Assert.True(list.ExitCode == 0, list.ToString());
+        var rows = list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.StartsWith("Idx BE Mac Addr.         handle state evt-ch   tx-/rx-ring-ref BE-path", rows[0]);
+        Assert.Equal(3, rows.Length);
+        Assert.Matches($@"^1\s+0\s+{mac}\s+1\s+4\s+-?\d+\s+\d+/\d+\s+/local/domain/0/backend/vif/{dom}/1\s*$", rows[2]);
+
+        var detach = guest.Host.Run("network-detach", "net", mac);
+        Assert.True(detach.ExitCode == 0, detach.ToString());
+        reply = guest.Console.Ask("until [ ! -e /sys/class/net/$IF ]; do sleep 1; done; echo 0 >/proc/sys/net/ipv4/conf/all/arp_ignore; echo gone-e\"\"nd",
+            "gone-end", TimeSpan.FromMinutes(2));
+        Assert.DoesNotContain(vif, guest.InNamespace("ip", "-o", "link").Stdout);
+        Assert.Equal("", guest.XenstoreRead($"/local/domain/0/backend/vif/{dom}/1/state"));
+        list = guest.Host.Run("network-list", "net");
+        Assert.Equal(2, list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        var again = guest.Host.Run("network-detach", "net", "1");
+        Assert.Equal(1, again.ExitCode);
+        Assert.Contains("Unknown device 1.", again.Stderr);
+        // eth0 still works.
+        Assert.Contains("ping-0-end", guest.Console.Ask("ping -c 1 10.99.0.1; echo ping-$?-e\"\"nd", "-end", IoLimit));
+    }
+
+    [Fact]
+    [Trait("Feature", "Netback")]
+    public void ARateLimitedVifSendsNoFasterThanItsRate()
+    {
+        // A vif attached with rate=10Mb/s@20ms (25000 bytes per 20 ms) on a subnet of its own (10.99.1.0/24 beside
+        // the bridge's address), so that the guest's route to the listener goes through it alone.
+        const string mac = "00:16:3e:5a:00:0b";
+        const int bytes = 4 << 20;
+        const double bytesPerSecond = 10e6 / 8;
+        string result = Path.Combine(guest.RunDir, "rate.txt");
+        guest.InNamespace("ip", "addr", "add", "10.99.1.1/24", "dev", "xenbr0").Check();
+        try
+        {
+            guest.Host.Run("network-attach", "net", "devid=2", $"mac={mac}", "bridge=xenbr0", "rate=10Mb/s@20ms").Check();
+            guest.Console.Ask(
+                $"RIF=; until [ -n \"$RIF\" ]; do RIF=$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5); sleep 1; done; " +
+                $"ip link set $RIF up; ip addr add 10.99.1.2/24 dev $RIF; dd if=/dev/urandom of=/tmp/rate.bin bs=65536 count={bytes / 65536} 2>/dev/null; " +
+                "echo rif-e\"\"nd", "rif-end", TimeSpan.FromMinutes(2));
+            // The host's listener times the stream from its first byte to its end.
+            using var listener = guest.StartInNamespace("python3", "-c",
+                "import socket,sys,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n" +
+                "s.bind(('10.99.1.1',5004))\ns.listen()\nc,_=s.accept()\nn=0\nt=None\nwhile True:\n b=c.recv(65536)\n if not b: break\n" +
+                " t=t or time.monotonic()\n n+=len(b)\nopen(sys.argv[1],'w').write('%d %.3f' % (n, time.monotonic()-t))\n", result);
+            guest.WaitForListener(5004);
+            string reply = guest.Console.Ask("nc 10.99.1.1 5004 </tmp/rate.bin; echo sent-$?-e\"\"nd", "-end", IoLimit);
+            Assert.Contains("sent-0-end", reply);
+            Assert.True(listener.WaitForExit(IoLimit), "the host's listener did not see the end of the stream");
+            var parts = File.ReadAllText(result).Split(' ');
+            Assert.Equal(bytes, int.Parse(parts[0]));
+            double seconds = double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
+            // A functional bound, not a speed measurement: at 10 Mb/s the file cannot have gone in less than 90 %
+            // of its time at that rate (the credit's burst of 128 KiB is 3 % of it).
+            double expected = bytes / bytesPerSecond;
+            Assert.True(seconds >= 0.9 * expected, $"{bytes} bytes in {seconds:0.000} s: faster than 10 Mb/s allows ({expected:0.000} s)");
+            Assert.Equal("25000,20000", guest.XenstoreRead($"/local/domain/0/backend/vif/{guest.DomId}/2/rate"));
+        }
+        finally
+        {
+            guest.Host.Run("network-detach", "net", mac);
+            guest.InNamespace("ip", "addr", "del", "10.99.1.1/24", "dev", "xenbr0");
+        }
+    }
+
     /// <summary>The namespace, its bridge and DHCP server, the daemon inside it, and the guest of the class at its
     /// shell with eth0 up and addressed.</summary>
     public sealed class NetGuest : IDisposable
@@ -148,6 +244,8 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         public XlHost Host => _xl;
         public string RunDir => _xl.RunDir;
         public string GuestIp { get; } = "";
+        /// <summary>Whether dnsmasq serves DHCP on the bridge (else addresses are static).</summary>
+        public bool Dhcp { get; }
         internal LinuxPvhTests.ConsoleSession Console { get; } = null!;
         public string DomId => _xl.Run("domid", "net").Stdout.Trim();
 
@@ -163,7 +261,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
                 InNamespace("ip", "link", "add", "xenbr0", "type", "bridge").Check();
                 InNamespace("ip", "addr", "add", "10.99.0.1/24", "dev", "xenbr0").Check();
                 InNamespace("ip", "link", "set", "xenbr0", "up").Check();
-                bool dhcp = File.Exists("/usr/sbin/dnsmasq");
+                bool dhcp = Dhcp = File.Exists("/usr/sbin/dnsmasq");
                 if (dhcp)
                     _dnsmasq = StartInNamespace("dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0", "--interface=xenbr0",
                         "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--leasefile-ro", "--user=root");
@@ -230,6 +328,15 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             return (n[0], n[1]);
         }
 
+        /// <summary>Frames and bytes the host has handed the guest's vif so far (the TAP interface's transmit counters).</summary>
+        public (long Packets, long Bytes) FramesOutOfTheHost()
+        {
+            var r = InNamespace("cat", $"/sys/class/net/vif{DomId}.0/statistics/tx_packets", $"/sys/class/net/vif{DomId}.0/statistics/tx_bytes");
+            var n = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(long.Parse).ToArray();
+            Assert.True(n.Length == 2, r.ToString());
+            return (n[0], n[1]);
+        }
+
         public void WaitForListener(int port)
         {
             for (int i = 0; i < 100; i++)
@@ -248,7 +355,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             return r.Stdout.Trim();
         }
 
-        private static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null)
+        internal static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null)
         {
             var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
             foreach (var a in args) psi.ArgumentList.Add(a);

@@ -14,9 +14,10 @@ public static class VifPorts
 /// The host end of a vif: where the guest's Ethernet frames go and where the frames for the guest come from
 /// (Linux netback's vifD.N net device). A TAP device is one (<see cref="TapPort"/>); a user-mode network
 /// such as passt can be another. Frames are whole Ethernet frames without a preamble or FCS, and with
-/// complete checksums both ways. <see cref="Receive"/> and <see cref="Send"/> are called on the backend's
-/// I/O thread only and never block. A port with <see cref="Offloads"/> also takes frames whose checksum the host
-/// finishes and TCP segments larger than the link's MTU, which the host cuts (<see cref="VifOffload"/>).
+/// complete checksums both ways unless offloads were agreed. <see cref="Receive(Span{byte})"/> and <see cref="Send"/>
+/// are called on the backend's I/O thread only and never block. A port with <see cref="Offloads"/> also takes frames
+/// whose checksum the host finishes and TCP segments larger than the link's MTU, which the host cuts
+/// (<see cref="VifOffload"/>); one that agrees to <see cref="SetReceiveOffloads"/> hands such frames the other way.
 /// </summary>
 public interface IVifPort : IDisposable
 {
@@ -30,6 +31,21 @@ public interface IVifPort : IDisposable
     /// <summary>Takes one waiting frame into <paramref name="frame"/>: its length, 0 when none waits (the
     /// port then watches for the next), or -errno. A frame longer than the span is cut short.</summary>
     int Receive(Span<byte> frame);
+
+    /// <summary>As <see cref="Receive(Span{byte})"/>, and what the host left for the guest to do to the frame: a
+    /// partial checksum, a TCP segment larger than the MTU (only after <see cref="SetReceiveOffloads"/> said yes;
+    /// otherwise <see cref="VifOffload.None"/>).</summary>
+    int Receive(Span<byte> frame, out VifOffload offload)
+    {
+        offload = VifOffload.None;
+        return Receive(frame);
+    }
+
+    /// <summary>Asks the port to hand over frames with partial checksums (<paramref name="checksum"/>) and TCP
+    /// segments of up to 64 KiB (<paramref name="tcpv4"/>, <paramref name="tcpv6"/>, which need the checksum),
+    /// as the guest's frontend can take them; false when the port cannot, its frames then staying complete.
+    /// All false turns it off again.</summary>
+    bool SetReceiveOffloads(bool checksum, bool tcpv4, bool tcpv6) => false;
 
     /// <summary>Hands one frame to the host: 0 or -errno (the frame is then dropped). Unless the port
     /// <see cref="Offloads"/>, <paramref name="offload"/> is always <see cref="VifOffload.None"/>.</summary>

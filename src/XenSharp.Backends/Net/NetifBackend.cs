@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using XenSharp.Backends.Rings;
@@ -41,7 +42,9 @@ public sealed class NetifStatistics
 /// unknown extra info, a producer beyond the ring) disables the vif as netback's fatal errors do: the reason goes
 /// to the error node and the backend closes. Where the port <see cref="IVifPort.Offloads"/>, blank checksums are
 /// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
-/// checksums are completed here and GSO is not offered. Not served: GSO towards the guest, multiple queues,
+/// checksums are completed here and GSO is not offered. Towards the guest, where netfront takes them, the port hands
+/// partial checksums (NETRXF_csum_blank) and whole TCP segments of up to 64 KiB (a GSO extra-info slot). A backend <c>rate</c> node limits transmit with netback's
+/// credit scheme (credit per interval; a packet beyond it waits on the ring for the credit timer). Not served: multiple queues,
 /// multicast control, the control ring.
 /// </summary>
 internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
@@ -56,7 +59,10 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     private const int MaxExtras = XEN_NETIF_EXTRA_TYPE_MAX - 1;
     /// <summary>The largest frame either way: what a transmit packet's 16-bit size can say.</summary>
     public const int MaxFrame = XEN_NETIF_MAX_TX_SIZE;
-    private const int RxMaxSlots = (MaxFrame + PageSize - 1) / PageSize;
+    /// <summary>The largest frame towards the guest: a 64 KiB IP packet (a TCP segment the host left whole) behind an
+    /// Ethernet header with a VLAN tag.</summary>
+    private const int RxMaxFrame = MaxFrame + EthHeader + 4;
+    private const int RxMaxSlots = (RxMaxFrame + PageSize - 1) / PageSize;
 
     private IVifPort? _port;
     private BackRing<NetifTxRequest, NetifTxResponse>? _tx;
@@ -67,11 +73,30 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     private byte* _txFrame, _rxFrame;
     /// <summary>A frame read from the port that waits for enough receive slots.</summary>
     private int _rxPending;
+    /// <summary>What the host left the guest to do to the pending frame (a partial checksum, a GSO segment).</summary>
+    private VifOffload _rxOffload;
+    /// <summary>Whether the port hands partial checksums and large TCP segments, as the frontend asked at connect.</summary>
+    private bool _rxOffloads;
     private readonly GrantCopyOp[] _copies = GC.AllocateArray<GrantCopyOp>(Math.Max(MaxSlots, RxMaxSlots), pinned: true);
     /// <summary>The slots of the packet being taken, in ring order, data and extra alike.</summary>
     private readonly NetifTxRequest[] _slots = new NetifTxRequest[FatalSlots + MaxExtras + 1];
     private readonly bool[] _isExtra = new bool[FatalSlots + MaxExtras + 1];
-    private readonly NetifRxRequest[] _rxSlots = new NetifRxRequest[RxMaxSlots];
+    /// <summary>The requests a frame towards the guest takes: its data slots and one for the GSO extra info.</summary>
+    private readonly NetifRxRequest[] _rxSlots = new NetifRxRequest[RxMaxSlots + 1];
+
+    // ---- rate limit (netback's credit scheme: the backend node rate = "BYTES,USECS") ----
+    /// <summary>A burst the credit may build up to however small the rate (netback's 128 KiB, for GSO packets).</summary>
+    private const ulong MinBurst = 131072;
+    /// <summary>Bytes the guest may send per interval; 0 ticks means no limit.</summary>
+    private ulong _creditBytes;
+    private long _creditTicks;
+    private ulong _remainingCredit;
+    /// <summary>When the current credit interval began (Stopwatch ticks).</summary>
+    private long _creditWindowStart;
+    /// <summary>Set while the guest's transmit waits for the next interval: the timer kicks the backend then.</summary>
+    private bool _creditWaiting;
+    private int _creditRefill;
+    private Timer? _creditTimer;
 
     public NetifStatistics Statistics { get; } = new();
 
@@ -84,7 +109,15 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     {
         if (_port is null)
         {
-            try { Volatile.Write(ref _port, Context.Options.OpenVifPort(VifPorts.InterfaceName(Address))); }
+            // The toolstack marks a user-mode vif (passt) with network=user and its forwarded ports; any other is a TAP.
+            string name = VifPorts.InterfaceName(Address);
+            try
+            {
+                Volatile.Write(ref _port, ReadBackend("network") == "user"
+                    ? Context.Options.OpenUserPort(new UserNetwork(name,
+                        (ReadBackend("forward") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries)))
+                    : Context.Options.OpenVifPort(name));
+            }
             catch (IOException e) { throw new BackendDeviceException(e.HResult < 0 ? -e.HResult : Errno.EIO, e.Message); }
             _port!.Start(Kick);
         }
@@ -121,14 +154,85 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         else
             _txPort = _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel"));
         if (_txFrame is null) _txFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
-        if (_rxFrame is null) _rxFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
+        if (_rxFrame is null) _rxFrame = (byte*)NativeMemory.AlignedAlloc(RxMaxSlots * PageSize + 1, PageSize);
         _rxPending = 0;
+        // Towards the guest, the port leaves checksums partial and TCP segments whole where netfront takes them
+        // (netback's NETIF_F_IP_CSUM/IPV6_CSUM, TSO and TSO6 from the frontend's features).
+        bool csum = ReadFrontend("feature-no-csum-offload") != "1" && ReadFrontend("feature-ipv6-csum-offload") == "1";
+        _rxOffloads = _port!.SetReceiveOffloads(csum, csum && _frontendSg && ReadFrontend("feature-gso-tcpv4") == "1",
+            csum && _frontendSg && ReadFrontend("feature-gso-tcpv6") == "1");
+        ReadRate();
         _tx = new BackRing<NetifTxRequest, NetifTxResponse>(txPage);
         _rx = new BackRing<NetifRxRequest, NetifRxResponse>(rxPage);
     }
 
+    /// <summary>The backend's <c>rate</c> node as netback reads it: "BYTES,USECS", the bytes the guest may send per
+    /// interval; absent or unreadable, the vif is not limited. The credit starts at one interval's worth.</summary>
+    private void ReadRate()
+    {
+        _creditTicks = 0;
+        _creditWaiting = false;
+        _creditRefill = 0;
+        if (ReadBackend("rate") is not { } rate) return;
+        int comma = rate.IndexOf(',');
+        if (comma < 0
+            || !ulong.TryParse(rate.AsSpan(0, comma), NumberStyles.None, CultureInfo.InvariantCulture, out ulong bytes)
+            || !ulong.TryParse(rate.AsSpan(comma + 1), NumberStyles.None, CultureInfo.InvariantCulture, out ulong usecs)
+            || usecs == 0)
+            return;
+        _creditBytes = _remainingCredit = bytes;
+        _creditTicks = (long)Math.Min((ulong)(long.MaxValue / 2), usecs * (ulong)Stopwatch.Frequency / 1_000_000UL);
+        if (_creditTicks == 0) _creditTicks = 1;
+        _creditWindowStart = Stopwatch.GetTimestamp();
+        _creditTimer ??= new Timer(static s => ((NetifBackend)s!).CreditTimerFired(), this, Timeout.Infinite, Timeout.Infinite);
+    }
+
+    /// <summary>The timer's thread only marks the refill and kicks; the I/O thread adds the credit.</summary>
+    private void CreditTimerFired()
+    {
+        Volatile.Write(ref _creditRefill, 1);
+        Kick();
+    }
+
+    /// <summary>netback's tx_add_credit: one more interval's worth, up to a burst of at least <see cref="MinBurst"/>.</summary>
+    private void AddCredit()
+    {
+        ulong burst = Math.Max(_creditBytes, MinBurst);
+        ulong max = _remainingCredit + _creditBytes;
+        if (max < _remainingCredit) max = ulong.MaxValue; // overflow
+        _remainingCredit = Math.Min(max, burst);
+    }
+
+    /// <summary>netback's tx_credit_exceeded: whether a packet of <paramref name="size"/> bytes must wait. A new
+    /// interval refills the credit; a packet larger than what remains waits for the next interval, the timer set
+    /// to kick the backend then, and the guest's further requests stay on the ring meanwhile.</summary>
+    private bool CreditExceeded(uint size)
+    {
+        if (Interlocked.Exchange(ref _creditRefill, 0) != 0 && _creditWaiting)
+        {
+            _creditWaiting = false;
+            AddCredit();
+        }
+        if (_creditWaiting) return true;
+        long now = Stopwatch.GetTimestamp();
+        long next = _creditWindowStart + _creditTicks;
+        if (now >= next)
+        {
+            _creditWindowStart = now;
+            AddCredit();
+        }
+        if (size <= _remainingCredit) return false;
+        _creditWindowStart = next;
+        _creditWaiting = true;
+        long ms = Math.Max(1, (next - now) * 1000 / Stopwatch.Frequency);
+        _creditTimer?.Change(ms, Timeout.Infinite);
+        return true;
+    }
+
     protected override void Disconnect()
     {
+        if (_rxOffloads) _port?.SetReceiveOffloads(false, false, false);
+        _rxOffloads = false;
         _txPort = _rxPort = 0;
         _tx = null;
         _rx = null;
@@ -138,6 +242,8 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     protected override void Removed()
     {
         Interlocked.Exchange(ref _port, null)?.Dispose();
+        _creditTimer?.Dispose();
+        _creditTimer = null;
         if (_txFrame is not null) NativeMemory.AlignedFree(_txFrame);
         if (_rxFrame is not null) NativeMemory.AlignedFree(_rxFrame);
         _txFrame = _rxFrame = null;
@@ -174,7 +280,14 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                 return notify;
             while (count > 0)
             {
-                TransmitOne(tx, port, ref count);
+                if (_creditTicks != 0)
+                {
+                    // Over the rate: the packet stays on the ring until the credit timer kicks the backend.
+                    tx.PeekRequest(out var next);
+                    if (CreditExceeded(next.Size)) return notify;
+                }
+                uint size = TransmitOne(tx, port, ref count);
+                if (_creditTicks != 0) _remainingCredit -= Math.Min(size, _remainingCredit);
                 notify |= tx.PushResponsesAndCheckNotify();
             }
         }
@@ -194,8 +307,9 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         return r;
     }
 
-    /// <summary>One packet: its slots taken and checked, its data copied, its frame sent, every slot answered.</summary>
-    private void TransmitOne(BackRing<NetifTxRequest, NetifTxResponse> tx, IVifPort port, ref uint count)
+    /// <summary>One packet: its slots taken and checked, its data copied, its frame sent, every slot answered.
+    /// Returns the size its first slot gave, what the rate limit charges.</summary>
+    private uint TransmitOne(BackRing<NetifTxRequest, NetifTxResponse> tx, IVifPort port, ref uint count)
     {
         int n = 0, data = 0;
         short status = NETIF_RSP_OKAY;
@@ -301,6 +415,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
         for (int i = 0; i < n; i++)
             tx.NextResponse() = new NetifTxResponse { Id = _slots[i].Id, Status = _isExtra[i] ? NETIF_RSP_NULL : status };
+        return first.Size;
     }
 
     /// <summary>A blank checksum completed here, or left partial for a host end that finishes it; a GSO packet
@@ -342,16 +457,16 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         {
             if (_rxPending == 0)
             {
-                int got = port.Receive(new Span<byte>(_rxFrame, MaxFrame + 1));
+                int got = port.Receive(new Span<byte>(_rxFrame, RxMaxFrame + 1), out _rxOffload);
                 if (got <= 0) break;
-                if (got > MaxFrame || (!_frontendSg && got > PageSize))
+                if (got > RxMaxFrame || (!_frontendSg && got > PageSize) || (!_rxOffloads && _rxOffload != VifOffload.None))
                 {
                     Interlocked.Increment(ref Statistics.RxDropped); // cannot be described to the guest
                     continue;
                 }
                 _rxPending = got;
             }
-            int slots = (_rxPending + PageSize - 1) / PageSize;
+            int slots = (_rxPending + PageSize - 1) / PageSize + (_rxOffload.Gso != VifGso.None ? 1 : 0);
             var check = rx.CheckForRequests(out uint count);
             if (check != RingCheck.Overflow && count < slots)
                 check = rx.NotifyOnMoreRequests(out count); // the guest notifies when it posts more buffers
@@ -364,31 +479,55 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         return notify;
     }
 
-    /// <summary>Copies the pending frame into the next <paramref name="slots"/> posted pages, a page each, and answers them.</summary>
+    /// <summary>Copies the pending frame into the next posted pages, a page each, and answers them; a GSO segment's
+    /// extra info takes the slot after its first, as netfront reads it (<paramref name="slots"/> counts it).</summary>
     private void Deliver(BackRing<NetifRxRequest, NetifRxResponse> rx, int slots)
     {
         int length = _rxPending;
         _rxPending = 0;
+        var offload = _rxOffload;
+        bool gso = offload.Gso != VifGso.None;
+        int data = gso ? slots - 1 : slots;
         for (int i = 0; i < slots; i++)
-        {
             rx.TakeRequest(out _rxSlots[i]);
+        for (int i = 0; i < data; i++)
+        {
             int len = Math.Min(PageSize, length - i * PageSize);
             _copies[i] = new GrantCopyOp
             {
-                Dom = (ushort)Address.FrontendId, Ref = _rxSlots[i].Gref, Length = (ushort)len, ToGuest = true, Local = _rxFrame + i * PageSize,
+                Dom = (ushort)Address.FrontendId, Ref = _rxSlots[RequestOf(i, gso)].Gref, Length = (ushort)len, ToGuest = true,
+                Local = _rxFrame + i * PageSize,
             };
         }
-        var copies = _copies.AsSpan(0, slots);
+        var copies = _copies.AsSpan(0, data);
         Dom0.CopyGrants(copies);
         bool ok = true;
         foreach (ref readonly var c in copies)
             if (c.Status != GrantTable.GNTST_okay) ok = false;
-        for (int i = 0; i < slots; i++)
+        for (int i = 0; i < data; i++)
         {
-            ushort flags = i < slots - 1 ? NETRXF_more_data : (ushort)0;
+            ushort flags = i < data - 1 ? NETRXF_more_data : (ushort)0;
+            if (i == 0)
+            {
+                // A partial checksum is blank for netfront to leave to the stack; the data are as the host sent them.
+                if (offload.NeedsChecksum) flags |= NETRXF_csum_blank | NETRXF_data_validated;
+                if (gso) flags |= NETRXF_extra_info;
+            }
             // A failed copy fails the whole frame: every slot says so, so the guest drops it entire.
             short status = ok ? (short)copies[i].Length : NETIF_RSP_ERROR;
-            rx.NextResponse() = new NetifRxResponse { Id = _rxSlots[i].Id, Offset = 0, Flags = flags, Status = status };
+            rx.NextResponse() = new NetifRxResponse { Id = _rxSlots[RequestOf(i, gso)].Id, Offset = 0, Flags = flags, Status = status };
+            if (i == 0 && gso)
+            {
+                var extra = new NetifExtraInfo
+                {
+                    Type = XEN_NETIF_EXTRA_TYPE_GSO,
+                    GsoSize = offload.GsoSize,
+                    GsoType = offload.Gso == VifGso.TcpV4 ? XEN_NETIF_GSO_TYPE_TCPV4 : XEN_NETIF_GSO_TYPE_TCPV6,
+                };
+                ref var slot = ref rx.NextResponse();
+                slot = default;
+                *(NetifExtraInfo*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref slot) = extra;
+            }
         }
         if (ok)
         {
@@ -397,6 +536,9 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         }
         else Interlocked.Increment(ref Statistics.RxDropped);
     }
+
+    /// <summary>The request (in the order taken) whose page holds data slot <paramref name="i"/>: the extra info takes the second.</summary>
+    private static int RequestOf(int i, bool gso) => gso && i > 0 ? i + 1 : i;
 
     public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"vif {Address} on {_port?.Name}");
 }

@@ -10,17 +10,21 @@ namespace XenSharp.Backends.Net;
 /// exists while the port is open and goes when it is disposed. Its own MAC is fe:ff:ff:ff:ff:ff, as Linux
 /// netback gives its vifs, so that a bridge never takes the vif's address as its own. Frames are written with a
 /// virtio_net_hdr (IFF_VNET_HDR), so the host kernel finishes partial checksums and segments large TCP frames
-/// the guest sends; no offload is asked for the other way, so frames read are complete. A thread of the port
+/// the guest sends; the other way the backend asks (TUNSETOFFLOAD) for what the guest's frontend takes, partial
+/// checksums and TCP segments of up to 64 KiB, each frame read then described by its header. A thread of the port
 /// waits in poll(2) for frames only while the backend has asked (see <see cref="IVifPort.Start"/>).
 /// </summary>
 public sealed unsafe partial class TapPort : IVifPort
 {
     private const ulong TUNSETIFF = 0x400454ca;
     private const ulong SIOCSIFHWADDR = 0x8924;
+    private const ulong TUNSETOFFLOAD = 0x400454d0;
+    private const uint TUN_F_CSUM = 0x01, TUN_F_TSO4 = 0x02, TUN_F_TSO6 = 0x04;
     private const short IFF_TAP = 0x0002, IFF_NO_PI = 0x1000, IFF_VNET_HDR = 0x4000;
     /// <summary>struct virtio_net_hdr, which IFF_VNET_HDR puts before every frame both ways.</summary>
     private const int VnetHdrSize = 10;
-    private const byte VIRTIO_NET_HDR_F_NEEDS_CSUM = 1, VIRTIO_NET_HDR_GSO_TCPV4 = 1, VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+    private const byte VIRTIO_NET_HDR_F_NEEDS_CSUM = 1, VIRTIO_NET_HDR_GSO_TCPV4 = 1, VIRTIO_NET_HDR_GSO_TCPV6 = 4,
+        VIRTIO_NET_HDR_GSO_ECN = 0x80;
     private const int O_RDWR = 2, O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000;
     private const int EFD_NONBLOCK = 0x800, EFD_CLOEXEC = 0x80000;
     private const short POLLIN = 1;
@@ -115,8 +119,19 @@ public sealed unsafe partial class TapPort : IVifPort
 
     public bool Offloads => true;
 
-    public int Receive(Span<byte> frame)
+    public int Receive(Span<byte> frame) => Receive(frame, out _);
+
+    /// <summary>TUNSETOFFLOAD: the host kernel then leaves checksums partial and large TCP segments whole in the
+    /// frames it hands this interface, each described by its virtio_net_hdr.</summary>
+    public bool SetReceiveOffloads(bool checksum, bool tcpv4, bool tcpv6)
     {
+        uint flags = checksum ? TUN_F_CSUM | (tcpv4 ? TUN_F_TSO4 : 0) | (tcpv6 ? TUN_F_TSO6 : 0) : 0;
+        return ioctl(_fd, TUNSETOFFLOAD, (byte*)(nuint)flags) == 0 && flags != 0;
+    }
+
+    public int Receive(Span<byte> frame, out VifOffload offload)
+    {
+        offload = VifOffload.None;
         long n;
         byte* hdr = stackalloc byte[VnetHdrSize];
         fixed (byte* p = frame)
@@ -126,7 +141,16 @@ public sealed unsafe partial class TapPort : IVifPort
             iov[1] = new IoVec { Base = p, Length = (nuint)frame.Length };
             n = readv(_fd, iov, 2);
         }
-        if (n > VnetHdrSize) return (int)(n - VnetHdrSize);
+        if (n > VnetHdrSize)
+        {
+            // Only what TUNSETOFFLOAD asked for comes (no UDP fragmentation offload; ECN is a marking only).
+            byte gso = (byte)(hdr[1] & ~VIRTIO_NET_HDR_GSO_ECN);
+            if ((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0 || gso != 0)
+                offload = new VifOffload((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0, *(ushort*)(hdr + 6), *(ushort*)(hdr + 8),
+                    gso switch { VIRTIO_NET_HDR_GSO_TCPV4 => VifGso.TcpV4, VIRTIO_NET_HDR_GSO_TCPV6 => VifGso.TcpV6, _ => VifGso.None },
+                    *(ushort*)(hdr + 4), *(ushort*)(hdr + 2));
+            return (int)(n - VnetHdrSize);
+        }
         int errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
         if (n >= 0 || errno == EAGAIN)
         {

@@ -115,6 +115,10 @@ public sealed unsafe class BackRing<TReq, TRsp> where TReq : unmanaged where TRs
         return CheckForRequests(out count);
     }
 
+    /// <summary>The request at req_cons, copied, without consuming it (netback looks at a packet's size before it
+    /// decides to take it). The caller has seen it in a count from <see cref="CheckForRequests"/>.</summary>
+    public void PeekRequest(out TReq request) => request = *(TReq*)Entry(_reqCons);
+
     /// <summary>RING_COPY_REQUEST and req_cons++: the caller has seen the request in a count from
     /// <see cref="CheckForRequests"/>.</summary>
     public void TakeRequest(out TReq request)

@@ -14,6 +14,8 @@ public sealed class BackendOptions
     public ConsoleLogLimits ConsoleLogLimits { get; init; } = ConsoleLogLimits.Default;
     /// <summary>The host end of a vif, by interface name: a TAP device unless told otherwise.</summary>
     public Func<string, IVifPort> OpenVifPort { get; init; } = TapPort.Open;
+    /// <summary>The host end of a user-mode vif (backend node network=user): passt unless told otherwise.</summary>
+    public Func<UserNetwork, IVifPort> OpenUserPort { get; init; } = PasstPort.Open;
 }
 
 /// <summary>

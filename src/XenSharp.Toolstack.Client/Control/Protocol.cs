@@ -23,6 +23,9 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(BlockAttachRequest), "block-attach")]
 [JsonDerivedType(typeof(BlockDetachRequest), "block-detach")]
 [JsonDerivedType(typeof(CdInsertRequest), "cd-insert")]
+[JsonDerivedType(typeof(NetworkListRequest), "network-list")]
+[JsonDerivedType(typeof(NetworkAttachRequest), "network-attach")]
+[JsonDerivedType(typeof(NetworkDetachRequest), "network-detach")]
 [JsonDerivedType(typeof(VcpuPinRequest), "vcpu-pin")]
 [JsonDerivedType(typeof(VcpuSetRequest), "vcpu-set")]
 [JsonDerivedType(typeof(MemSetRequest), "mem-set")]
@@ -86,6 +89,12 @@ public sealed record BlockListRequest(string Domain) : ControlRequest<IReadOnlyL
 public sealed record BlockAttachRequest(string Domain, string Spec, string Directory) : ControlRequest<Unit>;
 /// <summary>xl block-detach: the disk by vdev name or device number.</summary>
 public sealed record BlockDetachRequest(string Domain, string Device) : ControlRequest<Unit>;
+/// <summary>The vif devices of one domain (libxl_device_nic_list + libxl_device_nic_getinfo).</summary>
+public sealed record NetworkListRequest(string Domain) : ControlRequest<IReadOnlyList<NicInfoEntry>>;
+/// <summary>xl network-attach: <paramref name="Spec"/> is an xl-network-configuration(5) string.</summary>
+public sealed record NetworkAttachRequest(string Domain, string Spec) : ControlRequest<Unit>;
+/// <summary>xl network-detach: the vif by device number or by MAC address (any argument with a colon).</summary>
+public sealed record NetworkDetachRequest(string Domain, string Device) : ControlRequest<Unit>;
 /// <summary>xl cd-insert (a <paramref name="Target"/>) and xl cd-eject (none): the cdrom <paramref name="Vdev"/> gets the
 /// medium; a relative target is relative to <paramref name="Directory"/>; <paramref name="Format"/> null is raw.</summary>
 public sealed record CdInsertRequest(string Domain, string Vdev, string? Target, string? Format, string Directory) : ControlRequest<Unit>;
@@ -185,6 +194,9 @@ public sealed record DomainInfo
 
 /// <summary>libxl_diskinfo: the device number, both ends' domids, the frontend's xenbus state, event channel and
 /// ring reference (-1 while the frontend has not written them) and the backend's xenstore path.</summary>
+/// <summary>libxl_nicinfo: the device number, the backend's domid, the MAC, the frontend's xenbus state, event channel
+/// (one channel; -1 with split channels or before the frontend wrote it), both ring references and the backend's path.</summary>
+public sealed record NicInfoEntry(int Devid, uint BackendId, string Mac, int State, int EventChannel, int TxRingRef, int RxRingRef, string BackendPath);
 public sealed record DiskInfoEntry(int Vdev, uint BackendId, uint FrontendId, int State, int EventChannel, int RingRef, string BackendPath);
 
 public sealed record VcpuInfoEntry(string Name, uint DomId, int Vcpu, int Cpu, bool Online, bool Running,

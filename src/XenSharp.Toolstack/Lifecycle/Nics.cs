@@ -43,22 +43,36 @@ public sealed partial class Host
     /// <summary>What can be refused before any device exists, each error naming the vif= entry's file and line.</summary>
     private static void CheckNic(DomainConfig c, NicSpec nic, int index)
     {
-        if (nic.BackendDomain is { } b && b is not ("0" or "Domain-0"))
-            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: backend domain {b}: only Domain-0 serves vifs");
         if (c.Nics.Take(index).Any(n => n.Devid == nic.Devid))
             throw new ControlException($"{Where(c, index)}vif {nic.Devid}: devid {nic.Devid} is given twice");
+        CheckNic(nic, Where(c, index));
+    }
+
+    /// <summary>What <c>xl create</c> and <c>xl network-attach</c> refuse of one nic; <paramref name="where"/> prefixes the message.</summary>
+    private static void CheckNic(NicSpec nic, string where)
+    {
+        if (nic.BackendDomain is { } b && b is not ("0" or "Domain-0"))
+            throw new ControlException($"{where}vif {nic.Devid}: backend domain {b}: only Domain-0 serves vifs");
         byte first = Convert.ToByte(nic.Mac[..2], 16);
         if ((first & 1) != 0 || nic.Mac == "00:00:00:00:00:00")
-            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: mac {nic.Mac} is not a unicast address");
+            throw new ControlException($"{where}vif {nic.Devid}: mac {nic.Mac} is not a unicast address");
         if (nic.VifName is { } name && (name.Length is 0 or > 15 || name.Contains('/') || name.Any(char.IsWhiteSpace)))
-            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: vifname `{name}' is not a valid interface name");
+            throw new ControlException($"{where}vif {nic.Devid}: vifname `{name}' is not a valid interface name");
+        if (IsUserMode(nic)) return;
         string script = ScriptPath(nic.Script);
         if (!File.Exists(script))
-            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: hotplug script {script} does not exist");
+            throw new ControlException($"{where}vif {nic.Devid}: hotplug script {script} does not exist");
         // vif-bridge cannot work without its bridge; say so here, where the line is known.
         if (Path.GetFileName(script) == "vif-bridge" && !Directory.Exists($"/sys/class/net/{BridgeOf(nic)}/bridge"))
-            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: bridge {BridgeOf(nic)} does not exist on this host");
+            throw new ControlException($"{where}vif {nic.Devid}: bridge {BridgeOf(nic)} does not exist on this host");
     }
+
+    /// <summary>Whether a nic is user-mode (passt) rather than a TAP device for a hotplug script: a vif that names
+    /// neither <c>bridge=</c> nor <c>script=</c> gets libxl's default (xenbr0 through vif-bridge) only where that can
+    /// work, the daemon being root and xenbr0 existing; otherwise passt, which needs neither.</summary>
+    private static bool IsUserMode(NicSpec nic) =>
+        nic.Bridge is null && !nic.ScriptGiven
+        && !(Environment.IsPrivilegedProcess && Directory.Exists("/sys/class/net/xenbr0/bridge"));
 
     /// <summary>libxl's default bridge.</summary>
     private static string BridgeOf(NicSpec nic) => nic.Bridge ?? "xenbr0";
@@ -84,6 +98,11 @@ public sealed partial class Host
 
     private void AddNic(Domain dom, NicSpec nic)
     {
+        if (IsUserMode(nic))
+        {
+            AddUserNic(dom, nic);
+            return;
+        }
         string script = ScriptPath(nic.Script);
         var backend = new Dictionary<string, string>
         {
@@ -99,6 +118,7 @@ public sealed partial class Host
             ["mac"] = nic.Mac,
         };
         if (nic.Ip is { } ip) backend["ip"] = ip;
+        AddRate(backend, nic);
         if (nic.VifName is { } vifname) backend["vifname"] = vifname;
         if (nic.GatewayDev is { } gw) backend["gatewaydev"] = gw;
         if (nic.Mtu is { } mtu)
@@ -109,6 +129,36 @@ public sealed partial class Host
         var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
         WaitForHostEnd(a, nic);
         RunHotplug(a, nic, "online");
+    }
+
+    /// <summary>A user-mode nic: no script and no bridge; the backend starts passt for it (backend node
+    /// <c>network</c> = user, <c>forward</c> the forwarded ports, space-separated).</summary>
+    private void AddUserNic(Domain dom, NicSpec nic)
+    {
+        string handle = nic.Devid.ToString(CultureInfo.InvariantCulture);
+        var backend = new Dictionary<string, string>
+        {
+            ["mac"] = nic.Mac, ["handle"] = handle, ["type"] = "vif", ["network"] = "user",
+            ["forward"] = string.Join(' ', nic.Forwards),
+        };
+        AddRate(backend, nic);
+        var frontend = new Dictionary<string, string> { ["handle"] = handle, ["mac"] = nic.Mac };
+        if (nic.Mtu is { } mtu)
+        {
+            backend["mtu"] = mtu.ToString(CultureInfo.InvariantCulture);
+            frontend["mtu"] = backend["mtu"];
+        }
+        var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
+        WaitForHostEnd(a, nic);
+    }
+
+    /// <summary>libxl's backend node <c>rate</c> = "BYTES,USECS" (bytes per interval, interval), which the backend
+    /// reads as netback does.</summary>
+    private static void AddRate(Dictionary<string, string> backend, NicSpec nic)
+    {
+        if (nic.Rate is not { } rate) return;
+        var (bytes, usecs) = NicSpec.ParseRate(rate);
+        backend["rate"] = string.Create(CultureInfo.InvariantCulture, $"{bytes},{usecs}");
     }
 
     /// <summary>Waits until the backend has made the host end and published InitWait; its failure is the nic's.</summary>
@@ -198,5 +248,83 @@ public sealed partial class Host
                 _hv.ConsoleWrite($"d{d.DomId}: vif {nic.Devid}: {e.Message}");
             }
         }
+    }
+}
+
+public sealed partial class Host
+{
+    /// <summary>`xl network-attach` (libxl_device_nic_add on a running domain): the nic gets the next free devid
+    /// unless it names one, is checked as <c>xl create</c> checks it, and is added as at creation — the backend
+    /// makes vifD.N, the hotplug script puts it on its bridge — and the guest's netfront sees the new device.
+    /// A nic whose backend or script fails is taken away again.</summary>
+    private void NetworkAttach(NetworkAttachRequest r)
+    {
+        var d = Resolve(r.Domain);
+        string dir = $"/local/domain/{d.DomId}/device/{DeviceKinds.Vif}";
+        // libxl__device_nextid: one past the highest devid in use.
+        int next = (_xs.Directory(dir) ?? []).Select(id => int.TryParse(id, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : -1)
+            .DefaultIfEmpty(-1).Max() + 1;
+        NicSpec nic;
+        try { nic = NicSpec.Parse(r.Spec, next); }
+        catch (FormatException e) { throw new ControlException(e.Message, Errno.EINVAL); }
+        CheckNic(nic, "");
+        var a = new DeviceAddress(DeviceKinds.Vif, d.DomId, nic.Devid);
+        if (_xs.Exists(a.FrontendPath))
+            throw new ControlException($"vif {nic.Devid} is already attached to domain {d.DomId}", Errno.EEXIST);
+        try { AddNic(d, nic); }
+        catch (ControlException)
+        {
+            DeviceLayout.Remove(_xs, a);
+            throw;
+        }
+        lock (_lock) d.Config.Nics = [.. d.Config.Nics, nic];
+    }
+
+    /// <summary>`xl network-detach` (libxl__initiate_device_generic_remove): the backend goes offline and Closing,
+    /// netfront closes its end, the hotplug script takes the vif off its bridge, and both directories go, with
+    /// them the backend's host end (the TAP device or passt).</summary>
+    private void NetworkDetach(NetworkDetachRequest r)
+    {
+        var d = Resolve(r.Domain);
+        NicSpec? nic;
+        lock (_lock)
+            nic = r.Device.Contains(':')
+                ? d.Config.Nics.FirstOrDefault(n => string.Equals(n.Mac, r.Device, StringComparison.OrdinalIgnoreCase))
+                : d.Config.Nics.FirstOrDefault(n => n.Devid.ToString(CultureInfo.InvariantCulture) == r.Device);
+        var a = nic is null ? default : new DeviceAddress(DeviceKinds.Vif, d.DomId, nic.Devid);
+        if (nic is null || !_xs.Exists(a.FrontendPath))
+            throw new ControlException($"Unknown device {r.Device}.", Errno.ENODEV);
+        string be = a.BackendPath;
+        _xs.Write($"{be}/online", "0");
+        _xs.Write($"{be}/state", ((int)XenbusState.Closing).ToString(CultureInfo.InvariantCulture));
+        var deadline = _time.GetUtcNow() + DetachTimeout;
+        while (_xs.Read($"{be}/state") != ((int)XenbusState.Closed).ToString(CultureInfo.InvariantCulture) && _time.GetUtcNow() < deadline)
+            Thread.Sleep(50);
+        try
+        {
+            if (_xs.Read($"{be}/hotplug-status") == "connected") RunHotplug(a, nic, "offline");
+        }
+        catch (ControlException e) { _hv.ConsoleWrite($"d{d.DomId}: vif {nic.Devid}: {e.Message}"); }
+        DeviceLayout.Remove(_xs, a);
+        lock (_lock) d.Config.Nics = [.. d.Config.Nics.Where(x => x.Devid != nic.Devid)];
+    }
+
+    /// <summary>`xl network-list`: each vif under the domain's device/vif, as libxl_device_nic_getinfo reads it
+    /// from the frontend's directory.</summary>
+    private IReadOnlyList<NicInfoEntry> NetworkList(NetworkListRequest r)
+    {
+        var d = Resolve(r.Domain, allowDom0: true);
+        string dir = $"/local/domain/{d.DomId}/device/{DeviceKinds.Vif}";
+        var result = new List<NicInfoEntry>();
+        foreach (string id in _xs.Directory(dir) ?? [])
+        {
+            if (!int.TryParse(id, NumberStyles.None, CultureInfo.InvariantCulture, out int devid)) continue;
+            string fe = $"{dir}/{id}";
+            int Number(string key) =>
+                int.TryParse(_xs.Read($"{fe}/{key}"), NumberStyles.None, CultureInfo.InvariantCulture, out int v) ? v : -1;
+            result.Add(new NicInfoEntry(devid, (uint)Math.Max(0, Number("backend-id")), _xs.Read($"{fe}/mac") ?? "",
+                Number("state"), Number("event-channel"), Number("tx-ring-ref"), Number("rx-ring-ref"), _xs.Read($"{fe}/backend") ?? ""));
+        }
+        return result.OrderBy(e => e.Devid).ToList();
     }
 }

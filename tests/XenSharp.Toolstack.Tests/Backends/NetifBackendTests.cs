@@ -82,15 +82,37 @@ public sealed unsafe class NetifBackendTests : IDisposable
         /// <summary>What a TAP does when a frame arrives: tell the backend.</summary>
         public void Poke() => _waiting?.Invoke();
 
-        public int Receive(Span<byte> frame)
+        /// <summary>What each frame for the guest leaves to it (partial checksum, GSO), in step with <see cref="ForGuest"/>;
+        /// none when empty.</summary>
+        public readonly ConcurrentQueue<VifOffload> ForGuestOffloads = new();
+        /// <summary>The receive offloads the backend asked for last.</summary>
+        public (bool Checksum, bool TcpV4, bool TcpV6) ReceiveOffloads;
+
+        public int Receive(Span<byte> frame) => Receive(frame, out _);
+
+        public int Receive(Span<byte> frame, out VifOffload offload)
         {
+            offload = VifOffload.None;
             if (!ForGuest.TryDequeue(out var f)) return 0;
+            if (ForGuestOffloads.TryDequeue(out var o)) offload = o;
             f.AsSpan(0, Math.Min(f.Length, frame.Length)).CopyTo(frame);
             return f.Length;
         }
 
+        public bool SetReceiveOffloads(bool checksum, bool tcpv4, bool tcpv6)
+        {
+            ReceiveOffloads = (checksum, tcpv4, tcpv6);
+            return offloads && checksum;
+        }
+
+        /// <summary>Stopwatch ticks of the first and the latest frame sent.</summary>
+        public long FirstSend, LastSend;
+
         public int Send(ReadOnlySpan<byte> frame, in VifOffload offload)
         {
+            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            Interlocked.CompareExchange(ref FirstSend, now, 0);
+            Volatile.Write(ref LastSend, now);
             Assert.True(offloads || offload == VifOffload.None, "offloads handed to a port without them");
             SentOffloads.Enqueue(offload);
             Sent.Enqueue(frame.ToArray());
@@ -123,8 +145,15 @@ public sealed unsafe class NetifBackendTests : IDisposable
     }
 
     /// <summary>netfront's connect: both rings granted, a port offered, rx-copy and rx-notify, Connected.</summary>
-    private void FrontendConnects(DeviceAddress a, bool rxCopy = true, bool split = false)
+    private void FrontendConnects(DeviceAddress a, bool rxCopy = true, bool split = false, bool gso = false)
     {
+        if (gso)
+        {
+            // netfront's receive features: checksum offload over IPv6 too, and TCP segments of up to 64 KiB.
+            _xs.Write($"{a.FrontendPath}/feature-ipv6-csum-offload", "1");
+            _xs.Write($"{a.FrontendPath}/feature-gso-tcpv4", "1");
+            _xs.Write($"{a.FrontendPath}/feature-gso-tcpv6", "1");
+        }
         int v = a.DevId;
         _hv.SeedGrantEntry(_dom, TxRingGref(v), GTF_permit_access, 0, (uint)TxRingGfn(v));
         _hv.SeedGrantEntry(_dom, RxRingGref(v), GTF_permit_access, 0, (uint)RxRingGfn(v));
@@ -332,6 +361,30 @@ public sealed unsafe class NetifBackendTests : IDisposable
     }
 
     [Fact]
+    public void ARateLimitedVifSendsNoFasterThanItsCreditAllows()
+    {
+        // 200 packets of 1500 bytes at 5000 bytes per 10 ms (libxl's rate node): 300000 bytes take 60 intervals at
+        // the rate; no more than one interval's worth goes before the first refill.
+        const int Packets = 200, Size = 1500, Credit = 5000, IntervalMs = 10;
+        byte[] frame = Frame(Size, seed: 4);
+        WriteTxData(0, 0, 0, frame);
+        PlaceTx(0, Enumerable.Range(0, Packets).Select(i => Slot(TxGref(0, 0), 0, Size, 0, (ushort)i)));
+        var a = AddVif();
+        _xs.Write($"{a.BackendPath}/rate", $"{Credit},{IntervalMs * 1000}");
+        WaitFor(a, XenbusState.InitWait);
+        FrontendConnects(a);
+        WaitFor(a, XenbusState.Connected);
+        var port = _ports[$"vif{_dom}.0"];
+        for (int i = 0; i < 3000 && port.Sent.Count < Packets; i++) Thread.Sleep(10);
+        Assert.Equal(Packets, port.Sent.Count);
+        Assert.All(Responses<NetifTxRequest, NetifTxResponse>(TxRingGfn(0), Packets), r => Assert.Equal(NETIF_RSP_OKAY, r.Status));
+        // A functional bound, not a speed measurement: the credit scheme cannot have let the frames out faster.
+        double seconds = (port.LastSend - port.FirstSend) / (double)System.Diagnostics.Stopwatch.Frequency;
+        double least = (Packets * Size - 2.0 * Credit) / Credit * IntervalMs / 1000;
+        Assert.True(seconds >= least, $"{Packets * Size} bytes went in {seconds:0.000} s; the rate allows no less than {least:0.000} s");
+    }
+
+    [Fact]
     public void GarbageThatSpoilsOnePacketFailsThatPacketAlone()
     {
         byte[] good = Frame(100);
@@ -515,6 +568,67 @@ public sealed unsafe class NetifBackendTests : IDisposable
         Assert.Equal(f2[Page..], RxPage(0, 2)[..(f2.Length - Page)]);
         Assert.Equal(f3, RxPage(0, 3)[..f3.Length]);
         Assert.Equal(3, Backend(a).Statistics.RxPackets);
+    }
+
+    [Fact]
+    public void ALargeTcpSegmentGoesToTheGuestWholeWithItsGsoExtraAfterTheFirstSlot()
+    {
+        _offloads = true;
+        byte[] seg = Frame(10000, seed: 6), small = Frame(80, seed: 8);
+        var a = AddVif();
+        WaitFor(a, XenbusState.InitWait);
+        var port = _ports[$"vif{_dom}.0"];
+        // A 10000-byte TCP segment the host left whole (MSS 1448, checksum partial), then a complete frame.
+        port.ForGuest.Enqueue(seg);
+        port.ForGuestOffloads.Enqueue(new VifOffload(true, 34, 16, VifGso.TcpV4, 1448, 54));
+        port.ForGuest.Enqueue(small);
+        port.ForGuestOffloads.Enqueue(VifOffload.None);
+        PlaceTx(0, []);
+        PlaceRx(0, RxPages, firstId: 40);
+        FrontendConnects(a, gso: true);
+        WaitFor(a, XenbusState.Connected);
+        Assert.Equal((true, true, true), port.ReceiveOffloads);
+        var rsp = Responses<NetifRxRequest, NetifRxResponse>(RxRingGfn(0), 5);
+        Assert.Equal(5, rsp.Count);
+        // First data slot, the GSO extra in the slot after it, the other two data slots, then the small frame.
+        Assert.Equal(40, rsp[0].Id);
+        Assert.Equal(Page, rsp[0].Status);
+        Assert.Equal(NETRXF_more_data | NETRXF_extra_info | NETRXF_csum_blank | NETRXF_data_validated, (int)rsp[0].Flags);
+        var r1 = rsp[1];
+        var extra = *(NetifExtraInfo*)&r1;
+        Assert.Equal(XEN_NETIF_EXTRA_TYPE_GSO, extra.Type);
+        Assert.Equal(0, extra.Flags & XEN_NETIF_EXTRA_FLAG_MORE);
+        Assert.Equal(XEN_NETIF_GSO_TYPE_TCPV4, extra.GsoType);
+        Assert.Equal(1448, extra.GsoSize);
+        Assert.Equal(new ushort[] { 42, 43 }, rsp.Skip(2).Take(2).Select(r => r.Id));
+        Assert.Equal(new short[] { Page, (short)(seg.Length - 2 * Page) }, rsp.Skip(2).Take(2).Select(r => r.Status));
+        Assert.Equal(new[] { NETRXF_more_data, 0 }, rsp.Skip(2).Take(2).Select(r => (int)r.Flags));
+        Assert.Equal(seg[..Page], RxPage(0, 0));
+        Assert.Equal(seg[Page..(2 * Page)], RxPage(0, 2));
+        Assert.Equal(seg[(2 * Page)..], RxPage(0, 3)[..(seg.Length - 2 * Page)]);
+        Assert.Equal(44, rsp[4].Id);
+        Assert.Equal(0, (int)rsp[4].Flags);
+        Assert.Equal(small, RxPage(0, 4)[..small.Length]);
+        Assert.Equal(2, Backend(a).Statistics.RxPackets);
+    }
+
+    [Fact]
+    public void WithoutTheFrontendsGsoFeaturesNoReceiveOffloadIsAskedFor()
+    {
+        _offloads = true;
+        var a = AddVif();
+        WaitFor(a, XenbusState.InitWait);
+        var port = _ports[$"vif{_dom}.0"];
+        // A port that hands a GSO frame all the same: it cannot be described, so it is dropped.
+        port.ForGuest.Enqueue(Frame(10000, seed: 6));
+        port.ForGuestOffloads.Enqueue(new VifOffload(true, 34, 16, VifGso.TcpV4, 1448, 54));
+        PlaceTx(0, []);
+        PlaceRx(0, RxPages, firstId: 40);
+        FrontendConnects(a);
+        WaitFor(a, XenbusState.Connected);
+        Assert.Equal((false, false, false), port.ReceiveOffloads);
+        WaitUntil(() => Backend(a).Statistics.RxFailed == 1, "the undescribable frame was not dropped");
+        Assert.Equal(0, Backend(a).Statistics.RxPackets);
     }
 
     [Fact]

@@ -144,6 +144,30 @@ public class DeviceSpecTests
         Assert.StartsWith("/etc/xen/g.cfg:4: " + why, e.Message);
     }
 
+    [Theory]
+    [InlineData("10Mb/s", 62500UL, 50000U)]
+    [InlineData("1MB/s@20ms", 20000UL, 20000U)]
+    [InlineData("100KB/s@1s", 100000UL, 1000000U)]
+    [InlineData("8b/s@250us", 0UL, 250U)]
+    [InlineData("2GB/s@2", 4000000000UL, 2000000U)]
+    public void RatesAreReadAsLibxlutilReadsThem(string rate, ulong bytesPerInterval, uint intervalUsecs)
+    {
+        Assert.Equal((bytesPerInterval, intervalUsecs), NicSpec.ParseRate(rate));
+        Assert.Equal(rate, Read($"vif = [ 'bridge=xenbr0,rate={rate}' ]").Config.Nics[0].Rate);
+    }
+
+    [Theory]
+    [InlineData("10Mbit/s", "config parsing error in vif: invalid rate in `10Mbit/s'")]
+    [InlineData("@20ms", "config parsing error in vif: no rate specified in `@20ms'")]
+    [InlineData("0MB/s", "config parsing error in vif: rate overflow in `0MB/s'")]
+    [InlineData("1MB/s@20min", "config parsing error in vif: invalid replenishment interval in `20min'")]
+    [InlineData("1MB/s@5000000s", "config parsing error in vif: replenishment interval overflow in `5000000s'")]
+    public void BadRatesAreRefusedWithLibxlutilsWords(string rate, string why)
+    {
+        var e = Assert.Throws<XlConfigException>(() => Read($"vif = [ 'rate={rate}' ]"));
+        Assert.StartsWith("/etc/xen/g.cfg:4: " + why, e.Message);
+    }
+
     [Fact]
     public void DuplicateVdevsAreRefused()
     {
