@@ -90,6 +90,14 @@ public unsafe struct XenSysctlPhysinfo
     public fixed uint HwCap[8];
 }
 
+/// <summary>struct xen_sysctl_debug_keys.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenSysctlDebugKeys
+{
+    public ulong Keys;
+    public uint NrKeys;
+}
+
 /// <summary>struct xen_sysctl_sched_id.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct XenSysctlSchedId

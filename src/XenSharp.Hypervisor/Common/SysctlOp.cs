@@ -17,6 +17,7 @@ internal static class SysctlOp
     {
         [XEN_SYSCTL_readconsole] = ReadConsole,
         [XEN_SYSCTL_physinfo] = PhysInfo,
+        [XEN_SYSCTL_debug_keys] = DebugKeys,
         [XEN_SYSCTL_sched_id] = SchedId,
         [XEN_SYSCTL_getdomaininfolist] = GetDomainInfoList,
         [XEN_SYSCTL_cputopoinfo] = CpuTopoInfo,
@@ -89,6 +90,24 @@ internal static class SysctlOp
         pi.FreePages = (ulong)host.Frames.FreeFrames;
         pi.MaxMfn = host.Frames.MaxMfn;
         copyBack = true;
+        return 0;
+    }
+
+    /// <summary>Each key runs its handler, as if typed on Xen's serial console (`xl debug-keys`).</summary>
+    private static long DebugKeys(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        ref var dk = ref op.As<XenSysctlDebugKeys>();
+        if (v.Domain.Host.Control is not { } control)
+            return -Errno.ENOSYS;
+        // Key by key, as Xen reads them: the keys before an unreadable one have run.
+        Span<byte> key = stackalloc byte[1];
+        for (uint i = 0; i < dk.NrKeys; i++)
+        {
+            if (!GuestAccess.CopyFrom(v, dk.Keys + i, key))
+                return -Errno.EFAULT;
+            KeyHandler.Handle(control, (char)key[0]);
+        }
         return 0;
     }
 
