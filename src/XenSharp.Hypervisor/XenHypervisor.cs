@@ -340,7 +340,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     public PhysInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,
         _options.Pcpus, Scheduler.Name, XenVersion.Major, XenVersion.Minor, XenVersion.ExtraVersion,
-        XenVersion.Capabilities, Services.CommandLine, Time.TscHz);
+        XenVersion.Capabilities, Services.CommandLine, Time.TscHz, Scheduler.OnlineCpus);
 
     // ================= consoles =================
 

@@ -57,11 +57,8 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
     [Fact, Trait("Feature", "Build info")]
     public void XenhypfsRefusesWhatXenRefuses()
     {
-        var missing = _xl.RunDom0("xenhypfs", "cat", "/buildinfo/nothing");
-        Assert.NotEqual(0, missing.ExitCode);
-        var readOnly = _xl.RunDom0("xenhypfs", "write", "/buildinfo/version/major", "5");
-        Assert.NotEqual(0, readOnly.ExitCode);
-        Assert.Contains("Permission denied", readOnly.Stdout + readOnly.Stderr);
+        Failing("xenhypfs", "cat", "/buildinfo/nothing");
+        Assert.Contains("Permission denied", Failing("xenhypfs", "write", "/buildinfo/version/major", "5"));
         Assert.Equal("4", Dom0("xenhypfs", "cat", "/buildinfo/version/major").Stdout.Trim());
     }
 
@@ -77,9 +74,7 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
             Assert.NotEmpty(stamped);
             Assert.Matches(BootStamp(), stamped[^1]);
 
-            var garbage = _xl.RunDom0("xl", "set-parameters", "console_timestamps=sometimes");
-            Assert.NotEqual(0, garbage.ExitCode);
-            Assert.Contains("Invalid argument", garbage.Stderr);
+            Assert.Contains("Invalid argument", Failing("xl", "set-parameters", "console_timestamps=sometimes"));
             Assert.Equal("boot", Dom0("xenhypfs", "cat", "/params/console_timestamps").Stdout.Trim());
 
             Dom0("xenhypfs", "write", "/params/console_timestamps", "datems");
@@ -102,6 +97,49 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
         int domid = int.Parse(_xl.Run("domid", "watched").Stdout.Trim());
         Assert.Contains($"'q' pressed -> dumping domain info", ring);
         Assert.Matches($@"General information for domain {domid}:", ring);
+    }
+
+    /// <summary>Runs a program that must fail; returns what it said.</summary>
+    private string Failing(params string[] args)
+    {
+        var r = _xl.RunDom0(args);
+        Assert.True(r.ExitCode != 0, r.ToString());
+        return r.Stdout + r.Stderr;
+    }
+
+    private int XlInfoNumber(string field) =>
+        int.Parse(Dom0("xl", "info").Stdout.Split('\n').Single(l => l.StartsWith(field + " ", StringComparison.Ordinal)).Split(':')[1].Trim());
+
+    private int Pool0Cpus() =>
+        int.Parse(Dom0("xl", "cpupool-list").Stdout.Split('\n').Single(l => l.StartsWith("Pool-0", StringComparison.Ordinal))
+            .Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+
+    [Fact, Trait("Feature", "Physical CPU Hotplug")]
+    public void HptoolTakesAPcpuOfflineAndBack()
+    {
+        int cpus = XlInfoNumber("nr_cpus");
+        Assert.True(cpus >= 2, $"the daemon has {cpus} pCPU(s); pCPU hotplug needs a second one (pCPU 0 stays online)");
+        int last = cpus - 1;
+        try
+        {
+            var off = Dom0("xen-hptool", "cpu-offline", last.ToString());
+            Assert.Contains($"CPU {last} offlined successfully", off.Stdout);
+            Assert.Equal(cpus - 1, XlInfoNumber("nr_cpus"));
+            Assert.Contains($"nr_cpus                : {cpus - 1}", _xl.Run("info").Stdout);
+            Assert.Equal(cpus - 1, Pool0Cpus());
+            Assert.DoesNotContain($"\n{last,3}:", Dom0("xl", "info", "-n").Stdout);
+            // Xen's errno: already offline, the boot pCPU, and an offline pCPU cannot join a pool.
+            Assert.Contains("error 17", Failing("xen-hptool", "cpu-offline", last.ToString()));
+            Assert.Contains("error 22", Failing("xen-hptool", "cpu-offline", "0"));
+            Assert.NotEqual(0, _xl.Run("cpupool-cpu-add", "Pool-0", last.ToString()).ExitCode);
+        }
+        finally
+        {
+            _xl.RunDom0("xen-hptool", "cpu-online", last.ToString());
+        }
+        Assert.Equal(cpus, XlInfoNumber("nr_cpus"));
+        Assert.Equal(cpus, Pool0Cpus());
+        Assert.Contains("error 17", Failing("xen-hptool", "cpu-online", last.ToString()));
     }
 
     [GeneratedRegex(@"^\(XEN\) \[\s*\d+\.\d{6}\]  key 'h'")]

@@ -18,6 +18,8 @@ internal static class SysctlOp
         [XEN_SYSCTL_readconsole] = ReadConsole,
         [XEN_SYSCTL_physinfo] = PhysInfo,
         [XEN_SYSCTL_debug_keys] = DebugKeys,
+        [XEN_SYSCTL_cpu_hotplug] = CpuHotplug,
+        [XEN_SYSCTL_pcitopoinfo] = PciTopoInfo,
         [XEN_SYSCTL_sched_id] = SchedId,
         [XEN_SYSCTL_getdomaininfolist] = GetDomainInfoList,
         [XEN_SYSCTL_cputopoinfo] = CpuTopoInfo,
@@ -81,7 +83,7 @@ internal static class SysctlOp
         pi.ThreadsPerCore = 1;
         pi.NrNodes = (uint)Math.Max(1, nodes.Length);
         pi.CoresPerSocket = (uint)Math.Max(1, cpus / (int)pi.NrNodes);
-        pi.NrCpus = (uint)cpus;
+        pi.NrCpus = (uint)host.Scheduler.OnlineCpus;
         pi.MaxCpuId = (uint)(cpus - 1);
         pi.MaxNodeId = (uint)(nodes.Length == 0 ? 0 : nodes[^1]);
         pi.CpuKhz = HostCpuKhz();
@@ -109,6 +111,48 @@ internal static class SysctlOp
             KeyHandler.Handle(control, (char)key[0]);
         }
         return 0;
+    }
+
+    /// <summary>pCPUs offline and online (xen-hptool). The host's pCPUs are threads without SMT siblings, so the SMT
+    /// operations answer -EOPNOTSUPP, as Xen does on hardware without hyperthreading.</summary>
+    private static long CpuHotplug(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        var hp = op.As<XenSysctlCpuHotplug>();
+        var pools = v.Domain.Host.Scheduler;
+        try
+        {
+            switch (hp.Op)
+            {
+                case XEN_SYSCTL_CPU_HOTPLUG_ONLINE: pools.OnlineCpu((int)hp.Cpu); return 0;
+                case XEN_SYSCTL_CPU_HOTPLUG_OFFLINE: pools.OfflineCpu((int)hp.Cpu); return 0;
+                default: return -Errno.EOPNOTSUPP;
+            }
+        }
+        catch (HypervisorException e)
+        {
+            return -e.Errno;
+        }
+    }
+
+    /// <summary>The NUMA node of each PCI device asked about. The host's PCI devices are not the hypervisor's (there
+    /// is no passthrough), so each is XEN_INVALID_DEV, as Xen answers for a device it has not found.</summary>
+    private static long PciTopoInfo(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        ref var pt = ref op.As<XenSysctlPcitopoinfo>();
+        uint i = 0;
+        long rc = 0;
+        for (; i < pt.NumDevs; i++)
+        {
+            if (!GuestAccess.ReadElement(v, pt.Devs, i, out uint _) || !GuestAccess.WriteElement(v, pt.Nodes, i, XEN_INVALID_DEV))
+            {
+                rc = -Errno.EFAULT;
+                break;
+            }
+        }
+        pt.NumDevs = i;
+        copyBack = true;
+        return rc;
     }
 
     private static long SchedId(Vcpu v, ref XenSysctl op, out bool copyBack)
@@ -150,7 +194,10 @@ internal static class SysctlOp
             uint n = Math.Min(ti.NumCpus, (uint)nodeOf.Length);
             for (uint i = 0; i < n; i++)
             {
-                var t = new XenSysctlCputopo { Core = i, Socket = (uint)nodeOf[i], Node = (uint)nodeOf[i] };
+                // An offline pCPU has no topology, as Xen reports it.
+                var t = v.Domain.Host.Scheduler.IsOnline((int)i)
+                    ? new XenSysctlCputopo { Core = i, Socket = (uint)nodeOf[i], Node = (uint)nodeOf[i] }
+                    : new XenSysctlCputopo { Core = uint.MaxValue, Socket = uint.MaxValue, Node = uint.MaxValue };
                 if (!GuestAccess.WriteElement(v, ti.Cputopo, i, t))
                     return -Errno.EFAULT;
             }
