@@ -99,6 +99,19 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
         Assert.Matches($@"General information for domain {domid}:", ring);
     }
 
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void LsevtchnShowsTheChannelsXenstoreNames()
+    {
+        string domid = _xl.Run("domid", "watched").Stdout.Trim();
+        var channels = Dom0("lsevtchn", domid).Stdout;
+        foreach (var node in new[] { "store/port", "console/port" })
+        {
+            string port = Dom0("xenstore-read", $"/local/domain/{domid}/{node}").Stdout.Trim();
+            Assert.Matches($@"(?m)^\s*{port}: VCPU 0: (Interdomain \(Connected\) - Remote Domain 0, Port \d+|Unbound)", channels);
+        }
+        Assert.Contains("No such process", Failing("lsevtchn", "4000"));
+    }
+
     /// <summary>Runs a program that must fail; returns what it said.</summary>
     private string Failing(params string[] args)
     {
