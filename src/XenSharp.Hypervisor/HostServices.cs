@@ -34,6 +34,7 @@ internal sealed class HostServices : IDisposable
         CodeAging = new CodeAging(this, options.TrimHostHeap);
         CodeAging.Start();
         Scheduler = new Cpupools(this, options.Pcpus, options.Scheduler, options.NumaSysfsPath);
+        TraceBuffers = new TraceBuffers(this, Scheduler.NrPcpus, baseMfn: Frames.FrameCount);
         CommandLine = options.CommandLine;
         Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
@@ -45,6 +46,8 @@ internal sealed class HostServices : IDisposable
     public Timers Timers { get; }
     public CodeAging CodeAging { get; }
     public Cpupools Scheduler { get; }
+    /// <summary>The trace buffers xentrace reads (XEN_SYSCTL_tbuf_op).</summary>
+    public TraceBuffers TraceBuffers { get; }
     public Domain Dom0 { get; }
     public string CommandLine { get; }
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
@@ -383,6 +386,7 @@ internal sealed class HostServices : IDisposable
             foreach (var p in _pcpus)
                 p.Stop();
         Scheduler.Dispose();
+        TraceBuffers.Dispose();
         Timers.Dispose();
         Domain[] all;
         lock (_domains)

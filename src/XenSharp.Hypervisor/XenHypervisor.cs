@@ -103,6 +103,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         foreach (var v in d.Vcpus)
             Time.UpdateVcpuTime(v);
         Log($"created domain {d.DomainId} ({config.Type}, {config.Vcpus} vCPUs, {config.MaxMemKiB} KiB)");
+        Services.TraceBuffers.DomainEvent(Public.Trace.TRC_SCHED_DOM_ADD, d.DomainId);
         return d.DomainId;
     }
 
@@ -247,6 +248,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         d.Teardown();
         Services.RemoveDomain(domid);
         Log($"destroyed domain {domid}");
+        Services.TraceBuffers.DomainEvent(Public.Trace.TRC_SCHED_DOM_REM, domid);
         if (_options.TrimHostHeap)
             HostHeap.RequestTrim();
     }

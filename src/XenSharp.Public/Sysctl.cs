@@ -19,6 +19,8 @@ public static class Sysctl
         XEN_SYSCTL_get_cpu_featureset = 26, XEN_SYSCTL_livepatch_op = 27, XEN_SYSCTL_get_cpu_policy = 29;
 
     /// <summary>xen_sysctl_physinfo.capabilities.</summary>
+    public const uint XEN_SYSCTL_TBUFOP_get_info = 0, XEN_SYSCTL_TBUFOP_set_cpu_mask = 1, XEN_SYSCTL_TBUFOP_set_evt_mask = 2,
+        XEN_SYSCTL_TBUFOP_set_size = 3, XEN_SYSCTL_TBUFOP_enable = 4, XEN_SYSCTL_TBUFOP_disable = 5;
     /// <summary>A PCI device the hypervisor does not know (XEN_INVALID_NODE_ID - 1).</summary>
     public const uint XEN_INVALID_DEV = uint.MaxValue - 1;
     public const uint XEN_SYSCTL_CPU_HOTPLUG_ONLINE = 0, XEN_SYSCTL_CPU_HOTPLUG_OFFLINE = 1,

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Text;
 using System.Text.RegularExpressions;
 
 namespace XenSharp.Integration.Tests;
@@ -110,6 +112,62 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
             Assert.Matches($@"(?m)^\s*{port}: VCPU 0: (Interdomain \(Connected\) - Remote Domain 0, Port \d+|Unbound)", channels);
         }
         Assert.Contains("No such process", Failing("lsevtchn", "4000"));
+    }
+
+    [Fact, Trait("Feature", "xentrace")]
+    public void XentraceRecordsTheSchedulerAsXenalyzeReadsIt()
+    {
+        string trace = Path.Combine(_xl.RunDir, "sched.trace");
+        var psi = new ProcessStartInfo(Repository.PathOf("dom0"))
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            WorkingDirectory = Repository.Root,
+        };
+        foreach (var a in new[] { "xentrace", "-D", "-e", "0x0002f000", "-S", "16", trace })
+            psi.ArgumentList.Add(a);
+        psi.Environment["XENSHARP_RUNDIR"] = _xl.RunDir;
+        using var xentrace = Process.Start(psi)!;
+        var said = new StringBuilder();
+        var ready = new ManualResetEventSlim();
+        xentrace.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (said) said.AppendLine(e.Data);
+            if (e.Data.Contains("change evtmask")) ready.Set();
+        };
+        xentrace.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (said) said.AppendLine(e.Data); };
+        xentrace.BeginErrorReadLine();
+        xentrace.BeginOutputReadLine();
+        try
+        {
+            Assert.True(ready.Wait(TimeSpan.FromMinutes(2)), $"xentrace did not start tracing: {said}");
+            var r = _xl.Run("create", "-p", Repository.PathOf("tests", "guests", "hello.cfg"), "name=\"traced\"");
+            Assert.True(r.ExitCode == 0, r.ToString());
+            int domid = int.Parse(_xl.Run("domid", "traced").Stdout.Trim());
+            Assert.Equal(0, _xl.Run("unpause", "traced").ExitCode);
+            Assert.True(XlHost.WaitUntil(() => _xl.Run("domid", "traced").ExitCode != 0, TimeSpan.FromMinutes(2)), "the traced guest did not finish");
+
+            // xentrace reads the buffers one last time when interrupted.
+            using (var kill = Process.Start("kill", ["-INT", xentrace.Id.ToString()]))
+                kill.WaitForExit();
+            Assert.True(xentrace.WaitForExit(TimeSpan.FromMinutes(1)), $"xentrace did not stop: {said}");
+            xentrace.WaitForExit();
+
+            var summary = XlHost.RunProcess(new ProcessStartInfo("xenalyze", ["--summary", trace])
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true,
+            }, TimeSpan.FromMinutes(1));
+            Assert.True(summary.ExitCode == 0, summary.ToString());
+            string all = summary.Stdout + summary.Stderr;
+            Assert.Contains($"Creating domain {domid}", all);
+            Assert.Contains($"|-- Domain {domid} --|", all);
+            Assert.Matches(@"running:\s+[1-9]\d*\s", all);
+        }
+        finally
+        {
+            if (!xentrace.HasExited) xentrace.Kill();
+        }
     }
 
     /// <summary>Runs a program that must fail; returns what it said.</summary>

@@ -40,6 +40,18 @@ public sealed class XlHost : IDisposable
         return RunProcess(psi, timeout);
     }
 
+    /// <summary>Polls <paramref name="condition"/> until it holds (true) or <paramref name="timeout"/> passes (false).</summary>
+    public static bool WaitUntil(Func<bool> condition, TimeSpan timeout)
+    {
+        var until = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > until) return false;
+            Thread.Sleep(200);
+        }
+        return true;
+    }
+
     /// <summary>Runs a program of Xen's own userland under ./dom0 against this host's daemon.</summary>
     public XlResult RunDom0(params string[] args) => RunDom0(TimeSpan.FromMinutes(5), args);
 

@@ -123,6 +123,8 @@ public class LayoutTests
             ("scrub_pages", "ScrubPages", 56), ("outstanding_pages", "OutstandingPages", 64), ("max_mfn", "MaxMfn", 72), ("hw_cap", "HwCap", 80)]),
         ("struct xen_sysctl_cpu_hotplug", typeof(XenSysctlCpuHotplug), 8, [("cpu", "Cpu", 0), ("op", "Op", 4)]),
         ("struct xen_sysctl_pcitopoinfo", typeof(XenSysctlPcitopoinfo), 24, [("num_devs", "NumDevs", 0), ("devs", "Devs", 8), ("nodes", "Nodes", 16)]),
+        ("struct xen_sysctl_tbuf_op", typeof(XenSysctlTbufOp), 48, [("cmd", "Cmd", 0), ("cpu_mask", "CpuMask", 8), ("evt_mask", "EvtMask", 24),
+            ("buffer_mfn", "BufferMfn", 32), ("size", "Size", 40)]),
         ("struct xen_sysctl_debug_keys", typeof(XenSysctlDebugKeys), 16, [("keys", "Keys", 0), ("nr_keys", "NrKeys", 8)]),
         ("struct xen_sysctl_sched_id", typeof(XenSysctlSchedId), 4, [("sched_id", "SchedId", 0)]),
         ("struct xen_sysctl_getdomaininfolist", typeof(XenSysctlGetdomaininfolist), 24, [("first_domain", "FirstDomain", 0), ("max_domains", "MaxDomains", 4),

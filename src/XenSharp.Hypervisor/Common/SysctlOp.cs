@@ -20,6 +20,7 @@ internal static class SysctlOp
         [XEN_SYSCTL_debug_keys] = DebugKeys,
         [XEN_SYSCTL_cpu_hotplug] = CpuHotplug,
         [XEN_SYSCTL_pcitopoinfo] = PciTopoInfo,
+        [XEN_SYSCTL_tbuf_op] = TbufOp,
         [XEN_SYSCTL_sched_id] = SchedId,
         [XEN_SYSCTL_getdomaininfolist] = GetDomainInfoList,
         [XEN_SYSCTL_cputopoinfo] = CpuTopoInfo,
@@ -153,6 +154,45 @@ internal static class SysctlOp
         pt.NumDevs = i;
         copyBack = true;
         return rc;
+    }
+
+    /// <summary>The trace buffers, as xentrace drives them: a size set once, enable/disable, masks, and where t_info is.</summary>
+    private static long TbufOp(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        ref var tb = ref op.As<XenSysctlTbufOp>();
+        var trace = v.Domain.Host.TraceBuffers;
+        switch (tb.Cmd)
+        {
+            case XEN_SYSCTL_TBUFOP_get_info:
+                (tb.EvtMask, tb.BufferMfn, tb.Size) = trace.Info();
+                copyBack = true;
+                return 0;
+            case XEN_SYSCTL_TBUFOP_set_cpu_mask:
+            {
+                int cpus = v.Domain.Host.Scheduler.NrPcpus;
+                var bits = new byte[(Math.Min(tb.CpuMask.NrBits, (uint)cpus) + 7) / 8];
+                if (!GuestAccess.CopyFrom(v, tb.CpuMask.Bitmap, bits))
+                    return -Errno.EFAULT;
+                var mask = new bool[cpus];
+                for (int c = 0; c < cpus && c < tb.CpuMask.NrBits; c++)
+                    mask[c] = (bits[c / 8] & (1 << (c % 8))) != 0;
+                trace.SetCpuMask(mask);
+                return 0;
+            }
+            case XEN_SYSCTL_TBUFOP_set_evt_mask:
+                trace.SetEventMask(tb.EvtMask);
+                return 0;
+            case XEN_SYSCTL_TBUFOP_set_size:
+                return trace.SetSize(tb.Size);
+            case XEN_SYSCTL_TBUFOP_enable:
+                return trace.Enable();
+            case XEN_SYSCTL_TBUFOP_disable:
+                trace.Disable();
+                return 0;
+            default:
+                return -Errno.EINVAL;
+        }
     }
 
     private static long SchedId(Vcpu v, ref XenSysctl op, out bool copyBack)
