@@ -170,6 +170,33 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
         }
     }
 
+    [Fact, Trait("Feature", "Blkback")]
+    public void XentopShowsADiskWhileItIsAttached()
+    {
+        string image = Path.Combine(_xl.RunDir, "top.img");
+        using (var f = File.Create(image)) f.SetLength(16 << 20);
+        Assert.Equal(0, _xl.Run("block-attach", "watched", $"format=raw,vdev=xvdb,access=rw,target={image}").ExitCode);
+        try
+        {
+            Assert.True(XlHost.WaitUntil(() => Vbds() == 1, TimeSpan.FromSeconds(30)), Dom0("xentop", "-b", "-i", "1").Stdout);
+            Assert.Matches(@"VBD BlkBack 51728 \[[^\]]*\]\s+OO:\s+0\s+RD:\s+0\s+WR:\s+0", Dom0("xentop", "-b", "-i", "1", "-x").Stdout);
+        }
+        finally
+        {
+            _xl.Run("block-detach", "watched", "xvdb");
+        }
+        Assert.True(XlHost.WaitUntil(() => Vbds() == 0, TimeSpan.FromSeconds(30)), Dom0("xentop", "-b", "-i", "1").Stdout);
+    }
+
+    /// <summary>The VBDS column of xentop's line for the watched guest.</summary>
+    private int Vbds()
+    {
+        var lines = Dom0("xentop", "-b", "-i", "1").Stdout.Split('\n');
+        var header = lines.First(l => l.Contains("NAME")).Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        var row = lines.First(l => l.TrimStart().StartsWith("watched ", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        return int.Parse(row[Array.IndexOf(header, "VBDS")]);
+    }
+
     /// <summary>Runs a program that must fail; returns what it said.</summary>
     private string Failing(params string[] args)
     {
