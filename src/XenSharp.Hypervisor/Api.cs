@@ -44,7 +44,8 @@ public sealed record VcpuListEntry(ushort DomainId, int VcpuId, bool Online, boo
 
 /// <summary>What `xl info` asks of the hypervisor: XEN_SYSCTL_physinfo and the version.</summary>
 public sealed record PhysInfo(ulong TotalMemoryBytes, ulong FreeMemoryBytes, int Pcpus, string Scheduler,
-    int XenMajor, int XenMinor, string XenExtra, string Capabilities, string CommandLine, ulong GuestTscHz);
+    int XenMajor, int XenMinor, string XenExtra, string Capabilities, string CommandLine, ulong GuestTscHz,
+    int OnlinePcpus);
 
 /// <summary>Raised when a domain shuts down, with Xen's reason.</summary>
 public sealed class DomainShutdownEventArgs(ushort domainId, ShutdownReason reason) : EventArgs

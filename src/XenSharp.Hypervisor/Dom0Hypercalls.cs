@@ -131,6 +131,8 @@ public sealed partial class XenHypervisor
         out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
     {
         memfd = null;
+        if (domid == Xen.DOMID_XEN)
+            return XenFrames(gfns, offsets, out memfd);
         var d = FindDomain(domid);
         if (d is null || d.IsHost)
             return -Errno.ESRCH;
@@ -154,6 +156,23 @@ public sealed partial class XenHypervisor
             }
         }
         memfd = file;
+        return 0;
+    }
+
+    /// <summary>DOMID_XEN's frames a Domain-0 program may map: the trace buffers (by machine frame, as xentrace asks).</summary>
+    private long XenFrames(ReadOnlySpan<ulong> mfns, Span<long> offsets, out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        for (int i = 0; i < mfns.Length; i++)
+        {
+            offsets[i] = Services.TraceBuffers.OffsetOf(mfns[i], out var file);
+            if (offsets[i] >= 0)
+                memfd = file;
+        }
+        if (memfd is null)
+            return -Errno.EINVAL;
+        bool added = false;
+        memfd.DangerousAddRef(ref added);
         return 0;
     }
 }

@@ -34,6 +34,7 @@ internal sealed class HostServices : IDisposable
         CodeAging = new CodeAging(this, options.TrimHostHeap);
         CodeAging.Start();
         Scheduler = new Cpupools(this, options.Pcpus, options.Scheduler, options.NumaSysfsPath);
+        TraceBuffers = new TraceBuffers(this, Scheduler.NrPcpus, baseMfn: Frames.FrameCount);
         CommandLine = options.CommandLine;
         Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
@@ -45,6 +46,8 @@ internal sealed class HostServices : IDisposable
     public Timers Timers { get; }
     public CodeAging CodeAging { get; }
     public Cpupools Scheduler { get; }
+    /// <summary>The trace buffers xentrace reads (XEN_SYSCTL_tbuf_op).</summary>
+    public TraceBuffers TraceBuffers { get; }
     public Domain Dom0 { get; }
     public string CommandLine { get; }
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
@@ -139,7 +142,41 @@ internal sealed class HostServices : IDisposable
     // ================= the console ring =================
 
     /// <summary>A line of the hypervisor's own in its console ring (`xl dmesg`).</summary>
-    public void Log(string message) => _ring.WriteLine("(XEN) " + message);
+    public void Log(string message) => _ring.WriteLine("(XEN) " + Timestamp() + message);
+
+    /// <summary>Xen's console_timestamps runtime parameter: what starts each line of the console ring.</summary>
+    public ConsoleTimestamps ConsoleTimestamps { get; private set; }
+
+    /// <summary>Parses a console_timestamps value as Xen does (a boolean, date, datems, boot, raw or none); -EINVAL otherwise.</summary>
+    public long SetConsoleTimestamps(string value)
+    {
+        if (ConsoleTimestampsExtensions.Parse(value) is not { } mode)
+            return -Errno.EINVAL;
+        ConsoleTimestamps = mode;
+        return 0;
+    }
+
+    private string Timestamp()
+    {
+        switch (ConsoleTimestamps)
+        {
+            case ConsoleTimestamps.Date:
+                return DateTime.UtcNow.ToString("[yyyy-MM-dd HH:mm:ss] ", System.Globalization.CultureInfo.InvariantCulture);
+            case ConsoleTimestamps.DateMs:
+                return DateTime.UtcNow.ToString("[yyyy-MM-dd HH:mm:ss.fff] ", System.Globalization.CultureInfo.InvariantCulture);
+            case ConsoleTimestamps.Boot:
+                long ns = Time.NowNs;
+                return $"[{ns / 1_000_000_000,5}.{ns % 1_000_000_000 / 1000:D6}] ";
+            case ConsoleTimestamps.Raw:
+                return $"[{Time.ReadTsc(Time.NowNs):x16}] ";
+            default:
+                return "";
+        }
+    }
+
+    /// <summary>The hypervisor file system (__HYPERVISOR_hypfs_op).</summary>
+    public HypfsTree Hypfs => _hypfs ??= new HypfsTree(this);
+    private HypfsTree? _hypfs;
 
     /// <summary>The console ring (<paramref name="clear"/> for `xl dmesg -c`).</summary>
     public string ReadConsole(bool clear) => Encoding.UTF8.GetString(_ring.Read(clear));
@@ -163,7 +200,7 @@ internal sealed class HostServices : IDisposable
             {
                 if (b == '\n' || line.Length >= 1024)
                 {
-                    _ring.WriteLine($"(d{d.DomainId}) {line}");
+                    _ring.WriteLine($"(d{d.DomainId}) {Timestamp()}{line}");
                     line.Clear();
                 }
                 else if (b != '\r')
@@ -349,6 +386,7 @@ internal sealed class HostServices : IDisposable
             foreach (var p in _pcpus)
                 p.Stop();
         Scheduler.Dispose();
+        TraceBuffers.Dispose();
         Timers.Dispose();
         Domain[] all;
         lock (_domains)

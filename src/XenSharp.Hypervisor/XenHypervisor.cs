@@ -103,6 +103,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         foreach (var v in d.Vcpus)
             Time.UpdateVcpuTime(v);
         Log($"created domain {d.DomainId} ({config.Type}, {config.Vcpus} vCPUs, {config.MaxMemKiB} KiB)");
+        Services.TraceBuffers.DomainEvent(Public.Trace.TRC_SCHED_DOM_ADD, d.DomainId);
         return d.DomainId;
     }
 
@@ -247,6 +248,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         d.Teardown();
         Services.RemoveDomain(domid);
         Log($"destroyed domain {domid}");
+        Services.TraceBuffers.DomainEvent(Public.Trace.TRC_SCHED_DOM_REM, domid);
         if (_options.TrimHostHeap)
             HostHeap.RequestTrim();
     }
@@ -340,7 +342,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     public PhysInfo GetHostInfo() => new(
         (ulong)Frames.FrameCount << FrameTable.PageShift, (ulong)Frames.FreeFrames << FrameTable.PageShift,
         _options.Pcpus, Scheduler.Name, XenVersion.Major, XenVersion.Minor, XenVersion.ExtraVersion,
-        XenVersion.Capabilities, Services.CommandLine, Time.TscHz);
+        XenVersion.Capabilities, Services.CommandLine, Time.TscHz, Scheduler.OnlineCpus);
 
     // ================= consoles =================
 

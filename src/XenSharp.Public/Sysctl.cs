@@ -19,6 +19,12 @@ public static class Sysctl
         XEN_SYSCTL_get_cpu_featureset = 26, XEN_SYSCTL_livepatch_op = 27, XEN_SYSCTL_get_cpu_policy = 29;
 
     /// <summary>xen_sysctl_physinfo.capabilities.</summary>
+    public const uint XEN_SYSCTL_TBUFOP_get_info = 0, XEN_SYSCTL_TBUFOP_set_cpu_mask = 1, XEN_SYSCTL_TBUFOP_set_evt_mask = 2,
+        XEN_SYSCTL_TBUFOP_set_size = 3, XEN_SYSCTL_TBUFOP_enable = 4, XEN_SYSCTL_TBUFOP_disable = 5;
+    /// <summary>A PCI device the hypervisor does not know (XEN_INVALID_NODE_ID - 1).</summary>
+    public const uint XEN_INVALID_DEV = uint.MaxValue - 1;
+    public const uint XEN_SYSCTL_CPU_HOTPLUG_ONLINE = 0, XEN_SYSCTL_CPU_HOTPLUG_OFFLINE = 1,
+        XEN_SYSCTL_CPU_HOTPLUG_SMT_ENABLE = 2, XEN_SYSCTL_CPU_HOTPLUG_SMT_DISABLE = 3;
     public const uint XEN_SYSCTL_PHYSCAP_hvm = 1 << 0, XEN_SYSCTL_PHYSCAP_pv = 1 << 1, XEN_SYSCTL_PHYSCAP_directio = 1 << 2,
         XEN_SYSCTL_PHYSCAP_hap = 1 << 3, XEN_SYSCTL_PHYSCAP_shadow = 1 << 4, XEN_SYSCTL_PHYSCAP_iommu_hap_pt_share = 1 << 5;
 
@@ -88,6 +94,31 @@ public unsafe struct XenSysctlPhysinfo
     public ulong OutstandingPages;
     public ulong MaxMfn;
     public fixed uint HwCap[8];
+}
+
+/// <summary>struct xen_sysctl_cpu_hotplug.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenSysctlCpuHotplug
+{
+    public uint Cpu;
+    public uint Op;
+}
+
+/// <summary>struct xen_sysctl_pcitopoinfo.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenSysctlPcitopoinfo
+{
+    public uint NumDevs;
+    public ulong Devs;
+    public ulong Nodes;
+}
+
+/// <summary>struct xen_sysctl_debug_keys.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenSysctlDebugKeys
+{
+    public ulong Keys;
+    public uint NrKeys;
 }
 
 /// <summary>struct xen_sysctl_sched_id.</summary>

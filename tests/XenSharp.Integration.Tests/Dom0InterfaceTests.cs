@@ -58,17 +58,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
     }
 
     /// <summary>Runs a program under ./dom0 and waits for it.</summary>
-    private XlResult Dom0(params string[] args)
-    {
-        using var p = Process.Start(Dom0Start(args))!;
-        p.StandardInput.Close();
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        bool exited = p.WaitForExit(TimeSpan.FromMinutes(5));
-        if (!exited) p.Kill(entireProcessTree: true);
-        p.WaitForExit();
-        return new XlResult(exited ? p.ExitCode : -1, stdout.Result, stderr.Result, !exited);
-    }
+    private XlResult Dom0(params string[] args) => Xl.RunDom0(args);
 
     private XlResult Ours(params string[] args)
     {

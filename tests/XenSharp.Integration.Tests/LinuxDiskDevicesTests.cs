@@ -158,6 +158,29 @@ public sealed partial class LinuxDiskDevicesTests(LinuxDiskDevicesTests.DiskGues
         Assert.Contains("cd-0-end", guest.Ask("echo cd-$(ls /sys/block | grep -c xvde)-e\"\"nd", "-end"));
     }
 
+    [GeneratedRegex(@"VBD BlkBack 51760 \[[^\]]*\]\s+OO:\s+\d+\s+RD:\s+(\d+)\s+WR:\s+(\d+)\s+RSECT:\s+(\d+)\s+WSECT:\s+(\d+)")]
+    private static partial Regex XentopXvdd();
+
+    [Fact]
+    [Trait("Feature", "Blkback")]
+    public void XentopCountsTheReadsOfTheGuest()
+    {
+        // 4 MiB read past the guest's page cache: at least 8192 sectors, and nothing written to a read-only disk.
+        Assert.Contains("dd-0-end", guest.Ask("dd if=/dev/xvdd of=/dev/null bs=1M iflag=direct 2>/dev/null; echo dd-$?-e\"\"nd", "-end", IoLimit));
+        Match m = Match.Empty;
+        string last = "";
+        Assert.True(XlHost.WaitUntil(() =>
+        {
+            var top = guest.Dom0("xentop", "-b", "-i", "1", "-x");
+            last = top.ToString();
+            m = XentopXvdd().Match(top.Stdout);
+            return m.Success && long.Parse(m.Groups[3].Value) >= 8192;
+        }, TimeSpan.FromSeconds(60)), $"xentop does not show xvdd's reads:\n{last}");
+        Assert.True(long.Parse(m.Groups[1].Value) >= 4, last);
+        Assert.Equal("0", m.Groups[2].Value);
+        Assert.Equal("0", m.Groups[4].Value);
+    }
+
     private static string Md5(string path)
     {
         using var s = File.OpenRead(path);
@@ -180,6 +203,9 @@ public sealed partial class LinuxDiskDevicesTests(LinuxDiskDevicesTests.DiskGues
         public string ReadOnlyPath { get; }
 
         public XlResult Xl(params string[] args) => _xl.Run(TimeSpan.FromMinutes(2), args);
+
+        /// <summary>Runs a program of Xen's userland against the class's daemon.</summary>
+        public XlResult Dom0(params string[] args) => _xl.RunDom0(args);
 
         public string Ask(string command, string expect, TimeSpan? limit = null) => _console.Ask(command, expect, limit ?? TimeSpan.FromMinutes(2));
 

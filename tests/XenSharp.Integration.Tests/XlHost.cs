@@ -40,6 +40,35 @@ public sealed class XlHost : IDisposable
         return RunProcess(psi, timeout);
     }
 
+    /// <summary>Polls <paramref name="condition"/> until it holds (true) or <paramref name="timeout"/> passes (false).</summary>
+    public static bool WaitUntil(Func<bool> condition, TimeSpan timeout)
+    {
+        var until = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > until) return false;
+            Thread.Sleep(200);
+        }
+        return true;
+    }
+
+    /// <summary>Runs a program of Xen's own userland under ./dom0 against this host's daemon.</summary>
+    public XlResult RunDom0(params string[] args) => RunDom0(TimeSpan.FromMinutes(5), args);
+
+    public XlResult RunDom0(TimeSpan timeout, params string[] args)
+    {
+        var psi = new ProcessStartInfo(Repository.PathOf("dom0"))
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            WorkingDirectory = Repository.Root,
+        };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["XENSHARP_RUNDIR"] = RunDir;
+        return RunProcess(psi, timeout);
+    }
+
     /// <summary>Runs a prepared process to its end (killed with its children past <paramref name="limit"/>),
     /// stdin closed, both outputs collected.</summary>
     public static XlResult RunProcess(ProcessStartInfo psi, TimeSpan limit)

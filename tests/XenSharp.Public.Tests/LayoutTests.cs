@@ -121,6 +121,11 @@ public class LayoutTests
             ("nr_cpus", "NrCpus", 8), ("max_cpu_id", "MaxCpuId", 12), ("nr_nodes", "NrNodes", 16), ("max_node_id", "MaxNodeId", 20), ("cpu_khz", "CpuKhz", 24),
             ("capabilities", "Capabilities", 28), ("arch_capabilities", "ArchCapabilities", 32), ("total_pages", "TotalPages", 40), ("free_pages", "FreePages", 48),
             ("scrub_pages", "ScrubPages", 56), ("outstanding_pages", "OutstandingPages", 64), ("max_mfn", "MaxMfn", 72), ("hw_cap", "HwCap", 80)]),
+        ("struct xen_sysctl_cpu_hotplug", typeof(XenSysctlCpuHotplug), 8, [("cpu", "Cpu", 0), ("op", "Op", 4)]),
+        ("struct xen_sysctl_pcitopoinfo", typeof(XenSysctlPcitopoinfo), 24, [("num_devs", "NumDevs", 0), ("devs", "Devs", 8), ("nodes", "Nodes", 16)]),
+        ("struct xen_sysctl_tbuf_op", typeof(XenSysctlTbufOp), 48, [("cmd", "Cmd", 0), ("cpu_mask", "CpuMask", 8), ("evt_mask", "EvtMask", 24),
+            ("buffer_mfn", "BufferMfn", 32), ("size", "Size", 40)]),
+        ("struct xen_sysctl_debug_keys", typeof(XenSysctlDebugKeys), 16, [("keys", "Keys", 0), ("nr_keys", "NrKeys", 8)]),
         ("struct xen_sysctl_sched_id", typeof(XenSysctlSchedId), 4, [("sched_id", "SchedId", 0)]),
         ("struct xen_sysctl_getdomaininfolist", typeof(XenSysctlGetdomaininfolist), 24, [("first_domain", "FirstDomain", 0), ("max_domains", "MaxDomains", 4),
             ("buffer", "Buffer", 8), ("num_domains", "NumDomains", 16)]),
@@ -137,6 +142,8 @@ public class LayoutTests
         ("struct xsd_sockmsg", typeof(XsdSockmsg), 16, [("type", "Type", 0), ("req_id", "ReqId", 4), ("tx_id", "TxId", 8), ("len", "Len", 12)]),
         ("struct xenstore_domain_interface", typeof(XenstoreDomainInterface), 2076, [("req", "Req", 0), ("rsp", "Rsp", 1024), ("req_cons", "ReqCons", 2048),
             ("rsp_prod", "RspProd", 2060), ("server_features", "ServerFeatures", 2064), ("connection", "Connection", 2068), ("error", "Error", 2072)]),
+        ("struct xen_hypfs_direntry", typeof(XenHypfsDirentry), 12, [("type", "Type", 0), ("encoding", "Encoding", 1), ("pad", "Pad", 2),
+            ("content_len", "ContentLen", 4), ("max_write_len", "MaxWriteLen", 8)]),
     ];
 
     public static IEnumerable<object[]> Structs() => Layouts.Select(l => new object[] { l.C });
@@ -159,7 +166,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h" })
+                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

@@ -14,7 +14,7 @@ namespace XenSharp.Backends.Block;
 /// <summary>Requests a block device has served, by kind (Linux blkback's statistics directory).</summary>
 public sealed class BlkifStatistics
 {
-    internal long Reads, Writes, Flushes, Discards, Barriers, Errors, Unsupported;
+    internal long Reads, Writes, Flushes, Discards, Barriers, Errors, Unsupported, OutOfRequests, SectorsRead, SectorsWritten;
     public long ReadRequests => Volatile.Read(ref Reads);
     public long WriteRequests => Volatile.Read(ref Writes);
     public long FlushRequests => Volatile.Read(ref Flushes);
@@ -24,6 +24,11 @@ public sealed class BlkifStatistics
     public long FailedRequests => Volatile.Read(ref Errors);
     /// <summary>Requests answered BLKIF_RSP_EOPNOTSUPP.</summary>
     public long UnsupportedRequests => Volatile.Read(ref Unsupported);
+    /// <summary>Times requests waited on the rings because every I/O slot was busy (blkback's oo_req).</summary>
+    public long OutOfRequestEvents => Volatile.Read(ref OutOfRequests);
+    /// <summary>512-byte sectors read and written (rd_sect, wr_sect).</summary>
+    public long ReadSectors => Volatile.Read(ref SectorsRead);
+    public long WrittenSectors => Volatile.Read(ref SectorsWritten);
 }
 
 /// <summary>
@@ -214,6 +219,7 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         foreach (var q in queues)
             if (q is not null && !q.Serve(pool)) starved = true;
         if (!starved) return;
+        Interlocked.Increment(ref Statistics.OutOfRequests);
         // Out of slots: a returning one looks again. One may have come back already.
         Volatile.Write(ref _starved, 1);
         Interlocked.MemoryBarrier();
@@ -343,6 +349,7 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
         long offset = (long)sectorNumber << SectorShift;
         if (offset % _sectorSize != 0 || bytes % _sectorSize != 0)
             return BLKIF_RSP_ERROR;
+        Interlocked.Add(ref write ? ref Statistics.SectorsWritten : ref Statistics.SectorsRead, (long)sectors);
 
         // Each segment moves through a persistently mapped page where there is one, by grant copy otherwise.
         var grants = slot.Queue!.Grants;

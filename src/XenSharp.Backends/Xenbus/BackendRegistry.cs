@@ -61,6 +61,10 @@ public sealed class BackendRegistry : IDisposable
     /// <summary>The live backend of a device, or null.</summary>
     public BackendDevice? Find(DeviceAddress a) => _buses.TryGetValue(a.Kind, out var b) ? b.Find(a) : null;
 
+    /// <summary>The request counters of each PV disk that exists now (what blkback shows in sysfs).</summary>
+    public (DeviceAddress Address, Block.BlkifStatistics Statistics)[] VbdStatistics() =>
+        _buses.TryGetValue(DeviceKinds.Vbd, out var b) ? [.. b.All().OfType<Block.BlkifBackend>().Select(d => (d.Address, d.Statistics))] : [];
+
     /// <summary>Ends every backend device of domain <paramref name="domId"/> and waits until each has let go of
     /// the guest's grants and ports (before the domain itself is destroyed).</summary>
     public void RemoveDevicesOf(uint domId)
@@ -103,6 +107,11 @@ internal sealed class BackendBus : IDisposable
     public BackendDevice? Find(DeviceAddress a)
     {
         lock (_lock) return _devices.GetValueOrDefault((a.FrontendId, a.DevId));
+    }
+
+    public BackendDevice[] All()
+    {
+        lock (_lock) return [.. _devices.Values];
     }
 
     /// <summary>Watch events arrive in order on one thread at a time: the path names the device

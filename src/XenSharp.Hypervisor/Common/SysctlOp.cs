@@ -17,6 +17,10 @@ internal static class SysctlOp
     {
         [XEN_SYSCTL_readconsole] = ReadConsole,
         [XEN_SYSCTL_physinfo] = PhysInfo,
+        [XEN_SYSCTL_debug_keys] = DebugKeys,
+        [XEN_SYSCTL_cpu_hotplug] = CpuHotplug,
+        [XEN_SYSCTL_pcitopoinfo] = PciTopoInfo,
+        [XEN_SYSCTL_tbuf_op] = TbufOp,
         [XEN_SYSCTL_sched_id] = SchedId,
         [XEN_SYSCTL_getdomaininfolist] = GetDomainInfoList,
         [XEN_SYSCTL_cputopoinfo] = CpuTopoInfo,
@@ -80,7 +84,7 @@ internal static class SysctlOp
         pi.ThreadsPerCore = 1;
         pi.NrNodes = (uint)Math.Max(1, nodes.Length);
         pi.CoresPerSocket = (uint)Math.Max(1, cpus / (int)pi.NrNodes);
-        pi.NrCpus = (uint)cpus;
+        pi.NrCpus = (uint)host.Scheduler.OnlineCpus;
         pi.MaxCpuId = (uint)(cpus - 1);
         pi.MaxNodeId = (uint)(nodes.Length == 0 ? 0 : nodes[^1]);
         pi.CpuKhz = HostCpuKhz();
@@ -90,6 +94,105 @@ internal static class SysctlOp
         pi.MaxMfn = host.Frames.MaxMfn;
         copyBack = true;
         return 0;
+    }
+
+    /// <summary>Each key runs its handler, as if typed on Xen's serial console (`xl debug-keys`).</summary>
+    private static long DebugKeys(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        ref var dk = ref op.As<XenSysctlDebugKeys>();
+        if (v.Domain.Host.Control is not { } control)
+            return -Errno.ENOSYS;
+        // Key by key, as Xen reads them: the keys before an unreadable one have run.
+        Span<byte> key = stackalloc byte[1];
+        for (uint i = 0; i < dk.NrKeys; i++)
+        {
+            if (!GuestAccess.CopyFrom(v, dk.Keys + i, key))
+                return -Errno.EFAULT;
+            KeyHandler.Handle(control, (char)key[0]);
+        }
+        return 0;
+    }
+
+    /// <summary>pCPUs offline and online (xen-hptool). The host's pCPUs are threads without SMT siblings, so the SMT
+    /// operations answer -EOPNOTSUPP, as Xen does on hardware without hyperthreading.</summary>
+    private static long CpuHotplug(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        var hp = op.As<XenSysctlCpuHotplug>();
+        var pools = v.Domain.Host.Scheduler;
+        try
+        {
+            switch (hp.Op)
+            {
+                case XEN_SYSCTL_CPU_HOTPLUG_ONLINE: pools.OnlineCpu((int)hp.Cpu); return 0;
+                case XEN_SYSCTL_CPU_HOTPLUG_OFFLINE: pools.OfflineCpu((int)hp.Cpu); return 0;
+                default: return -Errno.EOPNOTSUPP;
+            }
+        }
+        catch (HypervisorException e)
+        {
+            return -e.Errno;
+        }
+    }
+
+    /// <summary>The NUMA node of each PCI device asked about. The host's PCI devices are not the hypervisor's (there
+    /// is no passthrough), so each is XEN_INVALID_DEV, as Xen answers for a device it has not found.</summary>
+    private static long PciTopoInfo(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        ref var pt = ref op.As<XenSysctlPcitopoinfo>();
+        uint i = 0;
+        long rc = 0;
+        for (; i < pt.NumDevs; i++)
+        {
+            if (!GuestAccess.ReadElement(v, pt.Devs, i, out uint _) || !GuestAccess.WriteElement(v, pt.Nodes, i, XEN_INVALID_DEV))
+            {
+                rc = -Errno.EFAULT;
+                break;
+            }
+        }
+        pt.NumDevs = i;
+        copyBack = true;
+        return rc;
+    }
+
+    /// <summary>The trace buffers, as xentrace drives them: a size set once, enable/disable, masks, and where t_info is.</summary>
+    private static long TbufOp(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        ref var tb = ref op.As<XenSysctlTbufOp>();
+        var trace = v.Domain.Host.TraceBuffers;
+        switch (tb.Cmd)
+        {
+            case XEN_SYSCTL_TBUFOP_get_info:
+                (tb.EvtMask, tb.BufferMfn, tb.Size) = trace.Info();
+                copyBack = true;
+                return 0;
+            case XEN_SYSCTL_TBUFOP_set_cpu_mask:
+            {
+                int cpus = v.Domain.Host.Scheduler.NrPcpus;
+                var bits = new byte[(Math.Min(tb.CpuMask.NrBits, (uint)cpus) + 7) / 8];
+                if (!GuestAccess.CopyFrom(v, tb.CpuMask.Bitmap, bits))
+                    return -Errno.EFAULT;
+                var mask = new bool[cpus];
+                for (int c = 0; c < cpus && c < tb.CpuMask.NrBits; c++)
+                    mask[c] = (bits[c / 8] & (1 << (c % 8))) != 0;
+                trace.SetCpuMask(mask);
+                return 0;
+            }
+            case XEN_SYSCTL_TBUFOP_set_evt_mask:
+                trace.SetEventMask(tb.EvtMask);
+                return 0;
+            case XEN_SYSCTL_TBUFOP_set_size:
+                return trace.SetSize(tb.Size);
+            case XEN_SYSCTL_TBUFOP_enable:
+                return trace.Enable();
+            case XEN_SYSCTL_TBUFOP_disable:
+                trace.Disable();
+                return 0;
+            default:
+                return -Errno.EINVAL;
+        }
     }
 
     private static long SchedId(Vcpu v, ref XenSysctl op, out bool copyBack)
@@ -131,7 +234,10 @@ internal static class SysctlOp
             uint n = Math.Min(ti.NumCpus, (uint)nodeOf.Length);
             for (uint i = 0; i < n; i++)
             {
-                var t = new XenSysctlCputopo { Core = i, Socket = (uint)nodeOf[i], Node = (uint)nodeOf[i] };
+                // An offline pCPU has no topology, as Xen reports it.
+                var t = v.Domain.Host.Scheduler.IsOnline((int)i)
+                    ? new XenSysctlCputopo { Core = i, Socket = (uint)nodeOf[i], Node = (uint)nodeOf[i] }
+                    : new XenSysctlCputopo { Core = uint.MaxValue, Socket = uint.MaxValue, Node = uint.MaxValue };
                 if (!GuestAccess.WriteElement(v, ti.Cputopo, i, t))
                     return -Errno.EFAULT;
             }

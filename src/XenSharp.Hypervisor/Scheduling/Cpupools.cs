@@ -25,6 +25,7 @@ internal sealed class Cpupools : IDisposable
     private readonly object _lock = new();
     private readonly Pcpu?[] _pcpus;
     private readonly Cpupool?[] _poolOfCpu;
+    private readonly bool[] _offline;
     private readonly SortedDictionary<int, Cpupool> _pools = new();
     private readonly Dictionary<Domain, Cpupool> _poolOfDomain = new();
 
@@ -36,6 +37,7 @@ internal sealed class Cpupools : IDisposable
             : throw new HypervisorException($"unknown scheduler '{defaultScheduler}' (known: {string.Join(", ", Schedulers.Names)})", Errno.EINVAL);
         _pcpus = new Pcpu?[NrPcpus];
         _poolOfCpu = new Cpupool?[NrPcpus];
+        _offline = new bool[NrPcpus];
         Topology = new HostTopology(NrPcpus, numaSysfsPath);
         NodeAffinity = new NodeAffinityTable(this);
         Timer = new SliceTimer(host.Time, NrPcpus, cpu => PcpuAt(cpu)?.OnDeadline());
@@ -101,7 +103,55 @@ internal sealed class Cpupools : IDisposable
     public int[] FreeCpus()
     {
         lock (_lock)
-            return Enumerable.Range(0, NrPcpus).Where(c => _poolOfCpu[c] is null).ToArray();
+            return Enumerable.Range(0, NrPcpus).Where(c => _poolOfCpu[c] is null && !_offline[c]).ToArray();
+    }
+
+    // ---- physical CPU hotplug (Xen's cpu_up/cpu_down with cpupool0's notifier) ----
+
+    public bool IsOnline(int cpu) => (uint)cpu < (uint)NrPcpus && !_offline[cpu];
+
+    public int OnlineCpus
+    {
+        get { lock (_lock) return Enumerable.Range(0, NrPcpus).Count(c => !_offline[c]); }
+    }
+
+    /// <summary>Takes a pCPU offline: it leaves Pool-0 (its vCPUs move to the pool's other pCPUs) and runs nothing until
+    /// brought back. pCPU 0 stays, as in Xen; a pCPU of another pool, or the last one of a pool with domains, is busy.</summary>
+    public void OfflineCpu(int cpu)
+    {
+        lock (_lock)
+        {
+            if (cpu <= 0 || cpu >= NrPcpus)
+                throw new HypervisorException($"pCPU {cpu} cannot be taken offline", Errno.EINVAL);
+            if (_offline[cpu])
+                throw new HypervisorException($"pCPU {cpu} is already offline", Errno.EEXIST);
+            if (_poolOfCpu[cpu] is { } pool)
+            {
+                if (pool.Id != 0)
+                    throw new HypervisorException($"pCPU {cpu} belongs to cpupool '{pool.Name}'", Errno.EBUSY);
+                if (pool.Cpus.Length == 1 && _poolOfDomain.ContainsValue(pool))
+                    throw new HypervisorException($"pCPU {cpu} is the last one of cpupool '{pool.Name}', which has domains", Errno.EBUSY);
+                ReleaseCpu(pool, cpu);
+            }
+            _offline[cpu] = true;
+            _host.Log($"CPU {cpu} offline");
+        }
+    }
+
+    /// <summary>Brings a pCPU back online, into Pool-0 as Xen's cpupool notifier places it.</summary>
+    public void OnlineCpu(int cpu)
+    {
+        lock (_lock)
+        {
+            if (cpu < 0 || cpu >= NrPcpus)
+                throw new HypervisorException($"there is no pCPU {cpu} (the host has {NrPcpus})", Errno.EINVAL);
+            if (!_offline[cpu])
+                throw new HypervisorException($"pCPU {cpu} is already online", Errno.EEXIST);
+            _offline[cpu] = false;
+            if (Pool(0) is { } pool0)
+                AssignCpu(pool0, cpu);
+            _host.Log($"CPU {cpu} online");
+        }
     }
 
     // ---- the hypervisor's scheduling calls ----
@@ -192,6 +242,8 @@ internal sealed class Cpupools : IDisposable
     {
         if ((uint)cpu >= (uint)NrPcpus)
             throw new HypervisorException($"there is no pCPU {cpu} (the host has {NrPcpus})", Errno.EINVAL);
+        if (_offline[cpu])
+            throw new HypervisorException($"pCPU {cpu} is offline", Errno.EBUSY);
         if (_poolOfCpu[cpu] is { } owner)
             throw new HypervisorException($"pCPU {cpu} belongs to cpupool '{owner.Name}'", Errno.EBUSY);
     }

@@ -137,6 +137,8 @@ internal sealed class Pcpu
             _pools.OnWakeLatency(start - woken);
         }
         RunStartNs = start;
+        if (_host.TraceBuffers.Enabled)
+            _host.TraceBuffers.SwitchIn(Id, v, start);
         _preemptSeen = _preemptAt = long.MaxValue;
         CurrentVcpu = v;
         _host.Frames.Enter(v.Translations);
@@ -158,7 +160,10 @@ internal sealed class Pcpu
         // and caps do not depend on the host's load; real-time ones charge the slot of wall time they granted.
         long ran = cpuStart < 0 || cpuEnd < 0 ? end - start : Math.Clamp(cpuEnd - cpuStart, 0, end - start);
         Interlocked.Add(ref v.CpuTimeNs, ran);
-        v.SetRunstate(!v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable, end);
+        var after = !v.IsUp ? Runstate.Offline : v.Blocked ? Runstate.Blocked : Runstate.Runnable;
+        v.SetRunstate(after, end);
+        if (_host.TraceBuffers.Enabled)
+            _host.TraceBuffers.SwitchOut(Id, v, after, end);
         if (ran < end - start)
             lock (v.RunstateTime)
             {

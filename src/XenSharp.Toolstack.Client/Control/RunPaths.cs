@@ -28,6 +28,9 @@ public sealed class RunPaths
     /// <summary>Where the drop-in Xen libraries (libxencall, libxenevtchn, ...) reach the daemon's privcmd.</summary>
     public string PrivcmdSocket => Path.Combine(RunDir, "privcmd.sock");
 
+    /// <summary>What Linux's backends show in sysfs (/sys/bus/xen-backend): ./dom0 lays it over /sys/bus for Xen's tools.</summary>
+    public string XenBackendSysfs => Path.Combine(RunDir, "sys", "bus", "xen-backend");
+
     public string PidFile => Path.Combine(RunDir, "xensharpd.pid");
     public string DaemonLog => Path.Combine(RunDir, "xensharpd.log");
     public string ConsoleLogDir => Path.Combine(RunDir, "console");

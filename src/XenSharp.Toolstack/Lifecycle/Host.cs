@@ -63,7 +63,10 @@ public sealed partial class Host : IDisposable
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
         _hv.ConsoleWrite($"Command line: {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}");
         _hv.ConsoleWrite($"xensharpd: run directory {paths.RunDir}, {_hv.HostCpus} pCPUs");
+        _sysfs = new BackendSysfs(() => { lock (_lock) return _backends; }, paths.XenBackendSysfs, _time);
     }
+
+    private readonly BackendSysfs _sysfs;
 
     public IReadOnlyCollection<uint> DomainIds { get { lock (_lock) return [.. _domains.Keys]; } }
 
@@ -353,6 +356,7 @@ public sealed partial class Host : IDisposable
             foreach (var l in guests) EndLineageLocked(l);
             foreach (var d in all) DestroyLocked(d);
         }
+        _sysfs.Dispose();
         DisposeBackends();
         _hv.DomainStateChanged -= OnDomainStateChanged;
     }

@@ -106,7 +106,7 @@ public sealed partial class Host
             Release = uname.Release,
             Version = uname.Version,
             Machine = "x86_64",
-            NrCpus = _hv.HostCpus,
+            NrCpus = _hv.OnlineHostCpus,
             MaxCpuId = _hv.HostCpus - 1,
             NrNodes = nrNodes,
             CoresPerSocket = Math.Max(1, _hv.HostCpus / nrNodes),

@@ -34,7 +34,9 @@ public interface IEventChannelEndpoint : IDisposable
 /// </summary>
 public interface IHypervisor : IDisposable
 {
+    /// <summary>pCPU ids run 0 to HostCpus - 1; OnlineHostCpus of them are online (the rest taken offline by pCPU hotplug).</summary>
     int HostCpus { get; }
+    int OnlineHostCpus => HostCpus;
     string Version { get; }
     string Capabilities { get; }
 

@@ -26,6 +26,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
     public XenSharp.Dom0.IDom0Services Dom0Services => _hv.Dom0Services;
 
     public int HostCpus => _hv.GetHostInfo().Pcpus;
+    public int OnlineHostCpus => _hv.GetHostInfo().OnlinePcpus;
 
     public string Version
     {

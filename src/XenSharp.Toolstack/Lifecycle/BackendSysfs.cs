@@ -1,0 +1,78 @@
+using System.Globalization;
+using XenSharp.Backends.Xenbus;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>
+/// The statistics Linux's blkback keeps in sysfs (/sys/bus/xen-backend/devices/vbd-DOMID-DEVID/statistics), which
+/// Xen's libxenstat reads for xentop: refreshed every second under the run directory, where ./dom0 lays it over
+/// /sys/bus for the programs it runs. A device that is gone loses its directory at the next refresh.
+/// </summary>
+internal sealed class BackendSysfs : IDisposable
+{
+    public static readonly TimeSpan Period = TimeSpan.FromSeconds(1);
+
+    private readonly Func<BackendRegistry?> _backends;
+    private readonly string _devices;
+    private readonly ITimer _timer;
+    private int _busy;
+
+    public BackendSysfs(Func<BackendRegistry?> backends, string root, TimeProvider time)
+    {
+        _backends = backends;
+        _devices = Path.Combine(root, "devices");
+        _timer = time.CreateTimer(_ => Refresh(), null, TimeSpan.Zero, Period);
+    }
+
+    public void Refresh()
+    {
+        if (Interlocked.Exchange(ref _busy, 1) != 0)
+            return;
+        try
+        {
+            Directory.CreateDirectory(_devices);
+            var live = new HashSet<string>();
+            foreach (var (address, s) in _backends()?.VbdStatistics() ?? [])
+            {
+                string name = $"vbd-{address.FrontendId}-{address.DevId}";
+                live.Add(name);
+                Write(name, ("oo_req", s.OutOfRequestEvents), ("rd_req", s.ReadRequests), ("wr_req", s.WriteRequests),
+                    ("f_req", s.FlushRequests + s.BarrierRequests), ("ds_req", s.DiscardRequests),
+                    ("rd_sect", s.ReadSectors), ("wr_sect", s.WrittenSectors));
+            }
+            foreach (var dir in Directory.EnumerateDirectories(_devices, "vbd-*"))
+                if (!live.Contains(Path.GetFileName(dir)))
+                    Directory.Delete(dir, recursive: true);
+        }
+        catch (IOException)
+        {
+            // The run directory is the daemon's; a failed refresh is retried at the next period.
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        finally
+        {
+            Volatile.Write(ref _busy, 0);
+        }
+    }
+
+    private void Write(string device, params (string Name, long Value)[] counters)
+    {
+        string dir = Path.Combine(_devices, device, "statistics");
+        Directory.CreateDirectory(dir);
+        foreach (var (name, value) in counters)
+        {
+            // Written aside and renamed, so a reader never sees a half-written number.
+            string path = Path.Combine(dir, name), temp = path + ".new";
+            File.WriteAllText(temp, value.ToString(CultureInfo.InvariantCulture) + "\n");
+            File.Move(temp, path, overwrite: true);
+        }
+    }
+
+    public void Dispose()
+    {
+        _timer.Dispose();
+        try { Directory.Delete(Path.GetDirectoryName(_devices)!, recursive: true); } catch (IOException) { }
+    }
+}
