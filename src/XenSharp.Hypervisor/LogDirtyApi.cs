@@ -21,8 +21,9 @@ public sealed partial class XenHypervisor
 
     /// <summary>XEN_DOMCTL_resumedomain after a cancelled suspend (libxl_domain_resume with suspend_cancel): the
     /// domain leaves its suspended shutdown state and vCPU 0's SCHEDOP_shutdown returns 1, which tells the guest
-    /// it resumed where it was, in the same domain.</summary>
-    public void ResumeSuspended(ushort domid)
+    /// it resumed where it was, in the same domain. A guest the toolstack suspended from outside (one without PV
+    /// drivers) made no such call: <paramref name="cancelHypercall"/> is false for it and its registers stay.</summary>
+    public void ResumeSuspended(ushort domid, bool cancelHypercall = true)
     {
         var d = Guest(domid);
         Services.PauseDomain(d);
@@ -36,7 +37,7 @@ public sealed partial class XenHypervisor
                 d.ShutdownReason = null;
                 d.ShutdownCode = null;
             }
-            if (d.Vcpus.Length > 0 && d.Vcpus[0].Engine is { } e)
+            if (cancelHypercall && d.Vcpus.Length > 0 && d.Vcpus[0].Engine is { } e)
             {
                 e.GetRegisters(out var regs);
                 regs.Rax = 1;

@@ -131,8 +131,9 @@ public interface IHypervisorDomain : IDisposable
     /// (the bitmap gets one bit per page of its length × 64) and off; returns the stats.</summary>
     (uint Faults, uint Dirtied) ShadowOp(uint op, Span<ulong> bitmap) => throw new NotSupportedException("this hypervisor has no log-dirty mode");
 
-    /// <summary>Resumes a suspended domain in place, its suspend cancelled (the guest's SCHEDOP_shutdown returns 1).</summary>
-    void ResumeSuspended() => throw new NotSupportedException("this hypervisor cannot resume a suspended domain");
+    /// <summary>Resumes a suspended domain in place, its suspend cancelled (with <paramref name="cancelHypercall"/>
+    /// the guest's SCHEDOP_shutdown returns 1; false for a guest suspended from outside).</summary>
+    void ResumeSuspended(bool cancelHypercall) => throw new NotSupportedException("this hypervisor cannot resume a suspended domain");
 
     /// <summary>The guest TSC frequency in kHz and Xen's system time in ns now (the TSC info record).</summary>
     uint TscKhz => 0;
