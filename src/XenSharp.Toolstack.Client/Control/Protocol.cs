@@ -134,6 +134,8 @@ public sealed record MigrateReceiveRequest(string? ConfigDirectory) : ControlReq
 /// <summary>The frames of a migration's sending connection: a kind byte, a little-endian 32-bit length, the payload.</summary>
 public static class MigrationFrames
 {
+    /// <summary>The largest payload of a frame.</summary>
+    public const int MaxData = 1 << 20;
     public const byte Data = (byte)'D', Progress = (byte)'P', End = (byte)'E', Failed = (byte)'X', Outcome = (byte)'R';
 }
 /// <summary>With <paramref name="Unpause"/> the daemon unpauses the domain once the console is attached

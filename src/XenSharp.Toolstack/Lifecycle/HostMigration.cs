@@ -177,7 +177,12 @@ public sealed partial class Host
     private sealed class DataFrames(FrameWriter frames) : Stream
     {
         public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-        public override void Write(ReadOnlySpan<byte> buffer) { if (buffer.Length > 0) frames.Write(MigrationFrames.Data, buffer); }
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            // Frames of at most MigrationFrames.MaxData bytes, which xl reads into one buffer.
+            for (int i = 0; i < buffer.Length; i += MigrationFrames.MaxData)
+                frames.Write(MigrationFrames.Data, buffer[i..Math.Min(buffer.Length, i + MigrationFrames.MaxData)]);
+        }
         public override void Flush() { }
         public override bool CanRead => false;
         public override bool CanSeek => false;

@@ -108,7 +108,7 @@ internal static class MigrateCommands
     private static bool SendStream(XlContext ctx, Stream conn, Stream toTarget, MigrateSendResult start)
     {
         var head = new byte[5];
-        var buffer = new byte[1 << 20];
+        var buffer = new byte[MigrationFrames.MaxData];
         while (true)
         {
             if (conn.ReadAtLeast(head, 5, throwOnEndOfStream: false) < 5)
