@@ -64,17 +64,20 @@ public sealed partial class XlMigrateTests : IDisposable
     }
 
     /// <summary>The -s command: "SCRIPT HOST xl migrate-receive" enters namespace HOST and runs xl there for the target's
-    /// daemon; <paramref name="cutAfter"/> bytes of the stream, when given, are all the receiver gets.</summary>
-    private string SshScript(long? cutAfter = null)
+    /// daemon; <paramref name="cutAfter"/> bytes of the stream, when given, are all the receiver gets, and with
+    /// <paramref name="bannerOnly"/> nothing the receiver says after its banner reaches the sender.</summary>
+    private string SshScript(long? cutAfter = null, bool bannerOnly = false)
     {
         string bin = Path.Combine(_dir, "bin");
         Directory.CreateDirectory(bin);
         string xl = Path.Combine(bin, "xl");
         File.WriteAllText(xl, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
         File.SetUnixFileMode(xl, (UnixFileMode)0b111_101_101);
-        string script = Path.Combine(_dir, cutAfter is null ? "ssh-ns" : "ssh-ns-cut");
+        string script = Path.Combine(_dir, cutAfter is not null ? "ssh-ns-cut" : bannerOnly ? "ssh-ns-mute" : "ssh-ns");
         string enter = $"ip netns exec \"$ns\" env XENSHARP_RUNDIR={_target.Xl.RunDir} PATH={bin}:$PATH \"$@\"";
-        File.WriteAllText(script, "#!/bin/sh\nns=$1; shift\n" + (cutAfter is long n ? $"head -c {n} | {enter}\n" : $"exec {enter}\n"));
+        // bash's process substitution, so that no shell keeps the sender's end open once head has gone.
+        string run = cutAfter is long n ? $"head -c {n} | {enter}" : bannerOnly ? $"exec {enter} > >(head -c 54)" : $"exec {enter}";
+        File.WriteAllText(script, $"#!/bin/bash\nns=$1; shift\n{run}\n");
         File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);
         return script;
     }
@@ -137,5 +140,23 @@ public sealed partial class XlMigrateTests : IDisposable
             "the guest stopped ticking at the source\n" + _source.ConsoleLog("stayer"));
         Assert.DoesNotContain("FAIL", _source.ConsoleLog("stayer"));
         _source.Xl.Run("destroy", "stayer").Check();
+    }
+
+    [Fact]
+    public void TargetThatNeverAcknowledgesLeavesTheSuspendedGuestResumedAtTheSource()
+    {
+        CreateDirtyGuest("resumer");
+        var r = _source.Xl.Run(TimeSpan.FromMinutes(5), "migrate", "-s", SshScript(bannerOnly: true), "resumer", _target.Namespace);
+        Assert.NotEqual(0, r.ExitCode);
+        // The whole stream went, so the guest was suspended for its last pages: it must have been resumed.
+        Assert.Contains("Suspended:", r.Stderr);
+        Assert.Contains("Target failed to acknowledge", r.Stderr);
+        Assert.True(WaitUntil(() => !_target.Xl.Run("list").Stdout.Contains("resumer"), TimeSpan.FromSeconds(30)),
+            "the target kept a domain\n" + _target.Xl.Run("list"));
+        long before = LastTick(_source.ConsoleLog("resumer"));
+        Assert.True(WaitUntil(() => LastTick(_source.ConsoleLog("resumer")) > before, TimeSpan.FromMinutes(2)),
+            "the guest did not run on at the source\n" + r + _source.ConsoleLog("resumer"));
+        Assert.DoesNotContain("FAIL", _source.ConsoleLog("resumer"));
+        _source.Xl.Run("destroy", "resumer").Check();
     }
 }

@@ -117,7 +117,16 @@ public sealed partial class Host
         if (verdict == "unpause")
         {
             d.Hv.Unpause();
-            TryLine(conn, "ok");
+            // xl may yet take it back, when its report could not reach the sender (which then resumes its copy).
+            string? after = null;
+            if (TryLine(conn, "ok"))
+                try { after = ReadLine(conn); }
+                catch (IOException) { }
+            if (after == "destroy")
+            {
+                _hv.ConsoleWrite($"d{d.DomId}: the sender never heard that the domain started here; it is destroyed");
+                Destroy(d);
+            }
         }
         else
         {

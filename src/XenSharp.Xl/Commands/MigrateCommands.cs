@@ -208,10 +208,16 @@ internal static class MigrateCommands
             return 1;
         }
         ctx.Err.WriteLine($"migration target: Transfer complete ({line[3..]}), requesting permission to start domain.");
-        stdout.Write(ReceiverReady);
-        stdout.Flush();
+        bool asked;
+        try
+        {
+            stdout.Write(ReceiverReady);
+            stdout.Flush();
+            asked = true;
+        }
+        catch (IOException) { asked = false; }
 
-        if (!ReadExpected(after, PermissionToGo))
+        if (!asked || !ReadExpected(after, PermissionToGo))
         {
             ctx.Err.WriteLine("migration target: Failure, destroying our copy.");
             WriteLine(conn, "destroy");
@@ -220,9 +226,18 @@ internal static class MigrateCommands
         WriteLine(conn, "unpause");
         string? result = ReadLine(conn);
         bool ok = result == "ok";
-        stdout.Write(Report);
-        stdout.WriteByte(ok ? (byte)0 : (byte)1);
-        stdout.Flush();
+        try
+        {
+            stdout.Write(Report);
+            stdout.WriteByte(ok ? (byte)0 : (byte)1);
+            stdout.Flush();
+        }
+        catch (IOException) { ok = false; } // the sender cannot know: it resumes its copy, so ours must not run
+        if (!ok && result == "ok")
+        {
+            WriteLine(conn, "destroy");
+            ctx.Err.WriteLine("migration target: the sender did not get our report; destroying our copy.");
+        }
         ctx.Err.WriteLine(ok ? "migration target: Domain started successsfully." : $"migration target: unpause failed: {result}");
         return ok ? 0 : 1;
     }
