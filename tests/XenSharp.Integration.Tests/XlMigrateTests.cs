@@ -1,5 +1,8 @@
 using System.Diagnostics;
+using System.Text;
 using System.Text.RegularExpressions;
+using XenSharp.Artifacts;
+using static XenSharp.Integration.Tests.LinuxPvhTests;
 
 namespace XenSharp.Integration.Tests;
 
@@ -158,5 +161,50 @@ public sealed partial class XlMigrateTests : IDisposable
             "the guest did not run on at the source\n" + r + _source.ConsoleLog("resumer"));
         Assert.DoesNotContain("FAIL", _source.ConsoleLog("resumer"));
         _source.Xl.Run("destroy", "resumer").Check();
+    }
+
+    /// <summary>Debian's kernel with a raw disk both hosts reach (shared storage, as migration wants): after xl migrate
+    /// the same shell answers on the target's console with what it kept in RAM, the disk holds what it wrote before,
+    /// and a write after the move reaches the image through the target's backend.</summary>
+    [Fact, Trait("Feature", "x86/PVH")]
+    public void DebianGuestCarriesOnAtTheTargetWithItsConsoleAndDisk()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string initrd = Path.Combine(_dir, "initrd.img");
+        store.BuildInitramfs(initrd, GuestArtifacts.ShellInit, GuestArtifacts.XenModules);
+        string disk = Path.Combine(_dir, "shared.img");
+        File.WriteAllBytes(disk, new byte[8 << 20]);
+        string cfg = WriteConfig(_source.Xl, store, "deb", ramdisk: initrd, memory: 256);
+        File.AppendAllText(cfg, $"\ndisk = [ 'format=raw,vdev=xvda,access=rw,target={disk}' ]\n");
+        string marker = $"ram-{Guid.NewGuid():N}", onDisk = $"disk-{Guid.NewGuid():N}", after = $"after-{Guid.NewGuid():N}";
+        try
+        {
+            using (var console = new ConsoleSession(_source.Xl.RunDir, "create", "-c", cfg))
+            {
+                console.WaitFor("~ # ", BootLimit);
+                console.Ask("until [ -e /sys/block/xvda ]; do sleep 1; done; echo disk-e\"\"nd", "disk-end", TimeSpan.FromMinutes(2));
+                console.Ask($"echo {marker} > /marker; echo {onDisk} | dd of=/dev/xvda bs=512 count=1 conv=fsync 2>/dev/null; echo written", "written");
+                var r = _source.Xl.Run(TimeSpan.FromMinutes(10), "migrate", "-s", SshScript(), "deb", _target.Namespace);
+                Assert.True(r.ExitCode == 0, r + "\n" + _source.Xl.Run("dmesg").Stdout + "\n--- target\n" + _target.Xl.Run("dmesg").Stdout);
+                Assert.Contains("Migration successful.", r.Stderr);
+                Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not return after the domain left");
+            }
+            Assert.DoesNotContain("deb", _source.Xl.Run("list").Stdout);
+            using (var console = new ConsoleSession(_target.Xl.RunDir, "console", "deb"))
+            {
+                console.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2));
+                console.Ask("dd if=/dev/xvda bs=512 count=1 iflag=direct 2>/dev/null | head -n 1", onDisk + "\r\n", TimeSpan.FromMinutes(2));
+                console.Ask($"echo {after} | dd of=/dev/xvda bs=512 seek=8 count=1 oflag=direct conv=fsync 2>/dev/null; echo again-e\"\"nd", "again-end", TimeSpan.FromMinutes(2));
+            }
+            byte[] image = File.ReadAllBytes(disk);
+            Assert.Equal(onDisk, Encoding.ASCII.GetString(image, 0, onDisk.Length));
+            Assert.Equal(after, Encoding.ASCII.GetString(image, 4096, after.Length));
+        }
+        finally
+        {
+            _source.Xl.Run("destroy", "deb");
+            _target.Xl.Run("destroy", "deb");
+        }
     }
 }
