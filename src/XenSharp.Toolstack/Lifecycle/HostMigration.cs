@@ -40,6 +40,7 @@ public sealed partial class Host
             if (!_domains.TryGetValue(domId, out d!)) return;
         var frames = new FrameWriter(conn);
         bool suspended = false, cooperative = HasPvDrivers(d);
+        long stoppedAt = 0;
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
@@ -49,13 +50,14 @@ public sealed partial class Host
             lock (d.MemoryUse)
             {
                 pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                    () => { Suspend(d); suspended = true; },
+                    () => { Suspend(d); suspended = true; stoppedAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(); },
                     frames.Progress,
                     () => d.Destroyed));
             }
             data.Flush();
             _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages");
-            frames.Write(MigrationFrames.End, $"{pages}");
+            // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock).
+            frames.Write(MigrationFrames.End, $"{pages} {stoppedAt}");
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

@@ -58,7 +58,8 @@ internal static class MigrateCommands
             var start = client.Send(new MigrateSendRequest(domain, config, debug));
             ctx.Err.WriteLine($"Saving to migration stream new xl format (info 0x2/0x0/{config?.Length ?? 0})");
             var conn = client.Stream;
-            if (!SendStream(ctx, conn, toTarget, start))
+            var clock = Stopwatch.StartNew();
+            if (!SendStream(ctx, conn, toTarget, start, out long stoppedAt))
                 return 1;
 
             if (!ReadExpected(fromTarget, ReceiverReady))
@@ -87,12 +88,15 @@ internal static class MigrateCommands
                 return 1;
             }
             ctx.Err.WriteLine("migration sender: Target reports successful startup.");
+            double downtime = (DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() - stoppedAt) / 1000.0;
             string outcome = Verdict(conn, "commit");
             if (outcome != "destroyed")
             {
                 ctx.Err.WriteLine($"migration sender: the source domain was not destroyed ({outcome})");
                 return 1;
             }
+            ctx.Err.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"migration sender: total {clock.Elapsed.TotalSeconds:0.000} s, downtime {downtime:0.000} s"));
             ctx.Err.WriteLine("Migration successful.");
             return 0;
         }
@@ -105,8 +109,9 @@ internal static class MigrateCommands
 
     /// <summary>Copies the daemon's data frames to the target and shows its progress; false when the stream failed
     /// (the daemon has resumed the domain) or the target went away (closing the connection tells the daemon).</summary>
-    private static bool SendStream(XlContext ctx, Stream conn, Stream toTarget, MigrateSendResult start)
+    private static bool SendStream(XlContext ctx, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt)
     {
+        stoppedAt = 0;
         var head = new byte[5];
         var buffer = new byte[MigrationFrames.MaxData];
         while (true)
@@ -135,6 +140,8 @@ internal static class MigrateCommands
                     break;
                 case MigrationFrames.End:
                     toTarget.Flush();
+                    var end = Encoding.ASCII.GetString(buffer, 0, length).Split(' ');
+                    if (end.Length > 1) long.TryParse(end[1], out stoppedAt);
                     return true;
                 case MigrationFrames.Failed:
                     ctx.Err.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
