@@ -61,6 +61,10 @@ public interface IVcpu
     /// <summary>Drops every host address of guest memory the vCPU caches (soft TLB, jump cache), so that a freed
     /// frame can be given to someone else. Called between <see cref="Run"/> calls, on the thread that runs it.</summary>
     void FlushHostTranslations() { }
+
+    /// <summary>Drops the cached write permissions only (log-dirty was enabled or cleaned), so the next write to each
+    /// page asks <see cref="IGuestMemory.GetPage"/> again. Called while the vCPU is not in <see cref="Run"/>.</summary>
+    void DropWritableTranslations() => FlushHostTranslations();
 }
 
 /// <summary>Something that may have an external interrupt for a vCPU.</summary>
@@ -81,6 +85,11 @@ public unsafe interface IGuestMemory
     /// <summary>Host address of the 4 KiB page backing <paramref name="gfn"/>, or null when the
     /// frame is not RAM (the access becomes an MMIO exit) or is read-only for a write.</summary>
     byte* GetPage(ulong gfn, bool write);
+
+    /// <summary>Host address under which a read may also make the page writable in the soft TLB, or null to leave
+    /// writes to a later <see cref="GetPage"/> miss: log-dirty memory answers null for a page not yet dirty, so the
+    /// first write after its bitmap is cleaned is seen (QEMU's TLB_NOTDIRTY).</summary>
+    byte* GetPageForWriteCache(ulong gfn) => GetPage(gfn, true);
 
     /// <summary>Bumped whenever a mapping is removed or changed; engines drop cached translations
     /// when it moves.</summary>

@@ -208,6 +208,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     public void RequestExit() => _exitRequested = true;
 
     public void FlushHostTranslations() => FlushTlb(true);
+    public void DropWritableTranslations() => FlushWritableTlb();
 
     public void CompleteExit(ulong value, bool fault = false)
     {

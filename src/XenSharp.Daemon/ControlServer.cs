@@ -79,6 +79,17 @@ internal sealed class ControlServer : IDisposable
                 }
                 var response = _host.Handle(request);
                 await channel.WriteAsync(response, _cts.Token);
+                if (request is MigrateSendRequest send && response.Ok)
+                {
+                    var source = response.Result!.Value.Deserialize<MigrateSendResult>(ControlJson.Options)!;
+                    await Task.Run(() => _host.RunMigrateSend(send, source.DomId, channel.Stream));
+                    return;
+                }
+                if (request is MigrateReceiveRequest receive && response.Ok)
+                {
+                    await Task.Run(() => _host.RunMigrateReceive(receive, channel.Stream));
+                    return;
+                }
                 if (request is ConsoleAttachRequest attach && response.Ok)
                 {
                     var target = response.Result!.Value.Deserialize<ConsoleAttachResult>(ControlJson.Options)!;

@@ -210,7 +210,12 @@ public sealed unsafe class Dom0Services : IDom0Services
             _hv.Frames.AddRef(mfn);
         }
         var frames = _hv.Frames;
-        mapping = new GuestMapping(frames.PageAddress(mfn), d.DomainId, gfn, writable, () => frames.Release(mfn, dropRef: true));
+        // A writable mapping may be written until it goes: log-dirty sees the page as written when it is unmapped.
+        mapping = new GuestMapping(frames.PageAddress(mfn), d.DomainId, gfn, writable, () =>
+        {
+            if (writable) d.P2m.MarkDirty(gfn);
+            frames.Release(mfn, dropRef: true);
+        });
         return 0;
     }
 

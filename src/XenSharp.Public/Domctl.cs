@@ -39,6 +39,15 @@ public static class Domctl
     public const uint XEN_DOMINF_shutdownmask = 255;
     public const uint XEN_INVALID_MAX_VCPU_ID = ~0u;
 
+    /// <summary>XEN_DOMCTL_shadow_op's op values (the log-dirty ones and the legacy enable aliases).</summary>
+    public const uint XEN_DOMCTL_SHADOW_OP_OFF = 0, XEN_DOMCTL_SHADOW_OP_ENABLE = 32, XEN_DOMCTL_SHADOW_OP_CLEAN = 11,
+        XEN_DOMCTL_SHADOW_OP_PEEK = 12, XEN_DOMCTL_SHADOW_OP_GET_ALLOCATION = 30, XEN_DOMCTL_SHADOW_OP_SET_ALLOCATION = 31,
+        XEN_DOMCTL_SHADOW_OP_ENABLE_TEST = 1, XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY = 2, XEN_DOMCTL_SHADOW_OP_ENABLE_TRANSLATE = 3;
+
+    /// <summary>XEN_DOMCTL_SHADOW_OP_ENABLE's mode flags.</summary>
+    public const uint XEN_DOMCTL_SHADOW_ENABLE_REFCOUNT = 1 << 1, XEN_DOMCTL_SHADOW_ENABLE_LOG_DIRTY = 1 << 2,
+        XEN_DOMCTL_SHADOW_ENABLE_TRANSLATE = 1 << 3, XEN_DOMCTL_SHADOW_ENABLE_EXTERNAL = 1 << 4;
+
     public const uint XEN_VCPUAFFINITY_HARD = 1 << 0, XEN_VCPUAFFINITY_SOFT = 1 << 1, XEN_VCPUAFFINITY_FORCE = 1 << 2;
 
     /// <summary>XEN_SCHEDULER_*: the ids sched_id and scheduler_op name policies by.</summary>
@@ -73,6 +82,21 @@ public unsafe struct XenDomctl
     /// <summary>The union as sub-operation <typeparamref name="T"/>.</summary>
     [UnscopedRef]
     public ref T As<T>() where T : unmanaged => ref Unsafe.As<byte, T>(ref U[0]);
+}
+
+/// <summary>struct xen_domctl_shadow_op: op, mode, mb, the dirty bitmap's handle and size in pages (bits), and the
+/// stats since the last CLEAN.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 40)]
+public struct XenDomctlShadowOp
+{
+    public uint Op;
+    public uint Mode;
+    public uint Mb;
+    public uint Pad;
+    public ulong DirtyBitmap;
+    public ulong Pages;
+    public uint FaultCount;
+    public uint DirtyCount;
 }
 
 /// <summary>struct xen_domctl_getdomaininfo (also the element of XEN_SYSCTL_getdomaininfolist).</summary>

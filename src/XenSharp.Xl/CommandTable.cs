@@ -195,6 +195,23 @@ internal static class CommandTable
             "-p  Leave domain paused after creating the snapshot.\n" +
             "-D  Store the domain id in the configration.",
             [Help, new('c'), new('p'), new('D')], 2),
+        new("migrate", MigrateCommands.Migrate, false, true,
+            "Migrate a domain to another host",
+            "[options] <Domain> <host>",
+            "-h              Print this help.\n" +
+            "-C <config>     Send <config> instead of config file from creation.\n" +
+            "-s <sshcommand> Use <sshcommand> instead of ssh.  String will be passed\n" +
+            "                to sh. If empty, run <host> instead of ssh <host> xl\n" +
+            "                migrate-receive [-d -e]\n" +
+            "--debug         Print huge (!) amount of debug during the migration process.",
+            [Help, new('C', null, true), new('s', null, true), new(MigrateCommands.DebugOption, "debug")], 2),
+        new("migrate-receive", MigrateCommands.MigrateReceive, false, true,
+            "Receive a domain migrated from another host (used by xl migrate)",
+            "[options]",
+            "-h  Print this help.\n" +
+            "-d  Enable debug messages.\n" +
+            "-e  Do not wait in the background for the death of the domain.",
+            [Help, new('d'), new('e')], 0),
         new("restore", SaveCommands.Restore, false, true,
             "Restore a domain from a saved state",
             "[options] [<ConfigFile>] <CheckpointFile>",

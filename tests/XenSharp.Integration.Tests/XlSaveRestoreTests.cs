@@ -165,4 +165,37 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
             if (haystack.AsSpan(i, needle.Length).SequenceEqual(needle)) return i;
         return -1;
     }
+
+    /// <summary>xl save -c: the guest (the dirty test kernel, which has no PV drivers and is suspended from outside)
+    /// runs on where it was, and the file restores it as it was at the snapshot once the original is gone.</summary>
+    [Fact, Trait("Feature", "xl save/restore")]
+    public void CheckpointLeavesTheGuestRunningAndItsFileRestores()
+    {
+        Assert.True(File.Exists(Repository.PathOf("tests", "guests", "build", "dirty.elf")), "dirty.elf is not built (make -C tests/guests)");
+        _xl.Run("create", Repository.PathOf("tests", "guests", "dirty.cfg"), "name=\"cp\"").Check();
+        static int Ticks(string log) => log.Split('\n').Count(l => l.StartsWith("# tick ", StringComparison.Ordinal));
+        try
+        {
+            Assert.True(WaitUntil(() => Ticks(ConsoleLog("cp")) >= 1, TimeSpan.FromMinutes(2)), "the guest never ticked\n" + ConsoleLog("cp"));
+            string file = Path.Combine(_dir, "cp.save");
+            var save = _xl.Run(TimeSpan.FromMinutes(3), "save", "-c", "cp", file);
+            Assert.True(save.ExitCode == 0, save.ToString());
+            Assert.Contains("cp", _xl.Run("list").Stdout);
+            int before = Ticks(ConsoleLog("cp"));
+            Assert.True(WaitUntil(() => Ticks(ConsoleLog("cp")) > before, TimeSpan.FromMinutes(2)), "the guest stopped after the checkpoint\n" + ConsoleLog("cp"));
+            var (rc, output) = Verify(file);
+            Assert.True(rc == 0, output);
+
+            _xl.Run("destroy", "cp").Check();
+            var restore = _xl.Run(TimeSpan.FromMinutes(3), "restore", file);
+            Assert.True(restore.ExitCode == 0, restore.ToString());
+            int restored = Ticks(ConsoleLog("cp"));
+            Assert.True(WaitUntil(() => Ticks(ConsoleLog("cp")) > restored, TimeSpan.FromMinutes(2)), "the restored guest does not run\n" + ConsoleLog("cp"));
+            Assert.DoesNotContain("FAIL", ConsoleLog("cp"));
+        }
+        finally
+        {
+            _xl.Run("destroy", "cp");
+        }
+    }
 }

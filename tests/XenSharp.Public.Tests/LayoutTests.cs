@@ -112,6 +112,8 @@ public class LayoutTests
             ("running", "Running", 6), ("cpu_time", "CpuTime", 8), ("cpu", "Cpu", 16)]),
         ("struct xen_domctl_vcpuaffinity", typeof(XenDomctlVcpuaffinity), 40, [("vcpu", "Vcpu", 0), ("flags", "Flags", 4),
             ("cpumap_hard", "CpumapHard", 8), ("cpumap_soft", "CpumapSoft", 24)]),
+        ("struct xen_domctl_shadow_op", typeof(XenDomctlShadowOp), 40, [("op", "Op", 0), ("mode", "Mode", 4), ("mb", "Mb", 8),
+            ("dirty_bitmap", "DirtyBitmap", 16), ("pages", "Pages", 24), ("stats.fault_count", "FaultCount", 32), ("stats.dirty_count", "DirtyCount", 36)]),
         ("struct xen_domctl_nodeaffinity", typeof(XenDomctlNodeaffinity), 16, [("nodemap", "Nodemap", 0)]),
         ("struct xen_domctl_scheduler_op", typeof(XenDomctlSchedulerOp), 24, [("sched_id", "SchedId", 0), ("cmd", "Cmd", 4),
             ("u.credit.weight", "Weight", 8), ("u.credit.cap", "Cap", 10)]),

@@ -238,7 +238,7 @@ internal unsafe partial class X86Vcpu
         else
         {
             e->ReadTag = vpn;
-            if (_lastWalkWritable && _lastWalkDirty && _mem.GetPage(gfn, true) == page)
+            if (_lastWalkWritable && _lastWalkDirty && _mem.GetPageForWriteCache(gfn) == page)
             {
                 if (_blocks.IsCodeFrame(gfn)) e->WritableCode = true;
                 else e->WriteTag = vpn;

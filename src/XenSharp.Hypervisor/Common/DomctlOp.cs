@@ -20,6 +20,7 @@ internal static class DomctlOp
         [XEN_DOMCTL_getvcpuinfo] = GetVcpuInfo,
         [XEN_DOMCTL_getvcpuaffinity] = GetVcpuAffinity,
         [XEN_DOMCTL_scheduler_op] = SchedulerOp,
+        [XEN_DOMCTL_shadow_op] = ShadowOp,
     };
 
     /// <summary>Domain ids at and above this name no domain (DOMID_FIRST_RESERVED).</summary>
@@ -48,6 +49,31 @@ internal static class DomctlOp
         if (copyBack && !GuestAccess.Write(v, a.A1, op))
             return -Errno.EFAULT;
         return rc;
+    }
+
+    /// <summary>XEN_DOMCTL_shadow_op (<see cref="LogDirty"/>): PEEK and CLEAN copy up to <c>pages</c> bits to the
+    /// caller's bitmap and answer the number of pages the p2m spans.</summary>
+    private static long ShadowOp(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)
+    {
+        copyBack = false;
+        ref var s = ref op.As<XenDomctlShadowOp>();
+        bool bitmap = s.Op is XEN_DOMCTL_SHADOW_OP_CLEAN or XEN_DOMCTL_SHADOW_OP_PEEK;
+        ulong span = d!.P2m.MaxMappedGfn + 1;
+        ulong pages = bitmap ? Math.Min(s.Pages, span) : 0;
+        var bits = new ulong[(pages + 63) / 64];
+        long rc = LogDirty.Op(d, s.Op, s.Mode, bits, out s.FaultCount, out s.DirtyCount);
+        if (rc < 0)
+            return rc;
+        if (bitmap)
+        {
+            if (s.DirtyBitmap != 0 && !GuestAccess.CopyTo(v, s.DirtyBitmap, System.Runtime.InteropServices.MemoryMarshal.AsBytes(bits.AsSpan())[..(int)((pages + 7) / 8)]))
+                return -Errno.EFAULT;
+            s.Pages = pages;
+        }
+        if (s.Op == XEN_DOMCTL_SHADOW_OP_GET_ALLOCATION)
+            s.Mb = 0;
+        copyBack = true;
+        return 0;
     }
 
     private static long GetDomainInfo(Vcpu v, ref XenDomctl op, Domain? _, out bool copyBack)

@@ -191,6 +191,10 @@ internal sealed unsafe class GrantTable
 
     public void ReleasePin(uint gref, uint mfn, bool readOnly)
     {
+        // A writable use (a copy into the page, a mapping) ends here: the granter's page counts as written, as
+        // Xen's gnttab marks it dirty on unmap and after copies.
+        if (!readOnly && _d.P2m.LogDirty && gref < NrEntries)
+            _d.P2m.MarkDirty(Version == 1 ? EntryV1(gref)->Frame : EntryV2(gref)->Frame);
         lock (_d.Lock)
         {
             if (_active.TryGetValue(gref, out var pins))

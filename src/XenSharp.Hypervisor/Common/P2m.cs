@@ -24,7 +24,7 @@ internal enum P2mType : byte
 /// 16M GFNs, 64 GiB of guest-physical space). Readers (the engine) do not lock; writers do and bump
 /// <see cref="Generation"/> when a mapping goes away or changes so cached translations are dropped.
 /// </summary>
-internal sealed unsafe class P2m : IGuestMemory
+internal sealed unsafe partial class P2m : IGuestMemory
 {
     public const int LeafBits = 12, TopBits = 12;
     public const ulong MaxGfn = (1UL << (LeafBits + TopBits)) - 1;
@@ -60,6 +60,8 @@ internal sealed unsafe class P2m : IGuestMemory
             return Pod is { } pod && pod.DemandPopulate(gfn) ? GetPage(gfn, write) : null;
         if (write && (type == P2mType.RamRo || type == P2mType.GrantMapRo))
             return null;
+        if (write && _dirty is not null)
+            MarkDirty(gfn);
         return _frames.PageAddress(e >> 8);
     }
 

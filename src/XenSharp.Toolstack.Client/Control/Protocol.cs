@@ -38,6 +38,8 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(DumpCoreRequest), "dump-core")]
 [JsonDerivedType(typeof(SaveRequest), "save")]
 [JsonDerivedType(typeof(RestoreRequest), "restore")]
+[JsonDerivedType(typeof(MigrateSendRequest), "migrate-send")]
+[JsonDerivedType(typeof(MigrateReceiveRequest), "migrate-receive")]
 [JsonDerivedType(typeof(ConsoleAttachRequest), "console")]
 [JsonDerivedType(typeof(StopDaemonRequest), "stop-daemon")]
 [JsonDerivedType(typeof(CpupoolListRequest), "cpupool-list")]
@@ -113,9 +115,9 @@ public sealed record TriggerRequest(string Domain, string Trigger, int Vcpu) : C
 public sealed record DumpCoreRequest(string Domain, string File) : ControlRequest<Unit>;
 
 /// <summary>xl save: suspends the domain, writes its state to <see cref="File"/> (an absolute host path) and
-/// destroys it, unless <see cref="Checkpoint"/> (-c), when it resumes it; <see cref="ConfigText"/> replaces the
+/// destroys it, unless <see cref="Checkpoint"/> (-c), when it resumes it (paused with <see cref="Paused"/>, -p); <see cref="ConfigText"/> replaces the
 /// configuration the file records.</summary>
-public sealed record SaveRequest(string Domain, string File, bool Checkpoint, string? ConfigText) : ControlRequest<SaveResult>;
+public sealed record SaveRequest(string Domain, string File, bool Checkpoint, string? ConfigText, bool Paused = false) : ControlRequest<SaveResult>;
 public sealed record SaveResult(uint DomId, string Name, long Bytes, long Pages);
 
 /// <summary>xl restore: builds a domain again from a file <see cref="SaveRequest"/> wrote; <see cref="ConfigText"/>
@@ -123,6 +125,28 @@ public sealed record SaveResult(uint DomId, string Name, long Bytes, long Pages)
 public sealed record RestoreRequest(string File, string? ConfigText, string? ConfigFile, string? ConfigDirectory, bool Paused)
     : ControlRequest<RestoreResult>;
 public sealed record RestoreResult(uint DomId, string Name, long Pages);
+
+/// <summary>xl migrate's sending half. After the answer the connection carries <see cref="MigrationFrames"/> from the
+/// daemon: the stream (xl's header and the libxl stream, live: pre-copy rounds under log-dirty, then the suspended
+/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT_UNIX_MS"); xl answers one line, <c>commit</c> (the receiver
+/// runs the guest: destroy it here) or anything else (resume it here), and gets the outcome as a last frame. A
+/// connection that drops before that line resumes the guest.</summary>
+public sealed record MigrateSendRequest(string Domain, string? ConfigText, bool Debug) : ControlRequest<MigrateSendResult>;
+public sealed record MigrateSendResult(uint DomId, string Name);
+
+/// <summary>xl migrate-receive's half: after the answer xl sends the stream's raw bytes; the daemon restores the
+/// domain paused and writes one line, <c>ok DOMID NAME</c> or <c>error ERRNO MESSAGE</c>, then reads one line,
+/// <c>unpause</c> or anything else (destroy it), and answers with a last line. A connection that drops before
+/// leaves no domain.</summary>
+public sealed record MigrateReceiveRequest(string? ConfigDirectory) : ControlRequest<Unit>;
+
+/// <summary>The frames of a migration's sending connection: a kind byte, a little-endian 32-bit length, the payload.</summary>
+public static class MigrationFrames
+{
+    /// <summary>The largest payload of a frame.</summary>
+    public const int MaxData = 1 << 20;
+    public const byte Data = (byte)'D', Progress = (byte)'P', End = (byte)'E', Failed = (byte)'X', Outcome = (byte)'R';
+}
 /// <summary>With <paramref name="Unpause"/> the daemon unpauses the domain once the console is attached
 /// (xl create -c), so that nothing the guest writes can come before its reader.</summary>
 public sealed record ConsoleAttachRequest(string Domain, bool Unpause = false) : ControlRequest<ConsoleAttachResult>;

@@ -44,6 +44,8 @@ public sealed partial class Host
         On((Host h, DumpCoreRequest r) => h.DumpCoreTo(h.Resolve(r.Domain), r.File)),
         On((Host h, SaveRequest r) => h.Save(r)),
         On((Host h, RestoreRequest r) => h.Restore(r)),
+        On((Host h, MigrateSendRequest r) => h.MigrateSendCheck(r)),
+        On((Host h, MigrateReceiveRequest _) => Unit.Value),
         On((Host h, ConsoleAttachRequest r) => h.ConsoleTarget(r)),
         On((Host h, StopDaemonRequest _) => ThreadPool.QueueUserWorkItem(_ => h.StopRequested?.Invoke())),
         On((Host h, CpupoolListRequest r) => h.CpupoolList(r)),

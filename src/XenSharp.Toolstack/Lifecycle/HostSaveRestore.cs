@@ -25,8 +25,6 @@ public sealed partial class Host
     {
         if (!Path.IsPathFullyQualified(r.File))
             throw new ControlException($"save file {r.File}: the path must be absolute", Errno.EINVAL);
-        if (r.Checkpoint)
-            throw new ControlException("xl save -c (leave the domain running) is not supported: XenSharp cannot resume a suspended domain in place yet", Errno.EOPNOTSUPP);
         var d = Resolve(r.Domain);
         if (d.Config.Type != DomainType.Pvh)
             throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp saves PVH domains only", Errno.EOPNOTSUPP);
@@ -63,7 +61,14 @@ public sealed partial class Host
             throw;
         }
         _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} saved to {r.File}: {pages} pages, {bytes} bytes");
-        Destroy(d);
+        if (r.Checkpoint)
+        {
+            // xl save -c: the guest carries on where it was, told its suspend was cancelled (-p: paused).
+            d.Hv.ResumeSuspended(HasPvDrivers(d));
+            if (!r.Paused) d.Hv.Unpause();
+        }
+        else
+            Destroy(d);
         return new SaveResult(d.DomId, d.Config.Name, bytes, pages);
     }
 
@@ -76,7 +81,11 @@ public sealed partial class Host
         if (state.Shutdown)
             throw new ControlException($"domain {d.DomId} has shut down ({state.Reason.ToString().ToLowerInvariant()}); only a running guest can be saved");
         string node = $"{XenstoreLayout.DomainPath(d.DomId)}/control/shutdown";
-        _xs.Write(node, "suspend");
+        // A guest without PV drivers (no event callback) cannot hear the request: libxl suspends such an HVM guest
+        // from outside (xc_domain_shutdown), and it carries on from where it stopped wherever it is restored.
+        bool cooperative = HasPvDrivers(d);
+        if (cooperative) _xs.Write(node, "suspend");
+        else d.Hv.Shutdown(ShutdownReason.Suspend);
         var deadline = DateTime.UtcNow + SuspendTimeout;
         while (true)
         {
@@ -90,7 +99,8 @@ public sealed partial class Host
             if (DateTime.UtcNow >= deadline)
             {
                 // Withdraw the request so the guest does not suspend later with nobody saving it.
-                try { _xs.Write(node, ""); } catch (XenSharp.Store.XenStoreException) { }
+                if (cooperative)
+                    try { _xs.Write(node, ""); } catch (XenSharp.Store.XenStoreException) { }
                 throw new ControlException(
                     $"guest did not suspend within {SuspendTimeout.TotalSeconds:0} s of control/shutdown = suspend; the request was withdrawn",
                     Errno.ETIMEDOUT);
@@ -98,6 +108,8 @@ public sealed partial class Host
             Thread.Sleep(20);
         }
     }
+
+    private static bool HasPvDrivers(Domain d) => d.Hv.GetHvmParam(Params.HVM_PARAM_CALLBACK_IRQ) != 0;
 
     /// <summary>The xl.cfg text the file records: the configuration given to xl save, or the one the domain was
     /// created from with its current name and uuid, which a restore takes again.</summary>
@@ -119,29 +131,33 @@ public sealed partial class Host
             throw new ControlException($"cannot open save file {r.File}: {e.Message}", e is FileNotFoundException or DirectoryNotFoundException ? Errno.ENOENT : Errno.EIO);
         }
         using (f)
+            return RestoreFrom(f, r.File, r.ConfigText, r.ConfigFile, r.ConfigDirectory, r.Paused);
+    }
+
+    /// <summary>Restores a domain from a stream: a save file, or a migration's incoming stream (label names it).</summary>
+    private RestoreResult RestoreFrom(Stream input, string label, string? configText, string? configFile, string? configDirectory, bool paused)
+    {
+        var reader = new SaveFileReader(input, label);
+        var header = reader.ReadHeader();
+        string text = configText ?? header.ConfigText;
+        if (configText is null && header.ConfigIsJson)
+            throw new ControlException($"{label}: the recorded configuration is libxl JSON; give the domain's xl.cfg as CONFIG to restore it", Errno.EOPNOTSUPP);
+        var cfg = XlConfigParser.Parse(text, configFile ?? label);
+        cfg.Directory = configDirectory;
+        var c = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes).Config;
+        if (c.Type != DomainType.Pvh)
+            throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH domains only", Errno.EOPNOTSUPP);
+        CheckName(c.Name);
+        c.SourceText = text;
+        c.SourceFile = configFile ?? label;
+        lock (_lifecycle)
         {
-            var reader = new SaveFileReader(f, r.File);
-            var header = reader.ReadHeader();
-            string text = r.ConfigText ?? header.ConfigText;
-            if (r.ConfigText is null && header.ConfigIsJson)
-                throw new ControlException($"{r.File}: the recorded configuration is libxl JSON; give the domain's xl.cfg as CONFIG to restore it", Errno.EOPNOTSUPP);
-            var cfg = XlConfigParser.Parse(text, r.ConfigFile ?? r.File);
-            cfg.Directory = r.ConfigDirectory;
-            var c = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes).Config;
-            if (c.Type != DomainType.Pvh)
-                throw new ControlException($"{r.File}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH domains only", Errno.EOPNOTSUPP);
-            CheckName(c.Name);
-            c.SourceText = text;
-            c.SourceFile = r.ConfigFile ?? r.File;
-            lock (_lifecycle)
-            {
-                if (_disposed) throw new ControlException("xensharpd is stopping");
-                return RestoreLocked(c, reader, r);
-            }
+            if (_disposed) throw new ControlException("xensharpd is stopping");
+            return RestoreLocked(c, reader, label, paused);
         }
     }
 
-    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, RestoreRequest r)
+    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, string label, bool paused)
     {
         CheckDisks(c);
         uint domId = AllocateDomId(c, restarting: null);
@@ -155,15 +171,15 @@ public sealed partial class Host
             var restored = reader.Load(hvd, () => dom.Destroyed);
             if (!restored.Params.TryGetValue(Params.HVM_PARAM_STORE_PFN, out ulong storePfn) ||
                 !restored.Params.TryGetValue(Params.HVM_PARAM_CONSOLE_PFN, out ulong consolePfn))
-                throw new SaveFileException($"{r.File}: the HVM params do not say where the xenstore and console rings are");
+                throw new SaveFileException($"{label}: the HVM params do not say where the xenstore and console rings are");
             if (!hvd.Memory.IsPopulated(storePfn) || !hvd.Memory.IsPopulated(consolePfn))
-                throw new SaveFileException($"{r.File}: the xenstore or console ring's frame ({storePfn:#x}, {consolePfn:#x}) is not among the saved pages");
+                throw new SaveFileException($"{label}: the xenstore or console ring's frame ({storePfn:#x}, {consolePfn:#x}) is not among the saved pages");
             hvd.SetAcpiSleepControl(Builder.AcpiTables.Pm1aControlPort, Builder.AcpiTables.S5SleepType);
             ConnectRings(dom, storePfn, consolePfn);
             WarnIfPortsMoved(dom, restored.Params);
             AddDevices(dom);
-            _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {r.File}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
-            if (!r.Paused) hvd.Unpause();
+            _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
+            if (!paused) hvd.Unpause();
             lock (_lock)
             {
                 dom.Ready = true;

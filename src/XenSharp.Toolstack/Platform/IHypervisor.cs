@@ -129,6 +129,14 @@ public interface IHypervisorDomain : IDisposable
     /// again, as on Xen. False for holes, mappings of other domains' pages and untouched PoD entries.</summary>
     bool TryReadSaveFrame(ulong gfn, Span<byte> page) => Memory.TryReadFrame(gfn, page);
 
+    /// <summary>XEN_DOMCTL_shadow_op's log-dirty operations (Domctl.XEN_DOMCTL_SHADOW_OP_*): enable, peek, clean
+    /// (the bitmap gets one bit per page of its length × 64) and off; returns the stats.</summary>
+    (uint Faults, uint Dirtied) ShadowOp(uint op, Span<ulong> bitmap) => throw new NotSupportedException("this hypervisor has no log-dirty mode");
+
+    /// <summary>Resumes a suspended domain in place, its suspend cancelled (with <paramref name="cancelHypercall"/>
+    /// the guest's SCHEDOP_shutdown returns 1; false for a guest suspended from outside).</summary>
+    void ResumeSuspended(bool cancelHypercall) => throw new NotSupportedException("this hypervisor cannot resume a suspended domain");
+
     /// <summary>The guest TSC frequency in kHz and Xen's system time in ns now (the TSC info record).</summary>
     uint TscKhz => 0;
     ulong SystemTimeNs => 0;

@@ -142,6 +142,8 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         public byte[] GetHvmContext() => hv.GetHvmContext(domId);
         public void SetHvmContext(ReadOnlySpan<byte> context) => hv.SetHvmContext(domId, context);
         public bool TryReadSaveFrame(ulong gfn, Span<byte> page) => hv.TryReadSaveFrame(domId, gfn, page);
+        public (uint Faults, uint Dirtied) ShadowOp(uint op, Span<ulong> bitmap) => hv.ShadowOp(domId, op, bitmap);
+        public void ResumeSuspended(bool cancelHypercall) => hv.ResumeSuspended(domId, cancelHypercall);
         public uint TscKhz => (uint)(hv.GetHostInfo().GuestTscHz / 1000);
         public ulong SystemTimeNs => (ulong)hv.SystemTimeNs;
         public void ReadSharedInfo(Span<byte> page) => hv.ReadSharedInfo(domId, page);

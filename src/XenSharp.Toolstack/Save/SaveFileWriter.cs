@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
+using XenSharp.Public;
 using XenSharp.Public.Hvm;
 using XenSharp.Public.Migration;
 using XenSharp.Toolstack.Platform;
@@ -8,6 +9,14 @@ namespace XenSharp.Toolstack.Save;
 
 /// <summary>What a save file records of a suspended domain besides its memory and vCPUs.</summary>
 internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, uint XenMajor, uint XenMinor, uint TscMode);
+
+/// <summary>How a live stream goes: how to suspend the guest when the rounds are over, where progress lines go, when
+/// to give up; libxc's limits (5 rounds, 50 pages) by default.</summary>
+internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func<bool> Cancelled)
+{
+    public int MaxIterations { get; init; } = 5;
+    public long DirtyThreshold { get; init; } = 50;
+}
 
 /// <summary>
 /// Writes the file `xl save` writes: xl's header with the domain's configuration, then the libxl stream (v2) whose
@@ -30,6 +39,97 @@ internal static class SaveFileWriter
     public static long Write(Stream output, SaveSource s, Func<bool>? cancelled = null)
     {
         var w = new MigrationRecordWriter(output);
+        WriteHeaders(w, s);
+        WriteTscInfo(w, s);
+        long pages = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled);
+        WriteTail(w, s);
+        return pages;
+    }
+
+    /// <summary>
+    /// The live stream of xl migrate (libxc's send_memory_live): log-dirty on, every page once while the guest runs,
+    /// then the pages it dirtied meanwhile, round after round, until a round leaves fewer than
+    /// <see cref="LiveOptions.DirtyThreshold"/> pages or <see cref="LiveOptions.MaxIterations"/> rounds are done;
+    /// then the guest is suspended and its last dirty pages, its rings' pages and its state follow. Log-dirty is
+    /// off again whatever happens.
+    /// </summary>
+    public static long WriteLive(Stream output, SaveSource s, LiveOptions o)
+    {
+        var w = new MigrationRecordWriter(output);
+        var d = s.Domain;
+        WriteHeaders(w, s);
+        ulong max = d.Memory.MaxGfn;
+        var bits = new ulong[(max + 64) / 64];
+        d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, bits);
+        try
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            long total = WritePages(w, d, AllGfns(max), o.Cancelled);
+            o.Progress(Round(0, total, total, clock));
+            for (int i = 1; ; i++)
+            {
+                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, bits);
+                long dirty = Count(bits);
+                if (dirty < o.DirtyThreshold || i > o.MaxIterations)
+                {
+                    o.Progress($"Iteration {i}: {dirty} dirty pages left for the suspended guest");
+                    break;
+                }
+                clock.Restart();
+                long sent = WritePages(w, d, Gfns(bits), o.Cancelled);
+                total += sent;
+                o.Progress(Round(i, sent, dirty, clock));
+            }
+            o.Suspend();
+            var last = new ulong[bits.Length];
+            d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, last);
+            for (int i = 0; i < bits.Length; i++) bits[i] |= last[i];
+            // The rings' pages are written through the toolstack's own mappings, which log-dirty does not see.
+            foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
+                if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= max)
+                    bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
+            long final = WritePages(w, d, Gfns(bits), null);
+            total += final;
+            o.Progress($"Suspended: {final} pages sent, {total} in all");
+            WriteTscInfo(w, s);
+            WriteTail(w, s);
+            return total;
+        }
+        finally
+        {
+            try { d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_OFF, bits); }
+            catch (XenSharp.Hypervisor.HypervisorException) { }
+        }
+    }
+
+    private static string Round(int i, long sent, long dirty, System.Diagnostics.Stopwatch clock)
+    {
+        double s = Math.Max(clock.Elapsed.TotalSeconds, 1e-6);
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"Iteration {i}: {sent} pages sent ({dirty} dirty) in {s:0.00} s, {sent * 4096 / s / (1 << 20):0.0} MiB/s");
+    }
+
+    private static long Count(ulong[] bits)
+    {
+        long n = 0;
+        foreach (ulong b in bits) n += System.Numerics.BitOperations.PopCount(b);
+        return n;
+    }
+
+    private static IEnumerable<ulong> AllGfns(ulong max)
+    {
+        for (ulong gfn = 0; gfn <= max; gfn++) yield return gfn;
+    }
+
+    private static IEnumerable<ulong> Gfns(ulong[] bits)
+    {
+        for (int i = 0; i < bits.Length; i++)
+            for (ulong b = bits[i]; b != 0; b &= b - 1)
+                yield return (ulong)i * 64 + (ulong)System.Numerics.BitOperations.TrailingZeroCount(b);
+    }
+
+    private static void WriteHeaders(MigrationRecordWriter w, SaveSource s)
+    {
         WriteXlHeader(w, s.ConfigText);
 
         // libxl stream header (big-endian), then the record that the libxc stream follows.
@@ -50,18 +150,20 @@ internal static class SaveFileWriter
             Type = LibxcStream.DHDR_TYPE_X86_HVM, PageShift = LibxcStream.PageShift, XenMajor = s.XenMajor, XenMinor = s.XenMinor,
         });
         w.Record(LibxcStream.REC_TYPE_STATIC_DATA_END, []);
+    }
 
+    private static void WriteTscInfo(MigrationRecordWriter w, SaveSource s)
+    {
         var tsc = new X86TscInfo { Mode = s.TscMode, Khz = s.Domain.TscKhz, Nsec = s.Domain.SystemTimeNs };
         w.Record(LibxcStream.REC_TYPE_X86_TSC_INFO, MemoryMarshal.AsBytes(new ReadOnlySpan<X86TscInfo>(in tsc)));
+    }
 
-        long pages = WritePages(w, s.Domain, cancelled);
-
+    private static void WriteTail(MigrationRecordWriter w, SaveSource s)
+    {
         w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, s.Domain.GetHvmContext());
         WriteParams(w, s.Domain);
         w.Record(LibxcStream.REC_TYPE_END, []);
-
         w.Record(LibxlStream.REC_TYPE_END, []);
-        return pages;
     }
 
     private static void WriteXlHeader(MigrationRecordWriter w, string configText)
@@ -75,14 +177,13 @@ internal static class SaveFileWriter
         w.Raw(config);
     }
 
-    private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, Func<bool>? cancelled)
+    private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled)
     {
         int batch = LibxcStream.MaxBatchPages;
         var pfns = new ulong[batch + 1]; // [0] holds count and reserved
         var data = new byte[batch * 4096];
         int n = 0;
         long total = 0;
-        ulong max = d.Memory.MaxGfn;
         void Flush()
         {
             if (n == 0) return;
@@ -91,7 +192,7 @@ internal static class SaveFileWriter
             total += n;
             n = 0;
         }
-        for (ulong gfn = 0; gfn <= max; gfn++)
+        foreach (ulong gfn in gfns)
         {
             if (!d.TryReadSaveFrame(gfn, data.AsSpan(n * 4096, 4096)))
                 continue;

@@ -11,13 +11,11 @@ internal static class SaveCommands
     {
         if (a.Operands.Count > 3)
             throw new UsageException("too many arguments");
-        if (a.Has('p'))
-            throw new UsageException("-p (leave the domain paused after the snapshot) needs -c, which XenSharp does not support yet");
         string? config = null;
         if (a.Operands.Count == 3 && !TryReadConfig(ctx, a.Operands[2], out config))
             return 1;
         string file = Path.GetFullPath(a.Operands[1]);
-        var result = ctx.Daemon.Send(new SaveRequest(a.Operands[0], file, a.Has('c'), config));
+        var result = ctx.Daemon.Send(new SaveRequest(a.Operands[0], file, a.Has('c') || a.Has('p'), config, a.Has('p')));
         ctx.Err.WriteLine($"Saving to {a.Operands[1]} new xl format (info 0x{SaveFlags:x}/0x0/{config?.Length ?? 0})");
         ctx.Err.WriteLine($"Saved domain {result.DomId} ({result.Name}): {result.Pages} pages, {result.Bytes} bytes");
         return 0;

@@ -1,0 +1,207 @@
+using System.Buffers.Binary;
+using System.Text;
+using XenSharp.Public;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Control;
+using XenSharp.Toolstack.Save;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>
+/// The daemon's halves of xl migrate (libxl_domain_suspend with LIBXL_SUSPEND_LIVE, and libxl's restore from a
+/// stream). xl speaks xl's migration protocol with the other host and hands the bytes over: the sender's connection
+/// carries <see cref="MigrationFrames"/> (the live stream and progress), then xl's verdict; the receiver's carries the
+/// stream in and the restore's outcome and xl's verdict as lines. Whatever fails, the source guest runs on and the
+/// receiver keeps no domain.
+/// </summary>
+public sealed partial class Host
+{
+    private MigrateSendResult MigrateSendCheck(MigrateSendRequest r)
+    {
+        var d = Resolve(r.Domain);
+        CheckSavable(d);
+        return new MigrateSendResult(d.DomId, d.Config.Name);
+    }
+
+    private static void CheckSavable(Domain d)
+    {
+        if (d.Config.Type != DomainType.Pvh)
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp migrates PVH domains only", Errno.EOPNOTSUPP);
+        if (d.Config.TargetMemKb != d.Config.MaxMemKb)
+            throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not migrate yet", Errno.EOPNOTSUPP);
+    }
+
+    /// <summary>Sends domain <paramref name="domId"/> live over <paramref name="conn"/> (after a successful
+    /// <see cref="MigrateSendRequest"/>), then destroys it or resumes it as xl says.</summary>
+    public void RunMigrateSend(MigrateSendRequest r, uint domId, Stream conn)
+    {
+        Domain d;
+        lock (_lock)
+            if (!_domains.TryGetValue(domId, out d!)) return;
+        var frames = new FrameWriter(conn);
+        bool suspended = false, cooperative = HasPvDrivers(d);
+        long stoppedAt = 0;
+        try
+        {
+            var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
+            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode);
+            var data = new BufferedStream(new DataFrames(frames), 1 << 20);
+            long pages;
+            lock (d.MemoryUse)
+            {
+                pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
+                    () => { Suspend(d); suspended = true; stoppedAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(); },
+                    frames.Progress,
+                    () => d.Destroyed));
+            }
+            data.Flush();
+            _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages");
+            // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock).
+            frames.Write(MigrationFrames.End, $"{pages} {stoppedAt}");
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            string why = ControlErrors.Map(e)?.Message ?? e.Message;
+            ResumeAfterFailure(d, suspended, cooperative, why);
+            try { frames.Write(MigrationFrames.Failed, why); } catch (IOException) { }
+            return;
+        }
+
+        string? verdict = null;
+        try { verdict = ReadLine(conn); }
+        catch (IOException) { }
+        if (verdict == "commit")
+        {
+            Destroy(d);
+            TryFrame(frames, "destroyed");
+        }
+        else
+        {
+            ResumeAfterFailure(d, suspended, cooperative, "the receiver did not take the guest");
+            TryFrame(frames, "resumed");
+        }
+    }
+
+    private void ResumeAfterFailure(Domain d, bool suspended, bool cooperative, string why)
+    {
+        _hv.ConsoleWrite($"d{d.DomId}: migration failed ({why}); the domain runs on here");
+        if (!suspended || d.Destroyed) return;
+        try { d.Hv.ResumeSuspended(cooperative); }
+        catch (XenSharp.Hypervisor.HypervisorException e) { _hv.ConsoleWrite($"d{d.DomId}: cannot resume: {e.Message}"); }
+    }
+
+    private static void TryFrame(FrameWriter frames, string outcome)
+    {
+        try { frames.Write(MigrationFrames.Outcome, outcome); } catch (IOException) { }
+    }
+
+    /// <summary>Restores a domain from the stream on <paramref name="conn"/> (after a successful
+    /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.</summary>
+    public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn)
+    {
+        RestoreResult result;
+        try
+        {
+            result = RestoreFrom(conn, "migration stream", null, null, r.ConfigDirectory, paused: true);
+        }
+        catch (Exception e) when (ControlErrors.Map(e) is { } failure)
+        {
+            TryLine(conn, $"error {failure.Errno} {failure.Message.ReplaceLineEndings(" ")}");
+            return;
+        }
+        Domain? d;
+        lock (_lock) _domains.TryGetValue(result.DomId, out d);
+        if (d is null) return;
+        string? verdict = null;
+        if (TryLine(conn, $"ok {result.DomId} {result.Name}"))
+            try { verdict = ReadLine(conn); }
+            catch (IOException) { }
+        if (verdict == "unpause")
+        {
+            d.Hv.Unpause();
+            // xl may yet take it back, when its report could not reach the sender (which then resumes its copy).
+            string? after = null;
+            if (TryLine(conn, "ok"))
+                try { after = ReadLine(conn); }
+                catch (IOException) { }
+            if (after == "destroy")
+            {
+                _hv.ConsoleWrite($"d{d.DomId}: the sender never heard that the domain started here; it is destroyed");
+                Destroy(d);
+            }
+        }
+        else
+        {
+            _hv.ConsoleWrite($"d{d.DomId}: incoming migration abandoned; the domain is destroyed");
+            Destroy(d);
+            TryLine(conn, "destroyed");
+        }
+    }
+
+    private static bool TryLine(Stream conn, string line)
+    {
+        try
+        {
+            conn.Write(Encoding.UTF8.GetBytes(line + "\n"));
+            conn.Flush();
+            return true;
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException) { return false; }
+    }
+
+    /// <summary>One short line from the raw connection, or null at its end.</summary>
+    private static string? ReadLine(Stream conn)
+    {
+        var sb = new StringBuilder();
+        Span<byte> b = stackalloc byte[1];
+        while (sb.Length < 256)
+        {
+            if (conn.Read(b) == 0) return null;
+            if (b[0] == '\n') return sb.ToString();
+            sb.Append((char)b[0]);
+        }
+        return null;
+    }
+
+    private sealed class FrameWriter(Stream conn)
+    {
+        private readonly Lock _lock = new();
+
+        public void Write(byte kind, ReadOnlySpan<byte> payload)
+        {
+            Span<byte> head = stackalloc byte[5];
+            head[0] = kind;
+            BinaryPrimitives.WriteInt32LittleEndian(head[1..], payload.Length);
+            lock (_lock)
+            {
+                conn.Write(head);
+                conn.Write(payload);
+                if (kind != MigrationFrames.Data) conn.Flush();
+            }
+        }
+
+        public void Write(byte kind, string text) => Write(kind, Encoding.UTF8.GetBytes(text));
+        public void Progress(string line) => Write(MigrationFrames.Progress, line);
+    }
+
+    /// <summary>The stream's bytes as data frames.</summary>
+    private sealed class DataFrames(FrameWriter frames) : Stream
+    {
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            // Frames of at most MigrationFrames.MaxData bytes, which xl reads into one buffer.
+            for (int i = 0; i < buffer.Length; i += MigrationFrames.MaxData)
+                frames.Write(MigrationFrames.Data, buffer[i..Math.Min(buffer.Length, i + MigrationFrames.MaxData)]);
+        }
+        public override void Flush() { }
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}
