@@ -156,4 +156,52 @@ public sealed partial class XenHypervisor
         memfd = file;
         return 0;
     }
+    /// <summary>
+    /// gntdev's map for a Domain-0 program: maps grants <paramref name="refs"/> of <paramref name="domid"/> into
+    /// Domain-0 (each held until <see cref="Dom0GrantUnmap"/>) and gives, per page, its grant handle, the page in the
+    /// daemon and its offset in <paramref name="memfd"/>, the granting domain's memory file, which the program maps
+    /// itself. All or nothing: the first failing grant's GNTST_* status is returned with nothing left mapped. The memfd
+    /// carries a reference the caller releases.
+    /// </summary>
+    public unsafe short Dom0GrantMap(ushort domid, ReadOnlySpan<uint> refs, bool readOnly, Span<uint> handles,
+        Span<nint> pages, Span<long> offsets, out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        var ops = new XenSharp.Dom0.GrantMapOp[refs.Length];
+        for (int i = 0; i < refs.Length; i++)
+            ops[i] = new XenSharp.Dom0.GrantMapOp(domid, refs[i], readOnly);
+        Dom0Services.MapGrantRefs(ops);
+        short status = XenSharp.Public.GrantTable.GNTST_okay;
+        Microsoft.Win32.SafeHandles.SafeFileHandle? file = null;
+        for (int i = 0; i < ops.Length && status == XenSharp.Public.GrantTable.GNTST_okay; i++)
+        {
+            if (ops[i].Status != XenSharp.Public.GrantTable.GNTST_okay)
+            {
+                status = ops[i].Status;
+                break;
+            }
+            uint mfn = (uint)(((byte*)ops[i].Address - Frames.Base) >> FrameTable.PageShift);
+            // A granted frame lies in its domain's memory file; one map shares one file.
+            if (!Frames.TryGetBacking(mfn, out var fd, out long offset) || (file is not null && fd != file))
+                status = XenSharp.Public.GrantTable.GNTST_general_error;
+            file = fd;
+            handles[i] = ops[i].Handle;
+            pages[i] = ops[i].Address;
+            offsets[i] = offset;
+        }
+        if (status != XenSharp.Public.GrantTable.GNTST_okay)
+        {
+            foreach (var o in ops)
+                if (o.Status == XenSharp.Public.GrantTable.GNTST_okay)
+                    Dom0.Gnttab.Unmap(o.Handle, 0, host: true);
+            return status;
+        }
+        bool added = false;
+        file!.DangerousAddRef(ref added);
+        memfd = file;
+        return XenSharp.Public.GrantTable.GNTST_okay;
+    }
+
+    /// <summary>Lets go of a page mapped by <see cref="Dom0GrantMap"/>; returns its GNTST_* status.</summary>
+    public short Dom0GrantUnmap(uint handle) => Dom0.Gnttab.Unmap(handle, 0, host: true);
 }

@@ -62,8 +62,9 @@ internal sealed class PrivcmdConnection : IDisposable
         }
     }
 
-    /// <summary>Bytes a request may carry after its fixed part (a batch of frame numbers).</summary>
-    public const int MaxPayload = ForeignMemoryHandle.MaxBatch * sizeof(ulong);
+    /// <summary>Bytes a request may carry after its fixed part (a batch of frame numbers, or grant copy segments
+    /// with the pages they write).</summary>
+    public const int MaxPayload = MaxCopy * (GrantCopySize + 4096);
 
     /// <summary>Sends the reply, its tail and its descriptor; the descriptor's reference is released.</summary>
     private unsafe bool Reply(in PrivcmdReply reply, in ReplyExtras extras)
@@ -127,8 +128,10 @@ internal sealed class PrivcmdConnection : IDisposable
                 handle = new ForeignMemoryHandle(_hv);
                 return 0;
             case KindGnttab:
+                handle = new GnttabHandle(_hv);
+                return 0;
             case KindGntshr:
-                // Connections only for now: grant mapping comes with its own milestone and answers -ENOSYS.
+                // Connections only: Domain-0 has no grant table of its own to share pages from yet (-ENOSYS).
                 handle = new EmptyHandle();
                 return 0;
             default:
