@@ -94,7 +94,8 @@ public sealed partial class Host
     private static string BackendName(DiskBackend b) => b.ToString().ToLowerInvariant();
 
     /// <summary>libxl__device_disk_set_backend: phy for a raw image, qdisk for the formats only QEMU reads,
-    /// or what backendtype= asked for. Whichever it is, XenSharp's own blkif backend serves it under backend/vbd.</summary>
+    /// or what backendtype= asked for. XenSharp's own blkif backend serves it under backend/vbd, except that an explicit
+    /// backendtype=qdisk is QEMU's (Qdisk.cs).</summary>
     private static DiskBackend BackendOf(DiskSpec disk) => disk.Backend != DiskBackend.Unknown ? disk.Backend
         : disk.Format is DiskFormat.Raw or DiskFormat.Empty && !disk.IsCdrom ? DiskBackend.Phy : DiskBackend.Qdisk;
 
@@ -103,6 +104,7 @@ public sealed partial class Host
     {
         foreach (var disk in dom.Config.Disks)
             AddDisk(dom, disk);
+        EnsureQdiskBackend(dom);
     }
 
     /// <summary>The vbd's backend and frontend directories with libxl's keys. Where libxl would write
@@ -130,12 +132,16 @@ public sealed partial class Host
             backend["script"] = disk.Script is { } s && Path.IsPathRooted(s) ? s
                 : Path.Combine("/etc/xen/scripts", disk.Script ?? (type == DiskBackend.Tap ? "block-tap" : "block"));
         if (disk.DirectIoSafe) backend["direct-io-safe"] = "1";
-        AddDevice(dom.DomId, DeviceKinds.Vbd, devId, backend, new Dictionary<string, string>
+        var frontend = new Dictionary<string, string>
         {
             ["virtual-device"] = devId.ToString(CultureInfo.InvariantCulture),
             ["device-type"] = deviceType,
             ["trusted"] = disk.Trusted ? "1" : "0",
-        });
+        };
+        if (ServedByQemu(disk))
+            AddQdiskDisk(dom, disk, devId, frontend);
+        else
+            AddDevice(dom.DomId, DeviceKinds.Vbd, devId, backend, frontend);
     }
 }
 
@@ -158,6 +164,7 @@ public sealed partial class Host
             throw new ControlException($"disk {disk.Vdev} is already attached to domain {d.DomId}", Errno.EEXIST);
         AddDisk(d, disk);
         lock (_lock) d.Config.Disks = [.. d.Config.Disks, disk];
+        EnsureQdiskBackend(d);
     }
 
     /// <summary>How long a frontend has to close a disk being detached before it is taken away regardless, as
