@@ -3,7 +3,8 @@
  * xensharpd's privcmd. A grant map is held by the daemon (in Domain-0's maptrack) until unmapped or
  * until the connection ends; the daemon answers with the granting domain's memfd and the pages'
  * offsets, and the library maps them itself, as for foreign mappings. Grant copies travel inline.
- * Sharing the program's own pages (gntalloc) fails with ENOSYS: Domain-0 has no grant table yet.
+ * Shares (gntalloc) are pages of Domain-0 the daemon allocates and grants from Domain-0's grant table;
+ * the library maps them from Domain-0's memfd the same way.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -304,12 +305,6 @@ int xengnttab_dmabuf_imp_release(xengnttab_handle *h, uint32_t fd)
     return -1;
 }
 
-static void *unsupported(void)
-{
-    errno = ENOSYS;
-    return NULL;
-}
-
 xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned open_flags)
 {
     xengntshr_handle *h = calloc(1, sizeof(*h));
@@ -340,22 +335,94 @@ int xengntshr_fd(xengntshr_handle *h)
     return h->conn.fd;
 }
 
+/* Shares count fresh pages with a domain at a range reserved first; each batch is keyed by its address. */
+static void *share(xengntshr_handle *h, uint32_t domid, int count, uint32_t *refs, int writable,
+                   uint64_t notify_offset, uint64_t notify_port)
+{
+    uint8_t *base;
+    int done = 0, saved;
+
+    if (count <= 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    base = mmap(NULL, (size_t)count * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return NULL;
+    while (done < count) {
+        int n = count - done > PRIVCMD_MAX_BATCH ? PRIVCMD_MAX_BATCH : count - done, i, run;
+        struct {
+            int64_t offsets[PRIVCMD_MAX_BATCH];
+            uint32_t refs[PRIVCMD_MAX_BATCH];
+        } tail;
+        int64_t *offsets;
+        uint32_t *got;
+        int memfd = -1;
+        struct privcmd_request req = {
+            .op = PRIVCMD_OP_GNTSHR_SHARE,
+            .arg = { domid, writable ? 1 : 0, (uint64_t)n,
+                     done == 0 && notify_offset < (uint64_t)n * PAGE ? notify_offset : NO_NOTIFY,
+                     done == 0 ? notify_port : NO_NOTIFY, (uintptr_t)(base + (size_t)done * PAGE) },
+        };
+        /* The reply's tail is n offsets, then n refs: read it into one buffer and find the refs after the offsets. */
+        if (privcmd_call_ex(&h->conn, &req, NULL, 0, NULL, 0, NULL, &tail, (size_t)n * (sizeof(int64_t) + sizeof(uint32_t)),
+                            &memfd) < 0 || memfd < 0)
+            goto fail;
+        offsets = tail.offsets;
+        got = (uint32_t *)((uint8_t *)&tail + (size_t)n * sizeof(int64_t));
+        for (i = 0; i < n; i++)
+            refs[done + i] = got[i];
+        for (i = 0; i < n; i += run) {
+            for (run = 1; i + run < n && offsets[i + run] == offsets[i] + (int64_t)(run * PAGE); run++)
+                ;
+            if (mmap(base + (size_t)(done + i) * PAGE, (size_t)run * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                     memfd, (off_t)offsets[i]) == MAP_FAILED) {
+                struct privcmd_request undo = { .op = PRIVCMD_OP_GNTSHR_UNSHARE,
+                                                .arg = { (uintptr_t)(base + (size_t)done * PAGE), (uint64_t)n } };
+                saved = errno;
+                close(memfd);
+                privcmd_call(&h->conn, &undo, NULL, 0, NULL, NULL);
+                errno = saved;
+                goto fail;
+            }
+        }
+        close(memfd);
+        done += n;
+    }
+    return base;
+
+fail:
+    saved = errno ? errno : EIO;
+    if (done) {
+        struct privcmd_request undo = { .op = PRIVCMD_OP_GNTSHR_UNSHARE, .arg = { (uintptr_t)base, (uint64_t)done } };
+        privcmd_call(&h->conn, &undo, NULL, 0, NULL, NULL);
+    }
+    munmap(base, (size_t)count * PAGE);
+    errno = saved;
+    return NULL;
+}
+
 void *xengntshr_share_pages(xengntshr_handle *h, uint32_t domid, int count, uint32_t *refs, int writable)
 {
-    (void)h; (void)domid; (void)count; (void)refs; (void)writable;
-    return unsupported();
+    return share(h, domid, count, refs, writable, NO_NOTIFY, NO_NOTIFY);
 }
 
 void *xengntshr_share_page_notify(xengntshr_handle *h, uint32_t domid, uint32_t *ref, int writable,
                                   uint32_t notify_offset, evtchn_port_t notify_port)
 {
-    (void)h; (void)domid; (void)ref; (void)writable; (void)notify_offset; (void)notify_port;
-    return unsupported();
+    return share(h, domid, 1, ref, writable, notify_offset < PAGE ? notify_offset : NO_NOTIFY,
+                 notify_port == (evtchn_port_t)-1 ? NO_NOTIFY : notify_port);
 }
 
 int xengntshr_unshare(xengntshr_handle *h, void *start_address, uint32_t count)
 {
-    (void)h; (void)start_address; (void)count;
-    errno = EINVAL;
-    return -1;
+    struct privcmd_request req = { .op = PRIVCMD_OP_GNTSHR_UNSHARE, .arg = { (uintptr_t)start_address, count } };
+
+    if (!start_address || count == 0 || ((uintptr_t)start_address & (PAGE - 1))) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (privcmd_call(&h->conn, &req, NULL, 0, NULL, NULL) < 0)
+        return -1;
+    return munmap(start_address, (size_t)count * PAGE);
 }

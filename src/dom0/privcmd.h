@@ -67,6 +67,16 @@ enum privcmd_op {
     PRIVCMD_OP_GNTTAB_COPY = 50,
     /* arg[0] the most grant pages the handle may hold mapped at once. */
     PRIVCMD_OP_GNTTAB_SET_MAX = 51,
+
+    /* gntalloc (PRIVCMD_KIND_GNTSHR handles). SHARE: arg[0] grantee domid, arg[1] writable, arg[2] count (at most
+     * PRIVCMD_MAX_BATCH), arg[3] unshare-notify byte offset or ~0, arg[4] unshare-notify Domain-0 port or ~0,
+     * arg[5] the address the program maps the pages at (its key for UNSHARE). The daemon allocates count zeroed
+     * pages and grants each to the domain in Domain-0's grant table; the reply carries Domain-0's memfd and is
+     * followed by count int64_t offsets of the pages in it, then count uint32_t grant refs. */
+    PRIVCMD_OP_GNTSHR_SHARE = 52,
+    /* arg[0] address, arg[1] pages: ends the grants of every share inside that range (after its notification).
+     * -EINVAL when the range holds none. */
+    PRIVCMD_OP_GNTSHR_UNSHARE = 53,
 };
 
 #define PRIVCMD_MAX_COPY 16

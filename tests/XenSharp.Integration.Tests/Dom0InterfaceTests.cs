@@ -7,8 +7,8 @@ namespace XenSharp.Integration.Tests;
 /// Xen's own userland on XenSharp: Debian's xl (Xen 4.17, over libxenctrl and libxenlight) run through ./dom0 with
 /// the drop-in stable libraries must report the same facts as XenSharp's own xl, against one private daemon holding
 /// Domain-0 and a paused guest. A small Domain-0 program (tests/native/dom0client.c) checks bad calls get Xen's
-/// errno, event channels mask until unmasked, grants map, copy and unmap as through gntdev, and a killed program
-/// leaves nothing held in the daemon.
+/// errno, event channels mask until unmasked, grants map, copy and unmap as through gntdev, pages are shared as
+/// through gntalloc, and a killed program leaves nothing held in the daemon.
 /// </summary>
 public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
 {
@@ -361,6 +361,61 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         while (byteNow != "byte 0" && deadline.Elapsed < TimeSpan.FromSeconds(60));
         Assert.Equal("byte 0", byteNow);                // the unmap notification ran: the map is gone
         Assert.Contains("held", Ours("list").Stdout);
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void SharedPagesAreGrantedFromDomain0AsThroughGntalloc()
+    {
+        string domid = Ours("domid", "held").Stdout.Trim();
+        var r = Dom0(_host.Client, "shares", domid);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var got = Fields(r.Stdout.Replace(' ', ':'));
+        Assert.Equal("0", got["share"]);
+        Assert.Equal("1", got["share-zeroed"]);
+        Assert.Equal("1", got["share-refs"]);           // past the reserved entries, one per page
+        Assert.Equal("1", got["share-mapped"]);         // Domain-0 maps its own grants back through gntdev
+        Assert.Equal("1", got["share-both-ways"]);
+        Assert.Equal("0", got["unshare"]);
+        Assert.Equal("22", got["unshare-twice"]);
+        Assert.Equal("22", got["map-after-unshare"]);   // the grant ended
+        Assert.Equal("1:22", got["map-other-grantee"]); // granted to the guest, not to Domain-0
+        Assert.Equal("22", got["share-reserved-domid"]);
+        Assert.Equal("9", got["notify-seen"]);
+        Assert.Equal("0", got["notify-unshare"]);
+        Assert.Equal("0", got["notify-cleared"]);       // cleared on unshare; the mapping kept the page
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void KilledProgramsSharesEnd()
+    {
+        using var holder = Process.Start(Dom0Start(_host.Client, "holdshare"))!;
+        string gref;
+        try
+        {
+            holder.StandardInput.Close();
+            string? line = holder.StandardOutput.ReadLine();
+            if (line?.StartsWith("ready ") != true)
+            {
+                holder.Kill();
+                Assert.Fail($"the holder said '{line}': {holder.StandardError.ReadToEnd()}");
+            }
+            gref = line!["ready ".Length..];
+            Assert.Equal("mapped 0", Dom0(_host.Client, "mapref", "0", gref).Stdout.Trim());
+        }
+        finally
+        {
+            holder.Kill();
+            holder.WaitForExit();
+        }
+        var deadline = Stopwatch.StartNew();
+        string mapped;
+        do
+        {
+            Thread.Sleep(100);
+            mapped = Dom0(_host.Client, "mapref", "0", gref).Stdout.Trim();
+        }
+        while (mapped != "mapped 22" && deadline.Elapsed < TimeSpan.FromSeconds(60));
+        Assert.Equal("mapped 22", mapped);              // the daemon ended the grant for it
     }
 
     private static (int, string) Run(string file, params string[] args)

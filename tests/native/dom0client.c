@@ -13,6 +13,10 @@
  *   dom0client holdgrant DOMID  maps that grant asking for its byte 300 to be cleared on unmap, sets the byte,
  *                             prints "ready", then waits to be killed
  *   dom0client peek DOMID OFFSET  prints the byte at OFFSET of DOMID's xenstore page (a foreign mapping)
+ *   dom0client shares DOMID   shares pages with Domain-0 itself and with DOMID (gntalloc's role), mapping them
+ *                             back through gntdev; prints "NAME value" per step
+ *   dom0client holdshare      shares a page with Domain-0, prints "ready REF", then waits to be killed
+ *   dom0client mapref DOMID REF  maps grant REF of DOMID; prints "mapped ERRNO"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -349,6 +353,87 @@ static int peek(uint32_t domid, int offset)
     return 0;
 }
 
+static int shares(uint32_t domid)
+{
+    xengntshr_handle *s = xengntshr_open(NULL, 0);
+    xengnttab_handle *g = xengnttab_open(NULL, 0);
+    uint32_t refs[2], ref;
+    unsigned char *p, *q;
+    int rc;
+
+    if (!s || !g) {
+        perror("open");
+        return 1;
+    }
+    /* Pages shared with Domain-0 itself map back through gntdev (as a vchan in Domain-0 does). */
+    p = xengntshr_share_pages(s, 0, 2, refs, 1);
+    printf("share %d\n", p ? 0 : errno);
+    if (!p)
+        return 1;
+    printf("share-zeroed %d\n", p[0] == 0 && p[4096 + 4095] == 0);
+    printf("share-refs %d\n", refs[0] >= GNTTAB_NR_RESERVED_ENTRIES && refs[1] != refs[0]);
+    memcpy(p + 4096, "second", 7);
+    q = xengnttab_map_domain_grant_refs(g, 2, 0, refs, PROT_READ | PROT_WRITE);
+    printf("share-mapped %d\n", q && !memcmp(q + 4096, "second", 7));
+    if (q) {
+        q[10] = 0x42;
+        printf("share-both-ways %d\n", p[10] == 0x42);
+        xengnttab_unmap(g, q, 2);
+    }
+    printf("unshare %d\n", xengntshr_unshare(s, p, 2) == 0 ? 0 : errno);
+    rc = xengntshr_unshare(s, p, 2);
+    printf("unshare-twice %d\n", rc < 0 ? errno : 0);
+    q = xengnttab_map_grant_ref(g, 0, refs[0], PROT_READ);
+    printf("map-after-unshare %d\n", q ? 0 : errno);
+
+    /* A page shared with another domain is not Domain-0's to map. */
+    p = xengntshr_share_pages(s, domid, 1, &ref, 0);
+    q = p ? xengnttab_map_grant_ref(g, 0, ref, PROT_READ) : NULL;
+    printf("map-other-grantee %d %d\n", p != NULL, q ? 0 : errno);
+    if (p)
+        xengntshr_unshare(s, p, 1);
+    p = xengntshr_share_pages(s, 0x7FF5, 1, &ref, 1);
+    printf("share-reserved-domid %d\n", p ? 0 : errno);
+
+    /* The notification on unshare; the grantee's mapping keeps the page until it lets go. */
+    p = xengntshr_share_page_notify(s, 0, &ref, 1, 100, -1);
+    q = p ? xengnttab_map_grant_ref(g, 0, ref, PROT_READ) : NULL;
+    if (p)
+        p[100] = 9;
+    printf("notify-seen %d\n", q ? q[100] : -1);
+    printf("notify-unshare %d\n", p && xengntshr_unshare(s, p, 1) == 0 ? 0 : errno);
+    printf("notify-cleared %d\n", q ? q[100] : -1);
+    if (q)
+        xengnttab_unmap(g, q, 1);
+    xengnttab_close(g);
+    xengntshr_close(s);
+    return 0;
+}
+
+static int holdshare(void)
+{
+    xengntshr_handle *s = xengntshr_open(NULL, 0);
+    uint32_t ref;
+    unsigned char *p = s ? xengntshr_share_pages(s, 0, 1, &ref, 1) : NULL;
+
+    if (!p) {
+        perror("share");
+        return 1;
+    }
+    printf("ready %u\n", ref);
+    for (;;)
+        pause();
+}
+
+static int mapref(uint32_t domid, uint32_t ref)
+{
+    xengnttab_handle *g = xengnttab_open(NULL, 0);
+    void *p = g ? xengnttab_map_grant_ref(g, domid, ref, PROT_READ) : NULL;
+
+    printf("mapped %d\n", p ? 0 : errno);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -368,7 +453,13 @@ int main(int argc, char **argv)
         return holdgrant((uint32_t)atoi(argv[2]));
     if (argc >= 4 && !strcmp(argv[1], "peek"))
         return peek((uint32_t)atoi(argv[2]), atoi(argv[3]));
+    if (argc >= 3 && !strcmp(argv[1], "shares"))
+        return shares((uint32_t)atoi(argv[2]));
+    if (argc >= 2 && !strcmp(argv[1], "holdshare"))
+        return holdshare();
+    if (argc >= 4 && !strcmp(argv[1], "mapref"))
+        return mapref((uint32_t)atoi(argv[2]), (uint32_t)strtoul(argv[3], NULL, 0));
     fprintf(stderr, "usage: dom0client errors | hold DOMID | status PORT | events | map DOMID GFN N | grants DOMID |"
-                    " holdgrant DOMID | peek DOMID OFFSET\n");
+                    " holdgrant DOMID | peek DOMID OFFSET | shares DOMID | holdshare | mapref DOMID REF\n");
     return 2;
 }

@@ -131,8 +131,7 @@ internal sealed class PrivcmdConnection : IDisposable
                 handle = new GnttabHandle(_hv);
                 return 0;
             case KindGntshr:
-                // Connections only: Domain-0 has no grant table of its own to share pages from yet (-ENOSYS).
-                handle = new EmptyHandle();
+                handle = new GntshrHandle(_hv);
                 return 0;
             default:
                 return -Errno.EINVAL;
@@ -148,12 +147,6 @@ internal sealed class PrivcmdConnection : IDisposable
             return;
         _handle?.Dispose();
         UnixNative.close(_fd);
-    }
-
-    private sealed class EmptyHandle : IPrivcmdHandle
-    {
-        public long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras) => -Errno.ENOSYS;
-        public void Dispose() { }
     }
 }
 
