@@ -8,7 +8,7 @@ namespace XenSharp.Integration.Tests;
 /// the drop-in stable libraries must report the same facts as XenSharp's own xl, against one private daemon holding
 /// Domain-0 and a paused guest. A small Domain-0 program (tests/native/dom0client.c) checks bad calls get Xen's
 /// errno, event channels mask until unmasked, grants map, copy and unmap as through gntdev, pages are shared as
-/// through gntalloc, and a killed program leaves nothing held in the daemon.
+/// through gntalloc, Xen's C xenstored serves a guest's ring, and a killed program leaves nothing held in the daemon.
 /// </summary>
 public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
 {
@@ -27,7 +27,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
             Assert.True(r.ExitCode == 0, r.ToString());
             Client = Path.Combine(_clientDir, "dom0client");
             var (rc, output) = Run("gcc", "-O2", "-Wall", "-D__XEN_TOOLS__", "-o", Client,
-                Repository.PathOf("tests", "native", "dom0client.c"), "-lxenctrl", "-lxencall", "-lxenevtchn", "-lxenforeignmemory", "-lxengnttab");
+                Repository.PathOf("tests", "native", "dom0client.c"), "-lxenctrl", "-lxencall", "-lxenevtchn", "-lxenforeignmemory", "-lxengnttab", "-lxenstore");
             Assert.True(rc == 0, output);
         }
 
@@ -416,6 +416,55 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         }
         while (mapped != "mapped 22" && deadline.Elapsed < TimeSpan.FromSeconds(60));
         Assert.Equal("mapped 22", mapped);              // the daemon ended the grant for it
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void DebiansXenstoredServesAGuestsRing()
+    {
+        // Xen's C xenstored under ./dom0, beside the daemon's own: Domain-0's connection is a port a holder keeps
+        // unbound and a page of a file (what /proc/xen/xsd_port and xsd_kva give it in a Xen dom0, here through
+        // libxensharp-procxen.so); the guest it is introduced to is reached by gntdev and bind_interdomain.
+        string domid = Ours("domid", "held").Stdout.Trim();
+        string dir = Directory.CreateTempSubdirectory("cxenstored-").FullName;
+        using var holder = Process.Start(Dom0Start(_host.Client, "hold", "0"))!;
+        Process? xenstored = null;
+        try
+        {
+            holder.StandardInput.Close();
+            string? line = holder.StandardOutput.ReadLine();
+            Assert.True(line?.StartsWith("ready ") == true, $"the holder said '{line}'");
+            File.WriteAllText(Path.Combine(dir, "xsd_port"), line!["ready ".Length..]);
+            File.WriteAllBytes(Path.Combine(dir, "xsd_kva"), new byte[4096]);
+            string socket = Path.Combine(dir, "socket");
+            xenstored = Process.Start(Dom0Start("env", $"XENSTORED_PATH={socket}", $"XENSTORED_RUNDIR={dir}",
+                $"XENSHARP_XSD_PORT={Path.Combine(dir, "xsd_port")}", $"XENSHARP_XSD_KVA={Path.Combine(dir, "xsd_kva")}",
+                $"LD_PRELOAD={Repository.PathOf("artifacts", "dom0", "lib", "libxensharp-procxen.so")}",
+                "/usr/lib/xen-4.17/bin/xenstored", "-N", "-F", Path.Combine(dir, "pid")))!;
+            xenstored.StandardInput.Close();
+            var stderr = xenstored.StandardError.ReadToEndAsync();
+            var deadline = Stopwatch.StartNew();
+            while (!File.Exists(socket) && !xenstored.HasExited && deadline.Elapsed < TimeSpan.FromSeconds(60))
+                Thread.Sleep(100);
+            Assert.True(File.Exists(socket), $"xenstored did not start: {(xenstored.HasExited ? stderr.Result : "")}");
+
+            var r = Dom0("env", $"XENSTORED_PATH={socket}", _host.Client, "introduce", domid);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            var got = Fields(r.Stdout.Replace(' ', ':'));
+            Assert.Equal("0", got["introduce"]);
+            Assert.Equal("1", got["is-introduced"]);
+            Assert.Equal("2:7:from-c-xenstored", got["guest-reply"]); // XS_READ answered on the guest's ring
+            Assert.Equal("0", got["release"]);
+        }
+        finally
+        {
+            if (xenstored is not null && !xenstored.HasExited) xenstored.Kill();
+            xenstored?.WaitForExit();
+            xenstored?.Dispose();
+            holder.Kill();
+            holder.WaitForExit();
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+        Assert.Contains("held", Ours("list").Stdout);
     }
 
     private static (int, string) Run(string file, params string[] args)

@@ -17,6 +17,10 @@
  *                             back through gntdev; prints "NAME value" per step
  *   dom0client holdshare      shares a page with Domain-0, prints "ready REF", then waits to be killed
  *   dom0client mapref DOMID REF  maps grant REF of DOMID; prints "mapped ERRNO"
+ *   dom0client introduce DOMID  (with $XENSTORED_PATH naming a C xenstored) introduces the paused DOMID to it on a
+ *                             fresh store port, puts an XS_READ of a node only that xenstored has into the
+ *                             guest's ring as the guest would, and prints what came back on the ring; then
+ *                             releases the domain
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,6 +35,8 @@
 #include <xenevtchn.h>
 #include <xenforeignmemory.h>
 #include <xengnttab.h>
+#include <xenstore.h>
+#include <xen/io/xs_wire.h>
 #include <xen/grant_table.h>
 #include <xen/hvm/params.h>
 #include <sys/mman.h>
@@ -434,6 +440,67 @@ static int mapref(uint32_t domid, uint32_t ref)
     return 0;
 }
 
+static int introduce(uint32_t domid)
+{
+    xc_interface *xch = xc_interface_open(NULL, NULL, 0);
+    struct xs_handle *xs = xs_open(0);
+    struct xs_permissions readable = { .id = 0, .perms = XS_PERM_READ };
+    xenforeignmemory_handle *fmem;
+    struct xenstore_domain_interface *ring;
+    struct xsd_sockmsg msg = { .type = XS_READ, .req_id = 7 };
+    const char path[] = "/tool/cxs";
+    char reply[64];
+    uint64_t pfn = 0;
+    int port, i;
+    unsigned int len;
+
+    if (!xch || !xs) {
+        perror("open");
+        return 1;
+    }
+    if (!xs_write(xs, XBT_NULL, path, "from-c-xenstored", 16) || !xs_set_permissions(xs, XBT_NULL, path, &readable, 1)) {
+        perror("xs_write");
+        return 1;
+    }
+    /* A fresh store port in the guest for Domain-0 (the toolstack's own xenstored holds the first). */
+    port = xc_evtchn_alloc_unbound(xch, domid, 0);
+    xc_hvm_param_get(xch, domid, HVM_PARAM_STORE_PFN, &pfn);
+    printf("introduce %d\n", xs_introduce_domain(xs, domid, pfn, port) ? 0 : errno);
+    printf("is-introduced %d\n", xs_is_domain_introduced(xs, domid));
+
+    /* As the guest: a request on the ring, read back from it. */
+    ring = (struct xenstore_domain_interface *)store_page(domid, &fmem);
+    if (!ring)
+        return 1;
+    msg.len = sizeof(path);
+    for (i = 0; i < (int)sizeof(msg); i++)
+        ring->req[MASK_XENSTORE_IDX(ring->req_prod + i)] = ((char *)&msg)[i];
+    for (i = 0; i < (int)sizeof(path); i++)
+        ring->req[MASK_XENSTORE_IDX(ring->req_prod + sizeof(msg) + i)] = path[i];
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    ring->req_prod += sizeof(msg) + sizeof(path);
+    /* xenstored looks at every ring when it wakes; a request on its socket wakes it. */
+    for (i = 0; i < 100 && ring->rsp_prod - ring->rsp_cons < sizeof(msg); i++) {
+        free(xs_read(xs, XBT_NULL, path, &len));
+        usleep(50000);
+    }
+    if (ring->rsp_prod - ring->rsp_cons >= sizeof(msg)) {
+        for (i = 0; i < (int)sizeof(msg); i++)
+            ((char *)&msg)[i] = ring->rsp[MASK_XENSTORE_IDX(ring->rsp_cons + i)];
+        len = msg.len < sizeof(reply) - 1 ? msg.len : sizeof(reply) - 1;
+        for (i = 0; i < (int)len; i++)
+            reply[i] = ring->rsp[MASK_XENSTORE_IDX(ring->rsp_cons + sizeof(msg) + i)];
+        reply[len] = 0;
+        ring->rsp_cons += sizeof(msg) + msg.len;
+        printf("guest-reply %u %u %s\n", msg.type, msg.req_id, reply);
+    } else {
+        printf("guest-reply none\n");
+    }
+    printf("release %d\n", xs_release_domain(xs, domid) ? 0 : errno);
+    xs_close(xs);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -459,7 +526,9 @@ int main(int argc, char **argv)
         return holdshare();
     if (argc >= 4 && !strcmp(argv[1], "mapref"))
         return mapref((uint32_t)atoi(argv[2]), (uint32_t)strtoul(argv[3], NULL, 0));
+    if (argc >= 3 && !strcmp(argv[1], "introduce"))
+        return introduce((uint32_t)atoi(argv[2]));
     fprintf(stderr, "usage: dom0client errors | hold DOMID | status PORT | events | map DOMID GFN N | grants DOMID |"
-                    " holdgrant DOMID | peek DOMID OFFSET | shares DOMID | holdshare | mapref DOMID REF\n");
+                    " holdgrant DOMID | peek DOMID OFFSET | shares DOMID | holdshare | mapref DOMID REF | introduce DOMID\n");
     return 2;
 }
