@@ -67,6 +67,35 @@ public sealed partial class QemuQdiskTests(QemuQdiskTests.QdiskGuest guest) : IC
     }
 
     [Fact]
+    [Trait("Feature", "Blkback"), Trait("Feature", "QEMU backend hotplugging for xl")]
+    public void AQemuDiskAttachedToTheRunningGuestComesAndGoes()
+    {
+        string image = Path.Combine(guest.Dir, "hot.qcow2");
+        Tool.Check("qemu-img", "create", "-q", "-f", "qcow2", image, "32M");
+        var attach = guest.Xl("block-attach", QdiskGuest.Name, $"format=qcow2,vdev=xvdc,access=rw,backendtype=qdisk,target={image}");
+        Assert.True(attach.ExitCode == 0, attach.ToString());
+        string made = guest.Ask("until [ -e /sys/block/xvdc ]; do sleep 1; done; " +
+            "echo hot-$(cat /sys/block/xvdc/size)-$(printf qdisk-hot | dd of=/dev/xvdc conv=fsync 2>/dev/null; echo $?)-e\"\"nd",
+            "-end", TimeSpan.FromMinutes(2));
+        Assert.Contains($"hot-{(32 << 20) / 512}-0-end", made);
+        string domid = guest.Xl("domid", QdiskGuest.Name).Stdout.Trim();
+        Assert.Equal("4", guest.Xenstore($"/local/domain/0/backend/qdisk/{domid}/51744/state"));
+
+        var detach = guest.Xl("block-detach", QdiskGuest.Name, "xvdc");
+        Assert.True(detach.ExitCode == 0, detach.ToString());
+        guest.Ask("while [ -e /sys/block/xvdc ]; do sleep 1; done; echo gone-e\"\"nd", "gone-end", TimeSpan.FromMinutes(2));
+        Assert.Null(guest.XenstoreOrNull($"/local/domain/0/backend/qdisk/{domid}/51744/state"));
+        Assert.Null(guest.XenstoreOrNull($"/local/domain/{domid}/device/vbd/51744/backend"));
+        // What the guest wrote is in the image, which QEMU has let go of.
+        string raw = Path.Combine(guest.Dir, "hot.raw");
+        Tool.Check("qemu-img", "convert", "-O", "raw", image, raw);
+        Assert.Equal("qdisk-hot"u8.ToArray(), File.ReadAllBytes(raw)[..9]);
+        File.Delete(raw);
+        var check = Tool.Run("qemu-img", "check", image);
+        Assert.True(check.Code == 0, check.Output);
+    }
+
+    [Fact]
     [Trait("Feature", "Blkback"), Trait("Feature", "Dom0 stable libraries")]
     public void AKilledQemuTakesDownOnlyItsDomainsDisks()
     {

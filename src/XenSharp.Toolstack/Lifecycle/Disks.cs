@@ -181,13 +181,17 @@ public sealed partial class Host
         var device = new DeviceAddress(DeviceKinds.Vbd, d.DomId, devId);
         if (devId < 0 || !_xs.Exists(device.FrontendPath))
             throw new ControlException($"Error: Device {r.Device} not connected.", Errno.ENODEV);
-        string be = device.BackendPath;
+        // The frontend names its backend: backend/vbd for XenSharp's, backend/qdisk for QEMU's.
+        string be = _xs.Read($"{device.FrontendPath}/backend") is { } named && named == device.BackendPath.Replace($"/{DeviceKinds.Vbd}/", $"/{DeviceKinds.Qdisk}/")
+            ? named : device.BackendPath;
         _xs.Write($"{be}/online", "0");
         _xs.Write($"{be}/state", ((int)XenbusState.Closing).ToString(CultureInfo.InvariantCulture));
         var deadline = _time.GetUtcNow() + DetachTimeout;
         while (_xs.Read($"{be}/state") != ((int)XenbusState.Closed).ToString(CultureInfo.InvariantCulture) && _time.GetUtcNow() < deadline)
             Thread.Sleep(50);
         DeviceLayout.Remove(_xs, device);
+        if (be != device.BackendPath)
+            DeviceLayout.Remove(_xs, device with { Kind = DeviceKinds.Qdisk });
         lock (_lock) d.Config.Disks = [.. d.Config.Disks.Where(x => !(VbdNumber.TryParse(x.Vdev, out int id) && id == devId))];
     }
 
