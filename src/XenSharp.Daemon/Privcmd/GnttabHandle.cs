@@ -34,6 +34,9 @@ internal sealed unsafe class GnttabHandle(XenHypervisor hv) : IPrivcmdHandle
     /// <summary>IOCTL_GNTDEV_SET_MAX_GRANTS's limit; gntdev's own default is large enough not to matter.</summary>
     private long _maxGrants = long.MaxValue;
     private bool _closed;
+    /// <summary>A copy's reply (statuses, then the bytes read): requests on a handle come one at a time, so one
+    /// buffer serves them all and the copy path allocates nothing per request.</summary>
+    private readonly byte[] _copyTail = new byte[PrivcmdConnection.MaxReplyTail];
 
     public long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras)
     {
@@ -190,7 +193,7 @@ internal sealed unsafe class GnttabHandle(XenHypervisor hv) : IPrivcmdHandle
         }
         if (payload.Length != n * GrantCopySize + toGuest)
             return -Errno.EINVAL;
-        var tail = new byte[n * sizeof(short) + fromGuest];
+        var tail = _copyTail.AsSpan(0, n * sizeof(short) + fromGuest);
         fixed (byte* input = payload, output = tail)
         {
             byte* inData = input + n * GrantCopySize, outData = output + n * sizeof(short);
@@ -210,8 +213,8 @@ internal sealed unsafe class GnttabHandle(XenHypervisor hv) : IPrivcmdHandle
             hv.Dom0Services.CopyGrants(ops);
         }
         for (int i = 0; i < n; i++)
-            BinaryPrimitives.WriteInt16LittleEndian(tail.AsSpan(i * sizeof(short)), ops[i].Status);
-        extras.Payload = tail;
+            BinaryPrimitives.WriteInt16LittleEndian(tail[(i * sizeof(short))..], ops[i].Status);
+        extras.Payload = _copyTail.AsMemory(0, tail.Length);
         return 0;
     }
 
