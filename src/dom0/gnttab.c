@@ -18,12 +18,13 @@
 
 #include "privcmd.h"
 
-struct xengnttab_handle {
-    struct privcmd_conn conn;
-};
-
+/* Both libxengnttab's handle types (xengnttab_handle, xengntshr_handle) are this struct, as in Xen's header. */
 struct xengntdev_handle {
     struct privcmd_conn conn;
+    /* xengnttab only: grant copy's request and reply buffers, made at the first copy and kept (a block backend
+     * copies per request). */
+    pthread_mutex_t copy_lock;
+    uint8_t *copy_buf, *copy_tail;
 };
 
 static int open_kind(struct privcmd_conn *c, const char *who, int kind)
@@ -45,6 +46,8 @@ xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned open
         errno = saved;
         return NULL;
     }
+    if (h)
+        pthread_mutex_init(&h->copy_lock, NULL);
     return h;
 }
 
@@ -53,6 +56,9 @@ int xengnttab_close(xengnttab_handle *h)
     if (!h)
         return 0;
     privcmd_close(&h->conn);
+    pthread_mutex_destroy(&h->copy_lock);
+    free(h->copy_buf);
+    free(h->copy_tail);
     free(h);
     return 0;
 }
@@ -220,7 +226,7 @@ int xengnttab_grant_copy(xengnttab_handle *h, uint32_t count, xengnttab_grant_co
     xengnttab_grant_copy_segment_t *batch[PRIVCMD_MAX_COPY];
     uint8_t *buf, *tail;
     uint32_t i, n = 0;
-    int rc = 0;
+    int rc = 0, saved;
 
     /* As gntdev: a segment that leaves its granted page, or that has no granted side, fails the whole call. */
     for (i = 0; i < count; i++) {
@@ -232,11 +238,15 @@ int xengnttab_grant_copy(xengnttab_handle *h, uint32_t count, xengnttab_grant_co
             return -1;
         }
     }
-    buf = malloc(wire_max);
-    tail = malloc(PRIVCMD_MAX_COPY * (sizeof(int16_t) + PAGE));
+    pthread_mutex_lock(&h->copy_lock);
+    if (!h->copy_buf)
+        h->copy_buf = malloc(wire_max);
+    if (!h->copy_tail)
+        h->copy_tail = malloc(PRIVCMD_MAX_COPY * (sizeof(int16_t) + PAGE));
+    buf = h->copy_buf;
+    tail = h->copy_tail;
     if (!buf || !tail) {
-        free(buf);
-        free(tail);
+        pthread_mutex_unlock(&h->copy_lock);
         errno = ENOMEM;
         return -1;
     }
@@ -271,8 +281,9 @@ int xengnttab_grant_copy(xengnttab_handle *h, uint32_t count, xengnttab_grant_co
     }
     if (rc == 0 && n)
         rc = copy_batch(h, n, batch, buf, tail);
-    free(buf);
-    free(tail);
+    saved = errno;
+    pthread_mutex_unlock(&h->copy_lock);
+    errno = saved;
     return rc;
 }
 
