@@ -122,10 +122,18 @@ public sealed partial class Host
     /// <summary>QEMU ended while its domain lives: its disks stop being served, and nothing else changes.</summary>
     private void OnQdiskBackendExited(uint domId, Process qemu)
     {
-        bool current;
-        lock (_qdiskBackends) current = _qdiskBackends.TryGetValue(domId, out var p) && p == qemu;
-        if (current)
-            _hv.ConsoleWrite($"d{domId}: qdisk backend QEMU exited ({qemu.ExitCode}); its disks are no longer served");
+        // Under the lock: StopQdiskBackend removes the process before it disposes of it.
+        string? status = null;
+        lock (_qdiskBackends)
+        {
+            if (_qdiskBackends.TryGetValue(domId, out var p) && p == qemu)
+            {
+                try { status = qemu.ExitCode.ToString(CultureInfo.InvariantCulture); }
+                catch (InvalidOperationException) { status = "?"; }
+            }
+        }
+        if (status is not null)
+            _hv.ConsoleWrite($"d{domId}: qdisk backend QEMU exited ({status}); its disks are no longer served");
     }
 
     /// <summary>libxl__destroy_qemu_xenpv_backend: QEMU is told to end (SIGHUP, then SIGKILL if it lingers) and its
