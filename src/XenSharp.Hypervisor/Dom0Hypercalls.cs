@@ -175,4 +175,136 @@ public sealed partial class XenHypervisor
         memfd.DangerousAddRef(ref added);
         return 0;
     }
+    /// <summary>
+    /// gntdev's map for a Domain-0 program: maps grants <paramref name="refs"/> of <paramref name="domid"/> into
+    /// Domain-0 (each held until <see cref="Dom0GrantUnmap"/>) and gives, per page, its grant handle, the page in the
+    /// daemon and its offset in <paramref name="memfd"/>, the granting domain's memory file, which the program maps
+    /// itself. All or nothing: the first failing grant's GNTST_* status is returned with nothing left mapped. The memfd
+    /// carries a reference the caller releases.
+    /// </summary>
+    public unsafe short Dom0GrantMap(ushort domid, ReadOnlySpan<uint> refs, bool readOnly, Span<uint> handles,
+        Span<nint> pages, Span<long> offsets, out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        var ops = new XenSharp.Dom0.GrantMapOp[refs.Length];
+        for (int i = 0; i < refs.Length; i++)
+            ops[i] = new XenSharp.Dom0.GrantMapOp(domid, refs[i], readOnly);
+        Dom0Services.MapGrantRefs(ops);
+        short status = XenSharp.Public.GrantTable.GNTST_okay;
+        Microsoft.Win32.SafeHandles.SafeFileHandle? file = null;
+        for (int i = 0; i < ops.Length && status == XenSharp.Public.GrantTable.GNTST_okay; i++)
+        {
+            if (ops[i].Status != XenSharp.Public.GrantTable.GNTST_okay)
+            {
+                status = ops[i].Status;
+                break;
+            }
+            uint mfn = (uint)(((byte*)ops[i].Address - Frames.Base) >> FrameTable.PageShift);
+            // A granted frame lies in its domain's memory file; one map shares one file.
+            if (!Frames.TryGetBacking(mfn, out var fd, out long offset) || (file is not null && fd != file))
+                status = XenSharp.Public.GrantTable.GNTST_general_error;
+            file = fd;
+            handles[i] = ops[i].Handle;
+            pages[i] = ops[i].Address;
+            offsets[i] = offset;
+        }
+        if (status != XenSharp.Public.GrantTable.GNTST_okay)
+        {
+            foreach (var o in ops)
+                if (o.Status == XenSharp.Public.GrantTable.GNTST_okay)
+                    Dom0.Gnttab.Unmap(o.Handle, 0, host: true);
+            return status;
+        }
+        bool added = false;
+        file!.DangerousAddRef(ref added);
+        memfd = file;
+        return XenSharp.Public.GrantTable.GNTST_okay;
+    }
+
+    /// <summary>Lets go of a page mapped by <see cref="Dom0GrantMap"/>; returns its GNTST_* status.</summary>
+    public short Dom0GrantUnmap(uint handle) => Dom0.Gnttab.Unmap(handle, 0, host: true);
+    // gntalloc's grants: pages of Domain-0 (frames the daemon allocates in its own memory file, which the program maps)
+    // offered to a domain through Domain-0's own grant table, whose entries name machine frames.
+    private readonly object _dom0ShareLock = new();
+    private readonly HashSet<uint> _dom0SharedRefs = [];
+
+    /// <summary>
+    /// gntalloc's share for a Domain-0 program: allocates one zeroed page per entry of <paramref name="refs"/> and grants
+    /// each to <paramref name="grantee"/>, giving its grant ref, its frame and its offset in <paramref name="memfd"/>
+    /// (Domain-0's memory file, carrying a reference the caller releases). Returns 0, -EINVAL for a reserved domid,
+    /// -ENOMEM with no memory left or -ENOSPC with Domain-0's grant table full; on failure nothing stays shared.
+    /// </summary>
+    public long Dom0ShareFrames(ushort grantee, bool writable, Span<uint> refs, Span<uint> frames, Span<long> offsets,
+        out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        if (grantee >= Xen.DOMID_FIRST_RESERVED)
+            return -Errno.EINVAL;
+        Microsoft.Win32.SafeHandles.SafeFileHandle? file = null;
+        long rc = 0;
+        int done = 0;
+        lock (_dom0ShareLock)
+        {
+            uint limit = (uint)(Dom0.Gnttab.MaxFrames * (FrameTable.PageSize / 8));
+            uint next = XenSharp.Public.GrantTable.GNTTAB_NR_RESERVED_ENTRIES;
+            for (; done < refs.Length; done++)
+            {
+                // A ref a grantee still has mapped after its unshare stays taken until the grantee lets go.
+                while (next < limit && (_dom0SharedRefs.Contains(next) || Dom0.Gnttab.IsActive(next)))
+                    next++;
+                if (next >= limit)
+                {
+                    rc = -Errno.ENOSPC;
+                    break;
+                }
+                if (!Frames.TryAllocate(0, FrameType.Ram, out uint mfn))
+                {
+                    rc = -Errno.ENOMEM;
+                    break;
+                }
+                if (!Frames.TryGetBacking(mfn, out var fd, out long offset) || (file is not null && fd != file)
+                    || !Dom0.Gnttab.WriteEntryV1(next, (ushort)(XenSharp.Public.GrantTable.GTF_permit_access
+                        | (writable ? 0 : XenSharp.Public.GrantTable.GTF_readonly)), grantee, mfn))
+                {
+                    Frames.Free(mfn);
+                    rc = -Errno.ENOSPC;
+                    break;
+                }
+                file = fd;
+                _dom0SharedRefs.Add(next);
+                refs[done] = next;
+                frames[done] = mfn;
+                offsets[done] = offset;
+            }
+        }
+        if (rc != 0)
+        {
+            Dom0Unshare(refs[..done], frames[..done]);
+            return rc;
+        }
+        bool added = false;
+        file!.DangerousAddRef(ref added);
+        memfd = file;
+        return 0;
+    }
+
+    /// <summary>Ends grants made by <see cref="Dom0ShareFrames"/> and gives their pages up; a page a grantee still
+    /// has mapped lives on until it unmaps it (its mapping holds a reference), as under gntalloc.</summary>
+    public void Dom0Unshare(ReadOnlySpan<uint> refs, ReadOnlySpan<uint> frames)
+    {
+        lock (_dom0ShareLock)
+        {
+            for (int i = 0; i < refs.Length; i++)
+            {
+                if (!_dom0SharedRefs.Remove(refs[i]))
+                    continue;
+                Dom0.Gnttab.WriteEntryV1(refs[i], 0, 0, 0);
+                Frames.Free(frames[i]);
+            }
+        }
+    }
+
+    /// <summary>The page in the daemon of a frame shared by <see cref="Dom0ShareFrames"/> (for gntalloc's unmap
+    /// notification).</summary>
+    public unsafe byte* Dom0SharedPage(uint mfn) => Frames.PageAddress(mfn);
 }

@@ -8,7 +8,7 @@
  * answered by one reply, in order; file descriptors travel as SCM_RIGHTS beside them. The first
  * request on a connection is PRIVCMD_OP_OPEN, naming what the handle is. When the connection closes
  * (close, exit or a killed process) the daemon drops everything the handle held: its buffer
- * mapping, its event-channel ports and, later, its foreign and grant mappings.
+ * mapping, its event-channel ports and its grant mappings.
  *
  * The C# side of this file is src/XenSharp.Daemon/Privcmd/PrivcmdProtocol.cs; keep both in step.
  */
@@ -51,9 +51,43 @@ enum privcmd_op {
      * gfns. The reply carries the domain's memfd (SCM_RIGHTS) and is followed by count int64_t: each frame's
      * offset in that memfd, or -errno; the library mmaps them itself, so unmapping is its own munmap. */
     PRIVCMD_OP_FOREIGN_MAP = 32,
-    /* Reserved for gntdev/gntalloc. */
+    /* gntdev (PRIVCMD_KIND_GNTTAB handles). MAP: arg[0] domid, arg[1] writable, arg[2] count (at most
+     * PRIVCMD_MAX_BATCH), arg[3] unmap-notify byte offset in the mapping or ~0, arg[4] unmap-notify Domain-0
+     * port or ~0, arg[5] the address the program maps it at (its key for UNMAP); followed by count uint32_t
+     * grant refs. Every grant is mapped, and held by the daemon until unmapped, or none is (result: -EINVAL,
+     * as gntdev fails a map any of whose grants Xen refused); the reply carries the
+     * granting domain's memfd and is followed by count int64_t offsets of the pages in it. */
     PRIVCMD_OP_GNTTAB_MAP = 48,
+    /* arg[0] address, arg[1] pages: lets go of every map inside that range (after the unmap notification:
+     * the byte is cleared, the port notified). -EINVAL when the range holds none. */
     PRIVCMD_OP_GNTTAB_UNMAP = 49,
+    /* arg[0] count (at most PRIVCMD_MAX_COPY) of struct privcmd_grant_copy following the request, then the
+     * bytes of each segment copied to a guest, in order. Reply tail: count int16_t GNTST_* statuses, then the
+     * bytes of each segment copied from a guest, in order (as many as asked, whatever its status). */
+    PRIVCMD_OP_GNTTAB_COPY = 50,
+    /* arg[0] the most grant pages the handle may hold mapped at once. */
+    PRIVCMD_OP_GNTTAB_SET_MAX = 51,
+
+    /* gntalloc (PRIVCMD_KIND_GNTSHR handles). SHARE: arg[0] grantee domid, arg[1] writable, arg[2] count (at most
+     * PRIVCMD_MAX_BATCH), arg[3] unshare-notify byte offset or ~0, arg[4] unshare-notify Domain-0 port or ~0,
+     * arg[5] the address the program maps the pages at (its key for UNSHARE). The daemon allocates count zeroed
+     * pages and grants each to the domain in Domain-0's grant table; the reply carries Domain-0's memfd and is
+     * followed by count int64_t offsets of the pages in it, then count uint32_t grant refs. */
+    PRIVCMD_OP_GNTSHR_SHARE = 52,
+    /* arg[0] address, arg[1] pages: ends the grants of every share inside that range (after its notification).
+     * -EINVAL when the range holds none. */
+    PRIVCMD_OP_GNTSHR_UNSHARE = 53,
+};
+
+#define PRIVCMD_MAX_COPY 16
+
+/* One segment of PRIVCMD_OP_GNTTAB_COPY between a guest's granted page and the program's memory. */
+struct privcmd_grant_copy {
+    uint32_t ref;
+    uint16_t domid;
+    uint16_t offset;  /* in the granted page */
+    uint16_t len;     /* offset + len <= 4096 */
+    uint16_t to_guest;
 };
 
 #define PRIVCMD_MAX_BATCH 512

@@ -7,7 +7,8 @@ namespace XenSharp.Integration.Tests;
 /// Xen's own userland on XenSharp: Debian's xl (Xen 4.17, over libxenctrl and libxenlight) run through ./dom0 with
 /// the drop-in stable libraries must report the same facts as XenSharp's own xl, against one private daemon holding
 /// Domain-0 and a paused guest. A small Domain-0 program (tests/native/dom0client.c) checks bad calls get Xen's
-/// errno, event channels mask until unmasked, and a killed program leaves nothing held in the daemon.
+/// errno, event channels mask until unmasked, grants map, copy and unmap as through gntdev, pages are shared as
+/// through gntalloc, Xen's C xenstored serves a guest's ring, and a killed program leaves nothing held in the daemon.
 /// </summary>
 public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
 {
@@ -26,7 +27,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
             Assert.True(r.ExitCode == 0, r.ToString());
             Client = Path.Combine(_clientDir, "dom0client");
             var (rc, output) = Run("gcc", "-O2", "-Wall", "-D__XEN_TOOLS__", "-o", Client,
-                Repository.PathOf("tests", "native", "dom0client.c"), "-lxenctrl", "-lxencall", "-lxenevtchn", "-lxenforeignmemory");
+                Repository.PathOf("tests", "native", "dom0client.c"), "-lxenctrl", "-lxencall", "-lxenevtchn", "-lxenforeignmemory", "-lxengnttab", "-lxenstore");
             Assert.True(rc == 0, output);
         }
 
@@ -276,6 +277,183 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
         while ((status != "status 0" || buffers > 0) && deadline.Elapsed < TimeSpan.FromSeconds(60));
         Assert.Equal("status 0", status);                 // EVTCHNSTAT_closed
         Assert.Equal(0, buffers);
+        Assert.Contains("held", Ours("list").Stdout);
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void GrantsMapCopyAndUnmapAsThroughGntdev()
+    {
+        // The guest's reserved xenstore grant (seeded for Domain-0 as libxl seeds it), checked against a foreign
+        // mapping of the same frame.
+        string domid = Ours("domid", "held").Stdout.Trim();
+        var r = Dom0(_host.Client, "grants", domid);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var got = Fields(r.Stdout.Replace(' ', ':'));
+        Assert.Equal("0", got["map"]);
+        Assert.Equal("1", got["map-shared"]);          // a write through the grant map is in the guest's frame
+        Assert.Equal("1", got["map-sees-guest"]);      // and the other way
+        Assert.Equal("1", got["map-again"]);
+        Assert.Equal("0", got["unmap-again"]);
+        Assert.Equal("0", got["unmap"]);
+        Assert.Equal("22", got["unmap-twice"]);        // EINVAL: no map of the handle's there any more
+        Assert.Equal("22", got["map-badref"]);         // gntdev fails a map Xen refused with EINVAL
+        Assert.Equal("22", got["map-nodomain"]);
+        Assert.Equal("22", got["map-partly-bad"]);     // all or nothing
+        Assert.Equal("0", got["copy"]);
+        Assert.Equal("0:1", got["copy-from"]);
+        Assert.Equal("0:1", got["copy-to"]);
+        Assert.Equal("-3", got["copy-badref"]);        // GNTST_bad_gntref, for that segment only
+        Assert.Equal("-2", got["copy-nodomain"]);      // GNTST_bad_domain
+        Assert.Equal("22", got["copy-outside"]);       // a segment leaving its page fails the call
+        Assert.Equal("119", got["notify-set"]);
+        Assert.Equal("0", got["notify-unmap"]);
+        Assert.Equal("0", got["notify-cleared"]);      // the unmap notification cleared the byte
+        Assert.Equal("0", got["set-max"]);
+        Assert.Equal("1:28", got["over-max"]);         // ENOSPC beyond xengnttab_set_max_grants
+        Assert.Contains("held", Ours("list").Stdout);
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void KilledProgramsGrantMapsAreUnmappedWithTheirNotification()
+    {
+        string domid = Ours("domid", "held").Stdout.Trim();
+        string Peek()
+        {
+            var s = Dom0(_host.Client, "peek", domid, "300");
+            Assert.True(s.ExitCode == 0, s.ToString());
+            return s.Stdout.Trim();
+        }
+
+        using var holder = Process.Start(Dom0Start(_host.Client, "holdgrant", domid))!;
+        try
+        {
+            holder.StandardInput.Close();
+            string? line = holder.StandardOutput.ReadLine();
+            if (line != "ready")
+            {
+                holder.Kill();
+                Assert.Fail($"the holder said '{line}': {holder.StandardError.ReadToEnd()}");
+            }
+            Assert.Equal("byte 102", Peek());           // what the holder wrote through its grant map
+        }
+        finally
+        {
+            holder.Kill();                              // SIGKILL: the daemon must unmap for it
+            holder.WaitForExit();
+        }
+        var deadline = Stopwatch.StartNew();
+        string byteNow;
+        do
+        {
+            Thread.Sleep(100);
+            byteNow = Peek();
+        }
+        while (byteNow != "byte 0" && deadline.Elapsed < TimeSpan.FromSeconds(60));
+        Assert.Equal("byte 0", byteNow);                // the unmap notification ran: the map is gone
+        Assert.Contains("held", Ours("list").Stdout);
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void SharedPagesAreGrantedFromDomain0AsThroughGntalloc()
+    {
+        string domid = Ours("domid", "held").Stdout.Trim();
+        var r = Dom0(_host.Client, "shares", domid);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        var got = Fields(r.Stdout.Replace(' ', ':'));
+        Assert.Equal("0", got["share"]);
+        Assert.Equal("1", got["share-zeroed"]);
+        Assert.Equal("1", got["share-refs"]);           // past the reserved entries, one per page
+        Assert.Equal("1", got["share-mapped"]);         // Domain-0 maps its own grants back through gntdev
+        Assert.Equal("1", got["share-both-ways"]);
+        Assert.Equal("0", got["unshare"]);
+        Assert.Equal("22", got["unshare-twice"]);
+        Assert.Equal("22", got["map-after-unshare"]);   // the grant ended
+        Assert.Equal("1:22", got["map-other-grantee"]); // granted to the guest, not to Domain-0
+        Assert.Equal("22", got["share-reserved-domid"]);
+        Assert.Equal("9", got["notify-seen"]);
+        Assert.Equal("0", got["notify-unshare"]);
+        Assert.Equal("0", got["notify-cleared"]);       // cleared on unshare; the mapping kept the page
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void KilledProgramsSharesEnd()
+    {
+        using var holder = Process.Start(Dom0Start(_host.Client, "holdshare"))!;
+        string gref;
+        try
+        {
+            holder.StandardInput.Close();
+            string? line = holder.StandardOutput.ReadLine();
+            if (line?.StartsWith("ready ") != true)
+            {
+                holder.Kill();
+                Assert.Fail($"the holder said '{line}': {holder.StandardError.ReadToEnd()}");
+            }
+            gref = line!["ready ".Length..];
+            Assert.Equal("mapped 0", Dom0(_host.Client, "mapref", "0", gref).Stdout.Trim());
+        }
+        finally
+        {
+            holder.Kill();
+            holder.WaitForExit();
+        }
+        var deadline = Stopwatch.StartNew();
+        string mapped;
+        do
+        {
+            Thread.Sleep(100);
+            mapped = Dom0(_host.Client, "mapref", "0", gref).Stdout.Trim();
+        }
+        while (mapped != "mapped 22" && deadline.Elapsed < TimeSpan.FromSeconds(60));
+        Assert.Equal("mapped 22", mapped);              // the daemon ended the grant for it
+    }
+
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void DebiansXenstoredServesAGuestsRing()
+    {
+        // Xen's C xenstored under ./dom0, beside the daemon's own: Domain-0's connection is a port a holder keeps
+        // unbound and a page of a file (what /proc/xen/xsd_port and xsd_kva give it in a Xen dom0, here through
+        // libxensharp-procxen.so); the guest it is introduced to is reached by gntdev and bind_interdomain.
+        string domid = Ours("domid", "held").Stdout.Trim();
+        string dir = Directory.CreateTempSubdirectory("cxenstored-").FullName;
+        using var holder = Process.Start(Dom0Start(_host.Client, "hold", "0"))!;
+        Process? xenstored = null;
+        try
+        {
+            holder.StandardInput.Close();
+            string? line = holder.StandardOutput.ReadLine();
+            Assert.True(line?.StartsWith("ready ") == true, $"the holder said '{line}'");
+            File.WriteAllText(Path.Combine(dir, "xsd_port"), line!["ready ".Length..]);
+            File.WriteAllBytes(Path.Combine(dir, "xsd_kva"), new byte[4096]);
+            string socket = Path.Combine(dir, "socket");
+            xenstored = Process.Start(Dom0Start("env", $"XENSTORED_PATH={socket}", $"XENSTORED_RUNDIR={dir}",
+                $"XENSHARP_XSD_PORT={Path.Combine(dir, "xsd_port")}", $"XENSHARP_XSD_KVA={Path.Combine(dir, "xsd_kva")}",
+                $"LD_PRELOAD={Repository.PathOf("artifacts", "dom0", "lib", "libxensharp-procxen.so")}",
+                "/usr/lib/xen-4.17/bin/xenstored", "-N", "-F", Path.Combine(dir, "pid")))!;
+            xenstored.StandardInput.Close();
+            var stderr = xenstored.StandardError.ReadToEndAsync();
+            var deadline = Stopwatch.StartNew();
+            while (!File.Exists(socket) && !xenstored.HasExited && deadline.Elapsed < TimeSpan.FromSeconds(60))
+                Thread.Sleep(100);
+            Assert.True(File.Exists(socket), $"xenstored did not start: {(xenstored.HasExited ? stderr.Result : "")}");
+
+            var r = Dom0("env", $"XENSTORED_PATH={socket}", _host.Client, "introduce", domid);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            var got = Fields(r.Stdout.Replace(' ', ':'));
+            Assert.Equal("0", got["introduce"]);
+            Assert.Equal("1", got["is-introduced"]);
+            Assert.Equal("2:7:from-c-xenstored", got["guest-reply"]); // XS_READ answered on the guest's ring
+            Assert.Equal("0", got["release"]);
+        }
+        finally
+        {
+            if (xenstored is not null && !xenstored.HasExited) xenstored.Kill();
+            xenstored?.WaitForExit();
+            xenstored?.Dispose();
+            holder.Kill();
+            holder.WaitForExit();
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
         Assert.Contains("held", Ours("list").Stdout);
     }
 

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using XenSharp.Hypervisor;
 using XenSharp.Public;
@@ -62,16 +63,23 @@ internal sealed class PrivcmdConnection : IDisposable
         }
     }
 
-    /// <summary>Bytes a request may carry after its fixed part (a batch of frame numbers).</summary>
-    public const int MaxPayload = ForeignMemoryHandle.MaxBatch * sizeof(ulong);
+    /// <summary>Bytes a request may carry after its fixed part (a batch of frame numbers, or grant copy segments
+    /// with the pages they write).</summary>
+    public const int MaxPayload = MaxCopy * (GrantCopySize + 4096);
+
+    /// <summary>Bytes a reply may carry after its fixed part (grant copy statuses with the pages read).</summary>
+    public const int MaxReplyTail = MaxCopy * (sizeof(short) + 4096);
+
+    /// <summary>One reply at a time per connection: its buffer is reused.</summary>
+    private readonly byte[] _send = new byte[Unsafe.SizeOf<PrivcmdReply>() + MaxReplyTail];
 
     /// <summary>Sends the reply, its tail and its descriptor; the descriptor's reference is released.</summary>
     private unsafe bool Reply(in PrivcmdReply reply, in ReplyExtras extras)
     {
-        int tail = extras.Payload?.Length ?? 0;
-        var message = new byte[sizeof(PrivcmdReply) + tail];
+        int tail = extras.Payload.Length;
+        var message = tail <= MaxReplyTail ? _send.AsSpan(0, sizeof(PrivcmdReply) + tail) : new byte[sizeof(PrivcmdReply) + tail];
         MemoryMarshal.Write(message, in reply);
-        extras.Payload?.CopyTo(message, sizeof(PrivcmdReply));
+        extras.Payload.Span.CopyTo(message[sizeof(PrivcmdReply)..]);
         if (extras.Fd is null)
             return UnixNative.Send(_fd, message);
         try
@@ -127,9 +135,10 @@ internal sealed class PrivcmdConnection : IDisposable
                 handle = new ForeignMemoryHandle(_hv);
                 return 0;
             case KindGnttab:
+                handle = new GnttabHandle(_hv);
+                return 0;
             case KindGntshr:
-                // Connections only for now: grant mapping comes with its own milestone and answers -ENOSYS.
-                handle = new EmptyHandle();
+                handle = new GntshrHandle(_hv);
                 return 0;
             default:
                 return -Errno.EINVAL;
@@ -146,12 +155,6 @@ internal sealed class PrivcmdConnection : IDisposable
         _handle?.Dispose();
         UnixNative.close(_fd);
     }
-
-    private sealed class EmptyHandle : IPrivcmdHandle
-    {
-        public long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras) => -Errno.ENOSYS;
-        public void Dispose() { }
-    }
 }
 
 /// <summary>What a connection is once opened: one per library handle kind.</summary>
@@ -166,6 +169,6 @@ internal interface IPrivcmdHandle : IDisposable
 /// reference the connection releases once sent).</summary>
 internal struct ReplyExtras
 {
-    public byte[]? Payload;
+    public ReadOnlyMemory<byte> Payload;
     public Microsoft.Win32.SafeHandles.SafeFileHandle? Fd;
 }

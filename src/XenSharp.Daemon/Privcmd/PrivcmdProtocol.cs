@@ -22,6 +22,10 @@ internal static class PrivcmdProtocol
     public const uint OpEvtchnBindUnbound = 16, OpEvtchnBindInterdomain = 17, OpEvtchnBindVirq = 18,
         OpEvtchnNotify = 19, OpEvtchnUnbind = 20, OpEvtchnUnmask = 21, OpEvtchnRestrict = 22;
     public const uint OpForeignMap = 32;
+    public const uint OpGnttabMap = 48, OpGnttabUnmap = 49, OpGnttabCopy = 50, OpGnttabSetMax = 51;
+    public const uint OpGntshrShare = 52, OpGntshrUnshare = 53;
+    /// <summary>Segments per PRIVCMD_OP_GNTTAB_COPY (struct privcmd_grant_copy, 12 bytes each).</summary>
+    public const int MaxCopy = 16, GrantCopySize = 12;
 }
 
 /// <summary>struct privcmd_request.</summary>

@@ -176,10 +176,22 @@ internal sealed unsafe class GrantTable
                 return GNTST_general_error;
             if (!readOnly && (flags & GTF_readonly) != 0)
                 return GNTST_general_error;
-            if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
-                return GNTST_bad_page;
-            if (!readOnly && type == P2mType.RamRo)
-                return GNTST_general_error;
+            if (_d.IsHost)
+            {
+                // Domain-0 is not translated: its entries name machine frames, which the daemon shares for its
+                // programs (gntalloc); anything else in the field is no page of Domain-0's.
+                if (frame >= _d.Host.Frames.FrameCount || _d.Host.Frames.OwnerOf((uint)frame) != _d.DomainId
+                    || _d.Host.Frames.TypeOf((uint)frame) != FrameType.Ram)
+                    return GNTST_bad_page;
+                mfn = (uint)frame;
+            }
+            else
+            {
+                if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
+                    return GNTST_bad_page;
+                if (!readOnly && type == P2mType.RamRo)
+                    return GNTST_general_error;
+            }
             _active.TryGetValue(gref, out var pins);
             pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
             _active[gref] = pins;
@@ -263,6 +275,9 @@ internal sealed unsafe class GrantTable
 
     public bool HasActiveGrants { get { lock (_d.Lock) return _active.Count > 0; } }
 
+    /// <summary>Whether a grantee has grant <paramref name="gref"/> mapped or is copying through it.</summary>
+    public bool IsActive(uint gref) { lock (_d.Lock) return _active.ContainsKey(gref); }
+
     // ---------------- mapping side ----------------
 
     /// <summary>GNTTABOP_map_grant_ref for this (mapping) domain.</summary>
@@ -274,7 +289,7 @@ internal sealed unsafe class GrantTable
         if (!host && (op.Flags & GNTMAP_contains_pte) != 0)
             return GNTST_general_error; // translated guests map by guest-physical address only
         var granter = op.Dom == Xen.DOMID_SELF ? _d : _d.Host.FindDomain(op.Dom);
-        if (granter is null || granter.IsHost || granter.IsDying)
+        if (granter is null || granter.IsDying)
             return GNTST_bad_domain;
         bool ro = (op.Flags & GNTMAP_readonly) != 0;
         ulong gfn = op.HostAddr >> FrameTable.PageShift;

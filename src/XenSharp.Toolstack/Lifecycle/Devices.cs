@@ -61,6 +61,7 @@ public sealed partial class Host
     private void DisconnectDevices(Domain d)
     {
         d.PrimaryConsole?.Dispose();
+        StopQdiskBackend(d.DomId);
         RemoveNics(d);
         BackendRegistry? b;
         lock (_lock) b = _backends;
@@ -81,11 +82,12 @@ public sealed partial class Host
 internal static class DeviceLayout
 {
     /// <summary>Frontend device/KIND/ID (the guest owns it, the backend reads it) and backend
-    /// backend/KIND/DOMID/ID (Domain-0 owns it, the guest reads it), both Initialising, in one transaction.</summary>
+    /// backend/KIND/DOMID/ID (Domain-0 owns it, the guest reads it), both Initialising, in one transaction;
+    /// <paramref name="backendKind"/> names another backend kind than the frontend's (vbd served by qdisk).</summary>
     public static void Write(XenStored xs, DeviceAddress a, IReadOnlyDictionary<string, string>? backendKeys,
-        IReadOnlyDictionary<string, string>? frontendKeys)
+        IReadOnlyDictionary<string, string>? frontendKeys, string? backendKind = null)
     {
-        string fe = a.FrontendPath, be = a.BackendPath;
+        string fe = a.FrontendPath, be = (backendKind is null ? a : a with { Kind = backendKind }).BackendPath;
         var fePerms = new[] { new XsPermission(a.FrontendId, XsPerm.None), new XsPermission(a.BackendId, XsPerm.Read) };
         var bePerms = new[] { new XsPermission(a.BackendId, XsPerm.None), new XsPermission(a.FrontendId, XsPerm.Read) };
         for (int attempt = 0; ; attempt++)

@@ -94,7 +94,8 @@ public sealed partial class Host
     private static string BackendName(DiskBackend b) => b.ToString().ToLowerInvariant();
 
     /// <summary>libxl__device_disk_set_backend: phy for a raw image, qdisk for the formats only QEMU reads,
-    /// or what backendtype= asked for. Whichever it is, XenSharp's own blkif backend serves it under backend/vbd.</summary>
+    /// or what backendtype= asked for. XenSharp's own blkif backend serves it under backend/vbd, except that an explicit
+    /// backendtype=qdisk is QEMU's (Qdisk.cs).</summary>
     private static DiskBackend BackendOf(DiskSpec disk) => disk.Backend != DiskBackend.Unknown ? disk.Backend
         : disk.Format is DiskFormat.Raw or DiskFormat.Empty && !disk.IsCdrom ? DiskBackend.Phy : DiskBackend.Qdisk;
 
@@ -103,6 +104,7 @@ public sealed partial class Host
     {
         foreach (var disk in dom.Config.Disks)
             AddDisk(dom, disk);
+        EnsureQdiskBackend(dom);
     }
 
     /// <summary>The vbd's backend and frontend directories with libxl's keys. Where libxl would write
@@ -130,12 +132,16 @@ public sealed partial class Host
             backend["script"] = disk.Script is { } s && Path.IsPathRooted(s) ? s
                 : Path.Combine("/etc/xen/scripts", disk.Script ?? (type == DiskBackend.Tap ? "block-tap" : "block"));
         if (disk.DirectIoSafe) backend["direct-io-safe"] = "1";
-        AddDevice(dom.DomId, DeviceKinds.Vbd, devId, backend, new Dictionary<string, string>
+        var frontend = new Dictionary<string, string>
         {
             ["virtual-device"] = devId.ToString(CultureInfo.InvariantCulture),
             ["device-type"] = deviceType,
             ["trusted"] = disk.Trusted ? "1" : "0",
-        });
+        };
+        if (ServedByQemu(disk))
+            AddQdiskDisk(dom, disk, devId, frontend);
+        else
+            AddDevice(dom.DomId, DeviceKinds.Vbd, devId, backend, frontend);
     }
 }
 
@@ -158,6 +164,7 @@ public sealed partial class Host
             throw new ControlException($"disk {disk.Vdev} is already attached to domain {d.DomId}", Errno.EEXIST);
         AddDisk(d, disk);
         lock (_lock) d.Config.Disks = [.. d.Config.Disks, disk];
+        EnsureQdiskBackend(d);
     }
 
     /// <summary>How long a frontend has to close a disk being detached before it is taken away regardless, as
@@ -174,13 +181,17 @@ public sealed partial class Host
         var device = new DeviceAddress(DeviceKinds.Vbd, d.DomId, devId);
         if (devId < 0 || !_xs.Exists(device.FrontendPath))
             throw new ControlException($"Error: Device {r.Device} not connected.", Errno.ENODEV);
-        string be = device.BackendPath;
+        // The frontend names its backend: backend/vbd for XenSharp's, backend/qdisk for QEMU's.
+        string be = _xs.Read($"{device.FrontendPath}/backend") is { } named && named == device.BackendPath.Replace($"/{DeviceKinds.Vbd}/", $"/{DeviceKinds.Qdisk}/")
+            ? named : device.BackendPath;
         _xs.Write($"{be}/online", "0");
         _xs.Write($"{be}/state", ((int)XenbusState.Closing).ToString(CultureInfo.InvariantCulture));
         var deadline = _time.GetUtcNow() + DetachTimeout;
         while (_xs.Read($"{be}/state") != ((int)XenbusState.Closed).ToString(CultureInfo.InvariantCulture) && _time.GetUtcNow() < deadline)
             Thread.Sleep(50);
         DeviceLayout.Remove(_xs, device);
+        if (be != device.BackendPath)
+            DeviceLayout.Remove(_xs, device with { Kind = DeviceKinds.Qdisk });
         lock (_lock) d.Config.Disks = [.. d.Config.Disks.Where(x => !(VbdNumber.TryParse(x.Vdev, out int id) && id == devId))];
     }
 

@@ -234,6 +234,9 @@ public sealed partial class Host : IDisposable
         hvd.SetHvmParam(Params.HVM_PARAM_STORE_EVTCHN, storePort);
         hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_PFN, consolePfn);
         hvd.SetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN, consolePort);
+        // The reserved grants, so that Domain-0 programs (a C xenstored, xenconsoled) can reach the rings by grant.
+        hvd.SeedGrantEntry(GrantTable.GNTTAB_RESERVED_CONSOLE, GrantTable.GTF_permit_access, 0, consolePfn);
+        hvd.SeedGrantEntry(GrantTable.GNTTAB_RESERVED_XENSTORE, GrantTable.GTF_permit_access, 0, storePfn);
 
         var storePage = new GuestPage(hvd.Memory, storePfn);
         dom.Store = _xs.Introduce(dom.DomId, storePage, storePfn, storePort);

@@ -90,6 +90,10 @@ public interface IHypervisorDomain : IDisposable
     void SetHvmParam(int index, ulong value);
     ulong GetHvmParam(int index);
 
+    /// <summary>Writes a grant entry of the guest's table from outside, as libxl seeds the reserved console and
+    /// xenstore grants for their backends' domain.</summary>
+    void SeedGrantEntry(uint gref, ushort flags, ushort grantee, ulong gfn) { }
+
     /// <summary>EVTCHNOP_alloc_unbound in the guest for dom0: returns the guest's port.</summary>
     uint AllocUnboundPort(uint remoteDomId);
 

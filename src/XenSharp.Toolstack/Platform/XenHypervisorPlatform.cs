@@ -180,6 +180,8 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
         public void SetHvmParam(int index, ulong value) => hv.SetHvmParam(domId, index, value);
         public ulong GetHvmParam(int index) => hv.GetHvmParam(domId, index);
+        public void SeedGrantEntry(uint gref, ushort flags, ushort grantee, ulong gfn) =>
+            hv.SeedGrantEntry(domId, gref, flags, grantee, (uint)gfn);
         public uint AllocUnboundPort(uint remoteDomId) => hv.Dom0Services.AllocUnboundEventChannel(domId, (ushort)remoteDomId);
 
         public IEventChannelEndpoint BindInterdomain(uint remotePort, Action onEvent)
