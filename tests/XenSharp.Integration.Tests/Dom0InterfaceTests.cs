@@ -44,19 +44,7 @@ public sealed class Dom0InterfaceTests : IClassFixture<Dom0InterfaceTests.Host>
 
     public Dom0InterfaceTests(Host host) => _host = host;
 
-    private ProcessStartInfo Dom0Start(params string[] args)
-    {
-        var psi = new ProcessStartInfo(Repository.PathOf("dom0"))
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            WorkingDirectory = Repository.Root,
-        };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["XENSHARP_RUNDIR"] = Xl.RunDir;
-        return psi;
-    }
+    private ProcessStartInfo Dom0Start(params string[] args) => Xl.Dom0StartInfo(args);
 
     /// <summary>Runs a program under ./dom0 and waits for it.</summary>
     private XlResult Dom0(params string[] args) => Xl.RunDom0(args);

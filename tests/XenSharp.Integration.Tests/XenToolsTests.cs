@@ -118,16 +118,8 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
     public void XentraceRecordsTheSchedulerAsXenalyzeReadsIt()
     {
         string trace = Path.Combine(_xl.RunDir, "sched.trace");
-        var psi = new ProcessStartInfo(Repository.PathOf("dom0"))
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            WorkingDirectory = Repository.Root,
-        };
-        foreach (var a in new[] { "xentrace", "-D", "-e", "0x0002f000", "-S", "16", trace })
-            psi.ArgumentList.Add(a);
-        psi.Environment["XENSHARP_RUNDIR"] = _xl.RunDir;
-        using var xentrace = Process.Start(psi)!;
+        using var xentrace = Process.Start(_xl.Dom0StartInfo("xentrace", "-D", "-e", "0x0002f000", "-S", "16", trace))!;
+        xentrace.StandardInput.Close();
         var said = new StringBuilder();
         var ready = new ManualResetEventSlim();
         xentrace.ErrorDataReceived += (_, e) =>

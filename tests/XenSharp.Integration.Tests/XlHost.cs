@@ -55,7 +55,10 @@ public sealed class XlHost : IDisposable
     /// <summary>Runs a program of Xen's own userland under ./dom0 against this host's daemon.</summary>
     public XlResult RunDom0(params string[] args) => RunDom0(TimeSpan.FromMinutes(5), args);
 
-    public XlResult RunDom0(TimeSpan timeout, params string[] args)
+    public XlResult RunDom0(TimeSpan timeout, params string[] args) => RunProcess(Dom0StartInfo(args), timeout);
+
+    /// <summary>How ./dom0 starts a program against this host's daemon, all three streams redirected.</summary>
+    public ProcessStartInfo Dom0StartInfo(params string[] args)
     {
         var psi = new ProcessStartInfo(Repository.PathOf("dom0"))
         {
@@ -66,7 +69,7 @@ public sealed class XlHost : IDisposable
         };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["XENSHARP_RUNDIR"] = RunDir;
-        return RunProcess(psi, timeout);
+        return psi;
     }
 
     /// <summary>Runs a prepared process to its end (killed with its children past <paramref name="limit"/>),

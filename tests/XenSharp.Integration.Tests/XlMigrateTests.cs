@@ -90,16 +90,7 @@ public sealed partial class XlMigrateTests : IDisposable
 
     private static long LastTick(string log) => Tick().Matches(log).Select(m => long.Parse(m.Groups[1].Value)).DefaultIfEmpty(0).Max();
 
-    private static bool WaitUntil(Func<bool> condition, TimeSpan timeout)
-    {
-        var until = DateTime.UtcNow + timeout;
-        while (!condition())
-        {
-            if (DateTime.UtcNow > until) return false;
-            Thread.Sleep(200);
-        }
-        return true;
-    }
+    private static bool WaitUntil(Func<bool> condition, TimeSpan timeout) => XlHost.WaitUntil(condition, timeout);
 
     private void CreateDirtyGuest(string name)
     {

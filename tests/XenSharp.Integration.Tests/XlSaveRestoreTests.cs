@@ -28,16 +28,7 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
 
     public XlSaveRestoreTests(Host host) => (_xl, _dir) = (host.Xl, host.Dir);
 
-    private static bool WaitUntil(Func<bool> condition, TimeSpan timeout)
-    {
-        var until = DateTime.UtcNow + timeout;
-        while (!condition())
-        {
-            if (DateTime.UtcNow > until) return false;
-            Thread.Sleep(200);
-        }
-        return true;
-    }
+    private static bool WaitUntil(Func<bool> condition, TimeSpan timeout) => XlHost.WaitUntil(condition, timeout);
 
     private string ConsoleLog(string name)
     {

@@ -17,7 +17,7 @@ public sealed record UserNetwork(string Name, IReadOnlyList<string> Forwards);
 /// the guest's DHCP, ARP, NDP and DNS itself, gives it the host's address and gateway, translates its TCP and UDP
 /// into the host's own sockets (the gateway address standing for the host's loopback) and listens on the forwarded
 /// host ports for the guest. Frames from passt are complete (no offload); the guest's blank checksums are finished by
-/// the backend. A thread of the port waits in poll(2) for data only while the backend has asked, as
+/// the backend. A <see cref="ReadinessWatch"/> waits for data only while the backend has asked, as
 /// <see cref="TapPort"/>'s does; the stream is cut into frames in a buffer of the port's own.
 /// </summary>
 public sealed unsafe partial class PasstPort : IVifPort
@@ -27,32 +27,28 @@ public sealed unsafe partial class PasstPort : IVifPort
 
     private const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
     private const int MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000;
-    private const int EFD_NONBLOCK = 0x800, EFD_CLOEXEC = 0x80000;
-    private const short POLLIN = 1, POLLOUT = 4;
+    private const short POLLOUT = 4;
     private const int EAGAIN = 11, EINTR = 4;
     private const int LengthSize = 4;
     /// <summary>The longest frame taken from passt; a longer one is skipped.</summary>
     private const int MaxFrame = 65535 + 14;
     private const int F_SETFD = 2;
 
-    private readonly int _fd, _stop;
+    private readonly int _fd;
     private readonly Process _passt;
-    private readonly SemaphoreSlim _armed = new(0);
+    private readonly ReadinessWatch _watch;
     /// <summary>Bytes read from the stream and not yet handed out: [_start, _end) of <see cref="_buffer"/>.</summary>
     private readonly byte* _buffer;
     private const int BufferSize = 2 * (MaxFrame + LengthSize);
     private int _start, _end;
     /// <summary>Bytes of an over-long frame still to be thrown away.</summary>
     private int _skip;
-    private int _watching;
-    private Thread? _thread;
-    private Action? _framesWaiting;
     private volatile bool _disposed;
 
-    private PasstPort(int fd, int stop, Process passt, string name)
+    private PasstPort(int fd, ReadinessWatch watch, Process passt, string name)
     {
         _fd = fd;
-        _stop = stop;
+        _watch = watch;
         _passt = passt;
         Name = name;
         _buffer = (byte*)NativeMemory.Alloc(BufferSize);
@@ -71,7 +67,7 @@ public sealed unsafe partial class PasstPort : IVifPort
             throw new IOException($"socketpair: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         int ours = sv[0], theirs = sv[1];
         Process? passt = null;
-        int stop = -1;
+        ReadinessWatch? watch = null;
         try
         {
             // Only passt's end is inherited; ours stays close-on-exec, so passt sees the end of the stream when the port goes.
@@ -102,57 +98,22 @@ public sealed unsafe partial class PasstPort : IVifPort
             passt.BeginErrorReadLine();
             passt.BeginOutputReadLine();
             passt.StandardInput.Close();
-            stop = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-            if (stop < 0) throw new IOException($"eventfd: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+            watch = new ReadinessWatch(ours, $"passt-{net.Name}");
             close(theirs);
             theirs = -1;
-            return new PasstPort(ours, stop, passt, net.Name);
+            return new PasstPort(ours, watch, passt, net.Name);
         }
         catch
         {
             close(ours);
             if (theirs >= 0) close(theirs);
-            if (stop >= 0) close(stop);
+            watch?.Dispose();
             if (passt is not null) Stop(passt);
             throw;
         }
     }
 
-    public void Start(Action framesWaiting)
-    {
-        if (_thread is not null) return;
-        _framesWaiting = framesWaiting;
-        _watching = 1;
-        _armed.Release();
-        _thread = new Thread(Watch) { IsBackground = true, Name = $"passt-{Name}" };
-        _thread.Start();
-    }
-
-    /// <summary>Waits until the stream is readable, tells the backend once, and waits to be asked again.</summary>
-    private void Watch()
-    {
-        var fds = stackalloc PollFd[2];
-        while (true)
-        {
-            _armed.Wait();
-            if (_disposed) return;
-            fds[0] = new PollFd { Fd = _fd, Events = POLLIN };
-            fds[1] = new PollFd { Fd = _stop, Events = POLLIN };
-            int n = poll(fds, 2, -1);
-            if (_disposed) return;
-            if (n < 0)
-            {
-                if (Marshal.GetLastPInvokeError() == EINTR) { _armed.Release(); continue; }
-                return;
-            }
-            if (fds[0].Revents != 0)
-            {
-                Volatile.Write(ref _watching, 0);
-                _framesWaiting?.Invoke();
-            }
-            else _armed.Release();
-        }
-    }
+    public void Start(Action framesWaiting) => _watch.Start(framesWaiting);
 
     public int Receive(Span<byte> frame)
     {
@@ -173,7 +134,7 @@ public sealed unsafe partial class PasstPort : IVifPort
             if (n < 0 && errno != EAGAIN) return -errno;
             // Drained (or passt has gone: the stream stays quiet). A frame arriving meanwhile is seen by the next poll.
             if (n == 0) return 0;
-            if (Interlocked.Exchange(ref _watching, 1) == 0) _armed.Release();
+            _watch.Rearm();
             return 0;
         }
     }
@@ -252,12 +213,8 @@ public sealed unsafe partial class PasstPort : IVifPort
     {
         if (_disposed) return;
         _disposed = true;
-        ulong one = 1;
-        _ = write(_stop, (byte*)&one, 8);
-        _armed.Release();
-        _thread?.Join(TimeSpan.FromSeconds(5));
+        _watch.Dispose();
         close(_fd); // with --one-off, passt ends when its client goes
-        close(_stop);
         Stop(_passt);
         NativeMemory.Free(_buffer);
     }
@@ -296,9 +253,6 @@ public sealed unsafe partial class PasstPort : IVifPort
     private static partial int fcntl(int fd, int cmd, int arg);
 
     [LibraryImport("libc", SetLastError = true)]
-    private static partial int eventfd(uint initval, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
     private static partial int poll(PollFd* fds, ulong nfds, int timeout);
 
     [LibraryImport("libc", SetLastError = true)]
@@ -309,9 +263,6 @@ public sealed unsafe partial class PasstPort : IVifPort
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial nint sendmsg(int fd, MsgHdr* msg, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint write(int fd, byte* buf, nuint count);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);

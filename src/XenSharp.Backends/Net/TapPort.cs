@@ -26,23 +26,18 @@ public sealed unsafe partial class TapPort : IVifPort
     private const byte VIRTIO_NET_HDR_F_NEEDS_CSUM = 1, VIRTIO_NET_HDR_GSO_TCPV4 = 1, VIRTIO_NET_HDR_GSO_TCPV6 = 4,
         VIRTIO_NET_HDR_GSO_ECN = 0x80;
     private const int O_RDWR = 2, O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000;
-    private const int EFD_NONBLOCK = 0x800, EFD_CLOEXEC = 0x80000;
-    private const short POLLIN = 1;
     private const int IFNAMSIZ = 16;
-    private const int EAGAIN = 11, EINTR = 4;
+    private const int EAGAIN = 11;
 
-    private readonly int _fd, _stop;
-    private readonly SemaphoreSlim _armed = new(0);
-    private int _watching;
-    private Thread? _thread;
-    private Action? _framesWaiting;
+    private readonly int _fd;
+    private readonly ReadinessWatch _watch;
     private volatile bool _disposed;
 
-    private TapPort(int fd, int stop, string name)
+    private TapPort(int fd, string name)
     {
         _fd = fd;
-        _stop = stop;
         Name = name;
+        _watch = new ReadinessWatch(fd, $"tap-{name}");
     }
 
     public string Name { get; }
@@ -67,9 +62,7 @@ public sealed unsafe partial class TapPort : IVifPort
             new Span<byte>(ifr + IFNAMSIZ + 2, 6).Fill(0xff);
             ifr[IFNAMSIZ + 2] = 0xfe;
             if (ioctl(fd, SIOCSIFHWADDR, ifr) < 0) throw Failure($"setting the MAC of {name}", Marshal.GetLastPInvokeError());
-            int stop = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-            if (stop < 0) throw Failure("eventfd", Marshal.GetLastPInvokeError());
-            return new TapPort(fd, stop, name);
+            return new TapPort(fd, name);
         }
         catch
         {
@@ -81,41 +74,7 @@ public sealed unsafe partial class TapPort : IVifPort
     private static IOException Failure(string what, int errno) =>
         new($"{what}: {Marshal.GetPInvokeErrorMessage(errno)}", -errno);
 
-    public void Start(Action framesWaiting)
-    {
-        if (_thread is not null) return;
-        _framesWaiting = framesWaiting;
-        _watching = 1;
-        _armed.Release();
-        _thread = new Thread(Watch) { IsBackground = true, Name = $"tap-{Name}" };
-        _thread.Start();
-    }
-
-    /// <summary>Waits until frames are readable, tells the backend once, and waits to be asked again.</summary>
-    private void Watch()
-    {
-        var fds = stackalloc PollFd[2];
-        while (true)
-        {
-            _armed.Wait();
-            if (_disposed) return;
-            fds[0] = new PollFd { Fd = _fd, Events = POLLIN };
-            fds[1] = new PollFd { Fd = _stop, Events = POLLIN };
-            int n = poll(fds, 2, -1);
-            if (_disposed) return;
-            if (n < 0)
-            {
-                if (Marshal.GetLastPInvokeError() == EINTR) { _armed.Release(); continue; }
-                return;
-            }
-            if (fds[0].Revents != 0)
-            {
-                Volatile.Write(ref _watching, 0);
-                _framesWaiting?.Invoke();
-            }
-            else _armed.Release();
-        }
-    }
+    public void Start(Action framesWaiting) => _watch.Start(framesWaiting);
 
     public bool Offloads => true;
 
@@ -154,8 +113,8 @@ public sealed unsafe partial class TapPort : IVifPort
         int errno = n < 0 ? Marshal.GetLastPInvokeError() : 0;
         if (n >= 0 || errno == EAGAIN)
         {
-            // Drained: watch again. A frame that arrived meanwhile is seen by the next poll.
-            if (Interlocked.Exchange(ref _watching, 1) == 0) _armed.Release();
+            // Drained: watch again.
+            _watch.Rearm();
             return 0;
         }
         return -errno;
@@ -192,12 +151,8 @@ public sealed unsafe partial class TapPort : IVifPort
     {
         if (_disposed) return;
         _disposed = true;
-        ulong one = 1;
-        _ = write(_stop, (byte*)&one, 8);
-        _armed.Release();
-        _thread?.Join(TimeSpan.FromSeconds(5));
+        _watch.Dispose();
         close(_fd);
-        close(_stop);
     }
 
     [StructLayout(LayoutKind.Sequential)]
@@ -207,14 +162,6 @@ public sealed unsafe partial class TapPort : IVifPort
         public nuint Length;
     }
 
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
     [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int open(string path, int flags);
 
@@ -222,19 +169,10 @@ public sealed unsafe partial class TapPort : IVifPort
     private static partial int ioctl(int fd, ulong request, byte* arg);
 
     [LibraryImport("libc", SetLastError = true)]
-    private static partial int eventfd(uint initval, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int poll(PollFd* fds, ulong nfds, int timeout);
-
-    [LibraryImport("libc", SetLastError = true)]
     private static partial nint readv(int fd, IoVec* iov, int iovcnt);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial nint writev(int fd, IoVec* iov, int iovcnt);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint write(int fd, byte* buf, nuint count);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int close(int fd);
