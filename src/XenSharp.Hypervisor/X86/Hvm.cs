@@ -75,6 +75,7 @@ internal static class HvmOps
             return -Errno.EINVAL;
         var hvm = d.Arch;
         hvm.Params[index] = value;
+        hvm.Platform?.ParamChanged(index, value);
         if (index == HVM_PARAM_CALLBACK_IRQ)
         {
             ulong type = (value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK) >> HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT;
