@@ -16,6 +16,7 @@ internal sealed class Pit
     public const ushort Port = 0x40, SpeakerPort = 0x61;
     public const long Frequency = 1_193_182;
 
+    private const byte NoMode = 0xFF;
     private const byte RwLsb = 1, RwMsb = 2, RwWord0 = 3, RwWord1 = 4;
 
     private struct Channel
@@ -67,9 +68,8 @@ internal sealed class Pit
             long now = Now;
             for (int i = 0; i < 3; i++)
             {
-                _ch[i] = new Channel { Mode = 0xFF, Gate = i != 2, Count = 0x10000, LoadTime = now };
-                // Power-on: mode 3, LSB then MSB, as BIOSes leave it until they program it.
-                _ch[i].Mode = 3;
+                // No mode until the guest programs one (Xen's 0xff): nothing counts or interrupts.
+                _ch[i] = new Channel { Mode = NoMode, Gate = i != 2, Count = 0x10000, LoadTime = now };
                 _ch[i].RwMode = _ch[i].ReadState = _ch[i].WriteState = RwWord0;
             }
             _timer.Stop();
@@ -129,8 +129,10 @@ internal sealed class Pit
         long period = (long)((ulong)c.Count * 1_000_000_000UL / (ulong)Frequency);
         if (c.Mode is 2 or 3)
             _timer.Start(c.LoadTime + period, period);
-        else
+        else if (c.Mode <= 5)
             _timer.Start(c.LoadTime + period, 0);
+        else
+            _timer.Stop();
     }
 
     private void WriteControl(byte value)
@@ -149,7 +151,7 @@ internal sealed class Pit
                 if ((value & 0x10) == 0 && !_ch[i].StatusLatched)
                 {
                     ref var c = ref _ch[i];
-                    c.Status = (byte)((Output(i, now) ? 0x80 : 0) | (c.RwMode << 4) | (c.Mode << 1) | c.Bcd);
+                    c.Status = (byte)((Output(i, now) ? 0x80 : 0) | (c.RwMode << 4) | ((c.Mode & 7) << 1) | c.Bcd);
                     c.StatusLatched = true;
                 }
             }
@@ -318,7 +320,7 @@ internal sealed class Pit
         {
             LatchedCount = s.LatchedCount, CountLatched = s.CountLatched is >= RwLsb and <= RwWord0 ? s.CountLatched : (byte)0,
             StatusLatched = s.StatusLatched != 0, Status = s.Status, ReadState = Rw(s.ReadState), WriteState = Rw(s.WriteState),
-            WriteLatch = s.WriteLatch, RwMode = (byte)(s.RwMode is >= 1 and <= 3 ? s.RwMode : RwWord0), Mode = (byte)(s.Mode % 6),
+            WriteLatch = s.WriteLatch, RwMode = (byte)(s.RwMode is >= 1 and <= 3 ? s.RwMode : RwWord0), Mode = s.Mode <= 5 ? s.Mode : NoMode,
             Bcd = (byte)(s.Bcd & 1), Gate = s.Gate != 0,
         };
         LoadCount(i, (int)(s.Count & 0xFFFF) == 0 ? 0 : (int)(s.Count & 0xFFFF));
