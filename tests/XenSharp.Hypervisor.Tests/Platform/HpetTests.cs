@@ -6,7 +6,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The HPET as Linux's hpet driver programs it: capabilities, the main counter, a one-shot and a periodic
 /// comparator on an IOAPIC GSI, the legacy replacement route, and xl.cfg hpet=0.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class HpetTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

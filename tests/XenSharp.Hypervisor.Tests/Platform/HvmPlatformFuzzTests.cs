@@ -7,7 +7,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>Garbage programming of every platform device — random writes and reads of every size to their ports and
 /// registers, and random saved records — leaves the devices answering and the daemon standing.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class HvmPlatformFuzzTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

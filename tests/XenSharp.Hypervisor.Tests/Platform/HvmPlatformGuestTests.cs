@@ -10,7 +10,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 /// a GSI and through the legacy route, and the PM timer advancing. In a PVH domain the same kernel finds no
 /// platform and only skips.
 /// </summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class HvmPlatformGuestTests : IDisposable
 {
     private readonly XenHypervisor _host = new(new HypervisorOptions { MachineMemoryBytes = 256UL << 20, Pcpus = 1 });

@@ -8,7 +8,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The platform's state in Xen's HVM save records: the sizes of the public layouts, and a context taken from
 /// one HVM domain programming another's PIC, IOAPIC, PIT, RTC, HPET and PM timer.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class HvmPlatformSaveTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

@@ -4,7 +4,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The 8254 PIT as Linux's and SeaBIOS's TSC calibration use channel 2, as an OS reads counts through latch
 /// and read-back commands, and channel 0 interrupting through the 8259 with each timer_mode.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class PitTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

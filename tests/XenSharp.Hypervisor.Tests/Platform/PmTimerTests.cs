@@ -4,7 +4,7 @@ using XenSharp.Public.Hvm;
 namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The ACPI PM timer at Xen's PM_TMR_BLK and the PM1a event block with its SCI.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class PmTimerTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

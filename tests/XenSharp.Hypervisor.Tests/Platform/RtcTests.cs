@@ -4,7 +4,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The MC146818 RTC read as Linux's mc146818_get_time does (waiting out update-in-progress), set as
 /// hwclock does (SET, write, clear SET), its interrupts, and the CMOS RAM.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class RtcTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

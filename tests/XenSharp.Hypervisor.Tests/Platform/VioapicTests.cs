@@ -5,7 +5,7 @@ namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The vIOAPIC at 0xFEC00000: its identification registers, routes as an OS programs them, remote IRR and
 /// the vLAPIC's EOI for level-triggered pins, masking, destinations.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class VioapicTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();

@@ -1,7 +1,7 @@
 namespace XenSharp.Hypervisor.Tests.Platform;
 
 /// <summary>The dual 8259 (vPIC) programmed as Linux and BIOSes do, its interrupts taken by vCPU 0 through LINT0.</summary>
-[Trait("Feature", "x86/HVM platform")]
+[Trait("Feature", "Hypervisor emulated platform devices")]
 public class VpicTests : IDisposable
 {
     private readonly XenHypervisor _host = TestHosts.Create();
