@@ -65,8 +65,10 @@ internal sealed class Vpic
         }
     }
 
-    /// <summary>The master's INT line: an interrupt is waiting for vCPU 0's acknowledge.</summary>
-    public bool IntOutput { get { lock (_lock) return _chips[0].IntOutput; } }
+    /// <summary>The master's INT line: an interrupt is waiting for vCPU 0's acknowledge. Read without the lock, as
+    /// vCPU 0 asks at every interrupt window.</summary>
+    public bool IntOutput => _intOutput;
+    private volatile bool _intOutput;
 
     /// <summary>The level of ISA IRQ <paramref name="irq"/> (0-15) changed: a rising edge latches into IRR; a
     /// level-triggered (ELCR) input's IRR follows its line.</summary>
@@ -183,6 +185,7 @@ internal sealed class Vpic
         _chips[1].IntOutput = HighestRequest(1) >= 0;
         bool was = _chips[0].IntOutput;
         _chips[0].IntOutput = HighestRequest(0) >= 0;
+        _intOutput = _chips[0].IntOutput;
         return !was && _chips[0].IntOutput;
     }
 
