@@ -282,7 +282,8 @@ internal sealed class EventChannels
             if (c is null)
                 return;
             cb = c.HostCallback;
-            v = _d.IsHost ? null : _d.GetVcpu(c.NotifyVcpu);
+            // A port with a host callback in a guest is the hypervisor's own (Xen's xen_consumer): the guest never sees it pending.
+            v = _d.IsHost || cb is not null ? null : _d.GetVcpu(c.NotifyVcpu);
             if (v is not null)
                 Ops.SetPending(v, c);
         }

@@ -9,8 +9,9 @@ namespace XenSharp.Hypervisor.X86;
 /// <summary>
 /// __HYPERVISOR_dm_op (Xen's arch/x86/hvm/dm.c): what a device model does to the HVM domain it serves. The interrupt
 /// operations (set_isa_irq_level, set_pci_intx_level, set_pci_link_route) drive the domain's <see cref="PlatformIrq"/>;
-/// nr_vcpus reports its vCPUs. The IOREQ server operations are not offered (-EOPNOTSUPP): unclaimed I/O goes to the
-/// in-process <see cref="IIoreqServer"/> instead.
+/// nr_vcpus reports its vCPUs; the IOREQ server operations manage the domain's <see cref="IoreqServers"/>. The
+/// pages of a server are not placed in the guest's physical space, so get_ioreq_server_info answers only with
+/// XEN_DMOP_no_gfns (a device model maps them as a resource).
 /// </summary>
 internal static class DmOps
 {
@@ -23,11 +24,11 @@ internal static class DmOps
     private static unsafe int[] BuildSizes()
     {
         var s = new int[XEN_DMOP_nr_vcpus + 1];
-        s[XEN_DMOP_create_ioreq_server] = 4;
-        s[XEN_DMOP_get_ioreq_server_info] = 24;
-        s[XEN_DMOP_map_io_range_to_ioreq_server] = s[XEN_DMOP_unmap_io_range_from_ioreq_server] = 24;
-        s[XEN_DMOP_set_ioreq_server_state] = 4;
-        s[XEN_DMOP_destroy_ioreq_server] = 4;
+        s[XEN_DMOP_create_ioreq_server] = sizeof(XenDmOpCreateIoreqServer);
+        s[XEN_DMOP_get_ioreq_server_info] = sizeof(XenDmOpGetIoreqServerInfo);
+        s[XEN_DMOP_map_io_range_to_ioreq_server] = s[XEN_DMOP_unmap_io_range_from_ioreq_server] = sizeof(XenDmOpIoreqServerRange);
+        s[XEN_DMOP_set_ioreq_server_state] = sizeof(XenDmOpSetIoreqServerState);
+        s[XEN_DMOP_destroy_ioreq_server] = sizeof(XenDmOpDestroyIoreqServer);
         s[XEN_DMOP_track_dirty_vram] = 16;
         s[XEN_DMOP_set_pci_intx_level] = sizeof(XenDmOpSetPciIntxLevel);
         s[XEN_DMOP_set_isa_irq_level] = sizeof(XenDmOpSetIsaIrqLevel);
@@ -102,6 +103,74 @@ internal static class DmOps
                 var p = Unsafe.Read<XenDmOpSetPciLinkRoute>(op.U);
                 rc = irq?.SetPciLinkRoute(p.Link, p.IsaIrq)
                     ?? (p.Link < PlatformIrq.NrLinks && p.IsaIrq < PlatformIrq.NrIsaIrqs ? 0 : -Errno.EINVAL);
+                break;
+            }
+            case XEN_DMOP_create_ioreq_server:
+            {
+                var p = Unsafe.Read<XenDmOpCreateIoreqServer>(op.U);
+                if (p.Pad[0] != 0 || p.Pad[1] != 0 || p.Pad[2] != 0)
+                {
+                    rc = -Errno.EINVAL;
+                    break;
+                }
+                rc = d.Arch.Ioreq.Create(v.Domain.DomainId, p.HandleBufioreq, out p.Id);
+                Unsafe.Write(op.U, p);
+                copyBack = true;
+                break;
+            }
+            case XEN_DMOP_get_ioreq_server_info:
+            {
+                var p = Unsafe.Read<XenDmOpGetIoreqServerInfo>(op.U);
+                if ((p.Flags & ~XenDmOpGetIoreqServerInfo.XEN_DMOP_no_gfns) != 0)
+                {
+                    rc = -Errno.EINVAL;
+                    break;
+                }
+                var s = d.Arch.Ioreq.Get(p.Id, v.Domain.DomainId, out rc);
+                if (s is null)
+                    break;
+                if ((p.Flags & XenDmOpGetIoreqServerInfo.XEN_DMOP_no_gfns) == 0)
+                {
+                    rc = -Errno.EOPNOTSUPP; // the pages have no gfns here
+                    break;
+                }
+                p.BufioreqPort = s.BufIoreqPort;
+                Unsafe.Write(op.U, p);
+                copyBack = true;
+                break;
+            }
+            case XEN_DMOP_map_io_range_to_ioreq_server:
+            case XEN_DMOP_unmap_io_range_from_ioreq_server:
+            {
+                var p = Unsafe.Read<XenDmOpIoreqServerRange>(op.U);
+                if (p.Pad != 0)
+                {
+                    rc = -Errno.EINVAL;
+                    break;
+                }
+                var s = d.Arch.Ioreq.Get(p.Id, v.Domain.DomainId, out rc);
+                if (s is not null)
+                    rc = p.Type > XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PCI ? -Errno.EINVAL
+                        : s.MapRange((int)p.Type, p.Start, p.End, op.Op == XEN_DMOP_map_io_range_to_ioreq_server);
+                break;
+            }
+            case XEN_DMOP_set_ioreq_server_state:
+            {
+                var p = Unsafe.Read<XenDmOpSetIoreqServerState>(op.U);
+                if (p.Pad != 0)
+                {
+                    rc = -Errno.EINVAL;
+                    break;
+                }
+                var s = d.Arch.Ioreq.Get(p.Id, v.Domain.DomainId, out rc);
+                if (s is not null)
+                    s.Enabled = p.Enabled != 0;
+                break;
+            }
+            case XEN_DMOP_destroy_ioreq_server:
+            {
+                var p = Unsafe.Read<XenDmOpDestroyIoreqServer>(op.U);
+                rc = p.Pad != 0 ? -Errno.EINVAL : d.Arch.Ioreq.Destroy(p.Id, v.Domain.DomainId);
                 break;
             }
             case XEN_DMOP_nr_vcpus:

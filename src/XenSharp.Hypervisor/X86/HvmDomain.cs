@@ -28,7 +28,11 @@ internal sealed unsafe class HvmDomain : ArchDomain
         EmulationFlags = domain.Type == DomainKind.Hvm ? XEN_X86_EMU_ALL & ~XEN_X86_EMU_VPCI : XEN_X86_EMU_LAPIC;
         if ((EmulationFlags & XEN_X86_EMU_PIC) != 0)
             Platform = new HvmPlatform(domain, this);
+        Ioreq = new IoreqServers(domain);
     }
+
+    /// <summary>The device models' IOREQ servers (XEN_DMOP_create_ioreq_server and the rest).</summary>
+    public IoreqServers Ioreq { get; }
 
     /// <summary>XEN_X86_EMU_* of the domain: which devices the hypervisor emulates for it.</summary>
     public uint EmulationFlags { get; }

@@ -66,3 +66,52 @@ public struct XenDmOpNrVcpus
 {
     public uint Vcpus;
 }
+
+/// <summary>struct xen_dm_op_create_ioreq_server.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct XenDmOpCreateIoreqServer
+{
+    public byte HandleBufioreq;
+    public fixed byte Pad[3];
+    public ushort Id;
+}
+
+/// <summary>struct xen_dm_op_get_ioreq_server_info.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpGetIoreqServerInfo
+{
+    public const ushort XEN_DMOP_no_gfns = 1;
+    public ushort Id;
+    public ushort Flags;
+    public uint BufioreqPort;
+    public ulong IoreqGfn;
+    public ulong BufioreqGfn;
+}
+
+/// <summary>struct xen_dm_op_ioreq_server_range (XEN_DMOP_IO_RANGE_PORT, _MEMORY, _PCI).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpIoreqServerRange
+{
+    public const uint XEN_DMOP_IO_RANGE_PORT = 0, XEN_DMOP_IO_RANGE_MEMORY = 1, XEN_DMOP_IO_RANGE_PCI = 2;
+    public ushort Id;
+    public ushort Pad;
+    public uint Type;
+    public ulong Start, End;
+}
+
+/// <summary>struct xen_dm_op_set_ioreq_server_state.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpSetIoreqServerState
+{
+    public ushort Id;
+    public byte Enabled;
+    public byte Pad;
+}
+
+/// <summary>struct xen_dm_op_destroy_ioreq_server.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpDestroyIoreqServer
+{
+    public ushort Id;
+    public ushort Pad;
+}

@@ -75,8 +75,8 @@ public class HvmPlatformSaveTests : IDisposable
         Assert.Equal(0x0100UL, b.In(PmTimer.EventBlockPort + 2, 2));
         // The slave's vectors came along: IRQ 9 arrives as 0x29.
         b.EnableLapic();
-        b.Out(0xA1, 0x00);
-        b.Out(0x21, 0x00);
+        b.Out(0xA1, 0xFD); // only IRQ 9 on the slave
+        b.Out(0x21, 0xFB); // only the cascade on the master: the restored PIT ticks on IRQ 0
         b.Platform.Irq.SetIsaIrqLevel(9, true);
         Assert.Equal(0x29, b.Vcpu().Arch.Acknowledge());
     }
