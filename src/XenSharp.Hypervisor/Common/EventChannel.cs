@@ -103,6 +103,13 @@ internal sealed class EventChannels
 
     public bool IsPending(uint port) => Get(port) is { } c && Ops.IsPending(c);
 
+    /// <summary>A guest's port whose events the hypervisor takes (Xen's consumer_is_xen).</summary>
+    public bool IsXenConsumer(uint port)
+    {
+        lock (_d.Lock)
+            return !_d.IsHost && Get(port)?.HostCallback is not null;
+    }
+
     // ---- operations (each returns 0 or -errno) ----
 
     public long AllocUnbound(ushort remoteDom, out uint port, Action? hostCallback = null)

@@ -168,6 +168,17 @@ public sealed unsafe class IoreqServerTests : IDisposable
     }
 
     [Fact]
+    public void TheGuestCannotCloseItsServersEventChannel()
+    {
+        var g = new Guest(_host, vcpus: 1, type: DomainKind.Hvm);
+        ushort id = CreateServer(g.Id);
+        var server = g.Domain.Arch.Ioreq.Get(id, 0, out _)!;
+        g.Write(Guest.Scratch, new EvtchnClose { Port = server.VcpuPort(0) });
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_event_channel_op, EventChannel.EVTCHNOP_close, Guest.Scratch));
+        Assert.True(g.Domain.Evtchn.IsXenConsumer(server.VcpuPort(0)));
+    }
+
+    [Fact]
     public void ServerOperationsCheckTheirArguments()
     {
         var g = new HvmPlatformGuest(_host);
