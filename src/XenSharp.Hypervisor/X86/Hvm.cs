@@ -74,6 +74,8 @@ internal static class HvmOps
         if ((uint)index >= HVM_NR_PARAMS)
             return -Errno.EINVAL;
         var hvm = d.Arch;
+        if (index == HVM_PARAM_TIMER_MODE && value > (ulong)TimerMode.OneMissedTickPending)
+            return -Errno.EINVAL;
         hvm.Params[index] = value;
         hvm.Platform?.ParamChanged(index, value);
         if (index == HVM_PARAM_CALLBACK_IRQ)

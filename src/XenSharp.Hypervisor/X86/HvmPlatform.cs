@@ -86,6 +86,7 @@ internal sealed class HvmPlatform
             case HvmSave.PIT when Is<HvmHwPit>(body): Pit.Load(Read<HvmHwPit>(body)); return true;
             case HvmSave.RTC when Is<HvmHwRtc>(body): Rtc.Load(Read<HvmHwRtc>(body)); return true;
             case HvmSave.HPET when Is<HvmHwHpet>(body):
+                _hvm.Params[HVM_PARAM_HPET_ENABLED] = 1;
                 ParamChanged(HVM_PARAM_HPET_ENABLED, 1);
                 Hpet.Load(Read<HvmHwHpet>(body));
                 return true;

@@ -86,6 +86,14 @@ public class PitTests : IDisposable
     }
 
     [Fact]
+    public void ATimerModeBeyondXensIsRefused()
+    {
+        var g = new HvmPlatformGuest(_host);
+        var e = Assert.Throws<HypervisorException>(() => _host.SetHvmParam(g.Id, Params.HVM_PARAM_TIMER_MODE, 4));
+        Assert.Equal(XenSharp.Public.Errno.EINVAL, e.Errno);
+    }
+
+    [Fact]
     public void OneShotMode0InterruptsOnce()
     {
         var g = new HvmPlatformGuest(_host);
