@@ -22,6 +22,9 @@ public sealed record DomainCreateConfig(DomainKind Type, ulong MaxMemKiB, int Vc
     public bool Privileged { get; init; }
     /// <summary>xl.cfg tsc_mode: what the Xen TSC leaf reports and how the guest's TSC is presented.</summary>
     public TscMode TscMode { get; init; } = TscMode.Default;
+    /// <summary>XEN_DOMCTL_settimeoffset: the domain's wall clock (and so its RTC) ahead of the host's, in seconds
+    /// (xl.cfg rtc_timeoffset, plus the host's zone offset with localtime=1).</summary>
+    public long TimeOffsetSeconds { get; init; }
 }
 
 /// <summary>A domain as xen_domctl_getdomaininfo reports it (what a row of `xl list` is made from).</summary>

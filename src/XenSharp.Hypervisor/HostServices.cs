@@ -374,6 +374,9 @@ internal sealed class HostServices : IDisposable
             case CodeAging aging:
                 aging.Fire();
                 break;
+            case IDeviceTimer t when kind == TimerKind.Device && !t.Domain.IsDying:
+                t.OnTimer(now);
+                break;
         }
     }
 

@@ -52,6 +52,7 @@ public sealed unsafe partial class XenHypervisor
             foreach (var v in d.Vcpus)
                 if (v.Engine is not null)
                     Append(buffer, HvmSave.MTRR, (ushort)v.Id, SaveMtrr(v.Engine));
+            d.Arch.Platform?.Save((type, instance, body) => AppendBytes(buffer, type, instance, body));
             AppendBytes(buffer, HvmSave.END, 0, []);
             return buffer.ToArray();
         }
@@ -69,6 +70,7 @@ public sealed unsafe partial class XenHypervisor
         var lapicRegs = new Dictionary<int, byte[]>();
         var mtrrs = new Dictionary<int, HvmHwMtrr>();
         var xsaves = new Dictionary<int, byte[]>();
+        var platform = new List<(HvmSaveDescriptor Desc, byte[] Body)>();
         bool sawHeader = false, sawEnd = false;
         int offset = 0;
         while (!sawEnd)
@@ -110,6 +112,11 @@ public sealed unsafe partial class XenHypervisor
                     xsaves[desc.Instance] = body.ToArray();
                     break;
                 case HvmSave.END: sawEnd = true; break;
+                case var t when d.Arch.Platform is not null && X86.HvmPlatform.IsPlatformRecord(t):
+                    if (!X86.HvmPlatform.IsValidRecord(t, desc.Instance, body))
+                        throw BadContext($"record type {t} instance {desc.Instance} of {body.Length} bytes");
+                    platform.Add((desc, body.ToArray()));
+                    break;
                 default:
                     // Records of devices XenSharp does not emulate for PVH (PIC, IOAPIC, PIT, RTC, ...) are not ours to load.
                     break;
@@ -134,6 +141,8 @@ public sealed unsafe partial class XenHypervisor
                     e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1);
             }
         }
+        foreach (var (desc, body) in platform)
+            d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
         foreach (var v in d.Vcpus)
             if (cpus.ContainsKey(v.Id))
                 Services.BringUp(v);

@@ -68,7 +68,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             throw new HypervisorException("max grant frames must be at least 1", Errno.EINVAL);
         var d = Services.AddDomain(config.DomainId, id =>
         {
-            var created = new Domain(Services, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged) { TscMode = config.TscMode };
+            var created = new Domain(Services, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged)
+                { TscMode = config.TscMode, WallclockOffsetNs = config.TimeOffsetSeconds * 1_000_000_000 };
             created.Gnttab.MaxFrames = config.MaxGrantFrames;
             // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
             lock (created.Lock)

@@ -47,7 +47,8 @@ public class IoBusGuestTests : IDisposable
     private string Output(ushort id) => Encoding.ASCII.GetString(_host.ReadConsoleHistory(id));
 }
 
-/// <summary>Loads a kernel of tests/guests (built by `make -C tests/guests`) into a new PVH domain as the toolstack's
+/// <summary>Loads a kernel of tests/guests (built by `make -C tests/guests`) into a new PVH (or, as firmware_override
+/// does, HVM) domain as the toolstack's
 /// builder would, in brief: its PT_LOAD segments, an hvm_start_info with a one-entry memory map, and the 32-bit flat
 /// entry state at its XEN_ELFNOTE_PHYS32_ENTRY with RBX pointing at the start info.</summary>
 internal static class PvhTestGuest
@@ -55,11 +56,11 @@ internal static class PvhTestGuest
     private const ulong MemoryBytes = 32UL << 20, StartInfo = 0x6F000, Memmap = StartInfo + 0x100, Cmdline = StartInfo + 0x200;
     private const uint PtLoad = 1, PtNote = 4, XenElfnotePhys32Entry = 18;
 
-    public static ushort Boot(XenHypervisor host, string guest, out Common.Domain domain)
+    public static ushort Boot(XenHypervisor host, string guest, out Common.Domain domain, DomainKind kind = DomainKind.Pvh)
     {
         byte[] elf = File.ReadAllBytes(ElfPath(guest));
         Assert.True(elf.Length > 64 && elf[4] == 2, $"{guest}.elf is not a 64-bit ELF");
-        ushort id = host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, MemoryBytes / 1024, 1));
+        ushort id = host.CreateDomain(new DomainCreateConfig(kind, MemoryBytes / 1024, 1));
         host.PopulatePhysmap(id, 0, MemoryBytes / 4096);
         ulong phoff = BinaryPrimitives.ReadUInt64LittleEndian(elf.AsSpan(0x20));
         int phentsize = BinaryPrimitives.ReadUInt16LittleEndian(elf.AsSpan(0x36));

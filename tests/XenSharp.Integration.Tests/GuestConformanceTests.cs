@@ -97,6 +97,9 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86/PVH")]
     public void Time() => NoSkips(Boot("time"));
 
+    [Fact, Trait("Feature", "Hypervisor emulated platform devices")]
+    public void HvmPlatform() => NoSkips(Boot("hvmplat"));
+
     [Fact, Trait("Feature", "x86/PVH")]
     public void BadPointers() => NoSkips(Boot("badptr"));
 

@@ -78,6 +78,18 @@ public class LayoutTests
         ("struct xen_hvm_param", typeof(XenHvmParam), 16, [("domid", "Domid", 0), ("index", "Index", 4), ("value", "Value", 8)]),
         ("struct xen_hvm_pagetable_dying", typeof(XenHvmPagetableDying), 16, [("domid", "Domid", 0), ("gpa", "Gpa", 8)]),
         ("struct xen_hvm_get_time", typeof(XenHvmGetTime), 8, [("now", "Now", 0)]),
+        ("struct xen_dm_op", typeof(XenDmOp), 32, [("op", "Op", 0), ("pad", "Pad", 4), ("u", "U", 8)]),
+        ("struct xen_dm_op_buf", typeof(XenDmOpBuf), 16, [("h", "H", 0), ("size", "Size", 8)]),
+        ("struct xen_dm_op_set_pci_intx_level", typeof(XenDmOpSetPciIntxLevel), 6, [("domain", "Domain", 0), ("bus", "Bus", 2), ("device", "Device", 3), ("intx", "Intx", 4), ("level", "Level", 5)]),
+        ("struct xen_dm_op_set_isa_irq_level", typeof(XenDmOpSetIsaIrqLevel), 2, [("isa_irq", "IsaIrq", 0), ("level", "Level", 1)]),
+        ("struct xen_dm_op_set_pci_link_route", typeof(XenDmOpSetPciLinkRoute), 2, [("link", "Link", 0), ("isa_irq", "IsaIrq", 1)]),
+        ("struct xen_dm_op_nr_vcpus", typeof(XenDmOpNrVcpus), 4, [("vcpus", "Vcpus", 0)]),
+        ("struct xen_dm_op_create_ioreq_server", typeof(XenDmOpCreateIoreqServer), 6, [("handle_bufioreq", "HandleBufioreq", 0), ("id", "Id", 4)]),
+        ("struct xen_dm_op_get_ioreq_server_info", typeof(XenDmOpGetIoreqServerInfo), 24, [("id", "Id", 0), ("flags", "Flags", 2), ("bufioreq_port", "BufioreqPort", 4), ("ioreq_gfn", "IoreqGfn", 8), ("bufioreq_gfn", "BufioreqGfn", 16)]),
+        ("struct xen_dm_op_ioreq_server_range", typeof(XenDmOpIoreqServerRange), 24, [("id", "Id", 0), ("type", "Type", 4), ("start", "Start", 8), ("end", "End", 16)]),
+        ("struct xen_dm_op_set_ioreq_server_state", typeof(XenDmOpSetIoreqServerState), 4, [("id", "Id", 0), ("enabled", "Enabled", 2)]),
+        ("struct xen_dm_op_destroy_ioreq_server", typeof(XenDmOpDestroyIoreqServer), 4, [("id", "Id", 0)]),
+        ("struct ioreq", typeof(IoreqSlot), 32, [("addr", "Addr", 0), ("data", "Data", 8), ("count", "Count", 16), ("size", "Size", 20), ("vp_eport", "VpEport", 24), ("type", "Type", 31)]),
         ("struct vcpu_hvm_x86_32", typeof(VcpuHvmX86_32), 120, [("eip", "Eip", 32), ("efer", "Efer", 56), ("cs_base", "CsBase", 64), ("cs_limit", "CsLimit", 84), ("cs_ar", "CsAr", 104), ("tr_ar", "TrAr", 112)]),
         ("struct vcpu_hvm_x86_64", typeof(VcpuHvmX86_64), 112, [("rip", "Rip", 64), ("efer", "Efer", 104)]),
         ("struct vcpu_hvm_context", typeof(VcpuHvmContext), 128, [("mode", "Mode", 0), ("cpu_regs", "X86_32", 8)]),
@@ -168,7 +180,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h" })
+                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

@@ -23,6 +23,15 @@ public class SaveLayoutTests
         ("struct hvm_hw_lapic", typeof(HvmHwLapic), ["apic_base_msr:ApicBaseMsr", "disabled:Disabled", "timer_divisor:TimerDivisor", "tdt_msr:TdtMsr"]),
         ("struct hvm_hw_mtrr", typeof(HvmHwMtrr), ["msr_pat_cr:MsrPatCr", "msr_mtrr_var:MsrMtrrVar", "msr_mtrr_fixed:MsrMtrrFixed",
             "msr_mtrr_cap:MsrMtrrCap", "msr_mtrr_def_type:MsrMtrrDefType"]),
+        ("struct hvm_hw_vpic", typeof(HvmHwVpic), ["irr:Irr", "imr:Imr", "isr:Isr", "irq_base:IrqBase", "elcr:Elcr", "int_output:IntOutput"]),
+        ("struct hvm_hw_vioapic", typeof(HvmHwVioapic), ["base_address:BaseAddress", "ioregsel:Ioregsel", "id:Id", "redirtbl:Redirtbl"]),
+        ("struct hvm_hw_pit", typeof(HvmHwPit), ["channels:Channel0", "speaker_data_on:SpeakerDataOn"]),
+        ("struct hvm_hw_pit_channel", typeof(HvmHwPitChannel), ["count:Count", "latched_count:LatchedCount", "count_latched:CountLatched",
+            "status_latched:StatusLatched", "status:Status", "read_state:ReadState", "write_state:WriteState", "write_latch:WriteLatch",
+            "rw_mode:RwMode", "mode:Mode", "bcd:Bcd", "gate:Gate"]),
+        ("struct hvm_hw_rtc", typeof(HvmHwRtc), ["cmos_data:CmosData", "cmos_index:CmosIndex", "rtc_offset:RtcOffset"]),
+        ("struct hvm_hw_hpet", typeof(HvmHwHpet), ["capability:Capability", "config:Config", "isr:Isr", "mc64:Mc64", "timers:Timers", "period:Period"]),
+        ("struct hvm_hw_pmtimer", typeof(HvmHwPmtimer), ["tmr_val:TmrVal", "pm1a_sts:Pm1aSts", "pm1a_en:Pm1aEn"]),
     ];
 
     [Fact]

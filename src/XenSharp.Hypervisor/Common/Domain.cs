@@ -199,6 +199,7 @@ internal sealed unsafe class Domain
     /// <summary>Frees everything the domain owns. Caller makes sure no vCPU runs.</summary>
     public void Teardown()
     {
+        Arch.Ioreq.DestroyAll();
         // Channels and grants reach into other domains: release them before taking our own lock.
         Evtchn.CloseAll();
         Gnttab.Teardown();

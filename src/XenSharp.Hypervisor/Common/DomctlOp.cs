@@ -148,7 +148,7 @@ internal static class DomctlOp
         info.Cpupool = (uint)d.Host.Scheduler.PoolOf(d).Id;
         info.GpaddrBits = 52;
         // x86's emulation_flags: a PVH domain has only the local APIC emulated; an HVM one the PC's devices too.
-        info.EmulationFlags = d.Type == DomainKind.Pvh ? 0x1u : 0x3FFu;
+        info.EmulationFlags = d.Arch.EmulationFlags;
     }
 
     private static long GetVcpuInfo(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)

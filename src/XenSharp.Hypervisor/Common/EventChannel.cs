@@ -103,6 +103,13 @@ internal sealed class EventChannels
 
     public bool IsPending(uint port) => Get(port) is { } c && Ops.IsPending(c);
 
+    /// <summary>A guest's port whose events the hypervisor takes (Xen's consumer_is_xen).</summary>
+    public bool IsXenConsumer(uint port)
+    {
+        lock (_d.Lock)
+            return !_d.IsHost && Get(port)?.HostCallback is not null;
+    }
+
     // ---- operations (each returns 0 or -errno) ----
 
     public long AllocUnbound(ushort remoteDom, out uint port, Action? hostCallback = null)
@@ -282,7 +289,8 @@ internal sealed class EventChannels
             if (c is null)
                 return;
             cb = c.HostCallback;
-            v = _d.IsHost ? null : _d.GetVcpu(c.NotifyVcpu);
+            // A port with a host callback in a guest is the hypervisor's own (Xen's xen_consumer): the guest never sees it pending.
+            v = _d.IsHost || cb is not null ? null : _d.GetVcpu(c.NotifyVcpu);
             if (v is not null)
                 Ops.SetPending(v, c);
         }

@@ -59,7 +59,10 @@ internal static class EventChannelOp
             case EVTCHNOP_bind_pirq:
                 return -Errno.ENOSYS; // no physical IRQs are passed through
             case EVTCHNOP_close:
-                return GuestAccess.Read(v, arg, out EvtchnClose close) ? ev.Close(close.Port) : -Errno.EFAULT;
+                // A guest cannot close a channel the hypervisor consumes (an IOREQ server's).
+                if (!GuestAccess.Read(v, arg, out EvtchnClose close))
+                    return -Errno.EFAULT;
+                return ev.IsXenConsumer(close.Port) ? -Errno.EINVAL : ev.Close(close.Port);
             case EVTCHNOP_send:
                 return GuestAccess.Read(v, arg, out EvtchnSend send) ? ev.Send(send.Port) : -Errno.EFAULT;
             case EVTCHNOP_status:

@@ -24,6 +24,7 @@ internal static class Hypercall
         (Xen.__HYPERVISOR_sched_op, SchedOp.Do),
         (Xen.__HYPERVISOR_event_channel_op, EventChannelOp.Do),
         (Xen.__HYPERVISOR_hvm_op, HvmOps.Do),
+        (Xen.__HYPERVISOR_dm_op, DmOps.Do),
         (Xen.__HYPERVISOR_sysctl, SysctlOp.Do),
         (Xen.__HYPERVISOR_domctl, DomctlOp.Do),
         (Xen.__HYPERVISOR_hypfs_op, HypfsTree.Do));

@@ -116,7 +116,15 @@ internal sealed unsafe class Time
     }
 }
 
-internal enum TimerKind { Singleshot, Periodic, Poll, Slice, Lapic, Watchdog, CodeAging }
+internal enum TimerKind { Singleshot, Periodic, Poll, Slice, Lapic, Watchdog, CodeAging, Device }
+
+/// <summary>A timer of an emulated platform device (the PIT, RTC, HPET, PM timer): fired on the timer thread while
+/// its domain lives. Entries may be stale; the device re-checks its own deadline.</summary>
+internal interface IDeviceTimer
+{
+    Domain Domain { get; }
+    void OnTimer(long now);
+}
 
 /// <summary>
 /// The hypervisor's timer wheel: one host thread that sleeps until the earliest deadline and fires it.

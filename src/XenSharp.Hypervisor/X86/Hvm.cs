@@ -74,7 +74,10 @@ internal static class HvmOps
         if ((uint)index >= HVM_NR_PARAMS)
             return -Errno.EINVAL;
         var hvm = d.Arch;
+        if (index == HVM_PARAM_TIMER_MODE && value > (ulong)TimerMode.OneMissedTickPending)
+            return -Errno.EINVAL;
         hvm.Params[index] = value;
+        hvm.Platform?.ParamChanged(index, value);
         if (index == HVM_PARAM_CALLBACK_IRQ)
         {
             ulong type = (value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK) >> HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT;

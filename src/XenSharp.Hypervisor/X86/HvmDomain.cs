@@ -1,5 +1,6 @@
 using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86.Io;
+using static XenSharp.Public.ArchX86.XenX86Emu;
 
 namespace XenSharp.Hypervisor.X86;
 
@@ -23,7 +24,21 @@ internal sealed unsafe class HvmDomain : ArchDomain
         Irq = new IrqRouter();
         Routes = new GsiVectorRoutes(domain, Irq);
         Irq.Controller = Routes;
+        // As Xen's emulation_flags: an HVM domain gets the PC's platform devices, a PVH one only the local APIC.
+        EmulationFlags = domain.Type == DomainKind.Hvm ? XEN_X86_EMU_ALL & ~XEN_X86_EMU_VPCI : XEN_X86_EMU_LAPIC;
+        if ((EmulationFlags & XEN_X86_EMU_PIC) != 0)
+            Platform = new HvmPlatform(domain, this);
+        Ioreq = new IoreqServers(domain);
     }
+
+    /// <summary>The device models' IOREQ servers (XEN_DMOP_create_ioreq_server and the rest).</summary>
+    public IoreqServers Ioreq { get; }
+
+    /// <summary>XEN_X86_EMU_* of the domain: which devices the hypervisor emulates for it.</summary>
+    public uint EmulationFlags { get; }
+
+    /// <summary>The emulated PC (PIC, IOAPIC, PIT, RTC, HPET, PM timer) of an HVM domain; null for PVH.</summary>
+    public HvmPlatform? Platform { get; }
 
     /// <summary>HVM_PARAM_* values (Xen's hvm_domain.params).</summary>
     public readonly ulong[] Params = new ulong[XenSharp.Public.Hvm.Params.HVM_NR_PARAMS];
@@ -38,8 +53,8 @@ internal sealed unsafe class HvmDomain : ArchDomain
     public volatile bool CallbackAsserted;
 
     /// <summary>Takes the new HVM_PARAM_CALLBACK_IRQ (Xen's hvm_set_callback_via): a GSI via (1 to 47; GSI 0
-    /// means none) gets a line of its own, which then follows vCPU 0's evtchn_upcall_pending. A PCI INTx via
-    /// is recorded but delivers nothing until PCI interrupt links exist.</summary>
+    /// means none) gets a line of its own, which then follows vCPU 0's evtchn_upcall_pending. A PCI INTx via does the
+    /// same on that device's INTx GSI in an HVM domain; in a PVH one (no PCI) it is recorded but delivers nothing.</summary>
     public void SetCallbackVia(CallbackVia via, byte vector, ulong gsi)
     {
         lock (_callbackLock)
@@ -53,6 +68,12 @@ internal sealed unsafe class HvmDomain : ArchDomain
             CallbackVector = via == CallbackVia.Vector ? vector : (byte)0;
             if (via == CallbackVia.Gsi)
                 _callbackLine = Irq.Line((uint)gsi);
+            else if (via == CallbackVia.PciIntx && Platform is not null)
+            {
+                // The platform PCI device's INTx pin (bits 11-15 the device, 0-1 the pin), wired as PCI INTx are.
+                int device = (int)(gsi >> 11) & 31, intx = (int)gsi & 3;
+                _callbackLine = Irq.Line(PlatformIrq.PciIntxGsi(device, intx));
+            }
         }
         UpdateCallbackLevel();
     }

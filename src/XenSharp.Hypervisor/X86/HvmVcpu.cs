@@ -22,12 +22,19 @@ internal sealed unsafe class HvmVcpu : ArchVcpu
 
     // The vLAPIC and the Xen upcall vector, which is level-like (no IRR/ISR, no EOI).
     public override bool HasPendingInterrupt =>
-        (Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && EffectiveUpcallVector != 0) || Vlapic.HasPendingInterrupt;
+        (Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && EffectiveUpcallVector != 0) || PicPending || Vlapic.HasPendingInterrupt;
+
+    /// <summary>The 8259's INT output reaches vCPU 0 when its vLAPIC takes ExtINT on LINT0 or is disabled (Xen's
+    /// vlapic_accept_pic_intr).</summary>
+    private bool PicPending => Vcpu.Id == 0 && Vcpu.Domain.Arch.Platform is { } p && p.Pic.IntOutput && Vlapic.AcceptsPicInterrupt;
 
     public override int Acknowledge()
     {
         byte upcall = EffectiveUpcallVector;
         bool upcallPending = Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && upcall != 0;
+        // As Xen's hvm_vcpu_has_pending_irq: the callback vector, then the 8259, then the vLAPIC.
+        if (!upcallPending && PicPending && Vcpu.Domain.Arch.Platform!.Pic.Acknowledge() is int picVector and >= 0)
+            return picVector;
         int lapicVector = Vlapic.HighestDeliverable();
         if (upcallPending && (lapicVector < 0 || (upcall >> 4) >= (lapicVector >> 4)))
             return upcall;

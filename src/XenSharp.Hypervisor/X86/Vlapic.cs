@@ -56,6 +56,10 @@ internal sealed partial class Vlapic : IIoHandler
 
     public bool HasPendingInterrupt => _anyIrr && HighestDeliverable() >= 0;
 
+    /// <summary>The 8259's INTR reaches this vCPU: LINT0 unmasked in ExtINT mode, or the APIC disabled in
+    /// IA32_APIC_BASE (Xen's vlapic_accept_pic_intr).</summary>
+    public bool AcceptsPicInterrupt => (ApicBase & ApicBaseEnable) == 0 || (Volatile.Read(ref _lvtLint0) & (LvtMasked | 0x700)) == 0x700;
+
     // ---------------- register access ----------------
 
     public uint Read(int offset)

@@ -81,3 +81,81 @@ public unsafe struct HvmHwMtrr
     public ulong MsrMtrrCap;
     public ulong MsrMtrrDefType;
 }
+
+/// <summary>struct hvm_hw_vpic (HVM_SAVE_CODE(PIC), instance 0 the master, 1 the slave). Byte 4 holds init_state in
+/// bits 0-3 and priority_add in bits 4-7; byte 5 the flags readsel_isr, poll, auto_eoi, rotate_on_auto_eoi,
+/// special_fully_nested_mode, special_mask_mode, is_master from bit 0 up.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 1)]
+public struct HvmHwVpic
+{
+    public byte Irr, Imr, Isr, IrqBase;
+    public byte InitStatePriority;
+    public byte Flags;
+    public byte Elcr;
+    public byte IntOutput;
+}
+
+/// <summary>struct hvm_hw_vioapic (HVM_SAVE_CODE(IOAPIC)) with VIOAPIC_NUM_PINS redirection entries.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public unsafe struct HvmHwVioapic
+{
+    public const int VIOAPIC_NUM_PINS = 48;
+    public ulong BaseAddress;
+    public uint Ioregsel;
+    public uint Id;
+    public fixed ulong Redirtbl[VIOAPIC_NUM_PINS];
+}
+
+/// <summary>struct hvm_hw_pit_channel: one 16-byte channel of <see cref="HvmHwPit"/>.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct HvmHwPitChannel
+{
+    public uint Count;
+    public ushort LatchedCount;
+    public byte CountLatched, StatusLatched, Status, ReadState, WriteState, WriteLatch, RwMode, Mode, Bcd, Gate;
+}
+
+/// <summary>struct hvm_hw_pit (HVM_SAVE_CODE(PIT)).</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct HvmHwPit
+{
+    public HvmHwPitChannel Channel0, Channel1, Channel2;
+    public uint SpeakerDataOn;
+    public uint Pad0;
+}
+
+/// <summary>struct hvm_hw_rtc (HVM_SAVE_CODE(RTC)): the clock's RTC_CMOS_SIZE registers, the index, and the
+/// offset of its time from the host's.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public unsafe struct HvmHwRtc
+{
+    public const int RTC_CMOS_SIZE = 14;
+    public fixed byte CmosData[RTC_CMOS_SIZE];
+    public byte CmosIndex;
+    public byte Pad0;
+    public long RtcOffset;
+}
+
+/// <summary>struct hvm_hw_hpet (HVM_SAVE_CODE(HPET)): the 1 KiB register page as the guest sees it, then the hidden
+/// period of each of its HPET_TIMER_NUM timers.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public unsafe struct HvmHwHpet
+{
+    public const int HPET_TIMER_NUM = 3;
+    public ulong Capability, Res0, Config, Res1, Isr;
+    public fixed ulong Res2[25];
+    public ulong Mc64, Res3;
+    /// <summary>Per timer: config, cmp, fsb, res4.</summary>
+    public fixed ulong Timers[HPET_TIMER_NUM * 4];
+    public fixed ulong Res5[4 * (24 - HPET_TIMER_NUM)];
+    public fixed ulong Period[HPET_TIMER_NUM];
+}
+
+/// <summary>struct hvm_hw_pmtimer (HVM_SAVE_CODE(PMTIMER)).</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+public struct HvmHwPmtimer
+{
+    public uint TmrVal;
+    public ushort Pm1aSts;
+    public ushort Pm1aEn;
+}

@@ -39,6 +39,14 @@ public sealed class DomainConfig
     public int Cap { get; set; }
     public string? Pool { get; set; }
     public TscMode TscMode { get; set; }
+    /// <summary>HVM platform keys: acpi and apic (for the guest's firmware tables), hpet (HVM_PARAM_HPET_ENABLED),
+    /// timer_mode (HVM_PARAM_TIMER_MODE, HVMPTM_*), localtime and rtc_timeoffset (the wall clock's offset).</summary>
+    public bool Acpi { get; set; } = true;
+    public bool Apic { get; set; } = true;
+    public bool Hpet { get; set; } = true;
+    public int TimerMode { get; set; } = 1;
+    public bool Localtime { get; set; }
+    public long RtcTimeoffset { get; set; }
     /// <summary>disk= and vif= entries (libxl's disks and nics).</summary>
     public IReadOnlyList<DiskSpec> Disks { get; set; } = [];
     public IReadOnlyList<NicSpec> Nics { get; set; } = [];

@@ -15,15 +15,16 @@ public static class DomainConfigReader
         "name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root", "memory", "maxmem",
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
+        "acpi", "apic", "hpet", "timer_mode", "localtime", "rtc_timeoffset",
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
     private static readonly HashSet<string> KnownElsewhere =
     [
         "vnuma", "seclabel", "init_seclabel", "max_grant_frames", "max_maptrack_frames", "max_grant_version",
-        "nomigrate", "driver_domain", "device_tree", "acpi", "acpi_s3", "acpi_s4", "acpi_laptop_slate", "apic",
-        "pae", "hap", "oos", "shadow_memory", "nestedhvm", "viridian", "hpet", "vpt_align", "timer_mode",
-        "localtime", "rtc_timeoffset", "vkb_device", "vtpm", "p9", "pvcalls", "vfb",
+        "nomigrate", "driver_domain", "device_tree", "acpi_s3", "acpi_s4", "acpi_laptop_slate",
+        "pae", "hap", "oos", "shadow_memory", "nestedhvm", "viridian", "vpt_align",
+        "vkb_device", "vtpm", "p9", "pvcalls", "vfb",
         "vkb", "vdispl", "vsnd", "channel", "usb", "usbctrl", "usbdev", "pci", "pci_permissive", "pci_msitranslate",
         "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
         "iomem", "e820_host", "serial", "vga", "videoram", "stdvga", "vnc", "vnclisten", "vncdisplay",
@@ -143,6 +144,12 @@ public static class DomainConfigReader
         }
         d.Pool = cfg.GetString("pool");
         d.TscMode = ReadTscMode(cfg, warnings);
+        d.Acpi = cfg.GetBool("acpi") ?? true;
+        d.Apic = cfg.GetBool("apic") ?? true;
+        d.Hpet = cfg.GetBool("hpet") ?? true;
+        d.TimerMode = ReadTimerMode(cfg, warnings);
+        d.Localtime = cfg.GetBool("localtime") ?? false;
+        d.RtcTimeoffset = cfg.GetLong("rtc_timeoffset") ?? 0;
         d.Disks = ReadDevices(cfg, "disk", (spec, _) => DiskSpec.Parse(spec));
         d.Nics = ReadDevices(cfg, "vif", (spec, devid) => NicSpec.Parse(spec, devid));
         var vdevs = new HashSet<string>();
@@ -177,6 +184,27 @@ public static class DomainConfigReader
                 : $"{s.File}:{s.Line}: warning: unknown key `{s.Key}' ignored");
         }
         return new Result(d, warnings);
+    }
+
+    /// <summary>timer_mode: libxl's names (default no_delay_for_missed_ticks); a number is the deprecated form.</summary>
+    private static int ReadTimerMode(XlConfig cfg, List<string> warnings)
+    {
+        if (cfg.Find("timer_mode") is null) return 1;
+        string v = cfg.GetString("timer_mode")!;
+        if (XlConfig.TryParseNumber(v, out long n))
+        {
+            warnings.Add("WARNING: specifying \"timer_mode\" as an integer is deprecated. Please use the named parameter variant. e.g. timer_mode=\"no_delay_for_missed_ticks\"");
+            if (n is < 0 or > 3) throw At(cfg, "timer_mode", $"invalid value {v} for \"timer_mode\"");
+            return (int)n;
+        }
+        return v switch
+        {
+            "delay_for_missed_ticks" => 0,
+            "no_delay_for_missed_ticks" => 1,
+            "no_missed_ticks_pending" => 2,
+            "one_missed_tick_pending" => 3,
+            _ => throw At(cfg, "timer_mode", $"invalid value \"{v}\" for \"timer_mode\""),
+        };
     }
 
     /// <summary>tsc_mode: libxl's names; a number is the deprecated form xl still accepts with a warning.</summary>

@@ -142,6 +142,10 @@ public sealed partial class Host : IDisposable
         }
     }
 
+    /// <summary>rtc_timeoffset, plus the host's offset from UTC now with localtime=1 (libxl's build_pre).</summary>
+    private static long TimeOffset(DomainConfig c) =>
+        c.RtcTimeoffset + (c.Localtime ? (long)TimeZoneInfo.Local.GetUtcOffset(DateTime.UtcNow).TotalSeconds : 0);
+
     /// <summary>Under <see cref="_lifecycle"/>: builds a domain, the first incarnation of a new
     /// guest or, with <paramref name="restarting"/>, the next one of that guest.</summary>
     private Domain StartLocked(DomainConfig c, bool paused, Lineage? restarting = null)
@@ -156,12 +160,18 @@ public sealed partial class Host : IDisposable
             throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
         CheckDisks(c);
         var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? XenSharp.Hypervisor.DomainKind.Hvm : XenSharp.Hypervisor.DomainKind.Pvh,
-            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, TimeOffsetSeconds = TimeOffset(c) });
         var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = restarting ?? new Lineage() };
         lock (_lock) _domains[domId] = dom;
         try
         {
             PlaceDomain(domId, c, hvd);
+            if (c.Type == DomainType.Hvm)
+            {
+                // As libxl's HVM build: the platform parameters the hypervisor's devices follow.
+                hvd.SetHvmParam(Params.HVM_PARAM_HPET_ENABLED, c.Hpet ? 1UL : 0);
+                hvd.SetHvmParam(Params.HVM_PARAM_TIMER_MODE, (ulong)c.TimerMode);
+            }
 
             var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
                 c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);

@@ -134,6 +134,7 @@ public sealed partial class Host
         Vcpus = c.Vcpus, MaxVcpus = c.MaxVcpus, CpusHard = c.CpusHard, CpusSoft = c.CpusSoft,
         OnPoweroff = c.OnPoweroff, OnReboot = c.OnReboot, OnCrash = c.OnCrash, OnWatchdog = c.OnWatchdog,
         OnSoftReset = c.OnSoftReset, CpuWeight = c.CpuWeight, Cap = c.Cap, Pool = c.Pool,
+        Acpi = c.Acpi, Apic = c.Apic, Hpet = c.Hpet, TimerMode = c.TimerMode, Localtime = c.Localtime, RtcTimeoffset = c.RtcTimeoffset,
         SourceText = c.SourceText, SourceFile = c.SourceFile,
     };
 

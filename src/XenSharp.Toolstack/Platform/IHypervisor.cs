@@ -9,6 +9,8 @@ public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, 
 {
     /// <summary>xl.cfg tsc_mode (native_paravirt never reaches the hypervisor: libxl refuses it).</summary>
     public TscMode TscMode { get; init; }
+    /// <summary>The wall clock's offset from the host's in seconds (XEN_DOMCTL_settimeoffset; HVM rtc_timeoffset).</summary>
+    public long TimeOffsetSeconds { get; init; }
 }
 
 /// <summary>A domain's run state as XEN_DOMCTL_getdomaininfo reports it.</summary>

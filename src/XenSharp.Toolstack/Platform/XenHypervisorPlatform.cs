@@ -88,7 +88,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         ushort id;
         if (info.TscMode is not (TscMode.Default or TscMode.AlwaysEmulate or TscMode.Native))
             throw new NotSupportedException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
-        try { id = _hv.CreateDomain(new DomainCreateConfig(info.Kind, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = info.TscMode }); }
+        try { id = _hv.CreateDomain(new DomainCreateConfig(info.Kind, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = info.TscMode, TimeOffsetSeconds = info.TimeOffsetSeconds }); }
         catch (HypervisorException e) { throw new HypervisorException($"cannot create domain {domId}: {e.Message}", e.Errno); }
         return new Domain(_hv, id);
     }

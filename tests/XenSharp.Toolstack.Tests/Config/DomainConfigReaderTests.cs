@@ -94,6 +94,32 @@ public class DomainConfigReaderTests
     }
 
     [Fact]
+    public void HvmPlatformKeysHaveLibxlsDefaultsAndNames()
+    {
+        var d = Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\n").Config;
+        Assert.True(d.Hpet);
+        Assert.True(d.Acpi);
+        Assert.True(d.Apic);
+        Assert.Equal(1, d.TimerMode); // no_delay_for_missed_ticks
+        Assert.False(d.Localtime);
+        Assert.Equal(0, d.RtcTimeoffset);
+        var r = Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\nhpet=0\nacpi=0\napic=0\n" +
+            "timer_mode=\"one_missed_tick_pending\"\nlocaltime=1\nrtc_timeoffset=-3600\n");
+        Assert.Empty(r.Warnings);
+        Assert.False(r.Config.Hpet);
+        Assert.False(r.Config.Acpi);
+        Assert.False(r.Config.Apic);
+        Assert.Equal(3, r.Config.TimerMode);
+        Assert.True(r.Config.Localtime);
+        Assert.Equal(-3600, r.Config.RtcTimeoffset);
+        var n = Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\ntimer_mode=2\n");
+        Assert.Equal(2, n.Config.TimerMode);
+        Assert.Contains(n.Warnings, w => w.Contains("\"timer_mode\" as an integer is deprecated"));
+        Assert.Throws<XlConfigException>(() => Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\ntimer_mode=\"sometimes\"\n"));
+        Assert.Throws<XlConfigException>(() => Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\ntimer_mode=4\n"));
+    }
+
+    [Fact]
     public void UnknownKeysWarnWithFileAndLine()
     {
         var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nfrobnicate=1\nvtpm=['x']\n", "g.cfg");

@@ -24,7 +24,7 @@ internal static class HvmIo
         if (v.Domain.Arch.PortIo.TryFind(port, out var device, out ulong offset))
             device.Write(v, offset, size, value & AllOnes(size));
         else
-            v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, IOREQ_TYPE_PIO, port, size, value & AllOnes(size));
+            UnclaimedWrite(v, IOREQ_TYPE_PIO, port, size, value & AllOnes(size));
     }
 
     public static ulong MmioRead(Vcpu v, ulong gpa, int size)
@@ -39,7 +39,7 @@ internal static class HvmIo
         if (FindMmio(v, gpa, out var device, out ulong offset))
             device.Write(v, offset, size, value & AllOnes(size));
         else
-            v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, IOREQ_TYPE_COPY, gpa, size, value & AllOnes(size));
+            UnclaimedWrite(v, IOREQ_TYPE_COPY, gpa, size, value & AllOnes(size));
     }
 
     /// <summary>The vCPU's own vLAPIC page, wherever its base is now, else the domain's MMIO ranges.</summary>
@@ -55,8 +55,22 @@ internal static class HvmIo
         return v.Domain.Arch.Mmio.TryFind(gpa, out device, out offset);
     }
 
-    private static ulong UnclaimedRead(Vcpu v, uint type, ulong address, int size) =>
-        v.Domain.Host.IoreqServer is { } server && server.TryRead(v.Domain.DomainId, type, address, size, out ulong value)
+    /// <summary>The domain's IOREQ servers first (Xen's hvm_send_ioreq), then the in-process one, else all ones.</summary>
+    private static ulong UnclaimedRead(Vcpu v, uint type, ulong address, int size)
+    {
+        var servers = v.Domain.Arch.Ioreq;
+        if (servers.Any && servers.TrySend(v, type, address, size, read: true, 0, out ulong result))
+            return result & AllOnes(size);
+        return v.Domain.Host.IoreqServer is { } server && server.TryRead(v.Domain.DomainId, type, address, size, out ulong value)
             ? value & AllOnes(size)
             : AllOnes(size);
+    }
+
+    private static void UnclaimedWrite(Vcpu v, uint type, ulong address, int size, ulong value)
+    {
+        var servers = v.Domain.Arch.Ioreq;
+        if (servers.Any && servers.TrySend(v, type, address, size, read: false, value, out _))
+            return;
+        v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, type, address, size, value);
+    }
 }

@@ -1,0 +1,287 @@
+using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
+using XenSharp.Public.Hvm;
+using static XenSharp.Public.Hvm.Ioreq;
+
+namespace XenSharp.Hypervisor.X86;
+
+/// <summary>
+/// One IOREQ server (Xen's ioreq_server, common/ioreq.c): a device model's claim on port, MMIO and PCI config ranges
+/// of an HVM domain. It owns a synchronous ioreq page with a slot per vCPU, each with an event channel of the
+/// domain bound by the device model, and optionally a buffered ioreq page with its own channel. An access it claims
+/// is written to the vCPU's slot as STATE_IOREQ_READY and notified; the vCPU then waits until the device model writes
+/// STATE_IORESP_READY and notifies back (or the server goes away, when reads give all ones).
+/// </summary>
+internal sealed unsafe class IoreqServer
+{
+    public const int RangePort = 0, RangeMemory = 1, RangePci = 2;
+    /// <summary>How long a vCPU waits for one response before checking again whether the server or domain is gone.</summary>
+    private const int WaitSliceMs = 50;
+
+    private readonly Domain _d;
+    private readonly object _lock = new();
+    private readonly List<(ulong Start, ulong End)>[] _ranges = [[], [], []];
+    private readonly uint[] _vcpuPorts;
+
+    public IoreqServer(Domain d, ushort id, ushort dmDomain, byte handleBufioreq)
+    {
+        _d = d;
+        Id = id;
+        DmDomain = dmDomain;
+        if (!d.Host.Frames.TryAllocate(d.DomainId, FrameType.XenShared, out uint mfn))
+            throw new HypervisorException("out of memory for an ioreq page", Errno.ENOMEM);
+        IoreqMfn = mfn;
+        IoreqPage = (IoreqSlot*)d.Host.Frames.PageAddress(mfn);
+        new Span<byte>(IoreqPage, 4096).Clear();
+        _vcpuPorts = new uint[d.Vcpus.Length];
+        for (int i = 0; i < d.Vcpus.Length; i++)
+        {
+            long rc = d.Evtchn.AllocUnbound(dmDomain, out _vcpuPorts[i], Responded);
+            if (rc < 0)
+            {
+                Destroy();
+                throw new HypervisorException("no event channel for an ioreq server", (int)-rc);
+            }
+            IoreqPage[i].VpEport = _vcpuPorts[i];
+        }
+        if (handleBufioreq != 0)
+        {
+            if (!d.Host.Frames.TryAllocate(d.DomainId, FrameType.XenShared, out uint bmfn))
+            {
+                Destroy();
+                throw new HypervisorException("out of memory for a buffered ioreq page", Errno.ENOMEM);
+            }
+            BufIoreqMfn = bmfn;
+            new Span<byte>((void*)d.Host.Frames.PageAddress(bmfn), 4096).Clear();
+            long rc = d.Evtchn.AllocUnbound(dmDomain, out uint bport, null);
+            if (rc < 0)
+            {
+                Destroy();
+                throw new HypervisorException("no event channel for a buffered ioreq ring", (int)-rc);
+            }
+            BufIoreqPort = bport;
+        }
+    }
+
+    public ushort Id { get; }
+    public ushort DmDomain { get; }
+    public bool Enabled { get; set; }
+    public bool Destroyed { get; private set; }
+    public uint IoreqMfn { get; }
+    /// <summary>The synchronous ioreq page: slot i is vCPU i's (what the device model maps).</summary>
+    public IoreqSlot* IoreqPage { get; }
+    public uint? BufIoreqMfn { get; private set; }
+    public uint BufIoreqPort { get; private set; }
+    public uint VcpuPort(int vcpu) => _vcpuPorts[vcpu];
+
+    /// <summary>The device model notified one of the vCPU ports: a response may be ready.</summary>
+    private void Responded()
+    {
+        lock (_lock)
+            Monitor.PulseAll(_lock);
+    }
+
+    public long MapRange(int type, ulong start, ulong end, bool map)
+    {
+        if ((uint)type > RangePci || start > end)
+            return -Errno.EINVAL;
+        lock (_lock)
+        {
+            var list = _ranges[type];
+            if (map)
+            {
+                if (list.Any(r => r.Start <= end && start <= r.End))
+                    return -Errno.EEXIST;
+                list.Add((start, end));
+                return 0;
+            }
+            int at = list.FindIndex(r => r.Start <= start && end <= r.End);
+            if (at < 0)
+                return -Errno.ENOENT;
+            // Take the range out, keeping what lies either side of it.
+            var r = list[at];
+            list.RemoveAt(at);
+            if (r.Start < start)
+                list.Add((r.Start, start - 1));
+            if (end < r.End)
+                list.Add((end + 1, r.End));
+            return 0;
+        }
+    }
+
+    public bool Claims(int type, ulong address)
+    {
+        lock (_lock)
+            foreach (var (s, e) in _ranges[type])
+                if (address >= s && address <= e)
+                    return true;
+        return false;
+    }
+
+    /// <summary>Sends one access to the device model and waits for its answer; false when the server went away
+    /// (or the domain is dying) before answering.</summary>
+    public bool Send(Vcpu v, uint type, ulong address, int size, bool read, ulong data, out ulong result)
+    {
+        result = 0;
+        ref var slot = ref IoreqPage[v.Id];
+        lock (_lock)
+        {
+            if (Destroyed)
+                return false;
+            slot.Addr = address;
+            slot.Data = read ? 0 : data;
+            slot.Count = 1;
+            slot.Size = (uint)size;
+            slot.Type = (byte)type;
+            Volatile.Write(ref slot.StateDir, (byte)(IoreqSlot.STATE_IOREQ_READY | (read ? IoreqSlot.DirRead : 0)));
+        }
+        _d.Evtchn.Send(_vcpuPorts[v.Id]);
+        lock (_lock)
+        {
+            while ((Volatile.Read(ref slot.StateDir) & 0xF) != IoreqSlot.STATE_IORESP_READY)
+            {
+                if (Destroyed || _d.IsDying)
+                    return false;
+                Monitor.Wait(_lock, WaitSliceMs);
+            }
+            result = slot.Data;
+            Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IOREQ_NONE);
+            return true;
+        }
+    }
+
+    public void Destroy()
+    {
+        lock (_lock)
+        {
+            if (Destroyed)
+                return;
+            Destroyed = true;
+            Monitor.PulseAll(_lock);
+        }
+        foreach (uint port in _vcpuPorts)
+            if (port != 0)
+                _d.Evtchn.Close(port);
+        if (BufIoreqPort != 0)
+            _d.Evtchn.Close(BufIoreqPort);
+        _d.Host.Frames.Free(IoreqMfn);
+        if (BufIoreqMfn is uint b)
+            _d.Host.Frames.Free(b);
+    }
+}
+
+/// <summary>
+/// A domain's IOREQ servers (Xen's ioreq_server table, at most 8) and the choice of one for an access the hypervisor
+/// does not emulate itself (Xen's ioreq_server_select): port ranges for port I/O, memory ranges for MMIO, and PCI
+/// (segment, bus, device, function) ranges for config accesses through ports 0xCFC-0xCFF while 0xCF8 holds an
+/// enabled address.
+/// </summary>
+internal sealed class IoreqServers(Domain d)
+{
+    public const int MaxServers = 8;
+    public const int HVM_IOREQSRV_BUFIOREQ_ATOMIC = 2;
+
+    private readonly object _lock = new();
+    private volatile IoreqServer[] _servers = [];
+    private ushort _nextId;
+    /// <summary>The last value written to port 0xCF8 (Xen's pci_cf8).</summary>
+    private uint _cf8;
+
+    public bool Any => _servers.Length > 0;
+
+    public long Create(ushort dmDomain, byte handleBufioreq, out ushort id)
+    {
+        id = 0;
+        if (handleBufioreq > HVM_IOREQSRV_BUFIOREQ_ATOMIC)
+            return -Errno.EINVAL;
+        lock (_lock)
+        {
+            if (_servers.Length >= MaxServers)
+                return -Errno.ENOSPC;
+            while (_servers.Any(s => s.Id == _nextId))
+                _nextId++;
+            id = _nextId++;
+            IoreqServer s;
+            try { s = new IoreqServer(d, id, dmDomain, handleBufioreq); }
+            catch (HypervisorException e) { return -e.Errno; }
+            _servers = [.. _servers, s];
+            return 0;
+        }
+    }
+
+    /// <summary>The server <paramref name="id"/> if <paramref name="dmDomain"/> created it: -ENOENT when there is
+    /// none, -EPERM when another device model owns it.</summary>
+    public IoreqServer? Get(ushort id, ushort dmDomain, out long err)
+    {
+        err = 0;
+        var s = _servers.FirstOrDefault(x => x.Id == id);
+        if (s is null)
+            err = -Errno.ENOENT;
+        else if (s.DmDomain != dmDomain)
+        {
+            err = -Errno.EPERM;
+            s = null;
+        }
+        return s;
+    }
+
+    public long Destroy(ushort id, ushort dmDomain)
+    {
+        lock (_lock)
+        {
+            var s = Get(id, dmDomain, out long err);
+            if (s is null)
+                return err;
+            _servers = [.. _servers.Where(x => x != s)];
+            s.Destroy();
+            return 0;
+        }
+    }
+
+    /// <summary>The domain is going away: every server with it.</summary>
+    public void DestroyAll()
+    {
+        IoreqServer[] all;
+        lock (_lock)
+        {
+            all = _servers;
+            _servers = [];
+        }
+        foreach (var s in all)
+            s.Destroy();
+    }
+
+    /// <summary>Sends an access nobody in the hypervisor claims to the enabled server whose ranges hold it; false
+    /// when there is none (or it went away before answering).</summary>
+    public bool TrySend(Vcpu v, uint type, ulong address, int size, bool read, ulong data, out ulong result)
+    {
+        result = 0;
+        var servers = _servers;
+        if (servers.Length == 0)
+            return false;
+        int rangeType = type == IOREQ_TYPE_PIO ? IoreqServer.RangePort : IoreqServer.RangeMemory;
+        ulong key = address;
+        if (type == IOREQ_TYPE_PIO)
+        {
+            if (address == 0xCF8 && size == 4 && !read)
+                _cf8 = (uint)data;
+            uint cf8 = _cf8;
+            if (address is >= 0xCFC and <= 0xCFF && (cf8 & 0x8000_0000) != 0)
+            {
+                // A config access: the server that claims the device gets it as IOREQ_TYPE_PCI_CONFIG with the
+                // SBDF in the high half of the address and the register (with the extended bits 24-27) in the low.
+                uint sbdf = (cf8 >> 8) & 0xFFFF;
+                foreach (var s in servers)
+                    if (s.Enabled && s.Claims(IoreqServer.RangePci, sbdf))
+                    {
+                        ulong reg = (cf8 & 0xFC) | ((cf8 >> 16) & 0xF00) | (address & 3);
+                        return s.Send(v, IOREQ_TYPE_PCI_CONFIG, ((ulong)sbdf << 32) | reg, size, read, data, out result);
+                    }
+            }
+        }
+        foreach (var s in servers)
+            if (s.Enabled && s.Claims(rangeType, key))
+                return s.Send(v, type, address, size, read, data, out result);
+        return false;
+    }
+}

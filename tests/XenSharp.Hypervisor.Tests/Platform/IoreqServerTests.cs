@@ -1,0 +1,214 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using XenSharp.Hypervisor.X86;
+using XenSharp.Public;
+using XenSharp.Public.Hvm;
+using static XenSharp.Public.Hvm.DmOp;
+
+namespace XenSharp.Hypervisor.Tests.Platform;
+
+/// <summary>
+/// IOREQ servers through __HYPERVISOR_dm_op from a Domain-0 program, with a small device model in the test: it binds
+/// the server's per-vCPU event channel, answers the requests in the synchronous ioreq page and notifies back. Port,
+/// MMIO and PCI config ranges reach it; the vCPU waits for its answer; nothing else does, and what nobody claims
+/// reads all ones.
+/// </summary>
+[Trait("Feature", "Hypervisor emulated platform devices")]
+public sealed unsafe class IoreqServerTests : IDisposable
+{
+    private readonly XenHypervisor _host = TestHosts.Create();
+    private readonly byte* _buffers = (byte*)NativeMemory.AllocZeroed(4096);
+    private const ulong CallerBase = 0x7000_0000;
+    private readonly Dom0HypercallContext _dm;
+
+    public IoreqServerTests() => _dm = _host.OpenDom0Hypercalls((nint)_buffers, CallerBase, 4096);
+
+    public void Dispose()
+    {
+        _dm.Dispose();
+        _host.Dispose();
+        NativeMemory.Free(_buffers);
+    }
+
+    /// <summary>Issues a dm_op with <paramref name="u"/> as its union; returns the result and leaves the union as Xen
+    /// wrote it back.</summary>
+    private long DmOp<T>(ushort domid, uint op, ref T u) where T : unmanaged
+    {
+        var header = (XenDmOp*)(_buffers + 0x100);
+        *header = default;
+        header->Op = op;
+        Unsafe.Write(header->U, u);
+        *(XenDmOpBuf*)_buffers = new XenDmOpBuf { H = CallerBase + 0x100, Size = (ulong)sizeof(XenDmOp) };
+        long rc = _dm.Hypercall(Xen.__HYPERVISOR_dm_op, domid, 1, CallerBase);
+        u = Unsafe.Read<T>(header->U);
+        return rc;
+    }
+
+    private ushort CreateServer(ushort domid, byte bufioreq = 0)
+    {
+        var c = new XenDmOpCreateIoreqServer { HandleBufioreq = bufioreq };
+        Assert.Equal(0, DmOp(domid, XEN_DMOP_create_ioreq_server, ref c));
+        return c.Id;
+    }
+
+    private long Map(ushort domid, ushort id, uint type, ulong start, ulong end, bool map = true)
+    {
+        var r = new XenDmOpIoreqServerRange { Id = id, Type = type, Start = start, End = end };
+        return DmOp(domid, map ? XEN_DMOP_map_io_range_to_ioreq_server : XEN_DMOP_unmap_io_range_from_ioreq_server, ref r);
+    }
+
+    private long SetState(ushort domid, ushort id, bool enabled)
+    {
+        var s = new XenDmOpSetIoreqServerState { Id = id, Enabled = (byte)(enabled ? 1 : 0) };
+        return DmOp(domid, XEN_DMOP_set_ioreq_server_state, ref s);
+    }
+
+    /// <summary>A device model: a register file keyed by (type, address), answering from another thread so that the
+    /// vCPU really waits for it.</summary>
+    private sealed class DeviceModel
+    {
+        public readonly List<(uint Type, ulong Addr, uint Size, bool Read, ulong Data)> Seen = [];
+        public readonly Dictionary<(uint, ulong), ulong> Registers = [];
+        private readonly XenHypervisor _host;
+        private readonly IoreqServer _server;
+        private uint _port;
+
+        public DeviceModel(XenHypervisor host, IoreqServer server, ushort domid)
+        {
+            _host = host;
+            _server = server;
+            Assert.Equal(0, host.Dom0EvtchnBindInterdomain(domid, server.VcpuPort(0), () => Task.Run(Answer), out _port));
+        }
+
+        private void Answer()
+        {
+            ref var slot = ref _server.IoreqPage[0];
+            lock (this)
+            {
+                if ((Volatile.Read(ref slot.StateDir) & 0xF) != IoreqSlot.STATE_IOREQ_READY)
+                    return;
+                bool read = (slot.StateDir & IoreqSlot.DirRead) != 0;
+                Seen.Add((slot.Type, slot.Addr, slot.Size, read, slot.Data));
+                if (read)
+                    slot.Data = Registers.TryGetValue((slot.Type, slot.Addr), out ulong v) ? v : 0x5A5A5A5A;
+                else
+                    Registers[(slot.Type, slot.Addr)] = slot.Data;
+                Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IORESP_READY);
+            }
+            _host.Dom0EvtchnSend(_port);
+        }
+    }
+
+    [Fact]
+    public void ClaimedPortMmioAndPciConfigAccessesReachTheDeviceModel()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id);
+        var server = g.Domain.Arch.Ioreq.Get(id, 0, out _)!;
+        var model = new DeviceModel(_host, server, g.Id);
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x5A0, 0x5A7));
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0xF000_0000, 0xF000_0FFF));
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PCI, 3 << 3, 3 << 3)); // 0000:00:03.0
+
+        // Not enabled yet: nobody answers.
+        Assert.Equal(0xFFFFFFFFUL, g.In(0x5A0, 4));
+        Assert.Empty(model.Seen);
+        Assert.Equal(0, SetState(g.Id, id, true));
+
+        g.Out(0x5A4, 2, 0xBEEF);
+        Assert.Equal(0xBEEFUL, g.In(0x5A4, 2));
+        Assert.Equal(0x5A5AUL, g.In(0x5A0, 2));
+        g.Write(0xF000_0010, 0x1122_3344_5566_7788, 8);
+        Assert.Equal(0x1122_3344_5566_7788UL, g.Read(0xF000_0010, 8));
+        Assert.Equal((Ioreq.IOREQ_TYPE_COPY, 0xF000_0010UL, 8u, false, 0x1122_3344_5566_7788UL), model.Seen[3]);
+
+        // A config read of 00:03.0 register 0x04 through 0xCF8/0xCFC.
+        g.Out(0xCF8, 4, 0x8000_1804);
+        Assert.Equal(0x5A5A5A5AUL, g.In(0xCFC, 4));
+        Assert.Contains((Ioreq.IOREQ_TYPE_PCI_CONFIG, (0x18UL << 32) | 4, 4u, true, 0UL), model.Seen);
+        // Device 4 is nobody's: all ones, and the model hears nothing of it.
+        int seen = model.Seen.Count;
+        g.Out(0xCF8, 4, 0x8000_2000);
+        Assert.Equal(0xFFFFFFFFUL, g.In(0xCFC, 4));
+        Assert.Equal(0xFFFFFFFFUL, g.In(0x5B0, 4));
+        Assert.Equal(ulong.MaxValue, g.Read(0xF000_1000, 8));
+        Assert.Equal(seen, model.Seen.Count);
+
+        // The hypervisor's own devices never go to the server.
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x20, 0x21));
+        g.Out(0x21, 0x5A);
+        Assert.Equal(0x5A, g.In(0x21));
+        Assert.Equal(seen, model.Seen.Count);
+
+        // Disabled, unmapped, destroyed: back to all ones.
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x5A4, 0x5A7, map: false));
+        Assert.Equal(0xFFFFUL, g.In(0x5A4, 2));
+        Assert.Equal(0x5A5AUL, g.In(0x5A0, 2));
+        var destroy = new XenDmOpDestroyIoreqServer { Id = id };
+        Assert.Equal(0, DmOp(g.Id, XEN_DMOP_destroy_ioreq_server, ref destroy));
+        Assert.Equal(0xFFFFUL, g.In(0x5A0, 2));
+        Assert.Equal(-Errno.ENOENT, SetState(g.Id, id, true));
+    }
+
+    [Fact]
+    public void AVcpuWaitingOnAServerThatGoesAwayReadsAllOnes()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id);
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x300, 0x300));
+        Assert.Equal(0, SetState(g.Id, id, true));
+        var reader = Task.Run(() => g.In(0x300, 1));
+        var server = g.Domain.Arch.Ioreq.Get(id, 0, out _)!;
+        Assert.True(TestHosts.WaitUntil(() => (server.IoreqPage[0].StateDir & 0xF) == IoreqSlot.STATE_IOREQ_READY));
+        Assert.False(reader.IsCompleted);
+        var destroy = new XenDmOpDestroyIoreqServer { Id = id };
+        Assert.Equal(0, DmOp(g.Id, XEN_DMOP_destroy_ioreq_server, ref destroy));
+        Assert.True(reader.Wait(10_000));
+        Assert.Equal(0xFFUL, reader.Result);
+    }
+
+    [Fact]
+    public void TheGuestCannotCloseItsServersEventChannel()
+    {
+        var g = new Guest(_host, vcpus: 1, type: DomainKind.Hvm);
+        ushort id = CreateServer(g.Id);
+        var server = g.Domain.Arch.Ioreq.Get(id, 0, out _)!;
+        g.Write(Guest.Scratch, new EvtchnClose { Port = server.VcpuPort(0) });
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_event_channel_op, EventChannel.EVTCHNOP_close, Guest.Scratch));
+        Assert.True(g.Domain.Evtchn.IsXenConsumer(server.VcpuPort(0)));
+    }
+
+    [Fact]
+    public void ServerOperationsCheckTheirArguments()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id, bufioreq: 1);
+        var info = new XenDmOpGetIoreqServerInfo { Id = id, Flags = XenDmOpGetIoreqServerInfo.XEN_DMOP_no_gfns };
+        Assert.Equal(0, DmOp(g.Id, XEN_DMOP_get_ioreq_server_info, ref info));
+        Assert.NotEqual(0u, info.BufioreqPort);
+        info = new XenDmOpGetIoreqServerInfo { Id = id };
+        Assert.Equal(-Errno.EOPNOTSUPP, DmOp(g.Id, XEN_DMOP_get_ioreq_server_info, ref info));
+        info = new XenDmOpGetIoreqServerInfo { Id = id, Flags = 2 };
+        Assert.Equal(-Errno.EINVAL, DmOp(g.Id, XEN_DMOP_get_ioreq_server_info, ref info));
+        Assert.Equal(-Errno.EINVAL, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x10, 0x0F));
+        Assert.Equal(-Errno.EINVAL, Map(g.Id, id, 3, 0, 1));
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0x1000, 0x1FFF));
+        Assert.Equal(-Errno.EEXIST, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0x1800, 0x2800));
+        Assert.Equal(-Errno.ENOENT, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0x1800, 0x2800, map: false));
+        Assert.Equal(-Errno.ENOENT, Map(g.Id, (ushort)(id + 1), XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0, 0));
+        var bad = new XenDmOpCreateIoreqServer { HandleBufioreq = 3 };
+        Assert.Equal(-Errno.EINVAL, DmOp(g.Id, XEN_DMOP_create_ioreq_server, ref bad));
+        for (int i = 1; i < IoreqServers.MaxServers; i++)
+            CreateServer(g.Id);
+        var more = new XenDmOpCreateIoreqServer();
+        Assert.Equal(-Errno.ENOSPC, DmOp(g.Id, XEN_DMOP_create_ioreq_server, ref more));
+
+        // Another device model may not touch this one's server.
+        var other = new Guest(_host, vcpus: 1, privileged: true);
+        other.Write(Guest.Scratch, new XenDmOpBuf { H = Guest.Scratch + 0x100, Size = 32 });
+        var op = new XenDmOp { Op = XEN_DMOP_set_ioreq_server_state };
+        Unsafe.Write(op.U, new XenDmOpSetIoreqServerState { Id = id, Enabled = 1 });
+        other.Write(Guest.Scratch + 0x100, op);
+        Assert.Equal(-Errno.EPERM, other.Call(Xen.__HYPERVISOR_dm_op, g.Id, 1, Guest.Scratch));
+    }
+}
