@@ -80,7 +80,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         {
             var factory = _options.EngineFactory ?? (m => new X86Engine(m, _options.GuestTscHz / 1000));
             {
-                d.Engine = factory(d.P2m);
+                d.Engine = factory(d.GuestMemory);
                 foreach (var v in d.Vcpus)
                 {
                     int vid = v.Id;

@@ -1,4 +1,5 @@
 using XenSharp.Hypervisor.X86;
+using XenSharp.Hypervisor.X86.Pv;
 using XenSharp.Public;
 
 namespace XenSharp.Hypervisor.Common;
@@ -13,7 +14,11 @@ internal delegate long HypercallHandler(Vcpu v, in HypercallArgs a);
 internal static class Hypercall
 {
     private static readonly HypercallHandler?[] Table = Build(
+        (Xen.__HYPERVISOR_mmu_update, PvMm.MmuUpdate),
         (Xen.__HYPERVISOR_memory_op, MemoryOp.Do),
+        (Xen.__HYPERVISOR_update_va_mapping, PvMm.UpdateVaMapping),
+        (Xen.__HYPERVISOR_update_va_mapping_otherdomain, PvMm.UpdateVaMappingOtherdomain),
+        (Xen.__HYPERVISOR_mmuext_op, PvMm.MmuextOp),
         (Xen.__HYPERVISOR_multicall, Multicall.Do),
         (Xen.__HYPERVISOR_set_timer_op, TimeOps.SetTimerOp),
         (Xen.__HYPERVISOR_xen_version, XenVersion.Do),

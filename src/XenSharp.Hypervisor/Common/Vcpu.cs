@@ -20,6 +20,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
         Domain = domain;
         Id = id;
         Arch = new HvmVcpu(this);
+        if (domain.Pv is not null)
+            Pv = new X86.Pv.PvVcpu(this);
         if (!domain.IsHost && id < Xen.XEN_LEGACY_MAX_VCPUS)
             VcpuInfo = (VcpuInfo*)((byte*)domain.SharedInfo + id * sizeof(VcpuInfo));
         IsUp = id == 0;
@@ -42,6 +44,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public ICpuidPolicy? Cpuid { get; set; }
     /// <summary>The guest type's x86 state: the vLAPIC and upcall vector.</summary>
     public HvmVcpu Arch { get; }
+    /// <summary>A PV vCPU's page-table bases and LDT, null for HVM and PVH guests.</summary>
+    public X86.Pv.PvVcpu? Pv { get; }
     /// <summary>The engine's host-address caches, which freed frames wait on before reuse.</summary>
     public TranslationCache Translations { get; }
 

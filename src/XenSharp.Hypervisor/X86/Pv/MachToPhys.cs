@@ -1,0 +1,67 @@
+using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.X86.Pv;
+
+/// <summary>
+/// The machine-to-phys table (Xen's machine_to_phys_mapping): one 8-byte guest PFN per machine frame, in frames
+/// Xen owns, which every PV guest sees read-only at MACH2PHYS_VIRT_START through L4 slot 256. Made when the
+/// first PV domain is; an entry nobody set reads 0 (guests check an M2P answer against their p2m anyway).
+/// </summary>
+internal sealed unsafe class MachToPhys
+{
+    private const int EntriesPerPage = FrameTable.PageSize / 8;
+    private readonly FrameTable _frames;
+    private readonly uint[] _tableMfns;
+
+    public MachToPhys(FrameTable frames)
+    {
+        _frames = frames;
+        ulong entries = (ulong)frames.FrameCount;
+        int pages = (int)((entries + EntriesPerPage - 1) / EntriesPerPage);
+        _tableMfns = new uint[pages];
+        for (int i = 0; i < pages; i++)
+            _tableMfns[i] = Allocate();
+        // The read-only view: L1s over the table's frames, L2s over the L1s, one L3 for the whole range
+        // (256 GiB of virtual space, more than any machine this runs on needs).
+        int l1Count = (pages + EntriesPerPage - 1) / EntriesPerPage;
+        int l2Count = (l1Count + EntriesPerPage - 1) / EntriesPerPage;
+        L3Mfn = Allocate();
+        var l3 = (ulong*)frames.PageAddress(L3Mfn);
+        for (int j = 0; j < l2Count; j++)
+        {
+            uint l2Mfn = Allocate();
+            l3[j] = Pte(l2Mfn);
+            var l2 = (ulong*)frames.PageAddress(l2Mfn);
+            for (int k = 0; k < EntriesPerPage && j * EntriesPerPage + k < l1Count; k++)
+            {
+                int l1Index = j * EntriesPerPage + k;
+                uint l1Mfn = Allocate();
+                l2[k] = Pte(l1Mfn);
+                var l1 = (ulong*)frames.PageAddress(l1Mfn);
+                for (int m = 0; m < EntriesPerPage && l1Index * EntriesPerPage + m < pages; m++)
+                    l1[m] = Pte(_tableMfns[l1Index * EntriesPerPage + m]);
+            }
+        }
+    }
+
+    /// <summary>The L3 table a PV guest's L4 slot for MACH2PHYS_VIRT_START points at.</summary>
+    public uint L3Mfn { get; }
+
+    /// <summary>Present, user (the guest kernel runs in ring 3), never writable.</summary>
+    private static ulong Pte(uint mfn) => ((ulong)mfn << FrameTable.PageShift) | PvMm.PAGE_PRESENT | PvMm.PAGE_USER | PvMm.PAGE_ACCESSED;
+
+    private uint Allocate() => _frames.TryAllocate(Xen.DOMID_XEN, FrameType.XenShared, out uint mfn)
+        ? mfn : throw new HypervisorException("out of machine memory for the M2P table");
+
+    public ulong Get(ulong mfn) => mfn < _frames.FrameCount ? Slot(mfn) : ulong.MaxValue;
+
+    public void Set(ulong mfn, ulong gpfn)
+    {
+        if (mfn < _frames.FrameCount)
+            Volatile.Write(ref Slot(mfn), gpfn);
+    }
+
+    private ref ulong Slot(ulong mfn) =>
+        ref ((ulong*)_frames.PageAddress(_tableMfns[mfn / EntriesPerPage]))[mfn % EntriesPerPage];
+}
