@@ -87,7 +87,10 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                     v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new DefaultCpuidPolicy((uint)(2 * vid)), vid,
                         () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz), d.TscMode);
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
-                    v.Engine.InterruptSource = v;
+                    if (d.Pv is null)
+                        v.Engine.InterruptSource = v;
+                    else if (v.Engine is IX86Vcpu x86)
+                        x86.InterceptTraps = true; // the PV kernel's traps and hypercalls come to the hypervisor
                 }
             }
         }

@@ -38,6 +38,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
     /// <summary>Set by a handler that stopped part-way (Xen's hypercall_create_continuation): the arguments the
     /// guest re-issues the same hypercall with, so long operations yield the pCPU between pieces.</summary>
     public HypercallArgs? Continuation;
+    /// <summary>Set by HYPERVISOR_iret, which loaded the whole register state: the caller writes back no result.</summary>
+    public bool IretDone;
     /// <summary>Set on the vCPU through which a Domain-0 program's hypercalls run: its pointers name that program's
     /// hypercall buffers, not guest-linear addresses.</summary>
     public Dom0HypercallContext? Caller;
@@ -262,7 +264,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
     }
 
     // IInterruptSource: what the guest type takes interrupts from.
-    public bool HasPendingInterrupt => Arch.HasPendingInterrupt;
+    public bool HasPendingInterrupt => Pv is { } pv ? pv.EventsNeedDelivery : Arch.HasPendingInterrupt;
     public int Acknowledge() => Arch.Acknowledge();
 
     public void Teardown()

@@ -17,6 +17,20 @@ internal sealed class PvVcpu(Vcpu vcpu) : ArchVcpu(vcpu)
     public bool KernelMode = true;
     public ulong LdtBase;
     public uint LdtEntries;
+
+    /// <summary>The virtual IDT (set_trap_table): handler and flags per vector, address 0 when none.</summary>
+    public readonly Public.ArchX86.TrapInfo[] TrapTable = new Public.ArchX86.TrapInfo[256];
+    /// <summary>The kernel stack a trap from user mode switches to (stack_switch).</summary>
+    public ulong KernelSs, KernelSp;
+    public ulong EventCallback, FailsafeCallback, SyscallCallback;
+    public bool SyscallMasksEvents;
+    /// <summary>GS bases of the two modes: the engine holds the current one, this the other.</summary>
+    public ulong GsBaseKernel, GsBaseUser;
+    /// <summary>The guest's virtual IOPL (physdev_op set_iopl), which I/O instructions are checked against.</summary>
+    public uint Iopl;
+    /// <summary>CR0.TS as the guest set it (fpu_taskswitch).</summary>
+    public bool TaskSwitched;
+    public readonly ulong[] DebugRegs = new ulong[8];
     private volatile bool _flushPending;
 
     /// <summary>Drops the vCPU's cached translations: now when <paramref name="now"/> (the caller runs it),
@@ -38,6 +52,8 @@ internal sealed class PvVcpu(Vcpu vcpu) : ArchVcpu(vcpu)
     {
         if (_flushPending)
             FlushTlb(now: true);
+        if (EventsNeedDelivery && EventCallback != 0 && Vcpu.Engine is { } cpu)
+            PvTraps.DeliverEventUpcall(Vcpu, cpu);
     }
 
     /// <summary>Points the engine at the L4 of the current mode (its CR3 holds a machine address).</summary>
@@ -58,5 +74,16 @@ internal sealed class PvVcpu(Vcpu vcpu) : ArchVcpu(vcpu)
     public override bool HasPendingInterrupt => false;
     public override int Acknowledge() => -1;
     public override void Reset() { }
-    public override void AssertEvtchnIrq() => Vcpu.Kick();
+
+    /// <summary>Pending events the guest has not masked (Xen's local_events_need_delivery): what wakes a blocked PV
+    /// vCPU and what the upcall is made for.</summary>
+    public unsafe bool EventsNeedDelivery =>
+        Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && Vcpu.VcpuInfo->EvtchnUpcallMask == 0;
+
+    /// <summary>A running vCPU leaves guest code to take the upcall; a blocked one wakes.</summary>
+    public override void AssertEvtchnIrq()
+    {
+        Vcpu.Engine?.RequestExit();
+        Vcpu.Kick();
+    }
 }
