@@ -20,10 +20,10 @@ internal sealed unsafe class Vcpu : IInterruptSource
         Domain = domain;
         Id = id;
         Arch = new HvmVcpu(this);
-        if (domain.Pv is not null)
-            Pv = new X86.Pv.PvVcpu(this);
         if (!domain.IsHost && id < Xen.XEN_LEGACY_MAX_VCPUS)
             VcpuInfo = (VcpuInfo*)((byte*)domain.SharedInfo + id * sizeof(VcpuInfo));
+        if (domain.Pv is not null)
+            Pv = new X86.Pv.PvVcpu(this);
         IsUp = id == 0;
         RunstateState = IsUp ? Runstate.Runnable : Runstate.Offline;
         Translations = new TranslationCache(() => Engine?.FlushHostTranslations(), () => Engine?.RequestExit());

@@ -409,31 +409,7 @@ internal static unsafe class PvMm
         switch (op.Cmd)
         {
             case MMUEXT_PIN_L1_TABLE or MMUEXT_PIN_L2_TABLE or MMUEXT_PIN_L3_TABLE or MMUEXT_PIN_L4_TABLE:
-            {
-                if (pgOwner != d)
-                    return -Errno.EINVAL;
-                var type = (PageType)((int)PageType.L1 + (int)(op.Cmd - MMUEXT_PIN_L1_TABLE));
-                if (!frames.TryGetPage(op.Arg1, d.DomainId))
-                    return -Errno.EINVAL;
-                lock (frames.TypeLock)
-                {
-                    long rc = GetPageType(frames, op.Arg1, type);
-                    if (rc != 0)
-                    {
-                        frames.PutPage(op.Arg1);
-                        return rc;
-                    }
-                    ref var ti = ref frames.TypeInfoOf(op.Arg1);
-                    if (ti.Pinned)
-                    {
-                        PutPageType(frames, op.Arg1);
-                        frames.PutPage(op.Arg1);
-                        return -Errno.EINVAL;
-                    }
-                    ti.Pinned = true; // the pin keeps both references until MMUEXT_UNPIN_TABLE
-                    return 0;
-                }
-            }
+                return pgOwner != d ? -Errno.EINVAL : Pin(d, (PageType)((int)PageType.L1 + (int)(op.Cmd - MMUEXT_PIN_L1_TABLE)), op.Arg1);
             case MMUEXT_UNPIN_TABLE:
             {
                 if (pgOwner != d || !frames.TryGetPage(op.Arg1, d.DomainId))
@@ -523,6 +499,32 @@ internal static unsafe class PvMm
                 return -Errno.EOPNOTSUPP; // PV superpages are gone from Xen as well
             default:
                 return -Errno.ENOSYS;
+        }
+    }
+
+    /// <summary>MMUEXT_PIN_Lx_TABLE: a general and a type reference that stay until the unpin.</summary>
+    public static long Pin(Domain d, PageType type, ulong mfn)
+    {
+        var frames = d.Host.Frames;
+        if (!frames.TryGetPage(mfn, d.DomainId))
+            return -Errno.EINVAL;
+        lock (frames.TypeLock)
+        {
+            long rc = GetPageType(frames, mfn, type);
+            if (rc != 0)
+            {
+                frames.PutPage(mfn);
+                return rc;
+            }
+            ref var ti = ref frames.TypeInfoOf(mfn);
+            if (ti.Pinned)
+            {
+                PutPageType(frames, mfn);
+                frames.PutPage(mfn);
+                return -Errno.EINVAL;
+            }
+            ti.Pinned = true;
+            return 0;
         }
     }
 

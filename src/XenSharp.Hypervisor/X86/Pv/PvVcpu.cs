@@ -7,8 +7,15 @@ namespace XenSharp.Hypervisor.X86.Pv;
 /// validated and referenced L4), its LDT, and flushes other vCPUs asked of it. Events reach it through its
 /// callback, not an interrupt vector.
 /// </summary>
-internal sealed class PvVcpu(Vcpu vcpu) : ArchVcpu(vcpu)
+internal sealed unsafe class PvVcpu : ArchVcpu
 {
+    public PvVcpu(Vcpu vcpu) : base(vcpu)
+    {
+        // A PV vCPU starts with events masked; the kernel unmasks them once its callback is in place.
+        if (vcpu.VcpuInfo is not null)
+            vcpu.VcpuInfo->EvtchnUpcallMask = 1;
+    }
+
     /// <summary>The kernel's L4 (MMUEXT_NEW_BASEPTR), 0 before the builder or the guest sets one.</summary>
     public ulong GuestTable;
     /// <summary>The user L4 (MMUEXT_NEW_USER_BASEPTR), 0 when none.</summary>
