@@ -212,6 +212,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         if (s.ApicBase == 0)
             s.ApicBase = v.Arch.Vlapic.ApicBase;
         v.Arch.Vlapic.ApicBase = s.ApicBase;
+        if (v.Pv is { } pv)
+            pv.ApplyXenState(ref s);
         v.PendingContext = (regs, s);
         v.Initialised = true;
     }

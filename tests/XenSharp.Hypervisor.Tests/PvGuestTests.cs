@@ -11,7 +11,8 @@ namespace XenSharp.Hypervisor.Tests;
 /// <summary>
 /// A 64-bit PV kernel on the real x86 engine: in ring 3 on page tables the PV MMU validated, it makes hypercalls
 /// with SYSCALL, takes a page fault through its trap table and returns with HYPERVISOR_iret, is refused a writable
-/// mapping of its own page table, asks Xen's CPUID through the forced-emulation prefix, and powers off.
+/// mapping of its own page table, asks Xen's CPUID through the forced-emulation prefix, writes GS_BASE with WRMSR
+/// (emulated), returns to itself with a native IRETQ on Xen's flat selectors, and powers off.
 /// </summary>
 [Trait("Feature", "x86/PV")]
 public class PvGuestTests : IDisposable
@@ -69,6 +70,15 @@ public class PvGuestTests : IDisposable
             a.mov(eax, 0x40000000); a.xor(ecx, ecx);
             a.db(0x0F, 0x0B, 0x78, 0x65, 0x6E, 0x0F, 0xA2); // Xen's forced-emulation prefix, then CPUID
             a.mov(rdi, Results); a.mov(__qword_ptr[rdi + 0x20], rbx);
+            // WRMSR/RDMSR of GS_BASE from the kernel: emulated after the #GP ring 3 raises.
+            a.mov(ecx, 0xC0000101); a.mov(eax, 0x12345000); a.xor(edx, edx); a.wrmsr();
+            a.xor(eax, eax); a.rdmsr(); a.mov(__qword_ptr[rdi + 0x38], rax);
+            // A native IRETQ to the kernel on Xen's flat selectors, which Xen's GDT holds.
+            var back = a.CreateLabel();
+            a.mov(rax, rsp); a.push(Pv.FLAT_KERNEL_SS); a.push(rax); a.pushfq(); a.push(Pv.FLAT_KERNEL_CS);
+            a.lea(rax, __[back]); a.push(rax); a.iretq();
+            a.Label(ref back);
+            a.mov(__qword_ptr[rdi + 0x40], 1);
             a.mov(eax, Xen.__HYPERVISOR_sched_op); a.mov(edi, Sched.SCHEDOP_shutdown); a.mov(rsi, Reason); a.syscall();
             a.ud2();
         }));
@@ -118,6 +128,8 @@ public class PvGuestTests : IDisposable
         unsafe { Assert.Equal(Unmapped, v.VcpuInfo->Arch.Cr2); }
         Assert.Equal(unchecked((ulong)-Errno.EINVAL), ReadVa(Results + 0x18)); // its own L1, writable: refused
         Assert.Equal(0x566E6558UL, ReadVa(Results + 0x20) & 0xFFFF_FFFF);      // "XenV"
+        Assert.Equal(0x12345000UL, ReadVa(Results + 0x38));               // GS_BASE written and read back
+        Assert.Equal(1UL, ReadVa(Results + 0x40));                        // past the native IRETQ
         Assert.Contains(Hello.TrimEnd(), log);
     }
 

@@ -317,6 +317,20 @@ public class PvMmTests : IDisposable
         Assert.Equal(-Errno.ENOSYS, g.Call(Xen.__HYPERVISOR_update_va_mapping, 0, 0, 0));
     }
 
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void APvGuestIsToldThePvFeaturesItsKernelNeeds()
+    {
+        var pv = new PvGuest(_host);
+        pv.G.Write(Args << 12, new XenFeatureInfo { SubmapIdx = 0 });
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_xen_version, Public.Version.XENVER_get_features, pv.Ma(Args)));
+        uint submap = pv.G.Read<XenFeatureInfo>(Args << 12).Submap;
+        Assert.Equal((1u << Features.XENFEAT_pae_pgdir_above_4gb) | (1u << Features.XENFEAT_mmu_pt_update_preserve_ad)
+            | (1u << Features.XENFEAT_gnttab_map_avail_bits), submap);
+        // Not translated: the guest sees machine frames.
+        Assert.Equal(0u, submap & (1u << Features.XENFEAT_auto_translated_physmap));
+    }
+
     [Theory]
     [Trait("Feature", "x86/PV")]
     [InlineData(0UL, true)]                       // not present

@@ -47,14 +47,17 @@ public static class PvBuilder
         if (!elf.Is64)
             throw new DomainBuildException($"{spec.KernelName}: a 32-bit PV kernel; only 64-bit PV guests are supported");
         ulong virtBase = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_VIRT_BASE) ?? 0;
+        // Segments load at their physical addresses less PADDR_OFFSET (VIRT_BASE when the note is missing, as in
+        // libelf); that offset is where they are in the guest's PFN space, VIRT_BASE + it where it sees them.
+        ulong paddrOffset = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_PADDR_OFFSET) ?? virtBase;
         ulong entry = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_ENTRY) ?? elf.Entry;
         ulong? hypercallPage = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_HYPERCALL_PAGE);
         var loads = elf.Segments.Where(s => s.MemSize > 0).ToList();
         if (loads.Count == 0)
             throw new DomainBuildException($"{spec.KernelName}: no loadable segments");
-        ulong kStart = loads.Min(s => s.VirtAddr), kEnd = loads.Max(s => s.VirtAddr + s.MemSize);
-        if (kStart < virtBase || kEnd - virtBase > spec.MemoryBytes / 2)
-            throw new DomainBuildException($"{spec.KernelName}: kernel at 0x{kStart:x}-0x{kEnd:x} does not fit above VIRT_BASE 0x{virtBase:x} in {spec.MemoryBytes >> 20} MiB");
+        ulong kStart = loads.Min(s => s.PhysAddr), kEnd = loads.Max(s => s.PhysAddr + s.MemSize);
+        if (kStart < paddrOffset || kEnd - paddrOffset > spec.MemoryBytes / 2)
+            throw new DomainBuildException($"{spec.KernelName}: kernel at 0x{kStart:x}-0x{kEnd:x} (PADDR_OFFSET 0x{paddrOffset:x}) does not fit in {spec.MemoryBytes >> 20} MiB");
 
         ulong nrPages = spec.MemoryBytes / PageSize;
         mem.Populate(0, nrPages);
@@ -62,14 +65,14 @@ public static class PvBuilder
 
         foreach (var s in loads)
         {
-            ulong at = s.VirtAddr - virtBase;
+            ulong at = s.PhysAddr - paddrOffset;
             mem.Write(at, elf.Data.AsSpan((int)s.FileOffset, (int)s.FileSize));
             if (s.MemSize > s.FileSize)
                 mem.Zero(at + s.FileSize, s.MemSize - s.FileSize);
         }
 
         // The allocations after the kernel, in PFN order (xc_dom_alloc_segment).
-        ulong next = AlignUp(kEnd - virtBase);
+        ulong next = AlignUp(kEnd - paddrOffset);
         ulong Alloc(ulong bytes)
         {
             ulong at = next;

@@ -43,7 +43,26 @@ internal sealed unsafe class MachToPhys
                     l1[m] = Pte(_tableMfns[l1Index * EntriesPerPage + m]);
             }
         }
+        // Xen's GDT: L3 slot 256 (MACH2PHYS_VIRT_END) → an L2 → an L1 whose page 14 is the reserved descriptors.
+        uint gdtL2 = Allocate(), gdtL1 = Allocate(), reserved = Allocate();
+        l3[(GdtVirt >> 30) & 511] = Pte(gdtL2);
+        ((ulong*)frames.PageAddress(gdtL2))[0] = Pte(gdtL1);
+        ((ulong*)frames.PageAddress(gdtL1))[ReservedGdtPage] = Pte(reserved);
+        // Accessed bits set, as Xen's check_descriptor does: the CPU never writes the read-only page.
+        var gdt = (ulong*)frames.PageAddress(reserved);
+        gdt[0x10 / 8] = 0x00CFBB000000FFFF; // FLAT_RING1_CS (0xe019)
+        gdt[0x18 / 8] = 0x00CFB3000000FFFF; // FLAT_RING1_DS (0xe021)
+        gdt[0x20 / 8] = 0x00CFFB000000FFFF; // FLAT_RING3_CS32 (0xe023)
+        gdt[0x28 / 8] = 0x00CFF3000000FFFF; // FLAT_RING3_DS32 / SS64 (0xe02b)
+        gdt[0x30 / 8] = 0x00AFFB000000FFFF; // FLAT_RING3_CS64 (0xe033)
     }
+
+    /// <summary>Where every PV vCPU's GDT is (GDTR), in Xen's part of the address space right after the M2P: page 14
+    /// holds Xen's reserved descriptors, the flat ring-3 (and ring-1) code and data segments at FLAT_RING3_CS32,
+    /// DS32 and CS64, so that a native IRET or segment load of those selectors finds them.</summary>
+    public const ulong GdtVirt = Public.Mmu.MACH2PHYS_VIRT_END;
+    public const ushort GdtLimit = 0xEFFF;
+    private const int ReservedGdtPage = 14;
 
     /// <summary>The L3 table a PV guest's L4 slot for MACH2PHYS_VIRT_START points at.</summary>
     public uint L3Mfn { get; }

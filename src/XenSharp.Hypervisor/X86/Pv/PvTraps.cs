@@ -114,6 +114,8 @@ internal static unsafe class PvTraps
             Bounce(v, cpu, vector, null);
             return;
         }
+        if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
+            return;
         if (vector == VectorPageFault && v.VcpuInfo is not null)
             v.VcpuInfo->Arch.Cr2 = exit.Address;
         Bounce(v, cpu, vector, exit.Size == 1 ? (uint)exit.Data : null);
@@ -143,7 +145,14 @@ internal static unsafe class PvTraps
         if (ti.Address == 0)
         {
             cpu.GetRegisters(out var r);
-            Crash(v, $"unhandled trap {vector} at 0x{r.Rip:x}{(errorCode is { } e ? $" error 0x{e:x}" : "")}");
+            // The top of the stack names the caller, which the crash report needs more than anything.
+            Span<ulong> top = stackalloc ulong[64];
+            string stack = "";
+            if (GuestAccess.CopyFrom(v, r.Rsp, System.Runtime.InteropServices.MemoryMarshal.AsBytes(top)))
+                foreach (ulong word in top)
+                    if (word >> 40 == 0xFFFFFF) // what looks like kernel text: return addresses
+                        stack += $" 0x{word:x}";
+            Crash(v, $"unhandled trap {vector} at 0x{r.Rip:x}{(errorCode is { } e ? $" error 0x{e:x}" : "")} rsp 0x{r.Rsp:x}{stack}");
             return;
         }
         CreateBounceFrame(v, cpu, ti.Address, errorCode, maskEvents: (ti.Flags & TI_IF) != 0);

@@ -69,9 +69,18 @@ internal sealed unsafe class PvVcpu : ArchVcpu
         if (Vcpu.Engine is not { } cpu)
             return;
         cpu.GetSpecialRegisters(out var s);
-        s.Cr3 = CurrentTable << FrameTable.PageShift;
+        ApplyXenState(ref s);
         cpu.SetSpecialRegisters(s);
         FlushTlb(now: true);
+    }
+
+    /// <summary>What the hypervisor owns of a PV vCPU's state, over whatever a context set: the GDT (Xen's, with
+    /// its flat selectors) and CR3 on the current L4.</summary>
+    public void ApplyXenState(ref Cpu.SpecialRegisters s)
+    {
+        s.Gdt = new Cpu.DescriptorTable { Base = MachToPhys.GdtVirt, Limit = MachToPhys.GdtLimit };
+        if (GuestTable != 0)
+            s.Cr3 = CurrentTable << FrameTable.PageShift;
     }
 
     /// <summary>The L4 the vCPU translates through now.</summary>
