@@ -333,12 +333,16 @@ public class PvMmTests : IDisposable
 
     [Theory]
     [Trait("Feature", "x86/PV")]
-    [InlineData(0UL, true)]                       // not present
-    [InlineData(0x00CFFA000000FFFFUL, true)]      // 32-bit code, DPL 3
-    [InlineData(0x00AFF2000000FFFFUL, true)]      // data, DPL 3
-    [InlineData(0x00AF9A000000FFFFUL, false)]     // 64-bit code, DPL 0
-    [InlineData(0x0000EE0000100000UL, false)]     // a call/interrupt gate
-    [InlineData(0x0000E90000000067UL, false)]     // a TSS
-    public void DescriptorPagesHoldOnlyDescriptorsTheGuestMayUse(ulong desc, bool safe) =>
-        Assert.Equal(safe, PvMm.IsSafeDescriptor(desc));
+    [InlineData(0UL, true, 0UL)]                                         // not present: left as it is
+    [InlineData(0x00CFFA000000FFFFUL, true, 0x00CFFB000000FFFFUL)]       // 32-bit code, DPL 3: accessed
+    [InlineData(0x00AFF3000000FFFFUL, true, 0x00AFF3000000FFFFUL)]       // data, DPL 3
+    [InlineData(0x00AF9A000000FFFFUL, true, 0x00AFFB000000FFFFUL)]       // 64-bit code, DPL 0: raised to 3
+    [InlineData(0x0000EE0000100000UL, false, 0UL)]                      // a call/interrupt gate
+    [InlineData(0x0000E90000000067UL, false, 0UL)]                      // a TSS
+    public void DescriptorPagesHoldOnlyDescriptorsTheGuestMayUse(ulong desc, bool safe, ulong adjusted)
+    {
+        Assert.Equal(safe, PvMm.CheckDescriptor(ref desc));
+        if (safe)
+            Assert.Equal(adjusted, desc);
+    }
 }

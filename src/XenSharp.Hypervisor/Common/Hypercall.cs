@@ -16,6 +16,8 @@ internal static class Hypercall
     private static readonly HypercallHandler?[] Table = Build(
         (Xen.__HYPERVISOR_set_trap_table, PvTraps.SetTrapTable),
         (Xen.__HYPERVISOR_mmu_update, PvMm.MmuUpdate),
+        (Xen.__HYPERVISOR_set_gdt, PvMm.SetGdt),
+        (Xen.__HYPERVISOR_update_descriptor, PvMm.UpdateDescriptor),
         (Xen.__HYPERVISOR_stack_switch, PvTraps.StackSwitch),
         (Xen.__HYPERVISOR_set_callbacks, PvTraps.SetCallbacks),
         (Xen.__HYPERVISOR_fpu_taskswitch, PvTraps.FpuTaskswitch),

@@ -45,6 +45,7 @@ internal sealed unsafe class MachToPhys
         }
         // Xen's GDT: L3 slot 256 (MACH2PHYS_VIRT_END) → an L2 → an L1 whose page 14 is the reserved descriptors.
         uint gdtL2 = Allocate(), gdtL1 = Allocate(), reserved = Allocate();
+        ReservedGdtMfn = reserved;
         l3[(GdtVirt >> 30) & 511] = Pte(gdtL2);
         ((ulong*)frames.PageAddress(gdtL2))[0] = Pte(gdtL1);
         ((ulong*)frames.PageAddress(gdtL1))[ReservedGdtPage] = Pte(reserved);
@@ -63,6 +64,9 @@ internal sealed unsafe class MachToPhys
     public const ulong GdtVirt = Public.Mmu.MACH2PHYS_VIRT_END;
     public const ushort GdtLimit = 0xEFFF;
     private const int ReservedGdtPage = 14;
+
+    /// <summary>The page of Xen's reserved GDT descriptors, mapped at page 14 of every GDT window.</summary>
+    public uint ReservedGdtMfn { get; }
 
     /// <summary>The L3 table a PV guest's L4 slot for MACH2PHYS_VIRT_START points at.</summary>
     public uint L3Mfn { get; }

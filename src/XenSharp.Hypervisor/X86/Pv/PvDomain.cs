@@ -8,13 +8,49 @@ namespace XenSharp.Hypervisor.X86.Pv;
 /// sees machine memory itself (<see cref="Machine"/>), limited to what the domain may reach; the PV MMU
 /// (<see cref="PvMm"/>) keeps every page table the guest can load validated.
 /// </summary>
-internal sealed class PvDomain : ArchDomain
+internal sealed unsafe class PvDomain : ArchDomain
 {
+    /// <summary>Xen's per-domain L4 slot (here 257, 0xFFFF808000000000): each vCPU's GDT window of 16 pages, the
+    /// guest's GDT frames in pages 0–13 (set_gdt), Xen's reserved descriptors in page 14.</summary>
+    public const int PerDomainSlot = 257;
+    public const ulong PerDomainVirt = 0xFFFF808000000000;
+    public const int GdtWindowPages = 16, ReservedGdtPage = 14, MaxGdtWindows = 512 / GdtWindowPages;
+
     public PvDomain(Domain domain) : base(domain)
     {
         Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId);
         MachToPhys = domain.Host.MachToPhys;
+        var frames = domain.Host.Frames;
+        PerDomainL3 = Allocate(frames);
+        _perDomainL2 = Allocate(frames);
+        _perDomainL1 = Allocate(frames);
+        ((ulong*)frames.PageAddress(PerDomainL3))[0] = XenPte(_perDomainL2);
+        ((ulong*)frames.PageAddress(_perDomainL2))[0] = XenPte(_perDomainL1);
+        for (int w = 0; w < MaxGdtWindows; w++)
+            ((ulong*)frames.PageAddress(_perDomainL1))[w * GdtWindowPages + ReservedGdtPage] = XenPte(MachToPhys.ReservedGdtMfn);
         domain.Host.PvDomains[domain.DomainId] = this;
+    }
+
+    /// <summary>The L3 every L4 of the domain gets in <see cref="PerDomainSlot"/>.</summary>
+    public uint PerDomainL3 { get; }
+    private readonly uint _perDomainL2, _perDomainL1;
+
+    private static uint Allocate(FrameTable frames) => frames.TryAllocate(Public.Xen.DOMID_XEN, FrameType.XenShared, out uint mfn)
+        ? mfn : throw new HypervisorException("out of machine memory for a PV domain's per-domain tables");
+
+    private static ulong XenPte(ulong mfn) => (mfn << FrameTable.PageShift) | PvMm.PAGE_PRESENT | PvMm.PAGE_USER | PvMm.PAGE_ACCESSED;
+
+    /// <summary>Where vCPU <paramref name="id"/>'s GDT is (its GDTR base).</summary>
+    public static ulong GdtVirt(int id) => PerDomainVirt + (ulong)id * GdtWindowPages * FrameTable.PageSize;
+
+    /// <summary>Maps a vCPU's GDT frames (read-only) into its window; the rest of pages 0–13 unmapped.</summary>
+    public void MapGdt(int id, ReadOnlySpan<ulong> mfns)
+    {
+        if (id >= MaxGdtWindows)
+            return;
+        var l1 = (ulong*)Domain.Host.Frames.PageAddress(_perDomainL1);
+        for (int i = 0; i < ReservedGdtPage; i++)
+            l1[id * GdtWindowPages + i] = i < mfns.Length ? XenPte(mfns[i]) : 0;
     }
 
     /// <summary>Lets go of the page tables: the vCPUs' bases and every pinned table, so each frame's last
@@ -28,6 +64,9 @@ internal sealed class PvDomain : ArchDomain
             if (type == P2mType.RamRw)
                 PvMm.Unpin(frames, mfn);
         Domain.Host.PvDomains.TryRemove(new KeyValuePair<ushort, PvDomain>(Domain.DomainId, this));
+        frames.Free(PerDomainL3);
+        frames.Free(_perDomainL2);
+        frames.Free(_perDomainL1);
     }
 
     /// <summary>The engine's "physical" memory for this domain: machine frames by MFN.</summary>

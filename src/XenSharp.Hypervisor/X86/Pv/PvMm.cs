@@ -28,6 +28,8 @@ internal static unsafe class PvMm
     /// <summary>L4 slots 256–271 (0xFFFF800000000000–0xFFFF87FFFFFFFFFF) are Xen's in every guest L4.</summary>
     public const int FirstXenSlot = 256, LastXenSlot = 271;
     private const int M2pSlot = 256;
+    /// <summary>Descriptors a guest GDT may have: pages 0–13, below Xen's reserved ones (FIRST_RESERVED_GDT_ENTRY).</summary>
+    public const ulong FirstReservedGdtEntry = PvDomain.ReservedGdtPage * 512;
     private const int Entries = 512;
 
     public static bool IsXenL4Slot(int i) => i is >= FirstXenSlot and <= LastXenSlot;
@@ -147,33 +149,46 @@ internal static unsafe class PvMm
     {
         for (int i = FirstXenSlot; i <= LastXenSlot; i++)
             l4[i] = 0;
-        if (XenHost(frames)?.MachToPhysIfMade is { } m2p)
+        if (XenHost(frames) is not { } host)
+            return;
+        if (host.MachToPhysIfMade is { } m2p)
             l4[M2pSlot] = ((ulong)m2p.L3Mfn << FrameTable.PageShift) | PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
+        ulong self = ((ulong)l4 - (ulong)frames.PageAddress(0)) >> FrameTable.PageShift;
+        if (host.PvDomains.TryGetValue(frames.OwnerOf((uint)self), out var pv))
+            l4[PvDomain.PerDomainSlot] = ((ulong)pv.PerDomainL3 << FrameTable.PageShift) | PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
     }
 
     /// <summary>A 64-bit PV kernel runs in ring 3 on its own page tables, so every present entry is a user one
     /// (Xen's adjust_guest_lNe); kernel and user are kept apart by the two L4s.</summary>
     private static ulong Adjust(ulong e) => (e & PAGE_PRESENT) != 0 ? e | PAGE_USER : e;
 
-    /// <summary>A descriptor page may hold no descriptor the guest could use to reach ring 0 or 1.</summary>
+    /// <summary>A descriptor page may hold no descriptor the guest could use to reach ring 0–2; the ones it may
+    /// hold are adjusted in place (Xen's alloc_segdesc_page).</summary>
     private static long ValidateDescriptorPage(FrameTable frames, ulong mfn)
     {
         var d = (ulong*)frames.PageAddress(mfn);
         for (int i = 0; i < Entries; i++)
-            if (!IsSafeDescriptor(d[i]))
+        {
+            ulong desc = d[i];
+            if (!CheckDescriptor(ref desc))
                 return -Errno.EINVAL;
+            d[i] = desc;
+        }
         return 0;
     }
 
-    /// <summary>Xen's check_descriptor for a 64-bit guest, reduced to what keeps Xen safe: not-present and
-    /// data/code descriptors of DPL 3 pass, system descriptors (gates, TSS, LDT) do not.</summary>
-    public static bool IsSafeDescriptor(ulong desc)
+    /// <summary>Xen's check_descriptor for a 64-bit PV guest, for code and data segments: a not-present descriptor
+    /// is safe (it can only fault); a present code or data segment has its DPL raised to 3, where the guest kernel
+    /// runs, and its accessed bit set, so the CPU never writes the read-only page. System descriptors (gates, TSS,
+    /// LDT) are refused.</summary>
+    public static bool CheckDescriptor(ref ulong desc)
     {
         if ((desc & (1UL << 47)) == 0)
-            return true; // not present
-        bool system = (desc & (1UL << 44)) == 0;
-        int dpl = (int)((desc >> 45) & 3);
-        return !system && dpl == 3;
+            return true;
+        if ((desc & (1UL << 44)) == 0)
+            return false;
+        desc |= (3UL << 45) | (1UL << 40);
+        return true;
     }
 
     // ---- entries (Xen's get_page_from_lNe / put_page_from_lNe) ----
@@ -641,7 +656,7 @@ internal static unsafe class PvMm
         }
     }
 
-    /// <summary>Frees what a vCPU holds here when its domain dies: its page-table bases.</summary>
+    /// <summary>Frees what a vCPU holds here when its domain dies: its page-table bases and GDT frames.</summary>
     public static void ReleaseVcpu(Vcpu v)
     {
         if (v.Pv is not { } pv)
@@ -651,6 +666,98 @@ internal static unsafe class PvMm
         {
             Replace(ref pv.GuestTableUser, 0, frames);
             Replace(ref pv.GuestTable, 0, frames);
+            SetGdtFrames(v, [], 0);
+        }
+    }
+
+    /// <summary>set_gdt(frame_list, entries): the frames become descriptor pages (validated, read-only to the guest)
+    /// and the vCPU's GDT; the old ones are let go. -EINVAL for too many entries or a frame that does not validate.</summary>
+    public static long SetGdt(Vcpu v, in HypercallArgs a)
+    {
+        if (v.Pv is null)
+            return -Errno.ENOSYS;
+        ulong entries = a.A2;
+        if (entries > FirstReservedGdtEntry)
+            return -Errno.EINVAL;
+        int nr = (int)((entries + 511) / 512);
+        Span<ulong> mfns = stackalloc ulong[PvDomain.ReservedGdtPage];
+        for (int i = 0; i < nr; i++)
+            if (!GuestAccess.ReadElement(v, a.A1, (ulong)i, out mfns[i]))
+                return -Errno.EFAULT;
+        return SetGdtFrames(v, mfns[..nr], entries);
+    }
+
+    private static long SetGdtFrames(Vcpu v, ReadOnlySpan<ulong> mfns, ulong entries)
+    {
+        var pv = v.Pv!;
+        var frames = v.Domain.Host.Frames;
+        lock (frames.TypeLock)
+        {
+            for (int i = 0; i < mfns.Length; i++)
+            {
+                long rc = -Errno.EINVAL;
+                if (frames.TryGetPage(mfns[i], v.Domain.DomainId))
+                {
+                    rc = GetPageType(frames, mfns[i], PageType.SegDesc);
+                    if (rc != 0)
+                        frames.PutPage(mfns[i]);
+                }
+                if (rc != 0)
+                {
+                    while (--i >= 0)
+                    {
+                        PutPageType(frames, mfns[i]);
+                        frames.PutPage(mfns[i]);
+                    }
+                    return rc;
+                }
+            }
+            for (int i = 0; i < pv.GdtFrameCount; i++)
+            {
+                PutPageType(frames, pv.GdtFrames[i]);
+                frames.PutPage(pv.GdtFrames[i]);
+            }
+            mfns.CopyTo(pv.GdtFrames);
+            pv.GdtFrameCount = mfns.Length;
+            pv.GdtEntries = entries;
+            v.Domain.Pv!.MapGdt(v.Id, mfns);
+        }
+        pv.FlushTlb(now: true);
+        return 0;
+    }
+
+    /// <summary>update_descriptor(ma, desc): one descriptor, checked as a descriptor page's are, into a frame of the
+    /// guest's (a GDT/LDT page, or one it could write anyway).</summary>
+    public static long UpdateDescriptor(Vcpu v, in HypercallArgs a)
+    {
+        if (v.Pv is null)
+            return -Errno.ENOSYS;
+        ulong ma = a.A1, desc = a.A2;
+        ulong mfn = ma >> FrameTable.PageShift;
+        var frames = v.Domain.Host.Frames;
+        if ((ma & 7) != 0 || !CheckDescriptor(ref desc) || !frames.TryGetPage(mfn, v.Domain.DomainId))
+            return -Errno.EINVAL;
+        try
+        {
+            lock (frames.TypeLock)
+            {
+                var ti = frames.TypeInfoOf(mfn);
+                ref ulong slot = ref ((ulong*)frames.PageAddress(mfn))[(ma & (FrameTable.PageSize - 1)) >> 3];
+                if (ti.Count > 0 && ti.Type == PageType.SegDesc)
+                {
+                    Volatile.Write(ref slot, desc);
+                    return 0;
+                }
+                if (GetPageType(frames, mfn, PageType.Writable) != 0)
+                    return -Errno.EINVAL;
+                Volatile.Write(ref slot, desc);
+                PutPageType(frames, mfn);
+                return 0;
+            }
+        }
+        finally
+        {
+            frames.PutPage(mfn);
         }
     }
 }

@@ -22,6 +22,10 @@ internal sealed unsafe class PvVcpu : ArchVcpu
     public ulong GuestTableUser;
     /// <summary>The guest runs its kernel (on <see cref="GuestTable"/>) rather than user code.</summary>
     public bool KernelMode = true;
+    /// <summary>The guest's GDT frames (set_gdt), each holding a general and a descriptor-page type reference.</summary>
+    public readonly ulong[] GdtFrames = new ulong[PvDomain.ReservedGdtPage];
+    public int GdtFrameCount;
+    public ulong GdtEntries;
     public ulong LdtBase;
     public uint LdtEntries;
 
@@ -78,7 +82,9 @@ internal sealed unsafe class PvVcpu : ArchVcpu
     /// its flat selectors) and CR3 on the current L4.</summary>
     public void ApplyXenState(ref Cpu.SpecialRegisters s)
     {
-        s.Gdt = new Cpu.DescriptorTable { Base = MachToPhys.GdtVirt, Limit = MachToPhys.GdtLimit };
+        s.Gdt = Vcpu.Id < PvDomain.MaxGdtWindows
+            ? new Cpu.DescriptorTable { Base = PvDomain.GdtVirt(Vcpu.Id), Limit = MachToPhys.GdtLimit }
+            : new Cpu.DescriptorTable { Base = MachToPhys.GdtVirt, Limit = MachToPhys.GdtLimit };
         if (GuestTable != 0)
             s.Cr3 = CurrentTable << FrameTable.PageShift;
     }
