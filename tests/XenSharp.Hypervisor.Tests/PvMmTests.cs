@@ -319,6 +319,45 @@ public class PvMmTests : IDisposable
 
     [Fact]
     [Trait("Feature", "x86/PV")]
+    public void SetGdtMakesValidatedReadOnlyDescriptorPagesAndRefusesGatesAndTss()
+    {
+        var pv = new PvGuest(_host);
+        const ulong Code64Dpl0 = 0x00AF9A000000FFFF, Tss = 0x0000E90000000067;
+        pv.G.Write((Data2 << 12) + 2 * 8, Code64Dpl0);
+        long SetGdt(ulong gfn, ulong entries)
+        {
+            pv.G.Write((Args << 12) + 0x800, pv.Mfn(gfn));
+            return pv.G.Call(Xen.__HYPERVISOR_set_gdt, pv.Ma(Args, 0x800), entries);
+        }
+
+        Assert.Equal(-Errno.EINVAL, SetGdt(Data2, PvMm.FirstReservedGdtEntry + 1));
+        Assert.Equal(0, SetGdt(Data2, 16));
+        Assert.Equal((PageType.SegDesc, 1), (pv.TypeOf(Data2).Type, pv.TypeOf(Data2).Count));
+        Assert.Equal(0x00AFFB000000FFFFUL, pv.G.Read<ulong>((Data2 << 12) + 2 * 8)); // DPL 3, accessed
+        unsafe { Assert.True(pv.G.Domain.Pv!.Machine.GetPage(pv.Mfn(Data2), write: true) is null); }
+        // A descriptor page is no more writable than a page table.
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(L1)));
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = pv.Pte(Data2, P | RW) }));
+        // update_descriptor: checked like the page's others.
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_update_descriptor, pv.Ma(Data2, 3 * 8), Tss));
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_update_descriptor, pv.Ma(Data2, 3 * 8 + 4), Code64Dpl0));
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_update_descriptor, pv.Ma(Data2, 3 * 8), Code64Dpl0));
+        Assert.Equal(0x00AFFB000000FFFFUL, pv.G.Read<ulong>((Data2 << 12) + 3 * 8));
+        // A page with a TSS in it does not become a GDT; the old GDT stays.
+        pv.G.Write((Data << 12) + 4 * 8, Tss);
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 0), Val = 0 })); // Data no longer mapped writable
+        Assert.Equal(-Errno.EINVAL, SetGdt(Data, 16));
+        Assert.Equal(default, pv.TypeOf(Data));
+        Assert.Equal(1, pv.TypeOf(Data2).Count);
+        // An empty GDT lets the frame go.
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_set_gdt, pv.Ma(Args, 0x800), 0));
+        Assert.Equal(default, pv.TypeOf(Data2));
+        Assert.Equal(0, pv.RefsOf(Data2));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
     public void APvGuestIsToldThePvFeaturesItsKernelNeeds()
     {
         var pv = new PvGuest(_host);
