@@ -29,4 +29,10 @@ public interface IX86Vcpu : IVcpu
     /// the faulting instruction for instruction breakpoints and general detect (set RF to step over
     /// it) and the next instruction for traps. Off by default: guests handle their own #DB and #BP.</summary>
     bool InterceptDebug { get; set; }
+
+    /// <summary>When set, every exception and software interrupt (not external interrupts or NMIs) and every SYSCALL
+    /// leaves <see cref="IVcpu.Run"/> instead of going through the guest's IDT or MSRs:
+    /// <see cref="VcpuExitReason.Exception"/> and <see cref="VcpuExitReason.Syscall"/>. A PV guest's kernel runs in
+    /// ring 3 and the hypervisor bounces these to the handlers it registered, as Xen does.</summary>
+    bool InterceptTraps { get; set; }
 }

@@ -22,6 +22,13 @@ public enum VcpuExitReason
     /// <see cref="VcpuExit.Port"/> = vector (1 for #DB, 3 for INT3), <see cref="VcpuExit.Data"/> = DR6
     /// status bits of the event, <see cref="VcpuExit.Address"/> = RIP.</summary>
     Debug,
+    /// <summary>An exception or software interrupt the hypervisor takes itself (<see cref="IX86Vcpu.InterceptTraps"/>):
+    /// <see cref="VcpuExit.Port"/> = vector, <see cref="VcpuExit.Data"/> = error code when <see cref="VcpuExit.Size"/>
+    /// is 1, <see cref="VcpuExit.Address"/> = CR2 for a page fault, <see cref="VcpuExit.IsWrite"/> set for INT n,
+    /// INT3 and INTO. RIP is the return address the IDT delivery would have pushed.</summary>
+    Exception,
+    /// <summary>SYSCALL under <see cref="IX86Vcpu.InterceptTraps"/>, with no register changed; RIP points past it.</summary>
+    Syscall,
     /// <summary>The engine met something it cannot execute; <see cref="VcpuExit.Message"/> says what.</summary>
     InternalError,
 }

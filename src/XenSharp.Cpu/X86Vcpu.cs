@@ -302,7 +302,14 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         }
         catch (GuestFault)
         {
-            if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+            try
+            {
+                if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+            }
+            catch (ExitSignal)
+            {
+                return ref _exit; // an intercepted trap
+            }
         }
         catch (ExitSignal)
         {
@@ -329,7 +336,14 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             if (!Shadow && _replayCount == 0 && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
             {
                 if (Stats) S.Events++;
-                if (!DeliverEvents()) return ref ShutdownExit();
+                try
+                {
+                    if (!DeliverEvents()) return ref ShutdownExit();
+                }
+                catch (ExitSignal)
+                {
+                    return ref _exit;
+                }
             }
             if (Halted)
             {
@@ -349,7 +363,14 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             {
                 if (Stats) S.Faults++;
                 Rip = CurIp;
-                if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+                try
+                {
+                    if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+                }
+                catch (ExitSignal)
+                {
+                    return ref _exit; // an intercepted trap
+                }
             }
             catch (ExitSignal)
             {

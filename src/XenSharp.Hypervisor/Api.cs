@@ -5,7 +5,7 @@ namespace XenSharp.Hypervisor;
 
 /// <summary>The kinds of domain this hypervisor runs (Xen's createdomain: XEN_DOMCTL_CDF_hvm, with or without
 /// emulated devices); the toolstack's libxl_domain_type maps onto it.</summary>
-public enum DomainKind { Pvh, Hvm }
+public enum DomainKind { Pvh, Hvm, Pv }
 
 /// <summary>A domain's lifecycle state.</summary>
 public enum DomainRunState { Paused, Running, Shutdown, Dying }

@@ -29,6 +29,7 @@ internal sealed class HostServices : IDisposable
     {
         Options = options;
         Frames = new FrameTable(options.MachineMemoryBytes);
+        X86.Pv.PvMm.Register(this);
         Time = new Time(options.GuestTscHz, options.GuestTscAtSystemTime);
         Timers = new Timers(Time, FireTimer);
         CodeAging = new CodeAging(this, options.TrimHostHeap);
@@ -42,6 +43,22 @@ internal sealed class HostServices : IDisposable
 
     public HypervisorOptions Options { get; }
     public FrameTable Frames { get; }
+
+    private X86.Pv.MachToPhys? _machToPhys;
+    /// <summary>The M2P table, made with the first PV domain.</summary>
+    public X86.Pv.MachToPhys MachToPhys
+    {
+        get
+        {
+            if (Volatile.Read(ref _machToPhys) is { } m)
+                return m;
+            lock (Frames.TypeLock)
+                return _machToPhys ??= new X86.Pv.MachToPhys(Frames);
+        }
+    }
+    public X86.Pv.MachToPhys? MachToPhysIfMade => Volatile.Read(ref _machToPhys);
+    /// <summary>The live PV domains by domid, for TLB flushes the PV MMU asks of a frame's owner.</summary>
+    public readonly System.Collections.Concurrent.ConcurrentDictionary<ushort, X86.Pv.PvDomain> PvDomains = new();
     public Time Time { get; }
     public Timers Timers { get; }
     public CodeAging CodeAging { get; }

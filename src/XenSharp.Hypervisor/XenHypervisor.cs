@@ -81,14 +81,17 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         {
             var factory = _options.EngineFactory ?? (m => new X86Engine(m, _options.GuestTscHz / 1000));
             {
-                d.Engine = factory(d.P2m);
+                d.Engine = factory(d.GuestMemory);
                 foreach (var v in d.Vcpus)
                 {
                     int vid = v.Id;
                     v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new DefaultCpuidPolicy((uint)(2 * vid)), vid,
                         () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz), d.TscMode);
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
-                    v.Engine.InterruptSource = v;
+                    if (d.Pv is null)
+                        v.Engine.InterruptSource = v;
+                    else if (v.Engine is IX86Vcpu x86)
+                        x86.InterceptTraps = true; // the PV kernel's traps and hypercalls come to the hypervisor
                 }
             }
         }
@@ -211,6 +214,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         if (s.ApicBase == 0)
             s.ApicBase = v.Arch.Vlapic.ApicBase;
         v.Arch.Vlapic.ApicBase = s.ApicBase;
+        if (v.Pv is { } pv)
+            pv.ApplyXenState(ref s);
         v.PendingContext = (regs, s);
         v.Initialised = true;
     }

@@ -61,6 +61,11 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Dynamic memory control")]
     public void Memory() => NoSkips(Boot("memory"));
 
+    /// <summary>A 64-bit PV kernel (type = "pv"): built by the PV builder, it runs in ring 3 on validated page tables
+    /// and checks the PV MMU's updates and refusals, its trap table, HYPERVISOR_iret and an event upcall.</summary>
+    [Fact, Trait("Feature", "x86/PV")]
+    public void PvMmu() => NoSkips(Boot("pvmmu"));
+
     /// <summary>memory = 32, maxmem = 64: the memory map covers maxmem, the guest runs populate-on-demand
     /// from a cache of its target and balloons down to it.</summary>
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Populate-on-demand memory")]

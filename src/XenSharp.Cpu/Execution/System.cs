@@ -404,6 +404,11 @@ internal unsafe partial class X86Vcpu
 
     private void ExecSyscall()
     {
+        if (InterceptTraps)
+        {
+            Stop = true;
+            throw Exit(VcpuExitReason.Syscall);
+        }
         if ((Efer & 1) == 0 || !Protected) throw UD();
         Stop = true;
         ushort sel = (ushort)(Star >> 32);

@@ -19,11 +19,24 @@ internal enum InterruptKind
 /// <summary>Interrupt and exception delivery through the IVT/IDT, and IRET (SDM vol. 3 ch. 6).</summary>
 internal unsafe partial class X86Vcpu
 {
+    public bool InterceptTraps { get; set; }
+
     /// <summary>Delivers <paramref name="vector"/> with the return address in <see cref="Rip"/>.</summary>
     internal void RaiseInterrupt(int vector, bool hasError, uint error, InterruptKind kind)
     {
         Stop = true;
         Halted = false;
+        if (InterceptTraps && kind != InterruptKind.External)
+        {
+            _exit = default;
+            _exit.Reason = VcpuExitReason.Exception;
+            _exit.Port = (uint)vector;
+            _exit.Data = error;
+            _exit.Size = hasError ? 1 : 0;
+            _exit.Address = vector == 14 ? Cr2 : 0;
+            _exit.IsWrite = kind is InterruptKind.Software or InterruptKind.SoftwareException;
+            throw _exitSignal;
+        }
         if (InterceptDebug && ((vector == 3 && kind == InterruptKind.SoftwareException) || (vector == 1 && kind == InterruptKind.PrivilegedSoftware)))
             RaiseDebug(vector, 0, fault: false);
         if (vector == 2 && kind != InterruptKind.Software) _nmiBlocked = true;

@@ -1,5 +1,6 @@
 using XenSharp.Cpu;
 using XenSharp.Hypervisor.X86;
+using XenSharp.Hypervisor.X86.Pv;
 using XenSharp.Public;
 using XenSharp.Public.Hvm;
 
@@ -22,6 +23,8 @@ internal sealed unsafe class Domain
             P2m.Pod = Pod;
         Handle = Guid.NewGuid();
         Arch = new HvmDomain(this);
+        if (type == DomainKind.Pv)
+            Pv = new PvDomain(this);
         Evtchn = new EventChannels(this);
         Gnttab = new GrantTable(this);
         if (!isHost)
@@ -69,6 +72,10 @@ internal sealed unsafe class Domain
 
     /// <summary>The guest type's x86 state: HVM parameters, event callback, emulated devices and GSIs.</summary>
     public HvmDomain Arch { get; }
+    /// <summary>A PV guest's x86 state (page tables over machine frames), null for HVM and PVH guests.</summary>
+    public PvDomain? Pv { get; }
+    /// <summary>The memory the domain's engine addresses: the p2m, or for a PV guest machine frames.</summary>
+    public IGuestMemory GuestMemory => Pv is { } pv ? pv.Machine : P2m;
     /// <summary>shared_info has the x86_32 layout: latched when a 32-bit guest sets its callback (as Xen does for HVM).</summary>
     public bool Has32BitSharedInfo;
     public ulong VmAssist;
@@ -208,6 +215,7 @@ internal sealed unsafe class Domain
             foreach (var v in Vcpus)
                 v.Teardown();
             Arch.Teardown();
+            Pv?.Teardown();
             foreach (var (gfn, _, _) in P2m.Entries().ToList())
                 ReleaseOld(P2m.Remove(gfn));
             Pod.Teardown();

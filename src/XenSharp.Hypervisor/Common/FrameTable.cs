@@ -48,7 +48,7 @@ internal sealed class TranslationCache(Action flush, Action kick)
 /// so the host gets the memory back and it reads zero) once every running vCPU flushed at or after its stamp.
 /// </para>
 /// </summary>
-internal sealed unsafe class FrameTable : IDisposable
+internal sealed unsafe partial class FrameTable : IDisposable
 {
     public const int PageShift = 12;
     public const int PageSize = 1 << PageShift;
@@ -67,6 +67,8 @@ internal sealed unsafe class FrameTable : IDisposable
         public int Refs;
         /// <summary>Next free frame of the extent plus one (0 ends the list).</summary>
         public uint NextFree;
+        /// <summary>What a PV domain uses the frame as (page table level, descriptor page, writable mapping).</summary>
+        public PageTypeInfo TypeInfo;
     }
 
     /// <summary>The memory of one domain (one incarnation of a domid): its memfd and the extents mapped from it.</summary>

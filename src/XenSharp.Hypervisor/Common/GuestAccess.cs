@@ -22,7 +22,7 @@ internal static unsafe class GuestAccess
             phys = linear; // no engine: a paging-off view, used before the vCPU ever ran
         else if (!v.Engine.TryTranslateLinear(linear, write, out phys))
             return null;
-        byte* page = v.Domain.P2m.GetPage(phys >> FrameTable.PageShift, write);
+        byte* page = v.Domain.GuestMemory.GetPage(phys >> FrameTable.PageShift, write);
         return page is null ? null : page + (phys & (PageSize - 1));
     }
 

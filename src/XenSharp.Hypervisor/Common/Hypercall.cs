@@ -1,4 +1,5 @@
 using XenSharp.Hypervisor.X86;
+using XenSharp.Hypervisor.X86.Pv;
 using XenSharp.Public;
 
 namespace XenSharp.Hypervisor.Common;
@@ -13,7 +14,22 @@ internal delegate long HypercallHandler(Vcpu v, in HypercallArgs a);
 internal static class Hypercall
 {
     private static readonly HypercallHandler?[] Table = Build(
+        (Xen.__HYPERVISOR_set_trap_table, PvTraps.SetTrapTable),
+        (Xen.__HYPERVISOR_mmu_update, PvMm.MmuUpdate),
+        (Xen.__HYPERVISOR_set_gdt, PvMm.SetGdt),
+        (Xen.__HYPERVISOR_update_descriptor, PvMm.UpdateDescriptor),
+        (Xen.__HYPERVISOR_stack_switch, PvTraps.StackSwitch),
+        (Xen.__HYPERVISOR_set_callbacks, PvTraps.SetCallbacks),
+        (Xen.__HYPERVISOR_fpu_taskswitch, PvTraps.FpuTaskswitch),
+        (Xen.__HYPERVISOR_set_debugreg, PvTraps.SetDebugreg),
+        (Xen.__HYPERVISOR_get_debugreg, PvTraps.GetDebugreg),
         (Xen.__HYPERVISOR_memory_op, MemoryOp.Do),
+        (Xen.__HYPERVISOR_update_va_mapping, PvMm.UpdateVaMapping),
+        (Xen.__HYPERVISOR_update_va_mapping_otherdomain, PvMm.UpdateVaMappingOtherdomain),
+        (Xen.__HYPERVISOR_iret, PvTraps.Iret),
+        (Xen.__HYPERVISOR_set_segment_base, PvTraps.SetSegmentBase),
+        (Xen.__HYPERVISOR_mmuext_op, PvMm.MmuextOp),
+        (Xen.__HYPERVISOR_callback_op, PvTraps.CallbackOp),
         (Xen.__HYPERVISOR_multicall, Multicall.Do),
         (Xen.__HYPERVISOR_set_timer_op, TimeOps.SetTimerOp),
         (Xen.__HYPERVISOR_xen_version, XenVersion.Do),

@@ -22,6 +22,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
         Arch = new HvmVcpu(this);
         if (!domain.IsHost && id < Xen.XEN_LEGACY_MAX_VCPUS)
             VcpuInfo = (VcpuInfo*)((byte*)domain.SharedInfo + id * sizeof(VcpuInfo));
+        if (domain.Pv is not null)
+            Pv = new X86.Pv.PvVcpu(this);
         IsUp = id == 0;
         RunstateState = IsUp ? Runstate.Runnable : Runstate.Offline;
         Translations = new TranslationCache(() => Engine?.FlushHostTranslations(), () => Engine?.RequestExit());
@@ -36,12 +38,16 @@ internal sealed unsafe class Vcpu : IInterruptSource
     /// <summary>Set by a handler that stopped part-way (Xen's hypercall_create_continuation): the arguments the
     /// guest re-issues the same hypercall with, so long operations yield the pCPU between pieces.</summary>
     public HypercallArgs? Continuation;
+    /// <summary>Set by HYPERVISOR_iret, which loaded the whole register state: the caller writes back no result.</summary>
+    public bool IretDone;
     /// <summary>Set on the vCPU through which a Domain-0 program's hypercalls run: its pointers name that program's
     /// hypercall buffers, not guest-linear addresses.</summary>
     public Dom0HypercallContext? Caller;
     public ICpuidPolicy? Cpuid { get; set; }
     /// <summary>The guest type's x86 state: the vLAPIC and upcall vector.</summary>
     public HvmVcpu Arch { get; }
+    /// <summary>A PV vCPU's page-table bases and LDT, null for HVM and PVH guests.</summary>
+    public X86.Pv.PvVcpu? Pv { get; }
     /// <summary>The engine's host-address caches, which freed frames wait on before reuse.</summary>
     public TranslationCache Translations { get; }
 
@@ -258,7 +264,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
     }
 
     // IInterruptSource: what the guest type takes interrupts from.
-    public bool HasPendingInterrupt => Arch.HasPendingInterrupt;
+    public bool HasPendingInterrupt => Pv is { } pv ? pv.EventsNeedDelivery : Arch.HasPendingInterrupt;
     public int Acknowledge() => Arch.Acknowledge();
 
     public void Teardown()

@@ -23,6 +23,14 @@ internal static class XenVersion
         (1u << Features.XENFEAT_hvm_callback_vector) |
         (1u << Features.XENFEAT_hvm_safe_pvclock);
 
+    /// <summary>Submap 0 for a 64-bit PV guest, as Xen reports it: its L4s may live anywhere, mmu_update can keep A/D
+    /// bits, and grant mappings into its page tables keep the guest's available bits (Linux refuses to boot PV
+    /// without all three).</summary>
+    public const uint PvFeatureSubmap0 =
+        (1u << Features.XENFEAT_pae_pgdir_above_4gb) |
+        (1u << Features.XENFEAT_mmu_pt_update_preserve_ad) |
+        (1u << Features.XENFEAT_gnttab_map_avail_bits);
+
     /// <summary>xen_compile_info_t: compiler, compile_by, compile_domain, compile_date.</summary>
     public static byte[] CompileInfo()
     {
@@ -59,7 +67,7 @@ internal static class XenVersion
                     return -Errno.EFAULT;
                 if (fi.SubmapIdx >= Features.XENFEAT_NR_SUBMAPS)
                     return -Errno.EINVAL;
-                fi.Submap = FeatureSubmap0;
+                fi.Submap = v.Domain.Pv is null ? FeatureSubmap0 : PvFeatureSubmap0;
                 return GuestAccess.Write(v, arg, fi) ? 0 : -Errno.EFAULT;
             }
             case Public.Version.XENVER_pagesize:

@@ -211,6 +211,7 @@ internal sealed class Pcpu
             }
             // Between exits: frames freed since the last flush may be reused only once this vCPU forgot them.
             _host.Frames.Sync(v.Translations);
+            v.Pv?.BeforeRun();
             ref readonly var exit = ref cpu.Run();
             if (exit.Reason == Cpu.VcpuExitReason.Preempted)
             {

@@ -22,4 +22,30 @@ internal static class HypercallPage
             stub[8] = 0xC3; // ret
         }
     }
+
+    /// <summary>A 64-bit PV guest's page: `push %rcx; push %r11; mov $nr, %eax; syscall; pop %r11; pop %rcx; ret`
+    /// (SYSCALL from the guest kernel is the hypercall), except iret, which the guest jumps to with the return
+    /// frame on its stack: `push %rcx; push %r11; push %rax; mov $nr, %eax; syscall` completes the iret_context.</summary>
+    public static void WritePv(Span<byte> page)
+    {
+        page.Fill(0xCC);
+        for (int nr = 0; nr < page.Length / StubSize; nr++)
+        {
+            var stub = page.Slice(nr * StubSize, StubSize);
+            int i = 0;
+            stub[i++] = 0x51;                   // push %rcx
+            stub[i++] = 0x41; stub[i++] = 0x53; // push %r11
+            if (nr == Public.Xen.__HYPERVISOR_iret)
+                stub[i++] = 0x50;               // push %rax
+            stub[i++] = 0xB8;                   // mov $nr, %eax
+            BitConverter.TryWriteBytes(stub.Slice(i, 4), nr);
+            i += 4;
+            stub[i++] = 0x0F; stub[i++] = 0x05; // syscall
+            if (nr == Public.Xen.__HYPERVISOR_iret)
+                continue;
+            stub[i++] = 0x41; stub[i++] = 0x5B; // pop %r11
+            stub[i++] = 0x59;                   // pop %rcx
+            stub[i] = 0xC3;                     // ret
+        }
+    }
 }

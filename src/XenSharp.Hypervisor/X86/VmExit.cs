@@ -18,6 +18,8 @@ internal static unsafe class VmExit
     /// <summary>Handles one exit; false when the vCPU must leave the CPU now.</summary>
     public static bool Handle(Vcpu v, IVcpu cpu, in VcpuExit exit)
     {
+        if (v.Pv is not null && Pv.PvTraps.Handles(exit.Reason))
+            return Pv.PvTraps.HandleExit(v, cpu, exit);
         // A GSI callback via goes down once vCPU 0 has taken its events (Xen checks on every VM entry).
         if (v.Domain.Arch.CallbackAsserted)
             v.Domain.Arch.UpdateCallbackLevel();

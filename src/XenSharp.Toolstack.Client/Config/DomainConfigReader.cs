@@ -163,8 +163,9 @@ public static class DomainConfigReader
         switch (d.Type)
         {
             case DomainType.Pv:
-                throw new XlConfigException(
-                    $"{cfg.File}: type=\"pv\" (the default when type= is not given) is not supported yet: set type=\"pvh\"");
+                if (d.Kernel is null)
+                    throw new XlConfigException($"{cfg.File}: a PV domain needs kernel=\"PATHNAME\" (64-bit ELF or bzImage)");
+                break;
             case DomainType.Pvh:
                 if (d.Kernel is null)
                     throw new XlConfigException($"{cfg.File}: a PVH domain needs kernel=\"PATHNAME\"");

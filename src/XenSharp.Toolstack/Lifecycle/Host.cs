@@ -159,13 +159,24 @@ public sealed partial class Host : IDisposable
         if (c.TscMode == TscMode.NativeParavirt)
             throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
         CheckDisks(c);
-        var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(c.Type == DomainType.Hvm ? XenSharp.Hypervisor.DomainKind.Hvm : XenSharp.Hypervisor.DomainKind.Pvh,
+        var kind = c.Type switch
+        {
+            DomainType.Hvm => XenSharp.Hypervisor.DomainKind.Hvm,
+            DomainType.Pv => XenSharp.Hypervisor.DomainKind.Pv,
+            _ => XenSharp.Hypervisor.DomainKind.Pvh,
+        };
+        var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(kind,
             c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, TimeOffsetSeconds = TimeOffset(c) });
         var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = restarting ?? new Lineage() };
         lock (_lock) _domains[domId] = dom;
         try
         {
             PlaceDomain(domId, c, hvd);
+            if (c.Type == DomainType.Pv)
+            {
+                BuildPv(dom, kernel, image, ramdisk, paused);
+                return dom;
+            }
             if (c.Type == DomainType.Hvm)
             {
                 // As libxl's HVM build: the platform parameters the hypervisor's devices follow.
@@ -197,6 +208,31 @@ public sealed partial class Host : IDisposable
         {
             Destroy(dom);
             throw;
+        }
+    }
+
+    /// <summary>Builds a PV guest (<see cref="PvBuilder"/>): its rings are named in start_info by MFN and event
+    /// channel, as libxl arranges for PV guests.</summary>
+    private void BuildPv(Domain dom, byte[] kernel, string image, byte[]? ramdisk, bool paused)
+    {
+        var c = dom.Config;
+        var hvd = dom.Hv;
+        var pv = hvd.Pv ?? throw new ControlException("the hypervisor did not make a PV domain");
+        var built = PvBuilder.Build(new PvBuildSpec(kernel, image, ramdisk, c.Cmdline ?? "", (ulong)c.TargetMemKb * 1024), hvd.Memory, pv);
+        hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
+        hvd.SetMemoryMap([(0, (ulong)c.TargetMemKb * 1024, 1)]);
+        hvd.SetOnlineVcpus(c.Vcpus);
+        var (storePort, consolePort) = ConnectRings(dom, built.XenstorePfn, built.ConsolePfn, built.XenstoreMfn, built.ConsoleMfn);
+        PvBuilder.SetEventChannels(hvd.Memory, built.StartInfoPfn, storePort, consolePort);
+        AddDevices(dom);
+        _hv.ConsoleWrite($"d{dom.DomId}: {c.Name} built (PV): entry 0x{built.Entry:x}, start info 0x{built.StartInfoVirt:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
+        if (!paused) hvd.Unpause();
+        lock (_lock)
+        {
+            dom.Ready = true;
+            dom.Lineage.Current = dom;
+            dom.Lineage.PendingName = null;
+            _lineages.Add(dom.Lineage);
         }
     }
 
@@ -235,7 +271,9 @@ public sealed partial class Host : IDisposable
 
     /// <summary>The xenstore ring and the console ring with their event channels (fresh ports in the guest, named
     /// in its HVM params), xenstored's introduction of the domain and its xenstore directories.</summary>
-    private void ConnectRings(Domain dom, ulong storePfn, ulong consolePfn)
+    /// <summary>Connects xenstore and the primary console to the guest's ring pages; a PV guest's ring-refs in xenstore
+    /// are MFNs. Returns the guest's ports.</summary>
+    private (uint Store, uint Console) ConnectRings(Domain dom, ulong storePfn, ulong consolePfn, ulong? storeRef = null, ulong? consoleRef = null)
     {
         var hvd = dom.Hv;
         uint storePort = hvd.AllocUnboundPort(0);
@@ -257,7 +295,9 @@ public sealed partial class Host : IDisposable
 
         ConnectPrimaryConsole(dom, consolePfn, consolePort);
 
-        XenstoreLayout.WriteDomain(_xs, dom.DomId, dom.Config, new XenstoreLayout.Rings(storePort, storePfn, consolePort, consolePfn), dom.Started);
+        XenstoreLayout.WriteDomain(_xs, dom.DomId, dom.Config,
+            new XenstoreLayout.Rings(storePort, storeRef ?? storePfn, consolePort, consoleRef ?? consolePfn), dom.Started);
+        return (storePort, consolePort);
     }
 
     private static byte[] ReadImage(string path, string what)

@@ -142,8 +142,26 @@ public interface IHypervisorDomain : IDisposable
     /// <summary>Resumes a suspended domain in place, its suspend cancelled (with <paramref name="cancelHypercall"/>
     /// the guest's SCHEDOP_shutdown returns 1; false for a guest suspended from outside).</summary>
     void ResumeSuspended(bool cancelHypercall) => throw new NotSupportedException("this hypervisor cannot resume a suspended domain");
+    /// <summary>What the PV builder needs of a PV domain; null for HVM and PVH domains.</summary>
+    IPvBuildTarget? Pv => null;
 
     /// <summary>The guest TSC frequency in kHz and Xen's system time in ns now (the TSC info record).</summary>
     uint TscKhz => 0;
     ulong SystemTimeNs => 0;
+}
+
+/// <summary>
+/// The hypervisor calls the PV domain builder makes, as libxc makes them of Xen: the MFNs the populated PFNs got, the
+/// M2P entries, pinning and loading the initial page tables (MMUEXT_PIN_L4_TABLE, the vCPU context's CR3) and the
+/// hypercall page (XEN_DOMCTL_hypercall_init).
+/// </summary>
+public interface IPvBuildTarget
+{
+    ulong MfnOf(ulong pfn);
+    void SetMachToPhys(ulong firstPfn, ulong count);
+    ulong SharedInfoMfn { get; }
+    /// <summary>Fails (with the hypervisor's errno) when the table does not validate.</summary>
+    void PinTable(int level, ulong mfn);
+    void SetBaseptr(int vcpu, ulong mfn);
+    void InitHypercallPage(ulong pfn);
 }

@@ -115,6 +115,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
         public uint DomId => domId;
         public IGuestPhysicalMemory Memory => this;
+        public IPvBuildTarget? Pv => hv.IsPvDomain(domId) ? new PvTarget(hv, domId) : null;
 
         public void Populate(ulong gfn, ulong count)
         {
@@ -274,4 +275,15 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
             public void Dispose() => ch.Dispose();
         }
     }
+}
+
+/// <summary>The PV builder's calls, on the hypervisor's PV build API.</summary>
+internal sealed class PvTarget(XenHypervisor hv, ushort domId) : IPvBuildTarget
+{
+    public ulong MfnOf(ulong pfn) => hv.PvMfnOf(domId, pfn);
+    public void SetMachToPhys(ulong firstPfn, ulong count) => hv.PvSetMachToPhys(domId, firstPfn, count);
+    public ulong SharedInfoMfn => hv.SharedInfoMfn(domId);
+    public void PinTable(int level, ulong mfn) => hv.PvPinTable(domId, level, mfn);
+    public void SetBaseptr(int vcpu, ulong mfn) => hv.PvSetBaseptr(domId, vcpu, mfn);
+    public void InitHypercallPage(ulong pfn) => hv.PvInitHypercallPage(domId, pfn);
 }

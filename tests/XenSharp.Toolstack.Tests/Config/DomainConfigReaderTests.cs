@@ -134,6 +134,7 @@ public class DomainConfigReaderTests
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nmemory=512\nmaxmem=256\n", "g.cfg:5: maxmem (256) must be greater than or equal to memory (512)")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nuuid=\"zzz\"\n", "g.cfg:4: Failed to parse UUID: zzz")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\n", "g.cfg: a PVH domain needs kernel=\"PATHNAME\"")]
+    [InlineData("name=\"g\"\n", "g.cfg: a PV domain needs kernel=\"PATHNAME\" (64-bit ELF or bzImage)")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\ncpus=\"1-x\"\n", "g.cfg:4: invalid cpu specification `1-x'")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nvcpus=4\nmaxvcpus=2\n", "g.cfg:4: vcpus (4) must not exceed maxvcpus (2)")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nmemory=0\n", "g.cfg:4: parameter `memory' must be a positive number, not 0")]

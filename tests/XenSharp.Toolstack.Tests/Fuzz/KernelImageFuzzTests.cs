@@ -23,7 +23,9 @@ public class KernelImageFuzzTests
     private static readonly Lazy<Mutator> Images = new(() =>
     {
         var elfs = Directory.GetFiles(Repo.PathOf("tests", "guests", "build"), "*.elf").Order()
-            .Select(f => (Path.GetFileName(f), File.ReadAllBytes(f))).ToList();
+            .Select(f => (Path.GetFileName(f), File.ReadAllBytes(f)))
+            // PV kernels (pvmmu) have no PVH entry: the PVH builder refusing them is not what the seeds check.
+            .Where(e => ElfImage.Parse(e.Item2, e.Item1).Phys32Entry is not null).ToList();
         Assert.True(elfs.Count > 0, "the test kernels are not built (make -C tests/guests)");
         byte[] hello = elfs.Single(e => e.Item1 == "hello.elf").Item2;
         var corpus = new List<(string, byte[])>(elfs)

@@ -1,0 +1,90 @@
+using XenSharp.Hypervisor.Common;
+using XenSharp.Public;
+
+namespace XenSharp.Hypervisor.X86.Pv;
+
+/// <summary>
+/// The machine-to-phys table (Xen's machine_to_phys_mapping): one 8-byte guest PFN per machine frame, in frames
+/// Xen owns, which every PV guest sees read-only at MACH2PHYS_VIRT_START through L4 slot 256. Made when the
+/// first PV domain is; an entry nobody set reads 0 (guests check an M2P answer against their p2m anyway).
+/// </summary>
+internal sealed unsafe class MachToPhys
+{
+    private const int EntriesPerPage = FrameTable.PageSize / 8;
+    private readonly FrameTable _frames;
+    private readonly uint[] _tableMfns;
+
+    public MachToPhys(FrameTable frames)
+    {
+        _frames = frames;
+        ulong entries = (ulong)frames.FrameCount;
+        int pages = (int)((entries + EntriesPerPage - 1) / EntriesPerPage);
+        _tableMfns = new uint[pages];
+        for (int i = 0; i < pages; i++)
+            _tableMfns[i] = Allocate();
+        // The read-only view: L1s over the table's frames, L2s over the L1s, one L3 for the whole range
+        // (256 GiB of virtual space, more than any machine this runs on needs).
+        int l1Count = (pages + EntriesPerPage - 1) / EntriesPerPage;
+        int l2Count = (l1Count + EntriesPerPage - 1) / EntriesPerPage;
+        L3Mfn = Allocate();
+        var l3 = (ulong*)frames.PageAddress(L3Mfn);
+        for (int j = 0; j < l2Count; j++)
+        {
+            uint l2Mfn = Allocate();
+            l3[j] = Pte(l2Mfn);
+            var l2 = (ulong*)frames.PageAddress(l2Mfn);
+            for (int k = 0; k < EntriesPerPage && j * EntriesPerPage + k < l1Count; k++)
+            {
+                int l1Index = j * EntriesPerPage + k;
+                uint l1Mfn = Allocate();
+                l2[k] = Pte(l1Mfn);
+                var l1 = (ulong*)frames.PageAddress(l1Mfn);
+                for (int m = 0; m < EntriesPerPage && l1Index * EntriesPerPage + m < pages; m++)
+                    l1[m] = Pte(_tableMfns[l1Index * EntriesPerPage + m]);
+            }
+        }
+        // Xen's GDT: L3 slot 256 (MACH2PHYS_VIRT_END) → an L2 → an L1 whose page 14 is the reserved descriptors.
+        uint gdtL2 = Allocate(), gdtL1 = Allocate(), reserved = Allocate();
+        ReservedGdtMfn = reserved;
+        l3[(GdtVirt >> 30) & 511] = Pte(gdtL2);
+        ((ulong*)frames.PageAddress(gdtL2))[0] = Pte(gdtL1);
+        ((ulong*)frames.PageAddress(gdtL1))[ReservedGdtPage] = Pte(reserved);
+        // Accessed bits set, as Xen's check_descriptor does: the CPU never writes the read-only page.
+        var gdt = (ulong*)frames.PageAddress(reserved);
+        gdt[0x10 / 8] = 0x00CFBB000000FFFF; // FLAT_RING1_CS (0xe019)
+        gdt[0x18 / 8] = 0x00CFB3000000FFFF; // FLAT_RING1_DS (0xe021)
+        gdt[0x20 / 8] = 0x00CFFB000000FFFF; // FLAT_RING3_CS32 (0xe023)
+        gdt[0x28 / 8] = 0x00CFF3000000FFFF; // FLAT_RING3_DS32 / SS64 (0xe02b)
+        gdt[0x30 / 8] = 0x00AFFB000000FFFF; // FLAT_RING3_CS64 (0xe033)
+    }
+
+    /// <summary>Where every PV vCPU's GDT is (GDTR), in Xen's part of the address space right after the M2P: page 14
+    /// holds Xen's reserved descriptors, the flat ring-3 (and ring-1) code and data segments at FLAT_RING3_CS32,
+    /// DS32 and CS64, so that a native IRET or segment load of those selectors finds them.</summary>
+    public const ulong GdtVirt = Public.Mmu.MACH2PHYS_VIRT_END;
+    public const ushort GdtLimit = 0xEFFF;
+    private const int ReservedGdtPage = 14;
+
+    /// <summary>The page of Xen's reserved GDT descriptors, mapped at page 14 of every GDT window.</summary>
+    public uint ReservedGdtMfn { get; }
+
+    /// <summary>The L3 table a PV guest's L4 slot for MACH2PHYS_VIRT_START points at.</summary>
+    public uint L3Mfn { get; }
+
+    /// <summary>Present, user (the guest kernel runs in ring 3), never writable.</summary>
+    private static ulong Pte(uint mfn) => ((ulong)mfn << FrameTable.PageShift) | PvMm.PAGE_PRESENT | PvMm.PAGE_USER | PvMm.PAGE_ACCESSED;
+
+    private uint Allocate() => _frames.TryAllocate(Xen.DOMID_XEN, FrameType.XenShared, out uint mfn)
+        ? mfn : throw new HypervisorException("out of machine memory for the M2P table");
+
+    public ulong Get(ulong mfn) => mfn < _frames.FrameCount ? Slot(mfn) : ulong.MaxValue;
+
+    public void Set(ulong mfn, ulong gpfn)
+    {
+        if (mfn < _frames.FrameCount)
+            Volatile.Write(ref Slot(mfn), gpfn);
+    }
+
+    private ref ulong Slot(ulong mfn) =>
+        ref ((ulong*)_frames.PageAddress(_tableMfns[mfn / EntriesPerPage]))[mfn % EntriesPerPage];
+}

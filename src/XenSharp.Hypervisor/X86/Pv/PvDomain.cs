@@ -1,0 +1,98 @@
+using XenSharp.Cpu;
+using XenSharp.Hypervisor.Common;
+
+namespace XenSharp.Hypervisor.X86.Pv;
+
+/// <summary>
+/// A PV domain's x86 state (Xen's pv_domain). A PV guest's page tables hold machine frame numbers, so the engine
+/// sees machine memory itself (<see cref="Machine"/>), limited to what the domain may reach; the PV MMU
+/// (<see cref="PvMm"/>) keeps every page table the guest can load validated.
+/// </summary>
+internal sealed unsafe class PvDomain : ArchDomain
+{
+    /// <summary>Xen's per-domain L4 slot (here 257, 0xFFFF808000000000): each vCPU's GDT window of 16 pages, the
+    /// guest's GDT frames in pages 0–13 (set_gdt), Xen's reserved descriptors in page 14.</summary>
+    public const int PerDomainSlot = 257;
+    public const ulong PerDomainVirt = 0xFFFF808000000000;
+    public const int GdtWindowPages = 16, ReservedGdtPage = 14, MaxGdtWindows = 512 / GdtWindowPages;
+
+    public PvDomain(Domain domain) : base(domain)
+    {
+        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId);
+        MachToPhys = domain.Host.MachToPhys;
+        var frames = domain.Host.Frames;
+        PerDomainL3 = Allocate(frames);
+        _perDomainL2 = Allocate(frames);
+        _perDomainL1 = Allocate(frames);
+        ((ulong*)frames.PageAddress(PerDomainL3))[0] = XenPte(_perDomainL2);
+        ((ulong*)frames.PageAddress(_perDomainL2))[0] = XenPte(_perDomainL1);
+        for (int w = 0; w < MaxGdtWindows; w++)
+            ((ulong*)frames.PageAddress(_perDomainL1))[w * GdtWindowPages + ReservedGdtPage] = XenPte(MachToPhys.ReservedGdtMfn);
+        domain.Host.PvDomains[domain.DomainId] = this;
+    }
+
+    /// <summary>The L3 every L4 of the domain gets in <see cref="PerDomainSlot"/>.</summary>
+    public uint PerDomainL3 { get; }
+    private readonly uint _perDomainL2, _perDomainL1;
+
+    private static uint Allocate(FrameTable frames) => frames.TryAllocate(Public.Xen.DOMID_XEN, FrameType.XenShared, out uint mfn)
+        ? mfn : throw new HypervisorException("out of machine memory for a PV domain's per-domain tables");
+
+    private static ulong XenPte(ulong mfn) => (mfn << FrameTable.PageShift) | PvMm.PAGE_PRESENT | PvMm.PAGE_USER | PvMm.PAGE_ACCESSED;
+
+    /// <summary>Where vCPU <paramref name="id"/>'s GDT is (its GDTR base).</summary>
+    public static ulong GdtVirt(int id) => PerDomainVirt + (ulong)id * GdtWindowPages * FrameTable.PageSize;
+
+    /// <summary>Maps a vCPU's GDT frames (read-only) into its window; the rest of pages 0–13 unmapped.</summary>
+    public void MapGdt(int id, ReadOnlySpan<ulong> mfns)
+    {
+        if (id >= MaxGdtWindows)
+            return;
+        var l1 = (ulong*)Domain.Host.Frames.PageAddress(_perDomainL1);
+        for (int i = 0; i < ReservedGdtPage; i++)
+            l1[id * GdtWindowPages + i] = i < mfns.Length ? XenPte(mfns[i]) : 0;
+    }
+
+    /// <summary>Lets go of the page tables: the vCPUs' bases and every pinned table, so each frame's last
+    /// reference goes and the domain's memory returns to the pool (Xen's relinquish_memory).</summary>
+    public override void Teardown()
+    {
+        var frames = Domain.Host.Frames;
+        foreach (var v in Domain.Vcpus)
+            PvMm.ReleaseVcpu(v);
+        foreach (var (_, mfn, type) in Domain.P2m.Entries())
+            if (type == P2mType.RamRw)
+                PvMm.Unpin(frames, mfn);
+        Domain.Host.PvDomains.TryRemove(new KeyValuePair<ushort, PvDomain>(Domain.DomainId, this));
+        frames.Free(PerDomainL3);
+        frames.Free(_perDomainL2);
+        frames.Free(_perDomainL1);
+    }
+
+    /// <summary>The engine's "physical" memory for this domain: machine frames by MFN.</summary>
+    public PvMachineMemory Machine { get; }
+    public MachToPhys MachToPhys { get; }
+
+    /// <summary>Makes every vCPU of the domain drop its cached translations before it runs guest code again
+    /// (Xen's flush_tlb_mask over the domain's dirty CPUs); the caller's own vCPU flushes now.</summary>
+    public void FlushTlbs(Vcpu? self, ulong mask = ulong.MaxValue)
+    {
+        foreach (var v in Domain.Vcpus)
+            if (v.Id >= 64 ? mask == ulong.MaxValue : (mask & (1UL << v.Id)) != 0)
+                v.Pv!.FlushTlb(v == self);
+    }
+}
+
+/// <summary>
+/// Machine memory as a PV domain's engine sees it: frames it owns (a write not to a page table or descriptor
+/// page) and Xen's read-only frames. A write the view refuses leaves the engine as an MMIO exit.
+/// </summary>
+internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid) : IGuestMemory
+{
+    public byte* GetPage(ulong mfn, bool write) =>
+        frames.IsGuestAccessible(mfn, domid, write) ? frames.PageAddress(mfn) : null;
+
+    /// <summary>MFNs never move to other host pages; TLB flushes and freed frames have their own paths, so decoded
+    /// code stays valid.</summary>
+    public long Generation => 0;
+}

@@ -1,0 +1,387 @@
+using XenSharp.Hypervisor.Common;
+using XenSharp.Hypervisor.X86.Pv;
+using XenSharp.Public;
+using static XenSharp.Public.Mmu;
+
+namespace XenSharp.Hypervisor.Tests;
+
+/// <summary>
+/// The PV MMU: page types and their validation, mmu_update, mmuext_op and update_va_mapping, with Xen's errno for
+/// every refusal and the frame table left as it was after one. Page tables are built in guest RAM at known PFNs;
+/// hypercall arguments sit in a plain page addressed by machine address, as a PV guest's would be.
+/// </summary>
+public class PvMmTests : IDisposable
+{
+    private readonly XenHypervisor _host = TestHosts.Create();
+    public void Dispose() => _host.Dispose();
+
+    private const ulong P = PvMm.PAGE_PRESENT, RW = PvMm.PAGE_RW;
+    // A four-level tree mapping VA 0x400000 (L4[0] → L3[0] → L2[2] → L1[0]) to a data page.
+    private const ulong L4 = 0x100, L3 = 0x101, L2 = 0x102, L1 = 0x103, Data = 0x110, Data2 = 0x111, Args = 0x120;
+    private const ulong Va = 0x400000;
+
+    private sealed class PvGuest(XenHypervisor host)
+    {
+        public readonly Guest G = new(host, vcpus: 2, ramMiB: 4, maxMiB: 8, type: DomainKind.Pv);
+        public FrameTable Frames => G.Domain.Host.Frames;
+
+        public ulong Mfn(ulong gfn) => G.Domain.P2m.TryLookup(gfn, out uint mfn, out _) ? mfn : throw new InvalidOperationException();
+        public ulong Pte(ulong gfn, ulong flags) => (Mfn(gfn) << 12) | flags;
+        public ulong Ma(ulong gfn, ulong offset = 0) => (Mfn(gfn) << 12) + offset;
+
+        public void BuildTree()
+        {
+            G.Write(L4 << 12, Pte(L3, P | RW));
+            G.Write(L3 << 12, Pte(L2, P | RW));
+            G.Write((L2 << 12) + 2 * 8, Pte(L1, P | RW));
+            G.Write(L1 << 12, Pte(Data, P | RW));
+        }
+
+        public long Mmuext(uint cmd, ulong arg1 = 0, ulong arg2 = 0, ushort foreigndom = Xen.DOMID_SELF)
+        {
+            G.Write(Args << 12, new MmuextOp { Cmd = cmd, Arg1 = arg1, Arg2 = arg2 });
+            return G.Call(Xen.__HYPERVISOR_mmuext_op, Ma(Args), 1, 0, foreigndom);
+        }
+
+        public long MmuUpdate(params MmuUpdate[] reqs) => MmuUpdateFor(Xen.DOMID_SELF, out _, reqs);
+
+        public long MmuUpdateFor(uint foreigndom, out uint done, params MmuUpdate[] reqs)
+        {
+            for (int i = 0; i < reqs.Length; i++)
+                G.Write((Args << 12) + (ulong)i * 16, reqs[i]);
+            G.Write((Args << 12) + 0xF00, 0xFFFFu);
+            long rc = G.Call(Xen.__HYPERVISOR_mmu_update, Ma(Args), (ulong)reqs.Length, Ma(Args, 0xF00), foreigndom);
+            done = G.Read<uint>((Args << 12) + 0xF00);
+            return rc;
+        }
+
+        public PageTypeInfo TypeOf(ulong gfn)
+        {
+            lock (Frames.TypeLock)
+                return Frames.TypeInfoOf(Mfn(gfn));
+        }
+
+        public int RefsOf(ulong gfn) => Frames.RefsOf((uint)Mfn(gfn));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void PinningAnL4ValidatesTheTreeAndTypesEveryFrameInIt()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+
+        Assert.Equal((PageType.L4, true, 1), (pv.TypeOf(L4).Type, pv.TypeOf(L4).Pinned, pv.TypeOf(L4).Count));
+        Assert.Equal((PageType.L3, 1), (pv.TypeOf(L3).Type, pv.TypeOf(L3).Count));
+        Assert.Equal((PageType.L2, 1), (pv.TypeOf(L2).Type, pv.TypeOf(L2).Count));
+        Assert.Equal((PageType.L1, 1), (pv.TypeOf(L1).Type, pv.TypeOf(L1).Count));
+        Assert.Equal((PageType.Writable, 1), (pv.TypeOf(Data).Type, pv.TypeOf(Data).Count));
+        Assert.Equal(1, pv.RefsOf(Data));
+        // The guest kernel runs in ring 3: entries come back as user entries.
+        Assert.Equal(pv.Pte(Data, P | RW | PvMm.PAGE_USER), pv.G.Read<ulong>(L1 << 12));
+        // Xen's slot 256 of the L4 maps the read-only M2P.
+        ulong m2pSlot = pv.G.Read<ulong>((L4 << 12) + 256 * 8);
+        Assert.Equal((ulong)_host.Services.MachToPhys.L3Mfn, (m2pSlot & PvMm.AddressMask) >> 12);
+        Assert.Equal(0UL, m2pSlot & RW);
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void APageTableCannotBeMappedWritableButMayBeMappedReadOnly()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = pv.Pte(L2, P | RW) }));
+        Assert.Equal(0UL, pv.G.Read<ulong>((L1 << 12) + 8));
+        Assert.Equal(1, pv.TypeOf(L2).Count);
+
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = pv.Pte(L2, P) }));
+        Assert.Equal(pv.Pte(L2, P | PvMm.PAGE_USER), pv.G.Read<ulong>((L1 << 12) + 8));
+        // A frame mapped writable cannot become a table either.
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(Data)));
+        Assert.Equal((PageType.Writable, 1), (pv.TypeOf(Data).Type, pv.TypeOf(Data).Count));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void AMalformedTableIsRefusedWithEinvalAndLeavesNoReferenceBehind()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        // A superpage in the L2 (PSE), which 64-bit PV guests may not use.
+        pv.G.Write((L2 << 12) + 3 * 8, pv.Pte(Data2, P | RW | PvMm.PAGE_PSE));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        foreach (ulong gfn in new[] { L4, L3, L2, L1, Data, Data2 })
+        {
+            Assert.Equal(default, pv.TypeOf(gfn));
+            Assert.Equal(0, pv.RefsOf(gfn));
+        }
+        // An L1 entry with a cache attribute the domain may not set, and an entry beyond machine memory.
+        pv.G.Write((L2 << 12) + 3 * 8, 0UL);
+        pv.G.Write((L1 << 12) + 8, pv.Pte(Data2, P | PvMm.PAGE_PCD));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(L1)));
+        pv.G.Write((L1 << 12) + 8, (0xF_FFFF_FFFFUL << 12) | P);
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(L1)));
+        // A table naming itself as its next level.
+        pv.G.Write((L1 << 12) + 8, 0UL);
+        pv.G.Write((L3 << 12) + 8, pv.Pte(L3, P));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L3_TABLE, pv.Mfn(L3)));
+        Assert.Equal(0, pv.RefsOf(L3));
+        Assert.Equal(0, pv.RefsOf(Data));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void AnotherDomainsFrameCannotBeMapped()
+    {
+        var pv = new PvGuest(_host);
+        var other = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        ulong theirs = other.Mfn(Data);
+        other.G.Write(Data << 12, 0x5EC4E7UL);
+
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = (theirs << 12) | P }));
+        // Naming the other domain as the pages' owner needs privilege.
+        Assert.Equal(-Errno.ESRCH, pv.MmuUpdateFor(other.G.Id, out _, new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = (theirs << 12) | P }));
+        // Nor may a guest write another domain's memory, or M2P entries for it.
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = theirs << 12, Val = 0 }));
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = (theirs << 12) | MMU_MACHPHYS_UPDATE, Val = 7 }));
+        Assert.Equal(0x5EC4E7UL, other.G.Read<ulong>(Data << 12));
+        Assert.Equal(0, other.RefsOf(Data));
+        // The M2P is Xen's: not mappable by a guest either.
+        ulong m2p = _host.Services.MachToPhys.L3Mfn;
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = (m2p << 12) | P }));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void XensL4SlotsAreNotTheGuests()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        ulong before = pv.G.Read<ulong>((L4 << 12) + 256 * 8);
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L4, 256 * 8), Val = pv.Pte(Data, P | RW) }));
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L4, 271 * 8), Val = 0 }));
+        Assert.Equal(before, pv.G.Read<ulong>((L4 << 12) + 256 * 8));
+        // Slot 272 is the guest's again.
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L4, 272 * 8), Val = 0 }));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void MachphysUpdateSetsTheM2pEntryOfAnOwnFrame()
+    {
+        var pv = new PvGuest(_host);
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(Data) | MMU_MACHPHYS_UPDATE, Val = 0x1234 }));
+        Assert.Equal(0x1234UL, pv.G.Domain.Pv!.MachToPhys.Get(pv.Mfn(Data)));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void ABatchStopsAtItsFirstBadRequestAndReportsHowManyWereDone()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        long rc = pv.MmuUpdateFor(Xen.DOMID_SELF, out uint done,
+            new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = pv.Pte(Data2, P | RW) },
+            new MmuUpdate { Ptr = pv.Ma(L1, 16), Val = pv.Pte(L1, P | RW) },
+            new MmuUpdate { Ptr = pv.Ma(L1, 24), Val = pv.Pte(Data2, P) });
+        Assert.Equal(-Errno.EINVAL, rc);
+        Assert.Equal(1u, done);
+        Assert.Equal(0UL, pv.G.Read<ulong>((L1 << 12) + 24));
+        // An unknown command is -ENOSYS.
+        Assert.Equal(-Errno.ENOSYS, pv.Mmuext(99));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void UnpinningDropsEveryReferenceTheTreeHeld()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        Assert.Equal(1, pv.TypeOf(L4).Count);
+        Assert.Equal(0, pv.Mmuext(MMUEXT_UNPIN_TABLE, pv.Mfn(L4)));
+        foreach (ulong gfn in new[] { L4, L3, L2, L1, Data })
+        {
+            Assert.Equal(default, pv.TypeOf(gfn));
+            Assert.Equal(0, pv.RefsOf(gfn));
+        }
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_UNPIN_TABLE, pv.Mfn(L4)));
+        // Once no longer a table, the frame is ordinary memory again.
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = 0xABCD }));
+        Assert.Equal(0xABCDUL, pv.G.Read<ulong>((L1 << 12) + 8));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void NewBaseptrLoadsTheL4AndUpdateVaMappingChangesTheEntryForAnAddress()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_NEW_BASEPTR, pv.Mfn(Data) + 0x100000));
+        Assert.Equal(0, pv.Mmuext(MMUEXT_NEW_BASEPTR, pv.Mfn(L4)));
+        pv.G.Cpu().GetSpecialRegisters(out var s);
+        Assert.Equal(pv.Mfn(L4) << 12, s.Cr3);
+        Assert.Equal(PageType.L4, pv.TypeOf(L4).Type);
+
+        var g = pv.G;
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_update_va_mapping, Va + 0x1000, pv.Pte(Data2, P | RW), UVMF_INVLPG | UVMF_LOCAL));
+        Assert.Equal(pv.Pte(Data2, P | RW | PvMm.PAGE_USER), g.Read<ulong>((L1 << 12) + 8));
+        Assert.Equal((PageType.Writable, 1), (pv.TypeOf(Data2).Type, pv.TypeOf(Data2).Count));
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_update_va_mapping, Va + 0x2000, pv.Pte(L2, P | RW), UVMF_NONE));
+        // No L1 maps the address, or it lies in Xen's part of the address space.
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_update_va_mapping, 0x40000000, pv.Pte(Data2, P), UVMF_NONE));
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_update_va_mapping, HYPERVISOR_VIRT_START, pv.Pte(Data2, P), UVMF_NONE));
+        // Unmapping lets the frame go.
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_update_va_mapping, Va + 0x1000, 0, UVMF_TLB_FLUSH | UVMF_ALL));
+        Assert.Equal(default, pv.TypeOf(Data2));
+
+        // The old base is let go when a new one replaces it; the user base may be cleared.
+        Assert.Equal(0, pv.Mmuext(MMUEXT_NEW_USER_BASEPTR, pv.Mfn(L4)));
+        Assert.Equal(2, pv.TypeOf(L4).Count);
+        Assert.Equal(0, pv.Mmuext(MMUEXT_NEW_USER_BASEPTR, 0));
+        Assert.Equal(1, pv.TypeOf(L4).Count);
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void ClearAndCopyPageWorkOnOrdinaryFramesOnly()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(L1)));
+        pv.G.Write(Data2 << 12, 0x600DUL);
+        Assert.Equal(0, pv.Mmuext(MMUEXT_COPY_PAGE, pv.Mfn(Data), pv.Mfn(Data2)));
+        Assert.Equal(0x600DUL, pv.G.Read<ulong>(Data << 12));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_COPY_PAGE, pv.Mfn(L1), pv.Mfn(Data2)));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_CLEAR_PAGE, pv.Mfn(L1)));
+        Assert.NotEqual(0UL, pv.G.Read<ulong>(L1 << 12));
+        Assert.Equal(0, pv.Mmuext(MMUEXT_CLEAR_PAGE, pv.Mfn(Data2)));
+        Assert.Equal(0UL, pv.G.Read<ulong>(Data2 << 12));
+        Assert.Equal(-Errno.EOPNOTSUPP, pv.Mmuext(MMUEXT_MARK_SUPER, pv.Mfn(Data)));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_SET_LDT, 0x1001, 1));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_SET_LDT, 0x1000, LDT_MAX_ENTRIES + 1));
+        Assert.Equal(0, pv.Mmuext(MMUEXT_SET_LDT, 0x1000, 16));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void TheMachineViewKeepsPageTablesFromGuestWrites()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        var machine = pv.G.Domain.Pv!.Machine;
+        unsafe
+        {
+            Assert.True(machine.GetPage(pv.Mfn(L1), write: true) is not null);
+            Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(L1)));
+            Assert.True(machine.GetPage(pv.Mfn(L1), write: true) is null);
+            Assert.True(machine.GetPage(pv.Mfn(L1), write: false) is not null);
+            var other = new PvGuest(_host);
+            Assert.True(machine.GetPage(other.Mfn(Data), write: false) is null);
+            Assert.True(machine.GetPage(_host.Services.MachToPhys.L3Mfn, write: false) is not null);
+            Assert.True(machine.GetPage(_host.Services.MachToPhys.L3Mfn, write: true) is null);
+        }
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void DestroyingADomainWithPinnedTablesGivesAllItsMemoryBack()
+    {
+        _ = _host.Services.MachToPhys;
+        long free = (long)_host.GetHostInfo().FreeMemoryBytes;
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        Assert.Equal(0, pv.Mmuext(MMUEXT_NEW_BASEPTR, pv.Mfn(L4)));
+        _host.Destroy(pv.G.Id);
+        Assert.True(TestHosts.WaitUntil(() => { _host.Services.Frames.Reclaim(); return (long)_host.GetHostInfo().FreeMemoryBytes == free; }),
+            $"free memory {_host.GetHostInfo().FreeMemoryBytes} after destroy, {free} before");
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void HvmAndPvhDomainsHaveNoPvMmu()
+    {
+        var g = new Guest(_host);
+        Assert.Equal(-Errno.ENOSYS, g.Call(Xen.__HYPERVISOR_mmu_update, Guest.Scratch, 1, 0, Xen.DOMID_SELF));
+        Assert.Equal(-Errno.ENOSYS, g.Call(Xen.__HYPERVISOR_mmuext_op, Guest.Scratch, 1, 0, Xen.DOMID_SELF));
+        Assert.Equal(-Errno.ENOSYS, g.Call(Xen.__HYPERVISOR_update_va_mapping, 0, 0, 0));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void SetGdtMakesValidatedReadOnlyDescriptorPagesAndRefusesGatesAndTss()
+    {
+        var pv = new PvGuest(_host);
+        const ulong Code64Dpl0 = 0x00AF9A000000FFFF, Tss = 0x0000E90000000067;
+        pv.G.Write((Data2 << 12) + 2 * 8, Code64Dpl0);
+        long SetGdt(ulong gfn, ulong entries)
+        {
+            pv.G.Write((Args << 12) + 0x800, pv.Mfn(gfn));
+            return pv.G.Call(Xen.__HYPERVISOR_set_gdt, pv.Ma(Args, 0x800), entries);
+        }
+
+        Assert.Equal(-Errno.EINVAL, SetGdt(Data2, PvMm.FirstReservedGdtEntry + 1));
+        Assert.Equal(0, SetGdt(Data2, 16));
+        Assert.Equal((PageType.SegDesc, 1), (pv.TypeOf(Data2).Type, pv.TypeOf(Data2).Count));
+        Assert.Equal(0x00AFFB000000FFFFUL, pv.G.Read<ulong>((Data2 << 12) + 2 * 8)); // DPL 3, accessed
+        unsafe { Assert.True(pv.G.Domain.Pv!.Machine.GetPage(pv.Mfn(Data2), write: true) is null); }
+        // A descriptor page is no more writable than a page table.
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L1_TABLE, pv.Mfn(L1)));
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 8), Val = pv.Pte(Data2, P | RW) }));
+        // update_descriptor: checked like the page's others.
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_update_descriptor, pv.Ma(Data2, 3 * 8), Tss));
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_update_descriptor, pv.Ma(Data2, 3 * 8 + 4), Code64Dpl0));
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_update_descriptor, pv.Ma(Data2, 3 * 8), Code64Dpl0));
+        Assert.Equal(0x00AFFB000000FFFFUL, pv.G.Read<ulong>((Data2 << 12) + 3 * 8));
+        // A page with a TSS in it does not become a GDT; the old GDT stays.
+        pv.G.Write((Data << 12) + 4 * 8, Tss);
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1, 0), Val = 0 })); // Data no longer mapped writable
+        Assert.Equal(-Errno.EINVAL, SetGdt(Data, 16));
+        Assert.Equal(default, pv.TypeOf(Data));
+        Assert.Equal(1, pv.TypeOf(Data2).Count);
+        // An empty GDT lets the frame go.
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_set_gdt, pv.Ma(Args, 0x800), 0));
+        Assert.Equal(default, pv.TypeOf(Data2));
+        Assert.Equal(0, pv.RefsOf(Data2));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void APvGuestIsToldThePvFeaturesItsKernelNeeds()
+    {
+        var pv = new PvGuest(_host);
+        pv.G.Write(Args << 12, new XenFeatureInfo { SubmapIdx = 0 });
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_xen_version, Public.Version.XENVER_get_features, pv.Ma(Args)));
+        uint submap = pv.G.Read<XenFeatureInfo>(Args << 12).Submap;
+        Assert.Equal((1u << Features.XENFEAT_pae_pgdir_above_4gb) | (1u << Features.XENFEAT_mmu_pt_update_preserve_ad)
+            | (1u << Features.XENFEAT_gnttab_map_avail_bits), submap);
+        // Not translated: the guest sees machine frames.
+        Assert.Equal(0u, submap & (1u << Features.XENFEAT_auto_translated_physmap));
+    }
+
+    [Theory]
+    [Trait("Feature", "x86/PV")]
+    [InlineData(0UL, true, 0UL)]                                         // not present: left as it is
+    [InlineData(0x00CFFA000000FFFFUL, true, 0x00CFFB000000FFFFUL)]       // 32-bit code, DPL 3: accessed
+    [InlineData(0x00AFF3000000FFFFUL, true, 0x00AFF3000000FFFFUL)]       // data, DPL 3
+    [InlineData(0x00AF9A000000FFFFUL, true, 0x00AFFB000000FFFFUL)]       // 64-bit code, DPL 0: raised to 3
+    [InlineData(0x0000EE0000100000UL, false, 0UL)]                      // a call/interrupt gate
+    [InlineData(0x0000E90000000067UL, false, 0UL)]                      // a TSS
+    public void DescriptorPagesHoldOnlyDescriptorsTheGuestMayUse(ulong desc, bool safe, ulong adjusted)
+    {
+        Assert.Equal(safe, PvMm.CheckDescriptor(ref desc));
+        if (safe)
+            Assert.Equal(adjusted, desc);
+    }
+}
