@@ -22,6 +22,8 @@ public sealed record DomainCreateConfig(DomainKind Type, ulong MaxMemKiB, int Vc
     public bool Privileged { get; init; }
     /// <summary>xl.cfg tsc_mode: what the Xen TSC leaf reports and how the guest's TSC is presented.</summary>
     public TscMode TscMode { get; init; } = TscMode.Default;
+    /// <summary>The domain's handle (xen_domain_handle_t, the UUID xl shows), or null for a new random one.</summary>
+    public Guid? Handle { get; init; }
 }
 
 /// <summary>A domain as xen_domctl_getdomaininfo reports it (what a row of `xl list` is made from).</summary>

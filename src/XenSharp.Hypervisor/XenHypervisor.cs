@@ -69,6 +69,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         var d = Services.AddDomain(config.DomainId, id =>
         {
             var created = new Domain(Services, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged) { TscMode = config.TscMode };
+            if (config.Handle is Guid handle)
+                created.Handle = handle;
             created.Gnttab.MaxFrames = config.MaxGrantFrames;
             // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
             lock (created.Lock)

@@ -54,6 +54,11 @@ enum privcmd_op {
     /* Reserved for gntdev/gntalloc. */
     PRIVCMD_OP_GNTTAB_MAP = 48,
     PRIVCMD_OP_GNTTAB_UNMAP = 49,
+
+    /* xenforeignmemory_map_resource: arg[0] domid, arg[1] resource type (XENMEM_resource_*), arg[2] its id,
+     * arg[3] first frame, arg[4] count (at most PRIVCMD_MAX_BATCH), arg[5] writable. The reply is as
+     * PRIVCMD_OP_FOREIGN_MAP's: the domain's memfd and count int64_t offsets, or -errno for the whole request. */
+    PRIVCMD_OP_FOREIGN_MAP_RESOURCE = 64,
 };
 
 #define PRIVCMD_MAX_BATCH 512

@@ -22,6 +22,7 @@ internal static class PrivcmdProtocol
     public const uint OpEvtchnBindUnbound = 16, OpEvtchnBindInterdomain = 17, OpEvtchnBindVirq = 18,
         OpEvtchnNotify = 19, OpEvtchnUnbind = 20, OpEvtchnUnmask = 21, OpEvtchnRestrict = 22;
     public const uint OpForeignMap = 32;
+    public const uint OpForeignMapResource = 64;
 }
 
 /// <summary>struct privcmd_request.</summary>
