@@ -53,6 +53,20 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     /// <summary>A domain shut down (poweroff, reboot, suspend, crash, watchdog, soft_reset). Raised on a thread-pool thread.</summary>
     public event EventHandler<DomainShutdownEventArgs>? DomainShutdown;
 
+    /// <summary>A domain was destroyed, by whoever destroyed it (the daemon's toolstack or a Domain-0 program's
+    /// XEN_DOMCTL_destroydomain). Raised on a thread pool thread with the domain's id.</summary>
+    public event Action<ushort>? DomainDestroyed;
+
+    /// <summary>A domain was created by a Domain-0 program (XEN_DOMCTL_createdomain). Raised on a thread pool
+    /// thread with the domain's id.</summary>
+    public event Action<ushort>? DomainCreatedByDom0;
+
+    internal void RaiseDomainCreatedByDom0(ushort domid)
+    {
+        if (DomainCreatedByDom0 is { } handler)
+            ThreadPool.QueueUserWorkItem(_ => handler(domid));
+    }
+
     /// <summary>System time in ns (what guests see as Xen system time).</summary>
     public long SystemTimeNs => Time.NowNs;
 
@@ -249,6 +263,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         d.Teardown();
         Services.RemoveDomain(domid);
         Log($"destroyed domain {domid}");
+        if (DomainDestroyed is { } destroyed)
+            ThreadPool.QueueUserWorkItem(_ => destroyed(domid));
         if (_options.TrimHostHeap)
             HostHeap.RequestTrim();
     }

@@ -94,6 +94,7 @@ internal static class DomctlBuild
         }
         op.Domain = domid;
         copyBack = true;
+        hv.RaiseDomainCreatedByDom0(domid);
         return 0;
     }
 
