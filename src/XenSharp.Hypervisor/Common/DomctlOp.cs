@@ -124,9 +124,10 @@ internal static class DomctlOp
             }
             cpuTime += (ulong)Interlocked.Read(ref vc.CpuTimeNs);
         }
+        // A domain with no vCPU online is neither running nor blocked (Xen reports no run state for it).
         if (running)
             flags |= XEN_DOMINF_running;
-        else if (allBlocked)
+        else if (allBlocked && online > 0)
             flags |= XEN_DOMINF_blocked;
         info.Flags = flags;
         info.TotPages = (ulong)d.TotPages;

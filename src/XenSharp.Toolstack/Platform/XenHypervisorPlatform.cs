@@ -238,7 +238,9 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
                 catch (HypervisorException) { return new DomainRunInfo(false, false, false, false, 0, true, 0, 0, 0); }
                 return new DomainRunInfo(
                     Running: i.IsRunningNow,
-                    Blocked: !i.IsRunningNow && i.IsBlocked && i.State == Hv.DomainRunState.Running,
+                    // As Xen's getdomaininfo: every online vCPU blocked, whether or not the domain is also paused.
+                    Blocked: !i.IsRunningNow && i.IsBlocked && i.OnlineVcpus > 0
+                        && i.State is Hv.DomainRunState.Running or Hv.DomainRunState.Paused,
                     Paused: i.State == Hv.DomainRunState.Paused,
                     Shutdown: i.State == Hv.DomainRunState.Shutdown,
                     Reason: i.ShutdownReason ?? ShutdownReason.Poweroff,
