@@ -54,18 +54,15 @@ internal static unsafe class VmExit
                     cpu.CompleteExit(0, fault: true);
                 return !v.DescheduleRequested;
             case VcpuExitReason.Hlt:
-            {
                 // HLT with interrupts off never ends: Xen takes the vCPU down, and powers the domain off once none
                 // is left (how a PVH guest without ACPI sleep states halts or powers off).
-                cpu.GetRegisters(out var regs);
-                if (!v.WaitForSipi && (regs.Rflags & RflagsIf) == 0)
+                if (exit.InterruptsDisabled && !v.WaitForSipi)
                 {
                     v.Domain.Host.HaltVcpu(v);
                     return false;
                 }
                 v.Block();
                 return !v.DescheduleRequested;
-            }
             case VcpuExitReason.Shutdown:
                 v.Domain.Host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id} triple fault");
                 v.Domain.Host.ShutdownDomain(v.Domain, XenSharp.Public.Sched.SHUTDOWN_crash);
@@ -80,8 +77,6 @@ internal static unsafe class VmExit
                 return true;
         }
     }
-
-    private const ulong RflagsIf = 1 << 9;
 
     /// <summary>The engine owns IA32_APIC_BASE; the vLAPIC follows its base and x2APIC mode.</summary>
     private static void SyncApicBase(Vcpu v, IVcpu cpu)
