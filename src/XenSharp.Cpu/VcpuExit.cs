@@ -46,6 +46,8 @@ public struct VcpuExit
     public bool IsWrite;
     /// <summary>Value written (OUT, MMIO write, WRMSR).</summary>
     public ulong Data;
+    /// <summary>Hlt: the vCPU halted with RFLAGS.IF clear, so no interrupt can end the halt (only NMI, INIT or SMI).</summary>
+    public bool InterruptsDisabled;
     public string? Message;
 }
 

@@ -348,11 +348,13 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             if (Halted)
             {
                 _exit.Reason = VcpuExitReason.Hlt;
+                _exit.InterruptsDisabled = (Rflags & IF) == 0;
                 return ref _exit;
             }
             if (WaitForSipi)
             {
                 _exit.Reason = VcpuExitReason.Hlt;
+                _exit.InterruptsDisabled = false;
                 return ref _exit;
             }
             try

@@ -25,6 +25,8 @@ public sealed record DomainCreateConfig(DomainKind Type, ulong MaxMemKiB, int Vc
     /// <summary>XEN_DOMCTL_settimeoffset: the domain's wall clock (and so its RTC) ahead of the host's, in seconds
     /// (xl.cfg rtc_timeoffset, plus the host's zone offset with localtime=1).</summary>
     public long TimeOffsetSeconds { get; init; }
+    /// <summary>The domain's handle (xen_domain_handle_t, the UUID xl shows), or null for a new random one.</summary>
+    public Guid? Handle { get; init; }
 }
 
 /// <summary>A domain as xen_domctl_getdomaininfo reports it (what a row of `xl list` is made from).</summary>

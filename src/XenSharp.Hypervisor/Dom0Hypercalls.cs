@@ -307,4 +307,36 @@ public sealed partial class XenHypervisor
     /// <summary>The page in the daemon of a frame shared by <see cref="Dom0ShareFrames"/> (for gntalloc's unmap
     /// notification).</summary>
     public unsafe byte* Dom0SharedPage(uint mfn) => Frames.PageAddress(mfn);
+    /// <summary>
+    /// Where a Domain-0 program finds the frames of a resource of <paramref name="domid"/> to map them itself
+    /// (privcmd's mmap_resource, XENMEM_acquire_resource): the grant table's shared frames (id 0, the table grown to
+    /// hold them, as Xen's acquire grows it) or v2 status frames (id 1). The answer is as
+    /// <see cref="Dom0ForeignFrames"/>'s. -ESRCH for no such guest, -EINVAL for frames beyond the resource,
+    /// -EOPNOTSUPP for a resource type not served here.
+    /// </summary>
+    public long Dom0ResourceFrames(ushort domid, uint type, uint id, ulong frame, Span<long> offsets,
+        out Microsoft.Win32.SafeHandles.SafeFileHandle? memfd)
+    {
+        memfd = null;
+        var d = FindDomain(domid);
+        if (d is null || d.IsHost)
+            return -Errno.ESRCH;
+        if (type != Memory.XENMEM_resource_grant_table)
+            return -Errno.EOPNOTSUPP;
+        if (id > Memory.XENMEM_resource_grant_table_id_status)
+            return -Errno.EINVAL;
+        var mfns = new uint[offsets.Length];
+        long rc = d.Gnttab.ResourceFrames(id == Memory.XENMEM_resource_grant_table_id_status, frame, mfns);
+        if (rc != 0)
+            return rc;
+        var file = Frames.MemoryFileOf(domid);
+        if (file is null)
+            return -Errno.ESRCH;
+        for (int i = 0; i < mfns.Length; i++)
+            offsets[i] = Frames.TryGetBacking(mfns[i], out var fd, out long offset) && fd == file ? offset : -Errno.EINVAL;
+        bool added = false;
+        file.DangerousAddRef(ref added);
+        memfd = file;
+        return 0;
+    }
 }

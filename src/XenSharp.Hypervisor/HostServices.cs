@@ -315,6 +315,19 @@ internal sealed class HostServices : IDisposable
         v.Engine?.RequestExit();
     }
 
+    /// <summary>HLT with interrupts disabled (Xen's hvm_hlt): the vCPU goes down, and with no vCPU of the domain left
+    /// up the domain shuts down as powered off.</summary>
+    internal void HaltVcpu(Vcpu v)
+    {
+        TakeDown(v);
+        var d = v.Domain;
+        if (d.Vcpus.All(x => !x.IsUp))
+        {
+            Log($"(d{d.DomainId}) all vCPUs offline: powering off");
+            ShutdownDomain(d, XenSharp.Public.Sched.SHUTDOWN_poweroff);
+        }
+    }
+
     /// <summary>INIT IPI: the vCPU stops and waits for a start-up IPI.</summary>
     internal void InitVcpu(Vcpu v)
     {

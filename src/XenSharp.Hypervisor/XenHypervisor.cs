@@ -53,6 +53,20 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     /// <summary>A domain shut down (poweroff, reboot, suspend, crash, watchdog, soft_reset). Raised on a thread-pool thread.</summary>
     public event EventHandler<DomainShutdownEventArgs>? DomainShutdown;
 
+    /// <summary>A domain was destroyed, by whoever destroyed it (the daemon's toolstack or a Domain-0 program's
+    /// XEN_DOMCTL_destroydomain). Raised on a thread pool thread with the domain's id.</summary>
+    public event Action<ushort>? DomainDestroyed;
+
+    /// <summary>A domain was created by a Domain-0 program (XEN_DOMCTL_createdomain). Raised on a thread pool
+    /// thread with the domain's id.</summary>
+    public event Action<ushort>? DomainCreatedByDom0;
+
+    internal void RaiseDomainCreatedByDom0(ushort domid)
+    {
+        if (DomainCreatedByDom0 is { } handler)
+            ThreadPool.QueueUserWorkItem(_ => handler(domid));
+    }
+
     /// <summary>System time in ns (what guests see as Xen system time).</summary>
     public long SystemTimeNs => Time.NowNs;
 
@@ -70,6 +84,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         {
             var created = new Domain(Services, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged)
                 { TscMode = config.TscMode, WallclockOffsetNs = config.TimeOffsetSeconds * 1_000_000_000 };
+            if (config.Handle is Guid handle)
+                created.Handle = handle;
             created.Gnttab.MaxFrames = config.MaxGrantFrames;
             // Like Xen, a domain starts with one grant frame (512 v1 entries) ready for the toolstack's seeds.
             lock (created.Lock)
@@ -255,6 +271,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         Services.RemoveDomain(domid);
         Log($"destroyed domain {domid}");
         Services.TraceBuffers.DomainEvent(Public.Trace.TRC_SCHED_DOM_REM, domid);
+        if (DomainDestroyed is { } destroyed)
+            ThreadPool.QueueUserWorkItem(_ => destroyed(domid));
         if (_options.TrimHostHeap)
             HostHeap.RequestTrim();
     }

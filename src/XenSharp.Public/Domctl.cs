@@ -19,7 +19,26 @@ public static class Domctl
         XEN_DOMCTL_hypercall_init = 22, XEN_DOMCTL_settimeoffset = 24, XEN_DOMCTL_getvcpuaffinity = 25,
         XEN_DOMCTL_resumedomain = 27, XEN_DOMCTL_sendtrigger = 28, XEN_DOMCTL_get_address_size = 36,
         XEN_DOMCTL_set_target = 46, XEN_DOMCTL_getpageframeinfo3 = 61, XEN_DOMCTL_gettscinfo = 59,
-        XEN_DOMCTL_settscinfo = 60, XEN_DOMCTL_get_vcpu_msrs = 72, XEN_DOMCTL_get_cpu_policy = 82;
+        XEN_DOMCTL_settscinfo = 60, XEN_DOMCTL_get_vcpu_msrs = 72, XEN_DOMCTL_get_cpu_policy = 82,
+        XEN_DOMCTL_gethvmcontext = 33, XEN_DOMCTL_sethvmcontext = 34, XEN_DOMCTL_set_cpu_policy = 83,
+        XEN_DOMCTL_get_paging_mempool_size = 85, XEN_DOMCTL_set_paging_mempool_size = 86;
+
+    /// <summary>xen_domctl_createdomain.flags (XEN_DOMCTL_CDF_*); bits above vpmu are refused.</summary>
+    public const uint XEN_DOMCTL_CDF_hvm = 1 << 0, XEN_DOMCTL_CDF_hap = 1 << 1, XEN_DOMCTL_CDF_s3_integrity = 1 << 2,
+        XEN_DOMCTL_CDF_oos_off = 1 << 3, XEN_DOMCTL_CDF_xs_domain = 1 << 4, XEN_DOMCTL_CDF_iommu = 1 << 5,
+        XEN_DOMCTL_CDF_nested_virt = 1 << 6, XEN_DOMCTL_CDF_vpmu = 1 << 7;
+    public const uint XEN_DOMCTL_GRANT_version_mask = 0xF;
+
+    /// <summary>xen_arch_domainconfig.emulation_flags (XEN_X86_EMU_*).</summary>
+    public const uint XEN_X86_EMU_LAPIC = 1 << 0, XEN_X86_EMU_HPET = 1 << 1, XEN_X86_EMU_PM = 1 << 2,
+        XEN_X86_EMU_RTC = 1 << 3, XEN_X86_EMU_IOAPIC = 1 << 4, XEN_X86_EMU_PIC = 1 << 5, XEN_X86_EMU_VGA = 1 << 6,
+        XEN_X86_EMU_IOMMU = 1 << 7, XEN_X86_EMU_PIT = 1 << 8, XEN_X86_EMU_USE_PIRQ = 1 << 9, XEN_X86_EMU_VPCI = 1 << 10;
+    public const uint XEN_X86_EMU_ALL = (1 << 11) - 1;
+    /// <summary>xen_arch_domainconfig.misc_flags: XEN_X86_MSR_RELAXED is the only one.</summary>
+    public const uint XEN_X86_MSR_RELAXED = 1 << 0;
+
+    /// <summary>xen_cpuid_leaf_t.subleaf of a leaf without subleaves.</summary>
+    public const uint XEN_CPUID_NO_SUBLEAF = 0xFFFFFFFF;
 
     /// <summary>
     /// XEN_DOMCTL_setnodeaffinity/getnodeaffinity (struct xen_domctl_nodeaffinity: one xenctl_bitmap of nodes, bit n
@@ -163,4 +182,101 @@ public struct XenDomctlSchedulerOp
     public uint Cmd;
     public ushort Weight;
     public ushort Cap;
+}
+
+/// <summary>struct xen_domctl_createdomain with the x86 xen_arch_domainconfig.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct XenDomctlCreatedomain
+{
+    public uint Ssidref;
+    public fixed byte Handle[16];
+    public uint Flags;
+    public uint IommuOpts;
+    public uint MaxVcpus;
+    public uint MaxEvtchnPort;
+    public int MaxGrantFrames;
+    public int MaxMaptrackFrames;
+    public uint GrantOpts;
+    public uint VmtraceSize;
+    public uint CpupoolId;
+    public uint EmulationFlags;
+    public uint MiscFlags;
+}
+
+/// <summary>struct xen_domctl_max_mem.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlMaxMem
+{
+    public ulong MaxMemKb;
+}
+
+/// <summary>struct xen_domctl_max_vcpus.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlMaxVcpus
+{
+    public uint Max;
+}
+
+/// <summary>struct xen_domctl_hvmcontext: a null buffer asks for the size.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlHvmcontext
+{
+    public uint Size;
+    public ulong Buffer;
+}
+
+/// <summary>struct xen_domctl_tsc_info.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlTscInfo
+{
+    public uint TscMode;
+    public uint GtscKhz;
+    public uint Incarnation;
+    public uint Pad;
+    public ulong ElapsedNsec;
+}
+
+/// <summary>struct xen_domctl_settimeoffset.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlSettimeoffset
+{
+    public long TimeOffsetSeconds;
+}
+
+/// <summary>struct xen_domctl_paging_mempool.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlPagingMempool
+{
+    public ulong Size;
+}
+
+/// <summary>struct xen_domctl_cpu_policy (get_cpu_policy/set_cpu_policy): serialised CPUID leaves and MSRs.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlCpuPolicy
+{
+    public uint NrLeaves;
+    public uint NrMsrs;
+    public ulong Leaves;
+    public ulong Msrs;
+    public uint ErrLeaf;
+    public uint ErrSubleaf;
+    public uint ErrMsr;
+}
+
+/// <summary>xen_cpuid_leaf_t.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenCpuidLeaf
+{
+    public uint Leaf;
+    public uint Subleaf;
+    public uint A, B, C, D;
+}
+
+/// <summary>xen_msr_entry_t.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMsrEntry
+{
+    public uint Idx;
+    public uint Flags;
+    public ulong Val;
 }

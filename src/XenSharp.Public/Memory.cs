@@ -14,6 +14,10 @@ public static class Memory
         XENMEM_claim_pages = 24, XENMEM_machphys_compat_mfn_list = 25, XENMEM_get_vnumainfo = 26,
         XENMEM_reserved_device_memory_map = 27, XENMEM_acquire_resource = 28;
 
+    /// <summary>xen_mem_acquire_resource.type, and the grant table's ids.</summary>
+    public const uint XENMEM_resource_ioreq_server = 0, XENMEM_resource_grant_table = 1, XENMEM_resource_vmtrace_buf = 2;
+    public const uint XENMEM_resource_grant_table_id_shared = 0, XENMEM_resource_grant_table_id_status = 1;
+
     /// <summary>Low bits of the memory_op command hold the op; the rest is a continuation start extent.</summary>
     public const int MEMOP_EXTENT_SHIFT = 6, MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1;
 
@@ -101,6 +105,14 @@ public struct XenMemoryMap
 {
     public uint NrEntries;
     public ulong Buffer;
+}
+
+/// <summary>struct xen_foreign_memory_map (XENMEM_set_memory_map): a domain and its e820.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenForeignMemoryMap
+{
+    public ushort Domid;
+    public XenMemoryMap Map;
 }
 
 /// <summary>struct e820entry as XENMEM_memory_map returns it (packed, 20 bytes).</summary>

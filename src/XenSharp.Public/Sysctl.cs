@@ -26,7 +26,15 @@ public static class Sysctl
     public const uint XEN_SYSCTL_CPU_HOTPLUG_ONLINE = 0, XEN_SYSCTL_CPU_HOTPLUG_OFFLINE = 1,
         XEN_SYSCTL_CPU_HOTPLUG_SMT_ENABLE = 2, XEN_SYSCTL_CPU_HOTPLUG_SMT_DISABLE = 3;
     public const uint XEN_SYSCTL_PHYSCAP_hvm = 1 << 0, XEN_SYSCTL_PHYSCAP_pv = 1 << 1, XEN_SYSCTL_PHYSCAP_directio = 1 << 2,
-        XEN_SYSCTL_PHYSCAP_hap = 1 << 3, XEN_SYSCTL_PHYSCAP_shadow = 1 << 4, XEN_SYSCTL_PHYSCAP_iommu_hap_pt_share = 1 << 5;
+        XEN_SYSCTL_PHYSCAP_hap = 1 << 3, XEN_SYSCTL_PHYSCAP_shadow = 1 << 4, XEN_SYSCTL_PHYSCAP_iommu_hap_pt_share = 1 << 5,
+        XEN_SYSCTL_PHYSCAP_vmtrace = 1 << 6, XEN_SYSCTL_PHYSCAP_vpmu = 1 << 7, XEN_SYSCTL_PHYSCAP_gnttab_v1 = 1 << 8,
+        XEN_SYSCTL_PHYSCAP_gnttab_v2 = 1 << 9;
+
+    /// <summary>xen_sysctl_cpu_featureset.index and xen_sysctl_cpu_policy.index.</summary>
+    public const uint XEN_SYSCTL_cpu_featureset_raw = 0, XEN_SYSCTL_cpu_featureset_host = 1, XEN_SYSCTL_cpu_featureset_pv = 2,
+        XEN_SYSCTL_cpu_featureset_hvm = 3, XEN_SYSCTL_cpu_featureset_pv_max = 4, XEN_SYSCTL_cpu_featureset_hvm_max = 5;
+    public const uint XEN_SYSCTL_cpu_policy_raw = 0, XEN_SYSCTL_cpu_policy_host = 1, XEN_SYSCTL_cpu_policy_pv_max = 2,
+        XEN_SYSCTL_cpu_policy_hvm_max = 3, XEN_SYSCTL_cpu_policy_pv_default = 4, XEN_SYSCTL_cpu_policy_hvm_default = 5;
 
     public const uint XEN_SYSCTL_CPUPOOL_OP_CREATE = 1, XEN_SYSCTL_CPUPOOL_OP_DESTROY = 2, XEN_SYSCTL_CPUPOOL_OP_INFO = 3,
         XEN_SYSCTL_CPUPOOL_OP_ADDCPU = 4, XEN_SYSCTL_CPUPOOL_OP_RMCPU = 5, XEN_SYSCTL_CPUPOOL_OP_MOVEDOMAIN = 6,
@@ -206,4 +214,25 @@ public struct XenSysctlMeminfo
 {
     public ulong Memsize;
     public ulong Memfree;
+}
+
+/// <summary>struct xen_sysctl_cpu_featureset.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenSysctlCpuFeatureset
+{
+    public uint Index;
+    public uint NrFeatures;
+    public ulong Features;
+}
+
+/// <summary>struct xen_sysctl_cpu_policy.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenSysctlCpuPolicy
+{
+    public uint Index;
+    public uint NrLeaves;
+    public uint NrMsrs;
+    public uint Rsvd;
+    public ulong Leaves;
+    public ulong Msrs;
 }

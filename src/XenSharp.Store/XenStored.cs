@@ -105,6 +105,13 @@ public sealed class XenStored : IDisposable
         lock (_engine.Lock) return _engine.Release(domId) == XsError.None;
     }
 
+    /// <summary>A domain shut down: fires @releaseDomain, as xenstored does when VIRQ_DOM_EXC shows a domain newly
+    /// shut down or dying, so toolstacks waiting for a domain's death look at it.</summary>
+    public void DomainShutDown()
+    {
+        lock (_engine.Lock) _engine.Watches.FireSpecial(WatchTable.ReleaseDomain);
+    }
+
     public bool IsIntroduced(uint domId)
     {
         lock (_engine.Lock) return _engine.Domains.IsIntroduced(domId);

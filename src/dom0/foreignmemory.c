@@ -2,7 +2,9 @@
  * libxenforeignmemory.so.1 for XenSharp. A handle is a connection to xensharpd's privcmd. To map a
  * guest's frames the daemon answers with the domain's memfd and each frame's offset in it, and the
  * library maps them into one range itself (MAP_SHARED), so the daemon keeps nothing per mapping.
- * Resource mappings (grant tables, IOREQ pages) come later and fail with EOPNOTSUPP.
+ * Resource mappings travel the same way: the daemon names the frames of the resource (a guest's grant
+ * table) by their offsets in the domain's memfd. Resources the daemon does not serve fail with EOPNOTSUPP,
+ * which libxenguest takes as "use the older interface".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +21,12 @@
 
 struct xenforeignmemory_handle {
     struct privcmd_conn conn;
+};
+
+/* What xenforeignmemory_map_resource returns: the mapped range, unmapped by xenforeignmemory_unmap_resource. */
+struct xenforeignmemory_resource_handle {
+    void *addr;
+    unsigned long nr_frames;
 };
 
 xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *logger, unsigned open_flags)
@@ -142,16 +150,75 @@ xenforeignmemory_resource_handle *xenforeignmemory_map_resource(
     xenforeignmemory_handle *h, domid_t domid, unsigned int type, unsigned int id, unsigned long frame,
     unsigned long nr_frames, void **paddr, int prot, int flags)
 {
-    (void)h; (void)domid; (void)type; (void)id; (void)frame; (void)nr_frames; (void)paddr; (void)prot; (void)flags;
-    errno = EOPNOTSUPP;
+    xenforeignmemory_resource_handle *fres;
+    unsigned long done = 0, i;
+    uint8_t *base;
+    int saved;
+
+    if (nr_frames == 0 || !paddr) {
+        errno = EINVAL;
+        return NULL;
+    }
+    fres = calloc(1, sizeof(*fres));
+    if (!fres)
+        return NULL;
+    base = mmap(*paddr, nr_frames * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | (*paddr ? flags : 0), -1, 0);
+    if (base == MAP_FAILED) {
+        saved = errno;
+        free(fres);
+        errno = saved;
+        return NULL;
+    }
+    while (done < nr_frames) {
+        unsigned long n = nr_frames - done > PRIVCMD_MAX_BATCH ? PRIVCMD_MAX_BATCH : nr_frames - done;
+        struct privcmd_request req = { .op = PRIVCMD_OP_FOREIGN_MAP_RESOURCE,
+                                       .arg = { domid, type, id, frame + done, n, (prot & PROT_WRITE) ? 1 : 0 } };
+        int64_t offsets[PRIVCMD_MAX_BATCH];
+        int memfd = -1;
+
+        if (privcmd_call_ex(&h->conn, &req, NULL, 0, NULL, 0, NULL, offsets, n * sizeof(int64_t), &memfd) < 0
+            || memfd < 0)
+            goto fail;
+        for (i = 0; i < n; i++) {
+            if (offsets[i] < 0) {
+                close(memfd);
+                errno = (int)-offsets[i];
+                goto fail;
+            }
+            if (mmap(base + (done + i) * PAGE, PAGE, prot, MAP_SHARED | MAP_FIXED, memfd, (off_t)offsets[i]) == MAP_FAILED) {
+                saved = errno;
+                close(memfd);
+                errno = saved;
+                goto fail;
+            }
+        }
+        close(memfd);
+        done += n;
+    }
+    fres->addr = base;
+    fres->nr_frames = nr_frames;
+    *paddr = base;
+    return fres;
+
+fail:
+    saved = errno ? errno : EIO;
+    munmap(base, nr_frames * PAGE);
+    free(fres);
+    errno = saved;
     return NULL;
 }
 
 int xenforeignmemory_unmap_resource(xenforeignmemory_handle *h, xenforeignmemory_resource_handle *fres)
 {
+    int rc = 0;
+
     (void)h;
-    (void)fres;
-    return 0;
+    if (!fres)
+        return 0;
+    if (fres->addr)
+        rc = munmap(fres->addr, fres->nr_frames * PAGE);
+    free(fres);
+    return rc;
 }
 
 int xenforeignmemory_resource_size(xenforeignmemory_handle *h, domid_t domid, unsigned int type,

@@ -77,6 +77,11 @@ enum privcmd_op {
     /* arg[0] address, arg[1] pages: ends the grants of every share inside that range (after its notification).
      * -EINVAL when the range holds none. */
     PRIVCMD_OP_GNTSHR_UNSHARE = 53,
+
+    /* xenforeignmemory_map_resource: arg[0] domid, arg[1] resource type (XENMEM_resource_*), arg[2] its id,
+     * arg[3] first frame, arg[4] count (at most PRIVCMD_MAX_BATCH), arg[5] writable. The reply is as
+     * PRIVCMD_OP_FOREIGN_MAP's: the domain's memfd and count int64_t offsets, or -errno for the whole request. */
+    PRIVCMD_OP_FOREIGN_MAP_RESOURCE = 64,
 };
 
 #define PRIVCMD_MAX_COPY 16

@@ -420,6 +420,23 @@ public class LongModeTests
         }
     }
 
+    /// <summary>CR0.CD (bit 30) may be set alone, as Linux does around its MTRR setup; NW (bit 29) needs CD.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void CacheDisableAloneIsAValidCr0()
+    {
+        using var m = new TestMachine();
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, cr0); a.bts(eax, 30); a.mov(cr0, rax);
+            a.mov(rbx, cr0);
+            a.btr(eax, 30); a.mov(cr0, rax);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.Equal(1UL << 30, m.Regs.Rbx & (3UL << 29));
+        Assert.Equal(0UL, m.SRegs.Cr0 & (3UL << 29));
+    }
+
     [Fact]
     public void RealModeToLongModeTransition()
     {

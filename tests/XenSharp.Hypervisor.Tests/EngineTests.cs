@@ -95,7 +95,8 @@ public class EngineTests : IDisposable
             0x0F, 0x01, 0xC1,                                           // vmcall
             0xF4,                                                       // hlt
         ];
-        byte[] ap = [0xC6, 0x06, 0x00, 0x05, 0x42, 0xF4, 0xEB, 0xFD]; // real mode: mov byte [0x500], 0x42; hlt; jmp $-1
+        // real mode: mov byte [0x500], 0x42; sti; hlt; jmp $-1 (a HLT with interrupts off would take the AP down, as in Xen)
+        byte[] ap = [0xC6, 0x06, 0x00, 0x05, 0x42, 0xFB, 0xF4, 0xEB, 0xFD];
         _host.WriteGuestMemory(id, 0x1000, bsp);
         _host.WriteGuestMemory(id, 0x9A000, ap);
         _host.WriteGuestMemory(id, 0x3100, BitConverter.GetBytes(Sched.SHUTDOWN_poweroff));

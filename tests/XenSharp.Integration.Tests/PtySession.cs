@@ -28,7 +28,12 @@ public sealed partial class PtySession : IDisposable
     /// <summary>How many cursor position queries came out of xl so far.</summary>
     public int CursorQueries => Volatile.Read(ref _queriesSeen);
 
-    public PtySession(string runDir, params string[] xlArgs)
+    public PtySession(string runDir, params string[] xlArgs) : this(runDir, ["dotnet", XlHost.XlDll, .. xlArgs], true) { }
+
+    /// <summary>Runs <paramref name="command"/> (a program and its arguments) on the pty instead of xl.</summary>
+    public static PtySession Command(string runDir, params string[] command) => new(runDir, command, true);
+
+    private PtySession(string runDir, IReadOnlyList<string> command, bool _)
     {
         int fd = posix_openpt(O_RDWR | O_NOCTTY);
         if (fd < 0 || grantpt(fd) != 0 || unlockpt(fd) != 0)
@@ -46,9 +51,7 @@ public sealed partial class PtySession : IDisposable
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add("exec setsid --ctty \"$@\" <>\"$PTY\" >&0 2>&0");
         psi.ArgumentList.Add("sh");
-        psi.ArgumentList.Add("dotnet");
-        psi.ArgumentList.Add(XlHost.XlDll);
-        foreach (var a in xlArgs) psi.ArgumentList.Add(a);
+        foreach (var a in command) psi.ArgumentList.Add(a);
         psi.Environment["PTY"] = slave;
         psi.Environment["XENSHARP_RUNDIR"] = runDir;
         psi.Environment["TERM"] = "xterm";

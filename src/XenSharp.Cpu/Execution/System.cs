@@ -224,7 +224,7 @@ internal unsafe partial class X86Vcpu
         if ((v >> 32) != 0) throw GP();
         v |= 0x10;
         if ((v & 0x80000000) != 0 && (v & 1) == 0) throw GP();
-        if ((v & 0x20000000) == 0 && (v & 0x40000000) != 0) throw GP(); // NW without CD
+        if ((v & 0x20000000) != 0 && (v & 0x40000000) == 0) throw GP(); // NW (bit 29) without CD (bit 30)
         bool pgNow = (v & 0x80000000) != 0, pgBefore = PagingEnabled;
         if (pgNow && !pgBefore && (Efer & 0x100) != 0)
         {

@@ -26,6 +26,7 @@ internal static class PrivcmdProtocol
     public const uint OpGntshrShare = 52, OpGntshrUnshare = 53;
     /// <summary>Segments per PRIVCMD_OP_GNTTAB_COPY (struct privcmd_grant_copy, 12 bytes each).</summary>
     public const int MaxCopy = 16, GrantCopySize = 12;
+    public const uint OpForeignMapResource = 64;
 }
 
 /// <summary>struct privcmd_request.</summary>

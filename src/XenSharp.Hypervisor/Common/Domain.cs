@@ -43,7 +43,7 @@ internal sealed unsafe class Domain
     public HostServices Host { get; }
     public ushort DomainId { get; }
     public DomainKind Type { get; }
-    public Guid Handle { get; }
+    public Guid Handle { get; set; }
     /// <summary>Domain-0: the host process itself; it has no vCPUs or memory of its own and its event channels are callbacks.</summary>
     public bool IsHost { get; }
     public bool IsPrivileged { get; }
@@ -81,6 +81,9 @@ internal sealed unsafe class Domain
     public ulong VmAssist;
     /// <summary>Offset of this domain's wall clock from the host's (xl.cfg rtc_timeoffset).</summary>
     public long WallclockOffsetNs;
+    /// <summary>XEN_DOMCTL_set_paging_mempool_size: the bytes the toolstack set aside for the domain's paging
+    /// structures (the engine keeps its own, so this is only reported back).</summary>
+    public ulong PagingMempoolBytes { get; set; }
     public E820Entry[] MemoryMap { get; set; } = [];
 
     // Lifecycle.

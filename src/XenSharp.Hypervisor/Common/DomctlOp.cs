@@ -12,7 +12,7 @@ namespace XenSharp.Hypervisor.Common;
 /// </summary>
 internal static class DomctlOp
 {
-    private delegate long Handler(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack);
+    internal delegate long Handler(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack);
 
     private static readonly Dictionary<uint, Handler> Table = new()
     {
@@ -21,6 +21,25 @@ internal static class DomctlOp
         [XEN_DOMCTL_getvcpuaffinity] = GetVcpuAffinity,
         [XEN_DOMCTL_scheduler_op] = SchedulerOp,
         [XEN_DOMCTL_shadow_op] = ShadowOp,
+        [XEN_DOMCTL_createdomain] = DomctlBuild.CreateDomain,
+        [XEN_DOMCTL_destroydomain] = DomctlBuild.DestroyDomain,
+        [XEN_DOMCTL_pausedomain] = DomctlBuild.PauseDomain,
+        [XEN_DOMCTL_unpausedomain] = DomctlBuild.UnpauseDomain,
+        [XEN_DOMCTL_max_mem] = DomctlBuild.MaxMem,
+        [XEN_DOMCTL_max_vcpus] = DomctlBuild.MaxVcpus,
+        [XEN_DOMCTL_setvcpuaffinity] = DomctlBuild.SetVcpuAffinity,
+        [XEN_DOMCTL_setnodeaffinity] = DomctlBuild.SetNodeAffinity,
+        [XEN_DOMCTL_getnodeaffinity] = DomctlBuild.GetNodeAffinity,
+        [XEN_DOMCTL_settimeoffset] = DomctlBuild.SetTimeOffset,
+        [XEN_DOMCTL_settscinfo] = DomctlBuild.SetTscInfo,
+        [XEN_DOMCTL_gettscinfo] = DomctlBuild.GetTscInfo,
+        [XEN_DOMCTL_gethvmcontext] = DomctlBuild.GetHvmContext,
+        [XEN_DOMCTL_sethvmcontext] = DomctlBuild.SetHvmContext,
+        [XEN_DOMCTL_get_cpu_policy] = DomctlBuild.GetCpuPolicy,
+        [XEN_DOMCTL_set_cpu_policy] = DomctlBuild.SetCpuPolicy,
+        [XEN_DOMCTL_get_paging_mempool_size] = DomctlBuild.GetPagingMempoolSize,
+        [XEN_DOMCTL_set_paging_mempool_size] = DomctlBuild.SetPagingMempoolSize,
+        [XEN_DOMCTL_setdomainhandle] = DomctlBuild.SetDomainHandle,
     };
 
     /// <summary>Domain ids at and above this name no domain (DOMID_FIRST_RESERVED).</summary>
@@ -131,9 +150,10 @@ internal static class DomctlOp
             }
             cpuTime += (ulong)Interlocked.Read(ref vc.CpuTimeNs);
         }
+        // A domain with no vCPU online is neither running nor blocked (Xen reports no run state for it).
         if (running)
             flags |= XEN_DOMINF_running;
-        else if (allBlocked)
+        else if (allBlocked && online > 0)
             flags |= XEN_DOMINF_blocked;
         info.Flags = flags;
         info.TotPages = (ulong)d.TotPages;
@@ -266,6 +286,22 @@ internal static class Bitmaps
     /// <summary>Writes <paramref name="mask"/> into the caller's bitmap: as many bytes as its nr_bits need, bits past
     /// the mask cleared.</summary>
     public static bool Write(Vcpu v, in XenctlBitmap target, CpuMask mask) => Write(v, target, mask.Cpus);
+
+    /// <summary>The bits set in the caller's bitmap (at most 32768 of them are looked at, more than any host has).</summary>
+    public static bool Read(Vcpu v, in XenctlBitmap source, out List<int> bits)
+    {
+        bits = [];
+        int bytes = (int)((Math.Min(source.NrBits, 32768u) + 7) / 8);
+        if (bytes == 0)
+            return true;
+        var buffer = new byte[bytes];
+        if (!GuestAccess.CopyFrom(v, source.Bitmap, buffer))
+            return false;
+        for (int b = 0; b < Math.Min(source.NrBits, 32768u); b++)
+            if ((buffer[b / 8] & (1 << (b % 8))) != 0)
+                bits.Add(b);
+        return true;
+    }
 
     public static bool Write(Vcpu v, in XenctlBitmap target, IEnumerable<int> bits)
     {

@@ -97,6 +97,31 @@ internal sealed unsafe class GrantTable
 
     public void OnFrameUnmapped(uint mfn) => _frameGfn.Remove(mfn);
 
+    /// <summary>XENMEM_resource_grant_table: frames <paramref name="first"/>.. of the shared table (growing it as
+    /// acquire_resource does) or of the v2 status table. -EINVAL past the table's limit or for status frames under v1.</summary>
+    public long ResourceFrames(bool status, ulong first, Span<uint> mfns)
+    {
+        lock (_d.Lock)
+        {
+            ulong end = first + (ulong)mfns.Length;
+            if (status)
+            {
+                if (Version != 2 || end > (ulong)_status.Count)
+                    return -Errno.EINVAL;
+                for (int i = 0; i < mfns.Length; i++)
+                    mfns[i] = _status[(int)first + i];
+                return 0;
+            }
+            if (end > (ulong)MaxFrames)
+                return -Errno.EINVAL;
+            if (end > (ulong)_shared.Count && !Grow((int)end))
+                return -Errno.ENOMEM;
+            for (int i = 0; i < mfns.Length; i++)
+                mfns[i] = _shared[(int)first + i];
+            return 0;
+        }
+    }
+
     /// <summary>Host access to the table for the toolstack (seeding the console and xenstore grants).</summary>
     public bool WriteEntryV1(uint gref, ushort flags, ushort domid, uint frame)
     {

@@ -64,6 +64,10 @@ internal static class MemoryOp
             }
             case XENMEM_memory_map:
                 return MemoryMap(v, arg);
+            case XENMEM_set_memory_map:
+                return SetMemoryMap(v, arg);
+            case XENMEM_claim_pages:
+                return ClaimPages(v, arg);
             case XENMEM_set_pod_target:
             case XENMEM_get_pod_target:
                 return PodTarget(v, op, arg);
@@ -348,6 +352,47 @@ internal static class MemoryOp
             ? GuestAccess.Write(v, arg, new XenPodTarget32 { TargetPages = t.TargetPages, TotPages = t.TotPages, PodCachePages = t.PodCachePages, PodEntries = t.PodEntries, Domid = t.Domid })
             : GuestAccess.Write(v, arg, t);
         return ok ? 0 : -Errno.EFAULT;
+    }
+
+    /// <summary>Most entries a domain's e820 may have (Xen's E820MAX).</summary>
+    private const uint E820Max = 128;
+
+    /// <summary>XENMEM_set_memory_map (struct xen_foreign_memory_map): the toolstack sets the e820 another domain's
+    /// XENMEM_memory_map will return.</summary>
+    private static long SetMemoryMap(Vcpu v, ulong arg)
+    {
+        if (v.Compat || !GuestAccess.Read(v, arg, out XenForeignMemoryMap fmap))
+            return -Errno.EFAULT;
+        if (!v.Domain.IsPrivileged)
+            return -Errno.EPERM;
+        var d = v.Domain.Host.LookupForGuest(v.Domain, fmap.Domid, out long err);
+        if (d is null)
+            return err;
+        if (d.IsHost || fmap.Map.NrEntries > E820Max)
+            return -Errno.EINVAL;
+        var entries = new E820Entry[fmap.Map.NrEntries];
+        if (entries.Length > 0 && !GuestAccess.CopyFrom(v, fmap.Map.Buffer, MemoryMarshal.AsBytes(entries.AsSpan())))
+            return -Errno.EFAULT;
+        d.MemoryMap = entries;
+        return 0;
+    }
+
+    /// <summary>XENMEM_claim_pages: the toolstack asks that a domain's build will find its pages. Machine memory is
+    /// the daemon's alone, so a claim is only checked against what is free now (-ENOMEM); 0 pages cancels.</summary>
+    private static long ClaimPages(Vcpu v, ulong arg)
+    {
+        if (v.Compat || !GuestAccess.Read(v, arg, out XenMemoryReservation r))
+            return -Errno.EFAULT;
+        if (!v.Domain.IsPrivileged)
+            return -Errno.EPERM;
+        if (r.ExtentOrder != 0 || r.MemFlags != 0)
+            return -Errno.EINVAL;
+        var d = v.Domain.Host.LookupForGuest(v.Domain, r.Domid, out long err);
+        if (d is null)
+            return err;
+        if (d.IsHost)
+            return -Errno.EINVAL;
+        return r.NrExtents > (ulong)d.Host.Frames.FreeFrames ? -Errno.ENOMEM : 0;
     }
 
     private static unsafe long MemoryMap(Vcpu v, ulong arg)

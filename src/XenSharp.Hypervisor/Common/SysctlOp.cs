@@ -27,6 +27,8 @@ internal static class SysctlOp
         [XEN_SYSCTL_numainfo] = NumaInfo,
         [XEN_SYSCTL_cpupool_op] = CpupoolOp,
         [XEN_SYSCTL_scheduler_op] = SchedulerOp,
+        [XEN_SYSCTL_get_cpu_featureset] = GetCpuFeatureset,
+        [XEN_SYSCTL_get_cpu_policy] = GetCpuPolicy,
     };
 
     /// <summary>Bytes copied per piece of a console read, so a large buffer does not take one long copy.</summary>
@@ -88,7 +90,8 @@ internal static class SysctlOp
         pi.MaxCpuId = (uint)(cpus - 1);
         pi.MaxNodeId = (uint)(nodes.Length == 0 ? 0 : nodes[^1]);
         pi.CpuKhz = HostCpuKhz();
-        pi.Capabilities = XEN_SYSCTL_PHYSCAP_hvm;
+        // Guests run under the engine's own two-stage paging, which is what HAP means to the toolstack.
+        pi.Capabilities = XEN_SYSCTL_PHYSCAP_hvm | XEN_SYSCTL_PHYSCAP_hap | XEN_SYSCTL_PHYSCAP_gnttab_v1 | XEN_SYSCTL_PHYSCAP_gnttab_v2;
         pi.TotalPages = host.Frames.FrameCount;
         pi.FreePages = (ulong)host.Frames.FreeFrames;
         pi.MaxMfn = host.Frames.MaxMfn;
@@ -345,6 +348,51 @@ internal static class SysctlOp
             default:
                 return -Errno.ENOSYS;
         }
+    }
+
+    /// <summary>The CPUID a new domain's vCPU 0 answers: every system policy (raw, host, max, default) is this one,
+    /// since the engine's CPU is the only one guests get.</summary>
+    private static X86.XenCpuid SystemCpuid(HostServices host) =>
+        new(host.Options.BaseCpuid?.Invoke(0) ?? new XenSharp.Cpu.DefaultCpuidPolicy(0), 0,
+            () => (host.Time.TscToSystemMul, host.Time.TscShift, host.Time.TscHz));
+
+    /// <summary>XEN_SYSCTL_get_cpu_featureset: the feature words of the system policy; a short buffer gets what fits
+    /// and the full count, as Xen writes it.</summary>
+    private static long GetCpuFeatureset(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        ref var fs = ref op.As<XenSysctlCpuFeatureset>();
+        if (fs.Index > XEN_SYSCTL_cpu_featureset_hvm_max)
+            return -Errno.EINVAL;
+        // No PV guests: their featuresets are empty, as Xen's are without CONFIG_PV.
+        var words = fs.Index is XEN_SYSCTL_cpu_featureset_pv or XEN_SYSCTL_cpu_featureset_pv_max
+            ? new uint[X86.CpuPolicy.FeaturesetWords]
+            : X86.CpuPolicy.Featureset(SystemCpuid(v.Domain.Host), null);
+        uint n = Math.Min(fs.NrFeatures, (uint)words.Length);
+        for (uint i = 0; i < n; i++)
+            if (!GuestAccess.WriteElement(v, fs.Features, i, words[i]))
+                return -Errno.EFAULT;
+        fs.NrFeatures = (uint)words.Length;
+        copyBack = true;
+        return 0;
+    }
+
+    /// <summary>XEN_SYSCTL_get_cpu_policy: null arrays ask for the most a policy needs; the PV policies are
+    /// -EOPNOTSUPP (no PV guests), an unknown index -EINVAL.</summary>
+    private static long GetCpuPolicy(Vcpu v, ref XenSysctl op, out bool copyBack)
+    {
+        copyBack = false;
+        ref var p = ref op.As<XenSysctlCpuPolicy>();
+        if (p.Index > XEN_SYSCTL_cpu_policy_hvm_default || p.Rsvd != 0)
+            return -Errno.EINVAL;
+        bool sizing = p.Leaves == 0 && p.Msrs == 0;
+        if (!sizing && p.Index is XEN_SYSCTL_cpu_policy_pv_max or XEN_SYSCTL_cpu_policy_pv_default)
+            return -Errno.EOPNOTSUPP;
+        var cpuid = SystemCpuid(v.Domain.Host);
+        long rc = DomctlBuild.WritePolicy(v, X86.CpuPolicy.Serialise(cpuid), X86.CpuPolicy.SerialiseMsrs(null),
+            p.Leaves, ref p.NrLeaves, p.Msrs, ref p.NrMsrs);
+        copyBack = rc == 0;
+        return rc;
     }
 
     /// <summary>The host CPU's clock in kHz (Xen reports its measured cpu_khz), from /proc/cpuinfo.</summary>

@@ -104,11 +104,16 @@ internal sealed unsafe class HvmDomain : ArchDomain
     /// <summary>The FADT's PM1a control register, where the guest asks for S5 (poweroff).</summary>
     public AcpiPm1Control Pm1a { get; }
 
+    /// <summary>Whether the toolstack gave the guest an ACPI sleep register (XenSharp's own builder does; libxl's PVH
+    /// tables have no sleep states).</summary>
+    public bool HasAcpiSleepControl { get; private set; }
+
     /// <summary>Moves the PM1a control register to the port the toolstack's FADT names, with its \_S5 SLP_TYP.</summary>
     public void SetAcpiSleepControl(ushort port, int s5SleepType)
     {
         lock (Pm1a)
         {
+            HasAcpiSleepControl = true;
             if (port != Pm1a.Port)
             {
                 PortIo.Unregister(Pm1a.Port, Pm1a);

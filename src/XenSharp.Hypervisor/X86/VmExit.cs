@@ -56,6 +56,14 @@ internal static unsafe class VmExit
                     cpu.CompleteExit(0, fault: true);
                 return !v.DescheduleRequested;
             case VcpuExitReason.Hlt:
+                // HLT with interrupts off never ends: Xen takes the vCPU down, and powers the domain off once none
+                // is left (how a PVH guest without ACPI sleep states, as libxl builds it, powers off). A guest of
+                // XenSharp's own builder has ACPI S5 and keeps blocking there, as it always has.
+                if (exit.InterruptsDisabled && !v.WaitForSipi && !v.Domain.Arch.HasAcpiSleepControl)
+                {
+                    v.Domain.Host.HaltVcpu(v);
+                    return false;
+                }
                 v.Block();
                 return !v.DescheduleRequested;
             case VcpuExitReason.Shutdown:

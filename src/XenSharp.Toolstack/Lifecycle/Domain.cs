@@ -32,6 +32,10 @@ internal sealed class Domain
     public Lock MemoryUse { get; } = new();
     /// <summary>Built and wired up: visible to xl list.</summary>
     public bool Ready { get; set; }
+    /// <summary>Built by a Domain-0 program (Xen's own xl), not by the daemon: see HostForeignDomains.cs.</summary>
+    public bool BuiltOutside { get; init; }
+    /// <summary>What serving a domain built outside holds (its console watch and pty), released as it goes.</summary>
+    public List<IDisposable> OutsideParts { get; } = [];
 }
 
 /// <summary>A guest frame shared with a backend.</summary>

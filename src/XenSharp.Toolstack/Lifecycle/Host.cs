@@ -60,6 +60,7 @@ public sealed partial class Host : IDisposable
         XenstoreLayout.WriteDom0(xs);
         PublishCpupoolNames();
         _hv.DomainStateChanged += OnDomainStateChanged;
+        WatchForeignDomains();
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
         _hv.ConsoleWrite($"Command line: {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}");
         _hv.ConsoleWrite($"xensharpd: run directory {paths.RunDir}, {_hv.HostCpus} pCPUs");
@@ -247,8 +248,9 @@ public sealed partial class Host : IDisposable
                 throw new ControlException($"domain with uuid {c.Uuid} already exists.");
             // Domids that still name a restarted guest are not handed out again meanwhile.
             var now = _time.GetUtcNow();
+            // Domains a Domain-0 program made hold their ids too.
             while (_domains.ContainsKey(_nextDomId) || _nextDomId == 0 || _nextDomId >= 0x7FF0
-                   || _lineages.Any(l => l.Retains(_nextDomId, now, RetiredDomIdKept)))
+                   || _lineages.Any(l => l.Retains(_nextDomId, now, RetiredDomIdKept)) || _hv.HasDomain(_nextDomId))
                 _nextDomId = _nextDomId >= 0x7FF0 ? 1 : _nextDomId + 1;
             return _nextDomId++;
         }
@@ -332,14 +334,16 @@ public sealed partial class Host : IDisposable
                 _lineages.Remove(l);
             }
         }
+        ReleaseOutsideParts(d);
         DisconnectDevices(d);
         d.StoreChannel?.Dispose();
         try
         {
-            if (d.Store is not null) _xs.Release(d.DomId);
+            if (d.Store is not null || d.BuiltOutside) _xs.Release(d.DomId);
             XenstoreLayout.Remove(_xs, d.DomId, d.Config.Uuid);
         }
         catch (XenStoreException) { }
+        ReleaseForeignRing(d.DomId);
         // Waits for a core dump that is reading the memory; it stops at the next page.
         lock (d.MemoryUse) d.Hv.Dispose();
         _hv.ConsoleWrite($"d{d.DomId}: destroyed");
@@ -410,6 +414,7 @@ public sealed partial class Host : IDisposable
             foreach (var d in all) DestroyLocked(d);
         }
         _sysfs.Dispose();
+        UnwatchForeignDomains();
         DisposeBackends();
         _hv.DomainStateChanged -= OnDomainStateChanged;
     }

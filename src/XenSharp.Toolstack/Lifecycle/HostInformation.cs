@@ -113,7 +113,7 @@ public sealed partial class Host
             ThreadsPerCore = 1,
             CpuMhz = HostMemory.CpuMhz(),
             HwCaps = "00000000:00000000:00000000:00000000:00000000:00000000:00000000:00000000",
-            VirtCaps = "hvm",
+            VirtCaps = "hvm hap gnttab-v1 gnttab-v2",
             // physinfo: the hypervisor's machine memory and what no domain holds of it, not the host's.
             TotalMemoryMb = (long)(total >> 20),
             FreeMemoryMb = (long)(free >> 20),

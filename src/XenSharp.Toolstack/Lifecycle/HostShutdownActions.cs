@@ -10,6 +10,8 @@ public sealed partial class Host
     private void OnDomainStateChanged(uint domId)
     {
         // Runs on a thread pool thread: whatever fails, the daemon carries on.
+        try { _xs.DomainShutDown(); }
+        catch (Exception e) when (e is XenSharp.Store.XenStoreException or ObjectDisposedException) { }
         try { HandleShutdown(domId); }
         catch (Exception e) { _hv.ConsoleWrite($"d{domId}: shutdown handling failed: {e.Message}"); }
     }

@@ -14,6 +14,9 @@ public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, 
 }
 
 /// <summary>A domain's run state as XEN_DOMCTL_getdomaininfo reports it.</summary>
+/// <summary>A domain the toolstack did not create, as the hypervisor knows it.</summary>
+public sealed record ForeignDomain(IHypervisorDomain Domain, Guid Uuid, int MaxVcpus, DomainKind Kind);
+
 public readonly record struct DomainRunInfo(
     bool Running, bool Blocked, bool Paused, bool Shutdown, ShutdownReason Reason, bool Dying,
     ulong CpuTimeNs, int OnlineVcpus, long CurrentMemKb);
@@ -68,6 +71,19 @@ public interface IHypervisor : IDisposable
 
     /// <summary>Cpupools and schedulers; null when the platform has none.</summary>
     IScheduling? Scheduling => null;
+
+    /// <summary>A handle on domain <paramref name="domId"/>, which a Domain-0 program created (Xen's own xl through
+    /// the dom0 interface), with its uuid and vCPU count; null when there is no such domain.</summary>
+    ForeignDomain? AdoptDomain(uint domId) => null;
+
+    /// <summary>Whether the hypervisor has domain <paramref name="domId"/> (made by the toolstack or not).</summary>
+    bool HasDomain(uint domId) => false;
+
+    /// <summary>Raised (on a thread pool thread) when a domain is destroyed, whoever destroyed it.</summary>
+    event Action<uint>? DomainDestroyed { add { } remove { } }
+
+    /// <summary>Raised (on a thread pool thread) when a Domain-0 program created a domain.</summary>
+    event Action<uint>? DomainCreatedOutside { add { } remove { } }
 }
 
 public interface IHypervisorDomain : IDisposable

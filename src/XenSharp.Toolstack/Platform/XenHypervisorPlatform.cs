@@ -19,7 +19,24 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         _hv = hv;
         _owns = ownsHypervisor;
         _hv.DomainShutdown += (_, e) => DomainStateChanged?.Invoke(e.DomainId);
+        _hv.DomainDestroyed += id => DomainDestroyed?.Invoke(id);
+        _hv.DomainCreatedByDom0 += id => DomainCreatedOutside?.Invoke(id);
     }
+
+    public event Action<uint>? DomainDestroyed;
+    public event Action<uint>? DomainCreatedOutside;
+
+    public ForeignDomain? AdoptDomain(uint domId)
+    {
+        if (domId == 0 || domId > ushort.MaxValue)
+            return null;
+        DomctlDomainInfo info;
+        try { info = _hv.GetDomainInfo((ushort)domId); }
+        catch (HypervisorException) { return null; }
+        return new ForeignDomain(new Domain(_hv, (ushort)domId), info.Handle, info.Vcpus, info.Type);
+    }
+
+    public bool HasDomain(uint domId) => domId <= ushort.MaxValue && _hv.ListDomains().Any(x => x.DomainId == domId);
 
     public XenHypervisor Hypervisor => _hv;
 
@@ -227,7 +244,9 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
                 catch (HypervisorException) { return new DomainRunInfo(false, false, false, false, 0, true, 0, 0, 0); }
                 return new DomainRunInfo(
                     Running: i.IsRunningNow,
-                    Blocked: !i.IsRunningNow && i.IsBlocked && i.State == Hv.DomainRunState.Running,
+                    // As Xen's getdomaininfo: every online vCPU blocked, whether or not the domain is also paused.
+                    Blocked: !i.IsRunningNow && i.IsBlocked && i.OnlineVcpus > 0
+                        && i.State is Hv.DomainRunState.Running or Hv.DomainRunState.Paused,
                     Paused: i.State == Hv.DomainRunState.Paused,
                     Shutdown: i.State == Hv.DomainRunState.Shutdown,
                     Reason: i.ShutdownReason ?? ShutdownReason.Poweroff,
