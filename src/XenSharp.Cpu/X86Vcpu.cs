@@ -343,6 +343,16 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             try
             {
                 RunBlock();
+                if (Abort != 0)
+                {
+                    // Caught under compiled code (see JitRuntime): the same as the catches below.
+                    bool exit = Abort == AbortExit;
+                    Abort = 0;
+                    if (exit) return ref _exit;
+                    if (Stats) S.Faults++;
+                    Rip = CurIp;
+                    if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+                }
             }
             catch (GuestFault)
             {

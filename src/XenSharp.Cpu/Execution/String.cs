@@ -158,7 +158,9 @@ internal unsafe partial class X86Vcpu
                     }
                 }
             }
-            WriteLin(dst, es, v);
+            // Clearing freshly mapped user pages (clear_user) faults once a page: not as an exception.
+            WriteLinSoft(dst, es, v);
+            if (Abort != 0) return;
             SetIdx(7, asz, di + (ulong)step);
             if (!rep) return;
             ElementDone();
