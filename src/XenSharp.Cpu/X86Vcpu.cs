@@ -476,6 +476,15 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         return _exitSignal;
     }
 
+    /// <summary>Leaves Run with this exit once the current instruction handler returns (it must return at
+    /// once): every caller of the interpreter checks <see cref="Abort"/>, so I/O ports, hypercalls and MSR
+    /// exits cost no .NET exception.</summary>
+    internal void ExitAfterInstruction(VcpuExitReason reason)
+    {
+        Exit(reason);
+        Abort = AbortExit;
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal ExitSignal Unsupported(in Iced.Intel.Instruction i)
         => Exit(VcpuExitReason.InternalError, $"unsupported instruction at {Seg[CS].Sel:X4}:{i.IP:X}: {i} ({i.Code})");

@@ -273,7 +273,7 @@ internal unsafe partial class X86Vcpu
         _pendingValue = ulong.MaxValue;
         Stop = true;
         _exit.Port = port; _exit.Size = size; _exit.IsWrite = false;
-        throw Exit(VcpuExitReason.Io);
+        ExitAfterInstruction(VcpuExitReason.Io);
     }
 
     private void ExecOut(ref DecodedInsn d)
@@ -286,7 +286,7 @@ internal unsafe partial class X86Vcpu
         CarryDebugAcrossExit();
         Stop = true;
         _exit.Port = port; _exit.Size = size; _exit.IsWrite = true; _exit.Data = ReadReg(reg);
-        throw Exit(VcpuExitReason.Io);
+        ExitAfterInstruction(VcpuExitReason.Io);
     }
 
     private void ExecOuts(ref DecodedInsn d)
