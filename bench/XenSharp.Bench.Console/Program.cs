@@ -3,10 +3,11 @@ using System.Text;
 using System.Text.RegularExpressions;
 
 // bench-console: times a guest through its console, the same way for every peer.
-//   bench-console --prompt REGEX [--send TEXT --result REGEX] [--timeout S] -- COMMAND ARGS...
+//   bench-console --prompt REGEX [--setup TEXT --setup-result REGEX] [--send TEXT --result REGEX] [--timeout S] -- COMMAND ARGS...
 // starts COMMAND, waits until its output matches --prompt (prints "boot SECONDS"), then optionally
-// types TEXT and waits for --result (prints "command SECONDS" and the matched text), then kills it.
-string? prompt = null, send = null, result = null;
+// types the untimed --setup TEXT and waits for --setup-result, then optionally types TEXT and waits
+// for --result (prints "command SECONDS" and the matched text), then kills it.
+string? prompt = null, send = null, result = null, setup = null, setupResult = null;
 double timeout = 300;
 int i = 0;
 for (; i < args.Length && args[i] != "--"; i++)
@@ -16,13 +17,15 @@ for (; i < args.Length && args[i] != "--"; i++)
         case "--prompt": prompt = args[++i]; break;
         case "--send": send = args[++i]; break;
         case "--result": result = args[++i]; break;
+        case "--setup": setup = args[++i]; break;
+        case "--setup-result": setupResult = args[++i]; break;
         case "--timeout": timeout = double.Parse(args[++i]); break;
         default: Console.Error.WriteLine($"bench-console: unknown option {args[i]}"); return 2;
     }
 }
 if (prompt is null || i + 1 >= args.Length)
 {
-    Console.Error.WriteLine("usage: bench-console --prompt REGEX [--send TEXT --result REGEX] [--timeout S] -- COMMAND ARGS...");
+    Console.Error.WriteLine("usage: bench-console --prompt REGEX [--setup TEXT --setup-result REGEX] [--send TEXT --result REGEX] [--timeout S] -- COMMAND ARGS...");
     return 2;
 }
 
@@ -46,6 +49,13 @@ try
     if (bootMatch is null) return Fail("no prompt");
     double boot = clock.Elapsed.TotalSeconds;
     Console.WriteLine($"boot {boot:F2}");
+    if (setup is not null && setupResult is not null)
+    {
+        int from = output.Length;
+        await p.StandardInput.WriteAsync(setup.Replace("\\n", "\n"));
+        await p.StandardInput.FlushAsync();
+        if (await WaitFor(new Regex(setupResult), from) is null) return Fail("no setup result");
+    }
     if (send is not null && result is not null)
     {
         int from = output.Length;

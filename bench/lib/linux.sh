@@ -25,3 +25,18 @@ trap '"$ROOT/xl" daemon-stop >/dev/null 2>&1; rm -rf "$XENSHARP_RUNDIR"' EXIT
 XL_CREATE="$ROOT/xl create -c $ROOT/examples/debian-pvh.cfg"
 
 ratio() { echo "$1 $2" | awk '{ if ($2 > 0) printf "%.2f", $1 / $2; else print "n/a" }'; }
+
+# guest_pair NAME SEND RESULT [SETUP SETUP_RESULT]: times SEND (until RESULT shows on the console) in
+# QEMU's TCG and in XenSharp, after the untimed SETUP, and prints the benchmark's line. $QEMU and
+# $XL_CREATE may be changed before the call (e.g. for two vCPUs).
+guest_pair() {
+    name=$1; send=$2; result=$3
+    set --  --send "$send" --result "$result" ${4:+--setup} ${4:+"$4"} ${5:+--setup-result} ${5:+"$5"}
+    peer=$($BENCH_CONSOLE --prompt "$PROMPT" "$@" --timeout 900 -- $QEMU | awk '/^command/{print $2}')
+    if ours=$($BENCH_CONSOLE --prompt "$PROMPT" "$@" --timeout 1800 -- $XL_CREATE 2>/tmp/xensharp-$name.err | awk '/^command/{print $2}') && [ -n "$ours" ]; then
+        echo "$name: $ours s (qemu-tcg: $peer s, ratio $(ratio "$ours" "$peer"))"
+    else
+        echo "$name: the guest did not run it (qemu-tcg: $peer s); see /tmp/xensharp-$name.err"
+        return 1
+    fi
+}

@@ -360,6 +360,16 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             try
             {
                 RunBlock();
+                if (Abort != 0)
+                {
+                    // Caught under compiled code (see JitRuntime): the same as the catches below.
+                    bool exit = Abort == AbortExit;
+                    Abort = 0;
+                    if (exit) return ref _exit;
+                    if (Stats) S.Faults++;
+                    Rip = CurIp;
+                    if (!DeliverFault(_fault.Vector, _fault.HasErrorCode, _fault.ErrorCode)) return ref ShutdownExit();
+                }
             }
             catch (GuestFault)
             {
@@ -488,6 +498,15 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         _exit.Reason = reason;
         _exit.Message = message;
         return _exitSignal;
+    }
+
+    /// <summary>Leaves Run with this exit once the current instruction handler returns (it must return at
+    /// once): every caller of the interpreter checks <see cref="Abort"/>, so I/O ports, hypercalls and MSR
+    /// exits cost no .NET exception.</summary>
+    internal void ExitAfterInstruction(VcpuExitReason reason)
+    {
+        Exit(reason);
+        Abort = AbortExit;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -423,6 +423,7 @@ internal unsafe partial class X86Vcpu
             if (!single && n == b.Count && TryRunCompiled(b))
             {
                 if (Stats) S.Compiled++;
+                if (Abort != 0) return;
                 if (Stop)
                 {
                     Stop = false;
@@ -437,6 +438,7 @@ internal unsafe partial class X86Vcpu
                 CurIp = d.I.IP;
                 Rip = d.I.NextIP;
                 if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+                if (Abort != 0) return;
                 _retired++;
                 if (Stop)
                 {

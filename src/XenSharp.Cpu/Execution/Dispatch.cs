@@ -138,7 +138,8 @@ internal unsafe partial class X86Vcpu
             case Mnemonic.Hlt: ExecHlt(); return;
             case Mnemonic.Vmcall: case Mnemonic.Vmmcall:
                 Stop = true;
-                throw Exit(VcpuExitReason.Hypercall);
+                ExitAfterInstruction(VcpuExitReason.Hypercall);
+                return;
             case Mnemonic.In: ExecIn(ref d); return;
             case Mnemonic.Out: ExecOut(ref d); return;
             case Mnemonic.Insb: case Mnemonic.Insw: case Mnemonic.Insd: ExecIns(ref d); return;

@@ -158,7 +158,9 @@ internal unsafe partial class X86Vcpu
                     }
                 }
             }
-            WriteLin(dst, es, v);
+            // Clearing freshly mapped user pages (clear_user) faults once a page: not as an exception.
+            WriteLinSoft(dst, es, v);
+            if (Abort != 0) return;
             SetIdx(7, asz, di + (ulong)step);
             if (!rep) return;
             ElementDone();
@@ -271,7 +273,7 @@ internal unsafe partial class X86Vcpu
         _pendingValue = ulong.MaxValue;
         Stop = true;
         _exit.Port = port; _exit.Size = size; _exit.IsWrite = false;
-        throw Exit(VcpuExitReason.Io);
+        ExitAfterInstruction(VcpuExitReason.Io);
     }
 
     private void ExecOut(ref DecodedInsn d)
@@ -284,7 +286,7 @@ internal unsafe partial class X86Vcpu
         CarryDebugAcrossExit();
         Stop = true;
         _exit.Port = port; _exit.Size = size; _exit.IsWrite = true; _exit.Data = ReadReg(reg);
-        throw Exit(VcpuExitReason.Io);
+        ExitAfterInstruction(VcpuExitReason.Io);
     }
 
     private void ExecOuts(ref DecodedInsn d)

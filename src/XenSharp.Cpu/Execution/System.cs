@@ -528,7 +528,7 @@ internal unsafe partial class X86Vcpu
         _pendingValue = 0;
         Stop = true;
         _exit.Port = idx;
-        throw Exit(VcpuExitReason.RdMsr);
+        ExitAfterInstruction(VcpuExitReason.RdMsr);
     }
 
     private void ExecWrmsr()
@@ -547,7 +547,7 @@ internal unsafe partial class X86Vcpu
         _exit.Port = idx;
         _exit.Data = v;
         _exit.IsWrite = true;
-        throw Exit(VcpuExitReason.WrMsr);
+        ExitAfterInstruction(VcpuExitReason.WrMsr);
     }
 
     private enum MsrResult { Ok, Fault, Unknown }

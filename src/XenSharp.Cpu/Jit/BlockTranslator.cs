@@ -22,6 +22,7 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FCurIp = Cpu.GetField(nameof(X86Vcpu.CurIp), Inst)!;
     private static readonly FieldInfo FRflags = Cpu.GetField(nameof(X86Vcpu.Rflags), Inst)!;
     private static readonly FieldInfo FStop = Cpu.GetField(nameof(X86Vcpu.Stop), Inst)!;
+    private static readonly FieldInfo FAbort = Cpu.GetField(nameof(X86Vcpu.Abort), Inst)!;
     private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
     private static readonly FieldInfo FInsns = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Insns))!;
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
@@ -180,6 +181,22 @@ internal sealed partial class BlockTranslator
             bool ended = EmitInline(ref d, i);
             if (last && !ended) EmitExit(d.I.NextIP, i + 1, link: true);
         }
+        if (_abortUsed)
+        {
+            _il.MarkLabel(_abort);
+            _il.Emit(OpCodes.Ret);
+        }
+    }
+
+    private Label _abort;
+    private bool _abortUsed;
+
+    /// <summary>After a slow-path call (evaluation stack empty): a fault or exit it caught leaves the
+    /// block with the state the call was made in, as the exception did.</summary>
+    private void EmitAbortCheck()
+    {
+        if (!_abortUsed) { _abort = _il.DefineLabel(); _abortUsed = true; }
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, _abort);
     }
 
     // ---------------------------------------------------------------- planning
@@ -501,6 +518,7 @@ internal sealed partial class BlockTranslator
         LdCpu();
         _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
         _il.Emit(OpCodes.Call, MJitExec);
+        EmitAbortCheck();
         if (last)
         {
             AddRetired(1);

@@ -105,6 +105,7 @@ internal sealed partial class BlockTranslator
         SyncForCall(i);
         LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
         _il.Emit(OpCodes.Stloc, _val);
+        EmitAbortCheck();
         _il.MarkLabel(done);
     }
 
@@ -128,6 +129,7 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(slow);
         SyncForCall(i);
         LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
+        EmitAbortCheck();
         _il.MarkLabel(done);
     }
 }

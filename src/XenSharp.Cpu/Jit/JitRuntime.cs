@@ -68,35 +68,73 @@ internal unsafe partial class X86Vcpu
     }
 
     // ---- slow paths of compiled code (state is written back before each call) ----
+    // A fault or exit raised under them is caught right here and reported through Abort, which the
+    // compiled code tests after each call and leaves by a plain return: the throw then unwinds only
+    // the interpreter frames beneath, not the compiled blocks (and their direct links) above.
+
+    /// <summary>Set when a slow path of compiled code caught a guest fault (<see cref="AbortFault"/>,
+    /// the fault in _fault) or an exit (<see cref="AbortExit"/>, the exit in _exit); compiled code
+    /// returns at once and the run loop delivers it as it would the exception.</summary>
+    internal byte Abort;
+    internal const byte AbortFault = 1, AbortExit = 2;
 
     internal ulong JitRead(ulong lin, int size)
     {
+        try { return JitReadCore(lin, size); }
+        catch (GuestFault) { Abort = AbortFault; return 0; }
+        catch (ExitSignal) { Abort = AbortExit; return 0; }
+    }
+
+    private ulong JitReadCore(ulong lin, int size)
+    {
         if (_acUser && (Rflags & AC) != 0) CheckAlignment(lin, (uint)size);
-        return ReadLin(lin, size);
+        return ReadLinSoft(lin, size);
     }
 
     /// <summary>Stack-segment accesses (RSP/RBP bases, pushes and pops): a non-canonical address is #SS, not #GP.</summary>
     internal ulong JitReadStack(ulong lin, int size)
     {
-        CheckStackCanonical(lin, (uint)size);
-        return JitRead(lin, size);
+        try
+        {
+            CheckStackCanonical(lin, (uint)size);
+            return JitReadCore(lin, size);
+        }
+        catch (GuestFault) { Abort = AbortFault; return 0; }
+        catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
     internal void JitWriteStack(ulong lin, int size, ulong v)
     {
-        CheckStackCanonical(lin, (uint)size);
-        JitWrite(lin, size, v);
+        try
+        {
+            CheckStackCanonical(lin, (uint)size);
+            JitWriteCore(lin, size, v);
+        }
+        catch (GuestFault) { Abort = AbortFault; }
+        catch (ExitSignal) { Abort = AbortExit; }
     }
 
     internal void JitWrite(ulong lin, int size, ulong v)
     {
+        try { JitWriteCore(lin, size, v); }
+        catch (GuestFault) { Abort = AbortFault; }
+        catch (ExitSignal) { Abort = AbortExit; }
+    }
+
+    private void JitWriteCore(ulong lin, int size, ulong v)
+    {
         if (_acUser && (Rflags & AC) != 0) CheckAlignment(lin, (uint)size);
-        WriteLin(lin, size, v);
+        WriteLinSoft(lin, size, v);
     }
 
     /// <summary>One instruction through the interpreter (CurIp and Rip already set).</summary>
     internal void JitExec(ref DecodedInsn d)
     {
-        if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+        try
+        {
+            if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+        }
+        catch (GuestFault) { Abort = AbortFault; }
+        catch (ExitSignal) { Abort = AbortExit; }
     }
 }

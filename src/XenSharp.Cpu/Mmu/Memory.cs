@@ -94,6 +94,27 @@ internal unsafe partial class X86Vcpu
         WriteSlow(lin, size, v, Cpl == 3);
     }
 
+    /// <summary><see cref="WriteLin"/> with a page fault recorded in <see cref="Abort"/> rather than thrown
+    /// (see <see cref="ReadSlow"/>); the caller returns at once when Abort is set.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void WriteLinSoft(ulong lin, int size, ulong v)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->WriteTag == vpn && (int)(lin & 0xFFF) <= 4096 - size) StoreHost(e->Host + (lin & 0xFFF), size, v);
+        else WriteSlow(lin, size, v, Cpl == 3, soft: true);
+    }
+
+    /// <summary><see cref="ReadLin"/> with a page fault recorded in <see cref="Abort"/> rather than thrown.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadLinSoft(ulong lin, int size)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn && (int)(lin & 0xFFF) <= 4096 - size) return LoadHost(e->Host + (lin & 0xFFF), size);
+        return ReadSlow(lin, size, Cpl == 3, soft: true);
+    }
+
     internal void Write8(ulong lin, byte v) => WriteLin(lin, 1, v);
     internal void Write16(ulong lin, ushort v) => WriteLin(lin, 2, v);
     internal void Write32(ulong lin, uint v) => WriteLin(lin, 4, v);
@@ -106,8 +127,15 @@ internal unsafe partial class X86Vcpu
 
     // ---- slow paths ----
 
+    /// <summary>TranslateAndFill's result when a soft page fault was recorded instead of thrown.</summary>
+    private const ulong PageFaulted = ulong.MaxValue;
+
+    /// <summary>With <paramref name="soft"/>, a #PF from the page walk of an access within one page is not
+    /// thrown but recorded (<see cref="Abort"/>, _fault, CR2) and 0 returned: the caller abandons the
+    /// instruction by returning, which costs nothing next to a .NET exception (Linux takes its page faults
+    /// by the million). Everything else (#GP, faults on page-crossing accesses, MMIO exits) still throws.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    internal ulong ReadSlow(ulong lin, int size, bool user, bool implicitSup = false)
+    internal ulong ReadSlow(ulong lin, int size, bool user, bool implicitSup = false, bool soft = false)
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
         else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
@@ -123,8 +151,8 @@ internal unsafe partial class X86Vcpu
                 r |= ReadSlow((lin + (ulong)i) & mask, 1, user, implicitSup) << (8 * i);
             return r;
         }
-        ulong phys = TranslateAndFill(lin, Access.Read, user, implicitSup, out byte* host);
-        if (host == null) return MmioRead(phys, size);
+        ulong phys = TranslateAndFill(lin, Access.Read, user, implicitSup, out byte* host, soft);
+        if (host == null) return phys == PageFaulted ? 0 : MmioRead(phys, size);
         switch (size)
         {
             case 1: return *host;
@@ -135,8 +163,9 @@ internal unsafe partial class X86Vcpu
         }
     }
 
+    /// <summary>See <see cref="ReadSlow"/> for <paramref name="soft"/>.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    internal void WriteSlow(ulong lin, int size, ulong v, bool user, bool implicitSup = false)
+    internal void WriteSlow(ulong lin, int size, ulong v, bool user, bool implicitSup = false, bool soft = false)
     {
         if (!LongMode) lin &= 0xFFFF_FFFF;
         else if (!Canonical(lin) || !Canonical(lin + (ulong)size - 1)) throw GP();
@@ -163,11 +192,19 @@ internal unsafe partial class X86Vcpu
                 WriteSlow((lin + (ulong)i) & mask, 1, v >> (8 * i), user, implicitSup);
             return;
         }
-        ulong phys = TranslateAndFill(lin, Access.Write, user, implicitSup, out byte* host);
-        if (host == null) { MmioWrite(phys, size, v); return; }
+        ulong phys = TranslateAndFill(lin, Access.Write, user, implicitSup, out byte* host, soft);
+        if (host == null) { if (phys != PageFaulted) MmioWrite(phys, size, v); return; }
         StoreHost(host, size, v);
         AfterCodeFrameWrite(phys >> 12, (int)(phys & 0xFFF), size);
     }
+
+    private static ulong LoadHost(byte* host, int size) => size switch
+    {
+        1 => *host,
+        2 => *(ushort*)host,
+        4 => *(uint*)host,
+        _ => *(ulong*)host,
+    };
 
     private static void StoreHost(byte* host, int size, ulong v)
     {
@@ -192,12 +229,19 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Translates one access and fills the TLB entry; host is null for MMIO.</summary>
-    private ulong TranslateAndFill(ulong lin, Access access, bool user, bool implicitSup, out byte* host)
+    private ulong TranslateAndFill(ulong lin, Access access, bool user, bool implicitSup, out byte* host, bool soft = false)
     {
         if (LongMode && !Canonical(lin)) throw GP();
         if (!TryWalk(lin, access, user, true, out ulong phys, out uint err, out bool global, implicitSup))
         {
             Cr2 = lin;
+            if (soft)
+            {
+                Fault(14, err);
+                Abort = AbortFault;
+                host = null;
+                return PageFaulted;
+            }
             throw Fault(14, err);
         }
         ulong gfn = phys >> 12;

@@ -120,6 +120,7 @@ internal unsafe partial class X86Vcpu
         CurIp = d.I.IP;
         Rip = d.I.NextIP;
         if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
+        if (Abort != 0) return;
         _retired++;
         // The instruction that consumed MMIO results has completed.
         _replayCount = 0; _replayIdx = 0;

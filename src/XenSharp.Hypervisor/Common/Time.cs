@@ -209,7 +209,8 @@ internal static class TimeOps
 {
     public static long SetTimerOp(Vcpu v, in HypercallArgs a)
     {
-        long deadline = (long)a.A1;
+        // A 32-bit caller passes the 64-bit time in two registers, low half first (Xen's compat_set_timer_op).
+        long deadline = v.Compat ? (long)(((ulong)(int)(uint)a.A2 << 32) | (uint)a.A1) : (long)a.A1;
         if (deadline == 0)
             v.SingleshotDeadline = long.MaxValue;
         else
