@@ -106,17 +106,5 @@ public sealed class Dom0CreateTests
     }
 
     /// <summary>Runs a program under ./dom0 against the test's daemon, its stdin closed.</summary>
-    private static XlResult Dom0(XlHost xl, params string[] args)
-    {
-        var psi = new ProcessStartInfo(Repository.PathOf("dom0"))
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            WorkingDirectory = Repository.Root,
-        };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["XENSHARP_RUNDIR"] = xl.RunDir;
-        return XlHost.RunProcess(psi, TimeSpan.FromMinutes(3));
-    }
+    private static XlResult Dom0(XlHost xl, params string[] args) => xl.RunDom0(TimeSpan.FromMinutes(3), args);
 }

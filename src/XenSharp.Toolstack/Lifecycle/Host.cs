@@ -195,14 +195,7 @@ public sealed partial class Host : IDisposable
             ConnectRings(dom, built.XenstorePfn, built.ConsolePfn);
             AddDevices(dom);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
-            if (!paused) hvd.Unpause();
-            lock (_lock)
-            {
-                dom.Ready = true;
-                dom.Lineage.Current = dom;
-                dom.Lineage.PendingName = null;
-                _lineages.Add(dom.Lineage);
-            }
+            Launch(dom, paused);
             return dom;
         }
         catch
@@ -227,7 +220,13 @@ public sealed partial class Host : IDisposable
         PvBuilder.SetEventChannels(hvd.Memory, built.StartInfoPfn, storePort, consolePort);
         AddDevices(dom);
         _hv.ConsoleWrite($"d{dom.DomId}: {c.Name} built (PV): entry 0x{built.Entry:x}, start info 0x{built.StartInfoVirt:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
-        if (!paused) hvd.Unpause();
+        Launch(dom, paused);
+    }
+
+    /// <summary>A built domain starts (unless asked paused) and becomes its lineage's current incarnation.</summary>
+    private void Launch(Domain dom, bool paused)
+    {
+        if (!paused) dom.Hv.Unpause();
         lock (_lock)
         {
             dom.Ready = true;
