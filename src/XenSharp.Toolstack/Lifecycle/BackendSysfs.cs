@@ -14,14 +14,16 @@ internal sealed class BackendSysfs : IDisposable
 
     private readonly Func<BackendRegistry?> _backends;
     private readonly string _devices;
-    private readonly ITimer _timer;
+    private readonly Timer _timer;
     private int _busy;
 
-    public BackendSysfs(Func<BackendRegistry?> backends, string root, TimeProvider time)
+    /// <summary>Refreshes on the host's own clock, not the toolstack's (which tests drive by hand): the figures are
+    /// what xentop samples in real time.</summary>
+    public BackendSysfs(Func<BackendRegistry?> backends, string root)
     {
         _backends = backends;
         _devices = Path.Combine(root, "devices");
-        _timer = time.CreateTimer(_ => Refresh(), null, TimeSpan.Zero, Period);
+        _timer = new Timer(_ => Refresh(), null, TimeSpan.Zero, Period);
     }
 
     public void Refresh()

@@ -64,7 +64,7 @@ public sealed partial class Host : IDisposable
         _hv.ConsoleWrite($"Xen version {_hv.Version} (XenSharp)");
         _hv.ConsoleWrite($"Command line: {string.Join(' ', Environment.GetCommandLineArgs().Skip(1))}");
         _hv.ConsoleWrite($"xensharpd: run directory {paths.RunDir}, {_hv.HostCpus} pCPUs");
-        _sysfs = new BackendSysfs(() => { lock (_lock) return _backends; }, paths.XenBackendSysfs, _time);
+        _sysfs = new BackendSysfs(() => { lock (_lock) return _backends; }, paths.XenBackendSysfs);
     }
 
     private readonly BackendSysfs _sysfs;
