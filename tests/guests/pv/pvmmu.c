@@ -202,14 +202,15 @@ void pv_main(start_info_t *start)
     evtchn_bind_ipi_t ipi = { .vcpu = 0 };
     check_eq("pv.bind_ipi", hc(__HYPERVISOR_event_channel_op, EVTCHNOP_bind_ipi, (unsigned long)&ipi, 0, 0), 0);
     ipi_port = ipi.port;
-    /* Unmasking takes whatever was pending already (the console's notifications); then the IPI comes alone. */
+    /* Unmasking takes whatever was pending already (the console's notifications); then the IPI comes. */
     vi->evtchn_upcall_mask = 0;
     hc(__HYPERVISOR_xen_version, XENVER_version, 0, 0, 0);
     unsigned before = upcalls;
     evtchn_send_t send = { .port = ipi.port };
     long rc = hc(__HYPERVISOR_event_channel_op, EVTCHNOP_send, (unsigned long)&send, 0, 0);
     check_eq("pv.send_preserved_across_upcall", rc, 0);
-    check_eq("pv.event_upcall", upcalls - before, 1);
+    /* The console's notifications may come too (the daemon's backend runs beside the guest): at least the IPI's. */
+    check_eq("pv.event_upcall", upcalls - before >= 1, 1);
     check_eq("pv.event_upcall_ipi_port", ipi_deliveries, 1);
     vi->evtchn_upcall_mask = 1;
 
