@@ -189,6 +189,21 @@ public sealed partial class XenToolsTests : IClassFixture<XenToolsTests.Host>
         return int.Parse(row[Array.IndexOf(header, "VBDS")]);
     }
 
+    [Fact, Trait("Feature", "Dom0 stable libraries")]
+    public void XenHvmctxShowsTheBootVcpuTheBuilderSetUp()
+    {
+        string domid = _xl.Run("domid", "watched").Stdout.Trim();
+        // The builder's own account of the paused guest: its entry point and where start_info lies (rbx, PVH's ABI).
+        string log = File.ReadAllText(Path.Combine(_xl.RunDir, "xensharpd.log"));
+        var built = Regex.Match(log, $@"d{domid}: watched built: entry 0x([0-9a-f]+), start info 0x([0-9a-f]+)");
+        Assert.True(built.Success, log);
+        var ctx = Dom0("xen-hvmctx", domid).Stdout;
+        Assert.Contains($"HVM save record for domain {domid}", ctx);
+        Assert.Matches($@"rip 0x0*{built.Groups[1].Value}\b", ctx);
+        Assert.Matches($@"rbx 0x0*{built.Groups[2].Value}\b", ctx);
+        Assert.Contains("can't get record length for dom 4000", Failing("xen-hvmctx", "4000"));
+    }
+
     /// <summary>Runs a program that must fail; returns what it said.</summary>
     private string Failing(params string[] args)
     {
