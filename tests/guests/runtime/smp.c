@@ -86,9 +86,16 @@ int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu
         if (ap_alive[cpu])
             break;
     }
-    uint64_t deadline = rt_deadline(10000);
-    while (!ap_alive[cpu] && !rt_expired(deadline))
+    /* A busy host may run the AP's thread late: wait up to 30 s, repeating the start-up each second (an AP that
+     * has started ignores it, as hardware does). */
+    uint64_t deadline = rt_deadline(30000), again = rt_deadline(1000);
+    while (!ap_alive[cpu] && !rt_expired(deadline)) {
+        if (rt_expired(again)) {
+            rt_lapic_send_ipi(apic_id, 0x4600 | (RT_TRAMPOLINE_BASE >> 12));
+            again = rt_deadline(1000);
+        }
         rt_pause();
+    }
     return ap_alive[cpu] ? 0 : -1;
 }
 
