@@ -18,6 +18,8 @@ public sealed partial class Host
 {
     private MigrateSendResult MigrateSendCheck(MigrateSendRequest r)
     {
+        if (r.RemusIntervalMs < 0)
+            throw new ControlException($"Remus checkpoint interval {r.RemusIntervalMs} ms: it must be positive", Errno.EINVAL);
         var d = Resolve(r.Domain);
         CheckSavable(d);
         return new MigrateSendResult(d.DomId, d.Config.Name);
@@ -38,6 +40,11 @@ public sealed partial class Host
         Domain d;
         lock (_lock)
             if (!_domains.TryGetValue(domId, out d!)) return;
+        if (r.RemusIntervalMs > 0)
+        {
+            RunRemusSend(r, d, conn);
+            return;
+        }
         var frames = new FrameWriter(conn);
         bool suspended = false, cooperative = HasPvDrivers(d);
         long stoppedAt = 0;
@@ -99,10 +106,15 @@ public sealed partial class Host
     /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.</summary>
     public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn)
     {
+        if (r.Remus)
+        {
+            RunRemusReceive(r, conn);
+            return;
+        }
         RestoreResult result;
         try
         {
-            result = RestoreFrom(conn, "migration stream", null, null, r.ConfigDirectory, paused: true);
+            result = RestoreFrom(new SaveFileReader(conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory, paused: true);
         }
         catch (Exception e) when (ControlErrors.Map(e) is { } failure)
         {

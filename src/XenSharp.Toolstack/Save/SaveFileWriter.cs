@@ -47,58 +47,112 @@ internal static class SaveFileWriter
     }
 
     /// <summary>
-    /// The live stream of xl migrate (libxc's send_memory_live): log-dirty on, every page once while the guest runs,
-    /// then the pages it dirtied meanwhile, round after round, until a round leaves fewer than
-    /// <see cref="LiveOptions.DirtyThreshold"/> pages or <see cref="LiveOptions.MaxIterations"/> rounds are done;
-    /// then the guest is suspended and its last dirty pages, its rings' pages and its state follow. Log-dirty is
-    /// off again whatever happens.
+    /// The live stream of xl migrate (libxc's send_memory_live): see <see cref="LiveStream"/>; the suspended guest's
+    /// last pages and state end it. Log-dirty is off again whatever happens.
     /// </summary>
     public static long WriteLive(Stream output, SaveSource s, LiveOptions o)
     {
-        var w = new MigrationRecordWriter(output);
-        var d = s.Domain;
-        WriteHeaders(w, s);
-        ulong max = d.Memory.MaxGfn;
-        var bits = new ulong[(max + 64) / 64];
-        d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, bits);
-        try
+        using var live = new LiveStream(output, s);
+        live.PreCopy(o);
+        long final = live.SendSuspended();
+        o.Progress($"Suspended: {final} pages sent, {live.Total} in all");
+        live.End();
+        return live.Total;
+    }
+
+    /// <summary>
+    /// A stream sent while the guest runs: log-dirty on, every page once while the guest runs, then the pages it
+    /// dirtied meanwhile, round after round, until a round leaves fewer than <see cref="LiveOptions.DirtyThreshold"/>
+    /// pages or <see cref="LiveOptions.MaxIterations"/> rounds are done; then the guest is suspended and its last dirty
+    /// pages, its rings' pages and its state follow. A migration ends the stream there; Remus (a checkpointed stream)
+    /// marks a checkpoint instead (libxc's CHECKPOINT, libxl's CHECKPOINT_END), lets the guest run, and sends each
+    /// later checkpoint the same way: suspended, the pages dirtied since the last one, the state, the marks.
+    /// </summary>
+    internal sealed class LiveStream : IDisposable
+    {
+        private readonly MigrationRecordWriter _w;
+        private readonly SaveSource _s;
+        private readonly ulong _max;
+        private readonly ulong[] _bits, _last;
+
+        public LiveStream(Stream output, SaveSource s)
         {
+            _w = new MigrationRecordWriter(output);
+            _s = s;
+            _max = s.Domain.Memory.MaxGfn;
+            _bits = new ulong[(_max + 64) / 64];
+            _last = new ulong[_bits.Length];
+            WriteHeaders(_w, s);
+            s.Domain.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, _bits);
+        }
+
+        /// <summary>Pages sent so far.</summary>
+        public long Total { get; private set; }
+
+        /// <summary>The rounds while the guest runs, then <see cref="LiveOptions.Suspend"/>; what the last round
+        /// left dirty waits for <see cref="SendSuspended"/>.</summary>
+        public void PreCopy(LiveOptions o)
+        {
+            var d = _s.Domain;
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            long total = WritePages(w, d, AllGfns(max), o.Cancelled);
-            o.Progress(Round(0, total, total, clock));
+            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled);
+            o.Progress(Round(0, Total, Total, clock));
             for (int i = 1; ; i++)
             {
-                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, bits);
-                long dirty = Count(bits);
+                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _bits);
+                long dirty = Count(_bits);
                 if (dirty < o.DirtyThreshold || i > o.MaxIterations)
                 {
                     o.Progress($"Iteration {i}: {dirty} dirty pages left for the suspended guest");
                     break;
                 }
                 clock.Restart();
-                long sent = WritePages(w, d, Gfns(bits), o.Cancelled);
-                total += sent;
+                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled);
+                Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
             o.Suspend();
-            var last = new ulong[bits.Length];
-            d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, last);
-            for (int i = 0; i < bits.Length; i++) bits[i] |= last[i];
+        }
+
+        /// <summary>With the guest suspended: the pages dirtied since the last round or checkpoint, the rings'
+        /// pages, TSC info, the HVM context and params (libxc's end of checkpoint). Returns the pages sent.</summary>
+        public long SendSuspended()
+        {
+            var d = _s.Domain;
+            d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
+            for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
             // The rings' pages are written through the toolstack's own mappings, which log-dirty does not see.
             foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
-                if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= max)
-                    bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
-            long final = WritePages(w, d, Gfns(bits), null);
-            total += final;
-            o.Progress($"Suspended: {final} pages sent, {total} in all");
-            WriteTscInfo(w, s);
-            WriteTail(w, s);
-            return total;
+                if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= _max)
+                    _bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
+            long sent = WritePages(_w, d, Gfns(_bits), null);
+            Array.Clear(_bits);
+            Total += sent;
+            WriteTscInfo(_w, _s);
+            _w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, d.GetHvmContext());
+            WriteParams(_w, d);
+            return sent;
         }
-        finally
+
+        /// <summary>The records so far are a consistent state of the guest (libxc's CHECKPOINT, libxl's
+        /// CHECKPOINT_END: a PVH guest has no emulator records between them).</summary>
+        public void Checkpoint()
         {
-            try { d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_OFF, bits); }
+            _w.Record(LibxcStream.REC_TYPE_CHECKPOINT, []);
+            _w.Record(LibxlStream.REC_TYPE_CHECKPOINT_END, []);
+        }
+
+        public void End()
+        {
+            _w.Record(LibxcStream.REC_TYPE_END, []);
+            _w.Record(LibxlStream.REC_TYPE_END, []);
+        }
+
+        public void Dispose()
+        {
+            try { _s.Domain.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_OFF, _bits); }
             catch (XenSharp.Hypervisor.HypervisorException) { }
+            catch (ObjectDisposedException) { }
         }
     }
 

@@ -15,7 +15,7 @@ namespace XenSharp.Xl.Commands;
 /// </summary>
 internal static class MigrateCommands
 {
-    private static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
+    internal static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
     // xl sends these with their terminating NUL.
     private static readonly byte[] ReceiverReady = Encoding.ASCII.GetBytes("domain received, ready to unpause\0");
     private static readonly byte[] PermissionToGo = Encoding.ASCII.GetBytes("domain is yours, you are cleared to unpause\0");
@@ -171,13 +171,14 @@ internal static class MigrateCommands
     {
         if (a.Operands.Count > 0)
             throw new UsageException("too many arguments");
+        bool remus = a.Has('r');
         using var stdin = Console.OpenStandardInput();
         using var stdout = Console.OpenStandardOutput();
         stdout.Write(Banner);
         stdout.Flush();
         ctx.Err.WriteLine("migration target: Ready to receive domain.");
         using var client = ctx.Connect();
-        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory));
+        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus));
         var conn = client.Stream;
 
         // One reader of stdin: the stream goes to the daemon until it has the whole domain; what comes after (the
@@ -197,7 +198,9 @@ internal static class MigrateCommands
                 }
             }
             catch (Exception e) when (e is IOException or ObjectDisposedException) { }
-            if (Volatile.Read(ref restored) == 0)
+            // A Remus stream's end is the failover: the daemon still answers then.
+            if (remus) client.ShutdownSend();
+            else if (Volatile.Read(ref restored) == 0)
                 try { conn.Close(); } catch (IOException) { }
             after.CompleteAdding();
         }) { IsBackground = true, Name = "migrate-receive" };
@@ -207,6 +210,7 @@ internal static class MigrateCommands
         try { line = ReadLine(conn); }
         catch (Exception e) when (e is IOException or ObjectDisposedException) { line = null; }
         Volatile.Write(ref restored, 1);
+        if (remus) return RemusFailover(ctx, line);
         if (line is null || !line.StartsWith("ok ", StringComparison.Ordinal))
         {
             ctx.Err.WriteLine(line is null
@@ -249,7 +253,24 @@ internal static class MigrateCommands
         return ok ? 0 : 1;
     }
 
-    private static bool ReadExpected(Stream s, byte[] expected)
+    /// <summary>xl migrate-receive -r once the primary's stream has ended: the daemon has unpaused the backup at its
+    /// last checkpoint (xl renames and unpauses it likewise).</summary>
+    private static int RemusFailover(XlContext ctx, string? line)
+    {
+        var f = line?.Split(' ', 4);
+        if (f is not { Length: 4 } || f[0] != "failover")
+        {
+            ctx.Err.WriteLine(line is null
+                ? "migration target: the Remus stream ended before the first checkpoint; nothing was kept"
+                : $"migration target: Remus failed: {line}");
+            return 1;
+        }
+        ctx.Err.WriteLine($"migration target: Remus Failover for domain {f[1]}");
+        ctx.Err.WriteLine($"migration target: {f[2]} resumes from checkpoint {f[3]}");
+        return 0;
+    }
+
+    internal static bool ReadExpected(Stream s, byte[] expected)
     {
         var got = new byte[expected.Length];
         try { return s.ReadAtLeast(got, got.Length, throwOnEndOfStream: false) == got.Length && got.AsSpan().SequenceEqual(expected); }
