@@ -59,7 +59,7 @@ public sealed partial class Host
                 pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
                     () => { Suspend(d); suspended = true; stoppedAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(); },
                     frames.Progress,
-                    () => d.Destroyed));
+                    () => d.Destroyed) { Pages = PageProgress(frames, d) });
             }
             data.Flush();
             _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages");
@@ -87,6 +87,20 @@ public sealed partial class Host
             ResumeAfterFailure(d, suspended, cooperative, "the receiver did not take the guest");
             TryFrame(frames, "resumed");
         }
+    }
+
+    /// <summary>Progress within a round for xl's progress bar, a few times a second: "~Iteration I: SENT of N
+    /// pages" (the first round's N is the guest's memory, which the pages sent approach).</summary>
+    private static Action<int, long, long> PageProgress(FrameWriter frames, Domain d)
+    {
+        var since = System.Diagnostics.Stopwatch.StartNew();
+        return (round, sent, of) =>
+        {
+            if (since.ElapsedMilliseconds < 100 && sent < of) return;
+            since.Restart();
+            if (round == 0) of = Math.Max(sent, (long)(d.Config.MaxMemKb / 4));
+            frames.Progress($"~Iteration {round}: {sent} of {of} pages");
+        };
     }
 
     private void ResumeAfterFailure(Domain d, bool suspended, bool cooperative, string why)

@@ -39,7 +39,10 @@ public sealed partial class Host
             {
                 lock (d.MemoryUse)
                 {
-                    live.PreCopy(new LiveOptions(() => { Suspend(d); suspended = true; paused.Restart(); }, frames.Progress, () => d.Destroyed));
+                    live.PreCopy(new LiveOptions(() => { Suspend(d); suspended = true; paused.Restart(); }, frames.Progress, () => d.Destroyed)
+                    {
+                        Pages = PageProgress(frames, d),
+                    });
                     sent = live.SendSuspended();
                     live.Checkpoint();
                 }

@@ -14,6 +14,9 @@ internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, u
 /// to give up; libxc's limits (5 rounds, 50 pages) by default.</summary>
 internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func<bool> Cancelled)
 {
+    /// <summary>Told the round, the pages sent in it so far and the pages it sends, batch by batch.</summary>
+    public Action<int, long, long>? Pages { get; init; }
+
     public int MaxIterations { get; init; } = 5;
     public long DirtyThreshold { get; init; } = 50;
 }
@@ -95,7 +98,8 @@ internal static class SaveFileWriter
         {
             var d = _s.Domain;
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled);
+            long all = (long)_max + 1;
+            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all));
             o.Progress(Round(0, Total, Total, clock));
             for (int i = 1; ; i++)
             {
@@ -107,7 +111,8 @@ internal static class SaveFileWriter
                     break;
                 }
                 clock.Restart();
-                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled);
+                int round = i;
+                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled, n => o.Pages?.Invoke(round, n, dirty));
                 Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
@@ -231,7 +236,8 @@ internal static class SaveFileWriter
         w.Raw(config);
     }
 
-    private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled)
+    private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled,
+        Action<long>? progress = null)
     {
         int batch = LibxcStream.MaxBatchPages;
         var pfns = new ulong[batch + 1]; // [0] holds count and reserved
@@ -245,6 +251,7 @@ internal static class SaveFileWriter
             w.Record(LibxcStream.REC_TYPE_PAGE_DATA, MemoryMarshal.AsBytes(pfns.AsSpan(0, n + 1)), data.AsSpan(0, n * 4096));
             total += n;
             n = 0;
+            progress?.Invoke(total);
         }
         foreach (ulong gfn in gfns)
         {

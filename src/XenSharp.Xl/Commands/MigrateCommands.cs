@@ -59,7 +59,8 @@ internal static class MigrateCommands
             ctx.Err.WriteLine($"Saving to migration stream new xl format (info 0x2/0x0/{config?.Length ?? 0})");
             var conn = client.Stream;
             var clock = Stopwatch.StartNew();
-            if (!SendStream(ctx, conn, toTarget, start, out long stoppedAt))
+            long stoppedAt = 0;
+            if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt)))
                 return 1;
 
             if (!ReadExpected(fromTarget, ReceiverReady))
@@ -109,7 +110,7 @@ internal static class MigrateCommands
 
     /// <summary>Copies the daemon's data frames to the target and shows its progress; false when the stream failed
     /// (the daemon has resumed the domain) or the target went away (closing the connection tells the daemon).</summary>
-    private static bool SendStream(XlContext ctx, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt)
+    private static bool SendStream(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt)
     {
         stoppedAt = 0;
         var head = new byte[5];
@@ -118,7 +119,7 @@ internal static class MigrateCommands
         {
             if (conn.ReadAtLeast(head, 5, throwOnEndOfStream: false) < 5)
             {
-                ctx.Err.WriteLine("migration sender: xensharpd closed the connection");
+                progress.WriteLine("migration sender: xensharpd closed the connection");
                 return false;
             }
             int length = BinaryPrimitives.ReadInt32LittleEndian(head.AsSpan(1));
@@ -130,13 +131,13 @@ internal static class MigrateCommands
                     try { toTarget.Write(buffer, 0, length); }
                     catch (IOException e)
                     {
-                        ctx.Err.WriteLine($"migration sender: the target went away ({e.Message}); domain {start.DomId} runs on here");
+                        progress.WriteLine($"migration sender: the target went away ({e.Message}); domain {start.DomId} runs on here");
                         conn.Close();
                         return false;
                     }
                     break;
                 case MigrationFrames.Progress:
-                    ctx.Err.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}");
+                    progress.Report(Encoding.UTF8.GetString(buffer, 0, length));
                     break;
                 case MigrationFrames.End:
                     toTarget.Flush();
@@ -144,7 +145,7 @@ internal static class MigrateCommands
                     if (end.Length > 1) long.TryParse(end[1], out stoppedAt);
                     return true;
                 case MigrationFrames.Failed:
-                    ctx.Err.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
+                    progress.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
                     return false;
                 default:
                     throw new ControlException($"xensharpd sent migration frame kind {head[0]}");

@@ -1,40 +1,104 @@
+using System.Text.RegularExpressions;
+using Spectre.Console;
+
 namespace XenSharp.Xl.Commands;
 
 /// <summary>
-/// How xl shows the daemon's progress lines while it saves, migrates or checkpoints: each pre-copy round and the
-/// suspended guest's last pages as a line of their own; Remus's checkpoints, which come several times a second for
-/// as long as it runs, as one status line rewritten in place on a terminal, and as plain lines for the first few and
-/// then every 50th when stderr is a file or pipe.
+/// How xl shows the daemon's progress while it migrates or checkpoints. On a terminal (stderr a tty, where xl's own
+/// logger rewrites its progress lines in place) a Spectre.Console progress display: a bar per pre-copy round with
+/// the pages sent, their rate and what is left, each round's summary line above it, and Remus's checkpoints as one
+/// line rewritten in place. Otherwise plain lines: each round's summary and the suspended guest's last pages, and
+/// of Remus's checkpoints, which come several times a second for as long as it runs, the first five and then every
+/// 50th. Lines starting with '~' are progress within a round, for the bar only.
 /// </summary>
-internal sealed class MigrationProgress(TextWriter err, string prefix, bool? terminal = null)
+internal sealed partial class MigrationProgress
 {
-    private readonly bool _terminal = terminal ?? (!Console.IsErrorRedirected && ReferenceEquals(err, Console.Error));
-    private bool _statusShown;
-    private long _checkpoints;
+    private readonly TextWriter _err;
+    private readonly string _prefix;
+    private readonly ProgressContext? _bars;
+    private readonly IAnsiConsole? _console;
+    private readonly Dictionary<int, ProgressTask> _rounds = [];
+    private ProgressTask? _checkpoints;
+    private long _checkpointCount;
+
+    private MigrationProgress(TextWriter err, string prefix, IAnsiConsole? console, ProgressContext? bars)
+    {
+        _err = err;
+        _prefix = prefix;
+        _console = console;
+        _bars = bars;
+    }
+
+    /// <summary>Runs <paramref name="body"/> with a progress display fit for where stderr goes.</summary>
+    public static T Run<T>(TextWriter err, string prefix, Func<MigrationProgress, T> body)
+    {
+        if (Console.IsErrorRedirected)
+            return body(new MigrationProgress(err, prefix, null, null));
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(err) });
+        return console.Progress()
+            .AutoClear(true)
+            .HideCompleted(true)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(),
+                new TransferSpeedColumn(), new RemainingTimeColumn())
+            .Start(bars => body(new MigrationProgress(err, prefix, console, bars)));
+    }
+
+    [GeneratedRegex(@"^~Iteration (\d+): (\d+) of (\d+) pages")]
+    private static partial Regex Partial();
+
+    [GeneratedRegex(@"^Checkpoint (\d+): (\d+) pages, (\d+) in all, .*stopped ([\d.]+) ms")]
+    private static partial Regex CheckpointLine();
 
     public void Report(string line)
     {
+        if (line.StartsWith('~'))
+        {
+            if (_bars is null || Partial().Match(line) is not { Success: true } m) return;
+            int round = int.Parse(m.Groups[1].Value);
+            if (!_rounds.TryGetValue(round, out var task))
+                _rounds[round] = task = _bars.AddTask($"{_prefix}: iteration {round}");
+            task.MaxValue = Math.Max(1, long.Parse(m.Groups[3].Value) * 4096.0);
+            task.Value = Math.Min(task.MaxValue, long.Parse(m.Groups[2].Value) * 4096.0);
+            return;
+        }
+        if (line.StartsWith("Iteration ", StringComparison.Ordinal) && _bars is not null)
+            foreach (var t in _rounds.Values) t.StopTask();
         if (line.StartsWith("Checkpoint ", StringComparison.Ordinal))
         {
-            _checkpoints++;
-            if (_terminal)
+            _checkpointCount++;
+            if (_bars is not null)
             {
-                err.Write($"\r{prefix}: {line}\x1b[K");
-                err.Flush();
-                _statusShown = true;
+                var c = CheckpointLine().Match(line);
+                // The bar is (all but) full: its figures are what has been sent in all and the rate of the checkpoints.
+                _checkpoints ??= _bars.AddTask("checkpoints");
+                if (c.Success)
+                {
+                    // A byte short of full: a finished task would be hidden.
+                    _checkpoints.MaxValue = long.Parse(c.Groups[3].Value) * 4096.0 + 1;
+                    _checkpoints.Value = _checkpoints.MaxValue - 1;
+                }
+                _checkpoints.Description = c.Success
+                    ? $"{_prefix}: checkpoint {c.Groups[1].Value}, {c.Groups[2].Value} pages, {c.Groups[4].Value} ms"
+                    : $"{_prefix}: {Markup.Escape(line)}";
                 return;
             }
-            if (_checkpoints > 5 && _checkpoints % 50 != 0) return;
+            if (_checkpointCount > 5 && _checkpointCount % 50 != 0) return;
         }
-        Done();
-        err.WriteLine($"{prefix}: {line}");
+        WriteLine($"{_prefix}: {line}");
     }
 
-    /// <summary>Ends a status line left on the terminal, so what follows starts on a line of its own.</summary>
+    /// <summary>A line of its own, above the progress display while it runs.</summary>
+    public void WriteLine(string text)
+    {
+        if (_console is not null) _console.WriteLine(text);
+        else _err.WriteLine(text);
+    }
+
+    /// <summary>Ends the display's tasks, so that what follows is not drawn under a bar.</summary>
     public void Done()
     {
-        if (!_statusShown) return;
-        err.WriteLine();
-        _statusShown = false;
+        if (_bars is null) return;
+        foreach (var t in _rounds.Values) t.StopTask();
+        _checkpoints?.StopTask();
     }
 }

@@ -72,7 +72,7 @@ internal static class RemusCommand
             }
             using var client = ctx.Connect();
             var start = client.Send(new MigrateSendRequest(domain, null, false, interval));
-            return Relay(ctx, client.Stream, toTarget, start);
+            return MigrationProgress.Run(ctx.Err, "Remus", progress => Relay(progress, client.Stream, toTarget, start));
         }
         finally
         {
@@ -86,9 +86,8 @@ internal static class RemusCommand
         }
     }
 
-    private static int Relay(XlContext ctx, Stream conn, Stream toTarget, MigrateSendResult start)
+    private static int Relay(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start)
     {
-        var progress = new MigrationProgress(ctx.Err, "Remus");
         var head = new byte[5];
         var buffer = new byte[MigrationFrames.MaxData];
         while (true)
@@ -106,7 +105,7 @@ internal static class RemusCommand
             {
                 // This host's daemon died (or its host): the backup sees the stream end and fails over.
                 progress.Done();
-                ctx.Err.WriteLine($"Remus: xensharpd closed the connection ({e.Message}); the backup takes over");
+                progress.WriteLine($"Remus: xensharpd closed the connection ({e.Message}); the backup takes over");
                 return 1;
             }
             string message = head[0] == MigrationFrames.Data ? "" : Encoding.UTF8.GetString(buffer, 0, length);
@@ -117,8 +116,8 @@ internal static class RemusCommand
                     catch (IOException e)
                     {
                         progress.Done();
-                        ctx.Err.WriteLine($"Remus: the backup went away ({e.Message})");
-                        ctx.Err.WriteLine("Remus: Backup failed? resuming domain at primary.");
+                        progress.WriteLine($"Remus: the backup went away ({e.Message})");
+                        progress.WriteLine("Remus: Backup failed? resuming domain at primary.");
                         conn.Close();
                         return 1;
                     }
@@ -129,12 +128,12 @@ internal static class RemusCommand
                     break;
                 case MigrationFrames.Outcome:
                     progress.Done();
-                    ctx.Err.WriteLine("Remus: Primary domain has been destroyed.");
+                    progress.WriteLine("Remus: Primary domain has been destroyed.");
                     return 0;
                 case MigrationFrames.Failed:
                     progress.Done();
-                    ctx.Err.WriteLine($"Remus: {message}");
-                    ctx.Err.WriteLine($"Remus: Backup failed? resuming domain at primary (domain {start.DomId}).");
+                    progress.WriteLine($"Remus: {message}");
+                    progress.WriteLine($"Remus: Backup failed? resuming domain at primary (domain {start.DomId}).");
                     return 1;
                 default:
                     throw new ControlException($"xensharpd sent migration frame kind {head[0]}");
