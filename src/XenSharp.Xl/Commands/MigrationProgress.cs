@@ -43,6 +43,56 @@ internal sealed partial class MigrationProgress
             .Start(bars => body(new MigrationProgress(err, prefix, console, bars)));
     }
 
+    /// <summary>
+    /// Runs <paramref name="work"/> (one request the daemon answers when it is done, as xl save or xl restore) with,
+    /// on a terminal, a progress bar that follows <paramref name="position"/> (bytes done so far, or null when it
+    /// cannot be known) towards <paramref name="total"/> bytes; elsewhere it just runs it.
+    /// </summary>
+    public static T Track<T>(TextWriter err, string description, double total, Func<long?> position, Func<T> work)
+    {
+        if (Console.IsErrorRedirected || total <= 0)
+            return work();
+        var job = Task.Run(work);
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(err) });
+        console.Progress()
+            .AutoClear(true)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(),
+                new TransferSpeedColumn(), new RemainingTimeColumn())
+            .Start(bars =>
+            {
+                var task = bars.AddTask(Markup.Escape(description), maxValue: total);
+                while (!((IAsyncResult)job).AsyncWaitHandle.WaitOne(100))
+                    if (position() is long done)
+                        task.Value = Math.Min(done, total);
+            });
+        return job.GetAwaiter().GetResult();
+    }
+
+    /// <summary>About how far the daemon has read a file since this was called: what it has read in all
+    /// (/proc/PID/io's rchar), less what it had read before; its other reads (consoles, xenstore) are small beside a
+    /// save file. Its descriptor's offset would not do: .NET reads files at explicit offsets. Null when it cannot be
+    /// seen.</summary>
+    public static Func<long?> DaemonReadSince(string pidFile)
+    {
+        string? io = null;
+        long? start = null;
+        try { io = $"/proc/{File.ReadAllText(pidFile).Trim()}/io"; start = ReadChars(io); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        return () => io is not null && start is long s && ReadChars(io) is long now ? now - s : null;
+    }
+
+    private static long? ReadChars(string io)
+    {
+        try
+        {
+            foreach (var line in File.ReadLines(io))
+                if (line.StartsWith("rchar:", StringComparison.Ordinal) && long.TryParse(line.AsSpan(6).Trim(), out long n))
+                    return n;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        return null;
+    }
+
     [GeneratedRegex(@"^~Iteration (\d+): (\d+) of (\d+) pages")]
     private static partial Regex Partial();
 
