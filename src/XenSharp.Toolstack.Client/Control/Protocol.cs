@@ -128,7 +128,7 @@ public sealed record RestoreResult(uint DomId, string Name, long Pages);
 
 /// <summary>xl migrate's sending half. After the answer the connection carries <see cref="MigrationFrames"/> from the
 /// daemon: the stream (xl's header and the libxl stream, live: pre-copy rounds under log-dirty, then the suspended
-/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT_UNIX_MS"); xl answers one line, <c>commit</c> (the receiver
+/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT", microseconds since 1970); xl answers one line, <c>commit</c> (the receiver
 /// runs the guest: destroy it here) or anything else (resume it here), and gets the outcome as a last frame. A
 /// connection that drops before that line resumes the guest. With <paramref name="RemusIntervalMs"/> (xl remus) the
 /// stream is checkpointed instead and never ends on its own: after the live rounds a checkpoint every so many

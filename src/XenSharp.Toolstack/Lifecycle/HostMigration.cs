@@ -57,7 +57,7 @@ public sealed partial class Host
             lock (d.MemoryUse)
             {
                 pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                    () => { Suspend(d); suspended = true; stoppedAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(); },
+                    () => { Suspend(d); suspended = true; stoppedAt = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10; },
                     frames.Progress,
                     () => d.Destroyed) { Pages = PageProgress(frames, d) });
             }

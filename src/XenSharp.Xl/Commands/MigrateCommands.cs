@@ -62,6 +62,7 @@ internal static class MigrateCommands
             long stoppedAt = 0;
             if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt)))
                 return 1;
+            long sentAt = UnixMicros();
 
             if (!ReadExpected(fromTarget, ReceiverReady))
             {
@@ -89,7 +90,9 @@ internal static class MigrateCommands
                 return 1;
             }
             ctx.Err.WriteLine("migration sender: Target reports successful startup.");
-            double downtime = (DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() - stoppedAt) / 1000.0;
+            // Downtime as QEMU's query-migrate counts it: from the guest's stop to the last byte sent; and until the
+            // target said it runs the guest.
+            double downtime = (sentAt - stoppedAt) / 1e6, resumed = (UnixMicros() - stoppedAt) / 1e6;
             string outcome = Verdict(conn, "commit");
             if (outcome != "destroyed")
             {
@@ -97,7 +100,7 @@ internal static class MigrateCommands
                 return 1;
             }
             ctx.Err.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"migration sender: total {clock.Elapsed.TotalSeconds:0.000} s, downtime {downtime:0.000} s"));
+                $"migration sender: total {clock.Elapsed.TotalSeconds:0.000} s, downtime {downtime:0.000} s, running at the target after {resumed:0.000} s"));
             ctx.Err.WriteLine("Migration successful.");
             return 0;
         }
@@ -152,6 +155,9 @@ internal static class MigrateCommands
             }
         }
     }
+
+    /// <summary>Microseconds since 1970, the clock the daemon's stop time is on.</summary>
+    internal static long UnixMicros() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
 
     private static string Verdict(Stream conn, string verdict)
     {
