@@ -105,7 +105,8 @@ public sealed partial class Host
                     $"guest did not suspend within {SuspendTimeout.TotalSeconds:0} s of control/shutdown = suspend; the request was withdrawn",
                     Errno.ETIMEDOUT);
             }
-            Thread.Sleep(20);
+            // Often: the stop is the start of a migration's downtime, and the last pages follow it.
+            Thread.Sleep(1);
         }
     }
 

@@ -223,7 +223,9 @@ internal sealed class SaveFileReader(Stream input, string file)
             }
             else if (type == LibxcStream.PAGE_DATA_TYPE_XALLOC)
             {
+                // Allocated, no contents: a new page, zero (XenSharp's writer sends all-zero pages so).
                 if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
+                loaded++;
             }
             else if (type is not (LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN))
                 throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");

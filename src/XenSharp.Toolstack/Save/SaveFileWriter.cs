@@ -44,7 +44,7 @@ internal static class SaveFileWriter
         var w = new MigrationRecordWriter(output);
         WriteHeaders(w, s);
         WriteTscInfo(w, s);
-        long pages = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled);
+        long pages = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled, firstPass: true);
         WriteTail(w, s);
         return pages;
     }
@@ -57,9 +57,12 @@ internal static class SaveFileWriter
     {
         using var live = new LiveStream(output, s);
         live.PreCopy(o);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         long final = live.SendSuspended();
-        o.Progress($"Suspended: {final} pages sent, {live.Total} in all");
         live.End();
+        output.Flush();
+        o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"Suspended: {final} pages sent, {live.Total} in all; the last pages and state in {clock.Elapsed.TotalMilliseconds:0.0} ms"));
         return live.Total;
     }
 
@@ -99,7 +102,7 @@ internal static class SaveFileWriter
             var d = _s.Domain;
             var clock = System.Diagnostics.Stopwatch.StartNew();
             long all = (long)_max + 1;
-            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all));
+            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all), firstPass: true);
             o.Progress(Round(0, Total, Total, clock));
             for (int i = 1; ; i++)
             {
@@ -236,28 +239,41 @@ internal static class SaveFileWriter
         w.Raw(config);
     }
 
+    /// <summary>
+    /// PAGE_DATA records for <paramref name="gfns"/>. With <paramref name="firstPass"/> (every page once, to a domain
+    /// that has none yet) an all-zero page goes as an XALLOC entry without data: the receiver populates it, and a
+    /// freshly populated page is zero (Xen scrubs what it hands out). A later round must send data, since the
+    /// receiver's copy may hold what the page had before. Returns the pages described.
+    /// </summary>
     private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled,
-        Action<long>? progress = null)
+        Action<long>? progress = null, bool firstPass = false)
     {
         int batch = LibxcStream.MaxBatchPages;
         var pfns = new ulong[batch + 1]; // [0] holds count and reserved
         var data = new byte[batch * 4096];
-        int n = 0;
+        int n = 0, withData = 0;
         long total = 0;
         void Flush()
         {
             if (n == 0) return;
             pfns[0] = (uint)n; // count, then a reserved word of zero
-            w.Record(LibxcStream.REC_TYPE_PAGE_DATA, MemoryMarshal.AsBytes(pfns.AsSpan(0, n + 1)), data.AsSpan(0, n * 4096));
+            w.Record(LibxcStream.REC_TYPE_PAGE_DATA, MemoryMarshal.AsBytes(pfns.AsSpan(0, n + 1)), data.AsSpan(0, withData * 4096));
             total += n;
-            n = 0;
+            n = withData = 0;
             progress?.Invoke(total);
         }
         foreach (ulong gfn in gfns)
         {
-            if (!d.TryReadSaveFrame(gfn, data.AsSpan(n * 4096, 4096)))
+            var page = data.AsSpan(withData * 4096, 4096);
+            if (!d.TryReadSaveFrame(gfn, page))
                 continue;
-            pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_NOTAB;
+            if (firstPass && !page.ContainsAnyExcept((byte)0))
+                pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_XALLOC;
+            else
+            {
+                pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_NOTAB;
+                withData++;
+            }
             if (++n == batch)
             {
                 Flush();
