@@ -210,8 +210,32 @@ internal static class CommandTable
             "[options]",
             "-h  Print this help.\n" +
             "-d  Enable debug messages.\n" +
-            "-e  Do not wait in the background for the death of the domain.",
-            [Help, new('d'), new('e')], 0),
+            "-e  Do not wait in the background for the death of the domain.\n" +
+            "-r  Receive a Remus checkpointed stream (used by xl remus).",
+            [Help, new('d'), new('e'), new('r')], 0),
+        new("remus", RemusCommand.Remus, false, true,
+            "Enable Remus HA for domain",
+            "[options] <Domain> [<host>]",
+            "-i MS                   Checkpoint domain memory every MS milliseconds (def. 200ms).\n" +
+            "-u                      Disable memory checkpoint compression.\n" +
+            "-s <sshcommand>         Use <sshcommand> instead of ssh.  String will be passed\n" +
+            "                        to sh. If empty, run <host> instead of \n" +
+            "                        ssh <host> xl migrate-receive -r [-e]\n" +
+            "-e                      Do not wait in the background (on <host>) for the death\n" +
+            "                        of the domain.\n" +
+            "-N <netbufscript>       Use netbufscript to setup network buffering instead of the\n" +
+            "                        default script.\n" +
+            "-F                      Enable unsafe configurations [-b|-n|-d flags]. Use this option\n" +
+            "                        with caution as failover may not work as intended.\n" +
+            "-b                      Replicate memory checkpoints to /dev/null (blackhole).\n" +
+            "                        Works only in unsafe mode.\n" +
+            "-n                      Disable network output buffering. Works only in unsafe mode.\n" +
+            "-d                      Disable disk replication. Works only in unsafe mode.\n" +
+            "-c                      Enable COLO HA. It is conflict with -i and -b, and memory\n" +
+            "                        checkpoint must be disabled.\n" +
+            "-p                      Use COLO userspace proxy.",
+            [Help, new('i', null, true), new('u'), new('s', null, true), new('e'), new('N', null, true), new('F'), new('b'),
+             new('n'), new('d'), new('c'), new('p')], 2),
         new("restore", SaveCommands.Restore, false, true,
             "Restore a domain from a saved state",
             "[options] [<ConfigFile>] <CheckpointFile>",

@@ -189,4 +189,27 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
             _xl.Run("destroy", "cp");
         }
     }
+
+    /// <summary>xl create's command-line settings are part of the configuration a save records (xl saves the
+    /// configuration the domain was built with): a guest given more memory there comes back with it.</summary>
+    [Fact, Trait("Feature", "xl save/restore")]
+    public void CommandLineSettingsOfCreateAreRecordedAndRestored()
+    {
+        Assert.True(File.Exists(Repository.PathOf("tests", "guests", "build", "dirty.elf")), "dirty.elf is not built (make -C tests/guests)");
+        _xl.Run("create", Repository.PathOf("tests", "guests", "dirty.cfg"), "name=\"bigger\"", "memory=48").Check();
+        Assert.True(WaitUntil(() => ConsoleLog("bigger").Contains("# tick"), TimeSpan.FromMinutes(3)), "the guest never ticked\n" + ConsoleLog("bigger"));
+        string file = Path.Combine(_dir, "bigger.save");
+        try
+        {
+            _xl.Run(TimeSpan.FromMinutes(3), "save", "bigger", file).Check();
+            var r = _xl.Run(TimeSpan.FromMinutes(3), "restore", file);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            var line = _xl.Run("list", "bigger").Stdout.Split('\n').Single(l => l.StartsWith("bigger", StringComparison.Ordinal));
+            Assert.Equal("48", line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[2]);
+        }
+        finally
+        {
+            _xl.Run("destroy", "bigger");
+        }
+    }
 }

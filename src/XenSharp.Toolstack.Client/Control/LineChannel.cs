@@ -189,6 +189,14 @@ public sealed class ControlClient : IDisposable
 
     public Stream Stream => _channel.Stream;
 
+    /// <summary>Ends what xl sends while it still reads the daemon's answers (xl migrate-receive -r: the stream has
+    /// ended).</summary>
+    public void ShutdownSend()
+    {
+        try { _socket.Shutdown(SocketShutdown.Send); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+    }
+
     public TResult Send<TResult>(ControlRequest<TResult> request) => SendAsync(request).GetAwaiter().GetResult();
 
     public async Task<TResult> SendAsync<TResult>(ControlRequest<TResult> request, CancellationToken ct = default)

@@ -128,17 +128,22 @@ public sealed record RestoreResult(uint DomId, string Name, long Pages);
 
 /// <summary>xl migrate's sending half. After the answer the connection carries <see cref="MigrationFrames"/> from the
 /// daemon: the stream (xl's header and the libxl stream, live: pre-copy rounds under log-dirty, then the suspended
-/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT_UNIX_MS"); xl answers one line, <c>commit</c> (the receiver
+/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT", microseconds since 1970); xl answers one line, <c>commit</c> (the receiver
 /// runs the guest: destroy it here) or anything else (resume it here), and gets the outcome as a last frame. A
-/// connection that drops before that line resumes the guest.</summary>
-public sealed record MigrateSendRequest(string Domain, string? ConfigText, bool Debug) : ControlRequest<MigrateSendResult>;
+/// connection that drops before that line resumes the guest. With <paramref name="RemusIntervalMs"/> (xl remus) the
+/// stream is checkpointed instead and never ends on its own: after the live rounds a checkpoint every so many
+/// milliseconds, each followed by a progress line; it ends with a FAILED frame (the guest runs on here) or an OUTCOME
+/// frame <c>destroyed</c> (the primary domain was destroyed).</summary>
+public sealed record MigrateSendRequest(string Domain, string? ConfigText, bool Debug, int RemusIntervalMs = 0) : ControlRequest<MigrateSendResult>;
 public sealed record MigrateSendResult(uint DomId, string Name);
 
 /// <summary>xl migrate-receive's half: after the answer xl sends the stream's raw bytes; the daemon restores the
 /// domain paused and writes one line, <c>ok DOMID NAME</c> or <c>error ERRNO MESSAGE</c>, then reads one line,
 /// <c>unpause</c> or anything else (destroy it), and answers with a last line. A connection that drops before
-/// leaves no domain.</summary>
-public sealed record MigrateReceiveRequest(string? ConfigDirectory) : ControlRequest<Unit>;
+/// leaves no domain. With <paramref name="Remus"/> (xl migrate-receive -r) the stream is checkpointed: the domain stays
+/// paused at the last complete checkpoint until the stream ends (xl shuts down its sending side), then it is unpaused
+/// there (failover) and the daemon writes <c>failover DOMID NAME CHECKPOINTS</c> or <c>error ERRNO MESSAGE</c>.</summary>
+public sealed record MigrateReceiveRequest(string? ConfigDirectory, bool Remus = false) : ControlRequest<Unit>;
 
 /// <summary>The frames of a migration's sending connection: a kind byte, a little-endian 32-bit length, the payload.</summary>
 public static class MigrationFrames

@@ -127,7 +127,9 @@ public sealed partial class Host : IDisposable
         var read = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes);
         var d = read.Config;
         CheckName(d.Name);
-        d.SourceText = r.ConfigText;
+        // What xl save records and a restore builds again: the file with the command line's settings after it.
+        d.SourceText = r.Overrides.Count == 0 ? r.ConfigText
+            : r.ConfigText.TrimEnd() + "\n\n# Given on xl create's command line.\n" + string.Join("\n", r.Overrides) + "\n";
         d.SourceFile = r.ConfigFile;
         var dom = Start(d, r.Paused);
         return new CreateResult(dom.DomId, d.Name, read.Warnings);

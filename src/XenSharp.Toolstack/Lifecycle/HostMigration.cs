@@ -18,6 +18,8 @@ public sealed partial class Host
 {
     private MigrateSendResult MigrateSendCheck(MigrateSendRequest r)
     {
+        if (r.RemusIntervalMs < 0)
+            throw new ControlException($"Remus checkpoint interval {r.RemusIntervalMs} ms: it must be positive", Errno.EINVAL);
         var d = Resolve(r.Domain);
         CheckSavable(d);
         return new MigrateSendResult(d.DomId, d.Config.Name);
@@ -38,6 +40,11 @@ public sealed partial class Host
         Domain d;
         lock (_lock)
             if (!_domains.TryGetValue(domId, out d!)) return;
+        if (r.RemusIntervalMs > 0)
+        {
+            RunRemusSend(r, d, conn);
+            return;
+        }
         var frames = new FrameWriter(conn);
         bool suspended = false, cooperative = HasPvDrivers(d);
         long stoppedAt = 0;
@@ -50,9 +57,9 @@ public sealed partial class Host
             lock (d.MemoryUse)
             {
                 pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                    () => { Suspend(d); suspended = true; stoppedAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(); },
+                    () => { Suspend(d); suspended = true; stoppedAt = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10; },
                     frames.Progress,
-                    () => d.Destroyed));
+                    () => d.Destroyed) { Pages = PageProgress(frames, d) });
             }
             data.Flush();
             _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages");
@@ -82,6 +89,20 @@ public sealed partial class Host
         }
     }
 
+    /// <summary>Progress within a round for xl's progress bar, a few times a second: "~Iteration I: SENT of N
+    /// pages" (the first round's N is the guest's memory, which the pages sent approach).</summary>
+    private static Action<int, long, long> PageProgress(FrameWriter frames, Domain d)
+    {
+        var since = System.Diagnostics.Stopwatch.StartNew();
+        return (round, sent, of) =>
+        {
+            if (since.ElapsedMilliseconds < 100 && sent < of) return;
+            since.Restart();
+            if (round == 0) of = Math.Max(sent, (long)(d.Config.MaxMemKb / 4));
+            frames.Progress($"~Iteration {round}: {sent} of {of} pages");
+        };
+    }
+
     private void ResumeAfterFailure(Domain d, bool suspended, bool cooperative, string why)
     {
         _hv.ConsoleWrite($"d{d.DomId}: migration failed ({why}); the domain runs on here");
@@ -99,10 +120,15 @@ public sealed partial class Host
     /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.</summary>
     public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn)
     {
+        if (r.Remus)
+        {
+            RunRemusReceive(r, conn);
+            return;
+        }
         RestoreResult result;
         try
         {
-            result = RestoreFrom(conn, "migration stream", null, null, r.ConfigDirectory, paused: true);
+            result = RestoreFrom(new SaveFileReader(conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory, paused: true);
         }
         catch (Exception e) when (ControlErrors.Map(e) is { } failure)
         {

@@ -105,7 +105,8 @@ public sealed partial class Host
                     $"guest did not suspend within {SuspendTimeout.TotalSeconds:0} s of control/shutdown = suspend; the request was withdrawn",
                     Errno.ETIMEDOUT);
             }
-            Thread.Sleep(20);
+            // Often: the stop is the start of a migration's downtime, and the last pages follow it.
+            Thread.Sleep(1);
         }
     }
 
@@ -131,13 +132,15 @@ public sealed partial class Host
             throw new ControlException($"cannot open save file {r.File}: {e.Message}", e is FileNotFoundException or DirectoryNotFoundException ? Errno.ENOENT : Errno.EIO);
         }
         using (f)
-            return RestoreFrom(f, r.File, r.ConfigText, r.ConfigFile, r.ConfigDirectory, r.Paused);
+            return RestoreFrom(new SaveFileReader(f, r.File), r.File, r.ConfigText, r.ConfigFile, r.ConfigDirectory, r.Paused);
     }
 
-    /// <summary>Restores a domain from a stream: a save file, or a migration's incoming stream (label names it).</summary>
-    private RestoreResult RestoreFrom(Stream input, string label, string? configText, string? configFile, string? configDirectory, bool paused)
+    /// <summary>Restores a domain from a stream: a save file, or a migration's incoming stream (label names it). A
+    /// <paramref name="checkpointed"/> stream (Remus) is restored up to its first checkpoint; the reader goes on
+    /// with the rest.</summary>
+    private RestoreResult RestoreFrom(SaveFileReader reader, string label, string? configText, string? configFile, string? configDirectory,
+        bool paused, bool checkpointed = false)
     {
-        var reader = new SaveFileReader(input, label);
         var header = reader.ReadHeader();
         string text = configText ?? header.ConfigText;
         if (configText is null && header.ConfigIsJson)
@@ -153,11 +156,11 @@ public sealed partial class Host
         lock (_lifecycle)
         {
             if (_disposed) throw new ControlException("xensharpd is stopping");
-            return RestoreLocked(c, reader, label, paused);
+            return RestoreLocked(c, reader, label, paused, checkpointed);
         }
     }
 
-    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, string label, bool paused)
+    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, string label, bool paused, bool checkpointed)
     {
         CheckDisks(c);
         uint domId = AllocateDomId(c, restarting: null);
@@ -168,7 +171,7 @@ public sealed partial class Host
         try
         {
             PlaceDomain(domId, c, hvd);
-            var restored = reader.Load(hvd, () => dom.Destroyed);
+            var restored = reader.Load(hvd, () => dom.Destroyed, checkpointed);
             if (!restored.Params.TryGetValue(Params.HVM_PARAM_STORE_PFN, out ulong storePfn) ||
                 !restored.Params.TryGetValue(Params.HVM_PARAM_CONSOLE_PFN, out ulong consolePfn))
                 throw new SaveFileException($"{label}: the HVM params do not say where the xenstore and console rings are");

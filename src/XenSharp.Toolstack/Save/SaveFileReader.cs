@@ -87,51 +87,111 @@ internal sealed class SaveFileReader(Stream input, string file)
 
     /// <summary>Loads the libxc records into <paramref name="d"/> (populating each page it carries) and reads the
     /// libxl stream to its end. The HVM context is loaded as it comes; the params are handed back for the
-    /// toolstack to wire up.</summary>
-    public RestoredState Load(IHypervisorDomain d, Func<bool>? cancelled = null)
+    /// toolstack to wire up. In a <paramref name="checkpointed"/> stream (Remus) it stops at the first checkpoint
+    /// instead, and <see cref="ReadCheckpoint"/> reads the ones that follow.</summary>
+    public RestoredState Load(IHypervisorDomain d, Func<bool>? cancelled = null, bool checkpointed = false)
     {
-        var parameters = new Dictionary<int, ulong>();
-        long pages = 0;
-        uint tscKhz = 0;
-        bool context = false;
+        var state = new LoadState();
+        while (true)
+        {
+            long at = _r.Position;
+            var (type, body) = _r.Record("libxc");
+            if (type == LibxcStream.REC_TYPE_END || type == LibxcStream.REC_TYPE_CHECKPOINT)
+            {
+                if (body.Length != 0) throw _r.Corrupt($"{(type == 0 ? "END" : "CHECKPOINT")} record at byte {at} with {body.Length} bytes");
+                if (!state.Context) throw _r.Corrupt("the libxc stream ends without an HVM context");
+                if (type == LibxcStream.REC_TYPE_CHECKPOINT)
+                {
+                    if (!checkpointed) throw _r.Corrupt($"a CHECKPOINT record at byte {at} in a stream that is not checkpointed");
+                    ReadLibxlCheckpointEnd();
+                }
+                else
+                    ReadLibxlEnd();
+                return new RestoredState(state.Params, state.Pages, state.TscKhz);
+            }
+            Apply(d, type, body, at, state);
+            if (type == LibxcStream.REC_TYPE_PAGE_DATA && cancelled?.Invoke() == true)
+                throw new OperationCanceledException("the domain was destroyed while it was being restored");
+        }
+    }
+
+    /// <summary>One record of a checkpoint, kept until the checkpoint is complete.</summary>
+    internal readonly record struct PendingRecord(uint Type, byte[] Body, long At);
+
+    /// <summary>The records of the next checkpoint of a checkpointed stream, read whole but not applied (libxl
+    /// buffers them likewise, so that a stream cut inside one leaves the last complete checkpoint as it was), and
+    /// whether the stream ended there (an END record: the primary stopped Remus). A stream cut or corrupted before
+    /// the checkpoint is complete throws <see cref="SaveFileException"/>.</summary>
+    public (List<PendingRecord> Records, bool Ended) ReadCheckpoint()
+    {
+        var records = new List<PendingRecord>();
         while (true)
         {
             long at = _r.Position;
             var (type, body) = _r.Record("libxc");
             switch (type)
             {
+                case LibxcStream.REC_TYPE_CHECKPOINT:
+                    ReadLibxlCheckpointEnd();
+                    return (records, false);
                 case LibxcStream.REC_TYPE_END:
-                    if (body.Length != 0) throw _r.Corrupt($"END record at byte {at} with {body.Length} bytes");
-                    if (!context) throw _r.Corrupt("the libxc stream ends without an HVM context");
                     ReadLibxlEnd();
-                    return new RestoredState(parameters, pages, tscKhz);
-                case LibxcStream.REC_TYPE_PAGE_DATA:
-                    pages += LoadPages(d, body, at);
-                    if (cancelled?.Invoke() == true)
-                        throw new OperationCanceledException("the domain was destroyed while it was being restored");
-                    break;
-                case LibxcStream.REC_TYPE_X86_TSC_INFO:
-                    if (body.Length != Marshal.SizeOf<X86TscInfo>()) throw _r.Corrupt($"TSC info record at byte {at} of {body.Length} bytes");
-                    tscKhz = MemoryMarshal.Read<X86TscInfo>(body).Khz;
-                    break;
-                case LibxcStream.REC_TYPE_HVM_CONTEXT:
-                    if (body.Length == 0) throw _r.Corrupt($"empty HVM context at byte {at}");
-                    try { d.SetHvmContext(body); }
-                    catch (XenSharp.Hypervisor.HypervisorException e) { throw _r.Corrupt($"HVM context at byte {at}: {e.Message}"); }
-                    context = true;
-                    break;
-                case LibxcStream.REC_TYPE_HVM_PARAMS:
-                    ReadParams(body, at, parameters);
-                    break;
-                case LibxcStream.REC_TYPE_STATIC_DATA_END:
-                case LibxcStream.REC_TYPE_X86_CPUID_POLICY:
-                case LibxcStream.REC_TYPE_X86_MSR_POLICY:
-                case LibxcStream.REC_TYPE_VERIFY:
-                    // The policies describe the saving host's CPU; XenSharp's engine presents one CPU everywhere.
+                    return (records, true);
+                case LibxcStream.REC_TYPE_PAGE_DATA or LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT
+                    or LibxcStream.REC_TYPE_HVM_PARAMS:
+                    records.Add(new PendingRecord(type, body, at));
                     break;
                 default:
-                    throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} is not one XenSharp restores");
+                    throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} inside a checkpoint is not one XenSharp restores");
             }
+        }
+    }
+
+    /// <summary>Applies a complete checkpoint's records to the paused domain; returns the pages it carried.</summary>
+    public long Apply(IHypervisorDomain d, List<PendingRecord> records)
+    {
+        var state = new LoadState();
+        foreach (var r in records)
+            Apply(d, r.Type, r.Body, r.At, state);
+        return state.Pages;
+    }
+
+    private sealed class LoadState
+    {
+        public readonly Dictionary<int, ulong> Params = [];
+        public long Pages;
+        public uint TscKhz;
+        public bool Context;
+    }
+
+    private void Apply(IHypervisorDomain d, uint type, byte[] body, long at, LoadState state)
+    {
+        switch (type)
+        {
+            case LibxcStream.REC_TYPE_PAGE_DATA:
+                state.Pages += LoadPages(d, body, at);
+                break;
+            case LibxcStream.REC_TYPE_X86_TSC_INFO:
+                if (body.Length != Marshal.SizeOf<X86TscInfo>()) throw _r.Corrupt($"TSC info record at byte {at} of {body.Length} bytes");
+                state.TscKhz = MemoryMarshal.Read<X86TscInfo>(body).Khz;
+                break;
+            case LibxcStream.REC_TYPE_HVM_CONTEXT:
+                if (body.Length == 0) throw _r.Corrupt($"empty HVM context at byte {at}");
+                try { d.SetHvmContext(body); }
+                catch (XenSharp.Hypervisor.HypervisorException e) { throw _r.Corrupt($"HVM context at byte {at}: {e.Message}"); }
+                state.Context = true;
+                break;
+            case LibxcStream.REC_TYPE_HVM_PARAMS:
+                ReadParams(body, at, state.Params);
+                break;
+            case LibxcStream.REC_TYPE_STATIC_DATA_END:
+            case LibxcStream.REC_TYPE_X86_CPUID_POLICY:
+            case LibxcStream.REC_TYPE_X86_MSR_POLICY:
+            case LibxcStream.REC_TYPE_VERIFY:
+                // The policies describe the saving host's CPU; XenSharp's engine presents one CPU everywhere.
+                break;
+            default:
+                throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} is not one XenSharp restores");
         }
     }
 
@@ -163,7 +223,9 @@ internal sealed class SaveFileReader(Stream input, string file)
             }
             else if (type == LibxcStream.PAGE_DATA_TYPE_XALLOC)
             {
+                // Allocated, no contents: a new page, zero (XenSharp's writer sends all-zero pages so).
                 if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
+                loaded++;
             }
             else if (type is not (LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN))
                 throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
@@ -183,6 +245,18 @@ internal sealed class SaveFileReader(Stream input, string file)
                 parameters[(int)e.Index] = e.Value;
             else
                 throw _r.Corrupt($"HVM_PARAMS record at byte {at} names param {e.Index}, beyond HVM_NR_PARAMS");
+    }
+
+    /// <summary>What libxl writes at a checkpoint after libxc's part: emulator records (none for PVH), then
+    /// CHECKPOINT_END; the libxc stream goes on after it.</summary>
+    private void ReadLibxlCheckpointEnd()
+    {
+        long at = _r.Position;
+        var (type, _) = _r.Record("libxl");
+        if (type == LibxlStream.REC_TYPE_CHECKPOINT_END) return;
+        if (type is LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA or LibxlStream.REC_TYPE_EMULATOR_CONTEXT)
+            throw new SaveFileException($"{file}: the checkpoint carries device model state (libxl record {type:#x} at byte {at}); XenSharp restores PVH guests, which have none");
+        throw _r.Corrupt($"libxl record type {type:#x} at byte {at} where a checkpoint ends");
     }
 
     private void ReadLibxlEnd()

@@ -14,6 +14,9 @@ internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, u
 /// to give up; libxc's limits (5 rounds, 50 pages) by default.</summary>
 internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func<bool> Cancelled)
 {
+    /// <summary>Told the round, the pages sent in it so far and the pages it sends, batch by batch.</summary>
+    public Action<int, long, long>? Pages { get; init; }
+
     public int MaxIterations { get; init; } = 5;
     public long DirtyThreshold { get; init; } = 50;
 }
@@ -41,64 +44,123 @@ internal static class SaveFileWriter
         var w = new MigrationRecordWriter(output);
         WriteHeaders(w, s);
         WriteTscInfo(w, s);
-        long pages = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled);
+        long pages = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled, firstPass: true);
         WriteTail(w, s);
         return pages;
     }
 
     /// <summary>
-    /// The live stream of xl migrate (libxc's send_memory_live): log-dirty on, every page once while the guest runs,
-    /// then the pages it dirtied meanwhile, round after round, until a round leaves fewer than
-    /// <see cref="LiveOptions.DirtyThreshold"/> pages or <see cref="LiveOptions.MaxIterations"/> rounds are done;
-    /// then the guest is suspended and its last dirty pages, its rings' pages and its state follow. Log-dirty is
-    /// off again whatever happens.
+    /// The live stream of xl migrate (libxc's send_memory_live): see <see cref="LiveStream"/>; the suspended guest's
+    /// last pages and state end it. Log-dirty is off again whatever happens.
     /// </summary>
     public static long WriteLive(Stream output, SaveSource s, LiveOptions o)
     {
-        var w = new MigrationRecordWriter(output);
-        var d = s.Domain;
-        WriteHeaders(w, s);
-        ulong max = d.Memory.MaxGfn;
-        var bits = new ulong[(max + 64) / 64];
-        d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, bits);
-        try
+        using var live = new LiveStream(output, s);
+        live.PreCopy(o);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        long final = live.SendSuspended();
+        live.End();
+        output.Flush();
+        o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"Suspended: {final} pages sent, {live.Total} in all; the last pages and state in {clock.Elapsed.TotalMilliseconds:0.0} ms"));
+        return live.Total;
+    }
+
+    /// <summary>
+    /// A stream sent while the guest runs: log-dirty on, every page once while the guest runs, then the pages it
+    /// dirtied meanwhile, round after round, until a round leaves fewer than <see cref="LiveOptions.DirtyThreshold"/>
+    /// pages or <see cref="LiveOptions.MaxIterations"/> rounds are done; then the guest is suspended and its last dirty
+    /// pages, its rings' pages and its state follow. A migration ends the stream there; Remus (a checkpointed stream)
+    /// marks a checkpoint instead (libxc's CHECKPOINT, libxl's CHECKPOINT_END), lets the guest run, and sends each
+    /// later checkpoint the same way: suspended, the pages dirtied since the last one, the state, the marks.
+    /// </summary>
+    internal sealed class LiveStream : IDisposable
+    {
+        private readonly MigrationRecordWriter _w;
+        private readonly SaveSource _s;
+        private readonly ulong _max;
+        private readonly ulong[] _bits, _last;
+
+        public LiveStream(Stream output, SaveSource s)
         {
+            _w = new MigrationRecordWriter(output);
+            _s = s;
+            _max = s.Domain.Memory.MaxGfn;
+            _bits = new ulong[(_max + 64) / 64];
+            _last = new ulong[_bits.Length];
+            WriteHeaders(_w, s);
+            s.Domain.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, _bits);
+        }
+
+        /// <summary>Pages sent so far.</summary>
+        public long Total { get; private set; }
+
+        /// <summary>The rounds while the guest runs, then <see cref="LiveOptions.Suspend"/>; what the last round
+        /// left dirty waits for <see cref="SendSuspended"/>.</summary>
+        public void PreCopy(LiveOptions o)
+        {
+            var d = _s.Domain;
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            long total = WritePages(w, d, AllGfns(max), o.Cancelled);
-            o.Progress(Round(0, total, total, clock));
+            long all = (long)_max + 1;
+            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all), firstPass: true);
+            o.Progress(Round(0, Total, Total, clock));
             for (int i = 1; ; i++)
             {
-                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, bits);
-                long dirty = Count(bits);
+                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _bits);
+                long dirty = Count(_bits);
                 if (dirty < o.DirtyThreshold || i > o.MaxIterations)
                 {
                     o.Progress($"Iteration {i}: {dirty} dirty pages left for the suspended guest");
                     break;
                 }
                 clock.Restart();
-                long sent = WritePages(w, d, Gfns(bits), o.Cancelled);
-                total += sent;
+                int round = i;
+                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled, n => o.Pages?.Invoke(round, n, dirty));
+                Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
             o.Suspend();
-            var last = new ulong[bits.Length];
-            d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, last);
-            for (int i = 0; i < bits.Length; i++) bits[i] |= last[i];
+        }
+
+        /// <summary>With the guest suspended: the pages dirtied since the last round or checkpoint, the rings'
+        /// pages, TSC info, the HVM context and params (libxc's end of checkpoint). Returns the pages sent.</summary>
+        public long SendSuspended()
+        {
+            var d = _s.Domain;
+            d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
+            for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
             // The rings' pages are written through the toolstack's own mappings, which log-dirty does not see.
             foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
-                if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= max)
-                    bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
-            long final = WritePages(w, d, Gfns(bits), null);
-            total += final;
-            o.Progress($"Suspended: {final} pages sent, {total} in all");
-            WriteTscInfo(w, s);
-            WriteTail(w, s);
-            return total;
+                if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= _max)
+                    _bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
+            long sent = WritePages(_w, d, Gfns(_bits), null);
+            Array.Clear(_bits);
+            Total += sent;
+            WriteTscInfo(_w, _s);
+            _w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, d.GetHvmContext());
+            WriteParams(_w, d);
+            return sent;
         }
-        finally
+
+        /// <summary>The records so far are a consistent state of the guest (libxc's CHECKPOINT, libxl's
+        /// CHECKPOINT_END: a PVH guest has no emulator records between them).</summary>
+        public void Checkpoint()
         {
-            try { d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_OFF, bits); }
+            _w.Record(LibxcStream.REC_TYPE_CHECKPOINT, []);
+            _w.Record(LibxlStream.REC_TYPE_CHECKPOINT_END, []);
+        }
+
+        public void End()
+        {
+            _w.Record(LibxcStream.REC_TYPE_END, []);
+            _w.Record(LibxlStream.REC_TYPE_END, []);
+        }
+
+        public void Dispose()
+        {
+            try { _s.Domain.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_OFF, _bits); }
             catch (XenSharp.Hypervisor.HypervisorException) { }
+            catch (ObjectDisposedException) { }
         }
     }
 
@@ -177,26 +239,41 @@ internal static class SaveFileWriter
         w.Raw(config);
     }
 
-    private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled)
+    /// <summary>
+    /// PAGE_DATA records for <paramref name="gfns"/>. With <paramref name="firstPass"/> (every page once, to a domain
+    /// that has none yet) an all-zero page goes as an XALLOC entry without data: the receiver populates it, and a
+    /// freshly populated page is zero (Xen scrubs what it hands out). A later round must send data, since the
+    /// receiver's copy may hold what the page had before. Returns the pages described.
+    /// </summary>
+    private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled,
+        Action<long>? progress = null, bool firstPass = false)
     {
         int batch = LibxcStream.MaxBatchPages;
         var pfns = new ulong[batch + 1]; // [0] holds count and reserved
         var data = new byte[batch * 4096];
-        int n = 0;
+        int n = 0, withData = 0;
         long total = 0;
         void Flush()
         {
             if (n == 0) return;
             pfns[0] = (uint)n; // count, then a reserved word of zero
-            w.Record(LibxcStream.REC_TYPE_PAGE_DATA, MemoryMarshal.AsBytes(pfns.AsSpan(0, n + 1)), data.AsSpan(0, n * 4096));
+            w.Record(LibxcStream.REC_TYPE_PAGE_DATA, MemoryMarshal.AsBytes(pfns.AsSpan(0, n + 1)), data.AsSpan(0, withData * 4096));
             total += n;
-            n = 0;
+            n = withData = 0;
+            progress?.Invoke(total);
         }
         foreach (ulong gfn in gfns)
         {
-            if (!d.TryReadSaveFrame(gfn, data.AsSpan(n * 4096, 4096)))
+            var page = data.AsSpan(withData * 4096, 4096);
+            if (!d.TryReadSaveFrame(gfn, page))
                 continue;
-            pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_NOTAB;
+            if (firstPass && !page.ContainsAnyExcept((byte)0))
+                pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_XALLOC;
+            else
+            {
+                pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_NOTAB;
+                withData++;
+            }
             if (++n == batch)
             {
                 Flush();

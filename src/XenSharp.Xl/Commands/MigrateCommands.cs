@@ -15,7 +15,7 @@ namespace XenSharp.Xl.Commands;
 /// </summary>
 internal static class MigrateCommands
 {
-    private static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
+    internal static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
     // xl sends these with their terminating NUL.
     private static readonly byte[] ReceiverReady = Encoding.ASCII.GetBytes("domain received, ready to unpause\0");
     private static readonly byte[] PermissionToGo = Encoding.ASCII.GetBytes("domain is yours, you are cleared to unpause\0");
@@ -59,8 +59,10 @@ internal static class MigrateCommands
             ctx.Err.WriteLine($"Saving to migration stream new xl format (info 0x2/0x0/{config?.Length ?? 0})");
             var conn = client.Stream;
             var clock = Stopwatch.StartNew();
-            if (!SendStream(ctx, conn, toTarget, start, out long stoppedAt))
+            long stoppedAt = 0;
+            if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt)))
                 return 1;
+            long sentAt = UnixMicros();
 
             if (!ReadExpected(fromTarget, ReceiverReady))
             {
@@ -88,7 +90,9 @@ internal static class MigrateCommands
                 return 1;
             }
             ctx.Err.WriteLine("migration sender: Target reports successful startup.");
-            double downtime = (DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() - stoppedAt) / 1000.0;
+            // Downtime as QEMU's query-migrate counts it: from the guest's stop to the last byte sent; and until the
+            // target said it runs the guest.
+            double downtime = (sentAt - stoppedAt) / 1e6, resumed = (UnixMicros() - stoppedAt) / 1e6;
             string outcome = Verdict(conn, "commit");
             if (outcome != "destroyed")
             {
@@ -96,7 +100,7 @@ internal static class MigrateCommands
                 return 1;
             }
             ctx.Err.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"migration sender: total {clock.Elapsed.TotalSeconds:0.000} s, downtime {downtime:0.000} s"));
+                $"migration sender: total {clock.Elapsed.TotalSeconds:0.000} s, downtime {downtime:0.000} s, running at the target after {resumed:0.000} s"));
             ctx.Err.WriteLine("Migration successful.");
             return 0;
         }
@@ -109,7 +113,7 @@ internal static class MigrateCommands
 
     /// <summary>Copies the daemon's data frames to the target and shows its progress; false when the stream failed
     /// (the daemon has resumed the domain) or the target went away (closing the connection tells the daemon).</summary>
-    private static bool SendStream(XlContext ctx, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt)
+    private static bool SendStream(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt)
     {
         stoppedAt = 0;
         var head = new byte[5];
@@ -118,7 +122,7 @@ internal static class MigrateCommands
         {
             if (conn.ReadAtLeast(head, 5, throwOnEndOfStream: false) < 5)
             {
-                ctx.Err.WriteLine("migration sender: xensharpd closed the connection");
+                progress.WriteLine("migration sender: xensharpd closed the connection");
                 return false;
             }
             int length = BinaryPrimitives.ReadInt32LittleEndian(head.AsSpan(1));
@@ -130,13 +134,13 @@ internal static class MigrateCommands
                     try { toTarget.Write(buffer, 0, length); }
                     catch (IOException e)
                     {
-                        ctx.Err.WriteLine($"migration sender: the target went away ({e.Message}); domain {start.DomId} runs on here");
+                        progress.WriteLine($"migration sender: the target went away ({e.Message}); domain {start.DomId} runs on here");
                         conn.Close();
                         return false;
                     }
                     break;
                 case MigrationFrames.Progress:
-                    ctx.Err.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}");
+                    progress.Report(Encoding.UTF8.GetString(buffer, 0, length));
                     break;
                 case MigrationFrames.End:
                     toTarget.Flush();
@@ -144,13 +148,16 @@ internal static class MigrateCommands
                     if (end.Length > 1) long.TryParse(end[1], out stoppedAt);
                     return true;
                 case MigrationFrames.Failed:
-                    ctx.Err.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
+                    progress.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
                     return false;
                 default:
                     throw new ControlException($"xensharpd sent migration frame kind {head[0]}");
             }
         }
     }
+
+    /// <summary>Microseconds since 1970, the clock the daemon's stop time is on.</summary>
+    internal static long UnixMicros() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
 
     private static string Verdict(Stream conn, string verdict)
     {
@@ -171,13 +178,14 @@ internal static class MigrateCommands
     {
         if (a.Operands.Count > 0)
             throw new UsageException("too many arguments");
+        bool remus = a.Has('r');
         using var stdin = Console.OpenStandardInput();
         using var stdout = Console.OpenStandardOutput();
         stdout.Write(Banner);
         stdout.Flush();
         ctx.Err.WriteLine("migration target: Ready to receive domain.");
         using var client = ctx.Connect();
-        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory));
+        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus));
         var conn = client.Stream;
 
         // One reader of stdin: the stream goes to the daemon until it has the whole domain; what comes after (the
@@ -197,7 +205,9 @@ internal static class MigrateCommands
                 }
             }
             catch (Exception e) when (e is IOException or ObjectDisposedException) { }
-            if (Volatile.Read(ref restored) == 0)
+            // A Remus stream's end is the failover: the daemon still answers then.
+            if (remus) client.ShutdownSend();
+            else if (Volatile.Read(ref restored) == 0)
                 try { conn.Close(); } catch (IOException) { }
             after.CompleteAdding();
         }) { IsBackground = true, Name = "migrate-receive" };
@@ -207,6 +217,7 @@ internal static class MigrateCommands
         try { line = ReadLine(conn); }
         catch (Exception e) when (e is IOException or ObjectDisposedException) { line = null; }
         Volatile.Write(ref restored, 1);
+        if (remus) return RemusFailover(ctx, line);
         if (line is null || !line.StartsWith("ok ", StringComparison.Ordinal))
         {
             ctx.Err.WriteLine(line is null
@@ -249,7 +260,24 @@ internal static class MigrateCommands
         return ok ? 0 : 1;
     }
 
-    private static bool ReadExpected(Stream s, byte[] expected)
+    /// <summary>xl migrate-receive -r once the primary's stream has ended: the daemon has unpaused the backup at its
+    /// last checkpoint (xl renames and unpauses it likewise).</summary>
+    private static int RemusFailover(XlContext ctx, string? line)
+    {
+        var f = line?.Split(' ', 4);
+        if (f is not { Length: 4 } || f[0] != "failover")
+        {
+            ctx.Err.WriteLine(line is null
+                ? "migration target: the Remus stream ended before the first checkpoint; nothing was kept"
+                : $"migration target: Remus failed: {line}");
+            return 1;
+        }
+        ctx.Err.WriteLine($"migration target: Remus Failover for domain {f[1]}");
+        ctx.Err.WriteLine($"migration target: {f[2]} resumes from checkpoint {f[3]}");
+        return 0;
+    }
+
+    internal static bool ReadExpected(Stream s, byte[] expected)
     {
         var got = new byte[expected.Length];
         try { return s.ReadAtLeast(got, got.Length, throwOnEndOfStream: false) == got.Length && got.AsSpan().SequenceEqual(expected); }

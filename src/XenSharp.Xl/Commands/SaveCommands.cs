@@ -15,9 +15,15 @@ internal static class SaveCommands
         if (a.Operands.Count == 3 && !TryReadConfig(ctx, a.Operands[2], out config))
             return 1;
         string file = Path.GetFullPath(a.Operands[1]);
-        var result = ctx.Daemon.Send(new SaveRequest(a.Operands[0], file, a.Has('c') || a.Has('p'), config, a.Has('p')));
+        var request = new SaveRequest(a.Operands[0], file, a.Has('c') || a.Has('p'), config, a.Has('p'));
+        // On a terminal, a bar that follows the file as the daemon writes it, towards the guest's memory.
+        double expected = Console.IsErrorRedirected ? 0
+            : ctx.Daemon.Send(new ListRequest([a.Operands[0]], false)).FirstOrDefault()?.MaxMemKb * 1024.0 ?? 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var result = MigrationProgress.Track(ctx.Err, $"Saving domain {a.Operands[0]}", expected,
+            () => File.Exists(file) ? new FileInfo(file).Length : null, () => ctx.Daemon.Send(request));
         ctx.Err.WriteLine($"Saving to {a.Operands[1]} new xl format (info 0x{SaveFlags:x}/0x0/{config?.Length ?? 0})");
-        ctx.Err.WriteLine($"Saved domain {result.DomId} ({result.Name}): {result.Pages} pages, {result.Bytes} bytes");
+        ctx.Err.WriteLine($"Saved domain {result.DomId} ({result.Name}): {result.Pages} pages, {result.Bytes} bytes{Rate(result.Bytes, clock)}");
         return 0;
     }
 
@@ -34,11 +40,22 @@ internal static class SaveCommands
                 return 1;
             configDir = Path.GetDirectoryName(Path.GetFullPath(configFile));
         }
-        var result = ctx.Daemon.Send(new RestoreRequest(Path.GetFullPath(file), config, configFile, configDir, a.Has('p')));
+        string path = Path.GetFullPath(file);
+        var request = new RestoreRequest(path, config, configFile, configDir, a.Has('p'));
+        long size = File.Exists(path) ? new FileInfo(path).Length : 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var result = MigrationProgress.Track(ctx.Err, $"Restoring {file}", size,
+            MigrationProgress.DaemonReadSince(ctx.Paths.PidFile), () => ctx.Daemon.Send(request));
         // Only a file the daemon read as xl's format has these flags: say so once it has.
         ctx.Err.WriteLine($"Loading new save file {file} (new xl fmt info 0x{SaveFlags:x}/0x0)");
-        ctx.Err.WriteLine($"Restored domain {result.DomId} ({result.Name}): {result.Pages} pages");
+        ctx.Err.WriteLine($"Restored domain {result.DomId} ({result.Name}): {result.Pages} pages{Rate(result.Pages * 4096, clock)}");
         return 0;
+    }
+
+    private static string Rate(long bytes, System.Diagnostics.Stopwatch clock)
+    {
+        double s = Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $" in {s:0.00} s, {bytes / s / (1 << 20):0.0} MiB/s");
     }
 
     /// <summary>xl's mandatory flags for the files it writes (a migration v2 stream).</summary>
