@@ -245,6 +245,14 @@ public struct XenDomctlHvmcontextPartial
     public ulong Buffer;
 }
 
+/// <summary>struct xen_domctl_getpageframeinfo3: <c>num</c> gfns in <c>array</c>, each replaced by its type.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlGetpageframeinfo3
+{
+    public ulong Num;
+    public ulong Array;
+}
+
 /// <summary>struct xen_domctl_tsc_info.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct XenDomctlTscInfo

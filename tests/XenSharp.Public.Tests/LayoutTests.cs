@@ -126,6 +126,7 @@ public class LayoutTests
             ("cpumap_hard", "CpumapHard", 8), ("cpumap_soft", "CpumapSoft", 24)]),
         ("struct xen_domctl_shadow_op", typeof(XenDomctlShadowOp), 40, [("op", "Op", 0), ("mode", "Mode", 4), ("mb", "Mb", 8),
             ("dirty_bitmap", "DirtyBitmap", 16), ("pages", "Pages", 24), ("stats.fault_count", "FaultCount", 32), ("stats.dirty_count", "DirtyCount", 36)]),
+        ("struct xen_domctl_getpageframeinfo3", typeof(XenDomctlGetpageframeinfo3), 16, [("num", "Num", 0), ("array", "Array", 8)]),
         ("struct xen_domctl_vcpucontext", typeof(XenDomctlVcpucontext), 16, [("vcpu", "Vcpu", 0), ("ctxt", "Ctxt", 8)]),
         ("struct xen_domctl_hvmcontext_partial", typeof(XenDomctlHvmcontextPartial), 24, [("type", "Type", 0), ("instance", "Instance", 4),
             ("bufsz", "Bufsz", 8), ("buffer", "Buffer", 16)]),
