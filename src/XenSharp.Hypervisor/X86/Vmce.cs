@@ -30,10 +30,16 @@ internal sealed class Vmce(Vcpu vcpu)
     private static bool IsBankMsr(uint msr) =>
         msr is >= MSR_IA32_MC0_CTL and < MSR_IA32_MC0_CTL + 4 * Banks or >= MSR_IA32_MC0_CTL2 and < MSR_IA32_MC0_CTL2 + Banks;
 
+    /// <summary>The MSRs this vCPU answers: MCG_CAP, MCG_STATUS, MCG_CTL and its banks' (checked before any lock,
+    /// since every MSR exit the vLAPIC does not take asks here first).</summary>
+    private static bool IsVmceMsr(uint msr) => msr is >= MSR_IA32_MCG_CAP and <= MSR_IA32_MCG_CTL || IsBankMsr(msr);
+
     /// <summary>Xen's vmce_rdmsr: true when the MSR is a machine-check one this vCPU has.</summary>
     public bool TryReadMsr(uint msr, out ulong value)
     {
         value = 0;
+        if (!IsVmceMsr(msr))
+            return false;
         lock (_lock)
         {
             switch (msr)
@@ -68,6 +74,8 @@ internal sealed class Vmce(Vcpu vcpu)
     /// this vCPU does not have.</summary>
     public bool TryWriteMsr(uint msr, ulong value)
     {
+        if (!IsVmceMsr(msr))
+            return false;
         lock (_lock)
         {
             switch (msr)
