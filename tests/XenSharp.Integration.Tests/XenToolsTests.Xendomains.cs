@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.RegularExpressions;
+using XenSharp.Artifacts;
 
 namespace XenSharp.Integration.Tests;
 
@@ -62,18 +63,35 @@ public sealed partial class XenToolsTests
             XENDOMAINS_STOP_MAXWAIT=300
 
             """);
-        // A domain Debian's xl made (libxl keeps its configuration, which xl save writes into the image). The guest
-        // suspends itself at once, as a guest does when its toolstack asks, and checks what it finds when resumed.
+        // Domains Debian's xl made (libxl keeps their configuration, which xl save writes into the image): Debian's
+        // Linux, which suspends when libxl asks through control/shutdown, and a test guest that suspends itself at
+        // once and checks what it finds when resumed.
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string linux = Path.Combine(dir, "linux.cfg");
+        File.WriteAllText(linux, $"""
+            name = "penguin"
+            type = "pvh"
+            kernel = "{store.KernelPath}"
+            ramdisk = "{store.ShellInitrdPath}"
+            cmdline = "console=hvc0"
+            memory = 256
+            vcpus = 1
+            """);
+        Dom0("xl", "create", linux);
         Dom0("xl", "create", Repository.PathOf("tests", "guests", "suspend.cfg"), "name=\"kept\"",
             $"kernel=\"{Repository.PathOf("tests", "guests", "build", "suspend.elf")}\"");
         try
         {
             Assert.True(XlHost.WaitUntil(() => Regex.IsMatch(Dom0("xl", "list").Stdout, @"(?m)^kept\s+\d+\s+\d+\s+\d+\s+\S*s\S*"),
                 TimeSpan.FromMinutes(3)), Dom0("xl", "list").Stdout + ConsoleLog("kept"));
+            Assert.True(XlHost.WaitUntil(() => ConsoleLog("penguin").Contains("~ # "), LinuxPvhTests.BootLimit), ConsoleLog("penguin"));
 
             var stop = Xendomains(dir, "stop");
             Assert.True(stop.ExitCode == 0, stop.ToString());
-            Assert.Contains("Shutting down Xen domains: kept(save)", stop.Stdout);
+            Assert.Contains("Shutting down Xen domains:", stop.Stdout);
+            Assert.Contains(" penguin(save)", stop.Stdout);
+            Assert.Contains(" kept(save)", stop.Stdout);
             Assert.DoesNotContain("error occurred", stop.Stdout);
             // Saved in xl's format under the domain's name, and gone from the host.
             string image = Path.Combine(save, "kept");
@@ -85,12 +103,20 @@ public sealed partial class XenToolsTests
                 Assert.Equal("Xen saved domain", System.Text.Encoding.ASCII.GetString(head));
             }
             Assert.NotEqual(0, _xl.RunDom0("xl", "domid", "kept").ExitCode);
+            Assert.True(File.Exists(Path.Combine(save, "penguin")), stop.ToString());
+            Assert.NotEqual(0, _xl.RunDom0("xl", "domid", "penguin").ExitCode);
+            Assert.Contains("Freezing user space processes", ConsoleLog("penguin"));
+            Assert.DoesNotContain("Restarting tasks", ConsoleLog("penguin"));
 
             var start = Xendomains(dir, "start");
             Assert.True(start.ExitCode == 0, start.ToString());
-            Assert.Contains("Restoring Xen domains: kept", start.Stdout);
+            Assert.Matches(@"Restoring Xen domains:( kept| penguin){2}", start.Stdout);
             Assert.DoesNotContain("error occurred", start.Stdout);
             Assert.False(File.Exists(image), "xendomains removes an image it restored");
+            // Linux thaws where it froze, in its new domain.
+            Assert.True(XlHost.WaitUntil(() => ConsoleLog("penguin").Contains("Restarting tasks ... done."), TimeSpan.FromMinutes(3)),
+                ConsoleLog("penguin"));
+            Assert.Equal(0, _xl.RunDom0("xl", "domid", "penguin").ExitCode);
             // The guest carried on in a new domain from where it suspended, its memory and registers intact.
             Assert.True(XlHost.WaitUntil(() => ConsoleLog("kept").Contains("DONE"), TimeSpan.FromMinutes(3)), ConsoleLog("kept"));
             var log = ConsoleLog("kept");
@@ -102,6 +128,7 @@ public sealed partial class XenToolsTests
         finally
         {
             _xl.RunDom0("xl", "destroy", "kept");
+            _xl.RunDom0("xl", "destroy", "penguin");
         }
     }
 }
