@@ -65,6 +65,9 @@ internal sealed class HostServices : IDisposable
     public Cpupools Scheduler { get; }
     /// <summary>The trace buffers xentrace reads (XEN_SYSCTL_tbuf_op).</summary>
     public TraceBuffers TraceBuffers { get; }
+    private X86.HostMca? _mca;
+    /// <summary>The pCPUs' machine-check banks (XEN_MC_msrinject, XEN_MC_mceinject).</summary>
+    public X86.HostMca Mca => LazyInitializer.EnsureInitialized(ref _mca, () => new X86.HostMca(this));
     public Domain Dom0 { get; }
     public string CommandLine { get; }
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>

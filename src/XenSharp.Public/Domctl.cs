@@ -21,7 +21,8 @@ public static class Domctl
         XEN_DOMCTL_set_target = 46, XEN_DOMCTL_getpageframeinfo3 = 61, XEN_DOMCTL_gettscinfo = 59,
         XEN_DOMCTL_settscinfo = 60, XEN_DOMCTL_get_vcpu_msrs = 72, XEN_DOMCTL_get_cpu_policy = 82,
         XEN_DOMCTL_gethvmcontext = 33, XEN_DOMCTL_sethvmcontext = 34, XEN_DOMCTL_set_cpu_policy = 83,
-        XEN_DOMCTL_get_paging_mempool_size = 85, XEN_DOMCTL_set_paging_mempool_size = 86;
+        XEN_DOMCTL_get_paging_mempool_size = 85, XEN_DOMCTL_set_paging_mempool_size = 86,
+        XEN_DOMCTL_gethvmcontext_partial = 55;
 
     /// <summary>xen_domctl_createdomain.flags (XEN_DOMCTL_CDF_*); bits above vpmu are refused.</summary>
     public const uint XEN_DOMCTL_CDF_hvm = 1 << 0, XEN_DOMCTL_CDF_hap = 1 << 1, XEN_DOMCTL_CDF_s3_integrity = 1 << 2,
@@ -223,6 +224,33 @@ public struct XenDomctlHvmcontext
 {
     public uint Size;
     public ulong Buffer;
+}
+
+/// <summary>struct xen_domctl_vcpucontext (getvcpucontext/setvcpucontext): the vCPU and its vcpu_guest_context.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlVcpucontext
+{
+    public uint Vcpu;
+    public ulong Ctxt;
+}
+
+/// <summary>struct xen_domctl_hvmcontext_partial: one record (type, instance) of the HVM context, without its
+/// descriptor; a null buffer asks for its size.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlHvmcontextPartial
+{
+    public uint Type;
+    public uint Instance;
+    public ulong Bufsz;
+    public ulong Buffer;
+}
+
+/// <summary>struct xen_domctl_getpageframeinfo3: <c>num</c> gfns in <c>array</c>, each replaced by its type.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlGetpageframeinfo3
+{
+    public ulong Num;
+    public ulong Array;
 }
 
 /// <summary>struct xen_domctl_tsc_info.</summary>

@@ -126,6 +126,16 @@ public class LayoutTests
             ("cpumap_hard", "CpumapHard", 8), ("cpumap_soft", "CpumapSoft", 24)]),
         ("struct xen_domctl_shadow_op", typeof(XenDomctlShadowOp), 40, [("op", "Op", 0), ("mode", "Mode", 4), ("mb", "Mb", 8),
             ("dirty_bitmap", "DirtyBitmap", 16), ("pages", "Pages", 24), ("stats.fault_count", "FaultCount", 32), ("stats.dirty_count", "DirtyCount", 36)]),
+        ("struct xen_domctl_getpageframeinfo3", typeof(XenDomctlGetpageframeinfo3), 16, [("num", "Num", 0), ("array", "Array", 8)]),
+        ("struct xen_domctl_vcpucontext", typeof(XenDomctlVcpucontext), 16, [("vcpu", "Vcpu", 0), ("ctxt", "Ctxt", 8)]),
+        ("struct xen_domctl_hvmcontext_partial", typeof(XenDomctlHvmcontextPartial), 24, [("type", "Type", 0), ("instance", "Instance", 4),
+            ("bufsz", "Bufsz", 8), ("buffer", "Buffer", 16)]),
+        ("struct xen_mc", typeof(XenMc), 152, [("cmd", "Cmd", 0), ("interface_version", "InterfaceVersion", 4), ("u", "U", 8)]),
+        ("struct xen_mc_msrinject", typeof(XenMcMsrinject), 144, [("mcinj_cpunr", "McinjCpunr", 0), ("mcinj_flags", "McinjFlags", 4),
+            ("mcinj_count", "McinjCount", 8), ("mcinj_domid", "McinjDomid", 12), ("mcinj_msr", "McinjMsr", 16)]),
+        ("struct mcinfo_msr", typeof(McinfoMsr), 16, [("reg", "Reg", 0), ("value", "Value", 8)]),
+        ("struct xen_mc_physcpuinfo", typeof(XenMcPhyscpuinfo), 16, [("ncpus", "Ncpus", 0), ("info", "Info", 8)]),
+        ("struct xen_mc_inject_v2", typeof(XenMcInjectV2), 24, [("flags", "Flags", 0), ("cpumap", "Cpumap", 8)]),
         ("struct xen_domctl_nodeaffinity", typeof(XenDomctlNodeaffinity), 16, [("nodemap", "Nodemap", 0)]),
         ("struct xen_domctl_scheduler_op", typeof(XenDomctlSchedulerOp), 24, [("sched_id", "SchedId", 0), ("cmd", "Cmd", 4),
             ("u.credit.weight", "Weight", 8), ("u.credit.cap", "Cap", 10)]),
@@ -180,7 +190,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h" })
+                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h", "arch-x86/xen-mca.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

@@ -40,6 +40,10 @@ internal static class DomctlOp
         [XEN_DOMCTL_get_paging_mempool_size] = DomctlBuild.GetPagingMempoolSize,
         [XEN_DOMCTL_set_paging_mempool_size] = DomctlBuild.SetPagingMempoolSize,
         [XEN_DOMCTL_setdomainhandle] = DomctlBuild.SetDomainHandle,
+        [XEN_DOMCTL_getvcpucontext] = DomctlVcpuContext.GetVcpuContext,
+        [XEN_DOMCTL_gethvmcontext_partial] = DomctlVcpuContext.GetHvmContextPartial,
+        [XEN_DOMCTL_getpageframeinfo3] = DomctlSave.GetPageFrameInfo3,
+        [XEN_DOMCTL_resumedomain] = DomctlSave.ResumeDomain,
     };
 
     /// <summary>Domain ids at and above this name no domain (DOMID_FIRST_RESERVED).</summary>

@@ -43,7 +43,8 @@ internal static class Hypercall
         (Xen.__HYPERVISOR_dm_op, DmOps.Do),
         (Xen.__HYPERVISOR_sysctl, SysctlOp.Do),
         (Xen.__HYPERVISOR_domctl, DomctlOp.Do),
-        (Xen.__HYPERVISOR_hypfs_op, HypfsTree.Do));
+        (Xen.__HYPERVISOR_hypfs_op, HypfsTree.Do),
+        (XenSharp.Public.ArchX86.XenMca.__HYPERVISOR_mca, McaOp.Do));
 
     private static HypercallHandler?[] Build(params (int Nr, HypercallHandler Handler)[] rows)
     {

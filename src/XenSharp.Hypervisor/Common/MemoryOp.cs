@@ -71,6 +71,13 @@ internal static class MemoryOp
             case XENMEM_set_pod_target:
             case XENMEM_get_pod_target:
                 return PodTarget(v, op, arg);
+            case XENMEM_get_vnumainfo:
+            {
+                // No domain has a virtual NUMA topology: -EOPNOTSUPP, which is how libxl's save learns there is none.
+                if (!GuestAccess.Read(v, arg, out ushort domid))
+                    return -Errno.EFAULT;
+                return v.Domain.Host.LookupForGuest(v.Domain, domid, out long err) is null ? err : -Errno.EOPNOTSUPP;
+            }
             default:
                 return -Errno.ENOSYS;
         }

@@ -209,6 +209,8 @@ internal sealed class Pcpu
                 v.PendingNmi = false;
                 cpu.InjectNmi();
             }
+            if (v.Pv is null && v.Arch.Vmce.TakePending())
+                cpu.InjectException(X86.Vmce.Vector);
             // Between exits: frames freed since the last flush may be reused only once this vCPU forgot them.
             _host.Frames.Sync(v.Translations);
             v.Pv?.BeforeRun();

@@ -30,6 +30,7 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
                 ebx = (ebx & 0x00FFFFFF) | ((uint)(2 * vcpuId) << 24);
                 ecx |= 1u << 31; // running under a hypervisor
                 edx |= 1u << 9;  // APIC present
+                edx |= (1u << 7) | (1u << 14); // MCE and MCA: the vMCE banks (Vmce), as Xen's HVM policy offers them
                 break;
             case 0xB:
             case 0x1F:

@@ -11,9 +11,13 @@ internal sealed unsafe class HvmVcpu : ArchVcpu
     public HvmVcpu(Vcpu vcpu) : base(vcpu)
     {
         Vlapic = new Vlapic(vcpu);
+        Vmce = new Vmce(vcpu);
     }
 
     public Vlapic Vlapic { get; }
+
+    /// <summary>The vCPU's machine-check banks and pending #MC (Xen's v->arch.vmce).</summary>
+    public Vmce Vmce { get; }
 
     /// <summary>The upcall vector set by HVMOP_set_evtchn_upcall_vector (per vCPU), 0 when none.</summary>
     public byte UpcallVector;

@@ -129,7 +129,7 @@ internal static unsafe class VmExit
     public static bool TryReadMsr(Vcpu v, uint msr, out ulong value)
     {
         value = 0;
-        if (v.Arch.Vlapic.TryReadMsr(msr, out value))
+        if (v.Arch.Vlapic.TryReadMsr(msr, out value) || v.Arch.Vmce.TryReadMsr(msr, out value))
             return true;
         switch (msr)
         {
@@ -150,7 +150,7 @@ internal static unsafe class VmExit
 
     public static bool TryWriteMsr(Vcpu v, uint msr, ulong value)
     {
-        if (v.Arch.Vlapic.TryWriteMsr(msr, value))
+        if (v.Arch.Vlapic.TryWriteMsr(msr, value) || v.Arch.Vmce.TryWriteMsr(msr, value))
             return true;
         switch (msr)
         {

@@ -1,0 +1,131 @@
+using System.Runtime.InteropServices;
+using XenSharp.Cpu;
+using XenSharp.Public;
+using XenSharp.Public.ArchX86;
+using XenSharp.Public.Hvm;
+using static XenSharp.Public.Domctl;
+
+namespace XenSharp.Hypervisor.Tests;
+
+/// <summary>
+/// The domctls debuggers and libxc's save read a running guest with (getvcpucontext, gethvmcontext_partial,
+/// getpageframeinfo3, resumedomain), through a <see cref="Dom0HypercallContext"/> as privcmd sets it up: what the
+/// guest's vCPU and memory hold, and Xen's errno for garbage.
+/// </summary>
+[Trait("Feature", "Dom0 stable libraries")]
+public sealed unsafe class DebugDomctlTests : IDisposable
+{
+    private const ulong CallerBase = 0x7f00_0000_0000;
+    private const int BufferBytes = 64 * 1024;
+    private const int Data = 4096;
+    private readonly XenHypervisor _host = TestHosts.Create(pcpus: 2);
+    private readonly byte* _buffers = (byte*)NativeMemory.AllocZeroed(BufferBytes);
+    private readonly Dom0HypercallContext _dom0;
+    private readonly ushort _guest;
+
+    public DebugDomctlTests()
+    {
+        _dom0 = _host.OpenDom0Hypercalls((nint)_buffers, CallerBase, BufferBytes);
+        _guest = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pvh, 1024, 1));
+        _host.PopulatePhysmap(_guest, 0, 256);
+        _host.SetVcpuRegisters(_guest, 0, new Registers { Rip = 0x1234, Rsp = 0x8000, Rbx = 0xB0B, Rflags = 2 }, PvhEntryState.Flat32());
+    }
+
+    public void Dispose()
+    {
+        _dom0.Dispose();
+        _host.Dispose();
+        NativeMemory.Free(_buffers);
+    }
+
+    private ref T At<T>(int offset) where T : unmanaged => ref *(T*)(_buffers + offset);
+
+    private long Domctl(uint cmd, ushort domain, ref XenDomctl op)
+    {
+        op.Cmd = cmd;
+        op.InterfaceVersion = XEN_DOMCTL_INTERFACE_VERSION;
+        op.Domain = domain;
+        At<XenDomctl>(0) = op;
+        long rc = _dom0.Hypercall(Xen.__HYPERVISOR_domctl, CallerBase);
+        op = At<XenDomctl>(0);
+        return rc;
+    }
+
+    private long GetVcpuContext(uint vcpu, ulong buffer)
+    {
+        var op = new XenDomctl();
+        op.As<XenDomctlVcpucontext>() = new XenDomctlVcpucontext { Vcpu = vcpu, Ctxt = buffer };
+        return Domctl(XEN_DOMCTL_getvcpucontext, _guest, ref op);
+    }
+
+    [Fact]
+    public void GetvcpucontextShowsTheVcpusRegisters()
+    {
+        Assert.Equal(0, GetVcpuContext(0, CallerBase + Data));
+        ref var c = ref At<VcpuGuestContext>(Data);
+        Assert.Equal(0x1234UL, c.UserRegs.Rip);
+        Assert.Equal(0x8000UL, c.UserRegs.Rsp);
+        Assert.Equal(0xB0BUL, c.UserRegs.Rbx);
+        Assert.NotEqual(0UL, c.Flags & VcpuGuestContext.VGCF_online);
+        // A vCPU the domain does not have, a buffer outside the caller's, Domain-0 itself.
+        Assert.Equal(-Errno.EINVAL, GetVcpuContext(1, CallerBase + Data));
+        Assert.Equal(-Errno.EFAULT, GetVcpuContext(0, 0x1000));
+        var op = new XenDomctl();
+        op.As<XenDomctlVcpucontext>() = new XenDomctlVcpucontext { Vcpu = 0, Ctxt = CallerBase + Data };
+        Assert.Equal(-Errno.EINVAL, Domctl(XEN_DOMCTL_getvcpucontext, 0, ref op));
+    }
+
+    private long Partial(uint type, uint instance, ulong bufsz, ulong buffer, out ulong size)
+    {
+        var op = new XenDomctl();
+        op.As<XenDomctlHvmcontextPartial>() = new XenDomctlHvmcontextPartial { Type = type, Instance = instance, Bufsz = bufsz, Buffer = buffer };
+        long rc = Domctl(XEN_DOMCTL_gethvmcontext_partial, _guest, ref op);
+        size = op.As<XenDomctlHvmcontextPartial>().Bufsz;
+        return rc;
+    }
+
+    [Fact]
+    public void GethvmcontextPartialGivesOneRecord()
+    {
+        Assert.Equal(0, Partial(HvmSave.CPU, 0, 0, 0, out ulong size));
+        Assert.Equal((ulong)Marshal.SizeOf<HvmHwCpu>(), size);
+        Assert.Equal(-Errno.ENOBUFS, Partial(HvmSave.CPU, 0, size - 1, CallerBase + Data, out _));
+        Assert.Equal(0, Partial(HvmSave.CPU, 0, size, CallerBase + Data, out _));
+        Assert.Equal(0x1234UL, At<HvmHwCpu>(Data).Rip);
+        Assert.Equal(0xB0BUL, At<HvmHwCpu>(Data).Rbx);
+        // END, HEADER and unknown types; a vCPU the domain lacks; a record a PVH domain has none of.
+        Assert.Equal(-Errno.EINVAL, Partial(HvmSave.END, 0, 0, 0, out _));
+        Assert.Equal(-Errno.EINVAL, Partial(HvmSave.HEADER, 0, 0, 0, out _));
+        Assert.Equal(-Errno.EINVAL, Partial(99, 0, 0, 0, out _));
+        Assert.Equal(-Errno.ENOENT, Partial(HvmSave.CPU, 3, 0, 0, out _));
+        Assert.Equal(-Errno.ENOENT, Partial(HvmSave.PIC, 0, 0, 0, out _));
+        Assert.Equal(-Errno.EFAULT, Partial(HvmSave.CPU, 0, size, 0x1000, out _));
+    }
+
+    [Fact]
+    public void GetpageframeinfoTellsRamFromHoles()
+    {
+        ulong[] gfns = [0, 10, 255, 256, 0x100000];
+        for (int i = 0; i < gfns.Length; i++)
+            At<ulong>(Data + 8 * i) = gfns[i];
+        var op = new XenDomctl();
+        op.As<XenDomctlGetpageframeinfo3>() = new XenDomctlGetpageframeinfo3 { Num = (ulong)gfns.Length, Array = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_getpageframeinfo3, _guest, ref op));
+        const ulong xtab = 0xFUL << 28;
+        Assert.Equal([0UL, 0, 0, xtab, xtab], new Span<ulong>(_buffers + Data, gfns.Length).ToArray());
+
+        op.As<XenDomctlGetpageframeinfo3>() = new XenDomctlGetpageframeinfo3 { Num = 1025, Array = CallerBase + Data };
+        Assert.Equal(-Errno.E2BIG, Domctl(XEN_DOMCTL_getpageframeinfo3, _guest, ref op));
+        op.As<XenDomctlGetpageframeinfo3>() = new XenDomctlGetpageframeinfo3 { Num = 1, Array = 0x1000 };
+        Assert.Equal(-Errno.EFAULT, Domctl(XEN_DOMCTL_getpageframeinfo3, _guest, ref op));
+    }
+
+    [Fact]
+    public void ResumedomainOfADomainNotShutDownIsNothing()
+    {
+        var op = new XenDomctl();
+        Assert.Equal(0, Domctl(XEN_DOMCTL_resumedomain, _guest, ref op));
+        Assert.Equal(DomainRunState.Paused, _host.GetDomainInfo(_guest).State);
+        Assert.Equal(-Errno.ESRCH, Domctl(XEN_DOMCTL_resumedomain, 4000, ref op));
+    }
+}
