@@ -17,7 +17,7 @@ namespace XenSharp.Integration.Tests;
 public sealed partial class LinuxOpenvSwitchTests(LinuxOpenvSwitchTests.OvsGuest guest) : IClassFixture<LinuxOpenvSwitchTests.OvsGuest>
 {
     private static readonly TimeSpan IoLimit = TimeSpan.FromMinutes(5);
-    private const int FileBytes = 16 << 20;
+    private const int FileBytes = 64 << 20;
     private const string Mac = "00:16:3e:5b:00:01";
 
     [GeneratedRegex(@"md5-([0-9a-f]{32})-end")]

@@ -81,6 +81,11 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
     private IVifPort? _port;
     private NetifQueue[] _queues = [];
+    /// <summary>The control ring, where the frontend provided one, and its port.</summary>
+    private BackRing<NetifCtrlRequest, NetifCtrlResponse>? _ctrl;
+    private uint _ctrlPort;
+    /// <summary>The frontend's steering of frames to queues, set over the control ring.</summary>
+    private readonly NetifHash _hash = new();
     private bool _frontendSg;
     private byte* _txFrame, _rxFrame;
     /// <summary>A frame read from the port that waits for enough receive slots on its queue.</summary>
@@ -141,6 +146,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         WriteBackend("feature-ipv6-csum-offload", "1");
         WriteBackend("feature-split-event-channels", "1");
         WriteBackend("multi-queue-max-queues", MaxQueues.ToString(CultureInfo.InvariantCulture));
+        WriteBackend("feature-ctrl-ring", "1");
         // GSO only where the host end cuts large segments itself.
         string gso = _port.Offloads ? "1" : "0";
         WriteBackend("feature-gso-tcpv4", gso);
@@ -171,6 +177,12 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         _rxOffloads = _port!.SetReceiveOffloads(csum, csum && _frontendSg && ReadFrontend("feature-gso-tcpv4") == "1",
             csum && _frontendSg && ReadFrontend("feature-gso-tcpv6") == "1");
         ReadRate();
+        _hash.Reset();
+        if (ReadFrontend("ctrl-ring-ref") is not null)
+        {
+            _ctrl = new BackRing<NetifCtrlRequest, NetifCtrlResponse>((byte*)MapRingRef(ReadFrontendUInt("ctrl-ring-ref")));
+            _ctrlPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-ctrl"));
+        }
         _queues = list;
     }
 
@@ -260,6 +272,8 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         if (_rxOffloads) _port?.SetReceiveOffloads(false, false, false);
         _rxOffloads = false;
         _queues = [];
+        _ctrl = null;
+        _ctrlPort = 0;
         _rxPending = 0;
     }
 
@@ -279,6 +293,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     {
         var queues = _queues;
         if (queues.Length == 0 || _port is not { } port) return;
+        if (_ctrl is { } ctrl && ServeControl(ctrl, queues.Length)) NotifyFrontend(_ctrlPort);
         ulong txNotify = 0;
         for (int i = 0; i < queues.Length; i++)
             if (ServeTransmit(queues[i].Tx, port)) txNotify |= 1UL << i;
@@ -294,6 +309,30 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
             }
             if (tx) NotifyFrontend(q.TxPort);
             if (rx) NotifyFrontend(q.RxPort);
+        }
+    }
+
+    // ---- the control ring ----
+
+    /// <summary>Answers every control request waiting (<see cref="NetifHash"/>); returns whether to notify.</summary>
+    private bool ServeControl(BackRing<NetifCtrlRequest, NetifCtrlResponse> ctrl, int queues)
+    {
+        bool notify = false;
+        while (true)
+        {
+            var check = ctrl.CheckForRequests(out uint count);
+            if (check == RingCheck.Empty)
+                check = ctrl.FinalCheckForRequests(out count);
+            if (check == RingCheck.Overflow)
+                throw new BackendDeviceException(Errno.EBADMSG, "the frontend's control request producer ran beyond the ring");
+            if (check == RingCheck.Empty)
+                return notify;
+            for (; count > 0; count--)
+            {
+                ctrl.TakeRequest(out var request);
+                ctrl.NextResponse() = _hash.Handle(request, Dom0, (ushort)Address.FrontendId, queues);
+            }
+            notify |= ctrl.PushResponsesAndCheckNotify();
         }
     }
 
@@ -500,7 +539,10 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                     continue;
                 }
                 _rxPending = got;
-                _rxQueue = queues.Length == 1 ? 0 : (int)(FlowHash(new ReadOnlySpan<byte>(_rxFrame, got)) % (uint)queues.Length);
+                var frame = new ReadOnlySpan<byte>(_rxFrame, got);
+                _rxQueue = queues.Length == 1 ? 0
+                    : _hash.Active ? _hash.QueueOf(frame, queues.Length)
+                    : (int)(FlowHash(frame) % (uint)queues.Length);
             }
             var rx = queues[_rxQueue].Rx;
             int slots = (_rxPending + PageSize - 1) / PageSize + (_rxOffload.Gso != VifGso.None ? 1 : 0);
