@@ -45,8 +45,9 @@ public sealed class NetifStatistics
 /// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
 /// checksums are completed here and GSO is not offered. Towards the guest, where netfront takes them, the port hands
 /// partial checksums (NETRXF_csum_blank) and whole TCP segments of up to 64 KiB (a GSO extra-info slot). A backend <c>rate</c> node limits transmit with netback's
-/// credit scheme (credit per interval; a packet beyond it waits on the ring for the credit timer). Frames towards the guest go to a queue by their flow's hash.
-/// Not served: multicast control, the control ring.
+/// credit scheme (credit per interval; a packet beyond it waits on the ring for the credit timer). Frames towards the guest go to a queue by their flow's hash, or by
+/// the Toeplitz hash and table the frontend set over the control ring (<see cref="NetifHash"/>).
+/// Not served: multicast control.
 /// </summary>
 internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
