@@ -11,13 +11,13 @@ namespace XenSharp.Integration.Tests;
 /// class makes (a bridge xenbr0 with 10.99.0.1/24, dnsmasq serving DHCP on it when installed), so nothing touches
 /// the host's own network. The daemon is started inside that namespace, so the vif's TAP device and Xen's own
 /// vif-bridge hotplug script (run by the toolstack) act there; xl and its console talk to it from outside through
-/// its Unix sockets. One guest is booted for the class: it gets an address, pings the host side, and files of
-/// several MiB cross the vif both ways over TCP (busybox nc) unchanged.
+/// its Unix sockets. One guest with two vCPUs is booted for the class: netfront takes two queues, the guest gets an
+/// address, pings the host side, and files of 64 MiB cross the vif both ways over TCP (busybox nc) unchanged.
 /// </summary>
 public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) : IClassFixture<LinuxNetworkTests.NetGuest>
 {
     private static readonly TimeSpan IoLimit = TimeSpan.FromMinutes(5);
-    private const int FileBytes = 4 << 20;
+    private const int FileBytes = 64 << 20;
 
     [GeneratedRegex(@"md5-([0-9a-f]{32})-end")]
     private static partial Regex Md5Line();
@@ -53,9 +53,47 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         Assert.Equal("4", guest.XenstoreRead($"{be}/state"));
         string fe = $"/local/domain/{guest.DomId}/device/vif/0";
         Assert.Equal("00:16:3e:5a:00:01", guest.XenstoreRead($"{fe}/mac"));
-        // netfront took the offered split event channels.
-        Assert.NotEqual(guest.XenstoreRead($"{fe}/event-channel-tx"), guest.XenstoreRead($"{fe}/event-channel-rx"));
+        // netfront took a queue per vCPU, each with the offered split event channels.
+        Assert.Equal("2", guest.XenstoreRead($"{fe}/multi-queue-num-queues"));
+        for (int q = 0; q < 2; q++)
+        {
+            Assert.NotEqual("", guest.XenstoreRead($"{fe}/queue-{q}/tx-ring-ref"));
+            Assert.NotEqual(guest.XenstoreRead($"{fe}/queue-{q}/event-channel-tx"), guest.XenstoreRead($"{fe}/queue-{q}/event-channel-rx"));
+        }
         Assert.Contains("00:16:3e:5a:00:01", guest.Console.Ask("cat /sys/class/net/eth0/address; echo mac-e\"\"nd", "mac-end"));
+    }
+
+    [Fact]
+    [Trait("Feature", "Netfront"), Trait("Feature", "Netback")]
+    public void EachQueueCarriesFlowsBothWays()
+    {
+        Assert.Contains("rx-0 rx-1 tx-0 tx-1", guest.Console.Ask("echo $(ls /sys/class/net/eth0/queues); echo q-e\"\"nd", "q-end"));
+        // Sixteen connections, each its own flow: netfront spreads them over its queues by their hash, and the backend
+        // its frames towards the guest by its own, so each queue's rings carry some both ways (all on one queue by
+        // chance: one in 2^15).
+        using var listener = guest.StartInNamespace("python3", "-c",
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n" +
+            "s.bind(('10.99.0.1',5006))\ns.listen(16)\nfor i in range(16):\n c,_=s.accept()\n while c.recv(65536): pass\n c.close()\n");
+        guest.WaitForListener(5006);
+        var before = QueueInterrupts();
+        string reply = guest.Console.Ask("for i in $(seq 16); do head -c 200000 /dev/urandom | nc 10.99.0.1 5006 || echo conn-fa\"\"iled; done; echo conns-e\"\"nd",
+            "conns-end", IoLimit);
+        Assert.DoesNotContain("conn-failed", reply);
+        Assert.True(listener.WaitForExit(IoLimit), "the host's listener did not see sixteen connections");
+        var after = QueueInterrupts();
+        foreach (string irq in (string[])["q0-tx", "q0-rx", "q1-tx", "q1-rx"])
+            Assert.True(after.GetValueOrDefault(irq) > before.GetValueOrDefault(irq), $"{irq} saw no event: {string.Join(", ", after)} in {guest.Console.Ask("cat /proc/interrupts; echo all-e\"\"nd", "all-end")}");
+    }
+
+    /// <summary>The guest's interrupt counts of netfront's per-queue event channels of vif 0 (netfront names them
+    /// vif0-qN-tx and vif0-qN-rx), over all vCPUs, by qN-tx and qN-rx.</summary>
+    private Dictionary<string, long> QueueInterrupts()
+    {
+        string reply = guest.Console.Ask("grep -- -q /proc/interrupts; echo irq-e\"\"nd", "irq-end");
+        var counts = new Dictionary<string, long>();
+        foreach (Match m in Regex.Matches(reply, @"^\s*\d+:((?:\s+\d+)+)\s.*?\b(?:vif0|eth0)-(q\d+-[rt]x)\s*$", RegexOptions.Multiline))
+            counts[m.Groups[2].Value] = m.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries).Sum(long.Parse);
+        return counts;
     }
 
     [Fact]
@@ -173,7 +211,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
         var rows = list.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.StartsWith("Idx BE Mac Addr.         handle state evt-ch   tx-/rx-ring-ref BE-path", rows[0]);
         Assert.Equal(3, rows.Length);
-        Assert.Matches($@"^1\s+0\s+{mac}\s+1\s+4\s+-?\d+\s+\d+/\d+\s+/local/domain/0/backend/vif/{dom}/1\s*$", rows[2]);
+        Assert.Matches($@"^1\s+0\s+{mac}\s+1\s+4\s+-?\d+\s+-?\d+/-?\d+\s+/local/domain/0/backend/vif/{dom}/1\s*$", rows[2]);
 
         var detach = guest.Host.Run("network-detach", "net", mac);
         Assert.True(detach.ExitCode == 0, detach.ToString());
@@ -269,7 +307,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
                 var first = InNamespace("dotnet", XlHost.XlDll, "list");
                 Assert.True(first.ExitCode == 0, first.ToString());
 
-                string cfg = LinuxPvhTests.WriteConfig(_xl, store, "net");
+                string cfg = LinuxPvhTests.WriteConfig(_xl, store, "net", vcpus: 2);
                 File.AppendAllText(cfg, "\nvif = [ 'mac=00:16:3e:5a:00:01,bridge=xenbr0' ]\n");
                 Console = new LinuxPvhTests.ConsoleSession(_xl.RunDir, "create", "-c", cfg);
                 Console.WaitFor("~ # ", LinuxPvhTests.BootLimit);

@@ -15,7 +15,7 @@ namespace XenSharp.Integration.Tests;
 public sealed partial class LinuxUserNetworkTests(LinuxUserNetworkTests.UserNetGuest guest) : IClassFixture<LinuxUserNetworkTests.UserNetGuest>
 {
     private static readonly TimeSpan IoLimit = TimeSpan.FromMinutes(5);
-    private const int FileBytes = 2 << 20;
+    private const int FileBytes = 64 << 20;
     private const int ForwardedPort = 18090, GuestPort = 5003, LoopbackPort = 18091;
 
     [GeneratedRegex(@"md5-([0-9a-f]{32})-end")]

@@ -31,8 +31,9 @@ public sealed class NetifStatistics
 /// A PV network interface (device/vif/N): Xen's netif protocol served onto a host port (<see cref="IVifPort"/>,
 /// a TAP device named vifD.N by default), the part Linux's xen-netback plays. The port is created before
 /// InitWait, so the toolstack's hotplug script can put it on a bridge, and lives as long as the device.
-/// On connect the frontend's transmit and receive ring pages are mapped (one queue; one event channel, or one per
-/// ring with <c>feature-split-event-channels</c>), with
+/// On connect the frontend's transmit and receive ring pages are mapped, for each of its queues (up to
+/// <see cref="MaxQueues"/>, <c>multi-queue-max-queues</c>; one event channel per queue, or one per ring with
+/// <c>feature-split-event-channels</c>), with
 /// <c>request-rx-copy</c> and <c>feature-rx-notify</c> required as netback requires them.
 /// Transmit: each packet's slots (up to <see cref="MaxSlots"/>; <c>feature-sg</c>) are copied with one batched
 /// grant copy into one preallocated frame, its checksum completed when the frontend left it blank, and the frame
@@ -44,8 +45,9 @@ public sealed class NetifStatistics
 /// left partial and TCP GSO (<c>feature-gso-tcpv4/6</c>) is offered, the host cutting the segments; otherwise
 /// checksums are completed here and GSO is not offered. Towards the guest, where netfront takes them, the port hands
 /// partial checksums (NETRXF_csum_blank) and whole TCP segments of up to 64 KiB (a GSO extra-info slot). A backend <c>rate</c> node limits transmit with netback's
-/// credit scheme (credit per interval; a packet beyond it waits on the ring for the credit timer). Not served: multiple queues,
-/// multicast control, the control ring.
+/// credit scheme (credit per interval; a packet beyond it waits on the ring for the credit timer). Frames towards the guest go to a queue by their flow's hash, or by
+/// the Toeplitz hash and table the frontend set over the control ring (<see cref="NetifHash"/>).
+/// Not served: multicast control.
 /// </summary>
 internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress address) : BackendDevice(context, address)
 {
@@ -64,15 +66,33 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     private const int RxMaxFrame = MaxFrame + EthHeader + 4;
     private const int RxMaxSlots = (RxMaxFrame + PageSize - 1) / PageSize;
 
+    /// <summary>Queues offered (<c>multi-queue-max-queues</c>); netfront takes one per vCPU up to this. One I/O
+    /// thread serves them all, so more queues cost a frontend's rings and nothing here.</summary>
+    public const int MaxQueues = 8;
+
+    /// <summary>One queue (netif.h's <c>queue-N</c>, or the frontend's own directory when it uses one): its rings and
+    /// the local ports that tell the frontend of their responses (the same one unless split).</summary>
+    private sealed class NetifQueue(BackRing<NetifTxRequest, NetifTxResponse> tx, BackRing<NetifRxRequest, NetifRxResponse> rx,
+        uint txPort, uint rxPort)
+    {
+        public readonly BackRing<NetifTxRequest, NetifTxResponse> Tx = tx;
+        public readonly BackRing<NetifRxRequest, NetifRxResponse> Rx = rx;
+        public readonly uint TxPort = txPort, RxPort = rxPort;
+    }
+
     private IVifPort? _port;
-    private BackRing<NetifTxRequest, NetifTxResponse>? _tx;
-    private BackRing<NetifRxRequest, NetifRxResponse>? _rx;
+    private NetifQueue[] _queues = [];
+    /// <summary>The control ring, where the frontend provided one, and its port.</summary>
+    private BackRing<NetifCtrlRequest, NetifCtrlResponse>? _ctrl;
+    private uint _ctrlPort;
+    /// <summary>The frontend's steering of frames to queues, set over the control ring.</summary>
+    private readonly NetifHash _hash = new();
     private bool _frontendSg;
-    /// <summary>The local ports that tell the frontend of tx and rx responses (the same one unless split).</summary>
-    private uint _txPort, _rxPort;
     private byte* _txFrame, _rxFrame;
-    /// <summary>A frame read from the port that waits for enough receive slots.</summary>
+    /// <summary>A frame read from the port that waits for enough receive slots on its queue.</summary>
     private int _rxPending;
+    /// <summary>The queue the pending frame goes to (its flow's, <see cref="FlowHash"/>).</summary>
+    private int _rxQueue;
     /// <summary>What the host left the guest to do to the pending frame (a partial checksum, a GSO segment).</summary>
     private VifOffload _rxOffload;
     /// <summary>Whether the port hands partial checksums and large TCP segments, as the frontend asked at connect.</summary>
@@ -126,6 +146,8 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         WriteBackend("feature-rx-flip", "0");
         WriteBackend("feature-ipv6-csum-offload", "1");
         WriteBackend("feature-split-event-channels", "1");
+        WriteBackend("multi-queue-max-queues", MaxQueues.ToString(CultureInfo.InvariantCulture));
+        WriteBackend("feature-ctrl-ring", "1");
         // GSO only where the host end cuts large segments itself.
         string gso = _port.Offloads ? "1" : "0";
         WriteBackend("feature-gso-tcpv4", gso);
@@ -134,25 +156,19 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
     protected override void Connect()
     {
-        if (ReadFrontend("multi-queue-num-queues") is { } q && q != "1")
-            throw new BackendDeviceException(Errno.EINVAL, $"{FrontendPath}: {q} queues asked for; one is served");
+        int queues = 1;
+        if (ReadFrontend("multi-queue-num-queues") is { } q
+            && (!int.TryParse(q, NumberStyles.None, CultureInfo.InvariantCulture, out queues) || queues is < 1 or > MaxQueues))
+            throw new BackendDeviceException(Errno.EINVAL, $"{FrontendPath}: {q} queues asked for; at most {MaxQueues} are served");
         if (ReadFrontend("request-rx-copy") != "1")
             throw new BackendDeviceException(Errno.EOPNOTSUPP, $"{FrontendPath}: the frontend does not support rx-copy");
         if (ReadFrontend("feature-rx-notify") != "1")
             throw new BackendDeviceException(Errno.EINVAL, $"{FrontendPath}: feature-rx-notify is mandatory");
         _frontendSg = ReadFrontend("feature-sg") == "1";
-        uint txRef = ReadFrontendUInt("tx-ring-ref");
-        uint rxRef = ReadFrontendUInt("rx-ring-ref");
-        var txPage = (byte*)MapRingRef(txRef);
-        var rxPage = (byte*)MapRingRef(rxRef);
-        if (ReadFrontend("event-channel-tx") is not null)
-        {
-            // Split event channels: one port per ring, each notified for its own ring's responses.
-            _txPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-tx"));
-            _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-rx"));
-        }
-        else
-            _txPort = _rxPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel"));
+        // One queue's keys are the frontend's own; several have theirs under queue-N (netback reads them so).
+        var list = new NetifQueue[queues];
+        for (int i = 0; i < queues; i++)
+            list[i] = ConnectQueue(queues == 1 ? "" : string.Create(CultureInfo.InvariantCulture, $"queue-{i}/"));
         if (_txFrame is null) _txFrame = (byte*)NativeMemory.AlignedAlloc(MaxFrame + 1, PageSize);
         if (_rxFrame is null) _rxFrame = (byte*)NativeMemory.AlignedAlloc(RxMaxSlots * PageSize + 1, PageSize);
         _rxPending = 0;
@@ -162,8 +178,31 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         _rxOffloads = _port!.SetReceiveOffloads(csum, csum && _frontendSg && ReadFrontend("feature-gso-tcpv4") == "1",
             csum && _frontendSg && ReadFrontend("feature-gso-tcpv6") == "1");
         ReadRate();
-        _tx = new BackRing<NetifTxRequest, NetifTxResponse>(txPage);
-        _rx = new BackRing<NetifRxRequest, NetifRxResponse>(rxPage);
+        _hash.Reset();
+        if (ReadFrontend("ctrl-ring-ref") is not null)
+        {
+            _ctrl = new BackRing<NetifCtrlRequest, NetifCtrlResponse>((byte*)MapRingRef(ReadFrontendUInt("ctrl-ring-ref")));
+            _ctrlPort = BindFrontendEventChannel(ReadFrontendUInt("event-channel-ctrl"));
+        }
+        _queues = list;
+    }
+
+    /// <summary>Maps one queue's rings and binds its event channel(s); <paramref name="dir"/> is "" or "queue-N/".</summary>
+    private NetifQueue ConnectQueue(string dir)
+    {
+        var txPage = (byte*)MapRingRef(ReadFrontendUInt(dir + "tx-ring-ref"));
+        var rxPage = (byte*)MapRingRef(ReadFrontendUInt(dir + "rx-ring-ref"));
+        uint txPort, rxPort;
+        if (ReadFrontend(dir + "event-channel-tx") is not null)
+        {
+            // Split event channels: one port per ring, each notified for its own ring's responses.
+            txPort = BindFrontendEventChannel(ReadFrontendUInt(dir + "event-channel-tx"));
+            rxPort = BindFrontendEventChannel(ReadFrontendUInt(dir + "event-channel-rx"));
+        }
+        else
+            txPort = rxPort = BindFrontendEventChannel(ReadFrontendUInt(dir + "event-channel"));
+        return new NetifQueue(new BackRing<NetifTxRequest, NetifTxResponse>(txPage), new BackRing<NetifRxRequest, NetifRxResponse>(rxPage),
+            txPort, rxPort);
     }
 
     /// <summary>The backend's <c>rate</c> node as netback reads it: "BYTES,USECS", the bytes the guest may send per
@@ -233,9 +272,9 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
     {
         if (_rxOffloads) _port?.SetReceiveOffloads(false, false, false);
         _rxOffloads = false;
-        _txPort = _rxPort = 0;
-        _tx = null;
-        _rx = null;
+        _queues = [];
+        _ctrl = null;
+        _ctrlPort = 0;
         _rxPending = 0;
     }
 
@@ -249,19 +288,53 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
         _txFrame = _rxFrame = null;
     }
 
-    /// <summary>The frontend notified, or the port has frames: serve both rings, then notify once if asked.</summary>
+    /// <summary>The frontend notified, or the port has frames: serve every queue's rings, then notify each port
+    /// once if asked.</summary>
     protected override void ProcessEvents()
     {
-        if (_tx is not { } tx || _rx is not { } rx || _port is not { } port) return;
-        bool txNotify = ServeTransmit(tx, port);
-        bool rxNotify = ServeReceive(rx, port);
-        if (_txPort == _rxPort)
+        var queues = _queues;
+        if (queues.Length == 0 || _port is not { } port) return;
+        if (_ctrl is { } ctrl && ServeControl(ctrl, queues.Length)) NotifyFrontend(_ctrlPort);
+        ulong txNotify = 0;
+        for (int i = 0; i < queues.Length; i++)
+            if (ServeTransmit(queues[i].Tx, port)) txNotify |= 1UL << i;
+        ulong rxNotify = ServeReceive(queues, port);
+        for (int i = 0; i < queues.Length; i++)
         {
-            if (txNotify || rxNotify) NotifyFrontend(_txPort);
-            return;
+            var q = queues[i];
+            bool tx = (txNotify & (1UL << i)) != 0, rx = (rxNotify & (1UL << i)) != 0;
+            if (q.TxPort == q.RxPort)
+            {
+                if (tx || rx) NotifyFrontend(q.TxPort);
+                continue;
+            }
+            if (tx) NotifyFrontend(q.TxPort);
+            if (rx) NotifyFrontend(q.RxPort);
         }
-        if (txNotify) NotifyFrontend(_txPort);
-        if (rxNotify) NotifyFrontend(_rxPort);
+    }
+
+    // ---- the control ring ----
+
+    /// <summary>Answers every control request waiting (<see cref="NetifHash"/>); returns whether to notify.</summary>
+    private bool ServeControl(BackRing<NetifCtrlRequest, NetifCtrlResponse> ctrl, int queues)
+    {
+        bool notify = false;
+        while (true)
+        {
+            var check = ctrl.CheckForRequests(out uint count);
+            if (check == RingCheck.Empty)
+                check = ctrl.FinalCheckForRequests(out count);
+            if (check == RingCheck.Overflow)
+                throw new BackendDeviceException(Errno.EBADMSG, "the frontend's control request producer ran beyond the ring");
+            if (check == RingCheck.Empty)
+                return notify;
+            for (; count > 0; count--)
+            {
+                ctrl.TakeRequest(out var request);
+                ctrl.NextResponse() = _hash.Handle(request, Dom0, (ushort)Address.FrontendId, queues);
+            }
+            notify |= ctrl.PushResponsesAndCheckNotify();
+        }
     }
 
     // ---- transmit: guest → host ----
@@ -450,9 +523,11 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
 
     // ---- receive: host → guest ----
 
-    private bool ServeReceive(BackRing<NetifRxRequest, NetifRxResponse> rx, IVifPort port)
+    /// <summary>Frames from the port into the guest, each on its flow's queue; returns the queues to notify (a bit
+    /// each). A frame whose queue has too few buffers posted waits, and the frames behind it with it.</summary>
+    private ulong ServeReceive(NetifQueue[] queues, IVifPort port)
     {
-        bool notify = false;
+        ulong notify = 0;
         while (true)
         {
             if (_rxPending == 0)
@@ -465,7 +540,12 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                     continue;
                 }
                 _rxPending = got;
+                var frame = new ReadOnlySpan<byte>(_rxFrame, got);
+                _rxQueue = queues.Length == 1 ? 0
+                    : _hash.Active ? _hash.QueueOf(frame, queues.Length)
+                    : (int)(FlowHash(frame) % (uint)queues.Length);
             }
+            var rx = queues[_rxQueue].Rx;
             int slots = (_rxPending + PageSize - 1) / PageSize + (_rxOffload.Gso != VifGso.None ? 1 : 0);
             var check = rx.CheckForRequests(out uint count);
             if (check != RingCheck.Overflow && count < slots)
@@ -474,9 +554,58 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                 throw new BackendDeviceException(Errno.EBADMSG, "the frontend's rx request producer ran beyond the ring");
             if (count < slots) break;
             Deliver(rx, slots);
-            notify |= rx.PushResponsesAndCheckNotify();
+            if (rx.PushResponsesAndCheckNotify()) notify |= 1UL << _rxQueue;
         }
         return notify;
+    }
+
+    /// <summary>A hash of a frame's flow (IP addresses, and TCP/UDP ports where the packet is no fragment), so that
+    /// a flow keeps to one queue and its packets to their order; other frames hash by their EtherType.</summary>
+    internal static uint FlowHash(ReadOnlySpan<byte> frame)
+    {
+        if (frame.Length < EthHeader) return 0;
+        int at = 12;
+        int type = frame[at] << 8 | frame[at + 1];
+        if (type == 0x8100 && frame.Length >= EthHeader + 4)
+        {
+            at += 4;
+            type = frame[at] << 8 | frame[at + 1];
+        }
+        var ip = frame[(at + 2)..];
+        uint h = 2166136261;
+        int proto, ports;
+        if (type == 0x0800 && ip.Length >= 20)
+        {
+            int ihl = (ip[0] & 15) * 4;
+            Mix(ref h, ip.Slice(12, 8));
+            proto = ip[9];
+            bool fragment = (ip[6] & 0x3f) != 0 || ip[7] != 0;
+            ports = fragment ? -1 : ihl;
+        }
+        else if (type == 0x86dd && ip.Length >= 40)
+        {
+            Mix(ref h, ip.Slice(8, 32));
+            proto = ip[6];
+            ports = 40;
+        }
+        else
+        {
+            Mix(ref h, frame.Slice(at, 2));
+            return h;  // one queue for all such frames
+        }
+        if ((proto is 6 or 17) && ports >= 0 && ip.Length >= ports + 4)
+            Mix(ref h, ip.Slice(ports, 4));
+        // FNV's low bits are only the bytes' parity; a final mix (MurmurHash3's) lets every bit count for the modulo.
+        h ^= h >> 16;
+        h *= 0x85ebca6b;
+        h ^= h >> 13;
+        h *= 0xc2b2ae35;
+        return h ^ h >> 16;
+
+        static void Mix(ref uint h, ReadOnlySpan<byte> bytes)
+        {
+            foreach (byte b in bytes) h = (h ^ b) * 16777619; // FNV-1a
+        }
     }
 
     /// <summary>Copies the pending frame into the next posted pages, a page each, and answers them; a GSO segment's

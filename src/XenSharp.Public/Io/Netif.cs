@@ -33,6 +33,44 @@ public static class Netif
     public const short NETIF_RSP_DROPPED = -2, NETIF_RSP_ERROR = -1, NETIF_RSP_OKAY = 0,
         /// <summary>The answer to a slot that held extra info rather than data.</summary>
         NETIF_RSP_NULL = 1;
+
+    // ---- the control ring (feature-ctrl-ring; ctrl-ring-ref, event-channel-ctrl) ----
+
+    public const ushort XEN_NETIF_CTRL_TYPE_INVALID = 0, XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS = 1,
+        XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS = 2, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY = 3,
+        XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE = 4, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE = 5,
+        XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING = 6, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM = 7,
+        XEN_NETIF_CTRL_TYPE_GET_GREF_MAPPING_SIZE = 8, XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING = 9,
+        XEN_NETIF_CTRL_TYPE_DEL_GREF_MAPPING = 10;
+
+    public const uint XEN_NETIF_CTRL_STATUS_SUCCESS = 0, XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED = 1,
+        XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER = 2, XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW = 3;
+
+    public const uint XEN_NETIF_CTRL_HASH_TYPE_IPV4 = 1 << 0, XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP = 1 << 1,
+        XEN_NETIF_CTRL_HASH_TYPE_IPV6 = 1 << 2, XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP = 1 << 3;
+
+    public const uint XEN_NETIF_CTRL_HASH_ALGORITHM_NONE = 0, XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ = 1;
+}
+
+/// <summary>struct xen_netif_ctrl_request.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 16)]
+public struct NetifCtrlRequest
+{
+    [FieldOffset(0)] public ushort Id;
+    [FieldOffset(2)] public ushort Type;
+    [FieldOffset(4)] public uint Data0;
+    [FieldOffset(8)] public uint Data1;
+    [FieldOffset(12)] public uint Data2;
+}
+
+/// <summary>struct xen_netif_ctrl_response.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 12)]
+public struct NetifCtrlResponse
+{
+    [FieldOffset(0)] public ushort Id;
+    [FieldOffset(2)] public ushort Type;
+    [FieldOffset(4)] public uint Status;
+    [FieldOffset(8)] public uint Data;
 }
 
 /// <summary>struct netif_tx_request: one granted fragment of a packet. The first slot's <see cref="Size"/> is the

@@ -65,7 +65,44 @@ public sealed partial class Host
         // vif-bridge cannot work without its bridge; say so here, where the line is known.
         if (Path.GetFileName(script) == "vif-bridge" && !Directory.Exists($"/sys/class/net/{BridgeOf(nic)}/bridge"))
             throw new ControlException($"{where}vif {nic.Devid}: bridge {BridgeOf(nic)} does not exist on this host");
+        if (Path.GetFileName(script) == "vif-openvswitch")
+            CheckOvsBridge(nic, where);
     }
+
+    /// <summary>vif-openvswitch's <c>bridge=BRIDGE[.VLAN][:TRUNK[:TRUNK...]]</c> (xl-network-configuration(5)): the
+    /// form the script parses, and a bridge Open vSwitch knows, asked as the script will ask (ovs-vsctl, the daemon's
+    /// environment naming the switch's run directory).</summary>
+    private static void CheckOvsBridge(NicSpec nic, string where)
+    {
+        var m = OvsBridgeSyntax().Match(BridgeOf(nic));
+        if (!m.Success)
+            throw new ControlException($"{where}vif {nic.Devid}: bridge `{BridgeOf(nic)}' is not BRIDGE[.VLAN][:TRUNK[:TRUNK...]]");
+        string bridge = m.Groups[1].Value;
+        int exit;
+        try
+        {
+            var psi = new ProcessStartInfo("ovs-vsctl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            foreach (string a in (string[])["--timeout=10", "br-exists", bridge]) psi.ArgumentList.Add(a);
+            using var p = Process.Start(psi)!;
+            p.StandardOutput.ReadToEnd();
+            string err = p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            exit = p.ExitCode;
+            // br-exists: 0 the bridge exists, 2 it does not; anything else is the switch's own trouble.
+            if (exit is not (0 or 2))
+                throw new ControlException($"{where}vif {nic.Devid}: Open vSwitch cannot be asked for bridge {bridge}: {err.Trim()}");
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            throw new ControlException($"{where}vif {nic.Devid}: vif-openvswitch needs ovs-vsctl (Open vSwitch), which is not installed");
+        }
+        if (exit == 2)
+            throw new ControlException($"{where}vif {nic.Devid}: Open vSwitch bridge {bridge} does not exist on this host");
+    }
+
+    /// <summary>The bridge name, then an optional VLAN tag and colon-separated trunk VLANs, as vif-openvswitch reads them.</summary>
+    [System.Text.RegularExpressions.GeneratedRegex(@"^([^.:]+)(\.[0-9]+)?(:[0-9]+)*$")]
+    private static partial System.Text.RegularExpressions.Regex OvsBridgeSyntax();
 
     /// <summary>Whether a nic is user-mode (passt) rather than a TAP device for a hotplug script: a vif that names
     /// neither <c>bridge=</c> nor <c>script=</c> gets libxl's default (xenbr0 through vif-bridge) only where that can

@@ -175,6 +175,28 @@ public sealed unsafe class NetifBackendTests : IDisposable
 
     private NetifBackend Backend(DeviceAddress a) => Assert.IsType<NetifBackend>(_backends.Find(a));
 
+    /// <summary>netfront's connect with <paramref name="queues"/> queues: queue N's rings are those of the layout's
+    /// vif N, granted and named under queue-N/, each queue with split event channels.</summary>
+    private void FrontendConnectsQueues(DeviceAddress a, int queues)
+    {
+        _xs.Write($"{a.FrontendPath}/multi-queue-num-queues", queues.ToString());
+        for (int q = 0; q < queues; q++)
+        {
+            string dir = $"{a.FrontendPath}/queue-{q}";
+            _hv.SeedGrantEntry(_dom, TxRingGref(q), GTF_permit_access, 0, (uint)TxRingGfn(q));
+            _hv.SeedGrantEntry(_dom, RxRingGref(q), GTF_permit_access, 0, (uint)RxRingGfn(q));
+            _xs.Write($"{dir}/tx-ring-ref", TxRingGref(q).ToString());
+            _xs.Write($"{dir}/rx-ring-ref", RxRingGref(q).ToString());
+            _xs.Write($"{dir}/event-channel-tx", _hv.Dom0Services.AllocUnboundEventChannel(_dom).ToString());
+            _xs.Write($"{dir}/event-channel-rx", _hv.Dom0Services.AllocUnboundEventChannel(_dom).ToString());
+        }
+        _xs.Write($"{a.FrontendPath}/request-rx-copy", "1");
+        _xs.Write($"{a.FrontendPath}/feature-rx-notify", "1");
+        _xs.Write($"{a.FrontendPath}/feature-sg", "1");
+        _xs.Write($"{a.FrontendPath}/state", ((int)XenbusState.Connected).ToString());
+    }
+
+
     // ---- frames ----
 
     /// <summary>An Ethernet frame carrying UDP over IPv4 (or TCP over IPv6) with a wrong checksum in place.</summary>
@@ -310,7 +332,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
         WaitFor(a, XenbusState.InitWait);
         Assert.True(_ports.TryGetValue($"vif{_dom}.0", out var port), "no port named vifD.0");
         Assert.Same(port, Backend(a).Port);
-        foreach (var (key, value) in new[] { ("feature-sg", "1"), ("feature-rx-copy", "1"), ("feature-rx-flip", "0"), ("feature-ipv6-csum-offload", "1"), ("feature-gso-tcpv4", "0"), ("feature-split-event-channels", "1") })
+        foreach (var (key, value) in new[] { ("feature-sg", "1"), ("feature-rx-copy", "1"), ("feature-rx-flip", "0"), ("feature-ipv6-csum-offload", "1"), ("feature-gso-tcpv4", "0"), ("feature-split-event-channels", "1"), ("multi-queue-max-queues", "8"), ("feature-ctrl-ring", "1") })
             Assert.Equal(value, _xs.Read($"{a.BackendPath}/{key}"));
         _backends.RemoveDevicesOf(_dom);
         Assert.True(port!.Disposed);
@@ -531,6 +553,155 @@ public sealed unsafe class NetifBackendTests : IDisposable
         WaitUntil(() => other.Sent.Count == 1, "the other vif's frame");
         Assert.Equal(good, other.Sent.Single());
         Assert.Null(_xs.Read($"{b.ErrorPath}/error"));
+    }
+
+    [Fact]
+    public void TwoQueuesCarryTheirOwnPacketsAndEachFlowKeepsToItsQueue()
+    {
+        // Two UDP flows that hash to different queues.
+        byte[] f0 = [], f1 = [];
+        for (byte seed = 1; (f0.Length == 0 || f1.Length == 0) && seed < 200; seed++)
+        {
+            var f = Frame(200, seed: seed);
+            if (NetifBackend.FlowHash(f) % 2 == 0) { if (f0.Length == 0) f0 = f; }
+            else if (f1.Length == 0) f1 = f;
+        }
+        Assert.True(f0.Length > 0 && f1.Length > 0, "no two flows for two queues");
+        // The guest sends one packet on each queue's tx ring.
+        byte[] out0 = Frame(120, seed: 40), out1 = Frame(130, seed: 41);
+        WriteTxData(0, 0, 0, out0);
+        WriteTxData(1, 0, 0, out1);
+        PlaceTx(0, [Slot(TxGref(0, 0), 0, out0.Length, 0, 3)]);
+        PlaceTx(1, [Slot(TxGref(1, 0), 0, out1.Length, 0, 4)]);
+        PlaceRx(0, 2, firstId: 10);
+        PlaceRx(1, 2, firstId: 20);
+        var a = AddVif();
+        WaitFor(a, XenbusState.InitWait);
+        Assert.Equal(NetifBackend.MaxQueues.ToString(), _xs.Read($"{a.BackendPath}/multi-queue-max-queues"));
+        var port = _ports[$"vif{_dom}.0"];
+        port.ForGuest.Enqueue(f1);
+        port.ForGuest.Enqueue(f0);
+        port.ForGuest.Enqueue(f1);
+        FrontendConnectsQueues(a, 2);
+        WaitFor(a, XenbusState.Connected);
+
+        Assert.Equal(3, Responses<NetifTxRequest, NetifTxResponse>(TxRingGfn(0), 1)[0].Id);
+        Assert.Equal(4, Responses<NetifTxRequest, NetifTxResponse>(TxRingGfn(1), 1)[0].Id);
+        WaitUntil(() => port.Sent.Count == 2, "both queues' frames at the host end");
+        Assert.Equal([out0, out1], port.Sent.OrderBy(f => f.Length));
+
+        // Queue 0 got the flow that hashes to it; queue 1 both frames of the other, in order.
+        var rsp0 = Responses<NetifRxRequest, NetifRxResponse>(RxRingGfn(0), 1);
+        var rsp1 = Responses<NetifRxRequest, NetifRxResponse>(RxRingGfn(1), 2);
+        Assert.Equal(10, rsp0[0].Id);
+        Assert.Equal(new ushort[] { 20, 21 }, rsp1.Select(r => r.Id));
+        Assert.Equal(f0, RxPage(0, 0)[..f0.Length]);
+        Assert.Equal(f1, RxPage(1, 0)[..f1.Length]);
+        Assert.Equal(f1, RxPage(1, 1)[..f1.Length]);
+        Assert.Equal(3, Backend(a).Statistics.RxPackets);
+    }
+
+    [Theory]
+    [InlineData("9")]
+    [InlineData("0")]
+    [InlineData("two")]
+    public void MoreQueuesThanOfferedOrGarbageDisablesThatVifAlone(string queues)
+    {
+        var a = AddVif(0);
+        WaitFor(a, XenbusState.InitWait);
+        _xs.Write($"{a.FrontendPath}/multi-queue-num-queues", queues);
+        _xs.Write($"{a.FrontendPath}/request-rx-copy", "1");
+        _xs.Write($"{a.FrontendPath}/feature-rx-notify", "1");
+        _xs.Write($"{a.FrontendPath}/state", ((int)XenbusState.Connected).ToString());
+        WaitFor(a, XenbusState.Closing);
+        Assert.Contains($"{queues} queues asked for; at most 8 are served", _xs.Read($"{a.ErrorPath}/error"));
+    }
+
+    [Fact]
+    public void ToeplitzGivesTheRssVerificationSuitesHashes()
+    {
+        // The verification suite of Microsoft's RSS specification: its key, and 66.9.149.187:2794 → 161.142.100.80:1766.
+        byte[] key = Convert.FromHexString("6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa");
+        byte[] v4 = [66, 9, 149, 187, 161, 142, 100, 80, 0x0a, 0xea, 0x06, 0xe6];
+        Assert.Equal(0x323e8fc2u, NetifHash.Toeplitz(key, v4.AsSpan(0, 8)));
+        Assert.Equal(0x51ccc178u, NetifHash.Toeplitz(key, v4));
+    }
+
+    [Fact]
+    public void TheControlRingSetsToeplitzSteeringAndRefusesWhatItCannotKeep()
+    {
+        // Pages of the layout's spare tx data: the control ring, the key, the mapping table.
+        uint ctrlGref = TxGref(1, 20), keyGref = TxGref(1, 21), mapGref = TxGref(1, 22);
+        _hv.SeedGrantEntry(_dom, ctrlGref, GTF_permit_access, 0, (uint)TxGfn(1, 20));
+        byte[] key = Convert.FromHexString("6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa");
+        WriteTxData(1, 21, 0, key);
+        WriteTxData(1, 22, 0, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0]);
+        NetifCtrlRequest Req(ushort id, ushort type, uint d0 = 0, uint d1 = 0, uint d2 = 0) =>
+            new() { Id = id, Type = type, Data0 = d0, Data1 = d1, Data2 = d2 };
+        NetifCtrlRequest[] requests =
+        [
+            Req(1, XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS),                     // no algorithm yet
+            Req(2, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, 7),               // unknown
+            Req(3, XEN_NETIF_CTRL_TYPE_SET_HASH_ALGORITHM, XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ),
+            Req(4, XEN_NETIF_CTRL_TYPE_GET_HASH_FLAGS),
+            Req(5, XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, 1u << 7),             // no such type
+            Req(6, XEN_NETIF_CTRL_TYPE_SET_HASH_FLAGS, XEN_NETIF_CTRL_HASH_TYPE_IPV4 | XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP),
+            Req(7, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, keyGref, 41),           // beyond the 40 octets kept
+            Req(8, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, keyGref, 40),
+            Req(9, XEN_NETIF_CTRL_TYPE_GET_HASH_MAPPING_SIZE),
+            Req(10, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, 129),
+            Req(11, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING_SIZE, 4),
+            Req(12, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, mapGref, 5, 0),    // beyond the table
+            Req(13, XEN_NETIF_CTRL_TYPE_SET_HASH_MAPPING, mapGref, 4, 0),    // every hash to queue 1
+            Req(14, XEN_NETIF_CTRL_TYPE_ADD_GREF_MAPPING),
+            Req(15, XEN_NETIF_CTRL_TYPE_SET_HASH_KEY, 0xFFFF, 8),            // a grant that is no grant
+        ];
+        var page = new byte[Page];
+        fixed (byte* p = page)
+        {
+            SharedRingLayout<NetifCtrlRequest, NetifCtrlResponse>.Init(page);
+            var front = new FrontRing<NetifCtrlRequest, NetifCtrlResponse>(p);
+            foreach (var r in requests) front.NextRequest() = r;
+            front.PushRequestsAndCheckNotify();
+        }
+        _hv.WriteGuestMemory(_dom, TxGfn(1, 20) * Page, page);
+
+        // A frame whose flow the backend's own hash puts on queue 0: the frontend's table steers it to queue 1.
+        byte[] f = [];
+        for (byte seed = 1; f.Length == 0 && seed < 200; seed++)
+            if (NetifBackend.FlowHash(Frame(200, seed: seed)) % 2 == 0) f = Frame(200, seed: seed);
+        Assert.NotEmpty(f);
+        PlaceTx(0, []);
+        PlaceTx(1, []);
+        PlaceRx(0, 2, firstId: 10);
+        PlaceRx(1, 2, firstId: 20);
+        var a = AddVif();
+        WaitFor(a, XenbusState.InitWait);
+        Assert.Equal("1", _xs.Read($"{a.BackendPath}/feature-ctrl-ring"));
+        _ports[$"vif{_dom}.0"].ForGuest.Enqueue(f);
+        _xs.Write($"{a.FrontendPath}/ctrl-ring-ref", ctrlGref.ToString());
+        _xs.Write($"{a.FrontendPath}/event-channel-ctrl", _hv.Dom0Services.AllocUnboundEventChannel(_dom).ToString());
+        FrontendConnectsQueues(a, 2);
+        WaitFor(a, XenbusState.Connected);
+
+        var rsp = Responses<NetifCtrlRequest, NetifCtrlResponse>(TxGfn(1, 20), requests.Length);
+        Assert.Equal(requests.Select(r => r.Id), rsp.Select(r => r.Id));
+        Assert.Equal(requests.Select(r => r.Type), rsp.Select(r => r.Type));
+        Assert.Equal(new[]
+        {
+            XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED, XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER, XEN_NETIF_CTRL_STATUS_SUCCESS,
+            XEN_NETIF_CTRL_STATUS_SUCCESS, XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER, XEN_NETIF_CTRL_STATUS_SUCCESS,
+            XEN_NETIF_CTRL_STATUS_BUFFER_OVERFLOW, XEN_NETIF_CTRL_STATUS_SUCCESS, XEN_NETIF_CTRL_STATUS_SUCCESS,
+            XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER, XEN_NETIF_CTRL_STATUS_SUCCESS, XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER,
+            XEN_NETIF_CTRL_STATUS_SUCCESS, XEN_NETIF_CTRL_STATUS_NOT_SUPPORTED, XEN_NETIF_CTRL_STATUS_INVALID_PARAMETER,
+        }, rsp.Select(r => r.Status));
+        Assert.Equal(0xFu, rsp[3].Data);   // all four hash types
+        Assert.Equal(128u, rsp[8].Data);   // the largest table
+
+        var rx1 = Responses<NetifRxRequest, NetifRxResponse>(RxRingGfn(1), 1);
+        Assert.Equal(20, rx1[0].Id);
+        Assert.Equal(f, RxPage(1, 0)[..f.Length]);
+        Assert.Equal(XenbusState.Connected, BackendState(a));
     }
 
     [Fact]
