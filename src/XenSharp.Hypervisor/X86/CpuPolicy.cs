@@ -177,3 +177,86 @@ internal static class CpuPolicy
         return fs;
     }
 }
+
+/// <summary>
+/// A domain's CPU policy as XEN_DOMCTL_set_cpu_policy left it, applied by each vCPU's CPUID over what the engine
+/// offers: the basic and extended leaf limits (a leaf past them reads as zeros, as Xen's guest_cpuid answers) and the
+/// feature words (Xen's featureset: leaf 1 ECX/EDX, 7.0 EBX/ECX/EDX, 7.1 EAX, 7.2 EDX, 0xD.1 EAX, 0x80000001
+/// ECX/EDX, 0x80000007 EDX, 0x80000008 EBX, 0x80000021 EAX), and 0xD.0's XCR0 bits. Set-policy checks the policy
+/// against the engine's maximum first, so each word is a subset of it; here they only take bits away, which keeps
+/// what is per-vCPU or dynamic (APIC IDs, OSXSAVE, the hypervisor bit, XSAVE sizes) the engine's. Leaves the
+/// toolstack did not send keep their previous values, as Xen updates a domain's policy leaf by leaf.
+/// </summary>
+internal sealed class DomainCpuPolicy
+{
+    private readonly Dictionary<(uint Leaf, uint Subleaf), XenCpuidLeaf> _leaves;
+
+    private DomainCpuPolicy(Dictionary<(uint, uint), XenCpuidLeaf> leaves) => _leaves = leaves;
+
+    /// <summary>This policy (null for none yet) with <paramref name="leaves"/> written over it.</summary>
+    public static DomainCpuPolicy Merge(DomainCpuPolicy? previous, ReadOnlySpan<XenCpuidLeaf> leaves)
+    {
+        var merged = previous is null ? new Dictionary<(uint, uint), XenCpuidLeaf>() : new Dictionary<(uint, uint), XenCpuidLeaf>(previous._leaves);
+        foreach (var l in leaves)
+            merged[(l.Leaf, l.Subleaf)] = l;
+        return new DomainCpuPolicy(merged);
+    }
+
+    private bool TryGet(uint leaf, uint subleaf, out XenCpuidLeaf l) =>
+        _leaves.TryGetValue((leaf, leaf is 4 or 7 or 0xB or 0xD ? subleaf : XEN_CPUID_NO_SUBLEAF), out l);
+
+    /// <summary>Restricts the engine's answer for (<paramref name="leaf"/>, <paramref name="subleaf"/>).</summary>
+    public void Apply(uint leaf, uint subleaf, ref uint a, ref uint b, ref uint c, ref uint d)
+    {
+        bool extended = leaf >= 0x80000000;
+        if (leaf < 0x40000000 || extended)
+        {
+            uint limitLeaf = extended ? 0x80000000 : 0;
+            if (TryGet(limitLeaf, 0, out var limit))
+            {
+                if (leaf == limitLeaf)
+                {
+                    a = Math.Min(a, limit.A);
+                    return;
+                }
+                if (leaf > limit.A)
+                {
+                    a = b = c = d = 0;
+                    return;
+                }
+            }
+        }
+        if (!TryGet(leaf, subleaf, out var p))
+            return;
+        switch (leaf, subleaf)
+        {
+            case (1, _):
+            case (0x80000001, _):
+                c &= p.C;
+                d &= p.D;
+                break;
+            case (7, 0):
+                b &= p.B;
+                c &= p.C;
+                d &= p.D;
+                break;
+            case (7, 1):
+            case (0xD, 1):
+            case (0x80000021, _):
+                a &= p.A;
+                break;
+            case (7, 2):
+            case (0x80000007, _):
+                d &= p.D;
+                break;
+            case (0x80000008, _):
+                b &= p.B;
+                break;
+            case (0xD, 0):
+                a &= p.A;
+                d &= p.D;
+                break;
+        }
+    }
+}
+
