@@ -25,22 +25,29 @@ public sealed class Dom0CpuPolicyTests(XlHost xl) : IClassFixture<XlHost>
         // libxl's string form: the host's features less RDRAND (leaf 1 ECX) and BMI2 (leaf 7 EBX), both of which the
         // engine has.
         File.AppendAllText(hidden, "\ncpuid = \"host,rdrand=0,bmi2=0\"\n");
+        // The older xend form, one register as 32 characters from bit 31 down: MOVBE (leaf 1 ECX bit 22) cleared,
+        // the rest as the default policy has them. libxenguest sends only that leaf.
+        string xend = LinuxPvhTests.WriteConfig(xl, store, "cpuxend", memory: 256);
+        File.AppendAllText(xend, "\ncpuid = [ \"0x00000001:ecx=xxxxxxxxx0xxxxxxxxxxxxxxxxxxxxxx\" ]\n");
+        string[] names = ["cpuplain", "cpuhidden", "cpuxend"];
         try
         {
-            Create(plain);
-            Create(hidden);
-            string with = CpuFlags("cpuplain"), without = CpuFlags("cpuhidden");
+            foreach (var cfg in new[] { plain, hidden, xend })
+                Create(cfg);
+            string with = CpuFlags("cpuplain"), without = CpuFlags("cpuhidden"), noMovbe = CpuFlags("cpuxend");
             Assert.Contains(" rdrand ", with);
             Assert.Contains(" bmi2 ", with);
+            Assert.Contains(" movbe ", with);
             Assert.DoesNotContain(" rdrand ", without);
             Assert.DoesNotContain(" bmi2 ", without);
-            // Only those two: what else the guest sees is the same.
+            // Only those: what else the guest sees is the same.
             Assert.Equal(with.Replace(" rdrand ", " ").Replace(" bmi2 ", " "), without);
+            Assert.Equal(with.Replace(" movbe ", " "), noMovbe);
         }
         finally
         {
-            xl.RunDom0(TimeSpan.FromMinutes(2), "xl", "destroy", "cpuplain");
-            xl.RunDom0(TimeSpan.FromMinutes(2), "xl", "destroy", "cpuhidden");
+            foreach (var name in names)
+                xl.RunDom0(TimeSpan.FromMinutes(2), "xl", "destroy", name);
         }
     }
 
