@@ -213,6 +213,38 @@ public sealed unsafe class DomctlBuildTests : IDisposable
     }
 
     [Fact]
+    public void AHiddenFeatureHidesTheFeaturesBuiltOnIt()
+    {
+        Assert.Equal(0, Create(PvhConfig(1), out ushort d));
+        var cpuid = _host.Guest(d).Vcpus[0].Cpuid!;
+        cpuid.Cpuid(1, 0, out _, out _, out uint c1, out uint d1);
+        cpuid.Cpuid(0x80000001, 0, out _, out _, out uint e1c, out uint e1d);
+        const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Sse41 = 1u << 19, Sse42 = 1u << 20, Cx16 = 1u << 13, Pcid = 1u << 17;
+        const uint LahfLm = 1u << 0, Page1Gb = 1u << 26, Lm = 1u << 29;
+        Assert.Equal(Sse3 | Ssse3 | Sse41 | Sse42 | Cx16 | Pcid, c1 & (Sse3 | Ssse3 | Sse41 | Sse42 | Cx16 | Pcid));
+        Assert.Equal(Lm | Page1Gb, e1d & (Lm | Page1Gb));
+
+        // SSE3 alone hidden in leaf 1: SSSE3, SSE4.1 and SSE4.2, each built on the one before, go with it.
+        var op = new XenDomctl();
+        At<XenCpuidLeaf>(Data) = new XenCpuidLeaf { Leaf = 1, Subleaf = XEN_CPUID_NO_SUBLEAF, C = c1 & ~Sse3, D = d1 };
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = 1, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        cpuid.Cpuid(1, 0, out _, out _, out uint c, out uint dx);
+        Assert.Equal(0u, c & (Sse3 | Ssse3 | Sse41 | Sse42));
+        Assert.Equal(c1 & ~(Sse3 | Ssse3 | Sse41 | Sse42), c & ~(1u << 27));
+        Assert.Equal(d1, dx);
+
+        // Long mode hidden in leaf 0x80000001: CMPXCHG16B and PCIDs go from leaf 1, LAHF and 1 GiB pages from its own.
+        At<XenCpuidLeaf>(Data) = new XenCpuidLeaf { Leaf = 0x80000001, Subleaf = XEN_CPUID_NO_SUBLEAF, C = e1c, D = e1d & ~Lm };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        cpuid.Cpuid(1, 0, out _, out _, out c, out _);
+        Assert.Equal(0u, c & (Cx16 | Pcid | Sse3));
+        cpuid.Cpuid(0x80000001, 0, out _, out _, out uint ec, out uint ed);
+        Assert.Equal((0u, 0u), (ec & LahfLm, ed & (Lm | Page1Gb)));
+        Assert.NotEqual(0u, ed & (1u << 20)); // NX needs PAE, not long mode
+    }
+
+    [Fact]
     public void ASetPolicyIsWhatEveryVcpuSees()
     {
         Assert.Equal(0, Create(PvhConfig(2), out ushort d));
