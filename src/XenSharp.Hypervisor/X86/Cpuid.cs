@@ -17,14 +17,9 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
     private const uint LastLeaf = Base + 4;
 
     private DomainCpuPolicy? _policy;
-    private TscMode _tscMode = tscMode;
 
     /// <summary>The domain's TSC mode the TSC leaf reports (XEN_DOMCTL_settscinfo changes it).</summary>
-    public TscMode TscMode
-    {
-        get => _tscMode;
-        set => _tscMode = value;
-    }
+    public TscMode TscMode { get; set; } = tscMode;
 
     /// <summary>The domain's policy as set-policy left it (null: none set, the engine's CPUID as it is).</summary>
     public DomainCpuPolicy? Policy
@@ -108,9 +103,9 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
                 {
                     case 0:
                         eax = XEN_CPUID_HOST_TSC_RELIABLE
-                            | (_tscMode == TscMode.AlwaysEmulate ? XEN_CPUID_TSC_EMULATED : 0)
+                            | (TscMode == TscMode.AlwaysEmulate ? XEN_CPUID_TSC_EMULATED : 0)
                             | (HasRdtscp() ? XEN_CPUID_RDTSCP_INSTR_AVAIL : 0);
-                        ebx = (uint)_tscMode;
+                        ebx = (uint)TscMode;
                         ecx = (uint)(hz / 1000); // guest TSC frequency in kHz
                         edx = 0;                 // incarnation: never migrated
                         break;
