@@ -6,13 +6,14 @@ using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Lifecycle;
 using XenSharp.Toolstack.Platform;
 
-// xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N] [--xenstore-max-clients N]:
+// xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N] [--xenstore-max-clients N]
+//           [--xenconsoled internal|external]:
 // the host process holding the hypervisor, xenstored, the console daemon and the toolstack, driven
 // by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or `xl daemon-stop` stop it: every domain is destroyed
 // and its sockets and pid file removed. SIGHUP reopens the console logs, as xenconsoled does.
 const string Usage = """
     usage: xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N]
-                     [--xenstore-max-clients N]
+                     [--xenstore-max-clients N] [--xenconsoled internal|external]
       --rundir DIR               sockets, logs and console logs (default $XENSHARP_RUNDIR or /run/xensharp)
       --machine-memory SIZE      memory the hypervisor gives guests, `xl info` total_memory: MiB, or with a
                                  K/M/G/T suffix (default $XENSHARP_MACHINE_MEMORY, else the host's RAM less
@@ -20,9 +21,13 @@ const string Usage = """
       --console-log-size BYTES   rotate a domain's console log at this size; K, M or G suffix (default 4M)
       --console-log-files N      rotated console logs kept per domain, NAME.log.1 to .N (default 3)
       --xenstore-max-clients N   xenstored socket clients served at once; more are closed (default 4096)
+      --xenconsoled MODE         who serves the consoles of domains Domain-0's toolstack (Debian's xl under
+                                 ./dom0) builds: internal, the daemon, or external, Xen's own xenconsoled run
+                                 under ./dom0 (default $XENSHARP_XENCONSOLED, else internal)
     SIGHUP reopens the console logs (after an external logrotate).
     """;
 string? runDir = null, machineMemory = null;
+string xenconsoled = Environment.GetEnvironmentVariable("XENSHARP_XENCONSOLED") is { Length: > 0 } xc ? xc : "internal";
 long logSize = ConsoleLogLimits.Default.MaxBytes;
 int logFiles = ConsoleLogLimits.Default.Files;
 var quotas = new XenStoreQuotas();
@@ -35,7 +40,7 @@ for (int i = 0; i < args.Length; i++)
         Console.WriteLine(Usage);
         return 0;
     }
-    if (a is not ("--rundir" or "--machine-memory" or "--console-log-size" or "--console-log-files" or "--xenstore-max-clients"))
+    if (a is not ("--rundir" or "--machine-memory" or "--console-log-size" or "--console-log-files" or "--xenstore-max-clients" or "--xenconsoled"))
     {
         Console.Error.WriteLine($"xensharpd: unknown argument {a}");
         return 2;
@@ -53,6 +58,7 @@ for (int i = 0; i < args.Length; i++)
         case "--machine-memory": machineMemory = value; break;
         case "--console-log-size": ok = Options.TryParseSize(value, 0, out logSize) && logSize > 0; break;
         case "--console-log-files": ok = int.TryParse(value, out logFiles) && logFiles >= 0; break;
+        case "--xenconsoled": xenconsoled = value; break;
         default:
             ok = int.TryParse(value, out int clients) && clients > 0;
             if (ok) quotas.MaxSocketClients = clients;
@@ -71,14 +77,20 @@ catch (FormatException e)
     Console.Error.WriteLine($"xensharpd: {e.Message}");
     return 2;
 }
+if (xenconsoled is not ("internal" or "external"))
+{
+    Console.Error.WriteLine($"xensharpd: invalid value for --xenconsoled: {xenconsoled}");
+    return 2;
+}
 var paths = new RunPaths(runDir);
-return Daemon.Run(paths, machineBytes, new ConsoleLogLimits(logSize, logFiles), quotas);
+return Daemon.Run(paths, machineBytes, new ConsoleLogLimits(logSize, logFiles), quotas, externalXenconsoled: xenconsoled == "external");
 
 namespace XenSharp.Daemon
 {
     internal static class Daemon
     {
-        public static int Run(RunPaths paths, ulong machineMemoryBytes, ConsoleLogLimits consoleLogs, XenStoreQuotas quotas)
+        public static int Run(RunPaths paths, ulong machineMemoryBytes, ConsoleLogLimits consoleLogs, XenStoreQuotas quotas,
+            bool externalXenconsoled)
         {
             Directory.CreateDirectory(paths.RunDir);
             Directory.CreateDirectory(paths.ConsoleLogDir);
@@ -96,7 +108,7 @@ namespace XenSharp.Daemon
             var xen = new XenSharp.Hypervisor.XenHypervisor(
                 new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true });
             using var hv = new XenHypervisorPlatform(xen);
-            using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs);
+            using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs) { ExternalXenconsoled = externalXenconsoled };
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });

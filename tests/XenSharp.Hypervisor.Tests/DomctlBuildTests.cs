@@ -213,6 +213,104 @@ public sealed unsafe class DomctlBuildTests : IDisposable
     }
 
     [Fact]
+    public void AHiddenFeatureHidesTheFeaturesBuiltOnIt()
+    {
+        Assert.Equal(0, Create(PvhConfig(1), out ushort d));
+        var cpuid = _host.Guest(d).Vcpus[0].Cpuid!;
+        cpuid.Cpuid(1, 0, out _, out _, out uint c1, out uint d1);
+        cpuid.Cpuid(0x80000001, 0, out _, out _, out uint e1c, out uint e1d);
+        const uint Sse3 = 1u << 0, Ssse3 = 1u << 9, Sse41 = 1u << 19, Sse42 = 1u << 20, Cx16 = 1u << 13, Pcid = 1u << 17;
+        const uint LahfLm = 1u << 0, Page1Gb = 1u << 26, Lm = 1u << 29;
+        Assert.Equal(Sse3 | Ssse3 | Sse41 | Sse42 | Cx16 | Pcid, c1 & (Sse3 | Ssse3 | Sse41 | Sse42 | Cx16 | Pcid));
+        Assert.Equal(Lm | Page1Gb, e1d & (Lm | Page1Gb));
+
+        // SSE3 alone hidden in leaf 1: SSSE3, SSE4.1 and SSE4.2, each built on the one before, go with it.
+        var op = new XenDomctl();
+        At<XenCpuidLeaf>(Data) = new XenCpuidLeaf { Leaf = 1, Subleaf = XEN_CPUID_NO_SUBLEAF, C = c1 & ~Sse3, D = d1 };
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = 1, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        cpuid.Cpuid(1, 0, out _, out _, out uint c, out uint dx);
+        Assert.Equal(0u, c & (Sse3 | Ssse3 | Sse41 | Sse42));
+        Assert.Equal(c1 & ~(Sse3 | Ssse3 | Sse41 | Sse42), c & ~(1u << 27));
+        Assert.Equal(d1, dx);
+
+        // Long mode hidden in leaf 0x80000001: CMPXCHG16B and PCIDs go from leaf 1, LAHF and 1 GiB pages from its own.
+        At<XenCpuidLeaf>(Data) = new XenCpuidLeaf { Leaf = 0x80000001, Subleaf = XEN_CPUID_NO_SUBLEAF, C = e1c, D = e1d & ~Lm };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        cpuid.Cpuid(1, 0, out _, out _, out c, out _);
+        Assert.Equal(0u, c & (Cx16 | Pcid | Sse3));
+        cpuid.Cpuid(0x80000001, 0, out _, out _, out uint ec, out uint ed);
+        Assert.Equal((0u, 0u), (ec & LahfLm, ed & (Lm | Page1Gb)));
+        Assert.NotEqual(0u, ed & (1u << 20)); // NX needs PAE, not long mode
+    }
+
+    [Fact]
+    public void ASetPolicyIsWhatEveryVcpuSees()
+    {
+        Assert.Equal(0, Create(PvhConfig(2), out ushort d));
+        var op = new XenDomctl();
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = XenSharp.Hypervisor.X86.CpuPolicy.MaxLeaves, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_get_cpu_policy, d, ref op));
+        var leaves = new Span<XenCpuidLeaf>(_buffers + Data, (int)op.As<XenDomctlCpuPolicy>().NrLeaves).ToArray();
+        int i1 = Array.FindIndex(leaves, l => l.Leaf == 1), i7 = Array.FindIndex(leaves, l => l.Leaf == 7 && l.Subleaf == 0);
+        const uint Rdrand = 1u << 30, Bmi2 = 1u << 8;
+        Assert.NotEqual(0u, leaves[i1].C & Rdrand); // the engine has both
+        Assert.NotEqual(0u, leaves[i7].B & Bmi2);
+
+        // What libxl sends for cpuid="host,rdrand=0,bmi2=0": the domain's policy with the two bits cleared. The whole
+        // policy goes back, and only those two leaves' bits change, on every vCPU.
+        leaves[i1].C &= ~Rdrand;
+        leaves[i7].B &= ~Bmi2;
+        leaves.CopyTo(new Span<XenCpuidLeaf>(_buffers + Data, leaves.Length));
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = (uint)leaves.Length, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        foreach (var v in _host.Guest(d).Vcpus)
+        {
+            v.Cpuid!.Cpuid(1, 0, out _, out uint b1, out uint c1, out _);
+            Assert.Equal(0u, c1 & Rdrand);
+            Assert.NotEqual(0u, c1 & (1u << 31));       // still the hypervisor bit
+            Assert.Equal((uint)(2 * v.Id), b1 >> 24);    // still the vCPU's own APIC ID
+            v.Cpuid.Cpuid(7, 0, out _, out uint b7, out _, out _);
+            Assert.Equal(0u, b7 & Bmi2);
+            Assert.NotEqual(0u, b7 & 1u);                // FSGSBASE stays
+        }
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = XenSharp.Hypervisor.X86.CpuPolicy.MaxLeaves, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_get_cpu_policy, d, ref op)); // the domain's policy reads back as set
+        var back = new Span<XenCpuidLeaf>(_buffers + Data, (int)op.As<XenDomctlCpuPolicy>().NrLeaves).ToArray();
+        Assert.Equal(0u, back.Single(l => l.Leaf == 1).C & Rdrand);
+
+        // Leaf by leaf, as Xen updates it: a lower basic limit alone empties the leaves above it and keeps the rest.
+        At<XenCpuidLeaf>(Data) = leaves[0] with { A = 7 };
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = 1, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        var cpuid = _host.Guest(d).Vcpus[1].Cpuid!;
+        cpuid.Cpuid(0, 0, out uint max, out _, out _, out _);
+        Assert.Equal(7u, max);
+        cpuid.Cpuid(0xD, 0, out uint xcr0, out uint size, out _, out _);
+        Assert.Equal((0u, 0u), (xcr0, size));
+        cpuid.Cpuid(1, 0, out _, out _, out uint c, out _);
+        Assert.Equal(0u, c & Rdrand);
+
+        // Features come back within the engine's maximum; one beyond it is EINVAL and changes nothing.
+        leaves[i1].C |= Rdrand;
+        At<XenCpuidLeaf>(Data) = leaves[i1];
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = 1, Leaves = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        cpuid.Cpuid(1, 0, out _, out _, out c, out _);
+        Assert.NotEqual(0u, c & Rdrand);
+        At<XenCpuidLeaf>(Data) = leaves[i7] with { B = ~0u };
+        Assert.Equal(-Errno.EINVAL, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+        cpuid.Cpuid(7, 0, out _, out uint b, out _, out _);
+        Assert.Equal(0u, b & Bmi2);
+
+        // Once the domain has run, the policy is fixed: EEXIST.
+        Assert.Equal(0, Domctl(XEN_DOMCTL_unpausedomain, d, ref op));
+        At<XenCpuidLeaf>(Data) = leaves[i7];
+        op.As<XenDomctlCpuPolicy>() = new XenDomctlCpuPolicy { NrLeaves = 1, Leaves = CallerBase + Data };
+        Assert.Equal(-Errno.EEXIST, Domctl(XEN_DOMCTL_set_cpu_policy, d, ref op));
+    }
+
+    [Fact]
     public void FeaturesetTscInfoAndPagingPool()
     {
         var sys = new XenSysctl();
@@ -230,6 +328,20 @@ public sealed unsafe class DomctlBuildTests : IDisposable
         Assert.Equal(0, Domctl(XEN_DOMCTL_settscinfo, d, ref op));
         op.As<XenDomctlTscInfo>() = new XenDomctlTscInfo { TscMode = 7 };
         Assert.Equal(-Errno.EINVAL, Domctl(XEN_DOMCTL_settscinfo, d, ref op));
+        op.As<XenDomctlTscInfo>() = new XenDomctlTscInfo { TscMode = (uint)TscMode.NativeParavirt };
+        Assert.Equal(-Errno.EINVAL, Domctl(XEN_DOMCTL_settscinfo, d, ref op)); // removed from Xen
+        op.As<XenDomctlTscInfo>() = new XenDomctlTscInfo { TscMode = (uint)TscMode.AlwaysEmulate, GtscKhz = tsc.GtscKhz + 1 };
+        Assert.Equal(-Errno.EOPNOTSUPP, Domctl(XEN_DOMCTL_settscinfo, d, ref op)); // another frequency than the engine's
+        // Each mode Xen 4.17 has is taken, and the vCPU's TSC leaf (0x40000003) reports it from then on.
+        foreach (var (mode, emulated) in new[] { (TscMode.AlwaysEmulate, 1u), (TscMode.Native, 0u), (TscMode.Default, 0u) })
+        {
+            op.As<XenDomctlTscInfo>() = new XenDomctlTscInfo { TscMode = (uint)mode, GtscKhz = mode == TscMode.Native ? tsc.GtscKhz : 0 };
+            Assert.Equal(0, Domctl(XEN_DOMCTL_settscinfo, d, ref op));
+            Assert.Equal(0, Domctl(XEN_DOMCTL_gettscinfo, d, ref op));
+            Assert.Equal((uint)mode, op.As<XenDomctlTscInfo>().TscMode);
+            _host.Guest(d).Vcpus[0].Cpuid!.Cpuid(0x40000003, 0, out uint flags, out uint reported, out uint khz, out _);
+            Assert.Equal(((uint)mode, emulated, tsc.GtscKhz), (reported, flags & 1, khz));
+        }
 
         op.As<XenDomctlPagingMempool>().Size = 4 << 20;
         Assert.Equal(0, Domctl(XEN_DOMCTL_set_paging_mempool_size, d, ref op));

@@ -54,7 +54,8 @@ internal sealed unsafe class Domain
     public GrantTable Gnttab { get; }
     public DomainConsole Console { get; }
     public ICpuEngine? Engine { get; set; }
-    public TscMode TscMode { get; init; }
+    /// <summary>XEN_DOMCTL_settscinfo may change it (each vCPU's TSC leaf follows).</summary>
+    public TscMode TscMode { get; set; }
     /// <summary>Credit scheduler weight (xl sched-credit -w).</summary>
     public int Weight { get; set; } = 256;
 

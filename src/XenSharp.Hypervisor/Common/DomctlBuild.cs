@@ -203,8 +203,10 @@ internal static class DomctlBuild
         return 0;
     }
 
-    /// <summary>The TSC mode is fixed when the domain's vCPUs are made: setting the one it has (at the host's
-    /// frequency, or 0 for it) succeeds, another is not supported; a mode Xen does not know is EINVAL.</summary>
+    /// <summary>XEN_DOMCTL_settscinfo (Xen's tsc_set_info): default, always_emulate or native, which the domain's
+    /// vCPUs report in the TSC leaf from then on; PVRDTSCP (gone from Xen) or any other mode is EINVAL. The guest TSC
+    /// runs at the host's frequency (a gtsc_khz of 0 asks for it); another frequency is EOPNOTSUPP, since the engine
+    /// and the vcpu_time_info scale share one.</summary>
     public static long SetTscInfo(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)
     {
         copyBack = false;
@@ -212,7 +214,17 @@ internal static class DomctlBuild
         if (d!.IsHost || d == v.Domain || t.TscMode > (uint)TscMode.Native)
             return -Errno.EINVAL;
         uint khz = (uint)(d.Host.Time.TscHz / 1000);
-        return t.TscMode == (uint)d.TscMode && (t.GtscKhz == 0 || t.GtscKhz == khz) ? 0 : -Errno.EOPNOTSUPP;
+        if (t.GtscKhz != 0 && t.GtscKhz != khz)
+            return -Errno.EOPNOTSUPP;
+        var mode = (TscMode)t.TscMode;
+        lock (d.Lock)
+        {
+            d.TscMode = mode;
+            foreach (var vcpu in d.Vcpus)
+                if (vcpu.Cpuid is XenCpuid x)
+                    x.TscMode = mode;
+        }
+        return 0;
     }
 
     public static long GetTscInfo(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)
@@ -285,11 +297,11 @@ internal static class DomctlBuild
     /// <summary>XEN_DOMCTL_set_cpu_policy, before the domain first runs (-EEXIST after): the leaves must each have a
     /// place in a policy (-ERANGE naming the first that has none), the MSRs must be the policy's, and the whole must
     /// be what vCPU 0 can give (the host's vendor, no feature it lacks: -EINVAL naming the leaf). An accepted policy
-    /// changes nothing the guest sees: the engine's CPUID is the domain's, and the toolstack's policy is a subset.</summary>
+    /// is written over the domain's (leaf by leaf) and every vCPU's CPUID applies it (<see cref="DomainCpuPolicy"/>).</summary>
     public static long SetCpuPolicy(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)
     {
         copyBack = false;
-        if (d!.IsHost || d == v.Domain || d.Vcpus.Length == 0 || d.Vcpus[0].Cpuid is not { } cpuid)
+        if (d!.IsHost || d == v.Domain || d.Vcpus.Length == 0 || d.Vcpus[0].Cpuid is not XenCpuid cpuid)
             return -Errno.EINVAL;
         if (d.HasRun)
             return -Errno.EEXIST;
@@ -313,7 +325,14 @@ internal static class DomctlBuild
                 p.ErrMsr = m.Idx;
                 return -Errno.ERANGE;
             }
-        return CpuPolicy.CheckCompatible(leaves, cpuid, out p.ErrLeaf, out p.ErrSubleaf);
+        rc = CpuPolicy.CheckCompatible(leaves, cpuid.Max, out p.ErrLeaf, out p.ErrSubleaf);
+        if (rc != 0)
+            return rc;
+        var policy = DomainCpuPolicy.Merge(cpuid.Policy, leaves);
+        foreach (var vcpu in d.Vcpus)
+            if (vcpu.Cpuid is XenCpuid x)
+                x.Policy = policy;
+        return 0;
     }
 
     /// <summary>Writes a serialised policy to the caller's arrays (Xen's copy_to_buffer): a null array reports the

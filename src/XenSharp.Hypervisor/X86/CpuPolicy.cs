@@ -177,3 +177,158 @@ internal static class CpuPolicy
         return fs;
     }
 }
+
+/// <summary>
+/// A domain's CPU policy as XEN_DOMCTL_set_cpu_policy left it, applied by each vCPU's CPUID over what the engine
+/// offers: the basic and extended leaf limits (a leaf past them reads as zeros, as Xen's guest_cpuid answers) and the
+/// feature words (Xen's featureset: leaf 1 ECX/EDX, 7.0 EBX/ECX/EDX, 7.1 EAX, 7.2 EDX, 0xD.1 EAX, 0x80000001
+/// ECX/EDX, 0x80000007 EDX, 0x80000008 EBX, 0x80000021 EAX), and 0xD.0's XCR0 bits. Set-policy checks the policy
+/// against the engine's maximum first, so each word is a subset of it; here they only take bits away, which keeps
+/// what is per-vCPU or dynamic (APIC IDs, the APIC bit, OSXSAVE, the hypervisor bit, XSAVE sizes) the engine's. A
+/// hidden feature hides those built on it, as Xen's deep dependencies do. Leaves the toolstack did not send keep
+/// their previous values, as Xen updates a domain's policy leaf by leaf.
+/// </summary>
+internal sealed class DomainCpuPolicy
+{
+    private readonly Dictionary<(uint Leaf, uint Subleaf), XenCpuidLeaf> _leaves;
+
+    private DomainCpuPolicy(Dictionary<(uint, uint), XenCpuidLeaf> leaves) => _leaves = leaves;
+
+    /// <summary>A feature bit: its leaf, subleaf (XEN_CPUID_NO_SUBLEAF for a leaf without), register (0-3 for
+    /// EAX, EBX, ECX, EDX) and bit.</summary>
+    private readonly record struct Feature(uint Leaf, uint Subleaf, int Reg, int Bit);
+
+    private static Feature L1C(int bit) => new(1, XEN_CPUID_NO_SUBLEAF, 2, bit);
+    private static Feature L1D(int bit) => new(1, XEN_CPUID_NO_SUBLEAF, 3, bit);
+    private static Feature L7B(int bit) => new(7, 0, 1, bit);
+    private static Feature XsaveSub1(int bit) => new(0xD, 1, 0, bit);
+    private static Feature E1C(int bit) => new(0x80000001, XEN_CPUID_NO_SUBLEAF, 2, bit);
+    private static Feature E1D(int bit) => new(0x80000001, XEN_CPUID_NO_SUBLEAF, 3, bit);
+
+    /// <summary>Features that make no sense without another (what Xen's sanitise_featureset clears with a hidden
+    /// feature), among those the x86 engine can offer: the x87 for MMX, PAE for long mode and NX, FXSR for SSE, each
+    /// SSE for the next, XSAVE for its sub-features and AVX, AVX for FMA, F16C and AVX2, NX for SMAP, long mode for
+    /// CMPXCHG16B, PCIDs, LAHF in long mode and 1 GiB pages, the TSC for RDTSCP, PSE for PSE-36.</summary>
+    private static readonly (Feature Needed, Feature[] By)[] Dependencies =
+    [
+        (L1D(0), [L1D(23)]),
+        (L1D(3), [L1D(17)]),
+        (L1D(4), [E1D(27)]),
+        (L1D(6), [E1D(29), E1D(20)]),
+        (L1D(24), [L1D(25)]),
+        (L1D(25), [L1D(26)]),
+        (L1D(26), [L1C(0), E1D(29), L1C(25), L1C(1)]),
+        (L1C(0), [L1C(9)]),
+        (L1C(9), [L1C(19)]),
+        (L1C(19), [L1C(20)]),
+        (L1C(26), [XsaveSub1(0), XsaveSub1(1), XsaveSub1(2), XsaveSub1(3), L1C(28)]),
+        (L1C(28), [L1C(12), L1C(29), L7B(5)]),
+        (E1D(20), [L7B(20)]),
+        (E1D(29), [L1C(13), L1C(17), E1C(0), E1D(26)]),
+    ];
+
+    /// <summary>This policy (null for none yet) with <paramref name="leaves"/> written over it, and every feature
+    /// that depends on one it hides hidden too.</summary>
+    public static DomainCpuPolicy Merge(DomainCpuPolicy? previous, ReadOnlySpan<XenCpuidLeaf> leaves)
+    {
+        var merged = previous is null ? new Dictionary<(uint, uint), XenCpuidLeaf>() : new Dictionary<(uint, uint), XenCpuidLeaf>(previous._leaves);
+        foreach (var l in leaves)
+            merged[(l.Leaf, l.Subleaf)] = l;
+        // A feature is hidden when its leaf is in the policy with the bit clear; a dependent whose leaf is not gets
+        // an entry of all ones but that bit (the policy only takes bits away). Repeated until nothing changes, for
+        // chains such as SSE2, SSE3, SSSE3.
+        bool changed = true;
+        while (changed)
+        {
+            changed = false;
+            foreach (var (needed, by) in Dependencies)
+            {
+                if (!merged.TryGetValue((needed.Leaf, needed.Subleaf), out var l) || Register(l, needed.Reg, needed.Bit))
+                    continue;
+                foreach (var f in by)
+                {
+                    if (!merged.TryGetValue((f.Leaf, f.Subleaf), out var dep))
+                        dep = new XenCpuidLeaf { Leaf = f.Leaf, Subleaf = f.Subleaf, A = ~0u, B = ~0u, C = ~0u, D = ~0u };
+                    if (!Register(dep, f.Reg, f.Bit))
+                        continue;
+                    uint clear = ~(1u << f.Bit);
+                    switch (f.Reg)
+                    {
+                        case 0: dep.A &= clear; break;
+                        case 1: dep.B &= clear; break;
+                        case 2: dep.C &= clear; break;
+                        default: dep.D &= clear; break;
+                    }
+                    merged[(f.Leaf, f.Subleaf)] = dep;
+                    changed = true;
+                }
+            }
+        }
+        return new DomainCpuPolicy(merged);
+    }
+
+    private static bool Register(in XenCpuidLeaf l, int reg, int bit) =>
+        (((reg switch { 0 => l.A, 1 => l.B, 2 => l.C, _ => l.D }) >> bit) & 1) != 0;
+
+    private bool TryGet(uint leaf, uint subleaf, out XenCpuidLeaf l) =>
+        _leaves.TryGetValue((leaf, leaf is 4 or 7 or 0xB or 0xD ? subleaf : XEN_CPUID_NO_SUBLEAF), out l);
+
+    /// <summary>Restricts the engine's answer for (<paramref name="leaf"/>, <paramref name="subleaf"/>).</summary>
+    public void Apply(uint leaf, uint subleaf, ref uint a, ref uint b, ref uint c, ref uint d)
+    {
+        bool extended = leaf >= 0x80000000;
+        if (leaf < 0x40000000 || extended)
+        {
+            uint limitLeaf = extended ? 0x80000000 : 0;
+            if (TryGet(limitLeaf, 0, out var limit))
+            {
+                if (leaf == limitLeaf)
+                {
+                    a = Math.Min(a, limit.A);
+                    return;
+                }
+                if (leaf > limit.A)
+                {
+                    a = b = c = d = 0;
+                    return;
+                }
+            }
+        }
+        if (!TryGet(leaf, subleaf, out var p))
+            return;
+        switch (leaf, subleaf)
+        {
+            case (1, _):
+                // The APIC bit follows the vLAPIC and the hypervisor bit is always set (Xen's too); OSXSAVE follows CR4.
+                c &= p.C | 1u << 31;
+                d &= p.D | 1u << 9;
+                break;
+            case (0x80000001, _):
+                c &= p.C;
+                d &= p.D;
+                break;
+            case (7, 0):
+                b &= p.B;
+                c &= p.C;
+                d &= p.D;
+                break;
+            case (7, 1):
+            case (0xD, 1):
+            case (0x80000021, _):
+                a &= p.A;
+                break;
+            case (7, 2):
+            case (0x80000007, _):
+                d &= p.D;
+                break;
+            case (0x80000008, _):
+                b &= p.B;
+                break;
+            case (0xD, 0):
+                a &= p.A;
+                d &= p.D;
+                break;
+        }
+    }
+}
+

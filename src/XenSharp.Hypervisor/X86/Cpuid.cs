@@ -7,7 +7,7 @@ namespace XenSharp.Hypervisor.X86;
 /// <summary>
 /// The CPUID a vCPU sees: the engine's policy, with the hypervisor bit, this vCPU's APIC ID, and the Xen
 /// leaves at 0x40000000 ("XenVMMXenVMM", version 4.14, one hypercall page at MSR 0x40000000, the TSC
-/// leaf, and HVM leaf 4 with the vCPU id).
+/// leaf, and HVM leaf 4 with the vCPU id), restricted by the domain's policy once the toolstack set one.
 /// </summary>
 internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul, sbyte Shift, ulong TscHz)> tsc,
     TscMode tscMode = TscMode.Default) : ICpuidPolicy
@@ -16,7 +16,34 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
     private const uint Base = XEN_CPUID_FIRST_LEAF;
     private const uint LastLeaf = Base + 4;
 
+    private DomainCpuPolicy? _policy;
+
+    /// <summary>The domain's TSC mode the TSC leaf reports (XEN_DOMCTL_settscinfo changes it).</summary>
+    public TscMode TscMode { get; set; } = tscMode;
+
+    /// <summary>The domain's policy as set-policy left it (null: none set, the engine's CPUID as it is).</summary>
+    public DomainCpuPolicy? Policy
+    {
+        get => Volatile.Read(ref _policy);
+        set => Volatile.Write(ref _policy, value);
+    }
+
+    /// <summary>What this vCPU could be given: its CPUID without the domain's policy (Xen's maximum policy).</summary>
+    public ICpuidPolicy Max => new Unrestricted(this);
+
     public void Cpuid(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx)
+    {
+        CpuidMax(leaf, subleaf, out eax, out ebx, out ecx, out edx);
+        Policy?.Apply(leaf, subleaf, ref eax, ref ebx, ref ecx, ref edx);
+    }
+
+    private sealed class Unrestricted(XenCpuid of) : ICpuidPolicy
+    {
+        public void Cpuid(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx) =>
+            of.CpuidMax(leaf, subleaf, out eax, out ebx, out ecx, out edx);
+    }
+
+    private void CpuidMax(uint leaf, uint subleaf, out uint eax, out uint ebx, out uint ecx, out uint edx)
     {
         if (leaf >= Base && leaf < Base + 0x10000)
         {
@@ -41,10 +68,10 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
 
     private bool HasRdtscp()
     {
-        baseline.Cpuid(0x80000000, 0, out uint max, out _, out _, out _);
+        Cpuid(0x80000000, 0, out uint max, out _, out _, out _);
         if (max < 0x80000001)
             return false;
-        baseline.Cpuid(0x80000001, 0, out _, out _, out _, out uint edx);
+        Cpuid(0x80000001, 0, out _, out _, out _, out uint edx);
         return (edx & (1u << 27)) != 0;
     }
 
@@ -69,15 +96,17 @@ internal sealed class XenCpuid(ICpuidPolicy baseline, int vcpuId, Func<(uint Mul
             case 3:
             {
                 // The TSC leaf. The engine's TSC is constant-rate and in step on every vCPU (a reliable TSC), so only
-                // always_emulate reports emulation; the scale is the one vcpu_time_info carries.
+                // always_emulate reports emulation; the scale is the one vcpu_time_info carries. Every mode is
+                // honoured by the one TSC the engine has: computed from the host's clock at the domain's frequency
+                // on every RDTSC/RDTSCP (always_emulate's emulation), which is also what the guest reads natively.
                 var (mul, shift, hz) = tsc();
                 switch (subleaf)
                 {
                     case 0:
                         eax = XEN_CPUID_HOST_TSC_RELIABLE
-                            | (tscMode == TscMode.AlwaysEmulate ? XEN_CPUID_TSC_EMULATED : 0)
+                            | (TscMode == TscMode.AlwaysEmulate ? XEN_CPUID_TSC_EMULATED : 0)
                             | (HasRdtscp() ? XEN_CPUID_RDTSCP_INSTR_AVAIL : 0);
-                        ebx = (uint)tscMode;
+                        ebx = (uint)TscMode;
                         ecx = (uint)(hz / 1000); // guest TSC frequency in kHz
                         edx = 0;                 // incarnation: never migrated
                         break;

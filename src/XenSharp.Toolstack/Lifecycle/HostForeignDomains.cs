@@ -12,10 +12,15 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// its on_* actions are that toolstack's, so here they are all preserve); when that toolstack writes the primary
 /// console's nodes (type xenconsoled, ring-ref, port) the console is served, logged, and put on a pty whose path
 /// goes to console/tty for xenconsole. A domain destroyed by that toolstack is cleaned up here as one the daemon
-/// destroyed, and one the daemon built but Domain-0 destroyed likewise.
+/// destroyed, and one the daemon built but Domain-0 destroyed likewise. With <see cref="ExternalXenconsoled"/> the
+/// consoles of those domains are left to Xen's own xenconsoled running in Domain-0, as on Xen, where one exists.
 /// </summary>
 public sealed partial class Host
 {
+    /// <summary>A xenconsoled of Domain-0's own (Debian's, under ./dom0) serves the consoles of the domains Domain-0
+    /// builds; the daemon neither maps their rings nor writes console/tty for them.</summary>
+    public bool ExternalXenconsoled { get; init; }
+
     /// <summary>Store rings introduced over the wire, by domid, until the domain goes.</summary>
     private readonly Dictionary<uint, ForeignStoreRing> _foreignRings = [];
     /// <summary>Domains a Domain-0 program created that are not adopted yet.</summary>
@@ -137,8 +142,9 @@ public sealed partial class Host
             }
             _domains[domId] = dom;
         }
-        dom.OutsideParts.Add(_xs.Watch($"{dir}/console", _ => ServeForeignConsole(dom)));
-        _hv.ConsoleWrite($"d{domId}: {name} built by Domain-0: serving its store and console");
+        if (!ExternalXenconsoled)
+            dom.OutsideParts.Add(_xs.Watch($"{dir}/console", _ => ServeForeignConsole(dom)));
+        _hv.ConsoleWrite($"d{domId}: {name} built by Domain-0: serving its store{(ExternalXenconsoled ? "; Domain-0's xenconsoled serves its console" : " and console")}");
     }
 
     /// <summary>Once the primary console's nodes are written (as xenconsoled waits for them), maps its ring, logs it
