@@ -63,4 +63,41 @@ public sealed class QemuDeviceModelTests : IDisposable
             qemu.WaitForExit();
         }
     }
+
+    [Fact]
+    [Trait("Feature", "x86/HVM"), Trait("Feature", "Dom0 stable libraries")]
+    public void HvmloaderHandsOverToSeabiosWithQemuAsTheDeviceModel()
+    {
+        string cfg = Path.Combine(_xl.RunDir, "bios.cfg");
+        string serial = Path.Combine(_xl.RunDir, "bios-serial.txt");
+        File.WriteAllText(cfg, $"name = \"bios\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\non_crash = \"destroy\"\nserial = \"file:{serial}\"\n");
+        var created = _xl.Run(TimeSpan.FromMinutes(2), "create", cfg);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        string domid = _xl.Run("domid", "bios").Stdout.Trim();
+        string d = $"(d{domid}) ";
+        // Debian's hvmloader (its debug port 0xE9 reaches the hypervisor log) finds Xen and QEMU's PCI devices, builds
+        // the tables, and starts SeaBIOS, which prints its banner there too.
+        Assert.True(XlHost.WaitUntil(() => _xl.Run("dmesg").Stdout.Contains(d + "Press ESC for boot menu"), TimeSpan.FromMinutes(3)),
+            "SeaBIOS did not get to its boot menu:\n" + _xl.Run("dmesg").Stdout);
+        string log = _xl.Run("dmesg").Stdout;
+        foreach (var line in new[] { "HVM Loader", "Detected Xen v", "System requested SeaBIOS", "PCI-ISA link 0 routed to IRQ",
+                     "Loading SeaBIOS ...", "Loading ACPI ...", "Invoking SeaBIOS ...", "SeaBIOS (version 1.16", "Found Xen hypervisor signature",
+                     "Running on QEMU (i440fx)", "xen: copy BIOS tables...", "Found 1 serial ports" })
+            Assert.Contains(d + line, log);
+        Assert.DoesNotContain(d + " OVERLAP", log);
+        Assert.True(File.Exists(serial), "QEMU did not open the serial file xl.cfg names");
+
+        // QEMU runs as libxl runs it, and its death crashes only its domain (on_crash = "destroy" here).
+        Assert.Equal("running", _xl.RunDom0("xenstore-read", $"/local/domain/0/device-model/{domid}/state").Stdout.Trim());
+        Assert.Equal("seabios", _xl.RunDom0("xenstore-read", $"/local/domain/{domid}/hvmloader/bios").Stdout.Trim());
+        int pid = int.Parse(_xl.RunDom0("xenstore-read", $"/local/domain/0/libxl/{domid}/dm-pid").Stdout.Trim());
+        Assert.Equal("/usr/libexec/xen-qemu-system-i386", new FileInfo($"/proc/{pid}/exe").ResolveLinkTarget(false)?.FullName);
+        Assert.Contains("-machine\0xenfv", File.ReadAllText($"/proc/{pid}/cmdline"));
+        Assert.True(File.Exists(Path.Combine(_xl.RunDir, $"qmp-libxl-{domid}")));
+        Process.GetProcessById(pid).Kill();
+        Assert.True(XlHost.WaitUntil(() => !_xl.Run("list").Stdout.Contains("bios"), TimeSpan.FromMinutes(1)),
+            "the domain outlived its device model:\n" + _xl.Run("list").Stdout);
+        Assert.Contains("Domain-0", _xl.Run("list").Stdout);
+        Assert.Contains($"(XEN) domain {domid} shut down: Crash", _xl.Run("dmesg").Stdout);
+    }
 }

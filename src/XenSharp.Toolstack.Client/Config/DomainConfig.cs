@@ -23,6 +23,12 @@ public sealed class DomainConfig
     public string Cmdline { get; set; } = "";
     public string? Firmware { get; set; }
     public string? FirmwareOverride { get; set; }
+    /// <summary>xl.cfg bios: the system firmware hvmloader loads (only "seabios").</summary>
+    public string? Bios { get; set; }
+    /// <summary>xl.cfg device_model_override: the QEMU binary run as an HVM domain's device model.</summary>
+    public string? DeviceModelOverride { get; set; }
+    /// <summary>xl.cfg serial: where the device model's first UART goes (QEMU's -serial).</summary>
+    public string? Serial { get; set; }
     public long TargetMemKb { get; set; }
     public long MaxMemKb { get; set; }
     public int Vcpus { get; set; } = 1;
