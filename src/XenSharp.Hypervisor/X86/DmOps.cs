@@ -326,8 +326,6 @@ internal static class DmOps
     /// trigger in the data).</summary>
     private static long InjectMsi(Domain d, ulong addr, uint data)
     {
-        if ((addr & 0xFFF0_0000) != 0xFEE0_0000)
-            return -Errno.EINVAL;
         uint dest = (uint)(addr >> 12) & 0xFF;
         bool logical = (addr & 4) != 0, level = (data & (1 << 15)) != 0;
         byte vector = (byte)data;

@@ -29,6 +29,8 @@ public sealed class DomainConfig
     public string? DeviceModelOverride { get; set; }
     /// <summary>xl.cfg serial: where the device model's first UART goes (QEMU's -serial).</summary>
     public string? Serial { get; set; }
+    /// <summary>xl.cfg boot: the emulated BIOS's boot order (c disk, d CD-ROM, n network; libxl's default "cda").</summary>
+    public string? Boot { get; set; }
     public long TargetMemKb { get; set; }
     public long MaxMemKb { get; set; }
     public int Vcpus { get; set; } = 1;

@@ -15,7 +15,7 @@ public static class DomainConfigReader
         "name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root", "memory", "maxmem",
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
-        "acpi", "apic", "hpet", "timer_mode", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override",
+        "acpi", "apic", "hpet", "timer_mode", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
@@ -28,7 +28,7 @@ public static class DomainConfigReader
         "vkb", "vdispl", "vsnd", "channel", "usb", "usbctrl", "usbdev", "pci", "pci_permissive", "pci_msitranslate",
         "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
         "iomem", "e820_host", "vga", "videoram", "stdvga", "vnc", "vnclisten", "vncdisplay",
-        "vncunused", "vncpasswd", "keymap", "sdl", "opengl", "spice", "boot", "soundhw", "device_model_version",
+        "vncunused", "vncpasswd", "keymap", "sdl", "opengl", "spice", "soundhw", "device_model_version",
         "device_model_stubdomain_override", "device_model_args", "device_model_user",
         "bootloader", "bootloader_args", "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
         "altp2m", "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
@@ -95,6 +95,7 @@ public static class DomainConfigReader
         d.Bios = cfg.GetString("bios");
         d.DeviceModelOverride = ResolvePath(cfg, "device_model_override");
         d.Serial = cfg.GetString("serial");
+        d.Boot = cfg.GetString("boot");
 
         string? cmdline = cfg.GetString("cmdline");
         string? root = cfg.GetString("root");

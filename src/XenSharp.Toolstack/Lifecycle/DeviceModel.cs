@@ -40,10 +40,32 @@ public sealed partial class Host
         };
         if (c.Serial is { Length: > 0 } serial && serial != "none")
             args.AddRange(["-serial", serial]);
-        args.AddRange(["-vga", "none", "-boot", "order=cda",
+        // Disks as libxl gives them to qemu-xen: the first four (hda-hdd, or xvda-xvdd) on the IDE buses, CD-ROMs
+        // read-only; the guest also gets each as a PV vbd, for when its PV drivers unplug the emulated ones.
+        foreach (var disk in c.Disks)
+        {
+            if (disk.Target is not { Length: > 0 } target || EmulatedDiskIndex(disk.Vdev) is not int index || index >= 4)
+                continue;
+            string format = disk.Format == DiskFormat.Raw ? "raw" : DiskSpec.FormatName(disk.Format);
+            string file = target.Replace(",", ",,");
+            args.Add("-drive");
+            args.Add(disk.IsCdrom
+                ? $"if=ide,index={index},readonly=on,media=cdrom,format={format},file={file}"
+                : $"file={file},if=ide,index={index},media=disk,format={format},cache=writeback{(disk.ReadWrite ? "" : ",readonly=on")}");
+        }
+        args.AddRange(["-vga", "none", "-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}",
             "-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}", "-net", "none",
             "-machine", "xenfv", "-m", (c.TargetMemKb / 1024).ToString(CultureInfo.InvariantCulture)]);
         return args;
+    }
+
+    /// <summary>The disk's index among the emulated ones (libxl__device_disk_dev_number's disk): hda/sda/xvda 0,
+    /// hdb 1, and so on; null for a name that is not one of these.</summary>
+    private static int? EmulatedDiskIndex(string vdev)
+    {
+        string letters = vdev.StartsWith("xvd", StringComparison.Ordinal) ? vdev[3..]
+            : vdev.StartsWith("hd", StringComparison.Ordinal) || vdev.StartsWith("sd", StringComparison.Ordinal) ? vdev[2..] : "";
+        return letters.Length == 1 && letters[0] is >= 'a' and <= 'z' ? letters[0] - 'a' : null;
     }
 
     /// <summary>Starts the domain's QEMU and waits until it serves the domain; a QEMU that cannot start fails the

@@ -191,8 +191,8 @@ public sealed unsafe class DeviceModelOpsTests : IDisposable
         Assert.Equal(0, DmOp(g.Id, XEN_DMOP_inject_msi, ref msi));
         Assert.Equal(0x45, g.Domain.Vcpus[1].Arch.Vlapic.HighestDeliverable());
         Assert.True(g.Domain.Vcpus[0].Arch.Vlapic.HighestDeliverable() < 0);
-        var bad = new XenDmOpInjectMsi { Addr = 0xFED0_0000, Data = 0x45 };
-        Assert.Equal(-Errno.EINVAL, DmOp(g.Id, XEN_DMOP_inject_msi, ref bad));
+        var pad = new XenDmOpInjectMsi { Addr = 0xFEE0_0000, Data = 0x46, Pad = 1 };
+        Assert.Equal(-Errno.EINVAL, DmOp(g.Id, XEN_DMOP_inject_msi, ref pad));
     }
 
     [Fact]
