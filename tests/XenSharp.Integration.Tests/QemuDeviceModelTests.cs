@@ -65,7 +65,7 @@ public sealed class QemuDeviceModelTests : IDisposable
     }
 
     [Fact]
-    [Trait("Feature", "x86/HVM"), Trait("Feature", "Dom0 stable libraries")]
+    [Trait("Feature", "x86/HVM"), Trait("Feature", "x86/HVM BIOS"), Trait("Feature", "Dom0 stable libraries")]
     public void HvmloaderHandsOverToSeabiosWithQemuAsTheDeviceModel()
     {
         string cfg = Path.Combine(_xl.RunDir, "bios.cfg");

@@ -27,8 +27,8 @@ public sealed class DomainConfig
     public string? Bios { get; set; }
     /// <summary>xl.cfg device_model_override: the QEMU binary run as an HVM domain's device model.</summary>
     public string? DeviceModelOverride { get; set; }
-    /// <summary>xl.cfg serial: where the device model's first UART goes (QEMU's -serial).</summary>
-    public string? Serial { get; set; }
+    /// <summary>xl.cfg serial (a string or a list): where the device model's UARTs go (QEMU's -serial, one each).</summary>
+    public IReadOnlyList<string> Serials { get; set; } = [];
     /// <summary>xl.cfg boot: the emulated BIOS's boot order (c disk, d CD-ROM, n network; libxl's default "cda").</summary>
     public string? Boot { get; set; }
     public long TargetMemKb { get; set; }

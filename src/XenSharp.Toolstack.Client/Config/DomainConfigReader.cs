@@ -94,7 +94,7 @@ public static class DomainConfigReader
         d.FirmwareOverride = ResolvePath(cfg, "firmware_override");
         d.Bios = cfg.GetString("bios");
         d.DeviceModelOverride = ResolvePath(cfg, "device_model_override");
-        d.Serial = cfg.GetString("serial");
+        d.Serials = cfg.GetStringList("serial") ?? [];
         d.Boot = cfg.GetString("boot");
 
         string? cmdline = cfg.GetString("cmdline");

@@ -9,7 +9,7 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// <summary>
 /// An HVM domain's device model, started as libxl starts qemu-xen (libxl__spawn_local_dm): Debian's
 /// <c>qemu-system-i386 -machine xenfv -xen-domid N</c> (or xl.cfg <c>device_model_override</c>) with XenSharp's drop-in
-/// Xen libraries, a QMP socket <c>qmp-libxl-N</c> in the run directory, the guest's first UART where xl.cfg
+/// Xen libraries, a QMP socket <c>qmp-libxl-N</c> in the run directory, the guest's UARTs where xl.cfg
 /// <c>serial</c> says, and its log as <c>qemu-dm-NAME.log</c>. The domain is unpaused only once QEMU has written
 /// <c>device-model/N/state = running</c>. QEMU ending while its domain runs crashes that domain, as a dead device
 /// model does under Xen; destroying the domain ends its QEMU. A domain booted from hvmloader always has one; one booted
@@ -38,7 +38,7 @@ public sealed partial class Host
             "-nodefaults", "-no-user-config", "-xen-attach", "-name", c.Name,
             "-display", "none",
         };
-        if (c.Serial is { Length: > 0 } serial && serial != "none")
+        foreach (string serial in c.Serials)
             args.AddRange(["-serial", serial]);
         // Disks as libxl gives them to qemu-xen: the first four (hda-hdd, or xvda-xvdd) on the IDE buses, CD-ROMs
         // read-only; the guest also gets each as a PV vbd, for when its PV drivers unplug the emulated ones.
