@@ -310,7 +310,8 @@ public sealed partial class XenHypervisor
     /// <summary>
     /// Where a Domain-0 program finds the frames of a resource of <paramref name="domid"/> to map them itself
     /// (privcmd's mmap_resource, XENMEM_acquire_resource): the grant table's shared frames (id 0, the table grown to
-    /// hold them, as Xen's acquire grows it) or v2 status frames (id 1). The answer is as
+    /// hold them, as Xen's acquire grows it) or v2 status frames (id 1), or an IOREQ server's pages (id the server:
+    /// frame 0 the buffered ring, frame 1 the synchronous ioreq page). The answer is as
     /// <see cref="Dom0ForeignFrames"/>'s. -ESRCH for no such guest, -EINVAL for frames beyond the resource,
     /// -EOPNOTSUPP for a resource type not served here.
     /// </summary>
@@ -321,12 +322,18 @@ public sealed partial class XenHypervisor
         var d = FindDomain(domid);
         if (d is null || d.IsHost)
             return -Errno.ESRCH;
-        if (type != Memory.XENMEM_resource_grant_table)
-            return -Errno.EOPNOTSUPP;
-        if (id > Memory.XENMEM_resource_grant_table_id_status)
-            return -Errno.EINVAL;
         var mfns = new uint[offsets.Length];
-        long rc = d.Gnttab.ResourceFrames(id == Memory.XENMEM_resource_grant_table_id_status, frame, mfns);
+        long rc;
+        if (type == Memory.XENMEM_resource_grant_table)
+        {
+            if (id > Memory.XENMEM_resource_grant_table_id_status)
+                return -Errno.EINVAL;
+            rc = d.Gnttab.ResourceFrames(id == Memory.XENMEM_resource_grant_table_id_status, frame, mfns);
+        }
+        else if (type == Memory.XENMEM_resource_ioreq_server)
+            rc = d.Arch.Ioreq.ResourceFrames(id, Dom0.DomainId, frame, mfns);
+        else
+            return -Errno.EOPNOTSUPP;
         if (rc != 0)
             return rc;
         var file = Frames.MemoryFileOf(domid);

@@ -17,6 +17,9 @@ public static class Memory
     /// <summary>xen_mem_acquire_resource.type, and the grant table's ids.</summary>
     public const uint XENMEM_resource_ioreq_server = 0, XENMEM_resource_grant_table = 1, XENMEM_resource_vmtrace_buf = 2;
     public const uint XENMEM_resource_grant_table_id_shared = 0, XENMEM_resource_grant_table_id_status = 1;
+    /// <summary>The frames of an IOREQ server's resource: the buffered ring, then the synchronous ioreq page(s).</summary>
+    public const ulong XENMEM_resource_ioreq_server_frame_bufioreq = 0;
+    public static ulong XENMEM_resource_ioreq_server_frame_ioreq(ulong n) => 1 + n;
 
     /// <summary>Low bits of the memory_op command hold the op; the rest is a continuation start extent.</summary>
     public const int MEMOP_EXTENT_SHIFT = 6, MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1;

@@ -386,7 +386,8 @@ public sealed unsafe class DomctlBuildTests : IDisposable
         // Past the table's limit (32 frames), a status frame under v1, a resource not served, no such domain.
         Assert.Equal(-Errno.EINVAL, _host.Dom0ResourceFrames(d, Memory.XENMEM_resource_grant_table, 0, 31, offsets, out _));
         Assert.Equal(-Errno.EINVAL, _host.Dom0ResourceFrames(d, Memory.XENMEM_resource_grant_table, Memory.XENMEM_resource_grant_table_id_status, 0, offsets, out _));
-        Assert.Equal(-Errno.EOPNOTSUPP, _host.Dom0ResourceFrames(d, Memory.XENMEM_resource_ioreq_server, 0, 0, offsets, out _));
+        Assert.Equal(-Errno.EOPNOTSUPP, _host.Dom0ResourceFrames(d, Memory.XENMEM_resource_vmtrace_buf, 0, 0, offsets, out _));
+        Assert.Equal(-Errno.ENOENT, _host.Dom0ResourceFrames(d, Memory.XENMEM_resource_ioreq_server, 0, 0, offsets, out _)); // no such server
         Assert.Equal(-Errno.ESRCH, _host.Dom0ResourceFrames(999, Memory.XENMEM_resource_grant_table, 0, 0, offsets, out _));
     }
 }

@@ -310,7 +310,7 @@ internal static class MemoryOp
         return 0;
     }
 
-    private static long MoveGmfn(Domain d, ulong fromGfn, ulong toGfn)
+    internal static long MoveGmfn(Domain d, ulong fromGfn, ulong toGfn)
     {
         lock (d.Lock)
         {

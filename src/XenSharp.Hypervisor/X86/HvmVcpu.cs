@@ -28,9 +28,10 @@ internal sealed unsafe class HvmVcpu : ArchVcpu
     public override bool HasPendingInterrupt =>
         (Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && EffectiveUpcallVector != 0) || PicPending || Vlapic.HasPendingInterrupt;
 
-    /// <summary>The 8259's INT output reaches vCPU 0 when its vLAPIC takes ExtINT on LINT0 or is disabled (Xen's
-    /// vlapic_accept_pic_intr).</summary>
-    private bool PicPending => Vcpu.Id == 0 && Vcpu.Domain.Arch.Platform is { } p && p.Pic.IntOutput && Vlapic.AcceptsPicInterrupt;
+    /// <summary>The 8259's INT output reaches vCPU 0 when its vLAPIC takes ExtINT on LINT0 or is disabled, or when the
+    /// IOAPIC's pin 0 sends ExtINT to its enabled vLAPIC (Xen's vlapic_accept_pic_intr).</summary>
+    private bool PicPending => Vcpu.Id == 0 && Vcpu.Domain.Arch.Platform is { } p && p.Pic.IntOutput
+        && (Vlapic.AcceptsPicInterrupt || (Vlapic.IsEnabled && p.Ioapic.RoutesExtIntTo(Vlapic.ApicId)));
 
     public override int Acknowledge()
     {

@@ -238,6 +238,31 @@ internal sealed class IoreqServers(Domain d)
         }
     }
 
+    /// <summary>
+    /// The frames of server <paramref name="id"/> as the resource XENMEM_resource_ioreq_server (Xen's
+    /// ioreq_server_get_frame): frame 0 is the buffered ring (-EINVAL when the server has none), frame 1 the
+    /// synchronous ioreq page. Only the device model that created the server may map them.
+    /// </summary>
+    public long ResourceFrames(uint id, ushort dmDomain, ulong first, Span<uint> mfns)
+    {
+        if (id > ushort.MaxValue)
+            return -Errno.ENOENT;
+        var s = Get((ushort)id, dmDomain, out long err);
+        if (s is null)
+            return err;
+        for (int i = 0; i < mfns.Length; i++)
+        {
+            ulong frame = first + (ulong)i;
+            if (frame == Memory.XENMEM_resource_ioreq_server_frame_bufioreq && s.BufIoreqMfn is uint b)
+                mfns[i] = b;
+            else if (frame == Memory.XENMEM_resource_ioreq_server_frame_ioreq(0))
+                mfns[i] = s.IoreqMfn;
+            else
+                return -Errno.EINVAL;
+        }
+        return 0;
+    }
+
     /// <summary>The domain is going away: every server with it.</summary>
     public void DestroyAll()
     {

@@ -146,6 +146,14 @@ internal sealed class Vioapic : IIoHandler
         }
     }
 
+    /// <summary>Pin 0 unmasked in ExtINT mode towards <paramref name="apicId"/>: the 8259's output reaches that local
+    /// APIC through the IOAPIC (virtual wire mode, as hvmloader sets it up).</summary>
+    public bool RoutesExtIntTo(uint apicId)
+    {
+        ulong e = Volatile.Read(ref _redir[0]);
+        return (e & Masked) == 0 && ((int)(e >> 8) & 7) == DmExtInt && (uint)(e >> 56) == apicId;
+    }
+
     private const int DmFixed = 0, DmLowest = 1, DmSmi = 2, DmNmi = 4, DmInit = 5, DmExtInt = 7;
 
     private void Deliver(int pin)

@@ -60,6 +60,9 @@ internal sealed partial class Vlapic : IIoHandler
     /// IA32_APIC_BASE (Xen's vlapic_accept_pic_intr).</summary>
     public bool AcceptsPicInterrupt => (ApicBase & ApicBaseEnable) == 0 || (Volatile.Read(ref _lvtLint0) & (LvtMasked | 0x700)) == 0x700;
 
+    /// <summary>Enabled both in IA32_APIC_BASE and in the SVR (not Xen's vlapic_disabled).</summary>
+    public bool IsEnabled => (ApicBase & ApicBaseEnable) != 0 && SoftwareEnabled;
+
     // ---------------- register access ----------------
 
     public uint Read(int offset)

@@ -115,3 +115,87 @@ public struct XenDmOpDestroyIoreqServer
     public ushort Id;
     public ushort Pad;
 }
+
+/// <summary>struct xen_dm_op_track_dirty_vram: buffer 1 receives one bit per page.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpTrackDirtyVram
+{
+    public uint Nr;
+    public uint Pad;
+    public ulong FirstPfn;
+}
+
+/// <summary>struct xen_dm_op_modified_memory: buffer 1 holds <see cref="NrExtents"/> extents.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpModifiedMemory
+{
+    public uint NrExtents;
+    public uint Opaque;
+}
+
+/// <summary>struct xen_dm_op_modified_memory_extent.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpModifiedMemoryExtent
+{
+    public uint Nr;
+    public uint Pad;
+    public ulong FirstPfn;
+}
+
+/// <summary>struct xen_dm_op_set_mem_type (mem_type an hvmmem_type_t).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpSetMemType
+{
+    public const ushort HVMMEM_ram_rw = 0, HVMMEM_ram_ro = 1, HVMMEM_mmio_dm = 2,
+        HVMMEM_unused = 3, HVMMEM_ioreq_server = 4;
+    public uint Nr;
+    public ushort MemType;
+    public ushort Pad;
+    public ulong FirstPfn;
+}
+
+/// <summary>struct xen_dm_op_inject_msi.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpInjectMsi
+{
+    public uint Data;
+    public uint Pad;
+    public ulong Addr;
+}
+
+/// <summary>struct xen_dm_op_remote_shutdown.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpRemoteShutdown
+{
+    public uint Reason;
+}
+
+/// <summary>struct xen_dm_op_relocate_memory.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpRelocateMemory
+{
+    public uint Size;
+    public uint Pad;
+    public ulong SrcGfn, DstGfn;
+}
+
+/// <summary>struct xen_dm_op_pin_memory_cacheattr.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDmOpPinMemoryCacheattr
+{
+    public const uint XEN_DMOP_MEM_CACHEATTR_UC = 0, XEN_DMOP_MEM_CACHEATTR_WC = 1, XEN_DMOP_MEM_CACHEATTR_WT = 4,
+        XEN_DMOP_MEM_CACHEATTR_WP = 5, XEN_DMOP_MEM_CACHEATTR_WB = 6, XEN_DMOP_MEM_CACHEATTR_UCM = 7,
+        XEN_DMOP_DELETE_MEM_CACHEATTR = ~0u;
+    public ulong Start, End;
+    public uint Type;
+    public uint Pad;
+}
+
+/// <summary>struct xen_dm_op_set_irq_level.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct XenDmOpSetIrqLevel
+{
+    public uint Irq;
+    public byte Level;
+    public fixed byte Pad[3];
+}

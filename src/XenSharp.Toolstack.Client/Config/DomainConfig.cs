@@ -23,6 +23,14 @@ public sealed class DomainConfig
     public string Cmdline { get; set; } = "";
     public string? Firmware { get; set; }
     public string? FirmwareOverride { get; set; }
+    /// <summary>xl.cfg bios: the system firmware hvmloader loads (only "seabios").</summary>
+    public string? Bios { get; set; }
+    /// <summary>xl.cfg device_model_override: the QEMU binary run as an HVM domain's device model.</summary>
+    public string? DeviceModelOverride { get; set; }
+    /// <summary>xl.cfg serial (a string or a list): where the device model's UARTs go (QEMU's -serial, one each).</summary>
+    public IReadOnlyList<string> Serials { get; set; } = [];
+    /// <summary>xl.cfg boot: the emulated BIOS's boot order (c disk, d CD-ROM, n network; libxl's default "cda").</summary>
+    public string? Boot { get; set; }
     public long TargetMemKb { get; set; }
     public long MaxMemKb { get; set; }
     public int Vcpus { get; set; } = 1;

@@ -62,6 +62,7 @@ public sealed partial class Host
     {
         d.PrimaryConsole?.Dispose();
         StopQdiskBackend(d.DomId);
+        StopDeviceModel(d.DomId);
         RemoveNics(d);
         BackendRegistry? b;
         lock (_lock) b = _backends;

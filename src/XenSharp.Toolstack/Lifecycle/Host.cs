@@ -155,8 +155,10 @@ public sealed partial class Host : IDisposable
     {
         uint domId = AllocateDomId(c, restarting);
 
-        string image = c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? c.FirmwareOverride : c.Kernel!;
-        byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm && c.FirmwareOverride is not null ? "firmware_override" : "kernel");
+        bool hvmFirmware = c.Type == DomainType.Hvm && c.FirmwareOverride is null;
+        string image = c.Type == DomainType.Hvm ? c.FirmwareOverride ?? HvmloaderPath : c.Kernel!;
+        byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm ? hvmFirmware ? "hvmloader" : "firmware_override" : "kernel");
+        byte[]? systemFirmware = hvmFirmware ? ReadImage(SeabiosPath, "bios") : null;
         byte[]? ramdisk = c.Ramdisk is null ? null : ReadImage(c.Ramdisk, "ramdisk");
 
         if (c.TscMode == TscMode.NativeParavirt)
@@ -187,6 +189,12 @@ public sealed partial class Host : IDisposable
                 hvd.SetHvmParam(Params.HVM_PARAM_TIMER_MODE, (ulong)c.TimerMode);
             }
 
+            if (hvmFirmware)
+            {
+                BuildHvm(dom, kernel, image, systemFirmware!, paused);
+                return dom;
+            }
+
             var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
                 c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);
             hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
@@ -196,6 +204,8 @@ public sealed partial class Host : IDisposable
 
             ConnectRings(dom, built.XenstorePfn, built.ConsolePfn);
             AddDevices(dom);
+            if (HasDeviceModel(c))
+                StartDeviceModel(dom);
             _hv.ConsoleWrite($"d{domId}: {c.Name} built: entry 0x{built.Entry:x}, start info 0x{built.StartInfoAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
             Launch(dom, paused);
             return dom;
@@ -224,6 +234,32 @@ public sealed partial class Host : IDisposable
         _hv.ConsoleWrite($"d{dom.DomId}: {c.Name} built (PV): entry 0x{built.Entry:x}, start info 0x{built.StartInfoVirt:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
         Launch(dom, paused);
     }
+
+    /// <summary>Builds an HVM domain that boots from Xen's firmware (<see cref="HvmBuilder"/>): hvmloader with SeaBIOS as
+    /// its module, then its device model, which must serve the domain before hvmloader's first PCI access.</summary>
+    private void BuildHvm(Domain dom, byte[] hvmloader, string image, byte[] systemFirmware, bool paused)
+    {
+        var c = dom.Config;
+        var hvd = dom.Hv;
+        var built = HvmBuilder.Build(new HvmBuildSpec(hvmloader, image, systemFirmware, (ulong)c.TargetMemKb * 1024,
+            c.Vcpus, c.MaxVcpus), hvd.Memory);
+        hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
+        hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
+        hvd.SetOnlineVcpus(c.Vcpus);
+        ConnectRings(dom, built.XenstorePfn, built.ConsolePfn);
+        AddDevices(dom);
+        StartDeviceModel(dom);
+        _hv.ConsoleWrite($"d{dom.DomId}: {c.Name} built (HVM): hvmloader entry 0x{built.Entry:x}, firmware at 0x{built.FirmwareAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
+        Launch(dom, paused);
+    }
+
+    /// <summary>Debian's hvmloader (xen-utils-4.17), or $XENSHARP_HVMLOADER.</summary>
+    private static string HvmloaderPath =>
+        Environment.GetEnvironmentVariable("XENSHARP_HVMLOADER") is { Length: > 0 } p ? p : "/usr/lib/xen-4.17/boot/hvmloader";
+
+    /// <summary>The SeaBIOS libxl loads as hvmloader's firmware module (Debian's seabios), or $XENSHARP_SEABIOS.</summary>
+    private static string SeabiosPath =>
+        Environment.GetEnvironmentVariable("XENSHARP_SEABIOS") is { Length: > 0 } p ? p : "/usr/share/seabios/bios-256k.bin";
 
     /// <summary>A built domain starts (unless asked paused) and becomes its lineage's current incarnation.</summary>
     private void Launch(Domain dom, bool paused)

@@ -64,6 +64,15 @@ internal static class XenstoreLayout
             t.Write($"{vm}/name", c.Name);
             t.Write($"{vm}/start_time", $"{started.ToUnixTimeMilliseconds() / 1000.0:F2}");
             t.Write($"/libxl/{domId}/type", DomainConfig.TypeName(c.Type));
+            if (c.Type == DomainType.Hvm && c.FirmwareOverride is null)
+            {
+                // What hvmloader reads (libxl's hvm_build_set_xs_values and the platform keys).
+                t.Write($"{dom}/hvmloader/bios", c.Bios ?? "seabios");
+                t.Write($"{dom}/platform/acpi", c.Acpi ? "1" : "0");
+                t.Write($"{dom}/platform/acpi_s3", "1");
+                t.Write($"{dom}/platform/acpi_s4", "1");
+                t.Write($"{dom}/platform/acpi_laptop_slate", "0");
+            }
             if (t.Commit()) return;
             if (attempt > 10) throw new InvalidOperationException("xenstore: could not write the domain's nodes");
         }

@@ -151,6 +151,44 @@ public sealed unsafe class IoreqServerTests : IDisposable
     }
 
     [Fact]
+    [Trait("Feature", "x86/Multiple IOREQ servers")]
+    public void TwoServersEachGetOnlyTheirOwnRanges()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort a = CreateServer(g.Id), b = CreateServer(g.Id);
+        Assert.NotEqual(a, b);
+        var modelA = new DeviceModel(_host, g.Domain.Arch.Ioreq.Get(a, 0, out _)!, g.Id);
+        var modelB = new DeviceModel(_host, g.Domain.Arch.Ioreq.Get(b, 0, out _)!, g.Id);
+        Assert.Equal(0, Map(g.Id, a, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x5A0, 0x5A7));
+        Assert.Equal(0, Map(g.Id, a, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PCI, 3 << 3, 3 << 3));
+        Assert.Equal(0, Map(g.Id, b, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x5B0, 0x5B7));
+        Assert.Equal(0, Map(g.Id, b, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0xF100_0000, 0xF100_0FFF));
+        Assert.Equal(0, Map(g.Id, b, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PCI, 4 << 3, 4 << 3));
+        Assert.Equal(0, SetState(g.Id, a, true));
+        Assert.Equal(0, SetState(g.Id, b, true));
+
+        g.Out(0x5A0, 4, 0xAAAA);
+        g.Out(0x5B0, 4, 0xBBBB);
+        Assert.Equal(0xAAAAUL, g.In(0x5A0, 4));
+        Assert.Equal(0xBBBBUL, g.In(0x5B0, 4));
+        g.Write(0xF100_0008, 0x1234, 4);
+        Assert.Equal(0x1234UL, g.Read(0xF100_0008, 4));
+        g.Out(0xCF8, 4, 0x8000_1800); // 00:03.0 is A's
+        Assert.Equal(0x5A5A5A5AUL, g.In(0xCFC, 4));
+        g.Out(0xCF8, 4, 0x8000_2000); // 00:04.0 is B's
+        Assert.Equal(0x5A5A5A5AUL, g.In(0xCFC, 4));
+        Assert.All(modelA.Seen, x => Assert.True(x.Addr is >= 0x5A0 and <= 0x5A7 || x.Addr == (0x18UL << 32), $"A saw {x.Addr:x}"));
+        Assert.All(modelB.Seen, x => Assert.True(x.Addr is >= 0x5B0 and <= 0x5B7 or 0xF100_0008 || x.Addr == (0x20UL << 32), $"B saw {x.Addr:x}"));
+        Assert.Equal(3, modelA.Seen.Count);
+        Assert.Equal(5, modelB.Seen.Count);
+
+        // One server disabled: the other goes on, and the first one's ranges read all ones.
+        Assert.Equal(0, SetState(g.Id, a, false));
+        Assert.Equal(0xFFFFFFFFUL, g.In(0x5A0, 4));
+        Assert.Equal(0xBBBBUL, g.In(0x5B0, 4));
+    }
+
+    [Fact]
     public void AVcpuWaitingOnAServerThatGoesAwayReadsAllOnes()
     {
         var g = new HvmPlatformGuest(_host);

@@ -161,4 +161,34 @@ public class VpicTests : IDisposable
         Assert.True(g.Platform.Pic.IntOutput);
         Assert.False(g.Vcpu().Arch.HasPendingInterrupt);
     }
+
+    [Fact]
+    public void ThroughIoapicPin0InVirtualWireModeThePicReachesTheVcpu()
+    {
+        // As hvmloader leaves it for SeaBIOS: LINT0 masked, IOAPIC pin 0 ExtINT to APIC ID 0 (Xen's vlapic_accept_pic_intr).
+        var g = new HvmPlatformGuest(_host);
+        g.Vcpu().Arch.Vlapic.MmioWrite(X86.Vlapic.DefaultBase + X86.Vlapic.SVR, 4, 0x1FF);
+        g.Vcpu().Arch.Vlapic.MmioWrite(X86.Vlapic.DefaultBase + X86.Vlapic.LVT_LINT0, 4, 0x10700);
+        g.Write(0xFEC00000, 0x10);
+        g.Write(0xFEC00010, 0x700);
+        g.Write(0xFEC00000, 0x11);
+        g.Write(0xFEC00010, 0);
+        g.InitPic();
+        g.Platform.Irq.SetIsaIrqLevel(1, true);
+        Assert.True(g.Vcpu().Arch.HasPendingInterrupt);
+        Assert.Equal(0x31, g.Vcpu().Arch.Acknowledge());
+
+        // Pin 0 masked, or aimed at another APIC: nothing.
+        g.Platform.Irq.SetIsaIrqLevel(1, false);
+        g.Out(0x20, 0x20);
+        g.Write(0xFEC00000, 0x10);
+        g.Write(0xFEC00010, 0x10700);
+        g.Platform.Irq.SetIsaIrqLevel(3, true);
+        Assert.True(g.Platform.Pic.IntOutput);
+        Assert.False(g.Vcpu().Arch.HasPendingInterrupt);
+        g.Write(0xFEC00010, 0x700);
+        g.Write(0xFEC00000, 0x11);
+        g.Write(0xFEC00010, 2u << 24);
+        Assert.False(g.Vcpu().Arch.HasPendingInterrupt);
+    }
 }

@@ -94,6 +94,23 @@ public class DomainConfigReaderTests
     }
 
     [Fact]
+    public void HvmFromFirmwareTakesTheDeviceModelKeys()
+    {
+        var r = Read("name=\"h\"\ntype=\"hvm\"\nbios=\"seabios\"\nboot=\"dc\"\nserial=\"pty\"\n" +
+            "device_model_override=\"../bin/qemu\"\n", "/tmp/cfg/h.cfg");
+        Assert.Empty(r.Warnings);
+        var d = r.Config;
+        Assert.Null(d.FirmwareOverride);
+        Assert.Equal("seabios", d.Bios);
+        Assert.Equal("dc", d.Boot);
+        Assert.Equal(["pty"], d.Serials);
+        Assert.Equal("/tmp/bin/qemu", d.DeviceModelOverride);
+        Assert.Equal(["file:/tmp/a", "pty"], Read("name=\"h\"\ntype=\"hvm\"\nserial=[\"file:/tmp/a\", \"pty\"]\n").Config.Serials);
+        var e = Assert.Throws<XlConfigException>(() => Read("name=\"h\"\ntype=\"hvm\"\nbios=\"rombios\"\n"));
+        Assert.Contains("rombios", e.Message);
+    }
+
+    [Fact]
     public void HvmPlatformKeysHaveLibxlsDefaultsAndNames()
     {
         var d = Read("name=\"h\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\n").Config;

@@ -1,0 +1,157 @@
+using System.Diagnostics;
+using System.Globalization;
+using XenSharp.Public;
+using XenSharp.Toolstack.Config;
+using XenSharp.Toolstack.Control;
+
+namespace XenSharp.Toolstack.Lifecycle;
+
+/// <summary>
+/// An HVM domain's device model, started as libxl starts qemu-xen (libxl__spawn_local_dm): Debian's
+/// <c>qemu-system-i386 -machine xenfv -xen-domid N</c> (or xl.cfg <c>device_model_override</c>) with XenSharp's drop-in
+/// Xen libraries, a QMP socket <c>qmp-libxl-N</c> in the run directory, the guest's UARTs where xl.cfg
+/// <c>serial</c> says, and its log as <c>qemu-dm-NAME.log</c>. The domain is unpaused only once QEMU has written
+/// <c>device-model/N/state = running</c>. QEMU ending while its domain runs crashes that domain, as a dead device
+/// model does under Xen; destroying the domain ends its QEMU. A domain booted from hvmloader always has one; one booted
+/// through <c>firmware_override</c> only when <c>device_model_override</c> asks for it.
+/// </summary>
+public sealed partial class Host
+{
+    private readonly Dictionary<uint, Process> _deviceModels = [];
+
+    private static bool HasDeviceModel(DomainConfig c) =>
+        c.Type == DomainType.Hvm && (c.FirmwareOverride is null || c.DeviceModelOverride is not null);
+
+    /// <summary>The QMP socket libxl gives QEMU.</summary>
+    private string QmpSocketPath(uint domId) => Path.Combine(_paths.RunDir, $"qmp-libxl-{domId}");
+
+    /// <summary>QEMU's arguments for the domain, in the order libxl builds them for qemu-xen.</summary>
+    private List<string> DeviceModelArgs(Domain dom)
+    {
+        var c = dom.Config;
+        string id = dom.DomId.ToString(CultureInfo.InvariantCulture);
+        var args = new List<string>
+        {
+            "-xen-domid", id,
+            "-chardev", $"socket,id=libxl-cmd,path={QmpSocketPath(dom.DomId)},server=on,wait=off",
+            "-no-shutdown", "-mon", "chardev=libxl-cmd,mode=control",
+            "-nodefaults", "-no-user-config", "-xen-attach", "-name", c.Name,
+            "-display", "none",
+        };
+        foreach (string serial in c.Serials)
+            args.AddRange(["-serial", serial]);
+        // Disks as libxl gives them to qemu-xen: the first four (hda-hdd, or xvda-xvdd) on the IDE buses, CD-ROMs
+        // read-only; the guest also gets each as a PV vbd, for when its PV drivers unplug the emulated ones.
+        foreach (var disk in c.Disks)
+        {
+            if (disk.Target is not { Length: > 0 } target || EmulatedDiskIndex(disk.Vdev) is not int index || index >= 4)
+                continue;
+            string format = disk.Format == DiskFormat.Raw ? "raw" : DiskSpec.FormatName(disk.Format);
+            string file = target.Replace(",", ",,");
+            args.Add("-drive");
+            args.Add(disk.IsCdrom
+                ? $"if=ide,index={index},readonly=on,media=cdrom,format={format},file={file}"
+                : $"file={file},if=ide,index={index},media=disk,format={format},cache=writeback{(disk.ReadWrite ? "" : ",readonly=on")}");
+        }
+        args.AddRange(["-vga", "none", "-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}",
+            "-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}", "-net", "none",
+            "-machine", "xenfv", "-m", (c.TargetMemKb / 1024).ToString(CultureInfo.InvariantCulture)]);
+        return args;
+    }
+
+    /// <summary>The disk's index among the emulated ones (libxl__device_disk_dev_number's disk): hda/sda/xvda 0,
+    /// hdb 1, and so on; null for a name that is not one of these.</summary>
+    private static int? EmulatedDiskIndex(string vdev)
+    {
+        string letters = vdev.StartsWith("xvd", StringComparison.Ordinal) ? vdev[3..]
+            : vdev.StartsWith("hd", StringComparison.Ordinal) || vdev.StartsWith("sd", StringComparison.Ordinal) ? vdev[2..] : "";
+        return letters.Length == 1 && letters[0] is >= 'a' and <= 'z' ? letters[0] - 'a' : null;
+    }
+
+    /// <summary>Starts the domain's QEMU and waits until it serves the domain; a QEMU that cannot start fails the
+    /// creation with its log named.</summary>
+    private void StartDeviceModel(Domain dom)
+    {
+        string qemu = dom.Config.DeviceModelOverride ?? QemuPath;
+        string libs = Dom0LibraryDir;
+        if (!File.Exists(Path.Combine(libs, "libxencall.so.1")))
+            throw new ControlException($"device model: XenSharp's Xen libraries are not built in {libs} (make -C src/dom0)");
+        if (!File.Exists(qemu))
+            throw new ControlException($"device model: {qemu} is missing (Debian's qemu-system-xen)");
+        uint domId = dom.DomId;
+        string statePath = $"/local/domain/0/device-model/{domId}/state";
+        string log = Path.Combine(_paths.RunDir, $"qemu-dm-{dom.Config.Name}.log");
+        var psi = new ProcessStartInfo("/usr/bin/setsid") { RedirectStandardInput = true, UseShellExecute = false };
+        foreach (string arg in new[] { "sh", "-c", "exec \"$0\" \"$@\" >>\"$XENSHARP_DM_LOG\" 2>&1", qemu })
+            psi.ArgumentList.Add(arg);
+        foreach (string arg in DeviceModelArgs(dom))
+            psi.ArgumentList.Add(arg);
+        psi.Environment["XENSHARP_DM_LOG"] = log;
+        psi.Environment["LD_LIBRARY_PATH"] = libs;
+        psi.Environment["XENSHARP_RUNDIR"] = _paths.RunDir;
+        psi.Environment["XENSTORED_PATH"] = _paths.XenstoredSocket;
+        psi.Environment.Remove("XENSHARP_PRIVCMD");
+        var p = Process.Start(psi) ?? throw new ControlException($"device model: cannot start {qemu}");
+        p.StandardInput.Close();
+        p.EnableRaisingEvents = true;
+        p.Exited += (_, _) => OnDeviceModelExited(domId, p);
+        lock (_deviceModels) _deviceModels[domId] = p;
+        _xs.Write($"/local/domain/0/libxl/{domId}/dm-pid", p.Id.ToString(CultureInfo.InvariantCulture));
+
+        var deadline = Stopwatch.StartNew();
+        while (_xs.Read(statePath) != "running")
+        {
+            if (p.HasExited || deadline.Elapsed > DeviceModelStartTimeout)
+            {
+                StopDeviceModel(domId);
+                throw new ControlException($"domain {domId}: the device model did not start (see {log})");
+            }
+            Thread.Sleep(50);
+        }
+        _hv.ConsoleWrite($"d{domId}: device model QEMU running, pid {p.Id}");
+    }
+
+    /// <summary>QEMU ended by itself: its domain cannot do I/O any more and is crashed, as Xen's toolstack sees it.</summary>
+    private void OnDeviceModelExited(uint domId, Process qemu)
+    {
+        bool ours;
+        lock (_deviceModels)
+            ours = _deviceModels.TryGetValue(domId, out var p) && p == qemu && _deviceModels.Remove(domId);
+        if (!ours)
+            return;
+        _hv.ConsoleWrite($"d{domId}: device model QEMU exited; crashing the domain");
+        Domain? dom;
+        lock (_lock) _domains.TryGetValue(domId, out dom);
+        try { dom?.Hv.Shutdown(ShutdownReason.Crash); }
+        catch (Exception e) when (e is ControlException or InvalidOperationException or ArgumentException) { }
+    }
+
+    /// <summary>libxl__destroy_device_model: QEMU is told to end (SIGHUP, then SIGKILL if it lingers) and its nodes go.</summary>
+    private void StopDeviceModel(uint domId)
+    {
+        Process? qemu;
+        lock (_deviceModels) _deviceModels.Remove(domId, out qemu);
+        if (qemu is not null)
+        {
+            try
+            {
+                if (!qemu.HasExited)
+                {
+                    _ = Kill(qemu.Id, 1);
+                    if (!qemu.WaitForExit(TimeSpan.FromSeconds(10)))
+                        qemu.Kill();
+                    qemu.WaitForExit();
+                }
+            }
+            catch (InvalidOperationException) { }
+            qemu.Dispose();
+        }
+        foreach (string path in new[] { $"/local/domain/0/libxl/{domId}/dm-pid", $"/local/domain/0/device-model/{domId}" })
+        {
+            try { if (_xs.Exists(path)) _xs.Rm(path); }
+            catch (XenSharp.Store.XenStoreException) { }
+        }
+        try { File.Delete(QmpSocketPath(domId)); }
+        catch (IOException) { }
+    }
+}
