@@ -122,6 +122,8 @@ internal static unsafe class PvTraps
         }
         if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
             return;
+        if (vector == VectorPageFault && exit.Size == 1 && PvPtwr.TryEmulate(v, cpu, exit.Address, (uint)exit.Data))
+            return;
         if (vector == VectorPageFault && v.VcpuInfo is not null)
             v.VcpuInfo->Arch.Cr2 = exit.Address;
         Bounce(v, cpu, vector, exit.Size == 1 ? (uint)exit.Data : null);
