@@ -42,6 +42,16 @@ internal static class PvEmulPriv
             rex = code[at++];
         if (code[at] is >= 0xE4 and <= 0xE7 or >= 0xEC and <= 0xEF)
             return TryEmulateIo(v, cpu, r, code[at], opsize16: at > 0 && code[..at].Contains((byte)0x66), at + (code[at] < 0xE8 ? 2 : 1));
+        if (code[at] is 0xFA or 0xFB)
+        {
+            // CLI/STI: allowed by the virtual IOPL, and then without effect, as in Xen (the virtual IF is the event
+            // mask, which a POPF could not restore).
+            if (!IoplAllows(v))
+                return false;
+            r.Rip += (ulong)at + 1;
+            cpu.SetRegisters(r);
+            return true;
+        }
         if (code[at] != 0x0F)
             return false;
         byte op = code[at + 1];
@@ -104,9 +114,7 @@ internal static class PvEmulPriv
     /// admin_io_okay leaves them. With too low an IOPL it is the guest's #GP.</summary>
     private static bool TryEmulateIo(Vcpu v, IVcpu cpu, Registers r, byte op, bool opsize16, int length)
     {
-        var pv = v.Pv!;
-        int cpl = (v.Domain.VmAssist & (1UL << Public.Xen.VMASST_TYPE_architectural_iopl)) != 0 ? 0 : 1;
-        if (pv.Iopl < cpl)
+        if (!IoplAllows(v))
             return false;
         int size = (op & 1) == 0 ? 1 : opsize16 ? 2 : 4;
         bool input = op is 0xE4 or 0xE5 or 0xEC or 0xED;
@@ -119,6 +127,13 @@ internal static class PvEmulPriv
         r.Rip += (ulong)length;
         cpu.SetRegisters(r);
         return true;
+    }
+
+    /// <summary>Xen's iopl_ok for the guest kernel: ring 1, or 0 with VMASST_TYPE_architectural_iopl.</summary>
+    private static bool IoplAllows(Vcpu v)
+    {
+        int cpl = (v.Domain.VmAssist & (1UL << Public.Xen.VMASST_TYPE_architectural_iopl)) != 0 ? 0 : 1;
+        return v.Pv!.Iopl >= cpl;
     }
 
     private static ref ulong Gpr(ref Registers r, int i)

@@ -642,6 +642,24 @@ internal static unsafe class PvMm
         return true;
     }
 
+    /// <summary>The frame is <paramref name="d"/>'s and could take a writable type now (what Xen's
+    /// get_page_and_type(PGT_writable_page) checks before it places a vcpu_info or shared structure there).</summary>
+    public static bool IsOwnWritableFrame(Domain d, ulong mfn)
+    {
+        var frames = d.Host.Frames;
+        if (mfn > uint.MaxValue || !frames.TryGetPage(mfn, d.DomainId))
+            return false;
+        bool ok;
+        lock (frames.TypeLock)
+        {
+            ok = GetPageType(frames, mfn, PageType.Writable) == 0;
+            if (ok)
+                PutPageType(frames, mfn);
+        }
+        frames.PutPage(mfn);
+        return ok;
+    }
+
     /// <summary>Drops a pin if the frame has one (domain teardown).</summary>
     public static void Unpin(FrameTable frames, ulong mfn)
     {
