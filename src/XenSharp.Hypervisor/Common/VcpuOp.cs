@@ -29,16 +29,7 @@ internal static unsafe class VcpuOps
                     return -Errno.EINVAL;
                 lock (d.Lock)
                 {
-                    uint mfn;
-                    if (d.Pv is not null)
-                    {
-                        // A PV guest is not translated: it names a machine frame of its own, which must be one it
-                        // could map writable (not a page table or descriptor page).
-                        if (!X86.Pv.PvMm.IsOwnWritableFrame(d, r.Mfn))
-                            return -Errno.EINVAL;
-                        mfn = (uint)r.Mfn;
-                    }
-                    else if (!d.P2m.TryLookup(r.Mfn, out mfn, out var t) || t != P2mType.RamRw)
+                    if (!X86.Pv.PvMm.TryGuestWritableFrame(d, r.Mfn, out uint mfn))
                         return -Errno.EINVAL;
                     var where = (VcpuInfo*)(host.Frames.PageAddress(mfn) + r.Offset);
                     if (v.VcpuInfo is not null)

@@ -660,6 +660,18 @@ internal static unsafe class PvMm
         return ok;
     }
 
+    /// <summary>The writable RAM frame a guest names by its frame number: for a PV guest, which is not translated,
+    /// a machine frame of its own that could be mapped writable; otherwise a gfn of its p2m.</summary>
+    public static bool TryGuestWritableFrame(Domain d, ulong gfn, out uint mfn)
+    {
+        if (d.Pv is not null)
+        {
+            mfn = (uint)gfn;
+            return IsOwnWritableFrame(d, gfn);
+        }
+        return d.P2m.TryLookup(gfn, out mfn, out var type) && type == P2mType.RamRw;
+    }
+
     /// <summary>Drops a pin if the frame has one (domain teardown).</summary>
     public static void Unpin(FrameTable frames, ulong mfn)
     {

@@ -193,8 +193,12 @@ internal static unsafe class PvTraps
     }
 
     /// <summary>An event upcall: pending events and the guest has them unmasked.</summary>
-    public static void DeliverEventUpcall(Vcpu v, IVcpu cpu) =>
+    public static void DeliverEventUpcall(Vcpu v, IVcpu cpu)
+    {
+        if (Trace)
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} upcall tsc {(cpu is IX86Vcpu x ? x.Tsc : 0)} stamp {v.VcpuInfo->Time.TscTimestamp} sys {v.VcpuInfo->Time.SystemTime} now {v.Domain.Host.Time.NowNs} mul {v.VcpuInfo->Time.TscToSystemMul} shift {v.VcpuInfo->Time.TscShift} ver {v.VcpuInfo->Time.Version}");
         CreateBounceFrame(v, cpu, v.Pv!.EventCallback, null, maskEvents: true);
+    }
 
     /// <summary>
     /// Xen's create_bounce_frame for a 64-bit guest: from user mode, switch to the kernel's page tables and stack;
