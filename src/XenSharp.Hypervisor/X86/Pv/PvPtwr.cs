@@ -10,8 +10,8 @@ namespace XenSharp.Hypervisor.X86.Pv;
 /// Writable page-table emulation (Xen's ptwr, pv/ro-page-fault.c): a PV kernel that writes an entry straight into
 /// one of its L1 page tables, which it may map only read-only, takes a write fault on a present read-only mapping.
 /// The faulting instruction is decoded and its write becomes a validated update of that entry, as mmu_update's
-/// would be; then the guest goes on past the instruction. MOV, XCHG, CMPXCHG and the bit operations BTS/BTR of 4 or
-/// 8 bytes are emulated; anything else, or an entry the PV MMU refuses, leaves the page fault to the guest.
+/// would be; then the guest goes on past the instruction. MOV, XCHG, CMPXCHG, AND, OR and BTS/BTR of 1 to 8 bytes
+/// within one entry are emulated; anything else, or an entry the PV MMU refuses, leaves the page fault to the guest.
 /// </summary>
 internal static unsafe class PvPtwr
 {
@@ -46,15 +46,19 @@ internal static unsafe class PvPtwr
         decoder.Decode(out var insn);
         if (insn.IsInvalid || insn.Op0Kind != OpKind.Memory)
             return false;
-        int size = insn.MemorySize switch { MemorySize.UInt32 or MemorySize.Int32 => 4, MemorySize.UInt64 or MemorySize.Int64 => 8, _ => 0 };
+        int size = insn.MemorySize switch
+        {
+            MemorySize.UInt8 or MemorySize.Int8 => 1, MemorySize.UInt16 or MemorySize.Int16 => 2,
+            MemorySize.UInt32 or MemorySize.Int32 => 4, MemorySize.UInt64 or MemorySize.Int64 => 8, _ => 0,
+        };
         if (size == 0 && insn.Mnemonic is Mnemonic.Bts or Mnemonic.Btr)
             size = insn.OpCount > 1 && insn.Op1Kind == OpKind.Register ? insn.Op1Register.GetSize() : 8;
         if (size == 0 || (va & (ulong)(size - 1)) != 0)
             return false;
 
         int index = (int)((va & (FrameTable.PageSize - 1)) >> 3);
-        int shift = (int)(va & 4) * 8;
-        ulong sizeMask = size == 8 ? ulong.MaxValue : 0xFFFF_FFFFUL;
+        int shift = (int)(va & 7) * 8;
+        ulong sizeMask = size == 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
         if (!frames.TryGetPage(target, d.DomainId))
             return false;
         try
@@ -72,8 +76,11 @@ internal static unsafe class PvPtwr
                 switch (insn.Mnemonic)
                 {
                     case Mnemonic.Mov:
-                        value = insn.Op1Kind == OpKind.Register ? Reg(ref r, insn.Op1Register)
-                            : (ulong)(long)(int)insn.Immediate32;
+                        value = Source(ref r, insn);
+                        break;
+                    case Mnemonic.And or Mnemonic.Or:
+                        value = insn.Mnemonic == Mnemonic.And ? old & Source(ref r, insn) : old | Source(ref r, insn);
+                        flags = LogicFlags(flags, value & sizeMask, size);
                         break;
                     case Mnemonic.Xchg:
                         value = Reg(ref r, insn.Op1Register);
@@ -87,7 +94,8 @@ internal static unsafe class PvPtwr
                         if (expected != old)
                         {
                             write = false;
-                            r.Rax = old; // a 32-bit result zero-extends too
+                            // AL/AX merge; a 32-bit result zero-extends; RAX takes all of it.
+                            r.Rax = size >= 4 ? old : (r.Rax & ~sizeMask) | old;
                         }
                         break;
                     }
@@ -121,6 +129,18 @@ internal static unsafe class PvPtwr
         return true;
     }
 
+    private static ulong Source(ref Registers r, in Instruction insn) =>
+        insn.Op1Kind == OpKind.Register ? Reg(ref r, insn.Op1Register) : insn.GetImmediate(1);
+
+    private static ulong LogicFlags(ulong flags, ulong result, int size)
+    {
+        flags &= ~(CF | PF | ZF | SF | OF);
+        if (result == 0) flags |= ZF;
+        if ((result >> (size * 8 - 1) & 1) != 0) flags |= SF;
+        if ((System.Numerics.BitOperations.PopCount(result & 0xFF) & 1) == 0) flags |= PF;
+        return flags;
+    }
+
     private static ulong CompareFlags(ulong flags, ulong a, ulong b, int size)
     {
         ulong mask = size == 8 ? ulong.MaxValue : 0xFFFF_FFFFUL;
@@ -139,11 +159,29 @@ internal static unsafe class PvPtwr
     private static ulong Reg(ref Registers r, Register reg)
     {
         ulong full = Full(ref r, reg.GetFullRegister());
-        return reg.GetSize() == 4 ? (uint)full : full;
+        // AH..BH are bits 8-15 of their register; other byte registers the low 8.
+        if (reg is Register.AH or Register.CH or Register.DH or Register.BH)
+            return (full >> 8) & 0xFF;
+        int size = reg.GetSize();
+        return size == 8 ? full : full & ((1UL << (size * 8)) - 1);
     }
 
-    private static void SetReg(ref Registers r, Register reg, ulong value) =>
-        Full(ref r, reg.GetFullRegister()) = reg.GetSize() == 4 ? (uint)value : value;
+    private static void SetReg(ref Registers r, Register reg, ulong value)
+    {
+        ref ulong full = ref Full(ref r, reg.GetFullRegister());
+        if (reg is Register.AH or Register.CH or Register.DH or Register.BH)
+        {
+            full = (full & ~0xFF00UL) | ((value & 0xFF) << 8);
+            return;
+        }
+        int size = reg.GetSize();
+        full = size switch
+        {
+            8 => value,
+            4 => (uint)value, // a 32-bit write zero-extends
+            _ => (full & ~((1UL << (size * 8)) - 1)) | (value & ((1UL << (size * 8)) - 1)),
+        };
+    }
 
     private static ref ulong Full(ref Registers r, Register full)
     {

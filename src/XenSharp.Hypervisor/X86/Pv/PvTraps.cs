@@ -196,7 +196,7 @@ internal static unsafe class PvTraps
     public static void DeliverEventUpcall(Vcpu v, IVcpu cpu)
     {
         if (Trace)
-            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} upcall tsc {(cpu is IX86Vcpu x ? x.Tsc : 0)} stamp {v.VcpuInfo->Time.TscTimestamp} sys {v.VcpuInfo->Time.SystemTime} now {v.Domain.Host.Time.NowNs} mul {v.VcpuInfo->Time.TscToSystemMul} shift {v.VcpuInfo->Time.TscShift} ver {v.VcpuInfo->Time.Version}");
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} event upcall");
         CreateBounceFrame(v, cpu, v.Pv!.EventCallback, null, maskEvents: true);
     }
 
