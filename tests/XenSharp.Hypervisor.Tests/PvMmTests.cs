@@ -370,6 +370,56 @@ public class PvMmTests : IDisposable
         Assert.Equal(0u, submap & (1u << Features.XENFEAT_auto_translated_physmap));
     }
 
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void SetIoplTakesLevelsZeroToThreeAndRefusesGarbage()
+    {
+        var pv = new PvGuest(_host);
+        const ulong SetIopl = 6;
+        pv.G.Write(Args << 12, 1u);
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_physdev_op, SetIopl, pv.Ma(Args)));
+        Assert.Equal(1u, pv.G.Vcpu().Pv!.Iopl);
+        pv.G.Write(Args << 12, 4u);
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_physdev_op, SetIopl, pv.Ma(Args)));
+        Assert.Equal(-Errno.EFAULT, pv.G.Call(Xen.__HYPERVISOR_physdev_op, SetIopl, Guest.Bad));
+        Assert.Equal(1u, pv.G.Vcpu().Pv!.Iopl);
+        Assert.Equal(-Errno.ENOSYS, pv.G.Call(Xen.__HYPERVISOR_physdev_op, 1000, pv.Ma(Args)));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void VmAssistOffersAPvGuestWritablePageTablesAndRefusesUnknownTypes()
+    {
+        var pv = new PvGuest(_host);
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, Xen.VMASST_TYPE_writable_pagetables));
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, Xen.VMASST_TYPE_pae_extended_cr3));
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, 6));
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, 64));
+        // An HVM-side guest is offered only what Xen offers it.
+        var pvh = new Guest(_host);
+        Assert.Equal(-Errno.EINVAL, pvh.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, Xen.VMASST_TYPE_writable_pagetables));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public unsafe void VcpuInfoMovesToAnOwnWritableMachineFrameOnly()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        long Register(ulong mfn, uint offset)
+        {
+            pv.G.Write((Args << 12) + 0x800, new VcpuRegisterVcpuInfo { Mfn = mfn, Offset = offset });
+            return pv.G.Call(Xen.__HYPERVISOR_vcpu_op, VcpuOp.VCPUOP_register_vcpu_info, 0, pv.Ma(Args, 0x800));
+        }
+        Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(L1), 0));            // a page table
+        Assert.Equal(-Errno.EINVAL, Register(0xFFFF_FFFF_FFUL, 0));      // no such frame
+        Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(Data2), 4));         // misaligned
+        Assert.Equal(0, Register(pv.Mfn(Data2), 64));
+        Assert.True(pv.G.Vcpu().VcpuInfo == (VcpuInfo*)(pv.Frames.PageAddress(pv.Mfn(Data2)) + 64));
+        Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(Data2), 128));       // only once
+    }
+
     [Theory]
     [Trait("Feature", "x86/PV")]
     [InlineData(0UL, true, 0UL)]                                         // not present: left as it is
