@@ -717,7 +717,7 @@ internal static unsafe class PvMm
         return SetGdtFrames(v, mfns[..nr], entries);
     }
 
-    private static long SetGdtFrames(Vcpu v, ReadOnlySpan<ulong> mfns, ulong entries)
+    internal static long SetGdtFrames(Vcpu v, ReadOnlySpan<ulong> mfns, ulong entries)
     {
         var pv = v.Pv!;
         var frames = v.Domain.Host.Frames;
