@@ -1,6 +1,7 @@
 using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86.Pv;
 using XenSharp.Public;
+using XenSharp.Public.ArchX86;
 using static XenSharp.Public.Mmu;
 
 namespace XenSharp.Hypervisor.Tests;
@@ -418,6 +419,39 @@ public class PvMmTests : IDisposable
         Assert.Equal(0, Register(pv.Mfn(Data2), 64));
         Assert.True(pv.G.Vcpu().VcpuInfo == (VcpuInfo*)(pv.Frames.PageAddress(pv.Mfn(Data2)) + 64));
         Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(Data2), 128));       // only once
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public unsafe void VcpuInitialiseTakesAPvContextAndRefusesGarbage()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        ulong ctxAt = 0x200; // pages 0x200.. hold the 5 KiB context
+        long Init(in VcpuGuestContext c, int vcpu)
+        {
+            pv.G.Write(ctxAt << 12, c);
+            return pv.G.Call(Xen.__HYPERVISOR_vcpu_op, VcpuOp.VCPUOP_initialise, (ulong)vcpu, pv.Ma(ctxAt));
+        }
+        var c = new VcpuGuestContext { Flags = VcpuGuestContext.VGCF_in_kernel, KernelSp = 0x5000, EventCallbackEip = 0x401000 };
+        c.UserRegs.Rip = 0x400000;
+        c.UserRegs.Rflags = 0x1000; // IOPL 1
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        c.Ctrlreg[3] = pv.Mfn(L3) << 12;
+        Assert.Equal(-Errno.EINVAL, Init(c, 1));                        // CR3 an L3, not an L4
+        c.Ctrlreg[3] = pv.Mfn(L4) << 12;
+        var notKernel = c;
+        notKernel.Flags = 0;
+        Assert.Equal(-Errno.EINVAL, Init(notKernel, 1));
+        var badBase = c;
+        badBase.FsBase = 0x0000_8000_0000_0000;
+        Assert.Equal(-Errno.EINVAL, Init(badBase, 1));                  // non-canonical
+        Assert.Equal(-Errno.EFAULT, pv.G.Call(Xen.__HYPERVISOR_vcpu_op, VcpuOp.VCPUOP_initialise, 1, Guest.Bad));
+        Assert.Equal(0, Init(c, 1));
+        var v1 = pv.G.Vcpu(1).Pv!;
+        Assert.Equal((pv.Mfn(L4), 1u, 0x5000UL, 0x401000UL), (v1.GuestTable, v1.Iopl, v1.KernelSp, v1.EventCallback));
+        Assert.Equal(PageType.L4, pv.TypeOf(L4).Type);
+        Assert.Equal(-Errno.EEXIST, Init(c, 1));                        // once only
     }
 
     [Theory]

@@ -7,13 +7,14 @@ namespace XenSharp.Integration.Tests;
 /// Debian's unmodified kernel and busybox initramfs booted as a classic 64-bit PV domU (type = "pv", xl's default)
 /// through the real `xl create -c`: the kernel runs in ring 3 on page tables the PV MMU validates, writes its own
 /// page-table entries (writable page-table emulation), takes its timer and console events through the event callback,
-/// and reaches its shell on hvc0, where commands run; then `xl shutdown` powers it off through xenstore. One boot.
+/// brings up its second vCPU from a PV vcpu_guest_context, and reaches its shell on hvc0, where commands run; then
+/// `xl shutdown` powers it off through xenstore. One boot.
 /// </summary>
 public class LinuxPvTests
 {
     [Fact]
     [Trait("Feature", "x86/PV"), Trait("Feature", "PV Console (xenconsoled)"), Trait("Feature", "xl")]
-    public void DebianKernelBootsAsPvDomUToAShellAndShutsDown()
+    public void DebianKernelBootsAsPvDomUWithTwoVcpusToAShellAndShutsDown()
     {
         var store = new GuestArtifacts();
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
@@ -26,7 +27,7 @@ public class LinuxPvTests
             ramdisk = "{store.ShellInitrdPath}"
             cmdline = "console=hvc0"
             memory = 512
-            vcpus = 1
+            vcpus = 2
             on_poweroff = "destroy"
             on_crash = "preserve"
             """);
@@ -60,6 +61,10 @@ public class LinuxPvTests
             Assert.DoesNotContain("Call Trace", boot);
             Assert.DoesNotContain("multicall(s) failed", boot);
 
+            // The second vCPU was started with VCPUOP_initialise from a PV vcpu_guest_context.
+            Assert.Contains("smp: Brought up 1 node, 2 CPUs", boot);
+            Assert.Contains("cpus-2 1-on-1",
+                console.Ask("echo cpus-$(grep -c ^processor /proc/cpuinfo) $(taskset -c 1 cat /proc/self/stat | cut -d' ' -f39)-on-1", "1-on-1"));
             Assert.Contains("result-42 xen", console.Ask("echo result-$((6*7)) $(cat /sys/hypervisor/type)", "result-42 xen"));
             // A fork and an exec: copy-on-write write-protects the parent's entries in its page tables.
             Assert.Contains("forked-42", console.Ask("(sh -c 'echo forked-$((40+2))')", "forked-42"));
