@@ -18,6 +18,22 @@ internal static unsafe class PvPtwr
     private const uint PfecPresent = 1, PfecWrite = 2, PfecReserved = 8, PfecInstr = 0x10;
     private const ulong CF = 1, PF = 4, ZF = 0x40, SF = 0x80, OF = 0x800;
 
+    /// <summary>A decoder per pCPU thread, reused, so that a page-table write allocates nothing.</summary>
+    private sealed class ThreadDecoder
+    {
+        public readonly byte[] Bytes = new byte[15];
+        public readonly ByteArrayCodeReader Reader;
+        public readonly Decoder Decoder;
+
+        public ThreadDecoder()
+        {
+            Reader = new ByteArrayCodeReader(Bytes);
+            Decoder = Decoder.Create(64, Reader);
+        }
+    }
+
+    [ThreadStatic] private static ThreadDecoder? t_decoder;
+
     /// <summary>True when the fault at <paramref name="va"/> was a write to an L1 page table and has been
     /// emulated.</summary>
     public static bool TryEmulate(Vcpu v, IVcpu cpu, ulong va, uint errorCode)
@@ -42,8 +58,12 @@ internal static unsafe class PvPtwr
             have--; // the instruction may end just before an unmapped page
         if (have == 0)
             return false;
-        var decoder = Decoder.Create(64, new ByteArrayCodeReader(code[..have].ToArray()), r.Rip);
-        decoder.Decode(out var insn);
+        var d0 = t_decoder ??= new ThreadDecoder();
+        d0.Bytes.AsSpan().Clear();
+        code[..have].CopyTo(d0.Bytes);
+        d0.Reader.Position = 0;
+        d0.Decoder.IP = r.Rip;
+        d0.Decoder.Decode(out var insn);
         if (insn.IsInvalid || insn.Op0Kind != OpKind.Memory)
             return false;
         int size = insn.MemorySize switch
