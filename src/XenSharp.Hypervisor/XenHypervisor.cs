@@ -103,6 +103,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                     int vid = v.Id;
                     v.Cpuid = new XenCpuid(_options.BaseCpuid?.Invoke(vid) ?? new DefaultCpuidPolicy((uint)(2 * vid)), vid,
                         () => (Time.TscToSystemMul, Time.TscShift, Time.TscHz), d.TscMode);
+                    if (d.Pv is not null)
+                        v.Cpuid = new X86.Pv.PvCpuid(v.Cpuid);
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
                     if (d.Pv is null)
                         v.Engine.InterruptSource = v;

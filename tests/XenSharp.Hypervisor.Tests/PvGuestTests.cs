@@ -133,6 +133,101 @@ public class PvGuestTests : IDisposable
         Assert.Contains(Hello.TrimEnd(), log);
     }
 
+    /// <summary>What a PV kernel does natively and Xen emulates: MOV from CR0/CR3/CR4 (the guest's view), CLTS, port
+    /// I/O and CLI/STI once physdev_op gave it IOPL 1 (a domain without ports reads all ones), and a direct write of
+    /// an entry into its own L1 through a read-only mapping (writable page-table emulation) — while a direct write
+    /// that would map that L1 writable is refused and comes back as the guest's page fault.</summary>
+    [Fact]
+    public void APvKernelsPrivilegedInstructionsAndDirectPageTableWritesAreEmulated()
+    {
+        ushort id = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pv, 8 * 1024, 1));
+        _host.PopulatePhysmap(id, 0, 1024);
+        var d = _host.FindDomain(id)!;
+        ulong Mfn(ulong pfn) => d.P2m.TryLookup(pfn, out uint m, out _) ? m : throw new InvalidOperationException();
+        void Write<T>(ulong gpa, T value) where T : unmanaged =>
+            _host.WriteGuestMemory(id, gpa, System.Runtime.InteropServices.MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in value)));
+        ulong ReadPfn(ulong pfn, ulong offset)
+        {
+            var b = new byte[8];
+            _host.ReadGuestMemory(id, (pfn << 12) + offset, b);
+            return BitConverter.ToUInt64(b);
+        }
+        ulong ReadVa(ulong va) => ReadPfn(FirstPfn + ((va - Code) >> 12), va & 0xFFF);
+
+        const ulong P = 1, RW = 2;
+        const ulong L1View = 0x408000, Fresh = 0x409000;
+        Write(L4 << 12, (Mfn(L3) << 12) | P | RW);
+        Write(L3 << 12, (Mfn(L2) << 12) | P | RW);
+        Write((L2 << 12) + 2 * 8, (Mfn(L1) << 12) | P | RW);
+        for (ulong i = 0; i < 8; i++)
+            Write((L1 << 12) + i * 8, (Mfn(FirstPfn + i) << 12) | P | RW);
+        Write((L1 << 12) + 8 * 8, (Mfn(L1) << 12) | P); // the L1 itself, read-only
+
+        void Place(ulong va, byte[] bytes) => _host.WriteGuestMemory(id, (FirstPfn << 12) + (va - Code), bytes);
+        Place(Code, Assemble(Code, a =>
+        {
+            a.mov(rbx, Results);
+            a.mov(rax, cr4); a.mov(__qword_ptr[rbx], rax);
+            a.mov(rax, cr3); a.mov(__qword_ptr[rbx + 8], rax);
+            a.clts();
+            a.mov(rax, cr0); a.mov(__qword_ptr[rbx + 0x10], rax);
+            a.mov(eax, Xen.__HYPERVISOR_physdev_op); a.mov(edi, 6); a.mov(rsi, Request); a.syscall(); // set_iopl(1)
+            a.mov(__qword_ptr[rbx + 0x18], rax);
+            a.xor(eax, eax); a.@in(al, (byte)0x80); a.mov(__qword_ptr[rbx + 0x20], rax);
+            a.mov(al, 0x55); a.@out((byte)0x80, al);
+            a.cli(); a.sti();
+            // Map Fresh by writing the entry straight into the L1, then use the mapping.
+            a.mov(rax, (Mfn(FirstPfn + 9) << 12) | P | RW); a.mov(rcx, L1View + 9 * 8); a.mov(__qword_ptr[rcx], rax);
+            a.mov(rcx, Fresh); a.mov(__qword_ptr[rcx], 0x42);
+            a.mov(__qword_ptr[rbx + 0x28], 1);
+            // The L1 mapped writable: refused, a page fault for the guest.
+            a.mov(rax, (Mfn(L1) << 12) | P | RW); a.mov(rcx, L1View + 10 * 8); a.mov(__qword_ptr[rcx], rax);
+            a.mov(__qword_ptr[rbx + 0x30], 1); // never reached
+            a.ud2();
+        }));
+        Place(PfHandler, Assemble(PfHandler, a =>
+        {
+            a.mov(rbx, Results);
+            a.mov(rax, __qword_ptr[rsp + 16]); a.mov(__qword_ptr[rbx + 0x38], rax); // error code
+            a.mov(eax, Xen.__HYPERVISOR_sched_op); a.mov(edi, Sched.SCHEDOP_shutdown); a.mov(rsi, Reason); a.syscall();
+            a.ud2();
+        }));
+        Write(((FirstPfn + 2) << 12) + 0x200, 1u); // IOPL 1
+        Write(((FirstPfn + 2) << 12) + 0x300, (uint)Sched.SHUTDOWN_poweroff);
+
+        var v = d.Vcpus[0];
+        var sregs = new SpecialRegisters
+        {
+            Cs = PvTraps.KernelCs, Ss = PvTraps.KernelSs,
+            Cr0 = 0x80050033, Cr4 = 0x6A0, Efer = 0x501, Cr3 = Mfn(L4) << 12,
+            Tr = new Segment { Limit = 0x67, Attributes = 0x8B },
+            Ldt = new Segment { Attributes = 0x82 },
+        };
+        _host.SetVcpuRegisters(id, 0, new Registers { Rip = Code, Rsp = StackTop, Rflags = 0x202 }, sregs);
+        Assert.Equal(0, PvMm.NewBaseptr(v, Mfn(L4), user: false));
+        // The trap table as set_trap_table would leave it.
+        v.Pv!.TrapTable[14] = new TrapInfo { Vector = 14, Cs = Pv.FLAT_KERNEL_CS, Address = PfHandler };
+
+        ShutdownReason? reason = null;
+        _host.DomainShutdown += (_, e) => { if (e.DomainId == id) reason = e.Reason; };
+        _host.Unpause(id);
+        Assert.True(TestHosts.WaitUntil(() => reason is not null, 60_000), "the guest did not finish");
+        string log = Encoding.ASCII.GetString(_host.ReadConsoleHistory(id));
+        Assert.True(reason == ShutdownReason.Poweroff, $"shut down with {reason}; console: {log}");
+
+        Assert.Equal(0x660UL, ReadVa(Results));                          // CR4: Xen's visible bits
+        Assert.Equal(Mfn(L4) << 12, ReadVa(Results + 8));                 // CR3: the machine frame of its L4
+        Assert.Equal(0x80050033UL, ReadVa(Results + 0x10));               // CR0, TS clear after CLTS
+        Assert.Equal(0UL, ReadVa(Results + 0x18));                        // set_iopl
+        Assert.Equal(0xFFUL, ReadVa(Results + 0x20));                     // no ports: all ones
+        Assert.Equal(1UL, ReadVa(Results + 0x28));                        // past the direct entry write
+        Assert.Equal(0x42UL, ReadPfn(FirstPfn + 9, 0));                   // written through the new mapping
+        Assert.Equal((Mfn(FirstPfn + 9) << 12) | P | RW | PvMm.PAGE_USER, ReadPfn(L1, 9 * 8) & ~(PvMm.PAGE_ACCESSED | PvMm.PAGE_DIRTY));
+        Assert.Equal(0UL, ReadVa(Results + 0x30));                        // the refused write did not go on
+        Assert.Equal(7UL, ReadVa(Results + 0x38));                        // #PF: present, write, user
+        Assert.Equal(0UL, ReadPfn(L1, 10 * 8));                           // and the entry stayed empty
+    }
+
     private static byte[] Assemble(ulong rip, Action<Assembler> body)
     {
         var a = new Assembler(64);

@@ -1,6 +1,7 @@
 using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86.Pv;
 using XenSharp.Public;
+using XenSharp.Public.ArchX86;
 using static XenSharp.Public.Mmu;
 
 namespace XenSharp.Hypervisor.Tests;
@@ -368,6 +369,89 @@ public class PvMmTests : IDisposable
             | (1u << Features.XENFEAT_gnttab_map_avail_bits), submap);
         // Not translated: the guest sees machine frames.
         Assert.Equal(0u, submap & (1u << Features.XENFEAT_auto_translated_physmap));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void SetIoplTakesLevelsZeroToThreeAndRefusesGarbage()
+    {
+        var pv = new PvGuest(_host);
+        const ulong SetIopl = 6;
+        pv.G.Write(Args << 12, 1u);
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_physdev_op, SetIopl, pv.Ma(Args)));
+        Assert.Equal(1u, pv.G.Vcpu().Pv!.Iopl);
+        pv.G.Write(Args << 12, 4u);
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_physdev_op, SetIopl, pv.Ma(Args)));
+        Assert.Equal(-Errno.EFAULT, pv.G.Call(Xen.__HYPERVISOR_physdev_op, SetIopl, Guest.Bad));
+        Assert.Equal(1u, pv.G.Vcpu().Pv!.Iopl);
+        Assert.Equal(-Errno.ENOSYS, pv.G.Call(Xen.__HYPERVISOR_physdev_op, 1000, pv.Ma(Args)));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void VmAssistOffersAPvGuestWritablePageTablesAndRefusesUnknownTypes()
+    {
+        var pv = new PvGuest(_host);
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, Xen.VMASST_TYPE_writable_pagetables));
+        Assert.Equal(0, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, Xen.VMASST_TYPE_pae_extended_cr3));
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, 6));
+        Assert.Equal(-Errno.EINVAL, pv.G.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, 64));
+        // An HVM-side guest is offered only what Xen offers it.
+        var pvh = new Guest(_host);
+        Assert.Equal(-Errno.EINVAL, pvh.Call(Xen.__HYPERVISOR_vm_assist, Xen.VMASST_CMD_enable, Xen.VMASST_TYPE_writable_pagetables));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public unsafe void VcpuInfoMovesToAnOwnWritableMachineFrameOnly()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        long Register(ulong mfn, uint offset)
+        {
+            pv.G.Write((Args << 12) + 0x800, new VcpuRegisterVcpuInfo { Mfn = mfn, Offset = offset });
+            return pv.G.Call(Xen.__HYPERVISOR_vcpu_op, VcpuOp.VCPUOP_register_vcpu_info, 0, pv.Ma(Args, 0x800));
+        }
+        Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(L1), 0));            // a page table
+        Assert.Equal(-Errno.EINVAL, Register(0xFFFF_FFFF_FFUL, 0));      // no such frame
+        Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(Data2), 4));         // misaligned
+        Assert.Equal(0, Register(pv.Mfn(Data2), 64));
+        Assert.True(pv.G.Vcpu().VcpuInfo == (VcpuInfo*)(pv.Frames.PageAddress(pv.Mfn(Data2)) + 64));
+        Assert.Equal(-Errno.EINVAL, Register(pv.Mfn(Data2), 128));       // only once
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public unsafe void VcpuInitialiseTakesAPvContextAndRefusesGarbage()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        ulong ctxAt = 0x200; // pages 0x200.. hold the 5 KiB context
+        long Init(in VcpuGuestContext c, int vcpu)
+        {
+            pv.G.Write(ctxAt << 12, c);
+            return pv.G.Call(Xen.__HYPERVISOR_vcpu_op, VcpuOp.VCPUOP_initialise, (ulong)vcpu, pv.Ma(ctxAt));
+        }
+        var c = new VcpuGuestContext { Flags = VcpuGuestContext.VGCF_in_kernel, KernelSp = 0x5000, EventCallbackEip = 0x401000 };
+        c.UserRegs.Rip = 0x400000;
+        c.UserRegs.Rflags = 0x1000; // IOPL 1
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        c.Ctrlreg[3] = pv.Mfn(L3) << 12;
+        Assert.Equal(-Errno.EINVAL, Init(c, 1));                        // CR3 an L3, not an L4
+        c.Ctrlreg[3] = pv.Mfn(L4) << 12;
+        var notKernel = c;
+        notKernel.Flags = 0;
+        Assert.Equal(-Errno.EINVAL, Init(notKernel, 1));
+        var badBase = c;
+        badBase.FsBase = 0x0000_8000_0000_0000;
+        Assert.Equal(-Errno.EINVAL, Init(badBase, 1));                  // non-canonical
+        Assert.Equal(-Errno.EFAULT, pv.G.Call(Xen.__HYPERVISOR_vcpu_op, VcpuOp.VCPUOP_initialise, 1, Guest.Bad));
+        Assert.Equal(0, Init(c, 1));
+        var v1 = pv.G.Vcpu(1).Pv!;
+        Assert.Equal((pv.Mfn(L4), 1u, 0x5000UL, 0x401000UL), (v1.GuestTable, v1.Iopl, v1.KernelSp, v1.EventCallback));
+        Assert.Equal(PageType.L4, pv.TypeOf(L4).Type);
+        Assert.Equal(-Errno.EEXIST, Init(c, 1));                        // once only
     }
 
     [Theory]

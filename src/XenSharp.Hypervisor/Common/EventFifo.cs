@@ -33,7 +33,7 @@ internal sealed unsafe class EventFifo(Domain d) : IEvtchnPortOps
             return -Errno.EINVAL;
         if (offset > FrameTable.PageSize - (uint)sizeof(EvtchnFifoControlBlock) || (offset & 7) != 0)
             return -Errno.EINVAL;
-        if (!d.P2m.TryLookup(gfn, out uint mfn, out var type) || type != P2mType.RamRw)
+        if (!X86.Pv.PvMm.TryGuestWritableFrame(d, gfn, out uint mfn))
             return -Errno.EINVAL;
         d.Host.Frames.AddRef(mfn);
         var cb = (EvtchnFifoControlBlock*)(d.Host.Frames.PageAddress(mfn) + offset);
@@ -49,7 +49,7 @@ internal sealed unsafe class EventFifo(Domain d) : IEvtchnPortOps
             return -Errno.EOPNOTSUPP;
         if (_pages.Count >= MaxPages)
             return -Errno.EINVAL;
-        if (!d.P2m.TryLookup(gfn, out uint mfn, out var type) || type != P2mType.RamRw)
+        if (!X86.Pv.PvMm.TryGuestWritableFrame(d, gfn, out uint mfn))
             return -Errno.EINVAL;
         d.Host.Frames.AddRef(mfn);
         byte* page = d.Host.Frames.PageAddress(mfn);

@@ -39,6 +39,7 @@ internal static class Hypercall
         (Xen.__HYPERVISOR_vcpu_op, VcpuOps.Do),
         (Xen.__HYPERVISOR_sched_op, SchedOp.Do),
         (Xen.__HYPERVISOR_event_channel_op, EventChannelOp.Do),
+        (Xen.__HYPERVISOR_physdev_op, PvTraps.PhysdevOp),
         (Xen.__HYPERVISOR_hvm_op, HvmOps.Do),
         (Xen.__HYPERVISOR_dm_op, DmOps.Do),
         (Xen.__HYPERVISOR_sysctl, SysctlOp.Do),

@@ -428,10 +428,14 @@ internal static class MemoryOp
 internal static class VmAssist
 {
     private const ulong Valid = 1UL << Xen.VMASST_TYPE_runstate_update_flag;
+    /// <summary>What a 64-bit PV guest may ask for as well (Xen's NATIVE_VM_ASSIST_VALID).</summary>
+    private const ulong ValidPv = Valid | 1UL << Xen.VMASST_TYPE_4gb_segments | 1UL << Xen.VMASST_TYPE_4gb_segments_notify
+        | 1UL << Xen.VMASST_TYPE_writable_pagetables | 1UL << Xen.VMASST_TYPE_pae_extended_cr3
+        | 1UL << Xen.VMASST_TYPE_architectural_iopl | 1UL << Xen.VMASST_TYPE_m2p_strict;
 
     public static long Do(Vcpu v, in HypercallArgs a)
     {
-        if (a.A2 >= 64 || (Valid & (1UL << (int)a.A2)) == 0)
+        if (a.A2 >= 64 || ((v.Domain.Pv is null ? Valid : ValidPv) & (1UL << (int)a.A2)) == 0)
             return -Errno.EINVAL;
         switch ((int)a.A1)
         {

@@ -5,7 +5,7 @@ using static XenSharp.Public.Sched;
 namespace XenSharp.Hypervisor.Common;
 
 /// <summary>__HYPERVISOR_sched_op(cmd, arg).</summary>
-internal static class SchedOp
+internal static unsafe class SchedOp
 {
     public const int MaxPollPorts = 128;
     public const int NrWatchdogs = 2;
@@ -20,6 +20,10 @@ internal static class SchedOp
                 v.DescheduleRequested = true;
                 return 0;
             case SCHEDOP_block:
+                // Xen's do_block enables event delivery first: a PV kernel blocks with its events masked (its
+                // "sti; hlt") and relies on this to be woken by the next one.
+                if (v.Pv is not null && v.VcpuInfo is not null)
+                    v.VcpuInfo->EvtchnUpcallMask = 0;
                 v.Block();
                 return 0;
             case SCHEDOP_shutdown:

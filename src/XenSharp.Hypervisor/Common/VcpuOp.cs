@@ -29,7 +29,7 @@ internal static unsafe class VcpuOps
                     return -Errno.EINVAL;
                 lock (d.Lock)
                 {
-                    if (!d.P2m.TryLookup(r.Mfn, out uint mfn, out var t) || t != P2mType.RamRw)
+                    if (!X86.Pv.PvMm.TryGuestWritableFrame(d, r.Mfn, out uint mfn))
                         return -Errno.EINVAL;
                     var where = (VcpuInfo*)(host.Frames.PageAddress(mfn) + r.Offset);
                     if (v.VcpuInfo is not null)
@@ -111,6 +111,15 @@ internal static unsafe class VcpuOps
             case VCPUOP_down:
                 host.TakeDown(v);
                 return 0;
+            case VCPUOP_initialise when d.Pv is not null:
+            {
+                // A PV vCPU starts from a struct vcpu_guest_context (Xen's arch_set_info_guest).
+                if (!GuestAccess.Read(caller, arg, out XenSharp.Public.ArchX86.VcpuGuestContext pvCtx))
+                    return -Errno.EFAULT;
+                if (v.IsUp)
+                    return -Errno.EEXIST;
+                return X86.Pv.PvContext.Initialise(v, pvCtx);
+            }
             case VCPUOP_initialise:
             {
                 if (!GuestAccess.Read(caller, arg, out VcpuHvmContext ctx))

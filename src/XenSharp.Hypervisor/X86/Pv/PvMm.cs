@@ -642,6 +642,36 @@ internal static unsafe class PvMm
         return true;
     }
 
+    /// <summary>The frame is <paramref name="d"/>'s and could take a writable type now (what Xen's
+    /// get_page_and_type(PGT_writable_page) checks before it places a vcpu_info or shared structure there).</summary>
+    public static bool IsOwnWritableFrame(Domain d, ulong mfn)
+    {
+        var frames = d.Host.Frames;
+        if (mfn > uint.MaxValue || !frames.TryGetPage(mfn, d.DomainId))
+            return false;
+        bool ok;
+        lock (frames.TypeLock)
+        {
+            ok = GetPageType(frames, mfn, PageType.Writable) == 0;
+            if (ok)
+                PutPageType(frames, mfn);
+        }
+        frames.PutPage(mfn);
+        return ok;
+    }
+
+    /// <summary>The writable RAM frame a guest names by its frame number: for a PV guest, which is not translated,
+    /// a machine frame of its own that could be mapped writable; otherwise a gfn of its p2m.</summary>
+    public static bool TryGuestWritableFrame(Domain d, ulong gfn, out uint mfn)
+    {
+        if (d.Pv is not null)
+        {
+            mfn = (uint)gfn;
+            return IsOwnWritableFrame(d, gfn);
+        }
+        return d.P2m.TryLookup(gfn, out mfn, out var type) && type == P2mType.RamRw;
+    }
+
     /// <summary>Drops a pin if the frame has one (domain teardown).</summary>
     public static void Unpin(FrameTable frames, ulong mfn)
     {
@@ -687,7 +717,7 @@ internal static unsafe class PvMm
         return SetGdtFrames(v, mfns[..nr], entries);
     }
 
-    private static long SetGdtFrames(Vcpu v, ReadOnlySpan<ulong> mfns, ulong entries)
+    internal static long SetGdtFrames(Vcpu v, ReadOnlySpan<ulong> mfns, ulong entries)
     {
         var pv = v.Pv!;
         var frames = v.Domain.Host.Frames;

@@ -20,6 +20,10 @@ internal static unsafe class PvTraps
     /// <summary>Xen's forced-emulation prefix: ud2; .ascii "xen" — the CPUID after it is Xen's (PV CPUID).</summary>
     private static ReadOnlySpan<byte> ForcedEmulationPrefix => [0x0F, 0x0B, 0x78, 0x65, 0x6E];
 
+    /// <summary>XENSHARP_PV_TRACE=1: every PV hypercall and bounced trap on the daemon's standard error, for
+    /// following a guest kernel's boot.</summary>
+    internal static readonly bool Trace = Environment.GetEnvironmentVariable("XENSHARP_PV_TRACE") is "1";
+
     /// <summary>Flat 64-bit ring-3 code and data segments in the engine's access-rights layout.</summary>
     public static readonly Segment KernelCs = new() { Selector = FLAT_KERNEL_CS, Limit = 0xFFFFFFFF, Attributes = 0xA0FB };
     public static readonly Segment KernelSs = new() { Selector = FLAT_KERNEL_SS, Limit = 0xFFFFFFFF, Attributes = 0xC0F3 };
@@ -75,6 +79,8 @@ internal static unsafe class PvTraps
         v.Compat = false;
         v.Continuation = null;
         long result = Hypercall.Dispatch(v, r.Rax, new HypercallArgs(r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8));
+        if (Trace)
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} hypercall {r.Rax}(0x{r.Rdi:x}, 0x{r.Rsi:x}, 0x{r.Rdx:x}, 0x{r.R10:x}, 0x{r.R8:x}) at 0x{r.Rip:x} = {result}");
         if (v.IretDone)
         {
             // HYPERVISOR_iret replaced the whole register state: nothing of the old one goes back.
@@ -116,6 +122,8 @@ internal static unsafe class PvTraps
         }
         if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
             return;
+        if (vector == VectorPageFault && exit.Size == 1 && PvPtwr.TryEmulate(v, cpu, exit.Address, (uint)exit.Data))
+            return;
         if (vector == VectorPageFault && v.VcpuInfo is not null)
             v.VcpuInfo->Arch.Cr2 = exit.Address;
         Bounce(v, cpu, vector, exit.Size == 1 ? (uint)exit.Data : null);
@@ -142,6 +150,11 @@ internal static unsafe class PvTraps
     private static void Bounce(Vcpu v, IVcpu cpu, int vector, uint? errorCode)
     {
         var ti = v.Pv!.TrapTable[vector];
+        if (Trace)
+        {
+            cpu.GetRegisters(out var t);
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} trap {vector} at 0x{t.Rip:x} error {errorCode?.ToString("x") ?? "-"} cr2 0x{(v.VcpuInfo is null ? 0 : v.VcpuInfo->Arch.Cr2):x} rsp 0x{t.Rsp:x} rax 0x{t.Rax:x} rcx 0x{t.Rcx:x} rdx 0x{t.Rdx:x} rdi 0x{t.Rdi:x} rsi 0x{t.Rsi:x}");
+        }
         if (ti.Address == 0)
         {
             cpu.GetRegisters(out var r);
@@ -180,8 +193,12 @@ internal static unsafe class PvTraps
     }
 
     /// <summary>An event upcall: pending events and the guest has them unmasked.</summary>
-    public static void DeliverEventUpcall(Vcpu v, IVcpu cpu) =>
+    public static void DeliverEventUpcall(Vcpu v, IVcpu cpu)
+    {
+        if (Trace)
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} event upcall");
         CreateBounceFrame(v, cpu, v.Pv!.EventCallback, null, maskEvents: true);
+    }
 
     /// <summary>
     /// Xen's create_bounce_frame for a 64-bit guest: from user mode, switch to the kernel's page tables and stack;
@@ -254,6 +271,28 @@ internal static unsafe class PvTraps
     }
 
     // ---- hypercalls ----
+
+    private const int PHYSDEVOP_set_iopl = 6;
+
+    /// <summary>physdev_op(cmd, arg) for a PV guest: PHYSDEVOP_set_iopl sets the virtual IOPL its I/O instructions
+    /// are checked against (Xen's do_physdev_op); a domain without devices has nothing else to ask.</summary>
+    public static long PhysdevOp(Vcpu v, in HypercallArgs a)
+    {
+        if (v.Pv is not { } pv)
+            return -Errno.ENOSYS;
+        switch ((int)a.A1)
+        {
+            case PHYSDEVOP_set_iopl:
+                if (!GuestAccess.Read(v, a.A2, out uint iopl))
+                    return -Errno.EFAULT;
+                if (iopl > 3)
+                    return -Errno.EINVAL;
+                pv.Iopl = iopl;
+                return 0;
+            default:
+                return -Errno.ENOSYS;
+        }
+    }
 
     /// <summary>HYPERVISOR_iret: pops an iret_context from the guest stack (Xen's do_iret).</summary>
     public static long Iret(Vcpu v, in HypercallArgs a)

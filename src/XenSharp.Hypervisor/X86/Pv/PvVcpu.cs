@@ -42,6 +42,8 @@ internal sealed unsafe class PvVcpu : ArchVcpu
     /// <summary>CR0.TS as the guest set it (fpu_taskswitch).</summary>
     public bool TaskSwitched;
     public readonly ulong[] DebugRegs = new ulong[8];
+    /// <summary>CR4 as the guest sees it (Xen's ctrlreg[4]); the engine runs with Xen's bits plus the guest's own.</summary>
+    public ulong Cr4 = PvEmulPriv.Cr4GuestVisible;
     private volatile bool _flushPending;
 
     /// <summary>Drops the vCPU's cached translations: now when <paramref name="now"/> (the caller runs it),
@@ -87,6 +89,19 @@ internal sealed unsafe class PvVcpu : ArchVcpu
             : new Cpu.DescriptorTable { Base = MachToPhys.GdtVirt, Limit = MachToPhys.GdtLimit };
         if (GuestTable != 0)
             s.Cr3 = CurrentTable << FrameTable.PageShift;
+        // A TSS too short for an I/O bitmap: every port access from ring 3 raises #GP, which PvEmulPriv checks
+        // against the virtual IOPL, as Xen's own TSS (with no bitmap for the guest) makes it.
+        s.Tr = new Cpu.Segment { Limit = 0, Attributes = 0x8B };
+    }
+
+    /// <summary>Loads the guest's own CR4 bits (Xen's pv_make_cr4) into the engine beside Xen's.</summary>
+    public void ApplyCr4()
+    {
+        if (Vcpu.Engine is not { } cpu)
+            return;
+        cpu.GetSpecialRegisters(out var s);
+        s.Cr4 = (s.Cr4 & ~PvEmulPriv.Cr4GuestMask) | (Cr4 & PvEmulPriv.Cr4GuestMask);
+        cpu.SetSpecialRegisters(s);
     }
 
     /// <summary>The L4 the vCPU translates through now.</summary>
