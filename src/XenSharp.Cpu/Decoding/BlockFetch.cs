@@ -137,6 +137,34 @@ internal unsafe partial class X86Vcpu
         }
     }
 
+    /// <summary>For compiled code leaving by a RET or an indirect branch (RIP already stored): the compiled
+    /// code of the block the run loop would find at RIP in the jump cache's current epoch (the same checks as
+    /// <see cref="GetBlock"/>'s hit, and the same aging stamp), or null to return to the run loop.</summary>
+    internal Action<X86Vcpu>? IndirectSuccessor()
+    {
+        ulong rip = Rip;
+        var cache = Cpl == 3 ? _jumpUser : _jumpSup;
+        ref JumpEntry e = ref cache.Entries[(int)(rip ^ (rip >> 13)) & (JumpCacheSize - 1)];
+        var b = e.Block;
+        if (b == null || e.Epoch != cache.Epoch || b.Ip != rip || !b.Valid || b.Bitness != Bitness || b.CsBase != Seg[CS].Base) return null;
+        var code = b.Compiled;
+        if (code == null) return null;
+        int age = _engine.CodeEpoch;
+        if (b.LastRun != age) b.LastRun = age;
+        return code;
+    }
+
+    /// <summary>For compiled code about to enter a linked successor in another linear page (64-bit code, so
+    /// RIP is the linear address): whether this vCPU's code-fetch translation of that page, made in the current
+    /// epoch of its jump cache for the CPL (so with this CPL's rights, and dropped by the same CR3 writes and
+    /// INVLPGs that drop jump-cache entries), leads to the successor's bytes. A miss sends compiled code back
+    /// to the run loop, which walks the page tables as for any jump-cache miss.</summary>
+    internal bool LinkedPageHolds(ulong rip, DecodedBlock next)
+    {
+        var jc = Cpl == 3 ? _jumpUser : _jumpSup;
+        return jc.TryFetch(rip, out ulong phys) && phys == next.Phys;
+    }
+
     private Decoder DecoderFor(int bitness) => bitness switch
     {
         64 => _dec64 ??= Decoder.Create(64, _reader, DecoderOptions.None),
@@ -169,7 +197,10 @@ internal unsafe partial class X86Vcpu
             if (b.LastRun != age) b.LastRun = age;
             return b;
         }
-        b = LookupOrDecode(rip);
+        // A slot left from a past epoch (a CR3 write, an INVLPG) still names the block it held: when the
+        // RIP's page translates to where that block came from, it is the block the lookup would return.
+        var stale = b != null && b.Ip == rip && b.Valid && !b.HasTail && b.Bitness == Bitness && b.CsBase == csBase ? b : null;
+        b = LookupOrDecode(rip, stale);
         b.LastRun = age;
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
@@ -181,7 +212,7 @@ internal unsafe partial class X86Vcpu
         return b;
     }
 
-    private DecodedBlock LookupOrDecode(ulong rip)
+    private DecodedBlock LookupOrDecode(ulong rip, DecodedBlock? stale = null)
     {
         if (Stats) S.Lookups++;
         if (Bitness == 64 && !Canonical(rip)) throw GP();
@@ -194,6 +225,7 @@ internal unsafe partial class X86Vcpu
             jc.AddFetch(lin, phys, _lastWalkLeaf);
             if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
         }
+        if (stale != null && stale.Phys == phys) return stale;
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid && (!b.HasTail || FetchTail(rip, phys) == b.TailPhys)) return b;
 
@@ -418,7 +450,8 @@ internal unsafe partial class X86Vcpu
             if (Stats) StatDispatch(b);
             if (_linkFrom != null) LinkPending(b);
             var insns = b.Insns;
-            int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
+            int n = single ? 1 : b.Count;
+            if (Bitness != 64) n = InstructionsWithinCsLimit(b, n);
             // Compiled code runs whole blocks: not when the CS limit cuts the block.
             if (!single && n == b.Count && TryRunCompiled(b))
             {
