@@ -214,7 +214,7 @@ internal unsafe partial class X86Vcpu
 
     private DecodedBlock LookupOrDecode(ulong rip, DecodedBlock? stale = null)
     {
-        if (Stats) S.Lookups++;
+        if (Stats) { S.Lookups++; if (Cpl == 3) S.LookupsUser++; }
         if (Bitness == 64 && !Canonical(rip)) throw GP();
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
@@ -225,7 +225,11 @@ internal unsafe partial class X86Vcpu
             jc.AddFetch(lin, phys, _lastWalkLeaf);
             if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
         }
-        if (stale != null && stale.Phys == phys) return stale;
+        if (stale != null && stale.Phys == phys)
+        {
+            if (Stats) S.Revalidated++;
+            return stale;
+        }
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid && (!b.HasTail || FetchTail(rip, phys) == b.TailPhys)) return b;
 

@@ -119,7 +119,8 @@ internal sealed partial class BlockTranslator
         // TF, IF, the interrupt shadow or the mode, which the run loop checks between blocks.
         bool allInline = Array.TrueForAll(_plans, p => p.Inline);
         _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip && allInline;
-        _chainable = _is64 && allInline;
+        // Leaving by links and indirect hops needs the same of every instruction the interpreter runs here.
+        _chainable = _is64 && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
 
         for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
         _fl = _il.DeclareLocal(typeof(ulong));

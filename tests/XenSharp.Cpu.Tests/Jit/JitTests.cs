@@ -170,6 +170,46 @@ public class JitTests
         Assert.Equal(4000UL, j.Rcx);
     }
 
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Blocks_calling_the_interpreter_for_locked_bit_and_string_instructions_still_link_and_end_as_interpreted()
+    {
+        long linked = 0;
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var top = a.CreateLabel(); var odd = a.CreateLabel(); var join = a.CreateLabel();
+            a.mov(r9, 0x300000);
+            a.xor(ecx, ecx);
+            a.Label(ref top);
+            a.@lock.add(__qword_ptr[r9], rcx);
+            a.bts(__qword_ptr[r9 + 8], rcx);
+            a.bt(rcx, 0);
+            a.jc(odd);
+            a.lea(rdi, __[r9 + 64]);
+            a.mov(eax, ecx);
+            a.mov(r10, rcx);
+            a.mov(ecx, 5);
+            a.rep.stosb();
+            a.mov(rcx, r10);
+            a.jmp(join);
+            a.Label(ref odd);
+            a.mov(rax, rcx);
+            a.@lock.xadd(__qword_ptr[r9 + 16], rax);
+            a.Label(ref join);
+            a.add(rcx, 1);
+            a.cmp(rcx, 5000);
+            a.jne(top);
+            a.mov(rbx, __qword_ptr[r9]);
+            a.mov(rdx, __qword_ptr[r9 + 8]);
+            a.mov(rsi, __qword_ptr[r9 + 16]);
+            a.mov(r8, __qword_ptr[r9 + 64]);
+            a.hlt();
+        }, afterJit: m => linked = m.Engine.LinkedExits);
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(5000UL * 4999 / 2, j.Rbx);
+        Assert.True(linked >= 3, $"{linked} exits linked");
+    }
+
     // A loop split over two pages: `top` on one page jumps to the second half on the next page,
     // which branches back; the remapping code lives on a third page.
     const ulong Top = 0x10000, Second = 0x11000, Remapper = 0x14000, OtherSecond = 0x40000;
