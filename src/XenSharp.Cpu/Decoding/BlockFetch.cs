@@ -7,7 +7,9 @@ namespace XenSharp.Cpu;
 internal unsafe partial class X86Vcpu
 {
     private const int MaxBlockInsns = 64;
-    private const int JumpCacheSize = 8192;
+    /// <summary>Jump-cache slots: user code (flushed by every CR3 write), and the kernel's, which stays across
+    /// them and holds a Linux kernel's working set of blocks (8,192 slots thrashed on fork and exec).</summary>
+    private const int UserJumpCacheSize = 8192, SupJumpCacheSize = 32768;
     private const int CodePageFilterBits = 4096;
 
     /// <summary>A jump-cache slot; it holds only while its epoch is the cache's, so a flush is one increment.</summary>
@@ -22,7 +24,15 @@ internal unsafe partial class X86Vcpu
     /// from (the commonest case: data pages) leaves the caches alone.</summary>
     private sealed class JumpCache
     {
-        public readonly JumpEntry[] Entries = new JumpEntry[JumpCacheSize];
+        public readonly JumpEntry[] Entries;
+        public readonly int Mask;
+
+        public JumpCache(int size)
+        {
+            Entries = new JumpEntry[size];
+            Mask = size - 1;
+        }
+
         public uint Epoch = 1;
         /// <summary>Bit (vpn mod 4096) per 4 KiB page and (lin >> 21 mod 4096) per large page.</summary>
         public readonly ulong[] Pages = new ulong[CodePageFilterBits / 64], LargePages = new ulong[CodePageFilterBits / 64];
@@ -100,7 +110,7 @@ internal unsafe partial class X86Vcpu
         private static bool Test(ulong[] bits, ulong n) => (bits[(n >> 6) & (CodePageFilterBits / 64 - 1)] & (1UL << (int)(n & 63))) != 0;
     }
 
-    private readonly JumpCache _jumpSup = new(), _jumpUser = new();
+    private readonly JumpCache _jumpSup = new(SupJumpCacheSize), _jumpUser = new(UserJumpCacheSize);
     /// <summary>The engine's aging passes this vCPU's jump caches were swept after (<see cref="X86Engine.AgingPasses"/>).</summary>
     private int _sweptAgingPasses;
     private readonly PointerCodeReader _reader = new();
@@ -144,7 +154,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong rip = Rip;
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
-        ref JumpEntry e = ref cache.Entries[(int)(rip ^ (rip >> 13)) & (JumpCacheSize - 1)];
+        ref JumpEntry e = ref cache.Entries[(int)(rip ^ (rip >> 13)) & cache.Mask];
         var b = e.Block;
         if (b == null || e.Epoch != cache.Epoch || b.Ip != rip || !b.Valid || b.Bitness != Bitness || b.CsBase != Seg[CS].Base) return null;
         var code = b.Compiled;
@@ -178,7 +188,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong rip = Rip;
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
-        int slot = (int)(rip ^ (rip >> 13)) & (JumpCacheSize - 1);
+        int slot = (int)(rip ^ (rip >> 13)) & cache.Mask;
         ref JumpEntry e = ref cache.Entries[slot];
         var b = e.Block;
         ulong csBase = Seg[CS].Base;
