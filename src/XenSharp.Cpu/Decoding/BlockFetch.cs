@@ -7,7 +7,9 @@ namespace XenSharp.Cpu;
 internal unsafe partial class X86Vcpu
 {
     private const int MaxBlockInsns = 64;
-    private const int JumpCacheSize = 8192;
+    /// <summary>Jump-cache slots: user code (flushed by every CR3 write), and the kernel's, which stays across
+    /// them and holds a Linux kernel's working set of blocks (8,192 slots thrashed on fork and exec).</summary>
+    private const int UserJumpCacheSize = 8192, SupJumpCacheSize = 32768;
     private const int CodePageFilterBits = 4096;
 
     /// <summary>A jump-cache slot; it holds only while its epoch is the cache's, so a flush is one increment.</summary>
@@ -22,7 +24,15 @@ internal unsafe partial class X86Vcpu
     /// from (the commonest case: data pages) leaves the caches alone.</summary>
     private sealed class JumpCache
     {
-        public readonly JumpEntry[] Entries = new JumpEntry[JumpCacheSize];
+        public readonly JumpEntry[] Entries;
+        public readonly int Mask;
+
+        public JumpCache(int size)
+        {
+            Entries = new JumpEntry[size];
+            Mask = size - 1;
+        }
+
         public uint Epoch = 1;
         /// <summary>Bit (vpn mod 4096) per 4 KiB page and (lin >> 21 mod 4096) per large page.</summary>
         public readonly ulong[] Pages = new ulong[CodePageFilterBits / 64], LargePages = new ulong[CodePageFilterBits / 64];
@@ -100,7 +110,7 @@ internal unsafe partial class X86Vcpu
         private static bool Test(ulong[] bits, ulong n) => (bits[(n >> 6) & (CodePageFilterBits / 64 - 1)] & (1UL << (int)(n & 63))) != 0;
     }
 
-    private readonly JumpCache _jumpSup = new(), _jumpUser = new();
+    private readonly JumpCache _jumpSup = new(SupJumpCacheSize), _jumpUser = new(UserJumpCacheSize);
     /// <summary>The engine's aging passes this vCPU's jump caches were swept after (<see cref="X86Engine.AgingPasses"/>).</summary>
     private int _sweptAgingPasses;
     private readonly PointerCodeReader _reader = new();
@@ -137,6 +147,34 @@ internal unsafe partial class X86Vcpu
         }
     }
 
+    /// <summary>For compiled code leaving by a RET or an indirect branch (RIP already stored): the compiled
+    /// code of the block the run loop would find at RIP in the jump cache's current epoch (the same checks as
+    /// <see cref="GetBlock"/>'s hit, and the same aging stamp), or null to return to the run loop.</summary>
+    internal Action<X86Vcpu>? IndirectSuccessor()
+    {
+        ulong rip = Rip;
+        var cache = Cpl == 3 ? _jumpUser : _jumpSup;
+        ref JumpEntry e = ref cache.Entries[(int)(rip ^ (rip >> 13)) & cache.Mask];
+        var b = e.Block;
+        if (b == null || e.Epoch != cache.Epoch || b.Ip != rip || !b.Valid || b.Bitness != Bitness || b.CsBase != Seg[CS].Base) return null;
+        var code = b.Compiled;
+        if (code == null) return null;
+        int age = _engine.CodeEpoch;
+        if (b.LastRun != age) b.LastRun = age;
+        return code;
+    }
+
+    /// <summary>For compiled code about to enter a linked successor in another linear page (64-bit code, so
+    /// RIP is the linear address): whether this vCPU's code-fetch translation of that page, made in the current
+    /// epoch of its jump cache for the CPL (so with this CPL's rights, and dropped by the same CR3 writes and
+    /// INVLPGs that drop jump-cache entries), leads to the successor's bytes. A miss sends compiled code back
+    /// to the run loop, which walks the page tables as for any jump-cache miss.</summary>
+    internal bool LinkedPageHolds(ulong rip, DecodedBlock next)
+    {
+        var jc = Cpl == 3 ? _jumpUser : _jumpSup;
+        return jc.TryFetch(rip, out ulong phys) && phys == next.Phys;
+    }
+
     private Decoder DecoderFor(int bitness) => bitness switch
     {
         64 => _dec64 ??= Decoder.Create(64, _reader, DecoderOptions.None),
@@ -150,7 +188,7 @@ internal unsafe partial class X86Vcpu
     {
         ulong rip = Rip;
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
-        int slot = (int)(rip ^ (rip >> 13)) & (JumpCacheSize - 1);
+        int slot = (int)(rip ^ (rip >> 13)) & cache.Mask;
         ref JumpEntry e = ref cache.Entries[slot];
         var b = e.Block;
         ulong csBase = Seg[CS].Base;
@@ -169,7 +207,10 @@ internal unsafe partial class X86Vcpu
             if (b.LastRun != age) b.LastRun = age;
             return b;
         }
-        b = LookupOrDecode(rip);
+        // A slot left from a past epoch (a CR3 write, an INVLPG) still names the block it held: when the
+        // RIP's page translates to where that block came from, it is the block the lookup would return.
+        var stale = b != null && b.Ip == rip && b.Valid && !b.HasTail && b.Bitness == Bitness && b.CsBase == csBase ? b : null;
+        b = LookupOrDecode(rip, stale);
         b.LastRun = age;
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
@@ -181,9 +222,9 @@ internal unsafe partial class X86Vcpu
         return b;
     }
 
-    private DecodedBlock LookupOrDecode(ulong rip)
+    private DecodedBlock LookupOrDecode(ulong rip, DecodedBlock? stale = null)
     {
-        if (Stats) S.Lookups++;
+        if (Stats) { S.Lookups++; if (Cpl == 3) S.LookupsUser++; }
         if (Bitness == 64 && !Canonical(rip)) throw GP();
         if (Bitness != 64 && rip > Seg[CS].Limit) throw GP();
         ulong lin = CodeLinear(rip);
@@ -193,6 +234,11 @@ internal unsafe partial class X86Vcpu
             phys = Translate(lin, Access.Fetch, Cpl == 3, out bool global);
             jc.AddFetch(lin, phys, _lastWalkLeaf);
             if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
+        }
+        if (stale != null && stale.Phys == phys)
+        {
+            if (Stats) S.Revalidated++;
+            return stale;
         }
         var b = _blocks.Lookup(phys, rip, Bitness);
         if (b != null && b.Valid && (!b.HasTail || FetchTail(rip, phys) == b.TailPhys)) return b;
@@ -418,7 +464,8 @@ internal unsafe partial class X86Vcpu
             if (Stats) StatDispatch(b);
             if (_linkFrom != null) LinkPending(b);
             var insns = b.Insns;
-            int n = InstructionsWithinCsLimit(b, single ? 1 : b.Count);
+            int n = single ? 1 : b.Count;
+            if (Bitness != 64) n = InstructionsWithinCsLimit(b, n);
             // Compiled code runs whole blocks: not when the CS limit cuts the block.
             if (!single && n == b.Count && TryRunCompiled(b))
             {

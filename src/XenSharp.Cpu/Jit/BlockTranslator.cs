@@ -31,6 +31,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly FieldInfo FLinkFrom = Cpu.GetField("_linkFrom", Inst)!;
     private static readonly FieldInfo FLinkSlot = Cpu.GetField("_linkSlot", Inst)!;
+    private static readonly MethodInfo MIndirectSuccessor = Cpu.GetMethod(nameof(X86Vcpu.IndirectSuccessor), Inst)!;
+    private static readonly MethodInfo MLinkedPageHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedPageHolds), Inst)!;
     private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
@@ -80,7 +82,7 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr = new LocalBuilder[16];
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _next;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _next, _code;
     private readonly LocalBuilder[] _pa = new LocalBuilder[MaxPending], _pb = new LocalBuilder[MaxPending], _pr = new LocalBuilder[MaxPending];
     private Label _top;
 
@@ -117,7 +119,8 @@ internal sealed partial class BlockTranslator
         // TF, IF, the interrupt shadow or the mode, which the run loop checks between blocks.
         bool allInline = Array.TrueForAll(_plans, p => p.Inline);
         _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip && allInline;
-        _chainable = _is64 && allInline;
+        // Leaving by links and indirect hops needs the same of every instruction the interpreter runs here.
+        _chainable = _is64 && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
 
         for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
         _fl = _il.DeclareLocal(typeof(ulong));
@@ -130,6 +133,7 @@ internal sealed partial class BlockTranslator
         _tr = _il.DeclareLocal(typeof(ulong));
         _budget = _il.DeclareLocal(typeof(int));
         _next = _il.DeclareLocal(typeof(DecodedBlock));
+        _code = _il.DeclareLocal(typeof(Action<X86Vcpu>));
         for (int k = 0; k < MaxPending; k++)
         {
             _pa[k] = _il.DeclareLocal(typeof(ulong));
@@ -453,14 +457,16 @@ internal sealed partial class BlockTranslator
         StoreFlagsToCpu(hot: true);
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
-        if (link && _chainable && (rip >> 12) == (_b.Ip >> 12)) EmitChain(rip);
+        if (link && _chainable) EmitChain(rip, crossPage: (rip >> 12) != (_b.Ip >> 12));
         _il.Emit(OpCodes.Ret);
     }
 
     /// <summary>Enters the successor linked to this exit while the hop budget lasts and nothing
     /// asks the run loop to look (an exit request, a write to cached code, an invalidated
-    /// successor); an exit not linked yet tells the run loop to link it.</summary>
-    private void EmitChain(ulong rip)
+    /// successor); an exit not linked yet tells the run loop to link it. A successor in another
+    /// linear page is entered only while the vCPU's code-fetch translation of that page, made in
+    /// the jump cache's current epoch, still leads to the successor's bytes.</summary>
+    private void EmitChain(ulong rip, bool crossPage)
     {
         int slot = _linkTargets.Count;
         _linkTargets.Add(rip);
@@ -475,6 +481,11 @@ internal sealed partial class BlockTranslator
         LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
+        if (crossPage)
+        {
+            LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Call, MLinkedPageHolds);
+            _il.Emit(OpCodes.Brfalse, leave);
+        }
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
         LdCpu();
         _il.Emit(OpCodes.Callvirt, MInvoke);
@@ -485,13 +496,34 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(leave);
     }
 
-    /// <summary>Leaves the block with RIP already stored in the vCPU.</summary>
+    /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
+    /// chainable block continues in the compiled block the vCPU's jump cache holds for that RIP.</summary>
     private void EmitExitDynamic(int executed)
     {
         SpillGprs();
         StoreFlagsToCpu(hot: true);
         AddRetired(executed - _flushed);
+        if (_chainable) EmitIndirectChain();
         _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>The hop of <see cref="EmitChain"/> for a target known only at run time: the jump cache's
+    /// entry for the stored RIP (<see cref="X86Vcpu.IndirectSuccessor"/>) is what the run loop would
+    /// enter next, so compiled code enters it directly, within the same hop budget and checks.</summary>
+    private void EmitIndirectChain()
+    {
+        var leave = _il.DefineLabel();
+        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _budget); _il.Emit(OpCodes.Stfld, FHops);
+        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
+        LdCpu(); _il.Emit(OpCodes.Call, MIndirectSuccessor);
+        _il.Emit(OpCodes.Stloc, _code);
+        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(leave);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>

@@ -35,6 +35,31 @@ internal sealed partial class BlockTranslator
     private static bool IsCmov(Mnemonic m) => s_condClass[(int)m] == 1;
     private static bool IsSet(Mnemonic m) => s_condClass[(int)m] == 2;
 
+    /// <summary>Instructions the interpreter runs for compiled code that change none of what the run loop
+    /// looks at between blocks (TF, IF, the interrupt shadow, the mode, CS, control and debug registers,
+    /// segment registers): a block calling the interpreter only for these still leaves by direct links and
+    /// indirect hops. A change of RIP (a REP string instruction pausing) or a write to decoded code still
+    /// ends the block at once, and faults and exits leave through Abort as ever.</summary>
+    private static readonly HashSet<Mnemonic> s_chainSafe =
+    [
+        Mnemonic.Add, Mnemonic.Or, Mnemonic.Adc, Mnemonic.Sbb, Mnemonic.And, Mnemonic.Sub, Mnemonic.Xor, Mnemonic.Cmp, Mnemonic.Test,
+        Mnemonic.Inc, Mnemonic.Dec, Mnemonic.Neg, Mnemonic.Not, Mnemonic.Lea, Mnemonic.Movzx, Mnemonic.Movsx, Mnemonic.Movsxd,
+        Mnemonic.Shl, Mnemonic.Sal, Mnemonic.Shr, Mnemonic.Sar, Mnemonic.Rol, Mnemonic.Ror, Mnemonic.Rcl, Mnemonic.Rcr,
+        Mnemonic.Shld, Mnemonic.Shrd, Mnemonic.Bt, Mnemonic.Bts, Mnemonic.Btr, Mnemonic.Btc, Mnemonic.Bsf, Mnemonic.Bsr,
+        Mnemonic.Tzcnt, Mnemonic.Lzcnt, Mnemonic.Popcnt, Mnemonic.Mul, Mnemonic.Imul, Mnemonic.Div, Mnemonic.Idiv,
+        Mnemonic.Xadd, Mnemonic.Xchg, Mnemonic.Cmpxchg, Mnemonic.Cmpxchg8b, Mnemonic.Cmpxchg16b, Mnemonic.Bswap, Mnemonic.Movbe,
+        Mnemonic.Crc32, Mnemonic.Cbw, Mnemonic.Cwde, Mnemonic.Cdqe, Mnemonic.Cwd, Mnemonic.Cdq, Mnemonic.Cqo,
+        Mnemonic.Lahf, Mnemonic.Sahf, Mnemonic.Clc, Mnemonic.Stc, Mnemonic.Cmc, Mnemonic.Cld, Mnemonic.Std, Mnemonic.Leave,
+        Mnemonic.Movsb, Mnemonic.Movsw, Mnemonic.Movsd, Mnemonic.Movsq, Mnemonic.Stosb, Mnemonic.Stosw, Mnemonic.Stosd, Mnemonic.Stosq,
+        Mnemonic.Lodsb, Mnemonic.Lodsw, Mnemonic.Lodsd, Mnemonic.Lodsq, Mnemonic.Cmpsb, Mnemonic.Cmpsw, Mnemonic.Cmpsd, Mnemonic.Cmpsq,
+        Mnemonic.Scasb, Mnemonic.Scasw, Mnemonic.Scasd, Mnemonic.Scasq,
+        Mnemonic.Nop, Mnemonic.Pause, Mnemonic.Lfence, Mnemonic.Sfence, Mnemonic.Mfence, Mnemonic.Endbr64,
+        Mnemonic.Prefetchnta, Mnemonic.Prefetcht0, Mnemonic.Prefetcht1, Mnemonic.Prefetcht2, Mnemonic.Prefetchw,
+    ];
+
+    private static bool ChainSafe(in Instruction i)
+        => s_chainSafe.Contains(i.Mnemonic) || (s_condClass[(int)i.Mnemonic] != 0 && i.Mnemonic != Mnemonic.Setssbsy);
+
     private bool Supported(ref DecodedInsn d, out bool touchesMemory, out ulong kills)
     {
         ref Instruction i = ref d.I;

@@ -137,6 +137,168 @@ public class JitTests
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Returns_and_indirect_calls_continue_in_compiled_code_and_end_as_interpreted()
+    {
+        // A loop calling one function directly and another through a register; the functions return to
+        // the loop, the second through a further RET after an indirect JMP.
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var top = a.CreateLabel(); var f = a.CreateLabel(); var g = a.CreateLabel(); var h = a.CreateLabel();
+            a.xor(ebx, ebx);
+            a.xor(ecx, ecx);
+            a.Label(ref top);
+            a.call(f);
+            a.lea(rax, __[g]);
+            a.call(rax);
+            a.add(rcx, 1);
+            a.cmp(rcx, 4000);
+            a.jne(top);
+            a.hlt();
+            a.Label(ref f);
+            a.add(rbx, rcx);
+            a.ret();
+            a.Label(ref g);
+            a.lea(rdx, __[h]);
+            a.imul(rbx, rbx, 3);
+            a.jmp(rdx);
+            a.Label(ref h);
+            a.xor(rbx, rcx);
+            a.ret();
+        });
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(4000UL, j.Rcx);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Blocks_calling_the_interpreter_for_locked_bit_and_string_instructions_still_link_and_end_as_interpreted()
+    {
+        long linked = 0;
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var top = a.CreateLabel(); var odd = a.CreateLabel(); var join = a.CreateLabel();
+            a.mov(r9, 0x300000);
+            a.xor(ecx, ecx);
+            a.Label(ref top);
+            a.@lock.add(__qword_ptr[r9], rcx);
+            a.bts(__qword_ptr[r9 + 8], rcx);
+            a.bt(rcx, 0);
+            a.jc(odd);
+            a.lea(rdi, __[r9 + 64]);
+            a.mov(eax, ecx);
+            a.mov(r10, rcx);
+            a.mov(ecx, 5);
+            a.rep.stosb();
+            a.mov(rcx, r10);
+            a.jmp(join);
+            a.Label(ref odd);
+            a.mov(rax, rcx);
+            a.@lock.xadd(__qword_ptr[r9 + 16], rax);
+            a.Label(ref join);
+            a.add(rcx, 1);
+            a.cmp(rcx, 5000);
+            a.jne(top);
+            a.mov(rbx, __qword_ptr[r9]);
+            a.mov(rdx, __qword_ptr[r9 + 8]);
+            a.mov(rsi, __qword_ptr[r9 + 16]);
+            a.mov(r8, __qword_ptr[r9 + 64]);
+            a.hlt();
+        }, afterJit: m => linked = m.Engine.LinkedExits);
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(5000UL * 4999 / 2, j.Rbx);
+        Assert.True(linked >= 3, $"{linked} exits linked");
+    }
+
+    // A loop split over two pages: `top` on one page jumps to the second half on the next page,
+    // which branches back; the remapping code lives on a third page.
+    const ulong Top = 0x10000, Second = 0x11000, Remapper = 0x14000, OtherSecond = 0x40000;
+
+    static TestMachine TwoPageLoop(bool jit)
+    {
+        var m = Machine(jit);
+        m.Enter64(TestMachine.Assemble(64, Top, a =>
+        {
+            a.add(rbx, 1);
+            a.lea(rsi, __[rsi + rbx * 2]);
+            a.jmp(Second);
+        }), Top, fourK: true);
+        m.Mem.Write(Second, TestMachine.Assemble(64, Second, a =>
+        {
+            var done = a.CreateLabel();
+            a.add(rcx, 1);
+            a.cmp(rcx, r8);
+            a.je(done);
+            a.jmp(Top);
+            a.Label(ref done);
+            a.hlt();
+        }));
+        // The same linear page's code on another frame counts in RDX as well.
+        m.Mem.Write(OtherSecond, TestMachine.Assemble(64, Second, a =>
+        {
+            var done = a.CreateLabel();
+            a.add(rcx, 1);
+            a.add(rdx, 1);
+            a.cmp(rcx, r8);
+            a.je(done);
+            a.jmp(Top);
+            a.Label(ref done);
+            a.hlt();
+        }));
+        var r = m.Regs;
+        r.R8 = 3000;
+        m.Cpu.SetRegisters(r);
+        return m;
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Blocks_on_different_pages_link_to_each_other_and_end_as_interpreted()
+    {
+        var results = new Registers[2];
+        for (int k = 0; k < 2; k++)
+        {
+            using var m = TwoPageLoop(jit: k == 1);
+            m.RunToHlt();
+            results[k] = m.Regs;
+            if (k == 1) Assert.True(m.Engine.LinkedExits >= 2, $"{m.Engine.LinkedExits} exits linked");
+        }
+        AssertSame(results[0], results[1]);
+        Assert.Equal(3000UL, results[1].Rbx);
+    }
+
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public void A_linked_successor_on_a_remapped_page_is_not_entered(bool jit, bool reloadCr3)
+    {
+        using var m = TwoPageLoop(jit);
+        m.Mem.Write(Remapper, TestMachine.Assemble(64, Remapper, a =>
+        {
+            // Point the second page's PTE at the other frame, flush that translation, run the loop again.
+            a.mov(rax, OtherSecond | 7);
+            a.mov(__qword_ptr[TestMachine.Pt + (Second >> 12) * 8], rax);
+            if (reloadCr3)
+            {
+                a.mov(rax, cr3);
+                a.mov(cr3, rax);
+            }
+            else
+                a.invlpg(__[Second]);
+            a.xor(ecx, ecx);
+            a.jmp(Top);
+        }));
+        m.RunToHlt();
+        Assert.Equal(3000UL, m.Regs.Rcx);
+        Assert.Equal(0UL, m.Regs.Rdx);
+        m.RunFrom(Remapper);
+        Assert.Equal(3000UL, m.Regs.Rcx);
+        Assert.Equal(3000UL, m.Regs.Rdx);
+        Assert.Equal(6000UL, m.Regs.Rbx);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
     public void A_linked_successor_rewritten_by_its_predecessor_runs_its_new_code()
     {
         // Each iteration stores a new immediate into the next block's ADD, then branches to it:
