@@ -72,41 +72,17 @@ public sealed partial class Host
     /// creation with its log named.</summary>
     private void StartDeviceModel(Domain dom)
     {
-        string qemu = dom.Config.DeviceModelOverride ?? QemuPath;
-        string libs = Dom0LibraryDir;
-        if (!File.Exists(Path.Combine(libs, "libxencall.so.1")))
-            throw new ControlException($"device model: XenSharp's Xen libraries are not built in {libs} (make -C src/dom0)");
-        if (!File.Exists(qemu))
-            throw new ControlException($"device model: {qemu} is missing (Debian's qemu-system-xen)");
+        string qemu = dom.Config.DeviceModelOverride ?? QemuProcess.DefaultPath;
         uint domId = dom.DomId;
-        string statePath = $"/local/domain/0/device-model/{domId}/state";
         string log = Path.Combine(_paths.RunDir, $"qemu-dm-{dom.Config.Name}.log");
-        var psi = new ProcessStartInfo("/usr/bin/setsid") { RedirectStandardInput = true, UseShellExecute = false };
-        foreach (string arg in new[] { "sh", "-c", "exec \"$0\" \"$@\" >>\"$XENSHARP_DM_LOG\" 2>&1", qemu })
-            psi.ArgumentList.Add(arg);
-        foreach (string arg in DeviceModelArgs(dom))
-            psi.ArgumentList.Add(arg);
-        psi.Environment["XENSHARP_DM_LOG"] = log;
-        psi.Environment["LD_LIBRARY_PATH"] = libs;
-        psi.Environment["XENSHARP_RUNDIR"] = _paths.RunDir;
-        psi.Environment["XENSTORED_PATH"] = _paths.XenstoredSocket;
-        psi.Environment.Remove("XENSHARP_PRIVCMD");
-        var p = Process.Start(psi) ?? throw new ControlException($"device model: cannot start {qemu}");
-        p.StandardInput.Close();
-        p.EnableRaisingEvents = true;
-        p.Exited += (_, _) => OnDeviceModelExited(domId, p);
+        var p = QemuProcess.Start(qemu, DeviceModelArgs(dom), log, _paths, "device model", q => OnDeviceModelExited(domId, q));
         lock (_deviceModels) _deviceModels[domId] = p;
         _xs.Write($"/local/domain/0/libxl/{domId}/dm-pid", p.Id.ToString(CultureInfo.InvariantCulture));
 
-        var deadline = Stopwatch.StartNew();
-        while (_xs.Read(statePath) != "running")
+        if (!QemuProcess.WaitUntilRunning(p, () => _xs.Read($"/local/domain/0/device-model/{domId}/state")))
         {
-            if (p.HasExited || deadline.Elapsed > DeviceModelStartTimeout)
-            {
-                StopDeviceModel(domId);
-                throw new ControlException($"domain {domId}: the device model did not start (see {log})");
-            }
-            Thread.Sleep(50);
+            StopDeviceModel(domId);
+            throw new ControlException($"domain {domId}: the device model did not start (see {log})");
         }
         _hv.ConsoleWrite($"d{domId}: device model QEMU running, pid {p.Id}");
     }
@@ -132,20 +108,7 @@ public sealed partial class Host
         Process? qemu;
         lock (_deviceModels) _deviceModels.Remove(domId, out qemu);
         if (qemu is not null)
-        {
-            try
-            {
-                if (!qemu.HasExited)
-                {
-                    _ = Kill(qemu.Id, 1);
-                    if (!qemu.WaitForExit(TimeSpan.FromSeconds(10)))
-                        qemu.Kill();
-                    qemu.WaitForExit();
-                }
-            }
-            catch (InvalidOperationException) { }
-            qemu.Dispose();
-        }
+            QemuProcess.Stop(qemu);
         foreach (string path in new[] { $"/local/domain/0/libxl/{domId}/dm-pid", $"/local/domain/0/device-model/{domId}" })
         {
             try { if (_xs.Exists(path)) _xs.Rm(path); }

@@ -16,19 +16,6 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// </summary>
 public sealed partial class Host
 {
-    /// <summary>libxl's LIBXL_DEVICE_MODEL_START_TIMEOUT.</summary>
-    private static readonly TimeSpan DeviceModelStartTimeout = TimeSpan.FromSeconds(60);
-
-    /// <summary>Debian's qemu-system-xen (or $XENSHARP_QEMU).</summary>
-    private static string QemuPath =>
-        Environment.GetEnvironmentVariable("XENSHARP_QEMU") is { Length: > 0 } q ? q : "/usr/libexec/xen-qemu-system-i386";
-
-    /// <summary>Where <c>make -C src/dom0</c> puts the drop-in libraries: artifacts/dom0/lib beside the daemon's
-    /// artifacts/bin (or $XENSHARP_DOM0_LIB).</summary>
-    private static string Dom0LibraryDir =>
-        Environment.GetEnvironmentVariable("XENSHARP_DOM0_LIB") is { Length: > 0 } d ? d
-            : Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "dom0", "lib"));
-
     private readonly Dictionary<uint, Process> _qdiskBackends = [];
 
     private static bool ServedByQemu(DiskSpec disk) => disk.Backend == DiskBackend.Qdisk;
@@ -73,48 +60,22 @@ public sealed partial class Host
         lock (_qdiskBackends)
             if (_qdiskBackends.TryGetValue(dom.DomId, out var running) && !running.HasExited)
                 return;
-        string libs = Dom0LibraryDir;
-        if (!File.Exists(Path.Combine(libs, "libxencall.so.1")))
-            throw new ControlException($"backendtype=qdisk: XenSharp's Xen libraries are not built in {libs} (make -C src/dom0)");
-        if (!File.Exists(QemuPath))
-            throw new ControlException($"backendtype=qdisk: {QemuPath} is missing (Debian's qemu-system-xen)");
-
         uint domId = dom.DomId;
-        string statePath = $"/local/domain/0/device-model/{domId}/state";
         RemoveQdiskNodes(domId);
         string log = Path.Combine(_paths.RunDir, $"qdisk-{domId}.log");
-        var psi = new ProcessStartInfo("/usr/bin/setsid")
-        {
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
         // The arguments of libxl__spawn_qemu_xenpv_backend; the log is QEMU's stdout and stderr, as libxl's qdisk-N.log.
-        foreach (string arg in new[] { "sh", "-c", "exec \"$0\" \"$@\" >>\"$XENSHARP_QDISK_LOG\" 2>&1", QemuPath,
-                     "-xen-domid", domId.ToString(CultureInfo.InvariantCulture), "-xen-attach",
-                     "-name", $"domain-{domId}", "-nographic", "-M", "xenpv",
-                     "-monitor", "/dev/null", "-serial", "/dev/null", "-parallel", "/dev/null" })
-            psi.ArgumentList.Add(arg);
-        psi.Environment["XENSHARP_QDISK_LOG"] = log;
-        psi.Environment["LD_LIBRARY_PATH"] = libs;
-        psi.Environment["XENSHARP_RUNDIR"] = _paths.RunDir;
-        psi.Environment["XENSTORED_PATH"] = _paths.XenstoredSocket;
-        psi.Environment.Remove("XENSHARP_PRIVCMD");
-        var qemu = Process.Start(psi) ?? throw new ControlException($"backendtype=qdisk: cannot start {QemuPath}");
-        qemu.StandardInput.Close();
-        qemu.EnableRaisingEvents = true;
-        qemu.Exited += (_, _) => OnQdiskBackendExited(domId, qemu);
+        string[] args = ["-xen-domid", domId.ToString(CultureInfo.InvariantCulture), "-xen-attach",
+            "-name", $"domain-{domId}", "-nographic", "-M", "xenpv",
+            "-monitor", "/dev/null", "-serial", "/dev/null", "-parallel", "/dev/null"];
+        var qemu = QemuProcess.Start(QemuProcess.DefaultPath, args, log, _paths, "backendtype=qdisk",
+            p => OnQdiskBackendExited(domId, p));
         lock (_qdiskBackends) _qdiskBackends[domId] = qemu;
         _xs.Write($"/local/domain/0/libxl/{domId}/qdisk-backend-pid", qemu.Id.ToString(CultureInfo.InvariantCulture));
 
-        var deadline = Stopwatch.StartNew();
-        while (_xs.Read(statePath) != "running")
+        if (!QemuProcess.WaitUntilRunning(qemu, () => _xs.Read($"/local/domain/0/device-model/{domId}/state")))
         {
-            if (qemu.HasExited || deadline.Elapsed > DeviceModelStartTimeout)
-            {
-                StopQdiskBackend(domId);
-                throw new ControlException($"domain {domId} Qdisk backend: QEMU did not start (see {log})");
-            }
-            Thread.Sleep(50);
+            StopQdiskBackend(domId);
+            throw new ControlException($"domain {domId} Qdisk backend: QEMU did not start (see {log})");
         }
         _hv.ConsoleWrite($"d{domId}: qdisk backend QEMU running, pid {qemu.Id}");
     }
@@ -146,21 +107,7 @@ public sealed partial class Host
             _qdiskBackends.Remove(domId, out qemu);
         }
         if (qemu is not null)
-        {
-            try
-            {
-                if (!qemu.HasExited)
-                {
-                    // setsid exec'd the shell, which exec'd QEMU: the process is QEMU itself.
-                    _ = Kill(qemu.Id, 1);
-                    if (!qemu.WaitForExit(TimeSpan.FromSeconds(10)))
-                        qemu.Kill();
-                    qemu.WaitForExit();
-                }
-            }
-            catch (InvalidOperationException) { }
-            qemu.Dispose();
-        }
+            QemuProcess.Stop(qemu);
         RemoveQdiskNodes(domId);
     }
 
@@ -172,7 +119,4 @@ public sealed partial class Host
             catch (XenSharp.Store.XenStoreException) { }
         }
     }
-
-    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static extern int Kill(int pid, int signal);
 }
