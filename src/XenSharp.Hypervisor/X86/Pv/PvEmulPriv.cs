@@ -265,7 +265,7 @@ internal static class PvEmulPriv
             case MsrUcodeRev:
                 return value == 0; // Linux writes 0 before reading the revision
             default:
-                return false;
+                return v.Arch.Vmce.TryWriteMsr(msr, value);
         }
         cpu.SetSpecialRegisters(s);
         return true;
@@ -298,7 +298,9 @@ internal static class PvEmulPriv
                 if (!cpu.TryGetMsr(msr, out value))
                     value = 0;
                 return true;
-            default: value = 0; return false;
+            default:
+                // The machine-check MSRs are every guest's vMCE, PV included (Xen's guest_rdmsr asks vmce_rdmsr).
+                return v.Arch.Vmce.TryReadMsr(msr, out value);
         }
     }
 }
