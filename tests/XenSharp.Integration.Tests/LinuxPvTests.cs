@@ -50,13 +50,7 @@ public class LinuxPvTests
                 "Run /init as init process",
                 "init: Linux ",
             ];
-            int at = 0;
-            foreach (var stage in stages)
-            {
-                int i = boot.IndexOf(stage, at, StringComparison.Ordinal);
-                Assert.True(i >= 0, $"the console never showed \"{stage}\" (in order); it shows:\n{Tail(boot)}");
-                at = i;
-            }
+            AssertStagesInOrder(boot, stages);
             Assert.DoesNotContain("Kernel panic", boot);
             Assert.DoesNotContain("Call Trace", boot);
             Assert.DoesNotContain("multicall(s) failed", boot);

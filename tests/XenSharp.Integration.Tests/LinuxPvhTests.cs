@@ -40,13 +40,7 @@ public class LinuxPvhTests
                 "Run /init as init process",
                 "init: Linux ",
             ];
-            int at = 0;
-            foreach (var stage in stages)
-            {
-                int i = boot.IndexOf(stage, at, StringComparison.Ordinal);
-                Assert.True(i >= 0, $"the console never showed \"{stage}\" (in order); it shows:\n{Tail(boot)}");
-                at = i;
-            }
+            AssertStagesInOrder(boot, stages);
             Assert.DoesNotContain("Kernel panic", boot);
             Assert.DoesNotContain("Call Trace", boot);
 
@@ -189,6 +183,18 @@ public class LinuxPvhTests
     }
 
     internal static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
+
+    /// <summary>Each of <paramref name="stages"/> appears in <paramref name="boot"/>, in that order.</summary>
+    internal static void AssertStagesInOrder(string boot, IEnumerable<string> stages)
+    {
+        int at = 0;
+        foreach (var stage in stages)
+        {
+            int i = boot.IndexOf(stage, at, StringComparison.Ordinal);
+            Assert.True(i >= 0, $"the console never showed \"{stage}\" (in order); it shows:\n{Tail(boot)}");
+            at = i;
+        }
+    }
 
     /// <summary>xl with its standard input kept open, so that the test can type at the guest's console.</summary>
     internal sealed class ConsoleSession : IDisposable
