@@ -155,4 +155,35 @@ public unsafe class TimeTests : IDisposable
         p.NrPorts = 1000;
         Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_sched_op, Sched.SCHEDOP_poll, ref p));
     }
+    [Fact]
+    public void APortRaisedWhilePollIsGoingToSleepStillWakesIt()
+    {
+        // hvmloader's xenbus waits with SCHEDOP_poll and no timeout: a wakeup lost between poll's pending check and
+        // its sleep hangs it for ever. Race the two many times; a masked port leaves only the poll path to wake it.
+        var g = new Guest(_host);
+        uint port = Evtchn.BindIpi(g, 0);
+        g.Write(Guest.Scratch + 0x100, port);
+        g.Domain.SharedInfo->EvtchnMask[0] |= 1UL << (int)port;
+        var p = new SchedPoll { Ports = Guest.Scratch + 0x100, NrPorts = 1, Timeout = 0 };
+        const int Rounds = 200_000;
+        using var start = new Barrier(2);
+        var sender = new Thread(() =>
+        {
+            for (int i = 0; i < Rounds; i++)
+            {
+                start.SignalAndWait();
+                g.Domain.Evtchn.SetPending(port);
+            }
+        });
+        sender.IsBackground = true;
+        sender.Start();
+        for (int i = 0; i < Rounds; i++)
+        {
+            Interlocked.And(ref g.Domain.SharedInfo->EvtchnPending[0], ~(1UL << (int)port));
+            start.SignalAndWait();
+            Assert.Equal(0, g.Call(Xen.__HYPERVISOR_sched_op, Sched.SCHEDOP_poll, ref p));
+            Assert.True(SpinWait.SpinUntil(() => !g.Vcpu().Blocked && Pending(g, port), 10_000), $"round {i}: the raised port did not wake the poll");
+        }
+        sender.Join();
+    }
 }

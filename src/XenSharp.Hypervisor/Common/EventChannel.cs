@@ -302,9 +302,11 @@ internal sealed class EventChannels
         }
         if (_d.IsHost)
             return;
-        // SCHEDOP_poll waiters wake on the polled port even when it is masked.
+        // SCHEDOP_poll waiters wake on the polled port even when it is masked. Pairs with the barrier in Vcpu.Block:
+        // either the poller sees this port pending, or this sees its PollPorts and Kick waits for it to finish blocking.
+        Interlocked.MemoryBarrier();
         foreach (var w in _d.Vcpus)
-            if (w.Blocked && w.PollPorts is not null)
+            if (w.PollPorts is not null)
                 w.Kick();
     }
 

@@ -221,6 +221,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
         {
             PollPorts = pollPorts;
             PollDeadline = pollDeadline;
+            Interlocked.MemoryBarrier(); // publish PollPorts before reading the ports (see EventChannel.SetPending)
             if (HasPendingInterrupt || PollSatisfied())
             {
                 PollPorts = null;
