@@ -219,6 +219,7 @@ internal sealed unsafe class Domain
     public void Teardown()
     {
         Arch.Ioreq.DestroyAll();
+        MonitorIfAny?.Ring?.Disable(); // lets go of the ring page
         // Channels and grants reach into other domains: release them before taking our own lock.
         Evtchn.CloseAll();
         Gnttab.Teardown();
