@@ -98,4 +98,14 @@ public sealed partial class XenToolsTests
             _xl.Run("destroy", "inspected");
         }
     }
+
+    [Fact, Trait("Feature", "Argo: Inter-domain message delivery by hypercall")]
+    public void ArgoIsOffByDefault()
+    {
+        var r = _xl.Run("create", Repository.PathOf("tests", "guests", "argo.cfg"), "name=\"argoless\"");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.True(XlHost.WaitUntil(() => ConsoleLog("argoless").Contains("DONE"), TimeSpan.FromMinutes(2)), ConsoleLog("argoless"));
+        Assert.Contains("PASS argo.off_by_default", ConsoleLog("argoless"));
+        Assert.Contains("failed=0", ConsoleLog("argoless"));
+    }
 }

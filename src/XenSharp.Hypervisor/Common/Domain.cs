@@ -220,6 +220,7 @@ internal sealed unsafe class Domain
     {
         Arch.Ioreq.DestroyAll();
         MonitorIfAny?.Ring?.Disable(); // lets go of the ring page
+        ArgoOp.Teardown(this);
         // Channels and grants reach into other domains: release them before taking our own lock.
         Evtchn.CloseAll();
         Gnttab.Teardown();
