@@ -21,6 +21,11 @@ public interface IVcpu
     /// <paramref name="fault"/> makes the instruction raise #GP(0) instead (an MSR nobody owns).</summary>
     void CompleteExit(ulong value, bool fault = false);
 
+    /// <summary>Instead of completing an MMIO exit, runs its instruction again from the start on the next
+    /// <see cref="Run"/> (the access was refused for now, e.g. a write to a page an introspection agent protects,
+    /// and is retried once the agent has answered).</summary>
+    void RetryExit() { }
+
     void GetRegisters(out Registers regs);
     void SetRegisters(in Registers regs);
     void GetSpecialRegisters(out SpecialRegisters sregs);
@@ -90,6 +95,12 @@ public unsafe interface IGuestMemory
     /// writes to a later <see cref="GetPage"/> miss: log-dirty memory answers null for a page not yet dirty, so the
     /// first write after its bitmap is cleaned is seen (QEMU's TLB_NOTDIRTY).</summary>
     byte* GetPageForWriteCache(ulong gfn) => GetPage(gfn, true);
+
+    /// <summary>Whether the guest may fetch instructions from <paramref name="gfn"/> (an introspection agent may
+    /// forbid it); asked before code is decoded from the page. A page that loses the right moves
+    /// <see cref="Generation"/>, so no code decoded before stays cached. False makes the fetch a
+    /// <see cref="VcpuExitReason.FetchDenied"/> exit.</summary>
+    bool MayExecute(ulong gfn) => true;
 
     /// <summary>Bumped whenever a mapping is removed or changed; engines drop cached translations
     /// when it moves.</summary>

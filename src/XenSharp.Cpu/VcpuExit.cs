@@ -31,6 +31,10 @@ public enum VcpuExitReason
     Syscall,
     /// <summary>The engine met something it cannot execute; <see cref="VcpuExit.Message"/> says what.</summary>
     InternalError,
+    /// <summary>An instruction fetch from RAM that <see cref="IGuestMemory.MayExecute"/> refused:
+    /// <see cref="VcpuExit.Address"/> = the guest-physical address fetched. RIP is the instruction's and nothing of it
+    /// has run; the next <see cref="IVcpu.Run"/> fetches it again.</summary>
+    FetchDenied,
 }
 
 /// <summary>Why <see cref="IVcpu.Run"/> returned, with the data of that exit (KVM's kvm_run).</summary>

@@ -218,6 +218,14 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     }
     private bool _completed;
 
+    public void RetryExit()
+    {
+        // Rip is already the instruction's (MmioRead/MmioWrite set it); MMIO results it consumed before are replayed.
+        _pending = PendingCompletion.None;
+        _completed = false;
+        _replayIdx = 0;
+    }
+
     public void GetRegisters(out Registers regs)
     {
         regs = new Registers

@@ -105,8 +105,16 @@ namespace XenSharp.Daemon
             using var stop = new ManualResetEventSlim();
             using var xs = new XenStored(quotas);
             xs.Start(paths.XenstoredSocket);
+            // XENSHARP_ARGO takes Xen's argo= boot option (e.g. "1,mac-permissive=1"); Argo is off without it, as in Xen.
+            XenSharp.Hypervisor.ArgoOptions? argo;
+            try { argo = XenSharp.Hypervisor.ArgoOptions.Parse(Environment.GetEnvironmentVariable("XENSHARP_ARGO")); }
+            catch (FormatException e)
+            {
+                Console.Error.WriteLine($"xensharpd: XENSHARP_ARGO: {e.Message}");
+                return 2;
+            }
             var xen = new XenSharp.Hypervisor.XenHypervisor(
-                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true });
+                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true, Argo = argo });
             using var hv = new XenHypervisorPlatform(xen);
             using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs) { ExternalXenconsoled = externalXenconsoled };
             host.StopRequested += stop.Set;

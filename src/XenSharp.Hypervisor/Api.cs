@@ -103,6 +103,9 @@ public sealed class HypervisorOptions
     /// <summary>After a domain is built or destroyed, collect the process's heap and return its free memory to the
     /// host (a long-running host process such as the daemon; off for hypervisors embedded in tests and tools).</summary>
     public bool TrimHostHeap { get; init; }
+
+    /// <summary>Argo, as Xen's <c>argo=</c> boot option enables it; null (the default, as Xen's) leaves it off.</summary>
+    public ArgoOptions? Argo { get; init; }
 }
 
 /// <summary>A guest frame mapped into the host; dispose to let the frame go.</summary>
@@ -194,4 +197,32 @@ public sealed class HypervisorException : Exception
     public HypervisorException(string message, int errno = 0) : base(message) => Errno = errno;
     /// <summary>The Xen errno this failure corresponds to, when there is one.</summary>
     public int Errno { get; }
+}
+
+/// <summary>Xen's <c>argo=</c> boot option: on, and whether rings may accept messages from any domain.</summary>
+public sealed record ArgoOptions(bool MacPermissive)
+{
+    /// <summary>Parses Xen's syntax, a list of a boolean and <c>mac-permissive=BOOL</c> (e.g. <c>1,mac-permissive=1</c>);
+    /// null when Argo stays off; throws FormatException for anything else.</summary>
+    public static ArgoOptions? Parse(string? value)
+    {
+        if (string.IsNullOrEmpty(value))
+            return null;
+        bool on = false, permissive = false;
+        foreach (var item in value.Split(','))
+        {
+            if (item.StartsWith("mac-permissive=", StringComparison.Ordinal))
+                permissive = Bool(item["mac-permissive=".Length..]);
+            else
+                on = Bool(item);
+        }
+        return on ? new ArgoOptions(permissive) : null;
+
+        static bool Bool(string s) => s switch
+        {
+            "1" or "yes" or "on" or "true" or "enable" => true,
+            "0" or "no" or "off" or "false" or "disable" => false,
+            _ => throw new FormatException($"argo: invalid value '{s}'"),
+        };
+    }
 }

@@ -93,6 +93,20 @@ public class LayoutTests
         ("struct xen_dm_op_modified_memory_extent", typeof(XenDmOpModifiedMemoryExtent), 16, [("nr", "Nr", 0), ("first_pfn", "FirstPfn", 8)]),
         ("struct xen_dm_op_set_mem_type", typeof(XenDmOpSetMemType), 16, [("nr", "Nr", 0), ("mem_type", "MemType", 4), ("pad", "Pad", 6), ("first_pfn", "FirstPfn", 8)]),
         ("struct xen_dm_op_inject_msi", typeof(XenDmOpInjectMsi), 16, [("data", "Data", 0), ("addr", "Addr", 8)]),
+        ("vm_event_request_t", typeof(VmEventSt), 400, [("version", "Version", 0), ("flags", "Flags", 4), ("reason", "Reason", 8),
+            ("vcpu_id", "VcpuId", 12), ("altp2m_idx", "Altp2mIdx", 16), ("u.mem_access", "MemAccess", 24),
+            ("u.software_breakpoint", "SoftwareBreakpoint", 24), ("data.regs.x86", "Regs", 56)]),
+        ("struct vm_event_regs_x86", typeof(VmEventRegsX86), 344, [("rax", "Rax", 0), ("rflags", "Rflags", 128), ("rip", "Rip", 152),
+            ("cr0", "Cr0", 160), ("msr_efer", "MsrEfer", 216), ("gdtr_base", "GdtrBase", 240), ("vmtrace_pos", "VmtracePos", 256),
+            ("cs_base", "CsBase", 264), ("fs_base", "FsBase", 280), ("cs", "Cs", 296), ("shadow_gs", "ShadowGs", 320),
+            ("gdtr_limit", "GdtrLimit", 328), ("cs_sel", "CsSel", 330), ("gs_sel", "GsSel", 340)]),
+        ("struct vm_event_mem_access", typeof(VmEventMemAccess), 32, [("gfn", "Gfn", 0), ("offset", "Offset", 8), ("gla", "Gla", 16), ("flags", "Flags", 24)]),
+        ("struct vm_event_debug", typeof(VmEventDebug), 24, [("gfn", "Gfn", 0), ("pending_dbg", "PendingDbg", 8), ("insn_length", "InsnLength", 16), ("type", "Type", 20)]),
+        ("struct xen_mem_access_op", typeof(XenMemAccessOp), 32, [("op", "Op", 0), ("access", "Access", 1), ("domid", "Domid", 2), ("nr", "Nr", 4),
+            ("pfn", "Pfn", 8), ("pfn_list", "PfnList", 16), ("access_list", "AccessList", 24)]),
+        ("struct xen_domctl_vm_event_op", typeof(XenDomctlVmEventOp), 12, [("op", "Op", 0), ("mode", "Mode", 4), ("u.enable.port", "Port", 8)]),
+        ("struct xen_domctl_monitor_op", typeof(XenDomctlMonitorOp), 24, [("op", "Op", 0), ("event", "Event", 4), ("u.mov_to_cr.index", "Index", 8),
+            ("u.mov_to_cr.sync", "Sync", 9), ("u.mov_to_cr.bitmask", "Bitmask", 16)]),
         ("struct xen_dm_op_remote_shutdown", typeof(XenDmOpRemoteShutdown), 4, [("reason", "Reason", 0)]),
         ("struct xen_dm_op_relocate_memory", typeof(XenDmOpRelocateMemory), 24, [("size", "Size", 0), ("src_gfn", "SrcGfn", 8), ("dst_gfn", "DstGfn", 16)]),
         ("struct xen_dm_op_pin_memory_cacheattr", typeof(XenDmOpPinMemoryCacheattr), 24, [("start", "Start", 0), ("end", "End", 8), ("type", "Type", 16)]),
@@ -199,7 +213,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h", "arch-x86/xen-mca.h" })
+                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h", "arch-x86/xen-mca.h", "vm_event.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

@@ -222,6 +222,16 @@ internal unsafe partial class X86Vcpu
         return b;
     }
 
+    /// <summary>A fetch the memory refused (<see cref="IGuestMemory.MayExecute"/>): the instruction at
+    /// <paramref name="rip"/> has not started.</summary>
+    private ExitSignal FetchDenied(ulong rip, ulong phys)
+    {
+        Rip = rip;
+        _exit = default;
+        _exit.Address = phys;
+        return Exit(VcpuExitReason.FetchDenied);
+    }
+
     private DecodedBlock LookupOrDecode(ulong rip, DecodedBlock? stale = null)
     {
         if (Stats) { S.Lookups++; if (Cpl == 3) S.LookupsUser++; }
@@ -244,6 +254,7 @@ internal unsafe partial class X86Vcpu
         if (b != null && b.Valid && (!b.HasTail || FetchTail(rip, phys) == b.TailPhys)) return b;
 
         if (Stats) S.Decodes++;
+        if (!_mem.MayExecute(phys >> 12)) throw FetchDenied(rip, phys);
         byte* page = _mem.GetPage(phys >> 12, false);
         if (page == null)
             throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{phys:X}");
@@ -268,6 +279,7 @@ internal unsafe partial class X86Vcpu
                 int have = 4096 - start;
                 for (int k = 0; k < have; k++) _spill[k] = page[start + k];
                 ulong nextPhys = FetchTail(rip, phys);
+                if (!_mem.MayExecute(nextPhys >> 12)) throw FetchDenied(rip, nextPhys & ~0xFFFUL);
                 byte* next = _mem.GetPage(nextPhys >> 12, false);
                 if (next == null)
                     throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{nextPhys:X}");

@@ -73,6 +73,14 @@ internal sealed unsafe class Domain
 
     /// <summary>The guest type's x86 state: HVM parameters, event callback, emulated devices and GSIs.</summary>
     public HvmDomain Arch { get; }
+
+    private X86.DomainMonitor? _monitor;
+
+    /// <summary>Introspection: the vm_event monitor ring and monitor events (made on first use).</summary>
+    public X86.DomainMonitor Monitor => LazyInitializer.EnsureInitialized(ref _monitor, () => new X86.DomainMonitor(this));
+
+    /// <summary>The introspection state if any was ever set up (the pCPU loop's cheap test).</summary>
+    public X86.DomainMonitor? MonitorIfAny => Volatile.Read(ref _monitor);
     /// <summary>A PV guest's x86 state (page tables over machine frames), null for HVM and PVH guests.</summary>
     public PvDomain? Pv { get; }
     /// <summary>The memory the domain's engine addresses: the p2m, or for a PV guest machine frames.</summary>
@@ -211,6 +219,8 @@ internal sealed unsafe class Domain
     public void Teardown()
     {
         Arch.Ioreq.DestroyAll();
+        MonitorIfAny?.Ring?.Disable(); // lets go of the ring page
+        ArgoOp.Teardown(this);
         // Channels and grants reach into other domains: release them before taking our own lock.
         Evtchn.CloseAll();
         Gnttab.Teardown();

@@ -44,6 +44,9 @@ internal static class DomctlOp
         [XEN_DOMCTL_gethvmcontext_partial] = DomctlVcpuContext.GetHvmContextPartial,
         [XEN_DOMCTL_getpageframeinfo3] = DomctlSave.GetPageFrameInfo3,
         [XEN_DOMCTL_resumedomain] = DomctlSave.ResumeDomain,
+        [Public.VmEvent.XEN_DOMCTL_vm_event_op] = X86.DomainMonitor.VmEventOp,
+        [Public.VmEvent.XEN_DOMCTL_monitor_op] = X86.DomainMonitor.MonitorOp,
+        [Public.VmEvent.XEN_DOMCTL_set_access_required] = X86.DomainMonitor.SetAccessRequired,
     };
 
     /// <summary>Domain ids at and above this name no domain (DOMID_FIRST_RESERVED).</summary>

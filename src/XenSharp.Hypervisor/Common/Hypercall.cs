@@ -45,6 +45,7 @@ internal static class Hypercall
         (Xen.__HYPERVISOR_sysctl, SysctlOp.Do),
         (Xen.__HYPERVISOR_domctl, DomctlOp.Do),
         (Xen.__HYPERVISOR_hypfs_op, HypfsTree.Do),
+        (Xen.__HYPERVISOR_argo_op, ArgoOp.Do),
         (XenSharp.Public.ArchX86.XenMca.__HYPERVISOR_mca, McaOp.Do));
 
     private static HypercallHandler?[] Build(params (int Nr, HypercallHandler Handler)[] rows)

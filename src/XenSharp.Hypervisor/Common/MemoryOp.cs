@@ -71,6 +71,8 @@ internal static class MemoryOp
             case XENMEM_set_pod_target:
             case XENMEM_get_pod_target:
                 return PodTarget(v, op, arg);
+            case Public.VmEvent.XENMEM_access_op:
+                return MemAccess.Op(v, arg, startExtent);
             case XENMEM_get_vnumainfo:
             {
                 // No domain has a virtual NUMA topology: -EOPNOTSUPP, which is how libxl's save learns there is none.

@@ -30,7 +30,7 @@ internal sealed unsafe partial class P2m : IGuestMemory
     public const ulong MaxGfn = (1UL << (LeafBits + TopBits)) - 1;
 
     private readonly FrameTable _frames;
-    // Entry: mfn << 8 | type; 0 = no mapping.
+    // Entry: access restriction << 40 | mfn << 8 | type; 0 = no mapping (see P2mAccess.cs).
     private readonly ulong[]?[] _top = new ulong[1 << TopBits][];
     private readonly object _lock = new();
     private long _generation;
@@ -62,7 +62,7 @@ internal sealed unsafe partial class P2m : IGuestMemory
             return null;
         if (write && _dirty is not null)
             MarkDirty(gfn);
-        return _frames.PageAddress(e >> 8);
+        return _frames.PageAddress((uint)(e >> 8));
     }
 
     public bool TryLookup(ulong gfn, out uint mfn, out P2mType type)
@@ -91,7 +91,9 @@ internal sealed unsafe partial class P2m : IGuestMemory
             leaf ??= new ulong[1 << LeafBits];
             ref ulong slot = ref leaf[gfn & ((1 << LeafBits) - 1)];
             ulong old = slot;
-            Volatile.Write(ref slot, type == P2mType.Invalid ? 0 : ((ulong)mfn << 8) | (byte)type);
+            ulong entry = type == P2mType.Invalid ? 0 : ((ulong)mfn << 8) | (byte)type | DefaultAccessBits(type);
+            CountRestriction(old, entry);
+            Volatile.Write(ref slot, entry);
             // A PoD entry never gave anyone a host address, so replacing it invalidates nothing.
             if (old != 0 && (P2mType)(byte)old != P2mType.PopulateOnDemand)
                 Interlocked.Increment(ref _generation);

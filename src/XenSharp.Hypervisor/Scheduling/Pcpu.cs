@@ -214,6 +214,7 @@ internal sealed class Pcpu
             // Between exits: frames freed since the last flush may be reused only once this vCPU forgot them.
             _host.Frames.Sync(v.Translations);
             v.Pv?.BeforeRun();
+            v.Domain.MonitorIfAny?.BeforeRun(v, cpu);
             ref readonly var exit = ref cpu.Run();
             if (exit.Reason == Cpu.VcpuExitReason.Preempted)
             {

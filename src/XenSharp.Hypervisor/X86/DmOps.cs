@@ -191,6 +191,9 @@ internal static class DmOps
             case XEN_DMOP_set_mem_type:
                 rc = SetMemType(d, Unsafe.Read<XenDmOpSetMemType>(op.U));
                 break;
+            case XEN_DMOP_inject_event:
+                rc = DomainMonitor.InjectEvent(d, op.U);
+                break;
             case XEN_DMOP_inject_msi:
             {
                 var p = Unsafe.Read<XenDmOpInjectMsi>(op.U);

@@ -35,6 +35,9 @@ internal static unsafe class VmExit
                     cpu.CompleteExit(HvmIo.PortRead(v, (ushort)exit.Port, exit.Size));
                 return !v.DescheduleRequested;
             case VcpuExitReason.Mmio:
+                // A guest access its page's mem_access denies (only possible while a restriction is in force).
+                if (v.Domain.P2m.AccessRestricted && MemAccess.OnMmio(v, cpu, exit, out bool keepRunning))
+                    return keepRunning && !v.DescheduleRequested;
                 SyncApicBase(v, cpu); // the vLAPIC page is looked up at this vCPU's APIC base
                 if (exit.IsWrite)
                     HvmIo.MmioWrite(v, exit.Address, exit.Size, exit.Data);
@@ -76,6 +79,10 @@ internal static unsafe class VmExit
                 return false;
             case VcpuExitReason.Preempted:
                 return false;
+            case VcpuExitReason.FetchDenied:
+                return MemAccess.OnFetchDenied(v, cpu, exit) && !v.DescheduleRequested;
+            case VcpuExitReason.Debug:
+                return v.Domain.Monitor.OnDebug(v, cpu, exit) && !v.DescheduleRequested;
             default:
                 return true;
         }

@@ -188,6 +188,10 @@ public sealed partial class Host : IDisposable
                 hvd.SetHvmParam(Params.HVM_PARAM_HPET_ENABLED, c.Hpet ? 1UL : 0);
                 hvd.SetHvmParam(Params.HVM_PARAM_TIMER_MODE, (ulong)c.TimerMode);
             }
+            // The vm_event rings' pages, among the special pages both builders populate (as libxc's HVM build).
+            hvd.SetHvmParam(Params.HVM_PARAM_PAGING_RING_PFN, PvhLayout.SpecialPfn(PvhLayout.SpecialPaging));
+            hvd.SetHvmParam(Params.HVM_PARAM_MONITOR_RING_PFN, PvhLayout.SpecialPfn(PvhLayout.SpecialAccess));
+            hvd.SetHvmParam(Params.HVM_PARAM_SHARING_RING_PFN, PvhLayout.SpecialPfn(PvhLayout.SpecialSharing));
 
             if (hvmFirmware)
             {
