@@ -63,7 +63,11 @@ public class DmOpTests : IDisposable
         Assert.Equal(-Errno.EINVAL, DmOp(dm, target.Id, XEN_DMOP_set_pci_intx_level, [0, 0, 0, 32, 0, 1]));
         Assert.Equal(-Errno.EINVAL, DmOp(dm, target.Id, XEN_DMOP_set_pci_intx_level, [1, 0, 0, 2, 0, 1]));
         Assert.Equal(-Errno.EOPNOTSUPP, DmOp(dm, target.Id, 99, []));
-        Assert.Equal(-Errno.EOPNOTSUPP, DmOp(dm, target.Id, XEN_DMOP_inject_event, new byte[24]));
+        var ev = new byte[24];
+        ev[0] = 7; // no such vCPU
+        Assert.Equal(-Errno.EINVAL, DmOp(dm, target.Id, XEN_DMOP_inject_event, ev));
+        ev[0] = 0; ev[7] = 1; // pad0
+        Assert.Equal(-Errno.EINVAL, DmOp(dm, target.Id, XEN_DMOP_inject_event, ev));
         Assert.Equal(-Errno.EFAULT, DmOp(dm, target.Id, XEN_DMOP_set_isa_irq_level, [1, 1], size: 9)); // too short
         Assert.Equal(-Errno.E2BIG, DmOp(dm, target.Id, XEN_DMOP_nr_vcpus, [], nrBufs: 3));
         Assert.Equal(-Errno.ESRCH, DmOp(dm, 999, XEN_DMOP_nr_vcpus, []));
