@@ -91,6 +91,9 @@ internal sealed class BackendBus : IDisposable
     private readonly BackendContext _context;
     private readonly Func<BackendContext, DeviceAddress, BackendDevice> _create;
     private readonly Dictionary<(uint, int), BackendDevice> _devices = [];
+    // Domains whose devices were ended before their destruction: watch events still queued for their directories
+    // (which the toolstack removes later) must not bring a backend back.
+    private readonly HashSet<uint> _ended = [];
     private readonly Lock _lock = new();
     private readonly IDisposable _watch;
     private bool _disposed;
@@ -128,7 +131,9 @@ internal sealed class BackendBus : IDisposable
     private void LookAll()
     {
         var seen = new HashSet<(uint, int)>();
-        foreach (string d in _context.Store.Directory(_root) ?? [])
+        var doms = _context.Store.Directory(_root) ?? [];
+        lock (_lock) _ended.RemoveWhere(dom => !doms.Contains(dom.ToString()));
+        foreach (string d in doms)
         {
             if (!uint.TryParse(d, out uint dom)) continue;
             foreach (string i in _context.Store.Directory($"{_root}/{d}") ?? [])
@@ -148,13 +153,16 @@ internal sealed class BackendBus : IDisposable
         var a = new DeviceAddress(_kind, dom, id);
         // The toolstack writes the whole directory in one transaction; frontend-id marks it complete.
         bool present = _context.Store.Read($"{a.BackendPath}/frontend-id") is not null;
+        bool domainDirGone = !present && (_context.Store.Directory($"{_root}/{dom}") ?? []).Length == 0;
         BackendDevice? d;
         lock (_lock)
         {
             if (_disposed) return;
+            if (domainDirGone) _ended.Remove(dom);
             _devices.TryGetValue((dom, id), out d);
             if (present && d is null)
             {
+                if (_ended.Contains(dom)) return;
                 d = _create(_context, a);
                 _devices[(dom, id)] = d;
                 d.Start();
@@ -171,6 +179,7 @@ internal sealed class BackendBus : IDisposable
         List<BackendDevice> mine;
         lock (_lock)
         {
+            _ended.Add(domId);
             mine = [.. _devices.Values.Where(d => d.Address.FrontendId == domId)];
             foreach (var d in mine) _devices.Remove((d.Address.FrontendId, d.Address.DevId));
         }
