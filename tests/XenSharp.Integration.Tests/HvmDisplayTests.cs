@@ -34,6 +34,17 @@ public sealed class HvmDisplayTests : IDisposable
         AssertScreenShowsSeabios(qmp, domid);
         Assert.Equal(1, VncSecurityType(domid, 5900)); // None: no vncpasswd
         AssertVramRelocatedCleanly("cirrus");
+
+        // xl vncviewer runs $VNCVIEWER on LISTEN:DISPLAY, as libxl_vncviewer_exec does.
+        string viewer = Path.Combine(_xl.RunDir, "vncviewer.sh");
+        string viewerArgs = Path.Combine(_xl.RunDir, "vncviewer-args");
+        File.WriteAllText(viewer, $"#!/bin/sh\necho \"$@\" > {viewerArgs}\n");
+        File.SetUnixFileMode(viewer, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        _xl.Environment["VNCVIEWER"] = viewer;
+        var run = _xl.Run("vncviewer", "cirrus");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        int port = int.Parse(_xl.RunDom0("xenstore-read", $"/local/domain/{domid}/console/vnc-port").Stdout.Trim(), CultureInfo.InvariantCulture);
+        Assert.Equal($"127.0.0.1:{port - 5900}", File.ReadAllText(viewerArgs).Trim());
     }
 
     [Fact]

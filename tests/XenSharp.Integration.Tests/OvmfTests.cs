@@ -58,6 +58,10 @@ public sealed class OvmfTests
             Assert.Contains($"(d{domid}) {line}", log);
         Assert.Contains("BdsDxe: starting Boot0001 \"UEFI QEMU DVD-ROM QM00003 \"", Serial());
         Assert.Contains("ovmf", xl.Run("list").Stdout);
+        // vnc = 0: no VNC server, so xl vncviewer has nothing to attach to.
+        var viewer = xl.Run("vncviewer", "ovmf");
+        Assert.NotEqual(0, viewer.ExitCode);
+        Assert.Contains("Cannot get vnc-port", viewer.Stderr);
         Assert.Equal(0, xl.Run("destroy", "ovmf").ExitCode);
     }
 }

@@ -67,6 +67,15 @@ public sealed partial class Host
         return args;
     }
 
+    /// <summary>What libxl_vncviewer_exec reads: the port QEMU's VNC server took, where it listens, and the password.</summary>
+    private VncDisplay VncDisplayOf(Domain dom)
+    {
+        string path = $"/local/domain/{dom.DomId}/console";
+        if (!int.TryParse(_xs.Read($"{path}/vnc-port"), NumberStyles.None, CultureInfo.InvariantCulture, out int port))
+            throw new ControlException($"domain {dom.DomId}: Cannot get vnc-port");
+        return new VncDisplay(_xs.Read($"{path}/vnc-listen") ?? "localhost", port, dom.Config.Display.VncPasswd);
+    }
+
     /// <summary>libxl's device_model_postconfig: where the VNC server listens goes to xenstore, and its password to
     /// QEMU. A QEMU that does not answer fails the domain's creation as a device model that did not start would.</summary>
     private void ConfigureDisplay(Domain dom)
