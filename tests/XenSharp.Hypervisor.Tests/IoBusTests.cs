@@ -154,7 +154,10 @@ public class IoBusTests : IDisposable
     {
         // hvmloader sets the parameter itself, as Xen lets a guest; its FADT then names QEMU's PM1a control register.
         var g = new Guest(_host, vcpus: 1, type: DomainKind.Hvm);
-        var p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_ACPI_IOPORTS_LOCATION, Value = 1 };
+        var p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_ACPI_IOPORTS_LOCATION, Value = 2 };
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
+        Assert.True(g.Domain.Arch.PortIo.TryFind(0xB004, out _, out _));
+        p.Value = 1;
         Assert.Equal(0, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
         Assert.Equal(1UL, _host.GetHvmParam(g.Id, Params.HVM_PARAM_ACPI_IOPORTS_LOCATION));
         Assert.False(g.Domain.Arch.PortIo.TryFind(0xB004, out _, out _));

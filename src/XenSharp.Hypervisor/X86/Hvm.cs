@@ -81,9 +81,12 @@ internal static class HvmOps
         var hvm = d.Arch;
         if (index == HVM_PARAM_TIMER_MODE && value > (ulong)TimerMode.OneMissedTickPending)
             return -Errno.EINVAL;
+        // Xen's pmtimer_change_ioport knows two layouts: 0 (qemu-xen-traditional's) and 1 (qemu-xen's).
+        if (index == HVM_PARAM_ACPI_IOPORTS_LOCATION && value > 1)
+            return -Errno.EINVAL;
         hvm.Params[index] = value;
         hvm.Platform?.ParamChanged(index, value);
-        if (index == HVM_PARAM_ACPI_IOPORTS_LOCATION)
+        if (index == HVM_PARAM_ACPI_IOPORTS_LOCATION && value == 1)
             hvm.AcpiPortsRelocated();
         if (index == HVM_PARAM_CALLBACK_IRQ)
         {
