@@ -248,6 +248,11 @@ internal static class CommandTable
             [Help, new('p'), new('e'), new('d'), new('V', "vncviewer"), new('A', "vncviewer-autopass")], 1),
         new("dump-core", DomainCommands.DumpCore, false, true,
             "Core dump a domain", "<Domain> <filename>", null, [Help], 2),
+        new("vncviewer", DomainCommands.VncViewer, false, false,
+            "Attach to domain's VNC server.", "[options] <Domain>",
+            "--autopass               Pass VNC password to viewer via stdin and\n" +
+            "                         -autopass",
+            [Help, new('a', "autopass")], 1),
         new("sysrq", DomainCommands.Sysrq, false, true,
             "Send a sysrq to a domain", "<Domain> <letter>", null, [Help], 2),
         new("debug-keys", HostCommands.DebugKeys, false, true,

@@ -149,6 +149,36 @@ public class IoBusTests : IDisposable
     }
 
     [Fact]
+    [Trait("Feature", "x86/HVM"), Trait("Feature", "x86/HVM OVMF")]
+    public void HvmloaderRelocatingTheAcpiPortsLeavesPm1aControlToTheDeviceModel()
+    {
+        // hvmloader sets the parameter itself, as Xen lets a guest; its FADT then names QEMU's PM1a control register.
+        var g = new Guest(_host, vcpus: 1, type: DomainKind.Hvm);
+        var p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_ACPI_IOPORTS_LOCATION, Value = 2 };
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
+        Assert.True(g.Domain.Arch.PortIo.TryFind(0xB004, out _, out _));
+        p.Value = 1;
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
+        Assert.Equal(1UL, _host.GetHvmParam(g.Id, Params.HVM_PARAM_ACPI_IOPORTS_LOCATION));
+        Assert.False(g.Domain.Arch.PortIo.TryFind(0xB004, out _, out _));
+        // OVMF reads the register, sets a bit and writes it back: no ones read from nowhere, no S5.
+        HvmIo.PortWrite(g.Vcpu(), 0xB004, 2, 0xFFFF);
+        Assert.Null(g.Domain.ShutdownReason);
+        p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_VM86_TSS_SIZED, Value = 0xFC100000UL | (0x280UL << 32) };
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
+        p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_IDENT_PT, Value = 0x1000 };
+        Assert.Equal(-Errno.EPERM, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
+
+        // A guest the toolstack gave its own ACPI sleep register keeps it.
+        var h = new Guest(_host, vcpus: 1, type: DomainKind.Hvm);
+        _host.SetAcpiSleepControl(h.Id, 0xB004, 7);
+        p = new XenHvmParam { Domid = Xen.DOMID_SELF, Index = Params.HVM_PARAM_ACPI_IOPORTS_LOCATION, Value = 1 };
+        Assert.Equal(0, h.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_set_param, ref p));
+        Assert.True(h.Domain.Arch.PortIo.TryFind(0xB004, out var handler, out _));
+        Assert.Same(h.Domain.Arch.Pm1a, handler);
+    }
+
+    [Fact]
     public void Pm1aCannotMoveOntoATakenPort()
     {
         var g = new Guest(_host, vcpus: 1);

@@ -26,8 +26,8 @@ internal static class HvmOps
                     return -Errno.EINVAL;
                 if ((int)a.A1 == HvmOp.HVMOP_set_param)
                 {
-                    // A guest may set its own callback; the rest is the toolstack's.
-                    if (t == d && !d.IsPrivileged && p.Index != HVM_PARAM_CALLBACK_IRQ)
+                    // A guest may set the parameters Xen's hvm_allow_set_param lets it; the rest are the toolstack's.
+                    if (t == d && !d.IsPrivileged && !GuestSettable(p.Index))
                         return -Errno.EPERM;
                     if (t == d && p.Index == HVM_PARAM_CALLBACK_IRQ && d.Has32BitSharedInfo != v.Compat)
                     {
@@ -69,6 +69,11 @@ internal static class HvmOps
         }
     }
 
+    /// <summary>The parameters a guest may set on itself (hvmloader relocates the ACPI ports and sizes its VM86 TSS).</summary>
+    private static bool GuestSettable(uint index) => index is HVM_PARAM_CALLBACK_IRQ or HVM_PARAM_VM86_TSS
+        or HVM_PARAM_VM86_TSS_SIZED or HVM_PARAM_ACPI_IOPORTS_LOCATION or HVM_PARAM_VM_GENERATION_ID_ADDR
+        or HVM_PARAM_STORE_EVTCHN or HVM_PARAM_CONSOLE_EVTCHN or HVM_PARAM_X87_FIP_WIDTH;
+
     public static long SetParam(Domain d, int index, ulong value)
     {
         if ((uint)index >= HVM_NR_PARAMS)
@@ -76,8 +81,13 @@ internal static class HvmOps
         var hvm = d.Arch;
         if (index == HVM_PARAM_TIMER_MODE && value > (ulong)TimerMode.OneMissedTickPending)
             return -Errno.EINVAL;
+        // Xen's pmtimer_change_ioport knows two layouts: 0 (qemu-xen-traditional's) and 1 (qemu-xen's).
+        if (index == HVM_PARAM_ACPI_IOPORTS_LOCATION && value > 1)
+            return -Errno.EINVAL;
         hvm.Params[index] = value;
         hvm.Platform?.ParamChanged(index, value);
+        if (index == HVM_PARAM_ACPI_IOPORTS_LOCATION && value == 1)
+            hvm.AcpiPortsRelocated();
         if (index == HVM_PARAM_CALLBACK_IRQ)
         {
             ulong type = (value & HVM_PARAM_CALLBACK_IRQ_TYPE_MASK) >> HVM_PARAM_CALLBACK_IRQ_TYPE_SHIFT;

@@ -108,6 +108,17 @@ internal sealed unsafe class HvmDomain : ArchDomain
     /// tables have no sleep states).</summary>
     public bool HasAcpiSleepControl { get; private set; }
 
+    /// <summary>hvmloader set HVM_PARAM_ACPI_IOPORTS_LOCATION: its FADT names the device model's PM1a control register
+    /// (QEMU's PIIX4 power management), which Xen does not emulate, so the stand-in at 0xB004 steps aside unless the
+    /// toolstack gave the guest its own. Firmware that reads, modifies and writes the register back (OVMF) would otherwise
+    /// read all ones and write S5.</summary>
+    public void AcpiPortsRelocated()
+    {
+        lock (Pm1a)
+            if (!HasAcpiSleepControl)
+                PortIo.Unregister(Pm1a.Port, Pm1a);
+    }
+
     /// <summary>Moves the PM1a control register to the port the toolstack's FADT names, with its \_S5 SLP_TYP.</summary>
     public void SetAcpiSleepControl(ushort port, int s5SleepType)
     {

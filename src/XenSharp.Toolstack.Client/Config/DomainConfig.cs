@@ -23,8 +23,12 @@ public sealed class DomainConfig
     public string Cmdline { get; set; } = "";
     public string? Firmware { get; set; }
     public string? FirmwareOverride { get; set; }
-    /// <summary>xl.cfg bios: the system firmware hvmloader loads (only "seabios").</summary>
+    /// <summary>xl.cfg bios: the system firmware hvmloader loads ("seabios" or "ovmf").</summary>
     public string? Bios { get; set; }
+    /// <summary>xl.cfg bios_path_override: the file loaded as that firmware instead of the packaged one.</summary>
+    public string? BiosPathOverride { get; set; }
+    /// <summary>An HVM domain's emulated graphics card, VNC and SDL displays and USB input (QEMU's).</summary>
+    public HvmDisplay Display { get; set; } = new() { Vga = VgaKind.None, VideoRamKb = 0, Vnc = false };
     /// <summary>xl.cfg device_model_override: the QEMU binary run as an HVM domain's device model.</summary>
     public string? DeviceModelOverride { get; set; }
     /// <summary>xl.cfg serial (a string or a list): where the device model's UARTs go (QEMU's -serial, one each).</summary>

@@ -16,6 +16,7 @@ public static class DomainConfigReader
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
         "acpi", "apic", "hpet", "timer_mode", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
+        "bios_path_override", .. HvmDisplay.Keys,
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
@@ -27,13 +28,12 @@ public static class DomainConfigReader
         "vkb_device", "vtpm", "p9", "pvcalls", "vfb",
         "vkb", "vdispl", "vsnd", "channel", "usb", "usbctrl", "usbdev", "pci", "pci_permissive", "pci_msitranslate",
         "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
-        "iomem", "e820_host", "vga", "videoram", "stdvga", "vnc", "vnclisten", "vncdisplay",
-        "vncunused", "vncpasswd", "keymap", "sdl", "opengl", "spice", "soundhw", "device_model_version",
+        "iomem", "e820_host", "opengl", "spice", "soundhw", "device_model_version",
         "device_model_stubdomain_override", "device_model_args", "device_model_user",
         "bootloader", "bootloader_args", "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
         "altp2m", "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
         "tee", "gic_version", "vuart", "dm_restrict", "xenstore_nodes", "event_channels", "passthrough",
-        "max_event_channels", "smbios_firmware", "acpi_firmware", "bios_path_override", "usbversion",
+        "max_event_channels", "smbios_firmware", "acpi_firmware", "usbversion",
         "vif2", "xsm", "cpuid_policy", "memory_sharing", "suppress_vmdesc", "vendor_device", "mmio_hole",
         "cpu_cap", "nographic", "on_xend_start", "on_xend_stop", "tsc_native", "blkif", "netif", "tpmif",
         "vcpu_avail", "pvh", "device_model", "extra_guest_irqs", "soft_reset", "vdispl",
@@ -175,8 +175,13 @@ public static class DomainConfigReader
                     throw new XlConfigException($"{cfg.File}: a PVH domain needs kernel=\"PATHNAME\"");
                 break;
             case DomainType.Hvm:
-                if (d.FirmwareOverride is null && (d.Bios ?? "seabios") != "seabios")
-                    throw new XlConfigException($"{cfg.File}: bios=\"{d.Bios}\" is not supported; only seabios is");
+                // libxl_bios_type: rombios is qemu-xen-traditional's, which XenSharp does not run.
+                if (d.Bios == "rombios")
+                    throw At(cfg, "bios", "qemu-xen does not support bios=rombios.");
+                if (d.Bios is not (null or "seabios" or "ovmf"))
+                    throw At(cfg, "bios", $"ERROR: invalid value \"{d.Bios}\" for \"bios\"");
+                d.BiosPathOverride = ResolvePath(cfg, "bios_path_override");
+                d.Display = HvmDisplay.Read(cfg);
                 break;
         }
 

@@ -41,6 +41,7 @@ namespace XenSharp.Toolstack.Control;
 [JsonDerivedType(typeof(MigrateSendRequest), "migrate-send")]
 [JsonDerivedType(typeof(MigrateReceiveRequest), "migrate-receive")]
 [JsonDerivedType(typeof(ConsoleAttachRequest), "console")]
+[JsonDerivedType(typeof(VncDisplayRequest), "vnc-display")]
 [JsonDerivedType(typeof(StopDaemonRequest), "stop-daemon")]
 [JsonDerivedType(typeof(CpupoolListRequest), "cpupool-list")]
 [JsonDerivedType(typeof(CpupoolCreateRequest), "cpupool-create")]
@@ -157,6 +158,9 @@ public static class MigrationFrames
 public sealed record ConsoleAttachRequest(string Domain, bool Unpause = false) : ControlRequest<ConsoleAttachResult>;
 public sealed record ConsoleAttachResult(uint DomId, string Name);
 public sealed record StopDaemonRequest : ControlRequest<Unit>;
+/// <summary>Where a domain's VNC server listens (xenstore console/vnc-listen and vnc-port), for xl vncviewer.</summary>
+public sealed record VncDisplayRequest(string Domain) : ControlRequest<VncDisplay>;
+public sealed record VncDisplay(string Listen, int Port, string? Password);
 
 /// <summary>Cpupools by name (null: all).</summary>
 public sealed record CpupoolListRequest(string? Pool) : ControlRequest<IReadOnlyList<CpupoolEntry>>;

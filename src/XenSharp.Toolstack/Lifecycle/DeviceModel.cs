@@ -36,10 +36,11 @@ public sealed partial class Host
             "-chardev", $"socket,id=libxl-cmd,path={QmpSocketPath(dom.DomId)},server=on,wait=off",
             "-no-shutdown", "-mon", "chardev=libxl-cmd,mode=control",
             "-nodefaults", "-no-user-config", "-xen-attach", "-name", c.Name,
-            "-display", "none",
         };
+        args.AddRange(DisplayBackendArgs(c.Display));
         foreach (string serial in c.Serials)
             args.AddRange(["-serial", serial]);
+        args.AddRange(GraphicsCardArgs(c.Display));
         // Disks as libxl gives them to qemu-xen: the first four (hda-hdd, or xvda-xvdd) on the IDE buses, CD-ROMs
         // read-only; the guest also gets each as a PV vbd, for when its PV drivers unplug the emulated ones.
         foreach (var disk in c.Disks)
@@ -53,9 +54,10 @@ public sealed partial class Host
                 ? $"if=ide,index={index},readonly=on,media=cdrom,format={format},file={file}"
                 : $"file={file},if=ide,index={index},media=disk,format={format},cache=writeback{(disk.ReadWrite ? "" : ",readonly=on")}");
         }
-        args.AddRange(["-vga", "none", "-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}",
-            "-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}", "-net", "none",
-            "-machine", "xenfv", "-m", (c.TargetMemKb / 1024).ToString(CultureInfo.InvariantCulture)]);
+        args.AddRange(["-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}"]);
+        args.AddRange(UsbArgs(c.Display));
+        args.AddRange(["-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}", "-net", "none",
+            "-machine", "xenfv", "-m", ((c.TargetMemKb - c.Display.VideoRamKb) / 1024).ToString(CultureInfo.InvariantCulture)]);
         return args;
     }
 
@@ -84,7 +86,22 @@ public sealed partial class Host
             StopDeviceModel(domId);
             throw new ControlException($"domain {domId}: the device model did not start (see {log})");
         }
+        try { ConfigureDisplay(dom); }
+        catch (ControlException e)
+        {
+            bool exited = p.HasExited;
+            StopDeviceModel(domId);
+            // QEMU refuses some display options only once it runs (Debian's has no DES for VNC passwords).
+            string why = exited ? $"QEMU exited: {LastLine(log)}" : e.Message;
+            throw new ControlException($"domain {domId}: the device model's display: {why} (see {log})");
+        }
         _hv.ConsoleWrite($"d{domId}: device model QEMU running, pid {p.Id}");
+    }
+
+    private static string LastLine(string file)
+    {
+        try { return File.ReadLines(file).LastOrDefault(l => l.Trim().Length > 0)?.Trim() ?? ""; }
+        catch (IOException) { return ""; }
     }
 
     /// <summary>QEMU ended by itself: its domain cannot do I/O any more and is crashed, as Xen's toolstack sees it.</summary>

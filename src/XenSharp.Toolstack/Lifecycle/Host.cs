@@ -158,7 +158,7 @@ public sealed partial class Host : IDisposable
         bool hvmFirmware = c.Type == DomainType.Hvm && c.FirmwareOverride is null;
         string image = c.Type == DomainType.Hvm ? c.FirmwareOverride ?? HvmloaderPath : c.Kernel!;
         byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm ? hvmFirmware ? "hvmloader" : "firmware_override" : "kernel");
-        byte[]? systemFirmware = hvmFirmware ? ReadImage(SeabiosPath, "bios") : null;
+        byte[]? systemFirmware = hvmFirmware ? ReadImage(SystemFirmwarePath(c), "bios") : null;
         byte[]? ramdisk = c.Ramdisk is null ? null : ReadImage(c.Ramdisk, "ramdisk");
 
         if (c.TscMode == TscMode.NativeParavirt)
@@ -245,8 +245,9 @@ public sealed partial class Host : IDisposable
     {
         var c = dom.Config;
         var hvd = dom.Hv;
-        var built = HvmBuilder.Build(new HvmBuildSpec(hvmloader, image, systemFirmware, (ulong)c.TargetMemKb * 1024,
-            c.Vcpus, c.MaxVcpus), hvd.Memory);
+        // The graphics card's memory comes out of the target: QEMU populates it itself (libxl's video_memkb).
+        var built = HvmBuilder.Build(new HvmBuildSpec(hvmloader, image, systemFirmware,
+            (ulong)(c.TargetMemKb - c.Display.VideoRamKb) * 1024, c.Vcpus, c.MaxVcpus), hvd.Memory);
         hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
         hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
         hvd.SetOnlineVcpus(c.Vcpus);
@@ -261,9 +262,12 @@ public sealed partial class Host : IDisposable
     private static string HvmloaderPath =>
         Environment.GetEnvironmentVariable("XENSHARP_HVMLOADER") is { Length: > 0 } p ? p : "/usr/lib/xen-4.17/boot/hvmloader";
 
-    /// <summary>The SeaBIOS libxl loads as hvmloader's firmware module (Debian's seabios), or $XENSHARP_SEABIOS.</summary>
-    private static string SeabiosPath =>
-        Environment.GetEnvironmentVariable("XENSHARP_SEABIOS") is { Length: > 0 } p ? p : "/usr/share/seabios/bios-256k.bin";
+    /// <summary>The file libxl loads as hvmloader's "firmware" module: bios_path_override, or for bios="ovmf" Debian's
+    /// OVMF (or $XENSHARP_OVMF), else Debian's SeaBIOS (or $XENSHARP_SEABIOS), the paths Debian's libxl names.</summary>
+    private static string SystemFirmwarePath(DomainConfig c) =>
+        c.BiosPathOverride ?? (c.Bios == "ovmf"
+            ? Environment.GetEnvironmentVariable("XENSHARP_OVMF") is { Length: > 0 } o ? o : "/usr/share/ovmf/OVMF.fd"
+            : Environment.GetEnvironmentVariable("XENSHARP_SEABIOS") is { Length: > 0 } p ? p : "/usr/share/seabios/bios-256k.bin");
 
     /// <summary>A built domain starts (unless asked paused) and becomes its lineage's current incarnation.</summary>
     private void Launch(Domain dom, bool paused)

@@ -38,6 +38,7 @@ public sealed partial class Host
         On((Host h, MemMaxRequest r) => h.MemMax(r)),
         On((Host h, InfoRequest _) => h.Info()),
         On((Host h, DmesgRequest r) => h._hv.ReadConsole(r.Clear)),
+        On((Host h, VncDisplayRequest r) => h.VncDisplayOf(h.Resolve(r.Domain))),
         On((Host h, DebugKeysRequest r) => h._hv.DebugKeys(r.Keys)),
         On((Host h, SysrqRequest r) => h._xs.Write($"{XenstoreLayout.DomainPath(h.Resolve(r.Domain).DomId)}/control/sysrq", r.Key.ToString())),
         On((Host h, TriggerRequest r) => h.Trigger(r)),
