@@ -210,6 +210,23 @@ internal sealed unsafe class GrantTable
                     return GNTST_bad_page;
                 mfn = (uint)frame;
             }
+            else if (_d.Pv is not null)
+            {
+                // A PV granter is not translated either: the entry names one of its machine frames. A writable use
+                // holds a writable type on it, so a page table or descriptor page can never be granted writable
+                // (Xen's get_page_and_type(PGT_writable_page) in map_grant_ref).
+                var frames = _d.Host.Frames;
+                if (frame >= frames.FrameCount || !frames.TryGetPage(frame, _d.DomainId))
+                    return GNTST_bad_page;
+                if (!readOnly && X86.Pv.PvMm.GetPageType(frames, frame, PageType.Writable) != 0)
+                {
+                    frames.PutPage(frame);
+                    return GNTST_general_error;
+                }
+                mfn = (uint)frame;
+                AddPin(gref, readOnly);
+                return GNTST_okay;
+            }
             else
             {
                 if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
@@ -217,13 +234,20 @@ internal sealed unsafe class GrantTable
                 if (!readOnly && type == P2mType.RamRo)
                     return GNTST_general_error;
             }
-            _active.TryGetValue(gref, out var pins);
-            pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
-            _active[gref] = pins;
             _d.Host.Frames.AddRef(mfn);
-            UpdateInUseFlags(gref, pins);
+            AddPin(gref, readOnly);
             return GNTST_okay;
         }
+    }
+
+    /// <summary>Counts one more use of grant <paramref name="gref"/> and shows it in the entry's in-use flags;
+    /// the caller holds the domain lock.</summary>
+    private void AddPin(uint gref, bool readOnly)
+    {
+        _active.TryGetValue(gref, out var pins);
+        pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
+        _active[gref] = pins;
+        UpdateInUseFlags(gref, pins);
     }
 
     public void ReleasePin(uint gref, uint mfn, bool readOnly)
@@ -245,6 +269,8 @@ internal sealed unsafe class GrantTable
                     UpdateInUseFlags(gref, pins);
             }
         }
+        if (!readOnly && _d.Pv is not null)
+            X86.Pv.PvMm.PutPageType(_d.Host.Frames, mfn);
         _d.Host.Frames.Release(mfn, dropRef: true);
     }
 
@@ -289,7 +315,9 @@ internal sealed unsafe class GrantTable
                     var e = EntryV2(gref);
                     (flags, domid, frame) = (e->Flags, e->Domid, e->Frame);
                 }
-                _d.P2m.TryLookup(frame, out uint mfn, out _);
+                uint mfn = (uint)frame;
+                if (_d.Pv is null)
+                    _d.P2m.TryLookup(frame, out mfn, out _);
                 list.Add((gref, pins.Read, pins.Write, domid, frame, flags, mfn));
             }
         }
@@ -485,7 +513,12 @@ internal sealed unsafe class GrantTable
         lock (_d.Lock)
         {
             var list = status ? _status : _shared;
-            return idx < list.Count && _frameGfn.TryGetValue(list[idx], out ulong g) ? g : ulong.MaxValue;
+            if (idx >= list.Count)
+                return ulong.MaxValue;
+            // A PV domain is not translated: it maps its table by machine frame (Xen's gnttab_shared_gfn).
+            if (_d.Pv is not null)
+                return list[idx];
+            return _frameGfn.TryGetValue(list[idx], out ulong g) ? g : ulong.MaxValue;
         }
     }
 
