@@ -40,6 +40,9 @@ internal sealed unsafe class GrantTable
         public required bool ReadOnly;
         /// <summary>GFN in the mapper's physmap, or null for a host (Domain-0) mapping.</summary>
         public ulong? Gfn;
+        /// <summary>For a PV mapper's host mapping: the L1 slot holding the grant's PTE.</summary>
+        public (ulong L1Mfn, int Index)? Pte;
+        public bool ByPte;
     }
 
     // ---------------- table frames ----------------
@@ -333,26 +336,44 @@ internal sealed unsafe class GrantTable
 
     // ---------------- mapping side ----------------
 
-    /// <summary>GNTTABOP_map_grant_ref for this (mapping) domain.</summary>
-    public short Map(ref GnttabMapGrantRef op, bool host, out byte* hostPointer)
+    /// <summary>GNTTABOP_map_grant_ref for this (mapping) domain; <paramref name="caller"/> is the vCPU whose page
+    /// tables a PV domain's host mapping by linear address goes into.</summary>
+    public short Map(ref GnttabMapGrantRef op, bool host, out byte* hostPointer, Vcpu? caller = null)
     {
         hostPointer = null;
         if ((op.Flags & (GNTMAP_device_map | GNTMAP_host_map)) == 0)
             return GNTST_bad_gntref;
-        if (!host && (op.Flags & GNTMAP_contains_pte) != 0)
+        bool pvHostMap = !host && _d.Pv is not null && (op.Flags & GNTMAP_host_map) != 0;
+        if (!host && _d.Pv is null && (op.Flags & GNTMAP_contains_pte) != 0)
             return GNTST_general_error; // translated guests map by guest-physical address only
         var granter = op.Dom == Xen.DOMID_SELF ? _d : _d.Host.FindDomain(op.Dom);
         if (granter is null || granter.IsDying)
             return GNTST_bad_domain;
         bool ro = (op.Flags & GNTMAP_readonly) != 0;
         ulong gfn = op.HostAddr >> FrameTable.PageShift;
-        if (!host && (op.Flags & GNTMAP_host_map) != 0 && gfn > P2m.MaxGfn)
+        if (!host && _d.Pv is null && (op.Flags & GNTMAP_host_map) != 0 && gfn > P2m.MaxGfn)
             return GNTST_bad_virt_addr;
+        // A PV domain's host mapping is a PTE: the L1 slot it goes into must exist before anything is pinned.
+        (ulong L1Mfn, int Index) pte = default;
+        if (pvHostMap && (caller is null
+            || !X86.Pv.PvMm.TryGrantSlot(caller, op.HostAddr, (op.Flags & GNTMAP_contains_pte) != 0, out pte.L1Mfn, out pte.Index)))
+            return GNTST_general_error;
         short st = granter.Gnttab.Acquire(_d.DomainId, op.Ref, ro, allowSubPage: false, out uint mfn, out _, out _);
         if (st != GNTST_okay)
             return st;
         var m = new Mapping { Granter = granter, Ref = op.Ref, Mfn = mfn, ReadOnly = ro };
-        if (!host && (op.Flags & GNTMAP_host_map) != 0)
+        if (pvHostMap)
+        {
+            if (!X86.Pv.PvMm.WriteGrantPte(_d.Host.Frames, pte.L1Mfn, pte.Index, mfn, ro))
+            {
+                granter.Gnttab.ReleasePin(op.Ref, mfn, ro);
+                return GNTST_general_error;
+            }
+            _d.Pv!.GrantMapped.Add(mfn, ro);
+            m.Pte = pte;
+            m.ByPte = (op.Flags & GNTMAP_contains_pte) != 0;
+        }
+        else if (!host && (op.Flags & GNTMAP_host_map) != 0)
         {
             lock (_d.Lock)
             {
@@ -381,8 +402,10 @@ internal sealed unsafe class GrantTable
         }
     }
 
-    /// <summary>GNTTABOP_unmap_grant_ref for this (mapping) domain.</summary>
-    public short Unmap(uint handle, ulong hostAddr, bool host)
+    /// <summary>GNTTABOP_unmap_grant_ref for this (mapping) domain; a PV domain's host mapping is found by
+    /// <paramref name="hostAddr"/> as it was mapped (a linear address in <paramref name="caller"/>'s page tables, or
+    /// the PTE's machine address).</summary>
+    public short Unmap(uint handle, ulong hostAddr, bool host, Vcpu? caller = null)
     {
         Mapping? m;
         lock (_maptrack)
@@ -392,6 +415,16 @@ internal sealed unsafe class GrantTable
                 return GNTST_bad_handle;
             if (!host && m.Gfn is ulong g && hostAddr != 0 && (hostAddr >> FrameTable.PageShift) != g)
                 return GNTST_general_error;
+            if (m.Pte is { } pte && hostAddr != 0)
+            {
+                // Xen's replace_grant_host_mapping: the entry at the address must still map the granted frame.
+                if (caller is null || !X86.Pv.PvMm.TryGrantSlot(caller, hostAddr, m.ByPte, out ulong l1, out int index)
+                    || (l1, index) != pte || !X86.Pv.PvMm.ClearGrantPte(_d.Host.Frames, l1, index, m.Mfn))
+                    return GNTST_general_error;
+                _d.Pv!.FlushTlbs(caller);
+            }
+            if (m.Pte is not null)
+                _d.Pv!.GrantMapped.Remove(m.Mfn, m.ReadOnly);
             _maptrack[(int)handle] = null;
         }
         if (m.Gfn is ulong gfn)

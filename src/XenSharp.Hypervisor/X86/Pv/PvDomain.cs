@@ -18,7 +18,7 @@ internal sealed unsafe class PvDomain : ArchDomain
 
     public PvDomain(Domain domain) : base(domain)
     {
-        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId);
+        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId, GrantMapped);
         MachToPhys = domain.Host.MachToPhys;
         var frames = domain.Host.Frames;
         PerDomainL3 = Allocate(frames);
@@ -69,6 +69,10 @@ internal sealed unsafe class PvDomain : ArchDomain
         frames.Free(_perDomainL1);
     }
 
+    /// <summary>Other domains' frames this domain has grant-mapped into its page tables: MFN → (read-only, writable)
+    /// mappings. The engine may reach such a frame while a mapping of it lasts (writes only through a writable one).</summary>
+    public GrantMappedFrames GrantMapped { get; } = new();
+
     /// <summary>The engine's "physical" memory for this domain: machine frames by MFN.</summary>
     public PvMachineMemory Machine { get; }
     public MachToPhys MachToPhys { get; }
@@ -87,12 +91,48 @@ internal sealed unsafe class PvDomain : ArchDomain
 /// Machine memory as a PV domain's engine sees it: frames it owns (a write not to a page table or descriptor
 /// page) and Xen's read-only frames. A write the view refuses leaves the engine as an MMIO exit.
 /// </summary>
-internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid) : IGuestMemory
+internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid, GrantMappedFrames grantMapped) : IGuestMemory
 {
     public byte* GetPage(ulong mfn, bool write) =>
-        frames.IsGuestAccessible(mfn, domid, write) ? frames.PageAddress(mfn) : null;
+        frames.IsGuestAccessible(mfn, domid, write) || grantMapped.Allows(mfn, write) ? frames.PageAddress(mfn) : null;
 
     /// <summary>MFNs never move to other host pages; TLB flushes and freed frames have their own paths, so decoded
     /// code stays valid.</summary>
     public long Generation => 0;
+}
+
+/// <summary>Counts of a PV domain's grant mappings of other domains' frames, by MFN. Looked up on a soft-TLB miss of
+/// a frame the domain does not own, never per instruction.</summary>
+internal sealed class GrantMappedFrames
+{
+    private readonly Dictionary<ulong, (int ReadOnly, int Writable)> _frames = new();
+
+    public void Add(ulong mfn, bool readOnly)
+    {
+        lock (_frames)
+        {
+            _frames.TryGetValue(mfn, out var c);
+            _frames[mfn] = readOnly ? (c.ReadOnly + 1, c.Writable) : (c.ReadOnly, c.Writable + 1);
+        }
+    }
+
+    public void Remove(ulong mfn, bool readOnly)
+    {
+        lock (_frames)
+        {
+            if (!_frames.TryGetValue(mfn, out var c))
+                return;
+            c = readOnly ? (c.ReadOnly - 1, c.Writable) : (c.ReadOnly, c.Writable - 1);
+            if (c.ReadOnly <= 0 && c.Writable <= 0)
+                _frames.Remove(mfn);
+            else
+                _frames[mfn] = c;
+        }
+    }
+
+    public bool Allows(ulong mfn, bool write)
+    {
+        lock (_frames)
+            return _frames.TryGetValue(mfn, out var c) && (write ? c.Writable > 0 : c.ReadOnly + c.Writable > 0);
+    }
 }
