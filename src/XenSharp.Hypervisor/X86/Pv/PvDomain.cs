@@ -24,8 +24,10 @@ internal sealed unsafe class PvDomain : ArchDomain
         PerDomainL3 = Allocate(frames);
         _perDomainL2 = Allocate(frames);
         _perDomainL1 = Allocate(frames);
+        _ldtL1 = Allocate(frames);
         ((ulong*)frames.PageAddress(PerDomainL3))[0] = XenPte(_perDomainL2);
         ((ulong*)frames.PageAddress(_perDomainL2))[0] = XenPte(_perDomainL1);
+        ((ulong*)frames.PageAddress(_perDomainL2))[1] = XenPte(_ldtL1);
         for (int w = 0; w < MaxGdtWindows; w++)
             ((ulong*)frames.PageAddress(_perDomainL1))[w * GdtWindowPages + ReservedGdtPage] = XenPte(MachToPhys.ReservedGdtMfn);
         domain.Host.PvDomains[domain.DomainId] = this;
@@ -33,7 +35,20 @@ internal sealed unsafe class PvDomain : ArchDomain
 
     /// <summary>The L3 every L4 of the domain gets in <see cref="PerDomainSlot"/>.</summary>
     public uint PerDomainL3 { get; }
-    private readonly uint _perDomainL2, _perDomainL1;
+    private readonly uint _perDomainL2, _perDomainL1, _ldtL1;
+
+    /// <summary>Each vCPU's LDT window (16 pages, an LDT's most) in the second 2 MiB of the per-domain slot: the
+    /// guest's LDT pages are mapped there read-only as the guest first uses them (Xen's LDT shadow mapping).</summary>
+    public const ulong LdtAreaVirt = PerDomainVirt + (2UL << 20);
+    public const int LdtWindowPages = 16, MaxLdtWindows = 512 / LdtWindowPages;
+    public static ulong LdtVirt(int id) => LdtAreaVirt + (ulong)id * LdtWindowPages * FrameTable.PageSize;
+
+    /// <summary>Maps (or, with 0, unmaps) page <paramref name="page"/> of vCPU <paramref name="id"/>'s LDT window.</summary>
+    public void MapLdtPage(int id, int page, ulong mfn)
+    {
+        if (id < MaxLdtWindows && page < LdtWindowPages)
+            ((ulong*)Domain.Host.Frames.PageAddress(_ldtL1))[id * LdtWindowPages + page] = mfn == 0 ? 0 : XenPte(mfn);
+    }
 
     private static uint Allocate(FrameTable frames) => frames.TryAllocate(Public.Xen.DOMID_XEN, FrameType.XenShared, out uint mfn)
         ? mfn : throw new HypervisorException("out of machine memory for a PV domain's per-domain tables");
@@ -67,6 +82,7 @@ internal sealed unsafe class PvDomain : ArchDomain
         frames.Free(PerDomainL3);
         frames.Free(_perDomainL2);
         frames.Free(_perDomainL1);
+        frames.Free(_ldtL1);
     }
 
     /// <summary>Other domains' frames this domain has grant-mapped into its page tables: MFN → (read-only, writable)

@@ -472,9 +472,7 @@ internal static unsafe class PvMm
                 if (ents > LDT_MAX_ENTRIES || (addr & (FrameTable.PageSize - 1)) != 0
                     || (ents != 0 && (addr >= HYPERVISOR_VIRT_START && addr < HYPERVISOR_VIRT_END || addr + ents * 8UL < addr)))
                     return -Errno.EINVAL;
-                pv.LdtBase = addr;
-                pv.LdtEntries = ents;
-                pv.FlushTlb(now: true);
+                SetLdt(v, addr, ents);
                 return 0;
             }
             case MMUEXT_CLEAR_PAGE:
@@ -515,6 +513,69 @@ internal static unsafe class PvMm
             default:
                 return -Errno.ENOSYS;
         }
+    }
+
+    /// <summary>A new LDT for the vCPU: the pages of the old one leave its window (and lose their descriptor-page
+    /// type); the new one's pages are mapped as the guest first reaches them (<see cref="TryLdtFault"/>).</summary>
+    public static void SetLdt(Vcpu v, ulong addr, uint ents)
+    {
+        var pv = v.Pv!;
+        var frames = v.Domain.Host.Frames;
+        lock (frames.TypeLock)
+        {
+            for (int i = 0; i < pv.LdtFrames.Length; i++)
+            {
+                if (pv.LdtFrames[i] == 0)
+                    continue;
+                v.Domain.Pv!.MapLdtPage(v.Id, i, 0);
+                PutPageType(frames, pv.LdtFrames[i]);
+                frames.PutPage(pv.LdtFrames[i]);
+                pv.LdtFrames[i] = 0;
+            }
+            pv.LdtBase = addr;
+            pv.LdtEntries = ents;
+        }
+        pv.LoadCr3();
+    }
+
+    /// <summary>A page fault in the vCPU's LDT window (Xen's map_ldt_shadow_page): the guest's LDT page at that
+    /// offset, found through the kernel's page tables, becomes a descriptor page mapped read-only in the window and
+    /// the instruction runs again; a page that is not mapped or not valid as descriptors turns the fault into a #GP
+    /// on the LDT selector, as Xen raises it. False for a fault anywhere else.</summary>
+    public static bool TryLdtFault(Vcpu v, ulong cr2, out uint? gpErrorCode)
+    {
+        gpErrorCode = null;
+        var pv = v.Pv!;
+        if (v.Id >= PvDomain.MaxLdtWindows)
+            return false;
+        ulong window = PvDomain.LdtVirt(v.Id);
+        if (cr2 < window || cr2 >= window + PvDomain.LdtWindowPages * FrameTable.PageSize)
+            return false;
+        ulong offset = cr2 - window;
+        int page = (int)(offset >> FrameTable.PageShift);
+        var frames = v.Domain.Host.Frames;
+        lock (frames.TypeLock)
+        {
+            if (offset < pv.LdtEntries * 8UL && pv.LdtFrames[page] == 0
+                && TryFindL1e(frames, pv.GuestTable, pv.LdtBase + ((ulong)page << FrameTable.PageShift), out ulong l1, out int index))
+            {
+                ulong e = ((ulong*)frames.PageAddress(l1))[index];
+                ulong mfn = (e & AddressMask) >> FrameTable.PageShift;
+                if ((e & PAGE_PRESENT) != 0 && frames.TryGetPage(mfn, v.Domain.DomainId))
+                {
+                    if (GetPageType(frames, mfn, PageType.SegDesc) == 0)
+                    {
+                        pv.LdtFrames[page] = mfn;
+                        v.Domain.Pv!.MapLdtPage(v.Id, page, mfn);
+                        pv.FlushTlb(now: true);
+                        return true;
+                    }
+                    frames.PutPage(mfn);
+                }
+            }
+        }
+        gpErrorCode = (uint)(offset & ~7UL) | 4; // the selector's index, with TI
+        return true;
     }
 
     /// <summary>MMUEXT_PIN_Lx_TABLE: a general and a type reference that stay until the unpin.</summary>
@@ -770,6 +831,7 @@ internal static unsafe class PvMm
             Replace(ref pv.GuestTableUser, 0, frames);
             Replace(ref pv.GuestTable, 0, frames);
             SetGdtFrames(v, [], 0);
+            SetLdt(v, 0, 0);
         }
     }
 
