@@ -172,6 +172,37 @@ public class PvGrantMapTests : IDisposable
     }
 
     [Fact]
+    public void APvDomainCopiesAGrantIntoItsOwnFrameByMachineFrameButNotIntoAPageTable()
+    {
+        var (granter, mapper) = Pair();
+        ulong dest = mapper.Mfn(Data);
+        var copy = new GnttabCopy
+        {
+            Source = new GnttabCopyPtr { RefOrGmfn = Gref, Domid = granter.G.Id, Offset = 0 },
+            Dest = new GnttabCopyPtr { RefOrGmfn = dest, Domid = Xen.DOMID_SELF, Offset = 16 },
+            Len = 8,
+            Flags = GNTCOPY_source_gref,
+        };
+        mapper.G.Write(Args << 12, copy);
+        Assert.Equal(0, mapper.G.Call(Xen.__HYPERVISOR_grant_table_op, (ulong)GNTTABOP_copy, mapper.Ma(Args), 1));
+        Assert.Equal(GNTST_okay, mapper.G.Read<GnttabCopy>(Args << 12).Status);
+        Assert.Equal(0x6772616E746564UL, mapper.G.Read<ulong>((Data << 12) + 16));
+        // The mapper's L1 (typed as a table by its loaded tree) is no copy destination; a frame not its own is none either.
+        copy.Dest.RefOrGmfn = mapper.Mfn(L1);
+        mapper.G.Write(Args << 12, copy);
+        Assert.Equal(0, mapper.G.Call(Xen.__HYPERVISOR_grant_table_op, (ulong)GNTTABOP_copy, mapper.Ma(Args), 1));
+        Assert.Equal(GNTST_general_error, mapper.G.Read<GnttabCopy>(Args << 12).Status);
+        copy.Dest.RefOrGmfn = granter.Mfn(Data);
+        mapper.G.Write(Args << 12, copy);
+        Assert.Equal(0, mapper.G.Call(Xen.__HYPERVISOR_grant_table_op, (ulong)GNTTABOP_copy, mapper.Ma(Args), 1));
+        Assert.Equal(GNTST_bad_page, mapper.G.Read<GnttabCopy>(Args << 12).Status);
+        // Nothing stays held: the destination may become a page table, and the grant is idle.
+        Assert.False(granter.G.Domain.Gnttab.IsActive(Gref));
+        lock (mapper.Frames.TypeLock)
+            Assert.Equal(0, mapper.Frames.TypeInfoOf(dest).Count - 1); // the tree's own writable mapping of it
+    }
+
+    [Fact]
     public void DestroyingBothDomainsWithAMappingInPlaceGivesAllTheirMemoryBack()
     {
         _ = _host.Services.MachToPhys;

@@ -462,9 +462,18 @@ internal sealed unsafe class GrantTable
         return st;
     }
 
-    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly)
+    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly, FrameTable? PvFrames = null)
     {
-        public void Release() => Owner?.ReleasePin(Ref, Mfn, ReadOnly);
+        public void Release()
+        {
+            Owner?.ReleasePin(Ref, Mfn, ReadOnly);
+            if (PvFrames is { } frames)
+            {
+                if (!ReadOnly)
+                    X86.Pv.PvMm.PutPageType(frames, Mfn);
+                frames.PutPage(Mfn);
+            }
+        }
     }
 
     private short Resolve(in GnttabCopyPtr p, bool isGref, bool write, int len, out Pinned pinned)
@@ -490,6 +499,20 @@ internal sealed unsafe class GrantTable
         // Copying by frame number is for one's own memory (or a privileged domain's).
         if (dom != _d && !_d.IsPrivileged)
             return GNTST_permission_denied;
+        if (dom.Pv is not null)
+        {
+            // A PV domain names its machine frames; the copy holds the frame (writable-typed to write it) meanwhile.
+            var frames = _d.Host.Frames;
+            if (p.RefOrGmfn >= frames.FrameCount || !frames.TryGetPage(p.RefOrGmfn, dom.DomainId))
+                return GNTST_bad_page;
+            if (write && X86.Pv.PvMm.GetPageType(frames, p.RefOrGmfn, PageType.Writable) != 0)
+            {
+                frames.PutPage(p.RefOrGmfn);
+                return GNTST_general_error;
+            }
+            pinned = new Pinned(null, 0, (uint)p.RefOrGmfn, !write, frames);
+            return GNTST_okay;
+        }
         if (!dom.P2m.TryLookup(p.RefOrGmfn, out uint m, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.GrantMapRw or P2mType.GrantMapRo))
             return GNTST_bad_page;
         if (write && t is P2mType.RamRo or P2mType.GrantMapRo)
