@@ -40,6 +40,9 @@ internal sealed unsafe class GrantTable
         public required bool ReadOnly;
         /// <summary>GFN in the mapper's physmap, or null for a host (Domain-0) mapping.</summary>
         public ulong? Gfn;
+        /// <summary>For a PV mapper's host mapping: the L1 slot holding the grant's PTE.</summary>
+        public (ulong L1Mfn, int Index)? Pte;
+        public bool ByPte;
     }
 
     // ---------------- table frames ----------------
@@ -210,6 +213,23 @@ internal sealed unsafe class GrantTable
                     return GNTST_bad_page;
                 mfn = (uint)frame;
             }
+            else if (_d.Pv is not null)
+            {
+                // A PV granter is not translated either: the entry names one of its machine frames. A writable use
+                // holds a writable type on it, so a page table or descriptor page can never be granted writable
+                // (Xen's get_page_and_type(PGT_writable_page) in map_grant_ref).
+                var frames = _d.Host.Frames;
+                if (frame >= frames.FrameCount || !frames.TryGetPage(frame, _d.DomainId))
+                    return GNTST_bad_page;
+                if (!readOnly && X86.Pv.PvMm.GetPageType(frames, frame, PageType.Writable) != 0)
+                {
+                    frames.PutPage(frame);
+                    return GNTST_general_error;
+                }
+                mfn = (uint)frame;
+                AddPin(gref, readOnly);
+                return GNTST_okay;
+            }
             else
             {
                 if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
@@ -217,13 +237,20 @@ internal sealed unsafe class GrantTable
                 if (!readOnly && type == P2mType.RamRo)
                     return GNTST_general_error;
             }
-            _active.TryGetValue(gref, out var pins);
-            pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
-            _active[gref] = pins;
             _d.Host.Frames.AddRef(mfn);
-            UpdateInUseFlags(gref, pins);
+            AddPin(gref, readOnly);
             return GNTST_okay;
         }
+    }
+
+    /// <summary>Counts one more use of grant <paramref name="gref"/> and shows it in the entry's in-use flags;
+    /// the caller holds the domain lock.</summary>
+    private void AddPin(uint gref, bool readOnly)
+    {
+        _active.TryGetValue(gref, out var pins);
+        pins = readOnly ? (pins.Read + 1, pins.Write) : (pins.Read, pins.Write + 1);
+        _active[gref] = pins;
+        UpdateInUseFlags(gref, pins);
     }
 
     public void ReleasePin(uint gref, uint mfn, bool readOnly)
@@ -245,6 +272,8 @@ internal sealed unsafe class GrantTable
                     UpdateInUseFlags(gref, pins);
             }
         }
+        if (!readOnly && _d.Pv is not null)
+            X86.Pv.PvMm.PutPageType(_d.Host.Frames, mfn);
         _d.Host.Frames.Release(mfn, dropRef: true);
     }
 
@@ -289,7 +318,9 @@ internal sealed unsafe class GrantTable
                     var e = EntryV2(gref);
                     (flags, domid, frame) = (e->Flags, e->Domid, e->Frame);
                 }
-                _d.P2m.TryLookup(frame, out uint mfn, out _);
+                uint mfn = (uint)frame;
+                if (_d.Pv is null)
+                    _d.P2m.TryLookup(frame, out mfn, out _);
                 list.Add((gref, pins.Read, pins.Write, domid, frame, flags, mfn));
             }
         }
@@ -305,26 +336,44 @@ internal sealed unsafe class GrantTable
 
     // ---------------- mapping side ----------------
 
-    /// <summary>GNTTABOP_map_grant_ref for this (mapping) domain.</summary>
-    public short Map(ref GnttabMapGrantRef op, bool host, out byte* hostPointer)
+    /// <summary>GNTTABOP_map_grant_ref for this (mapping) domain; <paramref name="caller"/> is the vCPU whose page
+    /// tables a PV domain's host mapping by linear address goes into.</summary>
+    public short Map(ref GnttabMapGrantRef op, bool host, out byte* hostPointer, Vcpu? caller = null)
     {
         hostPointer = null;
         if ((op.Flags & (GNTMAP_device_map | GNTMAP_host_map)) == 0)
             return GNTST_bad_gntref;
-        if (!host && (op.Flags & GNTMAP_contains_pte) != 0)
+        bool pvHostMap = !host && _d.Pv is not null && (op.Flags & GNTMAP_host_map) != 0;
+        if (!host && _d.Pv is null && (op.Flags & GNTMAP_contains_pte) != 0)
             return GNTST_general_error; // translated guests map by guest-physical address only
         var granter = op.Dom == Xen.DOMID_SELF ? _d : _d.Host.FindDomain(op.Dom);
         if (granter is null || granter.IsDying)
             return GNTST_bad_domain;
         bool ro = (op.Flags & GNTMAP_readonly) != 0;
         ulong gfn = op.HostAddr >> FrameTable.PageShift;
-        if (!host && (op.Flags & GNTMAP_host_map) != 0 && gfn > P2m.MaxGfn)
+        if (!host && _d.Pv is null && (op.Flags & GNTMAP_host_map) != 0 && gfn > P2m.MaxGfn)
             return GNTST_bad_virt_addr;
+        // A PV domain's host mapping is a PTE: the L1 slot it goes into must exist before anything is pinned.
+        (ulong L1Mfn, int Index) pte = default;
+        if (pvHostMap && (caller is null
+            || !X86.Pv.PvMm.TryGrantSlot(caller, op.HostAddr, (op.Flags & GNTMAP_contains_pte) != 0, out pte.L1Mfn, out pte.Index)))
+            return GNTST_general_error;
         short st = granter.Gnttab.Acquire(_d.DomainId, op.Ref, ro, allowSubPage: false, out uint mfn, out _, out _);
         if (st != GNTST_okay)
             return st;
         var m = new Mapping { Granter = granter, Ref = op.Ref, Mfn = mfn, ReadOnly = ro };
-        if (!host && (op.Flags & GNTMAP_host_map) != 0)
+        if (pvHostMap)
+        {
+            if (!X86.Pv.PvMm.WriteGrantPte(_d.Host.Frames, pte.L1Mfn, pte.Index, mfn, ro))
+            {
+                granter.Gnttab.ReleasePin(op.Ref, mfn, ro);
+                return GNTST_general_error;
+            }
+            _d.Pv!.GrantMapped.Add(mfn, ro);
+            m.Pte = pte;
+            m.ByPte = (op.Flags & GNTMAP_contains_pte) != 0;
+        }
+        else if (!host && (op.Flags & GNTMAP_host_map) != 0)
         {
             lock (_d.Lock)
             {
@@ -353,8 +402,10 @@ internal sealed unsafe class GrantTable
         }
     }
 
-    /// <summary>GNTTABOP_unmap_grant_ref for this (mapping) domain.</summary>
-    public short Unmap(uint handle, ulong hostAddr, bool host)
+    /// <summary>GNTTABOP_unmap_grant_ref for this (mapping) domain; a PV domain's host mapping is found by
+    /// <paramref name="hostAddr"/> as it was mapped (a linear address in <paramref name="caller"/>'s page tables, or
+    /// the PTE's machine address).</summary>
+    public short Unmap(uint handle, ulong hostAddr, bool host, Vcpu? caller = null)
     {
         Mapping? m;
         lock (_maptrack)
@@ -364,6 +415,16 @@ internal sealed unsafe class GrantTable
                 return GNTST_bad_handle;
             if (!host && m.Gfn is ulong g && hostAddr != 0 && (hostAddr >> FrameTable.PageShift) != g)
                 return GNTST_general_error;
+            if (m.Pte is { } pte && hostAddr != 0)
+            {
+                // Xen's replace_grant_host_mapping: the entry at the address must still map the granted frame.
+                if (caller is null || !X86.Pv.PvMm.TryGrantSlot(caller, hostAddr, m.ByPte, out ulong l1, out int index)
+                    || (l1, index) != pte || !X86.Pv.PvMm.ClearGrantPte(_d.Host.Frames, l1, index, m.Mfn))
+                    return GNTST_general_error;
+                _d.Pv!.FlushTlbs(caller);
+            }
+            if (m.Pte is not null)
+                _d.Pv!.GrantMapped.Remove(m.Mfn, m.ReadOnly);
             _maptrack[(int)handle] = null;
         }
         if (m.Gfn is ulong gfn)
@@ -401,9 +462,18 @@ internal sealed unsafe class GrantTable
         return st;
     }
 
-    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly)
+    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly, FrameTable? PvFrames = null)
     {
-        public void Release() => Owner?.ReleasePin(Ref, Mfn, ReadOnly);
+        public void Release()
+        {
+            Owner?.ReleasePin(Ref, Mfn, ReadOnly);
+            if (PvFrames is { } frames)
+            {
+                if (!ReadOnly)
+                    X86.Pv.PvMm.PutPageType(frames, Mfn);
+                frames.PutPage(Mfn);
+            }
+        }
     }
 
     private short Resolve(in GnttabCopyPtr p, bool isGref, bool write, int len, out Pinned pinned)
@@ -429,6 +499,20 @@ internal sealed unsafe class GrantTable
         // Copying by frame number is for one's own memory (or a privileged domain's).
         if (dom != _d && !_d.IsPrivileged)
             return GNTST_permission_denied;
+        if (dom.Pv is not null)
+        {
+            // A PV domain names its machine frames; the copy holds the frame (writable-typed to write it) meanwhile.
+            var frames = _d.Host.Frames;
+            if (p.RefOrGmfn >= frames.FrameCount || !frames.TryGetPage(p.RefOrGmfn, dom.DomainId))
+                return GNTST_bad_page;
+            if (write && X86.Pv.PvMm.GetPageType(frames, p.RefOrGmfn, PageType.Writable) != 0)
+            {
+                frames.PutPage(p.RefOrGmfn);
+                return GNTST_general_error;
+            }
+            pinned = new Pinned(null, 0, (uint)p.RefOrGmfn, !write, frames);
+            return GNTST_okay;
+        }
         if (!dom.P2m.TryLookup(p.RefOrGmfn, out uint m, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.GrantMapRw or P2mType.GrantMapRo))
             return GNTST_bad_page;
         if (write && t is P2mType.RamRo or P2mType.GrantMapRo)
@@ -485,7 +569,12 @@ internal sealed unsafe class GrantTable
         lock (_d.Lock)
         {
             var list = status ? _status : _shared;
-            return idx < list.Count && _frameGfn.TryGetValue(list[idx], out ulong g) ? g : ulong.MaxValue;
+            if (idx >= list.Count)
+                return ulong.MaxValue;
+            // A PV domain is not translated: it maps its table by machine frame (Xen's gnttab_shared_gfn).
+            if (_d.Pv is not null)
+                return list[idx];
+            return _frameGfn.TryGetValue(list[idx], out ulong g) ? g : ulong.MaxValue;
         }
     }
 

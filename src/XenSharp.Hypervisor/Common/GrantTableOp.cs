@@ -21,7 +21,7 @@ internal static unsafe class GrantTableOp
                     ulong at = uop + i * (ulong)sizeof(GnttabMapGrantRef);
                     if (!GuestAccess.Read(v, at, out GnttabMapGrantRef op))
                         return -Errno.EFAULT;
-                    op.Status = d.Gnttab.Map(ref op, host: false, out _);
+                    op.Status = d.Gnttab.Map(ref op, host: false, out _, v);
                     if (!GuestAccess.Write(v, at, op))
                         return -Errno.EFAULT;
                 }
@@ -32,7 +32,7 @@ internal static unsafe class GrantTableOp
                     ulong at = uop + i * (ulong)sizeof(GnttabUnmapGrantRef);
                     if (!GuestAccess.Read(v, at, out GnttabUnmapGrantRef op))
                         return -Errno.EFAULT;
-                    op.Status = d.Gnttab.Unmap(op.Handle, op.HostAddr, host: false);
+                    op.Status = d.Gnttab.Unmap(op.Handle, op.HostAddr, host: false, v);
                     if (!GuestAccess.Write(v, at, op))
                         return -Errno.EFAULT;
                 }

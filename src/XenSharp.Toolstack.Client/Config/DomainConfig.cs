@@ -19,6 +19,11 @@ public sealed class DomainConfig
     public Guid Uuid { get; set; }
     public string? Kernel { get; set; }
     public string? Ramdisk { get; set; }
+    /// <summary>xl.cfg bootloader (a PV guest's): the program that takes the kernel, ramdisk and arguments from the
+    /// guest's first disk, as libxl runs it ("pygrub" is Xen's own, from its libexec directory).</summary>
+    public string? Bootloader { get; set; }
+    /// <summary>xl.cfg bootloader_args: passed to the bootloader before the disk.</summary>
+    public IReadOnlyList<string> BootloaderArgs { get; set; } = [];
     /// <summary>The assembled kernel command line (cmdline, or root= and extra).</summary>
     public string Cmdline { get; set; } = "";
     public string? Firmware { get; set; }

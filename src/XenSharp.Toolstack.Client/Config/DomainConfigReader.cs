@@ -16,7 +16,7 @@ public static class DomainConfigReader
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
         "acpi", "apic", "hpet", "timer_mode", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
-        "bios_path_override", .. HvmDisplay.Keys,
+        "bios_path_override", "bootloader", "bootloader_args", .. HvmDisplay.Keys,
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
@@ -30,7 +30,7 @@ public static class DomainConfigReader
         "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
         "iomem", "e820_host", "opengl", "spice", "soundhw", "device_model_version",
         "device_model_stubdomain_override", "device_model_args", "device_model_user",
-        "bootloader", "bootloader_args", "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
+        "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
         "altp2m", "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
         "tee", "gic_version", "vuart", "dm_restrict", "xenstore_nodes", "event_channels", "passthrough",
         "max_event_channels", "smbios_firmware", "acpi_firmware", "usbversion",
@@ -90,6 +90,10 @@ public static class DomainConfigReader
 
         d.Kernel = ResolvePath(cfg, "kernel");
         d.Ramdisk = ResolvePath(cfg, "ramdisk");
+        d.Bootloader = cfg.GetString("bootloader") is { Length: > 0 } bl ? bl : null;
+        // xl takes bootloader_args as a list, or (deprecated) a string split at spaces.
+        d.BootloaderArgs = cfg.Find("bootloader_args") is { Value.IsList: true } ? cfg.GetStringList("bootloader_args")!
+            : cfg.GetString("bootloader_args")?.Split(' ', StringSplitOptions.RemoveEmptyEntries) ?? [];
         d.Firmware = cfg.GetString("firmware");
         d.FirmwareOverride = ResolvePath(cfg, "firmware_override");
         d.Bios = cfg.GetString("bios");
@@ -167,8 +171,10 @@ public static class DomainConfigReader
         switch (d.Type)
         {
             case DomainType.Pv:
-                if (d.Kernel is null)
+                if (d.Kernel is null && d.Bootloader is null)
                     throw new XlConfigException($"{cfg.File}: a PV domain needs kernel=\"PATHNAME\" (64-bit ELF or bzImage)");
+                if (d.Bootloader is not null && d.Disks.Count == 0)
+                    throw At(cfg, "bootloader", "a bootloader needs a disk to boot from");
                 break;
             case DomainType.Pvh:
                 if (d.Kernel is null)

@@ -156,14 +156,38 @@ public sealed partial class Host : IDisposable
         uint domId = AllocateDomId(c, restarting);
 
         bool hvmFirmware = c.Type == DomainType.Hvm && c.FirmwareOverride is null;
-        string image = c.Type == DomainType.Hvm ? c.FirmwareOverride ?? HvmloaderPath : c.Kernel!;
-        byte[] kernel = ReadImage(image, c.Type == DomainType.Hvm ? hvmFirmware ? "hvmloader" : "firmware_override" : "kernel");
-        byte[]? systemFirmware = hvmFirmware ? ReadImage(SystemFirmwarePath(c), "bios") : null;
-        byte[]? ramdisk = c.Ramdisk is null ? null : ReadImage(c.Ramdisk, "ramdisk");
-
         if (c.TscMode == TscMode.NativeParavirt)
             throw new ControlException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
         CheckDisks(c);
+
+        // A PV guest's bootloader chooses its kernel, ramdisk and command line from its disk, at every boot.
+        string image;
+        byte[] kernel;
+        byte[]? ramdisk;
+        string cmdline = c.Cmdline;
+        if (c.Type == DomainType.Pv && c.Bootloader is not null)
+        {
+            string outputDir = Path.Combine(_paths.RunDir, $"bootloader.{domId}.d");
+            try
+            {
+                var boot = Bootloader.Run(c, outputDir);
+                image = $"{c.Bootloader}:{c.Disks[0].Target}";
+                kernel = ReadImage(boot.Kernel, "kernel");
+                ramdisk = boot.Ramdisk is null ? null : ReadImage(boot.Ramdisk, "ramdisk");
+                cmdline = boot.Args ?? "";
+            }
+            finally
+            {
+                try { Directory.Delete(outputDir, recursive: true); } catch (IOException) { }
+            }
+        }
+        else
+        {
+            image = c.Type == DomainType.Hvm ? c.FirmwareOverride ?? HvmloaderPath : c.Kernel!;
+            kernel = ReadImage(image, c.Type == DomainType.Hvm ? hvmFirmware ? "hvmloader" : "firmware_override" : "kernel");
+            ramdisk = c.Ramdisk is null ? null : ReadImage(c.Ramdisk, "ramdisk");
+        }
+        byte[]? systemFirmware = hvmFirmware ? ReadImage(SystemFirmwarePath(c), "bios") : null;
         var kind = c.Type switch
         {
             DomainType.Hvm => XenSharp.Hypervisor.DomainKind.Hvm,
@@ -179,7 +203,7 @@ public sealed partial class Host : IDisposable
             PlaceDomain(domId, c, hvd);
             if (c.Type == DomainType.Pv)
             {
-                BuildPv(dom, kernel, image, ramdisk, paused);
+                BuildPv(dom, kernel, image, ramdisk, cmdline, paused);
                 return dom;
             }
             if (c.Type == DomainType.Hvm)
@@ -223,12 +247,12 @@ public sealed partial class Host : IDisposable
 
     /// <summary>Builds a PV guest (<see cref="PvBuilder"/>): its rings are named in start_info by MFN and event
     /// channel, as libxl arranges for PV guests.</summary>
-    private void BuildPv(Domain dom, byte[] kernel, string image, byte[]? ramdisk, bool paused)
+    private void BuildPv(Domain dom, byte[] kernel, string image, byte[]? ramdisk, string cmdline, bool paused)
     {
         var c = dom.Config;
         var hvd = dom.Hv;
         var pv = hvd.Pv ?? throw new ControlException("the hypervisor did not make a PV domain");
-        var built = PvBuilder.Build(new PvBuildSpec(kernel, image, ramdisk, c.Cmdline ?? "", (ulong)c.TargetMemKb * 1024), hvd.Memory, pv);
+        var built = PvBuilder.Build(new PvBuildSpec(kernel, image, ramdisk, cmdline, (ulong)c.TargetMemKb * 1024), hvd.Memory, pv);
         hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
         hvd.SetMemoryMap([(0, (ulong)c.TargetMemKb * 1024, 1)]);
         hvd.SetOnlineVcpus(c.Vcpus);

@@ -131,7 +131,7 @@ public sealed partial class Host
 
     private static DomainConfig CloneConfig(DomainConfig c, string name, Guid uuid) => new()
     {
-        Name = name, Type = c.Type, Uuid = uuid, Kernel = c.Kernel, Ramdisk = c.Ramdisk, Cmdline = c.Cmdline,
+        Name = name, Type = c.Type, Uuid = uuid, Kernel = c.Kernel, Ramdisk = c.Ramdisk, Cmdline = c.Cmdline, Bootloader = c.Bootloader, BootloaderArgs = c.BootloaderArgs,
         Firmware = c.Firmware, FirmwareOverride = c.FirmwareOverride, Bios = c.Bios, BiosPathOverride = c.BiosPathOverride, Display = c.Display, DeviceModelOverride = c.DeviceModelOverride, Serials = c.Serials, Boot = c.Boot, TargetMemKb = c.TargetMemKb, MaxMemKb = c.MaxMemKb,
         Vcpus = c.Vcpus, MaxVcpus = c.MaxVcpus, CpusHard = c.CpusHard, CpusSoft = c.CpusSoft,
         OnPoweroff = c.OnPoweroff, OnReboot = c.OnReboot, OnCrash = c.OnCrash, OnWatchdog = c.OnWatchdog,

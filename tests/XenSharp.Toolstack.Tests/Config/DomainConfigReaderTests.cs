@@ -152,6 +152,7 @@ public class DomainConfigReaderTests
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nuuid=\"zzz\"\n", "g.cfg:4: Failed to parse UUID: zzz")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\n", "g.cfg: a PVH domain needs kernel=\"PATHNAME\"")]
     [InlineData("name=\"g\"\n", "g.cfg: a PV domain needs kernel=\"PATHNAME\" (64-bit ELF or bzImage)")]
+    [InlineData("name=\"g\"\nbootloader=\"pygrub\"\n", "g.cfg:2: a bootloader needs a disk to boot from")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\ncpus=\"1-x\"\n", "g.cfg:4: invalid cpu specification `1-x'")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nvcpus=4\nmaxvcpus=2\n", "g.cfg:4: vcpus (4) must not exceed maxvcpus (2)")]
     [InlineData("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nmemory=0\n", "g.cfg:4: parameter `memory' must be a positive number, not 0")]
@@ -159,6 +160,20 @@ public class DomainConfigReaderTests
     {
         var e = Assert.Throws<XlConfigException>(() => Read(text, "g.cfg"));
         Assert.Equal(message, e.Message);
+    }
+
+    [Fact]
+    public void APvGuestWithABootloaderNeedsNoKernelAndKeepsTheBootloadersArguments()
+    {
+        var d = Read("name=\"g\"\nbootloader=\"pygrub\"\nbootloader_args=[\"--entry=1\", \"-v\"]\n" +
+            "disk=[ 'format=raw,vdev=xvda,target=/d.img' ]\n", "g.cfg").Config;
+        Assert.Equal(DomainType.Pv, d.Type);
+        Assert.Null(d.Kernel);
+        Assert.Equal("pygrub", d.Bootloader);
+        Assert.Equal(["--entry=1", "-v"], d.BootloaderArgs);
+        // The deprecated string form is split at spaces, as xl does.
+        d = Read("name=\"g\"\nbootloader=\"/bin/bl\"\nbootloader_args=\"-a  -b\"\ndisk=[ '/d.img,raw,xvda,rw' ]\n", "g.cfg").Config;
+        Assert.Equal(["-a", "-b"], d.BootloaderArgs);
     }
 
     [Fact]

@@ -47,6 +47,19 @@ pf_entry:
 	pushq $0
 	jmp hypercall_page + 23 * 32
 
+/* #GP: record the error code, step over the 2-byte segment load that faulted (mov %eax, %fs), return with
+ * HYPERVISOR_iret. The frame as for #PF. */
+	.globl gp_entry
+gp_entry:
+	mov 16(%rsp), %rax
+	mov %rax, gp_error(%rip)
+	addq $2, 24(%rsp)
+	pop %rcx
+	pop %r11
+	add $8, %rsp
+	pushq $0
+	jmp hypercall_page + 23 * 32
+
 /* Event upcall: the C handler takes the pending events, with every register the C ABI lets it clobber saved
  * (the frame has no error code: RCX, R11, RIP, CS, RFLAGS, RSP, SS, leaving the stack 16-byte aligned here after
  * nine pushes); then return with HYPERVISOR_iret. */

@@ -1,7 +1,8 @@
 /* pvmmu: a 64-bit PV kernel checking the PV MMU and PV CPU state from inside: start_info and the p2m list, the
  * read-only M2P, the hypercall page, Xen's forced-emulation CPUID, page-table updates and Xen's refusals (its own
  * L4 slots, a page table mapped writable, a frame that is not the guest's, a malformed table pinned), a page fault
- * through the trap table and HYPERVISOR_iret, shared_info mapped by machine address, and an event upcall. It
+ * through the trap table and HYPERVISOR_iret, shared_info mapped by machine address, an event upcall, and an LDT
+ * (MMUEXT_SET_LDT: a segment loaded from it, its pages kept read-only, #GP for a page of bad descriptors). It
  * reports in the tests/guests format on its PV console ring and powers off. */
 #include <stdint.h>
 #include <stddef.h>
@@ -22,8 +23,8 @@
 #define TEST_VA 0xffffffffbfe00000UL
 
 extern char hypercall_page[];
-extern void pf_entry(void), upcall_entry(void);
-volatile uint64_t pf_error;
+extern void pf_entry(void), gp_entry(void), upcall_entry(void);
+volatile uint64_t pf_error, gp_error;
 static volatile unsigned upcalls, ipi_deliveries;
 static shared_info_t *shared;
 static evtchn_port_t ipi_port;
@@ -213,6 +214,44 @@ void pv_main(start_info_t *start)
     check_eq("pv.event_upcall", upcalls - before >= 1, 1);
     check_eq("pv.event_upcall_ipi_port", ipi_deliveries, 1);
     vi->evtchn_upcall_mask = 1;
+
+    /* An LDT of two pages at TEST_VA + 0x6000: page 0 holds a flat ring-3 data segment, page 1 a TSS (no descriptor
+     * a guest may have). Written while mapped writable, then mapped read-only and set with 513 entries. */
+    uint64_t ldt0 = p2m(n - 4), ldt1 = p2m(n - 5);
+    volatile uint64_t *ldt = (volatile uint64_t *)(TEST_VA + 0x6000);
+    check_eq("pv.ldt_pages_mapped", update_va(TEST_VA + 0x6000, (ldt0 << 12) | PTE_P | PTE_RW)
+                                    | update_va(TEST_VA + 0x7000, (ldt1 << 12) | PTE_P | PTE_RW), 0);
+    ldt[0] = 0x00cff3000000ffffUL;
+    ldt[512] = 0x0000890000000067UL;
+    update_va(TEST_VA + 0x6000, (ldt0 << 12) | PTE_P);
+    update_va(TEST_VA + 0x7000, (ldt1 << 12) | PTE_P);
+    struct mmuext_op set_ldt = { .cmd = MMUEXT_SET_LDT, .arg1.linear_addr = TEST_VA + 0x6000, .arg2.nr_ents = 513 };
+    check_eq("pv.set_ldt", hc(__HYPERVISOR_mmuext_op, (unsigned long)&set_ldt, 1, 0, DOMID_SELF), 0);
+    trap_info_t gp_traps[2] = { { .vector = 13, .cs = FLAT_KERNEL_CS, .address = (unsigned long)gp_entry }, { 0 } };
+    hc(__HYPERVISOR_set_trap_table, (unsigned long)gp_traps, 0, 0, 0);
+    /* Selector 7: LDT entry 0, RPL 3. The segment loads (its page faulted in by Xen), and FS reads back. */
+    gp_error = 0xffff;
+    unsigned long sel = 7, fs = 0;
+    __asm__ volatile(".byte 0x8e, 0xe0" : "+a"(sel) :: "memory");
+    __asm__ volatile("mov %%fs, %%eax" : "=a"(fs));
+    check_eq("pv.ldt_segment_load", gp_error, 0xffff);
+    check_eq("pv.ldt_selector_in_fs", fs, 7);
+    check_eq("pv.ldt_page_writable_refused", update_va(TEST_VA + 0x6000, (ldt0 << 12) | PTE_P | PTE_RW), -XEN_EINVAL);
+    /* Entry 512 is in the page of bad descriptors: #GP on that selector, as Xen raises it. */
+    sel = (512 << 3) | 7;
+    __asm__ volatile(".byte 0x8e, 0xe0" : "+a"(sel) :: "memory");
+    check_eq("pv.ldt_bad_page_gp", gp_error, (512 << 3) | 4);
+    /* Entry 513 is past the LDT's 513 entries. */
+    gp_error = 0xffff;
+    sel = (513 << 3) | 7;
+    __asm__ volatile(".byte 0x8e, 0xe0" : "+a"(sel) :: "memory");
+    check_eq("pv.ldt_beyond_limit_gp", gp_error, (513 << 3) | 4);
+    sel = 0;
+    __asm__ volatile(".byte 0x8e, 0xe0" : "+a"(sel) :: "memory");
+    set_ldt.arg1.linear_addr = 0;
+    set_ldt.arg2.nr_ents = 0;
+    check_eq("pv.clear_ldt", hc(__HYPERVISOR_mmuext_op, (unsigned long)&set_ldt, 1, 0, DOMID_SELF), 0);
+    check_eq("pv.ldt_page_writable_after_clear", update_va(TEST_VA + 0x6000, (ldt0 << 12) | PTE_P | PTE_RW), 0);
 
     check_eq("pv.unlink_l1", mmu_update1((l2 << 12) + ((TEST_VA >> 21) & 511) * 8, 0), 0);
     check_eq("pv.unpin", mmuext1(MMUEXT_UNPIN_TABLE, l1), 0);

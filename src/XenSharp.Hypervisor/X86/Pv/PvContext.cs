@@ -42,8 +42,7 @@ internal static unsafe class PvContext
 
         fixed (byte* traps = c.TrapCtxt)
             new ReadOnlySpan<TrapInfo>(traps, 256).CopyTo(pv.TrapTable);
-        pv.LdtBase = c.LdtBase;
-        pv.LdtEntries = (uint)c.LdtEnts;
+        PvMm.SetLdt(v, c.LdtBase, (uint)c.LdtEnts);
         pv.KernelSs = c.KernelSs;
         pv.KernelSp = c.KernelSp;
         pv.EventCallback = c.EventCallbackEip;

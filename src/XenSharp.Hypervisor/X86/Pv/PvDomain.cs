@@ -18,14 +18,16 @@ internal sealed unsafe class PvDomain : ArchDomain
 
     public PvDomain(Domain domain) : base(domain)
     {
-        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId);
+        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId, GrantMapped);
         MachToPhys = domain.Host.MachToPhys;
         var frames = domain.Host.Frames;
         PerDomainL3 = Allocate(frames);
         _perDomainL2 = Allocate(frames);
         _perDomainL1 = Allocate(frames);
+        _ldtL1 = Allocate(frames);
         ((ulong*)frames.PageAddress(PerDomainL3))[0] = XenPte(_perDomainL2);
         ((ulong*)frames.PageAddress(_perDomainL2))[0] = XenPte(_perDomainL1);
+        ((ulong*)frames.PageAddress(_perDomainL2))[1] = XenPte(_ldtL1);
         for (int w = 0; w < MaxGdtWindows; w++)
             ((ulong*)frames.PageAddress(_perDomainL1))[w * GdtWindowPages + ReservedGdtPage] = XenPte(MachToPhys.ReservedGdtMfn);
         domain.Host.PvDomains[domain.DomainId] = this;
@@ -33,7 +35,20 @@ internal sealed unsafe class PvDomain : ArchDomain
 
     /// <summary>The L3 every L4 of the domain gets in <see cref="PerDomainSlot"/>.</summary>
     public uint PerDomainL3 { get; }
-    private readonly uint _perDomainL2, _perDomainL1;
+    private readonly uint _perDomainL2, _perDomainL1, _ldtL1;
+
+    /// <summary>Each vCPU's LDT window (16 pages, an LDT's most) in the second 2 MiB of the per-domain slot: the
+    /// guest's LDT pages are mapped there read-only as the guest first uses them (Xen's LDT shadow mapping).</summary>
+    public const ulong LdtAreaVirt = PerDomainVirt + (2UL << 20);
+    public const int LdtWindowPages = 16, MaxLdtWindows = 512 / LdtWindowPages;
+    public static ulong LdtVirt(int id) => LdtAreaVirt + (ulong)id * LdtWindowPages * FrameTable.PageSize;
+
+    /// <summary>Maps (or, with 0, unmaps) page <paramref name="page"/> of vCPU <paramref name="id"/>'s LDT window.</summary>
+    public void MapLdtPage(int id, int page, ulong mfn)
+    {
+        if (id < MaxLdtWindows && page < LdtWindowPages)
+            ((ulong*)Domain.Host.Frames.PageAddress(_ldtL1))[id * LdtWindowPages + page] = mfn == 0 ? 0 : XenPte(mfn);
+    }
 
     private static uint Allocate(FrameTable frames) => frames.TryAllocate(Public.Xen.DOMID_XEN, FrameType.XenShared, out uint mfn)
         ? mfn : throw new HypervisorException("out of machine memory for a PV domain's per-domain tables");
@@ -67,7 +82,12 @@ internal sealed unsafe class PvDomain : ArchDomain
         frames.Free(PerDomainL3);
         frames.Free(_perDomainL2);
         frames.Free(_perDomainL1);
+        frames.Free(_ldtL1);
     }
+
+    /// <summary>Other domains' frames this domain has grant-mapped into its page tables: MFN → (read-only, writable)
+    /// mappings. The engine may reach such a frame while a mapping of it lasts (writes only through a writable one).</summary>
+    public GrantMappedFrames GrantMapped { get; } = new();
 
     /// <summary>The engine's "physical" memory for this domain: machine frames by MFN.</summary>
     public PvMachineMemory Machine { get; }
@@ -87,12 +107,48 @@ internal sealed unsafe class PvDomain : ArchDomain
 /// Machine memory as a PV domain's engine sees it: frames it owns (a write not to a page table or descriptor
 /// page) and Xen's read-only frames. A write the view refuses leaves the engine as an MMIO exit.
 /// </summary>
-internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid) : IGuestMemory
+internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid, GrantMappedFrames grantMapped) : IGuestMemory
 {
     public byte* GetPage(ulong mfn, bool write) =>
-        frames.IsGuestAccessible(mfn, domid, write) ? frames.PageAddress(mfn) : null;
+        frames.IsGuestAccessible(mfn, domid, write) || grantMapped.Allows(mfn, write) ? frames.PageAddress(mfn) : null;
 
     /// <summary>MFNs never move to other host pages; TLB flushes and freed frames have their own paths, so decoded
     /// code stays valid.</summary>
     public long Generation => 0;
+}
+
+/// <summary>Counts of a PV domain's grant mappings of other domains' frames, by MFN. Looked up on a soft-TLB miss of
+/// a frame the domain does not own, never per instruction.</summary>
+internal sealed class GrantMappedFrames
+{
+    private readonly Dictionary<ulong, (int ReadOnly, int Writable)> _frames = new();
+
+    public void Add(ulong mfn, bool readOnly)
+    {
+        lock (_frames)
+        {
+            _frames.TryGetValue(mfn, out var c);
+            _frames[mfn] = readOnly ? (c.ReadOnly + 1, c.Writable) : (c.ReadOnly, c.Writable + 1);
+        }
+    }
+
+    public void Remove(ulong mfn, bool readOnly)
+    {
+        lock (_frames)
+        {
+            if (!_frames.TryGetValue(mfn, out var c))
+                return;
+            c = readOnly ? (c.ReadOnly - 1, c.Writable) : (c.ReadOnly, c.Writable - 1);
+            if (c.ReadOnly <= 0 && c.Writable <= 0)
+                _frames.Remove(mfn);
+            else
+                _frames[mfn] = c;
+        }
+    }
+
+    public bool Allows(ulong mfn, bool write)
+    {
+        lock (_frames)
+            return _frames.TryGetValue(mfn, out var c) && (write ? c.Writable > 0 : c.ReadOnly + c.Writable > 0);
+    }
 }

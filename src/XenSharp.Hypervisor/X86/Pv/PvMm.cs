@@ -472,9 +472,7 @@ internal static unsafe class PvMm
                 if (ents > LDT_MAX_ENTRIES || (addr & (FrameTable.PageSize - 1)) != 0
                     || (ents != 0 && (addr >= HYPERVISOR_VIRT_START && addr < HYPERVISOR_VIRT_END || addr + ents * 8UL < addr)))
                     return -Errno.EINVAL;
-                pv.LdtBase = addr;
-                pv.LdtEntries = ents;
-                pv.FlushTlb(now: true);
+                SetLdt(v, addr, ents);
                 return 0;
             }
             case MMUEXT_CLEAR_PAGE:
@@ -515,6 +513,69 @@ internal static unsafe class PvMm
             default:
                 return -Errno.ENOSYS;
         }
+    }
+
+    /// <summary>A new LDT for the vCPU: the pages of the old one leave its window (and lose their descriptor-page
+    /// type); the new one's pages are mapped as the guest first reaches them (<see cref="TryLdtFault"/>).</summary>
+    public static void SetLdt(Vcpu v, ulong addr, uint ents)
+    {
+        var pv = v.Pv!;
+        var frames = v.Domain.Host.Frames;
+        lock (frames.TypeLock)
+        {
+            for (int i = 0; i < pv.LdtFrames.Length; i++)
+            {
+                if (pv.LdtFrames[i] == 0)
+                    continue;
+                v.Domain.Pv!.MapLdtPage(v.Id, i, 0);
+                PutPageType(frames, pv.LdtFrames[i]);
+                frames.PutPage(pv.LdtFrames[i]);
+                pv.LdtFrames[i] = 0;
+            }
+            pv.LdtBase = addr;
+            pv.LdtEntries = ents;
+        }
+        pv.LoadCr3();
+    }
+
+    /// <summary>A page fault in the vCPU's LDT window (Xen's map_ldt_shadow_page): the guest's LDT page at that
+    /// offset, found through the kernel's page tables, becomes a descriptor page mapped read-only in the window and
+    /// the instruction runs again; a page that is not mapped or not valid as descriptors turns the fault into a #GP
+    /// on the LDT selector, as Xen raises it. False for a fault anywhere else.</summary>
+    public static bool TryLdtFault(Vcpu v, ulong cr2, out uint? gpErrorCode)
+    {
+        gpErrorCode = null;
+        var pv = v.Pv!;
+        if (v.Id >= PvDomain.MaxLdtWindows)
+            return false;
+        ulong window = PvDomain.LdtVirt(v.Id);
+        if (cr2 < window || cr2 >= window + PvDomain.LdtWindowPages * FrameTable.PageSize)
+            return false;
+        ulong offset = cr2 - window;
+        int page = (int)(offset >> FrameTable.PageShift);
+        var frames = v.Domain.Host.Frames;
+        lock (frames.TypeLock)
+        {
+            if (offset < pv.LdtEntries * 8UL && pv.LdtFrames[page] == 0
+                && TryFindL1e(frames, pv.GuestTable, pv.LdtBase + ((ulong)page << FrameTable.PageShift), out ulong l1, out int index))
+            {
+                ulong e = ((ulong*)frames.PageAddress(l1))[index];
+                ulong mfn = (e & AddressMask) >> FrameTable.PageShift;
+                if ((e & PAGE_PRESENT) != 0 && frames.TryGetPage(mfn, v.Domain.DomainId))
+                {
+                    if (GetPageType(frames, mfn, PageType.SegDesc) == 0)
+                    {
+                        pv.LdtFrames[page] = mfn;
+                        v.Domain.Pv!.MapLdtPage(v.Id, page, mfn);
+                        pv.FlushTlb(now: true);
+                        return true;
+                    }
+                    frames.PutPage(mfn);
+                }
+            }
+        }
+        gpErrorCode = (uint)(offset & ~7UL) | 4; // the selector's index, with TI
+        return true;
     }
 
     /// <summary>MMUEXT_PIN_Lx_TABLE: a general and a type reference that stay until the unpin.</summary>
@@ -642,6 +703,79 @@ internal static unsafe class PvMm
         return true;
     }
 
+    // ---- grant mappings (Xen's create_grant_host_mapping / replace_grant_host_mapping for PV) ----
+
+    /// <summary>Finds the L1 slot a PV grant host mapping goes into: the entry at machine address
+    /// <paramref name="addr"/> of an L1 of the caller's with GNTMAP_contains_pte, else the one the vCPU's current
+    /// page tables use for linear address <paramref name="addr"/>. False when there is no such L1.</summary>
+    public static bool TryGrantSlot(Vcpu v, ulong addr, bool containsPte, out ulong l1Mfn, out int index)
+    {
+        var frames = v.Domain.Host.Frames;
+        if (!containsPte)
+            return TryFindL1e(frames, v.Pv!.CurrentTable, addr, out l1Mfn, out index);
+        l1Mfn = addr >> FrameTable.PageShift;
+        index = (int)((addr & (FrameTable.PageSize - 1)) >> 3);
+        if ((addr & 7) != 0 || !frames.TryGetPage(l1Mfn, v.Domain.DomainId))
+            return false;
+        bool isL1;
+        lock (frames.TypeLock)
+        {
+            var ti = frames.TypeInfoOf(l1Mfn);
+            isL1 = ti.Count > 0 && ti.Type == PageType.L1 && ti.Validated;
+        }
+        frames.PutPage(l1Mfn);
+        return isL1;
+    }
+
+    /// <summary>Writes a grant's PTE into an L1 slot: the entry holds a general reference on the granted frame and,
+    /// when writable, a writable type, as any L1 entry does, so a later change of the entry lets them go the usual
+    /// way. The entry that was there is let go. False when the slot is no longer in a validated L1 or a writable
+    /// type cannot be had.</summary>
+    public static bool WriteGrantPte(FrameTable frames, ulong l1Mfn, int index, uint mfn, bool readOnly)
+    {
+        // Xen's GRANT_PTE_FLAGS: present, accessed, dirty, not executable; writable unless read-only.
+        ulong pte = ((ulong)mfn << FrameTable.PageShift) | PAGE_PRESENT | PAGE_ACCESSED | PAGE_DIRTY | PAGE_NX
+            | (readOnly ? 0 : PAGE_RW);
+        lock (frames.TypeLock)
+        {
+            var ti = frames.TypeInfoOf(l1Mfn);
+            if (ti.Count == 0 || ti.Type != PageType.L1 || !ti.Validated)
+                return false;
+            frames.AddRef(mfn);
+            if (!readOnly && GetPageType(frames, mfn, PageType.Writable) != 0)
+            {
+                frames.PutPage(mfn);
+                return false;
+            }
+            ref ulong slot = ref ((ulong*)frames.PageAddress(l1Mfn))[index];
+            ulong old = slot;
+            Volatile.Write(ref slot, Adjust(pte));
+            if ((old & PAGE_PRESENT) != 0)
+                PutFromEntry(frames, PageType.L1, old);
+            return true;
+        }
+    }
+
+    /// <summary>Clears a grant's PTE from an L1 slot if it still maps <paramref name="mfn"/> (Xen's
+    /// replace_grant_host_mapping with no replacement); false when the entry maps something else or the slot is
+    /// no longer in an L1, and then nothing changes.</summary>
+    public static bool ClearGrantPte(FrameTable frames, ulong l1Mfn, int index, uint mfn)
+    {
+        lock (frames.TypeLock)
+        {
+            var ti = frames.TypeInfoOf(l1Mfn);
+            if (ti.Count == 0 || ti.Type != PageType.L1)
+                return false;
+            ref ulong slot = ref ((ulong*)frames.PageAddress(l1Mfn))[index];
+            ulong old = slot;
+            if ((old & PAGE_PRESENT) == 0 || ((old & AddressMask) >> FrameTable.PageShift) != mfn)
+                return false;
+            Volatile.Write(ref slot, 0UL);
+            PutFromEntry(frames, PageType.L1, old);
+            return true;
+        }
+    }
+
     /// <summary>The frame is <paramref name="d"/>'s and could take a writable type now (what Xen's
     /// get_page_and_type(PGT_writable_page) checks before it places a vcpu_info or shared structure there).</summary>
     public static bool IsOwnWritableFrame(Domain d, ulong mfn)
@@ -697,6 +831,7 @@ internal static unsafe class PvMm
             Replace(ref pv.GuestTableUser, 0, frames);
             Replace(ref pv.GuestTable, 0, frames);
             SetGdtFrames(v, [], 0);
+            SetLdt(v, 0, 0);
         }
     }
 

@@ -122,6 +122,12 @@ internal static unsafe class PvTraps
         }
         if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
             return;
+        if (vector == VectorPageFault && PvMm.TryLdtFault(v, exit.Address, out uint? ldtGp))
+        {
+            if (ldtGp is { } code)
+                Bounce(v, cpu, VectorGeneralProtection, code);
+            return;
+        }
         if (vector == VectorPageFault && exit.Size == 1 && PvPtwr.TryEmulate(v, cpu, exit.Address, (uint)exit.Data))
             return;
         if (vector == VectorPageFault && v.VcpuInfo is not null)

@@ -28,6 +28,11 @@ internal sealed unsafe class PvVcpu : ArchVcpu
     public ulong GdtEntries;
     public ulong LdtBase;
     public uint LdtEntries;
+    /// <summary>The guest's LDT pages mapped in the vCPU's LDT window so far, by page (0: not yet), each holding a
+    /// general and a descriptor-page type reference.</summary>
+    public readonly ulong[] LdtFrames = new ulong[PvDomain.LdtWindowPages];
+    /// <summary>The LDTR selector the engine holds while an LDT is set: one of Xen's reserved GDT entries.</summary>
+    public const ushort LdtSelector = 0xE050;
 
     /// <summary>The virtual IDT (set_trap_table): handler and flags per vector, address 0 when none.</summary>
     public readonly Public.ArchX86.TrapInfo[] TrapTable = new Public.ArchX86.TrapInfo[256];
@@ -92,6 +97,10 @@ internal sealed unsafe class PvVcpu : ArchVcpu
         // A TSS too short for an I/O bitmap: every port access from ring 3 raises #GP, which PvEmulPriv checks
         // against the virtual IOPL, as Xen's own TSS (with no bitmap for the guest) makes it.
         s.Tr = new Cpu.Segment { Limit = 0, Attributes = 0x8B };
+        // The LDT the guest set (MMUEXT_SET_LDT) is read through the vCPU's window, whose pages fault in on use.
+        s.Ldt = LdtEntries != 0 && Vcpu.Id < PvDomain.MaxLdtWindows
+            ? new Cpu.Segment { Base = PvDomain.LdtVirt(Vcpu.Id), Limit = LdtEntries * 8 - 1, Selector = LdtSelector, Attributes = 0x82 }
+            : new Cpu.Segment { Attributes = 0x82 };
     }
 
     /// <summary>Loads the guest's own CR4 bits (Xen's pv_make_cr4) into the engine beside Xen's.</summary>
