@@ -271,6 +271,7 @@ internal unsafe partial class X86Vcpu
         e->Gfn = gfn;
         e->Global = global;
         e->WritableCode = false;
+        LogTlbFill(e);
         if (write)
         {
             bool code = _blocks.IsCodeFrame(gfn);
