@@ -125,7 +125,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         _blocks = engine.Blocks;
         _cpuid = cpuid;
         Id = id;
-        _tlb = (TlbEntry*)NativeMemory.AllocZeroed((nuint)(TlbSize * TlbContexts * sizeof(TlbEntry)));
+        AllocateTlb();
         FlushTlb(true);
         _memGeneration = _mem.Generation;
         InitFpu();
@@ -474,11 +474,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
 
     public void Dispose()
     {
-        if (_tlb != null)
-        {
-            NativeMemory.Free(_tlb);
-            _tlb = null;
-        }
+        if (_tlb != null) FreeTlb();
     }
 
     // ---- fault helpers (throw sites kept out of the hot paths) ----

@@ -9,23 +9,31 @@ namespace XenSharp.Cpu.Jit;
 /// </summary>
 internal sealed class CompileQueue : IDisposable
 {
-    /// <summary>Hot blocks waiting beyond this are refused and offered again on a later run.</summary>
+    /// <summary>Hot blocks waiting; beyond this the longest-waiting one is let go (it is offered again
+    /// if it runs again).</summary>
     private const int MaxQueued = 512;
 
     private readonly X86Engine _engine;
-    private readonly Queue<DecodedBlock> _queue = new();
+    // The newest first: when a boot makes blocks hot faster than they compile, the one the vCPU runs now is
+    // worth more than one queued long ago, which may be code run in a burst (a loop at boot) and no more.
+    private readonly List<DecodedBlock> _queue = new();
     private Thread? _thread;
     private bool _disposed;
 
     public CompileQueue(X86Engine engine) => _engine = engine;
 
-    /// <summary>Queues <paramref name="b"/>; false when the queue is full or closed.</summary>
+    /// <summary>Queues <paramref name="b"/>; false when the queue is closed.</summary>
     public bool TryEnqueue(DecodedBlock b)
     {
         lock (_queue)
         {
-            if (_disposed || _queue.Count >= MaxQueued) return false;
-            _queue.Enqueue(b);
+            if (_disposed) return false;
+            if (_queue.Count >= MaxQueued)
+            {
+                _queue[0].Queued = false;
+                _queue.RemoveAt(0);
+            }
+            _queue.Add(b);
             if (_thread == null)
             {
                 _thread = new Thread(Loop) { IsBackground = true, Name = "xensharp-jit", Priority = ThreadPriority.BelowNormal };
@@ -45,7 +53,8 @@ internal sealed class CompileQueue : IDisposable
             {
                 while (_queue.Count == 0 && !_disposed) Monitor.Wait(_queue);
                 if (_disposed) return;
-                b = _queue.Dequeue();
+                b = _queue[^1];
+                _queue.RemoveAt(_queue.Count - 1);
             }
             // Code rewritten meanwhile: the vCPU decodes it again and this copy is garbage.
             if (!b.Valid) continue;

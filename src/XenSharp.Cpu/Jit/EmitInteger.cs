@@ -10,7 +10,6 @@ namespace XenSharp.Cpu.Jit;
 /// BSWAP, XCHG and the sign extensions.</summary>
 internal sealed partial class BlockTranslator
 {
-    private static readonly MethodInfo MShift = typeof(JitOps).GetMethod(nameof(JitOps.Shift))!;
     private static readonly MethodInfo MBigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
     private static readonly MethodInfo MSwap32 = typeof(BinaryPrimitives).GetMethod(nameof(BinaryPrimitives.ReverseEndianness), [typeof(uint)])!;
     private static readonly MethodInfo MSwap64 = typeof(BinaryPrimitives).GetMethod(nameof(BinaryPrimitives.ReverseEndianness), [typeof(ulong)])!;
@@ -218,9 +217,34 @@ internal sealed partial class BlockTranslator
         if (d.I.Op1Kind == OpKind.Register)
         {
             // By CL: the count may be 0, which leaves the flags alone.
+            // Inline, without a branch: a count of 0 gives back the operand, as a shift by 0 does.
             ReadGpr(Register.CL); LdcU8(size == 8 ? 63UL : 31UL); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Stloc, _tb);
-            LdcI4((int)kind); LdcI4(size); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Conv_I4);
-            _il.Emit(OpCodes.Call, MShift);
+            switch (kind)
+            {
+                case FlagKind.Shl:
+                    _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Shl); Trunc(size);
+                    break;
+                case FlagKind.Shr:
+                    _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Shr_Un);
+                    break;
+                case FlagKind.Sar:
+                    _il.Emit(OpCodes.Ldloc, _ta); SignExt(size); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Shr); Trunc(size);
+                    break;
+                default:
+                {
+                    // Rotate by count mod the width; the other half's shift is (width - count) mod the
+                    // width, so a rotate by 0 ORs the operand with itself.
+                    bool left = kind == FlagKind.Rol;
+                    _il.Emit(OpCodes.Ldloc, _tb); LdcU8((ulong)(bits - 1)); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Stloc, _val);
+                    _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Conv_I4); _il.Emit(left ? OpCodes.Shl : OpCodes.Shr_Un);
+                    _il.Emit(OpCodes.Ldloc, _ta);
+                    LdcI4(bits); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Sub); LdcI4(bits - 1); _il.Emit(OpCodes.And);
+                    _il.Emit(left ? OpCodes.Shr_Un : OpCodes.Shl);
+                    _il.Emit(OpCodes.Or);
+                    Trunc(size);
+                    break;
+                }
+            }
             _il.Emit(OpCodes.Stloc, _tr);
             WriteGpr(reg, _tr);
             SetFlags(i, kind, size, maybeNone: true);
@@ -303,38 +327,5 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stloc, _tb);
         WriteGpr(d.I.Op0Register, _tr);
         SetFlags(i, FlagKind.Imul, size);
-    }
-}
-
-/// <summary>Out-of-line pieces of compiled code.</summary>
-internal static class JitOps
-{
-    /// <summary>Result of a shift or rotate of the <paramref name="size"/>-byte value a by an already
-    /// masked count (the interpreter's definitions).</summary>
-    public static ulong Shift(int kind, int size, ulong a, int count)
-    {
-        if (count == 0) return a;
-        int bits = size * 8;
-        ulong m = X86Vcpu.Mask(size);
-        switch ((FlagKind)kind)
-        {
-            case FlagKind.Shl: return (a << count) & m;
-            case FlagKind.Shr: return a >> count;
-            case FlagKind.Sar:
-            {
-                long sa = (long)(a << (64 - bits)) >> (64 - bits);
-                return (ulong)(sa >> count) & m;
-            }
-            case FlagKind.Rol:
-            {
-                int c = count % bits;
-                return c == 0 ? a : ((a << c) | (a >> (bits - c))) & m;
-            }
-            default:
-            {
-                int c = count % bits;
-                return c == 0 ? a : ((a >> c) | (a << (bits - c))) & m;
-            }
-        }
     }
 }

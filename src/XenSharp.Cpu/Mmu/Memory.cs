@@ -271,9 +271,10 @@ internal unsafe partial class X86Vcpu
         e->Gfn = gfn;
         e->Global = global;
         e->WritableCode = false;
+        LogTlbFill(e);
         if (write)
         {
-            bool code = _blocks.IsCodeFrame(gfn);
+            bool code = IsCodeFrame(gfn);
             bool readable = _mem.GetPage(gfn, false) == page;
             e->WriteTag = code ? ulong.MaxValue : vpn;
             if (readable) e->ReadTag = vpn;
@@ -284,11 +285,30 @@ internal unsafe partial class X86Vcpu
             e->ReadTag = vpn;
             if (_lastWalkWritable && _lastWalkDirty && _mem.GetPageForWriteCache(gfn) == page)
             {
-                if (_blocks.IsCodeFrame(gfn)) e->WritableCode = true;
+                if (IsCodeFrame(gfn)) e->WritableCode = true;
                 else e->WriteTag = vpn;
             }
         }
         return phys;
+    }
+
+    // Frames this vCPU found not to hold decoded code, valid while no frame has become a code frame
+    // since (BlockCache.CodeFrameEpoch): a TLB fill for writing asks, and the domain-wide answer
+    // takes the block cache's lock.
+    private const int NotCodeSlots = 256;
+    private readonly ulong[] _notCodeGfn = new ulong[NotCodeSlots];
+    private readonly long[] _notCodeEpoch = new long[NotCodeSlots];
+
+    private bool IsCodeFrame(ulong gfn)
+    {
+        int i = (int)(gfn & (NotCodeSlots - 1));
+        // Read before the lookup: a frame added after it bumps the epoch past the one recorded.
+        long epoch = Volatile.Read(ref _blocks.CodeFrameEpoch) + 1;
+        if (_notCodeEpoch[i] == epoch && _notCodeGfn[i] == gfn) return false;
+        if (_blocks.IsCodeFrame(gfn)) return true;
+        _notCodeGfn[i] = gfn;
+        _notCodeEpoch[i] = epoch;
+        return false;
     }
 
     /// <summary>Host pointer for an atomic read-modify-write of <paramref name="size"/> bytes, or null
