@@ -31,7 +31,7 @@ internal sealed class HostServices : IDisposable
         Frames = new FrameTable(options.MachineMemoryBytes);
         X86.Pv.PvMm.Register(this);
         Time = new Time(options.GuestTscHz, options.GuestTscAtSystemTime);
-        Timers = new Timers(Time, FireTimer);
+        Timers = new Timers(Time, FireTimer, TimeOps.IsCurrent);
         CodeAging = new CodeAging(this, options.TrimHostHeap);
         CodeAging.Start();
         Scheduler = new Cpupools(this, options.Pcpus, options.Scheduler, options.NumaSysfsPath);

@@ -127,21 +127,32 @@ internal interface IDeviceTimer
 }
 
 /// <summary>
-/// The hypervisor's timer wheel: one host thread that sleeps until the earliest deadline and fires it.
-/// Entries may be stale; each firing re-checks the owner's current deadline.
+/// The hypervisor's timer wheel: deadlines in a queue ordered by time, and one host thread that sleeps on a kernel
+/// timer (<see cref="HostTimer"/>) armed for the earliest of them. Guests re-arm their timers far more often than
+/// those timers fire (Linux moves its singleshot timer on every interrupt and every entry to idle), so an entry an
+/// owner has since moved or stopped is dropped from the head of the queue as soon as it is seen there, and the kernel
+/// timer follows the new head: re-arming wakes no thread, and the thread wakes only for a deadline still current.
+/// Entries may still be stale when they fire; each firing re-checks the owner's current deadline.
 /// </summary>
 internal sealed class Timers : IDisposable
 {
     private readonly Time _time;
     private readonly Action<object, TimerKind, long> _fire;
+    private readonly Func<object, TimerKind, long, bool> _isCurrent;
     private readonly PriorityQueue<(object Owner, TimerKind Kind), long> _queue = new();
+    private readonly HostTimer _timer = new();
     private readonly Thread _thread;
+    // The deadline the kernel timer is armed for (long.MaxValue: disarmed).
+    private long _armed = long.MaxValue;
     private bool _stop;
 
-    public Timers(Time time, Action<object, TimerKind, long> fire)
+    /// <param name="isCurrent">Whether an entry still names its owner's deadline (false: it was moved or stopped and
+    /// the entry may be dropped unfired); every entry is current without it.</param>
+    public Timers(Time time, Action<object, TimerKind, long> fire, Func<object, TimerKind, long, bool>? isCurrent = null)
     {
         _time = time;
         _fire = fire;
+        _isCurrent = isCurrent ?? ((_, _, _) => true);
         _thread = new Thread(Loop) { IsBackground = true, Name = "xen-timers" };
         _thread.Start();
     }
@@ -150,12 +161,31 @@ internal sealed class Timers : IDisposable
     {
         lock (_queue)
         {
-            // The wheel sleeps until its earliest deadline: only an earlier one needs to wake it.
-            bool earliest = !_queue.TryPeek(out _, out long head) || deadlineNs < head;
             _queue.Enqueue((owner, kind), deadlineNs);
-            if (earliest)
-                Monitor.Pulse(_queue);
+            ArmForHeadLocked();
         }
+    }
+
+    /// <summary>Drops stale entries from the head and arms the kernel timer for the first current one.</summary>
+    private void ArmForHeadLocked()
+    {
+        long head = long.MaxValue;
+        while (_queue.TryPeek(out var e, out long when))
+        {
+            if (_isCurrent(e.Owner, e.Kind, when))
+            {
+                head = when;
+                break;
+            }
+            _queue.Dequeue();
+        }
+        if (head == _armed || _stop)
+            return;
+        _armed = head;
+        if (head == long.MaxValue)
+            _timer.Disarm();
+        else
+            _timer.ArmIn(head - _time.NowNs);
     }
 
     private void Loop()
@@ -163,25 +193,21 @@ internal sealed class Timers : IDisposable
         var due = new List<(object, TimerKind)>();
         while (true)
         {
+            _timer.Wait();
             lock (_queue)
             {
-                while (true)
+                if (_stop)
+                    return;
+                long now = _time.NowNs;
+                while (_queue.TryPeek(out var e, out long when) && when <= now)
                 {
-                    if (_stop)
-                        return;
-                    long now = _time.NowNs;
-                    while (_queue.TryPeek(out var e, out long when) && when <= now)
-                    {
-                        _queue.Dequeue();
+                    _queue.Dequeue();
+                    if (_isCurrent(e.Owner, e.Kind, when))
                         due.Add(e);
-                    }
-                    if (due.Count > 0)
-                        break;
-                    int waitMs = _queue.TryPeek(out _, out long next)
-                        ? (int)Math.Clamp((next - now + 999_999) / 1_000_000, 1, 1000)
-                        : 1000;
-                    Monitor.Wait(_queue, waitMs);
                 }
+                // The timer expired (or a signal ended the wait early): arm it again for what is left.
+                _armed = long.MinValue;
+                ArmForHeadLocked();
             }
             long at = _time.NowNs;
             foreach (var (owner, kind) in due)
@@ -197,10 +223,13 @@ internal sealed class Timers : IDisposable
     {
         lock (_queue)
         {
+            if (_stop)
+                return;
             _stop = true;
-            Monitor.Pulse(_queue);
         }
+        _timer.ArmIn(1);
         _thread.Join();
+        _timer.Dispose();
     }
 }
 
@@ -263,6 +292,16 @@ internal static class TimeOps
                 break;
         }
     }
+
+    /// <summary>Whether a timer-wheel entry still names its vCPU's deadline: re-arming or stopping a singleshot,
+    /// periodic or poll timer leaves the old entry behind, and the wheel drops it instead of waking for it.</summary>
+    public static bool IsCurrent(object owner, TimerKind kind, long when) => owner is not Vcpu v || kind switch
+    {
+        TimerKind.Singleshot => Volatile.Read(ref v.SingleshotDeadline) == when,
+        TimerKind.Periodic => Volatile.Read(ref v.PeriodicNext) == when,
+        TimerKind.Poll => Volatile.Read(ref v.PollDeadline) == when,
+        _ => true,
+    };
 
     private static void SendTimerVirq(Vcpu v)
     {
