@@ -60,7 +60,13 @@ public sealed partial class Host
             lock (d.MemoryUse)
             {
                 pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                    () => { Suspend(d); suspended = true; stoppedAt = UnixMicros(); },
+                    () =>
+                    {
+                        Suspend(d);
+                        suspended = true;
+                        // Seen stopped between the last look at it running and now: the downtime counts from that look.
+                        stoppedAt = request?.RunningAt ?? UnixMicros();
+                    },
                     frames.Progress,
                     () => d.Destroyed)
                 {

@@ -84,8 +84,9 @@ public sealed partial class Host
     /// way to the stop while <see cref="SuspendRequest.Wait"/> says it has not stopped yet.</summary>
     private SuspendRequest BeginSuspend(Domain d)
     {
+        long askedAt = UnixMicros();
         var state = d.Hv.State;
-        if (state.Shutdown && state.Reason == ShutdownReason.Suspend) return new SuspendRequest(this, d, null);
+        if (state.Shutdown && state.Reason == ShutdownReason.Suspend) return new SuspendRequest(this, d, null, askedAt);
         if (state.Shutdown)
             throw new ControlException($"domain {d.DomId} has shut down ({state.Reason.ToString().ToLowerInvariant()}); only a running guest can be saved");
         // A guest without PV drivers (no event callback) cannot hear the request: libxl suspends such an HVM guest
@@ -93,13 +94,17 @@ public sealed partial class Host
         string? node = HasPvDrivers(d) ? $"{XenstoreLayout.DomainPath(d.DomId)}/control/shutdown" : null;
         if (node is not null) _xs.Write(node, "suspend");
         else d.Hv.Shutdown(ShutdownReason.Suspend);
-        return new SuspendRequest(this, d, node);
+        return new SuspendRequest(this, d, node, askedAt);
     }
 
     /// <summary>A request to suspend that the guest has not necessarily answered yet.</summary>
-    private sealed class SuspendRequest(Host host, Domain d, string? node)
+    private sealed class SuspendRequest(Host host, Domain d, string? node, long askedAt)
     {
         private readonly DateTime _deadline = DateTime.UtcNow + SuspendTimeout;
+
+        /// <summary>The last time (microseconds since 1970) the guest was seen running: once it has suspended, the
+        /// earliest it can have stopped, which is where a migration counts its downtime from.</summary>
+        public long RunningAt { get; private set; } = askedAt;
 
         /// <summary>Waits up to <paramref name="upTo"/> for the guest to suspend: true once it has, false while it
         /// has not; throws when it shut down otherwise, was destroyed, or did not answer in time (the request is
@@ -117,6 +122,7 @@ public sealed partial class Host
                 }
                 if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed before it suspended");
                 var now = DateTime.UtcNow;
+                RunningAt = (now - DateTime.UnixEpoch).Ticks / 10;
                 if (now >= _deadline)
                 {
                     Withdraw();
