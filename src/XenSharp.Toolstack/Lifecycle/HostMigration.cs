@@ -50,11 +50,12 @@ public sealed partial class Host
         bool suspended = false, cooperative = HasPvDrivers(d);
         long stoppedAt = 0;
         SuspendRequest? request = null;
+        FileStream? target = null;
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
             var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode);
-            using var target = OpenTargetPipe(r, peerPid, d);
+            target = OpenTargetPipe(r, peerPid, d);
             var data = new BufferedStream(target ?? (Stream)new DataFrames(frames), 1 << 20);
             long pages;
             lock (d.MemoryUse)
@@ -83,7 +84,9 @@ public sealed partial class Host
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            string why = ControlErrors.Map(e)?.Message ?? e.Message;
+            string why = e is IOException && target is not null
+                ? $"the target went away ({e.Message.Split(" : ")[0]})"
+                : ControlErrors.Map(e)?.Message ?? e.Message;
             // Asked to suspend but not stopped yet: the request goes, or the guest has stopped meanwhile.
             request?.Withdraw();
             if (!suspended && request is not null && d.Hv.State is { Shutdown: true, Reason: ShutdownReason.Suspend })
@@ -91,6 +94,10 @@ public sealed partial class Host
             ResumeAfterFailure(d, suspended, cooperative, why);
             try { frames.Write(MigrationFrames.Failed, why); } catch (IOException) { }
             return;
+        }
+        finally
+        {
+            target?.Dispose();
         }
 
         // xl's verdict: "away" (the target has the guest; the domain gives up its name, as xl renames it to
