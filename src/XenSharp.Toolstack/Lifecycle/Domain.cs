@@ -35,6 +35,9 @@ internal sealed class Domain
     public Lock MemoryUse { get; } = new();
     /// <summary>Pulsed when the hypervisor reports a change of the domain's state (a shutdown), for whoever waits on it.</summary>
     public object StateSignal { get; } = new();
+    /// <summary>When that report was last heard (microseconds since 1970).</summary>
+    public long StateChangedAt { get => Volatile.Read(ref _stateChangedAt); set => Volatile.Write(ref _stateChangedAt, value); }
+    private long _stateChangedAt;
     /// <summary>Built and wired up: visible to xl list.</summary>
     public bool Ready { get; set; }
     /// <summary>Built by a Domain-0 program (Xen's own xl), not by the daemon: see HostForeignDomains.cs.</summary>

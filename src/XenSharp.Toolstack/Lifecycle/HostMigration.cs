@@ -48,7 +48,7 @@ public sealed partial class Host
         }
         var frames = new FrameWriter(conn);
         bool suspended = false, cooperative = HasPvDrivers(d);
-        long stoppedAt = 0;
+        long stoppedAt = 0, runningAt = 0;
         SuspendRequest? request = null;
         FileStream? target = null;
         try
@@ -65,8 +65,9 @@ public sealed partial class Host
                     {
                         Suspend(d);
                         suspended = true;
-                        // Seen stopped between the last look at it running and now: the downtime counts from that look.
-                        stoppedAt = request?.RunningAt ?? UnixMicros();
+                        // It stopped between the last look at it running and the first news of the stop.
+                        stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
+                        runningAt = request?.RunningAt ?? stoppedAt;
                     },
                     frames.Progress,
                     () => d.Destroyed)
@@ -81,6 +82,8 @@ public sealed partial class Host
             // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock), and when the
             // last byte went into xl's pipe if it was written here.
             frames.Write(MigrationFrames.End, target is null ? $"{pages} {stoppedAt}" : $"{pages} {stoppedAt} {sentAt}");
+            _hv.ConsoleWrite(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"d{d.DomId}: stopped {(sentAt - stoppedAt) / 1e3:0.0} ms before the last byte went (seen running {(sentAt - runningAt) / 1e3:0.0} ms before)"));
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

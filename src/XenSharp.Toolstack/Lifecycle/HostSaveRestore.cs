@@ -103,8 +103,13 @@ public sealed partial class Host
         private readonly DateTime _deadline = DateTime.UtcNow + SuspendTimeout;
 
         /// <summary>The last time (microseconds since 1970) the guest was seen running: once it has suspended, the
-        /// earliest it can have stopped, which is where a migration counts its downtime from.</summary>
+        /// earliest it can have stopped.</summary>
         public long RunningAt { get; private set; } = askedAt;
+
+        /// <summary>Once it has suspended, the first time the daemon heard of it (the hypervisor's report of the
+        /// state change, or a look at the state): the latest it can have stopped, where a migration counts its
+        /// downtime from, as it did when it only polled.</summary>
+        public long StoppedAt { get; private set; }
 
         /// <summary>Waits up to <paramref name="upTo"/> for the guest to suspend: true once it has, false while it
         /// has not; throws when it shut down otherwise, was destroyed, or did not answer in time (the request is
@@ -117,7 +122,15 @@ public sealed partial class Host
                 var state = d.Hv.State;
                 if (state.Shutdown)
                 {
-                    if (state.Reason == ShutdownReason.Suspend) return true;
+                    if (state.Reason == ShutdownReason.Suspend)
+                    {
+                        if (StoppedAt == 0)
+                        {
+                            long heard = d.StateChangedAt;
+                            StoppedAt = heard > RunningAt ? heard : UnixMicros();
+                        }
+                        return true;
+                    }
                     throw new ControlException($"domain {d.DomId} shut down ({state.Reason.ToString().ToLowerInvariant()}) instead of suspending");
                 }
                 if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed before it suspended");
