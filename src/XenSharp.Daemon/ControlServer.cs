@@ -82,7 +82,7 @@ internal sealed class ControlServer : IDisposable
                 if (request is MigrateSendRequest send && response.Ok)
                 {
                     var source = response.Result!.Value.Deserialize<MigrateSendResult>(ControlJson.Options)!;
-                    await Task.Run(() => _host.RunMigrateSend(send, source.DomId, channel.Stream));
+                    await Task.Run(() => _host.RunMigrateSend(send, source.DomId, channel.Stream, PeerPid(s)));
                     return;
                 }
                 if (request is MigrateReceiveRequest receive && response.Ok)
@@ -99,6 +99,18 @@ internal sealed class ControlServer : IDisposable
             }
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or SocketException) { }
+    }
+
+    /// <summary>The process at the other end of a connection (SO_PEERCRED), or 0 when the kernel does not say.</summary>
+    private static int PeerPid(Socket s)
+    {
+        const int SOL_SOCKET = 1, SO_PEERCRED = 17;
+        Span<byte> cred = stackalloc byte[12]; // struct ucred: pid, uid, gid
+        try
+        {
+            return s.GetRawSocketOption(SOL_SOCKET, SO_PEERCRED, cred) == cred.Length ? BitConverter.ToInt32(cred) : 0;
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { return 0; }
     }
 
     public void Dispose()

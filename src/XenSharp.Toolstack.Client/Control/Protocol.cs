@@ -129,18 +129,24 @@ public sealed record RestoreResult(uint DomId, string Name, long Pages);
 
 /// <summary>xl migrate's sending half. After the answer the connection carries <see cref="MigrationFrames"/> from the
 /// daemon: the stream (xl's header and the libxl stream, live: pre-copy rounds under log-dirty, then the suspended
-/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT", microseconds since 1970); xl answers one line, <c>commit</c> (the receiver
-/// runs the guest: destroy it here) or anything else (resume it here), and gets the outcome as a last frame. A
+/// guest's last pages and state) and progress lines, then END ("PAGES STOPPED_AT [SENT_AT]", microseconds since 1970; SENT_AT when the daemon wrote the last byte into
+/// xl's pipe itself); xl may
+/// answer <c>away</c> (the target has the guest: the domain is renamed NAME--migratedaway, answered by an OUTCOME frame
+/// <c>away</c> or the reason it could not be), then one line, <c>commit</c> (the receiver
+/// runs the guest: destroy it here) or anything else (resume it here, under its name), and gets the outcome as a last frame. A
 /// connection that drops before that line resumes the guest. With <paramref name="RemusIntervalMs"/> (xl remus) the
 /// stream is checkpointed instead and never ends on its own: after the live rounds a checkpoint every so many
 /// milliseconds, each followed by a progress line; it ends with a FAILED frame (the guest runs on here) or an OUTCOME
-/// frame <c>destroyed</c> (the primary domain was destroyed).</summary>
-public sealed record MigrateSendRequest(string Domain, string? ConfigText, bool Debug, int RemusIntervalMs = 0) : ControlRequest<MigrateSendResult>;
+/// frame <c>destroyed</c> (the primary domain was destroyed). <paramref name="TargetFd"/>, xl's descriptor of its pipe
+/// to SSHCMD: the daemon writes the stream there itself (opened through /proc as xl's peer process), as libxl writes
+/// to the fd xl gives it, and sends no data frames; when it cannot, the data frames carry the stream.</summary>
+public sealed record MigrateSendRequest(string Domain, string? ConfigText, bool Debug, int RemusIntervalMs = 0, int? TargetFd = null)
+    : ControlRequest<MigrateSendResult>;
 public sealed record MigrateSendResult(uint DomId, string Name);
 
 /// <summary>xl migrate-receive's half: after the answer xl sends the stream's raw bytes; the daemon restores the
-/// domain paused and writes one line, <c>ok DOMID NAME</c> or <c>error ERRNO MESSAGE</c>, then reads one line,
-/// <c>unpause</c> or anything else (destroy it), and answers with a last line. A connection that drops before
+/// domain paused as NAME--incoming and writes one line, <c>ok DOMID NAME--incoming</c> or <c>error ERRNO MESSAGE</c>, then reads
+/// one line, <c>unpause</c> (rename it NAME and unpause it) or anything else (destroy it), and answers with a last line. A connection that drops before
 /// leaves no domain. With <paramref name="Remus"/> (xl migrate-receive -r) the stream is checkpointed: the domain stays
 /// paused at the last complete checkpoint until the stream ends (xl shuts down its sending side), then it is unpaused
 /// there (failover) and the daemon writes <c>failover DOMID NAME CHECKPOINTS</c> or <c>error ERRNO MESSAGE</c>.</summary>

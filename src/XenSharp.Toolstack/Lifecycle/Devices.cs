@@ -35,7 +35,7 @@ public sealed partial class Host
 
     /// <summary>Maps the console ring the builder placed at <paramref name="pfn"/> and binds the port offered for it.</summary>
     private void ConnectPrimaryConsole(Domain dom, ulong pfn, uint port) =>
-        dom.PrimaryConsole = PrimaryConsole.Connect(Backends, dom.DomId, pfn, port, dom.Config.Name, _paths.ConsoleLog(dom.Config.Name));
+        dom.PrimaryConsole = PrimaryConsole.Connect(Backends, dom.DomId, pfn, port, dom.Config.Name, _paths.ConsoleLog(dom.ArrivingAs ?? dom.Config.Name));
 
     /// <summary>Adds a PV device of a served kind to a domain (libxl__device_generic_add): its backend picks it up.</summary>
     internal DeviceAddress AddDevice(uint domId, string kind, int devId,

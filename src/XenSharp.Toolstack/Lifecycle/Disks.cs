@@ -22,7 +22,7 @@ public sealed partial class Host
         foreach (var disk in c.Disks)
         {
             CheckDisk(disk);
-            CheckSharing(disk, c.Name);
+            CheckSharing(disk, c.Name, c.Uuid);
         }
     }
 
@@ -52,14 +52,15 @@ public sealed partial class Host
     }
 
     /// <summary>The block hotplug script's check_sharing: an image is attached writable to one domain only,
-    /// and not read-only anywhere while another domain writes it. A domain may share with itself.</summary>
-    private void CheckSharing(DiskSpec disk, string domainName)
+    /// and not read-only anywhere while another domain writes it. A domain may share with itself, and with another
+    /// domain of its uuid (the script's same_vm: the guest migrating to this host).</summary>
+    private void CheckSharing(DiskSpec disk, string domainName, Guid? uuid = null)
     {
         if (disk.Target is null) return;
         string image = ImageIdentity(disk.Target);
         List<(uint DomId, DiskSpec Disk)> users;
         lock (_lock)
-            users = [.. _domains.Values.Where(d => d.Config.Name != domainName && !d.Destroyed)
+            users = [.. _domains.Values.Where(d => d.Config.Name != domainName && d.Config.Uuid != uuid && !d.Destroyed)
                 .SelectMany(d => d.Config.Disks.Select(x => (d.DomId, x)))];
         foreach (var (domId, other) in users)
         {

@@ -19,6 +19,9 @@ internal sealed class Domain
     /// <summary>The primary console (start info and HVM params, not xenbus).</summary>
     public PrimaryConsole? PrimaryConsole { get; set; }
     public ConsoleBackend? Console => PrimaryConsole?.Backend;
+    /// <summary>For an incoming migration's domain (NAME--incoming until the sender lets go of NAME): NAME, which its
+    /// primary console's log is kept under from the start, so the guest's log goes on in one file.</summary>
+    public string? ArrivingAs { get; init; }
     public IEventChannelEndpoint? StoreChannel { get; set; }
     public XenStoreDomain? Store { get; set; }
     /// <summary>Set once the toolstack has acted on the domain's shutdown (so it acts once).</summary>
@@ -30,6 +33,11 @@ internal sealed class Domain
     /// <summary>Held while the domain's memory is read from outside (core dumps) and while it is
     /// torn down, so a dump never reads memory being freed.</summary>
     public Lock MemoryUse { get; } = new();
+    /// <summary>Pulsed when the hypervisor reports a change of the domain's state (a shutdown), for whoever waits on it.</summary>
+    public object StateSignal { get; } = new();
+    /// <summary>When that report was last heard (microseconds since 1970).</summary>
+    public long StateChangedAt { get => Volatile.Read(ref _stateChangedAt); set => Volatile.Write(ref _stateChangedAt, value); }
+    private long _stateChangedAt;
     /// <summary>Built and wired up: visible to xl list.</summary>
     public bool Ready { get; set; }
     /// <summary>Built by a Domain-0 program (Xen's own xl), not by the daemon: see HostForeignDomains.cs.</summary>

@@ -306,14 +306,15 @@ public sealed partial class Host : IDisposable
         }
     }
 
-    /// <summary>A free domid for a new domain of <paramref name="c"/>, whose name and uuid must be free too.</summary>
-    private uint AllocateDomId(DomainConfig c, Lineage? restarting)
+    /// <summary>A free domid for a new domain of <paramref name="c"/>, whose name and uuid must be free too (the uuid
+    /// not for a domain migrating in, which is the same guest as the one leaving on a migration to this host).</summary>
+    private uint AllocateDomId(DomainConfig c, Lineage? restarting, bool incoming = false)
     {
         lock (_lock)
         {
             if (NameTakenLocked(c.Name, restarting: restarting))
                 throw new ControlException($"domain with name \"{c.Name}\" already exists.");
-            if (_domains.Values.Any(x => x.Config.Uuid == c.Uuid))
+            if (!incoming && _domains.Values.Any(x => x.Config.Uuid == c.Uuid))
                 throw new ControlException($"domain with uuid {c.Uuid} already exists.");
             // Domids that still name a restarted guest are not handed out again meanwhile.
             var now = _time.GetUtcNow();
@@ -388,11 +389,14 @@ public sealed partial class Host : IDisposable
     /// <paramref name="restarting"/>, when the domid is kept a while as a name for the guest.</summary>
     private void DestroyLocked(Domain d, bool restarting = false)
     {
+        bool vmShared;
         lock (_lock)
         {
             if (d.Destroyed) return;
             d.Destroyed = true;
             _domains.Remove(d.DomId);
+            // A guest migrating to this host is two domains of one uuid for a moment: /vm/UUID stays for the other.
+            vmShared = _domains.Values.Any(x => x.Config.Uuid == d.Config.Uuid);
             var l = d.Lineage;
             if (restarting)
                 l.Retired.Add((d.DomId, _time.GetUtcNow()));
@@ -409,7 +413,7 @@ public sealed partial class Host : IDisposable
         try
         {
             if (d.Store is not null || d.BuiltOutside) _xs.Release(d.DomId);
-            XenstoreLayout.Remove(_xs, d.DomId, d.Config.Uuid);
+            XenstoreLayout.Remove(_xs, d.DomId, vmShared ? null : d.Config.Uuid);
         }
         catch (XenStoreException) { }
         ReleaseForeignRing(d.DomId);

@@ -34,8 +34,9 @@ public sealed partial class Host
     }
 
     /// <summary>Sends domain <paramref name="domId"/> live over <paramref name="conn"/> (after a successful
-    /// <see cref="MigrateSendRequest"/>), then destroys it or resumes it as xl says.</summary>
-    public void RunMigrateSend(MigrateSendRequest r, uint domId, Stream conn)
+    /// <see cref="MigrateSendRequest"/>), then destroys it or resumes it as xl says. <paramref name="peerPid"/> is xl's
+    /// process, whose pipe to the target (<see cref="MigrateSendRequest.TargetFd"/>) takes the stream directly.</summary>
+    public void RunMigrateSend(MigrateSendRequest r, uint domId, Stream conn, int peerPid = 0)
     {
         Domain d;
         lock (_lock)
@@ -47,36 +48,82 @@ public sealed partial class Host
         }
         var frames = new FrameWriter(conn);
         bool suspended = false, cooperative = HasPvDrivers(d);
-        long stoppedAt = 0;
+        long stoppedAt = 0, runningAt = 0;
+        SuspendRequest? request = null;
+        FileStream? target = null;
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
             var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode);
-            var data = new BufferedStream(new DataFrames(frames), 1 << 20);
+            target = OpenTargetPipe(r, peerPid, d);
+            var data = new BufferedStream(target ?? (Stream)new DataFrames(frames), 1 << 20);
             long pages;
             lock (d.MemoryUse)
             {
                 pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                    () => { Suspend(d); suspended = true; stoppedAt = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10; },
+                    () =>
+                    {
+                        Suspend(d);
+                        suspended = true;
+                        // It stopped between the last look at it running and the first news of the stop.
+                        stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
+                        runningAt = request?.RunningAt ?? stoppedAt;
+                    },
                     frames.Progress,
-                    () => d.Destroyed) { Pages = PageProgress(frames, d) });
+                    () => d.Destroyed)
+                {
+                    Pages = PageProgress(frames, d),
+                    RequestSuspend = () => (request = BeginSuspend(d)).Wait,
+                });
             }
             data.Flush();
-            _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages");
-            // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock).
-            frames.Write(MigrationFrames.End, $"{pages} {stoppedAt}");
+            long sentAt = UnixMicros();
+            _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages{(target is null ? " through xl" : "")}");
+            // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock), and when the
+            // last byte went into xl's pipe if it was written here.
+            frames.Write(MigrationFrames.End, target is null ? $"{pages} {stoppedAt}" : $"{pages} {stoppedAt} {sentAt}");
+            _hv.ConsoleWrite(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"d{d.DomId}: stopped {(sentAt - stoppedAt) / 1e3:0.0} ms before the last byte went (seen running {(sentAt - runningAt) / 1e3:0.0} ms before)"));
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            string why = ControlErrors.Map(e)?.Message ?? e.Message;
+            string why = e is IOException && target is not null
+                ? $"the target went away ({e.Message.Split(" : ")[0]})"
+                : ControlErrors.Map(e)?.Message ?? e.Message;
+            // Asked to suspend but not stopped yet: the request goes, or the guest has stopped meanwhile.
+            request?.Withdraw();
+            if (!suspended && request is not null && d.Hv.State is { Shutdown: true, Reason: ShutdownReason.Suspend })
+                suspended = true;
             ResumeAfterFailure(d, suspended, cooperative, why);
             try { frames.Write(MigrationFrames.Failed, why); } catch (IOException) { }
             return;
         }
+        finally
+        {
+            target?.Dispose();
+        }
 
+        // xl's verdict: "away" (the target has the guest; the domain gives up its name, as xl renames it to
+        // NAME--migratedaway before letting the target start its copy, which on this host takes NAME), then "commit"
+        // (the target runs it) or anything else, or nothing (the domain takes its name back and runs on).
+        string name = d.Config.Name;
         string? verdict = null;
-        try { verdict = ReadLine(conn); }
-        catch (IOException) { }
+        while (true)
+        {
+            verdict = null;
+            try { verdict = ReadLine(conn); }
+            catch (IOException) { }
+            if (verdict != "away") break;
+            try
+            {
+                Rename(d, MigratedAwayName(name));
+                TryFrame(frames, "away");
+            }
+            catch (ControlException e)
+            {
+                TryFrame(frames, $"cannot rename the domain away: {e.Message}");
+            }
+        }
         if (verdict == "commit")
         {
             Destroy(d);
@@ -84,8 +131,34 @@ public sealed partial class Host
         }
         else
         {
+            if (d.Config.Name != name)
+                try { Rename(d, name); }
+                catch (ControlException e) { _hv.ConsoleWrite($"d{d.DomId}: keeps the name {d.Config.Name}: {e.Message}"); }
             ResumeAfterFailure(d, suspended, cooperative, "the receiver did not take the guest");
             TryFrame(frames, "resumed");
+        }
+    }
+
+    private static long UnixMicros() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
+
+    /// <summary>xl's pipe to the target, opened through /proc as the peer process's descriptor (the stream's bytes
+    /// then reach the target with one copy, and no process but this one needs a CPU in the guest's downtime); null
+    /// when xl named none or it cannot be opened (another pid namespace, not a pipe): data frames carry the stream.</summary>
+    private FileStream? OpenTargetPipe(MigrateSendRequest r, int peerPid, Domain d)
+    {
+        if (r.TargetFd is not { } fd || fd < 0 || peerPid <= 0) return null;
+        string path = $"/proc/{peerPid}/fd/{fd}";
+        try
+        {
+            // Only a pipe: the descriptor is xl's to name, but not a file to write over.
+            if (new FileInfo(path).LinkTarget is not { } link || !link.StartsWith("pipe:", StringComparison.Ordinal))
+                return null;
+            return new FileStream(File.OpenHandle(path, FileMode.Open, FileAccess.Write), FileAccess.Write, bufferSize: 0);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            _hv.ConsoleWrite($"d{d.DomId}: cannot write to xl's pipe {path} ({e.Message}); the stream goes through xl");
+            return null;
         }
     }
 
@@ -128,7 +201,8 @@ public sealed partial class Host
         RestoreResult result;
         try
         {
-            result = RestoreFrom(new SaveFileReader(conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory, paused: true);
+            result = RestoreFrom(new SaveFileReader(conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory, paused: true,
+                incoming: true);
         }
         catch (Exception e) when (ControlErrors.Map(e) is { } failure)
         {
@@ -144,6 +218,14 @@ public sealed partial class Host
             catch (IOException) { }
         if (verdict == "unpause")
         {
+            try { TakeIncomingName(d); }
+            catch (ControlException e)
+            {
+                _hv.ConsoleWrite($"d{d.DomId}: cannot take the name {d.ArrivingAs}: {e.Message}; the domain is destroyed");
+                Destroy(d);
+                TryLine(conn, $"error {e.Errno} {e.Message.ReplaceLineEndings(" ")}");
+                return;
+            }
             d.Hv.Unpause();
             // xl may yet take it back, when its report could not reach the sender (which then resumes its copy).
             string? after = null;

@@ -76,37 +76,87 @@ public sealed partial class Host
     /// protocol). A guest already suspended is taken as it is.</summary>
     private void Suspend(Domain d)
     {
+        var request = BeginSuspend(d);
+        while (!request.Wait(TimeSpan.FromMilliseconds(50))) { }
+    }
+
+    /// <summary>Asks the guest to suspend and returns at once: a live migration sends what the guest dirties on its
+    /// way to the stop while <see cref="SuspendRequest.Wait"/> says it has not stopped yet.</summary>
+    private SuspendRequest BeginSuspend(Domain d)
+    {
+        long askedAt = UnixMicros();
         var state = d.Hv.State;
-        if (state.Shutdown && state.Reason == ShutdownReason.Suspend) return;
+        if (state.Shutdown && state.Reason == ShutdownReason.Suspend) return new SuspendRequest(this, d, null, askedAt);
         if (state.Shutdown)
             throw new ControlException($"domain {d.DomId} has shut down ({state.Reason.ToString().ToLowerInvariant()}); only a running guest can be saved");
-        string node = $"{XenstoreLayout.DomainPath(d.DomId)}/control/shutdown";
         // A guest without PV drivers (no event callback) cannot hear the request: libxl suspends such an HVM guest
         // from outside (xc_domain_shutdown), and it carries on from where it stopped wherever it is restored.
-        bool cooperative = HasPvDrivers(d);
-        if (cooperative) _xs.Write(node, "suspend");
+        string? node = HasPvDrivers(d) ? $"{XenstoreLayout.DomainPath(d.DomId)}/control/shutdown" : null;
+        if (node is not null) _xs.Write(node, "suspend");
         else d.Hv.Shutdown(ShutdownReason.Suspend);
-        var deadline = DateTime.UtcNow + SuspendTimeout;
-        while (true)
+        return new SuspendRequest(this, d, node, askedAt);
+    }
+
+    /// <summary>A request to suspend that the guest has not necessarily answered yet.</summary>
+    private sealed class SuspendRequest(Host host, Domain d, string? node, long askedAt)
+    {
+        private readonly DateTime _deadline = DateTime.UtcNow + SuspendTimeout;
+
+        /// <summary>The last time (microseconds since 1970) the guest was seen running: once it has suspended, the
+        /// earliest it can have stopped.</summary>
+        public long RunningAt { get; private set; } = askedAt;
+
+        /// <summary>Once it has suspended, the first time the daemon heard of it (the hypervisor's report of the
+        /// state change, or a look at the state): the latest it can have stopped, where a migration counts its
+        /// downtime from, as it did when it only polled.</summary>
+        public long StoppedAt { get; private set; }
+
+        /// <summary>Waits up to <paramref name="upTo"/> for the guest to suspend: true once it has, false while it
+        /// has not; throws when it shut down otherwise, was destroyed, or did not answer in time (the request is
+        /// withdrawn then).</summary>
+        public bool Wait(TimeSpan upTo)
         {
-            state = d.Hv.State;
-            if (state.Shutdown)
+            var until = DateTime.UtcNow + upTo;
+            while (true)
             {
-                if (state.Reason == ShutdownReason.Suspend) return;
-                throw new ControlException($"domain {d.DomId} shut down ({state.Reason.ToString().ToLowerInvariant()}) instead of suspending");
+                var state = d.Hv.State;
+                if (state.Shutdown)
+                {
+                    if (state.Reason == ShutdownReason.Suspend)
+                    {
+                        if (StoppedAt == 0)
+                        {
+                            long heard = d.StateChangedAt;
+                            StoppedAt = heard > RunningAt ? heard : UnixMicros();
+                        }
+                        return true;
+                    }
+                    throw new ControlException($"domain {d.DomId} shut down ({state.Reason.ToString().ToLowerInvariant()}) instead of suspending");
+                }
+                if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed before it suspended");
+                var now = DateTime.UtcNow;
+                RunningAt = (now - DateTime.UnixEpoch).Ticks / 10;
+                if (now >= _deadline)
+                {
+                    Withdraw();
+                    throw new ControlException(
+                        $"guest did not suspend within {SuspendTimeout.TotalSeconds:0} s of control/shutdown = suspend; the request was withdrawn",
+                        Errno.ETIMEDOUT);
+                }
+                if (now >= until) return false;
+                // Woken by the domain's state change (the stop is the start of a migration's downtime, and the last
+                // pages follow it), or at least every millisecond.
+                lock (d.StateSignal)
+                    if (!d.Hv.State.Shutdown && !d.Destroyed)
+                        Monitor.Wait(d.StateSignal, TimeSpan.FromMilliseconds(1));
             }
-            if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed before it suspended");
-            if (DateTime.UtcNow >= deadline)
-            {
-                // Withdraw the request so the guest does not suspend later with nobody saving it.
-                if (cooperative)
-                    try { _xs.Write(node, ""); } catch (XenSharp.Store.XenStoreException) { }
-                throw new ControlException(
-                    $"guest did not suspend within {SuspendTimeout.TotalSeconds:0} s of control/shutdown = suspend; the request was withdrawn",
-                    Errno.ETIMEDOUT);
-            }
-            // Often: the stop is the start of a migration's downtime, and the last pages follow it.
-            Thread.Sleep(1);
+        }
+
+        /// <summary>Withdraws the request so the guest does not suspend later with nobody saving it.</summary>
+        public void Withdraw()
+        {
+            if (node is null || d.Hv.State.Shutdown) return;
+            try { host._xs.Write(node, ""); } catch (XenSharp.Store.XenStoreException) { }
         }
     }
 
@@ -137,9 +187,10 @@ public sealed partial class Host
 
     /// <summary>Restores a domain from a stream: a save file, or a migration's incoming stream (label names it). A
     /// <paramref name="checkpointed"/> stream (Remus) is restored up to its first checkpoint; the reader goes on
-    /// with the rest.</summary>
+    /// with the rest. An <paramref name="incoming"/> migration's domain is NAME--incoming, as xl's receiver makes
+    /// it, until <see cref="TakeIncomingName"/>: on a migration to this host NAME is still the sender's.</summary>
     private RestoreResult RestoreFrom(SaveFileReader reader, string label, string? configText, string? configFile, string? configDirectory,
-        bool paused, bool checkpointed = false)
+        bool paused, bool checkpointed = false, bool incoming = false)
     {
         var header = reader.ReadHeader();
         string text = configText ?? header.ConfigText;
@@ -151,22 +202,43 @@ public sealed partial class Host
         if (c.Type != DomainType.Pvh)
             throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH domains only", Errno.EOPNOTSUPP);
         CheckName(c.Name);
+        string? finalName = null;
+        if (incoming)
+        {
+            finalName = c.Name;
+            c.Name = IncomingName(finalName);
+            CheckName(c.Name);
+        }
         c.SourceText = text;
         c.SourceFile = configFile ?? label;
         lock (_lifecycle)
         {
             if (_disposed) throw new ControlException("xensharpd is stopping");
-            return RestoreLocked(c, reader, label, paused, checkpointed);
+            return RestoreLocked(c, reader, label, paused, checkpointed, finalName);
         }
     }
 
-    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, string label, bool paused, bool checkpointed)
+    /// <summary>xl's names for a migrating guest's two domains while both exist (xl_migrate.c).</summary>
+    internal static string IncomingName(string name) => name + "--incoming";
+    internal static string MigratedAwayName(string name) => name + "--migratedaway";
+
+    /// <summary>The incoming domain takes the guest's name, once the sender has renamed its own away.</summary>
+    private void TakeIncomingName(Domain d)
+    {
+        if (d.ArrivingAs is { } name && d.Config.Name != name)
+            Rename(d, name);
+    }
+
+    private RestoreResult RestoreLocked(DomainConfig c, SaveFileReader reader, string label, bool paused, bool checkpointed, string? finalName)
     {
         CheckDisks(c);
-        uint domId = AllocateDomId(c, restarting: null);
+        uint domId = AllocateDomId(c, restarting: null, incoming: finalName is not null);
         var hvd = _hv.CreateDomain(domId, new Platform.DomainCreateInfo(XenSharp.Hypervisor.DomainKind.Pvh,
             c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
-        var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = new Lineage() };
+        var dom = new Domain
+        {
+            DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = new Lineage(), ArrivingAs = finalName,
+        };
         lock (_lock) _domains[domId] = dom;
         try
         {

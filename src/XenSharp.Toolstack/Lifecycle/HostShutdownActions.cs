@@ -9,7 +9,13 @@ public sealed partial class Host
 {
     private void OnDomainStateChanged(uint domId)
     {
-        // Runs on a thread pool thread: whatever fails, the daemon carries on.
+        // Runs on a thread pool thread: whatever fails, the daemon carries on. A migration waiting for the guest's
+        // stop hears first.
+        if (Find(domId) is { } d)
+        {
+            d.StateChangedAt = UnixMicros();
+            lock (d.StateSignal) Monitor.PulseAll(d.StateSignal);
+        }
         try { _xs.DomainShutDown(); }
         catch (Exception e) when (e is XenSharp.Store.XenStoreException or ObjectDisposedException) { }
         try { HandleShutdown(domId); }

@@ -84,10 +84,12 @@ internal static class XenstoreLayout
         xs.Write($"{VmPath(uuid)}/name", name);
     }
 
-    public static void Remove(XenStored xs, uint domId, Guid uuid)
+    /// <summary>The domain's nodes, and /vm/UUID unless <paramref name="uuid"/> is null (another domain of the
+    /// uuid still uses it).</summary>
+    public static void Remove(XenStored xs, uint domId, Guid? uuid)
     {
         xs.Rm(DomainPath(domId));
-        xs.Rm(VmPath(uuid));
+        if (uuid is { } u) xs.Rm(VmPath(u));
         xs.Rm($"/libxl/{domId}");
     }
 }

@@ -17,6 +17,15 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
     /// <summary>Told the round, the pages sent in it so far and the pages it sends, batch by batch.</summary>
     public Action<int, long, long>? Pages { get; init; }
 
+    /// <summary>When set, asks the guest to suspend without waiting and gives back a wait (true once the guest has
+    /// suspended, false after the time given while it has not): the pages the guest dirties on its way to the stop
+    /// are sent while it runs, in short rounds, and the suspended guest's last set is what it dirtied in the last
+    /// of them. <see cref="Suspend"/> follows once it has stopped.</summary>
+    public Func<Func<TimeSpan, bool>>? RequestSuspend { get; init; }
+
+    /// <summary>How long a round waits for the stop before it takes the dirty set while the guest suspends.</summary>
+    public TimeSpan SuspendingRound { get; init; } = TimeSpan.FromMilliseconds(2);
+
     public int MaxIterations { get; init; } = 5;
     public long DirtyThreshold { get; init; } = 50;
 }
@@ -59,10 +68,14 @@ internal static class SaveFileWriter
         live.PreCopy(o);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         long final = live.SendSuspended();
+        var state = clock.Elapsed;
         live.End();
         output.Flush();
+        var all = clock.Elapsed;
         o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-            $"Suspended: {final} pages sent, {live.Total} in all; the last pages and state in {clock.Elapsed.TotalMilliseconds:0.0} ms"));
+            $"Suspended: {final} pages sent, {live.Total} in all; the last pages and state in {all.TotalMilliseconds:0.0} ms " +
+            $"(pages {live.SuspendedPagesTime.TotalMilliseconds:0.0} ms, state {(state - live.SuspendedPagesTime).TotalMilliseconds:0.0} ms, " +
+            $"flush {(all - state).TotalMilliseconds:0.0} ms)"));
         return live.Total;
     }
 
@@ -77,6 +90,7 @@ internal static class SaveFileWriter
     internal sealed class LiveStream : IDisposable
     {
         private readonly MigrationRecordWriter _w;
+        private readonly Stream _output;
         private readonly SaveSource _s;
         private readonly ulong _max;
         private readonly ulong[] _bits, _last;
@@ -84,6 +98,7 @@ internal static class SaveFileWriter
         public LiveStream(Stream output, SaveSource s)
         {
             _w = new MigrationRecordWriter(output);
+            _output = output;
             _s = s;
             _max = s.Domain.Memory.MaxGfn;
             _bits = new ulong[(_max + 64) / 64];
@@ -94,6 +109,9 @@ internal static class SaveFileWriter
 
         /// <summary>Pages sent so far.</summary>
         public long Total { get; private set; }
+
+        /// <summary>How long the last <see cref="SendSuspended"/> took for its dirty set (and the pages' copy).</summary>
+        public TimeSpan SuspendedPagesTime { get; private set; }
 
         /// <summary>The rounds while the guest runs, then <see cref="LiveOptions.Suspend"/>; what the last round
         /// left dirty waits for <see cref="SendSuspended"/>.</summary>
@@ -119,7 +137,37 @@ internal static class SaveFileWriter
                 Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
+            if (o.RequestSuspend is { } request)
+            {
+                // What the rounds sent goes on its way now, not in the downtime.
+                _output.Flush();
+                SendWhileSuspending(request(), o);
+            }
             o.Suspend();
+        }
+
+        /// <summary>Until the guest has suspended: every <see cref="LiveOptions.SuspendingRound"/>, the pages it dirtied
+        /// (a guest's suspend path writes hundreds: frozen tasks, the devices' state), so that few are left for the
+        /// stop-and-copy.</summary>
+        private void SendWhileSuspending(Func<TimeSpan, bool> stopped, LiveOptions o)
+        {
+            var d = _s.Domain;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            long sent = 0;
+            int rounds = 0;
+            while (!stopped(o.SuspendingRound))
+            {
+                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
+                for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
+                long n = WritePages(_w, d, Gfns(_bits), o.Cancelled);
+                Array.Clear(_bits);
+                if (n > 0) _output.Flush();
+                sent += n;
+                rounds++;
+            }
+            Total += sent;
+            o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"Suspending: {sent} pages sent in {rounds} rounds while the guest suspended, {clock.Elapsed.TotalMilliseconds:0.0} ms"));
         }
 
         /// <summary>With the guest suspended: the pages dirtied since the last round or checkpoint, the rings'
@@ -127,6 +175,7 @@ internal static class SaveFileWriter
         public long SendSuspended()
         {
             var d = _s.Domain;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
             for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
             // The rings' pages are written through the toolstack's own mappings, which log-dirty does not see.
@@ -136,6 +185,7 @@ internal static class SaveFileWriter
             long sent = WritePages(_w, d, Gfns(_bits), null);
             Array.Clear(_bits);
             Total += sent;
+            SuspendedPagesTime = clock.Elapsed;
             WriteTscInfo(_w, _s);
             _w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, d.GetHvmContext());
             WriteParams(_w, d);

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Text;
 using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
@@ -13,7 +14,7 @@ namespace XenSharp.Xl.Commands;
 /// stream, written live by the daemon), the receiver's "ready", the sender's permission to go, and the receiver's
 /// report with one status byte. Only then does the source domain go; if anything fails before, it runs on.
 /// </summary>
-internal static class MigrateCommands
+internal static partial class MigrateCommands
 {
     internal static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
     // xl sends these with their terminating NUL.
@@ -47,6 +48,7 @@ internal static class MigrateCommands
         using var child = Process.Start(psi) ?? throw new ControlException($"cannot run {rune}");
         var toTarget = child.StandardInput.BaseStream;
         var fromTarget = child.StandardOutput.BaseStream;
+        WidenPipe(toTarget);
         try
         {
             if (!ReadExpected(fromTarget, Banner))
@@ -55,14 +57,16 @@ internal static class MigrateCommands
                 return 1;
             }
             using var client = ctx.Connect();
-            var start = client.Send(new MigrateSendRequest(domain, config, debug));
+            // The daemon writes the stream into the pipe itself, with no copy through here in the guest's downtime.
+            int? targetFd = toTarget is System.IO.Pipes.PipeStream pipe ? (int)pipe.SafePipeHandle.DangerousGetHandle() : null;
+            var start = client.Send(new MigrateSendRequest(domain, config, debug, TargetFd: targetFd));
             ctx.Err.WriteLine($"Saving to migration stream new xl format (info 0x2/0x0/{config?.Length ?? 0})");
             var conn = client.Stream;
             var clock = Stopwatch.StartNew();
-            long stoppedAt = 0;
-            if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt)))
+            long stoppedAt = 0, sentAt = 0;
+            if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt, out sentAt)))
                 return 1;
-            long sentAt = UnixMicros();
+            if (sentAt == 0) sentAt = UnixMicros(); // the stream came through here: its last byte went just now
 
             if (!ReadExpected(fromTarget, ReceiverReady))
             {
@@ -71,6 +75,15 @@ internal static class MigrateCommands
                 return 1;
             }
             ctx.Err.WriteLine("migration sender: Target has acknowledged transfer.");
+            // As xl: the domain gives up its name before the target may start its copy, which takes it (the same
+            // name on a migration to this host); a failure from here on gives it back.
+            string away = Verdict(conn, "away");
+            if (away != "away")
+            {
+                ctx.Err.WriteLine($"migration sender: {away}; the domain runs on here");
+                Verdict(conn, "abort");
+                return 1;
+            }
             ctx.Err.WriteLine("migration sender: Giving target permission to start.");
             bool reported;
             var status = new byte[1];
@@ -113,9 +126,10 @@ internal static class MigrateCommands
 
     /// <summary>Copies the daemon's data frames to the target and shows its progress; false when the stream failed
     /// (the daemon has resumed the domain) or the target went away (closing the connection tells the daemon).</summary>
-    private static bool SendStream(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt)
+    private static bool SendStream(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt,
+        out long sentAt)
     {
-        stoppedAt = 0;
+        stoppedAt = sentAt = 0;
         var head = new byte[5];
         var buffer = new byte[MigrationFrames.MaxData];
         while (true)
@@ -146,6 +160,7 @@ internal static class MigrateCommands
                     toTarget.Flush();
                     var end = Encoding.ASCII.GetString(buffer, 0, length).Split(' ');
                     if (end.Length > 1) long.TryParse(end[1], out stoppedAt);
+                    if (end.Length > 2) long.TryParse(end[2], out sentAt);
                     return true;
                 case MigrationFrames.Failed:
                     progress.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
@@ -155,6 +170,22 @@ internal static class MigrateCommands
             }
         }
     }
+
+    /// <summary>Lets the pipe to SSHCMD hold the suspended guest's last pages (a few MiB as root, else the
+    /// unprivileged 1 MiB), as a TCP connection's buffers would: they leave as fast as the daemon sends them, not 64 KiB
+    /// at a time as the other side drains them, which is the guest's downtime.</summary>
+    private static void WidenPipe(Stream s)
+    {
+        if (s is not System.IO.Pipes.PipeStream pipe) return;
+        int fd = (int)pipe.SafePipeHandle.DangerousGetHandle();
+        if (fcntl(fd, F_SETPIPE_SZ, 4 << 20) < 0)
+            _ = fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+    }
+
+    private const int F_SETPIPE_SZ = 1031; // Linux's F_LINUX_SPECIFIC_BASE + 7
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fcntl(int fd, int cmd, int arg);
 
     /// <summary>Microseconds since 1970, the clock the daemon's stop time is on.</summary>
     internal static long UnixMicros() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
