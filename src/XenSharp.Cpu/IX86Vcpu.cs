@@ -35,4 +35,10 @@ public interface IX86Vcpu : IVcpu
     /// <see cref="VcpuExitReason.Exception"/> and <see cref="VcpuExitReason.Syscall"/>. A PV guest's kernel runs in
     /// ring 3 and the hypervisor bounces these to the handlers it registered, as Xen does.</summary>
     bool InterceptTraps { get; set; }
+
+    /// <summary>When set, a REP INS or OUTS whose buffer is RAM, and a REP MOVS between RAM and MMIO or a REP STOS to
+    /// MMIO, leave <see cref="IVcpu.Run"/> as one Io or Mmio exit covering as many iterations as stay in the buffer's
+    /// and the MMIO's 4 KiB pages (<see cref="VcpuExit.Count"/>), as Xen's emulator sends one ioreq for them. Off by
+    /// default: every iteration is an exit of its own.</summary>
+    bool BatchStringIo { get => false; set { } }
 }

@@ -53,6 +53,17 @@ public struct VcpuExit
     /// <summary>Hlt: the vCPU halted with RFLAGS.IF clear, so no interrupt can end the halt (only NMI, INIT or SMI).</summary>
     public bool InterruptsDisabled;
     public string? Message;
+    /// <summary>Io and Mmio exits of a REP string instruction under <see cref="IX86Vcpu.BatchStringIo"/>: the
+    /// iterations this exit covers (Xen's ioreq count), 0 for one ordinary access. The hypervisor answers with
+    /// <see cref="IVcpu.CompleteExit"/> giving how many it did (at most this), and the engine retires those.</summary>
+    public uint Count;
+    /// <summary>With <see cref="Count"/>: <see cref="Data"/> is the guest-physical address of the first element in RAM
+    /// that the device reads (a write) or fills (a read), Xen's data_is_ptr; all elements lie in that page. Otherwise
+    /// Data is the one value written <see cref="Count"/> times (REP STOS).</summary>
+    public bool DataIsPointer;
+    /// <summary>With <see cref="Count"/>: EFLAGS.DF was set, so the port's or MMIO's and the buffer's addresses go down
+    /// by <see cref="Size"/> each iteration (Xen's df).</summary>
+    public bool Backward;
 }
 
 /// <summary>General-purpose registers (KVM's kvm_regs).</summary>

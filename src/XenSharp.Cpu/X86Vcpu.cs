@@ -37,7 +37,7 @@ internal struct XmmFile { private Xmm _e; }
 internal struct DrFile { private ulong _e; }
 
 /// <summary>What a pending exit leaves for <see cref="IVcpu.CompleteExit"/> and the next Run to finish.</summary>
-internal enum PendingCompletion : byte { None, In, Ins, RdMsr, WrMsr, MmioRead, MmioWrite }
+internal enum PendingCompletion : byte { None, In, Ins, RdMsr, WrMsr, MmioRead, MmioWrite, Repeated }
 
 /// <summary>Thrown (one preallocated instance per vCPU) to abandon the current instruction.</summary>
 internal sealed class GuestFault : Exception

@@ -107,7 +107,12 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                         v.Cpuid = new X86.Pv.PvCpuid(v.Cpuid);
                     v.Engine = d.Engine.CreateVcpu(vid, v.Cpuid);
                     if (d.Pv is null)
+                    {
                         v.Engine.InterruptSource = v;
+                        // A REP string access to a device is one exit, sent to a device model as one ioreq.
+                        if (v.Engine is IX86Vcpu hvm)
+                            hvm.BatchStringIo = true;
+                    }
                     else if (v.Engine is IX86Vcpu x86)
                         x86.InterceptTraps = true; // the PV kernel's traps and hypercalls come to the hypervisor
                 }

@@ -25,7 +25,9 @@
 /* What a handle is (PRIVCMD_OP_OPEN arg[0]). */
 enum privcmd_kind {
     PRIVCMD_KIND_XENCALL = 1,       /* hypercalls; fd[0]: the buffer memfd (arg[2] base, arg[3] size) */
-    PRIVCMD_KIND_EVTCHN = 2,        /* fd[0]: the write end of the pipe pending ports are written to */
+    PRIVCMD_KIND_EVTCHN = 2,        /* fd[0]: the write end of the pipe pending ports are written to; fd[1]: a memfd
+                                     * of PRIVCMD_EVTCHN_STATE_PORTS words sealed against shrinking, each port's
+                                     * PRIVCMD_EVTCHN_* bits, shared with the daemon */
     PRIVCMD_KIND_FOREIGNMEMORY = 3, /* foreign mappings: replies will carry a domain's memfd */
     PRIVCMD_KIND_GNTTAB = 4,
     PRIVCMD_KIND_GNTSHR = 5,
@@ -83,6 +85,14 @@ enum privcmd_op {
      * PRIVCMD_OP_FOREIGN_MAP's: the domain's memfd and count int64_t offsets, or -errno for the whole request. */
     PRIVCMD_OP_FOREIGN_MAP_RESOURCE = 64,
 };
+
+/* An event channel handle's per-port state, one 32-bit word per port below PRIVCMD_EVTCHN_STATE_PORTS, changed only
+ * by compare-and-swap on both sides: an event sets MASKED and writes the port to the pipe, or sets PENDING when MASKED
+ * was set already. The library unmasks a port that is not PENDING by clearing MASKED itself, with no request; one
+ * that is PENDING it unmasks through PRIVCMD_OP_EVTCHN_UNMASK, which clears PENDING and writes the port again. */
+#define PRIVCMD_EVTCHN_STATE_PORTS (1u << 17)
+#define PRIVCMD_EVTCHN_MASKED 1u
+#define PRIVCMD_EVTCHN_PENDING 2u
 
 #define PRIVCMD_MAX_COPY 16
 

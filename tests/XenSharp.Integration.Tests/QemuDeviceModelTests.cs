@@ -25,22 +25,12 @@ public sealed class QemuDeviceModelTests : IDisposable
         string domid = _xl.Run("domid", "qemuio").Stdout.Trim();
         string serial = Path.Combine(_xl.RunDir, "qemuio-serial.txt");
 
-        // As libxl starts the device model of an HVM domain, with the guest's serial port to a file.
-        var psi = _xl.Dom0StartInfo("/usr/libexec/xen-qemu-system-i386", "-xen-domid", domid, "-xen-attach",
-            "-name", "qemuio", "-machine", "xenfv", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
-            "-chardev", $"socket,id=libxl-cmd,path={Path.Combine(_xl.RunDir, $"qmp-libxl-{domid}")},server=on,wait=off",
-            "-mon", "chardev=libxl-cmd,mode=control", "-serial", $"file:{serial}", "-m", "32");
-        using var qemu = Process.Start(psi)!;
-        var qemuLog = new System.Text.StringBuilder();
-        qemu.OutputDataReceived += (_, e) => { lock (qemuLog) qemuLog.AppendLine(e.Data); };
-        qemu.ErrorDataReceived += (_, e) => { lock (qemuLog) qemuLog.AppendLine(e.Data); };
-        qemu.BeginOutputReadLine();
-        qemu.BeginErrorReadLine();
+        using var qemu = StartQemu(domid, "qemuio", serial);
         try
         {
-            Assert.True(XlHost.WaitUntil(() => qemu.HasExited
+            Assert.True(XlHost.WaitUntil(() => qemu.Process.HasExited
                     || _xl.RunDom0("xenstore-read", $"/local/domain/0/device-model/{domid}/state").Stdout.Trim() == "running",
-                TimeSpan.FromMinutes(2)) && !qemu.HasExited, $"QEMU did not start:\n{qemuLog}");
+                TimeSpan.FromMinutes(2)) && !qemu.Process.HasExited, $"QEMU did not start:\n{qemu.Log}");
 
             Assert.Equal(0, _xl.Run("unpause", "qemuio").ExitCode);
             // The guest powers off when its checks are done (on_poweroff = "destroy").
@@ -58,9 +48,104 @@ public sealed class QemuDeviceModelTests : IDisposable
         }
         finally
         {
-            if (!qemu.HasExited)
-                qemu.Kill(entireProcessTree: true);
-            qemu.WaitForExit();
+            qemu.Stop();
+        }
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/HVM"), Trait("Feature", "Dom0 stable libraries")]
+    public void RepStringIoAndVgaMemoryWritesAreServedByQemu()
+    {
+        Assert.True(File.Exists(Repository.PathOf("tests", "guests", "build", "qemustr.elf")), "qemustr.elf is not built (make -C tests/guests)");
+        // The disk the guest reads with REP INSW/INSL: a known byte at every offset (qemustr.c's disk_byte).
+        string disk = Path.Combine(_xl.RunDir, "qemustr-disk.img");
+        var image = new byte[64 * Sector];
+        for (int o = 0; o < image.Length; o++)
+            image[o] = DiskByte(o);
+        File.WriteAllBytes(disk, image);
+        var created = _xl.Run("create", "-p", Repository.PathOf("tests", "guests", "qemustr.cfg"));
+        Assert.True(created.ExitCode == 0, created.ToString());
+        string domid = _xl.Run("domid", "qemustr").Stdout.Trim();
+        string serial = Path.Combine(_xl.RunDir, "qemustr-serial.txt");
+        // Room for QEMU's 16 MiB of VGA memory, which it populates in the guest (libxl adds videoram to maxmem).
+        Assert.Equal(0, _xl.Run("mem-max", "qemustr", "64").ExitCode);
+        using var qemu = StartQemu(domid, "qemustr", serial,
+            "-drive", $"file={disk},if=ide,index=0,media=disk,format=raw", "-vga", "std", "-global", "VGA.romfile=");
+        try
+        {
+            Assert.True(XlHost.WaitUntil(() => qemu.Process.HasExited
+                    || _xl.RunDom0("xenstore-read", $"/local/domain/0/device-model/{domid}/state").Stdout.Trim() == "running",
+                TimeSpan.FromMinutes(2)) && !qemu.Process.HasExited, $"QEMU did not start:\n{qemu.Log}");
+            Assert.Equal(0, _xl.Run("unpause", "qemustr").ExitCode);
+            Assert.True(XlHost.WaitUntil(() => !_xl.Run("list").Stdout.Contains("qemustr"), TimeSpan.FromMinutes(3)),
+                "the guest did not finish:\n" + _xl.Run("dmesg").Stdout);
+            string log = _xl.Run("dmesg").Stdout;
+            Assert.Contains($"(d{domid}) DONE passed=", log);
+            Assert.DoesNotContain($"(d{domid}) FAIL", log);
+            Assert.DoesNotContain($"(d{domid}) SKIP", log);
+            foreach (var check in new[] { "insw_across_page_regs", "insw_across_page_data", "insw_backward_regs", "insw_backward_data",
+                         "insl_data", "insw_rest_regs", "insw_parts_data", "outsw_regs", "outsw_read_back", "code_read_over_runs",
+                         "outsb_regs", "insb_regs", "insb_data", "movsl_to_mmio_regs", "movsl_to_mmio_data", "movsb_from_mmio_regs",
+                         "movsb_from_mmio_data", "movsw_backward_regs", "movsw_backward_data", "stosl_to_mmio_regs", "stosl_to_mmio_data",
+                         "vga_byte_writes", "vga_qword_writes", "vga_write_then_read" })
+                Assert.Contains($"(d{domid}) PASS qemustr.{check}", log);
+            // What REP OUTSW wrote reached the image through QEMU's IDE, and REP OUTSB's line its serial output.
+            qemu.Stop();
+            byte[] after = File.ReadAllBytes(disk);
+            for (int i = 0; i < Sector; i++)
+                Assert.True(after[10 * Sector + i] == (byte)(0xC3 ^ (i * 5)), $"sector 10 byte {i} is {after[10 * Sector + i]:x2}");
+            Assert.Contains("qemustr: rep outsb through the 16550", File.ReadAllText(serial));
+        }
+        finally
+        {
+            qemu.Stop();
+        }
+    }
+
+    private const int Sector = 512;
+
+    private static byte DiskByte(int o) => (byte)(o * 7 + (o >> 9) * 31 + 1);
+
+    /// <summary>QEMU as libxl starts the device model of an HVM domain, attached to an existing domain, with the guest's
+    /// serial port to a file.</summary>
+    private RunningQemu StartQemu(string domid, string name, string serial, params string[] extra)
+    {
+        string[] args = ["-xen-domid", domid, "-xen-attach",
+            "-name", name, "-machine", "xenfv", "-nodefaults", "-no-user-config", "-display", "none",
+            "-chardev", $"socket,id=libxl-cmd,path={Path.Combine(_xl.RunDir, $"qmp-libxl-{domid}")},server=on,wait=off",
+            "-mon", "chardev=libxl-cmd,mode=control", "-serial", $"file:{serial}", "-m", "32",
+            .. (extra.Contains("-vga") ? extra : ["-vga", "none", .. extra])];
+        return new RunningQemu(Process.Start(_xl.Dom0StartInfo(["/usr/libexec/xen-qemu-system-i386", .. args]))!);
+    }
+
+    private sealed class RunningQemu : IDisposable
+    {
+        private readonly System.Text.StringBuilder _log = new();
+
+        public RunningQemu(Process p)
+        {
+            Process = p;
+            p.OutputDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
+            p.ErrorDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+        }
+
+        public Process Process { get; }
+
+        public string Log { get { lock (_log) return _log.ToString(); } }
+
+        public void Stop()
+        {
+            if (!Process.HasExited)
+                Process.Kill(entireProcessTree: true);
+            Process.WaitForExit();
+        }
+
+        public void Dispose()
+        {
+            Stop();
+            Process.Dispose();
         }
     }
 

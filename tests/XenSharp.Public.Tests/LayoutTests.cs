@@ -113,6 +113,7 @@ public class LayoutTests
         ("struct xen_dm_op_set_irq_level", typeof(XenDmOpSetIrqLevel), 8, [("irq", "Irq", 0), ("level", "Level", 4)]),
         ("struct xen_dm_op_destroy_ioreq_server", typeof(XenDmOpDestroyIoreqServer), 4, [("id", "Id", 0)]),
         ("struct ioreq", typeof(IoreqSlot), 32, [("addr", "Addr", 0), ("data", "Data", 8), ("count", "Count", 16), ("size", "Size", 20), ("vp_eport", "VpEport", 24), ("type", "Type", 31)]),
+        ("struct buffered_iopage", typeof(BufferedIopage), 4096, [("read_pointer", "ReadPointer", 0), ("write_pointer", "WritePointer", 4)]),
         ("struct vcpu_hvm_x86_32", typeof(VcpuHvmX86_32), 120, [("eip", "Eip", 32), ("efer", "Efer", 56), ("cs_base", "CsBase", 64), ("cs_limit", "CsLimit", 84), ("cs_ar", "CsAr", 104), ("tr_ar", "TrAr", 112)]),
         ("struct vcpu_hvm_x86_64", typeof(VcpuHvmX86_64), 112, [("rip", "Rip", 64), ("efer", "Efer", 104)]),
         ("struct vcpu_hvm_context", typeof(VcpuHvmContext), 128, [("mode", "Mode", 0), ("cpu_regs", "X86_32", 8)]),

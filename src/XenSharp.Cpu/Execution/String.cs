@@ -42,6 +42,7 @@ internal unsafe partial class X86Vcpu
             ulong si = Idx(6, asz), di = Idx(7, asz);
             ulong src = StrLinear(srcSeg, si, es), dst = StrLinear(ES, di, es);
             if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
+            if (rep && BatchStringIo && TryRepeatedMovsMmio(srcSeg, si, src, di, dst, es, asz)) return;
             WriteLin(dst, es, ReadLin(src, es));
             SetIdx(6, asz, si + (ulong)step);
             SetIdx(7, asz, di + (ulong)step);
@@ -158,6 +159,7 @@ internal unsafe partial class X86Vcpu
                     }
                 }
             }
+            if (rep && BatchStringIo && TryRepeatedStosMmio(di, dst, es, asz, v)) return;
             // Clearing freshly mapped user pages (clear_user) faults once a page: not as an exception.
             WriteLinSoft(dst, es, v);
             if (Abort != 0) return;
@@ -241,6 +243,146 @@ internal unsafe partial class X86Vcpu
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
 
+    // ---- REP string accesses to devices as one exit (Xen's hvmemul_rep_ins/outs/movs/stos) ----
+
+    public bool BatchStringIo { get; set; }
+
+    private ulong _pendingCount;
+    /// <summary>Index registers the repeated access advances: 1 RSI, 2 RDI.</summary>
+    private int _pendingIndexRegs;
+    /// <summary>Guest-physical address of the first RAM element the device fills, or ulong.MaxValue when it fills none.</summary>
+    private ulong _pendingRamWritten;
+
+    /// <summary>No per-iteration checks are due: no breakpoints, no single-step, no MMIO results being replayed.</summary>
+    private bool RepeatedAccessAllowed => !PerInstructionChecks && _replayCount == 0 && !(_acUser && (Rflags & AC) != 0);
+
+    /// <summary>How many of <paramref name="count"/> iterations from offset <paramref name="off"/> of segment
+    /// <paramref name="seg"/> (linear <paramref name="lin"/>) stay in the element's 4 KiB page in the direction DF
+    /// gives, without the index wrapping at the address size or leaving an expand-up segment's limit; 1 when the
+    /// element itself crosses the page or the segment is expand-down.</summary>
+    private ulong IterationsInPage(int seg, ulong off, ulong lin, int es, int asz, ulong count)
+    {
+        ulong pageOff = lin & 0xFFF, size = (ulong)es;
+        if (pageOff + size > 4096) return 1;
+        bool back = (Rflags & DF) != 0;
+        ulong n = back ? pageOff / size + 1 : (4096 - pageOff) / size;
+        if (back) n = Math.Min(n, off / size + 1);
+        else if (asz != 8)
+        {
+            ulong top = asz == 4 ? 0xFFFF_FFFFUL : 0xFFFF;
+            n = Math.Min(n, (top - off + 1) / size);
+        }
+        if (Bitness != 64)
+        {
+            ref SegReg s = ref Seg[seg];
+            if ((s.Attr & 0x1C) == 0x14) return 1;
+            if (!back) n = off + size - 1 > s.Limit ? 1 : Math.Min(n, ((ulong)s.Limit - off + 1) / size);
+        }
+        return Math.Max(1, Math.Min(n, count));
+    }
+
+    /// <summary>REP INS/OUTS with the buffer in RAM: one Io exit for the iterations within its page. The first
+    /// element's checks (limit, alignment, paging) fault as the single-element path would.</summary>
+    private bool TryRepeatedPortIo(uint port, int seg, ulong off, int es, int asz, bool write)
+    {
+        ulong count = Idx(1, asz);
+        if (count < 2 || !RepeatedAccessAllowed) return false;
+        ulong lin = StrLinear(seg, off, es);
+        ulong n = IterationsInPage(seg, off, lin, es, asz, count);
+        if (n < 2) return false;
+        ulong phys = Translate(lin, write ? Access.Read : Access.Write, Cpl == 3);
+        if (_mem.GetPage(phys >> 12, !write) == null) return false;
+        _exit.Port = port; _exit.IsWrite = write;
+        return RepeatedExit(VcpuExitReason.Io, es, asz, n, phys, dataIsPointer: true,
+            write ? 1 : 2, write ? ulong.MaxValue : phys);
+    }
+
+    /// <summary>REP MOVS with one side MMIO and the other RAM: one Mmio exit whose buffer is the RAM side.</summary>
+    private bool TryRepeatedMovsMmio(int srcSeg, ulong si, ulong src, ulong di, ulong dst, int es, int asz)
+    {
+        ulong count = Idx(1, asz);
+        if (count < 2 || !RepeatedAccessAllowed) return false;
+        // Both pages in the TLB are RAM: the ordinary copy (this check keeps memcpy's cost as it was).
+        if (TlbHoldsRam(src, write: false) && TlbHoldsRam(dst, write: true)) return false;
+        ulong n = Math.Min(IterationsInPage(srcSeg, si, src, es, asz, count), IterationsInPage(ES, di, dst, es, asz, count));
+        if (n < 2) return false;
+        bool user = Cpl == 3;
+        ulong sp = Translate(src, Access.Read, user), dp = Translate(dst, Access.Write, user);
+        if (_mem.GetPage(sp >> 12, false) != null)
+        {
+            if (_mem.GetPage(dp >> 12, false) != null) return false;
+            _exit.Address = dp; _exit.IsWrite = true;
+            return RepeatedExit(VcpuExitReason.Mmio, es, asz, n, sp, dataIsPointer: true, 3, ulong.MaxValue);
+        }
+        if (_mem.GetPage(dp >> 12, true) == null) return false;
+        _exit.Address = sp; _exit.IsWrite = false;
+        return RepeatedExit(VcpuExitReason.Mmio, es, asz, n, dp, dataIsPointer: true, 3, dp);
+    }
+
+    /// <summary>REP STOS to MMIO: one Mmio exit writing the value <c>Count</c> times.</summary>
+    private bool TryRepeatedStosMmio(ulong di, ulong dst, int es, int asz, ulong value)
+    {
+        ulong count = Idx(1, asz);
+        if (count < 2 || !RepeatedAccessAllowed) return false;
+        if (TlbHoldsRam(dst, write: true)) return false;
+        ulong n = IterationsInPage(ES, di, dst, es, asz, count);
+        if (n < 2) return false;
+        ulong dp = Translate(dst, Access.Write, Cpl == 3);
+        if (_mem.GetPage(dp >> 12, false) != null) return false;
+        _exit.Address = dp; _exit.IsWrite = true;
+        return RepeatedExit(VcpuExitReason.Mmio, es, asz, n, value, dataIsPointer: false, 2, ulong.MaxValue);
+    }
+
+    /// <summary>The soft TLB already maps the page as RAM for this access (a code page is writable RAM too).</summary>
+    private bool TlbHoldsRam(ulong lin, bool write)
+    {
+        ulong vpn = lin >> 12;
+        if (StringTlbEntry(vpn, read: !write) != null) return true;
+        TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
+        return write && e->WritableCode && e->ReadTag == vpn;
+    }
+
+    private bool RepeatedExit(VcpuExitReason reason, int es, int asz, ulong n, ulong data, bool dataIsPointer, int indexRegs, ulong ramWritten)
+    {
+        _pending = PendingCompletion.Repeated;
+        _pendingSize = es;
+        _pendingAsz = asz;
+        _pendingIp = CurIp;
+        _pendingCount = n;
+        _pendingIndexRegs = indexRegs;
+        _pendingRamWritten = ramWritten;
+        _pendingValue = n;
+        Stop = true;
+        _exit.Size = es;
+        _exit.Data = data;
+        _exit.Count = (uint)n;
+        _exit.DataIsPointer = dataIsPointer;
+        _exit.Backward = (Rflags & DF) != 0;
+        ExitAfterInstruction(reason);
+        return true;
+    }
+
+    /// <summary>Retires <paramref name="done"/> iterations of a repeated access: the index registers and RCX move by
+    /// that many, RIP stays on the instruction while RCX is not zero, and decoded code in RAM the device filled is
+    /// dropped (the device wrote it behind the engine's back).</summary>
+    private void FinishRepeated(ulong done)
+    {
+        ulong next = Rip;
+        int asz = _pendingAsz, es = _pendingSize;
+        bool back = (Rflags & DF) != 0;
+        ulong delta = done * (ulong)es;
+        if ((_pendingIndexRegs & 1) != 0) SetIdx(6, asz, back ? Idx(6, asz) - delta : Idx(6, asz) + delta);
+        if ((_pendingIndexRegs & 2) != 0) SetIdx(7, asz, back ? Idx(7, asz) - delta : Idx(7, asz) + delta);
+        SetIdx(1, asz, Idx(1, asz) - done);
+        Rip = Idx(1, asz) != 0 ? _pendingIp : next;
+        if (_pendingRamWritten != ulong.MaxValue && done != 0)
+        {
+            ulong first = _pendingRamWritten, span = delta;
+            ulong start = back ? first + (ulong)es - delta : first;
+            if (_blocks.OnWrite(start >> 12, (int)(start & 0xFFF), (int)span)) FlushJumpCache();
+        }
+    }
+
     // ---- port I/O ----
 
     /// <summary>IOPL and the TSS I/O permission bitmap (SDM vol. 1 19.5).</summary>
@@ -297,7 +439,9 @@ internal unsafe partial class X86Vcpu
         CheckIoPermission(port, es);
         if (rep && Idx(1, asz) == 0) return;
         ulong si = Idx(6, asz);
-        ulong v = ReadLin(StrLinear(d.I.MemorySegment - Register.ES, si, es), es);
+        int srcSeg = d.I.MemorySegment - Register.ES;
+        if (rep && BatchStringIo && TryRepeatedPortIo(port, srcSeg, si, es, asz, write: true)) return;
+        ulong v = ReadLin(StrLinear(srcSeg, si, es), es);
         SetIdx(6, asz, si + (ulong)((Rflags & DF) != 0 ? -es : es));
         if (rep)
         {
@@ -318,6 +462,7 @@ internal unsafe partial class X86Vcpu
         uint port = (ushort)R[2];
         CheckIoPermission(port, es);
         if (rep && Idx(1, asz) == 0) return;
+        if (rep && BatchStringIo && TryRepeatedPortIo(port, ES, Idx(7, asz), es, asz, write: false)) return;
         // Fault on the destination before the device sees the read.
         Translate(StrLinear(ES, Idx(7, asz), es), Access.Write, Cpl == 3);
         CheckIoBreakpoints(port, es);
@@ -389,6 +534,9 @@ internal unsafe partial class X86Vcpu
             case PendingCompletion.MmioWrite:
                 AddReplay(true, 0);
                 _replayIdx = 0;
+                break;
+            case PendingCompletion.Repeated:
+                FinishRepeated(completed ? Math.Min(_pendingValue, _pendingCount) : _pendingCount);
                 break;
         }
         DeliverDebugAfterExit();

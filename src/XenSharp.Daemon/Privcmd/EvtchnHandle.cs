@@ -7,12 +7,17 @@ namespace XenSharp.Daemon.Privcmd;
 /// <summary>
 /// A libxenevtchn handle (the role of Linux's /dev/xen/evtchn): Domain-0 ports bound through it belong to it and are
 /// closed with it. An event masks its port and writes the 4-byte port number to the handle's pipe, once, until the
-/// program unmasks it; an event that arrives meanwhile is remembered and delivered at the unmask.
+/// program unmasks it; an event that arrives meanwhile is remembered and delivered at the unmask. Mask and pending
+/// bits are words in memory the library shares (privcmd.h's PRIVCMD_EVTCHN_*), changed by compare-and-swap on both
+/// sides, so that the library unmasks a port nothing raised meanwhile without a request: a device model's vCPU port
+/// is unmasked once per ioreq. Whatever the program writes there only changes the delivery of its own ports.
 /// </summary>
-internal sealed class EvtchnHandle : IPrivcmdHandle
+internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
 {
+    private const ulong StateBytes = PrivcmdProtocol.EvtchnStatePorts * sizeof(uint);
     private readonly XenHypervisor _hv;
     private readonly int _pipe;
+    private readonly uint* _state;
     private readonly object _lock = new();
     private readonly Dictionary<uint, Port> _ports = [];
     private bool _closed;
@@ -21,16 +26,32 @@ internal sealed class EvtchnHandle : IPrivcmdHandle
     {
         /// <summary>0 until the bind returned (an event can arrive before that: Xen raises a new interdomain port).</summary>
         public uint Number;
-        public bool Masked;
+        /// <summary>Raised before its number was known; delivered once the bind returns.</summary>
         public bool Pending;
     }
 
-    public EvtchnHandle(XenHypervisor hv, int pipeWriteEnd)
+    private EvtchnHandle(XenHypervisor hv, int pipeWriteEnd, uint* state)
     {
         _hv = hv;
         _pipe = pipeWriteEnd;
+        _state = state;
         UnixNative.SetNonBlocking(_pipe);
     }
+
+    /// <summary>A handle over the library's pipe and its state memfd (sealed against shrinking, so the words never
+    /// fault).</summary>
+    public static long Open(XenHypervisor hv, int pipeWriteEnd, int stateMemfd, out EvtchnHandle? handle)
+    {
+        handle = null;
+        nint p = UnixNative.MapSealedMemfd(stateMemfd, StateBytes, out int errno);
+        if (p == 0)
+            return -errno;
+        handle = new EvtchnHandle(hv, pipeWriteEnd, (uint*)p);
+        return 0;
+    }
+
+    /// <summary>The shared word of a port, or null for a port beyond the shared range (which never gets bound).</summary>
+    private uint* Word(uint port) => port < PrivcmdProtocol.EvtchnStatePorts ? _state + port : null;
 
     public unsafe long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras)
     {
@@ -60,6 +81,9 @@ internal sealed class EvtchnHandle : IPrivcmdHandle
                     if (!Owns(a0))
                         return -Errno.ENOTCONN;
                     _ports.Remove((uint)a0);
+                    uint* w = Word((uint)a0);
+                    if (w != null)
+                        Volatile.Write(ref *w, 0);
                 }
                 return _hv.Dom0EvtchnClose((uint)a0);
             }
@@ -82,25 +106,23 @@ internal sealed class EvtchnHandle : IPrivcmdHandle
         long rc = bind(() => Raise(port), out uint number);
         if (rc != 0)
             return rc;
-        bool deliver;
+        bool deliver = false;
         lock (_lock)
         {
-            if (_closed)
-                deliver = false;
-            else
+            uint* w = Word(number);
+            if (!_closed && w != null)
             {
                 port.Number = number;
                 _ports[number] = port;
                 deliver = port.Pending;
                 port.Pending = false;
-                if (deliver)
-                    port.Masked = true;
+                Volatile.Write(ref *w, deliver ? PrivcmdProtocol.EvtchnMasked : 0);
             }
         }
-        if (_closed)
+        if (port.Number == 0)
         {
             _hv.Dom0EvtchnClose(number);
-            return -Errno.EBADF;
+            return _closed ? -Errno.EBADF : -Errno.ENOSPC;
         }
         if (deliver)
             Write(number);
@@ -121,29 +143,56 @@ internal sealed class EvtchnHandle : IPrivcmdHandle
         {
             if (_closed)
                 return;
-            if (port.Number == 0 || port.Masked)
+            if (port.Number == 0)
             {
                 port.Pending = true;
                 return;
             }
-            port.Masked = true;
             number = port.Number;
+            if (!Mark(Word(number)!, PrivcmdProtocol.EvtchnPending))
+                return;
         }
         Write(number);
+    }
+
+    /// <summary>Sets MASKED on an unmasked port (true: write it to the pipe), else <paramref name="whenMasked"/>.</summary>
+    private static bool Mark(uint* w, uint whenMasked)
+    {
+        uint s = Volatile.Read(ref *w);
+        while (true)
+        {
+            bool masked = (s & PrivcmdProtocol.EvtchnMasked) != 0;
+            uint next = masked ? s | whenMasked : s | PrivcmdProtocol.EvtchnMasked;
+            uint seen = Interlocked.CompareExchange(ref *w, next, s);
+            if (seen == s)
+                return !masked;
+            s = seen;
+        }
     }
 
     private void Unmask(ulong portNumber)
     {
         lock (_lock)
         {
-            if (portNumber > uint.MaxValue || !_ports.TryGetValue((uint)portNumber, out var port) || !port.Masked)
+            if (portNumber > uint.MaxValue || !_ports.ContainsKey((uint)portNumber))
                 return;
-            if (!port.Pending)
+            uint* w = Word((uint)portNumber)!;
+            uint s = Volatile.Read(ref *w);
+            while (true)
             {
-                port.Masked = false;
-                return;
+                if ((s & PrivcmdProtocol.EvtchnMasked) == 0)
+                    return;
+                // Raised while masked: it stays masked and is delivered again now; otherwise the mask goes.
+                bool pending = (s & PrivcmdProtocol.EvtchnPending) != 0;
+                uint seen = Interlocked.CompareExchange(ref *w, pending ? PrivcmdProtocol.EvtchnMasked : 0, s);
+                if (seen == s)
+                {
+                    if (!pending)
+                        return;
+                    break;
+                }
+                s = seen;
             }
-            port.Pending = false; // stays masked: delivered again now
         }
         Write((uint)portNumber);
     }
@@ -167,5 +216,6 @@ internal sealed class EvtchnHandle : IPrivcmdHandle
         foreach (uint p in held)
             _hv.Dom0EvtchnClose(p);
         UnixNative.close(_pipe);
+        UnixNative.Unmap((nint)_state, StateBytes);
     }
 }

@@ -125,11 +125,13 @@ internal sealed class PrivcmdConnection : IDisposable
             }
             case KindEvtchn:
             {
-                if (fds.Length != 1)
+                if (fds.Length != 2)
                     return -Errno.EINVAL;
-                handle = new EvtchnHandle(_hv, fds[0]);
-                fds[0] = -1; // kept: the handle writes pending ports to it
-                return 0;
+                long rc = EvtchnHandle.Open(_hv, fds[0], fds[1], out var e);
+                if (rc == 0)
+                    fds[0] = -1; // kept: the handle writes pending ports to it
+                handle = e;
+                return rc;
             }
             case KindForeignMemory:
                 handle = new ForeignMemoryHandle(_hv);

@@ -20,6 +20,9 @@ internal sealed unsafe class IoreqServer
 
     private readonly Domain _d;
     private readonly object _lock = new();
+    /// <summary>Serialises the producers of the buffered ring (the domain's vCPUs).</summary>
+    private readonly object _bufLock = new();
+    private readonly bool _bufAtomic;
     private readonly List<(ulong Start, ulong End)>[] _ranges = [[], [], []];
     private readonly uint[] _vcpuPorts;
 
@@ -46,6 +49,7 @@ internal sealed unsafe class IoreqServer
         }
         if (handleBufioreq != 0)
         {
+            _bufAtomic = handleBufioreq == IoreqServers.HVM_IOREQSRV_BUFIOREQ_ATOMIC;
             if (!d.Host.Frames.TryAllocate(d.DomainId, FrameType.XenShared, out uint bmfn))
             {
                 Destroy();
@@ -109,18 +113,24 @@ internal sealed unsafe class IoreqServer
         }
     }
 
-    public bool Claims(int type, ulong address)
+    public bool Claims(int type, ulong address) => Claims(type, address, address);
+
+    /// <summary>One of the server's ranges of <paramref name="type"/> holds all of [first, last].</summary>
+    public bool Claims(int type, ulong first, ulong last)
     {
         lock (_lock)
             foreach (var (s, e) in _ranges[type])
-                if (address >= s && address <= e)
+                if (first >= s && last <= e)
                     return true;
         return false;
     }
 
     /// <summary>Sends one access to the device model and waits for its answer; false when the server went away
-    /// (or the domain is dying) before answering.</summary>
-    public bool Send(Vcpu v, uint type, ulong address, int size, bool read, ulong data, out ulong result)
+    /// (or the domain is dying) before answering. A repeated access (<paramref name="count"/> &gt; 1, Xen's rep ioreq)
+    /// gives in <paramref name="result"/> the iterations the device model did, which it may lower but not raise (Xen's
+    /// hvmemul_do_io); none, or more than asked, crashes the domain and retires nothing.</summary>
+    public bool Send(Vcpu v, uint type, ulong address, int size, bool read, ulong data, out ulong result,
+        uint count = 1, bool dataIsPtr = false, bool df = false)
     {
         result = 0;
         ref var slot = ref IoreqPage[v.Id];
@@ -129,13 +139,49 @@ internal sealed unsafe class IoreqServer
             if (Destroyed)
                 return false;
             slot.Addr = address;
-            slot.Data = read ? 0 : data;
-            slot.Count = 1;
+            slot.Data = read && !dataIsPtr ? 0 : data;
+            slot.Count = count;
             slot.Size = (uint)size;
             slot.Type = (byte)type;
-            Volatile.Write(ref slot.StateDir, (byte)(IoreqSlot.STATE_IOREQ_READY | (read ? IoreqSlot.DirRead : 0)));
+            Volatile.Write(ref slot.StateDir, (byte)(IoreqSlot.STATE_IOREQ_READY | (read ? IoreqSlot.DirRead : 0)
+                | (dataIsPtr ? IoreqSlot.DataIsPtr : 0) | (df ? IoreqSlot.Df : 0)));
         }
         _d.Evtchn.Send(_vcpuPorts[v.Id]);
+        if (!AwaitResponse(ref slot))
+            return false;
+        if (count > 1)
+        {
+            uint done = Volatile.Read(ref slot.Count);
+            Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IOREQ_NONE);
+            if (done == 0 || done > count)
+            {
+                // Xen crashes a domain whose device model claims iterations it was not asked for.
+                _d.Host.Log($"(d{_d.DomainId}) ioreq server {Id} answered {done} of {count} repeated accesses");
+                _d.Host.ShutdownDomain(_d, XenSharp.Public.Sched.SHUTDOWN_crash);
+                done = 0;
+            }
+            result = done;
+            return true;
+        }
+        result = slot.Data;
+        Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IOREQ_NONE);
+        return true;
+    }
+
+    /// <summary>How long a vCPU spins on its slot before it sleeps: a device model that answers at once (a port it
+    /// only latches) is back within microseconds, far sooner than a sleeping thread wakes.</summary>
+    private const int SpinIterations = 64;
+
+    /// <summary>Waits for STATE_IORESP_READY in the vCPU's slot; false when the server or domain went away first.</summary>
+    private bool AwaitResponse(ref IoreqSlot slot)
+    {
+        var spin = new SpinWait();
+        for (int i = 0; i < SpinIterations && !spin.NextSpinWillYield; i++)
+        {
+            if ((Volatile.Read(ref slot.StateDir) & 0xF) == IoreqSlot.STATE_IORESP_READY)
+                return true;
+            spin.SpinOnce(-1);
+        }
         lock (_lock)
         {
             while ((Volatile.Read(ref slot.StateDir) & 0xF) != IoreqSlot.STATE_IORESP_READY)
@@ -144,10 +190,51 @@ internal sealed unsafe class IoreqServer
                     return false;
                 Monitor.Wait(_lock, WaitSliceMs);
             }
-            result = slot.Data;
-            Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IOREQ_NONE);
             return true;
         }
+    }
+
+    /// <summary>
+    /// Queues a write the guest need not wait for on the buffered ring (Xen's ioreq_send_buffered): one slot, two for
+    /// 8 bytes, with the address in 20 bits. False when the server has no ring, the write does not fit a slot or the
+    /// ring is full; the caller then sends it synchronously. With HVM_IOREQSRV_BUFIOREQ_ATOMIC the pointers are
+    /// brought back below the ring size together, in one 64-bit compare-and-swap, as the device model reads them.
+    /// </summary>
+    public bool SendBuffered(uint type, ulong address, int size, ulong data)
+    {
+        if (BufIoreqMfn is not uint mfn || address > 0xFFFFF)
+            return false;
+        int sizeCode = size switch { 1 => 0, 2 => 1, 4 => 2, 8 => 3, _ => -1 };
+        if (sizeCode < 0)
+            return false;
+        var page = (BufferedIopage*)_d.Host.Frames.PageAddress(mfn);
+        uint slots = size == 8 ? 2u : 1u;
+        lock (_bufLock)
+        {
+            if (Destroyed)
+                return false;
+            uint write = Volatile.Read(ref page->WritePointer);
+            if (write - Volatile.Read(ref page->ReadPointer) > BufferedIopage.SlotCount - slots)
+                return false;
+            uint first = (type & 0xFF) | ((uint)sizeCode << 10) | ((uint)address << 12);
+            BufferedIopage.Slot(page, write) = (ulong)first | ((ulong)(uint)data << 32);
+            if (slots == 2)
+                BufferedIopage.Slot(page, write + 1) = (ulong)first | (data & 0xFFFF_FFFF_0000_0000);
+            // The slots are visible before the pointer that hands them over.
+            Volatile.Write(ref page->WritePointer, write + slots);
+            if (_bufAtomic)
+                for (int i = 0; i < BufferedIopage.SlotCount; i++)
+                {
+                    ulong old = Volatile.Read(ref page->Pointers);
+                    uint rp = (uint)old, wp = (uint)(old >> 32);
+                    if (rp < BufferedIopage.SlotCount)
+                        break;
+                    uint n = rp / BufferedIopage.SlotCount * BufferedIopage.SlotCount;
+                    Interlocked.CompareExchange(ref page->Pointers, (rp - n) | ((ulong)(wp - n) << 32), old);
+                }
+        }
+        _d.Evtchn.Send(BufIoreqPort);
+        return true;
     }
 
     public void Destroy()
@@ -276,22 +363,29 @@ internal sealed class IoreqServers(Domain d)
             s.Destroy();
     }
 
+    /// <summary>Guest-physical VGA memory, whose writes Xen's stdvga sends on the buffered ring.</summary>
+    private const ulong VgaMemBase = 0xA0000, VgaMemEnd = 0xBFFFF;
+
     /// <summary>Sends an access nobody in the hypervisor claims to the enabled server whose ranges hold it; false
-    /// when there is none (or it went away before answering).</summary>
-    public bool TrySend(Vcpu v, uint type, ulong address, int size, bool read, ulong data, out ulong result)
+    /// when there is none (or it went away before answering). A repeated access (<paramref name="count"/> &gt; 1,
+    /// never PCI configuration) must lie wholly in one server's range and gives the iterations done in
+    /// <paramref name="result"/>. A single write to VGA memory goes on the server's buffered ring when it has one
+    /// with room, as Xen's stdvga sends it, and the vCPU does not wait.</summary>
+    public bool TrySend(Vcpu v, uint type, ulong address, int size, bool read, ulong data, out ulong result,
+        uint count = 1, bool dataIsPtr = false, bool df = false)
     {
         result = 0;
         var servers = _servers;
         if (servers.Length == 0)
             return false;
         int rangeType = type == IOREQ_TYPE_PIO ? IoreqServer.RangePort : IoreqServer.RangeMemory;
-        ulong key = address;
+        ulong first = address, last = address;
         if (type == IOREQ_TYPE_PIO)
         {
             if (address == 0xCF8 && size == 4 && !read)
                 _cf8 = (uint)data;
             uint cf8 = _cf8;
-            if (address is >= 0xCFC and <= 0xCFF && (cf8 & 0x8000_0000) != 0)
+            if (address is >= 0xCFC and <= 0xCFF && (cf8 & 0x8000_0000) != 0 && count <= 1)
             {
                 // A config access: the server that claims the device gets it as IOREQ_TYPE_PCI_CONFIG with the
                 // SBDF in the high half of the address and the register (with the extended bits 24-27) in the low.
@@ -304,9 +398,26 @@ internal sealed class IoreqServers(Domain d)
                     }
             }
         }
+        else if (count > 1)
+        {
+            // Xen's ioreq_server_select: the whole span the iterations touch, whichever way DF runs.
+            ulong span = (ulong)size * (count - 1);
+            if (df)
+                first = address - span;
+            else
+                last = address + span;
+            last += (ulong)size - 1;
+        }
+        else
+            last = address + (ulong)size - 1;
         foreach (var s in servers)
-            if (s.Enabled && s.Claims(rangeType, key))
-                return s.Send(v, type, address, size, read, data, out result);
+            if (s.Enabled && s.Claims(rangeType, first, last))
+            {
+                if (type == IOREQ_TYPE_COPY && !read && count <= 1 && address >= VgaMemBase && last <= VgaMemEnd
+                    && (d.Arch.EmulationFlags & XenSharp.Public.ArchX86.XenX86Emu.XEN_X86_EMU_VGA) != 0 && s.SendBuffered(type, address, size, data))
+                    return true;
+                return s.Send(v, type, address, size, read, data, out result, count, dataIsPtr, df);
+            }
         return false;
     }
 }

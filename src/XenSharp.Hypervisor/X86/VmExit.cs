@@ -28,6 +28,9 @@ internal static unsafe class VmExit
             case VcpuExitReason.Hypercall:
                 DoHypercall(v, cpu);
                 return !v.DescheduleRequested;
+            case VcpuExitReason.Io when exit.Count > 1:
+                cpu.CompleteExit(HvmIo.Repeated(v, exit));
+                return !v.DescheduleRequested;
             case VcpuExitReason.Io:
                 if (exit.IsWrite)
                     HvmIo.PortWrite(v, (ushort)exit.Port, exit.Size, exit.Data);
@@ -39,7 +42,9 @@ internal static unsafe class VmExit
                 if (v.Domain.P2m.AccessRestricted && MemAccess.OnMmio(v, cpu, exit, out bool keepRunning))
                     return keepRunning && !v.DescheduleRequested;
                 SyncApicBase(v, cpu); // the vLAPIC page is looked up at this vCPU's APIC base
-                if (exit.IsWrite)
+                if (exit.Count > 1)
+                    cpu.CompleteExit(HvmIo.Repeated(v, exit));
+                else if (exit.IsWrite)
                     HvmIo.MmioWrite(v, exit.Address, exit.Size, exit.Data);
                 else
                     cpu.CompleteExit(HvmIo.MmioRead(v, exit.Address, exit.Size));

@@ -22,6 +22,23 @@ public struct IoreqSlot
     public byte Type;
 
     public const byte STATE_IOREQ_NONE = 0, STATE_IOREQ_READY = 1, STATE_IOREQ_INPROCESS = 2, STATE_IORESP_READY = 3;
-    public const byte DirRead = 1 << 5;
+    public const byte DataIsPtr = 1 << 4, DirRead = 1 << 5, Df = 1 << 6;
+}
+
+/// <summary>struct buffered_iopage (public/hvm/ioreq.h): the read and write pointers, then IOREQ_BUFFER_SLOT_NUM
+/// 8-byte buf_ioreq slots. A slot's first word packs type (bits 0-7), dir (bit 9), size as log2 (bits 10-11) and a
+/// 20-bit address (bits 12-31); the second word is the data (an 8-byte write takes two slots, the second holding the
+/// high half).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 8 + SlotCount * 8)]
+public unsafe struct BufferedIopage
+{
+    public const int SlotCount = 511;
+    [FieldOffset(0)] public uint ReadPointer;
+    [FieldOffset(4)] public uint WritePointer;
+    /// <summary>Both pointers as one word (Xen's bufioreq_pointers.full), for the atomic update.</summary>
+    [FieldOffset(0)] public ulong Pointers;
+
+    /// <summary>The slot a free-running pointer names.</summary>
+    public static ref ulong Slot(BufferedIopage* page, uint pointer) => ref ((ulong*)((byte*)page + 8))[pointer % SlotCount];
 }
 

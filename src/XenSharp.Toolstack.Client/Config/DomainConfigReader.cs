@@ -164,9 +164,9 @@ public static class DomainConfigReader
         foreach (var disk in d.Disks)
             if (!vdevs.Add(disk.Vdev))
                 throw At(cfg, "disk", $"disk vdev `{disk.Vdev}' is given twice");
-        // Disk targets are host paths: relative ones resolve as kernel= does, against the configuration's directory.
-        d.Disks = [.. d.Disks.Select(x => x.Target is { } t && !Path.IsPathRooted(t)
-            ? x with { Target = Path.GetFullPath(Path.Combine(cfg.Directory ?? Environment.CurrentDirectory, t)) } : x)];
+        // Disk targets are host paths: resolved as kernel= is, "~/" in the home directory and relative ones against
+        // the configuration's directory.
+        d.Disks = [.. d.Disks.Select(x => x.Target is { } t && !Path.IsPathRooted(t) ? x with { Target = HostPath(cfg, t) } : x)];
 
         switch (d.Type)
         {
@@ -269,6 +269,11 @@ public static class DomainConfigReader
         if (string.IsNullOrEmpty(path)) return null;
         // An escape such as \0 can put a NUL in a string; no file name holds one.
         if (path.Contains('\0')) throw At(cfg, key, $"parameter `{key}' contains a NUL character");
+        return HostPath(cfg, path);
+    }
+
+    private static string HostPath(XlConfig cfg, string path)
+    {
         if (path.StartsWith("~/"))
             return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), path[2..]);
         if (Path.IsPathRooted(path)) return path;

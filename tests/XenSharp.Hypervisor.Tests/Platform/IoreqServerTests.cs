@@ -1,6 +1,8 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using XenSharp.Cpu;
 using XenSharp.Hypervisor.X86;
+using XenSharp.Hypervisor.X86.Io;
 using XenSharp.Public;
 using XenSharp.Public.Hvm;
 using static XenSharp.Public.Hvm.DmOp;
@@ -69,6 +71,10 @@ public sealed unsafe class IoreqServerTests : IDisposable
     {
         public readonly List<(uint Type, ulong Addr, uint Size, bool Read, ulong Data)> Seen = [];
         public readonly Dictionary<(uint, ulong), ulong> Registers = [];
+        /// <summary>The repeated requests (count &gt; 1) as they came: count, data_is_ptr, df, address, data.</summary>
+        public readonly List<(uint Count, bool DataIsPtr, bool Df, ulong Addr, ulong Data)> Repeated = [];
+        /// <summary>When set, the count the model answers a repeated request with (it did only that many).</summary>
+        public uint? CountDone;
         private readonly XenHypervisor _host;
         private readonly IoreqServer _server;
         private uint _port;
@@ -89,6 +95,15 @@ public sealed unsafe class IoreqServerTests : IDisposable
                     return;
                 bool read = (slot.StateDir & IoreqSlot.DirRead) != 0;
                 Seen.Add((slot.Type, slot.Addr, slot.Size, read, slot.Data));
+                if (slot.Count > 1)
+                {
+                    Repeated.Add((slot.Count, (slot.StateDir & IoreqSlot.DataIsPtr) != 0, (slot.StateDir & IoreqSlot.Df) != 0, slot.Addr, slot.Data));
+                    if (CountDone is uint done)
+                        slot.Count = done;
+                    Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IORESP_READY);
+                    _host.Dom0EvtchnSend(_port);
+                    return;
+                }
                 if (read)
                     slot.Data = Registers.TryGetValue((slot.Type, slot.Addr), out ulong v) ? v : 0x5A5A5A5A;
                 else
@@ -203,6 +218,90 @@ public sealed unsafe class IoreqServerTests : IDisposable
         Assert.Equal(0, DmOp(g.Id, XEN_DMOP_destroy_ioreq_server, ref destroy));
         Assert.True(reader.Wait(10_000));
         Assert.Equal(0xFFUL, reader.Result);
+    }
+
+    [Fact]
+    public void ARepeatedAccessIsOneIoreqWithItsCountAndBuffer()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id);
+        var model = new DeviceModel(_host, g.Domain.Arch.Ioreq.Get(id, 0, out _)!, g.Id);
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x1F0, 0x1F7));
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0xA0000, 0xBFFFF));
+        Assert.Equal(0, SetState(g.Id, id, true));
+
+        // REP INSW of a sector into RAM at 0x5000: one request, the buffer by guest-physical address.
+        var ins = new VcpuExit { Reason = VcpuExitReason.Io, Port = 0x1F0, Size = 2, Count = 256, DataIsPointer = true, Data = 0x5000 };
+        Assert.Equal(256UL, HvmIo.Repeated(g.Vcpu(), ins));
+        Assert.Equal((256u, true, false, 0x1F0UL, 0x5000UL), Assert.Single(model.Repeated));
+        Assert.Equal((Ioreq.IOREQ_TYPE_PIO, 0x1F0UL, 2u, true, 0x5000UL), Assert.Single(model.Seen));
+
+        // REP MOVSB downwards from RAM into VGA memory; the model does only 10 of them, and the vCPU is told so.
+        model.CountDone = 10;
+        var movs = new VcpuExit { Reason = VcpuExitReason.Mmio, Address = 0xA0100, Size = 1, IsWrite = true, Count = 0x80,
+            DataIsPointer = true, Backward = true, Data = 0x6080 };
+        Assert.Equal(10UL, HvmIo.Repeated(g.Vcpu(), movs));
+        Assert.Equal((0x80u, true, true, 0xA0100UL, 0x6080UL), model.Repeated[1]);
+
+        // A span that leaves the server's range is not its: done here, an iteration at a time, reading all ones.
+        int seen = model.Seen.Count;
+        var outside = new VcpuExit { Reason = VcpuExitReason.Mmio, Address = 0xBFFF0, Size = 4, Count = 8, DataIsPointer = true, Data = 0x7000 };
+        Assert.Equal(8UL, HvmIo.Repeated(g.Vcpu(), outside));
+        Assert.Equal(seen + 4, model.Seen.Count); // the four inside the range went one by one
+        Assert.Equal(2, model.Repeated.Count);
+    }
+
+    [Fact]
+    public void ADeviceModelClaimingMoreIterationsThanAskedCrashesTheDomain()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id);
+        var model = new DeviceModel(_host, g.Domain.Arch.Ioreq.Get(id, 0, out _)!, g.Id) { CountDone = 300 };
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x1F0, 0x1F7));
+        Assert.Equal(0, SetState(g.Id, id, true));
+        var ins = new VcpuExit { Reason = VcpuExitReason.Io, Port = 0x1F0, Size = 2, Count = 256, DataIsPointer = true, Data = 0x5000 };
+        Assert.Equal(0UL, HvmIo.Repeated(g.Vcpu(), ins));
+        Assert.Equal(XenSharp.Public.Sched.SHUTDOWN_crash, g.Domain.ShutdownReason);
+    }
+
+    [Fact]
+    public void SingleVgaMemoryWritesGoOnTheBufferedRing()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id, bufioreq: IoreqServers.HVM_IOREQSRV_BUFIOREQ_ATOMIC);
+        var server = g.Domain.Arch.Ioreq.Get(id, 0, out _)!;
+        var model = new DeviceModel(_host, server, g.Id);
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0xA0000, 0xBFFFF));
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_MEMORY, 0xF000_0000, 0xF000_0FFF));
+        Assert.Equal(0, SetState(g.Id, id, true));
+        var ring = (BufferedIopage*)g.Domain.Host.Frames.PageAddress(server.BufIoreqMfn!.Value);
+
+        g.Write(0xB8010, 0x5A, 1);
+        g.Write(0xA0008, 0x1122_3344_5566_7788, 8);
+        Assert.Empty(model.Seen); // nothing waited for
+        Assert.Equal((0u, 3u), (ring->ReadPointer, ring->WritePointer));
+        // buf_ioreq: type, size as log2 in bits 10-11, the address from bit 12, the data in the high word.
+        Assert.Equal(Ioreq.IOREQ_TYPE_COPY | (0xB8010UL << 12) | (0x5AUL << 32), BufferedIopage.Slot(ring, 0));
+        Assert.Equal(Ioreq.IOREQ_TYPE_COPY | (3UL << 10) | (0xA0008UL << 12) | (0x5566_7788UL << 32), BufferedIopage.Slot(ring, 1));
+        Assert.Equal(Ioreq.IOREQ_TYPE_COPY | (3UL << 10) | (0xA0008UL << 12) | (0x1122_3344UL << 32), BufferedIopage.Slot(ring, 2));
+
+        // Reads, and writes elsewhere, wait for the device model as before.
+        g.Read(0xB8010, 1);
+        g.Write(0xF000_0000, 1, 4);
+        Assert.Equal(2, model.Seen.Count);
+
+        // A full ring (511 slots) sends the next write synchronously.
+        for (int i = 3; i < BufferedIopage.SlotCount; i++)
+            g.Write(0xA0000 + (ulong)i, (ulong)i, 1);
+        Assert.Equal(2, model.Seen.Count);
+        g.Write(0xA1000, 0x77, 1);
+        Assert.Equal((Ioreq.IOREQ_TYPE_COPY, 0xA1000UL, 1u, false, 0x77UL), model.Seen[2]);
+
+        // Once the device model has read them all, the next write wraps and both pointers come back below 511.
+        ring->ReadPointer = (uint)BufferedIopage.SlotCount;
+        g.Write(0xA2000, 0x33, 1);
+        Assert.Equal((0u, 1u), (ring->ReadPointer, ring->WritePointer));
+        Assert.Equal(Ioreq.IOREQ_TYPE_COPY | (0xA2000UL << 12) | (0x33UL << 32), BufferedIopage.Slot(ring, 0));
     }
 
     [Fact]

@@ -11,6 +11,17 @@ public class DomainConfigReaderTests
         return DomainConfigReader.Read(c, hostCpus: 8);
     }
 
+    [Fact]
+    public void DiskTargetsResolveAsKernelDoes()
+    {
+        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        var d = Read("name=\"g\"\ntype=\"hvm\"\n" +
+            "disk=[ \"~/.cache/xensharp/debian/debian.iso,raw,hdc,cdrom\", \"disk.img,raw,hda\", \"/srv/x.img,raw,hdb\" ]\n").Config;
+        Assert.Equal(Path.Combine(home, ".cache/xensharp/debian/debian.iso"), d.Disks[0].Target);
+        Assert.Equal("/etc/xen/disk.img", d.Disks[1].Target);
+        Assert.Equal("/srv/x.img", d.Disks[2].Target);
+    }
+
     [Theory]
     [InlineData("kernel = \"vmlinuz\\0.old\"", "kernel")]
     [InlineData("ramdisk = '\\000'", "ramdisk")]

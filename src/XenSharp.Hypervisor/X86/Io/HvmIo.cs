@@ -1,3 +1,4 @@
+using XenSharp.Cpu;
 using XenSharp.Hypervisor.Common;
 using static XenSharp.Public.Hvm.Ioreq;
 
@@ -40,6 +41,77 @@ internal static class HvmIo
             device.Write(v, offset, size, value & AllOnes(size));
         else
             UnclaimedWrite(v, IOREQ_TYPE_COPY, gpa, size, value & AllOnes(size));
+    }
+
+    /// <summary>
+    /// A REP string exit covering <see cref="VcpuExit.Count"/> iterations (Xen's hvmemul_do_io with reps): sent to the
+    /// IOREQ server that claims its whole span as one ioreq, with the guest-physical buffer as data_is_ptr, else done
+    /// here an iteration at a time through the ordinary path (the domain's own devices, PCI configuration, the
+    /// in-process server, nobody). Returns the iterations done.
+    /// </summary>
+    public static ulong Repeated(Vcpu v, in VcpuExit exit)
+    {
+        bool mmio = exit.Reason == VcpuExitReason.Mmio;
+        uint type = mmio ? IOREQ_TYPE_COPY : IOREQ_TYPE_PIO;
+        ulong address = mmio ? exit.Address : exit.Port;
+        int size = exit.Size;
+        var servers = v.Domain.Arch.Ioreq;
+        bool local = mmio ? FindMmio(v, address, out _, out _) : v.Domain.Arch.PortIo.TryFind((ushort)address, out _, out _);
+        if (!local && servers.Any && (mmio || address is < 0xCF8 or > 0xCFF))
+        {
+            if (servers.TrySend(v, type, address, size, !exit.IsWrite, exit.Data, out ulong done, exit.Count, exit.DataIsPointer, exit.Backward))
+                return done;
+        }
+        long step = exit.Backward ? -size : size;
+        for (uint i = 0; i < exit.Count; i++)
+        {
+            ulong at = mmio ? address + (ulong)(step * i) : address;
+            ulong buffer = exit.Data + (ulong)(step * i);
+            if (exit.IsWrite)
+            {
+                ulong value = exit.DataIsPointer ? ReadGuest(v, buffer, size) : exit.Data;
+                if (mmio)
+                    MmioWrite(v, at, size, value);
+                else
+                    PortWrite(v, (ushort)at, size, value);
+            }
+            else
+            {
+                ulong value = mmio ? MmioRead(v, at, size) : PortRead(v, (ushort)at, size);
+                if (exit.DataIsPointer)
+                    WriteGuest(v, buffer, size, value);
+            }
+        }
+        return exit.Count;
+    }
+
+    /// <summary>An element of a repeated access's buffer; the engine gives one in RAM, anything else reads all ones.</summary>
+    private static unsafe ulong ReadGuest(Vcpu v, ulong gpa, int size)
+    {
+        if ((gpa & 0xFFF) + (ulong)size > 0x1000)
+            return AllOnes(size);
+        byte* page = v.Domain.P2m.GetPage(gpa >> 12, write: false);
+        if (page is null)
+            return AllOnes(size);
+        byte* p = page + (gpa & 0xFFF);
+        return size switch { 1 => *p, 2 => *(ushort*)p, 4 => *(uint*)p, _ => *(ulong*)p };
+    }
+
+    private static unsafe void WriteGuest(Vcpu v, ulong gpa, int size, ulong value)
+    {
+        if ((gpa & 0xFFF) + (ulong)size > 0x1000)
+            return;
+        byte* page = v.Domain.P2m.GetPage(gpa >> 12, write: true);
+        if (page is null)
+            return;
+        byte* p = page + (gpa & 0xFFF);
+        switch (size)
+        {
+            case 1: *p = (byte)value; break;
+            case 2: *(ushort*)p = (ushort)value; break;
+            case 4: *(uint*)p = (uint)value; break;
+            default: *(ulong*)p = value; break;
+        }
     }
 
     /// <summary>The vCPU's own vLAPIC page, wherever its base is now, else the domain's MMIO ranges.</summary>
