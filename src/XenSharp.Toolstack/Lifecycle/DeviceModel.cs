@@ -54,8 +54,9 @@ public sealed partial class Host
                 : $"file={file},if=ide,index={index},media=disk,format={format},cache=writeback{(disk.ReadWrite ? "" : ",readonly=on")}");
         }
         args.AddRange(["-vga", "none", "-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}",
-            "-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}", "-net", "none",
-            "-machine", "xenfv", "-m", (c.TargetMemKb / 1024).ToString(CultureInfo.InvariantCulture)]);
+            "-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}"]);
+        AddEmulatedNicArgs(dom, args);
+        args.AddRange(["-machine", "xenfv", "-m", (c.TargetMemKb / 1024).ToString(CultureInfo.InvariantCulture)]);
         return args;
     }
 
@@ -85,6 +86,7 @@ public sealed partial class Host
             throw new ControlException($"domain {domId}: the device model did not start (see {log})");
         }
         _hv.ConsoleWrite($"d{domId}: device model QEMU running, pid {p.Id}");
+        AttachEmulatedNics(dom);
     }
 
     /// <summary>QEMU ended by itself: its domain cannot do I/O any more and is crashed, as Xen's toolstack sees it.</summary>
