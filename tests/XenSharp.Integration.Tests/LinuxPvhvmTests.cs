@@ -12,10 +12,11 @@ namespace XenSharp.Integration.Tests;
 /// emulated device of QEMU (the IDE disk; the e1000 on the TAP device vifD.0-emu, which the nic's vif-bridge script put
 /// on the bridge) and a PV device (vbd, vif). Linux finds Xen's platform PCI device, writes the unplug request to its
 /// port, QEMU takes the emulated disk and NIC away, and blkfront and netfront serve the guest: the disk is /dev/xvda and
-/// eth0 is netfront's. <c>xl shutdown</c> then goes through control/shutdown, Linux powers off through ACPI S5, which
-/// QEMU's PIIX4 reports to the hypervisor (XEN_DMOP_remote_shutdown), and the domain and its QEMU end.
-/// The daemon runs in a network namespace of the class with its bridge; one guest is booted for the class, and the
-/// shutdown comes last.
+/// eth0 is netfront's. <c>xl reboot</c> goes through control/shutdown, Linux resets through QEMU, QEMU reports the
+/// reboot to the hypervisor (XEN_DMOP_remote_shutdown), and the guest comes back in a new domain with a new QEMU;
+/// <c>xl shutdown</c> then makes Linux power off through ACPI S5, which QEMU's PIIX4 reports the same way, and the
+/// domain and its QEMU end. The daemon runs in a network namespace of the class with its bridge; one guest is booted
+/// for the class (and once more by the reboot), and the tests run in the order written.
 /// </summary>
 [TestCaseOrderer("XenSharp.Integration.Tests.LinuxPvhvmTests+Order", "XenSharp.Integration.Tests")]
 public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : IClassFixture<LinuxPvhvmTests.PvhvmGuest>
@@ -68,6 +69,27 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
 
     [Fact]
     [Trait("Feature", "x86/PVHVM"), Trait("Feature", "x86/HVM")]
+    public void XlRebootGoesThroughControlShutdownAndRestartsTheDomainWithANewQemu()
+    {
+        string first = guest.DomId;
+        string firstQemu = guest.XenstoreRead($"/local/domain/0/libxl/{first}/dm-pid");
+        Assert.Equal("1", guest.XenstoreRead($"/local/domain/{first}/control/feature-reboot"));
+        var r = guest.Xl("reboot", "pvhvm");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        // Linux restarts through the reset QEMU serves; QEMU reports the reboot, and on_reboot's restart builds the
+        // guest again with a QEMU of its own, from whose serial port the guest's second boot comes.
+        guest.Serial.WaitFor("reboot: Restarting system", TimeSpan.FromMinutes(3));
+        guest.WaitForRestart(first);
+        Assert.NotEqual(first, guest.DomId);
+        string secondQemu = guest.XenstoreRead($"/local/domain/0/libxl/{guest.DomId}/dm-pid");
+        Assert.NotEqual(firstQemu, secondQemu);
+        Assert.True(XlHost.WaitUntil(() => !Directory.Exists($"/proc/{firstQemu}"), TimeSpan.FromSeconds(30)), "the first domain's QEMU still runs");
+        Assert.Contains("unplug emulated disks", guest.BootLog);
+        Assert.Contains("xvda-end", guest.Serial.Ask("ls /sys/block/xvda >/dev/null && echo xvda-e\"\"nd", "xvda-end"));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PVHVM"), Trait("Feature", "x86/HVM")]
     public void XlShutdownGoesThroughControlShutdownAndAcpiThroughQemu()
     {
         Assert.Equal("1", guest.XenstoreRead($"/local/domain/{guest.DomId}/control/feature-poweroff"));
@@ -89,6 +111,7 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
         [
             nameof(TheEmulatedDiskIsUnpluggedAndBlkfrontServesItAsXvda),
             nameof(TheEmulatedNicIsUnpluggedAndNetfrontServesTheVif),
+            nameof(XlRebootGoesThroughControlShutdownAndRestartsTheDomainWithANewQemu),
             nameof(XlShutdownGoesThroughControlShutdownAndAcpiThroughQemu),
         ];
 
@@ -106,10 +129,11 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
         private readonly string _ns = $"xspvhvm{Environment.ProcessId}";
 
         public string DiskPath { get; }
-        internal SerialSocket Serial { get; } = null!;
-        public string DomId { get; } = "";
-        /// <summary>The serial output up to the shell.</summary>
-        public string BootLog { get; } = "";
+        internal SerialSocket Serial { get; private set; } = null!;
+        public string DomId { get; private set; } = "";
+        /// <summary>The serial output of the last boot up to the shell.</summary>
+        public string BootLog { get; private set; } = "";
+        private string SocketPath => Path.Combine(_xl.RunDir, "serial.sock");
         /// <summary>The bridge's ports right after <c>xl create</c>, before the guest ran far enough to unplug anything.</summary>
         public string BridgePortsAtCreate { get; } = "";
 
@@ -134,7 +158,7 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
                 // The daemon starts with the first xl command, and so in the namespace, with the QEMU it starts.
                 Check(InNamespace("dotnet", XlHost.XlDll, "list"));
 
-                string socket = Path.Combine(_xl.RunDir, "serial.sock");
+                string socket = SocketPath;
                 string cfg = Path.Combine(_xl.RunDir, "pvhvm.cfg");
                 File.WriteAllText(cfg, $"""
                     name = "pvhvm"
@@ -152,14 +176,32 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
                 Serial = new SerialSocket(socket, TimeSpan.FromSeconds(30));
                 BridgePortsAtCreate = InNamespace("ls", "/sys/class/net/xenbr0/brif").Stdout;
                 DomId = _xl.Run("domid", "pvhvm").Stdout.Trim();
-                BootLog = Serial.WaitFor("~ # ", BootLimit);
-                Serial.Ask("until [ -e /sys/block/xvda ] && [ -e /sys/class/net/eth0 ]; do sleep 1; done; echo pv-e\"\"nd", "pv-end", TimeSpan.FromMinutes(2));
+                WaitForShell();
             }
             catch
             {
                 Dispose();
                 throw;
             }
+        }
+
+        private void WaitForShell()
+        {
+            BootLog = Serial.WaitFor("~ # ", BootLimit);
+            Serial.Ask("until [ -e /sys/block/xvda ] && [ -e /sys/class/net/eth0 ]; do sleep 1; done; echo pv-e\"\"nd", "pv-end", TimeSpan.FromMinutes(2));
+        }
+
+        /// <summary>After a reboot: the guest's next domain, its QEMU's serial socket, and its shell.</summary>
+        public void WaitForRestart(string previous)
+        {
+            string next = "";
+            Assert.True(XlHost.WaitUntil(() => (next = _xl.Run("domid", "pvhvm").Stdout.Trim()) is { Length: > 0 } && next != previous
+                    && XenstoreRead($"/local/domain/0/device-model/{next}/state") == "running", TimeSpan.FromMinutes(2)),
+                "the guest was not restarted:\n" + _xl.Run("list").Stdout);
+            DomId = next;
+            Serial.Dispose();
+            Serial = new SerialSocket(SocketPath, TimeSpan.FromSeconds(30));
+            WaitForShell();
         }
 
         /// <summary>A CD image made by grub-mkrescue with Debian's kernel and the shell initramfs, GRUB and Linux on
