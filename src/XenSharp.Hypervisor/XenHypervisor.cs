@@ -220,6 +220,9 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     public void SetAcpiSleepControl(ushort domid, ushort pm1aControlPort, int s5SleepType) =>
         Guest(domid).Arch.SetAcpiSleepControl(pm1aControlPort, s5SleepType);
 
+    /// <summary>Leaves the PM1a control port to the domain's device model (QEMU's PIIX4 power management), as in Xen.</summary>
+    public void ReleaseAcpiSleepControl(ushort domid) => Guest(domid).Arch.ReleaseAcpiSleepControl();
+
     /// <summary>Writes a v1-layout grant entry into a guest's table (the toolstack's seeding of console/xenstore grants).</summary>
     public void SeedGrantEntry(ushort domid, uint gref, ushort flags, ushort grantee, uint gfn)
     {
@@ -335,9 +338,9 @@ public sealed unsafe partial class XenHypervisor : IDisposable
 
     /// <summary>
     /// XEN_DOMCTL_sendtrigger. NMI makes the vCPU take an NMI (waking it from HLT). POWER and SLEEP are ACPI button
-    /// events that reach a guest only through an emulated PM block and its SCI; XenSharp's PVH/HVM domains have no
-    /// such interrupt path, so they fail as Xen fails them for a domain without one (-EINVAL). RESET and INIT are not
-    /// triggers Xen's x86 implements (-ENOSYS).
+    /// events: in an HVM domain they set PWRBTN_STS/SLPBTN_STS in the PM1a event block the hypervisor emulates, and its
+    /// SCI follows (Xen's hvm_acpi_power_button); a domain without that block (PVH) gets -EINVAL. RESET and INIT are
+    /// not triggers Xen's x86 implements (-ENOSYS).
     /// </summary>
     public void SendTrigger(ushort domid, uint trigger, int vcpu)
     {
@@ -356,6 +359,13 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                 return;
             case Domctl.XEN_DOMCTL_SENDTRIGGER_POWER:
             case Domctl.XEN_DOMCTL_SENDTRIGGER_SLEEP:
+                if (d.Arch.Platform is { } platform)
+                {
+                    bool power = trigger == Domctl.XEN_DOMCTL_SENDTRIGGER_POWER;
+                    platform.PmTimer.PressButton(power);
+                    Log($"(d{domid}) ACPI {(power ? "power" : "sleep")} button pressed");
+                    return;
+                }
                 throw new HypervisorException($"domain {domid} has no ACPI PM event block to raise an SCI from", Errno.EINVAL);
             default:
                 throw new HypervisorException($"trigger {trigger} is not implemented", Errno.ENOSYS);

@@ -108,6 +108,9 @@ internal sealed unsafe class HvmDomain : ArchDomain
     /// tables have no sleep states).</summary>
     public bool HasAcpiSleepControl { get; private set; }
 
+    /// <summary>Whether the PM1a control register is on the port bus; a device model's domain has none of its own.</summary>
+    private bool _pm1aClaimed = true;
+
     /// <summary>hvmloader set HVM_PARAM_ACPI_IOPORTS_LOCATION: its FADT names the device model's PM1a control register
     /// (QEMU's PIIX4 power management), which Xen does not emulate, so the stand-in at 0xB004 steps aside unless the
     /// toolstack gave the guest its own. Firmware that reads, modifies and writes the register back (OVMF) would otherwise
@@ -115,8 +118,11 @@ internal sealed unsafe class HvmDomain : ArchDomain
     public void AcpiPortsRelocated()
     {
         lock (Pm1a)
-            if (!HasAcpiSleepControl)
+            if (!HasAcpiSleepControl && _pm1aClaimed)
+            {
                 PortIo.Unregister(Pm1a.Port, Pm1a);
+                _pm1aClaimed = false;
+            }
     }
 
     /// <summary>Moves the PM1a control register to the port the toolstack's FADT names, with its \_S5 SLP_TYP.</summary>
@@ -124,18 +130,34 @@ internal sealed unsafe class HvmDomain : ArchDomain
     {
         lock (Pm1a)
         {
-            HasAcpiSleepControl = true;
-            if (port != Pm1a.Port)
+            if (port != Pm1a.Port || !_pm1aClaimed)
             {
-                PortIo.Unregister(Pm1a.Port, Pm1a);
+                if (_pm1aClaimed)
+                    PortIo.Unregister(Pm1a.Port, Pm1a);
                 if (!PortIo.TryRegister(port, AcpiPm1Control.Length, Pm1a))
                 {
-                    PortIo.Register(Pm1a.Port, AcpiPm1Control.Length, Pm1a);
+                    if (_pm1aClaimed)
+                        PortIo.Register(Pm1a.Port, AcpiPm1Control.Length, Pm1a);
                     throw new HypervisorException($"I/O port 0x{port:x} of the PM1a control register is taken", Public.Errno.EEXIST);
                 }
                 Pm1a.Port = port;
+                _pm1aClaimed = true;
             }
+            HasAcpiSleepControl = true;
             Pm1a.S5SleepType = s5SleepType;
+        }
+    }
+
+    /// <summary>Leaves the PM1a control port to the IOREQ servers, as Xen has no such register of its own: in a domain
+    /// with a device model, QEMU's PIIX4 power management serves it and reports S5 through XEN_DMOP_remote_shutdown.</summary>
+    public void ReleaseAcpiSleepControl()
+    {
+        lock (Pm1a)
+        {
+            if (_pm1aClaimed)
+                PortIo.Unregister(Pm1a.Port, Pm1a);
+            _pm1aClaimed = false;
+            HasAcpiSleepControl = false;
         }
     }
 }

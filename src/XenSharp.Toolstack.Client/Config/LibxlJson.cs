@@ -52,7 +52,7 @@ public static class LibxlJson
             ["on_soft_reset"] = Enums.Action(d.OnSoftReset),
         };
         if (d.Disks.Count > 0) result["disks"] = new JsonArray(d.Disks.Select(Disk).ToArray());
-        if (d.Nics.Count > 0) result["nics"] = new JsonArray(d.Nics.Select(Nic).ToArray());
+        if (d.Nics.Count > 0) result["nics"] = new JsonArray(d.Nics.Select(n => Nic(n, d.Type)).ToArray());
         return result;
     }
 
@@ -76,7 +76,7 @@ public static class LibxlJson
         return o;
     }
 
-    private static JsonNode Nic(NicSpec n)
+    private static JsonNode Nic(NicSpec n, DomainType type)
     {
         var o = new JsonObject { ["devid"] = n.Devid, ["mac"] = n.Mac };
         if (n.BackendDomain is not null) o["backend_domname"] = n.BackendDomain;
@@ -85,7 +85,8 @@ public static class LibxlJson
         if (n.Bridge is not null) o["bridge"] = n.Bridge;
         if (n.VifName is not null) o["ifname"] = n.VifName;
         o["script"] = n.Script;
-        o["nictype"] = n.Type == "ioemu" ? "vif_ioemu" : "vif";
+        // libxl__device_nic_setdefault: an HVM guest's nics are emulated too unless type=vif says otherwise.
+        o["nictype"] = (n.Type ?? (type == DomainType.Hvm ? "ioemu" : "vif")) == "ioemu" ? "vif_ioemu" : "vif";
         if (n.Model is not null) o["model"] = n.Model;
         if (n.Rate is not null) o["rate"] = n.Rate;
         if (n.GatewayDev is not null) o["gatewaydev"] = n.GatewayDev;

@@ -10,7 +10,9 @@ public sealed record NicSpec
     public int Devid { get; init; }
     public required string Mac { get; init; }
     public string? Bridge { get; init; }
-    public string Type { get; init; } = "vif";
+    /// <summary>xl's <c>type=</c>: "vif" (PV only) or "ioemu" (an emulated NIC beside the PV one); null for libxl's
+    /// default, ioemu in an HVM guest and vif otherwise.</summary>
+    public string? Type { get; init; }
     public string? Model { get; init; }
     public string? VifName { get; init; }
     public string Script { get; init; } = "vif-bridge";
@@ -28,7 +30,7 @@ public sealed record NicSpec
     public static NicSpec Parse(string spec, int devid, Random? random = null)
     {
         string? mac = null, bridge = null, model = null, vifname = null, script = null, ip = null, backend = null, rate = null, gateway = null;
-        string type = "vif";
+        string? type = null;
         int? mtu = null;
         var forwards = new List<string>();
         foreach (string raw in spec.Split(','))

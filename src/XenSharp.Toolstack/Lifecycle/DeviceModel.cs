@@ -56,8 +56,9 @@ public sealed partial class Host
         }
         args.AddRange(["-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}"]);
         args.AddRange(UsbArgs(c.Display));
-        args.AddRange(["-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}", "-net", "none",
-            "-machine", "xenfv", "-m", ((c.TargetMemKb - c.Display.VideoRamKb) / 1024).ToString(CultureInfo.InvariantCulture)]);
+        args.AddRange(["-smp", $"{c.Vcpus},maxcpus={c.MaxVcpus}"]);
+        AddEmulatedNicArgs(dom, args);
+        args.AddRange(["-machine", "xenfv", "-m", ((c.TargetMemKb - c.Display.VideoRamKb) / 1024).ToString(CultureInfo.InvariantCulture)]);
         return args;
     }
 
@@ -96,6 +97,7 @@ public sealed partial class Host
             throw new ControlException($"domain {domId}: the device model's display: {why} (see {log})");
         }
         _hv.ConsoleWrite($"d{domId}: device model QEMU running, pid {p.Id}");
+        AttachEmulatedNics(dom);
     }
 
     private static string LastLine(string file)

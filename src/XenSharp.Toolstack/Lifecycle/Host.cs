@@ -227,7 +227,11 @@ public sealed partial class Host : IDisposable
                 c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);
             hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
             hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
-            hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
+            // With a device model the PM1a control port is QEMU's (PIIX4), as in Xen; otherwise ours, as our FADT says.
+            if (HasDeviceModel(c))
+                hvd.ReleaseAcpiSleepControl();
+            else
+                hvd.SetAcpiSleepControl(AcpiTables.Pm1aControlPort, AcpiTables.S5SleepType);
             hvd.SetOnlineVcpus(c.Vcpus);
 
             ConnectRings(dom, built.XenstorePfn, built.ConsolePfn);
@@ -274,6 +278,9 @@ public sealed partial class Host : IDisposable
             (ulong)(c.TargetMemKb - c.Display.VideoRamKb) * 1024, c.Vcpus, c.MaxVcpus), hvd.Memory);
         hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
         hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
+        // hvmloader's DSDT puts PM1a_CNT at 0xB004, which QEMU's PIIX4 serves: a guest's S5 reaches Xen as QEMU's
+        // XEN_DMOP_remote_shutdown, as on Xen.
+        hvd.ReleaseAcpiSleepControl();
         hvd.SetOnlineVcpus(c.Vcpus);
         ConnectRings(dom, built.XenstorePfn, built.ConsolePfn);
         AddDevices(dom);

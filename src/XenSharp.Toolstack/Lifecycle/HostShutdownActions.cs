@@ -144,6 +144,8 @@ public sealed partial class Host
         OnSoftReset = c.OnSoftReset, CpuWeight = c.CpuWeight, Cap = c.Cap, Pool = c.Pool,
         Acpi = c.Acpi, Apic = c.Apic, Hpet = c.Hpet, TimerMode = c.TimerMode, Localtime = c.Localtime, RtcTimeoffset = c.RtcTimeoffset,
         SourceText = c.SourceText, SourceFile = c.SourceFile,
+        // The next incarnation has the same devices and TSC mode, as xl restarts a guest from its configuration.
+        Disks = c.Disks, Nics = c.Nics, TscMode = c.TscMode,
     };
 
 

@@ -45,6 +45,9 @@ public sealed partial class Host
     {
         if (c.Nics.Take(index).Any(n => n.Devid == nic.Devid))
             throw new ControlException($"{Where(c, index)}vif {nic.Devid}: devid {nic.Devid} is given twice");
+        // libxl__device_nic_setdefault: only a guest with a device model has emulated interfaces.
+        if (nic.Type == "ioemu" && c.Type != DomainType.Hvm)
+            throw new ControlException($"{Where(c, index)}vif {nic.Devid}: trying to create PV or PVH guest with an emulated interface");
         CheckNic(nic, Where(c, index));
     }
 
@@ -147,7 +150,7 @@ public sealed partial class Host
             ["mac"] = nic.Mac,
             ["bridge"] = BridgeOf(nic),
             ["handle"] = nic.Devid.ToString(CultureInfo.InvariantCulture),
-            ["type"] = "vif",
+            ["type"] = IsEmulatedNic(dom.Config, nic) ? "vif_ioemu" : "vif",
         };
         var frontend = new Dictionary<string, string>
         {
@@ -165,7 +168,7 @@ public sealed partial class Host
         }
         var a = AddDevice(dom.DomId, DeviceKinds.Vif, nic.Devid, backend, frontend);
         WaitForHostEnd(a, nic);
-        RunHotplug(a, nic, "online");
+        RunHotplug(a, nic, "online", IsEmulatedNic(dom.Config, nic));
     }
 
     /// <summary>A user-mode nic: no script and no bridge; the backend starts passt for it (backend node
@@ -214,10 +217,12 @@ public sealed partial class Host
         }
     }
 
-    /// <summary>Runs the nic's hotplug script for <paramref name="action"/> (online or offline) as libxl does;
-    /// online must end with hotplug-status "connected".</summary>
-    private void RunHotplug(DeviceAddress a, NicSpec nic, string action)
+    /// <summary>Runs the nic's hotplug script for <paramref name="action"/> (online or offline for the vif, add or
+    /// remove for the TAP device of an emulated NIC) as libxl does; online must end with hotplug-status "connected",
+    /// add with the script's success. For a nic with an emulated half, INTERFACE names its TAP device, in both runs.</summary>
+    private void RunHotplug(DeviceAddress a, NicSpec nic, string action, bool emulated = false)
     {
+        bool tap = action is "add" or "remove";
         string script = _xs.Read($"{a.BackendPath}/script") ?? ScriptPath(nic.Script);
         var psi = new ProcessStartInfo(script)
         {
@@ -227,13 +232,14 @@ public sealed partial class Host
             UseShellExecute = false,
         };
         psi.ArgumentList.Add(action);
-        psi.ArgumentList.Add("type_if=vif");
+        psi.ArgumentList.Add(tap ? "type_if=tap" : "type_if=vif");
         psi.Environment["script"] = script;
         psi.Environment["XENBUS_TYPE"] = a.Kind;
         psi.Environment["XENBUS_PATH"] = $"backend/{a.Kind}/{a.FrontendId}/{a.DevId}";
         psi.Environment["XENBUS_BASE_PATH"] = "backend";
         psi.Environment["netdev"] = nic.GatewayDev ?? "";
         psi.Environment["vif"] = VifPorts.InterfaceName(a);
+        if (emulated) psi.Environment["INTERFACE"] = EmulatedNicName(a.FrontendId, a.DevId);
         psi.Environment["XENSTORED_PATH"] = _paths.XenstoredSocket;
         var output = new StringBuilder();
         int exit;
@@ -258,6 +264,9 @@ public sealed partial class Host
         {
             throw new ControlException($"vif {nic.Devid}: hotplug script {script}: {e.Message}");
         }
+        if (action == "add" && (exit != 0 || timedOut))
+            throw new ControlException($"vif {nic.Devid}: {script} add type_if=tap for {EmulatedNicName(a.FrontendId, a.DevId)} failed: " +
+                (timedOut ? $"timed out after {HotplugTimeout.TotalSeconds:0} s" : $"exit status {exit}{(output.Length > 0 ? ": " + output.ToString().Trim() : "")}"), Errno.EIO);
         if (action != "online") return;
         string? status = _xs.Read($"{a.BackendPath}/hotplug-status");
         if (exit == 0 && !timedOut && status == "connected") return;
@@ -278,7 +287,8 @@ public sealed partial class Host
             try
             {
                 if (_xs.Read($"{a.BackendPath}/hotplug-status") != "connected") continue;
-                RunHotplug(a, nic, "offline");
+                DetachEmulatedNic(d, nic);
+                RunHotplug(a, nic, "offline", IsEmulatedNic(d.Config, nic));
             }
             catch (Exception e) when (e is ControlException or XenSharp.Store.XenStoreException)
             {

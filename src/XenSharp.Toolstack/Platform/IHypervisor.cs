@@ -105,6 +105,9 @@ public interface IHypervisorDomain : IDisposable
     /// <summary>Where the guest's ACPI poweroff arrives: the FADT's PM1a control port and \_S5's SLP_TYP.</summary>
     void SetAcpiSleepControl(ushort pm1aControlPort, int s5SleepType);
 
+    /// <summary>The guest's PM1a control port belongs to its device model, which reports a poweroff itself.</summary>
+    void ReleaseAcpiSleepControl() { }
+
     void SetHvmParam(int index, ulong value);
     ulong GetHvmParam(int index);
 

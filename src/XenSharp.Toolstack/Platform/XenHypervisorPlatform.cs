@@ -195,6 +195,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
 
         public void SetAcpiSleepControl(ushort pm1aControlPort, int s5SleepType) =>
             hv.SetAcpiSleepControl(domId, pm1aControlPort, s5SleepType);
+        public void ReleaseAcpiSleepControl() => hv.ReleaseAcpiSleepControl(domId);
 
         public void SetHvmParam(int index, ulong value) => hv.SetHvmParam(domId, index, value);
         public ulong GetHvmParam(int index) => hv.GetHvmParam(domId, index);

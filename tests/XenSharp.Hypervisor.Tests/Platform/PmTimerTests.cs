@@ -47,4 +47,39 @@ public class PmTimerTests : IDisposable
         Assert.InRange(h.In(PmTimer.TimerPort, 4), 0x1234_0000UL, 0x7FFF_FFFFUL);
         Assert.Equal(0x0100UL, h.In(PmTimer.EventBlockPort + 2, 2));
     }
+
+    [Fact]
+    public void ThePowerAndSleepTriggersPressTheButtonsAndRaiseTheSciWhenEnabled()
+    {
+        var g = new HvmPlatformGuest(_host);
+        _host.SendTrigger(g.Id, Public.Domctl.XEN_DOMCTL_SENDTRIGGER_POWER, 0);
+        Assert.Equal((ulong)PmTimer.PwrbtnSts, g.In(PmTimer.EventBlockPort, 2) & PmTimer.PwrbtnSts);
+        Assert.False(g.Domain.Arch.Irq.Level(PmTimer.SciIrq)); // not enabled yet
+        g.Out(PmTimer.EventBlockPort + 2, 2, PmTimer.PwrbtnSts);
+        Assert.True(g.Domain.Arch.Irq.Level(PmTimer.SciIrq));
+        g.Out(PmTimer.EventBlockPort, 2, PmTimer.PwrbtnSts); // write 1 to clear
+        Assert.False(g.Domain.Arch.Irq.Level(PmTimer.SciIrq));
+
+        _host.SendTrigger(g.Id, Public.Domctl.XEN_DOMCTL_SENDTRIGGER_SLEEP, 0);
+        Assert.Equal((ulong)PmTimer.SlpbtnSts, g.In(PmTimer.EventBlockPort, 2) & (PmTimer.SlpbtnSts | PmTimer.PwrbtnSts));
+        Assert.False(g.Domain.Arch.Irq.Level(PmTimer.SciIrq)); // SLPBTN_EN is clear
+    }
+
+    [Fact]
+    public void WithADeviceModelThePm1aControlPortIsTheIoreqServersAndTheEventBlockStaysOurs()
+    {
+        var g = new HvmPlatformGuest(_host);
+        Assert.True(g.Domain.Arch.PortIo.TryFind(0xB004, out _, out _));
+        _host.ReleaseAcpiSleepControl(g.Id);
+        Assert.False(g.Domain.Arch.PortIo.TryFind(0xB004, out _, out _));
+        Assert.False(g.Domain.Arch.HasAcpiSleepControl);
+        // An S5 written there is no longer the hypervisor's to act on (with no server, it is dropped).
+        HvmIo.PortWrite(g.Vcpu(), 0xB004, 2, (1 << 13) | (7 << 10));
+        Assert.Null(g.Domain.ShutdownReason);
+        Assert.True(g.Domain.Arch.PortIo.TryFind(PmTimer.EventBlockPort, out _, out _));
+        // A toolstack that gives the register back (its own FADT) gets it at the port it names.
+        _host.SetAcpiSleepControl(g.Id, 0xB004, 7);
+        Assert.True(g.Domain.Arch.PortIo.TryFind(0xB004, out var h, out _));
+        Assert.Same(g.Domain.Arch.Pm1a, h);
+    }
 }

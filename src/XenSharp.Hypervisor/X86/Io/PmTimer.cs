@@ -86,6 +86,17 @@ internal sealed class PmTimer : IDeviceTimer
         }
     }
 
+    /// <summary>A press of the ACPI power or sleep button (Xen's hvm_acpi_power_button/sleep_button): its status bit is
+    /// set and the SCI follows its enable.</summary>
+    public void PressButton(bool power)
+    {
+        lock (_lock)
+        {
+            _sts |= power ? PwrbtnSts : SlpbtnSts;
+            Update(Now);
+        }
+    }
+
     private sealed class EventBlock(PmTimer pm) : IIoHandler
     {
         public ulong Read(Vcpu v, ulong offset, int size)
