@@ -23,24 +23,7 @@ public sealed class LinuxHvmIsoTests
             "grub-mkrescue needs grub-pc-bin, xorriso and mtools (scripts/install-deps.sh)");
         using var xl = new XlHost();
 
-        string tree = Path.Combine(xl.RunDir, "iso");
-        Directory.CreateDirectory(Path.Combine(tree, "boot", "grub"));
-        File.Copy(store.KernelPath, Path.Combine(tree, "vmlinuz"));
-        File.Copy(store.ShellInitrdPath, Path.Combine(tree, "initrd.img"));
-        File.WriteAllText(Path.Combine(tree, "boot", "grub", "grub.cfg"), """
-            serial --unit=0 --speed=115200
-            terminal_input serial console
-            terminal_output serial console
-            set timeout=0
-            menuentry "Debian" {
-              echo "grub: loading Linux"
-              linux /vmlinuz console=ttyS0,115200
-              initrd /initrd.img
-            }
-            """);
-        string iso = Path.Combine(xl.RunDir, "debian.iso");
-        var made = Tool.Run("grub-mkrescue", "-o", iso, tree);
-        Assert.True(made.Code == 0 && File.Exists(iso), $"grub-mkrescue: {made.Output}");
+        string iso = GrubRescueImage.Debian(store, xl.RunDir);
 
         string serial = Path.Combine(xl.RunDir, "serial.txt");
         string cfg = Path.Combine(xl.RunDir, "iso.cfg");

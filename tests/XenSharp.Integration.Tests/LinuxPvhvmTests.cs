@@ -148,7 +148,7 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
             var disk = new byte[DiskBytes];
             for (int i = 0; i < disk.Length; i++) disk[i] = (byte)(i * 7 + i / 4096);
             File.WriteAllBytes(DiskPath, disk);
-            string iso = MakeIso(store);
+            string iso = GrubRescueImage.Debian(store, _xl.RunDir);
 
             Exec("ip", "netns", "add", _ns);
             try
@@ -202,30 +202,6 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
             Serial.Dispose();
             Serial = new SerialSocket(SocketPath, TimeSpan.FromSeconds(30));
             WaitForShell();
-        }
-
-        /// <summary>A CD image made by grub-mkrescue with Debian's kernel and the shell initramfs, GRUB and Linux on
-        /// the first serial port.</summary>
-        private string MakeIso(GuestArtifacts store)
-        {
-            string tree = Path.Combine(_xl.RunDir, "iso");
-            Directory.CreateDirectory(Path.Combine(tree, "boot", "grub"));
-            File.Copy(store.KernelPath, Path.Combine(tree, "vmlinuz"));
-            File.Copy(store.ShellInitrdPath, Path.Combine(tree, "initrd.img"));
-            File.WriteAllText(Path.Combine(tree, "boot", "grub", "grub.cfg"), """
-                serial --unit=0 --speed=115200
-                terminal_input serial console
-                terminal_output serial console
-                set timeout=0
-                menuentry "Debian" {
-                  linux /vmlinuz console=ttyS0,115200
-                  initrd /initrd.img
-                }
-                """);
-            string iso = Path.Combine(_xl.RunDir, "debian.iso");
-            var made = Tool.Run("grub-mkrescue", "-o", iso, tree);
-            Assert.True(made.Code == 0 && File.Exists(iso), $"grub-mkrescue: {made.Output}");
-            return iso;
         }
 
         public XlResult Xl(params string[] args) => _xl.Run(args);
