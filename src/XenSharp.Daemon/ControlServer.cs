@@ -79,6 +79,11 @@ internal sealed class ControlServer : IDisposable
                 }
                 var response = _host.Handle(request);
                 await channel.WriteAsync(response, _cts.Token);
+                if (request is StopDaemonRequest && response.Ok)
+                {
+                    _host.RequestStop();
+                    return;
+                }
                 if (request is MigrateSendRequest send && response.Ok)
                 {
                     var source = response.Result!.Value.Deserialize<MigrateSendResult>(ControlJson.Options)!;

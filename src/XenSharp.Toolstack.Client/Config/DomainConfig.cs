@@ -14,6 +14,16 @@ public enum ShutdownAction { Destroy, Restart, RenameRestart, Preserve, Coredump
 /// </summary>
 public sealed class DomainConfig
 {
+    /// <summary>Every setting again under another name and uuid: a restart's next incarnation, which xl builds from
+    /// the same configuration (devices, memory, TSC mode and all). Lists and objects are shared, not copied.</summary>
+    public DomainConfig CopyAs(string name, Guid uuid)
+    {
+        var copy = (DomainConfig)MemberwiseClone();
+        copy.Name = name;
+        copy.Uuid = uuid;
+        return copy;
+    }
+
     public required string Name { get; set; }
     public DomainType Type { get; set; }
     public Guid Uuid { get; set; }

@@ -40,6 +40,9 @@ public sealed partial class Host : IDisposable
     /// <summary>Raised when a client asked the daemon to stop.</summary>
     public event Action? StopRequested;
 
+    /// <summary>A client's stop request has been answered: the daemon may now stop.</summary>
+    public void RequestStop() => ThreadPool.QueueUserWorkItem(_ => StopRequested?.Invoke());
+
     /// <summary>The pause before each restart, as xl sleeps before it recreates a domain (2 s there).
     /// Without it a guest that crashes as it boots restarts as fast as domains can be built; one
     /// second bounds that to a restart a second and still lets a reboot come back promptly.</summary>

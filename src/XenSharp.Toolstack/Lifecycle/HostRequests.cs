@@ -48,7 +48,8 @@ public sealed partial class Host
         On((Host h, MigrateSendRequest r) => h.MigrateSendCheck(r)),
         On((Host h, MigrateReceiveRequest _) => Unit.Value),
         On((Host h, ConsoleAttachRequest r) => h.ConsoleTarget(r)),
-        On((Host h, StopDaemonRequest _) => ThreadPool.QueueUserWorkItem(_ => h.StopRequested?.Invoke())),
+        // Stopping follows the answer (the control server calls RequestStop once it is written), so xl always gets it.
+        On((Host h, StopDaemonRequest _) => Unit.Value),
         On((Host h, CpupoolListRequest r) => h.CpupoolList(r)),
         On((Host h, CpupoolCreateRequest r) => h.CpupoolCreate(r)),
         On((Host h, CpupoolDestroyRequest r) => { h.Sched.DestroyCpupool(h.Pool(r.Pool).PoolId); h.PublishCpupoolNames(); }),

@@ -92,10 +92,10 @@ public sealed partial class Host
             {
                 // The old domain stays as it is, under a new name; the new one takes the name and a new uuid.
                 Rename(d, $"{name}--incoming-{d.DomId}");
-                next = CloneConfig(d.Config, name, Guid.NewGuid());
+                next = d.Config.CopyAs(name, Guid.NewGuid());
             }
             else
-                next = CloneConfig(d.Config, name, d.Config.Uuid);
+                next = d.Config.CopyAs(name, d.Config.Uuid);
             var cts = new CancellationTokenSource();
             pause = cts.Token;
             lock (_lock)
@@ -134,19 +134,6 @@ public sealed partial class Host
         }
         finally { cts?.Dispose(); }
     }
-
-    private static DomainConfig CloneConfig(DomainConfig c, string name, Guid uuid) => new()
-    {
-        Name = name, Type = c.Type, Uuid = uuid, Kernel = c.Kernel, Ramdisk = c.Ramdisk, Cmdline = c.Cmdline, Bootloader = c.Bootloader, BootloaderArgs = c.BootloaderArgs,
-        Firmware = c.Firmware, FirmwareOverride = c.FirmwareOverride, Bios = c.Bios, BiosPathOverride = c.BiosPathOverride, Display = c.Display, DeviceModelOverride = c.DeviceModelOverride, Serials = c.Serials, Boot = c.Boot, TargetMemKb = c.TargetMemKb, MaxMemKb = c.MaxMemKb,
-        Vcpus = c.Vcpus, MaxVcpus = c.MaxVcpus, CpusHard = c.CpusHard, CpusSoft = c.CpusSoft,
-        OnPoweroff = c.OnPoweroff, OnReboot = c.OnReboot, OnCrash = c.OnCrash, OnWatchdog = c.OnWatchdog,
-        OnSoftReset = c.OnSoftReset, CpuWeight = c.CpuWeight, Cap = c.Cap, Pool = c.Pool,
-        Acpi = c.Acpi, Apic = c.Apic, Hpet = c.Hpet, TimerMode = c.TimerMode, Localtime = c.Localtime, RtcTimeoffset = c.RtcTimeoffset,
-        SourceText = c.SourceText, SourceFile = c.SourceFile,
-        // The next incarnation has the same devices and TSC mode, as xl restarts a guest from its configuration.
-        Disks = c.Disks, Nics = c.Nics, TscMode = c.TscMode,
-    };
 
 
     /// <summary>Testing and the daemon's signal path: shut a domain down as if it had asked to.</summary>
