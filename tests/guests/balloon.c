@@ -94,7 +94,11 @@ void guest_main(void)
         rt_skip("balloon.all", "only one processor (give the domain vcpus = 2)");
         return;
     }
-    if (!rt_check("balloon.ap_started", rt_start_ap(ap, ap_main, 1) == 0 && ap_ready, "APIC id %u did not start", ap))
+    /* rt_start_ap returns once the AP is alive, which is just before it calls ap_main. */
+    int started = rt_start_ap(ap, ap_main, 1) == 0;
+    for (uint64_t deadline = rt_deadline(30000); started && !ap_ready && !rt_expired(deadline);)
+        rt_pause();
+    if (!rt_check("balloon.ap_started", started && ap_ready, "APIC id %u did not start", ap))
         return;
 
     xen_pfn_t gfns[SPARE];

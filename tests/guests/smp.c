@@ -7,7 +7,7 @@ RT_GUEST("smp");
 #define ROUNDS 200000
 
 static volatile uint32_t locked_counter, plain_counter, lock_word;
-static volatile uint32_t ap_apic_id = 0xffffffff, ap_cpuid_apic = 0xffffffff, ap_mode_ok, ap_done;
+static volatile uint32_t ap_apic_id = 0xffffffff, ap_cpuid_apic = 0xffffffff, ap_mode_ok, ap_done, ap_seen;
 static volatile int go;
 
 static void spin_lock(volatile uint32_t *l)
@@ -55,6 +55,7 @@ static void ap_main(unsigned int cpu)
 #else
     ap_mode_ok = (rt_read_cr0() & 1) != 0;
 #endif
+    __atomic_store_n(&ap_seen, 1, __ATOMIC_RELEASE);
     while (!go)
         rt_pause();
     race();
@@ -119,6 +120,9 @@ void guest_main(void)
     int rc = rt_start_ap(target, ap_main, 1);
     if (!rt_check("smp.ap_started", rc == 0, "APIC id %u did not reach the trampoline's C entry", target))
         return;
+    /* rt_start_ap returns once the AP is alive, which is just before it calls ap_main. */
+    for (uint64_t seen = rt_deadline(30000); !__atomic_load_n(&ap_seen, __ATOMIC_ACQUIRE) && !rt_expired(seen);)
+        rt_pause();
     rt_check("smp.ap_apic_id", ap_apic_id == target && ap_cpuid_apic == target,
              "LAPIC ID %u, CPUID %u, want %u", ap_apic_id, ap_cpuid_apic, target);
     rt_check("smp.ap_mode", ap_mode_ok, "the AP is not in the BSP's mode");

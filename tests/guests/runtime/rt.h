@@ -193,7 +193,8 @@ uint64_t rt_deadline(unsigned int ms);
 int rt_expired(uint64_t deadline);
 
 /* ---- SMP (xAPIC INIT-SIPI-SIPI into a real-mode trampoline) ---- */
-/* Start the CPU with the given APIC id running fn on its own stack; returns 0 once it runs. */
+/* Start the CPU with the given APIC id running fn on its own stack; returns 0 once the AP is alive, which may
+ * be just before fn starts: fn signals what the caller waits for. */
 int rt_start_ap(uint32_t apic_id, void (*fn)(unsigned int cpu), unsigned int cpu);
 uint32_t rt_lapic_id(void);
 /* Write the xAPIC ICR (destination APIC id, low word) and wait for delivery; EOI. */
