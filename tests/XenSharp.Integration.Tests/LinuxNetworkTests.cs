@@ -276,7 +276,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
     public sealed class NetGuest : IDisposable
     {
         private readonly XlHost _xl = new();
-        private readonly string _ns = $"xsnet{Environment.ProcessId}";
+        private readonly NetworkNamespace _net = null!;
         private Process? _dnsmasq;
 
         public XlHost Host => _xl;
@@ -292,20 +292,15 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             var store = new GuestArtifacts();
             Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
             Assert.True(File.Exists("/etc/xen/scripts/vif-bridge"), "Xen's hotplug scripts (xen-utils-common) are not installed");
-            Run("ip", "netns", "add", _ns);
             try
             {
-                InNamespace("ip", "link", "set", "lo", "up").Check();
-                InNamespace("ip", "link", "add", "xenbr0", "type", "bridge").Check();
-                InNamespace("ip", "addr", "add", "10.99.0.1/24", "dev", "xenbr0").Check();
-                InNamespace("ip", "link", "set", "xenbr0", "up").Check();
+                _net = new NetworkNamespace("xsnet", _xl.RunDir);
+                _net.AddBridge("xenbr0", "10.99.0.1/24");
                 bool dhcp = Dhcp = File.Exists("/usr/sbin/dnsmasq");
                 if (dhcp)
                     _dnsmasq = StartInNamespace("dnsmasq", "--keep-in-foreground", "--no-resolv", "--port=0", "--interface=xenbr0",
                         "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.99,255.255.255.0,1h", "--leasefile-ro", "--user=root");
-                // The daemon starts with the first xl command; run that one inside the namespace.
-                var first = InNamespace("dotnet", XlHost.XlDll, "list");
-                Assert.True(first.ExitCode == 0, first.ToString());
+                _net.StartDaemon();
 
                 string cfg = LinuxPvhTests.WriteConfig(_xl, store, "net", vcpus: 2);
                 File.AppendAllText(cfg, "\nvif = [ 'mac=00:16:3e:5a:00:01,bridge=xenbr0' ]\n");
@@ -332,30 +327,14 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             }
         }
 
-        private static void Run(string file, params string[] args)
-        {
-            var r = Exec(file, args, null, TimeSpan.FromSeconds(30));
-            Assert.True(r.ExitCode == 0, $"{file} {string.Join(' ', args)}: {r}");
-        }
-
         /// <summary>A command inside the namespace, with xl's environment (its run directory).</summary>
         public XlResult InNamespace(params string[] command) => InNamespace(command, TimeSpan.FromSeconds(60));
 
         public XlResult InNamespace(string file, string a, string b, TimeSpan limit) => InNamespace([file, a, b], limit);
 
-        private XlResult InNamespace(string[] command, TimeSpan limit) =>
-            Exec("ip", ["netns", "exec", _ns, .. command], _xl.RunDir, limit);
+        private XlResult InNamespace(string[] command, TimeSpan limit) => _net.Run(command, limit);
 
-        /// <summary>A long-running command inside the namespace; its standard input stays open until it is disposed.</summary>
-        public Process StartInNamespace(params string[] command)
-        {
-            var psi = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in (string[])["netns", "exec", _ns, .. command]) psi.ArgumentList.Add(a);
-            var p = Process.Start(psi)!;
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            return p;
-        }
+        public Process StartInNamespace(params string[] command) => _net.Start(command);
 
         /// <summary>Frames and bytes the guest's vif has handed the host so far (the TAP interface's receive counters).</summary>
         public (long Packets, long Bytes) FramesIntoTheHost()
@@ -375,32 +354,9 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             return (n[0], n[1]);
         }
 
-        public void WaitForListener(int port)
-        {
-            for (int i = 0; i < 100; i++)
-            {
-                if (InNamespace("ss", "-ltn").Stdout.Contains($":{port} ")) return;
-                Thread.Sleep(100);
-            }
-            Assert.Fail($"nothing listens on port {port} in the namespace");
-        }
+        public void WaitForListener(int port) => _net.WaitForListener(port);
 
-        /// <summary>A node as Xen's xenstore-read sees it, through the daemon's xenstored socket.</summary>
-        public string XenstoreRead(string path)
-        {
-            var psi = new Dictionary<string, string> { ["XENSTORED_PATH"] = Path.Combine(_xl.RunDir, "xenstored", "socket") };
-            var r = Exec("xenstore-read", [path], _xl.RunDir, TimeSpan.FromSeconds(30), psi);
-            return r.Stdout.Trim();
-        }
-
-        internal static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null)
-        {
-            var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
-            foreach (var a in args) psi.ArgumentList.Add(a);
-            if (runDir is not null) psi.Environment["XENSHARP_RUNDIR"] = runDir;
-            foreach (var (k, v) in env ?? []) psi.Environment[k] = v;
-            return XlHost.RunProcess(psi, limit);
-        }
+        public string XenstoreRead(string path) => NetworkNamespace.XenstoreRead(_xl.RunDir, path);
 
         public void Dispose()
         {
@@ -413,12 +369,7 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
                 d.WaitForExit();
                 d.Dispose();
             }
-            Exec("ip", ["netns", "del", _ns], null, TimeSpan.FromSeconds(30));
+            _net?.Dispose();
         }
     }
-}
-
-internal static class XlResultChecks
-{
-    public static void Check(this XlResult r) => Assert.True(r.ExitCode == 0, r.ToString());
 }

@@ -159,7 +159,7 @@ public sealed partial class LinuxOpenvSwitchTests(LinuxOpenvSwitchTests.OvsGuest
     public sealed class OvsGuest : IDisposable
     {
         private readonly XlHost _xl = new();
-        private readonly string _ns = $"xsovs{Environment.ProcessId}";
+        private readonly NetworkNamespace _net = null!;
         /// <summary>OVS's database, sockets and logs (outside xl's run directory, which goes first at the end).</summary>
         private readonly string _ovsDir = Directory.CreateTempSubdirectory("xensharp-ovs-").FullName;
 
@@ -174,11 +174,10 @@ public sealed partial class LinuxOpenvSwitchTests(LinuxOpenvSwitchTests.OvsGuest
             Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
             Assert.True(File.Exists("/etc/xen/scripts/vif-openvswitch"), "Xen's hotplug scripts (xen-utils-common) are not installed");
             Assert.True(File.Exists("/usr/sbin/ovs-vswitchd"), "Open vSwitch (openvswitch-switch) is not installed");
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "add", _ns], null, TimeSpan.FromSeconds(30)).Check();
             try
             {
-                InNamespace("ip", "link", "set", "lo", "up").Check();
-                LinuxNetworkTests.NetGuest.Exec("ovsdb-tool", ["create", Path.Combine(_ovsDir, "conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"],
+                _net = new NetworkNamespace("xsovs", _xl.RunDir, OvsEnvironment);
+                NetworkNamespace.Exec("ovsdb-tool", ["create", Path.Combine(_ovsDir, "conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"],
                     null, TimeSpan.FromSeconds(30), OvsEnvironment).Check();
                 InNamespace("ovsdb-server", Path.Combine(_ovsDir, "conf.db"), $"--remote=punix:{_ovsDir}/db.sock", "--detach",
                     $"--pidfile={_ovsDir}/ovsdb-server.pid", $"--log-file={_ovsDir}/ovsdb-server.log", $"--unixctl={_ovsDir}/ovsdb-server.ctl").Check();
@@ -193,8 +192,7 @@ public sealed partial class LinuxOpenvSwitchTests(LinuxOpenvSwitchTests.OvsGuest
                 InNamespace("ip", "link", "set", "ovsbr0", "up").Check();
                 // The daemon starts with the first xl command; run that one inside the namespace with OVS's run
                 // directory, which the hotplug scripts it runs inherit.
-                var first = InNamespace("dotnet", XlHost.XlDll, "list");
-                Assert.True(first.ExitCode == 0, first.ToString());
+                _net.StartDaemon();
 
                 string cfg = LinuxPvhTests.WriteConfig(_xl, store, "ovs");
                 File.AppendAllText(cfg, $"\nvif = [ 'mac={Mac},bridge=ovsbr0,script=vif-openvswitch' ]\n");
@@ -222,34 +220,13 @@ public sealed partial class LinuxOpenvSwitchTests(LinuxOpenvSwitchTests.OvsGuest
         /// <summary>A command inside the namespace, with xl's and OVS's environment.</summary>
         public XlResult InNamespace(params string[] command) => InNamespace(command, TimeSpan.FromSeconds(60));
 
-        public XlResult InNamespace(string[] command, TimeSpan limit) =>
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "exec", _ns, .. command], _xl.RunDir, limit, OvsEnvironment);
+        public XlResult InNamespace(string[] command, TimeSpan limit) => _net.Run(command, limit);
 
-        /// <summary>A long-running command inside the namespace; its standard input stays open until it is disposed.</summary>
-        public Process StartInNamespace(params string[] command)
-        {
-            var psi = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in (string[])["netns", "exec", _ns, .. command]) psi.ArgumentList.Add(a);
-            var p = Process.Start(psi)!;
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            return p;
-        }
+        public Process StartInNamespace(params string[] command) => _net.Start(command);
 
-        public void WaitForListener(int port)
-        {
-            for (int i = 0; i < 100; i++)
-            {
-                if (InNamespace("ss", "-ltn").Stdout.Contains($":{port} ")) return;
-                Thread.Sleep(100);
-            }
-            Assert.Fail($"nothing listens on port {port} in the namespace");
-        }
+        public void WaitForListener(int port) => _net.WaitForListener(port);
 
-        /// <summary>A node as Xen's xenstore-read sees it, through the daemon's xenstored socket.</summary>
-        public string XenstoreRead(string path) =>
-            LinuxNetworkTests.NetGuest.Exec("xenstore-read", [path], _xl.RunDir, TimeSpan.FromSeconds(30),
-                new() { ["XENSTORED_PATH"] = Path.Combine(_xl.RunDir, "xenstored", "socket") }).Stdout.Trim();
+        public string XenstoreRead(string path) => NetworkNamespace.XenstoreRead(_xl.RunDir, path);
 
         private void Stop(string daemon)
         {
@@ -271,7 +248,7 @@ public sealed partial class LinuxOpenvSwitchTests(LinuxOpenvSwitchTests.OvsGuest
             _xl.Dispose();
             Stop("ovs-vswitchd");
             Stop("ovsdb-server");
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "del", _ns], null, TimeSpan.FromSeconds(30));
+            _net?.Dispose();
             Directory.Delete(_ovsDir, recursive: true);
         }
     }

@@ -81,7 +81,7 @@ public sealed partial class LinuxPvDeviceTests(LinuxPvDeviceTests.PvDeviceGuest 
         public const string HelloText = "hello-from-the-host-file-system";
         public const int RawBytes = 8 << 20;
         private readonly XlHost _xl = new();
-        private readonly string _ns = $"xspv{Environment.ProcessId}";
+        private readonly NetworkNamespace _net = null!;
 
         public string RunDir => _xl.RunDir;
         public string RawPath { get; }
@@ -111,15 +111,11 @@ public sealed partial class LinuxPvDeviceTests(LinuxPvDeviceTests.PvDeviceGuest 
             store.BuildInitramfs(initrd, GuestArtifacts.ShellInit.Replace(
                 "for m in /lib/modules/*.ko; do", $"for m in {string.Join(' ', modules.Select(m => $"/lib/modules/{m}.ko"))}; do"), modules);
 
-            Exec("ip", ["netns", "add", _ns], null, TimeSpan.FromSeconds(30)).Check();
             try
             {
-                InNamespace("ip", "link", "set", "lo", "up").Check();
-                InNamespace("ip", "link", "add", "xenbr0", "type", "bridge").Check();
-                InNamespace("ip", "addr", "add", "10.97.0.1/24", "dev", "xenbr0").Check();
-                InNamespace("ip", "link", "set", "xenbr0", "up").Check();
-                // The daemon starts with the first xl command; run that one inside the namespace.
-                InNamespace("dotnet", XlHost.XlDll, "list").Check();
+                _net = new NetworkNamespace("xspv", RunDir);
+                _net.AddBridge("xenbr0", "10.97.0.1/24");
+                _net.StartDaemon();
 
                 string cfg = Path.Combine(RunDir, "pvdev.cfg");
                 File.WriteAllText(cfg, $"""
@@ -148,15 +144,9 @@ public sealed partial class LinuxPvDeviceTests(LinuxPvDeviceTests.PvDeviceGuest 
             }
         }
 
-        public XlResult InNamespace(params string[] command) =>
-            Exec("ip", ["netns", "exec", _ns, .. command], RunDir, TimeSpan.FromSeconds(60));
+        public XlResult InNamespace(params string[] command) => _net.Run(command);
 
-        public string XenstoreRead(string path) =>
-            Exec("xenstore-read", [path], RunDir, TimeSpan.FromSeconds(30),
-                new() { ["XENSTORED_PATH"] = Path.Combine(RunDir, "xenstored", "socket") }).Stdout.Trim();
-
-        private static XlResult Exec(string file, string[] args, string? runDir, TimeSpan limit, Dictionary<string, string>? env = null) =>
-            LinuxNetworkTests.NetGuest.Exec(file, args, runDir, limit, env);
+        public string XenstoreRead(string path) => NetworkNamespace.XenstoreRead(RunDir, path);
 
         /// <summary>Runs a host tool and gives its standard output; it must succeed.</summary>
         internal static string Tool(string file, params string[] args)
@@ -176,7 +166,7 @@ public sealed partial class LinuxPvDeviceTests(LinuxPvDeviceTests.PvDeviceGuest 
             Console?.Dispose();
             _xl.Run("destroy", "pvdev");
             _xl.Dispose();
-            Exec("ip", ["netns", "del", _ns], null, TimeSpan.FromSeconds(30));
+            _net?.Dispose();
         }
     }
 }

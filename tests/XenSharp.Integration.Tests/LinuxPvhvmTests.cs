@@ -126,7 +126,7 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
         public const int DiskBytes = 4 << 20;
         private static readonly TimeSpan BootLimit = TimeSpan.FromMinutes(12);
         private readonly XlHost _xl = new();
-        private readonly string _ns = $"xspvhvm{Environment.ProcessId}";
+        private readonly NetworkNamespace _net = null!;
 
         public string DiskPath { get; }
         internal SerialSocket Serial { get; private set; } = null!;
@@ -150,13 +150,11 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
             File.WriteAllBytes(DiskPath, disk);
             string iso = GrubRescueImage.Debian(store, _xl.RunDir);
 
-            Exec("ip", "netns", "add", _ns);
             try
             {
-                foreach (var cmd in new[] { "ip link set lo up", "ip link add xenbr0 type bridge", "ip addr add 10.97.0.1/24 dev xenbr0", "ip link set xenbr0 up" })
-                    Check(InNamespace(cmd.Split(' ')));
-                // The daemon starts with the first xl command, and so in the namespace, with the QEMU it starts.
-                Check(InNamespace("dotnet", XlHost.XlDll, "list"));
+                _net = new NetworkNamespace("xspvhvm", _xl.RunDir);
+                _net.AddBridge("xenbr0", "10.97.0.1/24");
+                _net.StartDaemon();   // and with it the QEMU it starts
 
                 string socket = SocketPath;
                 string cfg = Path.Combine(_xl.RunDir, "pvhvm.cfg");
@@ -212,24 +210,16 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
             return qmp.Execute(command);
         }
 
-        public XlResult InNamespace(params string[] command) =>
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "exec", _ns, .. command], _xl.RunDir, TimeSpan.FromSeconds(60));
+        public XlResult InNamespace(params string[] command) => _net.Run(command);
 
-        public string XenstoreRead(string path) =>
-            LinuxNetworkTests.NetGuest.Exec("xenstore-read", [path], _xl.RunDir, TimeSpan.FromSeconds(30),
-                new() { ["XENSTORED_PATH"] = Path.Combine(_xl.RunDir, "xenstored", "socket") }).Stdout.Trim();
-
-        private static void Check(XlResult r) => Assert.True(r.ExitCode == 0, r.ToString());
-
-        private static void Exec(string file, params string[] args) =>
-            Check(LinuxNetworkTests.NetGuest.Exec(file, args, null, TimeSpan.FromSeconds(30)));
+        public string XenstoreRead(string path) => NetworkNamespace.XenstoreRead(_xl.RunDir, path);
 
         public void Dispose()
         {
             _xl.Run("destroy", "pvhvm");
             Serial?.Dispose();
             _xl.Dispose();
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "delete", _ns], null, TimeSpan.FromSeconds(30));
+            _net?.Dispose();
         }
     }
 }

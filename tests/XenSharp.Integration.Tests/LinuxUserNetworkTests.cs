@@ -88,7 +88,7 @@ public sealed partial class LinuxUserNetworkTests(LinuxUserNetworkTests.UserNetG
     public sealed class UserNetGuest : IDisposable
     {
         private readonly XlHost _xl = new();
-        private readonly string _ns = $"xsusr{Environment.ProcessId}";
+        private readonly NetworkNamespace _net = null!;
 
         public string RunDir => _xl.RunDir;
         public string GuestIp { get; } = "";
@@ -100,18 +100,16 @@ public sealed partial class LinuxUserNetworkTests(LinuxUserNetworkTests.UserNetG
             var store = new GuestArtifacts();
             Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
             Assert.True(File.Exists("/usr/bin/passt"), "passt is not installed (scripts/install-deps.sh)");
-            Check(LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "add", _ns], null, TimeSpan.FromSeconds(30)));
             try
             {
-                Check(InNamespace("ip", "link", "set", "lo", "up"));
+                _net = new NetworkNamespace("xsusr", _xl.RunDir);
                 // An uplink with a carrier: a veth pair whose both ends stay in the namespace.
                 Check(InNamespace("ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1"));
                 Check(InNamespace("ip", "addr", "add", "10.98.0.2/24", "dev", "uplink0"));
                 Check(InNamespace("ip", "link", "set", "uplink1", "up"));
                 Check(InNamespace("ip", "link", "set", "uplink0", "up"));
                 Check(InNamespace("ip", "route", "add", "default", "via", "10.98.0.1"));
-                var first = InNamespace("dotnet", XlHost.XlDll, "list");
-                Assert.True(first.ExitCode == 0, first.ToString());
+                _net.StartDaemon();
 
                 string cfg = LinuxPvhTests.WriteConfig(_xl, store, "usernet");
                 File.AppendAllText(cfg, $"\nvif = [ 'mac=00:16:3e:5a:01:01,forward=tcp:{ForwardedPort}:{GuestPort}' ]\n");
@@ -138,42 +136,20 @@ public sealed partial class LinuxUserNetworkTests(LinuxUserNetworkTests.UserNetG
 
         public XlResult InNamespace(string file, string a, string b, TimeSpan limit) => InNamespace([file, a, b], limit);
 
-        private XlResult InNamespace(string[] command, TimeSpan limit) =>
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "exec", _ns, .. command], _xl.RunDir, limit);
+        private XlResult InNamespace(string[] command, TimeSpan limit) => _net.Run(command, limit);
 
-        /// <summary>A long-running command inside the namespace.</summary>
-        public Process StartInNamespace(params string[] command)
-        {
-            var psi = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in (string[])["netns", "exec", _ns, .. command]) psi.ArgumentList.Add(a);
-            var p = Process.Start(psi)!;
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            return p;
-        }
+        public Process StartInNamespace(params string[] command) => _net.Start(command);
 
-        public void WaitForListener(int port)
-        {
-            for (int i = 0; i < 100; i++)
-            {
-                if (InNamespace("ss", "-ltn").Stdout.Contains($":{port} ")) return;
-                Thread.Sleep(100);
-            }
-            Assert.Fail($"nothing listens on port {port} in the namespace");
-        }
+        public void WaitForListener(int port) => _net.WaitForListener(port);
 
-        public string XenstoreRead(string path)
-        {
-            var env = new Dictionary<string, string> { ["XENSTORED_PATH"] = Path.Combine(_xl.RunDir, "xenstored", "socket") };
-            return LinuxNetworkTests.NetGuest.Exec("xenstore-read", [path], _xl.RunDir, TimeSpan.FromSeconds(30), env).Stdout.Trim();
-        }
+        public string XenstoreRead(string path) => NetworkNamespace.XenstoreRead(_xl.RunDir, path);
 
         public void Dispose()
         {
             Console?.Dispose();
             _xl.Run("destroy", "usernet");
             _xl.Dispose();
-            LinuxNetworkTests.NetGuest.Exec("ip", ["netns", "del", _ns], null, TimeSpan.FromSeconds(30));
+            _net?.Dispose();
         }
     }
 }
