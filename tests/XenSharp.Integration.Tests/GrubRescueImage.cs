@@ -6,22 +6,16 @@ namespace XenSharp.Integration.Tests;
 /// scripts/install-deps.sh installs them), as an HVM guest's <c>hdc</c>.</summary>
 internal static class GrubRescueImage
 {
-    /// <summary>GRUB and Linux on the first serial port; the menu's only entry boots /vmlinuz with /initrd.img.</summary>
-    public const string DebianGrubCfg = """
-        serial --unit=0 --speed=115200
-        terminal_input serial console
-        terminal_output serial console
-        set timeout=0
-        menuentry "Debian" {
-          echo "grub: loading Linux"
-          linux /vmlinuz console=ttyS0,115200
-          initrd /initrd.img
-        }
-        """;
-
-    /// <summary>Debian's kernel and the shell initramfs behind <see cref="DebianGrubCfg"/>, as <c>DIR/debian.iso</c>.</summary>
-    public static string Debian(GuestArtifacts store, string dir) =>
-        Make(dir, "debian.iso", DebianGrubCfg, (store.KernelPath, "vmlinuz"), (store.ShellInitrdPath, "initrd.img"));
+    /// <summary>Debian's kernel and the shell initramfs as <c>DIR/debian.iso</c>, made by scripts/make-debian-iso.sh
+    /// (the image examples/debian-hvm.cfg boots): GRUB and Linux on the first serial port, no menu.</summary>
+    public static string Debian(GuestArtifacts store, string dir)
+    {
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string iso = Path.Combine(dir, "debian.iso");
+        var made = Tool.Run(Repository.PathOf("scripts", "make-debian-iso.sh"), iso);
+        Assert.True(made.Code == 0 && File.Exists(iso), $"make-debian-iso.sh: {made.Output}");
+        return iso;
+    }
 
     /// <summary>Makes <c>DIR/NAME</c> from <paramref name="grubCfg"/> as boot/grub/grub.cfg and the files given
     /// (source on the host, name in the image); fails the test when grub-mkrescue does.</summary>
