@@ -1,0 +1,80 @@
+using XenSharp.Artifacts;
+using static XenSharp.Integration.Tests.LinuxPvhTests;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// GRUB for Xen (Debian's grub-xen-host images) as the guest's kernel: GRUB runs inside the domain on the PV
+/// console, xenstore, grant tables and blkfront, reads /boot/grub/grub.cfg from the first disk
+/// (<see cref="GrubBootDisk"/>) and boots the default entry's kernel and initramfs — as a PV guest by building the
+/// new kernel's page tables itself and switching to them, as a PVH guest by its own 32-bit loader. One boot each.
+/// </summary>
+public sealed class GrubXenTests : IDisposable
+{
+    private const string GrubDir = "/usr/lib/grub-xen";
+    private readonly XlHost _xl = new();
+    private string? _name;
+
+    public void Dispose()
+    {
+        if (_name is not null) _xl.Run("destroy", _name);
+        _xl.Dispose();
+    }
+
+    /// <summary>Two entries, the second the default, so that the kernel's arguments show which one GRUB booted.</summary>
+    private const string GrubCfg = """
+        set default=1
+        set timeout=1
+        menuentry 'Debian rescue' {
+            linux /boot/vmlinuz console=hvc0 chosen-entry=rescue
+        }
+        menuentry 'Debian shell' {
+            echo 'grub: loading the shell entry'
+            linux /boot/vmlinuz console=hvc0 chosen-entry=shell
+            initrd /boot/initrd.img
+        }
+        """;
+
+    [Fact]
+    [Trait("Feature", "x86/PV"), Trait("Feature", "xl")]
+    public void Grub64AsAPvKernelBootsDebianFromTheDisk() =>
+        BootsTheDefaultEntry("grubpv64", "pv", "grub-x86_64-xen.bin", "Hypervisor detected: Xen PV");
+
+    [Fact]
+    [Trait("Feature", "x86/PVH"), Trait("Feature", "xl")]
+    public void GrubPvhAsAPvhKernelBootsDebianFromTheDisk() =>
+        BootsTheDefaultEntry("grubpvh", "pvh", "grub-i386-xen_pvh.bin", "Booting paravirtualized kernel on Xen PVH");
+
+    private void BootsTheDefaultEntry(string name, string type, string grub, string detected)
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string kernel = Path.Combine(GrubDir, grub);
+        Assert.True(File.Exists(kernel), $"{kernel}: Debian's grub-xen-host is not installed");
+
+        string image = GrubBootDisk.Make(store, _xl.RunDir, "boot.img", GrubCfg);
+        string cfg = Path.Combine(_xl.RunDir, name + ".cfg");
+        File.WriteAllText(cfg, $"""
+            name = "{name}"
+            type = "{type}"
+            kernel = "{kernel}"
+            disk = [ 'format=raw,vdev=xvda,access=rw,target={image}' ]
+            memory = 512
+            on_poweroff = "destroy"
+            on_crash = "preserve"
+            """);
+
+        _name = name;
+        using var console = new ConsoleSession(_xl.RunDir, "create", "-c", cfg);
+        console.WaitFor("GNU GRUB", TimeSpan.FromMinutes(3));
+        console.WaitFor("grub: loading the shell entry", TimeSpan.FromMinutes(3));
+        string boot = console.WaitFor("~ # ", BootLimit);
+        Assert.Contains(detected, boot);
+        Assert.DoesNotContain("Kernel panic", boot);
+        // The kernel GRUB booted runs with the default entry's arguments, from the same disk through blkfront.
+        string cmdline = console.Ask("echo cmdline-$(cat /proc/cmdline)-e\"\"nd", "-end");
+        // (GRUB's x86 Linux loader, which the PVH image uses, puts BOOT_IMAGE= first; its Xen PV loader does not.)
+        Assert.Contains("console=hvc0 chosen-entry=shell-end", cmdline);
+        Assert.DoesNotContain("chosen-entry=rescue", cmdline);
+    }
+}
