@@ -45,6 +45,59 @@ public sealed class GrubXenTests : IDisposable
     public void GrubPvhAsAPvhKernelBootsDebianFromTheDisk() =>
         BootsTheDefaultEntry("grubpvh", "pvh", "grub-i386-xen_pvh.bin", "Booting paravirtualized kernel on Xen PVH");
 
+    /// <summary>GRUB's 32-bit PV image runs as a 32-bit PAE PV guest (the compat ABI): it reads the disk's grub.cfg,
+    /// refuses Debian's 64-bit kernel as GRUB does on Xen (a 32-bit PV domain cannot become a 64-bit one), and boots the
+    /// 32-bit PV test kernel from the same disk through its own page-table building, which then checks the compat
+    /// ABI from inside and powers off.</summary>
+    [Fact]
+    [Trait("Feature", "x86/PV"), Trait("Feature", "xl")]
+    public void Grub32AsA32BitPvKernelBootsA32BitKernelFromTheDisk()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string kernel = Path.Combine(GrubDir, "grub-i386-xen.bin");
+        Assert.True(File.Exists(kernel), $"{kernel}: Debian's grub-xen-host is not installed");
+        string pvmmu32 = Repository.PathOf("tests", "guests", "build", "pvmmu32.elf");
+        Assert.True(File.Exists(pvmmu32), "pvmmu32.elf is not built (make -C tests/guests)");
+
+        // The 64-bit entry first: GRUB falls back to the second when it cannot load it.
+        string image = GrubBootDisk.Make(store, _xl.RunDir, "boot32.img", """
+            set default=0
+            set fallback=1
+            set timeout=1
+            menuentry 'Debian (64-bit)' {
+                linux /boot/vmlinuz console=hvc0
+            }
+            menuentry 'pvmmu32' {
+                echo 'grub: loading the 32-bit kernel'
+                linux /boot/pvmmu32
+            }
+            """, (pvmmu32, "pvmmu32"));
+        string cfg = Path.Combine(_xl.RunDir, "grubpv32.cfg");
+        File.WriteAllText(cfg, $"""
+            name = "grubpv32"
+            type = "pv"
+            kernel = "{kernel}"
+            disk = [ 'format=raw,vdev=xvda,access=rw,target={image}' ]
+            memory = 256
+            on_poweroff = "destroy"
+            on_crash = "preserve"
+            """);
+
+        _name = "grubpv32";
+        using var console = new ConsoleSession(_xl.RunDir, "create", "-c", cfg);
+        console.WaitFor("GNU GRUB", TimeSpan.FromMinutes(3));
+        console.WaitFor("incompatible architecture", TimeSpan.FromMinutes(5));
+        console.WaitFor("grub: loading the 32-bit kernel", TimeSpan.FromMinutes(3));
+        string report = console.WaitFor(" skipped=", TimeSpan.FromMinutes(3)) + console.WaitFor("\n", TimeSpan.FromSeconds(30));
+        Assert.Contains("# guest pvmmu32 (32-bit PV)", report);
+        Assert.DoesNotContain("FAIL ", report);
+        Assert.Matches(@"DONE passed=[1-9][0-9]* failed=0", report);
+        // The test kernel powered off; on_poweroff = "destroy" leaves nothing.
+        Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not end with the guest");
+        Assert.DoesNotContain("grubpv32", _xl.Run("list").Stdout);
+    }
+
     private void BootsTheDefaultEntry(string name, string type, string grub, string detected)
     {
         var store = new GuestArtifacts();
