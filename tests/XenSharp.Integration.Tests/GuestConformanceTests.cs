@@ -72,6 +72,11 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86/PV")]
     public void PvMmu32() => NoSkips(Boot("pvmmu32"));
 
+    /// <summary>The hypercall ABI of a 32-bit PV guest: xen_version, memory_op, the grant table (setup_table's 32-bit
+    /// frame list of machine frames, mapped and written), event channels, vcpu_op's 32-bit runstate, set_timer_op.</summary>
+    [Fact, Trait("Feature", "x86/PV")]
+    public void PvAbi32() => NoSkips(Boot("pvabi32"));
+
     /// <summary>memory = 32, maxmem = 64: the memory map covers maxmem, the guest runs populate-on-demand
     /// from a cache of its target and balloons down to it.</summary>
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Populate-on-demand memory")]

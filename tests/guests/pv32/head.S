@@ -34,6 +34,9 @@ pv_start:
 	call pv_main
 1:	jmp 1b
 
+/* The trap and upcall entries below serve kernels that define these; the others never register the entries. */
+	.weak pf_error, pv_upcall
+
 /* #PF from ring 1: the frame is error code, EIP, CS, EFLAGS. Record the error code, step over the 2-byte load
  * that faulted, return with HYPERVISOR_iret (its stub pushes EAX to complete the compat iret frame). */
 	.globl pf_entry

@@ -2,133 +2,31 @@
  * list, hypercalls through the INT $0x82 page, xen_version, the PAE page tables (a PAE L3 as the base, its last
  * entry Xen's to keep, no L4 and no user base for a 32-bit guest), mmu_update and the compat mmuext_op and
  * update_va_mapping (the PTE in two halves) with Xen's refusals, shared_info's 32-bit layout, a page fault through
- * the compat trap table and HYPERVISOR_iret, and an event upcall through set_callbacks' selector:address pairs.
+ * the compat trap table and HYPERVISOR_iret, an event upcall through set_callbacks' selector:address pairs, and a
+ * second vCPU started from a compat vcpu_guest_context.
  * It reports in the tests/guests format on its PV console ring and powers off. */
-#include <stdint.h>
-#include <stddef.h>
-#include <xen/xen.h>
-#include <xen/sched.h>
-#include <xen/event_channel.h>
-#include <xen/version.h>
-#include <xen/errno.h>
-#include <xen/io/console.h>
+#include "pvrt.h"
+#include <xen/vcpu.h>
 
-#define VIRT_BASE 0xc0000000UL
-#define PTE_P 1ULL
-#define PTE_RW 2ULL
-#define PTE_PSE 0x80ULL
-#define ADDR_MASK 0x000FFFFFFFFFF000ULL
 /* An address 64 MiB into the kernel's gigabyte, far past the initial mapping: its L2 slot is free for an L1. */
 #define TEST_VA 0xc4000000UL
 
-extern char hypercall_page[];
 extern void pf_entry(void), upcall_entry(void);
 volatile uint32_t pf_error;
 static volatile unsigned upcalls, ipi_deliveries;
 static shared_info_t *shared;
 static evtchn_port_t ipi_port;
 
-static start_info_t *si;
-static struct xencons_interface *cons;
-static unsigned passed, failed, skipped;
-
-static long hc5(unsigned nr, unsigned long a1, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)
+/* vCPU 1, started by VCPUOP_initialise from a compat vcpu_guest_context: it says it ran and yields from then on. */
+static volatile unsigned ap_ran;
+static char ap_stack[4096] __attribute__((aligned(16)));
+static struct vcpu_guest_context ap_ctx;
+void ap_main(void);
+void ap_main(void)
 {
-    long ret;
-    __asm__ volatile("call *%%eax"
-                     : "=a"(ret), "+b"(a1), "+c"(a2), "+d"(a3), "+S"(a4), "+D"(a5)
-                     : "0"(hypercall_page + nr * 32)
-                     : "memory", "cc");
-    return ret;
-}
-
-static long hc(unsigned nr, unsigned long a1, unsigned long a2, unsigned long a3, unsigned long a4)
-{
-    return hc5(nr, a1, a2, a3, a4, 0);
-}
-
-static void out(const char *s, size_t n)
-{
-    if (!cons)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        while (cons->out_prod - cons->out_cons >= sizeof(cons->out))
-            hc(__HYPERVISOR_sched_op, SCHEDOP_yield, 0, 0, 0);
-        cons->out[MASK_XENCONS_IDX(cons->out_prod, cons->out)] = s[i];
-        __asm__ volatile("" ::: "memory");
-        cons->out_prod++;
-    }
-    evtchn_send_t send = { .port = si->console.domU.evtchn };
-    hc(__HYPERVISOR_event_channel_op, EVTCHNOP_send, (unsigned long)&send, 0, 0);
-}
-
-static size_t len(const char *s) { size_t n = 0; while (s[n]) n++; return n; }
-static void print(const char *s) { out(s, len(s)); }
-
-static void print_hex(uint64_t v)
-{
-    char b[19] = "0x";
-    int n = 2;
-    for (int shift = 60; shift >= 0; shift -= 4) {
-        int d = (v >> shift) & 15;
-        if (d || n > 2 || shift == 0)
-            b[n++] = "0123456789abcdef"[d];
-    }
-    out(b, n);
-}
-
-static void print_dec(unsigned v)
-{
-    char b[12];
-    int n = 0;
-    do { b[11 - n++] = '0' + v % 10; v /= 10; } while (v);
-    out(b + 12 - n, n);
-}
-
-static void check_eq(const char *name, uint64_t got, uint64_t want)
-{
-    if (got == want) {
-        passed++;
-        print("PASS "); print(name); print("\n");
-        return;
-    }
-    failed++;
-    print("FAIL "); print(name); print(": got "); print_hex(got); print(", want "); print_hex(want); print("\n");
-}
-
-static void skip(const char *name, const char *why)
-{
-    skipped++;
-    print("SKIP "); print(name); print(": "); print(why); print("\n");
-}
-
-static long mmu_update1(uint64_t ptr, uint64_t val)
-{
-    mmu_update_t u = { .ptr = ptr, .val = val };
-    return hc(__HYPERVISOR_mmu_update, (unsigned long)&u, 1, 0, DOMID_SELF);
-}
-
-static long mmuext1(unsigned cmd, unsigned long mfn)
-{
-    struct mmuext_op op = { .cmd = cmd, .arg1.mfn = mfn };
-    return hc(__HYPERVISOR_mmuext_op, (unsigned long)&op, 1, 0, DOMID_SELF);
-}
-
-/* The compat update_va_mapping: va, the PTE's low and high halves, flags. */
-static long update_va(unsigned long va, uint64_t val)
-{
-    return hc(__HYPERVISOR_update_va_mapping, va, (uint32_t)val, (uint32_t)(val >> 32), UVMF_INVLPG | UVMF_LOCAL);
-}
-
-static unsigned long p2m(unsigned long pfn) { return ((const unsigned long *)si->mfn_list)[pfn]; }
-
-/* The PFN of a frame of ours, by the p2m list (this test does not rely on the compat M2P). */
-static unsigned long pfn_of(unsigned long mfn)
-{
-    for (unsigned long pfn = 0; pfn < si->nr_pages; pfn++)
-        if (p2m(pfn) == mfn)
-            return pfn;
-    return ~0UL;
+    ap_ran = 1;
+    for (;;)
+        hc(__HYPERVISOR_sched_op, SCHEDOP_yield, 0, 0, 0);
 }
 
 /* A page-table frame of the initial tables, read through the builder's (read-only) mapping of it. */
@@ -154,8 +52,7 @@ void pv_upcall(void)
 void pv_main(start_info_t *start);
 void pv_main(start_info_t *start)
 {
-    si = start;
-    cons = (struct xencons_interface *)(VIRT_BASE + (pfn_of(si->console.domU.mfn) << 12));
+    console_init(start);
     print("# guest pvmmu32 (32-bit PV) xen=yes\n");
     static const char magic[] = "xen-3.0-x86_32p";
     int magic_ok = 1;
@@ -237,13 +134,30 @@ void pv_main(start_info_t *start)
     check_eq("pv32.events_unmasked_after_iret", vi->evtchn_upcall_mask, 0);
     vi->evtchn_upcall_mask = 1;
 
+    /* A second vCPU on the same L3, its CR3 in Xen's extended format, its selectors the ring-1 ones. */
+    if (hc(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 1, 0, 0) == -XEN_ENOENT) {
+        skip("pv32.second_vcpu", "the domain has one vCPU");
+    } else {
+        ap_ctx.flags = VGCF_in_kernel;
+        ap_ctx.user_regs.eip = (unsigned long)ap_main;
+        ap_ctx.user_regs.cs = FLAT_KERNEL_CS;
+        ap_ctx.user_regs.ss = ap_ctx.user_regs.ds = ap_ctx.user_regs.es = FLAT_KERNEL_DS;
+        ap_ctx.user_regs.esp = (unsigned long)(ap_stack + sizeof(ap_stack));
+        ap_ctx.kernel_ss = FLAT_KERNEL_SS;
+        ap_ctx.kernel_sp = ap_ctx.user_regs.esp;
+        ap_ctx.ctrlreg[3] = xen_pfn_to_cr3(l3);
+        check_eq("pv32.vcpu_initialise", hc(__HYPERVISOR_vcpu_op, VCPUOP_initialise, 1, (unsigned long)&ap_ctx, 0), 0);
+        check_eq("pv32.vcpu_initialise_twice_refused", hc(__HYPERVISOR_vcpu_op, VCPUOP_initialise, 1, (unsigned long)&ap_ctx, 0), -XEN_EEXIST);
+        check_eq("pv32.vcpu_up", hc(__HYPERVISOR_vcpu_op, VCPUOP_up, 1, 0, 0), 0);
+        for (unsigned i = 0; i < 1000000 && !ap_ran; i++)
+            hc(__HYPERVISOR_sched_op, SCHEDOP_yield, 0, 0, 0);
+        check_eq("pv32.second_vcpu_ran", ap_ran, 1);
+        check_eq("pv32.second_vcpu_is_up", hc(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 1, 0, 0), 1);
+    }
+
     check_eq("pv32.unlink_l1", mmu_update1((l2 << 12) + ((TEST_VA >> 21) & 511) * 8, 0), 0);
     check_eq("pv32.unpin", mmuext1(MMUEXT_UNPIN_TABLE, l1), 0);
     check_eq("pv32.unpin_twice_refused", mmuext1(MMUEXT_UNPIN_TABLE, l1), -XEN_EINVAL);
 
-    print("DONE passed="); print_dec(passed); print(" failed="); print_dec(failed); print(" skipped="); print_dec(skipped); print("\n");
-    sched_shutdown_t down = { .reason = SHUTDOWN_poweroff };
-    hc(__HYPERVISOR_sched_op, SCHEDOP_shutdown, (unsigned long)&down, 0, 0);
-    for (;;)
-        hc(__HYPERVISOR_sched_op, SCHEDOP_yield, 0, 0, 0);
+    finish();
 }
