@@ -80,6 +80,11 @@ public class PvCompatMmTests : IDisposable
         // The kernel runs in ring 1: its own entries stay supervisor ones.
         Assert.Equal(pv.Pte(Data, P | RW), pv.G.Read<ulong>(L1 << 12));
         Assert.Equal(pv.Pte(L1, P | RW), pv.G.Read<ulong>((L2 << 12) + 2 * 8));
+        // So do the entries it writes later: user space may reach only what the guest maps as user.
+        Assert.Equal(0, pv.MmuUpdate(pv.Ma(L1, 8), pv.Pte(Data + 1, P | RW)));
+        Assert.Equal(pv.Pte(Data + 1, P | RW), pv.G.Read<ulong>((L1 << 12) + 8));
+        Assert.Equal(0, pv.MmuUpdate(pv.Ma(L1, 16), pv.Pte(Data + 2, P | User)));
+        Assert.Equal(pv.Pte(Data + 2, P | User), pv.G.Read<ulong>((L1 << 12) + 16));
     }
 
     [Fact]

@@ -262,7 +262,7 @@ internal static unsafe class PvMm
     {
         if (level == PageType.L4 && IsXenL4Slot(index))
             return -Errno.EINVAL;
-        bool compat = level != PageType.L1 && IsCompat(frames, frames.OwnerOf((uint)tableMfn));
+        bool compat = IsCompat(frames, frames.OwnerOf((uint)tableMfn));
         // A 32-bit guest's L3 has four entries, and the last stays as it was validated (Xen keeps its own mappings
         // under it and refuses to change it).
         if (compat && level == PageType.L3 && index >= 3)
