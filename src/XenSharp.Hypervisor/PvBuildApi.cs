@@ -68,6 +68,20 @@ public sealed unsafe partial class XenHypervisor
         byte* page = d.P2m.GetPage(pfn, write: true);
         if (page is null)
             throw new HypervisorException($"d{domid} has no RAM at pfn 0x{pfn:x} for the hypercall page", Errno.EINVAL);
-        HypercallPage.WritePv(new Span<byte>(page, FrameTable.PageSize));
+        if (d.Pv!.Is32)
+            HypercallPage.WritePvCompat(new Span<byte>(page, FrameTable.PageSize));
+        else
+            HypercallPage.WritePv(new Span<byte>(page, FrameTable.PageSize));
+    }
+
+    /// <summary>XEN_DOMCTL_set_address_size: 32 or 64 (the default), before the domain has page tables.</summary>
+    public void PvSetAddressSize(ushort domid, int bits)
+    {
+        var pv = PvGuest(domid, out var d);
+        if (bits is not (32 or 64))
+            throw new HypervisorException($"d{domid}: no {bits}-bit PV guests", Errno.EINVAL);
+        if (d.Vcpus.Any(v => v.Pv is { GuestTable: not 0 }))
+            throw new HypervisorException($"d{domid} has page tables already", Errno.EINVAL);
+        pv.SetAddressSize(bits);
     }
 }

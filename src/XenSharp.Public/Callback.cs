@@ -28,3 +28,13 @@ public struct CallbackUnregister
     public ushort Type;
     public ushort Pad;
 }
+
+/// <summary>struct callback_register of the compat ABI (12 bytes): the address is a code selector and an EIP.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct CompatCallbackRegister
+{
+    public ushort Type;
+    public ushort Flags;
+    public uint Cs;
+    public uint Eip;
+}

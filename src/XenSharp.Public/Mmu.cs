@@ -27,6 +27,10 @@ public static class Mmu
     public const ulong HYPERVISOR_VIRT_START = 0xFFFF800000000000, HYPERVISOR_VIRT_END = 0xFFFF880000000000,
         MACH2PHYS_VIRT_START = 0xFFFF800000000000, MACH2PHYS_VIRT_END = 0xFFFF804000000000;
 
+    /// <summary>arch-x86/xen-x86_32.h (PAE): what a 32-bit PV guest's virtual space leaves to Xen, from here to 4 GiB,
+    /// and where its (4-byte) M2P starts.</summary>
+    public const uint HYPERVISOR_VIRT_START_PAE = 0xF5800000, MACH2PHYS_VIRT_START_PAE = 0xF5800000;
+
     /// <summary>The LDT holds at most this many descriptors (MMUEXT_SET_LDT's nr_ents).</summary>
     public const uint LDT_MAX_ENTRIES = 8192;
 }
@@ -48,4 +52,14 @@ public struct MmuextOp
     public uint Pad;
     public ulong Arg1;
     public ulong Arg2;
+}
+
+/// <summary>struct mmuext_op of the compat ABI (12 bytes): a 32-bit PV guest's arg1 (MFN or linear address) and arg2
+/// (nr_ents, vCPU mask handle or src_mfn) are 32-bit.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct CompatMmuextOp
+{
+    public uint Cmd;
+    public uint Arg1;
+    public uint Arg2;
 }

@@ -66,6 +66,17 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86/PV")]
     public void PvMmu() => NoSkips(Boot("pvmmu"));
 
+    /// <summary>A 32-bit PAE PV kernel (the compat ABI): built by the compat PV builder, it runs in ring 1 on PAE
+    /// tables under an L3 and checks the INT $0x82 hypercall page, the compat mmuext_op and update_va_mapping, the
+    /// refusals a 32-bit guest gets, its trap table, HYPERVISOR_iret and an event upcall in the 32-bit layouts.</summary>
+    [Fact, Trait("Feature", "x86/PV")]
+    public void PvMmu32() => NoSkips(Boot("pvmmu32"));
+
+    /// <summary>The hypercall ABI of a 32-bit PV guest: xen_version, memory_op, the grant table (setup_table's 32-bit
+    /// frame list of machine frames, mapped and written), event channels, vcpu_op's 32-bit runstate, set_timer_op.</summary>
+    [Fact, Trait("Feature", "x86/PV")]
+    public void PvAbi32() => NoSkips(Boot("pvabi32"));
+
     /// <summary>memory = 32, maxmem = 64: the memory map covers maxmem, the guest runs populate-on-demand
     /// from a cache of its target and balloons down to it.</summary>
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Populate-on-demand memory")]

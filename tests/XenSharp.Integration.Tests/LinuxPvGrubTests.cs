@@ -5,9 +5,8 @@ namespace XenSharp.Integration.Tests;
 
 /// <summary>
 /// `bootloader = "pygrub"` for a PV guest, as libxl runs it: Xen's own pygrub (Debian's xen-utils-4.17) reads the
-/// grub.cfg of the guest's raw disk — an ext4 file system made on the host without root (mkfs.ext4 -d) holding
-/// Debian's kernel and the shell initramfs — and hands back the default entry's kernel, ramdisk and arguments, which
-/// the guest boots with. One boot.
+/// grub.cfg of the guest's raw disk (<see cref="GrubBootDisk"/>: Debian's kernel and the shell initramfs) and hands
+/// back the default entry's kernel, ramdisk and arguments, which the guest boots with. One boot.
 /// </summary>
 public sealed class LinuxPvGrubTests : IDisposable
 {
@@ -28,12 +27,8 @@ public sealed class LinuxPvGrubTests : IDisposable
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
         Assert.True(File.Exists(Pygrub), "Xen's pygrub (xen-utils-4.17) is not installed");
 
-        string tree = Path.Combine(_xl.RunDir, "boot-tree");
-        Directory.CreateDirectory(Path.Combine(tree, "boot", "grub"));
-        File.Copy(store.KernelPath, Path.Combine(tree, "boot", "vmlinuz"));
-        File.Copy(store.ShellInitrdPath, Path.Combine(tree, "boot", "initrd.img"));
         // The second entry is the default; the first would boot with other arguments and no initramfs.
-        File.WriteAllText(Path.Combine(tree, "boot", "grub", "grub.cfg"), """
+        string image = GrubBootDisk.Make(store, _xl.RunDir, "boot.img", """
             set default=1
             set timeout=5
             menuentry 'Debian rescue' {
@@ -44,8 +39,6 @@ public sealed class LinuxPvGrubTests : IDisposable
                 initrd /boot/initrd.img
             }
             """);
-        string image = Path.Combine(_xl.RunDir, "boot.img");
-        LinuxPvDeviceTests.PvDeviceGuest.Tool("mkfs.ext4", "-q", "-F", "-d", tree, image, "32M");
 
         string cfg = Path.Combine(_xl.RunDir, "pvgrub.cfg");
         File.WriteAllText(cfg, $"""

@@ -111,6 +111,15 @@ internal static unsafe class VcpuOps
             case VCPUOP_down:
                 host.TakeDown(v);
                 return 0;
+            case VCPUOP_initialise when d.Pv is { Is32: true }:
+            {
+                // A 32-bit PV vCPU: the compat layout of struct vcpu_guest_context.
+                if (!GuestAccess.Read(caller, arg, out XenSharp.Public.ArchX86.CompatVcpuGuestContext compatCtx))
+                    return -Errno.EFAULT;
+                if (v.IsUp)
+                    return -Errno.EEXIST;
+                return X86.Pv.PvContext.InitialiseCompat(v, compatCtx);
+            }
             case VCPUOP_initialise when d.Pv is not null:
             {
                 // A PV vCPU starts from a struct vcpu_guest_context (Xen's arch_set_info_guest).

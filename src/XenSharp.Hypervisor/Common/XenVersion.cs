@@ -8,7 +8,7 @@ internal static class XenVersion
 {
     public const int Major = 4, Minor = 14;
     public const string ExtraVersion = ".0";
-    public const string Capabilities = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64";
+    public const string Capabilities = "xen-3.0-x86_64 xen-3.0-x86_32p hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64";
     public const string Changeset = "XenSharp";
     /// <summary>HYPERVISOR_VIRT_START of x86_64 (what XENVER_platform_parameters reports).</summary>
     public const ulong VirtStart = 0xFFFF800000000000;

@@ -23,6 +23,27 @@ internal static class HypercallPage
         }
     }
 
+    /// <summary>A 32-bit PV guest's page (Xen's ring-1 one): mov $nr, %eax; int $0x82; ret — and for
+    /// HYPERVISOR_iret, which the guest jumps to, push %eax before it and no ret.</summary>
+    public static void WritePvCompat(Span<byte> page)
+    {
+        page.Fill(0xCC);
+        for (int nr = 0; nr < page.Length / StubSize; nr++)
+        {
+            var stub = page.Slice(nr * StubSize, StubSize);
+            int i = 0;
+            if (nr == Public.Xen.__HYPERVISOR_iret)
+                stub[i++] = 0x50;               // push %eax
+            stub[i++] = 0xB8;                   // mov $nr, %eax
+            BitConverter.TryWriteBytes(stub.Slice(i, 4), nr);
+            i += 4;
+            stub[i++] = 0xCD;                   // int $0x82
+            stub[i++] = (byte)Public.ArchX86.Pv.HYPERCALL_VECTOR_X86_32;
+            if (nr != Public.Xen.__HYPERVISOR_iret)
+                stub[i] = 0xC3;                 // ret
+        }
+    }
+
     /// <summary>A 64-bit PV guest's page: `push %rcx; push %r11; mov $nr, %eax; syscall; pop %r11; pop %rcx; ret`
     /// (SYSCALL from the guest kernel is the hypercall), except iret, which the guest jumps to with the return
     /// frame on its stack: `push %rcx; push %r11; push %rax; mov $nr, %eax; syscall` completes the iret_context.</summary>

@@ -12,6 +12,17 @@ public static class Pv
     public const ushort FLAT_KERNEL_CS = FLAT_RING3_CS64, FLAT_KERNEL_SS = FLAT_RING3_SS64,
         FLAT_USER_CS = FLAT_RING3_CS64, FLAT_USER_SS = FLAT_RING3_SS64;
 
+    /// <summary>arch-x86/xen-x86_32.h: the flat selectors of a 32-bit PV guest (the compat ABI), whose kernel runs in
+    /// ring 1 and whose user space runs in ring 3 on Xen's compat GDT entries.</summary>
+    public const ushort FLAT_RING1_CS = 0xe019, FLAT_RING1_DS = 0xe021, FLAT_RING1_SS = 0xe021,
+        FLAT_RING3_CS_X86_32 = 0xe02b, FLAT_RING3_DS_X86_32 = 0xe033;
+
+    /// <summary>The vector of a 32-bit PV guest's hypercall instruction (INT $0x82 in its hypercall page).</summary>
+    public const int HYPERCALL_VECTOR_X86_32 = 0x82;
+
+    /// <summary>start_info.magic of a 32-bit PAE PV guest.</summary>
+    public const string START_INFO_MAGIC_X86_32P = "xen-3.0-x86_32p";
+
     public const int SEGBASE_FS = 0, SEGBASE_GS_USER = 1, SEGBASE_GS_KERNEL = 2, SEGBASE_GS_USER_SEL = 3;
     public const ulong VGCF_in_syscall = 1 << 8;
 
@@ -35,4 +46,14 @@ public struct TrapInfo
 public struct IretContext
 {
     public ulong Rax, R11, Rcx, Flags, Rip, Cs, Rflags, Rsp, Ss;
+}
+
+/// <summary>struct trap_info of the compat ABI (8 bytes): a 32-bit PV guest's virtual IDT entry.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct CompatTrapInfo
+{
+    public byte Vector;
+    public byte Flags;
+    public ushort Cs;
+    public uint Address;
 }

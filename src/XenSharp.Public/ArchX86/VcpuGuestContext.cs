@@ -64,3 +64,44 @@ public unsafe struct VcpuGuestContext
     [FieldOffset(5152)] public ulong GsBaseKernel;
     [FieldOffset(5160)] public ulong GsBaseUser;
 }
+
+/// <summary>struct vcpu_guest_context of the compat ABI (x86_32, 2800 bytes), as a 32-bit PV guest passes it to
+/// VCPUOP_initialise: 32-bit registers, 8-byte trap_info entries, 32-bit frames and the callbacks as selector:EIP.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 2800)]
+public unsafe struct CompatVcpuGuestContext
+{
+    [FieldOffset(0)] public fixed byte FpuCtxt[512];
+    [FieldOffset(512)] public uint Flags;
+    [FieldOffset(516)] public uint Ebx;
+    [FieldOffset(520)] public uint Ecx;
+    [FieldOffset(524)] public uint Edx;
+    [FieldOffset(528)] public uint Esi;
+    [FieldOffset(532)] public uint Edi;
+    [FieldOffset(536)] public uint Ebp;
+    [FieldOffset(540)] public uint Eax;
+    [FieldOffset(548)] public uint Eip;
+    [FieldOffset(552)] public ushort Cs;
+    [FieldOffset(556)] public uint Eflags;
+    [FieldOffset(560)] public uint Esp;
+    [FieldOffset(564)] public ushort Ss;
+    [FieldOffset(568)] public ushort Es;
+    [FieldOffset(572)] public ushort Ds;
+    [FieldOffset(576)] public ushort Fs;
+    [FieldOffset(580)] public ushort Gs;
+    /// <summary>struct trap_info[256] of the compat ABI, 8 bytes each.</summary>
+    [FieldOffset(584)] public fixed byte TrapCtxt[2048];
+    [FieldOffset(2632)] public uint LdtBase;
+    [FieldOffset(2636)] public uint LdtEnts;
+    [FieldOffset(2640)] public fixed uint GdtFrames[16];
+    [FieldOffset(2704)] public uint GdtEnts;
+    [FieldOffset(2708)] public uint KernelSs;
+    [FieldOffset(2712)] public uint KernelSp;
+    /// <summary>CR3 in Xen's extended format for PAE guests (xen_pfn_to_cr3: the MFN rotated left by 12).</summary>
+    [FieldOffset(2716)] public fixed uint Ctrlreg[8];
+    [FieldOffset(2748)] public fixed uint Debugreg[8];
+    [FieldOffset(2780)] public uint EventCallbackCs;
+    [FieldOffset(2784)] public uint EventCallbackEip;
+    [FieldOffset(2788)] public uint FailsafeCallbackCs;
+    [FieldOffset(2792)] public uint FailsafeCallbackEip;
+    [FieldOffset(2796)] public uint VmAssist;
+}

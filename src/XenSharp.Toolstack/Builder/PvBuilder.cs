@@ -24,7 +24,8 @@ public sealed record PvBuildResult(
     ulong? RamdiskVirt,
     Registers Registers,
     SpecialRegisters SpecialRegisters,
-    string? GuestOs);
+    string? GuestOs,
+    bool Compat = false);
 
 /// <summary>
 /// Builds a 64-bit PV domain as libxc's xc_dom_x86 does: the ELF kernel at its virtual addresses less VIRT_BASE (its
@@ -45,7 +46,7 @@ public static class PvBuilder
     {
         var elf = PvhBuilder.LoadKernel(spec.Kernel, spec.KernelName);
         if (!elf.Is64)
-            throw new DomainBuildException($"{spec.KernelName}: a 32-bit PV kernel; only 64-bit PV guests are supported");
+            return PvCompatBuilder.Build(spec, elf, mem, pv);
         ulong virtBase = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_VIRT_BASE) ?? 0;
         // Segments load at their physical addresses less PADDR_OFFSET (VIRT_BASE when the note is missing, as in
         // libelf); that offset is where they are in the guest's PFN space, VIRT_BASE + it where it sees them.
@@ -175,11 +176,12 @@ public static class PvBuilder
     /// <summary>start_info's offsets: store_evtchn and console.domU.evtchn, set once the toolstack has the ports.</summary>
     public const int StartInfoStoreEvtchn = 64, StartInfoConsoleEvtchn = 80, StartInfoCmdline = 128;
 
-    /// <summary>Writes the xenstore and console event channels into start_info.</summary>
-    public static void SetEventChannels(IGuestPhysicalMemory mem, ulong startInfoPfn, uint storePort, uint consolePort)
+    /// <summary>Writes the xenstore and console event channels into start_info (the 32-bit layout's when
+    /// <paramref name="compat"/>).</summary>
+    public static void SetEventChannels(IGuestPhysicalMemory mem, ulong startInfoPfn, uint storePort, uint consolePort, bool compat = false)
     {
-        mem.WriteUInt32(startInfoPfn * PageSize + StartInfoStoreEvtchn, storePort);
-        mem.WriteUInt32(startInfoPfn * PageSize + StartInfoConsoleEvtchn, consolePort);
+        mem.WriteUInt32(startInfoPfn * PageSize + (ulong)(compat ? PvCompatBuilder.StartInfoStoreEvtchn : StartInfoStoreEvtchn), storePort);
+        mem.WriteUInt32(startInfoPfn * PageSize + (ulong)(compat ? PvCompatBuilder.StartInfoConsoleEvtchn : StartInfoConsoleEvtchn), consolePort);
     }
 
     /// <summary>64-bit ring-3 flat code and data (FLAT_KERNEL_CS/SS) in the VMX access-rights layout.</summary>

@@ -264,7 +264,7 @@ public sealed partial class Host : IDisposable
         hvd.SetMemoryMap([(0, (ulong)c.TargetMemKb * 1024, 1)]);
         hvd.SetOnlineVcpus(c.Vcpus);
         var (storePort, consolePort) = ConnectRings(dom, built.XenstorePfn, built.ConsolePfn, built.XenstoreMfn, built.ConsoleMfn);
-        PvBuilder.SetEventChannels(hvd.Memory, built.StartInfoPfn, storePort, consolePort);
+        PvBuilder.SetEventChannels(hvd.Memory, built.StartInfoPfn, storePort, consolePort, built.Compat);
         AddDevices(dom);
         _hv.ConsoleWrite($"d{dom.DomId}: {c.Name} built (PV): entry 0x{built.Entry:x}, start info 0x{built.StartInfoVirt:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
         Launch(dom, paused);

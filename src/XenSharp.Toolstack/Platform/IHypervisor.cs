@@ -183,4 +183,6 @@ public interface IPvBuildTarget
     void PinTable(int level, ulong mfn);
     void SetBaseptr(int vcpu, ulong mfn);
     void InitHypercallPage(ulong pfn);
+    /// <summary>XEN_DOMCTL_set_address_size: 32 makes the domain a 32-bit PV (compat) one, before it is built.</summary>
+    void SetAddressSize(int bits) => throw new NotSupportedException("this hypervisor runs no 32-bit PV guests");
 }

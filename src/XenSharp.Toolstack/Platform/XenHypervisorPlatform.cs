@@ -306,4 +306,5 @@ internal sealed class PvTarget(XenHypervisor hv, ushort domId) : IPvBuildTarget
     public void PinTable(int level, ulong mfn) => hv.PvPinTable(domId, level, mfn);
     public void SetBaseptr(int vcpu, ulong mfn) => hv.PvSetBaseptr(domId, vcpu, mfn);
     public void InitHypercallPage(ulong pfn) => hv.PvInitHypercallPage(domId, pfn);
+    public void SetAddressSize(int bits) => hv.PvSetAddressSize(domId, bits);
 }

@@ -56,7 +56,18 @@ internal sealed unsafe class MachToPhys
         gdt[0x20 / 8] = 0x00CFFB000000FFFF; // FLAT_RING3_CS32 (0xe023)
         gdt[0x28 / 8] = 0x00CFF3000000FFFF; // FLAT_RING3_DS32 / SS64 (0xe02b)
         gdt[0x30 / 8] = 0x00AFFB000000FFFF; // FLAT_RING3_CS64 (0xe033)
+        // A 32-bit PV guest's reserved descriptors (Xen's compat_gdt): its kernel's ring-1 and its user space's
+        // ring-3 flat segments, all compatibility-mode code.
+        CompatReservedGdtMfn = Allocate();
+        var compat = (ulong*)frames.PageAddress(CompatReservedGdtMfn);
+        compat[0x18 / 8] = 0x00CFBB000000FFFF; // FLAT_RING1_CS (0xe019)
+        compat[0x20 / 8] = 0x00CFB3000000FFFF; // FLAT_RING1_DS (0xe021)
+        compat[0x28 / 8] = 0x00CFFB000000FFFF; // FLAT_RING3_CS (0xe02b)
+        compat[0x30 / 8] = 0x00CFF3000000FFFF; // FLAT_RING3_DS (0xe033)
     }
+
+    /// <summary>The page of reserved descriptors a 32-bit PV domain's GDT windows have instead.</summary>
+    public uint CompatReservedGdtMfn { get; }
 
     /// <summary>Where every PV vCPU's GDT is (GDTR), in Xen's part of the address space right after the M2P: page 14
     /// holds Xen's reserved descriptors, the flat ring-3 (and ring-1) code and data segments at FLAT_RING3_CS32,

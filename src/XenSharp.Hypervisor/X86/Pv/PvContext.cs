@@ -79,4 +79,69 @@ internal static unsafe class PvContext
         v.Initialised = true;
         return 0;
     }
+
+    /// <summary>VCPUOP_initialise for a 32-bit PV vCPU (Xen's arch_set_info_guest for a compat context): the base is
+    /// the PAE L3 named by CR3 in Xen's extended format; the vCPU starts with the context's ring-1 (or ring-0, taken
+    /// as ring 1) selectors on flat compatibility-mode segments.</summary>
+    public static long InitialiseCompat(Vcpu v, in CompatVcpuGuestContext c)
+    {
+        var pv = v.Pv!;
+        if (v.Initialised)
+            return -Errno.EEXIST;
+        if (c.GdtEnts > PvMm.FirstReservedGdtEntry || c.LdtEnts > 8192 || (c.LdtBase & 0xFFF) != 0)
+            return -Errno.EINVAL;
+        uint cr3 = c.Ctrlreg[3];
+        ulong l3 = (cr3 >> 12) | (cr3 << 20);
+        long rc = PvMm.NewBaseptr(v, l3, user: false);
+        if (rc != 0)
+            return rc;
+        int nr = (int)((c.GdtEnts + 511) / 512);
+        Span<ulong> gdt = stackalloc ulong[16];
+        for (int i = 0; i < nr; i++)
+            gdt[i] = c.GdtFrames[i];
+        if ((rc = PvMm.SetGdtFrames(v, gdt[..nr], c.GdtEnts)) != 0)
+            return rc;
+
+        fixed (byte* traps = c.TrapCtxt)
+        {
+            var compat = new ReadOnlySpan<CompatTrapInfo>(traps, 256);
+            for (int i = 0; i < 256; i++)
+                pv.TrapTable[i] = new TrapInfo { Vector = compat[i].Vector, Flags = compat[i].Flags, Cs = compat[i].Cs, Address = compat[i].Address };
+        }
+        PvMm.SetLdt(v, c.LdtBase, c.LdtEnts);
+        pv.KernelSs = c.KernelSs;
+        pv.KernelSp = c.KernelSp;
+        pv.EventCallbackCs = Ring1(c.EventCallbackCs);
+        pv.EventCallback = c.EventCallbackEip;
+        pv.FailsafeCallbackCs = Ring1(c.FailsafeCallbackCs);
+        pv.FailsafeCallback = c.FailsafeCallbackEip;
+        pv.KernelMode = true;
+        pv.Iopl = (c.Eflags & (uint)IOPL) >> 12;
+        pv.TaskSwitched = (c.Ctrlreg[0] & 8) != 0;
+        pv.Cr4 = PvEmulPriv.FixupCr4(v, c.Ctrlreg[4]);
+        for (int i = 0; i < 8; i++)
+            pv.DebugRegs[i] = c.Debugreg[i];
+
+        var r = new Registers
+        {
+            Rax = c.Eax, Rbx = c.Ebx, Rcx = c.Ecx, Rdx = c.Edx, Rsi = c.Esi, Rdi = c.Edi, Rbp = c.Ebp, Rsp = c.Esp,
+            Rip = c.Eip, Rflags = (c.Eflags & ~IOPL) | IF | 2,
+        };
+        // Flat data segments (a null selector too, as the 64-bit context's null DS and ES are), as a 32-bit PV kernel's are.
+        Segment Data(ushort sel) => PvCompatTraps.Flat(Ring1(sel), code: false);
+        var s = new SpecialRegisters
+        {
+            Cs = PvCompatTraps.Flat(Ring1(c.Cs), code: true), Ss = Data(c.Ss),
+            Ds = Data(c.Ds), Es = Data(c.Es), Fs = Data(c.Fs), Gs = Data(c.Gs),
+            Cr0 = 0x80050033 | (pv.TaskSwitched ? 8UL : 0), Cr4 = 0x6A0 | (pv.Cr4 & PvEmulPriv.Cr4GuestMask), Efer = 0xD01,
+            Ldt = new Segment { Attributes = 0x82 },
+        };
+        pv.ApplyXenState(ref s);
+        v.PendingContext = (r, s);
+        v.Initialised = true;
+        return 0;
+    }
+
+    /// <summary>A selector of a 32-bit guest's context with RPL 0 runs in ring 1 (Xen's fixup_guest_*_selector).</summary>
+    private static ushort Ring1(uint sel) => (sel & 3) == 0 && sel != 0 ? (ushort)(sel | 1) : (ushort)sel;
 }

@@ -33,6 +33,22 @@ internal sealed unsafe class PvDomain : ArchDomain
         domain.Host.PvDomains[domain.DomainId] = this;
     }
 
+    /// <summary>A 32-bit PAE PV domain (Xen's is_pv_32bit_domain, set by XEN_DOMCTL_set_address_size before the
+    /// build): its kernel runs in ring 1 in compatibility mode, its hypercalls come by INT $0x82 with the compat
+    /// layouts, its page tables are PAE with an L3 as the root (each vCPU runs on a Xen L4 whose slot 0 is that L3,
+    /// <see cref="PvVcpu.CompatL4"/>), and its shared_info has the 32-bit layout.</summary>
+    public bool Is32 { get; private set; }
+
+    /// <summary>XEN_DOMCTL_set_address_size: 32 makes the domain a compat one (only before it has page tables).</summary>
+    public void SetAddressSize(int bits)
+    {
+        Is32 = bits == 32;
+        Domain.Has32BitSharedInfo = Is32;
+        uint reserved = Is32 ? MachToPhys.CompatReservedGdtMfn : MachToPhys.ReservedGdtMfn;
+        for (int w = 0; w < MaxGdtWindows; w++)
+            ((ulong*)Domain.Host.Frames.PageAddress(_perDomainL1))[w * GdtWindowPages + ReservedGdtPage] = XenPte(reserved);
+    }
+
     /// <summary>The L3 every L4 of the domain gets in <see cref="PerDomainSlot"/>.</summary>
     public uint PerDomainL3 { get; }
     private readonly uint _perDomainL2, _perDomainL1, _ldtL1;
@@ -74,7 +90,10 @@ internal sealed unsafe class PvDomain : ArchDomain
     {
         var frames = Domain.Host.Frames;
         foreach (var v in Domain.Vcpus)
+        {
             PvMm.ReleaseVcpu(v);
+            v.Pv?.FreeCompatL4();
+        }
         foreach (var (_, mfn, type) in Domain.P2m.Entries())
             if (type == P2mType.RamRw)
                 PvMm.Unpin(frames, mfn);

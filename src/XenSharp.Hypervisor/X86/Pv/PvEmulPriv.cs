@@ -169,7 +169,7 @@ internal static class PvEmulPriv
                 value = (s.Cr0 & ~Cr0Ts) | (pv.TaskSwitched ? Cr0Ts : 0);
                 return true;
             case 2:
-                value = v.VcpuInfo is null ? 0 : v.VcpuInfo->Arch.Cr2;
+                value = pv.GuestCr2;
                 return true;
             case 3:
                 // A PV guest is not translated: its CR3 names the machine frame of its kernel L4.
@@ -199,8 +199,7 @@ internal static class PvEmulPriv
                 return true;
             }
             case 2:
-                if (v.VcpuInfo is not null)
-                    v.VcpuInfo->Arch.Cr2 = value;
+                pv.GuestCr2 = value;
                 return true;
             case 3:
                 return PvMm.NewBaseptr(v, value >> FrameTable.PageShift, user: false) == 0;

@@ -110,6 +110,17 @@ internal static unsafe class PvMm
             return ValidateDescriptorPage(frames, mfn);
         ushort owner = frames.OwnerOf((uint)mfn);
         var table = (ulong*)frames.PageAddress(mfn);
+        bool compat = IsCompat(frames, owner);
+        if (compat && type == PageType.L4)
+            return -Errno.EINVAL;
+        if (compat && type == PageType.L3)
+        {
+            // A PAE L3 has four entries; the rest of the page is seen by the engine's long-mode walk, so it is
+            // cleared rather than trusted. The last quarter must be there, as Xen wants it for its own mappings.
+            new Span<ulong>(table + 4, Entries - 4).Clear();
+            if ((table[3] & PAGE_PRESENT) == 0)
+                return -Errno.EINVAL;
+        }
         for (int i = 0; i < Entries; i++)
         {
             if (type == PageType.L4 && IsXenL4Slot(i))
@@ -125,7 +136,7 @@ internal static unsafe class PvMm
                         PutFromEntry(frames, type, table[i]);
                 return rc;
             }
-            table[i] = Adjust(e);
+            table[i] = Adjust(e, type, compat);
         }
         if (type == PageType.L4)
             InitXenL4Slots(frames, table);
@@ -147,47 +158,68 @@ internal static unsafe class PvMm
     /// <summary>Xen's slots of a new L4: the read-only M2P at slot 256, the rest empty.</summary>
     private static void InitXenL4Slots(FrameTable frames, ulong* l4)
     {
+        ulong self = ((ulong)l4 - (ulong)frames.PageAddress(0)) >> FrameTable.PageShift;
+        PvDomain? pv = null;
+        XenHost(frames)?.PvDomains.TryGetValue(frames.OwnerOf((uint)self), out pv);
+        InitXenL4Slots(frames, l4, pv);
+    }
+
+    /// <summary>Xen's slots of an L4 used by <paramref name="pv"/>'s vCPUs: the read-only M2P (and Xen's GDT after
+    /// it) at slot 256, the per-domain slot, the rest empty.</summary>
+    public static void InitXenL4Slots(FrameTable frames, ulong* l4, PvDomain? pv)
+    {
         for (int i = FirstXenSlot; i <= LastXenSlot; i++)
             l4[i] = 0;
         if (XenHost(frames) is not { } host)
             return;
         if (host.MachToPhysIfMade is { } m2p)
             l4[M2pSlot] = ((ulong)m2p.L3Mfn << FrameTable.PageShift) | PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
-        ulong self = ((ulong)l4 - (ulong)frames.PageAddress(0)) >> FrameTable.PageShift;
-        if (host.PvDomains.TryGetValue(frames.OwnerOf((uint)self), out var pv))
+        if (pv is not null)
             l4[PvDomain.PerDomainSlot] = ((ulong)pv.PerDomainL3 << FrameTable.PageShift) | PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
     }
 
     /// <summary>A 64-bit PV kernel runs in ring 3 on its own page tables, so every present entry is a user one
-    /// (Xen's adjust_guest_lNe); kernel and user are kept apart by the two L4s.</summary>
-    private static ulong Adjust(ulong e) => (e & PAGE_PRESENT) != 0 ? e | PAGE_USER : e;
+    /// (Xen's adjust_guest_lNe); kernel and user are kept apart by the two L4s. A 32-bit kernel runs in ring 1, so
+    /// its L1s and L2s stay as written; its L3 entries, PAE PDPTEs without rights of their own, get RW and USER so
+    /// that the long-mode walk leaves the rights to the lower levels.</summary>
+    private static ulong Adjust(ulong e, PageType level, bool compat) => (e & PAGE_PRESENT) == 0 ? e
+        : !compat ? e | PAGE_USER
+        : level == PageType.L3 ? e | PAGE_USER | PAGE_RW
+        : e;
+
+    /// <summary>Whether <paramref name="owner"/> is a 32-bit PV domain (Xen's is_pv_32bit_domain).</summary>
+    public static bool IsCompat(FrameTable frames, ushort owner) =>
+        XenHost(frames) is { } host && host.PvDomains.TryGetValue(owner, out var pv) && pv.Is32;
 
     /// <summary>A descriptor page may hold no descriptor the guest could use to reach ring 0–2; the ones it may
     /// hold are adjusted in place (Xen's alloc_segdesc_page).</summary>
     private static long ValidateDescriptorPage(FrameTable frames, ulong mfn)
     {
         var d = (ulong*)frames.PageAddress(mfn);
+        int kernelDpl = IsCompat(frames, frames.OwnerOf((uint)mfn)) ? 1 : 3;
         for (int i = 0; i < Entries; i++)
         {
             ulong desc = d[i];
-            if (!CheckDescriptor(ref desc))
+            if (!CheckDescriptor(ref desc, kernelDpl))
                 return -Errno.EINVAL;
             d[i] = desc;
         }
         return 0;
     }
 
-    /// <summary>Xen's check_descriptor for a 64-bit PV guest, for code and data segments: a not-present descriptor
-    /// is safe (it can only fault); a present code or data segment has its DPL raised to 3, where the guest kernel
-    /// runs, and its accessed bit set, so the CPU never writes the read-only page. System descriptors (gates, TSS,
-    /// LDT) are refused.</summary>
-    public static bool CheckDescriptor(ref ulong desc)
+    /// <summary>Xen's check_descriptor for code and data segments: a not-present descriptor is safe (it can only
+    /// fault); a present code or data segment has its DPL raised to at least <paramref name="kernelDpl"/> — 3 for a
+    /// 64-bit guest, whose kernel runs in ring 3, 1 for a 32-bit one — and its accessed bit set, so the CPU never
+    /// writes the read-only page. System descriptors (gates, TSS, LDT) are refused.</summary>
+    public static bool CheckDescriptor(ref ulong desc, int kernelDpl = 3)
     {
         if ((desc & (1UL << 47)) == 0)
             return true;
         if ((desc & (1UL << 44)) == 0)
             return false;
-        desc |= (3UL << 45) | (1UL << 40);
+        if ((int)((desc >> 45) & 3) < kernelDpl)
+            desc = (desc & ~(3UL << 45)) | ((ulong)kernelDpl << 45);
+        desc |= 1UL << 40;
         return true;
     }
 
@@ -230,6 +262,11 @@ internal static unsafe class PvMm
     {
         if (level == PageType.L4 && IsXenL4Slot(index))
             return -Errno.EINVAL;
+        bool compat = IsCompat(frames, frames.OwnerOf((uint)tableMfn));
+        // A 32-bit guest's L3 has four entries, and the last stays as it was validated (Xen keeps its own mappings
+        // under it and refuses to change it).
+        if (compat && level == PageType.L3 && index >= 3)
+            return -Errno.EINVAL;
         lock (frames.TypeLock)
         {
             ref ulong slot = ref ((ulong*)frames.PageAddress(tableMfn))[index];
@@ -244,14 +281,14 @@ internal static unsafe class PvMm
                     ulong allowed = level == PageType.L1 ? L1Allowed : BaseAllowed;
                     if ((value & ~AddressMask & ~allowed) != 0)
                         return -Errno.EINVAL;
-                    Volatile.Write(ref slot, Adjust(value));
+                    Volatile.Write(ref slot, Adjust(value, level, compat));
                     return 0;
                 }
                 ushort owner = level == PageType.L1 ? pgOwner : frames.OwnerOf((uint)tableMfn);
                 long rc = GetFromEntry(frames, level, value, owner);
                 if (rc != 0)
                     return rc;
-                value = Adjust(value);
+                value = Adjust(value, level, compat);
             }
             Volatile.Write(ref slot, value);
             if ((old & PAGE_PRESENT) != 0)
@@ -395,14 +432,26 @@ internal static unsafe class PvMm
         if (PgOwner(d, (ushort)a.A4, out long err) is not { } pgOwner)
             return err;
         long result = 0;
+        bool compat = v.Domain.Pv is { Is32: true };
+        ulong size = compat ? 12UL : 24UL;
         for (uint i = 0; i < count; i++)
         {
             if (i > 0 && i % Hypercall.PreemptBudget == 0)
             {
                 WriteDone(v, pdone, done);
-                return Hypercall.CreateContinuation(v, new HypercallArgs(ops + i * 24UL, (count - i) | MMU_UPDATE_PREEMPTED, pdone, a.A4));
+                return Hypercall.CreateContinuation(v, new HypercallArgs(ops + i * size, (count - i) | MMU_UPDATE_PREEMPTED, pdone, a.A4));
             }
-            if (!GuestAccess.ReadElement(v, ops, i, out MmuextOp op))
+            MmuextOp op;
+            bool read;
+            if (compat)
+            {
+                // The compat layout: 32-bit arg1 and arg2, widened as Xen's compat translation does.
+                read = GuestAccess.ReadElement(v, ops, i, out CompatMmuextOp c);
+                op = new MmuextOp { Cmd = c.Cmd, Arg1 = c.Arg1, Arg2 = c.Arg2 };
+            }
+            else
+                read = GuestAccess.ReadElement(v, ops, i, out op);
+            if (!read)
             {
                 result = -Errno.EFAULT;
                 break;
@@ -453,7 +502,7 @@ internal static unsafe class PvMm
                 return 0;
             case MMUEXT_TLB_FLUSH_MULTI or MMUEXT_INVLPG_MULTI:
             {
-                if (!GuestAccess.Read(v, op.Arg2, out ulong mask))
+                if (!ReadVcpuMask(v, op.Arg2, out ulong mask))
                     return -Errno.EFAULT;
                 d.Pv!.FlushTlbs(v, mask);
                 return 0;
@@ -582,6 +631,8 @@ internal static unsafe class PvMm
     public static long Pin(Domain d, PageType type, ulong mfn)
     {
         var frames = d.Host.Frames;
+        if (type == PageType.L4 && d.Pv is { Is32: true })
+            return -Errno.EINVAL; // a 32-bit guest's tables have three levels
         if (!frames.TryGetPage(mfn, d.DomainId))
             return -Errno.EINVAL;
         lock (frames.TypeLock)
@@ -610,6 +661,10 @@ internal static unsafe class PvMm
     {
         var frames = v.Domain.Host.Frames;
         var pv = v.Pv!;
+        // A 32-bit guest's base is its PAE L3, and it has no separate user page tables.
+        bool compat = v.Domain.Pv is { Is32: true };
+        if (compat && user)
+            return -Errno.EINVAL;
         if (user && mfn == 0)
         {
             Replace(ref pv.GuestTableUser, 0, frames);
@@ -617,7 +672,7 @@ internal static unsafe class PvMm
         }
         if (!frames.TryGetPage(mfn, v.Domain.DomainId))
             return -Errno.EINVAL;
-        long rc = GetPageType(frames, mfn, PageType.L4);
+        long rc = GetPageType(frames, mfn, compat ? PageType.L3 : PageType.L4);
         if (rc != 0)
         {
             frames.PutPage(mfn);
@@ -643,11 +698,26 @@ internal static unsafe class PvMm
     }
 
     /// <summary>update_va_mapping(va, val, flags): writes the L1 entry the current page tables use for
-    /// <paramref name="a"/>.A1, then flushes as the flags ask.</summary>
-    public static long UpdateVaMapping(Vcpu v, in HypercallArgs a) => UpdateVa(v, a.A1, a.A2, a.A3, Xen.DOMID_SELF);
+    /// <paramref name="a"/>.A1, then flushes as the flags ask. A 32-bit guest passes the 64-bit PTE as two halves
+    /// (va, lo, hi, flags).</summary>
+    public static long UpdateVaMapping(Vcpu v, in HypercallArgs a) => v.Domain.Pv is { Is32: true }
+        ? UpdateVa(v, (uint)a.A1, (uint)a.A2 | (a.A3 << 32), (uint)a.A4, Xen.DOMID_SELF)
+        : UpdateVa(v, a.A1, a.A2, a.A3, Xen.DOMID_SELF);
 
     /// <summary>update_va_mapping_otherdomain(va, val, flags, domid): the entry may name the other domain's frame.</summary>
-    public static long UpdateVaMappingOtherdomain(Vcpu v, in HypercallArgs a) => UpdateVa(v, a.A1, a.A2, a.A3, (ushort)a.A4);
+    public static long UpdateVaMappingOtherdomain(Vcpu v, in HypercallArgs a) => v.Domain.Pv is { Is32: true }
+        ? UpdateVa(v, (uint)a.A1, (uint)a.A2 | (a.A3 << 32), (uint)a.A4, (ushort)a.A5)
+        : UpdateVa(v, a.A1, a.A2, a.A3, (ushort)a.A4);
+
+    /// <summary>A vCPU bitmap the guest passes by pointer: unsigned longs, 32-bit ones for a 32-bit guest.</summary>
+    private static bool ReadVcpuMask(Vcpu v, ulong ptr, out ulong mask)
+    {
+        if (v.Domain.Pv is not { Is32: true })
+            return GuestAccess.Read(v, ptr, out mask);
+        bool ok = GuestAccess.Read(v, ptr, out uint low);
+        mask = low;
+        return ok;
+    }
 
     private static long UpdateVa(Vcpu v, ulong va, ulong val, ulong flags, ushort domid)
     {
@@ -670,7 +740,7 @@ internal static unsafe class PvMm
                     v.Pv!.FlushTlb(now: true);
                 else if (target == UVMF_ALL)
                     d.Pv.FlushTlbs(v);
-                else if (GuestAccess.Read(v, target, out ulong mask))
+                else if (ReadVcpuMask(v, target, out ulong mask))
                     d.Pv.FlushTlbs(v, mask);
                 else
                     return -Errno.EFAULT;
@@ -687,14 +757,19 @@ internal static unsafe class PvMm
         index = 0;
         if (l4Mfn == 0 || (long)va >> 47 is not (0 or -1))
             return false;
+        // A 32-bit guest's root is a PAE L3 over its 4 GiB.
+        bool pae = frames.TypeInfoOf(l4Mfn).Type == PageType.L3;
+        if (pae && va >> 32 != 0)
+            return false;
         int i4 = (int)((va >> 39) & 511);
-        if (IsXenL4Slot(i4))
+        if (!pae && IsXenL4Slot(i4))
             return false;
         ulong table = l4Mfn;
-        for (int shift = 39; shift > 12; shift -= 9)
+        int top = pae ? 30 : 39;
+        for (int shift = top; shift > 12; shift -= 9)
         {
             ulong e = ((ulong*)frames.PageAddress(table))[(va >> shift) & 511];
-            if ((e & PAGE_PRESENT) == 0 || (shift < 39 && (e & PAGE_PSE) != 0))
+            if ((e & PAGE_PRESENT) == 0 || (shift < top && (e & PAGE_PSE) != 0))
                 return false;
             table = (e & AddressMask) >> FrameTable.PageShift;
         }
@@ -749,7 +824,7 @@ internal static unsafe class PvMm
             }
             ref ulong slot = ref ((ulong*)frames.PageAddress(l1Mfn))[index];
             ulong old = slot;
-            Volatile.Write(ref slot, Adjust(pte));
+            Volatile.Write(ref slot, Adjust(pte, PageType.L1, IsCompat(frames, frames.OwnerOf((uint)l1Mfn))));
             if ((old & PAGE_PRESENT) != 0)
                 PutFromEntry(frames, PageType.L1, old);
             return true;
@@ -846,9 +921,17 @@ internal static unsafe class PvMm
             return -Errno.EINVAL;
         int nr = (int)((entries + 511) / 512);
         Span<ulong> mfns = stackalloc ulong[PvDomain.ReservedGdtPage];
+        bool compat = v.Domain.Pv is { Is32: true };
         for (int i = 0; i < nr; i++)
-            if (!GuestAccess.ReadElement(v, a.A1, (ulong)i, out mfns[i]))
+        {
+            // A 32-bit guest's frame list holds 32-bit MFNs.
+            uint m32 = 0;
+            bool ok = compat ? GuestAccess.ReadElement(v, a.A1, (ulong)i, out m32) : GuestAccess.ReadElement(v, a.A1, (ulong)i, out mfns[i]);
+            if (compat)
+                mfns[i] = m32;
+            if (!ok)
                 return -Errno.EFAULT;
+        }
         return SetGdtFrames(v, mfns[..nr], entries);
     }
 
@@ -897,10 +980,13 @@ internal static unsafe class PvMm
     {
         if (v.Pv is null)
             return -Errno.ENOSYS;
-        ulong ma = a.A1, desc = a.A2;
+        // The compat ABI passes the machine address and the descriptor each as two 32-bit halves.
+        bool compat = v.Domain.Pv is { Is32: true };
+        ulong ma = compat ? (uint)a.A1 | (a.A2 << 32) : a.A1;
+        ulong desc = compat ? (uint)a.A3 | (a.A4 << 32) : a.A2;
         ulong mfn = ma >> FrameTable.PageShift;
         var frames = v.Domain.Host.Frames;
-        if ((ma & 7) != 0 || !CheckDescriptor(ref desc) || !frames.TryGetPage(mfn, v.Domain.DomainId))
+        if ((ma & 7) != 0 || !CheckDescriptor(ref desc, compat ? 1 : 3) || !frames.TryGetPage(mfn, v.Domain.DomainId))
             return -Errno.EINVAL;
         try
         {

@@ -66,11 +66,47 @@ internal static unsafe class PvTraps
         }
     }
 
+    public static bool CrashDomain(Vcpu v, string why) => Crash(v, why);
+
     private static bool Crash(Vcpu v, string why)
     {
         v.Domain.Host.Log($"(d{v.Domain.DomainId}) vcpu {v.Id}: {why}; crashing the domain");
         v.Domain.Host.ShutdownDomain(v.Domain, Sched.SHUTDOWN_crash);
         return false;
+    }
+
+    private const int IntLength = 2;
+
+    /// <summary>INT $0x82 from a 32-bit PV kernel (ring 1): a hypercall of the compat ABI (Xen's
+    /// do_entry_int82), number in EAX, arguments in EBX, ECX, EDX, ESI, EDI, the result in EAX. From ring 3 the
+    /// vector is not the guest's to raise: false, and it goes on as any software interrupt.</summary>
+    private static bool TryCompatHypercall(Vcpu v, IVcpu cpu)
+    {
+        cpu.GetSpecialRegisters(out var s);
+        if ((s.Cs.Selector & 3) != 1)
+            return false;
+        cpu.GetRegisters(out var r);
+        v.Compat = true;
+        v.Continuation = null;
+        long result = Hypercall.Dispatch(v, (uint)r.Rax,
+            new HypercallArgs((uint)r.Rbx, (uint)r.Rcx, (uint)r.Rdx, (uint)r.Rsi, (uint)r.Rdi));
+        if (Trace)
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} compat hypercall {(uint)r.Rax}(0x{(uint)r.Rbx:x}, 0x{(uint)r.Rcx:x}, 0x{(uint)r.Rdx:x}, 0x{(uint)r.Rsi:x}, 0x{(uint)r.Rdi:x}) at 0x{r.Rip:x} = {result}");
+        if (v.IretDone)
+        {
+            v.IretDone = false;
+            return true;
+        }
+        if (v.Continuation is { } next)
+        {
+            v.Continuation = null;
+            r.Rbx = (uint)next.A1; r.Rcx = (uint)next.A2; r.Rdx = (uint)next.A3; r.Rsi = (uint)next.A4; r.Rdi = (uint)next.A5;
+            r.Rip -= IntLength;
+        }
+        else
+            r.Rax = (uint)result;
+        cpu.SetRegisters(r);
+        return true;
     }
 
     private static void DoHypercall(Vcpu v, IVcpu cpu)
@@ -105,6 +141,8 @@ internal static unsafe class PvTraps
         bool software = exit.IsWrite;
         if (vector == VectorInvalidOpcode && pv.KernelMode && TryForcedEmulation(v, cpu))
             return;
+        if (software && vector == HYPERCALL_VECTOR_X86_32 && v.Domain.Pv!.Is32 && TryCompatHypercall(v, cpu))
+            return;
         if (software)
         {
             // INT n may reach a handler only if its DPL lets the mode in (the guest kernel counts as ring 1).
@@ -130,8 +168,8 @@ internal static unsafe class PvTraps
         }
         if (vector == VectorPageFault && exit.Size == 1 && PvPtwr.TryEmulate(v, cpu, exit.Address, (uint)exit.Data))
             return;
-        if (vector == VectorPageFault && v.VcpuInfo is not null)
-            v.VcpuInfo->Arch.Cr2 = exit.Address;
+        if (vector == VectorPageFault)
+            pv.GuestCr2 = exit.Address;
         Bounce(v, cpu, vector, exit.Size == 1 ? (uint)exit.Data : null);
     }
 
@@ -155,11 +193,16 @@ internal static unsafe class PvTraps
     /// has none (Xen's pv_inject_event with a missing trap_ctxt entry).</summary>
     private static void Bounce(Vcpu v, IVcpu cpu, int vector, uint? errorCode)
     {
+        if (v.Domain.Pv!.Is32)
+        {
+            PvCompatTraps.Bounce(v, cpu, vector, errorCode);
+            return;
+        }
         var ti = v.Pv!.TrapTable[vector];
         if (Trace)
         {
             cpu.GetRegisters(out var t);
-            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} trap {vector} at 0x{t.Rip:x} error {errorCode?.ToString("x") ?? "-"} cr2 0x{(v.VcpuInfo is null ? 0 : v.VcpuInfo->Arch.Cr2):x} rsp 0x{t.Rsp:x} rax 0x{t.Rax:x} rcx 0x{t.Rcx:x} rdx 0x{t.Rdx:x} rdi 0x{t.Rdi:x} rsi 0x{t.Rsi:x}");
+            Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} trap {vector} at 0x{t.Rip:x} error {errorCode?.ToString("x") ?? "-"} cr2 0x{v.Pv!.GuestCr2:x} rsp 0x{t.Rsp:x} rax 0x{t.Rax:x} rcx 0x{t.Rcx:x} rdx 0x{t.Rdx:x} rdi 0x{t.Rdi:x} rsi 0x{t.Rsi:x}");
         }
         if (ti.Address == 0)
         {
@@ -203,7 +246,10 @@ internal static unsafe class PvTraps
     {
         if (Trace)
             Console.Error.WriteLine($"d{v.Domain.DomainId}v{v.Id} event upcall");
-        CreateBounceFrame(v, cpu, v.Pv!.EventCallback, null, maskEvents: true);
+        if (v.Domain.Pv!.Is32)
+            PvCompatTraps.CreateBounceFrame(v, cpu, v.Pv!.EventCallbackCs, (uint)v.Pv.EventCallback, null, maskEvents: true);
+        else
+            CreateBounceFrame(v, cpu, v.Pv!.EventCallback, null, maskEvents: true);
     }
 
     /// <summary>
@@ -305,6 +351,8 @@ internal static unsafe class PvTraps
     {
         if (v.Pv is not { } pv || v.Engine is not { } cpu)
             return -Errno.ENOSYS;
+        if (v.Domain.Pv!.Is32)
+            return PvCompatTraps.Iret(v);
         cpu.GetRegisters(out var r);
         if (!GuestAccess.Read(v, r.Rsp, out IretContext ctx))
         {
@@ -349,6 +397,8 @@ internal static unsafe class PvTraps
     {
         if (v.Pv is not { } pv)
             return -Errno.ENOSYS;
+        if (v.Domain.Pv!.Is32)
+            return PvCompatTraps.SetTrapTable(v, a);
         if (a.A1 == 0)
         {
             Array.Clear(pv.TrapTable);
@@ -381,6 +431,8 @@ internal static unsafe class PvTraps
     {
         if (v.Pv is not { } pv)
             return -Errno.ENOSYS;
+        if (v.Domain.Pv!.Is32)
+            return PvCompatTraps.SetCallbacks(v, a);
         pv.EventCallback = a.A1;
         pv.FailsafeCallback = a.A2;
         pv.SyscallCallback = a.A3;
@@ -395,6 +447,8 @@ internal static unsafe class PvTraps
             return -Errno.ENOSYS;
         switch ((int)a.A1)
         {
+            case Callback.CALLBACKOP_register when v.Domain.Pv!.Is32:
+                return PvCompatTraps.RegisterCallback(v, a.A2);
             case Callback.CALLBACKOP_register:
             {
                 if (!GuestAccess.Read(v, a.A2, out CallbackRegister reg))
@@ -434,8 +488,8 @@ internal static unsafe class PvTraps
     /// <summary>set_segment_base(which, base): FS, and the GS of either mode.</summary>
     public static long SetSegmentBase(Vcpu v, in HypercallArgs a)
     {
-        if (v.Pv is not { } pv || v.Engine is not { } cpu)
-            return -Errno.ENOSYS;
+        if (v.Pv is not { } pv || v.Engine is not { } cpu || v.Domain.Pv!.Is32)
+            return -Errno.ENOSYS; // not part of the compat ABI
         ulong @base = a.A2;
         if ((long)@base >> 47 is not (0 or -1))
             return -Errno.EINVAL;

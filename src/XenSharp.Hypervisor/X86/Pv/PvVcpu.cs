@@ -39,6 +39,26 @@ internal sealed unsafe class PvVcpu : ArchVcpu
     /// <summary>The kernel stack a trap from user mode switches to (stack_switch).</summary>
     public ulong KernelSs, KernelSp;
     public ulong EventCallback, FailsafeCallback, SyscallCallback;
+    /// <summary>The guest's virtual CR2 in its vcpu_info (arch.cr2): a 32-bit guest's vcpu_info has it as a 32-bit
+    /// word at offset 8, after a 32-bit evtchn_pending_sel; 0 before the vCPU has a vcpu_info.</summary>
+    public ulong GuestCr2
+    {
+        get => Vcpu.VcpuInfo is null ? 0
+            : Vcpu.Domain.Pv is { Is32: true } ? *(uint*)((byte*)Vcpu.VcpuInfo + CompatCr2Offset) : Vcpu.VcpuInfo->Arch.Cr2;
+        set
+        {
+            if (Vcpu.VcpuInfo is null)
+                return;
+            if (Vcpu.Domain.Pv is { Is32: true })
+                *(uint*)((byte*)Vcpu.VcpuInfo + CompatCr2Offset) = (uint)value;
+            else
+                Vcpu.VcpuInfo->Arch.Cr2 = value;
+        }
+    }
+    private const int CompatCr2Offset = 8;
+
+    /// <summary>A 32-bit guest's callbacks are far: the code selectors beside the addresses.</summary>
+    public ushort EventCallbackCs, FailsafeCallbackCs;
     public bool SyscallMasksEvents;
     /// <summary>GS bases of the two modes: the engine holds the current one, this the other.</summary>
     public ulong GsBaseKernel, GsBaseUser;
@@ -93,7 +113,7 @@ internal sealed unsafe class PvVcpu : ArchVcpu
             ? new Cpu.DescriptorTable { Base = PvDomain.GdtVirt(Vcpu.Id), Limit = MachToPhys.GdtLimit }
             : new Cpu.DescriptorTable { Base = MachToPhys.GdtVirt, Limit = MachToPhys.GdtLimit };
         if (GuestTable != 0)
-            s.Cr3 = CurrentTable << FrameTable.PageShift;
+            s.Cr3 = (Vcpu.Domain.Pv is { Is32: true } ? CompatRoot() : CurrentTable) << FrameTable.PageShift;
         // A TSS too short for an I/O bitmap: every port access from ring 3 raises #GP, which PvEmulPriv checks
         // against the virtual IOPL, as Xen's own TSS (with no bitmap for the guest) makes it.
         s.Tr = new Cpu.Segment { Limit = 0, Attributes = 0x8B };
@@ -101,6 +121,36 @@ internal sealed unsafe class PvVcpu : ArchVcpu
         s.Ldt = LdtEntries != 0 && Vcpu.Id < PvDomain.MaxLdtWindows
             ? new Cpu.Segment { Base = PvDomain.LdtVirt(Vcpu.Id), Limit = LdtEntries * 8 - 1, Selector = LdtSelector, Attributes = 0x82 }
             : new Cpu.Segment { Attributes = 0x82 };
+    }
+
+    /// <summary>A 32-bit PV vCPU's top-level table (Xen's per-vCPU compat L4): Xen's frame, its slot 0 the guest's
+    /// PAE L3 (<see cref="GuestTable"/>) so that the engine walks the guest's tables in long mode, and Xen's own
+    /// slots (M2P with the GDT, per-domain) as in a 64-bit guest's L4. 0 until first needed.</summary>
+    public uint CompatL4;
+
+    private ulong CompatRoot()
+    {
+        var frames = Vcpu.Domain.Host.Frames;
+        if (CompatL4 == 0)
+        {
+            if (!frames.TryAllocate(Public.Xen.DOMID_XEN, FrameType.XenShared, out CompatL4))
+                throw new HypervisorException("out of machine memory for a 32-bit PV vCPU's L4");
+            new Span<byte>(frames.PageAddress(CompatL4), FrameTable.PageSize).Clear();
+        }
+        var l4 = (ulong*)frames.PageAddress(CompatL4);
+        PvMm.InitXenL4Slots(frames, l4, Vcpu.Domain.Pv);
+        // The guest's L3 entries carry RW and USER (PvMm adds them, as Xen's adjust_guest_l3e does for a compat
+        // guest), so the rights are its L2s' and L1s'.
+        l4[0] = (GuestTable << FrameTable.PageShift) | PvMm.PAGE_PRESENT | PvMm.PAGE_RW | PvMm.PAGE_USER | PvMm.PAGE_ACCESSED;
+        return CompatL4;
+    }
+
+    /// <summary>Gives back <see cref="CompatL4"/> when the domain goes.</summary>
+    public void FreeCompatL4()
+    {
+        if (CompatL4 != 0)
+            Vcpu.Domain.Host.Frames.Free(CompatL4);
+        CompatL4 = 0;
     }
 
     /// <summary>Loads the guest's own CR4 bits (Xen's pv_make_cr4) into the engine beside Xen's.</summary>
