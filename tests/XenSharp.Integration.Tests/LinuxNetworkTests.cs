@@ -347,10 +347,13 @@ public sealed partial class LinuxNetworkTests(LinuxNetworkTests.NetGuest guest) 
             Exec("ip", ["netns", "exec", _ns, .. command], _xl.RunDir, limit);
 
         /// <summary>A long-running command inside the namespace; its standard input stays open until it is disposed.</summary>
-        public Process StartInNamespace(params string[] command)
+        public Process StartInNamespace(params string[] command) => StartIn(_ns, command);
+
+        /// <summary>A long-running command inside the namespace <paramref name="ns"/>, as <see cref="StartInNamespace"/>.</summary>
+        internal static Process StartIn(string ns, params string[] command)
         {
             var psi = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var a in (string[])["netns", "exec", _ns, .. command]) psi.ArgumentList.Add(a);
+            foreach (var a in (string[])["netns", "exec", ns, .. command]) psi.ArgumentList.Add(a);
             var p = Process.Start(psi)!;
             p.BeginOutputReadLine();
             p.BeginErrorReadLine();
