@@ -19,7 +19,7 @@ public sealed partial class HvmPxeBootTests : IDisposable
     private System.Diagnostics.Process? _dnsmasq;
     private SerialSocket? _serial;
 
-    [GeneratedRegex(@"pxe\.ip=(10\.96\.0\.\d+) pxe\.mac=([0-9a-f:]+)-end")]
+    [GeneratedRegex(@"cmdline: .*pxe\.ip=(10\.96\.0\.\d+) pxe\.mac=([0-9a-f:]+)-end")]
     private static partial Regex PxeArguments();
 
     [Fact]
@@ -76,11 +76,11 @@ public sealed partial class HvmPxeBootTests : IDisposable
 
         // The kernel runs with the command line of iPXE's script, not GRUB's from the CD: iPXE's own DHCP lease and the
         // e1000's MAC are in it.
-        string reply = _serial.Ask("echo $(cat /proc/cmdline | tr ' ' '\\n' | grep '^pxe\\.' | tr '\\n' ' ')-e\"\"nd", "-end");
+        string reply = _serial.Ask("echo cmdline: $(cat /proc/cmdline)-e\"\"nd", "-end");
         var m = PxeArguments().Match(reply);
-        Assert.True(m.Success, $"the kernel's command line is not the iPXE script's: {reply}");
-        Assert.Equal("00:16:3e:5a:00:0b", m.Groups[2].Value);
         string log = File.ReadAllText(dnsmasqLog);
+        Assert.True(m.Success, $"the kernel's command line is not the iPXE script's: {reply}\ndnsmasq:\n{log}");
+        Assert.Equal("00:16:3e:5a:00:0b", m.Groups[2].Value);
         Assert.Matches($@"DHCPACK\(xenbr0\) {Regex.Escape(m.Groups[1].Value)} 00:16:3e:5a:00:0b", log);
         foreach (string file in new[] { "boot.ipxe", "vmlinuz", "initrd.img" })
             Assert.Contains($"sent {Path.Combine(tftp, file)} to {m.Groups[1].Value}", log);
