@@ -41,18 +41,23 @@ public sealed partial class Host
         foreach (string serial in c.Serials)
             args.AddRange(["-serial", serial]);
         args.AddRange(GraphicsCardArgs(c.Display));
-        // Disks as libxl gives them to qemu-xen: the first four (hda-hdd, or xvda-xvdd) on the IDE buses, CD-ROMs
-        // read-only; the guest also gets each as a PV vbd, for when its PV drivers unplug the emulated ones.
+        // Disks as libxl gives them to qemu-xen: the first four (hda-hdd, or xvda-xvdd) on the IDE buses; the guest also
+        // gets each as a PV vbd, for when its PV drivers unplug the emulated ones. A CD-ROM is a read-only drive and an
+        // ide-cd device both named ide-DEVID (empty when it has no medium), the name xl cd-insert and cd-eject give QMP.
         foreach (var disk in c.Disks)
         {
-            if (disk.Target is not { Length: > 0 } target || EmulatedDiskIndex(disk.Vdev) is not int index || index >= 4)
+            if (EmulatedDiskIndex(disk.Vdev) is not int index || index >= 4)
                 continue;
-            string format = disk.Format == DiskFormat.Raw ? "raw" : DiskSpec.FormatName(disk.Format);
-            string file = target.Replace(",", ",,");
-            args.Add("-drive");
-            args.Add(disk.IsCdrom
-                ? $"if=ide,index={index},readonly=on,media=cdrom,format={format},file={file}"
-                : $"file={file},if=ide,index={index},media=disk,format={format},cache=writeback{(disk.ReadWrite ? "" : ",readonly=on")}");
+            string? file = disk.Target is { Length: > 0 } target ? target.Replace(",", ",,") : null;
+            string format = QemuDriverName(disk.Format);
+            if (disk.IsCdrom)
+            {
+                string cd = EmulatedCdromId(disk.Vdev);
+                args.AddRange(["-drive", $"if=none,readonly=on,id={cd}{(file is null ? "" : $",file={file},format={format}")}",
+                    "-device", $"ide-cd,id={cd},drive={cd},bus=ide.{index / 2},unit={index % 2}"]);
+            }
+            else if (file is not null)
+                args.AddRange(["-drive", $"file={file},if=ide,index={index},media=disk,format={format},cache=writeback{(disk.ReadWrite ? "" : ",readonly=on")}"]);
         }
         args.AddRange(["-boot", $"order={(c.Boot is { Length: > 0 } b ? b : "cda")}"]);
         args.AddRange(UsbArgs(c.Display));
@@ -61,6 +66,18 @@ public sealed partial class Host
         args.AddRange(["-machine", "xenfv", "-m", ((c.TargetMemKb - c.Display.VideoRamKb) / 1024).ToString(CultureInfo.InvariantCulture)]);
         return args;
     }
+
+    /// <summary>libxl__qemu_disk_format_string: QEMU's block driver for an image format (vhd is QEMU's vpc).</summary>
+    private static string QemuDriverName(DiskFormat f) => f switch
+    {
+        DiskFormat.Vhd => "vpc",
+        DiskFormat.Unknown or DiskFormat.Empty => "raw",
+        _ => DiskSpec.FormatName(f),
+    };
+
+    /// <summary>libxl's name for an emulated CD-ROM's drive and device: ide- and the vdev's device number.</summary>
+    private static string EmulatedCdromId(string vdev) =>
+        string.Create(CultureInfo.InvariantCulture, $"ide-{VbdNumber.Parse(vdev)}");
 
     /// <summary>The disk's index among the emulated ones (libxl__device_disk_dev_number's disk): hda/sda/xvda 0,
     /// hdb 1, and so on; null for a name that is not one of these.</summary>

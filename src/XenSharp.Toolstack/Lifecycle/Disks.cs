@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json.Nodes;
 using XenSharp.Backends.Block.Images;
 using XenSharp.Backends.Xenbus;
 using XenSharp.Toolstack.Config;
@@ -222,7 +223,9 @@ public sealed partial class Host
     /// <summary>`xl cd-insert` and `xl cd-eject` (libxl_cdrom_insert): the drive is emptied first (backend
     /// <c>params</c> ""), then the new medium is named; the backend follows <c>params</c>, closes or opens the
     /// image and tells the frontend the new <c>sectors</c>. Unlike libxl, which leaves this to QEMU and so to
-    /// HVM guests, a PV cdrom of any guest takes it.</summary>
+    /// HVM guests, a PV cdrom of any guest takes it. A CD-ROM of the domain's QEMU changes there too, in libxl's
+    /// order: QMP <c>eject</c> before <c>params</c> is emptied (a tray the guest locked refuses it, and the drive stays
+    /// as it was), <c>blockdev-change-medium</c> before the new one is named.</summary>
     private void CdInsert(CdInsertRequest r)
     {
         var d = Resolve(r.Domain);
@@ -230,7 +233,7 @@ public sealed partial class Host
         lock (_lock)
             current = d.Config.Disks.FirstOrDefault(x => x.Vdev == r.Vdev && x.IsCdrom)
                 ?? throw new ControlException("Virtual device not found", Errno.ENODEV);
-        DiskSpec medium = current with { Target = null, Format = DiskFormat.Empty };
+        DiskSpec empty = current with { Target = null, Format = DiskFormat.Empty }, medium = empty;
         if (!string.IsNullOrEmpty(r.Target))
         {
             // xl cd-insert builds "vdev=V,access=r,devtype=cdrom,target=T": a prefix such as qcow2: stays in the target.
@@ -243,15 +246,36 @@ public sealed partial class Host
         if (!_xs.Exists(device.BackendPath))
             throw new ControlException("Virtual device not found", Errno.ENODEV);
         string be = device.BackendPath;
+        using var qmp = EmulatedCdrom(d, current);
+        qmp?.Execute("eject", new JsonObject { ["id"] = EmulatedCdromId(r.Vdev) });
         // Empty first, as libxl does, so that the backend closes the old medium even if the new one is the same file.
         _xs.Write($"{be}/params", "");
         _xs.Write($"{be}/format", DiskSpec.FormatName(DiskFormat.Empty));
+        lock (_lock) d.Config.Disks = [.. d.Config.Disks.Select(x => ReferenceEquals(x, current) ? empty : x)];
         if (medium.Target is { } t)
         {
+            // A medium QEMU refuses leaves the drive empty, as libxl leaves it.
+            qmp?.Execute("blockdev-change-medium", new JsonObject
+            {
+                ["id"] = EmulatedCdromId(r.Vdev),
+                ["filename"] = t,
+                ["format"] = QemuDriverName(medium.Format),
+            });
             _xs.Write($"{be}/format", DiskSpec.FormatName(medium.Format));
             _xs.Write($"{be}/params", t);
         }
-        lock (_lock) d.Config.Disks = [.. d.Config.Disks.Select(x => ReferenceEquals(x, current) ? medium : x)];
+        lock (_lock) d.Config.Disks = [.. d.Config.Disks.Select(x => ReferenceEquals(x, empty) ? medium : x)];
+    }
+
+    /// <summary>A QMP connection to the domain's QEMU when <paramref name="disk"/> is one of its IDE CD-ROMs, else null.</summary>
+    private Qmp? EmulatedCdrom(Domain d, DiskSpec disk)
+    {
+        if (!HasDeviceModel(d.Config) || EmulatedDiskIndex(disk.Vdev) is not (>= 0 and < 4))
+            return null;
+        lock (_deviceModels)
+            if (!_deviceModels.ContainsKey(d.DomId))
+                return null;
+        return Qmp.Connect(QmpSocketPath(d.DomId), TimeSpan.FromSeconds(10));
     }
 
     private static DiskFormat ParseCdFormat(string f) => f switch

@@ -166,6 +166,39 @@ public sealed unsafe class IoreqServerTests : IDisposable
     }
 
     [Fact]
+    public void TheRtcKeepsItsClockAndLeavesTheCmosRamToTheDeviceModel()
+    {
+        var g = new HvmPlatformGuest(_host);
+        g.Out(0x70, 0x3D);
+        g.Out(0x71, 0x21);
+        ushort id = CreateServer(g.Id);
+        var model = new DeviceModel(_host, g.Domain.Arch.Ioreq.Get(id, 0, out _)!, g.Id);
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x70, 0x71));
+        Assert.Equal(0, SetState(g.Id, id, true));
+
+        // As Xen's vRTC: an index past the clock's registers (with the NMI bit) and the data port behind it are QEMU's,
+        // where SeaBIOS finds the boot order QEMU wrote at 0x3D.
+        g.Out(0x70, 0x80 | 0x3D);
+        g.Out(0x71, 0x43);
+        Assert.Equal(0x43, g.In(0x71));
+        Assert.Equal(
+            [(Ioreq.IOREQ_TYPE_PIO, 0x70UL, 1u, false, 0xBDUL), (Ioreq.IOREQ_TYPE_PIO, 0x71UL, 1u, false, 0x43UL), (Ioreq.IOREQ_TYPE_PIO, 0x71UL, 1u, true, 0UL)],
+            model.Seen);
+        // The clock's registers stay the hypervisor's: register D and the seconds never reach the model.
+        g.Out(0x70, Rtc.RegD);
+        Assert.Equal(Rtc.DVrt, g.In(0x71));
+        g.Out(0x70, Rtc.RegSeconds);
+        Assert.True(g.In(0x71) < 0x60);
+        Assert.Equal(3, model.Seen.Count);
+
+        // Without a device model the CMOS RAM is the hypervisor's own again, with what was written before.
+        var destroy = new XenDmOpDestroyIoreqServer { Id = id };
+        Assert.Equal(0, DmOp(g.Id, XEN_DMOP_destroy_ioreq_server, ref destroy));
+        g.Out(0x70, 0x3D);
+        Assert.Equal(0x21, g.In(0x71));
+    }
+
+    [Fact]
     [Trait("Feature", "x86/Multiple IOREQ servers")]
     public void TwoServersEachGetOnlyTheirOwnRanges()
     {

@@ -7,7 +7,8 @@ namespace XenSharp.Hypervisor.X86.Io;
 /// <summary>
 /// Where an HVM/PVH vCPU's port I/O and MMIO exits go (Xen's hvm/intercept.c and hvm_io_intercept): the vCPU's own
 /// vLAPIC page first (its base is per vCPU and moves with IA32_APIC_BASE), then the domain's buses, and what no
-/// device claims to the IOREQ server; without one, reads return all ones and writes are dropped.
+/// device claims (or a partial device declines) to the IOREQ server; without one, reads return all ones and writes are
+/// dropped.
 /// </summary>
 internal static class HvmIo
 {
@@ -16,16 +17,28 @@ internal static class HvmIo
     public static ulong PortRead(Vcpu v, ushort port, int size)
     {
         if (v.Domain.Arch.PortIo.TryFind(port, out var device, out ulong offset))
-            return device.Read(v, offset, size) & AllOnes(size);
+        {
+            if (device is not IPartialIoHandler partial)
+                return device.Read(v, offset, size) & AllOnes(size);
+            if (partial.TryRead(v, offset, size, out ulong value))
+                return value & AllOnes(size);
+        }
         return UnclaimedRead(v, IOREQ_TYPE_PIO, port, size);
     }
 
     public static void PortWrite(Vcpu v, ushort port, int size, ulong value)
     {
         if (v.Domain.Arch.PortIo.TryFind(port, out var device, out ulong offset))
-            device.Write(v, offset, size, value & AllOnes(size));
-        else
-            UnclaimedWrite(v, IOREQ_TYPE_PIO, port, size, value & AllOnes(size));
+        {
+            if (device is not IPartialIoHandler partial)
+            {
+                device.Write(v, offset, size, value & AllOnes(size));
+                return;
+            }
+            if (partial.TryWrite(v, offset, size, value & AllOnes(size)))
+                return;
+        }
+        UnclaimedWrite(v, IOREQ_TYPE_PIO, port, size, value & AllOnes(size));
     }
 
     public static ulong MmioRead(Vcpu v, ulong gpa, int size)

@@ -14,6 +14,16 @@ internal interface IIoHandler
 }
 
 /// <summary>
+/// A device that serves only part of what reaches its range, as Xen's handlers that answer X86EMUL_UNHANDLEABLE: an
+/// access it declines (false) goes on to the domain's IOREQ servers as if no device claimed it.
+/// </summary>
+internal interface IPartialIoHandler : IIoHandler
+{
+    bool TryRead(Vcpu v, ulong offset, int size, out ulong value);
+    bool TryWrite(Vcpu v, ulong offset, int size, ulong value);
+}
+
+/// <summary>
 /// One address space of a domain (its I/O ports or its guest-physical MMIO) cut into ranges owned by handlers:
 /// Xen's register_portio_handler / register_mmio_handler, kept as a sorted range map like Firecracker's Bus. An
 /// access belongs to the range holding its first byte; the handler sees the offset and size and decides about

@@ -9,9 +9,12 @@ namespace XenSharp.Hypervisor.X86.Io;
 /// time zone with localtime=1) plus what the guest sets. Registers A-D: update-in-progress during the last 244 us
 /// of each second, the periodic rate, SET (time frozen while the guest writes it), the periodic, alarm and
 /// update-ended interrupt enables, binary or BCD and 12- or 24-hour formats; register C's flags are cleared by
-/// reading it. Interrupts go to ISA IRQ 8. The CMOS RAM above register D is plain storage (the century at 0x32).
+/// reading it. Interrupts go to ISA IRQ 8. The CMOS RAM above register D is plain storage (the century at 0x32) while
+/// the domain has no device model; with an IOREQ server it is the device model's, as Xen's vRTC keeps only the clock's
+/// RTC_CMOS_SIZE registers and declines the rest: an index write past them, and the data port while such an index is
+/// selected, go to QEMU, whose CMOS holds what SeaBIOS reads there (the boot order of <c>-boot</c>, the drives).
 /// </summary>
-internal sealed class Rtc : IIoHandler, IDeviceTimer
+internal sealed class Rtc : IPartialIoHandler, IDeviceTimer
 {
     public const ushort Port = 0x70;
     public const int Irq = 8;
@@ -60,10 +63,25 @@ internal sealed class Rtc : IIoHandler, IDeviceTimer
     private bool Binary => (_cmos[RegB] & BDm) != 0;
     private bool Running => (_cmos[RegA] & 0x70) == 0x20 && (_cmos[RegB] & BSet) == 0;
 
-    public ulong Read(Vcpu v, ulong offset, int size)
+    /// <summary>Whether the register at <paramref name="index"/> is the device model's (Xen's handle_rtc_io declining).</summary>
+    private bool DeviceModelOwns(int index) => index >= HvmHwRtc.RTC_CMOS_SIZE && Domain.Arch.Ioreq.Any;
+
+    public ulong Read(Vcpu v, ulong offset, int size) => TryRead(v, offset, size, out ulong value) ? value : HvmIo.AllOnes(size);
+
+    public void Write(Vcpu v, ulong offset, int size, ulong value) => TryWrite(v, offset, size, value);
+
+    public bool TryRead(Vcpu v, ulong offset, int size, out ulong value)
     {
-        if (offset == 0)
-            return HvmIo.AllOnes(size); // the index register is write-only
+        value = HvmIo.AllOnes(size);
+        if (DeviceModelOwns(_index))
+            return false;
+        if (offset != 0)
+            value = ReadData();
+        return true; // the index register is write-only
+    }
+
+    private byte ReadData()
+    {
         bool lower = false;
         byte value;
         lock (_lock)
@@ -89,14 +107,16 @@ internal sealed class Rtc : IIoHandler, IDeviceTimer
         return value;
     }
 
-    public void Write(Vcpu v, ulong offset, int size, ulong value)
+    public bool TryWrite(Vcpu v, ulong offset, int size, ulong value)
     {
         if (offset == 0)
         {
             lock (_lock)
                 _index = (byte)(value & 0x7F);
-            return;
+            return !DeviceModelOwns(_index);
         }
+        if (DeviceModelOwns(_index))
+            return false;
         lock (_lock)
         {
             long now = Domain.Host.Time.NowNs;
@@ -139,6 +159,7 @@ internal sealed class Rtc : IIoHandler, IDeviceTimer
             }
             Rearm(now);
         }
+        return true;
     }
 
     private bool InUpdateWindow(long now) => Running && Mod(RtcNs(now), Second) >= Second - UipWindow;
