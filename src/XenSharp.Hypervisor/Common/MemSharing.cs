@@ -149,7 +149,9 @@ internal sealed unsafe class MemSharing(HostServices host)
             return -Errno.EINVAL;
         if (t == P2mType.RamShared)
         {
-            handle = _frames[mfn].Handle;
+            if (!_frames.TryGetValue(mfn, out var shared))
+                return -Errno.EINVAL;
+            handle = shared.Handle;
             return 0;
         }
         // page_make_sharable: plain RAM of the domain itself that nothing else references (a mapping by a backend or
@@ -284,7 +286,8 @@ internal sealed unsafe class MemSharing(HostServices host)
         {
             if (!d.P2m.TryLookup(gfn, out uint mfn, out var t) || t != P2mType.RamShared)
                 return t != P2mType.Invalid; // unshared meanwhile
-            var f = _frames[mfn];
+            if (!_frames.TryGetValue(mfn, out var f))
+                return false;
             bool last = f.Gfns.Count == 1;
             if (!d.TryChargePages(1))
                 return Crash(d, gfn);
