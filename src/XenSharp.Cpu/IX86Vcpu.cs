@@ -36,6 +36,11 @@ public interface IX86Vcpu : IVcpu
     /// ring 3 and the hypervisor bounces these to the handlers it registered, as Xen does.</summary>
     bool InterceptTraps { get; set; }
 
+    /// <summary>The monitor trap flag (Intel's MTF, as Xen's single-step of an HVM vCPU uses it): while set, each
+    /// instruction that completes ends <see cref="IVcpu.Run"/> with <see cref="VcpuExitReason.MonitorTrap"/>, unseen
+    /// by the guest (no TF, no #DB). Off by default.</summary>
+    bool MonitorTrap { get => false; set { } }
+
     /// <summary>When set, a REP INS or OUTS whose buffer is RAM, and a REP MOVS between RAM and MMIO or a REP STOS to
     /// MMIO, leave <see cref="IVcpu.Run"/> as one Io or Mmio exit covering as many iterations as stay in the buffer's
     /// and the MMIO's 4 KiB pages (<see cref="VcpuExit.Count"/>), as Xen's emulator sends one ioreq for them. Off by

@@ -35,6 +35,8 @@ public enum VcpuExitReason
     /// <see cref="VcpuExit.Address"/> = the guest-physical address fetched. RIP is the instruction's and nothing of it
     /// has run; the next <see cref="IVcpu.Run"/> fetches it again.</summary>
     FetchDenied,
+    /// <summary>An instruction completed under <see cref="IX86Vcpu.MonitorTrap"/>; RIP is the next one.</summary>
+    MonitorTrap,
 }
 
 /// <summary>Why <see cref="IVcpu.Run"/> returned, with the data of that exit (KVM's kvm_run).</summary>

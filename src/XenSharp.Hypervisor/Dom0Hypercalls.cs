@@ -143,6 +143,10 @@ public sealed partial class XenHypervisor
         file.DangerousAddRef(ref added);
         for (int i = 0; i < gfns.Length; i++)
         {
+            // A shared page gets its own copy first (Xen's P2M_UNSHARE): the program may write it, and the frame it
+            // shares may be another domain's.
+            if (d.P2m.TryLookup(gfns[i], out _, out var st) && st == P2mType.RamShared)
+                d.Host.Sharing.Unshare(d, gfns[i]);
             lock (d.Lock)
             {
                 if (!d.P2m.TryLookup(gfns[i], out uint mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))

@@ -201,6 +201,9 @@ public sealed unsafe class Dom0Services : IDom0Services
     {
         mapping = null;
         uint mfn;
+        // A shared page gets its own copy first: the mapping may write it.
+        if (d.P2m.TryLookup(gfn, out _, out var st) && st == P2mType.RamShared)
+            d.Host.Sharing.Unshare(d, gfn);
         lock (d.Lock)
         {
             if (!d.P2m.TryLookup(gfn, out mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))

@@ -36,6 +36,7 @@ internal sealed class HostServices : IDisposable
         CodeAging.Start();
         Scheduler = new Cpupools(this, options.Pcpus, options.Scheduler, options.NumaSysfsPath);
         TraceBuffers = new TraceBuffers(this, Scheduler.NrPcpus, baseMfn: Frames.FrameCount);
+        Sharing = new Common.MemSharing(this);
         CommandLine = options.CommandLine;
         Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
@@ -65,6 +66,8 @@ internal sealed class HostServices : IDisposable
     public Cpupools Scheduler { get; }
     /// <summary>The trace buffers xentrace reads (XEN_SYSCTL_tbuf_op).</summary>
     public TraceBuffers TraceBuffers { get; }
+    /// <summary>Memory sharing's frames and counts (host-wide, as Xen's).</summary>
+    public Common.MemSharing Sharing { get; }
     private X86.HostMca? _mca;
     /// <summary>The pCPUs' machine-check banks (XEN_MC_msrinject, XEN_MC_mceinject).</summary>
     public X86.HostMca Mca => LazyInitializer.EnsureInitialized(ref _mca, () => new X86.HostMca(this));

@@ -31,6 +31,8 @@ public static class VmEvent
     public const uint XEN_DOMCTL_debug_op = 54, XEN_DOMCTL_vm_event_op = 56, XEN_DOMCTL_set_access_required = 64,
         XEN_DOMCTL_monitor_op = 77;
 
+    public const uint XEN_DOMCTL_DEBUG_OP_SINGLE_STEP_OFF = 0, XEN_DOMCTL_DEBUG_OP_SINGLE_STEP_ON = 1;
+
     public const uint XEN_VM_EVENT_ENABLE = 0, XEN_VM_EVENT_DISABLE = 1, XEN_VM_EVENT_RESUME = 2, XEN_VM_EVENT_GET_VERSION = 3;
     public const uint XEN_DOMCTL_VM_EVENT_OP_PAGING = 1, XEN_DOMCTL_VM_EVENT_OP_MONITOR = 2, XEN_DOMCTL_VM_EVENT_OP_SHARING = 3;
 
@@ -146,5 +148,7 @@ public struct VmEventSt
     [FieldOffset(16)] public ushort Altp2mIdx;
     [FieldOffset(OffsetU)] public VmEventMemAccess MemAccess;
     [FieldOffset(OffsetU)] public VmEventDebug SoftwareBreakpoint;
+    /// <summary>vm_event_singlestep.gfn.</summary>
+    [FieldOffset(OffsetU)] public ulong SinglestepGfn;
     [FieldOffset(OffsetData)] public VmEventRegsX86 Regs;
 }

@@ -133,6 +133,35 @@ public class DebugTests
     }
 
     [Fact]
+    public void MonitorTrapLeavesRunAfterEachInstructionUnseenByTheGuest()
+    {
+        using var m = new TestMachine();
+        var cpu = (IX86Vcpu)m.Cpu;
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            a.mov(eax, 1);   // 5 bytes
+            a.add(eax, 2);   // 5 bytes (ADD EAX, imm32)
+            a.pushfd();
+            a.pop(ebx);
+            a.hlt();
+        }));
+        cpu.MonitorTrap = true;
+        var e = m.Run();
+        Assert.Equal(VcpuExitReason.MonitorTrap, e.Reason);
+        Assert.Equal(TestMachine.CodeAt + 5, e.Address);
+        Assert.Equal(1UL, m.Regs.Rax);
+        e = m.Run();
+        Assert.Equal(VcpuExitReason.MonitorTrap, e.Reason);
+        Assert.Equal(TestMachine.CodeAt + 10, e.Address);
+        Assert.Equal(e.Address, m.Regs.Rip);
+        Assert.Equal(3UL, m.Regs.Rax);
+        cpu.MonitorTrap = false;
+        m.RunToHlt();
+        // The guest's flags never showed a trap flag, and no #DB reached it.
+        Assert.Equal(0UL, m.Regs.Rbx & 0x100);
+    }
+
+    [Fact]
     public void PopPastAStackSegmentLimitRaisesStackFault()
     {
         using var m = new TestMachine();

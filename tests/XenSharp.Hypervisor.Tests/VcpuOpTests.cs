@@ -126,7 +126,8 @@ public class HvmOpTests : IDisposable
         var pd = new XenHvmPagetableDying { Domid = Xen.DOMID_SELF, Gpa = 0x1000 };
         Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_pagetable_dying, ref pd));
         Assert.Equal(-Errno.EFAULT, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_pagetable_dying, Guest.Bad));
-        Assert.Equal(-Errno.ENOSYS, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_altp2m, Guest.Scratch));
+        // HVMOP_altp2m exists (Altp2mTests); a zeroed argument has the wrong interface version.
+        Assert.Equal(-Errno.EINVAL, g.Call(Xen.__HYPERVISOR_hvm_op, HvmOp.HVMOP_altp2m, Guest.Scratch));
     }
 }
 

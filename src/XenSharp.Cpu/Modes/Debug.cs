@@ -29,9 +29,13 @@ internal unsafe partial class X86Vcpu
     /// instead of going to the guest's IDT (off by default).</summary>
     public bool InterceptDebug { get; set; }
 
-    /// <summary>Something must be checked around every instruction (a breakpoint is armed, or TF
-    /// or RF is set): blocks then run one instruction at a time through the interpreter.</summary>
-    internal bool PerInstructionChecks => (Rflags & (TF | RF)) != 0 || (_bpExec | _bpData | _bpIo) != 0;
+    /// <summary>The monitor trap flag: after each instruction <see cref="IVcpu.Run"/> returns with
+    /// <see cref="VcpuExitReason.MonitorTrap"/> (off by default).</summary>
+    public bool MonitorTrap { get; set; }
+
+    /// <summary>Something must be checked around every instruction (a breakpoint is armed, TF or RF
+    /// is set, or the monitor trap flag): blocks then run one instruction at a time through the interpreter.</summary>
+    internal bool PerInstructionChecks => (Rflags & (TF | RF)) != 0 || (_bpExec | _bpData | _bpIo) != 0 || MonitorTrap;
 
     /// <summary>Power-up/INIT values: no breakpoints, DR6 and DR7 at their fixed bits.</summary>
     private void ResetDebugRegisters()
@@ -126,6 +130,12 @@ internal unsafe partial class X86Vcpu
         _replayCount = 0; _replayIdx = 0;
         DebugAfterInstruction(ref d, rf);
         Stop = false;
+        if (MonitorTrap)
+        {
+            _exit = default;
+            _exit.Address = Rip;
+            ExitAfterInstruction(VcpuExitReason.MonitorTrap);
+        }
     }
 
     /// <summary>Before one instruction on the per-instruction path (before it is even fetched):

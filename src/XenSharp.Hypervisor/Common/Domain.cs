@@ -20,7 +20,10 @@ internal sealed unsafe class Domain
         P2m = new P2m(host.Frames);
         Pod = new P2mPod(this);
         if (!isHost)
+        {
             P2m.Pod = Pod;
+            P2m.Unshare = gfn => host.Sharing.Unshare(this, gfn);
+        }
         Handle = Guid.NewGuid();
         Arch = new HvmDomain(this);
         if (type == DomainKind.Pv)
@@ -93,6 +96,8 @@ internal sealed unsafe class Domain
     /// <summary>XEN_DOMCTL_set_paging_mempool_size: the bytes the toolstack set aside for the domain's paging
     /// structures (the engine keeps its own, so this is only reported back).</summary>
     public ulong PagingMempoolBytes { get; set; }
+    /// <summary>XEN_DOMCTL_mem_sharing_op's control (or the first XENMEM_sharing_op on the domain) turned sharing on.</summary>
+    public bool MemSharingEnabled { get; set; }
     public E820Entry[] MemoryMap { get; set; } = [];
 
     // Lifecycle.
@@ -206,6 +211,9 @@ internal sealed unsafe class Domain
                 break;
             case P2mType.PopulateOnDemand:
                 Pod.EntryReplaced();
+                break;
+            case P2mType.RamShared:
+                Host.Sharing.EntryRemoved(this, old.Mfn);
                 break;
             case P2mType.GrantMapRw or P2mType.GrantMapRo:
                 // The mapping stays tracked by the grant table until unmapped; only the p2m slot goes.

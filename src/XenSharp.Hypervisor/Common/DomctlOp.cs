@@ -47,6 +47,8 @@ internal static class DomctlOp
         [Public.VmEvent.XEN_DOMCTL_vm_event_op] = X86.DomainMonitor.VmEventOp,
         [Public.VmEvent.XEN_DOMCTL_monitor_op] = X86.DomainMonitor.MonitorOp,
         [Public.VmEvent.XEN_DOMCTL_set_access_required] = X86.DomainMonitor.SetAccessRequired,
+        [Public.VmEvent.XEN_DOMCTL_debug_op] = X86.DomainMonitor.DebugOp,
+        [Public.MemSharing.XEN_DOMCTL_mem_sharing_op] = MemSharing.DomctlOp,
     };
 
     /// <summary>Domain ids at and above this name no domain (DOMID_FIRST_RESERVED).</summary>

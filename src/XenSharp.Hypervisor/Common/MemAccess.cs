@@ -89,7 +89,7 @@ internal static class MemAccess
     {
         keepRunning = true;
         ulong gfn = exit.Address >> 12;
-        uint denied = v.Domain.P2m.DeniedAccess(gfn) & (exit.IsWrite ? MEM_ACCESS_W : MEM_ACCESS_R);
+        uint denied = v.Domain.P2m.EngineDeniedAccess(gfn) & (exit.IsWrite ? MEM_ACCESS_W : MEM_ACCESS_R);
         if (denied == 0)
             return false;
         cpu.RetryExit();
@@ -101,7 +101,7 @@ internal static class MemAccess
     public static bool OnFetchDenied(Vcpu v, IVcpu cpu, in VcpuExit exit)
     {
         ulong gfn = exit.Address >> 12;
-        if ((v.Domain.P2m.DeniedAccess(gfn) & MEM_ACCESS_X) == 0)
+        if ((v.Domain.P2m.EngineDeniedAccess(gfn) & MEM_ACCESS_X) == 0)
             return true; // allowed again since: fetch again
         return Violation(v, cpu, gfn, exit.Address & 0xFFF, MEM_ACCESS_X);
     }
@@ -118,8 +118,12 @@ internal static class MemAccess
                 d.Host.ShutdownDomain(d, Public.Sched.SHUTDOWN_crash);
                 return false;
             }
-            // No listener is required: the restriction goes, as in Xen.
-            d.P2m.SetAccess(gfn, 1, XENMEM_access_rwx);
+            // No listener is required: the restriction goes (in the view the vCPU sees), as in Xen.
+            int view = d.P2m.VcpuView(v.Id);
+            if (view != 0)
+                d.P2m.SetViewAccess(view, gfn, XENMEM_access_rwx);
+            else
+                d.P2m.SetAccess(gfn, 1, XENMEM_access_rwx);
             return true;
         }
         VmEventSt req = default;

@@ -73,6 +73,12 @@ internal static class MemoryOp
                 return PodTarget(v, op, arg);
             case Public.VmEvent.XENMEM_access_op:
                 return MemAccess.Op(v, arg, startExtent);
+            case Public.MemSharing.XENMEM_sharing_op:
+                return v.Domain.Host.Sharing.Op(v, arg);
+            case Public.MemSharing.XENMEM_get_sharing_freed_pages:
+                return v.Domain.Host.Sharing.SavedPages;
+            case Public.MemSharing.XENMEM_get_sharing_shared_pages:
+                return v.Domain.Host.Sharing.SharedPages;
             case XENMEM_get_vnumainfo:
             {
                 // No domain has a virtual NUMA topology: -EOPNOTSUPP, which is how libxl's save learns there is none.
@@ -299,8 +305,12 @@ internal static class MemoryOp
         if (f == d || f.IsHost)
             return -Errno.EINVAL;
         uint mfn;
-        // A populate-on-demand frame is filled first, as Xen's get_page_from_gfn with P2M_ALLOC does.
-        f.P2m.GetPage(fgfn, write: false);
+        // A populate-on-demand frame is filled first, as Xen's get_page_from_gfn with P2M_ALLOC does, and a shared one
+        // unshared (P2M_UNSHARE).
+        if (f.P2m.TryLookup(fgfn, out _, out var ft) && ft == P2mType.RamShared)
+            f.Host.Sharing.Unshare(f, fgfn);
+        else
+            f.P2m.GetPage(fgfn, write: false);
         lock (f.Lock)
         {
             if (!f.P2m.TryLookup(fgfn, out mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo))

@@ -17,6 +17,9 @@ internal enum P2mType : byte
     /// <summary>RAM the guest may use but that has no frame yet: the first touch takes one from the
     /// domain's PoD cache (Xen's p2m_populate_on_demand).</summary>
     PopulateOnDemand,
+    /// <summary>A frame shared copy-on-write with other gfns, of this domain or others (Xen's p2m_ram_shared): read
+    /// as it is, copied to a private frame on the first write (<see cref="P2m.Unshare"/>).</summary>
+    RamShared,
 }
 
 /// <summary>
@@ -40,12 +43,17 @@ internal sealed unsafe partial class P2m : IGuestMemory
     /// <summary>Fills populate-on-demand entries on first touch; set for every guest domain.</summary>
     public P2mPod? Pod { get; set; }
 
+    /// <summary>Gives a shared entry a private copy before it is written (MemSharing); false when it cannot.</summary>
+    public Func<ulong, bool>? Unshare { get; set; }
+
     public long Generation => Volatile.Read(ref _generation);
 
     /// <summary>Highest GFN ever mapped (XENMEM_maximum_gpfn).</summary>
     public ulong MaxMappedGfn { get; private set; }
 
-    public byte* GetPage(ulong gfn, bool write)
+    public byte* GetPage(ulong gfn, bool write) => GetPage(gfn, write, mayUnshare: true);
+
+    private byte* GetPage(ulong gfn, bool write, bool mayUnshare)
     {
         if (gfn > MaxGfn)
             return null;
@@ -57,9 +65,9 @@ internal sealed unsafe partial class P2m : IGuestMemory
         if (type == P2mType.Invalid)
             return null;
         if (type == P2mType.PopulateOnDemand)
-            return Pod is { } pod && pod.DemandPopulate(gfn) ? GetPage(gfn, write) : null;
-        if (write && (type == P2mType.RamRo || type == P2mType.GrantMapRo))
-            return null;
+            return Pod is { } pod && pod.DemandPopulate(gfn) ? GetPage(gfn, write, mayUnshare) : null;
+        if (write && (type is P2mType.RamRo or P2mType.GrantMapRo or P2mType.RamShared))
+            return type == P2mType.RamShared && mayUnshare && Unshare is { } unshare && unshare(gfn) ? GetPage(gfn, write) : null;
         if (write && _dirty is not null)
             MarkDirty(gfn);
         return _frames.PageAddress((uint)(e >> 8));

@@ -11,7 +11,8 @@ namespace XenSharp.Hypervisor.Common;
 /// hypervisor's own copies and backends' mappings use <see cref="GetPage"/> and pass, as Xen's do. A denied write
 /// or read becomes an MMIO exit at a RAM page and a denied fetch a FetchDenied exit, which <c>MemAccess</c> turns
 /// into a vm_event. With no restriction anywhere (<see cref="_restricted"/> zero) the engine's path costs one
-/// field test more than before.
+/// field test more than before. With altp2m active the engine's accesses go through the running vCPU's view
+/// (P2mAltp2m.cs).
 /// </summary>
 internal sealed unsafe partial class P2m
 {
@@ -121,20 +122,12 @@ internal sealed unsafe partial class P2m
 
     // ---- the engine's view ----
 
-    byte* IGuestMemory.GetPage(ulong gfn, bool write)
-    {
-        if (Volatile.Read(ref _restricted) != 0 && (DeniedAccess(gfn) & (write ? VmEvent.MEM_ACCESS_W : VmEvent.MEM_ACCESS_R)) != 0)
-            return null;
-        return GetPage(gfn, write);
-    }
+    byte* IGuestMemory.GetPage(ulong gfn, bool write) =>
+        Volatile.Read(ref _restricted) != 0 ? RestrictedGetPage(gfn, write, forWriteCache: false) : GetPage(gfn, write);
 
-    byte* IGuestMemory.GetPageForWriteCache(ulong gfn)
-    {
-        if (Volatile.Read(ref _restricted) != 0 && (DeniedAccess(gfn) & VmEvent.MEM_ACCESS_W) != 0)
-            return null;
-        return GetPageForWriteCache(gfn);
-    }
+    byte* IGuestMemory.GetPageForWriteCache(ulong gfn) =>
+        Volatile.Read(ref _restricted) != 0 ? RestrictedGetPage(gfn, true, forWriteCache: true) : GetPageForWriteCache(gfn);
 
     bool IGuestMemory.MayExecute(ulong gfn) =>
-        Volatile.Read(ref _restricted) == 0 || (DeniedAccess(gfn) & VmEvent.MEM_ACCESS_X) == 0;
+        Volatile.Read(ref _restricted) == 0 || (EngineDeniedAccess(gfn) & VmEvent.MEM_ACCESS_X) == 0;
 }

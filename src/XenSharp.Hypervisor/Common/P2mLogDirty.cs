@@ -43,8 +43,9 @@ internal sealed unsafe partial class P2m
     }
 
     /// <summary>The engine's question before it keeps a page writable after a read: only when the page is already
-    /// dirty (or log-dirty is off), so that the first write after a CLEAN is seen.</summary>
-    public byte* GetPageForWriteCache(ulong gfn) => IsDirty(gfn) ? GetPage(gfn, true) : null;
+    /// dirty (or log-dirty is off), so that the first write after a CLEAN is seen. A shared page is not unshared by
+    /// a read: it stays read-only until its first write.</summary>
+    public byte* GetPageForWriteCache(ulong gfn) => IsDirty(gfn) ? GetPage(gfn, true, mayUnshare: false) : null;
 
     /// <summary>Turns log-dirty on with every bit clear. The caller drops the vCPUs' writable translations.</summary>
     public void EnableLogDirty()

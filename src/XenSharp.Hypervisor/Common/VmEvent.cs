@@ -110,6 +110,12 @@ internal sealed unsafe class VmEventRing
             }
             req.Version = VM_EVENT_INTERFACE_VERSION;
             req.VcpuId = (uint)v.Id;
+            // monitor_traps: with altp2m active, every event names the view the vCPU was in.
+            if (_d.P2m.Altp2mActive)
+            {
+                req.Flags |= VM_EVENT_FLAG_ALTERNATE_P2M;
+                req.Altp2mIdx = (ushort)_d.P2m.VcpuView(v.Id);
+            }
             if (sync)
             {
                 req.Flags |= VM_EVENT_FLAG_VCPU_PAUSED;
@@ -148,8 +154,16 @@ internal sealed unsafe class VmEventRing
             }
             if (rsp.Version != VM_EVENT_INTERFACE_VERSION || rsp.VcpuId >= (uint)_d.Vcpus.Length)
                 continue;
-            if ((rsp.Flags & VM_EVENT_FLAG_VCPU_PAUSED) != 0)
-                Unpause(_d.Vcpus[rsp.VcpuId]);
+            if ((rsp.Flags & VM_EVENT_FLAG_VCPU_PAUSED) == 0)
+                continue;
+            var v = _d.Vcpus[rsp.VcpuId];
+            // vm_event_resume: what the agent asks for the paused vCPU, before it runs again. A view that does not
+            // exist is ignored, as p2m_altp2m_check ignores it.
+            if ((rsp.Flags & VM_EVENT_FLAG_ALTERNATE_P2M) != 0 && _d.P2m.Altp2mActive)
+                _d.P2m.SwitchVcpu(v.Id, rsp.Altp2mIdx);
+            if ((rsp.Flags & VM_EVENT_FLAG_TOGGLE_SINGLESTEP) != 0 && _d.Pv is null && IsPaused(v))
+                _d.Monitor.ToggleSingleStep(v);
+            Unpause(v);
         }
         if (!took)
             return;
@@ -164,6 +178,12 @@ internal sealed unsafe class VmEventRing
             if (wake)
                 Unpause(_d.Vcpus[i]);
         }
+    }
+
+    private bool IsPaused(Vcpu v)
+    {
+        lock (v.Lock)
+            return _paused[v.Id] != 0;
     }
 
     private void Pause(Vcpu v)

@@ -9,8 +9,10 @@ namespace XenSharp.Hypervisor.X86;
 /// <summary>
 /// A domain's introspection state (Xen's arch/x86/monitor.c and the vm_event parts of hvm.c): the monitor ring, the
 /// monitor events asked for with XEN_DOMCTL_monitor_op (the software breakpoint: INT3 is taken by the hypervisor,
-/// reported, and the guest does not see it unless the agent injects it again), and events an agent injects with
-/// XEN_DMOP_inject_event, delivered by the pCPU loop before the vCPU next runs.
+/// reported, and the guest does not see it unless the agent injects it again; single-step: each instruction a
+/// single-stepping vCPU completes is reported), and events an agent injects with XEN_DMOP_inject_event, delivered by
+/// the pCPU loop before the vCPU next runs. A vCPU single-steps (Xen's v->arch.hvm.single_step, by the monitor trap
+/// flag) after XEN_DOMCTL_debug_op or a vm_event response's VM_EVENT_FLAG_TOGGLE_SINGLESTEP.
 /// </summary>
 internal sealed class DomainMonitor(Domain d)
 {
@@ -19,8 +21,14 @@ internal sealed class DomainMonitor(Domain d)
     /// <summary>XEN_DOMCTL_MONITOR_EVENT_SOFTWARE_BREAKPOINT is on.</summary>
     public bool SoftwareBreakpoint { get; private set; }
 
+    /// <summary>XEN_DOMCTL_MONITOR_EVENT_SINGLESTEP is on.</summary>
+    public bool Singlestep { get; private set; }
+
     /// <summary>The monitor events this hypervisor can report (GET_CAPABILITIES).</summary>
-    public const uint Capabilities = 1u << (int)XEN_DOMCTL_MONITOR_EVENT_SOFTWARE_BREAKPOINT;
+    public const uint Capabilities = 1u << (int)XEN_DOMCTL_MONITOR_EVENT_SOFTWARE_BREAKPOINT |
+        1u << (int)XEN_DOMCTL_MONITOR_EVENT_SINGLESTEP;
+
+    private readonly bool[] _singleStep = new bool[d.Vcpus.Length];
 
     private readonly PendingEvent?[] _inject = new PendingEvent?[d.Vcpus.Length];
 
@@ -30,8 +38,14 @@ internal sealed class DomainMonitor(Domain d)
     /// settings and takes an event the agent injected.</summary>
     public void BeforeRun(Vcpu v, IVcpu cpu)
     {
-        if (cpu is IX86Vcpu x && x.InterceptDebug != SoftwareBreakpoint)
-            x.InterceptDebug = SoftwareBreakpoint;
+        if (cpu is IX86Vcpu x)
+        {
+            if (x.InterceptDebug != SoftwareBreakpoint)
+                x.InterceptDebug = SoftwareBreakpoint;
+            if (x.MonitorTrap != _singleStep[v.Id])
+                x.MonitorTrap = _singleStep[v.Id];
+        }
+        d.P2m.EnterView(v.Id);
         if (_inject[v.Id] is not { } e)
             return;
         _inject[v.Id] = null;
@@ -74,6 +88,24 @@ internal sealed class DomainMonitor(Domain d)
         req.SoftwareBreakpoint.Gfn = gfn;
         req.SoftwareBreakpoint.Type = X86_EVENTTYPE_SW_EXCEPTION;
         req.SoftwareBreakpoint.InsnLength = 1;
+        ring.Post(v, ref req, sync: true);
+        return false;
+    }
+
+    /// <summary>hvm_toggle_singlestep, for a vCPU the monitor ring holds paused.</summary>
+    public void ToggleSingleStep(Vcpu v) => _singleStep[v.Id] = !_singleStep[v.Id];
+
+    /// <summary>A MonitorTrap exit: the single-stepping vCPU completed an instruction. With the single-step monitor on
+    /// it is reported at the next instruction and the vCPU waits, paused, for the agent (hvm_monitor_debug's
+    /// HVM_MONITOR_SINGLESTEP_BREAKPOINT); otherwise it steps on.</summary>
+    public bool OnMonitorTrap(Vcpu v, IVcpu cpu)
+    {
+        if (!_singleStep[v.Id] || !Singlestep || Ring is not { } ring)
+            return true;
+        VmEventSt req = default;
+        req.Reason = VM_EVENT_REASON_SINGLESTEP;
+        VmEventRing.FillRegs(cpu, ref req.Regs);
+        req.SinglestepGfn = cpu.TryTranslateLinear(req.Regs.Rip + (ulong)req.Regs.CsBase, false, out ulong pa) ? pa >> 12 : ulong.MaxValue;
         ring.Post(v, ref req, sync: true);
         return false;
     }
@@ -164,9 +196,34 @@ internal sealed class DomainMonitor(Domain d)
                 foreach (var v in d.Vcpus)
                     v.Engine?.RequestExit();
                 return 0;
+            case XEN_DOMCTL_MONITOR_EVENT_SINGLESTEP:
+                if (m.Singlestep == enable)
+                    return -Errno.EEXIST;
+                m.Singlestep = enable;
+                return 0;
             default:
                 return -Errno.EOPNOTSUPP;
         }
+    }
+
+    /// <summary>XEN_DOMCTL_debug_op (hvm_debug_op): a vCPU of an HVM domain single-steps or stops; -EINVAL for a vCPU
+    /// the domain does not have, the caller's own, or a PV domain's, -ENOSYS for another op.</summary>
+    public static long DebugOp(Vcpu caller, ref XenDomctl op, Domain? target, out bool copyBack)
+    {
+        copyBack = false;
+        var d = target!;
+        ref var dop = ref op.As<XenDomctlDebugOp>();
+        if (dop.Vcpu >= (uint)d.Vcpus.Length || d.IsHost)
+            return -Errno.EINVAL;
+        var v = d.Vcpus[dop.Vcpu];
+        if (v == caller || d.Pv is not null)
+            return -Errno.EINVAL;
+        if (dop.Op is not (XEN_DOMCTL_DEBUG_OP_SINGLE_STEP_ON or XEN_DOMCTL_DEBUG_OP_SINGLE_STEP_OFF))
+            return -Errno.ENOSYS;
+        d.Monitor._singleStep[v.Id] = dop.Op == XEN_DOMCTL_DEBUG_OP_SINGLE_STEP_ON;
+        // The vCPU latches the new state at its next entry.
+        v.Engine?.RequestExit();
+        return 0;
     }
 
     public static long SetAccessRequired(Vcpu caller, ref XenDomctl op, Domain? target, out bool copyBack)

@@ -40,6 +40,8 @@ internal static class HvmOps
                 p.Value = t.Arch.Params[p.Index];
                 return GuestAccess.Write(v, arg, p) ? 0 : -Errno.EFAULT;
             }
+            case HvmOp.HVMOP_altp2m:
+                return Altp2mOps.Do(v, arg);
             case HvmOp.HVMOP_get_time:
                 return GuestAccess.Write(v, arg, new XenHvmGetTime { Now = (ulong)d.Host.Time.NowNs }) ? 0 : -Errno.EFAULT;
             case HvmOp.HVMOP_pagetable_dying:
@@ -83,6 +85,8 @@ internal static class HvmOps
             return -Errno.EINVAL;
         // Xen's pmtimer_change_ioport knows two layouts: 0 (qemu-xen-traditional's) and 1 (qemu-xen's).
         if (index == HVM_PARAM_ACPI_IOPORTS_LOCATION && value > 1)
+            return -Errno.EINVAL;
+        if (index == HVM_PARAM_ALTP2M && value > Altp2m.XEN_ALTP2M_limited)
             return -Errno.EINVAL;
         hvm.Params[index] = value;
         hvm.Platform?.ParamChanged(index, value);

@@ -88,6 +88,8 @@ internal static unsafe class VmExit
                 return MemAccess.OnFetchDenied(v, cpu, exit) && !v.DescheduleRequested;
             case VcpuExitReason.Debug:
                 return v.Domain.Monitor.OnDebug(v, cpu, exit) && !v.DescheduleRequested;
+            case VcpuExitReason.MonitorTrap:
+                return v.Domain.Monitor.OnMonitorTrap(v, cpu) && !v.DescheduleRequested;
             default:
                 return true;
         }

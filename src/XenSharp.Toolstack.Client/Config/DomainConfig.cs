@@ -72,6 +72,8 @@ public sealed class DomainConfig
     public bool Apic { get; set; } = true;
     public bool Hpet { get; set; } = true;
     public int TimerMode { get; set; } = 1;
+    /// <summary>altp2m (HVM_PARAM_ALTP2M, XEN_ALTP2M_*): who may use alternate p2m views; 0 (disabled) by default.</summary>
+    public int Altp2m { get; set; }
     public bool Localtime { get; set; }
     public long RtcTimeoffset { get; set; }
     /// <summary>disk= and vif= entries (libxl's disks and nics).</summary>

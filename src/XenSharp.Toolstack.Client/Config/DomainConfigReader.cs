@@ -15,7 +15,7 @@ public static class DomainConfigReader
         "name", "type", "builder", "kernel", "ramdisk", "cmdline", "extra", "root", "memory", "maxmem",
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
-        "acpi", "apic", "hpet", "timer_mode", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
+        "acpi", "apic", "hpet", "timer_mode", "altp2m", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
         "bios_path_override", "bootloader", "bootloader_args", .. HvmDisplay.Keys,
     ];
 
@@ -31,7 +31,7 @@ public static class DomainConfigReader
         "iomem", "e820_host", "opengl", "spice", "soundhw", "device_model_version",
         "device_model_stubdomain_override", "device_model_args", "device_model_user",
         "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
-        "altp2m", "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
+        "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
         "tee", "gic_version", "vuart", "dm_restrict", "xenstore_nodes", "event_channels", "passthrough",
         "max_event_channels", "smbios_firmware", "acpi_firmware", "usbversion",
         "vif2", "xsm", "cpuid_policy", "memory_sharing", "suppress_vmdesc", "vendor_device", "mmio_hole",
@@ -156,6 +156,7 @@ public static class DomainConfigReader
         d.Apic = cfg.GetBool("apic") ?? true;
         d.Hpet = cfg.GetBool("hpet") ?? true;
         d.TimerMode = ReadTimerMode(cfg, warnings);
+        d.Altp2m = ReadAltp2m(cfg);
         d.Localtime = cfg.GetBool("localtime") ?? false;
         d.RtcTimeoffset = cfg.GetLong("rtc_timeoffset") ?? 0;
         d.Disks = ReadDevices(cfg, "disk", (spec, _) => DiskSpec.Parse(spec));
@@ -199,6 +200,23 @@ public static class DomainConfigReader
                 : $"{s.File}:{s.Line}: warning: unknown key `{s.Key}' ignored");
         }
         return new Result(d, warnings);
+    }
+
+    /// <summary>altp2m: libxl's names (disabled, mixed, external, limited) or their numbers.</summary>
+    private static int ReadAltp2m(XlConfig cfg)
+    {
+        if (cfg.Find("altp2m") is null) return 0;
+        string v = cfg.GetString("altp2m")!;
+        if (XlConfig.TryParseNumber(v, out long n))
+            return n is >= 0 and <= 3 ? (int)n : throw At(cfg, "altp2m", $"invalid value {v} for \"altp2m\"");
+        return v.ToLowerInvariant() switch
+        {
+            "disabled" => 0,
+            "mixed" => 1,
+            "external" => 2,
+            "limited" => 3,
+            _ => throw At(cfg, "altp2m", $"invalid value \"{v}\" for \"altp2m\""),
+        };
     }
 
     /// <summary>timer_mode: libxl's names (default no_delay_for_missed_ticks); a number is the deprecated form.</summary>

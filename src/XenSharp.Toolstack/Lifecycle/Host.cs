@@ -215,6 +215,8 @@ public sealed partial class Host : IDisposable
                 hvd.SetHvmParam(Params.HVM_PARAM_HPET_ENABLED, c.Hpet ? 1UL : 0);
                 hvd.SetHvmParam(Params.HVM_PARAM_TIMER_MODE, (ulong)c.TimerMode);
             }
+            // As libxl's hvm_set_conf_params for HVM and PVH alike.
+            hvd.SetHvmParam(Params.HVM_PARAM_ALTP2M, (ulong)c.Altp2m);
             // The vm_event rings' pages, among the special pages both builders populate (as libxc's HVM build).
             hvd.SetHvmParam(Params.HVM_PARAM_PAGING_RING_PFN, PvhLayout.SpecialPfn(PvhLayout.SpecialPaging));
             hvd.SetHvmParam(Params.HVM_PARAM_MONITOR_RING_PFN, PvhLayout.SpecialPfn(PvhLayout.SpecialAccess));

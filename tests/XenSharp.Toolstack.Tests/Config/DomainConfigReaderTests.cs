@@ -148,6 +148,19 @@ public class DomainConfigReaderTests
     }
 
     [Fact]
+    public void Altp2mModesByNameOrNumber()
+    {
+        Assert.Equal(0, Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n").Config.Altp2m);
+        var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\naltp2m=\"external\"\n");
+        Assert.Empty(r.Warnings);
+        Assert.Equal(2, r.Config.Altp2m);
+        Assert.Equal(1, Read("name=\"g\"\ntype=\"hvm\"\nfirmware_override=\"/f\"\naltp2m=\"Mixed\"\n").Config.Altp2m);
+        Assert.Equal(3, Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\naltp2m=3\n").Config.Altp2m);
+        Assert.Throws<XlConfigException>(() => Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\naltp2m=\"sometimes\"\n"));
+        Assert.Throws<XlConfigException>(() => Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\naltp2m=4\n"));
+    }
+
+    [Fact]
     public void UnknownKeysWarnWithFileAndLine()
     {
         var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\nfrobnicate=1\nvtpm=['x']\n", "g.cfg");
