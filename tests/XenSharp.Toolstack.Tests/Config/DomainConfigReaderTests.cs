@@ -105,6 +105,9 @@ public class DomainConfigReaderTests
         Assert.Equal("/etc/xen/shim", r.Config.PvShimPath);
         Assert.Equal("pv-shim", r.Config.PvShimCmdline);
         Assert.Equal("loglvl=all", r.Config.PvShimExtra);
+        var pvh = LibxlJson.DomainConfig(r.Config)["b_info"]!["type.pvh"]!;
+        Assert.Equal("True", (string?)pvh["pvshim"]);
+        Assert.Equal("loglvl=all", (string?)pvh["pvshim_extra"]);
         Assert.False(Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n").Config.PvShim);
         Assert.False(Read("name=\"g\"\ntype=\"pv\"\nkernel=\"/k\"\npvshim=1\n").Config.PvShim);
     }
