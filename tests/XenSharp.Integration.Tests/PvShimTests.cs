@@ -8,7 +8,7 @@ namespace XenSharp.Integration.Tests;
 /// hosting one PV guest) boots as a PVH domain on XenSharp with the PV kernel and its command line as start-info
 /// modules, builds its PV domain, and runs Debian's PV kernel inside it to its shell on hvc0, every hypercall the
 /// shim forwards (event channels, grant tables, memory, vCPU, console, xenstore) served by XenSharp; then
-/// `xl shutdown` reaches the PV kernel through xenstore and its power-off leaves through the shim. One boot.
+/// `xl shutdown` reaches the PV kernel through xenstore and its power-off leaves through the shim. Two vCPUs, one boot.
 /// </summary>
 public class PvShimTests
 {
@@ -32,7 +32,7 @@ public class PvShimTests
             ramdisk = "{store.ShellInitrdPath}"
             cmdline = "console=hvc0"
             memory = 512
-            vcpus = 1
+            vcpus = 2
             on_poweroff = "destroy"
             on_crash = "preserve"
             """);
@@ -64,13 +64,18 @@ public class PvShimTests
             Assert.DoesNotContain("Call Trace", boot);
             Assert.DoesNotContain("Panic on CPU", boot);
 
+            // The guest's second vCPU came up through VCPUOP_up to the shim, which started its own second CPU for it
+            // on XenSharp's second vCPU; a command runs there.
+            Assert.Contains("smp: Brought up 1 node, 2 CPUs", boot);
+            Assert.Contains("cpus-2 1-on-1",
+                console.Ask("echo cpus-$(grep -c ^processor /proc/cpuinfo) $(taskset -c 1 cat /proc/self/stat | cut -d' ' -f39)-on-1", "1-on-1"));
             Assert.Contains("result-42 xen", console.Ask("echo result-$((6*7)) $(cat /sys/hypervisor/type)", "result-42 xen"));
             Assert.Contains("forked-42", console.Ask("(sh -c 'echo forked-$((40+2))')", "forked-42"));
             Assert.Contains("guest-PV", console.Ask("echo guest-$(cat /sys/hypervisor/guest_type)", "guest-PV"));
             // The shim is Xen 4.17; XenSharp under it says 4.14.
             Assert.Contains("xenver-4.17", console.Ask("echo xenver-$(cat /sys/hypervisor/version/major).$(cat /sys/hypervisor/version/minor)", "xenver-4.17"));
             // XenSharp runs the shim as a PVH domain.
-            Assert.Matches(@"(?m)^shim\s+\d+\s+512\s+1\s", xl.Run("list").Stdout);
+            Assert.Matches(@"(?m)^shim\s+\d+\s+512\s+2\s", xl.Run("list").Stdout);
 
             var shutdown = xl.Run(TimeSpan.FromMinutes(3), "shutdown", "-w", "shim");
             Assert.True(shutdown.ExitCode == 0, shutdown.ToString());
