@@ -251,6 +251,15 @@ public sealed unsafe partial class XenHypervisor : IDisposable
     /// <summary>Pauses the domain and returns once none of its vCPUs is on a pCPU.</summary>
     public void Pause(ushort domid) => Services.PauseDomain(Guest(domid));
 
+    /// <summary>XEN_DOMCTL_soft_reset: a domain shut down for a soft reset runs on in place with its memory
+    /// (<see cref="Common.SoftReset"/>); refused with the errno Xen gives (EINVAL for a PV domain or one not shut down).</summary>
+    public void SoftReset(ushort domid)
+    {
+        long rc = Common.SoftReset.Do(Guest(domid));
+        if (rc < 0)
+            throw new HypervisorException($"soft reset of domain {domid} failed", (int)-rc);
+    }
+
     /// <summary>Shuts a domain down as if it asked to (what SCHEDOP_remote_shutdown does).</summary>
     public void Shutdown(ushort domid, ShutdownReason reason) => Services.ShutdownDomain(Guest(domid), (uint)reason);
 

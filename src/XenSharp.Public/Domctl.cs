@@ -22,7 +22,8 @@ public static class Domctl
         XEN_DOMCTL_settscinfo = 60, XEN_DOMCTL_get_vcpu_msrs = 72, XEN_DOMCTL_get_cpu_policy = 82,
         XEN_DOMCTL_gethvmcontext = 33, XEN_DOMCTL_sethvmcontext = 34, XEN_DOMCTL_set_cpu_policy = 83,
         XEN_DOMCTL_get_paging_mempool_size = 85, XEN_DOMCTL_set_paging_mempool_size = 86,
-        XEN_DOMCTL_gethvmcontext_partial = 55;
+        XEN_DOMCTL_gethvmcontext_partial = 55,
+        XEN_DOMCTL_soft_reset_cont = 23, XEN_DOMCTL_soft_reset = 79;
 
     /// <summary>xen_domctl_createdomain.flags (XEN_DOMCTL_CDF_*); bits above vpmu are refused.</summary>
     public const uint XEN_DOMCTL_CDF_hvm = 1 << 0, XEN_DOMCTL_CDF_hap = 1 << 1, XEN_DOMCTL_CDF_s3_integrity = 1 << 2,

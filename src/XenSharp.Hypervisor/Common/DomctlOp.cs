@@ -44,6 +44,8 @@ internal static class DomctlOp
         [XEN_DOMCTL_gethvmcontext_partial] = DomctlVcpuContext.GetHvmContextPartial,
         [XEN_DOMCTL_getpageframeinfo3] = DomctlSave.GetPageFrameInfo3,
         [XEN_DOMCTL_resumedomain] = DomctlSave.ResumeDomain,
+        [XEN_DOMCTL_soft_reset] = SoftReset.Domctl,
+        [XEN_DOMCTL_soft_reset_cont] = SoftReset.Domctl,
         [Public.VmEvent.XEN_DOMCTL_vm_event_op] = X86.DomainMonitor.VmEventOp,
         [Public.VmEvent.XEN_DOMCTL_monitor_op] = X86.DomainMonitor.MonitorOp,
         [Public.VmEvent.XEN_DOMCTL_set_access_required] = X86.DomainMonitor.SetAccessRequired,

@@ -77,6 +77,19 @@ internal sealed unsafe class Vcpu : IInterruptSource
         Domain.Host.Time.UpdateVcpuTime(this);
     }
 
+    /// <summary>Forgets a registered vcpu_info (a soft reset): it is back in shared_info, or none for vCPUs past
+    /// the legacy 32, as at creation.</summary>
+    public void UnregisterVcpuInfo()
+    {
+        if (_vcpuInfoMfn is not uint m)
+            return;
+        _vcpuInfoMfn = null;
+        VcpuInfo = Id < Xen.XEN_LEGACY_MAX_VCPUS
+            ? (VcpuInfo*)((byte*)Domain.SharedInfo + Id * sizeof(VcpuInfo))
+            : null;
+        Domain.Host.Frames.Release(m, dropRef: true);
+    }
+
     // Lifecycle and scheduling.
     public bool IsUp { get; set; }
     /// <summary>Has register state to start from (vCPU 0 from the toolstack, APs from VCPUOP_initialise or SIPI).</summary>

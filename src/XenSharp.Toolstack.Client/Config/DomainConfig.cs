@@ -46,6 +46,15 @@ public sealed class DomainConfig
     public HvmDisplay Display { get; set; } = new() { Vga = VgaKind.None, VideoRamKb = 0, Vnc = false };
     /// <summary>xl.cfg device_model_override: the QEMU binary run as an HVM domain's device model.</summary>
     public string? DeviceModelOverride { get; set; }
+    /// <summary>xl.cfg pvshim (type="pvh" only): the PV kernel runs inside Xen's PV shim, which boots as the PVH
+    /// domain's kernel with the PV kernel and ramdisk as its modules.</summary>
+    public bool PvShim { get; set; }
+    /// <summary>xl.cfg pvshim_path: the shim (libxl's default: Xen's firmware directory's xen-shim).</summary>
+    public string? PvShimPath { get; set; }
+    /// <summary>xl.cfg pvshim_cmdline and pvshim_extra: the shim's own command line (libxl's default
+    /// "pv-shim console=xen,pv"), the extra part appended after a space.</summary>
+    public string? PvShimCmdline { get; set; }
+    public string? PvShimExtra { get; set; }
     /// <summary>xl.cfg serial (a string or a list): where the device model's UARTs go (QEMU's -serial, one each).</summary>
     public IReadOnlyList<string> Serials { get; set; } = [];
     /// <summary>xl.cfg boot: the emulated BIOS's boot order (c disk, d CD-ROM, n network; libxl's default "cda").</summary>

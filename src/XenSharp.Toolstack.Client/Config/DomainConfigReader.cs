@@ -16,7 +16,8 @@ public static class DomainConfigReader
         "vcpus", "maxvcpus", "cpus", "cpus_soft", "on_poweroff", "on_reboot", "on_crash", "on_watchdog",
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
         "acpi", "apic", "hpet", "timer_mode", "altp2m", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
-        "bios_path_override", "bootloader", "bootloader_args", .. HvmDisplay.Keys,
+        "bios_path_override", "bootloader", "bootloader_args", "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra",
+        .. HvmDisplay.Keys,
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
@@ -30,7 +31,7 @@ public static class DomainConfigReader
         "pci_seize", "pci_power_mgmt", "rdm", "rdm_mem_boundary", "dtdev", "gfx_passthru", "ioports", "irqs",
         "iomem", "e820_host", "opengl", "spice", "soundhw", "device_model_version",
         "device_model_stubdomain_override", "device_model_args", "device_model_user",
-        "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra", "cpuid",
+        "cpuid",
         "altp2mhvm", "xen_platform_pci", "claim_mode", "mca_caps", "msr_relaxed", "vcpu_hotplug",
         "tee", "gic_version", "vuart", "dm_restrict", "xenstore_nodes", "event_channels", "passthrough",
         "max_event_channels", "smbios_firmware", "acpi_firmware", "usbversion",
@@ -100,6 +101,14 @@ public static class DomainConfigReader
         d.DeviceModelOverride = ResolvePath(cfg, "device_model_override");
         d.Serials = cfg.GetStringList("serial") ?? [];
         d.Boot = cfg.GetString("boot");
+        if (d.Type == DomainType.Pvh)
+        {
+            // As xl: read for PVH guests only.
+            d.PvShim = cfg.GetBool("pvshim") ?? false;
+            d.PvShimPath = ResolvePath(cfg, "pvshim_path");
+            d.PvShimCmdline = cfg.GetString("pvshim_cmdline");
+            d.PvShimExtra = cfg.GetString("pvshim_extra");
+        }
 
         string? cmdline = cfg.GetString("cmdline");
         string? root = cfg.GetString("root");

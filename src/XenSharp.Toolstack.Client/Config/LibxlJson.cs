@@ -29,7 +29,16 @@ public static class LibxlJson
         if (d.Cmdline.Length > 0) b["cmdline"] = d.Cmdline;
         if (d.Ramdisk is not null) b["ramdisk"] = d.Ramdisk;
         if (d.TscMode != TscMode.Default) b["tsc_mode"] = Config.DomainConfig.TscModeName(d.TscMode);
-        b["type." + Enums.TypeName(d.Type)] = new JsonObject();
+        var typeUnion = new JsonObject();
+        if (d.PvShim)
+        {
+            // libxl's pvh union: the defaults it fills in are left out, as it leaves them out of a config it was given.
+            typeUnion["pvshim"] = "True";
+            if (d.PvShimPath is not null) typeUnion["pvshim_path"] = d.PvShimPath;
+            if (d.PvShimCmdline is not null) typeUnion["pvshim_cmdline"] = d.PvShimCmdline;
+            if (d.PvShimExtra is not null) typeUnion["pvshim_extra"] = d.PvShimExtra;
+        }
+        b["type." + Enums.TypeName(d.Type)] = typeUnion;
         b["arch_arm"] = new JsonObject();
 
         var c = new JsonObject

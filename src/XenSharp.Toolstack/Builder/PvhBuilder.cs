@@ -21,7 +21,14 @@ public sealed record PvhBuildSpec(
     /// <summary>What the memory map covers (xl.cfg maxmem); above <see cref="MemoryBytes"/> the guest starts
     /// populate-on-demand and balloons down to its target.</summary>
     public ulong MapBytes => Math.Max(MemoryBytes, MaxMemoryBytes);
+
+    /// <summary>The start info's modules, in order, instead of <see cref="Ramdisk"/> as the only one (a PV shim's
+    /// guest kernel with its command line, then its ramdisk).</summary>
+    public IReadOnlyList<PvhModule>? Modules { get; init; }
 }
+
+/// <summary>One hvm_modlist_entry: the bytes loaded, and their command line if any.</summary>
+public sealed record PvhModule(byte[] Data, string? Cmdline = null);
 
 /// <summary>The built domain: where things are, and the boot vCPU's state.</summary>
 public sealed record PvhBuildResult(
@@ -105,24 +112,31 @@ public static class PvhBuilder
         }
 
         ulong next = PvhLayout.AlignUp(kEnd);
-        ulong? ramdiskAt = null;
-        if (spec.Ramdisk is { Length: > 0 } rd)
+        var modules = spec.Modules
+            ?? (spec.Ramdisk is { Length: > 0 } rd ? new[] { new PvhModule(rd) } : Array.Empty<PvhModule>());
+        var moduleAt = new ulong[modules.Count];
+        for (int i = 0; i < modules.Count; i++)
         {
-            ramdiskAt = next;
-            next = PvhLayout.AlignUp(next + (ulong)rd.Length);
-            if (next > lowEnd) throw new DomainBuildException($"the ramdisk ({rd.Length} bytes) does not fit in memory; raise memory=");
-            mem.Write(ramdiskAt.Value, rd);
+            var data = modules[i].Data;
+            moduleAt[i] = next;
+            next = PvhLayout.AlignUp(next + (ulong)data.Length);
+            if (next > lowEnd)
+                throw new DomainBuildException($"the {(spec.Modules is null ? "ramdisk" : $"module {i}")} ({data.Length} bytes) does not fit in memory; raise memory=");
+            mem.Write(moduleAt[i], data);
         }
+        ulong? ramdiskAt = spec.Modules is null && modules.Count > 0 ? moduleAt[0] : null;
 
         var memmap = PvhLayout.Memmap(spec.MapBytes, acpi);
         byte[] cmdline = Encoding.UTF8.GetBytes(spec.Cmdline + "\0");
-        int nrModules = ramdiskAt is null ? 0 : 1;
+        var moduleCmdlines = modules.Select(m => m.Cmdline is null ? null : Encoding.UTF8.GetBytes(m.Cmdline + "\0")).ToArray();
+        int nrModules = modules.Count;
         const int startInfoSize = 56, modSize = 32, memmapSize = 24;
         ulong startInfo = next;
         ulong modlist = startInfo + startInfoSize + 8; // 8-byte aligned (56 is)
         ulong memmapAt = modlist + (ulong)(nrModules * modSize);
         ulong cmdlineAt = memmapAt + (ulong)(memmap.Count * memmapSize);
-        ulong blockEnd = PvhLayout.AlignUp(cmdlineAt + (ulong)cmdline.Length);
+        ulong moduleCmdlinesAt = cmdlineAt + (ulong)cmdline.Length;
+        ulong blockEnd = PvhLayout.AlignUp(moduleCmdlinesAt + (ulong)moduleCmdlines.Sum(c => c?.Length ?? 0));
         if (blockEnd > lowEnd || blockEnd > (1UL << 30))
             throw new DomainBuildException("no room below 1 GiB for the start info after the kernel and ramdisk");
 
@@ -137,11 +151,18 @@ public static class PvhBuilder
         BinaryPrimitives.WriteUInt64LittleEndian(b[32..], acpi.RsdpAddress);
         BinaryPrimitives.WriteUInt64LittleEndian(b[40..], memmapAt);
         BinaryPrimitives.WriteUInt32LittleEndian(b[48..], (uint)memmap.Count);
-        if (ramdiskAt is { } r)
+        ulong moduleCmdline = moduleCmdlinesAt;
+        for (int i = 0; i < nrModules; i++)
         {
-            var m = b[(int)(modlist - startInfo)..];
-            BinaryPrimitives.WriteUInt64LittleEndian(m, r);
-            BinaryPrimitives.WriteUInt64LittleEndian(m[8..], (ulong)spec.Ramdisk!.Length);
+            var m = b[(int)(modlist - startInfo + (ulong)(i * modSize))..];
+            BinaryPrimitives.WriteUInt64LittleEndian(m, moduleAt[i]);
+            BinaryPrimitives.WriteUInt64LittleEndian(m[8..], (ulong)modules[i].Data.Length);
+            if (moduleCmdlines[i] is { } mc)
+            {
+                BinaryPrimitives.WriteUInt64LittleEndian(m[16..], moduleCmdline);
+                mc.CopyTo(b[(int)(moduleCmdline - startInfo)..]);
+                moduleCmdline += (ulong)mc.Length;
+            }
         }
         for (int i = 0; i < memmap.Count; i++)
         {

@@ -19,6 +19,10 @@ internal sealed class Domain
     /// <summary>The primary console (start info and HVM params, not xenbus).</summary>
     public PrimaryConsole? PrimaryConsole { get; set; }
     public ConsoleBackend? Console => PrimaryConsole?.Backend;
+    /// <summary>A domain built outside: the pty its primary console is served on, and whether that console must be
+    /// bound again (its store was introduced anew, as after libxl's soft reset, which closed the old port).</summary>
+    public ConsolePty? ForeignConsolePty { get; set; }
+    public bool ForeignConsoleStale { get; set; }
     /// <summary>For an incoming migration's domain (NAME--incoming until the sender lets go of NAME): NAME, which its
     /// primary console's log is kept under from the start, so the guest's log goes on in one file.</summary>
     public string? ArrivingAs { get; init; }

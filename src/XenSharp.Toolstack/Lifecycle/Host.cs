@@ -228,8 +228,23 @@ public sealed partial class Host : IDisposable
                 return dom;
             }
 
-            var built = PvhBuilder.Build(new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
-                c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024), hvd.Memory);
+            var spec = new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
+                c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024);
+            if (c.PvShim)
+            {
+                // As libxl's pvshim: the shim is the PVH domain's kernel, with its own command line; the PV kernel
+                // (with the guest's command line) and its ramdisk are the start info's modules.
+                string shim = c.PvShimPath ?? PvShimPath;
+                spec = spec with
+                {
+                    Kernel = ReadImage(shim, "pvshim"),
+                    KernelName = shim,
+                    Ramdisk = null,
+                    Cmdline = (c.PvShimCmdline ?? PvShimDefaultCmdline) + (c.PvShimExtra is { } x ? " " + x : ""),
+                    Modules = ramdisk is null ? [new PvhModule(kernel, c.Cmdline)] : [new PvhModule(kernel, c.Cmdline), new PvhModule(ramdisk)],
+                };
+            }
+            var built = PvhBuilder.Build(spec, hvd.Memory);
             hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
             hvd.SetMemoryMap(built.Memmap.Select(e => (e.Addr, e.Size, e.Type)).ToList());
             // With a device model the PM1a control port is QEMU's (PIIX4), as in Xen; otherwise ours, as our FADT says.
@@ -293,6 +308,13 @@ public sealed partial class Host : IDisposable
         _hv.ConsoleWrite($"d{dom.DomId}: {c.Name} built (HVM): hvmloader entry 0x{built.Entry:x}, firmware at 0x{built.FirmwareAddress:x}, {c.TargetMemKb / 1024} MiB, {c.Vcpus}/{c.MaxVcpus} vCPUs");
         Launch(dom, paused);
     }
+
+    /// <summary>Debian's xen-shim (xen-utils-4.17), libxl's default pvshim_path, or $XENSHARP_PVSHIM.</summary>
+    private static string PvShimPath =>
+        Environment.GetEnvironmentVariable("XENSHARP_PVSHIM") is { Length: > 0 } p ? p : "/usr/lib/xen-4.17/boot/xen-shim";
+
+    /// <summary>libxl's default pvshim_cmdline.</summary>
+    private const string PvShimDefaultCmdline = "pv-shim console=xen,pv";
 
     /// <summary>Debian's hvmloader (xen-utils-4.17), or $XENSHARP_HVMLOADER.</summary>
     private static string HvmloaderPath =>

@@ -61,12 +61,21 @@ public sealed partial class Host
         if (ring is null)
             return null;
         ForeignStoreRing? old;
+        Domain? adopted;
         lock (_lock)
         {
             _foreignRings.Remove(domId, out old);
             _foreignRings[domId] = ring;
+            _domains.TryGetValue(domId, out adopted);
         }
         old?.Dispose();
+        // Introduced again while served (libxl's soft reset: its event channels were all closed): the console is
+        // bound anew once its nodes name the new port, as xenconsoled does. Not here, under xenstored's lock.
+        if (adopted is { BuiltOutside: true } && !ExternalXenconsoled)
+        {
+            lock (adopted.OutsideParts) adopted.ForeignConsoleStale = true;
+            ThreadPool.QueueUserWorkItem(_ => ServeForeignConsole(adopted));
+        }
         return ring;
     }
 
@@ -154,16 +163,26 @@ public sealed partial class Host
         string dir = $"{XenStored.GetDomainPath(dom.DomId)}/console";
         lock (dom.OutsideParts)
         {
-            if (dom.PrimaryConsole is not null || dom.Destroyed) return;
+            if ((dom.PrimaryConsole is not null && !dom.ForeignConsoleStale) || dom.Destroyed) return;
             if (_xs.Read($"{dir}/type") is not ("xenconsoled" or null)
                 || !ulong.TryParse(_xs.Read($"{dir}/ring-ref"), out ulong gfn)
                 || !uint.TryParse(_xs.Read($"{dir}/port"), out uint port))
                 return;
+            if (dom.ForeignConsolePty is { } oldPty)
+            {
+                dom.OutsideParts.Remove(oldPty);
+                oldPty.Dispose();
+                dom.ForeignConsolePty = null;
+            }
+            dom.PrimaryConsole?.Dispose();
+            dom.PrimaryConsole = null;
             try
             {
                 ConnectPrimaryConsole(dom, gfn, port);
                 var pty = ConsolePty.Open(dom.Console!);
                 dom.OutsideParts.Add(pty);
+                dom.ForeignConsolePty = pty;
+                dom.ForeignConsoleStale = false;
                 _xs.Write($"{dir}/tty", pty.Path);
             }
             catch (Exception e) when (e is InvalidOperationException or IOException or XenStoreException)

@@ -1,5 +1,9 @@
 using XenSharp.Toolstack.Config;
+using XenSharp.Backends.Xenbus;
+using XenSharp.Hypervisor;
 using XenSharp.Public;
+using XenSharp.Public.Hvm;
+using XenSharp.Store;
 
 namespace XenSharp.Toolstack.Lifecycle;
 
@@ -60,8 +64,10 @@ public sealed partial class Host
                     BeginRestart(d, rename: false);
                     break;
                 case ShutdownAction.Restart:
-                case ShutdownAction.SoftReset:
                     BeginRestart(d, rename: false);
+                    break;
+                case ShutdownAction.SoftReset:
+                    SoftReset(d);
                     break;
                 case ShutdownAction.RenameRestart:
                     BeginRestart(d, rename: true);
@@ -135,6 +141,54 @@ public sealed partial class Host
         finally { cts?.Dispose(); }
     }
 
+
+    /// <summary>
+    /// on_soft_reset="soft-reset" (xl's default), as libxl's soft reset: the domain's backends let go of it (its
+    /// console, store connection and PV devices go, with its xenstore directories), the hypervisor resets it in place
+    /// (XEN_DOMCTL_soft_reset: memory and vCPU state kept, event channels closed), and it is connected again, its
+    /// rings where they were, on fresh event channels named in its HVM params, its devices added again. A device model
+    /// keeps running through it, its emulated hardware as it was (libxl saves QEMU's state and restores it in a new
+    /// QEMU, to the same effect). A domain the hypervisor will not reset (PV, as on Xen) is destroyed, as libxl's
+    /// failed soft reset leaves it.
+    /// </summary>
+    private void SoftReset(Domain d)
+    {
+        lock (_lifecycle)
+        {
+            if (_disposed || d.Destroyed) return;
+            var hvd = d.Hv;
+            hvd.Pause();
+            d.PrimaryConsole?.Dispose();
+            d.PrimaryConsole = null;
+            StopQdiskBackend(d.DomId);
+            RemoveNics(d);
+            BackendRegistry? b;
+            lock (_lock) b = _backends;
+            b?.RemoveDevicesOf(d.DomId);
+            d.StoreChannel?.Dispose();
+            d.StoreChannel = null;
+            try
+            {
+                DeviceLayout.RemoveBackends(_xs, d.DomId);
+                if (d.Store is not null) _xs.Release(d.DomId);
+                d.Store = null;
+                XenstoreLayout.Remove(_xs, d.DomId, null);
+            }
+            catch (XenStoreException) { }
+            try { hvd.SoftReset(); }
+            catch (Exception e) when (e is HypervisorException or NotSupportedException)
+            {
+                _hv.ConsoleWrite($"d{d.DomId}: soft reset failed: {e.Message}: destroying the domain");
+                DestroyLocked(d);
+                return;
+            }
+            lock (_lock) d.ShutdownHandled = false;
+            ConnectRings(d, hvd.GetHvmParam(Params.HVM_PARAM_STORE_PFN), hvd.GetHvmParam(Params.HVM_PARAM_CONSOLE_PFN));
+            AddDevices(d);
+            _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name}: soft reset");
+            hvd.Unpause();
+        }
+    }
 
     /// <summary>Testing and the daemon's signal path: shut a domain down as if it had asked to.</summary>
     internal void ShutdownFromOutside(uint domId, ShutdownReason reason)

@@ -161,6 +161,9 @@ public interface IHypervisorDomain : IDisposable
     /// <summary>Resumes a suspended domain in place, its suspend cancelled (with <paramref name="cancelHypercall"/>
     /// the guest's SCHEDOP_shutdown returns 1; false for a guest suspended from outside).</summary>
     void ResumeSuspended(bool cancelHypercall) => throw new NotSupportedException("this hypervisor cannot resume a suspended domain");
+    /// <summary>XEN_DOMCTL_soft_reset of a domain shut down for a soft reset: it runs on in place with its memory,
+    /// its event channels closed; throws for a domain that may not be soft-reset (PV), which stays shut down.</summary>
+    void SoftReset() => throw new NotSupportedException("this hypervisor cannot soft-reset a domain");
     /// <summary>What the PV builder needs of a PV domain; null for HVM and PVH domains.</summary>
     IPvBuildTarget? Pv => null;
 

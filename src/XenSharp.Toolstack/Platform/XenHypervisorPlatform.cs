@@ -162,6 +162,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         public bool TryReadSaveFrame(ulong gfn, Span<byte> page) => hv.TryReadSaveFrame(domId, gfn, page);
         public (uint Faults, uint Dirtied) ShadowOp(uint op, Span<ulong> bitmap) => hv.ShadowOp(domId, op, bitmap);
         public void ResumeSuspended(bool cancelHypercall) => hv.ResumeSuspended(domId, cancelHypercall);
+        public void SoftReset() => hv.SoftReset(domId);
         public uint TscKhz => (uint)(hv.GetHostInfo().GuestTscHz / 1000);
         public ulong SystemTimeNs => (ulong)hv.SystemTimeNs;
         public void ReadSharedInfo(Span<byte> page) => hv.ReadSharedInfo(domId, page);

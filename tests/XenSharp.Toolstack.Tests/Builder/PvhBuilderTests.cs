@@ -66,6 +66,35 @@ public class PvhBuilderTests
         Assert.Contains(entries, e => e.Addr == 0xFC000000 && e.Type == 4);
     }
 
+    /// <summary>A PV shim's modules: the PV kernel with the guest's command line, then the ramdisk without one.</summary>
+    [Fact]
+    public void ModulesCarryTheirOwnCommandLines()
+    {
+        byte[] kernel = Enumerable.Range(0, 7000).Select(i => (byte)(i * 7)).ToArray();
+        byte[] initrd = Enumerable.Range(0, 3000).Select(i => (byte)(i * 3)).ToArray();
+        using var m = new SparseGuestMemory();
+        var spec = new PvhBuildSpec(TestImages.Elf(Code, 0x100010, bss: 9000), "shim", null, "pv-shim console=xen,pv", Mem, 1, 1)
+        {
+            Modules = [new PvhModule(kernel, "console=hvc0 root=/dev/xvda"), new PvhModule(initrd)],
+        };
+        var r = PvhBuilder.Build(spec, m);
+        ulong si = r.StartInfoAddress;
+        Assert.Null(r.RamdiskAddress);
+        Assert.Equal(2u, U32(m, si + 12));
+        ulong modlist = U64(m, si + 16);
+        Assert.Equal("pv-shim console=xen,pv\0", Encoding.ASCII.GetString(Bytes(m, U64(m, si + 24), 23)));
+
+        ulong k = U64(m, modlist), rd = U64(m, modlist + 32);
+        Assert.Equal(kernel, Bytes(m, k, kernel.Length));
+        Assert.Equal((ulong)kernel.Length, U64(m, modlist + 8));
+        Assert.Equal("console=hvc0 root=/dev/xvda\0", Encoding.ASCII.GetString(Bytes(m, U64(m, modlist + 16), 28)));
+        Assert.Equal(0UL, U64(m, modlist + 24));
+        Assert.Equal(initrd, Bytes(m, rd, initrd.Length));
+        Assert.Equal((ulong)initrd.Length, U64(m, modlist + 40));
+        Assert.Equal(0UL, U64(m, modlist + 48)); // no command line
+        Assert.True(k >= r.KernelEnd && rd >= k + (ulong)kernel.Length && k % 4096 == 0 && rd % 4096 == 0);
+    }
+
     [Fact]
     public void NoRamdiskMeansNoModules()
     {

@@ -87,6 +87,32 @@ public class DomainConfigReaderTests
     }
 
     [Fact]
+    public void SoftResetIsTheDefaultActionForASoftReset()
+    {
+        Assert.Equal(ShutdownAction.SoftReset, Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n").Config.OnSoftReset);
+        Assert.Equal(ShutdownAction.Destroy,
+            Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\non_soft_reset=\"destroy\"\n").Config.OnSoftReset);
+    }
+
+    /// <summary>The pvshim keys are read, without a warning, for PVH guests only, as xl reads them.</summary>
+    [Fact]
+    public void PvshimKeysAreReadForPvhGuests()
+    {
+        var r = Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\npvshim=1\npvshim_path=\"shim\"\n" +
+                     "pvshim_cmdline=\"pv-shim\"\npvshim_extra=\"loglvl=all\"\n");
+        Assert.Empty(r.Warnings);
+        Assert.True(r.Config.PvShim);
+        Assert.Equal("/etc/xen/shim", r.Config.PvShimPath);
+        Assert.Equal("pv-shim", r.Config.PvShimCmdline);
+        Assert.Equal("loglvl=all", r.Config.PvShimExtra);
+        var pvh = LibxlJson.DomainConfig(r.Config)["b_info"]!["type.pvh"]!;
+        Assert.Equal("True", (string?)pvh["pvshim"]);
+        Assert.Equal("loglvl=all", (string?)pvh["pvshim_extra"]);
+        Assert.False(Read("name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n").Config.PvShim);
+        Assert.False(Read("name=\"g\"\ntype=\"pv\"\nkernel=\"/k\"\npvshim=1\n").Config.PvShim);
+    }
+
+    [Fact]
     public void RootAndExtraMakeTheCommandLineWhenCmdlineIsAbsent()
     {
         Assert.Equal("root=/dev/xvda1 ro quiet",

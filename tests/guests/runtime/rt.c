@@ -111,6 +111,13 @@ static void console_init(void)
     }
 }
 
+void rt_console_reconnect(void)
+{
+    pv_console = 0;
+    pv_console_port = 0;
+    console_init();
+}
+
 long rt_console_io_write(const char *s, size_t n)
 {
     return HYPERVISOR_console_io(CONSOLEIO_write, n, s);

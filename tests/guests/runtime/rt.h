@@ -98,6 +98,8 @@ extern unsigned int rt_console_sinks;
 #define RT_SINK_PORT_E9    4u
 /* Write raw bytes to one sink; returns the bytes written or a negative errno. */
 long rt_console_io_write(const char *s, size_t n);
+/* Reads the console's ring and port from the HVM params again (after a soft reset they are new). */
+void rt_console_reconnect(void);
 long rt_pv_console_write(const char *s, size_t n);
 
 /* ---- reporting: the lines the test harness parses ---- */
