@@ -1,0 +1,240 @@
+using System.Diagnostics;
+using System.Text;
+using System.Xml.Linq;
+using XenSharp.Artifacts;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// libvirt's libxl driver on XenSharp: Debian's libvirtd with libvirt-daemon-driver-xen (Xen 4.17's libxenlight
+/// linked in-process, over the drop-in stable libraries) runs under ./dom0 through scripts/dom0-libvirtd, and virsh
+/// manages a Debian PVH guest through it: the host as libvirt sees it, an xl.cfg turned into domain XML, define,
+/// start, the guest's console, dumpxml, shutdown, destroy, undefine and a transient create. What virsh reports is
+/// checked against XenSharp's own ./xl and against what the guest printed.
+/// </summary>
+public sealed class LibvirtTests
+{
+    private static readonly TimeSpan Settle = TimeSpan.FromMinutes(2);
+
+    [Fact, Trait("Feature", "libvirt driver for xl"), Trait("Feature", "x86/PVH")]
+    public void VirshManagesAPvhGuestThroughTheLibxlDriver()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        using var xl = new XlHost();
+        Assert.Equal(0, xl.Run("list").ExitCode); // starts the daemon
+        using var libvirt = new LibvirtDaemon(xl);
+
+        // The host: the hypervisor's version and the pCPUs as ./xl info gives them, Domain-0 running.
+        var info = Fields(Ours(xl, "info").Stdout);
+        Assert.Contains($"Running hypervisor: Xen {info["xen_version"]}", libvirt.Virsh("version"));
+        Assert.Equal(info["nr_cpus"], Fields(libvirt.Virsh("nodeinfo"))["CPU(s)"]);
+        Assert.Contains(VirshRows(libvirt.Virsh("list")), r => r is ["0", "Domain-0", "running"]);
+
+        // domxml-from-native turns the xl.cfg ./xl itself runs into a PVH domain's XML.
+        const string name = "lvguest";
+        string cfg = LinuxPvhTests.WriteConfig(xl, store, name);
+        var xml = XDocument.Parse(libvirt.Virsh("domxml-from-native", "xen-xl", cfg)).Root!;
+        Assert.Equal("xen", (string?)xml.Attribute("type"));
+        Assert.Equal(name, (string?)xml.Element("name"));
+        var os = xml.Element("os")!;
+        Assert.Equal("xenpvh", (string?)os.Element("type")?.Attribute("machine"));
+        Assert.Equal(store.KernelPath, (string?)os.Element("kernel"));
+        Assert.Equal(store.ShellInitrdPath, (string?)os.Element("initrd"));
+        Assert.Equal("console=hvc0", (string?)os.Element("cmdline"));
+        Assert.Equal("524288", (string?)xml.Element("memory"));
+        Assert.Equal("1", (string?)xml.Element("vcpu"));
+        Assert.Equal("preserve", (string?)xml.Element("on_crash"));
+        string xmlPath = Path.Combine(xl.RunDir, name + ".xml");
+        xml.Save(xmlPath);
+
+        // Defined, the guest is only libvirt's: shut off there, no domain in the hypervisor.
+        libvirt.Virsh("define", xmlPath);
+        Assert.Contains(VirshRows(libvirt.Virsh("list", "--all")), r => r is ["-", name, "shut", "off"]);
+        Assert.DoesNotContain(XlRows(Ours(xl, "list").Stdout), r => r[0] == name);
+
+        // Started, the guest is a domain both see alike, and it boots to its shell.
+        libvirt.Virsh("start", name);
+        int domid = Agree(xl, libvirt, name, running: true);
+        string log = Path.Combine(xl.RunDir, "console", name + ".log");
+        Assert.True(XlHost.WaitUntil(() => File.Exists(log) && File.ReadAllText(log).Contains("~ # "), LinuxPvhTests.BootLimit),
+            $"the guest never reached its shell; its console:\n{(File.Exists(log) ? LinuxPvhTests.Tail(File.ReadAllText(log)) : "(none)")}");
+        string boot = File.ReadAllText(log);
+        Assert.Contains("Booting kernel on Xen PVH", boot);
+        Assert.DoesNotContain("Kernel panic", boot);
+
+        // dumpxml of the running guest: its domid, and the console pty libxl found in xenstore.
+        var live = XDocument.Parse(libvirt.Virsh("dumpxml", name)).Root!;
+        Assert.Equal(domid.ToString(), (string?)live.Attribute("id"));
+        string? tty = (string?)live.Element("devices")?.Element("console")?.Attribute("tty");
+        var stored = xl.RunDom0(TimeSpan.FromMinutes(1), "xenstore-read", $"/local/domain/{domid}/console/tty");
+        Assert.True(stored.ExitCode == 0, stored.ToString());
+        Assert.Equal(stored.Stdout.Trim(), tty);
+
+        // virsh console reaches the guest's shell through that pty; Ctrl-] leaves it.
+        using (var console = PtySession.Command(xl.RunDir, "virsh", "-c", libvirt.Uri, "console", name))
+        {
+            console.WaitFor("Escape character is", TimeSpan.FromMinutes(1));
+            console.Type("\r");
+            console.WaitFor("~ # ", TimeSpan.FromMinutes(1));
+            console.Type("echo virsh-$((6*7)) $(cat /sys/hypervisor/type)\r");
+            console.WaitFor("virsh-42 xen", TimeSpan.FromMinutes(1));
+            console.Type("\u001d");
+            Assert.True(console.WaitForExit(TimeSpan.FromSeconds(30)), $"virsh console did not end on Ctrl-]; screen:\n{console.Tail()}");
+        }
+        Assert.Contains("virsh-42 xen", File.ReadAllText(log));
+
+        // shutdown asks the guest through xenstore; it powers off and libvirt sees the domain die.
+        int before = File.ReadAllText(log).Length;
+        libvirt.Virsh("shutdown", name);
+        Assert.True(XlHost.WaitUntil(() => libvirt.Virsh("domstate", name).Trim() == "shut off", Settle),
+            $"the guest did not shut off; its console:\n{LinuxPvhTests.Tail(File.ReadAllText(log))}");
+        Agree(xl, libvirt, name, running: false);
+        Assert.Contains("reboot: ", File.ReadAllText(log)[before..]);
+
+        // Started again it is a new domain; destroy ends it at once.
+        libvirt.Virsh("start", name);
+        int second = Agree(xl, libvirt, name, running: true);
+        Assert.True(second > domid, $"domid {second} after {domid}");
+        libvirt.Virsh("destroy", name);
+        Assert.Equal("shut off", libvirt.Virsh("domstate", name).Trim());
+        Agree(xl, libvirt, name, running: false);
+
+        // undefine forgets it.
+        libvirt.Virsh("undefine", name);
+        Assert.DoesNotContain(VirshRows(libvirt.Virsh("list", "--all")), r => r.Length > 1 && r[1] == name);
+
+        // create starts a transient guest from XML; destroyed, it is gone from both lists.
+        const string transient = "lvtransient";
+        xml.Element("name")!.Value = transient;
+        xml.Element("uuid")?.Remove();
+        xml.Save(xmlPath);
+        libvirt.Virsh("create", xmlPath);
+        Agree(xl, libvirt, transient, running: true);
+        libvirt.Virsh("destroy", transient);
+        Assert.DoesNotContain(VirshRows(libvirt.Virsh("list", "--all")), r => r.Length > 1 && r[1] == transient);
+        Agree(xl, libvirt, transient, running: false);
+    }
+
+    /// <summary>Waits until virsh list and ./xl list agree on the guest: running in both with the same domid, 512 MiB
+    /// and one vCPU in ./xl; or in neither. Returns the domid (-1 when not running).</summary>
+    private static int Agree(XlHost xl, LibvirtDaemon libvirt, string name, bool running)
+    {
+        var deadline = DateTime.UtcNow + Settle;
+        while (true)
+        {
+            var theirs = VirshRows(libvirt.Virsh("list")).FirstOrDefault(r => r.Length > 1 && r[1] == name);
+            var ours = XlRows(Ours(xl, "list").Stdout).FirstOrDefault(r => r[0] == name);
+            if (!running && theirs is null && ours is null)
+                return -1;
+            if (running && theirs is [var id, _, "running"] && ours is [_, var xlId, "512", "1", ..] && id == xlId)
+                return int.Parse(id);
+            if (DateTime.UtcNow > deadline)
+                Assert.Fail($"virsh list and ./xl list did not agree that {name} is {(running ? "running" : "gone")}:\n" +
+                    $"virsh: {(theirs is null ? "(none)" : string.Join(' ', theirs))}\n./xl: {(ours is null ? "(none)" : string.Join(' ', ours))}");
+            Thread.Sleep(500);
+        }
+    }
+
+    private static XlResult Ours(XlHost xl, params string[] args)
+    {
+        var r = xl.Run(args);
+        Assert.True(r.ExitCode == 0, $"./xl {string.Join(' ', args)}: {r}");
+        return r;
+    }
+
+    /// <summary>virsh list's rows below its header and rule: id, name, state words.</summary>
+    private static string[][] VirshRows(string text) =>
+        text.Split('\n', StringSplitOptions.RemoveEmptyEntries).Skip(2)
+            .Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Where(f => f.Length >= 3).ToArray();
+
+    private static string[][] XlRows(string text) =>
+        text.Split('\n', StringSplitOptions.RemoveEmptyEntries).Skip(1)
+            .Select(l => l.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)).Where(f => f.Length >= 5).ToArray();
+
+    private static Dictionary<string, string> Fields(string text) =>
+        text.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => l.Contains(':'))
+            .GroupBy(l => l[..l.IndexOf(':')].Trim())
+            .ToDictionary(g => g.Key, g => g.First()[(g.First().IndexOf(':') + 1)..].Trim());
+
+    /// <summary>libvirtd run by scripts/dom0-libvirtd against one test's daemon, all its state in that daemon's run
+    /// directory. Disposing stops it (SIGTERM, then SIGKILL).</summary>
+    private sealed class LibvirtDaemon : IDisposable
+    {
+        private const string Libvirtd = "/usr/sbin/libvirtd";
+        private const string Driver = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_libxl.so";
+        private readonly Process _p;
+        private readonly StringBuilder _output = new();
+        private readonly string _dir;
+
+        public string Uri { get; }
+
+        public LibvirtDaemon(XlHost xl)
+        {
+            Assert.True(File.Exists(Libvirtd) && File.Exists(Driver) && File.Exists("/usr/bin/virsh"),
+                "libvirt-daemon, libvirt-daemon-driver-xen and libvirt-clients are needed (see scripts/install-deps.sh)");
+            _dir = Path.Combine(xl.RunDir, "libvirt");
+            string socket = Path.Combine(_dir, "run", "libvirt-sock");
+            Uri = $"xen:///system?socket={socket}";
+            var psi = new ProcessStartInfo(Repository.PathOf("scripts", "dom0-libvirtd"))
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                WorkingDirectory = Repository.Root,
+            };
+            psi.ArgumentList.Add(_dir);
+            psi.Environment["XENSHARP_RUNDIR"] = xl.RunDir;
+            _p = Process.Start(psi)!;
+            _p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_output) _output.AppendLine(e.Data); };
+            _p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_output) _output.AppendLine(e.Data); };
+            _p.BeginOutputReadLine();
+            _p.BeginErrorReadLine();
+            if (!XlHost.WaitUntil(() => _p.HasExited || (File.Exists(socket) && Run("list").ExitCode == 0), TimeSpan.FromMinutes(3)) || _p.HasExited)
+                Assert.Fail($"libvirtd did not come up:\n{Output()}");
+        }
+
+        private string Output()
+        {
+            string log = Path.Combine(_dir, "libvirtd.log");
+            lock (_output)
+                return _output + (File.Exists(log) ? "--- libvirtd.log\n" + LinuxPvhTests.Tail(File.ReadAllText(log)) : "");
+        }
+
+        public XlResult Run(params string[] args)
+        {
+            var psi = new ProcessStartInfo("virsh")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                RedirectStandardInput = true,
+            };
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add(Uri);
+            foreach (var a in args) psi.ArgumentList.Add(a);
+            return XlHost.RunProcess(psi, TimeSpan.FromMinutes(3));
+        }
+
+        /// <summary>Runs virsh and returns its output; a failure fails the test with libvirtd's log.</summary>
+        public string Virsh(params string[] args)
+        {
+            var r = Run(args);
+            if (r.ExitCode != 0)
+                Assert.Fail($"virsh {string.Join(' ', args)}: {r}\n{Output()}");
+            return r.Stdout;
+        }
+
+        public void Dispose()
+        {
+            // The script execs libvirtd in its own process (./dom0, unshare and sh all exec), so this is libvirtd.
+            if (!_p.HasExited)
+            {
+                using (var kill = Process.Start("kill", ["-TERM", _p.Id.ToString()]))
+                    kill.WaitForExit();
+                if (!_p.WaitForExit(TimeSpan.FromSeconds(30)))
+                    _p.Kill(entireProcessTree: true);
+            }
+            _p.WaitForExit();
+            _p.Dispose();
+        }
+    }
+}
