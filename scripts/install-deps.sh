@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite, the demo and the benchmarks use, when missing.
 set -e
 pkgs="gcc make binutils cpio gzip e2fsprogs xz-utils zstd busybox-static libxen-dev xenstore-utils xen-utils-4.17 xen-utils-common qemu-utils qemu-system-x86 qemu-system-xen seabios ovmf grub-pc-bin grub-efi-amd64-bin xorriso mtools iproute2 dnsmasq-base passt openvswitch-switch"
-# libvirtd with only what its libxl driver needs: its recommends would bring the QEMU/KVM stack and system services.
+# libvirtd with only what its libxl driver needs: its recommends would bring its other drivers, lvm2 and QEMU/KVM.
 bare="libvirt-daemon libvirt-daemon-driver-xen libvirt-clients"
 missing=""
 for p in $pkgs; do
