@@ -57,8 +57,7 @@ public sealed class LibvirtTests
         libvirt.Virsh("start", name);
         int domid = Agree(xl, libvirt, name, running: true);
         string log = Path.Combine(xl.RunDir, "console", name + ".log");
-        Assert.True(XlHost.WaitUntil(() => File.Exists(log) && File.ReadAllText(log).Contains("~ # "), LinuxPvhTests.BootLimit),
-            $"the guest never reached its shell; its console:\n{(File.Exists(log) ? LinuxPvhTests.Tail(File.ReadAllText(log)) : "(none)")}");
+        WaitForShell(log, 0);
         string boot = File.ReadAllText(log);
         Assert.Contains("Booting kernel on Xen PVH", boot);
         Assert.DoesNotContain("Kernel panic", boot);
@@ -71,26 +70,29 @@ public sealed class LibvirtTests
         Assert.True(stored.ExitCode == 0, stored.ToString());
         Assert.Equal(stored.Stdout.Trim(), tty);
 
-        // virsh console reaches the guest's shell through that pty; Ctrl-] leaves it.
-        using (var console = PtySession.Command(xl.RunDir, "virsh", "-c", libvirt.Uri, "console", name))
-        {
-            console.WaitFor("Escape character is", TimeSpan.FromMinutes(1));
-            console.Type("\r");
-            console.WaitFor("~ # ", TimeSpan.FromMinutes(1));
-            console.Type("echo virsh-$((6*7)) $(cat /sys/hypervisor/type)\r");
-            console.WaitFor("virsh-42 xen", TimeSpan.FromMinutes(1));
-            console.WaitFor("~ # ", TimeSpan.FromMinutes(1));
-            // virsh takes the escape only as the first byte of a read, so one that shared a read with the terminal's
-            // answer to the prompt's cursor query is sent again.
-            bool exited = false;
-            for (int i = 0; i < 5 && !exited; i++)
-            {
-                console.Type("\u001d");
-                exited = console.WaitForExit(TimeSpan.FromSeconds(10));
-            }
-            Assert.True(exited, $"virsh console did not end on Ctrl-]; screen:\n{console.Tail()}");
-        }
+        // virsh console reaches the guest's shell through that pty.
+        AskThroughConsole(xl, libvirt, name, "virsh-$((6*7)) $(cat /sys/hypervisor/type)", "virsh-42 xen");
         Assert.Contains("virsh-42 xen", File.ReadAllText(log));
+
+        // reboot: the guest restarts itself and libvirt builds it again as a new domain (on_reboot = restart).
+        int mark = File.ReadAllText(log).Length;
+        libvirt.Virsh("reboot", name);
+        Assert.True(XlHost.WaitUntil(() => VirshRows(libvirt.Virsh("list")).Any(r => r.Length > 1 && r[1] == name && int.Parse(r[0]) > domid), Settle),
+            $"libvirt built no new domain after the reboot; its console:\n{LinuxPvhTests.Tail(File.ReadAllText(log))}");
+        domid = Agree(xl, libvirt, name, running: true);
+        WaitForShell(log, mark);
+
+        // save writes the guest to a file and ends the domain; restore brings it back, its shell still there.
+        string saved = Path.Combine(xl.RunDir, name + ".save");
+        libvirt.Virsh("save", name, saved);
+        Assert.Equal("shut off", libvirt.Virsh("domstate", name).Trim());
+        Agree(xl, libvirt, name, running: false);
+        libvirt.Virsh("restore", saved);
+        int restored = Agree(xl, libvirt, name, running: true);
+        Assert.True(restored > domid, $"domid {restored} after {domid}");
+        domid = restored;
+        AskThroughConsole(xl, libvirt, name, "restored-$((6*7))", "restored-42");
+        File.Delete(saved);
 
         // shutdown asks the guest through xenstore; it powers off and libvirt sees the domain die.
         int before = File.ReadAllText(log).Length;
@@ -122,6 +124,36 @@ public sealed class LibvirtTests
         libvirt.Virsh("destroy", transient);
         Assert.DoesNotContain(VirshRows(libvirt.Virsh("list", "--all")), r => r.Length > 1 && r[1] == transient);
         Agree(xl, libvirt, transient, running: false);
+    }
+
+    /// <summary>Waits until the guest's console log shows its shell's prompt after <paramref name="from"/>.</summary>
+    private static void WaitForShell(string log, int from)
+    {
+        string Text() => File.Exists(log) ? File.ReadAllText(log) : "";
+        Assert.True(XlHost.WaitUntil(() => Text().Length > from && Text()[from..].Contains("~ # "), LinuxPvhTests.BootLimit),
+            $"the guest never reached its shell; its console:\n{LinuxPvhTests.Tail(Text())}");
+    }
+
+    /// <summary>Runs <paramref name="command"/> in the guest's shell through virsh console and waits for
+    /// <paramref name="answer"/>; Ctrl-] then leaves the console.</summary>
+    private static void AskThroughConsole(XlHost xl, LibvirtDaemon libvirt, string name, string command, string answer)
+    {
+        using var console = PtySession.Command(xl.RunDir, "virsh", "-c", libvirt.Uri, "console", name);
+        console.WaitFor("Escape character is", TimeSpan.FromMinutes(1));
+        console.Type("\r");
+        console.WaitFor("~ # ", TimeSpan.FromMinutes(1));
+        console.Type($"echo {command}\r");
+        console.WaitFor(answer, TimeSpan.FromMinutes(1));
+        console.WaitFor("~ # ", TimeSpan.FromMinutes(1));
+        // virsh takes the escape only as the first byte of a read, so one that shared a read with the terminal's
+        // answer to the prompt's cursor query is sent again.
+        bool exited = false;
+        for (int i = 0; i < 5 && !exited; i++)
+        {
+            console.Type("\u001d");
+            exited = console.WaitForExit(TimeSpan.FromSeconds(10));
+        }
+        Assert.True(exited, $"virsh console did not end on Ctrl-]; screen:\n{console.Tail()}");
     }
 
     /// <summary>Waits until virsh list and ./xl list agree on the guest: running in both with the same domid, 512 MiB
