@@ -9,8 +9,9 @@ namespace XenSharp.Integration.Tests;
 /// libvirt's libxl driver on XenSharp: Debian's libvirtd with libvirt-daemon-driver-xen (Xen 4.17's libxenlight
 /// linked in-process, over the drop-in stable libraries) runs under ./dom0 through scripts/dom0-libvirtd, and virsh
 /// manages a Debian PVH guest through it: the host as libvirt sees it, an xl.cfg turned into domain XML, define,
-/// start, the guest's console, dumpxml, shutdown, destroy, undefine and a transient create. What virsh reports is
-/// checked against XenSharp's own ./xl and against what the guest printed.
+/// start, the guest's console, a raw disk served by libxl's QEMU, dumpxml, suspend/resume, reboot, save/restore,
+/// setmem, shutdown, destroy, undefine, and a transient guest created from XML. What virsh reports is checked
+/// against XenSharp's own ./xl and against what the guest printed and wrote.
 /// </summary>
 public sealed class LibvirtTests
 {
@@ -33,7 +34,14 @@ public sealed class LibvirtTests
 
         // domxml-from-native turns the xl.cfg ./xl itself runs into a PVH domain's XML.
         const string name = "lvguest";
+        string disk = Path.Combine(xl.RunDir, "disk.raw");
+        using (var f = File.Create(disk))
+        {
+            f.SetLength(4 << 20);
+            f.Write("libvirt-disk-42"u8);
+        }
         string cfg = LinuxPvhTests.WriteConfig(xl, store, name);
+        File.AppendAllText(cfg, $"\ndisk = [ \"format=raw,vdev=xvda,access=rw,target={disk}\" ]\n");
         var xml = XDocument.Parse(libvirt.Virsh("domxml-from-native", "xen-xl", cfg)).Root!;
         Assert.Equal("xen", (string?)xml.Attribute("type"));
         Assert.Equal(name, (string?)xml.Element("name"));
@@ -45,6 +53,9 @@ public sealed class LibvirtTests
         Assert.Equal("524288", (string?)xml.Element("memory"));
         Assert.Equal("1", (string?)xml.Element("vcpu"));
         Assert.Equal("preserve", (string?)xml.Element("on_crash"));
+        var source = xml.Element("devices")?.Element("disk");
+        Assert.Equal(disk, (string?)source?.Element("source")?.Attribute("file"));
+        Assert.Equal("xvda", (string?)source?.Element("target")?.Attribute("dev"));
         string xmlPath = Path.Combine(xl.RunDir, name + ".xml");
         xml.Save(xmlPath);
 
@@ -74,6 +85,26 @@ public sealed class LibvirtTests
         AskThroughConsole(xl, libvirt, name, "virsh-$((6*7)) $(cat /sys/hypervisor/type)", "virsh-42 xen");
         Assert.Contains("virsh-42 xen", File.ReadAllText(log));
 
+        // The raw disk is libxl's QEMU's (qdisk): the guest reads what the host wrote there and writes its own.
+        AskThroughConsole(xl, libvirt, name,
+            "$(head -c 15 /dev/xvda) $(printf guest-wrote-$((6*7)) | dd of=/dev/xvda bs=512 seek=1 conv=fsync 2>/dev/null && echo dd-$((6*7)))",
+            "libvirt-disk-42 dd-42");
+        using (var f = File.OpenRead(disk))
+        {
+            var written = new byte[14];
+            f.Position = 512;
+            f.ReadExactly(written);
+            Assert.Equal("guest-wrote-42", Encoding.ASCII.GetString(written));
+        }
+
+        // suspend and resume pause and unpause the domain, as ./xl list shows.
+        libvirt.Virsh("suspend", name);
+        Assert.Equal("paused", libvirt.Virsh("domstate", name).Trim());
+        Assert.Contains("p", XlRows(Ours(xl, "list").Stdout).Single(r => r[0] == name)[4]);
+        libvirt.Virsh("resume", name);
+        Assert.Equal("running", libvirt.Virsh("domstate", name).Trim());
+        Assert.DoesNotContain("p", XlRows(Ours(xl, "list").Stdout).Single(r => r[0] == name)[4]);
+
         // reboot: the guest restarts itself and libvirt builds it again as a new domain (on_reboot = restart).
         int mark = File.ReadAllText(log).Length;
         libvirt.Virsh("reboot", name);
@@ -93,6 +124,11 @@ public sealed class LibvirtTests
         domid = restored;
         AskThroughConsole(xl, libvirt, name, "restored-$((6*7))", "restored-42");
         File.Delete(saved);
+
+        // setmem sets the balloon target; the guest's balloon driver gives the memory back.
+        libvirt.Virsh("setmem", name, "262144");
+        Assert.True(XlHost.WaitUntil(() => XlRows(Ours(xl, "list").Stdout).Single(r => r[0] == name)[2] == "256", Settle),
+            $"the guest did not balloon down to 256 MiB:\n{Ours(xl, "list").Stdout}");
 
         // shutdown asks the guest through xenstore; it powers off and libvirt sees the domain die.
         int before = File.ReadAllText(log).Length;
@@ -114,40 +150,17 @@ public sealed class LibvirtTests
         libvirt.Virsh("undefine", name);
         Assert.DoesNotContain(VirshRows(libvirt.Virsh("list", "--all")), r => r.Length > 1 && r[1] == name);
 
-        // create starts a transient guest from XML, here with a raw disk, which libxl gives QEMU as its qdisk backend:
-        // the guest reads what the host wrote there and writes its own. Destroyed, it is gone from both lists.
+        // create starts a transient guest from XML; destroyed, it is gone from both lists.
         const string transient = "lvtransient";
-        string disk = Path.Combine(xl.RunDir, "disk.raw");
-        using (var f = File.Create(disk))
-        {
-            f.SetLength(4 << 20);
-            f.Write("libvirt-disk-42"u8);
-        }
-        string diskCfg = LinuxPvhTests.WriteConfig(xl, store, transient);
-        File.AppendAllText(diskCfg, $"\ndisk = [ \"format=raw,vdev=xvda,access=rw,target={disk}\" ]\n");
-        var diskXml = XDocument.Parse(libvirt.Virsh("domxml-from-native", "xen-xl", diskCfg)).Root!;
-        var source = diskXml.Element("devices")?.Element("disk");
-        Assert.Equal(disk, (string?)source?.Element("source")?.Attribute("file"));
-        Assert.Equal("xvda", (string?)source?.Element("target")?.Attribute("dev"));
-        diskXml.Element("uuid")?.Remove();
-        diskXml.Save(xmlPath);
-        string transientLog = Path.Combine(xl.RunDir, "console", transient + ".log");
+        xml.Element("name")!.Value = transient;
+        xml.Element("uuid")?.Remove();
+        xml.Element("devices")?.Element("disk")?.Remove();
+        xml.Save(xmlPath);
         libvirt.Virsh("create", xmlPath);
         Agree(xl, libvirt, transient, running: true);
-        WaitForShell(transientLog, 0);
-        AskThroughConsole(xl, libvirt, transient, "$(head -c 15 /dev/xvda)", "libvirt-disk-42");
-        AskThroughConsole(xl, libvirt, transient,
-            "$(printf guest-wrote-$((6*7)) | dd of=/dev/xvda bs=512 seek=1 conv=fsync 2>/dev/null && echo dd-$((6*7)))", "dd-42");
         libvirt.Virsh("destroy", transient);
         Assert.DoesNotContain(VirshRows(libvirt.Virsh("list", "--all")), r => r.Length > 1 && r[1] == transient);
         Agree(xl, libvirt, transient, running: false);
-        using (var f = File.OpenRead(disk))
-        {
-            var written = new byte[14];
-            f.Position = 512;
-            f.ReadExactly(written);
-            Assert.Equal("guest-wrote-42", Encoding.ASCII.GetString(written));
-        }
     }
 
     /// <summary>Waits until the guest's console log shows its shell's prompt after <paramref name="from"/>.</summary>
