@@ -89,6 +89,7 @@ public sealed partial class PtySession : IDisposable
             }
         }
         catch (IOException) { /* EIO: the slave side closed */ }
+        catch (ObjectDisposedException) { /* disposed before the EIO came: the session is over */ }
         _screen.Pulse();
     }
 
