@@ -266,3 +266,21 @@ internal sealed class Flask
 /// <summary>FLASK's mode at start, as Xen's <c>flask=</c> boot option: off (Xen's dummy XSM), permissive (denials are
 /// only reported) or enforcing.</summary>
 public enum FlaskMode { Disabled, Permissive, Enforcing }
+
+/// <summary>Parses the value of Xen's <c>flask=</c> boot option.</summary>
+public static class FlaskModes
+{
+    /// <summary>disabled, permissive or enforcing (null or empty: disabled); false for anything else. Xen's
+    /// <c>late</c> (load a policy later, then enforce) is enforcing here, since nothing is enforced before a load.</summary>
+    public static bool TryParse(string? value, out FlaskMode mode)
+    {
+        mode = FlaskMode.Disabled;
+        switch (value)
+        {
+            case null or "" or "disabled": return true;
+            case "permissive": mode = FlaskMode.Permissive; return true;
+            case "enforcing" or "late": mode = FlaskMode.Enforcing; return true;
+            default: return false;
+        }
+    }
+}
