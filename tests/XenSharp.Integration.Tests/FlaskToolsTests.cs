@@ -8,7 +8,8 @@ namespace XenSharp.Integration.Tests;
 /// with Xen's flask= option (XENSHARP_FLASK): flask-loadpolicy loads the tests' policy as Debian's checkpolicy compiles
 /// it, flask-getenforce/flask-setenforce and xl getenforce/setenforce switch modes, a guest gets its label from xl.cfg's
 /// seclabel (Debian's xl list -Z shows it), and Debian's xl pause of that guest, which the policy denies, is reported in
-/// xl dmesg as Xen's avc line when permissive and refused with EACCES when enforcing.
+/// xl dmesg as Xen's avc line when permissive and refused with EACCES when enforcing. Debian's xl create labels the
+/// domains it builds (init_seclabel, then seclabel through FLASK_RELABEL_DOMAIN) as the policy allows.
 /// </summary>
 public sealed class FlaskToolsTests : IDisposable
 {
@@ -102,6 +103,38 @@ public sealed class FlaskToolsTests : IDisposable
         Assert.Contains("Invalid seclabel: system_u:system_r:nonexistent_t", bad.Stderr);
 
         List<string> Denials() => Dom0("xl", "dmesg").Stdout.Split('\n').Where(l => l.Contains(denial)).ToList();
+    }
+
+    [Fact, Trait("Feature", "XSM & FLASK")]
+    public void DebianXlBuildsUnderInitSeclabelAndRunsUnderSeclabel()
+    {
+        _xl.Environment["XENSHARP_FLASK"] = "enforcing";
+        string policy = CompilePolicy();
+        Xl("list");
+        Dom0("flask-loadpolicy", policy);
+        string trigger = Repository.PathOf("tests", "guests", "trigger.cfg");
+        string kernel = $"kernel=\"{Repository.PathOf("tests", "guests", "build", "trigger.elf")}\"";
+
+        // Debian's libxl: XEN_DOMCTL_createdomain with the init label's SSID, then FLASK_RELABEL_DOMAIN to seclabel,
+        // which the policy allows from domU_t to locked_t only.
+        Dom0("xl", "create", "-p", trigger, kernel, "name=\"relabelled\"",
+            "init_seclabel=\"system_u:system_r:domU_t\"", "seclabel=\"system_u:system_r:locked_t\"");
+        string domid = Xl("domid", "relabelled").Stdout.Trim();
+        Assert.Matches($@"(?m)^relabelled\s+{domid}\s.*\ssystem_u:system_r:locked_t$", Dom0("xl", "list", "-Z").Stdout);
+        Assert.Contains("Permission denied", _xl.RunDom0("xl", "pause", domid).Stderr);
+
+        var back = _xl.RunDom0("xl", "create", "-p", trigger, kernel, "name=\"back\"",
+            "init_seclabel=\"system_u:system_r:locked_t\"", "seclabel=\"system_u:system_r:domU_t\"");
+        Assert.True(back.ExitCode != 0, back.ToString());
+        Assert.Contains("XSM operation failed!", back.Stderr);
+        Assert.Matches(@"avc:  denied  \{ transition \} for source=d0 target=d\d+ scontext=system_u:system_r:locked_t "
+            + "tcontext=system_u:system_r:domU_t tclass=domain", Dom0("xl", "dmesg").Stdout);
+
+        // XenSharp's own toolstack applies the two labels the same way.
+        Xl("create", "-p", trigger, "name=\"ours\"", "init_seclabel=\"system_u:system_r:domU_t\"",
+            "seclabel=\"system_u:system_r:locked_t\"");
+        string ours = Xl("domid", "ours").Stdout.Trim();
+        Assert.Matches($@"(?m)^ours\s+{ours}\s.*\ssystem_u:system_r:locked_t$", Dom0("xl", "list", "-Z").Stdout);
     }
 
     [Fact, Trait("Feature", "XSM & FLASK")]
