@@ -138,6 +138,29 @@ public sealed class FlaskToolsTests : IDisposable
     }
 
     [Fact, Trait("Feature", "XSM & FLASK")]
+    public void AGuestsOwnHypercallItsLabelForbidsIsRefusedWhenEnforcing()
+    {
+        _xl.Environment["XENSHARP_FLASK"] = "enforcing";
+        string policy = CompilePolicy();
+        Xl("list");
+        Dom0("flask-loadpolicy", policy);
+        string cfg = Repository.PathOf("tests", "guests", "evtchn2l.cfg");
+        const string label = "seclabel=\"system_u:system_r:sandbox_t\"";
+
+        // sandbox_t may not set its own HVM parameters: the test guest's HVMOP_set_param of its callback gets EACCES.
+        string refused = _xl.Run(TimeSpan.FromMinutes(3), "create", "-c", cfg, label).Stdout.Replace("\r", "");
+        Assert.Contains("FAIL evtchn2l.callback_vector: shared_info/HVM_PARAM_CALLBACK_IRQ rc -13", refused);
+        Assert.Matches(@"avc:  denied  \{ setparam \} for source=d\d+ scontext=system_u:system_r:sandbox_t "
+            + "tcontext=system_u:system_r:sandbox_t tclass=hvm", Dom0("xl", "dmesg").Stdout);
+
+        // Permissive: the same guest passes everything, the denial only reported.
+        Dom0("flask-setenforce", "0");
+        string allowed = _xl.Run(TimeSpan.FromMinutes(3), "create", "-c", cfg, label).Stdout.Replace("\r", "");
+        Assert.Matches(@"(?m)^DONE passed=[1-9]\d* failed=0 skipped=0$", allowed);
+        Assert.DoesNotContain("FAIL ", allowed);
+    }
+
+    [Fact, Trait("Feature", "XSM & FLASK")]
     public void WithoutTheOptionXenToolsFindFlaskDisabled()
     {
         Xl("list");

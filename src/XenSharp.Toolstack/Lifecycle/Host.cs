@@ -135,7 +135,8 @@ public sealed partial class Host : IDisposable
             : r.ConfigText.TrimEnd() + "\n\n# Given on xl create's command line.\n" + string.Join("\n", r.Overrides) + "\n";
         d.SourceFile = r.ConfigFile;
         var dom = Start(d, r.Paused);
-        return new CreateResult(dom.DomId, d.Name, [.. read.Warnings, .. SecurityLabelWarnings(d)]);
+        // xl prints the configuration's warnings itself; these are the ones only the host can give.
+        return new CreateResult(dom.DomId, d.Name, [.. SecurityLabelWarnings(d)]);
     }
 
     /// <summary>Creates, builds, wires up and (unless <paramref name="paused"/>) unpauses a domain.</summary>
