@@ -289,6 +289,8 @@ public sealed unsafe class FlaskTests : IDisposable
         Assert.Equal(-Errno.EACCES, XsmHooks.GrantCopy(locked, a));
         Assert.Equal(0, XsmHooks.GrantCopy(a, a));
         Assert.Equal(0, XsmHooks.EvtchnInterdomain(a, host.Dom0));
+        Assert.Equal(0, XsmHooks.EvtchnUnbound(a, a, host.Dom0.DomainId));
+        Assert.Equal(-Errno.EPERM, XsmHooks.EvtchnUnbound(a, a, 999));
         Assert.Equal(0, XsmHooks.EvtchnSend(a, b));
         Assert.Equal(-Errno.EACCES, XsmHooks.MemoryForeign(a, locked, physmap: true));
         Assert.Equal(0, XsmHooks.MapForeign(host.Dom0, a, writable: true));
@@ -297,6 +299,7 @@ public sealed unsafe class FlaskTests : IDisposable
         // event rules between types.
         string noEvents = File.ReadAllText(TestPolicy.SourcePath).Replace("allow domain_type domain_type:event *;", "");
         Assert.Equal(0, Load(TestPolicy.Binary(source: noEvents)));
+        Assert.Equal(-Errno.EACCES, XsmHooks.EvtchnUnbound(locked, locked, a.DomainId));
         Assert.Equal(0, locked.Evtchn.AllocUnbound(a.DomainId, out uint port));
         Assert.Equal(-Errno.EACCES, a.Evtchn.BindInterdomain(locked, port, out _));
         Assert.Equal(0, b.Evtchn.AllocUnbound(a.DomainId, out port));

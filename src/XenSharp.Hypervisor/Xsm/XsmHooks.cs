@@ -94,6 +94,12 @@ internal static class XsmHooks
     public static long EvtchnInterdomain(Domain d1, Domain d2) =>
         d1.Host.Flask is { } f ? EvtchnChecked(f, d1, d2) : 0;
 
+    /// <summary>xsm_evtchn_unbound: <paramref name="caller"/> allocates a port of <paramref name="d1"/> for
+    /// <paramref name="remoteDom"/> to bind; the caller needs create on its label and the label bind to the remote.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static long EvtchnUnbound(Domain caller, Domain d1, ushort remoteDom) =>
+        caller.Host.Flask is { } f ? EvtchnUnboundChecked(f, caller, d1, remoteDom) : 0;
+
     /// <summary>xsm_evtchn_send: <paramref name="sender"/> signals the channel it shares with <paramref name="remote"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static long EvtchnSend(Domain sender, Domain remote) =>
@@ -195,6 +201,21 @@ internal static class XsmHooks
         if (rc >= 0)
             rc = f.HasPerm(reverse, s1, Av.EventBind, d1, d2);
         return rc;
+    }
+
+    private static long EvtchnUnboundChecked(Flask f, Domain caller, Domain d1, ushort remoteDom)
+    {
+        var ss = f.Server;
+        if (ss is null)
+            return 0;
+        if (d1.Host.FindDomain(remoteDom) is not { } d2)
+            return -Errno.EPERM; // as Xen's FLASK: the remote end must exist to label the channel
+        uint s1 = Flask.SidOf(d1), s2 = Flask.SidOf(d2);
+        var (eventClass, _) = ss.Resolve(Av.EventCreate);
+        if (f.TransitionSid(s1, s2, eventClass, Policydb.AvtabTransition, out uint chan) < 0)
+            return -Errno.EACCES;
+        long rc = f.HasPerm(Flask.SidOf(caller), chan, Av.EventCreate, d1, d2);
+        return rc < 0 ? rc : f.HasPerm(chan, s2, Av.EventBind, d1, d2);
     }
 
     private static long EvtchnSendChecked(Flask f, Domain sender, Domain remote)
