@@ -113,8 +113,14 @@ namespace XenSharp.Daemon
                 Console.Error.WriteLine($"xensharpd: XENSHARP_ARGO: {e.Message}");
                 return 2;
             }
+            // XENSHARP_FLASK takes Xen's flask= boot option (disabled, permissive or enforcing); FLASK is off without it.
+            if (!XenSharp.Hypervisor.Xsm.FlaskModes.TryParse(Environment.GetEnvironmentVariable("XENSHARP_FLASK"), out var flask))
+            {
+                Console.Error.WriteLine($"xensharpd: XENSHARP_FLASK: expected disabled, permissive or enforcing");
+                return 2;
+            }
             var xen = new XenSharp.Hypervisor.XenHypervisor(
-                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true, Argo = argo });
+                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true, Argo = argo, Flask = flask });
             using var hv = new XenHypervisorPlatform(xen);
             using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs) { ExternalXenconsoled = externalXenconsoled };
             host.StopRequested += stop.Set;

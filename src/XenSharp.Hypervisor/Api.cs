@@ -27,6 +27,9 @@ public sealed record DomainCreateConfig(DomainKind Type, ulong MaxMemKiB, int Vc
     public long TimeOffsetSeconds { get; init; }
     /// <summary>The domain's handle (xen_domain_handle_t, the UUID xl shows), or null for a new random one.</summary>
     public Guid? Handle { get; init; }
+    /// <summary>The domain's FLASK label (xen_domctl_createdomain's ssidref, a SID of <see cref="XenHypervisor.FlaskContextToSid"/>);
+    /// 0 leaves it unlabeled. Ignored while FLASK is off.</summary>
+    public uint Ssidref { get; init; }
 }
 
 /// <summary>A domain as xen_domctl_getdomaininfo reports it (what a row of `xl list` is made from).</summary>
@@ -106,6 +109,10 @@ public sealed class HypervisorOptions
 
     /// <summary>Argo, as Xen's <c>argo=</c> boot option enables it; null (the default, as Xen's) leaves it off.</summary>
     public ArgoOptions? Argo { get; init; }
+
+    /// <summary>FLASK, as Xen's <c>flask=</c> boot option: disabled (the default: Xen's dummy XSM, nothing checked
+    /// beyond privilege), permissive or enforcing.</summary>
+    public Xsm.FlaskMode Flask { get; init; }
 }
 
 /// <summary>A guest frame mapped into the host; dispose to let the frame go.</summary>

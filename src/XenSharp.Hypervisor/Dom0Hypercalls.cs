@@ -136,6 +136,8 @@ public sealed partial class XenHypervisor
         var d = FindDomain(domid);
         if (d is null || d.IsHost)
             return -Errno.ESRCH;
+        if (Xsm.XsmHooks.MapForeign(Dom0, d, writable) is < 0 and var denied)
+            return denied;
         var file = Frames.MemoryFileOf(domid);
         if (file is null)
             return -Errno.ESRCH;

@@ -40,6 +40,7 @@ internal sealed class HostServices : IDisposable
         CommandLine = options.CommandLine;
         Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
+        Flask = options.Flask == Xsm.FlaskMode.Disabled ? null : new Xsm.Flask(this, options.Flask);
     }
 
     public HypervisorOptions Options { get; }
@@ -72,6 +73,8 @@ internal sealed class HostServices : IDisposable
     /// <summary>The pCPUs' machine-check banks (XEN_MC_msrinject, XEN_MC_mceinject).</summary>
     public X86.HostMca Mca => LazyInitializer.EnsureInitialized(ref _mca, () => new X86.HostMca(this));
     public Domain Dom0 { get; }
+    /// <summary>FLASK when the host enables it (<see cref="HypervisorOptions.Flask"/>); null is Xen's dummy XSM.</summary>
+    public Xsm.Flask? Flask { get; }
     public string CommandLine { get; }
     /// <summary>Where port I/O and MMIO that no emulated device claims go (the device model, when one is attached).</summary>
     public IIoreqServer? IoreqServer { get; set; }

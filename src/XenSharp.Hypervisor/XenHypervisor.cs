@@ -80,6 +80,8 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             throw new HypervisorException($"a domain needs 1 to 128 vCPUs, not {config.Vcpus}", Errno.EINVAL);
         if (config.MaxGrantFrames < 1)
             throw new HypervisorException("max grant frames must be at least 1", Errno.EINVAL);
+        if (Xsm.XsmHooks.DomainCreate(Services, config.Ssidref) is < 0 and var refused)
+            throw new HypervisorException($"FLASK refuses a domain labelled with SID {config.Ssidref}", (int)-refused);
         var d = Services.AddDomain(config.DomainId, id =>
         {
             var created = new Domain(Services, id, config.Type, config.MaxMemKiB / 4, config.Vcpus, privileged: config.Privileged)
@@ -91,6 +93,7 @@ public sealed unsafe partial class XenHypervisor : IDisposable
             lock (created.Lock)
                 created.Gnttab.Grow(1);
             created.Evtchn.MaxPort = config.MaxEventChannels;
+            Xsm.XsmHooks.DomainCreated(created, config.Ssidref);
             return created;
         });
         try

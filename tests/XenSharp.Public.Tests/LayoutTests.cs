@@ -192,6 +192,17 @@ public class LayoutTests
             ("rsp_prod", "RspProd", 2060), ("server_features", "ServerFeatures", 2064), ("connection", "Connection", 2068), ("error", "Error", 2072)]),
         ("struct xen_hypfs_direntry", typeof(XenHypfsDirentry), 12, [("type", "Type", 0), ("encoding", "Encoding", 1), ("pad", "Pad", 2),
             ("content_len", "ContentLen", 4), ("max_write_len", "MaxWriteLen", 8)]),
+        ("struct xen_flask_op", typeof(XenFlaskOp), 40, [("cmd", "Cmd", 0), ("interface_version", "InterfaceVersion", 4), ("u", "U", 8)]),
+        ("struct xen_flask_load", typeof(XenFlaskLoad), 16, [("buffer", "Buffer", 0), ("size", "Size", 8)]),
+        ("struct xen_flask_sid_context", typeof(XenFlaskSidContext), 16, [("sid", "Sid", 0), ("size", "Size", 4), ("context", "Context", 8)]),
+        ("struct xen_flask_access", typeof(XenFlaskAccess), 32, [("ssid", "Ssid", 0), ("tclass", "Tclass", 8), ("req", "Req", 12),
+            ("allowed", "Allowed", 16), ("audit_deny", "AuditDeny", 24), ("seqno", "Seqno", 28)]),
+        ("struct xen_flask_transition", typeof(XenFlaskTransition), 16, [("ssid", "Ssid", 0), ("tclass", "Tclass", 8), ("newsid", "Newsid", 12)]),
+        ("struct xen_flask_boolean", typeof(XenFlaskBoolean), 24, [("bool_id", "BoolId", 0), ("enforcing", "Enforcing", 4), ("pending", "Pending", 5),
+            ("new_value", "NewValue", 6), ("commit", "Commit", 7), ("size", "Size", 8), ("name", "Name", 16)]),
+        ("struct xen_flask_hash_stats", typeof(XenFlaskHashStats), 16, [("entries", "Entries", 0), ("max_chain_len", "MaxChainLen", 12)]),
+        ("struct xen_flask_peersid", typeof(XenFlaskPeersid), 8, [("evtchn", "Evtchn", 0), ("sid", "Sid", 4)]),
+        ("struct xen_flask_relabel", typeof(XenFlaskRelabel), 8, [("domid", "Domid", 0), ("sid", "Sid", 4)]),
     ];
 
     public static IEnumerable<object[]> Structs() => Layouts.Select(l => new object[] { l.C });
@@ -214,7 +225,7 @@ public class LayoutTests
         var c = new System.Text.StringBuilder();
         c.AppendLine("#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>");
         foreach (var h in new[] { "xen.h", "memory.h", "event_channel.h", "grant_table.h", "sched.h", "vcpu.h", "version.h",
-                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h", "arch-x86/xen-mca.h", "vm_event.h" })
+                     "hvm/hvm_op.h", "hvm/dm_op.h", "hvm/ioreq.h", "hvm/params.h", "hvm/hvm_vcpu.h", "arch-x86/hvm/start_info.h", "io/console.h", "io/xs_wire.h", "io/blkif.h", "io/netif.h", "domctl.h", "sysctl.h", "hypfs.h", "arch-x86/xen-mca.h", "vm_event.h", "xsm/flask_op.h" })
             c.AppendLine($"#include <xen/{h}>");
         c.AppendLine("int main(void) {");
         foreach (var l in Layouts)

@@ -103,6 +103,8 @@ internal sealed unsafe class Domain
     // Lifecycle.
     public DomainRunState State { get; set; } = DomainRunState.Paused;
     public int PauseCount { get; set; } = 1;
+    /// <summary>The domain's FLASK label (its SID); 0 while FLASK is off, as Xen's dummy XSM reports.</summary>
+    public uint Ssid { get; set; }
     public uint? ShutdownReason { get; set; }
     /// <summary>Reason stored by SCHEDOP_shutdown_code, reported when the domain later shuts down.</summary>
     public uint? ShutdownCode { get; set; }

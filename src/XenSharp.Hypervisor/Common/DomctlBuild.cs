@@ -82,6 +82,7 @@ internal static class DomctlBuild
             MaxGrantFrames = c.MaxGrantFrames < 0 ? 64 : c.MaxGrantFrames,
             MaxEventChannels = c.MaxEvtchnPort,
             Handle = new Guid(handle, bigEndian: true),
+            Ssidref = c.Ssidref,
         };
         ushort domid = 0;
         long rc = Call(() => domid = hv.CreateDomain(config));

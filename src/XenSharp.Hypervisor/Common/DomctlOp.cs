@@ -75,6 +75,8 @@ internal static class DomctlOp
         }
         if (!Table.TryGetValue(op.Cmd, out var handler))
             return -Errno.ENOSYS;
+        if (Xsm.XsmHooks.Domctl(v, d, ref op) is < 0 and var denied)
+            return denied;
         long rc = handler(v, ref op, d, out bool copyBack);
         if (copyBack && !GuestAccess.Write(v, a.A1, op))
             return -Errno.EFAULT;
@@ -115,6 +117,8 @@ internal static class DomctlOp
         var d = v.Domain.Host.AllDomains().Where(x => x.DomainId >= first).MinBy(x => x.DomainId);
         if (d is null)
             return -Errno.ESRCH;
+        if (Xsm.XsmHooks.GetDomainInfo(v, d) is < 0 and var denied)
+            return denied;
         FillInfo(d, ref op.As<XenDomctlGetdomaininfo>());
         op.Domain = d.DomainId;
         copyBack = true;
@@ -127,6 +131,7 @@ internal static class DomctlOp
     {
         info = default;
         info.Domain = d.DomainId;
+        info.Ssidref = d.Ssid;
         if (d.IsHost)
         {
             int cpus = d.Host.Options.Pcpus;

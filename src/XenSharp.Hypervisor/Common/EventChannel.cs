@@ -141,6 +141,8 @@ internal sealed class EventChannels
                 return -Errno.EINVAL;
             if (remote == _d && remotePort == 0)
                 return -Errno.EINVAL;
+            if (Xsm.XsmHooks.EvtchnInterdomain(_d, remote) is < 0 and var denied)
+                return denied;
             var c = Allocate(out long err);
             if (c is null)
                 return err;
@@ -262,6 +264,8 @@ internal sealed class EventChannels
                 case EvtchnState.Interdomain:
                     remote = _d.Host.FindDomain(c.RemoteDom);
                     remotePort = c.RemotePort;
+                    if (remote is not null && Xsm.XsmHooks.EvtchnSend(_d, remote) is < 0 and var denied)
+                        return denied;
                     break;
                 case EvtchnState.Ipi:
                     remote = _d;

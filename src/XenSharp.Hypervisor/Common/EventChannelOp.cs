@@ -21,6 +21,8 @@ internal static class EventChannelOp
                 if (target is null)
                     return err;
                 ushort remote = op.RemoteDom == Xen.DOMID_SELF ? d.DomainId : op.RemoteDom;
+                if (Xsm.XsmHooks.EvtchnUnbound(d, target, remote) is < 0 and var denied)
+                    return denied;
                 long rc = target.Evtchn.AllocUnbound(remote, out op.Port);
                 if (rc != 0)
                     return rc;

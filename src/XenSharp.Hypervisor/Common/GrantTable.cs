@@ -350,6 +350,8 @@ internal sealed unsafe class GrantTable
         if (granter is null || granter.IsDying)
             return GNTST_bad_domain;
         bool ro = (op.Flags & GNTMAP_readonly) != 0;
+        if (Xsm.XsmHooks.GrantMap(_d, granter, ro) < 0)
+            return GNTST_permission_denied;
         ulong gfn = op.HostAddr >> FrameTable.PageShift;
         if (!host && _d.Pv is null && (op.Flags & GNTMAP_host_map) != 0 && gfn > P2m.MaxGfn)
             return GNTST_bad_virt_addr;
@@ -482,6 +484,8 @@ internal sealed unsafe class GrantTable
         var dom = p.Domid == Xen.DOMID_SELF ? _d : _d.Host.FindDomain(p.Domid);
         if (dom is null || dom.IsHost)
             return GNTST_bad_domain;
+        if (Xsm.XsmHooks.GrantCopy(_d, dom) < 0)
+            return GNTST_permission_denied;
         if (isGref)
         {
             short st = dom.Gnttab.Acquire(_d.DomainId, (uint)p.RefOrGmfn, !write, allowSubPage: true, out uint mfn, out int off, out int sublen);

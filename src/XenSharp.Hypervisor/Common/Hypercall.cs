@@ -46,6 +46,7 @@ internal static class Hypercall
         (Xen.__HYPERVISOR_domctl, DomctlOp.Do),
         (Xen.__HYPERVISOR_hypfs_op, HypfsTree.Do),
         (Xen.__HYPERVISOR_argo_op, ArgoOp.Do),
+        (Xen.__HYPERVISOR_xsm_op, Xsm.XsmOp.Do),
         (XenSharp.Public.ArchX86.XenMca.__HYPERVISOR_mca, McaOp.Do));
 
     private static HypercallHandler?[] Build(params (int Nr, HypercallHandler Handler)[] rows)

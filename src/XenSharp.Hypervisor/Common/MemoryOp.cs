@@ -112,6 +112,8 @@ internal static class MemoryOp
         var d = v.Domain.Host.LookupForGuest(v.Domain, r.Domid, out long err);
         if (d is null)
             return err;
+        if (Xsm.XsmHooks.MemoryForeign(v.Domain, d, physmap: false) is < 0 and var denied)
+            return denied;
         // PoD entries are the toolstack's to place: a domain may not mark its own memory populate-on-demand.
         bool pod = op == XENMEM_populate_physmap && (r.MemFlags & XENMEMF_populate_on_demand) != 0;
         if (pod && d == v.Domain)

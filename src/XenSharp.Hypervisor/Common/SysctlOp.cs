@@ -44,6 +44,8 @@ internal static class SysctlOp
             return -Errno.EPERM;
         if (!Table.TryGetValue(op.Cmd, out var handler))
             return -Errno.ENOSYS;
+        if (Xsm.XsmHooks.Sysctl(v, ref op) is < 0 and var denied)
+            return denied;
         long rc = handler(v, ref op, out bool copyBack);
         if (copyBack && !GuestAccess.Write(v, a.A1, op))
             return -Errno.EFAULT;

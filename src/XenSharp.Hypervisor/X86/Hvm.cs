@@ -22,6 +22,8 @@ internal static class HvmOps
                 var t = d.Host.LookupForGuest(d, p.Domid, out long err);
                 if (t is null)
                     return err;
+                if (Xsm.XsmHooks.HvmParam(d, t, (int)a.A1 == HvmOp.HVMOP_set_param) is < 0 and var denied)
+                    return denied;
                 if (p.Index >= HVM_NR_PARAMS)
                     return -Errno.EINVAL;
                 if ((int)a.A1 == HvmOp.HVMOP_set_param)

@@ -32,6 +32,10 @@ public sealed class DomainConfig
     /// <summary>xl.cfg bootloader (a PV guest's): the program that takes the kernel, ramdisk and arguments from the
     /// guest's first disk, as libxl runs it ("pygrub" is Xen's own, from its libexec directory).</summary>
     public string? Bootloader { get; set; }
+    /// <summary>xl.cfg seclabel: the FLASK label the domain runs under (created under it unless init_seclabel is given).</summary>
+    public string? Seclabel { get; set; }
+    /// <summary>xl.cfg init_seclabel: the label the domain is created and built under, before it takes seclabel.</summary>
+    public string? InitSeclabel { get; set; }
     /// <summary>xl.cfg bootloader_args: passed to the bootloader before the disk.</summary>
     public IReadOnlyList<string> BootloaderArgs { get; set; } = [];
     /// <summary>The assembled kernel command line (cmdline, or root= and extra).</summary>

@@ -17,13 +17,14 @@ public static class DomainConfigReader
         "on_soft_reset", "uuid", "firmware_override", "firmware", "cpu_weight", "cap", "pool", "tsc_mode", "disk", "vif",
         "acpi", "apic", "hpet", "timer_mode", "altp2m", "localtime", "rtc_timeoffset", "bios", "serial", "device_model_override", "boot",
         "bios_path_override", "bootloader", "bootloader_args", "pvshim", "pvshim_path", "pvshim_cmdline", "pvshim_extra",
+        "seclabel", "init_seclabel",
         .. HvmDisplay.Keys,
     ];
 
     /// <summary>Keys of Xen's xl.cfg manual that XenSharp reads but does not act on yet.</summary>
     private static readonly HashSet<string> KnownElsewhere =
     [
-        "vnuma", "seclabel", "init_seclabel", "max_grant_frames", "max_maptrack_frames", "max_grant_version",
+        "vnuma", "max_grant_frames", "max_maptrack_frames", "max_grant_version",
         "nomigrate", "driver_domain", "device_tree", "acpi_s3", "acpi_s4", "acpi_laptop_slate",
         "pae", "hap", "oos", "shadow_memory", "nestedhvm", "viridian", "vpt_align",
         "vkb_device", "vtpm", "p9", "pvcalls", "vfb",
@@ -92,6 +93,8 @@ public static class DomainConfigReader
         d.Kernel = ResolvePath(cfg, "kernel");
         d.Ramdisk = ResolvePath(cfg, "ramdisk");
         d.Bootloader = cfg.GetString("bootloader") is { Length: > 0 } bl ? bl : null;
+        d.Seclabel = cfg.GetString("seclabel") is { Length: > 0 } sl ? sl : null;
+        d.InitSeclabel = cfg.GetString("init_seclabel") is { Length: > 0 } isl ? isl : null;
         // xl takes bootloader_args as a list, or (deprecated) a string split at spaces.
         d.BootloaderArgs = cfg.Find("bootloader_args") is { Value.IsList: true } ? cfg.GetStringList("bootloader_args")!
             : cfg.GetString("bootloader_args")?.Split(' ', StringSplitOptions.RemoveEmptyEntries) ?? [];

@@ -135,7 +135,8 @@ public sealed partial class Host : IDisposable
             : r.ConfigText.TrimEnd() + "\n\n# Given on xl create's command line.\n" + string.Join("\n", r.Overrides) + "\n";
         d.SourceFile = r.ConfigFile;
         var dom = Start(d, r.Paused);
-        return new CreateResult(dom.DomId, d.Name, read.Warnings);
+        // xl prints the configuration's warnings itself; these are the ones only the host can give.
+        return new CreateResult(dom.DomId, d.Name, [.. SecurityLabelWarnings(d)]);
     }
 
     /// <summary>Creates, builds, wires up and (unless <paramref name="paused"/>) unpauses a domain.</summary>
@@ -198,7 +199,7 @@ public sealed partial class Host : IDisposable
             _ => XenSharp.Hypervisor.DomainKind.Pvh,
         };
         var hvd = _hv.CreateDomain(domId, new DomainCreateInfo(kind,
-            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, TimeOffsetSeconds = TimeOffset(c) });
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, TimeOffsetSeconds = TimeOffset(c), Ssidref = CreateSsidref(c) });
         var dom = new Domain { DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = restarting ?? new Lineage() };
         lock (_lock) _domains[domId] = dom;
         try
@@ -330,6 +331,7 @@ public sealed partial class Host : IDisposable
     /// <summary>A built domain starts (unless asked paused) and becomes its lineage's current incarnation.</summary>
     private void Launch(Domain dom, bool paused)
     {
+        ApplyExecLabel(dom);
         if (!paused) dom.Hv.Unpause();
         lock (_lock)
         {

@@ -234,7 +234,7 @@ public sealed partial class Host
         CheckDisks(c);
         uint domId = AllocateDomId(c, restarting: null, incoming: finalName is not null);
         var hvd = _hv.CreateDomain(domId, new Platform.DomainCreateInfo(XenSharp.Hypervisor.DomainKind.Pvh,
-            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode });
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, Ssidref = CreateSsidref(c) });
         var dom = new Domain
         {
             DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = new Lineage(), ArrivingAs = finalName,
@@ -254,6 +254,7 @@ public sealed partial class Host
             WarnIfPortsMoved(dom, restored.Params);
             AddDevices(dom);
             _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
+            ApplyExecLabel(dom);
             if (!paused) hvd.Unpause();
             lock (_lock)
             {

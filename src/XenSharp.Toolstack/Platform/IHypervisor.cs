@@ -11,6 +11,8 @@ public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, 
     public TscMode TscMode { get; init; }
     /// <summary>The wall clock's offset from the host's in seconds (XEN_DOMCTL_settimeoffset; HVM rtc_timeoffset).</summary>
     public long TimeOffsetSeconds { get; init; }
+    /// <summary>The FLASK label to create the domain under (createdomain's ssidref); 0 for none.</summary>
+    public uint Ssidref { get; init; }
 }
 
 /// <summary>A domain's run state as XEN_DOMCTL_getdomaininfo reports it.</summary>
@@ -59,6 +61,19 @@ public interface IHypervisor : IDisposable
 
     /// <summary>Appends a line to the hypervisor console (what Xen prints as "(XEN) ...").</summary>
     void ConsoleWrite(string line);
+
+    /// <summary>Whether the hypervisor runs FLASK (xsm_op answers).</summary>
+    bool FlaskEnabled => false;
+
+    /// <summary>FLASK_CONTEXT_TO_SID: 0 with the label's SID, or -errno (-ENOSYS with FLASK off).</summary>
+    long FlaskContextToSid(string context, out uint sid)
+    {
+        sid = 0;
+        return -Errno.ENOSYS;
+    }
+
+    /// <summary>FLASK_RELABEL_DOMAIN: 0 or -errno.</summary>
+    long FlaskRelabelDomain(uint domId, uint sid) => -Errno.ENOSYS;
 
     /// <summary>XEN_SYSCTL_debug_keys.</summary>
     void DebugKeys(string keys);

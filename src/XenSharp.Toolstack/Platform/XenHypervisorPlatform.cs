@@ -105,12 +105,16 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         ushort id;
         if (info.TscMode is not (TscMode.Default or TscMode.AlwaysEmulate or TscMode.Native))
             throw new NotSupportedException("TSC Mode native_paravirt (a.k.a PVRDTSCP) has been removed");
-        try { id = _hv.CreateDomain(new DomainCreateConfig(info.Kind, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = info.TscMode, TimeOffsetSeconds = info.TimeOffsetSeconds }); }
+        try { id = _hv.CreateDomain(new DomainCreateConfig(info.Kind, maxKiB, info.MaxVcpus) { DomainId = (ushort)domId, TscMode = info.TscMode, TimeOffsetSeconds = info.TimeOffsetSeconds, Ssidref = info.Ssidref }); }
         catch (HypervisorException e) { throw new HypervisorException($"cannot create domain {domId}: {e.Message}", e.Errno); }
         return new Domain(_hv, id);
     }
 
     public string ReadConsole(bool clear) => _hv.ReadDmesg(clear);
+
+    public bool FlaskEnabled => _hv.FlaskEnabled;
+    public long FlaskContextToSid(string context, out uint sid) => _hv.FlaskContextToSid(context, out sid);
+    public long FlaskRelabelDomain(uint domId, uint sid) => domId > ushort.MaxValue ? -Errno.ESRCH : _hv.FlaskRelabelDomain((ushort)domId, sid);
 
     /// <summary>The hypervisor's ring takes only its own messages; the toolstack's go to the daemon's log.</summary>
     public void ConsoleWrite(string line) => Console.Error.WriteLine($"xensharpd: {line}");

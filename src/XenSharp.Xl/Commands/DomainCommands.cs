@@ -48,6 +48,7 @@ internal static class DomainCommands
         // which finishes quickly cannot be gone before its output is seen.
         bool attach = a.Has('c');
         var result = ctx.Daemon.Send(new CreateRequest(text, file, dir, vars, a.Has('p') || attach));
+        foreach (var w in result.Warnings) ctx.Err.WriteLine(w); // what only the host knows (FLASK off, say)
         if (attach)
             ConsoleCommand.Attach(ctx, result.DomId.ToString(), unpause: !a.Has('p'));
         if (a.Has('F'))

@@ -267,4 +267,19 @@ public class DomainConfigReaderTests
         var c = XlConfigParser.Parse($"name=\"g\"\ntype=\"pvh\"\nkernel=\"/k\"\n{line}\n", "g.cfg");
         Assert.Equal(message, Assert.Throws<XlConfigException>(() => DomainConfigReader.Read(c, 8, TwoNodes)).Message);
     }
+
+    [Fact]
+    public void SeclabelAndInitSeclabelAreReadAsLabels()
+    {
+        var r = DomainConfigReader.Read(XlConfigParser.Parse("""
+            name = "labelled"
+            kernel = "/k"
+            seclabel = "system_u:system_r:domU_t"
+            init_seclabel = "system_u:system_r:domU_build_t"
+            """, "l.cfg"), 8);
+        Assert.Empty(r.Warnings);
+        Assert.Equal("system_u:system_r:domU_t", r.Config.Seclabel);
+        Assert.Equal("system_u:system_r:domU_build_t", r.Config.InitSeclabel);
+        Assert.Null(DomainConfigReader.Read(XlConfigParser.Parse("name = \"plain\"\nkernel = \"/k\"\n", "p.cfg"), 8).Config.Seclabel);
+    }
 }
