@@ -166,6 +166,13 @@ internal sealed class BlockCache
                 f.Blocks.RemoveRange(kept, f.Blocks.Count - kept);
                 if (kept == 0) f.EmptySince = epoch;
             }
+            // Let go of the dropped blocks the interpreter's successor shortcuts still name.
+            if (dropped > 0)
+                foreach (var b in _blocks.Values)
+                {
+                    if (b.NextFall is { Valid: false }) b.NextFall = null;
+                    if (b.NextOther is { Valid: false }) b.NextOther = null;
+                }
             if (dropped > _blocks.Count)
             {
                 _blocks.TrimExcess();

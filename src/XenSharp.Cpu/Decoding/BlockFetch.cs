@@ -368,7 +368,22 @@ internal unsafe partial class X86Vcpu
         ClassifyFast(ref d);
     }
 
+    /// <summary>The form of <paramref name="op"/> in the run starting at <paramref name="add"/> (Add, Or, And, Sub,
+    /// Xor, Cmp, Test), or <paramref name="other"/> for ADC and SBB.</summary>
+    private static FastForm ByOp(AluOp op, FastForm add, FastForm other) => op switch
+    {
+        AluOp.Add => add,
+        AluOp.Or => add + 1,
+        AluOp.And => add + 2,
+        AluOp.Sub => add + 3,
+        AluOp.Xor => add + 4,
+        AluOp.Cmp => add + 5,
+        AluOp.Test => add + 6,
+        _ => other,
+    };
+
     private static bool IsGpr48(Register r) => r.IsGPR32() || r.IsGPR64();
+    private static bool IsGpr816(Register r) => r.IsGPR8() || r.IsGPR16();
 
     /// <summary>Picks a fast form for the commonest full-width integer shapes.</summary>
     private static void ClassifyFast(ref DecodedInsn d)
@@ -377,6 +392,7 @@ internal unsafe partial class X86Vcpu
         d.MemSplit = false;
         d.MemStack = false;
         d.MemBase = d.MemIndex = 0xFF;
+        d.Sh0 = d.Sh1 = 0;
         ref Instruction i = ref d.I;
         int n = i.OpCount;
         bool hasMem = false;
@@ -398,9 +414,14 @@ internal unsafe partial class X86Vcpu
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return;
         bool r0 = n > 0 && i.Op0Kind == OpKind.Register && IsGpr48(i.Op0Register);
         bool r1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr48(i.Op1Register);
-        bool imm1 = n > 1 && i.Op1Kind is OpKind.Immediate8 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64 or OpKind.Immediate64;
+        bool imm1 = n > 1 && i.Op1Kind is OpKind.Immediate8 or OpKind.Immediate16 or OpKind.Immediate8to16 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64 or OpKind.Immediate64;
+        // 8- and 16-bit GPR operands (AH..BH are bits 15:8 of their register).
+        bool n0 = n > 0 && i.Op0Kind == OpKind.Register && IsGpr816(i.Op0Register);
+        bool n1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr816(i.Op1Register);
         if (r0) d.R0 = (byte)i.Op0Register.GetFullRegister().GetNumber();
         if (r1) d.R1 = (byte)i.Op1Register.GetFullRegister().GetNumber();
+        if (n0) { d.R0 = (byte)s_gpr[(int)i.Op0Register]; d.Sh0 = (byte)(s_high[(int)i.Op0Register] ? 8 : 0); }
+        if (n1) { d.R1 = (byte)s_gpr[(int)i.Op1Register]; d.Sh1 = (byte)(s_high[(int)i.Op1Register] ? 8 : 0); }
         int alu = d.Op switch
         {
             Mnemonic.Add => (int)AluOp.Add, Mnemonic.Or => (int)AluOp.Or, Mnemonic.Adc => (int)AluOp.Adc, Mnemonic.Sbb => (int)AluOp.Sbb,
@@ -410,14 +431,21 @@ internal unsafe partial class X86Vcpu
         bool memSplit = d.MemBase != 0xFF || d.MemIndex != 0xFF || i.MemoryBase is Register.None or Register.RIP or Register.EIP;
         if (alu >= 0 && r0 && n == 2)
         {
-            if (r1 && i.Op0Register.GetSize() == i.Op1Register.GetSize()) { d.Form = FastForm.AluRR; d.AluKind = (byte)alu; }
-            else if (imm1) { d.Form = FastForm.AluRI; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+            if (r1 && i.Op0Register.GetSize() == i.Op1Register.GetSize()) { d.Form = ByOp((AluOp)alu, FastForm.AddRR, FastForm.AluRR); d.AluKind = (byte)alu; }
+            else if (imm1) { d.Form = ByOp((AluOp)alu, FastForm.AddRI, FastForm.AluRI); d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
             else if (i.Op1Kind == OpKind.Memory && memSplit) { d.Form = FastForm.AluRM; d.AluKind = (byte)alu; }
             return;
         }
-        if (alu >= 0 && n == 2 && i.Op0Kind == OpKind.Memory && memSplit && d.OpSize >= 4)
+        if (alu >= 0 && n0 && n == 2)
         {
-            if (r1) { d.Form = FastForm.AluMR; d.AluKind = (byte)alu; }
+            if (n1 && i.Op0Register.GetSize() == i.Op1Register.GetSize()) { d.Form = FastForm.AluRRn; d.AluKind = (byte)alu; }
+            else if (imm1) { d.Form = FastForm.AluRIn; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
+            else if (i.Op1Kind == OpKind.Memory && memSplit) { d.Form = FastForm.AluRMn; d.AluKind = (byte)alu; }
+            return;
+        }
+        if (alu >= 0 && n == 2 && i.Op0Kind == OpKind.Memory && memSplit)
+        {
+            if (r1 && d.OpSize >= 4) { d.Form = FastForm.AluMR; d.AluKind = (byte)alu; }
             else if (imm1) { d.Form = FastForm.AluMI; d.AluKind = (byte)alu; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
             return;
         }
@@ -428,9 +456,43 @@ internal unsafe partial class X86Vcpu
                 else if (r0 && imm1) { d.Form = FastForm.MovRI; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
                 else if (r0 && n == 2 && i.Op1Kind == OpKind.Memory) d.Form = FastForm.MovRM;
                 else if (r1 && i.Op0Kind == OpKind.Memory) { d.Form = FastForm.MovMR; d.OpSize = (byte)i.Op1Register.GetSize(); }
+                else if (imm1 && n == 2 && i.Op0Kind == OpKind.Memory && memSplit) { d.Form = FastForm.MovMI; d.Imm = i.GetImmediate(1) & Mask(d.OpSize); }
                 return;
             case Mnemonic.Movzx:
                 if (r0 && i.Op1Kind == OpKind.Memory && memSplit) { d.Form = FastForm.MovzxRM; d.AluKind = (byte)i.MemorySize.GetSize(); }
+                else if (r0 && n1) { d.Form = FastForm.MovxRR; d.AluKind = (byte)i.Op1Register.GetSize(); d.Imm = 0; }
+                return;
+            case Mnemonic.Movsx:
+            case Mnemonic.Movsxd:
+                if (r0 && (n1 || r1)) { d.Form = FastForm.MovxRR; d.AluKind = (byte)i.Op1Register.GetSize(); d.Imm = 1; }
+                return;
+            case Mnemonic.Shl:
+            case Mnemonic.Sal:
+            case Mnemonic.Shr:
+            case Mnemonic.Sar:
+            case Mnemonic.Rol:
+            case Mnemonic.Ror:
+                d.AluKind = (byte)(d.Op switch { Mnemonic.Shr => 1, Mnemonic.Sar => 2, Mnemonic.Rol => 3, Mnemonic.Ror => 4, _ => 0 });
+                if (r0 && n == 2 && i.Op1Kind == OpKind.Immediate8)
+                {
+                    d.Form = FastForm.ShiftRI;
+                    d.Imm = i.GetImmediate(1) & (d.OpSize == 8 ? 63UL : 31UL);
+                }
+                else if (r0 && n == 2 && i.Op1Kind == OpKind.Register && i.Op1Register == Register.CL) d.Form = FastForm.ShiftRC;
+                return;
+            case Mnemonic.Imul:
+                if (r0 && r1 && n == 2) d.Form = FastForm.ImulRR;
+                else if (r0 && r1 && n == 3 && i.Op2Kind is OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64)
+                {
+                    d.Form = FastForm.ImulRRI;
+                    d.Imm = i.GetImmediate(2);
+                }
+                return;
+            case Mnemonic.Not: if (r0) d.Form = FastForm.NotR; return;
+            case Mnemonic.Neg: if (r0) d.Form = FastForm.NegR; return;
+            case Mnemonic.Nop: case Mnemonic.Prefetchnta: case Mnemonic.Prefetcht0: case Mnemonic.Prefetcht1:
+            case Mnemonic.Prefetcht2: case Mnemonic.Prefetchw: case Mnemonic.Prefetch: case Mnemonic.Endbr32: case Mnemonic.Endbr64:
+                d.Form = FastForm.Nop;
                 return;
             case Mnemonic.Jmp:
                 if (i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64) { d.Form = FastForm.JmpRel; d.Imm = i.NearBranchTarget; }
@@ -451,7 +513,40 @@ internal unsafe partial class X86Vcpu
                 if (r0 && i.StackPointerIncrement == d.OpSize) d.Form = FastForm.PopR;
                 return;
         }
-        if (s_cls[(int)d.Op] == ClsJcc) { d.Form = FastForm.Jcc; d.AluKind = (byte)i.ConditionCode; d.Imm = i.NearBranchTarget; }
+        switch (s_cls[(int)d.Op])
+        {
+            case ClsJcc: d.Form = FastForm.Jcc; d.AluKind = (byte)i.ConditionCode; d.Imm = i.NearBranchTarget; break;
+            case ClsCmov: if (r0 && r1) { d.Form = FastForm.CmovRR; d.AluKind = (byte)i.ConditionCode; } break;
+            case ClsSet: if (n0 && d.OpSize == 1) { d.Form = FastForm.SetccR; d.AluKind = (byte)i.ConditionCode; } break;
+        }
+    }
+
+    /// <summary>The block at RIP after the interpreted block <paramref name="prev"/> ran to its end, in the
+    /// same jump-cache epoch and CPL class: a successor it remembers when that starts at RIP, else
+    /// <see cref="GetBlock"/>'s, remembered when it lies in prev's linear page. The same page proves the
+    /// translation: prev was entered through it in this epoch, and whatever drops it (CR3 writes, INVLPG, TLB
+    /// flushes) also moves the epoch on; code writes and aging clear Valid.</summary>
+    private DecodedBlock NextBlock(DecodedBlock prev)
+    {
+        ulong rip = Rip;
+        var s = prev.NextFall;
+        if (s == null || s.Ip != rip) s = prev.NextOther;
+        if (s != null && s.Ip == rip && s.Valid && s.Bitness == Bitness && s.CsBase == Seg[CS].Base)
+        {
+            int age = _engine.CodeEpoch;
+            if (s.LastRun != age) s.LastRun = age;
+            if (Stats) S.SuccessorHits++;
+            return s;
+        }
+        s = GetBlock();
+        ulong csBase = Seg[CS].Base;
+        if (s.Count > 0 && s.Valid && !s.HasTail && s.Bitness == prev.Bitness && s.CsBase == csBase && prev.CsBase == csBase
+            && (s.Phys ^ prev.Phys) >> 12 == 0 && (CodeLinear(rip) ^ CodeLinear(prev.Ip)) >> 12 == 0)
+        {
+            ref DecodedInsn last = ref prev.Insns[prev.Count - 1];
+            if (rip == last.I.NextIP) prev.NextFall = s; else prev.NextOther = s;
+        }
+        return s;
     }
 
     /// <summary>Blocks run back to back before the run loop polls for events again.</summary>
@@ -469,10 +564,18 @@ internal unsafe partial class X86Vcpu
         if (single) Shadow = false;
         _dbStep = false;
         _linkFrom = null;
+        // The interpreted block just completed, and the jump cache (and its epoch) it was found under.
+        DecodedBlock? prev = null;
+        JumpCache? prevCache = null;
+        uint prevEpoch = 0;
         do
         {
             CurIp = Rip;
-            DecodedBlock b = GetBlock();
+            var cache = Cpl == 3 ? _jumpUser : _jumpSup;
+            DecodedBlock b = prev != null && cache == prevCache && cache.Epoch == prevEpoch ? NextBlock(prev) : GetBlock();
+            prev = null;
+            prevCache = cache;
+            prevEpoch = cache.Epoch;
             if (Stats) StatDispatch(b);
             if (_linkFrom != null) LinkPending(b);
             var insns = b.Insns;
@@ -506,6 +609,7 @@ internal unsafe partial class X86Vcpu
                     break;
                 }
             }
+            if (n == b.Count && !b.HasTail) prev = b;
             // A block that set TF or armed a breakpoint hands the next one to the checked path.
         } while (--chain > 0 && !_exitRequested && !PerInstructionChecks);
         // The instruction that consumed MMIO results has completed.

@@ -37,6 +37,9 @@ internal struct DecodedInsn
     /// other overrides, so an SS override on another base does not make it a stack access, nor a
     /// DS override on RBP a data access). Only 64-bit mode consults it.</summary>
     public bool MemStack;
+    /// <summary>Bit position of an 8-bit register operand 0 or 1 in its GPR (8 for AH..BH, else 0), for the
+    /// narrow fast forms.</summary>
+    public byte Sh0, Sh1;
     public ulong MemDisp;
 }
 
@@ -62,6 +65,23 @@ internal enum FastForm : byte
     CallRel,
     RetNear,
     MovzxRM,    // movzx r32/64, r/m8 or r/m16 from memory
+    AluRRn,     // op r8/16, r8/16 (AH..BH included)
+    AluRIn,     // op r8/16, imm
+    AluRMn,     // op r8/16, [mem]
+    MovMI,      // mov [mem], imm (any size)
+    ShiftRI,    // shl/shr/sar/rol/ror r32/64, imm (AluKind: 0 shl, 1 shr, 2 sar, 3 rol, 4 ror)
+    ShiftRC,    // the same by CL
+    MovxRR,     // movzx/movsx/movsxd r32/64, r8/16/32 (AluKind: source size, Imm 1 when signed)
+    CmovRR,     // cmovcc r32/64, r32/64
+    SetccR,     // setcc r8
+    ImulRR,     // imul r32/64, r32/64
+    ImulRRI,    // imul r32/64, r32/64, imm
+    NotR,
+    NegR,
+    Nop,        // NOP (any operands), PREFETCHh, ENDBR: nothing to do
+    // AluRR and AluRI split by operation, so that the interpreter takes one dispatch for them, not two.
+    AddRR, OrRR, AndRR, SubRR, XorRR, CmpRR, TestRR,
+    AddRI, OrRI, AndRI, SubRI, XorRI, CmpRI, TestRI,
 }
 
 /// <summary>A straight-line run of instructions from one guest-physical page, ending at a
@@ -99,6 +119,10 @@ internal sealed class DecodedBlock
     /// a linked successor instead of returning to the run loop.</summary>
     public ulong[] LinkTargets = [];
     public DecodedBlock?[] Links = [];
+    /// <summary>The interpreter's successors in the same linear page: the fall-through (<see cref="NextFall"/>)
+    /// and the last other target (<see cref="NextOther"/>), so that the run loop goes from one interpreted block
+    /// to the next without the jump-cache lookup (X86Vcpu.NextBlock).</summary>
+    public DecodedBlock? NextFall, NextOther;
 
     public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
     {

@@ -13,7 +13,7 @@ internal sealed partial class X86Vcpu
 
     private sealed class StatCounters
     {
-        public long Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, Events, Faults, Exits, Singles;
+        public long Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles;
         public readonly long[] ExitReasons = new long[32];
         public readonly Dictionary<ulong, long> InterpretedAt = new();
         public readonly Dictionary<ulong, long> SingleAt = new();
@@ -68,7 +68,7 @@ internal sealed partial class X86Vcpu
         var w = new System.Text.StringBuilder();
         w.Append($"vcpu{Id} {(now - s.LastTick) / 1000.0:F1}s wall, {secs:F2}s cpu, per cpu-second: retired {(_retired - s.LastRetired) / secs / 1e6:F1} M/s, runs {s.RunCalls / secs:F0}/s, dispatches {s.Dispatches / secs:F0}/s, " +
             $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
-            $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
+            $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
         for (int i = 0; i < 32; i++) if (s.ExitReasons[i] > 0) w.Append($" {(VcpuExitReason)i}={s.ExitReasons[i] / secs:F0}/s");
         w.Append("\n  not compiled (1 failed, 2 queued, 3 invalid, 4 cold, 5 other):");
         foreach (var kv in s.NotCompiledWhy) w.Append($" {kv.Key}={kv.Value / secs:F0}/s");
