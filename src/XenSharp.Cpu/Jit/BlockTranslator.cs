@@ -28,6 +28,7 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
+    private static readonly FieldInfo FBatchEntry = typeof(DecodedBlock).GetField(nameof(DecodedBlock.BatchEntry))!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly FieldInfo FLinkFrom = Cpu.GetField("_linkFrom", Inst)!;
     private static readonly FieldInfo FLinkSlot = Cpu.GetField("_linkSlot", Inst)!;
@@ -81,9 +82,9 @@ internal sealed partial class BlockTranslator
     /// <summary>GPRs the inline instructions touch: only these live in locals.</summary>
     private readonly int _used;
 
-    private readonly LocalBuilder[] _gpr = new LocalBuilder[16];
+    private readonly LocalBuilder[] _gpr;
     private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _next, _code;
-    private readonly LocalBuilder[] _pa = new LocalBuilder[MaxPending], _pb = new LocalBuilder[MaxPending], _pr = new LocalBuilder[MaxPending];
+    private readonly LocalBuilder[] _pa, _pb, _pr;
     private Label _top;
 
     // Compile-time state along the (straight-line) block.
@@ -101,14 +102,49 @@ internal sealed partial class BlockTranslator
         public bool MaybeNone;
     }
 
-    private BlockTranslator(DecodedBlock b)
+    /// <summary>The DynamicMethod one or more blocks are emitted into, and the IL locals their bodies share
+    /// (each body is entered from the method's start and leaves by returning, so no value crosses bodies).</summary>
+    private sealed class MethodFrame
+    {
+        public readonly DynamicMethod Method;
+        public readonly ILGenerator Il;
+        public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
+        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, Next, Code;
+        public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
+
+        public MethodFrame(ulong ip, int insns)
+        {
+            Method = new DynamicMethod($"block_{ip:X}", typeof(void), [typeof(DecodedBlock), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
+            Il = Method.GetILGenerator(256 + 64 * insns);
+            for (int g = 0; g < 16; g++) Gpr[g] = Il.DeclareLocal(typeof(ulong));
+            Fl = Il.DeclareLocal(typeof(ulong));
+            Lin = Il.DeclareLocal(typeof(ulong));
+            Vpn = Il.DeclareLocal(typeof(ulong));
+            Entry = Il.DeclareLocal(typeof(nint));
+            Val = Il.DeclareLocal(typeof(ulong));
+            Ta = Il.DeclareLocal(typeof(ulong));
+            Tb = Il.DeclareLocal(typeof(ulong));
+            Tr = Il.DeclareLocal(typeof(ulong));
+            Budget = Il.DeclareLocal(typeof(int));
+            Next = Il.DeclareLocal(typeof(DecodedBlock));
+            Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
+            for (int k = 0; k < MaxPending; k++)
+            {
+                Pa[k] = Il.DeclareLocal(typeof(ulong));
+                Pb[k] = Il.DeclareLocal(typeof(ulong));
+                Pr[k] = Il.DeclareLocal(typeof(ulong));
+            }
+        }
+    }
+
+    private BlockTranslator(DecodedBlock b, MethodFrame f)
     {
         _b = b;
         _insns = b.Insns;
         _n = b.Count;
         _is64 = b.Bitness == 64;
-        _method = new DynamicMethod($"block_{b.Ip:X}", typeof(void), [typeof(DecodedBlock), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
-        _il = _method.GetILGenerator(256 + 64 * _n);
+        _method = f.Method;
+        _il = f.Il;
         _plans = new InsnPlan[_n];
         _liveAfter = new ulong[_n];
         for (int i = 0; i < _n; i++) _plans[i] = Plan(ref _insns[i]);
@@ -122,44 +158,60 @@ internal sealed partial class BlockTranslator
         // Leaving by links and indirect hops needs the same of every instruction the interpreter runs here.
         _chainable = _is64 && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
 
-        for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
-        _fl = _il.DeclareLocal(typeof(ulong));
-        _lin = _il.DeclareLocal(typeof(ulong));
-        _vpn = _il.DeclareLocal(typeof(ulong));
-        _entry = _il.DeclareLocal(typeof(nint));
-        _val = _il.DeclareLocal(typeof(ulong));
-        _ta = _il.DeclareLocal(typeof(ulong));
-        _tb = _il.DeclareLocal(typeof(ulong));
-        _tr = _il.DeclareLocal(typeof(ulong));
-        _budget = _il.DeclareLocal(typeof(int));
-        _next = _il.DeclareLocal(typeof(DecodedBlock));
-        _code = _il.DeclareLocal(typeof(Action<X86Vcpu>));
-        for (int k = 0; k < MaxPending; k++)
-        {
-            _pa[k] = _il.DeclareLocal(typeof(ulong));
-            _pb[k] = _il.DeclareLocal(typeof(ulong));
-            _pr[k] = _il.DeclareLocal(typeof(ulong));
-        }
+        _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _next = f.Next; _code = f.Code;
+        _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
-    public static Action<X86Vcpu> Compile(DecodedBlock b)
+    public static Action<X86Vcpu> Compile(DecodedBlock b) => CompileBatch([b], out _)[0];
+
+    /// <summary>Translates <paramref name="blocks"/> into one DynamicMethod with a body per block and
+    /// returns each block's entry (a delegate closed over the block, whose <see cref="DecodedBlock.BatchEntry"/>
+    /// selects its body). The .NET JIT has a large fixed cost per method, so compiling several blocks
+    /// at once costs much less per block than compiling them one by one.</summary>
+    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes)
     {
-        var t = new BlockTranslator(b);
-        t.Emit();
-        // Published before the code that indexes them.
-        b.LinkTargets = t._linkTargets.ToArray();
-        b.Links = new DecodedBlock?[b.LinkTargets.Length];
-        var del = (Action<X86Vcpu>)t._method.CreateDelegate(typeof(Action<X86Vcpu>), b);
-        return del;
+        int insns = 0;
+        foreach (var b in blocks) insns += b.Count;
+        var f = new MethodFrame(blocks[0].Ip, insns);
+        var il = f.Il;
+        // Called with no vCPU by the compiler thread, only to have .NET compile it.
+        var body = il.DefineLabel();
+        il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Brtrue, body);
+        il.Emit(OpCodes.Ret);
+        il.MarkLabel(body);
+        var entries = new Label[blocks.Count];
+        for (int k = 0; k < entries.Length; k++) entries[k] = il.DefineLabel();
+        if (blocks.Count > 1)
+        {
+            il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBatchEntry);
+            il.Emit(OpCodes.Switch, entries);
+            il.Emit(OpCodes.Ret);
+        }
+        var targets = new ulong[blocks.Count][];
+        for (int k = 0; k < blocks.Count; k++)
+        {
+            il.MarkLabel(entries[k]);
+            var t = new BlockTranslator(blocks[k], f);
+            t.Emit();
+            targets[k] = t._linkTargets.ToArray();
+        }
+        ilBytes = il.ILOffset;
+        var code = new Action<X86Vcpu>[blocks.Count];
+        for (int k = 0; k < blocks.Count; k++)
+        {
+            var b = blocks[k];
+            // Published before the code that indexes them.
+            b.LinkTargets = targets[k];
+            b.Links = new DecodedBlock?[targets[k].Length];
+            b.BatchEntry = k;
+            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), b);
+        }
+        return code;
     }
 
     private void Emit()
     {
-        // Called with no vCPU by the compiler thread, only to have .NET compile it.
-        var body = _il.DefineLabel();
-        LdCpu(); _il.Emit(OpCodes.Brtrue, body);
-        _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(body);
         // Prologue: guest state into locals.
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
