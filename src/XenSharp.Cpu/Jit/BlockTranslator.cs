@@ -29,12 +29,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
     private static readonly FieldInfo FBatchEntry = typeof(DecodedBlock).GetField(nameof(DecodedBlock.BatchEntry))!;
-    private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
-    private static readonly FieldInfo FLinkFrom = Cpu.GetField("_linkFrom", Inst)!;
-    private static readonly FieldInfo FLinkSlot = Cpu.GetField("_linkSlot", Inst)!;
-    private static readonly MethodInfo MIndirectSuccessor = Cpu.GetMethod(nameof(X86Vcpu.IndirectSuccessor), Inst)!;
-    private static readonly MethodInfo MLinkedPageHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedPageHolds), Inst)!;
-    private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
+    private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
+    private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
     private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
@@ -83,7 +79,9 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr;
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _next, _code;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _slot, _acArmed;
+    /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
+    private readonly bool _accesses;
     private readonly LocalBuilder[] _pa, _pb, _pr;
     private Label _top;
 
@@ -109,7 +107,7 @@ internal sealed partial class BlockTranslator
         public readonly DynamicMethod Method;
         public readonly ILGenerator Il;
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
-        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, Next, Code;
+        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, Slot, AcArmed;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
 
         public MethodFrame(ulong ip, int insns)
@@ -126,8 +124,8 @@ internal sealed partial class BlockTranslator
             Tb = Il.DeclareLocal(typeof(ulong));
             Tr = Il.DeclareLocal(typeof(ulong));
             Budget = Il.DeclareLocal(typeof(int));
-            Next = Il.DeclareLocal(typeof(DecodedBlock));
-            Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
+            Slot = Il.DeclareLocal(typeof(int));
+            AcArmed = Il.DeclareLocal(typeof(int));
             for (int k = 0; k < MaxPending; k++)
             {
                 Pa[k] = Il.DeclareLocal(typeof(ulong));
@@ -157,9 +155,10 @@ internal sealed partial class BlockTranslator
         _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip && allInline;
         // Leaving by links and indirect hops needs the same of every instruction the interpreter runs here.
         _chainable = _is64 && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
+        _accesses = Array.Exists(_plans, p => p.Inline && p.Faults);
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
-        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _next = f.Next; _code = f.Code;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _slot = f.Slot; _acArmed = f.AcArmed;
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
@@ -215,6 +214,7 @@ internal sealed partial class BlockTranslator
         // Prologue: guest state into locals.
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_accesses) EmitAcArmed();
         if (_selfLoop)
         {
             _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stloc, _budget);
@@ -481,15 +481,12 @@ internal sealed partial class BlockTranslator
         _flDirty = true;
     }
 
-    /// <summary>Before a call that can fault or exit: registers, flags, CurIp and Rip as the
-    /// interpreter has them while executing instruction <paramref name="i"/>.</summary>
-    private void SyncForCall(int i)
+    /// <summary>Before a slow-path call that can fault or exit: registers and flags as the interpreter
+    /// has them (the helper itself sets CurIp and Rip from the instruction's index).</summary>
+    private void SyncForSlowPath()
     {
         SpillGprs();
         StoreFlagsToCpu(hot: false);
-        ref DecodedInsn d = ref _insns[i];
-        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
-        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
     }
 
     private void AddRetired(int count)
@@ -509,43 +506,41 @@ internal sealed partial class BlockTranslator
         StoreFlagsToCpu(hot: true);
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
-        if (link && _chainable) EmitChain(rip, crossPage: (rip >> 12) != (_b.Ip >> 12));
+        if (link && _chainable)
+        {
+            int slot = _linkTargets.Count;
+            _linkTargets.Add(rip);
+            LdCpu(); _il.Emit(OpCodes.Ldarg_0); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
+        }
         _il.Emit(OpCodes.Ret);
     }
 
-    /// <summary>Enters the successor linked to this exit while the hop budget lasts and nothing
-    /// asks the run loop to look (an exit request, a write to cached code, an invalidated
-    /// successor); an exit not linked yet tells the run loop to link it. A successor in another
-    /// linear page is entered only while the vCPU's code-fetch translation of that page, made in
-    /// the jump cache's current epoch, still leads to the successor's bytes.</summary>
-    private void EmitChain(ulong rip, bool crossPage)
+    /// <summary>The two exits of a conditional branch (the condition on the stack) in one tail: only RIP
+    /// and the link slot differ.</summary>
+    private void EmitBranchExit(ulong taken, ulong notTaken, int executed)
     {
+        var isTaken = _il.DefineLabel();
+        var tail = _il.DefineLabel();
+        _il.Emit(OpCodes.Brtrue, isTaken);
         int slot = _linkTargets.Count;
-        _linkTargets.Add(rip);
-        var unlinked = _il.DefineLabel();
-        var leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
-        _il.Emit(OpCodes.Stloc, _next);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, unlinked);
-        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _budget); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
-        if (crossPage)
+        if (_chainable)
         {
-            LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Call, MLinkedPageHolds);
-            _il.Emit(OpCodes.Brfalse, leave);
+            _linkTargets.Add(notTaken);
+            _linkTargets.Add(taken);
         }
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
-        LdCpu();
-        _il.Emit(OpCodes.Callvirt, MInvoke);
+        LdcU8(notTaken); _il.Emit(OpCodes.Stloc, _ta);
+        if (_chainable) { LdcI4(slot); _il.Emit(OpCodes.Stloc, _slot); }
+        _il.Emit(OpCodes.Br, tail);
+        _il.MarkLabel(isTaken);
+        LdcU8(taken); _il.Emit(OpCodes.Stloc, _ta);
+        if (_chainable) { LdcI4(slot + 1); _il.Emit(OpCodes.Stloc, _slot); }
+        _il.MarkLabel(tail);
+        SpillGprs();
+        StoreFlagsToCpu(hot: true);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
+        AddRetired(executed - _flushed);
+        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldloc, _slot); _il.Emit(OpCodes.Call, MJitChain); }
         _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(unlinked);
-        LdCpu(); _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Stfld, FLinkFrom);
-        LdCpu(); LdcI4(slot); _il.Emit(OpCodes.Stfld, FLinkSlot);
-        _il.MarkLabel(leave);
     }
 
     /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
@@ -555,27 +550,8 @@ internal sealed partial class BlockTranslator
         SpillGprs();
         StoreFlagsToCpu(hot: true);
         AddRetired(executed - _flushed);
-        if (_chainable) EmitIndirectChain();
+        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain); }
         _il.Emit(OpCodes.Ret);
-    }
-
-    /// <summary>The hop of <see cref="EmitChain"/> for a target known only at run time: the jump cache's
-    /// entry for the stored RIP (<see cref="X86Vcpu.IndirectSuccessor"/>) is what the run loop would
-    /// enter next, so compiled code enters it directly, within the same hop budget and checks.</summary>
-    private void EmitIndirectChain()
-    {
-        var leave = _il.DefineLabel();
-        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _budget); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Call, MIndirectSuccessor);
-        _il.Emit(OpCodes.Stloc, _code);
-        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, leave);
-        _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
-        _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(leave);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>
@@ -612,6 +588,7 @@ internal sealed partial class BlockTranslator
         }
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_accesses) EmitAcArmed();
         _dirty = 0;
         _flDirty = false;
         var leave = _il.DefineLabel();
