@@ -29,8 +29,10 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
     private static readonly FieldInfo FBatchEntry = typeof(DecodedBlock).GetField(nameof(DecodedBlock.BatchEntry))!;
+    private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
     private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
+    private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
     private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
@@ -79,7 +81,7 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr;
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _slot, _acArmed;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _code, _next;
     /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
     private readonly bool _accesses;
     private readonly LocalBuilder[] _pa, _pb, _pr;
@@ -107,7 +109,7 @@ internal sealed partial class BlockTranslator
         public readonly DynamicMethod Method;
         public readonly ILGenerator Il;
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
-        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, Slot, AcArmed;
+        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Code, Next;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
 
         public MethodFrame(ulong ip, int insns)
@@ -124,8 +126,10 @@ internal sealed partial class BlockTranslator
             Tb = Il.DeclareLocal(typeof(ulong));
             Tr = Il.DeclareLocal(typeof(ulong));
             Budget = Il.DeclareLocal(typeof(int));
-            Slot = Il.DeclareLocal(typeof(int));
+            HopsLeft = Il.DeclareLocal(typeof(int));
             AcArmed = Il.DeclareLocal(typeof(int));
+            Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
+            Next = Il.DeclareLocal(typeof(DecodedBlock));
             for (int k = 0; k < MaxPending; k++)
             {
                 Pa[k] = Il.DeclareLocal(typeof(ulong));
@@ -158,7 +162,7 @@ internal sealed partial class BlockTranslator
         _accesses = Array.Exists(_plans, p => p.Inline && p.Faults);
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
-        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _slot = f.Slot; _acArmed = f.AcArmed;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _code = f.Code; _next = f.Next;
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
@@ -510,36 +514,10 @@ internal sealed partial class BlockTranslator
         {
             int slot = _linkTargets.Count;
             _linkTargets.Add(rip);
+            if ((rip >> 12) == (_b.Ip >> 12)) EmitSamePageHop(slot);
             LdCpu(); _il.Emit(OpCodes.Ldarg_0); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
+            EmitEnterSuccessor();
         }
-        _il.Emit(OpCodes.Ret);
-    }
-
-    /// <summary>The two exits of a conditional branch (the condition on the stack) in one tail: only RIP
-    /// and the link slot differ.</summary>
-    private void EmitBranchExit(ulong taken, ulong notTaken, int executed)
-    {
-        var isTaken = _il.DefineLabel();
-        var tail = _il.DefineLabel();
-        _il.Emit(OpCodes.Brtrue, isTaken);
-        int slot = _linkTargets.Count;
-        if (_chainable)
-        {
-            _linkTargets.Add(notTaken);
-            _linkTargets.Add(taken);
-        }
-        LdcU8(notTaken); _il.Emit(OpCodes.Stloc, _ta);
-        if (_chainable) { LdcI4(slot); _il.Emit(OpCodes.Stloc, _slot); }
-        _il.Emit(OpCodes.Br, tail);
-        _il.MarkLabel(isTaken);
-        LdcU8(taken); _il.Emit(OpCodes.Stloc, _ta);
-        if (_chainable) { LdcI4(slot + 1); _il.Emit(OpCodes.Stloc, _slot); }
-        _il.MarkLabel(tail);
-        SpillGprs();
-        StoreFlagsToCpu(hot: true);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
-        AddRetired(executed - _flushed);
-        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldloc, _slot); _il.Emit(OpCodes.Call, MJitChain); }
         _il.Emit(OpCodes.Ret);
     }
 
@@ -550,8 +528,41 @@ internal sealed partial class BlockTranslator
         SpillGprs();
         StoreFlagsToCpu(hot: true);
         AddRetired(executed - _flushed);
-        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain); }
+        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain); EmitEnterSuccessor(); }
         _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>The common hop of a direct exit in the block's own page inline (the run loop's straight-line
+    /// code, md5's rounds, runs through these): a linked successor is entered here with
+    /// <see cref="X86Vcpu.JitChain"/>'s checks; an exit not linked yet falls through to the helper.</summary>
+    private void EmitSamePageHop(int slot)
+    {
+        var helper = _il.DefineLabel();
+        var leave = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
+        _il.Emit(OpCodes.Stloc, _next);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, helper);
+        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
+        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
+        LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
+        _il.MarkLabel(leave);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(helper);
+    }
+
+    /// <summary>Calls the successor delegate on the stack, if any (the caller returns after).</summary>
+    private void EmitEnterSuccessor()
+    {
+        var none = _il.DefineLabel();
+        _il.Emit(OpCodes.Stloc, _code);
+        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, none);
+        _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
+        _il.MarkLabel(none);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>

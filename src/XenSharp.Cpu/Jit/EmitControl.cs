@@ -9,12 +9,6 @@ internal sealed partial class BlockTranslator
 {
     private void EmitJcc(ref DecodedInsn d, int i)
     {
-        if (!_selfLoop || d.I.NearBranchTarget != _b.Ip)
-        {
-            EmitCond(d.I.ConditionCode);
-            EmitBranchExit(d.I.NearBranchTarget, d.I.NextIP, i + 1);
-            return;
-        }
         var notTaken = _il.DefineLabel();
         EmitCond(d.I.ConditionCode);
         _il.Emit(OpCodes.Brfalse, notTaken);

@@ -66,36 +66,38 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>A direct exit of a chainable compiled block (its state already written back, RIP at the
-    /// exit's target): enters the successor linked to exit <paramref name="slot"/> while the hop budget
-    /// lasts and nothing asks the run loop to look (an exit request, a write to cached code, an
-    /// invalidated successor); an exit not linked yet tells the run loop to link it. A successor in
-    /// another linear page is entered only while the vCPU's code-fetch translation of that page, made
-    /// in the jump cache's current epoch, still leads to the successor's bytes. One call here in place
-    /// of the checks inline keeps every exit's IL small, which is most of what the .NET JIT spends.</summary>
+    /// exit's target): the successor linked to exit <paramref name="slot"/> for the compiled code to
+    /// enter, while the hop budget lasts and nothing asks the run loop to look (an exit request, a write
+    /// to cached code, an invalidated successor); null to return to the run loop. An exit not linked yet
+    /// tells the run loop to link it. A successor in another linear page is entered only while the
+    /// vCPU's code-fetch translation of that page, made in the jump cache's current epoch, still leads
+    /// to the successor's bytes. One call here in place of the checks inline keeps every exit's IL
+    /// small, which is most of what the .NET JIT spends; the caller invokes the successor itself so a
+    /// hop costs one frame, not two.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    internal void JitChain(DecodedBlock from, int slot)
+    internal Action<X86Vcpu>? JitChain(DecodedBlock from, int slot)
     {
         var next = from.Links[slot];
         if (next == null)
         {
             _linkFrom = from;
             _linkSlot = slot;
-            return;
+            return null;
         }
-        if (--_hops <= 0 || _exitRequested || Stop || !next.Valid) return;
+        if (--_hops <= 0 || _exitRequested || Stop || !next.Valid) return null;
         ulong rip = from.LinkTargets[slot];
-        if (((rip ^ from.Ip) >> 12) != 0 && !LinkedPageHolds(rip, next)) return;
-        next.Compiled?.Invoke(this);
+        if (((rip ^ from.Ip) >> 12) != 0 && !LinkedPageHolds(rip, next)) return null;
+        return next.Compiled;
     }
 
     /// <summary>The hop of <see cref="JitChain"/> for a target known only at run time (a RET, an indirect
     /// JMP or CALL; RIP already stored): the compiled block the jump cache holds for RIP is what the run
     /// loop would enter next (<see cref="IndirectSuccessor"/>), within the same budget and checks.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    internal void JitIndirectChain()
+    internal Action<X86Vcpu>? JitIndirectChain()
     {
-        if (--_hops <= 0 || _exitRequested || Stop) return;
-        IndirectSuccessor()?.Invoke(this);
+        if (--_hops <= 0 || _exitRequested || Stop) return null;
+        return IndirectSuccessor();
     }
 
     // ---- slow paths of compiled code (state is written back before each call) ----
