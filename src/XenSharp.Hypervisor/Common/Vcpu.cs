@@ -174,7 +174,10 @@ internal sealed unsafe class Vcpu : IInterruptSource
         }
     }
 
-    public VcpuRunstateInfo GetRunstate(long nowNs)
+    /// <summary>The runstate as kept, or with <paramref name="includeCurrent"/> the time spent so far in the current
+    /// state added to it, as Xen's vcpu_runstate_get does for VCPUOP_get_runstate_info (the registered area gets the
+    /// runstate as kept, updated at each state change).</summary>
+    public VcpuRunstateInfo GetRunstate(long nowNs, bool includeCurrent = false)
     {
         var info = new VcpuRunstateInfo();
         lock (RunstateTime)
@@ -183,6 +186,8 @@ internal sealed unsafe class Vcpu : IInterruptSource
             info.StateEntryTime = (ulong)RunstateEntryNs;
             for (int i = 0; i < 4; i++)
                 info.Time[i] = (ulong)RunstateTime[i];
+            if (includeCurrent && RunstateEntryNs != 0)
+                info.Time[(int)RunstateState] += (ulong)Math.Max(0, nowNs - RunstateEntryNs);
         }
         return info;
     }

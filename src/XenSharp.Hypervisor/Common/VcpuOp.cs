@@ -67,7 +67,7 @@ internal static unsafe class VcpuOps
             }
             case VCPUOP_get_runstate_info:
             {
-                var info = v.GetRunstate(host.Time.NowNs);
+                var info = v.GetRunstate(host.Time.NowNs, includeCurrent: true);
                 if (caller.Compat)
                     return GuestAccess.Write(caller, arg, To32(info)) ? 0 : -Errno.EFAULT;
                 return GuestAccess.Write(caller, arg, info) ? 0 : -Errno.EFAULT;

@@ -47,50 +47,12 @@ public static class PvBuilder
         var elf = PvhBuilder.LoadKernel(spec.Kernel, spec.KernelName);
         if (!elf.Is64)
             return PvCompatBuilder.Build(spec, elf, mem, pv);
-        ulong virtBase = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_VIRT_BASE) ?? 0;
-        // Segments load at their physical addresses less PADDR_OFFSET (VIRT_BASE when the note is missing, as in
-        // libelf); that offset is where they are in the guest's PFN space, VIRT_BASE + it where it sees them.
-        ulong paddrOffset = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_PADDR_OFFSET) ?? virtBase;
-        ulong entry = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_ENTRY) ?? elf.Entry;
-        ulong? hypercallPage = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_HYPERCALL_PAGE);
-        var loads = elf.Segments.Where(s => s.MemSize > 0).ToList();
-        if (loads.Count == 0)
-            throw new DomainBuildException($"{spec.KernelName}: no loadable segments");
-        ulong kStart = loads.Min(s => s.PhysAddr), kEnd = loads.Max(s => s.PhysAddr + s.MemSize);
-        if (kStart < paddrOffset || kEnd - paddrOffset > spec.MemoryBytes / 2)
-            throw new DomainBuildException($"{spec.KernelName}: kernel at 0x{kStart:x}-0x{kEnd:x} (PADDR_OFFSET 0x{paddrOffset:x}) does not fit in {spec.MemoryBytes >> 20} MiB");
-
-        ulong nrPages = spec.MemoryBytes / PageSize;
-        mem.Populate(0, nrPages);
-        pv.SetMachToPhys(0, nrPages);
-
-        foreach (var s in loads)
-        {
-            ulong at = s.PhysAddr - paddrOffset;
-            mem.Write(at, elf.Data.AsSpan((int)s.FileOffset, (int)s.FileSize));
-            if (s.MemSize > s.FileSize)
-                mem.Zero(at + s.FileSize, s.MemSize - s.FileSize);
-        }
-
-        // The allocations after the kernel, in PFN order (xc_dom_alloc_segment).
-        ulong next = AlignUp(kEnd - paddrOffset);
-        ulong Alloc(ulong bytes)
-        {
-            ulong at = next;
-            next = AlignUp(next + Math.Max(bytes, 1));
-            if (next / PageSize > nrPages)
-                throw new DomainBuildException($"{spec.KernelName}: {spec.MemoryBytes >> 20} MiB is too little for the kernel and its boot data");
-            return at / PageSize;
-        }
-        ulong? ramdiskPfn = spec.Ramdisk is { } rd ? Alloc((ulong)rd.Length) : null;
-        if (spec.Ramdisk is { } ramdisk)
-            mem.Write(ramdiskPfn!.Value * PageSize, ramdisk);
-        ulong p2mPfn = Alloc(nrPages * 8);
-        ulong startInfoPfn = Alloc(PageSize);
-        ulong xenstorePfn = Alloc(PageSize);
-        ulong consolePfn = Alloc(PageSize);
+        var layout = new PvKernelLayout(spec, elf, mem, pv, wordBytes: 8);
+        ulong virtBase = layout.VirtBase, entry = layout.Entry, nrPages = layout.NrPages;
+        ulong? hypercallPage = layout.HypercallPage, ramdiskPfn = layout.RamdiskPfn;
+        ulong p2mPfn = layout.P2mPfn, startInfoPfn = layout.StartInfoPfn, xenstorePfn = layout.XenstorePfn, consolePfn = layout.ConsolePfn;
         // The tables map up to the boot stack's end plus slack; how many they are depends on that end.
-        ulong tablesPfn = next / PageSize;
+        ulong tablesPfn = layout.NextPfn;
         int l1s = 0, l2s = 0, l3s = 0;
         for (int round = 0; round < 8; round++)
         {
@@ -101,9 +63,9 @@ public static class PvBuilder
             (l1s, l2s, l3s) = (n1, n2, n3);
         }
         int tableFrames = 1 + l3s + l2s + l1s;
-        Alloc((ulong)tableFrames * PageSize);
-        ulong stackPfn = Alloc(PageSize);
-        ulong mappedEnd = virtBase + next + Slack;
+        layout.Alloc((ulong)tableFrames * PageSize);
+        ulong stackPfn = layout.Alloc(PageSize);
+        ulong mappedEnd = layout.NextVirt + Slack;
 
         // The p2m list.
         var p2m = new byte[nrPages * 8];
@@ -210,7 +172,6 @@ public static class PvBuilder
     /// <summary>How many naturally aligned 2^shift blocks [start, end) touches.</summary>
     private static int Spans(ulong start, ulong end, int shift) => (int)(((end - 1) >> shift) - (start >> shift) + 1);
 
-    private static ulong AlignUp(ulong v) => (v + PageSize - 1) & ~(PageSize - 1);
 
     private static void Put(byte[] b, int offset, ulong v) => BitConverter.TryWriteBytes(b.AsSpan(offset), v);
 }

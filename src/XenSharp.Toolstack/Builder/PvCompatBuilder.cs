@@ -26,49 +26,15 @@ public static class PvCompatBuilder
     {
         if (elf.XenNoteString(ElfNote.XEN_ELFNOTE_PAE_MODE) is "no")
             throw new DomainBuildException($"{spec.KernelName}: a 32-bit PV kernel without PAE; Xen on x86-64 runs only PAE ones");
-        ulong virtBase = (uint)(elf.XenNoteValue(ElfNote.XEN_ELFNOTE_VIRT_BASE) ?? 0);
-        ulong paddrOffset = (uint)(elf.XenNoteValue(ElfNote.XEN_ELFNOTE_PADDR_OFFSET) ?? virtBase);
-        ulong entry = (uint)(elf.XenNoteValue(ElfNote.XEN_ELFNOTE_ENTRY) ?? elf.Entry);
-        ulong? hypercallPage = elf.XenNoteValue(ElfNote.XEN_ELFNOTE_HYPERCALL_PAGE) is { } hpv ? (uint)hpv : null;
-        var loads = elf.Segments.Where(s => s.MemSize > 0).ToList();
-        if (loads.Count == 0)
-            throw new DomainBuildException($"{spec.KernelName}: no loadable segments");
-        ulong kStart = loads.Min(s => s.PhysAddr), kEnd = loads.Max(s => s.PhysAddr + s.MemSize);
-        if (kStart < paddrOffset || kEnd - paddrOffset > spec.MemoryBytes / 2)
-            throw new DomainBuildException($"{spec.KernelName}: kernel at 0x{kStart:x}-0x{kEnd:x} (PADDR_OFFSET 0x{paddrOffset:x}) does not fit in {spec.MemoryBytes >> 20} MiB");
-
         pv.SetAddressSize(32);
-        ulong nrPages = spec.MemoryBytes / PageSize;
-        mem.Populate(0, nrPages);
-        pv.SetMachToPhys(0, nrPages);
-        foreach (var s in loads)
-        {
-            ulong at = s.PhysAddr - paddrOffset;
-            mem.Write(at, elf.Data.AsSpan((int)s.FileOffset, (int)s.FileSize));
-            if (s.MemSize > s.FileSize)
-                mem.Zero(at + s.FileSize, s.MemSize - s.FileSize);
-        }
-
-        ulong next = AlignUp(kEnd - paddrOffset);
-        ulong Alloc(ulong bytes)
-        {
-            ulong at = next;
-            next = AlignUp(next + Math.Max(bytes, 1));
-            if (next / PageSize > nrPages)
-                throw new DomainBuildException($"{spec.KernelName}: {spec.MemoryBytes >> 20} MiB is too little for the kernel and its boot data");
-            return at / PageSize;
-        }
-        ulong? ramdiskPfn = spec.Ramdisk is { } rd ? Alloc((ulong)rd.Length) : null;
-        if (spec.Ramdisk is { } ramdisk)
-            mem.Write(ramdiskPfn!.Value * PageSize, ramdisk);
-        ulong p2mPfn = Alloc(nrPages * 4);
-        ulong startInfoPfn = Alloc(PageSize);
-        ulong xenstorePfn = Alloc(PageSize);
-        ulong consolePfn = Alloc(PageSize);
+        var layout = new PvKernelLayout(spec, elf, mem, pv, wordBytes: 4);
+        ulong virtBase = layout.VirtBase, entry = layout.Entry, nrPages = layout.NrPages;
+        ulong? hypercallPage = layout.HypercallPage, ramdiskPfn = layout.RamdiskPfn;
+        ulong p2mPfn = layout.P2mPfn, startInfoPfn = layout.StartInfoPfn, xenstorePfn = layout.XenstorePfn, consolePfn = layout.ConsolePfn;
 
         // The L2s: one per gigabyte the mapping touches, and the last gigabyte's always (Xen keeps its own
         // mappings under the L3's last entry and wants it present).
-        ulong tablesPfn = next / PageSize;
+        ulong tablesPfn = layout.NextPfn;
         int l1s = 0;
         var gigabytes = new SortedSet<int>();
         for (int round = 0; round < 8; round++)
@@ -83,9 +49,9 @@ public static class PvCompatBuilder
             (gigabytes, l1s) = (g, n1);
         }
         int tableFrames = 1 + gigabytes.Count + l1s;
-        Alloc((ulong)tableFrames * PageSize);
-        ulong stackPfn = Alloc(PageSize);
-        ulong mappedEnd = virtBase + next + Slack;
+        layout.Alloc((ulong)tableFrames * PageSize);
+        ulong stackPfn = layout.Alloc(PageSize);
+        ulong mappedEnd = layout.NextVirt + Slack;
         if (mappedEnd > Mmu.HYPERVISOR_VIRT_START_PAE)
             throw new DomainBuildException($"{spec.KernelName}: the initial mapping (to 0x{mappedEnd:x}) reaches Xen's part of a 32-bit guest's space");
 
@@ -173,7 +139,6 @@ public static class PvCompatBuilder
         sregs.Es = data;
     }
 
-    private static ulong AlignUp(ulong v) => (v + PageSize - 1) & ~(PageSize - 1);
 
     private static void Put(byte[] b, int offset, ulong v) => BitConverter.TryWriteBytes(b.AsSpan(offset), (uint)v);
 }
