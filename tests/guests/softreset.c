@@ -93,9 +93,18 @@ static void on_upcall(void)
 /* The ring named by an HVM param is bound to Domain-0 again. */
 static void check_ring_port(const char *name, uint32_t param)
 {
-    uint64_t port = 0;
-    long prc = rt_hvm_get_param(param, &port), rc;
-    struct evtchn_status st = status_of((evtchn_port_t)port, &rc);
+    /* The other end binds on its own time (xenstored on introduction, the console daemon on its watch, as
+     * xenconsoled does), which may come after the guest runs again: wait for it. */
+    uint64_t port = 0, deadline = rt_deadline(30000);
+    long prc, rc;
+    struct evtchn_status st;
+    do {
+        prc = rt_hvm_get_param(param, &port);
+        st = status_of((evtchn_port_t)port, &rc);
+        if (prc == 0 && rc == 0 && st.status == EVTCHNSTAT_interdomain)
+            break;
+        rt_pause();
+    } while (!rt_expired(deadline));
     rt_check(name, prc == 0 && rc == 0 && st.status == EVTCHNSTAT_interdomain && st.u.interdomain.dom == 0,
              "param rc %ld port %lu: status rc %ld status %u dom %u", prc, (unsigned long)port, rc, st.status,
              st.u.interdomain.dom);
