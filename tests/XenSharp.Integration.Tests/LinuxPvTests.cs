@@ -19,18 +19,7 @@ public class LinuxPvTests
         var store = new GuestArtifacts();
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
         using var xl = new XlHost();
-        string cfg = Path.Combine(xl.RunDir, "pv.cfg");
-        File.WriteAllText(cfg, $"""
-            name = "pv"
-            type = "pv"
-            kernel = "{store.KernelPath}"
-            ramdisk = "{store.ShellInitrdPath}"
-            cmdline = "console=hvc0"
-            memory = 512
-            vcpus = 2
-            on_poweroff = "destroy"
-            on_crash = "preserve"
-            """);
+        string cfg = WriteConfig(xl, store, "pv", vcpus: 2, destroyOnPoweroff: true, type: "pv");
 
         using var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg);
         try
@@ -56,13 +45,7 @@ public class LinuxPvTests
             Assert.DoesNotContain("multicall(s) failed", boot);
 
             // The second vCPU was started with VCPUOP_initialise from a PV vcpu_guest_context.
-            Assert.Contains("smp: Brought up 1 node, 2 CPUs", boot);
-            Assert.Contains("cpus-2 1-on-1",
-                console.Ask("echo cpus-$(grep -c ^processor /proc/cpuinfo) $(taskset -c 1 cat /proc/self/stat | cut -d' ' -f39)-on-1", "1-on-1"));
-            Assert.Contains("result-42 xen", console.Ask("echo result-$((6*7)) $(cat /sys/hypervisor/type)", "result-42 xen"));
-            // A fork and an exec: copy-on-write write-protects the parent's entries in its page tables.
-            Assert.Contains("forked-42", console.Ask("(sh -c 'echo forked-$((40+2))')", "forked-42"));
-            Assert.Contains("guest-PV", console.Ask("echo guest-$(cat /sys/hypervisor/guest_type)", "guest-PV"));
+            AssertShellRunsOnTwoVcpus(console, boot, "PV");
 
             var shutdown = xl.Run(TimeSpan.FromMinutes(3), "shutdown", "-w", "pv");
             Assert.True(shutdown.ExitCode == 0, shutdown.ToString());

@@ -71,11 +71,8 @@ public class LinuxPvhTests
         try
         {
             string boot = console.WaitFor("~ # ", BootLimit);
-            Assert.Contains("smp: Brought up 1 node, 2 CPUs", boot);
             Assert.DoesNotContain("Kernel panic", boot);
-
-            Assert.Contains("cpus-2 1-on-1",
-                console.Ask("echo cpus-$(grep -c ^processor /proc/cpuinfo) $(taskset -c 1 cat /proc/self/stat | cut -d' ' -f39)-on-1", "1-on-1"));
+            AssertShellRunsOnTwoVcpus(console, boot, "PVH");
 
             console.Send("poweroff -f\r");
             console.WaitFor("reboot: Power down", TimeSpan.FromMinutes(2));
@@ -161,15 +158,15 @@ public class LinuxPvhTests
         }
     }
 
-    /// <summary>An xl.cfg for Debian's kernel as a PVH domU with its console on hvc0 and no earlyprintk
-    /// (hvc0 then replays the kernel log from its first line).</summary>
+    /// <summary>An xl.cfg for Debian's kernel as a PVH (or <paramref name="type"/>) domU with its console on hvc0 and no
+    /// earlyprintk (hvc0 then replays the kernel log from its first line); <paramref name="extra"/> is appended.</summary>
     internal static string WriteConfig(XlHost xl, GuestArtifacts store, string name, int vcpus = 1, string? ramdisk = null,
-        bool destroyOnPoweroff = false, int memory = 512, int? maxmem = null)
+        bool destroyOnPoweroff = false, int memory = 512, int? maxmem = null, string type = "pvh", string extra = "")
     {
         string cfg = Path.Combine(xl.RunDir, name + ".cfg");
         File.WriteAllText(cfg, $"""
             name = "{name}"
-            type = "pvh"
+            type = "{type}"
             kernel = "{store.KernelPath}"
             ramdisk = "{ramdisk ?? store.ShellInitrdPath}"
             cmdline = "console=hvc0"
@@ -178,8 +175,22 @@ public class LinuxPvhTests
             vcpus = {vcpus}
             {(destroyOnPoweroff ? "on_poweroff = \"destroy\"" : "")}
             on_crash = "preserve"
+            {extra}
             """);
         return cfg;
+    }
+
+    /// <summary>A two-vCPU guest at its shell: both CPUs up, a command run on the second, arithmetic, a fork, and the
+    /// guest type Linux reports in /sys/hypervisor.</summary>
+    internal static void AssertShellRunsOnTwoVcpus(ConsoleSession console, string boot, string guestType)
+    {
+        Assert.Contains("smp: Brought up 1 node, 2 CPUs", boot);
+        Assert.Contains("cpus-2 1-on-1",
+            console.Ask("echo cpus-$(grep -c ^processor /proc/cpuinfo) $(taskset -c 1 cat /proc/self/stat | cut -d' ' -f39)-on-1", "1-on-1"));
+        Assert.Contains("result-42 xen", console.Ask("echo result-$((6*7)) $(cat /sys/hypervisor/type)", "result-42 xen"));
+        // A fork and an exec: copy-on-write write-protects the parent's entries in its page tables.
+        Assert.Contains("forked-42", console.Ask("(sh -c 'echo forked-$((40+2))')", "forked-42"));
+        Assert.Contains($"guest-{guestType}", console.Ask("echo guest-$(cat /sys/hypervisor/guest_type)", $"guest-{guestType}"));
     }
 
     internal static string Tail(string s) => s.Length <= 4000 ? s : s[^4000..];
