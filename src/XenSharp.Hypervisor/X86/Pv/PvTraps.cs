@@ -434,8 +434,10 @@ internal static unsafe class PvTraps
     {
         if (v.Pv is not { } pv)
             return -Errno.ENOSYS;
-        pv.KernelSs = a.A1 | 3;
-        pv.KernelSp = a.A2;
+        // A 64-bit kernel's stack is ring 3's; a 32-bit kernel's selector keeps its RPL, 0 taken as ring 1 (Xen's
+        // fixup_guest_stack_selector).
+        pv.KernelSs = v.Domain.Pv!.Is32 ? ((a.A1 & 3) == 0 ? (a.A1 & 0xFFFF) | 1 : a.A1 & 0xFFFF) : a.A1 | 3;
+        pv.KernelSp = v.Domain.Pv.Is32 ? (uint)a.A2 : a.A2;
         return 0;
     }
 
