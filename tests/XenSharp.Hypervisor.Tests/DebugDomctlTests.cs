@@ -144,6 +144,44 @@ public sealed unsafe class DebugDomctlTests : IDisposable
         Assert.Equal(-Errno.EINVAL, VcpuContextOp(XEN_DOMCTL_setvcpucontext, _guest, 0, CallerBase + Data));
     }
 
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void A64BitPvVcpusContextIsSetAndReadInTheNativeLayout()
+    {
+        var g = new Guest(_host, vcpus: 2, ramMiB: 4, maxMiB: 8, type: DomainKind.Pv);
+        ulong l4 = g.Domain.P2m.TryLookup(0x100, out uint m, out _) ? m : throw new InvalidOperationException();
+
+        ref var c = ref At<VcpuGuestContext>(Data);
+        c = default;
+        c.Flags = VcpuGuestContext.VGCF_in_kernel;
+        (c.UserRegs.Rip, c.UserRegs.Rsp, c.UserRegs.R12, c.UserRegs.Rflags) = (0xFFFFFFFF81001234, 0xFFFFFFFF81008000, 0x5EED, 0x2202);
+        (c.KernelSs, c.KernelSp) = (0xE02B, 0xFFFFFFFF81009000);
+        (c.EventCallbackEip, c.FailsafeCallbackEip, c.SyscallCallbackEip) = (0xFFFFFFFF81000400, 0xFFFFFFFF81000500, 0xFFFFFFFF81000700);
+        (c.FsBase, c.GsBaseKernel, c.GsBaseUser) = (0x7F0000001000, 0xFFFF888000002000, 0x7F0000003000);
+        fixed (byte* traps = c.TrapCtxt)
+            ((TrapInfo*)traps)[14] = new TrapInfo { Vector = 14, Cs = 0xE033, Address = 0xFFFFFFFF81000600 };
+        c.Ctrlreg[3] = l4 << 12;
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 1, CallerBase + Data));
+
+        new Span<byte>(_buffers + Data, 8192).Fill(0xAA);
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_getvcpucontext, g.Id, 1, CallerBase + Data));
+        c = ref At<VcpuGuestContext>(Data);
+        Assert.Equal((0xFFFFFFFF81001234UL, 0xFFFFFFFF81008000UL, 0x5EEDUL), (c.UserRegs.Rip, c.UserRegs.Rsp, c.UserRegs.R12));
+        Assert.Equal(0x2000UL, c.UserRegs.Rflags & 0x3000); // the virtual IOPL 2
+        Assert.Equal((0xE02BUL, 0xFFFFFFFF81009000UL), (c.KernelSs, c.KernelSp));
+        Assert.Equal((0xFFFFFFFF81000400UL, 0xFFFFFFFF81000500UL, 0xFFFFFFFF81000700UL), (c.EventCallbackEip, c.FailsafeCallbackEip, c.SyscallCallbackEip));
+        Assert.Equal((0x7F0000001000UL, 0xFFFF888000002000UL, 0x7F0000003000UL), (c.FsBase, c.GsBaseKernel, c.GsBaseUser));
+        fixed (byte* traps = c.TrapCtxt)
+            Assert.Equal(0xFFFFFFFF81000600UL, ((TrapInfo*)traps)[14].Address);
+        Assert.Equal(l4 << 12, c.Ctrlreg[3]);
+        Assert.Equal(0UL, c.Ctrlreg[1]);
+        Assert.NotEqual(0UL, c.Flags & VcpuGuestContext.VGCF_in_kernel);
+        Assert.Equal(0xAA, _buffers[Data + sizeof(VcpuGuestContext)]);
+        var size = new XenDomctl();
+        Assert.Equal(0, Domctl(XEN_DOMCTL_get_address_size, g.Id, ref size));
+        Assert.Equal(64u, size.As<XenDomctlAddressSize>().Size);
+    }
+
     private long Partial(uint type, uint instance, ulong bufsz, ulong buffer, out ulong size)
     {
         var op = new XenDomctl();
