@@ -162,10 +162,11 @@ internal static unsafe class PvTraps
             Bounce(v, cpu, vector, null);
             return;
         }
+        if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
+            return;
+        // After the privileged instructions, which come far more often: SYSENTER faults #GP(0) the same way.
         if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && v.Domain.Pv!.Is32
             && PvCompatTraps.TrySysenter(v, cpu))
-            return;
-        if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
             return;
         if (vector == VectorPageFault && PvMm.TryLdtFault(v, exit.Address, out uint? ldtGp))
         {
