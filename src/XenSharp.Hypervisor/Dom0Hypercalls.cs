@@ -145,6 +145,13 @@ public sealed partial class XenHypervisor
         file.DangerousAddRef(ref added);
         for (int i = 0; i < gfns.Length; i++)
         {
+            // A PV domain is not translated: its frames are named by MFN, as Xen's privcmd mapping of a PV guest
+            // writes them into PTEs; a page table or descriptor page of its own only read-only.
+            if (d.Pv is not null)
+            {
+                offsets[i] = PvFrameOffset(domid, gfns[i], writable, file);
+                continue;
+            }
             // A shared page gets its own copy first (Xen's P2M_UNSHARE): the program may write it, and the frame it
             // shares may be another domain's.
             if (d.P2m.TryLookup(gfns[i], out _, out var st) && st == P2mType.RamShared)
@@ -163,6 +170,19 @@ public sealed partial class XenHypervisor
         }
         memfd = file;
         return 0;
+    }
+
+    /// <summary>The offset in the PV domain's memory file of machine frame <paramref name="mfn"/>, if the domain owns
+    /// it: -EINVAL for a frame not its own, -EACCES for a writable mapping of one the PV MMU has typed.</summary>
+    private long PvFrameOffset(ushort domid, ulong mfn, bool writable, Microsoft.Win32.SafeHandles.SafeFileHandle file)
+    {
+        if (mfn >= Frames.FrameCount || Frames.OwnerOf((uint)mfn) != domid || Frames.TypeOf((uint)mfn) == FrameType.Free)
+            return -Errno.EINVAL;
+        if (writable)
+            lock (Frames.TypeLock)
+                if (Frames.TypeInfoOf(mfn) is { Count: > 0, Type: not (PageType.None or PageType.Writable) })
+                    return -Errno.EACCES;
+        return Frames.TryGetBacking((uint)mfn, out var fd, out long offset) && fd == file ? offset : -Errno.EINVAL;
     }
 
     /// <summary>DOMID_XEN's frames a Domain-0 program may map: the trace buffers (by machine frame, as xentrace asks).</summary>

@@ -227,6 +227,13 @@ public struct XenDomctlHvmcontext
     public ulong Buffer;
 }
 
+/// <summary>struct xen_domctl_address_size (XEN_DOMCTL_get_address_size / set_address_size).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenDomctlAddressSize
+{
+    public uint Size;
+}
+
 /// <summary>struct xen_domctl_vcpucontext (getvcpucontext/setvcpucontext): the vCPU and its vcpu_guest_context.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct XenDomctlVcpucontext

@@ -126,3 +126,11 @@ public struct E820Entry
     public ulong Size;
     public uint Type;
 }
+
+/// <summary>struct xen_machphys_mapping (XENMEM_machphys_mapping): where the M2P is and its largest MFN.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMachphysMapping { public ulong VStart; public ulong VEnd; public ulong MaxMfn; }
+
+/// <summary>struct xen_machphys_mfn_list (XENMEM_machphys_mfn_list): the MFNs of the M2P's 2 MiB superpages.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMachphysMfnList { public uint MaxExtents; public ulong ExtentStart; public uint NrExtents; }

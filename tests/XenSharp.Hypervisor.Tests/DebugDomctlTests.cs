@@ -75,6 +75,113 @@ public sealed unsafe class DebugDomctlTests : IDisposable
         Assert.Equal(-Errno.EINVAL, Domctl(XEN_DOMCTL_getvcpucontext, 0, ref op));
     }
 
+    private long VcpuContextOp(uint cmd, ushort domain, uint vcpu, ulong buffer)
+    {
+        var op = new XenDomctl();
+        op.As<XenDomctlVcpucontext>() = new XenDomctlVcpucontext { Vcpu = vcpu, Ctxt = buffer };
+        return Domctl(cmd, domain, ref op);
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void A32BitPvVcpusContextIsSetAndReadInTheCompatLayout()
+    {
+        var g = new Guest(_host, vcpus: 2, ramMiB: 4, maxMiB: 8, type: DomainKind.Pv);
+        _host.PvSetAddressSize(g.Id, 32);
+        ulong Mfn(ulong gfn) => g.Domain.P2m.TryLookup(gfn, out uint m, out _) ? m : throw new InvalidOperationException();
+        const ulong L3 = 0x100, L2 = 0x101, L2Top = 0x102;
+        g.Write(L3 << 12, (Mfn(L2) << 12) | 1);
+        g.Write((L3 << 12) + 3 * 8, (Mfn(L2Top) << 12) | 1);
+
+        var size = new XenDomctl();
+        Assert.Equal(0, Domctl(XEN_DOMCTL_get_address_size, g.Id, ref size));
+        Assert.Equal(32u, size.As<XenDomctlAddressSize>().Size);
+        Assert.Equal(0, Domctl(XEN_DOMCTL_get_address_size, _guest, ref size));
+        Assert.Equal(64u, size.As<XenDomctlAddressSize>().Size);
+
+        // vCPU 1 set from a compat context, as a restorer does, then read back in the same layout.
+        ref var c = ref At<CompatVcpuGuestContext>(Data);
+        c = default;
+        c.Flags = (uint)VcpuGuestContext.VGCF_in_kernel;
+        (c.Eip, c.Cs, c.Esp, c.Ss, c.Ds, c.Es) = (0xC0101234, 0xE019, 0xC0108000, 0xE021, 0xE021, 0xE021);
+        (c.Esi, c.Eflags) = (0x5EED, 0x1202); // IOPL 1: the virtual one
+        (c.KernelSs, c.KernelSp) = (0xE021, 0xC0109000);
+        (c.EventCallbackCs, c.EventCallbackEip, c.FailsafeCallbackCs, c.FailsafeCallbackEip) = (0xE019, 0xC0100400, 0xE019, 0xC0100500);
+        fixed (byte* traps = c.TrapCtxt)
+            ((CompatTrapInfo*)traps)[14] = new CompatTrapInfo { Vector = 14, Cs = 0xE019, Address = 0xC0100600 };
+        uint cr3 = X86.Pv.PvContext.CompatCr3(Mfn(L3));
+        c.Ctrlreg[3] = cr3;
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 1, CallerBase + Data));
+
+        new Span<byte>(_buffers + Data, 8192).Fill(0xAA);
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_getvcpucontext, g.Id, 1, CallerBase + Data));
+        c = ref At<CompatVcpuGuestContext>(Data);
+        Assert.Equal((0xC0101234u, (ushort)0xE019, 0xC0108000u, (ushort)0xE021), (c.Eip, c.Cs, c.Esp, c.Ss));
+        Assert.Equal(0x5EEDu, c.Esi);
+        Assert.Equal(0x1000u, c.Eflags & 0x3000);
+        Assert.Equal((0xE021u, 0xC0109000u), (c.KernelSs, c.KernelSp));
+        Assert.Equal((0xE019u, 0xC0100400u, 0xE019u, 0xC0100500u), (c.EventCallbackCs, c.EventCallbackEip, c.FailsafeCallbackCs, c.FailsafeCallbackEip));
+        fixed (byte* traps = c.TrapCtxt)
+        {
+            Assert.Equal(0xC0100600u, ((CompatTrapInfo*)traps)[14].Address);
+            Assert.Equal(0u, ((CompatTrapInfo*)traps)[13].Address);
+        }
+        Assert.Equal(cr3, c.Ctrlreg[3]);
+        Assert.NotEqual(0u, c.Flags & (uint)VcpuGuestContext.VGCF_in_kernel);
+        // The compat layout and nothing past it.
+        Assert.Equal(0xAA, _buffers[Data + sizeof(CompatVcpuGuestContext)]);
+
+        // Set again on the same base: the registers change; on another base: Xen's -EINVAL.
+        c.Esi = 0xF00D;
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 1, CallerBase + Data));
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_getvcpucontext, g.Id, 1, CallerBase + Data));
+        Assert.Equal(0xF00Du, At<CompatVcpuGuestContext>(Data).Esi);
+        At<CompatVcpuGuestContext>(Data).Ctrlreg[3] = X86.Pv.PvContext.CompatCr3(Mfn(L2));
+        Assert.Equal(-Errno.EINVAL, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 1, CallerBase + Data));
+        Assert.Equal(-Errno.EINVAL, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 2, CallerBase + Data));
+        Assert.Equal(-Errno.EFAULT, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 1, 0x1000));
+        // A translated domain's vCPUs are not set this way.
+        Assert.Equal(-Errno.EINVAL, VcpuContextOp(XEN_DOMCTL_setvcpucontext, _guest, 0, CallerBase + Data));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void A64BitPvVcpusContextIsSetAndReadInTheNativeLayout()
+    {
+        var g = new Guest(_host, vcpus: 2, ramMiB: 4, maxMiB: 8, type: DomainKind.Pv);
+        ulong l4 = g.Domain.P2m.TryLookup(0x100, out uint m, out _) ? m : throw new InvalidOperationException();
+
+        ref var c = ref At<VcpuGuestContext>(Data);
+        c = default;
+        c.Flags = VcpuGuestContext.VGCF_in_kernel;
+        (c.UserRegs.Rip, c.UserRegs.Rsp, c.UserRegs.R12, c.UserRegs.Rflags) = (0xFFFFFFFF81001234, 0xFFFFFFFF81008000, 0x5EED, 0x2202);
+        (c.KernelSs, c.KernelSp) = (0xE02B, 0xFFFFFFFF81009000);
+        (c.EventCallbackEip, c.FailsafeCallbackEip, c.SyscallCallbackEip) = (0xFFFFFFFF81000400, 0xFFFFFFFF81000500, 0xFFFFFFFF81000700);
+        (c.FsBase, c.GsBaseKernel, c.GsBaseUser) = (0x7F0000001000, 0xFFFF888000002000, 0x7F0000003000);
+        fixed (byte* traps = c.TrapCtxt)
+            ((TrapInfo*)traps)[14] = new TrapInfo { Vector = 14, Cs = 0xE033, Address = 0xFFFFFFFF81000600 };
+        c.Ctrlreg[3] = l4 << 12;
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_setvcpucontext, g.Id, 1, CallerBase + Data));
+
+        new Span<byte>(_buffers + Data, 8192).Fill(0xAA);
+        Assert.Equal(0, VcpuContextOp(XEN_DOMCTL_getvcpucontext, g.Id, 1, CallerBase + Data));
+        c = ref At<VcpuGuestContext>(Data);
+        Assert.Equal((0xFFFFFFFF81001234UL, 0xFFFFFFFF81008000UL, 0x5EEDUL), (c.UserRegs.Rip, c.UserRegs.Rsp, c.UserRegs.R12));
+        Assert.Equal(0x2000UL, c.UserRegs.Rflags & 0x3000); // the virtual IOPL 2
+        Assert.Equal((0xE02BUL, 0xFFFFFFFF81009000UL), (c.KernelSs, c.KernelSp));
+        Assert.Equal((0xFFFFFFFF81000400UL, 0xFFFFFFFF81000500UL, 0xFFFFFFFF81000700UL), (c.EventCallbackEip, c.FailsafeCallbackEip, c.SyscallCallbackEip));
+        Assert.Equal((0x7F0000001000UL, 0xFFFF888000002000UL, 0x7F0000003000UL), (c.FsBase, c.GsBaseKernel, c.GsBaseUser));
+        fixed (byte* traps = c.TrapCtxt)
+            Assert.Equal(0xFFFFFFFF81000600UL, ((TrapInfo*)traps)[14].Address);
+        Assert.Equal(l4 << 12, c.Ctrlreg[3]);
+        Assert.Equal(0UL, c.Ctrlreg[1]);
+        Assert.NotEqual(0UL, c.Flags & VcpuGuestContext.VGCF_in_kernel);
+        Assert.Equal(0xAA, _buffers[Data + sizeof(VcpuGuestContext)]);
+        var size = new XenDomctl();
+        Assert.Equal(0, Domctl(XEN_DOMCTL_get_address_size, g.Id, ref size));
+        Assert.Equal(64u, size.As<XenDomctlAddressSize>().Size);
+    }
+
     private long Partial(uint type, uint instance, ulong bufsz, ulong buffer, out ulong size)
     {
         var op = new XenDomctl();

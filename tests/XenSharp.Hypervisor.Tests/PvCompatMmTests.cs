@@ -109,6 +109,55 @@ public class PvCompatMmTests : IDisposable
 
     [Fact]
     [Trait("Feature", "x86/PV")]
+    public void TheL2UnderTheLastL3EntryGetsXensCompatM2pSlotsAndKeepsThemToItself()
+    {
+        var pv = new Pv32Guest(_host);
+        pv.BuildTree();
+        // What the guest had in Xen's slots is neither validated nor kept.
+        pv.G.Write((L2Top << 12) + 500 * 8, pv.Pte(Data + 3, P | RW));
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L3_TABLE, pv.Mfn(L3)));
+        var top = pv.TypeOf(L2Top);
+        Assert.Equal((PageType.L2, true, 1), (top.Type, top.PaeXenL2, top.Count));
+        Assert.Equal(0, pv.TypeOf(Data + 3).Count);
+
+        var m2p = _host.Services.MachToPhys;
+        int first = MachToPhys.CompatFirstL2Slot;
+        Assert.Equal(428, first);
+        for (int i = first; i < 512; i++)
+        {
+            ulong e = pv.G.Read<ulong>((L2Top << 12) + (ulong)i * 8);
+            int chunk = i - first;
+            // Present read-only supervisor superpages, as Xen's compat_idle_pg_table_l2 has them.
+            Assert.Equal(chunk < m2p.CompatChunks.Length ? ((ulong)m2p.CompatChunks[chunk] << 12) | P | PvMm.PAGE_PSE : 0, e);
+        }
+        // The table follows the M2P: entries of the guest's frames name their PFNs, 32 bits wide.
+        m2p.Set(pv.Mfn(Data), Data);
+        Assert.Equal((uint)Data, m2p.GetCompat(pv.Mfn(Data)));
+
+        // Xen's slots are not the guest's to change; the others are.
+        Assert.Equal(-Errno.EPERM, pv.MmuUpdate(pv.Ma(L2Top, (ulong)first * 8), 0));
+        Assert.Equal(-Errno.EPERM, pv.MmuUpdate(pv.Ma(L2Top, 511 * 8), pv.Pte(L1, P)));
+        Assert.Equal(0, pv.MmuUpdate(pv.Ma(L2Top, (ulong)(first - 1) * 8), pv.Pte(L1, P | RW)));
+
+        // It belongs to one L3: another L3 may not name it in its slot 3, nor may a plain L2 slot.
+        const ulong L3b = 0x130;
+        pv.G.Write(L3b << 12, pv.Pte(L2, P));
+        pv.G.Write((L3b << 12) + 3 * 8, pv.Pte(L2Top, P));
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L3_TABLE, pv.Mfn(L3b)));
+        Assert.Equal(-Errno.EINVAL, pv.MmuUpdate(pv.Ma(L3, 1 * 8), pv.Pte(L2Top, P)));
+        Assert.Equal(1, pv.TypeOf(L2Top).Count);
+
+        // Unpinned, it is a plain frame again; an L2 pinned as plain one cannot go under slot 3.
+        Assert.Equal(0, pv.Mmuext(MMUEXT_UNPIN_TABLE, pv.Mfn(L3)));
+        Assert.Equal((PageType.None, false, 0), (pv.TypeOf(L2Top).Type, pv.TypeOf(L2Top).PaeXenL2, pv.TypeOf(L2Top).Count));
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L2_TABLE, pv.Mfn(L2)));
+        pv.G.Write((L3b << 12) + 3 * 8, pv.Pte(L2, P));
+        pv.G.Write(L3b << 12, 0UL);
+        Assert.Equal(-Errno.EINVAL, pv.Mmuext(MMUEXT_PIN_L3_TABLE, pv.Mfn(L3b)));
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
     public void A32BitGuestHasNoL4AndNoUserBase()
     {
         var pv = new Pv32Guest(_host);

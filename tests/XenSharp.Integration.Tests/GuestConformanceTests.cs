@@ -77,6 +77,13 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
     [Fact, Trait("Feature", "x86/PV")]
     public void PvAbi32() => NoSkips(Boot("pvabi32"));
 
+    /// <summary>What a 32-bit PV guest has of Xen's at the top of its space and from its user space: the compat M2P
+    /// at 0xF5800000 (XENMEM_machphys_mapping, the table against the p2m, Xen's read-only superpage slots in its top
+    /// L2 and the refusals to change, map or write them), INT $0x80 as a direct trap, SYSENTER and SYSCALL through
+    /// CALLBACKTYPE_sysenter and syscall32 with Xen's frames, and #GP for each when the guest has not allowed it.</summary>
+    [Fact, Trait("Feature", "x86/PV")]
+    public void PvSys32() => NoSkips(Boot("pvsys32"));
+
     /// <summary>memory = 32, maxmem = 64: the memory map covers maxmem, the guest runs populate-on-demand
     /// from a cache of its target and balloons down to it.</summary>
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Populate-on-demand memory")]

@@ -77,4 +77,40 @@ public sealed partial class XenToolsTests
             _xl.Run("destroy", "parked");
         }
     }
+
+    /// <summary>Debian's xenctx on a 32-bit PV guest: XEN_DOMCTL_get_address_size says 4, getvcpucontext gives the
+    /// compat (x86_32) layout, and the code and stack are read through the guest's PAE tables by machine frame.</summary>
+    [Fact, Trait("Feature", "x86/PV"), Trait("Feature", "Dom0 stable libraries")]
+    public void XenctxReadsA32BitPvGuest()
+    {
+        int domid = StartGuest("pvctx32", "parked32", "# parked");
+        try
+        {
+            var parked = Regex.Match(ConsoleLog("parked32"), @"# parked .* seed=0x([0-9a-f]+)");
+            Assert.True(parked.Success, ConsoleLog("parked32"));
+            uint seed = Convert.ToUInt32(parked.Groups[1].Value, 16);
+            string map = SystemMap("pvctx32");
+            string ctx = "";
+            // The vCPU settles in its block loop after printing.
+            Assert.True(XlHost.WaitUntil(() => Regex.IsMatch(ctx = Dom0("xenctx", "-a", "-s", map, domid.ToString(), "0").Stdout,
+                @"cs:eip: e019:[0-9a-f]{8} ctx_park\+0x"), TimeSpan.FromMinutes(1)), ctx);
+            // Ring 1 of a 32-bit PV kernel on Xen's flat selectors, the values it parked with.
+            Assert.Matches($@"esi: {seed:x8}\b", ctx);
+            Assert.Matches($@"edi: {seed + 1:x8}\b", ctx);
+            Assert.Matches($@"ebp: {seed + 2:x8}\b", ctx);
+            Assert.Matches(@"ss:esp: e021:c01[0-9a-f]{5}\b", ctx);
+            Assert.Matches(@"ds:\s+e021\b", ctx);
+            Assert.Matches(@"cr0: 80050033\b", ctx);
+            // The code at eip, read through the PAE tables: int $0x82 (sched_op block), then jmp back.
+            Assert.Contains("cd 82 eb f0", ctx.Replace("<", "").Replace(">", ""));
+            Assert.Contains("Stack:", ctx);
+
+            var missing = _xl.RunDom0("xenctx", domid.ToString(), "3");
+            Assert.Contains("xc_vcpu_getcontext: Invalid argument", missing.Stderr);
+        }
+        finally
+        {
+            _xl.Run("destroy", "parked32");
+        }
+    }
 }

@@ -18,6 +18,8 @@ public class CompatLayoutTests
         ("struct xen_add_to_physmap", typeof(XenAddToPhysmap32), 16, [("idx", "Idx", 8), ("gpfn", "Gpfn", 12)]),
         ("struct xen_remove_from_physmap", typeof(XenRemoveFromPhysmap32), 8, [("gpfn", "Gpfn", 4)]),
         ("struct xen_memory_map", typeof(XenMemoryMap32), 8, [("buffer", "Buffer", 4)]),
+        ("struct xen_machphys_mapping", typeof(XenMachphysMapping32), 12, [("v_end", "VEnd", 4), ("max_mfn", "MaxMfn", 8)]),
+        ("struct xen_machphys_mfn_list", typeof(XenMachphysMfnList32), 12, [("extent_start", "ExtentStart", 4), ("nr_extents", "NrExtents", 8)]),
         ("struct xen_pod_target", typeof(XenPodTarget32), 36, [("pod_entries", "PodEntries", 24), ("domid", "Domid", 32)]),
         ("struct gnttab_setup_table", typeof(GnttabSetupTable32), 16, [("frame_list", "FrameList", 12)]),
         ("struct gnttab_copy", typeof(GnttabCopy32), 24, [("dest", "Dest", 8), ("len", "Len", 16), ("flags", "Flags", 18), ("status", "Status", 20)]),

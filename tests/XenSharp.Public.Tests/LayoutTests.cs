@@ -41,6 +41,8 @@ public class LayoutTests
             ("u.foreign_domid", "ForeignDomid", 6), ("idxs", "Idxs", 8), ("gpfns", "Gpfns", 16), ("errs", "Errs", 24)]),
         ("struct xen_remove_from_physmap", typeof(XenRemoveFromPhysmap), 16, [("domid", "Domid", 0), ("gpfn", "Gpfn", 8)]),
         ("struct xen_memory_map", typeof(XenMemoryMap), 16, [("nr_entries", "NrEntries", 0), ("buffer", "Buffer", 8)]),
+        ("struct xen_machphys_mapping", typeof(XenMachphysMapping), 24, [("v_start", "VStart", 0), ("v_end", "VEnd", 8), ("max_mfn", "MaxMfn", 16)]),
+        ("struct xen_machphys_mfn_list", typeof(XenMachphysMfnList), 24, [("max_extents", "MaxExtents", 0), ("extent_start", "ExtentStart", 8), ("nr_extents", "NrExtents", 16)]),
         ("struct xen_pod_target", typeof(XenPodTarget), 40, [("target_pages", "TargetPages", 0), ("tot_pages", "TotPages", 8),
             ("pod_cache_pages", "PodCachePages", 16), ("pod_entries", "PodEntries", 24), ("domid", "Domid", 32)]),
         ("struct evtchn_alloc_unbound", typeof(EvtchnAllocUnbound), 8, [("dom", "Dom", 0), ("remote_dom", "RemoteDom", 2), ("port", "Port", 4)]),

@@ -41,6 +41,8 @@ internal static class DomctlOp
         [XEN_DOMCTL_set_paging_mempool_size] = DomctlBuild.SetPagingMempoolSize,
         [XEN_DOMCTL_setdomainhandle] = DomctlBuild.SetDomainHandle,
         [XEN_DOMCTL_getvcpucontext] = DomctlVcpuContext.GetVcpuContext,
+        [XEN_DOMCTL_setvcpucontext] = DomctlVcpuContext.SetVcpuContext,
+        [XEN_DOMCTL_get_address_size] = DomctlVcpuContext.GetAddressSize,
         [XEN_DOMCTL_gethvmcontext_partial] = DomctlVcpuContext.GetHvmContextPartial,
         [XEN_DOMCTL_getpageframeinfo3] = DomctlSave.GetPageFrameInfo3,
         [XEN_DOMCTL_resumedomain] = DomctlSave.ResumeDomain,
@@ -146,7 +148,8 @@ internal static class DomctlOp
             info.GpaddrBits = 52;
             return;
         }
-        uint flags = XEN_DOMINF_hvm_guest | XEN_DOMINF_hap;
+        // A PV domain is neither an HVM guest nor paged by HAP (tools pick the PV paths by this: xenctx, libxl).
+        uint flags = d.Type == DomainKind.Pv ? 0 : XEN_DOMINF_hvm_guest | XEN_DOMINF_hap;
         if (d.State == DomainRunState.Dying || d.IsDying)
             flags |= XEN_DOMINF_dying;
         if (d.ShutdownReason is uint reason)

@@ -22,10 +22,12 @@ internal static class DomctlVcpuContext
     {
         copyBack = false;
         ref var c = ref op.As<XenDomctlVcpucontext>();
-        if (d!.IsHost || d == v.Domain || d.Type == DomainKind.Pv || d.GetVcpu(c.Vcpu) is not { } target)
+        if (d!.IsHost || d == v.Domain || d.GetVcpu(c.Vcpu) is not { } target)
             return -Errno.EINVAL;
         if (target.Engine is null && target.PendingContext is null)
             return -Errno.ENODATA;
+        if (d.Pv is { } pv)
+            return GetPvContext(v, d, target, c.Ctxt, pv.Is32, out copyBack);
         VcpuGuestContext context;
         try
         {
@@ -37,6 +39,68 @@ internal static class DomctlVcpuContext
         }
         if (!GuestAccess.Write(v, c.Ctxt, context))
             return -Errno.EFAULT;
+        copyBack = true;
+        return 0;
+    }
+
+    /// <summary>A PV vCPU's context, in the domain's own layout: the compat (x86_32) one for a 32-bit PV domain, as
+    /// Xen's arch_get_info_guest writes it for any caller.</summary>
+    private static unsafe long GetPvContext(Vcpu v, Domain d, Vcpu target, ulong ctxt, bool compat, out bool copyBack)
+    {
+        copyBack = false;
+        bool written;
+        d.Host.PauseDomain(d);
+        try
+        {
+            if (compat)
+            {
+                var c = new CompatVcpuGuestContext();
+                X86.Pv.PvContext.GetCompat(target, ref c);
+                written = GuestAccess.Write(v, ctxt, c);
+            }
+            else
+            {
+                var c = new VcpuGuestContext();
+                X86.Pv.PvContext.Get(target, ref c);
+                written = GuestAccess.Write(v, ctxt, c);
+            }
+        }
+        finally { d.Host.UnpauseDomain(d); }
+        if (!written)
+            return -Errno.EFAULT;
+        copyBack = true;
+        return 0;
+    }
+
+    /// <summary>XEN_DOMCTL_setvcpucontext of a PV domain (Xen's arch_set_info_guest through the domctl): the context
+    /// in the domain's layout, read while the domain is paused. A translated domain's vCPUs are set through
+    /// XEN_DOMCTL_sethvmcontext instead: -EINVAL here, as for a vCPU the domain does not have or the caller's own
+    /// domain; a null context (Xen's vCPU reset) is -EOPNOTSUPP.</summary>
+    public static unsafe long SetVcpuContext(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)
+    {
+        copyBack = false;
+        ref var c = ref op.As<XenDomctlVcpucontext>();
+        if (d!.IsHost || d == v.Domain || d.GetVcpu(c.Vcpu) is not { } target || d.Pv is not { } pv)
+            return -Errno.EINVAL;
+        if (c.Ctxt == 0)
+            return -Errno.EOPNOTSUPP;
+        int size = pv.Is32 ? sizeof(CompatVcpuGuestContext) : sizeof(VcpuGuestContext);
+        var buffer = new byte[size];
+        if (!GuestAccess.CopyFrom(v, c.Ctxt, buffer))
+            return -Errno.EFAULT;
+        d.Host.PauseDomain(d);
+        try
+        {
+            return X86.Pv.PvContext.Set(target, buffer);
+        }
+        finally { d.Host.UnpauseDomain(d); }
+    }
+
+    /// <summary>XEN_DOMCTL_get_address_size: 32 for a 32-bit PV domain, 64 for any other (Xen's
+    /// BITS_PER_LONG for a native one).</summary>
+    public static long GetAddressSize(Vcpu v, ref XenDomctl op, Domain? d, out bool copyBack)
+    {
+        op.As<XenDomctlAddressSize>().Size = d!.Pv is { Is32: true } ? 32u : 64u;
         copyBack = true;
         return 0;
     }

@@ -178,6 +178,33 @@ internal sealed unsafe partial class FrameTable : IDisposable
         return false;
     }
 
+    /// <summary>Allocates a whole fresh extent for <paramref name="owner"/>: <see cref="ExtentFrames"/> contiguous
+    /// frames, the first aligned to a multiple of 512 (so 2 MiB superpages fit it), for tables Xen maps with
+    /// superpages (the compat M2P). False when no whole extent is left.</summary>
+    public bool TryAllocateExtent(ushort owner, FrameType type, out uint firstMfn)
+    {
+        firstMfn = 0;
+        lock (_lock)
+        {
+            if (_disposed || OwnerLocked(owner) is not { } o || !TryClaimExtent(o, ulong.MaxValue, out int e))
+                return false;
+            int n = FramesIn(e);
+            for (int i = 0; i < n; i++)
+            {
+                uint mfn = TakeFrom(e);
+                Page(mfn) = new PageInfo { Owner = owner, Type = type };
+                _allocated++;
+            }
+            firstMfn = (uint)e * (uint)ExtentFrames;
+            if (n == ExtentFrames)
+                return true;
+        }
+        // A short last extent cannot hold the superpages: given back.
+        for (uint i = 0; i < (uint)FramesIn((int)(firstMfn / (uint)ExtentFrames)); i++)
+            Free(firstMfn + i);
+        return false;
+    }
+
     /// <summary>How many milliseconds a thread that runs no vCPU waits for quarantined frames before it fails.</summary>
     private const int QuarantineWaits = 1000;
 

@@ -21,6 +21,9 @@ internal struct PageTypeInfo
     public PageType Type;
     public bool Validated;
     public bool Pinned;
+    /// <summary>An L2 in slot 3 of a 32-bit guest's PAE L3 (Xen's PGT_pae_xen_l2): it holds Xen's slots of the
+    /// top of the address space (the compat M2P), so it is a different type from a plain L2.</summary>
+    public bool PaeXenL2;
     public int Count;
 }
 

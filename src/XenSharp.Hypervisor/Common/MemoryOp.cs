@@ -62,6 +62,11 @@ internal static class MemoryOp
                     return err;
                 return d.RemovePage(r.Gpfn) ? 0 : -Errno.ENOENT;
             }
+            case XENMEM_machphys_mapping:
+                return MachphysMapping(v, arg);
+            case XENMEM_machphys_mfn_list when v.Compat:
+            case XENMEM_machphys_compat_mfn_list:
+                return MachphysCompatMfnList(v, arg);
             case XENMEM_memory_map:
                 return MemoryMap(v, arg);
             case XENMEM_set_memory_map:
@@ -89,6 +94,61 @@ internal static class MemoryOp
             default:
                 return -Errno.ENOSYS;
         }
+    }
+
+    /// <summary>XENMEM_machphys_mapping: where the M2P is, as the caller's ABI has it — the 64-bit table for a
+    /// 64-bit caller, the compat one at HYPERVISOR_COMPAT_VIRT_START for a 32-bit caller (Xen's
+    /// MACH2PHYS_COMPAT_* values).</summary>
+    private static long MachphysMapping(Vcpu v, ulong arg)
+    {
+        if (v.Compat)
+        {
+            var m32 = new XenMachphysMapping32
+            {
+                VStart = X86.Pv.MachToPhys.CompatVirtStart, VEnd = X86.Pv.MachToPhys.CompatVirtEnd,
+                MaxMfn = (uint)(X86.Pv.MachToPhys.CompatMaxEntries - 1),
+            };
+            return GuestAccess.Write(v, arg, m32) ? 0 : -Errno.EFAULT;
+        }
+        var m = new XenMachphysMapping
+        {
+            VStart = Public.Mmu.MACH2PHYS_VIRT_START, VEnd = Public.Mmu.MACH2PHYS_VIRT_END,
+            MaxMfn = (Public.Mmu.MACH2PHYS_VIRT_END - Public.Mmu.MACH2PHYS_VIRT_START) / 8 - 1,
+        };
+        return GuestAccess.Write(v, arg, m) ? 0 : -Errno.EFAULT;
+    }
+
+    /// <summary>XENMEM_machphys_compat_mfn_list (and XENMEM_machphys_mfn_list from a 32-bit caller): the first MFN of
+    /// each 2 MiB superpage of the compat M2P, up to max_extents, in the caller's xen_pfn_t; nr_extents says how
+    /// many were written.</summary>
+    private static long MachphysCompatMfnList(Vcpu v, ulong arg)
+    {
+        uint max;
+        ulong array;
+        if (v.Compat)
+        {
+            if (!GuestAccess.Read(v, arg, out XenMachphysMfnList32 l32))
+                return -Errno.EFAULT;
+            (max, array) = (l32.MaxExtents, l32.ExtentStart);
+        }
+        else
+        {
+            if (!GuestAccess.Read(v, arg, out XenMachphysMfnList l))
+                return -Errno.EFAULT;
+            (max, array) = (l.MaxExtents, l.ExtentStart);
+        }
+        var chunks = v.Domain.Host.MachToPhys.CompatChunks;
+        uint i = 0;
+        for (; i < max && i < chunks.Length; i++)
+        {
+            bool ok = v.Compat ? GuestAccess.WriteElement(v, array, i, chunks[(int)i]) : GuestAccess.WriteElement(v, array, i, (ulong)chunks[(int)i]);
+            if (!ok)
+                return -Errno.EFAULT;
+        }
+        bool written = v.Compat
+            ? GuestAccess.Write(v, arg + 8, i)
+            : GuestAccess.Write(v, arg + 16, i);
+        return written ? 0 : -Errno.EFAULT;
     }
 
     /// <summary>increase/decrease_reservation and populate_physmap: returns the number of extents done,

@@ -45,6 +45,7 @@ internal static class Av
         DomainSetaffinity = Perm.Of("domain", "setaffinity"), DomainGetaffinity = Perm.Of("domain", "getaffinity"),
         DomainGetscheduler = Perm.Of("domain", "getscheduler"), DomainGetdomaininfo = Perm.Of("domain", "getdomaininfo"),
         DomainGetvcpuinfo = Perm.Of("domain", "getvcpuinfo"), DomainGetvcpucontext = Perm.Of("domain", "getvcpucontext"),
+        DomainGetaddrsize = Perm.Of("domain", "getaddrsize"),
         DomainSetdomainmaxmem = Perm.Of("domain", "setdomainmaxmem"), DomainSetdomainhandle = Perm.Of("domain", "setdomainhandle"),
         DomainSetdebugging = Perm.Of("domain", "setdebugging"), DomainSettime = Perm.Of("domain", "settime"),
         DomainShutdown = Perm.Of("domain", "shutdown"), DomainTransition = Perm.Of("domain", "transition"), DomainTrigger = Perm.Of("domain", "trigger"),

@@ -29,6 +29,7 @@ internal static class XsmHooks
         [XEN_DOMCTL_setdomainhandle] = Av.DomainSetdomainhandle,
         [XEN_DOMCTL_setvcpucontext] = Av.DomainSetvcpucontext,
         [XEN_DOMCTL_getvcpucontext] = Av.DomainGetvcpucontext,
+        [XEN_DOMCTL_get_address_size] = Av.DomainGetaddrsize,
         [XEN_DOMCTL_get_vcpu_msrs] = Av.DomainGetvcpucontext,
         [XEN_DOMCTL_getvcpuinfo] = Av.DomainGetvcpuinfo,
         [XEN_DOMCTL_settimeoffset] = Av.DomainSettime,

@@ -101,3 +101,11 @@ public unsafe struct MulticallEntry32
 
 [StructLayout(LayoutKind.Sequential)]
 public struct XenPlatformParameters32 { public uint VirtStart; }
+
+/// <summary>struct xen_machphys_mapping of the compat ABI (xen_ulong_t is 32 bits).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMachphysMapping32 { public uint VStart; public uint VEnd; public uint MaxMfn; }
+
+/// <summary>struct xen_machphys_mfn_list of the compat ABI: a 32-bit handle to 32-bit MFNs.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XenMachphysMfnList32 { public uint MaxExtents; public uint ExtentStart; public uint NrExtents; }

@@ -6,7 +6,8 @@ namespace XenSharp.Hypervisor.X86.Pv;
 /// <summary>
 /// The machine-to-phys table (Xen's machine_to_phys_mapping): one 8-byte guest PFN per machine frame, in frames
 /// Xen owns, which every PV guest sees read-only at MACH2PHYS_VIRT_START through L4 slot 256. Made when the
-/// first PV domain is; an entry nobody set reads 0 (guests check an M2P answer against their p2m anyway).
+/// first PV domain is; an entry nobody set reads 0 (guests check an M2P answer against their p2m anyway). Beside it
+/// the compat M2P of 32-bit PV guests (<see cref="CompatVirtStart"/>).
 /// </summary>
 internal sealed unsafe class MachToPhys
 {
@@ -64,6 +65,49 @@ internal sealed unsafe class MachToPhys
         compat[0x20 / 8] = 0x00CFB3000000FFFF; // FLAT_RING1_DS (0xe021)
         compat[0x28 / 8] = 0x00CFFB000000FFFF; // FLAT_RING3_CS (0xe02b)
         compat[0x30 / 8] = 0x00CFF3000000FFFF; // FLAT_RING3_DS (0xe033)
+
+        // The compat M2P: 4-byte entries in 2 MiB superpages, one L2 entry each, as Xen's
+        // compat_idle_pg_table_l2 has them for the slots it copies into every 32-bit guest's top L2. Entries start
+        // as INVALID_M2P_ENTRY.
+        ulong compatEntries = Math.Min((ulong)frames.FrameCount, CompatMaxEntries);
+        int chunks = (int)((compatEntries * 4 + SuperpageBytes - 1) / SuperpageBytes);
+        _compatChunks = new uint[chunks];
+        for (int c = 0; c < chunks;)
+        {
+            if (!frames.TryAllocateExtent(Xen.DOMID_XEN, FrameType.XenShared, out uint first))
+                throw new HypervisorException("out of machine memory for the compat M2P table");
+            for (uint f = first; c < chunks && f + SuperpageFrames <= first + (uint)frames.ExtentFrames; f += SuperpageFrames)
+                _compatChunks[c++] = f;
+        }
+        foreach (uint first in _compatChunks)
+            new Span<byte>(frames.PageAddress(first), (int)SuperpageBytes).Fill(0xFF);
+        _compatEntries = (ulong)chunks * SuperpageBytes / 4;
+    }
+
+    /// <summary>Where a 32-bit PV guest sees the compat M2P (Xen's HYPERVISOR_COMPAT_VIRT_START of a domU, the PAE
+    /// MACH2PHYS_VIRT_START) and where Xen's area ends; its first L2 slot in the top gigabyte.</summary>
+    public const uint CompatVirtStart = 0xF5800000, CompatVirtEnd = 0xFFE00000;
+    public const int CompatFirstL2Slot = (int)((CompatVirtStart >> 21) & 511);
+    /// <summary>What XENMEM_machphys_mapping tells a 32-bit guest (MACH2PHYS_COMPAT_NR_ENTRIES).</summary>
+    public const ulong CompatMaxEntries = (CompatVirtEnd - CompatVirtStart) / 4;
+    private const ulong SuperpageBytes = 2UL << 20;
+    private const uint SuperpageFrames = 512;
+    private readonly uint[] _compatChunks;
+    private readonly ulong _compatEntries;
+
+    /// <summary>The first MFN of each 2 MiB superpage of the compat M2P (XENMEM_machphys_compat_mfn_list).</summary>
+    public ReadOnlySpan<uint> CompatChunks => _compatChunks;
+
+    /// <summary>Xen's slots of a 32-bit guest's top L2 (init_xen_pae_l2_slots): the compat M2P's superpages
+    /// present, read-only and supervisor-only (the guest kernel in ring 1 reads them), the rest of the slots
+    /// empty.</summary>
+    public void InitPaeXenL2Slots(ulong* l2)
+    {
+        for (int i = CompatFirstL2Slot; i < EntriesPerPage; i++)
+        {
+            int c = i - CompatFirstL2Slot;
+            l2[i] = c < _compatChunks.Length ? ((ulong)_compatChunks[c] << FrameTable.PageShift) | PvMm.PAGE_PSE | PvMm.PAGE_PRESENT : 0;
+        }
     }
 
     /// <summary>The page of reserved descriptors a 32-bit PV domain's GDT windows have instead.</summary>
@@ -94,7 +138,17 @@ internal sealed unsafe class MachToPhys
     {
         if (mfn < _frames.FrameCount)
             Volatile.Write(ref Slot(mfn), gpfn);
+        // The compat table gets the low 32 bits, or INVALID_M2P_ENTRY for an entry that does not fit (Xen's
+        // set_gpfn_from_mfn).
+        if (mfn < _compatEntries)
+            Volatile.Write(ref CompatSlot(mfn), gpfn >> 32 == 0 || gpfn == ulong.MaxValue ? (uint)gpfn : uint.MaxValue);
     }
+
+    /// <summary>A compat M2P entry (for tests and the 32-bit view), INVALID_M2P_ENTRY when none.</summary>
+    public uint GetCompat(ulong mfn) => mfn < _compatEntries ? CompatSlot(mfn) : uint.MaxValue;
+
+    private ref uint CompatSlot(ulong mfn) =>
+        ref ((uint*)_frames.PageAddress(_compatChunks[mfn / (SuperpageBytes / 4)]))[mfn % (SuperpageBytes / 4)];
 
     private ref ulong Slot(ulong mfn) =>
         ref ((ulong*)_frames.PageAddress(_tableMfns[mfn / EntriesPerPage]))[mfn % EntriesPerPage];

@@ -158,24 +158,122 @@ internal static unsafe class PvCompatTraps
         return 0;
     }
 
-    /// <summary>CALLBACKOP_register of the compat ABI: event and failsafe by selector and EIP.</summary>
+    /// <summary>CALLBACKOP_register of the compat ABI (Xen's compat_register_guest_callback): event, failsafe,
+    /// SYSENTER and 32-bit SYSCALL entries by selector and EIP; another type is -ENOSYS.</summary>
     public static long RegisterCallback(Vcpu v, ulong arg)
     {
         var pv = v.Pv!;
         if (!GuestAccess.Read(v, arg, out CompatCallbackRegister reg))
             return -Errno.EFAULT;
+        ushort cs = GuestSelector(reg.Cs);
+        bool mask = (reg.Flags & Callback.CALLBACKF_mask_events) != 0;
         switch (reg.Type)
         {
             case Callback.CALLBACKTYPE_event:
-                (pv.EventCallbackCs, pv.EventCallback) = (GuestSelector(reg.Cs), reg.Eip);
+                (pv.EventCallbackCs, pv.EventCallback) = (cs, reg.Eip);
                 return 0;
             case Callback.CALLBACKTYPE_failsafe:
-                (pv.FailsafeCallbackCs, pv.FailsafeCallback) = (GuestSelector(reg.Cs), reg.Eip);
+                (pv.FailsafeCallbackCs, pv.FailsafeCallback) = (cs, reg.Eip);
+                return 0;
+            case Callback.CALLBACKTYPE_syscall32:
+                (pv.Syscall32CallbackCs, pv.Syscall32Callback, pv.Syscall32MasksEvents) = (cs, reg.Eip, mask);
+                return 0;
+            case Callback.CALLBACKTYPE_sysenter:
+                (pv.SysenterCallbackCs, pv.SysenterCallback, pv.SysenterMasksEvents) = (cs, reg.Eip, mask);
                 return 0;
             case Callback.CALLBACKTYPE_nmi:
                 return 0; // no NMIs are sent to PV guests here
             default:
-                return -Errno.EINVAL; // SYSENTER and SYSCALL from 32-bit user space: not yet
+                return -Errno.ENOSYS;
         }
+    }
+
+    /// <summary>CALLBACKOP_unregister of the compat ABI: only the NMI callback may go (Xen's
+    /// compat_unregister_guest_callback); the others are -EINVAL, an unknown type -ENOSYS.</summary>
+    public static long UnregisterCallback(Vcpu v, ulong arg)
+    {
+        if (!GuestAccess.Read(v, arg, out CallbackUnregister unreg))
+            return -Errno.EFAULT;
+        return unreg.Type switch
+        {
+            Callback.CALLBACKTYPE_event or Callback.CALLBACKTYPE_failsafe or Callback.CALLBACKTYPE_syscall32
+                or Callback.CALLBACKTYPE_sysenter => -Errno.EINVAL,
+            Callback.CALLBACKTYPE_nmi => 0,
+            _ => -Errno.ENOSYS,
+        };
+    }
+
+    private const int VectorGeneralProtection = 13;
+
+    /// <summary>SYSENTER from a 32-bit guest (Xen's sysenter_entry and compat_sysenter). The engine's SYSENTER MSRs
+    /// are null, so the instruction faults #GP(0) as it would on a CPU whose MSRs Xen did not set; the hypervisor
+    /// recognises it and does what Xen's entry does: a frame with a null EIP and ESP (the guest's user space passes
+    /// its return address and stack in EDX and ECX), CS 3 and Xen's user SS, to the registered entry; without one,
+    /// or with NT set, the guest's #GP handler with error code 0.</summary>
+    public static bool TrySysenter(Vcpu v, IVcpu cpu)
+    {
+        cpu.GetRegisters(out var r);
+        Span<byte> code = stackalloc byte[2];
+        if (!GuestAccess.CopyFrom(v, (uint)r.Rip, code) || code[0] != 0x0F || code[1] != 0x34)
+            return false;
+        var pv = v.Pv!;
+        cpu.GetSpecialRegisters(out var s);
+        uint handler = pv.SysenterCallback;
+        bool mask = pv.SysenterMasksEvents;
+        ushort cs = pv.SysenterCallbackCs;
+        uint? errorCode = null;
+        if ((r.Rflags & NT) != 0 || handler == 0)
+        {
+            var gp = pv.TrapTable[VectorGeneralProtection];
+            (handler, cs, mask, errorCode) = ((uint)gp.Address, gp.Cs, (gp.Flags & Public.ArchX86.Pv.TI_IF) != 0, 0u);
+        }
+        if ((cs & ~3) == 0)
+            cs = pv.TrapTable[VectorGeneralProtection].Cs;
+        // The state Xen's entry saves: EIP 0, CS 3 (ring 3, null), ESP 0, its flat user SS; NT cleared.
+        r.Rip = 0;
+        r.Rsp = 0;
+        r.Rflags &= ~(ulong)NT;
+        cpu.SetRegisters(r);
+        s.Cs = Flat(3, code: true);
+        s.Ss = Flat(Public.ArchX86.Pv.FLAT_RING3_DS_X86_32, code: false);
+        cpu.SetSpecialRegisters(s);
+        if (handler == 0)
+        {
+            PvTraps.CrashDomain(v, "SYSENTER with no entry registered and no #GP handler");
+            return true;
+        }
+        CreateBounceFrame(v, cpu, cs, handler, errorCode, mask);
+        return true;
+    }
+
+    /// <summary>SYSCALL from a 32-bit guest (Xen's compat_syscall, the AMD path): ECX gets the return address as the
+    /// instruction leaves it, the frame reports Xen's flat user CS and SS, and the registered 32-bit SYSCALL entry
+    /// gets it; with none, the guest's #GP handler with error code 0 at the instruction.</summary>
+    public static void Syscall(Vcpu v, IVcpu cpu)
+    {
+        var pv = v.Pv!;
+        cpu.GetRegisters(out var r);
+        cpu.GetSpecialRegisters(out var s);
+        r.Rcx = (uint)r.Rip;
+        uint handler = pv.Syscall32Callback;
+        ushort cs = pv.Syscall32CallbackCs;
+        bool mask = pv.Syscall32MasksEvents;
+        uint? errorCode = null;
+        if ((cs & ~3) == 0)
+        {
+            var gp = pv.TrapTable[VectorGeneralProtection];
+            (handler, cs, mask, errorCode) = ((uint)gp.Address, gp.Cs, (gp.Flags & Public.ArchX86.Pv.TI_IF) != 0, 0u);
+            r.Rip -= 2;
+        }
+        cpu.SetRegisters(r);
+        s.Cs = Flat(Public.ArchX86.Pv.FLAT_RING3_CS_X86_32, code: true);
+        s.Ss = Flat(Public.ArchX86.Pv.FLAT_RING3_DS_X86_32, code: false);
+        cpu.SetSpecialRegisters(s);
+        if (handler == 0)
+        {
+            PvTraps.CrashDomain(v, "SYSCALL with no entry registered and no #GP handler");
+            return;
+        }
+        CreateBounceFrame(v, cpu, cs, handler, errorCode, mask);
     }
 }

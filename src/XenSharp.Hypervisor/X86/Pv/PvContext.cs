@@ -142,6 +142,155 @@ internal static unsafe class PvContext
         return 0;
     }
 
+    /// <summary>XEN_DOMCTL_getvcpucontext of a PV vCPU (Xen's arch_get_info_guest), in the 64-bit layout: the
+    /// registers with the virtual IOPL merged into the flags, the trap table, GDT and LDT, kernel stack, callbacks,
+    /// segment bases and the kernel and user L4s. The caller has the domain paused.</summary>
+    public static void Get(Vcpu v, ref VcpuGuestContext c)
+    {
+        var pv = v.Pv!;
+        Registers r;
+        SpecialRegisters s;
+        bool fpu;
+        fixed (byte* fx = c.FpuCtxt)
+            (r, s, fpu) = State(v, fx);
+        var u = new CpuUserRegs
+        {
+            Rax = r.Rax, Rbx = r.Rbx, Rcx = r.Rcx, Rdx = r.Rdx, Rsi = r.Rsi, Rdi = r.Rdi, Rbp = r.Rbp, Rsp = r.Rsp,
+            R8 = r.R8, R9 = r.R9, R10 = r.R10, R11 = r.R11, R12 = r.R12, R13 = r.R13, R14 = r.R14, R15 = r.R15,
+            Rip = r.Rip, Rflags = (r.Rflags & ~IOPL) | (pv.Iopl << 12),
+            Cs = s.Cs.Selector, Ss = s.Ss.Selector, Ds = s.Ds.Selector, Es = s.Es.Selector, Fs = s.Fs.Selector, Gs = s.Gs.Selector,
+        };
+        c.UserRegs = u;
+        c.Flags = Flags(v, fpu, pv.KernelMode);
+        fixed (byte* traps = c.TrapCtxt)
+            pv.TrapTable.AsSpan().CopyTo(new Span<TrapInfo>(traps, 256));
+        c.LdtBase = pv.LdtEntries != 0 ? pv.LdtBase : 0;
+        c.LdtEnts = pv.LdtEntries;
+        for (int i = 0; i < 16; i++)
+            c.GdtFrames[i] = i < pv.GdtFrameCount ? pv.GdtFrames[i] : 0;
+        c.GdtEnts = pv.GdtEntries;
+        c.KernelSs = pv.KernelSs;
+        c.KernelSp = pv.KernelSp;
+        c.Ctrlreg[0] = 0x80050033 | (pv.TaskSwitched ? 8UL : 0);
+        c.Ctrlreg[2] = pv.GuestCr2;
+        c.Ctrlreg[3] = pv.GuestTable << FrameTable.PageShift;
+        c.Ctrlreg[1] = pv.GuestTableUser << FrameTable.PageShift;
+        c.Ctrlreg[4] = pv.Cr4;
+        for (int i = 0; i < 8; i++)
+            c.Debugreg[i] = pv.DebugRegs[i];
+        c.EventCallbackEip = pv.EventCallback;
+        c.FailsafeCallbackEip = pv.FailsafeCallback;
+        c.SyscallCallbackEip = pv.SyscallCallback;
+        c.FsBase = s.Fs.Base;
+        // The engine holds the GS base of the mode the vCPU is in; the other is kept aside.
+        (c.GsBaseKernel, c.GsBaseUser) = pv.KernelMode ? (s.Gs.Base, pv.GsBaseUser) : (pv.GsBaseKernel, s.Gs.Base);
+        c.VmAssist = v.Domain.VmAssist;
+    }
+
+    /// <summary>XEN_DOMCTL_getvcpucontext of a 32-bit PV vCPU: the compat (x86_32) vcpu_guest_context, CR3 in Xen's
+    /// extended PAE format (compat_pfn_to_cr3), callbacks as selector:EIP. The caller has the domain paused.</summary>
+    public static void GetCompat(Vcpu v, ref CompatVcpuGuestContext c)
+    {
+        var pv = v.Pv!;
+        Registers r;
+        SpecialRegisters s;
+        bool fpu;
+        fixed (byte* fx = c.FpuCtxt)
+            (r, s, fpu) = State(v, fx);
+        (c.Eax, c.Ebx, c.Ecx, c.Edx, c.Esi, c.Edi, c.Ebp, c.Esp) =
+            ((uint)r.Rax, (uint)r.Rbx, (uint)r.Rcx, (uint)r.Rdx, (uint)r.Rsi, (uint)r.Rdi, (uint)r.Rbp, (uint)r.Rsp);
+        c.Eip = (uint)r.Rip;
+        c.Eflags = ((uint)r.Rflags & ~(uint)IOPL) | (pv.Iopl << 12);
+        (c.Cs, c.Ss, c.Ds, c.Es, c.Fs, c.Gs) = (s.Cs.Selector, s.Ss.Selector, s.Ds.Selector, s.Es.Selector, s.Fs.Selector, s.Gs.Selector);
+        // Ring 1 is the kernel of a 32-bit guest (Xen's guest_kernel_mode).
+        c.Flags = (uint)Flags(v, fpu, (s.Cs.Selector & 3) == 1);
+        fixed (byte* traps = c.TrapCtxt)
+        {
+            var compat = new Span<CompatTrapInfo>(traps, 256);
+            for (int i = 0; i < 256; i++)
+            {
+                var t = pv.TrapTable[i];
+                compat[i] = new CompatTrapInfo { Vector = t.Vector, Flags = t.Flags, Cs = t.Cs, Address = (uint)t.Address };
+            }
+        }
+        c.LdtBase = pv.LdtEntries != 0 ? (uint)pv.LdtBase : 0;
+        c.LdtEnts = pv.LdtEntries;
+        for (int i = 0; i < 16; i++)
+            c.GdtFrames[i] = i < pv.GdtFrameCount ? (uint)pv.GdtFrames[i] : 0;
+        c.GdtEnts = (uint)pv.GdtEntries;
+        c.KernelSs = (uint)pv.KernelSs;
+        c.KernelSp = (uint)pv.KernelSp;
+        c.Ctrlreg[0] = 0x80050033 | (pv.TaskSwitched ? 8U : 0);
+        c.Ctrlreg[2] = (uint)pv.GuestCr2;
+        c.Ctrlreg[3] = CompatCr3(pv.GuestTable);
+        c.Ctrlreg[4] = (uint)pv.Cr4;
+        for (int i = 0; i < 8; i++)
+            c.Debugreg[i] = (uint)pv.DebugRegs[i];
+        c.EventCallbackCs = pv.EventCallbackCs;
+        c.EventCallbackEip = (uint)pv.EventCallback;
+        c.FailsafeCallbackCs = pv.FailsafeCallbackCs;
+        c.FailsafeCallbackEip = (uint)pv.FailsafeCallback;
+        c.VmAssist = (uint)v.Domain.VmAssist;
+    }
+
+    /// <summary>Xen's compat_pfn_to_cr3: a PAE base's MFN rotated into a 32-bit CR3 (the bits above 20 in the low
+    /// 12).</summary>
+    public static uint CompatCr3(ulong mfn) => (uint)((mfn << 12) | (mfn >> 20));
+
+    /// <summary>The vCPU's registers: a context set and not yet run, or the engine's; and its FXSAVE image.</summary>
+    private static (Registers, SpecialRegisters, bool Fpu) State(Vcpu v, byte* fxsave)
+    {
+        Registers r = default;
+        SpecialRegisters s = default;
+        bool fpu = false;
+        if (v.PendingContext is { } pending)
+            (r, s) = pending;
+        else if (v.Engine is { } cpu)
+        {
+            cpu.GetRegisters(out r);
+            cpu.GetSpecialRegisters(out s);
+            fpu = cpu.TryGetFpuState(new Span<byte>(fxsave, 512), out _);
+        }
+        return (r, s, fpu);
+    }
+
+    private static ulong Flags(Vcpu v, bool fpu, bool inKernel) =>
+        (fpu ? VcpuGuestContext.VGCF_i387_valid : 0) | (v.IsUp ? VcpuGuestContext.VGCF_online : 0)
+        | (inKernel ? VcpuGuestContext.VGCF_in_kernel : 0);
+
+    /// <summary>XEN_DOMCTL_setvcpucontext of a PV vCPU the domain has not started: as VCPUOP_initialise with the
+    /// context in the domain's layout. A vCPU that runs already is reinitialised only with the page tables it has
+    /// (Xen refuses another base), its registers, trap table and callbacks taken from the context.</summary>
+    public static long Set(Vcpu v, ReadOnlySpan<byte> context)
+    {
+        bool compat = v.Domain.Pv!.Is32;
+        if (!v.Initialised)
+            return compat
+                ? InitialiseCompat(v, System.Runtime.InteropServices.MemoryMarshal.Read<CompatVcpuGuestContext>(context))
+                : Initialise(v, System.Runtime.InteropServices.MemoryMarshal.Read<VcpuGuestContext>(context));
+        // Reinitialising: only on the base the vCPU has (Xen's arch_set_info_guest compares CR3).
+        var pv = v.Pv!;
+        bool sameBase;
+        if (compat)
+        {
+            var cc = System.Runtime.InteropServices.MemoryMarshal.Read<CompatVcpuGuestContext>(context);
+            sameBase = cc.Ctrlreg[3] == CompatCr3(pv.GuestTable);
+        }
+        else
+        {
+            var nc = System.Runtime.InteropServices.MemoryMarshal.Read<VcpuGuestContext>(context);
+            sameBase = nc.Ctrlreg[3] >> FrameTable.PageShift == pv.GuestTable;
+        }
+        if (!sameBase)
+            return -Errno.EINVAL;
+        v.Initialised = false;
+        long rc = compat
+            ? InitialiseCompat(v, System.Runtime.InteropServices.MemoryMarshal.Read<CompatVcpuGuestContext>(context))
+            : Initialise(v, System.Runtime.InteropServices.MemoryMarshal.Read<VcpuGuestContext>(context));
+        v.Initialised = true;
+        return rc;
+    }
+
     /// <summary>A selector of a 32-bit guest's context with RPL 0 runs in ring 1 (Xen's fixup_guest_*_selector).</summary>
     private static ushort Ring1(uint sel) => (sel & 3) == 0 && sel != 0 ? (ushort)(sel | 1) : (ushort)sel;
 }

@@ -41,24 +41,25 @@ internal static unsafe class PvMm
     /// <summary>Takes a type reference for <paramref name="type"/> on a frame the caller holds a general reference
     /// on, validating its contents the first time it takes a page-table type. 0, or -EINVAL when the frame is in
     /// use as another type or its contents are not a valid table.</summary>
-    public static long GetPageType(FrameTable frames, ulong mfn, PageType type)
+    public static long GetPageType(FrameTable frames, ulong mfn, PageType type, bool paeXenL2 = false)
     {
         lock (frames.TypeLock)
         {
             ref var ti = ref frames.TypeInfoOf(mfn);
-            if (ti.Count > 0 && ti.Type != type)
+            if (ti.Count > 0 && (ti.Type != type || ti.PaeXenL2 != paeXenL2))
                 return -Errno.EINVAL;
             if (ti.Count > 0 && !ti.Validated)
                 return -Errno.EINVAL; // being validated further up this walk: a table that names itself
             if (ti.Count == 0)
             {
                 ti.Type = type;
+                ti.PaeXenL2 = paeXenL2;
                 ti.Validated = type is PageType.None or PageType.Writable;
             }
             ti.Count++;
             if (ti.Validated)
                 return 0;
-            long rc = Validate(frames, mfn, type);
+            long rc = Validate(frames, mfn, type, paeXenL2);
             ref var after = ref frames.TypeInfoOf(mfn);
             if (rc != 0)
             {
@@ -85,10 +86,10 @@ internal static unsafe class PvMm
             if (--ti.Count > 0)
                 return;
             var type = ti.Type;
-            bool validated = ti.Validated;
+            bool validated = ti.Validated, paeXenL2 = ti.PaeXenL2;
             ti = default;
             if (validated && type is >= PageType.L1 and <= PageType.L4)
-                Devalidate(frames, mfn, type);
+                Devalidate(frames, mfn, type, paeXenL2);
         }
     }
 
@@ -104,7 +105,13 @@ internal static unsafe class PvMm
     public static void Register(HostServices host) => Hosts.AddOrUpdate(host.Frames, host);
     private static HostServices? XenHost(FrameTable frames) => Hosts.TryGetValue(frames, out var h) ? h : null;
 
-    private static long Validate(FrameTable frames, ulong mfn, PageType type)
+    /// <summary>Whether slot <paramref name="i"/> of a table is the guest's (Xen's is_guest_l2_slot and
+    /// is_guest_l4_slot): not one of Xen's L4 slots, nor one of the slots of a PAE guest's top L2 that hold Xen's
+    /// mappings.</summary>
+    private static bool IsGuestSlot(PageType type, bool paeXenL2, int i) =>
+        type == PageType.L4 ? !IsXenL4Slot(i) : !(paeXenL2 && i >= MachToPhys.CompatFirstL2Slot);
+
+    private static long Validate(FrameTable frames, ulong mfn, PageType type, bool paeXenL2)
     {
         if (type == PageType.SegDesc)
             return ValidateDescriptorPage(frames, mfn);
@@ -123,16 +130,24 @@ internal static unsafe class PvMm
         }
         for (int i = 0; i < Entries; i++)
         {
-            if (type == PageType.L4 && IsXenL4Slot(i))
+            if (!IsGuestSlot(type, paeXenL2, i))
                 continue;
             ulong e = table[i];
             if ((e & PAGE_PRESENT) == 0)
                 continue;
-            long rc = GetFromEntry(frames, type, e, owner);
+            // Slot 3 of a PAE L3 names the L2 that gets Xen's slots: a type of its own, in this one L3 only
+            // (Xen's pae_xen_mappings_check).
+            bool xenL2 = compat && type == PageType.L3 && i == 3;
+            long rc = GetFromEntry(frames, type, e, owner, xenL2);
+            if (rc == 0 && xenL2 && frames.TypeInfoOf((e & AddressMask) >> FrameTable.PageShift).Count != 1)
+            {
+                PutFromEntry(frames, type, e);
+                rc = -Errno.EINVAL;
+            }
             if (rc != 0)
             {
                 while (--i >= 0)
-                    if (!(type == PageType.L4 && IsXenL4Slot(i)) && (table[i] & PAGE_PRESENT) != 0)
+                    if (IsGuestSlot(type, paeXenL2, i) && (table[i] & PAGE_PRESENT) != 0)
                         PutFromEntry(frames, type, table[i]);
                 return rc;
             }
@@ -140,15 +155,17 @@ internal static unsafe class PvMm
         }
         if (type == PageType.L4)
             InitXenL4Slots(frames, table);
+        if (paeXenL2 && XenHost(frames) is { } host)
+            host.MachToPhys.InitPaeXenL2Slots(table);
         return 0;
     }
 
-    private static void Devalidate(FrameTable frames, ulong mfn, PageType type)
+    private static void Devalidate(FrameTable frames, ulong mfn, PageType type, bool paeXenL2)
     {
         var table = (ulong*)frames.PageAddress(mfn);
         for (int i = 0; i < Entries; i++)
         {
-            if (type == PageType.L4 && IsXenL4Slot(i))
+            if (!IsGuestSlot(type, paeXenL2, i))
                 continue;
             if ((table[i] & PAGE_PRESENT) != 0)
                 PutFromEntry(frames, type, table[i]);
@@ -227,7 +244,7 @@ internal static unsafe class PvMm
 
     /// <summary>The references a present entry of a <paramref name="level"/> table holds: an L1 entry on the page
     /// (and a writable type if RW), a higher entry on the next table, which must validate as level − 1.</summary>
-    private static long GetFromEntry(FrameTable frames, PageType level, ulong e, ushort pageOwner)
+    private static long GetFromEntry(FrameTable frames, PageType level, ulong e, ushort pageOwner, bool paeXenL2 = false)
     {
         ulong allowed = level == PageType.L1 ? L1Allowed : BaseAllowed;
         if ((e & ~AddressMask & ~allowed) != 0)
@@ -242,7 +259,7 @@ internal static unsafe class PvMm
             if (GetPageType(frames, target, PageType.Writable) == 0)
                 return 0;
         }
-        else if (GetPageType(frames, target, (PageType)((int)level - 1)) == 0)
+        else if (GetPageType(frames, target, (PageType)((int)level - 1), paeXenL2) == 0)
             return 0;
         frames.PutPage(target);
         return -Errno.EINVAL;
@@ -263,6 +280,12 @@ internal static unsafe class PvMm
         if (level == PageType.L4 && IsXenL4Slot(index))
             return -Errno.EINVAL;
         bool compat = IsCompat(frames, frames.OwnerOf((uint)tableMfn));
+        // The slots of a PAE guest's top L2 that hold Xen's mappings are not the guest's to change (Xen's
+        // mod_l2_entry: -EPERM).
+        if (level == PageType.L2 && index >= MachToPhys.CompatFirstL2Slot)
+            lock (frames.TypeLock)
+                if (frames.TypeInfoOf(tableMfn).PaeXenL2)
+                    return -Errno.EPERM;
         // A 32-bit guest's L3 has four entries, and the last stays as it was validated (Xen keeps its own mappings
         // under it and refuses to change it).
         if (compat && level == PageType.L3 && index >= 3)

@@ -39,7 +39,9 @@ internal static unsafe class PvTraps
         switch (exit.Reason)
         {
             case VcpuExitReason.Syscall:
-                if (v.Pv!.KernelMode)
+                if (v.Domain.Pv!.Is32)
+                    PvCompatTraps.Syscall(v, cpu);
+                else if (v.Pv!.KernelMode)
                     DoHypercall(v, cpu);
                 else
                     BounceSyscall(v, cpu);
@@ -145,9 +147,11 @@ internal static unsafe class PvTraps
             return;
         if (software)
         {
-            // INT n may reach a handler only if its DPL lets the mode in (the guest kernel counts as ring 1).
+            // INT n may reach a handler only if its DPL lets the mode in (a 64-bit guest kernel counts as ring 1; a
+            // 32-bit one runs there, its user space in ring 3). INT $0x80 with DPL 3 is Linux's system call, the
+            // direct trap of Xen's int80_bounce.
             int dpl = pv.TrapTable[vector].Flags & TI_DPL_MASK;
-            if (dpl < (pv.KernelMode ? 1 : 3))
+            if (dpl < (v.Domain.Pv!.Is32 ? CurrentRing(cpu) : pv.KernelMode ? 1 : 3))
             {
                 cpu.GetRegisters(out var r);
                 r.Rip -= vector is 3 or 4 ? 1UL : 2UL; // #GP faults on the INT instruction itself
@@ -160,6 +164,10 @@ internal static unsafe class PvTraps
         }
         if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && PvEmulPriv.TryEmulate(v, cpu))
             return;
+        // After the privileged instructions, which come far more often: SYSENTER faults #GP(0) the same way.
+        if (vector == VectorGeneralProtection && exit.Size == 1 && exit.Data == 0 && v.Domain.Pv!.Is32
+            && PvCompatTraps.TrySysenter(v, cpu))
+            return;
         if (vector == VectorPageFault && PvMm.TryLdtFault(v, exit.Address, out uint? ldtGp))
         {
             if (ldtGp is { } code)
@@ -171,6 +179,12 @@ internal static unsafe class PvTraps
         if (vector == VectorPageFault)
             pv.GuestCr2 = exit.Address;
         Bounce(v, cpu, vector, exit.Size == 1 ? (uint)exit.Data : null);
+    }
+
+    private static int CurrentRing(IVcpu cpu)
+    {
+        cpu.GetSpecialRegisters(out var s);
+        return s.Cs.Selector & 3;
     }
 
     /// <summary>ud2; "xen"; cpuid from the guest kernel: Xen's CPUID answer, then on past the instruction.</summary>
@@ -421,8 +435,10 @@ internal static unsafe class PvTraps
     {
         if (v.Pv is not { } pv)
             return -Errno.ENOSYS;
-        pv.KernelSs = a.A1 | 3;
-        pv.KernelSp = a.A2;
+        // A 64-bit kernel's stack is ring 3's; a 32-bit kernel's selector keeps its RPL, 0 taken as ring 1 (Xen's
+        // fixup_guest_stack_selector).
+        pv.KernelSs = v.Domain.Pv!.Is32 ? ((a.A1 & 3) == 0 ? (a.A1 & 0xFFFF) | 1 : a.A1 & 0xFFFF) : a.A1 | 3;
+        pv.KernelSp = v.Domain.Pv.Is32 ? (uint)a.A2 : a.A2;
         return 0;
     }
 
@@ -467,6 +483,8 @@ internal static unsafe class PvTraps
                         return -Errno.EINVAL;
                 }
             }
+            case Callback.CALLBACKOP_unregister when v.Domain.Pv!.Is32:
+                return PvCompatTraps.UnregisterCallback(v, a.A2);
             case Callback.CALLBACKOP_unregister:
             {
                 if (!GuestAccess.Read(v, a.A2, out CallbackUnregister unreg))
@@ -481,7 +499,7 @@ internal static unsafe class PvTraps
                 }
             }
             default:
-                return -Errno.ENOSYS;
+                return v.Domain.Pv!.Is32 ? -Errno.EINVAL : -Errno.ENOSYS; // compat_callback_op's answer is -EINVAL
         }
     }
 

@@ -59,6 +59,11 @@ internal sealed unsafe class PvVcpu : ArchVcpu
 
     /// <summary>A 32-bit guest's callbacks are far: the code selectors beside the addresses.</summary>
     public ushort EventCallbackCs, FailsafeCallbackCs;
+    /// <summary>A 32-bit guest's SYSENTER and SYSCALL entries from its user space (CALLBACKTYPE_sysenter and
+    /// CALLBACKTYPE_syscall32): selector, EIP, and whether entering masks events. A null selector means none.</summary>
+    public ushort SysenterCallbackCs, Syscall32CallbackCs;
+    public uint SysenterCallback, Syscall32Callback;
+    public bool SysenterMasksEvents, Syscall32MasksEvents;
     public bool SyscallMasksEvents;
     /// <summary>GS bases of the two modes: the engine holds the current one, this the other.</summary>
     public ulong GsBaseKernel, GsBaseUser;
