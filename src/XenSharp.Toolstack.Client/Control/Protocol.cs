@@ -149,8 +149,12 @@ public sealed record MigrateSendResult(uint DomId, string Name);
 /// one line, <c>unpause</c> (rename it NAME and unpause it) or anything else (destroy it), and answers with a last line. A connection that drops before
 /// leaves no domain. With <paramref name="Remus"/> (xl migrate-receive -r) the stream is checkpointed: the domain stays
 /// paused at the last complete checkpoint until the stream ends (xl shuts down its sending side), then it is unpaused
-/// there (failover) and the daemon writes <c>failover DOMID NAME CHECKPOINTS</c> or <c>error ERRNO MESSAGE</c>.</summary>
-public sealed record MigrateReceiveRequest(string? ConfigDirectory, bool Remus = false) : ControlRequest<Unit>;
+/// there (failover) and the daemon writes <c>failover DOMID NAME CHECKPOINTS</c> or <c>error ERRNO MESSAGE</c>.
+/// <paramref name="SourceFd"/>, xl's descriptor of its pipe from SSHCMD: the daemon reads the stream there itself (as
+/// libxl reads the fd xl gives it), with no copy through xl, and says so with a first line <c>direct</c>; or
+/// <c>relay</c> when it cannot, and xl sends the stream's bytes over the connection. Either way xl reads what comes
+/// after the stream (the sender's permission) from its pipe itself.</summary>
+public sealed record MigrateReceiveRequest(string? ConfigDirectory, bool Remus = false, int? SourceFd = null) : ControlRequest<Unit>;
 
 /// <summary>The frames of a migration's sending connection: a kind byte, a little-endian 32-bit length, the payload.</summary>
 public static class MigrationFrames

@@ -68,16 +68,20 @@ public sealed partial class Host
                         // It stopped between the last look at it running and the first news of the stop.
                         stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
                         runningAt = request?.RunningAt ?? stoppedAt;
+                        MigrationTrace.Mark("source", "guest seen running", runningAt);
+                        MigrationTrace.Mark("source", "guest stopped", stoppedAt);
                     },
                     frames.Progress,
                     () => d.Destroyed)
                 {
                     Pages = PageProgress(frames, d),
+                    Backlog = target is null ? null : () => PipeBacklog(target),
                     RequestSuspend = () => (request = BeginSuspend(d)).Wait,
                 });
             }
             data.Flush();
             long sentAt = UnixMicros();
+            MigrationTrace.Mark("source", "last byte written", sentAt);
             _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages{(target is null ? " through xl" : "")}");
             // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock), and when the
             // last byte went into xl's pipe if it was written here.
@@ -162,6 +166,19 @@ public sealed partial class Host
         }
     }
 
+    /// <summary>The bytes in xl's pipe to the target that SSHCMD has not read yet (FIONREAD, which a pipe answers at
+    /// either end); 0 when it cannot be asked.</summary>
+    private static unsafe long PipeBacklog(FileStream pipe)
+    {
+        int queued = 0;
+        return ioctl((int)pipe.SafeFileHandle.DangerousGetHandle(), FIONREAD, &queued) == 0 ? queued : 0;
+    }
+
+    private const ulong FIONREAD = 0x541B;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial int ioctl(int fd, ulong request, int* arg);
+
     /// <summary>Progress within a round for xl's progress bar, a few times a second: "~Iteration I: SENT of N
     /// pages" (the first round's N is the guest's memory, which the pages sent approach).</summary>
     private static Action<int, long, long> PageProgress(FrameWriter frames, Domain d)
@@ -190,8 +207,10 @@ public sealed partial class Host
     }
 
     /// <summary>Restores a domain from the stream on <paramref name="conn"/> (after a successful
-    /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.</summary>
-    public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn)
+    /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.
+    /// <paramref name="peerPid"/> is xl's process, whose pipe from the sender (<see cref="MigrateReceiveRequest.SourceFd"/>)
+    /// gives the stream directly.</summary>
+    public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn, int peerPid = 0)
     {
         if (r.Remus)
         {
@@ -199,23 +218,39 @@ public sealed partial class Host
             return;
         }
         RestoreResult result;
+        FileStream? source = null;
         try
         {
-            result = RestoreFrom(new SaveFileReader(conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory, paused: true,
-                incoming: true);
+            if (r.SourceFd is not null)
+            {
+                source = OpenSourcePipe(r.SourceFd.Value, peerPid);
+                if (!TryLine(conn, source is null ? "relay" : "direct")) return;
+            }
+            // The backends run before the stream ends, as a host's do before a domain arrives: their start is not
+            // part of the guest's downtime.
+            _ = Backends;
+            MigrationTrace.Mark("target", "restore begins");
+            result = RestoreFrom(new SaveFileReader(source ?? conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory,
+                paused: true, incoming: true);
         }
         catch (Exception e) when (ControlErrors.Map(e) is { } failure)
         {
             TryLine(conn, $"error {failure.Errno} {failure.Message.ReplaceLineEndings(" ")}");
             return;
         }
+        finally
+        {
+            source?.Dispose();
+        }
         Domain? d;
         lock (_lock) _domains.TryGetValue(result.DomId, out d);
         if (d is null) return;
         string? verdict = null;
+        MigrationTrace.Mark("target", "domain restored, paused");
         if (TryLine(conn, $"ok {result.DomId} {result.Name}"))
             try { verdict = ReadLine(conn); }
             catch (IOException) { }
+        MigrationTrace.Mark("target", $"verdict {verdict}");
         if (verdict == "unpause")
         {
             try { TakeIncomingName(d); }
@@ -227,6 +262,7 @@ public sealed partial class Host
                 return;
             }
             d.Hv.Unpause();
+            MigrationTrace.Mark("target", "unpaused");
             // xl may yet take it back, when its report could not reach the sender (which then resumes its copy).
             string? after = null;
             if (TryLine(conn, "ok"))
@@ -243,6 +279,26 @@ public sealed partial class Host
             _hv.ConsoleWrite($"d{d.DomId}: incoming migration abandoned; the domain is destroyed");
             Destroy(d);
             TryLine(conn, "destroyed");
+        }
+    }
+
+    /// <summary>xl's pipe from SSHCMD, opened through /proc as the peer's descriptor <paramref name="fd"/>; null when
+    /// it cannot be (not a pipe, another pid namespace).</summary>
+    private FileStream? OpenSourcePipe(int fd, int peerPid)
+    {
+        if (fd < 0 || peerPid <= 0) return null;
+        string path = $"/proc/{peerPid}/fd/{fd}";
+        try
+        {
+            if (new FileInfo(path).LinkTarget is not { } link || !link.StartsWith("pipe:", StringComparison.Ordinal))
+                return null;
+            // Unbuffered: nothing past the stream's END may be taken from xl, which reads the sender's permission there.
+            return new FileStream(File.OpenHandle(path, FileMode.Open, FileAccess.Read), FileAccess.Read, bufferSize: 0);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            _hv.ConsoleWrite($"cannot read xl's pipe {path} ({e.Message}); the stream comes through xl");
+            return null;
         }
     }
 

@@ -67,6 +67,7 @@ internal static partial class MigrateCommands
             if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt, out sentAt)))
                 return 1;
             if (sentAt == 0) sentAt = UnixMicros(); // the stream came through here: its last byte went just now
+            MigrationTrace.Mark("xl migrate", "end of the stream");
 
             if (!ReadExpected(fromTarget, ReceiverReady))
             {
@@ -74,6 +75,7 @@ internal static partial class MigrateCommands
                 Verdict(conn, "abort");
                 return 1;
             }
+            MigrationTrace.Mark("xl migrate", "target ready");
             ctx.Err.WriteLine("migration sender: Target has acknowledged transfer.");
             // As xl: the domain gives up its name before the target may start its copy, which takes it (the same
             // name on a migration to this host); a failure from here on gives it back.
@@ -84,6 +86,7 @@ internal static partial class MigrateCommands
                 Verdict(conn, "abort");
                 return 1;
             }
+            MigrationTrace.Mark("xl migrate", "renamed away");
             ctx.Err.WriteLine("migration sender: Giving target permission to start.");
             bool reported;
             var status = new byte[1];
@@ -102,6 +105,7 @@ internal static partial class MigrateCommands
                 Verdict(conn, "abort");
                 return 1;
             }
+            MigrationTrace.Mark("xl migrate", "target reports the guest running");
             ctx.Err.WriteLine("migration sender: Target reports successful startup.");
             // Downtime as QEMU's query-migrate counts it: from the guest's stop to the last byte sent; and until the
             // target said it runs the guest.
@@ -216,13 +220,30 @@ internal static partial class MigrateCommands
         stdout.Flush();
         ctx.Err.WriteLine("migration target: Ready to receive domain.");
         using var client = ctx.Connect();
-        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus));
+        // Not for Remus, whose stream ends at the failover: the relay below tells the daemon so.
+        int? sourceFd = remus ? null : 0;
+        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus, sourceFd));
         var conn = client.Stream;
+        bool direct = false;
+        if (sourceFd is not null)
+        {
+            string? how;
+            try { how = ReadLine(conn); }
+            catch (IOException) { how = null; }
+            if (how is null)
+            {
+                ctx.Err.WriteLine("migration target: xensharpd closed the connection; nothing was kept");
+                return 1;
+            }
+            direct = how == "direct";
+        }
 
         // One reader of stdin: the stream goes to the daemon until it has the whole domain; what comes after (the
-        // sender's permission) is the handshake's.
+        // sender's permission) is the handshake's. When the daemon reads the stream from stdin itself, nothing here
+        // reads stdin until it has answered.
         int restored = 0;
         var after = new BlockingCollection<byte[]>();
+        if (direct) after.CompleteAdding();
         var pump = new Thread(() =>
         {
             var buf = new byte[1 << 20];
@@ -242,7 +263,7 @@ internal static partial class MigrateCommands
                 try { conn.Close(); } catch (IOException) { }
             after.CompleteAdding();
         }) { IsBackground = true, Name = "migrate-receive" };
-        pump.Start();
+        if (!direct) pump.Start();
 
         string? line;
         try { line = ReadLine(conn); }
@@ -256,6 +277,7 @@ internal static partial class MigrateCommands
                 : $"migration target: restore failed: {line}");
             return 1;
         }
+        MigrationTrace.Mark("xl migrate-receive", "domain restored");
         ctx.Err.WriteLine($"migration target: Transfer complete ({line[3..]}), requesting permission to start domain.");
         bool asked;
         try
@@ -266,14 +288,16 @@ internal static partial class MigrateCommands
         }
         catch (IOException) { asked = false; }
 
-        if (!asked || !ReadExpected(after, PermissionToGo))
+        if (!asked || !(direct ? ReadExpected(stdin, PermissionToGo) : ReadExpected(after, PermissionToGo)))
         {
             ctx.Err.WriteLine("migration target: Failure, destroying our copy.");
             WriteLine(conn, "destroy");
             return 1;
         }
+        MigrationTrace.Mark("xl migrate-receive", "permission to start");
         WriteLine(conn, "unpause");
         string? result = ReadLine(conn);
+        MigrationTrace.Mark("xl migrate-receive", $"unpause: {result}");
         bool ok = result == "ok";
         try
         {
