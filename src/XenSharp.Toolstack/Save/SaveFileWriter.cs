@@ -32,6 +32,10 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
     /// pages reaches the target in the downtime.</summary>
     public Func<long>? Backlog { get; init; }
 
+    /// <summary>Called once the rounds are over, before the last wait for the target and the suspend: what must be
+    /// done before the guest stops.</summary>
+    public Action? BeforeStop { get; init; }
+
     public long BacklogLimit { get; init; } = 64 << 10;
 
     /// <summary>How long to wait at most for the target to take the backlog (a slow link: the guest stops anyway).</summary>
@@ -150,6 +154,7 @@ internal static class SaveFileWriter
             }
             // What the rounds sent goes on its way now, not in the downtime.
             _output.Flush();
+            o.BeforeStop?.Invoke();
             if (o.Backlog is { } backlog)
                 WaitForTarget(backlog, o);
             if (o.RequestSuspend is { } request)

@@ -16,11 +16,10 @@ namespace XenSharp.Xl.Commands;
 /// </summary>
 internal static partial class MigrateCommands
 {
-    internal static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
-    // xl sends these with their terminating NUL.
-    private static readonly byte[] ReceiverReady = Encoding.ASCII.GetBytes("domain received, ready to unpause\0");
-    private static readonly byte[] PermissionToGo = Encoding.ASCII.GetBytes("domain is yours, you are cleared to unpause\0");
-    private static readonly byte[] Report = Encoding.ASCII.GetBytes("my copy unpause results are as follows\0");
+    internal static readonly byte[] Banner = XlMigrationMessages.Banner;
+    private static readonly byte[] ReceiverReady = XlMigrationMessages.ReceiverReady;
+    private static readonly byte[] PermissionToGo = XlMigrationMessages.PermissionToGo;
+    private static readonly byte[] Report = XlMigrationMessages.Report;
 
     public const char DebugOption = (char)0x100;
 
@@ -64,7 +63,9 @@ internal static partial class MigrateCommands
             var conn = client.Stream;
             var clock = Stopwatch.StartNew();
             long stoppedAt = 0, sentAt = 0;
-            if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt, out sentAt)))
+            bool renamedAway = false;
+            if (!MigrationProgress.Run(ctx.Err, "migration sender",
+                    progress => SendStream(progress, conn, toTarget, start, out stoppedAt, out sentAt, out renamedAway)))
                 return 1;
             if (sentAt == 0) sentAt = UnixMicros(); // the stream came through here: its last byte went just now
             MigrationTrace.Mark("xl migrate", "end of the stream");
@@ -78,8 +79,9 @@ internal static partial class MigrateCommands
             MigrationTrace.Mark("xl migrate", "target ready");
             ctx.Err.WriteLine("migration sender: Target has acknowledged transfer.");
             // As xl: the domain gives up its name before the target may start its copy, which takes it (the same
-            // name on a migration to this host); a failure from here on gives it back.
-            string away = Verdict(conn, "away");
+            // name on a migration to this host); a failure from here on gives it back. The daemon has done so as the
+            // stream ended, unless it could not.
+            string away = renamedAway ? "away" : Verdict(conn, "away");
             if (away != "away")
             {
                 ctx.Err.WriteLine($"migration sender: {away}; the domain runs on here");
@@ -131,9 +133,10 @@ internal static partial class MigrateCommands
     /// <summary>Copies the daemon's data frames to the target and shows its progress; false when the stream failed
     /// (the daemon has resumed the domain) or the target went away (closing the connection tells the daemon).</summary>
     private static bool SendStream(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt,
-        out long sentAt)
+        out long sentAt, out bool renamedAway)
     {
         stoppedAt = sentAt = 0;
+        renamedAway = false;
         var head = new byte[5];
         var buffer = new byte[MigrationFrames.MaxData];
         while (true)
@@ -165,6 +168,7 @@ internal static partial class MigrateCommands
                     var end = Encoding.ASCII.GetString(buffer, 0, length).Split(' ');
                     if (end.Length > 1) long.TryParse(end[1], out stoppedAt);
                     if (end.Length > 2) long.TryParse(end[2], out sentAt);
+                    renamedAway = end.Length > 3 && end[3] == "away";
                     return true;
                 case MigrationFrames.Failed:
                     progress.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
@@ -222,7 +226,7 @@ internal static partial class MigrateCommands
         using var client = ctx.Connect();
         // Not for Remus, whose stream ends at the failover: the relay below tells the daemon so.
         int? sourceFd = remus ? null : 0;
-        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus, sourceFd));
+        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus, sourceFd, remus ? null : 1));
         var conn = client.Stream;
         bool direct = false;
         if (sourceFd is not null)
@@ -279,6 +283,22 @@ internal static partial class MigrateCommands
         }
         MigrationTrace.Mark("xl migrate-receive", "domain restored");
         ctx.Err.WriteLine($"migration target: Transfer complete ({line[3..]}), requesting permission to start domain.");
+        if (direct)
+        {
+            // The daemon speaks with the sender from here.
+            string? outcome;
+            try { outcome = ReadLine(conn); }
+            catch (IOException) { outcome = null; }
+            if (outcome == "started")
+            {
+                ctx.Err.WriteLine("migration target: Domain started successsfully.");
+                return 0;
+            }
+            ctx.Err.WriteLine(outcome is not null && outcome.StartsWith("failed ", StringComparison.Ordinal)
+                ? $"migration target: {outcome[7..]}"
+                : "migration target: xensharpd closed the connection; the domain is destroyed");
+            return 1;
+        }
         bool asked;
         try
         {
@@ -288,7 +308,7 @@ internal static partial class MigrateCommands
         }
         catch (IOException) { asked = false; }
 
-        if (!asked || !(direct ? ReadExpected(stdin, PermissionToGo) : ReadExpected(after, PermissionToGo)))
+        if (!asked || !ReadExpected(after, PermissionToGo))
         {
             ctx.Err.WriteLine("migration target: Failure, destroying our copy.");
             WriteLine(conn, "destroy");
