@@ -171,7 +171,7 @@ public sealed partial class Host
             // Only a pipe: the descriptor is xl's to name, but not a file to write over.
             if (new FileInfo(path).LinkTarget is not { } link || !link.StartsWith("pipe:", StringComparison.Ordinal))
                 return null;
-            return new FileStream(File.OpenHandle(path, FileMode.Open, FileAccess.Write), FileAccess.Write, bufferSize: 0);
+            return OpenPipe(path, FileAccess.Write) is { } handle ? new FileStream(handle, FileAccess.Write, bufferSize: 0) : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
@@ -189,6 +189,32 @@ public sealed partial class Host
     }
 
     private const ulong FIONREAD = 0x541B;
+
+    /// <summary>Opens a pipe through /proc without waiting: a pipe opened for writing whose reader has gone (ENXIO)
+    /// would otherwise block until another reader comes, which none will. Blocking again once open. Null when it
+    /// cannot be opened.</summary>
+    private static Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPipe(string path, FileAccess access)
+    {
+        const int O_RDONLY = 0, O_WRONLY = 1, O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000, F_GETFL = 3, F_SETFL = 4;
+        int fd = open(path, (access == FileAccess.Read ? O_RDONLY : O_WRONLY) | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) return null;
+        int flags = fcntl(fd, F_GETFL, 0);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        {
+            close(fd);
+            return null;
+        }
+        return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial int open(string path, int flags);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int fcntl(int fd, int cmd, int arg);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
 
     [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
     private static unsafe partial int ioctl(int fd, ulong request, int* arg);
@@ -393,7 +419,7 @@ public sealed partial class Host
             if (new FileInfo(path).LinkTarget is not { } link || !link.StartsWith("pipe:", StringComparison.Ordinal))
                 return null;
             // Unbuffered: nothing past the stream's END may be taken before the sender's permission is read.
-            return new FileStream(File.OpenHandle(path, FileMode.Open, access), access, bufferSize: 0);
+            return OpenPipe(path, access) is { } handle ? new FileStream(handle, access, bufferSize: 0) : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
