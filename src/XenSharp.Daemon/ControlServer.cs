@@ -92,7 +92,7 @@ internal sealed class ControlServer : IDisposable
                 }
                 if (request is MigrateReceiveRequest receive && response.Ok)
                 {
-                    await Task.Run(() => _host.RunMigrateReceive(receive, channel.Stream));
+                    await Task.Run(() => _host.RunMigrateReceive(receive, channel.Stream, PeerPid(s)));
                     return;
                 }
                 if (request is ConsoleAttachRequest attach && response.Ok)

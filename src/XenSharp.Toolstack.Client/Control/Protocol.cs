@@ -149,8 +149,26 @@ public sealed record MigrateSendResult(uint DomId, string Name);
 /// one line, <c>unpause</c> (rename it NAME and unpause it) or anything else (destroy it), and answers with a last line. A connection that drops before
 /// leaves no domain. With <paramref name="Remus"/> (xl migrate-receive -r) the stream is checkpointed: the domain stays
 /// paused at the last complete checkpoint until the stream ends (xl shuts down its sending side), then it is unpaused
-/// there (failover) and the daemon writes <c>failover DOMID NAME CHECKPOINTS</c> or <c>error ERRNO MESSAGE</c>.</summary>
-public sealed record MigrateReceiveRequest(string? ConfigDirectory, bool Remus = false) : ControlRequest<Unit>;
+/// there (failover) and the daemon writes <c>failover DOMID NAME CHECKPOINTS</c> or <c>error ERRNO MESSAGE</c>.
+/// <paramref name="SourceFd"/> and <paramref name="ReplyFd"/>, xl's descriptors of its pipes from and to SSHCMD: the
+/// daemon reads the stream there itself (as libxl reads the fd xl gives it), with no copy through xl, and says so
+/// with a first line <c>direct</c>; then, after its <c>ok</c> line, it speaks the rest of xl's protocol there too
+/// (ready, the sender's permission, unpause, the report), with no process between the two hosts' daemons in the
+/// guest's downtime, and ends with <c>started</c> or <c>failed MESSAGE</c>. With a first line <c>relay</c> (the
+/// descriptors are not pipes it can open) xl sends the stream's bytes over the connection and speaks the protocol
+/// itself, as above.</summary>
+public sealed record MigrateReceiveRequest(string? ConfigDirectory, bool Remus = false, int? SourceFd = null, int? ReplyFd = null)
+    : ControlRequest<Unit>;
+
+/// <summary>The messages of xl's migration protocol (xl_migrate.c) between sender and receiver, which xl sends with
+/// their terminating NUL (the banner ends in a newline instead).</summary>
+public static class XlMigrationMessages
+{
+    public static readonly byte[] Banner = "xl migration receiver ready, send binary domain data.\n"u8.ToArray();
+    public static readonly byte[] ReceiverReady = "domain received, ready to unpause\0"u8.ToArray();
+    public static readonly byte[] PermissionToGo = "domain is yours, you are cleared to unpause\0"u8.ToArray();
+    public static readonly byte[] Report = "my copy unpause results are as follows\0"u8.ToArray();
+}
 
 /// <summary>The frames of a migration's sending connection: a kind byte, a little-endian 32-bit length, the payload.</summary>
 public static class MigrationFrames

@@ -47,10 +47,13 @@ public sealed partial class Host
             return;
         }
         var frames = new FrameWriter(conn);
+        string name = d.Config.Name;
         bool suspended = false, cooperative = HasPvDrivers(d);
         long stoppedAt = 0, runningAt = 0;
         SuspendRequest? request = null;
         FileStream? target = null;
+        var warmup = JitWarmup.Start(typeof(Host), typeof(SaveFileWriter), typeof(XenstoreLayout), typeof(XenSharp.Hypervisor.XenHypervisor),
+            typeof(Platform.XenHypervisorPlatform));
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
@@ -68,20 +71,35 @@ public sealed partial class Host
                         // It stopped between the last look at it running and the first news of the stop.
                         stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
                         runningAt = request?.RunningAt ?? stoppedAt;
+                        MigrationTrace.Mark("source", "guest seen running", runningAt);
+                        MigrationTrace.Mark("source", "guest stopped", stoppedAt);
                     },
                     frames.Progress,
                     () => d.Destroyed)
                 {
                     Pages = PageProgress(frames, d),
+                    Backlog = target is null ? null : () => PipeBacklog(target),
+                    BeforeStop = () => warmup.Wait(TimeSpan.FromSeconds(10)),
                     RequestSuspend = () => (request = BeginSuspend(d)).Wait,
                 });
             }
             data.Flush();
             long sentAt = UnixMicros();
+            MigrationTrace.Mark("source", "last byte written", sentAt);
             _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages{(target is null ? " through xl" : "")}");
             // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock), and when the
             // last byte went into xl's pipe if it was written here.
-            frames.Write(MigrationFrames.End, target is null ? $"{pages} {stoppedAt}" : $"{pages} {stoppedAt} {sentAt}");
+            // The domain gives up its name as its last byte goes, as xl renames it NAME--migratedaway once the target
+            // is ready: a target on this host may then take NAME one round trip sooner, in the guest's downtime. Any
+            // outcome but commit gives it back.
+            bool away = false;
+            try
+            {
+                Rename(d, MigratedAwayName(name));
+                away = true;
+            }
+            catch (ControlException e) { _hv.ConsoleWrite($"d{d.DomId}: keeps its name until xl's verdict: {e.Message}"); }
+            frames.Write(MigrationFrames.End, $"{pages} {stoppedAt} {(target is null ? 0 : sentAt)}{(away ? " away" : "")}");
             _hv.ConsoleWrite(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"d{d.DomId}: stopped {(sentAt - stoppedAt) / 1e3:0.0} ms before the last byte went (seen running {(sentAt - runningAt) / 1e3:0.0} ms before)"));
         }
@@ -100,13 +118,13 @@ public sealed partial class Host
         }
         finally
         {
+            warmup.Stop();
             target?.Dispose();
         }
 
         // xl's verdict: "away" (the target has the guest; the domain gives up its name, as xl renames it to
         // NAME--migratedaway before letting the target start its copy, which on this host takes NAME), then "commit"
         // (the target runs it) or anything else, or nothing (the domain takes its name back and runs on).
-        string name = d.Config.Name;
         string? verdict = null;
         while (true)
         {
@@ -153,7 +171,7 @@ public sealed partial class Host
             // Only a pipe: the descriptor is xl's to name, but not a file to write over.
             if (new FileInfo(path).LinkTarget is not { } link || !link.StartsWith("pipe:", StringComparison.Ordinal))
                 return null;
-            return new FileStream(File.OpenHandle(path, FileMode.Open, FileAccess.Write), FileAccess.Write, bufferSize: 0);
+            return OpenPipe(path, FileAccess.Write) is { } handle ? new FileStream(handle, FileAccess.Write, bufferSize: 0) : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
@@ -161,6 +179,45 @@ public sealed partial class Host
             return null;
         }
     }
+
+    /// <summary>The bytes in xl's pipe to the target that SSHCMD has not read yet (FIONREAD, which a pipe answers at
+    /// either end); 0 when it cannot be asked.</summary>
+    private static unsafe long PipeBacklog(FileStream pipe)
+    {
+        int queued = 0;
+        return ioctl((int)pipe.SafeFileHandle.DangerousGetHandle(), FIONREAD, &queued) == 0 ? queued : 0;
+    }
+
+    private const ulong FIONREAD = 0x541B;
+
+    /// <summary>Opens a pipe through /proc without waiting: a pipe opened for writing whose reader has gone (ENXIO)
+    /// would otherwise block until another reader comes, which none will. Blocking again once open. Null when it
+    /// cannot be opened.</summary>
+    private static Microsoft.Win32.SafeHandles.SafeFileHandle? OpenPipe(string path, FileAccess access)
+    {
+        const int O_RDONLY = 0, O_WRONLY = 1, O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000, F_GETFL = 3, F_SETFL = 4;
+        int fd = open(path, (access == FileAccess.Read ? O_RDONLY : O_WRONLY) | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) return null;
+        int flags = fcntl(fd, F_GETFL, 0);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        {
+            close(fd);
+            return null;
+        }
+        return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial int open(string path, int flags);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int fcntl(int fd, int cmd, int arg);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial int ioctl(int fd, ulong request, int* arg);
 
     /// <summary>Progress within a round for xl's progress bar, a few times a second: "~Iteration I: SENT of N
     /// pages" (the first round's N is the guest's memory, which the pages sent approach).</summary>
@@ -190,8 +247,10 @@ public sealed partial class Host
     }
 
     /// <summary>Restores a domain from the stream on <paramref name="conn"/> (after a successful
-    /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.</summary>
-    public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn)
+    /// <see cref="MigrateReceiveRequest"/>), paused; unpauses it when xl says so, else destroys it.
+    /// <paramref name="peerPid"/> is xl's process, whose pipe from the sender (<see cref="MigrateReceiveRequest.SourceFd"/>)
+    /// gives the stream directly.</summary>
+    public void RunMigrateReceive(MigrateReceiveRequest r, Stream conn, int peerPid = 0)
     {
         if (r.Remus)
         {
@@ -199,23 +258,60 @@ public sealed partial class Host
             return;
         }
         RestoreResult result;
+        FileStream? source = null, reply = null;
         try
         {
-            result = RestoreFrom(new SaveFileReader(conn, "migration stream"), "migration stream", null, null, r.ConfigDirectory, paused: true,
-                incoming: true);
+            if (r.SourceFd is not null)
+            {
+                source = OpenPeerPipe(r.SourceFd.Value, peerPid, FileAccess.Read);
+                reply = source is null || r.ReplyFd is null ? null : OpenPeerPipe(r.ReplyFd.Value, peerPid, FileAccess.Write);
+                if (reply is null)
+                {
+                    source?.Dispose();
+                    source = null;
+                }
+                if (!TryLine(conn, source is null ? "relay" : "direct"))
+                {
+                    source?.Dispose();
+                    reply?.Dispose();
+                    return;
+                }
+            }
+            // The backends run before the stream ends, as a host's do before a domain arrives: their start is not
+            // part of the guest's downtime; nor is the compilation of what runs in it, which stops when it begins.
+            _ = Backends;
+            var warmup = JitWarmup.Start([typeof(Host), typeof(SaveFileReader), typeof(XenstoreLayout), typeof(DeviceLayout),
+                typeof(Platform.XenHypervisorPlatform), typeof(XenSharp.Hypervisor.XenHypervisor),
+                ..typeof(XenSharp.Store.XenStored).Assembly.GetTypes(), ..typeof(XenSharp.Backends.Console.PrimaryConsole).Assembly.GetTypes()
+                    .Where(t => t.Namespace == typeof(XenSharp.Backends.Console.PrimaryConsole).Namespace)]);
+            MigrationTrace.Mark("target", "restore begins");
+            var reader = new SaveFileReader(source ?? conn, "migration stream") { OnState = warmup.Stop };
+            try { result = RestoreFrom(reader, "migration stream", null, null, r.ConfigDirectory, paused: true, incoming: true); }
+            finally { warmup.Stop(); }
         }
         catch (Exception e) when (ControlErrors.Map(e) is { } failure)
         {
+            source?.Dispose();
+            reply?.Dispose();
             TryLine(conn, $"error {failure.Errno} {failure.Message.ReplaceLineEndings(" ")}");
             return;
         }
         Domain? d;
         lock (_lock) _domains.TryGetValue(result.DomId, out d);
+        if (source is not null && reply is not null)
+        {
+            using (source)
+            using (reply)
+                if (d is not null) FinishReceiveDirect(d, result, conn, source, reply);
+            return;
+        }
         if (d is null) return;
         string? verdict = null;
+        MigrationTrace.Mark("target", "domain restored, paused");
         if (TryLine(conn, $"ok {result.DomId} {result.Name}"))
             try { verdict = ReadLine(conn); }
             catch (IOException) { }
+        MigrationTrace.Mark("target", $"verdict {verdict}");
         if (verdict == "unpause")
         {
             try { TakeIncomingName(d); }
@@ -227,6 +323,7 @@ public sealed partial class Host
                 return;
             }
             d.Hv.Unpause();
+            MigrationTrace.Mark("target", "unpaused");
             // xl may yet take it back, when its report could not reach the sender (which then resumes its copy).
             string? after = null;
             if (TryLine(conn, "ok"))
@@ -243,6 +340,91 @@ public sealed partial class Host
             _hv.ConsoleWrite($"d{d.DomId}: incoming migration abandoned; the domain is destroyed");
             Destroy(d);
             TryLine(conn, "destroyed");
+        }
+    }
+
+    /// <summary>
+    /// The rest of xl's protocol at the receiving end (xl_migrate.c's migrate_receive), spoken here when the stream came
+    /// straight from xl's pipe: "ready" to the sender, its permission, the domain renamed NAME and unpaused, the report
+    /// (status 0, or 1 when it could not be started); xl hears <c>started</c> or <c>failed MESSAGE</c>. Whatever fails
+    /// before the report has reached the sender leaves no domain here: the sender resumes its copy then.
+    /// </summary>
+    private void FinishReceiveDirect(Domain d, RestoreResult result, Stream conn, Stream fromSender, Stream toSender)
+    {
+        TryLine(conn, $"ok {result.DomId} {result.Name}");
+        string? failure = null;
+        try
+        {
+            toSender.Write(XlMigrationMessages.ReceiverReady);
+            if (!ReadExpected(fromSender, XlMigrationMessages.PermissionToGo))
+                failure = "Failure, destroying our copy.";
+        }
+        catch (IOException) { failure = "Failure, destroying our copy."; }
+        if (failure is not null)
+        {
+            Destroy(d);
+            TryLine(conn, $"failed {failure}");
+            return;
+        }
+        MigrationTrace.Mark("target", "permission to start");
+        byte status = 0;
+        try { TakeIncomingName(d); }
+        catch (ControlException e)
+        {
+            _hv.ConsoleWrite($"d{d.DomId}: cannot take the name {d.ArrivingAs}: {e.Message}; the domain is destroyed");
+            Destroy(d);
+            status = 1;
+            failure = $"unpause failed: error {e.Errno} {e.Message.ReplaceLineEndings(" ")}";
+        }
+        if (status == 0)
+        {
+            d.Hv.Unpause();
+            MigrationTrace.Mark("target", "unpaused");
+        }
+        try
+        {
+            Span<byte> report = stackalloc byte[XlMigrationMessages.Report.Length + 1];
+            XlMigrationMessages.Report.CopyTo(report);
+            report[^1] = status;
+            toSender.Write(report);
+        }
+        catch (IOException)
+        {
+            if (status == 0)
+            {
+                // The sender cannot know: it resumes its copy, so this one must not run.
+                _hv.ConsoleWrite($"d{d.DomId}: the sender never heard that the domain started here; it is destroyed");
+                Destroy(d);
+                failure = "the sender did not get our report; destroying our copy.";
+            }
+        }
+        TryLine(conn, failure is null ? "started" : $"failed {failure}");
+    }
+
+    private static bool ReadExpected(Stream s, byte[] expected)
+    {
+        var got = new byte[expected.Length];
+        try { return s.ReadAtLeast(got, got.Length, throwOnEndOfStream: false) == got.Length && got.AsSpan().SequenceEqual(expected); }
+        catch (IOException) { return false; }
+    }
+
+    /// <summary>One of xl's pipes to and from SSHCMD, opened through /proc as the peer's descriptor <paramref name="fd"/>;
+    /// null when it cannot be (not a pipe, another pid namespace).</summary>
+    private FileStream? OpenPeerPipe(int fd, int peerPid, FileAccess access)
+    {
+        if (fd < 0 || peerPid <= 0) return null;
+        string path = $"/proc/{peerPid}/fd/{fd}";
+        try
+        {
+            if (new FileInfo(path).LinkTarget is not { } link || !link.StartsWith("pipe:", StringComparison.Ordinal))
+                return null;
+            // Unbuffered: nothing past the stream's END may be taken before the sender's permission is read.
+            return OpenPipe(path, access) is { } handle ? new FileStream(handle, access, bufferSize: 0) : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            _hv.ConsoleWrite($"cannot read xl's pipe {path} ({e.Message}); the stream comes through xl");
+            return null;
         }
     }
 

@@ -244,6 +244,7 @@ public sealed partial class Host
         {
             PlaceDomain(domId, c, hvd);
             var restored = reader.Load(hvd, () => dom.Destroyed, checkpointed);
+            MigrationTrace.Mark("target", "stream read");
             if (!restored.Params.TryGetValue(Params.HVM_PARAM_STORE_PFN, out ulong storePfn) ||
                 !restored.Params.TryGetValue(Params.HVM_PARAM_CONSOLE_PFN, out ulong consolePfn))
                 throw new SaveFileException($"{label}: the HVM params do not say where the xenstore and console rings are");
@@ -251,8 +252,10 @@ public sealed partial class Host
                 throw new SaveFileException($"{label}: the xenstore or console ring's frame ({storePfn:#x}, {consolePfn:#x}) is not among the saved pages");
             hvd.SetAcpiSleepControl(Builder.AcpiTables.Pm1aControlPort, Builder.AcpiTables.S5SleepType);
             ConnectRings(dom, storePfn, consolePfn);
+            MigrationTrace.Mark("target", "rings connected");
             WarnIfPortsMoved(dom, restored.Params);
             AddDevices(dom);
+            MigrationTrace.Mark("target", "devices added");
             _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
             ApplyExecLabel(dom);
             if (!paused) hvd.Unpause();

@@ -21,6 +21,10 @@ internal sealed class SaveFileReader(Stream input, string file)
 {
     private readonly MigrationRecordReader _r = new(input, file);
 
+    /// <summary>Called once, when the first record of the guest's state (TSC info, HVM context) arrives: a live
+    /// stream's pages are over and the guest has stopped.</summary>
+    public Action? OnState { get; set; }
+
     public SaveFileHeader ReadHeader()
     {
         Span<byte> magic = stackalloc byte[32];
@@ -166,6 +170,11 @@ internal sealed class SaveFileReader(Stream input, string file)
 
     private void Apply(IHypervisorDomain d, uint type, byte[] body, long at, LoadState state)
     {
+        if (type is LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT && OnState is { } onState)
+        {
+            OnState = null;
+            onState();
+        }
         switch (type)
         {
             case LibxcStream.REC_TYPE_PAGE_DATA:

@@ -3,6 +3,7 @@ using System.Text;
 using XenSharp.Public;
 using XenSharp.Public.Hvm;
 using XenSharp.Public.Migration;
+using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Platform;
 
 namespace XenSharp.Toolstack.Save;
@@ -25,6 +26,20 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
 
     /// <summary>How long a round waits for the stop before it takes the dirty set while the guest suspends.</summary>
     public TimeSpan SuspendingRound { get; init; } = TimeSpan.FromMilliseconds(2);
+
+    /// <summary>When set, the bytes written but not yet taken by the target (what its link still holds): the guest
+    /// is not stopped before that is down to <see cref="BacklogLimit"/>, since whatever is queued ahead of the last
+    /// pages reaches the target in the downtime.</summary>
+    public Func<long>? Backlog { get; init; }
+
+    /// <summary>Called once the rounds are over, before the last wait for the target and the suspend: what must be
+    /// done before the guest stops.</summary>
+    public Action? BeforeStop { get; init; }
+
+    public long BacklogLimit { get; init; } = 64 << 10;
+
+    /// <summary>How long to wait at most for the target to take the backlog (a slow link: the guest stops anyway).</summary>
+    public TimeSpan BacklogWait { get; init; } = TimeSpan.FromSeconds(10);
 
     public int MaxIterations { get; init; } = 5;
     public long DirtyThreshold { get; init; } = 50;
@@ -137,13 +152,45 @@ internal static class SaveFileWriter
                 Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
+            // What the rounds sent goes on its way now, not in the downtime.
+            _output.Flush();
+            o.BeforeStop?.Invoke();
+            if (o.Backlog is { } backlog)
+                WaitForTarget(backlog, o);
             if (o.RequestSuspend is { } request)
-            {
-                // What the rounds sent goes on its way now, not in the downtime.
-                _output.Flush();
                 SendWhileSuspending(request(), o);
-            }
             o.Suspend();
+        }
+
+        /// <summary>Until the target has taken what was sent (a receiver populating the first pass's pages can lag
+        /// behind by megabytes), then one more round for what the guest dirtied meanwhile, so that neither the
+        /// backlog nor a large dirty set is left for the downtime.</summary>
+        private void WaitForTarget(Func<long> backlog, LiveOptions o)
+        {
+            var d = _s.Domain;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            long queued, sent = 0;
+            for (int round = 0; ; round++)
+            {
+                while ((queued = backlog()) > o.BacklogLimit && clock.Elapsed < o.BacklogWait)
+                {
+                    if (o.Cancelled()) throw new OperationCanceledException("the domain was destroyed while it was being sent");
+                    Thread.Sleep(1);
+                }
+                if (round == 2 || queued > o.BacklogLimit) break;
+                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_PEEK, _last);
+                for (int i = 0; i < _bits.Length; i++) _last[i] |= _bits[i];
+                if (Count(_last) < o.DirtyThreshold) break;
+                d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
+                for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
+                sent += WritePages(_w, d, Gfns(_bits), o.Cancelled);
+                Array.Clear(_bits);
+                _output.Flush();
+            }
+            Total += sent;
+            MigrationTrace.Mark("source", $"target caught up: {queued} bytes queued");
+            o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"Target caught up in {clock.Elapsed.TotalMilliseconds:0.0} ms ({sent} pages sent meanwhile, {queued} bytes left queued)"));
         }
 
         /// <summary>Until the guest has suspended: every <see cref="LiveOptions.SuspendingRound"/>, the pages it dirtied
@@ -178,6 +225,7 @@ internal static class SaveFileWriter
             var clock = System.Diagnostics.Stopwatch.StartNew();
             d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
             for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
+            MigrationTrace.Mark("source", $"dirty set taken: {Count(_bits)} pages");
             // The rings' pages are written through the toolstack's own mappings, which log-dirty does not see.
             foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
                 if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= _max)
@@ -186,9 +234,11 @@ internal static class SaveFileWriter
             Array.Clear(_bits);
             Total += sent;
             SuspendedPagesTime = clock.Elapsed;
+            MigrationTrace.Mark("source", $"{sent} pages written");
             WriteTscInfo(_w, _s);
             _w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, d.GetHvmContext());
             WriteParams(_w, d);
+            MigrationTrace.Mark("source", "state written");
             return sent;
         }
 

@@ -16,11 +16,10 @@ namespace XenSharp.Xl.Commands;
 /// </summary>
 internal static partial class MigrateCommands
 {
-    internal static readonly byte[] Banner = Encoding.ASCII.GetBytes("xl migration receiver ready, send binary domain data.\n");
-    // xl sends these with their terminating NUL.
-    private static readonly byte[] ReceiverReady = Encoding.ASCII.GetBytes("domain received, ready to unpause\0");
-    private static readonly byte[] PermissionToGo = Encoding.ASCII.GetBytes("domain is yours, you are cleared to unpause\0");
-    private static readonly byte[] Report = Encoding.ASCII.GetBytes("my copy unpause results are as follows\0");
+    internal static readonly byte[] Banner = XlMigrationMessages.Banner;
+    private static readonly byte[] ReceiverReady = XlMigrationMessages.ReceiverReady;
+    private static readonly byte[] PermissionToGo = XlMigrationMessages.PermissionToGo;
+    private static readonly byte[] Report = XlMigrationMessages.Report;
 
     public const char DebugOption = (char)0x100;
 
@@ -64,9 +63,12 @@ internal static partial class MigrateCommands
             var conn = client.Stream;
             var clock = Stopwatch.StartNew();
             long stoppedAt = 0, sentAt = 0;
-            if (!MigrationProgress.Run(ctx.Err, "migration sender", progress => SendStream(progress, conn, toTarget, start, out stoppedAt, out sentAt)))
+            bool renamedAway = false;
+            if (!MigrationProgress.Run(ctx.Err, "migration sender",
+                    progress => SendStream(progress, conn, toTarget, start, out stoppedAt, out sentAt, out renamedAway)))
                 return 1;
             if (sentAt == 0) sentAt = UnixMicros(); // the stream came through here: its last byte went just now
+            MigrationTrace.Mark("xl migrate", "end of the stream");
 
             if (!ReadExpected(fromTarget, ReceiverReady))
             {
@@ -74,16 +76,19 @@ internal static partial class MigrateCommands
                 Verdict(conn, "abort");
                 return 1;
             }
+            MigrationTrace.Mark("xl migrate", "target ready");
             ctx.Err.WriteLine("migration sender: Target has acknowledged transfer.");
             // As xl: the domain gives up its name before the target may start its copy, which takes it (the same
-            // name on a migration to this host); a failure from here on gives it back.
-            string away = Verdict(conn, "away");
+            // name on a migration to this host); a failure from here on gives it back. The daemon has done so as the
+            // stream ended, unless it could not.
+            string away = renamedAway ? "away" : Verdict(conn, "away");
             if (away != "away")
             {
                 ctx.Err.WriteLine($"migration sender: {away}; the domain runs on here");
                 Verdict(conn, "abort");
                 return 1;
             }
+            MigrationTrace.Mark("xl migrate", "renamed away");
             ctx.Err.WriteLine("migration sender: Giving target permission to start.");
             bool reported;
             var status = new byte[1];
@@ -102,6 +107,7 @@ internal static partial class MigrateCommands
                 Verdict(conn, "abort");
                 return 1;
             }
+            MigrationTrace.Mark("xl migrate", "target reports the guest running");
             ctx.Err.WriteLine("migration sender: Target reports successful startup.");
             // Downtime as QEMU's query-migrate counts it: from the guest's stop to the last byte sent; and until the
             // target said it runs the guest.
@@ -127,9 +133,10 @@ internal static partial class MigrateCommands
     /// <summary>Copies the daemon's data frames to the target and shows its progress; false when the stream failed
     /// (the daemon has resumed the domain) or the target went away (closing the connection tells the daemon).</summary>
     private static bool SendStream(MigrationProgress progress, Stream conn, Stream toTarget, MigrateSendResult start, out long stoppedAt,
-        out long sentAt)
+        out long sentAt, out bool renamedAway)
     {
         stoppedAt = sentAt = 0;
+        renamedAway = false;
         var head = new byte[5];
         var buffer = new byte[MigrationFrames.MaxData];
         while (true)
@@ -161,6 +168,7 @@ internal static partial class MigrateCommands
                     var end = Encoding.ASCII.GetString(buffer, 0, length).Split(' ');
                     if (end.Length > 1) long.TryParse(end[1], out stoppedAt);
                     if (end.Length > 2) long.TryParse(end[2], out sentAt);
+                    renamedAway = end.Length > 3 && end[3] == "away";
                     return true;
                 case MigrationFrames.Failed:
                     progress.WriteLine($"migration sender: {Encoding.UTF8.GetString(buffer, 0, length)}; domain {start.DomId} runs on here");
@@ -216,13 +224,30 @@ internal static partial class MigrateCommands
         stdout.Flush();
         ctx.Err.WriteLine("migration target: Ready to receive domain.");
         using var client = ctx.Connect();
-        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus));
+        // Not for Remus, whose stream ends at the failover: the relay below tells the daemon so.
+        int? sourceFd = remus ? null : 0;
+        client.Send(new MigrateReceiveRequest(Environment.CurrentDirectory, remus, sourceFd, remus ? null : 1));
         var conn = client.Stream;
+        bool direct = false;
+        if (sourceFd is not null)
+        {
+            string? how;
+            try { how = ReadLine(conn); }
+            catch (IOException) { how = null; }
+            if (how is null)
+            {
+                ctx.Err.WriteLine("migration target: xensharpd closed the connection; nothing was kept");
+                return 1;
+            }
+            direct = how == "direct";
+        }
 
         // One reader of stdin: the stream goes to the daemon until it has the whole domain; what comes after (the
-        // sender's permission) is the handshake's.
+        // sender's permission) is the handshake's. When the daemon reads the stream from stdin itself, nothing here
+        // reads stdin until it has answered.
         int restored = 0;
         var after = new BlockingCollection<byte[]>();
+        if (direct) after.CompleteAdding();
         var pump = new Thread(() =>
         {
             var buf = new byte[1 << 20];
@@ -242,7 +267,7 @@ internal static partial class MigrateCommands
                 try { conn.Close(); } catch (IOException) { }
             after.CompleteAdding();
         }) { IsBackground = true, Name = "migrate-receive" };
-        pump.Start();
+        if (!direct) pump.Start();
 
         string? line;
         try { line = ReadLine(conn); }
@@ -256,7 +281,24 @@ internal static partial class MigrateCommands
                 : $"migration target: restore failed: {line}");
             return 1;
         }
+        MigrationTrace.Mark("xl migrate-receive", "domain restored");
         ctx.Err.WriteLine($"migration target: Transfer complete ({line[3..]}), requesting permission to start domain.");
+        if (direct)
+        {
+            // The daemon speaks with the sender from here.
+            string? outcome;
+            try { outcome = ReadLine(conn); }
+            catch (IOException) { outcome = null; }
+            if (outcome == "started")
+            {
+                ctx.Err.WriteLine("migration target: Domain started successsfully.");
+                return 0;
+            }
+            ctx.Err.WriteLine(outcome is not null && outcome.StartsWith("failed ", StringComparison.Ordinal)
+                ? $"migration target: {outcome[7..]}"
+                : "migration target: xensharpd closed the connection; the domain is destroyed");
+            return 1;
+        }
         bool asked;
         try
         {
@@ -272,8 +314,10 @@ internal static partial class MigrateCommands
             WriteLine(conn, "destroy");
             return 1;
         }
+        MigrationTrace.Mark("xl migrate-receive", "permission to start");
         WriteLine(conn, "unpause");
         string? result = ReadLine(conn);
+        MigrationTrace.Mark("xl migrate-receive", $"unpause: {result}");
         bool ok = result == "ok";
         try
         {
