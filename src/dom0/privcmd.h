@@ -93,6 +93,11 @@ enum privcmd_op {
 #define PRIVCMD_EVTCHN_STATE_PORTS (1u << 17)
 #define PRIVCMD_EVTCHN_MASKED 1u
 #define PRIVCMD_EVTCHN_PENDING 2u
+/* Set by the daemon on a port whose peer is an IOREQ server's vCPU port: the library notifies it by setting NOTIFIED
+ * and waking futex waiters on the word (a shared futex: the daemon's waiting vCPU thread sleeps there), with no
+ * request. The daemon clears NOTIFIED as it takes it. */
+#define PRIVCMD_EVTCHN_DIRECT 4u
+#define PRIVCMD_EVTCHN_NOTIFIED 8u
 
 #define PRIVCMD_MAX_COPY 16
 

@@ -21,6 +21,9 @@
 #define BUFFER_PAGES 65536UL
 /* xencall_alloc_buffer's header before the caller's bytes: the allocation's page count. */
 #define SMALL_HEADER 16
+/* Single pages freed are kept for the next allocation, as Xen's libxencall keeps a few, so a program that makes
+ * many small calls (a device model's interrupt updates) neither gives the memory back nor faults it in each time. */
+#define CACHE_PAGES 4
 
 struct xencall_handle {
     struct privcmd_conn conn;
@@ -30,6 +33,8 @@ struct xencall_handle {
     uint32_t *run;             /* run[i]: pages of the allocation starting at page i, else 0 */
     uint8_t *used;             /* used[i]: page i belongs to an allocation */
     size_t hint;               /* where the next search starts */
+    size_t cache[CACHE_PAGES]; /* freed single pages still marked used, kept for reuse */
+    size_t cached;
 };
 
 xencall_handle *xencall_open(struct xentoollog_logger *logger, unsigned open_flags)
@@ -166,6 +171,11 @@ void *xencall_alloc_buffer_pages(xencall_handle *h, size_t nr_pages)
         return NULL;
     }
     pthread_mutex_lock(&h->lock);
+    if (nr_pages == 1 && h->cached > 0) {
+        first = (long)h->cache[--h->cached];
+        pthread_mutex_unlock(&h->lock);
+        return h->base + (size_t)first * PAGE;
+    }
     first = find_run(h, nr_pages, h->hint, BUFFER_PAGES);
     if (first < 0)
         first = find_run(h, nr_pages, 0, BUFFER_PAGES);
@@ -192,7 +202,9 @@ void xencall_free_buffer_pages(xencall_handle *h, void *p, size_t nr_pages)
     if ((uint8_t *)p < h->base || first >= BUFFER_PAGES)
         return;
     pthread_mutex_lock(&h->lock);
-    if (h->run[first] == nr_pages) {
+    if (nr_pages == 1 && h->run[first] == 1 && h->cached < CACHE_PAGES) {
+        h->cache[h->cached++] = first;
+    } else if (h->run[first] == nr_pages) {
         /* Give the memory back; the next user of these pages sees zeroes. */
         fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(first * PAGE), (off_t)(nr_pages * PAGE));
         memset(h->used + first, 0, nr_pages);

@@ -22,7 +22,7 @@ internal static class PrivcmdProtocol
     public const uint OpEvtchnBindUnbound = 16, OpEvtchnBindInterdomain = 17, OpEvtchnBindVirq = 18,
         OpEvtchnNotify = 19, OpEvtchnUnbind = 20, OpEvtchnUnmask = 21, OpEvtchnRestrict = 22;
     /// <summary>An event channel handle's shared per-port words (privcmd.h PRIVCMD_EVTCHN_*): how many, and their bits.</summary>
-    public const uint EvtchnStatePorts = 1u << 17, EvtchnMasked = 1, EvtchnPending = 2;
+    public const uint EvtchnStatePorts = 1u << 17, EvtchnMasked = 1, EvtchnPending = 2, EvtchnDirect = 4, EvtchnNotified = 8;
     public const uint OpForeignMap = 32;
     public const uint OpGnttabMap = 48, OpGnttabUnmap = 49, OpGnttabCopy = 50, OpGnttabSetMax = 51;
     public const uint OpGntshrShare = 52, OpGntshrUnshare = 53;
