@@ -68,6 +68,17 @@ public sealed unsafe class Dom0HypercallContext : IDisposable
         }
     }
 
+    /// <summary>A dm_op whose caller does not wait for its result (<see cref="X86.DmOps.DoPosted"/>): the bytes of
+    /// its one buffer are <paramref name="buffer"/>. Returns what the hypercall would have.</summary>
+    public long PostedDmOp(ushort domid, ReadOnlySpan<byte> buffer)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return X86.DmOps.DoPosted(_vcpu.Domain, domid, buffer);
+        }
+    }
+
     public void Dispose()
     {
         lock (_lock)

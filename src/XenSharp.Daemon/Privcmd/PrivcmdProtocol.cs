@@ -18,7 +18,9 @@ internal static class PrivcmdProtocol
     public const ulong KindXencall = 1, KindEvtchn = 2, KindForeignMemory = 3, KindGnttab = 4, KindGntshr = 5;
 
     // enum privcmd_op
-    public const uint OpOpen = 1, OpHypercall = 2;
+    public const uint OpOpen = 1, OpHypercall = 2, OpDmOpPosted = 3;
+    /// <summary>What a handle returns for a request that gets no reply (a posted one).</summary>
+    public const long NoReply = long.MinValue;
     public const uint OpEvtchnBindUnbound = 16, OpEvtchnBindInterdomain = 17, OpEvtchnBindVirq = 18,
         OpEvtchnNotify = 19, OpEvtchnUnbind = 20, OpEvtchnUnmask = 21, OpEvtchnRestrict = 22;
     /// <summary>An event channel handle's shared per-port words (privcmd.h PRIVCMD_EVTCHN_*): how many, and their bits.</summary>
