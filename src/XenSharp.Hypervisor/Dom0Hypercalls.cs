@@ -68,6 +68,17 @@ public sealed unsafe class Dom0HypercallContext : IDisposable
         }
     }
 
+    /// <summary>A dm_op whose caller does not wait for its result (<see cref="X86.DmOps.DoPosted"/>): the bytes of
+    /// its one buffer are <paramref name="buffer"/>. Returns what the hypercall would have.</summary>
+    public long PostedDmOp(ushort domid, ReadOnlySpan<byte> buffer)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return X86.DmOps.DoPosted(_vcpu.Domain, domid, buffer);
+        }
+    }
+
     public void Dispose()
     {
         lock (_lock)
@@ -116,6 +127,37 @@ public sealed partial class XenHypervisor
 
     /// <summary>EVTCHNOP_send from Domain-0's <paramref name="port"/>.</summary>
     public long Dom0EvtchnSend(uint port) => Dom0.Evtchn.Send(port);
+
+    /// <summary>
+    /// Where Domain-0's <paramref name="port"/> is bound to an IOREQ server's vCPU port (the device model's half of the
+    /// ioreq round trip), lets the program notify it by memory instead of EVTCHNOP_send: <paramref name="word"/> is a
+    /// 32-bit word shared with the program, in which it sets <see cref="X86.IoreqServer.DoorbellNotified"/> and wakes
+    /// futex waiters, and the waiting vCPU sleeps on it. Returns the attachment, to be disposed before the word goes
+    /// away, or null where the port is anything else (or the security policy would deny the send).
+    /// </summary>
+    public IDisposable? Dom0EvtchnDoorbell(uint port, nint word)
+    {
+        ushort remoteDom;
+        uint remotePort;
+        var dom0 = Dom0;
+        lock (dom0.Lock)
+        {
+            if (dom0.Evtchn.Get(port) is not { State: Common.EvtchnState.Interdomain } c)
+                return null;
+            remoteDom = c.RemoteDom;
+            remotePort = c.RemotePort;
+        }
+        var remote = FindDomain(remoteDom);
+        if (remote is null || Xsm.XsmHooks.EvtchnSend(dom0, remote) < 0)
+            return null;
+        foreach (var server in remote.Arch.Ioreq.All)
+        {
+            int vcpu = server.VcpuOfPort(remotePort);
+            if (vcpu >= 0)
+                return server.AttachDoorbell(vcpu, word);
+        }
+        return null;
+    }
 
     /// <summary>EVTCHNOP_close of Domain-0's <paramref name="port"/>.</summary>
     public long Dom0EvtchnClose(uint port) => Dom0.Evtchn.Close(port);

@@ -3,13 +3,17 @@
  * xensharpd's privcmd. An event on a bound port masks it and writes the 4-byte port to a pipe whose
  * read end is xenevtchn_fd(), so callers poll it as they poll /dev/xen/evtchn; xenevtchn_unmask lets
  * the port fire again (at once if it was raised meanwhile). The mask lives in memory shared with the
- * daemon, so unmasking a port nothing raised meanwhile (a device model's every ioreq) costs no request.
+ * daemon, so unmasking a port nothing raised meanwhile (a device model's every ioreq) costs no request, and so does
+ * notifying a port the daemon marked PRIVCMD_EVTCHN_DIRECT (an ioreq response).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <xenevtchn.h>
@@ -107,6 +111,13 @@ static long op(xenevtchn_handle *h, uint32_t code, uint64_t a0, uint64_t a1)
 
 int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
 {
+    /* An ioreq response: the vCPU waits on the port's word, so the notification is a bit there and a wake-up. */
+    if (port < PRIVCMD_EVTCHN_STATE_PORTS &&
+        (__atomic_load_n(&h->state[port], __ATOMIC_ACQUIRE) & PRIVCMD_EVTCHN_DIRECT)) {
+        __atomic_fetch_or(&h->state[port], PRIVCMD_EVTCHN_NOTIFIED, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, &h->state[port], FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        return 0;
+    }
     return op(h, PRIVCMD_OP_EVTCHN_NOTIFY, port, 0) < 0 ? -1 : 0;
 }
 

@@ -172,3 +172,23 @@ PRIVCMD_HIDDEN long privcmd_call_ex(struct privcmd_conn *c, const struct privcmd
     errno = saved;
     return rc;
 }
+
+PRIVCMD_HIDDEN int privcmd_post(struct privcmd_conn *c, const struct privcmd_request *req, const void *payload,
+                                size_t payload_len)
+{
+    struct iovec iov[2] = { { (void *)req, sizeof(*req) }, { (void *)payload, payload_len } };
+    struct msghdr msg = { .msg_iov = iov, .msg_iovlen = payload_len ? 2 : 1 };
+    ssize_t n;
+
+    pthread_mutex_lock(&c->lock);
+    do
+        n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    pthread_mutex_unlock(&c->lock);
+    if (n != (ssize_t)(sizeof(*req) + payload_len)) {
+        if (n >= 0)
+            errno = EIO;
+        return -1;
+    }
+    return 0;
+}

@@ -39,6 +39,10 @@ enum privcmd_op {
     /* arg[0] hypercall number, arg[1..5] its arguments, as the vCPU registers would hold them;
      * pointers must lie in the handle's buffer memfd. result: the hypercall's return value. */
     PRIVCMD_OP_HYPERCALL = 2,
+    /* __HYPERVISOR_dm_op of an interrupt level (XEN_DMOP_set_isa_irq_level, XEN_DMOP_set_pci_intx_level) with one
+     * buffer, whose caller goes on without the result: arg[0] domid, followed by the buffer's bytes (a struct
+     * xen_dm_op). No reply; the daemon logs a failure. */
+    PRIVCMD_OP_DM_OP_POSTED = 3,
 
     /* Event channels, all in Domain-0 and owned by the handle. result: the local port or 0. */
     PRIVCMD_OP_EVTCHN_BIND_UNBOUND = 16,     /* arg[0] remote domid */
@@ -93,6 +97,11 @@ enum privcmd_op {
 #define PRIVCMD_EVTCHN_STATE_PORTS (1u << 17)
 #define PRIVCMD_EVTCHN_MASKED 1u
 #define PRIVCMD_EVTCHN_PENDING 2u
+/* Set by the daemon on a port whose peer is an IOREQ server's vCPU port: the library notifies it by setting NOTIFIED
+ * and waking futex waiters on the word (a shared futex: the daemon's waiting vCPU thread sleeps there), with no
+ * request. The daemon clears NOTIFIED as it takes it. */
+#define PRIVCMD_EVTCHN_DIRECT 4u
+#define PRIVCMD_EVTCHN_NOTIFIED 8u
 
 #define PRIVCMD_MAX_COPY 16
 
@@ -138,6 +147,10 @@ long privcmd_call(struct privcmd_conn *c, const struct privcmd_request *req, con
 long privcmd_call_ex(struct privcmd_conn *c, const struct privcmd_request *req, const void *payload,
                      size_t payload_len, const int *fds, int nfds, struct privcmd_reply *reply,
                      void *tail, size_t tail_len, int *rfd);
+
+/* Sends a request that gets no reply (PRIVCMD_OP_DM_OP_POSTED); the daemon handles it in order with the others.
+ * Returns 0, or -1 with errno. */
+int privcmd_post(struct privcmd_conn *c, const struct privcmd_request *req, const void *payload, size_t payload_len);
 
 #define PRIVCMD_HIDDEN __attribute__((visibility("hidden")))
 

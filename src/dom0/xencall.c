@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +14,8 @@
 #include <unistd.h>
 
 #include <xencall.h>
+#include <xen/xen.h>
+#include <xen/hvm/dm_op.h>
 
 #include "privcmd.h"
 
@@ -21,6 +24,9 @@
 #define BUFFER_PAGES 65536UL
 /* xencall_alloc_buffer's header before the caller's bytes: the allocation's page count. */
 #define SMALL_HEADER 16
+/* Single pages freed are kept for the next allocation, as Xen's libxencall keeps a few, so a program that makes
+ * many small calls (a device model's interrupt updates) neither gives the memory back nor faults it in each time. */
+#define CACHE_PAGES 4
 
 struct xencall_handle {
     struct privcmd_conn conn;
@@ -30,6 +36,8 @@ struct xencall_handle {
     uint32_t *run;             /* run[i]: pages of the allocation starting at page i, else 0 */
     uint8_t *used;             /* used[i]: page i belongs to an allocation */
     size_t hint;               /* where the next search starts */
+    size_t cache[CACHE_PAGES]; /* freed single pages still marked used, kept for reuse */
+    size_t cached;
 };
 
 xencall_handle *xencall_open(struct xentoollog_logger *logger, unsigned open_flags)
@@ -99,9 +107,57 @@ int xencall_fd(xencall_handle *h)
     return h->conn.fd;
 }
 
+/* Whether [p, p + len) lies in the handle's buffers (where libxendevicemodel puts a dm_op's). */
+static int in_buffers(const xencall_handle *h, uint64_t p, uint64_t len)
+{
+    uint64_t base = (uintptr_t)h->base;
+    return p >= base && len <= BUFFER_PAGES * PAGE && p - base <= BUFFER_PAGES * PAGE - len;
+}
+
+/*
+ * A device model's interrupt-level dm_op (QEMU sets a line on its devices' every register access that changes it, and
+ * ignores the result) is posted: the daemon applies it in order with this handle's other calls, and the caller does
+ * not wait for a round trip. Arguments the hypervisor would refuse go the ordinary way, to get their error.
+ */
+static int post_dm_op(xencall_handle *h, uint64_t domid, uint64_t nr_bufs, uint64_t bufs)
+{
+    const xen_dm_op_buf_t *buf;
+    struct xen_dm_op op;
+    struct privcmd_request req = { .op = PRIVCMD_OP_DM_OP_POSTED, .arg = { domid } };
+    size_t len;
+
+    if (nr_bufs != 1 || !in_buffers(h, bufs, sizeof(*buf)))
+        return 0;
+    buf = (const xen_dm_op_buf_t *)(uintptr_t)bufs;
+    if (!in_buffers(h, (uintptr_t)buf->h, buf->size) || buf->size < offsetof(struct xen_dm_op, u))
+        return 0;
+    len = buf->size < sizeof(op) ? buf->size : sizeof(op);
+    memcpy(&op, buf->h, len);
+    if (op.pad)
+        return 0;
+    switch (op.op) {
+    case XEN_DMOP_set_isa_irq_level:
+        if (len < offsetof(struct xen_dm_op, u) + sizeof(op.u.set_isa_irq_level) ||
+            op.u.set_isa_irq_level.isa_irq >= 16 || op.u.set_isa_irq_level.level > 1)
+            return 0;
+        break;
+    case XEN_DMOP_set_pci_intx_level:
+        if (len < offsetof(struct xen_dm_op, u) + sizeof(op.u.set_pci_intx_level) ||
+            op.u.set_pci_intx_level.level > 1 || op.u.set_pci_intx_level.intx > 3 || op.u.set_pci_intx_level.device > 31 ||
+            op.u.set_pci_intx_level.domain || op.u.set_pci_intx_level.bus)
+            return 0;
+        break;
+    default:
+        return 0;
+    }
+    return privcmd_post(&h->conn, &req, &op, len) == 0;
+}
+
 static long call(xencall_handle *h, unsigned op, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5)
 {
     struct privcmd_request req = { .op = PRIVCMD_OP_HYPERCALL, .arg = { op, a1, a2, a3, a4, a5 } };
+    if (op == __HYPERVISOR_dm_op && post_dm_op(h, a1, a2, a3))
+        return 0;
     return privcmd_call(&h->conn, &req, NULL, 0, NULL, NULL);
 }
 
@@ -166,6 +222,11 @@ void *xencall_alloc_buffer_pages(xencall_handle *h, size_t nr_pages)
         return NULL;
     }
     pthread_mutex_lock(&h->lock);
+    if (nr_pages == 1 && h->cached > 0) {
+        first = (long)h->cache[--h->cached];
+        pthread_mutex_unlock(&h->lock);
+        return h->base + (size_t)first * PAGE;
+    }
     first = find_run(h, nr_pages, h->hint, BUFFER_PAGES);
     if (first < 0)
         first = find_run(h, nr_pages, 0, BUFFER_PAGES);
@@ -192,7 +253,9 @@ void xencall_free_buffer_pages(xencall_handle *h, void *p, size_t nr_pages)
     if ((uint8_t *)p < h->base || first >= BUFFER_PAGES)
         return;
     pthread_mutex_lock(&h->lock);
-    if (h->run[first] == nr_pages) {
+    if (nr_pages == 1 && h->run[first] == 1 && h->cached < CACHE_PAGES) {
+        h->cache[h->cached++] = first;
+    } else if (h->run[first] == nr_pages) {
         /* Give the memory back; the next user of these pages sees zeroes. */
         fallocate(h->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(first * PAGE), (off_t)(nr_pages * PAGE));
         memset(h->used + first, 0, nr_pages);

@@ -28,6 +28,8 @@ internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
         public uint Number;
         /// <summary>Raised before its number was known; delivered once the bind returns.</summary>
         public bool Pending;
+        /// <summary>The port's word is the IOREQ server's doorbell (EvtchnDirect): disposed before the word goes.</summary>
+        public IDisposable? Doorbell;
     }
 
     private EvtchnHandle(XenHypervisor hv, int pipeWriteEnd, uint* state)
@@ -67,7 +69,7 @@ internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
             case OpEvtchnBindInterdomain:
                 if (a0 > ushort.MaxValue || a1 > uint.MaxValue)
                     return -Errno.EINVAL;
-                return Bind((Action cb, out uint p) => _hv.Dom0EvtchnBindInterdomain((ushort)a0, (uint)a1, cb, out p));
+                return Bind((Action cb, out uint p) => _hv.Dom0EvtchnBindInterdomain((ushort)a0, (uint)a1, cb, out p), doorbell: true);
             case OpEvtchnBindVirq:
                 if (a0 > uint.MaxValue)
                     return -Errno.EINVAL;
@@ -80,7 +82,8 @@ internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
                 {
                     if (!Owns(a0))
                         return -Errno.ENOTCONN;
-                    _ports.Remove((uint)a0);
+                    _ports.Remove((uint)a0, out var gone);
+                    gone?.Doorbell?.Dispose();
                     uint* w = Word((uint)a0);
                     if (w != null)
                         Volatile.Write(ref *w, 0);
@@ -100,25 +103,32 @@ internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
 
     private delegate long Binder(Action onEvent, out uint port);
 
-    private long Bind(Binder bind)
+    private long Bind(Binder bind, bool doorbell = false)
     {
         var port = new Port();
         long rc = bind(() => Raise(port), out uint number);
         if (rc != 0)
             return rc;
         bool deliver = false;
+        uint* word = Word(number);
+        // The peer is an IOREQ server's vCPU port: the library notifies it through the word (no request, no thread
+        // between the device model and the waiting vCPU).
+        IDisposable? bell = doorbell && word != null ? _hv.Dom0EvtchnDoorbell(number, (nint)word) : null;
         lock (_lock)
         {
-            uint* w = Word(number);
-            if (!_closed && w != null)
+            if (!_closed && word != null)
             {
                 port.Number = number;
+                port.Doorbell = bell;
+                bell = null;
                 _ports[number] = port;
                 deliver = port.Pending;
                 port.Pending = false;
-                Volatile.Write(ref *w, deliver ? PrivcmdProtocol.EvtchnMasked : 0);
+                Volatile.Write(ref *word, (deliver ? PrivcmdProtocol.EvtchnMasked : 0)
+                    | (port.Doorbell != null ? PrivcmdProtocol.EvtchnDirect : 0));
             }
         }
+        bell?.Dispose();
         if (port.Number == 0)
         {
             _hv.Dom0EvtchnClose(number);
@@ -182,9 +192,11 @@ internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
             {
                 if ((s & PrivcmdProtocol.EvtchnMasked) == 0)
                     return;
-                // Raised while masked: it stays masked and is delivered again now; otherwise the mask goes.
+                // Raised while masked: it stays masked and is delivered again now; otherwise the mask goes. The
+                // doorbell bits are the library's and the IOREQ server's, and stay.
                 bool pending = (s & PrivcmdProtocol.EvtchnPending) != 0;
-                uint seen = Interlocked.CompareExchange(ref *w, pending ? PrivcmdProtocol.EvtchnMasked : 0, s);
+                uint keep = s & ~(PrivcmdProtocol.EvtchnMasked | PrivcmdProtocol.EvtchnPending);
+                uint seen = Interlocked.CompareExchange(ref *w, keep | (pending ? PrivcmdProtocol.EvtchnMasked : 0), s);
                 if (seen == s)
                 {
                     if (!pending)
@@ -211,6 +223,9 @@ internal sealed unsafe class EvtchnHandle : IPrivcmdHandle
         {
             _closed = true;
             held = [.. _ports.Keys];
+            // Before the words are unmapped: nobody reads them after this.
+            foreach (var p in _ports.Values)
+                p.Doorbell?.Dispose();
             _ports.Clear();
         }
         foreach (uint p in held)

@@ -57,6 +57,8 @@ internal sealed class PrivcmdConnection : IDisposable
                     if (fd >= 0)
                         UnixNative.close(fd);
             }
+            if (reply.Result == NoReply)
+                continue;
             bool sent = Reply(reply, extras);
             if (!sent)
                 return;

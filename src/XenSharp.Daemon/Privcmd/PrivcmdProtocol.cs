@@ -18,11 +18,13 @@ internal static class PrivcmdProtocol
     public const ulong KindXencall = 1, KindEvtchn = 2, KindForeignMemory = 3, KindGnttab = 4, KindGntshr = 5;
 
     // enum privcmd_op
-    public const uint OpOpen = 1, OpHypercall = 2;
+    public const uint OpOpen = 1, OpHypercall = 2, OpDmOpPosted = 3;
+    /// <summary>What a handle returns for a request that gets no reply (a posted one).</summary>
+    public const long NoReply = long.MinValue;
     public const uint OpEvtchnBindUnbound = 16, OpEvtchnBindInterdomain = 17, OpEvtchnBindVirq = 18,
         OpEvtchnNotify = 19, OpEvtchnUnbind = 20, OpEvtchnUnmask = 21, OpEvtchnRestrict = 22;
     /// <summary>An event channel handle's shared per-port words (privcmd.h PRIVCMD_EVTCHN_*): how many, and their bits.</summary>
-    public const uint EvtchnStatePorts = 1u << 17, EvtchnMasked = 1, EvtchnPending = 2;
+    public const uint EvtchnStatePorts = 1u << 17, EvtchnMasked = 1, EvtchnPending = 2, EvtchnDirect = 4, EvtchnNotified = 8;
     public const uint OpForeignMap = 32;
     public const uint OpGnttabMap = 48, OpGnttabUnmap = 49, OpGnttabCopy = 50, OpGnttabSetMax = 51;
     public const uint OpGntshrShare = 52, OpGntshrUnshare = 53;

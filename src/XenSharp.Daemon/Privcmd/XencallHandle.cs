@@ -38,6 +38,22 @@ internal sealed class XencallHandle : IPrivcmdHandle
 
     public unsafe long Handle(in PrivcmdRequest r, ReadOnlySpan<byte> payload, ref PrivcmdReply reply, ref ReplyExtras extras)
     {
+        if (r.Op == PrivcmdProtocol.OpDmOpPosted)
+        {
+            // The program goes on without the result, as a device model ignores it for these ops; a failure is
+            // only logged; a reply would be read as the answer to the program's next request.
+            try
+            {
+                long rc = r.Arg[0] > ushort.MaxValue ? -Errno.ESRCH : _context.PostedDmOp((ushort)r.Arg[0], payload);
+                if (rc < 0)
+                    Console.Error.WriteLine($"xensharpd: posted dm_op for domain {r.Arg[0]} failed: {rc}");
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Console.Error.WriteLine($"xensharpd: posted dm_op failed: {e.Message}");
+            }
+            return PrivcmdProtocol.NoReply;
+        }
         if (!payload.IsEmpty)
             return -Errno.EINVAL;
         if (r.Op != PrivcmdProtocol.OpHypercall)

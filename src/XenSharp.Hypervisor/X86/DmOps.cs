@@ -46,6 +46,56 @@ internal static class DmOps
         return s;
     }
 
+    /// <summary>set_pci_intx_level and set_isa_irq_level: a line of the domain's <see cref="PlatformIrq"/>.</summary>
+    private static unsafe long IrqLevel(PlatformIrq? irq, in XenDmOp op)
+    {
+        fixed (byte* u = op.U)
+        {
+            if (op.Op == XEN_DMOP_set_pci_intx_level)
+            {
+                var p = Unsafe.Read<XenDmOpSetPciIntxLevel>(u);
+                return p.Level > 1 ? -Errno.EINVAL
+                    : irq?.SetPciIntxLevel(p.Domain, p.Bus, p.Device, p.Intx, p.Level != 0) ?? ValidPciIntx(p);
+            }
+            var q = Unsafe.Read<XenDmOpSetIsaIrqLevel>(u);
+            return q.Level > 1 ? -Errno.EINVAL
+                : irq?.SetIsaIrqLevel(q.IsaIrq, q.Level != 0) ?? (q.IsaIrq < PlatformIrq.NrIsaIrqs ? 0 : -Errno.EINVAL);
+        }
+    }
+
+    /// <summary>Whether <see cref="DoPosted"/> takes the op: the interrupt levels a device model changes on its
+    /// devices' every register access, whose result it does not use.</summary>
+    public static bool IsPostable(uint op) => op is XEN_DMOP_set_pci_intx_level or XEN_DMOP_set_isa_irq_level;
+
+    /// <summary>
+    /// A dm_op the caller does not wait for (the daemon's posted form of __HYPERVISOR_dm_op, one buffer whose bytes
+    /// are <paramref name="buffer"/>): only <see cref="IsPostable"/> ops, with the same checks as
+    /// <see cref="Do"/>. Returns what the hypercall would have, for the log.
+    /// </summary>
+    public static unsafe long DoPosted(Domain caller, ushort domid, ReadOnlySpan<byte> buffer)
+    {
+        if (domid == Xen.DOMID_SELF || domid == caller.DomainId)
+            return -Errno.EPERM;
+        var d = caller.Host.FindDomain(domid);
+        if (d is null || d.IsHost)
+            return -Errno.ESRCH;
+        if (!caller.IsPrivileged)
+            return -Errno.EPERM;
+        if (buffer.Length < HeaderSize)
+            return -Errno.EFAULT;
+        XenDmOp op = default;
+        buffer[..HeaderSize].CopyTo(new Span<byte>(&op, HeaderSize));
+        if (!IsPostable(op.Op))
+            return -Errno.EOPNOTSUPP;
+        int size = OpSize[op.Op];
+        if (buffer.Length < HeaderSize + size)
+            return -Errno.EFAULT;
+        buffer.Slice(HeaderSize, size).CopyTo(new Span<byte>(op.U, size));
+        if (op.Pad != 0)
+            return -Errno.EINVAL;
+        return IrqLevel(d.Arch.Platform?.Irq, op);
+    }
+
     public static unsafe long Do(Vcpu v, in HypercallArgs a)
     {
         ushort domid = (ushort)a.A1;
@@ -85,19 +135,9 @@ internal static class DmOps
         switch (op.Op)
         {
             case XEN_DMOP_set_pci_intx_level:
-            {
-                var p = Unsafe.Read<XenDmOpSetPciIntxLevel>(op.U);
-                rc = p.Level > 1 ? -Errno.EINVAL
-                    : irq?.SetPciIntxLevel(p.Domain, p.Bus, p.Device, p.Intx, p.Level != 0) ?? ValidPciIntx(p);
-                break;
-            }
             case XEN_DMOP_set_isa_irq_level:
-            {
-                var p = Unsafe.Read<XenDmOpSetIsaIrqLevel>(op.U);
-                rc = p.Level > 1 ? -Errno.EINVAL
-                    : irq?.SetIsaIrqLevel(p.IsaIrq, p.Level != 0) ?? (p.IsaIrq < PlatformIrq.NrIsaIrqs ? 0 : -Errno.EINVAL);
+                rc = IrqLevel(irq, op);
                 break;
-            }
             case XEN_DMOP_set_pci_link_route:
             {
                 var p = Unsafe.Read<XenDmOpSetPciLinkRoute>(op.U);

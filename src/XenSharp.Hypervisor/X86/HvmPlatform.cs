@@ -30,6 +30,7 @@ internal sealed class HvmPlatform
         PmTimer = new PmTimer(domain, hvm.Irq);
         PmTimer.Register(hvm.PortIo);
         Hpet = new Hpet(domain, hvm.Irq, Pit, Rtc);
+        DelayPorts.Register(hvm.PortIo);
     }
 
     public PlatformIrq Irq { get; }

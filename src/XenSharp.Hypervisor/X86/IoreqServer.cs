@@ -25,6 +25,9 @@ internal sealed unsafe class IoreqServer
     private readonly bool _bufAtomic;
     private readonly List<(ulong Start, ulong End)>[] _ranges = [[], [], []];
     private readonly uint[] _vcpuPorts;
+    /// <summary>Per vCPU, the device model's shared word for the Domain-0 end of its port (0 for none): see
+    /// <see cref="AttachDoorbell"/>.</summary>
+    private readonly nint[] _doorbells;
 
     public IoreqServer(Domain d, ushort id, ushort dmDomain, byte handleBufioreq)
     {
@@ -37,6 +40,7 @@ internal sealed unsafe class IoreqServer
         IoreqPage = (IoreqSlot*)d.Host.Frames.PageAddress(mfn);
         new Span<byte>(IoreqPage, 4096).Clear();
         _vcpuPorts = new uint[d.Vcpus.Length];
+        _doorbells = new nint[d.Vcpus.Length];
         for (int i = 0; i < d.Vcpus.Length; i++)
         {
             long rc = d.Evtchn.AllocUnbound(dmDomain, out _vcpuPorts[i], Responded);
@@ -70,7 +74,8 @@ internal sealed unsafe class IoreqServer
     public ushort Id { get; }
     public ushort DmDomain { get; }
     public bool Enabled { get; set; }
-    public bool Destroyed { get; private set; }
+    public bool Destroyed { get => Volatile.Read(ref _destroyed); private set => Volatile.Write(ref _destroyed, value); }
+    private bool _destroyed;
     public uint IoreqMfn { get; }
     /// <summary>The synchronous ioreq page: slot i is vCPU i's (what the device model maps).</summary>
     public IoreqSlot* IoreqPage { get; }
@@ -78,11 +83,57 @@ internal sealed unsafe class IoreqServer
     public uint BufIoreqPort { get; private set; }
     public uint VcpuPort(int vcpu) => _vcpuPorts[vcpu];
 
-    /// <summary>The device model notified one of the vCPU ports: a response may be ready.</summary>
+    /// <summary>The device model notified one of the vCPU ports through the event channel: a response may be ready.
+    /// A vCPU that waits on its doorbell is woken there too.</summary>
     private void Responded()
     {
         lock (_lock)
+        {
             Monitor.PulseAll(_lock);
+            foreach (nint bell in _doorbells)
+                if (bell != 0)
+                    Ring((uint*)bell);
+        }
+    }
+
+    /// <summary>The bit a device model sets in a doorbell word as its notification (privcmd.h's
+    /// PRIVCMD_EVTCHN_NOTIFIED).</summary>
+    public const uint DoorbellNotified = 8;
+
+    private static void Ring(uint* bell)
+    {
+        Interlocked.Or(ref *bell, DoorbellNotified);
+        Futex.Wake(bell);
+    }
+
+    /// <summary>The vCPU whose port is <paramref name="port"/>, or -1.</summary>
+    public int VcpuOfPort(uint port) => Array.IndexOf(_vcpuPorts, port);
+
+    /// <summary>
+    /// Lets the device model notify vCPU <paramref name="vcpu"/>'s port by memory: <paramref name="word"/> is a 32-bit
+    /// word in memory shared with it, in which it sets <see cref="DoorbellNotified"/> and wakes futex waiters, as it
+    /// would otherwise send EVTCHNOP_send on the Domain-0 end. The vCPU then sleeps on that word while it waits for a
+    /// response, so that the device model wakes it with no thread in between. Until the returned handle is disposed
+    /// (which must happen before the word is unmapped) the word stays readable.
+    /// </summary>
+    public IDisposable AttachDoorbell(int vcpu, nint word)
+    {
+        lock (_lock)
+        {
+            _doorbells[vcpu] = word;
+            Monitor.PulseAll(_lock); // a vCPU waiting the old way moves over to the word
+        }
+        return new Doorbell(this, vcpu, word);
+    }
+
+    private sealed class Doorbell(IoreqServer server, int vcpu, nint word) : IDisposable
+    {
+        public void Dispose()
+        {
+            lock (server._lock)
+                if (server._doorbells[vcpu] == word)
+                    server._doorbells[vcpu] = 0;
+        }
     }
 
     public long MapRange(int type, ulong start, ulong end, bool map)
@@ -147,7 +198,7 @@ internal sealed unsafe class IoreqServer
                 | (dataIsPtr ? IoreqSlot.DataIsPtr : 0) | (df ? IoreqSlot.Df : 0)));
         }
         _d.Evtchn.Send(_vcpuPorts[v.Id]);
-        if (!AwaitResponse(ref slot))
+        if (!AwaitResponse(ref slot, v.Id))
             return false;
         if (count > 1)
         {
@@ -173,7 +224,7 @@ internal sealed unsafe class IoreqServer
     private const int SpinIterations = 64;
 
     /// <summary>Waits for STATE_IORESP_READY in the vCPU's slot; false when the server or domain went away first.</summary>
-    private bool AwaitResponse(ref IoreqSlot slot)
+    private bool AwaitResponse(ref IoreqSlot slot, int vcpu)
     {
         var spin = new SpinWait();
         for (int i = 0; i < SpinIterations && !spin.NextSpinWillYield; i++)
@@ -181,6 +232,27 @@ internal sealed unsafe class IoreqServer
             if ((Volatile.Read(ref slot.StateDir) & 0xF) == IoreqSlot.STATE_IORESP_READY)
                 return true;
             spin.SpinOnce(-1);
+        }
+        while (true)
+        {
+            uint* bell;
+            uint seen;
+            lock (_lock)
+            {
+                // Under the lock the word cannot be detached (and unmapped) while it is read.
+                bell = (uint*)_doorbells[vcpu];
+                if (bell == null)
+                    break;
+                // Cleared before the slot is checked: a notification after the check changes the word, so the
+                // futex wait below returns at once instead of sleeping on a value that is already stale.
+                seen = Interlocked.And(ref *bell, ~DoorbellNotified) & ~DoorbellNotified;
+            }
+            if ((Volatile.Read(ref slot.StateDir) & 0xF) == IoreqSlot.STATE_IORESP_READY)
+                return true;
+            if (Destroyed || _d.IsDying)
+                return false;
+            // A word unmapped meanwhile makes this fail with EFAULT; the next turn finds it detached.
+            Futex.Wait(bell, seen, WaitSliceMs);
         }
         lock (_lock)
         {
@@ -245,6 +317,9 @@ internal sealed unsafe class IoreqServer
                 return;
             Destroyed = true;
             Monitor.PulseAll(_lock);
+            foreach (nint bell in _doorbells ?? [])
+                if (bell != 0)
+                    Ring((uint*)bell);
         }
         foreach (uint port in _vcpuPorts)
             if (port != 0)
@@ -275,6 +350,12 @@ internal sealed class IoreqServers(Domain d)
     private uint _cf8;
 
     public bool Any => _servers.Length > 0;
+
+    /// <summary>The servers now.</summary>
+    public IReadOnlyList<IoreqServer> All => _servers;
+
+    /// <summary>What <see cref="TrySend"/> gives as the result of a write it queued on the buffered ring.</summary>
+    public const ulong SentBuffered = ulong.MaxValue;
 
     public long Create(ushort dmDomain, byte handleBufioreq, out ushort id)
     {
@@ -415,7 +496,10 @@ internal sealed class IoreqServers(Domain d)
             {
                 if (type == IOREQ_TYPE_COPY && !read && count <= 1 && address >= VgaMemBase && last <= VgaMemEnd
                     && (d.Arch.EmulationFlags & XenSharp.Public.ArchX86.XenX86Emu.XEN_X86_EMU_VGA) != 0 && s.SendBuffered(type, address, size, data))
+                {
+                    result = SentBuffered;
                     return true;
+                }
                 return s.Send(v, type, address, size, read, data, out result, count, dataIsPtr, df);
             }
         return false;

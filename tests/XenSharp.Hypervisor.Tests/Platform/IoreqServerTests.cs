@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using XenSharp.Cpu;
+using XenSharp.Hypervisor.Common;
 using XenSharp.Hypervisor.X86;
 using XenSharp.Hypervisor.X86.Io;
 using XenSharp.Public;
@@ -380,5 +381,94 @@ public sealed unsafe class IoreqServerTests : IDisposable
         Unsafe.Write(op.U, new XenDmOpSetIoreqServerState { Id = id, Enabled = 1 });
         other.Write(Guest.Scratch + 0x100, op);
         Assert.Equal(-Errno.EPERM, other.Call(Xen.__HYPERVISOR_dm_op, g.Id, 1, Guest.Scratch));
+    }
+
+    [Fact]
+    public void TheDelayPortsEndInTheHypervisorEvenWhenAServerClaimsThem()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id);
+        var model = new DeviceModel(_host, g.Domain.Arch.Ioreq.Get(id, 0, out _)!, g.Id);
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x80, 0x8F));
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0xED, 0xED));
+        Assert.Equal(0, SetState(g.Id, id, true));
+
+        // As under Xen, where the guest reaches 0x80 and 0xED directly: nothing there answers, and QEMU never hears.
+        g.Out(0x80, 0x42);
+        g.Out(0xED, 0x42);
+        Assert.Equal(0xFF, g.In(0x80));
+        Assert.Equal(0xFFFFUL, g.In(0xED, 2));
+        Assert.Empty(model.Seen);
+        // The port beside it is still the server's.
+        g.Out(0x81, 0x42);
+        Assert.Equal(0x42, g.In(0x81));
+    }
+
+    [Fact]
+    public void ADeviceModelAnswersThroughTheDoorbellWordOfItsPort()
+    {
+        var g = new HvmPlatformGuest(_host);
+        ushort id = CreateServer(g.Id);
+        var server = g.Domain.Arch.Ioreq.Get(id, 0, out _)!;
+        Assert.Equal(0, Map(g.Id, id, XenDmOpIoreqServerRange.XEN_DMOP_IO_RANGE_PORT, 0x300, 0x300));
+        Assert.Equal(0, SetState(g.Id, id, true));
+        Assert.Equal(0, _host.Dom0EvtchnBindInterdomain(g.Id, server.VcpuPort(0), () => { }, out uint port));
+        Assert.Equal(0, _host.Dom0EvtchnAllocUnbound(g.Id, () => { }, out uint unrelated));
+        uint* word = (uint*)NativeMemory.AllocZeroed(sizeof(uint));
+        try
+        {
+            // Only a port bound to a server's vCPU port takes a doorbell.
+            Assert.Null(_host.Dom0EvtchnDoorbell(unrelated, (nint)word));
+            using (var bell = _host.Dom0EvtchnDoorbell(port, (nint)word))
+            {
+                Assert.NotNull(bell);
+                for (int i = 0; i < 3; i++)
+                {
+                    var reader = Task.Run(() => g.In(0x300, 1));
+                    ref var slot = ref server.IoreqPage[0];
+                    Assert.True(TestHosts.WaitUntil(() => (Volatile.Read(ref server.IoreqPage[0].StateDir) & 0xF) == IoreqSlot.STATE_IOREQ_READY));
+                    // The model answers and rings: the notified bit and a futex wake, no event channel send.
+                    slot.Data = 0x30 + (ulong)i;
+                    Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IORESP_READY);
+                    Interlocked.Or(ref *word, IoreqServer.DoorbellNotified);
+                    Futex.Wake(word);
+                    Assert.True(reader.Wait(10_000));
+                    Assert.Equal(0x30UL + (ulong)i, reader.Result);
+                }
+            }
+            // Detached: the event channel is the way again.
+            var late = Task.Run(() => g.In(0x300, 1));
+            Assert.True(TestHosts.WaitUntil(() => (Volatile.Read(ref server.IoreqPage[0].StateDir) & 0xF) == IoreqSlot.STATE_IOREQ_READY));
+            server.IoreqPage[0].Data = 0x77;
+            Volatile.Write(ref server.IoreqPage[0].StateDir, IoreqSlot.STATE_IORESP_READY);
+            Assert.Equal(0, _host.Dom0EvtchnSend(port));
+            Assert.True(late.Wait(10_000));
+            Assert.Equal(0x77UL, late.Result);
+        }
+        finally
+        {
+            NativeMemory.Free(word);
+        }
+    }
+
+    [Fact]
+    public void APostedIrqLevelDmOpSetsTheLineAndRefusesWhatTheHypercallWould()
+    {
+        var g = new HvmPlatformGuest(_host);
+        var op = new XenDmOp { Op = XEN_DMOP_set_isa_irq_level };
+        Unsafe.Write(op.U, new XenDmOpSetIsaIrqLevel { IsaIrq = 4, Level = 1 });
+        var bytes = new ReadOnlySpan<byte>(&op, sizeof(XenDmOp));
+        Assert.Equal(0, _dm.PostedDmOp(g.Id, bytes));
+        g.Out(0x20, 0x0A); // OCW3: read the IRR
+        Assert.Equal(0x10, g.In(0x20) & 0x10);
+
+        Assert.Equal(-Errno.ESRCH, _dm.PostedDmOp(999, bytes));
+        Assert.Equal(-Errno.EPERM, _dm.PostedDmOp(0, bytes));
+        Assert.Equal(-Errno.EFAULT, _dm.PostedDmOp(g.Id, bytes[..4]));
+        Unsafe.Write(op.U, new XenDmOpSetIsaIrqLevel { IsaIrq = 4, Level = 2 });
+        Assert.Equal(-Errno.EINVAL, _dm.PostedDmOp(g.Id, new ReadOnlySpan<byte>(&op, sizeof(XenDmOp))));
+        // Only the interrupt levels are posted; anything else needs its answer.
+        op.Op = XEN_DMOP_nr_vcpus;
+        Assert.Equal(-Errno.EOPNOTSUPP, _dm.PostedDmOp(g.Id, new ReadOnlySpan<byte>(&op, sizeof(XenDmOp))));
     }
 }

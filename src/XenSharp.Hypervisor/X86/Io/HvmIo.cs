@@ -19,9 +19,15 @@ internal static class HvmIo
         if (v.Domain.Arch.PortIo.TryFind(port, out var device, out ulong offset))
         {
             if (device is not IPartialIoHandler partial)
+            {
+                if (HvmIoStats.On) HvmIoStats.Count(HvmIoStats.Kind.PioRead, port, HvmIoStats.Who.Hypervisor);
                 return device.Read(v, offset, size) & AllOnes(size);
+            }
             if (partial.TryRead(v, offset, size, out ulong value))
+            {
+                if (HvmIoStats.On) HvmIoStats.Count(HvmIoStats.Kind.PioRead, port, HvmIoStats.Who.Hypervisor);
                 return value & AllOnes(size);
+            }
         }
         return UnclaimedRead(v, IOREQ_TYPE_PIO, port, size);
     }
@@ -32,11 +38,15 @@ internal static class HvmIo
         {
             if (device is not IPartialIoHandler partial)
             {
+                if (HvmIoStats.On) HvmIoStats.Count(HvmIoStats.Kind.PioWrite, port, HvmIoStats.Who.Hypervisor);
                 device.Write(v, offset, size, value & AllOnes(size));
                 return;
             }
             if (partial.TryWrite(v, offset, size, value & AllOnes(size)))
+            {
+                if (HvmIoStats.On) HvmIoStats.Count(HvmIoStats.Kind.PioWrite, port, HvmIoStats.Who.Hypervisor);
                 return;
+            }
         }
         UnclaimedWrite(v, IOREQ_TYPE_PIO, port, size, value & AllOnes(size));
     }
@@ -44,14 +54,20 @@ internal static class HvmIo
     public static ulong MmioRead(Vcpu v, ulong gpa, int size)
     {
         if (FindMmio(v, gpa, out var device, out ulong offset))
+        {
+            if (HvmIoStats.On) HvmIoStats.Count(HvmIoStats.Kind.MmioRead, gpa, HvmIoStats.Who.Hypervisor);
             return device.Read(v, offset, size) & AllOnes(size);
+        }
         return UnclaimedRead(v, IOREQ_TYPE_COPY, gpa, size);
     }
 
     public static void MmioWrite(Vcpu v, ulong gpa, int size, ulong value)
     {
         if (FindMmio(v, gpa, out var device, out ulong offset))
+        {
+            if (HvmIoStats.On) HvmIoStats.Count(HvmIoStats.Kind.MmioWrite, gpa, HvmIoStats.Who.Hypervisor);
             device.Write(v, offset, size, value & AllOnes(size));
+        }
         else
             UnclaimedWrite(v, IOREQ_TYPE_COPY, gpa, size, value & AllOnes(size));
     }
@@ -72,8 +88,14 @@ internal static class HvmIo
         bool local = mmio ? FindMmio(v, address, out _, out _) : v.Domain.Arch.PortIo.TryFind((ushort)address, out _, out _);
         if (!local && servers.Any && (mmio || address is < 0xCF8 or > 0xCFF))
         {
+            long t0 = HvmIoStats.On ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
             if (servers.TrySend(v, type, address, size, !exit.IsWrite, exit.Data, out ulong done, exit.Count, exit.DataIsPointer, exit.Backward))
+            {
+                if (HvmIoStats.On)
+                    HvmIoStats.Count(mmio ? HvmIoStats.Kind.RepMmio : HvmIoStats.Kind.RepPio, address, HvmIoStats.Who.Ioreq,
+                        System.Diagnostics.Stopwatch.GetTimestamp() - t0, done);
                 return done;
+            }
         }
         long step = exit.Backward ? -size : size;
         for (uint i = 0; i < exit.Count; i++)
@@ -144,18 +166,32 @@ internal static class HvmIo
     private static ulong UnclaimedRead(Vcpu v, uint type, ulong address, int size)
     {
         var servers = v.Domain.Arch.Ioreq;
+        var kind = type == IOREQ_TYPE_PIO ? HvmIoStats.Kind.PioRead : HvmIoStats.Kind.MmioRead;
+        long t0 = HvmIoStats.On ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
         if (servers.Any && servers.TrySend(v, type, address, size, read: true, 0, out ulong result))
+        {
+            if (HvmIoStats.On) HvmIoStats.Count(kind, address, HvmIoStats.Who.Ioreq, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
             return result & AllOnes(size);
-        return v.Domain.Host.IoreqServer is { } server && server.TryRead(v.Domain.DomainId, type, address, size, out ulong value)
-            ? value & AllOnes(size)
-            : AllOnes(size);
+        }
+        ulong value = 0;
+        bool served = v.Domain.Host.IoreqServer is { } server && server.TryRead(v.Domain.DomainId, type, address, size, out value);
+        if (HvmIoStats.On) HvmIoStats.Count(kind, address, served ? HvmIoStats.Who.InProcess : HvmIoStats.Who.Nobody);
+        return served ? value & AllOnes(size) : AllOnes(size);
     }
 
     private static void UnclaimedWrite(Vcpu v, uint type, ulong address, int size, ulong value)
     {
         var servers = v.Domain.Arch.Ioreq;
-        if (servers.Any && servers.TrySend(v, type, address, size, read: false, value, out _))
+        var kind = type == IOREQ_TYPE_PIO ? HvmIoStats.Kind.PioWrite : HvmIoStats.Kind.MmioWrite;
+        long t0 = HvmIoStats.On ? System.Diagnostics.Stopwatch.GetTimestamp() : 0;
+        if (servers.Any && servers.TrySend(v, type, address, size, read: false, value, out ulong buffered))
+        {
+            if (HvmIoStats.On)
+                HvmIoStats.Count(kind, address, buffered == IoreqServers.SentBuffered ? HvmIoStats.Who.Buffered : HvmIoStats.Who.Ioreq,
+                    System.Diagnostics.Stopwatch.GetTimestamp() - t0);
             return;
+        }
+        if (HvmIoStats.On) HvmIoStats.Count(kind, address, v.Domain.Host.IoreqServer is null ? HvmIoStats.Who.Nobody : HvmIoStats.Who.InProcess);
         v.Domain.Host.IoreqServer?.TryWrite(v.Domain.DomainId, type, address, size, value);
     }
 }
