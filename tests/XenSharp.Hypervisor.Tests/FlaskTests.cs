@@ -8,26 +8,31 @@ using static XenSharp.Public.FlaskOp;
 
 namespace XenSharp.Hypervisor.Tests;
 
-/// <summary>Compiles the tests' FLASK policy (tests/flask/xensharp-test.te) with Debian's checkpolicy, once per version.</summary>
+/// <summary>Compiles the tests' FLASK policy (policy/flask/xen-abi.te, Xen's classes and permissions, then
+/// tests/flask/xensharp-test.te) with Debian's checkpolicy, once per version.</summary>
 internal static class TestPolicy
 {
     private static readonly Dictionary<string, byte[]> Compiled = [];
 
-    public static string SourcePath
+    private static string Root
     {
         get
         {
             for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
                 if (File.Exists(Path.Combine(dir.FullName, "XenSharp.slnx")))
-                    return Path.Combine(dir.FullName, "tests", "flask", "xensharp-test.te");
+                    return dir.FullName;
             throw new FileNotFoundException("the repository root (XenSharp.slnx) is not above the test binaries");
         }
     }
 
+    /// <summary>The whole policy source: Xen's ABI declarations, then the tests' rules.</summary>
+    public static string Source =>
+        File.ReadAllText(Path.Combine(Root, "policy", "flask", "xen-abi.te")) + File.ReadAllText(Path.Combine(Root, "tests", "flask", "xensharp-test.te"));
+
     /// <summary>The binary policy checkpolicy writes for Xen, of policy version <paramref name="version"/>.</summary>
     public static byte[] Binary(int version = 30, string? source = null, bool mls = false)
     {
-        source ??= File.ReadAllText(SourcePath);
+        source ??= Source;
         string key = $"{version}/{mls}/{source}";
         lock (Compiled)
         {
@@ -297,7 +302,7 @@ public sealed unsafe class FlaskTests : IDisposable
 
         // Refused through the real handler too: an event channel between guests of two types, under a policy without
         // event rules between types.
-        string noEvents = File.ReadAllText(TestPolicy.SourcePath).Replace("allow domain_type domain_type:event *;", "");
+        string noEvents = TestPolicy.Source.Replace("allow domain_type domain_type:event *;", "");
         Assert.Equal(0, Load(TestPolicy.Binary(source: noEvents)));
         Assert.Equal(-Errno.EACCES, XsmHooks.EvtchnUnbound(locked, locked, a.DomainId));
         Assert.Equal(0, locked.Evtchn.AllocUnbound(a.DomainId, out uint port));
