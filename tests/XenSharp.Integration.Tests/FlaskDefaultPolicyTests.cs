@@ -114,16 +114,18 @@ public sealed class FlaskDefaultPolicyTests : IClassFixture<FlaskDefaultPolicyTe
         string cfg = Repository.PathOf("tests", "guests", "peers.cfg");
 
         // Two domU_t guests: a channel from one to the other, each copies the other's grant, each signals the other.
-        Xl("create", cfg, "name=\"talk-a\"", "cmdline=\"peer=+1\"");
+        Xl("create", "-p", cfg, "name=\"talk-a\"", "cmdline=\"peer=+1\"");
         string a = Xl("domid", "talk-a").Stdout.Trim();
-        Xl("create", cfg, "name=\"talk-b\"", "cmdline=\"peer=-1\"");
+        Xl("create", "-p", cfg, "name=\"talk-b\"", "cmdline=\"peer=-1\"");
         string b = Xl("domid", "talk-b").Stdout.Trim();
         Assert.Equal(int.Parse(a) + 1, int.Parse(b)); // the guests find each other by these
+        Xl("unpause", a);
+        Xl("unpause", b);
         Assert.True(XlHost.WaitUntil(() => ConsoleLog("talk-a").Contains("DONE") && ConsoleLog("talk-b").Contains("DONE"),
             TimeSpan.FromMinutes(3)), ConsoleLog("talk-a") + ConsoleLog("talk-b"));
         foreach (var (log, self, peer) in new[] { (ConsoleLog("talk-a"), a, b), (ConsoleLog("talk-b"), b, a) })
         {
-            Assert.Contains("failed=0", log);
+            Assert.True(log.Contains("failed=0"), log);
             Assert.Contains("PASS peers.grant_copy", log);
             Assert.Contains("PASS peers.signalled", log);
             Assert.Contains($"# d{self} and d{peer} talked", log);
@@ -135,11 +137,13 @@ public sealed class FlaskDefaultPolicyTests : IClassFixture<FlaskDefaultPolicyTe
 
         // isolated_domU_t and domU_t: each side's port for the other is refused with EACCES, each copy of the other's
         // grant with GNTST_permission_denied, and Xen's avc lines say which rule refused them.
-        Xl("create", cfg, "name=\"apart-a\"", "cmdline=\"peer=+1 expect=deny\"", "seclabel=\"system_u:system_r:isolated_domU_t\"");
+        Xl("create", "-p", cfg, "name=\"apart-a\"", "cmdline=\"peer=+1 expect=deny\"", "seclabel=\"system_u:system_r:isolated_domU_t\"");
         string i = Xl("domid", "apart-a").Stdout.Trim();
-        Xl("create", cfg, "name=\"apart-b\"", "cmdline=\"peer=-1 expect=deny\"");
+        Xl("create", "-p", cfg, "name=\"apart-b\"", "cmdline=\"peer=-1 expect=deny\"");
         string u = Xl("domid", "apart-b").Stdout.Trim();
         Assert.Equal(int.Parse(i) + 1, int.Parse(u));
+        Xl("unpause", i);
+        Xl("unpause", u);
         Assert.True(XlHost.WaitUntil(() => ConsoleLog("apart-a").Contains("kept apart") && ConsoleLog("apart-b").Contains("kept apart"),
             TimeSpan.FromMinutes(3)), ConsoleLog("apart-a") + ConsoleLog("apart-b"));
         string labels = Labels();
