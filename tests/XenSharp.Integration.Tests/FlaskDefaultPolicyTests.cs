@@ -27,8 +27,14 @@ public sealed class FlaskDefaultPolicyTests : IClassFixture<FlaskDefaultPolicyTe
     }
 
     private readonly XlHost _xl;
+    private readonly int _earlierLines;
 
-    public FlaskDefaultPolicyTests(Enforcing host) => _xl = host.Xl;
+    public FlaskDefaultPolicyTests(Enforcing host)
+    {
+        _xl = host.Xl;
+        // The daemon is the class's: this test's denials are those after the lines the others left, domids being reused.
+        _earlierLines = Dmesg().Split('\n').Length - 1;
+    }
 
     private static XlResult Ok(XlResult r)
     {
@@ -59,7 +65,7 @@ public sealed class FlaskDefaultPolicyTests : IClassFixture<FlaskDefaultPolicyTe
     }
 
     private List<string> Denials(string domid) =>
-        Dmesg().Split('\n').Where(l => l.Contains("avc:  denied") && (l.Contains($"target=d{domid} ") || l.Contains($"source=d{domid} "))).ToList();
+        Dmesg().Split('\n').Skip(_earlierLines).Where(l => l.Contains("avc:  denied") && (l.Contains($"target=d{domid} ") || l.Contains($"source=d{domid} "))).ToList();
 
     [Fact, Trait("Feature", "FLASK default policy")]
     public void DomainZeroBuildsAndRunsDomUGuestsUnderTheBuiltInPolicy()
