@@ -113,14 +113,19 @@ namespace XenSharp.Daemon
                 Console.Error.WriteLine($"xensharpd: XENSHARP_ARGO: {e.Message}");
                 return 2;
             }
-            // XENSHARP_FLASK takes Xen's flask= boot option (disabled, permissive or enforcing); FLASK is off without it.
+            // XENSHARP_FLASK takes Xen's flask= boot option (disabled, permissive, enforcing or late); FLASK is off without
+            // it, and starts with the built-in default policy loaded unless late.
             if (!XenSharp.Hypervisor.Xsm.FlaskModes.TryParse(Environment.GetEnvironmentVariable("XENSHARP_FLASK"), out var flask))
             {
-                Console.Error.WriteLine($"xensharpd: XENSHARP_FLASK: expected disabled, permissive or enforcing");
+                Console.Error.WriteLine($"xensharpd: XENSHARP_FLASK: expected disabled, permissive, enforcing or late");
                 return 2;
             }
             var xen = new XenSharp.Hypervisor.XenHypervisor(
-                new XenSharp.Hypervisor.HypervisorOptions { MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true, Argo = argo, Flask = flask });
+                new XenSharp.Hypervisor.HypervisorOptions
+                {
+                    MachineMemoryBytes = machineMemoryBytes, TrimHostHeap = true, Argo = argo, Flask = flask,
+                    FlaskPolicy = flask == XenSharp.Hypervisor.Xsm.FlaskMode.Disabled ? null : XenSharp.Hypervisor.Xsm.DefaultPolicy.Binary,
+                });
             using var hv = new XenHypervisorPlatform(xen);
             using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs) { ExternalXenconsoled = externalXenconsoled };
             host.StopRequested += stop.Set;

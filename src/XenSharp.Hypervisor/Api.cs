@@ -113,6 +113,11 @@ public sealed class HypervisorOptions
     /// <summary>FLASK, as Xen's <c>flask=</c> boot option: disabled (the default: Xen's dummy XSM, nothing checked
     /// beyond privilege), permissive or enforcing.</summary>
     public Xsm.FlaskMode Flask { get; init; }
+
+    /// <summary>The policy FLASK loads at start, as Xen loads its boot module or built-in policy (the daemon passes
+    /// <see cref="Xsm.DefaultPolicy.Binary"/>); none with <see cref="Xsm.FlaskMode.Late"/>, or when null, in which case
+    /// everything is allowed until a policy is loaded.</summary>
+    public byte[]? FlaskPolicy { get; init; }
 }
 
 /// <summary>A guest frame mapped into the host; dispose to let the frame go.</summary>

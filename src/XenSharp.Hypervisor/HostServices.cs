@@ -40,7 +40,7 @@ internal sealed class HostServices : IDisposable
         CommandLine = options.CommandLine;
         Dom0 = new Domain(this, 0, DomainKind.Pvh, 0, 0, isHost: true) { State = DomainRunState.Running, PauseCount = 0 };
         _domains[0] = Dom0;
-        Flask = options.Flask == Xsm.FlaskMode.Disabled ? null : new Xsm.Flask(this, options.Flask);
+        Flask = options.Flask == Xsm.FlaskMode.Disabled ? null : new Xsm.Flask(this, options.Flask, options.FlaskPolicy);
     }
 
     public HypervisorOptions Options { get; }

@@ -13,6 +13,10 @@ public static class FlaskOp
         FLASK_DISABLE = 15, FLASK_GETAVC_THRESHOLD = 16, FLASK_SETAVC_THRESHOLD = 17, FLASK_AVC_HASHSTATS = 18,
         FLASK_AVC_CACHESTATS = 19, FLASK_MEMBER = 20, FLASK_ADD_OCONTEXT = 21, FLASK_DEL_OCONTEXT = 22,
         FLASK_GET_PEER_SID = 23, FLASK_RELABEL_DOMAIN = 24, FLASK_DEVICETREE_LABEL = 25;
+
+    /// <summary>xen/xsm/flask/include/flask.h's initial SIDs a toolstack names (libxl gives an unlabelled guest
+    /// SECINITSID_DOMU and an unlabelled device model SECINITSID_DOMDM).</summary>
+    public const uint SECINITSID_DOMU = 12, SECINITSID_DOMDM = 13;
 }
 
 /// <summary>struct xen_flask_load.</summary>

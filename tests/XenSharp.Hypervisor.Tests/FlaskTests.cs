@@ -8,26 +8,31 @@ using static XenSharp.Public.FlaskOp;
 
 namespace XenSharp.Hypervisor.Tests;
 
-/// <summary>Compiles the tests' FLASK policy (tests/flask/xensharp-test.te) with Debian's checkpolicy, once per version.</summary>
+/// <summary>Compiles the tests' FLASK policy (policy/flask/xen-abi.te, Xen's classes and permissions, then
+/// tests/flask/xensharp-test.te) with Debian's checkpolicy, once per version.</summary>
 internal static class TestPolicy
 {
     private static readonly Dictionary<string, byte[]> Compiled = [];
 
-    public static string SourcePath
+    private static string Root
     {
         get
         {
             for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
                 if (File.Exists(Path.Combine(dir.FullName, "XenSharp.slnx")))
-                    return Path.Combine(dir.FullName, "tests", "flask", "xensharp-test.te");
+                    return dir.FullName;
             throw new FileNotFoundException("the repository root (XenSharp.slnx) is not above the test binaries");
         }
     }
 
+    /// <summary>The whole policy source: Xen's ABI declarations, then the tests' rules.</summary>
+    public static string Source =>
+        File.ReadAllText(Path.Combine(Root, "policy", "flask", "xen-abi.te")) + File.ReadAllText(Path.Combine(Root, "tests", "flask", "xensharp-test.te"));
+
     /// <summary>The binary policy checkpolicy writes for Xen, of policy version <paramref name="version"/>.</summary>
     public static byte[] Binary(int version = 30, string? source = null, bool mls = false)
     {
-        source ??= File.ReadAllText(SourcePath);
+        source ??= Source;
         string key = $"{version}/{mls}/{source}";
         lock (Compiled)
         {
@@ -75,11 +80,12 @@ public sealed unsafe class FlaskTests : IDisposable
     private XenHypervisor _host = null!;
     private Dom0HypercallContext _dom0 = null!;
 
-    private void Start(FlaskMode mode)
+    private void Start(FlaskMode mode, byte[]? bootPolicy = null)
     {
         _host = new XenHypervisor(new HypervisorOptions
         {
             MachineMemoryBytes = 256UL << 20, Pcpus = 1, EngineFactory = m => new TestEngine(m), Flask = mode,
+            FlaskPolicy = bootPolicy,
         });
         _dom0 = _host.OpenDom0Hypercalls((nint)_buffers, CallerBase, BufferBytes);
     }
@@ -160,6 +166,38 @@ public sealed unsafe class FlaskTests : IDisposable
     /// <summary>Xen 4.17's security_classes in order: the class numbers of the ABI.</summary>
     private static readonly string[] Classes =
         ["xen", "xen2", "domain", "domain2", "hvm", "mmu", "resource", "shadow", "event", "grant", "security", "version", "argo"];
+
+    [Fact, Trait("Feature", "FLASK default policy")]
+    public void TheBuiltInPolicyLoadsAtStartAndGivesDomainsTheirSelfLabels()
+    {
+        Start(FlaskMode.Enforcing, DefaultPolicy.Binary);
+        Assert.Contains("Flask:  Starting in enforcing mode.", _host.ReadDmesg());
+        Assert.DoesNotContain("Policy loaded", _host.ReadDmesg());
+        Assert.Equal(1, Flask(FLASK_GETENFORCE));
+        Assert.Equal("system_u:system_r:domU_t", SidToContext(SECINITSID_DOMU));
+        Assert.Equal("system_u:system_r:dm_dom_t", SidToContext(SECINITSID_DOMDM));
+
+        // A domain acts on itself under its label's _self type; Domain-0, a single domain, under its own.
+        ushort domid = CreateGuest(SECINITSID_DOMU);
+        var d = _host.Services.FindDomain(domid)!;
+        Assert.Equal("system_u:system_r:domU_t_self", SidToContext(d.SelfSsid));
+        Assert.Equal(0u, _host.Services.Dom0.SelfSsid);
+        Assert.Equal(0, ContextToSid("system_u:system_r:isolated_domU_t", out uint isolated));
+        Assert.Equal(0, ContextToSid("system_u:system_r:nomigrate_t", out uint nomigrate));
+
+        // Grants between guests (class grant: map_read map_write unmap transfer setup copy query): domU_t with domU_t,
+        // not with isolated_domU_t; Domain-0 reads a domU_t guest's memory (class mmu: map_read first) but not a
+        // nomigrate_t guest's, and may create neither directly as nomigrate_t (class domain: create is bit 4).
+        const uint grantCopy = 1u << 5, mmuMapRead = 1u << 0, domainCreate = 1u << 4;
+        Assert.NotEqual(0u, Access(SECINITSID_DOMU, SECINITSID_DOMU, "grant").Allowed & grantCopy);
+        Assert.Equal(0u, Access(SECINITSID_DOMU, isolated, "grant").Allowed & grantCopy);
+        Assert.Equal(0u, Access(isolated, SECINITSID_DOMU, "grant").Allowed & grantCopy);
+        Assert.NotEqual(0u, Access(Xsm.Flask.SecinitsidDom0, SECINITSID_DOMU, "mmu").Allowed & mmuMapRead);
+        Assert.Equal(0u, Access(Xsm.Flask.SecinitsidDom0, nomigrate, "mmu").Allowed & mmuMapRead);
+        Assert.Equal(0u, Access(Xsm.Flask.SecinitsidDom0, nomigrate, "domain").Allowed & domainCreate);
+        Assert.NotEqual(0u, Access(Xsm.Flask.SecinitsidDom0, SECINITSID_DOMU, "domain").Allowed & domainCreate);
+        Assert.Equal(Errno.EACCES, Assert.Throws<HypervisorException>(() => CreateGuest(nomigrate)).Errno);
+    }
 
     [Fact]
     public void WithFlaskOffXsmOpIsNotImplementedAndDomainsCarryNoLabel()
@@ -297,7 +335,7 @@ public sealed unsafe class FlaskTests : IDisposable
 
         // Refused through the real handler too: an event channel between guests of two types, under a policy without
         // event rules between types.
-        string noEvents = File.ReadAllText(TestPolicy.SourcePath).Replace("allow domain_type domain_type:event *;", "");
+        string noEvents = TestPolicy.Source.Replace("allow domain_type domain_type:event *;", "");
         Assert.Equal(0, Load(TestPolicy.Binary(source: noEvents)));
         Assert.Equal(-Errno.EACCES, XsmHooks.EvtchnUnbound(locked, locked, a.DomainId));
         Assert.Equal(0, locked.Evtchn.AllocUnbound(a.DomainId, out uint port));

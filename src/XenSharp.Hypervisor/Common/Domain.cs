@@ -105,6 +105,9 @@ internal sealed unsafe class Domain
     public int PauseCount { get; set; } = 1;
     /// <summary>The domain's FLASK label (its SID); 0 while FLASK is off, as Xen's dummy XSM reports.</summary>
     public uint Ssid { get; set; }
+    /// <summary>The label the domain acts on itself under (Xen's self_sid: its label's transition over itself in class
+    /// domain); 0 is <see cref="Ssid"/>.</summary>
+    public uint SelfSsid { get; set; }
     public uint? ShutdownReason { get; set; }
     /// <summary>Reason stored by SCHEDOP_shutdown_code, reported when the domain later shuts down.</summary>
     public uint? ShutdownCode { get; set; }

@@ -37,11 +37,17 @@ internal sealed class Flask
     private volatile bool _enforcing;
     private uint _seqno;
 
-    public Flask(HostServices host, FlaskMode mode)
+    public Flask(HostServices host, FlaskMode mode, byte[]? policy = null)
     {
         _host = host;
-        _enforcing = mode == FlaskMode.Enforcing;
+        _enforcing = mode is FlaskMode.Enforcing or FlaskMode.Late;
         host.Dom0.Ssid = SecinitsidDom0;
+        // flask_init: the boot policy, unless the policy is to come later; enforcing without one cannot start.
+        long rc = policy is null || mode == FlaskMode.Late ? -Errno.ENOENT : Load(policy, boot: true);
+        if (rc < 0 && mode == FlaskMode.Enforcing && policy is not null)
+            throw new InvalidOperationException("Unable to load FLASK policy");
+        host.Log(rc < 0 ? "Flask:  Access controls disabled until policy is loaded."
+            : $"Flask:  Starting in {(_enforcing ? "enforcing" : "permissive")} mode.");
     }
 
     public bool Enforcing => _enforcing;
@@ -52,10 +58,16 @@ internal sealed class Flask
     /// <summary>The label a domain runs with (Xen's domain_sid).</summary>
     public static uint SidOf(Domain d) => d.Ssid != 0 ? d.Ssid : SecinitsidUnlabeled;
 
+    /// <summary>The label <paramref name="source"/> sees <paramref name="target"/> under (Xen's domain_target_sid): its
+    /// own self label when acting on itself, else the target's label.</summary>
+    public static uint TargetSidOf(Domain source, Domain target) =>
+        source == target && source.SelfSsid != 0 ? source.SelfSsid : SidOf(target);
+
     // ---- policy and state ----
 
-    /// <summary>FLASK_LOAD: parses <paramref name="policy"/> and makes it current; the old SIDs keep their labels.</summary>
-    public long Load(ReadOnlySpan<byte> policy)
+    /// <summary>FLASK_LOAD: parses <paramref name="policy"/> and makes it current; the old SIDs keep their labels.
+    /// <paramref name="boot"/>: the policy loaded at start, which <c>flask_init</c> reports instead.</summary>
+    public long Load(ReadOnlySpan<byte> policy, bool boot = false)
     {
         Policydb db;
         try
@@ -72,7 +84,7 @@ internal sealed class Flask
             bool reload = _ss is not null;
             _ss = new SecurityServer(db, _ss, ++_seqno);
             _avc.Clear();
-            if (!reload)
+            if (!reload && !boot)
                 _host.Log($"Flask: Policy loaded, continuing in {(_enforcing ? "enforcing" : "permissive")} mode.");
         }
         return 0;
@@ -146,7 +158,7 @@ internal sealed class Flask
     /// <summary>domain_has_perm: may <paramref name="source"/> do <paramref name="perm"/> to <paramref name="target"/>?
     /// 0, or -EACCES when enforcing and the policy says no.</summary>
     public long DomainHasPerm(Domain source, Domain target, Perm perm, Perm? also = null) =>
-        HasPerm(SidOf(source), SidOf(target), perm, source, target, also: also);
+        HasPerm(SidOf(source), TargetSidOf(source, target), perm, source, target, also: also);
 
     /// <summary>avc_has_perm for an object of SID <paramref name="tsid"/> that is no domain (Xen, the security
     /// server, an event channel); the audit line names the caller as current.</summary>
@@ -240,7 +252,16 @@ internal sealed class Flask
         return HasPerm(SidOf(creator), sid, Av.DomainCreate, creator, null, asCurrent: true);
     }
 
-    public static void Label(Domain d, uint ssidref) => d.Ssid = ssidref != 0 ? ssidref : SecinitsidUnlabeled;
+    /// <summary>Sets <paramref name="d"/>'s label and the self label that the policy's transition of the label over
+    /// itself in class domain gives it (the label itself when the policy has no such rule, or no policy is loaded).</summary>
+    public void Label(Domain d, uint ssidref)
+    {
+        d.Ssid = ssidref != 0 ? ssidref : SecinitsidUnlabeled;
+        d.SelfSsid = d.Ssid;
+        if (_ss is { } ss && ss.Resolve(Av.DomainCreate) is var (domainClass, _) && domainClass != 0
+            && TransitionSid(d.Ssid, d.Ssid, domainClass, Policydb.AvtabTransition, out uint self) >= 0)
+            d.SelfSsid = self;
+    }
 
     /// <summary>FLASK_RELABEL_DOMAIN: relabelfrom/relabelto by the caller (relabelself for itself) and the
     /// domain's transition to the new label.</summary>
@@ -258,20 +279,19 @@ internal sealed class Flask
         rc = HasPerm(SidOf(d), sid, Av.DomainTransition, caller, d);
         if (rc < 0)
             return rc;
-        d.Ssid = sid;
+        Label(d, sid);
         return 0;
     }
 }
 
 /// <summary>FLASK's mode at start, as Xen's <c>flask=</c> boot option: off (Xen's dummy XSM), permissive (denials are
-/// only reported) or enforcing.</summary>
-public enum FlaskMode { Disabled, Permissive, Enforcing }
+/// only reported), enforcing, or late (enforcing, with no policy loaded at start: one is loaded later).</summary>
+public enum FlaskMode { Disabled, Permissive, Enforcing, Late }
 
 /// <summary>Parses the value of Xen's <c>flask=</c> boot option.</summary>
 public static class FlaskModes
 {
-    /// <summary>disabled, permissive or enforcing (null or empty: disabled); false for anything else. Xen's
-    /// <c>late</c> (load a policy later, then enforce) is enforcing here, since nothing is enforced before a load.</summary>
+    /// <summary>disabled, permissive, enforcing or late (null or empty: disabled); false for anything else.</summary>
     public static bool TryParse(string? value, out FlaskMode mode)
     {
         mode = FlaskMode.Disabled;
@@ -279,7 +299,8 @@ public static class FlaskModes
         {
             case null or "" or "disabled": return true;
             case "permissive": mode = FlaskMode.Permissive; return true;
-            case "enforcing" or "late": mode = FlaskMode.Enforcing; return true;
+            case "enforcing": mode = FlaskMode.Enforcing; return true;
+            case "late": mode = FlaskMode.Late; return true;
             default: return false;
         }
     }

@@ -128,8 +128,7 @@ internal static class XsmHooks
     /// <summary>Gives a new domain its label (nothing with FLASK off: the SSID stays 0, as Xen's dummy reports).</summary>
     public static void DomainCreated(Domain d, uint ssidref)
     {
-        if (d.Host.Flask is not null)
-            Flask.Label(d, ssidref);
+        d.Host.Flask?.Label(d, ssidref);
     }
 
     private static long DomctlChecked(Flask f, Domain caller, Domain? d, ref XenDomctl op)
@@ -190,17 +189,18 @@ internal static class XsmHooks
         var ss = f.Server;
         if (ss is null)
             return 0;
-        uint s1 = Flask.SidOf(d1), s2 = Flask.SidOf(d2);
+        // Each end sees the other under its target label (its self label for a loopback channel).
+        uint s1 = Flask.SidOf(d1), s2 = Flask.TargetSidOf(d1, d2);
         var (eventClass, _) = ss.Resolve(Av.EventCreate);
         // The new channel's label, and the label the other end got when it was allocated unbound.
         if (f.TransitionSid(s1, s2, eventClass, Policydb.AvtabTransition, out uint chan) < 0
-            || f.TransitionSid(s2, s1, eventClass, Policydb.AvtabTransition, out uint reverse) < 0)
+            || f.TransitionSid(Flask.SidOf(d2), Flask.TargetSidOf(d2, d1), eventClass, Policydb.AvtabTransition, out uint reverse) < 0)
             return -Errno.EACCES;
         long rc = f.HasPerm(s1, chan, Av.EventCreate, d1, d2);
         if (rc >= 0)
             rc = f.HasPerm(chan, s2, Av.EventBind, d1, d2);
         if (rc >= 0)
-            rc = f.HasPerm(reverse, s1, Av.EventBind, d1, d2);
+            rc = f.HasPerm(reverse, Flask.TargetSidOf(d2, d1), Av.EventBind, d1, d2);
         return rc;
     }
 
@@ -211,7 +211,7 @@ internal static class XsmHooks
             return 0;
         if (d1.Host.FindDomain(remoteDom) is not { } d2)
             return -Errno.EPERM; // as Xen's FLASK: the remote end must exist to label the channel
-        uint s1 = Flask.SidOf(d1), s2 = Flask.SidOf(d2);
+        uint s1 = Flask.SidOf(d1), s2 = Flask.TargetSidOf(d1, d2);
         var (eventClass, _) = ss.Resolve(Av.EventCreate);
         if (f.TransitionSid(s1, s2, eventClass, Policydb.AvtabTransition, out uint chan) < 0)
             return -Errno.EACCES;
@@ -226,7 +226,7 @@ internal static class XsmHooks
             return 0;
         // The channel's label is the one its binding computed; it is recomputed here rather than stored per port.
         var (eventClass, _) = ss.Resolve(Av.EventSend);
-        uint s1 = Flask.SidOf(sender), s2 = Flask.SidOf(remote);
+        uint s1 = Flask.SidOf(sender), s2 = Flask.TargetSidOf(sender, remote);
         if (f.TransitionSid(s1, s2, eventClass, Policydb.AvtabTransition, out uint chan) < 0)
             return -Errno.EACCES;
         return f.HasPerm(s1, chan, Av.EventSend, sender, remote);

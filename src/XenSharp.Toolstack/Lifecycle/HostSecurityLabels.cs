@@ -13,8 +13,11 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// </summary>
 public sealed partial class Host
 {
+    /// <summary>The label a domain is created under; without one in its configuration, the initial SID domU (the
+    /// policy's default guest label), as libxl gives it when FLASK is on.</summary>
     private uint CreateSsidref(DomainConfig c) =>
-        c.InitSeclabel is { } init ? Sid(init, "init_seclabel") : c.Seclabel is { } label ? Sid(label, "seclabel") : 0;
+        c.InitSeclabel is { } init ? Sid(init, "init_seclabel") : c.Seclabel is { } label ? Sid(label, "seclabel")
+        : _hv.FlaskEnabled ? FlaskOp.SECINITSID_DOMU : 0;
 
     private uint Sid(string label, string key)
     {
