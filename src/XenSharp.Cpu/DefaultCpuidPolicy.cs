@@ -23,8 +23,8 @@ public class DefaultCpuidPolicy : ICpuidPolicy
         | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
     // Leaf 1 ECX: CX16, PCID, MOVBE, POPCNT, XSAVE, RDRAND, hypervisor (OSXSAVE follows CR4).
     public const uint Leaf1Ecx = (1u << 13) | (1u << 17) | (1u << 22) | (1u << 23) | (1u << 26) | (1u << 30) | (1u << 31);
-    // Leaf 7 EBX: FSGSBASE, BMI1, SMEP, BMI2, ERMS, INVPCID, RDSEED, ADX, SMAP.
-    public const uint Leaf7Ebx = (1u << 0) | (1u << 3) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 18) | (1u << 19) | (1u << 20);
+    // Leaf 7 EBX: FSGSBASE, TSC_ADJUST, BMI1, SMEP, BMI2, ERMS, INVPCID, RDSEED, ADX, SMAP.
+    public const uint Leaf7Ebx = (1u << 0) | (1u << 1) | (1u << 3) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 18) | (1u << 19) | (1u << 20);
     // Leaf 7 EDX: IA32_ARCH_CAPABILITIES is readable.
     public const uint Leaf7Edx = 1u << 29;
     /// <summary>IA32_ARCH_CAPABILITIES: the engine executes nothing speculatively, so it reports itself

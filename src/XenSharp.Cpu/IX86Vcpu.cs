@@ -22,6 +22,10 @@ public interface IX86Vcpu : IVcpu
     /// <summary>Guest TSC = host ns * TscKhz / 1e6 + this offset (see <see cref="X86Engine.ComputeTsc"/>).</summary>
     long TscOffsetValue { get; set; }
 
+    /// <summary>IA32_TSC_ADJUST as kept, without moving the counter (Xen's TSC_ADJUST save record); a guest's
+    /// WRMSR to it moves the counter too.</summary>
+    long TscAdjustValue { get; set; }
+
     /// <summary>When set, #DB (breakpoints, single-step, general detect, INT1) and INT3 leave
     /// <see cref="IVcpu.Run"/> with <see cref="VcpuExitReason.Debug"/> instead of entering the
     /// guest's handler: <see cref="VcpuExit.Port"/> = vector (1 or 3), <see cref="VcpuExit.Data"/> =

@@ -84,6 +84,8 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     internal ulong Star, Lstar, Cstar, Sfmask, KernelGsBase, TscAux, Pat = 0x0007040600070406UL;
     internal ulong SysenterCs, SysenterEsp, SysenterEip, MiscEnable = 1, ApicBase = 0xFEE00900;
     internal long TscOffset;
+    /// <summary>IA32_TSC_ADJUST: what guest writes (to it or to the TSC) have added to the counter.</summary>
+    internal long TscAdjust;
     internal ulong MtrrDefType;
     internal readonly ulong[] MtrrFixed = new ulong[11];
     internal readonly ulong[] MtrrVar = new ulong[16];
@@ -169,6 +171,8 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     public ulong Tsc => ReadTsc();
 
     public long TscOffsetValue { get => TscOffset; set => TscOffset = value; }
+
+    public long TscAdjustValue { get => TscAdjust; set => TscAdjust = value; }
 
     /// <summary>Real-mode state for an AP started by SIPI: CS = vector &lt;&lt; 8, IP = 0.</summary>
     public void StartupIpi(byte vector)

@@ -7,7 +7,7 @@ using XenSharp.Public.Hvm;
 namespace XenSharp.Hypervisor;
 
 /// <summary>XEN_DOMCTL_gethvmcontext and XEN_DOMCTL_sethvmcontext: a translated domain's vCPU and vLAPIC state as
-/// the records of Xen's HVM save format (HEADER, CPU per online vCPU, LAPIC and LAPIC_REGS per vCPU, MTRR per
+/// the records of Xen's HVM save format (HEADER, CPU per online vCPU, LAPIC and LAPIC_REGS per vCPU, MTRR and TSC_ADJUST per
 /// vCPU, CPU_XSAVE per online vCPU, END), which save/restore carries in the libxc stream's HVM_CONTEXT record.</summary>
 public sealed unsafe partial class XenHypervisor
 {
@@ -52,6 +52,10 @@ public sealed unsafe partial class XenHypervisor
             foreach (var v in d.Vcpus)
                 if (v.Engine is not null)
                     Append(buffer, HvmSave.MTRR, (ushort)v.Id, SaveMtrr(v.Engine));
+            // struct hvm_tsc_adjust: IA32_TSC_ADJUST, for every vCPU as Xen saves it.
+            foreach (var v in d.Vcpus)
+                if (v.Engine is IX86Vcpu x)
+                    Append(buffer, HvmSave.TSC_ADJUST, (ushort)v.Id, x.TscAdjustValue);
             d.Arch.Platform?.Save((type, instance, body) => AppendBytes(buffer, type, instance, body));
             AppendBytes(buffer, HvmSave.END, 0, []);
             return buffer.ToArray();
@@ -70,6 +74,7 @@ public sealed unsafe partial class XenHypervisor
         var lapicRegs = new Dictionary<int, byte[]>();
         var mtrrs = new Dictionary<int, HvmHwMtrr>();
         var xsaves = new Dictionary<int, byte[]>();
+        var tscAdjusts = new Dictionary<int, long>();
         var platform = new List<(HvmSaveDescriptor Desc, byte[] Body)>();
         bool sawHeader = false, sawEnd = false;
         int offset = 0;
@@ -85,7 +90,8 @@ public sealed unsafe partial class XenHypervisor
             offset += (int)desc.Length;
             if (!sawHeader && desc.Typecode != HvmSave.HEADER)
                 throw BadContext("does not begin with a header record");
-            bool perVcpu = desc.Typecode is HvmSave.CPU or HvmSave.CPU_XSAVE or HvmSave.LAPIC or HvmSave.LAPIC_REGS or HvmSave.MTRR;
+            bool perVcpu = desc.Typecode is HvmSave.CPU or HvmSave.CPU_XSAVE or HvmSave.LAPIC or HvmSave.LAPIC_REGS or HvmSave.MTRR
+                or HvmSave.TSC_ADJUST;
             if (perVcpu && desc.Instance >= d.Vcpus.Length)
                 throw BadContext($"record type {desc.Typecode} is for vCPU {desc.Instance}, the domain has {d.Vcpus.Length}");
             switch (desc.Typecode)
@@ -103,6 +109,7 @@ public sealed unsafe partial class XenHypervisor
                     lapicRegs[desc.Instance] = body.ToArray();
                     break;
                 case HvmSave.MTRR: mtrrs[desc.Instance] = Exact<HvmHwMtrr>(body, desc); break;
+                case HvmSave.TSC_ADJUST: tscAdjusts[desc.Instance] = Exact<long>(body, desc); break;
                 case HvmSave.CPU_XSAVE:
                     if (body.Length < XsaveRecordLength) throw BadContext($"CPU_XSAVE of {body.Length} bytes, at least {XsaveRecordLength} expected");
                     ulong xcr0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(body[8..]);
@@ -140,6 +147,9 @@ public sealed unsafe partial class XenHypervisor
                 if (v.Engine is { } e && !(xsaves.TryGetValue(v.Id, out var xs) && LoadXsave(e, xs)))
                     e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1);
             }
+            // After the CPU record's TSC: the adjust value is loaded as kept, the counter stays where that put it.
+            if (tscAdjusts.TryGetValue(v.Id, out long adjust) && v.Engine is IX86Vcpu x)
+                x.TscAdjustValue = adjust;
         }
         foreach (var (desc, body) in platform)
             d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);

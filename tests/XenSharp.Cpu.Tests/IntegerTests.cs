@@ -238,6 +238,35 @@ public class IntegerTests
     }
 
     [Fact]
+    public void TscAdjustIsAdvertisedAndMovesWithTheCounter()
+    {
+        // CPUID.7.EBX[1]; a write of IA32_TSC_ADJUST moves the TSC by the change, and a write of the TSC moves
+        // IA32_TSC_ADJUST by as much as it moved the counter (the TSC runs at 2 GHz, so the reads around each write
+        // differ by far less than the 2^40 moved).
+        using var m = new TestMachine();
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(eax, 7); a.xor(ecx, ecx); a.cpuid(); a.mov(r8d, ebx);
+            a.mov(ecx, 0x3B); a.rdmsr(); a.shl(rdx, 32); a.or(rax, rdx); a.mov(r9, rax);
+            a.rdtsc(); a.shl(rdx, 32); a.or(rax, rdx); a.mov(r10, rax);
+            a.mov(ecx, 0x3B); a.xor(eax, eax); a.mov(edx, 0x100); a.wrmsr();
+            a.rdtsc(); a.shl(rdx, 32); a.or(rax, rdx); a.mov(r11, rax);
+            a.mov(ecx, 0x10); a.xor(eax, eax); a.xor(edx, edx); a.wrmsr();
+            a.mov(ecx, 0x3B); a.rdmsr(); a.shl(rdx, 32); a.or(rax, rdx); a.mov(r12, rax);
+            a.hlt();
+        }));
+        m.RunToHlt();
+        Assert.NotEqual(0UL, m.Regs.R8 & (1UL << 1));
+        Assert.Equal(0UL, m.Regs.R9);
+        ulong moved = m.Regs.R11 - m.Regs.R10;
+        Assert.InRange(moved, 1UL << 40, (1UL << 40) + (1UL << 36));
+        // Setting the TSC to 0 took it back by its value then, a little past the last read: adjust = 2^40 - that value.
+        Assert.InRange((1UL << 40) - m.Regs.R11 - m.Regs.R12, 0UL, 1UL << 36);
+        Assert.True(m.Cpu.TryGetMsr(0x3B, out ulong adjust));
+        Assert.Equal(m.Regs.R12, adjust);
+    }
+
+    [Fact]
     public void WrmsrOfUnknownMsrCanBeRefusedWithGp()
     {
         using var m = new TestMachine();

@@ -77,6 +77,26 @@ public class HvmContextTests : IDisposable
     }
 
     [Fact]
+    public void TscAdjustTravelsInItsOwnRecord()
+    {
+        // The x86 engine, which has IA32_TSC_ADJUST: a TSC_ADJUST record for every vCPU, as Xen saves it, loaded
+        // into the other domain's vCPU as kept.
+        using var host = new XenHypervisor(new HypervisorOptions { MachineMemoryBytes = 256UL << 20, Pcpus = 1, EngineFactory = m => new X86Engine(m) });
+        var a = new Guest(host, vcpus: 2);
+        var (regs, sregs) = SomeState();
+        host.SetVcpuRegisters(a.Id, 0, regs, sregs);
+        a.Vcpu(0).IsUp = true;
+        Assert.True(a.Domain.Vcpus[0].Engine!.TrySetMsr(0x3B, 0x5000));
+        byte[] ctx = host.GetHvmContext(a.Id);
+        Assert.Equal([0x5000L, 0L], Records(ctx).Where(r => r.Type == HvmSave.TSC_ADJUST).Select(r => MemoryMarshal.Read<long>(r.Body)));
+
+        var b = new Guest(host, vcpus: 2);
+        host.SetHvmContext(b.Id, ctx);
+        Assert.True(b.Domain.Vcpus[0].Engine!.TryGetMsr(0x3B, out ulong adjust));
+        Assert.Equal(0x5000UL, adjust);
+    }
+
+    [Fact]
     public void BadContextsAreRefusedAndChangeNothing()
     {
         var a = new Guest(_host, vcpus: 1);

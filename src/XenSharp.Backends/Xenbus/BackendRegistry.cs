@@ -16,6 +16,8 @@ public sealed class BackendOptions
     public Func<string, IVifPort> OpenVifPort { get; init; } = TapPort.Open;
     /// <summary>The host end of a user-mode vif (backend node network=user): passt unless told otherwise.</summary>
     public Func<UserNetwork, IVifPort> OpenUserPort { get; init; } = PasstPort.Open;
+    /// <summary>Called (on the bus's watch thread) when a device's backend has started.</summary>
+    public Action<DeviceAddress>? DeviceStarted { get; init; }
 }
 
 /// <summary>
@@ -166,12 +168,18 @@ internal sealed class BackendBus : IDisposable
                 d = _create(_context, a);
                 _devices[(dom, id)] = d;
                 d.Start();
-                return;
+                d = null;
             }
-            if (present || d is null) return;
-            _devices.Remove((dom, id));
+            else
+            {
+                if (present || d is null) return;
+                _devices.Remove((dom, id));
+            }
         }
-        d.Remove();
+        if (d is not null)
+            d.Remove();
+        else
+            _context.Options.DeviceStarted?.Invoke(a);
     }
 
     public List<WaitHandle> RemoveDevicesOf(uint domId)

@@ -117,7 +117,8 @@ internal sealed class BlockCache
     /// (<see cref="DecodedBlock.LastRun"/>), except those a live compiled block links to: compiled code enters
     /// them without the run loop, which is where blocks are stamped. A frame stays a code frame, its chunk
     /// mask as it was, until one further pass finds it still empty, so that a write racing with a vCPU still
-    /// inside a dropped block ends that block as it always did. Returns the number of blocks dropped.</summary>
+    /// inside a dropped block ends that block as it always did. The interpreted blocks kept have their run counts
+    /// (<see cref="DecodedBlock.Hits"/>) halved. Returns the number of blocks dropped.</summary>
     public int Trim(int epoch)
     {
         lock (_lock)
@@ -155,6 +156,11 @@ internal sealed class BlockCache
                     var b = f.Blocks[i];
                     if (b.LastRun >= epoch && b.Valid)
                     {
+                        // The interpreter's run count decays by half each period, so that a block is compiled for
+                        // how often it runs, not for how long it has been running: an idle guest's wake-up path,
+                        // run a few times a second, would otherwise reach the threshold in minutes and keep compiled
+                        // code (several KiB a block) that runs no faster cold than the interpreter does.
+                        if (b.Compiled is null) b.Hits >>= 1;
                         f.Blocks[kept++] = b;
                         continue;
                     }

@@ -106,7 +106,9 @@ internal sealed class DecodedBlock
     public volatile bool Valid = true;
     /// <summary>The engine's aging epoch when the run loop last entered the block (<see cref="X86Engine.AgeCode"/>).</summary>
     public int LastRun;
-    /// <summary>Times the interpreter ran the block (until it is compiled).</summary>
+    /// <summary>Times the interpreter ran the block (until it is compiled), halved by each aging pass
+    /// (<see cref="X86Engine.AgeCode"/>): the block compiler's threshold is met by blocks run often, not by blocks
+    /// run now and then for long enough.</summary>
     public int Hits;
     /// <summary>The block translated to IL (Jit/BlockTranslator.cs), or null while interpreted.</summary>
     public Action<X86Vcpu>? Compiled;

@@ -558,6 +558,7 @@ internal unsafe partial class X86Vcpu
         {
             case 0x10: value = ReadTsc(); return true;
             case 0x1B: value = ApicBase; return true;
+            case 0x3B: value = (ulong)TscAdjust; return true;
             case 0xFE: value = 0x508; return true; // MTRRcap: 8 variable ranges, fixed ranges, WC
             case 0x10A: value = DefaultCpuidPolicy.ArchCapabilities; return true;
             case 0x174: value = SysenterCs; return true;
@@ -593,7 +594,17 @@ internal unsafe partial class X86Vcpu
         switch (index)
         {
             case 0x10:
-                TscOffset = (long)(v - X86Engine.ComputeTsc(X86Engine.HostMonotonicNs(), _engine.TscKhz, 0));
+            {
+                // A write to the TSC moves IA32_TSC_ADJUST by as much as it moves the counter.
+                long offset = (long)(v - X86Engine.ComputeTsc(X86Engine.HostMonotonicNs(), _engine.TscKhz, 0));
+                TscAdjust += offset - TscOffset;
+                TscOffset = offset;
+                return MsrResult.Ok;
+            }
+            case 0x3B:
+                // IA32_TSC_ADJUST: the counter moves by the change written.
+                TscOffset += (long)v - TscAdjust;
+                TscAdjust = (long)v;
                 return MsrResult.Ok;
             case 0x1B: ApicBase = v; return MsrResult.Ok;
             case 0xFE: return MsrResult.Fault;

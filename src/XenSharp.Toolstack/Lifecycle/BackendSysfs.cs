@@ -6,7 +6,8 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// <summary>
 /// The statistics Linux's blkback keeps in sysfs (/sys/bus/xen-backend/devices/vbd-DOMID-DEVID/statistics), which
 /// Xen's libxenstat reads for xentop: refreshed every second under the run directory, where ./dom0 lays it over
-/// /sys/bus for the programs it runs. A device that is gone loses its directory at the next refresh.
+/// /sys/bus for the programs it runs. A device that is gone loses its directory at the next refresh. With no PV disk
+/// left the refreshes stop until a disk's backend starts (<see cref="Wake"/>): an idle daemon has no timer to serve.
 /// </summary>
 internal sealed class BackendSysfs : IDisposable
 {
@@ -15,7 +16,11 @@ internal sealed class BackendSysfs : IDisposable
     private readonly Func<BackendRegistry?> _backends;
     private readonly string _devices;
     private readonly Timer _timer;
+    private readonly Lock _lock = new();
     private int _busy;
+    // Wake calls so far; a refresh that found nothing to show stops the timer only if none came meanwhile.
+    private long _wakes;
+    private bool _running = true;
 
     /// <summary>Refreshes on the host's own clock, not the toolstack's (which tests drive by hand): the figures are
     /// what xentop samples in real time.</summary>
@@ -26,10 +31,26 @@ internal sealed class BackendSysfs : IDisposable
         _timer = new Timer(_ => Refresh(), null, TimeSpan.Zero, Period);
     }
 
+    /// <summary>A disk's backend started: refresh every second again.</summary>
+    public void Wake()
+    {
+        lock (_lock)
+        {
+            _wakes++;
+            if (_running)
+                return;
+            _running = true;
+            _timer.Change(TimeSpan.Zero, Period);
+        }
+    }
+
     public void Refresh()
     {
         if (Interlocked.Exchange(ref _busy, 1) != 0)
             return;
+        long wakes;
+        lock (_lock) wakes = _wakes;
+        bool shown = false;
         try
         {
             Directory.CreateDirectory(_devices);
@@ -38,6 +59,7 @@ internal sealed class BackendSysfs : IDisposable
             {
                 string name = $"vbd-{address.FrontendId}-{address.DevId}";
                 live.Add(name);
+                shown = true;
                 Write(name, ("oo_req", s.OutOfRequestEvents), ("rd_req", s.ReadRequests), ("wr_req", s.WriteRequests),
                     ("f_req", s.FlushRequests + s.BarrierRequests), ("ds_req", s.DiscardRequests),
                     ("rd_sect", s.ReadSectors), ("wr_sect", s.WrittenSectors));
@@ -49,6 +71,7 @@ internal sealed class BackendSysfs : IDisposable
         catch (IOException)
         {
             // The run directory is the daemon's; a failed refresh is retried at the next period.
+            shown = true;
         }
         catch (UnauthorizedAccessException)
         {
@@ -57,6 +80,14 @@ internal sealed class BackendSysfs : IDisposable
         {
             Volatile.Write(ref _busy, 0);
         }
+        if (!shown)
+            lock (_lock)
+                if (_wakes == wakes && _running)
+                {
+                    _running = false;
+                    try { _timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan); }
+                    catch (ObjectDisposedException) { }
+                }
     }
 
     private void Write(string device, params (string Name, long Value)[] counters)

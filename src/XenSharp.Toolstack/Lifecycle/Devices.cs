@@ -24,6 +24,7 @@ public sealed partial class Host
                 {
                     ConsoleLogPath = (domId, devId) => Find(domId) is { } d ? _paths.ConsoleLog($"{d.Config.Name}-{devId}") : null,
                     ConsoleLogLimits = _consoleLogs,
+                    DeviceStarted = a => { if (a.Kind == DeviceKinds.Vbd) _sysfs.Wake(); },
                 });
         }
     }

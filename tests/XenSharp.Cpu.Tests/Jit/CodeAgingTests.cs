@@ -99,6 +99,41 @@ public class CodeAgingTests
         Assert.Equal(first.Rbx, m.Regs.Rbx);
     }
 
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Run_counts_decay_with_each_pass_so_that_only_blocks_run_often_are_compiled()
+    {
+        // A loop of RCX turns; the compiler takes blocks the interpreter ran 100 times.
+        using var m = new TestMachine(jit: new JitSettings(Enabled: true, Threshold: 100, Background: false));
+        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var top = a.CreateLabel();
+            a.Label(ref top);
+            a.add(eax, 3);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }), fourK: true);
+        void Turns(uint n)
+        {
+            m.Cpu.GetRegisters(out var r);
+            r.Rcx = n;
+            m.Cpu.SetRegisters(r);
+            m.RunFrom(TestMachine.CodeAt);
+        }
+        // 40 turns a period: 40, then 20 + 40 after a pass, 30 + 40 after the next... never 100 (it tends to 80).
+        Turns(40);
+        for (int pass = 0; pass < 6; pass++)
+        {
+            m.Engine.AgeCode();
+            Turns(40);
+        }
+        Assert.Equal(0, m.Engine.CompiledBlocks);
+        // 150 turns in one period reach it.
+        m.Engine.AgeCode();
+        Turns(150);
+        Assert.True(m.Engine.CompiledBlocks > 0);
+    }
+
     [Theory, Trait("Feature", "x86 instruction emulation")]
     [InlineData(false)]
     [InlineData(true)]
