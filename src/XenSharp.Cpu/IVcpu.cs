@@ -109,6 +109,10 @@ public unsafe interface IGuestMemory
     /// the instruction again (<see cref="IVcpu.RetryExit"/>) instead of the guest seeing the entry as not present.</summary>
     bool IsPaged(ulong gfn) => false;
 
+    /// <summary>Whether <see cref="IsPaged"/> can ever be true (a pager was set up): only then does the engine keep
+    /// what it needs to start an event delivery over.</summary>
+    bool MayBePaged => false;
+
     /// <summary>Bumped whenever a mapping is removed or changed; engines drop cached translations
     /// when it moves.</summary>
     long Generation { get; }

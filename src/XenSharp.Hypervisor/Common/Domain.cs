@@ -106,7 +106,7 @@ internal sealed unsafe class Domain
         set
         {
             if (value is not null)
-                PagingEverEnabled = true;
+                PagingEverEnabled = P2m.PagingEnabled = true;
             Volatile.Write(ref _pagingRing, value);
         }
     }

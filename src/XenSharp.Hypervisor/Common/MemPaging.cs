@@ -142,10 +142,18 @@ internal static unsafe class MemPaging
                 return -Errno.EBUSY;
             if (frames.OwnerOf(mfn) != d.DomainId || frames.RefsOf(mfn) != 0 || mfn == d.SharedInfoMfn)
                 return -Errno.EBUSY;
-            // The type change moves the generation: no vCPU keeps reaching the frame through a cached translation.
+            // The type change moves the generation: a vCPU drops its cached translations when it next enters.
             d.P2m.Set(gfn, mfn, P2mType.PagingOut);
-            return 0;
         }
+        // A running vCPU checks the generation only between blocks, so it could still write the frame after the pager
+        // read it: as Xen flushes the guest's TLBs before the nomination returns, each running vCPU is made to leave
+        // the CPU once (it takes the new generation when it comes back).
+        if (d.Vcpus.Any(v => v.IsRunning))
+        {
+            d.Host.PauseDomain(d);
+            d.Host.UnpauseDomain(d);
+        }
+        return 0;
     }
 
     /// <summary>evict: a nominated gfn that nobody took since gives its frame back; -EBUSY when it was touched (it is
@@ -197,11 +205,11 @@ internal static unsafe class MemPaging
     }
 
     /// <summary>p2m_mem_paging_resume for a response on the paging ring: a gfn on its way in that has its frame
-    /// becomes RAM (the pager answered without prep for a page it never evicted).</summary>
+    /// becomes RAM (the pager answered without prep for a page it never evicted). Xen skips responses with
+    /// MEM_PAGING_DROP_PAGE; xenpaging leaves the response's paging flags unset, and a dropped gfn is no longer in
+    /// the p2m anyway, so only the entry's state decides.</summary>
     public static void Resume(Domain d, in VmEventSt rsp)
     {
-        if ((rsp.MemPaging.Flags & MEM_PAGING_DROP_PAGE) != 0)
-            return;
         lock (d.Lock)
         {
             ulong gfn = rsp.MemPaging.Gfn;

@@ -57,6 +57,9 @@ internal sealed unsafe partial class P2m : IGuestMemory
     /// <summary>Asks the pager for a gfn in a paging state that the hypervisor (not a vCPU) wants (MemPaging).</summary>
     public Action<ulong>? Populate { get; set; }
 
+    /// <summary>A pager was set up once: entries may be in paging states.</summary>
+    public bool PagingEnabled { get; set; }
+
     /// <summary>Whether a gfn is in one of the paging states (the guest cannot reach it until it is paged in).</summary>
     public static bool IsPaging(P2mType t) => t is P2mType.PagingOut or P2mType.Paged or P2mType.PagingIn;
 

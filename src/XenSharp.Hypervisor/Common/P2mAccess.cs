@@ -130,6 +130,8 @@ internal sealed unsafe partial class P2m
 
     bool IGuestMemory.IsPaged(ulong gfn) => TryLookup(gfn, out _, out var t) && IsPaging(t);
 
+    bool IGuestMemory.MayBePaged => PagingEnabled;
+
     bool IGuestMemory.MayExecute(ulong gfn) =>
         Volatile.Read(ref _restricted) == 0 || (EngineDeniedAccess(gfn) & VmEvent.MEM_ACCESS_X) == 0;
 }

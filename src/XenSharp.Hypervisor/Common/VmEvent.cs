@@ -163,7 +163,10 @@ internal sealed unsafe class VmEventRing
                 Volatile.Write(ref *(uint*)(_page + RspEvent), _rspCons + 1);
                 took = true;
             }
-            if (rsp.Version != VM_EVENT_INTERFACE_VERSION || rsp.VcpuId >= (uint)_d.Vcpus.Length)
+            // Xen skips a response of another interface version. Xen's own xenpaging never fills in a response's
+            // version (nor its reason or paging flags: only the gfn, vcpu_id and flags it copies from the request), so
+            // on the paging ring, where every response is the pager's answer about a gfn, the version is not asked.
+            if ((!_paging && rsp.Version != VM_EVENT_INTERFACE_VERSION) || rsp.VcpuId >= (uint)_d.Vcpus.Length)
                 continue;
             // p2m_mem_paging_resume: the gfn the pager answers for becomes plain RAM again.
             if (_paging)
