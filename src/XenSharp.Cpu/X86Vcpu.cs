@@ -223,6 +223,9 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     public void RetryExit()
     {
         // Rip is already the instruction's (MmioRead/MmioWrite set it); MMIO results it consumed before are replayed.
+        // A repeated exit left after its instruction, which has retired none of its iterations: back to it.
+        if (_pending == PendingCompletion.Repeated)
+            Rip = _pendingIp;
         _pending = PendingCompletion.None;
         _completed = false;
         _replayIdx = 0;
