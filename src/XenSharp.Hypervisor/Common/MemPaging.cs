@@ -22,18 +22,6 @@ internal static unsafe class MemPaging
     /// <summary>Xen's p2m_type_t numbers, which a request carries in vm_event_paging.p2mt.</summary>
     private const uint p2m_ram_paging_out = 8, p2m_ram_paged = 9, p2m_ram_paging_in = 10;
 
-    // XENSHARP_PAGING_AUDIT=1: each evicted page's hash is kept and compared with what the pager loads back.
-    private static readonly bool Audit = Environment.GetEnvironmentVariable("XENSHARP_PAGING_AUDIT") == "1";
-    private static readonly Dictionary<(ushort, ulong), ulong> _audit = new();
-
-    private static ulong Hash(ReadOnlySpan<byte> page)
-    {
-        ulong h = 1469598103934665603UL;
-        foreach (ulong w in System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(page))
-            h = (h ^ w) * 1099511628211UL;
-        return h;
-    }
-
     private static uint XenType(P2mType t) => t switch
     {
         P2mType.PagingOut => p2m_ram_paging_out,
@@ -180,9 +168,6 @@ internal static unsafe class MemPaging
             if (frames.RefsOf(mfn) != 0)
                 return -Errno.EBUSY;
             d.P2m.Set(gfn, 0, P2mType.Paged);
-            if (Audit)
-                lock (_audit)
-                    _audit[(d.DomainId, gfn)] = Hash(new ReadOnlySpan<byte>(frames.PageAddress(mfn), FrameTable.PageSize));
             frames.Free(mfn);
             d.UnchargePages(1);
             Interlocked.Increment(ref d.PagedPages);
@@ -212,10 +197,6 @@ internal static unsafe class MemPaging
                     return -Errno.ENOMEM;
                 }
                 contents.CopyTo(new Span<byte>(frames.PageAddress(mfn), FrameTable.PageSize));
-                if (Audit)
-                    lock (_audit)
-                        if (_audit.Remove((d.DomainId, gfn), out ulong was) && was != Hash(contents))
-                            d.Host.Log($"d{d.DomainId}: paging audit: gfn {gfn:x} loaded with other contents than it was evicted with");
                 Interlocked.Decrement(ref d.PagedPages);
             }
             d.P2m.Set(gfn, mfn, P2mType.RamRw);
