@@ -102,6 +102,17 @@ public unsafe interface IGuestMemory
     /// <see cref="VcpuExitReason.FetchDenied"/> exit.</summary>
     bool MayExecute(ulong gfn) => true;
 
+    /// <summary>Whether <paramref name="gfn"/>, for which <see cref="GetPage"/> gave null, is RAM paged out (or on its
+    /// way out or back) rather than MMIO: asked only on that slow path. A page-table entry read there during a walk
+    /// then becomes an <see cref="VcpuExitReason.Mmio"/> read exit at the entry, and an instruction fetch a
+    /// <see cref="VcpuExitReason.FetchDenied"/> exit, so that the hypervisor can have the page brought back and run
+    /// the instruction again (<see cref="IVcpu.RetryExit"/>) instead of the guest seeing the entry as not present.</summary>
+    bool IsPaged(ulong gfn) => false;
+
+    /// <summary>Whether <see cref="IsPaged"/> can ever be true (a pager was set up): only then does the engine keep
+    /// what it needs to start an event delivery over.</summary>
+    bool MayBePaged => false;
+
     /// <summary>Bumped whenever a mapping is removed or changed; engines drop cached translations
     /// when it moves.</summary>
     long Generation { get; }

@@ -107,6 +107,8 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     private bool _nmiPending, _nmiBlocked;
     private int _injVector = -1;
     private uint? _injError;
+    /// <summary>The queued vector is an external interrupt taken back after its delivery met a paged-out page.</summary>
+    private bool _injExternal;
     private ulong _retired;
     private long _memGeneration;
     internal ulong CurIp;          // RIP of the instruction being executed (faults restart it)
@@ -225,6 +227,9 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     public void RetryExit()
     {
         // Rip is already the instruction's (MmioRead/MmioWrite set it); MMIO results it consumed before are replayed.
+        // A repeated exit left after its instruction, which has retired none of its iterations: back to it.
+        if (_pending == PendingCompletion.Repeated)
+            Rip = _pendingIp;
         _pending = PendingCompletion.None;
         _completed = false;
         _replayIdx = 0;
@@ -285,6 +290,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     {
         _injVector = vector;
         _injError = errorCode;
+        _injExternal = false;
     }
 
     public void InjectNmi() => _nmiPending = true;
@@ -426,6 +432,26 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     /// (false) as the SDM's double-fault table says.</summary>
     internal bool DeliverFault(int vector, bool hasError, uint error, InterruptKind kind = InterruptKind.Exception)
     {
+        if (!_mem.MayBePaged)
+            return DeliverFaultCore(vector, hasError, error, kind);
+        // Delivery reads the IDT, GDT and TSS and pushes on a stack, any of which may be paged out: then it stops
+        // with that page's exit, and the state it had changed is put back for the delivery to start over.
+        GetRegisters(out var regs);
+        GetSpecialRegisters(out var sregs);
+        try
+        {
+            return DeliverFaultCore(vector, hasError, error, kind);
+        }
+        catch (ExitSignal) when (PagedExit())
+        {
+            SetRegisters(regs);
+            SetSpecialRegisters(sregs);
+            throw;
+        }
+    }
+
+    private bool DeliverFaultCore(int vector, bool hasError, uint error, InterruptKind kind)
+    {
         int first = -1;
         while (true)
         {
@@ -451,30 +477,64 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
         }
     }
 
+    /// <summary>Delivers the first pending event. A delivery that meets a paged-out page (its stack, IDT, GDT or TSS)
+    /// leaves with that page's exit, the vCPU's state as it was before (<see cref="DeliverFault"/>) and the event
+    /// pending again, so that it is delivered once the page is back.</summary>
     private bool DeliverEvents()
     {
         if (_injVector >= 0)
         {
-            int v = _injVector; _injVector = -1;
+            int v = _injVector; uint? e = _injError; bool external = _injExternal;
+            _injVector = -1; _injExternal = false;
             Halted = false;
-            return DeliverFault(v, _injError.HasValue, _injError ?? 0);
+            try
+            {
+                return DeliverFault(v, e.HasValue, e ?? 0, external ? InterruptKind.External : InterruptKind.Exception);
+            }
+            catch (ExitSignal) when (PagedExit())
+            {
+                _injVector = v; _injError = e; _injExternal = external;
+                throw;
+            }
         }
         if (_nmiPending && !_nmiBlocked)
         {
             _nmiPending = false;
             Halted = false;
             _nmiBlocked = true;
-            return DeliverFault(2, false, 0, InterruptKind.External);
+            try
+            {
+                return DeliverFault(2, false, 0, InterruptKind.External);
+            }
+            catch (ExitSignal) when (PagedExit())
+            {
+                _nmiPending = true; _nmiBlocked = false;
+                throw;
+            }
         }
         if ((Rflags & IF) != 0 && InterruptSource is { } src && src.HasPendingInterrupt)
         {
             int v = src.Acknowledge();
             if (v < 0) return true;
             Halted = false;
-            return DeliverFault(v, false, 0, InterruptKind.External);
+            try
+            {
+                return DeliverFault(v, false, 0, InterruptKind.External);
+            }
+            catch (ExitSignal) when (PagedExit())
+            {
+                // Acknowledged already: it waits as an injected external interrupt.
+                _injVector = v; _injError = null; _injExternal = true;
+                throw;
+            }
         }
         return true;
     }
+
+    /// <summary>The exit being taken is an access to a page the memory has paged out (asked only once an exit is
+    /// under way, and only where paging can happen at all).</summary>
+    private bool PagedExit() =>
+        _mem.MayBePaged && _exit.Reason is VcpuExitReason.Mmio or VcpuExitReason.FetchDenied && _mem.IsPaged(_exit.Address >> 12);
 
     public void Dispose()
     {

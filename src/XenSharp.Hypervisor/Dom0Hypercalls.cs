@@ -200,7 +200,18 @@ public sealed partial class XenHypervisor
                 d.Host.Sharing.Unshare(d, gfns[i]);
             lock (d.Lock)
             {
-                if (!d.P2m.TryLookup(gfns[i], out uint mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))
+                bool found = d.P2m.TryLookup(gfns[i], out uint mfn, out var t);
+                // A page still (or again) holding its frame maps as RAM: the pager reads what it nominated.
+                if (t is P2mType.PagingOut or P2mType.PagingIn && mfn != 0)
+                    t = P2mType.RamRw;
+                if (P2m.IsPaging(t))
+                {
+                    // Paged out: the pager is asked for it and the program told to retry (privcmd's paged error,
+                    // -ENOENT, which libxenforeignmemory retries until the page is back).
+                    Common.MemPaging.Populate(d, gfns[i], null);
+                    offsets[i] = -Errno.ENOENT;
+                }
+                else if (!found || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))
                     offsets[i] = -Errno.EINVAL;
                 else if (writable && t == P2mType.RamRo)
                     offsets[i] = -Errno.EACCES;

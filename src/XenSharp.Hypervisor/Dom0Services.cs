@@ -207,7 +207,13 @@ public sealed unsafe class Dom0Services : IDom0Services
         lock (d.Lock)
         {
             if (!d.P2m.TryLookup(gfn, out mfn, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.XenShared))
-                return -Errno.EINVAL;
+            {
+                if (!P2m.IsPaging(t))
+                    return -Errno.EINVAL;
+                // Paged out: the pager is asked for it; the caller tries again (privcmd's paged error).
+                Common.MemPaging.Populate(d, gfn, null);
+                return -Errno.ENOENT;
+            }
             if (writable && t == P2mType.RamRo)
                 return -Errno.EACCES;
             _hv.Frames.AddRef(mfn);

@@ -148,6 +148,7 @@ public struct VmEventSt
     [FieldOffset(16)] public ushort Altp2mIdx;
     [FieldOffset(OffsetU)] public VmEventMemAccess MemAccess;
     [FieldOffset(OffsetU)] public VmEventDebug SoftwareBreakpoint;
+    [FieldOffset(OffsetU)] public VmEventPaging MemPaging;
     /// <summary>vm_event_singlestep.gfn.</summary>
     [FieldOffset(OffsetU)] public ulong SinglestepGfn;
     [FieldOffset(OffsetData)] public VmEventRegsX86 Regs;

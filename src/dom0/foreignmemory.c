@@ -82,17 +82,33 @@ void *xenforeignmemory_map2(xenforeignmemory_handle *h, uint32_t dom, void *addr
         uint64_t gfns[PRIVCMD_MAX_BATCH];
         int64_t offsets[PRIVCMD_MAX_BATCH];
         int memfd = -1;
+        useconds_t backoff = 100;
 
         for (i = 0; i < n; i++)
             gfns[i] = arr[done + i];
-        if (privcmd_call_ex(&h->conn, &req, gfns, n * sizeof(uint64_t), NULL, 0, NULL, offsets,
-                            n * sizeof(int64_t), &memfd) < 0 || memfd < 0) {
-            saved = errno ? errno : EIO;
-            if (memfd >= 0)
-                close(memfd);
-            munmap(base, pages * PAGE);
-            errno = saved;
-            goto fail;
+        for (;;) {
+            size_t paged = 0;
+
+            if (privcmd_call_ex(&h->conn, &req, gfns, n * sizeof(uint64_t), NULL, 0, NULL, offsets,
+                                n * sizeof(int64_t), &memfd) < 0 || memfd < 0) {
+                saved = errno ? errno : EIO;
+                if (memfd >= 0)
+                    close(memfd);
+                munmap(base, pages * PAGE);
+                errno = saved;
+                goto fail;
+            }
+            for (i = 0; i < n; i++)
+                paged += offsets[i] == -ENOENT;
+            if (!paged)
+                break;
+            /* Frames paged out by a pager: the daemon asked for them; try again until they are back (as Linux's
+             * library does with privcmd's paged error), a little less often each time. */
+            close(memfd);
+            memfd = -1;
+            usleep(backoff);
+            if (backoff < 10000)
+                backoff *= 2;
         }
         for (i = 0; i < n; i++) {
             if (offsets[i] < 0) {

@@ -241,6 +241,8 @@ internal unsafe partial class X86Vcpu
         var jc = Cpl == 3 ? _jumpUser : _jumpSup;
         if (!jc.TryFetch(lin, out ulong phys))
         {
+            // The instruction at rip is the one an exit in this walk (a paged-out page table) restarts.
+            CurIp = rip;
             phys = Translate(lin, Access.Fetch, Cpl == 3, out bool global);
             jc.AddFetch(lin, phys, _lastWalkLeaf);
             if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
@@ -256,6 +258,7 @@ internal unsafe partial class X86Vcpu
         if (Stats) S.Decodes++;
         if (!_mem.MayExecute(phys >> 12)) throw FetchDenied(rip, phys);
         byte* page = _mem.GetPage(phys >> 12, false);
+        if (page == null && _mem.IsPaged(phys >> 12)) throw FetchDenied(rip, phys);
         if (page == null)
             throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{phys:X}");
 
@@ -281,6 +284,7 @@ internal unsafe partial class X86Vcpu
                 ulong nextPhys = FetchTail(rip, phys);
                 if (!_mem.MayExecute(nextPhys >> 12)) throw FetchDenied(rip, nextPhys & ~0xFFFUL);
                 byte* next = _mem.GetPage(nextPhys >> 12, false);
+                if (next == null && _mem.IsPaged(nextPhys >> 12)) throw FetchDenied(rip, nextPhys & ~0xFFFUL);
                 if (next == null)
                     throw Exit(VcpuExitReason.InternalError, $"instruction fetch from non-RAM guest-physical 0x{nextPhys:X}");
                 for (int k = have; k < 15; k++) _spill[k] = next[k - have];
@@ -325,6 +329,7 @@ internal unsafe partial class X86Vcpu
         ulong nextLin = CodeLinear(rip + (ulong)(4096 - (int)(phys & 0xFFF)));
         var jc = Cpl == 3 ? _jumpUser : _jumpSup;
         if (jc.TryFetch(nextLin, out ulong nextPhys)) return nextPhys & ~0xFFFUL;
+        CurIp = rip;
         nextPhys = Translate(nextLin, Access.Fetch, Cpl == 3, out bool global);
         jc.AddFetch(nextLin, nextPhys, _lastWalkLeaf);
         if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;

@@ -21,13 +21,16 @@ internal unsafe partial class X86Vcpu
         return page == null ? null : page + (pa & 0xFFF);
     }
 
-    /// <summary>Reads (and updates A/D in) one paging-structure entry; null entry pointer means not RAM.</summary>
-    private ulong ReadPte(ulong pa, bool wide, out byte* ptr)
+    /// <summary>Reads (and updates A/D in) one paging-structure entry; null entry pointer means not RAM. In an
+    /// instruction's walk (<paramref name="engineWalk"/>) a table in a page that is paged out stops the instruction
+    /// with an MMIO read exit at the entry (see <see cref="IGuestMemory.IsPaged"/>).</summary>
+    private ulong ReadPte(ulong pa, bool wide, out byte* ptr, bool engineWalk)
     {
         ptr = PhysPtr(pa, true) ;
         if (ptr == null)
         {
             byte* ro = PhysPtr(pa, false);
+            if (ro == null && engineWalk && _mem.IsPaged(pa >> 12)) return MmioRead(pa, wide ? 8 : 4);
             return ro == null ? 0 : (wide ? *(ulong*)ro : *(uint*)ro);
         }
         return wide ? Volatile.Read(ref *(ulong*)ptr) : Volatile.Read(ref *(uint*)ptr);
@@ -71,7 +74,7 @@ internal unsafe partial class X86Vcpu
             // 2-level 32-bit paging.
             wide = false;
             ulong pdeAddr = (Cr3 & 0xFFFF_F000) + ((lin >> 22) & 0x3FF) * 4;
-            entry = ReadPte(pdeAddr, false, out p1);
+            entry = ReadPte(pdeAddr, false, out p1, setBits);
             if ((entry & PteP) == 0) goto NotPresent;
             allowWrite &= (entry & PteRw) != 0; allowUser &= (entry & PteUs) != 0;
             if ((entry & PtePs) != 0 && (Cr4 & 0x10) != 0)
@@ -84,7 +87,7 @@ internal unsafe partial class X86Vcpu
             }
             SetPteBitsIf(setBits, p1, false, entry, PteA);
             ulong pteAddr = (entry & 0xFFFF_F000) + ((lin >> 12) & 0x3FF) * 4;
-            entry = ReadPte(pteAddr, false, out p0);
+            entry = ReadPte(pteAddr, false, out p0, setBits);
             if ((entry & PteP) == 0) goto NotPresent;
             allowWrite &= (entry & PteRw) != 0; allowUser &= (entry & PteUs) != 0;
             leafLevel = 0; pageMask = 0xFFF;
@@ -96,12 +99,12 @@ internal unsafe partial class X86Vcpu
         ulong table;
         if (LongMode)
         {
-            ulong pml4e = ReadPte((Cr3 & AddrMask52) + ((lin >> 39) & 0x1FF) * 8, true, out p3);
+            ulong pml4e = ReadPte((Cr3 & AddrMask52) + ((lin >> 39) & 0x1FF) * 8, true, out p3, setBits);
             if ((pml4e & PteP) == 0) { entry = pml4e; goto NotPresent; }
             if ((pml4e & PtePs) != 0 || (pml4e & ReservedHigh) != 0 || (!nxe && (pml4e & PteNx) != 0)) goto Reserved;
             allowWrite &= (pml4e & PteRw) != 0; allowUser &= (pml4e & PteUs) != 0; noExec |= nxe && (pml4e & PteNx) != 0;
             SetPteBitsIf(setBits, p3, true, pml4e, PteA);
-            ulong pdpte = ReadPte((pml4e & AddrMask52) + ((lin >> 30) & 0x1FF) * 8, true, out p2);
+            ulong pdpte = ReadPte((pml4e & AddrMask52) + ((lin >> 30) & 0x1FF) * 8, true, out p2, setBits);
             if ((pdpte & PteP) == 0) { entry = pdpte; goto NotPresent; }
             if ((pdpte & ReservedHigh) != 0 || (!nxe && (pdpte & PteNx) != 0)) goto Reserved;
             allowWrite &= (pdpte & PteRw) != 0; allowUser &= (pdpte & PteUs) != 0; noExec |= nxe && (pdpte & PteNx) != 0;
@@ -118,11 +121,11 @@ internal unsafe partial class X86Vcpu
         else
         {
             // PAE: the PDPTEs (read here rather than cached at CR3 load).
-            ulong pdpte = ReadPte((Cr3 & 0xFFFF_FFE0) + ((lin >> 30) & 3) * 8, true, out _);
+            ulong pdpte = ReadPte((Cr3 & 0xFFFF_FFE0) + ((lin >> 30) & 3) * 8, true, out _, setBits);
             if ((pdpte & PteP) == 0) { entry = pdpte; goto NotPresent; }
             table = pdpte & AddrMask52;
         }
-        ulong pde = ReadPte(table + ((lin >> 21) & 0x1FF) * 8, true, out p1);
+        ulong pde = ReadPte(table + ((lin >> 21) & 0x1FF) * 8, true, out p1, setBits);
         if ((pde & PteP) == 0) { entry = pde; goto NotPresent; }
         if ((pde & ReservedHigh) != 0 || (!nxe && (pde & PteNx) != 0)) goto Reserved;
         allowWrite &= (pde & PteRw) != 0; allowUser &= (pde & PteUs) != 0; noExec |= nxe && (pde & PteNx) != 0;
@@ -134,7 +137,7 @@ internal unsafe partial class X86Vcpu
             goto Leaf;
         }
         SetPteBitsIf(setBits, p1, true, pde, PteA);
-        entry = ReadPte((pde & AddrMask52) + ((lin >> 12) & 0x1FF) * 8, true, out p0);
+        entry = ReadPte((pde & AddrMask52) + ((lin >> 12) & 0x1FF) * 8, true, out p0, setBits);
         p1 = p0;
         if ((entry & PteP) == 0) goto NotPresent;
         if ((entry & ReservedHigh) != 0 || (!nxe && (entry & PteNx) != 0)) goto Reserved;

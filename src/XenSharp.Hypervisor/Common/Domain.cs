@@ -23,6 +23,7 @@ internal sealed unsafe class Domain
         {
             P2m.Pod = Pod;
             P2m.Unshare = gfn => host.Sharing.Unshare(this, gfn);
+            P2m.Populate = gfn => MemPaging.Populate(this, gfn, null);
         }
         Handle = Guid.NewGuid();
         Arch = new HvmDomain(this);
@@ -98,6 +99,22 @@ internal sealed unsafe class Domain
     public ulong PagingMempoolBytes { get; set; }
     /// <summary>XEN_DOMCTL_mem_sharing_op's control (or the first XENMEM_sharing_op on the domain) turned sharing on.</summary>
     public bool MemSharingEnabled { get; set; }
+    /// <summary>The pager's vm_event ring (XEN_DOMCTL_VM_EVENT_OP_PAGING), while one is enabled.</summary>
+    public VmEventRing? PagingRing
+    {
+        get => Volatile.Read(ref _pagingRing);
+        set
+        {
+            if (value is not null)
+                PagingEverEnabled = P2m.PagingEnabled = true;
+            Volatile.Write(ref _pagingRing, value);
+        }
+    }
+    private VmEventRing? _pagingRing;
+    /// <summary>A pager enabled its ring once: entries in paging states may exist (the exits' cheap test).</summary>
+    public bool PagingEverEnabled { get; private set; }
+    /// <summary>Gfns evicted and not loaded back (getdomaininfo's paged_pages).</summary>
+    public long PagedPages;
     public E820Entry[] MemoryMap { get; set; } = [];
 
     // Lifecycle.
@@ -191,13 +208,14 @@ internal sealed unsafe class Domain
             var old = P2m.Remove(gfn);
             if (old.Type == P2mType.Invalid)
                 return false;
-            ReleaseOld(old);
+            ReleaseOld(old, gfn);
             return true;
         }
     }
 
-    /// <summary>Drops the references an old p2m entry held (caller holds <see cref="Lock"/>).</summary>
-    public void ReleaseOld((uint Mfn, P2mType Type) old)
+    /// <summary>Drops the references an old p2m entry held (caller holds <see cref="Lock"/>); <paramref name="gfn"/>,
+    /// where the caller knows it, lets the pager hear of a paged gfn that went.</summary>
+    public void ReleaseOld((uint Mfn, P2mType Type) old, ulong gfn = ulong.MaxValue)
     {
         switch (old.Type)
         {
@@ -220,6 +238,9 @@ internal sealed unsafe class Domain
             case P2mType.RamShared:
                 Host.Sharing.EntryRemoved(this, old.Mfn);
                 break;
+            case P2mType.PagingOut or P2mType.Paged or P2mType.PagingIn:
+                MemPaging.EntryRemoved(this, old.Mfn, old.Type, gfn);
+                break;
             case P2mType.GrantMapRw or P2mType.GrantMapRo:
                 // The mapping stays tracked by the grant table until unmapped; only the p2m slot goes.
                 break;
@@ -233,6 +254,7 @@ internal sealed unsafe class Domain
     {
         Arch.Ioreq.DestroyAll();
         MonitorIfAny?.Ring?.Disable(); // lets go of the ring page
+        PagingRing?.Disable();
         ArgoOp.Teardown(this);
         // Channels and grants reach into other domains: release them before taking our own lock.
         Evtchn.CloseAll();

@@ -177,6 +177,7 @@ internal static class DomctlOp
         info.Flags = flags;
         info.TotPages = (ulong)d.TotPages;
         info.MaxPages = d.MaxPages;
+        info.PagedPages = (ulong)Math.Max(0, Interlocked.Read(ref d.PagedPages));
         info.SharedInfoFrame = d.SharedInfoMfn;
         info.CpuTime = cpuTime;
         info.NrOnlineVcpus = online;

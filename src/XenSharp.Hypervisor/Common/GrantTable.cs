@@ -233,7 +233,7 @@ internal sealed unsafe class GrantTable
             else
             {
                 if (!_d.P2m.TryLookup(frame, out mfn, out var type) || type is not (P2mType.RamRw or P2mType.RamRo))
-                    return GNTST_bad_page;
+                    return P2m.IsPaging(type) ? PagedOut(_d, frame) : GNTST_bad_page;
                 if (!readOnly && type == P2mType.RamRo)
                     return GNTST_general_error;
             }
@@ -241,6 +241,14 @@ internal sealed unsafe class GrantTable
             AddPin(gref, readOnly);
             return GNTST_okay;
         }
+    }
+
+    /// <summary>A granted frame that is paged out: the pager is asked for it and the caller told to try again (Xen's
+    /// GNTST_eagain, which Linux's backends retry).</summary>
+    private static short PagedOut(Domain d, ulong gfn)
+    {
+        MemPaging.Populate(d, gfn, null);
+        return GNTST_eagain;
     }
 
     /// <summary>Counts one more use of grant <paramref name="gref"/> and shows it in the entry's in-use flags;
@@ -518,7 +526,7 @@ internal sealed unsafe class GrantTable
             return GNTST_okay;
         }
         if (!dom.P2m.TryLookup(p.RefOrGmfn, out uint m, out var t) || t is not (P2mType.RamRw or P2mType.RamRo or P2mType.GrantMapRw or P2mType.GrantMapRo))
-            return GNTST_bad_page;
+            return P2m.IsPaging(t) ? PagedOut(dom, p.RefOrGmfn) : GNTST_bad_page;
         if (write && t is P2mType.RamRo or P2mType.GrantMapRo)
             return GNTST_permission_denied;
         pinned = new Pinned(null, 0, m, !write);

@@ -23,6 +23,8 @@ internal static unsafe class GuestAccess
         else if (!v.Engine.TryTranslateLinear(linear, write, out phys))
             return null;
         byte* page = v.Domain.GuestMemory.GetPage(phys >> FrameTable.PageShift, write);
+        if (page is null && v.Domain.PagingEverEnabled)
+            v.Domain.P2m.GetPage(phys >> FrameTable.PageShift, write); // a paged-out page is asked for: -EFAULT this time
         return page is null ? null : page + (phys & (PageSize - 1));
     }
 

@@ -80,6 +80,8 @@ internal static class MemoryOp
                 return MemAccess.Op(v, arg, startExtent);
             case Public.MemSharing.XENMEM_sharing_op:
                 return v.Domain.Host.Sharing.Op(v, arg);
+            case Public.MemPaging.XENMEM_paging_op:
+                return MemPaging.Op(v, arg);
             case Public.MemSharing.XENMEM_get_sharing_freed_pages:
                 return v.Domain.Host.Sharing.SavedPages;
             case Public.MemSharing.XENMEM_get_sharing_shared_pages:

@@ -20,6 +20,14 @@ internal enum P2mType : byte
     /// <summary>A frame shared copy-on-write with other gfns, of this domain or others (Xen's p2m_ram_shared): read
     /// as it is, copied to a private frame on the first write (<see cref="P2m.Unshare"/>).</summary>
     RamShared,
+    /// <summary>RAM nominated by the pager (Xen's p2m_ram_paging_out): the frame is still there, for the pager to
+    /// read and then evict, but the guest may not touch it (a touch starts the page-in path).</summary>
+    PagingOut,
+    /// <summary>RAM the pager evicted (p2m_ram_paged): no frame; its contents are in the pager's file.</summary>
+    Paged,
+    /// <summary>On its way back (p2m_ram_paging_in): a request went to the pager; the entry has a frame only when
+    /// the page was nominated but never evicted.</summary>
+    PagingIn,
 }
 
 /// <summary>
@@ -46,14 +54,25 @@ internal sealed unsafe partial class P2m : IGuestMemory
     /// <summary>Gives a shared entry a private copy before it is written (MemSharing); false when it cannot.</summary>
     public Func<ulong, bool>? Unshare { get; set; }
 
+    /// <summary>Asks the pager for a gfn in a paging state that the hypervisor (not a vCPU) wants (MemPaging).</summary>
+    public Action<ulong>? Populate { get; set; }
+
+    /// <summary>A pager was set up once: entries may be in paging states.</summary>
+    public bool PagingEnabled { get; set; }
+
+    /// <summary>Whether a gfn is in one of the paging states (the guest cannot reach it until it is paged in).</summary>
+    public static bool IsPaging(P2mType t) => t is P2mType.PagingOut or P2mType.Paged or P2mType.PagingIn;
+
     public long Generation => Volatile.Read(ref _generation);
 
     /// <summary>Highest GFN ever mapped (XENMEM_maximum_gpfn).</summary>
     public ulong MaxMappedGfn { get; private set; }
 
-    public byte* GetPage(ulong gfn, bool write) => GetPage(gfn, write, mayUnshare: true);
+    /// <summary>The hypervisor's view: a page in a paging state is asked for (Xen's get_page_from_gfn with
+    /// P2M_ALLOC populates it) and is not there this time.</summary>
+    public byte* GetPage(ulong gfn, bool write) => GetPage(gfn, write, mayUnshare: true, populate: true);
 
-    private byte* GetPage(ulong gfn, bool write, bool mayUnshare)
+    private byte* GetPage(ulong gfn, bool write, bool mayUnshare, bool populate = false)
     {
         if (gfn > MaxGfn)
             return null;
@@ -65,7 +84,14 @@ internal sealed unsafe partial class P2m : IGuestMemory
         if (type == P2mType.Invalid)
             return null;
         if (type == P2mType.PopulateOnDemand)
-            return Pod is { } pod && pod.DemandPopulate(gfn) ? GetPage(gfn, write, mayUnshare) : null;
+            return Pod is { } pod && pod.DemandPopulate(gfn) ? GetPage(gfn, write, mayUnshare, populate) : null;
+        if (type >= P2mType.PagingOut)
+        {
+            // Nothing reaches a page in a paging state; the engine's exit asks for it with the vCPU paused.
+            if (populate)
+                Populate?.Invoke(gfn);
+            return null;
+        }
         if (write && (type is P2mType.RamRo or P2mType.GrantMapRo or P2mType.RamShared))
             return type == P2mType.RamShared && mayUnshare && Unshare is { } unshare && unshare(gfn) ? GetPage(gfn, write) : null;
         if (write && _dirty is not null)

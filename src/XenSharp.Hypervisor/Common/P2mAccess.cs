@@ -123,10 +123,14 @@ internal sealed unsafe partial class P2m
     // ---- the engine's view ----
 
     byte* IGuestMemory.GetPage(ulong gfn, bool write) =>
-        Volatile.Read(ref _restricted) != 0 ? RestrictedGetPage(gfn, write, forWriteCache: false) : GetPage(gfn, write);
+        Volatile.Read(ref _restricted) != 0 ? RestrictedGetPage(gfn, write, forWriteCache: false) : GetPage(gfn, write, mayUnshare: true);
 
     byte* IGuestMemory.GetPageForWriteCache(ulong gfn) =>
         Volatile.Read(ref _restricted) != 0 ? RestrictedGetPage(gfn, true, forWriteCache: true) : GetPageForWriteCache(gfn);
+
+    bool IGuestMemory.IsPaged(ulong gfn) => TryLookup(gfn, out _, out var t) && IsPaging(t);
+
+    bool IGuestMemory.MayBePaged => PagingEnabled;
 
     bool IGuestMemory.MayExecute(ulong gfn) =>
         Volatile.Read(ref _restricted) == 0 || (EngineDeniedAccess(gfn) & VmEvent.MEM_ACCESS_X) == 0;

@@ -246,6 +246,6 @@ internal sealed unsafe partial class P2m
         ulong target = ResolveForEngine(gfn, out uint denied);
         if ((denied & (write ? VmEvent.MEM_ACCESS_W : VmEvent.MEM_ACCESS_R)) != 0)
             return null;
-        return forWriteCache ? GetPageForWriteCache(target) : GetPage(target, write);
+        return forWriteCache ? GetPageForWriteCache(target) : GetPage(target, write, mayUnshare: true);
     }
 }

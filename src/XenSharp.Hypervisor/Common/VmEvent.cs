@@ -6,13 +6,14 @@ using static XenSharp.Public.VmEvent;
 namespace XenSharp.Hypervisor.Common;
 
 /// <summary>
-/// A domain's vm_event monitor ring (Xen's common/vm_event.c, struct vm_event_domain): a page of the guest that the
-/// toolstack names in HVM_PARAM_MONITOR_RING_PFN, where the hypervisor is the front end (it produces requests) and
+/// A domain's vm_event ring (Xen's common/vm_event.c, struct vm_event_domain), the monitor's or the pager's: a page of
+/// the guest that the toolstack names in HVM_PARAM_MONITOR_RING_PFN (HVM_PARAM_PAGING_RING_PFN), where the hypervisor is the front end (it produces requests) and
 /// the introspection agent the back end (it answers), and an event channel in the domain whose consumer is the
 /// hypervisor. A synchronous request pauses its vCPU until the response with VM_EVENT_FLAG_VCPU_PAUSED comes back;
 /// a vCPU that finds the ring full waits, paused, for a free slot and then retries what raised the event. The ring
 /// page is the hypervisor's from enable to disable (it holds a reference), even once libxc has taken it out of the
-/// guest's physmap.
+/// guest's physmap. The paging ring also carries requests of the hypervisor itself (a foreign mapping of a paged-out
+/// page), which pause no vCPU, and every response on it is handed to <see cref="MemPaging.Resume"/>.
 /// </summary>
 internal sealed unsafe class VmEventRing
 {
@@ -22,6 +23,7 @@ internal sealed unsafe class VmEventRing
     private const int ReqProd = 0, ReqEvent = 4, RspProd = 8, RspEvent = 12;
 
     private readonly Domain _d;
+    private readonly bool _paging;
     private readonly uint _mfn;
     private readonly byte* _page;
     private readonly object _lock = new();
@@ -33,29 +35,31 @@ internal sealed unsafe class VmEventRing
 
     public uint Port { get; private set; }
 
-    private VmEventRing(Domain d, uint mfn)
+    private VmEventRing(Domain d, uint mfn, bool paging)
     {
         _d = d;
+        _paging = paging;
         _mfn = mfn;
         _page = d.Host.Frames.PageAddress(mfn);
         _paused = new int[d.Vcpus.Length];
         _waitingForSlot = new bool[d.Vcpus.Length];
     }
 
-    /// <summary>XEN_VM_EVENT_ENABLE of the monitor ring: -EBUSY when there is one, -EOPNOTSUPP without a ring gfn,
-    /// -EINVAL when that gfn is not the guest's writable RAM; the port the agent binds to otherwise.</summary>
-    public static long Enable(Domain d, ushort agent, out uint port)
+    /// <summary>XEN_VM_EVENT_ENABLE of the monitor ring (or with <paramref name="paging"/> the pager's): -EBUSY when
+    /// there is one, -EOPNOTSUPP without a ring gfn, -EINVAL when that gfn is not the guest's writable RAM; the port
+    /// the agent binds to otherwise.</summary>
+    public static long Enable(Domain d, ushort agent, out uint port, bool paging = false)
     {
         port = 0;
-        if (d.Monitor.Ring is not null)
+        if ((paging ? d.PagingRing : d.Monitor.Ring) is not null)
             return -Errno.EBUSY;
-        ulong gfn = d.Arch.Params[Public.Hvm.Params.HVM_PARAM_MONITOR_RING_PFN];
+        ulong gfn = d.Arch.Params[paging ? Public.Hvm.Params.HVM_PARAM_PAGING_RING_PFN : Public.Hvm.Params.HVM_PARAM_MONITOR_RING_PFN];
         if (gfn == 0)
             return -Errno.EOPNOTSUPP;
         if (!d.P2m.TryLookup(gfn, out uint mfn, out var type) || type != P2mType.RamRw)
             return -Errno.EINVAL;
         d.Host.Frames.AddRef(mfn);
-        var ring = new VmEventRing(d, mfn);
+        var ring = new VmEventRing(d, mfn, paging);
         new Span<byte>(ring._page, FrameTable.PageSize).Clear();
         // SHARED_RING_INIT: events wanted from the first entry on.
         Volatile.Write(ref *(uint*)(ring._page + ReqEvent), 1);
@@ -67,7 +71,10 @@ internal sealed unsafe class VmEventRing
             return rc;
         }
         ring.Port = port = p;
-        d.Monitor.Ring = ring;
+        if (paging)
+            d.PagingRing = ring;
+        else
+            d.Monitor.Ring = ring;
         return 0;
     }
 
@@ -80,7 +87,10 @@ internal sealed unsafe class VmEventRing
                 return;
             _closed = true;
         }
-        _d.Monitor.Ring = null;
+        if (_paging)
+            _d.PagingRing = null;
+        else
+            _d.Monitor.Ring = null;
         _d.Evtchn.Close(Port);
         for (int i = 0; i < _paused.Length; i++)
         {
@@ -92,8 +102,9 @@ internal sealed unsafe class VmEventRing
 
     /// <summary>Puts a request on the ring and tells the agent; with <paramref name="sync"/> the vCPU is paused until
     /// the response. False when the ring is full: the vCPU is paused until a slot frees and must then retry what
-    /// raised the event (the caller leaves the instruction to be run again).</summary>
-    public bool Post(Vcpu v, ref VmEventSt req, bool sync)
+    /// raised the event (the caller leaves the instruction to be run again). A request of the hypervisor's own
+    /// (<paramref name="v"/> null) pauses nothing and names vCPU 0; when the ring is full its caller tries later.</summary>
+    public bool Post(Vcpu? v, ref VmEventSt req, bool sync)
     {
         lock (_lock)
         {
@@ -101,7 +112,7 @@ internal sealed unsafe class VmEventRing
                 return false;
             if (_reqProdPvt - _rspCons >= Entries)
             {
-                if (!_waitingForSlot[v.Id])
+                if (v is not null && !_waitingForSlot[v.Id])
                 {
                     _waitingForSlot[v.Id] = true;
                     Pause(v);
@@ -109,14 +120,14 @@ internal sealed unsafe class VmEventRing
                 return false;
             }
             req.Version = VM_EVENT_INTERFACE_VERSION;
-            req.VcpuId = (uint)v.Id;
+            req.VcpuId = v is null ? 0 : (uint)v.Id;
             // monitor_traps: with altp2m active, every event names the view the vCPU was in.
-            if (_d.P2m.Altp2mActive)
+            if (!_paging && v is not null && _d.P2m.Altp2mActive)
             {
                 req.Flags |= VM_EVENT_FLAG_ALTERNATE_P2M;
                 req.Altp2mIdx = (ushort)_d.P2m.VcpuView(v.Id);
             }
-            if (sync)
+            if (sync && v is not null)
             {
                 req.Flags |= VM_EVENT_FLAG_VCPU_PAUSED;
                 // Before the request is seen, so that its response always finds the pause to undo.
@@ -152,8 +163,14 @@ internal sealed unsafe class VmEventRing
                 Volatile.Write(ref *(uint*)(_page + RspEvent), _rspCons + 1);
                 took = true;
             }
-            if (rsp.Version != VM_EVENT_INTERFACE_VERSION || rsp.VcpuId >= (uint)_d.Vcpus.Length)
+            // Xen skips a response of another interface version. Xen's own xenpaging never fills in a response's
+            // version (nor its reason or paging flags: only the gfn, vcpu_id and flags it copies from the request), so
+            // on the paging ring, where every response is the pager's answer about a gfn, the version is not asked.
+            if ((!_paging && rsp.Version != VM_EVENT_INTERFACE_VERSION) || rsp.VcpuId >= (uint)_d.Vcpus.Length)
                 continue;
+            // p2m_mem_paging_resume: the gfn the pager answers for becomes plain RAM again.
+            if (_paging)
+                MemPaging.Resume(_d, rsp);
             if ((rsp.Flags & VM_EVENT_FLAG_VCPU_PAUSED) == 0)
                 continue;
             var v = _d.Vcpus[rsp.VcpuId];

@@ -119,8 +119,10 @@ internal sealed class DomainMonitor(Domain d)
         ref var ve = ref op.As<XenDomctlVmEventOp>();
         if (d == caller.Domain || d.IsHost)
             return -Errno.EINVAL;
+        if (ve.Mode == XEN_DOMCTL_VM_EVENT_OP_PAGING)
+            return ve.Op == XEN_VM_EVENT_GET_VERSION ? GetVersion(ref ve, out copyBack) : Common.MemPaging.VmEventOp(caller, d, ref ve, out copyBack);
         if (ve.Mode != XEN_DOMCTL_VM_EVENT_OP_MONITOR)
-            return ve.Mode is XEN_DOMCTL_VM_EVENT_OP_PAGING or XEN_DOMCTL_VM_EVENT_OP_SHARING ? -Errno.EOPNOTSUPP : -Errno.ENOSYS;
+            return ve.Mode is XEN_DOMCTL_VM_EVENT_OP_SHARING ? -Errno.EOPNOTSUPP : -Errno.ENOSYS;
         // The monitor ring needs hardware-assisted paging: a PV domain has none (libxc's "EPT not supported").
         if (d.Pv is not null)
             return -Errno.ENODEV;
@@ -155,12 +157,17 @@ internal sealed class DomainMonitor(Domain d)
                 r.Resume();
                 return 0;
             case XEN_VM_EVENT_GET_VERSION:
-                ve.Port = VM_EVENT_INTERFACE_VERSION;
-                copyBack = true;
-                return 0;
+                return GetVersion(ref ve, out copyBack);
             default:
                 return -Errno.ENOSYS;
         }
+    }
+
+    private static long GetVersion(ref XenDomctlVmEventOp ve, out bool copyBack)
+    {
+        ve.Port = VM_EVENT_INTERFACE_VERSION;
+        copyBack = true;
+        return 0;
     }
 
     public static long MonitorOp(Vcpu caller, ref XenDomctl op, Domain? target, out bool copyBack)

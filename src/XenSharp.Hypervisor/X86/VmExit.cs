@@ -38,6 +38,9 @@ internal static unsafe class VmExit
                     cpu.CompleteExit(HvmIo.PortRead(v, (ushort)exit.Port, exit.Size));
                 return !v.DescheduleRequested;
             case VcpuExitReason.Mmio:
+                // A page (or a page-table entry the walk read) that is paged out: it is asked for, the vCPU waits.
+                if (v.Domain.PagingEverEnabled && Common.MemPaging.OnMmio(v, cpu, exit, out bool resumed))
+                    return resumed && !v.DescheduleRequested;
                 // A guest access its page's mem_access denies (only possible while a restriction is in force).
                 if (v.Domain.P2m.AccessRestricted && MemAccess.OnMmio(v, cpu, exit, out bool keepRunning))
                     return keepRunning && !v.DescheduleRequested;
@@ -85,6 +88,9 @@ internal static unsafe class VmExit
             case VcpuExitReason.Preempted:
                 return false;
             case VcpuExitReason.FetchDenied:
+                if (v.Domain.PagingEverEnabled && Common.MemPaging.OnFetch(v, exit, out bool fetched))
+                    return fetched && !v.DescheduleRequested;
+                // Otherwise a fetch its page's mem_access denies.
                 return MemAccess.OnFetchDenied(v, cpu, exit) && !v.DescheduleRequested;
             case VcpuExitReason.Debug:
                 return v.Domain.Monitor.OnDebug(v, cpu, exit) && !v.DescheduleRequested;
