@@ -114,9 +114,6 @@ internal sealed class DecodedBlock
     public bool JitFailed;
     /// <summary>Waiting in the engine's background compile queue.</summary>
     public bool Queued;
-    /// <summary>Which body of its compiled method is this block's: several blocks compiled together
-    /// share one DynamicMethod that starts by switching on this (Jit/BlockTranslator.cs).</summary>
-    public int BatchEntry;
     /// <summary>The compiled code's direct exits (branch targets in the same linear page) and the
     /// compiled blocks they lead to once seen (null until then): compiled code jumps straight into
     /// a linked successor instead of returning to the run loop.</summary>

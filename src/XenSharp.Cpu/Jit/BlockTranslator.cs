@@ -28,7 +28,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
-    private static readonly FieldInfo FBatchEntry = typeof(DecodedBlock).GetField(nameof(DecodedBlock.BatchEntry))!;
+    private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
+    private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
     private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
@@ -81,7 +82,7 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr;
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _code, _next;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _code, _next, _self;
     /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
     private readonly bool _accesses;
     private readonly LocalBuilder[] _pa, _pb, _pr;
@@ -102,6 +103,17 @@ internal sealed partial class BlockTranslator
         public bool MaybeNone;
     }
 
+    /// <summary>What a compiled block's delegate is closed over: the block and which body of its method is
+    /// the block's. Both are fixed when the delegate is made. A block can be translated again while its
+    /// first code runs (two vCPUs that make it hot together queue it twice) and then lands elsewhere in
+    /// another method; the code already published, which vCPUs keep entering until the new code replaces
+    /// it, must still select its own body, which a body index kept in the shared block would not.</summary>
+    internal sealed class CompiledBody(DecodedBlock block, int index)
+    {
+        public readonly DecodedBlock Block = block;
+        public readonly int Index = index;
+    }
+
     /// <summary>The DynamicMethod one or more blocks are emitted into, and the IL locals their bodies share
     /// (each body is entered from the method's start and leaves by returning, so no value crosses bodies).</summary>
     private sealed class MethodFrame
@@ -109,12 +121,12 @@ internal sealed partial class BlockTranslator
         public readonly DynamicMethod Method;
         public readonly ILGenerator Il;
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
-        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Code, Next;
+        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Code, Next, Self;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
 
         public MethodFrame(ulong ip, int insns)
         {
-            Method = new DynamicMethod($"block_{ip:X}", typeof(void), [typeof(DecodedBlock), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
+            Method = new DynamicMethod($"block_{ip:X}", typeof(void), [typeof(CompiledBody), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
             Il = Method.GetILGenerator(256 + 64 * insns);
             for (int g = 0; g < 16; g++) Gpr[g] = Il.DeclareLocal(typeof(ulong));
             Fl = Il.DeclareLocal(typeof(ulong));
@@ -130,6 +142,7 @@ internal sealed partial class BlockTranslator
             AcArmed = Il.DeclareLocal(typeof(int));
             Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
             Next = Il.DeclareLocal(typeof(DecodedBlock));
+            Self = Il.DeclareLocal(typeof(DecodedBlock));
             for (int k = 0; k < MaxPending; k++)
             {
                 Pa[k] = Il.DeclareLocal(typeof(ulong));
@@ -162,15 +175,15 @@ internal sealed partial class BlockTranslator
         _accesses = Array.Exists(_plans, p => p.Inline && p.Faults);
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
-        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _code = f.Code; _next = f.Next;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _code = f.Code; _next = f.Next; _self = f.Self;
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
     public static Action<X86Vcpu> Compile(DecodedBlock b) => CompileBatch([b], out _)[0];
 
     /// <summary>Translates <paramref name="blocks"/> into one DynamicMethod with a body per block and
-    /// returns each block's entry (a delegate closed over the block, whose <see cref="DecodedBlock.BatchEntry"/>
-    /// selects its body). The .NET JIT has a large fixed cost per method, so compiling several blocks
+    /// returns each block's entry (a delegate closed over a <see cref="CompiledBody"/>, which selects the
+    /// block's body). The .NET JIT has a large fixed cost per method, so compiling several blocks
     /// at once costs much less per block than compiling them one by one.</summary>
     public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes)
     {
@@ -183,11 +196,13 @@ internal sealed partial class BlockTranslator
         il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Brtrue, body);
         il.Emit(OpCodes.Ret);
         il.MarkLabel(body);
+        // Every body reaches its block through this local.
+        il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBodyBlock); il.Emit(OpCodes.Stloc, f.Self);
         var entries = new Label[blocks.Count];
         for (int k = 0; k < entries.Length; k++) entries[k] = il.DefineLabel();
         if (blocks.Count > 1)
         {
-            il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBatchEntry);
+            il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBodyIndex);
             il.Emit(OpCodes.Switch, entries);
             il.Emit(OpCodes.Ret);
         }
@@ -207,8 +222,7 @@ internal sealed partial class BlockTranslator
             // Published before the code that indexes them.
             b.LinkTargets = targets[k];
             b.Links = new DecodedBlock?[targets[k].Length];
-            b.BatchEntry = k;
-            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), b);
+            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k));
         }
         return code;
     }
@@ -281,6 +295,9 @@ internal sealed partial class BlockTranslator
     // ---------------------------------------------------------------- IL primitives
 
     private void LdCpu() => _il.Emit(OpCodes.Ldarg_1);
+
+    /// <summary>Pushes the block being translated (the one the running delegate was made for).</summary>
+    private void LdBlock() => _il.Emit(OpCodes.Ldloc, _self);
 
     private void LdcU8(ulong v) => _il.Emit(OpCodes.Ldc_I8, (long)v);
 
@@ -515,7 +532,7 @@ internal sealed partial class BlockTranslator
             int slot = _linkTargets.Count;
             _linkTargets.Add(rip);
             if ((rip >> 12) == (_b.Ip >> 12)) EmitSamePageHop(slot);
-            LdCpu(); _il.Emit(OpCodes.Ldarg_0); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
+            LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
             EmitEnterSuccessor();
         }
         _il.Emit(OpCodes.Ret);
@@ -539,7 +556,7 @@ internal sealed partial class BlockTranslator
     {
         var helper = _il.DefineLabel();
         var leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
+        LdBlock(); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, helper);
         LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
@@ -587,7 +604,7 @@ internal sealed partial class BlockTranslator
         LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
         LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
         LdCpu();
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
         _il.Emit(OpCodes.Call, MJitExec);
         EmitAbortCheck();
         if (last)

@@ -110,7 +110,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         SyncForSlowPath();
-        LdCpu(); _il.Emit(OpCodes.Ldarg_0); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
+        LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
         _il.Emit(OpCodes.Stloc, _val);
         EmitAbortCheck();
         _il.MarkLabel(done);
@@ -135,7 +135,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         SyncForSlowPath();
-        LdCpu(); _il.Emit(OpCodes.Ldarg_0); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
+        LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
         EmitAbortCheck();
         _il.MarkLabel(done);
     }

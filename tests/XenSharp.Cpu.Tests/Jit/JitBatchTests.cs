@@ -75,7 +75,7 @@ public class JitBatchTests
         CompileQueue.CompileBatch(blocks, m.Engine);
         Assert.Equal(blocks.Count, (int)m.Engine.CompiledBlocks);
         Assert.Equal(0, m.Engine.JitFailures);
-        Assert.Equal(blocks.Count, blocks.Select(b => b.BatchEntry).Distinct().Count());
+        Assert.Equal(blocks.Count, blocks.Select(b => ((BlockTranslator.CompiledBody)b.Compiled!.Target!).Index).Distinct().Count());
 
         ulong before = m.Cpu.InstructionsRetired;
         m.Enter64(code, fourK: true);
@@ -87,5 +87,42 @@ public class JitBatchTests
         Assert.Equal(x.Rsp, y.Rsp); Assert.Equal(x.R9, y.R9); Assert.Equal(x.R10, y.R10);
         Assert.Equal(x.Rip, y.Rip); Assert.Equal(x.Rflags, y.Rflags);
         Assert.Equal(3000UL, y.R9);
+    }
+
+    /// <summary>Two vCPUs that make a block hot together can queue it twice, and the compiler thread then
+    /// translates it again into a later method, in another place among that method's bodies. Until the new
+    /// code is published (after the .NET JIT has compiled it) the vCPUs keep running the code published
+    /// first, which must still run its own block's body.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Code_published_for_a_block_runs_its_body_while_the_block_is_compiled_again()
+    {
+        var code = Program();
+        using var interp = new TestMachine(jit: JitSettings.Off);
+        interp.Enter64(code, fourK: true);
+        interp.RunToHlt();
+
+        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid).ToList();
+        Assert.True(blocks.Count >= 8, $"{blocks.Count} blocks");
+        CompileQueue.CompileBatch(blocks, m.Engine);
+        Assert.Equal(blocks.Count, (int)m.Engine.CompiledBlocks);
+        var published = blocks.Select(b => b.Compiled).ToList();
+
+        // The second translation, each block in another place, not published yet.
+        var again = Enumerable.Reverse(blocks).ToList();
+        var second = BlockTranslator.CompileBatch(again, out _);
+        Assert.Equal(again.Count, second.Length);
+        Assert.Equal(published, blocks.Select(b => b.Compiled));
+
+        ulong before = m.Cpu.InstructionsRetired;
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
+        var (x, y) = (interp.Regs, m.Regs);
+        Assert.Equal(x.Rax, y.Rax); Assert.Equal(x.Rbx, y.Rbx); Assert.Equal(x.Rcx, y.Rcx); Assert.Equal(x.Rdx, y.Rdx);
+        Assert.Equal(x.Rsp, y.Rsp); Assert.Equal(x.R9, y.R9); Assert.Equal(x.R10, y.R10);
+        Assert.Equal(x.Rip, y.Rip); Assert.Equal(x.Rflags, y.Rflags);
     }
 }
