@@ -22,18 +22,22 @@ internal sealed class CompileQueue : IDisposable
 
     public CompileQueue(X86Engine engine) => _engine = engine;
 
-    /// <summary>Queues <paramref name="b"/>; false when the queue is closed.</summary>
+    /// <summary>Queues <paramref name="b"/> unless it waits already; false when the queue is closed.
+    /// <see cref="DecodedBlock.Queued"/> is written only here, under the lock: vCPUs that make a block hot
+    /// together would otherwise each queue it and have it compiled twice.</summary>
     public bool TryEnqueue(DecodedBlock b)
     {
         lock (_queue)
         {
             if (_disposed) return false;
+            if (b.Queued) return true;
             if (_queue.Count >= MaxQueued)
             {
                 _queue[0].Queued = false;
                 _queue.RemoveAt(0);
             }
             _queue.Add(b);
+            b.Queued = true;
             if (_thread == null)
             {
                 _thread = new Thread(Loop) { IsBackground = true, Name = "xensharp-jit", Priority = ThreadPriority.BelowNormal };
@@ -67,7 +71,7 @@ internal sealed class CompileQueue : IDisposable
                     if (batch.Count > 0 && insns + b.Count > MaxBatchInsns) break;
                     _queue.RemoveAt(_queue.Count - 1);
                     // Code rewritten meanwhile: the vCPU decodes it again and this copy is garbage.
-                    if (!b.Valid) continue;
+                    if (!b.Valid || b.Compiled != null) continue;
                     batch.Add(b);
                     insns += b.Count;
                 }

@@ -26,7 +26,7 @@ internal unsafe partial class X86Vcpu
             if (!_engine.Jit.Enabled || b.JitFailed || !b.Valid || b.Hits++ < _engine.Jit.Threshold) return false;
             if (_engine.Jit.Background)
             {
-                if (!b.Queued) b.Queued = _engine.Compiler.TryEnqueue(b);
+                if (!b.Queued) _engine.Compiler.TryEnqueue(b);
                 return false;
             }
             code = CompileQueue.Compile(b, _engine, run: false);
