@@ -30,6 +30,12 @@ internal sealed class BlockCache
             return _blocks.TryGetValue(new Key(phys, ip, bitness), out var b) ? b : null;
     }
 
+    /// <summary>Every block decoded so far (for tests of the block compiler).</summary>
+    public List<DecodedBlock> Snapshot()
+    {
+        lock (_lock) return [.. _blocks.Values];
+    }
+
     private static ulong ChunkMask(int offset, int length)
     {
         int first = offset >> 6, last = Math.Min(4095, offset + Math.Max(length, 1) - 1) >> 6;

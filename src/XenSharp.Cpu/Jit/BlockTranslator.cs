@@ -28,11 +28,11 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
+    private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
+    private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
-    private static readonly FieldInfo FLinkFrom = Cpu.GetField("_linkFrom", Inst)!;
-    private static readonly FieldInfo FLinkSlot = Cpu.GetField("_linkSlot", Inst)!;
-    private static readonly MethodInfo MIndirectSuccessor = Cpu.GetMethod(nameof(X86Vcpu.IndirectSuccessor), Inst)!;
-    private static readonly MethodInfo MLinkedPageHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedPageHolds), Inst)!;
+    private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
+    private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
     private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
@@ -81,9 +81,11 @@ internal sealed partial class BlockTranslator
     /// <summary>GPRs the inline instructions touch: only these live in locals.</summary>
     private readonly int _used;
 
-    private readonly LocalBuilder[] _gpr = new LocalBuilder[16];
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _next, _code;
-    private readonly LocalBuilder[] _pa = new LocalBuilder[MaxPending], _pb = new LocalBuilder[MaxPending], _pr = new LocalBuilder[MaxPending];
+    private readonly LocalBuilder[] _gpr;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _code, _next, _self;
+    /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
+    private readonly bool _accesses;
+    private readonly LocalBuilder[] _pa, _pb, _pr;
     private Label _top;
 
     // Compile-time state along the (straight-line) block.
@@ -101,14 +103,63 @@ internal sealed partial class BlockTranslator
         public bool MaybeNone;
     }
 
-    private BlockTranslator(DecodedBlock b)
+    /// <summary>What a compiled block's delegate is closed over: the block and which body of its method is
+    /// the block's. Both are fixed when the delegate is made. A block can be translated again while its
+    /// first code runs (two vCPUs that make it hot together queue it twice) and then lands elsewhere in
+    /// another method; the code already published, which vCPUs keep entering until the new code replaces
+    /// it, must still select its own body, which a body index kept in the shared block would not.</summary>
+    internal sealed class CompiledBody(DecodedBlock block, int index)
+    {
+        public readonly DecodedBlock Block = block;
+        public readonly int Index = index;
+    }
+
+    /// <summary>The DynamicMethod one or more blocks are emitted into, and the IL locals their bodies share
+    /// (each body is entered from the method's start and leaves by returning, so no value crosses bodies).</summary>
+    private sealed class MethodFrame
+    {
+        public readonly DynamicMethod Method;
+        public readonly ILGenerator Il;
+        public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
+        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Code, Next, Self;
+        public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
+
+        public MethodFrame(ulong ip, int insns)
+        {
+            Method = new DynamicMethod($"block_{ip:X}", typeof(void), [typeof(CompiledBody), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
+            Il = Method.GetILGenerator(256 + 64 * insns);
+            for (int g = 0; g < 16; g++) Gpr[g] = Il.DeclareLocal(typeof(ulong));
+            Fl = Il.DeclareLocal(typeof(ulong));
+            Lin = Il.DeclareLocal(typeof(ulong));
+            Vpn = Il.DeclareLocal(typeof(ulong));
+            Entry = Il.DeclareLocal(typeof(nint));
+            Val = Il.DeclareLocal(typeof(ulong));
+            Ta = Il.DeclareLocal(typeof(ulong));
+            Tb = Il.DeclareLocal(typeof(ulong));
+            Tr = Il.DeclareLocal(typeof(ulong));
+            Budget = Il.DeclareLocal(typeof(int));
+            HopsLeft = Il.DeclareLocal(typeof(int));
+            AcArmed = Il.DeclareLocal(typeof(int));
+            Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
+            Next = Il.DeclareLocal(typeof(DecodedBlock));
+            Self = Il.DeclareLocal(typeof(DecodedBlock));
+            for (int k = 0; k < MaxPending; k++)
+            {
+                Pa[k] = Il.DeclareLocal(typeof(ulong));
+                Pb[k] = Il.DeclareLocal(typeof(ulong));
+                Pr[k] = Il.DeclareLocal(typeof(ulong));
+            }
+        }
+    }
+
+    private BlockTranslator(DecodedBlock b, MethodFrame f)
     {
         _b = b;
         _insns = b.Insns;
         _n = b.Count;
         _is64 = b.Bitness == 64;
-        _method = new DynamicMethod($"block_{b.Ip:X}", typeof(void), [typeof(DecodedBlock), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
-        _il = _method.GetILGenerator(256 + 64 * _n);
+        _method = f.Method;
+        _il = f.Il;
         _plans = new InsnPlan[_n];
         _liveAfter = new ulong[_n];
         for (int i = 0; i < _n; i++) _plans[i] = Plan(ref _insns[i]);
@@ -121,48 +172,67 @@ internal sealed partial class BlockTranslator
         _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip && allInline;
         // Leaving by links and indirect hops needs the same of every instruction the interpreter runs here.
         _chainable = _is64 && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
+        _accesses = Array.Exists(_plans, p => p.Inline && p.Faults);
 
-        for (int g = 0; g < 16; g++) _gpr[g] = _il.DeclareLocal(typeof(ulong));
-        _fl = _il.DeclareLocal(typeof(ulong));
-        _lin = _il.DeclareLocal(typeof(ulong));
-        _vpn = _il.DeclareLocal(typeof(ulong));
-        _entry = _il.DeclareLocal(typeof(nint));
-        _val = _il.DeclareLocal(typeof(ulong));
-        _ta = _il.DeclareLocal(typeof(ulong));
-        _tb = _il.DeclareLocal(typeof(ulong));
-        _tr = _il.DeclareLocal(typeof(ulong));
-        _budget = _il.DeclareLocal(typeof(int));
-        _next = _il.DeclareLocal(typeof(DecodedBlock));
-        _code = _il.DeclareLocal(typeof(Action<X86Vcpu>));
-        for (int k = 0; k < MaxPending; k++)
-        {
-            _pa[k] = _il.DeclareLocal(typeof(ulong));
-            _pb[k] = _il.DeclareLocal(typeof(ulong));
-            _pr[k] = _il.DeclareLocal(typeof(ulong));
-        }
+        _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _code = f.Code; _next = f.Next; _self = f.Self;
+        _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
-    public static Action<X86Vcpu> Compile(DecodedBlock b)
+    public static Action<X86Vcpu> Compile(DecodedBlock b) => CompileBatch([b], out _)[0];
+
+    /// <summary>Translates <paramref name="blocks"/> into one DynamicMethod with a body per block and
+    /// returns each block's entry (a delegate closed over a <see cref="CompiledBody"/>, which selects the
+    /// block's body). The .NET JIT has a large fixed cost per method, so compiling several blocks
+    /// at once costs much less per block than compiling them one by one.</summary>
+    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes)
     {
-        var t = new BlockTranslator(b);
-        t.Emit();
-        // Published before the code that indexes them.
-        b.LinkTargets = t._linkTargets.ToArray();
-        b.Links = new DecodedBlock?[b.LinkTargets.Length];
-        var del = (Action<X86Vcpu>)t._method.CreateDelegate(typeof(Action<X86Vcpu>), b);
-        return del;
+        int insns = 0;
+        foreach (var b in blocks) insns += b.Count;
+        var f = new MethodFrame(blocks[0].Ip, insns);
+        var il = f.Il;
+        // Called with no vCPU by the compiler thread, only to have .NET compile it.
+        var body = il.DefineLabel();
+        il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Brtrue, body);
+        il.Emit(OpCodes.Ret);
+        il.MarkLabel(body);
+        // Every body reaches its block through this local.
+        il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBodyBlock); il.Emit(OpCodes.Stloc, f.Self);
+        var entries = new Label[blocks.Count];
+        for (int k = 0; k < entries.Length; k++) entries[k] = il.DefineLabel();
+        if (blocks.Count > 1)
+        {
+            il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBodyIndex);
+            il.Emit(OpCodes.Switch, entries);
+            il.Emit(OpCodes.Ret);
+        }
+        var targets = new ulong[blocks.Count][];
+        for (int k = 0; k < blocks.Count; k++)
+        {
+            il.MarkLabel(entries[k]);
+            var t = new BlockTranslator(blocks[k], f);
+            t.Emit();
+            targets[k] = t._linkTargets.ToArray();
+        }
+        ilBytes = il.ILOffset;
+        var code = new Action<X86Vcpu>[blocks.Count];
+        for (int k = 0; k < blocks.Count; k++)
+        {
+            var b = blocks[k];
+            // Published before the code that indexes them.
+            b.LinkTargets = targets[k];
+            b.Links = new DecodedBlock?[targets[k].Length];
+            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k));
+        }
+        return code;
     }
 
     private void Emit()
     {
-        // Called with no vCPU by the compiler thread, only to have .NET compile it.
-        var body = _il.DefineLabel();
-        LdCpu(); _il.Emit(OpCodes.Brtrue, body);
-        _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(body);
         // Prologue: guest state into locals.
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_accesses) EmitAcArmed();
         if (_selfLoop)
         {
             _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stloc, _budget);
@@ -225,6 +295,9 @@ internal sealed partial class BlockTranslator
     // ---------------------------------------------------------------- IL primitives
 
     private void LdCpu() => _il.Emit(OpCodes.Ldarg_1);
+
+    /// <summary>Pushes the block being translated (the one the running delegate was made for).</summary>
+    private void LdBlock() => _il.Emit(OpCodes.Ldloc, _self);
 
     private void LdcU8(ulong v) => _il.Emit(OpCodes.Ldc_I8, (long)v);
 
@@ -429,15 +502,12 @@ internal sealed partial class BlockTranslator
         _flDirty = true;
     }
 
-    /// <summary>Before a call that can fault or exit: registers, flags, CurIp and Rip as the
-    /// interpreter has them while executing instruction <paramref name="i"/>.</summary>
-    private void SyncForCall(int i)
+    /// <summary>Before a slow-path call that can fault or exit: registers and flags as the interpreter
+    /// has them (the helper itself sets CurIp and Rip from the instruction's index).</summary>
+    private void SyncForSlowPath()
     {
         SpillGprs();
         StoreFlagsToCpu(hot: false);
-        ref DecodedInsn d = ref _insns[i];
-        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
-        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
     }
 
     private void AddRetired(int count)
@@ -457,43 +527,15 @@ internal sealed partial class BlockTranslator
         StoreFlagsToCpu(hot: true);
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
-        if (link && _chainable) EmitChain(rip, crossPage: (rip >> 12) != (_b.Ip >> 12));
-        _il.Emit(OpCodes.Ret);
-    }
-
-    /// <summary>Enters the successor linked to this exit while the hop budget lasts and nothing
-    /// asks the run loop to look (an exit request, a write to cached code, an invalidated
-    /// successor); an exit not linked yet tells the run loop to link it. A successor in another
-    /// linear page is entered only while the vCPU's code-fetch translation of that page, made in
-    /// the jump cache's current epoch, still leads to the successor's bytes.</summary>
-    private void EmitChain(ulong rip, bool crossPage)
-    {
-        int slot = _linkTargets.Count;
-        _linkTargets.Add(rip);
-        var unlinked = _il.DefineLabel();
-        var leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
-        _il.Emit(OpCodes.Stloc, _next);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, unlinked);
-        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _budget); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
-        if (crossPage)
+        if (link && _chainable)
         {
-            LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Call, MLinkedPageHolds);
-            _il.Emit(OpCodes.Brfalse, leave);
+            int slot = _linkTargets.Count;
+            _linkTargets.Add(rip);
+            if ((rip >> 12) == (_b.Ip >> 12)) EmitSamePageHop(slot);
+            LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
+            EmitEnterSuccessor();
         }
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
-        LdCpu();
-        _il.Emit(OpCodes.Callvirt, MInvoke);
         _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(unlinked);
-        LdCpu(); _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Stfld, FLinkFrom);
-        LdCpu(); LdcI4(slot); _il.Emit(OpCodes.Stfld, FLinkSlot);
-        _il.MarkLabel(leave);
     }
 
     /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
@@ -503,27 +545,41 @@ internal sealed partial class BlockTranslator
         SpillGprs();
         StoreFlagsToCpu(hot: true);
         AddRetired(executed - _flushed);
-        if (_chainable) EmitIndirectChain();
+        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain); EmitEnterSuccessor(); }
         _il.Emit(OpCodes.Ret);
     }
 
-    /// <summary>The hop of <see cref="EmitChain"/> for a target known only at run time: the jump cache's
-    /// entry for the stored RIP (<see cref="X86Vcpu.IndirectSuccessor"/>) is what the run loop would
-    /// enter next, so compiled code enters it directly, within the same hop budget and checks.</summary>
-    private void EmitIndirectChain()
+    /// <summary>The common hop of a direct exit in the block's own page inline (the run loop's straight-line
+    /// code, md5's rounds, runs through these): a linked successor is entered here with
+    /// <see cref="X86Vcpu.JitChain"/>'s checks; an exit not linked yet falls through to the helper.</summary>
+    private void EmitSamePageHop(int slot)
     {
+        var helper = _il.DefineLabel();
         var leave = _il.DefineLabel();
+        LdBlock(); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
+        _il.Emit(OpCodes.Stloc, _next);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, helper);
         LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _budget); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
+        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
+        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
         LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Call, MIndirectSuccessor);
-        _il.Emit(OpCodes.Stloc, _code);
-        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, leave);
-        _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
-        _il.Emit(OpCodes.Ret);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
+        LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
         _il.MarkLabel(leave);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(helper);
+    }
+
+    /// <summary>Calls the successor delegate on the stack, if any (the caller returns after).</summary>
+    private void EmitEnterSuccessor()
+    {
+        var none = _il.DefineLabel();
+        _il.Emit(OpCodes.Stloc, _code);
+        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, none);
+        _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
+        _il.MarkLabel(none);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>
@@ -548,7 +604,7 @@ internal sealed partial class BlockTranslator
         LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
         LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
         LdCpu();
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
         _il.Emit(OpCodes.Call, MJitExec);
         EmitAbortCheck();
         if (last)
@@ -560,6 +616,7 @@ internal sealed partial class BlockTranslator
         }
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_accesses) EmitAcArmed();
         _dirty = 0;
         _flDirty = false;
         var leave = _il.DefineLabel();

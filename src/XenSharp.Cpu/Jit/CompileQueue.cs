@@ -22,18 +22,22 @@ internal sealed class CompileQueue : IDisposable
 
     public CompileQueue(X86Engine engine) => _engine = engine;
 
-    /// <summary>Queues <paramref name="b"/>; false when the queue is closed.</summary>
+    /// <summary>Queues <paramref name="b"/> unless it waits already; false when the queue is closed.
+    /// <see cref="DecodedBlock.Queued"/> is written only here, under the lock: vCPUs that make a block hot
+    /// together would otherwise each queue it and have it compiled twice.</summary>
     public bool TryEnqueue(DecodedBlock b)
     {
         lock (_queue)
         {
             if (_disposed) return false;
+            if (b.Queued) return true;
             if (_queue.Count >= MaxQueued)
             {
                 _queue[0].Queued = false;
                 _queue.RemoveAt(0);
             }
             _queue.Add(b);
+            b.Queued = true;
             if (_thread == null)
             {
                 _thread = new Thread(Loop) { IsBackground = true, Name = "xensharp-jit", Priority = ThreadPriority.BelowNormal };
@@ -44,30 +48,77 @@ internal sealed class CompileQueue : IDisposable
         }
     }
 
+    /// <summary>Blocks compiled together into one method at most, and the guest instructions they
+    /// may hold: the .NET JIT's fixed cost per method is about that of a few dozen instructions'
+    /// code, while very large methods cost more per instruction (register allocation).</summary>
+    internal const int MaxBatch = 8, MaxBatchInsns = 160;
+
     private void Loop()
     {
+        var batch = new List<DecodedBlock>(MaxBatch);
         while (true)
         {
-            DecodedBlock b;
+            batch.Clear();
             lock (_queue)
             {
                 while (_queue.Count == 0 && !_disposed) Monitor.Wait(_queue);
                 if (_disposed) return;
-                b = _queue[^1];
-                _queue.RemoveAt(_queue.Count - 1);
+                // The newest first; whatever else is waiting rides along, up to the batch's limits.
+                int insns = 0;
+                while (_queue.Count > 0 && batch.Count < MaxBatch)
+                {
+                    var b = _queue[^1];
+                    if (batch.Count > 0 && insns + b.Count > MaxBatchInsns) break;
+                    _queue.RemoveAt(_queue.Count - 1);
+                    // Code rewritten meanwhile: the vCPU decodes it again and this copy is garbage.
+                    if (!b.Valid || b.Compiled != null) continue;
+                    batch.Add(b);
+                    insns += b.Count;
+                }
             }
-            // Code rewritten meanwhile: the vCPU decodes it again and this copy is garbage.
-            if (!b.Valid) continue;
+            if (batch.Count == 0) continue;
             try
             {
-                Compile(b, _engine, run: true);
+                CompileBatch(batch, _engine);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
-                // A translator defect costs this block its compiled form, never the process.
-                Failed(b, _engine, ex);
+                // A translator defect costs these blocks their compiled form, never the process.
+                foreach (var b in batch) Failed(b, _engine, ex);
             }
         }
+    }
+
+    /// <summary>Compiles <paramref name="batch"/> into one method on this thread and publishes each
+    /// block's entry; when that fails, each block is compiled alone so one bad block costs only itself.</summary>
+    internal static void CompileBatch(List<DecodedBlock> batch, X86Engine engine)
+    {
+        if (batch.Count > 1)
+        {
+            try
+            {
+                long t0 = Profile.Now();
+                var code = BlockTranslator.CompileBatch(batch, out int il);
+                long t1 = Profile.Now();
+                // Called once with no vCPU (it returns at once) so that .NET compiles it here rather
+                // than on the first vCPU to enter it.
+                code[0](null!);
+                Profile.Add(batch, il, t0, t1);
+                for (int k = 0; k < code.Length; k++) Publish(batch[k], code[k], engine);
+                return;
+            }
+            catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)
+            {
+                // Below: one at a time, to find the block at fault.
+            }
+        }
+        foreach (var b in batch) Compile(b, engine, run: true);
+    }
+
+    private static void Publish(DecodedBlock b, Action<X86Vcpu> code, X86Engine engine)
+    {
+        Volatile.Write(ref b.Compiled, code);
+        Interlocked.Increment(ref engine.CompiledCount);
     }
 
     /// <summary>Translates <paramref name="b"/> and publishes the code; with <paramref name="run"/>
@@ -77,10 +128,12 @@ internal sealed class CompileQueue : IDisposable
     {
         try
         {
-            var code = BlockTranslator.Compile(b);
+            long t0 = Profile.Now();
+            var code = BlockTranslator.CompileBatch([b], out int il)[0];
+            long t1 = Profile.Now();
             if (run) code(null!);
-            Volatile.Write(ref b.Compiled, code);
-            Interlocked.Increment(ref engine.CompiledCount);
+            if (run) Profile.Add([b], il, t0, t1);
+            Publish(b, code, engine);
             return code;
         }
         catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)
@@ -96,6 +149,35 @@ internal sealed class CompileQueue : IDisposable
         b.JitFailed = true;
         Interlocked.Increment(ref engine.JitFailureCount);
         engine.LastJitFailure = ex.Message;
+    }
+
+    /// <summary>With XENSHARP_ENGINE_STATS=path the compiler thread appends what its work costs: methods,
+    /// blocks, guest instructions and IL bytes compiled, and its own CPU time split between translating
+    /// to IL and the .NET JIT compiling that IL. Only the compiler thread counts.</summary>
+    private static class Profile
+    {
+        private static readonly string? Path = Environment.GetEnvironmentVariable("XENSHARP_ENGINE_STATS") is { Length: > 0 } p ? p : null;
+        private static long s_methods, s_blocks, s_insns, s_il, s_translateNs, s_jitNs, s_nextDump = 64;
+
+        public static long Now() => Path == null ? 0 : ThreadCpuNs();
+
+        /// <summary>Accounts a method translated between <paramref name="t0"/> and <paramref name="t1"/> and compiled by .NET until now.</summary>
+        public static void Add(IReadOnlyList<DecodedBlock> blocks, int il, long t0, long t1)
+        {
+            if (Path == null) return;
+            long t2 = ThreadCpuNs();
+            s_methods++; s_blocks += blocks.Count; s_il += il; s_translateNs += t1 - t0; s_jitNs += t2 - t1;
+            foreach (var b in blocks) s_insns += b.Count;
+            if (s_methods < s_nextDump) return;
+            s_nextDump = s_methods * 2;
+            File.AppendAllText(Path, $"jit: {s_methods} methods, {s_blocks} blocks, {s_insns} insns, {s_il} IL bytes; cpu {s_translateNs / 1e9:F2}s translating, " +
+                $"{s_jitNs / 1e9:F2}s in the .NET JIT ({(s_translateNs + s_jitNs) / 1e3 / s_blocks:F0} us a block, {(s_translateNs + s_jitNs) / 1e3 / s_insns:F1} us an instruction)\n");
+        }
+
+        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "clock_gettime")]
+        private static extern int ClockGetTime(int clock, out TimeSpec ts);
+        private struct TimeSpec { public long Sec, Nsec; }
+        private static long ThreadCpuNs() => ClockGetTime(3, out var ts) == 0 ? ts.Sec * 1_000_000_000 + ts.Nsec : 0;
     }
 
     public void Dispose()

@@ -44,7 +44,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldloc, _budget); LdcI4(LoopBudget); _il.Emit(OpCodes.Bge, leave);
         LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
         // Another vCPU may have rewritten the code: look the block up again.
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
+        LdBlock(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
         _il.Emit(OpCodes.Br, stay);
         _il.MarkLabel(leave);
         EmitExit(target, i + 1);

@@ -68,12 +68,19 @@ internal sealed partial class BlockTranslator
             LdcI4(4096 - size);
             _il.Emit(OpCodes.Bgt, slow);
         }
-        // Alignment checks are armed by CR0.AM at CPL 3 (Linux always sets AM) and EFLAGS.AC,
-        // which no inline instruction changes, so _fl has it.
-        var aligned = _il.DefineLabel();
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser); _il.Emit(OpCodes.Brfalse, aligned);
-        _il.Emit(OpCodes.Ldloc, _fl); LdcU8(X86Vcpu.AC); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Brtrue, slow);
-        _il.MarkLabel(aligned);
+        _il.Emit(OpCodes.Ldloc, _acArmed); _il.Emit(OpCodes.Brtrue, slow);
+    }
+
+    /// <summary>Alignment checks are armed by CR0.AM at CPL 3 (Linux always sets AM) and EFLAGS.AC; no
+    /// inline instruction changes either, so this is computed once on entry and again after each call
+    /// into the interpreter, and every access tests one local.</summary>
+    private void EmitAcArmed()
+    {
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser);
+        _il.Emit(OpCodes.Ldloc, _fl); LdcI4((int)X86Vcpu.AC); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.Cgt_Un);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Stloc, _acArmed);
     }
 
     /// <summary>Pushes the host address for _lin from the probed entry.</summary>
@@ -102,8 +109,8 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stloc, _val);
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
-        SyncForCall(i);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
+        SyncForSlowPath();
+        LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
         _il.Emit(OpCodes.Stloc, _val);
         EmitAbortCheck();
         _il.MarkLabel(done);
@@ -127,8 +134,8 @@ internal sealed partial class BlockTranslator
         }
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
-        SyncForCall(i);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
+        SyncForSlowPath();
+        LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
         EmitAbortCheck();
         _il.MarkLabel(done);
     }

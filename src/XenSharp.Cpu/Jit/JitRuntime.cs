@@ -10,14 +10,11 @@ internal unsafe partial class X86Vcpu
     /// <summary>Compiled blocks one entry from the run loop may run through direct links.</summary>
     private const int MaxHops = 64;
 
-    // Compiled code reads and writes these three through IL.
-#pragma warning disable CS0414, CS0649
     private int _hops;
     /// <summary>The compiled block whose direct exit <see cref="_linkSlot"/> was taken while not
     /// linked yet: the run loop links it to the block it finds next.</summary>
     private DecodedBlock? _linkFrom;
     private int _linkSlot;
-#pragma warning restore CS0414, CS0649
 
     /// <summary>Runs <paramref name="b"/> compiled when it is (or has just become) hot; false when
     /// the interpreter must run it.</summary>
@@ -29,7 +26,7 @@ internal unsafe partial class X86Vcpu
             if (!_engine.Jit.Enabled || b.JitFailed || !b.Valid || b.Hits++ < _engine.Jit.Threshold) return false;
             if (_engine.Jit.Background)
             {
-                if (!b.Queued) b.Queued = _engine.Compiler.TryEnqueue(b);
+                if (!b.Queued) _engine.Compiler.TryEnqueue(b);
                 return false;
             }
             code = CompileQueue.Compile(b, _engine, run: false);
@@ -68,6 +65,41 @@ internal unsafe partial class X86Vcpu
         }
     }
 
+    /// <summary>A direct exit of a chainable compiled block (its state already written back, RIP at the
+    /// exit's target): the successor linked to exit <paramref name="slot"/> for the compiled code to
+    /// enter, while the hop budget lasts and nothing asks the run loop to look (an exit request, a write
+    /// to cached code, an invalidated successor); null to return to the run loop. An exit not linked yet
+    /// tells the run loop to link it. A successor in another linear page is entered only while the
+    /// vCPU's code-fetch translation of that page, made in the jump cache's current epoch, still leads
+    /// to the successor's bytes. One call here in place of the checks inline keeps every exit's IL
+    /// small, which is most of what the .NET JIT spends; the caller invokes the successor itself so a
+    /// hop costs one frame, not two.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    internal Action<X86Vcpu>? JitChain(DecodedBlock from, int slot)
+    {
+        var next = from.Links[slot];
+        if (next == null)
+        {
+            _linkFrom = from;
+            _linkSlot = slot;
+            return null;
+        }
+        if (--_hops <= 0 || _exitRequested || Stop || !next.Valid) return null;
+        ulong rip = from.LinkTargets[slot];
+        if (((rip ^ from.Ip) >> 12) != 0 && !LinkedPageHolds(rip, next)) return null;
+        return next.Compiled;
+    }
+
+    /// <summary>The hop of <see cref="JitChain"/> for a target known only at run time (a RET, an indirect
+    /// JMP or CALL; RIP already stored): the compiled block the jump cache holds for RIP is what the run
+    /// loop would enter next (<see cref="IndirectSuccessor"/>), within the same budget and checks.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    internal Action<X86Vcpu>? JitIndirectChain()
+    {
+        if (--_hops <= 0 || _exitRequested || Stop) return null;
+        return IndirectSuccessor();
+    }
+
     // ---- slow paths of compiled code (state is written back before each call) ----
     // A fault or exit raised under them is caught right here and reported through Abort, which the
     // compiled code tests after each call and leaves by a plain return: the throw then unwinds only
@@ -79,8 +111,18 @@ internal unsafe partial class X86Vcpu
     internal byte Abort;
     internal const byte AbortFault = 1, AbortExit = 2;
 
-    internal ulong JitRead(ulong lin, int size)
+    /// <summary>CurIp and Rip as the interpreter has them while executing instruction <paramref name="i"/>
+    /// of <paramref name="b"/>: set here by the slow paths rather than by IL at every access.</summary>
+    private void JitAt(DecodedBlock b, int i)
     {
+        ref Iced.Intel.Instruction ins = ref b.Insns[i].I;
+        CurIp = ins.IP;
+        Rip = ins.NextIP;
+    }
+
+    internal ulong JitRead(DecodedBlock b, int i, ulong lin, int size)
+    {
+        JitAt(b, i);
         try { return JitReadCore(lin, size); }
         catch (GuestFault) { Abort = AbortFault; return 0; }
         catch (ExitSignal) { Abort = AbortExit; return 0; }
@@ -93,8 +135,9 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Stack-segment accesses (RSP/RBP bases, pushes and pops): a non-canonical address is #SS, not #GP.</summary>
-    internal ulong JitReadStack(ulong lin, int size)
+    internal ulong JitReadStack(DecodedBlock b, int i, ulong lin, int size)
     {
+        JitAt(b, i);
         try
         {
             CheckStackCanonical(lin, (uint)size);
@@ -104,8 +147,9 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
-    internal void JitWriteStack(ulong lin, int size, ulong v)
+    internal void JitWriteStack(DecodedBlock b, int i, ulong lin, int size, ulong v)
     {
+        JitAt(b, i);
         try
         {
             CheckStackCanonical(lin, (uint)size);
@@ -115,8 +159,9 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; }
     }
 
-    internal void JitWrite(ulong lin, int size, ulong v)
+    internal void JitWrite(DecodedBlock b, int i, ulong lin, int size, ulong v)
     {
+        JitAt(b, i);
         try { JitWriteCore(lin, size, v); }
         catch (GuestFault) { Abort = AbortFault; }
         catch (ExitSignal) { Abort = AbortExit; }

@@ -1,0 +1,128 @@
+using Iced.Intel;
+using XenSharp.Cpu.Jit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace XenSharp.Cpu.Tests.Jit;
+
+/// <summary>Blocks compiled together into one method (the compiler thread's batches) behave exactly as
+/// each block compiled alone and as the interpreter: every body is entered through its own block.</summary>
+public class JitBatchTests
+{
+    /// <summary>A loop split into many blocks: a three-way branch, a call and return, pushes and pops,
+    /// loads and stores, and an instruction the compiled code hands to the interpreter (MUL).</summary>
+    static byte[] Program() => TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+    {
+        var top = a.CreateLabel(); var low = a.CreateLabel(); var mid = a.CreateLabel(); var join = a.CreateLabel(); var helper = a.CreateLabel();
+        a.mov(eax, 0x67452301);
+        a.mov(ebx, 0xEFCDAB89);
+        a.xor(ecx, ecx);
+        a.xor(r9d, r9d);
+        a.sub(rsp, 512);
+        a.Label(ref top);
+        a.cmp(rcx, 15);
+        a.jbe(low);
+        a.cmp(rcx, 40);
+        a.jbe(mid);
+        a.call(helper);
+        a.jmp(join);
+        a.Label(ref low);
+        a.mov(edx, eax);
+        a.and(edx, ebx);
+        a.push(rax);
+        a.mul(rbx);
+        a.xor(edx, eax);
+        a.pop(rax);
+        a.jmp(join);
+        a.Label(ref mid);
+        a.lea(edx, __[rax + rbx * 2 + 7]);
+        a.Label(ref join);
+        a.add(eax, edx);
+        a.mov(__[rsp + rcx * 8], rax);
+        a.add(rbx, __[rsp + rcx * 8]);
+        a.rol(eax, 5);
+        a.adc(r10, rbx);
+        a.add(rcx, 1);
+        a.and(rcx, 63);
+        a.add(r9, 1);
+        a.cmp(r9, 3000);
+        a.jne(top);
+        a.add(rsp, 512);
+        a.hlt();
+        a.Label(ref helper);
+        a.push(rbx);
+        a.mov(rdx, __[rsp + 8]);
+        a.xor(rdx, rax);
+        a.shr(rdx, 3);
+        a.pop(rbx);
+        a.ret();
+    });
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Blocks_compiled_together_in_one_method_end_as_interpreted()
+    {
+        var code = Program();
+        using var interp = new TestMachine(jit: JitSettings.Off);
+        interp.Enter64(code, fourK: true);
+        interp.RunToHlt();
+
+        // Decoded by a first, interpreted run (the threshold is never reached), then compiled all at once.
+        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.Equal(0, m.Engine.CompiledBlocks);
+        var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid).ToList();
+        Assert.True(blocks.Count >= 8, $"{blocks.Count} blocks");
+        CompileQueue.CompileBatch(blocks, m.Engine);
+        Assert.Equal(blocks.Count, (int)m.Engine.CompiledBlocks);
+        Assert.Equal(0, m.Engine.JitFailures);
+        Assert.Equal(blocks.Count, blocks.Select(b => ((BlockTranslator.CompiledBody)b.Compiled!.Target!).Index).Distinct().Count());
+
+        ulong before = m.Cpu.InstructionsRetired;
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.True(m.Engine.LinkedExits > 0);
+        Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
+        var (x, y) = (interp.Regs, m.Regs);
+        Assert.Equal(x.Rax, y.Rax); Assert.Equal(x.Rbx, y.Rbx); Assert.Equal(x.Rcx, y.Rcx); Assert.Equal(x.Rdx, y.Rdx);
+        Assert.Equal(x.Rsp, y.Rsp); Assert.Equal(x.R9, y.R9); Assert.Equal(x.R10, y.R10);
+        Assert.Equal(x.Rip, y.Rip); Assert.Equal(x.Rflags, y.Rflags);
+        Assert.Equal(3000UL, y.R9);
+    }
+
+    /// <summary>Two vCPUs that make a block hot together can queue it twice, and the compiler thread then
+    /// translates it again into a later method, in another place among that method's bodies. Until the new
+    /// code is published (after the .NET JIT has compiled it) the vCPUs keep running the code published
+    /// first, which must still run its own block's body.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Code_published_for_a_block_runs_its_body_while_the_block_is_compiled_again()
+    {
+        var code = Program();
+        using var interp = new TestMachine(jit: JitSettings.Off);
+        interp.Enter64(code, fourK: true);
+        interp.RunToHlt();
+
+        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid).ToList();
+        Assert.True(blocks.Count >= 8, $"{blocks.Count} blocks");
+        CompileQueue.CompileBatch(blocks, m.Engine);
+        Assert.Equal(blocks.Count, (int)m.Engine.CompiledBlocks);
+        var published = blocks.Select(b => b.Compiled).ToList();
+
+        // The second translation, each block in another place, not published yet.
+        var again = Enumerable.Reverse(blocks).ToList();
+        var second = BlockTranslator.CompileBatch(again, out _);
+        Assert.Equal(again.Count, second.Length);
+        Assert.Equal(published, blocks.Select(b => b.Compiled));
+
+        ulong before = m.Cpu.InstructionsRetired;
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
+        var (x, y) = (interp.Regs, m.Regs);
+        Assert.Equal(x.Rax, y.Rax); Assert.Equal(x.Rbx, y.Rbx); Assert.Equal(x.Rcx, y.Rcx); Assert.Equal(x.Rdx, y.Rdx);
+        Assert.Equal(x.Rsp, y.Rsp); Assert.Equal(x.R9, y.R9); Assert.Equal(x.R10, y.R10);
+        Assert.Equal(x.Rip, y.Rip); Assert.Equal(x.Rflags, y.Rflags);
+    }
+}
