@@ -341,7 +341,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             }
 
             // An instruction waiting for its MMIO results completes before any event is taken.
-            if (!Shadow && _replayCount == 0 && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
+            if (!Shadow && _replayCount == 0 && EventPending())
             {
                 if (Stats) S.Events++;
                 try
@@ -446,6 +446,10 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             }
         }
     }
+
+    /// <summary>An event the run loop would deliver at the next instruction boundary the shadow and MMIO replay allow.</summary>
+    private bool EventPending()
+        => _injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true });
 
     private bool DeliverEvents()
     {
