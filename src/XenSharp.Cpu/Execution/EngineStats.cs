@@ -18,6 +18,7 @@ internal sealed partial class X86Vcpu
         public readonly Dictionary<ulong, long> InterpretedAt = new();
         public readonly Dictionary<ulong, long> SingleAt = new();
         public readonly Dictionary<ulong, long> BackOtherAt = new();
+        public readonly Dictionary<ulong, long> PortAt = new();
         public readonly Dictionary<ulong, long> DispatchAt = new();
         public readonly Dictionary<ulong, long> NotCompiledWhy = new();
         public long NextDump = Environment.TickCount64 + 5000;
@@ -76,6 +77,7 @@ internal sealed partial class X86Vcpu
         var s = S;
         s.Exits++;
         s.ExitReasons[(int)r & 31]++;
+        if (r == VcpuExitReason.Io) s.PortAt[_exit.Port | (_exit.IsWrite ? 0x10000UL : 0)] = s.PortAt.GetValueOrDefault(_exit.Port | (_exit.IsWrite ? 0x10000UL : 0)) + 1;
         long now = Environment.TickCount64;
         if (now < s.NextDump) return;
         s.NextDump = now + 5000;
@@ -86,6 +88,8 @@ internal sealed partial class X86Vcpu
             $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
             $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  compiled code back in the run loop: hop budget {s.BackHops / secs:F0}/s, unlinked exit {s.BackUnlinked / secs:F0}/s, stop {s.BackStop / secs:F0}/s, other {s.BackOther / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
         for (int i = 0; i < 32; i++) if (s.ExitReasons[i] > 0) w.Append($" {(VcpuExitReason)i}={s.ExitReasons[i] / secs:F0}/s");
+        w.Append("\n  ports (0x1xxxx writes):");
+        foreach (var kv in s.PortAt.OrderByDescending(kv => kv.Value).Take(10)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}/s");
         w.Append("\n  not compiled (1 failed, 2 queued, 3 invalid, 4 cold, 5 other):");
         foreach (var kv in s.NotCompiledWhy) w.Append($" {kv.Key}={kv.Value / secs:F0}/s");
         w.Append("\n  interpreted at:");
