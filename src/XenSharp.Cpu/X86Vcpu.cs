@@ -351,7 +351,7 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             }
 
             // An instruction waiting for its MMIO results completes before any event is taken.
-            if (!Shadow && _replayCount == 0 && (_injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true })))
+            if (!Shadow && _replayCount == 0 && EventPending())
             {
                 if (Stats) S.Events++;
                 try
@@ -476,6 +476,10 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             }
         }
     }
+
+    /// <summary>An event the run loop would deliver at the next instruction boundary the shadow and MMIO replay allow.</summary>
+    private bool EventPending()
+        => _injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true });
 
     /// <summary>Delivers the first pending event. A delivery that meets a paged-out page (its stack, IDT, GDT or TSS)
     /// leaves with that page's exit, the vCPU's state as it was before (<see cref="DeliverFault"/>) and the event

@@ -42,7 +42,7 @@ internal unsafe partial class X86Vcpu
         /// <summary>Code-fetch translations (linear page to guest-physical page) valid in the same
         /// epoch: a jump-cache miss on a page seen since the last flush needs no page walk. Adding
         /// one notes its page in the filters, so every block the cache takes is covered by them.</summary>
-        private const int FetchSlots = 64;
+        private const int FetchSlots = 1024;
         private readonly ulong[] _fetchVpn = new ulong[FetchSlots], _fetchPhys = new ulong[FetchSlots];
         private readonly uint[] _fetchEpoch = new uint[FetchSlots];
 
@@ -53,6 +53,20 @@ internal unsafe partial class X86Vcpu
             bool hit = _fetchEpoch[i] == Epoch && _fetchVpn[i] == vpn;
             phys = hit ? _fetchPhys[i] | (lin & 0xFFF) : 0;
             return hit;
+        }
+
+        /// <summary>Notes again a translation this epoch already proved: a block found in the jump cache in the
+        /// current epoch came from <paramref name="phys"/> through the page of <paramref name="lin"/>, which the
+        /// filters hold since its lookup. Keeps compiled code's cross-page links (<see cref="LinkedPageHolds"/>)
+        /// working after the slot was taken by another page, without a page walk.</summary>
+        public void Refetch(ulong lin, ulong phys)
+        {
+            ulong vpn = lin >> 12;
+            int i = (int)(vpn & (FetchSlots - 1));
+            if (_fetchEpoch[i] == Epoch && _fetchVpn[i] == vpn) return;
+            _fetchVpn[i] = vpn;
+            _fetchPhys[i] = phys & ~0xFFFUL;
+            _fetchEpoch[i] = Epoch;
         }
 
         public void AddFetch(ulong lin, ulong phys, int leaf)
@@ -205,6 +219,7 @@ internal unsafe partial class X86Vcpu
         {
             // Written once per aging epoch, so that vCPUs running the same code do not share a dirty line.
             if (b.LastRun != age) b.LastRun = age;
+            cache.Refetch(CodeLinear(rip), b.Phys);
             return b;
         }
         // A slot left from a past epoch (a CR3 write, an INVLPG) still names the block it held: when the
@@ -564,9 +579,13 @@ internal unsafe partial class X86Vcpu
             RunOneChecked();
             return;
         }
-        bool single = Shadow || _replayCount > 0;
+        // An STI or MOV SS shadow only matters to an event waiting to be delivered after the next instruction:
+        // with none pending, the block runs as any other (an event raised meanwhile is taken at a later
+        // boundary, as if it had arrived there), which spares a kernel's every local_irq_enable a trip
+        // through the single-instruction path.
+        bool single = _replayCount > 0 || (Shadow && EventPending());
         int chain = single ? 1 : ChainLimit;
-        if (single) Shadow = false;
+        Shadow = false;
         _dbStep = false;
         _linkFrom = null;
         // The interpreted block just completed, and the jump cache (and its epoch) it was found under.
@@ -589,7 +608,7 @@ internal unsafe partial class X86Vcpu
             // Compiled code runs whole blocks: not when the CS limit cuts the block.
             if (!single && n == b.Count && TryRunCompiled(b))
             {
-                if (Stats) S.Compiled++;
+                if (Stats) StatBackInRunLoop();
                 if (Abort != 0) return;
                 if (Stop)
                 {

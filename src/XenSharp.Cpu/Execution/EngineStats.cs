@@ -13,10 +13,12 @@ internal sealed partial class X86Vcpu
 
     private sealed class StatCounters
     {
-        public long Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles;
+        public long BackHops, BackUnlinked, BackStop, BackOther, Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles;
         public readonly long[] ExitReasons = new long[32];
         public readonly Dictionary<ulong, long> InterpretedAt = new();
         public readonly Dictionary<ulong, long> SingleAt = new();
+        public readonly Dictionary<ulong, long> BackOtherAt = new();
+        public readonly Dictionary<ulong, long> PortAt = new();
         public readonly Dictionary<ulong, long> DispatchAt = new();
         public readonly Dictionary<ulong, long> NotCompiledWhy = new();
         public long NextDump = Environment.TickCount64 + 5000;
@@ -41,6 +43,21 @@ internal sealed partial class X86Vcpu
         s.DispatchAt[b.Ip] = s.DispatchAt.GetValueOrDefault(b.Ip) + 1;
     }
 
+    /// <summary>Why compiled code came back to the run loop rather than entering a successor itself.</summary>
+    private void StatBackInRunLoop()
+    {
+        var s = S;
+        s.Compiled++;
+        if (Abort != 0 || Stop) s.BackStop++;
+        else if (_hops <= 0) s.BackHops++;
+        else if (_linkFrom != null) s.BackUnlinked++;
+        else
+        {
+            s.BackOther++;
+            s.BackOtherAt[Rip] = s.BackOtherAt.GetValueOrDefault(Rip) + 1;
+        }
+    }
+
     private void StatInterpreted(DecodedBlock b, int n, bool single)
     {
         var s = S;
@@ -60,6 +77,7 @@ internal sealed partial class X86Vcpu
         var s = S;
         s.Exits++;
         s.ExitReasons[(int)r & 31]++;
+        if (r == VcpuExitReason.Io) s.PortAt[_exit.Port | (_exit.IsWrite ? 0x10000UL : 0)] = s.PortAt.GetValueOrDefault(_exit.Port | (_exit.IsWrite ? 0x10000UL : 0)) + 1;
         long now = Environment.TickCount64;
         if (now < s.NextDump) return;
         s.NextDump = now + 5000;
@@ -68,12 +86,16 @@ internal sealed partial class X86Vcpu
         var w = new System.Text.StringBuilder();
         w.Append($"vcpu{Id} {(now - s.LastTick) / 1000.0:F1}s wall, {secs:F2}s cpu, per cpu-second: retired {(_retired - s.LastRetired) / secs / 1e6:F1} M/s, runs {s.RunCalls / secs:F0}/s, dispatches {s.Dispatches / secs:F0}/s, " +
             $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
-            $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
+            $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  compiled code back in the run loop: hop budget {s.BackHops / secs:F0}/s, unlinked exit {s.BackUnlinked / secs:F0}/s, stop {s.BackStop / secs:F0}/s, other {s.BackOther / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
         for (int i = 0; i < 32; i++) if (s.ExitReasons[i] > 0) w.Append($" {(VcpuExitReason)i}={s.ExitReasons[i] / secs:F0}/s");
+        w.Append("\n  ports (0x1xxxx writes):");
+        foreach (var kv in s.PortAt.OrderByDescending(kv => kv.Value).Take(10)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}/s");
         w.Append("\n  not compiled (1 failed, 2 queued, 3 invalid, 4 cold, 5 other):");
         foreach (var kv in s.NotCompiledWhy) w.Append($" {kv.Key}={kv.Value / secs:F0}/s");
         w.Append("\n  interpreted at:");
         foreach (var kv in s.InterpretedAt.OrderByDescending(kv => kv.Value).Take(25)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
+        w.Append("\n  back in the run loop for other reasons, at:");
+        foreach (var kv in s.BackOtherAt.OrderByDescending(kv => kv.Value).Take(25)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
         w.Append("\n  single at:");
         foreach (var kv in s.SingleAt.OrderByDescending(kv => kv.Value).Take(15)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
         w.Append("\n  dispatched at:");

@@ -121,9 +121,27 @@ internal unsafe partial class X86Vcpu
     internal void Write64(ulong lin, ulong v) => WriteLin(lin, 8, v);
 
     /// <summary>Implicit supervisor-mode accesses (descriptor tables, TSS, IDT, stacks of the
-    /// interrupt delivery at CPL 0).</summary>
-    internal ulong ReadSys(ulong lin, int size) => ReadSlow(lin, size, false, true);
-    internal void WriteSys(ulong lin, int size, ulong v) => WriteSlow(lin, size, v, false, true);
+    /// interrupt delivery at CPL 0). A hit in the supervisor context needs no walk whatever the CPL: its
+    /// entries hold only what a supervisor access may repeat without EFLAGS.AC (under SMAP, user pages go
+    /// to the AC context or stay uncached), which is exactly an implicit access's rights; pages with a
+    /// data breakpoint are never cached, and code frames never have a write tag.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong ReadSys(ulong lin, int size)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + (int)(vpn & TlbMask);
+        if (e->ReadTag == vpn && (int)(lin & 0xFFF) <= 4096 - size) return LoadHost(e->Host + (lin & 0xFFF), size);
+        return ReadSlow(lin, size, false, true);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void WriteSys(ulong lin, int size, ulong v)
+    {
+        ulong vpn = lin >> 12;
+        TlbEntry* e = _tlb + (int)(vpn & TlbMask);
+        if (e->WriteTag == vpn && (int)(lin & 0xFFF) <= 4096 - size) StoreHost(e->Host + (lin & 0xFFF), size, v);
+        else WriteSlow(lin, size, v, false, true);
+    }
 
     // ---- slow paths ----
 

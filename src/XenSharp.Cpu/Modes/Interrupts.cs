@@ -208,7 +208,7 @@ internal unsafe partial class X86Vcpu
 
     private static bool IsFaultVector(int v) => v is 0 or 5 or 6 or 7 or 10 or 11 or 12 or 13 or 14 or 16 or 17 or 19 or 20 or 21;
 
-    private void WriteFrame8(ulong lin, ulong v) => WriteSlow(lin, 8, v, false, true);
+    private void WriteFrame8(ulong lin, ulong v) => WriteSys(lin, 8, v);
 
     private void ExecIret(ref DecodedInsn d)
     {
