@@ -262,6 +262,20 @@ public class LinuxPvhTests
             }
         }
 
+        /// <summary>For a console attached after the guest may have printed its prompt: presses Enter until a shell
+        /// prompt answers.</summary>
+        public void WaitForShell(TimeSpan limit)
+        {
+            var deadline = DateTime.UtcNow + limit;
+            do
+            {
+                Send("\r");
+                if (_out.TryWaitFor("~ # ", TimeSpan.FromSeconds(10), () => _p.HasExited) is not null)
+                    return;
+            } while (DateTime.UtcNow < deadline && !_p.HasExited);
+            Assert.Fail($"no shell prompt within {limit} (xl {(_p.HasExited ? $"exited {_p.ExitCode}" : "running")}); output:\n{_out.Tail()}");
+        }
+
         public bool WaitForExit(TimeSpan limit) => _p.WaitForExit(limit);
 
         public void Send(string keys)
