@@ -50,4 +50,10 @@ public interface IX86Vcpu : IVcpu
     /// and the MMIO's 4 KiB pages (<see cref="VcpuExit.Count"/>), as Xen's emulator sends one ioreq for them. Off by
     /// default: every iteration is an exit of its own.</summary>
     bool BatchStringIo { get => false; set { } }
+
+    /// <summary>The ports no device claims, one bit per port (1,024 words), as a VMX I/O bitmap leaves ports to the
+    /// CPU: an IN whose every byte is marked reads all ones and an OUT to them is dropped, without leaving
+    /// <see cref="IVcpu.Run"/>. Null (the default): every IN and OUT is an exit. The hypervisor clears it before a
+    /// device can claim a port.</summary>
+    ulong[]? UnclaimedPorts { get => null; set { } }
 }

@@ -118,6 +118,35 @@ public class IoBusTests : IDisposable
     }
 
     [Fact]
+    public void AVcpuAnswersUnclaimedPortsItselfUntilADeviceOrAnIoreqServerMayClaimOne()
+    {
+        using var host = new XenHypervisor(new HypervisorOptions { MachineMemoryBytes = 256UL << 20, Pcpus = 1, EngineFactory = m => new XenSharp.Cpu.X86Engine(m) });
+        var g = new Guest(host, vcpus: 2);
+        var cpu = (XenSharp.Cpu.IX86Vcpu)g.Vcpu(0).Engine!;
+        var other = (XenSharp.Cpu.IX86Vcpu)g.Vcpu(1).Engine!;
+        bool Marked(ushort port) => cpu.UnclaimedPorts is { } map && (map[port >> 6] & (1UL << (port & 63))) != 0;
+
+        g.Domain.Arch.OfferUnclaimedPorts(g.Vcpu(0));
+        Assert.True(Marked(0x42));
+        Assert.False(Marked(HvmDomain.DebugConsolePort));
+        Assert.False(Marked(g.Domain.Arch.Pm1a.Port));
+        Assert.Null(other.UnclaimedPorts); // given per vCPU, as each meets an unclaimed port
+
+        // A device that claims a port takes the map from every vCPU first; the next offer leaves its port out.
+        g.Domain.Arch.PortIo.Register(0x42, 1, new Recorder());
+        Assert.Null(cpu.UnclaimedPorts);
+        g.Domain.Arch.OfferUnclaimedPorts(g.Vcpu(0));
+        Assert.False(Marked(0x42));
+        Assert.True(Marked(0x43));
+
+        // Once an IOREQ server exists, what no device claims is the device model's: every port exits again.
+        Assert.Equal(0, g.Domain.Arch.Ioreq.Create(0, 0, out _));
+        Assert.Null(cpu.UnclaimedPorts);
+        g.Domain.Arch.OfferUnclaimedPorts(g.Vcpu(0));
+        Assert.Null(cpu.UnclaimedPorts);
+    }
+
+    [Fact]
     public void TheVlapicPageFollowsEachVcpusApicBase()
     {
         var g = new Guest(_host, vcpus: 2);

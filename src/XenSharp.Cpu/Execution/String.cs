@@ -247,6 +247,19 @@ internal unsafe partial class X86Vcpu
 
     public bool BatchStringIo { get; set; }
 
+    public ulong[]? UnclaimedPorts { get; set; }
+
+    /// <summary>Every byte of the access is a port nothing claims (<see cref="UnclaimedPorts"/>).</summary>
+    private bool Unclaimed(uint port, int size)
+    {
+        if (UnclaimedPorts is not { } map || port + (uint)size > 0x10000)
+            return false;
+        for (uint p = port; p < port + (uint)size; p++)
+            if ((map[p >> 6] & (1UL << (int)(p & 63))) == 0)
+                return false;
+        return true;
+    }
+
     private ulong _pendingCount;
     /// <summary>Index registers the repeated access advances: 1 RSI, 2 RDI.</summary>
     private int _pendingIndexRegs;
@@ -407,6 +420,11 @@ internal unsafe partial class X86Vcpu
         uint port = d.I.Op1Kind == OpKind.Register ? (ushort)R[2] : d.I.Immediate8;
         CheckIoPermission(port, size);
         CheckIoBreakpoints(port, size);
+        if (Unclaimed(port, size))
+        {
+            WriteReg(reg, ulong.MaxValue); // all ones, as the exit would have answered
+            return;
+        }
         CarryDebugAcrossExit();
         _pending = PendingCompletion.In;
         _pendingReg = reg;
@@ -425,6 +443,8 @@ internal unsafe partial class X86Vcpu
         uint port = d.I.Op0Kind == OpKind.Register ? (ushort)R[2] : d.I.Immediate8;
         CheckIoPermission(port, size);
         CheckIoBreakpoints(port, size);
+        if (Unclaimed(port, size))
+            return;
         CarryDebugAcrossExit();
         Stop = true;
         _exit.Port = port; _exit.Size = size; _exit.IsWrite = true; _exit.Data = ReadReg(reg);

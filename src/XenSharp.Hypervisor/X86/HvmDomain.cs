@@ -29,6 +29,37 @@ internal sealed unsafe class HvmDomain : ArchDomain
         if ((EmulationFlags & XEN_X86_EMU_PIC) != 0)
             Platform = new HvmPlatform(domain, this);
         Ioreq = new IoreqServers(domain);
+        PortIo.Changed += ForgetUnclaimedPorts;
+    }
+
+    private ulong[]? _unclaimedPorts;
+
+    /// <summary>After an exit for a port nothing claimed: while the domain has no IOREQ server (a PVH domain, or an HVM
+    /// one before its device model starts), gives the vCPU the map of unclaimed ports, so that the next reads of
+    /// them (Linux's PIT calibration polls port 0x42 on a PVH domain a hundred thousand times) are answered in the
+    /// engine. A device that claims a port or an IOREQ server that appears takes the map away first.</summary>
+    public void OfferUnclaimedPorts(Vcpu v)
+    {
+        if (Ioreq.Any || Domain.Host.IoreqServer is not null || Io.HvmIoStats.On || v.Engine is not Cpu.IX86Vcpu cpu)
+            return;
+        var map = _unclaimedPorts;
+        if (map is null)
+        {
+            map = new ulong[0x10000 / 64];
+            Array.Fill(map, ulong.MaxValue);
+            PortIo.ClearClaimed(map);
+            _unclaimedPorts = map;
+        }
+        cpu.UnclaimedPorts = map;
+    }
+
+    /// <summary>Every vCPU exits again on every port: called before a device or an IOREQ server can claim one.</summary>
+    public void ForgetUnclaimedPorts()
+    {
+        _unclaimedPorts = null;
+        foreach (var v in Domain.Vcpus)
+            if (v.Engine is Cpu.IX86Vcpu cpu)
+                cpu.UnclaimedPorts = null;
     }
 
     /// <summary>The device models' IOREQ servers (XEN_DMOP_create_ioreq_server and the rest).</summary>

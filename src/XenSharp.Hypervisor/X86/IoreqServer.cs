@@ -372,6 +372,8 @@ internal sealed class IoreqServers(Domain d)
             IoreqServer s;
             try { s = new IoreqServer(d, id, dmDomain, handleBufioreq); }
             catch (HypervisorException e) { return -e.Errno; }
+            // The engines stop answering unclaimed ports themselves before the server can be given any.
+            d.Arch.ForgetUnclaimedPorts();
             _servers = [.. _servers, s];
             return 0;
         }

@@ -36,6 +36,8 @@ internal static unsafe class VmExit
                     HvmIo.PortWrite(v, (ushort)exit.Port, exit.Size, exit.Data);
                 else
                     cpu.CompleteExit(HvmIo.PortRead(v, (ushort)exit.Port, exit.Size));
+                if (!v.Domain.Arch.PortIo.TryFind(exit.Port, out _, out _))
+                    v.Domain.Arch.OfferUnclaimedPorts(v);
                 return !v.DescheduleRequested;
             case VcpuExitReason.Mmio:
                 // A page (or a page-table entry the walk read) that is paged out: it is asked for, the vCPU waits.

@@ -63,8 +63,9 @@ internal sealed class IoBus(string name)
             next[at] = new Range(start, length, handler);
             Array.Copy(old, at, next, at + 1, old.Length - at);
             _ranges = next;
-            return true;
         }
+        Changed?.Invoke();
+        return true;
     }
 
     /// <summary>Registers, or throws when the range is taken: for the hypervisor's own devices, where a clash is a bug.</summary>
@@ -87,8 +88,9 @@ internal sealed class IoBus(string name)
             Array.Copy(old, next, at);
             Array.Copy(old, at + 1, next, at, old.Length - at - 1);
             _ranges = next;
-            return true;
         }
+        Changed?.Invoke();
+        return true;
     }
 
     /// <summary>The handler whose range holds <paramref name="address"/>, and the offset into that range.</summary>
@@ -106,6 +108,17 @@ internal sealed class IoBus(string name)
         handler = null!;
         offset = 0;
         return false;
+    }
+
+    /// <summary>Raised after a range is registered or removed.</summary>
+    public event Action? Changed;
+
+    /// <summary>Clears the bits of every registered address below 65,536 in <paramref name="map"/>.</summary>
+    public void ClearClaimed(ulong[] map)
+    {
+        foreach (var r in _ranges)
+            for (ulong a = r.Start; a <= r.Last && a < 0x10000; a++)
+                map[a >> 6] &= ~(1UL << (int)(a & 63));
     }
 
     /// <summary>The number of registered ranges (for tests and debug output).</summary>
