@@ -223,9 +223,13 @@ void *xencall_alloc_buffer_pages(xencall_handle *h, size_t nr_pages)
     }
     pthread_mutex_lock(&h->lock);
     if (nr_pages == 1 && h->cached > 0) {
+        void *p;
         first = (long)h->cache[--h->cached];
         pthread_mutex_unlock(&h->lock);
-        return h->base + (size_t)first * PAGE;
+        /* A buffer starts zeroed, as libxencall's do: callers leave padding and unused fields as they find them. */
+        p = h->base + (size_t)first * PAGE;
+        memset(p, 0, PAGE);
+        return p;
     }
     first = find_run(h, nr_pages, h->hint, BUFFER_PAGES);
     if (first < 0)

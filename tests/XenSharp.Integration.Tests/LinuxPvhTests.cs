@@ -175,8 +175,7 @@ public class LinuxPvhTests
             vcpus = {vcpus}
             {(destroyOnPoweroff ? "on_poweroff = \"destroy\"" : "")}
             on_crash = "preserve"
-            {extra}
-            """);
+            """ + (extra.Length > 0 ? "\n" + extra : ""));
         return cfg;
     }
 
