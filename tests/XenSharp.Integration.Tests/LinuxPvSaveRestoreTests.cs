@@ -1,0 +1,93 @@
+using System.Globalization;
+using XenSharp.Artifacts;
+using static XenSharp.Integration.Tests.LinuxPvhTests;
+
+namespace XenSharp.Integration.Tests;
+
+/// <summary>
+/// xl save and xl restore of Debian's kernel as a 64-bit PV guest with two vCPUs: xl save asks it to suspend through
+/// xenstore, and its page tables go into the file with their frames as PFNs, typed and pinned, beside its vCPUs'
+/// contexts, its p2m's frames and its shared_info; Xen's verify-stream-v2 accepts the file. xl restore gives it new
+/// machine frames: the same shell answers with a file it wrote to its RAM-backed root before the save, its uptime
+/// went on, a child process runs on each vCPU; `xl save -c` leaves it running where it was (its suspend cancelled),
+/// and the restored domain is saved and restored again.
+/// </summary>
+public class LinuxPvSaveRestoreTests
+{
+    [Fact]
+    [Trait("Feature", "xl save/restore"), Trait("Feature", "x86/PV")]
+    public void DebianPvGuestIsSavedAndRestoredWithItsState()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        using var xl = new XlHost();
+        string cfg = WriteConfig(xl, store, "pvsr", vcpus: 2, memory: 256, type: "pv");
+        string file = Path.Combine(xl.RunDir, "pvsr.save");
+        string marker = $"state-{Guid.NewGuid():N}";
+        try
+        {
+            double uptime;
+            using (var console = new ConsoleSession(xl.RunDir, "create", "-c", cfg))
+            {
+                console.WaitFor("~ # ", BootLimit);
+                console.Ask($"echo {marker} > /marker; echo written", "written");
+                uptime = Uptime(console);
+
+                // xl save -c: the guest carries on in the same domain, told its suspend was cancelled.
+                var checkpoint = xl.Run(TimeSpan.FromMinutes(5), "save", "-c", "pvsr", file);
+                Assert.True(checkpoint.ExitCode == 0, checkpoint + "\n" + xl.Run("dmesg").Stdout);
+                Assert.Contains(marker + "\r\n~ # ", console.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2)));
+                var (rc0, output0) = XlSaveRestoreTests.Verify(file);
+                Assert.True(rc0 == 0, output0);
+
+                var save = xl.Run(TimeSpan.FromMinutes(5), "save", "pvsr", file);
+                Assert.True(save.ExitCode == 0, save + "\n" + xl.Run("dmesg").Stdout);
+                Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not return after the domain was saved");
+            }
+            Assert.DoesNotContain("pvsr", xl.Run("list").Stdout);
+            var (rc, output) = XlSaveRestoreTests.Verify(file);
+            Assert.True(rc == 0, output);
+            Assert.Contains("Domain Header: x86 PV", output);
+            Assert.Contains("64bit guest, 4 levels of pagetables", output);
+            Assert.Contains("Libxc Record: x86 PV P2M frames", output);
+            Assert.Contains("vcpu1 basic context", output);
+            Assert.Contains("Libxc Record: Shared info", output);
+
+            for (int round = 1; round <= 2; round++)
+            {
+                var restore = xl.Run(TimeSpan.FromMinutes(5), "restore", file);
+                Assert.True(restore.ExitCode == 0, $"round {round}: {restore}\n{xl.Run("dmesg").Stdout}");
+                Assert.Contains("pvsr", xl.Run("list").Stdout);
+                using var console = new ConsoleSession(xl.RunDir, "console", "pvsr");
+                console.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2));
+                double after = Uptime(console);
+                Assert.True(after >= uptime, $"round {round}: uptime went from {uptime} s back to {after} s");
+                uptime = after;
+                // Both vCPUs run: a process pinned to each, and a fork (copy-on-write through the restored tables).
+                Assert.Contains("on-0 on-1", console.Ask(
+                    "echo $(taskset -c 0 sh -c 'echo on-$(cut -d\" \" -f39 /proc/self/stat)') $(taskset -c 1 sh -c 'echo on-$(cut -d\" \" -f39 /proc/self/stat)')",
+                    "on-0 on-1"));
+                console.Ask("sleep 1; echo slept-$((6*7))", "slept-42\r\n~ # ");
+                if (round == 2) break;
+                var again = xl.Run(TimeSpan.FromMinutes(5), "save", "pvsr", file);
+                Assert.True(again.ExitCode == 0, again + "\n" + xl.Run("dmesg").Stdout);
+                Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl console did not return after the domain was saved");
+                (rc, output) = XlSaveRestoreTests.Verify(file);
+                Assert.True(rc == 0, output);
+            }
+        }
+        finally
+        {
+            xl.Run("destroy", "pvsr");
+        }
+    }
+
+    /// <summary>The guest's /proc/uptime, in seconds.</summary>
+    private static double Uptime(ConsoleSession console)
+    {
+        string reply = console.Ask("echo up-$(cut -d' ' -f1 /proc/uptime)-pu$((2+3))", "-pu5\r\n");
+        var m = System.Text.RegularExpressions.Regex.Match(reply, @"up-([0-9.]+)-pu5");
+        Assert.True(m.Success, reply);
+        return double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+    }
+}
