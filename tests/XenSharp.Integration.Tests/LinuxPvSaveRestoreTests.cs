@@ -10,13 +10,13 @@ namespace XenSharp.Integration.Tests;
 /// contexts, its p2m's frames and its shared_info; Xen's verify-stream-v2 accepts the file. xl restore gives it new
 /// machine frames: the same shell answers with a file it wrote to its RAM-backed root before the save, its uptime
 /// went on, a child process runs on each vCPU; `xl save -c` leaves it running where it was (its suspend cancelled),
-/// and the restored domain is saved and restored again.
+/// the restored domain is saved and restored again, and `xl migrate` moves it to a new domain on this host.
 /// </summary>
 public class LinuxPvSaveRestoreTests
 {
     [Fact]
-    [Trait("Feature", "xl save/restore"), Trait("Feature", "x86/PV")]
-    public void DebianPvGuestIsSavedAndRestoredWithItsState()
+    [Trait("Feature", "xl save/restore"), Trait("Feature", "xl migrate"), Trait("Feature", "x86/PV")]
+    public void DebianPvGuestIsSavedRestoredAndMigratedWithItsState()
     {
         var store = new GuestArtifacts();
         Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
@@ -75,11 +75,37 @@ public class LinuxPvSaveRestoreTests
                 (rc, output) = XlSaveRestoreTests.Verify(file);
                 Assert.True(rc == 0, output);
             }
+
+            // xl migrate to this host: the PV guest is suspended, sent whole and goes on in a new domain.
+            var migrate = xl.Run(TimeSpan.FromMinutes(5), "migrate", "-s", SshScript(xl), "pvsr", "localhost");
+            Assert.True(migrate.ExitCode == 0, migrate + "\n" + xl.Run("dmesg").Stdout);
+            Assert.Contains("Migration successful.", migrate.Stderr);
+            using (var moved = new ConsoleSession(xl.RunDir, "console", "pvsr"))
+            {
+                moved.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2));
+                double after = Uptime(moved);
+                Assert.True(after >= uptime, $"after the migration: uptime went from {uptime} s back to {after} s");
+                moved.Ask("sleep 1; echo slept-$((6*7))", "slept-42\r\n~ # ");
+            }
         }
         finally
         {
             xl.Run("destroy", "pvsr");
         }
+    }
+
+    /// <summary>A stand-in for `ssh localhost`: runs the receiver's xl against the same daemon.</summary>
+    private static string SshScript(XlHost xl)
+    {
+        string bin = Path.Combine(xl.RunDir, "bin");
+        Directory.CreateDirectory(bin);
+        string xlScript = Path.Combine(bin, "xl");
+        File.WriteAllText(xlScript, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
+        File.SetUnixFileMode(xlScript, (UnixFileMode)0b111_101_101);
+        string script = Path.Combine(xl.RunDir, "ssh-local");
+        File.WriteAllText(script, $"#!/bin/bash\nshift\nexec env XENSHARP_RUNDIR={xl.RunDir} PATH={bin}:$PATH \"$@\"\n");
+        File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);
+        return script;
     }
 
     /// <summary>The guest's /proc/uptime, in seconds.</summary>
