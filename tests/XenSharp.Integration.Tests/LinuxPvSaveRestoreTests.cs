@@ -9,8 +9,9 @@ namespace XenSharp.Integration.Tests;
 /// xenstore, and its page tables go into the file with their frames as PFNs, typed and pinned, beside its vCPUs'
 /// contexts, its p2m's frames and its shared_info; Xen's verify-stream-v2 accepts the file. xl restore gives it new
 /// machine frames: the same shell answers with a file it wrote to its RAM-backed root before the save, its uptime
-/// went on, a child process runs on each vCPU; `xl save -c` leaves it running where it was (its suspend cancelled),
-/// the restored domain is saved and restored again, and `xl migrate` moves it to a new domain on this host.
+/// went on, a child process runs on each vCPU; a save that fails and `xl save -c` leave it running where it was (its
+/// suspend cancelled), the restored domain is saved and restored again, and `xl migrate` moves it to a new domain on
+/// this host.
 /// </summary>
 public class LinuxPvSaveRestoreTests
 {
@@ -32,6 +33,13 @@ public class LinuxPvSaveRestoreTests
                 console.WaitFor("~ # ", BootLimit);
                 console.Ask($"echo {marker} > /marker; echo written", "written");
                 uptime = Uptime(console);
+
+                // A save that cannot write its file: the guest, suspended for it, is resumed where it was (its suspend
+                // cancelled), as xl does after a failed save.
+                var failed = xl.Run(TimeSpan.FromMinutes(5), "save", "pvsr", Path.Combine(xl.RunDir, "no-such-dir", "pvsr.save"));
+                Assert.True(failed.ExitCode != 0, failed.ToString());
+                Assert.Contains("the domain was resumed", failed.Stderr);
+                console.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2));
 
                 // xl save -c: the guest carries on in the same domain, told its suspend was cancelled.
                 var checkpoint = xl.Run(TimeSpan.FromMinutes(5), "save", "-c", "pvsr", file);

@@ -51,20 +51,19 @@ public sealed partial class Host
         }
         catch (SaveFileException e)
         {
-            // The guest's state cannot be written as a stream (a page table names a frame not its own): it stays
-            // suspended and paused, as after any failed save.
+            // The guest's state cannot be written as a stream (a page table names a frame not its own).
             TryDelete(r.File);
-            throw new ControlException($"cannot save domain {d.DomId}: {e.Message}", Errno.EINVAL);
+            throw new ControlException($"cannot save domain {d.DomId}: {e.Message}{ResumeAfterFailedSave(d)}", Errno.EINVAL);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or OperationCanceledException)
         {
             TryDelete(r.File);
-            // The guest stays suspended (and paused): xl destroy ends it, as after a failed save on Xen.
-            throw new ControlException($"cannot write save file {r.File}: {e.Message}", Errno.EIO);
+            throw new ControlException($"cannot write save file {r.File}: {e.Message}{ResumeAfterFailedSave(d)}", Errno.EIO);
         }
         catch
         {
             TryDelete(r.File);
+            ResumeAfterFailedSave(d);
             throw;
         }
         _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} saved to {r.File}: {pages} pages, {bytes} bytes");
@@ -77,6 +76,24 @@ public sealed partial class Host
         else
             Destroy(d);
         return new SaveResult(d.DomId, d.Config.Name, bytes, pages);
+    }
+
+    /// <summary>After a failed save the guest carries on where it was, told its suspend was cancelled (xl's "Failed to
+    /// save domain, resuming domain": libxl_domain_resume with suspend_cancel); what to add to the error.</summary>
+    private string ResumeAfterFailedSave(Domain d)
+    {
+        if (d.Destroyed) return "";
+        try
+        {
+            d.Hv.ResumeSuspended(HasPvDrivers(d));
+            d.Hv.Unpause();
+            _hv.ConsoleWrite($"d{d.DomId}: save failed; the domain resumes");
+            return "; the domain was resumed";
+        }
+        catch (Exception e) when (e is XenSharp.Hypervisor.HypervisorException or NotSupportedException)
+        {
+            return $"; the domain could not be resumed ({e.Message})";
+        }
     }
 
     /// <summary>Asks the guest to suspend and waits until it has (libxl's domain_suspend_common with the xenstore
