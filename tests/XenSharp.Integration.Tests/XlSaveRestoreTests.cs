@@ -94,7 +94,8 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
 
     /// <summary>A 32-bit PV (compat) guest: suspend32 pins an L1 of its own, publishes its p2m and suspends itself;
     /// the file is a 32-bit PV stream verify-stream-v2 accepts, and in the restored domain the guest finds its page
-    /// tables holding its new frames (as its p2m, rewritten, says), its L1 still pinned, its data and counter kept.</summary>
+    /// tables holding its new frames (as its p2m, rewritten, says), its L1 still pinned, its data and counter kept. The
+    /// file cut short is refused and leaves no domain.</summary>
     [Fact, Trait("Feature", "xl save/restore"), Trait("Feature", "x86/PV")]
     public void Pv32GuestIsSavedAndResumesWithItsPageTables()
     {
@@ -115,6 +116,16 @@ public sealed class XlSaveRestoreTests : IClassFixture<XlSaveRestoreTests.Host>
             Assert.Contains("32bit guest, 3 levels of pagetables", output);
             Assert.Contains("Libxc Record: x86 PV P2M frames", output);
             Assert.Contains("vcpu0 basic context", output);
+
+            // Cut before its vCPU and shared_info records: refused, and the half-restored PV domain is gone.
+            byte[] whole = File.ReadAllBytes(file);
+            string cut = Path.Combine(_dir, name + "-cut.save");
+            File.WriteAllBytes(cut, whole[..(whole.Length - 6000)]);
+            var before = Domains();
+            var refused = _xl.Run(TimeSpan.FromMinutes(3), "restore", cut);
+            Assert.True(refused.ExitCode != 0, refused.ToString());
+            Assert.Contains("truncated", refused.Stderr);
+            Assert.Equal(before, Domains());
 
             var restore = _xl.Run(TimeSpan.FromMinutes(3), "restore", file);
             Assert.True(restore.ExitCode == 0, restore + "\n" + _xl.Run("dmesg").Stdout);

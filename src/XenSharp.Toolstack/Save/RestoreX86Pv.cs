@@ -162,7 +162,7 @@ internal sealed class RestoreX86Pv
         ulong storeMfn = Mfn(storePfn, "start_info's xenstore ring"), consoleMfn = Mfn(consolePfn, "start_info's console ring");
         _l.SetWord(page, _l.StartInfoStoreMfn, storeMfn);
         _l.SetWord(page, _l.StartInfoConsoleMfn, consoleMfn);
-        _l.SetWord(page, _l.StartInfoNrPages, maxPfn + 1);
+        _l.SetWord(page, X86PvLayout.StartInfoNrPages, maxPfn + 1);
         _l.SetWord(page, _l.StartInfoSharedInfo, _pv.SharedInfoMfn << 12);
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(page.AsSpan(_l.StartInfoFlags), 0);
         _d.Memory.Write(startInfoPfn << 12, page);

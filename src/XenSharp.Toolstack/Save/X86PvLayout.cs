@@ -33,7 +33,7 @@ internal sealed class X86PvLayout(bool is32)
     public ulong P2mVaddr(ReadOnlySpan<byte> shinfo) => Word(shinfo, ArchOffset + 4 * Width);
 
     // start_info: nr_pages, shared_info, flags, store_mfn, store_evtchn, console.domU.mfn, console.domU.evtchn.
-    public int StartInfoNrPages => Is32 ? 32 : 32;
+    public const int StartInfoNrPages = 32;
     public int StartInfoSharedInfo => Is32 ? 36 : 40;
     public int StartInfoFlags => Is32 ? 40 : 48;
     public int StartInfoStoreMfn => Is32 ? 44 : 56;
