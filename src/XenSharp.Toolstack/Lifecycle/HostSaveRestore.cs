@@ -8,7 +8,7 @@ using XenSharp.Toolstack.Save;
 namespace XenSharp.Toolstack.Lifecycle;
 
 /// <summary>
-/// xl save and xl restore of a PVH guest, non-live, as libxl does them: the guest is asked to suspend through
+/// xl save and xl restore of a PVH or PV guest, non-live, as libxl does them: the guest is asked to suspend through
 /// xenstore (<c>control/shutdown = suspend</c>; it answers with SCHEDOP_shutdown(SHUTDOWN_suspend)), its state is
 /// written as Xen's stream (<see cref="SaveFileWriter"/>) and the domain destroyed. Restore checks the file's headers
 /// before any domain exists, builds the domain again from the recorded configuration, loads memory and vCPUs,

@@ -48,7 +48,8 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
 /// <summary>
 /// Writes the file `xl save` writes: xl's header with the domain's configuration, then the libxl stream (v2) whose
 /// LIBXC_CONTEXT record holds the libxc stream (v3) of an x86 HVM-type domain (PVH is one): the static data end,
-/// TSC info, the RAM pages in PAGE_DATA batches, the HVM context, the HVM params and END. The configuration is
+/// TSC info, the RAM pages in PAGE_DATA batches, the HVM context, the HVM params and END; a PV domain's is an x86 PV
+/// stream instead (<see cref="SaveX86Pv"/>). The configuration is
 /// xl.cfg text (the optional data of an xl file without the JSON flag), which Xen's xl restore reads as well.
 /// </summary>
 internal static class SaveFileWriter
