@@ -52,8 +52,10 @@ internal sealed unsafe class EventFifo(Domain d) : IEvtchnPortOps
         if (!X86.Pv.PvMm.TryGuestWritableFrame(d, gfn, out uint mfn))
             return -Errno.EINVAL;
         d.Host.Frames.AddRef(mfn);
+        // The page is taken as the guest wrote it, as Xen does: the guest masks every event of a page before it adds
+        // it, and a resumed Linux counts on the ports it binds again starting masked (clearing the page here would
+        // unmask its SMP lock-kick IPIs, which must never be delivered).
         byte* page = d.Host.Frames.PageAddress(mfn);
-        new Span<byte>(page, FrameTable.PageSize).Clear();
         _pages.Add((mfn, (nint)page));
         endNew = firstNew + WordsPerPage;
         return 0;

@@ -40,7 +40,8 @@ public struct CpuUserRegs
 [StructLayout(LayoutKind.Explicit, Size = 5168)]
 public unsafe struct VcpuGuestContext
 {
-    public const ulong VGCF_i387_valid = 1 << 0, VGCF_in_kernel = 1 << 2, VGCF_online = 1 << 5;
+    public const ulong VGCF_i387_valid = 1 << 0, VGCF_in_kernel = 1 << 2, VGCF_online = 1 << 5,
+        VGCF_failsafe_disables_events = 1 << 3, VGCF_syscall_disables_events = 1 << 4;
 
     /// <summary>FXSAVE image.</summary>
     [FieldOffset(0)] public fixed byte FpuCtxt[512];

@@ -33,7 +33,9 @@ public static class LibxcStream
     public const ulong PAGE_DATA_TYPE_MASK = 0xFUL << PAGE_DATA_TYPE_SHIFT;
     public const ulong PAGE_DATA_TYPE_NOTAB = 0x0UL << 60, PAGE_DATA_TYPE_L1TAB = 0x1UL << 60,
         PAGE_DATA_TYPE_L2TAB = 0x2UL << 60, PAGE_DATA_TYPE_L3TAB = 0x3UL << 60, PAGE_DATA_TYPE_L4TAB = 0x4UL << 60,
-        PAGE_DATA_TYPE_BROKEN = 0xDUL << 60, PAGE_DATA_TYPE_XALLOC = 0xEUL << 60, PAGE_DATA_TYPE_XTAB = 0xFUL << 60;
+        PAGE_DATA_TYPE_BROKEN = 0xDUL << 60,
+        /// <summary>With L1TAB–L4TAB: the guest pinned the table (XEN_DOMCTL_PFINFO_LPINTAB).</summary>
+        PAGE_DATA_TYPE_LPINTAB = 0x8UL << 60, PAGE_DATA_TYPE_LTAB_MASK = 0x7UL << 60, PAGE_DATA_TYPE_XALLOC = 0xEUL << 60, PAGE_DATA_TYPE_XTAB = 0xFUL << 60;
 
     /// <summary>libxc writes at most this many pages in one PAGE_DATA record (its batch size).</summary>
     public const int MaxBatchPages = 1024;

@@ -22,13 +22,15 @@ public sealed partial class Host
             throw new ControlException($"Remus checkpoint interval {r.RemusIntervalMs} ms: it must be positive", Errno.EINVAL);
         var d = Resolve(r.Domain);
         CheckSavable(d);
+        if (r.RemusIntervalMs > 0 && d.Config.Type != DomainType.Pvh)
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp protects PVH domains only with Remus", Errno.EOPNOTSUPP);
         return new MigrateSendResult(d.DomId, d.Config.Name);
     }
 
     private static void CheckSavable(Domain d)
     {
-        if (d.Config.Type != DomainType.Pvh)
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp migrates PVH domains only", Errno.EOPNOTSUPP);
+        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv))
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp migrates PVH and PV domains only", Errno.EOPNOTSUPP);
         if (d.Config.TargetMemKb != d.Config.MaxMemKb)
             throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not migrate yet", Errno.EOPNOTSUPP);
     }
@@ -57,31 +59,47 @@ public sealed partial class Host
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
-            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode);
+            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
+                d.Config.MaxVcpus);
             target = OpenTargetPipe(r, peerPid, d);
             var data = new BufferedStream(target ?? (Stream)new DataFrames(frames), 1 << 20);
             long pages;
             lock (d.MemoryUse)
             {
-                pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                    () =>
-                    {
-                        Suspend(d);
-                        suspended = true;
-                        // It stopped between the last look at it running and the first news of the stop.
-                        stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
-                        runningAt = request?.RunningAt ?? stoppedAt;
-                        MigrationTrace.Mark("source", "guest seen running", runningAt);
-                        MigrationTrace.Mark("source", "guest stopped", stoppedAt);
-                    },
-                    frames.Progress,
-                    () => d.Destroyed)
+                if (d.Config.Type == DomainType.Pv)
                 {
-                    Pages = PageProgress(frames, d),
-                    Backlog = target is null ? null : () => PipeBacklog(target),
-                    BeforeStop = () => warmup.Wait(TimeSpan.FromSeconds(10)),
-                    RequestSuspend = () => (request = BeginSuspend(d)).Wait,
-                });
+                    // A PV guest writes its frames by machine address, which log-dirty mode does not follow here: it
+                    // is suspended first and sent whole, as a save file is (libxc's non-live stream).
+                    request = BeginSuspend(d);
+                    while (!request.Wait(TimeSpan.FromMilliseconds(50))) { }
+                    suspended = true;
+                    stoppedAt = request.StoppedAt > 0 ? request.StoppedAt : UnixMicros();
+                    runningAt = request.RunningAt;
+                    frames.Progress("Suspended: the PV guest is sent whole");
+                    pages = SaveFileWriter.Write(data, source, () => d.Destroyed);
+                }
+                else
+                {
+                    pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
+                        () =>
+                        {
+                            Suspend(d);
+                            suspended = true;
+                            // It stopped between the last look at it running and the first news of the stop.
+                            stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
+                            runningAt = request?.RunningAt ?? stoppedAt;
+                            MigrationTrace.Mark("source", "guest seen running", runningAt);
+                            MigrationTrace.Mark("source", "guest stopped", stoppedAt);
+                        },
+                        frames.Progress,
+                        () => d.Destroyed)
+                    {
+                        Pages = PageProgress(frames, d),
+                        Backlog = target is null ? null : () => PipeBacklog(target),
+                        BeforeStop = () => warmup.Wait(TimeSpan.FromSeconds(10)),
+                        RequestSuspend = () => (request = BeginSuspend(d)).Wait,
+                    });
+                }
             }
             data.Flush();
             long sentAt = UnixMicros();

@@ -8,7 +8,7 @@ using XenSharp.Toolstack.Save;
 namespace XenSharp.Toolstack.Lifecycle;
 
 /// <summary>
-/// xl save and xl restore of a PVH guest, non-live, as libxl does them: the guest is asked to suspend through
+/// xl save and xl restore of a PVH or PV guest, non-live, as libxl does them: the guest is asked to suspend through
 /// xenstore (<c>control/shutdown = suspend</c>; it answers with SCHEDOP_shutdown(SHUTDOWN_suspend)), its state is
 /// written as Xen's stream (<see cref="SaveFileWriter"/>) and the domain destroyed. Restore checks the file's headers
 /// before any domain exists, builds the domain again from the recorded configuration, loads memory and vCPUs,
@@ -26,8 +26,8 @@ public sealed partial class Host
         if (!Path.IsPathFullyQualified(r.File))
             throw new ControlException($"save file {r.File}: the path must be absolute", Errno.EINVAL);
         var d = Resolve(r.Domain);
-        if (d.Config.Type != DomainType.Pvh)
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp saves PVH domains only", Errno.EOPNOTSUPP);
+        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv))
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp saves PVH and PV domains only", Errno.EOPNOTSUPP);
         if (d.Config.TargetMemKb != d.Config.MaxMemKb)
             throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not save yet", Errno.EOPNOTSUPP);
 
@@ -43,21 +43,27 @@ public sealed partial class Host
             {
                 if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed while it was being saved");
                 var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
-                pages = SaveFileWriter.Write(f, new SaveSource(d.Hv, config, (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode),
-                    () => d.Destroyed);
+                pages = SaveFileWriter.Write(f, new SaveSource(d.Hv, config, (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
+                    d.Config.MaxVcpus), () => d.Destroyed);
             }
             f.Flush(flushToDisk: true);
             bytes = f.Length;
         }
+        catch (SaveFileException e)
+        {
+            // The guest's state cannot be written as a stream (a page table names a frame not its own).
+            TryDelete(r.File);
+            throw new ControlException($"cannot save domain {d.DomId}: {e.Message}{ResumeAfterFailedSave(d)}", Errno.EINVAL);
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or OperationCanceledException)
         {
             TryDelete(r.File);
-            // The guest stays suspended (and paused): xl destroy ends it, as after a failed save on Xen.
-            throw new ControlException($"cannot write save file {r.File}: {e.Message}", Errno.EIO);
+            throw new ControlException($"cannot write save file {r.File}: {e.Message}{ResumeAfterFailedSave(d)}", Errno.EIO);
         }
         catch
         {
             TryDelete(r.File);
+            ResumeAfterFailedSave(d);
             throw;
         }
         _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} saved to {r.File}: {pages} pages, {bytes} bytes");
@@ -70,6 +76,24 @@ public sealed partial class Host
         else
             Destroy(d);
         return new SaveResult(d.DomId, d.Config.Name, bytes, pages);
+    }
+
+    /// <summary>After a failed save the guest carries on where it was, told its suspend was cancelled (xl's "Failed to
+    /// save domain, resuming domain": libxl_domain_resume with suspend_cancel); what to add to the error.</summary>
+    private string ResumeAfterFailedSave(Domain d)
+    {
+        if (d.Destroyed) return "";
+        try
+        {
+            d.Hv.ResumeSuspended(HasPvDrivers(d));
+            d.Hv.Unpause();
+            _hv.ConsoleWrite($"d{d.DomId}: save failed; the domain resumes");
+            return "; the domain was resumed";
+        }
+        catch (Exception e) when (e is XenSharp.Hypervisor.HypervisorException or NotSupportedException)
+        {
+            return $"; the domain could not be resumed ({e.Message})";
+        }
     }
 
     /// <summary>Asks the guest to suspend and waits until it has (libxl's domain_suspend_common with the xenstore
@@ -160,7 +184,9 @@ public sealed partial class Host
         }
     }
 
-    private static bool HasPvDrivers(Domain d) => d.Hv.GetHvmParam(Params.HVM_PARAM_CALLBACK_IRQ) != 0;
+    /// <summary>Whether the guest hears a request to suspend through xenstore: a PV guest always (its event callback
+    /// is not an HVM param), a PVH or HVM guest once it has set its event callback.</summary>
+    private static bool HasPvDrivers(Domain d) => d.Config.Type == DomainType.Pv || d.Hv.GetHvmParam(Params.HVM_PARAM_CALLBACK_IRQ) != 0;
 
     /// <summary>The xl.cfg text the file records: the configuration given to xl save, or the one the domain was
     /// created from with its current name and uuid, which a restore takes again.</summary>
@@ -199,8 +225,10 @@ public sealed partial class Host
         var cfg = XlConfigParser.Parse(text, configFile ?? label);
         cfg.Directory = configDirectory;
         var c = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes).Config;
-        if (c.Type != DomainType.Pvh)
-            throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH domains only", Errno.EOPNOTSUPP);
+        if (c.Type is not (DomainType.Pvh or DomainType.Pv))
+            throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH and PV domains only", Errno.EOPNOTSUPP);
+        if ((c.Type == DomainType.Pv) != header.Pv)
+            throw new ControlException($"{label}: the stream is of an x86 {(header.Pv ? "PV" : "HVM-type")} domain, the configuration of a {DomainConfig.TypeName(c.Type)} one", Errno.EINVAL);
         CheckName(c.Name);
         string? finalName = null;
         if (incoming)
@@ -233,7 +261,8 @@ public sealed partial class Host
     {
         CheckDisks(c);
         uint domId = AllocateDomId(c, restarting: null, incoming: finalName is not null);
-        var hvd = _hv.CreateDomain(domId, new Platform.DomainCreateInfo(XenSharp.Hypervisor.DomainKind.Pvh,
+        var hvd = _hv.CreateDomain(domId, new Platform.DomainCreateInfo(
+            c.Type == DomainType.Pv ? XenSharp.Hypervisor.DomainKind.Pv : XenSharp.Hypervisor.DomainKind.Pvh,
             c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, Ssidref = CreateSsidref(c) });
         var dom = new Domain
         {
@@ -245,6 +274,18 @@ public sealed partial class Host
             PlaceDomain(domId, c, hvd);
             var restored = reader.Load(hvd, () => dom.Destroyed, checkpointed);
             MigrationTrace.Mark("target", "stream read");
+            if (restored.Pv is { } pv)
+            {
+                // As the PV build: the rings by MFN in xenstore, their ports in start_info (the guest's console
+                // driver reads its port there again; its xenstore port is the one the first build gave it).
+                hvd.SetMemoryMap([(0, (ulong)c.TargetMemKb * 1024, 1)]);
+                var (storePort, consolePort) = ConnectRings(dom, pv.StorePfn, pv.ConsolePfn, pv.StoreMfn, pv.ConsoleMfn);
+                Builder.PvBuilder.SetEventChannels(hvd.Memory, pv.StartInfoPfn, storePort, consolePort, pv.Is32);
+                AddDevices(dom);
+                _hv.ConsoleWrite($"d{domId}: {c.Name} restored (PV) from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
+                Restored(dom, paused);
+                return new RestoreResult(domId, c.Name, restored.Pages);
+            }
             if (!restored.Params.TryGetValue(Params.HVM_PARAM_STORE_PFN, out ulong storePfn) ||
                 !restored.Params.TryGetValue(Params.HVM_PARAM_CONSOLE_PFN, out ulong consolePfn))
                 throw new SaveFileException($"{label}: the HVM params do not say where the xenstore and console rings are");
@@ -257,20 +298,26 @@ public sealed partial class Host
             AddDevices(dom);
             MigrationTrace.Mark("target", "devices added");
             _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
-            ApplyExecLabel(dom);
-            if (!paused) hvd.Unpause();
-            lock (_lock)
-            {
-                dom.Ready = true;
-                dom.Lineage.Current = dom;
-                _lineages.Add(dom.Lineage);
-            }
+            Restored(dom, paused);
             return new RestoreResult(domId, c.Name, restored.Pages);
         }
         catch
         {
             Destroy(dom);
             throw;
+        }
+    }
+
+    /// <summary>A restored domain runs (unless asked paused) as its lineage's current incarnation.</summary>
+    private void Restored(Domain dom, bool paused)
+    {
+        ApplyExecLabel(dom);
+        if (!paused) dom.Hv.Unpause();
+        lock (_lock)
+        {
+            dom.Ready = true;
+            dom.Lineage.Current = dom;
+            _lineages.Add(dom.Lineage);
         }
     }
 

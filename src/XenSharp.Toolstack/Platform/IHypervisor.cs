@@ -203,4 +203,17 @@ public interface IPvBuildTarget
     void InitHypercallPage(ulong pfn);
     /// <summary>XEN_DOMCTL_set_address_size: 32 makes the domain a 32-bit PV (compat) one, before it is built.</summary>
     void SetAddressSize(int bits) => throw new NotSupportedException("this hypervisor runs no 32-bit PV guests");
+
+    // Save and restore (libxc's x86 PV save and restore).
+    bool Is32 => false;
+    /// <summary>The domain's RAM: each PFN with its MFN.</summary>
+    IReadOnlyList<(ulong Pfn, ulong Mfn)> Physmap() => throw new NotSupportedException("this hypervisor cannot save PV guests");
+    /// <summary>The page-table level (0 for none) a frame is validated as, and whether it is pinned.</summary>
+    (int Level, bool Pinned) PageType(ulong mfn) => (0, false);
+    /// <summary>vcpu_guest_context in the domain's layout, MFNs as they are; null for an offline vCPU.</summary>
+    byte[]? GetVcpuContext(int vcpu) => throw new NotSupportedException("this hypervisor cannot save PV guests");
+    void SetVcpuContext(int vcpu, ReadOnlySpan<byte> context) => throw new NotSupportedException("this hypervisor cannot restore PV guests");
+    byte[] GetExtVcpuContext(int vcpu) => throw new NotSupportedException("this hypervisor cannot save PV guests");
+    void SetExtVcpuContext(int vcpu, ReadOnlySpan<byte> context) => throw new NotSupportedException("this hypervisor cannot restore PV guests");
+    void RestoreSharedInfo(ReadOnlySpan<byte> saved) => throw new NotSupportedException("this hypervisor cannot restore PV guests");
 }

@@ -312,4 +312,12 @@ internal sealed class PvTarget(XenHypervisor hv, ushort domId) : IPvBuildTarget
     public void SetBaseptr(int vcpu, ulong mfn) => hv.PvSetBaseptr(domId, vcpu, mfn);
     public void InitHypercallPage(ulong pfn) => hv.PvInitHypercallPage(domId, pfn);
     public void SetAddressSize(int bits) => hv.PvSetAddressSize(domId, bits);
+    public bool Is32 => hv.PvIs32(domId);
+    public IReadOnlyList<(ulong Pfn, ulong Mfn)> Physmap() => hv.PvPhysmap(domId);
+    public (int Level, bool Pinned) PageType(ulong mfn) => hv.PvPageType(domId, mfn);
+    public byte[]? GetVcpuContext(int vcpu) => hv.PvGetVcpuContext(domId, vcpu);
+    public void SetVcpuContext(int vcpu, ReadOnlySpan<byte> context) => hv.PvSetVcpuContext(domId, vcpu, context);
+    public byte[] GetExtVcpuContext(int vcpu) => hv.PvGetExtVcpuContext(domId, vcpu);
+    public void SetExtVcpuContext(int vcpu, ReadOnlySpan<byte> context) => hv.PvSetExtVcpuContext(domId, vcpu, context);
+    public void RestoreSharedInfo(ReadOnlySpan<byte> saved) => hv.PvRestoreSharedInfo(domId, saved);
 }

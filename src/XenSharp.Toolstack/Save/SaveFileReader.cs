@@ -6,10 +6,10 @@ using XenSharp.Toolstack.Platform;
 namespace XenSharp.Toolstack.Save;
 
 /// <summary>What the headers of a save file say, read before any domain is made.</summary>
-internal sealed record SaveFileHeader(string ConfigText, bool ConfigIsJson, uint LibxcVersion, uint XenMajor, uint XenMinor);
+internal sealed record SaveFileHeader(string ConfigText, bool ConfigIsJson, uint LibxcVersion, uint XenMajor, uint XenMinor, bool Pv = false);
 
 /// <summary>What the records left to the toolstack: the HVM params (rings and their event channels).</summary>
-internal sealed record RestoredState(IReadOnlyDictionary<int, ulong> Params, long Pages, uint TscKhz);
+internal sealed record RestoredState(IReadOnlyDictionary<int, ulong> Params, long Pages, uint TscKhz, PvRestored? Pv = null);
 
 /// <summary>
 /// Reads a file <see cref="SaveFileWriter"/> (or Xen's xl for a PVH guest) wrote, in two steps as xl restore does:
@@ -20,6 +20,9 @@ internal sealed record RestoredState(IReadOnlyDictionary<int, ulong> Params, lon
 internal sealed class SaveFileReader(Stream input, string file)
 {
     private readonly MigrationRecordReader _r = new(input, file);
+
+    /// <summary>The stream is an x86 PV domain's (its domain header says so).</summary>
+    private bool _pv;
 
     /// <summary>Called once, when the first record of the guest's state (TSC info, HVM context) arrives: a live
     /// stream's pages are over and the guest has stopped.</summary>
@@ -82,11 +85,12 @@ internal sealed class SaveFileReader(Stream input, string file)
         if (imageOptions != LibxcStream.IHDR_OPT_LITTLE_ENDIAN)
             throw new SaveFileException($"{file}: libxc image options {imageOptions:#x} (a big-endian stream or unknown options)");
         var dh = _r.Struct<LibxcDomainHeader>("the libxc domain header");
-        if (dh.Type != LibxcStream.DHDR_TYPE_X86_HVM)
-            throw new SaveFileException($"{file}: a domain of type {dh.Type:#x}; XenSharp restores x86 HVM-type (PVH) domains ({LibxcStream.DHDR_TYPE_X86_HVM:#x})");
+        if (dh.Type is not (LibxcStream.DHDR_TYPE_X86_HVM or LibxcStream.DHDR_TYPE_X86_PV))
+            throw new SaveFileException($"{file}: a domain of type {dh.Type:#x}; XenSharp restores x86 HVM-type (PVH) domains ({LibxcStream.DHDR_TYPE_X86_HVM:#x}) and x86 PV ones ({LibxcStream.DHDR_TYPE_X86_PV:#x})");
         if (dh.PageShift != LibxcStream.PageShift)
             throw _r.Corrupt($"page shift {dh.PageShift}, expected {LibxcStream.PageShift}");
-        return new SaveFileHeader(config, (words.Mandatory & XlSaveFile.XL_MANDATORY_FLAG_JSON) != 0, libxcVersion, dh.XenMajor, dh.XenMinor);
+        _pv = dh.Type == LibxcStream.DHDR_TYPE_X86_PV;
+        return new SaveFileHeader(config, (words.Mandatory & XlSaveFile.XL_MANDATORY_FLAG_JSON) != 0, libxcVersion, dh.XenMajor, dh.XenMinor, _pv);
     }
 
     /// <summary>Loads the libxc records into <paramref name="d"/> (populating each page it carries) and reads the
@@ -103,7 +107,9 @@ internal sealed class SaveFileReader(Stream input, string file)
             if (type == LibxcStream.REC_TYPE_END || type == LibxcStream.REC_TYPE_CHECKPOINT)
             {
                 if (body.Length != 0) throw _r.Corrupt($"{(type == 0 ? "END" : "CHECKPOINT")} record at byte {at} with {body.Length} bytes");
-                if (!state.Context) throw _r.Corrupt("the libxc stream ends without an HVM context");
+                if (_pv && state.Pv is null) throw _r.Corrupt("the PV stream ends without an X86_PV_INFO record");
+                if (!state.Context && !_pv) throw _r.Corrupt("the libxc stream ends without an HVM context");
+                var pv = state.Pv?.Finish();
                 if (type == LibxcStream.REC_TYPE_CHECKPOINT)
                 {
                     if (!checkpointed) throw _r.Corrupt($"a CHECKPOINT record at byte {at} in a stream that is not checkpointed");
@@ -111,7 +117,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                 }
                 else
                     ReadLibxlEnd();
-                return new RestoredState(state.Params, state.Pages, state.TscKhz);
+                return new RestoredState(state.Params, state.Pages, state.TscKhz, pv);
             }
             Apply(d, type, body, at, state);
             if (type == LibxcStream.REC_TYPE_PAGE_DATA && cancelled?.Invoke() == true)
@@ -166,11 +172,13 @@ internal sealed class SaveFileReader(Stream input, string file)
         public long Pages;
         public uint TscKhz;
         public bool Context;
+        public RestoreX86Pv? Pv;
     }
 
     private void Apply(IHypervisorDomain d, uint type, byte[] body, long at, LoadState state)
     {
-        if (type is LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT && OnState is { } onState)
+        if (type is LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT or LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC
+            && OnState is { } onState)
         {
             OnState = null;
             onState();
@@ -178,19 +186,30 @@ internal sealed class SaveFileReader(Stream input, string file)
         switch (type)
         {
             case LibxcStream.REC_TYPE_PAGE_DATA:
-                state.Pages += LoadPages(d, body, at);
+                if (_pv && state.Pv is null) throw _r.Corrupt($"PAGE_DATA at byte {at} before the X86_PV_INFO record");
+                state.Pages += LoadPages(d, body, at, state.Pv);
+                break;
+            case LibxcStream.REC_TYPE_X86_PV_INFO when _pv:
+                if (state.Pv is not null) throw _r.Corrupt($"a second X86_PV_INFO record at byte {at}");
+                state.Pv = new RestoreX86Pv(d, body, file, at);
+                break;
+            case LibxcStream.REC_TYPE_X86_PV_P2M_FRAMES or LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC or LibxcStream.REC_TYPE_X86_PV_VCPU_EXTENDED
+                or LibxcStream.REC_TYPE_X86_PV_VCPU_XSAVE or LibxcStream.REC_TYPE_X86_PV_VCPU_MSRS or LibxcStream.REC_TYPE_SHARED_INFO when _pv:
+                if (state.Pv is null) throw _r.Corrupt($"PV record type {type:#x} at byte {at} before the X86_PV_INFO record");
+                state.Pv.Record(type, body, at);
+                state.Context |= type == LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC;
                 break;
             case LibxcStream.REC_TYPE_X86_TSC_INFO:
                 if (body.Length != Marshal.SizeOf<X86TscInfo>()) throw _r.Corrupt($"TSC info record at byte {at} of {body.Length} bytes");
                 state.TscKhz = MemoryMarshal.Read<X86TscInfo>(body).Khz;
                 break;
-            case LibxcStream.REC_TYPE_HVM_CONTEXT:
+            case LibxcStream.REC_TYPE_HVM_CONTEXT when !_pv:
                 if (body.Length == 0) throw _r.Corrupt($"empty HVM context at byte {at}");
                 try { d.SetHvmContext(body); }
                 catch (XenSharp.Hypervisor.HypervisorException e) { throw _r.Corrupt($"HVM context at byte {at}: {e.Message}"); }
                 state.Context = true;
                 break;
-            case LibxcStream.REC_TYPE_HVM_PARAMS:
+            case LibxcStream.REC_TYPE_HVM_PARAMS when !_pv:
                 ReadParams(body, at, state.Params);
                 break;
             case LibxcStream.REC_TYPE_STATIC_DATA_END:
@@ -204,7 +223,7 @@ internal sealed class SaveFileReader(Stream input, string file)
         }
     }
 
-    private long LoadPages(IHypervisorDomain d, byte[] body, long at)
+    private long LoadPages(IHypervisorDomain d, byte[] body, long at, RestoreX86Pv? pv)
     {
         if (body.Length < 8) throw _r.Corrupt($"PAGE_DATA record at byte {at} of {body.Length} bytes");
         uint count = BitConverter.ToUInt32(body, 0);
@@ -213,7 +232,7 @@ internal sealed class SaveFileReader(Stream input, string file)
         var pfns = MemoryMarshal.Cast<byte, ulong>(body.AsSpan(8, (int)count * 8));
         int withData = 0;
         foreach (ulong p in pfns)
-            if ((p & LibxcStream.PAGE_DATA_TYPE_MASK) <= LibxcStream.PAGE_DATA_TYPE_L4TAB) withData++;
+            if (HasData(p)) withData++;
         if (body.Length != 8 + count * 8 + withData * 4096L)
             throw _r.Corrupt($"PAGE_DATA record at byte {at} is {body.Length} bytes, its {count} pfns need {8 + count * 8 + withData * 4096L}");
         int data = 8 + (int)count * 8;
@@ -223,24 +242,31 @@ internal sealed class SaveFileReader(Stream input, string file)
             ulong type = p & LibxcStream.PAGE_DATA_TYPE_MASK, gfn = p & LibxcStream.PAGE_DATA_PFN_MASK;
             if ((p & ~(LibxcStream.PAGE_DATA_TYPE_MASK | LibxcStream.PAGE_DATA_PFN_MASK)) != 0)
                 throw _r.Corrupt($"PAGE_DATA record at byte {at}: reserved bits set in pfn entry {p:#x}");
-            if (type <= LibxcStream.PAGE_DATA_TYPE_L4TAB)
+            if ((p >> LibxcStream.PAGE_DATA_TYPE_SHIFT) is >= 5 and <= 8)
+                throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
+            if (HasData(p))
             {
                 if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
                 d.Memory.Write(gfn << 12, body.AsSpan(data, 4096));
                 data += 4096;
                 loaded++;
+                pv?.NotePage(gfn, type);
             }
             else if (type == LibxcStream.PAGE_DATA_TYPE_XALLOC)
             {
                 // Allocated, no contents: a new page, zero (XenSharp's writer sends all-zero pages so).
                 if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
                 loaded++;
+                pv?.NotePage(gfn, type);
             }
             else if (type is not (LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN))
                 throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
         }
         return loaded;
     }
+
+    /// <summary>Whether a PAGE_DATA entry carries the page's contents: a data page or a page table, pinned or not.</summary>
+    private static bool HasData(ulong p) => (p >> LibxcStream.PAGE_DATA_TYPE_SHIFT) is <= 4 or (>= 9 and <= 12);
 
     private void ReadParams(byte[] body, long at, Dictionary<int, ulong> parameters)
     {

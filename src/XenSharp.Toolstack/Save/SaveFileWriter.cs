@@ -9,7 +9,7 @@ using XenSharp.Toolstack.Platform;
 namespace XenSharp.Toolstack.Save;
 
 /// <summary>What a save file records of a suspended domain besides its memory and vCPUs.</summary>
-internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, uint XenMajor, uint XenMinor, uint TscMode);
+internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, uint XenMajor, uint XenMinor, uint TscMode, int MaxVcpus = 1);
 
 /// <summary>How a live stream goes: how to suspend the guest when the rounds are over, where progress lines go, when
 /// to give up; libxc's limits (5 rounds, 50 pages) by default.</summary>
@@ -48,7 +48,8 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
 /// <summary>
 /// Writes the file `xl save` writes: xl's header with the domain's configuration, then the libxl stream (v2) whose
 /// LIBXC_CONTEXT record holds the libxc stream (v3) of an x86 HVM-type domain (PVH is one): the static data end,
-/// TSC info, the RAM pages in PAGE_DATA batches, the HVM context, the HVM params and END. The configuration is
+/// TSC info, the RAM pages in PAGE_DATA batches, the HVM context, the HVM params and END; a PV domain's is an x86 PV
+/// stream instead (<see cref="SaveX86Pv"/>). The configuration is
 /// xl.cfg text (the optional data of an xl file without the JSON flag), which Xen's xl restore reads as well.
 /// </summary>
 internal static class SaveFileWriter
@@ -66,6 +67,19 @@ internal static class SaveFileWriter
     public static long Write(Stream output, SaveSource s, Func<bool>? cancelled = null)
     {
         var w = new MigrationRecordWriter(output);
+        if (s.Domain.Pv is { } target)
+        {
+            // An x86 PV domain's stream (libxc's PV save): its own start and end records around the pages.
+            var pv = new SaveX86Pv(s.Domain, target);
+            WriteHeaders(w, s, LibxcStream.DHDR_TYPE_X86_PV);
+            pv.WriteStart(w);
+            WriteTscInfo(w, s);
+            long sent = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled, firstPass: true, pv: pv);
+            pv.WriteEnd(w, s.MaxVcpus);
+            w.Record(LibxcStream.REC_TYPE_END, []);
+            w.Record(LibxlStream.REC_TYPE_END, []);
+            return sent;
+        }
         WriteHeaders(w, s);
         WriteTscInfo(w, s);
         long pages = WritePages(w, s.Domain, AllGfns(s.Domain.Memory.MaxGfn), cancelled, firstPass: true);
@@ -290,7 +304,7 @@ internal static class SaveFileWriter
                 yield return (ulong)i * 64 + (ulong)System.Numerics.BitOperations.TrailingZeroCount(b);
     }
 
-    private static void WriteHeaders(MigrationRecordWriter w, SaveSource s)
+    private static void WriteHeaders(MigrationRecordWriter w, SaveSource s, uint type = LibxcStream.DHDR_TYPE_X86_HVM)
     {
         WriteXlHeader(w, s.ConfigText);
 
@@ -309,7 +323,7 @@ internal static class SaveFileWriter
         w.UInt32BigEndian(0);
         w.Struct(new LibxcDomainHeader
         {
-            Type = LibxcStream.DHDR_TYPE_X86_HVM, PageShift = LibxcStream.PageShift, XenMajor = s.XenMajor, XenMinor = s.XenMinor,
+            Type = type, PageShift = LibxcStream.PageShift, XenMajor = s.XenMajor, XenMinor = s.XenMinor,
         });
         w.Record(LibxcStream.REC_TYPE_STATIC_DATA_END, []);
     }
@@ -346,7 +360,7 @@ internal static class SaveFileWriter
     /// receiver's copy may hold what the page had before. Returns the pages described.
     /// </summary>
     private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled,
-        Action<long>? progress = null, bool firstPass = false)
+        Action<long>? progress = null, bool firstPass = false, SaveX86Pv? pv = null)
     {
         int batch = LibxcStream.MaxBatchPages;
         var pfns = new ulong[batch + 1]; // [0] holds count and reserved
@@ -367,11 +381,12 @@ internal static class SaveFileWriter
             var page = data.AsSpan(withData * 4096, 4096);
             if (!d.TryReadSaveFrame(gfn, page))
                 continue;
-            if (firstPass && !page.ContainsAnyExcept((byte)0))
+            ulong type = pv?.Normalise(gfn, page) ?? LibxcStream.PAGE_DATA_TYPE_NOTAB;
+            if (firstPass && type == LibxcStream.PAGE_DATA_TYPE_NOTAB && !page.ContainsAnyExcept((byte)0))
                 pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_XALLOC;
             else
             {
-                pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_NOTAB;
+                pfns[n + 1] = gfn | type;
                 withData++;
             }
             if (++n == batch)

@@ -161,7 +161,7 @@ internal static unsafe class PvContext
             Cs = s.Cs.Selector, Ss = s.Ss.Selector, Ds = s.Ds.Selector, Es = s.Es.Selector, Fs = s.Fs.Selector, Gs = s.Gs.Selector,
         };
         c.UserRegs = u;
-        c.Flags = Flags(v, fpu, pv.KernelMode);
+        c.Flags = Flags(v, fpu, pv.KernelMode) | (pv.SyscallMasksEvents ? VcpuGuestContext.VGCF_syscall_disables_events : 0);
         fixed (byte* traps = c.TrapCtxt)
             pv.TrapTable.AsSpan().CopyTo(new Span<TrapInfo>(traps, 256));
         c.LdtBase = pv.LdtEntries != 0 ? pv.LdtBase : 0;
