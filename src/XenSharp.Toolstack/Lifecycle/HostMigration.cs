@@ -84,7 +84,13 @@ public sealed partial class Host
                 {
                     Pages = PageProgress(frames, d),
                     Backlog = target is null ? null : () => PipeBacklog(target),
-                    BeforeStop = () => warmup.Wait(TimeSpan.FromSeconds(10)),
+                    // What it has not compiled by then is left: it would compete with the downtime for a core and
+                    // the runtime's locks.
+                    BeforeStop = () =>
+                    {
+                        warmup.Wait(TimeSpan.FromSeconds(10));
+                        warmup.Stop();
+                    },
                     RequestSuspend = () => (request = BeginSuspend(d)).Wait,
                     Sent = () => sentAt = UnixMicros(),
                 });

@@ -160,12 +160,26 @@ internal static class SaveFileWriter
             }
             // What the rounds sent goes on its way now, not in the downtime.
             _output.Flush();
+            Rehearse();
             o.BeforeStop?.Invoke();
             if (o.Backlog is { } backlog)
                 WaitForTarget(backlog, o);
             if (o.RequestSuspend is { } request)
                 SendWhileSuspending(request(), o);
             o.Suspend();
+        }
+
+        /// <summary>Writes the state records the stop-and-copy ends with into nothing while the guest runs, so that
+        /// their methods (the HVM context's, the records') are compiled now and not in the downtime: a tiered method
+        /// the JIT warm-up prepared is compiled again at its first call. The guest is held off its CPUs for the
+        /// context as for a round's CLEAN.</summary>
+        private void Rehearse()
+        {
+            var w = new MigrationRecordWriter(Stream.Null);
+            WriteTscInfo(w, _s);
+            w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, _s.Domain.GetHvmContext());
+            WriteParams(w, _s.Domain);
+            w.Record(LibxcStream.REC_TYPE_END, []);
         }
 
         /// <summary>Until the target has taken what was sent (a receiver populating the first pass's pages can lag
