@@ -276,19 +276,31 @@ internal sealed class HostServices : IDisposable
         if (_pcpus.Any(p => p.Current?.Domain == d && Thread.CurrentThread.Name == $"pcpu{p.Id}"))
             return; // called from one of the domain's own vCPUs: it leaves the CPU when the exit is handled
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        var spin = new SpinWait();
-        while (d.Vcpus.Any(v => v.IsRunning) && DateTime.UtcNow < deadline)
+        Interlocked.Increment(ref d.OffCpuWaiters);
+        try
         {
-            foreach (var v in d.Vcpus)
-                if (v.IsRunning)
-                    v.Engine?.RequestExit();
-            // A vCPU leaves at its next block boundary, microseconds away: yield first, and sleep (a millisecond or
-            // far more on a loaded host) only if it is slow to go.
-            if (spin.Count < 64)
-                spin.SpinOnce(sleep1Threshold: -1);
-            else
-                Thread.Sleep(1);
+            while (AnyRunning(d) && DateTime.UtcNow < deadline)
+            {
+                foreach (var v in d.Vcpus)
+                    if (v.IsRunning)
+                        v.Engine?.RequestExit();
+                // A vCPU leaves at its next block boundary, microseconds away, and wakes this thread as it goes
+                // (Vcpu.IsRunning): no spinning or yielding, which on a loaded 2-core host takes the core its
+                // thread needs to get there. The timeout covers a vCPU that halts without leaving.
+                lock (d.OffCpuSignal)
+                    if (AnyRunning(d))
+                        Monitor.Wait(d.OffCpuSignal, TimeSpan.FromMilliseconds(1));
+            }
         }
+        finally { Interlocked.Decrement(ref d.OffCpuWaiters); }
+    }
+
+    private static bool AnyRunning(Domain d)
+    {
+        foreach (var v in d.Vcpus)
+            if (v.IsRunning)
+                return true;
+        return false;
     }
 
     public void ShutdownDomain(Domain d, uint reason)
@@ -301,6 +313,7 @@ internal sealed class HostServices : IDisposable
             reason = d.ShutdownCode ?? reason;
             d.State = DomainRunState.Shutdown;
             d.ShutdownReason = reason;
+            d.ShutdownAtUnixMicros = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
         }
         foreach (var v in d.Vcpus)
         {

@@ -69,12 +69,16 @@ public sealed unsafe partial class XenHypervisor
     public void SetHvmContext(ushort domid, ReadOnlySpan<byte> context)
     {
         var d = Guest(domid);
-        var cpus = new Dictionary<int, HvmHwCpu>();
-        var lapics = new Dictionary<int, HvmHwLapic>();
-        var lapicRegs = new Dictionary<int, byte[]>();
-        var mtrrs = new Dictionary<int, HvmHwMtrr>();
-        var xsaves = new Dictionary<int, byte[]>();
-        var tscAdjusts = new Dictionary<int, long>();
+        // Per vCPU, indexed by the record's instance (checked against the vCPUs below): plain arrays rather than
+        // dictionaries of these structs, whose generic code a daemon's first restore (a migration's downtime) would
+        // otherwise compile.
+        int n = d.Vcpus.Length;
+        var cpus = new HvmHwCpu?[n];
+        var lapics = new HvmHwLapic?[n];
+        var lapicRegs = new byte[n][];
+        var mtrrs = new HvmHwMtrr?[n];
+        var xsaves = new byte[n][];
+        var tscAdjusts = new long?[n];
         var platform = new List<(HvmSaveDescriptor Desc, byte[] Body)>();
         bool sawHeader = false, sawEnd = false;
         int offset = 0;
@@ -135,26 +139,26 @@ public sealed unsafe partial class XenHypervisor
                 throw new HypervisorException($"domain {domid} is running; its context can only be set while it is paused", Errno.EBUSY);
         foreach (var v in d.Vcpus)
         {
-            if (lapics.TryGetValue(v.Id, out var lapic) && lapicRegs.TryGetValue(v.Id, out var regs))
+            if (lapics[v.Id] is { } lapic && lapicRegs[v.Id] is { } regs)
                 v.Arch.Vlapic.Load(lapic, regs);
-            if (mtrrs.TryGetValue(v.Id, out var mtrr) && v.Engine is not null)
+            if (mtrrs[v.Id] is { } mtrr && v.Engine is not null)
                 LoadMtrr(v.Engine, mtrr);
-            if (cpus.TryGetValue(v.Id, out var cpu))
+            if (cpus[v.Id] is { } cpu)
             {
                 LoadCpu(v, cpu);
                 // The FXSAVE image of the CPU record with the reset XCR0, unless a CPU_XSAVE record says more (an
                 // engine that keeps its FPU to itself keeps its own).
-                if (v.Engine is { } e && !(xsaves.TryGetValue(v.Id, out var xs) && LoadXsave(e, xs)))
+                if (v.Engine is { } e && !(xsaves[v.Id] is { } xs && LoadXsave(e, xs)))
                     e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1);
             }
             // After the CPU record's TSC: the adjust value is loaded as kept, the counter stays where that put it.
-            if (tscAdjusts.TryGetValue(v.Id, out long adjust) && v.Engine is IX86Vcpu x)
+            if (tscAdjusts[v.Id] is { } adjust && v.Engine is IX86Vcpu x)
                 x.TscAdjustValue = adjust;
         }
         foreach (var (desc, body) in platform)
             d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
         foreach (var v in d.Vcpus)
-            if (cpus.ContainsKey(v.Id))
+            if (cpus[v.Id] is not null)
                 Services.BringUp(v);
     }
 

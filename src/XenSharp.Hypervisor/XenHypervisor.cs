@@ -304,6 +304,16 @@ public sealed unsafe partial class XenHypervisor : IDisposable
         return AllDomains().Select(Info).ToList();
     }
 
+    /// <summary>Starts the pCPU threads (idle until a vCPU is runnable) ahead of the first domain's run.</summary>
+    public void StartPcpus() => Services.StartPcpus();
+
+    /// <summary>When the domain last shut down, microseconds since 1970; 0 if it never has.</summary>
+    public long ShutdownTime(ushort domid)
+    {
+        var d = Guest(domid);
+        lock (d.Lock) return d.ShutdownAtUnixMicros;
+    }
+
     public DomctlDomainInfo GetDomainInfo(ushort domid) => Info(FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH));
 
     private static DomctlDomainInfo Info(Domain d) => new(

@@ -163,11 +163,16 @@ public class SchedOpTests : IDisposable
     {
         var g = new Guest(_host);
         var s = new SchedShutdown { Reason = reason };
+        Assert.Equal(0, _host.ShutdownTime(g.Id));
+        long before = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
         var e = WaitShutdown(g.Id, () => Assert.Equal(0, g.Call(Xen.__HYPERVISOR_sched_op, Sched.SCHEDOP_shutdown, ref s)));
+        long after = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
         Assert.Equal(expected, e!.Reason);
         var info = _host.GetDomainInfo(g.Id);
         Assert.Equal(DomainRunState.Shutdown, info.State);
         Assert.Equal(expected, info.ShutdownReason);
+        // The time of the hypercall itself (a migration's downtime starts there), not of the toolstack's news of it.
+        Assert.InRange(_host.ShutdownTime(g.Id), before, after);
     }
 
     [Fact]

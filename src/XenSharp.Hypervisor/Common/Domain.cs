@@ -66,6 +66,11 @@ internal sealed unsafe class Domain
     /// <summary>Serialises changes to this domain's p2m, reservation, event channels and grant table.</summary>
     public readonly object Lock = new();
 
+    /// <summary>Threads waiting in <see cref="HostServices.WaitOffCpu"/> for a vCPU of this domain to leave its
+    /// pCPU, and what they wait on.</summary>
+    internal int OffCpuWaiters;
+    internal readonly object OffCpuSignal = new();
+
     public ulong MaxPages { get; set; }
     private long _totPages;
     public long TotPages => Interlocked.Read(ref _totPages);
@@ -126,6 +131,10 @@ internal sealed unsafe class Domain
     /// domain); 0 is <see cref="Ssid"/>.</summary>
     public uint SelfSsid { get; set; }
     public uint? ShutdownReason { get; set; }
+
+    /// <summary>When the domain last shut down (microseconds since 1970, on the host's clock): a migration's downtime
+    /// starts with the guest's own SCHEDOP_shutdown(SHUTDOWN_suspend), not when a toolstack thread hears of it.</summary>
+    public long ShutdownAtUnixMicros { get; set; }
     /// <summary>Reason stored by SCHEDOP_shutdown_code, reported when the domain later shuts down.</summary>
     public uint? ShutdownCode { get; set; }
     public bool IsDying { get; set; }

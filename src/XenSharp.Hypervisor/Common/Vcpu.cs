@@ -145,7 +145,21 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public bool Blocked { get; set; }
     /// <summary>Paused by the toolstack or by the hypervisor for this vCPU alone.</summary>
     public int PauseCount { get; set; }
-    public bool IsRunning { get; set; }
+    public bool IsRunning
+    {
+        get => _isRunning;
+        set
+        {
+            _isRunning = value;
+            if (value) return;
+            // A pause waiting for the domain's vCPUs to leave their pCPUs (HostServices.WaitOffCpu) is woken as
+            // this one goes, rather than spinning on a core the vCPU's own thread may need.
+            Interlocked.MemoryBarrier();
+            if (Volatile.Read(ref Domain.OffCpuWaiters) != 0)
+                lock (Domain.OffCpuSignal) Monitor.PulseAll(Domain.OffCpuSignal);
+        }
+    }
+    private bool _isRunning;
     /// <summary>The pCPU loop saw an exit that needs this vCPU taken off the CPU now (block, shutdown, pause).</summary>
     public volatile bool DescheduleRequested;
     public long CpuTimeNs;

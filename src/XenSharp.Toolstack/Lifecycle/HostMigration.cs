@@ -48,14 +48,18 @@ public sealed partial class Host
             RunRemusSend(r, d, conn);
             return;
         }
+        MigrationTrace.Mark("source", "pre-copy begins");
         var frames = new FrameWriter(conn);
         string name = d.Config.Name;
         bool suspended = false, cooperative = HasPvDrivers(d);
-        long stoppedAt = 0, runningAt = 0;
+        long stoppedAt = 0, runningAt = 0, sentAt = 0;
         SuspendRequest? request = null;
         FileStream? target = null;
-        var warmup = JitWarmup.Start(typeof(Host), typeof(SaveFileWriter), typeof(XenstoreLayout), typeof(XenSharp.Hypervisor.XenHypervisor),
-            typeof(Platform.XenHypervisorPlatform));
+        // The stop-and-copy's own path first (the last pages, the hypervisor's log-dirty, pause and HVM context),
+        // then the rest of what runs after the stop.
+        var warmup = JitWarmup.Start([typeof(SaveFileWriter), typeof(MigrationRecordWriter), typeof(Platform.XenHypervisorPlatform),
+            ..JitWarmup.HypervisorTypes("Common.LogDirty", "HostServices", "X86.Vlapic", "X86.HvmPlatform"),
+            typeof(XenSharp.Hypervisor.XenHypervisor), typeof(XenstoreLayout), typeof(Host)]);
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
@@ -90,19 +94,27 @@ public sealed partial class Host
                             runningAt = request?.RunningAt ?? stoppedAt;
                             MigrationTrace.Mark("source", "guest seen running", runningAt);
                             MigrationTrace.Mark("source", "guest stopped", stoppedAt);
+                            if (request is { HeardAt: > 0 }) MigrationTrace.Mark("source", "stop heard", request.HeardAt);
                         },
                         frames.Progress,
                         () => d.Destroyed)
                     {
                         Pages = PageProgress(frames, d),
                         Backlog = target is null ? null : () => PipeBacklog(target),
-                        BeforeStop = () => warmup.Wait(TimeSpan.FromSeconds(10)),
+                        // What it has not compiled by then is left: it would compete with the downtime for a core and
+                        // the runtime's locks.
+                        BeforeStop = () =>
+                        {
+                            warmup.Wait(TimeSpan.FromSeconds(10));
+                            warmup.Stop();
+                        },
                         RequestSuspend = () => (request = BeginSuspend(d)).Wait,
+                        Sent = () => sentAt = UnixMicros(),
                     });
                 }
             }
             data.Flush();
-            long sentAt = UnixMicros();
+            if (sentAt == 0) sentAt = UnixMicros();
             MigrationTrace.Mark("source", "last byte written", sentAt);
             _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} sent live: {pages} pages{(target is null ? " through xl" : "")}");
             // When the guest stopped, for xl's downtime figure (sender and its daemon share a clock), and when the
@@ -298,12 +310,26 @@ public sealed partial class Host
             // The backends run before the stream ends, as a host's do before a domain arrives: their start is not
             // part of the guest's downtime; nor is the compilation of what runs in it, which stops when it begins.
             _ = Backends;
-            var warmup = JitWarmup.Start([typeof(Host), typeof(SaveFileReader), typeof(XenstoreLayout), typeof(DeviceLayout),
-                typeof(Platform.XenHypervisorPlatform), typeof(XenSharp.Hypervisor.XenHypervisor),
+            // What runs once the state arrives, in that order: the context and params loaded, the vCPUs brought up
+            // (a daemon's first domain starts its pCPU threads), the rings, xenstore and console connected, the
+            // devices, the rename and unpause; then the rest.
+            var warmup = JitWarmup.Start([typeof(SaveFileReader), typeof(MigrationRecordReader), typeof(Platform.XenHypervisorPlatform),
+                ..JitWarmup.HypervisorTypes("X86.Vlapic", "X86.HvmPlatform", "Common.Vcpu", "HostServices", "Scheduling.Pcpu",
+                    "Scheduling.Cpupools", "Scheduling.CreditScheduler", "Scheduling.Credit2Scheduler", "Common.EventChannels",
+                    "Common.GrantTable", "Dom0Services"),
+                typeof(XenSharp.Hypervisor.XenHypervisor), typeof(XenstoreLayout), typeof(DeviceLayout),
                 ..typeof(XenSharp.Store.XenStored).Assembly.GetTypes(), ..typeof(XenSharp.Backends.Console.PrimaryConsole).Assembly.GetTypes()
-                    .Where(t => t.Namespace == typeof(XenSharp.Backends.Console.PrimaryConsole).Namespace)]);
+                    .Where(t => t.Namespace == typeof(XenSharp.Backends.Console.PrimaryConsole).Namespace), typeof(Host)]);
+            _hv.StartPcpus();
             MigrationTrace.Mark("target", "restore begins");
-            var reader = new SaveFileReader(source ?? conn, "migration stream") { OnState = warmup.Stop };
+            var reader = new SaveFileReader(source ?? conn, "migration stream")
+            {
+                OnState = () =>
+                {
+                    warmup.Stop();
+                    MigrationTrace.Mark("target", "state arrives");
+                },
+            };
             try { result = RestoreFrom(reader, "migration stream", null, null, r.ConfigDirectory, paused: true, incoming: true); }
             finally { warmup.Stop(); }
         }

@@ -130,10 +130,13 @@ public sealed partial class Host
         /// earliest it can have stopped.</summary>
         public long RunningAt { get; private set; } = askedAt;
 
-        /// <summary>Once it has suspended, the first time the daemon heard of it (the hypervisor's report of the
-        /// state change, or a look at the state): the latest it can have stopped, where a migration counts its
-        /// downtime from, as it did when it only polled.</summary>
+        /// <summary>Once it has suspended, when it stopped: the hypervisor's time of its SCHEDOP_shutdown, where a
+        /// migration counts its downtime from (QEMU counts from its vm_stop); when the hypervisor does not say, the
+        /// first time the daemon heard of it (the report of the state change, or a look at the state).</summary>
         public long StoppedAt { get; private set; }
+
+        /// <summary>When the daemon first heard of the stop.</summary>
+        public long HeardAt { get; private set; }
 
         /// <summary>Waits up to <paramref name="upTo"/> for the guest to suspend: true once it has, false while it
         /// has not; throws when it shut down otherwise, was destroyed, or did not answer in time (the request is
@@ -151,7 +154,8 @@ public sealed partial class Host
                         if (StoppedAt == 0)
                         {
                             long heard = d.StateChangedAt;
-                            StoppedAt = heard > RunningAt ? heard : UnixMicros();
+                            HeardAt = heard > RunningAt ? heard : UnixMicros();
+                            StoppedAt = d.Hv.ShutdownTime is var at and > 0 ? at : HeardAt;
                         }
                         return true;
                     }

@@ -23,8 +23,19 @@ internal sealed class JitWarmup
     }
 
     /// <summary>Starts preparing the methods of <paramref name="types"/> and their nested types (each type once per
-    /// process).</summary>
+    /// process), in the order given, each type's nested types right after it: the types of the downtime's own path
+    /// come first, as a loaded host may not leave time for more.</summary>
     public static JitWarmup Start(params Type[] types) => new(types);
+
+    /// <summary>The hypervisor's types by name, for those the toolstack cannot name (internal to it); a name that
+    /// is not there is left out.</summary>
+    public static IEnumerable<Type> HypervisorTypes(params string[] names)
+    {
+        var assembly = typeof(XenSharp.Hypervisor.XenHypervisor).Assembly;
+        foreach (string name in names)
+            if (assembly.GetType("XenSharp.Hypervisor." + name) is { } t)
+                yield return t;
+    }
 
     /// <summary>Waits for it to end, at most <paramref name="upTo"/>.</summary>
     public void Wait(TimeSpan upTo)
@@ -38,13 +49,13 @@ internal sealed class JitWarmup
 
     private static void Prepare(Type[] types, CancellationToken token)
     {
-        var queue = new Queue<Type>(types);
-        while (queue.TryDequeue(out var type))
+        var stack = new Stack<Type>(Enumerable.Reverse(types));
+        while (stack.TryPop(out var type))
         {
             lock (Done)
                 if (!Prepared.Add(type)) continue;
-            foreach (var nested in type.GetNestedTypes(BindingFlags.Public | BindingFlags.NonPublic))
-                if (!nested.ContainsGenericParameters) queue.Enqueue(nested);
+            foreach (var nested in Enumerable.Reverse(type.GetNestedTypes(BindingFlags.Public | BindingFlags.NonPublic)))
+                if (!nested.ContainsGenericParameters) stack.Push(nested);
             const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static |
                 BindingFlags.DeclaredOnly;
             foreach (var m in type.GetMethods(all).Cast<MethodBase>().Concat(type.GetConstructors(all)))

@@ -49,6 +49,10 @@ public interface IHypervisor : IDisposable
 
     IHypervisorDomain CreateDomain(uint domId, DomainCreateInfo info);
 
+    /// <summary>Starts the pCPU threads now rather than when a domain first runs (an incoming migration's domain
+    /// would start them in the guest's downtime).</summary>
+    void StartPcpus() { }
+
     /// <summary>XEN_SYSCTL_physinfo's total_pages and free_pages, in bytes: the hypervisor's machine memory and
     /// what no domain holds of it.</summary>
     (ulong Total, ulong Free) MachineMemory { get; }
@@ -157,6 +161,10 @@ public interface IHypervisorDomain : IDisposable
 
     DomainRunInfo State { get; }
     IReadOnlyList<VcpuRunState> Vcpus { get; }
+
+    /// <summary>When the domain last shut down (microseconds since 1970, the host's clock), as the hypervisor saw it;
+    /// 0 when unknown.</summary>
+    long ShutdownTime => 0;
 
     /// <summary>XEN_DOMCTL_gethvmcontext: the vCPUs' state as Xen's HVM save records.</summary>
     byte[] GetHvmContext() => throw new NotSupportedException("this hypervisor has no HVM context");

@@ -110,6 +110,8 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
         return new Domain(_hv, id);
     }
 
+    public void StartPcpus() => _hv.StartPcpus();
+
     public string ReadConsole(bool clear) => _hv.ReadDmesg(clear);
 
     public bool FlaskEnabled => _hv.FlaskEnabled;
@@ -239,6 +241,15 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
                 _ => throw new ArgumentException($"Invalid trigger \"{trigger}\""),
             };
             hv.SendTrigger(domId, t, vcpu);
+        }
+
+        public long ShutdownTime
+        {
+            get
+            {
+                try { return hv.ShutdownTime(domId); }
+                catch (HypervisorException) { return 0; }
+            }
         }
 
         public DomainRunInfo State

@@ -74,14 +74,35 @@ internal sealed class MigrationRecordReader(Stream input, string file)
     public ulong UInt64BigEndian(string what) { Span<byte> b = stackalloc byte[8]; Exactly(b, what); return BinaryPrimitives.ReadUInt64BigEndian(b); }
     public ushort UInt16BigEndian(string what) { Span<byte> b = stackalloc byte[2]; Exactly(b, what); return BinaryPrimitives.ReadUInt16BigEndian(b); }
 
+    private byte[] _shared = [];
+
     /// <summary>The next record: its type and its body (padding read and checked).</summary>
     public (uint Type, byte[] Body) Record(string stream)
+    {
+        var (type, body) = Record(stream, shared: false);
+        return (type, body.Array!);
+    }
+
+    /// <summary>The next record, its body in a buffer the reader keeps for the next one: a stream's PAGE_DATA records
+    /// are 4 MiB each, and a new array for each (hundreds of large-object allocations and the collections they bring)
+    /// is time a receiver lagging behind the sender does not have.</summary>
+    public (uint Type, ArraySegment<byte> Body) SharedRecord(string stream) => Record(stream, shared: true);
+
+    private (uint Type, ArraySegment<byte> Body) Record(string stream, bool shared)
     {
         long at = Position;
         var h = Struct<MigrationRecordHeader>($"a {stream} record header");
         if (h.Length > MaxRecordLength)
             throw new SaveFileException($"{file}: corrupt: the {stream} record at byte {at} (type {h.Type:#x}) claims {h.Length} bytes");
-        var body = new byte[h.Length];
+        byte[] buffer;
+        if (!shared)
+            buffer = new byte[h.Length];
+        else
+        {
+            if (_shared.Length < h.Length) _shared = GC.AllocateUninitializedArray<byte>((int)Math.Max(h.Length, 4u << 20));
+            buffer = _shared;
+        }
+        var body = new ArraySegment<byte>(buffer, 0, (int)h.Length);
         Exactly(body, $"the {stream} record at byte {at} (type {h.Type:#x}, {h.Length} bytes)");
         Span<byte> pad = stackalloc byte[8];
         int padding = (int)((8 - h.Length % 8) % 8);

@@ -28,12 +28,12 @@ internal sealed class RestoreX86Pv
     private ulong _p2mEnd;
     private byte[]? _sharedInfo;
 
-    public RestoreX86Pv(IHypervisorDomain d, byte[] info, string file, long at)
+    public RestoreX86Pv(IHypervisorDomain d, ReadOnlySpan<byte> info, string file, long at)
     {
         _d = d;
         _file = file;
         _pv = d.Pv ?? throw new SaveFileException($"{file}: a PV stream, but the domain made for it is not a PV domain");
-        if (info.Length != 8 || info[2] != 0 || info[3] != 0 || BitConverter.ToUInt32(info, 4) != 0)
+        if (info.Length != 8 || info[2] != 0 || info[3] != 0 || BitConverter.ToUInt32(info[4..]) != 0)
             throw Corrupt($"X86_PV_INFO record at byte {at} is malformed");
         bool is32 = (info[0], info[1]) switch
         {
@@ -58,34 +58,34 @@ internal sealed class RestoreX86Pv
 
     public bool HasVcpus => _vcpus.Count > 0;
 
-    public void Record(uint type, byte[] body, long at)
+    public void Record(uint type, ReadOnlySpan<byte> body, long at)
     {
         switch (type)
         {
             case LibxcStream.REC_TYPE_X86_PV_P2M_FRAMES:
                 if (body.Length < 8 || body.Length % 8 != 0) throw Corrupt($"X86_PV_P2M_FRAMES record at byte {at} of {body.Length} bytes");
-                uint start = BitConverter.ToUInt32(body, 0), end = BitConverter.ToUInt32(body, 4);
+                uint start = BitConverter.ToUInt32(body), end = BitConverter.ToUInt32(body[4..]);
                 int fpp = 4096 / _l.Width;
                 int count = (body.Length - 8) / 8;
                 if (start != 0 || end < start || (ulong)count != (end + (ulong)fpp) / (ulong)fpp)
                     throw Corrupt($"X86_PV_P2M_FRAMES at byte {at}: pfns {start:#x}-{end:#x} in {count} frames");
-                _p2mFrames = [.. MemoryMarshal.Cast<byte, ulong>(body.AsSpan(8))];
+                _p2mFrames = [.. MemoryMarshal.Cast<byte, ulong>(body[8..])];
                 _p2mEnd = end;
                 break;
             case LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC:
             case LibxcStream.REC_TYPE_X86_PV_VCPU_EXTENDED:
             {
-                if (body.Length < 8 || BitConverter.ToUInt32(body, 4) != 0) throw Corrupt($"vCPU record at byte {at} is malformed");
-                int vcpu = (int)BitConverter.ToUInt32(body, 0);
+                if (body.Length < 8 || BitConverter.ToUInt32(body[4..]) != 0) throw Corrupt($"vCPU record at byte {at} is malformed");
+                int vcpu = (int)BitConverter.ToUInt32(body);
                 if (vcpu >= 4096) throw Corrupt($"vCPU record at byte {at} for vCPU {vcpu}");
                 if (type == LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC)
                 {
                     if (body.Length - 8 != _l.ContextSize)
                         throw Corrupt($"X86_PV_VCPU_BASIC at byte {at}: {body.Length - 8} bytes of context, a {_l.Width * 8}-bit guest's is {_l.ContextSize}");
-                    _vcpus[vcpu] = body[8..];
+                    _vcpus[vcpu] = body[8..].ToArray();
                 }
                 else
-                    _extended[vcpu] = body[8..];
+                    _extended[vcpu] = body[8..].ToArray();
                 break;
             }
             case LibxcStream.REC_TYPE_X86_PV_VCPU_XSAVE:
@@ -95,7 +95,7 @@ internal sealed class RestoreX86Pv
                 break;
             case LibxcStream.REC_TYPE_SHARED_INFO:
                 if (body.Length != 4096) throw Corrupt($"SHARED_INFO record at byte {at} of {body.Length} bytes");
-                _sharedInfo = body;
+                _sharedInfo = body.ToArray(); // the reader reuses its record buffer
                 break;
         }
     }

@@ -103,10 +103,10 @@ internal sealed class SaveFileReader(Stream input, string file)
         while (true)
         {
             long at = _r.Position;
-            var (type, body) = _r.Record("libxc");
+            var (type, body) = _r.SharedRecord("libxc");
             if (type == LibxcStream.REC_TYPE_END || type == LibxcStream.REC_TYPE_CHECKPOINT)
             {
-                if (body.Length != 0) throw _r.Corrupt($"{(type == 0 ? "END" : "CHECKPOINT")} record at byte {at} with {body.Length} bytes");
+                if (body.Count != 0) throw _r.Corrupt($"{(type == 0 ? "END" : "CHECKPOINT")} record at byte {at} with {body.Count} bytes");
                 if (_pv && state.Pv is null) throw _r.Corrupt("the PV stream ends without an X86_PV_INFO record");
                 if (!state.Context && !_pv) throw _r.Corrupt("the libxc stream ends without an HVM context");
                 var pv = state.Pv?.Finish();
@@ -175,7 +175,7 @@ internal sealed class SaveFileReader(Stream input, string file)
         public RestoreX86Pv? Pv;
     }
 
-    private void Apply(IHypervisorDomain d, uint type, byte[] body, long at, LoadState state)
+    private void Apply(IHypervisorDomain d, uint type, ReadOnlySpan<byte> body, long at, LoadState state)
     {
         if (type is LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT or LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC
             && OnState is { } onState)
@@ -223,20 +223,21 @@ internal sealed class SaveFileReader(Stream input, string file)
         }
     }
 
-    private long LoadPages(IHypervisorDomain d, byte[] body, long at, RestoreX86Pv? pv)
+    private long LoadPages(IHypervisorDomain d, ReadOnlySpan<byte> body, long at, RestoreX86Pv? pv)
     {
         if (body.Length < 8) throw _r.Corrupt($"PAGE_DATA record at byte {at} of {body.Length} bytes");
-        uint count = BitConverter.ToUInt32(body, 0);
-        if (BitConverter.ToUInt32(body, 4) != 0) throw _r.Corrupt($"PAGE_DATA record at byte {at} has reserved bits set");
+        uint count = MemoryMarshal.Read<uint>(body);
+        if (MemoryMarshal.Read<uint>(body[4..]) != 0) throw _r.Corrupt($"PAGE_DATA record at byte {at} has reserved bits set");
         if ((ulong)count * 8 > (ulong)body.Length - 8) throw _r.Corrupt($"PAGE_DATA record at byte {at} lists {count} pfns it has no room for");
-        var pfns = MemoryMarshal.Cast<byte, ulong>(body.AsSpan(8, (int)count * 8));
+        var pfns = MemoryMarshal.Cast<byte, ulong>(body.Slice(8, (int)count * 8));
         int withData = 0;
         foreach (ulong p in pfns)
             if (HasData(p)) withData++;
         if (body.Length != 8 + count * 8 + withData * 4096L)
             throw _r.Corrupt($"PAGE_DATA record at byte {at} is {body.Length} bytes, its {count} pfns need {8 + count * 8 + withData * 4096L}");
-        int data = 8 + (int)count * 8;
-        long loaded = 0;
+        // Every entry is checked, and the frames the batch needs are populated a run of consecutive gfns at a time
+        // (a first pass is runs of 1024), before any data is written.
+        ulong runStart = 0, runLength = 0;
         foreach (ulong p in pfns)
         {
             ulong type = p & LibxcStream.PAGE_DATA_TYPE_MASK, gfn = p & LibxcStream.PAGE_DATA_PFN_MASK;
@@ -244,23 +245,35 @@ internal sealed class SaveFileReader(Stream input, string file)
                 throw _r.Corrupt($"PAGE_DATA record at byte {at}: reserved bits set in pfn entry {p:#x}");
             if ((p >> LibxcStream.PAGE_DATA_TYPE_SHIFT) is >= 5 and <= 8)
                 throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
+            if (type is LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN || d.Memory.IsPopulated(gfn))
+                continue;
+            if (runLength > 0 && gfn == runStart + runLength)
+            {
+                runLength++;
+                continue;
+            }
+            if (runLength > 0) d.Memory.Populate(runStart, runLength);
+            (runStart, runLength) = (gfn, 1);
+        }
+        if (runLength > 0) d.Memory.Populate(runStart, runLength);
+
+        int data = 8 + (int)count * 8;
+        long loaded = 0;
+        foreach (ulong p in pfns)
+        {
+            ulong type = p & LibxcStream.PAGE_DATA_TYPE_MASK, gfn = p & LibxcStream.PAGE_DATA_PFN_MASK;
             if (HasData(p))
             {
-                if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
-                d.Memory.Write(gfn << 12, body.AsSpan(data, 4096));
+                d.Memory.Write((p & LibxcStream.PAGE_DATA_PFN_MASK) << 12, body.Slice(data, 4096));
                 data += 4096;
                 loaded++;
                 pv?.NotePage(gfn, type);
             }
             else if (type == LibxcStream.PAGE_DATA_TYPE_XALLOC)
             {
-                // Allocated, no contents: a new page, zero (XenSharp's writer sends all-zero pages so).
-                if (!d.Memory.IsPopulated(gfn)) d.Memory.Populate(gfn, 1);
-                loaded++;
+                loaded++; // allocated, no contents: a new page, zero (XenSharp's writer sends all-zero pages so)
                 pv?.NotePage(gfn, type);
             }
-            else if (type is not (LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN))
-                throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
         }
         return loaded;
     }
@@ -268,14 +281,14 @@ internal sealed class SaveFileReader(Stream input, string file)
     /// <summary>Whether a PAGE_DATA entry carries the page's contents: a data page or a page table, pinned or not.</summary>
     private static bool HasData(ulong p) => (p >> LibxcStream.PAGE_DATA_TYPE_SHIFT) is <= 4 or (>= 9 and <= 12);
 
-    private void ReadParams(byte[] body, long at, Dictionary<int, ulong> parameters)
+    private void ReadParams(ReadOnlySpan<byte> body, long at, Dictionary<int, ulong> parameters)
     {
-        if (body.Length < 8 || BitConverter.ToUInt32(body, 4) != 0)
+        if (body.Length < 8 || MemoryMarshal.Read<uint>(body[4..]) != 0)
             throw _r.Corrupt($"HVM_PARAMS record at byte {at} is malformed");
-        uint count = BitConverter.ToUInt32(body, 0);
+        uint count = MemoryMarshal.Read<uint>(body);
         if (body.Length != 8 + count * 16L)
             throw _r.Corrupt($"HVM_PARAMS record at byte {at} is {body.Length} bytes for {count} params");
-        foreach (var e in MemoryMarshal.Cast<byte, HvmParamsEntry>(body.AsSpan(8)))
+        foreach (var e in MemoryMarshal.Cast<byte, HvmParamsEntry>(body[8..]))
             if (e.Index < XenSharp.Public.Hvm.Params.HVM_NR_PARAMS)
                 parameters[(int)e.Index] = e.Value;
             else

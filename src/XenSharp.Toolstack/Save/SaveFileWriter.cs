@@ -38,6 +38,10 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
 
     public long BacklogLimit { get; init; } = 64 << 10;
 
+    /// <summary>Called as the stream's last byte has been written, before the progress line and the log-dirty off
+    /// that follow: where a migration's downtime, counted as QEMU counts it, ends.</summary>
+    public Action? Sent { get; init; }
+
     /// <summary>How long to wait at most for the target to take the backlog (a slow link: the guest stops anyway).</summary>
     public TimeSpan BacklogWait { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -100,6 +104,7 @@ internal static class SaveFileWriter
         var state = clock.Elapsed;
         live.End();
         output.Flush();
+        o.Sent?.Invoke();
         var all = clock.Elapsed;
         o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
             $"Suspended: {final} pages sent, {live.Total} in all; the last pages and state in {all.TotalMilliseconds:0.0} ms " +
@@ -123,6 +128,7 @@ internal static class SaveFileWriter
         private readonly SaveSource _s;
         private readonly ulong _max;
         private readonly ulong[] _bits, _last;
+        private readonly PageBatch _batch = new();
 
         public LiveStream(Stream output, SaveSource s)
         {
@@ -149,7 +155,7 @@ internal static class SaveFileWriter
             var d = _s.Domain;
             var clock = System.Diagnostics.Stopwatch.StartNew();
             long all = (long)_max + 1;
-            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all), firstPass: true);
+            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all), firstPass: true, buffers: _batch);
             o.Progress(Round(0, Total, Total, clock));
             for (int i = 1; ; i++)
             {
@@ -162,18 +168,32 @@ internal static class SaveFileWriter
                 }
                 clock.Restart();
                 int round = i;
-                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled, n => o.Pages?.Invoke(round, n, dirty));
+                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled, n => o.Pages?.Invoke(round, n, dirty), buffers: _batch);
                 Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
             // What the rounds sent goes on its way now, not in the downtime.
             _output.Flush();
+            Rehearse();
             o.BeforeStop?.Invoke();
             if (o.Backlog is { } backlog)
                 WaitForTarget(backlog, o);
             if (o.RequestSuspend is { } request)
                 SendWhileSuspending(request(), o);
             o.Suspend();
+        }
+
+        /// <summary>Writes the state records the stop-and-copy ends with into nothing while the guest runs, so that
+        /// their methods (the HVM context's, the records') are compiled now and not in the downtime: a tiered method
+        /// the JIT warm-up prepared is compiled again at its first call. The guest is held off its CPUs for the
+        /// context as for a round's CLEAN.</summary>
+        private void Rehearse()
+        {
+            var w = new MigrationRecordWriter(Stream.Null);
+            WriteTscInfo(w, _s);
+            w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, _s.Domain.GetHvmContext());
+            WriteParams(w, _s.Domain);
+            w.Record(LibxcStream.REC_TYPE_END, []);
         }
 
         /// <summary>Until the target has taken what was sent (a receiver populating the first pass's pages can lag
@@ -197,7 +217,7 @@ internal static class SaveFileWriter
                 if (Count(_last) < o.DirtyThreshold) break;
                 d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
                 for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
-                sent += WritePages(_w, d, Gfns(_bits), o.Cancelled);
+                sent += WritePages(_w, d, Gfns(_bits), o.Cancelled, buffers: _batch);
                 Array.Clear(_bits);
                 _output.Flush();
             }
@@ -220,11 +240,12 @@ internal static class SaveFileWriter
             {
                 d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
                 for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
-                long n = WritePages(_w, d, Gfns(_bits), o.Cancelled);
+                long n = WritePages(_w, d, Gfns(_bits), o.Cancelled, buffers: _batch);
                 Array.Clear(_bits);
                 if (n > 0) _output.Flush();
                 sent += n;
                 rounds++;
+                if (MigrationTrace.On) MigrationTrace.Mark("source", $"suspending round {rounds}: {n} pages");
             }
             Total += sent;
             o.Progress(string.Create(System.Globalization.CultureInfo.InvariantCulture,
@@ -232,7 +253,10 @@ internal static class SaveFileWriter
         }
 
         /// <summary>With the guest suspended: the pages dirtied since the last round or checkpoint, the rings'
-        /// pages, TSC info, the HVM context and params (libxc's end of checkpoint). Returns the pages sent.</summary>
+        /// pages, TSC info, the HVM context and params (libxc's end of checkpoint). Returns the pages sent. Not
+        /// tiered, so that the JIT warm-up's compilation before the stop is the code that runs after it (a tiered
+        /// method's first call compiles it again, milliseconds of the downtime).</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         public long SendSuspended()
         {
             var d = _s.Domain;
@@ -244,7 +268,7 @@ internal static class SaveFileWriter
             foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
                 if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= _max)
                     _bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
-            long sent = WritePages(_w, d, Gfns(_bits), null);
+            long sent = WritePages(_w, d, Gfns(_bits), null, buffers: _batch);
             Array.Clear(_bits);
             Total += sent;
             SuspendedPagesTime = clock.Elapsed;
@@ -360,11 +384,12 @@ internal static class SaveFileWriter
     /// receiver's copy may hold what the page had before. Returns the pages described.
     /// </summary>
     private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled,
-        Action<long>? progress = null, bool firstPass = false, SaveX86Pv? pv = null)
+        Action<long>? progress = null, bool firstPass = false, SaveX86Pv? pv = null, PageBatch? buffers = null)
     {
         int batch = LibxcStream.MaxBatchPages;
-        var pfns = new ulong[batch + 1]; // [0] holds count and reserved
-        var data = new byte[batch * 4096];
+        buffers ??= new PageBatch();
+        var pfns = buffers.Pfns;
+        var data = buffers.Data;
         int n = 0, withData = 0;
         long total = 0;
         void Flush()
@@ -398,6 +423,15 @@ internal static class SaveFileWriter
         }
         Flush();
         return total;
+    }
+
+    /// <summary>A batch's pfn list and page data, kept by a live stream for all its rounds: 4 MiB allocated (and
+    /// zeroed) for each round, as many as one every 2 ms while the guest suspends and one after it stopped, is time
+    /// the stop-and-copy does not have.</summary>
+    private sealed class PageBatch
+    {
+        public readonly ulong[] Pfns = new ulong[LibxcStream.MaxBatchPages + 1]; // [0] holds count and reserved
+        public readonly byte[] Data = GC.AllocateUninitializedArray<byte>(LibxcStream.MaxBatchPages * 4096);
     }
 
     private static void WriteParams(MigrationRecordWriter w, IHypervisorDomain d)
