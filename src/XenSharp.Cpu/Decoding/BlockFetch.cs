@@ -193,6 +193,19 @@ internal unsafe partial class X86Vcpu
         return true;
     }
 
+    /// <summary>For compiled code about to enter a linked successor that is one instruction running into the
+    /// next linear page (<see cref="DecodedBlock.HasTail"/>): whether that page still leads to the tail's bytes,
+    /// by the same proofs as <see cref="LinkedPageHolds"/> (the jump cache's lookup of such a block checked
+    /// the tail's translation in the current epoch).</summary>
+    internal bool LinkedTailHolds(DecodedBlock next)
+    {
+        var jc = Cpl == 3 ? _jumpUser : _jumpSup;
+        ulong tail = (next.Ip | 0xFFF) + 1;
+        if (jc.TryFetch(tail, out ulong phys)) return (phys & ~0xFFFUL) == next.TailPhys;
+        ref JumpEntry e = ref jc.Entries[(int)(next.Ip ^ (next.Ip >> 13)) & jc.Mask];
+        return e.Block == next && e.Epoch == jc.Epoch;
+    }
+
     private Decoder DecoderFor(int bitness) => bitness switch
     {
         64 => _dec64 ??= Decoder.Create(64, _reader, DecoderOptions.None),

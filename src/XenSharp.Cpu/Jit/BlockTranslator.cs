@@ -28,6 +28,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
+    private static readonly FieldInfo FHasTail = typeof(DecodedBlock).GetField(nameof(DecodedBlock.HasTail))!;
+    private static readonly MethodInfo MLinkedTailHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedTailHolds), Inst)!;
     private static readonly FieldInfo FFlagsIn = typeof(DecodedBlock).GetField(nameof(DecodedBlock.FlagsIn))!;
     private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
     private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
@@ -587,6 +589,9 @@ internal sealed partial class BlockTranslator
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, full);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, full);
         var linked = _il.DefineLabel();
+        // An instruction running into the next page: that page's translation is checked each time.
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FHasTail); _il.Emit(OpCodes.Brfalse, linked);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Call, MLinkedTailHolds); _il.Emit(OpCodes.Brfalse, full);
         _il.Emit(OpCodes.Br, linked);
         // Not linked yet: the helper records the exit for the run loop to link (and returns null).
         _il.MarkLabel(unlinked);
@@ -650,6 +655,21 @@ internal sealed partial class BlockTranslator
         {
             AddRetired(1);
             _flushed = i + 1;
+            // The interpreter left every register, RFLAGS and RIP in the vCPU.
+            _dirty = 0;
+            _flDirty = false;
+            if (_chainable)
+            {
+                // RIP is wherever the instruction went (a CALL or JMP through memory, a REP string instruction
+                // paused at itself, or the next instruction): continue there as after an indirect branch.
+                var full = _il.DefineLabel();
+                _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
+                LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain);
+                _il.Emit(OpCodes.Stloc, _next);
+                _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
+                EmitEnterNext(full);
+                return;
+            }
             _il.Emit(OpCodes.Ret);
             return;
         }

@@ -49,14 +49,14 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Links the exit the last compiled block left by to <paramref name="next"/>, found
-    /// at its target: same mode and CS base, already compiled, and not an instruction running into
-    /// the next page. In the source's linear page the translation is the same whenever the source
-    /// runs; in another page the compiled hop checks it each time (<see cref="LinkedPageHolds"/>).</summary>
+    /// at its target: same mode and CS base, already compiled. In the source's linear page the translation
+    /// is the same whenever the source runs; in another page, and for an instruction running into the next
+    /// page, the compiled hop checks it each time (<see cref="LinkedPageHolds"/>, <see cref="LinkedTailHolds"/>).</summary>
     private void LinkPending(DecodedBlock next)
     {
         var from = _linkFrom!;
         _linkFrom = null;
-        if (next.Compiled == null || !next.Valid || !from.Valid || next.HasTail || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
+        if (next.Compiled == null || !next.Valid || !from.Valid || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
         int slot = _linkSlot;
         if ((uint)slot < (uint)from.Links.Length && from.LinkTargets[slot] == next.Ip && from.Links[slot] != next)
         {
@@ -87,6 +87,7 @@ internal unsafe partial class X86Vcpu
         if (--_hops <= 0 || _exitRequested || Stop || !next.Valid) return null;
         ulong rip = from.LinkTargets[slot];
         if (((rip ^ from.Ip) >> 12) != 0 && !LinkedPageHolds(rip, next)) return null;
+        if (next.HasTail && !LinkedTailHolds(next)) return null;
         return next;
     }
 
