@@ -57,13 +57,11 @@ internal unsafe partial class X86Vcpu
 
         /// <summary>Notes again a translation this epoch already proved: a block found in the jump cache in the
         /// current epoch came from <paramref name="phys"/> through the page of <paramref name="lin"/>, which the
-        /// filters hold since its lookup. Keeps compiled code's cross-page links (<see cref="LinkedPageHolds"/>)
-        /// working after the slot was taken by another page, without a page walk.</summary>
+        /// filters hold since its lookup.</summary>
         public void Refetch(ulong lin, ulong phys)
         {
             ulong vpn = lin >> 12;
             int i = (int)(vpn & (FetchSlots - 1));
-            if (_fetchEpoch[i] == Epoch && _fetchVpn[i] == vpn) return;
             _fetchVpn[i] = vpn;
             _fetchPhys[i] = phys & ~0xFFFUL;
             _fetchEpoch[i] = Epoch;
@@ -162,31 +160,50 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>For compiled code leaving by a RET or an indirect branch (RIP already stored): the compiled
-    /// code of the block the run loop would find at RIP in the jump cache's current epoch (the same checks as
+    /// block the run loop would find at RIP in the jump cache's current epoch (the same checks as
     /// <see cref="GetBlock"/>'s hit, and the same aging stamp), or null to return to the run loop.</summary>
-    internal Action<X86Vcpu>? IndirectSuccessor()
+    internal DecodedBlock? IndirectSuccessor()
     {
         ulong rip = Rip;
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
         ref JumpEntry e = ref cache.Entries[(int)(rip ^ (rip >> 13)) & cache.Mask];
         var b = e.Block;
         if (b == null || e.Epoch != cache.Epoch || b.Ip != rip || !b.Valid || b.Bitness != Bitness || b.CsBase != Seg[CS].Base) return null;
-        var code = b.Compiled;
-        if (code == null) return null;
+        if (b.Compiled == null) return null;
         int age = _engine.CodeEpoch;
         if (b.LastRun != age) b.LastRun = age;
-        return code;
+        return b;
     }
 
     /// <summary>For compiled code about to enter a linked successor in another linear page (64-bit code, so
     /// RIP is the linear address): whether this vCPU's code-fetch translation of that page, made in the current
     /// epoch of its jump cache for the CPL (so with this CPL's rights, and dropped by the same CR3 writes and
-    /// INVLPGs that drop jump-cache entries), leads to the successor's bytes. A miss sends compiled code back
-    /// to the run loop, which walks the page tables as for any jump-cache miss.</summary>
+    /// INVLPGs that drop jump-cache entries), leads to the successor's bytes. When the translation's slot went to
+    /// another page, the jump cache holding the successor itself at RIP in the current epoch proves the same
+    /// (its lookup translated the page in this epoch), and the slot is noted again; that check costs only here,
+    /// not on every jump-cache hit of the run loop. Otherwise compiled code goes back to the run loop, which
+    /// walks the page tables as for any jump-cache miss.</summary>
     internal bool LinkedPageHolds(ulong rip, DecodedBlock next)
     {
         var jc = Cpl == 3 ? _jumpUser : _jumpSup;
-        return jc.TryFetch(rip, out ulong phys) && phys == next.Phys;
+        if (jc.TryFetch(rip, out ulong phys)) return phys == next.Phys;
+        ref JumpEntry e = ref jc.Entries[(int)(rip ^ (rip >> 13)) & jc.Mask];
+        if (e.Block != next || e.Epoch != jc.Epoch || next.Ip != rip) return false;
+        jc.Refetch(rip, next.Phys);
+        return true;
+    }
+
+    /// <summary>For compiled code about to enter a linked successor that is one instruction running into the
+    /// next linear page (<see cref="DecodedBlock.HasTail"/>): whether that page still leads to the tail's bytes,
+    /// by the same proofs as <see cref="LinkedPageHolds"/> (the jump cache's lookup of such a block checked
+    /// the tail's translation in the current epoch).</summary>
+    internal bool LinkedTailHolds(DecodedBlock next)
+    {
+        var jc = Cpl == 3 ? _jumpUser : _jumpSup;
+        ulong tail = (next.Ip | 0xFFF) + 1;
+        if (jc.TryFetch(tail, out ulong phys)) return (phys & ~0xFFFUL) == next.TailPhys;
+        ref JumpEntry e = ref jc.Entries[(int)(next.Ip ^ (next.Ip >> 13)) & jc.Mask];
+        return e.Block == next && e.Epoch == jc.Epoch;
     }
 
     private Decoder DecoderFor(int bitness) => bitness switch
@@ -219,7 +236,6 @@ internal unsafe partial class X86Vcpu
         {
             // Written once per aging epoch, so that vCPUs running the same code do not share a dirty line.
             if (b.LastRun != age) b.LastRun = age;
-            cache.Refetch(CodeLinear(rip), b.Phys);
             return b;
         }
         // A slot left from a past epoch (a CR3 write, an INVLPG) still names the block it held: when the

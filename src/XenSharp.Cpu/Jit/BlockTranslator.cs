@@ -28,6 +28,9 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
+    private static readonly FieldInfo FHasTail = typeof(DecodedBlock).GetField(nameof(DecodedBlock.HasTail))!;
+    private static readonly MethodInfo MLinkedTailHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedTailHolds), Inst)!;
+    private static readonly FieldInfo FFlagsIn = typeof(DecodedBlock).GetField(nameof(DecodedBlock.FlagsIn))!;
     private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
     private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
@@ -207,12 +210,14 @@ internal sealed partial class BlockTranslator
             il.Emit(OpCodes.Ret);
         }
         var targets = new ulong[blocks.Count][];
+        var flagsIn = new bool[blocks.Count];
         for (int k = 0; k < blocks.Count; k++)
         {
             il.MarkLabel(entries[k]);
             var t = new BlockTranslator(blocks[k], f);
             t.Emit();
             targets[k] = t._linkTargets.ToArray();
+            flagsIn[k] = t._liveIn != 0;
         }
         ilBytes = il.ILOffset;
         var code = new Action<X86Vcpu>[blocks.Count];
@@ -221,6 +226,7 @@ internal sealed partial class BlockTranslator
             var b = blocks[k];
             // Published before the code that indexes them.
             b.LinkTargets = targets[k];
+            b.FlagsIn = flagsIn[k];
             b.Links = new DecodedBlock?[targets[k].Length];
             code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k));
         }
@@ -524,18 +530,26 @@ internal sealed partial class BlockTranslator
     private void EmitExit(ulong rip, int executed, bool link = false)
     {
         SpillGprs();
-        StoreFlagsToCpu(hot: true);
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
-        if (link && _chainable)
+        if (!link || !_chainable)
         {
-            int slot = _linkTargets.Count;
-            _linkTargets.Add(rip);
-            if ((rip >> 12) == (_b.Ip >> 12)) EmitSamePageHop(slot);
-            LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
-            EmitEnterSuccessor();
+            StoreFlagsToCpu(hot: true);
+            _il.Emit(OpCodes.Ret);
+            return;
         }
-        _il.Emit(OpCodes.Ret);
+        int slot = _linkTargets.Count;
+        _linkTargets.Add(rip);
+        var full = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
+        if ((rip >> 12) == (_b.Ip >> 12)) EmitSamePageNext(slot, full);
+        else
+        {
+            LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
+            _il.Emit(OpCodes.Stloc, _next);
+            _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
+        }
+        EmitEnterNext(full);
     }
 
     /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
@@ -543,43 +557,73 @@ internal sealed partial class BlockTranslator
     private void EmitExitDynamic(int executed)
     {
         SpillGprs();
-        StoreFlagsToCpu(hot: true);
         AddRetired(executed - _flushed);
-        if (_chainable) { LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain); EmitEnterSuccessor(); }
-        _il.Emit(OpCodes.Ret);
+        if (!_chainable)
+        {
+            StoreFlagsToCpu(hot: true);
+            _il.Emit(OpCodes.Ret);
+            return;
+        }
+        var full = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
+        LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain);
+        _il.Emit(OpCodes.Stloc, _next);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
+        EmitEnterNext(full);
     }
 
     /// <summary>The common hop of a direct exit in the block's own page inline (the run loop's straight-line
-    /// code, md5's rounds, runs through these): a linked successor is entered here with
-    /// <see cref="X86Vcpu.JitChain"/>'s checks; an exit not linked yet falls through to the helper.</summary>
-    private void EmitSamePageHop(int slot)
+    /// code, md5's rounds, runs through these): the linked successor into _next with
+    /// <see cref="X86Vcpu.JitChain"/>'s checks, or to <paramref name="full"/> with _next null when the exit is
+    /// not linked yet (the helper then notes it for the run loop) and not null when the checks refused it.</summary>
+    private void EmitSamePageNext(int slot, Label full)
     {
-        var helper = _il.DefineLabel();
-        var leave = _il.DefineLabel();
+        var unlinked = _il.DefineLabel();
         LdBlock(); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, helper);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, unlinked);
         LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
         _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, leave);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, leave);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled);
-        LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
-        _il.MarkLabel(leave);
-        _il.Emit(OpCodes.Ret);
-        _il.MarkLabel(helper);
+        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, full);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, full);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, full);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, full);
+        var linked = _il.DefineLabel();
+        // An instruction running into the next page: that page's translation is checked each time.
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FHasTail); _il.Emit(OpCodes.Brfalse, linked);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Call, MLinkedTailHolds); _il.Emit(OpCodes.Brfalse, full);
+        _il.Emit(OpCodes.Br, linked);
+        // Not linked yet: the helper records the exit for the run loop to link (and returns null).
+        _il.MarkLabel(unlinked);
+        LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain); _il.Emit(OpCodes.Pop);
+        _il.Emit(OpCodes.Br, full);
+        _il.MarkLabel(linked);
     }
 
-    /// <summary>Calls the successor delegate on the stack, if any (the caller returns after).</summary>
-    private void EmitEnterSuccessor()
+    /// <summary>Enters the successor block in _next (known non-null here; a refused one branches to
+    /// <paramref name="full"/>, with _code null). RFLAGS is written back in full unless the successor
+    /// overwrites every arithmetic flag before anything can observe them (<see cref="DecodedBlock.FlagsIn"/>):
+    /// between two compiled blocks nothing reads them, so the pending results of this block are then dead and
+    /// not worth computing. Every return to the run loop writes them back in full.</summary>
+    private void EmitEnterNext(Label full)
     {
-        var none = _il.DefineLabel();
-        _il.Emit(OpCodes.Stloc, _code);
-        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, none);
+        var enter = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled); _il.Emit(OpCodes.Stloc, _code);
+        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, full);
+        if (_flDirty || _pending.Count > 0)
+        {
+            _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FFlagsIn); _il.Emit(OpCodes.Brtrue, full);
+            // No flag store: the successor's arithmetic flags come from itself, and the rest of _fl is RFLAGS's.
+            _il.Emit(OpCodes.Br, enter);
+        }
+        _il.MarkLabel(full);
+        StoreFlagsToCpu(hot: true);
+        var leave = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, leave);
+        _il.MarkLabel(enter);
         _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
-        _il.MarkLabel(none);
+        _il.MarkLabel(leave);
+        _il.Emit(OpCodes.Ret);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>
@@ -611,6 +655,21 @@ internal sealed partial class BlockTranslator
         {
             AddRetired(1);
             _flushed = i + 1;
+            // The interpreter left every register, RFLAGS and RIP in the vCPU.
+            _dirty = 0;
+            _flDirty = false;
+            if (_chainable)
+            {
+                // RIP is wherever the instruction went (a CALL or JMP through memory, a REP string instruction
+                // paused at itself, or the next instruction): continue there as after an indirect branch.
+                var full = _il.DefineLabel();
+                _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
+                LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain);
+                _il.Emit(OpCodes.Stloc, _next);
+                _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
+                EmitEnterNext(full);
+                return;
+            }
             _il.Emit(OpCodes.Ret);
             return;
         }

@@ -19,9 +19,10 @@ internal sealed partial class BlockTranslator
 
     private void EmitJmp(ref DecodedInsn d, int i)
     {
-        if (d.I.Op0Kind == OpKind.Register)
+        if (d.I.Op0Kind is OpKind.Register or OpKind.Memory)
         {
-            ReadGpr(d.I.Op0Register);
+            // A jump through memory (a switch table, a PLT slot) loads its target like any 8-byte read.
+            ReadOperand(ref d, 0, 8, i);
             _il.Emit(OpCodes.Stloc, _ta);
             LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
             EmitExitDynamic(i + 1);
@@ -98,8 +99,10 @@ internal sealed partial class BlockTranslator
 
     private void EmitCall(ref DecodedInsn d, int i)
     {
-        bool indirect = d.I.Op0Kind == OpKind.Register;
-        if (indirect) { ReadGpr(d.I.Op0Register); _il.Emit(OpCodes.Stloc, _ta); }
+        // The target (a register, or memory such as a function pointer in a structure) is read before the
+        // push, with the old RSP, and a fault in either leaves RSP as it was.
+        bool indirect = d.I.Op0Kind is OpKind.Register or OpKind.Memory;
+        if (indirect) { ReadOperand(ref d, 0, 8, i); _il.Emit(OpCodes.Stloc, _ta); }
         LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stloc, _val);
         EmitPushVal(8, i);
         if (indirect)

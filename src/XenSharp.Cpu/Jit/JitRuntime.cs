@@ -49,14 +49,14 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Links the exit the last compiled block left by to <paramref name="next"/>, found
-    /// at its target: same mode and CS base, already compiled, and not an instruction running into
-    /// the next page. In the source's linear page the translation is the same whenever the source
-    /// runs; in another page the compiled hop checks it each time (<see cref="LinkedPageHolds"/>).</summary>
+    /// at its target: same mode and CS base, already compiled. In the source's linear page the translation
+    /// is the same whenever the source runs; in another page, and for an instruction running into the next
+    /// page, the compiled hop checks it each time (<see cref="LinkedPageHolds"/>, <see cref="LinkedTailHolds"/>).</summary>
     private void LinkPending(DecodedBlock next)
     {
         var from = _linkFrom!;
         _linkFrom = null;
-        if (next.Compiled == null || !next.Valid || !from.Valid || next.HasTail || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
+        if (next.Compiled == null || !next.Valid || !from.Valid || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
         int slot = _linkSlot;
         if ((uint)slot < (uint)from.Links.Length && from.LinkTargets[slot] == next.Ip && from.Links[slot] != next)
         {
@@ -65,17 +65,17 @@ internal unsafe partial class X86Vcpu
         }
     }
 
-    /// <summary>A direct exit of a chainable compiled block (its state already written back, RIP at the
-    /// exit's target): the successor linked to exit <paramref name="slot"/> for the compiled code to
+    /// <summary>A direct exit of a chainable compiled block (its registers and RIP already written back, RIP at
+    /// the exit's target): the successor linked to exit <paramref name="slot"/> for the compiled code to
     /// enter, while the hop budget lasts and nothing asks the run loop to look (an exit request, a write
     /// to cached code, an invalidated successor); null to return to the run loop. An exit not linked yet
     /// tells the run loop to link it. A successor in another linear page is entered only while the
     /// vCPU's code-fetch translation of that page, made in the jump cache's current epoch, still leads
     /// to the successor's bytes. One call here in place of the checks inline keeps every exit's IL
-    /// small, which is most of what the .NET JIT spends; the caller invokes the successor itself so a
-    /// hop costs one frame, not two.</summary>
+    /// small, which is most of what the .NET JIT spends; the caller invokes the successor's code itself so
+    /// a hop costs one frame, not two, and writes RFLAGS back as the successor needs it.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    internal Action<X86Vcpu>? JitChain(DecodedBlock from, int slot)
+    internal DecodedBlock? JitChain(DecodedBlock from, int slot)
     {
         var next = from.Links[slot];
         if (next == null)
@@ -87,14 +87,15 @@ internal unsafe partial class X86Vcpu
         if (--_hops <= 0 || _exitRequested || Stop || !next.Valid) return null;
         ulong rip = from.LinkTargets[slot];
         if (((rip ^ from.Ip) >> 12) != 0 && !LinkedPageHolds(rip, next)) return null;
-        return next.Compiled;
+        if (next.HasTail && !LinkedTailHolds(next)) return null;
+        return next;
     }
 
     /// <summary>The hop of <see cref="JitChain"/> for a target known only at run time (a RET, an indirect
     /// JMP or CALL; RIP already stored): the compiled block the jump cache holds for RIP is what the run
     /// loop would enter next (<see cref="IndirectSuccessor"/>), within the same budget and checks.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    internal Action<X86Vcpu>? JitIndirectChain()
+    internal DecodedBlock? JitIndirectChain()
     {
         if (--_hops <= 0 || _exitRequested || Stop) return null;
         return IndirectSuccessor();

@@ -136,12 +136,13 @@ internal sealed partial class BlockTranslator
                 return _is64 && n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 8 or 2;
             case Mnemonic.Call:
                 touchesMemory = true;
-                return _is64 && n == 1 && i.StackPointerIncrement == -8 && (i.Op0Kind == OpKind.NearBranch64 || (g0 && d.OpSize == 8));
+                return _is64 && n == 1 && i.StackPointerIncrement == -8 && (i.Op0Kind == OpKind.NearBranch64 || (g0 && d.OpSize == 8) || (m0 && memOk && d.OpSize == 8));
             case Mnemonic.Ret:
                 touchesMemory = true;
                 return _is64 && n == 0 && i.StackPointerIncrement == 8;
             case Mnemonic.Jmp:
-                return i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64 || (_is64 && g0 && d.OpSize == 8);
+                touchesMemory = m0;
+                return i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64 || (_is64 && (g0 || (m0 && memOk)) && d.OpSize == 8);
             case Mnemonic.Bswap:
                 return g0 && d.OpSize >= 4;
             case Mnemonic.Xchg:

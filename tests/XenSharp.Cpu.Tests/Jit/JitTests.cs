@@ -171,6 +171,54 @@ public class JitTests
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Calls_and_jumps_through_memory_continue_in_compiled_code_and_end_as_interpreted()
+    {
+        // A loop calling through a table of function pointers (RIP-relative and based), one callee leaving by
+        // a JMP through memory, another with an interpreted instruction (CPUID) ending its block.
+        const ulong table = 0x30000;
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var top = a.CreateLabel(); var f = a.CreateLabel(); var g = a.CreateLabel(); var h = a.CreateLabel();
+            var ptrs = a.CreateLabel();
+            a.lea(rdi, __[ptrs]);
+            a.lea(rax, __[f]); a.mov(__qword_ptr[rdi], rax);
+            a.lea(rax, __[g]); a.mov(__qword_ptr[rdi + 8], rax);
+            a.lea(rax, __[h]); a.mov(r9, table); a.mov(__qword_ptr[r9], rax);
+            a.xor(ebx, ebx);
+            a.xor(ecx, ecx);
+            a.Label(ref top);
+            a.call(__qword_ptr[ptrs]);
+            a.call(__qword_ptr[rdi + 8]);
+            a.add(rcx, 1);
+            a.cmp(rcx, 3000);
+            a.jne(top);
+            a.hlt();
+            a.Label(ref f);
+            a.add(rbx, rcx);
+            a.ret();
+            a.Label(ref g);
+            a.imul(rbx, rbx, 3);
+            a.jmp(__qword_ptr[r9]);
+            a.Label(ref h);
+            a.xor(rbx, rcx);
+            a.mov(r10, rcx);
+            a.push(rcx);
+            a.push(rbx);
+            a.mov(eax, 0);
+            a.cpuid();
+            a.pop(rbx);
+            a.pop(rcx);
+            a.ret();
+            a.Label(ref ptrs);
+            a.dq(0, 0);
+        });
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+        Assert.Equal(3000UL, j.Rcx);
+        Assert.Equal(2999UL, j.R10);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
     public void Blocks_calling_the_interpreter_for_locked_bit_and_string_instructions_still_link_and_end_as_interpreted()
     {
         long linked = 0;
@@ -296,6 +344,54 @@ public class JitTests
         Assert.Equal(3000UL, m.Regs.Rcx);
         Assert.Equal(3000UL, m.Regs.Rdx);
         Assert.Equal(6000UL, m.Regs.Rbx);
+    }
+
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_linked_instruction_running_into_a_remapped_page_runs_its_new_bytes(bool jit)
+    {
+        // ADD RSI, imm32 at the last four bytes of the first page: its immediate's upper three bytes lie in the
+        // second page, whose frame the remapper changes (to bytes of zero) between two runs of the loop.
+        const ulong straddle = Second - 4;
+        using var m = Machine(jit);
+        m.Enter64(TestMachine.Assemble(64, Top, a =>
+        {
+            a.add(rbx, 1);
+            a.jmp(straddle);
+        }), Top, fourK: true);
+        var add = TestMachine.Assemble(64, straddle, a => a.add(rsi, 0x12345678));
+        Assert.Equal(7, add.Length);
+        m.Mem.Write(straddle, add[..4]);
+        byte[] Rest(bool other) => [.. (other ? new byte[3] : add[4..]), .. TestMachine.Assemble(64, Second + 3, a =>
+        {
+            var done = a.CreateLabel();
+            a.add(rcx, 1);
+            a.cmp(rcx, r8);
+            a.je(done);
+            a.jmp(Top);
+            a.Label(ref done);
+            a.hlt();
+        })];
+        m.Mem.Write(Second, Rest(false));
+        m.Mem.Write(OtherSecond, Rest(true));
+        m.Mem.Write(Remapper, TestMachine.Assemble(64, Remapper, a =>
+        {
+            a.mov(rax, OtherSecond | 7);
+            a.mov(__qword_ptr[TestMachine.Pt + (Second >> 12) * 8], rax);
+            a.invlpg(__[Second]);
+            a.xor(ecx, ecx);
+            a.jmp(Top);
+        }));
+        var r = m.Regs;
+        r.R8 = 3000;
+        m.Cpu.SetRegisters(r);
+        m.RunToHlt();
+        Assert.Equal(3000UL * 0x12345678, m.Regs.Rsi);
+        m.RunFrom(Remapper);
+        Assert.Equal(3000UL * 0x12345678 + 3000UL * 0x78, m.Regs.Rsi);
+        Assert.Equal(6000UL, m.Regs.Rbx);
+        if (jit) Assert.True(m.Engine.LinkedExits >= 2, $"{m.Engine.LinkedExits} exits linked");
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
