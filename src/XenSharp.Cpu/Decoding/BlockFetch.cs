@@ -170,13 +170,14 @@ internal unsafe partial class X86Vcpu
         var b = e.Block;
         if (b == null || e.Epoch != cache.Epoch || b.Ip != rip || !b.Valid || b.Bitness != Bitness || b.CsBase != Seg[CS].Base) return null;
         if (b.Compiled == null) return null;
+        if (Bitness != 64 && !WithinCsLimit(b)) return null;
         int age = _engine.CodeEpoch;
         if (b.LastRun != age) b.LastRun = age;
         return b;
     }
 
-    /// <summary>For compiled code about to enter a linked successor in another linear page (64-bit code, so
-    /// RIP is the linear address): whether this vCPU's code-fetch translation of that page, made in the current
+    /// <summary>For compiled code about to enter a linked successor in another linear page (its linear
+    /// address): whether this vCPU's code-fetch translation of that page, made in the current
     /// epoch of its jump cache for the CPL (so with this CPL's rights, and dropped by the same CR3 writes and
     /// INVLPGs that drop jump-cache entries), leads to the successor's bytes. When the translation's slot went to
     /// another page, the jump cache holding the successor itself at RIP in the current epoch proves the same
@@ -186,10 +187,10 @@ internal unsafe partial class X86Vcpu
     internal bool LinkedPageHolds(ulong rip, DecodedBlock next)
     {
         var jc = Cpl == 3 ? _jumpUser : _jumpSup;
-        if (jc.TryFetch(rip, out ulong phys)) return phys == next.Phys;
+        if (jc.TryFetch(CodeLinear(rip), out ulong phys)) return phys == next.Phys;
         ref JumpEntry e = ref jc.Entries[(int)(rip ^ (rip >> 13)) & jc.Mask];
         if (e.Block != next || e.Epoch != jc.Epoch || next.Ip != rip) return false;
-        jc.Refetch(rip, next.Phys);
+        jc.Refetch(CodeLinear(rip), next.Phys);
         return true;
     }
 
@@ -200,7 +201,7 @@ internal unsafe partial class X86Vcpu
     internal bool LinkedTailHolds(DecodedBlock next)
     {
         var jc = Cpl == 3 ? _jumpUser : _jumpSup;
-        ulong tail = (next.Ip | 0xFFF) + 1;
+        ulong tail = (CodeLinear(next.Ip) | 0xFFF) + 1;
         if (jc.TryFetch(tail, out ulong phys)) return (phys & ~0xFFFUL) == next.TailPhys;
         ref JumpEntry e = ref jc.Entries[(int)(next.Ip ^ (next.Ip >> 13)) & jc.Mask];
         return e.Block == next && e.Epoch == jc.Epoch;

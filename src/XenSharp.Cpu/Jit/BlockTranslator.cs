@@ -76,8 +76,8 @@ internal sealed partial class BlockTranslator
     private readonly ulong[] _liveAfter;
     private readonly ulong _liveIn;
     private readonly bool _selfLoop;
-    /// <summary>Compiled entirely inline in 64-bit code: nothing in the block can change the mode,
-    /// CPL, TF, IF or the CS limit, so its direct exits may enter the next compiled block.</summary>
+    /// <summary>Nothing in the block can change the mode, CPL, TF, IF or CS, so its direct exits may enter
+    /// the next compiled block.</summary>
     private readonly bool _chainable;
     private readonly List<ulong> _linkTargets = new();
     private readonly bool _is64;
@@ -174,7 +174,9 @@ internal sealed partial class BlockTranslator
         bool allInline = Array.TrueForAll(_plans, p => p.Inline);
         _selfLoop = (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear) && last.I.NearBranchTarget == b.Ip && allInline;
         // Leaving by links and indirect hops needs the same of every instruction the interpreter runs here.
-        _chainable = _is64 && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
+        // 32- and 16-bit blocks too when CS's base is page-aligned, so that an IP's page is its linear page, which
+        // the same-page links rely on; the CS limit is checked by the hops (see JitChain).
+        _chainable = (_is64 || (b.CsBase & 0xFFF) == 0) && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
         _accesses = Array.Exists(_plans, p => p.Inline && p.Faults);
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
@@ -542,7 +544,7 @@ internal sealed partial class BlockTranslator
         _linkTargets.Add(rip);
         var full = _il.DefineLabel();
         _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
-        if ((rip >> 12) == (_b.Ip >> 12)) EmitSamePageNext(slot, full);
+        if ((rip >> 12) == (_b.Ip >> 12) && _is64) EmitSamePageNext(slot, full);
         else
         {
             LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);

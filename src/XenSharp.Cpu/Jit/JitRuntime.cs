@@ -87,6 +87,7 @@ internal unsafe partial class X86Vcpu
         if (--_hops <= 0 || _exitRequested || Stop || !next.Valid) return null;
         ulong rip = from.LinkTargets[slot];
         if (((rip ^ from.Ip) >> 12) != 0 && !LinkedPageHolds(rip, next)) return null;
+        if (Bitness != 64 && !WithinCsLimit(next)) return null;
         if (next.HasTail && !LinkedTailHolds(next)) return null;
         return next;
     }
@@ -99,6 +100,15 @@ internal unsafe partial class X86Vcpu
     {
         if (--_hops <= 0 || _exitRequested || Stop) return null;
         return IndirectSuccessor();
+    }
+
+    /// <summary>All of <paramref name="next"/> lies within the CS limit, as the run loop checks before it runs a
+    /// 32- or 16-bit block compiled (a link made under one CS stays when a CS of the same base and mode but a
+    /// lower limit is loaded).</summary>
+    internal bool WithinCsLimit(DecodedBlock next)
+    {
+        ref DecodedInsn last = ref next.Insns[next.Count - 1];
+        return last.I.IP + last.Length - 1 <= Seg[CS].Limit;
     }
 
     // ---- slow paths of compiled code (state is written back before each call) ----

@@ -58,7 +58,23 @@ internal sealed partial class BlockTranslator
     ];
 
     private static bool ChainSafe(in Instruction i)
-        => s_chainSafe.Contains(i.Mnemonic) || (s_condClass[(int)i.Mnemonic] != 0 && i.Mnemonic != Mnemonic.Setssbsy);
+        => s_chainSafe.Contains(i.Mnemonic) || (s_condClass[(int)i.Mnemonic] != 0 && i.Mnemonic != Mnemonic.Setssbsy)
+            || (i.Mnemonic is Mnemonic.Mov or Mnemonic.Push or Mnemonic.Pop && NoSystemRegister(i))
+            || i.Mnemonic == Mnemonic.Ret || i.IsCallNear || i.IsCallNearIndirect || i.IsJmpShortOrNear || i.IsJmpNearIndirect
+            // An IN the engine answers itself (unclaimed ports, polled timers) changes only its register; one that
+            // exits leaves through Abort.
+            || i.Mnemonic == Mnemonic.In;
+
+    /// <summary>A MOV, PUSH or POP of general registers, memory and immediates only: not of a segment (MOV SS and
+    /// POP SS also open an interrupt shadow), control or debug register. What 32- and 16-bit code runs through the
+    /// interpreter for want of inline memory accesses.</summary>
+    private static bool NoSystemRegister(in Instruction i)
+    {
+        for (int k = 0; k < i.OpCount; k++)
+            if (i.GetOpKind(k) == OpKind.Register && !i.GetOpRegister(k).IsGPR())
+                return false;
+        return true;
+    }
 
     private bool Supported(ref DecodedInsn d, out bool touchesMemory, out ulong kills)
     {
