@@ -56,4 +56,18 @@ public interface IX86Vcpu : IVcpu
     /// <see cref="IVcpu.Run"/>. Null (the default): every IN and OUT is an exit. The hypervisor clears it before a
     /// device can claim a port.</summary>
     ulong[]? UnclaimedPorts { get => null; set { } }
+
+    /// <summary>Port reads the hypervisor answers on the vCPU's own thread, as it would the exit, but without leaving
+    /// <see cref="IVcpu.Run"/>: an IN first asks this, and exits when it declines. For timers a guest polls (the PIT,
+    /// the ACPI PM timer), whose every read would otherwise be a round trip through the run loop. Null (the
+    /// default): every IN a device may claim is an exit.</summary>
+    IDirectPortReads? DirectPortReads { get => null; set { } }
+}
+
+/// <summary>See <see cref="IX86Vcpu.DirectPortReads"/>.</summary>
+public interface IDirectPortReads
+{
+    /// <summary>The value of an IN of <paramref name="size"/> bytes from <paramref name="port"/> (the low
+    /// <paramref name="size"/> bytes are used), or false for the IN to exit as usual.</summary>
+    bool TryRead(uint port, int size, out ulong value);
 }

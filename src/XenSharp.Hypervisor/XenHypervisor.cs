@@ -114,7 +114,12 @@ public sealed unsafe partial class XenHypervisor : IDisposable
                         v.Engine.InterruptSource = v;
                         // A REP string access to a device is one exit, sent to a device model as one ioreq.
                         if (v.Engine is IX86Vcpu hvm)
+                        {
                             hvm.BatchStringIo = true;
+                            // Polled timer reads (PIT, PM timer) answered without an exit.
+                            if (d.Arch.Platform is not null)
+                                hvm.DirectPortReads = new X86.Io.DirectPortReads(v);
+                        }
                     }
                     else if (v.Engine is IX86Vcpu x86)
                         x86.InterceptTraps = true; // the PV kernel's traps and hypercalls come to the hypervisor

@@ -249,6 +249,8 @@ internal unsafe partial class X86Vcpu
 
     public ulong[]? UnclaimedPorts { get; set; }
 
+    public IDirectPortReads? DirectPortReads { get; set; }
+
     /// <summary>Every byte of the access is a port nothing claims (<see cref="UnclaimedPorts"/>).</summary>
     private bool Unclaimed(uint port, int size)
     {
@@ -423,6 +425,11 @@ internal unsafe partial class X86Vcpu
         if (Unclaimed(port, size))
         {
             WriteReg(reg, ulong.MaxValue); // all ones, as the exit would have answered
+            return;
+        }
+        if (DirectPortReads is { } direct && direct.TryRead(port, size, out ulong value))
+        {
+            WriteReg(reg, value);
             return;
         }
         CarryDebugAcrossExit();

@@ -14,6 +14,12 @@ internal interface IIoHandler
 }
 
 /// <summary>
+/// A device whose port reads raise or lower no interrupt line and involve no other vCPU and no device model: the
+/// vCPU makes them itself without an exit (<see cref="DirectPortReads"/>), as they would run on its thread anyway.
+/// </summary>
+internal interface IDirectReadIoHandler : IIoHandler;
+
+/// <summary>
 /// A device that serves only part of what reaches its range, as Xen's handlers that answer X86EMUL_UNHANDLEABLE: an
 /// access it declines (false) goes on to the domain's IOREQ servers as if no device claimed it.
 /// </summary>

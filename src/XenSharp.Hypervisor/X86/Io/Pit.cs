@@ -232,7 +232,7 @@ internal sealed class Pit
         c.Gate = gate;
     }
 
-    private sealed class CounterPorts(Pit pit) : IIoHandler
+    private sealed class CounterPorts(Pit pit) : IDirectReadIoHandler
     {
         public ulong Read(Vcpu v, ulong offset, int size)
         {
@@ -256,7 +256,7 @@ internal sealed class Pit
         }
     }
 
-    private sealed class SpeakerPortHandler(Pit pit) : IIoHandler
+    private sealed class SpeakerPortHandler(Pit pit) : IDirectReadIoHandler
     {
         public ulong Read(Vcpu v, ulong offset, int size)
         {

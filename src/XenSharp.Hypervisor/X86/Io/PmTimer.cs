@@ -129,7 +129,7 @@ internal sealed class PmTimer : IDeviceTimer
         }
     }
 
-    private sealed class TimerRegister(PmTimer pm) : IIoHandler
+    private sealed class TimerRegister(PmTimer pm) : IDirectReadIoHandler
     {
         public ulong Read(Vcpu v, ulong offset, int size)
         {
