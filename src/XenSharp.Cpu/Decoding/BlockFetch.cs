@@ -630,7 +630,8 @@ internal unsafe partial class X86Vcpu
             if (_linkFrom != null) LinkPending(b);
             var insns = b.Insns;
             int n = single ? 1 : b.Count;
-            Prefetch(b, n);
+            // Compiled code reads none of the decoded instructions.
+            if (b.Compiled == null) Prefetch(b, n);
             if (Bitness != 64) n = InstructionsWithinCsLimit(b, n);
             // Compiled code runs whole blocks: not when the CS limit cuts the block.
             if (!single && n == b.Count && TryRunCompiled(b))
