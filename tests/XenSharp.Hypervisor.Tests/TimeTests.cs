@@ -104,6 +104,30 @@ public unsafe class TimeTests : IDisposable
     }
 
     [Fact]
+    public void ABlockedVcpuWhoseTimerWasStoppedStaysAsleep()
+    {
+        // An idle guest with nothing due stops its singleshot timer and blocks; a PVH vCPU has no periodic timer
+        // unless it asks for one. The stopped deadline's entry, left in the timer wheel, must not wake it.
+        var g = new Guest(_host);
+        uint port = BindTimer(g, 0);
+        BindTimer(g, 1);
+        Assert.Equal(0, g.Vcpu().PeriodicPeriod);
+        long stopped = _host.SystemTimeNs + 20_000_000;
+        Assert.Equal(0, VcpuOp(g, VCPUOP_set_singleshot_timer, 0, new VcpuSetSingleshotTimer { TimeoutAbsNs = (ulong)stopped }));
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_vcpu_op, VCPUOP_stop_singleshot_timer, 0, 0));
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_sched_op, Sched.SCHEDOP_block));
+        Assert.True(g.Vcpu().Blocked);
+        // vCPU 1's timer, due after the stopped one, shows when the wheel has gone past it.
+        long witness = _host.SystemTimeNs + 60_000_000;
+        Assert.Equal(0, VcpuOp(g, VCPUOP_set_singleshot_timer, 1, new VcpuSetSingleshotTimer { TimeoutAbsNs = (ulong)witness }, caller: 1));
+        Assert.True(TestHosts.WaitUntil(() => g.Vcpu(1).VirqTimerPending == 1));
+        Assert.True(_host.SystemTimeNs > stopped);
+        Assert.True(g.Vcpu().Blocked);
+        Assert.Equal(0u, g.Vcpu().VirqTimerPending);
+        Assert.False(Pending(g, port));
+    }
+
+    [Fact]
     public void PeriodicTimerKeepsFiring()
     {
         var g = new Guest(_host);

@@ -30,6 +30,9 @@ internal sealed class CreditScheduler(Cpupool pool)
         public bool Boost;
         /// <summary>When it last left a pCPU.</summary>
         public long LastRunEndNs;
+        /// <summary>The vCPU's run-queue node, kept across queueings: an idle guest is queued at every wake-up, and the
+        /// scheduler allocates nothing for it.</summary>
+        public LinkedListNode<Vcpu>? Node;
     }
 
     internal sealed class DomData : WeightedDomData
@@ -123,10 +126,26 @@ internal sealed class CreditScheduler(Cpupool pool)
                 return;
             d.Queued = true;
             d.Boost = true;
-            _runq.AddFirst(v);
+            _runq.AddFirst(NodeOf(v, d));
         }
         // BOOST preempts anything not boosted itself.
         pool.Tickle(SchedUnit.Of(v), (cur, _) => cur.SchedData is SchedUnit { Priv: VcpuData { Boost: false } });
+    }
+
+    /// <summary>The vCPU's own node, free to be queued (a node still in the queue would mean it is queued twice: then a
+    /// new one, as before).</summary>
+    private static LinkedListNode<Vcpu> NodeOf(Vcpu v, VcpuData d) =>
+        d.Node is { List: null } n ? n : d.Node = new LinkedListNode<Vcpu>(v);
+
+    /// <summary>The domain's vCPUs in this pool that are runnable (a loop, not a query: accounting runs on every
+    /// wake-up of an idle host, and allocates nothing).</summary>
+    private int ActiveVcpus(Domain dom)
+    {
+        int n = 0;
+        foreach (var v in dom.Vcpus)
+            if (v.IsRunnable && _all.Contains(v))
+                n++;
+        return n;
     }
 
     private bool Parked(Vcpu v) => _doms.TryGetValue(v.Domain, out var d) && d.Cap > 0 && d.CapBudget <= 0;
@@ -236,14 +255,14 @@ internal sealed class CreditScheduler(Cpupool pool)
             if (d.Cap > 0)
                 // An overrun is paid back in full (unused budget is not saved up beyond one period).
                 d.CapBudget = Math.Clamp(d.CapBudget + d.Cap * elapsed / 100, -MaxCarryNs, d.Cap * AccountingPeriodNs / 100);
-            if (dom.Vcpus.Any(v => v.IsRunnable && _all.Contains(v)))
+            if (ActiveVcpus(dom) > 0)
                 total += d.Weight;
         }
         if (total == 0)
             return;
         foreach (var (dom, d) in _doms)
         {
-            int active = dom.Vcpus.Count(v => v.IsRunnable && _all.Contains(v));
+            int active = ActiveVcpus(dom);
             if (active == 0)
                 continue;
             long perVcpu = burnt * d.Weight / total / active;
@@ -274,7 +293,7 @@ internal sealed class CreditScheduler(Cpupool pool)
             if (v.IsRunnable && !d.Queued)
             {
                 d.Queued = true;
-                _runq.AddLast(v);
+                _runq.AddLast(NodeOf(v, d));
                 queued = true;
             }
         }
