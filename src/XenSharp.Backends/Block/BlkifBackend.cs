@@ -188,7 +188,7 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
             else
                 for (int i = 0; i < pages; i++) refs[i] = ReadFrontendUInt($"{dir}ring-ref{i}");
             uint port = ReadFrontendUInt($"{dir}event-channel");
-            short st = Dom0.MapGrantRefsContiguous((ushort)Address.FrontendId, refs[..pages], readOnly: false, out var ring);
+            short st = GrantBatch.MapContiguous(Dom0, (ushort)Address.FrontendId, refs[..pages], readOnly: false, out var ring);
             if (st != GrantTable.GNTST_okay)
                 throw new BackendDeviceException(-st, $"mapping in ring {dir}ring-ref of domain {Address.FrontendId}");
             var grants = persistent ? new BlkifPersistentGrants(Dom0, (ushort)Address.FrontendId, BlkifPersistentGrants.DefaultMax) : null;
@@ -404,8 +404,8 @@ internal sealed unsafe partial class BlkifBackend(BackendContext context, Device
     /// <summary>One GNTTABOP_copy batch for the request's segments; any failed segment fails the request.</summary>
     private bool CopyAll(Span<GrantCopyOp> copies)
     {
-        if (copies.IsEmpty) return true;
-        Dom0.CopyGrants(copies);
+        // On a worker, which may wait for a paged-out frame.
+        GrantBatch.Copy(Dom0, copies);
         foreach (ref readonly var c in copies)
             if (c.Status != GrantTable.GNTST_okay) return false;
         return true;

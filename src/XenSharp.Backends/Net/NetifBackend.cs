@@ -465,7 +465,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
                 bytes += len;
             }
             var copies = _copies.AsSpan(0, ops);
-            Dom0.CopyGrants(copies);
+            GrantBatch.Copy(Dom0, copies);
             foreach (ref readonly var c in copies)
                 if (c.Status != GrantTable.GNTST_okay) status = NETIF_RSP_ERROR;
         }
@@ -629,7 +629,7 @@ internal sealed unsafe class NetifBackend(BackendContext context, DeviceAddress 
             };
         }
         var copies = _copies.AsSpan(0, data);
-        Dom0.CopyGrants(copies);
+        GrantBatch.Copy(Dom0, copies);
         bool ok = true;
         foreach (ref readonly var c in copies)
             if (c.Status != GrantTable.GNTST_okay) ok = false;

@@ -178,6 +178,67 @@ public sealed unsafe class BlkifBackendTests : IDisposable
 
     private BlkifBackend Backend(DeviceAddress a) => Assert.IsType<BlkifBackend>(_backends.Find(a));
 
+    /// <summary>Plays xenpaging as Domain-0 through its hypercalls: enables the domain's paging ring at
+    /// <paramref name="ringGfn"/> and pages <paramref name="gfn"/> out (nominate, evict). Returns the pager's
+    /// hypercall context and buffer (the caller frees both).</summary>
+    internal static Dom0HypercallContext PageOut(XenHypervisor hv, ushort dom, ulong ringGfn, ulong gfn, out byte* buffer)
+    {
+        const int Bytes = 3 * 4096;
+        buffer = (byte*)NativeMemory.AlignedAlloc(Bytes, 4096);
+        new Span<byte>(buffer, Bytes).Clear();
+        ulong at = (ulong)buffer;
+        var calls = hv.OpenDom0Hypercalls((nint)buffer, at, Bytes);
+        *(XenSharp.Public.Hvm.XenHvmParam*)buffer = new() { Domid = dom, Index = XenSharp.Public.Hvm.Params.HVM_PARAM_PAGING_RING_PFN, Value = ringGfn };
+        Assert.Equal(0, calls.Hypercall(XenSharp.Public.Xen.__HYPERVISOR_hvm_op, XenSharp.Public.Hvm.HvmOp.HVMOP_set_param, at));
+        var domctl = new XenSharp.Public.XenDomctl
+        {
+            Cmd = XenSharp.Public.VmEvent.XEN_DOMCTL_vm_event_op, InterfaceVersion = XenSharp.Public.Domctl.XEN_DOMCTL_INTERFACE_VERSION, Domain = dom,
+        };
+        domctl.As<XenSharp.Public.XenDomctlVmEventOp>() = new() { Op = XenSharp.Public.VmEvent.XEN_VM_EVENT_ENABLE, Mode = XenSharp.Public.VmEvent.XEN_DOMCTL_VM_EVENT_OP_PAGING };
+        *(XenSharp.Public.XenDomctl*)buffer = domctl;
+        Assert.Equal(0, calls.Hypercall(XenSharp.Public.Xen.__HYPERVISOR_domctl, at));
+        foreach (byte op in new[] { XenSharp.Public.MemPaging.XENMEM_paging_op_nominate, XenSharp.Public.MemPaging.XENMEM_paging_op_evict })
+        {
+            *(XenSharp.Public.XenMemPagingOp*)buffer = new() { Op = op, Domain = dom, Gfn = gfn };
+            Assert.Equal(0, calls.Hypercall(XenSharp.Public.Xen.__HYPERVISOR_memory_op, (ulong)XenSharp.Public.MemPaging.XENMEM_paging_op, at));
+        }
+        return calls;
+    }
+
+    /// <summary>The pager loads <paramref name="gfn"/> back (prep), with the zeroed page of its buffer as contents.</summary>
+    internal static void PageIn(Dom0HypercallContext calls, byte* buffer, ushort dom, ulong gfn)
+    {
+        ulong at = (ulong)buffer;
+        *(XenSharp.Public.XenMemPagingOp*)buffer = new() { Op = XenSharp.Public.MemPaging.XENMEM_paging_op_prep, Domain = dom, Gfn = gfn, Buffer = at + 8192 };
+        Assert.Equal(0, calls.Hypercall(XenSharp.Public.Xen.__HYPERVISOR_memory_op, (ulong)XenSharp.Public.MemPaging.XENMEM_paging_op, at));
+    }
+
+    [Fact]
+    public void AReadIntoAPagedOutPageWaitsForThePagerAndSucceeds()
+    {
+        // The read's data page is paged out: the grant copy meets GNTST_eagain, and the backend retries (as Linux's
+        // gnttab_batch_copy does) until the pager has loaded the page back.
+        var calls = PageOut(_hv, _dom, RingGfn + 0x18, DataGfn, out byte* buffer);
+        try
+        {
+            PlaceRequests<BlkifRequest, BlkifResponse>([Rw(BLKIF_OP_READ, 1, 8, (DataGref, 0, 7))]);
+            var a = AddDisk();
+            WaitFor(a, XenbusState.InitWait);
+            FrontendConnects(a);
+            WaitFor(a, XenbusState.Connected);
+            Thread.Sleep(200);
+            PageIn(calls, buffer, _dom, DataGfn);
+            var rsp = Responses<BlkifRequest, BlkifResponse>(1);
+            Assert.Equal(BLKIF_RSP_OKAY, rsp[0].Status);
+            Assert.Equal(File.ReadAllBytes(_image).AsSpan(8 * 512, 4096).ToArray(), GuestPage(DataGfn));
+        }
+        finally
+        {
+            calls.Dispose();
+            NativeMemory.AlignedFree(buffer);
+        }
+    }
+
     [Fact]
     public void TheBackendDescribesTheImageBeforeTheFrontendConnects()
     {
