@@ -566,6 +566,13 @@ internal sealed partial class BlockTranslator
             _il.Emit(OpCodes.Ret);
             return;
         }
+        EmitIndirectHop();
+    }
+
+    /// <summary>Enters the compiled block the jump cache holds for the RIP already stored (<see cref="X86Vcpu.JitIndirectChain"/>),
+    /// or leaves for the run loop.</summary>
+    private void EmitIndirectHop()
+    {
         var full = _il.DefineLabel();
         _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
         LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain);
@@ -664,12 +671,7 @@ internal sealed partial class BlockTranslator
             {
                 // RIP is wherever the instruction went (a CALL or JMP through memory, a REP string instruction
                 // paused at itself, or the next instruction): continue there as after an indirect branch.
-                var full = _il.DefineLabel();
-                _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
-                LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain);
-                _il.Emit(OpCodes.Stloc, _next);
-                _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
-                EmitEnterNext(full);
+                EmitIndirectHop();
                 return;
             }
             _il.Emit(OpCodes.Ret);
