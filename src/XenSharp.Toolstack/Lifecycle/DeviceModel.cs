@@ -101,13 +101,16 @@ public sealed partial class Host
 
         if (!QemuProcess.WaitUntilRunning(p, () => _xs.Read($"/local/domain/0/device-model/{domId}/state")))
         {
+            string exit = p.HasExited ? $": QEMU exited: {LastLine(log)}" : "";
             StopDeviceModel(domId);
-            throw new ControlException($"domain {domId}: the device model did not start (see {log})");
+            throw new ControlException($"domain {domId}: the device model did not start{exit} (see {log})");
         }
         try { ConfigureDisplay(dom); }
         catch (ControlException e)
         {
-            bool exited = p.HasExited;
+            // A QMP failure may be QEMU on its way out (its socket closes before the process is gone): its own
+            // last word says more than the closed socket.
+            bool exited = p.WaitForExit(TimeSpan.FromSeconds(2));
             StopDeviceModel(domId);
             // QEMU refuses some display options only once it runs (Debian's has no DES for VNC passwords).
             string why = exited ? $"QEMU exited: {LastLine(log)}" : e.Message;
