@@ -109,7 +109,7 @@ internal sealed class Qcow2Header
 
         if (h.BackingFileOffset != 0)
         {
-            if (h.BackingFileSize is <= 0 or > 1023 || h.BackingFileOffset > cluster - h.BackingFileSize)
+            if (h.BackingFileSize is <= 0 or > 1023 || h.BackingFileOffset < 0 || h.BackingFileOffset > cluster - h.BackingFileSize)
                 throw new ImageCorruptException("backing file name lies outside the header cluster");
             h.BackingFile = Encoding.UTF8.GetString(b.Slice((int)h.BackingFileOffset, h.BackingFileSize));
         }
