@@ -224,7 +224,7 @@ public sealed class XlEndToEndTests(XlSession s)
         Assert.Equal(1, code);
         Assert.Contains("Failed to read config file: /dev/zero: not a regular file", err);
         string fifo = Path.Combine(s.Work, "a-fifo");
-        if (!File.Exists(fifo)) Assert.Equal(0, System.Diagnostics.Process.Start("mkfifo", [fifo])!.WaitForExitAsync().Wait(10_000) ? 0 : 1);
+        if (!File.Exists(fifo)) Assert.Equal(0, System.Diagnostics.Process.Start("mkfifo", [fifo])!.WaitForExitAsync().Wait(60_000) ? 0 : 1);
         (code, _, err) = s.Xl("create", fifo);
         Assert.Equal(1, code);
         Assert.Contains($"Failed to read config file: {fifo}: not a regular file", err);
