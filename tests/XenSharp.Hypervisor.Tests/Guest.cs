@@ -86,7 +86,7 @@ internal static class TestHosts
     });
 
     /// <summary>Waits (without asserting any timing) until <paramref name="condition"/> holds.</summary>
-    public static bool WaitUntil(Func<bool> condition, int timeoutMs = 10_000)
+    public static bool WaitUntil(Func<bool> condition, int timeoutMs = 60_000)
     {
         var until = DateTime.UtcNow.AddMilliseconds(timeoutMs);
         while (!condition())

@@ -206,7 +206,7 @@ public unsafe class TimeTests : IDisposable
             Interlocked.And(ref g.Domain.SharedInfo->EvtchnPending[0], ~(1UL << (int)port));
             start.SignalAndWait();
             Assert.Equal(0, g.Call(Xen.__HYPERVISOR_sched_op, Sched.SCHEDOP_poll, ref p));
-            Assert.True(SpinWait.SpinUntil(() => !g.Vcpu().Blocked && Pending(g, port), 10_000), $"round {i}: the raised port did not wake the poll");
+            Assert.True(SpinWait.SpinUntil(() => !g.Vcpu().Blocked && Pending(g, port), 60_000), $"round {i}: the raised port did not wake the poll");
         }
         sender.Join();
     }

@@ -107,7 +107,7 @@ public sealed class GuestClient
         WriteBytes(XsTestClient.Msg(type, id, txId, payload));
         while (true)
         {
-            var m = TryReadMessage(10_000) ?? throw new TimeoutException("no reply on the ring");
+            var m = TryReadMessage(60_000) ?? throw new TimeoutException("no reply on the ring");
             if (m.Type == XsType.WatchEvent) { QueueEvent(m.Payload); continue; }
             Assert.Equal(id, m.ReqId);
             return (m.Type, m.Payload);

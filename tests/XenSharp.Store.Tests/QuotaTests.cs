@@ -105,7 +105,7 @@ public class QuotaTests
             g.WriteBytes(batch.ToArray());
             for (uint i = 1; i <= 20; i++)
             {
-                var m = g.TryReadMessage(10_000);
+                var m = g.TryReadMessage(60_000);
                 Assert.NotNull(m);
                 Assert.Equal((XsType.Read, 1000 + i), (m.Value.Type, m.Value.ReqId));
                 Assert.Equal(new string('z', 600), Encoding.ASCII.GetString(m.Value.Payload));

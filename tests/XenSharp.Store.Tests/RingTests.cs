@@ -33,7 +33,7 @@ public class RingTests
         TestRing ring = d.RingOf(1);
         ring.Field(2052) = 5000;               // req_prod far beyond req_cons + ring size
         d.Daemon.Signal(1);
-        Assert.True(SpinWait.SpinUntil(() => ring.Field(2072) != 0, 10_000));
+        Assert.True(SpinWait.SpinUntil(() => ring.Field(2072) != 0, 60_000));
         Assert.Equal(2u, ring.Field(2072));    // XENSTORE_ERROR_RINGIDX
         Assert.Equal("/local/domain/2\0", good.Call(XsType.GetDomainPath, "2"));
     }

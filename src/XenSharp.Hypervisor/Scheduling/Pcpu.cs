@@ -190,6 +190,11 @@ internal sealed class Pcpu
         var cpu = v.Engine;
         if (cpu is null)
             return;
+        // A release of this pCPU from its pool between the pick and CurrentVcpu's publication found no vCPU to ask to
+        // exit (and its preempt request was cleared by the pick): seen here, the slice ends before it starts.
+        Interlocked.MemoryBarrier();
+        if (_pools.PoolOfCpu(Id) != pool)
+            return;
         v.DescheduleRequested = false;
         v.SetRunstate(Runstate.Running, now);
         if (v.PendingContext is { } ctx)

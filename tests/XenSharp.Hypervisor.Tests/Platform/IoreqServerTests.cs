@@ -250,7 +250,7 @@ public sealed unsafe class IoreqServerTests : IDisposable
         Assert.False(reader.IsCompleted);
         var destroy = new XenDmOpDestroyIoreqServer { Id = id };
         Assert.Equal(0, DmOp(g.Id, XEN_DMOP_destroy_ioreq_server, ref destroy));
-        Assert.True(reader.Wait(10_000));
+        Assert.True(reader.Wait(60_000));
         Assert.Equal(0xFFUL, reader.Result);
     }
 
@@ -432,7 +432,7 @@ public sealed unsafe class IoreqServerTests : IDisposable
                     Volatile.Write(ref slot.StateDir, IoreqSlot.STATE_IORESP_READY);
                     Interlocked.Or(ref *word, IoreqServer.DoorbellNotified);
                     Futex.Wake(word);
-                    Assert.True(reader.Wait(10_000));
+                    Assert.True(reader.Wait(60_000));
                     Assert.Equal(0x30UL + (ulong)i, reader.Result);
                 }
             }
@@ -442,7 +442,7 @@ public sealed unsafe class IoreqServerTests : IDisposable
             server.IoreqPage[0].Data = 0x77;
             Volatile.Write(ref server.IoreqPage[0].StateDir, IoreqSlot.STATE_IORESP_READY);
             Assert.Equal(0, _host.Dom0EvtchnSend(port));
-            Assert.True(late.Wait(10_000));
+            Assert.True(late.Wait(60_000));
             Assert.Equal(0x77UL, late.Result);
         }
         finally

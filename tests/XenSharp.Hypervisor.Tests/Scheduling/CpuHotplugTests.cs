@@ -43,9 +43,10 @@ public sealed unsafe class CpuHotplugTests : IDisposable
         Assert.Equal([0], _host.GetCpupool(0).Cpus);
         Assert.Empty(_host.GetFreeCpus());
         trace.Clear();
-        Assert.True(TestHosts.WaitUntil(() => trace.Count(e => e.Dom == a) >= 3 && trace.Count(e => e.Dom == b) >= 3));
-        // A slice already under way on pCPU 1 may end after the call; none starts there afterwards.
-        Assert.All(trace.Skip(2), e => Assert.Equal(0, e.Cpu));
+        Assert.True(TestHosts.WaitUntil(() => trace.Count(e => e.Dom == a && e.Cpu == 0) >= 3 && trace.Count(e => e.Dom == b && e.Cpu == 0) >= 3));
+        // The slice under way on pCPU 1 may end (and be traced) after the call, however late the host lets that
+        // thread see the request; after it pCPU 1 runs nothing, while both domains take turns on pCPU 0.
+        Assert.True(trace.Count(e => e.Cpu == 1) <= 1, string.Join(", ", trace.Where(e => e.Cpu == 1)));
 
         Assert.Equal(-Errno.EEXIST, Hotplug(XEN_SYSCTL_CPU_HOTPLUG_OFFLINE, 1));
         Assert.Equal(-Errno.EINVAL, Hotplug(XEN_SYSCTL_CPU_HOTPLUG_OFFLINE, 0));

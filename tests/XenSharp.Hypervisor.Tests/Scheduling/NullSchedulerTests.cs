@@ -14,7 +14,8 @@ public class NullSchedulerTests
         host.Unpause(a);
         host.Unpause(b);
         host.Unpause(c);
-        Thread.Sleep(300);
+        // Both running (past code translation) before they are moved about.
+        Assert.True(TestHosts.WaitUntil(() => host.GetDomainInfo(a).IsRunningNow && host.GetDomainInfo(b).IsRunningNow));
         // Pausing and unpausing takes the vCPUs off and back on: they must come back to the same pCPU.
         for (int i = 0; i < 5; i++)
         {

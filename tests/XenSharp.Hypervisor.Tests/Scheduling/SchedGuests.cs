@@ -67,22 +67,28 @@ internal static class SchedGuests
 
     public static long CpuTime(XenHypervisor host, ushort id) => host.GetDomainInfo(id).CpuTimeNs;
 
-    /// <summary>CPU time of each domain over <paramref name="ms"/> of wall time, after a short warm-up.</summary>
-    public static long[] Measure(XenHypervisor host, int ms, params ushort[] ids)
+    /// <summary>
+    /// CPU time of each domain, after a short warm-up, over a window that lasts until together they have had
+    /// <paramref name="cpuMs"/> of CPU time as the scheduler accounts it: about that much wall time on an idle host,
+    /// stretched by a loaded one (up to ten minutes, which only a host that runs the pCPU thread for less than 1% of the
+    /// time would need for ten seconds).
+    /// </summary>
+    public static long[] MeasureCpu(XenHypervisor host, long cpuMs, params ushort[] ids)
     {
-        // Past every domain's first slice (code translation and JIT make it long), then settle.
         TestHosts.WaitUntil(() => ids.All(i => CpuTime(host, i) > 0));
         Thread.Sleep(500);
         var before = ids.Select(i => CpuTime(host, i)).ToArray();
-        Thread.Sleep(ms);
-        return ids.Select((i, k) => CpuTime(host, i) - before[k]).ToArray();
+        long[] Used() => ids.Select((i, k) => CpuTime(host, i) - before[k]).ToArray();
+        TestHosts.WaitUntil(() => Used().Sum() >= cpuMs * 1_000_000, 600_000);
+        return Used();
     }
 
     /// <summary>
     /// Two CPU-bound domains weighted 256 and 512 on one pCPU: the CPU time the scheduler accounted to each (their
-    /// runstate time) over <paramref name="ms"/>. The lighter one's share of the heavier one's, which should be 1:2.
+    /// runstate time) over <paramref name="cpuMs"/> of CPU time. The lighter one's share of the heavier one's, which
+    /// should be 1:2.
     /// </summary>
-    public static (double Ratio, long[] Ns) WeightRatio(string scheduler, int ms)
+    public static (double Ratio, long[] Ns) WeightRatio(string scheduler, int cpuMs)
     {
         using var host = Host(pcpus: 1, scheduler: scheduler);
         ushort a = Spinner(host), b = Spinner(host);
@@ -98,7 +104,7 @@ internal static class SchedGuests
         }
         host.Unpause(a);
         host.Unpause(b);
-        var t = Measure(host, ms, a, b);
+        var t = MeasureCpu(host, cpuMs, a, b);
         Assert.True(ReadCounter(host, a) > 0 && ReadCounter(host, b) > 0, "both guests ran their code");
         return ((double)t[0] / t[1], t);
     }

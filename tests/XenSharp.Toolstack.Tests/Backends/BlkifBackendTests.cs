@@ -68,7 +68,7 @@ public sealed unsafe class BlkifBackendTests : IDisposable
 
     private void WaitFor(DeviceAddress a, XenbusState s)
     {
-        for (int i = 0; i < 1000 && BackendState(a) != s; i++) Thread.Sleep(10);
+        Wait.Until(() => BackendState(a) == s);
         Assert.Equal(s, BackendState(a));
     }
 
@@ -152,12 +152,11 @@ public sealed unsafe class BlkifBackendTests : IDisposable
     private List<TRsp> RingResponses<TReq, TRsp>(ulong[] gfns, int n) where TReq : unmanaged where TRsp : unmanaged
     {
         var ring = new byte[gfns.Length * 4096];
-        for (int i = 0; i < 1000; i++)
+        Wait.Until(() =>
         {
             _hv.ReadGuestMemory(_dom, gfns[0] * 4096, ring.AsSpan(0, 4096));
-            if (BinaryPrimitives.ReadUInt32LittleEndian(ring.AsSpan(Ring.OffsetRspProd)) >= n) break;
-            Thread.Sleep(10);
-        }
+            return BinaryPrimitives.ReadUInt32LittleEndian(ring.AsSpan(Ring.OffsetRspProd)) >= n;
+        });
         for (int i = 0; i < gfns.Length; i++) _hv.ReadGuestMemory(_dom, gfns[i] * 4096, ring.AsSpan(i * 4096, 4096));
         var list = new List<TRsp>();
         fixed (byte* p = ring)

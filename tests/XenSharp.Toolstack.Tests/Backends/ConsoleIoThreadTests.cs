@@ -36,11 +36,11 @@ public sealed class ConsoleIoThreadTests : IDisposable
 
         string log = new RunPaths(Path.Combine(_dir, "run")).ConsoleLog("echo");
         string Log() { try { using var f = new FileStream(log, FileMode.Open, FileAccess.Read, FileShare.ReadWrite); return new StreamReader(f).ReadToEnd(); } catch (FileNotFoundException) { return ""; } }
-        for (int i = 0; i < 3000 && !Log().Contains("hello from the console ring"); i++) Thread.Sleep(10);
+        Wait.Until(() => Log().Contains("hello from the console ring"));
         Assert.Contains("hello from the console ring", Log());
         // Keystrokes come back as echoes, each one a notification from the guest's vCPU.
         Assert.Equal(2, console.WriteInput("ab"u8));
-        for (int i = 0; i < 3000 && !Log().Contains("<a<b"); i++) Thread.Sleep(10);
+        Wait.Until(() => Log().Contains("<a<b"));
         Assert.Contains("<a<b", Log());
 
         Assert.NotEmpty(writers);
@@ -48,7 +48,7 @@ public sealed class ConsoleIoThreadTests : IDisposable
 
         // 'q': the guest says bye and powers off at once; its last line is in the log all the same.
         Assert.Equal(1, console.WriteInput("q"u8));
-        for (int i = 0; i < 3000 && host.DomainIds.Contains(created.DomId); i++) Thread.Sleep(10);
+        Wait.Until(() => !host.DomainIds.Contains(created.DomId));
         Assert.DoesNotContain(created.DomId, host.DomainIds);
         Assert.EndsWith("bye\r\n", Log());
     }

@@ -28,7 +28,7 @@ public sealed class DeviceWiringTests : IDisposable
         uint domId = System.Text.Json.JsonSerializer.Deserialize<CreateResult>(r.Result!.Value, ControlJson.Options)!.DomId;
 
         var a = host.AddDevice(domId, DeviceKinds.Console, 1, new Dictionary<string, string> { ["name"] = "serial1" });
-        for (int i = 0; i < 1000 && xs.Read($"{a.BackendPath}/state") != "2"; i++) Thread.Sleep(10);
+        Wait.Until(() => xs.Read($"{a.BackendPath}/state") == "2");
         Assert.Equal(((int)XenbusState.InitWait).ToString(), xs.Read($"{a.BackendPath}/state"));
         Assert.NotNull(host.Backends.Find(a));
         // Kinds without a backend are names only.

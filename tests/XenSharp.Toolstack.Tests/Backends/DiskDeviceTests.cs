@@ -76,7 +76,7 @@ public sealed class DiskDeviceTests : IDisposable
         Assert.Equal("cdrom", xs.Read($"{cd.FrontendPath}/device-type"));
         Assert.Equal("r", xs.Read($"{cd.BackendPath}/mode"));
         // The backend took both up and described them.
-        for (int i = 0; i < 1000 && xs.Read($"{cd.BackendPath}/state") != "2"; i++) Thread.Sleep(10);
+        Wait.Until(() => xs.Read($"{cd.BackendPath}/state") == "2");
         Assert.Equal("2048", xs.Read($"{a.BackendPath}/sectors"));
         Assert.Equal("7", xs.Read($"{cd.BackendPath}/info")); // VDISK_CDROM | VDISK_REMOVABLE | VDISK_READONLY
 

@@ -134,13 +134,13 @@ public sealed unsafe class NetifBackendTests : IDisposable
 
     private void WaitFor(DeviceAddress a, XenbusState s)
     {
-        for (int i = 0; i < 1000 && BackendState(a) != s; i++) Thread.Sleep(10);
+        Wait.Until(() => BackendState(a) == s);
         Assert.Equal(s, BackendState(a));
     }
 
     private static void WaitUntil(Func<bool> condition, string what)
     {
-        for (int i = 0; i < 1000 && !condition(); i++) Thread.Sleep(10);
+        Wait.Until(condition);
         Assert.True(condition(), what);
     }
 
@@ -297,12 +297,11 @@ public sealed unsafe class NetifBackendTests : IDisposable
     private List<TRsp> Responses<TReq, TRsp>(ulong ringGfn, int n) where TReq : unmanaged where TRsp : unmanaged
     {
         var page = new byte[Page];
-        for (int i = 0; i < 1000; i++)
+        Wait.Until(() =>
         {
             _hv.ReadGuestMemory(_dom, ringGfn * Page, page);
-            if (BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(Ring.OffsetRspProd)) >= n) break;
-            Thread.Sleep(10);
-        }
+            return BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(Ring.OffsetRspProd)) >= n;
+        });
         var list = new List<TRsp>();
         fixed (byte* p = page)
         {
@@ -397,7 +396,7 @@ public sealed unsafe class NetifBackendTests : IDisposable
         FrontendConnects(a);
         WaitFor(a, XenbusState.Connected);
         var port = _ports[$"vif{_dom}.0"];
-        for (int i = 0; i < 3000 && port.Sent.Count < Packets; i++) Thread.Sleep(10);
+        Wait.Until(() => port.Sent.Count >= Packets);
         Assert.Equal(Packets, port.Sent.Count);
         Assert.All(Responses<NetifTxRequest, NetifTxResponse>(TxRingGfn(0), Packets), r => Assert.Equal(NETIF_RSP_OKAY, r.Status));
         // A functional bound, not a speed measurement: the credit scheme cannot have let the frames out faster.

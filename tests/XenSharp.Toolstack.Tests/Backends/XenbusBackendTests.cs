@@ -51,7 +51,7 @@ public sealed class XenbusBackendTests : IDisposable
 
     private void WaitFor(DeviceAddress a, XenbusState s)
     {
-        for (int i = 0; i < 1000 && BackendState(a) != s; i++) Thread.Sleep(10);
+        Wait.Until(() => BackendState(a) == s);
         Assert.Equal(s, BackendState(a));
     }
 
@@ -97,7 +97,7 @@ public sealed class XenbusBackendTests : IDisposable
         FrontendConnects(a);
         WaitFor(a, XenbusState.Connected);
         string log = Path.Combine(_dir, $"d{_dom}-1.log");
-        for (int i = 0; i < 500 && (!File.Exists(log) || File.ReadAllText(log).Length == 0); i++) Thread.Sleep(10);
+        Wait.Until(() => File.Exists(log) && File.ReadAllText(log).Length > 0);
         Assert.Equal("hello from hvc1\n", File.ReadAllText(log));
         Assert.Equal(16u, GuestWord(XenconsInterface.OffsetOutCons));
         Assert.Null(ErrorNode(a));
@@ -194,7 +194,7 @@ public sealed class XenbusBackendTests : IDisposable
         WaitFor(a, XenbusState.InitWait);
         Assert.NotNull(_backends.Find(a));
         _xs.Rm(a.BackendPath);
-        for (int i = 0; i < 500 && _backends.Find(a) is not null; i++) Thread.Sleep(10);
+        Wait.Until(() => _backends.Find(a) is null);
         Assert.Null(_backends.Find(a));
     }
 

@@ -154,7 +154,7 @@ public sealed unsafe class BlkifFuzzTests : IDisposable
         {
             ["params"] = image, ["format"] = image.EndsWith(".qcow2") ? "qcow2" : "raw", ["mode"] = "w", ["device-type"] = "disk",
         }, null);
-        for (int i = 0; i < 500 && _xs.Read($"{a.BackendPath}/state") != "2"; i++) Thread.Sleep(5);
+        Wait.Until(() => _xs.Read($"{a.BackendPath}/state") == "2");
         _xs.Write($"{a.FrontendPath}/ring-ref", ringGref.ToString());
         _xs.Write($"{a.FrontendPath}/event-channel", port.ToString());
         _xs.Write($"{a.FrontendPath}/protocol", XEN_IO_PROTO_ABI_X86_64);
@@ -167,13 +167,12 @@ public sealed unsafe class BlkifFuzzTests : IDisposable
     {
         var page = new byte[4096];
         string? state = null;
-        for (int i = 0; i < 2000; i++)
+        Wait.Until(() =>
         {
             state = _xs.Read($"{a.BackendPath}/state");
             _hv.ReadGuestMemory(_dom, gfn * 4096, page);
-            if (state == "5" || (state == "4" && BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(Ring.OffsetRspProd)) == produced)) break;
-            Thread.Sleep(5);
-        }
+            return state == "5" || (state == "4" && BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(Ring.OffsetRspProd)) == produced);
+        });
         var responses = new List<BlkifResponse>();
         fixed (byte* p = page)
         {
@@ -232,7 +231,7 @@ public sealed unsafe class BlkifFuzzTests : IDisposable
     {
         var device = _backends.Find(a);
         DeviceLayout.Remove(_xs, a);
-        for (int i = 0; i < 500 && _backends.Find(a) is not null; i++) Thread.Sleep(5);
-        device?.Remove().WaitOne(TimeSpan.FromSeconds(10));
+        Wait.Until(() => _backends.Find(a) is null);
+        device?.Remove().WaitOne(Wait.Limit);
     }
 }

@@ -174,7 +174,7 @@ public sealed unsafe class NetifFuzzTests : IDisposable
         _hv.WriteGuestMemory(_dom, RxRingGfn * 4096, rx);
         var a = new DeviceAddress(DeviceKinds.Vif, _dom, _devId++);
         DeviceLayout.Write(_xs, a, new Dictionary<string, string> { ["mac"] = "00:16:3e:00:00:01" }, null);
-        for (int i = 0; i < 500 && _xs.Read($"{a.BackendPath}/state") != "2"; i++) Thread.Sleep(5);
+        Wait.Until(() => _xs.Read($"{a.BackendPath}/state") == "2");
         _xs.Write($"{a.FrontendPath}/tx-ring-ref", RingGref.ToString());
         _xs.Write($"{a.FrontendPath}/rx-ring-ref", RxRingGref.ToString());
         _xs.Write($"{a.FrontendPath}/event-channel", _port.ToString());
@@ -183,14 +183,13 @@ public sealed unsafe class NetifFuzzTests : IDisposable
         _xs.Write($"{a.FrontendPath}/state", "4");
         string? state = null;
         uint answered = 0;
-        for (int i = 0; i < 1000; i++)
+        Wait.Until(() =>
         {
             state = _xs.Read($"{a.BackendPath}/state");
             _hv.ReadGuestMemory(_dom, RingGfn * 4096, page);
             answered = BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(Ring.OffsetRspProd));
-            if (state == "5" || (state == "4" && answered == produced)) break;
-            Thread.Sleep(5);
-        }
+            return state == "5" || (state == "4" && answered == produced);
+        });
         try
         {
             if (state == "5")
@@ -210,9 +209,9 @@ public sealed unsafe class NetifFuzzTests : IDisposable
         {
             var device = _backends.Find(a);
             DeviceLayout.Remove(_xs, a);
-            for (int i = 0; i < 500 && _backends.Find(a) is not null; i++) Thread.Sleep(5);
+            Wait.Until(() => _backends.Find(a) is null);
             // Queued behind the bus's own removal on the I/O thread: once done, the ring is let go of.
-            device?.Remove().WaitOne(TimeSpan.FromSeconds(10));
+            device?.Remove().WaitOne(Wait.Limit);
         }
     }
 }

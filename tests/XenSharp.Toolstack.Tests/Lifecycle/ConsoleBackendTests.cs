@@ -48,7 +48,7 @@ public sealed class ConsoleBackendTests : IDisposable
         Assert.True(_backend.Attach(client));
         GuestWrites("login: ");
         // The client is written on its own task.
-        for (int i = 0; i < 500 && client.Length < 24; i++) Thread.Sleep(10);
+        Wait.Until(() => client.Length >= 24);
         Assert.Equal("Linux version 6.1\nlogin: ", Encoding.ASCII.GetString(client.ToArray()));
         Assert.Equal("Linux version 6.1\nlogin: ", File.ReadAllText(_log));
         Assert.True(_notifies > 0);
@@ -92,7 +92,7 @@ public sealed class ConsoleBackendTests : IDisposable
             expected.Append(line);
         }
         client.Gate.Set();
-        for (int i = 0; i < 500 && client.Text().Length < expected.Length; i++) Thread.Sleep(10);
+        Wait.Until(() => client.Text().Length >= expected.Length);
         Assert.Equal(expected.ToString(), client.Text());
     }
 

@@ -60,7 +60,7 @@ public sealed class ConsoleLogTests : IDisposable
 
         // The console still works: the attached client gets what the guest writes next.
         Flood(backend, _page, 1);
-        for (int i = 0; i < 500 && !Encoding.ASCII.GetString(client.ToArray()).Contains("flood line 000000\n"); i++) Thread.Sleep(10);
+        Wait.Until(() => Encoding.ASCII.GetString(client.ToArray()).Contains("flood line 000000\n"));
         Assert.EndsWith("flood line 049999\nflood line 000000\n", Encoding.ASCII.GetString(client.ToArray()));
     }
 

@@ -42,7 +42,7 @@ public sealed class HostTests : IDisposable
 
     private static void WaitFor(Func<bool> cond)
     {
-        for (int i = 0; i < 500 && !cond(); i++) Thread.Sleep(10);
+        Wait.Until(cond);
         Assert.True(cond());
     }
 

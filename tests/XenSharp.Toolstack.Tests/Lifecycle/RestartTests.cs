@@ -59,7 +59,7 @@ public sealed class RestartTests : IDisposable
 
     private static void WaitFor(Func<bool> cond, string what)
     {
-        for (int i = 0; i < 3000 && !cond(); i++) Thread.Sleep(10);
+        Wait.Until(cond);
         Assert.True(cond(), what);
     }
 

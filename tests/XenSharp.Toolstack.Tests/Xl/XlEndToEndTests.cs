@@ -224,7 +224,7 @@ public sealed class XlEndToEndTests(XlSession s)
         Assert.Equal(1, code);
         Assert.Contains("Failed to read config file: /dev/zero: not a regular file", err);
         string fifo = Path.Combine(s.Work, "a-fifo");
-        if (!File.Exists(fifo)) Assert.Equal(0, System.Diagnostics.Process.Start("mkfifo", [fifo])!.WaitForExitAsync().Wait(10_000) ? 0 : 1);
+        if (!File.Exists(fifo)) Assert.Equal(0, System.Diagnostics.Process.Start("mkfifo", [fifo])!.WaitForExitAsync().Wait(60_000) ? 0 : 1);
         (code, _, err) = s.Xl("create", fifo);
         Assert.Equal(1, code);
         Assert.Contains($"Failed to read config file: {fifo}: not a regular file", err);
@@ -418,7 +418,7 @@ public sealed class XlDaemonTests
         (code, _, err) = s.Xl("daemon-stop");
         Assert.Equal(0, code);
         Assert.Contains("xl: xensharpd stopped", err);
-        for (int i = 0; i < 200 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(50);
+        Wait.Until(() => !Directory.Exists($"/proc/{pid}"), 50);
         Assert.False(Directory.Exists($"/proc/{pid}"));
         Assert.False(File.Exists(Path.Combine(s.RunDir, "xl.sock")));
         Assert.False(File.Exists(Path.Combine(s.RunDir, "xenstored", "socket")));
@@ -434,7 +434,7 @@ public sealed class XlDaemonTests
         Assert.Equal(0, s.Xl("list").Code);
         int pid = s.DaemonPid ?? throw new Xunit.Sdk.XunitException("no pid file");
         using (var kill = Process.Start("kill", ["-TERM", pid.ToString()])) kill.WaitForExit();
-        for (int i = 0; i < 200 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(50);
+        Wait.Until(() => !Directory.Exists($"/proc/{pid}"), 50);
         Assert.False(Directory.Exists($"/proc/{pid}"));
         Assert.False(File.Exists(Path.Combine(s.RunDir, "xl.sock")));
         Assert.False(File.Exists(Path.Combine(s.RunDir, "xensharpd.pid")));
