@@ -124,6 +124,74 @@ public class IntegerTests
         Assert.Equal(0x8000UL + 101, r.Rdi);
     }
 
+    /// <summary>REP MOVS of every element size in both directions, across pages and overlapping: a move where the
+    /// copy runs away from its destination, and where element after element reads what it just wrote, the pattern
+    /// that gives (not a memmove).</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(4)]
+    [InlineData(8)]
+    public void RepMovsEveryWidthBothWaysOverlapping(int es)
+    {
+        const ulong A = 0x100000, B = 0x200000, C = 0x300000, D = 0x400000;
+        const int Bytes = 0x2400;
+        int n = Bytes / es;
+        using var m = new TestMachine();
+        for (int i = 0; i < Bytes + 0x200; i++)
+        {
+            m.Mem.W8(A + (ulong)i, (byte)(i * 7 + 3));
+            m.Mem.W8(D + (ulong)i, (byte)(i * 7 + 3));
+        }
+        ulong first = 0x1122334455667788UL & (ulong.MaxValue >> (64 - 8 * es));
+        void Movs(Assembler x)
+        {
+            switch (es)
+            {
+                case 1: x.rep.movsb(); break;
+                case 2: x.rep.movsw(); break;
+                case 4: x.rep.movsd(); break;
+                default: x.rep.movsq(); break;
+            }
+        }
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, x =>
+        {
+            // Backward into a destination above the source (a move): the top element first.
+            x.std(); x.mov(rsi, A + Bytes - (ulong)es); x.mov(rdi, A + 0x130 + Bytes - (ulong)es); x.mov(rcx, (ulong)n); Movs(x);
+            x.mov(r8, rsi); x.mov(r9, rdi); x.mov(r10, rcx);
+            // Forward into a destination one element above the source: the first element repeated.
+            x.cld(); x.mov(rsi, B + 0x7F0); x.mov(rdi, B + 0x7F0 + (ulong)es); x.mov(rcx, (ulong)n); Movs(x);
+            // Backward into a destination one element below: the top element repeated downwards.
+            x.std(); x.mov(rsi, C + 0xF00 + (ulong)Bytes); x.mov(rdi, C + 0xF00 + (ulong)Bytes - (ulong)es); x.mov(rcx, (ulong)n); Movs(x);
+            // Forward into a destination below the source (a move), from an odd offset.
+            x.cld(); x.mov(rsi, D + 0x101); x.mov(rdi, D + 0x3); x.mov(rcx, (ulong)n); Movs(x);
+            x.hlt();
+        });
+        for (int k = 0; k < es; k++)
+        {
+            m.Mem.W8(B + 0x7F0 + (ulong)k, (byte)(first >> (8 * k)));
+            m.Mem.W8(C + 0xF00 + (ulong)Bytes + (ulong)k, (byte)(first >> (8 * k)));
+        }
+        m.Enter64(code);
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Equal(A - (ulong)es, r.R8);
+        Assert.Equal(A + 0x130 - (ulong)es, r.R9);
+        Assert.Equal(0UL, r.R10);
+        for (int i = 0; i < Bytes; i++)
+            Assert.Equal((byte)(i * 7 + 3), m.Mem.R8(A + 0x130 + (ulong)i));
+        for (int e = 0; e <= n; e++)
+            for (int k = 0; k < es; k++)
+            {
+                Assert.Equal((byte)(first >> (8 * k)), m.Mem.R8(B + 0x7F0 + (ulong)(e * es + k)));
+                Assert.Equal((byte)(first >> (8 * k)), m.Mem.R8(C + 0xF00 + (ulong)Bytes - (ulong)(e * es) + (ulong)k));
+            }
+        for (int i = 0; i < Bytes; i++)
+            Assert.Equal((byte)((0x101 + i) * 7 + 3), m.Mem.R8(D + 0x3 + (ulong)i));
+        Assert.Equal(D + 0x101 + Bytes, r.Rsi);
+        Assert.Equal(D + 0x3 + Bytes, r.Rdi);
+    }
+
     [Fact]
     public void CmpxchgAndXchg()
     {

@@ -41,7 +41,7 @@ internal unsafe partial class X86Vcpu
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz), di = Idx(7, asz);
             ulong src = StrLinear(srcSeg, si, es), dst = StrLinear(ES, di, es);
-            if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
+            if (rep && TryBulkMove(src, dst, es, step < 0, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
             if (rep && BatchStringIo && TryRepeatedMovsMmio(srcSeg, si, src, di, dst, es, asz)) return;
             WriteLin(dst, es, ReadLin(src, es));
             SetIdx(6, asz, si + (ulong)step);
@@ -54,20 +54,36 @@ internal unsafe partial class X86Vcpu
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
 
-    /// <summary>REP MOVSB forward within one source and one destination page, in RAM and not overlapping
-    /// forward: copies as a block. Returns false when the slow path must do the element.</summary>
-    private bool TryBulkMove(ulong src, ulong dst, int asz, int srcSeg)
+    /// <summary>REP MOVS of any element size, either direction, for the elements that stay within one source and one
+    /// destination page, in RAM: copied as a block when that gives what element after element would (no overlap the
+    /// copy runs into). The decompressor of a bzImage moves itself to the end of its buffer with STD; REP
+    /// MOVSQ, and its memcpy is REP MOVSQ. Returns false when the slow path must do the element.</summary>
+    private bool TryBulkMove(ulong src, ulong dst, int es, bool backward, int asz, int srcSeg)
     {
         ulong count = Idx(1, asz);
-        ulong chunk = Math.Min(count, Math.Min(4096 - (src & 0xFFF), 4096 - (dst & 0xFFF)));
-        if (chunk < 2) return false;
-        if (!BulkWithinLimit(srcSeg, Idx(6, asz), chunk) || !BulkWithinLimit(ES, Idx(7, asz), chunk)) return false;
-        if (dst > src && dst - src < chunk) return false;
+        // Elements from the first one towards the page boundary the copy runs to, in each page.
+        ulong room = backward
+            ? Math.Min((src & 0xFFF) + (ulong)es, (dst & 0xFFF) + (ulong)es) / (ulong)es
+            : Math.Min(4096 - (src & 0xFFF), 4096 - (dst & 0xFFF)) / (ulong)es;
+        ulong chunk = Math.Min(count, room);
+        // A first element across its page's end is the slow path's.
+        if (chunk < 2 || (backward && ((src & 0xFFF) + (ulong)es > 4096 || (dst & 0xFFF) + (ulong)es > 4096))) return false;
+        ulong bytes = chunk * (ulong)es, span = bytes - (ulong)es;
+        ulong si = Idx(6, asz), di = Idx(7, asz);
+        // The lowest element of each side, which for a backward copy lies below the first.
+        ulong srcLow = backward ? src - span : src, dstLow = backward ? dst - span : dst;
+        if (backward && (si < span || di < span)) return false;
+        if (!BulkWithinLimit(srcSeg, backward ? si - span : si, bytes) || !BulkWithinLimit(ES, backward ? di - span : di, bytes)) return false;
+        // Element by element, a forward copy into a destination just above its source (or a backward one into a
+        // destination just below) reads what it wrote: a pattern, not a move.
+        if (!backward && dst > src && dst - src < bytes) return false;
+        if (backward && src > dst && src - dst < bytes) return false;
         byte* s = HostRead(src), dp = HostWrite(dst);
         if (s == null || dp == null) return false;
-        Buffer.MemoryCopy(s, dp, chunk, chunk);
-        SetIdx(6, asz, Idx(6, asz) + chunk);
-        SetIdx(7, asz, Idx(7, asz) + chunk);
+        Buffer.MemoryCopy(s - (src - srcLow), dp - (dst - dstLow), bytes, bytes);
+        long delta = backward ? -(long)bytes : (long)bytes;
+        SetIdx(6, asz, si + (ulong)delta);
+        SetIdx(7, asz, di + (ulong)delta);
         SetIdx(1, asz, count - chunk);
         return true;
     }

@@ -47,6 +47,9 @@ internal sealed partial class BlockTranslator
     private static readonly MethodInfo MJitWrite = Cpu.GetMethod(nameof(X86Vcpu.JitWrite), Inst)!;
     private static readonly MethodInfo MJitReadStack = Cpu.GetMethod(nameof(X86Vcpu.JitReadStack), Inst)!;
     private static readonly MethodInfo MJitWriteStack = Cpu.GetMethod(nameof(X86Vcpu.JitWriteStack), Inst)!;
+    private static readonly MethodInfo MJitReadSeg = Cpu.GetMethod(nameof(X86Vcpu.JitReadSeg), Inst)!;
+    private static readonly MethodInfo MJitWriteSeg = Cpu.GetMethod(nameof(X86Vcpu.JitWriteSeg), Inst)!;
+    private static readonly MethodInfo MFlatSegments = Cpu.GetMethod(nameof(X86Vcpu.FlatSegments), Inst)!;
     private static readonly MethodInfo MJitExec = Cpu.GetMethod(nameof(X86Vcpu.JitExec), Inst)!;
     private static readonly MethodInfo MApply = typeof(FlagMath).GetMethod(nameof(FlagMath.Apply))!;
     private static readonly MethodInfo MCond = typeof(FlagMath).GetMethod(nameof(FlagMath.Cond))!;
@@ -85,9 +88,12 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr;
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _code, _next, _self;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _flat, _code, _next, _self;
     /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
     private readonly bool _accesses;
+    /// <summary>32- and 16-bit blocks: the segments (1 &lt;&lt; ES..GS) of the inline accesses, whose flatness
+    /// <see cref="_flat"/> holds.</summary>
+    private readonly int _segsInline;
     private readonly LocalBuilder[] _pa, _pb, _pr;
     private Label _top;
 
@@ -124,7 +130,7 @@ internal sealed partial class BlockTranslator
         public readonly DynamicMethod Method;
         public readonly ILGenerator Il;
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
-        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Code, Next, Self;
+        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, Code, Next, Self;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
 
         public MethodFrame(ulong ip, int insns)
@@ -143,6 +149,7 @@ internal sealed partial class BlockTranslator
             Budget = Il.DeclareLocal(typeof(int));
             HopsLeft = Il.DeclareLocal(typeof(int));
             AcArmed = Il.DeclareLocal(typeof(int));
+            Flat = Il.DeclareLocal(typeof(int));
             Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
             Next = Il.DeclareLocal(typeof(DecodedBlock));
             Self = Il.DeclareLocal(typeof(DecodedBlock));
@@ -178,9 +185,14 @@ internal sealed partial class BlockTranslator
         // the same-page links rely on; the CS limit is checked by the hops (see JitChain).
         _chainable = (_is64 || (b.CsBase & 0xFFF) == 0) && Enumerable.Range(0, _n).All(k => _plans[k].Inline || ChainSafe(_insns[k].I));
         _accesses = Array.Exists(_plans, p => p.Inline && p.Faults);
+        // Outside 64-bit mode, the segments whose flatness the inline accesses test.
+        if (!_is64)
+            for (int k = 0; k < _n; k++)
+                if (_plans[k].Inline && _plans[k].Faults && _insns[k].MemSplit)
+                    _segsInline |= 1 << _insns[k].MemSeg;
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
-        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _code = f.Code; _next = f.Next; _self = f.Self;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _flat = f.Flat; _code = f.Code; _next = f.Next; _self = f.Self;
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
@@ -241,6 +253,7 @@ internal sealed partial class BlockTranslator
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         if (_accesses) EmitAcArmed();
+        if (_segsInline != 0) EmitFlat();
         if (_selfLoop)
         {
             _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stloc, _budget);
@@ -680,6 +693,7 @@ internal sealed partial class BlockTranslator
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         if (_accesses) EmitAcArmed();
+        if (_segsInline != 0) EmitFlat();
         _dirty = 0;
         _flDirty = false;
         var leave = _il.DefineLabel();

@@ -7,9 +7,24 @@ namespace XenSharp.Cpu.Jit;
 /// an inline soft-TLB hit path that falls back to the interpreter's access helpers.</summary>
 internal sealed partial class BlockTranslator
 {
-    /// <summary>Explicit memory operands are compiled inline in 64-bit blocks with 32/64-bit
-    /// addressing (no segment limits there); elsewhere the instruction is interpreted.</summary>
-    private bool MemOk(ref DecodedInsn d) => _is64 && d.MemSplit;
+    /// <summary>Explicit memory operands are compiled inline in 64-bit blocks with 32/64-bit addressing (no
+    /// segment limits there), and in 32- and 16-bit blocks with 32-bit addressing, where the inline path is
+    /// taken only while the segment is flat (base 0, limit 4 GiB: the offset is the linear address and no
+    /// access within it passes the limit) and the slow path applies the segment as the interpreter does.
+    /// Flat 32-bit code (hvmloader, SeaBIOS's 32-bit parts, GRUB) otherwise ran every load and store
+    /// through the interpreter.</summary>
+    private bool MemOk(ref DecodedInsn d) => d.MemSplit && (_is64 || d.AddrSize == 4);
+
+    /// <summary>The segment of _lin's access (outside 64-bit mode _lin is its offset).</summary>
+    private int _linSeg;
+
+    /// <summary>Which of the block's segments are flat now, into _flat: on entry and after each call into
+    /// the interpreter (which may load a segment register).</summary>
+    private void EmitFlat()
+    {
+        LdCpu(); LdcI4(_segsInline); _il.Emit(OpCodes.Call, MFlatSegments);
+        _il.Emit(OpCodes.Stloc, _flat);
+    }
 
     /// <summary>Pushes the effective address (offset) of the pre-split memory operand.</summary>
     private void EmitEa(ref DecodedInsn d)
@@ -28,12 +43,14 @@ internal sealed partial class BlockTranslator
     /// <summary>_lin is a stack access: its slow path raises #SS for a non-canonical address.</summary>
     private bool _linStack;
 
-    /// <summary>Linear address of the memory operand into _lin (64-bit mode: only FS and GS have bases).</summary>
+    /// <summary>Linear address of the memory operand into _lin (64-bit mode: only FS and GS have bases); outside
+    /// 64-bit mode its offset, which is the linear address while the segment is flat.</summary>
     private void EmitLinear(ref DecodedInsn d)
     {
         _linStack = d.MemStack;
+        _linSeg = d.MemSeg;
         EmitEa(ref d);
-        if (d.MemSeg >= X86Vcpu.FS)
+        if (_is64 && d.MemSeg >= X86Vcpu.FS)
         {
             LdCpu(); _il.Emit(OpCodes.Ldflda, FSeg);
             LdcI4(d.MemSeg * SegSize); _il.Emit(OpCodes.Add);
@@ -48,6 +65,11 @@ internal sealed partial class BlockTranslator
     /// leaves the entry pointer in _entry.</summary>
     private void EmitTlbProbe(int size, int tagOffset, Label slow)
     {
+        if (!_is64)
+        {
+            _il.Emit(OpCodes.Ldloc, _flat); LdcI4(1 << _linSeg); _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Brfalse, slow);
+        }
         _il.Emit(OpCodes.Ldloc, _lin); LdcI4(12); _il.Emit(OpCodes.Shr_Un); _il.Emit(OpCodes.Stloc, _vpn);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FTlb);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FTlbCtx);
@@ -110,7 +132,8 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         SyncForSlowPath();
-        LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead);
+        if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead); }
+        else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(_linSeg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitReadSeg); }
         _il.Emit(OpCodes.Stloc, _val);
         EmitAbortCheck();
         _il.MarkLabel(done);
@@ -135,7 +158,8 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
         _il.MarkLabel(slow);
         SyncForSlowPath();
-        LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite);
+        if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite); }
+        else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(_linSeg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWriteSeg); }
         EmitAbortCheck();
         _il.MarkLabel(done);
     }

@@ -184,6 +184,41 @@ internal unsafe partial class X86Vcpu
         WriteLinSoft(lin, size, v);
     }
 
+    /// <summary>A 32- or 16-bit block's access at <paramref name="off"/> in segment <paramref name="seg"/> that its inline
+    /// path did not take (the segment is not flat, the TLB misses, the access crosses a page): limit-checked and
+    /// based as the interpreter does it.</summary>
+    internal ulong JitReadSeg(DecodedBlock b, int i, int seg, ulong off, int size)
+    {
+        JitAt(b, i);
+        try { return JitReadCore(Linear(seg, off, (uint)size), size); }
+        catch (GuestFault) { Abort = AbortFault; return 0; }
+        catch (ExitSignal) { Abort = AbortExit; return 0; }
+    }
+
+    internal void JitWriteSeg(DecodedBlock b, int i, int seg, ulong off, int size, ulong v)
+    {
+        JitAt(b, i);
+        try { JitWriteCore(Linear(seg, off, (uint)size), size, v); }
+        catch (GuestFault) { Abort = AbortFault; }
+        catch (ExitSignal) { Abort = AbortExit; }
+    }
+
+    /// <summary>Of the segments in <paramref name="mask"/> (1 &lt;&lt; ES..GS), those that are flat now: a present
+    /// expand-up data segment with base 0 and a 4 GiB limit, in which an offset is its linear address and no
+    /// 32-bit offset's access but one wrapping past 4 GiB (which the inline path never takes: it does not fit its
+    /// page) passes the limit.</summary>
+    internal int FlatSegments(int mask)
+    {
+        int flat = 0;
+        for (int s = 0; s < 6; s++)
+        {
+            if ((mask & (1 << s)) == 0) continue;
+            ref SegReg g = ref Seg[s];
+            if (g.Base == 0 && g.Limit == 0xFFFF_FFFF && (g.Attr & 0x9C) == 0x90) flat |= 1 << s;
+        }
+        return flat;
+    }
+
     /// <summary>One instruction through the interpreter (CurIp and Rip already set).</summary>
     internal void JitExec(ref DecodedInsn d)
     {

@@ -656,6 +656,75 @@ public class JitTests
         Assert.Equal(1275UL, regs[1].Rax);
     }
 
+    /// <summary>32-bit blocks access memory inline through flat segments and apply any other segment as the
+    /// interpreter does: a segment loaded in the middle of a block (a base, a limit) counts from the next
+    /// access, and an access past a limit, or one wrapping past 4 GiB in a flat segment, faults with #GP at
+    /// the same instruction, registers and stack as interpreted.</summary>
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Protected_mode_memory_operands_through_flat_and_other_segments_end_as_interpreted(bool wrap)
+    {
+        const ulong Handler = 0x30000;
+        var code = TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(esi, 0x40000);
+            a.mov(ecx, 300);
+            a.mov(ebp, 0x50000);
+            // Page 0 in the TLB through flat DS, for the based accesses below to miss it.
+            a.mov(__dword_ptr[0x100], 0);
+            a.mov(edi, __dword_ptr[0x100]);
+            a.Label(ref loop);
+            a.mov(__dword_ptr[esi + ecx * 4], ecx);
+            a.add(eax, __dword_ptr[esi + ecx * 4]);
+            a.movzx(ebx, __byte_ptr[esi + ecx * 4]);
+            a.add(edx, ebx);
+            a.mov(__dword_ptr[ebp + 8], edx);
+            a.sub(edx, __dword_ptr[ebp + 8]);
+            a.add(__dword_ptr[ebp + 12], ecx);
+            a.dec(ecx);
+            a.jnz(loop);
+            a.mov(ebx, 0x48);
+            a.mov(ds, bx);
+            a.mov(__dword_ptr[0x100], 0x12345678);
+            a.mov(edi, __dword_ptr[0x100]);
+            a.mov(ebp, __dword_ptr.es[0x1100]);
+            a.mov(edx, __dword_ptr[ebp + 12 - 0x12345678 + 0x50000]);
+            if (wrap)
+            {
+                a.mov(ebx, 0x10);
+                a.mov(ds, bx);
+                a.mov(eax, __dword_ptr[0xFFFFFFFE]);
+            }
+            else
+                a.mov(__dword_ptr[0xFFFFE], 1);
+            a.hlt();
+        });
+        Registers[] regs = new Registers[2];
+        uint[][] stacks = new uint[2][];
+        for (int k = 0; k < 2; k++)
+        {
+            using var m = Machine(k == 1);
+            m.Enter32(code);
+            // 0x48: data, base 0x1000, limit 0xFFFFF bytes.
+            m.Mem.W64(TestMachine.Gdt + 0x48, 0x004F93001000FFFF);
+            m.Mem.W8(Handler, 0xF4);
+            m.SetGate32(13, Handler);
+            m.RunToHlt();
+            regs[k] = m.Regs;
+            stacks[k] = [m.Mem.R32(regs[k].Rsp), m.Mem.R32(regs[k].Rsp + 4)];
+            Assert.Equal(0x12345678u, m.Mem.R32(0x1100));
+        }
+        AssertSame(regs[0], regs[1]);
+        Assert.Equal(stacks[0], stacks[1]);
+        Assert.Equal(Handler + 1, regs[1].Rip);
+        Assert.Equal(45150UL, regs[1].Rax & 0xFFFFFFFF);
+        Assert.Equal(0x12345678UL, regs[1].Rdi);
+        Assert.Equal(0x12345678UL, regs[1].Rbp);
+        Assert.Equal(45150UL, regs[1].Rdx);
+    }
+
     static InsnPlan PlanOf(in Instruction i, bool faults) => new()
     {
         Inline = true,
