@@ -41,7 +41,7 @@ internal unsafe partial class X86Vcpu
             if (rep && Idx(1, asz) == 0) return;
             ulong si = Idx(6, asz), di = Idx(7, asz);
             ulong src = StrLinear(srcSeg, si, es), dst = StrLinear(ES, di, es);
-            if (rep && step > 0 && es == 1 && TryBulkMove(src, dst, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
+            if (rep && step > 0 && TryBulkMove(srcSeg, si, src, di, dst, es, asz)) { if (++n >= RepChunk) break; continue; }
             if (rep && BatchStringIo && TryRepeatedMovsMmio(srcSeg, si, src, di, dst, es, asz)) return;
             WriteLin(dst, es, ReadLin(src, es));
             SetIdx(6, asz, si + (ulong)step);
@@ -54,21 +54,25 @@ internal unsafe partial class X86Vcpu
         if (Idx(1, asz) != 0) { Rip = CurIp; Stop = true; }
     }
 
-    /// <summary>REP MOVSB forward within one source and one destination page, in RAM and not overlapping
-    /// forward: copies as a block. Returns false when the slow path must do the element.</summary>
-    private bool TryBulkMove(ulong src, ulong dst, int asz, int srcSeg)
+    /// <summary>REP MOVS forward, any element size: the iterations whose elements lie within the current source
+    /// and destination pages (and within the address size and segment limits), in RAM and not overlapping forward,
+    /// copied as one block. Linux's copy_page and memcpy without ERMS are REP MOVSQ, a page at a time. Returns false
+    /// when the slow path must do the next element (an element crossing a page, MMIO, a page not in the TLB for
+    /// this access, a forward overlap whose element-wise result differs from a block copy).</summary>
+    private bool TryBulkMove(int srcSeg, ulong si, ulong src, ulong di, ulong dst, int es, int asz)
     {
         ulong count = Idx(1, asz);
-        ulong chunk = Math.Min(count, Math.Min(4096 - (src & 0xFFF), 4096 - (dst & 0xFFF)));
-        if (chunk < 2) return false;
-        if (!BulkWithinLimit(srcSeg, Idx(6, asz), chunk) || !BulkWithinLimit(ES, Idx(7, asz), chunk)) return false;
-        if (dst > src && dst - src < chunk) return false;
+        if (count < 2) return false;
+        ulong n = Math.Min(IterationsInPage(srcSeg, si, src, es, asz, count), IterationsInPage(ES, di, dst, es, asz, count));
+        if (n < 2) return false;
+        ulong bytes = n * (ulong)es;
+        if (dst > src && dst - src < bytes) return false;
         byte* s = HostRead(src), dp = HostWrite(dst);
         if (s == null || dp == null) return false;
-        Buffer.MemoryCopy(s, dp, chunk, chunk);
-        SetIdx(6, asz, Idx(6, asz) + chunk);
-        SetIdx(7, asz, Idx(7, asz) + chunk);
-        SetIdx(1, asz, count - chunk);
+        Buffer.MemoryCopy(s, dp, bytes, bytes);
+        SetIdx(6, asz, si + bytes);
+        SetIdx(7, asz, di + bytes);
+        SetIdx(1, asz, count - n);
         return true;
     }
 
