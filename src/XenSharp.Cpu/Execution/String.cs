@@ -73,6 +73,9 @@ internal unsafe partial class X86Vcpu
         // The lowest element of each side, which for a backward copy lies below the first.
         ulong srcLow = backward ? src - span : src, dstLow = backward ? dst - span : dst;
         if (backward && (si < span || di < span)) return false;
+        // An index that wraps at the address size within the block is the slow path's (a 64-bit segment base need not
+        // put the wrap on a page boundary).
+        if (!backward && asz != 8 && Math.Max(si, di) + bytes - 1 > (asz == 4 ? 0xFFFF_FFFFUL : 0xFFFFUL)) return false;
         if (!BulkWithinLimit(srcSeg, backward ? si - span : si, bytes) || !BulkWithinLimit(ES, backward ? di - span : di, bytes)) return false;
         // Element by element, a forward copy into a destination just above its source (or a backward one into a
         // destination just below) reads what it wrote: a pattern, not a move.
