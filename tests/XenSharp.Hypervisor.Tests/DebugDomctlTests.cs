@@ -228,6 +228,56 @@ public sealed unsafe class DebugDomctlTests : IDisposable
     }
 
     [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void GetpageframeinfoOfAPvGuestGivesEachMachineFramesTableTypeAndPin()
+    {
+        ushort pv = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pv, 1024, 1));
+        _host.PopulatePhysmap(pv, 0, 16);
+        ulong Mfn(ulong pfn) => _host.PvMfnOf(pv, pfn);
+        // An L4 at pfn 1 → L3 at 2 → L2 at 3 → L1 at 4 → a data page at 5; the L4 pinned, the L1 pinned as well.
+        for (ulong pfn = 1; pfn <= 4; pfn++)
+            _host.WriteGuestMemory(pv, pfn << 12, BitConverter.GetBytes((Mfn(pfn + 1) << 12) | 3));
+        _host.PvPinTable(pv, 1, Mfn(4));
+        _host.PvPinTable(pv, 4, Mfn(1));
+
+        ulong[] frames = [Mfn(1), Mfn(2), Mfn(3), Mfn(4), Mfn(5), Mfn(6), _host.SharedInfoMfn(pv), Mfn(1) ^ 0x10000000, _host.SharedInfoMfn(_guest)];
+        for (int i = 0; i < frames.Length; i++)
+            At<ulong>(Data + 8 * i) = frames[i];
+        var op = new XenDomctl();
+        op.As<XenDomctlGetpageframeinfo3>() = new XenDomctlGetpageframeinfo3 { Num = (ulong)frames.Length, Array = CallerBase + Data };
+        Assert.Equal(0, Domctl(XEN_DOMCTL_getpageframeinfo3, pv, ref op));
+        const ulong pin = 1UL << 31, xtab = 0xFUL << 28;
+        Assert.Equal([(4UL << 28) | pin, 3UL << 28, 2UL << 28, (1UL << 28) | pin, 0, 0, xtab, xtab, xtab],
+            new Span<ulong>(_buffers + Data, frames.Length).ToArray());
+    }
+
+    [Fact]
+    [Trait("Feature", "x86/PV")]
+    public void MachphysMfnListNamesTheM2psSuperpagesToA64BitCaller()
+    {
+        // XENMEM_machphys_mfn_list: max_extents, extent_start, nr_extents; two of them asked for.
+        At<uint>(0) = 2;
+        At<ulong>(8) = CallerBase + Data;
+        At<uint>(16) = 0xFFFF;
+        Assert.Equal(0, _dom0.Hypercall(Xen.__HYPERVISOR_memory_op, Memory.XENMEM_machphys_mfn_list, CallerBase));
+        uint n = At<uint>(16);
+        Assert.InRange(n, 1u, 2u);
+        Assert.NotEqual(0UL, At<ulong>(Data));
+        // Each names the first of 512 contiguous frames of M2P entries (512 to a frame): a PV domain's frame is
+        // found there mapping back to its pfn.
+        ushort pv = _host.CreateDomain(new DomainCreateConfig(DomainKind.Pv, 1024, 1));
+        _host.PopulatePhysmap(pv, 0, 4);
+        _host.PvSetMachToPhys(pv, 0, 4);
+        ulong mfn = _host.PvMfnOf(pv, 3);
+        const ulong perChunk = 512 * 512;
+        Assert.True(mfn / perChunk < n, $"the M2P list's {n} superpages do not reach frame {mfn:#x}");
+        ulong chunk = At<ulong>(Data + 8 * (int)(mfn / perChunk));
+        Assert.Equal(3UL, ((ulong*)_host.Frames.PageAddress(chunk))[mfn % perChunk]);
+
+        Assert.Equal(-Errno.EFAULT, _dom0.Hypercall(Xen.__HYPERVISOR_memory_op, Memory.XENMEM_machphys_mfn_list, 0x1000));
+    }
+
+    [Fact]
     public void ResumedomainOfADomainNotShutDownIsNothing()
     {
         var op = new XenDomctl();

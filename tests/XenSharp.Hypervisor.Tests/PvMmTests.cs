@@ -274,6 +274,52 @@ public class PvMmTests : IDisposable
     }
 
     [Fact]
+    [Trait("Feature", "x86/PV"), Trait("Feature", "xl migrate")]
+    public void LogDirtyFollowsAPvGuestsWritesByMachineFrameAndThePvMmusOwn()
+    {
+        var pv = new PvGuest(_host);
+        pv.BuildTree();
+        ushort id = pv.G.Id;
+        _host.PvSetMachToPhys(id, 0, 1024);
+        var bits = new ulong[1024 / 64];
+        bool Dirty(ulong gfn) => (bits[gfn >> 6] & (1UL << (int)(gfn & 63))) != 0;
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, bits);
+
+        // Pinning validates the tree: each table took its type and is dirty; the data page it maps was not written.
+        Assert.Equal(0, pv.Mmuext(MMUEXT_PIN_L4_TABLE, pv.Mfn(L4)));
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, bits);
+        Assert.True(Dirty(L4) && Dirty(L3) && Dirty(L2) && Dirty(L1), "a table that took its type is not dirty");
+        Assert.False(Dirty(Data));
+
+        // mmu_update of an L1 entry: the table is dirty, not the frame it now maps nor the tables above it.
+        Assert.Equal(0, pv.MmuUpdate(new MmuUpdate { Ptr = pv.Ma(L1), Val = pv.Pte(Data2, P | RW) }));
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, bits);
+        Assert.True(Dirty(L1), "the L1 mmu_update wrote is not dirty");
+        Assert.False(Dirty(Data2) || Dirty(L2) || Dirty(L4));
+
+        // The engine's view: a clean frame is not left writable in its TLB; a write marks the frame's pfn.
+        var machine = pv.G.Domain.Pv!.Machine;
+        unsafe
+        {
+            Assert.True(machine.GetPageForWriteCache(pv.Mfn(Data2)) is null);
+            Assert.True(machine.GetPage(pv.Mfn(Data2), write: true) is not null);
+            Assert.True(machine.GetPageForWriteCache(pv.Mfn(Data2)) is not null);
+        }
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_PEEK, bits);
+        Assert.True(Dirty(Data2), "a write through the machine view is not logged by pfn");
+        Assert.False(Dirty(Data));
+
+        // Unpinned, the tables lose their types: dirty again, to be sent as the data pages they now are.
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, bits);
+        Assert.Equal(0, pv.Mmuext(MMUEXT_UNPIN_TABLE, pv.Mfn(L4)));
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_PEEK, bits);
+        Assert.True(Dirty(L4) && Dirty(L1), "a table that lost its type is not dirty");
+
+        _host.ShadowOp(id, Domctl.XEN_DOMCTL_SHADOW_OP_OFF, bits);
+        unsafe { Assert.True(machine.GetPageForWriteCache(pv.Mfn(Data)) is not null); }
+    }
+
+    [Fact]
     [Trait("Feature", "x86/PV")]
     public void TheMachineViewKeepsPageTablesFromGuestWrites()
     {

@@ -10,8 +10,8 @@ namespace XenSharp.Integration.Tests;
 /// contexts, its p2m's frames and its shared_info; Xen's verify-stream-v2 accepts the file. xl restore gives it new
 /// machine frames: the same shell answers with a file it wrote to its RAM-backed root before the save, its uptime
 /// went on, a child process runs on each vCPU; a save that fails and `xl save -c` leave it running where it was (its
-/// suspend cancelled), the restored domain is saved and restored again, and `xl migrate` moves it to a new domain on
-/// this host.
+/// suspend cancelled), the restored domain is saved and restored again, and `xl migrate` moves it live to a new domain
+/// on this host while two of its processes keep dirtying its memory.
 /// </summary>
 public class LinuxPvSaveRestoreTests
 {
@@ -84,16 +84,45 @@ public class LinuxPvSaveRestoreTests
                 Assert.True(rc == 0, output);
             }
 
-            // xl migrate to this host: the PV guest is suspended, sent whole and goes on in a new domain.
-            var migrate = xl.Run(TimeSpan.FromMinutes(5), "migrate", "-s", SshScript(xl), "pvsr", "localhost");
+            // xl migrate to this host, live: while a counter loop and a writer of fresh random data keep dirtying its
+            // memory (and the writer's forks its page tables), the guest is sent in pre-copy rounds, then suspended for
+            // its last pages; it goes on in a new domain with its files, and both processes run on.
+            string seqSum;
+            using (var console = new ConsoleSession(xl.RunDir, "console", "pvsr"))
+            {
+                seqSum = Md5(console, "seq 1 20000 > /seq; md5sum /seq");
+                console.Ask("(i=0; while :; do i=$((i+1)); echo $i > /counter; done) >/dev/null 2>&1 & " +
+                    "(n=0; while :; do dd if=/dev/urandom of=/churn bs=256k count=4 2>/dev/null; n=$((n+1)); echo $n > /rounds; done) >/dev/null 2>&1 & " +
+                    "echo started",
+                    "started\r\n~ # ");
+                console.Ask("sleep 1; echo slept-$((6*7))", "slept-42\r\n~ # ");
+            }
+            string stream = Path.Combine(xl.RunDir, "pvsr.stream");
+            var migrate = xl.Run(TimeSpan.FromMinutes(10), "migrate", "-s", SshScript(xl, stream), "pvsr", "localhost");
+            string log = migrate.Stdout + migrate.Stderr;
             Assert.True(migrate.ExitCode == 0, migrate + "\n" + xl.Run("dmesg").Stdout);
             Assert.Contains("Migration successful.", migrate.Stderr);
+            // The pages it dirtied while the first pass ran went again in a round of their own before the stop.
+            var round1 = System.Text.RegularExpressions.Regex.Match(log, @"Iteration 1: ([0-9]+) pages sent");
+            Assert.True(round1.Success && long.Parse(round1.Groups[1].Value, CultureInfo.InvariantCulture) > 0, log);
+            Assert.Contains("Suspended: ", log);
+            // What went over the wire is libxc's PV stream, the vCPUs and shared_info after the pages: Xen's own
+            // checker reads it as it reads a save file.
+            var (vrc, voutput) = XlSaveRestoreTests.Verify(stream);
+            Assert.True(vrc == 0, voutput);
+            Assert.Contains("Domain Header: x86 PV", voutput);
+            Assert.Contains("vcpu1 basic context", voutput);
             using (var moved = new ConsoleSession(xl.RunDir, "console", "pvsr"))
             {
                 moved.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2));
+                Assert.Equal(seqSum, Md5(moved, "md5sum /seq"));
                 double after = Uptime(moved);
                 Assert.True(after >= uptime, $"after the migration: uptime went from {uptime} s back to {after} s");
-                moved.Ask("sleep 1; echo slept-$((6*7))", "slept-42\r\n~ # ");
+                long c1 = Counter(moved, "/counter"), r1 = Counter(moved, "/rounds");
+                moved.Ask("sleep 10; echo slept-$((6*7))", "slept-42\r\n~ # ", TimeSpan.FromMinutes(2));
+                long c2 = Counter(moved, "/counter"), r2 = Counter(moved, "/rounds");
+                Assert.True(c2 > c1, $"the counter loop stopped after the migration: {c1}, then {c2}");
+                Assert.True(r2 > r1, $"the writer stopped after the migration: round {r1}, then {r2}");
             }
         }
         finally
@@ -102,18 +131,38 @@ public class LinuxPvSaveRestoreTests
         }
     }
 
-    /// <summary>A stand-in for `ssh localhost`: runs the receiver's xl against the same daemon.</summary>
-    private static string SshScript(XlHost xl)
+    /// <summary>A stand-in for `ssh localhost`: runs the receiver's xl against the same daemon, keeping what the
+    /// sender sends in <paramref name="tee"/>.</summary>
+    private static string SshScript(XlHost xl, string tee)
     {
         string bin = Path.Combine(xl.RunDir, "bin");
         Directory.CreateDirectory(bin);
         string xlScript = Path.Combine(bin, "xl");
         File.WriteAllText(xlScript, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
         File.SetUnixFileMode(xlScript, (UnixFileMode)0b111_101_101);
-        string script = Path.Combine(xl.RunDir, "ssh-local");
-        File.WriteAllText(script, $"#!/bin/bash\nshift\nexec env XENSHARP_RUNDIR={xl.RunDir} PATH={bin}:$PATH \"$@\"\n");
+        string script = Path.Combine(xl.RunDir, "ssh-tee");
+        File.WriteAllText(script, $"#!/bin/bash\nshift\ntee {tee} | env XENSHARP_RUNDIR={xl.RunDir} PATH={bin}:$PATH \"$@\"\n");
         File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);
         return script;
+    }
+
+    /// <summary>The md5sum a command prints in the guest.</summary>
+    private static string Md5(ConsoleSession console, string command)
+    {
+        string reply = console.Ask($"{command}; echo sum-$((3+4))", "sum-7\r\n", TimeSpan.FromMinutes(2));
+        var m = System.Text.RegularExpressions.Regex.Match(reply, @"\b([0-9a-f]{32})\s+/seq");
+        Assert.True(m.Success, reply);
+        return m.Groups[1].Value;
+    }
+
+    /// <summary>The value one of the guest's loops last wrote into <paramref name="file"/> (read again while the loop
+    /// has it truncated).</summary>
+    private static long Counter(ConsoleSession console, string file)
+    {
+        string reply = console.Ask($"c=$(cat {file}); while [ -z \"$c\" ]; do c=$(cat {file}); done; echo ctr-$c-rtc$((1+1))", "-rtc2\r\n");
+        var m = System.Text.RegularExpressions.Regex.Match(reply, @"ctr-([0-9]+)-rtc");
+        Assert.True(m.Success, reply);
+        return long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
     }
 
     /// <summary>The guest's /proc/uptime, in seconds.</summary>

@@ -274,6 +274,7 @@ internal sealed unsafe class Domain
                 v.Teardown();
             Arch.Teardown();
             Pv?.Teardown();
+            P2m.DisableLogDirty();
             foreach (var (gfn, _, _) in P2m.Entries().ToList())
                 ReleaseOld(P2m.Remove(gfn));
             Pod.Teardown();

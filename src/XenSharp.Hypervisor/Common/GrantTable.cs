@@ -266,7 +266,12 @@ internal sealed unsafe class GrantTable
         // A writable use (a copy into the page, a mapping) ends here: the granter's page counts as written, as
         // Xen's gnttab marks it dirty on unmap and after copies.
         if (!readOnly && _d.P2m.LogDirty && gref < NrEntries)
-            _d.P2m.MarkDirty(Version == 1 ? EntryV1(gref)->Frame : EntryV2(gref)->Frame);
+        {
+            // A PV granter's bitmap is found through the M2P, a translated one's by the gfn its entry names.
+            ulong frame = Version == 1 ? EntryV1(gref)->Frame : EntryV2(gref)->Frame;
+            if (_d.Pv is { } pv) pv.MarkDirty(mfn);
+            else _d.P2m.MarkDirty(frame);
+        }
         lock (_d.Lock)
         {
             if (_active.TryGetValue(gref, out var pins))
@@ -472,15 +477,24 @@ internal sealed unsafe class GrantTable
         return st;
     }
 
-    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly, FrameTable? PvFrames = null)
+    /// <summary>A frame held for a copy. Released after the copy, which is when a written frame named by number
+    /// counts as dirty for its domain's log-dirty mode (<paramref name="DirtyP2m"/> and <paramref name="Gfn"/> for a
+    /// translated domain; a PV one's is found through the M2P).</summary>
+    private readonly record struct Pinned(GrantTable? Owner, uint Ref, uint Mfn, bool ReadOnly, FrameTable? PvFrames = null,
+        P2m? DirtyP2m = null, ulong Gfn = 0)
     {
         public void Release()
         {
             Owner?.ReleasePin(Ref, Mfn, ReadOnly);
+            if (!ReadOnly)
+                DirtyP2m?.MarkDirty(Gfn);
             if (PvFrames is { } frames)
             {
                 if (!ReadOnly)
+                {
+                    X86.Pv.PvMm.MarkDirty(frames, Mfn);
                     X86.Pv.PvMm.PutPageType(frames, Mfn);
+                }
                 frames.PutPage(Mfn);
             }
         }
@@ -529,7 +543,7 @@ internal sealed unsafe class GrantTable
             return P2m.IsPaging(t) ? PagedOut(dom, p.RefOrGmfn) : GNTST_bad_page;
         if (write && t is P2mType.RamRo or P2mType.GrantMapRo)
             return GNTST_permission_denied;
-        pinned = new Pinned(null, 0, m, !write);
+        pinned = new Pinned(null, 0, m, !write, DirtyP2m: dom.P2m, Gfn: p.RefOrGmfn);
         return GNTST_okay;
     }
 

@@ -7,7 +7,8 @@ namespace XenSharp.Hypervisor.Common;
 /// XEN_DOMCTL_shadow_op's log-dirty operations (Xen's paging_domctl for a HAP domain): ENABLE_LOGDIRTY (or ENABLE
 /// with only the log-dirty mode), CLEAN, PEEK and OFF over the domain's <see cref="P2m"/>; the allocation ops are
 /// answered as HAP answers them (no shadow pool). Enable and clean hold the domain off the CPUs while the bitmap
-/// changes and the vCPUs drop their writable translations, so no write after the call goes unseen.
+/// changes and the vCPUs drop their writable translations, so no write after the call goes unseen. A PV domain's
+/// bitmap is by PFN too: its writes by machine frame are marked through the M2P (<see cref="X86.Pv.PvDomain.MarkDirty"/>).
 /// </summary>
 internal static class LogDirty
 {
@@ -33,6 +34,12 @@ internal static class LogDirty
                 if (!d.P2m.LogDirty)
                     return -Errno.EINVAL;
                 bool clean = op == XEN_DOMCTL_SHADOW_OP_CLEAN;
+                // A PV guest's registered vcpu_info is written by the hypervisor through a lasting mapping (pending
+                // events, system time): it counts as dirty in every round, as Xen marks the frames it keeps mapped.
+                if (d.Pv is { } pv)
+                    foreach (var v in d.Vcpus)
+                        if (v.VcpuInfoMfn is uint m)
+                            pv.MarkDirty(m);
                 (uint, uint) stats = default;
                 if (clean)
                 {

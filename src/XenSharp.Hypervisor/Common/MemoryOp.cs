@@ -67,6 +67,8 @@ internal static class MemoryOp
             case XENMEM_machphys_mfn_list when v.Compat:
             case XENMEM_machphys_compat_mfn_list:
                 return MachphysCompatMfnList(v, arg);
+            case XENMEM_machphys_mfn_list:
+                return MachphysMfnList(v, arg);
             case XENMEM_memory_map:
                 return MemoryMap(v, arg);
             case XENMEM_set_memory_map:
@@ -151,6 +153,20 @@ internal static class MemoryOp
             ? GuestAccess.Write(v, arg + 8, i)
             : GuestAccess.Write(v, arg + 16, i);
         return written ? 0 : -Errno.EFAULT;
+    }
+
+    /// <summary>XENMEM_machphys_mfn_list from a 64-bit caller: the first MFN of each 2 MiB superpage of the M2P, up to
+    /// max_extents; nr_extents says how many were written.</summary>
+    private static long MachphysMfnList(Vcpu v, ulong arg)
+    {
+        if (!GuestAccess.Read(v, arg, out XenMachphysMfnList l))
+            return -Errno.EFAULT;
+        var chunks = v.Domain.Host.MachToPhys.Chunks;
+        uint i = 0;
+        for (; i < l.MaxExtents && i < chunks.Length; i++)
+            if (!GuestAccess.WriteElement(v, l.ExtentStart, i, (ulong)chunks[(int)i]))
+                return -Errno.EFAULT;
+        return GuestAccess.Write(v, arg + 16, i) ? 0 : -Errno.EFAULT;
     }
 
     /// <summary>increase/decrease_reservation and populate_physmap: returns the number of extents done,

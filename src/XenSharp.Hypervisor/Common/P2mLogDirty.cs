@@ -19,6 +19,11 @@ internal sealed unsafe partial class P2m
 
     public bool LogDirty => Volatile.Read(ref _dirty) is not null;
 
+    // Domains in log-dirty mode, process-wide: lets paths that would have to find a frame's owner first (the PV
+    // MMU's writes) skip the search while no domain is.
+    private static int s_logDirtyDomains;
+    public static bool AnyLogDirty => Volatile.Read(ref s_logDirtyDomains) != 0;
+
     /// <summary>Writes seen since the last CLEAN (stats.fault_count), and pages newly dirtied (stats.dirty_count).</summary>
     public (uint Faults, uint Dirtied) LogDirtyStats => ((uint)Interlocked.Read(ref _faultCount), (uint)Interlocked.Read(ref _dirtyCount));
 
@@ -54,6 +59,8 @@ internal sealed unsafe partial class P2m
         {
             Interlocked.Exchange(ref _faultCount, 0);
             Interlocked.Exchange(ref _dirtyCount, 0);
+            if (_dirty is null)
+                Interlocked.Increment(ref s_logDirtyDomains);
             Volatile.Write(ref _dirty, new ulong[(MaxGfn + 1) / 64]);
         }
     }
@@ -61,7 +68,11 @@ internal sealed unsafe partial class P2m
     public void DisableLogDirty()
     {
         lock (_lock)
+        {
+            if (_dirty is not null)
+                Interlocked.Decrement(ref s_logDirtyDomains);
             Volatile.Write(ref _dirty, null);
+        }
     }
 
     /// <summary>PEEK (<paramref name="clean"/> false) or CLEAN: copies the bits of the first

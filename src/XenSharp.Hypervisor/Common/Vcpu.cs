@@ -58,6 +58,7 @@ internal sealed unsafe class Vcpu : IInterruptSource
     public VcpuInfo* VcpuInfo { get; private set; }
     private uint? _vcpuInfoMfn;
     public bool VcpuInfoRegistered => _vcpuInfoMfn is not null;
+    public uint? VcpuInfoMfn => _vcpuInfoMfn;
 
     public void RegisterVcpuInfo(uint mfn, VcpuInfo* where)
     {

@@ -70,48 +70,33 @@ public sealed partial class Host
             long pages;
             lock (d.MemoryUse)
             {
-                if (d.Config.Type == DomainType.Pv)
-                {
-                    // A PV guest writes its frames by machine address, which log-dirty mode does not follow here: it
-                    // is suspended first and sent whole, as a save file is (libxc's non-live stream).
-                    request = BeginSuspend(d);
-                    while (!request.Wait(TimeSpan.FromMilliseconds(50))) { }
-                    suspended = true;
-                    stoppedAt = request.StoppedAt > 0 ? request.StoppedAt : UnixMicros();
-                    runningAt = request.RunningAt;
-                    frames.Progress("Suspended: the PV guest is sent whole");
-                    pages = SaveFileWriter.Write(data, source, () => d.Destroyed);
-                }
-                else
-                {
-                    pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
-                        () =>
-                        {
-                            Suspend(d);
-                            suspended = true;
-                            // It stopped between the last look at it running and the first news of the stop.
-                            stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
-                            runningAt = request?.RunningAt ?? stoppedAt;
-                            MigrationTrace.Mark("source", "guest seen running", runningAt);
-                            MigrationTrace.Mark("source", "guest stopped", stoppedAt);
-                            if (request is { HeardAt: > 0 }) MigrationTrace.Mark("source", "stop heard", request.HeardAt);
-                        },
-                        frames.Progress,
-                        () => d.Destroyed)
+                pages = SaveFileWriter.WriteLive(data, source, new LiveOptions(
+                    () =>
                     {
-                        Pages = PageProgress(frames, d),
-                        Backlog = target is null ? null : () => PipeBacklog(target),
-                        // What it has not compiled by then is left: it would compete with the downtime for a core and
-                        // the runtime's locks.
-                        BeforeStop = () =>
-                        {
-                            warmup.Wait(TimeSpan.FromSeconds(10));
-                            warmup.Stop();
-                        },
-                        RequestSuspend = () => (request = BeginSuspend(d)).Wait,
-                        Sent = () => sentAt = UnixMicros(),
-                    });
-                }
+                        Suspend(d);
+                        suspended = true;
+                        // It stopped between the last look at it running and the first news of the stop.
+                        stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
+                        runningAt = request?.RunningAt ?? stoppedAt;
+                        MigrationTrace.Mark("source", "guest seen running", runningAt);
+                        MigrationTrace.Mark("source", "guest stopped", stoppedAt);
+                        if (request is { HeardAt: > 0 }) MigrationTrace.Mark("source", "stop heard", request.HeardAt);
+                    },
+                    frames.Progress,
+                    () => d.Destroyed)
+                {
+                    Pages = PageProgress(frames, d),
+                    Backlog = target is null ? null : () => PipeBacklog(target),
+                    // What it has not compiled by then is left: it would compete with the downtime for a core and
+                    // the runtime's locks.
+                    BeforeStop = () =>
+                    {
+                        warmup.Wait(TimeSpan.FromSeconds(10));
+                        warmup.Stop();
+                    },
+                    RequestSuspend = () => (request = BeginSuspend(d)).Wait,
+                    Sent = () => sentAt = UnixMicros(),
+                });
             }
             data.Flush();
             if (sentAt == 0) sentAt = UnixMicros();

@@ -129,6 +129,10 @@ internal static class SaveFileWriter
         private readonly ulong _max;
         private readonly ulong[] _bits, _last;
         private readonly PageBatch _batch = new();
+        // A PV guest's: its stream's own records and page-table typing, and the pages a round could not convert
+        // (a page table changing under the round), left for the suspended guest's last pages.
+        private readonly SaveX86Pv? _pv;
+        private readonly ulong[]? _deferred;
 
         public LiveStream(Stream output, SaveSource s)
         {
@@ -138,9 +142,22 @@ internal static class SaveFileWriter
             _max = s.Domain.Memory.MaxGfn;
             _bits = new ulong[(_max + 64) / 64];
             _last = new ulong[_bits.Length];
-            WriteHeaders(_w, s);
+            if (s.Domain.Pv is { } target)
+            {
+                // libxc's PV save: X86_PV_INFO and the p2m's frames first; the vCPUs and shared_info at the end.
+                _pv = new SaveX86Pv(s.Domain, target);
+                _deferred = new ulong[_bits.Length];
+                WriteHeaders(_w, s, LibxcStream.DHDR_TYPE_X86_PV);
+                _pv.WriteStart(_w);
+            }
+            else
+                WriteHeaders(_w, s);
             s.Domain.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, _bits);
         }
+
+        /// <summary>A round's pages while the guest runs.</summary>
+        private long Send(IEnumerable<ulong> gfns, Func<bool>? cancelled, Action<long>? progress = null, bool firstPass = false) =>
+            WritePages(_w, _s.Domain, gfns, cancelled, progress, firstPass, _pv, _batch, _deferred);
 
         /// <summary>Pages sent so far.</summary>
         public long Total { get; private set; }
@@ -155,7 +172,7 @@ internal static class SaveFileWriter
             var d = _s.Domain;
             var clock = System.Diagnostics.Stopwatch.StartNew();
             long all = (long)_max + 1;
-            Total = WritePages(_w, d, AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all), firstPass: true, buffers: _batch);
+            Total = Send(AllGfns(_max), o.Cancelled, n => o.Pages?.Invoke(0, n, all), firstPass: true);
             o.Progress(Round(0, Total, Total, clock));
             for (int i = 1; ; i++)
             {
@@ -168,7 +185,7 @@ internal static class SaveFileWriter
                 }
                 clock.Restart();
                 int round = i;
-                long sent = WritePages(_w, d, Gfns(_bits), o.Cancelled, n => o.Pages?.Invoke(round, n, dirty), buffers: _batch);
+                long sent = Send(Gfns(_bits), o.Cancelled, n => o.Pages?.Invoke(round, n, dirty));
                 Total += sent;
                 o.Progress(Round(i, sent, dirty, clock));
             }
@@ -191,6 +208,8 @@ internal static class SaveFileWriter
         {
             var w = new MigrationRecordWriter(Stream.Null);
             WriteTscInfo(w, _s);
+            if (_pv is not null)
+                return; // its vCPUs' contexts are read once it has stopped
             w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, _s.Domain.GetHvmContext());
             WriteParams(w, _s.Domain);
             w.Record(LibxcStream.REC_TYPE_END, []);
@@ -217,7 +236,7 @@ internal static class SaveFileWriter
                 if (Count(_last) < o.DirtyThreshold) break;
                 d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
                 for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
-                sent += WritePages(_w, d, Gfns(_bits), o.Cancelled, buffers: _batch);
+                sent += Send(Gfns(_bits), o.Cancelled);
                 Array.Clear(_bits);
                 _output.Flush();
             }
@@ -240,7 +259,7 @@ internal static class SaveFileWriter
             {
                 d.ShadowOp(Domctl.XEN_DOMCTL_SHADOW_OP_CLEAN, _last);
                 for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
-                long n = WritePages(_w, d, Gfns(_bits), o.Cancelled, buffers: _batch);
+                long n = Send(Gfns(_bits), o.Cancelled);
                 Array.Clear(_bits);
                 if (n > 0) _output.Flush();
                 sent += n;
@@ -265,17 +284,32 @@ internal static class SaveFileWriter
             for (int i = 0; i < _bits.Length; i++) _bits[i] |= _last[i];
             MigrationTrace.Mark("source", $"dirty set taken: {Count(_bits)} pages");
             // The rings' pages are written through the toolstack's own mappings, which log-dirty does not see.
-            foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
-                if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= _max)
-                    _bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
-            long sent = WritePages(_w, d, Gfns(_bits), null, buffers: _batch);
+            if (_pv is not null)
+            {
+                for (int i = 0; i < _bits.Length; i++) _bits[i] |= _deferred![i];
+                Array.Clear(_deferred!);
+                foreach (ulong gfn in _pv.RingPfns())
+                    if (gfn <= _max)
+                        _bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
+            }
+            else
+                foreach (int p in new[] { Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_CONSOLE_PFN })
+                    if (d.GetHvmParam(p) is var gfn and not 0 && gfn <= _max)
+                        _bits[gfn >> 6] |= 1UL << (int)(gfn & 63);
+            // Stopped, a page table that does not convert is an error, not a race.
+            long sent = WritePages(_w, d, Gfns(_bits), null, pv: _pv, buffers: _batch);
             Array.Clear(_bits);
             Total += sent;
             SuspendedPagesTime = clock.Elapsed;
             MigrationTrace.Mark("source", $"{sent} pages written");
             WriteTscInfo(_w, _s);
-            _w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, d.GetHvmContext());
-            WriteParams(_w, d);
+            if (_pv is not null)
+                _pv.WriteEnd(_w, _s.MaxVcpus);
+            else
+            {
+                _w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, d.GetHvmContext());
+                WriteParams(_w, d);
+            }
             MigrationTrace.Mark("source", "state written");
             return sent;
         }
@@ -384,7 +418,7 @@ internal static class SaveFileWriter
     /// receiver's copy may hold what the page had before. Returns the pages described.
     /// </summary>
     private static long WritePages(MigrationRecordWriter w, IHypervisorDomain d, IEnumerable<ulong> gfns, Func<bool>? cancelled,
-        Action<long>? progress = null, bool firstPass = false, SaveX86Pv? pv = null, PageBatch? buffers = null)
+        Action<long>? progress = null, bool firstPass = false, SaveX86Pv? pv = null, PageBatch? buffers = null, ulong[]? deferred = null)
     {
         int batch = LibxcStream.MaxBatchPages;
         buffers ??= new PageBatch();
@@ -406,7 +440,15 @@ internal static class SaveFileWriter
             var page = data.AsSpan(withData * 4096, 4096);
             if (!d.TryReadSaveFrame(gfn, page))
                 continue;
-            ulong type = pv?.Normalise(gfn, page) ?? LibxcStream.PAGE_DATA_TYPE_NOTAB;
+            ulong type;
+            try { type = pv?.Normalise(gfn, page) ?? LibxcStream.PAGE_DATA_TYPE_NOTAB; }
+            catch (SaveFileException) when (deferred is not null)
+            {
+                // A running PV guest's page table may name a frame that is not its own for a moment (libxc's
+                // race in normalise_pagetable): the page goes again once the guest has stopped.
+                deferred[gfn >> 6] |= 1UL << (int)(gfn & 63);
+                continue;
+            }
             if (firstPass && type == LibxcStream.PAGE_DATA_TYPE_NOTAB && !page.ContainsAnyExcept((byte)0))
                 pfns[n + 1] = gfn | LibxcStream.PAGE_DATA_TYPE_XALLOC;
             else

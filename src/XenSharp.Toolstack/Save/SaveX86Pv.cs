@@ -135,6 +135,20 @@ internal sealed class SaveX86Pv
         return ((ulong)level << LibxcStream.PAGE_DATA_TYPE_SHIFT) | (pinned ? LibxcStream.PAGE_DATA_TYPE_LPINTAB : 0);
     }
 
+    /// <summary>What a suspended guest's last pages must include though log-dirty mode did not see them written:
+    /// start_info (named by vCPU 0's suspend record) and the xenstore and console rings it names (by PFN: the guest's
+    /// suspend made them so), which the toolstack's daemons write through mappings of their own.</summary>
+    public IEnumerable<ulong> RingPfns()
+    {
+        var ctx = _pv.GetVcpuContext(0);
+        if (ctx is null || !_m2p.TryGetValue(_l.SuspendRecord(ctx), out ulong startInfo)) yield break;
+        yield return startInfo;
+        var page = ReadFrame(startInfo);
+        foreach (int field in new[] { _l.StartInfoStoreMfn, _l.StartInfoConsoleMfn })
+            if (_l.Word(page, field) is var pfn && _p2m.ContainsKey(pfn))
+                yield return pfn;
+    }
+
     /// <summary>The end of a checkpoint: X86_PV_VCPU_BASIC and X86_PV_VCPU_EXTENDED for each online vCPU, then
     /// SHARED_INFO.</summary>
     public void WriteEnd(MigrationRecordWriter w, int maxVcpus)

@@ -20,9 +20,15 @@ internal sealed unsafe class MachToPhys
         _frames = frames;
         ulong entries = (ulong)frames.FrameCount;
         int pages = (int)((entries + EntriesPerPage - 1) / EntriesPerPage);
+        // The table's pages in 2 MiB superpages of contiguous frames, as Xen builds it: XENMEM_machphys_mfn_list
+        // names each superpage's first frame, and libxc maps the 512 frames from there.
+        int superpages = (pages + (int)SuperpageFrames - 1) / (int)SuperpageFrames;
+        _chunks = AllocateSuperpages(superpages);
         _tableMfns = new uint[pages];
         for (int i = 0; i < pages; i++)
-            _tableMfns[i] = Allocate();
+            _tableMfns[i] = _chunks[i / (int)SuperpageFrames] + (uint)(i % (int)SuperpageFrames);
+        foreach (uint first in _chunks)
+            new Span<byte>(frames.PageAddress(first), (int)SuperpageBytes).Clear();
         // The read-only view: L1s over the table's frames, L2s over the L1s, one L3 for the whole range
         // (256 GiB of virtual space, more than any machine this runs on needs).
         int l1Count = (pages + EntriesPerPage - 1) / EntriesPerPage;
@@ -71,14 +77,7 @@ internal sealed unsafe class MachToPhys
         // as INVALID_M2P_ENTRY.
         ulong compatEntries = Math.Min((ulong)frames.FrameCount, CompatMaxEntries);
         int chunks = (int)((compatEntries * 4 + SuperpageBytes - 1) / SuperpageBytes);
-        _compatChunks = new uint[chunks];
-        for (int c = 0; c < chunks;)
-        {
-            if (!frames.TryAllocateExtent(Xen.DOMID_XEN, FrameType.XenShared, out uint first))
-                throw new HypervisorException("out of machine memory for the compat M2P table");
-            for (uint f = first; c < chunks && f + SuperpageFrames <= first + (uint)frames.ExtentFrames; f += SuperpageFrames)
-                _compatChunks[c++] = f;
-        }
+        _compatChunks = AllocateSuperpages(chunks);
         foreach (uint first in _compatChunks)
             new Span<byte>(frames.PageAddress(first), (int)SuperpageBytes).Fill(0xFF);
         _compatEntries = (ulong)chunks * SuperpageBytes / 4;
@@ -94,6 +93,23 @@ internal sealed unsafe class MachToPhys
     private const uint SuperpageFrames = 512;
     private readonly uint[] _compatChunks;
     private readonly ulong _compatEntries;
+    private readonly uint[] _chunks;
+
+    /// <summary>The first MFN of each 2 MiB superpage of the M2P (XENMEM_machphys_mfn_list).</summary>
+    public ReadOnlySpan<uint> Chunks => _chunks;
+
+    private uint[] AllocateSuperpages(int count)
+    {
+        var chunks = new uint[count];
+        for (int c = 0; c < count;)
+        {
+            if (!_frames.TryAllocateExtent(Xen.DOMID_XEN, FrameType.XenShared, out uint first))
+                throw new HypervisorException("out of machine memory for the M2P table");
+            for (uint f = first; c < count && f + SuperpageFrames <= first + (uint)_frames.ExtentFrames; f += SuperpageFrames)
+                chunks[c++] = f;
+        }
+        return chunks;
+    }
 
     /// <summary>The first MFN of each 2 MiB superpage of the compat M2P (XENMEM_machphys_compat_mfn_list).</summary>
     public ReadOnlySpan<uint> CompatChunks => _compatChunks;

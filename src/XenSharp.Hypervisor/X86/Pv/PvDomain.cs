@@ -18,8 +18,8 @@ internal sealed unsafe class PvDomain : ArchDomain
 
     public PvDomain(Domain domain) : base(domain)
     {
-        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId, GrantMapped);
         MachToPhys = domain.Host.MachToPhys;
+        Machine = new PvMachineMemory(domain.Host.Frames, domain.DomainId, GrantMapped, domain.P2m, MachToPhys);
         var frames = domain.Host.Frames;
         PerDomainL3 = Allocate(frames);
         _perDomainL2 = Allocate(frames);
@@ -112,6 +112,14 @@ internal sealed unsafe class PvDomain : ArchDomain
     public PvMachineMemory Machine { get; }
     public MachToPhys MachToPhys { get; }
 
+    /// <summary>Marks the domain's frame <paramref name="mfn"/> dirty in log-dirty mode (Xen's paging_mark_dirty):
+    /// the bitmap is by PFN, found through the M2P, as Xen finds it.</summary>
+    public void MarkDirty(ulong mfn)
+    {
+        if (Domain.P2m.LogDirty)
+            Domain.P2m.MarkDirty(MachToPhys.Get(mfn));
+    }
+
     /// <summary>Makes every vCPU of the domain drop its cached translations before it runs guest code again
     /// (Xen's flush_tlb_mask over the domain's dirty CPUs); the caller's own vCPU flushes now.</summary>
     public void FlushTlbs(Vcpu? self, ulong mask = ulong.MaxValue)
@@ -124,12 +132,34 @@ internal sealed unsafe class PvDomain : ArchDomain
 
 /// <summary>
 /// Machine memory as a PV domain's engine sees it: frames it owns (a write not to a page table or descriptor
-/// page) and Xen's read-only frames. A write the view refuses leaves the engine as an MMIO exit.
+/// page) and Xen's read-only frames. A write the view refuses leaves the engine as an MMIO exit. In log-dirty mode a
+/// write to an own frame marks its PFN (through the M2P) dirty, and a frame whose PFN is clean is not left writable in
+/// the soft TLB, so the first write after a CLEAN comes back here, as for a translated guest's p2m.
 /// </summary>
-internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid, GrantMappedFrames grantMapped) : IGuestMemory
+internal sealed unsafe class PvMachineMemory(FrameTable frames, ushort domid, GrantMappedFrames grantMapped, P2m p2m, MachToPhys m2p)
+    : IGuestMemory
 {
-    public byte* GetPage(ulong mfn, bool write) =>
-        frames.IsGuestAccessible(mfn, domid, write) || grantMapped.Allows(mfn, write) ? frames.PageAddress(mfn) : null;
+    public byte* GetPage(ulong mfn, bool write)
+    {
+        if (frames.IsGuestAccessible(mfn, domid, write))
+        {
+            // Writable here means the domain's own frame; another domain's grant-mapped frame is marked in its
+            // owner's bitmap when the grant is released.
+            if (write && p2m.LogDirty)
+                p2m.MarkDirty(m2p.Get(mfn));
+            return frames.PageAddress(mfn);
+        }
+        return grantMapped.Allows(mfn, write) ? frames.PageAddress(mfn) : null;
+    }
+
+    public byte* GetPageForWriteCache(ulong mfn)
+    {
+        if (!p2m.LogDirty)
+            return GetPage(mfn, true);
+        if (frames.IsGuestAccessible(mfn, domid, true))
+            return p2m.IsDirty(m2p.Get(mfn)) ? frames.PageAddress(mfn) : null;
+        return grantMapped.Allows(mfn, true) ? frames.PageAddress(mfn) : null;
+    }
 
     /// <summary>MFNs never move to other host pages; TLB flushes and freed frames have their own paths, so decoded
     /// code stays valid.</summary>

@@ -69,6 +69,8 @@ internal static unsafe class PvMm
                 return rc;
             }
             after.Validated = true;
+            if (type is >= PageType.L1 and <= PageType.L4)
+                MarkDirty(frames, mfn);
             // Writable translations of the frame may still sit in soft TLBs: none may outlive this.
             FlushOwner(frames, mfn);
             return 0;
@@ -89,8 +91,21 @@ internal static unsafe class PvMm
             bool validated = ti.Validated, paeXenL2 = ti.PaeXenL2;
             ti = default;
             if (validated && type is >= PageType.L1 and <= PageType.L4)
+            {
                 Devalidate(frames, mfn, type, paeXenL2);
+                MarkDirty(frames, mfn);
+            }
         }
+    }
+
+    /// <summary>A frame the hypervisor wrote, or whose page-table type or pin came or went, counts as dirty in its
+    /// owner's log-dirty mode: a live migration sends it again, with its contents and type as they are then (Xen
+    /// marks a page table dirty when its type goes; here its gaining a type counts too, since a page sent before it
+    /// was validated went with the machine frames in it unconverted).</summary>
+    internal static void MarkDirty(FrameTable frames, ulong mfn)
+    {
+        if (P2m.AnyLogDirty && XenHost(frames) is { } host && host.PvDomains.TryGetValue(frames.OwnerOf((uint)mfn), out var pv))
+            pv.MarkDirty(mfn);
     }
 
     private static void FlushOwner(FrameTable frames, ulong mfn)
@@ -305,6 +320,7 @@ internal static unsafe class PvMm
                     if ((value & ~AddressMask & ~allowed) != 0)
                         return -Errno.EINVAL;
                     Volatile.Write(ref slot, Adjust(value, level, compat));
+                    MarkDirty(frames, tableMfn);
                     return 0;
                 }
                 ushort owner = level == PageType.L1 ? pgOwner : frames.OwnerOf((uint)tableMfn);
@@ -314,6 +330,7 @@ internal static unsafe class PvMm
                 value = Adjust(value, level, compat);
             }
             Volatile.Write(ref slot, value);
+            MarkDirty(frames, tableMfn);
             if ((old & PAGE_PRESENT) != 0)
                 PutFromEntry(frames, level, old);
             return 0;
@@ -413,6 +430,7 @@ internal static unsafe class PvMm
                         if (GetPageType(frames, mfn, PageType.Writable) != 0)
                             return -Errno.EINVAL;
                         Volatile.Write(ref ((ulong*)frames.PageAddress(mfn))[index], req.Val);
+                        MarkDirty(frames, mfn);
                         PutPageType(frames, mfn);
                         return 0;
                     }
@@ -510,6 +528,7 @@ internal static unsafe class PvMm
                         return -Errno.EINVAL;
                     }
                     ti.Pinned = false;
+                    MarkDirty(frames, op.Arg1);
                     PutPageType(frames, op.Arg1);
                     frames.PutPage(op.Arg1);
                     frames.PutPage(op.Arg1);
@@ -555,6 +574,7 @@ internal static unsafe class PvMm
                 if (rc == 0)
                 {
                     new Span<byte>(frames.PageAddress(op.Arg1), FrameTable.PageSize).Clear();
+                    MarkDirty(frames, op.Arg1);
                     PutPageType(frames, op.Arg1);
                 }
                 frames.PutPage(op.Arg1);
@@ -574,6 +594,7 @@ internal static unsafe class PvMm
                 {
                     new ReadOnlySpan<byte>(frames.PageAddress(op.Arg2), FrameTable.PageSize)
                         .CopyTo(new Span<byte>(frames.PageAddress(op.Arg1), FrameTable.PageSize));
+                    MarkDirty(frames, op.Arg1);
                     PutPageType(frames, op.Arg1);
                 }
                 frames.PutPage(op.Arg1);
@@ -674,6 +695,7 @@ internal static unsafe class PvMm
                 return -Errno.EINVAL;
             }
             ti.Pinned = true;
+            MarkDirty(frames, mfn);
             return 0;
         }
     }
@@ -848,6 +870,7 @@ internal static unsafe class PvMm
             ref ulong slot = ref ((ulong*)frames.PageAddress(l1Mfn))[index];
             ulong old = slot;
             Volatile.Write(ref slot, Adjust(pte, PageType.L1, IsCompat(frames, frames.OwnerOf((uint)l1Mfn))));
+            MarkDirty(frames, l1Mfn);
             if ((old & PAGE_PRESENT) != 0)
                 PutFromEntry(frames, PageType.L1, old);
             return true;
@@ -869,6 +892,7 @@ internal static unsafe class PvMm
             if ((old & PAGE_PRESENT) == 0 || ((old & AddressMask) >> FrameTable.PageShift) != mfn)
                 return false;
             Volatile.Write(ref slot, 0UL);
+            MarkDirty(frames, l1Mfn);
             PutFromEntry(frames, PageType.L1, old);
             return true;
         }
@@ -1020,11 +1044,13 @@ internal static unsafe class PvMm
                 if (ti.Count > 0 && ti.Type == PageType.SegDesc)
                 {
                     Volatile.Write(ref slot, desc);
+                    MarkDirty(frames, mfn);
                     return 0;
                 }
                 if (GetPageType(frames, mfn, PageType.Writable) != 0)
                     return -Errno.EINVAL;
                 Volatile.Write(ref slot, desc);
+                MarkDirty(frames, mfn);
                 PutPageType(frames, mfn);
                 return 0;
             }
