@@ -190,7 +190,7 @@ internal sealed partial class BlockTranslator
     /// returns each block's entry (a delegate closed over a <see cref="CompiledBody"/>, which selects the
     /// block's body). The .NET JIT has a large fixed cost per method, so compiling several blocks
     /// at once costs much less per block than compiling them one by one.</summary>
-    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes)
+    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes, Predicate<DecodedBlock>? rejectForTests = null)
     {
         int insns = 0;
         foreach (var b in blocks) insns += b.Count;
@@ -217,6 +217,8 @@ internal sealed partial class BlockTranslator
         {
             il.MarkLabel(entries[k]);
             var t = new BlockTranslator(blocks[k], f);
+            // An unbalanced stack, which .NET refuses to compile.
+            if (rejectForTests?.Invoke(blocks[k]) == true) il.Emit(OpCodes.Pop);
             t.Emit();
             targets[k] = t._linkTargets.ToArray();
             flagsIn[k] = t._liveIn != 0;
