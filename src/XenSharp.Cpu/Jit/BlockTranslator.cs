@@ -643,9 +643,13 @@ internal sealed partial class BlockTranslator
         if (i == _n - 1) return;
         var go = _il.DefineLabel();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brfalse, go);
-        EmitExit(_insns[i].I.NextIP, i + 1);
+        EmitExit(ResumeIp(i), i + 1);
         _il.MarkLabel(go);
     }
+
+    /// <summary>Where the block goes on after instruction <paramref name="i"/> (not its last): the next
+    /// instruction's IP, which after a direct JMP or CALL the block was decoded through is that branch's target.</summary>
+    private ulong ResumeIp(int i) => _insns[i + 1].I.IP;
 
     // ---------------------------------------------------------------- interpreter fallback
 
@@ -687,7 +691,7 @@ internal sealed partial class BlockTranslator
         var leave = _il.DefineLabel();
         var go = _il.DefineLabel();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FRip); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Beq, go);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRip); LdcU8(ResumeIp(i)); _il.Emit(OpCodes.Beq, go);
         _il.MarkLabel(leave);
         AddRetired(1);
         _il.Emit(OpCodes.Ret);
