@@ -22,6 +22,8 @@ public sealed class X86Engine : ICpuEngine
     internal long CompiledCount, JitFailureCount, LinkCount;
     internal readonly Jit.CompileQueue Compiler;
     internal string? LastJitFailure;
+    /// <summary>Tests only: blocks the translator gives IL that .NET rejects, as a translator defect would.</summary>
+    internal Predicate<Decoding.DecodedBlock>? RejectIlForTests;
 
     /// <summary>Blocks translated by the block compiler so far.</summary>
     public long CompiledBlocks => Interlocked.Read(ref CompiledCount);

@@ -51,7 +51,18 @@ internal sealed class BlockCache
         lock (_lock)
         {
             _blocks[new Key(block.Phys, block.Ip, block.Bitness)] = block;
-            return AddToFrame(block.Phys >> 12, block, (int)(block.Phys & 0xFFF), length);
+            return AddToFrame(block.Phys >> 12, block, ChunkMask((int)(block.Phys & 0xFFF), length));
+        }
+    }
+
+    /// <summary>Adds a block whose instructions occupy the 64-byte chunks <paramref name="chunks"/> of its frame (a
+    /// block decoded through branches); true when its frame was not a code frame before.</summary>
+    public bool Add(DecodedBlock block, ulong chunks)
+    {
+        lock (_lock)
+        {
+            _blocks[new Key(block.Phys, block.Ip, block.Bitness)] = block;
+            return AddToFrame(block.Phys >> 12, block, chunks);
         }
     }
 
@@ -60,10 +71,10 @@ internal sealed class BlockCache
     /// that frame was not a code frame before.</summary>
     public bool AddTail(DecodedBlock block, ulong gfn, int length)
     {
-        lock (_lock) return AddToFrame(gfn, block, 0, length);
+        lock (_lock) return AddToFrame(gfn, block, ChunkMask(0, length));
     }
 
-    private bool AddToFrame(ulong gfn, DecodedBlock block, int offset, int length)
+    private bool AddToFrame(ulong gfn, DecodedBlock block, ulong chunks)
     {
         bool added = false;
         if (!_byFrame.TryGetValue(gfn, out var f))
@@ -75,7 +86,7 @@ internal sealed class BlockCache
         }
         f.Blocks.Add(block);
         f.EmptySince = 0;
-        f.CodeMask |= ChunkMask(offset, length);
+        f.CodeMask |= chunks;
         return added;
     }
 

@@ -304,6 +304,7 @@ internal unsafe partial class X86Vcpu
         bool cacheable = true;
         ulong tailPhys = 0;
         bool hasTail = false;
+        bool followed = false;
         while (n < MaxBlockInsns)
         {
             int start = _reader.Pos;
@@ -335,7 +336,15 @@ internal unsafe partial class X86Vcpu
             }
             Fill(ref _scratch[n], ins, page + start);
             n++;
-            if (ins.IsInvalid || EndsBlock(ins)) break;
+            if (ins.IsInvalid) break;
+            if (EndsBlock(ins))
+            {
+                if (n == MaxBlockInsns || !FollowsInto(ins, rip, n)) break;
+                // One compiled method runs on through the branch: no hop, no return to the run loop.
+                _reader.Pos = (int)(ins.NearBranchTarget & 0xFFF);
+                dec.IP = ins.NearBranchTarget;
+                followed = true;
+            }
         }
         var insns = new DecodedInsn[n];
         Array.Copy(_scratch, insns, n);
@@ -345,7 +354,7 @@ internal unsafe partial class X86Vcpu
         else
         {
             // Every vCPU's fast write path must stop bypassing the self-modifying-code check.
-            if (_blocks.Add(b, length))
+            if (followed ? _blocks.Add(b, CodeChunks(b)) : _blocks.Add(b, length))
                 _engine.OnNewCodeFrame(phys >> 12);
             int inFirst = 4096 - (int)(phys & 0xFFF);
             if (hasTail && _blocks.AddTail(b, tailPhys >> 12, length - inFirst))
@@ -367,6 +376,41 @@ internal unsafe partial class X86Vcpu
         jc.AddFetch(nextLin, nextPhys, _lastWalkLeaf);
         if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
         return nextPhys & ~0xFFFUL;
+    }
+
+    /// <summary>Whether the block being decoded (from <paramref name="rip"/>, <paramref name="n"/> instructions so
+    /// far, the last <paramref name="ins"/>) goes on at the target of that direct JMP or CALL: in 64-bit code (an IP
+    /// is its linear address, no CS limit), within the block's page (so through the translation and permissions it
+    /// was fetched under, and invalidated with it by any write to the frame) and not back into the block itself,
+    /// which stays a loop the compiled code runs as one.</summary>
+    private bool FollowsInto(in Instruction ins, ulong rip, int n)
+    {
+        if (Bitness != 64 || ins.Op0Kind != OpKind.NearBranch64) return false;
+        if (ins.Mnemonic != Mnemonic.Jmp && (ins.Mnemonic != Mnemonic.Call || ins.StackPointerIncrement != -8)) return false;
+        ulong target = ins.NearBranchTarget;
+        if ((target ^ rip) >> 12 != 0) return false;
+        for (int k = 0; k < n; k++)
+        {
+            ref Instruction d = ref _scratch[k].I;
+            if (target - d.IP < (ulong)d.Length) return false;
+        }
+        return true;
+    }
+
+    /// <summary>The 64-byte chunks of the block's page its instructions occupy, for a block decoded through
+    /// branches (its bytes are not one run from its start).</summary>
+    private static ulong CodeChunks(DecodedBlock b)
+    {
+        ulong mask = 0;
+        int first = (int)(b.Phys & 0xFFF);
+        for (int k = 0; k < b.Count; k++)
+        {
+            ref Instruction d = ref b.Insns[k].I;
+            int off = first + (int)(long)(d.IP - b.Ip);
+            int last = Math.Min(4095, off + d.Length - 1);
+            for (int c = off >> 6; c <= last >> 6; c++) mask |= 1UL << c;
+        }
+        return mask;
     }
 
     private static bool EndsBlock(in Instruction ins)

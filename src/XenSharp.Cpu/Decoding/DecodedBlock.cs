@@ -84,8 +84,9 @@ internal enum FastForm : byte
     AddRI, OrRI, AndRI, SubRI, XorRI, CmpRI, TestRI,
 }
 
-/// <summary>A straight-line run of instructions from one guest-physical page, ending at a
-/// control transfer, a page end or a size cap.</summary>
+/// <summary>A run of instructions from one guest-physical page, in the order they execute, ending at a
+/// control transfer, a page end or a size cap; in 64-bit code a direct JMP or CALL into the same page (outside the
+/// run so far) does not end it, and the instruction after it is its target (X86Vcpu.FollowsInto).</summary>
 internal sealed class DecodedBlock
 {
     public readonly DecodedInsn[] Insns;

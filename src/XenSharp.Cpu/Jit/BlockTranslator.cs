@@ -202,7 +202,7 @@ internal sealed partial class BlockTranslator
     /// returns each block's entry (a delegate closed over a <see cref="CompiledBody"/>, which selects the
     /// block's body). The .NET JIT has a large fixed cost per method, so compiling several blocks
     /// at once costs much less per block than compiling them one by one.</summary>
-    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes)
+    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes, Predicate<DecodedBlock>? rejectForTests = null)
     {
         int insns = 0;
         foreach (var b in blocks) insns += b.Count;
@@ -229,6 +229,8 @@ internal sealed partial class BlockTranslator
         {
             il.MarkLabel(entries[k]);
             var t = new BlockTranslator(blocks[k], f);
+            // An unbalanced stack, which .NET refuses to compile.
+            if (rejectForTests?.Invoke(blocks[k]) == true) il.Emit(OpCodes.Pop);
             t.Emit();
             targets[k] = t._linkTargets.ToArray();
             flagsIn[k] = t._liveIn != 0;
@@ -654,9 +656,13 @@ internal sealed partial class BlockTranslator
         if (i == _n - 1) return;
         var go = _il.DefineLabel();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brfalse, go);
-        EmitExit(_insns[i].I.NextIP, i + 1);
+        EmitExit(ResumeIp(i), i + 1);
         _il.MarkLabel(go);
     }
+
+    /// <summary>Where the block goes on after instruction <paramref name="i"/> (not its last): the next
+    /// instruction's IP, which after a direct JMP or CALL the block was decoded through is that branch's target.</summary>
+    private ulong ResumeIp(int i) => _insns[i + 1].I.IP;
 
     // ---------------------------------------------------------------- interpreter fallback
 
@@ -699,7 +705,7 @@ internal sealed partial class BlockTranslator
         var leave = _il.DefineLabel();
         var go = _il.DefineLabel();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, leave);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FRip); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Beq, go);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRip); LdcU8(ResumeIp(i)); _il.Emit(OpCodes.Beq, go);
         _il.MarkLabel(leave);
         AddRetired(1);
         _il.Emit(OpCodes.Ret);

@@ -98,7 +98,7 @@ internal sealed class CompileQueue : IDisposable
             try
             {
                 long t0 = Profile.Now();
-                var code = BlockTranslator.CompileBatch(batch, out int il);
+                var code = BlockTranslator.CompileBatch(batch, out int il, engine.RejectIlForTests);
                 long t1 = Profile.Now();
                 // Called once with no vCPU (it returns at once) so that .NET compiles it here rather
                 // than on the first vCPU to enter it.
@@ -112,7 +112,7 @@ internal sealed class CompileQueue : IDisposable
                 // Below: one at a time, to find the block at fault.
             }
         }
-        foreach (var b in batch) Compile(b, engine, run: true);
+        foreach (var b in batch) Compile(b, engine);
     }
 
     private static void Publish(DecodedBlock b, Action<X86Vcpu> code, X86Engine engine)
@@ -121,18 +121,19 @@ internal sealed class CompileQueue : IDisposable
         Interlocked.Increment(ref engine.CompiledCount);
     }
 
-    /// <summary>Translates <paramref name="b"/> and publishes the code; with <paramref name="run"/>
-    /// the code is also called once with no vCPU (it returns at once), so that .NET compiles it
-    /// on this thread rather than on the first vCPU to enter it.</summary>
-    public static Action<X86Vcpu>? Compile(DecodedBlock b, X86Engine engine, bool run)
+    /// <summary>Translates <paramref name="b"/>, has .NET compile it on this thread (a call with no vCPU, which
+    /// returns at once) and publishes the code. IL that .NET rejects fails here, before any vCPU can enter it: a
+    /// published block is entered through links from other compiled blocks too, where a rejection would surface
+    /// only after those had run.</summary>
+    public static Action<X86Vcpu>? Compile(DecodedBlock b, X86Engine engine)
     {
         try
         {
             long t0 = Profile.Now();
-            var code = BlockTranslator.CompileBatch([b], out int il)[0];
+            var code = BlockTranslator.CompileBatch([b], out int il, engine.RejectIlForTests)[0];
             long t1 = Profile.Now();
-            if (run) code(null!);
-            if (run) Profile.Add([b], il, t0, t1);
+            code(null!);
+            Profile.Add([b], il, t0, t1);
             Publish(b, code, engine);
             return code;
         }

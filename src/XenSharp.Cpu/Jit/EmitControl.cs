@@ -17,7 +17,12 @@ internal sealed partial class BlockTranslator
         EmitExit(d.I.NextIP, i + 1, link: true);
     }
 
-    private void EmitJmp(ref DecodedInsn d, int i)
+    /// <summary>A direct JMP or CALL the block was decoded through: the block goes on at its target
+    /// (BlockFetch follows such branches within the page).</summary>
+    private bool Followed(ref DecodedInsn d, int i) => i < _n - 1 && _insns[i + 1].I.IP == d.I.NearBranchTarget;
+
+    /// <summary>True when the JMP ended the block.</summary>
+    private bool EmitJmp(ref DecodedInsn d, int i)
     {
         if (d.I.Op0Kind is OpKind.Register or OpKind.Memory)
         {
@@ -26,9 +31,11 @@ internal sealed partial class BlockTranslator
             _il.Emit(OpCodes.Stloc, _ta);
             LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
             EmitExitDynamic(i + 1);
-            return;
+            return true;
         }
+        if (Followed(ref d, i)) return false;
         EmitTaken(d.I.NearBranchTarget, i);
+        return true;
     }
 
     /// <summary>A taken branch to <paramref name="target"/>: back to the top when the block loops
@@ -97,7 +104,8 @@ internal sealed partial class BlockTranslator
         WriteGpr(d.I.Op0Register, _ta);
     }
 
-    private void EmitCall(ref DecodedInsn d, int i)
+    /// <summary>True when the CALL ended the block.</summary>
+    private bool EmitCall(ref DecodedInsn d, int i)
     {
         // The target (a register, or memory such as a function pointer in a structure) is read before the
         // push, with the old RSP, and a fault in either leaves RSP as it was.
@@ -109,8 +117,16 @@ internal sealed partial class BlockTranslator
         {
             LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
             EmitExitDynamic(i + 1);
+            return true;
         }
-        else EmitExit(d.I.NearBranchTarget, i + 1, link: true);
+        if (Followed(ref d, i))
+        {
+            // The push may have written this block's code: then go on at the target, looked up again.
+            EmitStopCheck(i);
+            return false;
+        }
+        EmitExit(d.I.NearBranchTarget, i + 1, link: true);
+        return true;
     }
 
     private void EmitRet(ref DecodedInsn d, int i)

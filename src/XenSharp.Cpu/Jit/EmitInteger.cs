@@ -96,9 +96,9 @@ internal sealed partial class BlockTranslator
                 return false;
             case Mnemonic.Push: EmitPush(ref d, i); return false;
             case Mnemonic.Pop: EmitPop(ref d, i); return false;
-            case Mnemonic.Call: EmitCall(ref d, i); return true;
+            case Mnemonic.Call: return EmitCall(ref d, i);
             case Mnemonic.Ret: EmitRet(ref d, i); return true;
-            case Mnemonic.Jmp: EmitJmp(ref d, i); return true;
+            case Mnemonic.Jmp: return EmitJmp(ref d, i);
         }
         throw new NotSupportedException($"no inline form for {d.I}");
     }

@@ -29,22 +29,15 @@ internal unsafe partial class X86Vcpu
                 if (!b.Queued) _engine.Compiler.TryEnqueue(b);
                 return false;
             }
-            code = CompileQueue.Compile(b, _engine, run: false);
+            code = CompileQueue.Compile(b, _engine);
             if (code == null) return false;
         }
+        // Published code has been through the .NET JIT already (CompileQueue), so nothing here can meet IL it
+        // rejects: such an exception would surface in whichever linked successor first ran it, after this block
+        // and its predecessors had run, and could be pinned on neither.
         _hops = MaxHops;
-        try
-        {
-            code(this);
-            if (Stats) S.Chained += MaxHops - _hops;
-        }
-        catch (InvalidProgramException ex)
-        {
-            // The .NET JIT rejected the IL on its first call, before any of it ran.
-            b.Compiled = null;
-            CompileQueue.Failed(b, _engine, ex);
-            return false;
-        }
+        code(this);
+        if (Stats) S.Chained += MaxHops - _hops;
         return true;
     }
 
