@@ -423,7 +423,6 @@ internal unsafe partial class X86Vcpu
     {
         d.I = ins;
         d.Op = ins.Mnemonic;
-        d.Length = (byte)ins.Length;
         // Address size: the mode's default, flipped by a 0x67 prefix.
         bool a67 = false;
         for (int k = 0; k < ins.Length; k++)
@@ -474,7 +473,8 @@ internal unsafe partial class X86Vcpu
         d.MemSplit = false;
         d.MemStack = false;
         d.MemBase = d.MemIndex = 0xFF;
-        d.Sh0 = d.Sh1 = 0;
+        d.SetHigh(0, false);
+        d.SetHigh(1, false);
         ref Instruction i = ref d.I;
         int n = i.OpCount;
         bool hasMem = false;
@@ -489,7 +489,6 @@ internal unsafe partial class X86Vcpu
             if (b != Register.None && b != Register.RIP && b != Register.EIP) d.MemBase = (byte)b.GetFullRegister().GetNumber();
             if (x != Register.None) d.MemIndex = (byte)x.GetFullRegister().GetNumber();
             d.MemShift = (byte)System.Numerics.BitOperations.Log2((uint)i.MemoryIndexScale);
-            d.MemDisp = i.MemoryDisplacement64;
             d.MemSeg = (byte)(i.MemorySegment - Register.ES);
             d.MemSplit = true;
         }
@@ -502,8 +501,8 @@ internal unsafe partial class X86Vcpu
         bool n1 = n > 1 && i.Op1Kind == OpKind.Register && IsGpr816(i.Op1Register);
         if (r0) d.R0 = (byte)i.Op0Register.GetFullRegister().GetNumber();
         if (r1) d.R1 = (byte)i.Op1Register.GetFullRegister().GetNumber();
-        if (n0) { d.R0 = (byte)s_gpr[(int)i.Op0Register]; d.Sh0 = (byte)(s_high[(int)i.Op0Register] ? 8 : 0); }
-        if (n1) { d.R1 = (byte)s_gpr[(int)i.Op1Register]; d.Sh1 = (byte)(s_high[(int)i.Op1Register] ? 8 : 0); }
+        if (n0) { d.R0 = (byte)s_gpr[(int)i.Op0Register]; d.SetHigh(0, s_high[(int)i.Op0Register]); }
+        if (n1) { d.R1 = (byte)s_gpr[(int)i.Op1Register]; d.SetHigh(1, s_high[(int)i.Op1Register]); }
         int alu = d.Op switch
         {
             Mnemonic.Add => (int)AluOp.Add, Mnemonic.Or => (int)AluOp.Or, Mnemonic.Adc => (int)AluOp.Adc, Mnemonic.Sbb => (int)AluOp.Sbb,
@@ -632,7 +631,7 @@ internal unsafe partial class X86Vcpu
     }
 
     /// <summary>Lines of a block's instructions fetched ahead (the first 40 instructions cover nearly every block).</summary>
-    private const int PrefetchInsnBytes = 40 * 80;
+    private const int PrefetchInsnBytes = 40 * 64;
 
     /// <summary>Asks the host CPU for the cache lines the interpreter is about to read: the block's instructions, all
     /// at once rather than one line per instruction as it reaches them, and its remembered successors, one of which

@@ -1,24 +1,28 @@
+using System.Runtime.InteropServices;
 using Iced.Intel;
 
 namespace XenSharp.Cpu.Decoding;
 
 /// <summary>
 /// One decoded instruction plus what the interpreter precomputes about it. Plain data, so that a
-/// later JIT can translate a block from the same array.
+/// later JIT can translate a block from the same array. Exactly one cache line (64 bytes): an idle
+/// guest's wake-up runs thousands of instructions whose decoded records went cold since the last one,
+/// and each record costs the lines it spans; what Iced's <see cref="I"/> already holds (the length, the
+/// displacement) is read from it rather than kept twice, and the flags share a byte.
 /// </summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
 internal struct DecodedInsn
 {
     public Instruction I;
-    /// <summary>Iced's mnemonic, cached (the interpreter dispatches on it).</summary>
-    public Mnemonic Op;
+    public ulong Imm;
+    private ushort _op;
+    /// <summary>Bytes touched by the memory operand (1 when unknown): the segment limit check
+    /// covers its last byte and the alignment check uses it.</summary>
+    public ushort MemBytes;
     /// <summary>Address size in bytes (2, 4, 8) from the mode and the 0x67 prefix.</summary>
     public byte AddrSize;
     /// <summary>Size in bytes of operand 0 (register or memory), 0 when it has none.</summary>
     public byte OpSize;
-    public byte Length;
-    /// <summary>Bytes touched by the memory operand (1 when unknown): the segment limit check
-    /// covers its last byte and the alignment check uses it.</summary>
-    public ushort MemBytes;
     /// <summary>A specialised shape the interpreter runs without Iced's operand accessors
     /// (<see cref="FastForm"/>), or None.</summary>
     public FastForm Form;
@@ -26,21 +30,53 @@ internal struct DecodedInsn
     public byte AluKind;
     /// <summary>GPR numbers of operands 0 and 1 for the fast forms.</summary>
     public byte R0, R1;
-    public ulong Imm;
     /// <summary>Memory operand pre-split for the fast forms: GPR numbers (0xFF = none), scale
-    /// shift, segment number, and displacement (absolute for RIP-relative).</summary>
+    /// shift, segment number; the displacement is <see cref="MemDisp"/>.</summary>
     public byte MemBase, MemIndex, MemShift, MemSeg;
+    private byte _bits;
+
+    private const byte BitMemSplit = 1, BitMemStack = 2, BitHigh0 = 4, BitHigh1 = 8;
+
+    /// <summary>Iced's mnemonic, cached (the interpreter dispatches on it).</summary>
+    public Mnemonic Op
+    {
+        readonly get => (Mnemonic)_op;
+        set => _op = (ushort)value;
+    }
+
+    public readonly byte Length => (byte)I.Length;
+
+    /// <summary>Displacement of the pre-split memory operand (absolute for RIP-relative, as Iced gives it).</summary>
+    public readonly ulong MemDisp => I.MemoryDisplacement64;
+
     /// <summary>The memory operand is pre-split (32/64-bit addressing).</summary>
-    public bool MemSplit;
+    public bool MemSplit
+    {
+        readonly get => (_bits & BitMemSplit) != 0;
+        set => _bits = (byte)(value ? _bits | BitMemSplit : _bits & ~BitMemSplit);
+    }
+
     /// <summary>In 64-bit mode a non-canonical address of the memory operand raises #SS rather than
     /// #GP: its base register is RSP or RBP and it has no FS/GS override (64-bit mode ignores the
     /// other overrides, so an SS override on another base does not make it a stack access, nor a
     /// DS override on RBP a data access). Only 64-bit mode consults it.</summary>
-    public bool MemStack;
+    public bool MemStack
+    {
+        readonly get => (_bits & BitMemStack) != 0;
+        set => _bits = (byte)(value ? _bits | BitMemStack : _bits & ~BitMemStack);
+    }
+
     /// <summary>Bit position of an 8-bit register operand 0 or 1 in its GPR (8 for AH..BH, else 0), for the
     /// narrow fast forms.</summary>
-    public byte Sh0, Sh1;
-    public ulong MemDisp;
+    public readonly byte Sh0 => (byte)((_bits & BitHigh0) << 1);
+    public readonly byte Sh1 => (byte)(_bits & BitHigh1);
+
+    /// <summary>Sets <see cref="Sh0"/> and <see cref="Sh1"/>: whether operand 0 or 1 is AH..BH.</summary>
+    public void SetHigh(int op, bool high)
+    {
+        byte bit = op == 0 ? BitHigh0 : BitHigh1;
+        _bits = (byte)(high ? _bits | bit : _bits & ~bit);
+    }
 }
 
 internal enum FastForm : byte
