@@ -23,12 +23,21 @@ public sealed unsafe class IoreqServerTests : IDisposable
     private readonly byte* _buffers = (byte*)NativeMemory.AllocZeroed(4096);
     private const ulong CallerBase = 0x7000_0000;
     private readonly Dom0HypercallContext _dm;
+    /// <summary>The device models the running test made (its class's tests run one at a time).</summary>
+    private static readonly List<DeviceModel> _models = [];
 
     public IoreqServerTests() => _dm = _host.OpenDom0Hypercalls((nint)_buffers, CallerBase, 4096);
 
     public void Dispose()
     {
         _dm.Dispose();
+        // A notification's answer still queued on the thread pool must not read the ioreq page once the host freed it.
+        lock (_models)
+        {
+            foreach (var m in _models)
+                m.Close();
+            _models.Clear();
+        }
         _host.Dispose();
         NativeMemory.Free(_buffers);
     }
@@ -80,18 +89,30 @@ public sealed unsafe class IoreqServerTests : IDisposable
         private readonly IoreqServer _server;
         private uint _port;
 
+        private bool _closed;
+
         public DeviceModel(XenHypervisor host, IoreqServer server, ushort domid)
         {
+            lock (_models)
+                _models.Add(this);
             _host = host;
             _server = server;
             Assert.Equal(0, host.Dom0EvtchnBindInterdomain(domid, server.VcpuPort(0), () => Task.Run(Answer), out _port));
         }
 
+        public void Close()
+        {
+            lock (this)
+                _closed = true;
+        }
+
         private void Answer()
         {
-            ref var slot = ref _server.IoreqPage[0];
             lock (this)
             {
+                if (_closed)
+                    return;
+                ref var slot = ref _server.IoreqPage[0];
                 if ((Volatile.Read(ref slot.StateDir) & 0xF) != IoreqSlot.STATE_IOREQ_READY)
                     return;
                 bool read = (slot.StateDir & IoreqSlot.DirRead) != 0;
