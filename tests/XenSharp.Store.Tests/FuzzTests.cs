@@ -1,3 +1,4 @@
+using static XenSharp.Tests.FuzzSeeds;
 using System.Net.Sockets;
 using System.Text;
 using XenSharp.Store;
@@ -55,23 +56,6 @@ public class FuzzTests
 
     private static uint RandomType(Random r) =>
         r.Next(10) < 8 ? (uint)r.Next(0, 24) : (uint)r.Next();
-
-    /// <summary>
-    /// Runs <paramref name="fuzz"/> with <paramref name="seed"/>, then, when <c>XENSHARP_FUZZ_SECONDS=S</c> asks for a
-    /// longer run, with random seeds for S seconds; a failure names its seed, to be added as a case of its own.
-    /// </summary>
-    internal static void WithSeeds(int seed, Action<int> fuzz)
-    {
-        int seconds = int.TryParse(Environment.GetEnvironmentVariable("XENSHARP_FUZZ_SECONDS"), out int s) ? s : 0;
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        for (int next = seed; ; next = Random.Shared.Next())
-        {
-            try { fuzz(next); }
-            catch (Exception e) when (next != seed) { throw new Exception($"seed {next} failed: {e.Message}", e); }
-            if (clock.Elapsed.TotalSeconds >= seconds)
-                break;
-        }
-    }
 
     [Fact]
     public void SocketFuzzKeepsServingAWellBehavedClient() => WithSeeds(0x5eed_0001, SocketFuzz);

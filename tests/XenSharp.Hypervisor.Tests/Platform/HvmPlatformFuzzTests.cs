@@ -1,3 +1,4 @@
+using static XenSharp.Tests.FuzzSeeds;
 using System.Runtime.InteropServices;
 using XenSharp.Hypervisor.X86;
 using XenSharp.Hypervisor.X86.Io;
@@ -21,23 +22,6 @@ public class HvmPlatformFuzzTests : IDisposable
     [InlineData(2)]
     [InlineData(3)]
     public void RandomProgrammingNeverThrows(int seed) => WithSeeds(seed, RandomProgramming);
-
-    /// <summary>
-    /// Runs <paramref name="fuzz"/> with <paramref name="seed"/>, then, when <c>XENSHARP_FUZZ_SECONDS=S</c> asks for a
-    /// longer run, with random seeds for S seconds; a failure names its seed, to be added as a case of its own.
-    /// </summary>
-    private static void WithSeeds(int seed, Action<int> fuzz)
-    {
-        int seconds = int.TryParse(Environment.GetEnvironmentVariable("XENSHARP_FUZZ_SECONDS"), out int s) ? s : 0;
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        for (int next = seed; ; next = Random.Shared.Next())
-        {
-            try { fuzz(next); }
-            catch (Exception e) when (next != seed) { throw new Exception($"seed {next} failed: {e.Message}", e); }
-            if (clock.Elapsed.TotalSeconds >= seconds)
-                break;
-        }
-    }
 
     private void RandomProgramming(int seed)
     {
