@@ -98,11 +98,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>All of <paramref name="next"/> lies within the CS limit, as the run loop checks before it runs a
     /// 32- or 16-bit block compiled (a link made under one CS stays when a CS of the same base and mode but a
     /// lower limit is loaded).</summary>
-    internal bool WithinCsLimit(DecodedBlock next)
-    {
-        ref DecodedInsn last = ref next.Insns[next.Count - 1];
-        return last.I.IP + last.Length - 1 <= Seg[CS].Limit;
-    }
+    internal bool WithinCsLimit(DecodedBlock next) => next.LastByte <= Seg[CS].Limit;
 
     // ---- slow paths of compiled code (state is written back before each call) ----
     // A fault or exit raised under them is caught right here and reported through Abort, which the
