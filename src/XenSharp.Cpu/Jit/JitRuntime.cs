@@ -247,6 +247,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>One instruction through the interpreter (CurIp and Rip already set).</summary>
     internal void JitExec(ref DecodedInsn d)
     {
+        if (Stats) StatJitExec();
         try
         {
             if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
