@@ -344,4 +344,41 @@ public class JitStack32Tests
         Assert.Equal(0x33u, F(5));
         Assert.InRange((ulong)F(1), TestMachine.CodeAt, TestMachine.CodeAt + 0x40);
     }
+
+    /// <summary>With alignment checks armed (CR0.AM, EFLAGS.AC, CPL 3) pushes and pops take the interpreter's path:
+    /// aligned ones run on, and a push to a misaligned ESP raises #AC(0) at that push, ESP untouched, as interpreted.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_misaligned_push_with_alignment_checks_armed_raises_ac_as_interpreted()
+    {
+        const ulong AcHandler = 0x30020;
+        var runs = RunBoth(a =>
+        {
+            var top = a.CreateLabel();
+            a.mov(ecx, 300);
+            a.Label(ref top);
+            a.push(ecx);
+            a.call(F2);
+            a.pop(ebx);
+            a.dec(ecx);
+            a.jnz(top);
+            a.sub(esp, 2);
+            a.push(ecx);
+            a.hlt();
+        }, m =>
+        {
+            User(m, 0, 0xFFFF_FFFF, 0xC0F3, 0x60000);
+            m.Mem.W8(AcHandler, 0xF4);
+            m.SetGate32(17, AcHandler);
+            var s = m.SRegs;
+            s.Cr0 |= 0x40000;
+            m.Cpu.SetSpecialRegisters(s);
+            var r = m.Regs; r.Rflags |= 0x40000; m.Cpu.SetRegisters(r);
+        }, Ring0Stack - 0x100, Ring0Stack);
+        var regs = runs[1].Regs;
+        Assert.Equal(AcHandler + 1, regs.Rip);
+        Assert.Equal(300UL * 301 / 2, regs.Rdx);
+        uint F(int k) => BitConverter.ToUInt32(runs[1].Mem, 0x100 - 24 + 4 * k);
+        Assert.Equal(0u, F(0));
+        Assert.Equal(0x60000u - 2, F(4));
+    }
 }
