@@ -380,13 +380,25 @@ internal unsafe partial class X86Vcpu
 
     /// <summary>Whether the block being decoded (from <paramref name="rip"/>, <paramref name="n"/> instructions so
     /// far, the last <paramref name="ins"/>) goes on at the target of that direct JMP or CALL: in 64-bit code (an IP
-    /// is its linear address, no CS limit), within the block's page (so through the translation and permissions it
-    /// was fetched under, and invalidated with it by any write to the frame) and not back into the block itself,
-    /// which stays a loop the compiled code runs as one.</summary>
+    /// is its linear address, no CS limit), and in 32-bit code under a page-aligned CS base (an IP's page is then its
+    /// linear page; a lookup under another CS base finds the block only where the same IP has the same physical
+    /// address, so under a base with the same low 12 bits, aligned too; the run loop and the compiled hops check the
+    /// highest byte of the block, <see cref="DecodedBlock.LastByte"/>, against the CS limit, and the interpreter
+    /// stops at the first instruction past it, as it would at the branch's target), within the block's page (so through the translation and permissions it was fetched under,
+    /// and invalidated with it by any write to the frame) and not back into the block itself, which stays a loop the
+    /// compiled code runs as one.</summary>
     private bool FollowsInto(in Instruction ins, ulong rip, int n)
     {
-        if (Bitness != 64 || ins.Op0Kind != OpKind.NearBranch64) return false;
-        if (ins.Mnemonic != Mnemonic.Jmp && (ins.Mnemonic != Mnemonic.Call || ins.StackPointerIncrement != -8)) return false;
+        if (Bitness == 64)
+        {
+            if (ins.Op0Kind != OpKind.NearBranch64) return false;
+            if (ins.Mnemonic != Mnemonic.Jmp && (ins.Mnemonic != Mnemonic.Call || ins.StackPointerIncrement != -8)) return false;
+        }
+        else
+        {
+            if (Bitness != 32 || (Seg[CS].Base & 0xFFF) != 0 || ins.Op0Kind != OpKind.NearBranch32) return false;
+            if (ins.Mnemonic != Mnemonic.Jmp && (ins.Mnemonic != Mnemonic.Call || ins.StackPointerIncrement != -4)) return false;
+        }
         ulong target = ins.NearBranchTarget;
         if ((target ^ rip) >> 12 != 0) return false;
         for (int k = 0; k < n; k++)

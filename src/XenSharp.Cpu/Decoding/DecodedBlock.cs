@@ -121,8 +121,9 @@ internal enum FastForm : byte
 }
 
 /// <summary>A run of instructions from one guest-physical page, in the order they execute, ending at a
-/// control transfer, a page end or a size cap; in 64-bit code a direct JMP or CALL into the same page (outside the
-/// run so far) does not end it, and the instruction after it is its target (X86Vcpu.FollowsInto).</summary>
+/// control transfer, a page end or a size cap; in 64-bit code, and in 32-bit code under a page-aligned CS base, a
+/// direct JMP or CALL into the same page (outside the run so far) does not end it, and the instruction after it is
+/// its target (X86Vcpu.FollowsInto).</summary>
 internal sealed class DecodedBlock
 {
     public readonly DecodedInsn[] Insns;
@@ -139,6 +140,9 @@ internal sealed class DecodedBlock
     public ulong TailPhys;
     /// <summary>CS base the block was found under (a per-vCPU jump-cache hit must match it).</summary>
     public ulong CsBase;
+    /// <summary>The highest offset any of its instructions occupies, which must lie within the CS limit outside 64-bit
+    /// mode for the whole block to run (the last instruction's end for a straight run, not for a followed one).</summary>
+    public readonly ulong LastByte;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
     public volatile bool Valid = true;
     /// <summary>The engine's aging epoch when the run loop last entered the block (<see cref="X86Engine.AgeCode"/>).</summary>
@@ -170,6 +174,8 @@ internal sealed class DecodedBlock
     public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
     {
         Insns = insns; Count = count; Phys = phys; Ip = ip; Bitness = bitness;
+        for (int k = 0; k < count; k++)
+            LastByte = Math.Max(LastByte, insns[k].I.IP + insns[k].Length - 1);
     }
 }
 

@@ -13,7 +13,7 @@ internal sealed partial class X86Vcpu
 
     private sealed class StatCounters
     {
-        public long BackHops, BackUnlinked, BackStop, BackOther, Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles;
+        public long BackHops, BackUnlinked, BackStop, BackOther, Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles, JitExecs, JitExecs32;
         public readonly long[] ExitReasons = new long[32];
         public readonly Dictionary<ulong, long> InterpretedAt = new();
         public readonly Dictionary<ulong, long> SingleAt = new();
@@ -35,6 +35,17 @@ internal sealed partial class X86Vcpu
     private static long ThreadCpuNs() => ClockGetTime(3, out var ts) == 0 ? ts.Sec * 1_000_000_000 + ts.Nsec : 0;
 
     private StatCounters? _stats;
+    /// <summary>Instructions compiled code handed to the interpreter (<see cref="JitExec"/>), all and in 32-bit code,
+    /// since the vCPU started: what a boot's firmware and boot loader still leave to the interpreter.</summary>
+    private long _jitExecsTotal, _jitExecs32Total;
+
+    private void StatJitExec()
+    {
+        var s = S;
+        s.JitExecs++;
+        _jitExecsTotal++;
+        if (Bitness == 32) { s.JitExecs32++; _jitExecs32Total++; }
+    }
     private StatCounters S => _stats ??= new StatCounters();
 
     /// <summary>One hash lookup per count: the counters run on every dispatch of a fork/exec loop's
@@ -93,7 +104,7 @@ internal sealed partial class X86Vcpu
         var w = new System.Text.StringBuilder();
         w.Append($"vcpu{Id} {(now - s.LastTick) / 1000.0:F1}s wall, {secs:F2}s cpu, per cpu-second: retired {(_retired - s.LastRetired) / secs / 1e6:F1} M/s, runs {s.RunCalls / secs:F0}/s, dispatches {s.Dispatches / secs:F0}/s, " +
             $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
-            $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  compiled code back in the run loop: hop budget {s.BackHops / secs:F0}/s, unlinked exit {s.BackUnlinked / secs:F0}/s, stop {s.BackStop / secs:F0}/s, other {s.BackOther / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
+            $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, interpreter calls from compiled code {s.JitExecs / secs:F0}/s (32-bit {s.JitExecs32 / secs:F0}/s; since start {_jitExecsTotal}, 32-bit {_jitExecs32Total}), events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  compiled code back in the run loop: hop budget {s.BackHops / secs:F0}/s, unlinked exit {s.BackUnlinked / secs:F0}/s, stop {s.BackStop / secs:F0}/s, other {s.BackOther / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
         for (int i = 0; i < 32; i++) if (s.ExitReasons[i] > 0) w.Append($" {(VcpuExitReason)i}={s.ExitReasons[i] / secs:F0}/s");
         w.Append("\n  ports (0x1xxxx writes):");
         foreach (var kv in s.PortAt.OrderByDescending(kv => kv.Value).Take(10)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}/s");

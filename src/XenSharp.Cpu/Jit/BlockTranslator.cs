@@ -49,6 +49,8 @@ internal sealed partial class BlockTranslator
     private static readonly MethodInfo MJitWriteStack = Cpu.GetMethod(nameof(X86Vcpu.JitWriteStack), Inst)!;
     private static readonly MethodInfo MJitReadSeg = Cpu.GetMethod(nameof(X86Vcpu.JitReadSeg), Inst)!;
     private static readonly MethodInfo MJitWriteSeg = Cpu.GetMethod(nameof(X86Vcpu.JitWriteSeg), Inst)!;
+    private static readonly MethodInfo MJitPush = Cpu.GetMethod(nameof(X86Vcpu.JitPush), Inst)!;
+    private static readonly MethodInfo MJitPop = Cpu.GetMethod(nameof(X86Vcpu.JitPop), Inst)!;
     private static readonly MethodInfo MFlatSegments = Cpu.GetMethod(nameof(X86Vcpu.FlatSegments), Inst)!;
     private static readonly MethodInfo MJitExec = Cpu.GetMethod(nameof(X86Vcpu.JitExec), Inst)!;
     private static readonly MethodInfo MApply = typeof(FlagMath).GetMethod(nameof(FlagMath.Apply))!;
@@ -188,8 +190,12 @@ internal sealed partial class BlockTranslator
         // Outside 64-bit mode, the segments whose flatness the inline accesses test.
         if (!_is64)
             for (int k = 0; k < _n; k++)
+            {
                 if (_plans[k].Inline && _plans[k].Faults && _insns[k].MemSplit)
                     _segsInline |= 1 << _insns[k].MemSeg;
+                if (_plans[k].Inline && _insns[k].Op is Mnemonic.Push or Mnemonic.Pop or Mnemonic.Call or Mnemonic.Ret)
+                    _segsInline |= 1 << X86Vcpu.FlatStack;
+            }
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
         _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _flat = f.Flat; _code = f.Code; _next = f.Next; _self = f.Self;

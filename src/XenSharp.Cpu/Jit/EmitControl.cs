@@ -75,12 +75,70 @@ internal sealed partial class BlockTranslator
         _flushed = savedFlushed;
     }
 
-    /// <summary>Pushes the value in _val (size bytes) on the 64-bit stack.</summary>
+    /// <summary>Pushes the value in _val (size bytes) on the stack.</summary>
     private void EmitPushVal(int size, int i)
     {
+        if (!_is64)
+        {
+            EmitPush32(size, i);
+            return;
+        }
         _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Sub); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
         EmitStore(size, i);
         SetFull(4, _lin);
+    }
+
+    /// <summary>A 32-bit block's push of _val: inline while SS is flat and 32-bit (the new ESP, wrapped at 4 GiB, is
+    /// the linear address) and the store hits the TLB within one page; otherwise the interpreter's push, which
+    /// applies any other SS (base, limit, expand-down, a 16-bit SP) and leaves ESP alone when it faults.</summary>
+    private void EmitPush32(int size, int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Sub); Trunc(4); _il.Emit(OpCodes.Stloc, _lin);
+        _linSeg = X86Vcpu.FlatStack;
+        _linStack = true;
+        EmitTlbProbe(size, TlbWriteTagOffset, slow);
+        EmitHostAddress();
+        _il.Emit(OpCodes.Ldloc, _val);
+        if (size == 4) { _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Stind_I4); }
+        else { _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Stind_I2); }
+        _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Stloc, _gpr[4]);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(slow);
+        SyncForSlowPath();
+        LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitPush);
+        EmitAbortCheck();
+        LoadGprFromCpu(4);
+        _il.MarkLabel(done);
+        _dirty |= 1 << 4;
+    }
+
+    /// <summary>A 32-bit block's pop of <paramref name="size"/> bytes into _val, releasing <paramref name="release"/>
+    /// more (RET imm16): inline while SS is flat and 32-bit and the load hits the TLB within one page, else the
+    /// interpreter's pop (see <see cref="EmitPush32"/>).</summary>
+    private void EmitPop32(int size, int release, int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _gpr[4]); Trunc(4); _il.Emit(OpCodes.Stloc, _lin);
+        _linSeg = X86Vcpu.FlatStack;
+        _linStack = true;
+        EmitTlbProbe(size, 0, slow);
+        EmitHostAddress();
+        if (size == 4) _il.Emit(OpCodes.Ldind_U4); else _il.Emit(OpCodes.Ldind_U2);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _val);
+        _il.Emit(OpCodes.Ldloc, _lin); LdcU8((ulong)(size + release)); _il.Emit(OpCodes.Add); Trunc(4); _il.Emit(OpCodes.Stloc, _gpr[4]);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(slow);
+        SyncForSlowPath();
+        LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); LdcI4(release); _il.Emit(OpCodes.Call, MJitPop);
+        _il.Emit(OpCodes.Stloc, _val);
+        EmitAbortCheck();
+        LoadGprFromCpu(4);
+        _il.MarkLabel(done);
+        _dirty |= 1 << 4;
     }
 
     private void EmitPush(ref DecodedInsn d, int i)
@@ -96,11 +154,16 @@ internal sealed partial class BlockTranslator
     private void EmitPop(ref DecodedInsn d, int i)
     {
         int size = d.OpSize;
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
-        EmitLoad(size, i);
+        if (!_is64) EmitPop32(size, 0, i);
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
+            EmitLoad(size, i);
+            _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
+            _dirty |= 1 << 4;
+        }
+        // After ESP moved: POP ESP loads ESP with the value popped.
         _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stloc, _ta);
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8((ulong)size); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
-        _dirty |= 1 << 4;
         WriteGpr(d.I.Op0Register, _ta);
     }
 
@@ -110,9 +173,10 @@ internal sealed partial class BlockTranslator
         // The target (a register, or memory such as a function pointer in a structure) is read before the
         // push, with the old RSP, and a fault in either leaves RSP as it was.
         bool indirect = d.I.Op0Kind is OpKind.Register or OpKind.Memory;
-        if (indirect) { ReadOperand(ref d, 0, 8, i); _il.Emit(OpCodes.Stloc, _ta); }
+        int size = _is64 ? 8 : 4;
+        if (indirect) { ReadOperand(ref d, 0, size, i); _il.Emit(OpCodes.Stloc, _ta); }
         LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stloc, _val);
-        EmitPushVal(8, i);
+        EmitPushVal(size, i);
         if (indirect)
         {
             LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FRip);
@@ -131,10 +195,14 @@ internal sealed partial class BlockTranslator
 
     private void EmitRet(ref DecodedInsn d, int i)
     {
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
-        EmitLoad(8, i);
-        _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8(8); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
-        _dirty |= 1 << 4;
+        if (!_is64) EmitPop32(4, d.I.OpCount > 0 ? d.I.Immediate16 : 0, i);
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr[4]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
+            EmitLoad(8, i);
+            _il.Emit(OpCodes.Ldloc, _gpr[4]); LdcU8(8); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
+            _dirty |= 1 << 4;
+        }
         LdCpu(); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stfld, FRip);
         EmitExitDynamic(i + 1);
     }

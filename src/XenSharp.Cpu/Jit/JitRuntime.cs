@@ -98,11 +98,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>All of <paramref name="next"/> lies within the CS limit, as the run loop checks before it runs a
     /// 32- or 16-bit block compiled (a link made under one CS stays when a CS of the same base and mode but a
     /// lower limit is loaded).</summary>
-    internal bool WithinCsLimit(DecodedBlock next)
-    {
-        ref DecodedInsn last = ref next.Insns[next.Count - 1];
-        return last.I.IP + last.Length - 1 <= Seg[CS].Limit;
-    }
+    internal bool WithinCsLimit(DecodedBlock next) => next.LastByte <= Seg[CS].Limit;
 
     // ---- slow paths of compiled code (state is written back before each call) ----
     // A fault or exit raised under them is caught right here and reported through Abort, which the
@@ -196,10 +192,15 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; }
     }
 
+    /// <summary>The pseudo-segment (a bit of <see cref="FlatSegments"/>) of a 32-bit block's inline pushes and pops:
+    /// SS flat and with its B bit set, so that ESP is the stack pointer and the linear address of the stack top.</summary>
+    internal const int FlatStack = 6;
+
     /// <summary>Of the segments in <paramref name="mask"/> (1 &lt;&lt; ES..GS), those that are flat now: a present
     /// expand-up data segment with base 0 and a 4 GiB limit, in which an offset is its linear address and no
     /// 32-bit offset's access but one wrapping past 4 GiB (which the inline path never takes: it does not fit its
-    /// page) passes the limit.</summary>
+    /// page) passes the limit. Bit <see cref="FlatStack"/>: SS is flat and 32-bit (a 16-bit SS wraps SP at 64 KiB
+    /// and keeps ESP's high half).</summary>
     internal int FlatSegments(int mask)
     {
         int flat = 0;
@@ -209,12 +210,44 @@ internal unsafe partial class X86Vcpu
             ref SegReg g = ref Seg[s];
             if (g.Base == 0 && g.Limit == 0xFFFF_FFFF && (g.Attr & 0x9C) == 0x90) flat |= 1 << s;
         }
+        if ((mask & (1 << FlatStack)) != 0)
+        {
+            ref SegReg g = ref Seg[SS];
+            if (g.Base == 0 && g.Limit == 0xFFFF_FFFF && (g.Attr & 0x9C) == 0x90 && g.Big) flat |= 1 << FlatStack;
+        }
         return flat;
+    }
+
+    /// <summary>A 32-bit block's push that its inline path did not take (SS not flat or not 32-bit, a TLB miss, a
+    /// page-crossing or alignment-checked access): the interpreter's push, which applies the stack-address size,
+    /// base, limit and expand-down (#SS) and moves ESP only when the store succeeded.</summary>
+    internal void JitPush(DecodedBlock b, int i, int size, ulong v)
+    {
+        JitAt(b, i);
+        try { Push(v, size); }
+        catch (GuestFault) { Abort = AbortFault; }
+        catch (ExitSignal) { Abort = AbortExit; }
+    }
+
+    /// <summary>The slow path of a 32-bit block's pop or RET: the interpreter's pop, then RET imm16's release of
+    /// <paramref name="release"/> more bytes.</summary>
+    internal ulong JitPop(DecodedBlock b, int i, int size, int release)
+    {
+        JitAt(b, i);
+        try
+        {
+            ulong v = Pop(size);
+            if (release != 0) AddSp(release);
+            return v;
+        }
+        catch (GuestFault) { Abort = AbortFault; return 0; }
+        catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
     /// <summary>One instruction through the interpreter (CurIp and Rip already set).</summary>
     internal void JitExec(ref DecodedInsn d)
     {
+        if (Stats) StatJitExec();
         try
         {
             if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);

@@ -144,17 +144,25 @@ internal sealed partial class BlockTranslator
                 touchesMemory = m1;
                 kills = X86Vcpu.ArithFlags;
                 return (g1 || (m1 && memOk)) && (n == 2 || IsImm(i, 2));
+            // 64-bit blocks, and 32-bit ones with 32-bit pointers: there the inline path is taken while SS is flat
+            // and 32-bit (FlatStack), and the interpreter's push or pop is the slow path.
             case Mnemonic.Push:
                 touchesMemory = true;
+                if (_b.Bitness == 32) return n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -4 or -2;
                 return _is64 && n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -8 or -2;
             case Mnemonic.Pop:
                 touchesMemory = true;
+                if (_b.Bitness == 32) return n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 4 or 2;
                 return _is64 && n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 8 or 2;
             case Mnemonic.Call:
                 touchesMemory = true;
+                if (_b.Bitness == 32)
+                    return n == 1 && i.StackPointerIncrement == -4 && (i.Op0Kind == OpKind.NearBranch32 || ((g0 || (m0 && memOk)) && d.OpSize == 4));
                 return _is64 && n == 1 && i.StackPointerIncrement == -8 && (i.Op0Kind == OpKind.NearBranch64 || (g0 && d.OpSize == 8) || (m0 && memOk && d.OpSize == 8));
             case Mnemonic.Ret:
                 touchesMemory = true;
+                if (_b.Bitness == 32)
+                    return (n == 0 && i.StackPointerIncrement == 4) || (n == 1 && i.Op0Kind == OpKind.Immediate16 && i.StackPointerIncrement == 4 + i.Immediate16);
                 return _is64 && n == 0 && i.StackPointerIncrement == 8;
             case Mnemonic.Jmp:
                 touchesMemory = m0;

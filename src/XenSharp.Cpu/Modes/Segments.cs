@@ -235,9 +235,9 @@ internal unsafe partial class X86Vcpu
     {
         if (Bitness == 64) return n;
         ulong limit = Seg[CS].Limit;
-        // Last byte from IP + length (NextIP wraps at 64 KiB in 16-bit code).
-        ref DecodedInsn last = ref b.Insns[n - 1];
-        if (last.I.IP + last.Length - 1 <= limit) return n;
+        // Last byte from IP + length (NextIP wraps at 64 KiB in 16-bit code), of every instruction (a followed
+        // block's last is not its highest).
+        if (b.LastByte <= limit) return n;
         for (int i = 0; i < n; i++)
         {
             if (b.Insns[i].I.IP + b.Insns[i].Length - 1 <= limit) continue;

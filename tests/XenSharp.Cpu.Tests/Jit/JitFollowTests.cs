@@ -111,4 +111,102 @@ public class JitFollowTests
             Assert.Contains(m.Engine.Blocks.Snapshot(), b => b.Valid && RunsOnThroughABranch(b));
         }
     }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Blocks_of_flat_32_bit_code_run_on_through_direct_jumps_and_calls_in_their_page_and_end_as_interpreted()
+    {
+        var code = TestMachine.Assemble(32, TestMachine.CodeAt, a =>
+        {
+            var top = a.CreateLabel(); var fwd = a.CreateLabel(); var back = a.CreateLabel(); var fn = a.CreateLabel();
+            var odd = a.CreateLabel(); var done = a.CreateLabel();
+            a.xor(eax, eax);
+            a.xor(ecx, ecx);
+            a.jmp(top);
+            a.Label(ref back);
+            a.add(ebx, eax);
+            a.call(fn);
+            a.add(ecx, 1);
+            a.cmp(ecx, 5000);
+            a.jne(top);
+            a.jmp(done);
+            a.Label(ref fn);
+            a.lea(edx, __[edx + eax * 2 + 1]);
+            a.xor(edx, ebx);
+            a.push(edx);
+            a.pop(esi);
+            a.ret();
+            a.Label(ref top);
+            a.add(eax, 3);
+            a.test(cl, 1);
+            a.jnz(odd);
+            a.jmp(fwd);
+            a.Label(ref odd);
+            a.sub(edi, ecx);
+            a.Label(ref fwd);
+            a.add(ebp, eax);
+            a.jmp(back);
+            a.Label(ref done);
+            a.hlt();
+        });
+        var regs = new Registers[2];
+        var retired = new ulong[2];
+        for (int k = 0; k < 2; k++)
+        {
+            using var m = new TestMachine(jit: k == 1 ? JitSettings.Eager : JitSettings.Off);
+            m.Enter32(code);
+            m.RunToHlt();
+            regs[k] = m.Regs;
+            retired[k] = m.Cpu.InstructionsRetired;
+            Assert.Contains(m.Engine.Blocks.Snapshot(), b => b.Valid && RunsOnThroughABranch(b));
+            if (k == 1) Assert.Equal(0, m.Engine.JitFailures);
+        }
+        var (ri, rj) = (regs[0], regs[1]);
+        Assert.Equal(retired[0], retired[1]);
+        Assert.Equal(ri.Rax, rj.Rax); Assert.Equal(ri.Rbx, rj.Rbx); Assert.Equal(ri.Rcx, rj.Rcx); Assert.Equal(ri.Rdx, rj.Rdx);
+        Assert.Equal(ri.Rsi, rj.Rsi); Assert.Equal(ri.Rdi, rj.Rdi); Assert.Equal(ri.Rbp, rj.Rbp); Assert.Equal(ri.Rsp, rj.Rsp);
+        Assert.Equal(ri.Rip, rj.Rip); Assert.Equal(ri.Rflags, rj.Rflags);
+        Assert.Equal(5000UL, rj.Rcx);
+        Assert.Equal(TestMachine.StackTop, rj.Rsp);
+    }
+
+    /// <summary>A 32-bit block decoded on through a JMP to code past the CS limit and back by another JMP ends below
+    /// the limit: the run loop, interpreting or compiled, must still stop at the first instruction past the limit,
+    /// which raises #GP(0) at its own address (the branch to it completed), as it would where the block had ended at
+    /// the branch.</summary>
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData(false, 0xFFFF_FFFFu)]
+    [InlineData(true, 0xFFFF_FFFFu)]
+    [InlineData(false, 0x107FFu)]
+    [InlineData(true, 0x107FFu)]
+    public void A_32_bit_block_run_on_past_the_CS_limit_faults_where_its_branch_lands(bool jit, uint csLimit)
+    {
+        const ulong High = TestMachine.CodeAt + 0x800, Low = TestMachine.CodeAt + 0x100, Handler = 0x30000;
+        using var m = new TestMachine(jit: jit ? JitSettings.Eager : JitSettings.Off);
+        // The loop's top is at CodeAt + 5, after MOV ECX.
+        m.Enter32(TestMachine.Assemble(32, TestMachine.CodeAt, a => { a.mov(ecx, 500); a.add(eax, 1); a.jmp(High); }));
+        m.Mem.Write(High, TestMachine.Assemble(32, High, a => { a.add(ebx, 2); a.jmp(Low); }));
+        m.Mem.Write(Low, TestMachine.Assemble(32, Low, a => { a.dec(ecx); a.jnz(TestMachine.CodeAt + 5); a.hlt(); }));
+        m.Mem.W8(Handler, 0xF4);
+        m.SetGate32(13, Handler);
+        var s = m.SRegs;
+        s.Cs.Limit = csLimit;
+        m.Cpu.SetSpecialRegisters(s);
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.Contains(m.Engine.Blocks.Snapshot(), b => b.Valid && RunsOnThroughABranch(b));
+        if (csLimit == 0xFFFF_FFFF)
+        {
+            Assert.Equal(Low + 8, r.Rip);     // DEC ECX (1 byte), JNZ rel32 (6), HLT
+            Assert.Equal(500UL, r.Rax);
+            Assert.Equal(1000UL, r.Rbx);
+            return;
+        }
+        // #GP(0) at High, in the first iteration: EAX incremented, EBX not.
+        Assert.Equal(Handler + 1, r.Rip);
+        Assert.Equal(1UL, r.Rax);
+        Assert.Equal(0UL, r.Rbx);
+        Assert.Equal(TestMachine.StackTop - 16, r.Rsp);
+        Assert.Equal(0u, m.Mem.R32(r.Rsp));
+        Assert.Equal((uint)High, m.Mem.R32(r.Rsp + 4));
+    }
 }
