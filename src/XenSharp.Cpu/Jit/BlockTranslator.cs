@@ -380,7 +380,8 @@ internal sealed partial class BlockTranslator
             switch (_insns[i].Op)
             {
                 case Mnemonic.Push: case Mnemonic.Pop: case Mnemonic.Call: case Mnemonic.Ret: mask |= 1 << 4; break;
-                case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: mask |= 1 | 4; break;
+                case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: case Mnemonic.Mul: case Mnemonic.Div: mask |= 1 | 4; break;
+                case Mnemonic.Imul when _insns[i].I.OpCount == 1: mask |= 1 | 4; break;
             }
             if (IsShift(_insns[i].Op)) mask |= 2;
         }
