@@ -19,7 +19,7 @@ public sealed class X86Engine : ICpuEngine
     /// <summary>The block compiler's settings (<see cref="JitSettings.FromEnvironment"/> unless given).</summary>
     public JitSettings Jit { get; }
 
-    internal long CompiledCount, JitFailureCount, LinkCount;
+    internal long CompiledCount, JitFailureCount, LinkCount, WarmBranchCount;
     internal readonly Jit.CompileQueue Compiler;
     internal string? LastJitFailure;
     /// <summary>Tests only: blocks the translator gives IL that .NET rejects, as a translator defect would.</summary>
@@ -30,6 +30,9 @@ public sealed class X86Engine : ICpuEngine
 
     /// <summary>Direct exits of compiled blocks linked to their compiled successor so far.</summary>
     public long LinkedExits => Interlocked.Read(ref LinkCount);
+
+    /// <summary>Direct exits compiled as branches into another block's body in the same method.</summary>
+    public long WarmBranches => Interlocked.Read(ref WarmBranchCount);
 
     /// <summary>Blocks the block compiler could not translate (they stay interpreted).</summary>
     public long JitFailures => Interlocked.Read(ref JitFailureCount);

@@ -33,6 +33,7 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FFlagsIn = typeof(DecodedBlock).GetField(nameof(DecodedBlock.FlagsIn))!;
     private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
     private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
+    private static readonly FieldInfo FBodyBatch = typeof(CompiledBody).GetField(nameof(CompiledBody.Batch))!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
     private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
@@ -98,6 +99,15 @@ internal sealed partial class BlockTranslator
     private readonly int _segsInline;
     private readonly LocalBuilder[] _pa, _pb, _pr;
     private Label _top;
+    /// <summary>The method's other bodies and this one's index among them: a direct exit to a block compiled
+    /// into the same method branches into that body (<see cref="TryEmitWarmBranch"/>).</summary>
+    private BlockTranslator[] _batch = [];
+    private int _index;
+    /// <summary>Some body of the method branches here with its registers still in the locals: the body's
+    /// second entry, past the loads of its prologue.</summary>
+    private bool _warmTarget;
+    private Label _warm;
+    private int _warmBranches;
 
     // Compile-time state along the (straight-line) block.
     private int _dirty;             // GPR locals newer than R[]
@@ -119,10 +129,13 @@ internal sealed partial class BlockTranslator
     /// first code runs (two vCPUs that make it hot together queue it twice) and then lands elsewhere in
     /// another method; the code already published, which vCPUs keep entering until the new code replaces
     /// it, must still select its own body, which a body index kept in the shared block would not.</summary>
-    internal sealed class CompiledBody(DecodedBlock block, int index)
+    internal sealed class CompiledBody(DecodedBlock block, int index, DecodedBlock[] batch)
     {
         public readonly DecodedBlock Block = block;
         public readonly int Index = index;
+        /// <summary>Every block of the method, by body index: a body branching straight into another's
+        /// finds its block here.</summary>
+        public readonly DecodedBlock[] Batch = batch;
     }
 
     /// <summary>The DynamicMethod one or more blocks are emitted into, and the IL locals their bodies share
@@ -202,13 +215,13 @@ internal sealed partial class BlockTranslator
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
-    public static Action<X86Vcpu> Compile(DecodedBlock b) => CompileBatch([b], out _)[0];
+    public static Action<X86Vcpu> Compile(DecodedBlock b) => CompileBatch([b], out _, out _)[0];
 
     /// <summary>Translates <paramref name="blocks"/> into one DynamicMethod with a body per block and
     /// returns each block's entry (a delegate closed over a <see cref="CompiledBody"/>, which selects the
     /// block's body). The .NET JIT has a large fixed cost per method, so compiling several blocks
     /// at once costs much less per block than compiling them one by one.</summary>
-    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes, Predicate<DecodedBlock>? rejectForTests = null)
+    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes, out int warmBranches, Predicate<DecodedBlock>? rejectForTests = null)
     {
         int insns = 0;
         foreach (var b in blocks) insns += b.Count;
@@ -231,10 +244,14 @@ internal sealed partial class BlockTranslator
         }
         var targets = new ulong[blocks.Count][];
         var flagsIn = new bool[blocks.Count];
+        var translators = new BlockTranslator[blocks.Count];
+        for (int k = 0; k < blocks.Count; k++) translators[k] = new BlockTranslator(blocks[k], f);
+        PlanWarmBranches(translators);
+        var batch = blocks.ToArray();
         for (int k = 0; k < blocks.Count; k++)
         {
             il.MarkLabel(entries[k]);
-            var t = new BlockTranslator(blocks[k], f);
+            var t = translators[k];
             // An unbalanced stack, which .NET refuses to compile.
             if (rejectForTests?.Invoke(blocks[k]) == true) il.Emit(OpCodes.Pop);
             t.Emit();
@@ -242,6 +259,7 @@ internal sealed partial class BlockTranslator
             flagsIn[k] = t._liveIn != 0;
         }
         ilBytes = il.ILOffset;
+        warmBranches = translators.Sum(t => t._warmBranches);
         var code = new Action<X86Vcpu>[blocks.Count];
         for (int k = 0; k < blocks.Count; k++)
         {
@@ -250,7 +268,7 @@ internal sealed partial class BlockTranslator
             b.LinkTargets = targets[k];
             b.FlagsIn = flagsIn[k];
             b.Links = new DecodedBlock?[targets[k].Length];
-            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k));
+            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k, batch));
         }
         return code;
     }
@@ -260,6 +278,14 @@ internal sealed partial class BlockTranslator
         // Prologue: guest state into locals.
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_warmTarget)
+        {
+            // Entered from the prologue or from another body with the registers this one uses current in
+            // the locals, some of them newer than the vCPU's: treat them all as newer.
+            _il.MarkLabel(_warm);
+            _dirty = _used;
+            _flDirty = true;
+        }
         if (_accesses) EmitAcArmed();
         if (_segsInline != 0) EmitFlat();
         if (_selfLoop)
@@ -360,7 +386,8 @@ internal sealed partial class BlockTranslator
             switch (_insns[i].Op)
             {
                 case Mnemonic.Push: case Mnemonic.Pop: case Mnemonic.Call: case Mnemonic.Ret: mask |= 1 << 4; break;
-                case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: mask |= 1 | 4; break;
+                case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: case Mnemonic.Mul: case Mnemonic.Div: mask |= 1 | 4; break;
+                case Mnemonic.Imul when _insns[i].I.OpCount == 1: mask |= 1 | 4; break;
             }
             if (IsShift(_insns[i].Op)) mask |= 2;
         }
@@ -552,6 +579,7 @@ internal sealed partial class BlockTranslator
     /// a <paramref name="link"/> exit of a chainable block continues in the linked successor.</summary>
     private void EmitExit(ulong rip, int executed, bool link = false)
     {
+        if (link && _chainable) TryEmitWarmBranch(rip, executed);
         SpillGprs();
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
@@ -654,6 +682,85 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
         _il.MarkLabel(leave);
         _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>Finds which bodies of the method other bodies may branch into (<see cref="TryEmitWarmBranch"/>):
+    /// the targets of the direct exits, which all come from a block's last instruction.</summary>
+    private static void PlanWarmBranches(BlockTranslator[] ts)
+    {
+        for (int k = 0; k < ts.Length; k++) { ts[k]._batch = ts; ts[k]._index = k; }
+        foreach (var t in ts)
+        {
+            ref DecodedInsn last = ref t._insns[t._n - 1];
+            t.MarkWarm(last.I.NextIP);
+            if (last.I.IsJccShortOrNear || last.I.IsJmpShortOrNear || last.I.IsCallNear) t.MarkWarm(last.I.NearBranchTarget);
+        }
+    }
+
+    private void MarkWarm(ulong rip)
+    {
+        if (WarmTargetOf(rip) is { _warmTarget: false } t)
+        {
+            t._warmTarget = true;
+            t._warm = t._il.DefineLabel();
+        }
+    }
+
+    /// <summary>The body of this method a direct exit to <paramref name="rip"/> may branch into: a 64-bit block at
+    /// that RIP in this block's linear page and frame. Having entered this block proves that page's translation, so
+    /// that block's bytes are what the vCPU would fetch there, as for a same-page link.</summary>
+    private BlockTranslator? WarmTargetOf(ulong rip)
+    {
+        if (!_is64 || !_chainable || ((rip ^ _b.Ip) >> 12) != 0) return null;
+        foreach (var t in _batch)
+        {
+            var b = t._b;
+            if (b.Ip == rip && b.Bitness == 64 && !b.HasTail && b.Phys - _b.Phys == rip - _b.Ip) return t;
+        }
+        return null;
+    }
+
+    /// <summary>A direct exit to a block compiled into this same method goes straight into that block's body,
+    /// its registers staying in the locals: no write-back, no call, no reload, so a loop of several blocks runs as
+    /// one loop of machine code. It takes the same budget and checks as a hop (<see cref="X86Vcpu.JitChain"/>) and
+    /// falls through to the ordinary exit when they refuse.</summary>
+    private void TryEmitWarmBranch(ulong rip, int executed)
+    {
+        var t = WarmTargetOf(rip);
+        if (t is not { _warmTarget: true }) return;
+        var cold = _il.DefineLabel();
+        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
+        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, cold);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, cold);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, cold);
+        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FBodyBatch); LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
+        _il.Emit(OpCodes.Stloc, _next);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, cold);
+
+        var savedPending = _pending.ToArray();
+        bool savedFlDirty = _flDirty;
+        int savedFlushed = _flushed;
+        ulong pendingDefs = 0;
+        foreach (var p in _pending) pendingDefs |= FlagMath.Defines(p.Kind);
+        // The target starts with no pending results: compute them only if it can observe them.
+        if ((pendingDefs & t._liveIn) != 0) MaterializeFlags();
+        AddRetired(executed - _flushed);
+        // The target keeps its own registers in the locals and finds the rest in the vCPU.
+        for (int g = 0; g < 16; g++)
+        {
+            int bit = 1 << g;
+            if ((_dirty & ~t._used & bit) != 0) { GprAddress(g); _il.Emit(OpCodes.Ldloc, _gpr[g]); _il.Emit(OpCodes.Stind_I8); }
+            if ((t._used & ~_used & ~_dirty & bit) != 0) LoadGprFromCpu(g);
+        }
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Stloc, _self);
+        _il.Emit(OpCodes.Br, t._warm);
+        _warmBranches++;
+        _pending.Clear();
+        _pending.AddRange(savedPending);
+        _flDirty = savedFlDirty;
+        _flushed = savedFlushed;
+        _il.MarkLabel(cold);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>

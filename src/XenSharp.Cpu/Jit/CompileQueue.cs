@@ -77,6 +77,7 @@ internal sealed class CompileQueue : IDisposable
                 }
             }
             if (batch.Count == 0) continue;
+            AddSuccessors(batch);
             try
             {
                 CompileBatch(batch, _engine);
@@ -89,6 +90,32 @@ internal sealed class CompileQueue : IDisposable
         }
     }
 
+    /// <summary>Adds to <paramref name="batch"/> the same-page successors its 64-bit blocks went to when interpreted
+    /// (<see cref="DecodedBlock.NextFall"/>, <see cref="DecodedBlock.NextOther"/>), and theirs, that have run a quarter
+    /// of the threshold: the blocks of a loop become hot one by one, and compiled into one method they branch into
+    /// each other's bodies with the registers kept in locals rather than hopping from method to method.</summary>
+    private void AddSuccessors(List<DecodedBlock> batch)
+    {
+        int insns = 0;
+        foreach (var b in batch) insns += b.Count;
+        int hits = _engine.Jit.Threshold / 4;
+        for (int k = 0; k < batch.Count; k++)
+        {
+            var b = batch[k];
+            if (b.Bitness != 64) continue;
+            Consider(b.NextFall);
+            Consider(b.NextOther);
+        }
+
+        void Consider(DecodedBlock? s)
+        {
+            if (s == null || batch.Count >= MaxBatch || insns + s.Count > MaxBatchInsns) return;
+            if (!s.Valid || s.Compiled != null || s.JitFailed || s.Bitness != 64 || s.Hits < hits || batch.Contains(s)) return;
+            batch.Add(s);
+            insns += s.Count;
+        }
+    }
+
     /// <summary>Compiles <paramref name="batch"/> into one method on this thread and publishes each
     /// block's entry; when that fails, each block is compiled alone so one bad block costs only itself.</summary>
     internal static void CompileBatch(List<DecodedBlock> batch, X86Engine engine)
@@ -98,13 +125,14 @@ internal sealed class CompileQueue : IDisposable
             try
             {
                 long t0 = Profile.Now();
-                var code = BlockTranslator.CompileBatch(batch, out int il, engine.RejectIlForTests);
+                var code = BlockTranslator.CompileBatch(batch, out int il, out int warm, engine.RejectIlForTests);
                 long t1 = Profile.Now();
                 // Called once with no vCPU (it returns at once) so that .NET compiles it here rather
                 // than on the first vCPU to enter it.
                 code[0](null!);
                 Profile.Add(batch, il, t0, t1);
                 for (int k = 0; k < code.Length; k++) Publish(batch[k], code[k], engine);
+                Interlocked.Add(ref engine.WarmBranchCount, warm);
                 return;
             }
             catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)
@@ -130,11 +158,12 @@ internal sealed class CompileQueue : IDisposable
         try
         {
             long t0 = Profile.Now();
-            var code = BlockTranslator.CompileBatch([b], out int il, engine.RejectIlForTests)[0];
+            var code = BlockTranslator.CompileBatch([b], out int il, out int warm, engine.RejectIlForTests)[0];
             long t1 = Profile.Now();
             code(null!);
             Profile.Add([b], il, t0, t1);
             Publish(b, code, engine);
+            Interlocked.Add(ref engine.WarmBranchCount, warm);
             return code;
         }
         catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)

@@ -6,11 +6,12 @@ using XenSharp.Cpu.Decoding;
 
 namespace XenSharp.Cpu.Jit;
 
-/// <summary>Inline IL for moves, ALU operations, INC/DEC/NEG/NOT, shifts and rotates, IMUL,
+/// <summary>Inline IL for moves, ALU operations, INC/DEC/NEG/NOT, shifts and rotates, MUL, IMUL, DIV,
 /// BSWAP, XCHG and the sign extensions.</summary>
 internal sealed partial class BlockTranslator
 {
     private static readonly MethodInfo MBigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
+    private static readonly MethodInfo MBigMulU = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(ulong), typeof(ulong), typeof(ulong).MakeByRefType()])!;
     private static readonly MethodInfo MSwap32 = typeof(BinaryPrimitives).GetMethod(nameof(BinaryPrimitives.ReverseEndianness), [typeof(uint)])!;
     private static readonly MethodInfo MSwap64 = typeof(BinaryPrimitives).GetMethod(nameof(BinaryPrimitives.ReverseEndianness), [typeof(ulong)])!;
 
@@ -65,7 +66,10 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Not:
                 EmitUnary(ref d, i);
                 return false;
+            case Mnemonic.Imul when d.I.OpCount == 1: EmitMulWide(ref d, i, signed: true); return false;
             case Mnemonic.Imul: EmitImul(ref d, i); return false;
+            case Mnemonic.Mul: EmitMulWide(ref d, i, signed: false); return false;
+            case Mnemonic.Div: EmitDiv(ref d, i); return false;
             case Mnemonic.Bswap:
                 ReadGpr(d.I.Op0Register);
                 if (d.OpSize == 4) { _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Call, MSwap32); _il.Emit(OpCodes.Conv_U8); }
@@ -327,5 +331,95 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stloc, _tb);
         WriteGpr(d.I.Op0Register, _tr);
         SetFlags(i, FlagKind.Imul, size);
+    }
+
+    /// <summary>One-operand MUL and IMUL of 32 or 64 bits: RDX:RAX = RAX * operand. CF and OF say the high half
+    /// is more than the low half's extension; SF, ZF and PF follow the low half, as the interpreter sets them.</summary>
+    private void EmitMulWide(ref DecodedInsn d, int i, bool signed)
+    {
+        int size = d.OpSize;
+        ReadOperand(ref d, 0, size, i); _il.Emit(OpCodes.Stloc, _tb);
+        if (size == 8)
+        {
+            // hi into _lin, lo into _val.
+            _il.Emit(OpCodes.Ldloc, _gpr[0]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Ldloca, _val);
+            _il.Emit(OpCodes.Call, signed ? MBigMul : MBigMulU);
+            _il.Emit(OpCodes.Stloc, _lin);
+            _il.Emit(OpCodes.Ldloc, _lin);
+            if (signed) { _il.Emit(OpCodes.Ldloc, _val); LdcI4(63); _il.Emit(OpCodes.Shr); }
+            else LdcU8(0);
+            _il.Emit(OpCodes.Ceq); Not(); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Stloc, _ta);
+            SetFull(0, _val);
+            SetFull(2, _lin);
+            _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stloc, _tr);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr[0]);
+            if (signed) SignExt(4); else Trunc(4);
+            _il.Emit(OpCodes.Ldloc, _tb);
+            if (signed) SignExt(4);
+            _il.Emit(OpCodes.Mul); _il.Emit(OpCodes.Stloc, _val);
+            // Overflow: the product is not its low half extended.
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Ldloc, _val);
+            if (signed) SignExt(4); else Trunc(4);
+            _il.Emit(OpCodes.Ceq); Not(); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Stloc, _ta);
+            _il.Emit(OpCodes.Ldloc, _val); Trunc(4); _il.Emit(OpCodes.Stloc, _tr);
+            _il.Emit(OpCodes.Ldloc, _val); LdcI4(32); _il.Emit(OpCodes.Shr_Un); _il.Emit(OpCodes.Stloc, _lin);
+            WriteGpr(Register.EAX, _tr);
+            WriteGpr(Register.EDX, _lin);
+        }
+        // b of a pending IMUL is its overflow bit.
+        _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stloc, _tb);
+        SetFlags(i, FlagKind.Imul, size);
+    }
+
+    /// <summary>Unsigned DIV of 32 or 64 bits by a register: RAX = RDX:RAX / divisor, RDX = the remainder, the flags
+    /// as they were. A divisor of 0 or a quotient too wide for RAX (#DE), and a 64-bit division of a dividend with
+    /// a high half (a 128-bit division), run the instruction in the interpreter.</summary>
+    private void EmitDiv(ref DecodedInsn d, int i)
+    {
+        int size = d.OpSize;
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        int dirtyBefore = _dirty;
+        ReadGpr(d.I.Op0Register); _il.Emit(OpCodes.Stloc, _tb);
+        _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Brfalse, slow);
+        if (size == 8)
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr[2]); _il.Emit(OpCodes.Brtrue, slow);
+            _il.Emit(OpCodes.Ldloc, _gpr[0]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Div_Un); _il.Emit(OpCodes.Stloc, _ta);
+            _il.Emit(OpCodes.Ldloc, _gpr[0]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Rem_Un); _il.Emit(OpCodes.Stloc, _tr);
+            SetFull(0, _ta);
+            SetFull(2, _tr);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr[2]); Trunc(4); LdcI4(32); _il.Emit(OpCodes.Shl);
+            _il.Emit(OpCodes.Ldloc, _gpr[0]); Trunc(4); _il.Emit(OpCodes.Or); _il.Emit(OpCodes.Stloc, _val);
+            _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Div_Un); _il.Emit(OpCodes.Stloc, _ta);
+            _il.Emit(OpCodes.Ldloc, _ta); LdcU8(0xFFFF_FFFFUL); _il.Emit(OpCodes.Bgt_Un, slow);
+            _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Rem_Un); _il.Emit(OpCodes.Stloc, _tr);
+            WriteGpr(Register.EAX, _ta);
+            WriteGpr(Register.EDX, _tr);
+        }
+        _il.Emit(OpCodes.Br, done);
+
+        // The interpreter, with the state as it was before the instruction.
+        _il.MarkLabel(slow);
+        _dirty = dirtyBefore;
+        SyncForSlowPath();
+        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
+        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
+        LdCpu();
+        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        _il.Emit(OpCodes.Call, MJitExec);
+        EmitAbortCheck();
+        LoadGprFromCpu(0);
+        LoadGprFromCpu(2);
+        // Both ways: RAX and RDX newer than the vCPU's (on this one, equal to them).
+        _dirty = dirtyBefore | 1 | 4;
+        _il.MarkLabel(done);
     }
 }

@@ -81,6 +81,7 @@ public class JitBatchTests
         m.Enter64(code, fourK: true);
         m.RunToHlt();
         Assert.True(m.Engine.LinkedExits > 0);
+        Assert.True(m.Engine.WarmBranches > 0);
         Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
         var (x, y) = (interp.Regs, m.Regs);
         Assert.Equal(x.Rax, y.Rax); Assert.Equal(x.Rbx, y.Rbx); Assert.Equal(x.Rcx, y.Rcx); Assert.Equal(x.Rdx, y.Rdx);
@@ -112,7 +113,7 @@ public class JitBatchTests
 
         // The second translation, each block in another place, not published yet.
         var again = Enumerable.Reverse(blocks).ToList();
-        var second = BlockTranslator.CompileBatch(again, out _);
+        var second = BlockTranslator.CompileBatch(again, out _, out _);
         Assert.Equal(again.Count, second.Length);
         Assert.Equal(published, blocks.Select(b => b.Compiled));
 
