@@ -779,6 +779,18 @@ internal sealed partial class BlockTranslator
 
     // ---------------------------------------------------------------- interpreter fallback
 
+    /// <summary>Runs instruction <paramref name="i"/> in the interpreter (the state already written back) and leaves the
+    /// block if it faulted or exited.</summary>
+    private void EmitInterpret(ref DecodedInsn d, int i)
+    {
+        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
+        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
+        LdCpu();
+        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        _il.Emit(OpCodes.Call, MJitExec);
+        EmitAbortCheck();
+    }
+
     private void EmitFallback(ref DecodedInsn d, int i, bool last)
     {
         SpillGprs();
@@ -786,12 +798,7 @@ internal sealed partial class BlockTranslator
         if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
         AddRetired(i - _flushed);
         _flushed = i;
-        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
-        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
-        LdCpu();
-        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
-        _il.Emit(OpCodes.Call, MJitExec);
-        EmitAbortCheck();
+        EmitInterpret(ref d, i);
         if (last)
         {
             AddRetired(1);

@@ -410,12 +410,7 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(slow);
         _dirty = dirtyBefore;
         SyncForSlowPath();
-        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
-        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
-        LdCpu();
-        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
-        _il.Emit(OpCodes.Call, MJitExec);
-        EmitAbortCheck();
+        EmitInterpret(ref d, i);
         LoadGprFromCpu(0);
         LoadGprFromCpu(2);
         // Both ways: RAX and RDX newer than the vCPU's (on this one, equal to them).
