@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the test suite, the demo and the benchmarks use, when missing.
 set -e
-pkgs="gcc make checkpolicy binutils cpio gzip e2fsprogs xz-utils zstd busybox-static libxen-dev xenstore-utils xen-utils-4.17 xen-utils-common qemu-utils qemu-system-x86 qemu-system-xen seabios ovmf grub-pc-bin grub-efi-amd64-bin grub-xen-host xorriso mtools iproute2 dnsmasq-base ipxe-qemu passt openvswitch-switch"
+pkgs="gcc make checkpolicy binutils cpio gzip e2fsprogs xz-utils liblzma5 zstd busybox-static libxen-dev xenstore-utils xen-utils-4.17 xen-utils-common qemu-utils qemu-system-x86 qemu-system-xen seabios ovmf grub-pc-bin grub-efi-amd64-bin grub-xen-host xorriso mtools iproute2 dnsmasq-base ipxe-qemu passt openvswitch-switch"
 # libvirtd with only what its libxl driver needs: its recommends would bring its other drivers, lvm2 and QEMU/KVM.
 bare="libvirt-daemon libvirt-daemon-driver-xen libvirt-clients"
 missing=""

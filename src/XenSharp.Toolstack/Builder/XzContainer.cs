@@ -6,8 +6,9 @@ namespace XenSharp.Toolstack.Builder;
 
 /// <summary>
 /// The .xz container as Linux's kernel payloads use it (one stream, blocks of LZMA2 behind an
-/// optional x86 branch filter, CRC32 checks): the container is read here, each block's LZMA2 data
-/// and the x86 filter are decoded by SharpCompress, and each block's check is verified.
+/// optional x86 branch filter, CRC32 checks): the container is read here, and the stream decoded by the host's
+/// liblzma (<see cref="LibLzma"/>) or, where that is missing or refuses it, block by block here: each block's LZMA2
+/// data and the x86 filter by SharpCompress, each block's check verified.
 /// </summary>
 internal static class XzContainer
 {
@@ -42,6 +43,10 @@ internal static class XzContainer
             if (total > (ulong)PayloadDecompressor.MaxOutput) throw new InvalidDataException("xz: unpacked size exceeds 1 GiB");
             blocks.Add((unpadded, uncompressed));
         }
+
+        // The index's total is what the stream says it unpacks to; liblzma decodes into exactly that much, the
+        // allocation bounded as for one block below (a kernel compresses about 4:1).
+        if (total <= (ulong)d.Length * 16 && LibLzma.TryDecode(d, (long)total) is { } whole) return whole;
 
         // Each block decodes into one array; a single block, the usual case, is the output itself (no growing
         // stream and its copies: a kernel is tens of MiB of large-object garbage per domain build otherwise).

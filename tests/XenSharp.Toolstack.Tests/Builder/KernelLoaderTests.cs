@@ -184,6 +184,22 @@ public class KernelLoaderTests
     }
 
     [Fact]
+    public void HostLiblzmaDecodesXzStreamsAndRefusesCorruptOnes()
+    {
+        var data = Enumerable.Range(0, 300_000).Select(i => (byte)(i % 251 == 0 ? 0xE8 : i * 13)).ToArray();
+        foreach (var options in new[] { "--check=crc32 --x86 --lzma2=dict=1MiB -c", "--check=crc64 --x86 --lzma2=dict=64KiB --block-size=100000 -c" })
+        {
+            var xz = TestImages.Tool("xz", options, data);
+            Assert.Equal(data, LibLzma.TryDecode(xz, data.Length));
+            // A size other than the stream's, and a corrupt stream: no answer, and the managed decoder says why.
+            Assert.Null(LibLzma.TryDecode(xz, data.Length - 1));
+            var corrupt = (byte[])xz.Clone();
+            corrupt[100] ^= 0xFF;
+            Assert.Null(LibLzma.TryDecode(corrupt, data.Length));
+        }
+    }
+
+    [Fact]
     public void XzIndexThatLiesIsRejectedBeforeItCostsMemory()
     {
         byte[] elf = TestImages.Elf(Code, 0x100000);
