@@ -283,6 +283,14 @@ internal static class TimeOps
 
     public static void ArmSingleshot(Vcpu v, long deadline)
     {
+        if (deadline <= v.Domain.Host.Time.NowNs)
+        {
+            // Already due: the event is pending when the hypercall returns, as Xen sends it at once (or its timer
+            // softirq does before the vCPU resumes), rather than from the wheel's thread a thread switch later.
+            v.SingleshotDeadline = long.MaxValue;
+            SendTimerVirq(v);
+            return;
+        }
         v.SingleshotDeadline = deadline;
         v.Domain.Host.Timers.Schedule(deadline, v, TimerKind.Singleshot);
     }
