@@ -110,6 +110,40 @@ public class PcpuLoopTests : IDisposable
     }
 
     [Fact]
+    [Trait("Feature", "x86/PVHVM")]
+    public void AHaltedVcpusSingleshotTimerIsFiredByThePcpuThatRunsIt() => HaltWithATimer(softAffinity: null, expectedPcpu: 0);
+
+    [Fact]
+    [Trait("Feature", "x86/PVHVM")]
+    public void TheTimerOfAVcpuThatPrefersAnotherPcpuIsFiredThere() => HaltWithATimer(softAffinity: 1, expectedPcpu: 1);
+
+    private void HaltWithATimer(int? softAffinity, int expectedPcpu)
+    {
+        var g = new Guest(_host, vcpus: 1);
+        if (softAffinity is int soft)
+            _host.SetVcpuAffinity(g.Id, 0, hard: null, soft: [soft]);
+        _host.SetHvmParam(g.Id, Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, (2UL << 56) | 0xF3);
+        var bind = new Public.EvtchnBindVirq { Virq = Xen.VIRQ_TIMER, Vcpu = 0 };
+        Assert.Equal(0, Evtchn.Op(g, EventChannel.EVTCHNOP_bind_virq, ref bind));
+        unsafe { g.Vcpu().VcpuInfo->EvtchnUpcallPending = 0; }
+        var wheel = _host.Services.Timers;
+        long firedByWheel = wheel.SingleshotsFired;
+        long deadline = _host.SystemTimeNs + 200_000_000;
+        g.Write(Guest.Scratch, new Public.VcpuSetSingleshotTimer { TimeoutAbsNs = (ulong)deadline });
+        g.Cpu().Script.Enqueue((Hypercall, Regs(Xen.__HYPERVISOR_vcpu_op, Public.VcpuOp.VCPUOP_set_singleshot_timer, 0, Guest.Scratch)));
+        // The vCPU arms its timer and halts; its idle pCPU takes the timer from the wheel, sleeps until it, fires it
+        // and runs the vCPU, which takes the upcall. The timer thread fires nothing.
+        _host.Unpause(g.Id);
+        Assert.True(TestHosts.WaitUntil(() => g.Cpu().Delivered.Contains(0xF3)));
+        Assert.True(_host.SystemTimeNs >= deadline);
+        Assert.Equal(long.MaxValue, g.Vcpu().SingleshotDeadline);
+        Assert.Equal(1u, g.Vcpu().VirqTimerPending);
+        Assert.Equal(firedByWheel, wheel.SingleshotsFired);
+        // Both pCPUs are idle: the one the wake-up goes to (the first, or the one the vCPU prefers) took it.
+        Assert.Equal(expectedPcpu, XenSharp.Hypervisor.Scheduling.SchedUnit.Of(g.Vcpu()).Processor);
+    }
+
+    [Fact]
     public void PauseUnpauseAndDestroyAWorkingDomain()
     {
         var g = new Guest(_host, vcpus: 2);

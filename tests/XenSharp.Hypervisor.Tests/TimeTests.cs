@@ -90,6 +90,22 @@ public unsafe class TimeTests : IDisposable
     }
 
     [Fact]
+    public void APastDeadlineIsPendingWhenTheHypercallReturns()
+    {
+        var g = new Guest(_host);
+        uint port = BindTimer(g, 0);
+        Assert.Equal(0, VcpuOp(g, VCPUOP_set_singleshot_timer, 0, new VcpuSetSingleshotTimer { TimeoutAbsNs = (ulong)(_host.SystemTimeNs - 1000) }));
+        Assert.True(Pending(g, port));
+        Assert.Equal(1u, g.Vcpu().VirqTimerPending);
+        Assert.Equal(long.MaxValue, g.Vcpu().SingleshotDeadline);
+        // set_timer_op likewise.
+        g.Domain.SharedInfo->EvtchnPending[port / 64] &= ~(1UL << (int)(port % 64));
+        Assert.Equal(0, g.Call(Xen.__HYPERVISOR_set_timer_op, (ulong)(_host.SystemTimeNs - 1000)));
+        Assert.True(Pending(g, port));
+        Assert.Equal(2u, g.Vcpu().VirqTimerPending);
+    }
+
+    [Fact]
     public void PastDeadlineFiresAndFutureFlagRefusesIt()
     {
         var g = new Guest(_host);

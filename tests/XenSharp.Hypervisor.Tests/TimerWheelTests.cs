@@ -55,6 +55,30 @@ public unsafe class TimerWheelTests : IDisposable
     }
 
     [Fact]
+    public void AnEntryTakenFromTheHeadDoesNotFireAndTheRestStillDo()
+    {
+        var fired = new ConcurrentQueue<string>();
+        using var timers = new Timers(_time, (o, _, _) => fired.Enqueue(o.ToString()!), (o, _, _) => ((Owner)o).Current);
+        var moved = new Owner("moved") { Current = false };
+        var taken = new Owner("taken");
+        var device = new Owner("device");
+        var last = new Owner("last");
+        long now = _time.NowNs;
+        timers.Schedule(now + 1000 * Ms, moved, TimerKind.Singleshot);
+        timers.Schedule(now + 1500 * Ms, taken, TimerKind.Singleshot);
+        timers.Schedule(now + 2000 * Ms, device, TimerKind.Device);
+        timers.Schedule(now + 2500 * Ms, last, TimerKind.Singleshot);
+        // Only the first current entry may be taken, and only if the taker wants it.
+        Assert.False(timers.TryTakeHead((_, kind, _) => kind == TimerKind.Device, out _, out _));
+        Assert.True(timers.TryTakeHead((_, kind, _) => kind == TimerKind.Singleshot, out var owner, out long when));
+        Assert.Same(taken, owner);
+        Assert.Equal(now + 1500 * Ms, when);
+        Assert.True(TestHosts.WaitUntil(() => fired.Contains("last")));
+        Assert.Equal(["device", "last"], fired);
+        Assert.Equal(1, timers.SingleshotsFired);
+    }
+
+    [Fact]
     public void SliceTimerFiresTheEarliestAndNotACleared()
     {
         var fired = new ConcurrentQueue<int>();

@@ -145,6 +145,7 @@ internal sealed class Timers : IDisposable
     // The deadline the kernel timer is armed for (long.MaxValue: disarmed).
     private long _armed = long.MaxValue;
     private bool _stop;
+    private long _singleshotsFired;
 
     /// <param name="isCurrent">Whether an entry still names its owner's deadline (false: it was moved or stopped and
     /// the entry may be dropped unfired); every entry is current without it.</param>
@@ -157,6 +158,9 @@ internal sealed class Timers : IDisposable
         _thread.Start();
     }
 
+    /// <summary>Singleshot entries this thread fired (not those an idle pCPU took and fired itself).</summary>
+    public long SingleshotsFired => Volatile.Read(ref _singleshotsFired);
+
     public void Schedule(long deadlineNs, object owner, TimerKind kind)
     {
         lock (_queue)
@@ -164,6 +168,34 @@ internal sealed class Timers : IDisposable
             _queue.Enqueue((owner, kind), deadlineNs);
             ArmForHeadLocked();
         }
+    }
+
+    /// <summary>Takes the earliest current entry out of the wheel if <paramref name="accept"/> wants it, and re-arms the
+    /// kernel timer for what is left. An idle pCPU takes its next guest timer this way and sleeps until it itself, so
+    /// that a guest's timer interrupt wakes one thread (the pCPU that runs the guest) rather than this one and then the
+    /// pCPU. The taker fires the entry or gives it back with <see cref="Schedule"/>.</summary>
+    public bool TryTakeHead(Func<object, TimerKind, long, bool> accept, out object? owner, out long when)
+    {
+        lock (_queue)
+        {
+            while (_queue.TryPeek(out var e, out when))
+            {
+                if (!_isCurrent(e.Owner, e.Kind, when))
+                {
+                    _queue.Dequeue();
+                    continue;
+                }
+                if (!accept(e.Owner, e.Kind, when))
+                    break;
+                _queue.Dequeue();
+                owner = e.Owner;
+                ArmForHeadLocked();
+                return true;
+            }
+        }
+        owner = null;
+        when = long.MaxValue;
+        return false;
     }
 
     /// <summary>Drops stale entries from the head and arms the kernel timer for the first current one.</summary>
@@ -212,6 +244,8 @@ internal sealed class Timers : IDisposable
             long at = _time.NowNs;
             foreach (var (owner, kind) in due)
             {
+                if (kind == TimerKind.Singleshot)
+                    Interlocked.Increment(ref _singleshotsFired);
                 try { _fire(owner, kind, at); }
                 catch { /* a timer callback must not stop the wheel */ }
             }
@@ -249,6 +283,14 @@ internal static class TimeOps
 
     public static void ArmSingleshot(Vcpu v, long deadline)
     {
+        if (deadline <= v.Domain.Host.Time.NowNs)
+        {
+            // Already due: the event is pending when the hypercall returns, as Xen sends it at once (or its timer
+            // softirq does before the vCPU resumes), rather than from the wheel's thread a thread switch later.
+            v.SingleshotDeadline = long.MaxValue;
+            SendTimerVirq(v);
+            return;
+        }
         v.SingleshotDeadline = deadline;
         v.Domain.Host.Timers.Schedule(deadline, v, TimerKind.Singleshot);
     }
@@ -266,11 +308,11 @@ internal static class TimeOps
         switch (kind)
         {
             case TimerKind.Singleshot:
-                if (v.SingleshotDeadline <= now)
-                {
-                    v.SingleshotDeadline = long.MaxValue;
+                // The wheel and a pCPU that took the entry may both hold this deadline (a guest can re-arm the same
+                // time): whoever clears it sends the event, once.
+                long deadline = Volatile.Read(ref v.SingleshotDeadline);
+                if (deadline <= now && Interlocked.CompareExchange(ref v.SingleshotDeadline, long.MaxValue, deadline) == deadline)
                     SendTimerVirq(v);
-                }
                 break;
             case TimerKind.Periodic:
                 if (v.PeriodicPeriod > 0 && v.PeriodicNext <= now)

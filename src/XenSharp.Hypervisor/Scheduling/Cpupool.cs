@@ -42,6 +42,12 @@ internal sealed class Cpupool
     public void Tickle(SchedUnit u, Func<Vcpu, int, bool>? preempts)
     {
         var cpus = Cpus;
+        // Woken by a timer an idle pCPU fired on its own thread: that pCPU runs it, no other thread need wake.
+        if (Pcpu.FiringTimer is { Current: null } self && Contains(self.Id) && WouldTickle(u, self.Id))
+        {
+            self.Kick();
+            return;
+        }
         int fallback = -1;
         foreach (int c in cpus)
         {
@@ -70,6 +76,23 @@ internal sealed class Cpupool
                     Preempt(c);
                     return;
                 }
+    }
+
+    /// <summary>Whether a wake-up of the unit would tickle <paramref name="cpu"/> (an idle pCPU of this pool): the first
+    /// idle pCPU of its soft affinity, or failing one, of its hard affinity, as <see cref="Tickle"/> picks.</summary>
+    public bool WouldTickle(SchedUnit u, int cpu)
+    {
+        int fallback = -1;
+        foreach (int c in Cpus)
+        {
+            if (!u.Hard[c] || (c != cpu && Owner.PcpuAt(c) is not { Current: null }))
+                continue;
+            if (u.Soft[c])
+                return c == cpu;
+            if (fallback < 0)
+                fallback = c;
+        }
+        return fallback == cpu;
     }
 
     /// <summary>

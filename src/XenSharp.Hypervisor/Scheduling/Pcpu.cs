@@ -17,10 +17,23 @@ internal sealed class Pcpu
     private readonly HostServices _host;
     private readonly Cpupools _pools;
     private readonly Thread _thread;
+    /// <summary>The longest an idle pCPU sleeps without being kicked (a safety net: kicks are what wake it).</summary>
+    private const long IdleMaxNs = 500_000_000;
+
     private readonly object _idleLock = new();
+    // What an idle pCPU sleeps on: armed for its next guest timer (or IdleMaxNs), and for now by a kick.
+    private readonly HostTimer _sleep = new();
+    private readonly Func<object, TimerKind, long, bool> _takeTimer;
     private volatile bool _stop;
     private volatile bool _preempt;
     private bool _kicked;
+    // The pCPU sleeps on _sleep (under _idleLock): a kick must arm it to wake the thread.
+    private bool _sleeping;
+    // When the pCPU went idle (for _takeTimer).
+    private long _idleSince;
+    /// <summary>The pCPU whose thread is firing a guest timer it took from the wheel: the guest's wake-up tickles it
+    /// rather than another idle pCPU, so that the thread already awake runs the guest.</summary>
+    [ThreadStatic] internal static Pcpu? FiringTimer;
     // What the running slice did with a preemption request, for the trace.
     private long _preemptSeen, _preemptAt;
     // The thread's CPU clock at the end of the last slice (-1 after idling): one clock read per switch, the work of
@@ -33,6 +46,7 @@ internal sealed class Pcpu
         _pools = pools;
         Id = id;
         _thread = new Thread(Loop) { IsBackground = true, Name = $"pcpu{id}" };
+        _takeTimer = TakesTimer;
         pools.Register(this);
     }
 
@@ -51,6 +65,8 @@ internal sealed class Pcpu
         Kick();
         if (_thread.IsAlive && Thread.CurrentThread != _thread)
             _thread.Join();
+        if (!_thread.IsAlive)
+            _sleep.Dispose();
     }
 
     /// <summary>Makes an idle pCPU (or one about to idle) look for work again.</summary>
@@ -59,7 +75,11 @@ internal sealed class Pcpu
         lock (_idleLock)
         {
             _kicked = true;
-            Monitor.Pulse(_idleLock);
+            if (_sleeping)
+            {
+                _sleeping = false;
+                _sleep.ArmIn(0);
+            }
         }
     }
 
@@ -89,9 +109,61 @@ internal sealed class Pcpu
             }
             // Also clears the deadline of the slice that just ended: firing it would only wake this idle pCPU.
             _pools.Timer.Set(Id, until);
-            Monitor.Wait(_idleLock, 500);
+        }
+        // The next guest timer, if it is a blocked vCPU's that this pCPU may run, is this pCPU's to fire: it sleeps
+        // until then itself, and the timer thread does not wake for it.
+        _idleSince = _host.Time.NowNs;
+        Vcpu? taken = _host.Timers.TryTakeHead(_takeTimer, out var owner, out long due) ? (Vcpu)owner! : null;
+        bool sleep;
+        lock (_idleLock)
+        {
+            sleep = _sleeping = !_kicked && !_stop;
+            if (sleep)
+                _sleep.ArmIn(Math.Min(due - _host.Time.NowNs, IdleMaxNs));
+        }
+        if (sleep)
+            _sleep.Wait();
+        lock (_idleLock)
+        {
+            _sleeping = false;
             _kicked = false;
         }
+        if (taken is not null)
+            FireTaken(taken, due);
+    }
+
+    /// <summary>Whether an idle pCPU takes this wheel entry: a singleshot timer due within its longest sleep, of a
+    /// blocked vCPU of its pool whose wake-up would be sent to this pCPU (so that the guest runs where it would have).</summary>
+    private bool TakesTimer(object owner, TimerKind kind, long when)
+        => kind == TimerKind.Singleshot && owner is Vcpu { Blocked: true, SchedData: SchedUnit u } v && u.CanRun(Id)
+            && when - _idleSince <= IdleMaxNs && !v.Domain.IsDying && _pools.PoolOfCpu(Id) is { } pool
+            && _pools.PoolOf(v.Domain) == pool && pool.WouldTickle(u, Id);
+
+    /// <summary>Fires a guest timer this pCPU took from the wheel, or gives it back if the pCPU woke before it.</summary>
+    private void FireTaken(Vcpu v, long due)
+    {
+        if (Volatile.Read(ref v.SingleshotDeadline) != due)
+            return; // moved or stopped since: the wheel has its new deadline
+        long now = _host.Time.NowNs;
+        if (due > now || _stop)
+        {
+            _host.Timers.Schedule(due, v, TimerKind.Singleshot);
+            return;
+        }
+        if (v.Domain.IsDying)
+            return;
+        FiringTimer = this;
+        try
+        {
+            TimeOps.Fire(v, TimerKind.Singleshot, now);
+        }
+        finally
+        {
+            FiringTimer = null;
+        }
+        // The wake-up kicked this pCPU, which now looks for work anyway.
+        lock (_idleLock)
+            _kicked = false;
     }
 
     private void Loop()
