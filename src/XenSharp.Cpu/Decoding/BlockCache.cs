@@ -125,7 +125,7 @@ internal sealed class BlockCache
         _byFrame.Remove(gfn);
         foreach (var b in f.Blocks)
         {
-            b.Valid = false;
+            b.Drop();
             _blocks.Remove(new Key(b.Phys, b.Ip, b.Bitness));
         }
     }
@@ -181,7 +181,7 @@ internal sealed class BlockCache
                         f.Blocks[kept++] = b;
                         continue;
                     }
-                    b.Valid = false;
+                    b.Drop();
                     var key = new Key(b.Phys, b.Ip, b.Bitness);
                     if (_blocks.TryGetValue(key, out var cur) && cur == b) _blocks.Remove(key);
                     dropped++;
@@ -216,7 +216,7 @@ internal sealed class BlockCache
         lock (_lock)
         {
             foreach (var f in _byFrame.Values)
-                foreach (var b in f.Blocks) b.Valid = false;
+                foreach (var b in f.Blocks) b.Drop();
             _blocks.Clear();
             _byFrame.Clear();
         }

@@ -171,6 +171,21 @@ internal sealed class DecodedBlock
     /// to the next without the jump-cache lookup (X86Vcpu.NextBlock).</summary>
     public DecodedBlock? NextFall, NextOther;
 
+    /// <summary>The bodies of the method this block was last compiled into that other bodies branch into (its slot
+    /// <see cref="WarmIndex"/> holds it while it is valid). Dropping the block empties its slot, so that the method's
+    /// live code keeps no dropped block alive.</summary>
+    public DecodedBlock?[]? WarmBatch;
+    public int WarmIndex;
+
+    /// <summary>Invalidates the block: holders look its address up again.</summary>
+    public void Drop()
+    {
+        Valid = false;
+        if (WarmBatch is { } batch && (uint)WarmIndex < (uint)batch.Length && batch[WarmIndex] == this)
+            Volatile.Write(ref batch[WarmIndex], null);
+        WarmBatch = null;
+    }
+
     public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
     {
         Insns = insns; Count = count; Phys = phys; Ip = ip; Bitness = bitness;

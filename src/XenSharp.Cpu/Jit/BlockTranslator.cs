@@ -129,13 +129,13 @@ internal sealed partial class BlockTranslator
     /// first code runs (two vCPUs that make it hot together queue it twice) and then lands elsewhere in
     /// another method; the code already published, which vCPUs keep entering until the new code replaces
     /// it, must still select its own body, which a body index kept in the shared block would not.</summary>
-    internal sealed class CompiledBody(DecodedBlock block, int index, DecodedBlock[] batch)
+    internal sealed class CompiledBody(DecodedBlock block, int index, DecodedBlock?[] batch)
     {
         public readonly DecodedBlock Block = block;
         public readonly int Index = index;
-        /// <summary>Every block of the method, by body index: a body branching straight into another's
-        /// finds its block here.</summary>
-        public readonly DecodedBlock[] Batch = batch;
+        /// <summary>The blocks of the method other bodies branch into, by body index (null for the rest, and once
+        /// dropped): a body branching straight into another's finds its block here.</summary>
+        public readonly DecodedBlock?[] Batch = batch;
     }
 
     /// <summary>The DynamicMethod one or more blocks are emitted into, and the IL locals their bodies share
@@ -247,7 +247,15 @@ internal sealed partial class BlockTranslator
         var translators = new BlockTranslator[blocks.Count];
         for (int k = 0; k < blocks.Count; k++) translators[k] = new BlockTranslator(blocks[k], f);
         PlanWarmBranches(translators);
-        var batch = blocks.ToArray();
+        // Only the bodies others branch into are reached through it, and a dropped block leaves it (DecodedBlock.Drop).
+        var batch = new DecodedBlock?[blocks.Count];
+        for (int k = 0; k < blocks.Count; k++)
+            if (translators[k]._warmTarget)
+            {
+                batch[k] = blocks[k];
+                blocks[k].WarmBatch = batch;
+                blocks[k].WarmIndex = k;
+            }
         for (int k = 0; k < blocks.Count; k++)
         {
             il.MarkLabel(entries[k]);
@@ -736,6 +744,7 @@ internal sealed partial class BlockTranslator
         LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, cold);
         _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FBodyBatch); LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, cold);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, cold);
 
         var savedPending = _pending.ToArray();

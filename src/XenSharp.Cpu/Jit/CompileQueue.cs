@@ -90,29 +90,48 @@ internal sealed class CompileQueue : IDisposable
         }
     }
 
-    /// <summary>Adds to <paramref name="batch"/> the same-page successors its 64-bit blocks went to when interpreted
-    /// (<see cref="DecodedBlock.NextFall"/>, <see cref="DecodedBlock.NextOther"/>), and theirs, that have run a quarter
-    /// of the threshold: the blocks of a loop become hot one by one, and compiled into one method they branch into
-    /// each other's bodies with the registers kept in locals rather than hopping from method to method.</summary>
+    /// <summary>Adds to <paramref name="batch"/> the blocks of the loops its 64-bit blocks are in: same-page successors
+    /// they went to when interpreted (<see cref="DecodedBlock.NextFall"/>, <see cref="DecodedBlock.NextOther"/>), and
+    /// theirs, that have run a quarter of the threshold and lead back to a block of the batch. The blocks of a loop
+    /// become hot one by one; compiled into one method they branch into each other's bodies with the registers kept
+    /// in locals rather than hopping from method to method. Code that only runs on from a hot block is left to become
+    /// hot itself, so that a boot compiles no more than it did.</summary>
     private void AddSuccessors(List<DecodedBlock> batch)
     {
         int insns = 0;
         foreach (var b in batch) insns += b.Count;
         int hits = _engine.Jit.Threshold / 4;
-        for (int k = 0; k < batch.Count; k++)
+        var found = new List<DecodedBlock>();
+        for (int k = 0; k < batch.Count + found.Count && found.Count < MaxBatch; k++)
         {
-            var b = batch[k];
+            var b = k < batch.Count ? batch[k] : found[k - batch.Count];
             if (b.Bitness != 64) continue;
             Consider(b.NextFall);
             Consider(b.NextOther);
         }
+        // Keep those from which a block of the batch is reached again.
+        bool grew = true;
+        var loop = new HashSet<DecodedBlock>(batch);
+        while (grew)
+        {
+            grew = false;
+            foreach (var s in found)
+                if (!loop.Contains(s) && (s.NextFall is { } f && loop.Contains(f) || s.NextOther is { } o && loop.Contains(o)))
+                    grew = loop.Add(s);
+        }
+        foreach (var s in found)
+        {
+            if (batch.Count >= MaxBatch || insns + s.Count > MaxBatchInsns) break;
+            if (!loop.Contains(s)) continue;
+            batch.Add(s);
+            insns += s.Count;
+        }
 
         void Consider(DecodedBlock? s)
         {
-            if (s == null || batch.Count >= MaxBatch || insns + s.Count > MaxBatchInsns) return;
-            if (!s.Valid || s.Compiled != null || s.JitFailed || s.Bitness != 64 || s.Hits < hits || batch.Contains(s)) return;
-            batch.Add(s);
-            insns += s.Count;
+            if (s == null || found.Count >= MaxBatch) return;
+            if (!s.Valid || s.Compiled != null || s.JitFailed || s.Bitness != 64 || s.Hits < hits || batch.Contains(s) || found.Contains(s)) return;
+            found.Add(s);
         }
     }
 
