@@ -648,11 +648,7 @@ internal sealed partial class BlockTranslator
         LdBlock(); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, unlinked);
-        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, full);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, full);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, full);
+        EmitHopChecks(full);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, full);
         var linked = _il.DefineLabel();
         // An instruction running into the next page: that page's translation is checked each time.
@@ -737,39 +733,57 @@ internal sealed partial class BlockTranslator
         var t = WarmTargetOf(rip);
         if (t is not { _warmTarget: true }) return;
         var cold = _il.DefineLabel();
-        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, cold);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, cold);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, cold);
+        EmitHopChecks(cold);
         _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FBodyBatch); LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, cold);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, cold);
 
+        EmitBranchOut(t._liveIn, executed, t._warm, () =>
+        {
+            // The target keeps its own registers in the locals and finds the rest in the vCPU.
+            for (int g = 0; g < 16; g++)
+            {
+                int bit = 1 << g;
+                if ((_dirty & ~t._used & bit) != 0) { GprAddress(g); _il.Emit(OpCodes.Ldloc, _gpr[g]); _il.Emit(OpCodes.Stind_I8); }
+                if ((t._used & ~_used & ~_dirty & bit) != 0) LoadGprFromCpu(g);
+            }
+            _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Stloc, _self);
+        });
+        _warmBranches++;
+        _il.MarkLabel(cold);
+    }
+
+    /// <summary>The checks every hop out of a block makes, branching to <paramref name="refuse"/> when one fails: the
+    /// hop budget (counted down), an exit request and a store into decoded code.</summary>
+    private void EmitHopChecks(Label refuse)
+    {
+        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
+        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, refuse);
+        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, refuse);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, refuse);
+    }
+
+    /// <summary>Branches to <paramref name="to"/>, compiled code that starts with no pending flag results and all its
+    /// registers in the locals (this block's top, another body's second entry), after <paramref name="executed"/>
+    /// instructions: the pending results are computed only if that code can observe them (<paramref name="liveIn"/>),
+    /// then <paramref name="before"/> runs. The compile-time state stays that of the code after the branch.</summary>
+    private void EmitBranchOut(ulong liveIn, int executed, Label to, Action before)
+    {
         var savedPending = _pending.ToArray();
         bool savedFlDirty = _flDirty;
         int savedFlushed = _flushed;
         ulong pendingDefs = 0;
         foreach (var p in _pending) pendingDefs |= FlagMath.Defines(p.Kind);
-        // The target starts with no pending results: compute them only if it can observe them.
-        if ((pendingDefs & t._liveIn) != 0) MaterializeFlags();
+        if ((pendingDefs & liveIn) != 0) MaterializeFlags();
         AddRetired(executed - _flushed);
-        // The target keeps its own registers in the locals and finds the rest in the vCPU.
-        for (int g = 0; g < 16; g++)
-        {
-            int bit = 1 << g;
-            if ((_dirty & ~t._used & bit) != 0) { GprAddress(g); _il.Emit(OpCodes.Ldloc, _gpr[g]); _il.Emit(OpCodes.Stind_I8); }
-            if ((t._used & ~_used & ~_dirty & bit) != 0) LoadGprFromCpu(g);
-        }
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Stloc, _self);
-        _il.Emit(OpCodes.Br, t._warm);
-        _warmBranches++;
+        before();
+        _il.Emit(OpCodes.Br, to);
         _pending.Clear();
         _pending.AddRange(savedPending);
         _flDirty = savedFlDirty;
         _flushed = savedFlushed;
-        _il.MarkLabel(cold);
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>

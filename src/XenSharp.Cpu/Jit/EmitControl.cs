@@ -57,22 +57,10 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(leave);
         EmitExit(target, i + 1);
         _il.MarkLabel(stay);
-
-        var savedPending = _pending.ToArray();
-        bool savedFlDirty = _flDirty;
-        int savedFlushed = _flushed;
-        ulong pendingDefs = 0;
-        foreach (var p in _pending) pendingDefs |= FlagMath.Defines(p.Kind);
-        // The top assumes no pending flags: compute them only if the block can observe them
-        // before overwriting them.
-        if ((pendingDefs & _liveIn) != 0) MaterializeFlags();
-        AddRetired(_n - _flushed);
-        _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _budget);
-        _il.Emit(OpCodes.Br, _top);
-        _pending.Clear();
-        _pending.AddRange(savedPending);
-        _flDirty = savedFlDirty;
-        _flushed = savedFlushed;
+        EmitBranchOut(_liveIn, _n, _top, () =>
+        {
+            _il.Emit(OpCodes.Ldloc, _budget); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _budget);
+        });
     }
 
     /// <summary>Pushes the value in _val (size bytes) on the stack.</summary>
