@@ -14,21 +14,12 @@ internal static partial class LibLzma
     /// <summary>Memory the decoder may use: a kernel payload's dictionary is at most a few tens of MiB.</summary>
     private const ulong MemLimit = 256UL << 20;
 
-    /// <summary>glibc's: gives the heap's free memory back to the system.</summary>
-    [LibraryImport("libc")]
-    private static partial int malloc_trim(nuint pad);
-
     [LibraryImport("liblzma.so.5")]
     private static unsafe partial int lzma_stream_buffer_decode(ref ulong memlimit, uint flags, nint allocator,
         byte* input, ref nuint inPos, nuint inSize, byte* output, ref nuint outPos, nuint outSize);
 
     private static bool s_missing;
 
-    private static void TrimHeap()
-    {
-        try { malloc_trim(0); }
-        catch (EntryPointNotFoundException) { /* not glibc */ }
-    }
 
     /// <summary>Decodes the single .xz stream in <paramref name="data"/> into exactly <paramref name="size"/> bytes, with
     /// its checks verified; null when liblzma is missing or the stream does not decode to that size.</summary>
@@ -44,9 +35,6 @@ internal static partial class LibLzma
             fixed (byte* i = data)
             fixed (byte* o = output)
                 ret = lzma_stream_buffer_decode(ref memlimit, 0, 0, i, ref inPos, (nuint)data.Length, o, ref outPos, (nuint)output.Length);
-            // The decoder's dictionary (32 MiB for a kernel) came from glibc's heap, which keeps freed memory resident:
-            // a daemon that built one domain would carry it for good.
-            TrimHeap();
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
