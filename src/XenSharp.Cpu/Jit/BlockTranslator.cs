@@ -77,6 +77,7 @@ internal sealed partial class BlockTranslator
     private readonly DecodedInsn[] _insns;
     private readonly int _n;
     private readonly ILGenerator _il;
+    private readonly MethodFrame _f;
     private readonly DynamicMethod _method;
     private readonly InsnPlan[] _plans;
     private readonly ulong[] _liveAfter;
@@ -147,6 +148,11 @@ internal sealed partial class BlockTranslator
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
         public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, Code, Next, Self;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
+        /// <summary>Code that rarely runs (slow paths of memory accesses, leaving after a store into code), emitted
+        /// after every body so that the code that runs stays contiguous: the .NET JIT lays blocks out in IL order.</summary>
+        public readonly List<Action> Cold = [];
+        /// <summary>Where a fault or exit a slow path caught leaves the method (a plain return).</summary>
+        public readonly Label Abort;
 
         public MethodFrame(ulong ip, int insns)
         {
@@ -168,6 +174,7 @@ internal sealed partial class BlockTranslator
             Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
             Next = Il.DeclareLocal(typeof(DecodedBlock));
             Self = Il.DeclareLocal(typeof(DecodedBlock));
+            Abort = Il.DefineLabel();
             for (int k = 0; k < MaxPending; k++)
             {
                 Pa[k] = Il.DeclareLocal(typeof(ulong));
@@ -184,6 +191,7 @@ internal sealed partial class BlockTranslator
         _n = b.Count;
         _is64 = b.Bitness == 64;
         _method = f.Method;
+        _f = f;
         _il = f.Il;
         _plans = new InsnPlan[_n];
         _liveAfter = new ulong[_n];
@@ -263,9 +271,13 @@ internal sealed partial class BlockTranslator
             // An unbalanced stack, which .NET refuses to compile.
             if (rejectForTests?.Invoke(blocks[k]) == true) il.Emit(OpCodes.Pop);
             t.Emit();
-            targets[k] = t._linkTargets.ToArray();
             flagsIn[k] = t._liveIn != 0;
         }
+        // Link targets are taken once all of the code, cold code included, is emitted.
+        for (int c = 0; c < f.Cold.Count; c++) f.Cold[c]();
+        il.MarkLabel(f.Abort);
+        il.Emit(OpCodes.Ret);
+        for (int k = 0; k < blocks.Count; k++) targets[k] = translators[k]._linkTargets.ToArray();
         ilBytes = il.ILOffset;
         warmBranches = translators.Sum(t => t._warmBranches);
         var code = new Action<X86Vcpu>[blocks.Count];
@@ -318,22 +330,31 @@ internal sealed partial class BlockTranslator
             bool ended = EmitInline(ref d, i);
             if (last && !ended) EmitExit(d.I.NextIP, i + 1, link: true);
         }
-        if (_abortUsed)
-        {
-            _il.MarkLabel(_abort);
-            _il.Emit(OpCodes.Ret);
-        }
     }
-
-    private Label _abort;
-    private bool _abortUsed;
 
     /// <summary>After a slow-path call (evaluation stack empty): a fault or exit it caught leaves the
     /// block with the state the call was made in, as the exception did.</summary>
     private void EmitAbortCheck()
     {
-        if (!_abortUsed) { _abort = _il.DefineLabel(); _abortUsed = true; }
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, _abort);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, _f.Abort);
+    }
+
+    /// <summary>Emits <paramref name="emit"/> at <paramref name="entry"/> among the method's cold code (see
+    /// <see cref="MethodFrame.Cold"/>), with the compile-time state as it is here: the registers newer than the
+    /// vCPU's and the pending flag results. It ends by branching back to hot code itself, or by leaving.</summary>
+    private void EmitCold(Label entry, Action emit)
+    {
+        int dirty = _dirty;
+        bool flDirty = _flDirty;
+        int flushed = _flushed;
+        var pending = _pending.ToArray();
+        _f.Cold.Add(() =>
+        {
+            _dirty = dirty; _flDirty = flDirty; _flushed = flushed;
+            _pending.Clear(); _pending.AddRange(pending);
+            _il.MarkLabel(entry);
+            emit();
+        });
     }
 
     // ---------------------------------------------------------------- planning
@@ -790,10 +811,10 @@ internal sealed partial class BlockTranslator
     private void EmitStopCheck(int i)
     {
         if (i == _n - 1) return;
-        var go = _il.DefineLabel();
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brfalse, go);
-        EmitExit(ResumeIp(i), i + 1);
-        _il.MarkLabel(go);
+        var stop = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, stop);
+        ulong resume = ResumeIp(i);
+        EmitCold(stop, () => EmitExit(resume, i + 1));
     }
 
     /// <summary>Where the block goes on after instruction <paramref name="i"/> (not its last): the next
