@@ -153,10 +153,6 @@ internal sealed class DecodedBlock
     public int Hits;
     /// <summary>The block translated to IL (Jit/BlockTranslator.cs), or null while interpreted.</summary>
     public Action<X86Vcpu>? Compiled;
-    /// <summary>The compiled code may observe the arithmetic flags it enters with (it reads them, or can fault
-    /// or exit, before writing them all): a compiled predecessor entering it directly must write RFLAGS back
-    /// in full first. Set with the code, before it is published; true until then.</summary>
-    public bool FlagsIn = true;
     /// <summary>Translation failed once: the block stays interpreted.</summary>
     public bool JitFailed;
     /// <summary>Waiting in the engine's background compile queue.</summary>

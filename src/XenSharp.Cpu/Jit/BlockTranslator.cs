@@ -30,7 +30,11 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
     private static readonly FieldInfo FHasTail = typeof(DecodedBlock).GetField(nameof(DecodedBlock.HasTail))!;
     private static readonly MethodInfo MLinkedTailHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedTailHolds), Inst)!;
-    private static readonly FieldInfo FFlagsIn = typeof(DecodedBlock).GetField(nameof(DecodedBlock.FlagsIn))!;
+    private static readonly FieldInfo FLazyFlags = Cpu.GetField(nameof(X86Vcpu.LazyFlags), Inst)!;
+    private static readonly FieldInfo FLazyA = Cpu.GetField(nameof(X86Vcpu.LazyA), Inst)!;
+    private static readonly FieldInfo FLazyB = Cpu.GetField(nameof(X86Vcpu.LazyB), Inst)!;
+    private static readonly FieldInfo FLazyR = Cpu.GetField(nameof(X86Vcpu.LazyR), Inst)!;
+    private static readonly MethodInfo MApplyLazyFlags = Cpu.GetMethod(nameof(X86Vcpu.ApplyLazyFlags), Inst)!;
     private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
     private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
     private static readonly FieldInfo FBodyBatch = typeof(CompiledBody).GetField(nameof(CompiledBody.Batch))!;
@@ -77,6 +81,7 @@ internal sealed partial class BlockTranslator
     private readonly DecodedInsn[] _insns;
     private readonly int _n;
     private readonly ILGenerator _il;
+    private readonly MethodFrame _f;
     private readonly DynamicMethod _method;
     private readonly InsnPlan[] _plans;
     private readonly ulong[] _liveAfter;
@@ -91,7 +96,7 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr;
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _hopsLeft, _acArmed, _flat, _code, _next, _self;
+    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _acArmed, _flat, _next, _self;
     /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
     private readonly bool _accesses;
     /// <summary>32- and 16-bit blocks: the segments (1 &lt;&lt; ES..GS) of the inline accesses, whose flatness
@@ -147,6 +152,16 @@ internal sealed partial class BlockTranslator
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
         public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, Code, Next, Self;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
+        /// <summary>Code that rarely runs (slow paths of memory accesses, leaving after a store into code), emitted
+        /// after every body so that the code that runs stays contiguous: the .NET JIT lays blocks out in IL order.</summary>
+        public readonly List<Action> Cold = [];
+        /// <summary>Where a fault or exit a slow path caught leaves the method (a plain return).</summary>
+        public readonly Label Abort;
+        /// <summary>The hops every body's exits share (<see cref="EmitHopTails"/>): each exit writes its state back and
+        /// names its link slot in <see cref="Slot"/>, and one copy of the checks and the call serves them all.</summary>
+        public readonly Label SamePageHop, ChainHop, IndirectHop;
+        public bool SamePageHopUsed, ChainHopUsed, IndirectHopUsed;
+        public readonly LocalBuilder Slot;
 
         public MethodFrame(ulong ip, int insns)
         {
@@ -168,6 +183,11 @@ internal sealed partial class BlockTranslator
             Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
             Next = Il.DeclareLocal(typeof(DecodedBlock));
             Self = Il.DeclareLocal(typeof(DecodedBlock));
+            Abort = Il.DefineLabel();
+            SamePageHop = Il.DefineLabel();
+            ChainHop = Il.DefineLabel();
+            IndirectHop = Il.DefineLabel();
+            Slot = Il.DeclareLocal(typeof(int));
             for (int k = 0; k < MaxPending; k++)
             {
                 Pa[k] = Il.DeclareLocal(typeof(ulong));
@@ -184,6 +204,7 @@ internal sealed partial class BlockTranslator
         _n = b.Count;
         _is64 = b.Bitness == 64;
         _method = f.Method;
+        _f = f;
         _il = f.Il;
         _plans = new InsnPlan[_n];
         _liveAfter = new ulong[_n];
@@ -211,7 +232,7 @@ internal sealed partial class BlockTranslator
             }
 
         _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
-        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _hopsLeft = f.HopsLeft; _acArmed = f.AcArmed; _flat = f.Flat; _code = f.Code; _next = f.Next; _self = f.Self;
+        _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _acArmed = f.AcArmed; _flat = f.Flat; _next = f.Next; _self = f.Self;
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
@@ -243,7 +264,6 @@ internal sealed partial class BlockTranslator
             il.Emit(OpCodes.Ret);
         }
         var targets = new ulong[blocks.Count][];
-        var flagsIn = new bool[blocks.Count];
         var translators = new BlockTranslator[blocks.Count];
         for (int k = 0; k < blocks.Count; k++) translators[k] = new BlockTranslator(blocks[k], f);
         PlanWarmBranches(translators);
@@ -263,9 +283,13 @@ internal sealed partial class BlockTranslator
             // An unbalanced stack, which .NET refuses to compile.
             if (rejectForTests?.Invoke(blocks[k]) == true) il.Emit(OpCodes.Pop);
             t.Emit();
-            targets[k] = t._linkTargets.ToArray();
-            flagsIn[k] = t._liveIn != 0;
         }
+        // Link targets are taken once all of the code, cold code included, is emitted.
+        for (int c = 0; c < f.Cold.Count; c++) f.Cold[c]();
+        EmitHopTails(f);
+        il.MarkLabel(f.Abort);
+        il.Emit(OpCodes.Ret);
+        for (int k = 0; k < blocks.Count; k++) targets[k] = translators[k]._linkTargets.ToArray();
         ilBytes = il.ILOffset;
         warmBranches = translators.Sum(t => t._warmBranches);
         var code = new Action<X86Vcpu>[blocks.Count];
@@ -274,7 +298,6 @@ internal sealed partial class BlockTranslator
             var b = blocks[k];
             // Published before the code that indexes them.
             b.LinkTargets = targets[k];
-            b.FlagsIn = flagsIn[k];
             b.Links = new DecodedBlock?[targets[k].Length];
             code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k, batch));
         }
@@ -283,8 +306,18 @@ internal sealed partial class BlockTranslator
 
     private void Emit()
     {
-        // Prologue: guest state into locals.
+        // Prologue: guest state into locals. The block before may have left its last flag result pending in the
+        // vCPU (see StoreFlagsAtExit): applied when this block can observe the flags, dropped when it overwrites
+        // them all first.
         LoadUsedGprs();
+        if (_liveIn != 0)
+        {
+            var none = _il.DefineLabel();
+            LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
+            LdCpu(); _il.Emit(OpCodes.Call, MApplyLazyFlags);
+            _il.MarkLabel(none);
+        }
+        else { LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags); }
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         if (_warmTarget)
         {
@@ -318,22 +351,31 @@ internal sealed partial class BlockTranslator
             bool ended = EmitInline(ref d, i);
             if (last && !ended) EmitExit(d.I.NextIP, i + 1, link: true);
         }
-        if (_abortUsed)
-        {
-            _il.MarkLabel(_abort);
-            _il.Emit(OpCodes.Ret);
-        }
     }
-
-    private Label _abort;
-    private bool _abortUsed;
 
     /// <summary>After a slow-path call (evaluation stack empty): a fault or exit it caught leaves the
     /// block with the state the call was made in, as the exception did.</summary>
     private void EmitAbortCheck()
     {
-        if (!_abortUsed) { _abort = _il.DefineLabel(); _abortUsed = true; }
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, _abort);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, _f.Abort);
+    }
+
+    /// <summary>Emits <paramref name="emit"/> at <paramref name="entry"/> among the method's cold code (see
+    /// <see cref="MethodFrame.Cold"/>), with the compile-time state as it is here: the registers newer than the
+    /// vCPU's and the pending flag results. It ends by branching back to hot code itself, or by leaving.</summary>
+    private void EmitCold(Label entry, Action emit)
+    {
+        int dirty = _dirty;
+        bool flDirty = _flDirty;
+        int flushed = _flushed;
+        var pending = _pending.ToArray();
+        _f.Cold.Add(() =>
+        {
+            _dirty = dirty; _flDirty = flDirty; _flushed = flushed;
+            _pending.Clear(); _pending.AddRange(pending);
+            _il.MarkLabel(entry);
+            emit();
+        });
     }
 
     // ---------------------------------------------------------------- planning
@@ -556,6 +598,24 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stfld, FRflags);
     }
 
+    /// <summary>RFLAGS at an exit: a single pending result that defines every arithmetic flag is left in the vCPU
+    /// as its operands (<see cref="X86Vcpu.LazyFlags"/>), for the next compiled block to apply only if it reads
+    /// the flags, and for the run loop to apply when compiled code returns to it; anything else is computed.</summary>
+    private void StoreFlagsAtExit()
+    {
+        if (_pending.Count != 1 || _pending[0].MaybeNone || FlagMath.Defines(_pending[0].Kind) != X86Vcpu.ArithFlags)
+        {
+            StoreFlagsToCpu(hot: false);
+            return;
+        }
+        var p = _pending[0];
+        if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _pa[p.Slot]); _il.Emit(OpCodes.Stfld, FLazyA);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _pb[p.Slot]); _il.Emit(OpCodes.Stfld, FLazyB);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _pr[p.Slot]); _il.Emit(OpCodes.Stfld, FLazyR);
+        LdCpu(); LdcI4((int)p.Kind | p.Size << 8); _il.Emit(OpCodes.Stfld, FLazyFlags);
+    }
+
     /// <summary>Computes every pending flag result into the flags local.</summary>
     private void MaterializeFlags()
     {
@@ -591,24 +651,17 @@ internal sealed partial class BlockTranslator
         SpillGprs();
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
+        StoreFlagsAtExit();
         if (!link || !_chainable)
         {
-            StoreFlagsToCpu(hot: true);
             _il.Emit(OpCodes.Ret);
             return;
         }
         int slot = _linkTargets.Count;
         _linkTargets.Add(rip);
-        var full = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
-        if ((rip >> 12) == (_b.Ip >> 12) && _is64) EmitSamePageNext(slot, full);
-        else
-        {
-            LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain);
-            _il.Emit(OpCodes.Stloc, _next);
-            _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
-        }
-        EmitEnterNext(full);
+        LdcI4(slot); _il.Emit(OpCodes.Stloc, _f.Slot);
+        if ((rip >> 12) == (_b.Ip >> 12) && _is64) { _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); }
+        else { _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); }
     }
 
     /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
@@ -617,75 +670,71 @@ internal sealed partial class BlockTranslator
     {
         SpillGprs();
         AddRetired(executed - _flushed);
+        StoreFlagsAtExit();
         if (!_chainable)
         {
-            StoreFlagsToCpu(hot: true);
             _il.Emit(OpCodes.Ret);
             return;
         }
-        EmitIndirectHop();
+        _f.IndirectHopUsed = true;
+        _il.Emit(OpCodes.Br, _f.IndirectHop);
     }
 
-    /// <summary>Enters the compiled block the jump cache holds for the RIP already stored (<see cref="X86Vcpu.JitIndirectChain"/>),
-    /// or leaves for the run loop.</summary>
-    private void EmitIndirectHop()
+    /// <summary>The hops of the method's exits, each emitted once after every body (the state is written back and
+    /// RIP stored; _self is the block left, <see cref="MethodFrame.Slot"/> its exit's link slot):
+    /// <list type="bullet">
+    /// <item>a direct exit in the block's own page of a 64-bit block (the run loop's straight-line code, md5's
+    /// rounds, run through these): the linked successor with <see cref="X86Vcpu.JitChain"/>'s checks inline; an
+    /// exit not linked yet goes through the helper, which notes it for the run loop to link;</item>
+    /// <item>any other direct exit: <see cref="X86Vcpu.JitChain"/>;</item>
+    /// <item>a RET, an indirect JMP or CALL: the compiled block the jump cache holds for RIP
+    /// (<see cref="X86Vcpu.JitIndirectChain"/>).</item>
+    /// </list>
+    /// The successor is then called, so a hop costs one frame; its prologue applies the flag result this block
+    /// left pending only if it reads the flags.</summary>
+    private static void EmitHopTails(MethodFrame f)
     {
-        var full = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldnull); _il.Emit(OpCodes.Stloc, _code);
-        LdCpu(); _il.Emit(OpCodes.Call, MJitIndirectChain);
-        _il.Emit(OpCodes.Stloc, _next);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, full);
-        EmitEnterNext(full);
-    }
-
-    /// <summary>The common hop of a direct exit in the block's own page inline (the run loop's straight-line
-    /// code, md5's rounds, runs through these): the linked successor into _next with
-    /// <see cref="X86Vcpu.JitChain"/>'s checks, or to <paramref name="full"/> with _next null when the exit is
-    /// not linked yet (the helper then notes it for the run loop) and not null when the checks refused it.</summary>
-    private void EmitSamePageNext(int slot, Label full)
-    {
-        var unlinked = _il.DefineLabel();
-        LdBlock(); _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot); _il.Emit(OpCodes.Ldelem_Ref);
-        _il.Emit(OpCodes.Stloc, _next);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, unlinked);
-        EmitHopChecks(full);
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, full);
-        var linked = _il.DefineLabel();
-        // An instruction running into the next page: that page's translation is checked each time.
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FHasTail); _il.Emit(OpCodes.Brfalse, linked);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Call, MLinkedTailHolds); _il.Emit(OpCodes.Brfalse, full);
-        _il.Emit(OpCodes.Br, linked);
-        // Not linked yet: the helper records the exit for the run loop to link (and returns null).
-        _il.MarkLabel(unlinked);
-        LdCpu(); LdBlock(); LdcI4(slot); _il.Emit(OpCodes.Call, MJitChain); _il.Emit(OpCodes.Pop);
-        _il.Emit(OpCodes.Br, full);
-        _il.MarkLabel(linked);
-    }
-
-    /// <summary>Enters the successor block in _next (known non-null here; a refused one branches to
-    /// <paramref name="full"/>, with _code null). RFLAGS is written back in full unless the successor
-    /// overwrites every arithmetic flag before anything can observe them (<see cref="DecodedBlock.FlagsIn"/>):
-    /// between two compiled blocks nothing reads them, so the pending results of this block are then dead and
-    /// not worth computing. Every return to the run loop writes them back in full.</summary>
-    private void EmitEnterNext(Label full)
-    {
-        var enter = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FCompiled); _il.Emit(OpCodes.Stloc, _code);
-        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, full);
-        if (_flDirty || _pending.Count > 0)
+        if (!f.SamePageHopUsed && !f.ChainHopUsed && !f.IndirectHopUsed) return;
+        var il = f.Il;
+        var leave = il.DefineLabel();
+        var enter = il.DefineLabel();
+        if (f.SamePageHopUsed)
         {
-            _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FFlagsIn); _il.Emit(OpCodes.Brtrue, full);
-            // No flag store: the successor's arithmetic flags come from itself, and the rest of _fl is RFLAGS's.
-            _il.Emit(OpCodes.Br, enter);
+            var unlinked = il.DefineLabel();
+            var linked = il.DefineLabel();
+            il.MarkLabel(f.SamePageHop);
+            il.Emit(OpCodes.Ldloc, f.Self); il.Emit(OpCodes.Ldfld, FLinks); il.Emit(OpCodes.Ldloc, f.Slot); il.Emit(OpCodes.Ldelem_Ref);
+            il.Emit(OpCodes.Stloc, f.Next);
+            il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, unlinked);
+            EmitHopChecks(f, leave);
+            il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, FValid); il.Emit(OpCodes.Brfalse, leave);
+            // An instruction running into the next page: that page's translation is checked each time.
+            il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Ldfld, FHasTail); il.Emit(OpCodes.Brfalse, enter);
+            il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Call, MLinkedTailHolds); il.Emit(OpCodes.Brfalse, leave);
+            il.Emit(OpCodes.Br, enter);
+            il.MarkLabel(unlinked);
         }
-        _il.MarkLabel(full);
-        StoreFlagsToCpu(hot: true);
-        var leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldloc, _code); _il.Emit(OpCodes.Brfalse, leave);
-        _il.MarkLabel(enter);
-        _il.Emit(OpCodes.Ldloc, _code); LdCpu(); _il.Emit(OpCodes.Callvirt, MInvoke);
-        _il.MarkLabel(leave);
-        _il.Emit(OpCodes.Ret);
+        if (f.SamePageHopUsed || f.ChainHopUsed)
+        {
+            il.MarkLabel(f.ChainHop);
+            il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldloc, f.Self); il.Emit(OpCodes.Ldloc, f.Slot); il.Emit(OpCodes.Call, MJitChain);
+            il.Emit(OpCodes.Stloc, f.Next);
+            il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, leave);
+            il.Emit(OpCodes.Br, enter);
+        }
+        if (f.IndirectHopUsed)
+        {
+            il.MarkLabel(f.IndirectHop);
+            il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Call, MJitIndirectChain);
+            il.Emit(OpCodes.Stloc, f.Next);
+            il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, leave);
+        }
+        il.MarkLabel(enter);
+        il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Ldfld, FCompiled); il.Emit(OpCodes.Stloc, f.Code);
+        il.Emit(OpCodes.Ldloc, f.Code); il.Emit(OpCodes.Brfalse, leave);
+        il.Emit(OpCodes.Ldloc, f.Code); il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Callvirt, MInvoke);
+        il.MarkLabel(leave);
+        il.Emit(OpCodes.Ret);
     }
 
     /// <summary>Finds which bodies of the method other bodies may branch into (<see cref="TryEmitWarmBranch"/>):
@@ -733,7 +782,7 @@ internal sealed partial class BlockTranslator
         var t = WarmTargetOf(rip);
         if (t is not { _warmTarget: true }) return;
         var cold = _il.DefineLabel();
-        EmitHopChecks(cold);
+        EmitHopChecks(_f, cold);
         _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FBodyBatch); LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, cold);
@@ -756,13 +805,14 @@ internal sealed partial class BlockTranslator
 
     /// <summary>The checks every hop out of a block makes, branching to <paramref name="refuse"/> when one fails: the
     /// hop budget (counted down), an exit request and a store into decoded code.</summary>
-    private void EmitHopChecks(Label refuse)
+    private static void EmitHopChecks(MethodFrame f, Label refuse)
     {
-        LdCpu(); LdCpu(); _il.Emit(OpCodes.Ldfld, FHops); _il.Emit(OpCodes.Ldc_I4_1); _il.Emit(OpCodes.Sub);
-        _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Stloc, _hopsLeft); _il.Emit(OpCodes.Stfld, FHops);
-        _il.Emit(OpCodes.Ldloc, _hopsLeft); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ble, refuse);
-        LdCpu(); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FExitRequested); _il.Emit(OpCodes.Brtrue, refuse);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, refuse);
+        var il = f.Il;
+        il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldfld, FHops); il.Emit(OpCodes.Ldc_I4_1); il.Emit(OpCodes.Sub);
+        il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, f.HopsLeft); il.Emit(OpCodes.Stfld, FHops);
+        il.Emit(OpCodes.Ldloc, f.HopsLeft); il.Emit(OpCodes.Ldc_I4_0); il.Emit(OpCodes.Ble, refuse);
+        il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, FExitRequested); il.Emit(OpCodes.Brtrue, refuse);
+        il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldfld, FStop); il.Emit(OpCodes.Brtrue, refuse);
     }
 
     /// <summary>Branches to <paramref name="to"/>, compiled code that starts with no pending flag results and all its
@@ -790,10 +840,10 @@ internal sealed partial class BlockTranslator
     private void EmitStopCheck(int i)
     {
         if (i == _n - 1) return;
-        var go = _il.DefineLabel();
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brfalse, go);
-        EmitExit(ResumeIp(i), i + 1);
-        _il.MarkLabel(go);
+        var stop = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FStop); _il.Emit(OpCodes.Brtrue, stop);
+        ulong resume = ResumeIp(i);
+        EmitCold(stop, () => EmitExit(resume, i + 1));
     }
 
     /// <summary>Where the block goes on after instruction <paramref name="i"/> (not its last): the next
@@ -833,7 +883,8 @@ internal sealed partial class BlockTranslator
             {
                 // RIP is wherever the instruction went (a CALL or JMP through memory, a REP string instruction
                 // paused at itself, or the next instruction): continue there as after an indirect branch.
-                EmitIndirectHop();
+                _f.IndirectHopUsed = true;
+                _il.Emit(OpCodes.Br, _f.IndirectHop);
                 return;
             }
             _il.Emit(OpCodes.Ret);

@@ -92,13 +92,15 @@ internal sealed partial class BlockTranslator
         if (size == 4) { _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Stind_I4); }
         else { _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Stind_I2); }
         _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Stloc, _gpr[4]);
-        _il.Emit(OpCodes.Br, done);
-        _il.MarkLabel(slow);
-        SyncForSlowPath();
-        LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitPush);
-        EmitAbortCheck();
-        LoadGprFromCpu(4);
         _il.MarkLabel(done);
+        EmitCold(slow, () =>
+        {
+            SyncForSlowPath();
+            LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitPush);
+            EmitAbortCheck();
+            LoadGprFromCpu(4);
+            _il.Emit(OpCodes.Br, done);
+        });
         _dirty |= 1 << 4;
     }
 
@@ -118,14 +120,16 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Stloc, _val);
         _il.Emit(OpCodes.Ldloc, _lin); LdcU8((ulong)(size + release)); _il.Emit(OpCodes.Add); Trunc(4); _il.Emit(OpCodes.Stloc, _gpr[4]);
-        _il.Emit(OpCodes.Br, done);
-        _il.MarkLabel(slow);
-        SyncForSlowPath();
-        LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); LdcI4(release); _il.Emit(OpCodes.Call, MJitPop);
-        _il.Emit(OpCodes.Stloc, _val);
-        EmitAbortCheck();
-        LoadGprFromCpu(4);
         _il.MarkLabel(done);
+        EmitCold(slow, () =>
+        {
+            SyncForSlowPath();
+            LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); LdcI4(release); _il.Emit(OpCodes.Call, MJitPop);
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitAbortCheck();
+            LoadGprFromCpu(4);
+            _il.Emit(OpCodes.Br, done);
+        });
         _dirty |= 1 << 4;
     }
 

@@ -129,14 +129,18 @@ internal sealed partial class BlockTranslator
         }
         _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Stloc, _val);
-        _il.Emit(OpCodes.Br, done);
-        _il.MarkLabel(slow);
-        SyncForSlowPath();
-        if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, _linStack ? MJitReadStack : MJitRead); }
-        else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(_linSeg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitReadSeg); }
-        _il.Emit(OpCodes.Stloc, _val);
-        EmitAbortCheck();
         _il.MarkLabel(done);
+        bool stack = _linStack;
+        int seg = _linSeg;
+        EmitCold(slow, () =>
+        {
+            SyncForSlowPath();
+            if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, stack ? MJitReadStack : MJitRead); }
+            else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(seg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitReadSeg); }
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitAbortCheck();
+            _il.Emit(OpCodes.Br, done);
+        });
     }
 
     /// <summary>Stores the low <paramref name="size"/> bytes of _val at _lin for instruction i. The
@@ -155,12 +159,16 @@ internal sealed partial class BlockTranslator
             case 4: _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Stind_I4); break;
             default: _il.Emit(OpCodes.Stind_I8); break;
         }
-        _il.Emit(OpCodes.Br, done);
-        _il.MarkLabel(slow);
-        SyncForSlowPath();
-        if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, _linStack ? MJitWriteStack : MJitWrite); }
-        else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(_linSeg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWriteSeg); }
-        EmitAbortCheck();
         _il.MarkLabel(done);
+        bool stack = _linStack;
+        int seg = _linSeg;
+        EmitCold(slow, () =>
+        {
+            SyncForSlowPath();
+            if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, stack ? MJitWriteStack : MJitWrite); }
+            else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(seg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWriteSeg); }
+            EmitAbortCheck();
+            _il.Emit(OpCodes.Br, done);
+        });
     }
 }

@@ -37,8 +37,24 @@ internal unsafe partial class X86Vcpu
         // and its predecessors had run, and could be pinned on neither.
         _hops = MaxHops;
         code(this);
+        if (LazyFlags != 0) ApplyLazyFlags();
         if (Stats) S.Chained += MaxHops - _hops;
         return true;
+    }
+
+    /// <summary>The last flag result of the compiled block that ran last, not yet applied to RFLAGS's arithmetic
+    /// flags: its kind | size &lt;&lt; 8 (0 when none) and its operands and result. A block leaves it so that the
+    /// compiled successor that overwrites every arithmetic flag before anything observes them (most do) never
+    /// computes it; one that reads them applies it on entry, and so does the run loop when compiled code returns
+    /// to it, so that nothing else ever sees it.</summary>
+    internal int LazyFlags;
+    internal ulong LazyA, LazyB, LazyR;
+
+    internal void ApplyLazyFlags()
+    {
+        int k = LazyFlags;
+        LazyFlags = 0;
+        Rflags = FlagMath.Apply(Rflags, k & 0xFF, k >> 8, LazyA, LazyB, LazyR);
     }
 
     /// <summary>Links the exit the last compiled block left by to <paramref name="next"/>, found
