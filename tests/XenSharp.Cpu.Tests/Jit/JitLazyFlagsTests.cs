@@ -1,0 +1,106 @@
+using Iced.Intel;
+using XenSharp.Cpu.Jit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace XenSharp.Cpu.Tests.Jit;
+
+/// <summary>A compiled block leaves its last flag result pending in the vCPU at an exit (<c>X86Vcpu.LazyFlags</c>):
+/// the compiled successor applies it when it reads the flags and drops it when it overwrites them all first, and the
+/// run loop applies it when compiled code returns to it. Each block here is compiled into a method of its own, so every
+/// exit between them is a hop, not a branch between bodies of one method.</summary>
+public class JitLazyFlagsTests
+{
+    static (TestMachine Interp, TestMachine Jit) RunBoth(byte[] code)
+    {
+        var interp = new TestMachine(jit: JitSettings.Off);
+        interp.Enter64(code, fourK: true);
+        interp.RunToHlt();
+
+        var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        // The block that reads the flags with PUSHF stays interpreted: the flags the last compiled block left
+        // pending reach it only through the run loop.
+        foreach (var b in m.Engine.Blocks.Snapshot().Where(b => b.Valid))
+            if (!b.Insns.Take(b.Count).Any(d => d.I.Mnemonic == Mnemonic.Pushfq))
+                CompileQueue.CompileBatch([b], m.Engine);
+        Assert.Equal(0, m.Engine.JitFailures);
+        Assert.Equal(0, m.Engine.WarmBranches);
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.True(m.Engine.LinkedExits > 0, "no exit was linked to a compiled successor");
+        return (interp, m);
+    }
+
+    static void AssertSameState(TestMachine interp, TestMachine jit)
+    {
+        var (x, y) = (interp.Regs, jit.Regs);
+        Assert.Equal(x.Rax, y.Rax); Assert.Equal(x.Rbx, y.Rbx); Assert.Equal(x.Rcx, y.Rcx); Assert.Equal(x.Rdx, y.Rdx);
+        Assert.Equal(x.Rsi, y.Rsi); Assert.Equal(x.Rdi, y.Rdi); Assert.Equal(x.R8, y.R8); Assert.Equal(x.R9, y.R9);
+        Assert.Equal(x.R10, y.R10); Assert.Equal(x.R11, y.R11); Assert.Equal(x.R12, y.R12); Assert.Equal(x.Rip, y.Rip); Assert.Equal(x.Rflags, y.Rflags);
+    }
+
+    /// <summary>Carries and borrows left pending at a direct exit, at a CALL and at a RET, each into another page so that
+    /// every one is a hop, read by the successor's ADC, SETB and SBB; and a SUB left pending at an exit into a block that
+    /// overwrites every flag (XOR, then INC, which leaves two results and so computes them) and hops on into an ADC:
+    /// the dropped SUB must not come back there. The last compiled block leaves a CMP pending for the run loop, which
+    /// applies it before the interpreter's PUSHF.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Flags_pending_across_hops_are_applied_or_dropped_as_the_successor_needs()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var top = a.CreateLabel(); var reader = a.CreateLabel(); var fn = a.CreateLabel(); var overwriter = a.CreateLabel();
+            var tail = a.CreateLabel(); var after = a.CreateLabel();
+            void NextPage() { for (int k = 0; k < 4096; k++) a.int3(); }
+            a.mov(r8, 3000);
+            a.mov(rax, 0x9E3779B97F4A7C15);
+            a.xor(ecx, ecx);
+            a.xor(esi, esi);
+            a.xor(r9d, r9d);
+            a.xor(r10d, r10d);
+            a.xor(r11d, r11d);
+            a.Label(ref top);
+            a.add(rbx, rax);                     // CF pending at the exit into the next page
+            a.jmp(reader);
+            a.Label(ref tail);
+            a.adc(r11, 0);                       // CF as the XOR and the INC left it, not the SUB's
+            a.dec(r8);
+            a.jnz(top);
+            a.cmp(rcx, rsi);                     // pending when the last block returns to the run loop
+            a.jmp(after);
+            NextPage();
+            a.Label(ref reader);
+            a.adc(rcx, 0);                       // applies the pending ADD
+            a.sub(rdx, rbx);                     // CF pending at the CALL
+            a.call(fn);
+            a.sbb(rsi, 0);                       // the CMP's borrow, pending at the RET
+            a.sub(rdi, rax);                     // pending at the exit into a block that overwrites every flag
+            a.jmp(overwriter);
+            a.Label(ref after);
+            a.pushfq();                          // interpreted: the CMP's flags as the run loop applied them
+            a.pop(r12);
+            a.hlt();
+            NextPage();
+            a.Label(ref fn);
+            a.setb(r10b);                        // reads the SUB's CF left pending by the CALL
+            a.add(r9, r10);
+            a.cmp(r9, rdx);                      // pending at the RET
+            a.ret();
+            a.Label(ref overwriter);
+            a.xor(r10d, r10d);                   // every arithmetic flag defined: the SUB's result is dead
+            a.inc(r10);
+            a.jmp(tail);
+            NextPage();
+        });
+        var (interp, jit) = RunBoth(code);
+        using (interp)
+        using (jit)
+        {
+            AssertSameState(interp, jit);
+            Assert.Equal(0UL, jit.Regs.R8);
+            Assert.NotEqual(0UL, jit.Regs.Rcx);
+            Assert.NotEqual(0UL, jit.Regs.Rsi);
+        }
+    }
+}
