@@ -360,6 +360,19 @@ internal sealed partial class BlockTranslator
         LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, _f.Abort);
     }
 
+    /// <summary>The slow path of an inline access, entered at <paramref name="slow"/> among the cold code: the state
+    /// written back, <paramref name="call"/> (the helper, leaving nothing on the stack), then back to
+    /// <paramref name="done"/> unless the helper caught a fault or exit; <paramref name="after"/> reloads what the
+    /// helper changed.</summary>
+    private void EmitSlowPath(Label slow, Label done, Action call, Action? after = null) => EmitCold(slow, () =>
+    {
+        SyncForSlowPath();
+        call();
+        EmitAbortCheck();
+        after?.Invoke();
+        _il.Emit(OpCodes.Br, done);
+    });
+
     /// <summary>Emits <paramref name="emit"/> at <paramref name="entry"/> among the method's cold code (see
     /// <see cref="MethodFrame.Cold"/>), with the compile-time state as it is here: the registers newer than the
     /// vCPU's and the pending flag results. It ends by branching back to hot code itself, or by leaving.</summary>
@@ -590,11 +603,11 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Or);
     }
 
-    private void StoreFlagsToCpu(bool hot)
+    private void StoreFlagsToCpu()
     {
         if (!_flDirty && _pending.Count == 0) return;
         LdCpu();
-        PushFlags(hot);
+        PushFlags(hot: false);
         _il.Emit(OpCodes.Stfld, FRflags);
     }
 
@@ -605,7 +618,7 @@ internal sealed partial class BlockTranslator
     {
         if (_pending.Count != 1 || _pending[0].MaybeNone || FlagMath.Defines(_pending[0].Kind) != X86Vcpu.ArithFlags)
         {
-            StoreFlagsToCpu(hot: false);
+            StoreFlagsToCpu();
             return;
         }
         var p = _pending[0];
@@ -631,7 +644,7 @@ internal sealed partial class BlockTranslator
     private void SyncForSlowPath()
     {
         SpillGprs();
-        StoreFlagsToCpu(hot: false);
+        StoreFlagsToCpu();
     }
 
     private void AddRetired(int count)

@@ -93,14 +93,9 @@ internal sealed partial class BlockTranslator
         else { _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Stind_I2); }
         _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Stloc, _gpr[4]);
         _il.MarkLabel(done);
-        EmitCold(slow, () =>
-        {
-            SyncForSlowPath();
-            LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitPush);
-            EmitAbortCheck();
-            LoadGprFromCpu(4);
-            _il.Emit(OpCodes.Br, done);
-        });
+        EmitSlowPath(slow, done,
+            () => { LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitPush); },
+            () => LoadGprFromCpu(4));
         _dirty |= 1 << 4;
     }
 
@@ -121,15 +116,9 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stloc, _val);
         _il.Emit(OpCodes.Ldloc, _lin); LdcU8((ulong)(size + release)); _il.Emit(OpCodes.Add); Trunc(4); _il.Emit(OpCodes.Stloc, _gpr[4]);
         _il.MarkLabel(done);
-        EmitCold(slow, () =>
-        {
-            SyncForSlowPath();
-            LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); LdcI4(release); _il.Emit(OpCodes.Call, MJitPop);
-            _il.Emit(OpCodes.Stloc, _val);
-            EmitAbortCheck();
-            LoadGprFromCpu(4);
-            _il.Emit(OpCodes.Br, done);
-        });
+        EmitSlowPath(slow, done,
+            () => { LdCpu(); LdBlock(); LdcI4(i); LdcI4(size); LdcI4(release); _il.Emit(OpCodes.Call, MJitPop); _il.Emit(OpCodes.Stloc, _val); },
+            () => LoadGprFromCpu(4));
         _dirty |= 1 << 4;
     }
 

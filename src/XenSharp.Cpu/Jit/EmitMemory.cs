@@ -132,14 +132,11 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(done);
         bool stack = _linStack;
         int seg = _linSeg;
-        EmitCold(slow, () =>
+        EmitSlowPath(slow, done, () =>
         {
-            SyncForSlowPath();
             if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, stack ? MJitReadStack : MJitRead); }
             else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(seg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitReadSeg); }
             _il.Emit(OpCodes.Stloc, _val);
-            EmitAbortCheck();
-            _il.Emit(OpCodes.Br, done);
         });
     }
 
@@ -162,13 +159,10 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(done);
         bool stack = _linStack;
         int seg = _linSeg;
-        EmitCold(slow, () =>
+        EmitSlowPath(slow, done, () =>
         {
-            SyncForSlowPath();
             if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, stack ? MJitWriteStack : MJitWrite); }
             else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(seg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWriteSeg); }
-            EmitAbortCheck();
-            _il.Emit(OpCodes.Br, done);
         });
     }
 }
