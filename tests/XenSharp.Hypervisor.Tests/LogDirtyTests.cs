@@ -65,6 +65,48 @@ public partial class LogDirtyTests : IDisposable
         Assert.DoesNotContain("FAIL ", Output(id));
     }
 
+    /// <summary>Pages far above the guest's RAM (a special page near 4 GiB) are logged, handed over by a bitmap that
+    /// reaches them, and cleared by a CLEAN whose bitmap stops short of them, as Xen clears the whole log.</summary>
+    [Fact]
+    public void HighPagesAreLoggedAndCleanedByAShortBitmap()
+    {
+        ushort id = PvhTestGuest.Boot(_host, "dirty", out _);
+        const ulong high = 0xFEFFF, higher = 0xFFFFF;
+        _host.SetMaxMemory(id, 64 << 10);
+        _host.PopulatePhysmap(id, high, 1);
+        _host.PopulatePhysmap(id, higher, 1);
+        var all = new ulong[(higher + 64) / 64];
+        var low = new ulong[(8192 + 63) / 64];
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, all);
+
+        _host.WriteGuestMemory(id, high << 12, [1]);
+        _host.WriteGuestMemory(id, 5 << 12, [1]);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_CLEAN, all);
+        Assert.True(IsSet(all, high) && IsSet(all, 5), "a written page is missing from the log");
+        Assert.False(IsSet(all, higher));
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_PEEK, all);
+        Assert.DoesNotContain(all, w => w != 0);
+
+        // A bitmap of the first 32 MiB still clears the pages above it.
+        _host.WriteGuestMemory(id, higher << 12, [1]);
+        _host.WriteGuestMemory(id, high << 12, [1]);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_PEEK, all);
+        Assert.True(IsSet(all, higher) && IsSet(all, high));
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_CLEAN, low);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_PEEK, all);
+        Assert.DoesNotContain(all, w => w != 0);
+
+        // Off and on again: the new log starts empty.
+        _host.WriteGuestMemory(id, higher << 12, [1]);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_OFF, all);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY, all);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_PEEK, all);
+        Assert.DoesNotContain(all, w => w != 0);
+        _host.WriteGuestMemory(id, 7 << 12, [1]);
+        _host.ShadowOp(id, XEN_DOMCTL_SHADOW_OP_CLEAN, all);
+        Assert.True(IsSet(all, 7));
+    }
+
     private void WaitForCounterToMove(ushort id, ulong counter)
     {
         ulong first = Counter(id, counter);

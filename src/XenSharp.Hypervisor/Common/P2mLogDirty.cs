@@ -16,6 +16,8 @@ internal sealed unsafe partial class P2m
     // One bit per gfn up to MaxGfn; null while log-dirty is off.
     private ulong[]? _dirty;
     private long _dirtyCount, _faultCount;
+    // One past the highest bitmap word ever set: the bitmap covers all 16M gfns, a guest's RAM a small part of them.
+    private int _dirtyWords;
 
     public bool LogDirty => Volatile.Read(ref _dirty) is not null;
 
@@ -37,7 +39,11 @@ internal sealed unsafe partial class P2m
         ulong bit = 1UL << (int)(gfn & 63);
         ref ulong word = ref bits[gfn >> 6];
         if ((Volatile.Read(ref word) & bit) == 0 && (Interlocked.Or(ref word, bit) & bit) == 0)
+        {
             Interlocked.Increment(ref _dirtyCount);
+            int words = (int)(gfn >> 6) + 1, seen;
+            while (words > (seen = Volatile.Read(ref _dirtyWords)) && Interlocked.CompareExchange(ref _dirtyWords, words, seen) != seen) { }
+        }
     }
 
     /// <summary>Whether <paramref name="gfn"/> has been written since the last CLEAN (true with log-dirty off).</summary>
@@ -61,6 +67,7 @@ internal sealed unsafe partial class P2m
             Interlocked.Exchange(ref _dirtyCount, 0);
             if (_dirty is null)
                 Interlocked.Increment(ref s_logDirtyDomains);
+            Volatile.Write(ref _dirtyWords, 0);
             Volatile.Write(ref _dirty, new ulong[(MaxGfn + 1) / 64]);
         }
     }
@@ -84,12 +91,18 @@ internal sealed unsafe partial class P2m
         lock (_lock)
         {
             var bits = _dirty ?? throw new InvalidOperationException("log-dirty mode is off");
-            int n = Math.Min(output.Length, bits.Length);
+            // Only the words up to the highest ever set can hold a bit, and most of those are zero: an atomic exchange
+            // of every word of the 2 MiB bitmap was the largest cost of a stop-and-copy.
+            int top = Volatile.Read(ref _dirtyWords);
+            int n = Math.Min(output.Length, top);
             for (int i = 0; i < n; i++)
-                output[i] = clean ? Interlocked.Exchange(ref bits[i], 0) : Volatile.Read(ref bits[i]);
+            {
+                ulong w = Volatile.Read(ref bits[i]);
+                output[i] = clean && w != 0 ? Interlocked.Exchange(ref bits[i], 0) : w;
+            }
             output[n..].Clear();
             if (clean)
-                for (int i = n; i < bits.Length; i++)
+                for (int i = n; i < top; i++)
                     if (bits[i] != 0) Volatile.Write(ref bits[i], 0);
             var stats = LogDirtyStats;
             if (clean)
