@@ -55,6 +55,7 @@ public sealed partial class Host
         long stoppedAt = 0, runningAt = 0, sentAt = 0;
         SuspendRequest? request = null;
         FileStream? target = null;
+        DowntimePriority.Scope urgent = default;
         // The stop-and-copy's own path first (the last pages, the hypervisor's log-dirty, pause and HVM context),
         // then the rest of what runs after the stop.
         var warmup = JitWarmup.Start([typeof(SaveFileWriter), typeof(MigrationRecordWriter), typeof(Platform.XenHypervisorPlatform),
@@ -93,6 +94,7 @@ public sealed partial class Host
                     {
                         warmup.Wait(TimeSpan.FromSeconds(10));
                         warmup.Stop();
+                        urgent = DowntimePriority.Raise();
                     },
                     RequestSuspend = () => (request = BeginSuspend(d)).Wait,
                     Sent = () => sentAt = UnixMicros(),
@@ -133,6 +135,7 @@ public sealed partial class Host
         }
         finally
         {
+            urgent.Dispose();
             warmup.Stop();
             target?.Dispose();
         }
@@ -272,6 +275,14 @@ public sealed partial class Host
             RunRemusReceive(r, conn);
             return;
         }
+        // From the state's arrival to the unpause, this thread is the guest's downtime.
+        DowntimePriority.Scope urgent = default;
+        try { Receive(r, conn, peerPid, () => urgent = DowntimePriority.Raise()); }
+        finally { urgent.Dispose(); }
+    }
+
+    private void Receive(MigrateReceiveRequest r, Stream conn, int peerPid, Action stateArrives)
+    {
         RestoreResult result;
         FileStream? source = null, reply = null;
         try
@@ -312,6 +323,7 @@ public sealed partial class Host
                 OnState = () =>
                 {
                     warmup.Stop();
+                    stateArrives();
                     MigrationTrace.Mark("target", "state arrives");
                 },
             };
