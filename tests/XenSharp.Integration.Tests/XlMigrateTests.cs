@@ -154,6 +154,119 @@ public sealed partial class XlMigrateTests : IDisposable
         _source.Xl.Run("destroy", "resumer").Check();
     }
 
+    /// <summary>The issue's own check of everything a guest keeps across a move: a Debian guest counts, writes each
+    /// number to its disk (flushed) and then sends it with its uptime and wall-clock second over one TCP connection to
+    /// a listener on the source host. It is saved and restored, then migrated to the other host (one L2 segment: a
+    /// bridge on each, joined by a veth pair). Afterwards the listener has every number once and in order on the same
+    /// connection, the guest's uptime and clock never went backwards, and the disk holds at least the last number
+    /// sent.</summary>
+    [Fact, Trait("Feature", "xl save/restore")]
+    public void DebianGuestKeepsItsTcpStreamDiskAndClockThroughSaveRestoreAndMigration()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        Assert.True(File.Exists("/etc/xen/scripts/vif-bridge"), "Xen's hotplug scripts (xen-utils-common) are not installed");
+        foreach (var side in new[] { _source, _target })
+        {
+            InNamespace(side, "ip", "link", "add", "xenbr0", "type", "bridge").Check();
+            InNamespace(side, "ip", "link", "set", "xenbr0", "up").Check();
+        }
+        InNamespace(_source, "ip", "addr", "add", "10.77.0.1/24", "dev", "xenbr0").Check();
+        InNamespace(_source, "ip", "link", "add", "xsm-a", "type", "veth", "peer", "name", "xsm-b", "netns", _target.Namespace).Check();
+        InNamespace(_source, "ip", "link", "set", "xsm-a", "master", "xenbr0", "up").Check();
+        InNamespace(_target, "ip", "link", "set", "xsm-b", "master", "xenbr0", "up").Check();
+
+        string numbers = Path.Combine(_dir, "numbers.txt");
+        var listener = StartInNamespace(_source, "python3", "-c",
+            "import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.77.0.1', 5010)); s.listen(4)\n" +
+            $"out=open('{numbers}','ab',0)\nc,_=s.accept(); out.write(b'connected\\n')\n" +
+            "while True:\n  b=c.recv(65536)\n  if not b: break\n  out.write(b)\nout.write(b'closed\\n')\n");
+        string initrd = Path.Combine(_dir, "initrd.img");
+        store.BuildInitramfs(initrd, GuestArtifacts.ShellInit, GuestArtifacts.XenModules);
+        string disk = Path.Combine(_dir, "counter.img");
+        File.WriteAllBytes(disk, new byte[8 << 20]);
+        string save = Path.Combine(_dir, "counter.save");
+        string cfg = WriteConfig(_source.Xl, store, "counter", ramdisk: initrd, memory: 256);
+        File.AppendAllText(cfg, $"\ndisk = [ 'format=raw,vdev=xvda,access=rw,target={disk}' ]\nvif = [ 'mac=00:16:3e:5a:07:01,bridge=xenbr0' ]\n");
+        try
+        {
+            using (var console = new ConsoleSession(_source.Xl.RunDir, "create", "-c", cfg))
+            {
+                console.WaitFor("~ # ", BootLimit);
+                console.Ask("until [ -e /sys/block/xvda ] && [ -e /sys/class/net/eth0 ]; do sleep 1; done; " +
+                    "ip link set eth0 up; ip addr add 10.77.0.10/24 dev eth0; echo up-e\"\"nd", "up-end", TimeSpan.FromMinutes(2));
+                console.Ask("(i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo $i | dd of=/dev/xvda bs=512 count=1 conv=fsync 2>/dev/null; " +
+                    "echo \"$i $(cut -d' ' -f1 /proc/uptime) $(date +%s)\"; sleep 0.2; done) | nc 10.77.0.1 5010 & echo loop-e\"\"nd", "loop-end");
+                Assert.True(WaitUntil(() => Numbers(numbers).Count >= 5, TimeSpan.FromMinutes(2)), "the guest's numbers do not arrive\n" + Read(numbers));
+
+                var saved = _source.Xl.Run(TimeSpan.FromMinutes(5), "save", "counter", save);
+                Assert.True(saved.ExitCode == 0, saved + "\n" + _source.Xl.Run("dmesg").Stdout);
+                Assert.True(console.WaitForExit(TimeSpan.FromMinutes(1)), "xl create -c did not return after the save");
+            }
+            int beforeRestore = Numbers(numbers).Count;
+            var restored = _source.Xl.Run(TimeSpan.FromMinutes(5), "restore", save);
+            Assert.True(restored.ExitCode == 0, restored + "\n" + _source.Xl.Run("dmesg").Stdout);
+            Assert.True(WaitUntil(() => Numbers(numbers).Count >= beforeRestore + 5, TimeSpan.FromMinutes(2)),
+                "no numbers after the restore\n" + Read(numbers) + _source.ConsoleLog("counter"));
+
+            var moved = _source.Xl.Run(TimeSpan.FromMinutes(10), "migrate", "-s", SshScript(), "counter", _target.Namespace);
+            Assert.True(moved.ExitCode == 0, moved + "\n" + _source.Xl.Run("dmesg").Stdout + "\n--- target\n" + _target.Xl.Run("dmesg").Stdout);
+            int beforeMove = Numbers(numbers).Count;
+            Assert.True(WaitUntil(() => Numbers(numbers).Count >= beforeMove + 5, TimeSpan.FromMinutes(2)),
+                "no numbers after the migration\n" + Read(numbers) + _target.ConsoleLog("counter"));
+            _target.Xl.Run("destroy", "counter").Check();
+
+            string text = Read(numbers);
+            Assert.StartsWith("connected\n", text);
+            Assert.Equal(1, Regex.Matches(text, "connected").Count);
+            var lines = Numbers(numbers);
+            for (int k = 0; k < lines.Count; k++)
+            {
+                Assert.True(lines[k].N == k + 1, $"line {k + 1} carries number {lines[k].N}\n{text}");
+                if (k > 0)
+                {
+                    Assert.True(lines[k].Uptime >= lines[k - 1].Uptime, $"the guest's uptime went back at {lines[k].N}\n{text}");
+                    Assert.True(lines[k].Clock >= lines[k - 1].Clock, $"the guest's clock went back at {lines[k].N}\n{text}");
+                }
+            }
+            // Each number was on the disk, flushed, before it was sent.
+            string onDisk = Encoding.ASCII.GetString(File.ReadAllBytes(disk), 0, 16).Split('\n')[0];
+            Assert.True(long.TryParse(onDisk, out long last) && last >= lines[^1].N, $"the disk holds '{onDisk}', the last number sent was {lines[^1].N}");
+        }
+        finally
+        {
+            _source.Xl.Run("destroy", "counter");
+            _target.Xl.Run("destroy", "counter");
+            try { listener.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            listener.Dispose();
+        }
+    }
+
+    private static XlResult InNamespace(Side side, params string[] command) => Exec(["ip", "netns", "exec", side.Namespace, .. command]);
+
+    private static Process StartInNamespace(Side side, params string[] command)
+    {
+        var psi = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in (string[])["netns", "exec", side.Namespace, .. command]) psi.ArgumentList.Add(a);
+        var p = Process.Start(psi)!;
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        return p;
+    }
+
+    private static string Read(string path)
+    {
+        try { return File.Exists(path) ? File.ReadAllText(path) : ""; }
+        catch (IOException) { return ""; }
+    }
+
+    /// <summary>The complete "N UPTIME CLOCK" lines the listener has received so far.</summary>
+    private static List<(long N, double Uptime, long Clock)> Numbers(string path) =>
+        Read(path).Split('\n').SkipLast(1).Select(l => l.Split(' ')).Where(f => f.Length == 3)
+            .Select(f => (long.Parse(f[0], System.Globalization.CultureInfo.InvariantCulture),
+                double.Parse(f[1], System.Globalization.CultureInfo.InvariantCulture), long.Parse(f[2], System.Globalization.CultureInfo.InvariantCulture)))
+            .ToList();
+
     /// <summary>Debian's kernel with a raw disk both hosts reach (shared storage, as migration wants): after xl migrate
     /// the same shell answers on the target's console with what it kept in RAM, the disk holds what it wrote before,
     /// and a write after the move reaches the image through the target's backend.</summary>
