@@ -5,11 +5,14 @@
  * The guest keeps itself alive by giving the hypervisor only three areas to write or remap: a
  * scratch area (argument buffers with random contents), a live area (the vcpu_info, runstate,
  * time and FIFO event pages it registers, which the hypervisor rewrites whenever it likes, so
- * they never share a page with an argument that a continuation reads again) and a balloon area (target of populate/decrease/add_to_physmap/grant mappings, which the guest
- * never reads or writes itself). Deliberately bad pointers are unmapped, non-canonical or have no
- * memory behind them. Calls that legitimately stop a domain (shutdown, watchdog, bringing vCPUs up
- * with garbage state, multicall) are left out. Interrupts stay off and every vector has a handler
- * that ignores it, so stray timers and callback settings cannot end the run. */
+ * they never share a page with an argument that a continuation reads again) and a balloon area
+ * (target of populate/decrease/add_to_physmap/grant mappings, which the guest never reads or
+ * writes itself). The structs and frame lists of one call never overlap each other, and every
+ * list entry the hypervisor may act on is written for that call. Deliberately bad pointers are
+ * unmapped, non-canonical or have no memory behind them. Calls that legitimately stop a domain
+ * (shutdown, watchdog, bringing vCPUs up with garbage state, multicall) are left out. Interrupts
+ * stay off and every vector has a handler that ignores it, so stray timers and callback settings
+ * cannot end the run. */
 #include "rt.h"
 #include <xen/version.h>
 #include <xen/memory.h>
@@ -57,10 +60,71 @@ static unsigned long bad_pointer(void)
     };
     return bad[below(sizeof bad / sizeof bad[0])] + (chance(30) ? below(4096) : 0);
 }
+/* Our image, stack and page tables live between 1 MiB and the scratch area; the console and
+ * xenstore rings just below 4 GiB. A value near them must never become a buffer address. */
+static int in_image(uint64_t v)
+{
+    return (v >= 0x10000ul && v < SCRATCH_BASE) || (v >= 0xFE000000ul && v < 0x100000000ul);
+}
+
+/* The buffers of one call that the hypervisor reads as structs or as lists of frames it frees or
+ * remaps. Each is placed apart from the others: where a list overlaps its struct, writing one
+ * overwrites entries or fields of the other, and Xen then acts on frames the list was never meant
+ * to name (a count or an order read as a frame number names our own image). Buffers the hypervisor
+ * only writes, or reads without acting on frames, still land anywhere in scratch. */
+static struct { unsigned long lo, hi; } claimed[4];
+static unsigned int nr_claimed;   /* reset by each call */
+
+static int is_claimed(unsigned long p)
+{
+    for (unsigned int i = 0; i < nr_claimed; i++)
+        if (p >= claimed[i].lo && p < claimed[i].hi)
+            return 1;
+    return 0;
+}
+
+/* The hypervisor writes addresses and frame numbers into scratch; left there, one could later be
+ * read back as a buffer handle that points at our image. Replace any such value. Buffers already
+ * built for this call are left alone: a field rewritten after the fact (a count, a domid) would
+ * make the hypervisor walk a list past the entries written for it. */
+static void scrub(uint64_t *p, unsigned long words)
+{
+    for (unsigned long i = 0; i < words; i++)
+        if ((in_image(p[i]) || in_image(p[i] & 0xFFFFFFFFu) || in_image(p[i] >> 32)) && !is_claimed((unsigned long)&p[i]))
+            p[i] = bad_pointer();
+}
+
+/* A place in scratch, scrubbed (at least its first 512 bytes) before anything is written there. */
 static unsigned long scratch_pointer(unsigned long room)
 {
     unsigned long span = SCRATCH_PAGES * 4096ul - room;
-    return SCRATCH_BASE + ((rnd() % span) & ~7ul);
+    unsigned long p = SCRATCH_BASE + ((rnd() % span) & ~7ul);
+    unsigned long end = p + (room > 512 ? room : 512);
+    if (end > SCRATCH_BASE + SCRATCH_PAGES * 4096ul)
+        end = SCRATCH_BASE + SCRATCH_PAGES * 4096ul;
+    scrub((uint64_t *)p, (end - p + 7) / 8);
+    return p;
+}
+
+/* A place for a struct or frame list of this call, clear of the others. */
+static unsigned long own_pointer(unsigned long room)
+{
+    for (;;) {
+        unsigned long p = scratch_pointer(room);
+        unsigned int i = 0;
+        while (i < nr_claimed && (p + room <= claimed[i].lo || p >= claimed[i].hi))
+            i++;
+        if (i < nr_claimed)
+            continue;
+        if (nr_claimed == sizeof claimed / sizeof claimed[0]) {
+            rt_fail("fuzz.buffers", "more buffers in one call than claimed[] holds");
+            rt_done();
+        }
+        claimed[nr_claimed].lo = p;
+        claimed[nr_claimed].hi = p + room;
+        nr_claimed++;
+        return p;
+    }
 }
 static uint64_t scratch_gfn(void) { return (SCRATCH_BASE >> 12) + below(SCRATCH_PAGES); }
 static unsigned long live_pointer(unsigned long room)
@@ -75,13 +139,6 @@ static uint64_t balloon_gfn(unsigned int order)
 }
 /* A buffer argument: mostly into scratch, sometimes bad. */
 static unsigned long buffer(unsigned long room) { return chance(85) ? scratch_pointer(room) : bad_pointer(); }
-
-/* Our image, stack and page tables live between 1 MiB and the scratch area; the console and
- * xenstore rings just below 4 GiB. A value near them must never become a buffer address. */
-static int in_image(uint64_t v)
-{
-    return (v >= 0x10000ul && v < SCRATCH_BASE) || (v >= 0xFE000000ul && v < 0x100000000ul);
-}
 
 static uint64_t random_value(void)
 {
@@ -117,27 +174,15 @@ static void fill_scratch(void)
 static unsigned long trace_from = ~0ul;
 static uint64_t recent[256][6];   /* the last calls, printed when our code is found changed */
 
-/* The hypervisor writes addresses and frame numbers into scratch; left there, one could later be
- * read back as a buffer handle that points at our image. Replace any such value. */
-static void scrub(uint64_t *p, unsigned long words)
-{
-    for (unsigned long i = 0; i < words; i++)
-        if (in_image(p[i]) || in_image(p[i] & 0xFFFFFFFFu) || in_image(p[i] >> 32))
-            p[i] = bad_pointer();
-}
-
 static long call(unsigned int nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5)
 {
     if (calls >= trace_from)   /* `trace=N`: print each call from the Nth on, before making it */
         rt_printf("# call %lu: %u(%#lx, %#lx, %#lx, %#lx, %#lx)\n", calls, nr, (unsigned long)a1,
                   (unsigned long)a2, (unsigned long)a3, (unsigned long)a4, (unsigned long)a5);
-    const uint64_t args[5] = { a1, a2, a3, a4, a5 };
-    for (unsigned int i = 0; i < 5; i++)
-        if (args[i] >= SCRATCH_BASE && args[i] < SCRATCH_BASE + (SCRATCH_PAGES - 1) * 4096ul)
-            scrub((uint64_t *)(args[i] & ~7ul), 64);
     uint64_t *rec = recent[calls % 256];
     rec[0] = nr; rec[1] = a1; rec[2] = a2; rec[3] = a3; rec[4] = a4; rec[5] = a5;
     long r = rt_hypercall(nr, a1, a2, a3, a4, a5);
+    nr_claimed = 0;
     calls++;
     if (r < 0)
         errors++;
@@ -147,7 +192,7 @@ static long call(unsigned int nr, uint64_t a1, uint64_t a2, uint64_t a3, uint64_
 /* ---- memory_op ---- */
 static void reservation_at(struct xen_memory_reservation *r, unsigned int order)
 {
-    uint64_t *gfns = (uint64_t *)scratch_pointer(64 * 8);
+    uint64_t *gfns = (uint64_t *)own_pointer(64 * 8);
     unsigned int n = below(8) + 1;
     /* Xen acts on every entry up to the count: all 64 name balloon frames, and a count past
      * them comes only with a bad list pointer (whatever lies beyond may name our own frames). */
@@ -171,14 +216,16 @@ static void fuzz_memory_op(void)
         XENMEM_maximum_gpfn, XENMEM_memory_map, XENMEM_machine_memory_map, XENMEM_machphys_mfn_list,
         XENMEM_get_pod_target, 18 /* get_sharing_freed_pages */, 19 /* get_sharing_shared_pages */,
     };
-    unsigned int op = chance(90) ? ops[below(sizeof ops / sizeof ops[0])] : 26 + below(40);
+    /* Unknown sub-ops stay below 64: the bits above are the start extent, so 64 and 65 would be
+     * increase and decrease_reservation resuming at extent 1 with whatever the struct holds. */
+    unsigned int op = chance(90) ? ops[below(sizeof ops / sizeof ops[0])] : 26 + below(64 - 26);
     union {
         struct xen_memory_reservation res;
         struct xen_memory_exchange exch;
         struct xen_add_to_physmap atp;
         struct xen_add_to_physmap_batch batch;
         struct xen_remove_from_physmap rfp;
-    } *a = (void *)scratch_pointer(sizeof *a);
+    } *a = (void *)own_pointer(sizeof *a);
     unsigned long arg = (unsigned long)a;
 
     switch (op) {
@@ -210,9 +257,10 @@ static void fuzz_memory_op(void)
         a->atp.gpfn = balloon_gfn(0);
         break;
     case XENMEM_add_to_physmap_batch: {
-        uint64_t *idxs = (uint64_t *)scratch_pointer(3 * 64 * 8);
+        /* errs too stays clear of the lists: an errno written there would become an index or a frame. */
+        uint64_t *idxs = (uint64_t *)own_pointer(2 * 64 * 8);
         uint64_t *gpfns = idxs + 64;
-        int *errs = (int *)(idxs + 128);
+        int *errs = (int *)own_pointer(64 * sizeof(int));
         unsigned int n = below(8) + 1;
         a->batch.domid = chance(80) ? DOMID_SELF : random_domid();
         a->batch.space = below(7);
@@ -251,15 +299,18 @@ static void fuzz_memory_op(void)
 static void fuzz_grant_table_op(void)
 {
     unsigned int op = chance(90) ? below(13) : below(64);
-    unsigned int n = below(8) + 1;
-    uint8_t *a = (uint8_t *)scratch_pointer(8 * 64);
+    /* Xen walks the array up to the count, which is at most GNT_ENTRIES with a real pointer: every
+     * entry up to there is written, so none is left over from scratch naming one of our frames. */
+    enum { GNT_ENTRIES = 8 };
+    unsigned int n = below(GNT_ENTRIES) + 1;
+    uint8_t *a = (uint8_t *)own_pointer(8 * 64);
     unsigned long arg = (unsigned long)a;
     uint64_t count = chance(85) ? n : random_value();
 
     switch (op) {
     case GNTTABOP_map_grant_ref: {
         struct gnttab_map_grant_ref *m = (void *)a;
-        for (unsigned int i = 0; i < n; i++) {
+        for (unsigned int i = 0; i < GNT_ENTRIES; i++) {
             m[i].host_addr = balloon_gfn(0) << 12;
             m[i].flags = (uint32_t)(chance(50) ? rnd() : GNTMAP_host_map | (chance(50) ? GNTMAP_readonly : 0));
             m[i].ref = below(64);
@@ -269,7 +320,7 @@ static void fuzz_grant_table_op(void)
     }
     case GNTTABOP_unmap_grant_ref: {
         struct gnttab_unmap_grant_ref *u = (void *)a;
-        for (unsigned int i = 0; i < n; i++) {
+        for (unsigned int i = 0; i < GNT_ENTRIES; i++) {
             u[i].host_addr = balloon_gfn(0) << 12;
             u[i].handle = chance(50) ? below(8) : (uint32_t)rnd();
         }
@@ -284,7 +335,7 @@ static void fuzz_grant_table_op(void)
     }
     case GNTTABOP_transfer: {
         struct gnttab_transfer *t = (void *)a;
-        for (unsigned int i = 0; i < n; i++) {
+        for (unsigned int i = 0; i < GNT_ENTRIES; i++) {
             t[i].mfn = balloon_gfn(0);
             t[i].domid = random_domid();
             t[i].ref = below(64);
@@ -293,7 +344,7 @@ static void fuzz_grant_table_op(void)
     }
     case GNTTABOP_copy: {
         struct gnttab_copy *c = (void *)a;
-        for (unsigned int i = 0; i < n; i++) {
+        for (unsigned int i = 0; i < GNT_ENTRIES; i++) {
             c[i].flags = (uint16_t)(chance(70) ? below(4) : rnd());
             c[i].source.domid = random_domid();
             c[i].dest.domid = random_domid();
@@ -311,7 +362,7 @@ static void fuzz_grant_table_op(void)
     }
     case GNTTABOP_unmap_and_replace: {
         struct gnttab_unmap_and_replace *u = (void *)a;
-        for (unsigned int i = 0; i < n; i++) {
+        for (unsigned int i = 0; i < GNT_ENTRIES; i++) {
             u[i].host_addr = balloon_gfn(0) << 12;
             u[i].new_addr = balloon_gfn(0) << 12;
             u[i].handle = (uint32_t)rnd();
@@ -335,7 +386,7 @@ static void fuzz_grant_table_op(void)
     }
     /* A huge count walks the array on through memory (and Xen writes each status back): only with
      * a bad pointer. */
-    if (chance(10) || count > 8)
+    if (chance(10) || count > GNT_ENTRIES)
         arg = bad_pointer();
     call(__HYPERVISOR_grant_table_op, op, arg, count, random_value(), random_value());
 }
