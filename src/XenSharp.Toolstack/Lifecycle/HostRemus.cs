@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using XenSharp.Public.Hvm;
 using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Save;
 
@@ -25,7 +26,8 @@ public sealed partial class Host
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
-            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode);
+            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
+                d.Config.MaxVcpus);
             var data = new BufferedStream(new DataFrames(frames), 1 << 20);
             SaveFileWriter.LiveStream live;
             long sent;
@@ -153,6 +155,25 @@ public sealed partial class Host
         if (d.Destroyed)
         {
             TryLine(conn, "error 3 the backup domain was destroyed");
+            return;
+        }
+        try
+        {
+            lock (d.MemoryUse)
+            {
+                // A PV guest is made a running one only now (libxc's stream_complete at the failover): its page
+                // tables localised and pinned, its vCPUs loaded, its start_info given the rings' frames and the
+                // ports they were connected to at the first checkpoint (each checkpoint brought the primary's).
+                if (!d.Destroyed && reader.CompletePv() is { } pv)
+                    Builder.PvBuilder.SetEventChannels(d.Hv.Memory, pv.StartInfoPfn, (uint)d.Hv.GetHvmParam(Params.HVM_PARAM_STORE_EVTCHN),
+                        (uint)d.Hv.GetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN), pv.Is32);
+            }
+        }
+        catch (Exception e) when (e is SaveFileException or XenSharp.Hypervisor.HypervisorException)
+        {
+            _hv.ConsoleWrite($"d{d.DomId}: Remus failover: checkpoint {held} cannot be started ({e.Message}); the backup is destroyed");
+            Destroy(d);
+            TryLine(conn, $"error 5 checkpoint {held} cannot be started: {e.Message.ReplaceLineEndings(" ")}");
             return;
         }
         d.Hv.Unpause();
