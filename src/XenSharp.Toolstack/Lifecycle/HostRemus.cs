@@ -12,7 +12,8 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// guest and, every interval, suspends it again for the pages dirtied since and its state, and marks the next
 /// checkpoint. The backup builds the domain from the first checkpoint and keeps it paused; each later checkpoint is
 /// read whole before it is applied, so a stream cut inside one leaves the last complete one. When the stream ends
-/// (the primary or its host died, or xl on it went away) the backup unpauses the guest from there: the failover.
+/// (the primary or its host died, or xl on it went away) the backup unpauses the guest from there: the failover. A PV
+/// guest's domain is made a running one only then (its page tables pinned, its vCPUs loaded), as libxc does.
 /// Disk replication and network buffering are not done: the guest's disks must be shared and what it sent on the
 /// network after the last checkpoint is not held back.
 /// </summary>

@@ -10,7 +10,8 @@ internal sealed record PvRestored(ulong StartInfoPfn, ulong StorePfn, ulong Stor
 
 /// <summary>
 /// The x86 PV parts of a restore (libxc's restore for PV guests). The records are collected as they come; the pages
-/// are loaded as they are (their frame numbers PFNs). At the end of the stream the new domain's frames are known, and
+/// are loaded as they are (their frame numbers PFNs). At the end of the stream (of a checkpointed one: at the failover,
+/// each checkpoint's pages having been written over the last's) the new domain's frames are known, and
 /// <see cref="Finish"/> makes every page table's entries MFNs again, writes the new frames into the guest's own p2m,
 /// rewrites start_info (its rings' frames, shared_info), pins what the guest had pinned, loads the vCPUs (CR3 and GDT
 /// frames as MFNs) and the shared_info.
