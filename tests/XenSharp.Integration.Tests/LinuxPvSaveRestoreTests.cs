@@ -157,7 +157,7 @@ public class LinuxPvSaveRestoreTests
 
     /// <summary>The value one of the guest's loops last wrote into <paramref name="file"/> (read again while the loop
     /// has it truncated).</summary>
-    private static long Counter(ConsoleSession console, string file)
+    internal static long Counter(ConsoleSession console, string file)
     {
         string reply = console.Ask($"c=$(cat {file}); while [ -z \"$c\" ]; do c=$(cat {file}); done; echo ctr-$c-rtc$((1+1))", "-rtc2\r\n");
         var m = System.Text.RegularExpressions.Regex.Match(reply, @"ctr-([0-9]+)-rtc");

@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.RegularExpressions;
+using XenSharp.Artifacts;
+using static XenSharp.Integration.Tests.LinuxPvhTests;
 
 namespace XenSharp.Integration.Tests;
 
@@ -19,7 +21,7 @@ public sealed partial class XlMigrateTests
         CheckpointLine().Matches(stderr).Select(m => long.Parse(m.Groups[1].Value)).DefaultIfEmpty(0).Max();
 
     /// <summary>xl remus of <paramref name="name"/> to the target, in the background; its stderr as it comes.</summary>
-    private (Process Remus, Func<string> Err) StartRemus(string name)
+    private (Process Remus, Func<string> Err) StartRemus(string name, TimeSpan? firstCheckpoint = null)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -35,7 +37,7 @@ public sealed partial class XlMigrateTests
         remus.OutputDataReceived += (_, _) => { };
         remus.BeginOutputReadLine();
         string Err() { lock (stderr) return stderr.ToString(); }
-        Assert.True(WaitUntil(() => LastCheckpoint(Err()) >= 1 || remus.HasExited, TimeSpan.FromMinutes(5)), "no first checkpoint\n" + Err());
+        Assert.True(WaitUntil(() => LastCheckpoint(Err()) >= 1 || remus.HasExited, firstCheckpoint ?? TimeSpan.FromMinutes(5)), "no first checkpoint\n" + Err());
         Assert.False(remus.HasExited, "xl remus ended\n" + Err());
         return (remus, Err);
     }
@@ -77,6 +79,71 @@ public sealed partial class XlMigrateTests
         {
             if (!remus.HasExited) remus.Kill(entireProcessTree: true);
             _target.Xl.Run("destroy", "guarded");
+        }
+    }
+
+    /// <summary>Debian's kernel as a two-vCPU PV guest under Remus: every checkpoint carries its dirty pages (its page
+    /// tables typed, their frames made PFNs), both vCPUs' contexts and shared_info; the backup keeps writing them into
+    /// the paused domain and makes it a running guest (tables localised and pinned, vCPUs loaded) only at the failover.
+    /// The primary daemon is killed with SIGKILL: on the backup the same shell answers with the file it wrote to its
+    /// RAM-backed root, its counter loop goes on from no lower than a value it had reached before the last checkpoint,
+    /// and both vCPUs run.</summary>
+    [Fact, Trait("Feature", "Remus Fault Tolerance"), Trait("Feature", "x86/PV")]
+    public void BackupResumesAPvGuestFromItsLastCheckpointWhenThePrimaryDaemonIsKilled()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string cfg = WriteConfig(_source.Xl, store, "pvremus", vcpus: 2, memory: 256, type: "pv");
+        string marker = $"remus-{Guid.NewGuid():N}";
+        Process? remus = null;
+        try
+        {
+            Func<string> Err;
+            long seen;
+            using (var console = new ConsoleSession(_source.Xl.RunDir, "create", "-c", cfg))
+            {
+                console.WaitFor("~ # ", BootLimit);
+                // Quiet: every checkpoint's suspend and resume would print its kernel messages over the shell's.
+                console.Ask($"dmesg -n 1; echo {marker} > /marker; (i=0; while :; do i=$((i+1)); echo $i > /counter; done) >/dev/null 2>&1 & echo started",
+                    "started\r\n~ # ");
+                (remus, Err) = StartRemus("pvremus", TimeSpan.FromMinutes(10));
+                // The primary counts a checkpoint once it is sent; the backup builds the domain once it has read it.
+                Assert.True(WaitUntil(() => _target.Xl.Run("list").Stdout.Contains("pvremus") || remus.HasExited, TimeSpan.FromMinutes(5)),
+                    Err() + "\n--- target\n" + _target.Xl.Run("dmesg").Stdout);
+
+                // A value the loop has reached, then a checkpoint taken after it: the backup's copy has at least it.
+                seen = LinuxPvSaveRestoreTests.Counter(console, "/counter");
+                long at = LastCheckpoint(Err());
+                Assert.True(WaitUntil(() => LastCheckpoint(Err()) > at || remus.HasExited, TimeSpan.FromMinutes(10)),
+                    $"no checkpoint after {at}\n" + Err());
+                Assert.False(remus.HasExited, "xl remus ended\n" + Err());
+                Assert.DoesNotContain("Backup failed", Err());
+
+                int daemon = int.Parse(File.ReadAllText(Path.Combine(_source.Xl.RunDir, "xensharpd.pid")).Trim());
+                Process.GetProcessById(daemon).Kill();
+                Assert.True(remus.WaitForExit(TimeSpan.FromMinutes(1)), "xl remus did not end with the primary daemon\n" + Err());
+                remus.WaitForExit();
+            }
+            Assert.True(Err().Contains("the backup takes over"), Err());
+            Assert.Contains("migration target: Remus Failover for domain", Err());
+
+            using var backup = new ConsoleSession(_target.Xl.RunDir, "console", "pvremus");
+            backup.Ask("cat /marker", marker + "\r\n~ # ", TimeSpan.FromMinutes(2));
+            long c1 = LinuxPvSaveRestoreTests.Counter(backup, "/counter");
+            Assert.True(c1 >= seen, $"the backup's counter is {c1}, the primary's had reached {seen} before the last checkpoint");
+            backup.Ask("sleep 2; echo slept-$((6*7))", "slept-42\r\n~ # ", TimeSpan.FromMinutes(2));
+            long c2 = LinuxPvSaveRestoreTests.Counter(backup, "/counter");
+            Assert.True(c2 > c1, $"the counter loop stopped on the backup: {c1}, then {c2}");
+            Assert.Contains("on-0 on-1", backup.Ask(
+                "echo $(taskset -c 0 sh -c 'echo on-$(cut -d\" \" -f39 /proc/self/stat)') $(taskset -c 1 sh -c 'echo on-$(cut -d\" \" -f39 /proc/self/stat)')",
+                "on-0 on-1"));
+        }
+        finally
+        {
+            if (remus is { HasExited: false }) remus.Kill(entireProcessTree: true);
+            remus?.Dispose();
+            _target.Xl.Run("destroy", "pvremus");
+            _source.Xl.Run("destroy", "pvremus");
         }
     }
 

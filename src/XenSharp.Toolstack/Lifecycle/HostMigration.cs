@@ -22,8 +22,6 @@ public sealed partial class Host
             throw new ControlException($"Remus checkpoint interval {r.RemusIntervalMs} ms: it must be positive", Errno.EINVAL);
         var d = Resolve(r.Domain);
         CheckSavable(d);
-        if (r.RemusIntervalMs > 0 && d.Config.Type != DomainType.Pvh)
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp protects PVH domains only with Remus", Errno.EOPNOTSUPP);
         return new MigrateSendResult(d.DomId, d.Config.Name);
     }
 

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using XenSharp.Public.Hvm;
 using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Save;
 
@@ -11,7 +12,8 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// guest and, every interval, suspends it again for the pages dirtied since and its state, and marks the next
 /// checkpoint. The backup builds the domain from the first checkpoint and keeps it paused; each later checkpoint is
 /// read whole before it is applied, so a stream cut inside one leaves the last complete one. When the stream ends
-/// (the primary or its host died, or xl on it went away) the backup unpauses the guest from there: the failover.
+/// (the primary or its host died, or xl on it went away) the backup unpauses the guest from there: the failover. A PV
+/// guest's domain is made a running one only then (its page tables pinned, its vCPUs loaded), as libxc does.
 /// Disk replication and network buffering are not done: the guest's disks must be shared and what it sent on the
 /// network after the last checkpoint is not held back.
 /// </summary>
@@ -25,7 +27,8 @@ public sealed partial class Host
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
-            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode);
+            var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
+                d.Config.MaxVcpus);
             var data = new BufferedStream(new DataFrames(frames), 1 << 20);
             SaveFileWriter.LiveStream live;
             long sent;
@@ -153,6 +156,25 @@ public sealed partial class Host
         if (d.Destroyed)
         {
             TryLine(conn, "error 3 the backup domain was destroyed");
+            return;
+        }
+        try
+        {
+            lock (d.MemoryUse)
+            {
+                // A PV guest is made a running one only now (libxc's stream_complete at the failover): its page
+                // tables localised and pinned, its vCPUs loaded, its start_info given the rings' frames and the
+                // ports they were connected to at the first checkpoint (each checkpoint brought the primary's).
+                if (!d.Destroyed && reader.CompletePv() is { } pv)
+                    Builder.PvBuilder.SetEventChannels(d.Hv.Memory, pv.StartInfoPfn, (uint)d.Hv.GetHvmParam(Params.HVM_PARAM_STORE_EVTCHN),
+                        (uint)d.Hv.GetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN), pv.Is32);
+            }
+        }
+        catch (Exception e) when (e is SaveFileException or XenSharp.Hypervisor.HypervisorException)
+        {
+            _hv.ConsoleWrite($"d{d.DomId}: Remus failover: checkpoint {held} cannot be started ({e.Message}); the backup is destroyed");
+            Destroy(d);
+            TryLine(conn, $"error 5 checkpoint {held} cannot be started: {e.Message.ReplaceLineEndings(" ")}");
             return;
         }
         d.Hv.Unpause();

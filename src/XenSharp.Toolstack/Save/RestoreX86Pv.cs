@@ -10,7 +10,8 @@ internal sealed record PvRestored(ulong StartInfoPfn, ulong StorePfn, ulong Stor
 
 /// <summary>
 /// The x86 PV parts of a restore (libxc's restore for PV guests). The records are collected as they come; the pages
-/// are loaded as they are (their frame numbers PFNs). At the end of the stream the new domain's frames are known, and
+/// are loaded as they are (their frame numbers PFNs). At the end of the stream (of a checkpointed one: at the failover,
+/// each checkpoint's pages having been written over the last's) the new domain's frames are known, and
 /// <see cref="Finish"/> makes every page table's entries MFNs again, writes the new frames into the guest's own p2m,
 /// rewrites start_info (its rings' frames, shared_info), pins what the guest had pinned, loads the vCPUs (CR3 and GDT
 /// frames as MFNs) and the shared_info.
@@ -100,6 +101,32 @@ internal sealed class RestoreX86Pv
         }
     }
 
+    /// <summary>Where the rings are and which frames they have, without changing the guest (its start_info still
+    /// names them by PFN): what the backup of a checkpointed stream connects before <see cref="Finish"/>.</summary>
+    public PvRestored Rings()
+    {
+        if (!_vcpus.TryGetValue(0, out var ctx0)) throw Corrupt("the stream has no context for vCPU 0");
+        var p2m = new Dictionary<ulong, ulong>();
+        foreach (var (pfn, mfn) in _pv.Physmap()) p2m[pfn] = mfn;
+        ulong startInfoPfn = StartInfoPfn(ctx0, p2m);
+        var page = new byte[4096];
+        _d.Memory.Read(startInfoPfn << 12, page);
+        ulong storePfn = _l.Word(page, _l.StartInfoStoreMfn), consolePfn = _l.Word(page, _l.StartInfoConsoleMfn);
+        ulong Mfn(ulong pfn, string what) => p2m.TryGetValue(pfn, out ulong mfn) ? mfn
+            : throw new SaveFileException($"{_file}: {what} names pfn {pfn:#x}, which the stream did not populate");
+        return new PvRestored(startInfoPfn, storePfn, Mfn(storePfn, "start_info's xenstore ring"), consolePfn,
+            Mfn(consolePfn, "start_info's console ring"), _l.Is32);
+    }
+
+    /// <summary>start_info's PFN, named by vCPU 0's suspend record.</summary>
+    private ulong StartInfoPfn(byte[] ctx0, Dictionary<ulong, ulong> p2m)
+    {
+        ulong startInfoPfn = _l.SuspendRecord(ctx0);
+        if (!p2m.ContainsKey(startInfoPfn) || _types.ContainsKey(startInfoPfn))
+            throw new SaveFileException($"{_file}: the suspend record (vCPU 0's EDX) names pfn {startInfoPfn:#x}, which is not a data page of the guest");
+        return startInfoPfn;
+    }
+
     /// <summary>Makes the loaded pages a running guest's again (see the class); the rings' frames for the caller.</summary>
     public PvRestored Finish()
     {
@@ -154,9 +181,7 @@ internal sealed class RestoreX86Pv
         // start_info, named by vCPU 0's suspend record: its rings' PFNs (the guest made them so before it
         // suspended) become the new MFNs; shared_info's frame is the new domain's.
         var ctx0 = _vcpus[0];
-        ulong startInfoPfn = _l.SuspendRecord(ctx0);
-        if (!p2m.ContainsKey(startInfoPfn) || _types.ContainsKey(startInfoPfn))
-            throw new SaveFileException($"{_file}: the suspend record (vCPU 0's EDX) names pfn {startInfoPfn:#x}, which is not a data page of the guest");
+        ulong startInfoPfn = StartInfoPfn(ctx0, p2m);
         _d.Memory.Read(startInfoPfn << 12, page);
         ulong storePfn = _l.Word(page, _l.StartInfoStoreMfn), consolePfn = _l.Word(page, _l.StartInfoConsoleMfn);
         ulong storeMfn = Mfn(storePfn, "start_info's xenstore ring"), consoleMfn = Mfn(consolePfn, "start_info's console ring");

@@ -24,6 +24,10 @@ internal sealed class SaveFileReader(Stream input, string file)
     /// <summary>The stream is an x86 PV domain's (its domain header says so).</summary>
     private bool _pv;
 
+    /// <summary>A checkpointed PV stream's restore state, kept from checkpoint to checkpoint until the failover
+    /// completes it (<see cref="CompletePv"/>).</summary>
+    private RestoreX86Pv? _checkpointedPv;
+
     /// <summary>Called once, when the first record of the guest's state (TSC info, HVM context) arrives: a live
     /// stream's pages are over and the guest has stopped.</summary>
     public Action? OnState { get; set; }
@@ -109,14 +113,22 @@ internal sealed class SaveFileReader(Stream input, string file)
                 if (body.Count != 0) throw _r.Corrupt($"{(type == 0 ? "END" : "CHECKPOINT")} record at byte {at} with {body.Count} bytes");
                 if (_pv && state.Pv is null) throw _r.Corrupt("the PV stream ends without an X86_PV_INFO record");
                 if (!state.Context && !_pv) throw _r.Corrupt("the libxc stream ends without an HVM context");
-                var pv = state.Pv?.Finish();
+                PvRestored? pv;
                 if (type == LibxcStream.REC_TYPE_CHECKPOINT)
                 {
                     if (!checkpointed) throw _r.Corrupt($"a CHECKPOINT record at byte {at} in a stream that is not checkpointed");
+                    // A PV guest's tables are pinned and its vCPUs loaded only when it is started (libxc's
+                    // stream_complete at the failover): later checkpoints rewrite its pages, and a pinned table
+                    // cannot simply be overwritten. Until then its page tables hold PFNs.
+                    _checkpointedPv = state.Pv;
+                    pv = state.Pv?.Rings();
                     ReadLibxlCheckpointEnd();
                 }
                 else
+                {
+                    pv = state.Pv?.Finish();
                     ReadLibxlEnd();
+                }
                 return new RestoredState(state.Params, state.Pages, state.TscKhz, pv);
             }
             Apply(d, type, body, at, state);
@@ -151,6 +163,11 @@ internal sealed class SaveFileReader(Stream input, string file)
                     or LibxcStream.REC_TYPE_HVM_PARAMS:
                     records.Add(new PendingRecord(type, body, at));
                     break;
+                // A PV guest's end of checkpoint: its vCPUs and shared_info (libxc's x86_pv_end_of_checkpoint).
+                case LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC or LibxcStream.REC_TYPE_X86_PV_VCPU_EXTENDED or LibxcStream.REC_TYPE_X86_PV_VCPU_XSAVE
+                    or LibxcStream.REC_TYPE_X86_PV_VCPU_MSRS or LibxcStream.REC_TYPE_SHARED_INFO when _pv:
+                    records.Add(new PendingRecord(type, body, at));
+                    break;
                 default:
                     throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} inside a checkpoint is not one XenSharp restores");
             }
@@ -160,10 +177,19 @@ internal sealed class SaveFileReader(Stream input, string file)
     /// <summary>Applies a complete checkpoint's records to the paused domain; returns the pages it carried.</summary>
     public long Apply(IHypervisorDomain d, List<PendingRecord> records)
     {
-        var state = new LoadState();
+        var state = new LoadState { Pv = _checkpointedPv };
         foreach (var r in records)
             Apply(d, r.Type, r.Body, r.At, state);
         return state.Pages;
+    }
+
+    /// <summary>The failover of a checkpointed PV stream: the last complete checkpoint made a running guest's
+    /// (<see cref="RestoreX86Pv.Finish"/>); null for a PVH stream, which is complete at each checkpoint.</summary>
+    public PvRestored? CompletePv()
+    {
+        var pv = _checkpointedPv;
+        _checkpointedPv = null;
+        return pv?.Finish();
     }
 
     private sealed class LoadState
