@@ -12,7 +12,9 @@ public sealed partial class Host
         var d = Resolve(r.Domain);
         string dom = XenstoreLayout.DomainPath(d.DomId);
         string feature = r.Kind == ShutdownKind.Reboot ? "feature-reboot" : "feature-poweroff";
-        bool pvControl = _xs.Read($"{dom}/control/{feature}") == "1";
+        // libxl asks whether the guest has PV drivers (its event callback: a restored or migrated guest does not write
+        // its feature keys again); a guest that wrote the feature key has them as well.
+        bool pvControl = HasPvDrivers(d) || _xs.Read($"{dom}/control/{feature}") == "1";
         if (!pvControl)
         {
             if (!r.AcpiFallback)

@@ -76,6 +76,9 @@ internal sealed class HeldHypervisor : IHypervisor
         return d;
     }
 
+    /// <summary>A domain made by <see cref="CreateDomain"/>, for tests that set what its guest would.</summary>
+    public IHypervisorDomain Domain(uint domId) { lock (_lock) return _domains[domId]; }
+
     public string ReadConsole(bool clear)
     {
         lock (_lock)

@@ -141,6 +141,17 @@ public sealed class HostTests : IDisposable
     }
 
     [Fact]
+    public void ShutdownOfAGuestWithItsEventCallbackNeedsNoFeatureKey()
+    {
+        // A restored or migrated guest does not write control/feature-poweroff again: as libxl, its event callback says
+        // it has PV drivers.
+        var c = Create("cb");
+        _hv.Domain(c.DomId).SetHvmParam(XenSharp.Public.Hvm.Params.HVM_PARAM_CALLBACK_IRQ, (2UL << 56) | 0xF3);
+        Assert.True(_host.Handle(new ShutdownRequest("cb", ShutdownKind.Reboot, false)).Ok);
+        Assert.Equal("reboot", _xs.Read($"/local/domain/{c.DomId}/control/shutdown"));
+    }
+
+    [Fact]
     public void OnPoweroffDestroyRemovesTheDomain()
     {
         var c = Create("off");
