@@ -156,7 +156,11 @@ public sealed unsafe partial class XenHypervisor
                 x.TscAdjustValue = adjust;
         }
         foreach (var (desc, body) in platform)
-            d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
+            if (X86.HvmPlatform.LoadsFirst(desc.Typecode))
+                d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
+        foreach (var (desc, body) in platform)
+            if (!X86.HvmPlatform.LoadsFirst(desc.Typecode))
+                d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
         foreach (var v in d.Vcpus)
             if (cpus[v.Id] is not null)
                 Services.BringUp(v);
