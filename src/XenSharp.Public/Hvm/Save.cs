@@ -70,6 +70,14 @@ public struct HvmHwLapic
     public ulong TdtMsr;
 }
 
+/// <summary>struct hvm_vmce_vcpu (HVM_SAVE_CODE(VMCE_VCPU)): a vCPU's MCG_CAP, its two banks' MCi_CTL2 and
+/// MCG_EXT_CTL.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct HvmVmceVcpu
+{
+    public ulong Caps, MciCtl2Bank0, MciCtl2Bank1, McgExtCtl;
+}
+
 /// <summary>struct hvm_hw_mtrr (MTRR_VCNT = 8 variable ranges, NUM_FIXED_MSR = 11).</summary>
 [StructLayout(LayoutKind.Sequential, Pack = 8)]
 public unsafe struct HvmHwMtrr

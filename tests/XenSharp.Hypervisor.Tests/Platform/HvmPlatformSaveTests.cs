@@ -28,6 +28,7 @@ public class HvmPlatformSaveTests : IDisposable
         Assert.Equal(16, sizeof(HvmHwPciIrqs));
         Assert.Equal(8, sizeof(HvmHwIsaIrqs));
         Assert.Equal(8, sizeof(HvmHwPciLink));
+        Assert.Equal(32, sizeof(HvmVmceVcpu));
     }
 
     [Fact]
@@ -67,6 +68,35 @@ public class HvmPlatformSaveTests : IDisposable
         b.Platform.Irq.SetPciIntxLevel(0, 0, 5, 0, true);
         Assert.Equal(0x3B, b.Vcpu().Arch.Acknowledge());
         Assert.False(b.Domain.Arch.Irq.Level(PlatformIrq.PciIntxGsi(4, 0)));
+    }
+
+    [Fact]
+    public void EachVcpusMachineCheckStateTravelsInAVmceRecord()
+    {
+        var a = new HvmPlatformGuest(_host, vcpus: 2);
+        Assert.True(a.Vcpu(1).Arch.Vmce.TryWriteMsr(XenSharp.Public.ArchX86.XenMca.MSR_IA32_MC0_CTL2 + 1, 0x4000_0005));
+        var records = Records(_host.GetHvmContext(a.Id)).Where(r => r.Type == HvmSave.VMCE_VCPU).ToList();
+        Assert.Equal([(ushort)0, (ushort)1], records.Select(r => r.Instance));
+        var vmce = MemoryMarshal.Read<HvmVmceVcpu>(records[1].Body);
+        Assert.Equal(Vmce.GuestMcgCap, vmce.Caps);
+        Assert.Equal(0x4000_0005UL, vmce.MciCtl2Bank1);
+
+        var b = new HvmPlatformGuest(_host, vcpus: 2);
+        _host.SetHvmContext(b.Id, _host.GetHvmContext(a.Id));
+        Assert.True(b.Vcpu(1).Arch.Vmce.TryReadMsr(XenSharp.Public.ArchX86.XenMca.MSR_IA32_MC0_CTL2 + 1, out ulong ctl2));
+        Assert.Equal(0x4000_0005UL, ctl2);
+
+        // A capability the guest is not given (MCG_EXT_P, bit 9) is refused, as Xen's vmce_restore_vcpu does.
+        var bad = new MemoryStream();
+        foreach (var (type, instance, body) in Records(_host.GetHvmContext(a.Id)))
+        {
+            if (type == HvmSave.VMCE_VCPU) body[1] |= 2;
+            var d = new HvmSaveDescriptor { Typecode = type, Instance = instance, Length = (uint)body.Length };
+            bad.Write(MemoryMarshal.AsBytes(new ReadOnlySpan<HvmSaveDescriptor>(in d)));
+            bad.Write(body);
+        }
+        var c = new HvmPlatformGuest(_host, vcpus: 2);
+        Assert.Equal(Errno.EINVAL, Assert.Throws<HypervisorException>(() => _host.SetHvmContext(c.Id, bad.ToArray())).Errno);
     }
 
     [Theory]
