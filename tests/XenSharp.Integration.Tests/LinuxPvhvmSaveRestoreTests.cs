@@ -9,12 +9,14 @@ namespace XenSharp.Integration.Tests;
 /// grub-mkrescue CD, a raw disk as hda that blkfront serves once Linux unplugged the emulated one), as libxl does it:
 /// the guest suspends through xenstore, QEMU stops and saves its devices' state, and the file carries the libxc
 /// stream with the HVM context (the platform's interrupt wiring among it) and libxl's EMULATOR_CONTEXT record, which
-/// Xen's verify-stream-v2 accepts. Files whose emulator record is cut short or names an unknown emulator are refused
-/// with no domain or QEMU left. The restore starts a new QEMU with the saved state (-incoming) and unpauses the guest
-/// once it runs: the same shell answers on the serial port of the new QEMU, a file written to the RAM-backed root
-/// before the save is there, what was written to the disk before is read back, and the disk takes new writes. Then
-/// xl migrate to the same host moves it live, its QEMU's state after the last pages, into a new domain with a new
-/// QEMU, where blkfront connects again, and that domain is saved and restored with its shell, RAM and disk. The guest is booted once for the class; the tests run in the order written.
+/// Xen's verify-stream-v2 accepts; a save that cannot write its file lets QEMU go on and the guest resume. Files
+/// whose emulator record is cut short or names an unknown emulator are refused with no domain or QEMU left. The
+/// restore starts a new QEMU with the saved state (-incoming) and unpauses the guest once it runs: the same shell
+/// answers on the serial port of the new QEMU, a file written to the RAM-backed root before the save is there, what
+/// was written to the disk before is read back, and the disk takes new writes. Then xl migrate to the same host moves
+/// it live, its QEMU's state after the last pages, into a new domain with a new QEMU, where blkfront connects again,
+/// and that domain is saved and restored with its shell, RAM and disk. The guest is booted once for the class; the
+/// tests run in the order written.
 /// </summary>
 [TestCaseOrderer("XenSharp.Integration.Tests.LinuxPvhvmSaveRestoreTests+Order", "XenSharp.Integration.Tests")]
 public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest guest) : IClassFixture<LinuxPvhvmSaveRestoreTests.Guest>
@@ -23,12 +25,20 @@ public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest 
 
     [Fact]
     [Trait("Feature", "xl save/restore"), Trait("Feature", "x86/PVHVM"), Trait("Feature", "x86/HVM")]
-    public void XlSaveWritesQemusStateAfterTheLibxcStream()
+    public void SaveWritesQemusStateAfterTheLibxcStream()
     {
         guest.Serial.Ask($"echo {guest.Marker} > /marker; echo written-$?-e\"\"nd", "written-0-end");
         // A sector of the disk, through blkfront, flushed to the backend before the save.
         guest.Serial.Ask($"echo {guest.Marker} | dd of=/dev/xvda bs=512 seek=1000 conv=sync 2>/dev/null && sync; echo dd-$?-e\"\"nd", "dd-0-end", IoLimit);
         string qemu = guest.XenstoreRead($"/local/domain/0/libxl/{guest.DomId}/dm-pid");
+
+        // A save that cannot write its file, after QEMU stopped and saved its state: QEMU is told to go on (cont) and
+        // the guest resumes where it was, its suspend cancelled; its serial port (QEMU's UART) answers again.
+        var failed = guest.Xl(TimeSpan.FromMinutes(10), "save", "hvmsr", Path.Combine(guest.RunDir, "no-such-dir", "hvmsr.save"));
+        Assert.True(failed.ExitCode != 0, failed.ToString());
+        Assert.Contains("the domain was resumed", failed.Stderr);
+        Assert.Contains("c-42-end", guest.Serial.Ask("echo c-$((6*7))-e\"\"nd", "-end", TimeSpan.FromMinutes(3)));
+        Assert.Empty(Directory.GetFiles(guest.RunDir, "qemu-save.*"));
 
         var save = guest.Xl(TimeSpan.FromMinutes(10), "save", "hvmsr", guest.SaveFile);
         Assert.True(save.ExitCode == 0, save + "\n" + guest.Xl("dmesg").Stdout);
@@ -76,7 +86,7 @@ public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest 
 
     [Fact]
     [Trait("Feature", "xl save/restore"), Trait("Feature", "x86/PVHVM"), Trait("Feature", "x86/HVM"), Trait("Feature", "Blkfront")]
-    public void XlRestoreBringsBackTheShellAndItsDisk()
+    public void RestoreBringsBackTheShellAndItsDisk()
     {
         var restore = guest.Xl(TimeSpan.FromMinutes(10), "restore", guest.SaveFile);
         Assert.True(restore.ExitCode == 0, restore + "\n" + guest.Xl("dmesg").Stdout);
@@ -97,7 +107,7 @@ public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest 
 
     [Fact]
     [Trait("Feature", "xl migrate"), Trait("Feature", "x86/PVHVM"), Trait("Feature", "x86/HVM")]
-    public void XlMigrateToThisHostMovesTheGuestWithItsQemuState()
+    public void MigrationToThisHostMovesTheGuestWithItsQemuState()
     {
         string before = guest.DomId;
         string qemu = guest.XenstoreRead($"/local/domain/0/libxl/{before}/dm-pid");
@@ -141,10 +151,10 @@ public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest 
     {
         private static readonly string[] Sequence =
         [
-            nameof(XlSaveWritesQemusStateAfterTheLibxcStream),
+            nameof(SaveWritesQemusStateAfterTheLibxcStream),
             nameof(AFileWithACutOrUnknownEmulatorRecordIsRefusedWithNothingLeft),
-            nameof(XlRestoreBringsBackTheShellAndItsDisk),
-            nameof(XlMigrateToThisHostMovesTheGuestWithItsQemuState),
+            nameof(RestoreBringsBackTheShellAndItsDisk),
+            nameof(MigrationToThisHostMovesTheGuestWithItsQemuState),
         ];
 
         public IEnumerable<TTestCase> OrderTestCases<TTestCase>(IEnumerable<TTestCase> testCases) where TTestCase : ITestCase =>
