@@ -7,8 +7,8 @@ using XenSharp.Public.Hvm;
 namespace XenSharp.Hypervisor;
 
 /// <summary>XEN_DOMCTL_gethvmcontext and XEN_DOMCTL_sethvmcontext: a translated domain's vCPU and vLAPIC state as
-/// the records of Xen's HVM save format (HEADER, CPU per online vCPU, LAPIC and LAPIC_REGS per vCPU, MTRR and TSC_ADJUST per
-/// vCPU, CPU_XSAVE per online vCPU, END), which save/restore carries in the libxc stream's HVM_CONTEXT record.</summary>
+/// the records of Xen's HVM save format (HEADER, CPU per online vCPU, LAPIC and LAPIC_REGS per vCPU, MTRR, VMCE_VCPU and
+/// TSC_ADJUST per vCPU, CPU_XSAVE per online vCPU, the emulated platform's records, END), which save/restore carries in the libxc stream's HVM_CONTEXT record.</summary>
 public sealed unsafe partial class XenHypervisor
 {
     // MSRs a CPU record carries, read from and written to the engine.
@@ -52,6 +52,8 @@ public sealed unsafe partial class XenHypervisor
             foreach (var v in d.Vcpus)
                 if (v.Engine is not null)
                     Append(buffer, HvmSave.MTRR, (ushort)v.Id, SaveMtrr(v.Engine));
+            foreach (var v in d.Vcpus)
+                Append(buffer, HvmSave.VMCE_VCPU, (ushort)v.Id, v.Arch.Vmce.Save());
             // struct hvm_tsc_adjust: IA32_TSC_ADJUST, for every vCPU as Xen saves it.
             foreach (var v in d.Vcpus)
                 if (v.Engine is IX86Vcpu x)
@@ -79,6 +81,7 @@ public sealed unsafe partial class XenHypervisor
         var mtrrs = new HvmHwMtrr?[n];
         var xsaves = new byte[n][];
         var tscAdjusts = new long?[n];
+        var vmces = new HvmVmceVcpu?[n];
         var platform = new List<(HvmSaveDescriptor Desc, byte[] Body)>();
         bool sawHeader = false, sawEnd = false;
         int offset = 0;
@@ -95,7 +98,7 @@ public sealed unsafe partial class XenHypervisor
             if (!sawHeader && desc.Typecode != HvmSave.HEADER)
                 throw BadContext("does not begin with a header record");
             bool perVcpu = desc.Typecode is HvmSave.CPU or HvmSave.CPU_XSAVE or HvmSave.LAPIC or HvmSave.LAPIC_REGS or HvmSave.MTRR
-                or HvmSave.TSC_ADJUST;
+                or HvmSave.TSC_ADJUST or HvmSave.VMCE_VCPU;
             if (perVcpu && desc.Instance >= d.Vcpus.Length)
                 throw BadContext($"record type {desc.Typecode} is for vCPU {desc.Instance}, the domain has {d.Vcpus.Length}");
             switch (desc.Typecode)
@@ -114,6 +117,16 @@ public sealed unsafe partial class XenHypervisor
                     break;
                 case HvmSave.MTRR: mtrrs[desc.Instance] = Exact<HvmHwMtrr>(body, desc); break;
                 case HvmSave.TSC_ADJUST: tscAdjusts[desc.Instance] = Exact<long>(body, desc); break;
+                case HvmSave.VMCE_VCPU:
+                {
+                    // Shorter records (older Xens') are zero-extended, as Xen's hvm_load_entry_zeroextend does.
+                    if (body.Length > sizeof(HvmVmceVcpu)) throw BadContext($"VMCE_VCPU of {body.Length} bytes, at most {sizeof(HvmVmceVcpu)}");
+                    HvmVmceVcpu vmce = default;
+                    body.CopyTo(MemoryMarshal.AsBytes(new Span<HvmVmceVcpu>(ref vmce)));
+                    if (!X86.Vmce.IsValid(vmce)) throw BadContext($"VMCE_VCPU of vCPU {desc.Instance} with MCA capabilities {vmce.Caps:x}");
+                    vmces[desc.Instance] = vmce;
+                    break;
+                }
                 case HvmSave.CPU_XSAVE:
                     if (body.Length < XsaveRecordLength) throw BadContext($"CPU_XSAVE of {body.Length} bytes, at least {XsaveRecordLength} expected");
                     ulong xcr0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(body[8..]);
@@ -151,12 +164,18 @@ public sealed unsafe partial class XenHypervisor
                 if (v.Engine is { } e && !(xsaves[v.Id] is { } xs && LoadXsave(e, xs)))
                     e.TrySetFpuState(new ReadOnlySpan<byte>(cpu.FpuRegs, 512), 1);
             }
+            if (vmces[v.Id] is { } vmce)
+                v.Arch.Vmce.Load(vmce);
             // After the CPU record's TSC: the adjust value is loaded as kept, the counter stays where that put it.
             if (tscAdjusts[v.Id] is { } adjust && v.Engine is IX86Vcpu x)
                 x.TscAdjustValue = adjust;
         }
         foreach (var (desc, body) in platform)
-            d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
+            if (X86.HvmPlatform.LoadsFirst(desc.Typecode))
+                d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
+        foreach (var (desc, body) in platform)
+            if (!X86.HvmPlatform.LoadsFirst(desc.Typecode))
+                d.Arch.Platform!.TryLoad(desc.Typecode, desc.Instance, body);
         foreach (var v in d.Vcpus)
             if (cpus[v.Id] is not null)
                 Services.BringUp(v);

@@ -62,7 +62,11 @@ internal sealed class HvmPlatform
         }
     }
 
-    // ---------------- save/restore: Xen's PIC, IOAPIC, PIT, RTC, HPET and PMTIMER records ----------------
+    // ---------------- save/restore: Xen's PIC, IOAPIC, PCI_IRQ, ISA_IRQ, PCI_LINK, PIT, RTC, HPET and PMTIMER records ----------------
+
+    /// <summary>The interrupt wiring's records load before the controllers': setting a wire moves the 8259s' and the
+    /// IOAPIC's inputs, and their own records then put back what they had latched from them.</summary>
+    public static bool LoadsFirst(ushort type) => type is HvmSave.PCI_IRQ or HvmSave.ISA_IRQ or HvmSave.PCI_LINK;
 
     /// <summary>Appends the platform's records, each through <paramref name="append"/> (type, instance, bytes).</summary>
     public void Save(Action<ushort, ushort, byte[]> append)
@@ -70,6 +74,9 @@ internal sealed class HvmPlatform
         append(HvmSave.PIC, 0, Bytes(Pic.Save(0)));
         append(HvmSave.PIC, 1, Bytes(Pic.Save(1)));
         append(HvmSave.IOAPIC, 0, Bytes(Ioapic.Save()));
+        append(HvmSave.PCI_IRQ, 0, Bytes(Irq.SavePciIrqs()));
+        append(HvmSave.ISA_IRQ, 0, Bytes(Irq.SaveIsaIrqs()));
+        append(HvmSave.PCI_LINK, 0, Bytes(Irq.SaveLink()));
         append(HvmSave.PIT, 0, Bytes(Pit.Save()));
         append(HvmSave.RTC, 0, Bytes(Rtc.Save()));
         if (_hpetMapped)
@@ -84,6 +91,11 @@ internal sealed class HvmPlatform
         {
             case HvmSave.PIC when instance < 2 && Is<HvmHwVpic>(body): Pic.Load(instance, Read<HvmHwVpic>(body)); return true;
             case HvmSave.IOAPIC when instance == 0 && Is<HvmHwVioapic>(body): Ioapic.Load(Read<HvmHwVioapic>(body)); return true;
+            case HvmSave.PCI_IRQ when instance == 0 && Is<HvmHwPciIrqs>(body): Irq.LoadPciIrqs(Read<HvmHwPciIrqs>(body)); return true;
+            case HvmSave.ISA_IRQ when instance == 0 && Is<HvmHwIsaIrqs>(body): Irq.LoadIsaIrqs(Read<HvmHwIsaIrqs>(body)); return true;
+            case HvmSave.PCI_LINK when instance == 0 && Is<HvmHwPciLink>(body) && PlatformIrq.IsValidLink(Read<HvmHwPciLink>(body)):
+                Irq.LoadLink(Read<HvmHwPciLink>(body));
+                return true;
             case HvmSave.PIT when Is<HvmHwPit>(body): Pit.Load(Read<HvmHwPit>(body)); return true;
             case HvmSave.RTC when Is<HvmHwRtc>(body): Rtc.Load(Read<HvmHwRtc>(body)); return true;
             case HvmSave.HPET when Is<HvmHwHpet>(body):
@@ -101,6 +113,9 @@ internal sealed class HvmPlatform
     {
         HvmSave.PIC => instance < 2 && Is<HvmHwVpic>(body),
         HvmSave.IOAPIC => instance == 0 && Is<HvmHwVioapic>(body),
+        HvmSave.PCI_IRQ => instance == 0 && Is<HvmHwPciIrqs>(body),
+        HvmSave.ISA_IRQ => instance == 0 && Is<HvmHwIsaIrqs>(body),
+        HvmSave.PCI_LINK => instance == 0 && Is<HvmHwPciLink>(body) && PlatformIrq.IsValidLink(Read<HvmHwPciLink>(body)),
         HvmSave.PIT => instance == 0 && Is<HvmHwPit>(body),
         HvmSave.RTC => instance == 0 && Is<HvmHwRtc>(body),
         HvmSave.HPET => instance == 0 && Is<HvmHwHpet>(body),
@@ -109,7 +124,7 @@ internal sealed class HvmPlatform
     };
 
     public static bool IsPlatformRecord(ushort type) =>
-        type is HvmSave.PIC or HvmSave.IOAPIC or HvmSave.PIT or HvmSave.RTC or HvmSave.HPET or HvmSave.PMTIMER;
+        type is HvmSave.PIC or HvmSave.IOAPIC or HvmSave.PCI_IRQ or HvmSave.ISA_IRQ or HvmSave.PCI_LINK or HvmSave.PIT or HvmSave.RTC or HvmSave.HPET or HvmSave.PMTIMER;
 
     private static unsafe bool Is<T>(ReadOnlySpan<byte> body) where T : unmanaged => body.Length == sizeof(T);
     private static T Read<T>(ReadOnlySpan<byte> body) where T : unmanaged => System.Runtime.InteropServices.MemoryMarshal.Read<T>(body);

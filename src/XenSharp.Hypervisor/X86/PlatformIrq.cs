@@ -1,5 +1,6 @@
 using XenSharp.Hypervisor.Common;
 using XenSharp.Public;
+using XenSharp.Public.Hvm;
 
 namespace XenSharp.Hypervisor.X86;
 
@@ -123,4 +124,75 @@ internal sealed class PlatformIrq : IInterruptController
     public void SetCallbackIntx(int device, int intx, bool level) => SetPciIntxLevel(0, 0, (uint)device, (uint)intx, level);
 
     public byte LinkRoute(int link) { lock (_lock) return _linkRoute[link]; }
+
+    // ---------------- save/restore: Xen's PCI_IRQ, ISA_IRQ and PCI_LINK records ----------------
+    // The wires the device model drives (set_pci_intx_level, set_isa_irq_level) and the link routes. The event
+    // callback's INTx is not among them: it follows vCPU 0's upcall flag and is raised again by the restored domain,
+    // as Xen leaves it out of PCI_IRQ.
+
+    public HvmHwPciIrqs SavePciIrqs()
+    {
+        var r = new HvmHwPciIrqs();
+        lock (_lock)
+            for (int i = 0; i < _pciIntx.Length; i++)
+                if (_pciIntx[i] is { Level: true })
+                {
+                    if (i < 64) r.Low |= 1UL << i;
+                    else r.High |= 1UL << (i - 64);
+                }
+        return r;
+    }
+
+    public HvmHwIsaIrqs SaveIsaIrqs()
+    {
+        var r = new HvmHwIsaIrqs();
+        lock (_lock)
+            for (int i = 0; i < NrIsaIrqs; i++)
+                if (_isaLines[i] is { Level: true })
+                    r.Wires |= 1UL << i;
+        return r;
+    }
+
+    public unsafe HvmHwPciLink SaveLink()
+    {
+        var r = new HvmHwPciLink();
+        lock (_lock)
+            for (int l = 0; l < NrLinks; l++)
+                r.Route[l] = _linkRoute[l];
+        return r;
+    }
+
+    /// <summary>Xen's irq_check_link: the padding is zero and every route names an ISA IRQ.</summary>
+    public static unsafe bool IsValidLink(in HvmHwPciLink link)
+    {
+        for (int l = 0; l < NrLinks; l++)
+        {
+            if (link.Pad0[l] != 0) return false;
+            if (link.Route[l] >= NrIsaIrqs) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Sets every INTx wire as saved; the GSIs and the links' 8259 inputs follow.</summary>
+    public void LoadPciIrqs(in HvmHwPciIrqs s)
+    {
+        for (int i = 0; i < NrPciDevices * 4; i++)
+        {
+            bool level = ((i < 64 ? s.Low >> i : s.High >> (i - 64)) & 1) != 0;
+            SetPciIntxLevel(0, 0, (uint)(i / 4), (uint)(i % 4), level);
+        }
+    }
+
+    public void LoadIsaIrqs(in HvmHwIsaIrqs s)
+    {
+        for (uint i = 0; i < NrIsaIrqs; i++)
+            SetIsaIrqLevel(i, ((s.Wires >> (int)i) & 1) != 0);
+    }
+
+    /// <summary>Routes the links as saved (checked by <see cref="IsValidLink"/>); an asserted link drives its new IRQ.</summary>
+    public unsafe void LoadLink(in HvmHwPciLink s)
+    {
+        for (int l = 0; l < NrLinks; l++)
+            SetPciLinkRoute((uint)l, s.Route[l]);
+    }
 }

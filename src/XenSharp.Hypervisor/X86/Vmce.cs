@@ -72,6 +72,28 @@ internal sealed class Vmce(Vcpu vcpu)
 
     /// <summary>Xen's vmce_wrmsr: false (#GP) for a non-zero write to a bank's status, address or misc, or for an MSR
     /// this vCPU does not have.</summary>
+    // ---------------- save/restore (HVM_SAVE_CODE(VMCE_VCPU)) ----------------
+
+    public XenSharp.Public.Hvm.HvmVmceVcpu Save()
+    {
+        lock (_lock)
+            return new() { Caps = GuestMcgCap, MciCtl2Bank0 = _ctl2[0], MciCtl2Bank1 = _ctl2[1] };
+    }
+
+    /// <summary>Xen's vmce_restore_vcpu check: the saved MCG_CAP offers nothing beyond what a guest here is given
+    /// (the bank count and MCG_CTL_P aside, as Xen allows, and LMCE, which Xen's Intel guests may have).</summary>
+    public static bool IsValid(in XenSharp.Public.Hvm.HvmVmceVcpu s) =>
+        (s.Caps & ~(GuestMcgCap | MCG_LMCE_P) & ~MCG_CAP_COUNT & ~MCG_CTL_P) == 0;
+
+    public void Load(in XenSharp.Public.Hvm.HvmVmceVcpu s)
+    {
+        lock (_lock)
+        {
+            _ctl2[0] = s.MciCtl2Bank0;
+            _ctl2[1] = s.MciCtl2Bank1;
+        }
+    }
+
     public bool TryWriteMsr(uint msr, ulong value)
     {
         if (!IsVmceMsr(msr))

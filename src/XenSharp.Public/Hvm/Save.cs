@@ -70,6 +70,14 @@ public struct HvmHwLapic
     public ulong TdtMsr;
 }
 
+/// <summary>struct hvm_vmce_vcpu (HVM_SAVE_CODE(VMCE_VCPU)): a vCPU's MCG_CAP, its two banks' MCi_CTL2 and
+/// MCG_EXT_CTL.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct HvmVmceVcpu
+{
+    public ulong Caps, MciCtl2Bank0, MciCtl2Bank1, McgExtCtl;
+}
+
 /// <summary>struct hvm_hw_mtrr (MTRR_VCNT = 8 variable ranges, NUM_FIXED_MSR = 11).</summary>
 [StructLayout(LayoutKind.Sequential, Pack = 8)]
 public unsafe struct HvmHwMtrr
@@ -104,6 +112,29 @@ public unsafe struct HvmHwVioapic
     public uint Ioregsel;
     public uint Id;
     public fixed ulong Redirtbl[VIOAPIC_NUM_PINS];
+}
+
+/// <summary>struct hvm_hw_pci_irqs (HVM_SAVE_CODE(PCI_IRQ)): the INTx wires of bus 0, bit device*4 + INTx.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct HvmHwPciIrqs
+{
+    public ulong Low, High;
+}
+
+/// <summary>struct hvm_hw_isa_irqs (HVM_SAVE_CODE(ISA_IRQ)): the ISA IRQ wires, bit per IRQ 0-15.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 8)]
+public struct HvmHwIsaIrqs
+{
+    public ulong Wires;
+}
+
+/// <summary>struct hvm_hw_pci_link (HVM_SAVE_CODE(PCI_LINK)): the ISA IRQ each of the four PCI links is routed to
+/// (0: none), then four bytes of padding that must be zero.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 1)]
+public unsafe struct HvmHwPciLink
+{
+    public fixed byte Route[4];
+    public fixed byte Pad0[4];
 }
 
 /// <summary>struct hvm_hw_pit_channel: one 16-byte channel of <see cref="HvmHwPit"/>.</summary>

@@ -100,6 +100,13 @@ public static class LibxlStream
 
     public const uint REC_TYPE_END = 0, REC_TYPE_LIBXC_CONTEXT = 1, REC_TYPE_EMULATOR_XENSTORE_DATA = 2,
         REC_TYPE_EMULATOR_CONTEXT = 3, REC_TYPE_CHECKPOINT_END = 4, REC_TYPE_CHECKPOINT_STATE = 5;
+
+    /// <summary>The emulator sub-header's ids (emulator_id of EMULATOR_XENSTORE_DATA and EMULATOR_CONTEXT): qemu-xen
+    /// is "Qemu Upstream".</summary>
+    public const uint EMULATOR_UNKNOWN = 0, EMULATOR_QEMU_TRADITIONAL = 1, EMULATOR_QEMU_UPSTREAM = 2;
+
+    /// <summary>The emulator sub-header: emulator_id and index, both 32-bit.</summary>
+    public const int EmulatorHeaderSize = 8;
 }
 
 /// <summary>The file `xl save` writes (tools/xl/xl_saverestore.c): a magic line, a byte-order word, mandatory and

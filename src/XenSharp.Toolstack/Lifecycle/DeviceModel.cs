@@ -89,13 +89,17 @@ public sealed partial class Host
     }
 
     /// <summary>Starts the domain's QEMU and waits until it serves the domain; a QEMU that cannot start fails the
-    /// creation with its log named.</summary>
-    private void StartDeviceModel(Domain dom)
+    /// creation with its log named. A restored domain's QEMU takes the saved device state from
+    /// <paramref name="incoming"/> (libxl's -incoming fd:N) and runs once it has loaded it.</summary>
+    private void StartDeviceModel(Domain dom, string? incoming = null)
     {
         string qemu = dom.Config.DeviceModelOverride ?? QemuProcess.DefaultPath;
         uint domId = dom.DomId;
         string log = Path.Combine(_paths.RunDir, $"qemu-dm-{dom.Config.Name}.log");
-        var p = QemuProcess.Start(qemu, DeviceModelArgs(dom), log, _paths, "device model", q => OnDeviceModelExited(domId, q));
+        var args = DeviceModelArgs(dom);
+        if (incoming is not null)
+            args.AddRange(["-incoming", "fd:3"]);
+        var p = QemuProcess.Start(qemu, args, log, _paths, "device model", q => OnDeviceModelExited(domId, q), incoming);
         lock (_deviceModels) _deviceModels[domId] = p;
         _xs.Write($"/local/domain/0/libxl/{domId}/dm-pid", p.Id.ToString(CultureInfo.InvariantCulture));
 
@@ -118,6 +122,57 @@ public sealed partial class Host
         }
         _hv.ConsoleWrite($"d{domId}: device model QEMU running, pid {p.Id}");
         AttachEmulatedNics(dom);
+    }
+
+    /// <summary>Where the device model's state goes while a save writes its stream (libxl's qemu-save.N, here in the
+    /// run directory), and where a restore puts it for the new QEMU (qemu-resume.N).</summary>
+    private string DeviceModelSaveFile(uint domId) => Path.Combine(_paths.RunDir, $"qemu-save.{domId}");
+    private string DeviceModelRestoreFile(uint domId) => Path.Combine(_paths.RunDir, $"qemu-resume.{domId}");
+
+    /// <summary>The device model's xenstore directory (libxl's DEVICE_MODEL_XS_PATH for a QEMU in dom0).</summary>
+    private static string DeviceModelXsPath(uint domId) => $"/local/domain/0/device-model/{domId}";
+
+    /// <summary>libxl__qmp_suspend_save: QEMU stops emulating (QMP stop) and writes its devices' state, not for a live
+    /// migration (live=false), to <see cref="DeviceModelSaveFile"/>; returns the file.</summary>
+    private string SaveDeviceModel(Domain dom)
+    {
+        string file = DeviceModelSaveFile(dom.DomId);
+        TryDelete(file);
+        using var qmp = Qmp.Connect(QmpSocketPath(dom.DomId), TimeSpan.FromSeconds(30));
+        qmp.Execute("stop");
+        qmp.Execute("xen-save-devices-state", new System.Text.Json.Nodes.JsonObject { ["filename"] = file, ["live"] = false });
+        if (!File.Exists(file))
+            throw new ControlException($"domain {dom.DomId}: QEMU saved no device state to {file}");
+        return file;
+    }
+
+    /// <summary>The libxl records of the device model's state (libxl__save_emulator_xenstore_data, then the
+    /// context): the physmap keys QEMU wrote for the memory it placed (VRAM), when there are any, and its saved file.</summary>
+    private IReadOnlyList<XenSharp.Toolstack.Save.EmulatorRecord> DeviceModelRecords(Domain dom, string stateFile)
+    {
+        const uint qemuXen = XenSharp.Public.Migration.LibxlStream.EMULATOR_QEMU_UPSTREAM;
+        var records = new List<XenSharp.Toolstack.Save.EmulatorRecord>();
+        string root = DeviceModelXsPath(dom.DomId);
+        var keys = new List<(string, string)>();
+        if (_xs.Exists($"{root}/physmap"))
+            foreach (string entry in _xs.Directory($"{root}/physmap") ?? [])
+                foreach (string sub in new[] { "start_addr", "size", "name" })
+                {
+                    string key = $"physmap/{entry}/{sub}";
+                    keys.Add((key, _xs.Read($"{root}/{key}")
+                        ?? throw new ControlException($"domain {dom.DomId}: the device model's {key} is missing")));
+                }
+        if (keys.Count > 0)
+            records.Add(new(XenSharp.Public.Migration.LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA, qemuXen, 0, XenSharp.Toolstack.Save.EmulatorRecord.XenstoreData(keys)));
+        records.Add(new(XenSharp.Public.Migration.LibxlStream.REC_TYPE_EMULATOR_CONTEXT, qemuXen, 0, File.ReadAllBytes(stateFile)));
+        return records;
+    }
+
+    /// <summary>libxl__dm_resume: QEMU emulates again (QMP cont) after a save that did not end the domain.</summary>
+    private void ResumeDeviceModel(Domain dom)
+    {
+        using var qmp = Qmp.Connect(QmpSocketPath(dom.DomId), TimeSpan.FromSeconds(30));
+        qmp.Execute("cont");
     }
 
     private static string LastLine(string file)

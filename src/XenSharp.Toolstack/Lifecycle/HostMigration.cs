@@ -27,8 +27,8 @@ public sealed partial class Host
 
     private static void CheckSavable(Domain d)
     {
-        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv))
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp migrates PVH and PV domains only", Errno.EOPNOTSUPP);
+        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv) && !HasDeviceModel(d.Config))
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)} without a device model: XenSharp migrates PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
         if (d.Config.TargetMemKb != d.Config.MaxMemKb)
             throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not migrate yet", Errno.EOPNOTSUPP);
     }
@@ -53,6 +53,7 @@ public sealed partial class Host
         long stoppedAt = 0, runningAt = 0, sentAt = 0;
         SuspendRequest? request = null;
         FileStream? target = null;
+        string? dmState = null;
         DowntimePriority.Scope urgent = default;
         // The stop-and-copy's own path first (the last pages, the hypervisor's log-dirty, pause and HVM context),
         // then the rest of what runs after the stop.
@@ -62,8 +63,10 @@ public sealed partial class Host
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
+            // An HVM guest's device model saves its state once the guest has stopped (libxl's suspend callback);
+            // its records follow the libxc stream's last pages and state.
             var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
-                d.Config.MaxVcpus);
+                d.Config.MaxVcpus) { Emulator = HasDeviceModel(d.Config) ? () => DeviceModelRecords(d, dmState!) : null };
             target = OpenTargetPipe(r, peerPid, d);
             var data = new BufferedStream(target ?? (Stream)new DataFrames(frames), 1 << 20);
             long pages;
@@ -74,6 +77,8 @@ public sealed partial class Host
                     {
                         Suspend(d);
                         suspended = true;
+                        if (HasDeviceModel(d.Config))
+                            dmState = SaveDeviceModel(d);
                         // It stopped between the last look at it running and the first news of the stop.
                         stoppedAt = request is { StoppedAt: > 0 } ? request.StoppedAt : UnixMicros();
                         runningAt = request?.RunningAt ?? stoppedAt;
@@ -136,6 +141,7 @@ public sealed partial class Host
             urgent.Dispose();
             warmup.Stop();
             target?.Dispose();
+            if (dmState is not null) TryDelete(dmState);
         }
 
         // xl's verdict: "away" (the target has the guest; the domain gives up its name, as xl renames it to
@@ -253,6 +259,10 @@ public sealed partial class Host
     {
         _hv.ConsoleWrite($"d{d.DomId}: migration failed ({why}); the domain runs on here");
         if (!suspended || d.Destroyed) return;
+        // The device model emulates again before the guest runs (libxl__domain_resume).
+        if (HasDeviceModel(d.Config))
+            try { ResumeDeviceModel(d); }
+            catch (ControlException e) { _hv.ConsoleWrite($"d{d.DomId}: cannot resume its device model: {e.Message}"); }
         try { d.Hv.ResumeSuspended(cooperative); }
         catch (XenSharp.Hypervisor.HypervisorException e) { _hv.ConsoleWrite($"d{d.DomId}: cannot resume: {e.Message}"); }
     }

@@ -26,8 +26,7 @@ public sealed partial class Host
         if (!Path.IsPathFullyQualified(r.File))
             throw new ControlException($"save file {r.File}: the path must be absolute", Errno.EINVAL);
         var d = Resolve(r.Domain);
-        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv))
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)}: XenSharp saves PVH and PV domains only", Errno.EOPNOTSUPP);
+        CheckSaveType(d);
         if (d.Config.TargetMemKb != d.Config.MaxMemKb)
             throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not save yet", Errno.EOPNOTSUPP);
 
@@ -36,15 +35,20 @@ public sealed partial class Host
         string config = ConfigForSave(d, r.ConfigText);
         long pages;
         long bytes;
+        string? dmState = null;
         try
         {
+            // An HVM guest's device model stops and writes its state once the guest has suspended (libxl's
+            // domain_suspend_common_guest_suspended), before the stream is written.
+            if (HasDeviceModel(d.Config))
+                dmState = SaveDeviceModel(d);
             using var f = new FileStream(r.File, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
             lock (d.MemoryUse)
             {
                 if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed while it was being saved");
                 var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
                 pages = SaveFileWriter.Write(f, new SaveSource(d.Hv, config, (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
-                    d.Config.MaxVcpus), () => d.Destroyed);
+                    d.Config.MaxVcpus) { Emulator = dmState is null ? null : () => DeviceModelRecords(d, dmState) }, () => d.Destroyed);
             }
             f.Flush(flushToDisk: true);
             bytes = f.Length;
@@ -60,16 +64,28 @@ public sealed partial class Host
             TryDelete(r.File);
             throw new ControlException($"cannot write save file {r.File}: {e.Message}{ResumeAfterFailedSave(d)}", Errno.EIO);
         }
+        catch (ControlException e)
+        {
+            // The device model did not save its state (QMP failed, QEMU is gone).
+            TryDelete(r.File);
+            throw new ControlException($"cannot save domain {d.DomId}: {e.Message}{ResumeAfterFailedSave(d)}", e.Errno);
+        }
         catch
         {
             TryDelete(r.File);
             ResumeAfterFailedSave(d);
             throw;
         }
+        finally
+        {
+            if (dmState is not null) TryDelete(dmState);
+        }
         _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} saved to {r.File}: {pages} pages, {bytes} bytes");
         if (r.Checkpoint)
         {
-            // xl save -c: the guest carries on where it was, told its suspend was cancelled (-p: paused).
+            // xl save -c: the guest carries on where it was, told its suspend was cancelled (-p: paused); its device
+            // model first (libxl__domain_resume).
+            if (HasDeviceModel(d.Config)) ResumeDeviceModel(d);
             d.Hv.ResumeSuspended(HasPvDrivers(d));
             if (!r.Paused) d.Hv.Unpause();
         }
@@ -85,6 +101,16 @@ public sealed partial class Host
         if (d.Destroyed) return "";
         try
         {
+            // The device model emulates again first (libxl__domain_resume's dm resume); QEMU that was never stopped
+            // takes cont as a no-op.
+            if (HasDeviceModel(d.Config)) ResumeDeviceModel(d);
+        }
+        catch (ControlException e)
+        {
+            return $"; the domain could not be resumed (its device model: {e.Message})";
+        }
+        try
+        {
             d.Hv.ResumeSuspended(HasPvDrivers(d));
             d.Hv.Unpause();
             _hv.ConsoleWrite($"d{d.DomId}: save failed; the domain resumes");
@@ -94,6 +120,14 @@ public sealed partial class Host
         {
             return $"; the domain could not be resumed ({e.Message})";
         }
+    }
+
+    /// <summary>What xl save and xl migrate take: PVH and PV domains, and HVM domains with their device model (QEMU
+    /// saves its devices' state); not populate-on-demand memory.</summary>
+    private static void CheckSaveType(Domain d)
+    {
+        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv) && !HasDeviceModel(d.Config))
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)} without a device model: XenSharp saves PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
     }
 
     /// <summary>Asks the guest to suspend and waits until it has (libxl's domain_suspend_common with the xenstore
@@ -229,8 +263,8 @@ public sealed partial class Host
         var cfg = XlConfigParser.Parse(text, configFile ?? label);
         cfg.Directory = configDirectory;
         var c = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes).Config;
-        if (c.Type is not (DomainType.Pvh or DomainType.Pv))
-            throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain; XenSharp restores PVH and PV domains only", Errno.EOPNOTSUPP);
+        if (c.Type is not (DomainType.Pvh or DomainType.Pv) && !HasDeviceModel(c))
+            throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain without a device model; XenSharp restores PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
         if ((c.Type == DomainType.Pv) != header.Pv)
             throw new ControlException($"{label}: the stream is of an x86 {(header.Pv ? "PV" : "HVM-type")} domain, the configuration of a {DomainConfig.TypeName(c.Type)} one", Errno.EINVAL);
         CheckName(c.Name);
@@ -265,9 +299,10 @@ public sealed partial class Host
     {
         CheckDisks(c);
         uint domId = AllocateDomId(c, restarting: null, incoming: finalName is not null);
+        bool hvm = c.Type == DomainType.Hvm;
         var hvd = _hv.CreateDomain(domId, new Platform.DomainCreateInfo(
-            c.Type == DomainType.Pv ? XenSharp.Hypervisor.DomainKind.Pv : XenSharp.Hypervisor.DomainKind.Pvh,
-            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, Ssidref = CreateSsidref(c) });
+            c.Type switch { DomainType.Pv => XenSharp.Hypervisor.DomainKind.Pv, DomainType.Hvm => XenSharp.Hypervisor.DomainKind.Hvm, _ => XenSharp.Hypervisor.DomainKind.Pvh },
+            c.Uuid, c.MaxVcpus, c.MaxMemKb, c.Name) { TscMode = c.TscMode, Ssidref = CreateSsidref(c), TimeOffsetSeconds = hvm ? TimeOffset(c) : 0 });
         var dom = new Domain
         {
             DomId = domId, Config = c, Hv = hvd, Started = DateTimeOffset.UtcNow, Lineage = new Lineage(), ArrivingAs = finalName,
@@ -276,7 +311,17 @@ public sealed partial class Host
         try
         {
             PlaceDomain(domId, c, hvd);
+            if (hvm)
+            {
+                // As the HVM build: the platform parameters the hypervisor's devices follow (the context's HPET record
+                // maps the HPET again if the saved domain had it).
+                hvd.SetHvmParam(Params.HVM_PARAM_HPET_ENABLED, c.Hpet ? 1UL : 0);
+                hvd.SetHvmParam(Params.HVM_PARAM_TIMER_MODE, (ulong)c.TimerMode);
+                hvd.SetHvmParam(Params.HVM_PARAM_ALTP2M, (ulong)c.Altp2m);
+            }
             var restored = reader.Load(hvd, () => dom.Destroyed, checkpointed);
+            if (restored.Emulator is not null && !hvm)
+                throw new SaveFileException($"{label}: the stream carries device model state, which a {DomainConfig.TypeName(c.Type)} domain has none of");
             MigrationTrace.Mark("target", "stream read");
             if (restored.Pv is { } pv)
             {
@@ -295,12 +340,17 @@ public sealed partial class Host
                 throw new SaveFileException($"{label}: the HVM params do not say where the xenstore and console rings are");
             if (!hvd.Memory.IsPopulated(storePfn) || !hvd.Memory.IsPopulated(consolePfn))
                 throw new SaveFileException($"{label}: the xenstore or console ring's frame ({storePfn:#x}, {consolePfn:#x}) is not among the saved pages");
-            hvd.SetAcpiSleepControl(Builder.AcpiTables.Pm1aControlPort, Builder.AcpiTables.S5SleepType);
+            if (hvm)
+                PrepareHvm(dom, restored, label);
+            else
+                hvd.SetAcpiSleepControl(Builder.AcpiTables.Pm1aControlPort, Builder.AcpiTables.S5SleepType);
             ConnectRings(dom, storePfn, consolePfn);
             MigrationTrace.Mark("target", "rings connected");
             WarnIfPortsMoved(dom, restored.Params);
             AddDevices(dom);
             MigrationTrace.Mark("target", "devices added");
+            if (hvm)
+                StartRestoredDeviceModel(dom, restored.Emulator!);
             _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
             Restored(dom, paused);
             return new RestoreResult(domId, c.Name, restored.Pages);
@@ -310,6 +360,39 @@ public sealed partial class Host
             Destroy(dom);
             throw;
         }
+    }
+
+    /// <summary>An HVM domain's part of the restore before its rings and devices: the device model's state must be in
+    /// the stream, the params libxc restores are set again, and the domain gets the memory map and the ACPI port
+    /// layout its build gave it (hvmloader does not run again).</summary>
+    private static void PrepareHvm(Domain dom, RestoredState restored, string label)
+    {
+        if (restored.Emulator?.Context is null)
+            throw new SaveFileException($"{label}: the stream of an HVM domain carries no device model state (no emulator context record)");
+        var c = dom.Config;
+        foreach (int p in SaveFileWriter.RestoredParams)
+            if (restored.Params.TryGetValue(p, out ulong value) && value != 0)
+            {
+                try { dom.Hv.SetHvmParam(p, value); }
+                catch (XenSharp.Hypervisor.HypervisorException e) { throw new SaveFileException($"{label}: HVM param {p}: {e.Message}"); }
+            }
+        dom.Hv.SetMemoryMap(Builder.HvmBuilder.Memmap((ulong)(c.TargetMemKb - c.Display.VideoRamKb) * 1024)
+            .Select(e => (e.Addr, e.Size, e.Type)).ToList());
+        // PM1a control is QEMU's PIIX4, as at the build.
+        dom.Hv.ReleaseAcpiSleepControl();
+    }
+
+    /// <summary>libxl's restore of the device model: its xenstore keys written back under its directory, its state
+    /// in qemu-resume.N for the new QEMU's -incoming, which runs once it has loaded it.</summary>
+    private void StartRestoredDeviceModel(Domain dom, EmulatorState emulator)
+    {
+        string root = DeviceModelXsPath(dom.DomId);
+        foreach (var (key, value) in emulator.Xenstore)
+            _xs.Write($"{root}/{key}", value);
+        string file = DeviceModelRestoreFile(dom.DomId);
+        File.WriteAllBytes(file, emulator.Context!);
+        try { StartDeviceModel(dom, incoming: file); }
+        finally { TryDelete(file); }
     }
 
     /// <summary>A restored domain runs (unless asked paused) as its lineage's current incarnation.</summary>

@@ -25,9 +25,11 @@ internal static class QemuProcess
             : Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "dom0", "lib"));
 
     /// <summary>Starts <paramref name="qemu"/> with <paramref name="args"/>; <paramref name="role"/> prefixes the
-    /// errors (a missing QEMU or missing libraries), as xl names the device it was setting up.</summary>
+    /// errors (a missing QEMU or missing libraries), as xl names the device it was setting up.
+    /// <paramref name="incoming"/>, when given, is a file of saved device state the shell opens as QEMU's fd 3,
+    /// which <c>-incoming fd:3</c> in the arguments names (libxl passes an open descriptor likewise).</summary>
     public static Process Start(string qemu, IEnumerable<string> args, string log, RunPaths paths, string role,
-        Action<Process> onExit)
+        Action<Process> onExit, string? incoming = null)
     {
         string libs = LibraryDir;
         if (!File.Exists(Path.Combine(libs, "libxencall.so.1")))
@@ -36,11 +38,13 @@ internal static class QemuProcess
             throw new ControlException($"{role}: {qemu} is missing (Debian's qemu-system-xen)");
         var psi = new ProcessStartInfo("/usr/bin/setsid") { RedirectStandardInput = true, UseShellExecute = false };
         // setsid execs the shell, which execs QEMU: the process is QEMU itself, and its output goes to the log.
-        foreach (string arg in new[] { "sh", "-c", "exec \"$0\" \"$@\" >>\"$XENSHARP_QEMU_LOG\" 2>&1", qemu })
+        string redirect = incoming is null ? "" : " 3<\"$XENSHARP_QEMU_INCOMING\"";
+        foreach (string arg in new[] { "sh", "-c", "exec \"$0\" \"$@\" >>\"$XENSHARP_QEMU_LOG\" 2>&1" + redirect, qemu })
             psi.ArgumentList.Add(arg);
         foreach (string arg in args)
             psi.ArgumentList.Add(arg);
         psi.Environment["XENSHARP_QEMU_LOG"] = log;
+        if (incoming is not null) psi.Environment["XENSHARP_QEMU_INCOMING"] = incoming;
         psi.Environment["LD_LIBRARY_PATH"] = libs;
         psi.Environment["XENSHARP_RUNDIR"] = paths.RunDir;
         psi.Environment["XENSTORED_PATH"] = paths.XenstoredSocket;

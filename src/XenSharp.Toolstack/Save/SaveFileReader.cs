@@ -8,8 +8,16 @@ namespace XenSharp.Toolstack.Save;
 /// <summary>What the headers of a save file say, read before any domain is made.</summary>
 internal sealed record SaveFileHeader(string ConfigText, bool ConfigIsJson, uint LibxcVersion, uint XenMajor, uint XenMinor, bool Pv = false);
 
-/// <summary>What the records left to the toolstack: the HVM params (rings and their event channels).</summary>
-internal sealed record RestoredState(IReadOnlyDictionary<int, ulong> Params, long Pages, uint TscKhz, PvRestored? Pv = null);
+/// <summary>What the records left to the toolstack: the HVM params (rings and their event channels), and an HVM
+/// domain's device model state.</summary>
+internal sealed record RestoredState(IReadOnlyDictionary<int, ulong> Params, long Pages, uint TscKhz, PvRestored? Pv = null)
+{
+    public EmulatorState? Emulator { get; init; }
+}
+
+/// <summary>The device model's records of a stream (qemu-xen's, index 0): its xenstore keys, relative to its
+/// directory, and the state QEMU saved, which the new QEMU takes through -incoming.</summary>
+internal sealed record EmulatorState(IReadOnlyList<(string Key, string Value)> Xenstore, byte[]? Context);
 
 /// <summary>
 /// Reads a file <see cref="SaveFileWriter"/> (or Xen's xl for a PVH guest) wrote, in two steps as xl restore does:
@@ -74,7 +82,7 @@ internal sealed class SaveFileReader(Stream input, string file)
         var (type, _) = _r.Record("libxl");
         if (type != LibxlStream.REC_TYPE_LIBXC_CONTEXT)
             throw new SaveFileException($"{file}: the libxl stream has record type {type:#x} where XenSharp expects the libxc context " +
-                "(device model records are for HVM guests, which XenSharp does not restore yet)");
+                "(libxl writes it first)");
 
         ulong marker = _r.UInt64BigEndian("the libxc image header");
         uint xenf = _r.UInt32BigEndian("the libxc image header");
@@ -114,6 +122,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                 if (_pv && state.Pv is null) throw _r.Corrupt("the PV stream ends without an X86_PV_INFO record");
                 if (!state.Context && !_pv) throw _r.Corrupt("the libxc stream ends without an HVM context");
                 PvRestored? pv;
+                EmulatorState? emulator = null;
                 if (type == LibxcStream.REC_TYPE_CHECKPOINT)
                 {
                     if (!checkpointed) throw _r.Corrupt($"a CHECKPOINT record at byte {at} in a stream that is not checkpointed");
@@ -127,9 +136,9 @@ internal sealed class SaveFileReader(Stream input, string file)
                 else
                 {
                     pv = state.Pv?.Finish();
-                    ReadLibxlEnd();
+                    emulator = ReadLibxlEnd();
                 }
-                return new RestoredState(state.Params, state.Pages, state.TscKhz, pv);
+                return new RestoredState(state.Params, state.Pages, state.TscKhz, pv) { Emulator = emulator };
             }
             Apply(d, type, body, at, state);
             if (type == LibxcStream.REC_TYPE_PAGE_DATA && cancelled?.Invoke() == true)
@@ -157,7 +166,8 @@ internal sealed class SaveFileReader(Stream input, string file)
                     ReadLibxlCheckpointEnd();
                     return (records, false);
                 case LibxcStream.REC_TYPE_END:
-                    ReadLibxlEnd();
+                    if (ReadLibxlEnd() is not null)
+                        throw new SaveFileException($"{file}: the checkpointed stream ends with device model state, which XenSharp's Remus does not restore");
                     return (records, true);
                 case LibxcStream.REC_TYPE_PAGE_DATA or LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT
                     or LibxcStream.REC_TYPE_HVM_PARAMS:
@@ -333,17 +343,75 @@ internal sealed class SaveFileReader(Stream input, string file)
         throw _r.Corrupt($"libxl record type {type:#x} at byte {at} where a checkpoint ends");
     }
 
-    private void ReadLibxlEnd()
+    /// <summary>libxl's records after the libxc stream up to its END: an HVM domain's device model records (libxl's
+    /// EMULATOR_XENSTORE_DATA and EMULATOR_CONTEXT, each at most once, for qemu-xen only); null when there are none.</summary>
+    private EmulatorState? ReadLibxlEnd()
     {
+        List<(string, string)>? xenstore = null;
+        byte[]? context = null;
         while (true)
         {
             long at = _r.Position;
-            var (type, _) = _r.Record("libxl");
-            if (type == LibxlStream.REC_TYPE_END) return;
-            if (type is LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA or LibxlStream.REC_TYPE_EMULATOR_CONTEXT)
-                throw new SaveFileException($"{file}: the stream carries device model state (libxl record {type:#x} at byte {at}); XenSharp restores PVH guests, which have none");
-            throw _r.Corrupt($"libxl record type {type:#x} at byte {at} after the libxc stream");
+            var (type, body) = _r.Record("libxl");
+            switch (type)
+            {
+                case LibxlStream.REC_TYPE_END:
+                    return xenstore is null && context is null ? null : new EmulatorState(xenstore ?? [], context);
+                case LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA:
+                    CheckEmulator(type, body, at);
+                    if (xenstore is not null) throw _r.Corrupt($"a second emulator xenstore record at byte {at}");
+                    xenstore = ParseXenstoreData(body.AsSpan(LibxlStream.EmulatorHeaderSize), at);
+                    break;
+                case LibxlStream.REC_TYPE_EMULATOR_CONTEXT:
+                    CheckEmulator(type, body, at);
+                    if (context is not null) throw _r.Corrupt($"a second emulator context record at byte {at}");
+                    context = body[LibxlStream.EmulatorHeaderSize..];
+                    break;
+                default:
+                    throw _r.Corrupt($"libxl record type {type:#x} at byte {at} after the libxc stream");
+            }
         }
+    }
+
+    /// <summary>The emulator sub-header: present, and naming the one device model XenSharp runs (qemu-xen, the first).</summary>
+    private void CheckEmulator(uint type, byte[] body, long at)
+    {
+        string what = type == LibxlStream.REC_TYPE_EMULATOR_CONTEXT ? "emulator context" : "emulator xenstore";
+        if (body.Length < LibxlStream.EmulatorHeaderSize)
+            throw _r.Corrupt($"the {what} record at byte {at} is {body.Length} bytes, too short for its emulator header");
+        uint id = BitConverter.ToUInt32(body, 0), index = BitConverter.ToUInt32(body, 4);
+        if (id != LibxlStream.EMULATOR_QEMU_UPSTREAM)
+            throw new SaveFileException(id == LibxlStream.EMULATOR_QEMU_TRADITIONAL
+                ? $"{file}: the {what} record at byte {at} is qemu-xen-traditional's, which XenSharp does not run"
+                : $"{file}: corrupt: the {what} record at byte {at} names unknown emulator 0x{id:x}");
+        if (index != 0)
+            throw _r.Corrupt($"the {what} record at byte {at} is for device model {index}; a domain has one (index 0)");
+    }
+
+    /// <summary>The packed NUL-terminated keys and values, checked as libxl does (each terminated, keys not empty
+    /// and relative) and as the stream's specification says (keys of xenstore's characters, no ".." in them).</summary>
+    private List<(string, string)> ParseXenstoreData(ReadOnlySpan<byte> data, long at)
+    {
+        var list = new List<(string, string)>();
+        while (data.Length > 0)
+        {
+            int k = data.IndexOf((byte)0);
+            if (k < 0) throw _r.Corrupt($"emulator xenstore record at byte {at}: a key is not NUL-terminated");
+            string key = Encoding.ASCII.GetString(data[..k]);
+            data = data[(k + 1)..];
+            if (key.Length == 0) throw _r.Corrupt($"emulator xenstore record at byte {at}: an empty key");
+            if (key[0] == '/') throw _r.Corrupt($"emulator xenstore record at byte {at}: key {key} is not relative");
+            foreach (char c in key)
+                if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '/' or '_' or '@'))
+                    throw _r.Corrupt($"emulator xenstore record at byte {at}: key {key} has a character xenstore does not allow");
+            if (key.Split('/').Any(part => part.Length == 0))
+                throw _r.Corrupt($"emulator xenstore record at byte {at}: key {key} has an empty path element");
+            int v = data.IndexOf((byte)0);
+            if (v < 0) throw _r.Corrupt($"emulator xenstore record at byte {at}: the value of {key} is not NUL-terminated");
+            list.Add((key, Encoding.ASCII.GetString(data[..v])));
+            data = data[(v + 1)..];
+        }
+        return list;
     }
 
     [StructLayout(LayoutKind.Sequential)]

@@ -9,7 +9,31 @@ using XenSharp.Toolstack.Platform;
 namespace XenSharp.Toolstack.Save;
 
 /// <summary>What a save file records of a suspended domain besides its memory and vCPUs.</summary>
-internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, uint XenMajor, uint XenMinor, uint TscMode, int MaxVcpus = 1);
+internal sealed record SaveSource(IHypervisorDomain Domain, string ConfigText, uint XenMajor, uint XenMinor, uint TscMode, int MaxVcpus = 1)
+{
+    /// <summary>An HVM domain's device model state, asked for once the guest has stopped and its libxc stream has
+    /// ended: the libxl records (EMULATOR_XENSTORE_DATA, EMULATOR_CONTEXT) that follow it.</summary>
+    public Func<IReadOnlyList<EmulatorRecord>>? Emulator { get; init; }
+}
+
+/// <summary>One of libxl's emulator records: its type, the emulator (id and index of the sub-header), and its data.</summary>
+internal sealed record EmulatorRecord(uint Type, uint EmulatorId, uint Index, byte[] Data)
+{
+    /// <summary>The xenstore data's encoding: each key (relative to the device model's directory) and value, each
+    /// NUL-terminated.</summary>
+    public static byte[] XenstoreData(IEnumerable<(string Key, string Value)> entries)
+    {
+        var b = new MemoryStream();
+        foreach (var (key, value) in entries)
+        {
+            b.Write(Encoding.ASCII.GetBytes(key));
+            b.WriteByte(0);
+            b.Write(Encoding.ASCII.GetBytes(value));
+            b.WriteByte(0);
+        }
+        return b.ToArray();
+    }
+}
 
 /// <summary>How a live stream goes: how to suspend the guest when the rounds are over, where progress lines go, when
 /// to give up; libxc's limits (5 rounds, 50 pages) by default.</summary>
@@ -58,12 +82,29 @@ internal sealed record LiveOptions(Action Suspend, Action<string> Progress, Func
 /// </summary>
 internal static class SaveFileWriter
 {
-    /// <summary>The params a PVH domain's restore needs: where its xenstore and console rings are, their event
-    /// channels, and its callback; Xen's save writes the ones that are set.</summary>
+    /// <summary>The params a restore needs: where the xenstore and console rings are, their event channels and the
+    /// callback, then libxc's list (write_hvm_params) of what an HVM domain's firmware and device model set up: the
+    /// ioreq and vm_event pages, the VM86 TSS, the ACPI port layout, the identity page table and the rest. Xen's save
+    /// writes the ones that are set.</summary>
     internal static readonly int[] SavedParams =
     [
         Params.HVM_PARAM_CALLBACK_IRQ, Params.HVM_PARAM_STORE_PFN, Params.HVM_PARAM_STORE_EVTCHN,
         Params.HVM_PARAM_CONSOLE_PFN, Params.HVM_PARAM_CONSOLE_EVTCHN,
+        Params.HVM_PARAM_IOREQ_PFN, Params.HVM_PARAM_BUFIOREQ_PFN, Params.HVM_PARAM_PAGING_RING_PFN,
+        Params.HVM_PARAM_MONITOR_RING_PFN, Params.HVM_PARAM_SHARING_RING_PFN, Params.HVM_PARAM_VM86_TSS_SIZED,
+        Params.HVM_PARAM_ACPI_IOPORTS_LOCATION, Params.HVM_PARAM_VIRIDIAN, Params.HVM_PARAM_IDENT_PT,
+        Params.HVM_PARAM_VM_GENERATION_ID_ADDR, Params.HVM_PARAM_IOREQ_SERVER_PFN, Params.HVM_PARAM_NR_IOREQ_SERVER_PAGES,
+        Params.HVM_PARAM_X87_FIP_WIDTH, Params.HVM_PARAM_MCA_CAP,
+    ];
+
+    /// <summary>Of <see cref="SavedParams"/>, the ones a restore sets again as they were (libxc's handle_hvm_params);
+    /// the rings' pages and ports, and the callback the guest registers again on resume, are the toolstack's.</summary>
+    internal static readonly int[] RestoredParams =
+    [
+        Params.HVM_PARAM_IOREQ_PFN, Params.HVM_PARAM_BUFIOREQ_PFN, Params.HVM_PARAM_VM86_TSS_SIZED,
+        Params.HVM_PARAM_ACPI_IOPORTS_LOCATION, Params.HVM_PARAM_VIRIDIAN, Params.HVM_PARAM_IDENT_PT,
+        Params.HVM_PARAM_VM_GENERATION_ID_ADDR, Params.HVM_PARAM_IOREQ_SERVER_PFN, Params.HVM_PARAM_NR_IOREQ_SERVER_PAGES,
+        Params.HVM_PARAM_X87_FIP_WIDTH, Params.HVM_PARAM_MCA_CAP,
     ];
 
     /// <summary>Writes the whole file; returns the number of pages written. <paramref name="cancelled"/> stops it
@@ -325,6 +366,7 @@ internal static class SaveFileWriter
         public void End()
         {
             _w.Record(LibxcStream.REC_TYPE_END, []);
+            WriteEmulator(_w, _s);
             _w.Record(LibxlStream.REC_TYPE_END, []);
         }
 
@@ -397,7 +439,21 @@ internal static class SaveFileWriter
         w.Record(LibxcStream.REC_TYPE_HVM_CONTEXT, s.Domain.GetHvmContext());
         WriteParams(w, s.Domain);
         w.Record(LibxcStream.REC_TYPE_END, []);
+        WriteEmulator(w, s);
         w.Record(LibxlStream.REC_TYPE_END, []);
+    }
+
+    /// <summary>libxl's records after the libxc stream: the device model's xenstore keys and state, if it has one.</summary>
+    private static void WriteEmulator(MigrationRecordWriter w, SaveSource s)
+    {
+        if (s.Emulator is null) return;
+        Span<uint> head = stackalloc uint[2];
+        foreach (var r in s.Emulator())
+        {
+            head[0] = r.EmulatorId;
+            head[1] = r.Index;
+            w.Record(r.Type, MemoryMarshal.AsBytes(head), r.Data);
+        }
     }
 
     private static void WriteXlHeader(MigrationRecordWriter w, string configText)
