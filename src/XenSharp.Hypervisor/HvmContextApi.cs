@@ -132,7 +132,7 @@ public sealed unsafe partial class XenHypervisor
                     ulong xcr0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(body[8..]);
                     uint mxcsr = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(body[(24 + 24)..]);
                     if ((xcr0 & 1) == 0 || (mxcsr & 0xFFFF0000) != 0)
-                        throw BadContext($"CPU_XSAVE of vCPU {desc.Instance} with XCR0 {xcr0:#x} and MXCSR {mxcsr:#x}");
+                        throw BadContext($"CPU_XSAVE of vCPU {desc.Instance} with XCR0 0x{xcr0:x} and MXCSR 0x{mxcsr:x}");
                     xsaves[desc.Instance] = body.ToArray();
                     break;
                 case HvmSave.END: sawEnd = true; break;
@@ -233,7 +233,7 @@ public sealed unsafe partial class XenHypervisor
     {
         ulong xcr0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(record[8..]);
         if (!e.TrySetFpuState(record.Slice(24, 512), xcr0))
-            throw BadContext($"CPU_XSAVE with XCR0 {xcr0:#x} or an FPU state the CPU refuses");
+            throw BadContext($"CPU_XSAVE with XCR0 0x{xcr0:x} or an FPU state the CPU refuses");
         return true;
     }
 

@@ -270,7 +270,7 @@ public sealed unsafe class DebugDomctlTests : IDisposable
         _host.PvSetMachToPhys(pv, 0, 4);
         ulong mfn = _host.PvMfnOf(pv, 3);
         const ulong perChunk = 512 * 512;
-        Assert.True(mfn / perChunk < n, $"the M2P list's {n} superpages do not reach frame {mfn:#x}");
+        Assert.True(mfn / perChunk < n, $"the M2P list's {n} superpages do not reach frame 0x{mfn:x}");
         ulong chunk = At<ulong>(Data + 8 * (int)(mfn / perChunk));
         Assert.Equal(3UL, ((ulong*)_host.Frames.PageAddress(chunk))[mfn % perChunk]);
 

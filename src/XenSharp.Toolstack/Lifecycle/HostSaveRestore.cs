@@ -339,7 +339,7 @@ public sealed partial class Host
                 !restored.Params.TryGetValue(Params.HVM_PARAM_CONSOLE_PFN, out ulong consolePfn))
                 throw new SaveFileException($"{label}: the HVM params do not say where the xenstore and console rings are");
             if (!hvd.Memory.IsPopulated(storePfn) || !hvd.Memory.IsPopulated(consolePfn))
-                throw new SaveFileException($"{label}: the xenstore or console ring's frame ({storePfn:#x}, {consolePfn:#x}) is not among the saved pages");
+                throw new SaveFileException($"{label}: the xenstore or console ring's frame (0x{storePfn:x}, 0x{consolePfn:x}) is not among the saved pages");
             if (hvm)
                 PrepareHvm(dom, restored, label);
             else

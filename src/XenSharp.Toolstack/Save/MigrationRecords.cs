@@ -93,7 +93,7 @@ internal sealed class MigrationRecordReader(Stream input, string file)
         long at = Position;
         var h = Struct<MigrationRecordHeader>($"a {stream} record header");
         if (h.Length > MaxRecordLength)
-            throw new SaveFileException($"{file}: corrupt: the {stream} record at byte {at} (type {h.Type:#x}) claims {h.Length} bytes");
+            throw new SaveFileException($"{file}: corrupt: the {stream} record at byte {at} (type 0x{h.Type:x}) claims {h.Length} bytes");
         byte[] buffer;
         if (!shared)
             buffer = new byte[h.Length];
@@ -103,7 +103,7 @@ internal sealed class MigrationRecordReader(Stream input, string file)
             buffer = _shared;
         }
         var body = new ArraySegment<byte>(buffer, 0, (int)h.Length);
-        Exactly(body, $"the {stream} record at byte {at} (type {h.Type:#x}, {h.Length} bytes)");
+        Exactly(body, $"the {stream} record at byte {at} (type 0x{h.Type:x}, {h.Length} bytes)");
         Span<byte> pad = stackalloc byte[8];
         int padding = (int)((8 - h.Length % 8) % 8);
         Exactly(pad[..padding], $"the padding of the {stream} record at byte {at}");

@@ -69,7 +69,7 @@ internal sealed class RestoreX86Pv
                 int fpp = 4096 / _l.Width;
                 int count = (body.Length - 8) / 8;
                 if (start != 0 || end < start || (ulong)count != (end + (ulong)fpp) / (ulong)fpp)
-                    throw Corrupt($"X86_PV_P2M_FRAMES at byte {at}: pfns {start:#x}-{end:#x} in {count} frames");
+                    throw Corrupt($"X86_PV_P2M_FRAMES at byte {at}: pfns 0x{start:x}-0x{end:x} in {count} frames");
                 _p2mFrames = [.. MemoryMarshal.Cast<byte, ulong>(body[8..])];
                 _p2mEnd = end;
                 break;
@@ -113,7 +113,7 @@ internal sealed class RestoreX86Pv
         _d.Memory.Read(startInfoPfn << 12, page);
         ulong storePfn = _l.Word(page, _l.StartInfoStoreMfn), consolePfn = _l.Word(page, _l.StartInfoConsoleMfn);
         ulong Mfn(ulong pfn, string what) => p2m.TryGetValue(pfn, out ulong mfn) ? mfn
-            : throw new SaveFileException($"{_file}: {what} names pfn {pfn:#x}, which the stream did not populate");
+            : throw new SaveFileException($"{_file}: {what} names pfn 0x{pfn:x}, which the stream did not populate");
         return new PvRestored(startInfoPfn, storePfn, Mfn(storePfn, "start_info's xenstore ring"), consolePfn,
             Mfn(consolePfn, "start_info's console ring"), _l.Is32);
     }
@@ -123,7 +123,7 @@ internal sealed class RestoreX86Pv
     {
         ulong startInfoPfn = _l.SuspendRecord(ctx0);
         if (!p2m.ContainsKey(startInfoPfn) || _types.ContainsKey(startInfoPfn))
-            throw new SaveFileException($"{_file}: the suspend record (vCPU 0's EDX) names pfn {startInfoPfn:#x}, which is not a data page of the guest");
+            throw new SaveFileException($"{_file}: the suspend record (vCPU 0's EDX) names pfn 0x{startInfoPfn:x}, which is not a data page of the guest");
         return startInfoPfn;
     }
 
@@ -141,7 +141,7 @@ internal sealed class RestoreX86Pv
         }
         if (_p2mFrames is not null) maxPfn = Math.Max(maxPfn, _p2mEnd);
         ulong Mfn(ulong pfn, string what) => p2m.TryGetValue(pfn, out ulong mfn) ? mfn
-            : throw new SaveFileException($"{_file}: {what} names pfn {pfn:#x}, which the stream did not populate");
+            : throw new SaveFileException($"{_file}: {what} names pfn 0x{pfn:x}, which the stream did not populate");
         _pv.SetMachToPhys(0, maxPfn + 1);
 
         // Page tables: PFNs to the new MFNs.
@@ -157,7 +157,7 @@ internal sealed class RestoreX86Pv
                 if (_l.IsXenSlot(level, i))
                     entries[i] = 0;
                 else if ((e & X86PvLayout.PtePresent) != 0)
-                    entries[i] = (e & ~X86PvLayout.PteFrameMask) | (Mfn((e & X86PvLayout.PteFrameMask) >> 12, $"L{level} table {pfn:#x}'s entry {i}") << 12);
+                    entries[i] = (e & ~X86PvLayout.PteFrameMask) | (Mfn((e & X86PvLayout.PteFrameMask) >> 12, $"L{level} table 0x{pfn:x}'s entry {i}") << 12);
             }
             _d.Memory.Write(pfn << 12, page);
         }
@@ -200,7 +200,7 @@ internal sealed class RestoreX86Pv
             try { _pv.PinTable(level, p2m[pfn]); }
             catch (XenSharp.Hypervisor.HypervisorException e)
             {
-                throw new SaveFileException($"{_file}: the pinned L{level} table at pfn {pfn:#x} does not validate: {e.Message}");
+                throw new SaveFileException($"{_file}: the pinned L{level} table at pfn 0x{pfn:x} does not validate: {e.Message}");
             }
         }
 

@@ -48,10 +48,10 @@ internal sealed class SaveFileReader(Stream input, string file)
             throw new SaveFileException($"{file}: not an xl save file (its first 32 bytes are not \"Xen saved domain, xl format\")");
         var words = _r.Struct<XlWords>("the xl header");
         if (words.ByteOrder != XlSaveFile.BYTEORDER_VALUE)
-            throw new SaveFileException($"{file}: saved on a host of the other byte order (byte order word {words.ByteOrder:#x})");
+            throw new SaveFileException($"{file}: saved on a host of the other byte order (byte order word 0x{words.ByteOrder:x})");
         uint unknown = words.Mandatory & ~XlSaveFile.XL_MANDATORY_FLAG_ALL;
         if (unknown != 0)
-            throw new SaveFileException($"{file}: unknown mandatory flags {unknown:#x} in the xl header (a newer xl wrote it)");
+            throw new SaveFileException($"{file}: unknown mandatory flags 0x{unknown:x} in the xl header (a newer xl wrote it)");
         if ((words.Mandatory & XlSaveFile.XL_MANDATORY_FLAG_STREAMV2) == 0)
             throw new SaveFileException($"{file}: a legacy (pre migration v2) stream, which XenSharp does not restore");
         if (words.OptionalLength > 16 << 20)
@@ -69,7 +69,7 @@ internal sealed class SaveFileReader(Stream input, string file)
 
         ulong ident = _r.UInt64BigEndian("the libxl stream header");
         if (ident != LibxlStream.HDR_IDENT)
-            throw _r.Corrupt($"no libxl stream after the xl header (identifier {ident:#x})");
+            throw _r.Corrupt($"no libxl stream after the xl header (identifier 0x{ident:x})");
         uint version = _r.UInt32BigEndian("the libxl stream header");
         if (version != LibxlStream.HDR_VERSION)
             throw new SaveFileException($"{file}: libxl stream version {version}, XenSharp reads version {LibxlStream.HDR_VERSION}");
@@ -81,13 +81,13 @@ internal sealed class SaveFileReader(Stream input, string file)
 
         var (type, _) = _r.Record("libxl");
         if (type != LibxlStream.REC_TYPE_LIBXC_CONTEXT)
-            throw new SaveFileException($"{file}: the libxl stream has record type {type:#x} where XenSharp expects the libxc context " +
+            throw new SaveFileException($"{file}: the libxl stream has record type 0x{type:x} where XenSharp expects the libxc context " +
                 "(libxl writes it first)");
 
         ulong marker = _r.UInt64BigEndian("the libxc image header");
         uint xenf = _r.UInt32BigEndian("the libxc image header");
         if (marker != LibxcStream.IHDR_MARKER || xenf != LibxcStream.IHDR_IDENT)
-            throw _r.Corrupt($"bad libxc image header (marker {marker:#x}, identifier {xenf:#x})");
+            throw _r.Corrupt($"bad libxc image header (marker 0x{marker:x}, identifier 0x{xenf:x})");
         uint libxcVersion = _r.UInt32BigEndian("the libxc image header");
         if (libxcVersion is < 2 or > 3)
             throw new SaveFileException($"{file}: libxc stream version {libxcVersion}, XenSharp reads versions 2 and 3");
@@ -95,10 +95,10 @@ internal sealed class SaveFileReader(Stream input, string file)
         _r.UInt16BigEndian("the libxc image header");
         _r.UInt32BigEndian("the libxc image header");
         if (imageOptions != LibxcStream.IHDR_OPT_LITTLE_ENDIAN)
-            throw new SaveFileException($"{file}: libxc image options {imageOptions:#x} (a big-endian stream or unknown options)");
+            throw new SaveFileException($"{file}: libxc image options 0x{imageOptions:x} (a big-endian stream or unknown options)");
         var dh = _r.Struct<LibxcDomainHeader>("the libxc domain header");
         if (dh.Type is not (LibxcStream.DHDR_TYPE_X86_HVM or LibxcStream.DHDR_TYPE_X86_PV))
-            throw new SaveFileException($"{file}: a domain of type {dh.Type:#x}; XenSharp restores x86 HVM-type (PVH) domains ({LibxcStream.DHDR_TYPE_X86_HVM:#x}) and x86 PV ones ({LibxcStream.DHDR_TYPE_X86_PV:#x})");
+            throw new SaveFileException($"{file}: a domain of type 0x{dh.Type:x}; XenSharp restores x86 HVM-type (PVH) domains (0x{LibxcStream.DHDR_TYPE_X86_HVM:x}) and x86 PV ones (0x{LibxcStream.DHDR_TYPE_X86_PV:x})");
         if (dh.PageShift != LibxcStream.PageShift)
             throw _r.Corrupt($"page shift {dh.PageShift}, expected {LibxcStream.PageShift}");
         _pv = dh.Type == LibxcStream.DHDR_TYPE_X86_PV;
@@ -179,7 +179,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                     records.Add(new PendingRecord(type, body, at));
                     break;
                 default:
-                    throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} inside a checkpoint is not one XenSharp restores");
+                    throw new SaveFileException($"{file}: libxc record type 0x{type:x} at byte {at} inside a checkpoint is not one XenSharp restores");
             }
         }
     }
@@ -231,7 +231,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                 break;
             case LibxcStream.REC_TYPE_X86_PV_P2M_FRAMES or LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC or LibxcStream.REC_TYPE_X86_PV_VCPU_EXTENDED
                 or LibxcStream.REC_TYPE_X86_PV_VCPU_XSAVE or LibxcStream.REC_TYPE_X86_PV_VCPU_MSRS or LibxcStream.REC_TYPE_SHARED_INFO when _pv:
-                if (state.Pv is null) throw _r.Corrupt($"PV record type {type:#x} at byte {at} before the X86_PV_INFO record");
+                if (state.Pv is null) throw _r.Corrupt($"PV record type 0x{type:x} at byte {at} before the X86_PV_INFO record");
                 state.Pv.Record(type, body, at);
                 state.Context |= type == LibxcStream.REC_TYPE_X86_PV_VCPU_BASIC;
                 break;
@@ -255,7 +255,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                 // The policies describe the saving host's CPU; XenSharp's engine presents one CPU everywhere.
                 break;
             default:
-                throw new SaveFileException($"{file}: libxc record type {type:#x} at byte {at} is not one XenSharp restores");
+                throw new SaveFileException($"{file}: libxc record type 0x{type:x} at byte {at} is not one XenSharp restores");
         }
     }
 
@@ -278,9 +278,9 @@ internal sealed class SaveFileReader(Stream input, string file)
         {
             ulong type = p & LibxcStream.PAGE_DATA_TYPE_MASK, gfn = p & LibxcStream.PAGE_DATA_PFN_MASK;
             if ((p & ~(LibxcStream.PAGE_DATA_TYPE_MASK | LibxcStream.PAGE_DATA_PFN_MASK)) != 0)
-                throw _r.Corrupt($"PAGE_DATA record at byte {at}: reserved bits set in pfn entry {p:#x}");
+                throw _r.Corrupt($"PAGE_DATA record at byte {at}: reserved bits set in pfn entry 0x{p:x}");
             if ((p >> LibxcStream.PAGE_DATA_TYPE_SHIFT) is >= 5 and <= 8)
-                throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry {p:#x} has an invalid type");
+                throw _r.Corrupt($"PAGE_DATA record at byte {at}: pfn entry 0x{p:x} has an invalid type");
             if (type is LibxcStream.PAGE_DATA_TYPE_XTAB or LibxcStream.PAGE_DATA_TYPE_BROKEN || d.Memory.IsPopulated(gfn))
                 continue;
             if (runLength > 0 && gfn == runStart + runLength)
@@ -339,8 +339,8 @@ internal sealed class SaveFileReader(Stream input, string file)
         var (type, _) = _r.Record("libxl");
         if (type == LibxlStream.REC_TYPE_CHECKPOINT_END) return;
         if (type is LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA or LibxlStream.REC_TYPE_EMULATOR_CONTEXT)
-            throw new SaveFileException($"{file}: the checkpoint carries device model state (libxl record {type:#x} at byte {at}); XenSharp restores PVH guests, which have none");
-        throw _r.Corrupt($"libxl record type {type:#x} at byte {at} where a checkpoint ends");
+            throw new SaveFileException($"{file}: the checkpoint carries device model state (libxl record 0x{type:x} at byte {at}); XenSharp restores PVH guests, which have none");
+        throw _r.Corrupt($"libxl record type 0x{type:x} at byte {at} where a checkpoint ends");
     }
 
     /// <summary>libxl's records after the libxc stream up to its END: an HVM domain's device model records (libxl's
@@ -368,7 +368,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                     context = body[LibxlStream.EmulatorHeaderSize..];
                     break;
                 default:
-                    throw _r.Corrupt($"libxl record type {type:#x} at byte {at} after the libxc stream");
+                    throw _r.Corrupt($"libxl record type 0x{type:x} at byte {at} after the libxc stream");
             }
         }
     }

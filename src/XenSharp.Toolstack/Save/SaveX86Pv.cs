@@ -33,7 +33,7 @@ internal sealed class SaveX86Pv
     public bool Is32 => _l.Is32;
 
     private ulong Pfn(ulong mfn, string what) => _m2p.TryGetValue(mfn, out ulong pfn) ? pfn
-        : throw new SaveFileException($"d{_d.DomId}: {what} names machine frame {mfn:#x}, which is not the domain's");
+        : throw new SaveFileException($"d{_d.DomId}: {what} names machine frame 0x{mfn:x}, which is not the domain's");
 
     /// <summary>X86_PV_INFO and X86_PV_P2M_FRAMES (none when the guest published no p2m: a kernel without one has
     /// no frames of it to keep).</summary>
@@ -70,7 +70,7 @@ internal sealed class SaveX86Pv
         {
             ulong top = _l.Cr3ToFrame(cr3), va = _l.P2mVaddr(shinfo);
             for (ulong i = 0; i < count; i++)
-                frames.Add(Pfn(Walk(top, va + i * 4096), $"the p2m page at {va + i * 4096:#x}"));
+                frames.Add(Pfn(Walk(top, va + i * 4096), $"the p2m page at 0x{va + i * 4096:x}"));
         }
         else if (fll != 0 && fll != ulong.MaxValue && fll != uint.MaxValue)
         {
@@ -91,7 +91,7 @@ internal sealed class SaveX86Pv
     {
         var page = new byte[4096];
         if (!_d.Memory.TryReadFrame(pfn, page))
-            throw new SaveFileException($"d{_d.DomId}: pfn {pfn:#x} has no frame to read");
+            throw new SaveFileException($"d{_d.DomId}: pfn 0x{pfn:x} has no frame to read");
         return page;
     }
 
@@ -107,7 +107,7 @@ internal sealed class SaveX86Pv
             var table = ReadFrame(Pfn(frame, $"the p2m's L{level} table"));
             ulong e = BitConverter.ToUInt64(table, index * 8);
             if ((e & X86PvLayout.PtePresent) == 0)
-                throw new SaveFileException($"d{_d.DomId}: the p2m at {va:#x} is not mapped (L{level} entry {index})");
+                throw new SaveFileException($"d{_d.DomId}: the p2m at 0x{va:x} is not mapped (L{level} entry {index})");
             ulong next = (e & X86PvLayout.PteFrameMask) >> 12;
             if (level is 2 or 3 && (e & 0x80) != 0)
                 return next + ((va >> 12) & ((1UL << (shift - 12)) - 1));
@@ -130,7 +130,7 @@ internal sealed class SaveX86Pv
             if (_l.IsXenSlot(level, i))
                 entries[i] = 0;
             else if ((e & X86PvLayout.PtePresent) != 0)
-                entries[i] = (e & ~X86PvLayout.PteFrameMask) | (Pfn((e & X86PvLayout.PteFrameMask) >> 12, $"L{level} table {pfn:#x}'s entry {i}") << 12);
+                entries[i] = (e & ~X86PvLayout.PteFrameMask) | (Pfn((e & X86PvLayout.PteFrameMask) >> 12, $"L{level} table 0x{pfn:x}'s entry {i}") << 12);
         }
         return ((ulong)level << LibxcStream.PAGE_DATA_TYPE_SHIFT) | (pinned ? LibxcStream.PAGE_DATA_TYPE_LPINTAB : 0);
     }
