@@ -147,19 +147,11 @@ public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest 
     }
 
     /// <summary>Runs the class's tests in the order they are written: they share one guest's life.</summary>
-    public sealed class Order : ITestCaseOrderer
-    {
-        private static readonly string[] Sequence =
-        [
-            nameof(SaveWritesQemusStateAfterTheLibxcStream),
-            nameof(AFileWithACutOrUnknownEmulatorRecordIsRefusedWithNothingLeft),
-            nameof(RestoreBringsBackTheShellAndItsDisk),
-            nameof(MigrationToThisHostMovesTheGuestWithItsQemuState),
-        ];
-
-        public IEnumerable<TTestCase> OrderTestCases<TTestCase>(IEnumerable<TTestCase> testCases) where TTestCase : ITestCase =>
-            testCases.OrderBy(t => Array.IndexOf(Sequence, t.TestMethod.Method.Name) is var i and >= 0 ? i : int.MaxValue);
-    }
+    public sealed class Order() : DeclaredOrder(
+        nameof(SaveWritesQemusStateAfterTheLibxcStream),
+        nameof(AFileWithACutOrUnknownEmulatorRecordIsRefusedWithNothingLeft),
+        nameof(RestoreBringsBackTheShellAndItsDisk),
+        nameof(MigrationToThisHostMovesTheGuestWithItsQemuState));
 
     /// <summary>The guest of the class, booted once: the Debian CD as hdc, a raw disk as hda, its serial port on a
     /// Unix socket QEMU serves.</summary>

@@ -105,19 +105,11 @@ public sealed partial class LinuxPvhvmTests(LinuxPvhvmTests.PvhvmGuest guest) : 
     }
 
     /// <summary>Runs the class's tests in the order they are written: the shutdown ends the guest they share.</summary>
-    public sealed class Order : ITestCaseOrderer
-    {
-        private static readonly string[] Sequence =
-        [
-            nameof(TheEmulatedDiskIsUnpluggedAndBlkfrontServesItAsXvda),
-            nameof(TheEmulatedNicIsUnpluggedAndNetfrontServesTheVif),
-            nameof(XlRebootGoesThroughControlShutdownAndRestartsTheDomainWithANewQemu),
-            nameof(XlShutdownGoesThroughControlShutdownAndAcpiThroughQemu),
-        ];
-
-        public IEnumerable<TTestCase> OrderTestCases<TTestCase>(IEnumerable<TTestCase> testCases) where TTestCase : ITestCase =>
-            testCases.OrderBy(t => Array.IndexOf(Sequence, t.TestMethod.Method.Name) is var i and >= 0 ? i : int.MaxValue);
-    }
+    public sealed class Order() : DeclaredOrder(
+        nameof(TheEmulatedDiskIsUnpluggedAndBlkfrontServesItAsXvda),
+        nameof(TheEmulatedNicIsUnpluggedAndNetfrontServesTheVif),
+        nameof(XlRebootGoesThroughControlShutdownAndRestartsTheDomainWithANewQemu),
+        nameof(XlShutdownGoesThroughControlShutdownAndAcpiThroughQemu));
 
     /// <summary>The guest of the class, booted once: its CD image and disk made on the host, its serial port on a Unix
     /// socket, the daemon and QEMU in a network namespace with the bridge xenbr0 (10.97.0.1/24).</summary>
