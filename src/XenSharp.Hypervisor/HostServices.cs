@@ -311,8 +311,9 @@ internal sealed class HostServices : IDisposable
                 return;
             // A reason stored earlier with SCHEDOP_shutdown_code wins (as in Xen).
             reason = d.ShutdownCode ?? reason;
-            d.State = DomainRunState.Shutdown;
+            // The reason first: readers do not lock, and one that sees the state must see why (Info).
             d.ShutdownReason = reason;
+            d.State = DomainRunState.Shutdown;
             d.ShutdownAtUnixMicros = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
         }
         foreach (var v in d.Vcpus)

@@ -321,9 +321,23 @@ public sealed unsafe partial class XenHypervisor : IDisposable
 
     public DomctlDomainInfo GetDomainInfo(ushort domid) => Info(FindDomain(domid) ?? throw new HypervisorException($"no domain {domid}", Errno.ESRCH));
 
-    private static DomctlDomainInfo Info(Domain d) => new(
-        d.DomainId, d.Handle, d.Type, d.State,
-        d.ShutdownReason is uint r ? (ShutdownReason)r : null,
+    private static DomctlDomainInfo Info(Domain d)
+    {
+        // The state and its reason change together under the domain's lock, the reason set before a shutdown and
+        // cleared after a resume: a shut-down state read without its reason is a resume under way, read again.
+        var state = d.State;
+        uint? reason = d.ShutdownReason;
+        for (var spin = new SpinWait(); state == DomainRunState.Shutdown && reason is null; spin.SpinOnce())
+        {
+            state = d.State;
+            reason = d.ShutdownReason;
+        }
+        return Info(d, state, reason is uint r ? (ShutdownReason)r : null);
+    }
+
+    private static DomctlDomainInfo Info(Domain d, DomainRunState state, ShutdownReason? reason) => new(
+        d.DomainId, d.Handle, d.Type, state,
+        reason,
         d.Vcpus.Any(v => v.IsRunning),
         d.Vcpus.Length > 0 && d.Vcpus.All(v => !v.IsUp || v.Blocked),
         d.Vcpus.Sum(v => Interlocked.Read(ref v.CpuTimeNs)),
