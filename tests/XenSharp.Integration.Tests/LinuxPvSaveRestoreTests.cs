@@ -135,11 +135,7 @@ public class LinuxPvSaveRestoreTests
     /// sender sends in <paramref name="tee"/>.</summary>
     private static string SshScript(XlHost xl, string tee)
     {
-        string bin = Path.Combine(xl.RunDir, "bin");
-        Directory.CreateDirectory(bin);
-        string xlScript = Path.Combine(bin, "xl");
-        File.WriteAllText(xlScript, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
-        File.SetUnixFileMode(xlScript, (UnixFileMode)0b111_101_101);
+        string bin = XlHost.XlCommandDirectory(xl.RunDir);
         string script = Path.Combine(xl.RunDir, "ssh-tee");
         File.WriteAllText(script, $"#!/bin/bash\nshift\ntee {tee} | env XENSHARP_RUNDIR={xl.RunDir} PATH={bin}:$PATH \"$@\"\n");
         File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);

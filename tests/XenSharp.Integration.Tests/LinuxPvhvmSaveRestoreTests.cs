@@ -226,11 +226,7 @@ public sealed class LinuxPvhvmSaveRestoreTests(LinuxPvhvmSaveRestoreTests.Guest 
         /// <summary>An ssh stand-in that runs xl migrate-receive here, against the same daemon.</summary>
         public string SshScript()
         {
-            string bin = Path.Combine(_xl.RunDir, "bin");
-            Directory.CreateDirectory(bin);
-            string xl = Path.Combine(bin, "xl");
-            File.WriteAllText(xl, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
-            File.SetUnixFileMode(xl, (UnixFileMode)0b111_101_101);
+            string bin = XlHost.XlCommandDirectory(_xl.RunDir);
             string script = Path.Combine(_xl.RunDir, "ssh-local");
             File.WriteAllText(script, $"#!/bin/bash\nshift\nexec env XENSHARP_RUNDIR={_xl.RunDir} PATH={bin}:$PATH \"$@\"\n");
             File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);

@@ -16,6 +16,18 @@ public sealed class XlHost : IDisposable
 
     public static string XlDll => Repository.PathOf("artifacts", "bin", "XenSharp.Xl", Configuration, "xl.dll");
 
+    /// <summary>Makes <c>DIR/bin/xl</c>, a script that runs this xl, and returns <c>DIR/bin</c>: put on PATH by the ssh
+    /// stand-ins of migration tests, which run <c>xl migrate-receive</c> as ssh would on the other host.</summary>
+    public static string XlCommandDirectory(string dir)
+    {
+        string bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(bin);
+        string xl = Path.Combine(bin, "xl");
+        File.WriteAllText(xl, $"#!/bin/sh\nexec dotnet {XlDll} \"$@\"\n");
+        File.SetUnixFileMode(xl, (UnixFileMode)0b111_101_101);
+        return bin;
+    }
+
     /// <summary>Extra environment for xl and so for the daemon it starts (e.g. XENSHARP_MACHINE_MEMORY).</summary>
     public Dictionary<string, string> Environment { get; } = [];
 

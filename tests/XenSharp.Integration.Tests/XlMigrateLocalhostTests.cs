@@ -25,11 +25,7 @@ public sealed partial class XlMigrateLocalhostTests : IDisposable
     /// <paramref name="cutAfter"/> it gets only that many bytes of the stream.</summary>
     private string SshScript(long? cutAfter = null)
     {
-        string bin = Path.Combine(_dir, "bin");
-        Directory.CreateDirectory(bin);
-        string xl = Path.Combine(bin, "xl");
-        File.WriteAllText(xl, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
-        File.SetUnixFileMode(xl, (UnixFileMode)0b111_101_101);
+        string bin = XlHost.XlCommandDirectory(_dir);
         string script = Path.Combine(_dir, cutAfter is null ? "ssh-local" : "ssh-local-cut");
         string run = $"env XENSHARP_RUNDIR={_xl.RunDir} PATH={bin}:$PATH \"$@\"";
         File.WriteAllText(script, $"#!/bin/bash\nshift\n{(cutAfter is long n ? $"head -c {n} | {run}" : $"exec {run}")}\n");

@@ -71,11 +71,7 @@ public sealed partial class XlMigrateTests : IDisposable
     /// <paramref name="bannerOnly"/> nothing the receiver says after its banner reaches the sender.</summary>
     private string SshScript(long? cutAfter = null, bool bannerOnly = false)
     {
-        string bin = Path.Combine(_dir, "bin");
-        Directory.CreateDirectory(bin);
-        string xl = Path.Combine(bin, "xl");
-        File.WriteAllText(xl, $"#!/bin/sh\nexec dotnet {XlHost.XlDll} \"$@\"\n");
-        File.SetUnixFileMode(xl, (UnixFileMode)0b111_101_101);
+        string bin = XlHost.XlCommandDirectory(_dir);
         string script = Path.Combine(_dir, cutAfter is not null ? "ssh-ns-cut" : bannerOnly ? "ssh-ns-mute" : "ssh-ns");
         string enter = $"ip netns exec \"$ns\" env XENSHARP_RUNDIR={_target.Xl.RunDir} PATH={bin}:$PATH \"$@\"";
         // bash's process substitution, so that no shell keeps the sender's end open once head has gone.
