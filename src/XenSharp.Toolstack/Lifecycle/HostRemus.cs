@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using XenSharp.Public.Hvm;
+using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
 using XenSharp.Toolstack.Save;
 
@@ -13,7 +14,10 @@ namespace XenSharp.Toolstack.Lifecycle;
 /// checkpoint. The backup builds the domain from the first checkpoint and keeps it paused; each later checkpoint is
 /// read whole before it is applied, so a stream cut inside one leaves the last complete one. When the stream ends
 /// (the primary or its host died, or xl on it went away) the backup unpauses the guest from there: the failover. A PV
-/// guest's domain is made a running one only then (its page tables pinned, its vCPUs loaded), as libxc does.
+/// guest's domain is made a running one only then (its page tables pinned, its vCPUs loaded), as libxc does. An HVM
+/// guest's QEMU is stopped and saves its devices' state at every checkpoint, whose libxl part carries it (emulator
+/// records before CHECKPOINT_END), and goes on with the guest; the backup keeps the last complete checkpoint's and
+/// starts its QEMU from it only at the failover.
 /// Disk replication and network buffering are not done: the guest's disks must be shared and what it sent on the
 /// network after the last checkpoint is not held back.
 /// </summary>
@@ -22,13 +26,16 @@ public sealed partial class Host
     private void RunRemusSend(MigrateSendRequest r, Domain d, Stream conn)
     {
         var frames = new FrameWriter(conn);
-        bool suspended = false, cooperative = HasPvDrivers(d);
+        bool suspended = false, cooperative = HasPvDrivers(d), hvm = HasDeviceModel(d.Config);
         int checkpoint = 0;
+        string? dmState = null;
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
+            // An HVM guest's QEMU saves its devices' state at every checkpoint once the guest has stopped (libxl's
+            // suspend callback); its records end the checkpoint's libxl part.
             var source = new SaveSource(d.Hv, ConfigForSave(d, r.ConfigText), (uint)info.Major, (uint)info.Minor, (uint)d.Config.TscMode,
-                d.Config.MaxVcpus);
+                d.Config.MaxVcpus) { Emulator = hvm ? () => DeviceModelRecords(d, dmState!) : null };
             var data = new BufferedStream(new DataFrames(frames), 1 << 20);
             SaveFileWriter.LiveStream live;
             long sent;
@@ -42,7 +49,13 @@ public sealed partial class Host
             {
                 lock (d.MemoryUse)
                 {
-                    live.PreCopy(new LiveOptions(() => { Suspend(d); suspended = true; paused.Restart(); }, frames.Progress, () => d.Destroyed)
+                    live.PreCopy(new LiveOptions(() =>
+                    {
+                        Suspend(d);
+                        suspended = true;
+                        paused.Restart();
+                        if (hvm) dmState = SaveDeviceModel(d);
+                    }, frames.Progress, () => d.Destroyed)
                     {
                         Pages = PageProgress(frames, d),
                     });
@@ -52,6 +65,12 @@ public sealed partial class Host
                 while (true)
                 {
                     data.Flush();
+                    // The device model emulates again before the guest runs (libxl__domain_resume).
+                    if (hvm)
+                    {
+                        TryDelete(dmState!);
+                        ResumeDeviceModel(d);
+                    }
                     d.Hv.ResumeSuspended(cooperative);
                     suspended = false;
                     checkpoint++;
@@ -63,6 +82,7 @@ public sealed partial class Host
                     Suspend(d);
                     suspended = true;
                     paused.Restart();
+                    if (hvm) dmState = SaveDeviceModel(d);
                     lock (d.MemoryUse)
                     {
                         if (d.Destroyed) break;
@@ -84,6 +104,10 @@ public sealed partial class Host
             string why = ControlErrors.Map(e)?.Message ?? e.Message;
             ResumeAfterFailure(d, suspended, cooperative, $"Remus after {checkpoint} checkpoints: {why}");
             try { frames.Write(MigrationFrames.Failed, why); } catch (IOException) { }
+        }
+        finally
+        {
+            if (dmState is not null) TryDelete(dmState);
         }
     }
 
@@ -119,12 +143,17 @@ public sealed partial class Host
         if (d is null) return;
         _hv.ConsoleWrite($"d{d.DomId}: Remus backup of {d.Config.Name}: holds checkpoint 1, paused");
         int held = 1;
+        bool hvm = HasDeviceModel(d.Config);
+        // An HVM domain's device model state as of the last complete checkpoint: its QEMU is started from it at
+        // the failover.
+        var emulator = reader.FirstCheckpointEmulator;
         string why = "";
         while (true)
         {
             List<SaveFileReader.PendingRecord> records;
             bool ended;
-            try { (records, ended) = reader.ReadCheckpoint(); }
+            EmulatorState? next;
+            try { (records, ended, next) = reader.ReadCheckpoint(); }
             catch (Exception e) when (e is SaveFileException or IOException or ObjectDisposedException)
             {
                 why = e.Message;
@@ -132,11 +161,17 @@ public sealed partial class Host
             }
             try
             {
+                if (next is not null && !hvm)
+                    throw new SaveFileException($"Remus stream: checkpoint {held + 1} carries device model state, which a {DomainConfig.TypeName(d.Config.Type)} domain has none of");
+                // Each checkpoint of an HVM domain carries its QEMU's state; a final END with no pages may not.
+                if (hvm && next?.Context is null && !(ended && records.Count == 0))
+                    throw new SaveFileException($"Remus stream: checkpoint {held + 1} of an HVM domain carries no device model state");
                 lock (d.MemoryUse)
                 {
                     if (d.Destroyed) break;
                     reader.Apply(d.Hv, records);
                 }
+                if (next?.Context is not null) emulator = next;
             }
             catch (Exception e) when (e is SaveFileException or XenSharp.Hypervisor.HypervisorException)
             {
@@ -169,8 +204,12 @@ public sealed partial class Host
                     Builder.PvBuilder.SetEventChannels(d.Hv.Memory, pv.StartInfoPfn, (uint)d.Hv.GetHvmParam(Params.HVM_PARAM_STORE_EVTCHN),
                         (uint)d.Hv.GetHvmParam(Params.HVM_PARAM_CONSOLE_EVTCHN), pv.Is32);
             }
+            // An HVM guest's QEMU starts now, loading the last complete checkpoint's device state (-incoming), and the
+            // guest runs once it does.
+            if (hvm && !d.Destroyed)
+                StartRestoredDeviceModel(d, emulator ?? throw new SaveFileException("Remus stream: no device model state for the HVM domain"));
         }
-        catch (Exception e) when (e is SaveFileException or XenSharp.Hypervisor.HypervisorException)
+        catch (Exception e) when (e is SaveFileException or XenSharp.Hypervisor.HypervisorException or ControlException or IOException)
         {
             _hv.ConsoleWrite($"d{d.DomId}: Remus failover: checkpoint {held} cannot be started ({e.Message}); the backup is destroyed");
             Destroy(d);

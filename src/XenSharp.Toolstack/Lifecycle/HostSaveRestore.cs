@@ -349,7 +349,9 @@ public sealed partial class Host
             WarnIfPortsMoved(dom, restored.Params);
             AddDevices(dom);
             MigrationTrace.Mark("target", "devices added");
-            if (hvm)
+            // A checkpointed stream's (Remus) QEMU starts only at the failover, from the last complete checkpoint's
+            // state (libxl's backup likewise restores the device model when the stream ends).
+            if (hvm && !checkpointed)
                 StartRestoredDeviceModel(dom, restored.Emulator!);
             _hv.ConsoleWrite($"d{domId}: {c.Name} restored from {label}: {restored.Pages} pages, {c.MaxVcpus} vCPUs");
             Restored(dom, paused);

@@ -131,7 +131,8 @@ internal sealed class SaveFileReader(Stream input, string file)
                     // cannot simply be overwritten. Until then its page tables hold PFNs.
                     _checkpointedPv = state.Pv;
                     pv = state.Pv?.Rings();
-                    ReadLibxlCheckpointEnd();
+                    emulator = ReadLibxlCheckpointEnd();
+                    FirstCheckpointEmulator = emulator;
                 }
                 else
                 {
@@ -146,14 +147,20 @@ internal sealed class SaveFileReader(Stream input, string file)
         }
     }
 
+    /// <summary>The device model state of a checkpointed stream's first checkpoint, which <see cref="Load"/> stops at;
+    /// null when it carried none (a PVH or PV domain).</summary>
+    public EmulatorState? FirstCheckpointEmulator { get; private set; }
+
     /// <summary>One record of a checkpoint, kept until the checkpoint is complete.</summary>
     internal readonly record struct PendingRecord(uint Type, byte[] Body, long At);
 
     /// <summary>The records of the next checkpoint of a checkpointed stream, read whole but not applied (libxl
     /// buffers them likewise, so that a stream cut inside one leaves the last complete checkpoint as it was), and
     /// whether the stream ended there (an END record: the primary stopped Remus). A stream cut or corrupted before
-    /// the checkpoint is complete throws <see cref="SaveFileException"/>.</summary>
-    public (List<PendingRecord> Records, bool Ended) ReadCheckpoint()
+    /// the checkpoint is complete throws <see cref="SaveFileException"/>. An HVM domain's checkpoint also carries its
+    /// device model's state (libxl's emulator records before CHECKPOINT_END), handed back with it; null when it has
+    /// none.</summary>
+    public (List<PendingRecord> Records, bool Ended, EmulatorState? Emulator) ReadCheckpoint()
     {
         var records = new List<PendingRecord>();
         while (true)
@@ -163,12 +170,9 @@ internal sealed class SaveFileReader(Stream input, string file)
             switch (type)
             {
                 case LibxcStream.REC_TYPE_CHECKPOINT:
-                    ReadLibxlCheckpointEnd();
-                    return (records, false);
+                    return (records, false, ReadLibxlCheckpointEnd());
                 case LibxcStream.REC_TYPE_END:
-                    if (ReadLibxlEnd() is not null)
-                        throw new SaveFileException($"{file}: the checkpointed stream ends with device model state, which XenSharp's Remus does not restore");
-                    return (records, true);
+                    return (records, true, ReadLibxlEnd());
                 case LibxcStream.REC_TYPE_PAGE_DATA or LibxcStream.REC_TYPE_X86_TSC_INFO or LibxcStream.REC_TYPE_HVM_CONTEXT
                     or LibxcStream.REC_TYPE_HVM_PARAMS:
                     records.Add(new PendingRecord(type, body, at));
@@ -331,21 +335,17 @@ internal sealed class SaveFileReader(Stream input, string file)
                 throw _r.Corrupt($"HVM_PARAMS record at byte {at} names param {e.Index}, beyond HVM_NR_PARAMS");
     }
 
-    /// <summary>What libxl writes at a checkpoint after libxc's part: emulator records (none for PVH), then
-    /// CHECKPOINT_END; the libxc stream goes on after it.</summary>
-    private void ReadLibxlCheckpointEnd()
-    {
-        long at = _r.Position;
-        var (type, _) = _r.Record("libxl");
-        if (type == LibxlStream.REC_TYPE_CHECKPOINT_END) return;
-        if (type is LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA or LibxlStream.REC_TYPE_EMULATOR_CONTEXT)
-            throw new SaveFileException($"{file}: the checkpoint carries device model state (libxl record 0x{type:x} at byte {at}); XenSharp restores PVH guests, which have none");
-        throw _r.Corrupt($"libxl record type 0x{type:x} at byte {at} where a checkpoint ends");
-    }
+    /// <summary>What libxl writes at a checkpoint after libxc's part: an HVM domain's emulator records (none for PVH
+    /// or PV), then CHECKPOINT_END; the libxc stream goes on after it.</summary>
+    private EmulatorState? ReadLibxlCheckpointEnd() => ReadEmulatorRecords(LibxlStream.REC_TYPE_CHECKPOINT_END, "where a checkpoint ends");
 
     /// <summary>libxl's records after the libxc stream up to its END: an HVM domain's device model records (libxl's
     /// EMULATOR_XENSTORE_DATA and EMULATOR_CONTEXT, each at most once, for qemu-xen only); null when there are none.</summary>
-    private EmulatorState? ReadLibxlEnd()
+    private EmulatorState? ReadLibxlEnd() => ReadEmulatorRecords(LibxlStream.REC_TYPE_END, "after the libxc stream");
+
+    /// <summary>Emulator records up to the libxl record <paramref name="last"/> (END, or CHECKPOINT_END in a
+    /// checkpointed stream); null when there are none.</summary>
+    private EmulatorState? ReadEmulatorRecords(uint last, string where)
     {
         List<(string, string)>? xenstore = null;
         byte[]? context = null;
@@ -353,10 +353,10 @@ internal sealed class SaveFileReader(Stream input, string file)
         {
             long at = _r.Position;
             var (type, body) = _r.Record("libxl");
+            if (type == last)
+                return xenstore is null && context is null ? null : new EmulatorState(xenstore ?? [], context);
             switch (type)
             {
-                case LibxlStream.REC_TYPE_END:
-                    return xenstore is null && context is null ? null : new EmulatorState(xenstore ?? [], context);
                 case LibxlStream.REC_TYPE_EMULATOR_XENSTORE_DATA:
                     CheckEmulator(type, body, at);
                     if (xenstore is not null) throw _r.Corrupt($"a second emulator xenstore record at byte {at}");
@@ -368,7 +368,7 @@ internal sealed class SaveFileReader(Stream input, string file)
                     context = body[LibxlStream.EmulatorHeaderSize..];
                     break;
                 default:
-                    throw _r.Corrupt($"libxl record type 0x{type:x} at byte {at} after the libxc stream");
+                    throw _r.Corrupt($"libxl record type 0x{type:x} at byte {at} {where}");
             }
         }
     }

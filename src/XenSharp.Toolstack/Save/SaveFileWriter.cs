@@ -355,11 +355,12 @@ internal static class SaveFileWriter
             return sent;
         }
 
-        /// <summary>The records so far are a consistent state of the guest (libxc's CHECKPOINT, libxl's
-        /// CHECKPOINT_END: a PVH guest has no emulator records between them).</summary>
+        /// <summary>The records so far are a consistent state of the guest (libxc's CHECKPOINT, then libxl's part:
+        /// an HVM domain's device model records, none for PVH or PV, and CHECKPOINT_END).</summary>
         public void Checkpoint()
         {
             _w.Record(LibxcStream.REC_TYPE_CHECKPOINT, []);
+            WriteEmulator(_w, _s);
             _w.Record(LibxlStream.REC_TYPE_CHECKPOINT_END, []);
         }
 
