@@ -147,6 +147,79 @@ public sealed partial class XlMigrateTests
         }
     }
 
+    /// <summary>Debian's kernel as a PVHVM guest with QEMU as its device model under Remus: at every checkpoint QEMU
+    /// stops and saves its devices' state, which ends the checkpoint's libxl part, and goes on with the guest. The
+    /// backup keeps the domain paused with no QEMU; the primary's host dies (its daemon and QEMU killed with SIGKILL),
+    /// and the backup starts QEMU from the last checkpoint's state and unpauses the guest: the same shell answers on
+    /// the serial port of the backup's QEMU with the file it wrote to its RAM-backed root before the checkpoints.</summary>
+    [Fact, Trait("Feature", "Remus Fault Tolerance"), Trait("Feature", "x86/HVM")]
+    public void BackupStartsAnHvmGuestsQemuFromItsLastCheckpointWhenThePrimaryDaemonIsKilled()
+    {
+        var store = new GuestArtifacts();
+        Assert.True(store.IsCached, $"run 'xensharp-artifacts fetch' first: nothing complete in {store.DebianDir}");
+        string socket = Path.Combine(_source.Xl.RunDir, "serial.sock");
+        string iso = GrubRescueImage.Debian(store, _source.Xl.RunDir);
+        string cfg = Path.Combine(_source.Xl.RunDir, "hvmremus.cfg");
+        File.WriteAllText(cfg, $"""
+            name = "hvmremus"
+            type = "hvm"
+            memory = 256
+            vcpus = 1
+            serial = "unix:{socket},server=on,wait=off"
+            disk = [ "{iso},raw,hdc,cdrom" ]
+            boot = "d"
+            on_crash = "preserve"
+            """);
+        string marker = $"remus-{Guid.NewGuid():N}";
+        Process? remus = null;
+        try
+        {
+            _source.Xl.Run(TimeSpan.FromMinutes(2), "create", cfg).Check();
+            Func<string> Err;
+            using (var serial = new SerialSocket(socket, TimeSpan.FromSeconds(30)))
+            {
+                serial.WaitFor("~ # ", TimeSpan.FromMinutes(12));
+                // Quiet: every checkpoint's suspend and resume would print its kernel messages over the shell's.
+                serial.Ask($"dmesg -n 1; echo {marker} > /marker; echo written-$?-e\"\"nd", "written-0-end");
+                (remus, Err) = StartRemus("hvmremus", TimeSpan.FromMinutes(10));
+                Assert.True(WaitUntil(() => _target.Xl.Run("list").Stdout.Contains("hvmremus") || remus.HasExited, TimeSpan.FromMinutes(5)),
+                    Err() + "\n--- target\n" + _target.Xl.Run("dmesg").Stdout);
+                long at = LastCheckpoint(Err());
+                Assert.True(WaitUntil(() => LastCheckpoint(Err()) > at || remus.HasExited, TimeSpan.FromMinutes(10)),
+                    $"no checkpoint after {at}\n" + Err());
+                Assert.False(remus.HasExited, "xl remus ended\n" + Err());
+                Assert.DoesNotContain("Backup failed", Err());
+            }
+            // The backup holds the domain paused and runs no QEMU for it yet.
+            string targetLog = Path.Combine(_target.Xl.RunDir, "xensharpd.log");
+            Assert.DoesNotContain("device model QEMU running", File.ReadAllText(targetLog));
+
+            // The primary's host dies: its daemon and its QEMU, killed outright (neither cleans up after itself).
+            string sourceLog = File.ReadAllText(Path.Combine(_source.Xl.RunDir, "xensharpd.log"));
+            int qemu = int.Parse(Regex.Match(sourceLog, @"device model QEMU running, pid (\d+)").Groups[1].Value);
+            int daemon = int.Parse(File.ReadAllText(Path.Combine(_source.Xl.RunDir, "xensharpd.pid")).Trim());
+            Process.GetProcessById(daemon).Kill();
+            try { Process.GetProcessById(qemu).Kill(); } catch (ArgumentException) { }
+            Assert.True(remus.WaitForExit(TimeSpan.FromMinutes(1)), "xl remus did not end with the primary daemon\n" + Err());
+            remus.WaitForExit();
+            Assert.True(Err().Contains("the backup takes over"), Err());
+            Assert.Contains("migration target: Remus Failover for domain", Err());
+
+            Assert.True(WaitUntil(() => File.ReadAllText(targetLog).Contains("device model QEMU running"), TimeSpan.FromMinutes(2)),
+                "the backup started no QEMU\n" + File.ReadAllText(targetLog));
+            using var backup = new SerialSocket(socket, TimeSpan.FromMinutes(1));
+            Assert.Contains(marker, backup.Ask("cat /marker; echo cat-e\"\"nd", "cat-end", TimeSpan.FromMinutes(3)));
+            Assert.Contains("b-42-end", backup.Ask("echo b-$((6*7))-e\"\"nd", "-end", TimeSpan.FromMinutes(3)));
+        }
+        finally
+        {
+            if (remus is { HasExited: false }) remus.Kill(entireProcessTree: true);
+            remus?.Dispose();
+            _target.Xl.Run("destroy", "hvmremus");
+            _source.Xl.Run("destroy", "hvmremus");
+        }
+    }
+
     /// <summary>Without network buffering and disk replication Remus is only what libxl calls unsafe: xl asks for
     /// -n, -d and -F, as libxl does when they are not available.</summary>
     [Fact, Trait("Feature", "Remus Fault Tolerance")]
