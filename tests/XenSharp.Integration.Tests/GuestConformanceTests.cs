@@ -110,6 +110,26 @@ public sealed partial class GuestConformanceTests : IClassFixture<GuestConforman
         NoSkips(Boot("pod"));
     }
 
+    /// <summary>Code run 20,000 times (so decoded, cached and compiled) in a frame the guest then gives back with
+    /// decrease_reservation: the next fetch from it finds no RAM and the domain is crashed, as Xen crashes a guest
+    /// fetching from a gfn with no p2m entry; nothing the engine kept of that code runs.</summary>
+    [Fact, Trait("Feature", "x86/PVH")]
+    public void CodeInAGivenBackFrameDoesNotRunAgain()
+    {
+        var cfg = Repository.PathOf("tests", "guests", "codefree.cfg");
+        var r = _xl.Run(TimeSpan.FromMinutes(3), "create", "-c", cfg);
+        var text = r.Stdout.Replace("\r", "");
+        Assert.Contains("PASS codefree.ran", text);
+        Assert.Contains("PASS codefree.decrease_reservation", text);
+        Assert.Contains("# calling the code in the given-back frame", text);
+        Assert.DoesNotContain("FAIL", text);
+        Assert.Contains("instruction fetch from non-RAM guest-physical", _xl.Run("dmesg").Stdout);
+        XlResult list;
+        for (int i = 0; (list = _xl.Run("list")).Stdout.Contains("codefree") && i < 300; i++)
+            Thread.Sleep(100);
+        Assert.DoesNotContain("codefree", list.Stdout);
+    }
+
     [Fact, Trait("Feature", "x86/PVH"), Trait("Feature", "Event Channel 2-level ABI")]
     public void EventChannels2Level() => NoSkips(Boot("evtchn2l"));
 
