@@ -258,6 +258,93 @@ public class LongModeTests
         Assert.Equal((uint)(2 * N), m.Mem.R32(0x7004));
     }
 
+    /// <summary>Runs <paramref name="first"/> on vCPU 0 and <paramref name="second"/> on a second vCPU of the same
+    /// engine at once, each until its HLT.</summary>
+    private static void RunOnTwoVcpus(TestMachine m, byte[] first, ulong secondAt, byte[] second)
+    {
+        var cpu2 = m.Engine.CreateVcpu(1, new DefaultCpuidPolicy(1));
+        m.Mem.Write(secondAt, second);
+        m.Enter64(first);
+        m.Cpu.GetRegisters(out var r);
+        m.Cpu.GetSpecialRegisters(out var s);
+        cpu2.SetSpecialRegisters(s);
+        r.Rsp = 0x70000;
+        r.Rip = secondAt;
+        cpu2.SetRegisters(r);
+        var other = VcpuExitReason.InternalError;
+        var t = new Thread(() => other = cpu2.Run().Reason);
+        t.Start();
+        var e = m.Cpu.Run();
+        t.Join();
+        Assert.Equal(VcpuExitReason.Hlt, e.Reason);
+        Assert.Equal(VcpuExitReason.Hlt, other);
+    }
+
+    /// <summary>A 128-bit counter that two vCPUs each raise 20,000 times with LOCK CMPXCHG16B retry loops: a
+    /// compare that fails writes the destination back with its own value in the same locked operation, so it can
+    /// never undo the other vCPU's increment that landed after it read.</summary>
+    [Fact]
+    public void LockCmpxchg16bFromTwoVcpusLosesNoIncrements()
+    {
+        using var m = new TestMachine();
+        const int N = 20000;
+        byte[] Loop(ulong at) => TestMachine.Assemble(64, at, a =>
+        {
+            var outer = a.CreateLabel();
+            var retry = a.CreateLabel();
+            a.mov(r8d, N);
+            a.Label(ref outer);
+            a.mov(rax, __qword_ptr[0x7000]);
+            a.mov(rdx, __qword_ptr[0x7008]);
+            a.Label(ref retry);
+            a.lea(rbx, __qword_ptr[rax + 1]);
+            a.mov(rcx, rdx);
+            a.@lock.cmpxchg16b(__xmmword_ptr[0x7000]);
+            a.jnz(retry);
+            a.dec(r8d);
+            a.jnz(outer);
+            a.hlt();
+        });
+        RunOnTwoVcpus(m, Loop(TestMachine.CodeAt), 0x14000, Loop(0x14000));
+        Assert.Equal((ulong)(2 * N), m.Mem.R64(0x7000));
+        Assert.Equal(0UL, m.Mem.R64(0x7008));
+    }
+
+    /// <summary>One vCPU keeps failing LOCK CMPXCHG16B on a pair while the other raises its low quadword 20,000
+    /// times with LOCK INC: the failed compares change nothing, so every increment stays.</summary>
+    [Fact]
+    public void FailingCmpxchg16bLeavesAnotherVcpusLockedIncrements()
+    {
+        using var m = new TestMachine();
+        const int N = 20000;
+        var failing = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(r8d, 4 * N);
+            a.Label(ref loop);
+            a.mov(rax, -1L);   // the low quadword never gets there
+            a.xor(edx, edx);
+            a.xor(ebx, ebx);
+            a.xor(ecx, ecx);
+            a.@lock.cmpxchg16b(__xmmword_ptr[0x7000]);
+            a.dec(r8d);
+            a.jnz(loop);
+            a.hlt();
+        });
+        var counting = TestMachine.Assemble(64, 0x14000, a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(r8d, N);
+            a.Label(ref loop);
+            a.@lock.inc(__qword_ptr[0x7000]);
+            a.dec(r8d);
+            a.jnz(loop);
+            a.hlt();
+        });
+        RunOnTwoVcpus(m, failing, 0x14000, counting);
+        Assert.Equal((ulong)N, m.Mem.R64(0x7000));
+    }
+
     [Fact]
     public void ExternalInterruptWakesHltAndIretReturns()
     {

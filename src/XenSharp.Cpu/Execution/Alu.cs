@@ -292,30 +292,33 @@ internal unsafe partial class X86Vcpu
         if (is16)
         {
             if ((lin & 15) != 0) throw GP();
-            ulong lo = ReadLin(lin, 8), hi = ReadLin(lin + 8, 8);
-            if (lo == R[0] && hi == R[2])
+            ulong lo, hi;
+            // The destination is written either way (a locked read-modify-write), so it is probed for writing first.
+            byte* p = HostForRmw(lin, 16);
+            if (p != null)
             {
-                byte* p = HostForRmw(lin, 16);
-                if (p != null)
+                // .NET has no 16-byte CAS: the pair is compared and swapped under the engine-wide lock that every
+                // CMPXCHG16B on RAM takes. A failed compare writes nothing: writing back what was read would undo
+                // another vCPU's CMPXCHG16B that completed after the read (Linux's SLUB updates a slab's freelist
+                // and counters so from every CPU).
+                lock (s_wideLock)
                 {
-                    // A 16-byte CAS is not available; lock the engine-wide slow lock around the pair.
-                    lock (s_wideLock)
+                    lo = *(ulong*)p; hi = *(ulong*)(p + 8);
+                    if (lo == R[0] && hi == R[2])
                     {
-                        if (*(ulong*)p == R[0] && *(ulong*)(p + 8) == R[2])
-                        {
-                            *(ulong*)p = R[3]; *(ulong*)(p + 8) = R[1];
-                            Rflags |= ZF; return;
-                        }
-                        lo = *(ulong*)p; hi = *(ulong*)(p + 8);
+                        *(ulong*)p = R[3]; *(ulong*)(p + 8) = R[1];
+                        Rflags |= ZF; return;
                     }
                 }
-                else
-                {
-                    WriteLin(lin, 8, R[3]); WriteLin(lin + 8, 8, R[1]);
-                    Rflags |= ZF; return;
-                }
             }
-            else { WriteLin(lin, 8, lo); WriteLin(lin + 8, 8, hi); }
+            else
+            {
+                lo = ReadLin(lin, 8); hi = ReadLin(lin + 8, 8);
+                bool equal = lo == R[0] && hi == R[2];
+                // Not plain RAM (MMIO, a watched page): the write cycle goes out, with the old value on failure.
+                WriteLin(lin, 8, equal ? R[3] : lo); WriteLin(lin + 8, 8, equal ? R[1] : hi);
+                if (equal) { Rflags |= ZF; return; }
+            }
             R[0] = lo; R[2] = hi; Rflags &= ~ZF;
         }
         else
