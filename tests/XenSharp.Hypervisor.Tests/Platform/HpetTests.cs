@@ -73,9 +73,10 @@ public class HpetTests : IDisposable
         var g = Guest();
         var lapic = g.EnableLapic();
         g.Route(21, 0x71 | (1UL << 15));
-        // Timer 1: periodic, level, VAL_SET so the comparator write also sets the period.
+        // Timer 1: periodic, level, VAL_SET so the comparator write also sets the period: 300 ms, so that the next
+        // period cannot set the status again between the clearing write and the check of the line below.
         g.Write(B + 0x120, (21 << 9) | (1 << 2) | (1 << 3) | (1 << 1) | (1 << 6), 8);
-        g.Write(B + 0x128, 62_500, 8);
+        g.Write(B + 0x128, 300 * 62_500, 8);
         g.Write(B + 0x10, 1, 8);
         Assert.True(TestHosts.WaitUntil(() => InIrr(lapic, 0x71)), "timer 1 did not interrupt");
         Assert.Equal(2UL, g.Read(B + 0x20, 8) & 2);
