@@ -21,16 +21,8 @@ public sealed partial class Host
         if (r.RemusIntervalMs < 0)
             throw new ControlException($"Remus checkpoint interval {r.RemusIntervalMs} ms: it must be positive", Errno.EINVAL);
         var d = Resolve(r.Domain);
-        CheckSavable(d);
+        CheckSavable(d, "migrate");
         return new MigrateSendResult(d.DomId, d.Config.Name);
-    }
-
-    private static void CheckSavable(Domain d)
-    {
-        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv) && !HasDeviceModel(d.Config))
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)} without a device model: XenSharp migrates PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
-        if (d.Config.TargetMemKb != d.Config.MaxMemKb)
-            throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not migrate yet", Errno.EOPNOTSUPP);
     }
 
     /// <summary>Sends domain <paramref name="domId"/> live over <paramref name="conn"/> (after a successful

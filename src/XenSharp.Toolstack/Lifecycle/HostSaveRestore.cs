@@ -26,9 +26,7 @@ public sealed partial class Host
         if (!Path.IsPathFullyQualified(r.File))
             throw new ControlException($"save file {r.File}: the path must be absolute", Errno.EINVAL);
         var d = Resolve(r.Domain);
-        CheckSaveType(d);
-        if (d.Config.TargetMemKb != d.Config.MaxMemKb)
-            throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not save yet", Errno.EOPNOTSUPP);
+        CheckSavable(d, "save");
 
         Suspend(d);
         d.Hv.Pause();
@@ -122,12 +120,18 @@ public sealed partial class Host
         }
     }
 
-    /// <summary>What xl save and xl migrate take: PVH and PV domains, and HVM domains with their device model (QEMU
-    /// saves its devices' state); not populate-on-demand memory.</summary>
-    private static void CheckSaveType(Domain d)
+    /// <summary>The domains xl save, restore and migrate take: PVH and PV, and HVM with its device model (QEMU saves
+    /// its devices' state).</summary>
+    private static bool IsSavableType(DomainConfig c) => c.Type is DomainType.Pvh or DomainType.Pv || HasDeviceModel(c);
+
+    /// <summary>Refuses what xl save (<paramref name="verb"/> "save") or xl migrate ("migrate") cannot take: a domain of
+    /// another type, or one with populate-on-demand memory.</summary>
+    private static void CheckSavable(Domain d, string verb)
     {
-        if (d.Config.Type is not (DomainType.Pvh or DomainType.Pv) && !HasDeviceModel(d.Config))
-            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)} without a device model: XenSharp saves PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
+        if (!IsSavableType(d.Config))
+            throw new ControlException($"domain {d.DomId} is {DomainConfig.TypeName(d.Config.Type)} without a device model: XenSharp {verb}s PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
+        if (d.Config.TargetMemKb != d.Config.MaxMemKb)
+            throw new ControlException($"domain {d.DomId} has populate-on-demand memory (memory < maxmem), which XenSharp does not {verb} yet", Errno.EOPNOTSUPP);
     }
 
     /// <summary>Asks the guest to suspend and waits until it has (libxl's domain_suspend_common with the xenstore
@@ -263,7 +267,7 @@ public sealed partial class Host
         var cfg = XlConfigParser.Parse(text, configFile ?? label);
         cfg.Directory = configDirectory;
         var c = DomainConfigReader.Read(cfg, _hv.HostCpus, _hv.Scheduling?.CpuNodes).Config;
-        if (c.Type is not (DomainType.Pvh or DomainType.Pv) && !HasDeviceModel(c))
+        if (!IsSavableType(c))
             throw new ControlException($"{label}: the configuration is of a {DomainConfig.TypeName(c.Type)} domain without a device model; XenSharp restores PVH, PV and HVM domains with QEMU", Errno.EOPNOTSUPP);
         if ((c.Type == DomainType.Pv) != header.Pv)
             throw new ControlException($"{label}: the stream is of an x86 {(header.Pv ? "PV" : "HVM-type")} domain, the configuration of a {DomainConfig.TypeName(c.Type)} one", Errno.EINVAL);
