@@ -29,6 +29,15 @@ public sealed partial class Host
         bool suspended = false, cooperative = HasPvDrivers(d), hvm = HasDeviceModel(d.Config);
         int checkpoint = 0;
         string? dmState = null;
+        var paused = new Stopwatch();
+        // Each checkpoint starts so: the guest suspended, then its device model stopped with its state saved.
+        void Stop()
+        {
+            Suspend(d);
+            suspended = true;
+            paused.Restart();
+            if (hvm) dmState = SaveDeviceModel(d);
+        }
         try
         {
             var info = XenSharp.Hypervisor.XenHypervisor.VersionInfo;
@@ -39,7 +48,6 @@ public sealed partial class Host
             var data = new BufferedStream(new DataFrames(frames), 1 << 20);
             SaveFileWriter.LiveStream live;
             long sent;
-            var paused = new Stopwatch();
             lock (d.MemoryUse)
             {
                 if (d.Destroyed) throw new ControlException($"domain {d.DomId} was destroyed");
@@ -49,13 +57,7 @@ public sealed partial class Host
             {
                 lock (d.MemoryUse)
                 {
-                    live.PreCopy(new LiveOptions(() =>
-                    {
-                        Suspend(d);
-                        suspended = true;
-                        paused.Restart();
-                        if (hvm) dmState = SaveDeviceModel(d);
-                    }, frames.Progress, () => d.Destroyed)
+                    live.PreCopy(new LiveOptions(Stop, frames.Progress, () => d.Destroyed)
                     {
                         Pages = PageProgress(frames, d),
                     });
@@ -79,10 +81,7 @@ public sealed partial class Host
                     if (checkpoint == 1)
                         _hv.ConsoleWrite($"d{d.DomId}: {d.Config.Name} protected by Remus: the backup holds its first checkpoint");
                     if (!WaitUnlessDestroyed(d, r.RemusIntervalMs)) break;
-                    Suspend(d);
-                    suspended = true;
-                    paused.Restart();
-                    if (hvm) dmState = SaveDeviceModel(d);
+                    Stop();
                     lock (d.MemoryUse)
                     {
                         if (d.Destroyed) break;
