@@ -13,13 +13,15 @@ internal sealed partial class X86Vcpu
 
     private sealed class StatCounters
     {
-        public long BackHops, BackUnlinked, BackStop, BackOther, Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles, JitExecs, JitExecs32;
+        public long ChainCalls, IndirectCalls, ChainNull, IndirectNull, BackHops, BackUnlinked, BackStop, BackOther, Chained, TlbFlushAll, TlbFlushNonGlobal, TlbFlushPage, JumpFlushSup, JumpFlushUser, RunCalls, Dispatches, Compiled, Interpreted, InterpretedInsns, Decodes, Lookups, LookupsUser, Revalidated, SuccessorHits, Events, Faults, Exits, Singles, JitExecs, JitExecs32;
         public readonly long[] ExitReasons = new long[32];
         public readonly Dictionary<ulong, long> InterpretedAt = new();
         public readonly Dictionary<ulong, long> SingleAt = new();
         public readonly Dictionary<ulong, long> BackOtherAt = new();
         public readonly Dictionary<ulong, long> PortAt = new();
         public readonly Dictionary<ulong, long> DispatchAt = new();
+        /// <summary>Instructions compiled code handed to the interpreter, by mnemonic.</summary>
+        public readonly Dictionary<ulong, long> JitExecOf = new();
         /// <summary>Indexed by the reason code the dump prints (1 failed, 2 queued, 3 invalid, 4 cold, 5 other).</summary>
         public readonly long[] NotCompiledWhy = new long[6];
         public long NextDump = Environment.TickCount64 + 5000;
@@ -39,10 +41,11 @@ internal sealed partial class X86Vcpu
     /// since the vCPU started: what a boot's firmware and boot loader still leave to the interpreter.</summary>
     private long _jitExecsTotal, _jitExecs32Total;
 
-    private void StatJitExec()
+    private void StatJitExec(ref DecodedInsn d)
     {
         var s = S;
         s.JitExecs++;
+        Bump(s.JitExecOf, (ulong)d.Op);
         _jitExecsTotal++;
         if (Bitness == 32) { s.JitExecs32++; _jitExecs32Total++; }
     }
@@ -103,7 +106,7 @@ internal sealed partial class X86Vcpu
         double secs = (cpuNs - s.LastCpuNs) / 1e9;
         var w = new System.Text.StringBuilder();
         w.Append($"vcpu{Id} {(now - s.LastTick) / 1000.0:F1}s wall, {secs:F2}s cpu, per cpu-second: retired {(_retired - s.LastRetired) / secs / 1e6:F1} M/s, runs {s.RunCalls / secs:F0}/s, dispatches {s.Dispatches / secs:F0}/s, " +
-            $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
+            $"compiled {s.Compiled / secs:F0}/s (+{s.Chained / secs:F0}/s chained: {(s.ChainCalls - s.ChainNull) / secs:F0}/s direct hops of {s.ChainCalls / secs:F0}/s asked, {(s.IndirectCalls - s.IndirectNull) / secs:F0}/s indirect of {s.IndirectCalls / secs:F0}/s asked, the rest within a method), interpreted {s.Interpreted / secs:F0}/s ({s.InterpretedInsns / secs:F0} insns/s, singles {s.Singles / secs:F0}/s), " +
             $"lookups {s.Lookups / secs:F0}/s (user {s.LookupsUser / secs:F0}/s, slot taken back {s.Revalidated / secs:F0}/s, successor shortcuts {s.SuccessorHits / secs:F0}/s), decodes {s.Decodes / secs:F0}/s, interpreter calls from compiled code {s.JitExecs / secs:F0}/s (32-bit {s.JitExecs32 / secs:F0}/s; since start {_jitExecsTotal}, 32-bit {_jitExecs32Total}), events {s.Events / secs:F0}/s, faults {s.Faults / secs:F0}/s, exits {s.Exits / secs:F0}/s\n  compiled code back in the run loop: hop budget {s.BackHops / secs:F0}/s, unlinked exit {s.BackUnlinked / secs:F0}/s, stop {s.BackStop / secs:F0}/s, other {s.BackOther / secs:F0}/s\n  flushes: tlb all {s.TlbFlushAll / secs:F0}/s, non-global {s.TlbFlushNonGlobal / secs:F0}/s, page {s.TlbFlushPage / secs:F0}/s; jump cache sup {s.JumpFlushSup / secs:F0}/s, user {s.JumpFlushUser / secs:F0}/s\n  exits:");
         for (int i = 0; i < 32; i++) if (s.ExitReasons[i] > 0) w.Append($" {(VcpuExitReason)i}={s.ExitReasons[i] / secs:F0}/s");
         w.Append("\n  ports (0x1xxxx writes):");
@@ -111,6 +114,8 @@ internal sealed partial class X86Vcpu
         w.Append("\n  not compiled (1 failed, 2 queued, 3 invalid, 4 cold, 5 other):");
         for (int why = 1; why < s.NotCompiledWhy.Length; why++)
             if (s.NotCompiledWhy[why] > 0) w.Append($" {why}={s.NotCompiledWhy[why] / secs:F0}/s");
+        w.Append("\n  handed to the interpreter by compiled code:");
+        foreach (var kv in s.JitExecOf.OrderByDescending(kv => kv.Value).Take(15)) w.Append($" {(Iced.Intel.Mnemonic)kv.Key}={kv.Value / secs:F0}/s");
         w.Append("\n  interpreted at:");
         foreach (var kv in s.InterpretedAt.OrderByDescending(kv => kv.Value).Take(25)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
         w.Append("\n  back in the run loop for other reasons, at:");

@@ -86,6 +86,13 @@ internal unsafe partial class X86Vcpu
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
     internal DecodedBlock? JitChain(DecodedBlock from, int slot)
     {
+        if (Stats) { var r = JitChainCore(from, slot); S.ChainCalls++; if (r == null) S.ChainNull++; return r; }
+        return JitChainCore(from, slot);
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private DecodedBlock? JitChainCore(DecodedBlock from, int slot)
+    {
         var next = from.Links[slot];
         if (next == null)
         {
@@ -107,8 +114,11 @@ internal unsafe partial class X86Vcpu
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
     internal DecodedBlock? JitIndirectChain()
     {
-        if (--_hops <= 0 || _exitRequested || Stop) return null;
-        return IndirectSuccessor();
+        if (Stats) S.IndirectCalls++;
+        if (--_hops <= 0 || _exitRequested || Stop) { if (Stats) S.IndirectNull++; return null; }
+        var next = IndirectSuccessor();
+        if (Stats && next == null) S.IndirectNull++;
+        return next;
     }
 
     /// <summary>All of <paramref name="next"/> lies within the CS limit, as the run loop checks before it runs a
@@ -263,7 +273,7 @@ internal unsafe partial class X86Vcpu
     /// <summary>One instruction through the interpreter (CurIp and Rip already set).</summary>
     internal void JitExec(ref DecodedInsn d)
     {
-        if (Stats) StatJitExec();
+        if (Stats) StatJitExec(ref d);
         try
         {
             if (d.Form != FastForm.None) ExecFast(ref d); else Execute(ref d);
