@@ -96,7 +96,7 @@ internal sealed partial class BlockTranslator
     private readonly int _used;
 
     private readonly LocalBuilder[] _gpr;
-    private readonly LocalBuilder _fl, _lin, _vpn, _entry, _val, _ta, _tb, _tr, _budget, _acArmed, _flat, _next, _self;
+    private readonly LocalBuilder _fl, _lin, _tlbBase, _entry, _val, _ta, _tb, _tr, _budget, _acArmed, _flat, _next, _self;
     /// <summary>The block has inline memory accesses (which test <see cref="_acArmed"/>).</summary>
     private readonly bool _accesses;
     /// <summary>32- and 16-bit blocks: the segments (1 &lt;&lt; ES..GS) of the inline accesses, whose flatness
@@ -150,7 +150,7 @@ internal sealed partial class BlockTranslator
         public readonly DynamicMethod Method;
         public readonly ILGenerator Il;
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
-        public readonly LocalBuilder Fl, Lin, Vpn, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, Code, Next, Self;
+        public readonly LocalBuilder Fl, Lin, TlbBase, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, Code, Next, Self;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
         /// <summary>Code that rarely runs (slow paths of memory accesses, leaving after a store into code), emitted
         /// after every body so that the code that runs stays contiguous: the .NET JIT lays blocks out in IL order.</summary>
@@ -170,7 +170,7 @@ internal sealed partial class BlockTranslator
             for (int g = 0; g < 16; g++) Gpr[g] = Il.DeclareLocal(typeof(ulong));
             Fl = Il.DeclareLocal(typeof(ulong));
             Lin = Il.DeclareLocal(typeof(ulong));
-            Vpn = Il.DeclareLocal(typeof(ulong));
+            TlbBase = Il.DeclareLocal(typeof(nint));
             Entry = Il.DeclareLocal(typeof(nint));
             Val = Il.DeclareLocal(typeof(ulong));
             Ta = Il.DeclareLocal(typeof(ulong));
@@ -231,7 +231,7 @@ internal sealed partial class BlockTranslator
                     _segsInline |= 1 << X86Vcpu.FlatStack;
             }
 
-        _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _vpn = f.Vpn; _entry = f.Entry; _val = f.Val;
+        _gpr = f.Gpr; _fl = f.Fl; _lin = f.Lin; _tlbBase = f.TlbBase; _entry = f.Entry; _val = f.Val;
         _ta = f.Ta; _tb = f.Tb; _tr = f.Tr; _budget = f.Budget; _acArmed = f.AcArmed; _flat = f.Flat; _next = f.Next; _self = f.Self;
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }

@@ -62,7 +62,9 @@ internal sealed partial class BlockTranslator
 
     /// <summary>Branches to <paramref name="slow"/> unless the TLB entry for _lin allows the
     /// access at tag offset <paramref name="tagOffset"/> within one page and no alignment check is armed;
-    /// leaves the entry pointer in _entry.</summary>
+    /// leaves the entry pointer in _entry. The entry is the slot of the access's first byte and its tag is compared
+    /// with the page of the last byte, so an access running into the next page misses (that page's number is never
+    /// the tag of the first page's slot) and one test covers both.</summary>
     private void EmitTlbProbe(int size, int tagOffset, Label slow)
     {
         if (!_is64)
@@ -70,32 +72,27 @@ internal sealed partial class BlockTranslator
             _il.Emit(OpCodes.Ldloc, _flat); LdcI4(1 << _linSeg); _il.Emit(OpCodes.And);
             _il.Emit(OpCodes.Brfalse, slow);
         }
-        _il.Emit(OpCodes.Ldloc, _lin); LdcI4(12); _il.Emit(OpCodes.Shr_Un); _il.Emit(OpCodes.Stloc, _vpn);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlb);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlbCtx);
-        _il.Emit(OpCodes.Ldloc, _vpn); _il.Emit(OpCodes.Conv_I4); LdcI4(X86Vcpu.TlbSize - 1); _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Add);
-        LdcI4(TlbEntrySize); _il.Emit(OpCodes.Mul);
-        _il.Emit(OpCodes.Conv_I);
+        // In native-width arithmetic throughout, so that no sign extension sits between the index and the add.
+        _il.Emit(OpCodes.Ldloc, _tlbBase);
+        _il.Emit(OpCodes.Ldloc, _lin); LdcI4(12); _il.Emit(OpCodes.Shr_Un);
+        LdcU8(X86Vcpu.TlbSize - 1); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Conv_U);
+        LdcI4(TlbEntrySize); _il.Emit(OpCodes.Conv_U); _il.Emit(OpCodes.Mul);
         _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Stloc, _entry);
         _il.Emit(OpCodes.Ldloc, _entry);
         if (tagOffset != 0) { LdcI4(tagOffset); _il.Emit(OpCodes.Add); }
         _il.Emit(OpCodes.Ldind_I8);
-        _il.Emit(OpCodes.Ldloc, _vpn);
+        _il.Emit(OpCodes.Ldloc, _lin);
+        if (size > 1) { LdcU8((ulong)size - 1); _il.Emit(OpCodes.Add); }
+        LdcI4(12); _il.Emit(OpCodes.Shr_Un);
         _il.Emit(OpCodes.Bne_Un, slow);
-        if (size > 1)
-        {
-            _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Conv_I4); LdcI4(0xFFF); _il.Emit(OpCodes.And);
-            LdcI4(4096 - size);
-            _il.Emit(OpCodes.Bgt, slow);
-        }
         _il.Emit(OpCodes.Ldloc, _acArmed); _il.Emit(OpCodes.Brtrue, slow);
     }
 
     /// <summary>Alignment checks are armed by CR0.AM at CPL 3 (Linux always sets AM) and EFLAGS.AC; no
     /// inline instruction changes either, so this is computed once on entry and again after each call
-    /// into the interpreter, and every access tests one local.</summary>
+    /// into the interpreter, and every access tests one local. So is the privilege level, which picks the soft
+    /// TLB's context: the context's first entry goes into _tlbBase at the same points.</summary>
     private void EmitAcArmed()
     {
         LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser);
@@ -103,13 +100,17 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.Cgt_Un);
         _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Stloc, _acArmed);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlb);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlbCtx); LdcI4(TlbEntrySize); _il.Emit(OpCodes.Mul); _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _tlbBase);
     }
 
     /// <summary>Pushes the host address for _lin from the probed entry.</summary>
     private void EmitHostAddress()
     {
         _il.Emit(OpCodes.Ldloc, _entry); LdcI4(TlbHostOffset); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Ldind_I);
-        _il.Emit(OpCodes.Ldloc, _lin); _il.Emit(OpCodes.Conv_I4); LdcI4(0xFFF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Ldloc, _lin); LdcU8(0xFFF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Conv_U);
         _il.Emit(OpCodes.Add);
     }
 

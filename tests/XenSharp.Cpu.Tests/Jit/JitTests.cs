@@ -591,6 +591,58 @@ public class JitTests
         Assert.True(m.Engine.CompiledBlocks >= 2);      // the block again after the write dropped it
     }
 
+    /// <summary>Loads and stores of 2, 4 and 8 bytes at each offset that runs from one linear page into the next,
+    /// where the next page maps a frame that does not follow the first: compiled code must take every one of them
+    /// through the slow path (the first page's host address would reach the wrong frame), and those within one page
+    /// through the fast path, as the interpreter does.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Accesses_running_into_the_next_page_reach_that_pages_frame()
+    {
+        const ulong first = 0x50000, second = 0x51000, secondFrame = 0x58000;
+        var (i, j, ri, rj) = RunBoth64(a =>
+        {
+            var loop = a.CreateLabel();
+            a.mov(ecx, 1);
+            a.xor(r12, r12);
+            a.mov(rbx, 0x0102030405060708UL);
+            a.Label(ref loop);
+            a.mov(rsi, second);
+            a.sub(rsi, rcx);
+            // Loads straddling the boundary by rcx bytes, mixed into r12.
+            a.mov(rax, __qword_ptr[rsi]); a.rol(r12, 7); a.xor(r12, rax);
+            a.mov(eax, __dword_ptr[rsi]); a.rol(r12, 7); a.xor(r12, rax);
+            a.movzx(eax, __word_ptr[rsi]); a.rol(r12, 7); a.xor(r12, rax);
+            // A store straddling it, read back from within the second page.
+            a.mov(__qword_ptr[rsi], rbx);
+            a.mov(rdx, __qword_ptr[second]); a.rol(r12, 7); a.xor(r12, rdx);
+            a.add(rbx, rcx);
+            a.mov(__dword_ptr[rsi], ebx);
+            a.mov(rdx, __qword_ptr[second]); a.rol(r12, 7); a.xor(r12, rdx);
+            a.mov(__word_ptr[rsi], bx);
+            a.mov(rdx, __qword_ptr[second]); a.rol(r12, 7); a.xor(r12, rdx);
+            a.inc(ecx);
+            a.cmp(ecx, 8);
+            a.jb(loop);
+            a.hlt();
+        }, setup: m =>
+        {
+            m.Mem.W64(TestMachine.Pt + (second >> 12) * 8, secondFrame | 7);
+            m.Mem.W64(first + 0xFF8, 0x1122334455667788UL);
+            for (ulong k = 0; k < 16; k++)
+            {
+                m.Mem.W64(second + k * 8, 0xDEADBEEFDEADBEEFUL);
+                m.Mem.W64(secondFrame + k * 8, 0x99AABBCCDDEEFF00UL + k);
+            }
+        }, afterJit: m =>
+        {
+            // The stores reached the frame the second page maps, not the one after the first page's.
+            Assert.NotEqual(0x99AABBCCDDEEFF00UL, m.Mem.R64(secondFrame));
+            Assert.Equal(0xDEADBEEFDEADBEEFUL, m.Mem.R64(second));
+        });
+        AssertSame(i, j);
+        Assert.Equal(ri, rj);
+    }
+
     [Fact, Trait("Feature", "x86 instruction emulation")]
     public void Memory_stack_and_calls_compile_like_the_interpreter()
     {
