@@ -373,6 +373,37 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Br, done);
     });
 
+    /// <summary>The slow path of an inline load or store, whose helper reads no general register and no arithmetic flag
+    /// (only the address, the segments and RFLAGS.AC, which no inline instruction changes): the state is written back
+    /// only when the helper caught a fault or exit, by a stub that the block's slow paths made in the same
+    /// compile-time state share. A TLB miss that succeeds then costs no stores, and each slow path carries no copy of
+    /// the write-back.</summary>
+    private void EmitAccessSlowPath(Label slow, Label done, Action call) => EmitCold(slow, () =>
+    {
+        call();
+        if (_dirty == 0 && !_flDirty && _pending.Count == 0) EmitAbortCheck();
+        else
+        {
+            var key = new System.Text.StringBuilder().Append(_dirty).Append(_flDirty ? '+' : '-');
+            foreach (var p in _pending) key.Append(':').Append((int)p.Kind).Append(',').Append(p.Size).Append(',').Append(p.Slot).Append(p.MaybeNone ? '?' : '.');
+            if (!_abortSyncs.TryGetValue(key.ToString(), out var stub))
+            {
+                stub = _il.DefineLabel();
+                _abortSyncs.Add(key.ToString(), stub);
+                EmitCold(stub, () =>
+                {
+                    SyncForSlowPath();
+                    _il.Emit(OpCodes.Br, _f.Abort);
+                });
+            }
+            LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, stub);
+        }
+        _il.Emit(OpCodes.Br, done);
+    });
+
+    /// <summary>The write-back stubs of <see cref="EmitAccessSlowPath"/>, by compile-time state.</summary>
+    private readonly Dictionary<string, Label> _abortSyncs = new();
+
     /// <summary>Emits <paramref name="emit"/> at <paramref name="entry"/> among the method's cold code (see
     /// <see cref="MethodFrame.Cold"/>), with the compile-time state as it is here: the registers newer than the
     /// vCPU's and the pending flag results. It ends by branching back to hot code itself, or by leaving.</summary>

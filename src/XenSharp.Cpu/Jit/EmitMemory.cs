@@ -133,7 +133,7 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(done);
         bool stack = _linStack;
         int seg = _linSeg;
-        EmitSlowPath(slow, done, () =>
+        EmitAccessSlowPath(slow, done, () =>
         {
             if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, stack ? MJitReadStack : MJitRead); }
             else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(seg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Call, MJitReadSeg); }
@@ -160,7 +160,7 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(done);
         bool stack = _linStack;
         int seg = _linSeg;
-        EmitSlowPath(slow, done, () =>
+        EmitAccessSlowPath(slow, done, () =>
         {
             if (_is64) { LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, stack ? MJitWriteStack : MJitWrite); }
             else { LdCpu(); LdBlock(); LdcI4(i); LdcI4(seg); _il.Emit(OpCodes.Ldloc, _lin); LdcI4(size); _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Call, MJitWriteSeg); }
