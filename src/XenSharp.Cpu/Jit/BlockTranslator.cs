@@ -162,6 +162,8 @@ internal sealed partial class BlockTranslator
         public readonly Label SamePageHop, ChainHop, IndirectHop;
         public bool SamePageHopUsed, ChainHopUsed, IndirectHopUsed;
         public readonly LocalBuilder Slot;
+        /// <summary>The RIP a linked exit leaves for, set before it branches to its block's write-back (<see cref="EmitExit"/>).</summary>
+        public readonly LocalBuilder ExitRip;
 
         public MethodFrame(ulong ip, int insns)
         {
@@ -188,6 +190,7 @@ internal sealed partial class BlockTranslator
             ChainHop = Il.DefineLabel();
             IndirectHop = Il.DefineLabel();
             Slot = Il.DeclareLocal(typeof(int));
+            ExitRip = Il.DeclareLocal(typeof(ulong));
             for (int k = 0; k < MaxPending; k++)
             {
                 Pa[k] = Il.DeclareLocal(typeof(ulong));
@@ -691,22 +694,51 @@ internal sealed partial class BlockTranslator
     /// a <paramref name="link"/> exit of a chainable block continues in the linked successor.</summary>
     private void EmitExit(ulong rip, int executed, bool link = false)
     {
-        if (link && _chainable) TryEmitWarmBranch(rip, executed);
+        if (link && _chainable)
+        {
+            TryEmitWarmBranch(rip, executed);
+            EmitLinkedExit(rip, executed);
+            return;
+        }
         SpillGprs();
         LdCpu(); LdcU8(rip); _il.Emit(OpCodes.Stfld, FRip);
         AddRetired(executed - _flushed);
         StoreFlagsAtExit();
-        if (!link || !_chainable)
-        {
-            _il.Emit(OpCodes.Ret);
-            return;
-        }
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>A linked exit: its link slot and RIP into locals, then the write-back and hop that the block's linked
+    /// exits made in the same compile-time state share (the two exits of a conditional branch always do), so that the
+    /// block carries one copy of it rather than one per exit.</summary>
+    private void EmitLinkedExit(ulong rip, int executed)
+    {
         int slot = _linkTargets.Count;
         _linkTargets.Add(rip);
         LdcI4(slot); _il.Emit(OpCodes.Stloc, _f.Slot);
-        if ((rip >> 12) == (_b.Ip >> 12) && _is64) { _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); }
-        else { _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); }
+        LdcU8(rip); _il.Emit(OpCodes.Stloc, _f.ExitRip);
+        int retire = executed - _flushed;
+        bool samePage = (rip >> 12) == (_b.Ip >> 12) && _is64;
+        var key = new System.Text.StringBuilder().Append(samePage ? 'p' : 'c').Append(retire).Append('/').Append(_dirty).Append(_flDirty ? '+' : '-');
+        foreach (var p in _pending) key.Append(':').Append((int)p.Kind).Append(',').Append(p.Size).Append(',').Append(p.Slot).Append(p.MaybeNone ? '?' : '.');
+        if (!_exitStubs.TryGetValue(key.ToString(), out var stub))
+        {
+            stub = _il.DefineLabel();
+            _exitStubs.Add(key.ToString(), stub);
+            EmitCold(stub, () =>
+            {
+                SpillGprs();
+                LdCpu(); _il.Emit(OpCodes.Ldloc, _f.ExitRip); _il.Emit(OpCodes.Stfld, FRip);
+                AddRetired(retire);
+                StoreFlagsAtExit();
+                if (samePage) { _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); }
+                else { _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); }
+            });
+        }
+        _il.Emit(OpCodes.Br, stub);
     }
+
+    /// <summary>The write-backs of <see cref="EmitLinkedExit"/>, by compile-time state.</summary>
+    private readonly Dictionary<string, Label> _exitStubs = new();
 
     /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
     /// chainable block continues in the compiled block the vCPU's jump cache holds for that RIP.</summary>
