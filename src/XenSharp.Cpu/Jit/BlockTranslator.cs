@@ -19,12 +19,10 @@ internal sealed partial class BlockTranslator
     private static readonly Type Cpu = typeof(X86Vcpu);
     private static readonly FieldInfo FR = Cpu.GetField(nameof(X86Vcpu.R), Inst)!;
     private static readonly FieldInfo FRip = Cpu.GetField(nameof(X86Vcpu.Rip), Inst)!;
-    private static readonly FieldInfo FCurIp = Cpu.GetField(nameof(X86Vcpu.CurIp), Inst)!;
     private static readonly FieldInfo FRflags = Cpu.GetField(nameof(X86Vcpu.Rflags), Inst)!;
     private static readonly FieldInfo FStop = Cpu.GetField(nameof(X86Vcpu.Stop), Inst)!;
     private static readonly FieldInfo FAbort = Cpu.GetField(nameof(X86Vcpu.Abort), Inst)!;
     private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
-    private static readonly FieldInfo FInsns = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Insns))!;
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
@@ -932,10 +930,7 @@ internal sealed partial class BlockTranslator
     /// block if it faulted or exited.</summary>
     private void EmitInterpret(ref DecodedInsn d, int i)
     {
-        LdCpu(); LdcU8(d.I.IP); _il.Emit(OpCodes.Stfld, FCurIp);
-        LdCpu(); LdcU8(d.I.NextIP); _il.Emit(OpCodes.Stfld, FRip);
-        LdCpu();
-        LdBlock(); _il.Emit(OpCodes.Ldfld, FInsns); LdcI4(i); _il.Emit(OpCodes.Ldelema, typeof(DecodedInsn));
+        LdCpu(); LdBlock(); LdcI4(i);
         _il.Emit(OpCodes.Call, MJitExec);
         EmitAbortCheck();
     }
@@ -943,8 +938,10 @@ internal sealed partial class BlockTranslator
     private void EmitFallback(ref DecodedInsn d, int i, bool last)
     {
         SpillGprs();
-        MaterializeFlags();
-        if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
+        // Through FlagMath.Apply rather than inline: beside a call into the interpreter the call costs little,
+        // and the inline computation is most of a fallback's code.
+        StoreFlagsToCpu();
+        _pending.Clear();
         AddRetired(i - _flushed);
         _flushed = i;
         EmitInterpret(ref d, i);

@@ -270,9 +270,11 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
-    /// <summary>One instruction through the interpreter (CurIp and Rip already set).</summary>
-    internal void JitExec(ref DecodedInsn d)
+    /// <summary>Instruction <paramref name="i"/> of <paramref name="b"/> through the interpreter.</summary>
+    internal void JitExec(DecodedBlock b, int i)
     {
+        JitAt(b, i);
+        ref DecodedInsn d = ref b.Insns[i];
         if (Stats) StatJitExec(ref d);
         try
         {
