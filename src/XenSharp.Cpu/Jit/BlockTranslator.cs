@@ -385,12 +385,11 @@ internal sealed partial class BlockTranslator
         if (_dirty == 0 && !_flDirty && _pending.Count == 0) EmitAbortCheck();
         else
         {
-            var key = new System.Text.StringBuilder().Append(_dirty).Append(_flDirty ? '+' : '-');
-            foreach (var p in _pending) key.Append(':').Append((int)p.Kind).Append(',').Append(p.Size).Append(',').Append(p.Slot).Append(p.MaybeNone ? '?' : '.');
-            if (!_abortSyncs.TryGetValue(key.ToString(), out var stub))
+            string key = StateKey("");
+            if (!_abortSyncs.TryGetValue(key, out var stub))
             {
                 stub = _il.DefineLabel();
-                _abortSyncs.Add(key.ToString(), stub);
+                _abortSyncs.Add(key, stub);
                 EmitCold(stub, () =>
                 {
                     SyncForSlowPath();
@@ -401,6 +400,15 @@ internal sealed partial class BlockTranslator
         }
         _il.Emit(OpCodes.Br, done);
     });
+
+    /// <summary>The compile-time state a write-back depends on (the registers and RFLAGS newer than the vCPU's, the
+    /// pending flag results and their slots), after <paramref name="prefix"/>: code emitted for equal keys is the same.</summary>
+    private string StateKey(string prefix)
+    {
+        var key = new System.Text.StringBuilder(prefix).Append(_dirty).Append(_flDirty ? '+' : '-');
+        foreach (var p in _pending) key.Append(':').Append((int)p.Kind).Append(',').Append(p.Size).Append(',').Append(p.Slot).Append(p.MaybeNone ? '?' : '.');
+        return key.ToString();
+    }
 
     /// <summary>The write-back stubs of <see cref="EmitAccessSlowPath"/>, by compile-time state.</summary>
     private readonly Dictionary<string, Label> _abortSyncs = new();
@@ -716,12 +724,11 @@ internal sealed partial class BlockTranslator
         LdcU8(rip); _il.Emit(OpCodes.Stloc, _f.ExitRip);
         int retire = executed - _flushed;
         bool samePage = (rip >> 12) == (_b.Ip >> 12) && _is64;
-        var key = new System.Text.StringBuilder().Append(samePage ? 'p' : 'c').Append(retire).Append('/').Append(_dirty).Append(_flDirty ? '+' : '-');
-        foreach (var p in _pending) key.Append(':').Append((int)p.Kind).Append(',').Append(p.Size).Append(',').Append(p.Slot).Append(p.MaybeNone ? '?' : '.');
-        if (!_exitStubs.TryGetValue(key.ToString(), out var stub))
+        string key = StateKey($"{(samePage ? 'p' : 'c')}{retire}/");
+        if (!_exitStubs.TryGetValue(key, out var stub))
         {
             stub = _il.DefineLabel();
-            _exitStubs.Add(key.ToString(), stub);
+            _exitStubs.Add(key, stub);
             EmitCold(stub, () =>
             {
                 SpillGprs();
