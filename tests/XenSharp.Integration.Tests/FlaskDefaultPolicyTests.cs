@@ -131,7 +131,8 @@ public sealed class FlaskDefaultPolicyTests : IClassFixture<FlaskDefaultPolicyTe
             TimeSpan.FromMinutes(3)), ConsoleLog("talk-a") + ConsoleLog("talk-b"));
         foreach (var (log, self, peer) in new[] { (ConsoleLog("talk-a"), a, b), (ConsoleLog("talk-b"), b, a) })
         {
-            Assert.True(log.Contains("failed=0"), log);
+            // Both logs: one guest's failure to find the channel is often the other's to offer it.
+            Assert.True(log.Contains("failed=0"), ConsoleLog("talk-a") + ConsoleLog("talk-b"));
             Assert.Contains("PASS peers.grant_copy", log);
             Assert.Contains("PASS peers.signalled", log);
             Assert.Contains($"# d{self} and d{peer} talked", log);
