@@ -328,7 +328,7 @@ internal sealed partial class BlockTranslator
             _dirty = _used;
             _flDirty = true;
         }
-        if (_accesses) EmitAcArmed();
+        if (_accesses) EmitAccessLocals();
         if (_segsInline != 0) EmitFlat();
         if (_selfLoop)
         {
@@ -385,17 +385,11 @@ internal sealed partial class BlockTranslator
         if (_dirty == 0 && !_flDirty && _pending.Count == 0) EmitAbortCheck();
         else
         {
-            string key = StateKey("");
-            if (!_abortSyncs.TryGetValue(key, out var stub))
+            var stub = SharedCold(StateKey("a"), () =>
             {
-                stub = _il.DefineLabel();
-                _abortSyncs.Add(key, stub);
-                EmitCold(stub, () =>
-                {
-                    SyncForSlowPath();
-                    _il.Emit(OpCodes.Br, _f.Abort);
-                });
-            }
+                SyncForSlowPath();
+                _il.Emit(OpCodes.Br, _f.Abort);
+            });
             LdCpu(); _il.Emit(OpCodes.Ldfld, FAbort); _il.Emit(OpCodes.Brtrue, stub);
         }
         _il.Emit(OpCodes.Br, done);
@@ -410,8 +404,21 @@ internal sealed partial class BlockTranslator
         return key.ToString();
     }
 
-    /// <summary>The write-back stubs of <see cref="EmitAccessSlowPath"/>, by compile-time state.</summary>
-    private readonly Dictionary<string, Label> _abortSyncs = new();
+    /// <summary>The entry of cold code that <paramref name="emit"/> makes for <paramref name="key"/>, emitted once per
+    /// block however many places branch to it (<see cref="StateKey"/> says when their code would be the same).</summary>
+    private Label SharedCold(string key, Action emit)
+    {
+        if (!_sharedCold.TryGetValue(key, out var entry))
+        {
+            entry = _il.DefineLabel();
+            _sharedCold.Add(key, entry);
+            EmitCold(entry, emit);
+        }
+        return entry;
+    }
+
+    /// <summary>The block's shared cold code (<see cref="SharedCold"/>): slow paths' write-backs, linked exits.</summary>
+    private readonly Dictionary<string, Label> _sharedCold = new();
 
     /// <summary>Emits <paramref name="emit"/> at <paramref name="entry"/> among the method's cold code (see
     /// <see cref="MethodFrame.Cold"/>), with the compile-time state as it is here: the registers newer than the
@@ -724,26 +731,17 @@ internal sealed partial class BlockTranslator
         LdcU8(rip); _il.Emit(OpCodes.Stloc, _f.ExitRip);
         int retire = executed - _flushed;
         bool samePage = (rip >> 12) == (_b.Ip >> 12) && _is64;
-        string key = StateKey($"{(samePage ? 'p' : 'c')}{retire}/");
-        if (!_exitStubs.TryGetValue(key, out var stub))
+        var stub = SharedCold(StateKey($"{(samePage ? 'p' : 'c')}{retire}/"), () =>
         {
-            stub = _il.DefineLabel();
-            _exitStubs.Add(key, stub);
-            EmitCold(stub, () =>
-            {
-                SpillGprs();
-                LdCpu(); _il.Emit(OpCodes.Ldloc, _f.ExitRip); _il.Emit(OpCodes.Stfld, FRip);
-                AddRetired(retire);
-                StoreFlagsAtExit();
-                if (samePage) { _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); }
-                else { _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); }
-            });
-        }
+            SpillGprs();
+            LdCpu(); _il.Emit(OpCodes.Ldloc, _f.ExitRip); _il.Emit(OpCodes.Stfld, FRip);
+            AddRetired(retire);
+            StoreFlagsAtExit();
+            if (samePage) { _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); }
+            else { _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); }
+        });
         _il.Emit(OpCodes.Br, stub);
     }
-
-    /// <summary>The write-backs of <see cref="EmitLinkedExit"/>, by compile-time state.</summary>
-    private readonly Dictionary<string, Label> _exitStubs = new();
 
     /// <summary>Leaves the block with RIP already stored in the vCPU (a RET, an indirect JMP or CALL); a
     /// chainable block continues in the compiled block the vCPU's jump cache holds for that RIP.</summary>
@@ -972,7 +970,7 @@ internal sealed partial class BlockTranslator
         }
         LoadUsedGprs();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
-        if (_accesses) EmitAcArmed();
+        if (_accesses) EmitAccessLocals();
         if (_segsInline != 0) EmitFlat();
         _dirty = 0;
         _flDirty = false;

@@ -93,7 +93,7 @@ internal sealed partial class BlockTranslator
     /// inline instruction changes either, so this is computed once on entry and again after each call
     /// into the interpreter, and every access tests one local. So is the privilege level, which picks the soft
     /// TLB's context: the context's first entry goes into _tlbBase at the same points.</summary>
-    private void EmitAcArmed()
+    private void EmitAccessLocals()
     {
         LdCpu(); _il.Emit(OpCodes.Ldfld, FAcUser);
         _il.Emit(OpCodes.Ldloc, _fl); LdcI4((int)X86Vcpu.AC); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.And);
