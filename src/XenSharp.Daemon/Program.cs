@@ -7,13 +7,13 @@ using XenSharp.Toolstack.Lifecycle;
 using XenSharp.Toolstack.Platform;
 
 // xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N] [--xenstore-max-clients N]
-//           [--xenconsoled internal|external]:
+//           [--xenconsoled internal|external] [--kernel-cache DIR|off]:
 // the host process holding the hypervisor, xenstored, the console daemon and the toolstack, driven
 // by xl over $RUNDIR/xl.sock. SIGTERM, SIGINT or `xl daemon-stop` stop it: every domain is destroyed
 // and its sockets and pid file removed. SIGHUP reopens the console logs, as xenconsoled does.
 const string Usage = """
     usage: xensharpd [--rundir DIR] [--machine-memory SIZE] [--console-log-size BYTES] [--console-log-files N]
-                     [--xenstore-max-clients N] [--xenconsoled internal|external]
+                     [--xenstore-max-clients N] [--xenconsoled internal|external] [--kernel-cache DIR|off]
       --rundir DIR               sockets, logs and console logs (default $XENSHARP_RUNDIR or /run/xensharp)
       --machine-memory SIZE      memory the hypervisor gives guests, `xl info` total_memory: MiB, or with a
                                  K/M/G/T suffix (default $XENSHARP_MACHINE_MEMORY, else the host's RAM less
@@ -24,9 +24,13 @@ const string Usage = """
       --xenconsoled MODE         who serves the consoles of domains Domain-0's toolstack (Debian's xl under
                                  ./dom0) builds: internal, the daemon, or external, Xen's own xenconsoled run
                                  under ./dom0 (default $XENSHARP_XENCONSOLED, else internal)
+      --kernel-cache DIR|off     where kernels unpacked from a bzImage or a compressed ELF are kept for the next
+                                 build of the same kernel, at most 512 MiB, or off (default $XENSHARP_KERNEL_CACHE,
+                                 else /var/cache/xensharp/kernels for /run/xensharp, else ~/.cache/xensharp/kernels)
     SIGHUP reopens the console logs (after an external logrotate).
     """;
 string? runDir = null, machineMemory = null;
+string? kernelCache = Environment.GetEnvironmentVariable(XenSharp.Toolstack.Builder.UnpackedKernelCache.EnvironmentVariable);
 string xenconsoled = Environment.GetEnvironmentVariable("XENSHARP_XENCONSOLED") is { Length: > 0 } xc ? xc : "internal";
 long logSize = ConsoleLogLimits.Default.MaxBytes;
 int logFiles = ConsoleLogLimits.Default.Files;
@@ -40,7 +44,7 @@ for (int i = 0; i < args.Length; i++)
         Console.WriteLine(Usage);
         return 0;
     }
-    if (a is not ("--rundir" or "--machine-memory" or "--console-log-size" or "--console-log-files" or "--xenstore-max-clients" or "--xenconsoled"))
+    if (a is not ("--rundir" or "--machine-memory" or "--console-log-size" or "--console-log-files" or "--xenstore-max-clients" or "--xenconsoled" or "--kernel-cache"))
     {
         Console.Error.WriteLine($"xensharpd: unknown argument {a}");
         return 2;
@@ -59,6 +63,7 @@ for (int i = 0; i < args.Length; i++)
         case "--console-log-size": ok = Options.TryParseSize(value, 0, out logSize) && logSize > 0; break;
         case "--console-log-files": ok = int.TryParse(value, out logFiles) && logFiles >= 0; break;
         case "--xenconsoled": xenconsoled = value; break;
+        case "--kernel-cache": kernelCache = value; break;
         default:
             ok = int.TryParse(value, out int clients) && clients > 0;
             if (ok) quotas.MaxSocketClients = clients;
@@ -83,14 +88,16 @@ if (xenconsoled is not ("internal" or "external"))
     return 2;
 }
 var paths = new RunPaths(runDir);
-return Daemon.Run(paths, machineBytes, new ConsoleLogLimits(logSize, logFiles), quotas, externalXenconsoled: xenconsoled == "external");
+var unpackedKernels = XenSharp.Toolstack.Builder.UnpackedKernelCache.For(kernelCache, paths.IsSystem);
+return Daemon.Run(paths, machineBytes, new ConsoleLogLimits(logSize, logFiles), quotas, externalXenconsoled: xenconsoled == "external",
+    unpackedKernels);
 
 namespace XenSharp.Daemon
 {
     internal static class Daemon
     {
         public static int Run(RunPaths paths, ulong machineMemoryBytes, ConsoleLogLimits consoleLogs, XenStoreQuotas quotas,
-            bool externalXenconsoled)
+            bool externalXenconsoled, XenSharp.Toolstack.Builder.UnpackedKernelCache? unpackedKernels)
         {
             Directory.CreateDirectory(paths.RunDir);
             Directory.CreateDirectory(paths.ConsoleLogDir);
@@ -127,7 +134,7 @@ namespace XenSharp.Daemon
                     FlaskPolicy = flask == XenSharp.Hypervisor.Xsm.FlaskMode.Disabled ? null : XenSharp.Hypervisor.Xsm.DefaultPolicy.Binary,
                 });
             using var hv = new XenHypervisorPlatform(xen);
-            using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs) { ExternalXenconsoled = externalXenconsoled };
+            using var host = new Host(hv, xs, paths, consoleLogs: consoleLogs) { ExternalXenconsoled = externalXenconsoled, KernelCache = unpackedKernels };
             host.StopRequested += stop.Set;
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Set(); });
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Set(); });

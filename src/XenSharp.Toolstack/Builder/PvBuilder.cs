@@ -6,7 +6,11 @@ using XenSharp.Toolstack.Platform;
 namespace XenSharp.Toolstack.Builder;
 
 /// <summary>What the PV builder needs to know about the domain.</summary>
-public sealed record PvBuildSpec(byte[] Kernel, string KernelName, byte[]? Ramdisk, string Cmdline, ulong MemoryBytes);
+public sealed record PvBuildSpec(byte[] Kernel, string KernelName, byte[]? Ramdisk, string Cmdline, ulong MemoryBytes)
+{
+    /// <summary>Where a packed kernel's unpacked ELF is looked for and kept; none unpacks it every time.</summary>
+    public UnpackedKernelCache? KernelCache { get; init; }
+}
 
 /// <summary>The built PV domain: where things are in its PFN and virtual spaces, and the boot vCPU's state.</summary>
 public sealed record PvBuildResult(
@@ -44,7 +48,7 @@ public static class PvBuilder
 
     public static PvBuildResult Build(PvBuildSpec spec, IGuestPhysicalMemory mem, IPvBuildTarget pv)
     {
-        var elf = PvhBuilder.LoadKernel(spec.Kernel, spec.KernelName);
+        var elf = PvhBuilder.LoadKernel(spec.Kernel, spec.KernelName, spec.KernelCache);
         if (!elf.Is64)
             return PvCompatBuilder.Build(spec, elf, mem, pv);
         var layout = new PvKernelLayout(spec, elf, mem, pv, wordBytes: 8);

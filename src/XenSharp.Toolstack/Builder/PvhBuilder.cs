@@ -25,6 +25,9 @@ public sealed record PvhBuildSpec(
     /// <summary>The start info's modules, in order, instead of <see cref="Ramdisk"/> as the only one (a PV shim's
     /// guest kernel with its command line, then its ramdisk).</summary>
     public IReadOnlyList<PvhModule>? Modules { get; init; }
+
+    /// <summary>Where a packed kernel's unpacked ELF is looked for and kept; none unpacks it every time.</summary>
+    public UnpackedKernelCache? KernelCache { get; init; }
 }
 
 /// <summary>One hvm_modlist_entry: the bytes loaded, and their command line if any.</summary>
@@ -54,17 +57,21 @@ public sealed record PvhBuildResult(
 /// </summary>
 public static class PvhBuilder
 {
-    /// <summary>Turns a kernel file into its ELF: as is, out of a bzImage's payload, or decompressed.</summary>
-    public static ElfImage LoadKernel(byte[] file, string name)
+    /// <summary>Turns a kernel file into its ELF: as is, out of a bzImage's payload, or decompressed; a packed one
+    /// through <paramref name="cache"/> when given.</summary>
+    public static ElfImage LoadKernel(byte[] file, string name, UnpackedKernelCache? cache = null)
     {
         byte[] elf = file;
+        Func<byte[]>? unpack = null;
         if (BzImage.IsBzImage(file))
         {
             var bz = BzImage.Parse(file, name);
-            elf = PayloadDecompressor.Decompress(bz.Payload(file).ToArray(), name, sizeAppended: true);
+            unpack = () => PayloadDecompressor.Decompress(bz.Payload(file).ToArray(), name, sizeAppended: true);
         }
         else if (!ElfImage.IsElf(file) && PayloadDecompressor.Detect(file) != PayloadFormat.None)
-            elf = PayloadDecompressor.Decompress(file, name);
+            unpack = () => PayloadDecompressor.Decompress(file, name);
+        if (unpack is not null)
+            elf = cache is null ? unpack() : cache.GetOrUnpack(file, unpack);
         if (!ElfImage.IsElf(elf))
             throw new DomainBuildException($"{name}: not an ELF kernel, a bzImage or a compressed ELF");
         return ElfImage.Parse(elf, name);
@@ -72,7 +79,7 @@ public static class PvhBuilder
 
     public static PvhBuildResult Build(PvhBuildSpec spec, IGuestPhysicalMemory mem)
     {
-        var elf = LoadKernel(spec.Kernel, spec.KernelName);
+        var elf = LoadKernel(spec.Kernel, spec.KernelName, spec.KernelCache);
         uint entry = elf.Phys32Entry
             ?? throw new DomainBuildException($"{spec.KernelName}: no XEN_ELFNOTE_PHYS32_ENTRY note: the kernel cannot boot as PVH");
         if (elf.Segments.Count == 0) throw new DomainBuildException($"{spec.KernelName}: no loadable segments");

@@ -53,6 +53,10 @@ public sealed partial class Host : IDisposable
     /// enough that a stale domid soon names nothing, as in Xen.</summary>
     public static readonly TimeSpan RetiredDomIdKept = TimeSpan.FromSeconds(30);
 
+    /// <summary>Where packed kernels' unpacked ELFs are kept between builds (the daemon's --kernel-cache); none
+    /// unpacks every build's kernel.</summary>
+    public UnpackedKernelCache? KernelCache { get; init; }
+
     public Host(IHypervisor hv, XenStored xs, RunPaths paths, TimeProvider? time = null, ConsoleLogLimits? consoleLogs = null)
     {
         _hv = hv;
@@ -230,7 +234,7 @@ public sealed partial class Host : IDisposable
             }
 
             var spec = new PvhBuildSpec(kernel, image, ramdisk, c.Cmdline, (ulong)c.TargetMemKb * 1024,
-                c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024);
+                c.Vcpus, c.MaxVcpus, (ulong)c.MaxMemKb * 1024) { KernelCache = KernelCache };
             if (c.PvShim)
             {
                 // As libxl's pvshim: the shim is the PVH domain's kernel, with its own command line; the PV kernel
@@ -277,7 +281,7 @@ public sealed partial class Host : IDisposable
         var c = dom.Config;
         var hvd = dom.Hv;
         var pv = hvd.Pv ?? throw new ControlException("the hypervisor did not make a PV domain");
-        var built = PvBuilder.Build(new PvBuildSpec(kernel, image, ramdisk, cmdline, (ulong)c.TargetMemKb * 1024), hvd.Memory, pv);
+        var built = PvBuilder.Build(new PvBuildSpec(kernel, image, ramdisk, cmdline, (ulong)c.TargetMemKb * 1024) { KernelCache = KernelCache }, hvd.Memory, pv);
         hvd.SetVcpuContext(0, built.Registers, built.SpecialRegisters);
         hvd.SetMemoryMap([(0, (ulong)c.TargetMemKb * 1024, 1)]);
         hvd.SetOnlineVcpus(c.Vcpus);
