@@ -216,6 +216,41 @@ public sealed unsafe partial class FrameTableTests : IDisposable
     }
 
     [Fact]
+    public void FramesFreedTogetherGoBackTogetherZeroedAndTheHostHasTheirMemory()
+    {
+        // Most of one extent and a scattered part of another: runs of pages, single pages and a whole extent.
+        int n = _frames.ExtentFrames + _frames.ExtentFrames / 2;
+        var frames = new List<uint>();
+        for (int i = 0; i < n; i++)
+        {
+            uint m = Alloc(5);
+            Fill(_frames.PageAddress(m), 0xA5);
+            frames.Add(m);
+        }
+        long before = _frames.BackedBytes(5);
+        var freed = frames.Where((m, i) => i < _frames.ExtentFrames || i % 3 != 0).ToList();
+        var kept = frames.Except(freed).ToList();
+        using (_frames.DeferReclaim())
+        {
+            foreach (uint m in freed)
+                _frames.Free(m);
+            // Held back until the scope ends: nothing is released, so nothing can be handed out unscrubbed.
+            Assert.Equal(freed.Count, _frames.QuarantinedFrames);
+        }
+        Assert.Equal(0, _frames.QuarantinedFrames);
+        long after = _frames.BackedBytes(5);
+        Assert.True(before - after >= (long)freed.Count * FrameTable.PageSize, $"{before} -> {after} bytes after freeing {freed.Count} frames");
+        foreach (uint m in kept)
+            Assert.Equal(0xA5, _frames.PageAddress(m)[100]);
+        // Taken again by the same domain: every reused frame reads zero.
+        var again = new List<uint>();
+        for (int i = 0; i < freed.Count; i++)
+            again.Add(Alloc(5));
+        Assert.NotEmpty(again.Intersect(freed));
+        Assert.All(again, m => Assert.True(AllZero(_frames.PageAddress(m)), $"frame {m} kept its old contents"));
+    }
+
+    [Fact]
     public void WhenOnlyQuarantinedFramesAreLeftTheAllocatorWaitsForTheFlushesItNeeds()
     {
         using var small = new FrameTable(2UL << 20);

@@ -275,15 +275,18 @@ internal sealed unsafe class Domain
             Arch.Teardown();
             Pv?.Teardown();
             P2m.DisableLogDirty();
-            foreach (var (gfn, _, _) in P2m.Entries().ToList())
-                ReleaseOld(P2m.Remove(gfn));
-            Pod.Teardown();
-            foreach (uint mfn in _unplaced)
-                Host.Frames.Free(mfn);
-            UnchargePages(_unplaced.Count);
-            _unplaced.Clear();
-            if (!IsHost)
-                Host.Frames.Free(SharedInfoMfn);
+            using (Host.Frames.DeferReclaim())
+            {
+                foreach (var (gfn, _, _) in P2m.Entries().ToList())
+                    ReleaseOld(P2m.Remove(gfn));
+                Pod.Teardown();
+                foreach (uint mfn in _unplaced)
+                    Host.Frames.Free(mfn);
+                UnchargePages(_unplaced.Count);
+                _unplaced.Clear();
+                if (!IsHost)
+                    Host.Frames.Free(SharedInfoMfn);
+            }
             // A domain created later with this domid gets a memfd of its own: mappings of this one never show it.
             Host.Frames.CloseOwner(DomainId);
             Engine?.Dispose();

@@ -387,7 +387,31 @@ internal sealed unsafe partial class FrameTable : IDisposable
         // or past it cannot find the frame again.
         _quarantine.Enqueue((mfn, Interlocked.Increment(ref _clock)));
         _quarantined++;
-        ReclaimLocked();
+        if (_deferReclaim == 0)
+            ReclaimLocked();
+    }
+
+    private int _deferReclaim;
+
+    /// <summary>Until disposed, frames freed wait in quarantine and are released together at the end: a domain's
+    /// teardown then returns whole extents to the host at once, rather than most of its pages one system call each.</summary>
+    public IDisposable DeferReclaim()
+    {
+        lock (_lock) _deferReclaim++;
+        return new ReclaimScope(this);
+    }
+
+    private sealed class ReclaimScope(FrameTable table) : IDisposable
+    {
+        private int _disposed;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            lock (table._lock)
+                if (--table._deferReclaim == 0)
+                    table.ReclaimLocked();
+        }
     }
 
     /// <summary>Releases the quarantined frames no running vCPU can reach any more; kicks the running vCPUs
@@ -414,6 +438,7 @@ internal sealed unsafe partial class FrameTable : IDisposable
             ReleaseFrame(q.Mfn);
             released++;
         }
+        PunchReleased();
         if (_quarantine.TryPeek(out var oldest))
             foreach (var c in _caches)
                 if (Volatile.Read(ref c.Running) != 0 && Volatile.Read(ref c.FlushedAt) < oldest.Stamp && c.KickedFor < oldest.Stamp)
@@ -436,12 +461,43 @@ internal sealed unsafe partial class FrameTable : IDisposable
             ReturnExtent(e);
             return;
         }
-        // The hole reads as zero to every mapping, this one included, and the host has the memory back.
-        HostMemory.PunchHole(o.Fd, FileOffset(in x, mfn), PageSize);
+        // Punched before the lock is let go (PunchReleased), so before anyone can allocate the frame again.
+        _punch.Add((o, e, FileOffset(in x, mfn)));
         Page(mfn).NextFree = x.FreeHead;
         x.FreeHead = mfn + 1;
         if (x.PartialIndex < 0)
             AddPartial(o, e, ref x);
+    }
+
+    /// <summary>Frames released from extents still in use, whose pages the memfd still holds.</summary>
+    private readonly List<(Owner Owner, int Extent, long Offset)> _punch = new();
+
+    /// <summary>Punches out the pages of the frames just released: each hole reads as zero to every mapping and gives
+    /// the host the memory back. Adjacent pages go in one call; an extent emptied meanwhile was punched whole.</summary>
+    private void PunchReleased()
+    {
+        if (_punch.Count == 0)
+            return;
+        if (_punch.Count > 1)
+            _punch.Sort((a, b) => a.Owner.DomainId != b.Owner.DomainId ? a.Owner.DomainId.CompareTo(b.Owner.DomainId) : a.Offset.CompareTo(b.Offset));
+        Owner? runOwner = null;
+        long runStart = 0, runEnd = 0;
+        foreach (var (o, e, offset) in _punch)
+        {
+            if (_extents[e].Owner != o)
+                continue;
+            if (o == runOwner && offset == runEnd)
+            {
+                runEnd += PageSize;
+                continue;
+            }
+            if (runOwner is not null)
+                HostMemory.PunchHole(runOwner.Fd, runStart, runEnd - runStart);
+            (runOwner, runStart, runEnd) = (o, offset, offset + PageSize);
+        }
+        if (runOwner is not null)
+            HostMemory.PunchHole(runOwner.Fd, runStart, runEnd - runStart);
+        _punch.Clear();
     }
 
     /// <summary>An extent with no frame in use: its slot of the memfd is emptied and its range goes back to the pool.</summary>
