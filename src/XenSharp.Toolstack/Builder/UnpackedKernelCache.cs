@@ -56,14 +56,20 @@ public sealed class UnpackedKernelCache(string directory, long maxBytes = Unpack
                 File.Delete(path);
                 return null;
             }
-            // Its time is when it was last used, for the eviction.
-            File.SetLastWriteTimeUtc(path, DateTime.UtcNow);
+            Touch(path);
             return entry[HashBytes..];
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return null;
         }
+    }
+
+    /// <summary>An entry's time is when it was last used, for the eviction; a cache only readable here is still used.</summary>
+    private static void Touch(string path)
+    {
+        try { File.SetLastWriteTimeUtc(path, DateTime.UtcNow); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
     }
 
     private void TryKeep(string path, byte[] unpacked)
