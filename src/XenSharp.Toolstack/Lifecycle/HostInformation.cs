@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using XenSharp.Toolstack.Config;
 using XenSharp.Toolstack.Control;
+using XenSharp.Toolstack.Platform;
 
 namespace XenSharp.Toolstack.Lifecycle;
 
@@ -13,7 +14,9 @@ public sealed partial class Host
         var all = new List<DomainInfo> { Dom0Info(r.Long) };
         List<Domain> doms;
         lock (_lock) doms = [.. _domains.Values.Where(x => x.Ready).OrderBy(x => x.DomId)];
-        all.AddRange(doms.Select(d => GuestInfo(d, r.Long)));
+        // A domain destroyed by another toolstack (Debian's xl) is gone from the hypervisor before this one hears of
+        // it: xl list no longer shows it, as getdomaininfo no longer finds it in Xen.
+        all.AddRange(doms.Select(d => (d, s: d.Hv.State)).Where(x => !x.s.Gone).Select(x => GuestInfo(x.d, x.s, r.Long)));
         if (r.Domains.Count == 0) return all;
         var picked = new List<DomainInfo>();
         foreach (var want in r.Domains)
@@ -47,9 +50,8 @@ public sealed partial class Host
         };
     }
 
-    private DomainInfo GuestInfo(Domain d, bool details)
+    private DomainInfo GuestInfo(Domain d, DomainRunInfo s, bool details)
     {
-        var s = d.Hv.State;
         return new DomainInfo
         {
             DomId = d.DomId, Name = d.Config.Name, Uuid = d.Config.Uuid, Type = DomainConfig.TypeName(d.Config.Type),

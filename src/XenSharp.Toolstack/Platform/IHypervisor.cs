@@ -19,9 +19,10 @@ public sealed record DomainCreateInfo(DomainKind Kind, Guid Uuid, int MaxVcpus, 
 /// <summary>A domain the toolstack did not create, as the hypervisor knows it.</summary>
 public sealed record ForeignDomain(IHypervisorDomain Domain, Guid Uuid, int MaxVcpus, DomainKind Kind);
 
+/// <remarks><paramref name="Gone"/>: the hypervisor no longer has the domain (destroyed, the toolstack not told yet).</remarks>
 public readonly record struct DomainRunInfo(
     bool Running, bool Blocked, bool Paused, bool Shutdown, ShutdownReason Reason, bool Dying,
-    ulong CpuTimeNs, int OnlineVcpus, long CurrentMemKb);
+    ulong CpuTimeNs, int OnlineVcpus, long CurrentMemKb, bool Gone = false);
 
 /// <summary>A vCPU's state; Hard/Soft are its affinities when the hypervisor keeps them.</summary>
 public readonly record struct VcpuRunState(int Vcpu, bool Online, bool Running, bool Blocked, int Cpu, ulong CpuTimeNs,

@@ -258,7 +258,7 @@ public sealed class XenHypervisorPlatform : IHypervisor, IScheduling
             {
                 DomctlDomainInfo i;
                 try { i = hv.GetDomainInfo(domId); }
-                catch (HypervisorException) { return new DomainRunInfo(false, false, false, false, 0, true, 0, 0, 0); }
+                catch (HypervisorException) { return new DomainRunInfo(false, false, false, false, 0, true, 0, 0, 0, Gone: true); }
                 return new DomainRunInfo(
                     Running: i.IsRunningNow,
                     // As Xen's getdomaininfo: every online vCPU blocked, whether or not the domain is also paused.

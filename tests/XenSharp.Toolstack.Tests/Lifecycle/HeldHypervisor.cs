@@ -79,6 +79,9 @@ internal sealed class HeldHypervisor : IHypervisor
     /// <summary>A domain made by <see cref="CreateDomain"/>, for tests that set what its guest would.</summary>
     public IHypervisorDomain Domain(uint domId) { lock (_lock) return _domains[domId]; }
 
+    /// <summary>Destroys the domain as another toolstack would, without telling this one.</summary>
+    public void Vanish(uint domId) { lock (_lock) _domains[domId].Vanish(); }
+
     public string ReadConsole(bool clear)
     {
         lock (_lock)
@@ -196,6 +199,11 @@ internal sealed class HeldHypervisor : IHypervisor
         private ShutdownReason _reason;
         private int _online = 1;
         private bool _disposed;
+        private bool _gone;
+
+        /// <summary>The domain is destroyed behind the toolstack's back (another toolstack's destroydomain), which is
+        /// told only later.</summary>
+        public void Vanish() { lock (_lock) _gone = true; }
 
         public uint DomId { get; } = domId;
         public DomainCreateInfo Info { get; } = info;
@@ -251,7 +259,8 @@ internal sealed class HeldHypervisor : IHypervisor
             get
             {
                 lock (_lock)
-                    return new DomainRunInfo(false, false, _paused, _shutdown, _reason, _disposed, 0, _online,
+                    return _gone ? new DomainRunInfo(false, false, false, false, 0, true, 0, 0, 0, Gone: true)
+                        : new DomainRunInfo(false, false, _paused, _shutdown, _reason, _disposed, 0, _online,
                         (long)_memory.PopulatedFrames * 4);
             }
         }

@@ -47,6 +47,16 @@ public sealed class HostTests : IDisposable
     }
 
     [Fact]
+    public void ADomainTheHypervisorNoLongerHasIsNotListed()
+    {
+        var web = Create("web");
+        Create("db");
+        // Destroyed by Debian's xl: gone from the hypervisor before the destruction's notice reaches the toolstack.
+        _hv.Vanish(web.DomId);
+        Assert.Equal(["Domain-0", "db"], List().Select(d => d.Name));
+    }
+
+    [Fact]
     public void CreateWritesLibxlsXenstoreNodesAndDestroyRemovesThem()
     {
         var c = Create("web");
