@@ -105,7 +105,10 @@ internal sealed class BackendSysfs : IDisposable
 
     public void Dispose()
     {
-        _timer.Dispose();
+        // A refresh under way would write the directory again after it is removed: wait it out.
+        using (var stopped = new ManualResetEvent(false))
+            if (_timer.Dispose(stopped))
+                stopped.WaitOne();
         try { Directory.Delete(Path.GetDirectoryName(_devices)!, recursive: true); } catch (IOException) { }
     }
 }
