@@ -20,7 +20,7 @@ internal sealed partial class X86Vcpu
         public readonly Dictionary<ulong, long> BackOtherAt = new();
         public readonly Dictionary<ulong, long> PortAt = new();
         public readonly Dictionary<ulong, long> DispatchAt = new();
-        /// <summary>Instructions compiled code handed to the interpreter, by mnemonic.</summary>
+        /// <summary>Instructions compiled code handed to the interpreter, by instruction form (Iced's Code).</summary>
         public readonly Dictionary<ulong, long> JitExecOf = new();
         /// <summary>Indexed by the reason code the dump prints (1 failed, 2 queued, 3 invalid, 4 cold, 5 other).</summary>
         public readonly long[] NotCompiledWhy = new long[6];
@@ -45,7 +45,7 @@ internal sealed partial class X86Vcpu
     {
         var s = S;
         s.JitExecs++;
-        Bump(s.JitExecOf, (ulong)d.Op);
+        Bump(s.JitExecOf, (ulong)d.I.Code);
         _jitExecsTotal++;
         if (Bitness == 32) { s.JitExecs32++; _jitExecs32Total++; }
     }
@@ -115,7 +115,7 @@ internal sealed partial class X86Vcpu
         for (int why = 1; why < s.NotCompiledWhy.Length; why++)
             if (s.NotCompiledWhy[why] > 0) w.Append($" {why}={s.NotCompiledWhy[why] / secs:F0}/s");
         w.Append("\n  handed to the interpreter by compiled code:");
-        foreach (var kv in s.JitExecOf.OrderByDescending(kv => kv.Value).Take(15)) w.Append($" {(Iced.Intel.Mnemonic)kv.Key}={kv.Value / secs:F0}/s");
+        foreach (var kv in s.JitExecOf.OrderByDescending(kv => kv.Value).Take(30)) w.Append($" {(Iced.Intel.Code)kv.Key}={kv.Value / secs:F0}/s");
         w.Append("\n  interpreted at:");
         foreach (var kv in s.InterpretedAt.OrderByDescending(kv => kv.Value).Take(25)) w.Append($" {kv.Key:x}={kv.Value / secs:F0}");
         w.Append("\n  back in the run loop for other reasons, at:");
