@@ -36,6 +36,7 @@ internal sealed partial class BlockTranslator
     private bool EmitInline(ref DecodedInsn d, int i)
     {
         var op = d.Op;
+        if (s_sse.ContainsKey(d.I.Code)) { EmitSse(ref d, i); return false; }
         if (IsAlu(op)) { EmitAlu(ref d, i); return false; }
         if (IsShift(op)) { EmitShift(ref d, i); return false; }
         if (d.I.IsJccShortOrNear) { EmitJcc(ref d, i); return true; }

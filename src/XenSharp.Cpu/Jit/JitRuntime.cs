@@ -270,10 +270,15 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
+    /// <summary>Instructions compiled code has handed to the interpreter since the vCPU started: what the block
+    /// compiler leaves undone.</summary>
+    internal ulong JitExecs;
+
     /// <summary>Instruction <paramref name="i"/> of <paramref name="b"/> through the interpreter.</summary>
     internal void JitExec(DecodedBlock b, int i)
     {
         JitAt(b, i);
+        JitExecs++;
         ref DecodedInsn d = ref b.Insns[i];
         if (Stats) StatJitExec(ref d);
         try

@@ -88,6 +88,11 @@ internal sealed partial class BlockTranslator
         bool m0 = n > 0 && IsMem(i, 0), m1 = n > 1 && IsMem(i, 1);
         bool i1 = n > 1 && IsImm(i, 1);
         var op = d.Op;
+        if (SupportedSse(ref d, memOk))
+        {
+            touchesMemory = true;
+            return true;
+        }
         if (IsAlu(d.Op))
         {
             if (n != 2) return false;
