@@ -179,6 +179,24 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Jmp:
                 touchesMemory = m0;
                 return i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64 || (_is64 && (g0 || (m0 && memOk)) && d.OpSize == 8);
+            case Mnemonic.Bsf:
+            case Mnemonic.Bsr:
+            case Mnemonic.Tzcnt:
+            case Mnemonic.Lzcnt:
+            case Mnemonic.Popcnt:
+                // BSF and BSR with a zero source keep every flag but ZF; TZCNT and LZCNT keep all but CF and ZF.
+                touchesMemory = m1;
+                kills = op switch { Mnemonic.Bsf or Mnemonic.Bsr => X86Vcpu.ZF, Mnemonic.Popcnt => X86Vcpu.ArithFlags, _ => X86Vcpu.CF | X86Vcpu.ZF };
+                return n == 2 && g0 && d.OpSize >= 2 && (g1 || (m1 && memOk));
+            case Mnemonic.Shld:
+            case Mnemonic.Shrd:
+            {
+                if (n != 3 || !g1 || !(g0 || (m0 && memOk))) return false;
+                touchesMemory = m0;
+                // By CL the count may be 0, which changes no flag.
+                if (IsImm(i, 2) && (i.GetImmediate(2) & (d.OpSize == 8 ? 63UL : 31UL)) != 0) kills = X86Vcpu.ArithFlags;
+                return IsImm(i, 2) || (i.Op2Kind == OpKind.Register && i.Op2Register == Register.CL);
+            }
             case Mnemonic.Bswap:
                 return g0 && d.OpSize >= 4;
             case Mnemonic.Xchg:
