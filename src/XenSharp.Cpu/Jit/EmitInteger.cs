@@ -18,7 +18,9 @@ internal sealed partial class BlockTranslator
     private static readonly MethodInfo MTzcnt = typeof(BitOperations).GetMethod(nameof(BitOperations.TrailingZeroCount), [typeof(ulong)])!;
     private static readonly MethodInfo MLzcnt = typeof(BitOperations).GetMethod(nameof(BitOperations.LeadingZeroCount), [typeof(ulong)])!;
     private static readonly MethodInfo MPopcnt = typeof(BitOperations).GetMethod(nameof(BitOperations.PopCount), [typeof(ulong)])!;
+    private static readonly MethodInfo MDiv128 = typeof(BlockTranslator).GetMethod(nameof(Div128), BindingFlags.Static | BindingFlags.NonPublic)!;
     private static readonly MethodInfo MShiftDouble16 = typeof(BlockTranslator).GetMethod(nameof(ShiftDouble16), BindingFlags.Static | BindingFlags.NonPublic)!;
+    private static readonly MethodInfo MJitDivideError = Cpu.GetMethod(nameof(X86Vcpu.JitDivideError), Inst)!;
 
     /// <summary>Pushes operand k (register, immediate or memory) zero-extended from <paramref name="size"/> bytes.</summary>
     private void ReadOperand(ref DecodedInsn d, int k, int size, int i)
@@ -559,22 +561,39 @@ internal sealed partial class BlockTranslator
         SetFlags(i, FlagKind.Imul, size);
     }
 
-    /// <summary>Unsigned DIV of 32 or 64 bits by a register: RAX = RDX:RAX / divisor, RDX = the remainder, the flags
-    /// as they were. A divisor of 0 or a quotient too wide for RAX (#DE), and a 64-bit division of a dividend with
-    /// a high half (a 128-bit division), run the instruction in the interpreter.</summary>
+    /// <summary>Unsigned DIV of 32 or 64 bits: RAX = RDX:RAX / divisor, RDX = the remainder, the flags as they were.
+    /// A divisor of 0 or a quotient too wide for RAX raises #DE: a register divisor's DIV runs in the interpreter,
+    /// a memory divisor's is raised by <see cref="X86Vcpu.JitDivideError"/> so that the divisor is read once.</summary>
     private void EmitDiv(ref DecodedInsn d, int i)
     {
         int size = d.OpSize;
+        bool mem = d.I.Op0Kind == OpKind.Memory;
         var slow = _il.DefineLabel();
         var done = _il.DefineLabel();
         int dirtyBefore = _dirty;
-        ReadGpr(d.I.Op0Register); _il.Emit(OpCodes.Stloc, _tb);
+        ReadOperand(ref d, 0, size, i); _il.Emit(OpCodes.Stloc, _tb);
+        if (mem)
+            EmitCold(slow, () =>
+            {
+                SyncForSlowPath();
+                LdCpu(); LdBlock(); LdcI4(i); _il.Emit(OpCodes.Call, MJitDivideError);
+                _il.Emit(OpCodes.Br, _f.Abort);
+            });
         _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Brfalse, slow);
         if (size == 8)
         {
-            _il.Emit(OpCodes.Ldloc, _gpr[2]); _il.Emit(OpCodes.Brtrue, slow);
+            // The quotient fits in 64 bits exactly when RDX is below the divisor.
+            var wide = _il.DefineLabel();
+            var store = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldloc, _gpr[2]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Bge_Un, slow);
+            _il.Emit(OpCodes.Ldloc, _gpr[2]); _il.Emit(OpCodes.Brtrue, wide);
             _il.Emit(OpCodes.Ldloc, _gpr[0]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Div_Un); _il.Emit(OpCodes.Stloc, _ta);
             _il.Emit(OpCodes.Ldloc, _gpr[0]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Rem_Un); _il.Emit(OpCodes.Stloc, _tr);
+            _il.Emit(OpCodes.Br, store);
+            _il.MarkLabel(wide);
+            _il.Emit(OpCodes.Ldloc, _gpr[0]); _il.Emit(OpCodes.Ldloc, _gpr[2]); _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Ldloca, _tr);
+            _il.Emit(OpCodes.Call, MDiv128); _il.Emit(OpCodes.Stloc, _ta);
+            _il.MarkLabel(store);
             SetFull(0, _ta);
             SetFull(2, _tr);
         }
@@ -588,6 +607,7 @@ internal sealed partial class BlockTranslator
             WriteGpr(Register.EAX, _ta);
             WriteGpr(Register.EDX, _tr);
         }
+        if (mem) return;
         _il.Emit(OpCodes.Br, done);
 
         // The interpreter, with the state as it was before the instruction.
@@ -600,5 +620,13 @@ internal sealed partial class BlockTranslator
         // Both ways: RAX and RDX newer than the vCPU's (on this one, equal to them).
         _dirty = dirtyBefore | 1 | 4;
         _il.MarkLabel(done);
+    }
+
+    /// <summary>The 128-bit dividend hi:lo divided by <paramref name="divisor"/>, which is above hi (the quotient fits).</summary>
+    private static ulong Div128(ulong lo, ulong hi, ulong divisor, out ulong rem)
+    {
+        var (q, r) = UInt128.DivRem(((UInt128)hi << 64) | lo, divisor);
+        rem = (ulong)r;
+        return (ulong)q;
     }
 }

@@ -218,6 +218,15 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; }
     }
 
+    /// <summary>#DE at instruction <paramref name="i"/>, a DIV whose divisor compiled code read from memory: raised here
+    /// rather than by running the DIV again in the interpreter, which would read the divisor a second time.</summary>
+    internal void JitDivideError(DecodedBlock b, int i)
+    {
+        JitAt(b, i);
+        Fault(0);
+        Abort = AbortFault;
+    }
+
     /// <summary>The pseudo-segment (a bit of <see cref="FlatSegments"/>) of a 32-bit block's inline pushes and pops:
     /// SS flat and with its B bit set, so that ESP is the stack pointer and the linear address of the stack top.</summary>
     internal const int FlatStack = 6;

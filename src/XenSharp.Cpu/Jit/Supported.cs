@@ -146,11 +146,9 @@ internal sealed partial class BlockTranslator
                 kills = X86Vcpu.ArithFlags;
                 return d.OpSize is 4 or 8 && (g0 || (m0 && memOk));
             case Mnemonic.Div:
-                // A divisor of 0, a quotient too wide and a 128-bit dividend go to the interpreter at run time, which
-                // raises #DE: a fault point like a memory access. From a register only, so that going there reads
-                // nothing twice.
+                // A divisor of 0 or a quotient too wide raises #DE at run time: a fault point like a memory access.
                 touchesMemory = true;
-                return n == 1 && g0 && d.OpSize is 4 or 8;
+                return n == 1 && (g0 || (m0 && memOk)) && d.OpSize is 4 or 8;
             case Mnemonic.Imul:
                 if (n < 2 || !g0 || d.OpSize < 2) return false;
                 touchesMemory = m1;
