@@ -108,6 +108,7 @@ internal sealed partial class BlockTranslator
                 _dirty |= 4;
                 return false;
             case Mnemonic.Push: EmitPush(ref d, i); return false;
+            case Mnemonic.Leave: EmitLeave(ref d, i); return false;
             case Mnemonic.Pop: EmitPop(ref d, i); return false;
             case Mnemonic.Call: return EmitCall(ref d, i);
             case Mnemonic.Ret: EmitRet(ref d, i); return true;

@@ -159,7 +159,7 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Push:
                 touchesMemory = true;
                 if (_b.Bitness == 32) return n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -4 or -2;
-                return _is64 && n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -8 or -2;
+                return _is64 && n == 1 && (g0 || IsImm(i, 0) || (m0 && memOk && d.OpSize == 8)) && i.StackPointerIncrement is -8 or -2;
             case Mnemonic.Pop:
                 touchesMemory = true;
                 if (_b.Bitness == 32) return n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 4 or 2;
@@ -177,6 +177,9 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Jmp:
                 touchesMemory = m0;
                 return i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64 || (_is64 && (g0 || (m0 && memOk)) && d.OpSize == 8);
+            case Mnemonic.Leave:
+                touchesMemory = true;
+                return _is64 && i.Code == Code.Leaveq;
             case Mnemonic.Bsf:
             case Mnemonic.Bsr:
             case Mnemonic.Tzcnt:
