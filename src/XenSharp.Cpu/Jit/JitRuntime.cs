@@ -279,9 +279,13 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
+    /// <summary>Instructions compiled code has handed to the interpreter (<see cref="JitExec"/>), stats or not.</summary>
+    internal long JitHandOffs;
+
     /// <summary>Instruction <paramref name="i"/> of <paramref name="b"/> through the interpreter.</summary>
     internal void JitExec(DecodedBlock b, int i)
     {
+        JitHandOffs++;
         JitAt(b, i);
         ref DecodedInsn d = ref b.Insns[i];
         if (Stats) StatJitExec(ref d);
