@@ -496,6 +496,7 @@ internal sealed partial class BlockTranslator
             switch (_insns[i].Op)
             {
                 case Mnemonic.Push: case Mnemonic.Pop: case Mnemonic.Call: case Mnemonic.Ret: mask |= 1 << 4; break;
+                case Mnemonic.Leave: mask |= 1 << 4 | 1 << 5; break;
                 case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: case Mnemonic.Mul: case Mnemonic.Div: mask |= 1 | 4; break;
                 case Mnemonic.Imul when _insns[i].I.OpCount == 1: mask |= 1 | 4; break;
             }

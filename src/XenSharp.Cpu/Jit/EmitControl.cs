@@ -4,7 +4,7 @@ using XenSharp.Cpu.Decoding;
 
 namespace XenSharp.Cpu.Jit;
 
-/// <summary>Branches, calls and returns, the stack, CMOVcc and SETcc.</summary>
+/// <summary>Branches, calls and returns, the stack (PUSH, POP, LEAVE), CMOVcc and SETcc.</summary>
 internal sealed partial class BlockTranslator
 {
     private void EmitJcc(ref DecodedInsn d, int i)
@@ -125,8 +125,8 @@ internal sealed partial class BlockTranslator
     private void EmitPush(ref DecodedInsn d, int i)
     {
         int size = -d.I.StackPointerIncrement;
-        if (d.I.Op0Kind == OpKind.Register) ReadGpr(d.I.Op0Register);
-        else LdcU8(d.I.GetImmediate(0) & X86Vcpu.Mask(size));
+        // A memory operand is read with the RSP from before the push, as an ordinary load.
+        ReadOperand(ref d, 0, size, i);
         _il.Emit(OpCodes.Stloc, _val);
         EmitPushVal(size, i);
         EmitStopCheck(i);
@@ -146,6 +146,17 @@ internal sealed partial class BlockTranslator
         // After ESP moved: POP ESP loads ESP with the value popped.
         _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stloc, _ta);
         WriteGpr(d.I.Op0Register, _ta);
+    }
+
+    /// <summary>64-bit LEAVE: RSP = RBP, then RBP = the quadword popped there. RSP moves only once the load succeeded,
+    /// so a faulting LEAVE leaves both as they were (it is restartable).</summary>
+    private void EmitLeave(ref DecodedInsn d, int i)
+    {
+        _il.Emit(OpCodes.Ldloc, _gpr[5]); _il.Emit(OpCodes.Stloc, _lin); _linStack = true;
+        EmitLoad(8, i);
+        _il.Emit(OpCodes.Ldloc, _gpr[5]); LdcU8(8); _il.Emit(OpCodes.Add); _il.Emit(OpCodes.Stloc, _gpr[4]);
+        _il.Emit(OpCodes.Ldloc, _val); _il.Emit(OpCodes.Stloc, _gpr[5]);
+        _dirty |= 1 << 4 | 1 << 5;
     }
 
     /// <summary>True when the CALL ended the block.</summary>

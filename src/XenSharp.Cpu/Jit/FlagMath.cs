@@ -5,6 +5,8 @@ namespace XenSharp.Cpu.Jit;
 internal enum FlagKind
 {
     Add, Adc, Sub, Sbb, Logic, Inc, Dec, Neg, Shl, Shr, Sar, Rol, Ror, Imul,
+    /// <summary>SHLD/SHRD: b is the carry out | 2 when the count was not 0 (else nothing changes).</summary>
+    Shd,
 }
 
 /// <summary>Flag arithmetic called from compiled blocks: materialising deferred flags and testing
@@ -67,6 +69,12 @@ internal static class FlagMath
                 break;
             case FlagKind.Imul:
                 f = X86Vcpu.Szp(res, size) | (b != 0 ? CF | OF : 0);
+                break;
+            case FlagKind.Shd:
+                // As the interpreter: OF when the sign changed, AF cleared, for every count.
+                if ((b & 2) == 0) return fl;
+                f = X86Vcpu.Szp(res, size) | (b & CF);
+                if ((((a ^ res) >> top) & 1) != 0) f |= OF;
                 break;
             default:
                 return Shift(fl, (FlagKind)k, size, a, (int)b, res);

@@ -218,6 +218,15 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; }
     }
 
+    /// <summary>#DE at instruction <paramref name="i"/>, a DIV whose divisor compiled code read from memory: raised here
+    /// rather than by running the DIV again in the interpreter, which would read the divisor a second time.</summary>
+    internal void JitDivideError(DecodedBlock b, int i)
+    {
+        JitAt(b, i);
+        Fault(0);
+        Abort = AbortFault;
+    }
+
     /// <summary>The pseudo-segment (a bit of <see cref="FlatSegments"/>) of a 32-bit block's inline pushes and pops:
     /// SS flat and with its B bit set, so that ESP is the stack pointer and the linear address of the stack top.</summary>
     internal const int FlatStack = 6;
@@ -270,15 +279,14 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
-    /// <summary>Instructions compiled code has handed to the interpreter since the vCPU started: what the block
-    /// compiler leaves undone.</summary>
-    internal ulong JitExecs;
+    /// <summary>Instructions compiled code has handed to the interpreter (<see cref="JitExec"/>), stats or not.</summary>
+    internal long JitHandOffs;
 
     /// <summary>Instruction <paramref name="i"/> of <paramref name="b"/> through the interpreter.</summary>
     internal void JitExec(DecodedBlock b, int i)
     {
+        JitHandOffs++;
         JitAt(b, i);
-        JitExecs++;
         ref DecodedInsn d = ref b.Insns[i];
         if (Stats) StatJitExec(ref d);
         try

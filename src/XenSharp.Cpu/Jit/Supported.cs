@@ -151,11 +151,9 @@ internal sealed partial class BlockTranslator
                 kills = X86Vcpu.ArithFlags;
                 return d.OpSize is 4 or 8 && (g0 || (m0 && memOk));
             case Mnemonic.Div:
-                // A divisor of 0, a quotient too wide and a 128-bit dividend go to the interpreter at run time, which
-                // raises #DE: a fault point like a memory access. From a register only, so that going there reads
-                // nothing twice.
+                // A divisor of 0 or a quotient too wide raises #DE at run time: a fault point like a memory access.
                 touchesMemory = true;
-                return n == 1 && g0 && d.OpSize is 4 or 8;
+                return n == 1 && (g0 || (m0 && memOk)) && d.OpSize is 4 or 8;
             case Mnemonic.Imul:
                 if (n < 2 || !g0 || d.OpSize < 2) return false;
                 touchesMemory = m1;
@@ -166,7 +164,7 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Push:
                 touchesMemory = true;
                 if (_b.Bitness == 32) return n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -4 or -2;
-                return _is64 && n == 1 && (g0 || IsImm(i, 0)) && i.StackPointerIncrement is -8 or -2;
+                return _is64 && n == 1 && (g0 || IsImm(i, 0) || (m0 && memOk && d.OpSize == 8)) && i.StackPointerIncrement is -8 or -2;
             case Mnemonic.Pop:
                 touchesMemory = true;
                 if (_b.Bitness == 32) return n == 1 && g0 && i.StackPointerIncrement == d.OpSize && d.OpSize is 4 or 2;
@@ -184,6 +182,27 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Jmp:
                 touchesMemory = m0;
                 return i.Op0Kind is OpKind.NearBranch32 or OpKind.NearBranch64 || (_is64 && (g0 || (m0 && memOk)) && d.OpSize == 8);
+            case Mnemonic.Leave:
+                touchesMemory = true;
+                return _is64 && i.Code == Code.Leaveq;
+            case Mnemonic.Bsf:
+            case Mnemonic.Bsr:
+            case Mnemonic.Tzcnt:
+            case Mnemonic.Lzcnt:
+            case Mnemonic.Popcnt:
+                // BSF and BSR with a zero source keep every flag but ZF; TZCNT and LZCNT keep all but CF and ZF.
+                touchesMemory = m1;
+                kills = op switch { Mnemonic.Bsf or Mnemonic.Bsr => X86Vcpu.ZF, Mnemonic.Popcnt => X86Vcpu.ArithFlags, _ => X86Vcpu.CF | X86Vcpu.ZF };
+                return n == 2 && g0 && d.OpSize >= 2 && (g1 || (m1 && memOk));
+            case Mnemonic.Shld:
+            case Mnemonic.Shrd:
+            {
+                if (n != 3 || !g1 || !(g0 || (m0 && memOk))) return false;
+                touchesMemory = m0;
+                // By CL the count may be 0, which changes no flag.
+                if (IsImm(i, 2) && (i.GetImmediate(2) & (d.OpSize == 8 ? 63UL : 31UL)) != 0) kills = X86Vcpu.ArithFlags;
+                return IsImm(i, 2) || (i.Op2Kind == OpKind.Register && i.Op2Register == Register.CL);
+            }
             case Mnemonic.Bswap:
                 return g0 && d.OpSize >= 4;
             case Mnemonic.Xchg:

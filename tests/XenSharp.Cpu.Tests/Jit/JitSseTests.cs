@@ -56,7 +56,7 @@ public class JitSseTests
         var cpu = (X86Vcpu)m.Cpu;
         var outBytes = new byte[256];
         for (int k = 0; k < outBytes.Length; k++) outBytes[k] = m.Mem.R8(Out + (ulong)k);
-        return new Outcome(m.Regs, outBytes, m.Cpu.InstructionsRetired, cpu.JitExecs, m.Engine.CompiledBlocks, (int)m.Regs.R15);
+        return new Outcome(m.Regs, outBytes, m.Cpu.InstructionsRetired, (ulong)cpu.JitHandOffs, m.Engine.CompiledBlocks, (int)m.Regs.R15);
     }
 
     static AssemblerRegisterXMM Xmm(int r) => r switch
