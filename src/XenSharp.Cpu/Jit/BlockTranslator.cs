@@ -855,14 +855,14 @@ internal sealed partial class BlockTranslator
 
     /// <summary>A direct exit to a block compiled into this same method goes straight into that block's body,
     /// its registers staying in the locals: no write-back, no call, no reload, so a loop of several blocks runs as
-    /// one loop of machine code. It takes the same budget and checks as a hop (<see cref="X86Vcpu.JitChain"/>) and
+    /// one loop of machine code. It makes the checks of a hop (<see cref="X86Vcpu.JitChain"/>) but for the budget, and
     /// falls through to the ordinary exit when they refuse.</summary>
     private void TryEmitWarmBranch(ulong rip, int executed)
     {
         var t = WarmTargetOf(rip);
         if (t is not { _warmTarget: true }) return;
         var cold = _il.DefineLabel();
-        EmitHopChecks(_f, cold);
+        EmitHopChecks(_f, cold, call: false);
         _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FBodyBatch); LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, cold);
@@ -884,13 +884,20 @@ internal sealed partial class BlockTranslator
     }
 
     /// <summary>The checks every hop out of a block makes, branching to <paramref name="refuse"/> when one fails: the
-    /// hop budget (counted down), an exit request and a store into decoded code.</summary>
-    private static void EmitHopChecks(MethodFrame f, Label refuse)
+    /// hop budget (counted down) when the hop calls the successor, an exit request and a store into decoded code. The
+    /// budget bounds the frames a chain of calls stacks up; a branch into another body of the same method stacks
+    /// none, and what the run loop must see between blocks (timers, events, a reschedule) comes as an exit request,
+    /// so such a branch does not count against it: a loop of several blocks goes back to the run loop only when
+    /// something asks for it, not every 64 branches.</summary>
+    private static void EmitHopChecks(MethodFrame f, Label refuse, bool call = true)
     {
         var il = f.Il;
-        il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldfld, FHops); il.Emit(OpCodes.Ldc_I4_1); il.Emit(OpCodes.Sub);
-        il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, f.HopsLeft); il.Emit(OpCodes.Stfld, FHops);
-        il.Emit(OpCodes.Ldloc, f.HopsLeft); il.Emit(OpCodes.Ldc_I4_0); il.Emit(OpCodes.Ble, refuse);
+        if (call)
+        {
+            il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldfld, FHops); il.Emit(OpCodes.Ldc_I4_1); il.Emit(OpCodes.Sub);
+            il.Emit(OpCodes.Dup); il.Emit(OpCodes.Stloc, f.HopsLeft); il.Emit(OpCodes.Stfld, FHops);
+            il.Emit(OpCodes.Ldloc, f.HopsLeft); il.Emit(OpCodes.Ldc_I4_0); il.Emit(OpCodes.Ble, refuse);
+        }
         il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, FExitRequested); il.Emit(OpCodes.Brtrue, refuse);
         il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldfld, FStop); il.Emit(OpCodes.Brtrue, refuse);
     }

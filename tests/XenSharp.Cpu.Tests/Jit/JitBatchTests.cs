@@ -80,7 +80,7 @@ public class JitBatchTests
         ulong before = m.Cpu.InstructionsRetired;
         m.Enter64(code, fourK: true);
         m.RunToHlt();
-        Assert.True(m.Engine.LinkedExits > 0);
+        // The loop's blocks branch into each other's bodies, so it never leaves the method to have an exit linked.
         Assert.True(m.Engine.WarmBranches > 0);
         Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
         var (x, y) = (interp.Regs, m.Regs);

@@ -489,7 +489,8 @@ public class JitTests
         Assert.True(m.Engine.CompiledBlocks >= 3, $"{m.Engine.CompiledBlocks} blocks compiled");
         m.Enter64(code, fourK: true);
         m.RunToHlt();
-        Assert.True(m.Engine.LinkedExits > 0);
+        // Compiled blocks ran on into each other: through linked exits, or compiled together, through their bodies.
+        Assert.True(m.Engine.LinkedExits > 0 || m.Engine.WarmBranches > 0);
         AssertSame(interp.Regs, m.Regs);
         Assert.Equal(0, m.Engine.JitFailures);
     }
