@@ -67,15 +67,27 @@ internal sealed partial class BlockTranslator
         FromXmm,
         /// <summary>MOVSD/MOVSS: between registers the low part only; a load zero-extends; a store writes the low part.</summary>
         ScalarMove,
+        /// <summary>ADDSD..DIVSD and the SS forms, through <see cref="X86Vcpu.JitScalarArith"/>.</summary>
+        ScalarArith,
+        /// <summary>COMISD/UCOMISD and the SS forms, through <see cref="X86Vcpu.JitComi"/>.</summary>
+        Comi,
+        /// <summary>CVTSI2SD/CVTSI2SS from r/m32 or r/m64, through <see cref="X86Vcpu.JitCvtsi2"/>.</summary>
+        FromInt,
     }
 
-    private readonly record struct SseForm(SseShape Shape, int Size, bool Aligned, MethodInfo? Op = null);
+    /// <summary>A form: its shape, its memory operand's size (for the scalar float forms, 8 for double and 4 for
+    /// single), whether that operand must be 16-byte aligned, the lane operation, and the float operation or
+    /// (for COMI*) whether it signals on a quiet NaN.</summary>
+    private readonly record struct SseForm(SseShape Shape, int Size, bool Aligned, MethodInfo? Op = null, int Float = 0);
 
     private static readonly FieldInfo FXmm = Cpu.GetField(nameof(X86Vcpu.X), Inst)!;
     private static readonly FieldInfo FCr0 = Cpu.GetField(nameof(X86Vcpu.Cr0), Inst)!;
     private static readonly FieldInfo FCr4 = Cpu.GetField(nameof(X86Vcpu.Cr4), Inst)!;
     private static readonly MethodInfo MScalar = typeof(SseLanes).GetMethod(nameof(SseLanes.Scalar))!;
     private static readonly MethodInfo MPmovmskb = typeof(SseLanes).GetMethod(nameof(SseLanes.Pmovmskb))!;
+    private static readonly MethodInfo MJitScalarArith = Cpu.GetMethod(nameof(X86Vcpu.JitScalarArith), Inst)!;
+    private static readonly MethodInfo MJitComi = Cpu.GetMethod(nameof(X86Vcpu.JitComi), Inst)!;
+    private static readonly MethodInfo MJitCvtsi2 = Cpu.GetMethod(nameof(X86Vcpu.JitCvtsi2), Inst)!;
     private static readonly MethodInfo MPshufd = typeof(Sse2).GetMethod(nameof(Sse2.Shuffle), [typeof(Vector128<uint>), typeof(byte)])!;
 
     /// <summary>The legacy-encoded XMM forms compiled inline. Only with SSE2 on the host: the unpacks and PSHUFD are
@@ -139,6 +151,22 @@ internal sealed partial class BlockTranslator
         t[Code.Movsd_xmmm64_xmm] = new(SseShape.ScalarMove, 8, false);
         t[Code.Movss_xmm_xmmm32] = new(SseShape.ScalarMove, 4, false);
         t[Code.Movss_xmmm32_xmm] = new(SseShape.ScalarMove, 4, false);
+        // Scalar float arithmetic, compares and conversions, which a helper runs when no exception but a masked
+        // precision one can arise (the interpreter's own host path).
+        foreach (var (c, op) in new[] { (Code.Addsd_xmm_xmmm64, SoftFloat.Op.Add), (Code.Subsd_xmm_xmmm64, SoftFloat.Op.Sub),
+                     (Code.Mulsd_xmm_xmmm64, SoftFloat.Op.Mul), (Code.Divsd_xmm_xmmm64, SoftFloat.Op.Div) })
+            t[c] = new(SseShape.ScalarArith, 8, false, Float: (int)op);
+        foreach (var (c, op) in new[] { (Code.Addss_xmm_xmmm32, SoftFloat.Op.Add), (Code.Subss_xmm_xmmm32, SoftFloat.Op.Sub),
+                     (Code.Mulss_xmm_xmmm32, SoftFloat.Op.Mul), (Code.Divss_xmm_xmmm32, SoftFloat.Op.Div) })
+            t[c] = new(SseShape.ScalarArith, 4, false, Float: (int)op);
+        t[Code.Comisd_xmm_xmmm64] = new(SseShape.Comi, 8, false, Float: 1);
+        t[Code.Ucomisd_xmm_xmmm64] = new(SseShape.Comi, 8, false, Float: 0);
+        t[Code.Comiss_xmm_xmmm32] = new(SseShape.Comi, 4, false, Float: 1);
+        t[Code.Ucomiss_xmm_xmmm32] = new(SseShape.Comi, 4, false, Float: 0);
+        t[Code.Cvtsi2sd_xmm_rm32] = new(SseShape.FromInt, 8, false);
+        t[Code.Cvtsi2sd_xmm_rm64] = new(SseShape.FromInt, 8, false);
+        t[Code.Cvtsi2ss_xmm_rm32] = new(SseShape.FromInt, 4, false);
+        t[Code.Cvtsi2ss_xmm_rm64] = new(SseShape.FromInt, 4, false);
         return t;
     }
 
@@ -188,11 +216,13 @@ internal sealed partial class BlockTranslator
         int gprOut = d.I.Op0Kind == OpKind.Register && d.I.Op0Register.IsGPR() ? GprNum(d.I.Op0Register) : -1;
         int dirtyBefore = _dirty;
         int at = i;
+        bool flagsOut = form.Shape == SseShape.Comi;
         EmitCold(slow, () =>
         {
             SyncForSlowPath();
             EmitInterpret(ref _insns[at], at);
             if (gprOut >= 0) LoadGprFromCpu(gprOut);
+            if (flagsOut) { LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl); }
             _il.Emit(OpCodes.Br, done);
         });
         EmitSseGuard(slow);
@@ -264,6 +294,46 @@ internal sealed partial class BlockTranslator
                 _il.Emit(OpCodes.Call, MScalar);
                 _il.Emit(OpCodes.Stobj, vec);
                 break;
+            case SseShape.ScalarArith:
+            case SseShape.Comi:
+            {
+                if (mem1) EmitSseProbe(ref d, form.Size, false, write: false, slow);
+                LdCpu();
+                if (form.Shape == SseShape.ScalarArith) LdcI4(form.Float);
+                LdcI4(d.I.Op0Register - Register.XMM0);
+                if (mem1) EmitHostAddress(); else XmmAddress(d.I.Op1Register);
+                LoadHost(form.Size);
+                LdcI4(form.Size == 8 ? 1 : 0);
+                if (form.Shape == SseShape.ScalarArith)
+                {
+                    _il.Emit(OpCodes.Call, MJitScalarArith);
+                    _il.Emit(OpCodes.Brfalse, slow);
+                    break;
+                }
+                LdcI4(form.Float);
+                _il.Emit(OpCodes.Call, MJitComi);
+                _il.Emit(OpCodes.Stloc, _ta);
+                _il.Emit(OpCodes.Ldloc, _ta); LdcU8(0); _il.Emit(OpCodes.Blt, slow);
+                // Every arithmetic flag is written: no pending result matters any more.
+                _pending.Clear();
+                _il.Emit(OpCodes.Ldloc, _fl); LdcU8(~X86Vcpu.ArithFlags); _il.Emit(OpCodes.And);
+                _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Or); _il.Emit(OpCodes.Stloc, _fl);
+                _flDirty = true;
+                break;
+            }
+            case SseShape.FromInt:
+            {
+                int src = mem1 ? d.I.MemorySize.GetSize() : d.I.Op1Register.GetSize();
+                if (mem1) EmitSseProbe(ref d, src, false, write: false, slow);
+                LdCpu();
+                LdcI4(d.I.Op0Register - Register.XMM0);
+                if (mem1) { EmitHostAddress(); LoadHost(src); } else ReadGpr(d.I.Op1Register);
+                if (src == 4) SignExt(4);
+                LdcI4(form.Size == 8 ? 1 : 0);
+                _il.Emit(OpCodes.Call, MJitCvtsi2);
+                _il.Emit(OpCodes.Brfalse, slow);
+                break;
+            }
             case SseShape.ScalarMove:
                 // Between registers only the low element moves.
                 XmmAddress(d.I.Op0Register);

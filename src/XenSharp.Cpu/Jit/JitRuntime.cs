@@ -279,6 +279,49 @@ internal unsafe partial class X86Vcpu
         catch (ExitSignal) { Abort = AbortExit; return 0; }
     }
 
+    // ---- scalar SSE arithmetic for compiled code: the interpreter's host fast path, taken only when no flag but a
+    // masked PE can arise; false (or -1) changes nothing, and the instruction runs in the interpreter, exactly. ----
+
+    /// <summary>ADDSD/SUBSD/MULSD/DIVSD (<paramref name="dbl"/>) or the SS forms: XMM<paramref name="dst"/>'s low element
+    /// op= <paramref name="b"/>.</summary>
+    internal bool JitScalarArith(int op, int dst, ulong b, bool dbl)
+    {
+        if (!SoftFloat.FastOk(Mxcsr)) return false;
+        ref Xmm x = ref X[dst];
+        uint fl = 0;
+        if (!SoftFloat.TryHost((SoftFloat.Op)op, dbl ? x.Lo : (uint)x.Lo, dbl ? b : (uint)b, dbl, ref fl, out ulong r)) return false;
+        if (!SimdFlagsMasked(fl)) return false;
+        Mxcsr |= fl;
+        x.Lo = dbl ? r : (x.Lo & 0xFFFF_FFFF_0000_0000UL) | (uint)r;
+        return true;
+    }
+
+    /// <summary>COMISD/UCOMISD (<paramref name="dbl"/>) or COMISS/UCOMISS: ZF, PF and CF as the compare sets them (the other
+    /// arithmetic flags clear), or -1 when it would raise IE or DE.</summary>
+    internal long JitComi(int dst, ulong b, bool dbl, bool signalling)
+    {
+        ulong a = X[dst].Lo;
+        if (!dbl) { a = (uint)a; b = (uint)b; }
+        uint fl = 0;
+        ulong f = SoftFloat.ComiFlags(a, b, dbl, signalling, Mxcsr, ref fl);
+        return fl != 0 ? -1 : (long)f;
+    }
+
+    /// <summary>CVTSI2SD (<paramref name="dbl"/>) or CVTSI2SS of <paramref name="v"/> into XMM<paramref name="dst"/>'s low element.</summary>
+    internal bool JitCvtsi2(int dst, long v, bool dbl)
+    {
+        uint fl = 0;
+        ulong r = SoftFloat.FromInt(v, dbl, Mxcsr, ref fl);
+        if (!SimdFlagsMasked(fl)) return false;
+        Mxcsr |= fl;
+        ref Xmm x = ref X[dst];
+        x.Lo = dbl ? r : (x.Lo & 0xFFFF_FFFF_0000_0000UL) | (uint)r;
+        return true;
+    }
+
+    /// <summary>Whether MXCSR masks every exception in <paramref name="flags"/>.</summary>
+    private bool SimdFlagsMasked(uint flags) => (flags & ~(Mxcsr >> 7) & 0x3F) == 0;
+
     /// <summary>Instructions compiled code has handed to the interpreter (<see cref="JitExec"/>), stats or not.</summary>
     internal long JitHandOffs;
 

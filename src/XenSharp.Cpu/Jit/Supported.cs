@@ -91,6 +91,7 @@ internal sealed partial class BlockTranslator
         if (SupportedSse(ref d, memOk))
         {
             touchesMemory = true;
+            if (s_sse[i.Code].Shape == SseShape.Comi) kills = X86Vcpu.ArithFlags;
             return true;
         }
         if (IsAlu(d.Op))

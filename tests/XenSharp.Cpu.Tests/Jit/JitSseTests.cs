@@ -18,6 +18,9 @@ public class JitSseTests
         0x6162_6364_0065_6667UL, 0x4142_4344_4546_4748UL, 0xFFFF_FFFF_0000_0001UL, 0x1234_5678_9ABC_DEF0UL,
     ];
 
+    /// <summary>At Data+0x300 as doubles and at Data+0x380 as floats.</summary>
+    static readonly double[] Doubles = [1.5, -2.25, 3.0e10, 0.1, 0.0, 7.0, double.NaN, 1e-310];
+
     sealed record Outcome(Registers Regs, byte[] Out, ulong Retired, ulong HandedOff, long Compiled, int Vector);
 
     /// <summary>Runs <paramref name="body"/> with XMM0-XMM7 loaded from the data page, then stores XMM0-XMM7 at Out.
@@ -38,12 +41,15 @@ public class JitSseTests
             a.xor(r15d, r15d);
             body(a);
             for (int r = 0; r < 8; r++) a.movdqu(__xmmword_ptr[rdi + r * 16], Xmm(r));
+            a.stmxcsr(__dword_ptr[rdi + 0x80]);
             a.hlt();
         });
         using var m = new TestMachine(jit: eager ? JitSettings.Eager : JitSettings.Off);
         for (int k = 0; k < Pattern.Length; k++) m.Mem.W64(Data + (ulong)k * 8, Pattern[k]);
         for (ulong k = 0; k < 64; k++) m.Mem.W64(Data + 0x100 + k * 8, Pattern[k % 8] ^ (k * 0x0101_0101_0101_0101UL));
-        foreach (int v in new[] { 6, 7, 13 })
+        for (int k = 0; k < Doubles.Length; k++) m.Mem.W64(Data + 0x300 + (ulong)k * 8, BitConverter.DoubleToUInt64Bits(Doubles[k]));
+        for (int k = 0; k < Doubles.Length; k++) m.Mem.W32(Data + 0x380 + (ulong)k * 4, BitConverter.SingleToUInt32Bits((float)Doubles[k]));
+        foreach (int v in new[] { 6, 7, 13, 19 })
         {
             ulong h = Handler + (ulong)v * 0x100;
             m.Mem.Write(h, TestMachine.Assemble(64, h, a => { a.mov(r15d, v); a.hlt(); }));
@@ -117,6 +123,19 @@ public class JitSseTests
             a.movsd(__qword_ptr[rsi + 0x1E0], xmm3); a.movss(__dword_ptr[rsi + 0x1EB], xmm4);
             a.movdqu(xmm2, __xmmword_ptr[rsi + 0x1C0]); a.movdqu(xmm3, __xmmword_ptr[rsi + 0x1E0]);
         },
+        ["scalar float"] = a =>
+        {
+            a.movsd(xmm0, __qword_ptr[rsi + 0x300]); a.movsd(xmm1, __qword_ptr[rsi + 0x308]); a.movsd(xmm2, __qword_ptr[rsi + 0x318]);
+            a.addsd(xmm0, xmm1); a.mulsd(xmm0, __qword_ptr[rsi + 0x310]); a.subsd(xmm1, xmm2); a.divsd(xmm2, __qword_ptr[rsi + 0x328]);
+            a.movss(xmm3, __dword_ptr[rsi + 0x380]); a.movss(xmm4, __dword_ptr[rsi + 0x38C]);
+            a.addss(xmm3, xmm4); a.mulss(xmm3, __dword_ptr[rsi + 0x384]); a.subss(xmm4, xmm3); a.divss(xmm4, __dword_ptr[rsi + 0x394]);
+            a.mov(rax, -123456789012345L); a.cvtsi2sd(xmm5, rax); a.cvtsi2sd(xmm6, eax); a.cvtsi2ss(xmm7, __dword_ptr[rsi + 0x100]);
+            a.mov(rax, (1L << 60) + 1); a.cvtsi2sd(xmm6, rax);
+            a.comisd(xmm0, xmm1); a.setb(bl); a.sete(cl); a.setp(dl);
+            a.ucomisd(xmm1, __qword_ptr[rsi + 0x308]); a.setb(r8b); a.sete(r9b); a.setp(r10b);
+            a.comiss(xmm3, xmm4); a.seta(r11b);
+            a.ucomisd(xmm0, __qword_ptr[rsi + 0x330]); a.setp(r12b);     // a quiet NaN: unordered, no exception
+        },
         ["strlen"] = a =>
         {
             // glibc's SSE2 strlen: the first 16-byte chunk with a zero byte, and the index of that byte.
@@ -142,8 +161,9 @@ public class JitSseTests
     {
         var (_, jit) = Both(s_forms[form]);
         Assert.Equal(0, jit.Vector);
-        // The loads of the XMM registers and the final stores included: only the HLT went to the interpreter.
-        Assert.Equal(1UL, jit.HandedOff);
+        // The loads of the XMM registers and the final stores included: only the STMXCSR and the HLT went to the
+        // interpreter.
+        Assert.Equal(2UL, jit.HandedOff);
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
@@ -159,6 +179,37 @@ public class JitSseTests
     {
         var (_, jit) = Both(a => { a.movups(xmm0, __xmmword_ptr[rsi + 0x101]); a.paddb(xmm0, __xmmword_ptr[rsi + 0x101]); });
         Assert.Equal(13, jit.Vector);
+    }
+
+    /// <summary>What the scalar float forms leave to the interpreter: a zero divisor (ZE), a denormal (DE), a quiet NaN
+    /// to COMISD (IE), a rounding mode other than nearest, and an unmasked precision exception (#XM).</summary>
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData("divide by zero", 0)]
+    [InlineData("denormal", 0)]
+    [InlineData("comisd NaN", 0)]
+    [InlineData("round down", 0)]
+    [InlineData("unmasked precision", 19)]
+    public void Scalar_float_exceptions_and_modes_are_the_interpreters(string what, int vector)
+    {
+        var (_, jit) = Both(a =>
+        {
+            a.movsd(xmm0, __qword_ptr[rsi + 0x300]);
+            switch (what)
+            {
+                case "divide by zero": a.divsd(xmm0, __qword_ptr[rsi + 0x320]); break;
+                case "denormal": a.addsd(xmm0, __qword_ptr[rsi + 0x338]); a.ucomisd(xmm0, __qword_ptr[rsi + 0x338]); break;
+                case "comisd NaN": a.comisd(xmm0, __qword_ptr[rsi + 0x330]); a.setp(bl); break;
+                case "round down":
+                    a.mov(__dword_ptr[rsi + 0x3F0], 0x3F80); a.ldmxcsr(__dword_ptr[rsi + 0x3F0]);
+                    a.divsd(xmm0, __qword_ptr[rsi + 0x318]); a.mov(rax, (1L << 60) + 1); a.cvtsi2sd(xmm1, rax);
+                    break;
+                case "unmasked precision":
+                    a.mov(__dword_ptr[rsi + 0x3F0], 0x0F80); a.ldmxcsr(__dword_ptr[rsi + 0x3F0]);
+                    a.mulsd(xmm0, __qword_ptr[rsi + 0x318]);
+                    break;
+            }
+        });
+        Assert.Equal(vector, jit.Vector);
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
