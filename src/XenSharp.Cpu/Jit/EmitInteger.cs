@@ -227,7 +227,11 @@ internal sealed partial class BlockTranslator
         int size = d.OpSize, bits = size * 8;
         var reg = d.I.Op0Register;
         var kind = ShiftKind(d.Op);
-        ReadGpr(reg);
+        // A memory destination is read, then written (as the interpreter does: a read-only page faults at the write),
+        // with _lin kept for the store.
+        bool mem0 = d.I.Op0Kind == OpKind.Memory;
+        if (mem0) { EmitLinear(ref d); EmitLoad(size, i); _il.Emit(OpCodes.Ldloc, _val); }
+        else ReadGpr(reg);
         _il.Emit(OpCodes.Stloc, _ta);
         if (d.I.Op1Kind == OpKind.Register)
         {
@@ -261,15 +265,16 @@ internal sealed partial class BlockTranslator
                 }
             }
             _il.Emit(OpCodes.Stloc, _tr);
-            WriteGpr(reg, _tr);
+            WriteShifted(ref d, i, size, zeroCount: true);
             SetFlags(i, kind, size, maybeNone: true);
+            if (mem0) EmitStopCheck(i);
             return;
         }
         int c = (int)d.I.GetImmediate(1) & (size == 8 ? 63 : 31);
         if (c == 0)
         {
-            // Nothing changes, but a 32-bit destination is still written (bits 63:32 cleared).
-            if (size == 4) WriteGpr(reg, _ta);
+            // Nothing changes, but a 32-bit register destination is still written (bits 63:32 cleared).
+            if (size == 4 && !mem0) WriteGpr(reg, _ta);
             return;
         }
         switch (kind)
@@ -294,8 +299,21 @@ internal sealed partial class BlockTranslator
         }
         _il.Emit(OpCodes.Stloc, _tr);
         LdcU8((ulong)c); _il.Emit(OpCodes.Stloc, _tb);
-        WriteGpr(reg, _tr);
+        WriteShifted(ref d, i, size, zeroCount: false);
         SetFlags(i, kind, size);
+        if (mem0) EmitStopCheck(i);
+    }
+
+    /// <summary>A shift's or rotate's result (_tr) to its destination. A memory destination shifted by a CL of 0 (the
+    /// masked count in _tb, <paramref name="zeroCount"/>) is only read, not written.</summary>
+    private void WriteShifted(ref DecodedInsn d, int i, int size, bool zeroCount)
+    {
+        if (d.I.Op0Kind != OpKind.Memory) { WriteGpr(d.I.Op0Register, _tr); return; }
+        var skip = _il.DefineLabel();
+        if (zeroCount) { _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Brfalse, skip); }
+        _il.Emit(OpCodes.Ldloc, _tr); _il.Emit(OpCodes.Stloc, _val);
+        EmitStore(size, i);
+        _il.MarkLabel(skip);
     }
 
     /// <summary>SHLD/SHRD of a register or memory by an immediate or CL, as the interpreter computes them: the count

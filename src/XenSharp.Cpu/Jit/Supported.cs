@@ -104,7 +104,8 @@ internal sealed partial class BlockTranslator
         }
         if (IsShift(op))
         {
-            if (n != 2 || !g0) return false;
+            if (n != 2 || !(g0 || (m0 && memOk))) return false;
+            touchesMemory = m0;
             if (i1)
             {
                 int c = (int)i.GetImmediate(1) & (d.OpSize == 8 ? 63 : 31);

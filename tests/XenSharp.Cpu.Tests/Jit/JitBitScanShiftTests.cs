@@ -174,6 +174,36 @@ public class JitBitScanShiftTests
                     yield return [left, size, count, c, n++ % 3];
     }
 
+    /// <summary>Shifts and rotates of memory (what gzip's bit buffers do): the memory read back into RBP after.</summary>
+    static readonly Dictionary<string, Action<Assembler>> MemoryShifts = new()
+    {
+        ["shl8-1"] = a => a.shl(__byte_ptr[rsi], 1), ["shr32-cl"] = a => a.shr(__dword_ptr[rsi], cl),
+        ["sar16-imm"] = a => a.sar(__word_ptr[rsi], 3), ["rol64-cl"] = a => a.rol(__qword_ptr[rsi], cl),
+        ["ror8-imm"] = a => a.ror(__byte_ptr[rsi + 1], 5), ["sal64-imm"] = a => a.sal(__qword_ptr[rsi], 63),
+        ["shr64-cross"] = a => a.shr(__qword_ptr[rdi], cl), ["shl32-imm0"] = a => a.shl(__dword_ptr[rsi], 0),
+    };
+
+    public static IEnumerable<object[]> MemoryShiftCases()
+    {
+        int n = 0;
+        foreach (var form in MemoryShifts.Keys)
+            foreach (var c in new ulong[] { 0, 1, 7, 31, 32, 63 })
+                yield return [form, c, n++ % 3];
+    }
+
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [MemberData(nameof(MemoryShiftCases))]
+    public void Shifts_of_memory_are_the_interpreters(string form, ulong count, int preset)
+    {
+        var (i, j) = RunBoth(a =>
+        {
+            MemoryShifts[form](a);
+            a.mov(rbp, __qword_ptr[rsi]);
+            a.mov(rsp, __qword_ptr[rdi]);
+        }, 0x8123_4567_89AB_CDEFUL, count: count, preset: preset);
+        AssertSame(i, j);
+    }
+
     [Theory, Trait("Feature", "x86 instruction emulation")]
     [MemberData(nameof(ShiftCases))]
     public void Double_shifts_are_the_interpreters(bool left, int size, string count, int c, int preset)
