@@ -495,7 +495,7 @@ internal sealed partial class BlockTranslator
             // Implicit operands the translator itself touches.
             switch (_insns[i].Op)
             {
-                case Mnemonic.Push: case Mnemonic.Pop: case Mnemonic.Call: case Mnemonic.Ret: mask |= 1 << 4; break;
+                case Mnemonic.Push: case Mnemonic.Pop: case Mnemonic.Call: case Mnemonic.Ret: case Mnemonic.Pushfq: mask |= 1 << 4; break;
                 case Mnemonic.Leave: mask |= 1 << 4 | 1 << 5; break;
                 case Mnemonic.Cdq: case Mnemonic.Cdqe: case Mnemonic.Cqo: case Mnemonic.Mul: case Mnemonic.Div: mask |= 1 | 4; break;
                 case Mnemonic.Imul when _insns[i].I.OpCount == 1: mask |= 1 | 4; break;
@@ -996,10 +996,11 @@ internal sealed partial class BlockTranslator
 
     /// <summary>Records the flag result of the instruction just emitted (operands in _ta, _tb,
     /// result in _tr) when anything can still observe it.</summary>
-    private void SetFlags(int i, FlagKind kind, int size, bool maybeNone = false)
+    /// <returns>The pending result's slot, or -1 when no flag it defines is live.</returns>
+    private int SetFlags(int i, FlagKind kind, int size, bool maybeNone = false)
     {
         ulong defines = FlagMath.Defines(kind);
-        if ((_liveAfter[i] & defines) == 0) return;
+        if ((_liveAfter[i] & defines) == 0) return -1;
         bool partial = maybeNone || defines != X86Vcpu.ArithFlags;
         if (!partial) _pending.Clear();
         else if (_pending.Count == MaxPending) MaterializeFlags();
@@ -1009,6 +1010,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldloc, _tr); _il.Emit(OpCodes.Stloc, _pr[slot]);
         _pending.Add(new Pending { Kind = kind, Size = size, Slot = slot, MaybeNone = maybeNone });
         _flDirty = true;
+        return slot;
     }
 
     /// <summary>Pushes condition <paramref name="cc"/> (0 or 1), from the last pending result's

@@ -87,6 +87,16 @@ internal sealed partial class BlockTranslator
                 _il.Emit(OpCodes.Stloc, _ta);
                 WriteGpr(d.I.Op0Register, _ta);
                 return false;
+            case Mnemonic.Xchg when d.I.Op0Kind == OpKind.Memory || d.I.Op1Kind == OpKind.Memory:
+                EmitXchgMemory(ref d, i);
+                return false;
+            case Mnemonic.Cmpxchg: EmitCmpxchg(ref d, i); return false;
+            case Mnemonic.Xadd: EmitXadd(ref d, i); return false;
+            case Mnemonic.Bt: case Mnemonic.Bts: case Mnemonic.Btr: case Mnemonic.Btc: EmitBitTest(ref d, i); return false;
+            case Mnemonic.Pushfq: EmitPushf(i); return false;
+            case Mnemonic.Cli: EmitCli(i); return false;
+            case Mnemonic.Prefetchnta: case Mnemonic.Prefetcht0: case Mnemonic.Prefetcht1: case Mnemonic.Prefetcht2: case Mnemonic.Prefetchw:
+                return false;
             case Mnemonic.Xchg:
                 ReadGpr(d.I.Op0Register); _il.Emit(OpCodes.Stloc, _ta);
                 ReadGpr(d.I.Op1Register); _il.Emit(OpCodes.Stloc, _tb);
@@ -121,6 +131,11 @@ internal sealed partial class BlockTranslator
     private void EmitMov(ref DecodedInsn d, int i)
     {
         int size = d.OpSize;
+        if (d.I.Op1Kind == OpKind.Register && d.I.Op1Register.IsSegmentRegister())
+        {
+            EmitMovFromSegment(ref d);
+            return;
+        }
         if (d.I.Op0Kind == OpKind.Memory)
         {
             EmitLinear(ref d);

@@ -227,6 +227,41 @@ internal unsafe partial class X86Vcpu
         Abort = AbortFault;
     }
 
+    // Atomic read-modify-writes of compiled code on a host address the soft TLB gave for reading and writing, naturally
+    // aligned: the interpreter's own primitives, so that compiled and interpreted vCPUs interlock with each other.
+
+    /// <summary>CMPXCHG: stores <paramref name="value"/> if the operand equals <paramref name="expected"/>; the operand's
+    /// value before (equal to <paramref name="expected"/> exactly when the store happened).</summary>
+    internal static ulong JitCmpxchg(byte* p, int size, ulong expected, ulong value)
+    {
+        while (true)
+        {
+            ulong cur = AtomicLoad(p, size);
+            if (cur != expected || Cas(p, size, expected, value)) return cur;
+        }
+    }
+
+    /// <summary>XADD: adds <paramref name="addend"/>; the operand's value before.</summary>
+    internal static ulong JitXadd(byte* p, int size, ulong addend)
+    {
+        ulong old;
+        do old = AtomicLoad(p, size);
+        while (!Cas(p, size, old, old + addend));
+        return old;
+    }
+
+    /// <summary>XCHG with memory: the operand's value before.</summary>
+    internal static ulong JitXchg(byte* p, int size, ulong value) => AtomicSwap(p, size, value);
+
+    /// <summary>LOCK BTS (1), BTR (2) or BTC (3) of the bits in <paramref name="mask"/>: the operand's value before.</summary>
+    internal static ulong JitBitOp(byte* p, int size, int kind, ulong mask)
+    {
+        ulong old;
+        do old = AtomicLoad(p, size);
+        while (!Cas(p, size, old, kind == 1 ? old | mask : kind == 2 ? old & ~mask : old ^ mask));
+        return old;
+    }
+
     /// <summary>The pseudo-segment (a bit of <see cref="FlatSegments"/>) of a 32-bit block's inline pushes and pops:
     /// SS flat and with its B bit set, so that ESP is the stack pointer and the linear address of the stack top.</summary>
     internal const int FlatStack = 6;

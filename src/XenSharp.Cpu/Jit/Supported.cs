@@ -81,7 +81,7 @@ internal sealed partial class BlockTranslator
         ref Instruction i = ref d.I;
         touchesMemory = false;
         kills = 0;
-        if (i.HasLockPrefix) return false;
+        if (i.HasLockPrefix && !LockInline(i)) return false;
         int n = i.OpCount;
         bool memOk = MemOk(ref d);
         bool g0 = n > 0 && IsGpr(i, 0), g1 = n > 1 && IsGpr(i, 1);
@@ -129,7 +129,8 @@ internal sealed partial class BlockTranslator
         {
             case Mnemonic.Mov:
                 touchesMemory = m0 || m1;
-                return n == 2 && ((g0 && (g1 || i1 || (m1 && memOk))) || (m0 && memOk && (g1 || i1)));
+                return n == 2 && ((g0 && (g1 || i1 || (m1 && memOk))) || (m0 && memOk && (g1 || i1))
+                    || (g0 && i.Op1Kind == OpKind.Register && i.Op1Register.IsSegmentRegister()));
             case Mnemonic.Movzx:
             case Mnemonic.Movsx:
                 touchesMemory = m1;
@@ -208,8 +209,36 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Bswap:
                 return g0 && d.OpSize >= 4;
             case Mnemonic.Xchg:
-                return n == 2 && g0 && g1;
+                touchesMemory = m0 || m1;
+                return n == 2 && ((g0 && g1) || (m0 && memOk && g1) || (g0 && m1 && memOk));
+            case Mnemonic.Cmpxchg:
+            case Mnemonic.Xadd:
+                touchesMemory = m0;
+                kills = X86Vcpu.ArithFlags;
+                return n == 2 && g1 && (g0 || (m0 && memOk));
+            case Mnemonic.Bt:
+            case Mnemonic.Bts:
+            case Mnemonic.Btr:
+            case Mnemonic.Btc:
+                touchesMemory = m0;
+                kills = X86Vcpu.CF;
+                if (n != 2 || d.OpSize < 2) return false;
+                if (g0) return g1 || i1;
+                // A register offset addresses a bit string around the operand: with 64-bit addresses only.
+                return m0 && memOk && (i1 || (g1 && _is64 && d.AddrSize == 8));
+            case Mnemonic.Pushfq:
+                touchesMemory = true;
+                return _is64 && i.Code == Code.Pushfq;
+            case Mnemonic.Cli:
+                // A fault point: at CPL > 0 the interpreter may raise #GP.
+                touchesMemory = true;
+                return true;
             case Mnemonic.Nop:
+            case Mnemonic.Prefetchnta:
+            case Mnemonic.Prefetcht0:
+            case Mnemonic.Prefetcht1:
+            case Mnemonic.Prefetcht2:
+            case Mnemonic.Prefetchw:
             case Mnemonic.Cdqe:
             case Mnemonic.Cdq:
             case Mnemonic.Cqo:

@@ -1,0 +1,173 @@
+using Iced.Intel;
+using XenSharp.Cpu.Jit;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace XenSharp.Cpu.Tests.Jit;
+
+/// <summary>CMPXCHG, XADD and XCHG of memory (with and without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, MOV from a segment
+/// register and the prefetches compiled inline end exactly as interpreted: every register, RFLAGS, the memory around
+/// the operand, RIP and the retired count. On their fast path compiled code hands nothing but the closing HLT to the
+/// interpreter; a misaligned or page-crossing atomic operand is the interpreter's.</summary>
+public class JitAtomicTests
+{
+    const ulong Data = 0x70000;
+    /// <summary>A quadword running from one 4 KiB page into the next.</summary>
+    const ulong Crossing = 0x70FFC;
+    const ulong Mem = 0x1111_2222_8000_00F0UL;
+
+    sealed record Run(Registers Regs, ulong Retired, long HandOffs, long Compiled);
+
+    /// <summary>Runs <paramref name="op"/> interpreted and compiled with RAX = <paramref name="raxIn"/>, RDX =
+    /// <paramref name="rdxIn"/>, RCX = <paramref name="rcxIn"/>, RSI = <see cref="Data"/> + 8 and RDI =
+    /// <see cref="Crossing"/> (each quadword around them holding <see cref="Mem"/> plus its index), after a CMP
+    /// that leaves flag pattern <paramref name="preset"/>; then reads back the flags through SETcc and the memory
+    /// around RSI and at RDI.</summary>
+    static (Run Interp, Run Jit) RunBoth(Action<Assembler> op, ulong raxIn, ulong rdxIn, ulong rcxIn = 0, int preset = 0)
+    {
+        var (p, q) = preset switch
+        {
+            0 => (0UL, 1UL),                        // CF SF AF PF
+            1 => (0x8000_0000_0000_0000UL, 1UL),    // OF AF PF
+            _ => (5UL, 5UL),                        // ZF PF
+        };
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rsi, Data + 8);
+            for (int k = -1; k <= 2; k++)
+            {
+                a.mov(rbx, Mem + (ulong)(k + 1));
+                a.mov(__qword_ptr[rsi + k * 8], rbx);
+            }
+            a.mov(rdi, Crossing);
+            a.mov(rbx, Mem);
+            a.mov(__qword_ptr[rdi], rbx);
+            a.mov(r10, p);
+            a.mov(r11, q);
+            a.cmp(r10, r11);
+            op(a);
+            a.setb(r12b);
+            a.seto(r13b);
+            a.sete(r14b);
+            a.sets(r15b);
+            a.mov(rbx, __qword_ptr[rsi - 8]);
+            a.mov(rbp, __qword_ptr[rsi]);
+            a.mov(r8, __qword_ptr[rsi + 8]);
+            a.mov(r9, __qword_ptr[rdi]);
+            a.hlt();
+        });
+        var runs = new Run[2];
+        for (int k = 0; k < 2; k++)
+        {
+            using var m = new TestMachine(jit: k == 1 ? JitSettings.Eager : JitSettings.Off);
+            m.Enter64(code, fourK: true);
+            var r = m.Regs;
+            r.Rax = raxIn;
+            r.Rdx = rdxIn;
+            r.Rcx = rcxIn;
+            m.Cpu.SetRegisters(r);
+            m.RunToHlt();
+            var cpu = (X86Vcpu)m.Cpu;
+            if (k == 1) Assert.Equal(0, m.Engine.JitFailures);
+            runs[k] = new Run(m.Regs, m.Cpu.InstructionsRetired, cpu.JitHandOffs, m.Engine.CompiledBlocks);
+        }
+        return (runs[0], runs[1]);
+    }
+
+    static string Show(Registers r) =>
+        $"rax {r.Rax:X} rbx {r.Rbx:X} rcx {r.Rcx:X} rdx {r.Rdx:X} rsi {r.Rsi:X} rdi {r.Rdi:X} rsp {r.Rsp:X} rbp {r.Rbp:X} " +
+        $"r8 {r.R8:X} r9 {r.R9:X} r10 {r.R10:X} r11 {r.R11:X} r12 {r.R12:X} r13 {r.R13:X} r14 {r.R14:X} r15 {r.R15:X} rip {r.Rip:X} rflags {r.Rflags:X}";
+
+    /// <summary>The same state and retired count; <paramref name="handOffs"/> instructions handed to the interpreter
+    /// (the HLT, and the instruction itself when its operand is the interpreter's).</summary>
+    static void AssertSame(Run i, Run j, int handOffs = 1)
+    {
+        Assert.True(j.Compiled > 0);
+        Assert.Equal(Show(i.Regs), Show(j.Regs));
+        Assert.Equal(i.Retired, j.Retired);
+        Assert.Equal(handOffs, j.HandOffs);
+    }
+
+    /// <summary>Forms whose operand the fast path takes.</summary>
+    static readonly Dictionary<string, Action<Assembler>> Fast = new()
+    {
+        ["lock-cmpxchg64"] = a => a.@lock.cmpxchg(__qword_ptr[rsi], rdx),
+        ["lock-cmpxchg32"] = a => a.@lock.cmpxchg(__dword_ptr[rsi + 4], edx),
+        ["lock-cmpxchg16"] = a => a.@lock.cmpxchg(__word_ptr[rsi + 2], dx),
+        ["lock-cmpxchg8"] = a => a.@lock.cmpxchg(__byte_ptr[rsi + 1], dl),
+        ["cmpxchg64"] = a => a.cmpxchg(__qword_ptr[rsi], rdx),
+        ["cmpxchg32-reg"] = a => a.cmpxchg(ecx, edx),
+        ["cmpxchg64-reg-acc"] = a => a.cmpxchg(rax, rdx),
+        ["lock-xadd64"] = a => a.@lock.xadd(__qword_ptr[rsi], rdx),
+        ["lock-xadd32"] = a => a.@lock.xadd(__dword_ptr[rsi], edx),
+        ["lock-xadd8"] = a => a.@lock.xadd(__byte_ptr[rsi + 3], dh),
+        ["xadd16-reg"] = a => a.xadd(cx, dx),
+        ["xadd64-same"] = a => a.xadd(rdx, rdx),
+        ["xchg64-mem"] = a => a.xchg(__qword_ptr[rsi], rdx),
+        ["xchg16-mem"] = a => a.xchg(__word_ptr[rsi + 6], dx),
+        ["bt64-imm"] = a => a.bt(rdx, 45), ["bts32-reg"] = a => a.bts(edx, ecx), ["btr16-imm"] = a => a.btr(dx, 17),
+        ["btc64-reg"] = a => a.btc(rdx, rcx),
+        ["bt64-mem-imm"] = a => a.bt(__qword_ptr[rsi], 7), ["bts32-mem-imm"] = a => a.bts(__dword_ptr[rsi], 31),
+        ["btr64-mem-imm"] = a => a.btr(__qword_ptr[rsi], 4), ["btc16-mem-imm"] = a => a.btc(__word_ptr[rsi], 20),
+        ["lock-bts64-mem-imm"] = a => a.@lock.bts(__qword_ptr[rsi], 63), ["lock-btr64-mem-imm"] = a => a.@lock.btr(__qword_ptr[rsi], 5),
+        ["lock-btc32-mem-imm"] = a => a.@lock.btc(__dword_ptr[rsi], 4),
+        // A register offset reaches the operands before and after.
+        ["bt64-mem-reg"] = a => a.bt(__qword_ptr[rsi], rcx), ["bts64-mem-reg"] = a => a.bts(__qword_ptr[rsi], rcx),
+        ["btr32-mem-reg"] = a => a.btr(__dword_ptr[rsi], ecx), ["lock-btc64-mem-reg"] = a => a.@lock.btc(__qword_ptr[rsi], rcx),
+        ["lock-bts16-mem-reg"] = a => a.@lock.bts(__word_ptr[rsi], cx),
+        ["pushfq"] = a => { a.pushfq(); a.pop(rcx); },
+        ["cli"] = a => { a.cli(); a.pushfq(); a.pop(rcx); },
+        ["mov-from-segments"] = a => { a.mov(eax, ds); a.mov(cx, ss); a.mov(rdx, cs); },
+        ["prefetch"] = a => { a.prefetcht0(__byte_ptr[rsi]); a.prefetchnta(__byte_ptr[rax]); a.prefetchw(__byte_ptr[rdx]); },
+    };
+
+    public static IEnumerable<object[]> FastCases()
+    {
+        int n = 0;
+        // RAX equal to the operand (CMPXCHG stores), or not; offsets of every sign and reach.
+        (ulong Rax, ulong Rdx, ulong Rcx)[] values =
+        [
+            (Mem + 1, 0xFEDC_BA98_7654_3210UL, 3), (0x80F0, 0x8000_0000_0000_0000UL, 0xFFFF_FFFF_FFFF_FFC1UL),
+            (0x8000_00F0, 0x7F, 100), (Mem + 1 & 0xFFFF_FFFF_0000_0000UL | 0x8000_00F0, 0xFF, 0x1F),
+            (0xF0, 0x10, 0xFFFF_FFFF_FFFF_FFFFUL),
+        ];
+        foreach (var form in Fast.Keys)
+            foreach (var (rax, rdx, rcx) in values)
+                yield return [form, rax, rdx, rcx, n++ % 3];
+    }
+
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [MemberData(nameof(FastCases))]
+    public void Inline_forms_are_the_interpreters(string form, ulong rax, ulong rdx, ulong rcx, int preset)
+    {
+        var (i, j) = RunBoth(Fast[form], rax, rdx, rcx, preset);
+        AssertSame(i, j);
+    }
+
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData("misaligned")]
+    [InlineData("crossing")]
+    public void An_atomic_operand_off_the_fast_path_is_the_interpreters(string where)
+    {
+        Action<Assembler> op = where == "misaligned"
+            ? a => a.@lock.cmpxchg(__qword_ptr[rsi + 3], rdx)
+            : a => a.@lock.xadd(__qword_ptr[rdi], rdx);
+        foreach (ulong rax in new[] { Mem, Mem + 1, 0UL })
+        {
+            var (i, j) = RunBoth(op, rax, 0x0123_4567_89AB_CDEFUL);
+            AssertSame(i, j, handOffs: 2);
+        }
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Cmpxchg_stores_only_when_the_accumulator_matches()
+    {
+        var (_, hit) = RunBoth(a => a.@lock.cmpxchg(__qword_ptr[rsi], rdx), Mem + 1, 42);
+        Assert.Equal(42UL, hit.Regs.Rbp);
+        Assert.Equal(Mem + 1, hit.Regs.Rax);
+        Assert.Equal(1UL, hit.Regs.R14 & 0xFF);                  // ZF
+        var (_, miss) = RunBoth(a => a.@lock.cmpxchg(__dword_ptr[rsi], edx), 0xFFFF_FFFF_0000_0000UL, 42);
+        Assert.Equal(Mem + 1, miss.Regs.Rbp);
+        Assert.Equal((Mem + 1) & 0xFFFF_FFFF, miss.Regs.Rax);      // the 32-bit old value, zero-extended
+        Assert.Equal(0UL, miss.Regs.R14 & 0xFF);
+    }
+}
