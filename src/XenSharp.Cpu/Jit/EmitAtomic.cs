@@ -7,7 +7,8 @@ using Label = System.Reflection.Emit.Label;
 namespace XenSharp.Cpu.Jit;
 
 /// <summary>Inline IL for what Linux's locking and per-CPU code runs most: CMPXCHG, XADD and XCHG of memory (with or
-/// without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, MOV from a segment register and the prefetches. An atomic operand is
+/// without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, CLD/STD, CLAC/STAC, MOV from a segment register, the fences and the
+/// prefetches. An atomic operand is
 /// changed in place through the interpreter's own interlocked primitives, on the host address of a TLB entry that
 /// allows reading and writing; an operand that is misaligned, missed in the TLB or under an alignment check runs the
 /// whole instruction in the interpreter.</summary>
@@ -314,6 +315,29 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldloc, _fl); LdcU8(~X86Vcpu.IF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Stloc, _fl);
         _flDirty = true;
         _il.MarkLabel(done);
+    }
+
+    private static readonly MethodInfo MMemoryBarrier = typeof(Interlocked).GetMethod(nameof(Interlocked.MemoryBarrier))!;
+
+    /// <summary>Sets or clears a flag outside the arithmetic ones (DF).</summary>
+    private void EmitFlagBit(ulong flag, bool set)
+    {
+        _il.Emit(OpCodes.Ldloc, _fl); LdcU8(set ? flag : ~flag); _il.Emit(set ? OpCodes.Or : OpCodes.And);
+        _il.Emit(OpCodes.Stloc, _fl);
+        _flDirty = true;
+    }
+
+    /// <summary>STAC or CLAC at CPL 0 (elsewhere #UD, from the interpreter); AC arms the alignment check of the inline
+    /// accesses that follow.</summary>
+    private void EmitSmapAc(bool set, int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        EmitInterpretedPath(slow, done, i, []);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
+        EmitFlagBit(X86Vcpu.AC, set);
+        _il.MarkLabel(done);
+        if (_accesses) EmitAccessLocals();
     }
 
     /// <summary>MOV of a segment register's selector into a general register (zero-extended; a 16-bit one keeps the rest).</summary>

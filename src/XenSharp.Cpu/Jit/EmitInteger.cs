@@ -96,7 +96,11 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Pushfq: EmitPushf(i); return false;
             case Mnemonic.Cli: EmitCli(i); return false;
             case Mnemonic.Prefetchnta: case Mnemonic.Prefetcht0: case Mnemonic.Prefetcht1: case Mnemonic.Prefetcht2: case Mnemonic.Prefetchw:
+            case Mnemonic.Pause: case Mnemonic.Lfence: case Mnemonic.Sfence: case Mnemonic.Endbr32: case Mnemonic.Endbr64:
                 return false;
+            case Mnemonic.Mfence: _il.Emit(OpCodes.Call, MMemoryBarrier); return false;
+            case Mnemonic.Cld: case Mnemonic.Std: EmitFlagBit(X86Vcpu.DF, d.Op == Mnemonic.Std); return false;
+            case Mnemonic.Clac: case Mnemonic.Stac: EmitSmapAc(d.Op == Mnemonic.Stac, i); return false;
             case Mnemonic.Xchg:
                 ReadGpr(d.I.Op0Register); _il.Emit(OpCodes.Stloc, _ta);
                 ReadGpr(d.I.Op1Register); _il.Emit(OpCodes.Stloc, _tb);

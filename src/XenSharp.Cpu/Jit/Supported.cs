@@ -233,6 +233,19 @@ internal sealed partial class BlockTranslator
                 // A fault point: at CPL > 0 the interpreter may raise #GP.
                 touchesMemory = true;
                 return true;
+            case Mnemonic.Clac:
+            case Mnemonic.Stac:
+                // A fault point: #UD outside CPL 0.
+                touchesMemory = true;
+                return true;
+            case Mnemonic.Cld:
+            case Mnemonic.Std:
+            case Mnemonic.Pause:
+            case Mnemonic.Lfence:
+            case Mnemonic.Sfence:
+            case Mnemonic.Mfence:
+            case Mnemonic.Endbr32:
+            case Mnemonic.Endbr64:
             case Mnemonic.Nop:
             case Mnemonic.Prefetchnta:
             case Mnemonic.Prefetcht0:

@@ -4,8 +4,8 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace XenSharp.Cpu.Tests.Jit;
 
-/// <summary>CMPXCHG, XADD and XCHG of memory (with and without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, MOV from a segment
-/// register and the prefetches compiled inline end exactly as interpreted: every register, RFLAGS, the memory around
+/// <summary>CMPXCHG, XADD and XCHG of memory (with and without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, CLD/STD, CLAC/STAC,
+/// MOV from a segment register, the fences and the prefetches compiled inline end exactly as interpreted: every register, RFLAGS, the memory around
 /// the operand, RIP and the retired count. On their fast path compiled code hands nothing but the closing HLT to the
 /// interpreter; a misaligned or page-crossing atomic operand is the interpreter's.</summary>
 public class JitAtomicTests
@@ -117,6 +117,9 @@ public class JitAtomicTests
         ["pushfq"] = a => { a.pushfq(); a.pop(rcx); },
         ["cli"] = a => { a.cli(); a.pushfq(); a.pop(rcx); },
         ["mov-from-segments"] = a => { a.mov(eax, ds); a.mov(cx, ss); a.mov(rdx, cs); },
+        ["std-cld"] = a => { a.std(); a.pushfq(); a.pop(rcx); a.cld(); },
+        ["stac-clac"] = a => { a.stac(); a.pushfq(); a.pop(rcx); a.mov(rdx, __qword_ptr[rsi + 1]); a.clac(); },
+        ["fences"] = a => { a.lfence(); a.sfence(); a.mfence(); a.pause(); a.endbr64(); },
         ["prefetch"] = a => { a.prefetcht0(__byte_ptr[rsi]); a.prefetchnta(__byte_ptr[rax]); a.prefetchw(__byte_ptr[rdx]); },
     };
 
