@@ -4,7 +4,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace XenSharp.Cpu.Tests.Jit;
 
-/// <summary>SSE moves, logic, compares, unpacks, PSHUFD, PMOVMSKB, MOVD/MOVQ and MOVSD/MOVSS compiled inline end
+/// <summary>SSE moves, logic, compares, unpacks, shifts, PSHUFD, PMOVMSKB, MOVD/MOVQ and MOVSD/MOVSS compiled inline end
 /// exactly as interpreted, without handing the instructions to the interpreter; and what they cannot do inline (a
 /// misaligned operand that must be aligned, CR0.TS, an access across a page) still faults or completes as the
 /// interpreter does.</summary>
@@ -60,7 +60,7 @@ public class JitSseTests
         m.RunToHlt();
         Assert.True(m.Engine.JitFailures == 0, m.Engine.LastJitFailure);
         var cpu = (X86Vcpu)m.Cpu;
-        var outBytes = new byte[256];
+        var outBytes = new byte[0x1000];
         for (int k = 0; k < outBytes.Length; k++) outBytes[k] = m.Mem.R8(Out + (ulong)k);
         return new Outcome(m.Regs, outBytes, m.Cpu.InstructionsRetired, (ulong)cpu.JitHandOffs, m.Engine.CompiledBlocks, (int)m.Regs.R15);
     }
@@ -113,6 +113,21 @@ public class JitSseTests
             a.punpckhbw(xmm4, xmm5); a.punpckhwd(xmm5, xmm6); a.punpckhdq(xmm6, xmm7); a.punpckhqdq(xmm7, __xmmword_ptr[rsi + 0x110]);
             a.pshufd(xmm0, xmm7, 0x1B); a.pshufd(xmm1, __xmmword_ptr[rsi + 0x120], 0); a.pshufd(xmm2, xmm2, 0xE4);
         },
+        ["shifts by an immediate"] = a =>
+        {
+            // Each shift by each count, of a different pattern each time, stored at Out+0x100 on.
+            int k = 0;
+            foreach (var shift in s_shiftsByImmediate)
+                foreach (byte n in ShiftCounts)
+                {
+                    a.movdqu(xmm0, __xmmword_ptr[rsi + 0x100 + k % 32 * 16]);
+                    shift(a, n);
+                    a.movdqu(__xmmword_ptr[rdi + 0x100 + k * 16], xmm0);
+                    k++;
+                }
+            // On other registers too.
+            a.psrad(xmm1, 3); a.pslldq(xmm2, 9); a.psrlq(xmm3, 40); a.psllw(xmm7, 17);
+        },
         ["scalar moves"] = a =>
         {
             a.mov(rax, 0xDEAD_BEEF_CAFE_F00DUL);
@@ -155,6 +170,18 @@ public class JitSseTests
             a.mov(rcx, r8);
         },
     };
+
+    /// <summary>Counts 0, within the lanes, each lane width less one, each width, past each, and 255.</summary>
+    static readonly byte[] ShiftCounts = [0, 1, 5, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128, 255];
+
+    /// <summary>The shifts by an immediate, each of XMM0.</summary>
+    static readonly Action<Assembler, byte>[] s_shiftsByImmediate =
+    [
+        (a, n) => a.psllw(xmm0, n), (a, n) => a.pslld(xmm0, n), (a, n) => a.psllq(xmm0, n),
+        (a, n) => a.psrlw(xmm0, n), (a, n) => a.psrld(xmm0, n), (a, n) => a.psrlq(xmm0, n),
+        (a, n) => a.psraw(xmm0, n), (a, n) => a.psrad(xmm0, n),
+        (a, n) => a.pslldq(xmm0, n), (a, n) => a.psrldq(xmm0, n),
+    ];
 
     [Theory, MemberData(nameof(Forms)), Trait("Feature", "x86 instruction emulation")]
     public void Compiled_inline_as_interpreted(string form)
