@@ -42,6 +42,9 @@ internal static class SseLanes
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Punpckhdq(V a, V b) => Sse2.UnpackHigh(a.AsUInt32(), b.AsUInt32()).AsByte();
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Punpckhqdq(V a, V b) => Sse2.UnpackHigh(a.AsUInt64(), b.AsUInt64()).AsByte();
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static uint Pmovmskb(V a) => a.ExtractMostSignificantBits();
+    /// <summary>PSHUFB: a selector byte with its top bit set gives 0, any other picks the byte its low four bits
+    /// number (Shuffle gives 0 for an index past 15, which keeping bit 7 and bits 0-3 makes exactly those).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Pshufb(V a, V b) => Vector128.Shuffle(a, b & Vector128.Create((byte)0x8F));
     // The shifts by an immediate, for a count below the lane width (the compiler settles larger ones).
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psllw(V a, int n) => Vector128.ShiftLeft(a.AsUInt16(), n).AsByte();
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Pslld(V a, int n) => Vector128.ShiftLeft(a.AsUInt32(), n).AsByte();
@@ -58,7 +61,7 @@ internal static class SseLanes
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Scalar(ulong v) => Vector128.CreateScalar(v).AsByte();
 }
 
-/// <summary>SSE moves, logic, integer compares, adds, unpacks, shifts, PSHUFD and PMOVMSKB compiled inline:
+/// <summary>SSE moves, logic, integer compares, adds, unpacks, shifts, PSHUFD, PSHUFB and PMOVMSKB compiled inline:
 /// what glibc's string and memory functions run, which every user program calls. The XMM registers stay in the vCPU
 /// (the interpreter's own), so nothing is written back around them. CR0.EM/TS and CR4.OSFXSR are tested at each
 /// instruction, and a #UD or #NM it would raise, a misaligned operand that must be aligned (#GP) and a TLB miss all
@@ -155,6 +158,7 @@ internal sealed partial class BlockTranslator
         Lane(nameof(SseLanes.Punpckhwd), Code.Punpckhwd_xmm_xmmm128);
         Lane(nameof(SseLanes.Punpckhdq), Code.Punpckhdq_xmm_xmmm128);
         Lane(nameof(SseLanes.Punpckhqdq), Code.Punpckhqdq_xmm_xmmm128);
+        Lane(nameof(SseLanes.Pshufb), Code.Pshufb_xmm_xmmm128);
         void Shift(string helper, Code c, int width, bool arithmetic = false) =>
             t[c] = new(SseShape.ShiftImm, 0, false, typeof(SseLanes).GetMethod(helper)!, Width: width, Arithmetic: arithmetic);
         Shift(nameof(SseLanes.Psllw), Code.Psllw_xmm_imm8, 16);

@@ -4,7 +4,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace XenSharp.Cpu.Tests.Jit;
 
-/// <summary>SSE moves, logic, compares, unpacks, shifts, PSHUFD, PMOVMSKB, MOVD/MOVQ and MOVSD/MOVSS compiled inline end
+/// <summary>SSE moves, logic, compares, unpacks, shifts, PSHUFD, PSHUFB, PMOVMSKB, MOVD/MOVQ and MOVSD/MOVSS compiled inline end
 /// exactly as interpreted, without handing the instructions to the interpreter; and what they cannot do inline (a
 /// misaligned operand that must be aligned, CR0.TS, an access across a page) still faults or completes as the
 /// interpreter does.</summary>
@@ -128,6 +128,15 @@ public class JitSseTests
             // On other registers too.
             a.psrad(xmm1, 3); a.pslldq(xmm2, 9); a.psrlq(xmm3, 40); a.psllw(xmm7, 17);
         },
+        ["pshufb"] = a =>
+        {
+            // Selectors with the top bit set, with bits 4-6 set and clear, from registers and aligned memory.
+            a.movdqu(xmm4, __xmmword_ptr[rsi + 0x140]); a.movdqu(xmm5, __xmmword_ptr[rsi + 0x1B0]);
+            a.movdqa(xmm6, xmm0);
+            a.pshufb(xmm0, xmm1); a.pshufb(xmm2, __xmmword_ptr[rsi + 0x100]); a.pshufb(xmm3, xmm6);
+            a.pshufb(xmm4, __xmmword_ptr[rsi + 0x130]); a.pshufb(xmm5, xmm5); a.pshufb(xmm6, xmm4);
+            a.pshufb(xmm7, xmm2);
+        },
         ["scalar moves"] = a =>
         {
             a.mov(rax, 0xDEAD_BEEF_CAFE_F00DUL);
@@ -205,6 +214,14 @@ public class JitSseTests
     public void A_lane_operation_on_misaligned_memory_raises_GP_and_an_unaligned_move_does_not()
     {
         var (_, jit) = Both(a => { a.movups(xmm0, __xmmword_ptr[rsi + 0x101]); a.paddb(xmm0, __xmmword_ptr[rsi + 0x101]); });
+        Assert.Equal(13, jit.Vector);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void PSHUFB_of_misaligned_memory_raises_GP_as_interpreted()
+    {
+        var (interp, jit) = Both(a => { a.pshufb(xmm1, xmm0); a.pshufb(xmm0, __xmmword_ptr[rsi + 0x104]); a.por(xmm1, xmm0); });
+        Assert.Equal(13, interp.Vector);
         Assert.Equal(13, jit.Vector);
     }
 
