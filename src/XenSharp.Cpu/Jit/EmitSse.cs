@@ -57,6 +57,16 @@ internal static class SseLanes
     /// <summary>PSLLDQ/PSRLDQ by 0-15 bytes: a shuffle whose indices out of 0-15 (wrapped below 0, or past 15) give 0.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Pslldq(V a, int n) => Vector128.Shuffle(a, V.Indices - Vector128.Create((byte)n));
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psrldq(V a, int n) => Vector128.Shuffle(a, V.Indices + Vector128.Create((byte)n));
+    // The shifts by the low quadword of an XMM register or m128: a count past the lane width gives 0, or the sign.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsllwXmm(V a, V c) { ulong n = Count(c); return n > 15 ? V.Zero : Psllw(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PslldXmm(V a, V c) { ulong n = Count(c); return n > 31 ? V.Zero : Pslld(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsllqXmm(V a, V c) { ulong n = Count(c); return n > 63 ? V.Zero : Psllq(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrlwXmm(V a, V c) { ulong n = Count(c); return n > 15 ? V.Zero : Psrlw(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrldXmm(V a, V c) { ulong n = Count(c); return n > 31 ? V.Zero : Psrld(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrlqXmm(V a, V c) { ulong n = Count(c); return n > 63 ? V.Zero : Psrlq(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrawXmm(V a, V c) => Psraw(a, (int)Math.Min(Count(c), 15));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsradXmm(V a, V c) => Psrad(a, (int)Math.Min(Count(c), 31));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] private static ulong Count(V c) => c.AsUInt64().ToScalar();
     /// <summary>A scalar zero-extended to the register (MOVD, MOVQ, and MOVSD/MOVSS from memory).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Scalar(ulong v) => Vector128.CreateScalar(v).AsByte();
 }
@@ -159,6 +169,14 @@ internal sealed partial class BlockTranslator
         Lane(nameof(SseLanes.Punpckhdq), Code.Punpckhdq_xmm_xmmm128);
         Lane(nameof(SseLanes.Punpckhqdq), Code.Punpckhqdq_xmm_xmmm128);
         Lane(nameof(SseLanes.Pshufb), Code.Pshufb_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsllwXmm), Code.Psllw_xmm_xmmm128);
+        Lane(nameof(SseLanes.PslldXmm), Code.Pslld_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsllqXmm), Code.Psllq_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrlwXmm), Code.Psrlw_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrldXmm), Code.Psrld_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrlqXmm), Code.Psrlq_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrawXmm), Code.Psraw_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsradXmm), Code.Psrad_xmm_xmmm128);
         void Shift(string helper, Code c, int width, bool arithmetic = false) =>
             t[c] = new(SseShape.ShiftImm, 0, false, typeof(SseLanes).GetMethod(helper)!, Width: width, Arithmetic: arithmetic);
         Shift(nameof(SseLanes.Psllw), Code.Psllw_xmm_imm8, 16);

@@ -128,6 +128,22 @@ public class JitSseTests
             // On other registers too.
             a.psrad(xmm1, 3); a.pslldq(xmm2, 9); a.psrlq(xmm3, 40); a.psllw(xmm7, 17);
         },
+        ["shifts by a register"] = a =>
+        {
+            // The count is the low quadword of an aligned m128 or of XMM1; the high quadword is noise.
+            int k = 0;
+            foreach (var shift in s_shiftsByRegister)
+                foreach (ulong n in RegisterCounts)
+                {
+                    a.mov(rax, n); a.mov(__qword_ptr[rsi + 0x400], rax);
+                    a.mov(rax, 0x0102_0304_0506_0708UL * (ulong)(k + 1)); a.mov(__qword_ptr[rsi + 0x408], rax);
+                    a.movdqu(xmm0, __xmmword_ptr[rsi + 0x100 + k % 32 * 16]);
+                    if (k % 2 == 0) a.AddInstruction(Instruction.Create(shift, Register.XMM0, new MemoryOperand(Register.RSI, 0x400)));
+                    else { a.movdqa(xmm1, __xmmword_ptr[rsi + 0x400]); a.AddInstruction(Instruction.Create(shift, Register.XMM0, Register.XMM1)); }
+                    a.movdqu(__xmmword_ptr[rdi + 0x100 + k * 16], xmm0);
+                    k++;
+                }
+        },
         ["pshufb"] = a =>
         {
             // Selectors with the top bit set, with bits 4-6 set and clear, from registers and aligned memory.
@@ -192,6 +208,16 @@ public class JitSseTests
         (a, n) => a.pslldq(xmm0, n), (a, n) => a.psrldq(xmm0, n),
     ];
 
+    static readonly ulong[] RegisterCounts =
+        [0, 1, 15, 16, 31, 32, 63, 64, 65, 255, 256, 0x1_0000_0001, 0x8000_0000_0000_0000, ulong.MaxValue];
+
+    /// <summary>The shifts by the count in XMM1 or an m128.</summary>
+    static readonly Code[] s_shiftsByRegister =
+    [
+        Code.Psllw_xmm_xmmm128, Code.Pslld_xmm_xmmm128, Code.Psllq_xmm_xmmm128, Code.Psrlw_xmm_xmmm128,
+        Code.Psrld_xmm_xmmm128, Code.Psrlq_xmm_xmmm128, Code.Psraw_xmm_xmmm128, Code.Psrad_xmm_xmmm128,
+    ];
+
     [Theory, MemberData(nameof(Forms)), Trait("Feature", "x86 instruction emulation")]
     public void Compiled_inline_as_interpreted(string form)
     {
@@ -221,6 +247,14 @@ public class JitSseTests
     public void PSHUFB_of_misaligned_memory_raises_GP_as_interpreted()
     {
         var (interp, jit) = Both(a => { a.pshufb(xmm1, xmm0); a.pshufb(xmm0, __xmmword_ptr[rsi + 0x104]); a.por(xmm1, xmm0); });
+        Assert.Equal(13, interp.Vector);
+        Assert.Equal(13, jit.Vector);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_shift_by_a_misaligned_m128_count_raises_GP_as_interpreted()
+    {
+        var (interp, jit) = Both(a => { a.psrld(xmm1, __xmmword_ptr[rsi + 0x100]); a.pslld(xmm0, __xmmword_ptr[rsi + 0x108]); });
         Assert.Equal(13, interp.Vector);
         Assert.Equal(13, jit.Vector);
     }
