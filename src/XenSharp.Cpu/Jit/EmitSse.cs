@@ -42,13 +42,38 @@ internal static class SseLanes
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Punpckhdq(V a, V b) => Sse2.UnpackHigh(a.AsUInt32(), b.AsUInt32()).AsByte();
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Punpckhqdq(V a, V b) => Sse2.UnpackHigh(a.AsUInt64(), b.AsUInt64()).AsByte();
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static uint Pmovmskb(V a) => a.ExtractMostSignificantBits();
+    /// <summary>PSHUFB: a selector byte with its top bit set gives 0, any other picks the byte its low four bits
+    /// number (Shuffle gives 0 for an index past 15, which keeping bit 7 and bits 0-3 makes exactly those).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Pshufb(V a, V b) => Vector128.Shuffle(a, b & Vector128.Create((byte)0x8F));
+    // The shifts by an immediate, for a count below the lane width (the compiler settles larger ones).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psllw(V a, int n) => Vector128.ShiftLeft(a.AsUInt16(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Pslld(V a, int n) => Vector128.ShiftLeft(a.AsUInt32(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psllq(V a, int n) => Vector128.ShiftLeft(a.AsUInt64(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psrlw(V a, int n) => Vector128.ShiftRightLogical(a.AsUInt16(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psrld(V a, int n) => Vector128.ShiftRightLogical(a.AsUInt32(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psrlq(V a, int n) => Vector128.ShiftRightLogical(a.AsUInt64(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psraw(V a, int n) => Vector128.ShiftRightArithmetic(a.AsInt16(), n).AsByte();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psrad(V a, int n) => Vector128.ShiftRightArithmetic(a.AsInt32(), n).AsByte();
+    /// <summary>PSLLDQ/PSRLDQ by 0-15 bytes: a shuffle whose indices out of 0-15 (wrapped below 0, or past 15) give 0.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Pslldq(V a, int n) => Vector128.Shuffle(a, V.Indices - Vector128.Create((byte)n));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Psrldq(V a, int n) => Vector128.Shuffle(a, V.Indices + Vector128.Create((byte)n));
+    // The shifts by the low quadword of an XMM register or m128: a count past the lane width gives 0, or the sign.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsllwXmm(V a, V c) { ulong n = Count(c); return n > 15 ? V.Zero : Psllw(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PslldXmm(V a, V c) { ulong n = Count(c); return n > 31 ? V.Zero : Pslld(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsllqXmm(V a, V c) { ulong n = Count(c); return n > 63 ? V.Zero : Psllq(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrlwXmm(V a, V c) { ulong n = Count(c); return n > 15 ? V.Zero : Psrlw(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrldXmm(V a, V c) { ulong n = Count(c); return n > 31 ? V.Zero : Psrld(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrlqXmm(V a, V c) { ulong n = Count(c); return n > 63 ? V.Zero : Psrlq(a, (int)n); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsrawXmm(V a, V c) => Psraw(a, (int)Math.Min(Count(c), 15));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V PsradXmm(V a, V c) => Psrad(a, (int)Math.Min(Count(c), 31));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] private static ulong Count(V c) => c.AsUInt64().ToScalar();
     /// <summary>A scalar zero-extended to the register (MOVD, MOVQ, and MOVSD/MOVSS from memory).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static V Scalar(ulong v) => Vector128.CreateScalar(v).AsByte();
 }
 
-/// <summary>SSE moves, logic, integer compares, adds, unpacks, PSHUFD and PMOVMSKB compiled inline: what glibc's
-/// string and memory functions run, which every user program calls. The XMM registers stay in the vCPU (the
-/// interpreter's own), so nothing is written back around them. CR0.EM/TS and CR4.OSFXSR are tested at each
+/// <summary>SSE moves, logic, integer compares, adds, unpacks, shifts, PSHUFD, PSHUFB and PMOVMSKB compiled inline:
+/// what glibc's string and memory functions run, which every user program calls. The XMM registers stay in the vCPU
+/// (the interpreter's own), so nothing is written back around them. CR0.EM/TS and CR4.OSFXSR are tested at each
 /// instruction, and a #UD or #NM it would raise, a misaligned operand that must be aligned (#GP) and a TLB miss all
 /// run the instruction in the interpreter, which raises the fault.</summary>
 internal sealed partial class BlockTranslator
@@ -61,6 +86,9 @@ internal sealed partial class BlockTranslator
         Lane,
         Pshufd,
         Pmovmskb,
+        /// <summary>xmm = op(xmm, imm8): a count at or past the lane width (<see cref="SseForm.Width"/>) gives 0,
+        /// or, for the arithmetic shifts, the shift by the width less one.</summary>
+        ShiftImm,
         /// <summary>xmm = zero-extended r/m32, r/m64 or the low quadword of an xmm (MOVD, MOVQ).</summary>
         ToXmm,
         /// <summary>r/m32 or r/m64 = the low part of an xmm; to a register, MOVQ xmm/m64, xmm zero-extends.</summary>
@@ -76,9 +104,11 @@ internal sealed partial class BlockTranslator
     }
 
     /// <summary>A form: its shape, its memory operand's size (for the scalar float forms, 8 for double and 4 for
-    /// single), whether that operand must be 16-byte aligned, the lane operation, and the float operation or
-    /// (for COMI*) whether it signals on a quiet NaN.</summary>
-    private readonly record struct SseForm(SseShape Shape, int Size, bool Aligned, MethodInfo? Op = null, int Float = 0);
+    /// single), whether that operand must be 16-byte aligned, the lane operation, the float operation or (for COMI*)
+    /// whether it signals on a quiet NaN, and for a shift by an immediate the lane width in units of the count (bits,
+    /// or bytes for PSLLDQ/PSRLDQ) and whether it is arithmetic.</summary>
+    private readonly record struct SseForm(SseShape Shape, int Size, bool Aligned, MethodInfo? Op = null, int Float = 0,
+        int Width = 0, bool Arithmetic = false);
 
     private static readonly FieldInfo FXmm = Cpu.GetField(nameof(X86Vcpu.X), Inst)!;
     private static readonly FieldInfo FCr0 = Cpu.GetField(nameof(X86Vcpu.Cr0), Inst)!;
@@ -138,6 +168,27 @@ internal sealed partial class BlockTranslator
         Lane(nameof(SseLanes.Punpckhwd), Code.Punpckhwd_xmm_xmmm128);
         Lane(nameof(SseLanes.Punpckhdq), Code.Punpckhdq_xmm_xmmm128);
         Lane(nameof(SseLanes.Punpckhqdq), Code.Punpckhqdq_xmm_xmmm128);
+        Lane(nameof(SseLanes.Pshufb), Code.Pshufb_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsllwXmm), Code.Psllw_xmm_xmmm128);
+        Lane(nameof(SseLanes.PslldXmm), Code.Pslld_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsllqXmm), Code.Psllq_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrlwXmm), Code.Psrlw_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrldXmm), Code.Psrld_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrlqXmm), Code.Psrlq_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsrawXmm), Code.Psraw_xmm_xmmm128);
+        Lane(nameof(SseLanes.PsradXmm), Code.Psrad_xmm_xmmm128);
+        void Shift(string helper, Code c, int width, bool arithmetic = false) =>
+            t[c] = new(SseShape.ShiftImm, 0, false, typeof(SseLanes).GetMethod(helper)!, Width: width, Arithmetic: arithmetic);
+        Shift(nameof(SseLanes.Psllw), Code.Psllw_xmm_imm8, 16);
+        Shift(nameof(SseLanes.Pslld), Code.Pslld_xmm_imm8, 32);
+        Shift(nameof(SseLanes.Psllq), Code.Psllq_xmm_imm8, 64);
+        Shift(nameof(SseLanes.Psrlw), Code.Psrlw_xmm_imm8, 16);
+        Shift(nameof(SseLanes.Psrld), Code.Psrld_xmm_imm8, 32);
+        Shift(nameof(SseLanes.Psrlq), Code.Psrlq_xmm_imm8, 64);
+        Shift(nameof(SseLanes.Psraw), Code.Psraw_xmm_imm8, 16, arithmetic: true);
+        Shift(nameof(SseLanes.Psrad), Code.Psrad_xmm_imm8, 32, arithmetic: true);
+        Shift(nameof(SseLanes.Pslldq), Code.Pslldq_xmm_imm8, 16);
+        Shift(nameof(SseLanes.Psrldq), Code.Psrldq_xmm_imm8, 16);
         t[Code.Pshufd_xmm_xmmm128_imm8] = new(SseShape.Pshufd, 16, Aligned: true);
         t[Code.Pmovmskb_r32_xmm] = new(SseShape.Pmovmskb, 0, false);
         t[Code.Pmovmskb_r64_xmm] = new(SseShape.Pmovmskb, 0, false);
@@ -248,6 +299,17 @@ internal sealed partial class BlockTranslator
                 else if (form.Shape == SseShape.Pshufd) { LdcI4((byte)d.I.Immediate8); _il.Emit(OpCodes.Call, MPshufd); }
                 _il.Emit(OpCodes.Stobj, vec);
                 break;
+            case SseShape.ShiftImm:
+            {
+                int n = d.I.Immediate8;
+                XmmAddress(d.I.Op0Register);
+                if (n >= form.Width && !form.Arithmetic) { _il.Emit(OpCodes.Initobj, vec); break; }
+                XmmAddress(d.I.Op0Register); _il.Emit(OpCodes.Ldobj, vec);
+                LdcI4(Math.Min(n, form.Width - 1));
+                _il.Emit(OpCodes.Call, form.Op!);
+                _il.Emit(OpCodes.Stobj, vec);
+                break;
+            }
             case SseShape.Pmovmskb:
                 XmmAddress(d.I.Op1Register); _il.Emit(OpCodes.Ldobj, vec);
                 _il.Emit(OpCodes.Call, MPmovmskb); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Stloc, _ta);

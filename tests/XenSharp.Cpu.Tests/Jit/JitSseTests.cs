@@ -4,7 +4,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace XenSharp.Cpu.Tests.Jit;
 
-/// <summary>SSE moves, logic, compares, unpacks, PSHUFD, PMOVMSKB, MOVD/MOVQ and MOVSD/MOVSS compiled inline end
+/// <summary>SSE moves, logic, compares, unpacks, shifts, PSHUFD, PSHUFB, PMOVMSKB, MOVD/MOVQ and MOVSD/MOVSS compiled inline end
 /// exactly as interpreted, without handing the instructions to the interpreter; and what they cannot do inline (a
 /// misaligned operand that must be aligned, CR0.TS, an access across a page) still faults or completes as the
 /// interpreter does.</summary>
@@ -60,7 +60,7 @@ public class JitSseTests
         m.RunToHlt();
         Assert.True(m.Engine.JitFailures == 0, m.Engine.LastJitFailure);
         var cpu = (X86Vcpu)m.Cpu;
-        var outBytes = new byte[256];
+        var outBytes = new byte[0x1000];
         for (int k = 0; k < outBytes.Length; k++) outBytes[k] = m.Mem.R8(Out + (ulong)k);
         return new Outcome(m.Regs, outBytes, m.Cpu.InstructionsRetired, (ulong)cpu.JitHandOffs, m.Engine.CompiledBlocks, (int)m.Regs.R15);
     }
@@ -113,6 +113,46 @@ public class JitSseTests
             a.punpckhbw(xmm4, xmm5); a.punpckhwd(xmm5, xmm6); a.punpckhdq(xmm6, xmm7); a.punpckhqdq(xmm7, __xmmword_ptr[rsi + 0x110]);
             a.pshufd(xmm0, xmm7, 0x1B); a.pshufd(xmm1, __xmmword_ptr[rsi + 0x120], 0); a.pshufd(xmm2, xmm2, 0xE4);
         },
+        ["shifts by an immediate"] = a =>
+        {
+            // Each shift by each count, of a different pattern each time, stored at Out+0x100 on.
+            int k = 0;
+            foreach (var shift in s_shiftsByImmediate)
+                foreach (byte n in ShiftCounts)
+                {
+                    a.movdqu(xmm0, __xmmword_ptr[rsi + 0x100 + k % 32 * 16]);
+                    shift(a, n);
+                    a.movdqu(__xmmword_ptr[rdi + 0x100 + k * 16], xmm0);
+                    k++;
+                }
+            // On other registers too.
+            a.psrad(xmm1, 3); a.pslldq(xmm2, 9); a.psrlq(xmm3, 40); a.psllw(xmm7, 17);
+        },
+        ["shifts by a register"] = a =>
+        {
+            // The count is the low quadword of an aligned m128 or of XMM1; the high quadword is noise.
+            int k = 0;
+            foreach (var shift in s_shiftsByRegister)
+                foreach (ulong n in RegisterCounts)
+                {
+                    a.mov(rax, n); a.mov(__qword_ptr[rsi + 0x400], rax);
+                    a.mov(rax, 0x0102_0304_0506_0708UL * (ulong)(k + 1)); a.mov(__qword_ptr[rsi + 0x408], rax);
+                    a.movdqu(xmm0, __xmmword_ptr[rsi + 0x100 + k % 32 * 16]);
+                    if (k % 2 == 0) a.AddInstruction(Instruction.Create(shift, Register.XMM0, new MemoryOperand(Register.RSI, 0x400)));
+                    else { a.movdqa(xmm1, __xmmword_ptr[rsi + 0x400]); a.AddInstruction(Instruction.Create(shift, Register.XMM0, Register.XMM1)); }
+                    a.movdqu(__xmmword_ptr[rdi + 0x100 + k * 16], xmm0);
+                    k++;
+                }
+        },
+        ["pshufb"] = a =>
+        {
+            // Selectors with the top bit set, with bits 4-6 set and clear, from registers and aligned memory.
+            a.movdqu(xmm4, __xmmword_ptr[rsi + 0x140]); a.movdqu(xmm5, __xmmword_ptr[rsi + 0x1B0]);
+            a.movdqa(xmm6, xmm0);
+            a.pshufb(xmm0, xmm1); a.pshufb(xmm2, __xmmword_ptr[rsi + 0x100]); a.pshufb(xmm3, xmm6);
+            a.pshufb(xmm4, __xmmword_ptr[rsi + 0x130]); a.pshufb(xmm5, xmm5); a.pshufb(xmm6, xmm4);
+            a.pshufb(xmm7, xmm2);
+        },
         ["scalar moves"] = a =>
         {
             a.mov(rax, 0xDEAD_BEEF_CAFE_F00DUL);
@@ -156,6 +196,28 @@ public class JitSseTests
         },
     };
 
+    /// <summary>Counts 0, within the lanes, each lane width less one, each width, past each, and 255.</summary>
+    static readonly byte[] ShiftCounts = [0, 1, 5, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128, 255];
+
+    /// <summary>The shifts by an immediate, each of XMM0.</summary>
+    static readonly Action<Assembler, byte>[] s_shiftsByImmediate =
+    [
+        (a, n) => a.psllw(xmm0, n), (a, n) => a.pslld(xmm0, n), (a, n) => a.psllq(xmm0, n),
+        (a, n) => a.psrlw(xmm0, n), (a, n) => a.psrld(xmm0, n), (a, n) => a.psrlq(xmm0, n),
+        (a, n) => a.psraw(xmm0, n), (a, n) => a.psrad(xmm0, n),
+        (a, n) => a.pslldq(xmm0, n), (a, n) => a.psrldq(xmm0, n),
+    ];
+
+    static readonly ulong[] RegisterCounts =
+        [0, 1, 15, 16, 31, 32, 63, 64, 65, 255, 256, 0x1_0000_0001, 0x8000_0000_0000_0000, ulong.MaxValue];
+
+    /// <summary>The shifts by the count in XMM1 or an m128.</summary>
+    static readonly Code[] s_shiftsByRegister =
+    [
+        Code.Psllw_xmm_xmmm128, Code.Pslld_xmm_xmmm128, Code.Psllq_xmm_xmmm128, Code.Psrlw_xmm_xmmm128,
+        Code.Psrld_xmm_xmmm128, Code.Psrlq_xmm_xmmm128, Code.Psraw_xmm_xmmm128, Code.Psrad_xmm_xmmm128,
+    ];
+
     [Theory, MemberData(nameof(Forms)), Trait("Feature", "x86 instruction emulation")]
     public void Compiled_inline_as_interpreted(string form)
     {
@@ -178,6 +240,22 @@ public class JitSseTests
     public void A_lane_operation_on_misaligned_memory_raises_GP_and_an_unaligned_move_does_not()
     {
         var (_, jit) = Both(a => { a.movups(xmm0, __xmmword_ptr[rsi + 0x101]); a.paddb(xmm0, __xmmword_ptr[rsi + 0x101]); });
+        Assert.Equal(13, jit.Vector);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void PSHUFB_of_misaligned_memory_raises_GP_as_interpreted()
+    {
+        var (interp, jit) = Both(a => { a.pshufb(xmm1, xmm0); a.pshufb(xmm0, __xmmword_ptr[rsi + 0x104]); a.por(xmm1, xmm0); });
+        Assert.Equal(13, interp.Vector);
+        Assert.Equal(13, jit.Vector);
+    }
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_shift_by_a_misaligned_m128_count_raises_GP_as_interpreted()
+    {
+        var (interp, jit) = Both(a => { a.psrld(xmm1, __xmmword_ptr[rsi + 0x100]); a.pslld(xmm0, __xmmword_ptr[rsi + 0x108]); });
+        Assert.Equal(13, interp.Vector);
         Assert.Equal(13, jit.Vector);
     }
 
