@@ -328,7 +328,8 @@ internal sealed partial class BlockTranslator
     }
 
     /// <summary>STAC or CLAC at CPL 0 (elsewhere #UD, from the interpreter); AC arms the alignment check of the inline
-    /// accesses that follow.</summary>
+    /// accesses that follow. AC also goes to the vCPU's RFLAGS at once: the access helpers' page walks read it there
+    /// for SMAP (a supervisor access to a user page is allowed only while it is set).</summary>
     private void EmitSmapAc(bool set, int i)
     {
         var slow = _il.DefineLabel();
@@ -336,6 +337,9 @@ internal sealed partial class BlockTranslator
         EmitInterpretedPath(slow, done, i, []);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
         EmitFlagBit(X86Vcpu.AC, set);
+        LdCpu();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); LdcU8(set ? X86Vcpu.AC : ~X86Vcpu.AC); _il.Emit(set ? OpCodes.Or : OpCodes.And);
+        _il.Emit(OpCodes.Stfld, FRflags);
         _il.MarkLabel(done);
         if (_accesses) EmitAccessLocals();
     }

@@ -161,6 +161,35 @@ public class JitAtomicTests
         }
     }
 
+    /// <summary>Under SMAP a supervisor access to a user page needs EFLAGS.AC: after an inline STAC, an access that
+    /// misses in the TLB is walked by a helper that reads AC from the vCPU, not from the compiled code's flags.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Stac_opens_user_pages_to_the_page_walks_of_compiled_accesses()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(rax, cr4);
+            a.bts(rax, 21);     // SMAP: every page of the test machine is a user page
+            a.mov(cr4, rax);
+            a.mov(rsi, Data);
+            a.stac();
+            a.mov(rbx, __qword_ptr[rsi]);
+            a.mov(__qword_ptr[rsi + 8], rbx);
+            a.clac();
+            a.hlt();
+        });
+        foreach (var jit in new[] { JitSettings.Off, JitSettings.Eager })
+        {
+            using var m = new TestMachine(jit: jit);
+            m.Enter64(code, fourK: true);
+            m.Mem.W64(Data, Mem);
+            m.RunToHlt();
+            Assert.Equal(Mem, m.Regs.Rbx);
+            Assert.Equal(Mem, m.Mem.R64(Data + 8));
+            Assert.Equal(0UL, m.Regs.Rflags & X86Vcpu.AC);
+        }
+    }
+
     [Fact, Trait("Feature", "x86 instruction emulation")]
     public void Cmpxchg_stores_only_when_the_accumulator_matches()
     {
