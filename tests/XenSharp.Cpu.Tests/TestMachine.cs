@@ -162,6 +162,11 @@ public sealed class TestMachine : IDisposable
     }
 
     public Registers Regs { get { Cpu.GetRegisters(out var r); return r; } }
+
+    /// <summary>Every general register, RIP and RFLAGS on one line: two runs compare equal as text and differ readably.</summary>
+    public static string Describe(Registers r) =>
+        $"rax {r.Rax:X} rbx {r.Rbx:X} rcx {r.Rcx:X} rdx {r.Rdx:X} rsi {r.Rsi:X} rdi {r.Rdi:X} rsp {r.Rsp:X} rbp {r.Rbp:X} " +
+        $"r8 {r.R8:X} r9 {r.R9:X} r10 {r.R10:X} r11 {r.R11:X} r12 {r.R12:X} r13 {r.R13:X} r14 {r.R14:X} r15 {r.R15:X} rip {r.Rip:X} rflags {r.Rflags:X}";
     public SpecialRegisters SRegs { get { Cpu.GetSpecialRegisters(out var s); return s; } }
 
     /// <summary>Runs until an exit other than Preempted; fails on InternalError.</summary>

@@ -73,16 +73,12 @@ public class JitAtomicTests
         return (runs[0], runs[1]);
     }
 
-    static string Show(Registers r) =>
-        $"rax {r.Rax:X} rbx {r.Rbx:X} rcx {r.Rcx:X} rdx {r.Rdx:X} rsi {r.Rsi:X} rdi {r.Rdi:X} rsp {r.Rsp:X} rbp {r.Rbp:X} " +
-        $"r8 {r.R8:X} r9 {r.R9:X} r10 {r.R10:X} r11 {r.R11:X} r12 {r.R12:X} r13 {r.R13:X} r14 {r.R14:X} r15 {r.R15:X} rip {r.Rip:X} rflags {r.Rflags:X}";
-
     /// <summary>The same state and retired count; <paramref name="handOffs"/> instructions handed to the interpreter
     /// (the HLT, and the instruction itself when its operand is the interpreter's).</summary>
     static void AssertSame(Run i, Run j, int handOffs = 1)
     {
         Assert.True(j.Compiled > 0);
-        Assert.Equal(Show(i.Regs), Show(j.Regs));
+        Assert.Equal(TestMachine.Describe(i.Regs), TestMachine.Describe(j.Regs));
         Assert.Equal(i.Retired, j.Retired);
         Assert.Equal(handOffs, j.HandOffs);
     }

@@ -71,17 +71,13 @@ public class JitBitScanShiftTests
         return (runs[0], runs[1]);
     }
 
-    static string Show(Registers r) =>
-        $"rax {r.Rax:X} rbx {r.Rbx:X} rcx {r.Rcx:X} rdx {r.Rdx:X} rsi {r.Rsi:X} rdi {r.Rdi:X} rsp {r.Rsp:X} rbp {r.Rbp:X} " +
-        $"r8 {r.R8:X} r9 {r.R9:X} r10 {r.R10:X} r11 {r.R11:X} r12 {r.R12:X} r13 {r.R13:X} r14 {r.R14:X} r15 {r.R15:X} rip {r.Rip:X} rflags {r.Rflags:X}";
-
     /// <summary>The same state; unless the run faulted (compiled code leaving by a fault does not count the
     /// instructions its block retired before it), the same retired count and nothing but the HLT handed to the
     /// interpreter.</summary>
     static void AssertSame(Run i, Run j, bool faulted = false)
     {
         Assert.True(j.Compiled > 0);
-        Assert.Equal(Show(i.Regs), Show(j.Regs));
+        Assert.Equal(TestMachine.Describe(i.Regs), TestMachine.Describe(j.Regs));
         if (faulted) return;
         Assert.Equal(i.Retired, j.Retired);
         Assert.Equal(1, j.HandOffs);
