@@ -50,27 +50,28 @@ public sealed class ConsoleBackend : IDisposable
     public bool HasClient { get { lock (_lock) return _client is not null; } }
 
     /// <summary>The guest signalled the console event channel: take what it wrote.</summary>
+    /// <remarks>The output is queued for the client under the lock that drained it. Queued after the lock, a drain on
+    /// the I/O thread could lose to the console's end (a short guest that wrote and powered off at once): the final
+    /// drain and the end of the client's queue came first, and the earlier output was dropped; or two drains could
+    /// reach the client in the wrong order. Queueing never blocks: the client is written on its own task.</remarks>
     public void OnGuestEvent()
     {
-        byte[] data;
-        Stream? client;
         lock (_lock)
         {
             if (_disposed) return;
-            data = DrainOutput();
+            byte[] data = DrainOutput();
             if (data.Length == 0) return;
             OutputBytes += data.Length;
             _log?.Write(data);
             LogWritten?.Invoke();
-            client = _client;
-            if (client is null)
+            if (_sender is { } sender)
             {
-                _pending.AddRange(data);
-                if (_pending.Count > MaxPending) _pending.RemoveRange(0, _pending.Count - MaxPending);
+                sender.Enqueue(data);
                 return;
             }
+            _pending.AddRange(data);
+            if (_pending.Count > MaxPending) _pending.RemoveRange(0, _pending.Count - MaxPending);
         }
-        _sender?.Enqueue(data);
     }
 
     /// <summary>Reads out[out_cons..out_prod) and advances out_cons. A producer index that runs

@@ -96,6 +96,38 @@ public sealed class ConsoleBackendTests : IDisposable
         Assert.Equal(expected.ToString(), client.Text());
     }
 
+    /// <summary>A guest that writes and powers off at once: the I/O thread's drain of its first output may still be under
+    /// way when the console ends (its final drain, then the end of the client's stream). The client gets that output
+    /// too, before the rest.</summary>
+    [Fact]
+    public void OutputDrainedWhileTheConsoleEndsReachesTheClientFirst()
+    {
+        var client = new MemoryStream();
+        Assert.True(_backend.Attach(client));
+        using var inDrain = new ManualResetEventSlim(false);
+        using var release = new ManualResetEventSlim(false);
+        int calls = 0;
+        _backend.LogWritten = () =>
+        {
+            if (Interlocked.Increment(ref calls) != 1) return;
+            inDrain.Set();
+            release.Wait();
+        };
+        // The I/O thread takes the first output and is held there, as a descheduled thread would be.
+        var io = Task.Run(() => GuestWrites("first\n"));
+        Assert.True(inDrain.Wait(TimeSpan.FromSeconds(10)));
+        // The guest writes its last line and goes: the toolstack's final drain and the console's end.
+        uint prod = Get(3084);
+        foreach (byte b in "last\n"u8) _page.Bytes[1024 + (int)(prod++ & 2047)] = b;
+        Set(3084, prod);
+        var end = Task.Run(() => { _backend.OnGuestEvent(); _backend.Dispose(); });
+        Assert.False(end.Wait(TimeSpan.FromMilliseconds(200)), "the console ended while a drain was under way");
+        release.Set();
+        Assert.True(io.Wait(TimeSpan.FromSeconds(10)) && end.Wait(TimeSpan.FromSeconds(10)));
+        Assert.True(Wait.Until(() => !client.CanRead)); // closed once everything queued was written
+        Assert.Equal("first\nlast\n", Encoding.ASCII.GetString(client.ToArray()));
+    }
+
     [Fact]
     public void OutputWrapsAroundTheRing()
     {
