@@ -273,11 +273,13 @@ public sealed unsafe partial class FrameTableTests : IDisposable
 
         // Elsewhere (the toolstack) it waits while the kicked vCPU leaves guest code and flushes on its pCPU.
         TranslationCache? other = null;
-        other = new TranslationCache(() => { }, () => ThreadPool.QueueUserWorkItem(_ =>
+        // The kicked pCPU is a thread of its own: a pool work item could wait behind a busy pool for longer
+        // than the allocator waits.
+        other = new TranslationCache(() => { }, () => new Thread(() =>
         {
             Thread.Sleep(50); // still in guest code for a while
             small.Sync(other!);
-        }));
+        }) { IsBackground = true }.Start());
         small.Register(other);
         var pcpu = new Thread(() => small.Enter(other));
         pcpu.Start();
