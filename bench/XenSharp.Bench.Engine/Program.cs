@@ -3,8 +3,8 @@ using System.Globalization;
 using XenSharp.Bench.Engine;
 
 // usage: XenSharp.Bench.Engine WORKLOADS.BIN NATIVE-PEER [QEMU-PVH.ELF]
-// Runs each workload in the engine and through the native peer (the same bytes on the host CPU),
-// checks that both computed the same result, and prints one line per workload.
+// Runs each workload in the engine, through the native peer (the same bytes on the host CPU) and, given its PVH build,
+// under QEMU TCG; checks that all computed the same result, and prints one line per workload.
 if (args.Length < 2)
 {
     Console.Error.WriteLine("usage: XenSharp.Bench.Engine WORKLOADS.BIN NATIVE-PEER");
@@ -18,33 +18,39 @@ if (BitConverter.ToUInt64(image, 0) != 0x31454e49474e4558UL)
     return 1;
 }
 ulong Entry(int i) => BitConverter.ToUInt64(image, 8 * (i + 1));
-ulong intLoop = Entry(0), memLoop = Entry(1), fill = Entry(2), md5 = Entry(3);
+ulong intLoop = Entry(0), memLoop = Entry(1), fill = Entry(2), md5 = Entry(3), callLoop = Entry(4);
 
 ulong intIterations = Env("XENSHARP_BENCH_INT_ITERATIONS", 20_000_000);
 ulong memWords = 4UL << 20; // 32 MiB
 ulong memIterations = Env("XENSHARP_BENCH_MEM_ITERATIONS", 5_000_000);
 ulong md5Bytes = 64UL << 20;
+ulong callIterations = Env("XENSHARP_BENCH_CALL_ITERATIONS", 2_000_000);
 
-var native = RunNative(args[1], args[0], intIterations, memWords, memIterations, md5Bytes);
+ulong[] lengths = [intIterations, memWords, memIterations, md5Bytes, callIterations];
+var native = RunNative(args[1], args[0], lengths);
+var qemu = args.Length > 2 ? QemuPeer.Run(args[2], lengths) : null;
 
 using var guest = new FlatGuest(image);
 int failures = 0;
 
 var (n, s, r, cpu) = Measure(() => guest.Call(intLoop, intIterations, 12345));
-Report("engine-int-loop", n, s, r, cpu, native["int-loop"]);
+Report("engine-int-loop", n, s, r, cpu, "int-loop");
 
 guest.Call(fill, FlatGuest.Buffer, memWords, 777);
 (n, s, r, cpu) = Measure(() => guest.Call(memLoop, FlatGuest.Buffer, memWords, memIterations));
-Report("engine-mem-loop", n, s, r, cpu, native["mem-loop"]);
+Report("engine-mem-loop", n, s, r, cpu, "mem-loop");
+
+(n, s, r, cpu) = Measure(() => guest.Call(callLoop, callIterations, 99));
+Report("engine-call-loop", n, s, r, cpu, "call-loop");
 
 guest.Call(fill, FlatGuest.Buffer, md5Bytes / 8, 4242);
 (n, s, r, cpu) = Measure(() => guest.Call(md5, FlatGuest.Buffer, md5Bytes, FlatGuest.Buffer - 64));
-var qemu = args.Length > 2 ? QemuPeer.Md5(args[2]) : null;
-string qemuText = qemu is { } q ? string.Format(inv, "; qemu-tcg: {0:0.00} s, ratio {1:0.00}x", q.Seconds, s / q.Seconds) : "";
+string qemuText = qemu?["md5"] is { } q ? string.Format(inv, "; qemu-tcg: {0:0.00} s, ratio {1:0.00}x", q.Seconds, s / q.Seconds) : "";
 Console.WriteLine(string.Format(inv, "engine-md5-64MiB: {0:0.00} s (native: {1:0.000} s, ratio {2:0.0}x{3}) [{4:0} MIPS; cpu {5:0.00} s]",
     s, native["md5"].Seconds, s / native["md5"].Seconds, qemuText, n / s / 1e6, cpu));
 Check("md5", r, native["md5"].Checksum);
-if (qemu is { } qc) Check("md5 under qemu", qc.Checksum, native["md5"].Checksum);
+if (qemu is not null)
+    foreach (var (name, peer) in qemu) Check(name + " under qemu", peer.Checksum, native[name].Checksum);
 return failures == 0 ? 0 : 1;
 
 // Wall time, and the process's CPU time (the vCPU and the block compiler's thread), which a loaded
@@ -61,12 +67,16 @@ return failures == 0 ? 0 : 1;
     return (guest.InstructionsRetired - before, seconds, result, (self.TotalProcessorTime - cpuBefore).TotalSeconds);
 }
 
-void Report(string name, ulong instructions, double seconds, ulong result, double cpu, (double Seconds, ulong Checksum) peer)
+void Report(string name, ulong instructions, double seconds, ulong result, double cpu, string workload)
 {
-    // The native peer runs the same instruction stream, so its MIPS is the engine's count over its time.
+    // The peers run the same instruction stream, so their MIPS is the engine's count over their time.
+    var peer = native[workload];
     double mips = instructions / seconds / 1e6, nativeMips = instructions / peer.Seconds / 1e6;
-    Console.WriteLine(string.Format(inv, "{0}: {1:0.0} MIPS (native: {2:0} MIPS, ratio {3:0.0000}) [{4:0.0} MIPS per cpu-second]",
-        name, mips, nativeMips, mips / nativeMips, instructions / cpu / 1e6));
+    string qemuText = qemu?[workload] is { } q
+        ? string.Format(inv, "; qemu-tcg: {0:0.0} MIPS, ratio {1:0.00}", instructions / q.Seconds / 1e6, q.Seconds / seconds)
+        : "";
+    Console.WriteLine(string.Format(inv, "{0}: {1:0.0} MIPS (native: {2:0} MIPS, ratio {3:0.0000}{4}) [{5:0.0} MIPS per cpu-second]",
+        name, mips, nativeMips, mips / nativeMips, qemuText, instructions / cpu / 1e6));
     Check(name, result, peer.Checksum);
 }
 

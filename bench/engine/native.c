@@ -22,6 +22,7 @@ struct entry_table {
     uint64_t (*mem_loop)(uint64_t *, uint64_t, uint64_t);
     uint64_t (*fill)(uint64_t *, uint64_t, uint64_t);
     uint64_t (*md5)(const uint8_t *, uint64_t, uint8_t *);
+    uint64_t (*call_loop)(uint64_t, uint64_t);
 };
 
 static double now(void)
@@ -33,8 +34,8 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s WORKLOADS.BIN INT_ITERATIONS MEM_WORDS MEM_ITERATIONS MD5_BYTES\n", argv[0]);
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s WORKLOADS.BIN INT_ITERATIONS MEM_WORDS MEM_ITERATIONS MD5_BYTES CALL_ITERATIONS\n", argv[0]);
         return 2;
     }
     FILE *f = fopen(argv[1], "rb");
@@ -49,6 +50,7 @@ int main(int argc, char **argv)
 
     uint64_t int_n = strtoull(argv[2], 0, 0), words = strtoull(argv[3], 0, 0);
     uint64_t mem_n = strtoull(argv[4], 0, 0), md5_bytes = strtoull(argv[5], 0, 0);
+    uint64_t call_n = strtoull(argv[6], 0, 0);
     uint64_t bytes = words * 8 > md5_bytes ? words * 8 : md5_bytes;
     uint64_t *buf = aligned_alloc(4096, bytes);
     uint8_t digest[16];
@@ -66,5 +68,9 @@ int main(int argc, char **argv)
     t0 = now();
     r = t->md5((const uint8_t *)buf, md5_bytes, digest);
     printf("md5 %.6f %016llx\n", now() - t0, (unsigned long long)r);
+
+    t0 = now();
+    r = t->call_loop(call_n, 99);
+    printf("call-loop %.6f %016llx\n", now() - t0, (unsigned long long)r);
     return 0;
 }

@@ -1,6 +1,6 @@
-/* PVH entry for running the md5 workload under QEMU TCG (the benchmark's second peer):
+/* PVH entry for running the workloads under QEMU TCG (the benchmark's second peer):
    QEMU starts a PVH kernel in 32-bit protected mode without paging; this sets up identity
-   page tables (1 GiB of 2 MiB pages), enters long mode and calls qemu_main. */
+   page tables (1 GiB of 2 MiB pages), enters long mode and calls qemu_main with the start info QEMU passed in %ebx. */
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
 
     .section .note.Xen, "a"
@@ -47,6 +47,7 @@ long_start:
     movl %eax, %es
     movl %eax, %ss
     movq $stack_top, %rsp
+    movl %ebx, %edi
     call qemu_main
     movw $0xf4, %dx
     xorl %eax, %eax

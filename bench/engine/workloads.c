@@ -75,13 +75,53 @@ static uint64_t md5(const uint8_t *p, uint64_t len, uint8_t out[16])
     return r;
 }
 
+/*
+ * (d) Call loop: a chain of eight small functions, each in a page of its own, as kernel code calls
+ * from one subsystem into another: every call and return crosses pages, so the engine goes from one
+ * compiled block to another at each of them rather than running on within one.
+ */
+struct call_state { uint64_t a, b, c, d; };
+#define CALLEE __attribute__((noinline, aligned(4096)))
+CALLEE static uint64_t call7(struct call_state *s, uint64_t x)
+{
+    s->a += x;
+    if (s->a & 1)
+        s->b ^= x;
+    return s->a ^ s->b;
+}
+#define CALL_LINK(n, next) \
+    CALLEE static uint64_t call##n(struct call_state *s, uint64_t x) \
+    { \
+        s->c += x >> n; \
+        if (s->c & 2) \
+            s->d ^= x; \
+        return next(s, x ^ s->d) + n; \
+    }
+CALL_LINK(6, call7)
+CALL_LINK(5, call6)
+CALL_LINK(4, call5)
+CALL_LINK(3, call4)
+CALL_LINK(2, call3)
+CALL_LINK(1, call2)
+CALL_LINK(0, call1)
+
+static uint64_t call_loop(uint64_t iterations, uint64_t seed)
+{
+    struct call_state s = { seed, seed >> 3, seed << 2, 0 };
+    uint64_t r = 0;
+    for (uint64_t i = 0; i < iterations; i++)
+        r += call0(&s, i ^ r);
+    return r;
+}
+
 struct entry_table {
     uint64_t magic;
     uint64_t (*int_loop)(uint64_t, uint64_t);
     uint64_t (*mem_loop)(uint64_t *, uint64_t, uint64_t);
     uint64_t (*fill)(uint64_t *, uint64_t, uint64_t);
     uint64_t (*md5)(const uint8_t *, uint64_t, uint8_t *);
+    uint64_t (*call_loop)(uint64_t, uint64_t);
 };
 
 __attribute__((section(".entry"), used))
-const struct entry_table entry_table = { 0x31454e49474e4558ULL /* "XENGINE1" */, int_loop, mem_loop, fill, md5 };
+const struct entry_table entry_table = { 0x31454e49474e4558ULL /* "XENGINE1" */, int_loop, mem_loop, fill, md5, call_loop };
