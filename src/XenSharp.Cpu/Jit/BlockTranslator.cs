@@ -84,6 +84,10 @@ internal sealed partial class BlockTranslator
     private readonly InsnPlan[] _plans;
     private readonly ulong[] _liveAfter;
     private readonly ulong _liveIn;
+    /// <summary>Where the flag result a predecessor left pending in the vCPU (<see cref="X86Vcpu.LazyFlags"/>) stops being
+    /// carried along (see <see cref="EntryFlagsPlan"/>): the instruction before which it is applied, or the one after which it
+    /// is dropped; -1 for neither (the block leaves it pending as it found it).</summary>
+    private readonly int _applyAt, _dropAt;
     private readonly bool _selfLoop;
     /// <summary>Nothing in the block can change the mode, CPL, TF, IF or CS, so its direct exits may enter
     /// the next compiled block.</summary>
@@ -117,6 +121,7 @@ internal sealed partial class BlockTranslator
     private bool _flDirty;          // _fl newer than Rflags
     private readonly List<Pending> _pending = new();
     private int _flushed;           // instructions already added to the retired count
+    private bool _open;             // the entry's pending flag result may still be in the vCPU (_fl lacks it)
 
     private struct Pending
     {
@@ -211,6 +216,7 @@ internal sealed partial class BlockTranslator
         _liveAfter = new ulong[_n];
         for (int i = 0; i < _n; i++) _plans[i] = Plan(ref _insns[i]);
         _liveIn = FlagLiveness.Compute(_n, _plans, _liveAfter);
+        (_applyAt, _dropAt) = EntryFlagsPlan();
         _used = UsedGprs();
         ref DecodedInsn last = ref _insns[_n - 1];
         // Only blocks compiled entirely inline loop on themselves: nothing in them can change
@@ -311,15 +317,17 @@ internal sealed partial class BlockTranslator
         // vCPU (see StoreFlagsAtExit): applied when this block can observe the flags, dropped when it overwrites
         // them all first.
         LoadUsedGprs();
-        if (_liveIn != 0)
+        if (_applyAt == 0)
         {
             var none = _il.DefineLabel();
             LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
             LdCpu(); _il.Emit(OpCodes.Call, MApplyLazyFlags);
             _il.MarkLabel(none);
         }
-        else { LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags); }
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        // A body entered from another body of the method finds the pending result applied (EmitBranchOut), so the
+        // code of an open region serves both entries.
+        _open = _applyAt != 0;
         if (_warmTarget)
         {
             // Entered from the prologue or from another body with the registers this one uses current in
@@ -344,12 +352,19 @@ internal sealed partial class BlockTranslator
         {
             ref DecodedInsn d = ref _insns[i];
             bool last = i == _n - 1;
+            if (i == _applyAt && _open) CloseEntryFlags();
             if (!_plans[i].Inline)
             {
                 EmitFallback(ref d, i, last);
                 continue;
             }
             bool ended = EmitInline(ref d, i);
+            if (i == _dropAt && _open)
+            {
+                // Every arithmetic flag is this instruction's now; a fault in it found the entry's result still pending.
+                LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags);
+                _open = false;
+            }
             if (last && !ended) EmitExit(d.I.NextIP, i + 1, link: true);
         }
     }
@@ -399,7 +414,7 @@ internal sealed partial class BlockTranslator
     /// pending flag results and their slots), after <paramref name="prefix"/>: code emitted for equal keys is the same.</summary>
     private string StateKey(string prefix)
     {
-        var key = new System.Text.StringBuilder(prefix).Append(_dirty).Append(_flDirty ? '+' : '-');
+        var key = new System.Text.StringBuilder(prefix).Append(_dirty).Append(_flDirty ? '+' : '-').Append(_open ? 'o' : 'c');
         foreach (var p in _pending) key.Append(':').Append((int)p.Kind).Append(',').Append(p.Size).Append(',').Append(p.Slot).Append(p.MaybeNone ? '?' : '.');
         return key.ToString();
     }
@@ -426,12 +441,12 @@ internal sealed partial class BlockTranslator
     private void EmitCold(Label entry, Action emit)
     {
         int dirty = _dirty;
-        bool flDirty = _flDirty;
+        bool flDirty = _flDirty, open = _open;
         int flushed = _flushed;
         var pending = _pending.ToArray();
         _f.Cold.Add(() =>
         {
-            _dirty = dirty; _flDirty = flDirty; _flushed = flushed;
+            _dirty = dirty; _flDirty = flDirty; _flushed = flushed; _open = open;
             _pending.Clear(); _pending.AddRange(pending);
             _il.MarkLabel(entry);
             emit();
@@ -447,13 +462,15 @@ internal sealed partial class BlockTranslator
         {
             p.Inline = false;
             p.Faults = true;
-            p.Reads = X86Vcpu.ArithFlags;
+            p.Reads = p.FlagReads = p.MayWrite = X86Vcpu.ArithFlags;
             return p;
         }
         p.Inline = true;
         p.Faults = touchesMemory;
-        p.Reads = touchesMemory ? X86Vcpu.ArithFlags : FlagLiveness.IcedReads(d.I);
+        p.FlagReads = FlagLiveness.IcedReads(d.I);
+        p.Reads = touchesMemory ? X86Vcpu.ArithFlags : p.FlagReads;
         p.Kills = kills;
+        p.MayWrite = FlagLiveness.IcedKills(d.I) | kills;
         return p;
     }
 
@@ -909,8 +926,11 @@ internal sealed partial class BlockTranslator
     private void EmitBranchOut(ulong liveIn, int executed, Label to, Action before)
     {
         var savedPending = _pending.ToArray();
-        bool savedFlDirty = _flDirty;
+        bool savedFlDirty = _flDirty, savedOpen = _open;
         int savedFlushed = _flushed;
+        // The code at the target serves the prologue's entry too, which starts with no pending result of its own:
+        // an entry's result still in the vCPU is applied first.
+        if (_open) CloseEntryFlags();
         ulong pendingDefs = 0;
         foreach (var p in _pending) pendingDefs |= FlagMath.Defines(p.Kind);
         if ((pendingDefs & liveIn) != 0) MaterializeFlags();
@@ -920,7 +940,44 @@ internal sealed partial class BlockTranslator
         _pending.Clear();
         _pending.AddRange(savedPending);
         _flDirty = savedFlDirty;
+        _open = savedOpen;
         _flushed = savedFlushed;
+    }
+
+    /// <summary>Where the entry's pending flag result (the predecessor's, <see cref="X86Vcpu.LazyFlags"/>) stops being
+    /// carried: (i, -1) when instruction i is the first to read a flag, to write only some or maybe none of them, or to
+    /// run in the interpreter, so the result is applied before it; (-1, i) when instruction i is the first to write
+    /// every arithmetic flag, so the result is dropped after it; (-1, -1) when the block does neither and leaves it
+    /// pending. Until then the block neither computes nor drops it: a fault on the way finds it pending, and the run
+    /// loop applies it before anything sees RFLAGS. Most blocks start with loads and stores and then overwrite the
+    /// flags, so most hops never compute the predecessor's flags.</summary>
+    private (int ApplyAt, int DropAt) EntryFlagsPlan()
+    {
+        for (int i = 0; i < _n; i++)
+        {
+            ref InsnPlan p = ref _plans[i];
+            if (!p.Inline || p.FlagReads != 0) return (i, -1);
+            if (p.MayWrite == 0) continue;
+            ref Instruction ins = ref _insns[i].I;
+            // A branch ends the block's straight line: nothing after it to drop the result at.
+            if (p.Kills == X86Vcpu.ArithFlags && ins.FlowControl == Iced.Intel.FlowControl.Next) return (-1, i);
+            return (i, -1);
+        }
+        return (-1, -1);
+    }
+
+    /// <summary>Applies the entry's pending flag result (if any) to RFLAGS and reloads the flags local: from here the
+    /// block's flags are all in <see cref="_fl"/> and its own pending results.</summary>
+    private void CloseEntryFlags()
+    {
+        if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
+        var none = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
+        LdCpu(); _il.Emit(OpCodes.Call, MApplyLazyFlags);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        _il.MarkLabel(none);
+        _flDirty = false;
+        _open = false;
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>

@@ -53,4 +53,8 @@ internal struct InsnPlan
     public bool Faults;
     public ulong Reads;
     public ulong Kills;
+    /// <summary>Flags the instruction itself reads (<see cref="Reads"/> adds those a fault would observe).</summary>
+    public ulong FlagReads;
+    /// <summary>Flags the instruction may write, always or not (a shift by CL writes none when the count is 0).</summary>
+    public ulong MayWrite;
 }

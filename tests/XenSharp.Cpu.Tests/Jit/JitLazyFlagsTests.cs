@@ -10,14 +10,16 @@ namespace XenSharp.Cpu.Tests.Jit;
 /// exit between them is a hop, not a branch between bodies of one method.</summary>
 public class JitLazyFlagsTests
 {
-    static (TestMachine Interp, TestMachine Jit) RunBoth(byte[] code)
+    static (TestMachine Interp, TestMachine Jit) RunBoth(byte[] code, Action<TestMachine>? setup = null)
     {
         var interp = new TestMachine(jit: JitSettings.Off);
         interp.Enter64(code, fourK: true);
+        setup?.Invoke(interp);
         interp.RunToHlt();
 
         var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
         m.Enter64(code, fourK: true);
+        setup?.Invoke(m);
         m.RunToHlt();
         // The block that reads the flags with PUSHF stays interpreted: the flags the last compiled block left
         // pending reach it only through the run loop.
@@ -27,6 +29,7 @@ public class JitLazyFlagsTests
         Assert.Equal(0, m.Engine.JitFailures);
         Assert.Equal(0, m.Engine.WarmBranches);
         m.Enter64(code, fourK: true);
+        setup?.Invoke(m);
         m.RunToHlt();
         Assert.True(m.Engine.LinkedExits > 0, "no exit was linked to a compiled successor");
         return (interp, m);
@@ -101,6 +104,82 @@ public class JitLazyFlagsTests
             Assert.Equal(0UL, jit.Regs.R8);
             Assert.NotEqual(0UL, jit.Regs.Rcx);
             Assert.NotEqual(0UL, jit.Regs.Rsi);
+        }
+    }
+
+    /// <summary>A block that only loads, stores and moves neither applies nor drops the flag result its predecessor left
+    /// pending: it leaves it pending at its own exit, so a block two hops on still reads the ADD's carry. A block whose
+    /// load comes before its SUB carries the ADD's result until the SUB has run; when that load faults (the last
+    /// round), the #PF frame's RFLAGS hold the ADD's flags, as the run loop applies them before delivering the fault.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void A_predecessors_flags_stay_pending_through_loads_and_stores_until_a_block_overwrites_or_reads_them()
+    {
+        const ulong Unmapped = 0x100000;
+        var a = new Assembler(64);
+        var top = a.CreateLabel(); var loaderA = a.CreateLabel(); var tailA = a.CreateLabel();
+        var loaderB = a.CreateLabel(); var tailB = a.CreateLabel(); var handler = a.CreateLabel();
+        void NextPage() { for (int k = 0; k < 4096; k++) a.int3(); }
+        a.mov(r8, 3000);
+        a.mov(rax, 0x9E3779B97F4A7C15);
+        a.xor(ecx, ecx);
+        a.xor(r10d, r10d);
+        a.xor(r11d, r11d);
+        a.xor(r15d, r15d);
+        a.Label(ref top);
+        // rdx: the slot loader A writes, or on the last round an unmapped page (these flags are overwritten below).
+        a.cmp(r8, 1);
+        a.sete(dl);
+        a.movzx(edx, dl);
+        a.imul(rdx, rdx, (int)(Unmapped - (TestMachine.StackTop - 8)));
+        a.add(rdx, (int)(TestMachine.StackTop - 8));
+        a.add(rbx, rax);                     // pending at the hop into loader A
+        a.jmp(loaderA);
+        a.Label(ref tailA);
+        a.adc(rcx, 0);                       // the ADD's carry, carried through loader A
+        a.xor(r9d, r9d);
+        a.setz(r9b);                         // RFLAGS in the vCPU now has ZF set ...
+        a.add(rbx, rax);                     // ... and this result, pending at the hop into loader B, clears it
+        a.jmp(loaderB);
+        a.Label(ref tailB);
+        a.adc(r10, 0);                       // the SUB's borrow, not the ADD's carry
+        a.dec(r8);
+        a.jnz(top);
+        a.hlt();
+        NextPage();
+        a.Label(ref loaderA);
+        a.mov(__qword_ptr[rsp - 8], rbx);
+        a.mov(r13, __qword_ptr[rsp - 8]);
+        a.lea(r14, __qword_ptr[r13 + 1]);
+        a.jmp(tailA);
+        NextPage();
+        a.Label(ref loaderB);
+        a.mov(r13, __qword_ptr[rdx]);        // faults on the last round, the ADD's result still pending
+        a.sub(r11, r13);
+        a.jmp(tailB);
+        NextPage();
+        a.Label(ref handler);
+        a.mov(r15, __qword_ptr[rsp + 24]);   // RFLAGS in the #PF frame (error code, RIP, CS, RFLAGS)
+        a.hlt();
+        using var ms = new MemoryStream();
+        var assembled = a.Assemble(new StreamCodeWriter(ms), TestMachine.CodeAt, BlockEncoderOptions.ReturnNewInstructionOffsets);
+        ulong handlerAt = assembled.GetLabelRIP(handler);
+        void Setup(TestMachine m)
+        {
+            m.SetGate64(14, handlerAt);
+            m.Mem.W64(TestMachine.Pt + (Unmapped >> 12) * 8, 0);
+        }
+
+        var (interp, jit) = RunBoth(ms.ToArray(), Setup);
+        using (interp)
+        using (jit)
+        {
+            AssertSameState(interp, jit);
+            Assert.Equal(interp.Regs.R15, jit.Regs.R15);
+            Assert.Equal(interp.Regs.R13, jit.Regs.R13);
+            Assert.Equal(1UL, jit.Regs.R8);
+            Assert.Equal(0UL, jit.Regs.R15 & 0x40); // the ADD's ZF, not the SETZ's
+            Assert.NotEqual(0UL, jit.Regs.Rcx);
+            Assert.NotEqual(0UL, jit.Regs.R10);
         }
     }
 }
