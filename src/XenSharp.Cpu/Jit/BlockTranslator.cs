@@ -28,6 +28,7 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
     private static readonly FieldInfo FHasTail = typeof(DecodedBlock).GetField(nameof(DecodedBlock.HasTail))!;
     private static readonly MethodInfo MLinkedTailHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedTailHolds), Inst)!;
+    private static readonly MethodInfo MLinkedPageHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedPageHolds), Inst)!;
     private static readonly FieldInfo FLazyFlags = Cpu.GetField(nameof(X86Vcpu.LazyFlags), Inst)!;
     private static readonly FieldInfo FLazyA = Cpu.GetField(nameof(X86Vcpu.LazyA), Inst)!;
     private static readonly FieldInfo FLazyB = Cpu.GetField(nameof(X86Vcpu.LazyB), Inst)!;
@@ -162,8 +163,8 @@ internal sealed partial class BlockTranslator
         public readonly Label Abort;
         /// <summary>The hops every body's exits share (<see cref="EmitHopTails"/>): each exit writes its state back and
         /// names its link slot in <see cref="Slot"/>, and one copy of the checks and the call serves them all.</summary>
-        public readonly Label SamePageHop, ChainHop, IndirectHop;
-        public bool SamePageHopUsed, ChainHopUsed, IndirectHopUsed;
+        public readonly Label SamePageHop, FarPageHop, ChainHop, IndirectHop;
+        public bool SamePageHopUsed, FarPageHopUsed, ChainHopUsed, IndirectHopUsed;
         public readonly LocalBuilder Slot;
         /// <summary>The RIP a linked exit leaves for, set before it branches to its block's write-back (<see cref="EmitExit"/>).</summary>
         public readonly LocalBuilder ExitRip;
@@ -190,6 +191,7 @@ internal sealed partial class BlockTranslator
             Self = Il.DeclareLocal(typeof(DecodedBlock));
             Abort = Il.DefineLabel();
             SamePageHop = Il.DefineLabel();
+            FarPageHop = Il.DefineLabel();
             ChainHop = Il.DefineLabel();
             IndirectHop = Il.DefineLabel();
             Slot = Il.DeclareLocal(typeof(int));
@@ -748,15 +750,19 @@ internal sealed partial class BlockTranslator
         LdcI4(slot); _il.Emit(OpCodes.Stloc, _f.Slot);
         LdcU8(rip); _il.Emit(OpCodes.Stloc, _f.ExitRip);
         int retire = executed - _flushed;
-        bool samePage = (rip >> 12) == (_b.Ip >> 12) && _is64;
-        var stub = SharedCold(StateKey($"{(samePage ? 'p' : 'c')}{retire}/"), () =>
+        char hop = !_is64 ? 'c' : (rip >> 12) == (_b.Ip >> 12) ? 'p' : 'f';
+        var stub = SharedCold(StateKey($"{hop}{retire}/"), () =>
         {
             SpillGprs();
             LdCpu(); _il.Emit(OpCodes.Ldloc, _f.ExitRip); _il.Emit(OpCodes.Stfld, FRip);
             AddRetired(retire);
             StoreFlagsAtExit();
-            if (samePage) { _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); }
-            else { _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); }
+            switch (hop)
+            {
+                case 'p': _f.SamePageHopUsed = true; _il.Emit(OpCodes.Br, _f.SamePageHop); break;
+                case 'f': _f.FarPageHopUsed = true; _il.Emit(OpCodes.Br, _f.FarPageHop); break;
+                default: _f.ChainHopUsed = true; _il.Emit(OpCodes.Br, _f.ChainHop); break;
+            }
         });
         _il.Emit(OpCodes.Br, stub);
     }
@@ -780,10 +786,11 @@ internal sealed partial class BlockTranslator
     /// <summary>The hops of the method's exits, each emitted once after every body (the state is written back and
     /// RIP stored; _self is the block left, <see cref="MethodFrame.Slot"/> its exit's link slot):
     /// <list type="bullet">
-    /// <item>a direct exit in the block's own page of a 64-bit block (the run loop's straight-line code, md5's
-    /// rounds, run through these): the linked successor with <see cref="X86Vcpu.JitChain"/>'s checks inline; an
-    /// exit not linked yet goes through the helper, which notes it for the run loop to link;</item>
-    /// <item>any other direct exit: <see cref="X86Vcpu.JitChain"/>;</item>
+    /// <item>a direct exit of a 64-bit block (the run loop's straight-line code, md5's rounds, calls from one kernel
+    /// function into another): the linked successor with <see cref="X86Vcpu.JitChain"/>'s checks inline, the code-fetch
+    /// translation checked (<see cref="X86Vcpu.LinkedPageHolds"/>) when the successor is in another page; an exit not
+    /// linked yet goes through the helper, which notes it for the run loop to link;</item>
+    /// <item>any other direct exit (32- and 16-bit code): <see cref="X86Vcpu.JitChain"/>;</item>
     /// <item>a RET, an indirect JMP or CALL: the compiled block the jump cache holds for RIP
     /// (<see cref="X86Vcpu.JitIndirectChain"/>).</item>
     /// </list>
@@ -791,28 +798,43 @@ internal sealed partial class BlockTranslator
     /// left pending only if it reads the flags.</summary>
     private static void EmitHopTails(MethodFrame f)
     {
-        if (!f.SamePageHopUsed && !f.ChainHopUsed && !f.IndirectHopUsed) return;
+        if (!f.SamePageHopUsed && !f.FarPageHopUsed && !f.ChainHopUsed && !f.IndirectHopUsed) return;
         var il = f.Il;
         var leave = il.DefineLabel();
         var enter = il.DefineLabel();
-        if (f.SamePageHopUsed)
+        var unlinked = il.DefineLabel();
+        if (f.FarPageHopUsed)
         {
-            var unlinked = il.DefineLabel();
-            var linked = il.DefineLabel();
+            // The successor lies in another linear page: the vCPU's code-fetch translation of that page must still
+            // lead to its bytes, then the same checks as in the block's own page.
+            var checks = il.DefineLabel();
+            il.MarkLabel(f.FarPageHop);
+            EmitLinkedSuccessor(f, unlinked);
+            il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldloc, f.ExitRip); il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Call, MLinkedPageHolds);
+            il.Emit(OpCodes.Brtrue, checks);
+            il.Emit(OpCodes.Br, leave);
+            if (f.SamePageHopUsed) il.MarkLabel(f.SamePageHop);
+            if (f.SamePageHopUsed) EmitLinkedSuccessor(f, unlinked);
+            il.MarkLabel(checks);
+        }
+        else if (f.SamePageHopUsed)
+        {
             il.MarkLabel(f.SamePageHop);
-            il.Emit(OpCodes.Ldloc, f.Self); il.Emit(OpCodes.Ldfld, FLinks); il.Emit(OpCodes.Ldloc, f.Slot); il.Emit(OpCodes.Ldelem_Ref);
-            il.Emit(OpCodes.Stloc, f.Next);
-            il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, unlinked);
+            EmitLinkedSuccessor(f, unlinked);
+        }
+        if (f.SamePageHopUsed || f.FarPageHopUsed)
+        {
             EmitHopChecks(f, leave);
             il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, FValid); il.Emit(OpCodes.Brfalse, leave);
             // An instruction running into the next page: that page's translation is checked each time.
             il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Ldfld, FHasTail); il.Emit(OpCodes.Brfalse, enter);
             il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Call, MLinkedTailHolds); il.Emit(OpCodes.Brfalse, leave);
             il.Emit(OpCodes.Br, enter);
-            il.MarkLabel(unlinked);
         }
-        if (f.SamePageHopUsed || f.ChainHopUsed)
+        if (f.SamePageHopUsed || f.FarPageHopUsed || f.ChainHopUsed)
         {
+            // An exit not linked yet goes through the helper, which notes it for the run loop to link.
+            il.MarkLabel(unlinked);
             il.MarkLabel(f.ChainHop);
             il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldloc, f.Self); il.Emit(OpCodes.Ldloc, f.Slot); il.Emit(OpCodes.Call, MJitChain);
             il.Emit(OpCodes.Stloc, f.Next);
@@ -832,6 +854,16 @@ internal sealed partial class BlockTranslator
         il.Emit(OpCodes.Ldloc, f.Code); il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Callvirt, MInvoke);
         il.MarkLabel(leave);
         il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>Loads the successor linked to the exit's slot into <see cref="MethodFrame.Next"/>, branching to
+    /// <paramref name="unlinked"/> when there is none yet.</summary>
+    private static void EmitLinkedSuccessor(MethodFrame f, Label unlinked)
+    {
+        var il = f.Il;
+        il.Emit(OpCodes.Ldloc, f.Self); il.Emit(OpCodes.Ldfld, FLinks); il.Emit(OpCodes.Ldloc, f.Slot); il.Emit(OpCodes.Ldelem_Ref);
+        il.Emit(OpCodes.Stloc, f.Next);
+        il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, unlinked);
     }
 
     /// <summary>Finds which bodies of the method other bodies may branch into (<see cref="TryEmitWarmBranch"/>):
