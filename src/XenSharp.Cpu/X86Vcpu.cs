@@ -200,14 +200,14 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
             // SS.DPL always equals the CPL (and, unlike CS.RPL, is right just after CR0.PE is set).
             Cpl = Seg[SS].Dpl;
         }
-        _tlbCtx = Cpl == 3 ? TlbSize : 0;
+        SetTlbContext(Cpl == 3 ? TlbSize : 0);
         _acUser = Cpl == 3 && (Cr0 & 0x40000) != 0;
     }
 
     internal void SetCpl(int cpl)
     {
         Cpl = cpl;
-        _tlbCtx = cpl == 3 ? TlbSize : 0;
+        SetTlbContext(cpl == 3 ? TlbSize : 0);
         _acUser = cpl == 3 && (Cr0 & 0x40000) != 0;
     }
 

@@ -42,8 +42,7 @@ internal sealed partial class BlockTranslator
     private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
     private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
-    private static readonly FieldInfo FTlb = Cpu.GetField("_tlb", Inst)!;
-    private static readonly FieldInfo FTlbCtx = Cpu.GetField("_tlbCtx", Inst)!;
+    private static readonly FieldInfo FTlbCur = Cpu.GetField("_tlbCur", Inst)!;
     private static readonly FieldInfo FAcUser = Cpu.GetField("_acUser", Inst)!;
     private static readonly FieldInfo FRetired = Cpu.GetField("_retired", Inst)!;
     private static readonly FieldInfo FExitRequested = Cpu.GetField("_exitRequested", Inst)!;

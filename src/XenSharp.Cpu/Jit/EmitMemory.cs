@@ -100,9 +100,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Conv_I8); _il.Emit(OpCodes.Cgt_Un);
         _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Stloc, _acArmed);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlb);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlbCtx); LdcI4(TlbEntrySize); _il.Emit(OpCodes.Mul); _il.Emit(OpCodes.Conv_I);
-        _il.Emit(OpCodes.Add);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FTlbCur);
         _il.Emit(OpCodes.Stloc, _tlbBase);
     }
 

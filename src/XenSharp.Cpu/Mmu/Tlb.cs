@@ -33,6 +33,15 @@ internal unsafe partial class X86Vcpu
     private const int TlbMask = TlbSize - 1;
     private TlbEntry* _tlb;
     private int _tlbCtx;
+    /// <summary>The entries of the current context (<c>_tlb + _tlbCtx</c>), which compiled blocks load once.</summary>
+    private TlbEntry* _tlbCur;
+
+    /// <summary>Selects the TLB context of the CPL (user or supervisor).</summary>
+    private void SetTlbContext(int ctx)
+    {
+        _tlbCtx = ctx;
+        _tlbCur = _tlb == null ? null : _tlb + ctx;
+    }
 
     // Fill logs: the indices of the entries filled since the last flush that could drop them, one log
     // for non-global fills (emptied by every flush) and one for global ones (emptied by full flushes).
@@ -47,6 +56,7 @@ internal unsafe partial class X86Vcpu
         _tlbLog = (int*)NativeMemory.Alloc((nuint)(TlbSize * TlbContexts * sizeof(int)));
         _tlbGlobalLog = (int*)NativeMemory.Alloc((nuint)(TlbSize * TlbContexts * sizeof(int)));
         for (int i = 0; i < TlbSize * TlbContexts; i++) ClearTlbEntry(ref _tlb[i]);
+        SetTlbContext(_tlbCtx);
     }
 
     private void FreeTlb()
@@ -55,6 +65,7 @@ internal unsafe partial class X86Vcpu
         NativeMemory.Free(_tlbLog);
         NativeMemory.Free(_tlbGlobalLog);
         _tlb = null;
+        _tlbCur = null;
         _tlbLog = _tlbGlobalLog = null;
     }
 
