@@ -325,10 +325,15 @@ internal sealed partial class BlockTranslator
             LdCpu(); _il.Emit(OpCodes.Call, MApplyLazyFlags);
             _il.MarkLabel(none);
         }
+        else if (_liveIn == 0)
+        {
+            // Overwritten before anything could observe it: dropped here, out of any loop back to the top.
+            LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags);
+        }
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         // A body entered from another body of the method finds the pending result applied (EmitBranchOut), so the
         // code of an open region serves both entries.
-        _open = _applyAt != 0;
+        _open = _applyAt != 0 && _liveIn != 0;
         if (_warmTarget)
         {
             // Entered from the prologue or from another body with the registers this one uses current in
