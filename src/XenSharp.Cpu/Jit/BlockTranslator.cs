@@ -315,25 +315,25 @@ internal sealed partial class BlockTranslator
     private void Emit()
     {
         // Prologue: guest state into locals. The block before may have left its last flag result pending in the
-        // vCPU (see StoreFlagsAtExit): applied when this block can observe the flags, dropped when it overwrites
-        // them all first.
+        // vCPU (see StoreFlagsAtExit): dropped here when this block overwrites every flag before anything could
+        // observe them, applied here when its first instruction needs it, else carried until EntryFlagsPlan's point.
         LoadUsedGprs();
-        if (_applyAt == 0)
+        if (_liveIn == 0)
+        {
+            // Dropped here, out of any loop back to the top.
+            LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags);
+        }
+        else if (_applyAt == 0)
         {
             var none = _il.DefineLabel();
             LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
             LdCpu(); _il.Emit(OpCodes.Call, MApplyLazyFlags);
             _il.MarkLabel(none);
         }
-        else if (_liveIn == 0)
-        {
-            // Overwritten before anything could observe it: dropped here, out of any loop back to the top.
-            LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags);
-        }
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
         // A body entered from another body of the method finds the pending result applied (EmitBranchOut), so the
         // code of an open region serves both entries.
-        _open = _applyAt != 0 && _liveIn != 0;
+        _open = _liveIn != 0 && _applyAt != 0;
         if (_warmTarget)
         {
             // Entered from the prologue or from another body with the registers this one uses current in
@@ -807,27 +807,25 @@ internal sealed partial class BlockTranslator
         var leave = il.DefineLabel();
         var enter = il.DefineLabel();
         var unlinked = il.DefineLabel();
+        var checks = il.DefineLabel();
         if (f.FarPageHopUsed)
         {
             // The successor lies in another linear page: the vCPU's code-fetch translation of that page must still
             // lead to its bytes, then the same checks as in the block's own page.
-            var checks = il.DefineLabel();
             il.MarkLabel(f.FarPageHop);
             EmitLinkedSuccessor(f, unlinked);
             il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Ldloc, f.ExitRip); il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Call, MLinkedPageHolds);
-            il.Emit(OpCodes.Brtrue, checks);
-            il.Emit(OpCodes.Br, leave);
-            if (f.SamePageHopUsed) il.MarkLabel(f.SamePageHop);
-            if (f.SamePageHopUsed) EmitLinkedSuccessor(f, unlinked);
-            il.MarkLabel(checks);
+            il.Emit(OpCodes.Brfalse, leave);
+            il.Emit(OpCodes.Br, checks);
         }
-        else if (f.SamePageHopUsed)
+        if (f.SamePageHopUsed)
         {
             il.MarkLabel(f.SamePageHop);
             EmitLinkedSuccessor(f, unlinked);
         }
         if (f.SamePageHopUsed || f.FarPageHopUsed)
         {
+            il.MarkLabel(checks);
             EmitHopChecks(f, leave);
             il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Volatile); il.Emit(OpCodes.Ldfld, FValid); il.Emit(OpCodes.Brfalse, leave);
             // An instruction running into the next page: that page's translation is checked each time.
