@@ -481,6 +481,11 @@ internal sealed unsafe partial class X86Vcpu : IX86Vcpu, IDisposable
     private bool EventPending()
         => _injVector >= 0 || (_nmiPending && !_nmiBlocked) || ((Rflags & IF) != 0 && InterruptSource is { HasPendingInterrupt: true });
 
+    /// <summary>Whether an event would be pending with IF set: what compiled STI asks before it sets IF without
+    /// stopping (<see cref="Jit.BlockTranslator"/>).</summary>
+    internal bool EventWaitsForIf()
+        => _injVector >= 0 || (_nmiPending && !_nmiBlocked) || InterruptSource is { HasPendingInterrupt: true };
+
     /// <summary>Delivers the first pending event. A delivery that meets a paged-out page (its stack, IDT, GDT or TSS)
     /// leaves with that page's exit, the vCPU's state as it was before (<see cref="DeliverFault"/>) and the event
     /// pending again, so that it is delivered once the page is back.</summary>

@@ -317,6 +317,26 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(done);
     }
 
+    private static readonly MethodInfo MEventWaitsForIf = Cpu.GetMethod(nameof(X86Vcpu.EventWaitsForIf), Inst)!;
+
+    /// <summary>STI at CPL 0 with no event waiting to be taken: IF is set and the block runs on, where the interpreter
+    /// would stop it for the run loop to look for events. An event already waiting goes the interpreter's way (the
+    /// shadow of the next instruction, then the block stops and the run loop delivers it), as does STI at any other
+    /// privilege level (IOPL, VIF or #GP). One that arrives later raises the vCPU's exit request, which every hop and
+    /// branch between bodies checks, and is taken at that boundary as if it had arrived there.</summary>
+    private void EmitSti(int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        EmitInterpretedPath(slow, done, i, []);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
+        LdCpu(); _il.Emit(OpCodes.Call, MEventWaitsForIf); _il.Emit(OpCodes.Brtrue, slow);
+        EmitFlagBit(X86Vcpu.IF, set: true);
+        _il.MarkLabel(done);
+        // The interpreter's STI stops the block: leave at the next instruction for the run loop.
+        EmitStopCheck(i);
+    }
+
     private static readonly MethodInfo MMemoryBarrier = typeof(Interlocked).GetMethod(nameof(Interlocked.MemoryBarrier))!;
 
     /// <summary>Sets or clears a flag outside the arithmetic ones (DF).</summary>

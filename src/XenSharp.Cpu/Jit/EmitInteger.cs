@@ -95,6 +95,7 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Bt: case Mnemonic.Bts: case Mnemonic.Btr: case Mnemonic.Btc: EmitBitTest(ref d, i); return false;
             case Mnemonic.Pushfq: EmitPushf(i); return false;
             case Mnemonic.Cli: EmitCli(i); return false;
+            case Mnemonic.Sti: EmitSti(i); return false;
             case Mnemonic.Prefetchnta: case Mnemonic.Prefetcht0: case Mnemonic.Prefetcht1: case Mnemonic.Prefetcht2: case Mnemonic.Prefetchw:
             case Mnemonic.Pause: case Mnemonic.Lfence: case Mnemonic.Sfence: case Mnemonic.Endbr32: case Mnemonic.Endbr64:
                 return false;

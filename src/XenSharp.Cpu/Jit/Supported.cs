@@ -230,6 +230,7 @@ internal sealed partial class BlockTranslator
                 touchesMemory = true;
                 return _is64 && i.Code == Code.Pushfq;
             case Mnemonic.Cli:
+            case Mnemonic.Sti:
                 // A fault point: at CPL > 0 the interpreter may raise #GP.
                 touchesMemory = true;
                 return true;

@@ -4,7 +4,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace XenSharp.Cpu.Tests.Jit;
 
-/// <summary>CMPXCHG, XADD and XCHG of memory (with and without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, CLD/STD, CLAC/STAC,
+/// <summary>CMPXCHG, XADD and XCHG of memory (with and without LOCK), BT/BTS/BTR/BTC, PUSHFQ, CLI, STI, CLD/STD, CLAC/STAC,
 /// MOV from a segment register, the fences and the prefetches compiled inline end exactly as interpreted: every register, RFLAGS, the memory around
 /// the operand, RIP and the retired count. On their fast path compiled code hands nothing but the closing HLT to the
 /// interpreter; a misaligned or page-crossing atomic operand is the interpreter's.</summary>
@@ -112,6 +112,7 @@ public class JitAtomicTests
         ["lock-bts16-mem-reg"] = a => a.@lock.bts(__word_ptr[rsi], cx),
         ["pushfq"] = a => { a.pushfq(); a.pop(rcx); },
         ["cli"] = a => { a.cli(); a.pushfq(); a.pop(rcx); },
+        ["sti"] = a => { a.cli(); a.sti(); a.pushfq(); a.pop(rcx); a.sti(); },
         ["mov-from-segments"] = a => { a.mov(eax, ds); a.mov(cx, ss); a.mov(rdx, cs); },
         ["std-cld"] = a => { a.std(); a.pushfq(); a.pop(rcx); a.cld(); },
         ["stac-clac"] = a => { a.stac(); a.pushfq(); a.pop(rcx); a.mov(rdx, __qword_ptr[rsi + 1]); a.clac(); },
@@ -184,6 +185,45 @@ public class JitAtomicTests
             Assert.Equal(Mem, m.Mem.R64(Data + 8));
             Assert.Equal(0UL, m.Regs.Rflags & X86Vcpu.AC);
         }
+    }
+
+    /// <summary>An interrupt waiting when STI sets IF is taken after the one instruction STI shadows, compiled as
+    /// interpreted. The handler records RBX, which the instructions after STI count up.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void An_interrupt_waiting_at_sti_comes_after_the_shadowed_instruction()
+    {
+        const ulong handler = 0x12000;
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.xor(ebx, ebx);
+            a.mov(r8, 99);
+            a.cli();
+            a.sti();
+            a.inc(ebx);
+            a.inc(ebx);
+            a.cli();
+            a.hlt();
+        });
+        foreach (var jit in new[] { JitSettings.Off, JitSettings.Eager })
+        {
+            using var m = new TestMachine(jit: jit);
+            m.Mem.Write(handler, TestMachine.Assemble(64, handler, a => { a.mov(r8, rbx); a.iretq(); }));
+            m.SetGate64(0x30, handler);
+            m.Enter64(code, fourK: true);
+            var src = new PendingVector();
+            m.Cpu.InterruptSource = src;
+            m.RunToHlt();
+            Assert.Equal(1UL, m.Regs.R8);
+            Assert.Equal(2UL, m.Regs.Rbx);
+            Assert.Equal(-1, src.Vector);
+        }
+    }
+
+    private sealed class PendingVector : IInterruptSource
+    {
+        public int Vector = 0x30;
+        public bool HasPendingInterrupt => Vector >= 0;
+        public int Acknowledge() { int v = Vector; Vector = -1; return v; }
     }
 
     [Fact, Trait("Feature", "x86 instruction emulation")]
