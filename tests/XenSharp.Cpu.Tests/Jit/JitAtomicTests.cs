@@ -187,6 +187,76 @@ public class JitAtomicTests
         }
     }
 
+    /// <summary>SWAPGS compiled inline trades GS's base with IA32_KERNEL_GS_BASE as the interpreter does; the WRMSR and
+    /// RDMSR around it (and the HLT) are the only instructions handed to the interpreter.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Swapgs_trades_the_gs_bases_inline()
+    {
+        var (i, j) = RunBoth(a =>
+        {
+            a.mov(ecx, 0xC0000102); a.mov(eax, 0x89AB_CDEF); a.mov(edx, 0x1234); a.wrmsr();
+            a.swapgs();
+            a.mov(ecx, 0xC0000101); a.rdmsr(); a.mov(r10, rax); a.mov(r11, rdx);
+        }, 0, 0);
+        AssertSame(i, j, handOffs: 3);
+        Assert.Equal(0x89AB_CDEFUL, j.Regs.R10);
+        Assert.Equal(0x1234UL, j.Regs.R11);
+    }
+
+    /// <summary>RDTSC and RDTSCP compiled inline: the counter in EDX:EAX (upper halves cleared), IA32_TSC_AUX in ECX,
+    /// the counter moving forward, and only the WRMSR of TSC_AUX and the HLT handed to the interpreter.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Rdtsc_and_rdtscp_read_the_counter_inline()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(ecx, 0xC0000103); a.mov(eax, 0x42); a.xor(edx, edx); a.wrmsr();
+            a.mov(rax, ~0UL); a.mov(rdx, ~0UL);
+            a.rdtsc(); a.mov(r8, rax); a.mov(r9, rdx);
+            a.mov(rcx, ~0UL);
+            a.rdtscp(); a.mov(r10, rax); a.mov(r11, rdx); a.mov(r12, rcx);
+            a.hlt();
+        });
+        using var m = new TestMachine(jit: JitSettings.Eager);
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.True(r.R8 <= uint.MaxValue && r.R9 <= uint.MaxValue && r.R10 <= uint.MaxValue && r.R11 <= uint.MaxValue);
+        Assert.True((r.R11 << 32 | r.R10) > (r.R9 << 32 | r.R8));
+        Assert.Equal(0x42UL, r.R12);
+        Assert.Equal(2, ((X86Vcpu)m.Cpu).JitHandOffs);
+    }
+
+    /// <summary>At CPL 3 RDTSC runs while CR4.TSD is clear and raises #GP at itself while it is set, compiled as
+    /// interpreted. The #GP handler records the faulting RIP; user code then reaches a HLT, whose #GP shows where
+    /// it got to.</summary>
+    [Theory, Trait("Feature", "x86 instruction emulation")]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Rdtsc_at_cpl3_faults_only_under_cr4_tsd(bool tsd)
+    {
+        const ulong handler = 0x12000, user = 0x14000;
+        var userCode = TestMachine.Assemble(64, user, a => { a.rdtsc(); a.mov(r8, 1); a.hlt(); });
+        foreach (var jit in new[] { JitSettings.Off, JitSettings.Eager })
+        {
+            using var m = new TestMachine(jit: jit);
+            m.Mem.Write(handler, TestMachine.Assemble(64, handler, a => { a.mov(r9, __qword_ptr[rsp + 8]); a.hlt(); }));
+            m.SetGate64(13, handler);
+            m.Mem.Write(user, userCode);
+            m.Mem.W64(TestMachine.Tss + 4, 0x50000);   // RSP0, the handler's stack
+            m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+            {
+                a.xor(r8, r8);
+                if (tsd) { a.mov(rax, cr4); a.or(rax, 4); a.mov(cr4, rax); }
+                a.push(0x33); a.push(0x60000); a.push(0x2); a.push(0x3B); a.push((int)user);
+                a.iretq();
+            }), fourK: true);
+            m.RunToHlt();
+            Assert.Equal(tsd ? user : user + (ulong)userCode.Length - 1, m.Regs.R9);
+            Assert.Equal(tsd ? 0UL : 1UL, m.Regs.R8);
+        }
+    }
+
     /// <summary>An interrupt waiting when STI sets IF is taken after the one instruction STI shadows, compiled as
     /// interpreted. The handler records RBX, which the instructions after STI count up.</summary>
     [Fact, Trait("Feature", "x86 instruction emulation")]
