@@ -43,7 +43,11 @@ internal unsafe partial class X86Vcpu
             ulong src = StrLinear(srcSeg, si, es), dst = StrLinear(ES, di, es);
             if (rep && TryBulkMove(src, dst, es, step < 0, asz, srcSeg)) { if (++n >= RepChunk) break; continue; }
             if (rep && BatchStringIo && TryRepeatedMovsMmio(srcSeg, si, src, di, dst, es, asz)) return;
-            WriteLin(dst, es, ReadLin(src, es));
+            // A page fault (copy_to_user into a fresh mapping) ends the instruction through Abort, not as an exception.
+            ulong value = ReadLinSoft(src, es);
+            if (Abort != 0) return;
+            WriteLinSoft(dst, es, value);
+            if (Abort != 0) return;
             SetIdx(6, asz, si + (ulong)step);
             SetIdx(7, asz, di + (ulong)step);
             if (!rep) return;
@@ -340,8 +344,7 @@ internal unsafe partial class X86Vcpu
         if (TlbHoldsRam(src, write: false) && TlbHoldsRam(dst, write: true)) return false;
         ulong n = Math.Min(IterationsInPage(srcSeg, si, src, es, asz, count), IterationsInPage(ES, di, dst, es, asz, count));
         if (n < 2) return false;
-        bool user = Cpl == 3;
-        ulong sp = Translate(src, Access.Read, user), dp = Translate(dst, Access.Write, user);
+        if (!TryTranslateQuietly(src, Access.Read, out ulong sp) || !TryTranslateQuietly(dst, Access.Write, out ulong dp)) return false;
         if (_mem.GetPage(sp >> 12, false) != null)
         {
             if (_mem.GetPage(dp >> 12, false) != null) return false;
@@ -361,10 +364,20 @@ internal unsafe partial class X86Vcpu
         if (TlbHoldsRam(dst, write: true)) return false;
         ulong n = IterationsInPage(ES, di, dst, es, asz, count);
         if (n < 2) return false;
-        ulong dp = Translate(dst, Access.Write, Cpl == 3);
+        if (!TryTranslateQuietly(dst, Access.Write, out ulong dp)) return false;
         if (_mem.GetPage(dp >> 12, false) != null) return false;
         _exit.Address = dp; _exit.IsWrite = true;
         return RepeatedExit(VcpuExitReason.Mmio, es, asz, n, value, dataIsPointer: false, 2, ulong.MaxValue);
+    }
+
+    /// <summary>The guest-physical address of <paramref name="lin"/> for the MMIO probes above, or false where the access
+    /// would fault: the element path then takes that fault, through <see cref="Abort"/> rather than an exception where it
+    /// can (Linux's clear_user meets a not-present page once a page of a fresh mapping, tens of thousands of times a
+    /// second, and a thrown fault costs microseconds).</summary>
+    private bool TryTranslateQuietly(ulong lin, Access access, out ulong phys)
+    {
+        phys = 0;
+        return (!LongMode || Canonical(lin)) && TryWalk(lin, access, Cpl == 3, true, out phys, out _, out _);
     }
 
     /// <summary>The soft TLB already maps the page as RAM for this access (a code page is writable RAM too).</summary>
