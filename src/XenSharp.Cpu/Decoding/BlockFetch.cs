@@ -217,7 +217,8 @@ internal unsafe partial class X86Vcpu
 
     internal ulong CodeLinear(ulong ip) => Bitness == 64 ? ip : (uint)(Seg[CS].Base + ip);
 
-    private DecodedBlock GetBlock()
+    /// <summary>The block at RIP; null when fetching it page-faulted (the fault in <see cref="Abort"/>).</summary>
+    private DecodedBlock? GetBlock()
     {
         ulong rip = Rip;
         var cache = Cpl == 3 ? _jumpUser : _jumpSup;
@@ -244,6 +245,7 @@ internal unsafe partial class X86Vcpu
         // RIP's page translates to where that block came from, it is the block the lookup would return.
         var stale = b != null && b.Ip == rip && b.Valid && !b.HasTail && b.Bitness == Bitness && b.CsBase == csBase ? b : null;
         b = LookupOrDecode(rip, stale);
+        if (b == null) return null;
         b.LastRun = age;
         // Blocks are shared; the jump cache keeps CS-base-specific copies of the reference only.
         if (b.Count > 0 && b.Valid && b.CsBase == csBase)
@@ -265,7 +267,9 @@ internal unsafe partial class X86Vcpu
         return Exit(VcpuExitReason.FetchDenied);
     }
 
-    private DecodedBlock LookupOrDecode(ulong rip, DecodedBlock? stale = null)
+    /// <summary>The block at <paramref name="rip"/>, decoded if no cached one holds; null when its fetch page-faulted,
+    /// the fault recorded in <see cref="Abort"/> (other faults are thrown).</summary>
+    private DecodedBlock? LookupOrDecode(ulong rip, DecodedBlock? stale = null)
     {
         if (Stats) { S.Lookups++; if (Cpl == 3) S.LookupsUser++; }
         if (Bitness == 64 && !Canonical(rip)) throw GP();
@@ -276,7 +280,7 @@ internal unsafe partial class X86Vcpu
         {
             // The instruction at rip is the one an exit in this walk (a paged-out page table) restarts.
             CurIp = rip;
-            phys = Translate(lin, Access.Fetch, Cpl == 3, out bool global);
+            if (!TranslateSoft(lin, Access.Fetch, Cpl == 3, out phys, out bool global)) return null;
             jc.AddFetch(lin, phys, _lastWalkLeaf);
             if (!global && jc == _jumpSup) _jumpSupNonGlobal = true;
         }
@@ -619,7 +623,7 @@ internal unsafe partial class X86Vcpu
     /// <see cref="GetBlock"/>'s, remembered when it lies in prev's linear page. The same page proves the
     /// translation: prev was entered through it in this epoch, and whatever drops it (CR3 writes, INVLPG, TLB
     /// flushes) also moves the epoch on; code writes and aging clear Valid.</summary>
-    private DecodedBlock NextBlock(DecodedBlock prev)
+    private DecodedBlock? NextBlock(DecodedBlock prev)
     {
         ulong rip = Rip;
         var s = prev.NextFall;
@@ -632,6 +636,7 @@ internal unsafe partial class X86Vcpu
             return s;
         }
         s = GetBlock();
+        if (s == null) return null;
         ulong csBase = Seg[CS].Base;
         if (s.Count > 0 && s.Valid && !s.HasTail && s.Bitness == prev.Bitness && s.CsBase == csBase && prev.CsBase == csBase
             && (s.Phys ^ prev.Phys) >> 12 == 0 && (CodeLinear(rip) ^ CodeLinear(prev.Ip)) >> 12 == 0)
@@ -694,7 +699,8 @@ internal unsafe partial class X86Vcpu
         {
             CurIp = Rip;
             var cache = Cpl == 3 ? _jumpUser : _jumpSup;
-            DecodedBlock b = prev != null && cache == prevCache && cache.Epoch == prevEpoch ? NextBlock(prev) : GetBlock();
+            DecodedBlock? b = prev != null && cache == prevCache && cache.Epoch == prevEpoch ? NextBlock(prev) : GetBlock();
+            if (b == null) return;
             prev = null;
             prevCache = cache;
             prevEpoch = cache.Epoch;

@@ -124,26 +124,25 @@ internal unsafe partial class X86Vcpu
         Rflags = (Rflags & ~ArithFlags) | f;
     }
 
-    /// <summary>A 4- or 8-byte load (the fast forms' full-width operands) without ReadLin's size dispatch.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ulong Read48(ulong lin, int size) => size == 8 ? Read64(lin) : Read32(lin);
+    // The fast forms' memory accesses record a page fault in Abort (RunBlock returns at once and the run loop
+    // delivers it) rather than throwing it: cold code meets not-present pages all the time (a program's first touch
+    // of its stack, heap and data, copy-on-write after fork), and a thrown fault costs microseconds. Nothing is
+    // written back after a faulting access.
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FastMovRM(ref DecodedInsn d)
     {
         int size = d.OpSize;
-        Put(d.R0, size, Read48(FastAddr(ref d), size));
+        ulong v = ReadLinSoft(FastAddr(ref d), size);
+        if (Abort != 0) return;
+        Put(d.R0, size, v);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FastMovMR(ref DecodedInsn d)
-    {
-        ulong lin = FastAddr(ref d);
-        if (d.OpSize == 8) WriteLin(lin, 8, R[d.R1]); else WriteLin(lin, 4, R[d.R1]);
-    }
+    private void FastMovMR(ref DecodedInsn d) => WriteLinSoft(FastAddr(ref d), d.OpSize, R[d.R1]);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FastMovMI(ref DecodedInsn d) => WriteLin(FastAddr(ref d), d.OpSize, d.Imm);
+    private void FastMovMI(ref DecodedInsn d) => WriteLinSoft(FastAddr(ref d), d.OpSize, d.Imm);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FastLea(ref DecodedInsn d) => Put(d.R0, d.OpSize, FastEa(ref d));
@@ -165,7 +164,8 @@ internal unsafe partial class X86Vcpu
         int size = d.OpSize;
         ulong m = size == 8 ? ulong.MaxValue : 0xFFFF_FFFF;
         var op = (AluOp)d.AluKind;
-        ulong b = Read48(FastAddr(ref d), size);
+        ulong b = ReadLinSoft(FastAddr(ref d), size);
+        if (Abort != 0) return;
         ulong res = Alu(op, R[d.R0] & m, b, size, out ulong f);
         if (op != AluOp.Cmp && op != AluOp.Test) Put(d.R0, size, res);
         Rflags = (Rflags & ~ArithFlags) | f;
@@ -177,24 +177,30 @@ internal unsafe partial class X86Vcpu
         int size = d.OpSize;
         var op = (AluOp)d.AluKind;
         ulong lin = FastAddr(ref d);
-        ulong a = ReadLin(lin, size);
+        ulong a = ReadLinSoft(lin, size);
+        if (Abort != 0) return;
         ulong b = d.Form == FastForm.AluMI ? d.Imm : (size == 8 ? R[d.R1] : (uint)R[d.R1]);
         ulong res = Alu(op, a, b, size, out ulong f);
-        if (op != AluOp.Cmp && op != AluOp.Test) WriteLin(lin, size, res);
+        if (op != AluOp.Cmp && op != AluOp.Test)
+        {
+            WriteLinSoft(lin, size, res);
+            if (Abort != 0) return;
+        }
         Rflags = (Rflags & ~ArithFlags) | f;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FastMovzxRM(ref DecodedInsn d)
     {
-        ulong lin = FastAddr(ref d);
-        Put(d.R0, d.OpSize, d.AluKind == 1 ? Read8(lin) : Read16(lin));
+        ulong v = ReadLinSoft(FastAddr(ref d), d.AluKind);
+        if (Abort != 0) return;
+        Put(d.R0, d.OpSize, v);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FastCall(ref DecodedInsn d)
     {
-        Push(Rip, d.AluKind);
+        if (!PushSoft(Rip, d.AluKind)) return;
         Rip = d.Imm;
     }
 
@@ -202,7 +208,24 @@ internal unsafe partial class X86Vcpu
     private void FastRet(ref DecodedInsn d) => Rip = Pop(d.AluKind);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void FastPush(ref DecodedInsn d) => Push(R[d.R0], d.OpSize);
+    private void FastPush(ref DecodedInsn d) => PushSoft(R[d.R0], d.OpSize);
+
+    /// <summary><see cref="Push"/> with a page fault in 64-bit code recorded in Abort (false, RSP unchanged).</summary>
+    private bool PushSoft(ulong v, int size)
+    {
+        if (Bitness != 64)
+        {
+            Push(v, size);
+            return true;
+        }
+        ulong sp = R[4] - (ulong)size;
+        CheckStackCanonical(sp, (uint)size);
+        if (_acUser && (Rflags & 0x40000) != 0) CheckAlignment(sp, (uint)size);
+        WriteLinSoft(sp, size, v);
+        if (Abort != 0) return false;
+        R[4] = sp;
+        return true;
+    }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void FastPop(ref DecodedInsn d)

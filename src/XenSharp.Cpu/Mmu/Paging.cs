@@ -197,6 +197,19 @@ internal unsafe partial class X86Vcpu
     internal ulong Translate(ulong lin, Access access, bool user, bool implicitSupervisor = false)
         => Translate(lin, access, user, out _, implicitSupervisor);
 
+    /// <summary><see cref="Translate"/> with a page fault recorded in <see cref="Abort"/> rather than thrown: false then,
+    /// and the caller returns at once. For the instruction fetch of a block not yet decoded, which faults once a page of
+    /// every program Linux starts (demand paging of its text), where a thrown fault costs microseconds.</summary>
+    internal bool TranslateSoft(ulong lin, Access access, bool user, out ulong phys, out bool global)
+    {
+        if (LongMode && !Canonical(lin)) throw GP();
+        if (TryWalk(lin, access, user, true, out phys, out uint err, out global)) return true;
+        Cr2 = lin;
+        Fault(14, err);
+        Abort = AbortFault;
+        return false;
+    }
+
     internal ulong Translate(ulong lin, Access access, bool user, out bool global, bool implicitSupervisor = false)
     {
         if (LongMode && !Canonical(lin)) throw GP();

@@ -118,7 +118,8 @@ internal unsafe partial class X86Vcpu
         bool rf = (Rflags & RF) != 0;
         CurIp = Rip;
         DebugBeforeInstruction(Rip);
-        DecodedBlock b = GetBlock();
+        DecodedBlock? b = GetBlock();
+        if (b == null) return;
         InstructionsWithinCsLimit(b, 1);
         ref DecodedInsn d = ref b.Insns[0];
         CurIp = d.I.IP;
