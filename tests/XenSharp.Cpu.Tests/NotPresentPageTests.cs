@@ -9,19 +9,19 @@ namespace XenSharp.Cpu.Tests;
 /// thrown exceptions, which cost microseconds each, and the instruction restarts once the handler maps the page.</summary>
 public class NotPresentPageTests
 {
-    /// <summary>Pages 0xA..0xF start not present; the #PF handler counts the fault, notes CR2, maps the page (identity)
-    /// and returns to restart the instruction.</summary>
-    [Fact, Trait("Feature", "x86 instruction emulation")]
-    public void Faults_of_fetches_and_fast_forms_restart_without_a_thrown_exception()
+    const ulong Handler = 0x12000, Log = 0x6000;
+
+    /// <summary>A machine whose #PF handler (on a stack of its own, IST1) counts the fault in R10, notes CR2 in the log
+    /// at 0x6000, maps the page (identity) and returns to restart the instruction; <paramref name="pages"/> start not present.</summary>
+    static TestMachine Machine(byte[] code, IEnumerable<ulong> pages)
     {
-        using var m = new TestMachine(jit: JitSettings.Off);
-        const ulong handler = 0x12000, log = 0x6000;
-        m.Mem.Write(handler, TestMachine.Assemble(64, handler, a =>
+        var m = new TestMachine(jit: JitSettings.Off);
+        m.Mem.Write(Handler, TestMachine.Assemble(64, Handler, a =>
         {
             a.add(rsp, 8);
             a.push(rax); a.push(rdx);
             a.mov(rax, cr2);
-            a.mov(__qword_ptr[r10 * 8 + (long)log], rax);
+            a.mov(__qword_ptr[r10 * 8 + (long)Log], rax);
             a.inc(r10);
             a.shr(rax, 12);
             a.mov(rdx, rax); a.shl(rdx, 12); a.or(rdx, 7);
@@ -30,12 +30,34 @@ public class NotPresentPageTests
             a.pop(rdx); a.pop(rax);
             a.iretq();
         }));
-        // On a stack of its own (IST1): the PUSH's fault leaves RSP on the not-present page.
-        m.SetGate64(14, handler, ist: 1);
+        // On a stack of its own: a PUSH's fault leaves RSP on the not-present page.
+        m.SetGate64(14, Handler, ist: 1);
         m.Mem.W64(TestMachine.Tss + 0x24, 0x50000);
-        // The callee at 0xF000 is itself on a not-present page: the CALL's target fetch faults.
-        m.Mem.Write(0xF000, TestMachine.Assemble(64, 0xF000, a => { a.mov(ebx, 0x77); a.ret(); }));
-        m.Enter64(TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        m.Enter64(code, fourK: true);
+        foreach (ulong page in pages) m.Mem.W64(TestMachine.Pt + page * 8, 0);
+        return m;
+    }
+
+    /// <summary>Runs to the HLT and returns how many GuestFault exceptions were thrown on this thread meanwhile.</summary>
+    static int RunCountingThrows(TestMachine m)
+    {
+        int thread = Environment.CurrentManagedThreadId, thrown = 0;
+        EventHandler<System.Runtime.ExceptionServices.FirstChanceExceptionEventArgs> count = (_, e) =>
+        {
+            if (Environment.CurrentManagedThreadId == thread && e.Exception.GetType().Name == "GuestFault") thrown++;
+        };
+        AppDomain.CurrentDomain.FirstChanceException += count;
+        try { m.RunToHlt(); }
+        finally { AppDomain.CurrentDomain.FirstChanceException -= count; }
+        return thrown;
+    }
+
+    static IEnumerable<ulong> Logged(TestMachine m, int n) => Enumerable.Range(0, n).Select(k => m.Mem.R64(Log + (ulong)k * 8));
+
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Faults_of_fetches_and_fast_forms_restart_without_a_thrown_exception()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
         {
             a.xor(r10d, r10d);
             a.mov(rax, 0x1122_3344_5566_7788UL);
@@ -48,22 +70,17 @@ public class NotPresentPageTests
             a.mov(r8, 0xF000UL);
             a.call(r8);                                   // not a fast form; its target's fetch faults
             a.hlt();
-        }), fourK: true);
+        });
+        using var m = Machine(code, [0xA, 0xB, 0xC, 0xD, 0xE, 0xF]);
+        // The callee at 0xF000 is itself on a not-present page.
+        m.Mem.Write(0xF000, TestMachine.Assemble(64, 0xF000, a => { a.mov(ebx, 0x77); a.ret(); }));
         m.Mem.W64(0xB010, 0x99);
         m.Mem.W64(0xC000, 1);
         m.Mem.W64(0xD000, 0xAB00);
-        for (ulong page = 0xA; page <= 0xF; page++) m.Mem.W64(TestMachine.Pt + page * 8, 0);
-        int thread = Environment.CurrentManagedThreadId, thrown = 0;
-        EventHandler<System.Runtime.ExceptionServices.FirstChanceExceptionEventArgs> count = (_, e) =>
-        {
-            if (Environment.CurrentManagedThreadId == thread && e.Exception.GetType().Name == "GuestFault") thrown++;
-        };
-        AppDomain.CurrentDomain.FirstChanceException += count;
-        try { m.RunToHlt(); }
-        finally { AppDomain.CurrentDomain.FirstChanceException -= count; }
+        int thrown = RunCountingThrows(m);
         var r = m.Regs;
         Assert.Equal(6UL, r.R10);
-        Assert.Equal(new ulong[] { 0xA008, 0xB010, 0xC000, 0xD001, 0xE7F8, 0xF000 }, Enumerable.Range(0, 6).Select(k => m.Mem.R64(log + (ulong)k * 8)));
+        Assert.Equal(new ulong[] { 0xA008, 0xB010, 0xC000, 0xD001, 0xE7F8, 0xF000 }, Logged(m, 6));
         Assert.Equal(0x1122_3344_5566_7788UL, m.Mem.R64(0xA008));
         Assert.Equal(0x99UL, r.Rcx);
         Assert.Equal(0x1122_3344_5566_7789UL, m.Mem.R64(0xC000));
@@ -71,6 +88,33 @@ public class NotPresentPageTests
         Assert.Equal(0x1122_3344_5566_7788UL, m.Mem.R64(0xE7F8));
         Assert.Equal(0x77UL, r.Rbx);
         Assert.Equal(0xE7F8UL, r.Rsp);
+        Assert.Equal(0, thrown);
+    }
+
+    /// <summary>The locked read-modify-write instructions (CMPXCHG, XADD, BTS) on not-present pages: the same.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Locked_read_modify_writes_on_not_present_pages_restart_without_a_thrown_exception()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.xor(r10d, r10d);
+            a.mov(eax, 5); a.mov(ecx, 9);
+            a.@lock.cmpxchg(__dword_ptr[0xA010], ecx);    // holds 5: stores 9
+            a.mov(edx, 3);
+            a.@lock.xadd(__qword_ptr[0xB020], rdx);       // holds 40: 43, RDX the old 40
+            a.@lock.bts(__qword_ptr[0xC000], 4);
+            a.hlt();
+        });
+        using var m = Machine(code, [0xA, 0xB, 0xC]);
+        m.Mem.W64(0xA010, 5);
+        m.Mem.W64(0xB020, 40);
+        int thrown = RunCountingThrows(m);
+        Assert.Equal(3UL, m.Regs.R10);
+        Assert.Equal(new ulong[] { 0xA010, 0xB020, 0xC000 }, Logged(m, 3));
+        Assert.Equal(9UL, m.Mem.R64(0xA010));
+        Assert.Equal(43UL, m.Mem.R64(0xB020));
+        Assert.Equal(40UL, m.Regs.Rdx);
+        Assert.Equal(0x10UL, m.Mem.R64(0xC000));
         Assert.Equal(0, thrown);
     }
 }

@@ -67,6 +67,7 @@ internal unsafe partial class X86Vcpu
             if (writes && d.I.HasLockPrefix)
             {
                 byte* p = HostForRmw(lin, size);
+                if (Abort != 0) return;
                 if (p != null)
                 {
                     ulong old;
@@ -159,6 +160,7 @@ internal unsafe partial class X86Vcpu
             if (d.I.HasLockPrefix)
             {
                 byte* p = HostForRmw(lin, size);
+                if (Abort != 0) return;
                 if (p != null)
                 {
                     ulong old;
@@ -192,6 +194,7 @@ internal unsafe partial class X86Vcpu
         {
             ulong lin = MemAddr(ref d);
             byte* p = HostForRmw(lin, size);
+            if (Abort != 0) return;
             ulong old;
             if (p != null)
             {
@@ -222,6 +225,7 @@ internal unsafe partial class X86Vcpu
         ulong lin = MemAddr(ref d);
         ulong v = ReadReg(reg);
         byte* p = HostForRmw(lin, size);
+        if (Abort != 0) return;
         ulong old;
         if (p != null) old = AtomicSwap(p, size, v);
         else { old = ReadLin(lin, size); WriteLin(lin, size, v); }
@@ -247,6 +251,7 @@ internal unsafe partial class X86Vcpu
         {
             ulong lin = MemAddr(ref d);
             byte* p = HostForRmw(lin, size);
+            if (Abort != 0) return;
             if (p != null)
             {
                 while (true)
@@ -295,6 +300,7 @@ internal unsafe partial class X86Vcpu
             ulong lo, hi;
             // The destination is written either way (a locked read-modify-write), so it is probed for writing first.
             byte* p = HostForRmw(lin, 16);
+            if (Abort != 0) return;
             if (p != null)
             {
                 // .NET has no 16-byte CAS: the pair is compared and swapped under the engine-wide lock that every
@@ -326,6 +332,7 @@ internal unsafe partial class X86Vcpu
             ulong expected = (uint)R[0] | ((ulong)(uint)R[2] << 32);
             ulong nv = (uint)R[3] | ((ulong)(uint)R[1] << 32);
             byte* p = HostForRmw(lin, 8);
+            if (Abort != 0) return;
             ulong cur;
             if (p != null)
             {
@@ -538,7 +545,9 @@ internal unsafe partial class X86Vcpu
         }
         ulong mask = 1UL << bitIdx;
         ulong old;
-        if (kind != 0 && d.I.HasLockPrefix && HostForRmw(lin, size) is var p && p != null)
+        byte* p = kind != 0 && d.I.HasLockPrefix ? HostForRmw(lin, size) : null;
+        if (Abort != 0) return;
+        if (p != null)
         {
             ulong nv;
             do

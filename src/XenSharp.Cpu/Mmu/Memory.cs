@@ -338,8 +338,9 @@ internal unsafe partial class X86Vcpu
         ulong vpn = lin >> 12;
         TlbEntry* e = _tlb + _tlbCtx + (int)(vpn & TlbMask);
         if (e->WriteTag == vpn && e->ReadTag == vpn) return e->Host + (lin & 0xFFF);
-        // Fill the entry through an ordinary write probe of the current value.
-        ulong phys = TranslateAndFill(LongMode ? lin : lin & 0xFFFF_FFFF, Access.Write, Cpl == 3, false, out byte* host);
+        // Fill the entry through an ordinary write probe of the current value. A page fault is recorded in Abort (null
+        // then; the caller returns at once): glibc's locked operations meet fresh pages of a starting program.
+        ulong phys = TranslateAndFill(LongMode ? lin : lin & 0xFFFF_FFFF, Access.Write, Cpl == 3, false, out byte* host, soft: true);
         if (host == null) return null;
         AfterCodeFrameWrite(phys >> 12, (int)(phys & 0xFFF), size);
         return host;
