@@ -216,6 +216,7 @@ internal unsafe partial class X86Vcpu
         AfterCodeFrameWrite(phys >> 12, (int)(phys & 0xFFF), size);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static ulong LoadHost(byte* host, int size) => size switch
     {
         1 => *host,
@@ -224,6 +225,7 @@ internal unsafe partial class X86Vcpu
         _ => *(ulong*)host,
     };
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StoreHost(byte* host, int size, ulong v)
     {
         switch (size)
