@@ -184,6 +184,21 @@ public sealed class TestMachine : IDisposable
         return e;
     }
 
+    /// <summary>Runs to the next HLT and returns how many guest faults the engine threw as exceptions meanwhile (on
+    /// this thread, so tests running beside it do not count): those it records in its abort path instead are not.</summary>
+    public int RunToHltCountingThrownFaults()
+    {
+        int thread = Environment.CurrentManagedThreadId, thrown = 0;
+        EventHandler<System.Runtime.ExceptionServices.FirstChanceExceptionEventArgs> count = (_, e) =>
+        {
+            if (Environment.CurrentManagedThreadId == thread && e.Exception.GetType().Name == "GuestFault") thrown++;
+        };
+        AppDomain.CurrentDomain.FirstChanceException += count;
+        try { RunToHlt(); }
+        finally { AppDomain.CurrentDomain.FirstChanceException -= count; }
+        return thrown;
+    }
+
     /// <summary>Runs from <paramref name="rip"/> (the other registers as they are) to the next HLT.</summary>
     public VcpuExit RunFrom(ulong rip)
     {

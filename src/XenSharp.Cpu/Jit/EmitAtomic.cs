@@ -306,14 +306,17 @@ internal sealed partial class BlockTranslator
 
     /// <summary>CLI at CPL 0, which is always within IOPL; at any other privilege level the interpreter decides
     /// between clearing IF, clearing VIF and #GP.</summary>
-    private void EmitCli(int i)
+    private void EmitCli(int i) => EmitAtCpl0(i, _ => EmitFlagBit(X86Vcpu.IF, set: false));
+
+    /// <summary>Emits <paramref name="inline"/> for an instruction compiled only at CPL 0: at any other privilege level,
+    /// and wherever <paramref name="inline"/> branches to the label it is given, the interpreter runs it.</summary>
+    private void EmitAtCpl0(int i, Action<Label> inline)
     {
         var slow = _il.DefineLabel();
         var done = _il.DefineLabel();
         EmitInterpretedPath(slow, done, i, []);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
-        _il.Emit(OpCodes.Ldloc, _fl); LdcU8(~X86Vcpu.IF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Stloc, _fl);
-        _flDirty = true;
+        inline(slow);
         _il.MarkLabel(done);
     }
 
@@ -326,13 +329,11 @@ internal sealed partial class BlockTranslator
     /// branch between bodies checks, and is taken at that boundary as if it had arrived there.</summary>
     private void EmitSti(int i)
     {
-        var slow = _il.DefineLabel();
-        var done = _il.DefineLabel();
-        EmitInterpretedPath(slow, done, i, []);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
-        LdCpu(); _il.Emit(OpCodes.Call, MEventWaitsForIf); _il.Emit(OpCodes.Brtrue, slow);
-        EmitFlagBit(X86Vcpu.IF, set: true);
-        _il.MarkLabel(done);
+        EmitAtCpl0(i, slow =>
+        {
+            LdCpu(); _il.Emit(OpCodes.Call, MEventWaitsForIf); _il.Emit(OpCodes.Brtrue, slow);
+            EmitFlagBit(X86Vcpu.IF, set: true);
+        });
         // The interpreter's STI stops the block: leave at the next instruction for the run loop.
         EmitStopCheck(i);
     }
@@ -343,18 +344,13 @@ internal sealed partial class BlockTranslator
 
     /// <summary>SWAPGS at CPL 0 (64-bit code only): GS's base and IA32_KERNEL_GS_BASE trade places. Compiled accesses
     /// read GS's base from the vCPU each time, so nothing cached needs refreshing. At CPL 3 the interpreter raises #GP.</summary>
-    private void EmitSwapgs(int i)
+    private void EmitSwapgs(int i) => EmitAtCpl0(i, _ =>
     {
-        var slow = _il.DefineLabel();
-        var done = _il.DefineLabel();
-        EmitInterpretedPath(slow, done, i, []);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
         LdCpu(); _il.Emit(OpCodes.Ldflda, FSeg); LdcI4(X86Vcpu.GS * SegSize); _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Ldind_I8); _il.Emit(OpCodes.Stloc, _ta);
         LdCpu(); _il.Emit(OpCodes.Ldfld, FKernelGsBase); _il.Emit(OpCodes.Stind_I8);
         LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FKernelGsBase);
-        _il.MarkLabel(done);
-    }
+    });
 
     /// <summary>RDTSC and RDTSCP: the guest's TSC into EDX:EAX (and IA32_TSC_AUX into ECX), unless CR4.TSD
     /// reserves them to CPL 0 and the block runs above it, where the interpreter raises #GP.</summary>
@@ -396,15 +392,13 @@ internal sealed partial class BlockTranslator
     /// for SMAP (a supervisor access to a user page is allowed only while it is set).</summary>
     private void EmitSmapAc(bool set, int i)
     {
-        var slow = _il.DefineLabel();
-        var done = _il.DefineLabel();
-        EmitInterpretedPath(slow, done, i, []);
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brtrue, slow);
-        EmitFlagBit(X86Vcpu.AC, set);
-        LdCpu();
-        LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); LdcU8(set ? X86Vcpu.AC : ~X86Vcpu.AC); _il.Emit(set ? OpCodes.Or : OpCodes.And);
-        _il.Emit(OpCodes.Stfld, FRflags);
-        _il.MarkLabel(done);
+        EmitAtCpl0(i, _ =>
+        {
+            EmitFlagBit(X86Vcpu.AC, set);
+            LdCpu();
+            LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); LdcU8(set ? X86Vcpu.AC : ~X86Vcpu.AC); _il.Emit(set ? OpCodes.Or : OpCodes.And);
+            _il.Emit(OpCodes.Stfld, FRflags);
+        });
         if (_accesses) EmitAccessLocals();
     }
 
