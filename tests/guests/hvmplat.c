@@ -85,6 +85,43 @@ static void check_pic(void)
     rt_outb(0x21, 0xff);
 }
 
+/* Spins with interrupts enabled until *count reaches n, in a loop of several blocks with no call, port access or
+ * timer read in it: once compiled, nothing in the loop itself returns to the run loop, so a tick reaches it only if
+ * the interrupt's arrival makes the running vCPU leave the guest (Xen's vcpu_kick). Gives up after cap turns. */
+static int spin_count(volatile int *count, int n, unsigned long cap)
+{
+    unsigned long turns = 0, odd = 0;
+    rt_sti();
+    __asm__ volatile(
+        ".p2align 6\n"
+        "1: pause\n"
+        "   cmpl %[n], %[count]\n"
+        "   jge 3f\n"
+        "   add $1, %[turns]\n"
+        "   test $1, %[turns]\n"
+        "   jz 2f\n"
+        "   add $1, %[odd]\n"
+        "2: cmp %[cap], %[turns]\n"
+        "   jb 1b\n"
+        "3:\n"
+        : [turns] "+r"(turns), [odd] "+r"(odd)
+        : [count] "m"(*count), [n] "r"(n), [cap] "r"(cap)
+        : "cc", "memory");
+    rt_cli();
+    return *count;
+}
+
+static void check_busy_loop(void)
+{
+    pic_ticks = 0;
+    rt_outb(0x21, 0xfe);
+    rt_set_handler(PIC_BASE, on_pic_timer);
+    pit_periodic(1193);                         /* 1 kHz */
+    /* 200 ms of ticks: long past the point where the loop is compiled. */
+    rt_check("hvmplat.pit_reaches_a_busy_loop", spin_count(&pic_ticks, 200, 1ul << 28) >= 200, "%d ticks", pic_ticks);
+    rt_outb(0x21, 0xff);
+}
+
 static void check_ioapic(void)
 {
     uint32_t ver = ioapic_read(1);
@@ -195,6 +232,7 @@ void guest_main(void)
     *reg32(LAPIC + 0xf0) |= 0x100;
     *reg32(LAPIC + 0x350) = 0x700;
     check_pic();
+    check_busy_loop();
     check_ioapic();
     check_pit_channel2();
     check_rtc();

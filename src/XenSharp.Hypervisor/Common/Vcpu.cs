@@ -226,9 +226,13 @@ internal sealed unsafe class Vcpu : IInterruptSource
             Arch.AssertEvtchnIrq();
     }
 
-    /// <summary>Something this vCPU may be waiting for happened: wake it if blocked.</summary>
+    /// <summary>Something this vCPU may be waiting for happened (Xen's vcpu_kick): wake it if blocked; if it is running
+    /// on another thread, make it leave the guest, so that the run loop sees the new interrupt at its next entry rather
+    /// than when compiled code next returns on its own (a loop of compiled blocks may never return).</summary>
     public void Kick()
     {
+        if (_isRunning && Scheduling.Pcpu.RunningHere != this)
+            Engine?.RequestExit();
         bool wake = false;
         lock (Lock)
         {

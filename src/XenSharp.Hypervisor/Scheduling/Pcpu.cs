@@ -34,6 +34,8 @@ internal sealed class Pcpu
     /// <summary>The pCPU whose thread is firing a guest timer it took from the wheel: the guest's wake-up tickles it
     /// rather than another idle pCPU, so that the thread already awake runs the guest.</summary>
     [ThreadStatic] internal static Pcpu? FiringTimer;
+    /// <summary>The vCPU this thread is running: a kick from its own exit handling needs no exit request.</summary>
+    [ThreadStatic] internal static Vcpu? RunningHere;
     // What the running slice did with a preemption request, for the trace.
     private long _preemptSeen, _preemptAt;
     // The thread's CPU clock at the end of the last slice (-1 after idling): one clock read per switch, the work of
@@ -213,6 +215,7 @@ internal sealed class Pcpu
             _host.TraceBuffers.SwitchIn(Id, v, start);
         _preemptSeen = _preemptAt = long.MaxValue;
         CurrentVcpu = v;
+        RunningHere = v;
         _host.Frames.Enter(v.Translations);
         try
         {
@@ -227,6 +230,7 @@ internal sealed class Pcpu
         long end = _host.Time.NowNs;
         long cpuEnd = _cpuMark = ThreadCpuClock.NowNs();
         CurrentVcpu = null;
+        RunningHere = null;
         // The vCPU ran for the CPU time the pCPU thread had; the rest of the slice the host took from the thread,
         // so the guest sees it as steal (runnable). Proportional policies charge that CPU time, so their shares
         // and caps do not depend on the host's load; real-time ones charge the slot of wall time they granted.
