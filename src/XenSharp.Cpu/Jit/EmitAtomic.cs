@@ -339,6 +339,8 @@ internal sealed partial class BlockTranslator
     }
 
     private static readonly FieldInfo FKernelGsBase = Cpu.GetField(nameof(X86Vcpu.KernelGsBase), Inst)!;
+    private static readonly FieldInfo FTscAux = Cpu.GetField(nameof(X86Vcpu.TscAux), Inst)!;
+    private static readonly MethodInfo MReadTsc = Cpu.GetMethod(nameof(X86Vcpu.ReadTsc), Inst)!;
 
     /// <summary>SWAPGS at CPL 0 (64-bit code only): GS's base and IA32_KERNEL_GS_BASE trade places. Compiled accesses
     /// read GS's base from the vCPU each time, so nothing cached needs refreshing. At CPL 3 the interpreter raises #GP.</summary>
@@ -349,6 +351,31 @@ internal sealed partial class BlockTranslator
         LdCpu(); _il.Emit(OpCodes.Ldfld, FKernelGsBase); _il.Emit(OpCodes.Stind_I8);
         LdCpu(); _il.Emit(OpCodes.Ldloc, _ta); _il.Emit(OpCodes.Stfld, FKernelGsBase);
     });
+
+    /// <summary>RDTSC and RDTSCP: the guest's TSC into EDX:EAX (and IA32_TSC_AUX into ECX), unless CR4.TSD
+    /// reserves them to CPL 0 and the block runs above it, where the interpreter raises #GP.</summary>
+    private void EmitRdtsc(ref DecodedInsn d, int i)
+    {
+        var slow = _il.DefineLabel();
+        var done = _il.DefineLabel();
+        int[] outs = d.Op == Mnemonic.Rdtscp ? [0, 1, 2] : [0, 2];
+        EmitInterpretedPath(slow, done, i, outs);
+        var allowed = _il.DefineLabel();
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FCpl); _il.Emit(OpCodes.Brfalse, allowed);
+        LdCpu(); _il.Emit(OpCodes.Ldfld, FCr4); LdcU8(4); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Brtrue, slow);
+        _il.MarkLabel(allowed);
+        LdCpu(); _il.Emit(OpCodes.Call, MReadTsc); _il.Emit(OpCodes.Stloc, _tb);
+        _il.Emit(OpCodes.Ldloc, _tb); _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Stloc, _ta);
+        WriteGpr(Register.RAX, _ta);
+        _il.Emit(OpCodes.Ldloc, _tb); LdcI4(32); _il.Emit(OpCodes.Shr_Un); _il.Emit(OpCodes.Stloc, _ta);
+        WriteGpr(Register.RDX, _ta);
+        if (d.Op == Mnemonic.Rdtscp)
+        {
+            LdCpu(); _il.Emit(OpCodes.Ldfld, FTscAux); _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Conv_U8); _il.Emit(OpCodes.Stloc, _ta);
+            WriteGpr(Register.RCX, _ta);
+        }
+        _il.MarkLabel(done);
+    }
 
     private static readonly MethodInfo MMemoryBarrier = typeof(Interlocked).GetMethod(nameof(Interlocked.MemoryBarrier))!;
 

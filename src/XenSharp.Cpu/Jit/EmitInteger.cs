@@ -97,6 +97,7 @@ internal sealed partial class BlockTranslator
             case Mnemonic.Cli: EmitCli(i); return false;
             case Mnemonic.Sti: EmitSti(i); return false;
             case Mnemonic.Swapgs: EmitSwapgs(i); return false;
+            case Mnemonic.Rdtsc: case Mnemonic.Rdtscp: EmitRdtsc(ref d, i); return false;
             case Mnemonic.Prefetchnta: case Mnemonic.Prefetcht0: case Mnemonic.Prefetcht1: case Mnemonic.Prefetcht2: case Mnemonic.Prefetchw:
             case Mnemonic.Pause: case Mnemonic.Lfence: case Mnemonic.Sfence: case Mnemonic.Endbr32: case Mnemonic.Endbr64:
                 return false;

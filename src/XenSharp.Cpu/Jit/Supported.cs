@@ -238,6 +238,11 @@ internal sealed partial class BlockTranslator
                 // A fault point: #GP outside CPL 0; outside 64-bit code #UD, from the interpreter.
                 touchesMemory = true;
                 return _is64;
+            case Mnemonic.Rdtsc:
+            case Mnemonic.Rdtscp:
+                // A fault point: #GP above CPL 0 under CR4.TSD.
+                touchesMemory = true;
+                return true;
             case Mnemonic.Clac:
             case Mnemonic.Stac:
                 // A fault point: #UD outside CPL 0.

@@ -203,6 +203,30 @@ public class JitAtomicTests
         Assert.Equal(0x1234UL, j.Regs.R11);
     }
 
+    /// <summary>RDTSC and RDTSCP compiled inline: the counter in EDX:EAX (upper halves cleared), IA32_TSC_AUX in ECX,
+    /// the counter moving forward, and only the WRMSR of TSC_AUX and the HLT handed to the interpreter.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Rdtsc_and_rdtscp_read_the_counter_inline()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            a.mov(ecx, 0xC0000103); a.mov(eax, 0x42); a.xor(edx, edx); a.wrmsr();
+            a.mov(rax, ~0UL); a.mov(rdx, ~0UL);
+            a.rdtsc(); a.mov(r8, rax); a.mov(r9, rdx);
+            a.mov(rcx, ~0UL);
+            a.rdtscp(); a.mov(r10, rax); a.mov(r11, rdx); a.mov(r12, rcx);
+            a.hlt();
+        });
+        using var m = new TestMachine(jit: JitSettings.Eager);
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        var r = m.Regs;
+        Assert.True(r.R8 <= uint.MaxValue && r.R9 <= uint.MaxValue && r.R10 <= uint.MaxValue && r.R11 <= uint.MaxValue);
+        Assert.True((r.R11 << 32 | r.R10) > (r.R9 << 32 | r.R8));
+        Assert.Equal(0x42UL, r.R12);
+        Assert.Equal(2, ((X86Vcpu)m.Cpu).JitHandOffs);
+    }
+
     /// <summary>At CPL 3 RDTSC runs while CR4.TSD is clear and raises #GP at itself while it is set, compiled as
     /// interpreted. The #GP handler records the faulting RIP; user code then reaches a HLT, whose #GP shows where
     /// it got to.</summary>
