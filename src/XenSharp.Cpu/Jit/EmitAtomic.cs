@@ -379,7 +379,7 @@ internal sealed partial class BlockTranslator
 
     private static readonly MethodInfo MMemoryBarrier = typeof(Interlocked).GetMethod(nameof(Interlocked.MemoryBarrier))!;
 
-    /// <summary>Sets or clears a flag outside the arithmetic ones (DF).</summary>
+    /// <summary>Sets or clears a flag outside the arithmetic ones (DF, IF, AC).</summary>
     private void EmitFlagBit(ulong flag, bool set)
     {
         _il.Emit(OpCodes.Ldloc, _fl); LdcU8(set ? flag : ~flag); _il.Emit(set ? OpCodes.Or : OpCodes.And);
