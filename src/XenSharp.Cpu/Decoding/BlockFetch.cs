@@ -675,6 +675,28 @@ internal unsafe partial class X86Vcpu
     /// <summary>Blocks run back to back before the run loop polls for events again.</summary>
     private const int ChainLimit = 32;
 
+    /// <summary>A near CALL the interpreter ran as the last instruction of a block: the block, the return address, and
+    /// the jump cache and epoch the block was found under.</summary>
+    private struct ReturnEntry
+    {
+        public DecodedBlock? Block;
+        public JumpCache? Cache;
+        public ulong Rip;
+        public uint Epoch;
+    }
+
+    /// <summary>Return-address prediction for interpreted code: a RET that comes back where the matching CALL said
+    /// takes the return site as the calling block's fall-through successor (<see cref="NextBlock"/>), where the jump
+    /// cache's lookup would have read a slot and a block gone cold since the call. A function called from many places
+    /// defeats the RET block's own successor slots; an idle guest's timer interrupt runs mostly such code, once in a
+    /// long while, and half of what a jump-cache lookup costs it is waiting for the slot's line. A mismatch (a RET
+    /// with no CALL seen, a changed return address) takes the lookup as before.</summary>
+    private readonly ReturnEntry[] _returns = new ReturnEntry[ReturnDepth];
+    private int _returnTop;
+    private const int ReturnDepth = 16;
+    /// <summary>RETs whose return site came from the calling block (tests read it).</summary>
+    internal long ReturnsPredicted;
+
     private void RunBlock()
     {
         if (PerInstructionChecks)
@@ -739,7 +761,27 @@ internal unsafe partial class X86Vcpu
                     break;
                 }
             }
-            if (n == b.Count && !b.HasTail) prev = b;
+            if (n == b.Count && !b.HasTail)
+            {
+                prev = b;
+                if (b.Ends == DecodedBlock.EndsWithCall)
+                {
+                    _returnTop = (_returnTop + 1) & (ReturnDepth - 1);
+                    _returns[_returnTop] = new ReturnEntry { Block = b, Cache = prevCache, Rip = insns[n - 1].I.NextIP, Epoch = prevEpoch };
+                }
+                else if (b.Ends == DecodedBlock.EndsWithReturn)
+                {
+                    ref ReturnEntry r = ref _returns[_returnTop];
+                    _returnTop = (_returnTop - 1) & (ReturnDepth - 1);
+                    if (r.Block != null && r.Rip == Rip && r.Cache == prevCache)
+                    {
+                        prev = r.Block;
+                        prevEpoch = r.Epoch;
+                        ReturnsPredicted++;
+                    }
+                    r.Block = null;
+                }
+            }
             // A block that set TF or armed a breakpoint hands the next one to the checked path.
         } while (--chain > 0 && !_exitRequested && !PerInstructionChecks);
         // The instruction that consumed MMIO results has completed.

@@ -182,11 +182,27 @@ internal sealed class DecodedBlock
         WarmBatch = null;
     }
 
+    /// <summary>The block ends with a near CALL (<see cref="EndsWithCall"/>) or with a RET that returns from none of its
+    /// own (followed) CALLs (<see cref="EndsWithReturn"/>): what the interpreter's return-address prediction pushes and
+    /// pops. A block that follows a CALL into its callee and ends at the callee's RET is balanced, and is neither.</summary>
+    public readonly byte Ends;
+    public const byte EndsWithCall = 1, EndsWithReturn = 2;
+
     public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
     {
         Insns = insns; Count = count; Phys = phys; Ip = ip; Bitness = bitness;
+        bool followedCall = false;
         for (int k = 0; k < count; k++)
+        {
             LastByte = Math.Max(LastByte, insns[k].I.IP + insns[k].Length - 1);
+            if (k < count - 1 && insns[k].Op == Mnemonic.Call) followedCall = true;
+        }
+        if (count > 0)
+        {
+            var last = insns[count - 1].Op;
+            if (last == Mnemonic.Call) Ends = EndsWithCall;
+            else if (last == Mnemonic.Ret && !followedCall) Ends = EndsWithReturn;
+        }
     }
 }
 
