@@ -381,7 +381,6 @@ internal static class DmOps
             {
                 t.PendingNmi = true;
                 t.Kick();
-                t.Engine?.RequestExit();
             }
             else if (mode is 0 or 1) // fixed, lowest priority (to the first match, as every vLAPIC has one priority)
             {

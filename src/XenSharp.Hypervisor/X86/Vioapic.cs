@@ -204,7 +204,6 @@ internal sealed class Vioapic : IIoHandler
                     {
                         t.PendingNmi = true;
                         t.Kick();
-                        t.Engine?.RequestExit();
                     }
                 break;
             case DmExtInt:

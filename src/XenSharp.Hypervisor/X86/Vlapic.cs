@@ -404,7 +404,6 @@ internal sealed partial class Vlapic : IIoHandler
                 case DmNmi:
                     target.PendingNmi = true;
                     target.Kick();
-                    target.Engine?.RequestExit();
                     break;
                 case DmInit:
                     // INIT level de-assert is a no-op on modern APICs.

@@ -182,9 +182,5 @@ internal sealed unsafe class PvVcpu : ArchVcpu
         Vcpu.VcpuInfo is not null && Vcpu.VcpuInfo->EvtchnUpcallPending != 0 && Vcpu.VcpuInfo->EvtchnUpcallMask == 0;
 
     /// <summary>A running vCPU leaves guest code to take the upcall; a blocked one wakes.</summary>
-    public override void AssertEvtchnIrq()
-    {
-        Vcpu.Engine?.RequestExit();
-        Vcpu.Kick();
-    }
+    public override void AssertEvtchnIrq() => Vcpu.Kick();
 }
