@@ -170,7 +170,7 @@ internal unsafe partial class X86Vcpu
         ref JumpEntry e = ref cache.Entries[(int)(rip ^ (rip >> 13)) & cache.Mask];
         var b = e.Block;
         if (b == null || e.Epoch != cache.Epoch || b.Ip != rip || !b.Valid || b.Bitness != Bitness || b.CsBase != Seg[CS].Base) return null;
-        if (b.Compiled == null) return null;
+        if (b.Entry == 0) return null;
         if (Bitness != 64 && !WithinCsLimit(b)) return null;
         int age = _engine.CodeEpoch;
         if (b.LastRun != age) b.LastRun = age;
@@ -731,7 +731,7 @@ internal unsafe partial class X86Vcpu
             var insns = b.Insns;
             int n = single ? 1 : b.Count;
             // Compiled code reads none of the decoded instructions.
-            if (b.Compiled == null) Prefetch(b, n);
+            if (b.Entry == 0) Prefetch(b, n);
             if (Bitness != 64) n = InstructionsWithinCsLimit(b, n);
             // Compiled code runs whole blocks: not when the CS limit cuts the block.
             if (!single && n == b.Count && TryRunCompiled(b))

@@ -151,8 +151,16 @@ internal sealed class DecodedBlock
     /// (<see cref="X86Engine.AgeCode"/>): the block compiler's threshold is met by blocks run often, not by blocks
     /// run now and then for long enough.</summary>
     public int Hits;
-    /// <summary>The block translated to IL (Jit/BlockTranslator.cs), or null while interpreted.</summary>
-    public Action<X86Vcpu>? Compiled;
+    /// <summary>The method the block was compiled into (Jit/BlockTranslator.cs), or null while interpreted. It keeps
+    /// that method's code alive for as long as anything can enter the block.</summary>
+    public Jit.CompiledMethod? Compiled;
+    /// <summary>How compiled code and the run loop enter the block (0 while interpreted): the native code of its
+    /// method, and in bits <see cref="EntryBodyShift"/> and up the block's body among the method's. One word, written
+    /// once after the code is ready, read from the line whose other fields a hop checks anyway: entering a block costs
+    /// no delegate, no closure and no precode on the way.</summary>
+    public long Entry;
+    public const int EntryBodyShift = 60;
+    public const long EntryCodeMask = (1L << EntryBodyShift) - 1;
     /// <summary>Translation failed once: the block stays interpreted.</summary>
     public bool JitFailed;
     /// <summary>Waiting in the engine's background compile queue.</summary>

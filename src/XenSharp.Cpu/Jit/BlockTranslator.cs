@@ -25,7 +25,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FSeg = Cpu.GetField(nameof(X86Vcpu.Seg), Inst)!;
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
-    private static readonly FieldInfo FCompiled = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Compiled))!;
+    private static readonly FieldInfo FEntry = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Entry))!;
+    private static readonly FieldInfo FWarmBatch = typeof(DecodedBlock).GetField(nameof(DecodedBlock.WarmBatch))!;
     private static readonly FieldInfo FHasTail = typeof(DecodedBlock).GetField(nameof(DecodedBlock.HasTail))!;
     private static readonly MethodInfo MLinkedTailHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedTailHolds), Inst)!;
     private static readonly MethodInfo MLinkedPageHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedPageHolds), Inst)!;
@@ -34,13 +35,9 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FLazyB = Cpu.GetField(nameof(X86Vcpu.LazyB), Inst)!;
     private static readonly FieldInfo FLazyR = Cpu.GetField(nameof(X86Vcpu.LazyR), Inst)!;
     private static readonly MethodInfo MApplyLazyFlags = Cpu.GetMethod(nameof(X86Vcpu.ApplyLazyFlags), Inst)!;
-    private static readonly FieldInfo FBodyBlock = typeof(CompiledBody).GetField(nameof(CompiledBody.Block))!;
-    private static readonly FieldInfo FBodyIndex = typeof(CompiledBody).GetField(nameof(CompiledBody.Index))!;
-    private static readonly FieldInfo FBodyBatch = typeof(CompiledBody).GetField(nameof(CompiledBody.Batch))!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
     private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
-    private static readonly MethodInfo MInvoke = typeof(Action<X86Vcpu>).GetMethod(nameof(Action<X86Vcpu>.Invoke))!;
     private static readonly FieldInfo FParity = Cpu.GetField(nameof(X86Vcpu.s_parity), BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly FieldInfo FTlbCur = Cpu.GetField("_tlbCur", Inst)!;
     private static readonly FieldInfo FAcUser = Cpu.GetField("_acUser", Inst)!;
@@ -132,20 +129,6 @@ internal sealed partial class BlockTranslator
         public bool MaybeNone;
     }
 
-    /// <summary>What a compiled block's delegate is closed over: the block and which body of its method is
-    /// the block's. Both are fixed when the delegate is made. A block can be translated again while its
-    /// first code runs (two vCPUs that make it hot together queue it twice) and then lands elsewhere in
-    /// another method; the code already published, which vCPUs keep entering until the new code replaces
-    /// it, must still select its own body, which a body index kept in the shared block would not.</summary>
-    internal sealed class CompiledBody(DecodedBlock block, int index, DecodedBlock?[] batch)
-    {
-        public readonly DecodedBlock Block = block;
-        public readonly int Index = index;
-        /// <summary>The blocks of the method other bodies branch into, by body index (null for the rest, and once
-        /// dropped): a body branching straight into another's finds its block here.</summary>
-        public readonly DecodedBlock?[] Batch = batch;
-    }
-
     /// <summary>The DynamicMethod one or more blocks are emitted into, and the IL locals their bodies share
     /// (each body is entered from the method's start and leaves by returning, so no value crosses bodies).</summary>
     private sealed class MethodFrame
@@ -153,7 +136,7 @@ internal sealed partial class BlockTranslator
         public readonly DynamicMethod Method;
         public readonly ILGenerator Il;
         public readonly LocalBuilder[] Gpr = new LocalBuilder[16];
-        public readonly LocalBuilder Fl, Lin, TlbBase, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, Code, Next, Self;
+        public readonly LocalBuilder Fl, Lin, TlbBase, Entry, Val, Ta, Tb, Tr, Budget, HopsLeft, AcArmed, Flat, EntryWord, Next, Self;
         public readonly LocalBuilder[] Pa = new LocalBuilder[MaxPending], Pb = new LocalBuilder[MaxPending], Pr = new LocalBuilder[MaxPending];
         /// <summary>Code that rarely runs (slow paths of memory accesses, leaving after a store into code), emitted
         /// after every body so that the code that runs stays contiguous: the .NET JIT lays blocks out in IL order.</summary>
@@ -170,7 +153,7 @@ internal sealed partial class BlockTranslator
 
         public MethodFrame(ulong ip, int insns)
         {
-            Method = new DynamicMethod($"block_{ip:X}", typeof(void), [typeof(CompiledBody), typeof(X86Vcpu)], typeof(X86Vcpu).Module, skipVisibility: true);
+            Method = new DynamicMethod($"block_{ip:X}", typeof(void), CompiledMethod.Parameters, typeof(X86Vcpu).Module, skipVisibility: true);
             Il = Method.GetILGenerator(256 + 64 * insns);
             for (int g = 0; g < 16; g++) Gpr[g] = Il.DeclareLocal(typeof(ulong));
             Fl = Il.DeclareLocal(typeof(ulong));
@@ -185,7 +168,7 @@ internal sealed partial class BlockTranslator
             HopsLeft = Il.DeclareLocal(typeof(int));
             AcArmed = Il.DeclareLocal(typeof(int));
             Flat = Il.DeclareLocal(typeof(int));
-            Code = Il.DeclareLocal(typeof(Action<X86Vcpu>));
+            EntryWord = Il.DeclareLocal(typeof(long));
             Next = Il.DeclareLocal(typeof(DecodedBlock));
             Self = Il.DeclareLocal(typeof(DecodedBlock));
             Abort = Il.DefineLabel();
@@ -244,13 +227,10 @@ internal sealed partial class BlockTranslator
         _pa = f.Pa; _pb = f.Pb; _pr = f.Pr;
     }
 
-    public static Action<X86Vcpu> Compile(DecodedBlock b) => CompileBatch([b], out _, out _)[0];
-
-    /// <summary>Translates <paramref name="blocks"/> into one DynamicMethod with a body per block and
-    /// returns each block's entry (a delegate closed over a <see cref="CompiledBody"/>, which selects the
-    /// block's body). The .NET JIT has a large fixed cost per method, so compiling several blocks
-    /// at once costs much less per block than compiling them one by one.</summary>
-    public static Action<X86Vcpu>[] CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes, out int warmBranches, Predicate<DecodedBlock>? rejectForTests = null)
+    /// <summary>Translates <paramref name="blocks"/> into one DynamicMethod with a body per block, block k's
+    /// body k (<see cref="CompiledMethod"/>). The .NET JIT has a large fixed cost per method, so compiling several
+    /// blocks at once costs much less per block than compiling them one by one. Nothing is published here.</summary>
+    public static CompiledMethod CompileBatch(IReadOnlyList<DecodedBlock> blocks, out int ilBytes, out int warmBranches, Predicate<DecodedBlock>? rejectForTests = null)
     {
         int insns = 0;
         foreach (var b in blocks) insns += b.Count;
@@ -262,12 +242,12 @@ internal sealed partial class BlockTranslator
         il.Emit(OpCodes.Ret);
         il.MarkLabel(body);
         // Every body reaches its block through this local.
-        il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBodyBlock); il.Emit(OpCodes.Stloc, f.Self);
+        il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Stloc, f.Self);
         var entries = new Label[blocks.Count];
         for (int k = 0; k < entries.Length; k++) entries[k] = il.DefineLabel();
         if (blocks.Count > 1)
         {
-            il.Emit(OpCodes.Ldarg_0); il.Emit(OpCodes.Ldfld, FBodyIndex);
+            il.Emit(OpCodes.Ldarg_2);
             il.Emit(OpCodes.Switch, entries);
             il.Emit(OpCodes.Ret);
         }
@@ -278,12 +258,7 @@ internal sealed partial class BlockTranslator
         // Only the bodies others branch into are reached through it, and a dropped block leaves it (DecodedBlock.Drop).
         var batch = new DecodedBlock?[blocks.Count];
         for (int k = 0; k < blocks.Count; k++)
-            if (translators[k]._warmTarget)
-            {
-                batch[k] = blocks[k];
-                blocks[k].WarmBatch = batch;
-                blocks[k].WarmIndex = k;
-            }
+            if (translators[k]._warmTarget) batch[k] = blocks[k];
         for (int k = 0; k < blocks.Count; k++)
         {
             il.MarkLabel(entries[k]);
@@ -300,16 +275,14 @@ internal sealed partial class BlockTranslator
         for (int k = 0; k < blocks.Count; k++) targets[k] = translators[k]._linkTargets.ToArray();
         ilBytes = il.ILOffset;
         warmBranches = translators.Sum(t => t._warmBranches);
-        var code = new Action<X86Vcpu>[blocks.Count];
         for (int k = 0; k < blocks.Count; k++)
         {
             var b = blocks[k];
             // Published before the code that indexes them.
             b.LinkTargets = targets[k];
             b.Links = new DecodedBlock?[targets[k].Length];
-            code[k] = (Action<X86Vcpu>)f.Method.CreateDelegate(typeof(Action<X86Vcpu>), new CompiledBody(b, k, batch));
         }
-        return code;
+        return new CompiledMethod(f.Method, batch);
     }
 
     private void Emit()
@@ -851,9 +824,12 @@ internal sealed partial class BlockTranslator
             il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, leave);
         }
         il.MarkLabel(enter);
-        il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Ldfld, FCompiled); il.Emit(OpCodes.Stloc, f.Code);
-        il.Emit(OpCodes.Ldloc, f.Code); il.Emit(OpCodes.Brfalse, leave);
-        il.Emit(OpCodes.Ldloc, f.Code); il.Emit(OpCodes.Ldarg_1); il.Emit(OpCodes.Callvirt, MInvoke);
+        il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Ldfld, FEntry); il.Emit(OpCodes.Stloc, f.EntryWord);
+        il.Emit(OpCodes.Ldloc, f.EntryWord); il.Emit(OpCodes.Brfalse, leave);
+        il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Ldarg_1);
+        il.Emit(OpCodes.Ldloc, f.EntryWord); il.Emit(OpCodes.Ldc_I4, DecodedBlock.EntryBodyShift); il.Emit(OpCodes.Shr_Un); il.Emit(OpCodes.Conv_I4);
+        il.Emit(OpCodes.Ldloc, f.EntryWord); il.Emit(OpCodes.Ldc_I8, DecodedBlock.EntryCodeMask); il.Emit(OpCodes.And); il.Emit(OpCodes.Conv_I);
+        il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), CompiledMethod.Parameters, null);
         il.MarkLabel(leave);
         il.Emit(OpCodes.Ret);
     }
@@ -914,7 +890,12 @@ internal sealed partial class BlockTranslator
         if (t is not { _warmTarget: true }) return;
         var cold = _il.DefineLabel();
         EmitHopChecks(_f, cold, call: false);
-        _il.Emit(OpCodes.Ldarg_0); _il.Emit(OpCodes.Ldfld, FBodyBatch); LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
+        // The method's bodies, as published to the block running now: none once it is dropped.
+        var bodies = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _self); _il.Emit(OpCodes.Ldfld, FWarmBatch); _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Brtrue, bodies);
+        _il.Emit(OpCodes.Pop); _il.Emit(OpCodes.Br, cold);
+        _il.MarkLabel(bodies);
+        LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
         _il.Emit(OpCodes.Stloc, _next);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, cold);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, cold);

@@ -144,13 +144,12 @@ internal sealed class CompileQueue : IDisposable
             try
             {
                 long t0 = Profile.Now();
-                var code = BlockTranslator.CompileBatch(batch, out int il, out int warm, engine.RejectIlForTests);
+                var method = BlockTranslator.CompileBatch(batch, out int il, out int warm, engine.RejectIlForTests);
                 long t1 = Profile.Now();
-                // Called once with no vCPU (it returns at once) so that .NET compiles it here rather
-                // than on the first vCPU to enter it.
-                code[0](null!);
+                // .NET compiles it here rather than on the first vCPU to enter it.
+                method.Prepare();
                 Profile.Add(batch, il, t0, t1);
-                for (int k = 0; k < code.Length; k++) Publish(batch[k], code[k], engine);
+                for (int k = 0; k < method.Count; k++) Publish(batch[k], method, k, engine);
                 Interlocked.Add(ref engine.WarmBranchCount, warm);
                 return;
             }
@@ -162,9 +161,14 @@ internal sealed class CompileQueue : IDisposable
         foreach (var b in batch) Compile(b, engine);
     }
 
-    private static void Publish(DecodedBlock b, Action<X86Vcpu> code, X86Engine engine)
+    /// <summary>Makes body <paramref name="body"/> of <paramref name="method"/> the block's code: the method's bodies
+    /// first (which its warm branches read through the block), the entry word last.</summary>
+    private static void Publish(DecodedBlock b, CompiledMethod method, int body, X86Engine engine)
     {
-        Volatile.Write(ref b.Compiled, code);
+        b.WarmBatch = method.Bodies;
+        b.WarmIndex = body;
+        b.Compiled = method;
+        Volatile.Write(ref b.Entry, method.EntryOf(body));
         Interlocked.Increment(ref engine.CompiledCount);
     }
 
@@ -172,23 +176,23 @@ internal sealed class CompileQueue : IDisposable
     /// returns at once) and publishes the code. IL that .NET rejects fails here, before any vCPU can enter it: a
     /// published block is entered through links from other compiled blocks too, where a rejection would surface
     /// only after those had run.</summary>
-    public static Action<X86Vcpu>? Compile(DecodedBlock b, X86Engine engine)
+    public static bool Compile(DecodedBlock b, X86Engine engine)
     {
         try
         {
             long t0 = Profile.Now();
-            var code = BlockTranslator.CompileBatch([b], out int il, out int warm, engine.RejectIlForTests)[0];
+            var method = BlockTranslator.CompileBatch([b], out int il, out int warm, engine.RejectIlForTests);
             long t1 = Profile.Now();
-            code(null!);
+            method.Prepare();
             Profile.Add([b], il, t0, t1);
-            Publish(b, code, engine);
+            Publish(b, method, 0, engine);
             Interlocked.Add(ref engine.WarmBranchCount, warm);
-            return code;
+            return true;
         }
         catch (Exception ex) when (ex is NotSupportedException or InvalidProgramException)
         {
             Failed(b, engine, ex);
-            return null;
+            return false;
         }
     }
 

@@ -20,8 +20,8 @@ internal unsafe partial class X86Vcpu
     /// the interpreter must run it.</summary>
     private bool TryRunCompiled(DecodedBlock b)
     {
-        var code = b.Compiled;
-        if (code == null)
+        long entry = b.Entry;
+        if (entry == 0)
         {
             if (!_engine.Jit.Enabled || b.JitFailed || !b.Valid || b.Hits++ < _engine.Jit.Threshold) return false;
             if (_engine.Jit.Background)
@@ -29,14 +29,14 @@ internal unsafe partial class X86Vcpu
                 if (!b.Queued) _engine.Compiler.TryEnqueue(b);
                 return false;
             }
-            code = CompileQueue.Compile(b, _engine);
-            if (code == null) return false;
+            if (!CompileQueue.Compile(b, _engine)) return false;
+            entry = b.Entry;
         }
         // Published code has been through the .NET JIT already (CompileQueue), so nothing here can meet IL it
         // rejects: such an exception would surface in whichever linked successor first ran it, after this block
         // and its predecessors had run, and could be pinned on neither.
         _hops = MaxHops;
-        code(this);
+        CompiledMethod.Enter(b, this, entry);
         if (LazyFlags != 0) ApplyLazyFlags();
         if (Stats) S.Chained += MaxHops - _hops;
         return true;
@@ -65,7 +65,7 @@ internal unsafe partial class X86Vcpu
     {
         var from = _linkFrom!;
         _linkFrom = null;
-        if (next.Compiled == null || !next.Valid || !from.Valid || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
+        if (next.Entry == 0 || !next.Valid || !from.Valid || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
         int slot = _linkSlot;
         if ((uint)slot < (uint)from.Links.Length && from.LinkTargets[slot] == next.Ip && from.Links[slot] != next)
         {

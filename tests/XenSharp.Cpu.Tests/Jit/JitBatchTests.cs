@@ -1,4 +1,5 @@
 using Iced.Intel;
+using XenSharp.Cpu.Decoding;
 using XenSharp.Cpu.Jit;
 using static Iced.Intel.AssemblerRegisters;
 
@@ -75,7 +76,7 @@ public class JitBatchTests
         CompileQueue.CompileBatch(blocks, m.Engine);
         Assert.Equal(blocks.Count, (int)m.Engine.CompiledBlocks);
         Assert.Equal(0, m.Engine.JitFailures);
-        Assert.Equal(blocks.Count, blocks.Select(b => ((BlockTranslator.CompiledBody)b.Compiled!.Target!).Index).Distinct().Count());
+        Assert.Equal(blocks.Count, blocks.Select(b => (ulong)b.Entry >> DecodedBlock.EntryBodyShift).Distinct().Count());
 
         ulong before = m.Cpu.InstructionsRetired;
         m.Enter64(code, fourK: true);
@@ -88,6 +89,54 @@ public class JitBatchTests
         Assert.Equal(x.Rsp, y.Rsp); Assert.Equal(x.R9, y.R9); Assert.Equal(x.R10, y.R10);
         Assert.Equal(x.Rip, y.Rip); Assert.Equal(x.Rflags, y.Rflags);
         Assert.Equal(3000UL, y.R9);
+    }
+
+    /// <summary>Compiled code is entered through a bare address (<see cref="DecodedBlock.Entry"/>): the block's
+    /// <see cref="DecodedBlock.Compiled"/> must keep the method's code alive through collections, or the next entry
+    /// would jump into freed memory.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Compiled_code_stays_alive_through_collections_while_its_blocks_are_held()
+    {
+        var code = Program();
+        using var interp = new TestMachine(jit: JitSettings.Off);
+        interp.Enter64(code, fourK: true);
+        interp.RunToHlt();
+
+        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        var method = CompileBlocks(m);
+        for (int k = 0; k < 3; k++)
+        {
+            GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: true);
+            GC.WaitForPendingFinalizers();
+        }
+        Assert.True(method.IsAlive);
+
+        ulong before = m.Cpu.InstructionsRetired;
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
+        Assert.Equal(interp.Regs.Rax, m.Regs.Rax);
+        Assert.Equal(interp.Regs.Rbx, m.Regs.Rbx);
+        Assert.Equal(interp.Regs.R10, m.Regs.R10);
+        Assert.Equal(3000UL, m.Regs.R9);
+    }
+
+    /// <summary>Compiles the machine's blocks as one batch; a weak reference to the method's DynamicMethod, whose
+    /// code each block's entry word points into.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static WeakReference CompileBlocks(TestMachine m)
+    {
+        var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid).ToList();
+        CompileQueue.CompileBatch(blocks, m.Engine);
+        var method = blocks[0].Compiled!;
+        for (int k = 0; k < blocks.Count; k++)
+        {
+            Assert.Same(method, blocks[k].Compiled);
+            Assert.Equal(method.EntryOf(k), blocks[k].Entry);
+        }
+        return new WeakReference(method.Method);
     }
 
     /// <summary>Two vCPUs that make a block hot together can queue it twice, and the compiler thread then
@@ -109,13 +158,13 @@ public class JitBatchTests
         Assert.True(blocks.Count >= 8, $"{blocks.Count} blocks");
         CompileQueue.CompileBatch(blocks, m.Engine);
         Assert.Equal(blocks.Count, (int)m.Engine.CompiledBlocks);
-        var published = blocks.Select(b => b.Compiled).ToList();
+        var published = blocks.Select(b => b.Entry).ToList();
 
         // The second translation, each block in another place, not published yet.
         var again = Enumerable.Reverse(blocks).ToList();
         var second = BlockTranslator.CompileBatch(again, out _, out _);
-        Assert.Equal(again.Count, second.Length);
-        Assert.Equal(published, blocks.Select(b => b.Compiled));
+        Assert.Equal(again.Count, second.Count);
+        Assert.Equal(published, blocks.Select(b => b.Entry));
 
         ulong before = m.Cpu.InstructionsRetired;
         m.Enter64(code, fourK: true);

@@ -54,7 +54,7 @@ public class JitRejectedIlTests
 
         // Compiling it again on a vCPU's behalf publishes nothing either.
         bad.JitFailed = false;
-        Assert.Null(CompileQueue.Compile(bad, m.Engine));
+        Assert.False(CompileQueue.Compile(bad, m.Engine));
         Assert.Null(bad.Compiled);
         Assert.True(bad.JitFailed);
     }
