@@ -145,13 +145,12 @@ internal sealed class BlockCache
                 if (b.LastRun >= epoch) live.Push(b);
             while (live.TryPop(out var b))
             {
-                var links = b.Links;
-                for (int k = 0; k < links.Length; k++)
+                for (int k = 0; k < b.LinkCount; k++)
                 {
-                    var next = links[k];
+                    var next = b.LinkAt(k);
                     if (next is null) continue;
                     // A link to a dropped block only sends compiled code back to the run loop: unlinked, it links again.
-                    if (!next.Valid) links[k] = null;
+                    if (!next.Valid) b.SetLink(k, null);
                     else if (next.LastRun < epoch)
                     {
                         next.LastRun = epoch;

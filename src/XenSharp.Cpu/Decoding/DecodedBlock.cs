@@ -169,26 +169,33 @@ internal sealed class DecodedBlock
     /// compiled blocks they lead to once seen (null until then): compiled code jumps straight into
     /// a linked successor instead of returning to the run loop.</summary>
     public ulong[] LinkTargets = [];
+    /// <summary>The links of slots 0 and 1 (nearly every block has no more), kept in the block itself: a hop reads
+    /// its link from the block it leaves, whose other fields it has just used, where an array would be one more line
+    /// to wait for. <see cref="Links"/> holds slot 2 and up.</summary>
+    public DecodedBlock? Link0, Link1;
     public DecodedBlock?[] Links = [];
+    public int LinkCount => LinkTargets.Length;
+    public DecodedBlock? LinkAt(int slot) =>
+        slot == 0 ? Link0 : slot == 1 ? Link1 : Links is var l && (uint)(slot - 2) < (uint)l.Length ? l[slot - 2] : null;
+    public void SetLink(int slot, DecodedBlock? next)
+    {
+        if (slot == 0) Link0 = next;
+        else if (slot == 1) Link1 = next;
+        else if (Links is var l && (uint)(slot - 2) < (uint)l.Length) l[slot - 2] = next;
+    }
+    /// <summary>Storage for <paramref name="count"/> link slots, all unlinked.</summary>
+    public void ResetLinks(int count)
+    {
+        Link0 = Link1 = null;
+        Links = count > 2 ? new DecodedBlock?[count - 2] : [];
+    }
     /// <summary>The interpreter's successors in the same linear page: the fall-through (<see cref="NextFall"/>)
     /// and the last other target (<see cref="NextOther"/>), so that the run loop goes from one interpreted block
     /// to the next without the jump-cache lookup (X86Vcpu.NextBlock).</summary>
     public DecodedBlock? NextFall, NextOther;
 
-    /// <summary>The bodies of the method this block was last compiled into that other bodies branch into (its slot
-    /// <see cref="WarmIndex"/> holds it while it is valid). Dropping the block empties its slot, so that the method's
-    /// live code keeps no dropped block alive.</summary>
-    public DecodedBlock?[]? WarmBatch;
-    public int WarmIndex;
-
     /// <summary>Invalidates the block: holders look its address up again.</summary>
-    public void Drop()
-    {
-        Valid = false;
-        if (WarmBatch is { } batch && (uint)WarmIndex < (uint)batch.Length && batch[WarmIndex] == this)
-            Volatile.Write(ref batch[WarmIndex], null);
-        WarmBatch = null;
-    }
+    public void Drop() => Valid = false;
 
     /// <summary>The block ends with a near CALL (<see cref="EndsWithCall"/>) or with a RET that returns from none of its
     /// own (followed) CALLs (<see cref="EndsWithReturn"/>): what the interpreter's return-address prediction pushes and

@@ -26,7 +26,8 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FValid = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Valid))!;
     private static readonly FieldInfo FLinks = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Links))!;
     private static readonly FieldInfo FEntry = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Entry))!;
-    private static readonly FieldInfo FWarmBatch = typeof(DecodedBlock).GetField(nameof(DecodedBlock.WarmBatch))!;
+    private static readonly FieldInfo FLink0 = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Link0))!;
+    private static readonly FieldInfo FLink1 = typeof(DecodedBlock).GetField(nameof(DecodedBlock.Link1))!;
     private static readonly FieldInfo FHasTail = typeof(DecodedBlock).GetField(nameof(DecodedBlock.HasTail))!;
     private static readonly MethodInfo MLinkedTailHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedTailHolds), Inst)!;
     private static readonly MethodInfo MLinkedPageHolds = Cpu.GetMethod(nameof(X86Vcpu.LinkedPageHolds), Inst)!;
@@ -90,6 +91,9 @@ internal sealed partial class BlockTranslator
     /// the next compiled block.</summary>
     private readonly bool _chainable;
     private readonly List<ulong> _linkTargets = new();
+    /// <summary>The exits that branch into another body of the method: (link slot, that body), linked to its block when
+    /// the method is published (<see cref="CompiledMethod.WarmLinks"/>).</summary>
+    private readonly List<(int Slot, int Body)> _warmLinks = new();
     private readonly bool _is64;
     /// <summary>GPRs the inline instructions touch: only these live in locals.</summary>
     private readonly int _used;
@@ -255,10 +259,6 @@ internal sealed partial class BlockTranslator
         var translators = new BlockTranslator[blocks.Count];
         for (int k = 0; k < blocks.Count; k++) translators[k] = new BlockTranslator(blocks[k], f);
         PlanWarmBranches(translators);
-        // Only the bodies others branch into are reached through it, and a dropped block leaves it (DecodedBlock.Drop).
-        var batch = new DecodedBlock?[blocks.Count];
-        for (int k = 0; k < blocks.Count; k++)
-            if (translators[k]._warmTarget) batch[k] = blocks[k];
         for (int k = 0; k < blocks.Count; k++)
         {
             il.MarkLabel(entries[k]);
@@ -280,9 +280,12 @@ internal sealed partial class BlockTranslator
             var b = blocks[k];
             // Published before the code that indexes them.
             b.LinkTargets = targets[k];
-            b.Links = new DecodedBlock?[targets[k].Length];
+            b.ResetLinks(targets[k].Length);
         }
-        return new CompiledMethod(f.Method, batch);
+        var warm = new List<CompiledMethod.WarmLink>();
+        for (int k = 0; k < blocks.Count; k++)
+            foreach (var (slot, target) in translators[k]._warmLinks) warm.Add(new(k, slot, target));
+        return new CompiledMethod(f.Method, blocks.Count, warm.ToArray());
     }
 
     private void Emit()
@@ -725,6 +728,7 @@ internal sealed partial class BlockTranslator
         int slot = _linkTargets.Count;
         _linkTargets.Add(rip);
         LdcI4(slot); _il.Emit(OpCodes.Stloc, _f.Slot);
+        EmitLoadLink(slot);
         LdcU8(rip); _il.Emit(OpCodes.Stloc, _f.ExitRip);
         int retire = executed - _flushed;
         char hop = !_is64 ? 'c' : (rip >> 12) == (_b.Ip >> 12) ? 'p' : 'f';
@@ -834,14 +838,23 @@ internal sealed partial class BlockTranslator
         il.Emit(OpCodes.Ret);
     }
 
-    /// <summary>Loads the successor linked to the exit's slot into <see cref="MethodFrame.Next"/>, branching to
-    /// <paramref name="unlinked"/> when there is none yet.</summary>
+    /// <summary>Branches to <paramref name="unlinked"/> when the exit's slot, which the exit loaded into
+    /// <see cref="MethodFrame.Next"/> (<see cref="EmitLoadLink"/>), is linked to nothing yet.</summary>
     private static void EmitLinkedSuccessor(MethodFrame f, Label unlinked)
     {
         var il = f.Il;
-        il.Emit(OpCodes.Ldloc, f.Self); il.Emit(OpCodes.Ldfld, FLinks); il.Emit(OpCodes.Ldloc, f.Slot); il.Emit(OpCodes.Ldelem_Ref);
-        il.Emit(OpCodes.Stloc, f.Next);
         il.Emit(OpCodes.Ldloc, f.Next); il.Emit(OpCodes.Brfalse, unlinked);
+    }
+
+    /// <summary>The block linked to <paramref name="slot"/> of the block running now, into _next: slots 0 and 1 from
+    /// the block's own fields, the rest from its array.</summary>
+    private void EmitLoadLink(int slot)
+    {
+        _il.Emit(OpCodes.Ldloc, _self);
+        if (slot == 0) _il.Emit(OpCodes.Ldfld, FLink0);
+        else if (slot == 1) _il.Emit(OpCodes.Ldfld, FLink1);
+        else { _il.Emit(OpCodes.Ldfld, FLinks); LdcI4(slot - 2); _il.Emit(OpCodes.Ldelem_Ref); }
+        _il.Emit(OpCodes.Stloc, _next);
     }
 
     /// <summary>Finds which bodies of the method other bodies may branch into (<see cref="TryEmitWarmBranch"/>):
@@ -890,14 +903,17 @@ internal sealed partial class BlockTranslator
         if (t is not { _warmTarget: true }) return;
         var cold = _il.DefineLabel();
         EmitHopChecks(_f, cold, call: false);
-        // The method's bodies, as published to the block running now: none once it is dropped.
-        var bodies = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldloc, _self); _il.Emit(OpCodes.Ldfld, FWarmBatch); _il.Emit(OpCodes.Dup); _il.Emit(OpCodes.Brtrue, bodies);
-        _il.Emit(OpCodes.Pop); _il.Emit(OpCodes.Br, cold);
-        _il.MarkLabel(bodies);
-        LdcI4(t._index); _il.Emit(OpCodes.Ldelem_Ref);
-        _il.Emit(OpCodes.Stloc, _next);
+        // The exit's link slot, which publishing links to the target's block (the exit taken next, if this branch
+        // is not, uses the same slot). That block must still hold this method's body: its entry word is this
+        // method's code with the target's body index.
+        int slot = _linkTargets.Count;
+        _warmLinks.Add((slot, t._index));
+        EmitLoadLink(slot);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Brfalse, cold);
+        _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Ldfld, FEntry);
+        _il.Emit(OpCodes.Ldloc, _self); _il.Emit(OpCodes.Ldfld, FEntry); _il.Emit(OpCodes.Ldc_I8, DecodedBlock.EntryCodeMask); _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I8, (long)t._index << DecodedBlock.EntryBodyShift); _il.Emit(OpCodes.Or);
+        _il.Emit(OpCodes.Bne_Un, cold);
         _il.Emit(OpCodes.Ldloc, _next); _il.Emit(OpCodes.Volatile); _il.Emit(OpCodes.Ldfld, FValid); _il.Emit(OpCodes.Brfalse, cold);
 
         EmitBranchOut(t._liveIn, executed, t._warm, () =>

@@ -149,7 +149,7 @@ internal sealed class CompileQueue : IDisposable
                 // .NET compiles it here rather than on the first vCPU to enter it.
                 method.Prepare();
                 Profile.Add(batch, il, t0, t1);
-                for (int k = 0; k < method.Count; k++) Publish(batch[k], method, k, engine);
+                for (int k = 0; k < method.Count; k++) Publish(batch, k, method, engine);
                 Interlocked.Add(ref engine.WarmBranchCount, warm);
                 return;
             }
@@ -161,12 +161,13 @@ internal sealed class CompileQueue : IDisposable
         foreach (var b in batch) Compile(b, engine);
     }
 
-    /// <summary>Makes body <paramref name="body"/> of <paramref name="method"/> the block's code: the method's bodies
-    /// first (which its warm branches read through the block), the entry word last.</summary>
-    private static void Publish(DecodedBlock b, CompiledMethod method, int body, X86Engine engine)
+    /// <summary>Makes body <paramref name="body"/> of <paramref name="method"/> the code of block <paramref name="body"/>
+    /// of <paramref name="batch"/>: the links of its branches into other bodies first, the entry word last.</summary>
+    private static void Publish(IReadOnlyList<DecodedBlock> batch, int body, CompiledMethod method, X86Engine engine)
     {
-        b.WarmBatch = method.Bodies;
-        b.WarmIndex = body;
+        var b = batch[body];
+        foreach (var w in method.WarmLinks)
+            if (w.Body == body) b.SetLink(w.Slot, batch[w.Target]);
         b.Compiled = method;
         Volatile.Write(ref b.Entry, method.EntryOf(body));
         Interlocked.Increment(ref engine.CompiledCount);
@@ -185,7 +186,7 @@ internal sealed class CompileQueue : IDisposable
             long t1 = Profile.Now();
             method.Prepare();
             Profile.Add([b], il, t0, t1);
-            Publish(b, method, 0, engine);
+            Publish([b], 0, method, engine);
             Interlocked.Add(ref engine.WarmBranchCount, warm);
             return true;
         }

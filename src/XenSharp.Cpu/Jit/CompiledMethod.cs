@@ -19,17 +19,21 @@ internal sealed unsafe class CompiledMethod
         typeof(DynamicMethod).GetMethod("GetMethodDescriptor", BindingFlags.Instance | BindingFlags.NonPublic, Type.EmptyTypes);
 
     public readonly DynamicMethod Method;
-    /// <summary>The bodies other bodies of the method branch into, by body index (null for the rest, and once a block
-    /// is dropped): published to the method's blocks as <see cref="DecodedBlock.WarmBatch"/>.</summary>
-    public readonly DecodedBlock?[] Bodies;
-    public int Count => Bodies.Length;
+    /// <summary>Bodies: block k of the batch compiled is body k.</summary>
+    public readonly int Count;
+    /// <summary>An exit of body <see cref="Body"/> that branches straight into body <see cref="Target"/> while the
+    /// block in link slot <see cref="Slot"/> holds it: publishing links that slot to the target's block. The method
+    /// holds no block itself, so that its live code keeps no dropped block alive.</summary>
+    public readonly record struct WarmLink(int Body, int Slot, int Target);
+    public readonly WarmLink[] WarmLinks;
     /// <summary>The native code, once <see cref="Prepare"/> has had .NET compile it.</summary>
     public nint Code { get; private set; }
 
-    public CompiledMethod(DynamicMethod method, DecodedBlock?[] bodies)
+    public CompiledMethod(DynamicMethod method, int count, WarmLink[] warmLinks)
     {
         Method = method;
-        Bodies = bodies;
+        Count = count;
+        WarmLinks = warmLinks;
     }
 
     /// <summary>Has .NET compile the method on this thread (a call with no vCPU returns at once), so that IL it

@@ -11,6 +11,9 @@ internal unsafe partial class X86Vcpu
     private const int MaxHops = 64;
 
     private int _hops;
+    /// <summary>Times the run loop entered compiled code (tests read it: hops and branches between bodies stay out of
+    /// the run loop).</summary>
+    internal long CompiledRuns;
     /// <summary>The compiled block whose direct exit <see cref="_linkSlot"/> was taken while not
     /// linked yet: the run loop links it to the block it finds next.</summary>
     private DecodedBlock? _linkFrom;
@@ -36,6 +39,7 @@ internal unsafe partial class X86Vcpu
         // rejects: such an exception would surface in whichever linked successor first ran it, after this block
         // and its predecessors had run, and could be pinned on neither.
         _hops = MaxHops;
+        CompiledRuns++;
         CompiledMethod.Enter(b, this, entry);
         if (LazyFlags != 0) ApplyLazyFlags();
         if (Stats) S.Chained += MaxHops - _hops;
@@ -67,9 +71,9 @@ internal unsafe partial class X86Vcpu
         _linkFrom = null;
         if (next.Entry == 0 || !next.Valid || !from.Valid || next.Bitness != from.Bitness || next.CsBase != from.CsBase) return;
         int slot = _linkSlot;
-        if ((uint)slot < (uint)from.Links.Length && from.LinkTargets[slot] == next.Ip && from.Links[slot] != next)
+        if ((uint)slot < (uint)from.LinkCount && from.LinkTargets[slot] == next.Ip && from.LinkAt(slot) != next)
         {
-            from.Links[slot] = next;
+            from.SetLink(slot, next);
             Interlocked.Increment(ref _engine.LinkCount);
         }
     }
@@ -93,7 +97,7 @@ internal unsafe partial class X86Vcpu
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     private DecodedBlock? JitChainCore(DecodedBlock from, int slot)
     {
-        var next = from.Links[slot];
+        var next = from.LinkAt(slot);
         if (next == null)
         {
             _linkFrom = from;

@@ -172,6 +172,47 @@ public class JitWarmBranchTests
         }
     }
 
+    /// <summary>Two bodies compiled together branch into each other without leaving the method: 20,000 turns of the
+    /// loop enter compiled code from the run loop a few times, where hops from body to body would return to it every
+    /// <c>MaxHops</c> hops.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Two_bodies_of_a_loop_run_it_without_returning_to_the_run_loop()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            // Two blocks, each ending with a conditional branch: A falls through into B, B branches back to A.
+            var a1 = a.CreateLabel(); var done = a.CreateLabel();
+            a.xor(eax, eax);
+            a.xor(ebx, ebx);
+            a.Label(ref a1);
+            a.inc(rax);
+            a.cmp(rax, 20000);
+            a.je(done);
+            a.add(rbx, rax);
+            a.cmp(rbx, 0);
+            a.jne(a1);
+            a.jmp(a1);
+            a.Label(ref done);
+            a.hlt();
+        });
+        using var interp = new TestMachine(jit: JitSettings.Off);
+        interp.Enter64(code, fourK: true);
+        interp.RunToHlt();
+
+        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid && b.Ip != TestMachine.CodeAt).ToList();
+        CompileQueue.CompileBatch(blocks, m.Engine);
+        Assert.True(m.Engine.WarmBranches > 0);
+
+        long runs = ((X86Vcpu)m.Cpu).CompiledRuns;
+        m.Enter64(code, fourK: true);
+        m.RunToHlt();
+        Assert.Equal(interp.Regs.Rbx, m.Regs.Rbx);
+        Assert.InRange(((X86Vcpu)m.Cpu).CompiledRuns - runs, 1, 4);
+    }
+
     /// <summary>Two bodies branching to each other for ever still leave the compiled code when asked to.</summary>
     [Fact, Trait("Feature", "x86 instruction emulation")]
     public void An_exit_request_preempts_two_bodies_looping_through_each_other()
