@@ -112,6 +112,24 @@ public sealed class TestMachine : IDisposable
         Cpu.SetRegisters(new Registers { Rip = at, Rsp = StackTop, Rflags = 2 });
     }
 
+    /// <summary>Block compiler on, but no block reaches its threshold: a run decodes the blocks for a test to compile.</summary>
+    public static readonly JitSettings DecodeOnly = new(true, int.MaxValue, Background: false);
+
+    /// <summary>Runs 64-bit <paramref name="code"/> at <see cref="CodeAt"/> under 4 KiB pages to its HLT.</summary>
+    public void Run64ToHlt(byte[] code)
+    {
+        Enter64(code, fourK: true);
+        RunToHlt();
+    }
+
+    /// <summary>A machine that has run <paramref name="code"/> once (<see cref="Run64ToHlt"/>).</summary>
+    public static TestMachine RanToHlt(byte[] code, JitSettings jit)
+    {
+        var m = new TestMachine(jit: jit);
+        m.Run64ToHlt(code);
+        return m;
+    }
+
     /// <summary>64-bit mode with the first 1 GiB identity-mapped by 2 MiB pages (user, writable).</summary>
     public void Enter64(byte[] code, ulong at = CodeAt, bool fourK = false)
     {

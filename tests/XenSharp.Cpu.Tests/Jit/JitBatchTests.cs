@@ -62,14 +62,10 @@ public class JitBatchTests
     public void Blocks_compiled_together_in_one_method_end_as_interpreted()
     {
         var code = Program();
-        using var interp = new TestMachine(jit: JitSettings.Off);
-        interp.Enter64(code, fourK: true);
-        interp.RunToHlt();
+        using var interp = TestMachine.RanToHlt(code, JitSettings.Off);
 
         // Decoded by a first, interpreted run (the threshold is never reached), then compiled all at once.
-        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        using var m = TestMachine.RanToHlt(code, TestMachine.DecodeOnly);
         Assert.Equal(0, m.Engine.CompiledBlocks);
         var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid).ToList();
         Assert.True(blocks.Count >= 8, $"{blocks.Count} blocks");
@@ -79,8 +75,7 @@ public class JitBatchTests
         Assert.Equal(blocks.Count, blocks.Select(b => (ulong)b.Entry >> DecodedBlock.EntryBodyShift).Distinct().Count());
 
         ulong before = m.Cpu.InstructionsRetired;
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        m.Run64ToHlt(code);
         // The loop's blocks branch into each other's bodies, so it never leaves the method to have an exit linked.
         Assert.True(m.Engine.WarmBranches > 0);
         Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
@@ -98,13 +93,9 @@ public class JitBatchTests
     public void Compiled_code_stays_alive_through_collections_while_its_blocks_are_held()
     {
         var code = Program();
-        using var interp = new TestMachine(jit: JitSettings.Off);
-        interp.Enter64(code, fourK: true);
-        interp.RunToHlt();
+        using var interp = TestMachine.RanToHlt(code, JitSettings.Off);
 
-        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        using var m = TestMachine.RanToHlt(code, TestMachine.DecodeOnly);
         var method = CompileBlocks(m);
         for (int k = 0; k < 3; k++)
         {
@@ -114,8 +105,7 @@ public class JitBatchTests
         Assert.True(method.IsAlive);
 
         ulong before = m.Cpu.InstructionsRetired;
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        m.Run64ToHlt(code);
         Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
         Assert.Equal(interp.Regs.Rax, m.Regs.Rax);
         Assert.Equal(interp.Regs.Rbx, m.Regs.Rbx);
@@ -147,13 +137,9 @@ public class JitBatchTests
     public void Code_published_for_a_block_runs_its_body_while_the_block_is_compiled_again()
     {
         var code = Program();
-        using var interp = new TestMachine(jit: JitSettings.Off);
-        interp.Enter64(code, fourK: true);
-        interp.RunToHlt();
+        using var interp = TestMachine.RanToHlt(code, JitSettings.Off);
 
-        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        using var m = TestMachine.RanToHlt(code, TestMachine.DecodeOnly);
         var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid).ToList();
         Assert.True(blocks.Count >= 8, $"{blocks.Count} blocks");
         CompileQueue.CompileBatch(blocks, m.Engine);
@@ -167,8 +153,7 @@ public class JitBatchTests
         Assert.Equal(published, blocks.Select(b => b.Entry));
 
         ulong before = m.Cpu.InstructionsRetired;
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        m.Run64ToHlt(code);
         Assert.Equal(interp.Cpu.InstructionsRetired, m.Cpu.InstructionsRetired - before);
         var (x, y) = (interp.Regs, m.Regs);
         Assert.Equal(x.Rax, y.Rax); Assert.Equal(x.Rbx, y.Rbx); Assert.Equal(x.Rcx, y.Rcx); Assert.Equal(x.Rdx, y.Rdx);

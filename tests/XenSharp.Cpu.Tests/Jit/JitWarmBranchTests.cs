@@ -195,20 +195,15 @@ public class JitWarmBranchTests
             a.Label(ref done);
             a.hlt();
         });
-        using var interp = new TestMachine(jit: JitSettings.Off);
-        interp.Enter64(code, fourK: true);
-        interp.RunToHlt();
+        using var interp = TestMachine.RanToHlt(code, JitSettings.Off);
 
-        using var m = new TestMachine(jit: new JitSettings(true, int.MaxValue, Background: false));
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        using var m = TestMachine.RanToHlt(code, TestMachine.DecodeOnly);
         var blocks = m.Engine.Blocks.Snapshot().Where(b => b.Valid && b.Ip != TestMachine.CodeAt).ToList();
         CompileQueue.CompileBatch(blocks, m.Engine);
         Assert.True(m.Engine.WarmBranches > 0);
 
         long runs = ((X86Vcpu)m.Cpu).CompiledRuns;
-        m.Enter64(code, fourK: true);
-        m.RunToHlt();
+        m.Run64ToHlt(code);
         Assert.Equal(interp.Regs.Rbx, m.Regs.Rbx);
         Assert.InRange(((X86Vcpu)m.Cpu).CompiledRuns - runs, 1, 4);
     }
