@@ -36,6 +36,7 @@ internal sealed partial class BlockTranslator
     private static readonly FieldInfo FLazyB = Cpu.GetField(nameof(X86Vcpu.LazyB), Inst)!;
     private static readonly FieldInfo FLazyR = Cpu.GetField(nameof(X86Vcpu.LazyR), Inst)!;
     private static readonly MethodInfo MApplyLazyFlags = Cpu.GetMethod(nameof(X86Vcpu.ApplyLazyFlags), Inst)!;
+    private static readonly MethodInfo MTakeLazyCarry = Cpu.GetMethod(nameof(X86Vcpu.TakeLazyCarry), Inst)!;
     private static readonly FieldInfo FHops = Cpu.GetField("_hops", Inst)!;
     private static readonly MethodInfo MJitChain = Cpu.GetMethod(nameof(X86Vcpu.JitChain), Inst)!;
     private static readonly MethodInfo MJitIndirectChain = Cpu.GetMethod(nameof(X86Vcpu.JitIndirectChain), Inst)!;
@@ -299,7 +300,7 @@ internal sealed partial class BlockTranslator
             // Dropped here, out of any loop back to the top.
             LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags);
         }
-        else if (_applyAt == 0)
+        else if (_applyAt == 0 && !CarryOnlyAt(0))
         {
             var none = _il.DefineLabel();
             LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
@@ -307,6 +308,7 @@ internal sealed partial class BlockTranslator
             _il.MarkLabel(none);
         }
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
+        if (_liveIn != 0 && _applyAt == 0 && CarryOnlyAt(0)) TakeEntryCarry();
         // A body entered from another body of the method finds the pending result applied (EmitBranchOut), so the
         // code of an open region serves both entries.
         _open = _liveIn != 0 && _applyAt != 0;
@@ -609,7 +611,7 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Ldloc, _fl);
         foreach (var p in _pending)
         {
-            if (hot && p.Kind is FlagKind.Logic or FlagKind.Add or FlagKind.Sub)
+            if (hot && p.Kind is FlagKind.Logic or FlagKind.Add or FlagKind.Sub or FlagKind.Inc or FlagKind.Dec)
             {
                 EmitInlineFlags(p);
                 continue;
@@ -621,17 +623,29 @@ internal sealed partial class BlockTranslator
     }
 
     /// <summary>Replaces the arithmetic flags of the RFLAGS value on the stack with those of a
-    /// pending logic, ADD or SUB result (the same definitions as <see cref="FlagMath.Apply"/>).</summary>
+    /// pending logic, ADD, SUB, INC or DEC result (the same definitions as <see cref="FlagMath.Apply"/>).</summary>
     private void EmitInlineFlags(Pending p)
     {
         var a = _pa[p.Slot]; var b = _pb[p.Slot]; var r = _pr[p.Slot];
         int top = p.Size * 8 - 1;
-        LdcU8(~X86Vcpu.ArithFlags); _il.Emit(OpCodes.And);
+        bool incDec = p.Kind is FlagKind.Inc or FlagKind.Dec;
+        // INC and DEC keep the CF of the value below.
+        LdcU8(incDec ? ~(X86Vcpu.ArithFlags & ~X86Vcpu.CF) : ~X86Vcpu.ArithFlags); _il.Emit(OpCodes.And);
         _il.Emit(OpCodes.Ldsfld, FParity); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Conv_U1); _il.Emit(OpCodes.Ldelem_U1); _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Or);
         IsZero(r); _il.Emit(OpCodes.Conv_U8); LdcI4(6); _il.Emit(OpCodes.Shl); _il.Emit(OpCodes.Or);
         _il.Emit(OpCodes.Ldloc, r); LdcI4(top); _il.Emit(OpCodes.Shr_Un); LdcU8(1); _il.Emit(OpCodes.And); LdcI4(7); _il.Emit(OpCodes.Shl); _il.Emit(OpCodes.Or);
         if (p.Kind == FlagKind.Logic) return;
+        if (incDec)
+        {
+            // AF from the operand and the result (the other operand is 1); OF when the result (INC) or the
+            // operand (DEC) is the sign bit alone.
+            _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Xor);
+            LdcU8(X86Vcpu.AF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Or);
+            _il.Emit(OpCodes.Ldloc, p.Kind == FlagKind.Inc ? r : a); LdcU8(1UL << top); _il.Emit(OpCodes.Ceq); _il.Emit(OpCodes.Conv_U8);
+            LdcI4(11); _il.Emit(OpCodes.Shl); _il.Emit(OpCodes.Or);
+            return;
+        }
         _il.Emit(OpCodes.Ldloc, a); _il.Emit(OpCodes.Ldloc, b); _il.Emit(OpCodes.Xor); _il.Emit(OpCodes.Ldloc, r); _il.Emit(OpCodes.Xor);
         LdcU8(X86Vcpu.AF); _il.Emit(OpCodes.And); _il.Emit(OpCodes.Or);
         if (p.Kind == FlagKind.Sub)
@@ -658,12 +672,14 @@ internal sealed partial class BlockTranslator
         _il.Emit(OpCodes.Stfld, FRflags);
     }
 
-    /// <summary>RFLAGS at an exit: a single pending result that defines every arithmetic flag is left in the vCPU
+    /// <summary>RFLAGS at an exit: a single pending result that defines every arithmetic flag, or all but the CF it keeps, is left in the vCPU
     /// as its operands (<see cref="X86Vcpu.LazyFlags"/>), for the next compiled block to apply only if it reads
     /// the flags, and for the run loop to apply when compiled code returns to it; anything else is computed.</summary>
     private void StoreFlagsAtExit()
     {
-        if (_pending.Count != 1 || _pending[0].MaybeNone || FlagMath.Defines(_pending[0].Kind) != X86Vcpu.ArithFlags)
+        // INC and DEC keep CF: left pending too, with RFLAGS (written below) holding that CF for Apply to keep.
+        if (_pending.Count != 1 || _pending[0].MaybeNone
+            || (FlagMath.Defines(_pending[0].Kind) != X86Vcpu.ArithFlags && (_open || _pending[0].Kind is not (FlagKind.Inc or FlagKind.Dec))))
         {
             StoreFlagsToCpu();
             return;
@@ -1001,6 +1017,12 @@ internal sealed partial class BlockTranslator
     /// block's flags are all in <see cref="_fl"/> and its own pending results.</summary>
     private void CloseEntryFlags()
     {
+        if (CarryOnlyAt(_applyAt))
+        {
+            TakeEntryCarry();
+            _open = false;
+            return;
+        }
         if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
         var none = _il.DefineLabel();
         LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
@@ -1009,6 +1031,23 @@ internal sealed partial class BlockTranslator
         _il.MarkLabel(none);
         _flDirty = false;
         _open = false;
+    }
+
+    /// <summary>Instruction <paramref name="i"/> needs no flag of the entry's pending result but CF and, compiled inline and
+    /// unable to fault, overwrites every other one before anything could observe them: INC, DEC, ADC, SBB on registers.</summary>
+    private bool CarryOnlyAt(int i)
+    {
+        if (i < 0 || i >= _n) return false;
+        ref InsnPlan p = ref _plans[i];
+        return p.Inline && !p.Faults && (p.FlagReads & ~X86Vcpu.CF) == 0 && (p.Kills | X86Vcpu.CF) == X86Vcpu.ArithFlags;
+    }
+
+    /// <summary>Puts CF of the entry's pending result (if any) into the flags local and drops the result
+    /// (<see cref="X86Vcpu.TakeLazyCarry"/>); the instruction that follows defines the other flags.</summary>
+    private void TakeEntryCarry()
+    {
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Call, MTakeLazyCarry); _il.Emit(OpCodes.Stloc, _fl);
+        _flDirty = true;
     }
 
     /// <summary>After a store: a write to this block's code (Stop) ends the block after the instruction.</summary>

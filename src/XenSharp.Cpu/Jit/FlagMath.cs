@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace XenSharp.Cpu.Jit;
 
 /// <summary>How a deferred ("pending") flag result is recomputed from the operands the compiled
@@ -81,6 +83,18 @@ internal static class FlagMath
         }
         return (fl & ~X86Vcpu.ArithFlags) | f;
     }
+
+    /// <summary>CF alone of a pending result (<see cref="X86Vcpu.LazyFlags"/>'s kind | size &lt;&lt; 8 in
+    /// <paramref name="k"/>): what <see cref="Apply"/> would give it, without the other flags for the commonest kinds.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong Carry(int k, ulong a, ulong b, ulong res, ulong fl) => (FlagKind)(k & 0xFF) switch
+    {
+        FlagKind.Sub => a < b ? CF : 0,
+        FlagKind.Add => res < a ? CF : 0,
+        FlagKind.Logic => 0,
+        FlagKind.Inc or FlagKind.Dec => fl & CF,
+        _ => Apply(fl, k & 0xFF, k >> 8, a, b, res) & CF,
+    };
 
     private static ulong Shift(ulong fl, FlagKind k, int size, ulong a, int count, ulong res)
     {

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using XenSharp.Cpu.Decoding;
 using XenSharp.Cpu.Jit;
 
@@ -59,6 +60,18 @@ internal unsafe partial class X86Vcpu
         int k = LazyFlags;
         LazyFlags = 0;
         Rflags = FlagMath.Apply(Rflags, k & 0xFF, k >> 8, LazyA, LazyB, LazyR);
+    }
+
+    /// <summary>For a compiled block whose first flag user needs only CF of the entry's pending result (INC and DEC
+    /// keep it, ADC and SBB read it, and each overwrites the rest): <paramref name="fl"/> with that CF, the pending
+    /// result dropped. A loop that compares, then counts down with DEC, pays a compare instead of every flag.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal ulong TakeLazyCarry(ulong fl)
+    {
+        int k = LazyFlags;
+        if (k == 0) return fl;
+        LazyFlags = 0;
+        return (fl & ~CF) | FlagMath.Carry(k, LazyA, LazyB, LazyR, fl);
     }
 
     /// <summary>Links the exit the last compiled block left by to <paramref name="next"/>, found

@@ -182,4 +182,61 @@ public class JitLazyFlagsTests
             Assert.NotEqual(0UL, jit.Regs.R10);
         }
     }
+
+    /// <summary>A DEC that starts its block takes only the carry of the CMP its predecessor left pending, and leaves its
+    /// own result pending at its exit with that carry in RFLAGS: the next block's SETC and SETS apply it and its ADC adds
+    /// the CMP's carry. An INC whose flags a SETC and a SETO read in its own block computes them inline, with the carry of
+    /// the ADD before it and the overflow of the step past the sign bit.</summary>
+    [Fact, Trait("Feature", "x86 instruction emulation")]
+    public void Inc_and_dec_keep_the_pending_carry_across_hops_and_inside_a_block()
+    {
+        var code = TestMachine.Assemble(64, TestMachine.CodeAt, a =>
+        {
+            var top = a.CreateLabel(); var counter = a.CreateLabel(); var reader = a.CreateLabel();
+            void NextPage() { for (int k = 0; k < 4096; k++) a.int3(); }
+            a.mov(r8, 3000);
+            a.mov(rax, 0x9E3779B97F4A7C15);
+            a.mov(r14, 0x7FFFFFFFFFFFFF00);      // the INC passes the sign bit on the 256th round
+            foreach (var r in new[] { ecx, edx, esi, edi, r9d, r10d, r11d, r12d, r13d, r15d }) a.xor(r, r);
+            a.Label(ref top);
+            a.add(rbx, rax);
+            a.cmp(rbx, rax);                     // CF pending at the exit
+            a.jmp(counter);
+            NextPage();
+            a.Label(ref counter);
+            a.mov(r9, rbx);
+            a.dec(r9);                           // needs only the CMP's CF
+            a.jmp(reader);                       // the DEC left pending
+            NextPage();
+            a.Label(ref reader);
+            a.setc(r10b);                        // the CMP's carry, through the DEC
+            a.sets(dl);                          // the DEC's sign
+            a.adc(r11, 0);
+            a.add(r13, r10);
+            a.add(r13, rdx);
+            a.inc(r14);
+            a.setc(dil);                         // the ADD's carry, through the INC
+            a.seto(sil);                         // the INC's overflow
+            a.add(r12, rdi);
+            a.imul(rsi, r8);                     // which round overflowed
+            a.add(r12, rsi);
+            a.add(r15, r14);
+            a.dec(r8);
+            a.jnz(top);
+            a.hlt();
+            NextPage();
+        });
+        var (interp, jit) = RunBoth(code);
+        using (interp)
+        using (jit)
+        {
+            AssertSameState(interp, jit);
+            Assert.Equal(interp.Regs.R13, jit.Regs.R13);
+            Assert.Equal(interp.Regs.R14, jit.Regs.R14);
+            Assert.Equal(interp.Regs.R15, jit.Regs.R15);
+            Assert.Equal(0UL, jit.Regs.R8);
+            Assert.NotEqual(0UL, jit.Regs.R11);
+            Assert.NotEqual(0UL, jit.Regs.R12);
+        }
+    }
 }
