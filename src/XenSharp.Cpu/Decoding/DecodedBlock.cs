@@ -124,56 +124,61 @@ internal enum FastForm : byte
 /// control transfer, a page end or a size cap; in 64-bit code, and in 32-bit code under a page-aligned CS base, a
 /// direct JMP or CALL into the same page (outside the run so far) does not end it, and the instruction after it is
 /// its target (X86Vcpu.FollowsInto).</summary>
+/// <remarks>The fields a lookup and a hop check (RIP, entry word, CS base, mode, aging stamp, validity) come first and
+/// together, with the guest-physical page a cross-page hop checks, then the link slots an exit reads, so that finding and entering a block whose lines went cold waits for
+/// one or two lines rather than the three .NET's own layout spread them over.</remarks>
+[StructLayout(LayoutKind.Explicit)]
 internal sealed class DecodedBlock
 {
-    public readonly DecodedInsn[] Insns;
-    public readonly int Count;
+    [FieldOffset(72)] public readonly DecodedInsn[] Insns;
+    [FieldOffset(68)] public readonly int Count;
     /// <summary>Guest-physical address of the first byte.</summary>
-    public readonly ulong Phys;
+    [FieldOffset(40)] public readonly ulong Phys;
     /// <summary>RIP (segment offset) of the first instruction.</summary>
-    public readonly ulong Ip;
+    [FieldOffset(0)] public readonly ulong Ip;
     /// <summary>16, 32 or 64.</summary>
-    public readonly int Bitness;
+    [FieldOffset(24)] public readonly int Bitness;
     /// <summary>A block of one instruction that crosses into the next linear page, whose tail bytes came from
     /// guest-physical page <see cref="TailPhys"/>: a later lookup holds only while that page still maps there.</summary>
-    public bool HasTail;
-    public ulong TailPhys;
+    [FieldOffset(33)] public bool HasTail;
+    [FieldOffset(120)] public ulong TailPhys;
     /// <summary>CS base the block was found under (a per-vCPU jump-cache hit must match it).</summary>
-    public ulong CsBase;
+    [FieldOffset(16)] public ulong CsBase;
     /// <summary>The highest offset any of its instructions occupies, which must lie within the CS limit outside 64-bit
     /// mode for the whole block to run (the last instruction's end for a straight run, not for a followed one).</summary>
-    public readonly ulong LastByte;
+    [FieldOffset(128)] public readonly ulong LastByte;
     /// <summary>Cleared when the page is written; holders must look the block up again.</summary>
-    public volatile bool Valid = true;
+    [FieldOffset(32)] public volatile bool Valid = true;
     /// <summary>The engine's aging epoch when the run loop last entered the block (<see cref="X86Engine.AgeCode"/>).</summary>
-    public int LastRun;
+    [FieldOffset(28)] public int LastRun;
     /// <summary>Times the interpreter ran the block (until it is compiled), halved by each aging pass
     /// (<see cref="X86Engine.AgeCode"/>): the block compiler's threshold is met by blocks run often, not by blocks
     /// run now and then for long enough.</summary>
-    public int Hits;
+    [FieldOffset(64)] public int Hits;
     /// <summary>The method the block was compiled into (Jit/BlockTranslator.cs), or null while interpreted. It keeps
     /// that method's code alive for as long as anything can enter the block.</summary>
-    public Jit.CompiledMethod? Compiled;
+    [FieldOffset(96)] public Jit.CompiledMethod? Compiled;
     /// <summary>How compiled code and the run loop enter the block (0 while interpreted): the native code of its
     /// method, and in bits <see cref="EntryBodyShift"/> and up the block's body among the method's. One word, written
     /// once after the code is ready, read from the line whose other fields a hop checks anyway: entering a block costs
     /// no delegate, no closure and no precode on the way.</summary>
-    public long Entry;
+    [FieldOffset(8)] public long Entry;
     public const int EntryBodyShift = 60;
     public const long EntryCodeMask = (1L << EntryBodyShift) - 1;
     /// <summary>Translation failed once: the block stays interpreted.</summary>
-    public bool JitFailed;
+    [FieldOffset(34)] public bool JitFailed;
     /// <summary>Waiting in the engine's background compile queue.</summary>
-    public bool Queued;
+    [FieldOffset(35)] public bool Queued;
     /// <summary>The compiled code's direct exits (branch targets in the same linear page) and the
     /// compiled blocks they lead to once seen (null until then): compiled code jumps straight into
     /// a linked successor instead of returning to the run loop.</summary>
-    public ulong[] LinkTargets = [];
+    [FieldOffset(104)] public ulong[] LinkTargets = [];
     /// <summary>The links of slots 0 and 1 (nearly every block has no more), kept in the block itself: a hop reads
     /// its link from the block it leaves, whose other fields it has just used, where an array would be one more line
     /// to wait for. <see cref="Links"/> holds slot 2 and up.</summary>
-    public DecodedBlock? Link0, Link1;
-    public DecodedBlock?[] Links = [];
+    [FieldOffset(48)] public DecodedBlock? Link0;
+    [FieldOffset(56)] public DecodedBlock? Link1;
+    [FieldOffset(112)] public DecodedBlock?[] Links = [];
     public int LinkCount => LinkTargets.Length;
     public DecodedBlock? LinkAt(int slot) =>
         slot == 0 ? Link0 : slot == 1 ? Link1 : Links is var l && (uint)(slot - 2) < (uint)l.Length ? l[slot - 2] : null;
@@ -192,7 +197,8 @@ internal sealed class DecodedBlock
     /// <summary>The interpreter's successors in the same linear page: the fall-through (<see cref="NextFall"/>)
     /// and the last other target (<see cref="NextOther"/>), so that the run loop goes from one interpreted block
     /// to the next without the jump-cache lookup (X86Vcpu.NextBlock).</summary>
-    public DecodedBlock? NextFall, NextOther;
+    [FieldOffset(80)] public DecodedBlock? NextFall;
+    [FieldOffset(88)] public DecodedBlock? NextOther;
 
     /// <summary>Invalidates the block: holders look its address up again.</summary>
     public void Drop() => Valid = false;
@@ -200,7 +206,7 @@ internal sealed class DecodedBlock
     /// <summary>The block ends with a near CALL (<see cref="EndsWithCall"/>) or with a RET that returns from none of its
     /// own (followed) CALLs (<see cref="EndsWithReturn"/>): what the interpreter's return-address prediction pushes and
     /// pops. A block that follows a CALL into its callee and ends at the callee's RET is balanced, and is neither.</summary>
-    public readonly byte Ends;
+    [FieldOffset(36)] public readonly byte Ends;
     public const byte EndsWithCall = 1, EndsWithReturn = 2;
 
     public DecodedBlock(DecodedInsn[] insns, int count, ulong phys, ulong ip, int bitness)
