@@ -295,12 +295,13 @@ internal sealed partial class BlockTranslator
         // vCPU (see StoreFlagsAtExit): dropped here when this block overwrites every flag before anything could
         // observe them, applied here when its first instruction needs it, else carried until EntryFlagsPlan's point.
         LoadUsedGprs();
+        bool carryAtEntry = _liveIn != 0 && _applyAt == 0 && CarryOnlyAt(0);
         if (_liveIn == 0)
         {
             // Dropped here, out of any loop back to the top.
             LdCpu(); _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Stfld, FLazyFlags);
         }
-        else if (_applyAt == 0 && !CarryOnlyAt(0))
+        else if (_applyAt == 0 && !carryAtEntry)
         {
             var none = _il.DefineLabel();
             LdCpu(); _il.Emit(OpCodes.Ldfld, FLazyFlags); _il.Emit(OpCodes.Brfalse, none);
@@ -308,7 +309,7 @@ internal sealed partial class BlockTranslator
             _il.MarkLabel(none);
         }
         LdCpu(); _il.Emit(OpCodes.Ldfld, FRflags); _il.Emit(OpCodes.Stloc, _fl);
-        if (_liveIn != 0 && _applyAt == 0 && CarryOnlyAt(0)) TakeEntryCarry();
+        if (carryAtEntry) TakeEntryCarry();
         // A body entered from another body of the method finds the pending result applied (EmitBranchOut), so the
         // code of an open region serves both entries.
         _open = _liveIn != 0 && _applyAt != 0;
@@ -677,19 +678,20 @@ internal sealed partial class BlockTranslator
     /// the flags, and for the run loop to apply when compiled code returns to it; anything else is computed.</summary>
     private void StoreFlagsAtExit()
     {
-        // INC and DEC keep CF: left pending too, with RFLAGS (written below) holding that CF for Apply to keep.
-        if (_pending.Count != 1 || _pending[0].MaybeNone
-            || (FlagMath.Defines(_pending[0].Kind) != X86Vcpu.ArithFlags && (_open || _pending[0].Kind is not (FlagKind.Inc or FlagKind.Dec))))
+        var last = _pending.Count == 1 ? _pending[0] : default;
+        // An INC or DEC ran after the entry's result was applied, so the flags local holds the CF it keeps, which
+        // RFLAGS gets below for Apply to keep.
+        bool keepsCarry = (last.Kind is FlagKind.Inc or FlagKind.Dec) && !_open;
+        if (_pending.Count != 1 || last.MaybeNone || (FlagMath.Defines(last.Kind) != X86Vcpu.ArithFlags && !keepsCarry))
         {
             StoreFlagsToCpu();
             return;
         }
-        var p = _pending[0];
         if (_flDirty) { LdCpu(); _il.Emit(OpCodes.Ldloc, _fl); _il.Emit(OpCodes.Stfld, FRflags); }
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _pa[p.Slot]); _il.Emit(OpCodes.Stfld, FLazyA);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _pb[p.Slot]); _il.Emit(OpCodes.Stfld, FLazyB);
-        LdCpu(); _il.Emit(OpCodes.Ldloc, _pr[p.Slot]); _il.Emit(OpCodes.Stfld, FLazyR);
-        LdCpu(); LdcI4((int)p.Kind | p.Size << 8); _il.Emit(OpCodes.Stfld, FLazyFlags);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _pa[last.Slot]); _il.Emit(OpCodes.Stfld, FLazyA);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _pb[last.Slot]); _il.Emit(OpCodes.Stfld, FLazyB);
+        LdCpu(); _il.Emit(OpCodes.Ldloc, _pr[last.Slot]); _il.Emit(OpCodes.Stfld, FLazyR);
+        LdCpu(); LdcI4((int)last.Kind | last.Size << 8); _il.Emit(OpCodes.Stfld, FLazyFlags);
     }
 
     /// <summary>Computes every pending flag result into the flags local.</summary>
