@@ -28,6 +28,9 @@ public class PcpuLoopTests : IDisposable
         _host.DomainShutdown += (_, e) => { if (e.DomainId == g.Id) reason = e.Reason; };
         _host.Unpause(g.Id);
         TestHosts.WaitUntil(() => reason is not null);
+        // The shutdown event is raised from the thread pool and can come before the pCPU has finished the slice;
+        // the vCPU's registers and CPU time are settled once it is off the CPU.
+        TestHosts.WaitUntil(() => !_host.GetDomainInfo(g.Id).IsRunningNow);
         return reason;
     }
 
