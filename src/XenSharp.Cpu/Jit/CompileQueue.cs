@@ -40,7 +40,8 @@ internal sealed class CompileQueue : IDisposable
             b.Queued = true;
             if (_thread == null)
             {
-                _thread = new Thread(Loop) { IsBackground = true, Name = "xensharp-jit", Priority = ThreadPriority.BelowNormal };
+                // Not below normal: a booting guest's vCPU waits on what this thread compiles (bench/README.md).
+                _thread = new Thread(Loop) { IsBackground = true, Name = "xensharp-jit" };
                 _thread.Start();
             }
             else if (_queue.Count == 1) Monitor.Pulse(_queue);
